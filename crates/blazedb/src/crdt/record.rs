@@ -1,0 +1,377 @@
+//! The state of one record and the merge of one cell into it.
+
+use std::collections::BTreeMap;
+
+use super::{Cell, CellKey, CellValue};
+use crate::types::{Seq, Version};
+use crate::Value;
+
+/// A record's cells, sorted by key, keys unique.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordState {
+    cells: Vec<Cell>,
+}
+
+/// What merging one cell did.
+#[derive(Debug, PartialEq)]
+pub enum MergeOutcome {
+    /// The cell was older than (or equal to) what is stored: nothing changed.
+    Ignored,
+    /// The cell was stored; these local cells were replaced or dropped by it.
+    Applied {
+        /// Cells that the incoming one replaced (same key) or reset (older cells of the record or
+        /// field).
+        overwritten: Vec<Overwritten>,
+    },
+}
+
+/// A local cell that a merge replaced or dropped.
+#[derive(Debug, PartialEq)]
+pub struct Overwritten {
+    /// The cell as it was.
+    pub cell: Cell,
+    /// True when the writer of the winning cell had not seen this one: a conflict, whose loser
+    /// must be recorded so that nothing is lost silently.
+    pub concurrent: bool,
+}
+
+impl RecordState {
+    /// An empty record (never written).
+    pub fn new() -> RecordState {
+        RecordState::default()
+    }
+
+    /// Build from cells (any order). Duplicate keys are an error: the input is damaged.
+    pub fn from_cells(mut cells: Vec<Cell>) -> Result<RecordState, String> {
+        cells.sort_by(|a, b| a.key.cmp(&b.key));
+        if cells.windows(2).any(|w| w[0].key == w[1].key) {
+            return Err("duplicate cell key in record".to_owned());
+        }
+        Ok(RecordState { cells })
+    }
+
+    /// The cells, sorted by key.
+    pub fn cells(&self) -> &[Cell] {
+        &self.cells
+    }
+
+    /// True when no cell was ever stored.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// The cell with this key.
+    pub fn cell(&self, key: &CellKey) -> Option<&Cell> {
+        self.cells.binary_search_by(|c| c.key.cmp(key)).ok().map(|i| &self.cells[i])
+    }
+
+    /// The version of the last insert or delete (the record's reset point).
+    pub fn reset_point(&self) -> Option<Version> {
+        self.cell(&CellKey::Record).map(|c| c.version)
+    }
+
+    /// The newest version of any cell: what a writer "has seen" of this record.
+    pub fn newest_version(&self) -> Option<Version> {
+        self.cells.iter().map(|c| c.version).max()
+    }
+
+    /// The newest version among field `f`'s cells (its register and its counter/set cells).
+    pub fn newest_field_version(&self, f: &str) -> Option<Version> {
+        self.cells.iter().filter(|c| c.key.field() == Some(f)).map(|c| c.version).max()
+    }
+
+    /// The highest local sequence number of any cell.
+    pub fn max_seq(&self) -> Seq {
+        self.cells.iter().map(|c| c.seq).max().unwrap_or_default()
+    }
+
+    /// True when the record exists (inserted and not deleted, or written after a delete).
+    pub fn is_live(&self) -> bool {
+        self.cells.iter().any(|c| match c.key {
+            CellKey::Record => c.value == CellValue::Present,
+            _ => true,
+        })
+    }
+
+    /// True when the record was deleted and nothing was written after the delete.
+    pub fn is_tombstone(&self) -> bool {
+        !self.is_live() && self.reset_point().is_some()
+    }
+
+    /// Merge one cell. Idempotent (merging a stored cell again is `Ignored`), and the final
+    /// state does not depend on the order in which cells arrive.
+    pub fn merge(&mut self, incoming: Cell) -> MergeOutcome {
+        // Cells older than a reset (record delete/insert, or a plain write of their field)
+        // are dead on arrival.
+        if incoming.key != CellKey::Record
+            && self.reset_point().is_some_and(|r| incoming.version < r)
+        {
+            return MergeOutcome::Ignored;
+        }
+        if let CellKey::Counter(f, _) | CellKey::Element(f, _) = &incoming.key {
+            if self
+                .cell(&CellKey::Field(f.clone()))
+                .is_some_and(|reg| incoming.version < reg.version)
+            {
+                return MergeOutcome::Ignored;
+            }
+        }
+
+        let unseen = |v: Version, prev: Option<Version>| prev.is_none_or(|p| v > p);
+        let mut overwritten = Vec::new();
+        match self.cells.binary_search_by(|c| c.key.cmp(&incoming.key)) {
+            Ok(i) => {
+                let existing = &self.cells[i];
+                let wins = incoming.version > existing.version
+                    // Add wins over remove on an exact tie (only reachable from damaged input,
+                    // as a version names one write).
+                    || (incoming.version == existing.version
+                        && incoming.value == CellValue::Present
+                        && existing.value == CellValue::Absent);
+                if !wins {
+                    return MergeOutcome::Ignored;
+                }
+                let concurrent = matches!(incoming.key, CellKey::Record | CellKey::Field(_))
+                    && unseen(existing.version, incoming.prev);
+                let old = std::mem::replace(&mut self.cells[i], incoming.clone());
+                overwritten.push(Overwritten { cell: old, concurrent });
+            }
+            Err(i) => self.cells.insert(i, incoming.clone()),
+        }
+
+        // Apply the reset that a record or plain-field write implies.
+        let drop_if: Option<Box<dyn Fn(&Cell) -> bool>> = match &incoming.key {
+            CellKey::Record => Some(Box::new(|c: &Cell| {
+                c.key != CellKey::Record && c.version < incoming.version
+            })),
+            CellKey::Field(f) => Some(Box::new(move |c: &Cell| {
+                matches!(&c.key, CellKey::Counter(g, _) | CellKey::Element(g, _) if g == f)
+                    && c.version < incoming.version
+            })),
+            _ => None,
+        };
+        if let Some(drop_if) = drop_if {
+            let mut kept = Vec::with_capacity(self.cells.len());
+            for c in std::mem::take(&mut self.cells) {
+                if drop_if(&c) {
+                    let concurrent = unseen(c.version, incoming.prev);
+                    overwritten.push(Overwritten { cell: c, concurrent });
+                } else {
+                    kept.push(c);
+                }
+            }
+            self.cells = kept;
+        }
+        MergeOutcome::Applied { overwritten }
+    }
+
+    /// The visible fields: plain values, counters summed, sets listed.
+    pub fn fields(&self) -> BTreeMap<String, Value> {
+        #[derive(Default)]
+        struct Acc<'a> {
+            reg: Option<&'a CellValue>,
+            counters: Vec<i64>,
+            elements: Vec<(&'a [u8], bool)>,
+        }
+        let mut acc: BTreeMap<&str, Acc<'_>> = BTreeMap::new();
+        for c in &self.cells {
+            match (&c.key, &c.value) {
+                (CellKey::Record, _) => {}
+                (CellKey::Field(f), v) => acc.entry(f).or_default().reg = Some(v),
+                (CellKey::Counter(f, _), CellValue::Count(n)) => {
+                    acc.entry(f).or_default().counters.push(*n)
+                }
+                (CellKey::Element(f, e), v) => {
+                    acc.entry(f).or_default().elements.push((e, *v == CellValue::Present))
+                }
+                _ => {}
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (f, a) in acc {
+            let base = match a.reg {
+                Some(CellValue::Value(v)) => Some(v),
+                _ => None,
+            };
+            let value = if !a.counters.is_empty() {
+                let base = match base {
+                    Some(Value::Int(i)) => *i,
+                    _ => 0,
+                };
+                Value::Int(a.counters.iter().fold(base, |s, n| s.saturating_add(*n)))
+            } else if !a.elements.is_empty() {
+                let mut set: Vec<Value> = match base {
+                    Some(Value::List(l)) => l.clone(),
+                    _ => Vec::new(),
+                };
+                for (bytes, present) in a.elements {
+                    let Ok(elem) = crate::codec::value::from_bytes(bytes) else { continue };
+                    set.retain(|x| *x != elem);
+                    if present {
+                        set.push(elem);
+                    }
+                }
+                set.sort();
+                set.dedup();
+                Value::List(set)
+            } else {
+                match base {
+                    Some(v) => v.clone(),
+                    None => continue,
+                }
+            };
+            out.insert(f.to_owned(), value);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Hlc;
+    use crate::NodeId;
+    use proptest::prelude::*;
+
+    fn v(t: u64, n: u8) -> Version {
+        Version { hlc: Hlc::new(t, 0), node: NodeId([n; 16]) }
+    }
+
+    fn cell(key: CellKey, value: CellValue, version: Version, prev: Option<Version>) -> Cell {
+        Cell { key, value, version, prev, seq: Seq(0) }
+    }
+
+    fn field(f: &str) -> CellKey {
+        CellKey::Field(f.to_owned())
+    }
+
+    #[test]
+    fn last_writer_wins_and_reports_concurrent_loser() {
+        let mut r = RecordState::new();
+        r.merge(cell(field("a"), CellValue::Value(1.into()), v(10, 1), None));
+        // A writer that never saw v(10,1) overwrites it: a conflict.
+        let out = r.merge(cell(field("a"), CellValue::Value(2.into()), v(11, 2), None));
+        let MergeOutcome::Applied { overwritten } = out else { panic!() };
+        assert!(overwritten[0].concurrent);
+        // One that saw it: not a conflict.
+        let out = r.merge(cell(field("a"), CellValue::Value(3.into()), v(12, 1), Some(v(11, 2))));
+        let MergeOutcome::Applied { overwritten } = out else { panic!() };
+        assert!(!overwritten[0].concurrent);
+        // An older write is ignored; re-delivery is ignored.
+        assert_eq!(r.merge(cell(field("a"), CellValue::Value(9.into()), v(5, 3), None)), MergeOutcome::Ignored);
+        assert_eq!(r.merge(cell(field("a"), CellValue::Value(3.into()), v(12, 1), Some(v(11, 2)))), MergeOutcome::Ignored);
+        assert_eq!(r.fields()["a"], Value::Int(3));
+    }
+
+    #[test]
+    fn delete_drops_older_fields_and_newer_write_resurrects() {
+        let mut r = RecordState::new();
+        r.merge(cell(CellKey::Record, CellValue::Present, v(1, 1), None));
+        r.merge(cell(field("a"), CellValue::Value(1.into()), v(1, 1), None));
+        r.merge(cell(field("b"), CellValue::Value(2.into()), v(3, 2), None));
+        r.merge(cell(CellKey::Record, CellValue::Absent, v(2, 1), Some(v(1, 1))));
+        // b was written at t=3, after the delete at t=2: the record lives with b only.
+        assert!(r.is_live());
+        assert_eq!(r.fields().len(), 1);
+        assert_eq!(r.fields()["b"], Value::Int(2));
+        // a late write from before the delete is dead on arrival.
+        assert_eq!(r.merge(cell(field("c"), CellValue::Value(1.into()), v(1, 3), None)), MergeOutcome::Ignored);
+    }
+
+    #[test]
+    fn counters_sum_contributions_over_a_base() {
+        let mut r = RecordState::new();
+        r.merge(cell(field("n"), CellValue::Value(10.into()), v(1, 1), None));
+        r.merge(cell(CellKey::Counter("n".into(), NodeId([1; 16])), CellValue::Count(2), v(2, 1), None));
+        r.merge(cell(CellKey::Counter("n".into(), NodeId([2; 16])), CellValue::Count(5), v(2, 2), None));
+        assert_eq!(r.fields()["n"], Value::Int(17));
+        // A plain write after them resets the counter.
+        r.merge(cell(field("n"), CellValue::Value(0.into()), v(3, 1), None));
+        assert_eq!(r.fields()["n"], Value::Int(0));
+        assert_eq!(r.cells().len(), 1);
+    }
+
+    #[test]
+    fn sets_add_and_remove_elements() {
+        let e = |x: &str| crate::codec::value::to_bytes(&Value::from(x));
+        let mut r = RecordState::new();
+        r.merge(cell(field("t"), CellValue::Value(Value::List(vec!["a".into()])), v(1, 1), None));
+        r.merge(cell(CellKey::Element("t".into(), e("b")), CellValue::Present, v(2, 1), None));
+        r.merge(cell(CellKey::Element("t".into(), e("a")), CellValue::Absent, v(2, 2), None));
+        assert_eq!(r.fields()["t"], Value::List(vec!["b".into()]));
+    }
+
+    fn arb_cell() -> impl Strategy<Value = Cell> {
+        let key = prop_oneof![
+            Just(CellKey::Record),
+            Just(field("a")),
+            Just(field("b")),
+            (0u8..3).prop_map(|n| CellKey::Counter("a".into(), NodeId([n; 16]))),
+            (0u8..3).prop_map(|n| CellKey::Element("b".into(), vec![0x03, n])),
+        ];
+        (key, 0u64..6, 0u8..3, any::<i8>(), any::<bool>()).prop_map(|(key, t, n, x, flag)| {
+            let value = match key {
+                CellKey::Record | CellKey::Element(..) => {
+                    if flag { CellValue::Present } else { CellValue::Absent }
+                }
+                CellKey::Field(_) => {
+                    if flag { CellValue::Value(Value::Int(x.into())) } else { CellValue::Absent }
+                }
+                CellKey::Counter(..) => CellValue::Count(x.into()),
+            };
+            // Distinct writes never share a version: derive the value from the version.
+            cell(key, value, v(t, n), None)
+        })
+    }
+
+    /// Same key and version means same write in a real system; keep one per (key, version).
+    fn dedup_writes(cells: Vec<Cell>) -> Vec<Cell> {
+        let mut seen = std::collections::HashSet::new();
+        cells.into_iter().filter(|c| seen.insert((c.key.clone(), c.version))).collect()
+    }
+
+    fn apply_all(cells: &[Cell]) -> RecordState {
+        let mut r = RecordState::new();
+        for c in cells {
+            r.merge(c.clone());
+        }
+        r
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_order_independent_and_idempotent(
+            cells in proptest::collection::vec(arb_cell(), 0..12).prop_map(dedup_writes),
+            seed in any::<u64>(),
+        ) {
+            use rand::{seq::SliceRandom, SeedableRng};
+            let a = apply_all(&cells);
+            let mut shuffled = cells.clone();
+            shuffled.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+            // Duplicate delivery of everything.
+            shuffled.extend(cells.iter().cloned());
+            let b = apply_all(&shuffled);
+            prop_assert_eq!(a.cells(), b.cells());
+            prop_assert_eq!(a.fields(), b.fields());
+        }
+
+        #[test]
+        fn merging_states_is_associative(
+            x in proptest::collection::vec(arb_cell(), 0..6),
+            y in proptest::collection::vec(arb_cell(), 0..6),
+            z in proptest::collection::vec(arb_cell(), 0..6),
+        ) {
+            let all = dedup_writes([x.clone(), y.clone(), z.clone()].concat());
+            let keep = |part: &Vec<Cell>| -> Vec<Cell> {
+                all.iter().filter(|c| part.iter().any(|p| p == *c)).cloned().collect()
+            };
+            let (x, y, z) = (keep(&x), keep(&y), keep(&z));
+            // (x ⊔ y) ⊔ z == x ⊔ (y ⊔ z), merging replica states cell by cell.
+            let xy = apply_all(&[apply_all(&x).cells(), apply_all(&y).cells()].concat());
+            let left = apply_all(&[xy.cells(), apply_all(&z).cells()].concat());
+            let yz = apply_all(&[apply_all(&y).cells(), apply_all(&z).cells()].concat());
+            let right = apply_all(&[apply_all(&x).cells(), yz.cells()].concat());
+            prop_assert_eq!(left.cells(), right.cells());
+        }
+    }
+}

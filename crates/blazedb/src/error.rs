@@ -1,0 +1,177 @@
+//! Errors, one enum per operation family, and the umbrella [`Error`].
+
+use crate::codec::DecodeError;
+use crate::query::QueryError;
+use crate::types::ClockSkewError;
+
+/// Opening (or re-keying) a database failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The file is encrypted and the password does not open it.
+    #[error("wrong password for {path}: the file is encrypted with a different password")]
+    WrongPassword {
+        /// The database file.
+        path: String,
+    },
+    /// The file is encrypted (or not a database at all) and no password was given.
+    #[error(
+        "{path} is encrypted or is not a database: give its password (BLAZEDB_PASSWORD or \
+         --password-file), or check the path"
+    )]
+    PasswordRequired {
+        /// The database file.
+        path: String,
+    },
+    /// A password was given but the file is a plain, unencrypted database.
+    #[error("{path} is not encrypted: open it without a password, or encrypt it with `rekey`")]
+    NotEncrypted {
+        /// The database file.
+        path: String,
+    },
+    /// The file is some other kind of file, or an SQLite database of another application.
+    #[error("{path} is not a BlazeDB database: {reason}")]
+    NotABlazeDb {
+        /// The file.
+        path: String,
+        /// What gave it away.
+        reason: String,
+    },
+    /// The file is damaged (truncated, overwritten, failed its integrity check).
+    #[error("{path} is corrupted: {reason}; restore it from a backup or a peer")]
+    Corrupted {
+        /// The file.
+        path: String,
+        /// What is damaged.
+        reason: String,
+    },
+    /// The file was written by a newer BlazeDB.
+    #[error("{path} has format version {found}, this build reads up to {supported}: upgrade BlazeDB")]
+    NewerFormat {
+        /// The file.
+        path: String,
+        /// Its format version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// The file could not be read or created.
+    #[error("cannot open {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A write could not be done. Nothing of the transaction it belonged to was applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The record does not exist (or was deleted).
+    #[error("no record {id} in collection {collection:?}")]
+    NotFound {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+    },
+    /// An insert named an id that is already taken by a live record.
+    #[error("record {id} already exists in collection {collection:?}: use update or upsert")]
+    AlreadyExists {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+    },
+    /// A name (collection or field) is empty, too long or has forbidden characters.
+    #[error("invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        /// `collection` or `field`.
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A size limit was exceeded.
+    #[error("{what} is {got}, over the limit of {max} (see blazedb::limits)")]
+    Limit {
+        /// What was too large.
+        what: &'static str,
+        /// The size found.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An operation does not fit the field's current value (e.g. increment of a text).
+    #[error("field {field:?} holds a {found}; {op} needs {expected}")]
+    TypeMismatch {
+        /// The field.
+        field: String,
+        /// The operation.
+        op: &'static str,
+        /// The type it needs.
+        expected: &'static str,
+        /// The type it found.
+        found: &'static str,
+    },
+    /// A counter would overflow i64.
+    #[error("counter {field:?} would overflow")]
+    Overflow {
+        /// The field.
+        field: String,
+    },
+}
+
+/// Applying changes from a peer failed; the whole batch was rolled back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// A timestamp in the batch was too far in the future.
+    #[error(transparent)]
+    ClockSkew(#[from] ClockSkewError),
+    /// The batch named something invalid (a bad collection or field name, an oversized value).
+    #[error("invalid change from peer: {0}")]
+    Invalid(String),
+}
+
+/// Any BlazeDB error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening the database failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A write failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A query expression is invalid.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// Applying a peer's changes failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// Stored bytes could not be decoded: the file is damaged.
+    #[error("corrupted record data: {0}; run an integrity check and restore from a peer")]
+    Corrupted(#[from] DecodeError),
+    /// Time travel asked for a moment whose history was already compacted.
+    #[error("history before {horizon} was compacted by the retention policy; ask for a later time")]
+    HistoryCompacted {
+        /// The earliest readable time (RFC 3339).
+        horizon: String,
+    },
+    /// An invalid argument (named in the message).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The storage engine failed.
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file operation failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

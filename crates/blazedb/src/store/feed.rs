@@ -1,0 +1,253 @@
+//! The change feed (what sync reads) and the apply path (what sync writes), plus the
+//! conflicts table.
+//!
+//! The feed is the `feed` table: one row per `(seq, record)` for every local commit `seq`
+//! whose cells still survive in `record`. Reading "changes since N" walks it in seq order and
+//! returns, for each row, the record's cells stamped with exactly that seq — only the changed
+//! fields, never the whole record unless it is new. Cells that were overwritten since carry
+//! the newer seq and travel with it, so the feed is bounded by the live data, not by history.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+
+use super::write::validate_field_name;
+use super::{body, validate_collection_name, Database};
+use crate::crdt::encoding::{key_from_bytes, value_from_bytes};
+use crate::crdt::{Cell, CellKey, CellValue};
+use crate::error::{ApplyError, Error, Result};
+use crate::limits::FEED_PAGE_CELLS_MAX;
+use crate::types::{Hlc, Seq, Version};
+use crate::{NodeId, RecordId, Value};
+
+/// The cells one local commit (`seq`) left in one record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The local feed position.
+    pub seq: Seq,
+    /// The collection.
+    pub collection: String,
+    /// The record.
+    pub id: RecordId,
+    /// The cells, sorted by key.
+    pub cells: Vec<Cell>,
+}
+
+/// A page of the change feed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChangeBatch {
+    /// Changes in seq order; all changes of one seq (one transaction) are in the same batch.
+    pub changes: Vec<Change>,
+    /// The cursor to ask from next time: every change up to it has been returned (or
+    /// skipped as coming from the excluded peer).
+    pub next: Seq,
+    /// True when there are changes past `next`.
+    pub more: bool,
+}
+
+/// A concurrent overwrite: the loser is kept here until the application resolves it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conflict {
+    /// Its number (for `resolve_conflict`).
+    pub id: i64,
+    /// The collection.
+    pub collection: String,
+    /// The record.
+    pub record: RecordId,
+    /// The cell (field name, or `$record` for insert/delete conflicts).
+    pub cell: String,
+    /// The field (`None` for record-level conflicts).
+    pub field: Option<String>,
+    /// The value that won (now stored); `None` for a delete.
+    pub winner: Option<Value>,
+    /// The winning version.
+    pub winner_version: Version,
+    /// The value that lost; `None` for a delete.
+    pub loser: Option<Value>,
+    /// The losing version.
+    pub loser_version: Version,
+}
+
+fn user_value(v: &CellValue) -> Option<Value> {
+    match v {
+        CellValue::Absent => None,
+        other => Some(other.to_value()),
+    }
+}
+
+impl Database {
+    /// Changes after feed position `since`, at most about `cells_max` cells (a transaction is
+    /// never split, so one larger than `cells_max` comes whole). Changes that arrived from
+    /// `exclude_src` are skipped: that peer has them, or something newer.
+    pub fn changes_since(&self, since: Seq, cells_max: usize, exclude_src: Option<NodeId>) -> Result<ChangeBatch> {
+        let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
+        let inner = self.lock()?;
+        let exclude = exclude_src.and_then(|n| inner.nodes.known(n)).map(|i| i as i64);
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT seq, coll, id, src FROM feed WHERE seq > ?1 ORDER BY seq, coll, id",
+        )?;
+        let mut rows = stmt.query([since.0 as i64])?;
+        let mut batch = ChangeBatch { changes: Vec::new(), next: since, more: false };
+        let mut cells = 0usize;
+        let mut bodies: HashMap<(i64, Vec<u8>), crate::crdt::RecordState> = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let seq = Seq(row.get::<_, i64>(0)? as u64);
+            if seq != batch.next && cells >= cells_max {
+                batch.more = true;
+                break;
+            }
+            batch.next = seq;
+            let (coll, id, src): (i64, Vec<u8>, i64) = (row.get(1)?, row.get(2)?, row.get(3)?);
+            if exclude.is_some_and(|e| e == src) {
+                continue;
+            }
+            let key = (coll, id.clone());
+            if !bodies.contains_key(&key) {
+                let (rseq, bytes): (u64, Vec<u8>) = inner
+                    .conn
+                    .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?
+                    .query_row(params![coll, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                bodies.insert(key.clone(), body::decode(&bytes, Seq(rseq), &inner.nodes)?);
+            }
+            let state = &bodies[&key];
+            let selected: Vec<Cell> = state.cells().iter().filter(|c| c.seq == seq).cloned().collect();
+            if selected.is_empty() {
+                continue;
+            }
+            cells += selected.len();
+            let collection = inner.collection_names.get(&coll).cloned().ok_or_else(|| {
+                Error::Corrupted(crate::codec::DecodeError::Malformed(format!("unknown collection {coll}")))
+            })?;
+            let id: [u8; 16] = id
+                .try_into()
+                .map_err(|_| Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into())))?;
+            batch.changes.push(Change { seq, collection, id: RecordId(id), cells: selected });
+        }
+        Ok(batch)
+    }
+
+    /// Apply changes received from peer `from`, in one transaction: either all of them are
+    /// stored or none. Each group of changes sharing a `seq` (one transaction at the sender)
+    /// becomes one local commit, so transactions stay whole when forwarded. Returns the
+    /// number of cells that changed something here. Idempotent: applying the same changes
+    /// again changes nothing.
+    pub fn apply_changes(&self, from: NodeId, changes: &[Change]) -> Result<usize> {
+        let now = self.now_ms();
+        let inner = self.lock()?;
+        // Check clocks before touching anything: a timestamp from the far future is refused,
+        // not adopted (it would drag every later local write with it).
+        for c in changes.iter().flat_map(|c| &c.cells) {
+            inner.clock.check(c.version.hlc, now).map_err(ApplyError::from)?;
+        }
+        for ch in changes {
+            validate_collection_name(&ch.collection).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+            for c in &ch.cells {
+                validate_cell(c).map_err(ApplyError::Invalid)?;
+            }
+        }
+        drop(inner);
+        let applied = self.transaction(|tx| {
+            let src = tx.inner.nodes.index(from);
+            let mut applied = 0usize;
+            let mut group: Option<Seq> = None;
+            for ch in changes {
+                if group.is_some_and(|g| g != ch.seq) && tx.seq_used {
+                    tx.seq = Seq(tx.seq.0 + 1);
+                    tx.seq_used = false;
+                }
+                group = Some(ch.seq);
+                let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
+                tx.records[i].src = src;
+                for c in &ch.cells {
+                    tx.inner.clock.observe(c.version.hlc, tx.now_ms).map_err(ApplyError::from)?;
+                    let mut c = c.clone();
+                    c.seq = tx.seq;
+                    if tx.merge(i, c) {
+                        tx.seq_used = true;
+                        applied += 1;
+                    }
+                }
+            }
+            Ok(applied)
+        })?;
+        Ok(applied)
+    }
+
+    /// Unresolved conflicts, optionally of one collection, oldest first.
+    pub fn conflicts(&self, collection: Option<&str>) -> Result<Vec<Conflict>> {
+        let inner = self.lock()?;
+        let coll = match collection {
+            Some(name) => match inner.collection_id(name) {
+                Some(c) => Some(c),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT cid, coll, id, cell, winner, winner_hlc, winner_node, loser, loser_hlc, loser_node
+             FROM conflicts WHERE resolved = 0 AND (?1 IS NULL OR coll = ?1) ORDER BY cid",
+        )?;
+        let mut rows = stmt.query([coll])?;
+        let mut out = Vec::new();
+        let bad = |m: String| Error::Corrupted(crate::codec::DecodeError::Malformed(m));
+        while let Some(r) = rows.next()? {
+            let node = |i: i64| inner.nodes.id(i as u64).ok_or_else(|| bad(format!("unknown node {i}")));
+            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
+            let id: [u8; 16] = r.get::<_, Vec<u8>>(2)?.try_into().map_err(|_| bad("bad record id".into()))?;
+            out.push(Conflict {
+                id: r.get(0)?,
+                collection: inner.collection_names.get(&r.get(1)?).cloned().unwrap_or_default(),
+                record: RecordId(id),
+                cell: key.display_name(),
+                field: key.field().map(str::to_owned),
+                winner: user_value(&value_from_bytes(&r.get::<_, Vec<u8>>(4)?)?),
+                winner_version: Version { hlc: Hlc(r.get::<_, i64>(5)? as u64), node: node(r.get(6)?)? },
+                loser: user_value(&value_from_bytes(&r.get::<_, Vec<u8>>(7)?)?),
+                loser_version: Version { hlc: Hlc(r.get::<_, i64>(8)? as u64), node: node(r.get(9)?)? },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Settle a conflict. With `Some(value)`, that value is written to the field as a new
+    /// write (which syncs like any other); with `None`, the current winner stays. Either way
+    /// the conflict is marked resolved.
+    pub fn resolve_conflict(&self, conflict_id: i64, value: Option<Value>) -> Result<()> {
+        let c = self
+            .conflicts(None)?
+            .into_iter()
+            .find(|c| c.id == conflict_id)
+            .ok_or_else(|| Error::InvalidArgument(format!("no open conflict {conflict_id}")))?;
+        self.transaction(|tx| {
+            if let (Some(v), Some(field)) = (value, &c.field) {
+                match tx.get(&c.collection, c.record)? {
+                    Some(_) => tx.update(&c.collection, c.record, super::Patch::new().set(field.clone(), v))?,
+                    None => tx.upsert(&c.collection, c.record, [(field.clone(), v)])?,
+                }
+            }
+            tx.inner.conn.execute("UPDATE conflicts SET resolved = 1 WHERE cid = ?1", [conflict_id])?;
+            Ok(())
+        })
+    }
+}
+
+/// Refuse cells that no BlazeDB could have written.
+fn validate_cell(c: &Cell) -> Result<(), String> {
+    if let Some(f) = c.key.field() {
+        validate_field_name(f).map_err(|e| e.to_string())?;
+    }
+    let ok = matches!(
+        (&c.key, &c.value),
+        (CellKey::Record, CellValue::Present | CellValue::Absent)
+            | (CellKey::Field(_), CellValue::Value(_) | CellValue::Absent)
+            | (CellKey::Counter(..), CellValue::Count(_))
+            | (CellKey::Element(..), CellValue::Present | CellValue::Absent)
+    );
+    if !ok {
+        return Err(format!("cell {} cannot hold {:?}", c.key.display_name(), c.value));
+    }
+    if let CellValue::Value(v) = &c.value {
+        super::write::validate_value(c.key.field().unwrap_or(""), v).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The change history: an append-only audit trail of every cell change (local or from a
+//! peer), kept apart from sync state. It serves `history(collection, id)` and time-travel
+//! reads, and is compacted by a retention policy; sync never reads it.
+
+use std::collections::BTreeMap;
+
+use rusqlite::params;
+
+use super::{Database, Inner};
+use crate::crdt::encoding::{key_from_bytes, value_from_bytes};
+use crate::crdt::{Cell, CellKey, CellValue, RecordState};
+use crate::error::{Error, Result};
+use crate::store::read::Record;
+use crate::types::{Hlc, Seq, Timestamp, Version};
+use crate::{RecordId, Value};
+
+/// How much history to keep. Entries older than `max_age_ms`, and the oldest entries beyond
+/// `max_entries`, are removed by compaction (which also runs by itself as history grows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRetention {
+    /// Keep entries at most this old (by the time they were recorded here). `None`: no limit.
+    pub max_age_ms: Option<u64>,
+    /// Keep at most this many entries. `None`: no limit.
+    pub max_entries: Option<u64>,
+}
+
+impl Default for HistoryRetention {
+    /// 30 days, at most 10 million entries.
+    fn default() -> Self {
+        HistoryRetention { max_age_ms: Some(30 * 24 * 3600 * 1000), max_entries: Some(10_000_000) }
+    }
+}
+
+impl HistoryRetention {
+    /// After how many new history rows compaction runs by itself.
+    pub(crate) fn check_every_rows(&self) -> u64 {
+        self.max_entries.map_or(100_000, |m| (m / 10).clamp(100, 100_000))
+    }
+}
+
+/// One change of one cell.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEntry {
+    /// Which cell: a field name, `field[counter:node]`, `field[element:value]` or `$record`.
+    pub cell: String,
+    /// The field it belongs to (`None` for the record's insert/delete cell).
+    pub field: Option<String>,
+    /// The value before (`None`: the cell did not exist).
+    pub old: Option<Value>,
+    /// The value after (`None`: the cell was removed by a delete or a reset).
+    pub new: Option<Value>,
+    /// What the change did: `set`, `unset`, `insert`, `delete`, `count`, `add`, `remove`,
+    /// `reset` (dropped by a newer delete, insert or plain write).
+    pub op: &'static str,
+    /// When and where it was written.
+    pub version: Version,
+    /// Local feed position of the commit that stored it.
+    pub seq: Seq,
+    /// When this node recorded it (ms since the epoch).
+    pub recorded_ms: u64,
+}
+
+impl HistoryEntry {
+    /// The time of the change at its origin.
+    pub fn time(&self) -> Timestamp {
+        Timestamp::from_unix_ms(self.version.hlc.wall_ms() as i64)
+    }
+}
+
+struct Row {
+    key: CellKey,
+    old: Option<(CellValue, Version)>,
+    new: Option<CellValue>,
+    version: Version,
+    seq: Seq,
+    recorded_ms: u64,
+}
+
+impl Inner {
+    fn history_rows(&self, coll: i64, id: RecordId) -> Result<Vec<Row>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms FROM history
+             WHERE coll = ?1 AND id = ?2 ORDER BY hid",
+        )?;
+        let mut rows = stmt.query(params![coll, &id.0[..]])?;
+        let mut out = Vec::new();
+        let node = |i: i64| {
+            self.nodes.id(i as u64).ok_or_else(|| {
+                Error::Corrupted(crate::codec::DecodeError::Malformed(format!("unknown node index {i}")))
+            })
+        };
+        while let Some(r) = rows.next()? {
+            let key = key_from_bytes(&r.get::<_, Vec<u8>>(0)?)?;
+            let old = match (r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
+                (Some(v), Some(h), Some(n)) => {
+                    Some((value_from_bytes(&v)?, Version { hlc: Hlc(h as u64), node: node(n)? }))
+                }
+                _ => None,
+            };
+            let new = match r.get::<_, Option<Vec<u8>>>(4)? {
+                Some(v) => Some(value_from_bytes(&v)?),
+                None => None,
+            };
+            out.push(Row {
+                key,
+                old,
+                new,
+                version: Version { hlc: Hlc(r.get::<_, i64>(5)? as u64), node: node(r.get(6)?)? },
+                seq: Seq(r.get::<_, i64>(7)? as u64),
+                recorded_ms: r.get::<_, i64>(8)? as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Database {
+    /// Every recorded change of a record, oldest first (in the order this node stored them).
+    pub fn history(&self, collection: &str, id: RecordId) -> Result<Vec<HistoryEntry>> {
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else { return Ok(Vec::new()) };
+        Ok(inner
+            .history_rows(coll, id)?
+            .into_iter()
+            .map(|r| {
+                let op = match (&r.key, &r.new) {
+                    (_, None) => "reset",
+                    (CellKey::Record, Some(CellValue::Present)) => "insert",
+                    (CellKey::Record, Some(_)) => "delete",
+                    (CellKey::Field(_), Some(CellValue::Absent)) => "unset",
+                    (CellKey::Field(_), Some(_)) => "set",
+                    (CellKey::Counter(..), _) => "count",
+                    (CellKey::Element(..), Some(CellValue::Present)) => "add",
+                    (CellKey::Element(..), Some(_)) => "remove",
+                };
+                HistoryEntry {
+                    cell: r.key.display_name(),
+                    field: r.key.field().map(str::to_owned),
+                    old: r.old.as_ref().map(|(v, _)| v.to_value()),
+                    new: r.new.as_ref().map(CellValue::to_value),
+                    op,
+                    version: r.version,
+                    seq: r.seq,
+                    recorded_ms: r.recorded_ms,
+                }
+            })
+            .collect())
+    }
+
+    /// The record as it was at time `at` (by the writers' clocks), or `None` if it did not
+    /// exist then. Fails with `HistoryCompacted` when `at` is before what retention kept.
+    pub fn get_at(&self, collection: &str, id: RecordId, at: Timestamp) -> Result<Option<Record>> {
+        let inner = self.lock()?;
+        let horizon_ms = inner.meta_i64("history_horizon_ms")?;
+        if at.unix_ms() < horizon_ms {
+            return Err(Error::HistoryCompacted {
+                horizon: Timestamp::from_unix_ms(horizon_ms).to_rfc3339(),
+            });
+        }
+        let Some(coll) = inner.collection_id(collection) else { return Ok(None) };
+        let at_ms = at.unix_ms().max(0) as u64;
+        // Every (version, value) this node knows a cell to have had: from history (both sides
+        // of each change) and from the current state. The value at `at` is the newest one
+        // written no later than `at`.
+        let mut best: BTreeMap<CellKey, (Version, Option<CellValue>)> = BTreeMap::new();
+        let mut offer = |key: &CellKey, version: Version, value: Option<CellValue>| {
+            if version.hlc.wall_ms() > at_ms {
+                return;
+            }
+            match best.get(key) {
+                Some((v, _)) if *v >= version => {}
+                _ => {
+                    best.insert(key.clone(), (version, value));
+                }
+            }
+        };
+        for r in inner.history_rows(coll, id)? {
+            if let Some((v, ver)) = r.old {
+                offer(&r.key, ver, Some(v));
+            }
+            offer(&r.key, r.version, r.new);
+        }
+        let rev;
+        {
+            let row: Option<(u64, u64, Vec<u8>)> = inner
+                .conn
+                .prepare_cached("SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2")?
+                .query_row(params![coll, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map(Some)
+                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+            rev = row.as_ref().map_or(0, |r| r.0);
+            if let Some((_, seq, bytes)) = row {
+                for c in super::body::decode(&bytes, Seq(seq), &inner.nodes)?.cells() {
+                    offer(&c.key, c.version, Some(c.value.clone()));
+                }
+            }
+        }
+        // Rebuild through merge, oldest first, so resets apply as they did.
+        let mut cells: Vec<Cell> = best
+            .into_iter()
+            .filter_map(|(key, (version, value))| {
+                value.map(|value| Cell { key, value, version, prev: None, seq: Seq(0) })
+            })
+            .collect();
+        cells.sort_by_key(|c| c.version);
+        let mut state = RecordState::new();
+        for c in cells {
+            state.merge(c);
+        }
+        if !state.is_live() {
+            return Ok(None);
+        }
+        Ok(Some(Record { collection: collection.to_owned(), id, rev, fields: state.fields() }))
+    }
+
+    /// Apply the retention policy now. Returns how many entries were removed.
+    pub fn compact_history(&self) -> Result<u64> {
+        let mut inner = self.lock()?;
+        compact(&mut inner, &self.options.history, self.now_ms())
+    }
+
+    /// Number of history entries.
+    pub fn history_len(&self) -> Result<u64> {
+        let inner = self.lock()?;
+        Ok(inner.conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0))?)
+    }
+}
+
+/// Remove entries beyond the retention policy and move the time-travel horizon past them.
+pub(crate) fn compact(inner: &mut Inner, policy: &HistoryRetention, now_ms: u64) -> Result<u64> {
+    let tx = inner.conn.unchecked_transaction()?;
+    let mut cutoff_hid: i64 = 0;
+    if let Some(age) = policy.max_age_ms {
+        let before = now_ms.saturating_sub(age) as i64;
+        let hid: Option<i64> =
+            tx.query_row("SELECT max(hid) FROM history WHERE recorded_ms < ?1", [before], |r| r.get(0))?;
+        cutoff_hid = cutoff_hid.max(hid.unwrap_or(0));
+    }
+    if let Some(max) = policy.max_entries {
+        let hid: Option<i64> = tx.query_row(
+            "SELECT hid FROM history ORDER BY hid DESC LIMIT 1 OFFSET ?1",
+            [max as i64],
+            |r| r.get(0),
+        ).or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+        cutoff_hid = cutoff_hid.max(hid.unwrap_or(0));
+    }
+    if cutoff_hid == 0 {
+        return Ok(0);
+    }
+    // Time travel to before the newest removed change would miss it: move the horizon.
+    let newest_removed: Option<i64> = tx.query_row(
+        "SELECT max(hlc) FROM history WHERE hid <= ?1",
+        [cutoff_hid],
+        |r| r.get(0),
+    )?;
+    let removed = tx.execute("DELETE FROM history WHERE hid <= ?1", [cutoff_hid])? as u64;
+    if let Some(h) = newest_removed {
+        let horizon = (Hlc(h as u64).wall_ms() + 1) as i64;
+        tx.execute(
+            "UPDATE meta SET value = max(value, ?1) WHERE key = 'history_horizon_ms'",
+            [horizon],
+        )?;
+    }
+    tx.commit()?;
+    Ok(removed)
+}

@@ -1,0 +1,196 @@
+//! Maintenance: statistics, vacuum, integrity check, changing the password.
+
+use std::collections::BTreeMap;
+
+use rusqlite::params;
+
+use super::{Database, Inner};
+use crate::error::{OpenError, Result};
+
+/// Numbers about one collection.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CollectionStats {
+    /// Live records.
+    pub records: u64,
+    /// Deleted records still remembered (tombstones).
+    pub tombstones: u64,
+    /// Bytes of encoded record bodies (values and versions).
+    pub body_bytes: u64,
+    /// Index entries per indexed field.
+    pub index_entries: BTreeMap<String, u64>,
+}
+
+/// Numbers about the whole database.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Per collection.
+    pub collections: BTreeMap<String, CollectionStats>,
+    /// The file's size in bytes (without the WAL).
+    pub file_bytes: u64,
+    /// The write-ahead log's size in bytes.
+    pub wal_bytes: u64,
+    /// History entries.
+    pub history_entries: u64,
+    /// Bytes used by the history table and its index (from `dbstat` when available).
+    pub history_bytes: Option<u64>,
+    /// Bytes used by the index entries table.
+    pub index_bytes: Option<u64>,
+    /// Rows in the change feed.
+    pub feed_rows: u64,
+    /// Unresolved conflicts.
+    pub open_conflicts: u64,
+    /// The last feed position.
+    pub last_seq: u64,
+    /// This node.
+    pub node_id: String,
+    /// Whether the file is encrypted.
+    pub encrypted: bool,
+}
+
+/// Result of [`Database::integrity_check`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntegrityReport {
+    /// True when everything checked out.
+    pub ok: bool,
+    /// What was wrong, one line per problem.
+    pub problems: Vec<String>,
+}
+
+impl Database {
+    /// Statistics.
+    pub fn stats(&self) -> Result<Stats> {
+        let inner = self.lock()?;
+        let mut s = Stats {
+            node_id: self.node.to_string(),
+            encrypted: self.is_encrypted(),
+            ..Stats::default()
+        };
+        let mut names: Vec<(i64, String)> = inner.collection_names.iter().map(|(k, v)| (*k, v.clone())).collect();
+        names.sort();
+        for (coll, name) in names {
+            let (live, dead, bytes): (u64, u64, Option<u64>) = inner.conn.query_row(
+                "SELECT coalesce(sum(live), 0), coalesce(sum(1 - live), 0), sum(length(body)) FROM records WHERE coll = ?1",
+                [coll],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let mut cs = CollectionStats { records: live, tombstones: dead, body_bytes: bytes.unwrap_or(0), ..Default::default() };
+            for f in inner.indexes.get(&coll).into_iter().flatten() {
+                let n: u64 = inner.conn.query_row(
+                    "SELECT count(*) FROM index_entries WHERE coll = ?1 AND field = ?2",
+                    params![coll, f],
+                    |r| r.get(0),
+                )?;
+                cs.index_entries.insert(f.clone(), n);
+            }
+            s.collections.insert(name, cs);
+        }
+        s.file_bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let wal = format!("{}-wal", self.path.display());
+        s.wal_bytes = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        s.history_entries = inner.conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0))?;
+        s.feed_rows = inner.conn.query_row("SELECT count(*) FROM feed", [], |r| r.get(0))?;
+        s.open_conflicts = inner.conn.query_row("SELECT count(*) FROM conflicts WHERE resolved = 0", [], |r| r.get(0))?;
+        s.last_seq = inner.meta_i64("seq")? as u64;
+        s.history_bytes = table_bytes(&inner, &["history", "history_by_record"]);
+        s.index_bytes = table_bytes(&inner, &["index_entries"]);
+        Ok(s)
+    }
+
+    /// Rebuild the file to reclaim free pages.
+    pub fn vacuum(&self) -> Result<()> {
+        let inner = self.lock()?;
+        inner.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    }
+
+    /// Check the file: SQLite's integrity check (and SQLCipher's page authentication when
+    /// encrypted), then that every record decodes.
+    pub fn integrity_check(&self) -> Result<IntegrityReport> {
+        let inner = self.lock()?;
+        let mut problems = Vec::new();
+        {
+            let mut stmt = inner.conn.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            for r in rows {
+                let r = r?;
+                if r != "ok" {
+                    problems.push(r);
+                }
+            }
+        }
+        if self.is_encrypted() {
+            let mut stmt = inner.conn.prepare("PRAGMA cipher_integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            for r in rows {
+                problems.push(format!("cipher: {}", r?));
+            }
+        }
+        {
+            let mut stmt = inner.conn.prepare("SELECT coll, id, seq, body FROM records")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let seq: u64 = r.get(2)?;
+                let bytes: Vec<u8> = r.get(3)?;
+                if let Err(e) = super::body::decode(&bytes, crate::types::Seq(seq), &inner.nodes) {
+                    let id: Vec<u8> = r.get(1)?;
+                    problems.push(format!("record {:02x?} of collection {}: {e}", id, r.get::<_, i64>(0)?));
+                }
+            }
+        }
+        Ok(IntegrityReport { ok: problems.is_empty(), problems })
+    }
+
+    /// Change the password: `Some` to (re-)encrypt, `None` to store the file unencrypted.
+    /// The database stays open and usable.
+    pub fn rekey(&mut self, new_password: Option<&str>) -> Result<()> {
+        let path = self.path.clone();
+        let p = path.display().to_string();
+        if self.options.password.is_none() && new_password.is_none() {
+            return Ok(());
+        }
+        // SQLCipher re-encrypts by copying: export into a new file under the new key, close
+        // the old connection (so it cannot touch the new file's WAL), then swap the new file
+        // in with an atomic rename.
+        let tmp = path.with_extension("rekey-tmp");
+        let _ = std::fs::remove_file(&tmp);
+        {
+            let mut inner = self.lock()?;
+            inner.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            inner.conn.execute(
+                "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
+                params![tmp.display().to_string(), new_password.unwrap_or("")],
+            )?;
+            let r = inner
+                .conn
+                .query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))
+                .and_then(|_| inner.conn.execute_batch("DETACH DATABASE rekeyed"));
+            if let Err(e) = r {
+                let _ = inner.conn.execute_batch("DETACH DATABASE rekeyed");
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+            let old = std::mem::replace(&mut inner.conn, rusqlite::Connection::open_in_memory()?);
+            old.close().map_err(|(_, e)| e)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| OpenError::Io { path: p.clone(), source: e })?;
+        let _ = std::fs::remove_file(format!("{p}-wal"));
+        let _ = std::fs::remove_file(format!("{p}-shm"));
+        let mut options = self.options.clone();
+        options.password = new_password.map(str::to_owned);
+        let reopened = Database::open(&path, options)?;
+        *self = reopened;
+        Ok(())
+    }
+}
+
+fn table_bytes(inner: &Inner, names: &[&str]) -> Option<u64> {
+    let mut total = 0u64;
+    for n in names {
+        let b: Option<i64> = inner
+            .conn
+            .query_row("SELECT sum(pgsize) FROM dbstat WHERE name = ?1", [n], |r| r.get(0))
+            .ok()?;
+        total += b.unwrap_or(0) as u64;
+    }
+    Some(total)
+}

@@ -1,0 +1,296 @@
+//! The embedded store: one SQLite (or SQLCipher) file per database.
+//!
+//! [`Database`] is `Send + Sync`; share it behind an `Arc`. All access goes through one
+//! connection guarded by a mutex, so writes are serialized; other processes may open the
+//! same file and SQLite serializes them too (the in-memory caches notice their commits
+//! through `PRAGMA data_version`).
+
+mod body;
+mod feed;
+mod history;
+mod index;
+mod maintenance;
+mod nodes;
+mod open;
+mod read;
+mod schema;
+mod write;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+pub use feed::{Change, ChangeBatch, Conflict};
+pub use history::{HistoryEntry, HistoryRetention};
+pub use maintenance::{CollectionStats, IntegrityReport, Stats};
+pub use read::{OrderBy, Query, Record};
+pub use write::{FieldOp, Patch, Tx};
+
+use self::nodes::NodeTable;
+use crate::error::{OpenError, Result, WriteError};
+use crate::limits::{CLOCK_SKEW_MS_MAX_DEFAULT, COLLECTIONS_MAX, COLLECTION_NAME_BYTES_MAX};
+use crate::types::{Clock, Hlc, Seq};
+use crate::watch::Registry;
+use crate::NodeId;
+
+/// A source of wall-clock milliseconds since the Unix epoch. Tests pass a fake one to skew
+/// clocks; the default reads the system clock.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock in ms.
+pub fn system_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How to open a database.
+#[derive(Clone)]
+pub struct OpenOptions {
+    /// Encrypt the file with SQLCipher under this password. `None`: a plain SQLite file.
+    pub password: Option<String>,
+    /// Create the file if it does not exist (default true).
+    pub create: bool,
+    /// Refuse remote timestamps further than this ahead of the local clock.
+    pub clock_skew_ms_max: u64,
+    /// How long history is kept.
+    pub history: HistoryRetention,
+    /// The wall clock (default: the system clock).
+    pub wall_clock: WallClock,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            password: None,
+            create: true,
+            clock_skew_ms_max: CLOCK_SKEW_MS_MAX_DEFAULT,
+            history: HistoryRetention::default(),
+            wall_clock: Arc::new(system_ms),
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("create", &self.create)
+            .field("clock_skew_ms_max", &self.clock_skew_ms_max)
+            .field("history", &self.history)
+            .finish()
+    }
+}
+
+impl OpenOptions {
+    /// Options with a password (an encrypted file).
+    pub fn with_password(password: impl Into<String>) -> OpenOptions {
+        OpenOptions { password: Some(password.into()), ..OpenOptions::default() }
+    }
+}
+
+/// An open database.
+pub struct Database {
+    path: PathBuf,
+    node: NodeId,
+    options: OpenOptions,
+    inner: Mutex<Inner>,
+    pub(crate) watchers: Registry,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("path", &self.path).field("node", &self.node).finish()
+    }
+}
+
+/// State behind the mutex.
+pub(crate) struct Inner {
+    pub conn: Connection,
+    pub clock: Clock,
+    pub nodes: NodeTable,
+    pub collections: HashMap<String, i64>,
+    pub collection_names: HashMap<i64, String>,
+    pub indexes: HashMap<i64, BTreeSet<String>>,
+    pub data_version: i64,
+    pub history_rows_since_compaction: u64,
+}
+
+impl Database {
+    /// Open (or create) the database at `path`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use blazedb::{Database, OpenOptions, Value};
+    /// let db = Database::open(dir.path().join("bugs.db"), OpenOptions::with_password("s3cret"))?;
+    /// let id = db.insert("bugs", [("title", Value::from("crash on save")), ("priority", 5.into())])?;
+    /// let bug = db.get("bugs", id)?.expect("just inserted");
+    /// assert_eq!(bug.fields["priority"], Value::Int(5));
+    /// # Ok::<(), blazedb::Error>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>, options: OpenOptions) -> Result<Database> {
+        let path = path.as_ref().to_path_buf();
+        let now = (options.wall_clock)();
+        let opened = open::open(&path, options.password.as_deref(), options.create, now)?;
+        let p = path.display().to_string();
+        let corrupt = |e: rusqlite::Error| OpenError::Corrupted { path: p.clone(), reason: e.to_string() };
+        let mut inner = Inner {
+            clock: Clock::new(Hlc::ZERO, options.clock_skew_ms_max),
+            nodes: NodeTable::default(),
+            collections: HashMap::new(),
+            collection_names: HashMap::new(),
+            indexes: HashMap::new(),
+            data_version: -1,
+            history_rows_since_compaction: 0,
+            conn: opened.conn,
+        };
+        inner.refresh().map_err(corrupt)?;
+        Ok(Database {
+            path,
+            node: opened.node,
+            options,
+            inner: Mutex::new(inner),
+            watchers: Registry::default(),
+        })
+    }
+
+    /// This replica's node id (generated when the file was created).
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when the file is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.options.password.is_some()
+    }
+
+    /// Current wall time from the configured clock, in ms.
+    pub fn now_ms(&self) -> u64 {
+        (self.options.wall_clock)()
+    }
+
+    /// The last local change-feed position.
+    pub fn last_seq(&self) -> Result<Seq> {
+        let inner = self.lock()?;
+        Ok(Seq(inner.meta_i64("seq")? as u64))
+    }
+
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        // A panic while holding the lock cannot leave SQLite half-written (the transaction
+        // rolls back when dropped), so a poisoned lock is safe to reuse.
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.refresh()?;
+        Ok(g)
+    }
+}
+
+impl Inner {
+    /// Reload caches if another connection (another process) committed since we last looked.
+    fn refresh(&mut self) -> rusqlite::Result<()> {
+        let v: i64 = self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if v == self.data_version {
+            return Ok(());
+        }
+        self.nodes = NodeTable::load(&self.conn)?;
+        self.collections.clear();
+        self.collection_names.clear();
+        {
+            let mut stmt = self.conn.prepare("SELECT id, name FROM collections")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, name) = row?;
+                self.collections.insert(name.clone(), id);
+                self.collection_names.insert(id, name);
+            }
+        }
+        self.indexes.clear();
+        {
+            let mut stmt = self.conn.prepare("SELECT coll, field FROM indexes")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (c, f) = row?;
+                self.indexes.entry(c).or_default().insert(f);
+            }
+        }
+        let hlc = self.meta_i64("hlc")? as u64;
+        if Hlc(hlc) > self.clock.last() {
+            let skew = self.clock_skew();
+            self.clock = Clock::new(Hlc(hlc), skew);
+        }
+        self.data_version = v;
+        Ok(())
+    }
+
+    fn clock_skew(&self) -> u64 {
+        // Clock keeps the limit; read it back through a check of a zero timestamp.
+        self.clock.skew_ms_max()
+    }
+
+    pub fn meta_i64(&self, key: &str) -> rusqlite::Result<i64> {
+        self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+    }
+
+    pub fn set_meta_i64(&self, key: &str, v: i64) -> rusqlite::Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", rusqlite::params![key, v])?;
+        Ok(())
+    }
+
+    /// The id of an existing collection.
+    pub fn collection_id(&self, name: &str) -> Option<i64> {
+        self.collections.get(name).copied()
+    }
+
+    /// The id of a collection, creating it (inside the caller's transaction) if new.
+    pub fn collection_id_or_create(&mut self, name: &str) -> Result<i64> {
+        if let Some(id) = self.collection_id(name) {
+            return Ok(id);
+        }
+        validate_collection_name(name)?;
+        if self.collections.len() >= COLLECTIONS_MAX {
+            return Err(WriteError::Limit {
+                what: "number of collections",
+                got: self.collections.len() + 1,
+                max: COLLECTIONS_MAX,
+            }
+            .into());
+        }
+        self.conn.execute("INSERT INTO collections (name) VALUES (?1)", [name])?;
+        let id = self.conn.last_insert_rowid();
+        self.collections.insert(name.to_owned(), id);
+        self.collection_names.insert(id, name.to_owned());
+        Ok(id)
+    }
+
+    /// Forget cache entries made inside a rolled-back transaction.
+    pub fn rollback_caches(&mut self) {
+        self.nodes.rollback();
+        self.data_version = -1;
+    }
+}
+
+/// Collection names: 1 to 128 bytes, no control characters.
+pub fn validate_collection_name(name: &str) -> Result<(), WriteError> {
+    let bad = |reason: &str| WriteError::InvalidName {
+        what: "collection",
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if name.is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    if name.len() > COLLECTION_NAME_BYTES_MAX {
+        return Err(bad(&format!("longer than {COLLECTION_NAME_BYTES_MAX} bytes")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad("contains control characters"));
+    }
+    Ok(())
+}

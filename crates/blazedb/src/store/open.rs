@@ -1,0 +1,175 @@
+//! Opening a file: password handling, telling wrong passwords from foreign or damaged files,
+//! creating the schema, migrating old formats.
+
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::schema;
+use crate::error::OpenError;
+use crate::NodeId;
+
+/// The first 16 bytes of every plain SQLite file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+/// SQLCipher's page size; an encrypted file is a whole number of pages.
+const CIPHER_PAGE_BYTES: u64 = 4096;
+
+/// What the file looked like before SQLite touched it.
+#[derive(Debug, PartialEq)]
+enum FileKind {
+    Missing,
+    Empty,
+    PlainSqlite,
+    /// Not plain SQLite, but sized like an SQLCipher file.
+    MaybeEncrypted,
+    Foreign(String),
+}
+
+fn sniff(path: &Path) -> Result<FileKind, std::io::Error> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileKind::Missing),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(FileKind::Empty);
+    }
+    let mut head = [0u8; 16];
+    let n = f.read(&mut head)?;
+    if n == 16 && &head == SQLITE_HEADER {
+        return Ok(FileKind::PlainSqlite);
+    }
+    if len % CIPHER_PAGE_BYTES == 0 {
+        Ok(FileKind::MaybeEncrypted)
+    } else {
+        Ok(FileKind::Foreign(format!(
+            "{len} bytes, not an SQLite header and not a whole number of encrypted pages"
+        )))
+    }
+}
+
+pub(crate) struct Opened {
+    pub conn: Connection,
+    pub node: NodeId,
+}
+
+fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> OpenError {
+    let code = e.sqlite_error_code();
+    match code {
+        Some(ErrorCode::NotADatabase) if keyed && *kind == FileKind::MaybeEncrypted => {
+            OpenError::WrongPassword { path: path.to_owned() }
+        }
+        Some(ErrorCode::NotADatabase) if keyed && *kind == FileKind::PlainSqlite => {
+            OpenError::NotEncrypted { path: path.to_owned() }
+        }
+        Some(ErrorCode::NotADatabase) if !keyed && *kind == FileKind::MaybeEncrypted => {
+            OpenError::PasswordRequired { path: path.to_owned() }
+        }
+        Some(ErrorCode::NotADatabase) => {
+            OpenError::NotABlazeDb { path: path.to_owned(), reason: e.to_string() }
+        }
+        Some(ErrorCode::DatabaseCorrupt) => {
+            OpenError::Corrupted { path: path.to_owned(), reason: e.to_string() }
+        }
+        _ => OpenError::Io { path: path.to_owned(), source: std::io::Error::other(e) },
+    }
+}
+
+/// Open or create the database file.
+pub(crate) fn open(
+    path: &Path,
+    password: Option<&str>,
+    create: bool,
+    now_ms: u64,
+) -> Result<Opened, OpenError> {
+    let p = path.display().to_string();
+    let io = |e: std::io::Error| OpenError::Io { path: p.clone(), source: e };
+    let kind = sniff(path).map_err(io)?;
+    match &kind {
+        FileKind::Missing if !create => {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such database (create it by writing to it, or check the path)",
+            )))
+        }
+        FileKind::Foreign(reason) => {
+            return Err(OpenError::NotABlazeDb { path: p, reason: reason.clone() })
+        }
+        FileKind::PlainSqlite if password.is_some() => {
+            return Err(OpenError::NotEncrypted { path: p })
+        }
+        _ => {}
+    }
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
+    let err = |e: rusqlite::Error| sql_err(&p, e, &kind, password.is_some());
+    if let Some(pw) = password {
+        conn.pragma_update(None, "key", pw).map_err(err)?;
+    }
+    // The first read decrypts page 1: a wrong key or a foreign file fails here.
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    // WAL + NORMAL: a commit that returned survives a process crash (kill -9); only an OS
+    // crash or power loss can lose the last commits. Options::sync_full trades speed for that.
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(err)?;
+    conn.pragma_update(None, "cache_size", -32_000).map_err(err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+
+    if tables == 0 {
+        let node = NodeId::random();
+        let tx = conn.unchecked_transaction().map_err(err)?;
+        schema::create(&tx, &node.0, now_ms).map_err(err)?;
+        tx.commit().map_err(err)?;
+        return Ok(Opened { conn, node });
+    }
+
+    let magic: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'magic'", [], |r| r.get(0)).ok();
+    if magic.as_deref() != Some(schema::MAGIC) {
+        return Err(OpenError::NotABlazeDb {
+            path: p,
+            reason: "an SQLite database of another application (no BlazeDB metadata)".into(),
+        });
+    }
+    let format: u32 = conn
+        .query_row("SELECT value FROM meta WHERE key = 'format_version'", [], |r| r.get(0))
+        .map_err(err)?;
+    if format > schema::FORMAT_VERSION {
+        return Err(OpenError::NewerFormat {
+            path: p,
+            found: format,
+            supported: schema::FORMAT_VERSION,
+        });
+    }
+    if format == 0 {
+        return Err(OpenError::Corrupted { path: p, reason: "format version 0".into() });
+    }
+    for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(format as usize - 1) {
+        let tx = conn.unchecked_transaction().map_err(err)?;
+        tx.execute_batch(step).map_err(err)?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
+            [i as u32 + 2],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    let node: Vec<u8> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| r.get(0))
+        .map_err(err)?;
+    let node: [u8; 16] = node.try_into().map_err(|_| OpenError::Corrupted {
+        path: p.clone(),
+        reason: "node id is not 16 bytes".into(),
+    })?;
+    Ok(Opened { conn, node: NodeId(node) })
+}

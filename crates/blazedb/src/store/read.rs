@@ -1,0 +1,245 @@
+//! Reads: point lookups, collection scans and queries.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{body, Database, Inner};
+use crate::codec::keys;
+use crate::error::Result;
+use crate::query::{Expr, Params};
+use crate::types::Seq;
+use crate::{RecordId, Value};
+
+/// A record as the application sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// Its collection.
+    pub collection: String,
+    /// Its id.
+    pub id: RecordId,
+    /// Its version: starts at 1 and grows by one with every committed change (local or from
+    /// a peer).
+    pub rev: u64,
+    /// Its fields.
+    pub fields: BTreeMap<String, Value>,
+}
+
+impl Record {
+    /// A field by dotted path (`a.b`), or `_id`.
+    pub fn field(&self, path: &str) -> Option<Value> {
+        if path == "_id" {
+            return Some(Value::Uuid(self.id.as_uuid()));
+        }
+        let mut parts = path.split('.');
+        let first = self.fields.get(parts.next()?)?;
+        let rest: Vec<&str> = parts.collect();
+        first.path(&rest).cloned()
+    }
+
+    /// The record as one JSON object with its fields and `"_id"`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("_id".into(), serde_json::Value::String(self.id.to_string()));
+        for (k, v) in &self.fields {
+            m.insert(k.clone(), crate::codec::json::to_json(v));
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// A sort key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderBy {
+    /// Field path (`a.b`) or `_id`.
+    pub field: String,
+    /// Descending instead of ascending.
+    pub desc: bool,
+}
+
+/// A query over one collection.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Only records matching this expression.
+    pub filter: Option<Expr>,
+    /// Values for `$name` parameters in the filter.
+    pub params: Params,
+    /// Sort keys, most significant first. Without any, records come in id order.
+    pub order_by: Vec<OrderBy>,
+    /// At most this many records.
+    pub limit: Option<usize>,
+    /// Skip this many records first.
+    pub offset: usize,
+    /// Ignore secondary indexes (for testing the planner).
+    pub no_index: bool,
+}
+
+impl Query {
+    /// A query with a filter expression (parsed here: invalid expressions fail now).
+    pub fn filter(expr: &str) -> Result<Query> {
+        Ok(Query { filter: Some(crate::query::parse(expr)?), ..Query::default() })
+    }
+}
+
+impl Database {
+    /// A record by id, or `None` if there is none (or it was deleted).
+    pub fn get(&self, collection: &str, id: RecordId) -> Result<Option<Record>> {
+        let inner = self.lock()?;
+        inner.get(collection, id)
+    }
+
+    /// Every live record of a collection, in id order, to `f`. Return `false` from `f` to stop.
+    pub fn for_each(&self, collection: &str, mut f: impl FnMut(Record) -> bool) -> Result<()> {
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else { return Ok(()) };
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT id, rev, seq, body FROM records WHERE coll = ?1 AND live = 1 ORDER BY id",
+        )?;
+        let mut rows = stmt.query([coll])?;
+        while let Some(row) = rows.next()? {
+            let rec = inner.decode_row(collection, row)?;
+            if !f(rec) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every live record of a collection, in id order.
+    pub fn scan(&self, collection: &str) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        self.for_each(collection, |r| {
+            out.push(r);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Run a query.
+    pub fn query(&self, collection: &str, q: &Query) -> Result<Vec<Record>> {
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        let plan = match (&q.filter, q.no_index) {
+            (Some(f), false) => {
+                let indexed = inner.indexes.get(&coll);
+                f.plan(&|name: &str| indexed.is_some_and(|s| s.contains(name)), &q.params)
+            }
+            _ => None,
+        };
+        let keep = |r: &Record| {
+            q.filter.as_ref().is_none_or(|f| f.matches(&r.id.0, &r.fields, &q.params))
+        };
+        match plan {
+            Some(scan) => {
+                // Candidates from the index (a superset), then the full filter.
+                let mut ids: Vec<RecordId> = Vec::new();
+                for range in &scan.ranges {
+                    let (lo, hi) = keys::key_range_bounds(range);
+                    let (lo_sql, lo_v) = match &lo {
+                        Bound::Included(b) => ("AND key >= ?3", Some(b.clone())),
+                        Bound::Excluded(b) => ("AND key > ?3", Some(b.clone())),
+                        Bound::Unbounded => ("AND ?3 IS NULL", None),
+                    };
+                    let (hi_sql, hi_v) = match &hi {
+                        Bound::Included(b) => ("AND key <= ?4", Some(b.clone())),
+                        Bound::Excluded(b) => ("AND key < ?4", Some(b.clone())),
+                        Bound::Unbounded => ("AND ?4 IS NULL", None),
+                    };
+                    let sql = format!(
+                        "SELECT id FROM index_entries WHERE coll = ?1 AND field = ?2 {lo_sql} {hi_sql}"
+                    );
+                    let mut stmt = inner.conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map(params![coll, scan.field, lo_v, hi_v], |r| r.get::<_, Vec<u8>>(0))?;
+                    for id in rows {
+                        let id: [u8; 16] = id?.try_into().map_err(|_| {
+                            crate::codec::DecodeError::Malformed("index entry id is not 16 bytes".into())
+                        })?;
+                        ids.push(RecordId(id));
+                    }
+                }
+                ids.sort();
+                ids.dedup();
+                for id in ids {
+                    if let Some(r) = inner.get(collection, id)? {
+                        if keep(&r) {
+                            out.push(r);
+                        }
+                    }
+                }
+            }
+            None => {
+                let mut stmt = inner.conn.prepare_cached(
+                    "SELECT id, rev, seq, body FROM records WHERE coll = ?1 AND live = 1 ORDER BY id",
+                )?;
+                let mut rows = stmt.query([coll])?;
+                while let Some(row) = rows.next()? {
+                    let r = inner.decode_row(collection, row)?;
+                    if keep(&r) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        if !q.order_by.is_empty() {
+            // Missing fields sort first (as null), like SQL's NULLS FIRST for ascending order.
+            out.sort_by(|a, b| {
+                for o in &q.order_by {
+                    let (x, y) = (a.field(&o.field).unwrap_or(Value::Null), b.field(&o.field).unwrap_or(Value::Null));
+                    let c = if o.desc { y.cmp(&x) } else { x.cmp(&y) };
+                    if c.is_ne() {
+                        return c;
+                    }
+                }
+                a.id.cmp(&b.id)
+            });
+        }
+        let out = out.into_iter().skip(q.offset);
+        Ok(match q.limit {
+            Some(n) => out.take(n).collect(),
+            None => out.collect(),
+        })
+    }
+
+    /// Number of live records in a collection.
+    pub fn count(&self, collection: &str) -> Result<u64> {
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else { return Ok(0) };
+        Ok(inner.conn.query_row("SELECT count(*) FROM records WHERE coll = ?1 AND live = 1", [coll], |r| r.get(0))?)
+    }
+
+    /// Names of the collections, sorted.
+    pub fn collections(&self) -> Result<Vec<String>> {
+        let inner = self.lock()?;
+        let mut v: Vec<String> = inner.collections.keys().cloned().collect();
+        v.sort();
+        Ok(v)
+    }
+}
+
+impl Inner {
+    pub(crate) fn get(&self, collection: &str, id: RecordId) -> Result<Option<Record>> {
+        let Some(coll) = self.collection_id(collection) else { return Ok(None) };
+        let row: Option<(u64, u64, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2 AND live = 1")?
+            .query_row(params![coll, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((rev, seq, bytes)) = row else { return Ok(None) };
+        let state = body::decode(&bytes, Seq(seq), &self.nodes)?;
+        Ok(Some(Record { collection: collection.to_owned(), id, rev, fields: state.fields() }))
+    }
+
+    fn decode_row(&self, collection: &str, row: &rusqlite::Row<'_>) -> Result<Record> {
+        let id: Vec<u8> = row.get(0)?;
+        let id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| crate::codec::DecodeError::Malformed("record id is not 16 bytes".into()))?;
+        let rev: u64 = row.get(1)?;
+        let seq: u64 = row.get(2)?;
+        let bytes: Vec<u8> = row.get(3)?;
+        let state = body::decode(&bytes, Seq(seq), &self.nodes)?;
+        Ok(Record { collection: collection.to_owned(), id: RecordId(id), rev, fields: state.fields() })
+    }
+}

@@ -1,0 +1,108 @@
+//! The SQLite schema, its format version and the migration path.
+//!
+//! | table           | one row per                | purpose                                   |
+//! |-----------------|----------------------------|-------------------------------------------|
+//! | `meta`          | setting                    | magic, format version, node id, clock, seq |
+//! | `nodes`         | node ever seen             | node id ↔ small local number              |
+//! | `collections`   | collection                 | name ↔ small local number                 |
+//! | `records`       | record (live or tombstone) | cells with versions (see `body.rs`)       |
+//! | `feed`          | (seq, record) with cells at that seq | the change feed; `src` = peer it came from |
+//! | `indexes`       | declared secondary index   |                                           |
+//! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
+//! | `history`       | cell change                | audit trail and time travel; compacted    |
+//! | `conflicts`     | concurrent overwrite       | losers kept for the application           |
+//! | `peers`         | peer and direction         | sync cursors (used by the sync engine)    |
+
+use rusqlite::Connection;
+
+/// Written in `meta` so that a foreign SQLite file is told apart from ours.
+pub const MAGIC: &str = "blazedb";
+/// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
+/// transaction as the version bump, so a crash mid-migration leaves the old format intact.
+pub const MIGRATIONS: &[&str] = &[];
+
+/// The schema of a new file at [`FORMAT_VERSION`].
+pub const CREATE: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE nodes (idx INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE);
+CREATE TABLE collections (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE records (
+    coll INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    rev INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (coll, id)
+) WITHOUT ROWID;
+CREATE TABLE feed (
+    seq INTEGER NOT NULL,
+    coll INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    src INTEGER NOT NULL,
+    PRIMARY KEY (seq, coll, id)
+) WITHOUT ROWID;
+CREATE TABLE indexes (coll INTEGER NOT NULL, field TEXT NOT NULL, PRIMARY KEY (coll, field))
+    WITHOUT ROWID;
+CREATE TABLE index_entries (
+    coll INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    key BLOB NOT NULL,
+    id BLOB NOT NULL,
+    PRIMARY KEY (coll, field, key, id)
+) WITHOUT ROWID;
+CREATE TABLE history (
+    hid INTEGER PRIMARY KEY AUTOINCREMENT,
+    coll INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    cell TEXT NOT NULL,
+    old BLOB,
+    old_hlc INTEGER,
+    old_node INTEGER,
+    new BLOB,
+    hlc INTEGER NOT NULL,
+    node INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    recorded_ms INTEGER NOT NULL
+);
+CREATE INDEX history_by_record ON history (coll, id, hid);
+CREATE TABLE conflicts (
+    cid INTEGER PRIMARY KEY AUTOINCREMENT,
+    coll INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    cell TEXT NOT NULL,
+    winner BLOB,
+    winner_hlc INTEGER NOT NULL,
+    winner_node INTEGER NOT NULL,
+    loser BLOB,
+    loser_hlc INTEGER NOT NULL,
+    loser_node INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    resolved INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX conflicts_open ON conflicts (resolved, coll);
+CREATE TABLE peers (
+    node BLOB NOT NULL,
+    direction TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    last_contact_ms INTEGER NOT NULL,
+    PRIMARY KEY (node, direction)
+) WITHOUT ROWID;
+";
+
+/// Create the schema in an empty database.
+pub fn create(conn: &Connection, node: &[u8; 16], now_ms: u64) -> rusqlite::Result<()> {
+    conn.execute_batch(CREATE)?;
+    let mut put = conn.prepare("INSERT INTO meta (key, value) VALUES (?1, ?2)")?;
+    put.execute(rusqlite::params!["magic", MAGIC])?;
+    put.execute(rusqlite::params!["format_version", FORMAT_VERSION])?;
+    put.execute(rusqlite::params!["node_id", &node[..]])?;
+    put.execute(rusqlite::params!["created_ms", now_ms as i64])?;
+    put.execute(rusqlite::params!["hlc", 0i64])?;
+    put.execute(rusqlite::params!["seq", 0i64])?;
+    put.execute(rusqlite::params!["history_horizon_ms", 0i64])?;
+    Ok(())
+}
