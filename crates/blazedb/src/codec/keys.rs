@@ -203,7 +203,10 @@ mod tests {
     #[test]
     fn equal_numbers_encode_equally() {
         assert_eq!(encode_key(&Value::Int(3)), encode_key(&Value::Float(3.0)));
-        assert_eq!(encode_key(&Value::Float(-0.0)), encode_key(&Value::Float(0.0)));
+        assert_eq!(
+            encode_key(&Value::Float(-0.0)),
+            encode_key(&Value::Float(0.0))
+        );
         assert_eq!(encode_key(&Value::Int(0)), encode_key(&Value::Float(-0.0)));
         assert_eq!(
             encode_key(&Value::Float(f64::NAN)),
@@ -246,7 +249,16 @@ mod tests {
             Value::Float(-(two53 as f64)),
             Value::Float(2.5),
         ];
-        for base in [0, two53, -two53, i64::MAX, i64::MIN, 1 << 62, -(1 << 62), 1 << 60] {
+        for base in [
+            0,
+            two53,
+            -two53,
+            i64::MAX,
+            i64::MIN,
+            1 << 62,
+            -(1 << 62),
+            1 << 60,
+        ] {
             for d in -3..=3i64 {
                 values.push(Value::Int(base.saturating_add(d)));
             }
@@ -260,15 +272,37 @@ mod tests {
 
     #[test]
     fn strings_sort_prefix_first_and_zero_bytes_correctly() {
-        let texts: Vec<Value> = ["", "\0", "\0\0", "\0a", "a", "a\0", "a\0\0", "a\u{1}", "ab", "b", "\u{10FFFF}", "é"]
-            .into_iter()
-            .map(Value::from)
-            .collect();
+        let texts: Vec<Value> = [
+            "",
+            "\0",
+            "\0\0",
+            "\0a",
+            "a",
+            "a\0",
+            "a\0\0",
+            "a\u{1}",
+            "ab",
+            "b",
+            "\u{10FFFF}",
+            "é",
+        ]
+        .into_iter()
+        .map(Value::from)
+        .collect();
         all_pairs(&texts);
-        let bytes: Vec<Value> = [&[][..], &[0], &[0, 0], &[0, 0xFF], &[0, 1], &[1], &[0xFF], &[0xFF, 0]]
-            .into_iter()
-            .map(|b| Value::Bytes(b.to_vec()))
-            .collect();
+        let bytes: Vec<Value> = [
+            &[][..],
+            &[0],
+            &[0, 0],
+            &[0, 0xFF],
+            &[0, 1],
+            &[1],
+            &[0xFF],
+            &[0xFF, 0],
+        ]
+        .into_iter()
+        .map(|b| Value::Bytes(b.to_vec()))
+        .collect();
         all_pairs(&bytes);
     }
 

@@ -38,7 +38,9 @@ pub enum QueryError {
         max: usize,
     },
     /// The expression nests parentheses, lists and `!` deeper than [`EXPRESSION_DEPTH_MAX`].
-    #[error("expression is nested more than {max} levels deep (parentheses, lists and `!`): flatten it")]
+    #[error(
+        "expression is nested more than {max} levels deep (parentheses, lists and `!`): flatten it"
+    )]
     TooDeep {
         /// The limit, in levels.
         max: usize,
@@ -142,7 +144,9 @@ mod tests {
             panic!("expected a syntax error");
         };
         assert_eq!((*line, *column), (2, 5));
-        assert!(e.to_string().starts_with("invalid expression at line 2, column 5:"));
+        assert!(e
+            .to_string()
+            .starts_with("invalid expression at line 2, column 5:"));
         assert!(e.to_string().ends_with("\n    b = 2\n      ^"));
     }
 
@@ -161,8 +165,22 @@ mod tests {
     #[test]
     fn offsets_inside_a_character_do_not_panic() {
         let e = QueryError::syntax("é == 1", 1, "x");
-        assert!(matches!(e, QueryError::Syntax { pos: 0, column: 1, .. }));
+        assert!(matches!(
+            e,
+            QueryError::Syntax {
+                pos: 0,
+                column: 1,
+                ..
+            }
+        ));
         let e = QueryError::syntax("", 99, "x");
-        assert!(matches!(e, QueryError::Syntax { pos: 0, column: 1, .. }));
+        assert!(matches!(
+            e,
+            QueryError::Syntax {
+                pos: 0,
+                column: 1,
+                ..
+            }
+        ));
     }
 }

@@ -155,7 +155,10 @@ mod tests {
         r.insert("public".to_owned(), Value::Bool(true));
         r.insert("draft".to_owned(), Value::Bool(false));
         r.insert("nothing".to_owned(), Value::Null);
-        r.insert("tags".to_owned(), Value::List(vec!["a".into(), "b".into(), 3.into()]));
+        r.insert(
+            "tags".to_owned(),
+            Value::List(vec!["a".into(), "b".into(), 3.into()]),
+        );
         r.insert("address".to_owned(), Value::Map(address));
         r.insert("blob".to_owned(), Value::Bytes(vec![1, 2, 3]));
         r.insert("due".to_owned(), Value::Timestamp(Timestamp(1_000_000)));
@@ -169,7 +172,10 @@ mod tests {
         auth.insert("sub".to_owned(), Value::from("alice"));
         let mut p = Params::new();
         p.insert("auth".to_owned(), Value::Map(auth));
-        p.insert("states".to_owned(), Value::List(vec!["open".into(), "closed".into()]));
+        p.insert(
+            "states".to_owned(),
+            Value::List(vec!["open".into(), "closed".into()]),
+        );
         p.insert("min".to_owned(), Value::Int(3));
         p
     }
@@ -319,7 +325,11 @@ mod tests {
         fields.insert("n".to_owned(), Value::Float(f64::NAN));
         let mut p = Params::new();
         p.insert("pre".to_owned(), Value::Bytes(vec![1, 2]));
-        let m = |src: &str| parse(src).map(|e| e.matches(&ID, &fields, &p)).unwrap_or(false);
+        let m = |src: &str| {
+            parse(src)
+                .map(|e| e.matches(&ID, &fields, &p))
+                .unwrap_or(false)
+        };
         assert!(m("b starts_with $pre"));
         assert!(!m("b starts_with \"a\""));
         // NaN sorts above every number and equals itself, as in the index.

@@ -186,7 +186,9 @@ impl Lexer<'_> {
             ',' => Tok::Comma,
             '.' => {
                 if self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                    return Err(self.error(start, "a number needs a digit before the `.`, e.g. `0.5`"));
+                    return Err(
+                        self.error(start, "a number needs a digit before the `.`, e.g. `0.5`")
+                    );
                 }
                 Tok::Dot
             }
@@ -251,7 +253,10 @@ impl Lexer<'_> {
             '`' => Tok::QuotedName(self.quoted_name(start)?),
             '$' => {
                 let name_start = self.pos;
-                if !self.peek().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
+                if !self
+                    .peek()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                {
                     return Err(self.error(
                         name_start,
                         "expected a parameter name after `$`, e.g. `$auth.sub`",
@@ -288,7 +293,10 @@ impl Lexer<'_> {
 
     /// The rest of `[A-Za-z_][A-Za-z0-9_]*` whose first character started at `start`.
     fn word(&mut self, start: usize) -> Result<String, QueryError> {
-        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             self.bump();
         }
         let w = &self.src[start..self.pos];
@@ -304,13 +312,18 @@ impl Lexer<'_> {
                 Some('`') => break,
                 Some(_) => {}
                 None => {
-                    return Err(self.error(start, "unterminated field name: missing closing `` ` ``"))
+                    return Err(
+                        self.error(start, "unterminated field name: missing closing `` ` ``")
+                    )
                 }
             }
         }
         let name = &self.src[body..self.pos - 1];
         if name.is_empty() {
-            return Err(self.error(start, "empty field name ``; write a name between the backquotes"));
+            return Err(self.error(
+                start,
+                "empty field name ``; write a name between the backquotes",
+            ));
         }
         check_name_len(name).map_err(|m| self.error(start, m))?;
         Ok(name.to_owned())
@@ -354,7 +367,8 @@ impl Lexer<'_> {
 
     /// `{XXXX}` after `\u`, 1 to 6 hex digits naming a Unicode scalar value; `at` is the `\`.
     fn unicode_escape(&mut self, at: usize) -> Result<char, QueryError> {
-        const HELP: &str = "invalid unicode escape: write `\\u{` then 1 to 6 hex digits then `}`, e.g. `\\u{e9}`";
+        const HELP: &str =
+            "invalid unicode escape: write `\\u{` then 1 to 6 hex digits then `}`, e.g. `\\u{e9}`";
         if !self.eat('{') {
             return Err(self.error(at, HELP));
         }
@@ -372,7 +386,9 @@ impl Lexer<'_> {
             .ok_or_else(|| {
                 self.error(
                     at,
-                    format!("`\\u{{{hex}}}` is not a Unicode character (surrogate or above 10FFFF)"),
+                    format!(
+                        "`\\u{{{hex}}}` is not a Unicode character (surrogate or above 10FFFF)"
+                    ),
                 )
             })
     }
@@ -387,7 +403,10 @@ impl Lexer<'_> {
                 self.digits();
                 is_float = true;
             } else {
-                return Err(self.error(self.pos, "expected a digit after the decimal point, e.g. `1.0`"));
+                return Err(self.error(
+                    self.pos,
+                    "expected a digit after the decimal point, e.g. `1.0`",
+                ));
             }
         }
         if matches!(self.peek(), Some('e' | 'E')) {
@@ -401,8 +420,14 @@ impl Lexer<'_> {
             self.digits();
             is_float = true;
         }
-        if self.peek().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
-            return Err(self.error(start, format!("invalid number `{}…`", &self.src[start..self.pos])));
+        if self
+            .peek()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+        {
+            return Err(self.error(
+                start,
+                format!("invalid number `{}…`", &self.src[start..self.pos]),
+            ));
         }
         let text = &self.src[start..self.pos];
         if is_float {
@@ -456,7 +481,9 @@ mod tests {
     fn err(src: &str) -> (usize, String) {
         match tokenize(src) {
             Ok(t) => panic!("{src:?} lexed as {t:?}"),
-            Err(QueryError::Syntax { column, message, .. }) => (column, message),
+            Err(QueryError::Syntax {
+                column, message, ..
+            }) => (column, message),
             Err(e) => panic!("unexpected error {e}"),
         }
     }
@@ -484,7 +511,15 @@ mod tests {
                 Tok::End
             ]
         );
-        assert_eq!(toks("a<=b"), vec![Tok::Word("a".into()), Tok::Le, Tok::Word("b".into()), Tok::End]);
+        assert_eq!(
+            toks("a<=b"),
+            vec![
+                Tok::Word("a".into()),
+                Tok::Le,
+                Tok::Word("b".into()),
+                Tok::End
+            ]
+        );
     }
 
     #[test]
@@ -494,9 +529,17 @@ mod tests {
         assert_eq!(toks("1.5"), vec![Tok::Float(1.5), Tok::End]);
         assert_eq!(toks("1e3"), vec![Tok::Float(1000.0), Tok::End]);
         assert_eq!(toks("-2.5E-3"), vec![Tok::Float(-0.0025), Tok::End]);
-        assert_eq!(toks("-9223372036854775808"), vec![Tok::Int(i64::MIN), Tok::End]);
-        assert_eq!(toks("9223372036854775807"), vec![Tok::Int(i64::MAX), Tok::End]);
-        assert!(err("9223372036854775808").1.contains("does not fit in 64 bits"));
+        assert_eq!(
+            toks("-9223372036854775808"),
+            vec![Tok::Int(i64::MIN), Tok::End]
+        );
+        assert_eq!(
+            toks("9223372036854775807"),
+            vec![Tok::Int(i64::MAX), Tok::End]
+        );
+        assert!(err("9223372036854775808")
+            .1
+            .contains("does not fit in 64 bits"));
         assert!(err("1e999").1.contains("too large"));
         assert_eq!(err("x == 1.").0, 7);
         assert_eq!(err("x == 1e").0, 8);
@@ -511,7 +554,10 @@ mod tests {
             toks(r#""a\"b\\c\n\t\r\0\u{e9}\u{1F600}""#),
             vec![Tok::Str("a\"b\\c\n\t\r\0é😀".into()), Tok::End]
         );
-        assert_eq!(toks("\"héllo wörld\""), vec![Tok::Str("héllo wörld".into()), Tok::End]);
+        assert_eq!(
+            toks("\"héllo wörld\""),
+            vec![Tok::Str("héllo wörld".into()), Tok::End]
+        );
         assert_eq!(toks("\"\""), vec![Tok::Str(String::new()), Tok::End]);
         let (col, msg) = err("x == \"abc");
         assert_eq!(col, 6);
@@ -547,13 +593,18 @@ mod tests {
         assert!(err("``").1.contains("empty field name"));
         assert!(err("$ x").1.contains("parameter name"));
         assert!(err("$1").1.contains("parameter name"));
-        assert!(err(&"a".repeat(FIELD_NAME_BYTES_MAX + 1)).1.contains("at most 255 bytes"));
+        assert!(err(&"a".repeat(FIELD_NAME_BYTES_MAX + 1))
+            .1
+            .contains("at most 255 bytes"));
         assert!(tokenize(&"a".repeat(FIELD_NAME_BYTES_MAX)).is_ok());
     }
 
     #[test]
     fn wrong_operators_get_a_suggestion() {
-        assert_eq!(err("a = 1"), (3, "unknown operator `=`; did you mean `==`?".into()));
+        assert_eq!(
+            err("a = 1"),
+            (3, "unknown operator `=`; did you mean `==`?".into())
+        );
         assert!(err("a === 1").1.contains("use `==`"));
         assert!(err("a !== 1").1.contains("use `!=`"));
         assert!(err("a <> 1").1.contains("`!=`"));

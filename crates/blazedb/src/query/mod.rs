@@ -123,15 +123,13 @@ impl Expr {
     /// Whether a record matches. `fields` are the record's top-level fields, `id` its record
     /// id (as uuid bytes), `params` the values of `$name` parameters (a missing one is null).
     /// Never fails and never panics, whatever the record holds.
-    pub fn matches(&self, id: &[u8; 16], fields: &BTreeMap<String, Value>, params: &Params) -> bool {
-        eval::test(
-            &self.root,
-            &eval::Context {
-                id,
-                fields,
-                params,
-            },
-        )
+    pub fn matches(
+        &self,
+        id: &[u8; 16],
+        fields: &BTreeMap<String, Value>,
+        params: &Params,
+    ) -> bool {
+        eval::test(&self.root, &eval::Context { id, fields, params })
     }
 
     /// The source text the expression was parsed from.
@@ -215,10 +213,53 @@ mod tests {
 
     /// Fragments that make random token soup likely to get deep into the parser.
     const FRAGMENTS: &[&str] = &[
-        "a", "b.c", "`x y`", "$p", "$p.q", "_id", "==", "!=", "<", "<=", ">", ">=", "&&", "||",
-        "!", "and", "or", "not", "in", "contains", "starts_with", "exists(", "uuid(", "date(",
-        "(", ")", "[", "]", ",", ".", "1", "-2", "1.5", "1e3", "\"s\"", "\"\\u{1F600}\"", "true",
-        "false", "null", "\"", "`", "=", "é", "\u{202e}", "\0", " ", "\n",
+        "a",
+        "b.c",
+        "`x y`",
+        "$p",
+        "$p.q",
+        "_id",
+        "==",
+        "!=",
+        "<",
+        "<=",
+        ">",
+        ">=",
+        "&&",
+        "||",
+        "!",
+        "and",
+        "or",
+        "not",
+        "in",
+        "contains",
+        "starts_with",
+        "exists(",
+        "uuid(",
+        "date(",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        ".",
+        "1",
+        "-2",
+        "1.5",
+        "1e3",
+        "\"s\"",
+        "\"\\u{1F600}\"",
+        "true",
+        "false",
+        "null",
+        "\"",
+        "`",
+        "=",
+        "é",
+        "\u{202e}",
+        "\0",
+        " ",
+        "\n",
     ];
 
     proptest! {

@@ -26,9 +26,9 @@ pub(crate) fn parse_node(src: &str) -> Result<Node, QueryError> {
         depth: 0,
     };
     if *p.peek() == Tok::End {
-        return Err(p.error_here(
-            "empty expression: expected a condition such as `status == \"open\"`",
-        ));
+        return Err(
+            p.error_here("empty expression: expected a condition such as `status == \"open\"`")
+        );
     }
     let start = p.token().start;
     let node = p.parse_or()?;
@@ -36,9 +36,9 @@ pub(crate) fn parse_node(src: &str) -> Result<Node, QueryError> {
     match p.peek() {
         Tok::End => Ok(node),
         Tok::RParen => Err(p.error_here("unexpected `)` with no matching `(`")),
-        Tok::Word(w) if w == "is" => Err(p.error_here(
-            "`is` is not an operator: write `x == null` or `x != null`",
-        )),
+        Tok::Word(w) if w == "is" => {
+            Err(p.error_here("`is` is not an operator: write `x == null` or `x != null`"))
+        }
         found => Err(p.error_here(format!(
             "expected `&&`, `||` or the end of the expression after a complete condition, found {}",
             found.describe()
@@ -274,7 +274,11 @@ impl Parser<'_> {
             lhs: Box::new(lhs),
             rhs: Box::new(rhs),
         };
-        Ok(if not_in { Node::Not(Box::new(node)) } else { node })
+        Ok(if not_in {
+            Node::Not(Box::new(node))
+        } else {
+            node
+        })
     }
 
     /// `("!" | "not") unary | primary`; the flag says the node came from a bare `!`.
@@ -460,16 +464,19 @@ impl Parser<'_> {
                 Node::Exists(Box::new(arg))
             }
             "uuid" => {
-                let (s, at) = self.string_argument("uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\")")?;
-                let u = uuid::Uuid::try_parse(&s).map_err(|e| {
-                    self.error_at(at, format!("invalid uuid {s:?}: {e}"))
-                })?;
+                let (s, at) =
+                    self.string_argument("uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\")")?;
+                let u = uuid::Uuid::try_parse(&s)
+                    .map_err(|e| self.error_at(at, format!("invalid uuid {s:?}: {e}")))?;
                 Node::Literal(Value::Uuid(u))
             }
             _ => {
                 let (s, at) = self.string_argument("date(\"2026-11-22T10:00:00Z\")")?;
                 let t = Timestamp::parse_rfc3339(&s).map_err(|e| {
-                    self.error_at(at, format!("{e}; expected a time such as date(\"2026-11-22T10:00:00Z\")"))
+                    self.error_at(
+                        at,
+                        format!("{e}; expected a time such as date(\"2026-11-22T10:00:00Z\")"),
+                    )
                 })?;
                 Node::Literal(Value::Timestamp(t))
             }
@@ -515,7 +522,9 @@ mod tests {
     fn err(src: &str) -> (usize, String) {
         match parse_node(src) {
             Ok(n) => panic!("{src:?} parsed as {n:?}"),
-            Err(QueryError::Syntax { column, message, .. }) => (column, message),
+            Err(QueryError::Syntax {
+                column, message, ..
+            }) => (column, message),
             Err(e) => panic!("{src:?}: unexpected error {e}"),
         }
     }
@@ -549,7 +558,11 @@ mod tests {
             ("contains", BinaryOp::Contains),
             ("starts_with", BinaryOp::StartsWith),
         ] {
-            assert_eq!(ok(&format!("a {sym} 1")), bin(op, field("a"), lit(1)), "{sym}");
+            assert_eq!(
+                ok(&format!("a {sym} 1")),
+                bin(op, field("a"), lit(1)),
+                "{sym}"
+            );
         }
     }
 
@@ -564,7 +577,10 @@ mod tests {
             ])
         );
         assert_eq!(ok("a or b and c"), ok("a || b && c"));
-        assert_eq!(ok("not a and b"), Node::And(vec![Node::Not(Box::new(field("a"))), field("b")]));
+        assert_eq!(
+            ok("not a and b"),
+            Node::And(vec![Node::Not(Box::new(field("a"))), field("b")])
+        );
         assert_eq!(
             ok("!(a == 1)"),
             Node::Not(Box::new(bin(BinaryOp::Eq, field("a"), lit(1))))
@@ -573,13 +589,19 @@ mod tests {
             ok("(!a) == false"),
             bin(BinaryOp::Eq, Node::Not(Box::new(field("a"))), lit(false))
         );
-        assert_eq!(ok("a == !b"), bin(BinaryOp::Eq, field("a"), Node::Not(Box::new(field("b")))));
+        assert_eq!(
+            ok("a == !b"),
+            bin(BinaryOp::Eq, field("a"), Node::Not(Box::new(field("b"))))
+        );
         assert_eq!(
             ok("(a || b) && c"),
             Node::And(vec![Node::Or(vec![field("a"), field("b")]), field("c")])
         );
         // Chains are flat.
-        assert_eq!(ok("a && b && c"), Node::And(vec![field("a"), field("b"), field("c")]));
+        assert_eq!(
+            ok("a && b && c"),
+            Node::And(vec![field("a"), field("b"), field("c")])
+        );
     }
 
     #[test]
@@ -587,17 +609,27 @@ mod tests {
         assert_eq!(ok("a == \"x\""), bin(BinaryOp::Eq, field("a"), lit("x")));
         assert_eq!(ok("a == -2"), bin(BinaryOp::Eq, field("a"), lit(-2)));
         assert_eq!(ok("a == 1.5"), bin(BinaryOp::Eq, field("a"), lit(1.5)));
-        assert_eq!(ok("a == null"), bin(BinaryOp::Eq, field("a"), Node::Literal(Value::Null)));
+        assert_eq!(
+            ok("a == null"),
+            bin(BinaryOp::Eq, field("a"), Node::Literal(Value::Null))
+        );
         assert_eq!(ok("a == true"), bin(BinaryOp::Eq, field("a"), lit(true)));
         assert_eq!(
             ok("a in [1, \"a\", [2], ]"),
             bin(
                 BinaryOp::In,
                 field("a"),
-                lit(Value::List(vec![1.into(), "a".into(), Value::List(vec![2.into()])]))
+                lit(Value::List(vec![
+                    1.into(),
+                    "a".into(),
+                    Value::List(vec![2.into()])
+                ]))
             )
         );
-        assert_eq!(ok("a in []"), bin(BinaryOp::In, field("a"), lit(Value::List(vec![]))));
+        assert_eq!(
+            ok("a in []"),
+            bin(BinaryOp::In, field("a"), lit(Value::List(vec![])))
+        );
         assert_eq!(
             ok("a in [$x, 1]"),
             bin(
@@ -638,7 +670,10 @@ mod tests {
                 lit(1)
             )
         );
-        assert_eq!(ok("meta.in == 1"), bin(BinaryOp::Eq, field("meta.in"), lit(1)));
+        assert_eq!(
+            ok("meta.in == 1"),
+            bin(BinaryOp::Eq, field("meta.in"), lit(1))
+        );
         assert_eq!(ok("`in` == 1"), bin(BinaryOp::Eq, field("in"), lit(1)));
         assert_eq!(ok("`_id` == 1"), bin(BinaryOp::Eq, field("_id"), lit(1)));
         assert_eq!(
@@ -658,7 +693,11 @@ mod tests {
         assert_eq!(ok("exists(_id)"), Node::Exists(Box::new(Node::RecordId)));
         assert_eq!(
             ok("a not in [1]"),
-            Node::Not(Box::new(bin(BinaryOp::In, field("a"), lit(Value::List(vec![1.into()])))))
+            Node::Not(Box::new(bin(
+                BinaryOp::In,
+                field("a"),
+                lit(Value::List(vec![1.into()]))
+            )))
         );
     }
 
@@ -668,15 +707,27 @@ mod tests {
             err("status == "),
             (11, "expected a value after `==`, found end of input".into())
         );
-        assert_eq!(err("a == 1 && (b == 2"), (18, "expected `)` to close the `(` at column 11, found end of input".into()));
-        assert_eq!(err("a == 1)"), (7, "unexpected `)` with no matching `(`".into()));
+        assert_eq!(
+            err("a == 1 && (b == 2"),
+            (
+                18,
+                "expected `)` to close the `(` at column 11, found end of input".into()
+            )
+        );
+        assert_eq!(
+            err("a == 1)"),
+            (7, "unexpected `)` with no matching `(`".into())
+        );
         let (col, msg) = err("status == \"open\" priority > 1");
         assert_eq!(col, 18);
         assert!(msg.contains("found `priority`"), "{msg}");
         let (col, msg) = err("a = 1");
         assert_eq!(col, 3);
         assert!(msg.contains("did you mean `==`?"));
-        assert_eq!(err("").1, "empty expression: expected a condition such as `status == \"open\"`");
+        assert_eq!(
+            err("").1,
+            "empty expression: expected a condition such as `status == \"open\"`"
+        );
         assert!(err("   ").1.starts_with("empty expression"));
         let (col, msg) = err("a < b < c");
         assert_eq!(col, 7);
@@ -687,7 +738,10 @@ mod tests {
         assert!(msg.contains("!(... == ...)"), "{msg}");
         let (col, msg) = err("x == 1 && in == 2");
         assert_eq!(col, 11);
-        assert!(msg.contains("found `in`") && msg.contains("`` `in` ``"), "{msg}");
+        assert!(
+            msg.contains("found `in`") && msg.contains("`` `in` ``"),
+            "{msg}"
+        );
         let (col, msg) = err("status == \"a\" || \"b\"");
         assert_eq!(col, 18);
         assert!(msg.contains("expected a condition"), "{msg}");
@@ -696,7 +750,10 @@ mod tests {
         assert!(ok("true") == lit(true));
         let (col, msg) = err("a in [1, 2");
         assert_eq!(col, 11);
-        assert!(msg.contains("expected `,` or `]` in the list opened at column 6"), "{msg}");
+        assert!(
+            msg.contains("expected `,` or `]` in the list opened at column 6"),
+            "{msg}"
+        );
         assert!(err("a in [1 2]").1.contains("expected `,` or `]`"));
         assert!(err("a. == 1").1.contains("expected a field name after `.`"));
         assert!(err("_id.x == 1").1.contains("has no fields"));
@@ -708,8 +765,12 @@ mod tests {
         assert!(err("t > date(\"yesterday\")").1.contains("RFC 3339"));
         assert!(err("uuid(1)").1.contains("expected a string literal"));
         assert!(err("exists(1)").1.contains("exists() takes a field path"));
-        assert!(err("exists(a b)").1.contains("expected `)` to close the `exists(`"));
-        assert!(err("a == 1 &&").1.contains("after `&&`, found end of input"));
+        assert!(err("exists(a b)")
+            .1
+            .contains("expected `)` to close the `exists(`"));
+        assert!(err("a == 1 &&")
+            .1
+            .contains("after `&&`, found end of input"));
         assert!(err("(").1.contains("expected a value after `(`"));
     }
 
@@ -717,20 +778,39 @@ mod tests {
     fn multi_line_error_positions() {
         let e = parse_node("a == 1 &&\n  b = 2");
         assert!(
-            matches!(e, Err(QueryError::Syntax { line: 2, column: 5, .. })),
+            matches!(
+                e,
+                Err(QueryError::Syntax {
+                    line: 2,
+                    column: 5,
+                    ..
+                })
+            ),
             "{e:?}"
         );
     }
 
     #[test]
     fn depth_limit() {
-        let ok_depth = format!("{}a{}", "(".repeat(EXPRESSION_DEPTH_MAX), ")".repeat(EXPRESSION_DEPTH_MAX));
+        let ok_depth = format!(
+            "{}a{}",
+            "(".repeat(EXPRESSION_DEPTH_MAX),
+            ")".repeat(EXPRESSION_DEPTH_MAX)
+        );
         assert_eq!(ok(&ok_depth), field("a"));
-        let deep = format!("{}a{}", "(".repeat(EXPRESSION_DEPTH_MAX + 1), ")".repeat(EXPRESSION_DEPTH_MAX + 1));
+        let deep = format!(
+            "{}a{}",
+            "(".repeat(EXPRESSION_DEPTH_MAX + 1),
+            ")".repeat(EXPRESSION_DEPTH_MAX + 1)
+        );
         assert_eq!(parse_node(&deep), Err(QueryError::too_deep()));
         let bangs = format!("{}a", "!".repeat(EXPRESSION_DEPTH_MAX + 1));
         assert_eq!(parse_node(&bangs), Err(QueryError::too_deep()));
-        let lists = format!("a in {}{}", "[".repeat(EXPRESSION_DEPTH_MAX + 1), "]".repeat(EXPRESSION_DEPTH_MAX + 1));
+        let lists = format!(
+            "a in {}{}",
+            "[".repeat(EXPRESSION_DEPTH_MAX + 1),
+            "]".repeat(EXPRESSION_DEPTH_MAX + 1)
+        );
         assert_eq!(parse_node(&lists), Err(QueryError::too_deep()));
         // Hostile nesting far beyond the limit, within the length limit, errors cleanly.
         let hostile = "(".repeat(EXPRESSION_BYTES_MAX);

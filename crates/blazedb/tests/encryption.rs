@@ -1,0 +1,184 @@
+//! Opening files: encryption hides everything, wrong passwords, foreign and damaged files get
+//! their own errors, and rekeying keeps the data.
+
+use blazedb::{Database, Error, OpenError, OpenOptions, Value};
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn file_bytes(path: &std::path::Path) -> Vec<u8> {
+    let mut all = std::fs::read(path).unwrap();
+    if let Ok(wal) = std::fs::read(format!("{}-wal", path.display())) {
+        all.extend(wal);
+    }
+    all
+}
+
+#[test]
+fn encrypted_file_contains_no_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret.db");
+    {
+        let db = Database::open(&path, OpenOptions::with_password("pw")).unwrap();
+        for i in 0..200 {
+            db.insert("zebracollection", [("giraffefield", Value::from(format!("okapivalue{i}")))]).unwrap();
+        }
+        db.create_index("zebracollection", "giraffefield").unwrap();
+        assert!(db.is_encrypted());
+    }
+    let bytes = file_bytes(&path);
+    for needle in [&b"zebracollection"[..], b"giraffefield", b"okapivalue", b"SQLite format 3", b"blazedb"] {
+        assert!(!contains(&bytes, needle), "found {:?} in the encrypted file", String::from_utf8_lossy(needle));
+    }
+    // The same data unencrypted does show up, so the scan above can find things.
+    let plain = dir.path().join("plain.db");
+    {
+        let db = Database::open(&plain, OpenOptions::default()).unwrap();
+        db.insert("zebracollection", [("giraffefield", Value::from("okapivalue"))]).unwrap();
+    }
+    assert!(contains(&file_bytes(&plain), b"okapivalue"));
+}
+
+#[test]
+fn wrong_password_is_its_own_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let id = {
+        let db = Database::open(&path, OpenOptions::with_password("right")).unwrap();
+        db.insert("c", [("x", 1)]).unwrap()
+    };
+    match Database::open(&path, OpenOptions::with_password("wrong")) {
+        Err(Error::Open(OpenError::WrongPassword { .. })) => {}
+        other => panic!("expected WrongPassword, got {other:?}"),
+    }
+    match Database::open(&path, OpenOptions::default()) {
+        Err(Error::Open(OpenError::PasswordRequired { .. })) => {}
+        other => panic!("expected PasswordRequired, got {other:?}"),
+    }
+    // The failed attempts changed nothing.
+    let db = Database::open(&path, OpenOptions::with_password("right")).unwrap();
+    assert_eq!(db.get("c", id).unwrap().unwrap().fields["x"], Value::Int(1));
+}
+
+#[test]
+fn password_on_a_plain_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    Database::open(&path, OpenOptions::default()).unwrap().insert("c", [("x", 1)]).unwrap();
+    match Database::open(&path, OpenOptions::with_password("pw")) {
+        Err(Error::Open(OpenError::NotEncrypted { .. })) => {}
+        other => panic!("expected NotEncrypted, got {other:?}"),
+    }
+}
+
+#[test]
+fn foreign_files_are_not_blazedb() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello, this is not a database\n").unwrap();
+    for opts in [OpenOptions::default(), OpenOptions::with_password("pw")] {
+        match Database::open(&text, opts) {
+            Err(Error::Open(OpenError::NotABlazeDb { .. })) => {}
+            other => panic!("expected NotABlazeDb, got {other:?}"),
+        }
+    }
+    // Another application's SQLite database.
+    let other = dir.path().join("other.sqlite");
+    {
+        let c = rusqlite::Connection::open(&other).unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+    }
+    match Database::open(&other, OpenOptions::default()) {
+        Err(Error::Open(OpenError::NotABlazeDb { .. })) => {}
+        other => panic!("expected NotABlazeDb, got {other:?}"),
+    }
+    // Untouched.
+    let c = rusqlite::Connection::open(&other).unwrap();
+    let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn truncated_files_are_corrupted_not_a_panic() {
+    for password in [None, Some("pw")] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let db = Database::open(&path, OpenOptions { password: password.map(Into::into), ..Default::default() }).unwrap();
+            db.transaction(|tx| {
+                for i in 0..3000 {
+                    tx.insert("c", [("n", Value::Int(i)), ("pad", Value::from("x".repeat(100)))])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            db.vacuum().unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // Cut at a page boundary (so it still looks like a database) and mid-page.
+        for cut in [len / 2 / 4096 * 4096, len / 3 + 7] {
+            f.set_len(cut).unwrap();
+            let opened = Database::open(&path, OpenOptions { password: password.map(Into::into), ..Default::default() });
+            let problem = match opened {
+                Err(Error::Open(OpenError::Corrupted { .. } | OpenError::NotABlazeDb { .. })) => true,
+                Err(e) => panic!("unexpected error kind for truncated file: {e:?}"),
+                Ok(db) => {
+                    // Opening may succeed if the schema pages survived; reading must then fail
+                    // cleanly or the integrity check must report it.
+                    let scan = db.scan("c");
+                    let check = db.integrity_check();
+                    scan.is_err() || check.is_err() || !check.unwrap().ok
+                }
+            };
+            assert!(problem, "truncation to {cut} of {len} bytes went unnoticed (password {password:?})");
+        }
+    }
+}
+
+#[test]
+fn rekey_changes_password_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let mut db = Database::open(&path, OpenOptions::default()).unwrap();
+    let id = db.insert("c", [("secretword", "platypus")]).unwrap();
+    let node = db.node_id();
+    db.rekey(Some("one")).unwrap();
+    assert!(db.is_encrypted());
+    assert_eq!(db.get("c", id).unwrap().unwrap().fields["secretword"], Value::from("platypus"));
+    db.rekey(Some("two")).unwrap();
+    db.insert("c", [("after", 1)]).unwrap();
+    drop(db);
+    assert!(!contains(&file_bytes(&path), b"platypus"));
+    assert!(matches!(
+        Database::open(&path, OpenOptions::with_password("one")),
+        Err(Error::Open(OpenError::WrongPassword { .. }))
+    ));
+    let mut db = Database::open(&path, OpenOptions::with_password("two")).unwrap();
+    assert_eq!(db.node_id(), node, "node id survives rekey");
+    assert_eq!(db.count("c").unwrap(), 2);
+    db.rekey(None).unwrap();
+    drop(db);
+    let db = Database::open(&path, OpenOptions::default()).unwrap();
+    assert_eq!(db.count("c").unwrap(), 2);
+}
+
+#[test]
+fn node_id_is_generated_once_and_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.db");
+    let a = Database::open(&path, OpenOptions::default()).unwrap().node_id();
+    let b = Database::open(&path, OpenOptions::default()).unwrap().node_id();
+    let other = Database::open(dir.path().join("m.db"), OpenOptions::default()).unwrap().node_id();
+    assert_eq!(a, b);
+    assert_ne!(a, other);
+}
+
+#[test]
+fn missing_file_without_create_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Database::open(dir.path().join("nope.db"), OpenOptions { create: false, ..Default::default() });
+    assert!(matches!(r, Err(Error::Open(OpenError::Io { .. }))));
+    assert!(!dir.path().join("nope.db").exists());
+}

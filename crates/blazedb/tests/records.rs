@@ -1,0 +1,203 @@
+//! Records: insert, get, update of named fields, upsert, delete, counters, sets, typed
+//! values, transactions, per-record versions, limits.
+
+use std::collections::BTreeMap;
+
+use blazedb::{Database, Error, OpenOptions, Patch, RecordId, Timestamp, Value, WriteError};
+
+fn db() -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("t.db"), OpenOptions::default()).unwrap();
+    (dir, db)
+}
+
+#[test]
+fn typed_values_round_trip() {
+    let (_d, db) = db();
+    let mut map = BTreeMap::new();
+    map.insert("k".to_owned(), Value::List(vec![Value::Null, Value::Bool(true)]));
+    let u = uuid::Uuid::now_v7();
+    let fields: Vec<(&str, Value)> = vec![
+        ("null", Value::Null),
+        ("bool", Value::Bool(false)),
+        ("int", Value::Int(i64::MIN)),
+        ("float", Value::Float(-1.25)),
+        ("text", Value::from("héllo\0")),
+        ("bytes", Value::Bytes(vec![0, 255, 7])),
+        ("uuid", Value::Uuid(u)),
+        ("ts", Value::Timestamp(Timestamp(1_700_000_000_123_456))),
+        ("list", Value::List(vec![1.into(), "a".into()])),
+        ("map", Value::Map(map)),
+    ];
+    let id = db.insert("c", fields.clone()).unwrap();
+    let r = db.get("c", id).unwrap().unwrap();
+    for (k, v) in fields {
+        assert_eq!(r.fields[k], v, "{k}");
+    }
+    assert_eq!(r.rev, 1);
+}
+
+#[test]
+fn update_changes_only_named_fields_and_bumps_rev() {
+    let (_d, db) = db();
+    let id = db.insert("c", [("a", 1), ("b", 2)]).unwrap();
+    db.update("c", id, Patch::new().set("b", 20).set("c", 30).unset("a")).unwrap();
+    let r = db.get("c", id).unwrap().unwrap();
+    assert_eq!(r.fields.len(), 2);
+    assert_eq!(r.fields["b"], Value::Int(20));
+    assert_eq!(r.fields["c"], Value::Int(30));
+    assert_eq!(r.rev, 2);
+    let missing = RecordId::new_v7();
+    assert!(matches!(db.update("c", missing, Patch::new().set("a", 1)), Err(Error::Write(WriteError::NotFound { .. }))));
+}
+
+#[test]
+fn insert_with_existing_id_fails_upsert_merges() {
+    let (_d, db) = db();
+    let id = RecordId::new_v7();
+    db.insert_with_id("c", id, [("a", 1)]).unwrap();
+    assert!(matches!(db.insert_with_id("c", id, [("a", 2)]), Err(Error::Write(WriteError::AlreadyExists { .. }))));
+    db.upsert("c", id, [("b", 2)]).unwrap();
+    let r = db.get("c", id).unwrap().unwrap();
+    assert_eq!((r.fields["a"].clone(), r.fields["b"].clone()), (Value::Int(1), Value::Int(2)));
+    let fresh = RecordId::new_v7();
+    db.upsert("c", fresh, [("z", 9)]).unwrap();
+    assert_eq!(db.get("c", fresh).unwrap().unwrap().fields["z"], Value::Int(9));
+}
+
+#[test]
+fn delete_then_reinsert() {
+    let (_d, db) = db();
+    let id = db.insert("c", [("a", 1), ("b", 2)]).unwrap();
+    assert!(db.delete("c", id).unwrap());
+    assert!(!db.delete("c", id).unwrap());
+    assert!(db.get("c", id).unwrap().is_none());
+    assert_eq!(db.count("c").unwrap(), 0);
+    db.insert_with_id("c", id, [("c", 3)]).unwrap();
+    let r = db.get("c", id).unwrap().unwrap();
+    assert_eq!(r.fields.len(), 1, "a re-insert does not bring back deleted fields");
+    assert_eq!(r.fields["c"], Value::Int(3));
+}
+
+#[test]
+fn counters_and_sets() {
+    let (_d, db) = db();
+    let id = db.insert("c", [("likes", Value::Int(10)), ("tags", Value::List(vec!["a".into()]))]).unwrap();
+    assert_eq!(db.increment("c", id, "likes", 5).unwrap(), 15);
+    assert_eq!(db.increment("c", id, "likes", -20).unwrap(), -5);
+    assert_eq!(db.increment("c", id, "fresh", 1).unwrap(), 1);
+    db.set_add("c", id, "tags", vec!["b".into(), "c".into(), "b".into()]).unwrap();
+    db.set_remove("c", id, "tags", vec!["a".into()]).unwrap();
+    let r = db.get("c", id).unwrap().unwrap();
+    assert_eq!(r.fields["likes"], Value::Int(-5));
+    assert_eq!(r.fields["tags"], Value::List(vec!["b".into(), "c".into()]));
+    // A plain write resets a counter.
+    db.update("c", id, Patch::new().set("likes", 0)).unwrap();
+    assert_eq!(db.increment("c", id, "likes", 2).unwrap(), 2);
+    // Wrong types are refused with a clear error.
+    db.update("c", id, Patch::new().set("title", "x")).unwrap();
+    let e = db.increment("c", id, "title", 1).unwrap_err();
+    assert!(e.to_string().contains("increment"), "{e}");
+    assert!(db.increment("c", id, "likes", i64::MAX).is_err());
+}
+
+#[test]
+fn transactions_are_atomic() {
+    let (_d, db) = db();
+    let a = db.insert("acct", [("balance", 100)]).unwrap();
+    let b = db.insert("acct", [("balance", 0)]).unwrap();
+    // A failing transaction leaves nothing behind, not even new collections.
+    let r: Result<(), Error> = db.transaction(|tx| {
+        tx.increment("acct", a, "balance", -50)?;
+        tx.increment("acct", b, "balance", 50)?;
+        tx.insert("newcoll", [("x", 1)])?;
+        Err(Error::InvalidArgument("abort".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(db.get("acct", a).unwrap().unwrap().fields["balance"], Value::Int(100));
+    assert!(!db.collections().unwrap().contains(&"newcoll".to_owned()));
+    // A successful one applies everything and reads its own writes.
+    db.transaction(|tx| {
+        tx.increment("acct", a, "balance", -50)?;
+        tx.increment("acct", b, "balance", 50)?;
+        assert_eq!(tx.get("acct", b)?.unwrap().fields["balance"], Value::Int(50));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(db.get("acct", b).unwrap().unwrap().fields["balance"], Value::Int(50));
+    // One commit, one feed position for both records.
+    let batch = db.changes_since(blazedb::Seq(2), 100, None).unwrap();
+    assert_eq!(batch.changes.len(), 2);
+    assert_eq!(batch.changes[0].seq, batch.changes[1].seq);
+}
+
+#[test]
+fn limits_are_clear_errors() {
+    let (_d, db) = db();
+    let big = Value::Bytes(vec![0; blazedb::limits::VALUE_BYTES_MAX + 1]);
+    let e = db.insert("c", [("x", big)]).unwrap_err();
+    assert!(e.to_string().contains("limit"), "{e}");
+    let long = "f".repeat(blazedb::limits::FIELD_NAME_BYTES_MAX + 1);
+    assert!(matches!(db.insert("c", [(long.as_str(), 1)]), Err(Error::Write(WriteError::InvalidName { .. }))));
+    assert!(matches!(db.insert("", [("a", 1)]), Err(Error::Write(WriteError::InvalidName { .. }))));
+    assert!(matches!(db.insert("c", [("_id", 1)]), Err(Error::Write(WriteError::InvalidName { .. }))));
+    let many: Vec<(String, Value)> = (0..=blazedb::limits::RECORD_FIELDS_MAX).map(|i| (format!("f{i}"), Value::Int(1))).collect();
+    assert!(matches!(db.insert("c", many), Err(Error::Write(WriteError::Limit { .. }))));
+    let mut deep = Value::Null;
+    for _ in 0..=blazedb::limits::VALUE_DEPTH_MAX {
+        deep = Value::List(vec![deep]);
+    }
+    assert!(db.insert("c", [("d", deep)]).is_err());
+    // Nothing was written by the failures.
+    assert_eq!(db.count("c").unwrap(), 0);
+}
+
+#[test]
+fn change_feed_returns_only_changed_fields_in_seq_order() {
+    let (_d, db) = db();
+    let id = db.insert("c", [("a", 1), ("b", 2), ("c", 3)]).unwrap();
+    let s1 = db.last_seq().unwrap();
+    db.update("c", id, Patch::new().set("b", 20)).unwrap();
+    let other = db.insert("c", [("z", 1)]).unwrap();
+    let batch = db.changes_since(s1, 100, None).unwrap();
+    assert_eq!(batch.changes.len(), 2);
+    assert_eq!(batch.changes[0].id, id);
+    assert_eq!(batch.changes[0].cells.len(), 1, "only the changed field");
+    assert_eq!(batch.changes[1].id, other);
+    assert!(batch.changes[0].seq < batch.changes[1].seq);
+    assert!(!batch.more);
+    assert_eq!(batch.next, db.last_seq().unwrap());
+    // Paging: at most about 1 cell per page, transactions never split.
+    let mut cursor = blazedb::Seq(0);
+    let mut pages = 0;
+    loop {
+        let b = db.changes_since(cursor, 1, None).unwrap();
+        pages += 1;
+        cursor = b.next;
+        if !b.more {
+            break;
+        }
+    }
+    assert_eq!(cursor, db.last_seq().unwrap());
+    assert!(pages >= 2);
+}
+
+#[test]
+fn data_survives_reopen_and_clock_is_monotonic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let id;
+    let v1;
+    {
+        let db = Database::open(&path, OpenOptions::default()).unwrap();
+        id = db.insert("c", [("a", 1)]).unwrap();
+        v1 = db.history("c", id).unwrap().last().unwrap().version;
+    }
+    // A clock that went back an hour still produces later versions.
+    let opts = OpenOptions { wall_clock: std::sync::Arc::new(|| blazedb::store::system_ms() - 3_600_000), ..Default::default() };
+    let db = Database::open(&path, opts).unwrap();
+    db.update("c", id, Patch::new().set("a", 2)).unwrap();
+    let v2 = db.history("c", id).unwrap().last().unwrap().version;
+    assert!(v2 > v1);
+    assert_eq!(db.get("c", id).unwrap().unwrap().rev, 2);
+}

@@ -1,0 +1,61 @@
+//! Watch: events arrive after commit, filters apply, rolled-back writes send nothing, and a
+//! slow subscriber is told it lagged instead of the buffer growing.
+
+use std::time::Duration;
+
+use blazedb::{Database, Error, EventKind, OpenOptions, Patch, WatchItem};
+
+#[test]
+fn events_follow_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("w.db"), OpenOptions::default()).unwrap();
+    let all = db.watch("bugs", None, None).unwrap();
+    let open = db.watch("bugs", Some("status == \"open\""), None).unwrap();
+    let id = db.insert("bugs", [("status", "open")]).unwrap();
+    db.update("bugs", id, Patch::new().set("status", "closed")).unwrap();
+    db.insert("other", [("x", 1)]).unwrap();
+    let _: Result<(), Error> = db.transaction(|tx| {
+        tx.insert("bugs", [("status", "open")])?;
+        Err(Error::InvalidArgument("rollback".into()))
+    });
+    db.delete("bugs", id).unwrap();
+
+    let kinds: Vec<EventKind> = std::iter::from_fn(|| all.try_recv())
+        .map(|i| match i {
+            WatchItem::Event(e) => e.kind,
+            WatchItem::Lagged(n) => panic!("lagged {n}"),
+        })
+        .collect();
+    assert_eq!(kinds, vec![EventKind::Inserted, EventKind::Updated, EventKind::Deleted]);
+    let Some(WatchItem::Event(e)) = open.recv_timeout(Duration::from_secs(1)) else { panic!() };
+    assert_eq!(e.kind, EventKind::Inserted);
+    assert!(open.try_recv().is_none(), "the closed update does not match the filter");
+}
+
+#[test]
+fn slow_subscriber_lags_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("w.db"), OpenOptions::default()).unwrap();
+    let w = db.watch("c", None, Some(4)).unwrap();
+    for i in 0..10 {
+        db.insert("c", [("i", i)]).unwrap();
+    }
+    assert_eq!(w.try_recv(), Some(WatchItem::Lagged(6)));
+    let mut got = 0;
+    while let Some(WatchItem::Event(_)) = w.try_recv() {
+        got += 1;
+    }
+    assert_eq!(got, 4);
+    assert!(db.watch("c", None, Some(0)).is_err());
+    assert!(db.watch("c", Some("a =="), None).is_err());
+}
+
+#[test]
+fn dropped_watch_is_unsubscribed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("w.db"), OpenOptions::default()).unwrap();
+    drop(db.watch("c", None, Some(1)).unwrap());
+    for i in 0..3 {
+        db.insert("c", [("i", i)]).unwrap();
+    }
+}
