@@ -48,7 +48,7 @@ pub mod watch;
 
 pub use error::{ApplyError, Error, OpenError, Result, WriteError};
 pub use store::{
-    Change, ChangeBatch, Conflict, Database, FieldOp, HistoryEntry, HistoryRetention, OpenOptions,
+    Change, ChangeBatch, Conflict, Database, PeerDirection, PeerInfo, FieldOp, HistoryEntry, HistoryRetention, OpenOptions,
     OrderBy, Patch, Query, Record, Stats, Tx,
 };
 pub use types::{Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};

@@ -17,6 +17,10 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 pub const VALUE_DEPTH_MAX: usize = 32;
 /// Most elements one set field may hold.
 pub const SET_ELEMENTS_MAX: usize = 10_000;
+/// Most cells one transaction may change. A transaction travels to peers as one unit, so
+/// this is also the protocol's transaction size limit: a receiver stages at most this many
+/// cells before applying a unit.
+pub const TRANSACTION_CELLS_MAX: usize = 1_000_000;
 /// Most writes in one transaction.
 pub const TRANSACTION_WRITES_MAX: usize = 100_000;
 /// Longest query expression, in bytes.

@@ -30,7 +30,10 @@ pub enum QueryError {
         excerpt: String,
     },
     /// The expression is longer than [`EXPRESSION_BYTES_MAX`].
-    #[error("expression is {len} bytes long, the limit is {max} bytes: split it or use a parameter list (`x in $values`)")]
+    #[error(
+        "expression is {len} bytes long, the limit is {max} bytes: \
+         split it or pass long lists as a parameter (`x in $values`)"
+    )]
     TooLong {
         /// Length of the expression, in bytes.
         len: usize,
@@ -133,7 +136,9 @@ mod tests {
         let e = QueryError::syntax("status == ", 10, "expected a value after `==`");
         assert_eq!(
             e.to_string(),
-            "invalid expression at column 11: expected a value after `==`\n  status ==\n            ^"
+            "invalid expression at column 11: expected a value after `==`\n\
+             \x20 status ==\n\
+             \x20           ^"
         );
     }
 

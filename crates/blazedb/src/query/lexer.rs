@@ -277,10 +277,14 @@ impl Lexer<'_> {
             c if c.is_ascii_digit() => self.number(start)?,
             c if c.is_ascii_alphabetic() || c == '_' => Tok::Word(self.word(start)?),
             c => {
-                let hint = if c.is_alphabetic() {
-                    "; field names with other characters must be backquoted: `name`"
+                let hint = if c.is_alphanumeric() {
+                    format!(
+                        "; names with characters other than ASCII letters, digits and `_` \
+                         must be backquoted: `` `{}` ``",
+                        self.word_around(start)
+                    )
                 } else {
-                    ""
+                    String::new()
                 };
                 return Err(self.error(
                     start,
@@ -289,6 +293,22 @@ impl Lexer<'_> {
             }
         };
         Ok(tok)
+    }
+
+    /// The run of letters, digits and `_` around byte offset `at`, to quote a name back.
+    fn word_around(&self, at: usize) -> &str {
+        let is_word = |c: char| c.is_alphanumeric() || c == '_';
+        let begin = self.src[..at]
+            .char_indices()
+            .rev()
+            .take_while(|&(_, c)| is_word(c))
+            .last()
+            .map_or(at, |(i, _)| i);
+        let end = self.src[at..]
+            .char_indices()
+            .find(|&(_, c)| !is_word(c))
+            .map_or(self.src.len(), |(i, _)| at + i);
+        &self.src[begin..end]
     }
 
     /// The rest of `[A-Za-z_][A-Za-z0-9_]*` whose first character started at `start`.
@@ -335,9 +355,7 @@ impl Lexer<'_> {
         loop {
             let at = self.pos;
             match self.bump() {
-                None => {
-                    return Err(self.error(start, "unterminated string: missing closing `\"`"))
-                }
+                None => return Err(self.error(start, "unterminated string: missing closing `\"`")),
                 Some('"') => return Ok(out),
                 Some('\\') => match self.bump() {
                     Some('"') => out.push('"'),
@@ -351,7 +369,8 @@ impl Lexer<'_> {
                         return Err(self.error(
                             at,
                             format!(
-                                "unknown escape `\\{}` in string; valid escapes are \\\" \\\\ \\n \\r \\t \\0 \\u{{...}}",
+                                "unknown escape `\\{}` in string; \
+                                 valid escapes are \\\" \\\\ \\n \\r \\t \\0 \\u{{...}}",
                                 c.escape_debug()
                             ),
                         ))
@@ -440,7 +459,8 @@ impl Lexer<'_> {
                 self.error(
                     start,
                     format!(
-                        "integer `{text}` does not fit in 64 bits (range {} to {}); write it as a float, e.g. `{text}.0`",
+                        "integer `{text}` does not fit in 64 bits (range {} to {}); \
+                         write it as a float, e.g. `{text}.0`",
                         i64::MIN,
                         i64::MAX
                     ),
@@ -621,7 +641,7 @@ mod tests {
         assert!(msg.contains("unexpected character `;`"), "{msg}");
         let (col, msg) = err("prénom == 1");
         assert_eq!(col, 3);
-        assert!(msg.contains("backquoted"), "{msg}");
+        assert!(msg.contains("backquoted: `` `prénom` ``"), "{msg}");
         assert!(err("a == \u{202e}").1.contains("\\u{202e}"));
     }
 }

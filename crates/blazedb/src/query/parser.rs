@@ -83,10 +83,15 @@ impl Parser<'_> {
         t
     }
 
-    /// The source text of the token before the next one.
-    fn previous_text(&self) -> Option<&str> {
+    /// The source text of the token before the next one, shortened to quote it back.
+    fn previous_text(&self) -> Option<String> {
         let prev = self.tokens.get(self.idx.checked_sub(1)?)?;
-        self.src.get(prev.start..prev.end)
+        let text = self.src.get(prev.start..prev.end)?;
+        let mut shown: String = text.chars().take(QUOTE_CHARS_MAX).collect();
+        if shown.len() < text.len() {
+            shown.push('…');
+        }
+        Some(shown)
     }
 
     fn error_at(&self, pos: usize, message: impl Into<String>) -> QueryError {
@@ -147,7 +152,8 @@ impl Parser<'_> {
                 Err(self.error_at(
                     start,
                     format!(
-                        "expected a condition, found the constant `{shown}`: compare it with a field, e.g. `status == {shown}`"
+                        "expected a condition, found the constant `{shown}`: \
+                         compare it with a field, e.g. `status == {shown}`"
                     ),
                 ))
             }
@@ -225,7 +231,8 @@ impl Parser<'_> {
                         return Ok(Some((BinaryOp::In, true)));
                     }
                     return Err(self.error_here(
-                        "expected `in` after `not` here, as in `x not in [1, 2]`; to negate a condition put `!` or `not` before it",
+                        "expected `in` after `not` here, as in `x not in [1, 2]`; \
+                         to negate a condition put `!` or `not` before it",
                     ));
                 }
                 _ => return Ok(None),
@@ -247,6 +254,8 @@ impl Parser<'_> {
     /// `unary [ op unary ]`
     fn parse_comparison(&mut self) -> Result<Node, QueryError> {
         let lhs_start = self.token().start;
+        // Where the operand of a leading `!` starts, for the ambiguity message.
+        let operand_start = self.tokens.get(self.idx + 1).map_or(lhs_start, |t| t.start);
         let (lhs, negated) = self.parse_unary()?;
         let op_pos = self.token().start;
         let Some((op, not_in)) = self.comparison_op()? else {
@@ -254,12 +263,14 @@ impl Parser<'_> {
         };
         if negated {
             let op_text = if not_in { "not in" } else { op.symbol() };
-            let operand = self.src.get(lhs_start..op_pos).unwrap_or("").trim_end();
+            let operand = self.src.get(operand_start..op_pos).unwrap_or("").trim();
             return Err(self.error_at(
                 lhs_start,
                 format!(
-                    "ambiguous `!`: it binds tighter than `{op_text}`, so it would apply only to `{operand}`; \
-                     write `!(... {op_text} ...)` to negate the comparison, or `({operand}) {op_text} ...` if that is meant"
+                    "ambiguous `!`: it binds tighter than `{op_text}`, \
+                     so it applies only to `{operand}`, not to the comparison; \
+                     write `!({operand} {op_text} ...)` to negate the comparison, \
+                     or `(!{operand}) {op_text} ...` if that is meant"
                 ),
             ));
         }
@@ -316,7 +327,8 @@ impl Parser<'_> {
                 "_id" => {
                     if *self.peek_second() == Tok::Dot {
                         return Err(self.error_here(
-                            "`_id` is the record id (a uuid) and has no fields; for a field named `_id` write `` `_id` ``",
+                            "`_id` is the record id (a uuid) and has no fields; \
+                             for a field named `_id` write `` `_id` ``",
                         ));
                     }
                     Node::RecordId
@@ -456,7 +468,8 @@ impl Parser<'_> {
                     }
                     found => {
                         return Err(self.error_here(format!(
-                            "exists() takes a field path or a parameter, e.g. `exists(address.city)`, found {}",
+                            "exists() takes a field path or a parameter, \
+                             e.g. `exists(address.city)`, found {}",
                             found.describe()
                         )))
                     }
@@ -466,8 +479,15 @@ impl Parser<'_> {
             "uuid" => {
                 let (s, at) =
                     self.string_argument("uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\")")?;
-                let u = uuid::Uuid::try_parse(&s)
-                    .map_err(|e| self.error_at(at, format!("invalid uuid {s:?}: {e}")))?;
+                let u = uuid::Uuid::try_parse(&s).map_err(|e| {
+                    self.error_at(
+                        at,
+                        format!(
+                            "invalid uuid {s:?} ({e}); expected 32 hex digits \
+                             such as uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\")"
+                        ),
+                    )
+                })?;
                 Node::Literal(Value::Uuid(u))
             }
             _ => {
@@ -735,7 +755,11 @@ mod tests {
         let (col, msg) = err("!a == b");
         assert_eq!(col, 1);
         assert!(msg.contains("ambiguous `!`"), "{msg}");
-        assert!(msg.contains("!(... == ...)"), "{msg}");
+        assert!(msg.contains("applies only to `a`"), "{msg}");
+        assert!(msg.contains("!(a == ...)"), "{msg}");
+        let (col, msg) = err("not not x.y in [1]");
+        assert_eq!(col, 1);
+        assert!(msg.contains("applies only to `not x.y`"), "{msg}");
         let (col, msg) = err("x == 1 && in == 2");
         assert_eq!(col, 11);
         assert!(
@@ -846,7 +870,8 @@ mod tests {
             "a == !b",
             "x in [1, 2.5, \"q\\\"\\n\", null, true, [1e300]] || `odd name`.`in` != -3",
             "exists($auth.sub) && owner == $auth.sub",
-            "_id == uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\") || t < date(\"2026-11-22T10:00:00.5Z\")",
+            "_id == uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\") \
+             || t < date(\"2026-11-22T10:00:00.5Z\")",
             "a not in [$x, b]",
             "(a == 1) == (b == 2)",
         ] {

@@ -552,6 +552,8 @@ mod tests {
             "_id == uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\")",
             "1 in a",
             "(a == 1) == true",
+            "(a == 0 || a != 0) && a == null",
+            "a || a != 0",
         ] {
             assert_eq!(plan_of(src), None, "{src}");
         }
@@ -625,6 +627,8 @@ mod tests {
             plan_of("a in [2, 3]")
         );
         assert_eq!(plan_of("c == 1 && !a"), None);
+        // An operand that cannot be planned does not stop the others.
+        assert_eq!(plan_of("a > 0 && b in [$missing]"), plan_of("a > 0"));
     }
 
     #[test]
@@ -650,6 +654,23 @@ mod tests {
             plan_of("a in [1, 2]")
         );
         assert_eq!(plan_of("a == 1 || !(a == 2)"), None);
+        assert_eq!(
+            plan_of("a || a == 0"),
+            scan(
+                "a",
+                vec![KeyRange::point(true.into()), KeyRange::point(0.into())]
+            )
+        );
+        assert_eq!(
+            plan_of("a > \"\" || 0 == a"),
+            scan(
+                "a",
+                vec![
+                    KeyRange::point(0.into()),
+                    range(exc(""), exc(Vec::<u8>::new()))
+                ]
+            )
+        );
     }
 
     #[test]
@@ -679,10 +700,15 @@ mod tests {
             1 => prop::sample::select(vec!["1.5", "-0.0", "2.0", "1e300"]).prop_map(str::to_owned),
             3 => prop::sample::select(vec!["\"\"", "\"a\"", "\"ab\"", "\"b\"", "\"a\\u{10FFFF}\""])
                 .prop_map(str::to_owned),
-            2 => prop::sample::select(vec!["true", "false", "null", "[1, 2]", "[]", "$p", "$q", "$none"])
-                .prop_map(str::to_owned),
-            1 => prop::sample::select(vec!["date(\"1970-01-01T00:00:00Z\")", "uuid(\"00000000-0000-0000-0000-000000000001\")"])
-                .prop_map(str::to_owned),
+            2 => prop::sample::select(vec![
+                "true", "false", "null", "[1, 2]", "[]", "$p", "$q", "$none",
+            ])
+            .prop_map(str::to_owned),
+            1 => prop::sample::select(vec![
+                "date(\"1970-01-01T00:00:00Z\")",
+                "uuid(\"00000000-0000-0000-0000-000000000001\")",
+            ])
+            .prop_map(str::to_owned),
         ]
     }
 
@@ -702,7 +728,8 @@ mod tests {
             "contains",
         ]);
         prop_oneof![
-            6 => (field.clone(), op.clone(), arb_constant()).prop_map(|(f, o, c)| format!("{f} {o} {c}")),
+            6 => (field.clone(), op.clone(), arb_constant())
+                .prop_map(|(f, o, c)| format!("{f} {o} {c}")),
             2 => (arb_constant(), op, field.clone()).prop_map(|(c, o, f)| format!("{c} {o} {f}")),
             2 => (field.clone(), proptest::collection::vec(arb_constant(), 0..4))
                 .prop_map(|(f, cs)| format!("{f} in [{}]", cs.join(", "))),
@@ -714,8 +741,10 @@ mod tests {
     fn arb_expr() -> impl Strategy<Value = String> {
         arb_predicate().prop_recursive(3, 6, 3, |inner| {
             prop_oneof![
-                3 => proptest::collection::vec(inner.clone(), 2..3).prop_map(|v| format!("({})", v.join(" && "))),
-                3 => proptest::collection::vec(inner.clone(), 2..4).prop_map(|v| format!("({})", v.join(" || "))),
+                3 => proptest::collection::vec(inner.clone(), 2..3)
+                    .prop_map(|v| format!("({})", v.join(" && "))),
+                3 => proptest::collection::vec(inner.clone(), 2..4)
+                    .prop_map(|v| format!("({})", v.join(" || "))),
                 1 => inner.prop_map(|e| format!("!({e})")),
             ]
         })

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::write::validate_field_name;
 use super::{body, validate_collection_name, Database};
@@ -43,6 +43,54 @@ pub struct ChangeBatch {
     pub next: Seq,
     /// True when there are changes past `next`.
     pub more: bool,
+    /// A transaction in this batch was partly overwritten by a later commit, so a peer may
+    /// only make the batch visible together with everything up to this seq (the batch is
+    /// a consistent cut only when `next >= needs_through`).
+    pub needs_through: Seq,
+}
+
+/// Which way a peer cursor points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerDirection {
+    /// How far we have applied the peer's feed.
+    Received,
+    /// How far the peer acknowledged our feed.
+    Acked,
+}
+
+impl PeerDirection {
+    fn as_str(self) -> &'static str {
+        match self {
+            PeerDirection::Received => "recv",
+            PeerDirection::Acked => "acked",
+        }
+    }
+}
+
+/// A peer this node has synced with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerInfo {
+    /// Its node id.
+    pub node: NodeId,
+    /// How far we have applied its feed.
+    pub received: Seq,
+    /// How far it acknowledged ours.
+    pub acked: Seq,
+    /// Last time either cursor moved (ms since the epoch).
+    pub last_contact_ms: u64,
+}
+
+impl super::Inner {
+    pub(crate) fn set_peer_cursor(&self, peer: NodeId, direction: PeerDirection, cursor: Seq, now_ms: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO peers (node, direction, cursor, last_contact_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (node, direction) DO UPDATE SET cursor = excluded.cursor,
+                 last_contact_ms = excluded.last_contact_ms",
+            )?
+            .execute(params![&peer.0[..], direction.as_str(), cursor.0 as i64, now_ms as i64])?;
+        Ok(())
+    }
 }
 
 /// A concurrent overwrite: the loser is kept here until the application resolves it.
@@ -87,14 +135,27 @@ impl Database {
             "SELECT seq, coll, id, src FROM feed WHERE seq > ?1 ORDER BY seq, coll, id",
         )?;
         let mut rows = stmt.query([since.0 as i64])?;
-        let mut batch = ChangeBatch { changes: Vec::new(), next: since, more: false };
+        let mut batch = ChangeBatch { changes: Vec::new(), next: since, more: false, needs_through: since };
         let mut cells = 0usize;
         let mut bodies: HashMap<(i64, Vec<u8>), crate::crdt::RecordState> = HashMap::new();
         while let Some(row) = rows.next()? {
             let seq = Seq(row.get::<_, i64>(0)? as u64);
-            if seq != batch.next && cells >= cells_max {
-                batch.more = true;
-                break;
+            if seq != batch.next {
+                // At a commit boundary: stop once full, preferably at a consistent cut, but
+                // never past four pages (the caller then sends a partial unit).
+                let consistent = batch.next >= batch.needs_through;
+                if cells >= cells_max && (consistent || cells >= cells_max.saturating_mul(4)) {
+                    batch.more = true;
+                    break;
+                }
+                let link: Option<i64> = inner
+                    .conn
+                    .prepare_cached("SELECT t FROM feed_links WHERE s = ?1")?
+                    .query_row([seq.0 as i64], |r| r.get(0))
+                    .optional()?;
+                if let Some(t) = link {
+                    batch.needs_through = batch.needs_through.max(Seq(t as u64));
+                }
             }
             batch.next = seq;
             let (coll, id, src): (i64, Vec<u8>, i64) = (row.get(1)?, row.get(2)?, row.get(3)?);
@@ -123,6 +184,7 @@ impl Database {
                 .map_err(|_| Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into())))?;
             batch.changes.push(Change { seq, collection, id: RecordId(id), cells: selected });
         }
+        batch.needs_through = batch.needs_through.max(batch.next);
         Ok(batch)
     }
 
@@ -131,7 +193,11 @@ impl Database {
     /// becomes one local commit, so transactions stay whole when forwarded. Returns the
     /// number of cells that changed something here. Idempotent: applying the same changes
     /// again changes nothing.
-    pub fn apply_changes(&self, from: NodeId, changes: &[Change]) -> Result<usize> {
+    ///
+    /// `cursor`, when given, is stored as how far this node has received `from`'s feed, in
+    /// the same transaction: data and cursor are durable together, so a restart resumes
+    /// exactly after the last applied unit.
+    pub fn apply_changes(&self, from: NodeId, changes: &[Change], cursor: Option<Seq>) -> Result<usize> {
         let now = self.now_ms();
         let inner = self.lock()?;
         // Check clocks before touching anything: a timestamp from the far future is refused,
@@ -150,6 +216,7 @@ impl Database {
             let src = tx.inner.nodes.index(from);
             let mut applied = 0usize;
             let mut group: Option<Seq> = None;
+            let first_seq = tx.seq;
             for ch in changes {
                 if group.is_some_and(|g| g != ch.seq) && tx.seq_used {
                     tx.seq = Seq(tx.seq.0 + 1);
@@ -168,9 +235,69 @@ impl Database {
                     }
                 }
             }
+            // The unit arrived as one consistent cut of the sender's feed; keep it one unit
+            // for whoever we forward it to: every commit of it is delivered with the last.
+            let last = if tx.seq_used { tx.seq } else { Seq(tx.seq.0 - 1) };
+            for s in first_seq.0..last.0 {
+                tx.inner.conn.execute(
+                    "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
+                     ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
+                    params![s as i64, last.0 as i64],
+                )?;
+            }
+            if let Some(c) = cursor {
+                tx.inner.set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
+            }
             Ok(applied)
         })?;
         Ok(applied)
+    }
+
+    /// How far this node has received (`Received`) or sent and seen acknowledged (`Acked`)
+    /// the feed of / to `peer`.
+    pub fn peer_cursor(&self, peer: NodeId, direction: PeerDirection) -> Result<Seq> {
+        let inner = self.lock()?;
+        let cursor = inner
+            .conn
+            .prepare_cached("SELECT cursor FROM peers WHERE node = ?1 AND direction = ?2")?
+            .query_row(params![&peer.0[..], direction.as_str()], |r| r.get::<_, i64>(0))
+            .optional()?;
+        Ok(cursor.map_or(Seq(0), |c| Seq(c as u64)))
+    }
+
+    /// Record a cursor (for `Acked`, after the peer acknowledged).
+    pub fn set_peer_cursor(&self, peer: NodeId, direction: PeerDirection, cursor: Seq) -> Result<()> {
+        let now = self.now_ms();
+        let inner = self.lock()?;
+        inner.set_peer_cursor(peer, direction, cursor, now)
+    }
+
+    /// Every known peer with its cursors and last contact.
+    pub fn peers(&self) -> Result<Vec<PeerInfo>> {
+        let inner = self.lock()?;
+        let mut stmt = inner.conn.prepare("SELECT node, direction, cursor, last_contact_ms FROM peers ORDER BY node, direction")?;
+        let mut rows = stmt.query([])?;
+        let mut out: Vec<PeerInfo> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let node: [u8; 16] = r
+                .get::<_, Vec<u8>>(0)?
+                .try_into()
+                .map_err(|_| Error::Corrupted(crate::codec::DecodeError::Malformed("bad peer id".into())))?;
+            let node = NodeId(node);
+            let dir: String = r.get(1)?;
+            let cursor = Seq(r.get::<_, i64>(2)? as u64);
+            let last: u64 = r.get::<_, i64>(3)? as u64;
+            if out.last().is_none_or(|p| p.node != node) {
+                out.push(PeerInfo { node, received: Seq(0), acked: Seq(0), last_contact_ms: 0 });
+            }
+            let p = out.last_mut().expect("pushed");
+            match dir.as_str() {
+                "recv" => p.received = cursor,
+                _ => p.acked = cursor,
+            }
+            p.last_contact_ms = p.last_contact_ms.max(last);
+        }
+        Ok(out)
     }
 
     /// Unresolved conflicts, optionally of one collection, oldest first.

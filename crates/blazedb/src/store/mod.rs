@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-pub use feed::{Change, ChangeBatch, Conflict};
+pub use feed::{Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
 pub use history::{HistoryEntry, HistoryRetention};
 pub use maintenance::{CollectionStats, IntegrityReport, Stats};
 pub use read::{OrderBy, Query, Record};
@@ -60,6 +60,9 @@ pub struct OpenOptions {
     pub history: HistoryRetention,
     /// The wall clock (default: the system clock).
     pub wall_clock: WallClock,
+    /// The node id a new file gets (default: random). For reproducible tests only: two
+    /// replicas with the same node id corrupt each other's sync.
+    pub danger_node_id: Option<NodeId>,
 }
 
 impl Default for OpenOptions {
@@ -70,6 +73,7 @@ impl Default for OpenOptions {
             clock_skew_ms_max: CLOCK_SKEW_MS_MAX_DEFAULT,
             history: HistoryRetention::default(),
             wall_clock: Arc::new(system_ms),
+            danger_node_id: None,
         }
     }
 }
@@ -99,7 +103,11 @@ pub struct Database {
     options: OpenOptions,
     inner: Mutex<Inner>,
     pub(crate) watchers: Registry,
+    commit_listeners: Mutex<Vec<(u64, CommitListener)>>,
 }
+
+/// Called after every commit that changed something (local or applied from a peer).
+pub type CommitListener = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,7 +142,8 @@ impl Database {
     pub fn open(path: impl AsRef<Path>, options: OpenOptions) -> Result<Database> {
         let path = path.as_ref().to_path_buf();
         let now = (options.wall_clock)();
-        let opened = open::open(&path, options.password.as_deref(), options.create, now)?;
+        let opened =
+            open::open(&path, options.password.as_deref(), options.create, now, options.danger_node_id)?;
         let p = path.display().to_string();
         let corrupt = |e: rusqlite::Error| OpenError::Corrupted { path: p.clone(), reason: e.to_string() };
         let mut inner = Inner {
@@ -154,7 +163,32 @@ impl Database {
             options,
             inner: Mutex::new(inner),
             watchers: Registry::default(),
+            commit_listeners: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Call `f` after every commit that changed something. Sync drivers use this to wake
+    /// the sessions that have something to send, instead of polling. `f` runs on the
+    /// committing thread: keep it short (e.g. wake a task). Returns a handle for
+    /// [`Database::remove_commit_listener`].
+    pub fn on_commit(&self, f: CommitListener) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.commit_listeners.lock().unwrap_or_else(|e| e.into_inner()).push((id, f));
+        id
+    }
+
+    /// Stop calling a listener.
+    pub fn remove_commit_listener(&self, id: u64) {
+        self.commit_listeners.lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != id);
+    }
+
+    pub(crate) fn notify_commit(&self) {
+        let listeners: Vec<CommitListener> =
+            self.commit_listeners.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, f)| f.clone()).collect();
+        for f in listeners {
+            f();
+        }
     }
 
     /// This replica's node id (generated when the file was created).

@@ -83,6 +83,7 @@ pub(crate) fn open(
     password: Option<&str>,
     create: bool,
     now_ms: u64,
+    node_for_new_file: Option<NodeId>,
 ) -> Result<Opened, OpenError> {
     let p = path.display().to_string();
     let io = |e: std::io::Error| OpenError::Io { path: p.clone(), source: e };
@@ -126,7 +127,7 @@ pub(crate) fn open(
     conn.set_prepared_statement_cache_capacity(64);
 
     if tables == 0 {
-        let node = NodeId::random();
+        let node = node_for_new_file.unwrap_or_else(NodeId::random);
         let tx = conn.unchecked_transaction().map_err(err)?;
         schema::create(&tx, &node.0, now_ms).map_err(err)?;
         tx.commit().map_err(err)?;

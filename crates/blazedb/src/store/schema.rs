@@ -7,6 +7,7 @@
 //! | `collections`   | collection                 | name ↔ small local number                 |
 //! | `records`       | record (live or tombstone) | cells with versions (see `body.rs`)       |
 //! | `feed`          | (seq, record) with cells at that seq | the change feed; `src` = peer it came from |
+//! | `feed_links`    | partly overwritten commit  | `s` must be delivered together with `t`   |
 //! | `indexes`       | declared secondary index   |                                           |
 //! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
 //! | `history`       | cell change                | audit trail and time travel; compacted    |
@@ -45,6 +46,7 @@ CREATE TABLE feed (
     src INTEGER NOT NULL,
     PRIMARY KEY (seq, coll, id)
 ) WITHOUT ROWID;
+CREATE TABLE feed_links (s INTEGER PRIMARY KEY, t INTEGER NOT NULL);
 CREATE TABLE indexes (coll INTEGER NOT NULL, field TEXT NOT NULL, PRIMARY KEY (coll, field))
     WITHOUT ROWID;
 CREATE TABLE index_entries (

@@ -15,7 +15,7 @@ use crate::crdt::{Cell, CellKey, CellValue, MergeOutcome, RecordState};
 use crate::error::{Result, WriteError};
 use crate::limits::{
     FIELD_NAME_BYTES_MAX, RECORD_BYTES_MAX, RECORD_FIELDS_MAX, SET_ELEMENTS_MAX,
-    TRANSACTION_WRITES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX,
+    TRANSACTION_CELLS_MAX, TRANSACTION_WRITES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX,
 };
 use crate::types::{Seq, Version};
 use crate::watch::{Event, EventKind};
@@ -90,6 +90,9 @@ pub(crate) struct Pending {
     pub conflicts: Vec<(Cell, Cell)>,
     /// Peer the change came from (node index; 0 = written here).
     pub src: u64,
+    /// (s, t): a cell of commit `s` was overwritten by commit `t`, so a peer must receive
+    /// `s` together with `t` (see `feed_links` in schema.rs).
+    pub links: Vec<(Seq, Seq)>,
 }
 
 /// A write transaction. Everything it does becomes visible at once when
@@ -124,13 +127,16 @@ impl Database {
             inner.refresh()?;
             let mut tx = Tx::begin(self, &mut inner)?;
             let v = f(&mut tx)?;
-            let events = tx.commit()?;
-            Ok((v, events))
+            let committed = tx.commit()?;
+            Ok((v, committed))
         })();
         match result {
-            Ok((v, events)) => {
+            Ok((v, (events, changed))) => {
                 drop(inner);
                 self.watchers.publish(&events);
+                if changed {
+                    self.notify_commit();
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -347,6 +353,7 @@ impl<'a> Tx<'a> {
             history: Vec::new(),
             conflicts: Vec::new(),
             src: 0,
+            links: Vec::new(),
         });
         let i = self.records.len() - 1;
         self.pending.insert((coll, id), i);
@@ -481,6 +488,9 @@ impl<'a> Tx<'a> {
                     if o.concurrent {
                         p.conflicts.push((cell.clone(), o.cell.clone()));
                     }
+                    if o.cell.seq < cell.seq {
+                        p.links.push((o.cell.seq, cell.seq));
+                    }
                     if o.cell.key == cell.key {
                         replaced = Some(o.cell);
                     } else {
@@ -495,13 +505,23 @@ impl<'a> Tx<'a> {
 
     /// Write everything out (inside the open SQL transaction) and return the watch events to
     /// publish once the transaction has committed.
-    pub(crate) fn commit(self) -> Result<Vec<Event>> {
+    /// Returns the watch events and whether anything changed.
+    pub(crate) fn commit(self) -> Result<(Vec<Event>, bool)> {
         let Tx { db, inner, records, base_seq, seq, seq_used, .. } = self;
         if !seq_used && records.iter().all(|p| !p.changed) {
             inner.conn.execute_batch("COMMIT")?;
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let last_seq = if seq_used { seq } else { Seq(seq.0 - 1) }.max(base_seq);
+        let cells: usize = records.iter().map(|p| p.history.len()).sum();
+        if cells > TRANSACTION_CELLS_MAX {
+            return Err(WriteError::Limit {
+                what: "cells changed in one transaction",
+                got: cells,
+                max: TRANSACTION_CELLS_MAX,
+            }
+            .into());
+        }
         let mut events = Vec::new();
         for p in records.iter().filter(|p| p.changed) {
             write_record(inner, p, db.now_ms())?;
@@ -538,7 +558,7 @@ impl<'a> Tx<'a> {
             // the write that just committed.
             let _ = super::history::compact(inner, &db.options.history, db.now_ms());
         }
-        Ok(events)
+        Ok((events, true))
     }
 }
 
@@ -567,11 +587,15 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     };
     let old = p.before.as_ref().map(|b| seqs(&b.0)).unwrap_or_default();
     let new = seqs(&p.state);
-    for s in old.iter().filter(|s| !new.contains(s)) {
+    // Links first: the clean-up below removes those whose commit has no cells left.
+    for (s, t) in &p.links {
         inner
             .conn
-            .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
-            .execute(params![s.0, p.coll, id])?;
+            .prepare_cached(
+                "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
+                 ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
+            )?
+            .execute(params![s.0, t.0])?;
     }
     for s in new.iter().filter(|s| !old.contains(s)) {
         inner
@@ -580,6 +604,19 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
             .execute(params![s.0, p.coll, id, p.src])?;
     }
 
+    for s in old.iter().filter(|s| !new.contains(s)) {
+        inner
+            .conn
+            .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+            .execute(params![s.0, p.coll, id])?;
+        // A commit with no cells left anywhere needs no delivery constraint any more.
+        inner
+            .conn
+            .prepare_cached(
+                "DELETE FROM feed_links WHERE s = ?1 AND NOT EXISTS (SELECT 1 FROM feed WHERE seq = ?1)",
+            )?
+            .execute(params![s.0])?;
+    }
     if let Some(fields) = inner.indexes.get(&p.coll).cloned() {
         let before = p.before.as_ref().filter(|b| b.0.is_live()).map(|b| b.0.fields()).unwrap_or_default();
         let after = if p.state.is_live() { p.state.fields() } else { BTreeMap::new() };
