@@ -43,6 +43,7 @@ pub mod error;
 pub mod limits;
 pub mod query;
 pub mod store;
+pub mod sync;
 pub mod types;
 pub mod watch;
 

@@ -39,3 +39,34 @@ pub const WATCH_BUFFER_EVENTS_MAX: usize = 1_000_000;
 pub const CLOCK_SKEW_MS_MAX_DEFAULT: u64 = 60_000;
 /// Records per transaction when the CLI imports JSON lines.
 pub const IMPORT_BATCH_RECORDS: usize = 10_000;
+
+// ---- Protocol ----
+
+/// Protocol version spoken by this build (HELLO).
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame body (type, flags, payload) on the wire, compressed or not.
+pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest payload after decompression.
+pub const FRAME_DECOMPRESSED_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// A sender starts a new frame once a CHANGES payload passes this size (at a record
+/// boundary), so frames stay small enough to interleave pings and acks.
+pub const FRAME_TARGET_BYTES: usize = 256 * 1024;
+/// Payloads shorter than this are never compressed: LZ4 cannot win on them.
+pub const COMPRESS_BYTES_MIN: usize = 128;
+/// Cells per CHANGES batch read from the feed (default).
+pub const BATCH_CELLS_DEFAULT: usize = 4096;
+/// Complete units a sender may have unacknowledged before it waits (per session).
+pub const WINDOW_UNITS_DEFAULT: usize = 8;
+/// Entries per session dictionary (node ids, collection names, field names), per direction.
+pub const SESSION_DICT_ENTRIES_MAX: usize = 65_536;
+/// Longest auth token in HELLO.
+pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
+/// Longest error message in an ERROR frame.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 4096;
+/// Send a PING after this long without sending anything.
+pub const PING_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Close a session that received nothing for this long (a dead peer is detected within it).
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+/// Persist the acknowledged cursor at most this often (it is advisory; the receiver's own
+/// cursor decides where sync resumes).
+pub const ACK_PERSIST_INTERVAL_MS: u64 = 1_000;

@@ -130,7 +130,7 @@ impl Database {
     pub fn changes_since(&self, since: Seq, cells_max: usize, exclude_src: Option<NodeId>) -> Result<ChangeBatch> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         let inner = self.lock()?;
-        let exclude = exclude_src.and_then(|n| inner.nodes.known(n)).map(|i| i as i64);
+        let exclude = exclude_src.and_then(|n| inner.nodes.known(n)).map(|i| i as i64 + 1);
         let mut stmt = inner.conn.prepare_cached(
             "SELECT seq, coll, id, src FROM feed WHERE seq > ?1 ORDER BY seq, coll, id",
         )?;
@@ -213,7 +213,8 @@ impl Database {
         }
         drop(inner);
         let applied = self.transaction(|tx| {
-            let src = tx.inner.nodes.index(from);
+            // 0 means "written here", so peers are numbered from 1.
+            let src = tx.inner.nodes.index(from) + 1;
             let mut applied = 0usize;
             let mut group: Option<Seq> = None;
             let first_seq = tx.seq;

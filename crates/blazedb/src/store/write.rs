@@ -88,7 +88,7 @@ pub(crate) struct Pending {
     pub history: Vec<(CellKey, Option<Cell>, Option<Cell>, Version)>,
     /// (winner, loser)
     pub conflicts: Vec<(Cell, Cell)>,
-    /// Peer the change came from (node index; 0 = written here).
+    /// Peer the change came from (1 + its node index; 0 = written here).
     pub src: u64,
     /// (s, t): a cell of commit `s` was overwritten by commit `t`, so a peer must receive
     /// `s` together with `t` (see `feed_links` in schema.rs).

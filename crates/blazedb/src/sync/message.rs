@@ -1,0 +1,598 @@
+//! Protocol messages and their payload encodings (docs/PROTOCOL.md has the byte layouts and
+//! test vectors).
+
+use std::collections::HashMap;
+
+use crate::codec::varint::{read_i64, write_i64, write_u64, zigzag};
+use crate::codec::{value, DecodeError, Reader};
+use crate::crdt::{Cell, CellKey, CellValue};
+use crate::limits::{
+    COLLECTION_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, FIELD_NAME_BYTES_MAX,
+    SESSION_DICT_ENTRIES_MAX, TOKEN_BYTES_MAX, TRANSACTION_CELLS_MAX, VALUE_BYTES_MAX,
+};
+use crate::store::Change;
+use crate::types::{Hlc, Seq, Version};
+use crate::{NodeId, RecordId};
+
+/// Message type bytes.
+pub mod kind {
+    /// HELLO: first message in each direction.
+    pub const HELLO: u8 = 0x01;
+    /// SUBSCRIBE: "send me your changes after this seq".
+    pub const SUBSCRIBE: u8 = 0x02;
+    /// CHANGES: a batch of cells.
+    pub const CHANGES: u8 = 0x03;
+    /// ACK: "I applied your feed up to this seq".
+    pub const ACK: u8 = 0x04;
+    /// CAUGHT_UP: "you have everything of my feed up to this seq".
+    pub const CAUGHT_UP: u8 = 0x05;
+    /// PING.
+    pub const PING: u8 = 0x06;
+    /// PONG.
+    pub const PONG: u8 = 0x07;
+    /// ERROR: the sender closes after it.
+    pub const ERROR: u8 = 0x08;
+}
+
+/// What a side of a session does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Send and receive.
+    Both,
+    /// Only send (the peer is a read-only replica of us).
+    Push,
+    /// Only receive (we are a read-only replica of the peer).
+    Pull,
+}
+
+impl SyncMode {
+    /// Whether this side sends its changes.
+    pub fn sends(self) -> bool {
+        self != SyncMode::Pull
+    }
+    /// Whether this side applies the peer's changes.
+    pub fn receives(self) -> bool {
+        self != SyncMode::Push
+    }
+    fn byte(self) -> u8 {
+        match self {
+            SyncMode::Both => 0,
+            SyncMode::Push => 1,
+            SyncMode::Pull => 2,
+        }
+    }
+    fn from_byte(b: u8) -> Result<SyncMode, DecodeError> {
+        Ok(match b {
+            0 => SyncMode::Both,
+            1 => SyncMode::Push,
+            2 => SyncMode::Pull,
+            _ => return Err(DecodeError::Malformed(format!("unknown sync mode {b}"))),
+        })
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "both" => Ok(SyncMode::Both),
+            "push" => Ok(SyncMode::Push),
+            "pull" => Ok(SyncMode::Pull),
+            _ => Err(format!("unknown sync mode {s:?}: use both, push or pull")),
+        }
+    }
+}
+
+/// Capability bits in HELLO.
+pub mod caps {
+    /// Accepts LZ4-compressed frames.
+    pub const LZ4: u64 = 1;
+    /// Accepts zstd-compressed snapshot chunks.
+    pub const ZSTD: u64 = 2;
+}
+
+/// The first message of each side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version.
+    pub version: u16,
+    /// The sender's node id.
+    pub node: NodeId,
+    /// The sender's feed head.
+    pub last_seq: Seq,
+    /// What the sender does.
+    pub mode: SyncMode,
+    /// True for a relay/server node.
+    pub server: bool,
+    /// Capability bits.
+    pub caps: u64,
+    /// Credentials (empty when none).
+    pub token: String,
+}
+
+/// Error codes of ERROR frames. The numbers are part of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The peer speaks another protocol version.
+    UnsupportedVersion = 1,
+    /// A frame or message could not be decoded.
+    Malformed = 2,
+    /// A frame failed its checksum.
+    Checksum = 3,
+    /// A frame, message or transaction exceeded a limit.
+    TooLarge = 4,
+    /// Credentials missing or invalid.
+    AuthFailed = 5,
+    /// The peer is not allowed to do this.
+    Forbidden = 6,
+    /// A timestamp was too far in the future.
+    ClockSkew = 7,
+    /// The peer failed internally.
+    Internal = 8,
+    /// Nothing was received for too long.
+    Timeout = 9,
+    /// Too many messages too fast.
+    RateLimited = 10,
+    /// Both sides have the same node id (a copied database file).
+    SameNode = 11,
+    /// The message was not valid at this point of the session.
+    Unexpected = 12,
+    /// The peer is shutting down.
+    ShuttingDown = 13,
+}
+
+impl ErrorCode {
+    /// From the wire number (unknown numbers read as `Internal`).
+    pub fn from_u16(n: u16) -> ErrorCode {
+        use ErrorCode::*;
+        match n {
+            1 => UnsupportedVersion,
+            2 => Malformed,
+            3 => Checksum,
+            4 => TooLarge,
+            5 => AuthFailed,
+            6 => Forbidden,
+            7 => ClockSkew,
+            9 => Timeout,
+            10 => RateLimited,
+            11 => SameNode,
+            12 => Unexpected,
+            13 => ShuttingDown,
+            _ => Internal,
+        }
+    }
+}
+
+/// A decoded message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    /// HELLO.
+    Hello(Hello),
+    /// SUBSCRIBE.
+    Subscribe {
+        /// Send changes after this seq of your feed.
+        from: Seq,
+    },
+    /// CHANGES.
+    Changes {
+        /// The changes (grouped by sender seq).
+        changes: Vec<Change>,
+        /// The sender's feed position once this frame's unit is complete.
+        end: Seq,
+        /// More frames of this unit follow.
+        partial: bool,
+    },
+    /// ACK.
+    Ack {
+        /// Applied up to here.
+        seq: Seq,
+    },
+    /// CAUGHT_UP.
+    CaughtUp {
+        /// Everything up to here was sent.
+        seq: Seq,
+    },
+    /// PING.
+    Ping {
+        /// Echoed in the PONG.
+        nonce: u64,
+    },
+    /// PONG.
+    Pong {
+        /// From the PING.
+        nonce: u64,
+    },
+    /// ERROR.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+    },
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    write_u64(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Encode a non-CHANGES message's payload (CHANGES needs the session dictionary: see
+/// [`Dict::encode_changes`]).
+pub fn encode_simple(m: &Message) -> (u8, Vec<u8>) {
+    let mut p = Vec::new();
+    let k = match m {
+        Message::Hello(h) => {
+            p.extend_from_slice(&h.version.to_le_bytes());
+            p.extend_from_slice(&h.node.0);
+            write_u64(&mut p, h.last_seq.0);
+            p.push(h.mode.byte());
+            p.push(u8::from(h.server));
+            write_u64(&mut p, h.caps);
+            write_str(&mut p, &h.token);
+            kind::HELLO
+        }
+        Message::Subscribe { from } => {
+            write_u64(&mut p, from.0);
+            kind::SUBSCRIBE
+        }
+        Message::Ack { seq } => {
+            write_u64(&mut p, seq.0);
+            kind::ACK
+        }
+        Message::CaughtUp { seq } => {
+            write_u64(&mut p, seq.0);
+            kind::CAUGHT_UP
+        }
+        Message::Ping { nonce } => {
+            p.extend_from_slice(&nonce.to_le_bytes());
+            kind::PING
+        }
+        Message::Pong { nonce } => {
+            p.extend_from_slice(&nonce.to_le_bytes());
+            kind::PONG
+        }
+        Message::Error { code, message } => {
+            p.extend_from_slice(&(*code as u16).to_le_bytes());
+            let mut msg = message.as_str();
+            while msg.len() > ERROR_MESSAGE_BYTES_MAX {
+                let mut cut = ERROR_MESSAGE_BYTES_MAX;
+                while !msg.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                msg = &msg[..cut];
+            }
+            write_str(&mut p, msg);
+            kind::ERROR
+        }
+        Message::Changes { .. } => panic!("CHANGES is encoded with a session dictionary"),
+    };
+    (k, p)
+}
+
+/// Decode a non-CHANGES message.
+pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
+    let mut r = Reader::new(payload);
+    let m = match kind {
+        kind::HELLO => Message::Hello(Hello {
+            version: u16::from_le_bytes(r.array()?),
+            node: NodeId(r.array()?),
+            last_seq: Seq(r.varint()?),
+            mode: SyncMode::from_byte(r.u8()?)?,
+            server: match r.u8()? {
+                0 => false,
+                1 => true,
+                b => return Err(DecodeError::Malformed(format!("bad server flag {b}"))),
+            },
+            caps: r.varint()?,
+            token: r.str("token", TOKEN_BYTES_MAX)?.to_owned(),
+        }),
+        kind::SUBSCRIBE => Message::Subscribe { from: Seq(r.varint()?) },
+        kind::ACK => Message::Ack { seq: Seq(r.varint()?) },
+        kind::CAUGHT_UP => Message::CaughtUp { seq: Seq(r.varint()?) },
+        kind::PING => Message::Ping { nonce: u64::from_le_bytes(r.array()?) },
+        kind::PONG => Message::Pong { nonce: u64::from_le_bytes(r.array()?) },
+        kind::ERROR => Message::Error {
+            code: ErrorCode::from_u16(u16::from_le_bytes(r.array()?)),
+            message: r.str("error message", ERROR_MESSAGE_BYTES_MAX)?.to_owned(),
+        },
+        k => return Err(DecodeError::BadTag { tag: k, offset: 0 }),
+    };
+    if !r.is_empty() {
+        return Err(DecodeError::Malformed(format!("{} trailing bytes in message", r.remaining())));
+    }
+    Ok(m)
+}
+
+/// One direction's dictionary of a session: node ids, collection names and field names
+/// get small numbers on first use, and timestamps are sent as differences from the previous
+/// one. Sender and receiver keep identical copies because frames arrive complete and in
+/// order (the frame checksum guarantees it).
+#[derive(Debug, Default)]
+pub struct Dict {
+    nodes: Vec<NodeId>,
+    node_index: HashMap<NodeId, u64>,
+    strings: Vec<String>,
+    string_index: HashMap<String, u64>,
+    last_hlc: u64,
+    last_seq: u64,
+}
+
+// Cell flag bits (see PROTOCOL.md).
+const CELL_SAME_VERSION: u8 = 0x10;
+const CELL_HAS_PREV: u8 = 0x20;
+const CELL_SAME_PREV: u8 = 0x40;
+
+/// Reference to a dictionary entry: 0 = inline and add, 1 = inline (dictionary full),
+/// n ≥ 2 = entry n − 2.
+impl Dict {
+    fn put_node(&mut self, out: &mut Vec<u8>, n: NodeId) {
+        if let Some(i) = self.node_index.get(&n) {
+            write_u64(out, i + 2);
+            return;
+        }
+        if self.nodes.len() < SESSION_DICT_ENTRIES_MAX {
+            out.push(0);
+            self.node_index.insert(n, self.nodes.len() as u64);
+            self.nodes.push(n);
+        } else {
+            out.push(1);
+        }
+        out.extend_from_slice(&n.0);
+    }
+
+    fn get_node(&mut self, r: &mut Reader<'_>) -> Result<NodeId, DecodeError> {
+        match r.varint()? {
+            0 => {
+                let n = NodeId(r.array()?);
+                if self.nodes.len() >= SESSION_DICT_ENTRIES_MAX {
+                    return Err(DecodeError::TooLarge {
+                        what: "session node dictionary",
+                        got: self.nodes.len() as u64 + 1,
+                        max: SESSION_DICT_ENTRIES_MAX as u64,
+                    });
+                }
+                self.nodes.push(n);
+                Ok(n)
+            }
+            1 => Ok(NodeId(r.array()?)),
+            i => self
+                .nodes
+                .get((i - 2) as usize)
+                .copied()
+                .ok_or_else(|| DecodeError::Malformed(format!("unknown node reference {i}"))),
+        }
+    }
+
+    fn put_str(&mut self, out: &mut Vec<u8>, s: &str) {
+        if let Some(i) = self.string_index.get(s) {
+            write_u64(out, i + 2);
+            return;
+        }
+        if self.strings.len() < SESSION_DICT_ENTRIES_MAX {
+            out.push(0);
+            self.string_index.insert(s.to_owned(), self.strings.len() as u64);
+            self.strings.push(s.to_owned());
+        } else {
+            out.push(1);
+        }
+        write_str(out, s);
+    }
+
+    fn get_str(&mut self, r: &mut Reader<'_>, what: &'static str, max: usize) -> Result<String, DecodeError> {
+        match r.varint()? {
+            0 => {
+                let s = r.str(what, max)?.to_owned();
+                if self.strings.len() >= SESSION_DICT_ENTRIES_MAX {
+                    return Err(DecodeError::TooLarge {
+                        what: "session name dictionary",
+                        got: self.strings.len() as u64 + 1,
+                        max: SESSION_DICT_ENTRIES_MAX as u64,
+                    });
+                }
+                self.strings.push(s.clone());
+                Ok(s)
+            }
+            1 => Ok(r.str(what, max)?.to_owned()),
+            i => {
+                let s = self
+                    .strings
+                    .get((i - 2) as usize)
+                    .ok_or_else(|| DecodeError::Malformed(format!("unknown name reference {i}")))?;
+                if s.len() > max {
+                    return Err(DecodeError::TooLarge { what, got: s.len() as u64, max: max as u64 });
+                }
+                Ok(s.clone())
+            }
+        }
+    }
+
+    fn put_version(&mut self, out: &mut Vec<u8>, v: Version) {
+        write_i64(out, v.hlc.0.wrapping_sub(self.last_hlc) as i64);
+        self.last_hlc = v.hlc.0;
+        self.put_node(out, v.node);
+    }
+
+    fn get_version(&mut self, r: &mut Reader<'_>) -> Result<Version, DecodeError> {
+        let hlc = self.last_hlc.wrapping_add(read_i64(r)? as u64);
+        self.last_hlc = hlc;
+        Ok(Version { hlc: Hlc(hlc), node: self.get_node(r)? })
+    }
+
+    /// Encode a CHANGES payload.
+    ///
+    /// ```text
+    /// changes := varint n_groups | group* | varint (end − last group seq)
+    /// group   := varint (seq − previous seq) | varint n_records | record*
+    /// record  := ref collection | id[16] | varint n_cells | cell*
+    /// cell    := u8 flags | [ref field] | [sub] | [value] | [version] | [prev]
+    /// ```
+    pub fn encode_changes(&mut self, changes: &[Change], end: Seq) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + changes.len() * 64);
+        // Groups: consecutive changes with the same seq.
+        let mut groups: Vec<&[Change]> = Vec::new();
+        let mut start = 0;
+        for i in 1..=changes.len() {
+            if i == changes.len() || changes[i].seq != changes[start].seq {
+                groups.push(&changes[start..i]);
+                start = i;
+            }
+        }
+        write_u64(&mut out, groups.len() as u64);
+        for g in groups {
+            let seq = g[0].seq.0;
+            write_u64(&mut out, seq.wrapping_sub(self.last_seq));
+            self.last_seq = seq;
+            write_u64(&mut out, g.len() as u64);
+            for ch in g {
+                self.put_str(&mut out, &ch.collection);
+                out.extend_from_slice(&ch.id.0);
+                write_u64(&mut out, ch.cells.len() as u64);
+                let mut prev_cell: Option<&Cell> = None;
+                for c in &ch.cells {
+                    self.put_cell(&mut out, c, prev_cell);
+                    prev_cell = Some(c);
+                }
+            }
+        }
+        write_u64(&mut out, end.0.wrapping_sub(self.last_seq));
+        self.last_seq = end.0;
+        out
+    }
+
+    fn put_cell(&mut self, out: &mut Vec<u8>, c: &Cell, before: Option<&Cell>) {
+        let key_kind = match c.key {
+            CellKey::Record => 0u8,
+            CellKey::Field(_) => 1,
+            CellKey::Counter(..) => 2,
+            CellKey::Element(..) => 3,
+        };
+        let value_kind = match c.value {
+            CellValue::Value(_) => 0u8,
+            CellValue::Absent => 1,
+            CellValue::Present => 2,
+            CellValue::Count(_) => 3,
+        };
+        let same_version = before.is_some_and(|b| b.version == c.version);
+        let same_prev = c.prev.is_some() && before.is_some_and(|b| b.prev == c.prev);
+        let mut flags = key_kind | (value_kind << 2);
+        if same_version {
+            flags |= CELL_SAME_VERSION;
+        }
+        if c.prev.is_some() {
+            flags |= CELL_HAS_PREV;
+        }
+        if same_prev {
+            flags |= CELL_SAME_PREV;
+        }
+        out.push(flags);
+        match &c.key {
+            CellKey::Record => {}
+            CellKey::Field(f) => self.put_str(out, f),
+            CellKey::Counter(f, n) => {
+                self.put_str(out, f);
+                self.put_node(out, *n);
+            }
+            CellKey::Element(f, e) => {
+                self.put_str(out, f);
+                write_u64(out, e.len() as u64);
+                out.extend_from_slice(e);
+            }
+        }
+        match &c.value {
+            CellValue::Value(v) => value::encode(out, v),
+            CellValue::Count(n) => write_i64(out, *n),
+            CellValue::Absent | CellValue::Present => {}
+        }
+        if !same_version {
+            self.put_version(out, c.version);
+        }
+        if let (Some(p), false) = (c.prev, same_prev) {
+            // The version it replaced, as a distance back from this cell's own timestamp.
+            write_u64(out, zigzag(c.version.hlc.0.wrapping_sub(p.hlc.0) as i64));
+            self.put_node(out, p.node);
+        }
+    }
+
+    /// Decode a CHANGES payload. `cells_budget` bounds how many cells it may hold.
+    pub fn decode_changes(&mut self, payload: &[u8], cells_budget: usize) -> Result<(Vec<Change>, Seq), DecodeError> {
+        let mut r = Reader::new(payload);
+        let n_groups = r.count("group count", TRANSACTION_CELLS_MAX, 2)?;
+        let mut changes = Vec::new();
+        let mut cells_total = 0usize;
+        for _ in 0..n_groups {
+            let seq = self.last_seq.wrapping_add(r.varint()?);
+            self.last_seq = seq;
+            let n_records = r.count("records in group", TRANSACTION_CELLS_MAX, 18)?;
+            for _ in 0..n_records {
+                let collection = self.get_str(&mut r, "collection name", COLLECTION_NAME_BYTES_MAX)?;
+                let id = RecordId(r.array()?);
+                let n_cells = r.count("cells in record", TRANSACTION_CELLS_MAX, 1)?;
+                cells_total += n_cells;
+                if cells_total > cells_budget {
+                    return Err(DecodeError::TooLarge {
+                        what: "cells in one transaction",
+                        got: cells_total as u64,
+                        max: cells_budget as u64,
+                    });
+                }
+                let mut cells: Vec<Cell> = Vec::with_capacity(n_cells);
+                for _ in 0..n_cells {
+                    let c = self.get_cell(&mut r, cells.last())?;
+                    cells.push(c);
+                }
+                changes.push(Change { seq: Seq(seq), collection, id, cells });
+            }
+        }
+        let end = self.last_seq.wrapping_add(r.varint()?);
+        self.last_seq = end;
+        if !r.is_empty() {
+            return Err(DecodeError::Malformed(format!("{} trailing bytes in CHANGES", r.remaining())));
+        }
+        Ok((changes, Seq(end)))
+    }
+
+    fn get_cell(&mut self, r: &mut Reader<'_>, before: Option<&Cell>) -> Result<Cell, DecodeError> {
+        let flags = r.u8()?;
+        if flags & 0x80 != 0 {
+            return Err(DecodeError::Malformed(format!("unknown cell flags 0x{flags:02x}")));
+        }
+        let key = match flags & 0b11 {
+            0 => CellKey::Record,
+            1 => CellKey::Field(self.get_str(r, "field name", FIELD_NAME_BYTES_MAX)?),
+            2 => {
+                let f = self.get_str(r, "field name", FIELD_NAME_BYTES_MAX)?;
+                CellKey::Counter(f, self.get_node(r)?)
+            }
+            _ => {
+                let f = self.get_str(r, "field name", FIELD_NAME_BYTES_MAX)?;
+                CellKey::Element(f, r.blob("set element", VALUE_BYTES_MAX)?.to_vec())
+            }
+        };
+        let value = match (flags >> 2) & 0b11 {
+            0 => CellValue::Value(value::decode(r)?),
+            1 => CellValue::Absent,
+            2 => CellValue::Present,
+            _ => CellValue::Count(read_i64(r)?),
+        };
+        let version = if flags & CELL_SAME_VERSION != 0 {
+            before
+                .map(|b| b.version)
+                .ok_or_else(|| DecodeError::Malformed("first cell of a record cannot reuse a version".into()))?
+        } else {
+            self.get_version(r)?
+        };
+        let prev = if flags & CELL_HAS_PREV == 0 {
+            None
+        } else if flags & CELL_SAME_PREV != 0 {
+            Some(before.and_then(|b| b.prev).ok_or_else(|| {
+                DecodeError::Malformed("cell reuses a previous version that does not exist".into())
+            })?)
+        } else {
+            let back = crate::codec::varint::unzigzag(r.varint()?);
+            let hlc = version.hlc.0.wrapping_sub(back as u64);
+            Some(Version { hlc: Hlc(hlc), node: self.get_node(r)? })
+        };
+        Ok(Cell { key, value, version, prev, seq: Seq(0) })
+    }
+}

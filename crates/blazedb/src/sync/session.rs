@@ -1,0 +1,620 @@
+//! The sync session: one per connected peer, sans-IO.
+//!
+//! The session owns no socket, thread, timer or clock. The driver calls, in any order and
+//! as often as it likes:
+//!
+//! 1. [`Session::new`] — queues our HELLO;
+//! 2. [`Session::handle_bytes`] with whatever bytes arrived (any split of the stream);
+//! 3. [`Session::poll_transmit`] until it returns `None`, sending each frame — call it again
+//!    after every local commit (see `Database::on_commit`) so new changes go out at once;
+//! 4. [`Session::handle_timeout`] when the instant from [`Session::poll_timeout`] passes;
+//! 5. [`Session::poll_event`] to learn what happened.
+//!
+//! The driver passes the current time (ms) in; the database is passed in per call because the
+//! session reads the change feed and applies the peer's changes through it.
+//!
+//! ```text
+//!  A                                   B
+//!  HELLO(node, head, mode) ──────────► 
+//!  ◄────────────────────────────────── HELLO
+//!  SUBSCRIBE(from = my cursor of B) ──► 
+//!  ◄────────────────────────────────── SUBSCRIBE(from = B's cursor of A)
+//!  ◄──── CHANGES… (unit) / CAUGHT_UP ─►  (both ways, windowed)
+//!  ACK(end of applied unit) ─────────►
+//! ```
+
+use std::collections::VecDeque;
+
+use super::frame::{FrameDecoder, FrameEncoder, FrameError};
+use super::message::{self, caps, kind, Dict, ErrorCode, Hello, Message, SyncMode};
+use crate::error::{ApplyError, Error};
+use crate::limits::{
+    ACK_PERSIST_INTERVAL_MS, BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
+    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, TRANSACTION_CELLS_MAX, WINDOW_UNITS_DEFAULT,
+};
+use crate::store::{Change, Database, PeerDirection};
+use crate::types::Seq;
+use crate::NodeId;
+
+/// How a session behaves.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Send, receive or both.
+    pub mode: SyncMode,
+    /// This side is a relay/server.
+    pub server: bool,
+    /// Credentials to present.
+    pub token: String,
+    /// Cells per batch read from the feed.
+    pub batch_cells_max: usize,
+    /// Unacknowledged units before the sender waits.
+    pub window_units: usize,
+    /// Ping after this long without sending.
+    pub ping_interval_ms: u64,
+    /// Give up after this long without receiving.
+    pub idle_timeout_ms: u64,
+    /// Offer and use LZ4.
+    pub lz4: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            mode: SyncMode::Both,
+            server: false,
+            token: String::new(),
+            batch_cells_max: BATCH_CELLS_DEFAULT,
+            window_units: WINDOW_UNITS_DEFAULT,
+            ping_interval_ms: PING_INTERVAL_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            lz4: true,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sync session ended ({code:?}): {message}")]
+pub struct SyncError {
+    /// The protocol error code (sent to or received from the peer).
+    pub code: ErrorCode,
+    /// What happened and what to do.
+    pub message: String,
+    /// True when the peer reported the error; false when we detected it.
+    pub remote: bool,
+}
+
+/// Something the driver may want to know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The peer said HELLO.
+    Connected {
+        /// Who.
+        peer: NodeId,
+        /// Its HELLO.
+        hello: Hello,
+    },
+    /// A unit of the peer's changes was applied.
+    Applied {
+        /// Cells that changed something here.
+        cells: usize,
+        /// The peer's feed position now reached.
+        through: Seq,
+    },
+    /// The session ended.
+    Closed(SyncError),
+}
+
+/// Counters for one session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Bytes sent (framed).
+    pub bytes_sent: u64,
+    /// Bytes received (framed).
+    pub bytes_received: u64,
+    /// Cells sent in CHANGES.
+    pub cells_sent: u64,
+    /// Cells received in CHANGES.
+    pub cells_received: u64,
+    /// Received cells that changed something here.
+    pub cells_applied: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum State {
+    AwaitHello,
+    Open,
+    Closed,
+}
+
+/// One sync session with one peer.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    node: NodeId,
+    state: State,
+    encoder: FrameEncoder,
+    decoder: FrameDecoder,
+    tx_dict: Dict,
+    rx_dict: Dict,
+    out: VecDeque<Vec<u8>>,
+    peer: Option<Hello>,
+    events: VecDeque<SessionEvent>,
+    stats: SessionStats,
+    // Sending our feed.
+    peer_from: Option<Seq>,
+    sent_through: Seq,
+    unit_until: Seq,
+    unacked: VecDeque<Seq>,
+    acked: Seq,
+    acked_persisted: Seq,
+    acked_persisted_ms: u64,
+    caught_up_sent: Option<Seq>,
+    // Receiving the peer's feed.
+    subscribed: bool,
+    staged: Vec<Change>,
+    staged_cells: usize,
+    received_through: Seq,
+    peer_caught_up: Option<Seq>,
+    // Liveness.
+    last_recv_ms: u64,
+    last_send_ms: u64,
+    ping_nonce: u64,
+}
+
+impl Session {
+    /// Start a session for the database `db`; HELLO is queued.
+    pub fn new(db: &Database, cfg: SessionConfig, now_ms: u64) -> Result<Session, Error> {
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            node: db.node_id(),
+            last_seq: db.last_seq()?,
+            mode: cfg.mode,
+            server: cfg.server,
+            caps: if cfg.lz4 { caps::LZ4 } else { 0 },
+            token: cfg.token.clone(),
+        };
+        let mut s = Session {
+            node: db.node_id(),
+            state: State::AwaitHello,
+            encoder: FrameEncoder::default(),
+            decoder: FrameDecoder::default(),
+            tx_dict: Dict::default(),
+            rx_dict: Dict::default(),
+            out: VecDeque::new(),
+            peer: None,
+            events: VecDeque::new(),
+            stats: SessionStats::default(),
+            peer_from: None,
+            sent_through: Seq(0),
+            unit_until: Seq(0),
+            unacked: VecDeque::new(),
+            acked: Seq(0),
+            acked_persisted: Seq(0),
+            acked_persisted_ms: now_ms,
+            caught_up_sent: None,
+            subscribed: false,
+            staged: Vec::new(),
+            staged_cells: 0,
+            received_through: Seq(0),
+            peer_caught_up: None,
+            last_recv_ms: now_ms,
+            last_send_ms: now_ms,
+            ping_nonce: 0,
+            cfg,
+        };
+        s.send(&Message::Hello(hello), now_ms);
+        Ok(s)
+    }
+
+    /// The peer's HELLO, once received.
+    pub fn peer(&self) -> Option<&Hello> {
+        self.peer.as_ref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// True once the session ended (after an error sent or received, or `close`).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// True when, as far as this side knows, both directions are in sync: the peer told us
+    /// it has sent everything (and we applied it), and it acknowledged everything we have.
+    pub fn is_caught_up(&self, db: &Database) -> Result<bool, Error> {
+        let Some(peer) = &self.peer else { return Ok(false) };
+        let receiving = self.cfg.mode.receives() && peer.mode.sends();
+        let sending = self.cfg.mode.sends() && peer.mode.receives();
+        let rx_done = !receiving
+            || (self.staged.is_empty()
+                && self.peer_caught_up.is_some_and(|s| self.received_through >= s));
+        let tx_done = !sending
+            || (self.peer_from.is_some()
+                && self.sent_through >= db.last_seq()?
+                && self.unacked.is_empty()
+                && self.caught_up_sent == Some(self.sent_through));
+        Ok(rx_done && tx_done)
+    }
+
+    /// Feed received bytes. On a protocol error the session queues an ERROR frame for the
+    /// peer (send it, then close the transport) and returns the error.
+    pub fn handle_bytes(&mut self, now_ms: u64, bytes: &[u8], db: &Database) -> Result<(), SyncError> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        self.stats.bytes_received += bytes.len() as u64;
+        self.last_recv_ms = now_ms;
+        self.decoder.push(bytes);
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let code = match e {
+                        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                        FrameError::Checksum { .. } => ErrorCode::Checksum,
+                        _ => ErrorCode::Malformed,
+                    };
+                    return Err(self.fail(code, e.to_string(), now_ms));
+                }
+            };
+            self.stats.frames_received += 1;
+            let msg = if frame.kind == kind::CHANGES {
+                let budget = TRANSACTION_CELLS_MAX.saturating_sub(self.staged_cells);
+                match self.rx_dict.decode_changes(&frame.payload, budget) {
+                    Ok((changes, end)) => Message::Changes { changes, end, partial: frame.partial },
+                    Err(e @ crate::codec::DecodeError::TooLarge { .. }) => {
+                        return Err(self.fail(ErrorCode::TooLarge, format!("CHANGES: {e}"), now_ms))
+                    }
+                    Err(e) => return Err(self.fail(ErrorCode::Malformed, format!("CHANGES: {e}"), now_ms)),
+                }
+            } else {
+                match message::decode_simple(frame.kind, &frame.payload) {
+                    Ok(m) => m,
+                    Err(e) => return Err(self.fail(ErrorCode::Malformed, e.to_string(), now_ms)),
+                }
+            };
+            self.handle_message(now_ms, msg, db)?;
+            if self.state == State::Closed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn handle_message(&mut self, now_ms: u64, msg: Message, db: &Database) -> Result<(), SyncError> {
+        match (self.state, msg) {
+            (_, Message::Error { code, message }) => {
+                self.state = State::Closed;
+                let e = SyncError { code, message, remote: true };
+                self.events.push_back(SessionEvent::Closed(e.clone()));
+                Err(e)
+            }
+            (State::AwaitHello, Message::Hello(h)) => self.on_hello(now_ms, h, db),
+            (State::AwaitHello, other) => Err(self.fail(
+                ErrorCode::Unexpected,
+                format!("expected HELLO first, got {}", name(&other)),
+                now_ms,
+            )),
+            (State::Open, Message::Hello(_)) => {
+                Err(self.fail(ErrorCode::Unexpected, "second HELLO".into(), now_ms))
+            }
+            (State::Open, Message::Subscribe { from }) => {
+                if !self.cfg.mode.sends() {
+                    return Err(self.fail(
+                        ErrorCode::Forbidden,
+                        "this side only receives (pull mode); it does not send its changes".into(),
+                        now_ms,
+                    ));
+                }
+                let head = db.last_seq().map_err(|e| self.internal(e, now_ms))?;
+                // A cursor past our head means our file is older than the one the peer synced
+                // with (restored from a backup): start over; apply is idempotent.
+                let from = if from > head { Seq(0) } else { from };
+                self.peer_from = Some(from);
+                self.sent_through = from;
+                self.unit_until = from;
+                self.acked = from;
+                Ok(())
+            }
+            (State::Open, Message::Changes { changes, end, partial }) => {
+                if !self.subscribed {
+                    return Err(self.fail(ErrorCode::Unexpected, "CHANGES without SUBSCRIBE".into(), now_ms));
+                }
+                let cells: usize = changes.iter().map(|c| c.cells.len()).sum();
+                self.stats.cells_received += cells as u64;
+                self.staged_cells += cells;
+                self.staged.extend(changes);
+                if partial {
+                    return Ok(());
+                }
+                self.apply_staged(now_ms, end, db)
+            }
+            (State::Open, Message::Ack { seq }) => {
+                if seq > self.sent_through {
+                    return Err(self.fail(ErrorCode::Malformed, format!("ACK of {seq} beyond what was sent"), now_ms));
+                }
+                while self.unacked.front().is_some_and(|u| *u <= seq) {
+                    self.unacked.pop_front();
+                }
+                self.acked = self.acked.max(seq);
+                self.persist_acked(now_ms, db, false);
+                Ok(())
+            }
+            (State::Open, Message::CaughtUp { seq }) => {
+                self.peer_caught_up = Some(seq);
+                if self.staged.is_empty() && seq > self.received_through {
+                    // Everything between was skipped by the sender (it came from us):
+                    // remember the position so a reconnect does not rescan it.
+                    let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+                    db.apply_changes(peer, &[], Some(seq)).map_err(|e| self.internal(e, now_ms))?;
+                    self.received_through = seq;
+                }
+                Ok(())
+            }
+            (State::Open, Message::Ping { nonce }) => {
+                self.send(&Message::Pong { nonce }, now_ms);
+                Ok(())
+            }
+            (State::Open, Message::Pong { .. }) => Ok(()),
+            (State::Closed, _) => Ok(()),
+        }
+    }
+
+    fn on_hello(&mut self, now_ms: u64, h: Hello, db: &Database) -> Result<(), SyncError> {
+        if h.version != PROTOCOL_VERSION {
+            return Err(self.fail(
+                ErrorCode::UnsupportedVersion,
+                format!("peer speaks protocol {}, this node {PROTOCOL_VERSION}: upgrade the older one", h.version),
+                now_ms,
+            ));
+        }
+        if h.node == self.node {
+            return Err(self.fail(
+                ErrorCode::SameNode,
+                format!(
+                    "both sides are node {}: a database file was copied; give each copy its \
+                     own file (export/import or snapshot) instead of copying files",
+                    h.node
+                ),
+                now_ms,
+            ));
+        }
+        self.encoder.lz4 = self.cfg.lz4 && h.caps & caps::LZ4 != 0;
+        self.state = State::Open;
+        self.events.push_back(SessionEvent::Connected { peer: h.node, hello: h.clone() });
+        if self.cfg.mode.receives() && h.mode.sends() {
+            let mut from = db
+                .peer_cursor(h.node, PeerDirection::Received)
+                .map_err(|e| self.internal(e, now_ms))?;
+            if from > h.last_seq {
+                // The peer's feed is shorter than what we received from it: it was restored
+                // from an older copy. Receive everything again (idempotent).
+                from = Seq(0);
+            }
+            self.received_through = from;
+            self.subscribed = true;
+            self.send(&Message::Subscribe { from }, now_ms);
+        }
+        self.peer = Some(h);
+        Ok(())
+    }
+
+    fn apply_staged(&mut self, now_ms: u64, end: Seq, db: &Database) -> Result<(), SyncError> {
+        let changes = std::mem::take(&mut self.staged);
+        self.staged_cells = 0;
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        match db.apply_changes(peer, &changes, Some(end)) {
+            Ok(n) => {
+                self.stats.cells_applied += n as u64;
+                self.received_through = end;
+                self.send(&Message::Ack { seq: end }, now_ms);
+                self.events.push_back(SessionEvent::Applied { cells: n, through: end });
+                Ok(())
+            }
+            Err(Error::Apply(ApplyError::ClockSkew(e))) => {
+                Err(self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms))
+            }
+            Err(Error::Apply(ApplyError::Invalid(m))) => Err(self.fail(ErrorCode::Malformed, m, now_ms)),
+            Err(e) => Err(self.internal(e, now_ms)),
+        }
+    }
+
+    /// The next frame to send, if any. Reads the change feed when the peer subscribed and
+    /// the window has room.
+    pub fn poll_transmit(&mut self, now_ms: u64, db: &Database) -> Option<Vec<u8>> {
+        if self.out.is_empty() && self.state == State::Open {
+            if let Err(e) = self.fill(now_ms, db) {
+                let _ = self.internal(e, now_ms);
+            }
+        }
+        let f = self.out.pop_front()?;
+        self.stats.frames_sent += 1;
+        self.stats.bytes_sent += f.len() as u64;
+        Some(f)
+    }
+
+    fn fill(&mut self, now_ms: u64, db: &Database) -> Result<(), Error> {
+        if self.peer_from.is_none() {
+            return Ok(());
+        }
+        let head = db.last_seq()?;
+        // A unit in progress must be finished whatever the window says.
+        let in_unit = self.sent_through < self.unit_until;
+        if self.sent_through < head && (in_unit || self.unacked.len() < self.cfg.window_units) {
+            let peer = self.peer.as_ref().map(|p| p.node);
+            let batch = db.changes_since(self.sent_through, self.cfg.batch_cells_max, peer)?;
+            self.unit_until = self.unit_until.max(batch.needs_through);
+            let complete = batch.next >= self.unit_until;
+            self.send_changes(&batch.changes, batch.next, !complete, now_ms);
+            self.sent_through = batch.next;
+            if complete {
+                self.unacked.push_back(batch.next);
+            }
+        }
+        if self.sent_through >= head
+            && self.sent_through >= self.unit_until
+            && self.caught_up_sent != Some(self.sent_through)
+        {
+            self.caught_up_sent = Some(self.sent_through);
+            self.send(&Message::CaughtUp { seq: self.sent_through }, now_ms);
+        }
+        Ok(())
+    }
+
+    /// Encode changes as one or more CHANGES frames, splitting at record boundaries.
+    fn send_changes(&mut self, changes: &[Change], end: Seq, partial: bool, now_ms: u64) {
+        if changes.is_empty() {
+            if !partial {
+                // Nothing to send (everything came from this peer), but the unit closed.
+                let payload = self.tx_dict.encode_changes(&[], end);
+                self.push_frame(kind::CHANGES, false, &payload, now_ms);
+            }
+            return;
+        }
+        let mut start = 0;
+        let mut bytes = 0usize;
+        let mut cells = 0usize;
+        for i in 0..changes.len() {
+            bytes += changes[i].cells.iter().map(approx_cell_bytes).sum::<usize>() + 20;
+            cells += changes[i].cells.len();
+            let last = i + 1 == changes.len();
+            if last || bytes >= FRAME_TARGET_BYTES || cells >= self.cfg.batch_cells_max {
+                let chunk = &changes[start..=i];
+                let frame_end = if last { end } else { chunk.last().map(|c| c.seq).unwrap_or(end) };
+                let payload = self.tx_dict.encode_changes(chunk, frame_end);
+                self.stats.cells_sent += chunk.iter().map(|c| c.cells.len() as u64).sum::<u64>();
+                self.push_frame(kind::CHANGES, partial || !last, &payload, now_ms);
+                start = i + 1;
+                bytes = 0;
+                cells = 0;
+            }
+        }
+    }
+
+    /// Handle timers: ping when quiet, give up when the peer is silent too long, persist the
+    /// acknowledged cursor.
+    pub fn handle_timeout(&mut self, now_ms: u64, db: &Database) {
+        if self.state == State::Closed {
+            return;
+        }
+        if now_ms.saturating_sub(self.last_recv_ms) >= self.cfg.idle_timeout_ms {
+            let _ = self.fail(
+                ErrorCode::Timeout,
+                format!("nothing received for {} ms: the peer or the network is down", self.cfg.idle_timeout_ms),
+                now_ms,
+            );
+            return;
+        }
+        if now_ms.saturating_sub(self.last_send_ms) >= self.cfg.ping_interval_ms {
+            self.ping_nonce += 1;
+            self.send(&Message::Ping { nonce: self.ping_nonce }, now_ms);
+        }
+        self.persist_acked(now_ms, db, false);
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.state == State::Closed {
+            return None;
+        }
+        Some(
+            (self.last_send_ms + self.cfg.ping_interval_ms)
+                .min(self.last_recv_ms + self.cfg.idle_timeout_ms),
+        )
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// End the session: queue an ERROR frame with `code` (e.g. `ShuttingDown`) and persist
+    /// the acknowledged cursor.
+    pub fn close(&mut self, now_ms: u64, db: &Database, code: ErrorCode, message: &str) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.persist_acked(now_ms, db, true);
+        let _ = self.fail(code, message.to_owned(), now_ms);
+    }
+
+    /// The transport went away: mark closed without sending anything.
+    pub fn transport_closed(&mut self, now_ms: u64, db: &Database) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.persist_acked(now_ms, db, true);
+        self.state = State::Closed;
+        self.events.push_back(SessionEvent::Closed(SyncError {
+            code: ErrorCode::Timeout,
+            message: "connection closed".into(),
+            remote: false,
+        }));
+    }
+
+    fn persist_acked(&mut self, now_ms: u64, db: &Database, force: bool) {
+        let Some(peer) = self.peer.as_ref().map(|p| p.node) else { return };
+        if self.acked > self.acked_persisted
+            && (force || now_ms.saturating_sub(self.acked_persisted_ms) >= ACK_PERSIST_INTERVAL_MS)
+            && db.set_peer_cursor(peer, PeerDirection::Acked, self.acked).is_ok()
+        {
+            self.acked_persisted = self.acked;
+            self.acked_persisted_ms = now_ms;
+        }
+    }
+
+    fn send(&mut self, m: &Message, now_ms: u64) {
+        let (k, payload) = message::encode_simple(m);
+        self.push_frame(k, false, &payload, now_ms);
+    }
+
+    fn push_frame(&mut self, k: u8, partial: bool, payload: &[u8], now_ms: u64) {
+        let f = self.encoder.encode(k, partial, payload);
+        self.out.push_back(f);
+        self.last_send_ms = now_ms;
+    }
+
+    fn fail(&mut self, code: ErrorCode, message: String, now_ms: u64) -> SyncError {
+        if self.state != State::Closed {
+            self.out.clear();
+            self.send(&Message::Error { code, message: message.clone() }, now_ms);
+            self.state = State::Closed;
+        }
+        let e = SyncError { code, message, remote: false };
+        self.events.push_back(SessionEvent::Closed(e.clone()));
+        e
+    }
+
+    fn internal(&mut self, e: Error, now_ms: u64) -> SyncError {
+        self.fail(ErrorCode::Internal, e.to_string(), now_ms)
+    }
+}
+
+fn name(m: &Message) -> &'static str {
+    match m {
+        Message::Hello(_) => "HELLO",
+        Message::Subscribe { .. } => "SUBSCRIBE",
+        Message::Changes { .. } => "CHANGES",
+        Message::Ack { .. } => "ACK",
+        Message::CaughtUp { .. } => "CAUGHT_UP",
+        Message::Ping { .. } => "PING",
+        Message::Pong { .. } => "PONG",
+        Message::Error { .. } => "ERROR",
+    }
+}
+
+fn approx_cell_bytes(c: &crate::crdt::Cell) -> usize {
+    let key = c.key.field().map_or(0, str::len) + 4;
+    let value = match &c.value {
+        crate::crdt::CellValue::Value(v) => crate::codec::value::to_bytes(v).len(),
+        _ => 2,
+    };
+    key + value + 12
+}

@@ -1,0 +1,76 @@
+//! Helpers shared by the sync tests: open databases on a fake clock and pump two sessions
+//! against each other in memory.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use blazedb::sync::{Session, SessionConfig};
+use blazedb::{Database, OpenOptions};
+
+pub struct Node {
+    pub db: Database,
+    pub clock: Arc<AtomicU64>,
+}
+
+pub fn open(dir: &std::path::Path, name: &str) -> Database {
+    Database::open(dir.join(format!("{name}.db")), OpenOptions::default()).unwrap()
+}
+
+/// Bytes moved each way by a pump.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+}
+
+/// Connect `a` and `b` with fresh sessions and run until both are caught up and quiet.
+pub fn sync_pair(a: &Database, b: &Database, ca: SessionConfig, cb: SessionConfig) -> Moved {
+    let mut sa = Session::new(a, ca, 0).unwrap();
+    let mut sb = Session::new(b, cb, 0).unwrap();
+    pump(a, &mut sa, b, &mut sb)
+}
+
+/// Run two sessions until both report caught up and no frame is in flight.
+pub fn pump(a: &Database, sa: &mut Session, b: &Database, sb: &mut Session) -> Moved {
+    let mut moved = Moved::default();
+    for _ in 0..100_000 {
+        let mut progress = false;
+        while let Some(f) = sa.poll_transmit(0, a) {
+            moved.a_to_b += f.len() as u64;
+            sb.handle_bytes(0, &f, b).unwrap();
+            progress = true;
+        }
+        while let Some(f) = sb.poll_transmit(0, b) {
+            moved.b_to_a += f.len() as u64;
+            sa.handle_bytes(0, &f, a).unwrap();
+            progress = true;
+        }
+        if !progress && sa.is_caught_up(a).unwrap() && sb.is_caught_up(b).unwrap() {
+            return moved;
+        }
+        assert!(progress, "stalled before catching up");
+    }
+    panic!("did not converge");
+}
+
+/// A canonical dump of every collection: (collection, id, fields as JSON), sorted.
+pub fn dump(db: &Database) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for c in db.collections().unwrap() {
+        for r in db.scan(&c).unwrap() {
+            out.push((c.clone(), r.id.to_string(), r.to_json().to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn counter(start: u64) -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(start))
+}
+
+pub fn tick(c: &AtomicU64, ms: u64) {
+    c.fetch_add(ms, Ordering::SeqCst);
+}

@@ -1,0 +1,145 @@
+//! Two replicas sync through a pair of sessions: full, incremental and delta sync, both
+//! directions, modes, conflicts recorded, restart resumes from persisted cursors.
+
+mod common;
+
+use blazedb::sync::{SessionConfig, SyncMode};
+use blazedb::{Patch, Value};
+use common::{dump, open, sync_pair};
+
+fn cfg(mode: SyncMode) -> SessionConfig {
+    SessionConfig { mode, ..SessionConfig::default() }
+}
+
+#[test]
+fn full_then_incremental_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let mut ids = Vec::new();
+    a.transaction(|tx| {
+        for i in 0..10_000 {
+            ids.push(tx.insert("bugs", [
+                ("title", Value::from(format!("bug number {i}"))),
+                ("status", Value::from("open")),
+                ("priority", Value::Int(i % 10)),
+                ("assignee", Value::from("someone")),
+                ("votes", Value::Int(0)),
+            ])?);
+        }
+        Ok(())
+    })
+    .unwrap();
+    b.insert("notes", [("text", "from b")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(b.count("bugs").unwrap(), 10_000);
+
+    // One field changes: the whole resync, handshake included, is tiny.
+    a.update("bugs", ids[1234], Patch::new().set("status", "closed")).unwrap();
+    let moved = sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    let total = moved.a_to_b + moved.b_to_a;
+    assert!(total <= 300, "incremental resync moved {total} bytes ({moved:?})");
+
+    // Nothing changed: nothing but handshakes.
+    let moved = sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert!(moved.a_to_b + moved.b_to_a <= 200, "{moved:?}");
+}
+
+#[test]
+fn cells_do_not_echo_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    a.transaction(|tx| {
+        for i in 0..500 {
+            tx.insert("c", [("n", Value::Int(i)), ("pad", Value::from("x".repeat(50)))])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let first = sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert!(first.b_to_a < 300, "b sent {} bytes back", first.b_to_a);
+    let again = sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert!(again.a_to_b + again.b_to_a < 200, "{again:?}");
+}
+
+#[test]
+fn pull_only_replica_never_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    a.insert("c", [("x", 1)]).unwrap();
+    let local = b.insert("c", [("only_b", 1)]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Push), cfg(SyncMode::Pull));
+    assert_eq!(b.count("c").unwrap(), 2);
+    assert!(a.get("c", local).unwrap().is_none(), "the pull side kept its write to itself");
+}
+
+#[test]
+fn concurrent_writes_converge_and_record_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let id = a.insert("c", [("title", Value::from("v0")), ("n", Value::Int(0))]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    a.update("c", id, Patch::new().set("title", "from a").increment("n", 1)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    b.update("c", id, Patch::new().set("title", "from b").increment("n", 10)).unwrap();
+    b.set_add("c", id, "tags", vec!["x".into()]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    let r = a.get("c", id).unwrap().unwrap();
+    assert_eq!(r.fields["title"], Value::from("from b"), "the later write wins");
+    assert_eq!(r.fields["n"], Value::Int(11), "counters add up");
+    // The loser is not lost: A recorded it when B's write overwrote its own.
+    let conflicts = a.conflicts(Some("c")).unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].loser, Some(Value::from("from a")));
+    assert_eq!(conflicts[0].winner, Some(Value::from("from b")));
+    // Resolving writes a new value that syncs like any other.
+    a.resolve_conflict(conflicts[0].id, Some(Value::from("merged"))).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(b.get("c", id).unwrap().unwrap().fields["title"], Value::from("merged"));
+    assert!(a.conflicts(None).unwrap().is_empty());
+}
+
+#[test]
+fn deletes_propagate_and_concurrent_update_after_delete_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let id = a.insert("c", [("x", 1), ("y", 2)]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    a.delete("c", id).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    b.update("c", id, Patch::new().set("y", 3)).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    let r = a.get("c", id).unwrap().expect("the later update keeps the record alive");
+    assert_eq!(r.fields.len(), 1);
+    assert_eq!(r.fields["y"], Value::Int(3));
+    b.delete("c", id).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert!(a.get("c", id).unwrap().is_none());
+}
+
+#[test]
+fn restart_resumes_from_persisted_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+        a.transaction(|tx| {
+            for i in 0..2000 {
+                tx.insert("c", [("n", Value::Int(i))])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    }
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    a.insert("c", [("n", -1)]).unwrap();
+    let moved = sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert!(moved.a_to_b < 200, "resent acked data: {moved:?}");
+    assert_eq!(b.count("c").unwrap(), 2001);
+    let peers = b.peers().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].received, a.last_seq().unwrap());
+}
