@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension};
 
+
 use super::write::validate_field_name;
 use super::{body, validate_collection_name, Database};
 use crate::crdt::encoding::{key_from_bytes, value_from_bytes};
@@ -148,11 +149,12 @@ impl Database {
                     batch.more = true;
                     break;
                 }
+                // Every commit between the previous group and this one, including commits
+                // whose cells were all overwritten since, may require later commits.
                 let link: Option<i64> = inner
                     .conn
-                    .prepare_cached("SELECT t FROM feed_links WHERE s = ?1")?
-                    .query_row([seq.0 as i64], |r| r.get(0))
-                    .optional()?;
+                    .prepare_cached("SELECT max(t) FROM feed_links WHERE s > ?1 AND s <= ?2")?
+                    .query_row([batch.next.0 as i64, seq.0 as i64], |r| r.get(0))?;
                 if let Some(t) = link {
                     batch.needs_through = batch.needs_through.max(Seq(t as u64));
                 }
@@ -183,6 +185,12 @@ impl Database {
                 .try_into()
                 .map_err(|_| Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into())))?;
             batch.changes.push(Change { seq, collection, id: RecordId(id), cells: selected });
+        }
+        if !batch.more {
+            // Reached the end: commits past the last row left no cells (all overwritten).
+            drop(rows);
+            drop(stmt);
+            batch.next = batch.next.max(Seq(inner.meta_i64("seq")? as u64));
         }
         batch.needs_through = batch.needs_through.max(batch.next);
         Ok(batch)

@@ -587,7 +587,9 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     };
     let old = p.before.as_ref().map(|b| seqs(&b.0)).unwrap_or_default();
     let new = seqs(&p.state);
-    // Links first: the clean-up below removes those whose commit has no cells left.
+    // A link outlives the cells of its commit: a commit whose cells were all overwritten
+    // still spread its effects (e.g. a counter's running total) into its overwriters, which
+    // must then travel together. Old links are pruned by GC once every peer is past them.
     for (s, t) in &p.links {
         inner
             .conn
@@ -609,13 +611,6 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
             .conn
             .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
             .execute(params![s.0, p.coll, id])?;
-        // A commit with no cells left anywhere needs no delivery constraint any more.
-        inner
-            .conn
-            .prepare_cached(
-                "DELETE FROM feed_links WHERE s = ?1 AND NOT EXISTS (SELECT 1 FROM feed WHERE seq = ?1)",
-            )?
-            .execute(params![s.0])?;
     }
     if let Some(fields) = inner.indexes.get(&p.coll).cloned() {
         let before = p.before.as_ref().filter(|b| b.0.is_live()).map(|b| b.0.fields()).unwrap_or_default();

@@ -12,4 +12,4 @@ pub mod message;
 pub mod session;
 
 pub use message::{ErrorCode, Hello, Message, SyncMode};
-pub use session::{Session, SessionConfig, SessionEvent, SessionStats, SyncError};
+pub use session::{Session, SessionConfig, SessionEvent, SessionProgress, SessionStats, SyncError};

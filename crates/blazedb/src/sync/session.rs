@@ -124,6 +124,29 @@ pub struct SessionStats {
     pub cells_applied: u64,
 }
 
+/// Where a session stands, for lag metrics and diagnostics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionProgress {
+    /// Our feed position sent so far.
+    pub sent_through: Seq,
+    /// Our feed position the peer acknowledged.
+    pub acked: Seq,
+    /// The current unit must reach this before it is complete.
+    pub unit_until: Seq,
+    /// Complete units sent and not yet acknowledged.
+    pub unacked_units: usize,
+    /// The peer's feed position applied here.
+    pub received_through: Seq,
+    /// The peer's last CAUGHT_UP position.
+    pub peer_caught_up: Option<Seq>,
+    /// Cells of an incomplete unit held here.
+    pub staged_cells: usize,
+    /// Whether the peer asked for our changes.
+    pub peer_subscribed: bool,
+    /// Received bytes waiting for the rest of a frame.
+    pub buffered_bytes: usize,
+}
+
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum State {
     AwaitHello,
@@ -221,6 +244,21 @@ impl Session {
         &self.stats
     }
 
+    /// Where the session stands.
+    pub fn progress(&self) -> SessionProgress {
+        SessionProgress {
+            sent_through: self.sent_through,
+            acked: self.acked,
+            unit_until: self.unit_until,
+            unacked_units: self.unacked.len(),
+            received_through: self.received_through,
+            peer_caught_up: self.peer_caught_up,
+            staged_cells: self.staged_cells,
+            peer_subscribed: self.peer_from.is_some(),
+            buffered_bytes: self.decoder.buffered(),
+        }
+    }
+
     /// True once the session ended (after an error sent or received, or `close`).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -250,7 +288,6 @@ impl Session {
             return Ok(());
         }
         self.stats.bytes_received += bytes.len() as u64;
-        self.last_recv_ms = now_ms;
         self.decoder.push(bytes);
         loop {
             let frame = match self.decoder.next_frame() {
@@ -266,6 +303,9 @@ impl Session {
                 }
             };
             self.stats.frames_received += 1;
+            // Liveness counts whole frames only: a peer (or a corrupted length) that sends
+            // bytes which never complete a frame still times out.
+            self.last_recv_ms = now_ms;
             let msg = if frame.kind == kind::CHANGES {
                 let budget = TRANSACTION_CELLS_MAX.saturating_sub(self.staged_cells);
                 match self.rx_dict.decode_changes(&frame.payload, budget) {
