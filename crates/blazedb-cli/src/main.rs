@@ -1,1 +1,45 @@
-fn main(){}
+//! `blazedb`: the command-line interface of BlazeDB, JSON in and JSON out.
+//!
+//! ```text
+//! main ──► cli (clap: what the user typed) ──► commands::run ──► commands::<family>
+//!                                                  │                 │
+//!                                        password, database      input (JSON → values,
+//!                                        (how a file is opened)   patches), output (JSON lines)
+//! ```
+//!
+//! Exit codes: `0` success; `1` the command failed (missing record, wrong password, a bad
+//! import line, a failed integrity check); `2` the command line is wrong (unknown flag, invalid
+//! query expression, malformed JSON argument). Every failure prints one line on stderr,
+//! starting with `error: `.
+//!
+//! ```sh
+//! blazedb put bugs.db bugs '{"title": "Crash", "priority": 5}'
+//! blazedb query bugs.db bugs --where 'priority >= 5' --order-by title
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod database;
+mod input;
+mod limits;
+mod output;
+mod password;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    report::install_panic_hook();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return report::usage_error(&e),
+    };
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report::failure(&e),
+    }
+}

@@ -203,7 +203,7 @@ pub(crate) mod tests {
         write_u64(&mut b, 1 << 40);
         assert!(from_bytes(&b).is_err());
         // Nesting past the depth limit.
-        let b = vec![LIST, 1].repeat(VALUE_DEPTH_MAX + 2);
+        let b = [LIST, 1].repeat(VALUE_DEPTH_MAX + 2);
         assert!(matches!(from_bytes(&b), Err(DecodeError::TooDeep { .. })));
         // Unknown tag.
         assert!(matches!(from_bytes(&[0x7f]), Err(DecodeError::BadTag { tag: 0x7f, .. })));

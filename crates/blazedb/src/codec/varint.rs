@@ -52,7 +52,7 @@ pub fn read_i64(r: &mut Reader<'_>) -> Result<i64, DecodeError> {
 
 /// Encoded length of `v`.
 pub fn len_u64(v: u64) -> usize {
-    (((64 - (v | 1).leading_zeros()) + 6) / 7) as usize
+    (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
 }
 
 #[cfg(test)]

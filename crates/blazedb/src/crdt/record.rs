@@ -140,7 +140,8 @@ impl RecordState {
         }
 
         // Apply the reset that a record or plain-field write implies.
-        let drop_if: Option<Box<dyn Fn(&Cell) -> bool>> = match &incoming.key {
+        type DropRule<'a> = Box<dyn Fn(&Cell) -> bool + 'a>;
+        let drop_if: Option<DropRule<'_>> = match &incoming.key {
             CellKey::Record => Some(Box::new(|c: &Cell| {
                 c.key != CellKey::Record && c.version < incoming.version
             })),

@@ -141,7 +141,8 @@ impl Database {
     }
 
     /// Change the password: `Some` to (re-)encrypt, `None` to store the file unencrypted.
-    /// The database stays open and usable.
+    /// The database stays open and usable. The file is replaced by a re-encrypted copy, so no
+    /// other process may have it open meanwhile.
     pub fn rekey(&mut self, new_password: Option<&str>) -> Result<()> {
         let path = self.path.clone();
         let p = path.display().to_string();
@@ -151,7 +152,7 @@ impl Database {
         // SQLCipher re-encrypts by copying: export into a new file under the new key, close
         // the old connection (so it cannot touch the new file's WAL), then swap the new file
         // in with an atomic rename.
-        let tmp = path.with_extension("rekey-tmp");
+        let tmp = std::path::PathBuf::from(format!("{p}.rekey-tmp"));
         let _ = std::fs::remove_file(&tmp);
         {
             let mut inner = self.lock()?;

@@ -103,10 +103,11 @@ pub(crate) fn open(
         }
         _ => {}
     }
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    if create {
-        flags |= OpenFlags::SQLITE_OPEN_CREATE;
-    }
+    // CREATE is always allowed at the SQLite level: a missing file was refused above when
+    // `create` is false, and `rekey` needs to ATTACH a new file on this connection.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_CREATE;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
     let err = |e: rusqlite::Error| sql_err(&p, e, &kind, password.is_some());

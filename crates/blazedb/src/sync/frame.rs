@@ -266,12 +266,7 @@ mod tests {
             let mut d = FrameDecoder::default();
             for c in chunks {
                 d.push(&c);
-                loop {
-                    match d.next_frame() {
-                        Ok(Some(_)) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(_)) = d.next_frame() {}
             }
         }
     }

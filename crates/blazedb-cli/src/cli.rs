@@ -1,0 +1,71 @@
+//! What the user can type: the global flags and one subcommand per command.
+//!
+//! Each command's arguments live beside its code in `commands::<family>`; this file only lists
+//! the commands, so adding one (`serve`, `sync`, `listen`) is a variant here and a module there.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands::{conflicts, debug, maintenance, query, record, transfer};
+
+/// BlazeDB: an embedded, encrypted document database. JSON in, JSON out.
+///
+/// The password of an encrypted database comes from the environment variable BLAZEDB_PASSWORD
+/// or from --password-file; with neither, the file is unencrypted. Typed values in JSON:
+/// {"$uuid": "..."}, {"$bytes": "<base64>"}, {"$date": "<RFC 3339>"}.
+#[derive(Debug, Parser)]
+#[command(name = "blazedb", version, arg_required_else_help = true)]
+pub struct Cli {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Read the database password from FILE (one trailing newline is ignored). Takes
+    /// precedence over BLAZEDB_PASSWORD.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Insert a record from a JSON object; prints its id.
+    Put(record::PutArgs),
+    /// Print a record as one JSON object with its fields and "_id".
+    Get(record::GetArgs),
+    /// Change only the named fields ($inc, $add, $remove, $unset, or a new value).
+    Update(record::UpdateArgs),
+    /// Delete a record.
+    Delete(record::RecordArgs),
+    /// Print the records matching a query, one JSON object per line.
+    Query(query::QueryArgs),
+    /// Print every recorded change of a record, one JSON object per line.
+    History(record::RecordArgs),
+    /// Load JSON lines ("-" for stdin) in large transactions; "_id" upserts that record.
+    Import(transfer::ImportArgs),
+    /// Print every record of a collection as JSON lines.
+    Export(transfer::ExportArgs),
+    /// Print statistics about the database as one JSON object.
+    Stats(maintenance::DbArgs),
+    /// Rebuild the file to reclaim free space.
+    Vacuum(maintenance::DbArgs),
+    /// Create (or with --drop remove) a secondary index on a field.
+    Index(maintenance::IndexArgs),
+    /// Check the file's integrity; exits 1 and lists the problems if any.
+    Check(maintenance::DbArgs),
+    /// Print unresolved conflicts, one JSON object per line.
+    Conflicts(conflicts::ConflictsArgs),
+    /// Change the password to BLAZEDB_NEW_PASSWORD or --new-password-file (neither: decrypt).
+    Rekey(maintenance::RekeyArgs),
+    /// Tools for BlazeDB's own tests.
+    #[command(hide = true, subcommand)]
+    Debug(debug::DebugCommand),
+}

@@ -1,0 +1,143 @@
+//! Whole-database commands: `stats`, `vacuum`, `index`, `check`, `rekey`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use blazedb::Stats;
+use clap::Args;
+use serde_json::{json, Map, Value as Json};
+
+use crate::database::{Access, Context};
+use crate::output::Output;
+use crate::password;
+
+/// A command that names only the database.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// The database file.
+    pub db: PathBuf,
+}
+
+/// `index DB COLLECTION FIELD [--drop]`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// The database file.
+    pub db: PathBuf,
+    /// The collection.
+    pub collection: String,
+    /// The top-level field to index.
+    pub field: String,
+    /// Remove the index instead of creating it.
+    #[arg(long)]
+    pub drop: bool,
+}
+
+/// `rekey DB [--new-password-file FILE]`.
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// The database file (opened with the current password: BLAZEDB_PASSWORD or
+    /// --password-file).
+    pub db: PathBuf,
+    /// Read the new password from FILE; default BLAZEDB_NEW_PASSWORD. With neither, the file
+    /// is decrypted.
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+}
+
+/// Print statistics as one JSON object.
+pub fn run_stats(ctx: &Context, args: &DbArgs) -> Result<()> {
+    let db = ctx.open(&args.db, Access::Existing)?;
+    let mut out = Output::stdout();
+    out.json(&stats_json(&db.stats()?))?;
+    Ok(out.finish()?)
+}
+
+/// Rebuild the file. Quiet on success, like the other commands that only change things.
+pub fn run_vacuum(ctx: &Context, args: &DbArgs) -> Result<()> {
+    let db = ctx.open(&args.db, Access::Existing)?;
+    Ok(db.vacuum()?)
+}
+
+/// Create (idempotent) or drop an index.
+pub fn run_index(ctx: &Context, args: &IndexArgs) -> Result<()> {
+    let db = ctx.open(&args.db, Access::Existing)?;
+    if !args.drop {
+        return Ok(db.create_index(&args.collection, &args.field)?);
+    }
+    if !db.drop_index(&args.collection, &args.field)? {
+        bail!(
+            "no index on field {:?} of collection {:?}",
+            args.field,
+            args.collection
+        );
+    }
+    Ok(())
+}
+
+/// Print `{"ok": .., "problems": [..]}`; a damaged file also fails the command (exit 1).
+pub fn run_check(ctx: &Context, args: &DbArgs) -> Result<()> {
+    let db = ctx.open(&args.db, Access::Existing)?;
+    let report = db.integrity_check()?;
+    let mut out = Output::stdout();
+    out.json(&json!({ "ok": report.ok, "problems": report.problems }))?;
+    out.finish()?;
+    if !report.ok {
+        bail!(
+            "integrity check found {} problem(s): {}; restore from a backup or a peer",
+            report.problems.len(),
+            report.problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Change the password (or remove it) and print `{"encrypted": ..}`, since which one happened
+/// depends on the environment.
+pub fn run_rekey(ctx: &Context, args: &RekeyArgs) -> Result<()> {
+    let new_password = password::resolve(
+        args.new_password_file.as_deref(),
+        password::NEW_PASSWORD_ENV,
+    )?;
+    // Check for the file here and open it with `CreateIfMissing`: the library's rekey ATTACHes
+    // a new file, which SQLite refuses on a connection opened without its create flag.
+    if !args.db.exists() {
+        bail!(
+            "cannot open {}: no such database, check the path",
+            args.db.display()
+        );
+    }
+    let mut db = ctx.open(&args.db, Access::CreateIfMissing)?;
+    db.rekey(new_password.as_deref())?;
+    let mut out = Output::stdout();
+    out.json(&json!({ "encrypted": db.is_encrypted() }))?;
+    Ok(out.finish()?)
+}
+
+fn stats_json(stats: &Stats) -> Json {
+    let collections: Map<String, Json> = stats
+        .collections
+        .iter()
+        .map(|(name, c)| {
+            let stats = json!({
+                "records": c.records,
+                "tombstones": c.tombstones,
+                "body_bytes": c.body_bytes,
+                "index_entries": c.index_entries,
+            });
+            (name.clone(), stats)
+        })
+        .collect();
+    json!({
+        "collections": collections,
+        "file_bytes": stats.file_bytes,
+        "wal_bytes": stats.wal_bytes,
+        "history_entries": stats.history_entries,
+        "history_bytes": stats.history_bytes,
+        "index_bytes": stats.index_bytes,
+        "feed_rows": stats.feed_rows,
+        "open_conflicts": stats.open_conflicts,
+        "last_seq": stats.last_seq,
+        "node_id": stats.node_id,
+        "encrypted": stats.encrypted,
+    })
+}

@@ -1,0 +1,193 @@
+//! Reading JSON input (command-line arguments and import lines) into records and patches.
+//!
+//! Errors are plain strings: the caller knows whether the text was an argument (a usage
+//! error) or a line of a file (named by its number).
+
+use std::str::FromStr as _;
+
+use blazedb::codec::json::from_json;
+use blazedb::{FieldOp, Patch, RecordId, Value};
+use serde_json::{Map, Value as Json};
+
+/// The JSON key that carries a record's id (as `Record::to_json` writes it).
+pub const ID_KEY: &str = "_id";
+
+/// A record to write: its id if the input named one, and its fields in input order.
+#[derive(Debug, PartialEq)]
+pub struct RecordInput {
+    /// From `"_id"`, if present.
+    pub id: Option<RecordId>,
+    /// Every other key, converted with the typed JSON forms.
+    pub fields: Vec<(String, Value)>,
+}
+
+/// Parse text that must be one JSON object.
+pub fn parse_object(text: &str) -> Result<Map<String, Json>, String> {
+    match serde_json::from_str::<Json>(text) {
+        Ok(Json::Object(object)) => Ok(object),
+        Ok(other) => Err(format!("expected a JSON object, got {}", kind(&other))),
+        Err(e) => Err(format!("invalid JSON: {e}")),
+    }
+}
+
+/// A record from a JSON object: `"_id"` (a UUID string or `{"$uuid": ..}`) is the id, every
+/// other key a field.
+pub fn record(object: Map<String, Json>) -> Result<RecordInput, String> {
+    let mut id = None;
+    let mut fields = Vec::with_capacity(object.len());
+    for (key, json) in object {
+        if key == ID_KEY {
+            id = Some(record_id(&json)?);
+            continue;
+        }
+        let value = from_json(&json).map_err(|e| format!("field {key:?}: {e}"))?;
+        fields.push((key, value));
+    }
+    Ok(RecordInput { id, fields })
+}
+
+/// A record id given as JSON: the plain string `export` writes, or the typed `$uuid` form.
+pub fn record_id(json: &Json) -> Result<RecordId, String> {
+    match json {
+        Json::String(s) => RecordId::from_str(s),
+        other => match from_json(other) {
+            Ok(Value::Uuid(u)) => Ok(RecordId::from(u)),
+            _ => Err(format!("{ID_KEY} must be a UUID string, got {other}")),
+        },
+    }
+}
+
+/// An update from a JSON object: per field `{"$inc": n}`, `{"$add": [..]}`,
+/// `{"$remove": [..]}`, `{"$unset": true}`, or any other value to set.
+pub fn patch(object: Map<String, Json>) -> Result<Patch, String> {
+    let mut patch = Patch::new();
+    for (field, json) in object {
+        let op = field_op(&json).map_err(|e| format!("field {field:?}: {e}"))?;
+        patch.ops.push((field, op));
+    }
+    Ok(patch)
+}
+
+fn field_op(json: &Json) -> Result<FieldOp, String> {
+    if let Some((op, arg)) = single_entry(json) {
+        match op {
+            "$inc" => {
+                let by = arg
+                    .as_i64()
+                    .ok_or_else(|| format!("$inc needs an integer, got {arg}"))?;
+                return Ok(FieldOp::Increment(by));
+            }
+            "$add" => return Ok(FieldOp::Add(elements("$add", arg)?)),
+            "$remove" => return Ok(FieldOp::Remove(elements("$remove", arg)?)),
+            "$unset" if arg == &Json::Bool(true) => return Ok(FieldOp::Unset),
+            "$unset" => return Err(format!("$unset takes true, got {arg}")),
+            _ => {}
+        }
+    }
+    let value = from_json(json)?;
+    // The typed forms ($uuid, $bytes, $date, $float) became typed values above; a one-key map
+    // whose key still starts with `$` is almost surely a misspelled operator, and storing it
+    // as a map would hide the mistake.
+    if let Value::Map(m) = &value {
+        if let Some(key) = m
+            .keys()
+            .next()
+            .filter(|k| m.len() == 1 && k.starts_with('$'))
+        {
+            return Err(format!(
+                "unknown operator {key} (expected $inc, $add, $remove, $unset, or a typed value \
+                 such as $uuid, $bytes, $date)"
+            ));
+        }
+    }
+    Ok(FieldOp::Set(value))
+}
+
+/// The key and value of a one-entry JSON object.
+fn single_entry(json: &Json) -> Option<(&str, &Json)> {
+    match json {
+        Json::Object(o) if o.len() == 1 => o.iter().next().map(|(k, v)| (k.as_str(), v)),
+        _ => None,
+    }
+}
+
+fn elements(op: &str, arg: &Json) -> Result<Vec<Value>, String> {
+    let Json::Array(items) = arg else {
+        return Err(format!("{op} needs a list of elements, got {arg}"));
+    };
+    items.iter().map(from_json).collect()
+}
+
+/// "an array", "a string", ... for error messages.
+fn kind(json: &Json) -> &'static str {
+    match json {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch_of(text: &str) -> Result<Patch, String> {
+        patch(parse_object(text)?)
+    }
+
+    #[test]
+    fn operators_become_field_ops_in_input_order() {
+        let p = patch_of(
+            r#"{"votes": {"$inc": -2}, "tags": {"$add": ["a"]}, "old": {"$unset": true},
+                "gone": {"$remove": [1]}, "title": "x"}"#,
+        )
+        .unwrap();
+        let ops: Vec<&FieldOp> = p.ops.iter().map(|(_, op)| op).collect();
+        assert_eq!(
+            ops,
+            [
+                &FieldOp::Increment(-2),
+                &FieldOp::Add(vec![Value::from("a")]),
+                &FieldOp::Unset,
+                &FieldOp::Remove(vec![Value::Int(1)]),
+                &FieldOp::Set(Value::from("x")),
+            ]
+        );
+    }
+
+    #[test]
+    fn typed_values_are_set_and_misspelled_operators_refused() {
+        let p = patch_of(r#"{"at": {"$date": "2026-01-01T00:00:00Z"}}"#).unwrap();
+        assert!(matches!(p.ops[0].1, FieldOp::Set(Value::Timestamp(_))));
+        let e = patch_of(r#"{"votes": {"$incr": 1}}"#).unwrap_err();
+        assert!(e.contains("unknown operator $incr"), "{e}");
+        assert!(patch_of(r#"{"votes": {"$inc": 1.5}}"#).is_err());
+        assert!(patch_of(r#"{"old": {"$unset": false}}"#).is_err());
+    }
+
+    #[test]
+    fn id_key_is_taken_out_of_the_fields() {
+        let id = "0190b3c4-0000-7000-8000-000000000001";
+        let r = record(parse_object(&format!(r#"{{"_id": "{id}", "a": 1}}"#)).unwrap()).unwrap();
+        assert_eq!(r.id, Some(id.parse().unwrap()));
+        assert_eq!(r.fields, vec![("a".to_owned(), Value::Int(1))]);
+        let typed = format!(r#"{{"$uuid": "{id}"}}"#);
+        assert_eq!(
+            record_id(&serde_json::from_str(&typed).unwrap()),
+            Ok(id.parse().unwrap())
+        );
+        assert!(record_id(&Json::from(7)).is_err());
+    }
+
+    #[test]
+    fn non_objects_are_refused_by_kind() {
+        assert_eq!(
+            parse_object("[1]").unwrap_err(),
+            "expected a JSON object, got an array"
+        );
+        assert!(parse_object("{").unwrap_err().starts_with("invalid JSON"));
+    }
+}

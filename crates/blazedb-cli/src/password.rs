@@ -1,0 +1,55 @@
+//! Where passwords come from: a file named on the command line, else an environment variable.
+//!
+//! There is deliberately no `--password` flag: a password on the command line is visible to
+//! every user of the machine through the process list.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+
+/// The environment variable holding the database password.
+pub const PASSWORD_ENV: &str = "BLAZEDB_PASSWORD";
+/// The environment variable holding the new password for `rekey`.
+pub const NEW_PASSWORD_ENV: &str = "BLAZEDB_NEW_PASSWORD";
+
+/// The password from `file` if given, else from the environment variable `env`; `None` means
+/// no password (an unencrypted file). An empty variable counts as unset, so `VAR= blazedb ..`
+/// reads as "no password"; an empty file is an error, since naming a file says one is meant.
+pub fn resolve(file: Option<&Path>, env: &str) -> Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read password file {}", path.display()))?;
+        let password = strip_one_newline(&text);
+        if password.is_empty() {
+            bail!("password file {} is empty", path.display());
+        }
+        return Ok(Some(password.to_owned()));
+    }
+    match std::env::var(env) {
+        Ok(password) if password.is_empty() => Ok(None),
+        Ok(password) => Ok(Some(password)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{env} is not valid UTF-8"),
+    }
+}
+
+/// Editors and `echo` end files with a newline that is not part of the password; anything
+/// else (spaces, a second newline) is kept, since it may be.
+fn strip_one_newline(text: &str) -> &str {
+    text.strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_trailing_newline_is_stripped() {
+        assert_eq!(strip_one_newline("s3cret\n"), "s3cret");
+        assert_eq!(strip_one_newline("s3cret\r\n"), "s3cret");
+        assert_eq!(strip_one_newline("s3cret\n\n"), "s3cret\n");
+        assert_eq!(strip_one_newline(" s3cret "), " s3cret ");
+    }
+}

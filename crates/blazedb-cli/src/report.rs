@@ -1,0 +1,176 @@
+//! How failures reach the user: one line on stderr, starting with `error: `, and an exit code.
+//!
+//! Scripts read the exit code and one line; nothing prints a backtrace or a panic message
+//! spread over several lines.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use blazedb::query::QueryError;
+
+/// Exit code when the command ran and failed.
+const EXIT_FAILED: u8 = 1;
+/// Exit code when the command line itself is wrong (clap uses the same code).
+const EXIT_USAGE: u8 = 2;
+/// Exit code after a panic, as Rust's default.
+const EXIT_PANIC: i32 = 101;
+
+/// An argument the user typed is invalid (a malformed JSON argument, contradicting ids).
+/// Exits with [`EXIT_USAGE`], like clap's own errors, rather than [`EXIT_FAILED`].
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for UsageError {}
+
+/// Report a failed command and choose its exit code.
+pub fn failure(err: &anyhow::Error) -> ExitCode {
+    // `blazedb export db c | head` closes the pipe early; that is the reader's choice, not an
+    // error of ours.
+    if err.chain().any(is_broken_pipe) {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {}", one_line(err));
+    // The caret under the expression is worth the extra lines for a person at a terminal;
+    // scripts keep their one line (the column is in it).
+    if let Some(QueryError::Syntax { excerpt, .. }) = err.chain().find_map(query_error) {
+        if std::io::stderr().is_terminal() {
+            eprintln!("{excerpt}");
+        }
+    }
+    let usage = err
+        .chain()
+        .any(|e| e.is::<UsageError>() || query_error(e).is_some());
+    ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
+}
+
+/// Report a command line clap refused (or print the help or version it asked for).
+pub fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        // Help is meant to be long; print it as clap formats it.
+        let _ = err.print();
+        return ExitCode::from(err.exit_code().clamp(0, 255) as u8);
+    }
+    eprintln!(
+        "error: {} (see --help)",
+        clap_one_line(&err.render().to_string())
+    );
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// A panic is a bug in BlazeDB: say so in one line instead of the default multi-line message.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let text = flatten(&info.to_string());
+        eprintln!("error: internal error (a bug in blazedb, please report it): {text}");
+        std::process::exit(EXIT_PANIC);
+    }));
+}
+
+/// The error and its causes as one line: `what failed: why`.
+///
+/// Library errors often include their cause's text in their own message and also return it as
+/// `source()`; a cause whose text is already in the line is skipped so it does not repeat.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = match query_error(cause) {
+            // Its first line says what is wrong and at which column; the excerpt lines under
+            // it are for a terminal (see `failure`).
+            Some(q) => q.to_string().lines().next().unwrap_or_default().to_owned(),
+            None => flatten(&cause.to_string()),
+        };
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// The query error inside `e`, whether it is one or is wrapped in `blazedb::Error` (whose
+/// `Query` variant is transparent, so the query error is not a separate link of the chain).
+fn query_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a QueryError> {
+    e.downcast_ref::<QueryError>()
+        .or(match e.downcast_ref::<blazedb::Error>() {
+            Some(blazedb::Error::Query(q)) => Some(q),
+            _ => None,
+        })
+}
+
+fn is_broken_pipe(e: &(dyn StdError + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Several lines of text as one, keeping every non-empty line.
+fn flatten(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Clap's error text without its usage and "for more information" footer, on one line.
+fn clap_one_line(rendered: &str) -> String {
+    let kept: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = kept.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_causes_are_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such database");
+        let err = anyhow::Error::new(io).context("cannot open x.db: no such database");
+        assert_eq!(one_line(&err), "cannot open x.db: no such database");
+    }
+
+    #[test]
+    fn query_errors_keep_their_column_on_one_line() {
+        let q = blazedb::query::parse("status == ").unwrap_err();
+        let err = anyhow::Error::new(blazedb::Error::from(q));
+        let line = one_line(&err);
+        assert!(
+            line.starts_with("invalid expression at column 11:"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn clap_errors_lose_their_footer() {
+        let rendered = "error: the following required arguments were not provided:\n  \
+                        <JSON>\n\nUsage: blazedb put <DB> <COLLECTION> <JSON>\n\n\
+                        For more information, try '--help'.\n";
+        assert_eq!(
+            clap_one_line(rendered),
+            "the following required arguments were not provided: <JSON>"
+        );
+    }
+}

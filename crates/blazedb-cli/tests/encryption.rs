@@ -1,0 +1,88 @@
+//! With `BLAZEDB_PASSWORD` (or `--password-file`) the file is encrypted; a wrong or missing
+//! password is a clear one-line error, never a panic.
+
+mod common;
+
+use common::{file_contains, TestDb};
+
+#[test]
+fn an_encrypted_database_works_with_its_password_and_hides_the_data() {
+    let db = TestDb::encrypted("correct horse");
+    let id = db.put(
+        "secret_collection",
+        r#"{"secret_field": "plaintext-marker"}"#,
+    );
+    assert_eq!(
+        db.get("secret_collection", &id)["secret_field"],
+        "plaintext-marker"
+    );
+    assert_eq!(db.run("stats", &[]).success().json()["encrypted"], true);
+    db.run("vacuum", &[]).success();
+    for needle in [
+        "plaintext-marker",
+        "secret_field",
+        "secret_collection",
+        "SQLite format",
+    ] {
+        assert!(
+            !file_contains(&db.path, needle.as_bytes()),
+            "{needle} is in the file"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_password_says_so() {
+    let db = TestDb::encrypted("correct horse");
+    let id = db.put("bugs", r#"{"a": 1}"#);
+    let run = db
+        .run_with_password(Some("battery staple"), "get", &["bugs", &id])
+        .failure(1);
+    assert!(run.stderr.contains("wrong password"), "{}", run.stderr);
+}
+
+#[test]
+fn no_password_for_an_encrypted_file_says_to_give_one() {
+    let db = TestDb::encrypted("correct horse");
+    db.put("bugs", "{}");
+    let run = db.run_with_password(None, "export", &["bugs"]).failure(1);
+    assert!(run.stderr.contains("BLAZEDB_PASSWORD"), "{}", run.stderr);
+}
+
+#[test]
+fn a_password_for_a_plain_file_is_refused() {
+    let db = TestDb::new();
+    db.put("bugs", "{}");
+    let run = db
+        .run_with_password(Some("unneeded"), "stats", &[])
+        .failure(1);
+    assert!(run.stderr.contains("not encrypted"), "{}", run.stderr);
+}
+
+#[test]
+fn a_password_file_works_and_its_trailing_newline_is_ignored() {
+    let db = TestDb::encrypted("from file");
+    let id = db.put("bugs", r#"{"a": 1}"#);
+    let file = db.file("password.txt");
+    std::fs::write(&file, "from file\n").unwrap();
+    let file = file.to_str().unwrap();
+    let run = db.run_with_password(None, "get", &["bugs", &id, "--password-file", file]);
+    assert_eq!(run.success().json()["a"], 1);
+}
+
+#[test]
+fn a_missing_password_file_is_an_error() {
+    let db = TestDb::new();
+    let missing = db.file("nope.txt");
+    let run = db.run(
+        "put",
+        &["bugs", "{}", "--password-file", missing.to_str().unwrap()],
+    );
+    let run = run.failure(1);
+    assert!(
+        run.stderr.contains("cannot read password file"),
+        "{}",
+        run.stderr
+    );
+    assert!(!db.path.exists());
+}

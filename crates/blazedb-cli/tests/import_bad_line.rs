@@ -1,0 +1,84 @@
+//! A bad import line stops the import with its line number; the batches committed before it
+//! stay, the batch it was in is rolled back, and the message says which lines were kept.
+
+mod common;
+
+use blazedb::limits::IMPORT_BATCH_RECORDS;
+use common::TestDb;
+
+#[test]
+fn malformed_json_names_its_line_and_nothing_is_kept() {
+    let db = TestDb::new();
+    let run = db
+        .run_with_stdin("import", &["bugs", "-"], "{\"a\": 1}\n{\"a\": \n")
+        .failure(1);
+    assert!(
+        run.stderr
+            .contains("import stopped at line 2: invalid JSON"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("nothing was imported"),
+        "{}",
+        run.stderr
+    );
+    assert!(db.run("export", &["bugs"]).success().stdout.is_empty());
+}
+
+#[test]
+fn a_line_that_is_not_an_object_is_refused() {
+    let db = TestDb::new();
+    let run = db
+        .run_with_stdin("import", &["bugs", "-"], "[1, 2]\n")
+        .failure(1);
+    assert!(
+        run.stderr
+            .contains("line 1: expected a JSON object, got an array"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_line_the_database_refuses_names_its_line() {
+    let db = TestDb::new();
+    let run = db
+        .run_with_stdin("import", &["bugs", "-"], "{\"a\": 1}\n{\"$bad\": 1}\n")
+        .failure(1);
+    assert!(run.stderr.contains("line 2"), "{}", run.stderr);
+    assert!(run.stderr.contains("$bad"), "{}", run.stderr);
+}
+
+#[test]
+fn earlier_batches_stay_committed() {
+    let db = TestDb::new();
+    let bad_line = IMPORT_BATCH_RECORDS + 3;
+    let mut lines: String = (1..bad_line).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    lines.push_str("not json\n");
+    let run = db
+        .run_with_stdin("import", &["bugs", "-"], &lines)
+        .failure(1);
+    let stopped = format!("import stopped at line {bad_line}: invalid JSON");
+    let kept = format!(
+        "the {IMPORT_BATCH_RECORDS} records of lines 1-{IMPORT_BATCH_RECORDS} were committed"
+    );
+    assert!(
+        run.stderr.contains(&stopped) && run.stderr.contains(&kept),
+        "{}",
+        run.stderr
+    );
+    let exported = db.run("export", &["bugs"]).success().json_lines();
+    assert_eq!(exported.len(), IMPORT_BATCH_RECORDS);
+}
+
+#[test]
+fn a_missing_input_file_does_not_create_the_database() {
+    let db = TestDb::new();
+    let missing = db.file("missing.jsonl");
+    let run = db
+        .run("import", &["bugs", missing.to_str().unwrap()])
+        .failure(1);
+    assert!(run.stderr.contains("missing.jsonl"), "{}", run.stderr);
+    assert!(!db.path.exists());
+}

@@ -1,0 +1,33 @@
+//! An invalid `--where` expression exits 2 with one line that says at which column the
+//! problem is, before the database is even opened.
+
+mod common;
+
+use common::TestDb;
+
+#[test]
+fn the_error_points_at_the_column() {
+    let db = TestDb::new();
+    db.put("bugs", r#"{"priority": 1}"#);
+    let run = db
+        .run("query", &["bugs", "--where", "priority >= && x"])
+        .failure(2);
+    assert!(
+        run.stderr
+            .starts_with("error: invalid expression at column 13:"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn it_is_reported_even_when_the_file_is_missing() {
+    let db = TestDb::new();
+    let run = db.run("query", &["bugs", "--where", "(a == 1"]).failure(2);
+    assert!(
+        run.stderr.contains("invalid expression at column"),
+        "{}",
+        run.stderr
+    );
+    assert!(!db.path.exists());
+}

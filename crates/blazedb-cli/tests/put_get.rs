@@ -1,0 +1,54 @@
+//! `put` prints a new id and `get` prints the record back with its fields and "_id".
+
+mod common;
+
+use common::TestDb;
+use serde_json::json;
+
+#[test]
+fn put_then_get_returns_the_fields_and_id() {
+    let db = TestDb::new();
+    let id = db.put(
+        "bugs",
+        r#"{"title": "Crash", "priority": 5, "tags": ["ui"], "ok": false}"#,
+    );
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(
+        db.get("bugs", &id),
+        json!({"_id": id, "ok": false, "priority": 5, "tags": ["ui"], "title": "Crash"})
+    );
+}
+
+#[test]
+fn put_with_an_id_uses_it_and_refuses_a_second_insert() {
+    let db = TestDb::new();
+    let id = "0190b3c4-0000-7000-8000-000000000001";
+    let printed = db
+        .run("put", &["bugs", r#"{"title": "a"}"#, "--id", id])
+        .success();
+    assert_eq!(printed.stdout, format!("{id}\n"));
+    assert_eq!(db.get("bugs", id)["title"], "a");
+
+    let again = db
+        .run("put", &["bugs", r#"{"title": "b"}"#, "--id", id])
+        .failure(1);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    assert_eq!(db.get("bugs", id)["title"], "a");
+}
+
+#[test]
+fn put_takes_the_id_from_an_id_key() {
+    let db = TestDb::new();
+    let id = "0190b3c4-0000-7000-8000-000000000002";
+    let json = format!(r#"{{"_id": "{id}", "title": "a"}}"#);
+    assert_eq!(db.put("bugs", &json), id);
+    assert_eq!(db.get("bugs", id), json!({"_id": id, "title": "a"}));
+}
+
+#[test]
+fn two_puts_get_two_ids() {
+    let db = TestDb::new();
+    let a = db.put("bugs", "{}");
+    let b = db.put("bugs", "{}");
+    assert_ne!(a, b);
+}

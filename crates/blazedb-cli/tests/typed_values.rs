@@ -1,0 +1,73 @@
+//! Typed values written as `{"$uuid"}`, `{"$bytes"}`, `{"$date"}` and `{"$float"}` come back
+//! in the same form; counters and sets print as their values.
+
+mod common;
+
+use common::TestDb;
+use serde_json::json;
+
+#[test]
+fn typed_values_round_trip_through_put_and_get() {
+    let db = TestDb::new();
+    let record = json!({
+        "owner": {"$uuid": "0190b3c4-0000-7000-8000-0000000000ff"},
+        "avatar": {"$bytes": "AAECAwQ="},
+        "due": {"$date": "2026-11-22T10:00:00.123456Z"},
+        "ratio": 0.25,
+        "nan": {"$float": "NaN"},
+        "big": i64::MAX,
+        "nested": {"list": [{"$date": "2000-01-01T00:00:00Z"}, null, "x"]},
+    });
+    let id = db.put("things", &record.to_string());
+    let mut expected = record;
+    expected["_id"] = json!(id);
+    assert_eq!(db.get("things", &id), expected);
+}
+
+#[test]
+fn typed_values_are_queryable() {
+    let db = TestDb::new();
+    db.put(
+        "things",
+        r#"{"due": {"$date": "2026-01-01T00:00:00Z"}, "name": "early"}"#,
+    );
+    db.put(
+        "things",
+        r#"{"due": {"$date": "2027-01-01T00:00:00Z"}, "name": "late"}"#,
+    );
+    let rows = db
+        .run("query", &["things", "--order-by", "due:desc"])
+        .success()
+        .json_lines();
+    assert_eq!(rows[0]["name"], "late");
+}
+
+#[test]
+fn counters_and_sets_print_as_their_values() {
+    let db = TestDb::new();
+    let id = db.put("things", "{}");
+    db.run(
+        "update",
+        &[
+            "things",
+            &id,
+            r#"{"hits": {"$inc": 2}, "tags": {"$add": ["b", "a"]}}"#,
+        ],
+    )
+    .success();
+    db.run("update", &["things", &id, r#"{"hits": {"$inc": 5}}"#])
+        .success();
+    assert_eq!(
+        db.get("things", &id),
+        json!({"_id": id, "hits": 7, "tags": ["a", "b"]})
+    );
+}
+
+#[test]
+fn a_malformed_typed_value_is_refused() {
+    let db = TestDb::new();
+    let run = db
+        .run("put", &["things", r#"{"owner": {"$uuid": "not-a-uuid"}}"#])
+        .failure(2);
+    assert!(run.stderr.contains("invalid $uuid"), "{}", run.stderr);
+}
