@@ -49,7 +49,7 @@ pub mod watch;
 
 pub use error::{ApplyError, Error, OpenError, Result, WriteError};
 pub use store::{
-    Change, ChangeBatch, Conflict, Database, PeerDirection, PeerInfo, FieldOp, HistoryEntry, HistoryRetention, OpenOptions,
+    Change, ChangeBatch, CollectionPolicy, Conflict, Database, PeerDirection, PeerInfo, FieldOp, HistoryEntry, HistoryRetention, OpenOptions,
     OrderBy, Patch, Query, Record, Stats, Tx,
 };
 pub use types::{Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};

@@ -143,3 +143,35 @@ fn restart_resumes_from_persisted_cursor() {
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].received, a.last_seq().unwrap());
 }
+
+#[test]
+fn policies_auto_resolve_and_server_priority() {
+    use blazedb::CollectionPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = (open(dir.path(), "server"), open(dir.path(), "client"));
+    server.set_server_role(true);
+    let policy = CollectionPolicy {
+        manual_fields: ["title".to_owned()].into(),
+        auto_resolve: true,
+        server_priority: true,
+    };
+    server.set_policy("c", policy.clone()).unwrap();
+    client.set_policy("c", CollectionPolicy { server_priority: false, ..policy }).unwrap();
+    let id = server.insert("c", [("title", Value::from("t0")), ("price", Value::Int(1))]).unwrap();
+    sync_pair(&server, &client, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    server.update("c", id, Patch::new().set("price", 100).set("title", "server title")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    client.update("c", id, Patch::new().set("price", 5).set("title", "client title")).unwrap();
+    sync_pair(&server, &client, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    sync_pair(&server, &client, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&server), dump(&client));
+    let r = client.get("c", id).unwrap().unwrap();
+    assert_eq!(r.fields["price"], Value::Int(100), "the server's concurrent write wins");
+    assert_eq!(r.fields["title"], Value::from("server title"));
+    // On the server: the manual field's conflict stays open; the other was auto-resolved.
+    let open_conflicts = server.conflicts(Some("c")).unwrap();
+    assert_eq!(open_conflicts.len(), 1, "{open_conflicts:?}");
+    assert_eq!(open_conflicts[0].field.as_deref(), Some("title"));
+    let all = server.conflicts_all(Some("c")).unwrap();
+    assert!(all.iter().any(|c| c.field.as_deref() == Some("price") && c.resolved));
+}

@@ -115,6 +115,8 @@ pub struct Conflict {
     pub loser: Option<Value>,
     /// The losing version.
     pub loser_version: Version,
+    /// Settled (by `resolve_conflict`, or automatically under an `auto_resolve` policy).
+    pub resolved: bool,
 }
 
 fn user_value(v: &CellValue) -> Option<Value> {
@@ -220,6 +222,8 @@ impl Database {
             }
         }
         drop(inner);
+        let server = self.is_server();
+        let mut reassert: Vec<(String, RecordId, String, Value)> = Vec::new();
         let applied = self.transaction(|tx| {
             // 0 means "written here", so peers are numbered from 1.
             let src = tx.inner.nodes.index(from) + 1;
@@ -257,8 +261,35 @@ impl Database {
             if let Some(c) = cursor {
                 tx.inner.set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
             }
+            if server {
+                let me = tx.db.node_id();
+                for p in &tx.records {
+                    if !tx.inner.policies.get(&p.coll).is_some_and(|pol| pol.server_priority) {
+                        continue;
+                    }
+                    for (_, loser) in &p.conflicts {
+                        if let (CellKey::Field(f), CellValue::Value(v), true) =
+                            (&loser.key, &loser.value, loser.version.node == me)
+                        {
+                            reassert.push((p.collection.clone(), p.id, f.clone(), v.clone()));
+                        }
+                    }
+                }
+            }
             Ok(applied)
         })?;
+        if !reassert.is_empty() {
+            // Server priority: write the server's values again, as new local writes that
+            // sync out to everyone (the peer's values stay on record as conflict losers).
+            self.transaction(|tx| {
+                for (coll, id, field, value) in &reassert {
+                    if tx.get(coll, *id)?.is_some() {
+                        tx.update(coll, *id, super::Patch::new().set(field.clone(), value.clone()))?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
         Ok(applied)
     }
 
@@ -311,6 +342,15 @@ impl Database {
 
     /// Unresolved conflicts, optionally of one collection, oldest first.
     pub fn conflicts(&self, collection: Option<&str>) -> Result<Vec<Conflict>> {
+        self.conflicts_where(collection, false)
+    }
+
+    /// Every recorded conflict, resolved or not, optionally of one collection.
+    pub fn conflicts_all(&self, collection: Option<&str>) -> Result<Vec<Conflict>> {
+        self.conflicts_where(collection, true)
+    }
+
+    fn conflicts_where(&self, collection: Option<&str>, include_resolved: bool) -> Result<Vec<Conflict>> {
         let inner = self.lock()?;
         let coll = match collection {
             Some(name) => match inner.collection_id(name) {
@@ -320,10 +360,10 @@ impl Database {
             None => None,
         };
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT cid, coll, id, cell, winner, winner_hlc, winner_node, loser, loser_hlc, loser_node
-             FROM conflicts WHERE resolved = 0 AND (?1 IS NULL OR coll = ?1) ORDER BY cid",
+            "SELECT cid, coll, id, cell, winner, winner_hlc, winner_node, loser, loser_hlc, loser_node, resolved
+             FROM conflicts WHERE (resolved = 0 OR ?2) AND (?1 IS NULL OR coll = ?1) ORDER BY cid",
         )?;
-        let mut rows = stmt.query([coll])?;
+        let mut rows = stmt.query(params![coll, include_resolved])?;
         let mut out = Vec::new();
         let bad = |m: String| Error::Corrupted(crate::codec::DecodeError::Malformed(m));
         while let Some(r) = rows.next()? {
@@ -340,6 +380,7 @@ impl Database {
                 winner_version: Version { hlc: Hlc(r.get::<_, i64>(5)? as u64), node: node(r.get(6)?)? },
                 loser: user_value(&value_from_bytes(&r.get::<_, Vec<u8>>(7)?)?),
                 loser_version: Version { hlc: Hlc(r.get::<_, i64>(8)? as u64), node: node(r.get(9)?)? },
+                resolved: r.get(10)?,
             });
         }
         Ok(out)

@@ -35,6 +35,21 @@ use crate::types::{Clock, Hlc, Seq};
 use crate::watch::Registry;
 use crate::NodeId;
 
+/// How a collection handles conflicts. The default records every concurrent overwrite as an
+/// open conflict for the application to resolve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectionPolicy {
+    /// Fields whose conflicts always stay open until the application resolves them.
+    pub manual_fields: BTreeSet<String>,
+    /// Conflicts on the other fields are recorded already resolved (last writer wins; the
+    /// loser stays on record for audit, see `Database::conflicts_all`).
+    pub auto_resolve: bool,
+    /// On a server-role replica, a peer's concurrent write does not beat the server's own
+    /// value: the server writes its value again (a new version, which syncs out), and the
+    /// peer's value is kept as the conflict's loser.
+    pub server_priority: bool,
+}
+
 /// A source of wall-clock milliseconds since the Unix epoch. Tests pass a fake one to skew
 /// clocks; the default reads the system clock.
 pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -103,6 +118,7 @@ pub struct Database {
     options: OpenOptions,
     inner: Mutex<Inner>,
     pub(crate) watchers: Registry,
+    server_role: std::sync::atomic::AtomicBool,
     commit_listeners: Mutex<Vec<(u64, CommitListener)>>,
 }
 
@@ -123,6 +139,7 @@ pub(crate) struct Inner {
     pub collections: HashMap<String, i64>,
     pub collection_names: HashMap<i64, String>,
     pub indexes: HashMap<i64, BTreeSet<String>>,
+    pub policies: HashMap<i64, CollectionPolicy>,
     pub data_version: i64,
     pub history_rows_since_compaction: u64,
 }
@@ -152,6 +169,7 @@ impl Database {
             collections: HashMap::new(),
             collection_names: HashMap::new(),
             indexes: HashMap::new(),
+            policies: HashMap::new(),
             data_version: -1,
             history_rows_since_compaction: 0,
             conn: opened.conn,
@@ -163,6 +181,7 @@ impl Database {
             options,
             inner: Mutex::new(inner),
             watchers: Registry::default(),
+            server_role: std::sync::atomic::AtomicBool::new(false),
             commit_listeners: Mutex::new(Vec::new()),
         })
     }
@@ -189,6 +208,48 @@ impl Database {
         for f in listeners {
             f();
         }
+    }
+
+    /// Mark this database as a server (relay) replica: collections whose policy gives the
+    /// server priority then keep the server's value when a peer's concurrent write would
+    /// overwrite it.
+    pub fn set_server_role(&self, server: bool) {
+        self.server_role.store(server, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this database acts as a server (see [`Database::set_server_role`]).
+    pub fn is_server(&self) -> bool {
+        self.server_role.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The conflict policy of a collection (the default when none was set).
+    pub fn policy(&self, collection: &str) -> Result<CollectionPolicy> {
+        let inner = self.lock()?;
+        Ok(inner.collection_id(collection).and_then(|c| inner.policies.get(&c).cloned()).unwrap_or_default())
+    }
+
+    /// Set the conflict policy of a collection. Policies are local settings: give every
+    /// replica the same one (the relay's matters most, since it has the server role).
+    pub fn set_policy(&self, collection: &str, policy: CollectionPolicy) -> Result<()> {
+        validate_collection_name(collection)?;
+        let mut inner = self.lock()?;
+        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| -> Result<()> {
+            let coll = inner.collection_id_or_create(collection)?;
+            let manual: Vec<&str> = policy.manual_fields.iter().map(String::as_str).collect();
+            inner.conn.execute(
+                "INSERT OR REPLACE INTO policies (coll, manual_fields, auto_resolve, server_priority) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![coll, manual.join("\n"), policy.auto_resolve, policy.server_priority],
+            )?;
+            inner.conn.execute_batch("COMMIT")?;
+            inner.policies.insert(coll, policy);
+            Ok(())
+        })();
+        if r.is_err() {
+            let _ = inner.conn.execute_batch("ROLLBACK");
+            inner.rollback_caches();
+        }
+        r
     }
 
     /// This replica's node id (generated when the file was created).
@@ -252,6 +313,18 @@ impl Inner {
             for row in rows {
                 let (c, f) = row?;
                 self.indexes.entry(c).or_default().insert(f);
+            }
+        }
+        self.policies.clear();
+        {
+            let mut stmt = self.conn.prepare("SELECT coll, manual_fields, auto_resolve, server_priority FROM policies")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?))
+            })?;
+            for row in rows {
+                let (c, manual, auto_resolve, server_priority) = row?;
+                let manual_fields = manual.split('\n').filter(|f| !f.is_empty()).map(str::to_owned).collect();
+                self.policies.insert(c, CollectionPolicy { manual_fields, auto_resolve, server_priority });
             }
         }
         let hlc = self.meta_i64("hlc")? as u64;

@@ -12,6 +12,7 @@
 //! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
 //! | `history`       | cell change                | audit trail and time travel; compacted    |
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application           |
+//! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors (used by the sync engine)    |
 
 use rusqlite::Connection;
@@ -86,6 +87,12 @@ CREATE TABLE conflicts (
     resolved INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX conflicts_open ON conflicts (resolved, coll);
+CREATE TABLE policies (
+    coll INTEGER PRIMARY KEY,
+    manual_fields TEXT NOT NULL,
+    auto_resolve INTEGER NOT NULL,
+    server_priority INTEGER NOT NULL
+);
 CREATE TABLE peers (
     node BLOB NOT NULL,
     direction TEXT NOT NULL,

@@ -641,14 +641,17 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
                 now_ms as i64,
             ])?;
     }
+    let policy = inner.policies.get(&p.coll).cloned().unwrap_or_default();
     for (winner, loser) in &p.conflicts {
+        let manual = loser.key.field().is_some_and(|f| policy.manual_fields.contains(f));
+        let resolved = policy.auto_resolve && !manual;
         let wn = inner.nodes.index(winner.version.node);
         let ln = inner.nodes.index(loser.version.node);
         inner
             .conn
             .prepare_cached(
-                "INSERT INTO conflicts (coll, id, cell, winner, winner_hlc, winner_node, loser, loser_hlc, loser_node, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO conflicts (coll, id, cell, winner, winner_hlc, winner_node, loser, loser_hlc, loser_node, seq, resolved)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 p.coll,
@@ -661,6 +664,7 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
                 loser.version.hlc.0 as i64,
                 ln as i64,
                 row_seq.0 as i64,
+                resolved,
             ])?;
     }
     Ok(())
