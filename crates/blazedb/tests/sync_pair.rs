@@ -175,3 +175,44 @@ fn policies_auto_resolve_and_server_priority() {
     let all = server.conflicts_all(Some("c")).unwrap();
     assert!(all.iter().any(|c| c.field.as_deref() == Some("price") && c.resolved));
 }
+
+#[test]
+fn far_future_timestamps_are_refused_not_adopted() {
+    use blazedb::sync::{ErrorCode, Session};
+    use blazedb::OpenOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a");
+    // B's clock runs ten minutes fast: beyond the 60 s default limit.
+    let fast = OpenOptions {
+        wall_clock: std::sync::Arc::new(|| blazedb::store::system_ms() + 600_000),
+        ..OpenOptions::default()
+    };
+    let b = blazedb::Database::open(dir.path().join("b.db"), fast).unwrap();
+    let keep = a.insert("c", [("x", 1)]).unwrap();
+    b.insert("c", [("y", 2)]).unwrap();
+    let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
+    let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
+    let mut error = None;
+    for _ in 0..100 {
+        while let Some(f) = sb.poll_transmit(0, &b) {
+            if let Err(e) = sa.handle_bytes(0, &f, &a) {
+                error = Some(e);
+            }
+        }
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            let _ = sb.handle_bytes(0, &f, &b);
+        }
+        if error.is_some() {
+            break;
+        }
+    }
+    let e = error.expect("A refuses B's timestamps");
+    assert_eq!(e.code, ErrorCode::ClockSkew);
+    assert!(e.message.contains("ahead"), "{}", e.message);
+    // A is intact, kept its data, and its clock did not jump ahead.
+    assert_eq!(a.count("c").unwrap(), 1);
+    assert!(a.get("c", keep).unwrap().is_some());
+    let next = a.insert("c", [("z", 3)]).unwrap();
+    let v = a.history("c", next).unwrap()[0].version;
+    assert!(v.hlc.wall_ms() < blazedb::store::system_ms() + 60_000);
+}
