@@ -94,7 +94,8 @@ pub(crate) fn update_entries(
 ) -> rusqlite::Result<()> {
     for field in indexed {
         let (old, new) = (before.get(field), after.get(field));
-        if old == new && old.is_none_or(|o| new.is_some_and(|n| crate::codec::value::to_bytes(o) == crate::codec::value::to_bytes(n))) {
+        // Equal values (including Int 3 and Float 3.0) have equal keys: nothing to do.
+        if old == new {
             continue;
         }
         if let Some(o) = old {
