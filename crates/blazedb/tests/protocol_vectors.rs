@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use blazedb::codec::value;
 use blazedb::crdt::{Cell, CellKey, CellValue};
 use blazedb::sync::frame::{Frame, FrameDecoder, FrameEncoder, FrameError};
-use blazedb::sync::message::{decode_simple, encode_simple, kind, Dict, ErrorCode, Hello, Message, SyncMode};
+use blazedb::sync::message::{
+    decode_simple, encode_simple, kind, Dict, ErrorCode, Hello, Message, SyncMode,
+};
 use blazedb::{Change, Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};
 
 const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md");
@@ -58,36 +60,60 @@ fn parse_doc(doc: &str) -> BTreeMap<String, Vector> {
         if let Some(rest) = line.strip_prefix("#### `") {
             name = Some(rest.split('`').next().unwrap().to_owned());
             stated_len = None;
-        } else if let Some(n) = line.strip_suffix(" bytes.").and_then(|n| n.parse::<usize>().ok()) {
+        } else if let Some(n) = line
+            .strip_suffix(" bytes.")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             stated_len = Some(n);
         } else if line.trim_end() == "```hex" {
-            let name = name.take().unwrap_or_else(|| panic!("hex block at line {} has no #### `name` heading", no + 1));
+            let name = name.take().unwrap_or_else(|| {
+                panic!("hex block at line {} has no #### `name` heading", no + 1)
+            });
             let mut bytes = Vec::new();
             loop {
-                let (no, l) = lines.next().unwrap_or_else(|| panic!("unterminated hex block {name}"));
+                let (no, l) = lines
+                    .next()
+                    .unwrap_or_else(|| panic!("unterminated hex block {name}"));
                 if l.trim_end() == "```" {
                     break;
                 }
                 let data = l.split('#').next().unwrap();
                 for tok in data.split_whitespace() {
-                    assert!(tok.len() == 2, "line {}: {tok:?} is not one hex byte", no + 1);
-                    bytes.push(u8::from_str_radix(tok, 16).unwrap_or_else(|_| panic!("line {}: bad hex {tok:?}", no + 1)));
+                    assert!(
+                        tok.len() == 2,
+                        "line {}: {tok:?} is not one hex byte",
+                        no + 1
+                    );
+                    bytes.push(
+                        u8::from_str_radix(tok, 16)
+                            .unwrap_or_else(|_| panic!("line {}: bad hex {tok:?}", no + 1)),
+                    );
                 }
             }
-            let v = Vector { bytes, stated_len: stated_len.take() };
-            assert!(out.insert(name.clone(), v).is_none(), "vector {name} appears twice");
+            let v = Vector {
+                bytes,
+                stated_len: stated_len.take(),
+            };
+            assert!(
+                out.insert(name.clone(), v).is_none(),
+                "vector {name} appears twice"
+            );
         }
     }
     out
 }
 
 fn vectors() -> BTreeMap<String, Vector> {
-    let doc = std::fs::read_to_string(DOC_PATH).unwrap_or_else(|e| panic!("reading {DOC_PATH}: {e}"));
+    let doc =
+        std::fs::read_to_string(DOC_PATH).unwrap_or_else(|e| panic!("reading {DOC_PATH}: {e}"));
     parse_doc(&doc)
 }
 
 fn bytes_of(v: &BTreeMap<String, Vector>, name: &str) -> Vec<u8> {
-    v.get(name).unwrap_or_else(|| panic!("docs/PROTOCOL.md lacks vector {name}")).bytes.clone()
+    v.get(name)
+        .unwrap_or_else(|| panic!("docs/PROTOCOL.md lacks vector {name}"))
+        .bytes
+        .clone()
 }
 
 /// Decode exactly the frames in `bytes` (fed one byte at a time, to exercise reassembly).
@@ -110,7 +136,13 @@ fn one_frame(bytes: &[u8], dec: &mut FrameDecoder) -> Frame {
 }
 
 fn cell(key: CellKey, value: CellValue, version: Version, prev: Option<Version>) -> Cell {
-    Cell { key, value, version, prev, seq: Seq(0) }
+    Cell {
+        key,
+        value,
+        version,
+        prev,
+        seq: Seq(0),
+    }
 }
 
 fn field(f: &str) -> CellKey {
@@ -189,7 +221,10 @@ fn hello_and_subscribe_are_frames_0_and_1_of_one_direction() {
     // The index is part of the checksum: the same SUBSCRIBE as frame 0 is refused.
     let mut fresh = FrameDecoder::default();
     fresh.push(&subscribe);
-    assert!(matches!(fresh.next_frame(), Err(FrameError::Checksum { index: 0 })));
+    assert!(matches!(
+        fresh.next_frame(),
+        Err(FrameError::Checksum { index: 0 })
+    ));
 }
 
 #[test]
@@ -198,7 +233,11 @@ fn simple_messages_as_frame_0() {
     let nonce = 0x0102_0304_0506_0708;
     let cases = [
         ("ack", kind::ACK, Message::Ack { seq: Seq(300) }),
-        ("caught-up", kind::CAUGHT_UP, Message::CaughtUp { seq: Seq(300) }),
+        (
+            "caught-up",
+            kind::CAUGHT_UP,
+            Message::CaughtUp { seq: Seq(300) },
+        ),
         ("ping", kind::PING, Message::Ping { nonce }),
         ("pong", kind::PONG, Message::Pong { nonce }),
         (
@@ -217,7 +256,11 @@ fn simple_messages_as_frame_0() {
         assert_eq!(decode_simple(f.kind, &f.payload).unwrap(), want, "{name}");
         let (ek, p) = encode_simple(&want);
         assert_eq!(ek, k);
-        assert_eq!(FrameEncoder::default().encode(ek, false, &p), bytes, "{name} re-encoded");
+        assert_eq!(
+            FrameEncoder::default().encode(ek, false, &p),
+            bytes,
+            "{name} re-encoded"
+        );
     }
     // The wire number of TOO_LARGE is 4.
     assert_eq!(ErrorCode::TooLarge as u16, 4);
@@ -230,7 +273,12 @@ fn insert_and_update() -> [(Vec<Change>, Seq); 2] {
         collection: "bugs".into(),
         id: R1,
         cells: vec![
-            cell(field("priority"), CellValue::Value(Value::Int(5)), va0, None),
+            cell(
+                field("priority"),
+                CellValue::Value(Value::Int(5)),
+                va0,
+                None,
+            ),
             cell(field("title"), text("Crash on save"), va0, None),
         ],
     }];
@@ -238,7 +286,12 @@ fn insert_and_update() -> [(Vec<Change>, Seq); 2] {
         seq: Seq(9),
         collection: "bugs".into(),
         id: R1,
-        cells: vec![cell(field("title"), text("Crash on save as PDF"), Version { hlc: t1(), node: A }, Some(va0))],
+        cells: vec![cell(
+            field("title"),
+            text("Crash on save as PDF"),
+            Version { hlc: t1(), node: A },
+            Some(va0),
+        )],
     }];
     [(insert, Seq(6)), (update, Seq(9))]
 }
@@ -246,7 +299,10 @@ fn insert_and_update() -> [(Vec<Change>, Seq); 2] {
 #[test]
 fn changes_insert_then_update_share_one_dictionary() {
     let v = vectors();
-    let wire = [bytes_of(&v, "changes-insert"), bytes_of(&v, "changes-update")];
+    let wire = [
+        bytes_of(&v, "changes-insert"),
+        bytes_of(&v, "changes-update"),
+    ];
     let want = insert_and_update();
 
     let mut dec = FrameDecoder::default();
@@ -263,7 +319,11 @@ fn changes_insert_then_update_share_one_dictionary() {
     let mut tx = Dict::default();
     for (bytes, (changes, end)) in wire.iter().zip(&want) {
         let payload = tx.encode_changes(changes, *end);
-        assert_eq!(&enc.encode(kind::CHANGES, false, &payload), bytes, "re-encoded");
+        assert_eq!(
+            &enc.encode(kind::CHANGES, false, &payload),
+            bytes,
+            "re-encoded"
+        );
     }
 
     // Out of context (a fresh dictionary, frame 0) the update does not decode: it refers to
@@ -288,9 +348,24 @@ fn changes_with_every_cell_kind() {
             cells: vec![
                 cell(CellKey::Record, CellValue::Present, va2, None),
                 cell(field("title"), CellValue::Absent, va2, Some(va0)),
-                cell(CellKey::Counter("votes".into(), B), CellValue::Count(3), vb3, None),
-                cell(CellKey::Element("tags".into(), vec![0x05, 0x02, b'u', b'i']), CellValue::Present, vb3, Some(va2)),
-                cell(CellKey::Element("tags".into(), value::to_bytes(&Value::from("crash"))), CellValue::Absent, vb3, Some(va2)),
+                cell(
+                    CellKey::Counter("votes".into(), B),
+                    CellValue::Count(3),
+                    vb3,
+                    None,
+                ),
+                cell(
+                    CellKey::Element("tags".into(), vec![0x05, 0x02, b'u', b'i']),
+                    CellValue::Present,
+                    vb3,
+                    Some(va2),
+                ),
+                cell(
+                    CellKey::Element("tags".into(), value::to_bytes(&Value::from("crash"))),
+                    CellValue::Absent,
+                    vb3,
+                    Some(va2),
+                ),
             ],
         },
         Change {
@@ -302,11 +377,16 @@ fn changes_with_every_cell_kind() {
     ];
     let f = one_frame(&bytes, &mut FrameDecoder::default());
     assert_eq!((f.kind, f.partial), (kind::CHANGES, false));
-    let (got, end) = Dict::default().decode_changes(&f.payload, 1_000_000).unwrap();
+    let (got, end) = Dict::default()
+        .decode_changes(&f.payload, 1_000_000)
+        .unwrap();
     assert_same(&got, &want, "decoded changes");
     assert_eq!(end, Seq(4));
     let payload = Dict::default().encode_changes(&want, Seq(4));
-    assert_eq!(FrameEncoder::default().encode(kind::CHANGES, false, &payload), bytes);
+    assert_eq!(
+        FrameEncoder::default().encode(kind::CHANGES, false, &payload),
+        bytes
+    );
 
     // The budget of cells per unit is enforced while decoding (6 cells here).
     assert!(Dict::default().decode_changes(&f.payload, 5).is_err());
@@ -341,7 +421,11 @@ fn lz4_partial_changes() {
     assert_eq!(payload, raw);
     let mut enc = FrameEncoder::default();
     enc.lz4 = true;
-    assert_eq!(enc.encode(kind::CHANGES, true, &payload), bytes, "re-encoded with lz4_flex");
+    assert_eq!(
+        enc.encode(kind::CHANGES, true, &payload),
+        bytes,
+        "re-encoded with lz4_flex"
+    );
     // Without LZ4 the same frame is the plain payload.
     let plain = FrameEncoder::default().encode(kind::CHANGES, true, &payload);
     assert!(plain.len() > bytes.len() + 150);
@@ -360,8 +444,14 @@ fn value_with_every_tag() {
     m.insert("f".to_owned(), Value::from("hé"));
     m.insert("g".to_owned(), Value::Bytes(vec![0x01, 0x02]));
     m.insert("h".to_owned(), Value::Uuid(uuid::Uuid::from_bytes(R1.0)));
-    m.insert("i".to_owned(), Value::Timestamp(Timestamp(1_700_000_000_000_000)));
-    m.insert("j".to_owned(), Value::List(vec![Value::Int(1), Value::from("x")]));
+    m.insert(
+        "i".to_owned(),
+        Value::Timestamp(Timestamp(1_700_000_000_000_000)),
+    );
+    m.insert(
+        "j".to_owned(),
+        Value::List(vec![Value::Int(1), Value::from("x")]),
+    );
     m.insert("k".to_owned(), Value::Map(BTreeMap::new()));
     let want = Value::Map(m);
     let got = value::from_bytes(&bytes).unwrap();

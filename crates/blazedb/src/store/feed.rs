@@ -192,7 +192,7 @@ impl Database {
             // Reached the end: commits past the last row left no cells (all overwritten).
             drop(rows);
             drop(stmt);
-            batch.next = batch.next.max(Seq(inner.meta_i64("seq")? as u64));
+            batch.next = batch.next.max(inner.clock_row()?.0);
         }
         batch.needs_through = batch.needs_through.max(batch.next);
         Ok(batch)

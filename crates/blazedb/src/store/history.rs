@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::{Database, Inner};
 use crate::crdt::encoding::{key_from_bytes, value_from_bytes};
@@ -76,7 +76,50 @@ struct Row {
     recorded_ms: u64,
 }
 
+fn entry(
+    key: &CellKey,
+    old: Option<&CellValue>,
+    new: Option<&CellValue>,
+    version: Version,
+    seq: Seq,
+    recorded_ms: u64,
+) -> HistoryEntry {
+    let op = match (key, new) {
+        (_, None) => "reset",
+        (CellKey::Record, Some(CellValue::Present)) => "insert",
+        (CellKey::Record, Some(_)) => "delete",
+        (CellKey::Field(_), Some(CellValue::Absent)) => "unset",
+        (CellKey::Field(_), Some(_)) => "set",
+        (CellKey::Counter(..), _) => "count",
+        (CellKey::Element(..), Some(CellValue::Present)) => "add",
+        (CellKey::Element(..), Some(_)) => "remove",
+    };
+    HistoryEntry {
+        cell: key.display_name(),
+        field: key.field().map(str::to_owned),
+        old: old.map(CellValue::to_value),
+        new: new.map(CellValue::to_value),
+        op,
+        version,
+        seq,
+        recorded_ms,
+    }
+}
+
 impl Inner {
+    /// A record's cells and revision, live or not.
+    pub(crate) fn record_state(&self, coll: i64, id: RecordId) -> Result<Option<(RecordState, u64)>> {
+        let row: Option<(u64, u64, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2")?
+            .query_row(params![coll, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        match row {
+            Some((rev, seq, bytes)) => Ok(Some((super::body::decode(&bytes, Seq(seq), &self.nodes)?, rev))),
+            None => Ok(None),
+        }
+    }
+
     fn history_rows(&self, coll: i64, id: RecordId) -> Result<Vec<Row>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms FROM history
@@ -115,36 +158,42 @@ impl Inner {
 }
 
 impl Database {
-    /// Every recorded change of a record, oldest first (in the order this node stored them).
+    /// Every change of a record this node knows, oldest first (by version). Creations of
+    /// cells (an insert's fields, a first set) are not stored as rows — their values live in
+    /// the record or in the `old` side of the change that replaced them — and are listed
+    /// here with `old: None`.
     pub fn history(&self, collection: &str, id: RecordId) -> Result<Vec<HistoryEntry>> {
         let inner = self.lock()?;
         let Some(coll) = inner.collection_id(collection) else { return Ok(Vec::new()) };
-        Ok(inner
-            .history_rows(coll, id)?
-            .into_iter()
-            .map(|r| {
-                let op = match (&r.key, &r.new) {
-                    (_, None) => "reset",
-                    (CellKey::Record, Some(CellValue::Present)) => "insert",
-                    (CellKey::Record, Some(_)) => "delete",
-                    (CellKey::Field(_), Some(CellValue::Absent)) => "unset",
-                    (CellKey::Field(_), Some(_)) => "set",
-                    (CellKey::Counter(..), _) => "count",
-                    (CellKey::Element(..), Some(CellValue::Present)) => "add",
-                    (CellKey::Element(..), Some(_)) => "remove",
-                };
-                HistoryEntry {
-                    cell: r.key.display_name(),
-                    field: r.key.field().map(str::to_owned),
-                    old: r.old.as_ref().map(|(v, _)| v.to_value()),
-                    new: r.new.as_ref().map(CellValue::to_value),
-                    op,
-                    version: r.version,
-                    seq: r.seq,
-                    recorded_ms: r.recorded_ms,
-                }
-            })
-            .collect())
+        let rows = inner.history_rows(coll, id)?;
+        let current = inner.record_state(coll, id)?;
+        let stored: std::collections::HashSet<(CellKey, Version)> =
+            rows.iter().filter(|r| r.new.is_some()).map(|r| (r.key.clone(), r.version)).collect();
+        let mut entries: Vec<HistoryEntry> = Vec::new();
+        let mut created = std::collections::HashSet::new();
+        let mut creation = |key: &CellKey, value: &CellValue, version: Version, seq: Seq, recorded_ms: u64| {
+            if !stored.contains(&(key.clone(), version)) && created.insert((key.clone(), version)) {
+                Some(entry(key, None, Some(value), version, seq, recorded_ms))
+            } else {
+                None
+            }
+        };
+        for r in &rows {
+            if let Some((v, ver)) = &r.old {
+                entries.extend(creation(&r.key, v, *ver, Seq(0), ver.hlc.wall_ms()));
+            }
+        }
+        if let Some((state, _)) = &current {
+            for c in state.cells() {
+                entries.extend(creation(&c.key, &c.value, c.version, c.seq, c.version.hlc.wall_ms()));
+            }
+        }
+        for r in &rows {
+            entries.push(entry(&r.key, r.old.as_ref().map(|(v, _)| v), r.new.as_ref(), r.version, r.seq, r.recorded_ms));
+        }
+        // Oldest first; an insert's record cell before its fields.
+        entries.sort_by(|a, b| a.version.cmp(&b.version).then(a.field.is_some().cmp(&b.field.is_some())));
+        Ok(entries)
     }
 
     /// The record as it was at time `at` (by the writers' clocks), or `None` if it did not
@@ -180,19 +229,11 @@ impl Database {
             }
             offer(&r.key, r.version, r.new);
         }
-        let rev;
-        {
-            let row: Option<(u64, u64, Vec<u8>)> = inner
-                .conn
-                .prepare_cached("SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2")?
-                .query_row(params![coll, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map(Some)
-                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
-            rev = row.as_ref().map_or(0, |r| r.0);
-            if let Some((_, seq, bytes)) = row {
-                for c in super::body::decode(&bytes, Seq(seq), &inner.nodes)?.cells() {
-                    offer(&c.key, c.version, Some(c.value.clone()));
-                }
+        let current = inner.record_state(coll, id)?;
+        let rev = current.as_ref().map_or(0, |c| c.1);
+        if let Some((state, _)) = &current {
+            for c in state.cells() {
+                offer(&c.key, c.version, Some(c.value.clone()));
             }
         }
         // Rebuild through merge, oldest first, so resets apply as they did.

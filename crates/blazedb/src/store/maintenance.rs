@@ -90,7 +90,7 @@ impl Database {
         s.history_entries = inner.conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0))?;
         s.feed_rows = inner.conn.query_row("SELECT count(*) FROM feed", [], |r| r.get(0))?;
         s.open_conflicts = inner.conn.query_row("SELECT count(*) FROM conflicts WHERE resolved = 0", [], |r| r.get(0))?;
-        s.last_seq = inner.meta_i64("seq")? as u64;
+        s.last_seq = inner.clock_row()?.0 .0;
         s.history_bytes = table_bytes(&inner, &["history", "history_by_record"]);
         s.index_bytes = table_bytes(&inner, &["index_entries"]);
         Ok(s)

@@ -275,7 +275,7 @@ impl Database {
     /// The last local change-feed position.
     pub fn last_seq(&self) -> Result<Seq> {
         let inner = self.lock()?;
-        Ok(Seq(inner.meta_i64("seq")? as u64))
+        Ok(inner.clock_row()?.0)
     }
 
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
@@ -290,7 +290,7 @@ impl Database {
 impl Inner {
     /// Reload caches if another connection (another process) committed since we last looked.
     fn refresh(&mut self) -> rusqlite::Result<()> {
-        let v: i64 = self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let v: i64 = self.conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
         if v == self.data_version {
             return Ok(());
         }
@@ -327,10 +327,10 @@ impl Inner {
                 self.policies.insert(c, CollectionPolicy { manual_fields, auto_resolve, server_priority });
             }
         }
-        let hlc = self.meta_i64("hlc")? as u64;
-        if Hlc(hlc) > self.clock.last() {
+        let hlc = self.clock_row()?.1;
+        if hlc > self.clock.last() {
             let skew = self.clock_skew();
-            self.clock = Clock::new(Hlc(hlc), skew);
+            self.clock = Clock::new(hlc, skew);
         }
         self.data_version = v;
         Ok(())
@@ -341,14 +341,25 @@ impl Inner {
         self.clock.skew_ms_max()
     }
 
+    /// The last committed feed position and HLC.
+    pub fn clock_row(&self) -> rusqlite::Result<(Seq, Hlc)> {
+        self.conn
+            .prepare_cached("SELECT seq, hlc FROM clock WHERE id = 0")?
+            .query_row([], |r| Ok((Seq(r.get::<_, i64>(0)? as u64), Hlc(r.get::<_, i64>(1)? as u64))))
+    }
+
+    /// Store the feed position and HLC (inside the committing transaction).
+    pub fn set_clock_row(&self, seq: Seq, hlc: Hlc) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE clock SET seq = ?1, hlc = ?2 WHERE id = 0")?
+            .execute([seq.0 as i64, hlc.0 as i64])?;
+        Ok(())
+    }
+
     pub fn meta_i64(&self, key: &str) -> rusqlite::Result<i64> {
         self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
     }
 
-    pub fn set_meta_i64(&self, key: &str, v: i64) -> rusqlite::Result<()> {
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", rusqlite::params![key, v])?;
-        Ok(())
-    }
 
     /// The id of an existing collection.
     pub fn collection_id(&self, name: &str) -> Option<i64> {

@@ -2,7 +2,8 @@
 //!
 //! | table           | one row per                | purpose                                   |
 //! |-----------------|----------------------------|-------------------------------------------|
-//! | `meta`          | setting                    | magic, format version, node id, clock, seq |
+//! | `meta`          | setting                    | magic, format version, node id            |
+//! | `clock`         | (one row)                  | last feed seq and HLC, updated per commit |
 //! | `nodes`         | node ever seen             | node id ↔ small local number              |
 //! | `collections`   | collection                 | name ↔ small local number                 |
 //! | `records`       | record (live or tombstone) | cells with versions (see `body.rs`)       |
@@ -29,6 +30,8 @@ pub const MIGRATIONS: &[&str] = &[];
 /// The schema of a new file at [`FORMAT_VERSION`].
 pub const CREATE: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
+INSERT INTO clock (id, seq, hlc) VALUES (0, 0, 0);
 CREATE TABLE nodes (idx INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE);
 CREATE TABLE collections (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE records (
@@ -58,7 +61,7 @@ CREATE TABLE index_entries (
     PRIMARY KEY (coll, field, key, id)
 ) WITHOUT ROWID;
 CREATE TABLE history (
-    hid INTEGER PRIMARY KEY AUTOINCREMENT,
+    hid INTEGER PRIMARY KEY,
     coll INTEGER NOT NULL,
     id BLOB NOT NULL,
     cell TEXT NOT NULL,
@@ -110,8 +113,6 @@ pub fn create(conn: &Connection, node: &[u8; 16], now_ms: u64) -> rusqlite::Resu
     put.execute(rusqlite::params!["format_version", FORMAT_VERSION])?;
     put.execute(rusqlite::params!["node_id", &node[..]])?;
     put.execute(rusqlite::params!["created_ms", now_ms as i64])?;
-    put.execute(rusqlite::params!["hlc", 0i64])?;
-    put.execute(rusqlite::params!["seq", 0i64])?;
     put.execute(rusqlite::params!["history_horizon_ms", 0i64])?;
     Ok(())
 }

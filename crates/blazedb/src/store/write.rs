@@ -205,7 +205,7 @@ impl Database {
 
 impl<'a> Tx<'a> {
     pub(crate) fn begin(db: &'a Database, inner: &'a mut Inner) -> Result<Tx<'a>> {
-        let base_seq = Seq(inner.meta_i64("seq")? as u64);
+        let base_seq = inner.clock_row()?.0;
         let now_ms = db.now_ms();
         Ok(Tx {
             db,
@@ -545,11 +545,10 @@ impl<'a> Tx<'a> {
                 record: Record { collection: p.collection.clone(), id: p.id, rev, fields },
             });
         }
-        inner.set_meta_i64("seq", last_seq.0 as i64)?;
-        inner.set_meta_i64("hlc", inner.clock.last().0 as i64)?;
+        inner.set_clock_row(last_seq, inner.clock.last())?;
         inner.nodes.flush(&inner.conn)?;
         inner.conn.execute_batch("COMMIT")?;
-        inner.data_version = inner.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        inner.data_version = inner.conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
         let added: u64 = records.iter().map(|p| p.history.len() as u64).sum();
         inner.history_rows_since_compaction += added;
         if inner.history_rows_since_compaction > db.options.history.check_every_rows() {
@@ -619,6 +618,12 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     }
 
     for (key, old, new, version) in &p.history {
+        // A cell created without replacing anything needs no row: its value and version are
+        // in the record body until it is overwritten, and then in that change's `old`.
+        // `Database::history` puts these creations back into the listing.
+        if old.is_none() && new.is_some() {
+            continue;
+        }
         let node = inner.nodes.index(version.node);
         let old_node = old.as_ref().map(|c| inner.nodes.index(c.version.node));
         inner
