@@ -85,6 +85,25 @@ pub fn encode(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// The length of `v`'s encoding, without encoding it.
+pub fn encoded_len(v: &Value) -> usize {
+    use super::varint::{len_u64, zigzag};
+    1 + match v {
+        Value::Null | Value::Bool(_) => 0,
+        Value::Int(i) => len_u64(zigzag(*i)),
+        Value::Float(_) => 8,
+        Value::Text(s) => len_u64(s.len() as u64) + s.len(),
+        Value::Bytes(b) => len_u64(b.len() as u64) + b.len(),
+        Value::Uuid(_) => 16,
+        Value::Timestamp(t) => len_u64(zigzag(t.0)),
+        Value::List(l) => len_u64(l.len() as u64) + l.iter().map(encoded_len).sum::<usize>(),
+        Value::Map(m) => {
+            len_u64(m.len() as u64)
+                + m.iter().map(|(k, x)| len_u64(k.len() as u64) + k.len() + encoded_len(x)).sum::<usize>()
+        }
+    }
+}
+
 /// The encoding of `v` as a new buffer.
 pub fn to_bytes(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
@@ -186,6 +205,7 @@ pub(crate) mod tests {
         #[test]
         fn round_trip(v in arb_value()) {
             let b = to_bytes(&v);
+            prop_assert_eq!(b.len(), encoded_len(&v));
             let back = from_bytes(&b).unwrap();
             prop_assert!(same(&v, &back));
         }

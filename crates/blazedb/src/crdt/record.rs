@@ -80,6 +80,14 @@ impl RecordState {
         self.cells.iter().filter(|c| c.key.field() == Some(f)).map(|c| c.version).max()
     }
 
+    /// How many distinct fields have cells (visible or removed), without building values.
+    pub fn field_count(&self) -> usize {
+        let mut names: Vec<&str> = self.cells.iter().filter_map(|c| c.key.field()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.len()
+    }
+
     /// The highest local sequence number of any cell.
     pub fn max_seq(&self) -> Seq {
         self.cells.iter().map(|c| c.seq).max().unwrap_or_default()

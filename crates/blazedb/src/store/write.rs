@@ -84,8 +84,11 @@ pub(crate) struct Pending {
     pub before: Option<(RecordState, u64)>,
     pub state: RecordState,
     pub changed: bool,
-    /// (key, old cell, new cell or None when dropped by a reset, reset version)
+    /// (key, old cell, new cell or None when dropped by a reset, reset version), for the
+    /// history table. Creations (no old cell) are not kept: see `write_record`.
     pub history: Vec<(CellKey, Option<Cell>, Option<Cell>, Version)>,
+    /// Cells this transaction changed in the record (for the transaction size limit).
+    pub cells_changed: usize,
     /// (winner, loser)
     pub conflicts: Vec<(Cell, Cell)>,
     /// Peer the change came from (1 + its node index; 0 = written here).
@@ -226,8 +229,11 @@ impl<'a> Tx<'a> {
         collection: &str,
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<RecordId> {
+        let fields = collect_fields(fields)?;
         let id = RecordId::new_v7();
-        self.insert_with_id(collection, id, fields)?;
+        // A fresh UUIDv7 cannot name an existing record: skip the lookup.
+        let i = self.load_new(collection, id)?;
+        self.write_fields(i, fields, true)?;
         Ok(id)
     }
 
@@ -317,6 +323,30 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Add a record known not to exist yet (a freshly generated id).
+    fn load_new(&mut self, collection: &str, id: RecordId) -> Result<usize> {
+        let coll = self.inner.collection_id_or_create(collection)?;
+        if let Some(i) = self.pending.get(&(coll, id)) {
+            return Ok(*i);
+        }
+        self.records.push(Pending {
+            coll,
+            collection: collection.to_owned(),
+            id,
+            before: None,
+            state: RecordState::new(),
+            changed: false,
+            history: Vec::new(),
+            conflicts: Vec::new(),
+            src: 0,
+            links: Vec::new(),
+            cells_changed: 0,
+        });
+        let i = self.records.len() - 1;
+        self.pending.insert((coll, id), i);
+        Ok(i)
+    }
+
     /// Find or load a record into the transaction. With `create`, a missing record (and
     /// collection) is created empty; without it, `None` when absent.
     pub(crate) fn load(&mut self, collection: &str, id: RecordId, create: bool) -> Result<Option<usize>> {
@@ -354,6 +384,7 @@ impl<'a> Tx<'a> {
             conflicts: Vec::new(),
             src: 0,
             links: Vec::new(),
+            cells_changed: 0,
         });
         let i = self.records.len() - 1;
         self.pending.insert((coll, id), i);
@@ -464,7 +495,7 @@ impl<'a> Tx<'a> {
     }
 
     fn check_field_count(&self, i: usize) -> Result<()> {
-        let n = self.records[i].state.fields().len();
+        let n = self.records[i].state.field_count();
         if n > RECORD_FIELDS_MAX {
             return Err(WriteError::Limit { what: "fields in a record", got: n, max: RECORD_FIELDS_MAX }.into());
         }
@@ -497,7 +528,11 @@ impl<'a> Tx<'a> {
                         p.history.push((o.cell.key.clone(), Some(o.cell), None, cell.version));
                     }
                 }
-                p.history.push((cell.key.clone(), replaced, Some(cell.clone()), cell.version));
+                p.cells_changed += 1;
+                // A creation needs no history row (see `write_record`), so skip the clone.
+                if replaced.is_some() {
+                    p.history.push((cell.key.clone(), replaced, Some(cell.clone()), cell.version));
+                }
                 true
             }
         }
@@ -505,15 +540,17 @@ impl<'a> Tx<'a> {
 
     /// Write everything out (inside the open SQL transaction) and return the watch events to
     /// publish once the transaction has committed.
-    /// Returns the watch events and whether anything changed.
+    /// Returns the watch events (only built when someone watches) and whether anything
+    /// changed.
     pub(crate) fn commit(self) -> Result<(Vec<Event>, bool)> {
+        let watched = self.db.watchers.is_watched();
         let Tx { db, inner, records, base_seq, seq, seq_used, .. } = self;
         if !seq_used && records.iter().all(|p| !p.changed) {
             inner.conn.execute_batch("COMMIT")?;
             return Ok((Vec::new(), false));
         }
         let last_seq = if seq_used { seq } else { Seq(seq.0 - 1) }.max(base_seq);
-        let cells: usize = records.iter().map(|p| p.history.len()).sum();
+        let cells: usize = records.iter().map(|p| p.cells_changed).sum();
         if cells > TRANSACTION_CELLS_MAX {
             return Err(WriteError::Limit {
                 what: "cells changed in one transaction",
@@ -525,6 +562,9 @@ impl<'a> Tx<'a> {
         let mut events = Vec::new();
         for p in records.iter().filter(|p| p.changed) {
             write_record(inner, p, db.now_ms())?;
+            if !watched {
+                continue;
+            }
             let before_live = p.before.as_ref().is_some_and(|b| b.0.is_live());
             let after_live = p.state.is_live();
             let kind = match (before_live, after_live) {
@@ -618,12 +658,9 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     }
 
     for (key, old, new, version) in &p.history {
-        // A cell created without replacing anything needs no row: its value and version are
-        // in the record body until it is overwritten, and then in that change's `old`.
-        // `Database::history` puts these creations back into the listing.
-        if old.is_none() && new.is_some() {
-            continue;
-        }
+        // (Creations, with no old cell, never get here: their value and version are in the
+        // record body until overwritten, and then in that change's `old`;
+        // `Database::history` puts them back into the listing.)
         let node = inner.nodes.index(version.node);
         let old_node = old.as_ref().map(|c| inner.nodes.index(c.version.node));
         inner
@@ -719,7 +756,7 @@ pub fn validate_value(field: &str, v: &Value) -> Result<(), WriteError> {
     if depth > VALUE_DEPTH_MAX {
         return Err(WriteError::Limit { what: "value nesting depth", got: depth, max: VALUE_DEPTH_MAX });
     }
-    let len = value::to_bytes(v).len();
+    let len = value::encoded_len(v);
     if len > VALUE_BYTES_MAX {
         let _ = field;
         return Err(WriteError::Limit { what: "encoded value size", got: len, max: VALUE_BYTES_MAX });

@@ -64,6 +64,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// Whether any subscription exists (events are only built then).
+    pub(crate) fn is_watched(&self) -> bool {
+        !self.subs.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
     pub(crate) fn publish(&self, events: &[Event]) {
         if events.is_empty() {
             return;
