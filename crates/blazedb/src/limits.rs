@@ -21,6 +21,9 @@ pub const SET_ELEMENTS_MAX: usize = 10_000;
 /// this is also the protocol's transaction size limit: a receiver stages at most this many
 /// cells before applying a unit.
 pub const TRANSACTION_CELLS_MAX: usize = 1_000_000;
+/// A sender cuts a unit of linked transactions at this many cells (half what a receiver
+/// accepts, so a single transaction up to `TRANSACTION_CELLS_MAX` still fits whole).
+pub const UNIT_CELLS_MAX: usize = TRANSACTION_CELLS_MAX / 2;
 /// Most writes in one transaction.
 pub const TRANSACTION_WRITES_MAX: usize = 100_000;
 /// Longest query expression, in bytes.

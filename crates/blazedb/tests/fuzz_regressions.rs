@@ -451,13 +451,10 @@ fn damaged_last_frame_of_a_unit_stores_nothing_of_it() {
     assert!(db.integrity_check().unwrap().ok);
 }
 
-/// Known bug (reported): when the session fails while frames it produced are still queued
-/// (here a PONG for a PING that arrived in the same read as a corrupt frame), it drops them,
-/// but their frame indexes stay used, so the ERROR it sends fails the peer's checksum and the
-/// peer never learns the real error code. Remove `ignore` once `Session::fail` keeps the
-/// frame index in step with what was actually sent.
+/// Regression: when the session fails while frames it produced are still queued (here a
+/// PONG for a PING that arrived in the same read as a corrupt frame), the ERROR must come
+/// after them, or its frame index is wrong and the peer never learns the real error code.
 #[test]
-#[ignore = "known bug: ERROR after dropped queued frames fails the peer's checksum"]
 fn error_after_queued_frames_is_readable_by_the_peer() {
     let mut bodies = vec![simple(&hello(0)), simple(&Message::Ping { nonce: 1 })];
     bodies.push(Body {

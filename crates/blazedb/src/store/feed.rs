@@ -423,6 +423,13 @@ fn validate_cell(c: &Cell) -> Result<(), String> {
     if !ok {
         return Err(format!("cell {} cannot hold {:?}", c.key.display_name(), c.value));
     }
+    if let CellKey::Element(_, bytes) = &c.key {
+        // An element must be one canonical encoded value, or it would sync as invisible junk.
+        let v = crate::codec::value::from_bytes(bytes).map_err(|e| format!("bad set element: {e}"))?;
+        if crate::codec::value::to_bytes(&v) != *bytes {
+            return Err("set element is not canonically encoded".into());
+        }
+    }
     if let CellValue::Value(v) = &c.value {
         super::write::validate_value(c.key.field().unwrap_or(""), v).map_err(|e| e.to_string())?;
     }

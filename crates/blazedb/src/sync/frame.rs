@@ -124,22 +124,30 @@ impl FrameEncoder {
 pub struct FrameDecoder {
     index: u64,
     buf: Vec<u8>,
+    /// Start of unread bytes in `buf` (compacted on push, so many small frames in one read
+    /// cost linear time).
+    start: usize,
 }
 
 impl FrameDecoder {
     /// Append received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes waiting for the rest of a frame.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        let mut r = Reader::new(&self.buf);
+        let buf = &self.buf[self.start..];
+        let mut r = Reader::new(buf);
         let len = match crate::codec::varint::read_u64(&mut r) {
             Ok(n) => n,
             Err(DecodeError::Truncated { .. }) => return Ok(None),
@@ -153,11 +161,11 @@ impl FrameDecoder {
         }
         let start = r.pos();
         let total = start + len as usize + 4;
-        if self.buf.len() < total {
+        if buf.len() < total {
             return Ok(None);
         }
-        let body = &self.buf[start..start + len as usize];
-        let crc = u32::from_le_bytes(self.buf[total - 4..total].try_into().expect("4 bytes"));
+        let body = &buf[start..start + len as usize];
+        let crc = u32::from_le_bytes(buf[total - 4..total].try_into().expect("4 bytes"));
         if crc != checksum(self.index, body) {
             return Err(FrameError::Checksum { index: self.index });
         }
@@ -171,13 +179,29 @@ impl FrameDecoder {
             }
             let mut pr = Reader::new(&body[2..]);
             let raw = pr.len("decompressed size", FRAME_DECOMPRESSED_BYTES_MAX)?;
-            lz4_flex::block::decompress(&body[2 + pr.pos()..], raw)
-                .map_err(|e| FrameError::Malformed(format!("bad LZ4 payload: {e}")))?
+            let compressed = &body[2 + pr.pos()..];
+            // LZ4 expands at most 255:1; a larger claim is a lie that would only make us
+            // allocate.
+            if raw > compressed.len().saturating_mul(255) + 16 {
+                return Err(FrameError::Malformed(format!(
+                    "LZ4 payload of {} bytes cannot expand to {raw}",
+                    compressed.len()
+                )));
+            }
+            let out = lz4_flex::block::decompress(compressed, raw)
+                .map_err(|e| FrameError::Malformed(format!("bad LZ4 payload: {e}")))?;
+            if out.len() != raw {
+                return Err(FrameError::Malformed(format!(
+                    "LZ4 payload decompressed to {} bytes, header said {raw}",
+                    out.len()
+                )));
+            }
+            out
         } else {
             body[2..].to_vec()
         };
         self.index += 1;
-        self.buf.drain(..total);
+        self.start += total;
         Ok(Some(Frame { kind, partial: flags & FLAG_PARTIAL != 0, payload }))
     }
 }

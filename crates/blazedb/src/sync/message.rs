@@ -356,9 +356,9 @@ impl Dict {
                 Ok(n)
             }
             1 => Ok(NodeId(r.array()?)),
-            i => self
-                .nodes
-                .get((i - 2) as usize)
+            i => usize::try_from(i - 2)
+                .ok()
+                .and_then(|i| self.nodes.get(i))
                 .copied()
                 .ok_or_else(|| DecodeError::Malformed(format!("unknown node reference {i}"))),
         }
@@ -395,9 +395,9 @@ impl Dict {
             }
             1 => Ok(r.str(what, max)?.to_owned()),
             i => {
-                let s = self
-                    .strings
-                    .get((i - 2) as usize)
+                let s = usize::try_from(i - 2)
+                    .ok()
+                    .and_then(|i| self.strings.get(i))
                     .ok_or_else(|| DecodeError::Malformed(format!("unknown name reference {i}")))?;
                 if s.len() > max {
                     return Err(DecodeError::TooLarge { what, got: s.len() as u64, max: max as u64 });
@@ -582,6 +582,9 @@ impl Dict {
         } else {
             self.get_version(r)?
         };
+        if flags & CELL_SAME_PREV != 0 && flags & CELL_HAS_PREV == 0 {
+            return Err(DecodeError::Malformed("cell flag SAME_PREV without HAS_PREV".into()));
+        }
         let prev = if flags & CELL_HAS_PREV == 0 {
             None
         } else if flags & CELL_SAME_PREV != 0 {

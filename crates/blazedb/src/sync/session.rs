@@ -30,7 +30,8 @@ use super::message::{self, caps, kind, Dict, ErrorCode, Hello, Message, SyncMode
 use crate::error::{ApplyError, Error};
 use crate::limits::{
     ACK_PERSIST_INTERVAL_MS, BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, TRANSACTION_CELLS_MAX, WINDOW_UNITS_DEFAULT,
+    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, TRANSACTION_CELLS_MAX, UNIT_CELLS_MAX,
+    WINDOW_UNITS_DEFAULT,
 };
 use crate::store::{Change, Database, PeerDirection};
 use crate::types::Seq;
@@ -122,6 +123,9 @@ pub struct SessionStats {
     pub cells_received: u64,
     /// Received cells that changed something here.
     pub cells_applied: u64,
+    /// Units cut short at `UNIT_CELLS_MAX` (see `fill`): transactions linked beyond it may
+    /// have become visible in parts.
+    pub units_cut: u64,
 }
 
 /// Where a session stands, for lag metrics and diagnostics.
@@ -173,6 +177,8 @@ pub struct Session {
     sent_through: Seq,
     unit_until: Seq,
     unacked: VecDeque<Seq>,
+    /// Cells sent in the current (incomplete) unit.
+    unit_cells: usize,
     acked: Seq,
     acked_persisted: Seq,
     acked_persisted_ms: u64,
@@ -216,6 +222,7 @@ impl Session {
             sent_through: Seq(0),
             unit_until: Seq(0),
             unacked: VecDeque::new(),
+            unit_cells: 0,
             acked: Seq(0),
             acked_persisted: Seq(0),
             acked_persisted_ms: now_ms,
@@ -316,6 +323,23 @@ impl Session {
                     Err(e) => return Err(self.fail(ErrorCode::Malformed, format!("CHANGES: {e}"), now_ms)),
                 }
             } else {
+                if frame.partial {
+                    return Err(self.fail(ErrorCode::Malformed, "PARTIAL flag on a non-CHANGES frame".into(), now_ms));
+                }
+                // Check the version before the rest, so a newer HELLO layout is reported as
+                // a version mismatch rather than as malformed.
+                if frame.kind == kind::HELLO {
+                    if let Some(v) = frame.payload.get(..2) {
+                        let v = u16::from_le_bytes([v[0], v[1]]);
+                        if v != PROTOCOL_VERSION {
+                            return Err(self.fail(
+                                ErrorCode::UnsupportedVersion,
+                                format!("peer speaks protocol {v}, this node {PROTOCOL_VERSION}: upgrade the older one"),
+                                now_ms,
+                            ));
+                        }
+                    }
+                }
                 match message::decode_simple(frame.kind, &frame.payload) {
                     Ok(m) => m,
                     Err(e) => return Err(self.fail(ErrorCode::Malformed, e.to_string(), now_ms)),
@@ -344,6 +368,9 @@ impl Session {
             )),
             (State::Open, Message::Hello(_)) => {
                 Err(self.fail(ErrorCode::Unexpected, "second HELLO".into(), now_ms))
+            }
+            (State::Open, Message::Subscribe { .. }) if self.peer_from.is_some() => {
+                Err(self.fail(ErrorCode::Unexpected, "second SUBSCRIBE in one session".into(), now_ms))
             }
             (State::Open, Message::Subscribe { from }) => {
                 if !self.cfg.mode.sends() {
@@ -491,7 +518,18 @@ impl Session {
             let peer = self.peer.as_ref().map(|p| p.node);
             let batch = db.changes_since(self.sent_through, self.cfg.batch_cells_max, peer)?;
             self.unit_until = self.unit_until.max(batch.needs_through);
+            self.unit_cells += batch.changes.iter().map(|c| c.cells.len()).sum::<usize>();
+            if batch.next < self.unit_until && self.unit_cells >= UNIT_CELLS_MAX {
+                // Chains of partly overwritten transactions (e.g. every transaction touches
+                // one hot record) can link the whole feed into one unit. Past the limit the
+                // receiver could never take it, so cut here: liveness over atomicity, counted.
+                self.unit_until = batch.next;
+                self.stats.units_cut += 1;
+            }
             let complete = batch.next >= self.unit_until;
+            if complete {
+                self.unit_cells = 0;
+            }
             self.send_changes(&batch.changes, batch.next, !complete, now_ms);
             self.sent_through = batch.next;
             if complete {
@@ -623,7 +661,8 @@ impl Session {
 
     fn fail(&mut self, code: ErrorCode, message: String, now_ms: u64) -> SyncError {
         if self.state != State::Closed {
-            self.out.clear();
+            // Frames already queued keep their place: each has used up a frame index, so the
+            // ERROR must come after them for the peer's checksums to match.
             self.send(&Message::Error { code, message: message.clone() }, now_ms);
             self.state = State::Closed;
         }
