@@ -50,6 +50,42 @@ pub struct ChangeBatch {
     pub needs_through: Seq,
 }
 
+/// What [`Database::apply_changes_checked`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Cells that changed something here.
+    pub applied: usize,
+    /// Changes refused by access control (whole transactions).
+    pub rejected: Vec<crate::sync::Rejection>,
+}
+
+/// Run the access check for one group on scratch copies; `Some(reason)` refuses it.
+fn check_group(
+    tx: &mut super::Tx<'_>,
+    group: &[Change],
+    access: &dyn crate::sync::AccessControl,
+) -> Result<Option<String>> {
+    for ch in group {
+        let before = match tx.load(&ch.collection, ch.id, false)? {
+            Some(i) => tx.records[i].state.clone(),
+            None => crate::crdt::RecordState::new(),
+        };
+        let mut after = before.clone();
+        for c in &ch.cells {
+            after.merge(c.clone());
+        }
+        if after == before {
+            continue;
+        }
+        let fields = |s: &crate::crdt::RecordState| s.is_live().then(|| s.fields());
+        let (b, a) = (fields(&before), fields(&after));
+        if let Err(reason) = access.can_write(&ch.collection, ch.id, b.as_ref(), a.as_ref()) {
+            return Ok(Some(reason));
+        }
+    }
+    Ok(None)
+}
+
 /// Which way a peer cursor points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerDirection {
@@ -208,6 +244,20 @@ impl Database {
     /// the same transaction: data and cursor are durable together, so a restart resumes
     /// exactly after the last applied unit.
     pub fn apply_changes(&self, from: NodeId, changes: &[Change], cursor: Option<Seq>) -> Result<usize> {
+        Ok(self.apply_changes_checked(from, changes, cursor, None)?.applied)
+    }
+
+    /// [`Database::apply_changes`] with access control: a transaction (group) with any
+    /// change that `access` refuses is skipped whole and reported; the refused records are
+    /// then written again here as they are (or deleted again, if this node never had them),
+    /// with new versions, so the writer's copy comes back to this node's version.
+    pub fn apply_changes_checked(
+        &self,
+        from: NodeId,
+        changes: &[Change],
+        cursor: Option<Seq>,
+        access: Option<&dyn crate::sync::AccessControl>,
+    ) -> Result<ApplyOutcome> {
         let now = self.now_ms();
         let inner = self.lock()?;
         // Check clocks before touching anything: a timestamp from the far future is refused,
@@ -224,27 +274,49 @@ impl Database {
         drop(inner);
         let server = self.is_server();
         let mut reassert: Vec<(String, RecordId, String, Value)> = Vec::new();
+        let mut rejected: Vec<crate::sync::Rejection> = Vec::new();
         let applied = self.transaction(|tx| {
             // 0 means "written here", so peers are numbered from 1.
             let src = tx.inner.nodes.index(from) + 1;
             let mut applied = 0usize;
             let mut group: Option<Seq> = None;
             let first_seq = tx.seq;
-            for ch in changes {
-                if group.is_some_and(|g| g != ch.seq) && tx.seq_used {
+            let mut start = 0;
+            while start < changes.len() {
+                let mut end = start + 1;
+                while end < changes.len() && changes[end].seq == changes[start].seq {
+                    end += 1;
+                }
+                let group_changes = &changes[start..end];
+                start = end;
+                if group.is_some() && tx.seq_used {
                     tx.seq = Seq(tx.seq.0 + 1);
                     tx.seq_used = false;
                 }
-                group = Some(ch.seq);
-                let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
-                tx.records[i].src = src;
-                for c in &ch.cells {
-                    tx.inner.clock.observe(c.version.hlc, tx.now_ms).map_err(ApplyError::from)?;
-                    let mut c = c.clone();
-                    c.seq = tx.seq;
-                    if tx.merge(i, c) {
-                        tx.seq_used = true;
-                        applied += 1;
+                group = Some(group_changes[0].seq);
+                if let Some(access) = access {
+                    if let Some(reason) = check_group(tx, group_changes, access)? {
+                        for ch in group_changes {
+                            rejected.push(crate::sync::Rejection {
+                                collection: ch.collection.clone(),
+                                id: ch.id,
+                                reason: reason.clone(),
+                            });
+                        }
+                        continue;
+                    }
+                }
+                for ch in group_changes {
+                    let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
+                    tx.records[i].src = src;
+                    for c in &ch.cells {
+                        tx.inner.clock.observe(c.version.hlc, tx.now_ms).map_err(ApplyError::from)?;
+                        let mut c = c.clone();
+                        c.seq = tx.seq;
+                        if tx.merge(i, c) {
+                            tx.seq_used = true;
+                            applied += 1;
+                        }
                     }
                 }
             }
@@ -278,6 +350,17 @@ impl Database {
             }
             Ok(applied)
         })?;
+        if !rejected.is_empty() {
+            // Bring the writer back to our version: write our copy again with new versions
+            // (an insert resets every older cell, so fields the writer added go too), or a
+            // fresh tombstone where we have no copy.
+            self.transaction(|tx| {
+                for r in &rejected {
+                    tx.restate(&r.collection, r.id)?;
+                }
+                Ok(())
+            })?;
+        }
         if !reassert.is_empty() {
             // Server priority: write the server's values again, as new local writes that
             // sync out to everyone (the peer's values stay on record as conflict losers).
@@ -290,7 +373,7 @@ impl Database {
                 Ok(())
             })?;
         }
-        Ok(applied)
+        Ok(ApplyOutcome { applied, rejected })
     }
 
     /// How far this node has received (`Received`) or sent and seen acknowledged (`Acked`)

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-pub use feed::{Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
+pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
 pub use history::{HistoryEntry, HistoryRetention};
 pub use maintenance::{CollectionStats, IntegrityReport, Stats};
 pub use read::{OrderBy, Query, Record};

@@ -304,6 +304,22 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Write this node's copy of a record again with new versions: every field, as an insert
+    /// (which resets older cells everywhere), or a new tombstone when there is no live copy.
+    pub(crate) fn restate(&mut self, collection: &str, id: RecordId) -> Result<()> {
+        let i = self.load(collection, id, true)?.expect("created");
+        if self.records[i].state.is_live() {
+            let fields: Vec<(String, Value)> = self.records[i].state.fields().into_iter().collect();
+            self.write_fields(i, fields, true)
+        } else {
+            let prev = self.records[i].state.newest_version();
+            let version = self.next_version()?;
+            let cell = self.cell(CellKey::Record, CellValue::Absent, version, prev);
+            self.merge_local(i, cell);
+            Ok(())
+        }
+    }
+
     /// Read a record, seeing this transaction's own writes.
     pub fn get(&mut self, collection: &str, id: RecordId) -> Result<Option<Record>> {
         let Some(i) = self.load(collection, id, false)? else { return Ok(None) };

@@ -1,0 +1,730 @@
+//! The session driver: pumps one sans-IO [`Session`] over any byte stream.
+//!
+//! ```text
+//!            ┌────────────── run_session (one tokio task) ───────────────┐
+//!  bytes ───►│ read ──► Session::handle_bytes ──► SQLite apply (+ ACK)   │
+//!            │                                                           │
+//!  commit ──►│ Notify ──► Session::poll_transmit ──► out buffer ──► write│───► bytes
+//!  (on_commit)│                                                          │
+//!  timer ───►│ sleep_until(poll_timeout) ──► Session::handle_timeout     │
+//!            └───────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! One task owns the session and `select!`s over four things: input from the transport,
+//! room to write output, a local commit (the database's commit listener notifies a
+//! [`Notify`]) and the session's next timer. Nothing polls: a quiet session sleeps until a
+//! byte arrives, a commit happens or its ping timer fires.
+//!
+//! Reading and writing happen concurrently (the stream is split), so two peers that both
+//! send a lot never deadlock on full buffers; output is bounded by
+//! [`DriverOptions::write_buffer_bytes_max`] — once that much waits, the driver stops asking
+//! the session for more and the session's window holds the rest back.
+//!
+//! # Blocking database calls
+//!
+//! Every session call may touch SQLite, which blocks. Small calls (a few frames, an ACK, a
+//! single-commit apply: tens of µs) run inline on the task: a thread hop to the blocking pool
+//! would cost as much as the call and would double the commit-to-peer latency. Calls that can
+//! be long run on tokio's blocking pool ([`tokio::task::spawn_blocking`]), the session moving
+//! there and back with them:
+//!
+//! - `handle_bytes` of a large read (bulk traffic, [`BLOCKING_READ_BYTES_MIN`]) or when many
+//!   received cells wait to be applied in one transaction ([`BLOCKING_STAGED_CELLS_MIN`]);
+//! - `poll_transmit` rounds while the previous round read a lot of the feed
+//!   ([`BLOCKING_TRANSMIT_BYTES_MIN`]).
+//!
+//! The heuristics only decide where the work runs, never what it does. The first round of a
+//! burst may still run inline; one round is bounded by the session's batch size (one feed
+//! transaction, which the protocol never splits, is the exception).
+//!
+//! # Ending
+//!
+//! A session ends when the peer sends ERROR (`ShuttingDown` is the polite goodbye), on a
+//! protocol or transport error, on [`DriverOptions::shutdown`], or — with
+//! [`DriverOptions::stop_when_caught_up`] — once it is caught up. Then the driver flushes what
+//! is queued (the ERROR frame included), shuts its write side, and lingers reading (and
+//! discarding) until the peer closes or [`DriverOptions::linger_ms`] passes, so the peer gets
+//! to read our last frames.
+//!
+//! With `stop_when_caught_up` on both sides: each side stops as soon as
+//! [`Session::is_caught_up`] is true and its output is flushed, sending
+//! ERROR(`ShuttingDown`). Being caught up on one side means the peer acknowledged all our
+//! units and we applied everything the peer said it had, so once the peer has read the frames
+//! before our goodbye it is caught up too; it ends with [`EndReason::PeerFinished`] and
+//! `caught_up == true` (success). If the peer committed something in between, it is not
+//! caught up and its driver returns [`NetError::Incomplete`]: run again.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazedb::sync::{ErrorCode, Session, SessionConfig, SessionEvent, SessionStats, SyncError};
+use blazedb::{Database, NodeId, Seq};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{watch, Notify};
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::NetError;
+use crate::limits::{
+    BLOCKING_READ_BYTES_MIN, BLOCKING_STAGED_CELLS_MIN, BLOCKING_TRANSMIT_BYTES_MIN,
+    LINGER_MS_DEFAULT, READ_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX_DEFAULT,
+};
+
+/// How [`run_session`] behaves.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Finish cleanly once this side is caught up and its output is flushed (`--once`).
+    /// Without it the session runs until the peer leaves, an error, or `shutdown`.
+    pub stop_when_caught_up: bool,
+    /// Cancel to end the session politely (ERROR `ShuttingDown`, then linger).
+    pub shutdown: CancellationToken,
+    /// Wake the driver as a local commit does. The driver always wakes on commits made
+    /// through this process's `Database` (its commit listener); pass a notifier here when
+    /// something else can change the database, e.g. another process writing the same file.
+    /// One notifier per driver: it is woken with `notify_one`.
+    pub wake: Option<Arc<Notify>>,
+    /// Publish live counters and state here after every step.
+    pub monitor: Option<SessionMonitor>,
+    /// How long to keep flushing and draining after the session ended, in ms.
+    pub linger_ms: u64,
+    /// Bytes per transport read.
+    pub read_buffer_bytes: usize,
+    /// Output bytes that may wait to be written before the session is asked for more.
+    pub write_buffer_bytes_max: usize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            stop_when_caught_up: false,
+            shutdown: CancellationToken::new(),
+            wake: None,
+            monitor: None,
+            linger_ms: LINGER_MS_DEFAULT,
+            read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
+            write_buffer_bytes_max: WRITE_BUFFER_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl DriverOptions {
+    /// Options for a one-shot sync: stop once caught up.
+    pub fn once() -> DriverOptions {
+        DriverOptions {
+            stop_when_caught_up: true,
+            ..DriverOptions::default()
+        }
+    }
+}
+
+/// What a finished session did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionReport {
+    /// This side's node id.
+    pub node: NodeId,
+    /// The peer's node id, once its HELLO arrived.
+    pub peer: Option<NodeId>,
+    /// Counters (frames, bytes and cells sent and received; cells applied).
+    pub stats: SessionStats,
+    /// Why it ended.
+    pub end: EndReason,
+    /// Whether both directions were in sync, as far as this side knew, when it ended.
+    pub caught_up: bool,
+    /// How long it ran, in ms.
+    pub elapsed_ms: u64,
+}
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// This side was caught up and stopped (`stop_when_caught_up`).
+    CaughtUp,
+    /// This side was asked to stop ([`DriverOptions::shutdown`]).
+    Shutdown,
+    /// The peer said goodbye (ERROR `ShuttingDown`).
+    PeerFinished,
+    /// The transport reached end-of-file without a goodbye.
+    TransportClosed,
+    /// A protocol error, detected here or reported by the peer.
+    Protocol(SyncError),
+    /// The transport failed.
+    Io {
+        /// The I/O error kind.
+        kind: io::ErrorKind,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// Live view of a running session, shared between its driver and observers (a topology,
+/// a dashboard, a test measuring traffic over a quiet period).
+#[derive(Clone, Debug)]
+pub struct SessionMonitor {
+    tx: Arc<watch::Sender<SessionSnapshot>>,
+}
+
+/// A session's state at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SessionSnapshot {
+    /// The peer, once known.
+    pub peer: Option<NodeId>,
+    /// Counters so far.
+    pub stats: SessionStats,
+    /// Caught up in both directions at the last step.
+    pub caught_up: bool,
+    /// This side's feed head read just before `caught_up` was evaluated: if the database's
+    /// head is past it now, the session has not yet seen the newer commits.
+    pub local_seq: Seq,
+    /// The driver finished.
+    pub ended: bool,
+}
+
+impl SessionMonitor {
+    /// A monitor with an empty snapshot.
+    pub fn new() -> SessionMonitor {
+        SessionMonitor {
+            tx: Arc::new(watch::Sender::new(SessionSnapshot::default())),
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver that sees every change.
+    pub fn subscribe(&self) -> watch::Receiver<SessionSnapshot> {
+        self.tx.subscribe()
+    }
+
+    fn publish(&self, s: SessionSnapshot) {
+        self.tx.send_if_modified(|cur| {
+            if *cur == s {
+                false
+            } else {
+                *cur = s;
+                true
+            }
+        });
+    }
+}
+
+impl Default for SessionMonitor {
+    fn default() -> Self {
+        SessionMonitor::new()
+    }
+}
+
+/// Run one sync session for `db` over the byte stream `io` until it ends (see the module
+/// docs for how). Returns the report on a clean end — caught up (`stop_when_caught_up`),
+/// shut down, or the peer said goodbye — and an error carrying the report otherwise.
+///
+/// ```no_run
+/// # async fn f(a: std::sync::Arc<blazedb::Database>, b: std::sync::Arc<blazedb::Database>) {
+/// use blazedb::sync::SessionConfig;
+/// use blazedb_net::{run_session, DriverOptions};
+/// let (x, y) = tokio::io::duplex(64 * 1024);
+/// let (ra, rb) = tokio::join!(
+///     run_session(a, x, SessionConfig::default(), DriverOptions::once()),
+///     run_session(b, y, SessionConfig::default(), DriverOptions::once()),
+/// );
+/// println!("A sent {} bytes", ra.unwrap().stats.bytes_sent);
+/// # }
+/// ```
+pub async fn run_session<T>(
+    db: Arc<Database>,
+    io: T,
+    cfg: SessionConfig,
+    opts: DriverOptions,
+) -> Result<SessionReport, NetError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    // Reads the feed head: one short query.
+    let session = Session::new(&db, cfg, 0)?;
+    let notify = opts.wake.clone().unwrap_or_default();
+    let listener = CommitListener::register(db.clone(), notify.clone());
+    let (rd, wr) = tokio::io::split(io);
+    let mut d = Driver {
+        db,
+        session: Some(session),
+        start,
+        opts,
+        out: Vec::new(),
+        out_pos: 0,
+        bulk_tx: false,
+        applied_mark: 0,
+        peer: None,
+        end: None,
+        caught_up_at_end: false,
+        io_error: None,
+        write_failed: false,
+    };
+    d.run(rd, wr, &notify).await;
+    drop(listener);
+    d.finish()
+}
+
+/// Unregisters the commit listener however the driver exits (error, panic, cancellation).
+struct CommitListener {
+    db: Arc<Database>,
+    id: u64,
+}
+
+impl CommitListener {
+    fn register(db: Arc<Database>, notify: Arc<Notify>) -> CommitListener {
+        // Runs on the committing thread: only wake the task. `notify_one` stores a permit
+        // when the task is busy, so a commit between two waits is never missed.
+        let id = db.on_commit(Arc::new(move || notify.notify_one()));
+        CommitListener { db, id }
+    }
+}
+
+impl Drop for CommitListener {
+    fn drop(&mut self) {
+        self.db.remove_commit_listener(self.id);
+    }
+}
+
+/// What woke the driver.
+enum Wake {
+    Read(io::Result<usize>),
+    Wrote(io::Result<WriteOutcome>),
+    Commit,
+    Shutdown,
+    Timer,
+    LingerExpired,
+}
+
+enum WriteOutcome {
+    Wrote(usize),
+    Flushed,
+}
+
+/// Write some of `bytes`, or flush when there is nothing left to write. Cancel-safe: a
+/// dropped write wrote nothing, and a flush can be repeated.
+async fn write_step<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<WriteOutcome> {
+    if bytes.is_empty() {
+        w.flush().await?;
+        return Ok(WriteOutcome::Flushed);
+    }
+    match w.write(bytes).await? {
+        0 => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "the transport accepted no bytes",
+        )),
+        n => Ok(WriteOutcome::Wrote(n)),
+    }
+}
+
+struct Driver {
+    db: Arc<Database>,
+    /// Always `Some`, except while the session visits the blocking pool.
+    session: Option<Session>,
+    start: Instant,
+    opts: DriverOptions,
+    /// Encoded frames waiting to be written; `out[out_pos..]` is pending.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The previous transmit round was large: run the next one on the blocking pool.
+    bulk_tx: bool,
+    /// `cells_received` when a unit was last applied: the difference estimates the cells
+    /// staged in the session, waiting for the end of their unit.
+    applied_mark: u64,
+    peer: Option<NodeId>,
+    end: Option<EndReason>,
+    caught_up_at_end: bool,
+    io_error: Option<io::Error>,
+    /// The end reason is a write failure, which a goodbye read afterwards may replace.
+    write_failed: bool,
+}
+
+impl Driver {
+    async fn run<T: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        mut rd: ReadHalf<T>,
+        mut wr: WriteHalf<T>,
+        notify: &Notify,
+    ) {
+        let mut buf = vec![0u8; self.opts.read_buffer_bytes.max(1)];
+        let mut read_open = true;
+        let mut write_open = true;
+        let mut needs_flush = false;
+        let mut linger_until: Option<Instant> = None;
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            if write_open {
+                self.fill_output().await;
+            }
+            self.drain_events();
+            if self.end.is_none() {
+                let flushed = self.out_pos == self.out.len() && !needs_flush;
+                if self.session().is_closed() {
+                    // Closed without an event (cannot happen today); stay safe.
+                    self.end_with(EndReason::Protocol(SyncError {
+                        code: ErrorCode::Internal,
+                        message: "session closed".into(),
+                        remote: false,
+                    }));
+                } else if self.opts.shutdown.is_cancelled() {
+                    self.end_with(EndReason::Shutdown);
+                    self.close(ErrorCode::ShuttingDown, "the node is shutting down");
+                    continue;
+                } else if self.opts.stop_when_caught_up && flushed && self.caught_up() {
+                    self.end_with(EndReason::CaughtUp);
+                    self.close(ErrorCode::ShuttingDown, "caught up: this side is done");
+                    continue;
+                }
+            }
+            self.publish();
+            let running = self.end.is_none();
+            if !running {
+                let until = *linger_until.get_or_insert_with(|| {
+                    Instant::now() + Duration::from_millis(self.opts.linger_ms)
+                });
+                let flushed = self.out_pos == self.out.len() && !needs_flush;
+                if !write_open || flushed || Instant::now() >= until {
+                    break;
+                }
+            }
+            let pending = &self.out[self.out_pos..];
+            let can_write = write_open && (!pending.is_empty() || needs_flush);
+            let timer = if running {
+                self.session()
+                    .poll_timeout()
+                    .map(|ms| self.start + Duration::from_millis(ms))
+            } else {
+                None
+            };
+            let wake = tokio::select! {
+                r = rd.read(&mut buf), if read_open => Wake::Read(r),
+                r = write_step(&mut wr, pending), if can_write => Wake::Wrote(r),
+                _ = notify.notified(), if running => Wake::Commit,
+                _ = self.opts.shutdown.cancelled(), if running => Wake::Shutdown,
+                _ = sleep_until(timer.unwrap_or(far)), if timer.is_some() => Wake::Timer,
+                _ = sleep_until(linger_until.unwrap_or(far)), if !running => Wake::LingerExpired,
+            };
+            match wake {
+                Wake::Read(Ok(0)) => {
+                    read_open = false;
+                    if !self.session().is_closed() {
+                        if self.end.is_none() {
+                            self.end_with(EndReason::TransportClosed);
+                        }
+                        let now = self.now_ms();
+                        let db = self.db.clone();
+                        self.session_mut().transport_closed(now, &db);
+                    }
+                }
+                Wake::Read(Ok(n)) => self.handle_input(&buf[..n]).await,
+                Wake::Read(Err(e)) => {
+                    read_open = false;
+                    write_open = false;
+                    if self.end.is_none() || self.write_failed {
+                        self.end_with(io_reason(&e));
+                        self.io_error = Some(e);
+                    }
+                    let now = self.now_ms();
+                    let db = self.db.clone();
+                    self.session_mut().transport_closed(now, &db);
+                }
+                Wake::Wrote(Ok(WriteOutcome::Wrote(n))) => {
+                    self.out_pos += n;
+                    if self.out_pos == self.out.len() {
+                        self.out.clear();
+                        self.out_pos = 0;
+                        needs_flush = true;
+                    }
+                }
+                Wake::Wrote(Ok(WriteOutcome::Flushed)) => needs_flush = false,
+                Wake::Wrote(Err(e)) => {
+                    write_open = false;
+                    self.out.clear();
+                    self.out_pos = 0;
+                    if self.end.is_none() {
+                        // Keep reading while lingering: if the peer's goodbye is already in
+                        // our input, it explains the failed write better than the error.
+                        self.end_with(io_reason(&e));
+                        self.io_error = Some(e);
+                        self.write_failed = true;
+                    }
+                }
+                Wake::Commit | Wake::Shutdown => {}
+                Wake::Timer => {
+                    let now = self.now_ms();
+                    let db = self.db.clone();
+                    // Pings and persists the acknowledged cursor: short.
+                    self.session_mut().handle_timeout(now, &db);
+                }
+                Wake::LingerExpired => break,
+            }
+        }
+        // Half-close, then read until the peer closes too (or the linger time is up), so the
+        // peer reads our goodbye before the transport goes away.
+        let until = linger_until
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(self.opts.linger_ms));
+        if write_open {
+            let _ = timeout_at(until, wr.shutdown()).await;
+        }
+        if read_open {
+            loop {
+                match timeout_at(until, rd.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => self.handle_input(&buf[..n]).await,
+                    _ => break,
+                }
+            }
+        }
+        self.drain_events();
+        if !self.session().is_closed() {
+            let now = self.now_ms();
+            let db = self.db.clone();
+            self.session_mut().transport_closed(now, &db);
+        }
+        self.drain_events();
+        self.publish_ended();
+    }
+
+    /// Feed received bytes to the session (discarded once it is closed).
+    async fn handle_input(&mut self, bytes: &[u8]) {
+        if self.session().is_closed() {
+            return;
+        }
+        let now = self.now_ms();
+        let staged = self
+            .session()
+            .stats()
+            .cells_received
+            .saturating_sub(self.applied_mark);
+        let blocking =
+            bytes.len() >= BLOCKING_READ_BYTES_MIN || staged >= BLOCKING_STAGED_CELLS_MIN;
+        // A protocol error is also reported as a `Closed` event, handled in `drain_events`.
+        if blocking {
+            let bytes = bytes.to_vec();
+            let _ = self
+                .blocking(move |s, db| s.handle_bytes(now, &bytes, db))
+                .await;
+        } else {
+            let db = self.db.clone();
+            let _ = self.session_mut().handle_bytes(now, bytes, &db);
+        }
+        self.drain_events();
+    }
+
+    /// Move the session's frames into the output buffer, up to its bound.
+    async fn fill_output(&mut self) {
+        let pending = self.out.len() - self.out_pos;
+        let max = self.opts.write_buffer_bytes_max.max(1);
+        if pending >= max {
+            return;
+        }
+        if self.out_pos > 0 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        let budget = max - pending;
+        let now = self.now_ms();
+        let before = self.out.len();
+        if self.bulk_tx {
+            let mut out = std::mem::take(&mut self.out);
+            out = self
+                .blocking(move |s, db| {
+                    drain_transmit(s, db, now, &mut out, budget);
+                    out
+                })
+                .await;
+            self.out = out;
+        } else {
+            let db = self.db.clone();
+            let session = self.session.as_mut().expect("session present");
+            drain_transmit(session, &db, now, &mut self.out, budget);
+        }
+        self.bulk_tx = self.out.len() - before >= BLOCKING_TRANSMIT_BYTES_MIN;
+    }
+
+    /// Run `f` on tokio's blocking pool with the session moved there and back.
+    async fn blocking<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Session, &Database) -> R + Send + 'static,
+    ) -> R {
+        let mut s = self.session.take().expect("session present");
+        let db = self.db.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let r = f(&mut s, &db);
+            (s, r)
+        });
+        match task.await {
+            Ok((s, r)) => {
+                self.session = Some(s);
+                r
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down, which drops this task right after.
+            Err(e) => panic!("blocking sync step cancelled: {e}"),
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.session_mut().poll_event() {
+            match ev {
+                SessionEvent::Connected { peer, .. } => self.peer = Some(peer),
+                SessionEvent::Applied { .. } => {
+                    self.applied_mark = self.session().stats().cells_received;
+                }
+                SessionEvent::Closed(e) => self.on_closed(e),
+            }
+        }
+    }
+
+    fn on_closed(&mut self, e: SyncError) {
+        let reason = if e.remote && e.code == ErrorCode::ShuttingDown {
+            EndReason::PeerFinished
+        } else {
+            EndReason::Protocol(e.clone())
+        };
+        if self.end.is_none() {
+            self.end_with(reason);
+        } else if self.write_failed && e.remote {
+            // The peer's goodbye (or error) was waiting behind the failed write.
+            self.write_failed = false;
+            self.io_error = None;
+            self.end_with(reason);
+        }
+    }
+
+    fn end_with(&mut self, reason: EndReason) {
+        self.caught_up_at_end = match reason {
+            EndReason::CaughtUp => true,
+            _ => self.caught_up(),
+        };
+        self.end = Some(reason);
+    }
+
+    /// `Session::is_caught_up`; a database error there ends the session as internal.
+    fn caught_up(&mut self) -> bool {
+        let db = self.db.clone();
+        match self.session().is_caught_up(&db) {
+            Ok(c) => c,
+            Err(e) => {
+                if self.end.is_none() {
+                    let message = format!("cannot read the change feed: {e}");
+                    self.end = Some(EndReason::Protocol(SyncError {
+                        code: ErrorCode::Internal,
+                        message: message.clone(),
+                        remote: false,
+                    }));
+                    self.close(ErrorCode::Internal, &message);
+                }
+                false
+            }
+        }
+    }
+
+    fn close(&mut self, code: ErrorCode, message: &str) {
+        let now = self.now_ms();
+        let db = self.db.clone();
+        self.session_mut().close(now, &db, code, message);
+    }
+
+    fn publish(&mut self) {
+        if self.opts.monitor.is_none() {
+            return;
+        }
+        // Head first: a commit between the two reads then looks like "not seen yet".
+        let local_seq = self.db.last_seq().unwrap_or(Seq(0));
+        let caught_up = self.end.is_none() && self.caught_up();
+        let snap = SessionSnapshot {
+            peer: self.peer,
+            stats: self.session().stats().clone(),
+            caught_up,
+            local_seq,
+            ended: false,
+        };
+        if let Some(m) = &self.opts.monitor {
+            m.publish(snap);
+        }
+    }
+
+    fn publish_ended(&mut self) {
+        if let Some(m) = &self.opts.monitor {
+            m.publish(SessionSnapshot {
+                peer: self.peer,
+                stats: self.session().stats().clone(),
+                caught_up: self.caught_up_at_end,
+                local_seq: self.db.last_seq().unwrap_or(Seq(0)),
+                ended: true,
+            });
+        }
+    }
+
+    fn finish(mut self) -> Result<SessionReport, NetError> {
+        let end = self.end.take().unwrap_or(EndReason::TransportClosed);
+        let report = SessionReport {
+            node: self.db.node_id(),
+            peer: self.peer,
+            stats: self.session().stats().clone(),
+            end: end.clone(),
+            caught_up: self.caught_up_at_end,
+            elapsed_ms: self.now_ms(),
+        };
+        let once = self.opts.stop_when_caught_up;
+        match end {
+            EndReason::CaughtUp | EndReason::Shutdown => Ok(report),
+            EndReason::PeerFinished if !once || report.caught_up => Ok(report),
+            EndReason::PeerFinished => Err(NetError::Incomplete {
+                report: Box::new(report),
+            }),
+            EndReason::TransportClosed if once && report.caught_up => Ok(report),
+            EndReason::TransportClosed => Err(NetError::Disconnected {
+                report: Box::new(report),
+            }),
+            EndReason::Protocol(error) => Err(NetError::Sync {
+                error,
+                report: Box::new(report),
+            }),
+            EndReason::Io { kind, message } => Err(NetError::Io {
+                source: self
+                    .io_error
+                    .take()
+                    .unwrap_or_else(|| io::Error::new(kind, message)),
+                report: Box::new(report),
+            }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("session present")
+    }
+
+    fn session_mut(&mut self) -> &mut Session {
+        self.session.as_mut().expect("session present")
+    }
+}
+
+/// Move frames from the session into `out` until it has nothing more or `budget` bytes
+/// were added.
+fn drain_transmit(s: &mut Session, db: &Database, now_ms: u64, out: &mut Vec<u8>, budget: usize) {
+    let mut added = 0usize;
+    while added < budget {
+        match s.poll_transmit(now_ms, db) {
+            Some(f) => {
+                added += f.len();
+                out.extend_from_slice(&f);
+            }
+            None => break,
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> EndReason {
+    EndReason::Io {
+        kind: e.kind(),
+        message: e.to_string(),
+    }
+}

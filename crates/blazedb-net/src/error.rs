@@ -1,0 +1,110 @@
+//! Errors of the drivers. Each variant that ends a running session carries the session's
+//! report, so a caller always learns how far the session got (bytes, cells, peer).
+
+use std::path::PathBuf;
+
+use blazedb::sync::SyncError;
+
+use crate::driver::SessionReport;
+
+/// Why a driver, a file sync or a topology operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// Reading the database to start the session failed.
+    #[error("cannot start the sync session: {0}")]
+    Database(#[from] blazedb::Error),
+    /// A database file could not be opened.
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong (wrong password, corruption, permissions...).
+        source: blazedb::Error,
+    },
+    /// Both paths name the same file; a file cannot sync with itself.
+    #[error("{} and {} are the same file: name two different databases", a.display(), b.display())]
+    SameFile {
+        /// First path as given.
+        a: PathBuf,
+        /// Second path as given.
+        b: PathBuf,
+    },
+    /// The session ended with a protocol error, detected here or reported by the peer.
+    #[error("{error}")]
+    Sync {
+        /// The protocol error.
+        error: SyncError,
+        /// How far the session got.
+        report: Box<SessionReport>,
+    },
+    /// The transport failed (read or write error).
+    #[error("sync transport failed: {source}")]
+    Io {
+        /// The I/O error.
+        source: std::io::Error,
+        /// How far the session got.
+        report: Box<SessionReport>,
+    },
+    /// The peer closed the connection without saying goodbye (a crashed peer or a cut
+    /// network); reconnect to resume where the acknowledged data left off.
+    #[error("the peer closed the connection without ending the session; reconnect to resume")]
+    Disconnected {
+        /// How far the session got.
+        report: Box<SessionReport>,
+    },
+    /// The session was asked to stop once caught up, but the peer stopped first while this
+    /// side still had changes in flight (a write happened during the sync); run it again.
+    #[error(
+        "the peer finished before this side was caught up (a write landed during the sync); \
+         sync again to send the rest"
+    )]
+    Incomplete {
+        /// How far the session got.
+        report: Box<SessionReport>,
+    },
+    /// A file kept changing: `sync_files_once` ran its maximum number of rounds without
+    /// both sides ending caught up.
+    #[error("still not caught up after {rounds} rounds: the files keep changing; use watch mode")]
+    NotSettled {
+        /// Rounds run.
+        rounds: u32,
+    },
+    /// A topology limit was reached.
+    #[error("topology limit reached: {0}")]
+    Limit(&'static str),
+    /// A topology handle does not belong to this topology (or was removed).
+    #[error("unknown {0} handle for this topology")]
+    UnknownHandle(&'static str),
+    /// A driver task panicked or was aborted.
+    #[error("sync task did not finish: {0}")]
+    Task(String),
+}
+
+impl NetError {
+    /// The session report, for errors that ended a running session.
+    pub fn report(&self) -> Option<&SessionReport> {
+        match self {
+            NetError::Sync { report, .. }
+            | NetError::Io { report, .. }
+            | NetError::Disconnected { report }
+            | NetError::Incomplete { report } => Some(report),
+            _ => None,
+        }
+    }
+}
+
+/// `Topology::wait_converged` gave up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not converged after {waited_ms} ms: records per node {records:?}, sessions caught up: \
+     {sessions_caught_up}"
+)]
+pub struct ConvergeError {
+    /// How long it waited.
+    pub waited_ms: u64,
+    /// (node name, records) per node at the last check.
+    pub records: Vec<(String, usize)>,
+    /// Whether every running session reported caught up at the last check.
+    pub sessions_caught_up: bool,
+}

@@ -1,0 +1,334 @@
+//! Sync two database files on this machine: what `blazedb sync DB_A DB_B` runs.
+//!
+//! Both files are opened in this process and connected by an in-process pipe with a
+//! [`run_session`] on each end — the same bytes and driver as any other transport.
+//!
+//! - [`sync_files_once`] stops when both sides are caught up and returns the counts.
+//! - [`sync_files_watch`] keeps syncing until told to stop. Commits made through this
+//!   process wake the sessions at once (commit listeners). Commits made by *other
+//!   processes* on the same files do not reach this process's listeners, so watch mode
+//!   checks each file's feed head (`Database::last_seq`, one small query) every
+//!   [`FILE_POLL_INTERVAL_MS`] and wakes that file's session when it moved. This is the one
+//!   poll in the drivers: SQLite offers no cross-process commit notification (its
+//!   `data_version` must be read, and file-system watchers on WAL files are unreliable and
+//!   platform-specific), and a head check costs microseconds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blazedb::sync::{SessionConfig, SyncMode};
+use blazedb::{Database, OpenOptions};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{run_session, DriverOptions, SessionReport};
+use crate::error::NetError;
+use crate::limits::{DUPLEX_BUFFER_BYTES_DEFAULT, FILE_POLL_INTERVAL_MS, SYNC_ONCE_ROUNDS_MAX};
+use crate::topology::complement;
+
+/// How to sync two files.
+#[derive(Clone, Debug)]
+pub struct SyncFilesOptions {
+    /// What file A does: `Both`, `Push` (A only sends: B becomes a read-only replica of A)
+    /// or `Pull` (A only receives from B). B gets the complementary mode.
+    pub mode: SyncMode,
+    /// SQLCipher password of file A (`None`: a plain file).
+    pub password_a: Option<String>,
+    /// SQLCipher password of file B (`None`: a plain file).
+    pub password_b: Option<String>,
+    /// Create a file that does not exist yet (an empty replica that sync then fills).
+    pub create_missing: bool,
+    /// Session settings for both ends (`mode` is set per end).
+    pub session: SessionConfig,
+}
+
+impl Default for SyncFilesOptions {
+    fn default() -> Self {
+        SyncFilesOptions {
+            mode: SyncMode::Both,
+            password_a: None,
+            password_b: None,
+            create_missing: true,
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+/// What moved between two files. `to_json` gives the one JSON line the CLI prints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncFilesReport {
+    /// File A.
+    pub a: PathBuf,
+    /// File B.
+    pub b: PathBuf,
+    /// A's mode.
+    pub mode: String,
+    /// From A to B.
+    pub a_to_b: DirectionReport,
+    /// From B to A.
+    pub b_to_a: DirectionReport,
+    /// Sessions run (more than one when `sync_files_once` needed another round).
+    pub rounds: u32,
+    /// Wall time, in ms.
+    pub elapsed_ms: u64,
+}
+
+/// Traffic in one direction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectionReport {
+    /// Cells the sender put in CHANGES frames.
+    pub cells_sent: u64,
+    /// Cells the receiver decoded.
+    pub cells_received: u64,
+    /// Received cells that changed something at the receiver (the rest it already had).
+    pub cells_applied: u64,
+    /// Framed bytes the sender wrote (handshake, acks and pings included).
+    pub bytes_sent: u64,
+    /// Framed bytes the receiver read.
+    pub bytes_received: u64,
+}
+
+impl DirectionReport {
+    fn add(&mut self, sender: &SessionReport, receiver: &SessionReport) {
+        self.cells_sent += sender.stats.cells_sent;
+        self.bytes_sent += sender.stats.bytes_sent;
+        self.cells_received += receiver.stats.cells_received;
+        self.cells_applied += receiver.stats.cells_applied;
+        self.bytes_received += receiver.stats.bytes_received;
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cells_sent": self.cells_sent,
+            "cells_received": self.cells_received,
+            "cells_applied": self.cells_applied,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+        })
+    }
+}
+
+impl SyncFilesReport {
+    /// The report as one JSON object, e.g.
+    /// `{"a":"a.db","b":"b.db","mode":"both","a_to_b":{"cells_sent":10,...},"b_to_a":{...},
+    /// "rounds":1,"elapsed_ms":3}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "a": self.a.display().to_string(),
+            "b": self.b.display().to_string(),
+            "mode": self.mode,
+            "a_to_b": self.a_to_b.to_json(),
+            "b_to_a": self.b_to_a.to_json(),
+            "rounds": self.rounds,
+            "elapsed_ms": self.elapsed_ms,
+        })
+    }
+
+    fn add_round(&mut self, ra: &SessionReport, rb: &SessionReport) {
+        self.a_to_b.add(ra, rb);
+        self.b_to_a.add(rb, ra);
+        self.rounds += 1;
+    }
+}
+
+/// Sync file `a` with file `b` until both are caught up, then return what moved each way.
+///
+/// Opens both files (with their passwords), runs one session per side over an in-process
+/// pipe with `stop_when_caught_up`, and closes them. A second run right after moves only the
+/// handshakes: the cursors persisted in each file say what the other already has.
+///
+/// If another process writes to a file during the sync, one side may end before the other
+/// is caught up; the sync then runs another round, at most [`SYNC_ONCE_ROUNDS_MAX`], and
+/// the report sums them.
+pub async fn sync_files_once(
+    a: &Path,
+    b: &Path,
+    opts: SyncFilesOptions,
+) -> Result<SyncFilesReport, NetError> {
+    let started = Instant::now();
+    let (da, db) = open_pair(a, b, &opts).await?;
+    let mut report = new_report(a, b, &opts);
+    for _ in 0..SYNC_ONCE_ROUNDS_MAX {
+        let (cfg_a, cfg_b) = configs(&opts);
+        let (io_a, io_b) = tokio::io::duplex(DUPLEX_BUFFER_BYTES_DEFAULT);
+        let (ra, rb) = tokio::join!(
+            run_session(da.clone(), io_a, cfg_a, DriverOptions::once()),
+            run_session(db.clone(), io_b, cfg_b, DriverOptions::once()),
+        );
+        match (ra, rb) {
+            (Ok(ra), Ok(rb)) => {
+                report.add_round(&ra, &rb);
+                report.elapsed_ms = started.elapsed().as_millis() as u64;
+                return Ok(report);
+            }
+            (ra, rb) => {
+                let retry = [&ra, &rb].iter().all(|r| match r {
+                    Ok(_) => true,
+                    Err(e) => matches!(e, NetError::Incomplete { .. }),
+                });
+                if let (Some(x), Some(y)) = (report_of(&ra), report_of(&rb)) {
+                    report.add_round(x, y);
+                }
+                if !retry {
+                    return Err(ra.err().or(rb.err()).expect("one side failed"));
+                }
+            }
+        }
+    }
+    Err(NetError::NotSettled {
+        rounds: report.rounds,
+    })
+}
+
+/// Keep file `a` and file `b` in sync until `stop` completes, then end both sessions
+/// politely and return what moved each way.
+///
+/// Changes made through this process reach the other file at once; changes made by other
+/// processes are noticed within [`FILE_POLL_INTERVAL_MS`] (see the module docs). Returns an
+/// error if a session ends by itself (a protocol error such as a refused clock skew).
+///
+/// ```no_run
+/// # async fn f() -> Result<(), blazedb_net::NetError> {
+/// use blazedb_net::{sync_files_watch, SyncFilesOptions};
+/// let stop = async { let _ = tokio::signal::ctrl_c().await; };
+/// let report = sync_files_watch("a.db".as_ref(), "b.db".as_ref(), SyncFilesOptions::default(), stop).await?;
+/// println!("{}", report.to_json());
+/// # Ok(()) }
+/// ```
+pub async fn sync_files_watch(
+    a: &Path,
+    b: &Path,
+    opts: SyncFilesOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<SyncFilesReport, NetError> {
+    let started = Instant::now();
+    let (da, db) = open_pair(a, b, &opts).await?;
+    let mut report = new_report(a, b, &opts);
+    let (cfg_a, cfg_b) = configs(&opts);
+    let token = CancellationToken::new();
+    let (wake_a, wake_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let driver = |wake: &Arc<Notify>| DriverOptions {
+        shutdown: token.clone(),
+        wake: Some(wake.clone()),
+        ..DriverOptions::default()
+    };
+    let (io_a, io_b) = tokio::io::duplex(DUPLEX_BUFFER_BYTES_DEFAULT);
+    let sessions = async {
+        tokio::join!(
+            run_session(da.clone(), io_a, cfg_a, driver(&wake_a)),
+            run_session(db.clone(), io_b, cfg_b, driver(&wake_b)),
+        )
+    };
+    let stopper = async {
+        stop.await;
+        token.cancel();
+        std::future::pending::<()>().await
+    };
+    let poller = watch_heads([(da.clone(), wake_a.clone()), (db.clone(), wake_b.clone())]);
+    let (ra, rb) = tokio::select! {
+        r = sessions => r,
+        _ = stopper => unreachable!("the stopper never completes"),
+        _ = poller => unreachable!("the poller never completes"),
+    };
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    let (ra, rb) = (ra?, rb?);
+    report.add_round(&ra, &rb);
+    Ok(report)
+}
+
+/// Wake a file's session when its feed head moved (a commit by another process).
+async fn watch_heads(files: [(Arc<Database>, Arc<Notify>); 2]) {
+    let mut heads = [None, None];
+    let mut tick = tokio::time::interval(Duration::from_millis(FILE_POLL_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // One small query per file, but it waits for the database's lock, which a large
+        // apply may hold for a while: read on the blocking pool, never on the sessions' task.
+        let dbs = [files[0].0.clone(), files[1].0.clone()];
+        let now = tokio::task::spawn_blocking(move || dbs.map(|db| db.last_seq().ok()))
+            .await
+            .unwrap_or([None, None]);
+        for (i, head) in now.into_iter().enumerate() {
+            // An error here is left for the session to report.
+            if heads[i].is_some() && head != heads[i] {
+                files[i].1.notify_one();
+            }
+            heads[i] = head;
+        }
+    }
+}
+
+async fn open_pair(
+    a: &Path,
+    b: &Path,
+    opts: &SyncFilesOptions,
+) -> Result<(Arc<Database>, Arc<Database>), NetError> {
+    if let (Ok(x), Ok(y)) = (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        if x == y {
+            return Err(NetError::SameFile {
+                a: a.to_path_buf(),
+                b: b.to_path_buf(),
+            });
+        }
+    }
+    let da = open(a, opts.password_a.clone(), opts.create_missing).await?;
+    let db = open(b, opts.password_b.clone(), opts.create_missing).await?;
+    Ok((da, db))
+}
+
+/// Open on the blocking pool: SQLCipher's key derivation takes a noticeable time.
+async fn open(
+    path: &Path,
+    password: Option<String>,
+    create: bool,
+) -> Result<Arc<Database>, NetError> {
+    let p = path.to_path_buf();
+    let options = OpenOptions {
+        password,
+        create,
+        ..OpenOptions::default()
+    };
+    let opened = tokio::task::spawn_blocking(move || Database::open(&p, options))
+        .await
+        .map_err(|e| NetError::Task(e.to_string()))?;
+    opened.map(Arc::new).map_err(|source| NetError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn configs(opts: &SyncFilesOptions) -> (SessionConfig, SessionConfig) {
+    (
+        SessionConfig {
+            mode: opts.mode,
+            ..opts.session.clone()
+        },
+        SessionConfig {
+            mode: complement(opts.mode),
+            ..opts.session.clone()
+        },
+    )
+}
+
+fn new_report(a: &Path, b: &Path, opts: &SyncFilesOptions) -> SyncFilesReport {
+    let mode = match opts.mode {
+        SyncMode::Both => "both",
+        SyncMode::Push => "push",
+        SyncMode::Pull => "pull",
+    };
+    SyncFilesReport {
+        a: a.to_path_buf(),
+        b: b.to_path_buf(),
+        mode: mode.into(),
+        ..SyncFilesReport::default()
+    }
+}
+
+fn report_of(r: &Result<SessionReport, NetError>) -> Option<&SessionReport> {
+    match r {
+        Ok(r) => Some(r),
+        Err(e) => e.report(),
+    }
+}

@@ -1,0 +1,62 @@
+//! # blazedb-net
+//!
+//! The tokio side of BlazeDB sync. The protocol lives in the core crate as a sans-IO state
+//! machine (`blazedb::sync::Session`); this crate only moves its bytes and runs its timers.
+//!
+//! ```text
+//!   Database ──on_commit──► Notify ─┐
+//!                                   ▼
+//!   AsyncRead + AsyncWrite ◄──► run_session ◄──► Session (sans-IO, core crate)
+//!          ▲
+//!          ├── tokio::io::duplex   (Topology: pairs, hub and spoke, mesh, chain, ring)
+//!          ├── sync_files_once / sync_files_watch  (`blazedb sync DB_A DB_B`)
+//!          └── any socket: TCP, Unix, TLS, WebSocket adapters
+//! ```
+//!
+//! - [`driver`]: [`run_session`] pumps one session over any byte stream.
+//! - [`topology`]: [`Topology`] connects databases of this process in any graph.
+//! - [`files`]: [`sync_files_once`] and [`sync_files_watch`] sync two database files.
+//! - [`limits`]: every buffer size, timeout and bound of this crate.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use blazedb::{Database, OpenOptions};
+//! use blazedb::sync::SyncMode;
+//! use blazedb_net::Topology;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let open = |n: &str| Database::open(dir.path().join(n), OpenOptions::default()).map(Arc::new);
+//! let (phone, laptop) = (open("phone.db")?, open("laptop.db")?);
+//! phone.insert("notes", [("text", "hello")])?;
+//!
+//! let topo = Topology::new();
+//! let (p, l) = (topo.register("phone", phone), topo.register("laptop", laptop.clone()));
+//! topo.connect(p, l, SyncMode::Both)?;
+//! topo.wait_converged(std::time::Duration::from_secs(10)).await?;
+//! assert_eq!(laptop.count("notes")?, 1);
+//! topo.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod driver;
+pub mod error;
+pub mod files;
+pub mod limits;
+pub mod topology;
+
+pub use driver::{
+    run_session, DriverOptions, EndReason, SessionMonitor, SessionReport, SessionSnapshot,
+};
+pub use error::{ConvergeError, NetError};
+pub use files::{
+    sync_files_once, sync_files_watch, DirectionReport, SyncFilesOptions, SyncFilesReport,
+};
+pub use topology::{
+    canonical_dump, complement, ConnectOptions, ConnectionHandle, ConnectionReport,
+    ConnectionSnapshot, NodeHandle, NodeRole, Topology,
+};
