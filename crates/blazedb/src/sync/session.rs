@@ -179,6 +179,8 @@ pub struct Session {
     unacked: VecDeque<Seq>,
     /// Cells sent in the current (incomplete) unit.
     unit_cells: usize,
+    /// Frames of the current unit went out and its last frame has not.
+    unit_open: bool,
     acked: Seq,
     acked_persisted: Seq,
     acked_persisted_ms: u64,
@@ -223,6 +225,7 @@ impl Session {
             unit_until: Seq(0),
             unacked: VecDeque::new(),
             unit_cells: 0,
+            unit_open: false,
             acked: Seq(0),
             acked_persisted: Seq(0),
             acked_persisted_ms: now_ms,
@@ -282,19 +285,31 @@ impl Session {
                 && self.peer_caught_up.is_some_and(|s| self.received_through >= s));
         let tx_done = !sending
             || (self.peer_from.is_some()
-                && self.sent_through >= db.last_seq()?
                 && self.unacked.is_empty()
-                && self.caught_up_sent == Some(self.sent_through));
+                && !self.unit_open
+                && self.caught_up_sent == Some(self.sent_through)
+                && self.nothing_more_for_peer(db)?);
         Ok(rx_done && tx_done)
+    }
+
+    /// True when the feed past what we sent holds nothing for this peer (it may hold changes
+    /// that came from the peer itself, which are never sent back).
+    fn nothing_more_for_peer(&self, db: &Database) -> Result<bool, Error> {
+        if self.sent_through >= db.last_seq()? {
+            return Ok(true);
+        }
+        let peer = self.peer.as_ref().map(|p| p.node);
+        let batch = db.changes_since(self.sent_through, 1, peer)?;
+        Ok(batch.changes.is_empty() && !batch.more)
     }
 
     /// Feed received bytes. On a protocol error the session queues an ERROR frame for the
     /// peer (send it, then close the transport) and returns the error.
     pub fn handle_bytes(&mut self, now_ms: u64, bytes: &[u8], db: &Database) -> Result<(), SyncError> {
+        self.stats.bytes_received += bytes.len() as u64;
         if self.state == State::Closed {
             return Ok(());
         }
-        self.stats.bytes_received += bytes.len() as u64;
         self.decoder.push(bytes);
         loop {
             let frame = match self.decoder.next_frame() {
@@ -530,11 +545,14 @@ impl Session {
             if complete {
                 self.unit_cells = 0;
             }
-            self.send_changes(&batch.changes, batch.next, !complete, now_ms);
+            let sent = self.send_changes(&batch.changes, batch.next, !complete, now_ms);
             self.sent_through = batch.next;
-            if complete {
+            if complete && (sent || self.unit_open) {
+                // Closing a unit whose earlier frames went out: the last frame was sent
+                // above (possibly empty), and the ACK for it is awaited.
                 self.unacked.push_back(batch.next);
             }
+            self.unit_open = !complete && (sent || self.unit_open);
         }
         if self.sent_through >= head
             && self.sent_through >= self.unit_until
@@ -547,14 +565,18 @@ impl Session {
     }
 
     /// Encode changes as one or more CHANGES frames, splitting at record boundaries.
-    fn send_changes(&mut self, changes: &[Change], end: Seq, partial: bool, now_ms: u64) {
+    /// Returns whether anything was sent.
+    fn send_changes(&mut self, changes: &[Change], end: Seq, partial: bool, now_ms: u64) -> bool {
         if changes.is_empty() {
-            if !partial {
-                // Nothing to send (everything came from this peer), but the unit closed.
+            if !partial && self.unit_open {
+                // The unit's earlier frames went out; close it even though this last part
+                // held nothing for this peer (everything came from it).
                 let payload = self.tx_dict.encode_changes(&[], end);
                 self.push_frame(kind::CHANGES, false, &payload, now_ms);
+                return true;
             }
-            return;
+            // Nothing for this peer: CAUGHT_UP will carry the position.
+            return false;
         }
         let mut start = 0;
         let mut bytes = 0usize;
@@ -574,6 +596,7 @@ impl Session {
                 cells = 0;
             }
         }
+        true
     }
 
     /// Handle timers: ping when quiet, give up when the peer is silent too long, persist the
