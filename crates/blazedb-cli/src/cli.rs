@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{conflicts, debug, maintenance, query, record, transfer};
+use crate::commands::{conflicts, debug, maintenance, query, record, sync, transfer};
 
 /// BlazeDB: an embedded, encrypted document database. JSON in, JSON out.
 ///
@@ -63,6 +63,8 @@ pub enum Command {
     Check(maintenance::DbArgs),
     /// Print unresolved conflicts, one JSON object per line.
     Conflicts(conflicts::ConflictsArgs),
+    /// Sync two database files on this machine (once, or continuously as either changes).
+    Sync(sync::SyncArgs),
     /// Change the password to BLAZEDB_NEW_PASSWORD or --new-password-file (neither: decrypt).
     Rekey(maintenance::RekeyArgs),
     /// Tools for BlazeDB's own tests.

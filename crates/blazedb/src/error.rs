@@ -46,7 +46,9 @@ pub enum OpenError {
         reason: String,
     },
     /// The file was written by a newer BlazeDB.
-    #[error("{path} has format version {found}, this build reads up to {supported}: upgrade BlazeDB")]
+    #[error(
+        "{path} has format version {found}, this build reads up to {supported}: upgrade BlazeDB"
+    )]
     NewerFormat {
         /// The file.
         path: String,
@@ -157,7 +159,9 @@ pub enum Error {
     #[error("corrupted record data: {0}; run an integrity check and restore from a peer")]
     Corrupted(#[from] DecodeError),
     /// Time travel asked for a moment whose history was already compacted.
-    #[error("history before {horizon} was compacted by the retention policy; ask for a later time")]
+    #[error(
+        "history before {horizon} was compacted by the retention policy; ask for a later time"
+    )]
     HistoryCompacted {
         /// The earliest readable time (RFC 3339).
         horizon: String,

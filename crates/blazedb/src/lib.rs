@@ -49,8 +49,9 @@ pub mod watch;
 
 pub use error::{ApplyError, Error, OpenError, Result, WriteError};
 pub use store::{
-    Change, ChangeBatch, CollectionPolicy, Conflict, Database, PeerDirection, PeerInfo, FieldOp, HistoryEntry, HistoryRetention, OpenOptions,
-    OrderBy, Patch, Query, Record, Stats, Tx,
+    Change, ChangeBatch, CollectionPolicy, Conflict, Database, FieldOp, HistoryEntry,
+    HistoryRetention, OpenOptions, OrderBy, Patch, PeerDirection, PeerInfo, Query, Record, Stats,
+    Tx,
 };
 pub use types::{Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};
 pub use watch::{Event, EventKind, Watch, WatchItem};

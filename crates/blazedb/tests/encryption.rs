@@ -22,20 +22,38 @@ fn encrypted_file_contains_no_plaintext() {
     {
         let db = Database::open(&path, OpenOptions::with_password("pw")).unwrap();
         for i in 0..200 {
-            db.insert("zebracollection", [("giraffefield", Value::from(format!("okapivalue{i}")))]).unwrap();
+            db.insert(
+                "zebracollection",
+                [("giraffefield", Value::from(format!("okapivalue{i}")))],
+            )
+            .unwrap();
         }
         db.create_index("zebracollection", "giraffefield").unwrap();
         assert!(db.is_encrypted());
     }
     let bytes = file_bytes(&path);
-    for needle in [&b"zebracollection"[..], b"giraffefield", b"okapivalue", b"SQLite format 3", b"blazedb"] {
-        assert!(!contains(&bytes, needle), "found {:?} in the encrypted file", String::from_utf8_lossy(needle));
+    for needle in [
+        &b"zebracollection"[..],
+        b"giraffefield",
+        b"okapivalue",
+        b"SQLite format 3",
+        b"blazedb",
+    ] {
+        assert!(
+            !contains(&bytes, needle),
+            "found {:?} in the encrypted file",
+            String::from_utf8_lossy(needle)
+        );
     }
     // The same data unencrypted does show up, so the scan above can find things.
     let plain = dir.path().join("plain.db");
     {
         let db = Database::open(&plain, OpenOptions::default()).unwrap();
-        db.insert("zebracollection", [("giraffefield", Value::from("okapivalue"))]).unwrap();
+        db.insert(
+            "zebracollection",
+            [("giraffefield", Value::from("okapivalue"))],
+        )
+        .unwrap();
     }
     assert!(contains(&file_bytes(&plain), b"okapivalue"));
 }
@@ -65,7 +83,10 @@ fn wrong_password_is_its_own_error() {
 fn password_on_a_plain_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.db");
-    Database::open(&path, OpenOptions::default()).unwrap().insert("c", [("x", 1)]).unwrap();
+    Database::open(&path, OpenOptions::default())
+        .unwrap()
+        .insert("c", [("x", 1)])
+        .unwrap();
     match Database::open(&path, OpenOptions::with_password("pw")) {
         Err(Error::Open(OpenError::NotEncrypted { .. })) => {}
         other => panic!("expected NotEncrypted, got {other:?}"),
@@ -87,7 +108,8 @@ fn foreign_files_are_not_blazedb() {
     let other = dir.path().join("other.sqlite");
     {
         let c = rusqlite::Connection::open(&other).unwrap();
-        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
     }
     match Database::open(&other, OpenOptions::default()) {
         Err(Error::Open(OpenError::NotABlazeDb { .. })) => {}
@@ -95,7 +117,9 @@ fn foreign_files_are_not_blazedb() {
     }
     // Untouched.
     let c = rusqlite::Connection::open(&other).unwrap();
-    let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -105,10 +129,20 @@ fn truncated_files_are_corrupted_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         {
-            let db = Database::open(&path, OpenOptions { password: password.map(Into::into), ..Default::default() }).unwrap();
+            let db = Database::open(
+                &path,
+                OpenOptions {
+                    password: password.map(Into::into),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             db.transaction(|tx| {
                 for i in 0..3000 {
-                    tx.insert("c", [("n", Value::Int(i)), ("pad", Value::from("x".repeat(100)))])?;
+                    tx.insert(
+                        "c",
+                        [("n", Value::Int(i)), ("pad", Value::from("x".repeat(100)))],
+                    )?;
                 }
                 Ok(())
             })
@@ -120,9 +154,17 @@ fn truncated_files_are_corrupted_not_a_panic() {
         // Cut at a page boundary (so it still looks like a database) and mid-page.
         for cut in [len / 2 / 4096 * 4096, len / 3 + 7] {
             f.set_len(cut).unwrap();
-            let opened = Database::open(&path, OpenOptions { password: password.map(Into::into), ..Default::default() });
+            let opened = Database::open(
+                &path,
+                OpenOptions {
+                    password: password.map(Into::into),
+                    ..Default::default()
+                },
+            );
             let problem = match opened {
-                Err(Error::Open(OpenError::Corrupted { .. } | OpenError::NotABlazeDb { .. })) => true,
+                Err(Error::Open(OpenError::Corrupted { .. } | OpenError::NotABlazeDb { .. })) => {
+                    true
+                }
                 Err(e) => panic!("unexpected error kind for truncated file: {e:?}"),
                 Ok(db) => {
                     // Opening may succeed if the schema pages survived; reading must then fail
@@ -132,7 +174,10 @@ fn truncated_files_are_corrupted_not_a_panic() {
                     scan.is_err() || check.is_err() || !check.unwrap().ok
                 }
             };
-            assert!(problem, "truncation to {cut} of {len} bytes went unnoticed (password {password:?})");
+            assert!(
+                problem,
+                "truncation to {cut} of {len} bytes went unnoticed (password {password:?})"
+            );
         }
     }
 }
@@ -146,7 +191,10 @@ fn rekey_changes_password_and_keeps_data() {
     let node = db.node_id();
     db.rekey(Some("one")).unwrap();
     assert!(db.is_encrypted());
-    assert_eq!(db.get("c", id).unwrap().unwrap().fields["secretword"], Value::from("platypus"));
+    assert_eq!(
+        db.get("c", id).unwrap().unwrap().fields["secretword"],
+        Value::from("platypus")
+    );
     db.rekey(Some("two")).unwrap();
     db.insert("c", [("after", 1)]).unwrap();
     drop(db);
@@ -168,9 +216,15 @@ fn rekey_changes_password_and_keeps_data() {
 fn node_id_is_generated_once_and_persisted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n.db");
-    let a = Database::open(&path, OpenOptions::default()).unwrap().node_id();
-    let b = Database::open(&path, OpenOptions::default()).unwrap().node_id();
-    let other = Database::open(dir.path().join("m.db"), OpenOptions::default()).unwrap().node_id();
+    let a = Database::open(&path, OpenOptions::default())
+        .unwrap()
+        .node_id();
+    let b = Database::open(&path, OpenOptions::default())
+        .unwrap()
+        .node_id();
+    let other = Database::open(dir.path().join("m.db"), OpenOptions::default())
+        .unwrap()
+        .node_id();
     assert_eq!(a, b);
     assert_ne!(a, other);
 }
@@ -178,7 +232,13 @@ fn node_id_is_generated_once_and_persisted() {
 #[test]
 fn missing_file_without_create_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let r = Database::open(dir.path().join("nope.db"), OpenOptions { create: false, ..Default::default() });
+    let r = Database::open(
+        dir.path().join("nope.db"),
+        OpenOptions {
+            create: false,
+            ..Default::default()
+        },
+    );
     assert!(matches!(r, Err(Error::Open(OpenError::Io { .. }))));
     assert!(!dir.path().join("nope.db").exists());
 }

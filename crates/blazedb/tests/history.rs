@@ -11,7 +11,11 @@ fn db_with_clock(retention: HistoryRetention) -> (tempfile::TempDir, Database, A
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1_700_000_000_000));
     let n = now.clone();
-    let opts = OpenOptions { wall_clock: Arc::new(move || n.load(Ordering::SeqCst)), history: retention, ..Default::default() };
+    let opts = OpenOptions {
+        wall_clock: Arc::new(move || n.load(Ordering::SeqCst)),
+        history: retention,
+        ..Default::default()
+    };
     let db = Database::open(dir.path().join("h.db"), opts).unwrap();
     (dir, db, now)
 }
@@ -23,20 +27,32 @@ fn at(ms: u64) -> Timestamp {
 #[test]
 fn history_lists_every_change() {
     let (_d, db, now) = db_with_clock(HistoryRetention::default());
-    let id = db.insert("c", [("title", "a"), ("status", "open")]).unwrap();
+    let id = db
+        .insert("c", [("title", "a"), ("status", "open")])
+        .unwrap();
     now.fetch_add(1000, Ordering::SeqCst);
-    db.update("c", id, Patch::new().set("title", "b").increment("votes", 2)).unwrap();
+    db.update(
+        "c",
+        id,
+        Patch::new().set("title", "b").increment("votes", 2),
+    )
+    .unwrap();
     now.fetch_add(1000, Ordering::SeqCst);
     db.delete("c", id).unwrap();
     let h = db.history("c", id).unwrap();
     let ops: Vec<(&str, String)> = h.iter().map(|e| (e.op, e.cell.clone())).collect();
     assert!(ops.contains(&("insert", "$record".into())));
-    let title_set = h.iter().find(|e| e.op == "set" && e.cell == "title" && e.new == Some(Value::from("b"))).unwrap();
+    let title_set = h
+        .iter()
+        .find(|e| e.op == "set" && e.cell == "title" && e.new == Some(Value::from("b")))
+        .unwrap();
     assert_eq!(title_set.old, Some(Value::from("a")));
     assert!(h.iter().any(|e| e.op == "count"));
     assert!(h.iter().any(|e| e.op == "delete"));
     // The delete removed the fields: recorded as resets with their old values.
-    assert!(h.iter().any(|e| e.op == "reset" && e.cell == "status" && e.old == Some(Value::from("open"))));
+    assert!(h
+        .iter()
+        .any(|e| e.op == "reset" && e.cell == "status" && e.old == Some(Value::from("open"))));
 }
 
 #[test]
@@ -45,20 +61,27 @@ fn time_travel_reads_past_states() {
     let t0 = now.load(Ordering::SeqCst);
     let id = db.insert("c", [("title", "first"), ("n", "x")]).unwrap();
     now.store(t0 + 10_000, Ordering::SeqCst);
-    db.update("c", id, Patch::new().set("title", "second").unset("n")).unwrap();
+    db.update("c", id, Patch::new().set("title", "second").unset("n"))
+        .unwrap();
     now.store(t0 + 20_000, Ordering::SeqCst);
     db.delete("c", id).unwrap();
     now.store(t0 + 30_000, Ordering::SeqCst);
     db.insert_with_id("c", id, [("title", "third")]).unwrap();
 
-    assert!(db.get_at("c", id, at(t0 - 1)).unwrap().is_none(), "before it existed");
+    assert!(
+        db.get_at("c", id, at(t0 - 1)).unwrap().is_none(),
+        "before it existed"
+    );
     let r = db.get_at("c", id, at(t0 + 5_000)).unwrap().unwrap();
     assert_eq!(r.fields["title"], Value::from("first"));
     assert_eq!(r.fields["n"], Value::from("x"));
     let r = db.get_at("c", id, at(t0 + 15_000)).unwrap().unwrap();
     assert_eq!(r.fields["title"], Value::from("second"));
     assert!(!r.fields.contains_key("n"));
-    assert!(db.get_at("c", id, at(t0 + 25_000)).unwrap().is_none(), "deleted then");
+    assert!(
+        db.get_at("c", id, at(t0 + 25_000)).unwrap().is_none(),
+        "deleted then"
+    );
     let r = db.get_at("c", id, at(t0 + 35_000)).unwrap().unwrap();
     assert_eq!(r.fields.len(), 1);
     assert_eq!(r.fields["title"], Value::from("third"));
@@ -66,7 +89,10 @@ fn time_travel_reads_past_states() {
 
 #[test]
 fn retention_compacts_and_sets_a_horizon() {
-    let policy = HistoryRetention { max_age_ms: Some(60_000), max_entries: None };
+    let policy = HistoryRetention {
+        max_age_ms: Some(60_000),
+        max_entries: None,
+    };
     let (_d, db, now) = db_with_clock(policy);
     let t0 = now.load(Ordering::SeqCst);
     let id = db.insert("c", [("v", 0)]).unwrap();
@@ -86,19 +112,29 @@ fn retention_compacts_and_sets_a_horizon() {
         other => panic!("expected HistoryCompacted, got {other:?}"),
     }
     // The live data is untouched.
-    assert_eq!(db.get("c", id).unwrap().unwrap().fields["v"], Value::Int(10));
+    assert_eq!(
+        db.get("c", id).unwrap().unwrap().fields["v"],
+        Value::Int(10)
+    );
 }
 
 #[test]
 fn max_entries_bounds_history() {
-    let policy = HistoryRetention { max_age_ms: None, max_entries: Some(50) };
+    let policy = HistoryRetention {
+        max_age_ms: None,
+        max_entries: Some(50),
+    };
     let (_d, db, _now) = db_with_clock(policy);
     let id = db.insert("c", [("v", 0)]).unwrap();
     for i in 0..500 {
         db.update("c", id, Patch::new().set("v", i)).unwrap();
     }
     // Compaction also runs by itself as history grows (every max_entries/10, at least 100 rows).
-    assert!(db.history_len().unwrap() <= 50 + 100 + 1, "{}", db.history_len().unwrap());
+    assert!(
+        db.history_len().unwrap() <= 50 + 100 + 1,
+        "{}",
+        db.history_len().unwrap()
+    );
     db.compact_history().unwrap();
     assert_eq!(db.history_len().unwrap(), 50);
 }

@@ -14,8 +14,14 @@ fn bugs() -> (tempfile::TempDir, Database) {
                 ("title", Value::from(format!("bug {i:02}"))),
                 ("status", Value::from(status)),
                 ("priority", Value::Int(i % 10)),
-                ("tags", Value::List(vec![Value::from(if i % 2 == 0 { "even" } else { "odd" })])),
-                ("meta", Value::Map([("owner".to_owned(), Value::from(format!("u{}", i % 4)))].into())),
+                (
+                    "tags",
+                    Value::List(vec![Value::from(if i % 2 == 0 { "even" } else { "odd" })]),
+                ),
+                (
+                    "meta",
+                    Value::Map([("owner".to_owned(), Value::from(format!("u{}", i % 4)))].into()),
+                ),
             ];
             if i % 5 == 0 {
                 fields.push(("score", Value::Float(i as f64 / 2.0)));
@@ -29,7 +35,12 @@ fn bugs() -> (tempfile::TempDir, Database) {
 }
 
 fn titles(rs: &[blazedb::Record]) -> Vec<String> {
-    rs.iter().map(|r| match &r.fields["title"] { Value::Text(t) => t.clone(), _ => panic!() }).collect()
+    rs.iter()
+        .map(|r| match &r.fields["title"] {
+            Value::Text(t) => t.clone(),
+            _ => panic!(),
+        })
+        .collect()
 }
 
 #[test]
@@ -46,10 +57,22 @@ fn filters_order_limit_offset() {
     assert_eq!(q("score > 10").len(), 7);
 
     let mut query = Query::filter("status == \"open\"").unwrap();
-    query.order_by = vec![OrderBy { field: "priority".into(), desc: true }, OrderBy { field: "title".into(), desc: false }];
+    query.order_by = vec![
+        OrderBy {
+            field: "priority".into(),
+            desc: true,
+        },
+        OrderBy {
+            field: "title".into(),
+            desc: false,
+        },
+    ];
     query.limit = Some(3);
     query.offset = 1;
-    assert_eq!(titles(&db.query("bugs", &query).unwrap()), vec!["bug 39", "bug 18", "bug 48"]);
+    assert_eq!(
+        titles(&db.query("bugs", &query).unwrap()),
+        vec!["bug 39", "bug 18", "bug 48"]
+    );
 }
 
 #[test]
@@ -66,17 +89,38 @@ fn indexes_are_used_and_maintained() {
     let (_d, db) = bugs();
     db.create_index("bugs", "status").unwrap();
     db.create_index("bugs", "priority").unwrap();
-    assert_eq!(db.indexes("bugs").unwrap(), vec!["priority".to_owned(), "status".to_owned()]);
+    assert_eq!(
+        db.indexes("bugs").unwrap(),
+        vec!["priority".to_owned(), "status".to_owned()]
+    );
     let stats = db.stats().unwrap();
     assert_eq!(stats.collections["bugs"].index_entries["status"], 60);
     // Writes after index creation keep it current.
-    let id = db.insert("bugs", [("status", Value::from("open")), ("priority", Value::Int(99))]).unwrap();
+    let id = db
+        .insert(
+            "bugs",
+            [
+                ("status", Value::from("open")),
+                ("priority", Value::Int(99)),
+            ],
+        )
+        .unwrap();
     let q = Query::filter("priority == 99").unwrap();
     assert_eq!(db.query("bugs", &q).unwrap().len(), 1);
-    db.update("bugs", id, blazedb::Patch::new().set("priority", 98)).unwrap();
+    db.update("bugs", id, blazedb::Patch::new().set("priority", 98))
+        .unwrap();
     assert_eq!(db.query("bugs", &q).unwrap().len(), 0);
-    db.delete("bugs", db.query("bugs", &Query::filter("priority == 98").unwrap()).unwrap()[0].id).unwrap();
-    assert_eq!(db.stats().unwrap().collections["bugs"].index_entries["priority"], 60);
+    db.delete(
+        "bugs",
+        db.query("bugs", &Query::filter("priority == 98").unwrap())
+            .unwrap()[0]
+            .id,
+    )
+    .unwrap();
+    assert_eq!(
+        db.stats().unwrap().collections["bugs"].index_entries["priority"],
+        60
+    );
     assert!(db.drop_index("bugs", "priority").unwrap());
 }
 
@@ -90,10 +134,18 @@ fn arb_expr() -> impl Strategy<Value = String> {
         Just("null".to_owned()),
         Just("true".to_owned()),
     ];
-    let op = prop_oneof![Just("=="), Just("!="), Just("<"), Just("<="), Just(">"), Just(">=")];
+    let op = prop_oneof![
+        Just("=="),
+        Just("!="),
+        Just("<"),
+        Just("<="),
+        Just(">"),
+        Just(">=")
+    ];
     let atom = prop_oneof![
         (field.clone(), op, lit.clone()).prop_map(|(f, o, l)| format!("{f} {o} {l}")),
-        (field.clone(), lit.clone(), lit.clone()).prop_map(|(f, x, y)| format!("{f} in [{x}, {y}]")),
+        (field.clone(), lit.clone(), lit.clone())
+            .prop_map(|(f, x, y)| format!("{f} in [{x}, {y}]")),
         field.clone().prop_map(|f| format!("exists({f})")),
         field.prop_map(|f| format!("{f} starts_with \"x\"")),
     ];

@@ -15,7 +15,10 @@ fn db() -> (tempfile::TempDir, Database) {
 fn typed_values_round_trip() {
     let (_d, db) = db();
     let mut map = BTreeMap::new();
-    map.insert("k".to_owned(), Value::List(vec![Value::Null, Value::Bool(true)]));
+    map.insert(
+        "k".to_owned(),
+        Value::List(vec![Value::Null, Value::Bool(true)]),
+    );
     let u = uuid::Uuid::now_v7();
     let fields: Vec<(&str, Value)> = vec![
         ("null", Value::Null),
@@ -41,14 +44,18 @@ fn typed_values_round_trip() {
 fn update_changes_only_named_fields_and_bumps_rev() {
     let (_d, db) = db();
     let id = db.insert("c", [("a", 1), ("b", 2)]).unwrap();
-    db.update("c", id, Patch::new().set("b", 20).set("c", 30).unset("a")).unwrap();
+    db.update("c", id, Patch::new().set("b", 20).set("c", 30).unset("a"))
+        .unwrap();
     let r = db.get("c", id).unwrap().unwrap();
     assert_eq!(r.fields.len(), 2);
     assert_eq!(r.fields["b"], Value::Int(20));
     assert_eq!(r.fields["c"], Value::Int(30));
     assert_eq!(r.rev, 2);
     let missing = RecordId::new_v7();
-    assert!(matches!(db.update("c", missing, Patch::new().set("a", 1)), Err(Error::Write(WriteError::NotFound { .. }))));
+    assert!(matches!(
+        db.update("c", missing, Patch::new().set("a", 1)),
+        Err(Error::Write(WriteError::NotFound { .. }))
+    ));
 }
 
 #[test]
@@ -56,13 +63,22 @@ fn insert_with_existing_id_fails_upsert_merges() {
     let (_d, db) = db();
     let id = RecordId::new_v7();
     db.insert_with_id("c", id, [("a", 1)]).unwrap();
-    assert!(matches!(db.insert_with_id("c", id, [("a", 2)]), Err(Error::Write(WriteError::AlreadyExists { .. }))));
+    assert!(matches!(
+        db.insert_with_id("c", id, [("a", 2)]),
+        Err(Error::Write(WriteError::AlreadyExists { .. }))
+    ));
     db.upsert("c", id, [("b", 2)]).unwrap();
     let r = db.get("c", id).unwrap().unwrap();
-    assert_eq!((r.fields["a"].clone(), r.fields["b"].clone()), (Value::Int(1), Value::Int(2)));
+    assert_eq!(
+        (r.fields["a"].clone(), r.fields["b"].clone()),
+        (Value::Int(1), Value::Int(2))
+    );
     let fresh = RecordId::new_v7();
     db.upsert("c", fresh, [("z", 9)]).unwrap();
-    assert_eq!(db.get("c", fresh).unwrap().unwrap().fields["z"], Value::Int(9));
+    assert_eq!(
+        db.get("c", fresh).unwrap().unwrap().fields["z"],
+        Value::Int(9)
+    );
 }
 
 #[test]
@@ -75,18 +91,31 @@ fn delete_then_reinsert() {
     assert_eq!(db.count("c").unwrap(), 0);
     db.insert_with_id("c", id, [("c", 3)]).unwrap();
     let r = db.get("c", id).unwrap().unwrap();
-    assert_eq!(r.fields.len(), 1, "a re-insert does not bring back deleted fields");
+    assert_eq!(
+        r.fields.len(),
+        1,
+        "a re-insert does not bring back deleted fields"
+    );
     assert_eq!(r.fields["c"], Value::Int(3));
 }
 
 #[test]
 fn counters_and_sets() {
     let (_d, db) = db();
-    let id = db.insert("c", [("likes", Value::Int(10)), ("tags", Value::List(vec!["a".into()]))]).unwrap();
+    let id = db
+        .insert(
+            "c",
+            [
+                ("likes", Value::Int(10)),
+                ("tags", Value::List(vec!["a".into()])),
+            ],
+        )
+        .unwrap();
     assert_eq!(db.increment("c", id, "likes", 5).unwrap(), 15);
     assert_eq!(db.increment("c", id, "likes", -20).unwrap(), -5);
     assert_eq!(db.increment("c", id, "fresh", 1).unwrap(), 1);
-    db.set_add("c", id, "tags", vec!["b".into(), "c".into(), "b".into()]).unwrap();
+    db.set_add("c", id, "tags", vec!["b".into(), "c".into(), "b".into()])
+        .unwrap();
     db.set_remove("c", id, "tags", vec!["a".into()]).unwrap();
     let r = db.get("c", id).unwrap().unwrap();
     assert_eq!(r.fields["likes"], Value::Int(-5));
@@ -114,17 +143,26 @@ fn transactions_are_atomic() {
         Err(Error::InvalidArgument("abort".into()))
     });
     assert!(r.is_err());
-    assert_eq!(db.get("acct", a).unwrap().unwrap().fields["balance"], Value::Int(100));
+    assert_eq!(
+        db.get("acct", a).unwrap().unwrap().fields["balance"],
+        Value::Int(100)
+    );
     assert!(!db.collections().unwrap().contains(&"newcoll".to_owned()));
     // A successful one applies everything and reads its own writes.
     db.transaction(|tx| {
         tx.increment("acct", a, "balance", -50)?;
         tx.increment("acct", b, "balance", 50)?;
-        assert_eq!(tx.get("acct", b)?.unwrap().fields["balance"], Value::Int(50));
+        assert_eq!(
+            tx.get("acct", b)?.unwrap().fields["balance"],
+            Value::Int(50)
+        );
         Ok(())
     })
     .unwrap();
-    assert_eq!(db.get("acct", b).unwrap().unwrap().fields["balance"], Value::Int(50));
+    assert_eq!(
+        db.get("acct", b).unwrap().unwrap().fields["balance"],
+        Value::Int(50)
+    );
     // One commit, one feed position for both records.
     let batch = db.changes_since(blazedb::Seq(2), 100, None).unwrap();
     assert_eq!(batch.changes.len(), 2);
@@ -138,11 +176,25 @@ fn limits_are_clear_errors() {
     let e = db.insert("c", [("x", big)]).unwrap_err();
     assert!(e.to_string().contains("limit"), "{e}");
     let long = "f".repeat(blazedb::limits::FIELD_NAME_BYTES_MAX + 1);
-    assert!(matches!(db.insert("c", [(long.as_str(), 1)]), Err(Error::Write(WriteError::InvalidName { .. }))));
-    assert!(matches!(db.insert("", [("a", 1)]), Err(Error::Write(WriteError::InvalidName { .. }))));
-    assert!(matches!(db.insert("c", [("_id", 1)]), Err(Error::Write(WriteError::InvalidName { .. }))));
-    let many: Vec<(String, Value)> = (0..=blazedb::limits::RECORD_FIELDS_MAX).map(|i| (format!("f{i}"), Value::Int(1))).collect();
-    assert!(matches!(db.insert("c", many), Err(Error::Write(WriteError::Limit { .. }))));
+    assert!(matches!(
+        db.insert("c", [(long.as_str(), 1)]),
+        Err(Error::Write(WriteError::InvalidName { .. }))
+    ));
+    assert!(matches!(
+        db.insert("", [("a", 1)]),
+        Err(Error::Write(WriteError::InvalidName { .. }))
+    ));
+    assert!(matches!(
+        db.insert("c", [("_id", 1)]),
+        Err(Error::Write(WriteError::InvalidName { .. }))
+    ));
+    let many: Vec<(String, Value)> = (0..=blazedb::limits::RECORD_FIELDS_MAX)
+        .map(|i| (format!("f{i}"), Value::Int(1)))
+        .collect();
+    assert!(matches!(
+        db.insert("c", many),
+        Err(Error::Write(WriteError::Limit { .. }))
+    ));
     let mut deep = Value::Null;
     for _ in 0..=blazedb::limits::VALUE_DEPTH_MAX {
         deep = Value::List(vec![deep]);
@@ -194,7 +246,10 @@ fn data_survives_reopen_and_clock_is_monotonic() {
         v1 = db.history("c", id).unwrap().last().unwrap().version;
     }
     // A clock that went back an hour still produces later versions.
-    let opts = OpenOptions { wall_clock: std::sync::Arc::new(|| blazedb::store::system_ms() - 3_600_000), ..Default::default() };
+    let opts = OpenOptions {
+        wall_clock: std::sync::Arc::new(|| blazedb::store::system_ms() - 3_600_000),
+        ..Default::default()
+    };
     let db = Database::open(&path, opts).unwrap();
     db.update("c", id, Patch::new().set("a", 2)).unwrap();
     let v2 = db.history("c", id).unwrap().last().unwrap().version;

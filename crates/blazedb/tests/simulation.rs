@@ -165,7 +165,8 @@ impl Sim {
     fn set_time(&mut self, now: u64) {
         self.now = now;
         for n in &self.nodes {
-            n.clock.store((now as i64 + n.offset_ms) as u64, Ordering::SeqCst);
+            n.clock
+                .store((now as i64 + n.offset_ms) as u64, Ordering::SeqCst);
         }
     }
 
@@ -201,9 +202,15 @@ impl Sim {
                     .map(|_| "insert")
             } else {
                 match op {
-                    25..=54 => db.update("docs", id, Patch::new().set(field, value.clone())).map(|_| "set"),
-                    55..=62 => db.update("docs", id, Patch::new().unset(field)).map(|_| "unset"),
-                    63..=72 => db.increment("docs", id, "n", r.gen_range(-3..4)).map(|_| "inc"),
+                    25..=54 => db
+                        .update("docs", id, Patch::new().set(field, value.clone()))
+                        .map(|_| "set"),
+                    55..=62 => db
+                        .update("docs", id, Patch::new().unset(field))
+                        .map(|_| "unset"),
+                    63..=72 => db
+                        .increment("docs", id, "n", r.gen_range(-3..4))
+                        .map(|_| "inc"),
                     73..=80 => db
                         .set_add("docs", id, "tags", vec![Value::Int(r.gen_range(0..4))])
                         .map(|_| "add"),
@@ -216,7 +223,11 @@ impl Sim {
             trace = format!("n{i} {:?} {id} {field}={value:?}", res);
             if let Err(e) = &res {
                 // Only type mismatches are expected (a set op on a field that is an int).
-                assert!(e.to_string().contains("holds a"), "seed {}: unexpected error {e}", self.seed);
+                assert!(
+                    e.to_string().contains("holds a"),
+                    "seed {}: unexpected error {e}",
+                    self.seed
+                );
             }
         }
         self.trace.push(trace);
@@ -231,17 +242,34 @@ impl Sim {
             for mut c in ch.cells {
                 c.seq = Seq(0);
                 self.written.push((ch.collection.clone(), ch.id, c.clone()));
-                self.model.entry((ch.collection.clone(), ch.id)).or_default().merge(c);
+                self.model
+                    .entry((ch.collection.clone(), ch.id))
+                    .or_default()
+                    .merge(c);
             }
         }
     }
 
     fn connect(&mut self, l: usize) {
         let [a, b] = self.links[l].ends;
-        let cfg = SessionConfig { batch_cells_max: self.rng.gen_range(1..64), ..SessionConfig::default() };
-        let sa = Session::new(self.db(a), SessionConfig { mode: SyncMode::Both, ..cfg.clone() }, self.now).unwrap();
+        let cfg = SessionConfig {
+            batch_cells_max: self.rng.gen_range(1..64),
+            ..SessionConfig::default()
+        };
+        let sa = Session::new(
+            self.db(a),
+            SessionConfig {
+                mode: SyncMode::Both,
+                ..cfg.clone()
+            },
+            self.now,
+        )
+        .unwrap();
         let sb = Session::new(self.db(b), cfg, self.now).unwrap();
-        self.links[l].conn = Some(Conn { sessions: [sa, sb], inflight: [VecDeque::new(), VecDeque::new()] });
+        self.links[l].conn = Some(Conn {
+            sessions: [sa, sb],
+            inflight: [VecDeque::new(), VecDeque::new()],
+        });
     }
 
     fn disconnect(&mut self, l: usize, why: &str) {
@@ -262,10 +290,15 @@ impl Sim {
         let mut progress = false;
         for l in 0..self.links.len() {
             let ends = self.links[l].ends;
-            let Some(conn) = self.links[l].conn.as_mut() else { continue };
+            let Some(conn) = self.links[l].conn.as_mut() else {
+                continue;
+            };
             let mut failed = None;
             'sides: for to in 0..2 {
-                while conn.inflight[to].front().is_some_and(|(t, _)| *t <= self.now) {
+                while conn.inflight[to]
+                    .front()
+                    .is_some_and(|(t, _)| *t <= self.now)
+                {
                     let (_, frame) = conn.inflight[to].pop_front().unwrap();
                     let db = self.nodes[ends[to]].db.as_ref().expect("up");
                     progress = true;
@@ -275,7 +308,11 @@ impl Sim {
                     }
                     while let Some(ev) = conn.sessions[to].poll_event() {
                         if let blazedb::sync::SessionEvent::Applied { cells, through } = ev {
-                            self.trace.push(format!("n{} applied {cells} cells from n{} through {through}", ends[to], ends[1 - to]));
+                            self.trace.push(format!(
+                                "n{} applied {cells} cells from n{} through {through}",
+                                ends[to],
+                                ends[1 - to]
+                            ));
                         }
                     }
                     if std::env::var("BLAZEDB_SIM_DEBUG").is_ok() && transfer_sum(db) != 0 {
@@ -285,7 +322,10 @@ impl Sim {
                                 for ch in d.changes_since(Seq(0), 100_000, None).unwrap().changes {
                                     if ch.collection == "accounts" {
                                         for c in &ch.cells {
-                                            eprintln!("  seq {} acct {} {:?} = {:?} @ {:?}", ch.seq, ch.id.0[1], c.key, c.value, c.version.hlc);
+                                            eprintln!(
+                                                "  seq {} acct {} {:?} = {:?} @ {:?}",
+                                                ch.seq, ch.id.0[1], c.key, c.value, c.version.hlc
+                                            );
                                         }
                                     }
                                 }
@@ -303,7 +343,10 @@ impl Sim {
             let conn = self.links[l].conn.as_mut().unwrap();
             for from in 0..2 {
                 let db = self.nodes[ends[from]].db.as_ref().expect("up");
-                if conn.sessions[from].poll_timeout().is_some_and(|t| t <= self.now) {
+                if conn.sessions[from]
+                    .poll_timeout()
+                    .is_some_and(|t| t <= self.now)
+                {
                     conn.sessions[from].handle_timeout(self.now, db);
                 }
                 // In-order delivery per direction (like TCP): each frame is due no earlier
@@ -313,22 +356,38 @@ impl Sim {
                     let last = conn.inflight[1 - from].back().map_or(0, |(t, _)| *t);
                     let due = (self.now + self.rng.gen_range(0..=delay_max)).max(last);
                     // Rare faults inside a connection: each must end the session cleanly.
-                    let fault = if self.faults { self.rng.gen_range(0..1000) } else { 1000 };
+                    let fault = if self.faults {
+                        self.rng.gen_range(0..1000)
+                    } else {
+                        1000
+                    };
                     if fault < 3 {
                         let i = self.rng.gen_range(0..f.len());
                         f[i] ^= 1 << self.rng.gen_range(0..8);
-                        self.trace.push(format!("corrupt frame {}-{}", ends[from], ends[1 - from]));
+                        self.trace
+                            .push(format!("corrupt frame {}-{}", ends[from], ends[1 - from]));
                     }
                     conn.inflight[1 - from].push_back((due, f.clone()));
                     if (3..5).contains(&fault) {
                         conn.inflight[1 - from].push_back((due, f));
-                        self.trace.push(format!("duplicate frame {}-{}", ends[from], ends[1 - from]));
+                        self.trace.push(format!(
+                            "duplicate frame {}-{}",
+                            ends[from],
+                            ends[1 - from]
+                        ));
                     } else if (5..7).contains(&fault) && conn.inflight[1 - from].len() >= 2 {
                         let n = conn.inflight[1 - from].len();
-                        let (x, y) = (conn.inflight[1 - from][n - 1].1.clone(), conn.inflight[1 - from][n - 2].1.clone());
+                        let (x, y) = (
+                            conn.inflight[1 - from][n - 1].1.clone(),
+                            conn.inflight[1 - from][n - 2].1.clone(),
+                        );
                         conn.inflight[1 - from][n - 1].1 = y;
                         conn.inflight[1 - from][n - 2].1 = x;
-                        self.trace.push(format!("reorder frames {}-{}", ends[from], ends[1 - from]));
+                        self.trace.push(format!(
+                            "reorder frames {}-{}",
+                            ends[from],
+                            ends[1 - from]
+                        ));
                     }
                 }
             }
@@ -389,8 +448,13 @@ impl Sim {
                 50..=56 => {
                     let l = self.rng.gen_range(0..self.links.len());
                     self.links[l].partitioned = !self.links[l].partitioned;
-                    let state = if self.links[l].partitioned { "partition" } else { "heal" };
-                    self.trace.push(format!("{state} link {:?}", self.links[l].ends));
+                    let state = if self.links[l].partitioned {
+                        "partition"
+                    } else {
+                        "heal"
+                    };
+                    self.trace
+                        .push(format!("{state} link {:?}", self.links[l].ends));
                     if self.links[l].partitioned {
                         self.disconnect(l, "partition");
                     }
@@ -448,7 +512,9 @@ impl Sim {
             self.set_time(t);
             let progress = self.network_step();
             let inflight = self.links.iter().any(|l| {
-                l.conn.as_ref().is_some_and(|c| c.inflight.iter().any(|q| !q.is_empty()))
+                l.conn
+                    .as_ref()
+                    .is_some_and(|c| c.inflight.iter().any(|q| !q.is_empty()))
             });
             let all_up = self.links.iter().all(|l| l.conn.is_some());
             if !progress && !inflight && all_up {
@@ -490,7 +556,12 @@ impl Sim {
         let mut out = Vec::new();
         for ((coll, id), state) in &self.model {
             if state.is_live() {
-                let r = Record { collection: coll.clone(), id: *id, rev: 0, fields: state.fields() };
+                let r = Record {
+                    collection: coll.clone(),
+                    id: *id,
+                    rev: 0,
+                    fields: state.fields(),
+                };
                 out.push((coll.clone(), id.to_string(), r.to_json().to_string()));
             }
         }
@@ -509,7 +580,11 @@ impl Sim {
             }
             check_transfers(self.db(i), self.seed, &self.trace);
             let report = self.db(i).integrity_check().unwrap();
-            assert!(report.ok, "seed {}: integrity {:?}", self.seed, report.problems);
+            assert!(
+                report.ok,
+                "seed {}: integrity {:?}",
+                self.seed, report.problems
+            );
         }
         // Nothing silently lost: a plain write that is not in the final state was either
         // overwritten by someone who had seen it, or is on some node's conflict list.
@@ -535,7 +610,10 @@ impl Sim {
                     && c.prev.is_some_and(|p| p >= w.version)
             });
             if !seen && !losers.contains(&w.version) {
-                self.fail(&format!("write {coll}/{id} {:?} = {:?} was lost without a conflict record", w.key, w.value));
+                self.fail(&format!(
+                    "write {coll}/{id} {:?} = {:?} was lost without a conflict record",
+                    w.key, w.value
+                ));
             }
         }
     }
@@ -571,19 +649,18 @@ fn check_transfers(db: &Database, seed: u64, trace: &[String]) {
 }
 
 fn transfer_sum(db: &Database) -> i64 {
-    db
-        .transaction(|tx| {
-            let mut sum = 0;
-            for a in 0..ACCOUNTS {
-                if let Some(r) = tx.get("accounts", account_id(a))? {
-                    if let Some(Value::Int(b)) = r.fields.get("balance") {
-                        sum += b;
-                    }
+    db.transaction(|tx| {
+        let mut sum = 0;
+        for a in 0..ACCOUNTS {
+            if let Some(r) = tx.get("accounts", account_id(a))? {
+                if let Some(Value::Int(b)) = r.fields.get("balance") {
+                    sum += b;
                 }
             }
-            Ok(sum)
-        })
-        .unwrap()
+        }
+        Ok(sum)
+    })
+    .unwrap()
 }
 
 fn run_seed(seed: u64) {
@@ -600,8 +677,13 @@ fn simulation_converges_under_faults() {
         run_seed(s.parse().expect("BLAZEDB_SIM_SEED must be a number"));
         return;
     }
-    let seeds: u64 = std::env::var("BLAZEDB_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1500);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4) as u64;
+    let seeds: u64 = std::env::var("BLAZEDB_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1500);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4) as u64;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             std::thread::spawn(move || {

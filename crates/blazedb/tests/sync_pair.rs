@@ -8,7 +8,10 @@ use blazedb::{Patch, Value};
 use common::{dump, open, sync_pair};
 
 fn cfg(mode: SyncMode) -> SessionConfig {
-    SessionConfig { mode, ..SessionConfig::default() }
+    SessionConfig {
+        mode,
+        ..SessionConfig::default()
+    }
 }
 
 #[test]
@@ -18,13 +21,16 @@ fn full_then_incremental_sync() {
     let mut ids = Vec::new();
     a.transaction(|tx| {
         for i in 0..10_000 {
-            ids.push(tx.insert("bugs", [
-                ("title", Value::from(format!("bug number {i}"))),
-                ("status", Value::from("open")),
-                ("priority", Value::Int(i % 10)),
-                ("assignee", Value::from("someone")),
-                ("votes", Value::Int(0)),
-            ])?);
+            ids.push(tx.insert(
+                "bugs",
+                [
+                    ("title", Value::from(format!("bug number {i}"))),
+                    ("status", Value::from("open")),
+                    ("priority", Value::Int(i % 10)),
+                    ("assignee", Value::from("someone")),
+                    ("votes", Value::Int(0)),
+                ],
+            )?);
         }
         Ok(())
     })
@@ -35,11 +41,15 @@ fn full_then_incremental_sync() {
     assert_eq!(b.count("bugs").unwrap(), 10_000);
 
     // One field changes: the whole resync, handshake included, is tiny.
-    a.update("bugs", ids[1234], Patch::new().set("status", "closed")).unwrap();
+    a.update("bugs", ids[1234], Patch::new().set("status", "closed"))
+        .unwrap();
     let moved = sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
     assert_eq!(dump(&a), dump(&b));
     let total = moved.a_to_b + moved.b_to_a;
-    assert!(total <= 300, "incremental resync moved {total} bytes ({moved:?})");
+    assert!(
+        total <= 300,
+        "incremental resync moved {total} bytes ({moved:?})"
+    );
 
     // Nothing changed: nothing but handshakes.
     let moved = sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
@@ -52,7 +62,10 @@ fn cells_do_not_echo_back() {
     let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
     a.transaction(|tx| {
         for i in 0..500 {
-            tx.insert("c", [("n", Value::Int(i)), ("pad", Value::from("x".repeat(50)))])?;
+            tx.insert(
+                "c",
+                [("n", Value::Int(i)), ("pad", Value::from("x".repeat(50)))],
+            )?;
         }
         Ok(())
     })
@@ -71,23 +84,42 @@ fn pull_only_replica_never_sends() {
     let local = b.insert("c", [("only_b", 1)]).unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Push), cfg(SyncMode::Pull));
     assert_eq!(b.count("c").unwrap(), 2);
-    assert!(a.get("c", local).unwrap().is_none(), "the pull side kept its write to itself");
+    assert!(
+        a.get("c", local).unwrap().is_none(),
+        "the pull side kept its write to itself"
+    );
 }
 
 #[test]
 fn concurrent_writes_converge_and_record_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
-    let id = a.insert("c", [("title", Value::from("v0")), ("n", Value::Int(0))]).unwrap();
+    let id = a
+        .insert("c", [("title", Value::from("v0")), ("n", Value::Int(0))])
+        .unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
-    a.update("c", id, Patch::new().set("title", "from a").increment("n", 1)).unwrap();
+    a.update(
+        "c",
+        id,
+        Patch::new().set("title", "from a").increment("n", 1),
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
-    b.update("c", id, Patch::new().set("title", "from b").increment("n", 10)).unwrap();
+    b.update(
+        "c",
+        id,
+        Patch::new().set("title", "from b").increment("n", 10),
+    )
+    .unwrap();
     b.set_add("c", id, "tags", vec!["x".into()]).unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
     assert_eq!(dump(&a), dump(&b));
     let r = a.get("c", id).unwrap().unwrap();
-    assert_eq!(r.fields["title"], Value::from("from b"), "the later write wins");
+    assert_eq!(
+        r.fields["title"],
+        Value::from("from b"),
+        "the later write wins"
+    );
     assert_eq!(r.fields["n"], Value::Int(11), "counters add up");
     // The loser is not lost: A recorded it when B's write overwrote its own.
     let conflicts = a.conflicts(Some("c")).unwrap();
@@ -95,9 +127,13 @@ fn concurrent_writes_converge_and_record_conflicts() {
     assert_eq!(conflicts[0].loser, Some(Value::from("from a")));
     assert_eq!(conflicts[0].winner, Some(Value::from("from b")));
     // Resolving writes a new value that syncs like any other.
-    a.resolve_conflict(conflicts[0].id, Some(Value::from("merged"))).unwrap();
+    a.resolve_conflict(conflicts[0].id, Some(Value::from("merged")))
+        .unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
-    assert_eq!(b.get("c", id).unwrap().unwrap().fields["title"], Value::from("merged"));
+    assert_eq!(
+        b.get("c", id).unwrap().unwrap().fields["title"],
+        Value::from("merged")
+    );
     assert!(a.conflicts(None).unwrap().is_empty());
 }
 
@@ -112,7 +148,10 @@ fn deletes_propagate_and_concurrent_update_after_delete_survives() {
     b.update("c", id, Patch::new().set("y", 3)).unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
     assert_eq!(dump(&a), dump(&b));
-    let r = a.get("c", id).unwrap().expect("the later update keeps the record alive");
+    let r = a
+        .get("c", id)
+        .unwrap()
+        .expect("the later update keeps the record alive");
     assert_eq!(r.fields.len(), 1);
     assert_eq!(r.fields["y"], Value::Int(3));
     b.delete("c", id).unwrap();
@@ -156,24 +195,55 @@ fn policies_auto_resolve_and_server_priority() {
         server_priority: true,
     };
     server.set_policy("c", policy.clone()).unwrap();
-    client.set_policy("c", CollectionPolicy { server_priority: false, ..policy }).unwrap();
-    let id = server.insert("c", [("title", Value::from("t0")), ("price", Value::Int(1))]).unwrap();
+    client
+        .set_policy(
+            "c",
+            CollectionPolicy {
+                server_priority: false,
+                ..policy
+            },
+        )
+        .unwrap();
+    let id = server
+        .insert(
+            "c",
+            [("title", Value::from("t0")), ("price", Value::Int(1))],
+        )
+        .unwrap();
     sync_pair(&server, &client, cfg(SyncMode::Both), cfg(SyncMode::Both));
-    server.update("c", id, Patch::new().set("price", 100).set("title", "server title")).unwrap();
+    server
+        .update(
+            "c",
+            id,
+            Patch::new().set("price", 100).set("title", "server title"),
+        )
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
-    client.update("c", id, Patch::new().set("price", 5).set("title", "client title")).unwrap();
+    client
+        .update(
+            "c",
+            id,
+            Patch::new().set("price", 5).set("title", "client title"),
+        )
+        .unwrap();
     sync_pair(&server, &client, cfg(SyncMode::Both), cfg(SyncMode::Both));
     sync_pair(&server, &client, cfg(SyncMode::Both), cfg(SyncMode::Both));
     assert_eq!(dump(&server), dump(&client));
     let r = client.get("c", id).unwrap().unwrap();
-    assert_eq!(r.fields["price"], Value::Int(100), "the server's concurrent write wins");
+    assert_eq!(
+        r.fields["price"],
+        Value::Int(100),
+        "the server's concurrent write wins"
+    );
     assert_eq!(r.fields["title"], Value::from("server title"));
     // On the server: the manual field's conflict stays open; the other was auto-resolved.
     let open_conflicts = server.conflicts(Some("c")).unwrap();
     assert_eq!(open_conflicts.len(), 1, "{open_conflicts:?}");
     assert_eq!(open_conflicts[0].field.as_deref(), Some("title"));
     let all = server.conflicts_all(Some("c")).unwrap();
-    assert!(all.iter().any(|c| c.field.as_deref() == Some("price") && c.resolved));
+    assert!(all
+        .iter()
+        .any(|c| c.field.as_deref() == Some("price") && c.resolved));
 }
 
 #[test]

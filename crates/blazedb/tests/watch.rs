@@ -12,7 +12,8 @@ fn events_follow_commits() {
     let all = db.watch("bugs", None, None).unwrap();
     let open = db.watch("bugs", Some("status == \"open\""), None).unwrap();
     let id = db.insert("bugs", [("status", "open")]).unwrap();
-    db.update("bugs", id, Patch::new().set("status", "closed")).unwrap();
+    db.update("bugs", id, Patch::new().set("status", "closed"))
+        .unwrap();
     db.insert("other", [("x", 1)]).unwrap();
     let _: Result<(), Error> = db.transaction(|tx| {
         tx.insert("bugs", [("status", "open")])?;
@@ -26,10 +27,18 @@ fn events_follow_commits() {
             WatchItem::Lagged(n) => panic!("lagged {n}"),
         })
         .collect();
-    assert_eq!(kinds, vec![EventKind::Inserted, EventKind::Updated, EventKind::Deleted]);
-    let Some(WatchItem::Event(e)) = open.recv_timeout(Duration::from_secs(1)) else { panic!() };
+    assert_eq!(
+        kinds,
+        vec![EventKind::Inserted, EventKind::Updated, EventKind::Deleted]
+    );
+    let Some(WatchItem::Event(e)) = open.recv_timeout(Duration::from_secs(1)) else {
+        panic!()
+    };
     assert_eq!(e.kind, EventKind::Inserted);
-    assert!(open.try_recv().is_none(), "the closed update does not match the filter");
+    assert!(
+        open.try_recv().is_none(),
+        "the closed update does not match the filter"
+    );
 }
 
 #[test]

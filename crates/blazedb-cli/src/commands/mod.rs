@@ -7,6 +7,7 @@ pub mod history;
 pub mod maintenance;
 pub mod query;
 pub mod record;
+pub mod sync;
 pub mod transfer;
 
 use anyhow::Result;
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => maintenance::run_check(&ctx, &args),
         Command::Conflicts(args) => conflicts::run(&ctx, &args),
         Command::Rekey(args) => maintenance::run_rekey(&ctx, &args),
+        Command::Sync(args) => sync::run(&args),
         Command::Debug(command) => debug::run(&ctx, &command),
     }
 }

@@ -35,9 +35,10 @@ pub fn to_json(v: &Value) -> Json {
             ),
         },
         Value::Text(s) => Json::String(s.clone()),
-        Value::Bytes(b) => {
-            tagged("$bytes", Json::String(base64::engine::general_purpose::STANDARD.encode(b)))
-        }
+        Value::Bytes(b) => tagged(
+            "$bytes",
+            Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
         Value::Uuid(u) => tagged("$uuid", Json::String(u.to_string())),
         Value::Timestamp(t) => {
             let text = t.to_rfc3339();
@@ -73,12 +74,17 @@ fn from_json_at(j: &Json, depth: usize) -> Result<Value, String> {
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => match n.as_i64() {
             Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().ok_or_else(|| format!("number {n} out of range"))?),
+            None => Value::Float(
+                n.as_f64()
+                    .ok_or_else(|| format!("number {n} out of range"))?,
+            ),
         },
         Json::String(s) => Value::Text(s.clone()),
-        Json::Array(a) => {
-            Value::List(a.iter().map(|x| from_json_at(x, depth + 1)).collect::<Result<_, _>>()?)
-        }
+        Json::Array(a) => Value::List(
+            a.iter()
+                .map(|x| from_json_at(x, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
         Json::Object(o) => {
             if o.len() == 1 {
                 if let Some(v) = typed(o)? {
@@ -95,12 +101,17 @@ fn from_json_at(j: &Json, depth: usize) -> Result<Value, String> {
 }
 
 fn typed(o: &serde_json::Map<String, Json>) -> Result<Option<Value>, String> {
-    let Some((k, v)) = o.iter().next() else { return Ok(None) };
-    let s = || v.as_str().ok_or_else(|| format!("{k} expects a string, got {v}"));
+    let Some((k, v)) = o.iter().next() else {
+        return Ok(None);
+    };
+    let s = || {
+        v.as_str()
+            .ok_or_else(|| format!("{k} expects a string, got {v}"))
+    };
     Ok(Some(match k.as_str() {
-        "$uuid" => Value::Uuid(
-            uuid::Uuid::try_parse(s()?).map_err(|e| format!("invalid $uuid {v}: {e}"))?,
-        ),
+        "$uuid" => {
+            Value::Uuid(uuid::Uuid::try_parse(s()?).map_err(|e| format!("invalid $uuid {v}: {e}"))?)
+        }
         "$bytes" => Value::Bytes(
             base64::engine::general_purpose::STANDARD
                 .decode(s()?)
@@ -114,7 +125,9 @@ fn typed(o: &serde_json::Map<String, Json>) -> Result<Option<Value>, String> {
             "NaN" => f64::NAN,
             "Infinity" => f64::INFINITY,
             "-Infinity" => f64::NEG_INFINITY,
-            other => other.parse().map_err(|_| format!("invalid $float {other:?}"))?,
+            other => other
+                .parse()
+                .map_err(|_| format!("invalid $float {other:?}"))?,
         }),
         _ => return Ok(None),
     }))
@@ -146,7 +159,9 @@ mod tests {
                 "d":{"$date":"2026-01-01T00:00:00Z"},"n":1.5,"i":7}"#,
         )
         .unwrap();
-        let Value::Map(m) = from_json(&j).unwrap() else { panic!() };
+        let Value::Map(m) = from_json(&j).unwrap() else {
+            panic!()
+        };
         assert!(matches!(m["u"], Value::Uuid(_)));
         assert!(matches!(&m["b"], Value::Bytes(b) if b == &[0, 1]));
         assert!(matches!(m["d"], Value::Timestamp(_)));

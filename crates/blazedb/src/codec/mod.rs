@@ -96,10 +96,10 @@ impl<'a> Reader<'a> {
 
     /// Read one byte.
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
-        let b = *self
-            .buf
-            .get(self.pos)
-            .ok_or(DecodeError::Truncated { offset: self.pos, needed: 1 })?;
+        let b = *self.buf.get(self.pos).ok_or(DecodeError::Truncated {
+            offset: self.pos,
+            needed: 1,
+        })?;
         self.pos += 1;
         Ok(b)
     }
@@ -107,7 +107,10 @@ impl<'a> Reader<'a> {
     /// Read exactly `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
-            return Err(DecodeError::Truncated { offset: self.pos, needed: n - self.remaining() });
+            return Err(DecodeError::Truncated {
+                offset: self.pos,
+                needed: n - self.remaining(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -131,17 +134,29 @@ impl<'a> Reader<'a> {
     pub fn len(&mut self, what: &'static str, max: usize) -> Result<usize, DecodeError> {
         let n = self.varint()?;
         if n > max as u64 {
-            return Err(DecodeError::TooLarge { what, got: n, max: max as u64 });
+            return Err(DecodeError::TooLarge {
+                what,
+                got: n,
+                max: max as u64,
+            });
         }
         Ok(n as usize)
     }
 
     /// Read a count of items each at least `min_item_bytes` long, refusing counts that cannot
     /// fit in the remaining input (so a hostile count never drives a large allocation).
-    pub fn count(&mut self, what: &'static str, max: usize, min_item_bytes: usize) -> Result<usize, DecodeError> {
+    pub fn count(
+        &mut self,
+        what: &'static str,
+        max: usize,
+        min_item_bytes: usize,
+    ) -> Result<usize, DecodeError> {
         let n = self.len(what, max)?;
         if n.saturating_mul(min_item_bytes.max(1)) > self.remaining() {
-            return Err(DecodeError::Truncated { offset: self.pos, needed: n * min_item_bytes.max(1) - self.remaining() });
+            return Err(DecodeError::Truncated {
+                offset: self.pos,
+                needed: n * min_item_bytes.max(1) - self.remaining(),
+            });
         }
         Ok(n)
     }

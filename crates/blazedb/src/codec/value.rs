@@ -99,7 +99,9 @@ pub fn encoded_len(v: &Value) -> usize {
         Value::List(l) => len_u64(l.len() as u64) + l.iter().map(encoded_len).sum::<usize>(),
         Value::Map(m) => {
             len_u64(m.len() as u64)
-                + m.iter().map(|(k, x)| len_u64(k.len() as u64) + k.len() + encoded_len(x)).sum::<usize>()
+                + m.iter()
+                    .map(|(k, x)| len_u64(k.len() as u64) + k.len() + encoded_len(x))
+                    .sum::<usize>()
         }
     }
 }
@@ -121,7 +123,10 @@ pub fn from_bytes(b: &[u8]) -> Result<Value, DecodeError> {
     let mut r = Reader::new(b);
     let v = decode(&mut r)?;
     if !r.is_empty() {
-        return Err(DecodeError::Malformed(format!("{} trailing bytes after value", r.remaining())));
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after value",
+            r.remaining()
+        )));
     }
     Ok(v)
 }
@@ -140,7 +145,9 @@ fn decode_at(r: &mut Reader<'_>, depth: usize) -> Result<Value, DecodeError> {
         UUID => Value::Uuid(uuid::Uuid::from_bytes(r.array()?)),
         TIMESTAMP => Value::Timestamp(Timestamp(read_i64(r)?)),
         LIST | MAP if depth >= VALUE_DEPTH_MAX => {
-            return Err(DecodeError::TooDeep { max: VALUE_DEPTH_MAX })
+            return Err(DecodeError::TooDeep {
+                max: VALUE_DEPTH_MAX,
+            })
         }
         LIST => {
             let n = r.count("list length", VALUE_BYTES_MAX, 1)?;
@@ -226,9 +233,15 @@ pub(crate) mod tests {
         let b = [LIST, 1].repeat(VALUE_DEPTH_MAX + 2);
         assert!(matches!(from_bytes(&b), Err(DecodeError::TooDeep { .. })));
         // Unknown tag.
-        assert!(matches!(from_bytes(&[0x7f]), Err(DecodeError::BadTag { tag: 0x7f, .. })));
+        assert!(matches!(
+            from_bytes(&[0x7f]),
+            Err(DecodeError::BadTag { tag: 0x7f, .. })
+        ));
         // Invalid UTF-8.
-        assert!(matches!(from_bytes(&[TEXT, 1, 0xff]), Err(DecodeError::BadUtf8 { .. })));
+        assert!(matches!(
+            from_bytes(&[TEXT, 1, 0xff]),
+            Err(DecodeError::BadUtf8 { .. })
+        ));
         // Duplicate map keys.
         assert!(from_bytes(&[MAP, 2, 1, b'a', NULL, 1, b'a', NULL]).is_err());
     }

@@ -87,8 +87,14 @@ mod tests {
     #[test]
     fn overlong_is_refused() {
         let b = [0xffu8; 11];
-        assert!(matches!(read_u64(&mut Reader::new(&b)), Err(DecodeError::BadVarint { .. })));
+        assert!(matches!(
+            read_u64(&mut Reader::new(&b)),
+            Err(DecodeError::BadVarint { .. })
+        ));
         let b = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
-        assert!(matches!(read_u64(&mut Reader::new(&b)), Err(DecodeError::BadVarint { .. })));
+        assert!(matches!(
+            read_u64(&mut Reader::new(&b)),
+            Err(DecodeError::BadVarint { .. })
+        ));
     }
 }

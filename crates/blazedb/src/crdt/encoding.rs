@@ -103,7 +103,9 @@ pub fn key_from_bytes(b: &[u8]) -> Result<CellKey, DecodeError> {
     let mut r = Reader::new(b);
     let k = decode_key(&mut r)?;
     if !r.is_empty() {
-        return Err(DecodeError::Malformed("trailing bytes after cell key".into()));
+        return Err(DecodeError::Malformed(
+            "trailing bytes after cell key".into(),
+        ));
     }
     Ok(k)
 }
@@ -113,7 +115,9 @@ pub fn value_from_bytes(b: &[u8]) -> Result<CellValue, DecodeError> {
     let mut r = Reader::new(b);
     let v = decode_value(&mut r)?;
     if !r.is_empty() {
-        return Err(DecodeError::Malformed("trailing bytes after cell value".into()));
+        return Err(DecodeError::Malformed(
+            "trailing bytes after cell value".into(),
+        ));
     }
     Ok(v)
 }

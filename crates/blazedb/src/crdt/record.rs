@@ -62,7 +62,10 @@ impl RecordState {
 
     /// The cell with this key.
     pub fn cell(&self, key: &CellKey) -> Option<&Cell> {
-        self.cells.binary_search_by(|c| c.key.cmp(key)).ok().map(|i| &self.cells[i])
+        self.cells
+            .binary_search_by(|c| c.key.cmp(key))
+            .ok()
+            .map(|i| &self.cells[i])
     }
 
     /// The version of the last insert or delete (the record's reset point).
@@ -77,7 +80,11 @@ impl RecordState {
 
     /// The newest version among field `f`'s cells (its register and its counter/set cells).
     pub fn newest_field_version(&self, f: &str) -> Option<Version> {
-        self.cells.iter().filter(|c| c.key.field() == Some(f)).map(|c| c.version).max()
+        self.cells
+            .iter()
+            .filter(|c| c.key.field() == Some(f))
+            .map(|c| c.version)
+            .max()
     }
 
     /// How many distinct fields have cells (visible or removed), without building values.
@@ -142,7 +149,10 @@ impl RecordState {
                 let concurrent = matches!(incoming.key, CellKey::Record | CellKey::Field(_))
                     && unseen(existing.version, incoming.prev);
                 let old = std::mem::replace(&mut self.cells[i], incoming.clone());
-                overwritten.push(Overwritten { cell: old, concurrent });
+                overwritten.push(Overwritten {
+                    cell: old,
+                    concurrent,
+                });
             }
             Err(i) => self.cells.insert(i, incoming.clone()),
         }
@@ -164,7 +174,10 @@ impl RecordState {
             for c in std::mem::take(&mut self.cells) {
                 if drop_if(&c) {
                     let concurrent = unseen(c.version, incoming.prev);
-                    overwritten.push(Overwritten { cell: c, concurrent });
+                    overwritten.push(Overwritten {
+                        cell: c,
+                        concurrent,
+                    });
                 } else {
                     kept.push(c);
                 }
@@ -190,9 +203,11 @@ impl RecordState {
                 (CellKey::Counter(f, _), CellValue::Count(n)) => {
                     acc.entry(f).or_default().counters.push(*n)
                 }
-                (CellKey::Element(f, e), v) => {
-                    acc.entry(f).or_default().elements.push((e, *v == CellValue::Present))
-                }
+                (CellKey::Element(f, e), v) => acc
+                    .entry(f)
+                    .or_default()
+                    .elements
+                    .push((e, *v == CellValue::Present)),
                 _ => {}
             }
         }
@@ -214,7 +229,9 @@ impl RecordState {
                     _ => Vec::new(),
                 };
                 for (bytes, present) in a.elements {
-                    let Ok(elem) = crate::codec::value::from_bytes(bytes) else { continue };
+                    let Ok(elem) = crate::codec::value::from_bytes(bytes) else {
+                        continue;
+                    };
                     set.retain(|x| *x != elem);
                     if present {
                         set.push(elem);
@@ -243,11 +260,20 @@ mod tests {
     use proptest::prelude::*;
 
     fn v(t: u64, n: u8) -> Version {
-        Version { hlc: Hlc::new(t, 0), node: NodeId([n; 16]) }
+        Version {
+            hlc: Hlc::new(t, 0),
+            node: NodeId([n; 16]),
+        }
     }
 
     fn cell(key: CellKey, value: CellValue, version: Version, prev: Option<Version>) -> Cell {
-        Cell { key, value, version, prev, seq: Seq(0) }
+        Cell {
+            key,
+            value,
+            version,
+            prev,
+            seq: Seq(0),
+        }
     }
 
     fn field(f: &str) -> CellKey {
@@ -260,15 +286,35 @@ mod tests {
         r.merge(cell(field("a"), CellValue::Value(1.into()), v(10, 1), None));
         // A writer that never saw v(10,1) overwrites it: a conflict.
         let out = r.merge(cell(field("a"), CellValue::Value(2.into()), v(11, 2), None));
-        let MergeOutcome::Applied { overwritten } = out else { panic!() };
+        let MergeOutcome::Applied { overwritten } = out else {
+            panic!()
+        };
         assert!(overwritten[0].concurrent);
         // One that saw it: not a conflict.
-        let out = r.merge(cell(field("a"), CellValue::Value(3.into()), v(12, 1), Some(v(11, 2))));
-        let MergeOutcome::Applied { overwritten } = out else { panic!() };
+        let out = r.merge(cell(
+            field("a"),
+            CellValue::Value(3.into()),
+            v(12, 1),
+            Some(v(11, 2)),
+        ));
+        let MergeOutcome::Applied { overwritten } = out else {
+            panic!()
+        };
         assert!(!overwritten[0].concurrent);
         // An older write is ignored; re-delivery is ignored.
-        assert_eq!(r.merge(cell(field("a"), CellValue::Value(9.into()), v(5, 3), None)), MergeOutcome::Ignored);
-        assert_eq!(r.merge(cell(field("a"), CellValue::Value(3.into()), v(12, 1), Some(v(11, 2)))), MergeOutcome::Ignored);
+        assert_eq!(
+            r.merge(cell(field("a"), CellValue::Value(9.into()), v(5, 3), None)),
+            MergeOutcome::Ignored
+        );
+        assert_eq!(
+            r.merge(cell(
+                field("a"),
+                CellValue::Value(3.into()),
+                v(12, 1),
+                Some(v(11, 2))
+            )),
+            MergeOutcome::Ignored
+        );
         assert_eq!(r.fields()["a"], Value::Int(3));
     }
 
@@ -278,21 +324,39 @@ mod tests {
         r.merge(cell(CellKey::Record, CellValue::Present, v(1, 1), None));
         r.merge(cell(field("a"), CellValue::Value(1.into()), v(1, 1), None));
         r.merge(cell(field("b"), CellValue::Value(2.into()), v(3, 2), None));
-        r.merge(cell(CellKey::Record, CellValue::Absent, v(2, 1), Some(v(1, 1))));
+        r.merge(cell(
+            CellKey::Record,
+            CellValue::Absent,
+            v(2, 1),
+            Some(v(1, 1)),
+        ));
         // b was written at t=3, after the delete at t=2: the record lives with b only.
         assert!(r.is_live());
         assert_eq!(r.fields().len(), 1);
         assert_eq!(r.fields()["b"], Value::Int(2));
         // a late write from before the delete is dead on arrival.
-        assert_eq!(r.merge(cell(field("c"), CellValue::Value(1.into()), v(1, 3), None)), MergeOutcome::Ignored);
+        assert_eq!(
+            r.merge(cell(field("c"), CellValue::Value(1.into()), v(1, 3), None)),
+            MergeOutcome::Ignored
+        );
     }
 
     #[test]
     fn counters_sum_contributions_over_a_base() {
         let mut r = RecordState::new();
         r.merge(cell(field("n"), CellValue::Value(10.into()), v(1, 1), None));
-        r.merge(cell(CellKey::Counter("n".into(), NodeId([1; 16])), CellValue::Count(2), v(2, 1), None));
-        r.merge(cell(CellKey::Counter("n".into(), NodeId([2; 16])), CellValue::Count(5), v(2, 2), None));
+        r.merge(cell(
+            CellKey::Counter("n".into(), NodeId([1; 16])),
+            CellValue::Count(2),
+            v(2, 1),
+            None,
+        ));
+        r.merge(cell(
+            CellKey::Counter("n".into(), NodeId([2; 16])),
+            CellValue::Count(5),
+            v(2, 2),
+            None,
+        ));
         assert_eq!(r.fields()["n"], Value::Int(17));
         // A plain write after them resets the counter.
         r.merge(cell(field("n"), CellValue::Value(0.into()), v(3, 1), None));
@@ -304,9 +368,24 @@ mod tests {
     fn sets_add_and_remove_elements() {
         let e = |x: &str| crate::codec::value::to_bytes(&Value::from(x));
         let mut r = RecordState::new();
-        r.merge(cell(field("t"), CellValue::Value(Value::List(vec!["a".into()])), v(1, 1), None));
-        r.merge(cell(CellKey::Element("t".into(), e("b")), CellValue::Present, v(2, 1), None));
-        r.merge(cell(CellKey::Element("t".into(), e("a")), CellValue::Absent, v(2, 2), None));
+        r.merge(cell(
+            field("t"),
+            CellValue::Value(Value::List(vec!["a".into()])),
+            v(1, 1),
+            None,
+        ));
+        r.merge(cell(
+            CellKey::Element("t".into(), e("b")),
+            CellValue::Present,
+            v(2, 1),
+            None,
+        ));
+        r.merge(cell(
+            CellKey::Element("t".into(), e("a")),
+            CellValue::Absent,
+            v(2, 2),
+            None,
+        ));
         assert_eq!(r.fields()["t"], Value::List(vec!["b".into()]));
     }
 
@@ -321,10 +400,18 @@ mod tests {
         (key, 0u64..6, 0u8..3, any::<i8>(), any::<bool>()).prop_map(|(key, t, n, x, flag)| {
             let value = match key {
                 CellKey::Record | CellKey::Element(..) => {
-                    if flag { CellValue::Present } else { CellValue::Absent }
+                    if flag {
+                        CellValue::Present
+                    } else {
+                        CellValue::Absent
+                    }
                 }
                 CellKey::Field(_) => {
-                    if flag { CellValue::Value(Value::Int(x.into())) } else { CellValue::Absent }
+                    if flag {
+                        CellValue::Value(Value::Int(x.into()))
+                    } else {
+                        CellValue::Absent
+                    }
                 }
                 CellKey::Counter(..) => CellValue::Count(x.into()),
             };
@@ -336,7 +423,10 @@ mod tests {
     /// Same key and version means same write in a real system; keep one per (key, version).
     fn dedup_writes(cells: Vec<Cell>) -> Vec<Cell> {
         let mut seen = std::collections::HashSet::new();
-        cells.into_iter().filter(|c| seen.insert((c.key.clone(), c.version))).collect()
+        cells
+            .into_iter()
+            .filter(|c| seen.insert((c.key.clone(), c.version)))
+            .collect()
     }
 
     fn apply_all(cells: &[Cell]) -> RecordState {

@@ -97,16 +97,23 @@ pub fn decode(bytes: &[u8], row_seq: Seq, nodes: &NodeTable) -> Result<RecordSta
     let mut r = Reader::new(bytes);
     let format = r.u8()?;
     if format != BODY_FORMAT {
-        return Err(DecodeError::Malformed(format!("unknown record body format {format}")));
+        return Err(DecodeError::Malformed(format!(
+            "unknown record body format {format}"
+        )));
     }
     let node = |i: u64| {
-        nodes.id(i).ok_or_else(|| DecodeError::Malformed(format!("unknown node index {i}")))
+        nodes
+            .id(i)
+            .ok_or_else(|| DecodeError::Malformed(format!("unknown node index {i}")))
     };
     let n_versions = r.count("version count", RECORD_BYTES_MAX, 9)?;
     let mut versions = Vec::with_capacity(n_versions);
     for _ in 0..n_versions {
         let hlc = Hlc(u64::from_le_bytes(r.array()?));
-        versions.push(Version { hlc, node: node(r.varint()?)? });
+        versions.push(Version {
+            hlc,
+            node: node(r.varint()?)?,
+        });
     }
     let version = |i: u64| {
         versions
@@ -145,10 +152,18 @@ pub fn decode(bytes: &[u8], row_seq: Seq, nodes: &NodeTable) -> Result<RecordSta
         let seq = Seq(row_seq.0.checked_sub(delta).ok_or_else(|| {
             DecodeError::Malformed(format!("cell seq delta {delta} exceeds row seq {row_seq}"))
         })?);
-        cells.push(Cell { key, value, version: v, prev, seq });
+        cells.push(Cell {
+            key,
+            value,
+            version: v,
+            prev,
+            seq,
+        });
     }
     if !r.is_empty() {
-        return Err(DecodeError::Malformed("trailing bytes after record body".to_owned()));
+        return Err(DecodeError::Malformed(
+            "trailing bytes after record body".to_owned(),
+        ));
     }
     RecordState::from_cells(cells).map_err(DecodeError::Malformed)
 }

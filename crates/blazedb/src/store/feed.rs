@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension};
 
-
 use super::write::validate_field_name;
 use super::{body, validate_collection_name, Database};
 use crate::crdt::encoding::{key_from_bytes, value_from_bytes};
@@ -118,7 +117,13 @@ pub struct PeerInfo {
 }
 
 impl super::Inner {
-    pub(crate) fn set_peer_cursor(&self, peer: NodeId, direction: PeerDirection, cursor: Seq, now_ms: u64) -> Result<()> {
+    pub(crate) fn set_peer_cursor(
+        &self,
+        peer: NodeId,
+        direction: PeerDirection,
+        cursor: Seq,
+        now_ms: u64,
+    ) -> Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO peers (node, direction, cursor, last_contact_ms) VALUES (?1, ?2, ?3, ?4)
@@ -166,15 +171,27 @@ impl Database {
     /// Changes after feed position `since`, at most about `cells_max` cells (a transaction is
     /// never split, so one larger than `cells_max` comes whole). Changes that arrived from
     /// `exclude_src` are skipped: that peer has them, or something newer.
-    pub fn changes_since(&self, since: Seq, cells_max: usize, exclude_src: Option<NodeId>) -> Result<ChangeBatch> {
+    pub fn changes_since(
+        &self,
+        since: Seq,
+        cells_max: usize,
+        exclude_src: Option<NodeId>,
+    ) -> Result<ChangeBatch> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         let inner = self.lock()?;
-        let exclude = exclude_src.and_then(|n| inner.nodes.known(n)).map(|i| i as i64 + 1);
+        let exclude = exclude_src
+            .and_then(|n| inner.nodes.known(n))
+            .map(|i| i as i64 + 1);
         let mut stmt = inner.conn.prepare_cached(
             "SELECT seq, coll, id, src FROM feed WHERE seq > ?1 ORDER BY seq, coll, id",
         )?;
         let mut rows = stmt.query([since.0 as i64])?;
-        let mut batch = ChangeBatch { changes: Vec::new(), next: since, more: false, needs_through: since };
+        let mut batch = ChangeBatch {
+            changes: Vec::new(),
+            next: since,
+            more: false,
+            needs_through: since,
+        };
         let mut cells = 0usize;
         let mut bodies: HashMap<(i64, Vec<u8>), crate::crdt::RecordState> = HashMap::new();
         while let Some(row) = rows.next()? {
@@ -211,18 +228,30 @@ impl Database {
                 bodies.insert(key.clone(), body::decode(&bytes, Seq(rseq), &inner.nodes)?);
             }
             let state = &bodies[&key];
-            let selected: Vec<Cell> = state.cells().iter().filter(|c| c.seq == seq).cloned().collect();
+            let selected: Vec<Cell> = state
+                .cells()
+                .iter()
+                .filter(|c| c.seq == seq)
+                .cloned()
+                .collect();
             if selected.is_empty() {
                 continue;
             }
             cells += selected.len();
             let collection = inner.collection_names.get(&coll).cloned().ok_or_else(|| {
-                Error::Corrupted(crate::codec::DecodeError::Malformed(format!("unknown collection {coll}")))
+                Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
+                    "unknown collection {coll}"
+                )))
             })?;
-            let id: [u8; 16] = id
-                .try_into()
-                .map_err(|_| Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into())))?;
-            batch.changes.push(Change { seq, collection, id: RecordId(id), cells: selected });
+            let id: [u8; 16] = id.try_into().map_err(|_| {
+                Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into()))
+            })?;
+            batch.changes.push(Change {
+                seq,
+                collection,
+                id: RecordId(id),
+                cells: selected,
+            });
         }
         if !batch.more {
             // Reached the end: commits past the last row left no cells (all overwritten).
@@ -243,8 +272,15 @@ impl Database {
     /// `cursor`, when given, is stored as how far this node has received `from`'s feed, in
     /// the same transaction: data and cursor are durable together, so a restart resumes
     /// exactly after the last applied unit.
-    pub fn apply_changes(&self, from: NodeId, changes: &[Change], cursor: Option<Seq>) -> Result<usize> {
-        Ok(self.apply_changes_checked(from, changes, cursor, None)?.applied)
+    pub fn apply_changes(
+        &self,
+        from: NodeId,
+        changes: &[Change],
+        cursor: Option<Seq>,
+    ) -> Result<usize> {
+        Ok(self
+            .apply_changes_checked(from, changes, cursor, None)?
+            .applied)
     }
 
     /// [`Database::apply_changes`] with access control: a transaction (group) with any
@@ -263,10 +299,14 @@ impl Database {
         // Check clocks before touching anything: a timestamp from the far future is refused,
         // not adopted (it would drag every later local write with it).
         for c in changes.iter().flat_map(|c| &c.cells) {
-            inner.clock.check(c.version.hlc, now).map_err(ApplyError::from)?;
+            inner
+                .clock
+                .check(c.version.hlc, now)
+                .map_err(ApplyError::from)?;
         }
         for ch in changes {
-            validate_collection_name(&ch.collection).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+            validate_collection_name(&ch.collection)
+                .map_err(|e| ApplyError::Invalid(e.to_string()))?;
             for c in &ch.cells {
                 validate_cell(c).map_err(ApplyError::Invalid)?;
             }
@@ -310,7 +350,10 @@ impl Database {
                     let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
                     tx.records[i].src = src;
                     for c in &ch.cells {
-                        tx.inner.clock.observe(c.version.hlc, tx.now_ms).map_err(ApplyError::from)?;
+                        tx.inner
+                            .clock
+                            .observe(c.version.hlc, tx.now_ms)
+                            .map_err(ApplyError::from)?;
                         let mut c = c.clone();
                         c.seq = tx.seq;
                         if tx.merge(i, c) {
@@ -322,7 +365,11 @@ impl Database {
             }
             // The unit arrived as one consistent cut of the sender's feed; keep it one unit
             // for whoever we forward it to: every commit of it is delivered with the last.
-            let last = if tx.seq_used { tx.seq } else { Seq(tx.seq.0 - 1) };
+            let last = if tx.seq_used {
+                tx.seq
+            } else {
+                Seq(tx.seq.0 - 1)
+            };
             for s in first_seq.0..last.0 {
                 tx.inner.conn.execute(
                     "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
@@ -331,12 +378,18 @@ impl Database {
                 )?;
             }
             if let Some(c) = cursor {
-                tx.inner.set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
+                tx.inner
+                    .set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
             }
             if server {
                 let me = tx.db.node_id();
                 for p in &tx.records {
-                    if !tx.inner.policies.get(&p.coll).is_some_and(|pol| pol.server_priority) {
+                    if !tx
+                        .inner
+                        .policies
+                        .get(&p.coll)
+                        .is_some_and(|pol| pol.server_priority)
+                    {
                         continue;
                     }
                     for (_, loser) in &p.conflicts {
@@ -367,7 +420,11 @@ impl Database {
             self.transaction(|tx| {
                 for (coll, id, field, value) in &reassert {
                     if tx.get(coll, *id)?.is_some() {
-                        tx.update(coll, *id, super::Patch::new().set(field.clone(), value.clone()))?;
+                        tx.update(
+                            coll,
+                            *id,
+                            super::Patch::new().set(field.clone(), value.clone()),
+                        )?;
                     }
                 }
                 Ok(())
@@ -383,13 +440,20 @@ impl Database {
         let cursor = inner
             .conn
             .prepare_cached("SELECT cursor FROM peers WHERE node = ?1 AND direction = ?2")?
-            .query_row(params![&peer.0[..], direction.as_str()], |r| r.get::<_, i64>(0))
+            .query_row(params![&peer.0[..], direction.as_str()], |r| {
+                r.get::<_, i64>(0)
+            })
             .optional()?;
         Ok(cursor.map_or(Seq(0), |c| Seq(c as u64)))
     }
 
     /// Record a cursor (for `Acked`, after the peer acknowledged).
-    pub fn set_peer_cursor(&self, peer: NodeId, direction: PeerDirection, cursor: Seq) -> Result<()> {
+    pub fn set_peer_cursor(
+        &self,
+        peer: NodeId,
+        direction: PeerDirection,
+        cursor: Seq,
+    ) -> Result<()> {
         let now = self.now_ms();
         let inner = self.lock()?;
         inner.set_peer_cursor(peer, direction, cursor, now)
@@ -398,20 +462,26 @@ impl Database {
     /// Every known peer with its cursors and last contact.
     pub fn peers(&self) -> Result<Vec<PeerInfo>> {
         let inner = self.lock()?;
-        let mut stmt = inner.conn.prepare("SELECT node, direction, cursor, last_contact_ms FROM peers ORDER BY node, direction")?;
+        let mut stmt = inner.conn.prepare(
+            "SELECT node, direction, cursor, last_contact_ms FROM peers ORDER BY node, direction",
+        )?;
         let mut rows = stmt.query([])?;
         let mut out: Vec<PeerInfo> = Vec::new();
         while let Some(r) = rows.next()? {
-            let node: [u8; 16] = r
-                .get::<_, Vec<u8>>(0)?
-                .try_into()
-                .map_err(|_| Error::Corrupted(crate::codec::DecodeError::Malformed("bad peer id".into())))?;
+            let node: [u8; 16] = r.get::<_, Vec<u8>>(0)?.try_into().map_err(|_| {
+                Error::Corrupted(crate::codec::DecodeError::Malformed("bad peer id".into()))
+            })?;
             let node = NodeId(node);
             let dir: String = r.get(1)?;
             let cursor = Seq(r.get::<_, i64>(2)? as u64);
             let last: u64 = r.get::<_, i64>(3)? as u64;
             if out.last().is_none_or(|p| p.node != node) {
-                out.push(PeerInfo { node, received: Seq(0), acked: Seq(0), last_contact_ms: 0 });
+                out.push(PeerInfo {
+                    node,
+                    received: Seq(0),
+                    acked: Seq(0),
+                    last_contact_ms: 0,
+                });
             }
             let p = out.last_mut().expect("pushed");
             match dir.as_str() {
@@ -433,7 +503,11 @@ impl Database {
         self.conflicts_where(collection, true)
     }
 
-    fn conflicts_where(&self, collection: Option<&str>, include_resolved: bool) -> Result<Vec<Conflict>> {
+    fn conflicts_where(
+        &self,
+        collection: Option<&str>,
+        include_resolved: bool,
+    ) -> Result<Vec<Conflict>> {
         let inner = self.lock()?;
         let coll = match collection {
             Some(name) => match inner.collection_id(name) {
@@ -450,19 +524,37 @@ impl Database {
         let mut out = Vec::new();
         let bad = |m: String| Error::Corrupted(crate::codec::DecodeError::Malformed(m));
         while let Some(r) = rows.next()? {
-            let node = |i: i64| inner.nodes.id(i as u64).ok_or_else(|| bad(format!("unknown node {i}")));
+            let node = |i: i64| {
+                inner
+                    .nodes
+                    .id(i as u64)
+                    .ok_or_else(|| bad(format!("unknown node {i}")))
+            };
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
-            let id: [u8; 16] = r.get::<_, Vec<u8>>(2)?.try_into().map_err(|_| bad("bad record id".into()))?;
+            let id: [u8; 16] = r
+                .get::<_, Vec<u8>>(2)?
+                .try_into()
+                .map_err(|_| bad("bad record id".into()))?;
             out.push(Conflict {
                 id: r.get(0)?,
-                collection: inner.collection_names.get(&r.get(1)?).cloned().unwrap_or_default(),
+                collection: inner
+                    .collection_names
+                    .get(&r.get(1)?)
+                    .cloned()
+                    .unwrap_or_default(),
                 record: RecordId(id),
                 cell: key.display_name(),
                 field: key.field().map(str::to_owned),
                 winner: user_value(&value_from_bytes(&r.get::<_, Vec<u8>>(4)?)?),
-                winner_version: Version { hlc: Hlc(r.get::<_, i64>(5)? as u64), node: node(r.get(6)?)? },
+                winner_version: Version {
+                    hlc: Hlc(r.get::<_, i64>(5)? as u64),
+                    node: node(r.get(6)?)?,
+                },
                 loser: user_value(&value_from_bytes(&r.get::<_, Vec<u8>>(7)?)?),
-                loser_version: Version { hlc: Hlc(r.get::<_, i64>(8)? as u64), node: node(r.get(9)?)? },
+                loser_version: Version {
+                    hlc: Hlc(r.get::<_, i64>(8)? as u64),
+                    node: node(r.get(9)?)?,
+                },
                 resolved: r.get(10)?,
             });
         }
@@ -481,11 +573,18 @@ impl Database {
         self.transaction(|tx| {
             if let (Some(v), Some(field)) = (value, &c.field) {
                 match tx.get(&c.collection, c.record)? {
-                    Some(_) => tx.update(&c.collection, c.record, super::Patch::new().set(field.clone(), v))?,
+                    Some(_) => tx.update(
+                        &c.collection,
+                        c.record,
+                        super::Patch::new().set(field.clone(), v),
+                    )?,
                     None => tx.upsert(&c.collection, c.record, [(field.clone(), v)])?,
                 }
             }
-            tx.inner.conn.execute("UPDATE conflicts SET resolved = 1 WHERE cid = ?1", [conflict_id])?;
+            tx.inner.conn.execute(
+                "UPDATE conflicts SET resolved = 1 WHERE cid = ?1",
+                [conflict_id],
+            )?;
             Ok(())
         })
     }
@@ -504,11 +603,16 @@ fn validate_cell(c: &Cell) -> Result<(), String> {
             | (CellKey::Element(..), CellValue::Present | CellValue::Absent)
     );
     if !ok {
-        return Err(format!("cell {} cannot hold {:?}", c.key.display_name(), c.value));
+        return Err(format!(
+            "cell {} cannot hold {:?}",
+            c.key.display_name(),
+            c.value
+        ));
     }
     if let CellKey::Element(_, bytes) = &c.key {
         // An element must be one canonical encoded value, or it would sync as invisible junk.
-        let v = crate::codec::value::from_bytes(bytes).map_err(|e| format!("bad set element: {e}"))?;
+        let v =
+            crate::codec::value::from_bytes(bytes).map_err(|e| format!("bad set element: {e}"))?;
         if crate::codec::value::to_bytes(&v) != *bytes {
             return Err("set element is not canonically encoded".into());
         }

@@ -27,14 +27,18 @@ pub struct HistoryRetention {
 impl Default for HistoryRetention {
     /// 30 days, at most 10 million entries.
     fn default() -> Self {
-        HistoryRetention { max_age_ms: Some(30 * 24 * 3600 * 1000), max_entries: Some(10_000_000) }
+        HistoryRetention {
+            max_age_ms: Some(30 * 24 * 3600 * 1000),
+            max_entries: Some(10_000_000),
+        }
     }
 }
 
 impl HistoryRetention {
     /// After how many new history rows compaction runs by itself.
     pub(crate) fn check_every_rows(&self) -> u64 {
-        self.max_entries.map_or(100_000, |m| (m / 10).clamp(100, 100_000))
+        self.max_entries
+            .map_or(100_000, |m| (m / 10).clamp(100, 100_000))
     }
 }
 
@@ -108,14 +112,23 @@ fn entry(
 
 impl Inner {
     /// A record's cells and revision, live or not.
-    pub(crate) fn record_state(&self, coll: i64, id: RecordId) -> Result<Option<(RecordState, u64)>> {
+    pub(crate) fn record_state(
+        &self,
+        coll: i64,
+        id: RecordId,
+    ) -> Result<Option<(RecordState, u64)>> {
         let row: Option<(u64, u64, Vec<u8>)> = self
             .conn
             .prepare_cached("SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2")?
-            .query_row(params![coll, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(params![coll, &id.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         match row {
-            Some((rev, seq, bytes)) => Ok(Some((super::body::decode(&bytes, Seq(seq), &self.nodes)?, rev))),
+            Some((rev, seq, bytes)) => Ok(Some((
+                super::body::decode(&bytes, Seq(seq), &self.nodes)?,
+                rev,
+            ))),
             None => Ok(None),
         }
     }
@@ -129,15 +142,25 @@ impl Inner {
         let mut out = Vec::new();
         let node = |i: i64| {
             self.nodes.id(i as u64).ok_or_else(|| {
-                Error::Corrupted(crate::codec::DecodeError::Malformed(format!("unknown node index {i}")))
+                Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
+                    "unknown node index {i}"
+                )))
             })
         };
         while let Some(r) = rows.next()? {
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(0)?)?;
-            let old = match (r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
-                (Some(v), Some(h), Some(n)) => {
-                    Some((value_from_bytes(&v)?, Version { hlc: Hlc(h as u64), node: node(n)? }))
-                }
+            let old = match (
+                r.get::<_, Option<Vec<u8>>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ) {
+                (Some(v), Some(h), Some(n)) => Some((
+                    value_from_bytes(&v)?,
+                    Version {
+                        hlc: Hlc(h as u64),
+                        node: node(n)?,
+                    },
+                )),
                 _ => None,
             };
             let new = match r.get::<_, Option<Vec<u8>>>(4)? {
@@ -148,7 +171,10 @@ impl Inner {
                 key,
                 old,
                 new,
-                version: Version { hlc: Hlc(r.get::<_, i64>(5)? as u64), node: node(r.get(6)?)? },
+                version: Version {
+                    hlc: Hlc(r.get::<_, i64>(5)? as u64),
+                    node: node(r.get(6)?)?,
+                },
                 seq: Seq(r.get::<_, i64>(7)? as u64),
                 recorded_ms: r.get::<_, i64>(8)? as u64,
             });
@@ -164,20 +190,28 @@ impl Database {
     /// here with `old: None`.
     pub fn history(&self, collection: &str, id: RecordId) -> Result<Vec<HistoryEntry>> {
         let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else { return Ok(Vec::new()) };
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(Vec::new());
+        };
         let rows = inner.history_rows(coll, id)?;
         let current = inner.record_state(coll, id)?;
-        let stored: std::collections::HashSet<(CellKey, Version)> =
-            rows.iter().filter(|r| r.new.is_some()).map(|r| (r.key.clone(), r.version)).collect();
+        let stored: std::collections::HashSet<(CellKey, Version)> = rows
+            .iter()
+            .filter(|r| r.new.is_some())
+            .map(|r| (r.key.clone(), r.version))
+            .collect();
         let mut entries: Vec<HistoryEntry> = Vec::new();
         let mut created = std::collections::HashSet::new();
-        let mut creation = |key: &CellKey, value: &CellValue, version: Version, seq: Seq, recorded_ms: u64| {
-            if !stored.contains(&(key.clone(), version)) && created.insert((key.clone(), version)) {
-                Some(entry(key, None, Some(value), version, seq, recorded_ms))
-            } else {
-                None
-            }
-        };
+        let mut creation =
+            |key: &CellKey, value: &CellValue, version: Version, seq: Seq, recorded_ms: u64| {
+                if !stored.contains(&(key.clone(), version))
+                    && created.insert((key.clone(), version))
+                {
+                    Some(entry(key, None, Some(value), version, seq, recorded_ms))
+                } else {
+                    None
+                }
+            };
         for r in &rows {
             if let Some((v, ver)) = &r.old {
                 entries.extend(creation(&r.key, v, *ver, Seq(0), ver.hlc.wall_ms()));
@@ -185,14 +219,31 @@ impl Database {
         }
         if let Some((state, _)) = &current {
             for c in state.cells() {
-                entries.extend(creation(&c.key, &c.value, c.version, c.seq, c.version.hlc.wall_ms()));
+                entries.extend(creation(
+                    &c.key,
+                    &c.value,
+                    c.version,
+                    c.seq,
+                    c.version.hlc.wall_ms(),
+                ));
             }
         }
         for r in &rows {
-            entries.push(entry(&r.key, r.old.as_ref().map(|(v, _)| v), r.new.as_ref(), r.version, r.seq, r.recorded_ms));
+            entries.push(entry(
+                &r.key,
+                r.old.as_ref().map(|(v, _)| v),
+                r.new.as_ref(),
+                r.version,
+                r.seq,
+                r.recorded_ms,
+            ));
         }
         // Oldest first; an insert's record cell before its fields.
-        entries.sort_by(|a, b| a.version.cmp(&b.version).then(a.field.is_some().cmp(&b.field.is_some())));
+        entries.sort_by(|a, b| {
+            a.version
+                .cmp(&b.version)
+                .then(a.field.is_some().cmp(&b.field.is_some()))
+        });
         Ok(entries)
     }
 
@@ -206,7 +257,9 @@ impl Database {
                 horizon: Timestamp::from_unix_ms(horizon_ms).to_rfc3339(),
             });
         }
-        let Some(coll) = inner.collection_id(collection) else { return Ok(None) };
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(None);
+        };
         let at_ms = at.unix_ms().max(0) as u64;
         // Every (version, value) this node knows a cell to have had: from history (both sides
         // of each change) and from the current state. The value at `at` is the newest one
@@ -240,7 +293,13 @@ impl Database {
         let mut cells: Vec<Cell> = best
             .into_iter()
             .filter_map(|(key, (version, value))| {
-                value.map(|value| Cell { key, value, version, prev: None, seq: Seq(0) })
+                value.map(|value| Cell {
+                    key,
+                    value,
+                    version,
+                    prev: None,
+                    seq: Seq(0),
+                })
             })
             .collect();
         cells.sort_by_key(|c| c.version);
@@ -251,7 +310,12 @@ impl Database {
         if !state.is_live() {
             return Ok(None);
         }
-        Ok(Some(Record { collection: collection.to_owned(), id, rev, fields: state.fields() }))
+        Ok(Some(Record {
+            collection: collection.to_owned(),
+            id,
+            rev,
+            fields: state.fields(),
+        }))
     }
 
     /// Apply the retention policy now. Returns how many entries were removed.
@@ -263,7 +327,9 @@ impl Database {
     /// Number of history entries.
     pub fn history_len(&self) -> Result<u64> {
         let inner = self.lock()?;
-        Ok(inner.conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0))?)
+        Ok(inner
+            .conn
+            .query_row("SELECT count(*) FROM history", [], |r| r.get(0))?)
     }
 }
 
@@ -273,16 +339,27 @@ pub(crate) fn compact(inner: &mut Inner, policy: &HistoryRetention, now_ms: u64)
     let mut cutoff_hid: i64 = 0;
     if let Some(age) = policy.max_age_ms {
         let before = now_ms.saturating_sub(age) as i64;
-        let hid: Option<i64> =
-            tx.query_row("SELECT max(hid) FROM history WHERE recorded_ms < ?1", [before], |r| r.get(0))?;
+        let hid: Option<i64> = tx.query_row(
+            "SELECT max(hid) FROM history WHERE recorded_ms < ?1",
+            [before],
+            |r| r.get(0),
+        )?;
         cutoff_hid = cutoff_hid.max(hid.unwrap_or(0));
     }
     if let Some(max) = policy.max_entries {
-        let hid: Option<i64> = tx.query_row(
-            "SELECT hid FROM history ORDER BY hid DESC LIMIT 1 OFFSET ?1",
-            [max as i64],
-            |r| r.get(0),
-        ).or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+        let hid: Option<i64> = tx
+            .query_row(
+                "SELECT hid FROM history ORDER BY hid DESC LIMIT 1 OFFSET ?1",
+                [max as i64],
+                |r| r.get(0),
+            )
+            .or_else(|e| {
+                if e == rusqlite::Error::QueryReturnedNoRows {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })?;
         cutoff_hid = cutoff_hid.max(hid.unwrap_or(0));
     }
     if cutoff_hid == 0 {

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params, Connection};
 
-use super::{body, Database};
 use super::write::validate_field_name;
+use super::{body, Database};
 use crate::codec::keys::encode_key;
 use crate::error::Result;
 use crate::types::Seq;
@@ -22,13 +22,16 @@ impl Database {
         inner.conn.execute_batch("BEGIN IMMEDIATE")?;
         let r = (|| -> Result<()> {
             let coll = inner.collection_id_or_create(collection)?;
-            let added = inner
-                .conn
-                .execute("INSERT OR IGNORE INTO indexes (coll, field) VALUES (?1, ?2)", params![coll, field])?;
+            let added = inner.conn.execute(
+                "INSERT OR IGNORE INTO indexes (coll, field) VALUES (?1, ?2)",
+                params![coll, field],
+            )?;
             if added == 1 {
                 let mut entries = Vec::new();
                 {
-                    let mut stmt = inner.conn.prepare("SELECT id, seq, body FROM records WHERE coll = ?1 AND live = 1")?;
+                    let mut stmt = inner.conn.prepare(
+                        "SELECT id, seq, body FROM records WHERE coll = ?1 AND live = 1",
+                    )?;
                     let mut rows = stmt.query([coll])?;
                     while let Some(row) = rows.next()? {
                         let id: Vec<u8> = row.get(0)?;
@@ -48,7 +51,11 @@ impl Database {
                 }
             }
             inner.conn.execute_batch("COMMIT")?;
-            inner.indexes.entry(coll).or_default().insert(field.to_owned());
+            inner
+                .indexes
+                .entry(coll)
+                .or_default()
+                .insert(field.to_owned());
             Ok(())
         })();
         if r.is_err() {
@@ -61,10 +68,18 @@ impl Database {
     /// Remove an index. Returns false if there was none.
     pub fn drop_index(&self, collection: &str, field: &str) -> Result<bool> {
         let mut inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else { return Ok(false) };
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(false);
+        };
         let tx = inner.conn.unchecked_transaction()?;
-        let n = tx.execute("DELETE FROM indexes WHERE coll = ?1 AND field = ?2", params![coll, field])?;
-        tx.execute("DELETE FROM index_entries WHERE coll = ?1 AND field = ?2", params![coll, field])?;
+        let n = tx.execute(
+            "DELETE FROM indexes WHERE coll = ?1 AND field = ?2",
+            params![coll, field],
+        )?;
+        tx.execute(
+            "DELETE FROM index_entries WHERE coll = ?1 AND field = ?2",
+            params![coll, field],
+        )?;
         tx.commit()?;
         if let Some(s) = inner.indexes.get_mut(&coll) {
             s.remove(field);

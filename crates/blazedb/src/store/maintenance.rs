@@ -65,7 +65,11 @@ impl Database {
             encrypted: self.is_encrypted(),
             ..Stats::default()
         };
-        let mut names: Vec<(i64, String)> = inner.collection_names.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut names: Vec<(i64, String)> = inner
+            .collection_names
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         names.sort();
         for (coll, name) in names {
             let (live, dead, bytes): (u64, u64, Option<u64>) = inner.conn.query_row(
@@ -73,7 +77,12 @@ impl Database {
                 [coll],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
-            let mut cs = CollectionStats { records: live, tombstones: dead, body_bytes: bytes.unwrap_or(0), ..Default::default() };
+            let mut cs = CollectionStats {
+                records: live,
+                tombstones: dead,
+                body_bytes: bytes.unwrap_or(0),
+                ..Default::default()
+            };
             for f in inner.indexes.get(&coll).into_iter().flatten() {
                 let n: u64 = inner.conn.query_row(
                     "SELECT count(*) FROM index_entries WHERE coll = ?1 AND field = ?2",
@@ -87,9 +96,17 @@ impl Database {
         s.file_bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         let wal = format!("{}-wal", self.path.display());
         s.wal_bytes = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-        s.history_entries = inner.conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0))?;
-        s.feed_rows = inner.conn.query_row("SELECT count(*) FROM feed", [], |r| r.get(0))?;
-        s.open_conflicts = inner.conn.query_row("SELECT count(*) FROM conflicts WHERE resolved = 0", [], |r| r.get(0))?;
+        s.history_entries = inner
+            .conn
+            .query_row("SELECT count(*) FROM history", [], |r| r.get(0))?;
+        s.feed_rows = inner
+            .conn
+            .query_row("SELECT count(*) FROM feed", [], |r| r.get(0))?;
+        s.open_conflicts = inner.conn.query_row(
+            "SELECT count(*) FROM conflicts WHERE resolved = 0",
+            [],
+            |r| r.get(0),
+        )?;
         s.last_seq = inner.clock_row()?.0 .0;
         s.history_bytes = table_bytes(&inner, &["history", "history_by_record"]);
         s.index_bytes = table_bytes(&inner, &["index_entries"]);
@@ -99,7 +116,9 @@ impl Database {
     /// Rebuild the file to reclaim free pages.
     pub fn vacuum(&self) -> Result<()> {
         let inner = self.lock()?;
-        inner.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        inner.conn.execute_batch(
+            "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+        )?;
         Ok(())
     }
 
@@ -126,18 +145,27 @@ impl Database {
             }
         }
         {
-            let mut stmt = inner.conn.prepare("SELECT coll, id, seq, body FROM records")?;
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT coll, id, seq, body FROM records")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 let seq: u64 = r.get(2)?;
                 let bytes: Vec<u8> = r.get(3)?;
                 if let Err(e) = super::body::decode(&bytes, crate::types::Seq(seq), &inner.nodes) {
                     let id: Vec<u8> = r.get(1)?;
-                    problems.push(format!("record {:02x?} of collection {}: {e}", id, r.get::<_, i64>(0)?));
+                    problems.push(format!(
+                        "record {:02x?} of collection {}: {e}",
+                        id,
+                        r.get::<_, i64>(0)?
+                    ));
                 }
             }
         }
-        Ok(IntegrityReport { ok: problems.is_empty(), problems })
+        Ok(IntegrityReport {
+            ok: problems.is_empty(),
+            problems,
+        })
     }
 
     /// Change the password: `Some` to (re-)encrypt, `None` to store the file unencrypted.
@@ -156,7 +184,9 @@ impl Database {
         let _ = std::fs::remove_file(&tmp);
         {
             let mut inner = self.lock()?;
-            inner.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            inner
+                .conn
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
             inner.conn.execute(
                 "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
                 params![tmp.display().to_string(), new_password.unwrap_or("")],
@@ -173,7 +203,10 @@ impl Database {
             let old = std::mem::replace(&mut inner.conn, rusqlite::Connection::open_in_memory()?);
             old.close().map_err(|(_, e)| e)?;
         }
-        std::fs::rename(&tmp, &path).map_err(|e| OpenError::Io { path: p.clone(), source: e })?;
+        std::fs::rename(&tmp, &path).map_err(|e| OpenError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
         let _ = std::fs::remove_file(format!("{p}-wal"));
         let _ = std::fs::remove_file(format!("{p}-shm"));
         let mut options = self.options.clone();
@@ -189,7 +222,9 @@ fn table_bytes(inner: &Inner, names: &[&str]) -> Option<u64> {
     for n in names {
         let b: Option<i64> = inner
             .conn
-            .query_row("SELECT sum(pgsize) FROM dbstat WHERE name = ?1", [n], |r| r.get(0))
+            .query_row("SELECT sum(pgsize) FROM dbstat WHERE name = ?1", [n], |r| {
+                r.get(0)
+            })
             .ok()?;
         total += b.unwrap_or(0) as u64;
     }

@@ -107,7 +107,10 @@ impl std::fmt::Debug for OpenOptions {
 impl OpenOptions {
     /// Options with a password (an encrypted file).
     pub fn with_password(password: impl Into<String>) -> OpenOptions {
-        OpenOptions { password: Some(password.into()), ..OpenOptions::default() }
+        OpenOptions {
+            password: Some(password.into()),
+            ..OpenOptions::default()
+        }
     }
 }
 
@@ -127,7 +130,10 @@ pub type CommitListener = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("path", &self.path).field("node", &self.node).finish()
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .field("node", &self.node)
+            .finish()
     }
 }
 
@@ -159,10 +165,18 @@ impl Database {
     pub fn open(path: impl AsRef<Path>, options: OpenOptions) -> Result<Database> {
         let path = path.as_ref().to_path_buf();
         let now = (options.wall_clock)();
-        let opened =
-            open::open(&path, options.password.as_deref(), options.create, now, options.danger_node_id)?;
+        let opened = open::open(
+            &path,
+            options.password.as_deref(),
+            options.create,
+            now,
+            options.danger_node_id,
+        )?;
         let p = path.display().to_string();
-        let corrupt = |e: rusqlite::Error| OpenError::Corrupted { path: p.clone(), reason: e.to_string() };
+        let corrupt = |e: rusqlite::Error| OpenError::Corrupted {
+            path: p.clone(),
+            reason: e.to_string(),
+        };
         let mut inner = Inner {
             clock: Clock::new(Hlc::ZERO, options.clock_skew_ms_max),
             nodes: NodeTable::default(),
@@ -193,18 +207,29 @@ impl Database {
     pub fn on_commit(&self, f: CommitListener) -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.commit_listeners.lock().unwrap_or_else(|e| e.into_inner()).push((id, f));
+        self.commit_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, f));
         id
     }
 
     /// Stop calling a listener.
     pub fn remove_commit_listener(&self, id: u64) {
-        self.commit_listeners.lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != id);
+        self.commit_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(i, _)| *i != id);
     }
 
     pub(crate) fn notify_commit(&self) {
-        let listeners: Vec<CommitListener> =
-            self.commit_listeners.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, f)| f.clone()).collect();
+        let listeners: Vec<CommitListener> = self
+            .commit_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect();
         for f in listeners {
             f();
         }
@@ -214,7 +239,8 @@ impl Database {
     /// server priority then keep the server's value when a peer's concurrent write would
     /// overwrite it.
     pub fn set_server_role(&self, server: bool) {
-        self.server_role.store(server, std::sync::atomic::Ordering::Relaxed);
+        self.server_role
+            .store(server, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether this database acts as a server (see [`Database::set_server_role`]).
@@ -225,7 +251,10 @@ impl Database {
     /// The conflict policy of a collection (the default when none was set).
     pub fn policy(&self, collection: &str) -> Result<CollectionPolicy> {
         let inner = self.lock()?;
-        Ok(inner.collection_id(collection).and_then(|c| inner.policies.get(&c).cloned()).unwrap_or_default())
+        Ok(inner
+            .collection_id(collection)
+            .and_then(|c| inner.policies.get(&c).cloned())
+            .unwrap_or_default())
     }
 
     /// Set the conflict policy of a collection. Policies are local settings: give every
@@ -290,7 +319,10 @@ impl Database {
 impl Inner {
     /// Reload caches if another connection (another process) committed since we last looked.
     fn refresh(&mut self) -> rusqlite::Result<()> {
-        let v: i64 = self.conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
+        let v: i64 = self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         if v == self.data_version {
             return Ok(());
         }
@@ -317,14 +349,32 @@ impl Inner {
         }
         self.policies.clear();
         {
-            let mut stmt = self.conn.prepare("SELECT coll, manual_fields, auto_resolve, server_priority FROM policies")?;
+            let mut stmt = self.conn.prepare(
+                "SELECT coll, manual_fields, auto_resolve, server_priority FROM policies",
+            )?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
             })?;
             for row in rows {
                 let (c, manual, auto_resolve, server_priority) = row?;
-                let manual_fields = manual.split('\n').filter(|f| !f.is_empty()).map(str::to_owned).collect();
-                self.policies.insert(c, CollectionPolicy { manual_fields, auto_resolve, server_priority });
+                let manual_fields = manual
+                    .split('\n')
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                self.policies.insert(
+                    c,
+                    CollectionPolicy {
+                        manual_fields,
+                        auto_resolve,
+                        server_priority,
+                    },
+                );
             }
         }
         let hlc = self.clock_row()?.1;
@@ -345,7 +395,12 @@ impl Inner {
     pub fn clock_row(&self) -> rusqlite::Result<(Seq, Hlc)> {
         self.conn
             .prepare_cached("SELECT seq, hlc FROM clock WHERE id = 0")?
-            .query_row([], |r| Ok((Seq(r.get::<_, i64>(0)? as u64), Hlc(r.get::<_, i64>(1)? as u64))))
+            .query_row([], |r| {
+                Ok((
+                    Seq(r.get::<_, i64>(0)? as u64),
+                    Hlc(r.get::<_, i64>(1)? as u64),
+                ))
+            })
     }
 
     /// Store the feed position and HLC (inside the committing transaction).
@@ -357,9 +412,9 @@ impl Inner {
     }
 
     pub fn meta_i64(&self, key: &str) -> rusqlite::Result<i64> {
-        self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
     }
-
 
     /// The id of an existing collection.
     pub fn collection_id(&self, name: &str) -> Option<i64> {
@@ -380,7 +435,8 @@ impl Inner {
             }
             .into());
         }
-        self.conn.execute("INSERT INTO collections (name) VALUES (?1)", [name])?;
+        self.conn
+            .execute("INSERT INTO collections (name) VALUES (?1)", [name])?;
         let id = self.conn.last_insert_rowid();
         self.collections.insert(name.to_owned(), id);
         self.collection_names.insert(id, name.to_owned());
@@ -405,7 +461,9 @@ pub fn validate_collection_name(name: &str) -> Result<(), WriteError> {
         return Err(bad("must not be empty"));
     }
     if name.len() > COLLECTION_NAME_BYTES_MAX {
-        return Err(bad(&format!("longer than {COLLECTION_NAME_BYTES_MAX} bytes")));
+        return Err(bad(&format!(
+            "longer than {COLLECTION_NAME_BYTES_MAX} bytes"
+        )));
     }
     if name.chars().any(char::is_control) {
         return Err(bad("contains control characters"));

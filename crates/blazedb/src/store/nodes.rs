@@ -25,7 +25,11 @@ impl NodeTable {
         for row in rows {
             let (idx, id) = row?;
             let id: [u8; 16] = id.try_into().map_err(|_| {
-                rusqlite::Error::InvalidColumnType(1, "nodes.id".into(), rusqlite::types::Type::Blob)
+                rusqlite::Error::InvalidColumnType(
+                    1,
+                    "nodes.id".into(),
+                    rusqlite::types::Type::Blob,
+                )
             })?;
             if idx as usize != t.ids.len() {
                 return Err(rusqlite::Error::InvalidColumnType(
@@ -65,7 +69,10 @@ impl NodeTable {
     /// Write new entries (call inside the transaction that used them).
     pub fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         for (i, id) in self.ids.iter().enumerate().skip(self.unsaved_from) {
-            conn.execute("INSERT INTO nodes (idx, id) VALUES (?1, ?2)", params![i as i64, &id.0[..]])?;
+            conn.execute(
+                "INSERT INTO nodes (idx, id) VALUES (?1, ?2)",
+                params![i as i64, &id.0[..]],
+            )?;
         }
         self.unsaved_from = self.ids.len();
         Ok(())

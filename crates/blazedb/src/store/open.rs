@@ -59,21 +59,32 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
     let code = e.sqlite_error_code();
     match code {
         Some(ErrorCode::NotADatabase) if keyed && *kind == FileKind::MaybeEncrypted => {
-            OpenError::WrongPassword { path: path.to_owned() }
+            OpenError::WrongPassword {
+                path: path.to_owned(),
+            }
         }
         Some(ErrorCode::NotADatabase) if keyed && *kind == FileKind::PlainSqlite => {
-            OpenError::NotEncrypted { path: path.to_owned() }
+            OpenError::NotEncrypted {
+                path: path.to_owned(),
+            }
         }
         Some(ErrorCode::NotADatabase) if !keyed && *kind == FileKind::MaybeEncrypted => {
-            OpenError::PasswordRequired { path: path.to_owned() }
+            OpenError::PasswordRequired {
+                path: path.to_owned(),
+            }
         }
-        Some(ErrorCode::NotADatabase) => {
-            OpenError::NotABlazeDb { path: path.to_owned(), reason: e.to_string() }
-        }
-        Some(ErrorCode::DatabaseCorrupt) => {
-            OpenError::Corrupted { path: path.to_owned(), reason: e.to_string() }
-        }
-        _ => OpenError::Io { path: path.to_owned(), source: std::io::Error::other(e) },
+        Some(ErrorCode::NotADatabase) => OpenError::NotABlazeDb {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+        Some(ErrorCode::DatabaseCorrupt) => OpenError::Corrupted {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+        _ => OpenError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(e),
+        },
     }
 }
 
@@ -86,7 +97,10 @@ pub(crate) fn open(
     node_for_new_file: Option<NodeId>,
 ) -> Result<Opened, OpenError> {
     let p = path.display().to_string();
-    let io = |e: std::io::Error| OpenError::Io { path: p.clone(), source: e };
+    let io = |e: std::io::Error| OpenError::Io {
+        path: p.clone(),
+        source: e,
+    };
     let kind = sniff(path).map_err(io)?;
     match &kind {
         FileKind::Missing if !create => {
@@ -96,7 +110,10 @@ pub(crate) fn open(
             )))
         }
         FileKind::Foreign(reason) => {
-            return Err(OpenError::NotABlazeDb { path: p, reason: reason.clone() })
+            return Err(OpenError::NotABlazeDb {
+                path: p,
+                reason: reason.clone(),
+            })
         }
         FileKind::PlainSqlite if password.is_some() => {
             return Err(OpenError::NotEncrypted { path: p })
@@ -118,13 +135,18 @@ pub(crate) fn open(
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
     // WAL + NORMAL: a commit that returned survives a process crash (kill -9); only an OS
     // crash or power loss can lose the last commits. Options::sync_full trades speed for that.
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-    conn.pragma_update(None, "temp_store", "MEMORY").map_err(err)?;
-    conn.pragma_update(None, "cache_size", -32_000).map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(err)?;
+    conn.pragma_update(None, "cache_size", -32_000)
+        .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(64);
 
     if tables == 0 {
@@ -135,8 +157,11 @@ pub(crate) fn open(
         return Ok(Opened { conn, node });
     }
 
-    let magic: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = 'magic'", [], |r| r.get(0)).ok();
+    let magic: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'magic'", [], |r| {
+            r.get(0)
+        })
+        .ok();
     if magic.as_deref() != Some(schema::MAGIC) {
         return Err(OpenError::NotABlazeDb {
             path: p,
@@ -144,7 +169,11 @@ pub(crate) fn open(
         });
     }
     let format: u32 = conn
-        .query_row("SELECT value FROM meta WHERE key = 'format_version'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'format_version'",
+            [],
+            |r| r.get(0),
+        )
         .map_err(err)?;
     if format > schema::FORMAT_VERSION {
         return Err(OpenError::NewerFormat {
@@ -154,9 +183,16 @@ pub(crate) fn open(
         });
     }
     if format == 0 {
-        return Err(OpenError::Corrupted { path: p, reason: "format version 0".into() });
+        return Err(OpenError::Corrupted {
+            path: p,
+            reason: "format version 0".into(),
+        });
     }
-    for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(format as usize - 1) {
+    for (i, step) in schema::MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(format as usize - 1)
+    {
         let tx = conn.unchecked_transaction().map_err(err)?;
         tx.execute_batch(step).map_err(err)?;
         tx.execute(
@@ -167,11 +203,16 @@ pub(crate) fn open(
         tx.commit().map_err(err)?;
     }
     let node: Vec<u8> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
+            r.get(0)
+        })
         .map_err(err)?;
     let node: [u8; 16] = node.try_into().map_err(|_| OpenError::Corrupted {
         path: p.clone(),
         reason: "node id is not 16 bytes".into(),
     })?;
-    Ok(Opened { conn, node: NodeId(node) })
+    Ok(Opened {
+        conn,
+        node: NodeId(node),
+    })
 }

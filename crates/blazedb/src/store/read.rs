@@ -78,7 +78,10 @@ pub struct Query {
 impl Query {
     /// A query with a filter expression (parsed here: invalid expressions fail now).
     pub fn filter(expr: &str) -> Result<Query> {
-        Ok(Query { filter: Some(crate::query::parse(expr)?), ..Query::default() })
+        Ok(Query {
+            filter: Some(crate::query::parse(expr)?),
+            ..Query::default()
+        })
     }
 }
 
@@ -92,7 +95,9 @@ impl Database {
     /// Every live record of a collection, in id order, to `f`. Return `false` from `f` to stop.
     pub fn for_each(&self, collection: &str, mut f: impl FnMut(Record) -> bool) -> Result<()> {
         let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else { return Ok(()) };
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(());
+        };
         let mut stmt = inner.conn.prepare_cached(
             "SELECT id, rev, seq, body FROM records WHERE coll = ?1 AND live = 1 ORDER BY id",
         )?;
@@ -119,17 +124,24 @@ impl Database {
     /// Run a query.
     pub fn query(&self, collection: &str, q: &Query) -> Result<Vec<Record>> {
         let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else { return Ok(Vec::new()) };
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         let plan = match (&q.filter, q.no_index) {
             (Some(f), false) => {
                 let indexed = inner.indexes.get(&coll);
-                f.plan(&|name: &str| indexed.is_some_and(|s| s.contains(name)), &q.params)
+                f.plan(
+                    &|name: &str| indexed.is_some_and(|s| s.contains(name)),
+                    &q.params,
+                )
             }
             _ => None,
         };
         let keep = |r: &Record| {
-            q.filter.as_ref().is_none_or(|f| f.matches(&r.id.0, &r.fields, &q.params))
+            q.filter
+                .as_ref()
+                .is_none_or(|f| f.matches(&r.id.0, &r.fields, &q.params))
         };
         match plan {
             Some(scan) => {
@@ -151,10 +163,14 @@ impl Database {
                         "SELECT id FROM index_entries WHERE coll = ?1 AND field = ?2 {lo_sql} {hi_sql}"
                     );
                     let mut stmt = inner.conn.prepare_cached(&sql)?;
-                    let rows = stmt.query_map(params![coll, scan.field, lo_v, hi_v], |r| r.get::<_, Vec<u8>>(0))?;
+                    let rows = stmt.query_map(params![coll, scan.field, lo_v, hi_v], |r| {
+                        r.get::<_, Vec<u8>>(0)
+                    })?;
                     for id in rows {
                         let id: [u8; 16] = id?.try_into().map_err(|_| {
-                            crate::codec::DecodeError::Malformed("index entry id is not 16 bytes".into())
+                            crate::codec::DecodeError::Malformed(
+                                "index entry id is not 16 bytes".into(),
+                            )
                         })?;
                         ids.push(RecordId(id));
                     }
@@ -186,7 +202,10 @@ impl Database {
             // Missing fields sort first (as null), like SQL's NULLS FIRST for ascending order.
             out.sort_by(|a, b| {
                 for o in &q.order_by {
-                    let (x, y) = (a.field(&o.field).unwrap_or(Value::Null), b.field(&o.field).unwrap_or(Value::Null));
+                    let (x, y) = (
+                        a.field(&o.field).unwrap_or(Value::Null),
+                        b.field(&o.field).unwrap_or(Value::Null),
+                    );
                     let c = if o.desc { y.cmp(&x) } else { x.cmp(&y) };
                     if c.is_ne() {
                         return c;
@@ -205,8 +224,14 @@ impl Database {
     /// Number of live records in a collection.
     pub fn count(&self, collection: &str) -> Result<u64> {
         let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else { return Ok(0) };
-        Ok(inner.conn.query_row("SELECT count(*) FROM records WHERE coll = ?1 AND live = 1", [coll], |r| r.get(0))?)
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(0);
+        };
+        Ok(inner.conn.query_row(
+            "SELECT count(*) FROM records WHERE coll = ?1 AND live = 1",
+            [coll],
+            |r| r.get(0),
+        )?)
     }
 
     /// Names of the collections, sorted.
@@ -220,26 +245,44 @@ impl Database {
 
 impl Inner {
     pub(crate) fn get(&self, collection: &str, id: RecordId) -> Result<Option<Record>> {
-        let Some(coll) = self.collection_id(collection) else { return Ok(None) };
+        let Some(coll) = self.collection_id(collection) else {
+            return Ok(None);
+        };
         let row: Option<(u64, u64, Vec<u8>)> = self
             .conn
-            .prepare_cached("SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2 AND live = 1")?
-            .query_row(params![coll, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached(
+                "SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2 AND live = 1",
+            )?
+            .query_row(params![coll, &id.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        let Some((rev, seq, bytes)) = row else { return Ok(None) };
+        let Some((rev, seq, bytes)) = row else {
+            return Ok(None);
+        };
         let state = body::decode(&bytes, Seq(seq), &self.nodes)?;
-        Ok(Some(Record { collection: collection.to_owned(), id, rev, fields: state.fields() }))
+        Ok(Some(Record {
+            collection: collection.to_owned(),
+            id,
+            rev,
+            fields: state.fields(),
+        }))
     }
 
     fn decode_row(&self, collection: &str, row: &rusqlite::Row<'_>) -> Result<Record> {
         let id: Vec<u8> = row.get(0)?;
-        let id: [u8; 16] = id
-            .try_into()
-            .map_err(|_| crate::codec::DecodeError::Malformed("record id is not 16 bytes".into()))?;
+        let id: [u8; 16] = id.try_into().map_err(|_| {
+            crate::codec::DecodeError::Malformed("record id is not 16 bytes".into())
+        })?;
         let rev: u64 = row.get(1)?;
         let seq: u64 = row.get(2)?;
         let bytes: Vec<u8> = row.get(3)?;
         let state = body::decode(&bytes, Seq(seq), &self.nodes)?;
-        Ok(Record { collection: collection.to_owned(), id: RecordId(id), rev, fields: state.fields() })
+        Ok(Record {
+            collection: collection.to_owned(),
+            id: RecordId(id),
+            rev,
+            fields: state.fields(),
+        })
     }
 }

@@ -116,7 +116,10 @@ pub struct Tx<'a> {
 
 impl std::fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tx").field("seq", &self.seq).field("records", &self.records.len()).finish()
+        f.debug_struct("Tx")
+            .field("seq", &self.seq)
+            .field("records", &self.records.len())
+            .finish()
     }
 }
 
@@ -196,12 +199,24 @@ impl Database {
     }
 
     /// Add elements to a set field.
-    pub fn set_add(&self, collection: &str, id: RecordId, field: &str, elems: Vec<Value>) -> Result<()> {
+    pub fn set_add(
+        &self,
+        collection: &str,
+        id: RecordId,
+        field: &str,
+        elems: Vec<Value>,
+    ) -> Result<()> {
         self.update(collection, id, Patch::new().add(field, elems))
     }
 
     /// Remove elements from a set field.
-    pub fn set_remove(&self, collection: &str, id: RecordId, field: &str, elems: Vec<Value>) -> Result<()> {
+    pub fn set_remove(
+        &self,
+        collection: &str,
+        id: RecordId,
+        field: &str,
+        elems: Vec<Value>,
+    ) -> Result<()> {
         self.update(collection, id, Patch::new().remove(field, elems))
     }
 }
@@ -281,7 +296,9 @@ impl<'a> Tx<'a> {
 
     /// Delete a record. Returns false if there was none.
     pub fn delete(&mut self, collection: &str, id: RecordId) -> Result<bool> {
-        let Some(i) = self.load(collection, id, false)? else { return Ok(false) };
+        let Some(i) = self.load(collection, id, false)? else {
+            return Ok(false);
+        };
         if !self.records[i].state.is_live() {
             return Ok(false);
         }
@@ -293,7 +310,13 @@ impl<'a> Tx<'a> {
     }
 
     /// Add `by` to a counter field; returns the new total.
-    pub fn increment(&mut self, collection: &str, id: RecordId, field: &str, by: i64) -> Result<i64> {
+    pub fn increment(
+        &mut self,
+        collection: &str,
+        id: RecordId,
+        field: &str,
+        by: i64,
+    ) -> Result<i64> {
         let i = self.live(collection, id)?;
         validate_field_name(field)?;
         self.apply_op(i, field, FieldOp::Increment(by))?;
@@ -322,20 +345,30 @@ impl<'a> Tx<'a> {
 
     /// Read a record, seeing this transaction's own writes.
     pub fn get(&mut self, collection: &str, id: RecordId) -> Result<Option<Record>> {
-        let Some(i) = self.load(collection, id, false)? else { return Ok(None) };
+        let Some(i) = self.load(collection, id, false)? else {
+            return Ok(None);
+        };
         let p = &self.records[i];
         if !p.state.is_live() {
             return Ok(None);
         }
         let rev = p.before.as_ref().map_or(0, |b| b.1) + u64::from(p.changed);
-        Ok(Some(Record { collection: p.collection.clone(), id, rev, fields: p.state.fields() }))
+        Ok(Some(Record {
+            collection: p.collection.clone(),
+            id,
+            rev,
+            fields: p.state.fields(),
+        }))
     }
 
     fn live(&mut self, collection: &str, id: RecordId) -> Result<usize> {
         match self.load(collection, id, false)? {
             Some(i) if self.records[i].state.is_live() => Ok(i),
-            _ => Err(WriteError::NotFound { collection: collection.to_owned(), id: id.to_string() }
-                .into()),
+            _ => Err(WriteError::NotFound {
+                collection: collection.to_owned(),
+                id: id.to_string(),
+            }
+            .into()),
         }
     }
 
@@ -365,7 +398,12 @@ impl<'a> Tx<'a> {
 
     /// Find or load a record into the transaction. With `create`, a missing record (and
     /// collection) is created empty; without it, `None` when absent.
-    pub(crate) fn load(&mut self, collection: &str, id: RecordId, create: bool) -> Result<Option<usize>> {
+    pub(crate) fn load(
+        &mut self,
+        collection: &str,
+        id: RecordId,
+        create: bool,
+    ) -> Result<Option<usize>> {
         let coll = if create {
             self.inner.collection_id_or_create(collection)?
         } else {
@@ -381,10 +419,14 @@ impl<'a> Tx<'a> {
             .inner
             .conn
             .prepare_cached("SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2")?
-            .query_row(params![coll, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(params![coll, &id.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         let before = match row {
-            Some((rev, seq, bytes)) => Some((body::decode(&bytes, Seq(seq), &self.inner.nodes)?, rev)),
+            Some((rev, seq, bytes)) => {
+                Some((body::decode(&bytes, Seq(seq), &self.inner.nodes)?, rev))
+            }
             None if !create => return Ok(None),
             None => None,
         };
@@ -418,11 +460,26 @@ impl<'a> Tx<'a> {
             .into());
         }
         self.seq_used = true;
-        Ok(Version { hlc: self.inner.clock.tick(self.now_ms), node: self.db.node })
+        Ok(Version {
+            hlc: self.inner.clock.tick(self.now_ms),
+            node: self.db.node,
+        })
     }
 
-    fn cell(&self, key: CellKey, value: CellValue, version: Version, prev: Option<Version>) -> Cell {
-        Cell { key, value, version, prev, seq: self.seq }
+    fn cell(
+        &self,
+        key: CellKey,
+        value: CellValue,
+        version: Version,
+        prev: Option<Version>,
+    ) -> Cell {
+        Cell {
+            key,
+            value,
+            version,
+            prev,
+            seq: self.seq,
+        }
     }
 
     fn write_fields(&mut self, i: usize, fields: Vec<(String, Value)>, insert: bool) -> Result<()> {
@@ -442,15 +499,24 @@ impl<'a> Tx<'a> {
 
     fn apply_op(&mut self, i: usize, field: &str, op: FieldOp) -> Result<()> {
         let current = self.records[i].state.fields().remove(field);
-        let mismatch = |op: &'static str, expected: &'static str, found: &Value| {
-            WriteError::TypeMismatch { field: field.to_owned(), op, expected, found: found.type_name() }
-        };
+        let mismatch =
+            |op: &'static str, expected: &'static str, found: &Value| WriteError::TypeMismatch {
+                field: field.to_owned(),
+                op,
+                expected,
+                found: found.type_name(),
+            };
         let (elems, present) = match op {
             FieldOp::Set(v) => {
                 validate_value(field, &v)?;
                 let version = self.next_version()?;
                 let prev = self.records[i].state.newest_field_version(field);
-                let cell = self.cell(CellKey::Field(field.to_owned()), CellValue::Value(v), version, prev);
+                let cell = self.cell(
+                    CellKey::Field(field.to_owned()),
+                    CellValue::Value(v),
+                    version,
+                    prev,
+                );
                 self.merge_local(i, cell);
                 return Ok(());
             }
@@ -460,7 +526,12 @@ impl<'a> Tx<'a> {
                 }
                 let version = self.next_version()?;
                 let prev = self.records[i].state.newest_field_version(field);
-                let cell = self.cell(CellKey::Field(field.to_owned()), CellValue::Absent, version, prev);
+                let cell = self.cell(
+                    CellKey::Field(field.to_owned()),
+                    CellValue::Absent,
+                    version,
+                    prev,
+                );
                 self.merge_local(i, cell);
                 return Ok(());
             }
@@ -468,13 +539,21 @@ impl<'a> Tx<'a> {
                 let total = match &current {
                     None => 0,
                     Some(Value::Int(n)) => *n,
-                    Some(other) => return Err(mismatch("increment", "an int counter", other).into()),
+                    Some(other) => {
+                        return Err(mismatch("increment", "an int counter", other).into())
+                    }
                 };
-                let overflow = || WriteError::Overflow { field: field.to_owned() };
+                let overflow = || WriteError::Overflow {
+                    field: field.to_owned(),
+                };
                 total.checked_add(by).ok_or_else(overflow)?;
                 let key = CellKey::Counter(field.to_owned(), self.db.node);
                 let (mine, prev) = match self.records[i].state.cell(&key) {
-                    Some(Cell { value: CellValue::Count(c), version, .. }) => (*c, Some(*version)),
+                    Some(Cell {
+                        value: CellValue::Count(c),
+                        version,
+                        ..
+                    }) => (*c, Some(*version)),
                     _ => (0, None),
                 };
                 let mine = mine.checked_add(by).ok_or_else(overflow)?;
@@ -498,13 +577,22 @@ impl<'a> Tx<'a> {
             validate_value(field, &e)?;
             let key = CellKey::Element(field.to_owned(), value::to_bytes(&e));
             let prev = self.records[i].state.cell(&key).map(|c| c.version);
-            let value = if present { CellValue::Present } else { CellValue::Absent };
+            let value = if present {
+                CellValue::Present
+            } else {
+                CellValue::Absent
+            };
             let cell = self.cell(key, value, version, prev);
             self.merge_local(i, cell);
         }
         if let Some(Value::List(l)) = self.records[i].state.fields().get(field) {
             if l.len() > SET_ELEMENTS_MAX {
-                return Err(WriteError::Limit { what: "set size", got: l.len(), max: SET_ELEMENTS_MAX }.into());
+                return Err(WriteError::Limit {
+                    what: "set size",
+                    got: l.len(),
+                    max: SET_ELEMENTS_MAX,
+                }
+                .into());
             }
         }
         Ok(())
@@ -513,7 +601,12 @@ impl<'a> Tx<'a> {
     fn check_field_count(&self, i: usize) -> Result<()> {
         let n = self.records[i].state.field_count();
         if n > RECORD_FIELDS_MAX {
-            return Err(WriteError::Limit { what: "fields in a record", got: n, max: RECORD_FIELDS_MAX }.into());
+            return Err(WriteError::Limit {
+                what: "fields in a record",
+                got: n,
+                max: RECORD_FIELDS_MAX,
+            }
+            .into());
         }
         Ok(())
     }
@@ -541,13 +634,15 @@ impl<'a> Tx<'a> {
                     if o.cell.key == cell.key {
                         replaced = Some(o.cell);
                     } else {
-                        p.history.push((o.cell.key.clone(), Some(o.cell), None, cell.version));
+                        p.history
+                            .push((o.cell.key.clone(), Some(o.cell), None, cell.version));
                     }
                 }
                 p.cells_changed += 1;
                 // A creation needs no history row (see `write_record`), so skip the clone.
                 if replaced.is_some() {
-                    p.history.push((cell.key.clone(), replaced, Some(cell.clone()), cell.version));
+                    p.history
+                        .push((cell.key.clone(), replaced, Some(cell.clone()), cell.version));
                 }
                 true
             }
@@ -560,7 +655,15 @@ impl<'a> Tx<'a> {
     /// changed.
     pub(crate) fn commit(self) -> Result<(Vec<Event>, bool)> {
         let watched = self.db.watchers.is_watched();
-        let Tx { db, inner, records, base_seq, seq, seq_used, .. } = self;
+        let Tx {
+            db,
+            inner,
+            records,
+            base_seq,
+            seq,
+            seq_used,
+            ..
+        } = self;
         if !seq_used && records.iter().all(|p| !p.changed) {
             inner.conn.execute_batch("COMMIT")?;
             return Ok((Vec::new(), false));
@@ -598,13 +701,21 @@ impl<'a> Tx<'a> {
             events.push(Event {
                 kind,
                 seq: p.state.max_seq(),
-                record: Record { collection: p.collection.clone(), id: p.id, rev, fields },
+                record: Record {
+                    collection: p.collection.clone(),
+                    id: p.id,
+                    rev,
+                    fields,
+                },
             });
         }
         inner.set_clock_row(last_seq, inner.clock.last())?;
         inner.nodes.flush(&inner.conn)?;
         inner.conn.execute_batch("COMMIT")?;
-        inner.data_version = inner.conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
+        inner.data_version = inner
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         let added: u64 = records.iter().map(|p| p.history.len() as u64).sum();
         inner.history_rows_since_compaction += added;
         if inner.history_rows_since_compaction > db.options.history.check_every_rows() {
@@ -622,7 +733,12 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     let row_seq = p.state.max_seq();
     let bytes = body::encode(&p.state, row_seq, &mut inner.nodes);
     if bytes.len() > RECORD_BYTES_MAX {
-        return Err(WriteError::Limit { what: "encoded record size", got: bytes.len(), max: RECORD_BYTES_MAX }.into());
+        return Err(WriteError::Limit {
+            what: "encoded record size",
+            got: bytes.len(),
+            max: RECORD_BYTES_MAX,
+        }
+        .into());
     }
     let rev = p.before.as_ref().map_or(0, |b| b.1) + 1;
     let id = &p.id.0[..];
@@ -657,7 +773,9 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     for s in new.iter().filter(|s| !old.contains(s)) {
         inner
             .conn
-            .prepare_cached("INSERT OR REPLACE INTO feed (seq, coll, id, src) VALUES (?1, ?2, ?3, ?4)")?
+            .prepare_cached(
+                "INSERT OR REPLACE INTO feed (seq, coll, id, src) VALUES (?1, ?2, ?3, ?4)",
+            )?
             .execute(params![s.0, p.coll, id, p.src])?;
     }
 
@@ -668,8 +786,17 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
             .execute(params![s.0, p.coll, id])?;
     }
     if let Some(fields) = inner.indexes.get(&p.coll).cloned() {
-        let before = p.before.as_ref().filter(|b| b.0.is_live()).map(|b| b.0.fields()).unwrap_or_default();
-        let after = if p.state.is_live() { p.state.fields() } else { BTreeMap::new() };
+        let before = p
+            .before
+            .as_ref()
+            .filter(|b| b.0.is_live())
+            .map(|b| b.0.fields())
+            .unwrap_or_default();
+        let after = if p.state.is_live() {
+            p.state.fields()
+        } else {
+            BTreeMap::new()
+        };
         super::index::update_entries(&inner.conn, p.coll, p.id, &fields, &before, &after)?;
     }
 
@@ -701,7 +828,10 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     }
     let policy = inner.policies.get(&p.coll).cloned().unwrap_or_default();
     for (winner, loser) in &p.conflicts {
-        let manual = loser.key.field().is_some_and(|f| policy.manual_fields.contains(f));
+        let manual = loser
+            .key
+            .field()
+            .is_some_and(|f| policy.manual_fields.contains(f));
         let resolved = policy.auto_resolve && !manual;
         let wn = inner.nodes.index(winner.version.node);
         let ln = inner.nodes.index(loser.version.node);
@@ -739,7 +869,12 @@ fn collect_fields<K: Into<String>, V: Into<Value>>(
         out.retain(|(f, _)| *f != k);
         out.push((k, v));
         if out.len() > RECORD_FIELDS_MAX {
-            return Err(WriteError::Limit { what: "fields in a record", got: out.len(), max: RECORD_FIELDS_MAX }.into());
+            return Err(WriteError::Limit {
+                what: "fields in a record",
+                got: out.len(),
+                max: RECORD_FIELDS_MAX,
+            }
+            .into());
         }
     }
     Ok(out)
@@ -747,7 +882,11 @@ fn collect_fields<K: Into<String>, V: Into<Value>>(
 
 /// Field names: 1 to 255 bytes, no control characters, not `_id`, not starting with `$`.
 pub fn validate_field_name(name: &str) -> Result<(), WriteError> {
-    let bad = |reason: &str| WriteError::InvalidName { what: "field", name: name.to_owned(), reason: reason.to_owned() };
+    let bad = |reason: &str| WriteError::InvalidName {
+        what: "field",
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
     if name.is_empty() {
         return Err(bad("must not be empty"));
     }
@@ -770,12 +909,20 @@ pub fn validate_field_name(name: &str) -> Result<(), WriteError> {
 pub fn validate_value(field: &str, v: &Value) -> Result<(), WriteError> {
     let depth = v.depth();
     if depth > VALUE_DEPTH_MAX {
-        return Err(WriteError::Limit { what: "value nesting depth", got: depth, max: VALUE_DEPTH_MAX });
+        return Err(WriteError::Limit {
+            what: "value nesting depth",
+            got: depth,
+            max: VALUE_DEPTH_MAX,
+        });
     }
     let len = value::encoded_len(v);
     if len > VALUE_BYTES_MAX {
         let _ = field;
-        return Err(WriteError::Limit { what: "encoded value size", got: len, max: VALUE_BYTES_MAX });
+        return Err(WriteError::Limit {
+            what: "encoded value size",
+            got: len,
+            max: VALUE_BYTES_MAX,
+        });
     }
     Ok(())
 }

@@ -154,10 +154,15 @@ impl FrameDecoder {
             Err(e) => return Err(e.into()),
         };
         if len > FRAME_BYTES_MAX as u64 {
-            return Err(FrameError::TooLarge { got: len, max: FRAME_BYTES_MAX as u64 });
+            return Err(FrameError::TooLarge {
+                got: len,
+                max: FRAME_BYTES_MAX as u64,
+            });
         }
         if len < 2 {
-            return Err(FrameError::Malformed(format!("frame body of {len} bytes is too short")));
+            return Err(FrameError::Malformed(format!(
+                "frame body of {len} bytes is too short"
+            )));
         }
         let start = r.pos();
         let total = start + len as usize + 4;
@@ -171,11 +176,15 @@ impl FrameDecoder {
         }
         let (kind, flags) = (body[0], body[1]);
         if flags & !FLAGS_KNOWN != 0 {
-            return Err(FrameError::Malformed(format!("unknown flags 0x{flags:02x}")));
+            return Err(FrameError::Malformed(format!(
+                "unknown flags 0x{flags:02x}"
+            )));
         }
         let payload = if flags & (FLAG_LZ4 | FLAG_ZSTD) != 0 {
             if flags & FLAG_ZSTD != 0 {
-                return Err(FrameError::Malformed("zstd is only used in snapshot streams".into()));
+                return Err(FrameError::Malformed(
+                    "zstd is only used in snapshot streams".into(),
+                ));
             }
             let mut pr = Reader::new(&body[2..]);
             let raw = pr.len("decompressed size", FRAME_DECOMPRESSED_BYTES_MAX)?;
@@ -202,7 +211,11 @@ impl FrameDecoder {
         };
         self.index += 1;
         self.start += total;
-        Ok(Some(Frame { kind, partial: flags & FLAG_PARTIAL != 0, payload }))
+        Ok(Some(Frame {
+            kind,
+            partial: flags & FLAG_PARTIAL != 0,
+            payload,
+        }))
     }
 }
 
@@ -213,7 +226,10 @@ mod tests {
 
     #[test]
     fn round_trip_in_any_split() {
-        let mut e = FrameEncoder { lz4: true, ..Default::default() };
+        let mut e = FrameEncoder {
+            lz4: true,
+            ..Default::default()
+        };
         let frames: Vec<Vec<u8>> = vec![
             e.encode(1, false, b"hello"),
             e.encode(2, true, &vec![7u8; 5000]),
@@ -247,11 +263,17 @@ mod tests {
         d.push(&a);
         d.push(&a);
         assert!(d.next_frame().unwrap().is_some());
-        assert!(matches!(d.next_frame(), Err(FrameError::Checksum { index: 1 })));
+        assert!(matches!(
+            d.next_frame(),
+            Err(FrameError::Checksum { index: 1 })
+        ));
         // Lost first frame.
         let mut d = FrameDecoder::default();
         d.push(&b);
-        assert!(matches!(d.next_frame(), Err(FrameError::Checksum { index: 0 })));
+        assert!(matches!(
+            d.next_frame(),
+            Err(FrameError::Checksum { index: 0 })
+        ));
         // Corrupted byte.
         let mut bad = a.clone();
         bad[2] ^= 0x40;

@@ -287,11 +287,21 @@ pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
             caps: r.varint()?,
             token: r.str("token", TOKEN_BYTES_MAX)?.to_owned(),
         }),
-        kind::SUBSCRIBE => Message::Subscribe { from: Seq(r.varint()?) },
-        kind::ACK => Message::Ack { seq: Seq(r.varint()?) },
-        kind::CAUGHT_UP => Message::CaughtUp { seq: Seq(r.varint()?) },
-        kind::PING => Message::Ping { nonce: u64::from_le_bytes(r.array()?) },
-        kind::PONG => Message::Pong { nonce: u64::from_le_bytes(r.array()?) },
+        kind::SUBSCRIBE => Message::Subscribe {
+            from: Seq(r.varint()?),
+        },
+        kind::ACK => Message::Ack {
+            seq: Seq(r.varint()?),
+        },
+        kind::CAUGHT_UP => Message::CaughtUp {
+            seq: Seq(r.varint()?),
+        },
+        kind::PING => Message::Ping {
+            nonce: u64::from_le_bytes(r.array()?),
+        },
+        kind::PONG => Message::Pong {
+            nonce: u64::from_le_bytes(r.array()?),
+        },
         kind::ERROR => Message::Error {
             code: ErrorCode::from_u16(u16::from_le_bytes(r.array()?)),
             message: r.str("error message", ERROR_MESSAGE_BYTES_MAX)?.to_owned(),
@@ -299,7 +309,10 @@ pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         k => return Err(DecodeError::BadTag { tag: k, offset: 0 }),
     };
     if !r.is_empty() {
-        return Err(DecodeError::Malformed(format!("{} trailing bytes in message", r.remaining())));
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes in message",
+            r.remaining()
+        )));
     }
     Ok(m)
 }
@@ -371,7 +384,8 @@ impl Dict {
         }
         if self.strings.len() < SESSION_DICT_ENTRIES_MAX {
             out.push(0);
-            self.string_index.insert(s.to_owned(), self.strings.len() as u64);
+            self.string_index
+                .insert(s.to_owned(), self.strings.len() as u64);
             self.strings.push(s.to_owned());
         } else {
             out.push(1);
@@ -379,7 +393,12 @@ impl Dict {
         write_str(out, s);
     }
 
-    fn get_str(&mut self, r: &mut Reader<'_>, what: &'static str, max: usize) -> Result<String, DecodeError> {
+    fn get_str(
+        &mut self,
+        r: &mut Reader<'_>,
+        what: &'static str,
+        max: usize,
+    ) -> Result<String, DecodeError> {
         match r.varint()? {
             0 => {
                 let s = r.str(what, max)?.to_owned();
@@ -400,7 +419,11 @@ impl Dict {
                     .and_then(|i| self.strings.get(i))
                     .ok_or_else(|| DecodeError::Malformed(format!("unknown name reference {i}")))?;
                 if s.len() > max {
-                    return Err(DecodeError::TooLarge { what, got: s.len() as u64, max: max as u64 });
+                    return Err(DecodeError::TooLarge {
+                        what,
+                        got: s.len() as u64,
+                        max: max as u64,
+                    });
                 }
                 Ok(s.clone())
             }
@@ -416,7 +439,10 @@ impl Dict {
     fn get_version(&mut self, r: &mut Reader<'_>) -> Result<Version, DecodeError> {
         let hlc = self.last_hlc.wrapping_add(read_i64(r)? as u64);
         self.last_hlc = hlc;
-        Ok(Version { hlc: Hlc(hlc), node: self.get_node(r)? })
+        Ok(Version {
+            hlc: Hlc(hlc),
+            node: self.get_node(r)?,
+        })
     }
 
     /// Encode a CHANGES payload.
@@ -515,7 +541,11 @@ impl Dict {
     }
 
     /// Decode a CHANGES payload. `cells_budget` bounds how many cells it may hold.
-    pub fn decode_changes(&mut self, payload: &[u8], cells_budget: usize) -> Result<(Vec<Change>, Seq), DecodeError> {
+    pub fn decode_changes(
+        &mut self,
+        payload: &[u8],
+        cells_budget: usize,
+    ) -> Result<(Vec<Change>, Seq), DecodeError> {
         let mut r = Reader::new(payload);
         let n_groups = r.count("group count", TRANSACTION_CELLS_MAX, 2)?;
         let mut changes = Vec::new();
@@ -525,7 +555,8 @@ impl Dict {
             self.last_seq = seq;
             let n_records = r.count("records in group", TRANSACTION_CELLS_MAX, 18)?;
             for _ in 0..n_records {
-                let collection = self.get_str(&mut r, "collection name", COLLECTION_NAME_BYTES_MAX)?;
+                let collection =
+                    self.get_str(&mut r, "collection name", COLLECTION_NAME_BYTES_MAX)?;
                 let id = RecordId(r.array()?);
                 let n_cells = r.count("cells in record", TRANSACTION_CELLS_MAX, 1)?;
                 cells_total += n_cells;
@@ -541,13 +572,21 @@ impl Dict {
                     let c = self.get_cell(&mut r, cells.last())?;
                     cells.push(c);
                 }
-                changes.push(Change { seq: Seq(seq), collection, id, cells });
+                changes.push(Change {
+                    seq: Seq(seq),
+                    collection,
+                    id,
+                    cells,
+                });
             }
         }
         let end = self.last_seq.wrapping_add(r.varint()?);
         self.last_seq = end;
         if !r.is_empty() {
-            return Err(DecodeError::Malformed(format!("{} trailing bytes in CHANGES", r.remaining())));
+            return Err(DecodeError::Malformed(format!(
+                "{} trailing bytes in CHANGES",
+                r.remaining()
+            )));
         }
         Ok((changes, Seq(end)))
     }
@@ -555,7 +594,9 @@ impl Dict {
     fn get_cell(&mut self, r: &mut Reader<'_>, before: Option<&Cell>) -> Result<Cell, DecodeError> {
         let flags = r.u8()?;
         if flags & 0x80 != 0 {
-            return Err(DecodeError::Malformed(format!("unknown cell flags 0x{flags:02x}")));
+            return Err(DecodeError::Malformed(format!(
+                "unknown cell flags 0x{flags:02x}"
+            )));
         }
         let key = match flags & 0b11 {
             0 => CellKey::Record,
@@ -576,14 +617,16 @@ impl Dict {
             _ => CellValue::Count(read_i64(r)?),
         };
         let version = if flags & CELL_SAME_VERSION != 0 {
-            before
-                .map(|b| b.version)
-                .ok_or_else(|| DecodeError::Malformed("first cell of a record cannot reuse a version".into()))?
+            before.map(|b| b.version).ok_or_else(|| {
+                DecodeError::Malformed("first cell of a record cannot reuse a version".into())
+            })?
         } else {
             self.get_version(r)?
         };
         if flags & CELL_SAME_PREV != 0 && flags & CELL_HAS_PREV == 0 {
-            return Err(DecodeError::Malformed("cell flag SAME_PREV without HAS_PREV".into()));
+            return Err(DecodeError::Malformed(
+                "cell flag SAME_PREV without HAS_PREV".into(),
+            ));
         }
         let prev = if flags & CELL_HAS_PREV == 0 {
             None
@@ -594,8 +637,17 @@ impl Dict {
         } else {
             let back = crate::codec::varint::unzigzag(r.varint()?);
             let hlc = version.hlc.0.wrapping_sub(back as u64);
-            Some(Version { hlc: Hlc(hlc), node: self.get_node(r)? })
+            Some(Version {
+                hlc: Hlc(hlc),
+                node: self.get_node(r)?,
+            })
         };
-        Ok(Cell { key, value, version, prev, seq: Seq(0) })
+        Ok(Cell {
+            key,
+            value,
+            version,
+            prev,
+            seq: Seq(0),
+        })
     }
 }

@@ -15,9 +15,9 @@
 //!
 //! ```text
 //!  A                                   B
-//!  HELLO(node, head, mode) ──────────► 
+//!  HELLO(node, head, mode) ──────────►
 //!  ◄────────────────────────────────── HELLO
-//!  SUBSCRIBE(from = my cursor of B) ──► 
+//!  SUBSCRIBE(from = my cursor of B) ──►
 //!  ◄────────────────────────────────── SUBSCRIBE(from = B's cursor of A)
 //!  ◄──── CHANGES… (unit) / CAUGHT_UP ─►  (both ways, windowed)
 //!  ACK(end of applied unit) ─────────►
@@ -277,12 +277,16 @@ impl Session {
     /// True when, as far as this side knows, both directions are in sync: the peer told us
     /// it has sent everything (and we applied it), and it acknowledged everything we have.
     pub fn is_caught_up(&self, db: &Database) -> Result<bool, Error> {
-        let Some(peer) = &self.peer else { return Ok(false) };
+        let Some(peer) = &self.peer else {
+            return Ok(false);
+        };
         let receiving = self.cfg.mode.receives() && peer.mode.sends();
         let sending = self.cfg.mode.sends() && peer.mode.receives();
         let rx_done = !receiving
             || (self.staged.is_empty()
-                && self.peer_caught_up.is_some_and(|s| self.received_through >= s));
+                && self
+                    .peer_caught_up
+                    .is_some_and(|s| self.received_through >= s));
         let tx_done = !sending
             || (self.peer_from.is_some()
                 && self.unacked.is_empty()
@@ -305,7 +309,12 @@ impl Session {
 
     /// Feed received bytes. On a protocol error the session queues an ERROR frame for the
     /// peer (send it, then close the transport) and returns the error.
-    pub fn handle_bytes(&mut self, now_ms: u64, bytes: &[u8], db: &Database) -> Result<(), SyncError> {
+    pub fn handle_bytes(
+        &mut self,
+        now_ms: u64,
+        bytes: &[u8],
+        db: &Database,
+    ) -> Result<(), SyncError> {
         self.stats.bytes_received += bytes.len() as u64;
         if self.state == State::Closed {
             return Ok(());
@@ -331,15 +340,29 @@ impl Session {
             let msg = if frame.kind == kind::CHANGES {
                 let budget = TRANSACTION_CELLS_MAX.saturating_sub(self.staged_cells);
                 match self.rx_dict.decode_changes(&frame.payload, budget) {
-                    Ok((changes, end)) => Message::Changes { changes, end, partial: frame.partial },
+                    Ok((changes, end)) => Message::Changes {
+                        changes,
+                        end,
+                        partial: frame.partial,
+                    },
                     Err(e @ crate::codec::DecodeError::TooLarge { .. }) => {
                         return Err(self.fail(ErrorCode::TooLarge, format!("CHANGES: {e}"), now_ms))
                     }
-                    Err(e) => return Err(self.fail(ErrorCode::Malformed, format!("CHANGES: {e}"), now_ms)),
+                    Err(e) => {
+                        return Err(self.fail(
+                            ErrorCode::Malformed,
+                            format!("CHANGES: {e}"),
+                            now_ms,
+                        ))
+                    }
                 }
             } else {
                 if frame.partial {
-                    return Err(self.fail(ErrorCode::Malformed, "PARTIAL flag on a non-CHANGES frame".into(), now_ms));
+                    return Err(self.fail(
+                        ErrorCode::Malformed,
+                        "PARTIAL flag on a non-CHANGES frame".into(),
+                        now_ms,
+                    ));
                 }
                 // Check the version before the rest, so a newer HELLO layout is reported as
                 // a version mismatch rather than as malformed.
@@ -367,11 +390,20 @@ impl Session {
         }
     }
 
-    fn handle_message(&mut self, now_ms: u64, msg: Message, db: &Database) -> Result<(), SyncError> {
+    fn handle_message(
+        &mut self,
+        now_ms: u64,
+        msg: Message,
+        db: &Database,
+    ) -> Result<(), SyncError> {
         match (self.state, msg) {
             (_, Message::Error { code, message }) => {
                 self.state = State::Closed;
-                let e = SyncError { code, message, remote: true };
+                let e = SyncError {
+                    code,
+                    message,
+                    remote: true,
+                };
                 self.events.push_back(SessionEvent::Closed(e.clone()));
                 Err(e)
             }
@@ -384,9 +416,11 @@ impl Session {
             (State::Open, Message::Hello(_)) => {
                 Err(self.fail(ErrorCode::Unexpected, "second HELLO".into(), now_ms))
             }
-            (State::Open, Message::Subscribe { .. }) if self.peer_from.is_some() => {
-                Err(self.fail(ErrorCode::Unexpected, "second SUBSCRIBE in one session".into(), now_ms))
-            }
+            (State::Open, Message::Subscribe { .. }) if self.peer_from.is_some() => Err(self.fail(
+                ErrorCode::Unexpected,
+                "second SUBSCRIBE in one session".into(),
+                now_ms,
+            )),
             (State::Open, Message::Subscribe { from }) => {
                 if !self.cfg.mode.sends() {
                     return Err(self.fail(
@@ -405,9 +439,20 @@ impl Session {
                 self.acked = from;
                 Ok(())
             }
-            (State::Open, Message::Changes { changes, end, partial }) => {
+            (
+                State::Open,
+                Message::Changes {
+                    changes,
+                    end,
+                    partial,
+                },
+            ) => {
                 if !self.subscribed {
-                    return Err(self.fail(ErrorCode::Unexpected, "CHANGES without SUBSCRIBE".into(), now_ms));
+                    return Err(self.fail(
+                        ErrorCode::Unexpected,
+                        "CHANGES without SUBSCRIBE".into(),
+                        now_ms,
+                    ));
                 }
                 let cells: usize = changes.iter().map(|c| c.cells.len()).sum();
                 self.stats.cells_received += cells as u64;
@@ -420,7 +465,11 @@ impl Session {
             }
             (State::Open, Message::Ack { seq }) => {
                 if seq > self.sent_through {
-                    return Err(self.fail(ErrorCode::Malformed, format!("ACK of {seq} beyond what was sent"), now_ms));
+                    return Err(self.fail(
+                        ErrorCode::Malformed,
+                        format!("ACK of {seq} beyond what was sent"),
+                        now_ms,
+                    ));
                 }
                 while self.unacked.front().is_some_and(|u| *u <= seq) {
                     self.unacked.pop_front();
@@ -435,7 +484,8 @@ impl Session {
                     // Everything between was skipped by the sender (it came from us):
                     // remember the position so a reconnect does not rescan it.
                     let peer = self.peer.as_ref().map(|p| p.node).expect("open");
-                    db.apply_changes(peer, &[], Some(seq)).map_err(|e| self.internal(e, now_ms))?;
+                    db.apply_changes(peer, &[], Some(seq))
+                        .map_err(|e| self.internal(e, now_ms))?;
                     self.received_through = seq;
                 }
                 Ok(())
@@ -453,7 +503,10 @@ impl Session {
         if h.version != PROTOCOL_VERSION {
             return Err(self.fail(
                 ErrorCode::UnsupportedVersion,
-                format!("peer speaks protocol {}, this node {PROTOCOL_VERSION}: upgrade the older one", h.version),
+                format!(
+                    "peer speaks protocol {}, this node {PROTOCOL_VERSION}: upgrade the older one",
+                    h.version
+                ),
                 now_ms,
             ));
         }
@@ -470,7 +523,10 @@ impl Session {
         }
         self.encoder.lz4 = self.cfg.lz4 && h.caps & caps::LZ4 != 0;
         self.state = State::Open;
-        self.events.push_back(SessionEvent::Connected { peer: h.node, hello: h.clone() });
+        self.events.push_back(SessionEvent::Connected {
+            peer: h.node,
+            hello: h.clone(),
+        });
         if self.cfg.mode.receives() && h.mode.sends() {
             let mut from = db
                 .peer_cursor(h.node, PeerDirection::Received)
@@ -497,13 +553,18 @@ impl Session {
                 self.stats.cells_applied += n as u64;
                 self.received_through = end;
                 self.send(&Message::Ack { seq: end }, now_ms);
-                self.events.push_back(SessionEvent::Applied { cells: n, through: end });
+                self.events.push_back(SessionEvent::Applied {
+                    cells: n,
+                    through: end,
+                });
                 Ok(())
             }
             Err(Error::Apply(ApplyError::ClockSkew(e))) => {
                 Err(self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms))
             }
-            Err(Error::Apply(ApplyError::Invalid(m))) => Err(self.fail(ErrorCode::Malformed, m, now_ms)),
+            Err(Error::Apply(ApplyError::Invalid(m))) => {
+                Err(self.fail(ErrorCode::Malformed, m, now_ms))
+            }
             Err(e) => Err(self.internal(e, now_ms)),
         }
     }
@@ -559,7 +620,12 @@ impl Session {
             && self.caught_up_sent != Some(self.sent_through)
         {
             self.caught_up_sent = Some(self.sent_through);
-            self.send(&Message::CaughtUp { seq: self.sent_through }, now_ms);
+            self.send(
+                &Message::CaughtUp {
+                    seq: self.sent_through,
+                },
+                now_ms,
+            );
         }
         Ok(())
     }
@@ -582,12 +648,21 @@ impl Session {
         let mut bytes = 0usize;
         let mut cells = 0usize;
         for i in 0..changes.len() {
-            bytes += changes[i].cells.iter().map(approx_cell_bytes).sum::<usize>() + 20;
+            bytes += changes[i]
+                .cells
+                .iter()
+                .map(approx_cell_bytes)
+                .sum::<usize>()
+                + 20;
             cells += changes[i].cells.len();
             let last = i + 1 == changes.len();
             if last || bytes >= FRAME_TARGET_BYTES || cells >= self.cfg.batch_cells_max {
                 let chunk = &changes[start..=i];
-                let frame_end = if last { end } else { chunk.last().map(|c| c.seq).unwrap_or(end) };
+                let frame_end = if last {
+                    end
+                } else {
+                    chunk.last().map(|c| c.seq).unwrap_or(end)
+                };
                 let payload = self.tx_dict.encode_changes(chunk, frame_end);
                 self.stats.cells_sent += chunk.iter().map(|c| c.cells.len() as u64).sum::<u64>();
                 self.push_frame(kind::CHANGES, partial || !last, &payload, now_ms);
@@ -608,14 +683,22 @@ impl Session {
         if now_ms.saturating_sub(self.last_recv_ms) >= self.cfg.idle_timeout_ms {
             let _ = self.fail(
                 ErrorCode::Timeout,
-                format!("nothing received for {} ms: the peer or the network is down", self.cfg.idle_timeout_ms),
+                format!(
+                    "nothing received for {} ms: the peer or the network is down",
+                    self.cfg.idle_timeout_ms
+                ),
                 now_ms,
             );
             return;
         }
         if now_ms.saturating_sub(self.last_send_ms) >= self.cfg.ping_interval_ms {
             self.ping_nonce += 1;
-            self.send(&Message::Ping { nonce: self.ping_nonce }, now_ms);
+            self.send(
+                &Message::Ping {
+                    nonce: self.ping_nonce,
+                },
+                now_ms,
+            );
         }
         self.persist_acked(now_ms, db, false);
     }
@@ -661,10 +744,14 @@ impl Session {
     }
 
     fn persist_acked(&mut self, now_ms: u64, db: &Database, force: bool) {
-        let Some(peer) = self.peer.as_ref().map(|p| p.node) else { return };
+        let Some(peer) = self.peer.as_ref().map(|p| p.node) else {
+            return;
+        };
         if self.acked > self.acked_persisted
             && (force || now_ms.saturating_sub(self.acked_persisted_ms) >= ACK_PERSIST_INTERVAL_MS)
-            && db.set_peer_cursor(peer, PeerDirection::Acked, self.acked).is_ok()
+            && db
+                .set_peer_cursor(peer, PeerDirection::Acked, self.acked)
+                .is_ok()
         {
             self.acked_persisted = self.acked;
             self.acked_persisted_ms = now_ms;
@@ -686,10 +773,20 @@ impl Session {
         if self.state != State::Closed {
             // Frames already queued keep their place: each has used up a frame index, so the
             // ERROR must come after them for the peer's checksums to match.
-            self.send(&Message::Error { code, message: message.clone() }, now_ms);
+            self.send(
+                &Message::Error {
+                    code,
+                    message: message.clone(),
+                },
+                now_ms,
+            );
             self.state = State::Closed;
         }
-        let e = SyncError { code, message, remote: false };
+        let e = SyncError {
+            code,
+            message,
+            remote: false,
+        };
         self.events.push_back(SessionEvent::Closed(e.clone()));
         e
     }

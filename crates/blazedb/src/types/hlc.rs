@@ -123,7 +123,11 @@ impl Clock {
     pub fn check(&self, remote: Hlc, wall_ms: u64) -> Result<(), ClockSkewError> {
         let ahead_ms = remote.wall_ms().saturating_sub(wall_ms);
         if ahead_ms > self.skew_ms_max {
-            return Err(ClockSkewError { remote, ahead_ms, limit_ms: self.skew_ms_max });
+            return Err(ClockSkewError {
+                remote,
+                ahead_ms,
+                limit_ms: self.skew_ms_max,
+            });
         }
         Ok(())
     }
@@ -159,9 +163,18 @@ mod tests {
     fn version_orders_by_time_then_node() {
         let n1 = NodeId([1; 16]);
         let n2 = NodeId([2; 16]);
-        let a = Version { hlc: Hlc::new(10, 0), node: n2 };
-        let b = Version { hlc: Hlc::new(10, 0), node: n1 };
-        let c = Version { hlc: Hlc::new(11, 0), node: n1 };
+        let a = Version {
+            hlc: Hlc::new(10, 0),
+            node: n2,
+        };
+        let b = Version {
+            hlc: Hlc::new(10, 0),
+            node: n1,
+        };
+        let c = Version {
+            hlc: Hlc::new(11, 0),
+            node: n1,
+        };
         assert!(b < a && a < c);
     }
 }

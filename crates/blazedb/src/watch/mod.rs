@@ -66,7 +66,11 @@ pub(crate) struct Registry {
 impl Registry {
     /// Whether any subscription exists (events are only built then).
     pub(crate) fn is_watched(&self) -> bool {
-        !self.subs.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        !self
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     pub(crate) fn publish(&self, events: &[Event]) {
@@ -127,7 +131,11 @@ impl Watch {
         if let Some(l) = self.take_lag() {
             return Some(l);
         }
-        self.rx.recv_timeout(timeout).ok().map(WatchItem::Event).or_else(|| self.take_lag())
+        self.rx
+            .recv_timeout(timeout)
+            .ok()
+            .map(WatchItem::Event)
+            .or_else(|| self.take_lag())
     }
 
     /// The next item if one is ready.
@@ -143,7 +151,12 @@ impl Database {
     /// Subscribe to committed changes of `collection`, optionally only of records matching
     /// `filter` (for deletes: that matched before the delete). `capacity` bounds the buffer
     /// (default 1024 events).
-    pub fn watch(&self, collection: &str, filter: Option<&str>, capacity: Option<usize>) -> Result<Watch> {
+    pub fn watch(
+        &self,
+        collection: &str,
+        filter: Option<&str>,
+        capacity: Option<usize>,
+    ) -> Result<Watch> {
         let filter = filter.map(crate::query::parse).transpose()?;
         let capacity = capacity.unwrap_or(WATCH_BUFFER_EVENTS_DEFAULT);
         if capacity == 0 || capacity > WATCH_BUFFER_EVENTS_MAX {
@@ -153,13 +166,17 @@ impl Database {
         }
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let lagged = Arc::new(AtomicU64::new(0));
-        self.watchers.subs.lock().unwrap_or_else(|e| e.into_inner()).push(Subscriber {
-            collection: collection.to_owned(),
-            filter,
-            params: Params::new(),
-            tx,
-            lagged: lagged.clone(),
-        });
+        self.watchers
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscriber {
+                collection: collection.to_owned(),
+                filter,
+                params: Params::new(),
+                tx,
+                lagged: lagged.clone(),
+            });
         Ok(Watch { rx, lagged })
     }
 }
