@@ -32,6 +32,8 @@ pub mod kind {
     pub const PONG: u8 = 0x07;
     /// ERROR: the sender closes after it.
     pub const ERROR: u8 = 0x08;
+    /// REJECT: changes the receiver refused (access rules); the session goes on.
+    pub const REJECT: u8 = 0x09;
 }
 
 /// What a side of a session does.
@@ -203,6 +205,11 @@ pub enum Message {
         /// From the PING.
         nonce: u64,
     },
+    /// REJECT: these records' changes were refused and not applied.
+    Reject {
+        /// What was refused and why.
+        rejections: Vec<crate::sync::Rejection>,
+    },
     /// ERROR.
     Error {
         /// What went wrong.
@@ -265,6 +272,23 @@ pub fn encode_simple(m: &Message) -> (u8, Vec<u8>) {
             write_str(&mut p, msg);
             kind::ERROR
         }
+        Message::Reject { rejections } => {
+            write_u64(&mut p, rejections.len() as u64);
+            for r in rejections {
+                write_str(&mut p, &r.collection);
+                p.extend_from_slice(&r.id.0);
+                let mut reason = r.reason.as_str();
+                while reason.len() > ERROR_MESSAGE_BYTES_MAX {
+                    let mut cut = ERROR_MESSAGE_BYTES_MAX;
+                    while !reason.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    reason = &reason[..cut];
+                }
+                write_str(&mut p, reason);
+            }
+            kind::REJECT
+        }
         Message::Changes { .. } => panic!("CHANGES is encoded with a session dictionary"),
     };
     (k, p)
@@ -306,6 +330,20 @@ pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
             code: ErrorCode::from_u16(u16::from_le_bytes(r.array()?)),
             message: r.str("error message", ERROR_MESSAGE_BYTES_MAX)?.to_owned(),
         },
+        kind::REJECT => {
+            let n = r.count("rejections", TRANSACTION_CELLS_MAX, 18)?;
+            let mut rejections = Vec::with_capacity(n);
+            for _ in 0..n {
+                rejections.push(crate::sync::Rejection {
+                    collection: r
+                        .str("collection name", COLLECTION_NAME_BYTES_MAX)?
+                        .to_owned(),
+                    id: RecordId(r.array()?),
+                    reason: r.str("reason", ERROR_MESSAGE_BYTES_MAX)?.to_owned(),
+                });
+            }
+            Message::Reject { rejections }
+        }
         k => return Err(DecodeError::BadTag { tag: k, offset: 0 }),
     };
     if !r.is_empty() {

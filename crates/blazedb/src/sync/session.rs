@@ -56,6 +56,9 @@ pub struct SessionConfig {
     pub idle_timeout_ms: u64,
     /// Offer and use LZ4.
     pub lz4: bool,
+    /// Who the peer is allowed to be and what it may read and write (a relay sets this per
+    /// connection). `None`: everything is allowed.
+    pub access: Option<std::sync::Arc<dyn super::AccessControl>>,
 }
 
 impl Default for SessionConfig {
@@ -69,6 +72,7 @@ impl Default for SessionConfig {
             ping_interval_ms: PING_INTERVAL_MS_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             lz4: true,
+            access: None,
         }
     }
 }
@@ -102,6 +106,11 @@ pub enum SessionEvent {
         /// The peer's feed position now reached.
         through: Seq,
     },
+    /// The peer refused some of our changes (access rules); they were not applied there,
+    /// and the peer's version of those records is on its way back to us.
+    Rejected(Vec<super::Rejection>),
+    /// We refused some of the peer's changes (access rules) and told it so.
+    Refused(Vec<super::Rejection>),
     /// The session ended.
     Closed(SyncError),
 }
@@ -123,6 +132,10 @@ pub struct SessionStats {
     pub cells_received: u64,
     /// Received cells that changed something here.
     pub cells_applied: u64,
+    /// Records whose changes we refused (access rules).
+    pub changes_refused: u64,
+    /// Records whose changes the peer refused.
+    pub changes_rejected_by_peer: u64,
     /// Units cut short at `UNIT_CELLS_MAX` (see `fill`): transactions linked beyond it may
     /// have become visible in parts.
     pub units_cut: u64,
@@ -495,6 +508,11 @@ impl Session {
                 Ok(())
             }
             (State::Open, Message::Pong { .. }) => Ok(()),
+            (State::Open, Message::Reject { rejections }) => {
+                self.stats.changes_rejected_by_peer += rejections.len() as u64;
+                self.events.push_back(SessionEvent::Rejected(rejections));
+                Ok(())
+            }
             (State::Closed, _) => Ok(()),
         }
     }
@@ -520,6 +538,11 @@ impl Session {
                 ),
                 now_ms,
             ));
+        }
+        if let Some(access) = self.cfg.access.clone() {
+            if let Err(message) = access.authenticate(&h) {
+                return Err(self.fail(ErrorCode::AuthFailed, message, now_ms));
+            }
         }
         self.encoder.lz4 = self.cfg.lz4 && h.caps & caps::LZ4 != 0;
         self.state = State::Open;
@@ -548,10 +571,18 @@ impl Session {
         let changes = std::mem::take(&mut self.staged);
         self.staged_cells = 0;
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
-        match db.apply_changes(peer, &changes, Some(end)) {
-            Ok(n) => {
+        match db.apply_changes_checked(peer, &changes, Some(end), self.cfg.access.as_deref()) {
+            Ok(outcome) => {
+                let n = outcome.applied;
                 self.stats.cells_applied += n as u64;
                 self.received_through = end;
+                if !outcome.rejected.is_empty() {
+                    self.stats.changes_refused += outcome.rejected.len() as u64;
+                    let rejections = outcome.rejected.clone();
+                    self.send(&Message::Reject { rejections }, now_ms);
+                    self.events
+                        .push_back(SessionEvent::Refused(outcome.rejected));
+                }
                 self.send(&Message::Ack { seq: end }, now_ms);
                 self.events.push_back(SessionEvent::Applied {
                     cells: n,
@@ -592,7 +623,10 @@ impl Session {
         let in_unit = self.sent_through < self.unit_until;
         if self.sent_through < head && (in_unit || self.unacked.len() < self.cfg.window_units) {
             let peer = self.peer.as_ref().map(|p| p.node);
-            let batch = db.changes_since(self.sent_through, self.cfg.batch_cells_max, peer)?;
+            let mut batch = db.changes_since(self.sent_through, self.cfg.batch_cells_max, peer)?;
+            if let Some(access) = &self.cfg.access {
+                filter_readable(db, access.as_ref(), &mut batch.changes)?;
+            }
             self.unit_until = self.unit_until.max(batch.needs_through);
             self.unit_cells += batch.changes.iter().map(|c| c.cells.len()).sum::<usize>();
             if batch.next < self.unit_until && self.unit_cells >= UNIT_CELLS_MAX {
@@ -796,6 +830,30 @@ impl Session {
     }
 }
 
+/// Keep only the changes the peer may read: records readable as they are now, and deletes
+/// in collections it may read.
+fn filter_readable(
+    db: &Database,
+    access: &dyn super::AccessControl,
+    changes: &mut Vec<Change>,
+) -> Result<(), Error> {
+    let mut keep = Vec::with_capacity(changes.len());
+    for ch in changes.drain(..) {
+        if !access.can_read_collection(&ch.collection) {
+            continue;
+        }
+        let readable = match db.get(&ch.collection, ch.id)? {
+            Some(r) => access.can_read(&ch.collection, ch.id, &r.fields),
+            None => true,
+        };
+        if readable {
+            keep.push(ch);
+        }
+    }
+    *changes = keep;
+    Ok(())
+}
+
 fn name(m: &Message) -> &'static str {
     match m {
         Message::Hello(_) => "HELLO",
@@ -805,6 +863,7 @@ fn name(m: &Message) -> &'static str {
         Message::CaughtUp { .. } => "CAUGHT_UP",
         Message::Ping { .. } => "PING",
         Message::Pong { .. } => "PONG",
+        Message::Reject { .. } => "REJECT",
         Message::Error { .. } => "ERROR",
     }
 }

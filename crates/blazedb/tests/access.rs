@@ -1,0 +1,186 @@
+//! Access control in sessions: a peer without valid credentials is refused before any data
+//! flows; a forbidden write is refused per transaction, never applied or forwarded, and the
+//! writer's copy comes back to the server's version; records the peer may not read are not
+//! sent.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use blazedb::sync::{AccessControl, ErrorCode, Hello, Session, SessionConfig, SessionEvent};
+use blazedb::{Database, Patch, RecordId, Value};
+use common::{dump, open, pump};
+
+#[derive(Debug)]
+struct Rules {
+    token: String,
+}
+
+impl AccessControl for Rules {
+    fn authenticate(&self, hello: &Hello) -> Result<(), String> {
+        if hello.token == self.token {
+            Ok(())
+        } else {
+            Err("invalid token: check the token you were given".into())
+        }
+    }
+    fn can_read_collection(&self, collection: &str) -> bool {
+        collection == "notes"
+    }
+    fn can_read(&self, _: &str, _: RecordId, fields: &BTreeMap<String, Value>) -> bool {
+        fields.get("secret") != Some(&Value::Bool(true))
+    }
+    fn can_write(
+        &self,
+        _: &str,
+        _: RecordId,
+        _before: Option<&BTreeMap<String, Value>>,
+        after: Option<&BTreeMap<String, Value>>,
+    ) -> Result<(), String> {
+        match after {
+            Some(f) if f.get("locked") == Some(&Value::Bool(true)) => {
+                Err("locked notes are read-only".into())
+            }
+            None => Err("deleting notes is not allowed".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn server_cfg() -> SessionConfig {
+    SessionConfig {
+        server: true,
+        access: Some(Arc::new(Rules {
+            token: "t0k3n".into(),
+        })),
+        ..Default::default()
+    }
+}
+
+fn client_cfg(token: &str) -> SessionConfig {
+    SessionConfig {
+        token: token.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn bad_token_is_refused_before_any_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = (open(dir.path(), "s"), open(dir.path(), "c"));
+    server.insert("notes", [("text", "private")]).unwrap();
+    client.insert("notes", [("text", "mine")]).unwrap();
+    let mut ss = Session::new(&server, server_cfg(), 0).unwrap();
+    let mut sc = Session::new(&client, client_cfg("wrong"), 0).unwrap();
+    let mut client_error = None;
+    for _ in 0..10 {
+        while let Some(f) = sc.poll_transmit(0, &client) {
+            let _ = ss.handle_bytes(0, &f, &server);
+        }
+        while let Some(f) = ss.poll_transmit(0, &server) {
+            if let Err(e) = sc.handle_bytes(0, &f, &client) {
+                client_error = Some(e);
+            }
+        }
+    }
+    let e = client_error.expect("the client is told why");
+    assert_eq!(e.code, ErrorCode::AuthFailed);
+    assert!(e.remote && e.message.contains("invalid token"));
+    assert_eq!(server.count("notes").unwrap(), 1);
+    assert_eq!(client.count("notes").unwrap(), 1);
+}
+
+#[test]
+fn forbidden_writes_are_refused_and_reverted_reads_are_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client, other) = (
+        open(dir.path(), "s"),
+        open(dir.path(), "c"),
+        open(dir.path(), "o"),
+    );
+    let locked = server
+        .insert(
+            "notes",
+            [("text", Value::from("v1")), ("locked", Value::Bool(true))],
+        )
+        .unwrap();
+    let secret = server
+        .insert(
+            "notes",
+            [
+                ("text", Value::from("hidden")),
+                ("secret", Value::Bool(true)),
+            ],
+        )
+        .unwrap();
+    server.insert("admin", [("x", 1)]).unwrap();
+    let sync = |a: &Database, b: &Database| {
+        let mut ss = Session::new(a, server_cfg(), 0).unwrap();
+        let mut sc = Session::new(b, client_cfg("t0k3n"), 0).unwrap();
+        pump(a, &mut ss, b, &mut sc);
+        let mut events = Vec::new();
+        while let Some(e) = sc.poll_event() {
+            events.push(e);
+        }
+        events
+    };
+    sync(&server, &client);
+    assert!(client.get("notes", locked).unwrap().is_some());
+    assert!(
+        client.get("notes", secret).unwrap().is_none(),
+        "secret notes are not sent"
+    );
+    assert_eq!(client.count("admin").unwrap(), 0, "closed collection");
+
+    // The client edits a locked note, adds a field, and inserts an allowed note in the same
+    // transaction: the whole transaction is refused.
+    let ok_id = client
+        .transaction(|tx| {
+            tx.update(
+                "notes",
+                locked,
+                Patch::new().set("text", "hacked").set("extra", 1),
+            )?;
+            tx.insert("notes", [("text", "fine")])
+        })
+        .unwrap();
+    let events = sync(&server, &client);
+    assert!(events.iter().any(|e| matches!(e, SessionEvent::Rejected(r) if r.iter().any(|r| r.reason.contains("read-only")))));
+    assert_eq!(
+        server.get("notes", locked).unwrap().unwrap().fields["text"],
+        Value::from("v1")
+    );
+    assert!(
+        server.get("notes", ok_id).unwrap().is_none(),
+        "the rest of the transaction too"
+    );
+    // The server's version comes back to the client, and the added field is gone.
+    sync(&server, &client);
+    let back = client.get("notes", locked).unwrap().unwrap();
+    assert_eq!(back.fields["text"], Value::from("v1"));
+    assert!(!back.fields.contains_key("extra"));
+    assert!(
+        client.get("notes", ok_id).unwrap().is_none(),
+        "the refused insert is deleted again"
+    );
+
+    // A permitted write goes through and reaches another client.
+    let fine = client.insert("notes", [("text", "allowed")]).unwrap();
+    sync(&server, &client);
+    sync(&server, &other);
+    assert_eq!(
+        other.get("notes", fine).unwrap().unwrap().fields["text"],
+        Value::from("allowed")
+    );
+    // A forbidden delete is refused too.
+    client.delete("notes", fine).unwrap();
+    sync(&server, &client);
+    sync(&server, &client);
+    assert!(server.get("notes", fine).unwrap().is_some());
+    assert!(
+        client.get("notes", fine).unwrap().is_some(),
+        "the delete was undone"
+    );
+    let _ = dump(&server);
+}
