@@ -574,6 +574,9 @@ impl Driver {
                     self.applied_mark = self.session().stats().cells_received;
                 }
                 SessionEvent::Closed(e) => self.on_closed(e),
+                // Rejections are counted in the session's stats (`changes_refused`,
+                // `changes_rejected_by_peer`), which the report carries.
+                _ => {}
             }
         }
     }

@@ -91,6 +91,7 @@ pub struct SyncError {
 
 /// Something the driver may want to know.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum SessionEvent {
     /// The peer said HELLO.
     Connected {
