@@ -1,29 +1,42 @@
 //! The on-disk encoding of a record's cells (the `body` column of `records`).
 //!
 //! ```text
-//! body    := 0x01 (body format) | varint n_versions | version* | varint n_cells | cell*
-//! version := u64 LE hlc | varint node_index        -- node ids live once in the `nodes` table
-//! cell    := u8 flags | key | value | varint version_index
-//!            | varint prev (0 = none, else 1 + version_index) | varint (row_seq - cell_seq)
+//! body    := u8 (format << 4 | min(n_versions, 15)) | [varint (n_versions - 15)] | version*
+//!            | varint n_cells | cell*
+//! version := u64 LE hlc | varint node_index        -- node ids live once in `nodes`
+//! cell    := u8 flags | [varint field_index] | [sub] | [value]
+//!            | [varint version_index] | [varint prev_index] | [varint (row_seq - cell_seq)]
 //! flags   := key kind (bits 0-1: 0 record, 1 field, 2 counter, 3 element)
 //!          | value kind (bits 2-3: 0 value, 1 absent, 2 present, 3 count)
-//! key     := record: - | field: str | counter: str varint node_index | element: str bytes
+//!          | 0x10 SAME_VERSION: no version_index: the previous cell's version (the first
+//!            cell: version 0)
+//!          | 0x20 HAS_PREV: prev_index follows
+//!          | 0x40 SEQ_DELTA: the seq delta follows (else the cell's seq is the row's)
+//! sub     := counter: varint node_index | element: varint length, bytes
 //! value   := value: tagged value (codec::value) | count: zigzag varint | absent/present: -
 //! ```
-//! Versions are shared by the cells written in one commit, so a five-field record inserted in
-//! one transaction carries one version (9 bytes) and 4 bytes of metadata per cell.
+//! Field names live once in the `fields` table. A five-field record inserted in one write
+//! carries one version (9–10 bytes) and two bytes per cell besides its values.
 
-use super::nodes::NodeTable;
+use super::nodes::{FieldTable, NodeTable};
 use crate::codec::varint::{read_i64, write_i64, write_u64};
 use crate::codec::{value, DecodeError, Reader};
 use crate::crdt::{Cell, CellKey, CellValue, RecordState};
-use crate::limits::{FIELD_NAME_BYTES_MAX, RECORD_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::limits::{RECORD_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::types::{Hlc, Seq, Version};
 
-const BODY_FORMAT: u8 = 1;
+const BODY_FORMAT: u8 = 2;
+const SAME_VERSION: u8 = 0x10;
+const HAS_PREV: u8 = 0x20;
+const SEQ_DELTA: u8 = 0x40;
 
 /// Encode a record's cells. `row_seq` must be the record's max cell seq.
-pub fn encode(state: &RecordState, row_seq: Seq, nodes: &mut NodeTable) -> Vec<u8> {
+pub fn encode(
+    state: &RecordState,
+    row_seq: Seq,
+    nodes: &mut NodeTable,
+    fields: &mut FieldTable,
+) -> Vec<u8> {
     let mut versions: Vec<Version> = Vec::new();
     let index_of = |v: Version, versions: &mut Vec<Version>| -> u64 {
         match versions.iter().position(|x| *x == v) {
@@ -36,66 +49,86 @@ pub fn encode(state: &RecordState, row_seq: Seq, nodes: &mut NodeTable) -> Vec<u
     };
     let mut cells = Vec::with_capacity(64);
     write_u64(&mut cells, state.cells().len() as u64);
-    for c in state.cells() {
-        let (key_kind, value_kind) = (
-            match c.key {
-                CellKey::Record => 0u8,
-                CellKey::Field(_) => 1,
-                CellKey::Counter(..) => 2,
-                CellKey::Element(..) => 3,
-            },
-            match c.value {
-                CellValue::Value(_) => 0u8,
-                CellValue::Absent => 1,
-                CellValue::Present => 2,
-                CellValue::Count(_) => 3,
-            },
-        );
-        cells.push(key_kind | (value_kind << 2));
+    let mut previous: Option<Version> = None;
+    for (n, c) in state.cells().iter().enumerate() {
+        let mut flags = match c.key {
+            CellKey::Record => 0u8,
+            CellKey::Field(_) => 1,
+            CellKey::Counter(..) => 2,
+            CellKey::Element(..) => 3,
+        } | (match c.value {
+            CellValue::Value(_) => 0u8,
+            CellValue::Absent => 1,
+            CellValue::Present => 2,
+            CellValue::Count(_) => 3,
+        } << 2);
+        // The first cell's version is always version 0 of the table, so it needs no index.
+        if n == 0 || previous == Some(c.version) {
+            flags |= SAME_VERSION;
+        }
+        if c.prev.is_some() {
+            flags |= HAS_PREV;
+        }
+        if c.seq != row_seq {
+            flags |= SEQ_DELTA;
+        }
+        cells.push(flags);
+        if let Some(f) = c.key.field() {
+            write_u64(&mut cells, fields.index(&f.to_owned()));
+        }
         match &c.key {
-            CellKey::Record => {}
-            CellKey::Field(f) => write_str(&mut cells, f),
-            CellKey::Counter(f, n) => {
-                write_str(&mut cells, f);
-                write_u64(&mut cells, nodes.index(*n));
-            }
-            CellKey::Element(f, e) => {
-                write_str(&mut cells, f);
+            CellKey::Counter(_, n) => write_u64(&mut cells, nodes.index(n)),
+            CellKey::Element(_, e) => {
                 write_u64(&mut cells, e.len() as u64);
                 cells.extend_from_slice(e);
             }
+            CellKey::Record | CellKey::Field(_) => {}
         }
         match &c.value {
             CellValue::Value(v) => value::encode(&mut cells, v),
             CellValue::Count(n) => write_i64(&mut cells, *n),
             CellValue::Absent | CellValue::Present => {}
         }
-        let vi = index_of(c.version, &mut versions);
-        write_u64(&mut cells, vi);
-        let pi = c.prev.map_or(0, |p| 1 + index_of(p, &mut versions));
-        write_u64(&mut cells, pi);
-        write_u64(&mut cells, row_seq.0.saturating_sub(c.seq.0));
+        if flags & SAME_VERSION == 0 {
+            let vi = index_of(c.version, &mut versions);
+            write_u64(&mut cells, vi);
+        } else if n == 0 {
+            index_of(c.version, &mut versions);
+        }
+        if let Some(p) = c.prev {
+            let pi = index_of(p, &mut versions);
+            write_u64(&mut cells, pi);
+        }
+        if flags & SEQ_DELTA != 0 {
+            write_u64(&mut cells, row_seq.0.saturating_sub(c.seq.0));
+        }
+        previous = Some(c.version);
     }
     let mut out = Vec::with_capacity(cells.len() + 2 + versions.len() * 10);
-    out.push(BODY_FORMAT);
-    write_u64(&mut out, versions.len() as u64);
+    // Format and version count share the first byte: most records have 1–3 versions.
+    let n = versions.len();
+    out.push((BODY_FORMAT << 4) | n.min(15) as u8);
+    if n >= 15 {
+        write_u64(&mut out, (n - 15) as u64);
+    }
     for v in &versions {
         out.extend_from_slice(&v.hlc.0.to_le_bytes());
-        write_u64(&mut out, nodes.index(v.node));
+        write_u64(&mut out, nodes.index(&v.node));
     }
     out.extend_from_slice(&cells);
     out
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    write_u64(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
 /// Decode a record's cells.
-pub fn decode(bytes: &[u8], row_seq: Seq, nodes: &NodeTable) -> Result<RecordState, DecodeError> {
+pub fn decode(
+    bytes: &[u8],
+    row_seq: Seq,
+    nodes: &NodeTable,
+    fields: &FieldTable,
+) -> Result<RecordState, DecodeError> {
     let mut r = Reader::new(bytes);
-    let format = r.u8()?;
+    let first = r.u8()?;
+    let format = first >> 4;
     if format != BODY_FORMAT {
         return Err(DecodeError::Malformed(format!(
             "unknown record body format {format}"
@@ -106,7 +139,22 @@ pub fn decode(bytes: &[u8], row_seq: Seq, nodes: &NodeTable) -> Result<RecordSta
             .id(i)
             .ok_or_else(|| DecodeError::Malformed(format!("unknown node index {i}")))
     };
-    let n_versions = r.count("version count", RECORD_BYTES_MAX, 9)?;
+    let field = |i: u64| {
+        fields
+            .get(i)
+            .cloned()
+            .ok_or_else(|| DecodeError::Malformed(format!("unknown field index {i}")))
+    };
+    let mut n_versions = usize::from(first & 0x0f);
+    if n_versions == 15 {
+        n_versions = 15 + r.count("version count", RECORD_BYTES_MAX, 9)?;
+        if n_versions.saturating_mul(9) > r.remaining() {
+            return Err(DecodeError::Truncated {
+                offset: r.pos(),
+                needed: n_versions * 9 - r.remaining(),
+            });
+        }
+    }
     let mut versions = Vec::with_capacity(n_versions);
     for _ in 0..n_versions {
         let hlc = Hlc(u64::from_le_bytes(r.array()?));
@@ -121,19 +169,24 @@ pub fn decode(bytes: &[u8], row_seq: Seq, nodes: &NodeTable) -> Result<RecordSta
             .copied()
             .ok_or_else(|| DecodeError::Malformed(format!("bad version index {i}")))
     };
-    let n_cells = r.count("cell count", RECORD_BYTES_MAX, 4)?;
-    let mut cells = Vec::with_capacity(n_cells);
+    let n_cells = r.count("cell count", RECORD_BYTES_MAX, 1)?;
+    let mut cells: Vec<Cell> = Vec::with_capacity(n_cells);
     for _ in 0..n_cells {
         let flags = r.u8()?;
+        if flags & 0x80 != 0 {
+            return Err(DecodeError::Malformed(format!(
+                "unknown cell flags 0x{flags:02x}"
+            )));
+        }
         let key = match flags & 0b11 {
             0 => CellKey::Record,
-            1 => CellKey::Field(r.str("field name", FIELD_NAME_BYTES_MAX)?.to_owned()),
+            1 => CellKey::Field(field(r.varint()?)?),
             2 => {
-                let f = r.str("field name", FIELD_NAME_BYTES_MAX)?.to_owned();
+                let f = field(r.varint()?)?;
                 CellKey::Counter(f, node(r.varint()?)?)
             }
             _ => {
-                let f = r.str("field name", FIELD_NAME_BYTES_MAX)?.to_owned();
+                let f = field(r.varint()?)?;
                 CellKey::Element(f, r.blob("element", VALUE_BYTES_MAX)?.to_vec())
             }
         };
@@ -143,15 +196,27 @@ pub fn decode(bytes: &[u8], row_seq: Seq, nodes: &NodeTable) -> Result<RecordSta
             2 => CellValue::Present,
             _ => CellValue::Count(read_i64(&mut r)?),
         };
-        let v = version(r.varint()?)?;
-        let prev = match r.varint()? {
-            0 => None,
-            i => Some(version(i - 1)?),
+        let v = if flags & SAME_VERSION != 0 {
+            match cells.last() {
+                Some(c) => c.version,
+                None => version(0)?,
+            }
+        } else {
+            version(r.varint()?)?
         };
-        let delta = r.varint()?;
-        let seq = Seq(row_seq.0.checked_sub(delta).ok_or_else(|| {
-            DecodeError::Malformed(format!("cell seq delta {delta} exceeds row seq {row_seq}"))
-        })?);
+        let prev = if flags & HAS_PREV != 0 {
+            Some(version(r.varint()?)?)
+        } else {
+            None
+        };
+        let seq = if flags & SEQ_DELTA != 0 {
+            let delta = r.varint()?;
+            Seq(row_seq.0.checked_sub(delta).ok_or_else(|| {
+                DecodeError::Malformed(format!("cell seq delta {delta} exceeds row seq {row_seq}"))
+            })?)
+        } else {
+            row_seq
+        };
         cells.push(Cell {
             key,
             value,

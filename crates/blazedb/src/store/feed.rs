@@ -180,7 +180,7 @@ impl Database {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         let inner = self.lock()?;
         let exclude = exclude_src
-            .and_then(|n| inner.nodes.known(n))
+            .and_then(|n| inner.nodes.known(&n))
             .map(|i| i as i64 + 1);
         let mut stmt = inner.conn.prepare_cached(
             "SELECT seq, coll, id, src FROM feed WHERE seq > ?1 ORDER BY seq, coll, id",
@@ -225,7 +225,10 @@ impl Database {
                     .conn
                     .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?
                     .query_row(params![coll, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                bodies.insert(key.clone(), body::decode(&bytes, Seq(rseq), &inner.nodes)?);
+                bodies.insert(
+                    key.clone(),
+                    body::decode(&bytes, Seq(rseq), &inner.nodes, &inner.fields)?,
+                );
             }
             let state = &bodies[&key];
             let selected: Vec<Cell> = state
@@ -317,7 +320,7 @@ impl Database {
         let mut rejected: Vec<crate::sync::Rejection> = Vec::new();
         let applied = self.transaction(|tx| {
             // 0 means "written here", so peers are numbered from 1.
-            let src = tx.inner.nodes.index(from) + 1;
+            let src = tx.inner.nodes.index(&from) + 1;
             let mut applied = 0usize;
             let mut group: Option<Seq> = None;
             let first_seq = tx.seq;
@@ -335,6 +338,14 @@ impl Database {
                 }
                 group = Some(group_changes[0].seq);
                 if let Some(access) = access {
+                    // Observe even refused timestamps (they passed the skew check), so that
+                    // the restated copy written below is newer than the refused write.
+                    for c in group_changes.iter().flat_map(|ch| &ch.cells) {
+                        tx.inner
+                            .clock
+                            .observe(c.version.hlc, tx.now_ms)
+                            .map_err(ApplyError::from)?;
+                    }
                     if let Some(reason) = check_group(tx, group_changes, access)? {
                         for ch in group_changes {
                             rejected.push(crate::sync::Rejection {

@@ -126,7 +126,7 @@ impl Inner {
             .optional()?;
         match row {
             Some((rev, seq, bytes)) => Ok(Some((
-                super::body::decode(&bytes, Seq(seq), &self.nodes)?,
+                super::body::decode(&bytes, Seq(seq), &self.nodes, &self.fields)?,
                 rev,
             ))),
             None => Ok(None),

@@ -37,7 +37,7 @@ impl Database {
                         let id: Vec<u8> = row.get(0)?;
                         let seq: u64 = row.get(1)?;
                         let bytes: Vec<u8> = row.get(2)?;
-                        let state = body::decode(&bytes, Seq(seq), &inner.nodes)?;
+                        let state = body::decode(&bytes, Seq(seq), &inner.nodes, &inner.fields)?;
                         if let Some(v) = state.fields().get(field) {
                             entries.push((encode_key(v), id));
                         }

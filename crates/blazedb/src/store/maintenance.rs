@@ -152,7 +152,9 @@ impl Database {
             while let Some(r) = rows.next()? {
                 let seq: u64 = r.get(2)?;
                 let bytes: Vec<u8> = r.get(3)?;
-                if let Err(e) = super::body::decode(&bytes, crate::types::Seq(seq), &inner.nodes) {
+                if let Err(e) =
+                    super::body::decode(&bytes, crate::types::Seq(seq), &inner.nodes, &inner.fields)
+                {
                     let id: Vec<u8> = r.get(1)?;
                     problems.push(format!(
                         "record {:02x?} of collection {}: {e}",

@@ -28,7 +28,7 @@ pub use maintenance::{CollectionStats, IntegrityReport, Stats};
 pub use read::{OrderBy, Query, Record};
 pub use write::{FieldOp, Patch, Tx};
 
-use self::nodes::NodeTable;
+use self::nodes::{FieldTable, NodeTable};
 use crate::error::{OpenError, Result, WriteError};
 use crate::limits::{CLOCK_SKEW_MS_MAX_DEFAULT, COLLECTIONS_MAX, COLLECTION_NAME_BYTES_MAX};
 use crate::types::{Clock, Hlc, Seq};
@@ -142,6 +142,7 @@ pub(crate) struct Inner {
     pub conn: Connection,
     pub clock: Clock,
     pub nodes: NodeTable,
+    pub fields: FieldTable,
     pub collections: HashMap<String, i64>,
     pub collection_names: HashMap<i64, String>,
     pub indexes: HashMap<i64, BTreeSet<String>>,
@@ -180,6 +181,7 @@ impl Database {
         let mut inner = Inner {
             clock: Clock::new(Hlc::ZERO, options.clock_skew_ms_max),
             nodes: NodeTable::default(),
+            fields: FieldTable::default(),
             collections: HashMap::new(),
             collection_names: HashMap::new(),
             indexes: HashMap::new(),
@@ -327,6 +329,7 @@ impl Inner {
             return Ok(());
         }
         self.nodes = NodeTable::load(&self.conn)?;
+        self.fields = FieldTable::load(&self.conn)?;
         self.collections.clear();
         self.collection_names.clear();
         {
@@ -446,6 +449,7 @@ impl Inner {
     /// Forget cache entries made inside a rolled-back transaction.
     pub fn rollback_caches(&mut self) {
         self.nodes.rollback();
+        self.fields.rollback();
         self.data_version = -1;
     }
 }

@@ -1,87 +1,150 @@
-//! The node dictionary: every node id this database has seen, numbered locally so that a
-//! record's versions cost one varint each instead of 16 bytes.
+//! Dictionaries of the file: node ids and field names, numbered locally so that a record's
+//! versions and field names cost a varint each instead of 16 bytes or a repeated string.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
+use rusqlite::types::{FromSql, ToSql};
 use rusqlite::{params, Connection};
 
 use crate::NodeId;
 
-/// In-memory copy of the `nodes` table. New ids are numbered on first use and written out by
-/// [`NodeTable::flush`] inside the same transaction as the records that use them.
-#[derive(Debug, Default)]
-pub struct NodeTable {
-    ids: Vec<NodeId>,
-    index: HashMap<NodeId, u64>,
+/// What a dictionary holds, and the table it lives in.
+pub trait DictKey: Clone + Eq + Hash {
+    /// The table: `(idx INTEGER PRIMARY KEY, <column> UNIQUE)`.
+    const TABLE: &'static str;
+    /// Its value column.
+    const COLUMN: &'static str;
+    /// As stored.
+    type Stored: ToSql + FromSql;
+    /// To the stored form.
+    fn to_stored(&self) -> Self::Stored;
+    /// From the stored form (`None`: damaged).
+    fn from_stored(s: Self::Stored) -> Option<Self>;
+}
+
+impl DictKey for NodeId {
+    const TABLE: &'static str = "nodes";
+    const COLUMN: &'static str = "id";
+    type Stored = Vec<u8>;
+    fn to_stored(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+    fn from_stored(s: Vec<u8>) -> Option<NodeId> {
+        s.try_into().ok().map(NodeId)
+    }
+}
+
+impl DictKey for String {
+    const TABLE: &'static str = "fields";
+    const COLUMN: &'static str = "name";
+    type Stored = String;
+    fn to_stored(&self) -> String {
+        self.clone()
+    }
+    fn from_stored(s: String) -> Option<String> {
+        Some(s)
+    }
+}
+
+/// In-memory copy of a dictionary table. New entries are numbered on first use and written
+/// out by [`Dictionary::flush`] inside the same transaction as the records that use them.
+#[derive(Debug)]
+pub struct Dictionary<K: DictKey> {
+    entries: Vec<K>,
+    index: HashMap<K, u64>,
     unsaved_from: usize,
 }
 
-impl NodeTable {
+impl<K: DictKey> Default for Dictionary<K> {
+    fn default() -> Self {
+        Dictionary {
+            entries: Vec::new(),
+            index: HashMap::new(),
+            unsaved_from: 0,
+        }
+    }
+}
+
+/// The node-id dictionary.
+pub type NodeTable = Dictionary<NodeId>;
+/// The field-name dictionary.
+pub type FieldTable = Dictionary<String>;
+
+impl<K: DictKey> Dictionary<K> {
     /// Load the table.
-    pub fn load(conn: &Connection) -> rusqlite::Result<NodeTable> {
-        let mut t = NodeTable::default();
-        let mut stmt = conn.prepare("SELECT idx, id FROM nodes ORDER BY idx")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    pub fn load(conn: &Connection) -> rusqlite::Result<Dictionary<K>> {
+        let mut t = Dictionary::default();
+        let sql = format!("SELECT idx, {} FROM {} ORDER BY idx", K::COLUMN, K::TABLE);
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, K::Stored>(1)?)))?;
         for row in rows {
-            let (idx, id) = row?;
-            let id: [u8; 16] = id.try_into().map_err(|_| {
+            let (idx, stored) = row?;
+            let damaged = || {
                 rusqlite::Error::InvalidColumnType(
-                    1,
-                    "nodes.id".into(),
+                    0,
+                    format!("{} is damaged", K::TABLE),
                     rusqlite::types::Type::Blob,
                 )
-            })?;
-            if idx as usize != t.ids.len() {
-                return Err(rusqlite::Error::InvalidColumnType(
-                    0,
-                    "nodes.idx is not dense".into(),
-                    rusqlite::types::Type::Integer,
-                ));
+            };
+            let key = K::from_stored(stored).ok_or_else(damaged)?;
+            if idx as usize != t.entries.len() {
+                return Err(damaged());
             }
-            t.index.insert(NodeId(id), idx as u64);
-            t.ids.push(NodeId(id));
+            t.index.insert(key.clone(), idx as u64);
+            t.entries.push(key);
         }
-        t.unsaved_from = t.ids.len();
+        t.unsaved_from = t.entries.len();
         Ok(t)
     }
 
-    /// The local number of a node id, assigning one if new.
-    pub fn index(&mut self, id: NodeId) -> u64 {
-        if let Some(i) = self.index.get(&id) {
+    /// The local number of a key, assigning one if new.
+    pub fn index(&mut self, key: &K) -> u64 {
+        if let Some(i) = self.index.get(key) {
             return *i;
         }
-        let i = self.ids.len() as u64;
-        self.ids.push(id);
-        self.index.insert(id, i);
+        let i = self.entries.len() as u64;
+        self.entries.push(key.clone());
+        self.index.insert(key.clone(), i);
         i
     }
 
-    /// The local number of a known node id.
-    pub fn known(&self, id: NodeId) -> Option<u64> {
-        self.index.get(&id).copied()
+    /// The local number of a known key.
+    pub fn known(&self, key: &K) -> Option<u64> {
+        self.index.get(key).copied()
     }
 
-    /// The node id of a local number.
-    pub fn id(&self, index: u64) -> Option<NodeId> {
-        self.ids.get(usize::try_from(index).ok()?).copied()
+    /// The key of a local number.
+    pub fn get(&self, index: u64) -> Option<&K> {
+        self.entries.get(usize::try_from(index).ok()?)
     }
 
     /// Write new entries (call inside the transaction that used them).
     pub fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        for (i, id) in self.ids.iter().enumerate().skip(self.unsaved_from) {
-            conn.execute(
-                "INSERT INTO nodes (idx, id) VALUES (?1, ?2)",
-                params![i as i64, &id.0[..]],
-            )?;
+        let sql = format!(
+            "INSERT INTO {} (idx, {}) VALUES (?1, ?2)",
+            K::TABLE,
+            K::COLUMN
+        );
+        for (i, key) in self.entries.iter().enumerate().skip(self.unsaved_from) {
+            conn.prepare_cached(&sql)?
+                .execute(params![i as i64, key.to_stored()])?;
         }
-        self.unsaved_from = self.ids.len();
+        self.unsaved_from = self.entries.len();
         Ok(())
     }
 
     /// Forget entries not yet written (after a rollback).
     pub fn rollback(&mut self) {
-        for id in self.ids.drain(self.unsaved_from..) {
-            self.index.remove(&id);
+        for key in self.entries.drain(self.unsaved_from..) {
+            self.index.remove(&key);
         }
+    }
+}
+
+impl Dictionary<NodeId> {
+    /// The node id of a local number.
+    pub fn id(&self, index: u64) -> Option<NodeId> {
+        self.get(index).copied()
     }
 }

@@ -260,7 +260,7 @@ impl Inner {
         let Some((rev, seq, bytes)) = row else {
             return Ok(None);
         };
-        let state = body::decode(&bytes, Seq(seq), &self.nodes)?;
+        let state = body::decode(&bytes, Seq(seq), &self.nodes, &self.fields)?;
         Ok(Some(Record {
             collection: collection.to_owned(),
             id,
@@ -277,7 +277,7 @@ impl Inner {
         let rev: u64 = row.get(1)?;
         let seq: u64 = row.get(2)?;
         let bytes: Vec<u8> = row.get(3)?;
-        let state = body::decode(&bytes, Seq(seq), &self.nodes)?;
+        let state = body::decode(&bytes, Seq(seq), &self.nodes, &self.fields)?;
         Ok(Record {
             collection: collection.to_owned(),
             id: RecordId(id),

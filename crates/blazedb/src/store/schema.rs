@@ -5,6 +5,7 @@
 //! | `meta`          | setting                    | magic, format version, node id            |
 //! | `clock`         | (one row)                  | last feed seq and HLC, updated per commit |
 //! | `nodes`         | node ever seen             | node id ↔ small local number              |
+//! | `fields`        | field name ever used       | field name ↔ small local number           |
 //! | `collections`   | collection                 | name ↔ small local number                 |
 //! | `records`       | record (live or tombstone) | cells with versions (see `body.rs`)       |
 //! | `feed`          | (seq, record) with cells at that seq | the change feed; `src` = peer it came from |
@@ -33,6 +34,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
 INSERT INTO clock (id, seq, hlc) VALUES (0, 0, 0);
 CREATE TABLE nodes (idx INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE);
+CREATE TABLE fields (idx INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE collections (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE records (
     coll INTEGER NOT NULL,

@@ -424,9 +424,10 @@ impl<'a> Tx<'a> {
             })
             .optional()?;
         let before = match row {
-            Some((rev, seq, bytes)) => {
-                Some((body::decode(&bytes, Seq(seq), &self.inner.nodes)?, rev))
-            }
+            Some((rev, seq, bytes)) => Some((
+                body::decode(&bytes, Seq(seq), &self.inner.nodes, &self.inner.fields)?,
+                rev,
+            )),
             None if !create => return Ok(None),
             None => None,
         };
@@ -711,6 +712,7 @@ impl<'a> Tx<'a> {
         }
         inner.set_clock_row(last_seq, inner.clock.last())?;
         inner.nodes.flush(&inner.conn)?;
+        inner.fields.flush(&inner.conn)?;
         inner.conn.execute_batch("COMMIT")?;
         inner.data_version = inner
             .conn
@@ -731,7 +733,7 @@ impl<'a> Tx<'a> {
 /// Store one changed record: its row, its feed entries, index entries, history, conflicts.
 fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     let row_seq = p.state.max_seq();
-    let bytes = body::encode(&p.state, row_seq, &mut inner.nodes);
+    let bytes = body::encode(&p.state, row_seq, &mut inner.nodes, &mut inner.fields);
     if bytes.len() > RECORD_BYTES_MAX {
         return Err(WriteError::Limit {
             what: "encoded record size",
@@ -804,8 +806,8 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
         // (Creations, with no old cell, never get here: their value and version are in the
         // record body until overwritten, and then in that change's `old`;
         // `Database::history` puts them back into the listing.)
-        let node = inner.nodes.index(version.node);
-        let old_node = old.as_ref().map(|c| inner.nodes.index(c.version.node));
+        let node = inner.nodes.index(&version.node);
+        let old_node = old.as_ref().map(|c| inner.nodes.index(&c.version.node));
         inner
             .conn
             .prepare_cached(
@@ -833,8 +835,8 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
             .field()
             .is_some_and(|f| policy.manual_fields.contains(f));
         let resolved = policy.auto_resolve && !manual;
-        let wn = inner.nodes.index(winner.version.node);
-        let ln = inner.nodes.index(loser.version.node);
+        let wn = inner.nodes.index(&winner.version.node);
+        let ln = inner.nodes.index(&loser.version.node);
         inner
             .conn
             .prepare_cached(
