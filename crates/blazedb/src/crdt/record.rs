@@ -43,9 +43,12 @@ impl RecordState {
 
     /// Build from cells (any order). Duplicate keys are an error: the input is damaged.
     pub fn from_cells(mut cells: Vec<Cell>) -> Result<RecordState, String> {
-        cells.sort_by(|a, b| a.key.cmp(&b.key));
-        if cells.windows(2).any(|w| w[0].key == w[1].key) {
-            return Err("duplicate cell key in record".to_owned());
+        // Stored records are already in order; only sort when they are not.
+        if !cells.windows(2).all(|w| w[0].key < w[1].key) {
+            cells.sort_by(|a, b| a.key.cmp(&b.key));
+            if cells.windows(2).any(|w| w[0].key == w[1].key) {
+                return Err("duplicate cell key in record".to_owned());
+            }
         }
         Ok(RecordState { cells })
     }
@@ -187,8 +190,38 @@ impl RecordState {
         MergeOutcome::Applied { overwritten }
     }
 
+    /// Whether every cell is a record or plain-field cell (no counters or sets): the common
+    /// case, whose visible fields are just the present values.
+    fn only_plain_fields(&self) -> bool {
+        self.cells.iter().all(|c| matches!(c.key, CellKey::Record | CellKey::Field(_)))
+    }
+
+    /// [`RecordState::fields`], consuming the state (no copies of the values).
+    pub fn into_fields(self) -> BTreeMap<String, Value> {
+        if !self.only_plain_fields() {
+            return self.fields();
+        }
+        self.cells
+            .into_iter()
+            .filter_map(|c| match (c.key, c.value) {
+                (CellKey::Field(f), CellValue::Value(v)) => Some((f, v)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The visible fields: plain values, counters summed, sets listed.
     pub fn fields(&self) -> BTreeMap<String, Value> {
+        if self.only_plain_fields() {
+            return self
+                .cells
+                .iter()
+                .filter_map(|c| match (&c.key, &c.value) {
+                    (CellKey::Field(f), CellValue::Value(v)) => Some((f.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect();
+        }
         #[derive(Default)]
         struct Acc<'a> {
             reg: Option<&'a CellValue>,

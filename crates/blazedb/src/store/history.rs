@@ -314,7 +314,7 @@ impl Database {
             collection: collection.to_owned(),
             id,
             rev,
-            fields: state.fields(),
+            fields: state.into_fields(),
         }))
     }
 

@@ -265,7 +265,7 @@ impl Inner {
             collection: collection.to_owned(),
             id,
             rev,
-            fields: state.fields(),
+            fields: state.into_fields(),
         }))
     }
 
@@ -282,7 +282,7 @@ impl Inner {
             collection: collection.to_owned(),
             id: RecordId(id),
             rev,
-            fields: state.fields(),
+            fields: state.into_fields(),
         })
     }
 }
