@@ -196,6 +196,12 @@ impl RecordState {
         self.cells.iter().all(|c| matches!(c.key, CellKey::Record | CellKey::Field(_)))
     }
 
+    /// One visible field (without building the others).
+    pub fn field(&self, name: &str) -> Option<Value> {
+        let cells: Vec<Cell> = self.cells.iter().filter(|c| c.key.field() == Some(name)).cloned().collect();
+        RecordState { cells }.into_fields().remove(name)
+    }
+
     /// [`RecordState::fields`], consuming the state (no copies of the values).
     pub fn into_fields(self) -> BTreeMap<String, Value> {
         if !self.only_plain_fields() {

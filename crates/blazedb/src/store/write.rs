@@ -321,8 +321,8 @@ impl<'a> Tx<'a> {
         validate_field_name(field)?;
         self.apply_op(i, field, FieldOp::Increment(by))?;
         self.check_field_count(i)?;
-        match self.records[i].state.fields().get(field) {
-            Some(Value::Int(n)) => Ok(*n),
+        match self.records[i].state.field(field) {
+            Some(Value::Int(n)) => Ok(n),
             _ => unreachable!("a counter reads as an int"),
         }
     }
@@ -499,7 +499,7 @@ impl<'a> Tx<'a> {
     }
 
     fn apply_op(&mut self, i: usize, field: &str, op: FieldOp) -> Result<()> {
-        let current = self.records[i].state.fields().remove(field);
+        let current = self.records[i].state.field(field);
         let mismatch =
             |op: &'static str, expected: &'static str, found: &Value| WriteError::TypeMismatch {
                 field: field.to_owned(),
@@ -586,7 +586,7 @@ impl<'a> Tx<'a> {
             let cell = self.cell(key, value, version, prev);
             self.merge_local(i, cell);
         }
-        if let Some(Value::List(l)) = self.records[i].state.fields().get(field) {
+        if let Some(Value::List(l)) = self.records[i].state.field(field) {
             if l.len() > SET_ELEMENTS_MAX {
                 return Err(WriteError::Limit {
                     what: "set size",
