@@ -34,6 +34,7 @@ const SELECT_BY_ID: &str =
 const SELECT_BY_ASSIGNEE: &str =
     "SELECT id, title, status, priority, assignee, created FROM bugs WHERE assignee = ?1";
 const UPDATE_STATUS: &str = "UPDATE bugs SET status = ?1 WHERE id = ?2";
+const UPDATE_PRIORITY: &str = "UPDATE bugs SET priority = ?1 WHERE id = ?2";
 
 /// A row read back: the id and the values, owned, as a user's struct would hold them.
 pub type Row = ([u8; 16], String, String, i64, String, i64);
@@ -203,6 +204,20 @@ impl Floor {
             .prepare_cached(UPDATE_STATUS)?
             .execute(params![status, &id[..]])?;
         anyhow::ensure!(n == 1, "floor update touched {n} rows");
+        Ok(())
+    }
+
+    /// Set `priority` of several rows in one transaction.
+    pub fn update_priority_batch(&mut self, rows: &[([u8; 16], i64)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(UPDATE_PRIORITY)?;
+            for (id, priority) in rows {
+                let n = stmt.execute(params![priority, &id[..]])?;
+                anyhow::ensure!(n == 1, "floor update touched {n} rows");
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 }

@@ -1,15 +1,17 @@
 //! `blazedb-bench`: BlazeDB's figures beside their floors (raw rusqlite with the same pragmas
-//! and key), measured in the same run, encrypted and unencrypted.
+//! and key; for sync, raw rusqlite on both sides of an in-process channel, and the same
+//! changes as JSON for wire sizes), measured in the same run, encrypted and unencrypted.
 //!
 //! ```text
-//! cargo run -p blazedb-bench --release -- --json            # full run, ~3 min on 2 cores
+//! cargo run -p blazedb-bench --release -- --json            # full run, ~1 min on 2 cores
 //! cargo run -p blazedb-bench --release -- --quick           # smoke test, a few seconds
 //! cargo run -p blazedb-bench --release -- --only read_point,query --records 50000
 //! ```
 //!
 //! ```text
-//! main ── scenarios::registry() ── store::{InsertBatch, Metadata, ReadPoint, ...}
-//!              │                        │ BlazeDB public API    │ floor (raw rusqlite)
+//! main ── scenarios::registry() ─┬─ store::{InsertBatch, Metadata, ReadPoint, ...}
+//!              │                  └─ sync::{Wire, Incremental, Latency, Throughput, Initial}
+//!              │                        │ BlazeDB public API    │ floor (raw rusqlite, JSON)
 //!              └── report::Report ◄─────┴── Outcome {blazedb, floor, ratio, target}
 //! ```
 //!
@@ -81,8 +83,9 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<()> {
     let registry = scenarios::registry();
     if args.list {
+        let width = registry.iter().map(|s| s.name().len()).max().unwrap_or(0);
         for s in &registry {
-            println!("{:14} {}", s.name(), s.about());
+            println!("{:width$}  {}", s.name(), s.about());
         }
         return Ok(());
     }

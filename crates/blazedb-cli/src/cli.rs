@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{conflicts, debug, maintenance, query, record, sync, transfer};
+use crate::commands::{conflicts, debug, listen, maintenance, query, record, sync, transfer};
 
 /// BlazeDB: an embedded, encrypted document database. JSON in, JSON out.
 ///
@@ -63,10 +63,17 @@ pub enum Command {
     Check(maintenance::DbArgs),
     /// Print unresolved conflicts, one JSON object per line.
     Conflicts(conflicts::ConflictsArgs),
-    /// Sync two database files on this machine (once, or continuously as either changes).
+    /// Sync a database with another file or a network peer (tcp://, tls://, unix://, ws://,
+    /// wss://): once, or continuously.
     Sync(sync::SyncArgs),
+    /// Serve one database to peers over TCP (optionally TLS) or a Unix socket.
+    Listen(listen::ListenArgs),
     /// Change the password to BLAZEDB_NEW_PASSWORD or --new-password-file (neither: decrypt).
     Rekey(maintenance::RekeyArgs),
+    /// List BlazeDB peers announced on the LAN (mDNS), one JSON line each.
+    Discover(crate::commands::discover::DiscoverArgs),
+    /// Run the relay server: WebSocket sync, auth, access rules, /v1/query, /health, /metrics.
+    Serve(crate::commands::serve::ServeArgs),
     /// Tools for BlazeDB's own tests.
     #[command(hide = true, subcommand)]
     Debug(debug::DebugCommand),

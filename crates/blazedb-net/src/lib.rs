@@ -16,6 +16,11 @@
 //! - [`driver`]: [`run_session`] pumps one session over any byte stream.
 //! - [`topology`]: [`Topology`] connects databases of this process in any graph.
 //! - [`files`]: [`sync_files_once`] and [`sync_files_watch`] sync two database files.
+//! - [`transport`]: TCP, TLS and Unix socket connections ([`connect`]) and listeners
+//!   ([`listen`](fn@listen)), URLs ([`Endpoint`]), the listener's token check.
+//! - [`reconnect`]: [`sync_once`] and [`sync_watch`] (reconnect with backoff) against a URL.
+//! - [`head_watch`]: wake sessions on commits made by other processes.
+//! - [`discovery`]: LAN discovery over mDNS (`_blazedb._tcp.local.`): advertise, browse.
 //! - [`limits`]: every buffer size, timeout and bound of this crate.
 //!
 //! ```
@@ -43,11 +48,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod discovery;
 pub mod driver;
 pub mod error;
 pub mod files;
+pub mod head_watch;
 pub mod limits;
+pub mod reconnect;
 pub mod topology;
+pub mod transport;
+pub mod ws;
 
 pub use driver::{
     run_session, DriverOptions, EndReason, SessionMonitor, SessionReport, SessionSnapshot,
@@ -56,7 +66,9 @@ pub use error::{ConvergeError, NetError};
 pub use files::{
     sync_files_once, sync_files_watch, DirectionReport, SyncFilesOptions, SyncFilesReport,
 };
+pub use reconnect::{sync_once, sync_watch, ClientError, ClientEvent, ClientOptions, ClientReport};
 pub use topology::{
     canonical_dump, complement, ConnectOptions, ConnectionHandle, ConnectionReport,
     ConnectionSnapshot, NodeHandle, NodeRole, Topology,
 };
+pub use transport::{connect, listen, Endpoint, ListenConfig, Listener, TransportError};

@@ -44,3 +44,63 @@ pub const TOPOLOGY_NODES_MAX: usize = 1024;
 
 /// Most connections one topology holds.
 pub const TOPOLOGY_CONNECTIONS_MAX: usize = 16 * 1024;
+
+/// Limit for setting up a client connection (TCP connect, TLS and WebSocket handshakes).
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Limit for a client's TLS handshake at a listener: a connection that opens a socket and
+/// says nothing must not hold a connection slot for long.
+pub const TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Most sessions one listener serves at once; further connections wait in the backlog.
+pub const LISTEN_CONNECTIONS_MAX_DEFAULT: usize = 1024;
+
+/// Connection events a listener buffers for each slow observer before dropping the oldest.
+pub const LISTEN_EVENTS_CAPACITY: usize = 256;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the listener does not
+/// spin on an error that persists.
+pub const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
+
+/// How often a listener or a watching client checks its database's feed head for commits
+/// made by other processes (see `head_watch`).
+pub const HEAD_POLL_INTERVAL_MS: u64 = 100;
+
+/// First pause before reconnecting after a failure.
+pub const RECONNECT_BACKOFF_INITIAL_MS: u64 = 200;
+
+/// Longest pause between reconnection attempts.
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 30_000;
+
+/// Each consecutive failure multiplies the pause by this.
+pub const RECONNECT_BACKOFF_MULTIPLIER: u32 = 2;
+
+/// Each pause is shortened by a random share of up to this percentage, so that clients cut
+/// off together (a relay restart) spread their reconnections.
+pub const RECONNECT_JITTER_PERCENT: u32 = 50;
+
+/// A session that lasted this long resets the backoff: the next failure waits only the
+/// initial pause again. Shorter sessions (accepted, then dropped at once) keep backing off.
+pub const RECONNECT_STABLE_MS: u64 = 5_000;
+
+/// UDP port of mDNS (RFC 6762); LAN discovery uses it unless told otherwise.
+pub const MDNS_PORT_DEFAULT: u16 = 5353;
+
+/// How long `blazedb discover` listens for answers by default, in ms. Responders delay
+/// their answers by up to ~500 ms (RFC 6762 §6) and a fresh one probes for ~750 ms first.
+pub const DISCOVERY_BROWSE_MS_DEFAULT: u64 = 3_000;
+
+/// Most peers one browse keeps; further services are ignored.
+pub const DISCOVERY_PEERS_MAX: usize = 1024;
+
+/// Most TXT entries read from, or announced in, one service.
+pub const DISCOVERY_TXT_ENTRIES_MAX: usize = 32;
+
+/// Longest `key=value` TXT entry (one DNS character-string).
+pub const DISCOVERY_TXT_ENTRY_BYTES_MAX: usize = 255;
+
+/// Longest DNS-SD instance name (one DNS label).
+pub const DISCOVERY_INSTANCE_NAME_BYTES_MAX: usize = 63;
+
+/// How long `Advertisement::withdraw` waits for the daemon to send its goodbye, in ms.
+pub const DISCOVERY_WITHDRAW_WAIT_MS: u64 = 1_000;

@@ -1,11 +1,16 @@
 //! Scenarios and what they share: sizes, the run context, and the registry.
 //!
 //! A scenario runs once per encryption mode and returns rows ([`Outcome`]s), each a BlazeDB
-//! figure beside its floor measured in the same call. To add one (a sync or network scenario
-//! later), implement [`Scenario`] in a new file here and list it in [`registry`]; any state it
-//! wants to share between scenarios goes in a field of [`Ctx`].
+//! figure beside its floor measured in the same call. To add one, implement [`Scenario`] in a
+//! new file here and list it in [`registry`]; any state it wants to share between scenarios
+//! goes in a field of [`Ctx`].
+//!
+//! - [`store`]: the embedded store against raw SQLite.
+//! - [`sync`]: replication between two databases against raw SQLite plus an in-process
+//!   channel, and wire sizes against a JSON encoding of the same changes.
 
 pub mod store;
+pub mod sync;
 
 use std::path::{Path, PathBuf};
 
@@ -42,10 +47,25 @@ pub struct Sizes {
     /// Timed work is split into this many rounds that alternate between BlazeDB and the
     /// floor, so a burst of noise on the machine hits both.
     pub rounds: usize,
+    /// New 5-field records in the wire-size batch (one transaction).
+    pub sync_batch_records: usize,
+    /// One-field updates whose CHANGES frames are measured in a warmed-up session.
+    pub sync_wire_updates: usize,
+    /// Records of the synced pair behind the incremental, latency and throughput figures.
+    pub sync_records: usize,
+    /// Commits timed from commit on A to readable on B.
+    pub sync_latency_commits: usize,
+    /// How long A keeps writing in the throughput scenario, in ms (B's catch-up after it is
+    /// timed too).
+    pub sync_throughput_ms: u64,
+    /// Records updated (one field each) per transaction in the throughput scenario.
+    pub sync_throughput_tx_records: usize,
+    /// Records of the initial-sync scenario.
+    pub sync_initial_records: usize,
 }
 
 impl Sizes {
-    /// The default run: the sizes of the issue (about 3 minutes on 2 cores).
+    /// The default run: the sizes of the issue (about a minute on 2 cores, half of it sync).
     pub fn full() -> Sizes {
         Sizes {
             records: 100_000,
@@ -58,6 +78,13 @@ impl Sizes {
             open_large: 1_000_000,
             open_reps: 15,
             rounds: 4,
+            sync_batch_records: 1_000,
+            sync_wire_updates: 200,
+            sync_records: 10_000,
+            sync_latency_commits: 2_000,
+            sync_throughput_ms: 3_000,
+            sync_throughput_tx_records: 100,
+            sync_initial_records: 100_000,
         }
     }
 
@@ -74,6 +101,13 @@ impl Sizes {
             open_large: 100_000,
             open_reps: 3,
             rounds: 2,
+            sync_batch_records: 1_000,
+            sync_wire_updates: 50,
+            sync_records: 2_000,
+            sync_latency_commits: 200,
+            sync_throughput_ms: 300,
+            sync_throughput_tx_records: 100,
+            sync_initial_records: 5_000,
         }
     }
 
@@ -89,6 +123,13 @@ impl Sizes {
             "open_large": self.open_large,
             "open_reps": self.open_reps,
             "rounds": self.rounds,
+            "sync_batch_records": self.sync_batch_records,
+            "sync_wire_updates": self.sync_wire_updates,
+            "sync_records": self.sync_records,
+            "sync_latency_commits": self.sync_latency_commits,
+            "sync_throughput_ms": self.sync_throughput_ms,
+            "sync_throughput_tx_records": self.sync_throughput_tx_records,
+            "sync_initial_records": self.sync_initial_records,
         });
         match v {
             Value::Object(m) => m,
@@ -163,7 +204,10 @@ pub trait Scenario {
 
 /// Every scenario, in run order. Order matters for cost, not for correctness: later
 /// scenarios reuse the collection that batched insert built (and build it if it did not run),
-/// and the metadata figure is taken before updates and indexes change the files.
+/// and the metadata figure is taken before updates and indexes change the files. The sync
+/// scenarios build their own files.
 pub fn registry() -> Vec<Box<dyn Scenario>> {
-    store::scenarios()
+    let mut all = store::scenarios();
+    all.extend(sync::scenarios());
+    all
 }

@@ -24,9 +24,9 @@ use crate::workload::{assignee, assignee_pool, Bug, Generator};
 /// The collection (and the floor's table) every scenario writes.
 pub const COLLECTION: &str = "bugs";
 /// Records per transaction when a scenario loads more than one transaction can hold.
-const LOAD_CHUNK_RECORDS: usize = TRANSACTION_WRITES_MAX;
+pub(super) const LOAD_CHUNK_RECORDS: usize = TRANSACTION_WRITES_MAX;
 /// Untimed operations before a timed series, so both sides start with warm caches.
-const WARMUP_OPS: usize = 20;
+pub(super) const WARMUP_OPS: usize = 20;
 /// Issue target: batched insert at least this fraction of the floor's rows/s.
 const INSERT_FLOOR_FRACTION_MIN: f64 = 0.5;
 /// Issue target: point read p50 at most this many µs.
@@ -126,7 +126,7 @@ fn loaded(ctx: &mut Ctx, encrypted: bool) -> Result<&mut Loaded> {
         .context("loaded collection vanished")
 }
 
-fn options(encrypted: bool) -> OpenOptions {
+pub(super) fn options(encrypted: bool) -> OpenOptions {
     if encrypted {
         OpenOptions::with_password(PASSWORD)
     } else {
@@ -134,12 +134,12 @@ fn options(encrypted: bool) -> OpenOptions {
     }
 }
 
-fn new_floor_id() -> [u8; 16] {
+pub(super) fn new_floor_id() -> [u8; 16] {
     *uuid::Uuid::now_v7().as_bytes()
 }
 
 /// Insert through the API, `chunk` records per transaction; returns the ids in order.
-fn insert_chunked(db: &Database, bugs: &[Bug], chunk: usize) -> Result<Vec<RecordId>> {
+pub(super) fn insert_chunked(db: &Database, bugs: &[Bug], chunk: usize) -> Result<Vec<RecordId>> {
     let mut ids = Vec::with_capacity(bugs.len());
     for part in bugs.chunks(chunk) {
         db.transaction(|tx| {
@@ -153,12 +153,12 @@ fn insert_chunked(db: &Database, bugs: &[Bug], chunk: usize) -> Result<Vec<Recor
 }
 
 /// A file's size in bytes (0 if it cannot be read).
-fn file_bytes(path: &Path) -> u64 {
+pub(super) fn file_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Delete a database file with its WAL and shared-memory files, if they exist.
-fn remove_db_files(path: &Path) -> Result<()> {
+pub(super) fn remove_db_files(path: &Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{suffix}", path.display()));
         match std::fs::remove_file(&p) {
@@ -172,7 +172,7 @@ fn remove_db_files(path: &Path) -> Result<()> {
 
 /// Time `ops` operations one at a time, in `rounds` rounds that alternate floor then BlazeDB.
 /// Returns (floor, BlazeDB) per-operation times.
-fn alternate(
+pub(super) fn alternate(
     ops: usize,
     rounds: usize,
     mut floor: impl FnMut(usize) -> Result<()>,
@@ -196,7 +196,7 @@ fn alternate(
     Ok((f, b))
 }
 
-fn summary(samples: &[Duration]) -> Result<Summary> {
+pub(super) fn summary(samples: &[Duration]) -> Result<Summary> {
     Summary::of(samples).context("no samples (a size is 0)")
 }
 
@@ -230,7 +230,7 @@ fn latency_rows(
     ]
 }
 
-fn details(v: serde_json::Value) -> Map<String, serde_json::Value> {
+pub(super) fn details(v: serde_json::Value) -> Map<String, serde_json::Value> {
     match v {
         serde_json::Value::Object(m) => m,
         _ => Map::new(),

@@ -3,10 +3,13 @@
 
 pub mod conflicts;
 pub mod debug;
+pub mod discover;
 pub mod history;
+pub mod listen;
 pub mod maintenance;
 pub mod query;
 pub mod record;
+pub mod serve;
 pub mod sync;
 pub mod transfer;
 
@@ -37,6 +40,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Conflicts(args) => conflicts::run(&ctx, &args),
         Command::Rekey(args) => maintenance::run_rekey(&ctx, &args),
         Command::Sync(args) => sync::run(&args),
+        Command::Listen(args) => listen::run(&ctx, &args),
+        Command::Discover(args) => discover::run(&args),
+        Command::Serve(args) => serve::run(&ctx, &args),
         Command::Debug(command) => debug::run(&ctx, &command),
     }
 }

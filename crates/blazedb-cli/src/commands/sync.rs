@@ -1,26 +1,46 @@
-//! `sync`: keep two database files on this machine in sync, through an in-process session
-//! pair (the same protocol the network transports carry).
+//! `sync`: keep a database in sync with another file on this machine (an in-process session
+//! pair) or with a network peer (`tcp://`, `tls://`, `unix://`, `ws://`, `wss://`): the same
+//! protocol either way.
+//!
+//! With a URL, `--once` syncs until both sides are caught up and prints one JSON line of
+//! what moved each way; `--watch` (the default) keeps syncing, reconnecting with backoff
+//! after any failure, prints connection events as JSON lines on stderr, and on Ctrl-C (or
+//! SIGTERM) prints the totals as one JSON line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
-use blazedb::sync::SyncMode;
-use blazedb_net::{sync_files_once, sync_files_watch, SyncFilesOptions};
+use anyhow::{bail, Context as _, Result};
+use blazedb::limits::{IDLE_TIMEOUT_MS_DEFAULT, PING_INTERVAL_MS_DEFAULT};
+use blazedb::sync::{SessionConfig, SyncMode};
+use blazedb::{Database, OpenOptions};
+use blazedb_net::reconnect::ClientEvent;
+use blazedb_net::transport::{ConnectOptions, TlsClientOptions};
+use blazedb_net::{
+    sync_files_once, sync_files_watch, sync_once, sync_watch, ClientOptions, Endpoint,
+    SyncFilesOptions,
+};
 use clap::Args;
+use serde_json::json;
 
 use crate::output::Output;
 use crate::password::{resolve, PASSWORD_ENV};
 
-/// `sync DB_A DB_B [--once] [--mode both|push|pull]`.
+/// `sync DB_A (DB_B | URL) [--once | --watch] [--mode both|push|pull] [--token T]`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// The first database file.
+    /// The first database file (created if missing).
     pub db_a: PathBuf,
-    /// The second database file (created if missing: it becomes a replica).
+    /// The second database file (created if missing: it becomes a replica), or a peer URL:
+    /// tcp://HOST:PORT, tls://HOST:PORT, unix:///PATH, ws://HOST[:PORT]/PATH or wss://….
+    #[arg(value_name = "DB_B|URL")]
     pub db_b: PathBuf,
     /// Exit once both sides are caught up, printing one JSON line of what moved.
     #[arg(long)]
     pub once: bool,
+    /// Keep syncing until Ctrl-C (the default); with a URL, reconnect after failures.
+    #[arg(long, conflicts_with = "once")]
+    pub watch: bool,
     /// What DB_A does: both (send and receive), push (only send: DB_B becomes a read-only
     /// replica) or pull (only receive from DB_B).
     #[arg(long, default_value = "both")]
@@ -31,33 +51,154 @@ pub struct SyncArgs {
     /// Password file for DB_B (default: BLAZEDB_PASSWORD).
     #[arg(long)]
     pub password_file_b: Option<PathBuf>,
+    /// Token to present to a network peer (also read from BLAZEDB_TOKEN).
+    #[arg(long, env = "BLAZEDB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust only the CA certificates in this PEM file for tls:// and wss:// (instead of
+    /// the built-in web roots).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Present this PEM client certificate (with --tls-client-key).
+    #[arg(long, value_name = "FILE", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-client-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+    /// Accept any TLS certificate, even self-signed or for another name. The connection is
+    /// encrypted but the peer is not authenticated: for development only.
+    #[arg(long)]
+    pub danger_accept_invalid_certs: bool,
+    /// Liveness settings (network peers).
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+}
+
+/// How a network session notices a dead peer.
+#[derive(Debug, Args)]
+pub struct HeartbeatArgs {
+    /// Send a ping after this many ms without sending anything.
+    #[arg(long, value_name = "MS", default_value_t = PING_INTERVAL_MS_DEFAULT)]
+    pub ping_interval_ms: u64,
+    /// End a session (and, when watching, reconnect) after this many ms without receiving
+    /// anything.
+    #[arg(long, value_name = "MS", default_value_t = IDLE_TIMEOUT_MS_DEFAULT)]
+    pub idle_timeout_ms: u64,
 }
 
 /// Run the sync until caught up (`--once`) or until interrupted (Ctrl-C), then print what
 /// moved as one JSON line.
 pub fn run(args: &SyncArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // A second argument that names a URL selects network mode.
+    if let Some(url) = args.db_b.to_str().filter(|s| Endpoint::looks_like_url(s)) {
+        let endpoint: Endpoint = url.parse()?;
+        return runtime.block_on(run_network(args, endpoint));
+    }
+    if args.danger_accept_invalid_certs || args.tls_ca.is_some() || args.tls_client_cert.is_some() {
+        bail!(
+            "TLS options apply to a network peer, and {} is a file: give a tls:// or wss:// URL",
+            args.db_b.display()
+        );
+    }
     let opts = SyncFilesOptions {
         mode: args.mode,
         password_a: resolve(args.password_file_a.as_deref(), PASSWORD_ENV)?,
         password_b: resolve(args.password_file_b.as_deref(), PASSWORD_ENV)?,
         ..SyncFilesOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let report = runtime.block_on(async {
         if args.once {
             sync_files_once(&args.db_a, &args.db_b, opts).await
         } else {
-            let stop = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            sync_files_watch(&args.db_a, &args.db_b, opts, stop).await
+            sync_files_watch(&args.db_a, &args.db_b, opts, interrupted()).await
         }
     })?;
     let mut out = Output::stdout();
     out.json(&report.to_json())?;
     Ok(out.finish()?)
+}
+
+async fn run_network(args: &SyncArgs, endpoint: Endpoint) -> Result<()> {
+    let password = resolve(args.password_file_a.as_deref(), PASSWORD_ENV)?;
+    let path = args.db_a.clone();
+    let options = OpenOptions {
+        password,
+        create: true,
+        ..OpenOptions::default()
+    };
+    // SQLCipher's key derivation takes a noticeable time: off the runtime's threads.
+    let db = tokio::task::spawn_blocking(move || Database::open(&path, options))
+        .await
+        .context("opening the database")??;
+    let db = Arc::new(db);
+    let opts = ClientOptions {
+        connect: ConnectOptions {
+            tls: TlsClientOptions {
+                ca_pem: args.tls_ca.clone(),
+                client_cert_pem: args.tls_client_cert.clone(),
+                client_key_pem: args.tls_client_key.clone(),
+                danger_accept_invalid_certs: args.danger_accept_invalid_certs,
+            },
+            ..ConnectOptions::default()
+        },
+        session: SessionConfig {
+            mode: args.mode,
+            token: args.token.clone().unwrap_or_default(),
+            ping_interval_ms: args.heartbeat.ping_interval_ms,
+            idle_timeout_ms: args.heartbeat.idle_timeout_ms,
+            ..SessionConfig::default()
+        },
+        // Writers in other processes on DB_A reach the peer too.
+        watch_other_processes: true,
+        ..ClientOptions::default()
+    };
+    let report = if args.once {
+        sync_once(db, &endpoint, &opts).await?
+    } else {
+        sync_watch(db, &endpoint, &opts, interrupted(), |e| {
+            eprintln!("{}", event_json(&e));
+        })
+        .await?
+    };
+    let mut out = Output::stdout();
+    out.json(&report.to_json())?;
+    Ok(out.finish()?)
+}
+
+fn event_json(e: &ClientEvent) -> serde_json::Value {
+    match e {
+        ClientEvent::Connected { attempt } => json!({ "event": "connected", "attempt": attempt }),
+        ClientEvent::SessionEnded { report, error } => json!({
+            "event": "session_ended",
+            "error": error,
+            "peer": report.peer.map(|p| p.to_string()),
+            "cells_sent": report.stats.cells_sent,
+            "cells_received": report.stats.cells_received,
+            "cells_applied": report.stats.cells_applied,
+        }),
+        ClientEvent::Retrying { delay_ms, error } => {
+            json!({ "event": "retrying", "delay_ms": delay_ms, "error": error })
+        }
+        _ => json!({ "event": "other" }),
+    }
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM (what service managers and `kill` send).
+pub async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

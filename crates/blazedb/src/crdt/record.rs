@@ -193,12 +193,19 @@ impl RecordState {
     /// Whether every cell is a record or plain-field cell (no counters or sets): the common
     /// case, whose visible fields are just the present values.
     fn only_plain_fields(&self) -> bool {
-        self.cells.iter().all(|c| matches!(c.key, CellKey::Record | CellKey::Field(_)))
+        self.cells
+            .iter()
+            .all(|c| matches!(c.key, CellKey::Record | CellKey::Field(_)))
     }
 
     /// One visible field (without building the others).
     pub fn field(&self, name: &str) -> Option<Value> {
-        let cells: Vec<Cell> = self.cells.iter().filter(|c| c.key.field() == Some(name)).cloned().collect();
+        let cells: Vec<Cell> = self
+            .cells
+            .iter()
+            .filter(|c| c.key.field() == Some(name))
+            .cloned()
+            .collect();
         RecordState { cells }.into_fields().remove(name)
     }
 

@@ -85,6 +85,104 @@ fn check_group(
     Ok(None)
 }
 
+/// The scan of [`Database::changes_since`], inside the caller's read transaction.
+fn changes_since_in(
+    inner: &super::Inner,
+    since: Seq,
+    cells_max: usize,
+    exclude_src: Option<NodeId>,
+) -> Result<ChangeBatch> {
+    let exclude = exclude_src
+        .and_then(|n| inner.nodes.known(&n))
+        .map(|i| i as i64 + 1);
+    // Rows only up to the head of this snapshot: `next` must never move past a commit the
+    // scan did not see, or that commit would never be sent.
+    let head = inner.clock_row()?.0;
+    let mut stmt = inner.conn.prepare_cached(
+        "SELECT seq, coll, id, src FROM feed WHERE seq > ?1 AND seq <= ?2 \
+         ORDER BY seq, coll, id",
+    )?;
+    let mut rows = stmt.query([since.0 as i64, head.0 as i64])?;
+    let mut batch = ChangeBatch {
+        changes: Vec::new(),
+        next: since,
+        more: false,
+        needs_through: since,
+    };
+    let mut cells = 0usize;
+    let mut bodies: HashMap<(i64, Vec<u8>), crate::crdt::RecordState> = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let seq = Seq(row.get::<_, i64>(0)? as u64);
+        if seq != batch.next {
+            // At a commit boundary: stop once full, preferably at a consistent cut, but
+            // never past four pages (the caller then sends a partial unit).
+            let consistent = batch.next >= batch.needs_through;
+            if cells >= cells_max && (consistent || cells >= cells_max.saturating_mul(4)) {
+                batch.more = true;
+                break;
+            }
+            // Every commit between the previous group and this one, including commits
+            // whose cells were all overwritten since, may require later commits.
+            let link: Option<i64> = inner
+                .conn
+                .prepare_cached("SELECT max(t) FROM feed_links WHERE s > ?1 AND s <= ?2")?
+                .query_row([batch.next.0 as i64, seq.0 as i64], |r| r.get(0))?;
+            if let Some(t) = link {
+                batch.needs_through = batch.needs_through.max(Seq(t as u64));
+            }
+        }
+        batch.next = seq;
+        let (coll, id, src): (i64, Vec<u8>, i64) = (row.get(1)?, row.get(2)?, row.get(3)?);
+        if exclude.is_some_and(|e| e == src) {
+            continue;
+        }
+        let key = (coll, id.clone());
+        if !bodies.contains_key(&key) {
+            let (rseq, bytes): (u64, Vec<u8>) = inner
+                .conn
+                .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?
+                .query_row(params![coll, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            bodies.insert(
+                key.clone(),
+                body::decode(&bytes, Seq(rseq), &inner.nodes, &inner.fields)?,
+            );
+        }
+        let state = &bodies[&key];
+        let selected: Vec<Cell> = state
+            .cells()
+            .iter()
+            .filter(|c| c.seq == seq)
+            .cloned()
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        cells += selected.len();
+        let collection = inner.collection_names.get(&coll).cloned().ok_or_else(|| {
+            Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
+                "unknown collection {coll}"
+            )))
+        })?;
+        let id: [u8; 16] = id.try_into().map_err(|_| {
+            Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into()))
+        })?;
+        batch.changes.push(Change {
+            seq,
+            collection,
+            id: RecordId(id),
+            cells: selected,
+        });
+    }
+    if !batch.more {
+        // Reached the end: commits past the last row left no cells (all overwritten).
+        drop(rows);
+        drop(stmt);
+        batch.next = batch.next.max(head);
+    }
+    batch.needs_through = batch.needs_through.max(batch.next);
+    Ok(batch)
+}
+
 /// Which way a peer cursor points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerDirection {
@@ -178,92 +276,16 @@ impl Database {
         exclude_src: Option<NodeId>,
     ) -> Result<ChangeBatch> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
-        let inner = self.lock()?;
-        let exclude = exclude_src
-            .and_then(|n| inner.nodes.known(&n))
-            .map(|i| i as i64 + 1);
-        let mut stmt = inner.conn.prepare_cached(
-            "SELECT seq, coll, id, src FROM feed WHERE seq > ?1 ORDER BY seq, coll, id",
-        )?;
-        let mut rows = stmt.query([since.0 as i64])?;
-        let mut batch = ChangeBatch {
-            changes: Vec::new(),
-            next: since,
-            more: false,
-            needs_through: since,
-        };
-        let mut cells = 0usize;
-        let mut bodies: HashMap<(i64, Vec<u8>), crate::crdt::RecordState> = HashMap::new();
-        while let Some(row) = rows.next()? {
-            let seq = Seq(row.get::<_, i64>(0)? as u64);
-            if seq != batch.next {
-                // At a commit boundary: stop once full, preferably at a consistent cut, but
-                // never past four pages (the caller then sends a partial unit).
-                let consistent = batch.next >= batch.needs_through;
-                if cells >= cells_max && (consistent || cells >= cells_max.saturating_mul(4)) {
-                    batch.more = true;
-                    break;
-                }
-                // Every commit between the previous group and this one, including commits
-                // whose cells were all overwritten since, may require later commits.
-                let link: Option<i64> = inner
-                    .conn
-                    .prepare_cached("SELECT max(t) FROM feed_links WHERE s > ?1 AND s <= ?2")?
-                    .query_row([batch.next.0 as i64, seq.0 as i64], |r| r.get(0))?;
-                if let Some(t) = link {
-                    batch.needs_through = batch.needs_through.max(Seq(t as u64));
-                }
-            }
-            batch.next = seq;
-            let (coll, id, src): (i64, Vec<u8>, i64) = (row.get(1)?, row.get(2)?, row.get(3)?);
-            if exclude.is_some_and(|e| e == src) {
-                continue;
-            }
-            let key = (coll, id.clone());
-            if !bodies.contains_key(&key) {
-                let (rseq, bytes): (u64, Vec<u8>) = inner
-                    .conn
-                    .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?
-                    .query_row(params![coll, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                bodies.insert(
-                    key.clone(),
-                    body::decode(&bytes, Seq(rseq), &inner.nodes, &inner.fields)?,
-                );
-            }
-            let state = &bodies[&key];
-            let selected: Vec<Cell> = state
-                .cells()
-                .iter()
-                .filter(|c| c.seq == seq)
-                .cloned()
-                .collect();
-            if selected.is_empty() {
-                continue;
-            }
-            cells += selected.len();
-            let collection = inner.collection_names.get(&coll).cloned().ok_or_else(|| {
-                Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
-                    "unknown collection {coll}"
-                )))
-            })?;
-            let id: [u8; 16] = id.try_into().map_err(|_| {
-                Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into()))
-            })?;
-            batch.changes.push(Change {
-                seq,
-                collection,
-                id: RecordId(id),
-                cells: selected,
-            });
-        }
-        if !batch.more {
-            // Reached the end: commits past the last row left no cells (all overwritten).
-            drop(rows);
-            drop(stmt);
-            batch.next = batch.next.max(inner.clock_row()?.0);
-        }
-        batch.needs_through = batch.needs_through.max(batch.next);
-        Ok(batch)
+        let mut inner = self.lock()?;
+        // One read transaction for the whole scan: the head, feed rows, bodies, links and
+        // dictionaries come from one snapshot even while other processes commit.
+        inner.conn.execute_batch("BEGIN")?;
+        let result = inner
+            .refresh()
+            .map_err(Error::from)
+            .and_then(|_| changes_since_in(&inner, since, cells_max, exclude_src));
+        inner.conn.execute_batch("COMMIT")?;
+        result
     }
 
     /// Apply changes received from peer `from`, in one transaction: either all of them are

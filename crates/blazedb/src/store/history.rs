@@ -238,12 +238,14 @@ impl Database {
                 r.recorded_ms,
             ));
         }
-        // Oldest first; an insert's record cell before its fields.
-        entries.sort_by(|a, b| {
-            a.version
-                .cmp(&b.version)
-                .then(a.field.is_some().cmp(&b.field.is_some()))
-        });
+        // Oldest first. Within one write: an insert before the fields it set, a delete after
+        // the fields it removed.
+        let rank = |e: &HistoryEntry| match e.op {
+            "insert" => 0,
+            "delete" => 2,
+            _ => 1,
+        };
+        entries.sort_by(|a, b| a.version.cmp(&b.version).then(rank(a).cmp(&rank(b))));
         Ok(entries)
     }
 

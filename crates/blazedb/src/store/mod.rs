@@ -320,7 +320,7 @@ impl Database {
 
 impl Inner {
     /// Reload caches if another connection (another process) committed since we last looked.
-    fn refresh(&mut self) -> rusqlite::Result<()> {
+    pub(crate) fn refresh(&mut self) -> rusqlite::Result<()> {
         let v: i64 = self
             .conn
             .prepare_cached("PRAGMA data_version")?

@@ -1,0 +1,134 @@
+//! `listen`: serve one database to peers over TCP (optionally TLS) or a Unix socket; peers
+//! run `blazedb sync THEIR_DB tcp://HOST:PORT` (or `tls://`, `unix://`).
+//!
+//! Prints one JSON line per address on stdout once listening (`{"listening":
+//! "tcp://127.0.0.1:7421"}`, the real port when 0 was given), then one JSON line per
+//! connection event on stderr, until Ctrl-C or SIGTERM ends every session politely.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use blazedb::sync::{SessionConfig, SyncMode};
+use blazedb_net::transport::{listen, ListenConfig, ListenEvent, TlsServerOptions};
+use clap::{ArgGroup, Args};
+use serde_json::json;
+
+use crate::commands::sync::{interrupted, HeartbeatArgs};
+use crate::database::{Access, Context};
+use crate::output::Output;
+
+/// `listen DB (--tcp ADDR | --unix PATH) [--token T] [--tls-cert FILE --tls-key FILE]`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("address").required(true).multiple(true).args(["tcp", "unix"])))]
+pub struct ListenArgs {
+    /// The database to serve (created if missing).
+    pub db: PathBuf,
+    /// TCP address to listen on, e.g. 127.0.0.1:7421 (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<String>,
+    /// Unix domain socket path to listen on.
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+    /// Require peers to present this token (also read from BLAZEDB_TOKEN).
+    #[arg(long, env = "BLAZEDB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Speak TLS on the TCP address with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tcp"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// What this database does with its peers: both, push (only send) or pull (only
+    /// receive).
+    #[arg(long, default_value = "both")]
+    pub mode: SyncMode,
+    /// Liveness settings.
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+}
+
+/// Serve until interrupted.
+pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
+    let db = Arc::new(ctx.open(&args.db, Access::CreateIfMissing)?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsServerOptions {
+            cert_pem: cert.clone(),
+            key_pem: key.clone(),
+            client_ca_pem: args.tls_client_ca.clone(),
+        }),
+        _ => None,
+    };
+    let cfg = ListenConfig {
+        tcp: args.tcp.clone(),
+        tls,
+        unix: args.unix.clone(),
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        session: SessionConfig {
+            mode: args.mode,
+            ping_interval_ms: args.heartbeat.ping_interval_ms,
+            idle_timeout_ms: args.heartbeat.idle_timeout_ms,
+            ..SessionConfig::default()
+        },
+        // Writers in other processes (`blazedb put` beside the listener) reach peers too.
+        watch_other_processes: true,
+        ..ListenConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = listen(db, cfg).await?;
+        let mut out = Output::stdout();
+        for url in listener.urls() {
+            out.json(&json!({ "listening": url }))?;
+        }
+        out.flush()?;
+        let mut events = listener.events();
+        let stop = interrupted();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                e = events.recv() => match e {
+                    Ok(e) => eprintln!("{}", event_json(&e)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("{}", json!({ "event": "lagged", "missed": n }));
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+        listener.shutdown().await;
+        Ok(out.finish()?)
+    })
+}
+
+fn event_json(e: &ListenEvent) -> serde_json::Value {
+    match e {
+        ListenEvent::Accepted { id, remote } => {
+            json!({ "event": "accepted", "id": id, "remote": remote })
+        }
+        ListenEvent::Ended {
+            id,
+            remote,
+            report,
+            error,
+        } => {
+            let mut v = json!({ "event": "ended", "id": id, "remote": remote, "error": error });
+            if let Some(r) = report {
+                v["peer"] = json!(r.peer.map(|p| p.to_string()));
+                v["cells_sent"] = json!(r.stats.cells_sent);
+                v["cells_received"] = json!(r.stats.cells_received);
+                v["cells_applied"] = json!(r.stats.cells_applied);
+            }
+            v
+        }
+        _ => json!({ "event": "other" }),
+    }
+}

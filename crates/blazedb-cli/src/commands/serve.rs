@@ -1,0 +1,160 @@
+//! `serve`: run the relay server (crate `blazedb-relay`) until Ctrl-C or SIGTERM.
+//!
+//! Prints one JSON line on stdout once every listener is bound (so a script can start the
+//! relay with `--listen 127.0.0.1:0` and read the port), then serves; per-session problems
+//! are JSON lines on stderr. The store's password comes from `--password-file` or
+//! `BLAZEDB_PASSWORD` like every other command's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use blazedb_relay::limits::{DATA_DIR_DEFAULT, LISTEN_ADDR_DEFAULT};
+use blazedb_relay::{AuthConfig, Limits, Relay, RelayConfig, TlsFiles};
+use clap::Args;
+use serde_json::json;
+
+use crate::database::Context;
+use crate::output::Output;
+
+/// `serve [--data DIR] [--listen ADDR] [--token T | --jwt-secret S | --jwt-public-key FILE]
+/// [--rules FILE] [--tls-cert FILE --tls-key FILE] [--origin ORIGIN]...`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory of the relay's store (relay.db), created if missing.
+    #[arg(long, value_name = "DIR", default_value = DATA_DIR_DEFAULT)]
+    pub data: PathBuf,
+    /// HTTP and WebSocket address: GET /v1/sync, POST /v1/query, GET /health, GET /metrics.
+    #[arg(long, value_name = "ADDR", default_value = LISTEN_ADDR_DEFAULT)]
+    pub listen: SocketAddr,
+    /// Also accept raw protocol frames over TCP (TLS with --tls-cert); clients send the token
+    /// in HELLO.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp_listen: Option<SocketAddr>,
+    /// Also accept raw protocol frames on this Unix domain socket.
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+    /// Require this static bearer token ($auth.sub is "token"). Visible in the process list:
+    /// prefer JWTs where other users share the machine.
+    #[arg(long, value_name = "T", group = "auth")]
+    pub token: Option<String>,
+    /// Accept JWTs signed with this HMAC secret (HS256/384/512); claims become $auth.*.
+    #[arg(long, value_name = "S", group = "auth")]
+    pub jwt_secret: Option<String>,
+    /// Accept JWTs signed by the key whose public half is in this PEM file (RS*/PS*, EdDSA,
+    /// ES256/384).
+    #[arg(long, value_name = "FILE", group = "auth")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Require this `aud` claim in JWTs.
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Require this `iss` claim in JWTs.
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// TOML access rules: a [collection] table with read = "EXPR" and write = "EXPR" each;
+    /// collections without a table are closed. Without this file, every authenticated client
+    /// reads and writes everything.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Serve HTTPS/WSS (and TLS on --tcp-listen) with this PEM certificate chain.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow browsers from this origin (e.g. https://app.example.com); repeat for more.
+    /// Without any, every origin may connect (credentials are still required).
+    #[arg(long = "origin", value_name = "ORIGIN")]
+    pub origins: Vec<String>,
+    /// Most connections at once.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Protocol messages per second one connection may send (sustained); 0: unlimited.
+    #[arg(long, value_name = "N")]
+    pub message_rate: Option<u32>,
+    /// Serve without authentication on a non-loopback address: anyone who can reach the relay
+    /// reads and writes what the rules allow.
+    #[arg(long)]
+    pub danger_allow_anonymous: bool,
+}
+
+/// Start the relay and serve until interrupted.
+pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
+    let auth = match (&args.token, &args.jwt_secret, &args.jwt_public_key) {
+        (Some(t), _, _) => AuthConfig::Token(t.as_str().into()),
+        (_, Some(s), _) => AuthConfig::JwtSecret(s.as_str().into()),
+        (_, _, Some(k)) => AuthConfig::JwtPublicKey(k.clone()),
+        _ => AuthConfig::None,
+    };
+    let mut limits = Limits::default();
+    if let Some(n) = args.max_connections {
+        limits.connections_max = n;
+    }
+    if let Some(n) = args.message_rate {
+        limits.message_rate_per_s = n;
+        limits.message_burst = limits.message_burst.max(n.saturating_mul(2));
+    }
+    let config = RelayConfig {
+        data_dir: args.data.clone(),
+        password: ctx.password()?.map(Into::into),
+        listen: args.listen,
+        tcp_listen: args.tcp_listen,
+        unix: args.unix.clone(),
+        auth,
+        jwt_audience: args.jwt_audience.clone(),
+        jwt_issuer: args.jwt_issuer.clone(),
+        rules: args.rules.clone(),
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
+        origins: args.origins.clone(),
+        danger_allow_anonymous: args.danger_allow_anonymous,
+        limits,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let relay = Relay::bind(config).await?;
+        let (http, ws) = if relay.is_tls() {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
+        let addr = relay.local_addr();
+        let mut out = Output::stdout();
+        out.json(&json!({
+            "event": "listening",
+            "http": format!("{http}://{addr}"),
+            "sync": format!("{ws}://{addr}/v1/sync"),
+            "tcp": relay.tcp_addr().map(|a| a.to_string()),
+            "unix": args.unix.as_ref().map(|p| p.display().to_string()),
+            "data": args.data.join(blazedb_relay::limits::STORE_FILE_NAME).display().to_string(),
+            "node": relay.database().node_id().to_string(),
+        }))?;
+        out.finish()?;
+        relay.run(stop_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Ctrl-C, or SIGTERM (what `docker stop` and systemd send).
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,148 @@
+//! Helpers of the network CLI tests: background `blazedb` processes that are killed when
+//! the test ends however it ends, a listener's announced URL, exports as sets.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+/// The `blazedb` binary built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_blazedb");
+
+/// `blazedb` without the developer's password or token variables.
+pub fn blazedb() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("BLAZEDB_PASSWORD")
+        .env_remove("BLAZEDB_NEW_PASSWORD")
+        .env_remove("BLAZEDB_TOKEN")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A background process, SIGKILLed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Daemon {
+    /// Start `cmd` with stdout piped and stderr appended to `log` (dropped without one).
+    pub fn spawn(name: &str, mut cmd: Command, log: Option<&Path>) -> Daemon {
+        let stderr = match log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("open log"),
+            ),
+            None => Stdio::null(),
+        };
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Daemon {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or power loss.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; returns stdout.
+    pub fn terminate(mut self, limit: Duration) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let stdout = self.child.stdout.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut s) = stdout {
+                let _ = std::io::Read::read_to_string(&mut s, &mut text);
+            }
+            let _ = tx.send(text);
+        });
+        let text = rx.recv_timeout(limit).unwrap_or_default();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status.code(), text);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within {limit:?} of SIGTERM", self.name);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `blazedb listen DB ARGS..` and return it with the first URL it announces.
+pub fn start_listener(db: &Path, args: &[&str], log: Option<&Path>) -> (Daemon, String) {
+    let mut cmd = blazedb();
+    cmd.arg("listen").arg(db).args(args);
+    let mut d = Daemon::spawn("listener", cmd, log);
+    let stdout = d.child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the listener announces its address");
+    let v: Json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (
+        d,
+        v["listening"].as_str().expect("listening URL").to_owned(),
+    )
+}
+
+/// A TCP port that was free a moment ago (for a listener that must come back on the same
+/// port after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every record of a collection, by id (an empty map when the file or collection does not
+/// exist yet).
+pub fn export(db: &Path, collection: &str) -> BTreeMap<String, Json> {
+    let out = blazedb()
+        .arg("export")
+        .arg(db)
+        .arg(collection)
+        .output()
+        .expect("run export");
+    if !out.status.success() {
+        return BTreeMap::new();
+    }
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Json = serde_json::from_str(l).unwrap();
+            (v["_id"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}

@@ -1,0 +1,102 @@
+//! `blazedb serve` as a process: it prints where it listens as one JSON line, keeps its store
+//! (encrypted with BLAZEDB_PASSWORD) in the data directory, answers /health and refuses
+//! unauthenticated queries, and exits 0 on SIGTERM; bad rules stop it at startup with the
+//! file, collection and column in one `error:` line.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blazedb");
+
+fn get(addr: &str, path: &str, headers: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn serve_listens_answers_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "s3cret",
+            "--data",
+        ])
+        .arg(&data)
+        .env("BLAZEDB_PASSWORD", "store-password")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let started: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(started["event"], "listening");
+    let http = started["http"].as_str().unwrap();
+    assert!(started["sync"].as_str().unwrap().ends_with("/v1/sync"));
+    let addr = http.trim_start_matches("http://");
+
+    let health = get(addr, "GET /health", "");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    let q = get(addr, "POST /v1/query", "content-length: 2\r\n\r\n{}");
+    assert!(q.starts_with("HTTP/1.1 401"), "{q}");
+    assert!(data.join("relay.db").exists());
+
+    let t = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    // The store is encrypted with the password: opening it without one fails.
+    let out = Command::new(BIN)
+        .args(["stats"])
+        .arg(data.join("relay.db"))
+        .env_remove("BLAZEDB_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn invalid_rules_stop_the_relay_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[bugs]\nread = \"owner = $auth.sub\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--rules")
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: rules file "), "{err}");
+    assert!(
+        err.contains("[bugs] read: invalid expression at column 7"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -1,0 +1,452 @@
+//! The client side of network sync: one session ([`sync_once`]) or a session kept alive
+//! across failures ([`sync_watch`]) — what `blazedb sync DB URL [--once | --watch]` runs.
+//!
+//! ```text
+//!  sync_watch:  connect ──► run_session ──► ends (error, cut, peer restarted)
+//!                  ▲                               │
+//!                  └── sleep Backoff::next_delay ◄─┘   (reset once a session got going)
+//! ```
+//!
+//! Nothing is resent after a reconnect that the peer had applied: each new session starts
+//! with SUBSCRIBE from the receiver's persisted cursor (docs/PROTOCOL.md §8), so progress
+//! survives in the database files, not in the connection. Only units that were in flight
+//! when the connection broke — sent but not yet applied — travel again.
+//!
+//! Errors that a retry cannot fix end the loop: a refused token (`AUTH_FAILED`), a mode the
+//! peer forbids, a copied database (`SAME_NODE`), another protocol version, and a bad URL
+//! or TLS configuration. Anything else (refused connection, timeout, cut, the peer shutting
+//! down) is retried with exponential backoff and jitter ([`Backoff`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use blazedb::sync::{ErrorCode, SessionConfig};
+use blazedb::{Database, NodeId};
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{run_session, DriverOptions, EndReason, SessionReport};
+use crate::error::NetError;
+use crate::head_watch::HeadWatch;
+use crate::limits::{
+    LINGER_MS_DEFAULT, RECONNECT_BACKOFF_INITIAL_MS, RECONNECT_BACKOFF_MAX_MS,
+    RECONNECT_BACKOFF_MULTIPLIER, RECONNECT_JITTER_PERCENT, RECONNECT_STABLE_MS,
+};
+use crate::transport::{connect, ConnectOptions, Endpoint, TransportError};
+
+/// Why a client sync failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The connection could not be made (or, in watch mode, a permanent setup error).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The session failed (in watch mode: with an error that retrying cannot fix).
+    #[error(transparent)]
+    Session(#[from] NetError),
+}
+
+/// Exponential backoff settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackoffConfig {
+    /// First delay, in ms.
+    pub initial_ms: u64,
+    /// Longest delay, in ms.
+    pub max_ms: u64,
+    /// Each failure multiplies the delay by this.
+    pub multiplier: u32,
+    /// Each delay is shortened by a random part of up to this percentage, so clients cut
+    /// off together (a relay restart) do not come back together.
+    pub jitter_percent: u32,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial_ms: RECONNECT_BACKOFF_INITIAL_MS,
+            max_ms: RECONNECT_BACKOFF_MAX_MS,
+            multiplier: RECONNECT_BACKOFF_MULTIPLIER,
+            jitter_percent: RECONNECT_JITTER_PERCENT,
+        }
+    }
+}
+
+/// Delays between reconnection attempts. Randomness comes in as an argument, so the
+/// sequence is reproducible in tests.
+///
+/// ```
+/// use blazedb_net::reconnect::{Backoff, BackoffConfig};
+/// let mut b = Backoff::new(BackoffConfig { initial_ms: 100, max_ms: 1000, multiplier: 2, jitter_percent: 0 });
+/// let delays: Vec<u64> = (0..6).map(|_| b.next_delay_ms(0)).collect();
+/// assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    cfg: BackoffConfig,
+    failures: u32,
+}
+
+impl Backoff {
+    /// A backoff before its first failure.
+    pub fn new(cfg: BackoffConfig) -> Backoff {
+        Backoff { cfg, failures: 0 }
+    }
+
+    /// The delay before the next attempt, given a random number: the base delay
+    /// `initial × multiplier^failures` (capped at `max`), minus up to `jitter_percent` of
+    /// it. Counts one more failure.
+    pub fn next_delay_ms(&mut self, random: u64) -> u64 {
+        let mut base = self.cfg.initial_ms.min(self.cfg.max_ms);
+        for _ in 0..self.failures {
+            base = base.saturating_mul(u64::from(self.cfg.multiplier.max(1)));
+            if base >= self.cfg.max_ms {
+                base = self.cfg.max_ms;
+                break;
+            }
+        }
+        self.failures = self.failures.saturating_add(1);
+        // u128: the product of a delay near u64::MAX and a percentage must not overflow.
+        let jitter_max = u128::from(base) * u128::from(self.cfg.jitter_percent.min(100)) / 100;
+        let jitter = u128::from(random) % (jitter_max + 1);
+        // jitter ≤ jitter_max ≤ base, so it fits and the subtraction cannot underflow.
+        base - jitter as u64
+    }
+
+    /// Failures since the last reset.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Start over from the initial delay (after a session that worked).
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// How a client syncs with a network peer.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// TLS settings and the connection timeout.
+    pub connect: ConnectOptions,
+    /// Session settings: `token`, `mode`, and the heartbeats `ping_interval_ms` and
+    /// `idle_timeout_ms` (a dead peer is noticed within `idle_timeout_ms` plus
+    /// `linger_ms`).
+    pub session: SessionConfig,
+    /// Delays between reconnection attempts (watch mode).
+    pub backoff: BackoffConfig,
+    /// How long an ending session keeps flushing its last frames, in ms.
+    pub linger_ms: u64,
+    /// Also notice commits made by other processes on the same file (watch mode; polls the
+    /// feed head, see [`crate::head_watch`]).
+    pub watch_other_processes: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect: ConnectOptions::default(),
+            session: SessionConfig::default(),
+            backoff: BackoffConfig::default(),
+            linger_ms: LINGER_MS_DEFAULT,
+            watch_other_processes: false,
+        }
+    }
+}
+
+/// Something that happened in [`sync_watch`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A connection was made; a session starts on it.
+    Connected {
+        /// Attempts since the last working session (1 = first try).
+        attempt: u32,
+    },
+    /// A session ended.
+    SessionEnded {
+        /// What it did.
+        report: Box<SessionReport>,
+        /// Why it ended, if not cleanly.
+        error: Option<String>,
+    },
+    /// Connecting failed or a session ended; the next attempt comes after a pause.
+    Retrying {
+        /// The pause, in ms.
+        delay_ms: u64,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Traffic of one or more sessions, seen from this side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficReport {
+    /// Cells this side sent.
+    pub cells_sent: u64,
+    /// Framed bytes this side wrote.
+    pub bytes_sent: u64,
+    /// Cells this side received.
+    pub cells_received: u64,
+    /// Received cells that changed something here.
+    pub cells_applied: u64,
+    /// Framed bytes this side read.
+    pub bytes_received: u64,
+}
+
+impl TrafficReport {
+    fn add(&mut self, r: &SessionReport) {
+        self.cells_sent += r.stats.cells_sent;
+        self.bytes_sent += r.stats.bytes_sent;
+        self.cells_received += r.stats.cells_received;
+        self.cells_applied += r.stats.cells_applied;
+        self.bytes_received += r.stats.bytes_received;
+    }
+}
+
+/// What a client sync did: one session (`sync_once`) or all of them (`sync_watch`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientReport {
+    /// The peer URL.
+    pub url: String,
+    /// The peer's node id, once a session got that far.
+    pub peer: Option<NodeId>,
+    /// Traffic summed over the sessions.
+    pub traffic: TrafficReport,
+    /// Sessions run.
+    pub sessions: u32,
+    /// Connection attempts that failed.
+    pub connect_failures: u32,
+    /// The last error that was retried, if any.
+    pub last_error: Option<String>,
+    /// Wall time, in ms.
+    pub elapsed_ms: u64,
+}
+
+impl ClientReport {
+    fn new(endpoint: &Endpoint) -> ClientReport {
+        ClientReport {
+            url: endpoint.to_string(),
+            peer: None,
+            traffic: TrafficReport::default(),
+            sessions: 0,
+            connect_failures: 0,
+            last_error: None,
+            elapsed_ms: 0,
+        }
+    }
+
+    fn add(&mut self, r: &SessionReport) {
+        self.traffic.add(r);
+        self.sessions += 1;
+        self.peer = r.peer.or(self.peer);
+    }
+
+    /// The one JSON line the CLI prints, e.g. `{"url":"tcp://h:7421","peer":"…",
+    /// "sent":{"cells":10,"bytes":900},"received":{"cells":3,"cells_applied":3,
+    /// "bytes":400},"sessions":1,"connect_failures":0,"elapsed_ms":12}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let t = &self.traffic;
+        let mut v = serde_json::json!({
+            "url": self.url,
+            "peer": self.peer.map(|p| p.to_string()),
+            "sent": { "cells": t.cells_sent, "bytes": t.bytes_sent },
+            "received": {
+                "cells": t.cells_received,
+                "cells_applied": t.cells_applied,
+                "bytes": t.bytes_received,
+            },
+            "sessions": self.sessions,
+            "connect_failures": self.connect_failures,
+            "elapsed_ms": self.elapsed_ms,
+        });
+        if let Some(e) = &self.last_error {
+            v["last_error"] = e.clone().into();
+        }
+        v
+    }
+}
+
+/// Connect once, sync until both sides are caught up, and end the session politely.
+pub async fn sync_once(
+    db: Arc<Database>,
+    endpoint: &Endpoint,
+    opts: &ClientOptions,
+) -> Result<ClientReport, ClientError> {
+    let started = Instant::now();
+    let mut report = ClientReport::new(endpoint);
+    let stream = connect(endpoint, &opts.connect).await?;
+    let driver = DriverOptions {
+        linger_ms: opts.linger_ms,
+        ..DriverOptions::once()
+    };
+    let session = run_session(db, stream, opts.session.clone(), driver).await?;
+    report.add(&session);
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Keep `db` in sync with the peer at `endpoint` until `stop` completes: connect, run a
+/// session, and after any failure reconnect with backoff (see the module docs). Then end
+/// the running session politely and return what all sessions did. `on_event` hears about
+/// every connection, session end and retry.
+///
+/// ```no_run
+/// # async fn f(db: std::sync::Arc<blazedb::Database>) -> Result<(), blazedb_net::reconnect::ClientError> {
+/// use blazedb_net::reconnect::{sync_watch, ClientOptions};
+/// let peer = "tcp://127.0.0.1:7421".parse()?;
+/// let stop = async { let _ = tokio::signal::ctrl_c().await; };
+/// let report = sync_watch(db, &peer, &ClientOptions::default(), stop, |e| eprintln!("{e:?}")).await?;
+/// println!("{}", report.to_json());
+/// # Ok(()) }
+/// ```
+pub async fn sync_watch(
+    db: Arc<Database>,
+    endpoint: &Endpoint,
+    opts: &ClientOptions,
+    stop: impl Future<Output = ()>,
+    mut on_event: impl FnMut(ClientEvent),
+) -> Result<ClientReport, ClientError> {
+    let started = Instant::now();
+    let mut report = ClientReport::new(endpoint);
+    let token = CancellationToken::new();
+    let heads = opts
+        .watch_other_processes
+        .then(|| HeadWatch::spawn(db.clone()));
+    let wake = heads.as_ref().map(|h| h.subscribe());
+    let mut backoff = Backoff::new(opts.backoff.clone());
+    let stopper = async {
+        stop.await;
+        // The running session ends politely and the loop returns; keep the select on it.
+        token.cancel();
+        std::future::pending::<()>().await
+    };
+    let work = async {
+        loop {
+            if token.is_cancelled() {
+                return Ok(());
+            }
+            let attempt_started = Instant::now();
+            let error = match tokio::select! {
+                r = connect(endpoint, &opts.connect) => r,
+                _ = token.cancelled() => return Ok(()),
+            } {
+                Err(e) if e.is_permanent() => return Err(ClientError::Transport(e)),
+                Err(e) => {
+                    report.connect_failures += 1;
+                    e.to_string()
+                }
+                Ok(stream) => {
+                    on_event(ClientEvent::Connected {
+                        attempt: backoff.failures() + 1,
+                    });
+                    let driver = DriverOptions {
+                        shutdown: token.child_token(),
+                        wake: wake.clone(),
+                        linger_ms: opts.linger_ms,
+                        ..DriverOptions::default()
+                    };
+                    let result =
+                        run_session(db.clone(), stream, opts.session.clone(), driver).await;
+                    let (session, error) = match &result {
+                        Ok(r) => (Some(r), None),
+                        Err(e) => (e.report(), Some(e.to_string())),
+                    };
+                    if let Some(s) = session {
+                        report.add(s);
+                        on_event(ClientEvent::SessionEnded {
+                            report: Box::new(s.clone()),
+                            error: error.clone(),
+                        });
+                        // A session that got going proves the setup works: start the
+                        // delays over. One that fails at once keeps backing off.
+                        if s.peer.is_some()
+                            && attempt_started.elapsed().as_millis() as u64 >= RECONNECT_STABLE_MS
+                        {
+                            backoff.reset();
+                        }
+                    }
+                    match result {
+                        Ok(r) if r.end == EndReason::Shutdown => return Ok(()),
+                        Ok(_) => "the peer ended the session".to_owned(),
+                        Err(e) if is_permanent(&e) => return Err(ClientError::Session(e)),
+                        Err(e) => e.to_string(),
+                    }
+                }
+            };
+            let delay_ms = backoff.next_delay_ms(rand::random());
+            report.last_error = Some(error.clone());
+            on_event(ClientEvent::Retrying { delay_ms, error });
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(delay_ms)) => {}
+                _ = token.cancelled() => return Ok(()),
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = work => r,
+        _ = stopper => unreachable!("the stopper never completes"),
+    };
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    outcome.map(|()| report)
+}
+
+/// Session errors that another attempt would meet again.
+fn is_permanent(e: &NetError) -> bool {
+    match e {
+        NetError::Sync { error, .. } => matches!(
+            error.code,
+            ErrorCode::AuthFailed
+                | ErrorCode::Forbidden
+                | ErrorCode::SameNode
+                | ErrorCode::UnsupportedVersion
+        ),
+        NetError::Open { .. } | NetError::SameFile { .. } => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_to_the_cap_and_reset() {
+        let mut b = Backoff::new(BackoffConfig {
+            initial_ms: 200,
+            max_ms: 5_000,
+            multiplier: 3,
+            jitter_percent: 0,
+        });
+        let d: Vec<u64> = (0..5).map(|_| b.next_delay_ms(12345)).collect();
+        assert_eq!(d, [200, 600, 1800, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_delay_ms(0), 200);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_share() {
+        let cfg = BackoffConfig {
+            initial_ms: 1000,
+            max_ms: 1000,
+            multiplier: 2,
+            jitter_percent: 50,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for r in 0..2000u64 {
+            let d = Backoff::new(cfg.clone()).next_delay_ms(r.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            assert!((500..=1000).contains(&d), "{d}");
+            seen.insert(d / 100);
+        }
+        assert!(seen.len() >= 5, "jitter spreads the delays: {seen:?}");
+        // Huge numbers cannot overflow.
+        let mut b = Backoff::new(BackoffConfig {
+            initial_ms: u64::MAX / 2,
+            max_ms: u64::MAX,
+            multiplier: u32::MAX,
+            jitter_percent: 100,
+        });
+        for _ in 0..100 {
+            b.next_delay_ms(u64::MAX);
+        }
+    }
+}

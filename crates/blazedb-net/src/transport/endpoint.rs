@@ -1,0 +1,267 @@
+//! Where a peer is: the URL forms `blazedb sync DB URL` accepts, parsed once into an
+//! [`Endpoint`] so that the rest of the code never looks at a string again.
+//!
+//! | URL                        | transport |
+//! |----------------------------|-----------|
+//! | `tcp://host:port`          | plain TCP |
+//! | `tls://host:port`          | TLS over TCP (rustls) |
+//! | `unix:///absolute/path`    | Unix domain socket (also `unix:relative/path`) |
+//! | `ws://host[:port][/path]`  | WebSocket, one frame per binary message |
+//! | `wss://host[:port][/path]` | WebSocket over TLS |
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::transport::TransportError;
+
+/// A parsed peer address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Endpoint {
+    /// `tcp://host:port`.
+    Tcp(HostPort),
+    /// `tls://host:port`: TCP, then a TLS handshake; `host` is the name checked against the
+    /// server's certificate.
+    Tls(HostPort),
+    /// `unix:///path`: a Unix domain socket.
+    Unix(PathBuf),
+    /// `ws://` or `wss://` URL, kept whole for the WebSocket handshake.
+    WebSocket(WsUrl),
+}
+
+/// A host name (or IP address) and a port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// DNS name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// A WebSocket URL split into what the connection needs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WsUrl {
+    /// `wss://`: TLS under the WebSocket.
+    pub secure: bool,
+    /// Where to open the TCP connection (the port defaults to 80 / 443).
+    pub addr: HostPort,
+    /// The whole URL as given, for the HTTP upgrade request.
+    pub url: String,
+}
+
+impl Endpoint {
+    /// The URL scheme of this endpoint.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Endpoint::Tcp(_) => "tcp",
+            Endpoint::Tls(_) => "tls",
+            Endpoint::Unix(_) => "unix",
+            Endpoint::WebSocket(w) if w.secure => "wss",
+            Endpoint::WebSocket(_) => "ws",
+        }
+    }
+
+    /// Whether a string looks like a URL this module handles (`scheme://` or `unix:`), as
+    /// opposed to a file path. Used by the CLI to tell `sync DB URL` from `sync DB_A DB_B`.
+    pub fn looks_like_url(s: &str) -> bool {
+        ["tcp://", "tls://", "unix:", "ws://", "wss://"]
+            .iter()
+            .any(|p| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p))
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = TransportError;
+
+    fn from_str(url: &str) -> Result<Endpoint, TransportError> {
+        let bad = |reason: &str| TransportError::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = match url.find(':') {
+            Some(i) => (url[..i].to_ascii_lowercase(), &url[i + 1..]),
+            None => {
+                return Err(bad(
+                    "no scheme: use tcp://, tls://, unix://, ws:// or wss://",
+                ))
+            }
+        };
+        match scheme.as_str() {
+            "unix" => {
+                // unix:///abs/path (empty authority), unix:/abs/path or unix:rel/path.
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                if path.is_empty() {
+                    return Err(bad("no socket path: write unix:///path/to/socket"));
+                }
+                Ok(Endpoint::Unix(PathBuf::from(path)))
+            }
+            "tcp" | "tls" => {
+                let rest = rest
+                    .strip_prefix("//")
+                    .ok_or_else(|| bad("expected scheme://host:port"))?;
+                let rest = rest.strip_suffix('/').unwrap_or(rest);
+                if rest.contains('/') {
+                    return Err(bad("a tcp:// or tls:// address has no path"));
+                }
+                let hp = parse_host_port(rest, None).map_err(|r| bad(&r))?;
+                Ok(if scheme == "tcp" {
+                    Endpoint::Tcp(hp)
+                } else {
+                    Endpoint::Tls(hp)
+                })
+            }
+            "ws" | "wss" => {
+                let secure = scheme == "wss";
+                let rest = rest
+                    .strip_prefix("//")
+                    .ok_or_else(|| bad("expected ws://host[:port]/path"))?;
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+                let port = if secure { 443 } else { 80 };
+                let addr = parse_host_port(authority, Some(port)).map_err(|r| bad(&r))?;
+                Ok(Endpoint::WebSocket(WsUrl {
+                    secure,
+                    addr,
+                    url: url.to_owned(),
+                }))
+            }
+            other => Err(bad(&format!(
+                "unknown scheme {other:?}: use tcp://, tls://, unix://, ws:// or wss://"
+            ))),
+        }
+    }
+}
+
+/// `host:port`, `[v6]:port`, or `host` alone when a default port is given.
+fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<HostPort, String> {
+    if s.contains('@') {
+        return Err("credentials in the URL are not supported: use --token".into());
+    }
+    let (host, port) = if let Some(v6) = s.strip_prefix('[') {
+        let end = v6.find(']').ok_or("unclosed [ in the address")?;
+        let host = &v6[..end];
+        match &v6[end + 1..] {
+            "" => (host, None),
+            p => (
+                host,
+                Some(p.strip_prefix(':').ok_or("expected :port after ]")?),
+            ),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    let port = match (port, default_port) {
+        (Some(p), _) => p
+            .parse::<u16>()
+            .map_err(|_| format!("invalid port {p:?}"))?,
+        (None, Some(d)) => d,
+        (None, None) => return Err("no port: write host:port".into()),
+    };
+    Ok(HostPort {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(hp) => write!(f, "tcp://{hp}"),
+            Endpoint::Tls(hp) => write!(f, "tls://{hp}"),
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::WebSocket(w) => f.write_str(&w.url),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp(host: &str, port: u16) -> HostPort {
+        HostPort {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn parses_every_scheme() {
+        assert_eq!(
+            "tcp://127.0.0.1:7421".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp(hp("127.0.0.1", 7421))
+        );
+        assert_eq!(
+            "TLS://example.com:443/".parse::<Endpoint>().unwrap(),
+            Endpoint::Tls(hp("example.com", 443))
+        );
+        assert_eq!(
+            "tcp://[::1]:9".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp(hp("::1", 9))
+        );
+        assert_eq!(
+            "unix:///tmp/a.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("/tmp/a.sock".into())
+        );
+        assert_eq!(
+            "unix:rel.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("rel.sock".into())
+        );
+        let Endpoint::WebSocket(w) = "wss://relay.example/v1/sync".parse().unwrap() else {
+            panic!("not ws")
+        };
+        assert!(w.secure);
+        assert_eq!(w.addr, hp("relay.example", 443));
+        let Endpoint::WebSocket(w) = "ws://127.0.0.1:7420/v1/sync?x=1".parse().unwrap() else {
+            panic!("not ws")
+        };
+        assert_eq!(w.addr, hp("127.0.0.1", 7420));
+        assert_eq!(
+            "tcp://[::1]:9".parse::<Endpoint>().unwrap().to_string(),
+            "tcp://[::1]:9"
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use() {
+        for url in [
+            "a.db",
+            "http://x:1",
+            "tcp://host",
+            "tcp://host:99999",
+            "tcp://:80",
+            "tcp://h:1/path",
+            "tcp://user@h:1",
+            "unix://",
+            "tls:host:1",
+        ] {
+            assert!(url.parse::<Endpoint>().is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn tells_urls_from_paths() {
+        assert!(Endpoint::looks_like_url("tcp://h:1"));
+        assert!(Endpoint::looks_like_url("unix:///s"));
+        assert!(Endpoint::looks_like_url("WSS://h"));
+        assert!(!Endpoint::looks_like_url("b.db"));
+        assert!(!Endpoint::looks_like_url("/tmp/tcp/b.db"));
+        assert!(!Endpoint::looks_like_url("C:\\x.db"));
+    }
+}

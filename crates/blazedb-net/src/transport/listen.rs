@@ -1,0 +1,416 @@
+//! The server side of the stream transports: accept TCP (optionally TLS) and Unix socket
+//! connections and run one sync session per connection for one database
+//! (`blazedb listen DB --tcp ADDR`).
+//!
+//! ```text
+//!  TcpListener ──┐                    ┌─► (TLS handshake, bounded) ─► run_session ─┐
+//!  UnixListener ─┴─► supervisor task ─┤                                            ├─► ListenEvent
+//!                    (≤ connections_max)└─► run_session ... one task per connection ─┘
+//! ```
+//!
+//! The supervisor stops accepting while [`ListenConfig::connections_max`] sessions run (new
+//! connections wait in the kernel's backlog). A peer is authenticated by its HELLO token
+//! ([`TokenAuth`]) before anything else is exchanged. [`Listener::shutdown`] (or dropping
+//! the [`Listener`]) ends every session politely with `SHUTTING_DOWN` and removes the Unix
+//! socket file.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazedb::sync::SessionConfig;
+use blazedb::Database;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::broadcast;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{run_session, DriverOptions, SessionReport};
+use crate::head_watch::HeadWatch;
+use crate::limits::{
+    ACCEPT_ERROR_PAUSE_MS, LINGER_MS_DEFAULT, LISTEN_CONNECTIONS_MAX_DEFAULT,
+    LISTEN_EVENTS_CAPACITY, TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
+};
+use crate::transport::{BoxedStream, TlsServerOptions, TokenAuth, TransportError};
+
+/// What [`listen`] listens on and how it serves.
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    /// TCP address to listen on, e.g. `127.0.0.1:7421` (port 0 picks a free port; see
+    /// [`Listener::tcp_addr`]).
+    pub tcp: Option<String>,
+    /// When set, TCP connections speak TLS (`tls://` URLs) with this certificate.
+    pub tls: Option<TlsServerOptions>,
+    /// Unix domain socket path to listen on. A stale socket file left by a process that
+    /// died is replaced; one that a live process answers on is an error.
+    pub unix: Option<PathBuf>,
+    /// When set, peers must send this token in HELLO, or the session ends with
+    /// `AUTH_FAILED` before any data flows. It replaces `session.access`.
+    pub token: Option<String>,
+    /// Settings of every session: mode, heartbeats (`ping_interval_ms`,
+    /// `idle_timeout_ms`), batch size, and `access` for custom access control. `server` is
+    /// always set.
+    pub session: SessionConfig,
+    /// Most sessions served at once.
+    pub connections_max: usize,
+    /// Limit for a client's TLS handshake, in ms.
+    pub handshake_timeout_ms: u64,
+    /// How long an ending session keeps flushing its last frames, in ms.
+    pub linger_ms: u64,
+    /// Also wake sessions on commits made by other processes on the same file (polls the
+    /// feed head; see [`crate::head_watch`]).
+    pub watch_other_processes: bool,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            tcp: None,
+            tls: None,
+            unix: None,
+            token: None,
+            session: SessionConfig::default(),
+            connections_max: LISTEN_CONNECTIONS_MAX_DEFAULT,
+            handshake_timeout_ms: TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            linger_ms: LINGER_MS_DEFAULT,
+            watch_other_processes: false,
+        }
+    }
+}
+
+/// Something that happened to one connection of a [`Listener`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ListenEvent {
+    /// A connection was accepted; its session starts (after the TLS handshake).
+    Accepted {
+        /// Connection number, from 1.
+        id: u64,
+        /// The peer's address (`unix` for Unix sockets).
+        remote: String,
+    },
+    /// A connection ended.
+    Ended {
+        /// Connection number.
+        id: u64,
+        /// The peer's address.
+        remote: String,
+        /// The session's report, if a session ran (not when the TLS handshake failed).
+        report: Option<Box<SessionReport>>,
+        /// Why it ended with an error (`None`: a clean end).
+        error: Option<String>,
+    },
+}
+
+/// A running listener. Dropping it stops it too, without waiting.
+#[derive(Debug)]
+pub struct Listener {
+    tcp_addr: Option<SocketAddr>,
+    tls: bool,
+    unix_path: Option<PathBuf>,
+    stop: CancellationToken,
+    events: broadcast::Sender<ListenEvent>,
+    active: Arc<AtomicUsize>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// The bound TCP address (with the real port when 0 was asked for).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The Unix socket path.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix_path.as_deref()
+    }
+
+    /// The URLs peers can use: `tcp://…` or `tls://…`, and `unix://…`.
+    pub fn urls(&self) -> Vec<String> {
+        let mut urls = Vec::new();
+        if let Some(a) = self.tcp_addr {
+            urls.push(format!("{}://{a}", if self.tls { "tls" } else { "tcp" }));
+        }
+        if let Some(p) = &self.unix_path {
+            urls.push(format!("unix://{}", p.display()));
+        }
+        urls
+    }
+
+    /// Connection events from now on. A receiver that falls more than
+    /// [`LISTEN_EVENTS_CAPACITY`] events behind misses the oldest (it is told so).
+    pub fn events(&self) -> broadcast::Receiver<ListenEvent> {
+        self.events.subscribe()
+    }
+
+    /// Sessions running now.
+    pub fn connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Stop accepting, end every session with `SHUTTING_DOWN`, wait for them (each is
+    /// bounded by its linger time) and remove the Unix socket file.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Listen for peers of `db` as `cfg` says, and serve each connection with its own session
+/// until [`Listener::shutdown`].
+///
+/// ```no_run
+/// # async fn f(db: std::sync::Arc<blazedb::Database>) -> Result<(), blazedb_net::transport::TransportError> {
+/// use blazedb_net::transport::{listen, ListenConfig};
+/// let listener = listen(db, ListenConfig {
+///     tcp: Some("127.0.0.1:7421".into()),
+///     token: Some("s3cret".into()),
+///     ..ListenConfig::default()
+/// }).await?;
+/// println!("peers sync with {:?}", listener.urls());
+/// # Ok(()) }
+/// ```
+pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, TransportError> {
+    if cfg.tcp.is_none() && cfg.unix.is_none() {
+        return Err(TransportError::NoAddress);
+    }
+    let acceptor = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let tcp =
+        match &cfg.tcp {
+            Some(addr) => Some(TcpListener::bind(addr.as_str()).await.map_err(|source| {
+                TransportError::Bind {
+                    addr: addr.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let unix = cfg.unix.as_deref().map(bind_unix).transpose()?;
+
+    let mut session = cfg.session.clone();
+    session.server = true;
+    if let Some(token) = &cfg.token {
+        session.access = Some(Arc::new(TokenAuth::new(token.clone())));
+    }
+    let (events, _) = broadcast::channel(LISTEN_EVENTS_CAPACITY);
+    let stop = CancellationToken::new();
+    let active = Arc::new(AtomicUsize::new(0));
+    let heads = cfg
+        .watch_other_processes
+        .then(|| HeadWatch::spawn(db.clone()));
+    let shared = Arc::new(Shared {
+        db,
+        session,
+        acceptor,
+        handshake_timeout_ms: cfg.handshake_timeout_ms,
+        linger_ms: cfg.linger_ms,
+        stop: stop.clone(),
+        events: events.clone(),
+        active: active.clone(),
+        next_id: AtomicU64::new(1),
+        heads,
+    });
+    let supervisor = Supervisor {
+        shared,
+        tcp,
+        unix,
+        unix_path: cfg.unix.clone(),
+        connections_max: cfg.connections_max.max(1),
+    };
+    let task = tokio::spawn(supervisor.run());
+    Ok(Listener {
+        tcp_addr,
+        tls: cfg.tls.is_some(),
+        unix_path: cfg.unix,
+        stop,
+        events,
+        active,
+        task: Some(task),
+    })
+}
+
+/// Bind a Unix socket, replacing a stale socket file that nobody answers on.
+fn bind_unix(path: &Path) -> Result<UnixListener, TransportError> {
+    let bind_err = |source| TransportError::Bind {
+        addr: format!("unix://{}", path.display()),
+        source,
+    };
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let is_socket = std::fs::symlink_metadata(path)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            let alive = std::os::unix::net::UnixStream::connect(path).is_ok();
+            if !is_socket || alive {
+                return Err(bind_err(e));
+            }
+            // Left behind by a listener that died without cleaning up.
+            std::fs::remove_file(path).map_err(bind_err)?;
+            UnixListener::bind(path).map_err(bind_err)
+        }
+        Err(e) => Err(bind_err(e)),
+    }
+}
+
+/// What every connection task needs.
+struct Shared {
+    db: Arc<Database>,
+    session: SessionConfig,
+    acceptor: Option<TlsAcceptor>,
+    handshake_timeout_ms: u64,
+    linger_ms: u64,
+    stop: CancellationToken,
+    events: broadcast::Sender<ListenEvent>,
+    active: Arc<AtomicUsize>,
+    next_id: AtomicU64,
+    heads: Option<HeadWatch>,
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    unix_path: Option<PathBuf>,
+    connections_max: usize,
+}
+
+/// A connection just accepted.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+    Failed,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let mut sessions = JoinSet::new();
+        loop {
+            let room = sessions.len() < self.connections_max;
+            let accepted = tokio::select! {
+                _ = self.shared.stop.cancelled() => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+                r = accept_tcp(self.tcp.as_ref()), if room && self.tcp.is_some() => r,
+                r = accept_unix(self.unix.as_ref()), if room && self.unix.is_some() => r,
+            };
+            let shared = self.shared.clone();
+            match accepted {
+                Accepted::Tcp(socket, addr) => {
+                    // Only a latency setting: a failure changes nothing about correctness.
+                    let _ = socket.set_nodelay(true);
+                    sessions.spawn(serve(shared, addr.to_string(), socket, true));
+                }
+                Accepted::Unix(socket) => {
+                    sessions.spawn(serve(shared, "unix".into(), socket, false));
+                }
+                Accepted::Failed => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+                }
+            }
+        }
+        drop(self.tcp);
+        drop(self.unix);
+        if let Some(p) = &self.unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+        // Every session saw the cancellation: each ends within its linger time.
+        while sessions.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_tcp(l: Option<&TcpListener>) -> Accepted {
+    match l.expect("guarded").accept().await {
+        Ok((s, a)) => Accepted::Tcp(s, a),
+        Err(_) => Accepted::Failed,
+    }
+}
+
+async fn accept_unix(l: Option<&UnixListener>) -> Accepted {
+    match l.expect("guarded").accept().await {
+        Ok((s, _)) => Accepted::Unix(s),
+        Err(_) => Accepted::Failed,
+    }
+}
+
+/// Counts a running session; decrements however the task ends.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection: TLS handshake if configured (and `tls_capable`), then one session.
+async fn serve<S>(shared: Arc<Shared>, remote: String, socket: S, tls_capable: bool)
+where
+    S: crate::transport::Stream,
+{
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    shared.active.fetch_add(1, Ordering::Relaxed);
+    let _guard = ActiveGuard(shared.active.clone());
+    // No receivers is fine: nobody is watching.
+    let _ = shared.events.send(ListenEvent::Accepted {
+        id,
+        remote: remote.clone(),
+    });
+    let stream: BoxedStream = match (&shared.acceptor, tls_capable) {
+        (Some(acceptor), true) => {
+            let limit = Duration::from_millis(shared.handshake_timeout_ms);
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(limit, acceptor.accept(socket)) => r,
+                _ = shared.stop.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => return ended(&shared, id, remote, None, Some(format!("TLS: {e}"))),
+                Err(_) => {
+                    let e = format!("TLS handshake not done within {limit:?}");
+                    return ended(&shared, id, remote, None, Some(e));
+                }
+            }
+        }
+        _ => Box::new(socket),
+    };
+    let opts = DriverOptions {
+        shutdown: shared.stop.child_token(),
+        wake: shared.heads.as_ref().map(|h| h.subscribe()),
+        linger_ms: shared.linger_ms,
+        ..DriverOptions::default()
+    };
+    let result = run_session(shared.db.clone(), stream, shared.session.clone(), opts).await;
+    let (report, error) = match result {
+        Ok(r) => (Some(Box::new(r)), None),
+        Err(e) => (e.report().cloned().map(Box::new), Some(e.to_string())),
+    };
+    ended(&shared, id, remote, report, error);
+}
+
+fn ended(
+    shared: &Shared,
+    id: u64,
+    remote: String,
+    report: Option<Box<SessionReport>>,
+    error: Option<String>,
+) {
+    let _ = shared.events.send(ListenEvent::Ended {
+        id,
+        remote,
+        report,
+        error,
+    });
+}

@@ -1,0 +1,185 @@
+//! Network transports: byte streams between two nodes, each carrying one sync session
+//! ([`run_session`](crate::run_session)) with the same frames (docs/PROTOCOL.md §2).
+//!
+//! ```text
+//!  client                                          listener
+//!  "tcp://h:p" ─► Endpoint ─► connect ─► stream ═══► accept ─► (TLS handshake) ─► stream
+//!                                          │                                       │
+//!                                     run_session                            run_session
+//!                                  (token in HELLO)             (TokenAuth checks HELLO.token)
+//! ```
+//!
+//! - [`endpoint`]: parsing `tcp://`, `tls://`, `unix://`, `ws://`, `wss://` URLs.
+//! - [`connect`]: the client side, any URL to a boxed byte stream.
+//! - [`listen`](mod@listen): the server side, one session per accepted connection.
+//! - [`tls`]: rustls configuration from PEM files.
+//! - [`auth`]: the listener's static token.
+//!
+//! Liveness is the session's: it pings after `SessionConfig::ping_interval_ms` without
+//! sending and gives up after `SessionConfig::idle_timeout_ms` without receiving, whatever
+//! the transport. Both are set through the `session` field of [`ConnectOptions`]' callers
+//! ([`crate::reconnect::ClientOptions`]) and of [`ListenConfig`].
+
+pub mod auth;
+pub mod endpoint;
+pub mod error;
+pub mod listen;
+pub mod tls;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_tungstenite::client_async_with_config;
+
+pub use auth::TokenAuth;
+pub use endpoint::{Endpoint, HostPort, WsUrl};
+pub use error::TransportError;
+pub use listen::{listen, ListenConfig, ListenEvent, Listener};
+pub use tls::{TlsClientOptions, TlsServerOptions};
+
+use crate::limits::CONNECT_TIMEOUT_MS_DEFAULT;
+use crate::ws::{websocket_config, WsStream};
+
+/// A connected byte stream of any transport.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A connected byte stream, whatever the transport; pass it to
+/// [`run_session`](crate::run_session).
+pub type BoxedStream = Box<dyn Stream>;
+
+/// How [`connect`] connects.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// TLS settings for `tls://` and `wss://`.
+    pub tls: TlsClientOptions,
+    /// Limit for the whole connection setup (TCP, TLS, WebSocket upgrade), in ms.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            tls: TlsClientOptions::default(),
+            connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+/// Connect to `endpoint` and return the byte stream to run a session over.
+///
+/// ```no_run
+/// # async fn f(db: std::sync::Arc<blazedb::Database>) -> Result<(), Box<dyn std::error::Error>> {
+/// use blazedb::sync::SessionConfig;
+/// use blazedb_net::transport::{connect, ConnectOptions, Endpoint};
+/// use blazedb_net::{run_session, DriverOptions};
+/// let peer: Endpoint = "tcp://127.0.0.1:7421".parse()?;
+/// let stream = connect(&peer, &ConnectOptions::default()).await?;
+/// let report = run_session(db, stream, SessionConfig::default(), DriverOptions::once()).await?;
+/// println!("sent {} cells", report.stats.cells_sent);
+/// # Ok(()) }
+/// ```
+pub async fn connect(
+    endpoint: &Endpoint,
+    opts: &ConnectOptions,
+) -> Result<BoxedStream, TransportError> {
+    // Build TLS settings first: a bad file is a configuration error, not a timeout.
+    let connector = match endpoint {
+        Endpoint::Tls(_) => Some(opts.tls.connector()?),
+        Endpoint::WebSocket(w) if w.secure => Some(opts.tls.connector()?),
+        _ => None,
+    };
+    let limit = Duration::from_millis(opts.connect_timeout_ms);
+    match tokio::time::timeout(limit, connect_inner(endpoint, connector)).await {
+        Ok(r) => r,
+        Err(_) => Err(TransportError::ConnectTimeout {
+            endpoint: endpoint.to_string(),
+            ms: opts.connect_timeout_ms,
+        }),
+    }
+}
+
+async fn connect_inner(
+    endpoint: &Endpoint,
+    connector: Option<tokio_rustls::TlsConnector>,
+) -> Result<BoxedStream, TransportError> {
+    let name = endpoint.to_string();
+    match endpoint {
+        Endpoint::Tcp(hp) => Ok(Box::new(tcp(hp, &name).await?)),
+        Endpoint::Tls(hp) => {
+            let connector = connector.expect("built for tls");
+            let server = tls::server_name(&hp.host)?;
+            let socket = tcp(hp, &name).await?;
+            let stream = connector.connect(server, socket).await.map_err(|source| {
+                TransportError::TlsHandshake {
+                    endpoint: name.clone(),
+                    source,
+                }
+            })?;
+            Ok(Box::new(stream))
+        }
+        Endpoint::Unix(path) => {
+            let socket =
+                UnixStream::connect(path)
+                    .await
+                    .map_err(|source| TransportError::Connect {
+                        endpoint: name,
+                        source,
+                    })?;
+            Ok(Box::new(socket))
+        }
+        Endpoint::WebSocket(w) => websocket(w, connector).await,
+    }
+}
+
+/// A TCP connection with Nagle's algorithm off: frames are written whole, and an ACK or a
+/// small commit must not wait for the previous segment's acknowledgement.
+async fn tcp(hp: &HostPort, name: &str) -> Result<TcpStream, TransportError> {
+    let socket = TcpStream::connect((hp.host.as_str(), hp.port))
+        .await
+        .map_err(|source| TransportError::Connect {
+            endpoint: name.to_owned(),
+            source,
+        })?;
+    // Only a latency setting: a failure changes nothing about correctness.
+    let _ = socket.set_nodelay(true);
+    Ok(socket)
+}
+
+/// TCP (and TLS for `wss://`), then the HTTP upgrade; the WebSocket then carries one
+/// protocol frame per binary message ([`WsStream`], limits from [`websocket_config`]).
+async fn websocket(
+    w: &WsUrl,
+    connector: Option<tokio_rustls::TlsConnector>,
+) -> Result<BoxedStream, TransportError> {
+    let name = w.url.clone();
+    let socket = tcp(&w.addr, &name).await?;
+    let ws_error = |e: tokio_tungstenite::tungstenite::Error| TransportError::WebSocket {
+        endpoint: name.clone(),
+        reason: e.to_string(),
+    };
+    let config = Some(websocket_config());
+    match connector {
+        Some(connector) => {
+            let server = tls::server_name(&w.addr.host)?;
+            let stream = connector.connect(server, socket).await.map_err(|source| {
+                TransportError::TlsHandshake {
+                    endpoint: name.clone(),
+                    source,
+                }
+            })?;
+            let (ws, _) = client_async_with_config(w.url.as_str(), stream, config)
+                .await
+                .map_err(ws_error)?;
+            Ok(Box::new(WsStream::new(ws)))
+        }
+        None => {
+            let (ws, _) = client_async_with_config(w.url.as_str(), socket, config)
+                .await
+                .map_err(ws_error)?;
+            Ok(Box::new(WsStream::new(ws)))
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! WebSocket as a byte stream: [`WsStream`] turns a tokio-tungstenite
+//! [`WebSocketStream`] into the `AsyncRead + AsyncWrite` that [`run_session`] pumps.
+//!
+//! ```text
+//!  run_session ── write(bytes) ──► split at frame boundaries ──► one binary message per frame
+//!  run_session ◄── read(bytes) ─── payloads of binary messages ◄── WebSocket
+//! ```
+//!
+//! docs/PROTOCOL.md §2: each WebSocket message carries exactly one protocol frame
+//! (`varint len | body[len] | crc[4]`), so that a browser client can decode message by
+//! message. The session writes frames in arbitrary pieces; the adapter buffers them until a
+//! frame is complete (it reads the length prefix) and sends each as one binary message.
+//!
+//! Incoming:
+//! - binary messages: their bytes, in order (a receiver built on the session copes with any
+//!   split, so the adapter does not check that a message holds exactly one frame);
+//! - text messages are not part of the protocol: reading fails with a [`WsInputError`]
+//!   (`MALFORMED`) inside an `io::Error` of kind `InvalidData`;
+//! - a message over [`WS_MESSAGE_BYTES_MAX`] fails the same way with `TOO_LARGE`;
+//! - ping and pong are answered and skipped by tungstenite; a close message is end-of-file.
+//!
+//! Use [`websocket_config`] for both ends: it sets the message and frame limits to one
+//! protocol frame (tungstenite's defaults accept 64 MiB messages) and small buffers. This
+//! crate never negotiates permessage-deflate: frames are already compressed where it pays
+//! (LZ4), and compression of attacker-chosen data inside TLS is a known side channel.
+//!
+//! ```no_run
+//! # async fn f(db: std::sync::Arc<blazedb::Database>) -> Result<(), Box<dyn std::error::Error>> {
+//! use blazedb::sync::SessionConfig;
+//! use blazedb_net::ws::{websocket_config, WsStream};
+//! use blazedb_net::{run_session, DriverOptions};
+//!
+//! let tcp = tokio::net::TcpStream::connect("127.0.0.1:7420").await?;
+//! let request = "ws://127.0.0.1:7420/v1/sync";
+//! let (ws, _response) =
+//!     tokio_tungstenite::client_async_with_config(request, tcp, Some(websocket_config())).await?;
+//! let report =
+//!     run_session(db, WsStream::new(ws), SessionConfig::default(), DriverOptions::once()).await?;
+//! println!("sent {} cells", report.stats.cells_sent);
+//! # Ok(()) }
+//! ```
+//!
+//! [`run_session`]: crate::run_session
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use blazedb::limits::FRAME_BYTES_MAX;
+use blazedb::sync::message::{encode_simple, kind, Message};
+use blazedb::sync::ErrorCode;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+
+/// Largest WebSocket message (and WebSocket frame) accepted: one protocol frame of the
+/// largest body, its length prefix (at most 4 bytes for 8 MiB) and CRC, rounded up.
+pub const WS_MESSAGE_BYTES_MAX: usize = FRAME_BYTES_MAX + 16;
+
+/// tungstenite's read buffer, allocated per connection up front. Small, so that many idle
+/// connections stay cheap; large messages still arrive (the buffer only sets the read size).
+pub const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// tungstenite writes its buffer to the socket once it holds this much (or on flush, which
+/// the session driver does after every batch of frames).
+pub const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Most bytes a [`WsStream`] accepts from its writer before the messages holding them are
+/// handed to the WebSocket: one maximum frame plus a margin, so that a complete frame always
+/// fits.
+pub const WS_PENDING_BYTES_MAX: usize = WS_MESSAGE_BYTES_MAX + 64 * 1024;
+
+/// The WebSocket settings BlazeDB uses on both ends: messages and frames of at most
+/// [`WS_MESSAGE_BYTES_MAX`], small buffers, and a bounded write buffer (a peer that stops
+/// reading makes writes wait instead of growing memory).
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WS_WRITE_BUFFER_BYTES + WS_MESSAGE_BYTES_MAX)
+        .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
+        .max_frame_size(Some(WS_MESSAGE_BYTES_MAX))
+}
+
+/// What was wrong with an incoming WebSocket message, with the protocol error code a relay
+/// reports for it. Carried inside the `io::Error` (kind `InvalidData`) that reading returns;
+/// get it back with [`WsInputError::from_io`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WsInputError {
+    /// The protocol error code for the peer.
+    pub code: ErrorCode,
+    /// What happened.
+    pub message: String,
+}
+
+impl WsInputError {
+    /// The `WsInputError` inside an `io::Error` returned by [`WsStream`], if it is one.
+    pub fn from_io(e: &io::Error) -> Option<&WsInputError> {
+        e.get_ref().and_then(|inner| inner.downcast_ref())
+    }
+
+    fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self)
+    }
+}
+
+impl fmt::Display for WsInputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WsInputError {}
+
+/// A WebSocket carrying one BlazeDB protocol frame per binary message, seen as a byte stream.
+/// See the [module docs](self).
+pub struct WsStream<S> {
+    ws: WebSocketStream<S>,
+    /// The rest of the binary message being read.
+    read: Bytes,
+    /// A close message or the end of the stream was seen.
+    read_eof: bool,
+    /// Bytes written and not yet handed to the WebSocket: complete frames first, then at
+    /// most one incomplete frame.
+    pending: BytesMut,
+    /// Messages handed to the WebSocket (= protocol frames sent).
+    messages_sent: u64,
+}
+
+impl<S> fmt::Debug for WsStream<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsStream")
+            .field("read_buffered", &self.read.len())
+            .field("read_eof", &self.read_eof)
+            .field("pending", &self.pending.len())
+            .field("messages_sent", &self.messages_sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Wrap an established WebSocket (client or server side).
+    pub fn new(ws: WebSocketStream<S>) -> WsStream<S> {
+        WsStream {
+            ws,
+            read: Bytes::new(),
+            read_eof: false,
+            pending: BytesMut::new(),
+            messages_sent: 0,
+        }
+    }
+
+    /// Binary messages sent so far: the number of protocol frames written.
+    pub fn messages_sent(&self) -> u64 {
+        self.messages_sent
+    }
+
+    /// The WebSocket, e.g. to read its configuration.
+    pub fn get_ref(&self) -> &WebSocketStream<S> {
+        &self.ws
+    }
+
+    /// Hand every complete frame in `pending` to the WebSocket. `Ready(Ok)` when none is left.
+    fn poll_send_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(len) = frame_len(&self.pending)? {
+            ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(write_error)?;
+            let frame = self.pending.split_to(len).freeze();
+            Pin::new(&mut self.ws)
+                .start_send(WsMessage::Binary(frame))
+                .map_err(write_error)?;
+            self.messages_sent += 1;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S> AsyncRead for WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.read.is_empty() {
+                let n = this.read.len().min(buf.remaining());
+                buf.put_slice(&this.read[..n]);
+                this.read.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+                Some(Ok(WsMessage::Binary(b))) => this.read = b,
+                Some(Ok(WsMessage::Text(_))) => {
+                    return Poll::Ready(Err(WsInputError {
+                        code: ErrorCode::Malformed,
+                        message: "a text WebSocket message: BlazeDB sends one protocol frame per \
+                                  binary message and no text messages"
+                            .into(),
+                    }
+                    .into_io()))
+                }
+                Some(Ok(WsMessage::Close(_))) | None => this.read_eof = true,
+                // Pings are answered by tungstenite; pongs and raw frames carry nothing.
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    this.read_eof = true
+                }
+                Some(Err(e)) => return Poll::Ready(Err(read_error(e))),
+            }
+        }
+    }
+}
+
+impl<S> AsyncWrite for WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // Complete frames go out first; while the WebSocket cannot take them, wait.
+        if this.poll_send_frames(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        // Only an incomplete frame (shorter than the largest frame) is left, so there is room.
+        let n = data
+            .len()
+            .min(WS_PENDING_BYTES_MAX.saturating_sub(this.pending.len()));
+        this.pending.extend_from_slice(&data[..n]);
+        // Best effort: the frames now complete wait for the next write or flush otherwise.
+        let _ = this.poll_send_frames(cx)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_frames(cx))?;
+        Pin::new(&mut this.ws).poll_flush(cx).map_err(write_error)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_frames(cx))?;
+        // Sends a close message and flushes; an incomplete frame left behind is dropped (the
+        // session never ends mid-frame).
+        match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(write_error(e))),
+        }
+    }
+}
+
+/// The length of the first frame in `buf` (prefix, body and CRC) if all of it is there,
+/// `None` if more bytes are needed. A length prefix that is not a varint or announces a body
+/// over `FRAME_BYTES_MAX` is an `InvalidData` error: the byte stream is not BlazeDB frames.
+pub fn frame_len(buf: &[u8]) -> io::Result<Option<usize>> {
+    let mut body: u64 = 0;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        body |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if body > FRAME_BYTES_MAX as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("frame of {body} bytes exceeds the limit of {FRAME_BYTES_MAX}"),
+                ));
+            }
+            let total = i + 1 + body as usize + 4;
+            return Ok((buf.len() >= total).then_some(total));
+        }
+    }
+    if buf.len() >= 10 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame length prefix is not a varint",
+        ));
+    }
+    Ok(None)
+}
+
+/// An ERROR frame (docs/PROTOCOL.md §5.6) as the `index`-th frame of its direction, for a
+/// transport that must end a session itself (rate limit, handshake timeout, a text message)
+/// after `index` frames of the session went out.
+pub fn error_frame(index: u64, code: ErrorCode, message: &str) -> Vec<u8> {
+    let (k, payload) = encode_simple(&Message::Error {
+        code,
+        message: message.to_owned(),
+    });
+    debug_assert_eq!(k, kind::ERROR);
+    let mut body = Vec::with_capacity(payload.len() + 2);
+    body.push(k);
+    body.push(0);
+    body.extend_from_slice(&payload);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(&body);
+    let crc = h.finalize();
+    let mut out = Vec::with_capacity(body.len() + 8);
+    blazedb::codec::varint::write_u64(&mut out, body.len() as u64);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn read_error(e: WsError) -> io::Error {
+    match e {
+        WsError::Io(e) => e,
+        WsError::Capacity(c) => WsInputError {
+            code: ErrorCode::TooLarge,
+            message: format!("WebSocket message too large: {c} (limit {WS_MESSAGE_BYTES_MAX})"),
+        }
+        .into_io(),
+        WsError::Protocol(p) => WsInputError {
+            code: ErrorCode::Malformed,
+            message: format!("WebSocket protocol error: {p}"),
+        }
+        .into_io(),
+        other => io::Error::other(other),
+    }
+}
+
+fn write_error(e: WsError) -> io::Error {
+    match e {
+        WsError::Io(e) => e,
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the WebSocket is closed")
+        }
+        other => io::Error::other(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blazedb::sync::frame::{FrameDecoder, FrameEncoder};
+
+    #[test]
+    fn frame_len_reads_the_prefix() {
+        let mut enc = FrameEncoder::default();
+        let f = enc.encode(kind::PING, false, &[1, 2, 3]);
+        assert_eq!(frame_len(&f).unwrap(), Some(f.len()));
+        assert_eq!(frame_len(&f[..f.len() - 1]).unwrap(), None);
+        assert_eq!(frame_len(&[]).unwrap(), None);
+        assert_eq!(frame_len(&[0x80]).unwrap(), None);
+        assert!(frame_len(&[0xff; 10]).is_err());
+        // 16 MiB announced: over the limit before the body arrives.
+        assert!(frame_len(&[0x80, 0x80, 0x80, 0x08]).is_err());
+    }
+
+    #[test]
+    fn error_frame_decodes_at_its_index() {
+        let mut enc = FrameEncoder::default();
+        let mut dec = FrameDecoder::default();
+        for _ in 0..3 {
+            dec.push(&enc.encode(kind::PING, false, &[0]));
+            dec.next_frame().unwrap().unwrap();
+        }
+        dec.push(&error_frame(3, ErrorCode::RateLimited, "slow down"));
+        let f = dec.next_frame().unwrap().unwrap();
+        assert_eq!(f.kind, kind::ERROR);
+        let m = blazedb::sync::message::decode_simple(f.kind, &f.payload).unwrap();
+        assert_eq!(
+            m,
+            Message::Error {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! `listen` on a Unix domain socket and `sync_once` to a `unix:///path` URL: the replicas
+//! converge; a stale socket file left by a dead listener is replaced, a live one is not
+//! stolen, and shutdown removes the file.
+
+mod common;
+mod transport_common;
+
+use blazedb_net::transport::{listen, ListenConfig, TransportError};
+use blazedb_net::{sync_once, ClientOptions, Endpoint};
+use common::{dump, fill, live_cells, open};
+use transport_common::TEST_LIMIT;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_listener_and_client_converge() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+        fill(&a, "c", 1_000, 100, "a");
+        fill(&b, "d", 100, 10, "b");
+        let cells_a = live_cells(&a);
+        let path = dir.path().join("b.sock");
+        // A socket file nobody listens on, as a killed listener leaves behind.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+
+        let cfg = || ListenConfig {
+            unix: Some(path.clone()),
+            ..ListenConfig::default()
+        };
+        let listener = listen(b.clone(), cfg()).await.unwrap();
+        assert_eq!(listener.urls(), [format!("unix://{}", path.display())]);
+        // A second listener on the same live socket is refused.
+        let second = listen(b.clone(), cfg()).await;
+        assert!(
+            matches!(second, Err(TransportError::Bind { .. })),
+            "{second:?}"
+        );
+
+        let url: Endpoint = format!("unix://{}", path.display()).parse().unwrap();
+        let report = sync_once(a.clone(), &url, &ClientOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.traffic.cells_sent, cells_a);
+        assert_eq!(dump(&a), dump(&b));
+
+        listener.shutdown().await;
+        assert!(!path.exists(), "shutdown removes the socket file");
+    })
+    .await
+    .expect("test took too long");
+}

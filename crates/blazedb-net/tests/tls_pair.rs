@@ -1,0 +1,95 @@
+//! `listen` with TLS and `sync_once` to a `tls://` URL trusting the test CA: the replicas
+//! converge; with client-certificate verification on, a client presenting a certificate
+//! of that CA is served.
+
+mod common;
+mod transport_common;
+
+use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions};
+use blazedb_net::{sync_once, ClientOptions, Endpoint};
+use common::{dump, fill, open};
+use transport_common::{listen_tcp, make_pki, TEST_LIMIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_trusted_ca_converges() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = make_pki(dir.path(), "ok");
+        let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+        fill(&a, "c", 500, 50, "a");
+        fill(&b, "d", 50, 10, "b");
+
+        let tls = TlsServerOptions {
+            cert_pem: pki.server_cert.clone(),
+            key_pem: pki.server_key.clone(),
+            client_ca_pem: None,
+        };
+        let listener = listen_tcp(
+            b.clone(),
+            ListenConfig {
+                tls: Some(tls),
+                ..ListenConfig::default()
+            },
+        )
+        .await;
+        let url: Endpoint = listener.urls()[0].parse().unwrap();
+        assert!(url.to_string().starts_with("tls://127.0.0.1:"), "{url}");
+        let opts = ClientOptions {
+            connect: ConnectOptions {
+                tls: TlsClientOptions {
+                    ca_pem: Some(pki.ca_pem.clone()),
+                    ..TlsClientOptions::default()
+                },
+                ..ConnectOptions::default()
+            },
+            ..ClientOptions::default()
+        };
+        let report = sync_once(a.clone(), &url, &opts).await.unwrap();
+        assert!(report.traffic.cells_sent > 0);
+        assert_eq!(dump(&a), dump(&b));
+        listener.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_serves_a_client_with_a_certificate_of_the_ca() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = make_pki(dir.path(), "mtls");
+        let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+        fill(&a, "c", 100, 10, "a");
+        let tls = TlsServerOptions {
+            cert_pem: pki.server_cert.clone(),
+            key_pem: pki.server_key.clone(),
+            client_ca_pem: Some(pki.ca_pem.clone()),
+        };
+        let listener = listen_tcp(
+            b.clone(),
+            ListenConfig {
+                tls: Some(tls),
+                ..ListenConfig::default()
+            },
+        )
+        .await;
+        let url: Endpoint = listener.urls()[0].parse().unwrap();
+        let opts = ClientOptions {
+            connect: ConnectOptions {
+                tls: TlsClientOptions {
+                    ca_pem: Some(pki.ca_pem.clone()),
+                    client_cert_pem: Some(pki.client_cert.clone()),
+                    client_key_pem: Some(pki.client_key.clone()),
+                    ..TlsClientOptions::default()
+                },
+                ..ConnectOptions::default()
+            },
+            ..ClientOptions::default()
+        };
+        sync_once(a.clone(), &url, &opts).await.unwrap();
+        assert_eq!(dump(&a), dump(&b));
+        listener.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}

@@ -1,0 +1,342 @@
+//! Authentication: a static bearer token or JWTs, checked once per connection before any data
+//! flows. A verified credential becomes the connection's claims, which rules and queries read
+//! as `$auth.*` (`$auth.sub`, `$auth.role`, ...).
+//!
+//! Where the credential comes from:
+//! - HTTP (`/v1/sync` upgrade, `/v1/query`): `Authorization: Bearer <token>`, or
+//!   `?token=<token>` for browsers, which cannot set headers on a WebSocket. A failure is
+//!   answered `401` with a JSON body before the WebSocket upgrade.
+//! - raw TCP / Unix sessions: the token field of the client's HELLO; a failure ends the
+//!   session with `AUTH_FAILED` before the relay subscribes or sends anything.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use blazedb::query::Params;
+use blazedb::Value;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::config::{AuthConfig, RelayConfig};
+use crate::error::RelayError;
+use crate::limits::JWT_LEEWAY_S;
+
+/// The verified identity of a connection: a JWT's claims, `{"sub": "token"}` for the static
+/// token, nothing when the relay runs without authentication.
+pub type Claims = BTreeMap<String, Value>;
+
+/// The parameters rules and queries are evaluated with: `$auth` is the claims.
+pub fn params(claims: &Claims) -> Params {
+    let mut p = Params::new();
+    p.insert("auth".to_owned(), Value::Map(claims.clone()));
+    p
+}
+
+/// Why a credential was refused. The message is what the client shows its user.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No credential was presented.
+    #[error(
+        "missing credentials: this relay requires a token (send `Authorization: Bearer <token>`, \
+         `?token=<token>` from a browser, or the token in HELLO)"
+    )]
+    Missing,
+    /// The static token does not match.
+    #[error("invalid token: check the token you were given")]
+    InvalidToken,
+    /// The JWT expired.
+    #[error("the token expired: get a new one")]
+    Expired,
+    /// The JWT's signature does not verify with the relay's key.
+    #[error("the token's signature is invalid: it was not issued for this relay")]
+    BadSignature,
+    /// Anything else wrong with the JWT (malformed, wrong algorithm, audience, issuer...).
+    #[error("invalid token: {0}")]
+    Jwt(String),
+}
+
+/// Checks credentials. Built once at startup from the configuration.
+pub struct Authenticator {
+    kind: Kind,
+}
+
+enum Kind {
+    Anonymous,
+    Token(String),
+    Jwt {
+        key: Box<DecodingKey>,
+        validation: Box<Validation>,
+        name: &'static str,
+    },
+}
+
+impl fmt::Debug for Authenticator {
+    // Never print the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("kind", &self.kind_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// From the relay's configuration: reads and checks the public key file, if any.
+    pub fn from_config(config: &RelayConfig) -> Result<Authenticator, RelayError> {
+        let jwt = |key: DecodingKey, algorithms: Vec<Algorithm>, name: &'static str| {
+            let mut v = Validation::new(algorithms[0]);
+            v.algorithms = algorithms;
+            v.leeway = JWT_LEEWAY_S;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            match &config.jwt_audience {
+                Some(aud) => v.set_audience(&[aud]),
+                // Without a configured audience, a token's `aud` cannot be checked; the
+                // library would refuse every token that has one.
+                None => v.validate_aud = false,
+            }
+            if let Some(iss) = &config.jwt_issuer {
+                v.set_issuer(&[iss]);
+            }
+            Kind::Jwt {
+                key: Box::new(key),
+                validation: Box::new(v),
+                name,
+            }
+        };
+        let kind = match &config.auth {
+            AuthConfig::None => Kind::Anonymous,
+            AuthConfig::Token(t) if t.expose().is_empty() => {
+                return Err(RelayError::Auth("the token is empty".into()))
+            }
+            AuthConfig::Token(t) => Kind::Token(t.expose().to_owned()),
+            AuthConfig::JwtSecret(s) if s.expose().len() < 16 => {
+                return Err(RelayError::Auth(
+                    "the JWT secret is shorter than 16 bytes: use a long random secret".into(),
+                ))
+            }
+            AuthConfig::JwtSecret(s) => jwt(
+                DecodingKey::from_secret(s.expose().as_bytes()),
+                vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+                "jwt-hmac",
+            ),
+            AuthConfig::JwtPublicKey(path) => {
+                let (key, algorithms, name) = public_key(path)?;
+                jwt(key, algorithms, name)
+            }
+        };
+        Ok(Authenticator { kind })
+    }
+
+    /// The kind of authentication, for `/health` and logs: `none`, `token`, `jwt-hmac`,
+    /// `jwt-rsa`, `jwt-eddsa` or `jwt-ec`.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.kind {
+            Kind::Anonymous => "none",
+            Kind::Token(_) => "token",
+            Kind::Jwt { name, .. } => name,
+        }
+    }
+
+    /// Whether clients must present a credential.
+    pub fn required(&self) -> bool {
+        !matches!(self.kind, Kind::Anonymous)
+    }
+
+    /// Check a credential (`None` or empty: none presented) and return the claims.
+    pub fn verify(&self, credential: Option<&str>) -> Result<Claims, AuthError> {
+        let credential = credential.filter(|c| !c.is_empty());
+        match &self.kind {
+            Kind::Anonymous => Ok(Claims::new()),
+            Kind::Token(expected) => {
+                let given = credential.ok_or(AuthError::Missing)?;
+                if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                    let mut c = Claims::new();
+                    c.insert("sub".into(), Value::from("token"));
+                    Ok(c)
+                } else {
+                    Err(AuthError::InvalidToken)
+                }
+            }
+            Kind::Jwt {
+                key, validation, ..
+            } => {
+                let given = credential.ok_or(AuthError::Missing)?;
+                let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                    given, key, validation,
+                )
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidAlgorithm => AuthError::Jwt(
+                        "signed with an algorithm this relay does not accept for its key".into(),
+                    ),
+                    _ => AuthError::Jwt(e.to_string()),
+                })?;
+                let mut claims = Claims::new();
+                for (k, v) in &data.claims {
+                    let v = blazedb::codec::json::from_json(v)
+                        .map_err(|e| AuthError::Jwt(format!("claim {k:?}: {e}")))?;
+                    claims.insert(k.clone(), v);
+                }
+                Ok(claims)
+            }
+        }
+    }
+}
+
+/// The credential of an HTTP request: `Authorization: Bearer <t>`, else `?token=<t>`.
+pub fn credential_from_http(
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+) -> Option<String> {
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    let query = uri.query()?;
+    #[derive(serde::Deserialize)]
+    struct TokenParam {
+        token: Option<String>,
+    }
+    axum::extract::Query::<TokenParam>::try_from_uri(&format!("/?{query}").parse().ok()?)
+        .ok()?
+        .0
+        .token
+}
+
+/// Read a PEM public key and tell which family it is.
+fn public_key(path: &Path) -> Result<(DecodingKey, Vec<Algorithm>, &'static str), RelayError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        RelayError::Auth(format!(
+            "cannot read the JWT public key {}: {e}",
+            path.display()
+        ))
+    })?;
+    if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+        use Algorithm::*;
+        return Ok((k, vec![RS256, RS384, RS512, PS256, PS384, PS512], "jwt-rsa"));
+    }
+    if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
+        return Ok((k, vec![Algorithm::EdDSA], "jwt-eddsa"));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+        return Ok((k, vec![Algorithm::ES256, Algorithm::ES384], "jwt-ec"));
+    }
+    Err(RelayError::Auth(format!(
+        "{} is not a PEM public key of a supported kind (RSA, Ed25519, EC P-256/P-384); \
+         give the public half, e.g. `openssl pkey -in private.pem -pubout`",
+        path.display()
+    )))
+}
+
+/// Compare without an early exit on the first differing byte, so the time taken does not tell
+/// an attacker how much of a guess was right. (The length is not secret.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn authenticator(auth: AuthConfig) -> Authenticator {
+        Authenticator::from_config(&RelayConfig {
+            auth,
+            ..RelayConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn static_token() {
+        let a = authenticator(AuthConfig::Token(Secret::new("s3cret")));
+        assert_eq!(a.verify(None), Err(AuthError::Missing));
+        assert_eq!(a.verify(Some("")), Err(AuthError::Missing));
+        assert_eq!(a.verify(Some("s3cres")), Err(AuthError::InvalidToken));
+        assert_eq!(
+            a.verify(Some("s3cret")).unwrap()["sub"],
+            Value::from("token")
+        );
+    }
+
+    #[test]
+    fn hs256_claims_expiry_and_signature() {
+        let secret = "0123456789abcdef-secret";
+        let a = authenticator(AuthConfig::JwtSecret(Secret::new(secret)));
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let tok = |exp: u64, key: &EncodingKey| {
+            let claims = serde_json::json!({"sub": "alice", "role": "admin", "n": 3, "exp": exp});
+            encode(&Header::default(), &claims, key).unwrap()
+        };
+        let claims = a.verify(Some(&tok(now() + 60, &key))).unwrap();
+        assert_eq!(claims["sub"], Value::from("alice"));
+        assert_eq!(claims["n"], Value::Int(3));
+        assert_eq!(
+            a.verify(Some(&tok(now() - 3600, &key))),
+            Err(AuthError::Expired)
+        );
+        let other = EncodingKey::from_secret(b"another-secret-of-16+ bytes");
+        assert_eq!(
+            a.verify(Some(&tok(now() + 60, &other))),
+            Err(AuthError::BadSignature)
+        );
+        assert!(matches!(
+            a.verify(Some("not.a.jwt")),
+            Err(AuthError::Jwt(_))
+        ));
+        // A token without `exp` is refused: it would never expire.
+        let no_exp = encode(&Header::default(), &serde_json::json!({"sub": "x"}), &key).unwrap();
+        assert!(matches!(a.verify(Some(&no_exp)), Err(AuthError::Jwt(_))));
+    }
+
+    #[test]
+    fn short_secret_and_bad_key_file_are_startup_errors() {
+        let short = Authenticator::from_config(&RelayConfig {
+            auth: AuthConfig::JwtSecret(Secret::new("short")),
+            ..RelayConfig::default()
+        });
+        assert!(matches!(short, Err(RelayError::Auth(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, "not a key").unwrap();
+        let e = Authenticator::from_config(&RelayConfig {
+            auth: AuthConfig::JwtPublicKey(path),
+            ..RelayConfig::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("not a PEM public key"), "{e}");
+    }
+
+    #[test]
+    fn credentials_from_header_or_query() {
+        let mut h = axum::http::HeaderMap::new();
+        let uri: axum::http::Uri = "/v1/sync?token=a%20b&x=1".parse().unwrap();
+        assert_eq!(credential_from_http(&h, &uri).as_deref(), Some("a b"));
+        h.insert("authorization", "Bearer xyz".parse().unwrap());
+        assert_eq!(credential_from_http(&h, &uri).as_deref(), Some("xyz"));
+        h.insert("authorization", "Basic xyz".parse().unwrap());
+        assert_eq!(credential_from_http(&h, &uri), None);
+        let plain: axum::http::Uri = "/v1/sync".parse().unwrap();
+        assert_eq!(
+            credential_from_http(&axum::http::HeaderMap::new(), &plain),
+            None
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! What a relay is told at startup: [`RelayConfig`], one field per `blazedb serve` flag, plus
+//! the tunable [`Limits`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::limits::{
+    CONNECTIONS_MAX_DEFAULT, DATA_DIR_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT, LISTEN_ADDR_DEFAULT,
+    MESSAGE_BURST_DEFAULT, MESSAGE_RATE_PER_S_DEFAULT,
+};
+
+/// How a relay runs. `RelayConfig::default()` is `blazedb serve` without flags.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Directory holding the relay's store (`relay.db`); created if missing (`--data`).
+    pub data_dir: PathBuf,
+    /// Password of the store (SQLCipher); `None`: unencrypted (`BLAZEDB_PASSWORD`).
+    pub password: Option<Secret>,
+    /// HTTP and WebSocket address (`--listen`). Port 0 picks a free port; see
+    /// [`crate::Relay::local_addr`].
+    pub listen: SocketAddr,
+    /// Also accept raw protocol frames over TCP here (`--tcp-listen`), TLS when `tls` is set.
+    /// The token (or JWT) travels in HELLO.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Also accept raw protocol frames on this Unix domain socket (`--unix`).
+    pub unix: Option<PathBuf>,
+    /// Who may connect (`--token`, `--jwt-secret`, `--jwt-public-key`).
+    pub auth: AuthConfig,
+    /// Expected `aud` claim of JWTs (`--jwt-audience`); `None`: not checked.
+    pub jwt_audience: Option<String>,
+    /// Expected `iss` claim of JWTs (`--jwt-issuer`); `None`: not checked.
+    pub jwt_issuer: Option<String>,
+    /// Row-level access rules (`--rules`); `None`: every authenticated client may read and
+    /// write everything.
+    pub rules: Option<PathBuf>,
+    /// Serve HTTPS/WSS (and TLS on `tcp_listen`) with this certificate (`--tls-cert`,
+    /// `--tls-key`).
+    pub tls: Option<TlsFiles>,
+    /// Browser origins allowed to open sync sessions and query (`--origin`, repeatable).
+    /// Empty: any origin. Requests without an `Origin` header (non-browser clients) are
+    /// always allowed; authentication still applies.
+    pub origins: Vec<String>,
+    /// Run without authentication on an address other than loopback
+    /// (`--danger-allow-anonymous`): anyone who can reach the relay reads and writes everything
+    /// the rules allow.
+    pub danger_allow_anonymous: bool,
+    /// Limits and timeouts.
+    pub limits: Limits,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            password: None,
+            listen: LISTEN_ADDR_DEFAULT.parse().expect("valid default address"),
+            tcp_listen: None,
+            unix: None,
+            auth: AuthConfig::None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            rules: None,
+            tls: None,
+            origins: Vec::new(),
+            danger_allow_anonymous: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// How clients authenticate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthConfig {
+    /// No authentication: every client is accepted, `$auth` is empty. Allowed on loopback
+    /// addresses only, unless [`RelayConfig::danger_allow_anonymous`].
+    #[default]
+    None,
+    /// One static bearer token; `$auth.sub` is `"token"`.
+    Token(Secret),
+    /// JWTs signed with this HMAC secret (HS256, HS384, HS512).
+    JwtSecret(Secret),
+    /// JWTs signed with the key whose public half is in this PEM file: RSA (RS256/384/512,
+    /// PS256/384/512), Ed25519 (EdDSA) or an EC P-256/P-384 key (ES256/ES384).
+    JwtPublicKey(PathBuf),
+}
+
+/// A TLS certificate chain and its private key, both PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Limits and timeouts a deployment may want to change; every other limit is a constant in
+/// [`crate::limits`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most connections at once (all listeners together).
+    pub connections_max: usize,
+    /// Time for the TLS handshake, for the HTTP request head, and from connecting to the
+    /// client's HELLO, each, in ms.
+    pub handshake_timeout_ms: u64,
+    /// A session that receives nothing for this long ends (ms; the session pings every
+    /// `ping_interval_ms` so live peers always send something).
+    pub idle_timeout_ms: u64,
+    /// The relay pings a session it has sent nothing to for this long, in ms.
+    pub ping_interval_ms: u64,
+    /// Sustained protocol messages per second per connection; 0: unlimited.
+    pub message_rate_per_s: u32,
+    /// Burst of protocol messages above the sustained rate.
+    pub message_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: blazedb::limits::IDLE_TIMEOUT_MS_DEFAULT,
+            ping_interval_ms: blazedb::limits::PING_INTERVAL_MS_DEFAULT,
+            message_rate_per_s: MESSAGE_RATE_PER_S_DEFAULT,
+            message_burst: MESSAGE_BURST_DEFAULT,
+        }
+    }
+}
+
+/// A string that is never printed (tokens, secrets, passwords): `Debug` shows `"***"`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}

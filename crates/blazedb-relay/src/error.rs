@@ -1,0 +1,64 @@
+//! Why a relay could not start. Everything that can be wrong with the configuration is found
+//! before the relay accepts its first connection; errors of single connections never stop it.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A relay could not start (or stopped because a listener failed).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The data directory could not be created or used.
+    #[error("cannot use the data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The store could not be opened (wrong password, corruption, permissions...).
+    #[error("cannot open the relay store {}: {source}", path.display())]
+    Store {
+        /// The store file.
+        path: PathBuf,
+        /// What went wrong.
+        source: blazedb::Error,
+    },
+    /// The rules file is missing, unreadable or invalid.
+    #[error("rules file {}: {}{message}", path.display(), location(collection, key))]
+    Rules {
+        /// The rules file.
+        path: PathBuf,
+        /// The collection (table) the problem is in, if any.
+        collection: Option<String>,
+        /// The key (`read` or `write`) the problem is in, if any.
+        key: Option<String>,
+        /// What is wrong (for an expression: the parser's message with its column).
+        message: String,
+    },
+    /// The authentication settings are unusable (unreadable key file, unknown key type...).
+    #[error("authentication: {0}")]
+    Auth(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The flags contradict each other or are unsafe.
+    #[error("{0}")]
+    Config(String),
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address or socket path.
+        addr: String,
+        /// What went wrong (address in use, permission denied...).
+        source: io::Error,
+    },
+}
+
+fn location(collection: &Option<String>, key: &Option<String>) -> String {
+    match (collection, key) {
+        (Some(c), Some(k)) => format!("[{c}] {k}: "),
+        (Some(c), None) => format!("[{c}]: "),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,478 @@
+//! [`Guard`]: the relay's hardening layer between a transport and the session driver, the same
+//! for WebSocket, TCP and Unix connections.
+//!
+//! ```text
+//!  transport ──► Guard ──► run_session
+//!               ├─ counts incoming frames: token bucket (RATE_LIMITED), first frame deadline
+//!               │  (TIMEOUT: no HELLO in time)
+//!               ├─ passes outgoing frames through whole, counting them
+//!               └─ ends the connection itself when needed: an ERROR frame at the right frame
+//!                  index (the checksum covers it), then shutdown
+//! ```
+//!
+//! The session can end itself with an ERROR for anything it sees (malformed frames, bad
+//! credentials, forbidden input), but not for what happens below it: a client that floods
+//! messages, never says HELLO, or sends a WebSocket message that is not a frame (text, over
+//! the size limit). For those, the guard stops passing input up, writes an ERROR frame with
+//! the next outgoing frame index (so the client's checksum accepts it) after the last whole
+//! frame the session wrote, shuts the transport down and fails the session's read. Only that
+//! connection ends; the session sees a transport error.
+//!
+//! To always be able to insert a frame between two frames, the guard writes the session's
+//! bytes to the transport one whole frame at a time: it buffers an incomplete frame (at most
+//! one maximum frame, so writes wait instead of growing the buffer).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use blazedb::sync::ErrorCode;
+use blazedb_net::ws::{error_frame, frame_len, WsInputError, WS_PENDING_BYTES_MAX};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::limits::CLOSE_FLUSH_MS;
+
+/// How the guard ended a connection, read by the relay after the session finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardClose {
+    /// The code sent in the ERROR frame.
+    pub code: ErrorCode,
+    /// The message sent with it.
+    pub message: String,
+}
+
+/// Where the guard reports why it ended a connection.
+pub type GuardReport = Arc<Mutex<Option<GuardClose>>>;
+
+/// The guard's settings for one connection.
+#[derive(Clone, Debug)]
+pub struct GuardOptions {
+    /// Sustained frames per second from the client; 0: unlimited.
+    pub rate_per_s: u32,
+    /// Burst above the sustained rate.
+    pub burst: u32,
+    /// The client's first frame (HELLO) must arrive within this long; `None`: no deadline.
+    pub hello_timeout: Option<Duration>,
+}
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub struct Guard<T> {
+    inner: T,
+    // Input.
+    /// Length-prefix bytes of the incoming frame being read (`header_len` of them).
+    header: [u8; 10],
+    header_len: usize,
+    /// Bytes of the current incoming frame's body and CRC still to come; 0 at a boundary.
+    in_remaining: u64,
+    /// The prefix was not a varint: stop counting (the session reports the error itself).
+    in_untracked: bool,
+    frames_in: u64,
+    bucket: Option<TokenBucket>,
+    hello_deadline: Option<Pin<Box<Sleep>>>,
+    // Output.
+    /// Bytes from the session not yet written; `out[..out_whole]` are whole frames.
+    out: BytesMut,
+    out_whole: usize,
+    /// Whole frames the session wrote (the index of the next one).
+    frames_out: u64,
+    // Ending.
+    closing: Option<Closing>,
+    report: GuardReport,
+}
+
+#[derive(Debug)]
+struct Closing {
+    error: GuardClose,
+    stage: Stage,
+    deadline: Pin<Box<Sleep>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Writing,
+    Flushing,
+    ShuttingDown,
+    Done,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Guard<T> {
+    /// Guard `inner`; the returned report says, after the session ended, whether the guard
+    /// ended it and why.
+    pub fn new(inner: T, opts: &GuardOptions) -> (Guard<T>, GuardReport) {
+        let report = GuardReport::default();
+        let g = Guard {
+            inner,
+            header: [0; 10],
+            header_len: 0,
+            in_remaining: 0,
+            in_untracked: false,
+            frames_in: 0,
+            bucket: (opts.rate_per_s > 0).then(|| TokenBucket::new(opts.rate_per_s, opts.burst)),
+            hello_deadline: opts.hello_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            out: BytesMut::new(),
+            out_whole: 0,
+            frames_out: 0,
+            closing: None,
+            report: report.clone(),
+        };
+        (g, report)
+    }
+
+    /// Stop passing input up and end the connection with an ERROR frame.
+    fn start_close(&mut self, code: ErrorCode, message: String) {
+        if self.closing.is_some() {
+            return;
+        }
+        // Drop the session's incomplete frame; the ERROR takes the next index.
+        self.out.truncate(self.out_whole);
+        self.out
+            .extend_from_slice(&error_frame(self.frames_out, code, &message));
+        self.out_whole = self.out.len();
+        self.frames_out += 1;
+        let error = GuardClose { code, message };
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
+        self.closing = Some(Closing {
+            error,
+            stage: Stage::Writing,
+            deadline: Box::pin(tokio::time::sleep(Duration::from_millis(CLOSE_FLUSH_MS))),
+        });
+    }
+
+    /// Deliver the ERROR frame and shut down; `Ready` once done (or given up).
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let closing = self.closing.as_mut().expect("closing");
+            if closing.stage == Stage::Done {
+                return Poll::Ready(());
+            }
+            if closing.deadline.as_mut().poll(cx).is_ready() {
+                closing.stage = Stage::Done;
+                continue;
+            }
+            let stage = closing.stage;
+            let r = match stage {
+                Stage::Writing => self.poll_write_whole(cx),
+                Stage::Flushing => Pin::new(&mut self.inner).poll_flush(cx),
+                Stage::ShuttingDown => Pin::new(&mut self.inner).poll_shutdown(cx),
+                Stage::Done => unreachable!("handled above"),
+            };
+            let closing = self.closing.as_mut().expect("closing");
+            closing.stage = match ready!(r) {
+                Err(_) => Stage::Done,
+                Ok(()) => match stage {
+                    Stage::Writing => Stage::Flushing,
+                    Stage::Flushing => Stage::ShuttingDown,
+                    _ => Stage::Done,
+                },
+            };
+        }
+    }
+
+    fn closed_error(&self) -> io::Error {
+        let e = &self.closing.as_ref().expect("closing").error;
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!(
+                "the relay ended the connection ({:?}): {}",
+                e.code, e.message
+            ),
+        )
+    }
+
+    /// Write the whole frames waiting in `out`.
+    fn poll_write_whole(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_whole > 0 {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[..self.out_whole]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+            self.out_whole -= n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Track incoming frame boundaries over `bytes`. Returns the offset of a frame that may
+    /// not start (over the rate limit), if any.
+    fn track_input(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() && !self.in_untracked {
+            if self.in_remaining > 0 {
+                let take = (self.in_remaining).min((bytes.len() - i) as u64);
+                i += take as usize;
+                self.in_remaining -= take;
+                if self.in_remaining == 0 {
+                    self.frame_received();
+                }
+                continue;
+            }
+            if self.header_len == 0 {
+                if let Some(b) = &mut self.bucket {
+                    if !b.take(Instant::now()) {
+                        return Some(i);
+                    }
+                }
+            }
+            let byte = bytes[i];
+            i += 1;
+            self.header[self.header_len] = byte;
+            self.header_len += 1;
+            if byte & 0x80 == 0 {
+                let body = self.header[..self.header_len]
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |acc, (k, b)| acc | (u64::from(b & 0x7f) << (7 * k)));
+                self.header_len = 0;
+                self.in_remaining = body.saturating_add(4);
+            } else if self.header_len == self.header.len() {
+                self.in_untracked = true;
+            }
+        }
+        None
+    }
+
+    fn frame_received(&mut self) {
+        self.frames_in += 1;
+        if self.frames_in == 1 {
+            self.hello_deadline = None;
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.closing.is_some() {
+                ready!(this.poll_close(cx));
+                return Poll::Ready(Err(this.closed_error()));
+            }
+            if let Some(d) = &mut this.hello_deadline {
+                if d.as_mut().poll(cx).is_ready() {
+                    this.hello_deadline = None;
+                    this.start_close(
+                        ErrorCode::Timeout,
+                        "no HELLO within the handshake timeout: send HELLO first".into(),
+                    );
+                    continue;
+                }
+            }
+            let before = buf.filled().len();
+            match ready!(Pin::new(&mut this.inner).poll_read(cx, buf)) {
+                Ok(()) => {}
+                Err(e) => match WsInputError::from_io(&e) {
+                    Some(w) => {
+                        let (code, message) = (w.code, w.message.clone());
+                        this.start_close(code, message);
+                        continue;
+                    }
+                    None => return Poll::Ready(Err(e)),
+                },
+            }
+            let new = buf.filled()[before..].to_vec();
+            if let Some(at) = this.track_input(&new) {
+                // Hand up only the frames before the one over the limit.
+                buf.set_filled(before + at);
+                this.start_close(
+                    ErrorCode::RateLimited,
+                    "too many messages: slow down, then reconnect".into(),
+                );
+                if at == 0 {
+                    continue;
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.closing.is_some() {
+            // The session's output is no longer wanted; reading reports the end.
+            let _ = this.poll_close(cx);
+            return Poll::Ready(Ok(data.len()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.poll_write_whole(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        let n = data
+            .len()
+            .min(WS_PENDING_BYTES_MAX.saturating_sub(this.out.len()));
+        this.out.extend_from_slice(&data[..n]);
+        while let Some(len) = frame_len(&this.out[this.out_whole..])? {
+            this.out_whole += len;
+            this.frames_out += 1;
+        }
+        let _ = this.poll_write_whole(cx)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.closing.is_some() {
+            ready!(this.poll_close(cx));
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_write_whole(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.closing.is_some() {
+            ready!(this.poll_close(cx));
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_write_whole(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// A token bucket: `capacity` tokens, refilled at `rate` per second.
+#[derive(Debug)]
+struct TokenBucket {
+    capacity: f64,
+    rate_per_s: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate_per_s: u32, burst: u32) -> TokenBucket {
+        let capacity = f64::from(burst.max(1));
+        TokenBucket {
+            capacity,
+            rate_per_s: f64::from(rate_per_s),
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blazedb::sync::frame::{FrameDecoder, FrameEncoder};
+    use blazedb::sync::message::{decode_simple, kind, Message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn token_bucket_refills() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 3);
+        b.last = t0;
+        assert!((0..3).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+    }
+
+    #[tokio::test]
+    async fn rate_limit_ends_with_an_error_frame_at_the_right_index() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let opts = GuardOptions {
+            rate_per_s: 1,
+            burst: 3,
+            hello_timeout: None,
+        };
+        let (mut g, report) = Guard::new(server, &opts);
+        let (mut crd, mut cwr) = tokio::io::split(client);
+        // The "session" sends two frames, one of them split across writes.
+        let mut enc = FrameEncoder::default();
+        let f1 = enc.encode(kind::PING, false, &[1]);
+        let f2 = enc.encode(kind::PING, false, &[2]);
+        g.write_all(&f1).await.unwrap();
+        g.write_all(&f2[..3]).await.unwrap();
+        // The client floods five frames; three pass.
+        let mut cenc = FrameEncoder::default();
+        let mut flood = Vec::new();
+        for i in 0..5 {
+            flood.extend(cenc.encode(kind::PING, false, &[i]));
+        }
+        cwr.write_all(&flood).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let err = loop {
+            match g.read(&mut buf).await {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+        let mut dec = FrameDecoder::default();
+        dec.push(&got);
+        let mut n = 0;
+        while dec.next_frame().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 3, "frames handed up before the limit");
+        assert_eq!(
+            report.lock().unwrap().as_ref().unwrap().code,
+            ErrorCode::RateLimited
+        );
+        // The client reads frame 0 and then the ERROR as frame 1: the incomplete frame 1 of
+        // the session was dropped.
+        let mut out = Vec::new();
+        crd.read_to_end(&mut out).await.unwrap();
+        let mut dec = FrameDecoder::default();
+        dec.push(&out);
+        assert_eq!(dec.next_frame().unwrap().unwrap().kind, kind::PING);
+        let e = dec.next_frame().unwrap().unwrap();
+        assert!(matches!(
+            decode_simple(e.kind, &e.payload).unwrap(),
+            Message::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn silent_client_times_out() {
+        let (_client, server) = tokio::io::duplex(1024);
+        let opts = GuardOptions {
+            rate_per_s: 0,
+            burst: 0,
+            hello_timeout: Some(Duration::from_millis(50)),
+        };
+        let (mut g, report) = Guard::new(server, &opts);
+        let mut buf = [0u8; 8];
+        let e = g.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        assert_eq!(
+            report.lock().unwrap().as_ref().unwrap().code,
+            ErrorCode::Timeout
+        );
+    }
+}

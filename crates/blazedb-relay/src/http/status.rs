@@ -1,0 +1,84 @@
+//! `GET /health` and `GET /metrics`. Neither needs credentials (load balancers and Prometheus
+//! scrape them); neither shows record data. `/metrics` names the node ids of the peers
+//! furthest behind; put the relay behind a proxy that restricts `/metrics` if that matters.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State as AxumState;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error;
+use crate::limits::CONFLICTS_REFRESH_MS;
+use crate::metrics::gauge_value;
+use crate::state::State;
+
+/// `{"status", "version", "uptime_s", "connected_clients", "store_bytes", ...}`.
+pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response {
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "connected_clients": state.session_count(),
+        "store_bytes": state.store_bytes(),
+        "node": state.db.node_id().to_string(),
+        "auth": state.auth.kind_name(),
+        "rules": state.rules.is_restricted(),
+    }))
+    .into_response()
+}
+
+/// The Prometheus / OpenMetrics text, with the store gauges refreshed first.
+pub(crate) async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || refresh(&st)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    }
+    let mut r = state.metrics.encode().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// Store size, open conflicts (at most every [`CONFLICTS_REFRESH_MS`]) and per-peer lag.
+fn refresh(state: &State) -> Result<(), blazedb::Error> {
+    let m = &state.metrics;
+    m.store_bytes.set(gauge_value(state.store_bytes()));
+    let now_ms = state.started.elapsed().as_millis() as u64 + 1;
+    let last = m.conflicts_counted_ms.load(Ordering::Relaxed);
+    if last == 0 || now_ms.saturating_sub(last) >= CONFLICTS_REFRESH_MS {
+        m.conflicts_counted_ms.store(now_ms, Ordering::Relaxed);
+        m.conflicts
+            .set(gauge_value(state.db.conflicts(None)?.len() as u64));
+    }
+    let head = state.db.last_seq()?;
+    let acked: HashMap<_, _> = state
+        .db
+        .peers()?
+        .into_iter()
+        .map(|p| (p.node, p.acked))
+        .collect();
+    let lags = state
+        .sessions()
+        .iter()
+        .filter_map(|s| {
+            let snap = s.monitor.snapshot();
+            let peer = snap.peer?;
+            let lag = if snap.caught_up {
+                0
+            } else {
+                head.0.saturating_sub(acked.get(&peer).map_or(0, |s| s.0))
+            };
+            Some((peer.to_string(), lag))
+        })
+        .collect();
+    m.set_lags(lags);
+    Ok(())
+}

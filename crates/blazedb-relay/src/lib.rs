@@ -1,0 +1,63 @@
+//! # blazedb-relay
+//!
+//! The BlazeDB relay server (`blazedb serve`): a BlazeDB node like any other — one store,
+//! many sync sessions — plus authentication, row-level access rules, server-side queries,
+//! health and Prometheus metrics (DESIGN decision 9).
+//!
+//! ```text
+//!  client ══ wss://…/v1/sync ══╗                 ┌──────────── relay ────────────┐
+//!  client ══ tcp:// (HELLO token)╬═► Guard ─► session ─┐                           │
+//!  client ══ unix://            ══╝  (rate,   (access  ├─► Database (relay.db) ───┤
+//!                                    HELLO     rules)  │   server role, one feed   │
+//!  curl ─── POST /v1/query ─────────────────────────────┘   commit wakes every     │
+//!  Prometheus ─ GET /metrics,  LB ─ GET /health             session: fan-out       │
+//!                                                     └───────────────────────────────┘
+//! ```
+//!
+//! - [`config`]: [`RelayConfig`], one field per `blazedb serve` flag, and [`Limits`].
+//! - [`server`]: [`Relay`] (bind, run) and [`serve`].
+//! - [`auth`]: static token and JWT (HS*, RS*/PS*, EdDSA, ES*); claims become `$auth.*`.
+//! - [`rules`]: the TOML rules file; [`access`]: the per-connection `AccessControl`.
+//! - [`http`]: `/v1/sync`, `/v1/query`, `/health`, `/metrics`.
+//! - [`session`]: one client's sync session; [`guard`]: rate limit, HELLO deadline, the
+//!   relay's own ERROR frames.
+//! - [`metrics`]: what `/metrics` exports; [`limits`]: every limit, named.
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), blazedb_relay::RelayError> {
+//! use blazedb_relay::{serve, AuthConfig, RelayConfig};
+//!
+//! let config = RelayConfig {
+//!     data_dir: "./blazedb-data".into(),
+//!     auth: AuthConfig::Token("s3cret-token".into()),
+//!     rules: Some("rules.toml".into()),
+//!     ..RelayConfig::default()
+//! };
+//! serve(config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod access;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod guard;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod rules;
+pub mod server;
+pub mod session;
+mod state;
+mod tls;
+
+pub use config::{AuthConfig, Limits, RelayConfig, Secret, TlsFiles};
+pub use error::RelayError;
+pub use server::{serve, Relay};

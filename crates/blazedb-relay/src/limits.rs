@@ -1,0 +1,79 @@
+//! Every limit, timeout and default of the relay, named in one place. The protocol's own
+//! limits (frame size, batch size, ping and idle times) are in `blazedb::limits`; the
+//! WebSocket message limits are in `blazedb_net::ws`.
+
+/// Where `blazedb serve` keeps its store when `--data` is not given.
+pub const DATA_DIR_DEFAULT: &str = "./blazedb-data";
+
+/// The relay's database file inside the data directory.
+pub const STORE_FILE_NAME: &str = "relay.db";
+
+/// The HTTP/WebSocket listen address when `--listen` is not given: loopback only, so that a
+/// relay started without thinking about it is not reachable from the network.
+pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:7420";
+
+/// Most connections held at once, over all listeners (HTTP, WebSocket sync sessions, raw
+/// TCP and Unix sessions). One more is accepted and closed at once (HTTP: answered 503).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+/// From accepting a connection to its first protocol frame: the TLS handshake, the HTTP
+/// request head and the client's HELLO each get this long, in ms. A client that connects and
+/// says nothing holds a connection slot at most this long.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Messages (protocol frames) a connection may send per second, sustained. A client that
+/// keeps sending faster gets ERROR `RATE_LIMITED` and is disconnected; it reconnects and
+/// resumes from its cursor. Normal sync sends far fewer: a window of unacknowledged units
+/// ([`blazedb::limits::WINDOW_UNITS_DEFAULT`]) caps how far a sender runs ahead.
+pub const MESSAGE_RATE_PER_S_DEFAULT: u32 = 1_000;
+
+/// Messages a connection may send in a burst above the sustained rate (the token bucket's
+/// capacity).
+pub const MESSAGE_BURST_DEFAULT: u32 = 2_000;
+
+/// After deciding to end a connection itself (rate limit, handshake timeout, a bad
+/// WebSocket message), the relay tries this long, in ms, to deliver the ERROR frame before it
+/// drops the connection.
+pub const CLOSE_FLUSH_MS: u64 = 2_000;
+
+/// Largest `POST /v1/query` body, in bytes. The expression itself is limited to
+/// [`blazedb::limits::EXPRESSION_BYTES_MAX`] (16 KiB); the rest is room for the JSON around it.
+pub const QUERY_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// Records `POST /v1/query` returns when the request names no `limit`.
+pub const QUERY_LIMIT_DEFAULT: usize = 1_000;
+
+/// Most records one `POST /v1/query` returns, whatever `limit` asks for.
+pub const QUERY_LIMIT_MAX: usize = 10_000;
+
+/// Largest HTTP request head (request line and headers), in bytes. Room for a 16 KiB JWT
+/// ([`blazedb::limits::TOKEN_BYTES_MAX`]) in the `Authorization` header.
+pub const HTTP_HEAD_BYTES_MAX: usize = 64 * 1024;
+
+/// Bytes per read of a sync session's transport on the relay (the driver's buffer; the
+/// client library's default is 64 KiB). Small, so that 10,000 idle connections stay cheap.
+pub const SESSION_READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Outgoing bytes a sync session may have waiting before it is asked for more.
+pub const SESSION_WRITE_BUFFER_BYTES_MAX: usize = 256 * 1024;
+
+/// How long shutdown waits for sessions to say goodbye and for HTTP requests to finish, in
+/// ms, before the relay stops anyway.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+
+/// Per-peer sync lag is exported for at most this many peers (the ones furthest behind), so
+/// the number of metric series stays bounded however many clients connect.
+pub const PEER_LAG_TOP_N: usize = 10;
+
+/// Open conflicts in the relay's store are counted for `/metrics` at most this often, in ms
+/// (counting reads the conflicts table).
+pub const CONFLICTS_REFRESH_MS: u64 = 5_000;
+
+/// Largest rules file, in bytes.
+pub const RULES_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Clock tolerance when checking a JWT's `exp` and `nbf`, in seconds.
+pub const JWT_LEEWAY_S: u64 = 5;
+
+/// Most `--origin` entries.
+pub const ORIGINS_MAX: usize = 256;

@@ -1,0 +1,318 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text via `prometheus-client`). Every name
+//! starts with `blazedb_relay_`.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `connections{transport}` | gauge | sync sessions open now (`ws`, `tcp`, `unix`) |
+//! | `sessions_total{transport}` | counter | sync sessions started |
+//! | `sessions_closed_total{reason}` | counter | sessions ended, by reason (bounded set) |
+//! | `frames_received_total`, `frames_sent_total` | counter | protocol frames |
+//! | `bytes_received_total`, `bytes_sent_total` | counter | framed bytes |
+//! | `cells_applied_total` | counter | received cells that changed the relay's store |
+//! | `cells_forwarded_total` | counter | cells sent to clients |
+//! | `rejected_writes_total` | counter | records whose changes the rules refused |
+//! | `auth_failures_total` | counter | refused credentials (HTTP 401 and HELLO) |
+//! | `conflicts` | gauge | open conflicts in the relay's store |
+//! | `store_bytes` | gauge | size of the store file and its WAL |
+//! | `peer_lag_commits{peer}` | gauge | commits of the relay's feed a connected peer has not acknowledged, for the [`PEER_LAG_TOP_N`] peers furthest behind |
+//! | `peer_lag_commits_max` | gauge | the largest lag of any connected peer |
+//! | `peers_lagging` | gauge | connected peers with a lag above zero |
+//!
+//! **Bounded cardinality.** Labels take a fixed set of values (`transport`, `reason`), except
+//! `peer`, which is a node id: it is exported only for the [`PEER_LAG_TOP_N`] peers with the
+//! largest lag at scrape time (the family is cleared and refilled on every scrape), while the
+//! max and count cover every peer. So a relay with 10,000 clients exports at most N lag
+//! series, and a peer that disconnects leaves no stale series behind.
+//!
+//! **Lag** is measured in feed positions (commits): the relay's feed head minus the position
+//! the peer acknowledged (persisted by the session at most every second), and 0 while the
+//! session reports itself caught up (the tail of the feed may hold only the peer's own changes,
+//! which are never sent back to it).
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+
+use blazedb::sync::SessionStats;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub use crate::limits::PEER_LAG_TOP_N;
+
+/// How a client reached the relay.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket (`GET /v1/sync`), with or without TLS.
+    Ws,
+    /// Raw frames over TCP (`--tcp-listen`), with or without TLS.
+    Tcp,
+    /// Raw frames over a Unix domain socket (`--unix`).
+    Unix,
+}
+
+impl Transport {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+        }
+    }
+}
+
+impl EncodeLabelValue for Transport {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Why a session ended: a fixed set, so the label stays bounded.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client said goodbye.
+    PeerFinished,
+    /// The connection dropped without a goodbye.
+    Disconnected,
+    /// The relay shut down.
+    Shutdown,
+    /// Credentials in HELLO were refused.
+    AuthFailed,
+    /// The client sent messages faster than its rate limit.
+    RateLimited,
+    /// No HELLO within the handshake timeout, or nothing received for the idle timeout.
+    Timeout,
+    /// Malformed, oversized or out-of-place input (frames or WebSocket messages).
+    ProtocolError,
+    /// The client reported an error, or the relay failed internally.
+    Error,
+}
+
+impl CloseReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerFinished => "peer_finished",
+            CloseReason::Disconnected => "disconnected",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::AuthFailed => "auth_failed",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::Timeout => "timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for CloseReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TransportLabel {
+    pub transport: Transport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub reason: CloseReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PeerLabel {
+    pub peer: String,
+}
+
+/// The relay's metrics. Counters are updated as sessions run; gauges that need the store
+/// (conflicts, size, lag) are refreshed when `/metrics` is scraped.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) connections: Family<TransportLabel, Gauge>,
+    pub(crate) sessions: Family<TransportLabel, Counter>,
+    pub(crate) sessions_closed: Family<ReasonLabel, Counter>,
+    pub(crate) frames_received: Counter,
+    pub(crate) frames_sent: Counter,
+    pub(crate) bytes_received: Counter,
+    pub(crate) bytes_sent: Counter,
+    pub(crate) cells_applied: Counter,
+    pub(crate) cells_forwarded: Counter,
+    pub(crate) rejected_writes: Counter,
+    pub(crate) auth_failures: Counter,
+    pub(crate) conflicts: Gauge,
+    pub(crate) store_bytes: Gauge,
+    pub(crate) peer_lag: Family<PeerLabel, Gauge>,
+    pub(crate) peer_lag_max: Gauge,
+    pub(crate) peers_lagging: Gauge,
+    /// When conflicts were last counted (ms since the relay started; 0: never).
+    pub(crate) conflicts_counted_ms: AtomicU64,
+}
+
+impl Metrics {
+    /// All metrics, registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("blazedb_relay");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections: Family::default(),
+            sessions: Family::default(),
+            sessions_closed: Family::default(),
+            frames_received: Counter::default(),
+            frames_sent: Counter::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            cells_applied: Counter::default(),
+            cells_forwarded: Counter::default(),
+            rejected_writes: Counter::default(),
+            auth_failures: Counter::default(),
+            conflicts: Gauge::default(),
+            store_bytes: Gauge::default(),
+            peer_lag: Family::default(),
+            peer_lag_max: Gauge::default(),
+            peers_lagging: Gauge::default(),
+            conflicts_counted_ms: AtomicU64::new(0),
+        };
+        let r = &mut registry;
+        r.register(
+            "connections",
+            "Sync sessions open now",
+            m.connections.clone(),
+        );
+        r.register("sessions", "Sync sessions started", m.sessions.clone());
+        r.register(
+            "sessions_closed",
+            "Sync sessions ended, by reason",
+            m.sessions_closed.clone(),
+        );
+        r.register(
+            "frames_received",
+            "Protocol frames received from clients",
+            m.frames_received.clone(),
+        );
+        r.register(
+            "frames_sent",
+            "Protocol frames sent to clients",
+            m.frames_sent.clone(),
+        );
+        r.register(
+            "bytes_received",
+            "Framed bytes received from clients",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "bytes_sent",
+            "Framed bytes sent to clients",
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "cells_applied",
+            "Received cells that changed the relay's store",
+            m.cells_applied.clone(),
+        );
+        r.register(
+            "cells_forwarded",
+            "Cells sent to clients",
+            m.cells_forwarded.clone(),
+        );
+        r.register(
+            "rejected_writes",
+            "Records whose changes the access rules refused",
+            m.rejected_writes.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Refused credentials (HTTP and HELLO)",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "conflicts",
+            "Open conflicts in the relay's store",
+            m.conflicts.clone(),
+        );
+        r.register(
+            "store_bytes",
+            "Size of the relay's store file and its write-ahead log",
+            m.store_bytes.clone(),
+        );
+        r.register(
+            "peer_lag_commits",
+            "Commits of the relay's feed not yet acknowledged, for the peers furthest behind",
+            m.peer_lag.clone(),
+        );
+        r.register(
+            "peer_lag_commits_max",
+            "The largest lag of any connected peer, in commits",
+            m.peer_lag_max.clone(),
+        );
+        r.register(
+            "peers_lagging",
+            "Connected peers that have not acknowledged the whole feed",
+            m.peers_lagging.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Add what a session did since `seen` (its previous counters) and remember `now`.
+    pub(crate) fn account(&self, seen: &mut SessionStats, now: &SessionStats) {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        self.frames_received
+            .inc_by(d(now.frames_received, seen.frames_received));
+        self.frames_sent
+            .inc_by(d(now.frames_sent, seen.frames_sent));
+        self.bytes_received
+            .inc_by(d(now.bytes_received, seen.bytes_received));
+        self.bytes_sent.inc_by(d(now.bytes_sent, seen.bytes_sent));
+        self.cells_applied
+            .inc_by(d(now.cells_applied, seen.cells_applied));
+        self.cells_forwarded
+            .inc_by(d(now.cells_sent, seen.cells_sent));
+        self.rejected_writes
+            .inc_by(d(now.changes_refused, seen.changes_refused));
+        *seen = now.clone();
+    }
+
+    /// Count a session end.
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.sessions_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Publish per-peer lag: `lags` holds (peer, commits behind) for every connected peer.
+    pub(crate) fn set_lags(&self, mut lags: Vec<(String, u64)>) {
+        lags.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        self.peer_lag.clear();
+        for (peer, lag) in lags.iter().take(PEER_LAG_TOP_N) {
+            self.peer_lag
+                .get_or_create(&PeerLabel { peer: peer.clone() })
+                .set(gauge_value(*lag));
+        }
+        self.peer_lag_max
+            .set(gauge_value(lags.first().map_or(0, |l| l.1)));
+        self.peers_lagging
+            .set(gauge_value(lags.iter().filter(|l| l.1 > 0).count() as u64));
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Gauges hold i64; a u64 this large does not happen, but must not wrap to negative.
+pub(crate) fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,490 @@
+//! [`Relay`]: opening the store, binding the listeners, accepting connections, shutting down.
+//!
+//! ```text
+//!  Relay::bind ── checks the configuration (auth, rules, TLS, addresses), opens the store
+//!              └─ binds: HTTP(S) listener, optional raw TCP(+TLS) listener, optional Unix socket
+//!  Relay::run  ── one accept loop per listener; each accepted connection takes a slot
+//!              │  (Limits::connections_max) or is refused at once (HTTP: 503)
+//!              ├─ HTTP: TLS handshake (timeout) ─► hyper HTTP/1.1 ─► router (crate::http)
+//!              ├─ TCP:  TLS handshake (timeout) ─► sync session, token in HELLO
+//!              └─ Unix: sync session, token in HELLO
+//!     shutdown ─► stop accepting, sessions say goodbye (ERROR SHUTTING_DOWN), HTTP connections
+//!                 finish their request; wait up to SHUTDOWN_GRACE_MS
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::Request;
+use blazedb::{Database, OpenOptions};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service;
+
+use crate::auth::Authenticator;
+use crate::config::RelayConfig;
+use crate::error::RelayError;
+use crate::http::{router, ConnectionSlot};
+use crate::limits::{HTTP_HEAD_BYTES_MAX, ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_FILE_NAME};
+use crate::metrics::Transport;
+use crate::rules::Rules;
+use crate::state::State;
+
+/// A relay whose listeners are bound; [`Relay::run`] serves until shutdown.
+pub struct Relay {
+    state: Arc<State>,
+    http: TcpListener,
+    http_addr: SocketAddr,
+    tcp: Option<(TcpListener, SocketAddr)>,
+    unix: Option<(UnixListener, PathBuf)>,
+    tls_http: Option<TlsAcceptor>,
+    tls_tcp: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("http_addr", &self.http_addr)
+            .field("tcp_addr", &self.tcp_addr())
+            .field("unix", &self.unix.as_ref().map(|(_, p)| p))
+            .field("tls", &self.is_tls())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Check the configuration, open the store and bind the listeners. Every configuration
+    /// error (rules, keys, certificates, addresses in use) is reported here, before any
+    /// client connects.
+    pub async fn bind(config: RelayConfig) -> Result<Relay, RelayError> {
+        let auth = Authenticator::from_config(&config)?;
+        check_anonymous(&config, &auth)?;
+        let rules = match &config.rules {
+            Some(path) => Rules::load(path)?,
+            None => Rules::allow_all(),
+        };
+        let origins = origins(&config.origins)?;
+        let tls_http = config
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::acceptor(t, &[b"http/1.1"]))
+            .transpose()?;
+        let tls_tcp = config
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::acceptor(t, &[]))
+            .transpose()?;
+
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let path = config.data_dir.join(STORE_FILE_NAME);
+        let options = OpenOptions {
+            password: config.password.as_ref().map(|p| p.expose().to_owned()),
+            create: true,
+            ..OpenOptions::default()
+        };
+        let db = Database::open(&path, options).map_err(|source| RelayError::Store {
+            path: path.clone(),
+            source,
+        })?;
+        db.set_server_role(true);
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RelayError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
+        };
+        let http = bind(config.listen).await?;
+        let http_addr = http.local_addr().map_err(|source| RelayError::Bind {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+        let tcp = match config.tcp_listen {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let a = l.local_addr().map_err(|source| RelayError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+                Some((l, a))
+            }
+            None => None,
+        };
+        let unix = match &config.unix {
+            Some(path) => Some((bind_unix(path).await?, path.clone())),
+            None => None,
+        };
+        let state = Arc::new(State::new(
+            Arc::new(db),
+            auth,
+            rules,
+            config.limits.clone(),
+            origins,
+        ));
+        Ok(Relay {
+            state,
+            http,
+            http_addr,
+            tcp,
+            unix,
+            tls_http,
+            tls_tcp,
+        })
+    }
+
+    /// The HTTP/WebSocket address (with the real port when the configuration said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The raw TCP address, when `tcp_listen` was configured.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Whether HTTP and TCP are served over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls_http.is_some()
+    }
+
+    /// The relay's store (tests and embedding applications read it directly).
+    pub fn database(&self) -> Arc<Database> {
+        self.state.db.clone()
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, let sessions say goodbye and
+    /// wait (at most [`SHUTDOWN_GRACE_MS`] plus the sessions' linger) for connections to end.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+        let Relay {
+            state,
+            http,
+            tcp,
+            unix,
+            tls_http,
+            tls_tcp,
+            ..
+        } = self;
+        let st = state.clone();
+        state.tasks.spawn(accept_http(st, http, tls_http));
+        if let Some((l, _)) = tcp {
+            state.tasks.spawn(accept_tcp(state.clone(), l, tls_tcp));
+        }
+        let unix_path = unix.as_ref().map(|(_, p)| p.clone());
+        if let Some((l, _)) = unix {
+            state.tasks.spawn(accept_unix(state.clone(), l));
+        }
+        shutdown.await;
+        state.shutdown.cancel();
+        state.tasks.close();
+        let grace =
+            Duration::from_millis(SHUTDOWN_GRACE_MS + blazedb_net::limits::LINGER_MS_DEFAULT);
+        let _ = tokio::time::timeout(grace, state.tasks.wait()).await;
+        if let Some(p) = unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    }
+}
+
+/// Start a relay and serve until `shutdown` completes: [`Relay::bind`] then [`Relay::run`].
+pub async fn serve(
+    config: RelayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    Relay::bind(config).await?.run(shutdown).await
+}
+
+/// Without authentication, only loopback addresses (and Unix sockets) may be served, unless
+/// the operator said `--danger-allow-anonymous`.
+fn check_anonymous(config: &RelayConfig, auth: &Authenticator) -> Result<(), RelayError> {
+    if auth.required() || config.danger_allow_anonymous {
+        return Ok(());
+    }
+    let exposed = std::iter::once(config.listen)
+        .chain(config.tcp_listen)
+        .find(|a| !a.ip().is_loopback());
+    match exposed {
+        None => Ok(()),
+        Some(a) => Err(RelayError::Config(format!(
+            "no authentication is configured and {a} is reachable from other machines: pass \
+             --token, --jwt-secret or --jwt-public-key (or --danger-allow-anonymous to let \
+             anyone who can reach it read and write)"
+        ))),
+    }
+}
+
+fn origins(list: &[String]) -> Result<Vec<String>, RelayError> {
+    if list.len() > ORIGINS_MAX {
+        return Err(RelayError::Config(format!(
+            "{} origins given, at most {ORIGINS_MAX} are allowed",
+            list.len()
+        )));
+    }
+    list.iter()
+        .map(|o| {
+            let o = o.trim_end_matches('/').to_ascii_lowercase();
+            if o.starts_with("http://") || o.starts_with("https://") {
+                Ok(o)
+            } else {
+                Err(RelayError::Config(format!(
+                    "origin {o:?} must look like https://app.example.com (scheme, host, optional \
+                     port)"
+                )))
+            }
+        })
+        .collect()
+}
+
+async fn bind_unix(path: &PathBuf) -> Result<UnixListener, RelayError> {
+    let err = |source| RelayError::Bind {
+        addr: path.display().to_string(),
+        source,
+    };
+    if path.exists() {
+        // A socket file left by a relay that died is replaced; one that still answers is
+        // another relay's.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process is listening on this socket",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    UnixListener::bind(path).map_err(err)
+}
+
+/// Take a connection slot, or `None` at the limit.
+fn slot(state: &State) -> Option<OwnedSemaphorePermit> {
+    state.slots.clone().try_acquire_owned().ok()
+}
+
+/// Pause after an accept error (e.g. out of file descriptors) instead of spinning.
+async fn accept_backoff(e: &std::io::Error) {
+    eprintln!(
+        "{}",
+        serde_json::json!({"event": "accept_error", "error": e.to_string()})
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => { accept_backoff(&e).await; continue; }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(permit) = slot(&state) else {
+            state.tasks.spawn(refuse_http(stream, tls.is_some()));
+            continue;
+        };
+        let st = state.clone();
+        let tls = tls.clone();
+        state.tasks.spawn(async move {
+            match tls {
+                None => serve_http(st, stream, permit).await,
+                Some(acceptor) => {
+                    let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(handshake, acceptor.accept(stream)).await
+                    {
+                        serve_http(st, s, permit).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Answer a connection over the limit with `503` (plain HTTP) or just close it (TLS: a
+/// handshake would cost what the limit protects).
+async fn refuse_http(mut stream: tokio::net::TcpStream, tls: bool) {
+    if !tls {
+        let body = r#"{"code":"too_many_connections","error":"the relay is at its connection limit: retry later"}"#;
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(response.as_bytes()),
+        )
+        .await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Serve HTTP/1.1 on one connection until it closes, is upgraded, or the relay shuts down.
+/// A keep-alive connection idle for the idle timeout is closed, so idle HTTP clients cannot
+/// hold connection slots forever (hyper's header timeout only starts with a request's first
+/// byte).
+async fn serve_http<I>(state: Arc<State>, io: I, permit: OwnedSemaphorePermit)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let slot = ConnectionSlot::new(permit);
+    let app = router(state.clone());
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(slot.clone());
+        let mut app = app.clone();
+        async move { app.call(req).await }
+    });
+    let (io, last_active) = ActivityIo::new(io, state.started);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(state.limits.handshake_timeout_ms))
+        .max_buf_size(HTTP_HEAD_BYTES_MAX)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let idle_ms = state.limits.idle_timeout_ms;
+    let mut check = tokio::time::interval(Duration::from_millis((idle_ms / 4).max(10)));
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = state.shutdown.cancelled() => break,
+            _ = check.tick() => {
+                let now = state.started.elapsed().as_millis() as u64;
+                if now.saturating_sub(last_active.load(Ordering::Relaxed)) >= idle_ms {
+                    break;
+                }
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), conn).await;
+}
+
+/// A byte stream that records when it last moved bytes (ms since `epoch`).
+struct ActivityIo<T> {
+    inner: T,
+    epoch: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<T> ActivityIo<T> {
+    fn new(inner: T, epoch: tokio::time::Instant) -> (ActivityIo<T>, Arc<AtomicU64>) {
+        let last = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
+        let io = ActivityIo {
+            inner,
+            epoch,
+            last: last.clone(),
+        };
+        (io, last)
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if r.is_ready() {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => { accept_backoff(&e).await; continue; }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(permit) = slot(&state) else {
+            continue; // dropped: closed at once
+        };
+        let st = state.clone();
+        let tls = tls.clone();
+        state.tasks.spawn(async move {
+            match tls {
+                None => crate::session::run(st, stream, Transport::Tcp, None, permit).await,
+                Some(acceptor) => {
+                    let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(handshake, acceptor.accept(stream)).await
+                    {
+                        crate::session::run(st, s, Transport::Tcp, None, permit).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn accept_unix(state: Arc<State>, listener: UnixListener) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => { accept_backoff(&e).await; continue; }
+            },
+        };
+        let Some(permit) = slot(&state) else {
+            continue;
+        };
+        let st = state.clone();
+        state.tasks.spawn(crate::session::run(
+            st,
+            stream,
+            Transport::Unix,
+            None,
+            permit,
+        ));
+    }
+}

@@ -1,0 +1,168 @@
+//! One client's sync session on the relay, whatever the transport.
+//!
+//! ```text
+//!  transport ─► Guard (rate, HELLO deadline) ─► run_session(relay db, server role,
+//!                                                           ConnectionAccess for this caller)
+//!                                                  │
+//!                                     SessionMonitor ─► metrics (frames, bytes, cells, lag)
+//! ```
+//!
+//! Every session runs on the relay's one [`Database`](blazedb::Database): a change a client
+//! sends is applied to the store in one transaction, which wakes every other session's driver
+//! (the store's commit listener), and each sends it on to its client — filtered by that
+//! client's read rule. That is the whole fan-out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazedb::sync::{ErrorCode, SessionConfig, SessionStats};
+use blazedb_net::{run_session, DriverOptions, EndReason, NetError, SessionMonitor};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::access::ConnectionAccess;
+use crate::auth::Claims;
+use crate::guard::{Guard, GuardClose, GuardOptions};
+use crate::limits::{SESSION_READ_BUFFER_BYTES, SESSION_WRITE_BUFFER_BYTES_MAX};
+use crate::metrics::{CloseReason, Transport, TransportLabel};
+use crate::state::{SessionEntry, State};
+
+/// Run a sync session over `io` until it ends. `claims`: the caller was authenticated by the
+/// transport (HTTP upgrade); `None`: it must present its credential in HELLO. The connection
+/// slot `permit` is released when the session ends.
+pub(crate) async fn run<T>(
+    state: Arc<State>,
+    io: T,
+    transport: Transport,
+    claims: Option<Claims>,
+    permit: OwnedSemaphorePermit,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _permit = permit;
+    let limits = &state.limits;
+    let access = ConnectionAccess::new(
+        state.rules.clone(),
+        state.auth.clone(),
+        state.metrics.clone(),
+        claims,
+    );
+    let (guard, guard_report) = Guard::new(
+        io,
+        &GuardOptions {
+            rate_per_s: limits.message_rate_per_s,
+            burst: limits.message_burst,
+            hello_timeout: Some(Duration::from_millis(limits.handshake_timeout_ms)),
+        },
+    );
+    let cfg = SessionConfig {
+        server: true,
+        access: Some(Arc::new(access)),
+        idle_timeout_ms: limits.idle_timeout_ms,
+        ping_interval_ms: limits.ping_interval_ms,
+        ..SessionConfig::default()
+    };
+    let monitor = SessionMonitor::new();
+    let opts = DriverOptions {
+        shutdown: state.shutdown.child_token(),
+        monitor: Some(monitor.clone()),
+        read_buffer_bytes: SESSION_READ_BUFFER_BYTES,
+        write_buffer_bytes_max: SESSION_WRITE_BUFFER_BYTES_MAX,
+        ..DriverOptions::default()
+    };
+    let metrics = state.metrics.clone();
+    let label = TransportLabel { transport };
+    metrics.sessions.get_or_create(&label).inc();
+    metrics.connections.get_or_create(&label).inc();
+    let id = state.register(SessionEntry {
+        monitor: monitor.clone(),
+        transport,
+    });
+
+    let mut changes = monitor.subscribe();
+    let mut seen = SessionStats::default();
+    let session = run_session(state.db.clone(), guard, cfg, opts);
+    tokio::pin!(session);
+    let result = loop {
+        tokio::select! {
+            r = &mut session => break r,
+            Ok(()) = changes.changed() => {
+                let stats = changes.borrow_and_update().stats.clone();
+                metrics.account(&mut seen, &stats);
+            }
+        }
+    };
+    let last = match &result {
+        Ok(report) => Some(&report.stats),
+        Err(e) => e.report().map(|r| &r.stats),
+    };
+    if let Some(stats) = last {
+        metrics.account(&mut seen, stats);
+    }
+    let guard_close = guard_report
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let reason = close_reason(&result, guard_close.as_ref());
+    metrics.closed(reason);
+    if !matches!(
+        reason,
+        CloseReason::PeerFinished | CloseReason::Disconnected | CloseReason::Shutdown
+    ) {
+        let message = match (&guard_close, &result) {
+            (Some(g), _) => g.message.clone(),
+            (None, Err(e)) => e.to_string(),
+            (None, Ok(_)) => String::new(),
+        };
+        let peer = monitor.snapshot().peer.map(|p| p.to_string());
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "event": "session_closed",
+                "transport": transport.as_str(),
+                "peer": peer,
+                "reason": reason.as_str(),
+                "message": message,
+            })
+        );
+    }
+    state.unregister(id);
+    metrics.connections.get_or_create(&label).dec();
+}
+
+fn close_reason(
+    result: &Result<blazedb_net::SessionReport, NetError>,
+    guard: Option<&GuardClose>,
+) -> CloseReason {
+    if let Some(g) = guard {
+        return match g.code {
+            ErrorCode::RateLimited => CloseReason::RateLimited,
+            ErrorCode::Timeout => CloseReason::Timeout,
+            _ => CloseReason::ProtocolError,
+        };
+    }
+    match result {
+        Ok(r) => match r.end {
+            EndReason::Shutdown => CloseReason::Shutdown,
+            _ => CloseReason::PeerFinished,
+        },
+        Err(NetError::Sync { error, .. }) => match error.code {
+            ErrorCode::AuthFailed if !error.remote => CloseReason::AuthFailed,
+            ErrorCode::Timeout => CloseReason::Timeout,
+            ErrorCode::Malformed
+            | ErrorCode::Checksum
+            | ErrorCode::TooLarge
+            | ErrorCode::Unexpected
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::SameNode
+            | ErrorCode::ClockSkew
+                if !error.remote =>
+            {
+                CloseReason::ProtocolError
+            }
+            _ => CloseReason::Error,
+        },
+        Err(NetError::Disconnected { .. } | NetError::Io { .. }) => CloseReason::Disconnected,
+        Err(_) => CloseReason::Error,
+    }
+}

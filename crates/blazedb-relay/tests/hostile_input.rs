@@ -1,0 +1,123 @@
+//! Hostile input on one connection — a malformed frame, a frame with a bad checksum, a frame
+//! announcing more than the frame limit, a WebSocket message over the message limit, a text
+//! message — ends only that connection, with an ERROR frame naming the problem; two other
+//! clients keep syncing through the relay the whole time and nothing they wrote is lost.
+
+mod common;
+
+use std::time::Duration;
+
+use blazedb::sync::frame::FrameDecoder;
+use blazedb::sync::message::{decode_simple, kind, Message};
+use blazedb::sync::ErrorCode;
+use blazedb_net::ws::WS_MESSAGE_BYTES_MAX;
+use common::{connect_ws, http, metric, open, wait_until, within, Client, TestRelay, TOKEN};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Send `msg` on a fresh connection and return the error code of the relay's ERROR frame
+/// (`None` if the connection closed without one).
+async fn send_hostile(relay: &TestRelay, msg: WsMessage) -> Option<ErrorCode> {
+    let mut ws = connect_ws(relay.addr, Some(TOKEN)).await.unwrap();
+    // Sending may fail once the relay has closed: that is fine, the answer is what it sent.
+    let _ = ws.send(msg).await;
+    let mut dec = FrameDecoder::default();
+    let mut code = None;
+    within(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let WsMessage::Binary(b) = m {
+                dec.push(&b);
+                while let Some(f) = dec.next_frame().expect("the relay's frames decode") {
+                    if f.kind == kind::ERROR {
+                        if let Message::Error { code: c, .. } =
+                            decode_simple(f.kind, &f.payload).unwrap()
+                        {
+                            code = Some(c);
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_closes_only_that_connection() {
+    let relay = TestRelay::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let ca = Client::connect(&relay, a.clone(), TOKEN).await;
+    let cb = Client::connect(&relay, b.clone(), TOKEN).await;
+
+    let mut checksum_bad = vec![0x05, 0x01, 0x00, 1, 2, 3];
+    checksum_bad.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let cases: Vec<(&str, WsMessage, ErrorCode)> = vec![
+        (
+            "body shorter than 2 bytes",
+            WsMessage::binary(vec![0x01, 0x01, 0, 0, 0, 0]),
+            ErrorCode::Malformed,
+        ),
+        (
+            "bad checksum",
+            WsMessage::binary(checksum_bad),
+            ErrorCode::Checksum,
+        ),
+        (
+            "9 MiB frame announced",
+            WsMessage::binary(vec![0x80, 0x80, 0x80, 0x09]),
+            ErrorCode::TooLarge,
+        ),
+        (
+            "varint of 11 bytes",
+            WsMessage::binary(vec![0xff; 11]),
+            ErrorCode::Malformed,
+        ),
+        (
+            "text message",
+            WsMessage::text("{\"hello\": true}"),
+            ErrorCode::Malformed,
+        ),
+        (
+            "message over the WebSocket limit",
+            WsMessage::binary(vec![0u8; WS_MESSAGE_BYTES_MAX + 1]),
+            ErrorCode::TooLarge,
+        ),
+    ];
+    for (i, (what, msg, expected)) in cases.into_iter().enumerate() {
+        let code = send_hostile(&relay, msg).await;
+        assert_eq!(code, Some(expected), "{what}");
+        // The well-behaved clients are still connected and syncing.
+        let id = a.insert("notes", [("n", i as i64)]).unwrap();
+        wait_until(Duration::from_secs(5), || {
+            b.get("notes", id).unwrap().is_some()
+        })
+        .await;
+        let back = b.insert("replies", [("n", i as i64)]).unwrap();
+        wait_until(Duration::from_secs(5), || {
+            a.get("replies", back).unwrap().is_some()
+        })
+        .await;
+        assert!(
+            !ca.task.is_finished() && !cb.task.is_finished(),
+            "after {what}"
+        );
+    }
+    assert_eq!(relay.db.count("notes").unwrap(), 6);
+    assert_eq!(relay.db.count("replies").unwrap(), 6);
+    // The hostile sessions are gone; the two good ones remain.
+    assert_eq!(common::connected_clients(relay.addr, 2).await, 2);
+    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    assert_eq!(
+        metric(
+            &m,
+            "blazedb_relay_sessions_closed_total{reason=\"protocol_error\"}"
+        ),
+        Some(6.0),
+        "{m}"
+    );
+    ca.finish().await.unwrap();
+    cb.finish().await.unwrap();
+    relay.stop().await;
+}

@@ -1,0 +1,172 @@
+//! `POST /v1/query`: answers the relay's records matching an expression, sorted and limited,
+//! filtered by the caller's read rule (the limit counts readable records); `$auth` works in
+//! `where`; a closed or unknown collection answers `[]`; an invalid expression is a 400 naming
+//! the column; malformed, oversized and unauthenticated requests get JSON errors.
+
+mod common;
+
+use blazedb::Value;
+use blazedb_relay::AuthConfig;
+use common::{http, ids, jwt_hs256, now_s, query, TestRelay};
+use serde_json::json;
+
+const SECRET: &str = "query-test-secret-0123456789";
+
+fn token(sub: &str) -> String {
+    jwt_hs256(SECRET, json!({"sub": sub, "exp": now_s() + 600}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_are_filtered_by_the_read_rule() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = TestRelay::write_rules(
+        rules_dir.path(),
+        "[bugs]\nread = \"assignee == $auth.sub || public == true\"\nwrite = false\n\
+         [news]\nread = true\n",
+    );
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::JwtSecret(SECRET.into());
+        c.rules = Some(rules);
+    })
+    .await;
+    let db = &relay.db;
+    let mut alices = Vec::new();
+    for p in 0..5i64 {
+        alices.push(
+            db.insert(
+                "bugs",
+                [
+                    ("assignee", Value::from("alice")),
+                    ("priority", p.into()),
+                    ("public", false.into()),
+                ],
+            )
+            .unwrap(),
+        );
+        db.insert(
+            "bugs",
+            [
+                ("assignee", Value::from("bob")),
+                ("priority", (p + 10).into()),
+                ("public", false.into()),
+            ],
+        )
+        .unwrap();
+    }
+    let public = db
+        .insert(
+            "bugs",
+            [
+                ("assignee", Value::from("bob")),
+                ("priority", 7.into()),
+                ("public", true.into()),
+            ],
+        )
+        .unwrap();
+    db.insert("admin", [("secret", "x")]).unwrap();
+    for i in 0..3 {
+        db.insert("news", [("n", i)]).unwrap();
+    }
+    let alice = token("alice");
+
+    // Everything alice may read: her five and the public one; never bob's private bugs.
+    let r = query(relay.addr, &alice, json!({"collection": "bugs"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut expected: Vec<String> = alices
+        .iter()
+        .chain([&public])
+        .map(|i| i.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(ids(&r), expected);
+
+    // Sorted and limited: the limit counts readable records only.
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "order_by": "priority:desc", "limit": 2}),
+    )
+    .await;
+    let p: Vec<i64> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["priority"].as_i64().unwrap())
+        .collect();
+    assert_eq!(p, [7, 4]);
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "where": "priority >= 3 && assignee == $auth.sub",
+               "order_by": ["priority"]}),
+    )
+    .await;
+    let p: Vec<i64> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["priority"].as_i64().unwrap())
+        .collect();
+    assert_eq!(p, [3, 4]);
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "news", "limit": 2, "offset": 2}),
+    )
+    .await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+
+    // Closed and unknown collections answer nothing.
+    for c in ["admin", "no_such_collection"] {
+        let r = query(relay.addr, &alice, json!({"collection": c})).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    }
+
+    // An invalid expression: 400 with the parser's message and column.
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "where": "priority = 3"}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let e = r.json();
+    assert_eq!(e["code"], "invalid_expression");
+    assert_eq!(e["column"], 10);
+    assert!(
+        e["error"].as_str().unwrap().contains("did you mean `==`"),
+        "{e}"
+    );
+
+    // Malformed and oversized bodies, unknown fields.
+    let auth = format!("Bearer {alice}");
+    let h = [("authorization", auth.as_str())];
+    let r = http(relay.addr, "POST", "/v1/query", &h, "{not json").await;
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let r = http(
+        relay.addr,
+        "POST",
+        "/v1/query",
+        &h,
+        r#"{"collection":"bugs","wher":"x"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let big = format!(
+        r#"{{"collection":"bugs","where":"{}"}}"#,
+        "a".repeat(100_000)
+    );
+    let r = http(relay.addr, "POST", "/v1/query", &h, &big).await;
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+    let r = http(relay.addr, "GET", "/v1/nothing", &h, "").await;
+    assert_eq!(r.status, 404);
+    relay.stop().await;
+}

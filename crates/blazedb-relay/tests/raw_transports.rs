@@ -1,0 +1,125 @@
+//! Besides WebSocket, the relay serves raw protocol frames over TCP (`--tcp-listen`) and a
+//! Unix socket (`--unix`), with the token in HELLO: clients on all transports sync with each
+//! other, and a wrong token in HELLO ends the session with `AUTH_FAILED` before any data
+//! flows.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazedb::sync::{ErrorCode, SessionConfig};
+use blazedb::Database;
+use blazedb_net::{run_session, DriverOptions, NetError, SessionReport};
+use common::{http, metric, open, wait_until, TestRelay, TOKEN};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+fn spawn<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    db: Arc<Database>,
+    io: T,
+    token: &str,
+    stop: &CancellationToken,
+) -> JoinHandle<Result<SessionReport, NetError>> {
+    let cfg = SessionConfig {
+        token: token.into(),
+        ..SessionConfig::default()
+    };
+    let opts = DriverOptions {
+        shutdown: stop.clone(),
+        ..DriverOptions::default()
+    };
+    tokio::spawn(run_session(db, io, cfg, opts))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tcp_and_unix_clients_sync_and_bad_hello_tokens_are_refused() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("relay.sock");
+    let s = sock.clone();
+    let relay = TestRelay::start(move |c| {
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.unix = Some(s);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, intruder) = (
+        open(dir.path(), "a"),
+        open(dir.path(), "b"),
+        open(dir.path(), "intruder"),
+    );
+    let stop = CancellationToken::new();
+    let tcp = TcpStream::connect(relay.tcp_addr.unwrap()).await.unwrap();
+    let ta = spawn(a.clone(), tcp, TOKEN, &stop);
+    let unix = UnixStream::connect(&sock).await.unwrap();
+    let tb = spawn(b.clone(), unix, TOKEN, &stop);
+
+    let id = a.insert("notes", [("via", "tcp")]).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        b.get("notes", id).unwrap().is_some()
+    })
+    .await;
+    let back = b.insert("notes", [("via", "unix")]).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        a.get("notes", back).unwrap().is_some()
+    })
+    .await;
+
+    // A wrong token in HELLO: AUTH_FAILED, and nothing moved either way.
+    intruder.insert("notes", [("via", "intruder")]).unwrap();
+    let tcp = TcpStream::connect(relay.tcp_addr.unwrap()).await.unwrap();
+    let e = spawn(intruder.clone(), tcp, "wrong", &stop)
+        .await
+        .unwrap()
+        .unwrap_err();
+    match &e {
+        NetError::Sync { error, report } => {
+            assert_eq!(error.code, ErrorCode::AuthFailed);
+            assert!(
+                error.remote && error.message.contains("invalid token"),
+                "{e}"
+            );
+            assert_eq!(report.stats.cells_received, 0);
+            assert_eq!(report.stats.cells_sent, 0);
+        }
+        other => panic!("expected AUTH_FAILED, got {other}"),
+    }
+    let unix = UnixStream::connect(&sock).await.unwrap();
+    let e = spawn(intruder.clone(), unix, "", &stop)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("missing credentials"), "{e}");
+    assert_eq!(intruder.count("notes").unwrap(), 1);
+    assert_eq!(relay.db.count("notes").unwrap(), 2);
+
+    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    assert_eq!(
+        metric(&m, "blazedb_relay_auth_failures_total"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "blazedb_relay_sessions_closed_total{reason=\"auth_failed\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "blazedb_relay_connections{transport=\"tcp\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "blazedb_relay_connections{transport=\"unix\"}"),
+        Some(1.0)
+    );
+    stop.cancel();
+    ta.await.unwrap().unwrap();
+    tb.await.unwrap().unwrap();
+    relay.stop().await;
+    assert!(!sock.exists(), "the socket file is removed on shutdown");
+}

@@ -1,0 +1,107 @@
+//! With `--tls-cert/--tls-key` the relay serves WSS and TLS-over-TCP: clients that trust the
+//! certificate's CA sync through both, and the certificate is checked (a client expecting
+//! another name is refused by its own TLS layer).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazedb::sync::SessionConfig;
+use blazedb_net::ws::{websocket_config, WsStream};
+use blazedb_net::{run_session, DriverOptions};
+use blazedb_relay::TlsFiles;
+use common::{open, wait_until, TestRelay, TOKEN};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn connector() -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(fixtures().join("tls_ca.pem")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wss_and_tls_over_tcp() {
+    let relay = TestRelay::start(|c| {
+        c.tls = Some(TlsFiles {
+            cert: fixtures().join("tls_cert.pem"),
+            key: fixtures().join("tls_key.pem"),
+        });
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let stop = CancellationToken::new();
+    let opts = DriverOptions {
+        shutdown: stop.clone(),
+        ..DriverOptions::default()
+    };
+    let name = ServerName::try_from("localhost").unwrap();
+
+    // A: WSS.
+    let tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let tls = connector().connect(name.clone(), tcp).await.unwrap();
+    let mut req = format!("wss://localhost:{}/v1/sync", relay.addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, tls, Some(websocket_config()))
+        .await
+        .unwrap();
+    let ta = tokio::spawn(run_session(
+        a.clone(),
+        WsStream::new(ws),
+        SessionConfig::default(),
+        opts.clone(),
+    ));
+    // B: TLS over TCP, token in HELLO.
+    let tcp = TcpStream::connect(relay.tcp_addr.unwrap()).await.unwrap();
+    let tls = connector().connect(name, tcp).await.unwrap();
+    let cfg = SessionConfig {
+        token: TOKEN.into(),
+        ..SessionConfig::default()
+    };
+    let tb = tokio::spawn(run_session(b.clone(), tls, cfg, opts));
+
+    let id = a.insert("notes", [("via", "wss")]).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        b.get("notes", id).unwrap().is_some()
+    })
+    .await;
+    let back = b.insert("notes", [("via", "tls")]).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        a.get("notes", back).unwrap().is_some()
+    })
+    .await;
+
+    // The certificate names localhost and 127.0.0.1 only.
+    let tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let wrong = ServerName::try_from("relay.example.com").unwrap();
+    assert!(connector().connect(wrong, tcp).await.is_err());
+
+    stop.cancel();
+    ta.await.unwrap().unwrap();
+    tb.await.unwrap().unwrap();
+    relay.stop().await;
+}
