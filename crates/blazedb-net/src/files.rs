@@ -22,9 +22,13 @@ use blazedb::{Database, OpenOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::spawn_checkpointer;
 use crate::driver::{run_session, DriverOptions, SessionReport};
 use crate::error::NetError;
-use crate::limits::{DUPLEX_BUFFER_BYTES_DEFAULT, FILE_POLL_INTERVAL_MS, SYNC_ONCE_ROUNDS_MAX};
+use crate::limits::{
+    CHECKPOINT_INTERVAL_MS_DEFAULT, DUPLEX_BUFFER_BYTES_DEFAULT, FILE_POLL_INTERVAL_MS,
+    SYNC_ONCE_ROUNDS_MAX,
+};
 use crate::topology::complement;
 
 /// How to sync two files.
@@ -207,6 +211,11 @@ pub async fn sync_files_watch(
     let mut report = new_report(a, b, &opts);
     let (cfg_a, cfg_b) = configs(&opts);
     let token = CancellationToken::new();
+    let every = Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT);
+    let _checkpoints = (
+        spawn_checkpointer(da.clone(), every),
+        spawn_checkpointer(db.clone(), every),
+    );
     let (wake_a, wake_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let driver = |wake: &Arc<Notify>| DriverOptions {
         shutdown: token.clone(),

@@ -14,6 +14,7 @@
 //! ```
 //!
 //! - [`driver`]: [`run_session`] pumps one session over any byte stream.
+//! - [`checkpoint`]: [`spawn_checkpointer`] checkpoints a database's WAL in the background.
 //! - [`topology`]: [`Topology`] connects databases of this process in any graph.
 //! - [`files`]: [`sync_files_once`] and [`sync_files_watch`] sync two database files.
 //! - [`transport`]: TCP, TLS and Unix socket connections ([`connect`]) and listeners
@@ -48,6 +49,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod discovery;
 pub mod driver;
 pub mod error;
@@ -59,6 +61,7 @@ pub mod topology;
 pub mod transport;
 pub mod ws;
 
+pub use checkpoint::{spawn_checkpointer, Checkpointer};
 pub use driver::{
     run_session, DriverOptions, EndReason, SessionMonitor, SessionReport, SessionSnapshot,
 };

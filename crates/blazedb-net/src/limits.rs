@@ -104,3 +104,7 @@ pub const DISCOVERY_INSTANCE_NAME_BYTES_MAX: usize = 63;
 
 /// How long `Advertisement::withdraw` waits for the daemon to send its goodbye, in ms.
 pub const DISCOVERY_WITHDRAW_WAIT_MS: u64 = 1_000;
+/// How often [`spawn_checkpointer`](crate::spawn_checkpointer) checkpoints a database's WAL
+/// (off the commit path; commits checkpoint themselves only past
+/// `blazedb::limits::WAL_AUTOCHECKPOINT_PAGES`).
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 1_000;

@@ -179,6 +179,12 @@ impl Relay {
             tls_tcp,
             ..
         } = self;
+        // Commits from every session leave the WAL to this, off their path; it stops when
+        // `run` returns.
+        let _checkpoints = blazedb_net::spawn_checkpointer(
+            state.db.clone(),
+            Duration::from_millis(blazedb_net::limits::CHECKPOINT_INTERVAL_MS_DEFAULT),
+        );
         let st = state.clone();
         state.tasks.spawn(accept_http(st, http, tls_http));
         if let Some((l, _)) = tcp {

@@ -49,7 +49,7 @@ pub mod watch;
 
 pub use error::{ApplyError, Error, OpenError, Result, WriteError};
 pub use store::{
-    Change, ChangeBatch, CollectionPolicy, Conflict, Database, FieldOp, HistoryEntry,
+    Change, ChangeBatch, Checkpoint, CollectionPolicy, Conflict, Database, FieldOp, HistoryEntry,
     HistoryRetention, OpenOptions, OrderBy, Patch, PeerDirection, PeerInfo, Query, Record, Stats,
     Tx,
 };

@@ -34,6 +34,11 @@ pub const EXPRESSION_DEPTH_MAX: usize = 64;
 pub const COLLECTIONS_MAX: usize = 10_000;
 /// Most cells one `changes_since` call returns when the caller asks for more.
 pub const FEED_PAGE_CELLS_MAX: usize = 100_000;
+/// WAL pages after which a commit checkpoints the WAL itself (SQLite's `wal_autocheckpoint`;
+/// 40 MB at 4 KiB pages). The sync drivers call `Database::checkpoint` off the commit path
+/// well before this, so a commit pays for a checkpoint (and its fsync) only when nobody does;
+/// the bound keeps the WAL from growing without limit then.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// Default capacity of a watch subscription's buffer, in events.
 pub const WATCH_BUFFER_EVENTS_DEFAULT: usize = 1024;
 /// Largest capacity a watch subscription may ask for.

@@ -32,8 +32,9 @@ use anyhow::{ensure, Context as _, Result};
 use blazedb::sync::message::kind;
 use blazedb::sync::SessionConfig;
 use blazedb::{Database, Patch, PeerDirection, RecordId, Seq, Value, WatchItem};
+use blazedb_net::limits::CHECKPOINT_INTERVAL_MS_DEFAULT;
 use blazedb_net::limits::DUPLEX_BUFFER_BYTES_DEFAULT;
-use blazedb_net::{run_session, DriverOptions};
+use blazedb_net::{run_session, spawn_checkpointer, DriverOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -786,6 +787,11 @@ impl Scenario for Initial {
         let rt = runtime()?;
         let ((ra, rb), sync) = timed(|| {
             rt.block_on(async {
+                let every = Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT);
+                let _checkpoints = (
+                    spawn_checkpointer(a.clone(), every),
+                    spawn_checkpointer(b.clone(), every),
+                );
                 let (x, y) = tokio::io::duplex(DUPLEX_BUFFER_BYTES_DEFAULT);
                 tokio::join!(
                     run_session(

@@ -29,11 +29,12 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{spawn_checkpointer, Checkpointer};
 use crate::driver::{run_session, DriverOptions, SessionReport};
 use crate::head_watch::HeadWatch;
 use crate::limits::{
-    ACCEPT_ERROR_PAUSE_MS, LINGER_MS_DEFAULT, LISTEN_CONNECTIONS_MAX_DEFAULT,
-    LISTEN_EVENTS_CAPACITY, TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
+    ACCEPT_ERROR_PAUSE_MS, CHECKPOINT_INTERVAL_MS_DEFAULT, LINGER_MS_DEFAULT,
+    LISTEN_CONNECTIONS_MAX_DEFAULT, LISTEN_EVENTS_CAPACITY, TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
 };
 use crate::transport::{BoxedStream, TlsServerOptions, TokenAuth, TransportError};
 
@@ -116,6 +117,8 @@ pub struct Listener {
     events: broadcast::Sender<ListenEvent>,
     active: Arc<AtomicUsize>,
     task: Option<JoinHandle<()>>,
+    /// Checkpoints the WAL off the sessions' commits while the listener lives.
+    _checkpoints: Checkpointer,
 }
 
 impl Listener {
@@ -208,6 +211,10 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
     let (events, _) = broadcast::channel(LISTEN_EVENTS_CAPACITY);
     let stop = CancellationToken::new();
     let active = Arc::new(AtomicUsize::new(0));
+    let checkpoints = spawn_checkpointer(
+        db.clone(),
+        Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
+    );
     let heads = cfg
         .watch_other_processes
         .then(|| HeadWatch::spawn(db.clone()));
@@ -239,6 +246,7 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
         events,
         active,
         task: Some(task),
+        _checkpoints: checkpoints,
     })
 }
 

@@ -58,6 +58,11 @@ impl RecordState {
         &self.cells
     }
 
+    /// The cells, sorted by key, by value.
+    pub fn into_cells(self) -> Vec<Cell> {
+        self.cells
+    }
+
     /// True when no cell was ever stored.
     pub fn is_empty(&self) -> bool {
         self.cells.is_empty()
@@ -119,25 +124,31 @@ impl RecordState {
     /// Merge one cell. Idempotent (merging a stored cell again is `Ignored`), and the final
     /// state does not depend on the order in which cells arrive.
     pub fn merge(&mut self, incoming: Cell) -> MergeOutcome {
+        self.merge_at(incoming).0
+    }
+
+    /// [`RecordState::merge`], also returning where the incoming cell now is in
+    /// [`RecordState::cells`] when it was applied (so callers need not keep a copy of it).
+    pub(crate) fn merge_at(&mut self, incoming: Cell) -> (MergeOutcome, Option<usize>) {
         // Cells older than a reset (record delete/insert, or a plain write of their field)
         // are dead on arrival.
         if incoming.key != CellKey::Record
             && self.reset_point().is_some_and(|r| incoming.version < r)
         {
-            return MergeOutcome::Ignored;
+            return (MergeOutcome::Ignored, None);
         }
         if let CellKey::Counter(f, _) | CellKey::Element(f, _) = &incoming.key {
             if self
                 .cell(&CellKey::Field(f.clone()))
                 .is_some_and(|reg| incoming.version < reg.version)
             {
-                return MergeOutcome::Ignored;
+                return (MergeOutcome::Ignored, None);
             }
         }
 
         let unseen = |v: Version, prev: Option<Version>| prev.is_none_or(|p| v > p);
         let mut overwritten = Vec::new();
-        match self.cells.binary_search_by(|c| c.key.cmp(&incoming.key)) {
+        let mut at = match self.cells.binary_search_by(|c| c.key.cmp(&incoming.key)) {
             Ok(i) => {
                 let existing = &self.cells[i];
                 let wins = incoming.version > existing.version
@@ -147,47 +158,58 @@ impl RecordState {
                         && incoming.value == CellValue::Present
                         && existing.value == CellValue::Absent);
                 if !wins {
-                    return MergeOutcome::Ignored;
+                    return (MergeOutcome::Ignored, None);
                 }
                 let concurrent = matches!(incoming.key, CellKey::Record | CellKey::Field(_))
                     && unseen(existing.version, incoming.prev);
-                let old = std::mem::replace(&mut self.cells[i], incoming.clone());
+                let old = std::mem::replace(&mut self.cells[i], incoming);
                 overwritten.push(Overwritten {
                     cell: old,
                     concurrent,
                 });
+                i
             }
-            Err(i) => self.cells.insert(i, incoming.clone()),
-        }
-
-        // Apply the reset that a record or plain-field write implies.
-        type DropRule<'a> = Box<dyn Fn(&Cell) -> bool + 'a>;
-        let drop_if: Option<DropRule<'_>> = match &incoming.key {
-            CellKey::Record => Some(Box::new(|c: &Cell| {
-                c.key != CellKey::Record && c.version < incoming.version
-            })),
-            CellKey::Field(f) => Some(Box::new(move |c: &Cell| {
-                matches!(&c.key, CellKey::Counter(g, _) | CellKey::Element(g, _) if g == f)
-                    && c.version < incoming.version
-            })),
-            _ => None,
+            Err(i) => {
+                self.cells.insert(i, incoming);
+                i
+            }
         };
-        if let Some(drop_if) = drop_if {
+
+        // Apply the reset that a record or plain-field write implies: drop older cells of the
+        // record (a record write) or of the field's counter and set elements (a field write).
+        // The incoming cell itself never matches.
+        fn drops(c: &Cell, key: &CellKey, version: Version) -> bool {
+            match key {
+                CellKey::Record => c.key != CellKey::Record && c.version < version,
+                CellKey::Field(f) => {
+                    matches!(&c.key, CellKey::Counter(g, _) | CellKey::Element(g, _) if g == f)
+                        && c.version < version
+                }
+                _ => false,
+            }
+        }
+        let inc = &self.cells[at];
+        // Usually nothing is dropped: check before paying for a copy of the key.
+        if self.cells.iter().any(|c| drops(c, &inc.key, inc.version)) {
+            let (key, version, prev) = (inc.key.clone(), inc.version, inc.prev);
             let mut kept = Vec::with_capacity(self.cells.len());
             for c in std::mem::take(&mut self.cells) {
-                if drop_if(&c) {
-                    let concurrent = unseen(c.version, incoming.prev);
+                if drops(&c, &key, version) {
+                    let concurrent = unseen(c.version, prev);
                     overwritten.push(Overwritten {
                         cell: c,
                         concurrent,
                     });
                 } else {
+                    if c.key == key {
+                        at = kept.len();
+                    }
                     kept.push(c);
                 }
             }
             self.cells = kept;
         }
-        MergeOutcome::Applied { overwritten }
+        (MergeOutcome::Applied { overwritten }, Some(at))
     }
 
     /// Whether every cell is a record or plain-field cell (no counters or sets): the common

@@ -98,9 +98,13 @@ fn changes_since_in(
     // Rows only up to the head of this snapshot: `next` must never move past a commit the
     // scan did not see, or that commit would never be sent.
     let head = inner.clock_row()?.0;
+    // Each feed row comes with its record's body in one statement. A record with cells at
+    // several seqs is decoded once: its cells are moved out as their seq comes up, and the
+    // rest wait in `leftovers`.
     let mut stmt = inner.conn.prepare_cached(
-        "SELECT seq, coll, id, src FROM feed WHERE seq > ?1 AND seq <= ?2 \
-         ORDER BY seq, coll, id",
+        "SELECT f.seq, f.coll, f.id, f.src, r.seq, r.body FROM feed f \
+         LEFT JOIN records r ON r.coll = f.coll AND r.id = f.id \
+         WHERE f.seq > ?1 AND f.seq <= ?2 ORDER BY f.seq, f.coll, f.id",
     )?;
     let mut rows = stmt.query([since.0 as i64, head.0 as i64])?;
     let mut batch = ChangeBatch {
@@ -110,7 +114,7 @@ fn changes_since_in(
         needs_through: since,
     };
     let mut cells = 0usize;
-    let mut bodies: HashMap<(i64, Vec<u8>), crate::crdt::RecordState> = HashMap::new();
+    let mut leftovers: HashMap<(i64, [u8; 16]), Vec<Cell>> = HashMap::new();
     while let Some(row) = rows.next()? {
         let seq = Seq(row.get::<_, i64>(0)? as u64);
         if seq != batch.next {
@@ -132,28 +136,34 @@ fn changes_since_in(
             }
         }
         batch.next = seq;
-        let (coll, id, src): (i64, Vec<u8>, i64) = (row.get(1)?, row.get(2)?, row.get(3)?);
+        let (coll, src): (i64, i64) = (row.get(1)?, row.get(3)?);
         if exclude.is_some_and(|e| e == src) {
             continue;
         }
-        let key = (coll, id.clone());
-        if !bodies.contains_key(&key) {
-            let (rseq, bytes): (u64, Vec<u8>) = inner
-                .conn
-                .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?
-                .query_row(params![coll, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            bodies.insert(
-                key.clone(),
-                body::decode(&bytes, Seq(rseq), &inner.nodes, &inner.fields)?,
-            );
+        let id: [u8; 16] = row
+            .get_ref(2)?
+            .as_blob()
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into()))
+            })?;
+        let all = match leftovers.remove(&(coll, id)) {
+            Some(cells) => cells,
+            None => {
+                let Some(rseq) = row.get::<_, Option<i64>>(4)? else {
+                    return Err(Error::Corrupted(crate::codec::DecodeError::Malformed(
+                        format!("feed row {seq} names a record that is not stored"),
+                    )));
+                };
+                let bytes = row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?;
+                body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?.into_cells()
+            }
+        };
+        let (selected, rest): (Vec<Cell>, Vec<Cell>) = all.into_iter().partition(|c| c.seq == seq);
+        if !rest.is_empty() {
+            leftovers.insert((coll, id), rest);
         }
-        let state = &bodies[&key];
-        let selected: Vec<Cell> = state
-            .cells()
-            .iter()
-            .filter(|c| c.seq == seq)
-            .cloned()
-            .collect();
         if selected.is_empty() {
             continue;
         }
@@ -162,9 +172,6 @@ fn changes_since_in(
             Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
                 "unknown collection {coll}"
             )))
-        })?;
-        let id: [u8; 16] = id.try_into().map_err(|_| {
-            Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into()))
         })?;
         batch.changes.push(Change {
             seq,
@@ -319,6 +326,18 @@ impl Database {
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
+        self.apply_changes_owned(from, changes.to_vec(), cursor, access)
+    }
+
+    /// [`Database::apply_changes_checked`] taking the changes by value: their cells move into
+    /// the records instead of being copied (the sync session owns what it received).
+    pub fn apply_changes_owned(
+        &self,
+        from: NodeId,
+        mut changes: Vec<Change>,
+        cursor: Option<Seq>,
+        access: Option<&dyn crate::sync::AccessControl>,
+    ) -> Result<ApplyOutcome> {
         let now = self.now_ms();
         let inner = self.lock()?;
         // Check clocks before touching anything: a timestamp from the far future is refused,
@@ -329,7 +348,7 @@ impl Database {
                 .check(c.version.hlc, now)
                 .map_err(ApplyError::from)?;
         }
-        for ch in changes {
+        for ch in &changes {
             validate_collection_name(&ch.collection)
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;
             for c in &ch.cells {
@@ -352,7 +371,8 @@ impl Database {
                 while end < changes.len() && changes[end].seq == changes[start].seq {
                     end += 1;
                 }
-                let group_changes = &changes[start..end];
+                let range = start..end;
+                let group_changes = &changes[range.clone()];
                 start = end;
                 if group.is_some() && tx.seq_used {
                     tx.seq = Seq(tx.seq.0 + 1);
@@ -379,15 +399,14 @@ impl Database {
                         continue;
                     }
                 }
-                for ch in group_changes {
+                for ch in &mut changes[range] {
                     let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
                     tx.records[i].src = src;
-                    for c in &ch.cells {
+                    for mut c in std::mem::take(&mut ch.cells) {
                         tx.inner
                             .clock
                             .observe(c.version.hlc, tx.now_ms)
                             .map_err(ApplyError::from)?;
-                        let mut c = c.clone();
                         c.seq = tx.seq;
                         if tx.merge(i, c) {
                             tx.seq_used = true;
@@ -404,11 +423,13 @@ impl Database {
                 Seq(tx.seq.0 - 1)
             };
             for s in first_seq.0..last.0 {
-                tx.inner.conn.execute(
-                    "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
-                     ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
-                    params![s as i64, last.0 as i64],
-                )?;
+                tx.inner
+                    .conn
+                    .prepare_cached(
+                        "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
+                         ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
+                    )?
+                    .execute(params![s as i64, last.0 as i64])?;
             }
             if let Some(c) = cursor {
                 tx.inner

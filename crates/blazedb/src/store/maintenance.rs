@@ -47,6 +47,15 @@ pub struct Stats {
     pub encrypted: bool,
 }
 
+/// What one [`Database::checkpoint`] did, in WAL frames (pages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Frames in the WAL.
+    pub wal_frames: u64,
+    /// Frames copied into the database file (all of them once no reader holds older ones).
+    pub checkpointed_frames: u64,
+}
+
 /// Result of [`Database::integrity_check`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct IntegrityReport {
@@ -111,6 +120,29 @@ impl Database {
         s.history_bytes = table_bytes(&inner, &["history", "history_by_record"]);
         s.index_bytes = table_bytes(&inner, &["index_entries"]);
         Ok(s)
+    }
+
+    /// Copy committed pages from the WAL into the database file without waiting for readers
+    /// or writers (SQLite's PASSIVE checkpoint), so the WAL can be reused from the start.
+    ///
+    /// Commits no longer checkpoint themselves until the WAL holds
+    /// [`WAL_AUTOCHECKPOINT_PAGES`](crate::limits::WAL_AUTOCHECKPOINT_PAGES): an application
+    /// that writes steadily calls this every second or so from outside its write path (the
+    /// tokio layer's `spawn_checkpointer` does), so no commit waits for a checkpoint's fsync.
+    /// It holds this handle's lock while it runs.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let inner = self.lock()?;
+        let (wal, done): (i64, i64) =
+            inner
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(1)?, r.get(2)?))
+                })?;
+        // -1 means the file is not in WAL mode; nothing to do then.
+        Ok(Checkpoint {
+            wal_frames: wal.max(0) as u64,
+            checkpointed_frames: done.max(0) as u64,
+        })
     }
 
     /// Rebuild the file to reclaim free pages.

@@ -24,7 +24,7 @@ use rusqlite::Connection;
 
 pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
 pub use history::{HistoryEntry, HistoryRetention};
-pub use maintenance::{CollectionStats, IntegrityReport, Stats};
+pub use maintenance::{Checkpoint, CollectionStats, IntegrityReport, Stats};
 pub use read::{OrderBy, Query, Record};
 pub use write::{FieldOp, Patch, Tx};
 

@@ -8,6 +8,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::schema;
 use crate::error::OpenError;
+use crate::limits::WAL_AUTOCHECKPOINT_PAGES;
 use crate::NodeId;
 
 /// The first 16 bytes of every plain SQLite file.
@@ -146,6 +147,11 @@ pub(crate) fn open(
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(err)?;
     conn.pragma_update(None, "cache_size", -32_000)
+        .map_err(err)?;
+    // SQLite's default (1,000 pages) checkpoints inside every ~140th small commit, which then
+    // waits for an fsync: that was the commit latency tail. Checkpoints run from
+    // `Database::checkpoint` instead; this is only the backstop.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(64);
 

@@ -620,10 +620,18 @@ impl<'a> Tx<'a> {
     /// Merge one cell into a pending record, recording history and conflicts.
     pub(crate) fn merge(&mut self, i: usize, cell: Cell) -> bool {
         let p = &mut self.records[i];
-        match p.state.merge(cell.clone()) {
+        // The cell moves into the record; copies are made only for history and conflicts.
+        let (outcome, at) = p.state.merge_at(cell);
+        match outcome {
             MergeOutcome::Ignored => false,
             MergeOutcome::Applied { overwritten } => {
                 p.changed = true;
+                p.cells_changed += 1;
+                if overwritten.is_empty() {
+                    // A creation needs no history row (see `write_record`).
+                    return true;
+                }
+                let cell = &p.state.cells()[at.expect("an applied cell is stored")];
                 let mut replaced = None;
                 for o in overwritten {
                     if o.concurrent {
@@ -639,8 +647,6 @@ impl<'a> Tx<'a> {
                             .push((o.cell.key.clone(), Some(o.cell), None, cell.version));
                     }
                 }
-                p.cells_changed += 1;
-                // A creation needs no history row (see `write_record`), so skip the clone.
                 if replaced.is_some() {
                     p.history
                         .push((cell.key.clone(), replaced, Some(cell.clone()), cell.version));
@@ -710,6 +716,25 @@ impl<'a> Tx<'a> {
                 },
             });
         }
+        // A link outlives the cells of its commit: a commit whose cells were all overwritten
+        // still spread its effects (e.g. a counter's running total) into its overwriters,
+        // which must then travel together. Old links are pruned by GC once every peer is past
+        // them. One row per `s`, holding the largest `t`: many records of one transaction
+        // usually share their links, so each is written once.
+        let mut links: BTreeMap<Seq, Seq> = BTreeMap::new();
+        for (s, t) in records.iter().filter(|p| p.changed).flat_map(|p| &p.links) {
+            let e = links.entry(*s).or_insert(*t);
+            *e = (*e).max(*t);
+        }
+        for (s, t) in links {
+            inner
+                .conn
+                .prepare_cached(
+                    "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
+                     ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
+                )?
+                .execute(params![s.0, t.0])?;
+        }
         inner.set_clock_row(last_seq, inner.clock.last())?;
         inner.nodes.flush(&inner.conn)?;
         inner.fields.flush(&inner.conn)?;
@@ -744,12 +769,31 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     }
     let rev = p.before.as_ref().map_or(0, |b| b.1) + 1;
     let id = &p.id.0[..];
-    inner
-        .conn
-        .prepare_cached(
-            "INSERT OR REPLACE INTO records (coll, id, rev, seq, live, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![p.coll, id, rev, row_seq.0, p.state.is_live(), bytes])?;
+    // A stored record is updated in place (REPLACE would delete and insert the row).
+    let updated = p.before.is_some()
+        && inner
+            .conn
+            .prepare_cached(
+                "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6
+                 WHERE coll = ?1 AND id = ?2",
+            )?
+            .execute(params![
+                p.coll,
+                id,
+                rev,
+                row_seq.0,
+                p.state.is_live(),
+                bytes
+            ])?
+            == 1;
+    if !updated {
+        inner
+            .conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO records (coll, id, rev, seq, live, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![p.coll, id, rev, row_seq.0, p.state.is_live(), bytes])?;
+    }
 
     // The feed holds one row per (seq, record) that still has cells at that seq.
     let seqs = |s: &RecordState| -> Vec<Seq> {
@@ -760,18 +804,6 @@ fn write_record(inner: &mut Inner, p: &Pending, now_ms: u64) -> Result<()> {
     };
     let old = p.before.as_ref().map(|b| seqs(&b.0)).unwrap_or_default();
     let new = seqs(&p.state);
-    // A link outlives the cells of its commit: a commit whose cells were all overwritten
-    // still spread its effects (e.g. a counter's running total) into its overwriters, which
-    // must then travel together. Old links are pruned by GC once every peer is past them.
-    for (s, t) in &p.links {
-        inner
-            .conn
-            .prepare_cached(
-                "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
-                 ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
-            )?
-            .execute(params![s.0, t.0])?;
-    }
     for s in new.iter().filter(|s| !old.contains(s)) {
         inner
             .conn

@@ -204,6 +204,10 @@ pub struct Session {
     staged: Vec<Change>,
     staged_cells: usize,
     received_through: Seq,
+    /// `received_through` as last stored. A CAUGHT_UP that only moves the position is
+    /// stored lazily (see `persist_received`); units store theirs with their data.
+    received_persisted: Seq,
+    received_persisted_ms: u64,
     peer_caught_up: Option<Seq>,
     // Liveness.
     last_recv_ms: u64,
@@ -248,6 +252,8 @@ impl Session {
             staged: Vec::new(),
             staged_cells: 0,
             received_through: Seq(0),
+            received_persisted: Seq(0),
+            received_persisted_ms: now_ms,
             peer_caught_up: None,
             last_recv_ms: now_ms,
             last_send_ms: now_ms,
@@ -496,11 +502,13 @@ impl Session {
                 self.peer_caught_up = Some(seq);
                 if self.staged.is_empty() && seq > self.received_through {
                     // Everything between was skipped by the sender (it came from us):
-                    // remember the position so a reconnect does not rescan it.
-                    let peer = self.peer.as_ref().map(|p| p.node).expect("open");
-                    db.apply_changes(peer, &[], Some(seq))
-                        .map_err(|e| self.internal(e, now_ms))?;
+                    // remember the position so a reconnect does not rescan it. Not a write
+                    // per CAUGHT_UP: stored at most every ACK_PERSIST_INTERVAL_MS, with the
+                    // next unit, or on close. Storing it late is safe: what a reconnect
+                    // receives again is skipped or applied idempotently.
                     self.received_through = seq;
+                    self.persist_received(now_ms, db, false)
+                        .map_err(|e| self.internal(e, now_ms))?;
                 }
                 Ok(())
             }
@@ -561,6 +569,7 @@ impl Session {
                 from = Seq(0);
             }
             self.received_through = from;
+            self.received_persisted = from;
             self.subscribed = true;
             self.send(&Message::Subscribe { from }, now_ms);
         }
@@ -572,11 +581,14 @@ impl Session {
         let changes = std::mem::take(&mut self.staged);
         self.staged_cells = 0;
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
-        match db.apply_changes_checked(peer, &changes, Some(end), self.cfg.access.as_deref()) {
+        match db.apply_changes_owned(peer, changes, Some(end), self.cfg.access.as_deref()) {
             Ok(outcome) => {
                 let n = outcome.applied;
                 self.stats.cells_applied += n as u64;
                 self.received_through = end;
+                // The cursor was stored with the unit.
+                self.received_persisted = end;
+                self.received_persisted_ms = now_ms;
                 if !outcome.rejected.is_empty() {
                     self.stats.changes_refused += outcome.rejected.len() as u64;
                     let rejections = outcome.rejected.clone();
@@ -736,6 +748,7 @@ impl Session {
             );
         }
         self.persist_acked(now_ms, db, false);
+        let _ = self.persist_received(now_ms, db, false);
     }
 
     /// When `handle_timeout` should next be called.
@@ -761,6 +774,7 @@ impl Session {
             return;
         }
         self.persist_acked(now_ms, db, true);
+        let _ = self.persist_received(now_ms, db, true);
         let _ = self.fail(code, message.to_owned(), now_ms);
     }
 
@@ -770,6 +784,7 @@ impl Session {
             return;
         }
         self.persist_acked(now_ms, db, true);
+        let _ = self.persist_received(now_ms, db, true);
         self.state = State::Closed;
         self.events.push_back(SessionEvent::Closed(SyncError {
             code: ErrorCode::Timeout,
@@ -791,6 +806,23 @@ impl Session {
             self.acked_persisted = self.acked;
             self.acked_persisted_ms = now_ms;
         }
+    }
+
+    /// Store `received_through` when it moved without a unit (CAUGHT_UP only), at most every
+    /// `ACK_PERSIST_INTERVAL_MS` unless `force`d.
+    fn persist_received(&mut self, now_ms: u64, db: &Database, force: bool) -> Result<(), Error> {
+        let Some(peer) = self.peer.as_ref().map(|p| p.node) else {
+            return Ok(());
+        };
+        if self.received_through > self.received_persisted
+            && (force
+                || now_ms.saturating_sub(self.received_persisted_ms) >= ACK_PERSIST_INTERVAL_MS)
+        {
+            db.set_peer_cursor(peer, PeerDirection::Received, self.received_through)?;
+            self.received_persisted = self.received_through;
+            self.received_persisted_ms = now_ms;
+        }
+        Ok(())
     }
 
     fn send(&mut self, m: &Message, now_ms: u64) {

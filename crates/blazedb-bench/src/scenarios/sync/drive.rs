@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use blazedb::sync::{Session, SessionConfig};
 use blazedb::{Database, RecordId, WatchItem};
+use blazedb_net::limits::CHECKPOINT_INTERVAL_MS_DEFAULT;
 use blazedb_net::limits::DUPLEX_BUFFER_BYTES_DEFAULT;
-use blazedb_net::{run_session, DriverOptions, NetError, SessionReport};
+use blazedb_net::{
+    run_session, spawn_checkpointer, Checkpointer, DriverOptions, NetError, SessionReport,
+};
 use serde_json::{json, Map};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Runtime;
@@ -113,6 +116,8 @@ type SessionTask = JoinHandle<Result<SessionReport, NetError>>;
 pub(super) struct Link {
     stop: CancellationToken,
     tasks: (SessionTask, SessionTask),
+    /// WAL checkpoints off the commit path, as a syncing application runs them.
+    _checkpoints: (Checkpointer, Checkpointer),
 }
 
 impl Link {
@@ -127,7 +132,17 @@ impl Link {
             rt.spawn(run_session(a.clone(), x, SessionConfig::default(), opts())),
             rt.spawn(run_session(b.clone(), y, SessionConfig::default(), opts())),
         );
-        Link { stop, tasks }
+        let every = Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT);
+        let _runtime = rt.enter();
+        let checkpoints = (
+            spawn_checkpointer(a.clone(), every),
+            spawn_checkpointer(b.clone(), every),
+        );
+        Link {
+            stop,
+            tasks,
+            _checkpoints: checkpoints,
+        }
     }
 
     /// End both sessions politely and return their reports.
