@@ -378,22 +378,7 @@ impl<'a> Tx<'a> {
         if let Some(i) = self.pending.get(&(coll, id)) {
             return Ok(*i);
         }
-        self.records.push(Pending {
-            coll,
-            collection: collection.to_owned(),
-            id,
-            before: None,
-            state: RecordState::new(),
-            changed: false,
-            history: Vec::new(),
-            conflicts: Vec::new(),
-            src: 0,
-            links: Vec::new(),
-            cells_changed: 0,
-        });
-        let i = self.records.len() - 1;
-        self.pending.insert((coll, id), i);
-        Ok(i)
+        Ok(self.track(coll, collection, id, None))
     }
 
     /// Find or load a record into the transaction. With `create`, a missing record (and
@@ -431,6 +416,17 @@ impl<'a> Tx<'a> {
             None if !create => return Ok(None),
             None => None,
         };
+        Ok(Some(self.track(coll, collection, id, before)))
+    }
+
+    /// Start tracking a record in this transaction, as stored before it (`None`: no row).
+    fn track(
+        &mut self,
+        coll: i64,
+        collection: &str,
+        id: RecordId,
+        before: Option<(RecordState, u64)>,
+    ) -> usize {
         let state = before.as_ref().map(|b| b.0.clone()).unwrap_or_default();
         self.records.push(Pending {
             coll,
@@ -447,7 +443,7 @@ impl<'a> Tx<'a> {
         });
         let i = self.records.len() - 1;
         self.pending.insert((coll, id), i);
-        Ok(Some(i))
+        i
     }
 
     fn next_version(&mut self) -> Result<Version> {
