@@ -59,6 +59,65 @@ fn discover_prints_an_advertised_listener() {
 }
 
 #[test]
+fn listen_advertise_is_found_by_discover() {
+    if !run_here_or_in_private_netns("listen_advertise_is_found_by_discover") {
+        return;
+    }
+    if std::env::var_os(IN_NETNS).is_none() {
+        // `listen --advertise` announces on every interface on the standard port: only do
+        // that inside a private namespace.
+        println!("skipped: no private network namespace");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let mut listener = Command::new(BIN)
+        .args([
+            "listen",
+            db.to_str().unwrap(),
+            "--tcp",
+            "127.0.0.1:0",
+            "--advertise",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(listener.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = serde_json::from_str::<Json>(&line).unwrap()["listening"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = Command::new(BIN)
+        .args(["discover", "--timeout-ms", "2500", "--interface", "lo"])
+        .output()
+        .unwrap();
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let urls: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Json>(l).unwrap()["url"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(urls, vec![url], "{stdout}");
+}
+
+#[test]
 fn discover_rejects_a_zero_timeout() {
     let out = Command::new(BIN)
         .args(["discover", "--timeout-ms", "0"])

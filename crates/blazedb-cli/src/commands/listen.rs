@@ -46,6 +46,10 @@ pub struct ListenArgs {
     /// receive).
     #[arg(long, default_value = "both")]
     pub mode: SyncMode,
+    /// Announce the TCP/TLS address on the LAN over mDNS (`_blazedb._tcp`), so that
+    /// `blazedb discover` finds it. Off by default: it sends multicast on every interface.
+    #[arg(long, requires = "tcp")]
+    pub advertise: bool,
     /// Liveness settings.
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
@@ -54,6 +58,7 @@ pub struct ListenArgs {
 /// Serve until interrupted.
 pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
     let db = Arc::new(ctx.open(&args.db, Access::CreateIfMissing)?);
+    let node = db.node_id();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsServerOptions {
             cert_pem: cert.clone(),
@@ -83,7 +88,25 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let tls_on = cfg.tls.is_some();
         let listener = listen(db, cfg).await?;
+        // Kept alive while we accept; dropping it withdraws the announcement.
+        let _advertisement = match (args.advertise, listener.tcp_addr()) {
+            (true, Some(addr)) => {
+                match blazedb_net::discovery::advertise_listener(node, addr, tls_on) {
+                    Ok(ad) => Some(ad),
+                    Err(e) => {
+                        // Not fatal: peers can still connect by address.
+                        eprintln!(
+                            "{}",
+                            json!({ "event": "not_advertised", "error": e.to_string() })
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut out = Output::stdout();
         for url in listener.urls() {
             out.json(&json!({ "listening": url }))?;
