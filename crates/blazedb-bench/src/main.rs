@@ -6,11 +6,13 @@
 //! cargo run -p blazedb-bench --release -- --json            # full run, ~1 min on 2 cores
 //! cargo run -p blazedb-bench --release -- --quick           # smoke test, a few seconds
 //! cargo run -p blazedb-bench --release -- --only read_point,query --records 50000
+//! cargo run -p blazedb-bench --release -- soak --minutes 3 --out target/soak  # see SOAK.md
 //! ```
 //!
 //! ```text
 //! main ── scenarios::registry() ─┬─ store::{InsertBatch, Metadata, ReadPoint, ...}
-//!              │                  └─ sync::{Wire, Incremental, Latency, Throughput, Initial}
+//!              │                  ├─ sync::{Wire, Incremental, Latency, Throughput, Initial}
+//!              │                  └─ net::{Fanout, Latency1000, Idle10k, P2pTcp, PeerYjs}
 //!              │                        │ BlazeDB public API    │ floor (raw rusqlite, JSON)
 //!              └── report::Report ◄─────┴── Outcome {blazedb, floor, ratio, target}
 //! ```
@@ -22,6 +24,7 @@
 mod floor;
 mod report;
 mod scenarios;
+mod soak;
 mod stats;
 mod workload;
 
@@ -37,7 +40,11 @@ use scenarios::{Config, Ctx, Sizes};
 
 /// BlazeDB benchmark harness: every figure beside raw SQLite doing the same work.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "Soak test (minutes; three nodes through a relay under churn, checks that \
+                  storage and memory plateau): blazedb-bench soak --help"
+)]
 struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -70,6 +77,22 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // `soak` is a separate command with its own flags, not a scenario: it runs for minutes
+    // and starts the release CLI's relay and sync processes.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "soak") {
+        let args = soak::SoakArgs::parse_from(std::env::args_os().skip(1));
+        return match soak::run(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("blazedb-bench soak: failed (see the JSON lines above)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("blazedb-bench soak: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

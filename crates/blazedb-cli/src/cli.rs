@@ -63,11 +63,19 @@ pub enum Command {
     Check(maintenance::DbArgs),
     /// Print unresolved conflicts, one JSON object per line.
     Conflicts(conflicts::ConflictsArgs),
+    /// Seed a device offline: export a snapshot file, or import one.
+    #[command(subcommand)]
+    Snapshot(crate::commands::snapshot::SnapshotCommand),
     /// Sync a database with another file or a network peer (tcp://, tls://, unix://, ws://,
     /// wss://): once, or continuously.
     Sync(sync::SyncArgs),
     /// Serve one database to peers over TCP (optionally TLS) or a Unix socket.
     Listen(listen::ListenArgs),
+    /// List the peers this database syncs with (cursors, last contact), one JSON line each;
+    /// --forget NODE drops one so GC can move on.
+    Peers(crate::commands::peers::PeersArgs),
+    /// Remove tombstones and other sync metadata every peer has seen; prints what it did.
+    Gc(crate::commands::peers::GcArgs),
     /// Change the password to BLAZEDB_NEW_PASSWORD or --new-password-file (neither: decrypt).
     Rekey(maintenance::RekeyArgs),
     /// List BlazeDB peers announced on the LAN (mDNS), one JSON line each.

@@ -58,7 +58,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blazedb::sync::{ErrorCode, Session, SessionConfig, SessionEvent, SessionStats, SyncError};
+use blazedb::sync::{
+    ErrorCode, Session, SessionConfig, SessionEvent, SessionStats, SyncError, SyncPolicy,
+};
 use blazedb::{Database, NodeId, Seq};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{watch, Notify};
@@ -92,6 +94,10 @@ pub struct DriverOptions {
     pub read_buffer_bytes: usize,
     /// Output bytes that may wait to be written before the session is asked for more.
     pub write_buffer_bytes_max: usize,
+    /// Change what this side receives while the session runs (selective sync): send a new
+    /// policy on the channel and the session re-subscribes with it (see
+    /// `Session::set_policy`). An invalid policy ends the session with `InvalidPolicy`.
+    pub policy: Option<watch::Receiver<SyncPolicy>>,
 }
 
 impl Default for DriverOptions {
@@ -104,6 +110,7 @@ impl Default for DriverOptions {
             linger_ms: LINGER_MS_DEFAULT,
             read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
             write_buffer_bytes_max: WRITE_BUFFER_BYTES_MAX_DEFAULT,
+            policy: None,
         }
     }
 }
@@ -295,6 +302,7 @@ enum Wake {
     Wrote(io::Result<WriteOutcome>),
     Commit,
     Shutdown,
+    Policy(bool),
     Timer,
     LingerExpired,
 }
@@ -355,6 +363,7 @@ impl Driver {
         let mut needs_flush = false;
         let mut linger_until: Option<Instant> = None;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut policy_rx = self.opts.policy.take();
         loop {
             if write_open {
                 self.fill_output().await;
@@ -404,6 +413,8 @@ impl Driver {
                 r = write_step(&mut wr, pending), if can_write => Wake::Wrote(r),
                 _ = notify.notified(), if running => Wake::Commit,
                 _ = self.opts.shutdown.cancelled(), if running => Wake::Shutdown,
+                r = async { policy_rx.as_mut().expect("checked").changed().await },
+                    if running && policy_rx.is_some() => Wake::Policy(r.is_ok()),
                 _ = sleep_until(timer.unwrap_or(far)), if timer.is_some() => Wake::Timer,
                 _ = sleep_until(linger_until.unwrap_or(far)), if !running => Wake::LingerExpired,
             };
@@ -453,6 +464,19 @@ impl Driver {
                     }
                 }
                 Wake::Commit | Wake::Shutdown => {}
+                Wake::Policy(false) => policy_rx = None,
+                Wake::Policy(true) => {
+                    let policy = policy_rx
+                        .as_mut()
+                        .expect("checked")
+                        .borrow_and_update()
+                        .clone();
+                    let now = self.now_ms();
+                    let db = self.db.clone();
+                    if let Err(m) = self.session_mut().set_policy(now, &db, policy) {
+                        self.close(ErrorCode::InvalidPolicy, &m);
+                    }
+                }
                 Wake::Timer => {
                     let now = self.now_ms();
                     let db = self.db.clone();

@@ -43,7 +43,8 @@ pub struct SyncFilesOptions {
     pub password_b: Option<String>,
     /// Create a file that does not exist yet (an empty replica that sync then fills).
     pub create_missing: bool,
-    /// Session settings for both ends (`mode` is set per end).
+    /// Session settings for both ends (`mode` is set per end; `policy` applies to what A
+    /// receives from B, making A a partial replica of B).
     pub session: SessionConfig,
 }
 
@@ -314,8 +315,10 @@ fn configs(opts: &SyncFilesOptions) -> (SessionConfig, SessionConfig) {
             mode: opts.mode,
             ..opts.session.clone()
         },
+        // The policy (selective sync) is what A receives: B still gets everything of A.
         SessionConfig {
             mode: complement(opts.mode),
+            policy: blazedb::sync::SyncPolicy::everything(),
             ..opts.session.clone()
         },
     )

@@ -12,7 +12,7 @@
 //! it: it learns the ids of deleted records there (never any field value), which is no more
 //! than it tried to write. Records it may not read are never sent, refused or not.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use blazedb::query::Params;
@@ -99,6 +99,26 @@ impl AccessControl for ConnectionAccess {
 
     fn can_read(&self, collection: &str, id: RecordId, fields: &BTreeMap<String, Value>) -> bool {
         self.rules.can_read(collection, id, fields, self.params())
+    }
+
+    fn read_fields(&self, collection: &str) -> Option<BTreeSet<String>> {
+        Some(self.rules.read_fields(collection))
+    }
+
+    fn params(&self) -> Params {
+        ConnectionAccess::params(self).clone()
+    }
+
+    /// The read rules and the caller's claims, minus the ones that change with every token
+    /// refresh (`exp`, `iat`, `nbf`, `jti`): a new token for the same caller keeps the view.
+    fn view(&self) -> String {
+        let mut claims = ConnectionAccess::params(self).clone();
+        if let Some(Value::Map(auth)) = claims.get_mut("auth") {
+            for k in ["exp", "iat", "nbf", "jti"] {
+                auth.remove(k);
+            }
+        }
+        format!("{}|{claims:?}", self.rules.read_rules_text())
     }
 
     fn can_write(

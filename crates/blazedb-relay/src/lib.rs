@@ -21,6 +21,7 @@
 //! - [`http`]: `/v1/sync`, `/v1/query`, `/health`, `/metrics`.
 //! - [`session`]: one client's sync session; [`guard`]: rate limit, HELLO deadline, the
 //!   relay's own ERROR frames.
+//! - [`gc`]: periodic garbage collection of the store (`--gc-interval`).
 //! - [`metrics`]: what `/metrics` exports; [`limits`]: every limit, named.
 //!
 //! ```no_run
@@ -48,6 +49,7 @@ pub mod access;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod guard;
 pub mod http;
 pub mod limits;

@@ -34,7 +34,7 @@
 //! parameter other than `$auth` is an error naming the file, the collection, the key and (for
 //! expressions) the column.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use blazedb::query::{parse, Expr, Node, Params};
@@ -181,6 +181,26 @@ impl Rules {
         Ok(Rules {
             collections: Some(collections),
         })
+    }
+
+    /// Top-level fields the read rule of a collection looks at (empty for constant rules and
+    /// without a rules file).
+    pub fn read_fields(&self, collection: &str) -> BTreeSet<String> {
+        match self.collection(collection).map(|r| &r.read) {
+            Some(Rule::Expr(e)) => e.fields(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    /// Every read rule as written, in collection order: part of a connection's view text.
+    pub fn read_rules_text(&self) -> String {
+        match &self.collections {
+            None => "no rules".to_owned(),
+            Some(c) => c
+                .iter()
+                .map(|(name, r)| format!("{name}:{};", r.read.source()))
+                .collect(),
+        }
     }
 
     /// Whether a rules file is in force.

@@ -49,6 +49,9 @@ pub struct Relay {
     unix: Option<(UnixListener, PathBuf)>,
     tls_http: Option<TlsAcceptor>,
     tls_tcp: Option<TlsAcceptor>,
+    /// How often [`Relay::run`] collects garbage (zero: never).
+    gc_interval: Duration,
+    gc: Arc<crate::gc::GcCounters>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -144,7 +147,20 @@ impl Relay {
             unix,
             tls_http,
             tls_tcp,
+            gc_interval: Duration::from_millis(crate::gc::GC_INTERVAL_MS_DEFAULT),
+            gc: Arc::default(),
         })
+    }
+
+    /// Collect garbage every `interval` while running (default
+    /// [`GC_INTERVAL_MS_DEFAULT`](crate::gc::GC_INTERVAL_MS_DEFAULT)); zero disables it.
+    pub fn set_gc_interval(&mut self, interval: Duration) {
+        self.gc_interval = interval;
+    }
+
+    /// Totals of the GC runs so far.
+    pub fn gc_counters(&self) -> Arc<crate::gc::GcCounters> {
+        self.gc.clone()
     }
 
     /// The HTTP/WebSocket address (with the real port when the configuration said 0).
@@ -177,6 +193,8 @@ impl Relay {
             unix,
             tls_http,
             tls_tcp,
+            gc_interval,
+            gc,
             ..
         } = self;
         // Commits from every session leave the WAL to this, off their path; it stops when
@@ -184,6 +202,13 @@ impl Relay {
         let _checkpoints = blazedb_net::spawn_checkpointer(
             state.db.clone(),
             Duration::from_millis(blazedb_net::limits::CHECKPOINT_INTERVAL_MS_DEFAULT),
+        );
+        // Tombstones and other metadata every client has seen; stops when `run` returns.
+        let _gc = crate::gc::spawn_gc(
+            state.db.clone(),
+            gc_interval,
+            blazedb::GcOptions::default(),
+            gc,
         );
         let st = state.clone();
         state.tasks.spawn(accept_http(st, http, tls_http));

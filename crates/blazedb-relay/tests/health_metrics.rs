@@ -103,7 +103,13 @@ async fn peer_lag_has_bounded_cardinality() {
     for _ in 0..n {
         let mut c = RawClient::connect(relay.addr).await;
         let node = c.hello().await;
-        c.send(&Message::Subscribe { from: Seq(0) }).await.unwrap();
+        c.send(&Message::Subscribe {
+            from: Seq(0),
+            policy: Default::default(),
+            snapshot: Default::default(),
+        })
+        .await
+        .unwrap();
         lagging.push((c, node));
     }
     assert_eq!(connected_clients(relay.addr, n as u64).await, n as u64);

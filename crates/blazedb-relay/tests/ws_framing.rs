@@ -48,7 +48,14 @@ async fn one_frame_per_binary_message() {
     ws.send(WsMessage::binary(hello[3..].to_vec()))
         .await
         .unwrap();
-    let subscribe = frame(&mut enc, &Message::Subscribe { from: Seq(0) });
+    let subscribe = frame(
+        &mut enc,
+        &Message::Subscribe {
+            from: Seq(0),
+            policy: Default::default(),
+            snapshot: Default::default(),
+        },
+    );
     ws.send(WsMessage::binary(subscribe)).await.unwrap();
 
     let mut dec = FrameDecoder::default();

@@ -53,5 +53,6 @@ pub use store::{
     HistoryRetention, OpenOptions, OrderBy, Patch, PeerDirection, PeerInfo, Query, Record, Stats,
     Tx,
 };
+pub use store::{EvictGuard, EvictOutcome, GcOptions, GcReport, SyncMetadata};
 pub use types::{Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};
 pub use watch::{Event, EventKind, Watch, WatchItem};

@@ -50,8 +50,19 @@ pub const IMPORT_BATCH_RECORDS: usize = 10_000;
 
 // ---- Protocol ----
 
-/// Protocol version spoken by this build (HELLO).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version spoken by this build (HELLO). Version 2 added selective sync (a policy in
+/// SUBSCRIBE, EVICT) and snapshots (SNAPSHOT_BEGIN / CHUNK / END).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Collections one sync policy may list.
+pub const POLICY_COLLECTIONS_MAX: usize = 1024;
+/// Fields one sync policy may exclude.
+pub const POLICY_FIELDS_MAX: usize = 1024;
+/// Longest sync filter expression.
+pub const POLICY_FILTER_BYTES_MAX: usize = 16 * 1024;
+/// Records per EVICT message.
+pub const EVICT_RECORDS_MAX: usize = 65_536;
+/// Cells per snapshot chunk the sender reads (a record is never split).
+pub const SNAPSHOT_CHUNK_CELLS: usize = 16_384;
 /// Largest frame body (type, flags, payload) on the wire, compressed or not.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Largest payload after decompression.
@@ -78,3 +89,31 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// Persist the acknowledged cursor at most this often (it is advisory; the receiver's own
 /// cursor decides where sync resumes).
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 1_000;
+
+// ---- Garbage collection ----
+
+/// A peer not heard from for this long (ms) no longer holds garbage collection back: GC
+/// reports it as expired and, once it returns, it must be re-bootstrapped by snapshot
+/// (30 days).
+pub const PEER_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
+
+// ---- Snapshots ----
+
+/// A snapshot page (one chunk) stops adding records once their stored bodies pass this many
+/// bytes (a record is never split), so a chunk stays well inside a frame.
+pub const SNAPSHOT_PAGE_BODY_BYTES_TARGET: usize = 2 * 1024 * 1024;
+/// Records one snapshot page examines at most (selected or not), so that one read
+/// transaction stays short even when the sender's selection skips most records.
+pub const SNAPSHOT_PAGE_RECORDS_SCANNED_MAX: usize = 100_000;
+/// Largest snapshot chunk, compressed, that a receiver stages or decodes.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest snapshot chunk after decompression: a chunk claiming more (a zstd bomb) is
+/// refused before anything is allocated for it.
+pub const SNAPSHOT_CHUNK_DECOMPRESSED_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Cells one snapshot chunk may hold when a receiver decodes it (a page holds at most
+/// `FEED_PAGE_CELLS_MAX`, or one record alone).
+pub const SNAPSHOT_CHUNK_CELLS_MAX: usize = TRANSACTION_CELLS_MAX;
+/// Chunks one snapshot may have (staged by a receiver, or in a snapshot file).
+pub const SNAPSHOT_CHUNKS_MAX: usize = 1_000_000;
+/// zstd level of snapshot chunks: fast to write, several times smaller than the raw cells.
+pub const SNAPSHOT_ZSTD_LEVEL: i32 = 3;

@@ -19,7 +19,7 @@ const WALL_MS: u64 = 1_700_000_000_000;
 
 fn hello(last_seq: u64) -> Message {
     Message::Hello(Hello {
-        version: 1,
+        version: blazedb::limits::PROTOCOL_VERSION,
         node: PEER,
         last_seq: Seq(last_seq),
         mode: SyncMode::Both,

@@ -36,6 +36,9 @@ const NAMES: &[&str] = &[
     "ping",
     "pong",
     "error",
+    "evict",
+    "snapshot-begin",
+    "snapshot-end",
     "changes-insert",
     "changes-update",
     "changes-cell-kinds",
@@ -194,7 +197,7 @@ fn hello_and_subscribe_are_frames_0_and_1_of_one_direction() {
     let v = vectors();
     let (hello, subscribe) = (bytes_of(&v, "hello"), bytes_of(&v, "subscribe"));
     let want_hello = Message::Hello(Hello {
-        version: 1,
+        version: 2,
         node: A,
         last_seq: Seq(42),
         mode: SyncMode::Both,
@@ -202,7 +205,15 @@ fn hello_and_subscribe_are_frames_0_and_1_of_one_direction() {
         caps: 1,
         token: "s3cret".into(),
     });
-    let want_sub = Message::Subscribe { from: Seq(17) };
+    let want_sub = Message::Subscribe {
+        from: Seq(17),
+        policy: blazedb::sync::SyncPolicy {
+            collections: Some(vec!["todos".into()]),
+            filter: Some("done == false".into()),
+            exclude_fields: vec!["blob".into()],
+        },
+        snapshot: blazedb::sync::SnapshotWish::No,
+    };
 
     let mut dec = FrameDecoder::default();
     let f = one_frame(&hello, &mut dec);
@@ -467,4 +478,47 @@ fn parser_reads_comments_and_refuses_unnamed_blocks() {
     assert_eq!(v["x"].stated_len, Some(2));
     let unnamed = std::panic::catch_unwind(|| parse_doc("```hex\n00\n```\n"));
     assert!(unnamed.is_err());
+}
+
+#[test]
+fn selective_sync_and_snapshot_messages_as_frame_0() {
+    let v = vectors();
+    let cases = [
+        (
+            "evict",
+            kind::EVICT,
+            Message::Evict {
+                records: vec![("todos".into(), R1)],
+            },
+        ),
+        (
+            "snapshot-begin",
+            kind::SNAPSHOT_BEGIN,
+            Message::SnapshotBegin {
+                snap_id: 0x0102_0304_0506_0708,
+                position: Seq(300),
+                first_index: 0,
+                subscription: 1,
+                replace: true,
+            },
+        ),
+        (
+            "snapshot-end",
+            kind::SNAPSHOT_END,
+            Message::SnapshotEnd { chunks: 3 },
+        ),
+    ];
+    for (name, k, want) in cases {
+        let bytes = bytes_of(&v, name);
+        let mut dec = FrameDecoder::default();
+        let f = one_frame(&bytes, &mut dec);
+        assert_eq!(f.kind, k, "{name}");
+        assert_eq!(decode_simple(f.kind, &f.payload).unwrap(), want, "{name}");
+        let (kk, p) = encode_simple(&want);
+        assert_eq!(
+            FrameEncoder::default().encode(kk, false, &p),
+            bytes,
+            "{name}"
+        );
+    }
 }

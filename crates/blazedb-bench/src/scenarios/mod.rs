@@ -8,7 +8,10 @@
 //! - [`store`]: the embedded store against raw SQLite.
 //! - [`sync`]: replication between two databases against raw SQLite plus an in-process
 //!   channel, and wire sizes against a JSON encoding of the same changes.
+//! - [`net`]: sync over real sockets (relay fan-out, 1,000 clients, idle sessions, TCP peer to
+//!   peer) against raw-socket floors, and a peer system (y-websocket) where installed.
 
+pub mod net;
 pub mod store;
 pub mod sync;
 
@@ -209,5 +212,6 @@ pub trait Scenario {
 pub fn registry() -> Vec<Box<dyn Scenario>> {
     let mut all = store::scenarios();
     all.extend(sync::scenarios());
+    all.extend(net::scenarios());
     all
 }

@@ -7,9 +7,11 @@ pub mod discover;
 pub mod history;
 pub mod listen;
 pub mod maintenance;
+pub mod peers;
 pub mod query;
 pub mod record;
 pub mod serve;
+pub mod snapshot;
 pub mod sync;
 pub mod transfer;
 
@@ -38,7 +40,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Index(args) => maintenance::run_index(&ctx, &args),
         Command::Check(args) => maintenance::run_check(&ctx, &args),
         Command::Conflicts(args) => conflicts::run(&ctx, &args),
+        Command::Peers(args) => peers::run_peers(&ctx, &args),
+        Command::Gc(args) => peers::run_gc(&ctx, &args),
         Command::Rekey(args) => maintenance::run_rekey(&ctx, &args),
+        Command::Snapshot(command) => snapshot::run(&ctx, &command),
         Command::Sync(args) => sync::run(&args),
         Command::Listen(args) => listen::run(&ctx, &args),
         Command::Discover(args) => discover::run(&args),

@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// reads and writes what the rules allow.
     #[arg(long)]
     pub danger_allow_anonymous: bool,
+    /// Collect tombstones and other sync metadata every client has seen this often (a number
+    /// with a unit: ms, s, m, h or d); 0 disables it.
+    #[arg(long, value_name = "DURATION", default_value = "10m",
+          value_parser = crate::commands::peers::parse_duration_ms)]
+    pub gc_interval: u64,
 }
 
 /// Start the relay and serve until interrupted.
@@ -120,7 +125,8 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let relay = Relay::bind(config).await?;
+        let mut relay = Relay::bind(config).await?;
+        relay.set_gc_interval(std::time::Duration::from_millis(args.gc_interval));
         let (http, ws) = if relay.is_tls() {
             ("https", "wss")
         } else {

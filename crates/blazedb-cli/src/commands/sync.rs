@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use blazedb::limits::{IDLE_TIMEOUT_MS_DEFAULT, PING_INTERVAL_MS_DEFAULT};
-use blazedb::sync::{SessionConfig, SyncMode};
+use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
 use blazedb::{Database, OpenOptions};
 use blazedb_net::reconnect::ClientEvent;
 use blazedb_net::transport::{ConnectOptions, TlsClientOptions};
@@ -26,7 +26,8 @@ use serde_json::json;
 use crate::output::Output;
 use crate::password::{resolve, PASSWORD_ENV};
 
-/// `sync DB_A (DB_B | URL) [--once | --watch] [--mode both|push|pull] [--token T]`.
+/// `sync DB_A (DB_B | URL) [--once | --watch] [--mode both|push|pull] [--token T]
+/// [--collections a,b] [--where EXPR] [--exclude-fields f,g]`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// The first database file (created if missing).
@@ -71,6 +72,39 @@ pub struct SyncArgs {
     /// Liveness settings (network peers).
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
+    /// Selective sync: what DB_A receives.
+    #[command(flatten)]
+    pub selective: SelectiveArgs,
+}
+
+/// Selective sync: make DB_A a partial replica of the peer.
+#[derive(Debug, Args, Default)]
+pub struct SelectiveArgs {
+    /// Receive only these collections (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub collections: Option<Vec<String>>,
+    /// Receive only records matching this expression (the query language; through a relay
+    /// it may use `$auth.*` claims).
+    #[arg(long = "where", value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// Never receive these fields (comma-separated), e.g. large attachments.
+    #[arg(long, value_delimiter = ',', value_name = "F,G")]
+    pub exclude_fields: Vec<String>,
+}
+
+impl SelectiveArgs {
+    /// The policy, checked (a bad expression is reported with its position).
+    pub fn policy(&self) -> Result<SyncPolicy> {
+        let p = SyncPolicy {
+            collections: self.collections.clone(),
+            filter: self.filter.clone(),
+            exclude_fields: self.exclude_fields.clone(),
+        };
+        if let Err(m) = p.compile() {
+            bail!("{m}");
+        }
+        Ok(p)
+    }
 }
 
 /// How a network session notices a dead peer.
@@ -108,6 +142,10 @@ pub fn run(args: &SyncArgs) -> Result<()> {
         mode: args.mode,
         password_a: resolve(args.password_file_a.as_deref(), PASSWORD_ENV)?,
         password_b: resolve(args.password_file_b.as_deref(), PASSWORD_ENV)?,
+        session: SessionConfig {
+            policy: args.selective.policy()?,
+            ..SessionConfig::default()
+        },
         ..SyncFilesOptions::default()
     };
     let report = runtime.block_on(async {
@@ -150,6 +188,7 @@ async fn run_network(args: &SyncArgs, endpoint: Endpoint) -> Result<()> {
             token: args.token.clone().unwrap_or_default(),
             ping_interval_ms: args.heartbeat.ping_interval_ms,
             idle_timeout_ms: args.heartbeat.idle_timeout_ms,
+            policy: args.selective.policy()?,
             ..SessionConfig::default()
         },
         // Writers in other processes on DB_A reach the peer too.

@@ -54,7 +54,7 @@ mod tests {
 
     fn hello(token: &str) -> Hello {
         Hello {
-            version: 1,
+            version: blazedb::limits::PROTOCOL_VERSION,
             node: blazedb::NodeId::random(),
             last_seq: blazedb::Seq(0),
             mode: SyncMode::Both,

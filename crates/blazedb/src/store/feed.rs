@@ -190,6 +190,11 @@ fn changes_since_in(
     Ok(batch)
 }
 
+/// The `meta` key of a per-peer note; `forget_peer` removes `peer:<node>:*`.
+pub(crate) fn peer_note_key(peer: NodeId, name: &str) -> String {
+    format!("peer:{peer}:{name}")
+}
+
 /// Which way a peer cursor points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerDirection {
@@ -511,6 +516,39 @@ impl Database {
         let now = self.now_ms();
         let inner = self.lock()?;
         inner.set_peer_cursor(peer, direction, cursor, now)
+    }
+
+    /// A small per-peer note kept with the sync state (e.g. the view a sender last served the
+    /// peer, or the policy a receiver subscribed with). Stored in `meta` as
+    /// `peer:<node>:<name>`.
+    pub fn peer_note(&self, peer: NodeId, name: &str) -> Result<Option<String>> {
+        let inner = self.lock()?;
+        let note = inner
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([peer_note_key(peer, name)], |r| r.get::<_, String>(0))
+            .optional()?;
+        Ok(note)
+    }
+
+    /// Set (`Some`) or clear (`None`) a per-peer note (see [`Database::peer_note`]).
+    pub fn set_peer_note(&self, peer: NodeId, name: &str, value: Option<&str>) -> Result<()> {
+        let inner = self.lock()?;
+        let key = peer_note_key(peer, name);
+        match value {
+            Some(v) => inner
+                .conn
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![key, v])?,
+            None => inner
+                .conn
+                .prepare_cached("DELETE FROM meta WHERE key = ?1")?
+                .execute([key])?,
+        };
+        Ok(())
     }
 
     /// Every known peer with its cursors and last contact.

@@ -6,7 +6,9 @@
 //! through `PRAGMA data_version`).
 
 mod body;
+mod evict;
 mod feed;
+mod gc;
 mod history;
 mod index;
 mod maintenance;
@@ -14,6 +16,7 @@ mod nodes;
 mod open;
 mod read;
 mod schema;
+mod snapshot;
 mod write;
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,10 +25,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
+pub use evict::{EvictGuard, EvictOutcome};
 pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
+pub use gc::{GcOptions, GcReport, SyncMetadata};
 pub use history::{HistoryEntry, HistoryRetention};
 pub use maintenance::{Checkpoint, CollectionStats, IntegrityReport, Stats};
 pub use read::{OrderBy, Query, Record};
+pub use snapshot::{
+    SnapshotApplied, SnapshotKey, SnapshotPage, SnapshotProgress, SnapshotScope, SnapshotSelect,
+};
 pub use write::{FieldOp, Patch, Tx};
 
 use self::nodes::{FieldTable, NodeTable};

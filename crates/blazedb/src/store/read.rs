@@ -92,6 +92,33 @@ impl Database {
         inner.get(collection, id)
     }
 
+    /// Every cell of a record, tombstones included (`None`: no such record here). Selective
+    /// sync sends this when a record moves into a peer's view.
+    pub fn record_state(
+        &self,
+        collection: &str,
+        id: RecordId,
+    ) -> Result<Option<crate::crdt::RecordState>> {
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(None);
+        };
+        let row: Option<(u64, Vec<u8>)> = inner
+            .conn
+            .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?
+            .query_row(params![coll, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((seq, bytes)) => Ok(Some(body::decode(
+                &bytes,
+                Seq(seq),
+                &inner.nodes,
+                &inner.fields,
+            )?)),
+        }
+    }
+
     /// Every live record of a collection, in id order, to `f`. Return `false` from `f` to stop.
     pub fn for_each(&self, collection: &str, mut f: impl FnMut(Record) -> bool) -> Result<()> {
         let inner = self.lock()?;

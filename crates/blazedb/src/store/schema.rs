@@ -16,19 +16,42 @@
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application           |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors (used by the sync engine)    |
+//! | `snapshot_progress` | peer sending a snapshot | the snapshot being received (format 2)    |
+//! | `snapshot_staging`  | received snapshot chunk | raw chunks until the snapshot is applied  |
 
 use rusqlite::Connection;
 
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
-pub const MIGRATIONS: &[&str] = &[];
+pub const MIGRATIONS: &[&str] = &[SNAPSHOT_TABLES];
 
-/// The schema of a new file at [`FORMAT_VERSION`].
+/// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
+/// kept until the whole snapshot is applied, so a disconnect or a restart resumes instead of
+/// starting over.
+const SNAPSHOT_TABLES: &str = "
+CREATE TABLE snapshot_progress (
+    peer BLOB PRIMARY KEY,
+    snap_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    next_index INTEGER NOT NULL,
+    last_coll TEXT,
+    last_id BLOB
+) WITHOUT ROWID;
+CREATE TABLE snapshot_staging (
+    peer BLOB NOT NULL,
+    snap_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (peer, idx)
+);
+";
+
+/// The format-1 schema; `create` adds the tables of every migration on top of it.
 pub const CREATE: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
@@ -110,6 +133,11 @@ CREATE TABLE peers (
 /// Create the schema in an empty database.
 pub fn create(conn: &Connection, node: &[u8; 16], now_ms: u64) -> rusqlite::Result<()> {
     conn.execute_batch(CREATE)?;
+    // A new file gets every table the migrations add, so CREATE stays the format-1 schema
+    // and both paths end with the same tables.
+    for step in MIGRATIONS {
+        conn.execute_batch(step)?;
+    }
     let mut put = conn.prepare("INSERT INTO meta (key, value) VALUES (?1, ?2)")?;
     put.execute(rusqlite::params!["magic", MAGIC])?;
     put.execute(rusqlite::params!["format_version", FORMAT_VERSION])?;

@@ -4,8 +4,9 @@
 //! per connection (holding the caller's verified claims) and passes it in the session's
 //! [`crate::sync::SessionConfig`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::query::Params;
 use crate::sync::Hello;
 use crate::{RecordId, Value};
 
@@ -28,6 +29,29 @@ pub trait AccessControl: Send + Sync + std::fmt::Debug {
     fn can_read(&self, collection: &str, id: RecordId, fields: &BTreeMap<String, Value>) -> bool {
         let _ = (collection, id, fields);
         true
+    }
+
+    /// Top-level fields that `can_read` looks at in this collection, so that the sender knows
+    /// which changes can move a record into or out of the peer's view (`None`: it may look
+    /// at any field — every change is treated as possibly moving the record, which is always
+    /// correct but sends whole records). Implement it when `can_read` looks at few fields.
+    fn read_fields(&self, collection: &str) -> Option<BTreeSet<String>> {
+        let _ = collection;
+        None
+    }
+
+    /// Values of `$name` parameters for the peer's sync filter (a relay passes the caller's
+    /// claims as `auth`, so a filter can say `owner == $auth.sub`).
+    fn params(&self) -> Params {
+        Params::new()
+    }
+
+    /// A text that changes whenever what the peer may read could have changed for reasons
+    /// other than the records themselves (other claims, other rules). The sender stores it
+    /// per peer and answers a changed one with a snapshot, so the peer's copy is brought back
+    /// to exactly its view.
+    fn view(&self) -> String {
+        String::new()
     }
 
     /// Whether the peer may change a record from `before` to `after` (`None`: absent or

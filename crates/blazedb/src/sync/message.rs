@@ -7,10 +7,11 @@ use crate::codec::varint::{read_i64, write_i64, write_u64, zigzag};
 use crate::codec::{value, DecodeError, Reader};
 use crate::crdt::{Cell, CellKey, CellValue};
 use crate::limits::{
-    COLLECTION_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, FIELD_NAME_BYTES_MAX,
+    COLLECTION_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, EVICT_RECORDS_MAX, FIELD_NAME_BYTES_MAX,
     SESSION_DICT_ENTRIES_MAX, TOKEN_BYTES_MAX, TRANSACTION_CELLS_MAX, VALUE_BYTES_MAX,
 };
 use crate::store::Change;
+use crate::sync::policy::SyncPolicy;
 use crate::types::{Hlc, Seq, Version};
 use crate::{NodeId, RecordId};
 
@@ -34,6 +35,14 @@ pub mod kind {
     pub const ERROR: u8 = 0x08;
     /// REJECT: changes the receiver refused (access rules); the session goes on.
     pub const REJECT: u8 = 0x09;
+    /// The receiver must drop its copy of these records (selective sync: they left its view).
+    pub const EVICT: u8 = 0x0A;
+    /// A snapshot of the sender's data (in the receiver's view) follows.
+    pub const SNAPSHOT_BEGIN: u8 = 0x0B;
+    /// One zstd-compressed, checksummed chunk of a snapshot.
+    pub const SNAPSHOT_CHUNK: u8 = 0x0C;
+    /// The snapshot is complete.
+    pub const SNAPSHOT_END: u8 = 0x0D;
 }
 
 /// What a side of a session does.
@@ -93,6 +102,27 @@ pub mod caps {
     pub const ZSTD: u64 = 2;
 }
 
+/// What a SUBSCRIBE asks about snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotWish {
+    /// Incremental changes from `from` (the sender may still decide a snapshot is needed).
+    #[default]
+    No,
+    /// Start with a snapshot of the view (new replica, or the view changed).
+    Want,
+    /// Continue an interrupted snapshot.
+    Resume {
+        /// The snapshot's id.
+        snap_id: u64,
+        /// Its position (from SNAPSHOT_BEGIN).
+        position: Seq,
+        /// The next chunk index wanted.
+        next_index: u32,
+        /// The last record of the last chunk received.
+        last: (String, RecordId),
+    },
+}
+
 /// The first message of each side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
@@ -142,6 +172,8 @@ pub enum ErrorCode {
     Unexpected = 12,
     /// The peer is shutting down.
     ShuttingDown = 13,
+    /// The receiver's sync policy (selective sync) is invalid.
+    InvalidPolicy = 14,
 }
 
 impl ErrorCode {
@@ -161,6 +193,7 @@ impl ErrorCode {
             11 => SameNode,
             12 => Unexpected,
             13 => ShuttingDown,
+            14 => InvalidPolicy,
             _ => Internal,
         }
     }
@@ -171,10 +204,50 @@ impl ErrorCode {
 pub enum Message {
     /// HELLO.
     Hello(Hello),
-    /// SUBSCRIBE.
+    /// SUBSCRIBE (again on a live session: the receiver changed its policy).
     Subscribe {
         /// Send changes after this seq of your feed.
         from: Seq,
+        /// What to send (selective sync).
+        policy: SyncPolicy,
+        /// Whether the receiver asks for a snapshot first.
+        snapshot: SnapshotWish,
+    },
+    /// EVICT: drop the local copy of these records (no tombstone; they left the view).
+    Evict {
+        /// (collection, record) pairs.
+        records: Vec<(String, RecordId)>,
+    },
+    /// SNAPSHOT_BEGIN.
+    SnapshotBegin {
+        /// Names this snapshot (resume asks for it).
+        snap_id: u64,
+        /// The sender's feed position the snapshot covers; the live feed continues after it.
+        position: Seq,
+        /// Index of the first chunk that follows (non-zero when resuming).
+        first_index: u32,
+        /// How many SUBSCRIBEs the sender had received in this session when it began: a
+        /// receiver that re-subscribed (new policy) ignores everything until the snapshot
+        /// answering its latest SUBSCRIBE begins.
+        subscription: u32,
+        /// The snapshot replaces the receiver's copy of the sender's data: records in scope
+        /// that it does not contain are evicted (a view change, or a cursor below the GC
+        /// horizon). False for a new peer: the snapshot is merged, nothing is dropped.
+        replace: bool,
+    },
+    /// SNAPSHOT_CHUNK.
+    SnapshotChunk {
+        /// Chunk number, from 0.
+        index: u32,
+        /// The last record in the chunk (where a resumed snapshot continues).
+        last: (String, RecordId),
+        /// The chunk (see `sync::snapshot`: zstd with a checksum).
+        data: Vec<u8>,
+    },
+    /// SNAPSHOT_END.
+    SnapshotEnd {
+        /// How many chunks the snapshot had.
+        chunks: u32,
     },
     /// CHANGES.
     Changes {
@@ -239,9 +312,64 @@ pub fn encode_simple(m: &Message) -> (u8, Vec<u8>) {
             write_str(&mut p, &h.token);
             kind::HELLO
         }
-        Message::Subscribe { from } => {
+        Message::Subscribe {
+            from,
+            policy,
+            snapshot,
+        } => {
             write_u64(&mut p, from.0);
+            policy.encode(&mut p);
+            match snapshot {
+                SnapshotWish::No => p.push(0),
+                SnapshotWish::Want => p.push(1),
+                SnapshotWish::Resume {
+                    snap_id,
+                    position,
+                    next_index,
+                    last,
+                } => {
+                    p.push(2);
+                    p.extend_from_slice(&snap_id.to_le_bytes());
+                    write_u64(&mut p, position.0);
+                    write_u64(&mut p, u64::from(*next_index));
+                    write_str(&mut p, &last.0);
+                    p.extend_from_slice(&last.1 .0);
+                }
+            }
             kind::SUBSCRIBE
+        }
+        Message::Evict { records } => {
+            write_u64(&mut p, records.len() as u64);
+            for (c, id) in records {
+                write_str(&mut p, c);
+                p.extend_from_slice(&id.0);
+            }
+            kind::EVICT
+        }
+        Message::SnapshotBegin {
+            snap_id,
+            position,
+            first_index,
+            subscription,
+            replace,
+        } => {
+            p.extend_from_slice(&snap_id.to_le_bytes());
+            write_u64(&mut p, position.0);
+            write_u64(&mut p, u64::from(*first_index));
+            write_u64(&mut p, u64::from(*subscription));
+            p.push(u8::from(*replace));
+            kind::SNAPSHOT_BEGIN
+        }
+        Message::SnapshotChunk { index, last, data } => {
+            write_u64(&mut p, u64::from(*index));
+            write_str(&mut p, &last.0);
+            p.extend_from_slice(&last.1 .0);
+            p.extend_from_slice(data);
+            kind::SNAPSHOT_CHUNK
+        }
+        Message::SnapshotEnd { chunks } => {
+            write_u64(&mut p, u64::from(*chunks));
+            kind::SNAPSHOT_END
         }
         Message::Ack { seq } => {
             write_u64(&mut p, seq.0);
@@ -313,6 +441,58 @@ pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         }),
         kind::SUBSCRIBE => Message::Subscribe {
             from: Seq(r.varint()?),
+            policy: SyncPolicy::decode(&mut r)?,
+            snapshot: match r.u8()? {
+                0 => SnapshotWish::No,
+                1 => SnapshotWish::Want,
+                2 => SnapshotWish::Resume {
+                    snap_id: u64::from_le_bytes(r.array()?),
+                    position: Seq(r.varint()?),
+                    next_index: u32_of(r.varint()?)?,
+                    last: (
+                        r.str("collection name", COLLECTION_NAME_BYTES_MAX)?
+                            .to_owned(),
+                        RecordId(r.array()?),
+                    ),
+                },
+                b => return Err(DecodeError::Malformed(format!("bad snapshot flag {b}"))),
+            },
+        },
+        kind::EVICT => {
+            let n = r.count("evicted records", EVICT_RECORDS_MAX, 17)?;
+            let mut records = Vec::with_capacity(n);
+            for _ in 0..n {
+                records.push((
+                    r.str("collection name", COLLECTION_NAME_BYTES_MAX)?
+                        .to_owned(),
+                    RecordId(r.array()?),
+                ));
+            }
+            Message::Evict { records }
+        }
+        kind::SNAPSHOT_BEGIN => Message::SnapshotBegin {
+            snap_id: u64::from_le_bytes(r.array()?),
+            position: Seq(r.varint()?),
+            first_index: u32_of(r.varint()?)?,
+            subscription: u32_of(r.varint()?)?,
+            replace: match r.u8()? {
+                0 => false,
+                1 => true,
+                b => return Err(DecodeError::Malformed(format!("bad replace flag {b}"))),
+            },
+        },
+        kind::SNAPSHOT_CHUNK => {
+            let index = u32_of(r.varint()?)?;
+            let last = (
+                r.str("collection name", COLLECTION_NAME_BYTES_MAX)?
+                    .to_owned(),
+                RecordId(r.array()?),
+            );
+            let data = r.bytes(r.remaining())?.to_vec();
+            Message::SnapshotChunk { index, last, data }
+        }
+        kind::SNAPSHOT_END => Message::SnapshotEnd {
+            chunks: u32_of(r.varint()?)?,
         },
         kind::ACK => Message::Ack {
             seq: Seq(r.varint()?),
@@ -353,6 +533,10 @@ pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         )));
     }
     Ok(m)
+}
+
+fn u32_of(v: u64) -> Result<u32, DecodeError> {
+    u32::try_from(v).map_err(|_| DecodeError::Malformed(format!("{v} does not fit 32 bits")))
 }
 
 /// One direction's dictionary of a session: node ids, collection names and field names

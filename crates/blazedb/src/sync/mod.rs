@@ -2,6 +2,7 @@
 //!
 //! - [`frame`]: length, type, flags, checksum; LZ4.
 //! - [`message`]: message types and their payloads, session dictionaries.
+//! - [`policy`]: selective sync (what a receiver asks for).
 //! - [`session`]: the per-peer state machine.
 //!
 //! Transports (in-process channels, Unix sockets, TCP/TLS, WebSocket) live in the tokio-side
@@ -10,8 +11,11 @@
 pub mod access;
 pub mod frame;
 pub mod message;
+pub mod policy;
 pub mod session;
+pub mod snapshot;
 
 pub use access::{AccessControl, Rejection};
-pub use message::{ErrorCode, Hello, Message, SyncMode};
+pub use message::{ErrorCode, Hello, Message, SnapshotWish, SyncMode};
+pub use policy::{CompiledPolicy, SyncPolicy};
 pub use session::{Session, SessionConfig, SessionEvent, SessionProgress, SessionStats, SyncError};

@@ -22,20 +22,32 @@
 //!  ◄──── CHANGES… (unit) / CAUGHT_UP ─►  (both ways, windowed)
 //!  ACK(end of applied unit) ─────────►
 //! ```
+//!
+//! **Selective sync and snapshots** (protocol 2). SUBSCRIBE carries the receiver's
+//! [`SyncPolicy`]; the sender filters what it sends through it and through its access control
+//! (see `sync/policy.rs` for how membership changes become whole records or EVICTs). Instead
+//! of the feed, the sender answers with a snapshot of the view — SNAPSHOT_BEGIN, CHUNK…, END,
+//! then the feed from the snapshot's position — when the peer is new, asks for one (its view
+//! changed: a new policy, live or at reconnect), resumes an interrupted one, has a cursor
+//! older than what GC kept, or was last served another view (other claims or rules). The
+//! receiver stages chunks on disk and applies the whole snapshot in one transaction, dropping
+//! what it held of the sender's data that the snapshot no longer contains.
 
 use std::collections::VecDeque;
 
 use super::frame::{FrameDecoder, FrameEncoder, FrameError};
-use super::message::{self, caps, kind, Dict, ErrorCode, Hello, Message, SyncMode};
+use super::message::{self, caps, kind, Dict, ErrorCode, Hello, Message, SnapshotWish, SyncMode};
+use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
     ACK_PERSIST_INTERVAL_MS, BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, TRANSACTION_CELLS_MAX, UNIT_CELLS_MAX,
-    WINDOW_UNITS_DEFAULT,
+    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX,
+    UNIT_CELLS_MAX, WINDOW_UNITS_DEFAULT,
 };
-use crate::store::{Change, Database, PeerDirection};
+use crate::query::Params;
+use crate::store::{Change, Database, EvictGuard, PeerDirection, SnapshotKey, SnapshotScope};
 use crate::types::Seq;
-use crate::NodeId;
+use crate::{NodeId, RecordId};
 
 /// How a session behaves.
 #[derive(Clone, Debug)]
@@ -59,6 +71,11 @@ pub struct SessionConfig {
     /// Who the peer is allowed to be and what it may read and write (a relay sets this per
     /// connection). `None`: everything is allowed.
     pub access: Option<std::sync::Arc<dyn super::AccessControl>>,
+    /// What this side asks to receive (selective sync). Change it on a live session with
+    /// [`Session::set_policy`].
+    pub policy: SyncPolicy,
+    /// Bootstrap a new peer with a snapshot rather than by replaying the feed.
+    pub snapshot_new_peers: bool,
 }
 
 impl Default for SessionConfig {
@@ -73,6 +90,8 @@ impl Default for SessionConfig {
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             lz4: true,
             access: None,
+            policy: SyncPolicy::everything(),
+            snapshot_new_peers: true,
         }
     }
 }
@@ -137,6 +156,14 @@ pub struct SessionStats {
     pub changes_refused: u64,
     /// Records whose changes the peer refused.
     pub changes_rejected_by_peer: u64,
+    /// Records we told the peer to evict (they left its view).
+    pub evicts_sent: u64,
+    /// Records evicted here because the peer said they left our view.
+    pub evicted: u64,
+    /// Snapshots sent (begun, including resumed ones).
+    pub snapshots_sent: u64,
+    /// Snapshots received and applied.
+    pub snapshots_applied: u64,
     /// Units cut short at `UNIT_CELLS_MAX` (see `fill`): transactions linked beyond it may
     /// have become visible in parts.
     pub units_cut: u64,
@@ -163,6 +190,28 @@ pub struct SessionProgress {
     pub peer_subscribed: bool,
     /// Received bytes waiting for the rest of a frame.
     pub buffered_bytes: usize,
+    /// A snapshot is being sent to the peer.
+    pub sending_snapshot: bool,
+    /// A snapshot from the peer is being received.
+    pub receiving_snapshot: bool,
+}
+
+#[derive(Debug)]
+struct SnapOut {
+    snap_id: u64,
+    position: Seq,
+    next_index: u32,
+    after: Option<SnapshotKey>,
+    begun: bool,
+    replace: bool,
+}
+
+#[derive(Debug)]
+struct SnapIn {
+    snap_id: u64,
+    position: Seq,
+    next_index: u32,
+    replace: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -209,6 +258,27 @@ pub struct Session {
     received_persisted: Seq,
     received_persisted_ms: u64,
     peer_caught_up: Option<Seq>,
+    /// Subscriptions sent in this session (a policy change sends another).
+    subscriptions_sent: u32,
+    /// Waiting for the snapshot that answers our latest SUBSCRIBE; what arrives before it
+    /// belongs to the old view and is dropped.
+    restarting: bool,
+    /// The snapshot being received.
+    snap_in: Option<SnapIn>,
+    /// Collections whose records a finished snapshot may drop here: those of the policy it
+    /// was asked under and of the one before (`None`: all).
+    snap_scope: Option<Vec<String>>,
+    // Selective sync, sending side.
+    /// What the peer asked for, checked.
+    peer_policy: CompiledPolicy,
+    /// Subscriptions received in this session.
+    subscriptions_received: u32,
+    /// The snapshot being sent.
+    snap_out: Option<SnapOut>,
+    /// The view to store for the peer once it acknowledges what we sent under it.
+    view_pending: Option<String>,
+    /// Records to evict at the peer, sent once the current unit is complete.
+    evict_pending: Vec<(String, RecordId)>,
     // Liveness.
     last_recv_ms: u64,
     last_send_ms: u64,
@@ -218,6 +288,9 @@ pub struct Session {
 impl Session {
     /// Start a session for the database `db`; HELLO is queued.
     pub fn new(db: &Database, cfg: SessionConfig, now_ms: u64) -> Result<Session, Error> {
+        if let Err(m) = cfg.policy.compile() {
+            return Err(Error::InvalidArgument(m));
+        }
         let hello = Hello {
             version: PROTOCOL_VERSION,
             node: db.node_id(),
@@ -255,6 +328,15 @@ impl Session {
             received_persisted: Seq(0),
             received_persisted_ms: now_ms,
             peer_caught_up: None,
+            subscriptions_sent: 0,
+            restarting: false,
+            snap_in: None,
+            snap_scope: None,
+            peer_policy: CompiledPolicy::default(),
+            subscriptions_received: 0,
+            snap_out: None,
+            view_pending: None,
+            evict_pending: Vec::new(),
             last_recv_ms: now_ms,
             last_send_ms: now_ms,
             ping_nonce: 0,
@@ -286,6 +368,8 @@ impl Session {
             staged_cells: self.staged_cells,
             peer_subscribed: self.peer_from.is_some(),
             buffered_bytes: self.decoder.buffered(),
+            sending_snapshot: self.snap_out.is_some(),
+            receiving_snapshot: self.snap_in.is_some() || self.restarting,
         }
     }
 
@@ -304,11 +388,15 @@ impl Session {
         let sending = self.cfg.mode.sends() && peer.mode.receives();
         let rx_done = !receiving
             || (self.staged.is_empty()
+                && self.snap_in.is_none()
+                && !self.restarting
                 && self
                     .peer_caught_up
                     .is_some_and(|s| self.received_through >= s));
         let tx_done = !sending
             || (self.peer_from.is_some()
+                && self.snap_out.is_none()
+                && self.evict_pending.is_empty()
                 && self.unacked.is_empty()
                 && !self.unit_open
                 && self.caught_up_sent == Some(self.sent_through)
@@ -436,29 +524,14 @@ impl Session {
             (State::Open, Message::Hello(_)) => {
                 Err(self.fail(ErrorCode::Unexpected, "second HELLO".into(), now_ms))
             }
-            (State::Open, Message::Subscribe { .. }) if self.peer_from.is_some() => Err(self.fail(
-                ErrorCode::Unexpected,
-                "second SUBSCRIBE in one session".into(),
-                now_ms,
-            )),
-            (State::Open, Message::Subscribe { from }) => {
-                if !self.cfg.mode.sends() {
-                    return Err(self.fail(
-                        ErrorCode::Forbidden,
-                        "this side only receives (pull mode); it does not send its changes".into(),
-                        now_ms,
-                    ));
-                }
-                let head = db.last_seq().map_err(|e| self.internal(e, now_ms))?;
-                // A cursor past our head means our file is older than the one the peer synced
-                // with (restored from a backup): start over; apply is idempotent.
-                let from = if from > head { Seq(0) } else { from };
-                self.peer_from = Some(from);
-                self.sent_through = from;
-                self.unit_until = from;
-                self.acked = from;
-                Ok(())
-            }
+            (
+                State::Open,
+                Message::Subscribe {
+                    from,
+                    policy,
+                    snapshot,
+                },
+            ) => self.on_subscribe(now_ms, from, policy, snapshot, db),
             (
                 State::Open,
                 Message::Changes {
@@ -467,12 +540,16 @@ impl Session {
                     partial,
                 },
             ) => {
-                if !self.subscribed {
+                if !self.subscribed || self.snap_in.is_some() {
                     return Err(self.fail(
                         ErrorCode::Unexpected,
-                        "CHANGES without SUBSCRIBE".into(),
+                        "CHANGES without SUBSCRIBE, or inside a snapshot".into(),
                         now_ms,
                     ));
+                }
+                if self.restarting {
+                    // Sent under the old view, before our new SUBSCRIBE arrived.
+                    return Ok(());
                 }
                 let cells: usize = changes.iter().map(|c| c.cells.len()).sum();
                 self.stats.cells_received += cells as u64;
@@ -496,8 +573,19 @@ impl Session {
                 }
                 self.acked = self.acked.max(seq);
                 self.persist_acked(now_ms, db, false);
+                if self.snap_out.is_none() {
+                    if let (Some(view), Some(peer)) =
+                        (self.view_pending.take(), self.peer.as_ref().map(|p| p.node))
+                    {
+                        // The peer applied what we sent under this view: remember it, so a
+                        // reconnect with the same view resumes incrementally.
+                        db.set_peer_note(peer, NOTE_VIEW, Some(&view))
+                            .map_err(|e| self.internal(e, now_ms))?;
+                    }
+                }
                 Ok(())
             }
+            (State::Open, Message::CaughtUp { .. }) if self.restarting => Ok(()),
             (State::Open, Message::CaughtUp { seq }) => {
                 self.peer_caught_up = Some(seq);
                 if self.staged.is_empty() && seq > self.received_through {
@@ -521,6 +609,30 @@ impl Session {
                 self.stats.changes_rejected_by_peer += rejections.len() as u64;
                 self.events.push_back(SessionEvent::Rejected(rejections));
                 Ok(())
+            }
+            (State::Open, Message::Evict { .. }) if self.restarting => Ok(()),
+            (State::Open, Message::Evict { records }) => self.on_evict(now_ms, records, db),
+            (
+                State::Open,
+                Message::SnapshotBegin {
+                    snap_id,
+                    position,
+                    first_index,
+                    subscription,
+                    replace,
+                },
+            ) => self.on_snapshot_begin(
+                now_ms,
+                (snap_id, position, first_index, subscription, replace),
+                db,
+            ),
+            (State::Open, Message::SnapshotChunk { .. }) if self.restarting => Ok(()),
+            (State::Open, Message::SnapshotChunk { index, last, data }) => {
+                self.on_snapshot_chunk(now_ms, index, last, &data, db)
+            }
+            (State::Open, Message::SnapshotEnd { .. }) if self.restarting => Ok(()),
+            (State::Open, Message::SnapshotEnd { chunks }) => {
+                self.on_snapshot_end(now_ms, chunks, db)
             }
             (State::Closed, _) => Ok(()),
         }
@@ -571,10 +683,426 @@ impl Session {
             self.received_through = from;
             self.received_persisted = from;
             self.subscribed = true;
-            self.send(&Message::Subscribe { from }, now_ms);
+            let peer = h.node;
+            self.peer = Some(h);
+            let snapshot = self
+                .snapshot_wish(peer, db)
+                .map_err(|e| self.internal(e, now_ms))?;
+            self.subscriptions_sent += 1;
+            self.send(
+                &Message::Subscribe {
+                    from,
+                    policy: self.cfg.policy.clone(),
+                    snapshot,
+                },
+                now_ms,
+            );
+            return Ok(());
         }
         self.peer = Some(h);
         Ok(())
+    }
+
+    /// What to ask for at (re)connect: resume a staged snapshot taken under this same policy,
+    /// ask for a new one when the policy differs from the one we last subscribed with, or
+    /// nothing (the sender decides for new peers and GC'd cursors).
+    fn snapshot_wish(&mut self, peer: NodeId, db: &Database) -> Result<SnapshotWish, Error> {
+        let fp = self.cfg.policy.fingerprint();
+        let stored = db.peer_note(peer, NOTE_POLICY)?;
+        let previous = match &stored {
+            Some(hex) => decode_policy_note(hex),
+            None => Some(SyncPolicy::everything()),
+        };
+        let same = previous.as_ref().is_some_and(|p| p.fingerprint() == fp);
+        self.snap_scope = scope_of(previous.as_ref(), &self.cfg.policy);
+        if same {
+            if let Some(p) = db.snapshot_progress(peer)? {
+                if let Some(last) = p.last_key {
+                    self.snap_in = Some(SnapIn {
+                        snap_id: p.snap_id,
+                        position: p.position,
+                        next_index: p.next_index,
+                        // Corrected by SNAPSHOT_BEGIN.
+                        replace: true,
+                    });
+                    return Ok(SnapshotWish::Resume {
+                        snap_id: p.snap_id,
+                        position: p.position,
+                        next_index: p.next_index,
+                        last: (last.collection, last.id),
+                    });
+                }
+            }
+            return Ok(SnapshotWish::No);
+        }
+        db.snapshot_abort(peer)?;
+        if !self.cfg.policy.exclude_fields.is_empty() {
+            self.evict_excluded_fields(db)?;
+        }
+        Ok(SnapshotWish::Want)
+    }
+
+    /// Drop our copies of fields the policy now excludes (a local eviction, as for records).
+    fn evict_excluded_fields(&mut self, db: &Database) -> Result<(), Error> {
+        let fields = self.cfg.policy.exclude_fields.clone();
+        for c in db.collections()? {
+            if self
+                .cfg
+                .policy
+                .collections
+                .as_ref()
+                .is_none_or(|l| l.contains(&c))
+            {
+                db.evict_fields(&c, &fields)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Change what this side receives, on a live session: the peer answers with a snapshot
+    /// of the new view, and what we hold of its data outside the new view is evicted when
+    /// that snapshot is applied. Errors (an invalid policy) leave the session as it was.
+    pub fn set_policy(
+        &mut self,
+        now_ms: u64,
+        db: &Database,
+        policy: SyncPolicy,
+    ) -> Result<(), String> {
+        policy.compile()?;
+        if policy == self.cfg.policy {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut self.cfg.policy, policy);
+        if self.state != State::Open || !self.subscribed {
+            // Sent with SUBSCRIBE when the peer says HELLO.
+            return Ok(());
+        }
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        self.snap_scope = scope_of(Some(&old), &self.cfg.policy);
+        self.staged.clear();
+        self.staged_cells = 0;
+        self.snap_in = None;
+        self.restarting = true;
+        let res = db.snapshot_abort(peer).and_then(|()| {
+            if self.cfg.policy.exclude_fields.is_empty() {
+                Ok(())
+            } else {
+                self.evict_excluded_fields(db)
+            }
+        });
+        if let Err(e) = res {
+            let _ = self.internal(e, now_ms);
+            return Err("storage error while changing the policy; the session ended".into());
+        }
+        self.subscriptions_sent += 1;
+        self.send(
+            &Message::Subscribe {
+                from: self.received_through,
+                policy: self.cfg.policy.clone(),
+                snapshot: SnapshotWish::Want,
+            },
+            now_ms,
+        );
+        Ok(())
+    }
+
+    /// The policy this side receives under.
+    pub fn policy(&self) -> &SyncPolicy {
+        &self.cfg.policy
+    }
+
+    fn on_subscribe(
+        &mut self,
+        now_ms: u64,
+        from: Seq,
+        policy: SyncPolicy,
+        wish: SnapshotWish,
+        db: &Database,
+    ) -> Result<(), SyncError> {
+        if !self.cfg.mode.sends() {
+            return Err(self.fail(
+                ErrorCode::Forbidden,
+                "this side only receives (pull mode); it does not send its changes".into(),
+                now_ms,
+            ));
+        }
+        if self.peer_from.is_some() && wish != SnapshotWish::Want {
+            return Err(self.fail(
+                ErrorCode::Unexpected,
+                "a second SUBSCRIBE in one session must ask for a snapshot (a policy change)"
+                    .into(),
+                now_ms,
+            ));
+        }
+        let compiled = match policy.compile() {
+            Ok(c) => c,
+            Err(m) => return Err(self.fail(ErrorCode::InvalidPolicy, m, now_ms)),
+        };
+        self.subscriptions_received += 1;
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        let r = (|| -> Result<(Seq, Seq, Option<String>, Seq), Error> {
+            Ok((
+                db.last_seq()?,
+                db.gc_horizon()?,
+                db.peer_note(peer, NOTE_VIEW)?,
+                db.peer_cursor(peer, PeerDirection::Received)?,
+            ))
+        })();
+        let (head, horizon, stored_view, received_from_peer) =
+            r.map_err(|e| self.internal(e, now_ms))?;
+        // A cursor past our head means our file is older than the one the peer synced
+        // with (restored from a backup): start over; apply is idempotent.
+        let from = if from > head { Seq(0) } else { from };
+        let view = format!(
+            "{}#{}",
+            policy.fingerprint(),
+            self.cfg
+                .access
+                .as_ref()
+                .map(|a| a.view())
+                .unwrap_or_default()
+        );
+        let default_view = format!("{}#", SyncPolicy::everything().fingerprint());
+        let view_changed = stored_view.as_deref().unwrap_or(&default_view) != view;
+        // Forget the previous subscription's sending state (a policy change abandons it).
+        self.unacked.clear();
+        self.unit_open = false;
+        self.unit_cells = 0;
+        self.caught_up_sent = None;
+        self.evict_pending.clear();
+        self.peer_policy = compiled;
+        self.peer_from = Some(from);
+        self.sent_through = from;
+        self.unit_until = from;
+        self.acked = self.acked.max(from);
+        self.view_pending = view_changed.then(|| view.clone());
+        let snap = match wish {
+            SnapshotWish::Resume {
+                snap_id,
+                position,
+                next_index,
+                last,
+            } if position >= horizon && position <= head && !view_changed => Some(SnapOut {
+                snap_id,
+                position,
+                next_index,
+                after: Some(SnapshotKey {
+                    collection: last.0,
+                    id: last.1,
+                }),
+                begun: false,
+                // The receiver keeps what SNAPSHOT_BEGIN said first; send the same.
+                replace: from > Seq(0),
+            }),
+            SnapshotWish::Want | SnapshotWish::Resume { .. } => Some(new_snapshot(head, true)),
+            SnapshotWish::No => {
+                // A new peer (not a relay: what a client pushes to a relay goes through its
+                // write rules unit by unit) gets the view faster as a snapshot.
+                let peer_is_server = self.peer.as_ref().is_some_and(|p| p.server);
+                // Not when we hold data of the peer itself: a snapshot would send it back
+                // (the feed skips it).
+                let new_peer = from == Seq(0)
+                    && head > Seq(0)
+                    && received_from_peer == Seq(0)
+                    && self.cfg.snapshot_new_peers
+                    && !peer_is_server;
+                // Below the GC horizon, tombstones the peer needs may be gone: only a
+                // snapshot (which drops what the peer holds and we no longer have) is safe.
+                let collected = from > Seq(0) && from < horizon;
+                if collected || (view_changed && from > Seq(0)) {
+                    Some(new_snapshot(head, true))
+                } else if new_peer {
+                    Some(new_snapshot(head, false))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(mut so) = snap {
+            if so.snap_id == 0 {
+                // Any value works; it only has to differ from an earlier snapshot's.
+                so.snap_id =
+                    now_ms.rotate_left(20) ^ head.0 ^ u64::from(self.subscriptions_received);
+            }
+            self.snap_out = Some(so);
+        }
+        Ok(())
+    }
+
+    fn on_evict(
+        &mut self,
+        now_ms: u64,
+        records: Vec<(String, RecordId)>,
+        db: &Database,
+    ) -> Result<(), SyncError> {
+        if !self.subscribed || !self.staged.is_empty() || self.snap_in.is_some() {
+            return Err(self.fail(
+                ErrorCode::Unexpected,
+                "EVICT inside a unit or a snapshot".into(),
+                now_ms,
+            ));
+        }
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        let mut by_coll: std::collections::BTreeMap<String, Vec<RecordId>> = Default::default();
+        for (c, id) in records {
+            by_coll.entry(c).or_default().push(id);
+        }
+        for (c, ids) in by_coll {
+            // Records with changes the peer has not seen yet stay: they are ours to send.
+            let guard = EvictGuard {
+                peer,
+                acked: self.acked,
+            };
+            match db.evict(&c, &ids, Some(guard)) {
+                Ok(out) => self.stats.evicted += out.evicted as u64,
+                Err(e) => return Err(self.internal(e, now_ms)),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_snapshot_begin(
+        &mut self,
+        now_ms: u64,
+        (snap_id, position, first_index, subscription, replace): (u64, Seq, u32, u32, bool),
+        db: &Database,
+    ) -> Result<(), SyncError> {
+        if !self.subscribed || !self.staged.is_empty() {
+            return Err(self.fail(
+                ErrorCode::Unexpected,
+                "SNAPSHOT_BEGIN without SUBSCRIBE or inside a unit".into(),
+                now_ms,
+            ));
+        }
+        if self.restarting {
+            if subscription != self.subscriptions_sent {
+                // The answer to an older SUBSCRIBE: part of the old view.
+                return Ok(());
+            }
+            self.restarting = false;
+        }
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        if first_index == 0 {
+            let note = encode_policy_note(&self.cfg.policy);
+            let r = db
+                .snapshot_begin(peer, snap_id, position)
+                .and_then(|()| db.set_peer_note(peer, NOTE_POLICY, Some(&note)));
+            if let Err(e) = r {
+                return Err(self.internal(e, now_ms));
+            }
+        } else if !self
+            .snap_in
+            .as_ref()
+            .is_some_and(|s| s.snap_id == snap_id && s.next_index == first_index)
+        {
+            return Err(self.fail(
+                ErrorCode::Unexpected,
+                format!("SNAPSHOT_BEGIN resumes {snap_id:x} at chunk {first_index}, which is not the snapshot staged here"),
+                now_ms,
+            ));
+        }
+        self.snap_in = Some(SnapIn {
+            snap_id,
+            position,
+            next_index: first_index,
+            replace,
+        });
+        Ok(())
+    }
+
+    fn on_snapshot_chunk(
+        &mut self,
+        now_ms: u64,
+        index: u32,
+        last: (String, RecordId),
+        data: &[u8],
+        db: &Database,
+    ) -> Result<(), SyncError> {
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        let Some(si) = self.snap_in.as_mut() else {
+            return Err(self.fail(
+                ErrorCode::Unexpected,
+                "SNAPSHOT_CHUNK without SNAPSHOT_BEGIN".into(),
+                now_ms,
+            ));
+        };
+        if index != si.next_index {
+            let m = format!("SNAPSHOT_CHUNK {index}, expected {}", si.next_index);
+            return Err(self.fail(ErrorCode::Malformed, m, now_ms));
+        }
+        let key = SnapshotKey {
+            collection: last.0,
+            id: last.1,
+        };
+        let snap_id = si.snap_id;
+        si.next_index += 1;
+        match db.snapshot_stage_chunk(peer, snap_id, index, &key, data) {
+            Ok(()) => Ok(()),
+            Err(Error::Corrupted(e)) => Err(self.fail(
+                ErrorCode::Malformed,
+                format!("snapshot chunk {index}: {e}"),
+                now_ms,
+            )),
+            Err(e) => Err(self.internal(e, now_ms)),
+        }
+    }
+
+    fn on_snapshot_end(
+        &mut self,
+        now_ms: u64,
+        chunks: u32,
+        db: &Database,
+    ) -> Result<(), SyncError> {
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        let Some(si) = self.snap_in.take() else {
+            return Err(self.fail(
+                ErrorCode::Unexpected,
+                "SNAPSHOT_END without SNAPSHOT_BEGIN".into(),
+                now_ms,
+            ));
+        };
+        if chunks != si.next_index {
+            let m = format!(
+                "SNAPSHOT_END says {chunks} chunks, {} arrived",
+                si.next_index
+            );
+            return Err(self.fail(ErrorCode::Malformed, m, now_ms));
+        }
+        // A merge-only snapshot (we are a new peer) drops nothing.
+        let scope = SnapshotScope {
+            collections: if si.replace {
+                self.snap_scope.clone()
+            } else {
+                Some(Vec::new())
+            },
+        };
+        match db.snapshot_finish(peer, si.snap_id, chunks, &scope, self.acked) {
+            Ok(applied) => {
+                self.stats.snapshots_applied += 1;
+                self.stats.evicted += applied.evicted;
+                self.stats.cells_applied += applied.cells_applied;
+                self.received_through = si.position;
+                self.received_persisted = si.position;
+                self.received_persisted_ms = now_ms;
+                self.snap_scope = self.cfg.policy.collections.clone();
+                self.send(&Message::Ack { seq: si.position }, now_ms);
+                self.events.push_back(SessionEvent::Applied {
+                    cells: applied.cells_applied as usize,
+                    through: si.position,
+                });
+                Ok(())
+            }
+            Err(Error::Apply(ApplyError::ClockSkew(e))) => {
+                Err(self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms))
+            }
+            Err(Error::Apply(ApplyError::Invalid(m))) | Err(Error::InvalidArgument(m)) => {
+                Err(self.fail(ErrorCode::Malformed, m, now_ms))
+            }
+            Err(Error::Corrupted(e)) => {
+                Err(self.fail(ErrorCode::Malformed, format!("snapshot: {e}"), now_ms))
+            }
+            Err(e) => Err(self.internal(e, now_ms)),
+        }
     }
 
     fn apply_staged(&mut self, now_ms: u64, end: Seq, db: &Database) -> Result<(), SyncError> {
@@ -631,14 +1159,27 @@ impl Session {
         if self.peer_from.is_none() {
             return Ok(());
         }
+        if self.snap_out.is_some() {
+            return self.fill_snapshot(now_ms, db);
+        }
         let head = db.last_seq()?;
         // A unit in progress must be finished whatever the window says.
         let in_unit = self.sent_through < self.unit_until;
         if self.sent_through < head && (in_unit || self.unacked.len() < self.cfg.window_units) {
             let peer = self.peer.as_ref().map(|p| p.node);
             let mut batch = db.changes_since(self.sent_through, self.cfg.batch_cells_max, peer)?;
-            if let Some(access) = &self.cfg.access {
-                filter_readable(db, access.as_ref(), &mut batch.changes)?;
+            if self.cfg.access.is_some() || !self.peer_policy.is_everything() {
+                let view = View {
+                    access: self.cfg.access.as_deref(),
+                    policy: &self.peer_policy,
+                    params: self
+                        .cfg
+                        .access
+                        .as_ref()
+                        .map(|a| a.params())
+                        .unwrap_or_default(),
+                };
+                filter_view(db, &view, &mut batch.changes, &mut self.evict_pending)?;
             }
             self.unit_until = self.unit_until.max(batch.needs_through);
             self.unit_cells += batch.changes.iter().map(|c| c.cells.len()).sum::<usize>();
@@ -655,6 +1196,19 @@ impl Session {
             }
             let sent = self.send_changes(&batch.changes, batch.next, !complete, now_ms);
             self.sent_through = batch.next;
+            if complete && !self.evict_pending.is_empty() {
+                // After the unit, never inside it: the receiver applies the unit first, so a
+                // record the unit touched and that then left the view does not come back.
+                for chunk in std::mem::take(&mut self.evict_pending).chunks(EVICT_BATCH) {
+                    self.stats.evicts_sent += chunk.len() as u64;
+                    self.send(
+                        &Message::Evict {
+                            records: chunk.to_vec(),
+                        },
+                        now_ms,
+                    );
+                }
+            }
             if complete && (sent || self.unit_open) {
                 // Closing a unit whose earlier frames went out: the last frame was sent
                 // above (possibly empty), and the ACK for it is awaited.
@@ -673,6 +1227,87 @@ impl Session {
                 },
                 now_ms,
             );
+        }
+        Ok(())
+    }
+
+    /// Send the next chunk of the snapshot in progress (or its end).
+    fn fill_snapshot(&mut self, now_ms: u64, db: &Database) -> Result<(), Error> {
+        let subscription = self.subscriptions_received;
+        let so = self.snap_out.as_mut().expect("checked");
+        if !so.begun {
+            so.begun = true;
+            let m = Message::SnapshotBegin {
+                snap_id: so.snap_id,
+                position: so.position,
+                first_index: so.next_index,
+                subscription,
+                replace: so.replace,
+            };
+            self.stats.snapshots_sent += 1;
+            self.send(&m, now_ms);
+            return Ok(());
+        }
+        let params = self
+            .cfg
+            .access
+            .as_ref()
+            .map(|a| a.params())
+            .unwrap_or_default();
+        // Owned copies: the session is borrowed mutably below to queue frames.
+        let access = self.cfg.access.clone();
+        let policy = self.peer_policy.clone();
+        let view = View {
+            access: access.as_deref(),
+            policy: &policy,
+            params,
+        };
+        let mut select = |coll: &str,
+                          id: RecordId,
+                          fields: &std::collections::BTreeMap<String, crate::Value>,
+                          live: bool| {
+            view.collection_visible(coll) && (!live || view.record_visible(coll, id, fields))
+        };
+        // Pages whose records are all outside the view produce no chunk: keep reading, but
+        // not forever in one call (pings and acks must get their turn).
+        for _ in 0..64 {
+            let so = self.snap_out.as_mut().expect("checked");
+            let page = db.snapshot_page(so.after.as_ref(), SNAPSHOT_CHUNK_CELLS, &mut select)?;
+            let done = page.next.is_none();
+            let mut changes = page.changes;
+            if policy.excludes_any() {
+                for ch in &mut changes {
+                    strip_excluded(&policy, ch);
+                }
+            }
+            if let Some(last) = changes.last() {
+                let last = (last.collection.clone(), last.id);
+                let data = super::snapshot::encode_chunk(&changes);
+                let index = so.next_index;
+                so.next_index += 1;
+                so.after = page.next;
+                self.stats.cells_sent += changes.iter().map(|c| c.cells.len() as u64).sum::<u64>();
+                self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
+                if !done {
+                    return Ok(());
+                }
+            } else {
+                so.after = page.next;
+            }
+            if done {
+                let so = self.snap_out.take().expect("checked");
+                self.send(
+                    &Message::SnapshotEnd {
+                        chunks: so.next_index,
+                    },
+                    now_ms,
+                );
+                // The live feed continues from the snapshot's position: the snapshot holds
+                // everything up to it (and possibly more; applying that again is a no-op).
+                self.sent_through = self.sent_through.max(so.position);
+                self.unit_until = self.sent_through;
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -863,28 +1498,148 @@ impl Session {
     }
 }
 
-/// Keep only the changes the peer may read: records readable as they are now, and deletes
-/// in collections it may read.
-fn filter_readable(
+fn new_snapshot(head: Seq, replace: bool) -> SnapOut {
+    SnapOut {
+        snap_id: 0,
+        position: head,
+        next_index: 0,
+        after: None,
+        begun: false,
+        replace,
+    }
+}
+
+/// Names of per-peer notes (`Database::peer_note`).
+const NOTE_VIEW: &str = "served_view";
+const NOTE_POLICY: &str = "policy";
+/// Records per EVICT message.
+const EVICT_BATCH: usize = 4096;
+
+/// What the peer may see (access control) and asked to see (its policy).
+struct View<'a> {
+    access: Option<&'a dyn super::AccessControl>,
+    policy: &'a CompiledPolicy,
+    params: Params,
+}
+
+impl View<'_> {
+    fn collection_visible(&self, coll: &str) -> bool {
+        self.policy.allows_collection(coll)
+            && self.access.is_none_or(|a| a.can_read_collection(coll))
+    }
+
+    fn record_visible(
+        &self,
+        coll: &str,
+        id: RecordId,
+        fields: &std::collections::BTreeMap<String, crate::Value>,
+    ) -> bool {
+        self.access.is_none_or(|a| a.can_read(coll, id, fields))
+            && self.policy.matches(id, fields, &self.params)
+    }
+
+    /// Whether a change to these fields can move the record into or out of the view.
+    fn can_move(&self, coll: &str, ch: &Change) -> bool {
+        let access_fields = match self.access {
+            None => Some(std::collections::BTreeSet::new()),
+            Some(a) => a.read_fields(coll),
+        };
+        let Some(access_fields) = access_fields else {
+            return true;
+        };
+        ch.cells.iter().any(|c| match c.key.field() {
+            // Insert, delete or revival.
+            None => true,
+            Some(f) => self.policy.filter_fields().contains(f) || access_fields.contains(f),
+        })
+    }
+}
+
+/// Keep only what the peer may and wants to see. A change that can move its record into the
+/// view becomes the whole record; one that moves it out becomes an entry in `evict`
+/// (see `sync/policy.rs`). Deletes go to peers that see the collection.
+fn filter_view(
     db: &Database,
-    access: &dyn super::AccessControl,
+    view: &View<'_>,
     changes: &mut Vec<Change>,
+    evict: &mut Vec<(String, RecordId)>,
 ) -> Result<(), Error> {
     let mut keep = Vec::with_capacity(changes.len());
-    for ch in changes.drain(..) {
-        if !access.can_read_collection(&ch.collection) {
+    let mut whole_sent: std::collections::HashSet<(String, RecordId)> = Default::default();
+    let record_filter = view.access.is_some() || view.policy.has_filter();
+    for mut ch in changes.drain(..) {
+        if !view.collection_visible(&ch.collection) {
             continue;
         }
-        let readable = match db.get(&ch.collection, ch.id)? {
-            Some(r) => access.can_read(&ch.collection, ch.id, &r.fields),
-            None => true,
-        };
-        if readable {
-            keep.push(ch);
+        if record_filter {
+            let key = (ch.collection.clone(), ch.id);
+            if whole_sent.contains(&key) {
+                // Its whole current state already went out in this batch.
+                continue;
+            }
+            if let Some(state) = db.record_state(&ch.collection, ch.id)? {
+                if state.is_live() {
+                    let fields = state.fields();
+                    let visible = view.record_visible(&ch.collection, ch.id, &fields);
+                    match (visible, view.can_move(&ch.collection, &ch)) {
+                        (true, false) => {}
+                        (true, true) => {
+                            ch.cells = state.into_cells();
+                            whole_sent.insert(key);
+                        }
+                        (false, true) => {
+                            evict.push(key);
+                            continue;
+                        }
+                        (false, false) => continue,
+                    }
+                }
+            }
         }
+        if view.policy.excludes_any() {
+            strip_excluded(view.policy, &mut ch);
+            if ch.cells.is_empty() {
+                continue;
+            }
+        }
+        keep.push(ch);
     }
     *changes = keep;
     Ok(())
+}
+
+/// Remove the cells of excluded fields.
+fn strip_excluded(policy: &CompiledPolicy, ch: &mut Change) {
+    ch.cells
+        .retain(|c| c.key.field().is_none_or(|f| !policy.excludes(f)));
+}
+
+/// The collections a snapshot may drop records of: those of both policies (`None`: all).
+fn scope_of(old: Option<&SyncPolicy>, new: &SyncPolicy) -> Option<Vec<String>> {
+    let old = old?.collections.as_ref()?;
+    let new = new.collections.as_ref()?;
+    let mut all: Vec<String> = old.iter().chain(new.iter()).cloned().collect();
+    all.sort();
+    all.dedup();
+    Some(all)
+}
+
+/// The policy we subscribed with, as a hex note.
+fn encode_policy_note(p: &SyncPolicy) -> String {
+    let mut b = Vec::new();
+    p.encode(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn decode_policy_note(hex: &str) -> Option<SyncPolicy> {
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    SyncPolicy::decode(&mut crate::codec::Reader::new(&bytes?)).ok()
 }
 
 fn name(m: &Message) -> &'static str {
@@ -897,6 +1652,10 @@ fn name(m: &Message) -> &'static str {
         Message::Ping { .. } => "PING",
         Message::Pong { .. } => "PONG",
         Message::Reject { .. } => "REJECT",
+        Message::Evict { .. } => "EVICT",
+        Message::SnapshotBegin { .. } => "SNAPSHOT_BEGIN",
+        Message::SnapshotChunk { .. } => "SNAPSHOT_CHUNK",
+        Message::SnapshotEnd { .. } => "SNAPSHOT_END",
         Message::Error { .. } => "ERROR",
     }
 }

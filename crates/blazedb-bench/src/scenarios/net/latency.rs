@@ -1,0 +1,312 @@
+//! 1,000 clients connected to a relay, one writer committing 100 changes per second: commit →
+//! applied at every client, beside a raw TCP hub sending a message of the same size to as
+//! many readers at the same rate.
+//!
+//! Each tick the writer inserts one record `{tick: k}` (a new record each time, so that no
+//! tick's cell is overwritten before it travels). Each client has a watch on the collection
+//! drained by a commit listener: the listener runs right after the client's apply commits, so
+//! its clock reading is "applied here". The latency of tick `k` is the last client's reading
+//! minus the end of the writer's commit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use blazedb::{Database, OpenOptions, Value, WatchItem};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::clients::{LocalRelay, SyncClient};
+use super::fanout::scratch;
+use super::floor::Hub;
+use super::{plain_only, raise_fd_limit, runtime, wait_until, NetSizes, RUNTIME_WORKERS};
+use crate::report::{Figure, Outcome, Target};
+use crate::scenarios::store::{details, summary, COLLECTION};
+use crate::scenarios::{Ctx, Scenario};
+use crate::stats::Summary;
+
+/// Issue target: commit → applied at every client, 99th percentile.
+const LATENCY_ALL_P99_MS_MAX: f64 = 50.0;
+/// Descriptors per client: its SQLite file, WAL and shared memory, its socket, and the
+/// relay's end of the connection (the relay runs in this process).
+const FDS_PER_CLIENT: u64 = 5;
+/// Clients connecting at once.
+const CONNECTS_IN_FLIGHT: usize = 64;
+/// Connecting and the initial sync of every client may take this long.
+const SETUP_WAIT: Duration = Duration::from_secs(60);
+/// After the last tick, how long the last deliveries may take.
+const DRAIN_WAIT: Duration = Duration::from_secs(20);
+/// Events each client's watch buffers (drained on every commit).
+const WATCH_CAPACITY: usize = 4096;
+/// Ticks of the raw-socket floor (it needs fewer to show its distribution).
+const FLOOR_TICKS_MAX: usize = 300;
+/// What each client receives per tick, for the floor when the run measured nothing.
+const FLOOR_MESSAGE_BYTES_DEFAULT: usize = 64;
+
+/// Many clients, a slow steady writer.
+#[derive(Debug)]
+pub(super) struct Latency1000;
+
+impl Scenario for Latency1000 {
+    fn name(&self) -> &'static str {
+        "net_latency_1000"
+    }
+
+    fn about(&self) -> &'static str {
+        "1,000 clients on a relay, writer at 100 commits/s: commit → applied at every client"
+    }
+
+    fn run(&self, ctx: &mut Ctx, encrypted: bool) -> Result<Vec<Outcome>> {
+        if !plain_only(self.name(), encrypted) {
+            return Ok(Vec::new());
+        }
+        let sizes = NetSizes::of(ctx.config.quick);
+        let clients_n = sizes.latency_clients;
+        let (fd_soft, fd_hard) = raise_fd_limit(clients_n as u64 * FDS_PER_CLIENT)?;
+        let interval = Duration::from_micros(1_000_000 / sizes.latency_rate_per_s.max(1));
+        let ticks = (sizes.latency_ms * sizes.latency_rate_per_s / 1_000) as usize;
+        ensure!(ticks > 0, "the latency scenario has no ticks");
+        let dir = scratch(ctx, "net-latency", false)?;
+        let rt = runtime()?;
+        let setup_start = Instant::now();
+        let relay = rt.block_on(LocalRelay::start(&dir.join("relay")))?;
+        let open = |name: &str| -> Result<Arc<Database>> {
+            Ok(Arc::new(Database::open(
+                dir.join(format!("{name}.db")),
+                OpenOptions::default(),
+            )?))
+        };
+        let writer = open("writer")?;
+        let epoch = Instant::now();
+        // Per client: (tick, ns since epoch) of every event its applies produced.
+        let mut logs: Vec<Arc<Mutex<Vec<(u32, u64)>>>> = Vec::with_capacity(clients_n);
+        let lagged = Arc::new(AtomicU64::new(0));
+        let mut dbs = Vec::with_capacity(clients_n);
+        for i in 0..clients_n {
+            let db = open(&format!("client-{i}"))?;
+            let watch = db.watch(COLLECTION, None, Some(WATCH_CAPACITY))?;
+            let log: Arc<Mutex<Vec<(u32, u64)>>> = Arc::new(Mutex::new(Vec::with_capacity(ticks)));
+            let (l, lag) = (log.clone(), lagged.clone());
+            db.on_commit(Arc::new(move || {
+                let at = epoch.elapsed().as_nanos() as u64;
+                let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(item) = watch.try_recv() {
+                    match item {
+                        WatchItem::Event(e) => {
+                            if let Some(Value::Int(k)) = e.record.fields.get("tick") {
+                                l.push((*k as u32, at));
+                            }
+                        }
+                        WatchItem::Lagged(n) => {
+                            lag.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+            logs.push(log);
+            dbs.push(db);
+        }
+        let opened = setup_start.elapsed();
+        let (w, clients) = rt.block_on(async {
+            let w = SyncClient::connect(relay.addr, writer.clone()).await?;
+            let gate = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
+            let tasks: Vec<_> = dbs
+                .iter()
+                .map(|db| {
+                    let (db, gate, addr) = (db.clone(), gate.clone(), relay.addr);
+                    tokio::spawn(async move {
+                        let _p = gate.acquire().await?;
+                        SyncClient::connect(addr, db).await
+                    })
+                })
+                .collect();
+            let mut clients = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                clients.push(t.await.context("connect task")??);
+            }
+            Ok::<_, anyhow::Error>((w, clients))
+        })?;
+        wait_until(
+            SETUP_WAIT,
+            Duration::from_millis(10),
+            "every client's session settling",
+            || {
+                for c in &clients {
+                    c.check_alive()?;
+                }
+                Ok(clients.iter().all(|c| c.monitor.snapshot().caught_up))
+            },
+        )?;
+        let setup = setup_start.elapsed();
+
+        // The writer's commit times, stamped by a listener on this thread registered before
+        // its session's (as in `sync_latency`).
+        let committed: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let me = std::thread::current().id();
+        {
+            let committed = committed.clone();
+            writer.on_commit(Arc::new(move || {
+                if std::thread::current().id() == me {
+                    *committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                }
+            }));
+        }
+        let start = Instant::now();
+        let mut commits = Vec::with_capacity(ticks);
+        let mut behind_max = Duration::ZERO;
+        for k in 0..ticks {
+            let due = start + interval * k as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            } else {
+                behind_max = behind_max.max(now - due);
+            }
+            writer.insert(COLLECTION, [("tick", Value::Int(k as i64))])?;
+            let t = committed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .context("the writer's commit listener did not run")?;
+            commits.push(t);
+        }
+        let wrote = start.elapsed();
+        wait_until(
+            DRAIN_WAIT,
+            Duration::from_millis(10),
+            "every tick reaching every client",
+            || {
+                for c in &clients {
+                    c.check_alive()?;
+                }
+                Ok(logs
+                    .iter()
+                    .all(|l| l.lock().unwrap_or_else(|e| e.into_inner()).len() >= ticks))
+            },
+        )?;
+        let w_stats = w.monitor.snapshot().stats;
+        let sub_bytes: u64 = clients
+            .iter()
+            .map(|c| c.monitor.snapshot().stats.bytes_received)
+            .sum::<u64>()
+            / clients_n as u64;
+        rt.block_on(async {
+            w.finish().await?;
+            for c in clients {
+                c.finish().await?;
+            }
+            relay.stop().await
+        })?;
+
+        // Every tick at every client, and per tick the last client.
+        let mut last_ns = vec![0u64; ticks];
+        let mut seen = vec![0usize; ticks];
+        let mut each = Vec::with_capacity(ticks * clients_n);
+        for l in &logs {
+            for &(k, at) in l.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let k = k as usize;
+                if k >= ticks {
+                    bail!("a client saw tick {k} of {ticks}");
+                }
+                seen[k] += 1;
+                last_ns[k] = last_ns[k].max(at);
+                let at = epoch + Duration::from_nanos(at);
+                each.push(at.saturating_duration_since(commits[k]));
+            }
+        }
+        if let Some(k) = seen.iter().position(|&s| s != clients_n) {
+            bail!("tick {k} reached {} of {clients_n} clients", seen[k]);
+        }
+        let all: Vec<Duration> = last_ns
+            .iter()
+            .zip(&commits)
+            .map(|(&ns, &c)| (epoch + Duration::from_nanos(ns)).saturating_duration_since(c))
+            .collect();
+        let all_s = summary(&all)?;
+        let each_s = summary(&each)?;
+
+        // The floor: one message per tick through a raw TCP hub to as many readers.
+        let floor_ticks = ticks.min(FLOOR_TICKS_MAX);
+        let message_bytes = match sub_bytes as usize / ticks {
+            0 => FLOOR_MESSAGE_BYTES_DEFAULT,
+            b => b,
+        };
+        let floor_s = rt.block_on(async {
+            let mut hub = Hub::start(clients_n, floor_ticks, message_bytes).await?;
+            let start = Instant::now();
+            let mut sent = Vec::with_capacity(floor_ticks);
+            for k in 0..floor_ticks {
+                tokio::time::sleep_until((start + interval * k as u32).into()).await;
+                sent.push(hub.send(k, message_bytes).await?);
+            }
+            let last = hub.finish().await?;
+            let lat: Vec<Duration> = last
+                .iter()
+                .zip(&sent)
+                .map(|(l, s)| l.saturating_duration_since(*s))
+                .collect();
+            Summary::of(&lat).context("no floor ticks")
+        })?;
+        drop(rt);
+        drop(dbs);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let extra = details(json!({
+            "clients": clients_n,
+            "ticks": ticks,
+            "rate_per_s": sizes.latency_rate_per_s,
+            "write_s": wrote.as_secs_f64(),
+            "writer_behind_schedule_max_ms": behind_max.as_secs_f64() * 1e3,
+            "per_delivery_p50_ms": each_s.p50_us / 1e3,
+            "per_delivery_p99_ms": each_s.p99_us / 1e3,
+            "per_delivery_max_ms": each_s.max_us / 1e3,
+            "watch_events_lagged": lagged.load(Ordering::Relaxed),
+            "open_files_s": opened.as_secs_f64(),
+            "setup_s": setup.as_secs_f64(),
+            "writer_bytes_sent": w_stats.bytes_sent,
+            "bytes_received_per_client": sub_bytes,
+            "floor_ticks": floor_ticks,
+            "floor_message_bytes": message_bytes,
+            "fd_limit_soft": fd_soft,
+            "fd_limit_hard": fd_hard,
+            "files": "plain (unencrypted) SQLite files, one per client, in a temporary directory",
+            "runtime_workers": RUNTIME_WORKERS,
+            "relay": "in-process blazedb_relay::Relay, same runtime as the clients",
+        }));
+        let what = format!(
+            "Database::insert of one 1-field record on the writer, {} per second for {} s; from \
+             the end of the writer's commit until the last of {clients_n} clients (own file, own \
+             WebSocket session to an in-process relay) had applied it (commit listener after \
+             its apply)",
+            sizes.latency_rate_per_s,
+            sizes.latency_ms / 1_000
+        );
+        let floor_what = format!(
+            "a {message_bytes}-byte message (what each client received per tick) written to a \
+             raw TCP hub task at the same rate, {floor_ticks} ticks; until the last of \
+             {clients_n} reader sockets read it"
+        );
+        let row = |pct: &str, v: f64, fv: f64, target: Option<f64>| Outcome {
+            name: format!("net_latency_1000_{pct}"),
+            scenario: "net_latency_1000",
+            encrypted: false,
+            blazedb: Figure::latency(v / 1e3, "ms", all_s.clone(), what.clone()),
+            floor: Figure::latency(fv / 1e3, "ms", floor_s.clone(), floor_what.clone()),
+            target: target.map(|max| Target {
+                description: format!("{pct} ≤ {max:.0} ms at every client"),
+                met: v / 1e3 <= max,
+            }),
+            details: extra.clone(),
+        };
+        Ok(vec![
+            row("p50", all_s.p50_us, floor_s.p50_us, None),
+            row(
+                "p99",
+                all_s.p99_us,
+                floor_s.p99_us,
+                Some(LATENCY_ALL_P99_MS_MAX),
+            ),
+        ])
+    }
+}

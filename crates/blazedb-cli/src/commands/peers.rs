@@ -1,0 +1,136 @@
+//! `peers` and `gc`: the replicas this database syncs with, and collecting the sync metadata
+//! they have all seen (tombstones, removals, feed links) so the file stays bounded.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use blazedb::{GcOptions, GcReport, NodeId, Timestamp};
+use clap::Args;
+use serde_json::{json, Value as Json};
+
+use crate::database::{Access, Context};
+use crate::output::Output;
+
+/// `peers DB [--forget NODE]`.
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// The database file.
+    pub db: PathBuf,
+    /// Drop this peer's cursors (32 hex digits, as listed) so GC no longer waits for it. If it
+    /// syncs again it starts over (by snapshot once GC has run).
+    #[arg(long, value_name = "NODE", value_parser = parse_node)]
+    pub forget: Option<NodeId>,
+}
+
+/// `gc DB [--peer-retention 30d]`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The database file.
+    pub db: PathBuf,
+    /// Peers not heard from for this long no longer hold GC back (a number with a unit: ms,
+    /// s, m, h or d).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration_ms)]
+    pub peer_retention: u64,
+}
+
+/// List known peers, one JSON object per line; with `--forget`, drop one (quiet on success).
+pub fn run_peers(ctx: &Context, args: &PeersArgs) -> Result<()> {
+    let db = ctx.open(&args.db, Access::Existing)?;
+    if let Some(node) = args.forget {
+        if !db.forget_peer(node)? {
+            bail!(
+                "no peer {node} in {}; `blazedb peers {}` lists the known ones",
+                args.db.display(),
+                args.db.display()
+            );
+        }
+        return Ok(());
+    }
+    let horizon = db.gc_horizon()?;
+    let mut out = Output::stdout();
+    for p in db.peers()? {
+        out.json(&json!({
+            "node": p.node.to_string(),
+            "received": p.received.0,
+            "acked": p.acked.0,
+            "last_contact": Timestamp::from_unix_ms(p.last_contact_ms as i64).to_rfc3339(),
+            "last_contact_ms": p.last_contact_ms,
+            // GC removed data this peer had not acknowledged: it needs a snapshot to resume.
+            "needs_snapshot": horizon.0 > 0 && p.acked < horizon,
+        }))?;
+    }
+    Ok(out.finish()?)
+}
+
+/// Run GC and print what it did as one JSON object.
+pub fn run_gc(ctx: &Context, args: &GcArgs) -> Result<()> {
+    let db = ctx.open(&args.db, Access::Existing)?;
+    let report = db.gc(&GcOptions {
+        peer_retention_ms: args.peer_retention,
+    })?;
+    let mut out = Output::stdout();
+    out.json(&gc_json(&report))?;
+    Ok(out.finish()?)
+}
+
+/// A [`GcReport`] as JSON.
+pub fn gc_json(r: &GcReport) -> Json {
+    json!({
+        "horizon": r.horizon.0,
+        "tombstones_purged": r.tombstones_purged,
+        "cells_pruned": r.cells_pruned,
+        "links_pruned": r.links_pruned,
+        "feed_rows_pruned": r.feed_rows_pruned,
+        "history_rows_removed": r.history_rows_removed,
+        "expired_peers": r.expired_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn parse_node(text: &str) -> Result<NodeId, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not a node id: expected 32 hex digits, as `blazedb peers` lists them")
+    })
+}
+
+/// `30d`, `12h`, `90m`, `45s`, `500ms` → milliseconds; a bare `0` is zero.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(0);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "{text:?} is not a duration: use a number and a unit, e.g. 30d, 12h, 90m, 45s, 500ms"
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let per = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(per)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
+        assert!(parse_duration_ms("30").is_err());
+        assert_eq!(parse_duration_ms("0"), Ok(0));
+        assert!(parse_duration_ms("d").is_err());
+        assert!(parse_duration_ms("3w").is_err());
+        assert!(parse_duration_ms("99999999999999999d").is_err());
+    }
+}

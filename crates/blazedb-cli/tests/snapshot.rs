@@ -1,0 +1,111 @@
+//! `blazedb snapshot export` then `import` seeds a copy offline: it equals the source, a bad
+//! file changes nothing, and a later `sync --once` with the source moves none of the
+//! snapshotted data.
+
+use std::process::Command;
+
+use serde_json::Value as Json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_blazedb");
+
+fn blazedb(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("BLAZEDB_PASSWORD")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn lines(s: &str) -> Vec<Json> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn export(db: &str, collection: &str) -> Vec<Json> {
+    let mut rows = lines(&blazedb(&["export", db, collection]).1);
+    rows.sort_by_key(|r| r["_id"].as_str().unwrap().to_owned());
+    rows
+}
+
+#[test]
+fn export_import_then_sync_moves_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let (a, b, file) = (path("a.db"), path("b.db"), path("a.blzsnap"));
+    let rows: String = (0..500)
+        .map(|i| format!("{{\"title\": \"note {i}\", \"n\": {i}}}\n"))
+        .collect();
+    std::fs::write(path("rows.jsonl"), rows).unwrap();
+    assert!(blazedb(&["import", &a, "notes", &path("rows.jsonl")]).0);
+    let (ok, out, _) = blazedb(&["put", &a, "notes", r#"{"title": "gone"}"#]);
+    assert!(ok);
+    let gone = out.trim().trim_matches('"').to_owned();
+    assert!(blazedb(&["delete", &a, "notes", &gone]).0);
+
+    let (ok, out, err) = blazedb(&["snapshot", "export", &a, &file]);
+    assert!(ok, "{err}");
+    let exported = &lines(&out)[0];
+    assert_eq!(exported["records"], 501, "{exported}");
+
+    let (ok, out, err) = blazedb(&["snapshot", "import", &b, &file]);
+    assert!(ok, "{err}");
+    let imported = lines(&out);
+    assert_eq!(imported.len(), 1, "one JSON line: {out}");
+    let r = &imported[0];
+    assert_eq!(r["records"], 501, "{r}");
+    assert!(r["cells"].as_u64().unwrap() >= 1500, "{r}");
+    assert_eq!(r["position"], exported["position"], "{r}");
+    assert_eq!(
+        r["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&file).unwrap().len()
+    );
+    assert_eq!(export(&a, "notes"), export(&b, "notes"));
+
+    // A change after the export travels; the snapshotted data does not travel again.
+    assert!(blazedb(&["put", &a, "notes", r#"{"title": "after"}"#]).0);
+    let (ok, out, err) = blazedb(&["sync", &a, &b, "--once"]);
+    assert!(ok, "{err}");
+    let s = &lines(&out)[0];
+    // The new record is two cells ($record and title): none of the snapshot is sent again.
+    assert_eq!(s["a_to_b"]["cells_sent"], 2, "only the new record: {s}");
+    assert_eq!(s["a_to_b"]["cells_applied"], 2, "{s}");
+    // B holds nothing A lacks: whatever B sends back changes nothing at A.
+    assert_eq!(s["b_to_a"]["cells_applied"], 0, "{s}");
+    assert_eq!(export(&a, "notes"), export(&b, "notes"));
+}
+
+#[test]
+fn a_bad_snapshot_file_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let (a, b, file) = (path("a.db"), path("b.db"), path("a.blzsnap"));
+    for i in 0..50 {
+        assert!(blazedb(&["put", &a, "notes", &format!("{{\"n\": {i}}}")]).0);
+    }
+    assert!(blazedb(&["snapshot", "export", &a, &file]).0);
+    assert!(blazedb(&["put", &b, "notes", r#"{"mine": true}"#]).0);
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 20]).unwrap();
+    let (ok, out, err) = blazedb(&["snapshot", "import", &b, &file]);
+    assert!(!ok);
+    assert!(out.is_empty());
+    assert!(
+        err.starts_with("error: ") && err.contains("truncated"),
+        "{err}"
+    );
+    assert_eq!(export(&b, "notes").len(), 1);
+
+    let (ok, _, err) = blazedb(&["snapshot", "import", &path("new.db"), &path("missing")]);
+    assert!(!ok);
+    assert!(err.contains("cannot open snapshot file"), "{err}");
+    assert!(
+        !dir.path().join("new.db").exists(),
+        "no empty database left behind"
+    );
+}

@@ -1,0 +1,369 @@
+//! Eviction: dropping this replica's copy of records (or of some fields) without deleting
+//! them anywhere else.
+//!
+//! A partial replica evicts a record when it stops matching the replica's sync policy
+//! (move-out) or when access to it is revoked. That is not a delete: no tombstone is written,
+//! no feed position is taken, no history row is added, and nothing about it is ever sent to a
+//! peer, so the record stays intact on every other replica. Locally, everything that names
+//! the record goes, in one SQLite transaction: the `records` row, its `feed` rows (exactly the
+//! rows at its cells' seqs, so no orphan is left for `changes_since` to trip on), its index
+//! entries, its history rows and its conflicts.
+//!
+//! If the record later matches again (move-in), the peer sends it whole and it is applied like
+//! a new record. A write that the application makes to an evicted id creates a fresh local
+//! record; that is the application's choice.
+//!
+//! **Watchers** receive a [`EventKind::Deleted`](crate::EventKind::Deleted) event for every
+//! evicted live record (with the record as it was and the current feed position as `seq`,
+//! since eviction takes none): a watcher that mirrors a collection must drop the record from
+//! its view. Commit listeners (sync drivers) are not woken: there is nothing to send.
+
+use std::collections::BTreeSet;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{body, Database, Inner};
+use crate::crdt::{Cell, RecordState};
+use crate::error::Result;
+use crate::store::read::Record;
+use crate::types::Seq;
+use crate::watch::{Event, EventKind};
+use crate::{NodeId, RecordId};
+
+/// Keep records a peer has not seen yet: with a guard, [`Database::evict`] keeps every record
+/// that has changes `peer` has not acknowledged (a feed row past `acked` that did not come
+/// from `peer`), so a local write is never lost by evicting it before it was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvictGuard {
+    /// The peer whose policy caused the eviction (usually the one we sync the record with).
+    pub peer: NodeId,
+    /// How far `peer` acknowledged this node's feed.
+    pub acked: Seq,
+}
+
+/// What [`Database::evict`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictOutcome {
+    /// Records whose local copy was removed (live records and tombstones).
+    pub evicted: usize,
+    /// Records kept because the guard's peer has not seen all their changes yet.
+    pub kept_pending: usize,
+}
+
+impl Database {
+    /// Remove the local copy of records without deleting them: no tombstone, no feed
+    /// position, no history entry, nothing sent to peers (see the module docs). Ids with no
+    /// stored row are skipped. With `guard`, records with changes the guard's peer has not
+    /// seen are kept and counted in [`EvictOutcome::kept_pending`]. One SQLite transaction.
+    pub fn evict(
+        &self,
+        collection: &str,
+        ids: &[RecordId],
+        guard: Option<EvictGuard>,
+    ) -> Result<EvictOutcome> {
+        let mut outcome = EvictOutcome::default();
+        let mut inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(outcome);
+        };
+        let watched = self.watchers.is_watched();
+        let mut events = Vec::new();
+        write_tx(&mut inner, |inner| {
+            let guard_src = guard.map(|g| (g.acked, inner.nodes.known(&g.peer).map(|i| i + 1)));
+            let seq = inner.clock_row()?.0;
+            for &id in ids {
+                let Some((state, rev)) = inner.record_state(coll, id)? else {
+                    continue;
+                };
+                if let Some((acked, src)) = guard_src {
+                    if has_unseen_changes(inner, coll, id, &state, acked, src)? {
+                        outcome.kept_pending += 1;
+                        continue;
+                    }
+                }
+                let live = state.is_live();
+                if watched && live {
+                    events.push(Event {
+                        kind: EventKind::Deleted,
+                        seq,
+                        record: Record {
+                            collection: collection.to_owned(),
+                            id,
+                            rev,
+                            fields: state.fields(),
+                        },
+                    });
+                }
+                remove_record(inner, coll, id, &state)?;
+                outcome.evicted += 1;
+            }
+            if outcome.evicted > 0 {
+                remove_orphan_conflicts(inner)?;
+            }
+            Ok(())
+        })?;
+        drop(inner);
+        self.watchers.publish(&events);
+        Ok(outcome)
+    }
+
+    /// Remove every cell of `fields` (plain values, removals, counter contributions and set
+    /// elements) from every record of `collection`, locally, with the same rules as
+    /// [`Database::evict`]: no tombstone, no feed position, nothing sent. Used when a replica
+    /// newly excludes fields from what it syncs. Their history rows, conflicts and index
+    /// entries go too. A record left with no cells at all is removed. Returns how many
+    /// records changed. Watchers get an `Updated` event for each live record whose visible
+    /// fields changed (a `Deleted` one if it no longer exists).
+    pub fn evict_fields(&self, collection: &str, fields: &[String]) -> Result<usize> {
+        let mut inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(0);
+        };
+        if fields.is_empty() {
+            return Ok(0);
+        }
+        let names: BTreeSet<&str> = fields.iter().map(String::as_str).collect();
+        let watched = self.watchers.is_watched();
+        let mut events = Vec::new();
+        let changed = write_tx(&mut inner, |inner| {
+            let seq = inner.clock_row()?.0;
+            let rows: Vec<(Vec<u8>, u64, u64, Vec<u8>)> = {
+                let mut stmt = inner
+                    .conn
+                    .prepare("SELECT id, rev, seq, body FROM records WHERE coll = ?1")?;
+                let rows =
+                    stmt.query_map([coll], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut changed = 0usize;
+            for (id, rev, row_seq, bytes) in rows {
+                let id = record_id(&id)?;
+                let state = body::decode(&bytes, Seq(row_seq), &inner.nodes, &inner.fields)?;
+                if !state
+                    .cells()
+                    .iter()
+                    .any(|c| c.key.field().is_some_and(|f| names.contains(f)))
+                {
+                    continue;
+                }
+                let kept: Vec<Cell> = state
+                    .cells()
+                    .iter()
+                    .filter(|c| !c.key.field().is_some_and(|f| names.contains(f)))
+                    .cloned()
+                    .collect();
+                let after = RecordState::from_cells(kept).map_err(|m| {
+                    crate::Error::Corrupted(crate::codec::DecodeError::Malformed(m))
+                })?;
+                changed += 1;
+                let before_fields = state.is_live().then(|| state.fields());
+                let after_fields = after.is_live().then(|| after.fields());
+                if watched && before_fields.is_some() && before_fields != after_fields {
+                    events.push(Event {
+                        kind: if after_fields.is_some() {
+                            EventKind::Updated
+                        } else {
+                            EventKind::Deleted
+                        },
+                        seq,
+                        record: Record {
+                            collection: collection.to_owned(),
+                            id,
+                            rev: rev + 1,
+                            fields: after_fields
+                                .clone()
+                                .or(before_fields.clone())
+                                .unwrap_or_default(),
+                        },
+                    });
+                }
+                if after.is_empty() {
+                    remove_record(inner, coll, id, &state)?;
+                } else {
+                    rewrite_record(inner, coll, id, rev + 1, &state, &after)?;
+                }
+            }
+            for f in &names {
+                delete_field_rows(inner, coll, f)?;
+            }
+            Ok(changed)
+        })?;
+        drop(inner);
+        self.watchers.publish(&events);
+        Ok(changed)
+    }
+}
+
+/// Run `f` inside `BEGIN IMMEDIATE … COMMIT`; roll back (and forget cache entries made
+/// inside) on error.
+pub(super) fn write_tx<T>(inner: &mut Inner, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
+    inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = f(inner).and_then(|v| {
+        inner.nodes.flush(&inner.conn)?;
+        inner.fields.flush(&inner.conn)?;
+        inner.conn.execute_batch("COMMIT")?;
+        Ok(v)
+    });
+    if r.is_err() {
+        let _ = inner.conn.execute_batch("ROLLBACK");
+        inner.rollback_caches();
+    }
+    r
+}
+
+/// A record id read from a `BLOB` column.
+pub(super) fn record_id(bytes: &[u8]) -> Result<RecordId> {
+    let id: [u8; 16] = bytes.try_into().map_err(|_| {
+        crate::Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into()))
+    })?;
+    Ok(RecordId(id))
+}
+
+/// The distinct local seqs of a record's cells: exactly the seqs of its feed rows.
+pub(super) fn cell_seqs(state: &RecordState) -> Vec<Seq> {
+    let mut v: Vec<Seq> = state.cells().iter().map(|c| c.seq).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Whether the record has a feed row past `acked` that did not come from the guard's peer
+/// (`src`: its feed `src` number, `None` when that peer never sent us anything).
+fn has_unseen_changes(
+    inner: &Inner,
+    coll: i64,
+    id: RecordId,
+    state: &RecordState,
+    acked: Seq,
+    src: Option<u64>,
+) -> Result<bool> {
+    for s in cell_seqs(state).into_iter().filter(|s| *s > acked) {
+        let row_src: Option<i64> = inner
+            .conn
+            .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+            .query_row(params![s.0 as i64, coll, &id.0[..]], |r| r.get(0))
+            .optional()?;
+        if row_src.is_some_and(|r| Some(r as u64) != src) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Delete a record's row, its feed rows, index entries and history (inside the caller's
+/// transaction). Conflicts are swept separately ([`remove_orphan_conflicts`]), once per
+/// batch. Returns the number of history rows removed.
+pub(super) fn remove_record(
+    inner: &Inner,
+    coll: i64,
+    id: RecordId,
+    state: &RecordState,
+) -> Result<u64> {
+    let key = &id.0[..];
+    for s in cell_seqs(state) {
+        inner
+            .conn
+            .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+            .execute(params![s.0 as i64, coll, key])?;
+    }
+    if state.is_live() {
+        if let Some(indexed) = inner.indexes.get(&coll) {
+            super::index::update_entries(
+                &inner.conn,
+                coll,
+                id,
+                indexed,
+                &state.fields(),
+                &Default::default(),
+            )?;
+        }
+    }
+    let history = inner
+        .conn
+        .prepare_cached("DELETE FROM history WHERE coll = ?1 AND id = ?2")?
+        .execute(params![coll, key])? as u64;
+    inner
+        .conn
+        .prepare_cached("DELETE FROM records WHERE coll = ?1 AND id = ?2")?
+        .execute(params![coll, key])?;
+    Ok(history)
+}
+
+/// Store `after` as the record's cells (fewer cells than `before`, no new seq): the body, its
+/// row seq (the max cell seq), the live flag, feed rows of seqs no cell holds any more, and
+/// index entries.
+pub(super) fn rewrite_record(
+    inner: &mut Inner,
+    coll: i64,
+    id: RecordId,
+    rev: u64,
+    before: &RecordState,
+    after: &RecordState,
+) -> Result<()> {
+    let row_seq = after.max_seq();
+    let bytes = body::encode(after, row_seq, &mut inner.nodes, &mut inner.fields);
+    let key = &id.0[..];
+    inner
+        .conn
+        .prepare_cached(
+            "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6 WHERE coll = ?1 AND id = ?2",
+        )?
+        .execute(params![coll, key, rev, row_seq.0, after.is_live(), bytes])?;
+    let kept = cell_seqs(after);
+    for s in cell_seqs(before).into_iter().filter(|s| !kept.contains(s)) {
+        inner
+            .conn
+            .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+            .execute(params![s.0 as i64, coll, key])?;
+    }
+    if let Some(indexed) = inner.indexes.get(&coll) {
+        let fields = |s: &RecordState| {
+            if s.is_live() {
+                s.fields()
+            } else {
+                Default::default()
+            }
+        };
+        super::index::update_entries(
+            &inner.conn,
+            coll,
+            id,
+            indexed,
+            &fields(before),
+            &fields(after),
+        )?;
+    }
+    Ok(())
+}
+
+/// Delete conflicts whose record no longer has a row (one pass over the conflicts table).
+pub(super) fn remove_orphan_conflicts(inner: &Inner) -> Result<u64> {
+    Ok(inner.conn.execute(
+        "DELETE FROM conflicts WHERE NOT EXISTS
+         (SELECT 1 FROM records r WHERE r.coll = conflicts.coll AND r.id = conflicts.id)",
+        [],
+    )? as u64)
+}
+
+/// Delete history rows and conflicts of one field of a collection. Their `cell` column holds
+/// the cell key's encoding (`crdt::encoding`): a tag (1 field, 2 counter, 3 element), the
+/// field name as varint length + bytes, then the counter's node or the element.
+fn delete_field_rows(inner: &Inner, coll: i64, field: &str) -> Result<()> {
+    let prefix = |tag: u8| {
+        let mut p = vec![tag];
+        crate::codec::varint::write_u64(&mut p, field.len() as u64);
+        p.extend_from_slice(field.as_bytes());
+        p
+    };
+    let (plain, counter, element) = (prefix(1), prefix(2), prefix(3));
+    let n = plain.len() as i64;
+    for table in ["history", "conflicts"] {
+        inner.conn.execute(
+            &format!(
+                "DELETE FROM {table} WHERE coll = ?1 AND (cell = ?2 OR substr(cell, 1, ?3) IN (?4, ?5))"
+            ),
+            params![coll, plain, n, counter, element],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,439 @@
+//! Garbage collection of sync metadata: tombstones, removal cells, feed links, orphan feed
+//! rows — once every peer that still counts has seen them — plus history retention.
+//!
+//! ```text
+//!  peers (acked cursor, last contact) ──► horizon H = min acked cursor of the peers heard
+//!                                         from within the retention (none: the feed head)
+//!  one transaction, everything at seq <= H:
+//!    records live = 0            ─► row, feed rows, history, conflicts gone   (tombstones)
+//!    cells  = Absent in live rows ─► dropped from the body                    (removals)
+//!    feed_links t <= H            ─► dropped
+//!    feed rows without a record   ─► dropped
+//!  meta.gc_horizon = max(old, H) when anything above was removed
+//!  then history compaction (its own transaction, the configured retention)
+//! ```
+//!
+//! **Why this is safe.** A removal cell (a tombstone, an unset field, a removed set element)
+//! exists only to beat older writes that may still arrive. Once every peer acknowledged our
+//! feed past the cell's seq, every peer holds the removal (or something newer), so none of
+//! them will send us a write it beats: their own older writes were overwritten there and are
+//! no longer in their feeds, and a write relayed through them meets the removal there first.
+//! A peer not heard from within the retention no longer holds GC back; it is reported as
+//! expired, and if it comes back with a cursor below [`Database::gc_horizon`] it must be
+//! re-bootstrapped by snapshot instead of resuming the feed (the sync session decides that).
+//!
+//! **Which peers count.** Peers with an `acked` row (we have sent them our feed) whose last
+//! contact is within the retention. A peer we only receive from (a pull-only replica of us
+//! never asks for our feed) has no `acked` row and does not hold GC back.
+//!
+//! **Removals kept.** A removal cell is kept when dropping it would change what the record
+//! shows: an element removal that hides a value of the field's base list, or the last
+//! removal cells of a record that was deleted and then had only fields unset (it would turn
+//! from "live, no fields" into a tombstone). Counter contributions are never dropped (each
+//! one is part of the sum).
+//!
+//! **Incremental scan.** Removal pruning decodes only records whose row seq is above
+//! `meta.gc_scan_seq`: after a GC with horizon H, no record whose cells are all at or below H
+//! has a prunable removal left, and every later write gives its record a higher seq.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::evict::{record_id, remove_orphan_conflicts, remove_record, rewrite_record, write_tx};
+use super::{body, Database, Inner};
+use crate::crdt::{Cell, CellKey, CellValue, RecordState};
+use crate::error::{Error, Result};
+use crate::limits::PEER_RETENTION_MS_DEFAULT;
+use crate::types::Seq;
+use crate::NodeId;
+
+/// `meta` key: the highest horizon at which GC removed something. A peer whose cursor into
+/// our feed is below it may have missed removals and must be re-bootstrapped by snapshot.
+const META_GC_HORIZON: &str = "gc_horizon";
+/// `meta` key: every record whose row seq is at most this has no prunable removal cell.
+const META_GC_SCAN_SEQ: &str = "gc_scan_seq";
+
+/// How [`Database::gc`] runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcOptions {
+    /// A peer not heard from for longer than this (ms) no longer holds GC back.
+    pub peer_retention_ms: u64,
+}
+
+impl Default for GcOptions {
+    /// [`PEER_RETENTION_MS_DEFAULT`] (30 days).
+    fn default() -> Self {
+        GcOptions {
+            peer_retention_ms: PEER_RETENTION_MS_DEFAULT,
+        }
+    }
+}
+
+/// What one [`Database::gc`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// The horizon this run used: everything at or below this local seq was seen by every
+    /// peer that counts.
+    pub horizon: Seq,
+    /// Deleted records whose tombstone was removed.
+    pub tombstones_purged: u64,
+    /// Removal cells (unset fields, removed set elements, record cells of records written
+    /// again after a delete) dropped from live records.
+    pub cells_pruned: u64,
+    /// `feed_links` rows removed.
+    pub links_pruned: u64,
+    /// Feed rows removed: those of purged tombstones, of seqs no cell holds after pruning,
+    /// and rows whose record is gone.
+    pub feed_rows_pruned: u64,
+    /// History rows removed: those of purged tombstones plus the retention's compaction.
+    pub history_rows_removed: u64,
+    /// Peers not heard from within the retention (still listed by `peers()`; drop them with
+    /// [`Database::forget_peer`]).
+    pub expired_peers: Vec<NodeId>,
+}
+
+/// Sync metadata stored in the file, in bytes, by kind (see [`Database::sync_metadata`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncMetadata {
+    /// Live records.
+    pub live_records: u64,
+    /// Tombstones (deleted records still stored).
+    pub tombstones: u64,
+    /// Bytes of live records' bodies that are not user values, plus their row's seq.
+    pub live_body_bytes: u64,
+    /// Whole tombstone rows: id, seq and body.
+    pub tombstone_bytes: u64,
+    /// Rows in the change feed.
+    pub feed_rows: u64,
+    /// Bytes of feed rows: record id, seq, collection and source.
+    pub feed_bytes: u64,
+    /// Rows in `feed_links`.
+    pub links: u64,
+    /// Bytes of `feed_links` rows.
+    pub link_bytes: u64,
+    /// Bytes of peer cursors (per peer, not per record).
+    pub peer_bytes: u64,
+}
+
+impl SyncMetadata {
+    /// All of it.
+    pub fn total_bytes(&self) -> u64 {
+        self.live_body_bytes
+            + self.tombstone_bytes
+            + self.feed_bytes
+            + self.link_bytes
+            + self.peer_bytes
+    }
+
+    /// [`SyncMetadata::total_bytes`] divided by the live records (the benchmark's target is
+    /// ≤ 64 after GC); the total when there are none.
+    pub fn bytes_per_live_record(&self) -> f64 {
+        self.total_bytes() as f64 / self.live_records.max(1) as f64
+    }
+}
+
+impl Database {
+    /// Collect tombstones, removal cells, feed links and orphan feed rows that every peer
+    /// that counts has seen (see the module docs), in one transaction; then compact history
+    /// under the configured retention.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let now = self.now_ms();
+        let mut inner = self.lock()?;
+        let mut report = write_tx(&mut inner, |inner| collect(inner, opts, now))?;
+        report.history_rows_removed +=
+            super::history::compact(&mut inner, &self.options.history, now)?;
+        Ok(report)
+    }
+
+    /// The highest horizon at which GC removed something (0: never). A peer resuming our
+    /// feed from a cursor below it may have missed removals: it needs a snapshot.
+    pub fn gc_horizon(&self) -> Result<Seq> {
+        let inner = self.lock()?;
+        Ok(Seq(meta_u64(&inner, META_GC_HORIZON)?))
+    }
+
+    /// Drop a peer's cursors so GC no longer waits for it. Returns false if it was unknown.
+    /// If it syncs again it starts from nothing (and gets a snapshot when GC has run).
+    pub fn forget_peer(&self, node: NodeId) -> Result<bool> {
+        let inner = self.lock()?;
+        let n = inner
+            .conn
+            .execute("DELETE FROM peers WHERE node = ?1", [&node.0[..]])?;
+        Ok(n > 0)
+    }
+
+    /// Measure the sync metadata stored in the file: everything kept only so that replicas
+    /// converge, as opposed to user values. Counted, per row, as the bytes SQLite stores for
+    /// each value (integers by their serial-type size: 0–8 bytes; ids 16 bytes), without page,
+    /// cell-header and b-tree overhead:
+    ///
+    /// - live records: the body minus the user values in it (plain field values, set
+    ///   elements), i.e. the header, versions, cell flags, field numbers, removal cells,
+    ///   counter contributions, plus the row's `seq`;
+    /// - tombstones: the whole row (id, seq, body);
+    /// - feed rows (id, seq, collection, source), `feed_links` rows, peer cursors.
+    ///
+    /// Not counted: history and conflicts (features with their own retention), indexes, the
+    /// node and field dictionaries (per node and per field name, not per record).
+    pub fn sync_metadata(&self) -> Result<SyncMetadata> {
+        let mut inner = self.lock()?;
+        inner.conn.execute_batch("BEGIN")?;
+        let r = inner
+            .refresh()
+            .map_err(Error::from)
+            .and_then(|_| measure(&inner));
+        inner.conn.execute_batch("COMMIT")?;
+        r
+    }
+
+    /// [`SyncMetadata::total_bytes`] of [`Database::sync_metadata`].
+    pub fn sync_metadata_bytes(&self) -> Result<u64> {
+        Ok(self.sync_metadata()?.total_bytes())
+    }
+}
+
+/// A `records` row as GC reads it: coll, id, rev, seq, live, body.
+type StoredRow = (i64, Vec<u8>, u64, u64, bool, Vec<u8>);
+
+/// The GC transaction's work.
+fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport> {
+    let head = inner.clock_row()?.0;
+    let mut report = GcReport::default();
+    let mut horizon: Option<Seq> = None;
+    {
+        // One entry per peer: its acked cursor (if any) and its latest contact in either
+        // direction.
+        let mut stmt = inner
+            .conn
+            .prepare("SELECT node, direction, cursor, last_contact_ms FROM peers ORDER BY node")?;
+        let mut rows = stmt.query([])?;
+        let mut peers: Vec<(NodeId, Option<Seq>, u64)> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let node: [u8; 16] = r.get::<_, Vec<u8>>(0)?.try_into().map_err(|_| {
+                Error::Corrupted(crate::codec::DecodeError::Malformed("bad peer id".into()))
+            })?;
+            let node = NodeId(node);
+            if peers.last().is_none_or(|p| p.0 != node) {
+                peers.push((node, None, 0));
+            }
+            let p = peers.last_mut().expect("pushed");
+            if r.get::<_, String>(1)? == "acked" {
+                p.1 = Some(Seq(r.get::<_, i64>(2)?.max(0) as u64));
+            }
+            p.2 = p.2.max(r.get::<_, i64>(3)?.max(0) as u64);
+        }
+        for (node, acked, last) in peers {
+            if now_ms.saturating_sub(last) > opts.peer_retention_ms {
+                report.expired_peers.push(node);
+            } else if let Some(a) = acked {
+                horizon = Some(horizon.map_or(a, |h| h.min(a)));
+            }
+        }
+    }
+    let h = horizon.unwrap_or(head).min(head);
+    report.horizon = h;
+    let scan_from = Seq(meta_u64(inner, META_GC_SCAN_SEQ)?);
+
+    // One pass over the records: tombstones at or below H, and live records written since
+    // the last scan (the only ones that can hold a removal cell newly at or below H).
+    let rows: Vec<StoredRow> = {
+        let mut stmt = inner.conn.prepare(
+            "SELECT coll, id, rev, seq, live, body FROM records
+             WHERE (live = 0 AND seq <= ?1) OR (live = 1 AND seq > ?2)",
+        )?;
+        let rows = stmt.query_map(params![h.0 as i64, scan_from.0 as i64], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (coll, id, rev, row_seq, live, bytes) in rows {
+        let id = record_id(&id)?;
+        let state = body::decode(&bytes, Seq(row_seq), &inner.nodes, &inner.fields)?;
+        if !live {
+            report.feed_rows_pruned += super::evict::cell_seqs(&state).len() as u64;
+            report.history_rows_removed += remove_record(inner, coll, id, &state)?;
+            report.tombstones_purged += 1;
+            continue;
+        }
+        let Some(pruned) = prune_removals(&state, h) else {
+            continue;
+        };
+        report.cells_pruned += (state.cells().len() - pruned.cells().len()) as u64;
+        report.feed_rows_pruned +=
+            (super::evict::cell_seqs(&state).len() - super::evict::cell_seqs(&pruned).len()) as u64;
+        rewrite_record(inner, coll, id, rev, &state, &pruned)?;
+    }
+    if report.tombstones_purged > 0 {
+        remove_orphan_conflicts(inner)?;
+    }
+    report.links_pruned = inner
+        .conn
+        .execute("DELETE FROM feed_links WHERE t <= ?1", [h.0 as i64])?
+        as u64;
+    report.feed_rows_pruned += inner.conn.execute(
+        "DELETE FROM feed WHERE NOT EXISTS
+         (SELECT 1 FROM records r WHERE r.coll = feed.coll AND r.id = feed.id)",
+        [],
+    )? as u64;
+    set_meta_max(inner, META_GC_SCAN_SEQ, h.0)?;
+    if report.tombstones_purged + report.cells_pruned + report.links_pruned > 0 {
+        set_meta_max(inner, META_GC_HORIZON, h.0)?;
+    }
+    Ok(report)
+}
+
+/// The record without its removal cells at or below `h`, keeping any whose removal would
+/// change what the record shows (see the module docs). `None`: nothing to drop.
+fn prune_removals(state: &RecordState, h: Seq) -> Option<RecordState> {
+    let prunable = |c: &Cell| c.value == CellValue::Absent && c.seq <= h;
+    if !state.cells().iter().any(prunable) {
+        return None;
+    }
+    let live = state.is_live();
+    let fields = state.fields();
+    let same = |s: &RecordState| s.is_live() == live && s.fields() == fields;
+    let all = RecordState::from_cells(
+        state
+            .cells()
+            .iter()
+            .filter(|c| !prunable(c))
+            .cloned()
+            .collect(),
+    )
+    .ok()?;
+    if same(&all) {
+        return Some(all);
+    }
+    // Some removal matters: drop them one at a time, keeping each drop that shows nothing.
+    let keys: Vec<CellKey> = state
+        .cells()
+        .iter()
+        .filter(|c| prunable(c))
+        .map(|c| c.key.clone())
+        .collect();
+    let mut current = state.clone();
+    for key in keys {
+        let trial = RecordState::from_cells(
+            current
+                .cells()
+                .iter()
+                .filter(|c| c.key != key)
+                .cloned()
+                .collect(),
+        )
+        .ok()?;
+        if same(&trial) {
+            current = trial;
+        }
+    }
+    (current.cells().len() < state.cells().len()).then_some(current)
+}
+
+/// How many bytes SQLite stores for an integer value (its serial type's size).
+fn int_bytes(v: i64) -> u64 {
+    match v {
+        0 | 1 => 0,
+        -128..=127 => 1,
+        -32_768..=32_767 => 2,
+        -8_388_608..=8_388_607 => 3,
+        -2_147_483_648..=2_147_483_647 => 4,
+        -140_737_488_355_328..=140_737_488_355_327 => 6,
+        _ => 8,
+    }
+}
+
+/// The scan of [`Database::sync_metadata`], inside the caller's read transaction.
+fn measure(inner: &Inner) -> Result<SyncMetadata> {
+    let mut m = SyncMetadata::default();
+    {
+        let mut stmt = inner
+            .conn
+            .prepare("SELECT id, seq, live, body FROM records")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let id_len = r
+                .get_ref(0)?
+                .as_blob()
+                .map_err(rusqlite::Error::from)?
+                .len() as u64;
+            let seq: i64 = r.get(1)?;
+            let live: bool = r.get(2)?;
+            let bytes = r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+            if !live {
+                m.tombstones += 1;
+                m.tombstone_bytes += id_len + int_bytes(seq) + bytes.len() as u64;
+                continue;
+            }
+            m.live_records += 1;
+            let state = body::decode(bytes, Seq(seq as u64), &inner.nodes, &inner.fields)?;
+            let user: usize = state
+                .cells()
+                .iter()
+                .map(|c| match (&c.key, &c.value) {
+                    (CellKey::Field(_), CellValue::Value(v)) => crate::codec::value::encoded_len(v),
+                    (CellKey::Element(_, e), CellValue::Present) => e.len(),
+                    _ => 0,
+                })
+                .sum();
+            m.live_body_bytes += (bytes.len() - user.min(bytes.len())) as u64 + int_bytes(seq);
+        }
+    }
+    {
+        let mut stmt = inner
+            .conn
+            .prepare("SELECT seq, coll, length(id), src FROM feed")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            m.feed_rows += 1;
+            m.feed_bytes += int_bytes(r.get(0)?)
+                + int_bytes(r.get(1)?)
+                + r.get::<_, i64>(2)?.max(0) as u64
+                + int_bytes(r.get(3)?);
+        }
+    }
+    {
+        let mut stmt = inner.conn.prepare("SELECT s, t FROM feed_links")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            m.links += 1;
+            m.link_bytes += int_bytes(r.get(0)?) + int_bytes(r.get(1)?);
+        }
+    }
+    m.peer_bytes = inner
+        .conn
+        .query_row(
+            "SELECT coalesce(sum(length(node) + length(direction) + 8 + 8), 0) FROM peers",
+            [],
+            |r| r.get::<_, i64>(0),
+        )?
+        .max(0) as u64;
+    Ok(m)
+}
+
+/// A numeric `meta` value; a missing key reads as 0.
+fn meta_u64(inner: &Inner, key: &str) -> Result<u64> {
+    let v: Option<i64> = inner
+        .conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+/// Raise a numeric `meta` value to `v` (never lowers it).
+fn set_meta_max(inner: &Inner, key: &str, v: u64) -> Result<()> {
+    inner
+        .conn
+        .prepare_cached(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        )?
+        .execute(params![key, v as i64])?;
+    Ok(())
+}

@@ -1,0 +1,659 @@
+//! Snapshots: a whole copy of the records, read in pages by a sender and staged, then applied
+//! in one transaction, by a receiver.
+//!
+//! A peer that is new, or whose cursor predates what garbage collection kept, cannot catch up
+//! from the change feed. It receives a snapshot instead:
+//!
+//! ```text
+//! sender                                   receiver
+//! snapshot_page(None)  ──► chunk 0 ──►     snapshot_begin(peer, snap_id, position)
+//! snapshot_page(next)  ──► chunk 1 ──►     snapshot_stage_chunk(.., idx, last_key, chunk)
+//!  ...                                      ... (staged rows survive restarts: resumable)
+//!                      ──► end     ──►     snapshot_finish(.., chunks, scope, acked)
+//!                                            one SQLite transaction: merge every record,
+//!                                            evict what the snapshot lacks, cursor = position
+//! ```
+//!
+//! The position is the sender's head when the first page was read. Later pages may hold
+//! newer changes; that is harmless (merging is idempotent), and everything committed after
+//! the position reaches the receiver through the live feed, which resumes from it.
+//!
+//! Staging keeps the raw chunks in `snapshot_staging` and the progress in
+//! `snapshot_progress` (see `schema.rs`), so a disconnect costs only the chunk in flight: the
+//! receiver reports its [`SnapshotProgress`] and the sender continues after `last_key`.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::feed::{Change, PeerDirection};
+use super::write::{validate_field_name, validate_value};
+use super::{body, validate_collection_name, Database, Inner};
+use crate::codec::DecodeError;
+use crate::crdt::{Cell, CellKey, CellValue, RecordState};
+use crate::error::{ApplyError, Error, Result};
+use crate::limits::{
+    FEED_PAGE_CELLS_MAX, SNAPSHOT_CHUNKS_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_CELLS_MAX,
+    SNAPSHOT_PAGE_BODY_BYTES_TARGET, SNAPSHOT_PAGE_RECORDS_SCANNED_MAX,
+};
+use crate::store::read::Record;
+use crate::types::Seq;
+use crate::watch::{Event, EventKind};
+use crate::{NodeId, RecordId, Value};
+
+/// Where a snapshot stands: records are read in order of collection name, then id bytes
+/// (the derived order), and a key names the last record read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotKey {
+    /// The collection's name.
+    pub collection: String,
+    /// The record.
+    pub id: RecordId,
+}
+
+/// Chooses the records of a snapshot: `(collection, id, live fields, live)`, the fields
+/// empty for a tombstone; true to include the record.
+pub type SnapshotSelect<'a> =
+    dyn FnMut(&str, RecordId, &BTreeMap<String, Value>, bool) -> bool + 'a;
+
+/// One page of a snapshot (see [`Database::snapshot_page`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SnapshotPage {
+    /// Every cell of each selected record; `seq` is the record's own (largest) seq.
+    /// Tombstones are included: the receiver must learn of deletes too.
+    pub changes: Vec<Change>,
+    /// The sender's head (last feed seq) when this page was read, from the same read
+    /// transaction. A snapshot's position is the one of its first page.
+    pub position: Seq,
+    /// Where the next page starts; `None` when every record has been read.
+    pub next: Option<SnapshotKey>,
+}
+
+/// A snapshot being received from a peer, as staged so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    /// The sender's id of this snapshot.
+    pub snap_id: u64,
+    /// The sender's feed position the snapshot stands for.
+    pub position: Seq,
+    /// The index of the next chunk expected (= chunks staged so far).
+    pub next_index: u32,
+    /// The last record of the last staged chunk: the sender resumes after it.
+    pub last_key: Option<SnapshotKey>,
+}
+
+/// Which local records a snapshot speaks for. Records of other collections are never
+/// removed by [`Database::snapshot_finish`], whatever the snapshot holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotScope {
+    /// The collections the snapshot covers; `None`: all of them.
+    pub collections: Option<Vec<String>>,
+}
+
+/// What [`Database::snapshot_finish`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotApplied {
+    /// Records in the snapshot (live and tombstones).
+    pub records: u64,
+    /// Cells that changed something here.
+    pub cells_applied: u64,
+    /// Local records of the scope that the snapshot lacked and that were removed (evicted:
+    /// no tombstone, nothing sent).
+    pub evicted: u64,
+    /// Local records the snapshot lacked but that were kept, because they hold changes the
+    /// peer has not seen yet (they reach it through the normal feed).
+    pub kept_pending: u64,
+    /// The peer's feed position this node has now received up to.
+    pub position: Seq,
+}
+
+impl Database {
+    /// Read one page of a snapshot of every collection: the records after `after` (all from
+    /// the start with `None`), in [`SnapshotKey`] order, for which `select(collection, id,
+    /// live fields, live)` returns true (the fields are empty for a tombstone). A page holds
+    /// at most `cells_max` cells (clamped to 1..=`FEED_PAGE_CELLS_MAX`) and about
+    /// `SNAPSHOT_PAGE_BODY_BYTES_TARGET` bytes, except that a record is never split, so one
+    /// larger record comes alone. A page also stops after `SNAPSHOT_PAGE_RECORDS_SCANNED_MAX`
+    /// records examined, so a selective `select` may yield an empty page with `next` set.
+    ///
+    /// One read transaction per page. `select` runs while the database is locked: it must
+    /// not call this database.
+    pub fn snapshot_page(
+        &self,
+        after: Option<&SnapshotKey>,
+        cells_max: usize,
+        select: &mut SnapshotSelect<'_>,
+    ) -> Result<SnapshotPage> {
+        let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
+        let mut inner = self.lock()?;
+        inner.conn.execute_batch("BEGIN")?;
+        let result = inner
+            .refresh()
+            .map_err(Error::from)
+            .and_then(|_| snapshot_page_in(&inner, after, cells_max, select));
+        inner.conn.execute_batch("COMMIT")?;
+        result
+    }
+
+    /// The snapshot being received from `peer`, if one is staged.
+    pub fn snapshot_progress(&self, peer: NodeId) -> Result<Option<SnapshotProgress>> {
+        let inner = self.lock()?;
+        progress_in(&inner, peer)
+    }
+
+    /// Start receiving snapshot `snap_id` of `peer`, standing for its feed at `position`.
+    /// Any other snapshot staged from `peer` is discarded. Beginning the snapshot already in
+    /// progress (same id and position) keeps what was staged: that is a resume.
+    pub fn snapshot_begin(&self, peer: NodeId, snap_id: u64, position: Seq) -> Result<()> {
+        let mut inner = self.lock()?;
+        write_tx(&mut inner, |inner| {
+            if let Some(p) = progress_in(inner, peer)? {
+                if p.snap_id == snap_id && p.position == position {
+                    return Ok(());
+                }
+            }
+            discard(inner, peer)?;
+            inner
+                .conn
+                .prepare_cached(
+                    "INSERT INTO snapshot_progress (peer, snap_id, position, next_index)
+                     VALUES (?1, ?2, ?3, 0)",
+                )?
+                .execute(params![&peer.0[..], snap_id as i64, position.0 as i64])?;
+            Ok(())
+        })
+    }
+
+    /// Stage chunk `idx` of snapshot `snap_id` from `peer`; `last_key` is its last record.
+    /// Repeating an already staged index changes nothing (a duplicate delivery); an index
+    /// past the next expected one, or a snapshot that was not begun, is an error. The chunk
+    /// is not decoded here (that happens once, in `snapshot_finish`); callers that want early
+    /// detection verify it first (`sync::snapshot::verify_chunk`).
+    pub fn snapshot_stage_chunk(
+        &self,
+        peer: NodeId,
+        snap_id: u64,
+        idx: u32,
+        last_key: &SnapshotKey,
+        chunk: &[u8],
+    ) -> Result<()> {
+        if chunk.len() > SNAPSHOT_CHUNK_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot chunk {idx} is {} bytes, over the limit of {SNAPSHOT_CHUNK_BYTES_MAX}",
+                chunk.len()
+            )));
+        }
+        let mut inner = self.lock()?;
+        write_tx(&mut inner, |inner| {
+            let p = expect_progress(inner, peer, snap_id)?;
+            if idx < p.next_index {
+                return Ok(());
+            }
+            if idx > p.next_index {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {snap_id} chunk {idx} arrived out of order: chunk {} is next; \
+                     resume from the staged progress",
+                    p.next_index
+                )));
+            }
+            if idx as usize >= SNAPSHOT_CHUNKS_MAX {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {snap_id} has more than {SNAPSHOT_CHUNKS_MAX} chunks"
+                )));
+            }
+            inner
+                .conn
+                .prepare_cached(
+                    "INSERT INTO snapshot_staging (peer, snap_id, idx, data) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![&peer.0[..], snap_id as i64, idx, chunk])?;
+            inner
+                .conn
+                .prepare_cached(
+                    "UPDATE snapshot_progress SET next_index = ?2, last_coll = ?3, last_id = ?4
+                     WHERE peer = ?1",
+                )?
+                .execute(params![
+                    &peer.0[..],
+                    idx + 1,
+                    last_key.collection,
+                    &last_key.id.0[..]
+                ])?;
+            Ok(())
+        })
+    }
+
+    /// Drop whatever snapshot is staged from `peer`.
+    pub fn snapshot_abort(&self, peer: NodeId) -> Result<()> {
+        let mut inner = self.lock()?;
+        write_tx(&mut inner, |inner| discard(inner, peer))
+    }
+
+    /// Apply snapshot `snap_id` of `peer`, all `chunks` of which must be staged, in ONE
+    /// SQLite transaction:
+    ///
+    /// 1. every record of every chunk is merged like a peer's changes (history, conflicts,
+    ///    indexes and watch events as for `apply_changes`); each chunk is one local commit,
+    ///    so forwarding the result to other peers is not one giant unit;
+    /// 2. local records of the collections in `scope` that the snapshot lacks are evicted (no
+    ///    tombstone, nothing sent), except those with changes `peer` has not seen: a feed row
+    ///    past `acked` (how far `peer` acknowledged our feed) that did not come from `peer`.
+    ///    This is how a replica that missed collected tombstones, or whose view changed,
+    ///    converges;
+    /// 3. the `Received` cursor of `peer` becomes the snapshot's position, so the live feed
+    ///    continues from there with no gap;
+    /// 4. the staged rows are deleted.
+    ///
+    /// On error nothing changes, and the staged chunks stay (abort them to start over).
+    /// Chunks are decoded with `sync::snapshot::decode_chunk` (like `apply_changes_checked`
+    /// takes the sync layer's access control, the store knows the wire form of what it
+    /// applies).
+    pub fn snapshot_finish(
+        &self,
+        peer: NodeId,
+        snap_id: u64,
+        chunks: u32,
+        scope: &SnapshotScope,
+        acked: Seq,
+    ) -> Result<SnapshotApplied> {
+        if peer == self.node_id() {
+            return Err(Error::InvalidArgument(
+                "a snapshot cannot come from this database's own node id".into(),
+            ));
+        }
+        let mut applied = SnapshotApplied::default();
+        let mut evicted_events: Vec<Event> = Vec::new();
+        let watched = self.watchers.is_watched();
+        self.transaction(|tx| {
+            let progress = expect_progress(tx.inner, peer, snap_id)?;
+            if progress.next_index != chunks {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {snap_id} has {} chunks staged but {chunks} were sent; resume \
+                     from the staged progress",
+                    progress.next_index
+                )));
+            }
+            applied.position = progress.position;
+            let src = tx.inner.nodes.index(&peer) + 1;
+            // 1. Merge, one local commit per chunk. One chunk is decoded at a time.
+            for idx in 0..chunks {
+                let data: Vec<u8> = tx
+                    .inner
+                    .conn
+                    .prepare_cached(
+                        "SELECT data FROM snapshot_staging WHERE peer = ?1 AND idx = ?2",
+                    )?
+                    .query_row(params![&peer.0[..], idx], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "snapshot {snap_id} chunk {idx} is not staged; abort and start over"
+                        ))
+                    })?;
+                let changes = crate::sync::snapshot::decode_chunk(&data, SNAPSHOT_CHUNK_CELLS_MAX).map_err(|e| {
+                    Error::Apply(ApplyError::Invalid(format!(
+                        "snapshot {snap_id} chunk {idx}: {e}"
+                    )))
+                })?;
+                drop(data);
+                if tx.seq_used {
+                    tx.seq = Seq(tx.seq.0 + 1);
+                    tx.seq_used = false;
+                }
+                for ch in changes {
+                    validate_collection_name(&ch.collection)
+                        .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                    let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
+                    tx.records[i].src = src;
+                    applied.records += 1;
+                    for mut c in ch.cells {
+                        validate_cell(&c).map_err(ApplyError::Invalid)?;
+                        tx.inner
+                            .clock
+                            .observe(c.version.hlc, tx.now_ms)
+                            .map_err(ApplyError::from)?;
+                        c.seq = tx.seq;
+                        if tx.merge(i, c) {
+                            tx.seq_used = true;
+                            applied.cells_applied += 1;
+                        }
+                    }
+                    // `TRANSACTION_CELLS_MAX` bounds what one sender transaction may carry;
+                    // a snapshot is many chunks, each bounded on its own (cells, bytes, and
+                    // `SNAPSHOT_CHUNKS_MAX`), so its records do not count against it.
+                    tx.records[i].cells_changed = 0;
+                }
+            }
+            // 2. Evict what the snapshot lacks. The snapshot's records are exactly the ones
+            // the transaction tracks, and their new state is written only at commit, after
+            // this: the rows read here are the local copies as they were.
+            let colls: Vec<(i64, String)> = match &scope.collections {
+                None => tx
+                    .inner
+                    .collections
+                    .iter()
+                    .map(|(n, c)| (*c, n.clone()))
+                    .collect(),
+                Some(names) => names
+                    .iter()
+                    .filter_map(|n| tx.inner.collection_id(n).map(|c| (c, n.clone())))
+                    .collect(),
+            };
+            let head = tx.base_seq;
+            for (coll, name) in colls {
+                // Ids first (small), then the bodies of the absent ones only.
+                let mut absent: Vec<RecordId> = Vec::new();
+                {
+                    let mut stmt = tx
+                        .inner
+                        .conn
+                        .prepare("SELECT id FROM records WHERE coll = ?1")?;
+                    let mut rows = stmt.query([coll])?;
+                    while let Some(row) = rows.next()? {
+                        let id =
+                            record_id(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+                        if !tx.pending.contains_key(&(coll, id)) {
+                            absent.push(id);
+                        }
+                    }
+                }
+                for id in absent {
+                    let (rev, row_seq, bytes): (u64, u64, Vec<u8>) = tx
+                        .inner
+                        .conn
+                        .prepare_cached(
+                            "SELECT rev, seq, body FROM records WHERE coll = ?1 AND id = ?2",
+                        )?
+                        .query_row(params![coll, &id.0[..]], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })?;
+                    let state =
+                        body::decode(&bytes, Seq(row_seq), &tx.inner.nodes, &tx.inner.fields)?;
+                    if has_unseen_changes(tx.inner, coll, id, &state, acked, src)? {
+                        applied.kept_pending += 1;
+                        continue;
+                    }
+                    if watched && state.is_live() {
+                        evicted_events.push(Event {
+                            kind: EventKind::Deleted,
+                            seq: head,
+                            record: Record {
+                                collection: name.clone(),
+                                id,
+                                rev,
+                                fields: state.fields(),
+                            },
+                        });
+                    }
+                    remove_record(tx.inner, coll, id, &state)?;
+                    applied.evicted += 1;
+                }
+            }
+            if applied.evicted > 0 {
+                tx.inner.conn.execute(
+                    "DELETE FROM conflicts WHERE NOT EXISTS
+                     (SELECT 1 FROM records r WHERE r.coll = conflicts.coll AND r.id = conflicts.id)",
+                    [],
+                )?;
+            }
+            // 3. and 4.
+            tx.inner.set_peer_cursor(
+                peer,
+                PeerDirection::Received,
+                progress.position,
+                tx.now_ms,
+            )?;
+            discard(tx.inner, peer)?;
+            Ok(())
+        })?;
+        self.watchers.publish(&evicted_events);
+        Ok(applied)
+    }
+}
+
+/// The scan of [`Database::snapshot_page`], inside the caller's read transaction.
+fn snapshot_page_in(
+    inner: &Inner,
+    after: Option<&SnapshotKey>,
+    cells_max: usize,
+    select: &mut SnapshotSelect<'_>,
+) -> Result<SnapshotPage> {
+    let position = inner.clock_row()?.0;
+    let mut names: Vec<(&str, i64)> = inner
+        .collections
+        .iter()
+        .map(|(n, c)| (n.as_str(), *c))
+        .filter(|(n, _)| after.is_none_or(|a| *n >= a.collection.as_str()))
+        .collect();
+    names.sort_unstable();
+    let mut page = SnapshotPage {
+        changes: Vec::new(),
+        position,
+        next: None,
+    };
+    let (mut cells, mut bytes_total, mut scanned) = (0usize, 0usize, 0usize);
+    let mut last: Option<SnapshotKey> = after.cloned();
+    let mut stmt = inner.conn.prepare_cached(
+        "SELECT id, seq, live, body FROM records WHERE coll = ?1 AND id > ?2 ORDER BY id",
+    )?;
+    for (name, coll) in names {
+        let start: &[u8] = match after {
+            Some(a) if a.collection == name => &a.id.0[..],
+            _ => &[],
+        };
+        let mut rows = stmt.query(params![coll, start])?;
+        while let Some(row) = rows.next()? {
+            if scanned >= SNAPSHOT_PAGE_RECORDS_SCANNED_MAX {
+                page.next = last;
+                return Ok(page);
+            }
+            let id = record_id(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+            let seq = Seq(row.get::<_, i64>(1)? as u64);
+            let live: bool = row.get(2)?;
+            let body = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+            let state = body::decode(body, seq, &inner.nodes, &inner.fields)?;
+            let n = state.cells().len();
+            if !page.changes.is_empty()
+                && (cells + n > cells_max
+                    || bytes_total + body.len() > SNAPSHOT_PAGE_BODY_BYTES_TARGET)
+            {
+                // Full: this record starts the next page.
+                page.next = last;
+                return Ok(page);
+            }
+            scanned += 1;
+            last = Some(SnapshotKey {
+                collection: name.to_owned(),
+                id,
+            });
+            let fields = if live {
+                state.fields()
+            } else {
+                BTreeMap::new()
+            };
+            if !select(name, id, &fields, live) {
+                continue;
+            }
+            cells += n;
+            bytes_total += body.len();
+            page.changes.push(Change {
+                seq,
+                collection: name.to_owned(),
+                id,
+                cells: state.into_cells(),
+            });
+        }
+    }
+    Ok(page)
+}
+
+/// Run `f` in a write transaction of its own (staging bookkeeping, not records).
+fn write_tx<T>(inner: &mut Inner, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
+    inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = f(inner).and_then(|v| {
+        inner.conn.execute_batch("COMMIT")?;
+        Ok(v)
+    });
+    if r.is_err() {
+        let _ = inner.conn.execute_batch("ROLLBACK");
+        inner.rollback_caches();
+    }
+    r
+}
+
+fn progress_in(inner: &Inner, peer: NodeId) -> Result<Option<SnapshotProgress>> {
+    type Row = (i64, i64, u32, Option<String>, Option<Vec<u8>>);
+    let row: Option<Row> = inner
+        .conn
+        .prepare_cached(
+            "SELECT snap_id, position, next_index, last_coll, last_id FROM snapshot_progress
+             WHERE peer = ?1",
+        )?
+        .query_row([&peer.0[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((snap_id, position, next_index, coll, id)) = row else {
+        return Ok(None);
+    };
+    let last_key = match (coll, id) {
+        (Some(collection), Some(id)) => Some(SnapshotKey {
+            collection,
+            id: record_id(&id)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(SnapshotProgress {
+        snap_id: snap_id as u64,
+        position: Seq(position as u64),
+        next_index,
+        last_key,
+    }))
+}
+
+fn expect_progress(inner: &Inner, peer: NodeId, snap_id: u64) -> Result<SnapshotProgress> {
+    match progress_in(inner, peer)? {
+        Some(p) if p.snap_id == snap_id => Ok(p),
+        Some(p) => Err(Error::InvalidArgument(format!(
+            "snapshot {snap_id} from {peer} is not the one in progress ({}); begin it first",
+            p.snap_id
+        ))),
+        None => Err(Error::InvalidArgument(format!(
+            "no snapshot from {peer} is in progress; begin snapshot {snap_id} first"
+        ))),
+    }
+}
+
+fn discard(inner: &Inner, peer: NodeId) -> Result<()> {
+    inner
+        .conn
+        .prepare_cached("DELETE FROM snapshot_staging WHERE peer = ?1")?
+        .execute([&peer.0[..]])?;
+    inner
+        .conn
+        .prepare_cached("DELETE FROM snapshot_progress WHERE peer = ?1")?
+        .execute([&peer.0[..]])?;
+    Ok(())
+}
+
+fn record_id(bytes: &[u8]) -> Result<RecordId> {
+    let id: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| Error::Corrupted(DecodeError::Malformed("bad record id".into())))?;
+    Ok(RecordId(id))
+}
+
+fn cell_seqs(state: &RecordState) -> Vec<Seq> {
+    let mut v: Vec<Seq> = state.cells().iter().map(|c| c.seq).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Whether the record holds a change `peer` (local node number `src`) has not seen: a feed
+/// row past `acked` that did not come from it. Only its own cells' seqs can have feed rows.
+fn has_unseen_changes(
+    inner: &Inner,
+    coll: i64,
+    id: RecordId,
+    state: &RecordState,
+    acked: Seq,
+    src: u64,
+) -> Result<bool> {
+    for s in cell_seqs(state).into_iter().filter(|s| *s > acked) {
+        let row_src: Option<i64> = inner
+            .conn
+            .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+            .query_row(params![s.0 as i64, coll, &id.0[..]], |r| r.get(0))
+            .optional()?;
+        if row_src.is_some_and(|r| r as u64 != src) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Remove everything that names a record, leaving no tombstone: its row, feed rows, index
+/// entries and history. (Conflicts go in one statement afterwards.)
+fn remove_record(inner: &Inner, coll: i64, id: RecordId, state: &RecordState) -> Result<()> {
+    let key = &id.0[..];
+    for s in cell_seqs(state) {
+        inner
+            .conn
+            .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+            .execute(params![s.0 as i64, coll, key])?;
+    }
+    if state.is_live() {
+        if let Some(indexed) = inner.indexes.get(&coll) {
+            super::index::update_entries(
+                &inner.conn,
+                coll,
+                id,
+                indexed,
+                &state.fields(),
+                &BTreeMap::new(),
+            )?;
+        }
+    }
+    inner
+        .conn
+        .prepare_cached("DELETE FROM history WHERE coll = ?1 AND id = ?2")?
+        .execute(params![coll, key])?;
+    inner
+        .conn
+        .prepare_cached("DELETE FROM records WHERE coll = ?1 AND id = ?2")?
+        .execute(params![coll, key])?;
+    Ok(())
+}
+
+/// Refuse cells that no BlazeDB could have written (the same rules as the apply path).
+fn validate_cell(c: &Cell) -> std::result::Result<(), String> {
+    if let Some(f) = c.key.field() {
+        validate_field_name(f).map_err(|e| e.to_string())?;
+    }
+    let ok = matches!(
+        (&c.key, &c.value),
+        (CellKey::Record, CellValue::Present | CellValue::Absent)
+            | (CellKey::Field(_), CellValue::Value(_) | CellValue::Absent)
+            | (CellKey::Counter(..), CellValue::Count(_))
+            | (CellKey::Element(..), CellValue::Present | CellValue::Absent)
+    );
+    if !ok {
+        return Err(format!(
+            "cell {} cannot hold {:?}",
+            c.key.display_name(),
+            c.value
+        ));
+    }
+    if let CellKey::Element(_, bytes) = &c.key {
+        let v =
+            crate::codec::value::from_bytes(bytes).map_err(|e| format!("bad set element: {e}"))?;
+        if crate::codec::value::to_bytes(&v) != *bytes {
+            return Err("set element is not canonically encoded".into());
+        }
+    }
+    if let CellValue::Value(v) = &c.value {
+        validate_value(c.key.field().unwrap_or(""), v).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,439 @@
+//! GC and eviction on real files: tombstones and removal cells go only once every peer that
+//! counts acknowledged them, expired peers stop holding GC back, sync metadata per live record
+//! stays flat under delete churn, eviction leaves no trace in the feed, and replicas still
+//! converge after GC.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use blazedb::sync::SessionConfig;
+use blazedb::{
+    Database, EvictGuard, GcOptions, NodeId, OpenOptions, Patch, PeerDirection, RecordId, Seq,
+    Value,
+};
+
+const T0: u64 = 1_700_000_000_000;
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+fn open_at(dir: &std::path::Path, name: &str, clock: &Arc<AtomicU64>) -> Database {
+    let c = clock.clone();
+    Database::open(
+        dir.join(format!("{name}.db")),
+        OpenOptions {
+            wall_clock: Arc::new(move || c.load(Ordering::SeqCst)),
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn tombstones(db: &Database, coll: &str) -> u64 {
+    db.stats()
+        .unwrap()
+        .collections
+        .get(coll)
+        .map_or(0, |c| c.tombstones)
+}
+
+fn insert_many(db: &Database, n: usize) -> Vec<RecordId> {
+    db.transaction(|tx| {
+        (0..n)
+            .map(|i| {
+                tx.insert(
+                    "items",
+                    [
+                        ("name", Value::from(format!("item {i}"))),
+                        ("n", Value::Int(i as i64)),
+                    ],
+                )
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+fn delete_all(db: &Database, ids: &[RecordId]) {
+    db.transaction(|tx| {
+        for id in ids {
+            tx.delete("items", *id)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Every change after 0, flattened to (collection, id, cell name).
+fn feed_cells(db: &Database) -> Vec<(String, RecordId, String)> {
+    let batch = db.changes_since(Seq(0), 1_000_000, None).unwrap();
+    assert!(!batch.more);
+    batch
+        .changes
+        .iter()
+        .flat_map(|c| {
+            c.cells
+                .iter()
+                .map(move |cell| (c.collection.clone(), c.id, cell.key.display_name()))
+        })
+        .collect()
+}
+
+#[test]
+fn tombstones_go_only_after_every_peer_acked_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let db = open_at(dir.path(), "a", &clock);
+    let (p1, p2) = (NodeId([1; 16]), NodeId([2; 16]));
+    let ids = insert_many(&db, 10);
+    let before_deletes = db.last_seq().unwrap();
+    delete_all(&db, &ids[..5]);
+    let head = db.last_seq().unwrap();
+    db.set_peer_cursor(p1, PeerDirection::Acked, before_deletes)
+        .unwrap();
+    db.set_peer_cursor(p2, PeerDirection::Acked, head).unwrap();
+
+    let r = db.gc(&GcOptions::default()).unwrap();
+    assert_eq!(
+        r.horizon, before_deletes,
+        "the slowest peer sets the horizon"
+    );
+    assert_eq!(r.tombstones_purged, 0);
+    assert_eq!(tombstones(&db, "items"), 5);
+    assert!(r.expired_peers.is_empty());
+
+    db.set_peer_cursor(p1, PeerDirection::Acked, head).unwrap();
+    let r = db.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.horizon, head);
+    assert_eq!(r.tombstones_purged, 5);
+    assert!(r.feed_rows_pruned >= 5);
+    assert_eq!(tombstones(&db, "items"), 0);
+    assert_eq!(db.gc_horizon().unwrap(), head);
+    assert_eq!(db.count("items").unwrap(), 5);
+    // The feed no longer names the purged records; the live ones are all there.
+    let named: std::collections::BTreeSet<RecordId> =
+        feed_cells(&db).into_iter().map(|c| c.1).collect();
+    assert_eq!(named, ids[5..].iter().copied().collect());
+    // A second run finds nothing and leaves the persisted horizon alone.
+    let r = db.gc(&GcOptions::default()).unwrap();
+    assert_eq!(
+        (r.tombstones_purged, r.cells_pruned, r.links_pruned),
+        (0, 0, 0)
+    );
+    assert_eq!(db.gc_horizon().unwrap(), head);
+}
+
+#[test]
+fn a_peer_past_retention_stops_holding_gc_back_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let db = open_at(dir.path(), "a", &clock);
+    let (away, here) = (NodeId([1; 16]), NodeId([2; 16]));
+    db.set_peer_cursor(away, PeerDirection::Acked, Seq(0))
+        .unwrap();
+    let ids = insert_many(&db, 4);
+    delete_all(&db, &ids[..2]);
+    db.set_peer_cursor(here, PeerDirection::Acked, db.last_seq().unwrap())
+        .unwrap();
+    let r = db.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.horizon, Seq(0));
+    assert_eq!(r.tombstones_purged, 0);
+
+    common::tick(&clock, 31 * DAY_MS);
+    db.set_peer_cursor(here, PeerDirection::Acked, db.last_seq().unwrap())
+        .unwrap();
+    let r = db.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.expired_peers, vec![away]);
+    assert_eq!(r.tombstones_purged, 2);
+    assert_eq!(tombstones(&db, "items"), 0);
+    // Expired is reported, not deleted: the operator forgets it explicitly.
+    assert_eq!(db.peers().unwrap().len(), 2);
+    assert!(db.forget_peer(away).unwrap());
+    assert!(!db.forget_peer(away).unwrap());
+    assert_eq!(db.peers().unwrap().len(), 1);
+
+    // A shorter retention expires the other peer too.
+    common::tick(&clock, 2 * DAY_MS);
+    let r = db
+        .gc(&GcOptions {
+            peer_retention_ms: DAY_MS,
+        })
+        .unwrap();
+    assert_eq!(r.expired_peers, vec![here]);
+}
+
+#[test]
+fn removal_cells_are_pruned_without_changing_what_records_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::open(dir.path(), "a");
+    let id = db
+        .insert(
+            "items",
+            [
+                ("a", Value::from("x")),
+                ("b", Value::Int(1)),
+                // A plain list: removing one of its values needs the removal cell forever.
+                ("base", Value::List(vec!["p".into(), "q".into()])),
+            ],
+        )
+        .unwrap();
+    db.set_add("items", id, "tags", vec!["t1".into(), "t2".into()])
+        .unwrap();
+    db.set_remove("items", id, "tags", vec!["t1".into()])
+        .unwrap();
+    db.set_remove("items", id, "base", vec!["p".into()])
+        .unwrap();
+    db.update("items", id, Patch::new().unset("a")).unwrap();
+    let shown = db.get("items", id).unwrap().unwrap().fields;
+    let cells_before = feed_cells(&db).len();
+
+    // No peers: the horizon is the head.
+    let r = db.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.horizon, db.last_seq().unwrap());
+    // `a` (unset) and tags[t1] (removed) go; base[p] hides a base value and stays.
+    assert_eq!(r.cells_pruned, 2, "{r:?}");
+    assert_eq!(db.get("items", id).unwrap().unwrap().fields, shown);
+    let cells = feed_cells(&db);
+    assert_eq!(cells.len(), cells_before - 2);
+    let names: Vec<&str> = cells.iter().map(|c| c.2.as_str()).collect();
+    assert!(!names.contains(&"a"), "{names:?}");
+    assert!(names.contains(&"base[element:\"p\"]"), "{names:?}");
+    assert_eq!(db.integrity_check().unwrap().problems, Vec::<String>::new());
+
+    // Writes after GC still work on the pruned record.
+    db.update("items", id, Patch::new().set("a", "back"))
+        .unwrap();
+    assert_eq!(
+        db.get("items", id).unwrap().unwrap().fields["a"],
+        Value::from("back")
+    );
+}
+
+#[test]
+fn metadata_per_live_record_stays_flat_as_deletes_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::open(dir.path(), "a");
+    let peer = NodeId([7; 16]);
+    let mut ids = insert_many(&db, 1000);
+    db.set_peer_cursor(peer, PeerDirection::Acked, db.last_seq().unwrap())
+        .unwrap();
+    db.gc(&GcOptions::default()).unwrap();
+    let start = db.sync_metadata().unwrap();
+    assert_eq!(start.live_records, 1000);
+    let mut per_record = Vec::new();
+    for _ in 0..10 {
+        let gone: Vec<RecordId> = ids.drain(..500).collect();
+        delete_all(&db, &gone);
+        ids.extend(insert_many(&db, 500));
+        db.set_peer_cursor(peer, PeerDirection::Acked, db.last_seq().unwrap())
+            .unwrap();
+        let r = db.gc(&GcOptions::default()).unwrap();
+        assert_eq!(r.tombstones_purged, 500);
+        let m = db.sync_metadata().unwrap();
+        assert_eq!((m.live_records, m.tombstones), (1000, 0));
+        per_record.push(m.bytes_per_live_record());
+    }
+    let first = start.bytes_per_live_record();
+    println!("sync metadata per live record: start {first:.1}, after rounds {per_record:.1?}");
+    for b in &per_record {
+        assert!(*b <= 64.0, "{b} bytes of sync metadata per live record");
+        assert!(*b <= first * 1.1, "grew from {first} to {b}");
+    }
+    assert_eq!(
+        db.sync_metadata_bytes().unwrap(),
+        db.sync_metadata().unwrap().total_bytes()
+    );
+}
+
+#[test]
+fn eviction_leaves_no_tombstone_and_nothing_in_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    a.create_index("items", "n").unwrap();
+    let ids = insert_many(&a, 3);
+    a.update("items", ids[0], Patch::new().set("n", 100))
+        .unwrap();
+    common::sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    let seq = a.last_seq().unwrap();
+
+    let out = a.evict("items", &ids[..2], None).unwrap();
+    assert_eq!((out.evicted, out.kept_pending), (2, 0));
+    assert_eq!(
+        a.last_seq().unwrap(),
+        seq,
+        "eviction takes no feed position"
+    );
+    assert!(a.get("items", ids[0]).unwrap().is_none());
+    assert_eq!(tombstones(&a, "items"), 0);
+    assert!(a.history("items", ids[0]).unwrap().is_empty());
+    assert_eq!(
+        a.stats().unwrap().collections["items"].index_entries["n"],
+        1
+    );
+    let named: Vec<RecordId> = feed_cells(&a).into_iter().map(|c| c.1).collect();
+    assert!(named.iter().all(|id| *id == ids[2]), "{named:?}");
+    // Evicting again, or an unknown id, does nothing.
+    let out = a
+        .evict("items", &[ids[0], RecordId::new_v7()], None)
+        .unwrap();
+    assert_eq!(out.evicted, 0);
+    assert_eq!(a.evict("nothing", &ids, None).unwrap().evicted, 0);
+
+    // Syncing again sends nothing that would delete them at the peer.
+    common::sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    assert_eq!(b.count("items").unwrap(), 3);
+    assert_eq!(
+        b.get("items", ids[0]).unwrap().unwrap().fields["n"],
+        Value::Int(100)
+    );
+    assert_eq!(tombstones(&b, "items"), 0);
+}
+
+#[test]
+fn guarded_eviction_keeps_records_the_peer_has_not_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let ids = insert_many(&a, 4);
+    common::sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    let acked = a.last_seq().unwrap();
+    // A local change b has not seen, and a change that came from b itself.
+    a.update("items", ids[0], Patch::new().set("n", -1))
+        .unwrap();
+    b.update("items", ids[1], Patch::new().set("n", -2))
+        .unwrap();
+    common::sync_pair(&b, &a, SessionConfig::default(), SessionConfig::default());
+    let guard = EvictGuard {
+        peer: b.node_id(),
+        acked,
+    };
+    let out = a.evict("items", &ids[..3], Some(guard)).unwrap();
+    assert_eq!((out.evicted, out.kept_pending), (2, 1));
+    assert_eq!(
+        a.get("items", ids[0]).unwrap().unwrap().fields["n"],
+        Value::Int(-1)
+    );
+    assert!(a.get("items", ids[1]).unwrap().is_none());
+    assert!(a.get("items", ids[2]).unwrap().is_none());
+    // Once b has it, the record may go.
+    let guard = EvictGuard {
+        peer: b.node_id(),
+        acked: a.last_seq().unwrap(),
+    };
+    let out = a.evict("items", &ids[..1], Some(guard)).unwrap();
+    assert_eq!((out.evicted, out.kept_pending), (1, 0));
+}
+
+#[test]
+fn evicting_fields_removes_their_cells_locally_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    a.create_index("docs", "attachment").unwrap();
+    let id = a
+        .insert(
+            "docs",
+            [
+                ("title", Value::from("t")),
+                ("attachment", Value::Bytes(vec![0u8; 4096])),
+            ],
+        )
+        .unwrap();
+    a.update(
+        "docs",
+        id,
+        Patch::new().set("attachment", Value::Bytes(vec![1u8; 10])),
+    )
+    .unwrap();
+    a.set_add("docs", id, "labels", vec!["x".into()]).unwrap();
+    let only = a
+        .insert("docs", [("attachment", Value::Bytes(vec![2u8; 8]))])
+        .unwrap();
+    let seq = a.last_seq().unwrap();
+
+    let changed = a
+        .evict_fields("docs", &["attachment".to_owned(), "labels".to_owned()])
+        .unwrap();
+    assert_eq!(changed, 2);
+    assert_eq!(a.last_seq().unwrap(), seq);
+    let rec = a.get("docs", id).unwrap().unwrap();
+    assert_eq!(rec.fields.keys().collect::<Vec<_>>(), vec!["title"]);
+    // The record that held only the evicted field keeps its record cell: it still exists.
+    assert!(a.get("docs", only).unwrap().unwrap().fields.is_empty());
+    assert!(feed_cells(&a)
+        .iter()
+        .all(|c| c.2 != "attachment" && !c.2.starts_with("labels")));
+    assert!(a
+        .history("docs", id)
+        .unwrap()
+        .iter()
+        .all(|h| h.field.as_deref() != Some("attachment")));
+    assert_eq!(
+        a.stats().unwrap().collections["docs"].index_entries["attachment"],
+        0
+    );
+    assert_eq!(a.integrity_check().unwrap().problems, Vec::<String>::new());
+}
+
+/// Ship everything `from` has past `since` to `to`, as the sync session would, and record the
+/// acknowledgement on `from`.
+fn ship(from: &Database, to: &Database, since: Seq) -> Seq {
+    let batch = from
+        .changes_since(since, 1_000_000, Some(to.node_id()))
+        .unwrap();
+    to.apply_changes(from.node_id(), &batch.changes, Some(batch.next))
+        .unwrap();
+    from.set_peer_cursor(to.node_id(), PeerDirection::Acked, batch.next)
+        .unwrap();
+    batch.next
+}
+
+#[test]
+fn replicas_converge_after_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let (mut ab, mut ba) = (Seq(0), Seq(0));
+    let ids = insert_many(&a, 20);
+    a.set_add("items", ids[5], "tags", vec!["x".into(), "y".into()])
+        .unwrap();
+    ab = ship(&a, &b, ab);
+    delete_all(&a, &ids[..5]);
+    b.update("items", ids[6], Patch::new().unset("name"))
+        .unwrap();
+    b.set_remove("items", ids[5], "tags", vec!["x".into()])
+        .unwrap();
+    ab = ship(&a, &b, ab);
+    ba = ship(&b, &a, ba);
+    // Both have seen everything: GC on both.
+    ab = ship(&a, &b, ab);
+    let ra = a.gc(&GcOptions::default()).unwrap();
+    let rb = b.gc(&GcOptions::default()).unwrap();
+    assert_eq!(ra.tombstones_purged, 5, "{ra:?}");
+    assert_eq!(rb.tombstones_purged, 5, "{rb:?}");
+    assert!(ra.cells_pruned + rb.cells_pruned >= 2, "{ra:?} {rb:?}");
+    assert_eq!(common::dump(&a), common::dump(&b));
+
+    // Concurrent writes after GC, including to records whose removals were pruned.
+    a.update("items", ids[6], Patch::new().set("name", "again"))
+        .unwrap();
+    b.update("items", ids[7], Patch::new().unset("n")).unwrap();
+    b.set_add("items", ids[5], "tags", vec!["x".into()])
+        .unwrap();
+    delete_all(&b, &ids[8..10]);
+    let more = insert_many(&b, 3);
+    ab = ship(&a, &b, ab);
+    ba = ship(&b, &a, ba);
+    let _ = ship(&a, &b, ab);
+    let _ = ship(&b, &a, ba);
+    a.gc(&GcOptions::default()).unwrap();
+    b.gc(&GcOptions::default()).unwrap();
+    assert_eq!(common::dump(&a), common::dump(&b));
+    assert_eq!(a.count("items").unwrap(), 20 - 5 - 2 + more.len() as u64);
+    assert_eq!(
+        a.get("items", ids[5]).unwrap().unwrap().fields["tags"],
+        Value::List(vec!["x".into(), "y".into()])
+    );
+    assert_eq!(tombstones(&a, "items"), 0);
+    assert_eq!(tombstones(&b, "items"), 0);
+}

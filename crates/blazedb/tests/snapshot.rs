@@ -1,0 +1,593 @@
+//! Snapshot bootstrap on real files: a snapshot (fields, counters, sets, tombstones) read in
+//! pages, staged chunk by chunk (surviving restarts, interrupted at every chunk boundary) and
+//! applied in one transaction makes an empty or encrypted copy equal to the source, removes
+//! only what it may, refuses damaged chunks, files and zstd bombs, and old files migrate.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::Path;
+
+use blazedb::crdt::Cell;
+use blazedb::limits::{SNAPSHOT_CHUNK_CELLS_MAX, SNAPSHOT_CHUNK_DECOMPRESSED_BYTES_MAX};
+use blazedb::store::{SnapshotKey, SnapshotScope, SnapshotSelect};
+use blazedb::sync::snapshot::{
+    decode_chunk, encode_chunk, import_snapshot_file, verify_chunk, write_snapshot_file,
+};
+use blazedb::{
+    Database, EventKind, NodeId, OpenOptions, Patch, PeerDirection, RecordId, Seq, Value, WatchItem,
+};
+
+use common::dump;
+
+/// The records a snapshot carries, as chunks with their last key.
+struct Snap {
+    position: Seq,
+    chunks: Vec<(SnapshotKey, Vec<u8>)>,
+    records: usize,
+}
+
+fn open(path: &Path) -> Database {
+    Database::open(path, OpenOptions::default()).unwrap()
+}
+
+/// Two collections: fields, counters, sets, updates, and deletes (tombstones). Returns every
+/// id written, deleted ones included.
+fn populate(db: &Database, n: usize) -> Vec<(String, RecordId)> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let coll = if i % 3 == 0 { "tags" } else { "notes" };
+        let id = db
+            .insert(
+                coll,
+                [
+                    ("title", Value::from(format!("note {i}"))),
+                    ("n", Value::Int(i as i64)),
+                ],
+            )
+            .unwrap();
+        if i % 4 == 0 {
+            db.increment(coll, id, "votes", i as i64 + 1).unwrap();
+        }
+        if i % 5 == 0 {
+            db.set_add(coll, id, "labels", vec!["a".into(), Value::Int(i as i64)])
+                .unwrap();
+            db.set_remove(coll, id, "labels", vec!["a".into()]).unwrap();
+        }
+        if i % 6 == 1 {
+            db.update(coll, id, Patch::new().set("title", "changed").unset("n"))
+                .unwrap();
+        }
+        if i % 7 == 2 {
+            db.delete(coll, id).unwrap();
+        }
+        ids.push((coll.to_owned(), id));
+    }
+    ids
+}
+
+/// Read a whole snapshot in pages of at most `cells_max` cells.
+fn take(db: &Database, cells_max: usize) -> Snap {
+    take_selected(db, cells_max, &mut |_, _, _, _| true)
+}
+
+fn take_selected(db: &Database, cells_max: usize, select: &mut SnapshotSelect<'_>) -> Snap {
+    let mut snap = Snap {
+        position: Seq(0),
+        chunks: Vec::new(),
+        records: 0,
+    };
+    let mut after: Option<SnapshotKey> = None;
+    loop {
+        let page = db.snapshot_page(after.as_ref(), cells_max, select).unwrap();
+        if after.is_none() {
+            snap.position = page.position;
+        }
+        if let Some(last) = page.changes.last() {
+            let key = SnapshotKey {
+                collection: last.collection.clone(),
+                id: last.id,
+            };
+            snap.records += page.changes.len();
+            snap.chunks.push((key, encode_chunk(&page.changes)));
+        }
+        match page.next {
+            Some(k) => after = Some(k),
+            None => return snap,
+        }
+    }
+}
+
+/// Begin, stage every chunk and finish, with the whole database in scope.
+fn receive(
+    db: &Database,
+    from: NodeId,
+    snap_id: u64,
+    snap: &Snap,
+) -> blazedb::store::SnapshotApplied {
+    db.snapshot_begin(from, snap_id, snap.position).unwrap();
+    for (i, (key, chunk)) in snap.chunks.iter().enumerate() {
+        db.snapshot_stage_chunk(from, snap_id, i as u32, key, chunk)
+            .unwrap();
+    }
+    let acked = db.peer_cursor(from, PeerDirection::Acked).unwrap();
+    db.snapshot_finish(
+        from,
+        snap_id,
+        snap.chunks.len() as u32,
+        &SnapshotScope::default(),
+        acked,
+    )
+    .unwrap()
+}
+
+/// A record's cells without their local seqs (which differ per replica by design).
+fn cells(db: &Database, coll: &str, id: RecordId) -> Option<Vec<Cell>> {
+    db.record_state(coll, id).unwrap().map(|s| {
+        s.into_cells()
+            .into_iter()
+            .map(|mut c| {
+                c.seq = Seq(0);
+                c
+            })
+            .collect()
+    })
+}
+
+fn assert_same(a: &Database, b: &Database, ids: &[(String, RecordId)]) {
+    assert_eq!(dump(a), dump(b));
+    for (coll, id) in ids {
+        assert_eq!(cells(a, coll, *id), cells(b, coll, *id), "{coll}/{id}");
+    }
+}
+
+#[test]
+fn pages_hold_whole_records_in_key_order_with_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let ids = populate(&src, 40);
+    let mut seen: Vec<SnapshotKey> = Vec::new();
+    let mut tombstones = 0;
+    let mut after: Option<SnapshotKey> = None;
+    let head = src.last_seq().unwrap();
+    loop {
+        let page = src
+            .snapshot_page(after.as_ref(), 7, &mut |_, _, fields, live| {
+                if !live {
+                    assert!(fields.is_empty());
+                    tombstones += 1;
+                }
+                true
+            })
+            .unwrap();
+        assert_eq!(page.position, head);
+        let n: usize = page.changes.iter().map(|c| c.cells.len()).sum();
+        assert!(n <= 7 || page.changes.len() == 1, "a page of {n} cells");
+        for ch in &page.changes {
+            let stored = src.record_state(&ch.collection, ch.id).unwrap().unwrap();
+            assert_eq!(ch.cells, stored.cells(), "a record is never split");
+            assert_eq!(ch.seq, stored.max_seq());
+            seen.push(SnapshotKey {
+                collection: ch.collection.clone(),
+                id: ch.id,
+            });
+        }
+        match page.next {
+            Some(k) => after = Some(k),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        ids.len(),
+        "every record once, tombstones included"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in key order");
+    assert_eq!(tombstones, ids.len() / 7 + 1);
+
+    // A selection skips records but keeps the order and the position.
+    let snap = take_selected(&src, 1000, &mut |coll, _, _, _| coll == "tags");
+    assert_eq!(
+        snap.records,
+        ids.iter().filter(|(c, _)| c == "tags").count()
+    );
+}
+
+#[test]
+fn snapshot_into_an_empty_database_equals_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let dst = open(&dir.path().join("dst.db"));
+    let ids = populate(&src, 300);
+    let snap = take(&src, 100);
+    assert!(snap.chunks.len() >= 5, "{} chunks", snap.chunks.len());
+
+    let applied = receive(&dst, src.node_id(), 1, &snap);
+    assert_eq!(applied.records, ids.len() as u64);
+    assert_eq!(applied.position, src.last_seq().unwrap());
+    assert_eq!((applied.evicted, applied.kept_pending), (0, 0));
+    assert!(applied.cells_applied > ids.len() as u64);
+    assert_same(&src, &dst, &ids);
+    // One local commit per chunk: forwarding is never one giant unit.
+    assert_eq!(dst.last_seq().unwrap(), Seq(snap.chunks.len() as u64));
+    assert_eq!(
+        dst.peer_cursor(src.node_id(), PeerDirection::Received)
+            .unwrap(),
+        applied.position
+    );
+    assert_eq!(dst.snapshot_progress(src.node_id()).unwrap(), None);
+
+    // Nothing needs to move afterwards, either way.
+    let to_dst = src
+        .changes_since(applied.position, 100_000, Some(dst.node_id()))
+        .unwrap();
+    assert!(to_dst.changes.is_empty());
+    let to_src = dst
+        .changes_since(Seq(0), 100_000, Some(src.node_id()))
+        .unwrap();
+    assert!(to_src.changes.is_empty(), "{:?}", to_src.changes.len());
+
+    // Applying the same snapshot again changes nothing.
+    let again = receive(&dst, src.node_id(), 2, &snap);
+    assert_eq!(again.cells_applied, 0);
+    assert_eq!(dst.last_seq().unwrap(), Seq(snap.chunks.len() as u64));
+}
+
+#[test]
+fn snapshot_into_an_encrypted_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let ids = populate(&src, 120);
+    let snap = take(&src, 64);
+    let path = dir.path().join("dst.db");
+    {
+        let dst = Database::open(&path, OpenOptions::with_password("pw")).unwrap();
+        receive(&dst, src.node_id(), 9, &snap);
+        assert_same(&src, &dst, &ids);
+    }
+    let dst = Database::open(&path, OpenOptions::with_password("pw")).unwrap();
+    assert!(dst.is_encrypted());
+    assert_same(&src, &dst, &ids);
+}
+
+#[test]
+fn staged_chunks_survive_reopening_and_every_boundary_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let ids = populate(&src, 80);
+    let snap = take(&src, 40);
+    let n = snap.chunks.len();
+    assert!(n >= 4, "{n} chunks");
+    let peer = src.node_id();
+    for cut in 0..=n {
+        let path = dir.path().join(format!("dst{cut}.db"));
+        {
+            let dst = open(&path);
+            dst.snapshot_begin(peer, 7, snap.position).unwrap();
+            for (i, (key, chunk)) in snap.chunks[..cut].iter().enumerate() {
+                dst.snapshot_stage_chunk(peer, 7, i as u32, key, chunk)
+                    .unwrap();
+            }
+            assert!(dst.scan("notes").unwrap().is_empty(), "nothing applied yet");
+        }
+        // Reopened (a restart): the progress says where to go on.
+        let dst = open(&path);
+        let p = dst.snapshot_progress(peer).unwrap().expect("still staged");
+        assert_eq!(
+            (p.snap_id, p.position, p.next_index),
+            (7, snap.position, cut as u32)
+        );
+        assert_eq!(
+            p.last_key,
+            cut.checked_sub(1).map(|i| snap.chunks[i].0.clone())
+        );
+        // The session begins the same snapshot again: staged chunks stay.
+        dst.snapshot_begin(peer, 7, snap.position).unwrap();
+        let from = cut.saturating_sub(1); // the last chunk arrives twice
+        for (i, (key, chunk)) in snap.chunks.iter().enumerate().skip(from) {
+            dst.snapshot_stage_chunk(peer, 7, i as u32, key, chunk)
+                .unwrap();
+        }
+        let applied = dst
+            .snapshot_finish(peer, 7, n as u32, &SnapshotScope::default(), Seq(0))
+            .unwrap();
+        assert_eq!(applied.records, ids.len() as u64);
+        assert_same(&src, &dst, &ids);
+    }
+}
+
+#[test]
+fn staging_refuses_what_does_not_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let dst = open(&dir.path().join("dst.db"));
+    populate(&src, 30);
+    let snap = take(&src, 20);
+    let peer = src.node_id();
+    let (key, chunk) = &snap.chunks[0];
+    let err = dst
+        .snapshot_stage_chunk(peer, 1, 0, key, chunk)
+        .unwrap_err();
+    assert!(err.to_string().contains("begin"), "{err}");
+    dst.snapshot_begin(peer, 1, snap.position).unwrap();
+    let err = dst
+        .snapshot_stage_chunk(peer, 1, 1, key, chunk)
+        .unwrap_err();
+    assert!(err.to_string().contains("out of order"), "{err}");
+    let err = dst
+        .snapshot_stage_chunk(peer, 2, 0, key, chunk)
+        .unwrap_err();
+    assert!(err.to_string().contains("not the one in progress"), "{err}");
+    dst.snapshot_stage_chunk(peer, 1, 0, key, chunk).unwrap();
+    let err = dst
+        .snapshot_finish(peer, 1, 2, &SnapshotScope::default(), Seq(0))
+        .unwrap_err();
+    assert!(err.to_string().contains("1 chunks staged"), "{err}");
+    // A new snapshot from that peer replaces the staged one.
+    dst.snapshot_begin(peer, 2, snap.position).unwrap();
+    assert_eq!(dst.snapshot_progress(peer).unwrap().unwrap().next_index, 0);
+    dst.snapshot_abort(peer).unwrap();
+    assert_eq!(dst.snapshot_progress(peer).unwrap(), None);
+}
+
+#[test]
+fn absent_records_go_unless_unseen_or_out_of_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let dst = open(&dir.path().join("dst.db"));
+    let kept_by_src = src.insert("notes", [("x", Value::Int(1))]).unwrap();
+    let dropped_by_src = src.insert("notes", [("x", Value::Int(2))]).unwrap();
+    src.create_index("notes", "x").unwrap();
+    dst.create_index("notes", "x").unwrap();
+    let other = src.insert("other", [("x", Value::Int(3))]).unwrap();
+    receive(&dst, src.node_id(), 1, &take(&src, 1000));
+    assert_eq!(dump(&src), dump(&dst));
+    // Conflicting history on the record that will be dropped: it must go with it.
+    let acked_before = dst.last_seq().unwrap();
+    dst.update("notes", dropped_by_src, Patch::new().set("x", 20))
+        .unwrap();
+    let unseen = dst.insert("notes", [("local", Value::Int(1))]).unwrap();
+
+    // The source's view no longer has `dropped_by_src` (as after a collected delete, or a
+    // policy change); the snapshot covers "notes" only.
+    let snap = take_selected(&src, 1000, &mut |coll, id, _, _| {
+        coll == "notes" && id != dropped_by_src
+    });
+    let w = dst.watch("notes", None, None).unwrap();
+    dst.snapshot_begin(src.node_id(), 2, snap.position).unwrap();
+    for (i, (k, c)) in snap.chunks.iter().enumerate() {
+        dst.snapshot_stage_chunk(src.node_id(), 2, i as u32, k, c)
+            .unwrap();
+    }
+    let scope = SnapshotScope {
+        collections: Some(vec!["notes".into()]),
+    };
+    let applied = dst
+        .snapshot_finish(
+            src.node_id(),
+            2,
+            snap.chunks.len() as u32,
+            &scope,
+            acked_before,
+        )
+        .unwrap();
+    // `dropped_by_src` was updated here too, after `acked_before`: kept as unseen, like
+    // `unseen`. Nothing was evicted yet.
+    assert_eq!((applied.evicted, applied.kept_pending), (0, 2));
+
+    // Once the source has acknowledged everything, they go, without tombstones.
+    let acked = dst.last_seq().unwrap();
+    dst.snapshot_begin(src.node_id(), 3, snap.position).unwrap();
+    for (i, (k, c)) in snap.chunks.iter().enumerate() {
+        dst.snapshot_stage_chunk(src.node_id(), 3, i as u32, k, c)
+            .unwrap();
+    }
+    let applied = dst
+        .snapshot_finish(src.node_id(), 3, snap.chunks.len() as u32, &scope, acked)
+        .unwrap();
+    assert_eq!((applied.evicted, applied.kept_pending), (2, 0));
+    assert_eq!(dst.record_state("notes", dropped_by_src).unwrap(), None);
+    assert_eq!(dst.record_state("notes", unseen).unwrap(), None);
+    assert!(dst.get("notes", kept_by_src).unwrap().is_some());
+    assert!(dst.get("other", other).unwrap().is_some(), "out of scope");
+    assert!(dst.history("notes", dropped_by_src).unwrap().is_empty());
+    let by_index = dst
+        .query("notes", &blazedb::Query::filter("x == 20").unwrap())
+        .unwrap();
+    assert!(by_index.is_empty());
+    let feed = dst.changes_since(Seq(0), 100_000, None).unwrap();
+    assert!(feed
+        .changes
+        .iter()
+        .all(|c| c.id != dropped_by_src && c.id != unseen));
+    // Watchers see the evicted records disappear.
+    let mut deleted = Vec::new();
+    while let Some(WatchItem::Event(e)) = w.try_recv() {
+        if e.kind == EventKind::Deleted {
+            deleted.push(e.record.id);
+        }
+    }
+    deleted.sort();
+    let mut expected = vec![dropped_by_src, unseen];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    // The source still has everything: an eviction is not a delete.
+    assert!(src.get("notes", dropped_by_src).unwrap().is_some());
+}
+
+#[test]
+fn a_damaged_chunk_fails_the_whole_snapshot_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let dst = open(&dir.path().join("dst.db"));
+    populate(&src, 60);
+    let mut snap = take(&src, 40);
+    let last = snap.chunks.len() - 1;
+    let c = &mut snap.chunks[last].1;
+    let mid = c.len() / 2;
+    c[mid] ^= 0xff;
+    assert!(verify_chunk(c).is_err());
+    dst.insert("notes", [("mine", Value::Int(1))]).unwrap();
+    let before = dump(&dst);
+    let peer = src.node_id();
+    dst.snapshot_begin(peer, 5, snap.position).unwrap();
+    for (i, (k, c)) in snap.chunks.iter().enumerate() {
+        dst.snapshot_stage_chunk(peer, 5, i as u32, k, c).unwrap();
+    }
+    let err = dst
+        .snapshot_finish(
+            peer,
+            5,
+            snap.chunks.len() as u32,
+            &SnapshotScope::default(),
+            Seq(0),
+        )
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("chunk {last}")), "{msg}");
+    assert_eq!(dump(&dst), before);
+    assert_eq!(
+        dst.peer_cursor(peer, PeerDirection::Received).unwrap(),
+        Seq(0)
+    );
+    assert!(
+        dst.snapshot_progress(peer).unwrap().is_some(),
+        "still staged"
+    );
+    dst.snapshot_abort(peer).unwrap();
+}
+
+#[test]
+fn zstd_bombs_and_oversized_chunks_are_refused_without_inflating() {
+    // 64 MiB of zeros compress to a few KiB; the chunk claims a small raw size.
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        enc.write_all(&zeros).unwrap();
+    }
+    let frame = enc.finish().unwrap();
+    assert!(frame.len() < 100_000);
+    let chunk = |declared: u32| {
+        let mut c = vec![1u8];
+        c.extend_from_slice(&0u32.to_le_bytes());
+        c.extend_from_slice(&declared.to_le_bytes());
+        c.extend_from_slice(&frame);
+        c
+    };
+    let err = decode_chunk(&chunk(4096), SNAPSHOT_CHUNK_CELLS_MAX).unwrap_err();
+    assert!(err.to_string().contains("decompress"), "{err}");
+    let err = decode_chunk(&chunk(u32::MAX), SNAPSHOT_CHUNK_CELLS_MAX).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&SNAPSHOT_CHUNK_DECOMPRESSED_BYTES_MAX.to_string()),
+        "{err}"
+    );
+    assert!(decode_chunk(&[1, 2, 3], 10).is_err());
+    assert!(decode_chunk(&[], 10).is_err());
+}
+
+#[test]
+fn a_snapshot_file_seeds_a_copy_and_bad_files_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let ids = populate(&src, 200);
+    let file = dir.path().join("seed.blzsnap");
+    let info = write_snapshot_file(&src, &file).unwrap();
+    assert_eq!(info.node, src.node_id());
+    assert_eq!(info.position, src.last_seq().unwrap());
+    assert_eq!(info.records, ids.len() as u64);
+    assert_eq!(info.bytes, std::fs::metadata(&file).unwrap().len());
+    let bytes = std::fs::read(&file).unwrap();
+
+    let bad = |name: &str, data: &[u8], expect: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, data).unwrap();
+        let db = open(&dir.path().join(format!("{name}.db")));
+        let err = import_snapshot_file(&db, &f).unwrap_err().to_string();
+        assert!(err.contains(expect), "{name}: {err}");
+        assert!(dump(&db).is_empty(), "{name}: database untouched");
+        assert_eq!(db.snapshot_progress(src.node_id()).unwrap(), None);
+        assert_eq!(db.last_seq().unwrap(), Seq(0));
+    };
+    bad("truncated", &bytes[..bytes.len() / 2], "truncated");
+    bad("no-trailer", &bytes[..bytes.len() - 12], "truncated");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 3] ^= 0x01;
+    bad("flipped", &flipped, "checksum");
+    bad(
+        "foreign",
+        b"PK\x03\x04 not a snapshot at all, a zip perhaps",
+        "BLZSNAP1",
+    );
+    bad("empty", b"", "truncated");
+    let mut longer = bytes.clone();
+    longer.push(0);
+    bad("trailing", &longer, "after its trailer");
+
+    // Its own export is refused.
+    let err = import_snapshot_file(&src, &file).unwrap_err().to_string();
+    assert!(err.contains("exported from this database"), "{err}");
+
+    let dst = Database::open(dir.path().join("dst.db"), OpenOptions::with_password("pw")).unwrap();
+    let applied = import_snapshot_file(&dst, &file).unwrap();
+    assert_eq!(applied.records, ids.len() as u64);
+    assert_eq!(applied.position, info.position);
+    assert_same(&src, &dst, &ids);
+    assert_eq!(
+        dst.peer_cursor(src.node_id(), PeerDirection::Received)
+            .unwrap(),
+        info.position
+    );
+    // Importing it again is harmless; a file older than what was received is refused.
+    assert_eq!(import_snapshot_file(&dst, &file).unwrap().cells_applied, 0);
+    let ahead = Seq(info.position.0 + 5);
+    dst.set_peer_cursor(src.node_id(), PeerDirection::Received, ahead)
+        .unwrap();
+    let err = import_snapshot_file(&dst, &file).unwrap_err().to_string();
+    assert!(err.contains("older than what this database holds"), "{err}");
+    assert_eq!(
+        dst.peer_cursor(src.node_id(), PeerDirection::Received)
+            .unwrap(),
+        ahead
+    );
+}
+
+#[test]
+fn a_format_1_file_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let id = {
+        let db = open(&path);
+        db.insert("notes", [("x", Value::Int(1))]).unwrap()
+    };
+    {
+        // Make it a format-1 file: the tables format 2 added go, the version goes back.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE snapshot_progress; DROP TABLE snapshot_staging;
+             UPDATE meta SET value = 1 WHERE key = 'format_version';",
+        )
+        .unwrap();
+    }
+    let db = open(&path);
+    assert_eq!(
+        db.get("notes", id).unwrap().unwrap().fields["x"],
+        Value::Int(1)
+    );
+    let peer = NodeId([9; 16]);
+    db.snapshot_begin(peer, 1, Seq(3)).unwrap();
+    assert_eq!(
+        db.snapshot_progress(peer).unwrap().unwrap().position,
+        Seq(3)
+    );
+    drop(db);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'format_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(v, 2);
+}
