@@ -274,7 +274,7 @@ pub async fn sync_once(
 ) -> Result<ClientReport, ClientError> {
     let started = Instant::now();
     let mut report = ClientReport::new(endpoint);
-    let stream = connect(endpoint, &opts.connect).await?;
+    let stream = connect(endpoint, &connect_opts(opts)).await?;
     let driver = DriverOptions {
         linger_ms: opts.linger_ms,
         ..DriverOptions::once()
@@ -326,8 +326,9 @@ pub async fn sync_watch(
                 return Ok(());
             }
             let attempt_started = Instant::now();
+            let connect_options = connect_opts(opts);
             let error = match tokio::select! {
-                r = connect(endpoint, &opts.connect) => r,
+                r = connect(endpoint, &connect_options) => r,
                 _ = token.cancelled() => return Ok(()),
             } {
                 Err(e) if e.is_permanent() => return Err(ClientError::Transport(e)),
@@ -403,6 +404,16 @@ fn is_permanent(e: &NetError) -> bool {
         NetError::Open { .. } | NetError::SameFile { .. } => true,
         _ => false,
     }
+}
+
+/// The connection settings, with the session's token also offered on a WebSocket upgrade
+/// (unless set explicitly).
+fn connect_opts(opts: &ClientOptions) -> crate::transport::ConnectOptions {
+    let mut c = opts.connect.clone();
+    if c.bearer_token.is_none() && !opts.session.token.is_empty() {
+        c.bearer_token = Some(opts.session.token.clone());
+    }
+    c
 }
 
 #[cfg(test)]

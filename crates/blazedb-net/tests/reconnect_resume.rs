@@ -14,9 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 const RECORDS: u64 = 4_000;
 
 /// Small batches so the sync is many units and the cut falls between them.
+/// The feed path (a fresh replica would get a snapshot, which stages and resumes by chunk:
+/// see crates/blazedb/tests/selective.rs).
 fn cfg() -> SessionConfig {
     SessionConfig {
         batch_cells_max: 256,
+        snapshot_new_peers: false,
         ..SessionConfig::default()
     }
 }

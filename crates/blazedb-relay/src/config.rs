@@ -47,6 +47,9 @@ pub struct RelayConfig {
     pub danger_allow_anonymous: bool,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// How much change history the relay's store keeps (`--history-max-age`,
+    /// `--history-max-entries`); sync never needs it.
+    pub history: blazedb::HistoryRetention,
 }
 
 impl Default for RelayConfig {
@@ -65,6 +68,7 @@ impl Default for RelayConfig {
             origins: Vec::new(),
             danger_allow_anonymous: false,
             limits: Limits::default(),
+            history: blazedb::HistoryRetention::default(),
         }
     }
 }

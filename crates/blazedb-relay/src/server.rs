@@ -96,6 +96,7 @@ impl Relay {
         let options = OpenOptions {
             password: config.password.as_ref().map(|p| p.expose().to_owned()),
             create: true,
+            history: config.history.clone(),
             ..OpenOptions::default()
         };
         let db = Database::open(&path, options).map_err(|source| RelayError::Store {

@@ -113,7 +113,16 @@ async fn peer_lag_has_bounded_cardinality() {
         lagging.push((c, node));
     }
     assert_eq!(connected_clients(relay.addr, n as u64).await, n as u64);
-    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    // Sessions publish their state after each step: under load the last ones may not have
+    // been seen yet at the first scrape.
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+        if metric(&m, "blazedb_relay_peers_lagging") == Some(n as f64) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let series = m
         .lines()
         .filter(|l| l.starts_with("blazedb_relay_peer_lag_commits{"))

@@ -39,6 +39,8 @@ pub const FEED_PAGE_CELLS_MAX: usize = 100_000;
 /// well before this, so a commit pays for a checkpoint (and its fsync) only when nobody does;
 /// the bound keeps the WAL from growing without limit then.
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+/// Size the WAL file is truncated to after a checkpoint (SQLite's `journal_size_limit`).
+pub const WAL_FILE_BYTES_KEPT: i64 = 4 * 1024 * 1024;
 /// Default capacity of a watch subscription's buffer, in events.
 pub const WATCH_BUFFER_EVENTS_DEFAULT: usize = 1024;
 /// Largest capacity a watch subscription may ask for.
@@ -63,6 +65,12 @@ pub const POLICY_FILTER_BYTES_MAX: usize = 16 * 1024;
 pub const EVICT_RECORDS_MAX: usize = 65_536;
 /// Cells per snapshot chunk the sender reads (a record is never split).
 pub const SNAPSHOT_CHUNK_CELLS: usize = 16_384;
+/// The slowest snapshot apply rate a peer allows for (cells per ms; measured ~500): after
+/// SNAPSHOT_END both sides extend the idle timeout by `cells / this`, since the receiver
+/// applies the whole snapshot in one transaction and says nothing meanwhile.
+pub const SNAPSHOT_APPLY_CELLS_PER_MS_MIN: u64 = 20;
+/// At most this much extra idle time for a snapshot apply (ms).
+pub const SNAPSHOT_APPLY_GRACE_MS_MAX: u64 = 30 * 60 * 1000;
 /// Largest frame body (type, flags, payload) on the wire, compressed or not.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Largest payload after decompression.

@@ -10,7 +10,11 @@
 //!   channel, and wire sizes against a JSON encoding of the same changes.
 //! - [`net`]: sync over real sockets (relay fan-out, 1,000 clients, idle sessions, TCP peer to
 //!   peer) against raw-socket floors, and a peer system (y-websocket) where installed.
+//! - [`bootstrap`]: a new client's first sync from a relay over WebSocket (snapshot) against a
+//!   local bulk load, selective sync's bytes against a full replica's, and sync metadata per
+//!   live record under delete churn with GC.
 
+pub mod bootstrap;
 pub mod net;
 pub mod store;
 pub mod sync;
@@ -213,5 +217,6 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
     let mut all = store::scenarios();
     all.extend(sync::scenarios());
     all.extend(net::scenarios());
+    all.extend(bootstrap::scenarios());
     all
 }

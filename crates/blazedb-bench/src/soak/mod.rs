@@ -143,7 +143,8 @@ impl SoakArgs {
 }
 
 /// Run the soak. Returns whether it passed (every judged metric plateaued, the copies
-/// converged, no child died); the verdicts are printed as JSON lines on stdout.
+/// converged, no client-side GC failed); the verdicts are printed as JSON lines on stdout.
+/// A child that dies or a write that fails ends the soak with an error.
 pub fn run(args: &SoakArgs) -> Result<bool> {
     args.validate()?;
     let duration = args.duration()?;
@@ -305,7 +306,8 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
         );
     }
 
-    let mut all_pass = convergence.converged;
+    let gc_errors: u64 = totals.iter().map(|t| t.gc_errors).sum();
+    let mut all_pass = convergence.converged && gc_errors == 0;
     let mut metrics_json = Vec::new();
     for metric in Metric::ALL {
         let mut per_node = serde_json::Map::new();
@@ -375,6 +377,7 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
             "cli": cli.path.display().to_string(),
         },
         "convergence": convergence.to_json(),
+        "client_gc_errors": gc_errors,
         "drivers": handles.iter().zip(&totals).map(|((n, _), t)| (n.clone(), totals_json(t)))
             .collect::<serde_json::Map<_, _>>(),
         "exits": exits,
@@ -523,6 +526,8 @@ fn totals_json(t: &NodeTotals) -> Json {
         "updates_per_s": (t.updates as f64 / t.elapsed_s.max(1e-9) * 10.0).round() / 10.0,
         "gc_runs": t.gc_runs,
         "gc_rows_removed": t.gc_removed,
+        "gc_errors": t.gc_errors,
+        "gc_first_error": t.gc_first_error,
         "behind_s_max": (t.behind_s_max * 10.0).round() / 10.0,
     })
 }

@@ -108,6 +108,7 @@ mod tests {
                     rss_kb: 0,
                     live_records: 0,
                     feed_rows: 0,
+                    wal_bytes: 0,
                 }
             })
             .collect()

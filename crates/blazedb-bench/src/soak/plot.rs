@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use super::sample::{Metric, Sample};
 
 /// Width and height of the PNG.
-const SIZE: (u32, u32) = (1600, 1350);
+const SIZE: (u32, u32) = (1600, 1750);
 /// Fonts tried first, then any `.ttf` under [`FONT_DIRS`].
 const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -57,7 +57,7 @@ pub fn render(
         root.clone()
     };
     let end = samples.iter().map(|s| s.time_s).fold(1.0, f64::max);
-    for (panel, metric) in body.split_evenly((3, 2)).iter().zip(Metric::ALL) {
+    for (panel, metric) in body.split_evenly((4, 2)).iter().zip(Metric::ALL) {
         let y_max = samples
             .iter()
             .map(|s| metric.plotted(s))
@@ -201,6 +201,7 @@ mod tests {
                     rss_kb: 20_000,
                     live_records: 6000,
                     feed_rows: 6000 + i,
+                    wal_bytes: 4096,
                 })
             })
             .collect();

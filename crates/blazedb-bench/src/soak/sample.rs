@@ -30,6 +30,8 @@ pub struct Sample {
     pub live_records: u64,
     /// Rows in the change feed.
     pub feed_rows: u64,
+    /// The WAL's part of `file_bytes`.
+    pub wal_bytes: u64,
 }
 
 /// The measured quantities, in CSV column order.
@@ -47,17 +49,20 @@ pub enum Metric {
     LiveRecords,
     /// [`Sample::feed_rows`].
     FeedRows,
+    /// [`Sample::wal_bytes`].
+    WalBytes,
 }
 
 impl Metric {
     /// All of them, in CSV column order.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 7] = [
         Metric::FileBytes,
         Metric::HistoryRows,
         Metric::Tombstones,
         Metric::RssKb,
         Metric::LiveRecords,
         Metric::FeedRows,
+        Metric::WalBytes,
     ];
 
     /// The CSV column and JSON name.
@@ -69,6 +74,7 @@ impl Metric {
             Metric::RssKb => "rss_kb",
             Metric::LiveRecords => "live_records",
             Metric::FeedRows => "feed_rows",
+            Metric::WalBytes => "wal_bytes",
         }
     }
 
@@ -81,13 +87,14 @@ impl Metric {
             Metric::RssKb => "RSS of the serving process, MiB",
             Metric::LiveRecords => "live records (the control: constant by design)",
             Metric::FeedRows => "change-feed rows",
+            Metric::WalBytes => "WAL part of the file size, MiB",
         }
     }
 
     /// The value to plot: bytes and KiB shown in MiB.
     pub fn plotted(self, s: &Sample) -> f64 {
         match self {
-            Metric::FileBytes => s.file_bytes as f64 / (1024.0 * 1024.0),
+            Metric::FileBytes | Metric::WalBytes => self.value(s) as f64 / (1024.0 * 1024.0),
             Metric::RssKb => s.rss_kb as f64 / 1024.0,
             _ => self.value(s) as f64,
         }
@@ -102,21 +109,25 @@ impl Metric {
             Metric::RssKb => s.rss_kb,
             Metric::LiveRecords => s.live_records,
             Metric::FeedRows => s.feed_rows,
+            Metric::WalBytes => s.wal_bytes,
         }
     }
 
     /// Whether the soak's verdict depends on it: the five quantities issue 5 says must
-    /// plateau. Live records are the control (the workload keeps them constant); feed rows are
-    /// reported beside them.
+    /// plateau. Live records are the control (the workload keeps them constant); feed rows and
+    /// the WAL's share of the file are reported beside them, to explain what grows.
     pub fn judged(self) -> bool {
-        !matches!(self, Metric::LiveRecords | Metric::FeedRows)
+        !matches!(
+            self,
+            Metric::LiveRecords | Metric::FeedRows | Metric::WalBytes
+        )
     }
 
     /// Growth smaller than the tolerance times this is never a failure: at small values a
     /// few hundred rows or a few pages of noise are not growth (see SOAK.md).
     pub fn floor(self) -> f64 {
         match self {
-            Metric::FileBytes => 1024.0 * 1024.0,
+            Metric::FileBytes | Metric::WalBytes => 1024.0 * 1024.0,
             Metric::RssKb => 4096.0,
             _ => 1000.0,
         }
@@ -139,6 +150,7 @@ pub fn take(time_s: f64, node: &str, db: &Database, pid: u32) -> Result<Sample> 
         rss_kb: rss_kb(pid).with_context(|| format!("memory of {node} (pid {pid})"))?,
         live_records: live,
         feed_rows: stats.feed_rows,
+        wal_bytes: stats.wal_bytes,
     })
 }
 
@@ -196,6 +208,7 @@ mod tests {
             rss_kb: 30000,
             live_records: 6000,
             feed_rows: 6001,
+            wal_bytes: 1024,
         };
         w.write(&[
             s.clone(),
@@ -210,9 +223,10 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "time_s,node,file_bytes,history_rows,tombstones,rss_kb,live_records,feed_rows",
-                "5.0,relay,4096,10,2,30000,6000,6001",
-                "5.0,node0,4096,10,2,30000,6000,6001",
+                "time_s,node,file_bytes,history_rows,tombstones,rss_kb,live_records,feed_rows,\
+                 wal_bytes",
+                "5.0,relay,4096,10,2,30000,6000,6001,1024",
+                "5.0,node0,4096,10,2,30000,6000,6001,1024",
             ]
         );
     }

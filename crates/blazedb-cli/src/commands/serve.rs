@@ -81,6 +81,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10m",
           value_parser = crate::commands::peers::parse_duration_ms)]
     pub gc_interval: u64,
+    /// Keep change history at most this long (a number with a unit: ms, s, m, h or d).
+    #[arg(long, value_name = "DURATION", default_value = "30d",
+          value_parser = crate::commands::peers::parse_duration_ms)]
+    pub history_max_age: u64,
+    /// Keep at most this many history entries.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub history_max_entries: u64,
 }
 
 /// Start the relay and serve until interrupted.
@@ -119,6 +126,10 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
         origins: args.origins.clone(),
         danger_allow_anonymous: args.danger_allow_anonymous,
         limits,
+        history: blazedb::HistoryRetention {
+            max_age_ms: Some(args.history_max_age),
+            max_entries: Some(args.history_max_entries),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -57,6 +57,9 @@ pub struct ConnectOptions {
     pub tls: TlsClientOptions,
     /// Limit for the whole connection setup (TCP, TLS, WebSocket upgrade), in ms.
     pub connect_timeout_ms: u64,
+    /// Sent as `Authorization: Bearer …` on a WebSocket upgrade (a relay checks credentials
+    /// before upgrading). Other transports carry the token in HELLO only.
+    pub bearer_token: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -64,6 +67,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             tls: TlsClientOptions::default(),
             connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+            bearer_token: None,
         }
     }
 }
@@ -92,7 +96,8 @@ pub async fn connect(
         _ => None,
     };
     let limit = Duration::from_millis(opts.connect_timeout_ms);
-    match tokio::time::timeout(limit, connect_inner(endpoint, connector)).await {
+    let bearer = opts.bearer_token.as_deref().filter(|t| !t.is_empty());
+    match tokio::time::timeout(limit, connect_inner(endpoint, connector, bearer)).await {
         Ok(r) => r,
         Err(_) => Err(TransportError::ConnectTimeout {
             endpoint: endpoint.to_string(),
@@ -104,6 +109,7 @@ pub async fn connect(
 async fn connect_inner(
     endpoint: &Endpoint,
     connector: Option<tokio_rustls::TlsConnector>,
+    bearer: Option<&str>,
 ) -> Result<BoxedStream, TransportError> {
     let name = endpoint.to_string();
     match endpoint {
@@ -130,7 +136,7 @@ async fn connect_inner(
                     })?;
             Ok(Box::new(socket))
         }
-        Endpoint::WebSocket(w) => websocket(w, connector).await,
+        Endpoint::WebSocket(w) => websocket(w, connector, bearer).await,
     }
 }
 
@@ -153,13 +159,25 @@ async fn tcp(hp: &HostPort, name: &str) -> Result<TcpStream, TransportError> {
 async fn websocket(
     w: &WsUrl,
     connector: Option<tokio_rustls::TlsConnector>,
+    bearer: Option<&str>,
 ) -> Result<BoxedStream, TransportError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let name = w.url.clone();
-    let socket = tcp(&w.addr, &name).await?;
     let ws_error = |e: tokio_tungstenite::tungstenite::Error| TransportError::WebSocket {
         endpoint: name.clone(),
         reason: e.to_string(),
     };
+    let mut request = w.url.as_str().into_client_request().map_err(ws_error)?;
+    if let Some(token) = bearer {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| TransportError::WebSocket {
+                endpoint: name.clone(),
+                reason: "the token cannot be sent in an HTTP header (control characters?)".into(),
+            })?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let socket = tcp(&w.addr, &name).await?;
     let config = Some(websocket_config());
     match connector {
         Some(connector) => {
@@ -170,13 +188,13 @@ async fn websocket(
                     source,
                 }
             })?;
-            let (ws, _) = client_async_with_config(w.url.as_str(), stream, config)
+            let (ws, _) = client_async_with_config(request, stream, config)
                 .await
                 .map_err(ws_error)?;
             Ok(Box::new(WsStream::new(ws)))
         }
         None => {
-            let (ws, _) = client_async_with_config(w.url.as_str(), socket, config)
+            let (ws, _) = client_async_with_config(request, socket, config)
                 .await
                 .map_err(ws_error)?;
             Ok(Box::new(WsStream::new(ws)))

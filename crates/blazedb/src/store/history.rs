@@ -337,7 +337,12 @@ impl Database {
 
 /// Remove entries beyond the retention policy and move the time-travel horizon past them.
 pub(crate) fn compact(inner: &mut Inner, policy: &HistoryRetention, now_ms: u64) -> Result<u64> {
-    let tx = inner.conn.unchecked_transaction()?;
+    // IMMEDIATE: it reads, then deletes. A deferred transaction would fail to upgrade
+    // (SQLITE_BUSY_SNAPSHOT) when another process committed in between.
+    let tx = rusqlite::Transaction::new_unchecked(
+        &inner.conn,
+        rusqlite::TransactionBehavior::Immediate,
+    )?;
     let mut cutoff_hid: i64 = 0;
     if let Some(age) = policy.max_age_ms {
         let before = now_ms.saturating_sub(age) as i64;

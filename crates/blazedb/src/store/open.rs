@@ -8,7 +8,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::schema;
 use crate::error::OpenError;
-use crate::limits::WAL_AUTOCHECKPOINT_PAGES;
+use crate::limits::{WAL_AUTOCHECKPOINT_PAGES, WAL_FILE_BYTES_KEPT};
 use crate::NodeId;
 
 /// The first 16 bytes of every plain SQLite file.
@@ -152,6 +152,10 @@ pub(crate) fn open(
     // waits for an fsync: that was the commit latency tail. Checkpoints run from
     // `Database::checkpoint` instead; this is only the backstop.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+        .map_err(err)?;
+    // After a checkpoint resets the WAL, truncate the file to this size instead of keeping
+    // its high-water mark on disk forever.
+    conn.pragma_update(None, "journal_size_limit", WAL_FILE_BYTES_KEPT)
         .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(64);
 

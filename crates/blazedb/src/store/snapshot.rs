@@ -95,6 +95,8 @@ pub struct SnapshotScope {
 pub struct SnapshotApplied {
     /// Records in the snapshot (live and tombstones).
     pub records: u64,
+    /// Cells in the snapshot.
+    pub cells: u64,
     /// Cells that changed something here.
     pub cells_applied: u64,
     /// Local records of the scope that the snapshot lacked and that were removed (evicted:
@@ -306,6 +308,7 @@ impl Database {
                     let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
                     tx.records[i].src = src;
                     applied.records += 1;
+                    applied.cells += ch.cells.len() as u64;
                     for mut c in ch.cells {
                         validate_cell(&c).map_err(ApplyError::Invalid)?;
                         tx.inner

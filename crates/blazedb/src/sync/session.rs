@@ -41,8 +41,9 @@ use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
     ACK_PERSIST_INTERVAL_MS, BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX,
-    UNIT_CELLS_MAX, WINDOW_UNITS_DEFAULT,
+    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
+    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_CELLS_MAX,
+    WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
 use crate::store::{Change, Database, EvictGuard, PeerDirection, SnapshotKey, SnapshotScope};
@@ -204,6 +205,8 @@ struct SnapOut {
     after: Option<SnapshotKey>,
     begun: bool,
     replace: bool,
+    /// Cells sent in this snapshot (the receiver's apply time grows with it).
+    cells: u64,
 }
 
 #[derive(Debug)]
@@ -876,6 +879,10 @@ impl Session {
         self.unit_until = from;
         self.acked = self.acked.max(from);
         self.view_pending = view_changed.then(|| view.clone());
+        // Any value works for a new snapshot's id; it only has to differ from an earlier one.
+        let fresh_id = (now_ms.rotate_left(24) ^ head.0.rotate_left(8))
+            .wrapping_add(u64::from(self.subscriptions_received))
+            .wrapping_add(u64::from_le_bytes(peer.0[..8].try_into().expect("8 bytes")));
         let snap = match wish {
             SnapshotWish::Resume {
                 snap_id,
@@ -893,38 +900,44 @@ impl Session {
                 begun: false,
                 // The receiver keeps what SNAPSHOT_BEGIN said first; send the same.
                 replace: from > Seq(0),
+                cells: 0,
             }),
-            SnapshotWish::Want | SnapshotWish::Resume { .. } => Some(new_snapshot(head, true)),
+            SnapshotWish::Want | SnapshotWish::Resume { .. } => {
+                Some(new_snapshot(head, true, fresh_id))
+            }
             SnapshotWish::No => {
                 // A new peer (not a relay: what a client pushes to a relay goes through its
                 // write rules unit by unit) gets the view faster as a snapshot.
                 let peer_is_server = self.peer.as_ref().is_some_and(|p| p.server);
-                // Not when we hold data of the peer itself: a snapshot would send it back
-                // (the feed skips it).
+                // Only to an empty peer, and not when we hold data of the peer itself: a
+                // snapshot would send that back (the feed skips it).
+                let peer_empty = self.peer.as_ref().is_some_and(|p| p.last_seq == Seq(0));
                 let new_peer = from == Seq(0)
                     && head > Seq(0)
+                    && peer_empty
                     && received_from_peer == Seq(0)
                     && self.cfg.snapshot_new_peers
                     && !peer_is_server;
                 // Below the GC horizon, tombstones the peer needs may be gone: only a
                 // snapshot (which drops what the peer holds and we no longer have) is safe.
                 let collected = from > Seq(0) && from < horizon;
-                if collected || (view_changed && from > Seq(0)) {
-                    Some(new_snapshot(head, true))
+                if peer_is_server {
+                    // A relay takes a client's data through the feed only, where its write
+                    // rules apply unit by unit (it refuses snapshots). Known gap: a relay
+                    // whose cursor fell below this client's GC horizon misses the deletes
+                    // GC collected here (see ARCHITECTURE.md, GC).
+                    None
+                } else if collected || (view_changed && from > Seq(0)) {
+                    Some(new_snapshot(head, true, fresh_id))
                 } else if new_peer {
-                    Some(new_snapshot(head, false))
+                    Some(new_snapshot(head, false, fresh_id))
                 } else {
                     None
                 }
             }
         };
-        if let Some(mut so) = snap {
-            if so.snap_id == 0 {
-                // Any value works; it only has to differ from an earlier snapshot's.
-                so.snap_id =
-                    now_ms.rotate_left(20) ^ head.0 ^ u64::from(self.subscriptions_received);
-            }
-            self.snap_out = Some(so);
+        if snap.is_some() {
+            self.snap_out = snap;
         }
         Ok(())
     }
@@ -974,6 +987,17 @@ impl Session {
                 now_ms,
             ));
         }
+        if self.cfg.access.is_some() {
+            // Write rules are checked per transaction on the feed; a snapshot would bypass
+            // them. Our peers never send us one (we are a server to them).
+            return Err(self.fail(
+                ErrorCode::Forbidden,
+                "this side enforces write rules and accepts changes only as CHANGES, not as \
+                 a snapshot"
+                    .into(),
+                now_ms,
+            ));
+        }
         if self.restarting {
             if subscription != self.subscriptions_sent {
                 // The answer to an older SUBSCRIBE: part of the old view.
@@ -997,7 +1021,11 @@ impl Session {
         {
             return Err(self.fail(
                 ErrorCode::Unexpected,
-                format!("SNAPSHOT_BEGIN resumes {snap_id:x} at chunk {first_index}, which is not the snapshot staged here"),
+                format!(
+                    "SNAPSHOT_BEGIN resumes {snap_id:x} at chunk {first_index}, which is not the \
+                     snapshot staged here ({:?})",
+                    self.snap_in.as_ref().map(|s| (s.snap_id, s.next_index))
+                ),
                 now_ms,
             ));
         }
@@ -1079,6 +1107,12 @@ impl Session {
         match db.snapshot_finish(peer, si.snap_id, chunks, &scope, self.acked) {
             Ok(applied) => {
                 self.stats.snapshots_applied += 1;
+                self.stats.cells_received += applied.cells;
+                // We were busy applying and read nothing; the peer's pings wait in the
+                // transport. `now_ms` is from before the apply: allow for its length.
+                self.last_recv_ms = self
+                    .last_recv_ms
+                    .max(now_ms + apply_grace_ms(applied.cells));
                 self.stats.evicted += applied.evicted;
                 self.stats.cells_applied += applied.cells_applied;
                 self.received_through = si.position;
@@ -1286,7 +1320,9 @@ impl Session {
                 let index = so.next_index;
                 so.next_index += 1;
                 so.after = page.next;
-                self.stats.cells_sent += changes.iter().map(|c| c.cells.len() as u64).sum::<u64>();
+                let n = changes.iter().map(|c| c.cells.len() as u64).sum::<u64>();
+                self.stats.cells_sent += n;
+                so.cells += n;
                 self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
                 if !done {
                     return Ok(());
@@ -1306,6 +1342,10 @@ impl Session {
                 // everything up to it (and possibly more; applying that again is a no-op).
                 self.sent_through = self.sent_through.max(so.position);
                 self.unit_until = self.sent_through;
+                // Like a unit: not caught up until the peer acknowledges having applied it.
+                self.unacked.push_back(so.position);
+                // The peer applies the whole snapshot in one go and is silent meanwhile.
+                self.last_recv_ms = self.last_recv_ms.max(now_ms + apply_grace_ms(so.cells));
                 return Ok(());
             }
         }
@@ -1498,14 +1538,20 @@ impl Session {
     }
 }
 
-fn new_snapshot(head: Seq, replace: bool) -> SnapOut {
+/// How long a peer may stay silent while it applies a snapshot of `cells` cells.
+fn apply_grace_ms(cells: u64) -> u64 {
+    (cells / SNAPSHOT_APPLY_CELLS_PER_MS_MIN).min(SNAPSHOT_APPLY_GRACE_MS_MAX)
+}
+
+fn new_snapshot(head: Seq, replace: bool, snap_id: u64) -> SnapOut {
     SnapOut {
-        snap_id: 0,
+        snap_id,
         position: head,
         next_index: 0,
         after: None,
         begun: false,
         replace,
+        cells: 0,
     }
 }
 

@@ -44,6 +44,9 @@ const FLOOR_TICKS_MAX: usize = 300;
 /// What each client receives per tick, for the floor when the run measured nothing.
 const FLOOR_MESSAGE_BYTES_DEFAULT: usize = 64;
 
+/// One client's applied ticks: (tick, ns since the scenario's epoch when its apply committed).
+type ArrivalLog = Arc<Mutex<Vec<(u32, u64)>>>;
+
 /// Many clients, a slow steady writer.
 #[derive(Debug)]
 pub(super) struct Latency1000;
@@ -80,7 +83,7 @@ impl Scenario for Latency1000 {
         let writer = open("writer")?;
         let epoch = Instant::now();
         // Per client: (tick, ns since epoch) of every event its applies produced.
-        let mut logs: Vec<Arc<Mutex<Vec<(u32, u64)>>>> = Vec::with_capacity(clients_n);
+        let mut logs: Vec<ArrivalLog> = Vec::with_capacity(clients_n);
         let lagged = Arc::new(AtomicU64::new(0));
         let mut dbs = Vec::with_capacity(clients_n);
         for i in 0..clients_n {

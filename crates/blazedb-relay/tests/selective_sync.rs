@@ -1,0 +1,201 @@
+//! Selective sync through the real relay: a client's policy (collections, a filter over its
+//! own claims, excluded fields) on top of the relay's read rules; records move in whole and
+//! move out as evictions when the relay's data changes, when the client changes its policy
+//! on the live connection, and when it reconnects with other claims — and an eviction never
+//! deletes anything at the relay.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazedb::sync::{SessionConfig, SyncPolicy};
+use blazedb::{Database, Patch, RecordId, Value};
+use blazedb_net::ws::WsStream;
+use blazedb_net::{run_session, DriverOptions, NetError, SessionReport};
+use blazedb_relay::AuthConfig;
+use common::{connect_ws, jwt_hs256, now_s, open, wait_until, TestRelay};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "selective-test-secret-0123456789";
+
+const RULES: &str = r#"
+[bugs]
+read = "assignee == $auth.sub || public == true"
+write = "true"
+
+[notes]
+read = "true"
+write = "true"
+"#;
+
+fn token(sub: &str) -> String {
+    jwt_hs256(SECRET, json!({"sub": sub, "exp": now_s() + 600}))
+}
+
+struct PartialClient {
+    stop: CancellationToken,
+    policy: watch::Sender<SyncPolicy>,
+    task: JoinHandle<Result<SessionReport, NetError>>,
+}
+
+async fn connect(
+    relay: &TestRelay,
+    db: &Arc<Database>,
+    sub: &str,
+    policy: SyncPolicy,
+) -> PartialClient {
+    let ws = connect_ws(relay.addr, Some(&token(sub)))
+        .await
+        .expect("connects");
+    let stop = CancellationToken::new();
+    let (tx, rx) = watch::channel(policy.clone());
+    let opts = DriverOptions {
+        shutdown: stop.clone(),
+        policy: Some(rx),
+        ..DriverOptions::default()
+    };
+    let cfg = SessionConfig {
+        policy,
+        ..SessionConfig::default()
+    };
+    let task = tokio::spawn(run_session(db.clone(), WsStream::new(ws), cfg, opts));
+    PartialClient {
+        stop,
+        policy: tx,
+        task,
+    }
+}
+
+impl PartialClient {
+    async fn finish(self) -> SessionReport {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("ends in time")
+            .unwrap()
+            .expect("clean end")
+    }
+}
+
+fn bug(db: &Database, title: &str, assignee: &str, public: bool, priority: i64) -> RecordId {
+    db.insert(
+        "bugs",
+        [
+            ("title", Value::from(title)),
+            ("assignee", assignee.into()),
+            ("public", public.into()),
+            ("priority", Value::Int(priority)),
+            ("log", Value::Bytes(vec![1; 64])),
+        ],
+    )
+    .unwrap()
+}
+
+fn titles(db: &Database) -> Vec<String> {
+    let mut t: Vec<String> = db
+        .scan("bugs")
+        .unwrap()
+        .into_iter()
+        .map(|r| match &r.fields["title"] {
+            Value::Text(s) => s.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+async fn until(cond: impl FnMut() -> bool) {
+    wait_until(Duration::from_secs(10), cond).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn views_follow_data_policy_and_claims_and_evictions_delete_nothing() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = TestRelay::write_rules(rules_dir.path(), RULES);
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::JwtSecret(SECRET.into());
+        c.rules = Some(rules);
+    })
+    .await;
+    let r = &relay.db;
+    let a_hi = bug(r, "alice high", "alice", false, 3);
+    let _a_lo = bug(r, "alice low", "alice", false, 1);
+    let pub_hi = bug(r, "public high", "carol", true, 5);
+    let carol = bug(r, "carol private", "carol", false, 5);
+    r.insert("notes", [("text", "a note")]).unwrap();
+
+    // Alice asks for bugs of priority ≥ 2, without the log; the rules add "assigned to her
+    // or public".
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), "alice");
+    let policy = SyncPolicy {
+        collections: Some(vec!["bugs".into()]),
+        filter: Some("priority >= 2".into()),
+        exclude_fields: vec!["log".into()],
+    };
+    let c = connect(&relay, &db, "alice", policy.clone()).await;
+    until(|| titles(&db) == ["alice high", "public high"]).await;
+    assert_eq!(db.count("notes").unwrap(), 0);
+    assert!(db
+        .scan("bugs")
+        .unwrap()
+        .iter()
+        .all(|b| !b.fields.contains_key("log")));
+
+    // The relay reassigns alice's bug to carol (move-out) and carol's to alice (move-in: the
+    // whole record arrives although only `assignee` changed).
+    r.update("bugs", a_hi, Patch::new().set("assignee", "carol"))
+        .unwrap();
+    r.update("bugs", carol, Patch::new().set("assignee", "alice"))
+        .unwrap();
+    until(|| titles(&db) == ["carol private", "public high"]).await;
+    let moved_in = db.get("bugs", carol).unwrap().unwrap();
+    assert_eq!(moved_in.fields["priority"], Value::Int(5));
+    assert!(!moved_in.fields.contains_key("log"));
+
+    // Alice edits a record in her view: it reaches the relay as usual.
+    db.update("bugs", pub_hi, Patch::new().set("status", "triaged"))
+        .unwrap();
+    until(|| {
+        r.get("bugs", pub_hi).unwrap().unwrap().fields.get("status")
+            == Some(&Value::from("triaged"))
+    })
+    .await;
+
+    // Live policy change on the same connection: every priority, with the log.
+    c.policy
+        .send(SyncPolicy {
+            collections: Some(vec!["bugs".into()]),
+            filter: None,
+            exclude_fields: vec![],
+        })
+        .unwrap();
+    until(|| titles(&db) == ["alice low", "carol private", "public high"]).await;
+    until(|| {
+        db.get("bugs", carol)
+            .unwrap()
+            .is_some_and(|b| b.fields.contains_key("log"))
+    })
+    .await;
+    let report = c.finish().await;
+    assert!(report.stats.snapshots_applied >= 2, "{:?}", report.stats);
+    assert!(report.stats.evicted >= 1, "{:?}", report.stats);
+
+    // Reconnect as another user on the same file: the view changes with the claims, and
+    // what dave may not read is evicted.
+    let c = connect(&relay, &db, "dave", SyncPolicy::default()).await;
+    until(|| titles(&db) == ["public high"] && db.count("notes").unwrap() == 1).await;
+    c.finish().await;
+
+    // Nothing was deleted at the relay by any of these evictions.
+    assert_eq!(r.count("bugs").unwrap(), 4);
+    for id in [a_hi, carol, pub_hi] {
+        assert!(r.get("bugs", id).unwrap().is_some());
+    }
+    relay.stop().await;
+}
