@@ -5,7 +5,7 @@
 //!  peers (acked cursor, last contact) ──► horizon H = min acked cursor of the peers heard
 //!                                         from within the retention (none: the feed head)
 //!  one transaction, everything at seq <= H:
-//!    records live = 0            ─► row, feed rows, history, conflicts gone   (tombstones)
+//!    records live = 0            ─► row, feed rows, history gone (conflicts stay) (tombstones)
 //!    cells  = Absent in live rows ─► dropped from the body                    (removals)
 //!    feed_links t <= H            ─► dropped
 //!    feed rows without a record   ─► dropped
@@ -38,7 +38,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::evict::{record_id, remove_orphan_conflicts, remove_record, rewrite_record, write_tx};
+use super::evict::{record_id, remove_record, rewrite_record, write_tx};
 use super::{body, Database, Inner};
 use crate::crdt::{Cell, CellKey, CellValue, RecordState};
 use crate::error::{Error, Result};
@@ -269,9 +269,8 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
             (super::evict::cell_seqs(&state).len() - super::evict::cell_seqs(&pruned).len()) as u64;
         rewrite_record(inner, coll, id, rev, &state, &pruned)?;
     }
-    if report.tombstones_purged > 0 {
-        remove_orphan_conflicts(inner)?;
-    }
+    // Conflicts stay: they are the record of values that lost, kept until the application
+    // resolves them, whether or not the record still exists (nothing silently lost).
     report.links_pruned = inner
         .conn
         .execute("DELETE FROM feed_links WHERE t <= ?1", [h.0 as i64])?

@@ -282,6 +282,9 @@ pub struct Session {
     view_pending: Option<String>,
     /// Records to evict at the peer, sent once the current unit is complete.
     evict_pending: Vec<(String, RecordId)>,
+    /// Records the peer moved into its view with its own write: sent whole, once the
+    /// current unit is complete.
+    restate_pending: Vec<(String, RecordId)>,
     // Liveness.
     last_recv_ms: u64,
     last_send_ms: u64,
@@ -340,6 +343,7 @@ impl Session {
             snap_out: None,
             view_pending: None,
             evict_pending: Vec::new(),
+            restate_pending: Vec::new(),
             last_recv_ms: now_ms,
             last_send_ms: now_ms,
             ping_nonce: 0,
@@ -400,6 +404,7 @@ impl Session {
             || (self.peer_from.is_some()
                 && self.snap_out.is_none()
                 && self.evict_pending.is_empty()
+                && self.restate_pending.is_empty()
                 && self.unacked.is_empty()
                 && !self.unit_open
                 && self.caught_up_sent == Some(self.sent_through)
@@ -691,6 +696,8 @@ impl Session {
             let snapshot = self
                 .snapshot_wish(peer, db)
                 .map_err(|e| self.internal(e, now_ms))?;
+            self.evict_outside_own_filter(peer, db)
+                .map_err(|e| self.internal(e, now_ms))?;
             self.subscriptions_sent += 1;
             self.send(
                 &Message::Subscribe {
@@ -743,6 +750,42 @@ impl Session {
             self.evict_excluded_fields(db)?;
         }
         Ok(SnapshotWish::Want)
+    }
+
+    /// Drop what we hold of our view's collections that no longer matches our own filter:
+    /// records we moved out of the view ourselves, whose EVICT from the peer was lost with a
+    /// connection. Only for filters without `$` parameters (those only the peer can
+    /// evaluate); records with changes the peer has not acknowledged stay.
+    fn evict_outside_own_filter(&mut self, peer: NodeId, db: &Database) -> Result<(), Error> {
+        let Some(src) = self.cfg.policy.filter.as_deref() else {
+            return Ok(());
+        };
+        if src.contains('$') {
+            return Ok(());
+        }
+        let policy = match self.cfg.policy.compile() {
+            Ok(p) => p,
+            Err(_) => return Ok(()),
+        };
+        let acked = db.peer_cursor(peer, PeerDirection::Acked)?;
+        let params = Params::new();
+        for coll in db.collections()? {
+            if !policy.allows_collection(&coll) {
+                continue;
+            }
+            let mut out = Vec::new();
+            db.for_each(&coll, |r| {
+                if !policy.matches(r.id, &r.fields, &params) {
+                    out.push(r.id);
+                }
+                true
+            })?;
+            if !out.is_empty() {
+                let guard = EvictGuard { peer, acked };
+                self.stats.evicted += db.evict(&coll, &out, Some(guard))?.evicted as u64;
+            }
+        }
+        Ok(())
     }
 
     /// Drop our copies of fields the policy now excludes (a local eviction, as for records).
@@ -873,6 +916,7 @@ impl Session {
         self.unit_cells = 0;
         self.caught_up_sent = None;
         self.evict_pending.clear();
+        self.restate_pending.clear();
         self.peer_policy = compiled;
         self.peer_from = Some(from);
         self.sent_through = from;
@@ -1143,8 +1187,37 @@ impl Session {
         let changes = std::mem::take(&mut self.staged);
         self.staged_cells = 0;
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        // A peer with a restricted view may move a record with its own write: out of its
+        // view (its copy must go) or into it (it may lack fields we have). The feed never
+        // sends the peer its own changes, so handle both here, as if the change had come
+        // from anyone else.
+        let restricted = self.peer_from.is_some()
+            && (self.cfg.access.is_some() || !self.peer_policy.is_everything());
+        let touched: Vec<(String, RecordId)> = if restricted {
+            let view = View {
+                access: self.cfg.access.as_deref(),
+                policy: &self.peer_policy,
+                params: Params::new(),
+            };
+            let mut t: Vec<_> = changes
+                .iter()
+                .filter(|c| {
+                    !view.collection_visible(&c.collection) || view.can_move(&c.collection, c)
+                })
+                .map(|c| (c.collection.clone(), c.id))
+                .collect();
+            t.sort();
+            t.dedup();
+            t
+        } else {
+            Vec::new()
+        };
         match db.apply_changes_owned(peer, changes, Some(end), self.cfg.access.as_deref()) {
             Ok(outcome) => {
+                if !touched.is_empty() {
+                    self.evict_left_view(db, touched)
+                        .map_err(|e| self.internal(e, now_ms))?;
+                }
                 let n = outcome.applied;
                 self.stats.cells_applied += n as u64;
                 self.received_through = end;
@@ -1175,6 +1248,58 @@ impl Session {
         }
     }
 
+    /// Queue EVICTs for records the peer just wrote that are now outside its view.
+    fn evict_left_view(
+        &mut self,
+        db: &Database,
+        touched: Vec<(String, RecordId)>,
+    ) -> Result<(), Error> {
+        let out = self.outside_view(db, touched.clone())?;
+        for key in touched {
+            if !out.contains(&key) {
+                self.restate_pending.push(key);
+            }
+        }
+        self.evict_pending.extend(out);
+        Ok(())
+    }
+
+    /// Those of `records` that the peer may not (or does not want to) see as they are now.
+    /// Deleted records count as inside: their tombstones go to the peer.
+    fn outside_view(
+        &self,
+        db: &Database,
+        records: Vec<(String, RecordId)>,
+    ) -> Result<Vec<(String, RecordId)>, Error> {
+        let view = View {
+            access: self.cfg.access.as_deref(),
+            policy: &self.peer_policy,
+            params: self
+                .cfg
+                .access
+                .as_ref()
+                .map(|a| a.params())
+                .unwrap_or_default(),
+        };
+        let mut out = Vec::new();
+        for (coll, id) in records {
+            let visible = if !view.collection_visible(&coll) {
+                false
+            } else {
+                match db.record_state(&coll, id)? {
+                    // Deleted or unknown: the tombstone is the peer's own; nothing to evict.
+                    None => true,
+                    Some(st) if !st.is_live() => true,
+                    Some(st) => view.record_visible(&coll, id, &st.fields()),
+                }
+            };
+            if !visible {
+                out.push((coll, id));
+            }
+        }
+        Ok(out)
+    }
+
     /// The next frame to send, if any. Reads the change feed when the peer subscribed and
     /// the window has room.
     pub fn poll_transmit(&mut self, now_ms: u64, db: &Database) -> Option<Vec<u8>> {
@@ -1195,6 +1320,12 @@ impl Session {
         }
         if self.snap_out.is_some() {
             return self.fill_snapshot(now_ms, db);
+        }
+        if !self.unit_open && !self.evict_pending.is_empty() {
+            self.flush_evictions(now_ms, db)?;
+        }
+        if !self.unit_open && !self.restate_pending.is_empty() {
+            self.flush_restatements(now_ms, db)?;
         }
         let head = db.last_seq()?;
         // A unit in progress must be finished whatever the window says.
@@ -1233,15 +1364,7 @@ impl Session {
             if complete && !self.evict_pending.is_empty() {
                 // After the unit, never inside it: the receiver applies the unit first, so a
                 // record the unit touched and that then left the view does not come back.
-                for chunk in std::mem::take(&mut self.evict_pending).chunks(EVICT_BATCH) {
-                    self.stats.evicts_sent += chunk.len() as u64;
-                    self.send(
-                        &Message::Evict {
-                            records: chunk.to_vec(),
-                        },
-                        now_ms,
-                    );
-                }
+                self.flush_evictions(now_ms, db)?;
             }
             if complete && (sent || self.unit_open) {
                 // Closing a unit whose earlier frames went out: the last frame was sent
@@ -1261,6 +1384,57 @@ impl Session {
                 },
                 now_ms,
             );
+        }
+        Ok(())
+    }
+
+    /// Send the queued EVICTs of records that are still outside the peer's view (one that
+    /// came back in since it was queued is not evicted: its return is in the feed).
+    fn flush_evictions(&mut self, now_ms: u64, db: &Database) -> Result<(), Error> {
+        let mut pending = std::mem::take(&mut self.evict_pending);
+        pending.sort();
+        pending.dedup();
+        let out = self.outside_view(db, pending)?;
+        for chunk in out.chunks(EVICT_BATCH) {
+            self.stats.evicts_sent += chunk.len() as u64;
+            self.send(
+                &Message::Evict {
+                    records: chunk.to_vec(),
+                },
+                now_ms,
+            );
+        }
+        Ok(())
+    }
+
+    /// Send the whole current state of records the peer moved into its view, as one unit
+    /// that does not move its cursor (`end` = what was sent so far).
+    fn flush_restatements(&mut self, now_ms: u64, db: &Database) -> Result<(), Error> {
+        let mut keys = std::mem::take(&mut self.restate_pending);
+        keys.sort();
+        keys.dedup();
+        let outside = self.outside_view(db, keys.clone())?;
+        let mut changes = Vec::new();
+        for (coll, id) in keys {
+            if outside.contains(&(coll.clone(), id)) {
+                continue;
+            }
+            let Some(state) = db.record_state(&coll, id)? else {
+                continue;
+            };
+            let mut ch = Change {
+                seq: self.sent_through,
+                collection: coll,
+                id,
+                cells: state.into_cells(),
+            };
+            if self.peer_policy.excludes_any() {
+                strip_excluded(&self.peer_policy, &mut ch);
+            }
+            changes.push(ch);
+        }
+        if !changes.is_empty() && self.send_changes(&changes, self.sent_through, false, now_ms) {
+            self.unacked.push_back(self.sent_through);
         }
         Ok(())
     }
