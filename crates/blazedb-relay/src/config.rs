@@ -97,6 +97,10 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// When set (`--tls-client-ca`), every client must present a certificate signed by a CA
+    /// in this PEM file (mutual TLS), on HTTPS/WSS and on TLS over TCP alike; credentials
+    /// (token or JWT) are still checked.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Limits and timeouts a deployment may want to change; every other limit is a constant in

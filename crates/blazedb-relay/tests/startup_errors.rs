@@ -64,6 +64,7 @@ async fn configuration_errors_are_reported_before_serving() {
         tls: Some(TlsFiles {
             cert: PathBuf::from("/nonexistent/cert.pem"),
             key: PathBuf::from("/nonexistent/key.pem"),
+            client_ca: None,
         }),
         ..config(&dir)
     })

@@ -45,6 +45,7 @@ async fn wss_and_tls_over_tcp() {
         c.tls = Some(TlsFiles {
             cert: fixtures().join("tls_cert.pem"),
             key: fixtures().join("tls_key.pem"),
+            client_ca: None,
         });
         c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -103,5 +104,130 @@ async fn wss_and_tls_over_tcp() {
     stop.cancel();
     ta.await.unwrap().unwrap();
     tb.await.unwrap().unwrap();
+    relay.stop().await;
+}
+
+/// A throwaway CA with a server certificate (127.0.0.1, localhost) and a client certificate.
+fn make_pki(
+    dir: &Path,
+) -> (
+    std::path::PathBuf,
+    TlsFiles,
+    (std::path::PathBuf, std::path::PathBuf),
+) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "relay mTLS test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let write = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let (sc, sk) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (cc, ck) = leaf(vec!["client.test".into()]);
+    let ca_pem = write("ca.pem", &ca.pem());
+    let files = TlsFiles {
+        cert: write("server.pem", &sc),
+        key: write("server.key", &sk),
+        client_ca: Some(ca_pem.clone()),
+    };
+    (
+        ca_pem,
+        files,
+        (write("client.pem", &cc), write("client.key", &ck)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_requires_a_client_certificate() {
+    use blazedb_net::transport::{connect, ConnectOptions, Endpoint, TlsClientOptions};
+    let pki_dir = tempfile::tempdir().unwrap();
+    let (ca, files, (client_cert, client_key)) = make_pki(pki_dir.path());
+    let relay = TestRelay::start(|c| {
+        c.tls = Some(files);
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let id = relay
+        .db
+        .insert("notes", [("text", "for certified clients")])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SessionConfig {
+        token: TOKEN.into(),
+        ..SessionConfig::default()
+    };
+    let tls_url: Endpoint = format!("tls://127.0.0.1:{}", relay.tcp_addr.unwrap().port())
+        .parse()
+        .unwrap();
+    let wss_url: Endpoint = format!("wss://localhost:{}/v1/sync", relay.addr.port())
+        .parse()
+        .unwrap();
+
+    // With a certificate from the CA: TLS over TCP and WSS both sync.
+    for (name, endpoint) in [("tls", &tls_url), ("wss", &wss_url)] {
+        let db = open(dir.path(), name);
+        let options = ConnectOptions {
+            tls: TlsClientOptions {
+                ca_pem: Some(ca.clone()),
+                client_cert_pem: Some(client_cert.clone()),
+                client_key_pem: Some(client_key.clone()),
+                danger_accept_invalid_certs: false,
+            },
+            bearer_token: Some(TOKEN.into()),
+            ..ConnectOptions::default()
+        };
+        let stream = connect(endpoint, &options).await.expect("connects");
+        let report = tokio::time::timeout(
+            Duration::from_secs(10),
+            run_session(db.clone(), stream, cfg.clone(), DriverOptions::once()),
+        )
+        .await
+        .expect("in time");
+        assert!(report.is_ok(), "{name}: {report:?}");
+        assert!(db.get("notes", id).unwrap().is_some(), "{name}");
+    }
+
+    // Without one: refused during the handshake, before any data.
+    for (name, endpoint) in [("tls-anon", &tls_url), ("wss-anon", &wss_url)] {
+        let db = open(dir.path(), name);
+        let options = ConnectOptions {
+            tls: TlsClientOptions {
+                ca_pem: Some(ca.clone()),
+                ..TlsClientOptions::default()
+            },
+            bearer_token: Some(TOKEN.into()),
+            ..ConnectOptions::default()
+        };
+        let outcome = match connect(endpoint, &options).await {
+            Err(_) => Err(()),
+            Ok(stream) => tokio::time::timeout(
+                Duration::from_secs(10),
+                run_session(db.clone(), stream, cfg.clone(), DriverOptions::once()),
+            )
+            .await
+            .expect("in time")
+            .map(|_| ())
+            .map_err(|_| ()),
+        };
+        assert!(
+            outcome.is_err(),
+            "{name}: a client without a certificate got through"
+        );
+        assert!(db.get("notes", id).unwrap().is_none(), "{name}");
+    }
     relay.stop().await;
 }

@@ -173,6 +173,7 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
             log: &out.join("relay.log"),
             token: &token,
             gc_interval_s: relay_gc,
+            history_retention_s: args.history_retention_s,
             password,
         },
     )?;

@@ -139,6 +139,8 @@ pub struct RelaySpec<'a> {
     pub token: &'a str,
     /// Relay-side GC interval in seconds, when `serve` supports `--gc-interval`.
     pub gc_interval_s: Option<u64>,
+    /// The relay's history retention (`--history-max-age`), in seconds.
+    pub history_retention_s: u64,
     /// The store's password (`BLAZEDB_PASSWORD`), if encrypted.
     pub password: Option<&'a str>,
 }
@@ -155,6 +157,10 @@ pub fn start_relay(cli: &Cli, spec: &RelaySpec<'_>) -> Result<Relay> {
     if let Some(s) = spec.gc_interval_s {
         cmd.args(["--gc-interval", &format!("{s}s")]);
     }
+    cmd.args([
+        "--history-max-age",
+        &format!("{}s", spec.history_retention_s),
+    ]);
     password_env(&mut cmd, spec.password);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

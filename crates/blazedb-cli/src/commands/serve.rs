@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA in this PEM file (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Allow browsers from this origin (e.g. https://app.example.com); repeat for more.
     /// Without any, every origin may connect (credentials are still required).
     #[arg(long = "origin", value_name = "ORIGIN")]
@@ -120,6 +123,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
             }),
             _ => None,
         },
