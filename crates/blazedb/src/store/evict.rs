@@ -229,7 +229,7 @@ pub(super) fn cell_seqs(state: &RecordState) -> Vec<Seq> {
 
 /// Whether the record has a feed row past `acked` that did not come from the guard's peer
 /// (`src`: its feed `src` number, `None` when that peer never sent us anything).
-fn has_unseen_changes(
+pub(super) fn has_unseen_changes(
     inner: &Inner,
     coll: i64,
     id: RecordId,

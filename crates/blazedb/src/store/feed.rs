@@ -683,7 +683,7 @@ impl Database {
 }
 
 /// Refuse cells that no BlazeDB could have written.
-fn validate_cell(c: &Cell) -> Result<(), String> {
+pub(super) fn validate_cell(c: &Cell) -> Result<(), String> {
     if let Some(f) = c.key.field() {
         validate_field_name(f).map_err(|e| e.to_string())?;
     }

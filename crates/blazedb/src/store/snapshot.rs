@@ -27,10 +27,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, OptionalExtension};
 
 use super::feed::{Change, PeerDirection};
-use super::write::{validate_field_name, validate_value};
 use super::{body, validate_collection_name, Database, Inner};
-use crate::codec::DecodeError;
-use crate::crdt::{Cell, CellKey, CellValue, RecordState};
 use crate::error::{ApplyError, Error, Result};
 use crate::limits::{
     FEED_PAGE_CELLS_MAX, SNAPSHOT_CHUNKS_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_CELLS_MAX,
@@ -310,7 +307,7 @@ impl Database {
                     applied.records += 1;
                     applied.cells += ch.cells.len() as u64;
                     for mut c in ch.cells {
-                        validate_cell(&c).map_err(ApplyError::Invalid)?;
+                        super::feed::validate_cell(&c).map_err(ApplyError::Invalid)?;
                         tx.inner
                             .clock
                             .observe(c.version.hlc, tx.now_ms)
@@ -354,7 +351,7 @@ impl Database {
                     let mut rows = stmt.query([coll])?;
                     while let Some(row) = rows.next()? {
                         let id =
-                            record_id(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+                            super::evict::record_id(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
                         if !tx.pending.contains_key(&(coll, id)) {
                             absent.push(id);
                         }
@@ -372,7 +369,7 @@ impl Database {
                         })?;
                     let state =
                         body::decode(&bytes, Seq(row_seq), &tx.inner.nodes, &tx.inner.fields)?;
-                    if has_unseen_changes(tx.inner, coll, id, &state, acked, src)? {
+                    if super::evict::has_unseen_changes(tx.inner, coll, id, &state, acked, Some(src))? {
                         applied.kept_pending += 1;
                         continue;
                     }
@@ -388,7 +385,7 @@ impl Database {
                             },
                         });
                     }
-                    remove_record(tx.inner, coll, id, &state)?;
+                    super::evict::remove_record(tx.inner, coll, id, &state)?;
                     applied.evicted += 1;
                 }
             }
@@ -450,7 +447,8 @@ fn snapshot_page_in(
                 page.next = last;
                 return Ok(page);
             }
-            let id = record_id(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+            let id =
+                super::evict::record_id(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
             let seq = Seq(row.get::<_, i64>(1)? as u64);
             let live: bool = row.get(2)?;
             let body = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
@@ -522,7 +520,7 @@ fn progress_in(inner: &Inner, peer: NodeId) -> Result<Option<SnapshotProgress>> 
     let last_key = match (coll, id) {
         (Some(collection), Some(id)) => Some(SnapshotKey {
             collection,
-            id: record_id(&id)?,
+            id: super::evict::record_id(&id)?,
         }),
         _ => None,
     };
@@ -556,107 +554,5 @@ fn discard(inner: &Inner, peer: NodeId) -> Result<()> {
         .conn
         .prepare_cached("DELETE FROM snapshot_progress WHERE peer = ?1")?
         .execute([&peer.0[..]])?;
-    Ok(())
-}
-
-fn record_id(bytes: &[u8]) -> Result<RecordId> {
-    let id: [u8; 16] = bytes
-        .try_into()
-        .map_err(|_| Error::Corrupted(DecodeError::Malformed("bad record id".into())))?;
-    Ok(RecordId(id))
-}
-
-fn cell_seqs(state: &RecordState) -> Vec<Seq> {
-    let mut v: Vec<Seq> = state.cells().iter().map(|c| c.seq).collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
-/// Whether the record holds a change `peer` (local node number `src`) has not seen: a feed
-/// row past `acked` that did not come from it. Only its own cells' seqs can have feed rows.
-fn has_unseen_changes(
-    inner: &Inner,
-    coll: i64,
-    id: RecordId,
-    state: &RecordState,
-    acked: Seq,
-    src: u64,
-) -> Result<bool> {
-    for s in cell_seqs(state).into_iter().filter(|s| *s > acked) {
-        let row_src: Option<i64> = inner
-            .conn
-            .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
-            .query_row(params![s.0 as i64, coll, &id.0[..]], |r| r.get(0))
-            .optional()?;
-        if row_src.is_some_and(|r| r as u64 != src) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Remove everything that names a record, leaving no tombstone: its row, feed rows, index
-/// entries and history. (Conflicts go in one statement afterwards.)
-fn remove_record(inner: &Inner, coll: i64, id: RecordId, state: &RecordState) -> Result<()> {
-    let key = &id.0[..];
-    for s in cell_seqs(state) {
-        inner
-            .conn
-            .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
-            .execute(params![s.0 as i64, coll, key])?;
-    }
-    if state.is_live() {
-        if let Some(indexed) = inner.indexes.get(&coll) {
-            super::index::update_entries(
-                &inner.conn,
-                coll,
-                id,
-                indexed,
-                &state.fields(),
-                &BTreeMap::new(),
-            )?;
-        }
-    }
-    inner
-        .conn
-        .prepare_cached("DELETE FROM history WHERE coll = ?1 AND id = ?2")?
-        .execute(params![coll, key])?;
-    inner
-        .conn
-        .prepare_cached("DELETE FROM records WHERE coll = ?1 AND id = ?2")?
-        .execute(params![coll, key])?;
-    Ok(())
-}
-
-/// Refuse cells that no BlazeDB could have written (the same rules as the apply path).
-fn validate_cell(c: &Cell) -> std::result::Result<(), String> {
-    if let Some(f) = c.key.field() {
-        validate_field_name(f).map_err(|e| e.to_string())?;
-    }
-    let ok = matches!(
-        (&c.key, &c.value),
-        (CellKey::Record, CellValue::Present | CellValue::Absent)
-            | (CellKey::Field(_), CellValue::Value(_) | CellValue::Absent)
-            | (CellKey::Counter(..), CellValue::Count(_))
-            | (CellKey::Element(..), CellValue::Present | CellValue::Absent)
-    );
-    if !ok {
-        return Err(format!(
-            "cell {} cannot hold {:?}",
-            c.key.display_name(),
-            c.value
-        ));
-    }
-    if let CellKey::Element(_, bytes) = &c.key {
-        let v =
-            crate::codec::value::from_bytes(bytes).map_err(|e| format!("bad set element: {e}"))?;
-        if crate::codec::value::to_bytes(&v) != *bytes {
-            return Err("set element is not canonically encoded".into());
-        }
-    }
-    if let CellValue::Value(v) = &c.value {
-        validate_value(c.key.field().unwrap_or(""), v).map_err(|e| e.to_string())?;
-    }
     Ok(())
 }
