@@ -385,7 +385,7 @@ proptest! {
     #[test]
     fn random_frames_after_hello_never_panic(
         bodies in proptest::collection::vec(
-            (0u8..12, prop_oneof![Just(0u8), Just(1), Just(4), any::<u8>()], proptest::collection::vec(any::<u8>(), 0..64))
+            (0u8..16, prop_oneof![Just(0u8), Just(1), Just(4), any::<u8>()], proptest::collection::vec(any::<u8>(), 0..64))
                 .prop_map(|(kind, flags, payload)| Body { kind, flags, payload }),
             0..6,
         ),
@@ -472,4 +472,58 @@ fn error_after_queued_frames_is_readable_by_the_peer() {
         "the peer must be able to read the ERROR frame; it read {:?}",
         out.replies
     );
+}
+
+/// A hostile snapshot — a chunk that is not zstd, a zstd bomb, a wrong chunk count, chunks out
+/// of order — ends the session with an error and stores nothing of it.
+#[test]
+fn hostile_snapshots_store_nothing() {
+    let begin = |index_first: u32| {
+        simple(&Message::SnapshotBegin {
+            snap_id: 9,
+            position: Seq(5),
+            first_index: index_first,
+            subscription: 1,
+            replace: false,
+        })
+    };
+    let chunk = |index: u32, data: Vec<u8>| {
+        simple(&Message::SnapshotChunk {
+            index,
+            last: ("c".into(), RecordId([1; 16])),
+            data,
+        })
+    };
+    let end = |chunks: u32| simple(&Message::SnapshotEnd { chunks });
+    // 64 MiB of zeros compresses to a few KiB.
+    let bomb = zstd::encode_all(&vec![0u8; 64 << 20][..], 3).unwrap();
+    let cases: Vec<(&str, Vec<Body>)> = vec![
+        (
+            "not zstd",
+            vec![begin(0), chunk(0, vec![0xde; 100]), end(1)],
+        ),
+        ("bomb", vec![begin(0), chunk(0, bomb), end(1)]),
+        ("count", vec![begin(0), end(3)]),
+        ("order", vec![begin(0), chunk(1, vec![1, 2, 3])]),
+        ("resume unknown", vec![begin(4)]),
+    ];
+    for (name, mut frames) in cases {
+        frames.insert(0, simple(&hello(5)));
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("v.db"), OpenOptions::default()).unwrap();
+        let mut s = Session::new(&db, SessionConfig::default(), 0).unwrap();
+        let err = s.handle_bytes(0, &stream(&frames), &db).unwrap_err();
+        assert!(
+            matches!(
+                err.code,
+                blazedb::sync::ErrorCode::Malformed | blazedb::sync::ErrorCode::Unexpected
+            ),
+            "{name}: {err}"
+        );
+        assert!(s.is_closed(), "{name}");
+        assert_eq!(db.count("c").unwrap(), 0, "{name}");
+        assert!(db.integrity_check().unwrap().ok, "{name}");
+        // Nothing left staged that a resume would trip over again.
+        assert_eq!(db.snapshot_progress(PEER).unwrap(), None, "{name}");
+    }
 }

@@ -1100,6 +1100,7 @@ impl Session {
         };
         if index != si.next_index {
             let m = format!("SNAPSHOT_CHUNK {index}, expected {}", si.next_index);
+            let _ = db.snapshot_abort(peer);
             return Err(self.fail(ErrorCode::Malformed, m, now_ms));
         }
         let key = SnapshotKey {
@@ -1108,6 +1109,15 @@ impl Session {
         };
         let snap_id = si.snap_id;
         si.next_index += 1;
+        // Check it before storing it: a damaged chunk on disk would fail every resume.
+        if let Err(e) = super::snapshot::verify_chunk(data) {
+            let _ = db.snapshot_abort(peer);
+            return Err(self.fail(
+                ErrorCode::Malformed,
+                format!("snapshot chunk {index}: {e}"),
+                now_ms,
+            ));
+        }
         match db.snapshot_stage_chunk(peer, snap_id, index, &key, data) {
             Ok(()) => Ok(()),
             Err(Error::Corrupted(e)) => Err(self.fail(
@@ -1138,6 +1148,7 @@ impl Session {
                 "SNAPSHOT_END says {chunks} chunks, {} arrived",
                 si.next_index
             );
+            let _ = db.snapshot_abort(peer);
             return Err(self.fail(ErrorCode::Malformed, m, now_ms));
         }
         // A merge-only snapshot (we are a new peer) drops nothing.
@@ -1174,9 +1185,13 @@ impl Session {
                 Err(self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms))
             }
             Err(Error::Apply(ApplyError::Invalid(m))) | Err(Error::InvalidArgument(m)) => {
+                // The staged snapshot can never apply: drop it, so the next session starts
+                // a new one instead of resuming this one.
+                let _ = db.snapshot_abort(peer);
                 Err(self.fail(ErrorCode::Malformed, m, now_ms))
             }
             Err(Error::Corrupted(e)) => {
+                let _ = db.snapshot_abort(peer);
                 Err(self.fail(ErrorCode::Malformed, format!("snapshot: {e}"), now_ms))
             }
             Err(e) => Err(self.internal(e, now_ms)),
