@@ -62,6 +62,11 @@ struct Sim {
     partial: Option<usize>,
     /// Sim time of the first GC that purged tombstones.
     first_purge_ms: Option<u64>,
+    /// A leaf of the star that goes away for long stretches without writing: the hub forgets
+    /// it (so GC moves on) and it must come back through a replacing snapshot.
+    sleepy: Option<usize>,
+    /// Whether the hub has forgotten the sleepy leaf since it last connected.
+    sleepy_forgotten: bool,
 }
 
 /// The view of the partial leaf.
@@ -162,7 +167,13 @@ impl Sim {
             faults: true,
             partial: None,
             first_purge_ms: None,
+            sleepy: None,
+            sleepy_forgotten: false,
         };
+        if topology == 1 && seed % 3 == 1 {
+            sim.sleepy = Some(1);
+            sim.trace.push("n1 is a sleepy leaf".into());
+        }
         if topology == 1 && seed % 2 == 0 {
             sim.partial = Some(n - 1);
             sim.trace.push(format!("n{} is a partial replica", n - 1));
@@ -274,6 +285,11 @@ impl Sim {
 
     fn connect(&mut self, l: usize) {
         let [a, b] = self.links[l].ends;
+        if self.sleepy.is_some_and(|s| s == a || s == b) && self.sleepy_forgotten {
+            // Back: from now on GC on the hub waits for it again.
+            self.sleepy_forgotten = false;
+            self.trace.push("sleepy returns".into());
+        }
         let cfg = SessionConfig {
             batch_cells_max: self.rng.gen_range(1..64),
             ..SessionConfig::default()
@@ -459,6 +475,10 @@ impl Sim {
             match action {
                 0..=49 => {
                     let i = self.rng.gen_range(0..n);
+                    if Some(i) == self.sleepy && self.sleepy_away() {
+                        // Away, it only reads.
+                        continue;
+                    }
                     let accounts_here = self.nodes[i]
                         .db
                         .as_ref()
@@ -498,6 +518,7 @@ impl Sim {
                     let i = self.rng.gen_range(0..n);
                     self.gc(i);
                 }
+                66..=69 => self.forget_sleepy(),
                 _ => {}
             }
             self.network_step();
@@ -533,11 +554,16 @@ impl Sim {
             return;
         };
         let peers = db.peers().unwrap();
+        let forgotten = (i == 0 && self.sleepy_forgotten)
+            .then_some(self.sleepy)
+            .flatten();
         let neighbors: Vec<NodeId> = self
             .links
             .iter()
             .filter(|l| l.ends.contains(&i))
-            .map(|l| self.nodes[l.ends[0] + l.ends[1] - i].id)
+            .map(|l| l.ends[0] + l.ends[1] - i)
+            .filter(|j| Some(*j) != forgotten)
+            .map(|j| self.nodes[j].id)
             .collect();
         let all_known = neighbors
             .iter()
@@ -557,6 +583,40 @@ impl Sim {
             "gc n{i}: horizon {} tombstones {} cells {} links {}",
             r.horizon, r.tombstones_purged, r.cells_pruned, r.links_pruned
         ));
+    }
+
+    /// Whether the sleepy leaf is away (its link partitioned or down).
+    fn sleepy_away(&self) -> bool {
+        self.sleepy.is_some_and(|s| {
+            self.links
+                .iter()
+                .any(|l| l.ends.contains(&s) && (l.partitioned || l.conn.is_none()))
+        })
+    }
+
+    /// The hub forgets the away sleepy leaf — when that loses nothing: the hub has everything
+    /// the leaf wrote, and the leaf knows it (its acknowledged cursor covers its feed).
+    fn forget_sleepy(&mut self) {
+        let Some(s) = self.sleepy else { return };
+        if !self.sleepy_away() || self.sleepy_forgotten {
+            return;
+        }
+        let (Some(hub), Some(leaf)) = (self.nodes[0].db.as_ref(), self.nodes[s].db.as_ref()) else {
+            return;
+        };
+        let head = leaf.last_seq().unwrap();
+        let hub_has = hub
+            .peer_cursor(self.nodes[s].id, blazedb::PeerDirection::Received)
+            .unwrap();
+        let leaf_knows = leaf
+            .peer_cursor(self.nodes[0].id, blazedb::PeerDirection::Acked)
+            .unwrap();
+        if hub_has >= head && leaf_knows >= head && head > Seq(0) {
+            hub.forget_peer(self.nodes[s].id).unwrap();
+            self.sleepy_forgotten = true;
+            self.trace.push(format!("hub forgets sleepy n{s}"));
+            self.gc(0);
+        }
     }
 
     fn restart(&mut self, i: usize) {

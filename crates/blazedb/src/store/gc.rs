@@ -158,6 +158,12 @@ impl Database {
         let n = inner
             .conn
             .execute("DELETE FROM peers WHERE node = ?1", [&node.0[..]])?;
+        // Its notes (the view it was served, the policy we subscribed with) go too.
+        let prefix = super::feed::peer_note_key(node, "");
+        inner.conn.execute(
+            "DELETE FROM meta WHERE substr(key, 1, length(?1)) = ?1",
+            [&prefix],
+        )?;
         Ok(n > 0)
     }
 

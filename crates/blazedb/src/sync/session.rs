@@ -692,12 +692,19 @@ impl Session {
             self.received_persisted = from;
             self.subscribed = true;
             let peer = h.node;
+            let h_receives = h.mode.receives();
             self.peer = Some(h);
             let snapshot = self
                 .snapshot_wish(peer, db)
                 .map_err(|e| self.internal(e, now_ms))?;
-            self.evict_outside_own_filter(peer, db)
-                .map_err(|e| self.internal(e, now_ms))?;
+            if !(self.cfg.mode.sends() && h_receives) {
+                // Nobody will tell us what the peer has of ours: go by the stored cursor.
+                let acked = db
+                    .peer_cursor(peer, PeerDirection::Acked)
+                    .map_err(|e| self.internal(e, now_ms))?;
+                self.evict_outside_own_filter(peer, acked, db)
+                    .map_err(|e| self.internal(e, now_ms))?;
+            }
             self.subscriptions_sent += 1;
             self.send(
                 &Message::Subscribe {
@@ -756,7 +763,12 @@ impl Session {
     /// records we moved out of the view ourselves, whose EVICT from the peer was lost with a
     /// connection. Only for filters without `$` parameters (those only the peer can
     /// evaluate); records with changes the peer has not acknowledged stay.
-    fn evict_outside_own_filter(&mut self, peer: NodeId, db: &Database) -> Result<(), Error> {
+    fn evict_outside_own_filter(
+        &mut self,
+        peer: NodeId,
+        acked: Seq,
+        db: &Database,
+    ) -> Result<(), Error> {
         let Some(src) = self.cfg.policy.filter.as_deref() else {
             return Ok(());
         };
@@ -767,7 +779,6 @@ impl Session {
             Ok(p) => p,
             Err(_) => return Ok(()),
         };
-        let acked = db.peer_cursor(peer, PeerDirection::Acked)?;
         let params = Params::new();
         for coll in db.collections()? {
             if !policy.allows_collection(&coll) {
@@ -922,6 +933,12 @@ impl Session {
         self.sent_through = from;
         self.unit_until = from;
         self.acked = self.acked.max(from);
+        if self.subscriptions_received == 1 && self.subscribed {
+            // Now we know how much of ours the peer has (`from`), so the records we moved
+            // out of our own view can go unless they hold changes it lacks.
+            self.evict_outside_own_filter(peer, self.acked, db)
+                .map_err(|e| self.internal(e, now_ms))?;
+        }
         self.view_pending = view_changed.then(|| view.clone());
         // Any value works for a new snapshot's id; it only has to differ from an earlier one.
         let fresh_id = (now_ms.rotate_left(24) ^ head.0.rotate_left(8))
@@ -1208,7 +1225,10 @@ impl Session {
         // from anyone else.
         let restricted = self.peer_from.is_some()
             && (self.cfg.access.is_some() || !self.peer_policy.is_everything());
-        let touched: Vec<(String, RecordId)> = if restricted {
+        // Every record it wrote is checked for leaving its view (an EVICT it refused earlier
+        // because of this very write is made up here); records its write may have moved in
+        // are restated.
+        let (touched, moved): (Vec<RecordKey>, Vec<RecordKey>) = if restricted {
             let view = View {
                 access: self.cfg.access.as_deref(),
                 policy: &self.peer_policy,
@@ -1216,21 +1236,27 @@ impl Session {
             };
             let mut t: Vec<_> = changes
                 .iter()
+                .map(|c| (c.collection.clone(), c.id))
+                .collect();
+            let mut m: Vec<_> = changes
+                .iter()
                 .filter(|c| {
-                    !view.collection_visible(&c.collection) || view.can_move(&c.collection, c)
+                    view.collection_visible(&c.collection) && view.can_move(&c.collection, c)
                 })
                 .map(|c| (c.collection.clone(), c.id))
                 .collect();
             t.sort();
             t.dedup();
-            t
+            m.sort();
+            m.dedup();
+            (t, m)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         match db.apply_changes_owned(peer, changes, Some(end), self.cfg.access.as_deref()) {
             Ok(outcome) => {
                 if !touched.is_empty() {
-                    self.evict_left_view(db, touched)
+                    self.evict_left_view(db, touched, moved)
                         .map_err(|e| self.internal(e, now_ms))?;
                 }
                 let n = outcome.applied;
@@ -1268,9 +1294,10 @@ impl Session {
         &mut self,
         db: &Database,
         touched: Vec<(String, RecordId)>,
+        moved: Vec<(String, RecordId)>,
     ) -> Result<(), Error> {
         let out = self.outside_view(db, touched.clone())?;
-        for key in touched {
+        for key in moved {
             if !out.contains(&key) {
                 self.restate_pending.push(key);
             }
@@ -1743,6 +1770,9 @@ fn new_snapshot(head: Seq, replace: bool, snap_id: u64) -> SnapOut {
         cells: 0,
     }
 }
+
+/// A record, by collection and id.
+type RecordKey = (String, RecordId);
 
 /// Names of per-peer notes (`Database::peer_note`).
 const NOTE_VIEW: &str = "served_view";
