@@ -95,7 +95,20 @@ async fn tcp_and_unix_clients_sync_and_bad_hello_tokens_are_refused() {
     assert_eq!(intruder.count("notes").unwrap(), 1);
     assert_eq!(relay.db.count("notes").unwrap(), 2);
 
-    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    // The relay counts a session when its task ends, which may be just after the client
+    // saw the error.
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+        if metric(
+            &m,
+            "blazedb_relay_sessions_closed_total{reason=\"auth_failed\"}",
+        ) == Some(2.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         metric(&m, "blazedb_relay_auth_failures_total"),
         Some(2.0),

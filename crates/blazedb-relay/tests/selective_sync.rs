@@ -199,3 +199,44 @@ async fn views_follow_data_policy_and_claims_and_evictions_delete_nothing() {
     }
     relay.stop().await;
 }
+
+/// A client away past the relay's retention (here: forgotten, as `blazedb peers --forget`
+/// does) comes back after GC collected the tombstones it needed: it is re-bootstrapped with a
+/// replacing snapshot and ends with exactly the relay's data, deletes included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_back_from_beyond_gc_converges_through_a_snapshot() {
+    use blazedb::GcOptions;
+    let relay = TestRelay::start(|c| c.auth = AuthConfig::None).await;
+    let r = &relay.db;
+    let ids: Vec<RecordId> = (0..20)
+        .map(|i| r.insert("notes", [("n", Value::Int(i))]).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), "away");
+    let c = connect(&relay, &db, "away", SyncPolicy::default()).await;
+    until(|| db.count("notes").unwrap() == 20).await;
+    c.finish().await;
+
+    // While it is away: deletes, an update, and GC that forgets it and purges tombstones.
+    for id in &ids[..5] {
+        r.delete("notes", *id).unwrap();
+    }
+    r.update("notes", ids[10], Patch::new().set("n", 1000))
+        .unwrap();
+    assert!(r.forget_peer(db.node_id()).unwrap());
+    let report = r.gc(&GcOptions::default()).unwrap();
+    assert_eq!(report.tombstones_purged, 5, "{report:?}");
+
+    let c = connect(&relay, &db, "away", SyncPolicy::default()).await;
+    until(|| {
+        db.count("notes").unwrap() == 15
+            && db.get("notes", ids[10]).unwrap().unwrap().fields["n"] == Value::Int(1000)
+    })
+    .await;
+    let report = c.finish().await;
+    assert_eq!(report.stats.snapshots_applied, 1, "{:?}", report.stats);
+    for id in &ids[..5] {
+        assert!(db.get("notes", *id).unwrap().is_none());
+    }
+    relay.stop().await;
+}

@@ -19,6 +19,12 @@ pub trait AccessControl: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Whether `can_read_collection` / `can_read` can ever say no. When false the session
+    /// skips the per-record read checks (e.g. a listener that only checks a token).
+    fn filters_reads(&self) -> bool {
+        true
+    }
+
     /// Whether the peer may receive anything of this collection (deletes included).
     fn can_read_collection(&self, collection: &str) -> bool {
         let _ = collection;

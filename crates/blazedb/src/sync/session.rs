@@ -514,6 +514,10 @@ impl Session {
     ) -> Result<(), SyncError> {
         match (self.state, msg) {
             (_, Message::Error { code, message }) => {
+                // The peer's goodbye: keep what it acknowledged (GC and `is_caught_up`
+                // on the next session rely on it).
+                self.persist_acked(now_ms, db, true);
+                let _ = self.persist_received(now_ms, db, true);
                 self.state = State::Closed;
                 let e = SyncError {
                     code,
@@ -861,6 +865,11 @@ impl Session {
             now_ms,
         );
         Ok(())
+    }
+
+    /// The access control, when it can refuse reads (else the read checks are skipped).
+    fn read_filtering_access(&self) -> Option<&dyn super::AccessControl> {
+        self.cfg.access.as_deref().filter(|a| a.filters_reads())
     }
 
     /// The policy this side receives under.
@@ -1224,13 +1233,13 @@ impl Session {
         // sends the peer its own changes, so handle both here, as if the change had come
         // from anyone else.
         let restricted = self.peer_from.is_some()
-            && (self.cfg.access.is_some() || !self.peer_policy.is_everything());
+            && (self.read_filtering_access().is_some() || !self.peer_policy.is_everything());
         // Every record it wrote is checked for leaving its view (an EVICT it refused earlier
         // because of this very write is made up here); records its write may have moved in
         // are restated.
-        let (touched, moved): (Vec<RecordKey>, Vec<RecordKey>) = if restricted {
+        let (touched, moved_in): (Vec<RecordKey>, Vec<RecordKey>) = if restricted {
             let view = View {
-                access: self.cfg.access.as_deref(),
+                access: self.read_filtering_access(),
                 policy: &self.peer_policy,
                 params: Params::new(),
             };
@@ -1253,10 +1262,19 @@ impl Session {
         } else {
             (Vec::new(), Vec::new())
         };
+        // Of those its write may move in, the ones outside its view before the write: if they
+        // are inside after it, the peer may lack their other fields. (A record it created,
+        // or one it already saw, needs nothing.)
+        let moved_in = if moved_in.is_empty() {
+            moved_in
+        } else {
+            self.outside_view(db, moved_in)
+                .map_err(|e| self.internal(e, now_ms))?
+        };
         match db.apply_changes_owned(peer, changes, Some(end), self.cfg.access.as_deref()) {
             Ok(outcome) => {
                 if !touched.is_empty() {
-                    self.evict_left_view(db, touched, moved)
+                    self.evict_left_view(db, touched, moved_in)
                         .map_err(|e| self.internal(e, now_ms))?;
                 }
                 let n = outcome.applied;
@@ -1294,10 +1312,10 @@ impl Session {
         &mut self,
         db: &Database,
         touched: Vec<(String, RecordId)>,
-        moved: Vec<(String, RecordId)>,
+        moved_in: Vec<(String, RecordId)>,
     ) -> Result<(), Error> {
-        let out = self.outside_view(db, touched.clone())?;
-        for key in moved {
+        let out = self.outside_view(db, touched)?;
+        for key in moved_in {
             if !out.contains(&key) {
                 self.restate_pending.push(key);
             }
@@ -1314,7 +1332,7 @@ impl Session {
         records: Vec<(String, RecordId)>,
     ) -> Result<Vec<(String, RecordId)>, Error> {
         let view = View {
-            access: self.cfg.access.as_deref(),
+            access: self.read_filtering_access(),
             policy: &self.peer_policy,
             params: self
                 .cfg
@@ -1372,12 +1390,25 @@ impl Session {
         let head = db.last_seq()?;
         // A unit in progress must be finished whatever the window says.
         let in_unit = self.sent_through < self.unit_until;
-        if self.sent_through < head && (in_unit || self.unacked.len() < self.cfg.window_units) {
+        // Coalescing: while a unit is unacknowledged and only a trickle of commits waits
+        // (fewer than a batch's worth), hold them until the ACK comes back and send them as
+        // one unit then. The receiver applies a unit in one SQLite transaction, so a peer that
+        // falls behind a stream of small commits (a relay with many clients) catches up with
+        // a few large transactions instead of one per commit; the delay is at most one round
+        // trip, which the receiver would have spent applying the unit in flight anyway. A
+        // backlog of a batch or more still pipelines up to the window.
+        let trickle = head.0.saturating_sub(self.sent_through.0) < self.cfg.batch_cells_max as u64;
+        let window_open = if trickle {
+            self.unacked.is_empty()
+        } else {
+            self.unacked.len() < self.cfg.window_units
+        };
+        if self.sent_through < head && (in_unit || window_open) {
             let peer = self.peer.as_ref().map(|p| p.node);
             let mut batch = db.changes_since(self.sent_through, self.cfg.batch_cells_max, peer)?;
-            if self.cfg.access.is_some() || !self.peer_policy.is_everything() {
+            if self.read_filtering_access().is_some() || !self.peer_policy.is_everything() {
                 let view = View {
-                    access: self.cfg.access.as_deref(),
+                    access: self.cfg.access.as_deref().filter(|a| a.filters_reads()),
                     policy: &self.peer_policy,
                     params: self
                         .cfg
@@ -1508,7 +1539,7 @@ impl Session {
         let access = self.cfg.access.clone();
         let policy = self.peer_policy.clone();
         let view = View {
-            access: access.as_deref(),
+            access: access.as_deref().filter(|a| a.filters_reads()),
             policy: &policy,
             params,
         };
