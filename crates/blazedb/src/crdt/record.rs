@@ -97,6 +97,14 @@ impl RecordState {
 
     /// How many distinct fields have cells (visible or removed), without building values.
     pub fn field_count(&self) -> usize {
+        // A field has one register cell at most: without counters or sets, count those.
+        if self.only_plain_fields() {
+            return self
+                .cells
+                .iter()
+                .filter(|c| matches!(c.key, CellKey::Field(_)))
+                .count();
+        }
         let mut names: Vec<&str> = self.cells.iter().filter_map(|c| c.key.field()).collect();
         names.sort_unstable();
         names.dedup();

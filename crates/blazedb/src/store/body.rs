@@ -37,19 +37,110 @@ pub fn encode(
     nodes: &mut NodeTable,
     fields: &mut FieldTable,
 ) -> Vec<u8> {
-    let mut versions: Vec<Version> = Vec::new();
-    let index_of = |v: Version, versions: &mut Vec<Version>| -> u64 {
-        match versions.iter().position(|x| *x == v) {
-            Some(i) => i as u64,
-            None => {
-                versions.push(v);
-                (versions.len() - 1) as u64
+    let mut out = Vec::new();
+    // A single record: nothing to remember the field numbers for.
+    let mut memo = FieldMemo {
+        entries: Vec::new(),
+        keep: false,
+    };
+    encode_into(
+        &mut out,
+        &mut Vec::new(),
+        &mut memo,
+        state,
+        row_seq,
+        nodes,
+        fields,
+    );
+    out
+}
+
+/// Field numbers already looked up, in the order the last record used them: records of one
+/// collection usually have the same fields, which then match in place, cheaper than hashing
+/// each name again.
+#[derive(Debug)]
+pub struct FieldMemo {
+    entries: Vec<(String, u64)>,
+    /// Whether to remember new numbers (false when encoding a single record).
+    keep: bool,
+}
+
+impl Default for FieldMemo {
+    fn default() -> FieldMemo {
+        FieldMemo {
+            entries: Vec::new(),
+            keep: true,
+        }
+    }
+}
+
+impl FieldMemo {
+    /// The local number of field `f`, the `k`-th field of the record being encoded.
+    fn index(&mut self, fields: &mut FieldTable, f: &String, k: usize) -> u64 {
+        if let Some((name, i)) = self.entries.get(k) {
+            if name == f {
+                return *i;
             }
         }
+        if let Some((_, i)) = self.entries.iter().find(|(name, _)| name == f) {
+            return *i;
+        }
+        let i = fields.index(f);
+        // Bounded: a record has at most RECORD_FIELDS_MAX fields, but many records may
+        // name many different ones; keep the memo to the size of a typical record.
+        if self.keep && self.entries.len() < FIELD_MEMO_MAX {
+            self.entries.push((f.clone(), i));
+        }
+        i
+    }
+}
+
+/// Entries a [`FieldMemo`] keeps.
+const FIELD_MEMO_MAX: usize = 32;
+
+/// [`encode`] into `out` (cleared first), with `versions` as scratch space: a bulk write
+/// reuses both for every record instead of allocating them each time.
+pub fn encode_into(
+    out: &mut Vec<u8>,
+    versions: &mut Vec<Version>,
+    memo: &mut FieldMemo,
+    state: &RecordState,
+    row_seq: Seq,
+    nodes: &mut NodeTable,
+    fields: &mut FieldTable,
+) {
+    // The version table comes first, so collect it in a first pass, in order of first use
+    // over (version, prev) of each cell: the first cell's version is then always index 0.
+    versions.clear();
+    let index_of = |v: Version, versions: &[Version]| -> u64 {
+        versions
+            .iter()
+            .position(|x| *x == v)
+            .expect("collected in the first pass") as u64
     };
-    let mut cells = Vec::with_capacity(64);
-    write_u64(&mut cells, state.cells().len() as u64);
+    for c in state.cells() {
+        for v in std::iter::once(c.version).chain(c.prev) {
+            if !versions.contains(&v) {
+                versions.push(v);
+            }
+        }
+    }
+    out.clear();
+    out.reserve(16 + versions.len() * 10 + state.cells().len() * 16);
+    // Format and version count share the first byte: most records have 1–3 versions.
+    let n = versions.len();
+    out.push((BODY_FORMAT << 4) | n.min(15) as u8);
+    if n >= 15 {
+        write_u64(out, (n - 15) as u64);
+    }
+    for v in versions.iter() {
+        out.extend_from_slice(&v.hlc.0.to_le_bytes());
+        write_u64(out, nodes.index(&v.node));
+    }
+    write_u64(out, state.cells().len() as u64);
     let mut previous: Option<Version> = None;
+    // The number of fields seen so far: the position of this cell's field in the memo.
+    let mut k = 0;
     for (n, c) in state.cells().iter().enumerate() {
         let mut flags = match c.key {
             CellKey::Record => 0u8,
@@ -72,51 +163,39 @@ pub fn encode(
         if c.seq != row_seq {
             flags |= SEQ_DELTA;
         }
-        cells.push(flags);
-        if let Some(f) = c.key.field() {
-            write_u64(&mut cells, fields.index(&f.to_owned()));
-        }
+        out.push(flags);
         match &c.key {
-            CellKey::Counter(_, n) => write_u64(&mut cells, nodes.index(n)),
-            CellKey::Element(_, e) => {
-                write_u64(&mut cells, e.len() as u64);
-                cells.extend_from_slice(e);
+            CellKey::Record => {}
+            CellKey::Field(f) => {
+                write_u64(out, memo.index(fields, f, k));
+                k += 1;
             }
-            CellKey::Record | CellKey::Field(_) => {}
+            CellKey::Counter(f, n) => {
+                write_u64(out, fields.index(f));
+                write_u64(out, nodes.index(n));
+            }
+            CellKey::Element(f, e) => {
+                write_u64(out, fields.index(f));
+                write_u64(out, e.len() as u64);
+                out.extend_from_slice(e);
+            }
         }
         match &c.value {
-            CellValue::Value(v) => value::encode(&mut cells, v),
-            CellValue::Count(n) => write_i64(&mut cells, *n),
+            CellValue::Value(v) => value::encode(out, v),
+            CellValue::Count(n) => write_i64(out, *n),
             CellValue::Absent | CellValue::Present => {}
         }
         if flags & SAME_VERSION == 0 {
-            let vi = index_of(c.version, &mut versions);
-            write_u64(&mut cells, vi);
-        } else if n == 0 {
-            index_of(c.version, &mut versions);
+            write_u64(out, index_of(c.version, versions));
         }
         if let Some(p) = c.prev {
-            let pi = index_of(p, &mut versions);
-            write_u64(&mut cells, pi);
+            write_u64(out, index_of(p, versions));
         }
         if flags & SEQ_DELTA != 0 {
-            write_u64(&mut cells, row_seq.0.saturating_sub(c.seq.0));
+            write_u64(out, row_seq.0.saturating_sub(c.seq.0));
         }
         previous = Some(c.version);
     }
-    let mut out = Vec::with_capacity(cells.len() + 2 + versions.len() * 10);
-    // Format and version count share the first byte: most records have 1–3 versions.
-    let n = versions.len();
-    out.push((BODY_FORMAT << 4) | n.min(15) as u8);
-    if n >= 15 {
-        write_u64(&mut out, (n - 15) as u64);
-    }
-    for v in &versions {
-        out.extend_from_slice(&v.hlc.0.to_le_bytes());
-        write_u64(&mut out, nodes.index(&v.node));
-    }
-    out.extend_from_slice(&cells);
-    out
 }
 
 /// Decode a record's cells.
@@ -231,4 +310,61 @@ pub fn decode(
         ));
     }
     RecordState::from_cells(cells).map_err(DecodeError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Hlc;
+    use crate::{NodeId, Value};
+
+    fn record(fields: &[(&str, i64)], t: u64) -> RecordState {
+        let version = Version {
+            hlc: Hlc::new(t, 0),
+            node: NodeId([1; 16]),
+        };
+        let mut cells = vec![Cell {
+            key: CellKey::Record,
+            value: CellValue::Present,
+            version,
+            prev: None,
+            seq: Seq(t),
+        }];
+        cells.extend(fields.iter().map(|(f, v)| Cell {
+            key: CellKey::Field((*f).to_owned()),
+            value: CellValue::Value(Value::Int(*v)),
+            version,
+            prev: None,
+            seq: Seq(t),
+        }));
+        RecordState::from_cells(cells).unwrap()
+    }
+
+    #[test]
+    fn reused_buffers_encode_every_record_as_alone() {
+        let (mut nodes, mut fields) = (NodeTable::default(), FieldTable::default());
+        let (mut out, mut versions, mut memo) = (Vec::new(), Vec::new(), FieldMemo::default());
+        // Same fields, then other fields (the memo's positions no longer match), then a
+        // subset.
+        let records = [
+            record(&[("a", 1), ("b", 2)], 5),
+            record(&[("a", 3), ("b", 4)], 6),
+            record(&[("c", 5), ("a", 6), ("z", 7)], 7),
+            record(&[("b", 8)], 8),
+        ];
+        for r in &records {
+            let seq = r.max_seq();
+            encode_into(
+                &mut out,
+                &mut versions,
+                &mut memo,
+                r,
+                seq,
+                &mut nodes,
+                &mut fields,
+            );
+            assert_eq!(out, encode(r, seq, &mut nodes, &mut fields));
+            assert_eq!(&decode(&out, seq, &nodes, &fields).unwrap(), r);
+        }
+    }
 }
