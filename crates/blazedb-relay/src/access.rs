@@ -88,6 +88,13 @@ impl AccessControl for ConnectionAccess {
         }
     }
 
+    /// Without a rules file every caller may read everything (and no write is ever refused,
+    /// so `refused` stays empty): the session then skips the per-record read checks, which
+    /// would cost one record read per change per connection on the fan-out path.
+    fn filters_reads(&self) -> bool {
+        self.rules.is_restricted()
+    }
+
     fn can_read_collection(&self, collection: &str) -> bool {
         self.rules.can_read_collection(collection)
             || self

@@ -116,11 +116,21 @@ impl Scenario for Wire {
 
         // The batch, in a fresh session (its dictionary starts empty): as sent (LZ4 on, the
         // default), and without LZ4 to see where the bytes go.
-        let (mut sab, mut sba) = sessions(&a, &b, SessionConfig::default())?;
+        // The feed path: an empty new peer would get a snapshot instead (sync_initial and
+        // bootstrap_ws_* measure that), and no CHANGES at all.
+        let feed_path = SessionConfig {
+            snapshot_new_peers: false,
+            ..SessionConfig::default()
+        };
+        let (mut sab, mut sba) = sessions(&a, &b, feed_path.clone())?;
         let batch_lz4 = changes_bytes(&pump(&a, &mut sab, &b, &mut sba)?.a_to_b)?;
+        ensure!(
+            batch_lz4 > 0,
+            "the batch went out as no CHANGES frames at all"
+        );
         let no_lz4 = SessionConfig {
             lz4: false,
-            ..SessionConfig::default()
+            ..feed_path
         };
         let (mut sac, mut sca) = sessions(&a, &c, no_lz4)?;
         let raw = Parts::of(&pump(&a, &mut sac, &c, &mut sca)?.a_to_b)?;
@@ -749,6 +759,12 @@ impl Scenario for Throughput {
 #[derive(Debug)]
 struct Initial;
 
+/// The default: a new, empty peer is bootstrapped by a snapshot (measured 2026-11-22: 0.70 s
+/// for 100k records, against 0.90 s through the feed).
+fn initial_cfg() -> SessionConfig {
+    SessionConfig::default()
+}
+
 impl Scenario for Initial {
     fn name(&self) -> &'static str {
         "sync_initial"
@@ -794,18 +810,8 @@ impl Scenario for Initial {
                 );
                 let (x, y) = tokio::io::duplex(DUPLEX_BUFFER_BYTES_DEFAULT);
                 tokio::join!(
-                    run_session(
-                        a.clone(),
-                        x,
-                        SessionConfig::default(),
-                        DriverOptions::once()
-                    ),
-                    run_session(
-                        b.clone(),
-                        y,
-                        SessionConfig::default(),
-                        DriverOptions::once()
-                    ),
+                    run_session(a.clone(), x, initial_cfg(), DriverOptions::once()),
+                    run_session(b.clone(), y, initial_cfg(), DriverOptions::once()),
                 )
             })
         });
@@ -888,7 +894,13 @@ impl Pair {
         let b = fresh(ctx, &format!("{name}-b"), encrypted)?;
         let bugs = Generator::new(ctx.config.seed ^ 0x5A1C, n).bugs(n);
         let ids = insert_chunked(&a, &bugs, LOAD_CHUNK_RECORDS)?;
-        let (mut sa, mut sb) = sessions(&a, &b, SessionConfig::default())?;
+        // Through the feed, so that the copy's CHANGES bytes can be reported (a new peer
+        // would otherwise get a snapshot: see sync_initial).
+        let feed_path = SessionConfig {
+            snapshot_new_peers: false,
+            ..SessionConfig::default()
+        };
+        let (mut sa, mut sb) = sessions(&a, &b, feed_path)?;
         let full_copy_bytes = changes_bytes(&pump(&a, &mut sa, &b, &mut sb)?.a_to_b)?;
         ensure!(
             b.count(COLLECTION)? as usize == n,
