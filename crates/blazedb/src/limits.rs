@@ -21,9 +21,10 @@ pub const SET_ELEMENTS_MAX: usize = 10_000;
 /// this is also the protocol's transaction size limit: a receiver stages at most this many
 /// cells before applying a unit.
 pub const TRANSACTION_CELLS_MAX: usize = 1_000_000;
-/// A sender cuts a unit of linked transactions at this many cells (half what a receiver
-/// accepts, so a single transaction up to `TRANSACTION_CELLS_MAX` still fits whole).
-pub const UNIT_CELLS_MAX: usize = TRANSACTION_CELLS_MAX / 2;
+/// A receiver holds at most about this many cells of an incoming unit of linked transactions
+/// in memory; beyond it, the unit's complete transactions are staged on disk until its last
+/// frame arrives (`store/unit.rs`), so units of any length apply whole.
+pub const UNIT_STAGE_CELLS: usize = 50_000;
 /// Most writes in one transaction.
 pub const TRANSACTION_WRITES_MAX: usize = 100_000;
 /// Longest query expression, in bytes.

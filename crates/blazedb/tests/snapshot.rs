@@ -561,10 +561,10 @@ fn a_format_1_file_migrates() {
         db.insert("notes", [("x", Value::Int(1))]).unwrap()
     };
     {
-        // Make it a format-1 file: the tables format 2 added go, the version goes back.
+        // Make it a format-1 file: the tables formats 2 and 3 added go, the version goes back.
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE snapshot_progress; DROP TABLE snapshot_staging;
+            "DROP TABLE snapshot_progress; DROP TABLE snapshot_staging; DROP TABLE unit_staging;
              UPDATE meta SET value = 1 WHERE key = 'format_version';",
         )
         .unwrap();
@@ -589,5 +589,10 @@ fn a_format_1_file_migrates() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
+    // Format 3's table is there too.
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM unit_staging", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
 }

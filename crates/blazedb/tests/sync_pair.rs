@@ -3,8 +3,8 @@
 
 mod common;
 
-use blazedb::sync::{SessionConfig, SyncMode};
-use blazedb::{Patch, Value};
+use blazedb::sync::{Session, SessionConfig, SyncMode};
+use blazedb::{Patch, RecordId, Value};
 use common::{dump, open, sync_pair};
 
 fn cfg(mode: SyncMode) -> SessionConfig {
@@ -285,4 +285,243 @@ fn far_future_timestamps_are_refused_not_adopted() {
     let next = a.insert("c", [("z", 3)]).unwrap();
     let v = a.history("c", next).unwrap()[0].version;
     assert!(v.hlc.wall_ms() < blazedb::store::system_ms() + 60_000);
+}
+
+/// Transactions that each overwrite part of the one before (a hot record every transaction
+/// updates) link into one unit however many there are: `batches` transactions, each setting
+/// `hot.n = i` and inserting `per_batch` items of batch `i` with known ids.
+fn linked_chain(
+    db: &blazedb::Database,
+    batches: i64,
+    per_batch: u128,
+) -> (RecordId, Vec<Vec<RecordId>>) {
+    let hot = RecordId(1u128.to_be_bytes());
+    let mut ids = Vec::new();
+    for i in 1..=batches {
+        let batch: Vec<RecordId> = (0..per_batch)
+            .map(|k| RecordId(((i as u128) << 32 | k | 1 << 100).to_be_bytes()))
+            .collect();
+        db.transaction(|tx| {
+            tx.upsert("hot", hot, [("n", Value::Int(i))])?;
+            for id in &batch {
+                tx.insert_with_id(
+                    "items",
+                    *id,
+                    [("batch", Value::Int(i)), ("x", Value::Int(7))],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        ids.push(batch);
+    }
+    (hot, ids)
+}
+
+/// The chain is visible at `db` all at once or not at all: with `hot.n = n`, every item of
+/// batch `n` is there and none of batch `n + 1`.
+fn check_chain_whole(db: &blazedb::Database, hot: RecordId, ids: &[Vec<RecordId>]) -> i64 {
+    let n = match db.get("hot", hot).unwrap() {
+        Some(r) => match r.fields["n"] {
+            Value::Int(n) => n,
+            ref v => panic!("hot.n = {v:?}"),
+        },
+        None => 0,
+    };
+    if n > 0 {
+        for id in [ids[n as usize - 1][0], *ids[n as usize - 1].last().unwrap()] {
+            assert!(
+                db.get("items", id).unwrap().is_some(),
+                "hot.n = {n} but batch {n} is missing"
+            );
+        }
+    }
+    if let Some(next) = ids.get(n as usize) {
+        assert!(
+            db.get("items", next[0]).unwrap().is_none(),
+            "batch {} visible before hot.n moved",
+            n + 1
+        );
+    }
+    n
+}
+
+fn unit_rows(path: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM unit_staging", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_unit_too_large_for_memory_is_staged_on_disk_and_applied_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    // Known to each other first, so the chain travels in the feed (not a new peer's snapshot).
+    a.insert("notes", [("text", "hello")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    // 1,000 transactions of 31 records, 3 cells each: ~93k cells in one unit, beyond what a
+    // receiver holds in memory (UNIT_STAGE_CELLS).
+    let (hot, ids) = linked_chain(&a, 1_000, 30);
+    assert!(93_000 > blazedb::limits::UNIT_STAGE_CELLS);
+    let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
+    let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
+    let mut frames = 0;
+    for _ in 0..100_000 {
+        let mut progress = false;
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            sb.handle_bytes(0, &f, &b).unwrap();
+            frames += 1;
+            // After every frame: the chain is all there or not at all.
+            check_chain_whole(&b, hot, &ids);
+            progress = true;
+        }
+        while let Some(f) = sb.poll_transmit(0, &b) {
+            sa.handle_bytes(0, &f, &a).unwrap();
+            progress = true;
+        }
+        if !progress && sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap() {
+            break;
+        }
+        assert!(progress, "stalled");
+    }
+    assert!(frames > 10, "the unit came in {frames} frames");
+    assert!(sb.stats().unit_parts_staged >= 1, "{:?}", sb.stats());
+    assert_eq!(check_chain_whole(&b, hot, &ids), 1_000);
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(
+        unit_rows(&dir.path().join("b.db")),
+        0,
+        "staged parts are deleted with the apply"
+    );
+}
+
+#[test]
+fn a_unit_cut_off_by_a_disconnect_is_discarded_and_sent_again_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    a.insert("notes", [("text", "hello")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let (hot, ids) = linked_chain(&a, 1_000, 30);
+    // Deliver A's frames until B has staged part of the unit on disk, then drop the link.
+    {
+        let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
+        let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
+        'outer: for _ in 0..10_000 {
+            while let Some(f) = sb.poll_transmit(0, &b) {
+                sa.handle_bytes(0, &f, &a).unwrap();
+            }
+            while let Some(f) = sa.poll_transmit(0, &a) {
+                sb.handle_bytes(0, &f, &b).unwrap();
+                if sb.stats().unit_parts_staged >= 1 {
+                    break 'outer;
+                }
+            }
+        }
+        assert!(sb.stats().unit_parts_staged >= 1);
+    }
+    assert_eq!(
+        check_chain_whole(&b, hot, &ids),
+        0,
+        "nothing of a cut-off unit is visible"
+    );
+    assert!(unit_rows(&dir.path().join("b.db")) >= 1);
+    // B restarts from its file; the unit comes again, whole.
+    drop(b);
+    let b = open(dir.path(), "b");
+    assert_eq!(check_chain_whole(&b, hot, &ids), 0);
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(check_chain_whole(&b, hot, &ids), 1_000);
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(unit_rows(&dir.path().join("b.db")), 0);
+}
+
+#[test]
+fn a_chain_longer_than_the_transaction_limit_still_arrives_as_one_unit() {
+    // ~1.05M cells linked into one unit: more than one transaction may carry
+    // (TRANSACTION_CELLS_MAX), so no receiver could hold it in memory.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    a.insert("notes", [("text", "hello")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let (hot, ids) = linked_chain(&a, 3_500, 100);
+    assert!(3_500 * 301 > blazedb::limits::TRANSACTION_CELLS_MAX);
+    let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
+    let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
+    loop {
+        let mut progress = false;
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            sb.handle_bytes(0, &f, &b).unwrap();
+            check_chain_whole(&b, hot, &ids);
+            progress = true;
+        }
+        while let Some(f) = sb.poll_transmit(0, &b) {
+            sa.handle_bytes(0, &f, &a).unwrap();
+            progress = true;
+        }
+        if !progress && sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap() {
+            break;
+        }
+        assert!(progress, "stalled");
+    }
+    assert!(sb.stats().unit_parts_staged >= 10, "{:?}", sb.stats());
+    assert_eq!(check_chain_whole(&b, hot, &ids), 3_500);
+    assert_eq!(b.count("items").unwrap(), 350_000);
+}
+
+#[test]
+fn watchers_see_a_staged_unit_once_after_it_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    a.insert("notes", [("text", "hello")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let (hot, ids) = linked_chain(&a, 1_000, 30);
+    let items = b.watch("items", None, Some(100_000)).unwrap();
+    let hots = b.watch("hot", None, Some(100_000)).unwrap();
+    let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
+    let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
+    let mut events = Vec::new();
+    loop {
+        let mut progress = false;
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            sb.handle_bytes(0, &f, &b).unwrap();
+            let n = check_chain_whole(&b, hot, &ids);
+            while let Some(item) = items.try_recv() {
+                // Events come after the commit, never for a part of the unit.
+                assert_eq!(n, 1_000, "an event before the unit committed");
+                events.push(item);
+            }
+            progress = true;
+        }
+        while let Some(f) = sb.poll_transmit(0, &b) {
+            sa.handle_bytes(0, &f, &a).unwrap();
+            progress = true;
+        }
+        if !progress && sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap() {
+            break;
+        }
+        assert!(progress, "stalled");
+    }
+    assert!(sb.stats().unit_parts_staged >= 1, "{:?}", sb.stats());
+    let mut seen = std::collections::BTreeSet::new();
+    for item in events {
+        match item {
+            blazedb::WatchItem::Event(e) => {
+                assert_eq!(e.kind, blazedb::EventKind::Inserted);
+                assert_eq!(e.record.rev, 1);
+                assert!(seen.insert(e.record.id), "two events for {}", e.record.id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen.len(), 30_000);
+    // The hot record's last event holds its final value.
+    let mut last = None;
+    while let Some(item) = hots.try_recv() {
+        last = Some(item);
+    }
+    match last {
+        Some(blazedb::WatchItem::Event(e)) => assert_eq!(e.record.fields["n"], Value::Int(1_000)),
+        other => panic!("{other:?}"),
+    }
 }

@@ -7,6 +7,8 @@
 //! fields, never the whole record unless it is new. Cells that were overwritten since carry
 //! the newer seq and travel with it, so the feed is bounded by the live data, not by history.
 
+use crate::limits::TRANSACTION_CELLS_MAX;
+use crate::WriteError;
 use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension};
@@ -56,6 +58,97 @@ pub struct ApplyOutcome {
     pub applied: usize,
     /// Changes refused by access control (whole transactions).
     pub rejected: Vec<crate::sync::Rejection>,
+}
+
+/// Records a unit's apply holds in memory before it writes them out (`Tx::spill`): a few
+/// megabytes, and far more than an ordinary unit touches.
+const UNIT_SPILL_RECORDS: usize = 20_000;
+
+/// Where applying a unit stands between its parts.
+#[derive(Debug, Default)]
+struct UnitApply {
+    /// The sender's seq of the group (transaction) being applied.
+    group: Option<Seq>,
+    /// Cells of that group so far.
+    group_cells: usize,
+    applied: usize,
+    rejected: Vec<crate::sync::Rejection>,
+}
+
+/// Apply one part of a unit. Each group of changes sharing a `seq` (one transaction at the
+/// sender) becomes one local commit; a part ends at a group boundary, except the tail,
+/// which ends the unit.
+fn apply_segment(
+    tx: &mut super::Tx<'_>,
+    src: u64,
+    mut changes: Vec<Change>,
+    access: Option<&dyn crate::sync::AccessControl>,
+    state: &mut UnitApply,
+) -> Result<()> {
+    let mut start = 0;
+    while start < changes.len() {
+        let mut end = start + 1;
+        while end < changes.len() && changes[end].seq == changes[start].seq {
+            end += 1;
+        }
+        let range = start..end;
+        start = end;
+        let seq = changes[range.start].seq;
+        if state.group != Some(seq) {
+            if state.group.is_some() && tx.seq_used {
+                tx.seq = Seq(tx.seq.0 + 1);
+                tx.seq_used = false;
+            }
+            state.group = Some(seq);
+            state.group_cells = 0;
+        }
+        let group_changes = &changes[range.clone()];
+        state.group_cells += group_changes.iter().map(|c| c.cells.len()).sum::<usize>();
+        if state.group_cells > TRANSACTION_CELLS_MAX {
+            return Err(WriteError::Limit {
+                what: "cells changed in one transaction of the unit",
+                got: state.group_cells,
+                max: TRANSACTION_CELLS_MAX,
+            }
+            .into());
+        }
+        if let Some(access) = access {
+            // Observe even refused timestamps (they passed the skew check), so that the
+            // restated copy written below is newer than the refused write.
+            for c in group_changes.iter().flat_map(|ch| &ch.cells) {
+                tx.inner
+                    .clock
+                    .observe(c.version.hlc, tx.now_ms)
+                    .map_err(ApplyError::from)?;
+            }
+            if let Some(reason) = check_group(tx, group_changes, access)? {
+                for ch in group_changes {
+                    state.rejected.push(crate::sync::Rejection {
+                        collection: ch.collection.clone(),
+                        id: ch.id,
+                        reason: reason.clone(),
+                    });
+                }
+                continue;
+            }
+        }
+        for ch in &mut changes[range] {
+            let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
+            tx.records[i].src = src;
+            for mut c in std::mem::take(&mut ch.cells) {
+                tx.inner
+                    .clock
+                    .observe(c.version.hlc, tx.now_ms)
+                    .map_err(ApplyError::from)?;
+                c.seq = tx.seq;
+                if tx.merge(i, c) {
+                    tx.seq_used = true;
+                    state.applied += 1;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Run the access check for one group on scratch copies; `Some(reason)` refuses it.
@@ -339,21 +432,35 @@ impl Database {
     pub fn apply_changes_owned(
         &self,
         from: NodeId,
-        mut changes: Vec<Change>,
+        changes: Vec<Change>,
+        cursor: Option<Seq>,
+        access: Option<&dyn crate::sync::AccessControl>,
+    ) -> Result<ApplyOutcome> {
+        self.apply_parts(from, 0, changes, cursor, access)
+    }
+
+    /// Apply `parts` staged parts of a unit from `from` (see `unit.rs`), then `tail`, in one
+    /// transaction.
+    pub(super) fn apply_parts(
+        &self,
+        from: NodeId,
+        parts: u32,
+        tail: Vec<Change>,
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
         let now = self.now_ms();
         let inner = self.lock()?;
         // Check clocks before touching anything: a timestamp from the far future is refused,
-        // not adopted (it would drag every later local write with it).
-        for c in changes.iter().flat_map(|c| &c.cells) {
+        // not adopted (it would drag every later local write with it). Staged parts were
+        // checked when they arrived.
+        for c in tail.iter().flat_map(|c| &c.cells) {
             inner
                 .clock
                 .check(c.version.hlc, now)
                 .map_err(ApplyError::from)?;
         }
-        for ch in &changes {
+        for ch in &tail {
             validate_collection_name(&ch.collection)
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;
             for c in &ch.cells {
@@ -363,62 +470,31 @@ impl Database {
         drop(inner);
         let server = self.is_server();
         let mut reassert: Vec<(String, RecordId, String, Value)> = Vec::new();
-        let mut rejected: Vec<crate::sync::Rejection> = Vec::new();
+        let mut state = UnitApply::default();
+        let mut tail = Some(tail);
         let applied = self.transaction(|tx| {
             // 0 means "written here", so peers are numbered from 1.
             let src = tx.inner.nodes.index(&from) + 1;
-            let mut applied = 0usize;
-            let mut group: Option<Seq> = None;
             let first_seq = tx.seq;
-            let mut start = 0;
-            while start < changes.len() {
-                let mut end = start + 1;
-                while end < changes.len() && changes[end].seq == changes[start].seq {
-                    end += 1;
+            for idx in 0..=parts {
+                let changes = if idx < parts {
+                    super::unit::staged_part(tx, from, idx)?
+                } else {
+                    tail.take().unwrap_or_default()
+                };
+                apply_segment(tx, src, changes, access, &mut state)?;
+                // A large unit is written out as it goes, so memory holds one part.
+                if tx.unspilled() >= UNIT_SPILL_RECORDS {
+                    tx.spill()?;
                 }
-                let range = start..end;
-                let group_changes = &changes[range.clone()];
-                start = end;
-                if group.is_some() && tx.seq_used {
-                    tx.seq = Seq(tx.seq.0 + 1);
-                    tx.seq_used = false;
-                }
-                group = Some(group_changes[0].seq);
-                if let Some(access) = access {
-                    // Observe even refused timestamps (they passed the skew check), so that
-                    // the restated copy written below is newer than the refused write.
-                    for c in group_changes.iter().flat_map(|ch| &ch.cells) {
-                        tx.inner
-                            .clock
-                            .observe(c.version.hlc, tx.now_ms)
-                            .map_err(ApplyError::from)?;
-                    }
-                    if let Some(reason) = check_group(tx, group_changes, access)? {
-                        for ch in group_changes {
-                            rejected.push(crate::sync::Rejection {
-                                collection: ch.collection.clone(),
-                                id: ch.id,
-                                reason: reason.clone(),
-                            });
-                        }
-                        continue;
-                    }
-                }
-                for ch in &mut changes[range] {
-                    let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
-                    tx.records[i].src = src;
-                    for mut c in std::mem::take(&mut ch.cells) {
-                        tx.inner
-                            .clock
-                            .observe(c.version.hlc, tx.now_ms)
-                            .map_err(ApplyError::from)?;
-                        c.seq = tx.seq;
-                        if tx.merge(i, c) {
-                            tx.seq_used = true;
-                            applied += 1;
-                        }
-                    }
-                }
+            }
+            if parts > 0 {
+                super::unit::discard_in(tx, from)?;
+            }
+            // Each sender transaction was checked against TRANSACTION_CELLS_MAX on its own
+            // (`apply_segment`); the unit as a whole is not a local transaction's size.
+            for p in tx.records.iter_mut() {
+                p.cells_changed = 0;
             }
             // The unit arrived as one consistent cut of the sender's feed; keep it one unit
             // for whoever we forward it to: every commit of it is delivered with the last.
@@ -442,26 +518,38 @@ impl Database {
             }
             if server {
                 let me = tx.db.node_id();
-                for p in &tx.records {
+                let losers = tx
+                    .records
+                    .iter()
+                    .flat_map(|p| {
+                        p.conflicts
+                            .iter()
+                            .map(move |(_, loser)| (p.coll, &p.collection, p.id, loser))
+                    })
+                    .chain(
+                        tx.spilled_losers()
+                            .iter()
+                            .map(|(coll, name, id, loser)| (*coll, name, *id, loser)),
+                    );
+                for (coll, collection, id, loser) in losers {
                     if !tx
                         .inner
                         .policies
-                        .get(&p.coll)
+                        .get(&coll)
                         .is_some_and(|pol| pol.server_priority)
                     {
                         continue;
                     }
-                    for (_, loser) in &p.conflicts {
-                        if let (CellKey::Field(f), CellValue::Value(v), true) =
-                            (&loser.key, &loser.value, loser.version.node == me)
-                        {
-                            reassert.push((p.collection.clone(), p.id, f.clone(), v.clone()));
-                        }
+                    if let (CellKey::Field(f), CellValue::Value(v), true) =
+                        (&loser.key, &loser.value, loser.version.node == me)
+                    {
+                        reassert.push((collection.clone(), id, f.clone(), v.clone()));
                     }
                 }
             }
-            Ok(applied)
+            Ok(state.applied)
         })?;
+        let rejected = state.rejected;
         if !rejected.is_empty() {
             // Bring the writer back to our version: write our copy again with new versions
             // (an insert resets every older cell, so fields the writer added go too), or a

@@ -158,6 +158,10 @@ impl Database {
         let n = inner
             .conn
             .execute("DELETE FROM peers WHERE node = ?1", [&node.0[..]])?;
+        // A unit it left unfinished goes too.
+        inner
+            .conn
+            .execute("DELETE FROM unit_staging WHERE peer = ?1", [&node.0[..]])?;
         // Its notes (the view it was served, the policy we subscribed with) go too.
         let prefix = super::feed::peer_note_key(node, "");
         inner.conn.execute(

@@ -17,6 +17,7 @@ mod open;
 mod read;
 mod schema;
 mod snapshot;
+mod unit;
 mod write;
 
 use std::collections::{BTreeSet, HashMap};

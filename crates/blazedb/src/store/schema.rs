@@ -18,17 +18,18 @@
 //! | `peers`         | peer and direction         | sync cursors (used by the sync engine)    |
 //! | `snapshot_progress` | peer sending a snapshot | the snapshot being received (format 2)    |
 //! | `snapshot_staging`  | received snapshot chunk | raw chunks until the snapshot is applied  |
+//! | `unit_staging`  | part of a received unit    | a large unit until its last frame (format 3) |
 
 use rusqlite::Connection;
 
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
-pub const MIGRATIONS: &[&str] = &[SNAPSHOT_TABLES];
+pub const MIGRATIONS: &[&str] = &[SNAPSHOT_TABLES, UNIT_STAGING];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
 /// kept until the whole snapshot is applied, so a disconnect or a restart resumes instead of
@@ -49,6 +50,19 @@ CREATE TABLE snapshot_staging (
     data BLOB NOT NULL,
     PRIMARY KEY (peer, idx)
 );
+";
+
+/// Format 3: a unit of linked transactions too large to hold in memory is staged here, part
+/// by part, while it arrives, and applied in one transaction with its last frame
+/// (`store/unit.rs`). Rows of a unit that never completed are discarded when the next one
+/// starts.
+const UNIT_STAGING: &str = "
+CREATE TABLE unit_staging (
+    peer BLOB NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (peer, idx)
+) WITHOUT ROWID;
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.

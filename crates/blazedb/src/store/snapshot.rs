@@ -323,10 +323,15 @@ impl Database {
                     // `SNAPSHOT_CHUNKS_MAX`), so its records do not count against it.
                     tx.records[i].cells_changed = 0;
                 }
+                // Write what the chunks so far changed out of memory: a snapshot of any size
+                // applies with memory for a few chunks, still in this one transaction.
+                if tx.unspilled() >= SNAPSHOT_SPILL_RECORDS {
+                    tx.spill()?;
+                }
             }
-            // 2. Evict what the snapshot lacks. The snapshot's records are exactly the ones
-            // the transaction tracks, and their new state is written only at commit, after
-            // this: the rows read here are the local copies as they were.
+            // 2. Evict what the snapshot lacks: the records the transaction does not track
+            // (the snapshot's records are exactly the ones it tracks, spilled or not), so the
+            // rows read here are the local copies as they were.
             let colls: Vec<(i64, String)> = match &scope.collections {
                 None => tx
                     .inner
@@ -410,6 +415,9 @@ impl Database {
         Ok(applied)
     }
 }
+
+/// Records a snapshot's apply holds in memory before it writes them out (`Tx::spill`).
+const SNAPSHOT_SPILL_RECORDS: usize = 20_000;
 
 /// The scan of [`Database::snapshot_page`], inside the caller's read transaction.
 fn snapshot_page_in(

@@ -100,6 +100,10 @@ pub(crate) struct Pending {
     pub links: Vec<(Seq, Seq)>,
     /// Whether the record's rows were already written in this transaction (see [`Flushed`]).
     pub flushed: Flushed,
+    /// Written out by [`Tx::spill`]: its watch event was taken then, its history, conflicts
+    /// and links were written or moved to the transaction, and `before` keeps only the
+    /// revision.
+    pub spilled: bool,
 }
 
 /// A new record is written as soon as it is inserted, not at commit, so that a bulk insert
@@ -136,6 +140,20 @@ pub struct Tx<'a> {
     scratch: Scratch,
     /// New records encoded and waiting to be written together.
     batch: InsertBatch,
+    /// What [`Tx::spill`] took out of the records it wrote: feed links, conflict losers
+    /// (for server priority) and watch events, kept for commit.
+    spilled: Spilled,
+}
+
+/// See [`Tx::spill`].
+#[derive(Debug, Default)]
+pub(crate) struct Spilled {
+    links: Vec<(Seq, Seq)>,
+    /// (collection, id, loser) of every conflict recorded in a spilled record.
+    losers: Vec<(i64, String, RecordId, Cell)>,
+    events: Vec<Event>,
+    /// Records tracked but not yet spilled.
+    unspilled: usize,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -261,7 +279,98 @@ impl<'a> Tx<'a> {
             now_ms,
             scratch: Scratch::default(),
             batch: InsertBatch::default(),
+            spilled: Spilled::default(),
         })
+    }
+
+    /// Conflict losers of the records [`Tx::spill`] wrote out: (collection, name, id, loser).
+    pub(crate) fn spilled_losers(&self) -> &[(i64, String, RecordId, Cell)] {
+        &self.spilled.losers
+    }
+
+    /// Records held in memory that [`Tx::spill`] would write out.
+    pub(crate) fn unspilled(&self) -> usize {
+        self.spilled.unspilled
+    }
+
+    /// Write every changed record out now, inside the open SQL transaction, and drop its
+    /// cells from memory: a transaction that applies a unit or a snapshot of any size keeps
+    /// memory bounded by what it touched since the last spill, not by all it touched. The
+    /// rows become visible with the commit, like every other write of the transaction; a
+    /// record touched again is read back (see [`Tx::reload`]) and written again at commit.
+    pub(crate) fn spill(&mut self) -> Result<()> {
+        self.batch.write(&self.inner.conn)?;
+        let watched = self.db.watchers.is_watched();
+        let now_ms = self.now_ms;
+        let Inner {
+            conn,
+            nodes,
+            fields,
+            indexes,
+            policies,
+            ..
+        } = &mut *self.inner;
+        let mut tables = Tables {
+            nodes,
+            fields,
+            indexes,
+            policies,
+        };
+        let mut w = RecordWriter::new(conn)?;
+        for p in self.records.iter_mut() {
+            let stored = match &p.flushed {
+                Flushed::Dropped => continue,
+                Flushed::No if !p.changed && p.before.is_none() => continue,
+                Flushed::No if !p.changed => {
+                    // Only read: nothing to write, and the state is the stored row.
+                    p.state = RecordState::default();
+                    p.flushed = Flushed::Dropped;
+                    p.before = p
+                        .before
+                        .take()
+                        .map(|(_, rev)| (RecordState::default(), rev));
+                    p.spilled = true;
+                    continue;
+                }
+                Flushed::No => p.before.as_ref().map(|b| &b.0),
+                Flushed::Reloaded(written) if *written == p.state => None,
+                Flushed::Reloaded(written) => Some(written),
+            };
+            let unchanged_reload = matches!(&p.flushed, Flushed::Reloaded(w) if *w == p.state);
+            if unchanged_reload && watched && !p.spilled {
+                // Written early by an insert and not changed since: its event is still due.
+                let before_live = p.before.as_ref().is_some_and(|b| b.0.is_live());
+                let before_fields = || p.before.as_ref().map(|b| b.0.fields()).unwrap_or_default();
+                if let Some(e) = event(p, &p.state, before_live, before_fields) {
+                    self.spilled.events.push(e);
+                }
+            } else if !unchanged_reload {
+                w.write(conn, &mut tables, &mut self.scratch, p, stored, now_ms)?;
+                if watched {
+                    let before_live = stored.is_some_and(RecordState::is_live);
+                    let before_fields = || stored.map(RecordState::fields).unwrap_or_default();
+                    if let Some(e) = event(p, &p.state, before_live, before_fields) {
+                        self.spilled.events.push(e);
+                    }
+                }
+            }
+            self.spilled.links.append(&mut p.links);
+            for (_, loser) in p.conflicts.drain(..) {
+                self.spilled
+                    .losers
+                    .push((p.coll, p.collection.clone(), p.id, loser));
+            }
+            p.history.clear();
+            p.state = RecordState::default();
+            p.flushed = Flushed::Dropped;
+            p.before = p
+                .before
+                .take()
+                .map(|(_, rev)| (RecordState::default(), rev));
+            p.spilled = true;
+        }
+        self.spilled.unspilled = 0;
+        Ok(())
     }
 
     /// Insert a new record with a fresh UUIDv7 id.
@@ -469,7 +578,9 @@ impl<'a> Tx<'a> {
             links: Vec::new(),
             cells_changed: 0,
             flushed: Flushed::No,
+            spilled: false,
         });
+        self.spilled.unspilled += 1;
         let i = self.records.len() - 1;
         self.pending.insert((coll, id), i);
         i
@@ -485,6 +596,9 @@ impl<'a> Tx<'a> {
         let state = read_state(&self.inner.conn, &self.inner.nodes, &self.inner.fields, p)?;
         p.state = state.clone();
         p.flushed = Flushed::Reloaded(state);
+        if p.spilled {
+            self.spilled.unspilled += 1;
+        }
         Ok(())
     }
 
@@ -823,6 +937,7 @@ impl<'a> Tx<'a> {
             seq_used,
             mut scratch,
             mut batch,
+            spilled,
             ..
         } = self;
         if !seq_used && records.iter().all(|p| !p.changed) {
@@ -840,7 +955,7 @@ impl<'a> Tx<'a> {
             .into());
         }
         batch.write(&inner.conn)?;
-        let mut events = Vec::new();
+        let mut events = spilled.events;
         let now_ms = db.now_ms();
         let Inner {
             conn,
@@ -872,6 +987,16 @@ impl<'a> Tx<'a> {
             if !watched {
                 continue;
             }
+            if p.spilled {
+                // Its event up to the spill was taken then; only a change since counts.
+                if let Flushed::Reloaded(written) = &p.flushed {
+                    if *written != p.state {
+                        let e = event(p, &p.state, written.is_live(), || written.fields());
+                        events.extend(e);
+                    }
+                }
+                continue;
+            }
             // A record written early and not touched since: its state is the stored row.
             let read;
             let state = if matches!(p.flushed, Flushed::Dropped) {
@@ -881,29 +1006,8 @@ impl<'a> Tx<'a> {
                 &p.state
             };
             let before_live = p.before.as_ref().is_some_and(|b| b.0.is_live());
-            let after_live = state.is_live();
-            let kind = match (before_live, after_live) {
-                (false, true) => EventKind::Inserted,
-                (true, true) => EventKind::Updated,
-                (true, false) => EventKind::Deleted,
-                (false, false) => continue,
-            };
-            let rev = p.before.as_ref().map_or(0, |b| b.1) + 1;
-            let fields = if after_live {
-                state.fields()
-            } else {
-                p.before.as_ref().map(|b| b.0.fields()).unwrap_or_default()
-            };
-            events.push(Event {
-                kind,
-                seq: state.max_seq(),
-                record: Record {
-                    collection: p.collection.clone(),
-                    id: p.id,
-                    rev,
-                    fields,
-                },
-            });
+            let before_fields = || p.before.as_ref().map(|b| b.0.fields()).unwrap_or_default();
+            events.extend(event(p, state, before_live, before_fields));
         }
         drop(w);
         // A link outlives the cells of its commit: a commit whose cells were all overwritten
@@ -912,7 +1016,8 @@ impl<'a> Tx<'a> {
         // them. One row per `s`, holding the largest `t`: many records of one transaction
         // usually share their links, so each is written once.
         let mut links: BTreeMap<Seq, Seq> = BTreeMap::new();
-        for (s, t) in records.iter().filter(|p| p.changed).flat_map(|p| &p.links) {
+        let changed_links = records.iter().filter(|p| p.changed).flat_map(|p| &p.links);
+        for (s, t) in spilled.links.iter().chain(changed_links) {
             let e = links.entry(*s).or_insert(*t);
             *e = (*e).max(*t);
         }
@@ -943,6 +1048,39 @@ impl<'a> Tx<'a> {
         }
         Ok((events, true))
     }
+}
+
+/// The watch event of a record the transaction changed to `state`, from how it was before;
+/// `None` when it was and stays deleted or absent.
+fn event(
+    p: &Pending,
+    state: &RecordState,
+    before_live: bool,
+    before_fields: impl FnOnce() -> BTreeMap<String, Value>,
+) -> Option<Event> {
+    let after_live = state.is_live();
+    let kind = match (before_live, after_live) {
+        (false, true) => EventKind::Inserted,
+        (true, true) => EventKind::Updated,
+        (true, false) => EventKind::Deleted,
+        (false, false) => return None,
+    };
+    let rev = p.before.as_ref().map_or(0, |b| b.1) + 1;
+    let fields = if after_live {
+        state.fields()
+    } else {
+        before_fields()
+    };
+    Some(Event {
+        kind,
+        seq: state.max_seq(),
+        record: Record {
+            collection: p.collection.clone(),
+            id: p.id,
+            rev,
+            fields,
+        },
+    })
 }
 
 /// The parts of [`Inner`] that writing a record reads or extends, borrowed apart from the

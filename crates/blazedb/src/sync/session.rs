@@ -42,7 +42,7 @@ use crate::error::{ApplyError, Error};
 use crate::limits::{
     ACK_PERSIST_INTERVAL_MS, BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
     PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
-    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_CELLS_MAX,
+    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS,
     WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
@@ -165,9 +165,8 @@ pub struct SessionStats {
     pub snapshots_sent: u64,
     /// Snapshots received and applied.
     pub snapshots_applied: u64,
-    /// Units cut short at `UNIT_CELLS_MAX` (see `fill`): transactions linked beyond it may
-    /// have become visible in parts.
-    pub units_cut: u64,
+    /// Parts of large incoming units staged on disk (see `store/unit.rs`).
+    pub unit_parts_staged: u64,
 }
 
 /// Where a session stands, for lag metrics and diagnostics.
@@ -243,8 +242,6 @@ pub struct Session {
     sent_through: Seq,
     unit_until: Seq,
     unacked: VecDeque<Seq>,
-    /// Cells sent in the current (incomplete) unit.
-    unit_cells: usize,
     /// Frames of the current unit went out and its last frame has not.
     unit_open: bool,
     acked: Seq,
@@ -255,6 +252,12 @@ pub struct Session {
     subscribed: bool,
     staged: Vec<Change>,
     staged_cells: usize,
+    /// Parts of the unit in progress staged on disk (`Database::unit_stage`), and for a peer
+    /// with a restricted view, the records they touched and may have moved in (see
+    /// `apply_staged`).
+    staged_parts: u32,
+    staged_touched: Vec<RecordKey>,
+    staged_moved_in: Vec<RecordKey>,
     received_through: Seq,
     /// `received_through` as last stored. A CAUGHT_UP that only moves the position is
     /// stored lazily (see `persist_received`); units store theirs with their data.
@@ -321,7 +324,6 @@ impl Session {
             sent_through: Seq(0),
             unit_until: Seq(0),
             unacked: VecDeque::new(),
-            unit_cells: 0,
             unit_open: false,
             acked: Seq(0),
             acked_persisted: Seq(0),
@@ -330,6 +332,9 @@ impl Session {
             subscribed: false,
             staged: Vec::new(),
             staged_cells: 0,
+            staged_parts: 0,
+            staged_touched: Vec::new(),
+            staged_moved_in: Vec::new(),
             received_through: Seq(0),
             received_persisted: Seq(0),
             received_persisted_ms: now_ms,
@@ -394,7 +399,7 @@ impl Session {
         let receiving = self.cfg.mode.receives() && peer.mode.sends();
         let sending = self.cfg.mode.sends() && peer.mode.receives();
         let rx_done = !receiving
-            || (self.staged.is_empty()
+            || (!self.unit_in_progress()
                 && self.snap_in.is_none()
                 && !self.restarting
                 && self
@@ -568,6 +573,9 @@ impl Session {
                 self.staged_cells += cells;
                 self.staged.extend(changes);
                 if partial {
+                    if self.staged_cells >= UNIT_STAGE_CELLS {
+                        self.stage_unit_part(now_ms, db)?;
+                    }
                     return Ok(());
                 }
                 self.apply_staged(now_ms, end, db)
@@ -600,7 +608,7 @@ impl Session {
             (State::Open, Message::CaughtUp { .. }) if self.restarting => Ok(()),
             (State::Open, Message::CaughtUp { seq }) => {
                 self.peer_caught_up = Some(seq);
-                if self.staged.is_empty() && seq > self.received_through {
+                if !self.unit_in_progress() && seq > self.received_through {
                     // Everything between was skipped by the sender (it came from us):
                     // remember the position so a reconnect does not rescan it. Not a write
                     // per CAUGHT_UP: stored at most every ACK_PERSIST_INTERVAL_MS, with the
@@ -840,8 +848,7 @@ impl Session {
         }
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
         self.snap_scope = scope_of(Some(&old), &self.cfg.policy);
-        self.staged.clear();
-        self.staged_cells = 0;
+        self.drop_unit();
         self.snap_in = None;
         self.restarting = true;
         let res = db.snapshot_abort(peer).and_then(|()| {
@@ -933,7 +940,6 @@ impl Session {
         // Forget the previous subscription's sending state (a policy change abandons it).
         self.unacked.clear();
         self.unit_open = false;
-        self.unit_cells = 0;
         self.caught_up_sent = None;
         self.evict_pending.clear();
         self.restate_pending.clear();
@@ -1018,7 +1024,7 @@ impl Session {
         records: Vec<(String, RecordId)>,
         db: &Database,
     ) -> Result<(), SyncError> {
-        if !self.subscribed || !self.staged.is_empty() || self.snap_in.is_some() {
+        if !self.subscribed || self.unit_in_progress() || self.snap_in.is_some() {
             return Err(self.fail(
                 ErrorCode::Unexpected,
                 "EVICT inside a unit or a snapshot".into(),
@@ -1050,7 +1056,7 @@ impl Session {
         (snap_id, position, first_index, subscription, replace): (u64, Seq, u32, u32, bool),
         db: &Database,
     ) -> Result<(), SyncError> {
-        if !self.subscribed || !self.staged.is_empty() {
+        if !self.subscribed || self.unit_in_progress() {
             return Err(self.fail(
                 ErrorCode::Unexpected,
                 "SNAPSHOT_BEGIN without SUBSCRIBE or inside a unit".into(),
@@ -1224,44 +1230,99 @@ impl Session {
         }
     }
 
-    fn apply_staged(&mut self, now_ms: u64, end: Seq, db: &Database) -> Result<(), SyncError> {
-        let changes = std::mem::take(&mut self.staged);
+    /// Whether part of a unit has arrived and its last frame has not.
+    fn unit_in_progress(&self) -> bool {
+        !self.staged.is_empty() || self.staged_parts > 0
+    }
+
+    /// Forget the unit in progress (its staged parts on disk are replaced by the next unit's
+    /// first part, or deleted when it applies).
+    fn drop_unit(&mut self) {
+        self.staged.clear();
         self.staged_cells = 0;
+        self.staged_parts = 0;
+        self.staged_touched.clear();
+        self.staged_moved_in.clear();
+    }
+
+    /// Move the complete transactions of the unit in progress from memory to disk, keeping
+    /// only the last transaction (which may still be arriving) in memory.
+    fn stage_unit_part(&mut self, now_ms: u64, db: &Database) -> Result<(), SyncError> {
+        let Some(last) = self.staged.last().map(|c| c.seq) else {
+            return Ok(());
+        };
+        let split = self.staged.iter().position(|c| c.seq == last).unwrap_or(0);
+        if split == 0 {
+            // One transaction so far: it stays in memory (it is at most
+            // TRANSACTION_CELLS_MAX cells, which decoding enforces).
+            return Ok(());
+        }
+        let part: Vec<Change> = self.staged.drain(..split).collect();
+        self.staged_cells -= part.iter().map(|c| c.cells.len()).sum::<usize>();
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
-        // A peer with a restricted view may move a record with its own write: out of its
-        // view (its copy must go) or into it (it may lack fields we have). The feed never
-        // sends the peer its own changes, so handle both here, as if the change had come
-        // from anyone else.
+        match db.unit_stage(peer, self.staged_parts, &part) {
+            Ok(()) => {}
+            Err(Error::Apply(ApplyError::ClockSkew(e))) => {
+                return Err(self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms))
+            }
+            Err(Error::Apply(e)) => {
+                return Err(self.fail(ErrorCode::Malformed, e.to_string(), now_ms))
+            }
+            Err(e) => return Err(self.internal(e, now_ms)),
+        }
+        self.staged_parts += 1;
+        self.stats.unit_parts_staged += 1;
+        let (touched, moved_in) = self.view_keys(&part);
+        self.staged_touched.extend(touched);
+        self.staged_moved_in.extend(moved_in);
+        Ok(())
+    }
+
+    /// For a peer with a restricted view, the records `changes` (its own writes) touch, and
+    /// those they may move into its view; both empty otherwise.
+    ///
+    /// A peer with a restricted view may move a record with its own write: out of its view
+    /// (its copy must go) or into it (it may lack fields we have). The feed never sends the
+    /// peer its own changes, so `apply_staged` handles both, as if the change had come from
+    /// anyone else.
+    fn view_keys(&self, changes: &[Change]) -> (Vec<RecordKey>, Vec<RecordKey>) {
         let restricted = self.peer_from.is_some()
             && (self.read_filtering_access().is_some() || !self.peer_policy.is_everything());
-        // Every record it wrote is checked for leaving its view (an EVICT it refused earlier
-        // because of this very write is made up here); records its write may have moved in
-        // are restated.
-        let (touched, moved_in): (Vec<RecordKey>, Vec<RecordKey>) = if restricted {
-            let view = View {
-                access: self.read_filtering_access(),
-                policy: &self.peer_policy,
-                params: Params::new(),
-            };
-            let mut t: Vec<_> = changes
-                .iter()
-                .map(|c| (c.collection.clone(), c.id))
-                .collect();
-            let mut m: Vec<_> = changes
-                .iter()
-                .filter(|c| {
-                    view.collection_visible(&c.collection) && view.can_move(&c.collection, c)
-                })
-                .map(|c| (c.collection.clone(), c.id))
-                .collect();
-            t.sort();
-            t.dedup();
-            m.sort();
-            m.dedup();
-            (t, m)
-        } else {
-            (Vec::new(), Vec::new())
+        if !restricted {
+            return (Vec::new(), Vec::new());
+        }
+        let view = View {
+            access: self.read_filtering_access(),
+            policy: &self.peer_policy,
+            params: Params::new(),
         };
+        let t: Vec<_> = changes
+            .iter()
+            .map(|c| (c.collection.clone(), c.id))
+            .collect();
+        let m: Vec<_> = changes
+            .iter()
+            .filter(|c| view.collection_visible(&c.collection) && view.can_move(&c.collection, c))
+            .map(|c| (c.collection.clone(), c.id))
+            .collect();
+        (t, m)
+    }
+
+    fn apply_staged(&mut self, now_ms: u64, end: Seq, db: &Database) -> Result<(), SyncError> {
+        let changes = std::mem::take(&mut self.staged);
+        let parts = self.staged_parts;
+        let (mut touched, mut moved_in) = self.view_keys(&changes);
+        touched.append(&mut self.staged_touched);
+        moved_in.append(&mut self.staged_moved_in);
+        self.drop_unit();
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        // Every record the peer wrote is checked for leaving its view (an EVICT it refused
+        // earlier because of this very write is made up here); records its write may have
+        // moved in are restated.
+        touched.sort();
+        touched.dedup();
+        moved_in.sort();
+        moved_in.dedup();
         // Of those its write may move in, the ones outside its view before the write: if they
         // are inside after it, the peer may lack their other fields. (A record it created,
         // or one it already saw, needs nothing.)
@@ -1271,7 +1332,12 @@ impl Session {
             self.outside_view(db, moved_in)
                 .map_err(|e| self.internal(e, now_ms))?
         };
-        match db.apply_changes_owned(peer, changes, Some(end), self.cfg.access.as_deref()) {
+        let applied = if parts > 0 {
+            db.apply_unit(peer, parts, changes, Some(end), self.cfg.access.as_deref())
+        } else {
+            db.apply_changes_owned(peer, changes, Some(end), self.cfg.access.as_deref())
+        };
+        match applied {
             Ok(outcome) => {
                 if !touched.is_empty() {
                     self.evict_left_view(db, touched, moved_in)
@@ -1419,19 +1485,13 @@ impl Session {
                 };
                 filter_view(db, &view, &mut batch.changes, &mut self.evict_pending)?;
             }
+            // Chains of partly overwritten transactions (e.g. every transaction touches one
+            // hot record) can link a long stretch of the feed into one unit; it is sent whole
+            // however long, and the receiver stages it on disk (`store/unit.rs`). It ends:
+            // links only reach commits that exist, so a sender that reaches the head closes
+            // every unit.
             self.unit_until = self.unit_until.max(batch.needs_through);
-            self.unit_cells += batch.changes.iter().map(|c| c.cells.len()).sum::<usize>();
-            if batch.next < self.unit_until && self.unit_cells >= UNIT_CELLS_MAX {
-                // Chains of partly overwritten transactions (e.g. every transaction touches
-                // one hot record) can link the whole feed into one unit. Past the limit the
-                // receiver could never take it, so cut here: liveness over atomicity, counted.
-                self.unit_until = batch.next;
-                self.stats.units_cut += 1;
-            }
             let complete = batch.next >= self.unit_until;
-            if complete {
-                self.unit_cells = 0;
-            }
             let sent = self.send_changes(&batch.changes, batch.next, !complete, now_ms);
             self.sent_through = batch.next;
             if complete && !self.evict_pending.is_empty() {
