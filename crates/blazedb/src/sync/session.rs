@@ -77,6 +77,9 @@ pub struct SessionConfig {
     pub policy: SyncPolicy,
     /// Bootstrap a new peer with a snapshot rather than by replaying the feed.
     pub snapshot_new_peers: bool,
+    /// Cells of an incoming unit held in memory before its complete transactions are staged
+    /// on disk (`UNIT_STAGE_CELLS`; tests set it low to stage every unit).
+    pub unit_stage_cells: usize,
 }
 
 impl Default for SessionConfig {
@@ -93,6 +96,7 @@ impl Default for SessionConfig {
             access: None,
             policy: SyncPolicy::everything(),
             snapshot_new_peers: true,
+            unit_stage_cells: UNIT_STAGE_CELLS,
         }
     }
 }
@@ -573,7 +577,7 @@ impl Session {
                 self.staged_cells += cells;
                 self.staged.extend(changes);
                 if partial {
-                    if self.staged_cells >= UNIT_STAGE_CELLS {
+                    if self.staged_cells >= self.cfg.unit_stage_cells {
                         self.stage_unit_part(now_ms, db)?;
                     }
                     return Ok(());
