@@ -75,3 +75,75 @@ async fn writes_reach_the_other_client_and_the_relay_store() {
     cb.finish().await.unwrap();
     relay.stop().await;
 }
+
+/// A chain of ~93k linked cells (every transaction also updates one hot record) goes from A
+/// through the relay to B as one unit each hop: both receivers stage it on disk and apply it
+/// whole, so B's watcher never sees the hot record at an intermediate value, nor an item
+/// before the hot record reached its final value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_chain_of_linked_transactions_arrives_whole_through_the_relay() {
+    let relay = TestRelay::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    // Both known to the relay first, so the chain travels in the feed. Then 1,000
+    // transactions, each linked to the next through `hot`.
+    a.insert("notes", [("text", "hello")]).unwrap();
+    let ca = Client::connect(&relay, a.clone(), TOKEN).await;
+    let cb = Client::connect(&relay, b.clone(), TOKEN).await;
+    ca.caught_up().await;
+    cb.caught_up().await;
+    ca.finish().await.unwrap();
+    cb.finish().await.unwrap();
+
+    let hot = blazedb::RecordId(1u128.to_be_bytes());
+    for i in 1..=1_000i64 {
+        a.transaction(|tx| {
+            tx.upsert("hot", hot, [("n", Value::Int(i))])?;
+            for k in 0..30u128 {
+                let id = blazedb::RecordId(((i as u128) << 32 | k | 1 << 100).to_be_bytes());
+                tx.insert_with_id(
+                    "items",
+                    id,
+                    [("batch", Value::Int(i)), ("x", Value::Int(7))],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let hot_events = b.watch("hot", None, Some(10_000)).unwrap();
+    let item_events = b.watch("items", None, Some(100_000)).unwrap();
+    let ca = Client::connect(&relay, a.clone(), TOKEN).await;
+    let cb = Client::connect(&relay, b.clone(), TOKEN).await;
+    wait_until(Duration::from_secs(60), || {
+        b.count("items").unwrap() == 30_000
+    })
+    .await;
+    let mut hot_seen = 0;
+    while let Some(item) = hot_events.try_recv() {
+        match item {
+            blazedb::WatchItem::Event(e) => {
+                assert_eq!(
+                    e.record.fields["n"],
+                    Value::Int(1_000),
+                    "a part of the chain showed"
+                );
+                hot_seen += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(hot_seen >= 1);
+    let mut items_seen = 0;
+    while let Some(item) = item_events.try_recv() {
+        assert!(matches!(item, blazedb::WatchItem::Event(_)), "{item:?}");
+        items_seen += 1;
+    }
+    assert_eq!(items_seen, 30_000);
+    assert_eq!(relay.db.count("items").unwrap(), 30_000);
+    ca.caught_up().await;
+    cb.caught_up().await;
+    ca.finish().await.unwrap();
+    cb.finish().await.unwrap();
+    relay.stop().await;
+}

@@ -754,7 +754,10 @@ impl Sim {
                 if std::env::var("BLAZEDB_SIM_DEBUG").is_ok() {
                     for (coll, id, _) in diff.iter().chain(missing.iter()) {
                         let id: RecordId = id.parse().unwrap();
-                        eprintln!("model {coll} {id}: {:#?}", self.model.get(&(coll.clone(), id)));
+                        eprintln!(
+                            "model {coll} {id}: {:#?}",
+                            self.model.get(&(coll.clone(), id))
+                        );
                         eprintln!("node {i}: {:#?}", self.db(i).record_state(coll, id));
                     }
                 }
