@@ -363,7 +363,7 @@ fn a_unit_too_large_for_memory_is_staged_on_disk_and_applied_whole() {
     // 1,000 transactions of 31 records, 3 cells each: ~93k cells in one unit, beyond what a
     // receiver holds in memory (UNIT_STAGE_CELLS).
     let (hot, ids) = linked_chain(&a, 1_000, 30);
-    assert!(93_000 > blazedb::limits::UNIT_STAGE_CELLS);
+    const { assert!(93_000 > blazedb::limits::UNIT_STAGE_CELLS) };
     let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
     let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
     let mut frames = 0;
@@ -445,7 +445,7 @@ fn a_chain_longer_than_the_transaction_limit_still_arrives_as_one_unit() {
     a.insert("notes", [("text", "hello")]).unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
     let (hot, ids) = linked_chain(&a, 3_500, 100);
-    assert!(3_500 * 301 > blazedb::limits::TRANSACTION_CELLS_MAX);
+    const { assert!(3_500 * 301 > blazedb::limits::TRANSACTION_CELLS_MAX) };
     let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
     let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
     loop {
