@@ -184,6 +184,9 @@ fn removal_cells_are_pruned_without_changing_what_records_show() {
     db.set_remove("items", id, "base", vec!["p".into()])
         .unwrap();
     db.update("items", id, Patch::new().unset("a")).unwrap();
+    // Later writes, so that neither removal below is the newest cell of its record or set
+    // (those stay: see `newest_removals_stay_for_a_delete_still_on_its_way`).
+    db.set_add("items", id, "tags", vec!["t3".into()]).unwrap();
     let shown = db.get("items", id).unwrap().unwrap().fields;
     let cells_before = feed_cells(&db).len();
 
@@ -403,6 +406,12 @@ fn replicas_converge_after_gc() {
         .unwrap();
     b.set_remove("items", ids[5], "tags", vec!["x".into()])
         .unwrap();
+    // Newer cells, so that those removals are not their record's or set's newest (which GC
+    // keeps).
+    b.update("items", ids[6], Patch::new().set("other", 1))
+        .unwrap();
+    b.set_add("items", ids[5], "tags", vec!["z".into()])
+        .unwrap();
     ab = ship(&a, &b, ab);
     ba = ship(&b, &a, ba);
     // Both have seen everything: GC on both.
@@ -432,8 +441,50 @@ fn replicas_converge_after_gc() {
     assert_eq!(a.count("items").unwrap(), 20 - 5 - 2 + more.len() as u64);
     assert_eq!(
         a.get("items", ids[5]).unwrap().unwrap().fields["tags"],
-        Value::List(vec!["x".into(), "y".into()])
+        Value::List(vec!["x".into(), "y".into(), "z".into()])
     );
     assert_eq!(tombstones(&a, "items"), 0);
     assert_eq!(tombstones(&b, "items"), 0);
+}
+
+#[test]
+fn newest_removals_stay_for_a_delete_still_on_its_way() {
+    // C deletes a record concurrently with B's removals, and the delete reaches B only after
+    // B collected garbage. What B then shows must be what it would have shown without GC:
+    // the set field, emptied by a removal newer than the delete (found by the simulation:
+    // GC kept the older removal, which the delete then killed).
+    let dir = tempfile::tempdir().unwrap();
+    let b = common::open(dir.path(), "b");
+    let c = common::open(dir.path(), "c");
+    let id = b.insert("items", [("name", Value::from("n"))]).unwrap();
+    b.set_add("items", id, "tags", vec!["x".into(), "y".into()])
+        .unwrap();
+    ship(&b, &c, Seq(0));
+    // B removes `y`; then C deletes the record, unaware of that; then B removes `x`, unaware
+    // of the delete. By clock: y's removal < the delete < x's removal.
+    b.set_remove("items", id, "tags", vec!["y".into()]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    c.delete("items", id).unwrap();
+    let delete = c.changes_since(Seq(0), 1_000, None).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    b.set_remove("items", id, "tags", vec!["x".into()]).unwrap();
+    // Reference: a copy that receives the delete with every cell still in place.
+    let reference = common::open(dir.path(), "ref");
+    ship(&b, &reference, Seq(0));
+    reference
+        .apply_changes(c.node_id(), &delete.changes, None)
+        .unwrap();
+    // C acknowledges B's removals (its delete is still on its way to B): as far as B
+    // knows, every peer has seen them, so they are collectable.
+    ship(&b, &c, Seq(0));
+    let r = b.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.horizon, b.last_seq().unwrap());
+    b.apply_changes(c.node_id(), &delete.changes, None).unwrap();
+    let shown = reference.get("items", id).unwrap().map(|r| r.fields);
+    assert_eq!(
+        shown.as_ref().map(|f| f.get("tags").cloned()),
+        Some(Some(Value::List(vec![]))),
+        "{shown:?}"
+    );
+    assert_eq!(b.get("items", id).unwrap().map(|r| r.fields), shown);
 }

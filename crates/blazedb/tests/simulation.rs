@@ -476,6 +476,32 @@ impl Sim {
         progress
     }
 
+    /// `BLAZEDB_SIM_WATCH=node:doc` traces every change of that node's copy of that doc.
+    fn watch_record(&mut self) {
+        let Ok(w) = std::env::var("BLAZEDB_SIM_WATCH") else {
+            return;
+        };
+        let (n, d) = w.split_once(':').expect("node:doc");
+        let (n, d): (usize, u8) = (n.parse().unwrap(), d.parse().unwrap());
+        let Some(db) = self.nodes[n].db.as_ref() else {
+            return;
+        };
+        let cells: Vec<String> = db
+            .record_state("docs", doc_id(d))
+            .unwrap()
+            .map(|st| {
+                st.cells()
+                    .iter()
+                    .map(|c| format!("{:?}={:?}@{:?}/s{}", c.key, c.value, c.version.hlc, c.seq.0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let line = format!("WATCH n{n} d{d}: {cells:?}");
+        if self.trace.iter().rev().find(|l| l.starts_with("WATCH")) != Some(&line) {
+            self.trace.push(line);
+        }
+    }
+
     fn run(&mut self, steps: usize) {
         // Create the accounts on node 0; they spread like any other write.
         let before = self.db(0).last_seq().unwrap();
@@ -489,6 +515,7 @@ impl Sim {
             .unwrap();
         self.capture(0, before);
         for _ in 0..steps {
+            self.watch_record();
             let t = self.now + self.rng.gen_range(1..30);
             self.set_time(t);
             let action = self.rng.gen_range(0..100);

@@ -30,7 +30,10 @@
 //! shows: an element removal that hides a value of the field's base list, or the last
 //! removal cells of a record that was deleted and then had only fields unset (it would turn
 //! from "live, no fields" into a tombstone). Counter contributions are never dropped (each
-//! one is part of the sum).
+//! one is part of the sum). Nor are the record's newest non-record cell and a set field's
+//! newest cell when they are removals: a delete concurrent with them may still arrive from a
+//! third node and kill every older cell, and then they alone decide whether the record is live
+//! and the field shows (found by the simulation; see `prune_removals`).
 //!
 //! **Incremental scan.** Removal pruning decodes only records whose row seq is above
 //! `meta.gc_scan_seq`: after a GC with horizon H, no record whose cells are all at or below H
@@ -300,7 +303,38 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
 /// The record without its removal cells at or below `h`, keeping any whose removal would
 /// change what the record shows (see the module docs). `None`: nothing to drop.
 fn prune_removals(state: &RecordState, h: Seq) -> Option<RecordState> {
-    let prunable = |c: &Cell| c.value == CellValue::Absent && c.seq <= h;
+    // A delete (or a plain write of a set field) concurrent with these cells may still be on
+    // its way from a third node, and it kills every cell older than itself. Which cells then
+    // remain decides whether the record is live (any non-record cell) and whether a set field
+    // shows as empty (any cell of the field). Dropping a removal now may look harmless while
+    // an older removal still stands in for it, yet that older one dies with the reset and this
+    // one would not have. So the newest non-record cell of the record, and the newest cell of
+    // each field when it is an element removal, are never dropped: what a later reset leaves
+    // is then the same with or without GC.
+    let newest_overall = state
+        .cells()
+        .iter()
+        .filter(|c| c.key != CellKey::Record)
+        .max_by_key(|c| c.version)
+        .map(|c| &c.key);
+    let mut newest_of_field: std::collections::BTreeMap<&str, &Cell> = Default::default();
+    for c in state.cells() {
+        if let Some(f) = c.key.field() {
+            let e = newest_of_field.entry(f).or_insert(c);
+            if c.version > e.version {
+                *e = c;
+            }
+        }
+    }
+    let protected = |c: &Cell| {
+        Some(&c.key) == newest_overall
+            || (matches!(c.key, CellKey::Element(..))
+                && c.key
+                    .field()
+                    .and_then(|f| newest_of_field.get(f))
+                    .is_some_and(|n| n.key == c.key))
+    };
+    let prunable = |c: &Cell| c.value == CellValue::Absent && c.seq <= h && !protected(c);
     if !state.cells().iter().any(prunable) {
         return None;
     }
@@ -320,12 +354,9 @@ fn prune_removals(state: &RecordState, h: Seq) -> Option<RecordState> {
         return Some(all);
     }
     // Some removal matters: drop them one at a time, keeping each drop that shows nothing.
-    let keys: Vec<CellKey> = state
-        .cells()
-        .iter()
-        .filter(|c| prunable(c))
-        .map(|c| c.key.clone())
-        .collect();
+    let mut by_age: Vec<&Cell> = state.cells().iter().filter(|c| prunable(c)).collect();
+    by_age.sort_by_key(|c| c.version);
+    let keys: Vec<CellKey> = by_age.into_iter().map(|c| c.key.clone()).collect();
     let mut current = state.clone();
     for key in keys {
         let trial = RecordState::from_cells(
