@@ -53,6 +53,37 @@ impl RecordState {
         Ok(RecordState { cells })
     }
 
+    /// Build from the cells of a merged state (as another replica holds and sends them):
+    /// `Ok` only when merging them one by one into an empty record would keep every one —
+    /// unique keys, and no cell older than the record's reset or, for a counter or set cell,
+    /// than its field's plain write. Then the result is exactly that merge, without paying
+    /// for it cell by cell; `Err` gives the cells back for the caller to merge.
+    pub fn from_merged_cells(mut cells: Vec<Cell>) -> Result<RecordState, Vec<Cell>> {
+        if !cells.windows(2).all(|w| w[0].key < w[1].key) {
+            cells.sort_by(|a, b| a.key.cmp(&b.key));
+            if cells.windows(2).any(|w| w[0].key == w[1].key) {
+                return Err(cells);
+            }
+        }
+        let state = RecordState { cells };
+        let reset = state.reset_point();
+        let canonical = state.cells.iter().all(|c| match &c.key {
+            CellKey::Record => true,
+            CellKey::Field(_) => reset.is_none_or(|r| c.version >= r),
+            CellKey::Counter(f, _) | CellKey::Element(f, _) => {
+                reset.is_none_or(|r| c.version >= r)
+                    && state
+                        .cell(&CellKey::Field(f.clone()))
+                        .is_none_or(|reg| c.version >= reg.version)
+            }
+        });
+        if canonical {
+            Ok(state)
+        } else {
+            Err(state.cells)
+        }
+    }
+
     /// The cells, sorted by key.
     pub fn cells(&self) -> &[Cell] {
         &self.cells
@@ -392,6 +423,62 @@ mod tests {
             MergeOutcome::Ignored
         );
         assert_eq!(r.fields()["a"], Value::Int(3));
+    }
+
+    #[test]
+    fn from_merged_cells_equals_merging_them_or_declines() {
+        let v = |h: u64| Version {
+            hlc: crate::types::Hlc(h),
+            node: crate::NodeId([1; 16]),
+        };
+        let cell = |key: CellKey, value: CellValue, h: u64| Cell {
+            key,
+            value,
+            version: v(h),
+            prev: None,
+            seq: Seq(0),
+        };
+        let good = vec![
+            cell(CellKey::Record, CellValue::Present, 10),
+            cell(
+                CellKey::Field("a".into()),
+                CellValue::Value(Value::Int(1)),
+                12,
+            ),
+            cell(
+                CellKey::Field("s".into()),
+                CellValue::Value(Value::List(vec![])),
+                11,
+            ),
+            cell(
+                CellKey::Element("s".into(), vec![1]),
+                CellValue::Present,
+                13,
+            ),
+        ];
+        let mut merged = RecordState::new();
+        for c in good.iter().rev().cloned() {
+            merged.merge(c);
+        }
+        assert_eq!(RecordState::from_merged_cells(good.clone()), Ok(merged));
+        // A cell older than the reset, or than its field's plain write, would be dropped.
+        let mut dead = good.clone();
+        dead.push(cell(
+            CellKey::Field("b".into()),
+            CellValue::Value(Value::Int(2)),
+            9,
+        ));
+        assert!(RecordState::from_merged_cells(dead).is_err());
+        let mut dead = good.clone();
+        dead.push(cell(
+            CellKey::Element("s".into(), vec![2]),
+            CellValue::Present,
+            10,
+        ));
+        assert!(RecordState::from_merged_cells(dead).is_err());
+        let mut dup = good;
+        dup.push(dup[1].clone());
+        assert!(RecordState::from_merged_cells(dup).is_err());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::feed::{Change, PeerDirection};
 use super::{body, validate_collection_name, Database, Inner};
+use crate::crdt::{MergeOutcome, RecordState};
 use crate::error::{ApplyError, Error, Result};
 use crate::limits::{
     FEED_PAGE_CELLS_MAX, SNAPSHOT_CHUNKS_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_CELLS_MAX,
@@ -129,7 +130,27 @@ impl Database {
         let result = inner
             .refresh()
             .map_err(Error::from)
-            .and_then(|_| snapshot_page_in(&inner, after, cells_max, select));
+            .and_then(|_| snapshot_page_in(&inner, after, cells_max, Select::Records(select)));
+        inner.conn.execute_batch("COMMIT")?;
+        result
+    }
+
+    /// [`Database::snapshot_page`] choosing by collection only (`select(collection)`), which
+    /// spares working out every record's fields: what a peer whose view has no record filter
+    /// gets.
+    pub fn snapshot_page_of_collections(
+        &self,
+        after: Option<&SnapshotKey>,
+        cells_max: usize,
+        select: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<SnapshotPage> {
+        let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
+        let mut inner = self.lock()?;
+        inner.conn.execute_batch("BEGIN")?;
+        let result = inner
+            .refresh()
+            .map_err(Error::from)
+            .and_then(|_| snapshot_page_in(&inner, after, cells_max, Select::Collections(select)));
         inner.conn.execute_batch("COMMIT")?;
         result
     }
@@ -275,6 +296,7 @@ impl Database {
             applied.position = progress.position;
             let src = tx.inner.nodes.index(&peer) + 1;
             // 1. Merge, one local commit per chunk. One chunk is decoded at a time.
+            let mut was_empty: std::collections::HashMap<i64, bool> = Default::default();
             for idx in 0..chunks {
                 let data: Vec<u8> = tx
                     .inner
@@ -302,6 +324,58 @@ impl Database {
                 for ch in changes {
                     validate_collection_name(&ch.collection)
                         .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                    let coll = tx.inner.collection_id_or_create(&ch.collection)?;
+                    let fresh = match was_empty.get(&coll) {
+                        Some(e) => *e,
+                        None => {
+                            // Asked before this transaction writes any record of it.
+                            let e = tx
+                                .inner
+                                .conn
+                                .prepare_cached("SELECT 1 FROM records WHERE coll = ?1 LIMIT 1")?
+                                .query_row([coll], |_| Ok(()))
+                                .optional()?
+                                .is_none();
+                            was_empty.insert(coll, e);
+                            e
+                        }
+                    };
+                    if fresh && !tx.tracks(coll, ch.id) {
+                        // New here (its collection had no records, and the snapshot names
+                        // it once): its state is the merge of its cells alone, written like
+                        // a bulk insert's record — no lookup, no copy kept.
+                        applied.records += 1;
+                        applied.cells += ch.cells.len() as u64;
+                        let mut cells = ch.cells;
+                        for c in &mut cells {
+                            super::feed::validate_cell(c).map_err(ApplyError::Invalid)?;
+                            tx.inner
+                                .clock
+                                .observe(c.version.hlc, tx.now_ms)
+                                .map_err(ApplyError::from)?;
+                            c.seq = tx.seq;
+                        }
+                        let state = match RecordState::from_merged_cells(cells) {
+                            Ok(state) => {
+                                applied.cells_applied += state.cells().len() as u64;
+                                state
+                            }
+                            Err(cells) => {
+                                // Not as a merged state holds them: merge one by one.
+                                let mut state = RecordState::new();
+                                for c in cells {
+                                    if matches!(state.merge(c), MergeOutcome::Applied { .. }) {
+                                        applied.cells_applied += 1;
+                                    }
+                                }
+                                state
+                            }
+                        };
+                        if !state.is_empty() {
+                            tx.insert_received(coll, &ch.collection, ch.id, state, src)?;
+                        }
+                        continue;
+                    }
                     let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
                     tx.records[i].src = src;
                     applied.records += 1;
@@ -420,11 +494,17 @@ impl Database {
 const SNAPSHOT_SPILL_RECORDS: usize = 20_000;
 
 /// The scan of [`Database::snapshot_page`], inside the caller's read transaction.
+/// How [`snapshot_page_in`] chooses records.
+enum Select<'s, 'a> {
+    Records(&'s mut SnapshotSelect<'a>),
+    Collections(&'s mut dyn FnMut(&str) -> bool),
+}
+
 fn snapshot_page_in(
     inner: &Inner,
     after: Option<&SnapshotKey>,
     cells_max: usize,
-    select: &mut SnapshotSelect<'_>,
+    mut select: Select<'_, '_>,
 ) -> Result<SnapshotPage> {
     let position = inner.clock_row()?.0;
     let mut names: Vec<(&str, i64)> = inner
@@ -445,6 +525,11 @@ fn snapshot_page_in(
         "SELECT id, seq, live, body FROM records WHERE coll = ?1 AND id > ?2 ORDER BY id",
     )?;
     for (name, coll) in names {
+        if let Select::Collections(f) = &mut select {
+            if !f(name) {
+                continue;
+            }
+        }
         let start: &[u8] = match after {
             Some(a) if a.collection == name => &a.id.0[..],
             _ => &[],
@@ -475,13 +560,15 @@ fn snapshot_page_in(
                 collection: name.to_owned(),
                 id,
             });
-            let fields = if live {
-                state.fields()
-            } else {
-                BTreeMap::new()
-            };
-            if !select(name, id, &fields, live) {
-                continue;
+            if let Select::Records(f) = &mut select {
+                let fields = if live {
+                    state.fields()
+                } else {
+                    BTreeMap::new()
+                };
+                if !f(name, id, &fields, live) {
+                    continue;
+                }
             }
             cells += n;
             bytes_total += body.len();

@@ -288,6 +288,40 @@ impl<'a> Tx<'a> {
         &self.spilled.losers
     }
 
+    /// Add a record received whole from peer `src` (1 + its node index) that has no row here
+    /// and is not tracked yet — a snapshot's record new to this database — with its state
+    /// already merged (every cell at the transaction's seq). Written like a bulk insert's
+    /// record: encoded into the insert batch, its cells dropped from memory (a collection
+    /// with indexes, or a watched database, takes the general path at commit).
+    pub(crate) fn insert_received(
+        &mut self,
+        coll: i64,
+        collection: &str,
+        id: RecordId,
+        state: RecordState,
+        src: u64,
+    ) -> Result<()> {
+        let i = self.track(coll, collection, id, None);
+        let p = &mut self.records[i];
+        p.state = state;
+        p.changed = true;
+        p.src = src;
+        self.seq_used = true;
+        if self.db.watchers.is_watched() {
+            return Ok(());
+        }
+        if self.inner.indexes.contains_key(&coll) {
+            self.flush(i)
+        } else {
+            self.queue(i)
+        }
+    }
+
+    /// Whether the transaction tracks this record.
+    pub(crate) fn tracks(&self, coll: i64, id: RecordId) -> bool {
+        self.pending.get(&(coll, id)).is_some()
+    }
+
     /// Records held in memory that [`Tx::spill`] would write out.
     pub(crate) fn unspilled(&self) -> usize {
         self.spilled.unspilled
@@ -642,7 +676,7 @@ impl<'a> Tx<'a> {
     fn queue(&mut self, i: usize) -> Result<()> {
         let p = &mut self.records[i];
         debug_assert!(p.before.is_none() && p.history.is_empty() && p.conflicts.is_empty());
-        debug_assert!(p.links.is_empty() && matches!(p.flushed, Flushed::No) && p.src == 0);
+        debug_assert!(p.links.is_empty() && matches!(p.flushed, Flushed::No));
         debug_assert!(p.state.cells().iter().all(|c| c.seq == self.seq));
         let b = &mut self.batch;
         body::encode_into(
@@ -664,7 +698,14 @@ impl<'a> Tx<'a> {
             .into());
         }
         b.bodies.extend_from_slice(&b.body);
-        b.rows.push((p.coll, p.id, self.seq, b.bodies.len()));
+        b.rows.push((
+            p.coll,
+            p.id,
+            self.seq,
+            b.bodies.len(),
+            p.state.is_live(),
+            p.src,
+        ));
         p.state = RecordState::default();
         p.flushed = Flushed::Dropped;
         if b.rows.len() >= INSERT_BATCH_RECORDS {
@@ -1101,15 +1142,15 @@ const INSERT_BATCH_RECORDS: usize = 32;
 /// one of them back).
 #[derive(Debug, Default)]
 pub(crate) struct InsertBatch {
-    /// (collection, id, seq of all its cells, end of its body in `bodies`)
-    rows: Vec<(i64, RecordId, Seq, usize)>,
+    /// (collection, id, seq of all its cells, end of its body in `bodies`, live, source)
+    rows: Vec<(i64, RecordId, Seq, usize, bool, u64)>,
     bodies: Vec<u8>,
     /// The body being encoded.
     body: Vec<u8>,
 }
 
 impl InsertBatch {
-    /// Write the queued rows: each record's row (rev 1, live) and its one feed row. Plain
+    /// Write the queued rows: each record's row (rev 1) and its one feed row. Plain
     /// INSERTs: the ids are new and the seq is this transaction's, so no row can be in the
     /// way (one would be a broken invariant, reported as a constraint error).
     fn write(&mut self, conn: &Connection) -> Result<()> {
@@ -1132,21 +1173,23 @@ impl InsertBatch {
             let mut rec = conn.prepare_cached(&sql(
                 n,
                 "INSERT INTO records (coll, id, rev, seq, live, body) VALUES",
-                "(?, ?, 1, ?, 1, ?)",
+                "(?, ?, 1, ?, ?, ?)",
             ))?;
             let mut feed = conn.prepare_cached(&sql(
                 n,
                 "INSERT INTO feed (seq, coll, id, src) VALUES",
-                "(?, ?, ?, 0)",
+                "(?, ?, ?, ?)",
             ))?;
-            for (k, (coll, id, seq, end)) in chunk.iter().enumerate() {
-                rec.raw_bind_parameter(4 * k + 1, coll)?;
-                rec.raw_bind_parameter(4 * k + 2, &id.0[..])?;
-                rec.raw_bind_parameter(4 * k + 3, seq.0)?;
-                rec.raw_bind_parameter(4 * k + 4, &self.bodies[start..*end])?;
-                feed.raw_bind_parameter(3 * k + 1, seq.0)?;
-                feed.raw_bind_parameter(3 * k + 2, coll)?;
-                feed.raw_bind_parameter(3 * k + 3, &id.0[..])?;
+            for (k, (coll, id, seq, end, live, src)) in chunk.iter().enumerate() {
+                rec.raw_bind_parameter(5 * k + 1, coll)?;
+                rec.raw_bind_parameter(5 * k + 2, &id.0[..])?;
+                rec.raw_bind_parameter(5 * k + 3, seq.0)?;
+                rec.raw_bind_parameter(5 * k + 4, live)?;
+                rec.raw_bind_parameter(5 * k + 5, &self.bodies[start..*end])?;
+                feed.raw_bind_parameter(4 * k + 1, seq.0)?;
+                feed.raw_bind_parameter(4 * k + 2, coll)?;
+                feed.raw_bind_parameter(4 * k + 3, &id.0[..])?;
+                feed.raw_bind_parameter(4 * k + 4, src)?;
                 start = *end;
             }
             rec.raw_execute()?;

@@ -193,7 +193,7 @@ fn write_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
     let mut after: Option<SnapshotKey> = None;
     loop {
         let page =
-            db.snapshot_page(after.as_ref(), SNAPSHOT_CHUNK_CELLS, &mut |_, _, _, _| true)?;
+            db.snapshot_page_of_collections(after.as_ref(), SNAPSHOT_CHUNK_CELLS, &mut |_| true)?;
         if after.is_none() {
             info.position = page.position;
         }
