@@ -346,6 +346,33 @@ fn check_chain_whole(db: &blazedb::Database, hot: RecordId, ids: &[Vec<RecordId>
     n
 }
 
+/// Pump two sessions until both are caught up, calling `after` after every frame B receives
+/// (to check what B shows between frames). Returns the frames B received.
+fn pump_watching(
+    (a, sa): (&blazedb::Database, &mut Session),
+    (b, sb): (&blazedb::Database, &mut Session),
+    mut after: impl FnMut(),
+) -> usize {
+    let mut frames = 0;
+    loop {
+        let mut progress = false;
+        while let Some(f) = sa.poll_transmit(0, a) {
+            sb.handle_bytes(0, &f, b).unwrap();
+            frames += 1;
+            after();
+            progress = true;
+        }
+        while let Some(f) = sb.poll_transmit(0, b) {
+            sa.handle_bytes(0, &f, a).unwrap();
+            progress = true;
+        }
+        if !progress && sa.is_caught_up(a).unwrap() && sb.is_caught_up(b).unwrap() {
+            return frames;
+        }
+        assert!(progress, "stalled");
+    }
+}
+
 fn unit_rows(path: &std::path::Path) -> i64 {
     rusqlite::Connection::open(path)
         .unwrap()
@@ -366,25 +393,10 @@ fn a_unit_too_large_for_memory_is_staged_on_disk_and_applied_whole() {
     const { assert!(93_000 > blazedb::limits::UNIT_STAGE_CELLS) };
     let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
     let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
-    let mut frames = 0;
-    for _ in 0..100_000 {
-        let mut progress = false;
-        while let Some(f) = sa.poll_transmit(0, &a) {
-            sb.handle_bytes(0, &f, &b).unwrap();
-            frames += 1;
-            // After every frame: the chain is all there or not at all.
-            check_chain_whole(&b, hot, &ids);
-            progress = true;
-        }
-        while let Some(f) = sb.poll_transmit(0, &b) {
-            sa.handle_bytes(0, &f, &a).unwrap();
-            progress = true;
-        }
-        if !progress && sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap() {
-            break;
-        }
-        assert!(progress, "stalled");
-    }
+    // After every frame: the chain is all there or not at all.
+    let frames = pump_watching((&a, &mut sa), (&b, &mut sb), || {
+        check_chain_whole(&b, hot, &ids);
+    });
     assert!(frames > 10, "the unit came in {frames} frames");
     assert!(sb.stats().unit_parts_staged >= 1, "{:?}", sb.stats());
     assert_eq!(check_chain_whole(&b, hot, &ids), 1_000);
@@ -448,22 +460,9 @@ fn a_chain_longer_than_the_transaction_limit_still_arrives_as_one_unit() {
     const { assert!(3_500 * 301 > blazedb::limits::TRANSACTION_CELLS_MAX) };
     let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
     let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
-    loop {
-        let mut progress = false;
-        while let Some(f) = sa.poll_transmit(0, &a) {
-            sb.handle_bytes(0, &f, &b).unwrap();
-            check_chain_whole(&b, hot, &ids);
-            progress = true;
-        }
-        while let Some(f) = sb.poll_transmit(0, &b) {
-            sa.handle_bytes(0, &f, &a).unwrap();
-            progress = true;
-        }
-        if !progress && sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap() {
-            break;
-        }
-        assert!(progress, "stalled");
-    }
+    pump_watching((&a, &mut sa), (&b, &mut sb), || {
+        check_chain_whole(&b, hot, &ids);
+    });
     assert!(sb.stats().unit_parts_staged >= 10, "{:?}", sb.stats());
     assert_eq!(check_chain_whole(&b, hot, &ids), 3_500);
     assert_eq!(b.count("items").unwrap(), 350_000);
@@ -481,27 +480,14 @@ fn watchers_see_a_staged_unit_once_after_it_commits() {
     let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
     let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
     let mut events = Vec::new();
-    loop {
-        let mut progress = false;
-        while let Some(f) = sa.poll_transmit(0, &a) {
-            sb.handle_bytes(0, &f, &b).unwrap();
-            let n = check_chain_whole(&b, hot, &ids);
-            while let Some(item) = items.try_recv() {
-                // Events come after the commit, never for a part of the unit.
-                assert_eq!(n, 1_000, "an event before the unit committed");
-                events.push(item);
-            }
-            progress = true;
+    pump_watching((&a, &mut sa), (&b, &mut sb), || {
+        let n = check_chain_whole(&b, hot, &ids);
+        while let Some(item) = items.try_recv() {
+            // Events come after the commit, never for a part of the unit.
+            assert_eq!(n, 1_000, "an event before the unit committed");
+            events.push(item);
         }
-        while let Some(f) = sb.poll_transmit(0, &b) {
-            sa.handle_bytes(0, &f, &a).unwrap();
-            progress = true;
-        }
-        if !progress && sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap() {
-            break;
-        }
-        assert!(progress, "stalled");
-    }
+    });
     assert!(sb.stats().unit_parts_staged >= 1, "{:?}", sb.stats());
     let mut seen = std::collections::BTreeSet::new();
     for item in events {
