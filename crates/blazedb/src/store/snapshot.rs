@@ -124,15 +124,7 @@ impl Database {
         cells_max: usize,
         select: &mut SnapshotSelect<'_>,
     ) -> Result<SnapshotPage> {
-        let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
-        let mut inner = self.lock()?;
-        inner.conn.execute_batch("BEGIN")?;
-        let result = inner
-            .refresh()
-            .map_err(Error::from)
-            .and_then(|_| snapshot_page_in(&inner, after, cells_max, Select::Records(select)));
-        inner.conn.execute_batch("COMMIT")?;
-        result
+        self.page_with(after, cells_max, Select::Records(select))
     }
 
     /// [`Database::snapshot_page`] choosing by collection only (`select(collection)`), which
@@ -144,13 +136,23 @@ impl Database {
         cells_max: usize,
         select: &mut dyn FnMut(&str) -> bool,
     ) -> Result<SnapshotPage> {
+        self.page_with(after, cells_max, Select::Collections(select))
+    }
+
+    /// One page, in a read transaction of its own.
+    fn page_with(
+        &self,
+        after: Option<&SnapshotKey>,
+        cells_max: usize,
+        select: Select<'_, '_>,
+    ) -> Result<SnapshotPage> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         let mut inner = self.lock()?;
         inner.conn.execute_batch("BEGIN")?;
         let result = inner
             .refresh()
             .map_err(Error::from)
-            .and_then(|_| snapshot_page_in(&inner, after, cells_max, Select::Collections(select)));
+            .and_then(|_| snapshot_page_in(&inner, after, cells_max, select));
         inner.conn.execute_batch("COMMIT")?;
         result
     }
