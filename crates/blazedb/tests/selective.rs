@@ -408,3 +408,73 @@ fn count_chunks(source: &Database, probe: &Database) -> u32 {
         }
     }
 }
+
+#[test]
+fn an_evict_lost_with_the_connection_after_its_unit_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::everything());
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    assert!(replica.get("todos", ids[0]).unwrap().is_some());
+
+    // ids[0] leaves the view, in a transaction that also edits ids[4] (in view). The unit
+    // that carries it is applied and acknowledged; the EVICT that follows the unit is lost
+    // with the link.
+    source
+        .transaction(|tx| {
+            tx.update("todos", ids[0], Patch::new().set("done", true))?;
+            tx.update("todos", ids[4], Patch::new().set("n", 1000))
+        })
+        .unwrap();
+    let head = source.last_seq().unwrap();
+    {
+        let mut ss = Session::new(&source, full(), 0).unwrap();
+        let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
+        let mut delivered_unit = false;
+        for _ in 0..1_000 {
+            while let Some(f) = sr.poll_transmit(0, &replica) {
+                ss.handle_bytes(0, &f, &source).unwrap();
+            }
+            let Some(f) = ss.poll_transmit(0, &source) else {
+                break;
+            };
+            if delivered_unit {
+                // Everything after the unit (the EVICT among it) is lost.
+                continue;
+            }
+            sr.handle_bytes(0, &f, &replica).unwrap();
+            let received = replica
+                .peer_cursor(source.node_id(), blazedb::PeerDirection::Received)
+                .unwrap();
+            if received >= head {
+                delivered_unit = true;
+                // The replica's ACK reaches the source.
+                while let Some(f) = sr.poll_transmit(0, &replica) {
+                    ss.handle_bytes(0, &f, &source).unwrap();
+                }
+            }
+        }
+        assert!(delivered_unit);
+        assert!(
+            replica.get("todos", ids[0]).unwrap().is_some(),
+            "the EVICT was lost"
+        );
+    }
+    // Next session: the source derives the lost EVICT again.
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    assert!(
+        replica.get("todos", ids[0]).unwrap().is_none(),
+        "evicted after reconnect"
+    );
+    assert!(source.get("todos", ids[0]).unwrap().is_some());
+    assert_eq!(replica.count("todos").unwrap(), 24);
+    // And once confirmed, nothing more is re-derived: the note is gone.
+    sync_pair(&source, &replica, full(), partial(policy));
+    assert_eq!(
+        source
+            .peer_note(replica.node_id(), "evicts_unconfirmed_after")
+            .unwrap(),
+        None
+    );
+}

@@ -51,6 +51,24 @@ pub struct EvictOutcome {
 }
 
 impl Database {
+    /// The records with feed rows in `(after, through]`: what changed there and still holds
+    /// cells at those positions (a record changed again later has rows later too).
+    pub fn feed_records(&self, after: Seq, through: Seq) -> Result<Vec<(String, RecordId)>> {
+        let inner = self.lock()?;
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT DISTINCT c.name, f.id FROM feed f JOIN collections c ON c.id = f.coll \
+             WHERE f.seq > ?1 AND f.seq <= ?2",
+        )?;
+        let mut rows = stmt.query(params![after.0 as i64, through.0 as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            let id = record_id(row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?)?;
+            out.push((name, id));
+        }
+        Ok(out)
+    }
+
     /// Remove the local copy of records without deleting them: no tombstone, no feed
     /// position, no history entry, nothing sent to peers (see the module docs). Ids with no
     /// stored row are skipped. With `guard`, records with changes the guard's peer has not

@@ -289,6 +289,14 @@ pub struct Session {
     view_pending: Option<String>,
     /// Records to evict at the peer, sent once the current unit is complete.
     evict_pending: Vec<(String, RecordId)>,
+    /// EVICTs went out right after this position, followed by a PING with this nonce, and
+    /// neither a later unit's ACK nor that PONG has come back: the peer may not have them (a
+    /// disconnect right after the unit's ACK loses them). Persisted as the peer note
+    /// `NOTE_EVICTS` (see `flush_evictions`).
+    evicts_unconfirmed: Option<(Seq, u64)>,
+    /// The stored `NOTE_EVICTS`: evictions derived from our feed after this position may not
+    /// have reached the peer.
+    evicts_note: Option<Seq>,
     /// Records the peer moved into its view with its own write: sent whole, once the
     /// current unit is complete.
     restate_pending: Vec<(String, RecordId)>,
@@ -352,6 +360,8 @@ impl Session {
             snap_out: None,
             view_pending: None,
             evict_pending: Vec::new(),
+            evicts_unconfirmed: None,
+            evicts_note: None,
             restate_pending: Vec::new(),
             last_recv_ms: now_ms,
             last_send_ms: now_ms,
@@ -596,6 +606,15 @@ impl Session {
                     self.unacked.pop_front();
                 }
                 self.acked = self.acked.max(seq);
+                if self
+                    .evicts_unconfirmed
+                    .is_some_and(|(after, _)| seq > after)
+                {
+                    // A unit sent after the EVICTs was applied: they arrived before it.
+                    self.evicts_unconfirmed = None;
+                    self.set_evicts_note(db, None)
+                        .map_err(|e| self.internal(e, now_ms))?;
+                }
                 self.persist_acked(now_ms, db, false);
                 if self.snap_out.is_none() {
                     if let (Some(view), Some(peer)) =
@@ -628,7 +647,18 @@ impl Session {
                 self.send(&Message::Pong { nonce }, now_ms);
                 Ok(())
             }
-            (State::Open, Message::Pong { .. }) => Ok(()),
+            (State::Open, Message::Pong { nonce }) => {
+                if self
+                    .evicts_unconfirmed
+                    .is_some_and(|(_, ping)| nonce >= ping)
+                {
+                    // The peer answered a PING sent after the EVICTs: it has them.
+                    self.evicts_unconfirmed = None;
+                    self.set_evicts_note(db, None)
+                        .map_err(|e| self.internal(e, now_ms))?;
+                }
+                Ok(())
+            }
             (State::Open, Message::Reject { rejections }) => {
                 self.stats.changes_rejected_by_peer += rejections.len() as u64;
                 self.events.push_back(SessionEvent::Rejected(rejections));
@@ -917,15 +947,16 @@ impl Session {
         };
         self.subscriptions_received += 1;
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
-        let r = (|| -> Result<(Seq, Seq, Option<String>, Seq), Error> {
+        let r = (|| -> Result<(Seq, Seq, Option<String>, Seq, Option<String>), Error> {
             Ok((
                 db.last_seq()?,
                 db.gc_horizon()?,
                 db.peer_note(peer, NOTE_VIEW)?,
                 db.peer_cursor(peer, PeerDirection::Received)?,
+                db.peer_note(peer, NOTE_EVICTS)?,
             ))
         })();
-        let (head, horizon, stored_view, received_from_peer) =
+        let (head, horizon, stored_view, received_from_peer, evicts_note) =
             r.map_err(|e| self.internal(e, now_ms))?;
         // A cursor past our head means our file is older than the one the peer synced
         // with (restored from a backup): start over; apply is idempotent.
@@ -952,6 +983,18 @@ impl Session {
         self.sent_through = from;
         self.unit_until = from;
         self.acked = self.acked.max(from);
+        self.evicts_unconfirmed = None;
+        self.evicts_note = evicts_note.and_then(|n| n.parse().ok()).map(Seq);
+        if let Some(after) = self.evicts_note.filter(|a| *a < from && !view_changed) {
+            // EVICTs of an earlier session may have been lost with its connection after the
+            // peer acknowledged the units they followed: derive them again from what changed
+            // in between (the ones still due are sent before anything else; the note goes
+            // once they are confirmed). A changed view gets a replacing snapshot instead.
+            let records = db
+                .feed_records(after, from)
+                .map_err(|e| self.internal(e, now_ms))?;
+            self.evict_pending.extend(records);
+        }
         if self.subscriptions_received == 1 && self.subscribed {
             // Now we know how much of ours the peer has (`from`), so the records we moved
             // out of our own view can go unless they hold changes it lacks.
@@ -1532,6 +1575,20 @@ impl Session {
         pending.sort();
         pending.dedup();
         let out = self.outside_view(db, pending)?;
+        if out.is_empty() {
+            if self.evicts_unconfirmed.is_none() && self.evicts_note.is_some() {
+                // Re-derived after a reconnect and nothing (more) to send.
+                self.set_evicts_note(db, None)?;
+            }
+            return Ok(());
+        }
+        // Until a later unit is acknowledged, the peer may lose these with the connection
+        // (it acknowledged the unit they follow already): remember from where to derive
+        // them again at its next SUBSCRIBE.
+        let from = self.evicts_note.map_or(self.acked, |n| n.min(self.acked));
+        if self.evicts_note != Some(from) {
+            self.set_evicts_note(db, Some(from))?;
+        }
         for chunk in out.chunks(EVICT_BATCH) {
             self.stats.evicts_sent += chunk.len() as u64;
             self.send(
@@ -1541,6 +1598,24 @@ impl Session {
                 now_ms,
             );
         }
+        // Its PONG confirms them even if no unit follows.
+        self.ping_nonce += 1;
+        self.send(
+            &Message::Ping {
+                nonce: self.ping_nonce,
+            },
+            now_ms,
+        );
+        self.evicts_unconfirmed = Some((self.sent_through, self.ping_nonce));
+        Ok(())
+    }
+
+    /// Store (or clear) the position after which evictions may not have reached the peer.
+    fn set_evicts_note(&mut self, db: &Database, from: Option<Seq>) -> Result<(), Error> {
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        let value = from.map(|s| s.0.to_string());
+        db.set_peer_note(peer, NOTE_EVICTS, value.as_deref())?;
+        self.evicts_note = from;
         Ok(())
     }
 
@@ -1881,6 +1956,9 @@ type RecordKey = (String, RecordId);
 
 /// Names of per-peer notes (`Database::peer_note`).
 const NOTE_VIEW: &str = "served_view";
+/// Peer note: evictions derived from our feed after this position may not have reached the
+/// peer (sent, but no later unit acknowledged before the connection ended).
+const NOTE_EVICTS: &str = "evicts_unconfirmed_after";
 const NOTE_POLICY: &str = "policy";
 /// Records per EVICT message.
 const EVICT_BATCH: usize = 4096;
