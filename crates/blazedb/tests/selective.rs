@@ -478,3 +478,90 @@ fn an_evict_lost_with_the_connection_after_its_unit_is_sent_again() {
         None
     );
 }
+
+#[test]
+fn a_move_in_overwritten_by_the_replicas_own_write_still_brings_the_whole_record() {
+    // The replica's clock runs ahead, so its write wins over a third node's later one.
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let third = open(dir.path(), "third");
+    let replica = Database::open(
+        dir.path().join("replica.db"),
+        blazedb::OpenOptions {
+            wall_clock: std::sync::Arc::new(|| blazedb::store::system_ms() + 2_000),
+            ..blazedb::OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let policy = open_todos(&SyncPolicy::everything());
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    sync_pair(&source, &third, full(), full());
+    let x = ids[0];
+    // Offline, the replica edits x (a field its filter reads), newest of all writes.
+    replica
+        .update("todos", x, Patch::new().set("done", false))
+        .unwrap();
+    // Elsewhere: x leaves the view and its counter moves while it is out.
+    third
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    third.increment("todos", x, "votes", 3).unwrap();
+    sync_pair(&source, &third, full(), full());
+    // The source sends the replica its feed while x is out of view (the counter is filtered
+    // out); the replica's own frames (its edit) are held back.
+    let mut ss = Session::new(&source, full(), 0).unwrap();
+    let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
+    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..100 {
+        let mut progress = false;
+        while let Some(f) = ss.poll_transmit(0, &source) {
+            sr.handle_bytes(0, &f, &replica).unwrap();
+            progress = true;
+        }
+        while let Some(f) = sr.poll_transmit(0, &replica) {
+            from_replica.push(&f);
+            let frame = from_replica.next_frame().unwrap().unwrap();
+            if frame.kind == blazedb::sync::message::kind::CHANGES || !held.is_empty() {
+                held.push(f);
+            } else {
+                ss.handle_bytes(0, &f, &source).unwrap();
+            }
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
+    assert!(!held.is_empty(), "the replica's edit is held back");
+    assert!(replica
+        .get("todos", x)
+        .unwrap()
+        .unwrap()
+        .fields
+        .get("votes")
+        .is_none());
+    // x moves back in at the source (a third node reopens it) — and then the replica's held
+    // edit arrives and overwrites that move-in before it was sent.
+    third
+        .update("todos", x, Patch::new().set("done", false))
+        .unwrap();
+    sync_pair(&source, &third, full(), full());
+    for f in held {
+        ss.handle_bytes(0, &f, &source).unwrap();
+    }
+    pump(&source, &mut ss, &replica, &mut sr);
+    let got = replica.get("todos", x).unwrap().unwrap();
+    assert_eq!(got.fields.get("votes"), Some(&Value::Int(3)), "{got:?}");
+    assert_eq!(
+        got.fields,
+        source
+            .get("todos", x)
+            .unwrap()
+            .unwrap()
+            .fields
+            .into_iter()
+            .filter(|(k, _)| k != "attachment")
+            .collect()
+    );
+}

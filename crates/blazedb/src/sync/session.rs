@@ -1371,12 +1371,15 @@ impl Session {
         moved_in.sort();
         moved_in.dedup();
         // Of those its write may move in, the ones outside its view before the write: if they
-        // are inside after it, the peer may lack their other fields. (A record it created,
-        // or one it already saw, needs nothing.)
+        // are inside after it, the peer may lack their other fields. Also those with changes
+        // we have not sent it yet: one of them may be the move-in that would have brought
+        // the whole record, and the peer's write may overwrite it before it goes out (then
+        // it never goes: the feed holds only the newest cells, and the peer's own are not
+        // sent back). (A record it created, or one it already saw whole, needs nothing.)
         let moved_in = if moved_in.is_empty() {
             moved_in
         } else {
-            self.outside_view(db, moved_in)
+            self.may_lack(db, moved_in)
                 .map_err(|e| self.internal(e, now_ms))?
         };
         let applied = if parts > 0 {
@@ -1435,6 +1438,28 @@ impl Session {
         }
         self.evict_pending.extend(out);
         Ok(())
+    }
+
+    /// Those of `records` that the peer may not hold whole: outside its view as they are now,
+    /// or with changes after what was sent to it.
+    fn may_lack(
+        &self,
+        db: &Database,
+        records: Vec<(String, RecordId)>,
+    ) -> Result<Vec<(String, RecordId)>, Error> {
+        let mut out = self.outside_view(db, records.clone())?;
+        for key in records {
+            if out.contains(&key) {
+                continue;
+            }
+            if db
+                .record_state(&key.0, key.1)?
+                .is_some_and(|st| st.max_seq() > self.sent_through)
+            {
+                out.push(key);
+            }
+        }
+        Ok(out)
     }
 
     /// Those of `records` that the peer may not (or does not want to) see as they are now.
