@@ -125,3 +125,8 @@ pub const SNAPSHOT_CHUNK_CELLS_MAX: usize = TRANSACTION_CELLS_MAX;
 pub const SNAPSHOT_CHUNKS_MAX: usize = 1_000_000;
 /// zstd level of snapshot chunks: fast to write, several times smaller than the raw cells.
 pub const SNAPSHOT_ZSTD_LEVEL: i32 = 3;
+/// Recent change-feed reads a database keeps for the sessions that ask for the same range
+/// (a relay's sessions woken by one commit): see `store::feed_cache`.
+pub const FEED_CACHE_ENTRIES: usize = 8;
+/// Largest feed read (in cells) kept in that cache; larger reads are not shared.
+pub const FEED_CACHE_CELLS_MAX: usize = 32 * 1024;

@@ -8,6 +8,7 @@
 //! the newer seq and travel with it, so the feed is bounded by the live data, not by history.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
 
@@ -85,27 +86,42 @@ fn check_group(
     Ok(None)
 }
 
-/// The scan of [`Database::changes_since`], inside the caller's read transaction.
+/// The scan of [`Database::changes_since`], inside the caller's read transaction. `exclude`
+/// is the excluded source's `src` value. Also returns the distinct `src` of every row the scan
+/// went through (what the feed cache needs to tell whether an exclusion mattered).
 fn changes_since_in(
     inner: &super::Inner,
     since: Seq,
     cells_max: usize,
-    exclude_src: Option<NodeId>,
-) -> Result<ChangeBatch> {
-    let exclude = exclude_src
-        .and_then(|n| inner.nodes.known(&n))
-        .map(|i| i as i64 + 1);
+    exclude: Option<i64>,
+) -> Result<(ChangeBatch, Vec<i64>)> {
     // Rows only up to the head of this snapshot: `next` must never move past a commit the
     // scan did not see, or that commit would never be sent.
     let head = inner.clock_row()?.0;
     // Each feed row comes with its record's body in one statement. A record with cells at
     // several seqs is decoded once: its cells are moved out as their seq comes up, and the
-    // rest wait in `leftovers`.
-    let mut stmt = inner.conn.prepare_cached(
-        "SELECT f.seq, f.coll, f.id, f.src, r.seq, r.body FROM feed f \
-         LEFT JOIN records r ON r.coll = f.coll AND r.id = f.id \
-         WHERE f.seq > ?1 AND f.seq <= ?2 ORDER BY f.seq, f.coll, f.id",
-    )?;
+    // rest wait in `leftovers`. With an excluded source, the body is read only for the rows
+    // that are kept (a peer's own changes, often all of the range, cost no record lookup).
+    let mut stmt = if exclude.is_some() {
+        inner.conn.prepare_cached(
+            "SELECT f.seq, f.coll, f.id, f.src FROM feed f \
+             WHERE f.seq > ?1 AND f.seq <= ?2 ORDER BY f.seq, f.coll, f.id",
+        )?
+    } else {
+        inner.conn.prepare_cached(
+            "SELECT f.seq, f.coll, f.id, f.src, r.seq, r.body FROM feed f \
+             LEFT JOIN records r ON r.coll = f.coll AND r.id = f.id \
+             WHERE f.seq > ?1 AND f.seq <= ?2 ORDER BY f.seq, f.coll, f.id",
+        )?
+    };
+    let mut body_stmt = match exclude {
+        Some(_) => Some(
+            inner
+                .conn
+                .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?,
+        ),
+        None => None,
+    };
     let mut rows = stmt.query([since.0 as i64, head.0 as i64])?;
     let mut batch = ChangeBatch {
         changes: Vec::new(),
@@ -113,6 +129,7 @@ fn changes_since_in(
         more: false,
         needs_through: since,
     };
+    let mut srcs: Vec<i64> = Vec::new();
     let mut cells = 0usize;
     let mut leftovers: HashMap<(i64, [u8; 16]), Vec<Cell>> = HashMap::new();
     while let Some(row) = rows.next()? {
@@ -137,6 +154,9 @@ fn changes_since_in(
         }
         batch.next = seq;
         let (coll, src): (i64, i64) = (row.get(1)?, row.get(3)?);
+        if !srcs.contains(&src) {
+            srcs.push(src);
+        }
         if exclude.is_some_and(|e| e == src) {
             continue;
         }
@@ -151,16 +171,44 @@ fn changes_since_in(
         let all = match leftovers.remove(&(coll, id)) {
             Some(cells) => cells,
             None => {
-                let Some(rseq) = row.get::<_, Option<i64>>(4)? else {
-                    return Err(Error::Corrupted(crate::codec::DecodeError::Malformed(
-                        format!("feed row {seq} names a record that is not stored"),
-                    )));
+                let missing = || {
+                    Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
+                        "feed row {seq} names a record that is not stored"
+                    )))
                 };
-                let bytes = row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?;
-                body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?.into_cells()
+                match body_stmt.as_mut() {
+                    None => {
+                        let Some(rseq) = row.get::<_, Option<i64>>(4)? else {
+                            return Err(missing());
+                        };
+                        let bytes = row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?;
+                        body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?
+                            .into_cells()
+                    }
+                    Some(b) => {
+                        let mut r = b.query(params![coll, &id[..]])?;
+                        let Some(r) = r.next()? else {
+                            return Err(missing());
+                        };
+                        let rseq: i64 = r.get(0)?;
+                        let bytes = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+                        body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?
+                            .into_cells()
+                    }
+                }
             }
         };
-        let (selected, rest): (Vec<Cell>, Vec<Cell>) = all.into_iter().partition(|c| c.seq == seq);
+        // Rows come in seq order: a cell older than this row's seq was sent before `since` or
+        // belongs to a row already read; only newer cells can be asked for again.
+        let mut selected = Vec::new();
+        let mut rest = Vec::new();
+        for c in all {
+            if c.seq == seq {
+                selected.push(c);
+            } else if c.seq > seq {
+                rest.push(c);
+            }
+        }
         if !rest.is_empty() {
             leftovers.insert((coll, id), rest);
         }
@@ -187,7 +235,7 @@ fn changes_since_in(
         batch.next = batch.next.max(head);
     }
     batch.needs_through = batch.needs_through.max(batch.next);
-    Ok(batch)
+    Ok((batch, srcs))
 }
 
 /// The `meta` key of a per-peer note; `forget_peer` removes `peer:<node>:*`.
@@ -287,17 +335,61 @@ impl Database {
         cells_max: usize,
         exclude_src: Option<NodeId>,
     ) -> Result<ChangeBatch> {
+        self.read_changes(since, cells_max, exclude_src, false)
+            .map(|b| Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()))
+    }
+
+    /// [`Database::changes_since`], shared: the result is also kept for a while, so that other
+    /// readers of the same range (the sessions of a relay that one commit woke) take it
+    /// without reading the feed again. Identical to what `changes_since` returns.
+    pub fn changes_since_shared(
+        &self,
+        since: Seq,
+        cells_max: usize,
+        exclude_src: Option<NodeId>,
+    ) -> Result<Arc<ChangeBatch>> {
+        self.read_changes(since, cells_max, exclude_src, true)
+    }
+
+    fn read_changes(
+        &self,
+        since: Seq,
+        cells_max: usize,
+        exclude_src: Option<NodeId>,
+        keep: bool,
+    ) -> Result<Arc<ChangeBatch>> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         let mut inner = self.lock()?;
+        // `lock` brought the caches up to date with the file: a cached read of this state
+        // is what a read now would return.
+        let exclude = |inner: &super::Inner| {
+            exclude_src
+                .and_then(|n| inner.nodes.known(&n))
+                .map(|i| i as i64 + 1)
+        };
+        let state = inner.feed_state();
+        let ex = exclude(&inner);
+        if let Some(b) = inner.feed_cache.get(state, since, cells_max, ex) {
+            return Ok(b);
+        }
         // One read transaction for the whole scan: the head, feed rows, bodies, links and
         // dictionaries come from one snapshot even while other processes commit.
         inner.conn.execute_batch("BEGIN")?;
-        let result = inner
-            .refresh()
-            .map_err(Error::from)
-            .and_then(|_| changes_since_in(&inner, since, cells_max, exclude_src));
+        let result = inner.refresh().map_err(Error::from).and_then(|_| {
+            let ex = exclude(&inner);
+            let state = inner.feed_state();
+            let (batch, srcs) = changes_since_in(&inner, since, cells_max, ex)?;
+            Ok((batch, srcs, ex, state))
+        });
         inner.conn.execute_batch("COMMIT")?;
-        result
+        let (batch, srcs, ex, state) = result?;
+        let batch = Arc::new(batch);
+        if keep {
+            inner
+                .feed_cache
+                .put(state, since, cells_max, ex, srcs, batch.clone());
+        }
+        Ok(batch)
     }
 
     /// Apply changes received from peer `from`, in one transaction: either all of them are

@@ -419,7 +419,7 @@ impl Session {
             return Ok(true);
         }
         let peer = self.peer.as_ref().map(|p| p.node);
-        let batch = db.changes_since(self.sent_through, 1, peer)?;
+        let batch = db.changes_since_shared(self.sent_through, 1, peer)?;
         Ok(batch.changes.is_empty() && !batch.more)
     }
 
@@ -1405,20 +1405,28 @@ impl Session {
         };
         if self.sent_through < head && (in_unit || window_open) {
             let peer = self.peer.as_ref().map(|p| p.node);
-            let mut batch = db.changes_since(self.sent_through, self.cfg.batch_cells_max, peer)?;
-            if self.read_filtering_access().is_some() || !self.peer_policy.is_everything() {
-                let view = View {
-                    access: self.cfg.access.as_deref().filter(|a| a.filters_reads()),
-                    policy: &self.peer_policy,
-                    params: self
-                        .cfg
-                        .access
-                        .as_ref()
-                        .map(|a| a.params())
-                        .unwrap_or_default(),
+            // Shared: the other sessions at the same position read the same page.
+            let shared =
+                db.changes_since_shared(self.sent_through, self.cfg.batch_cells_max, peer)?;
+            let mut filtered;
+            let batch: &crate::store::ChangeBatch =
+                if self.read_filtering_access().is_some() || !self.peer_policy.is_everything() {
+                    filtered = (*shared).clone();
+                    let view = View {
+                        access: self.cfg.access.as_deref().filter(|a| a.filters_reads()),
+                        policy: &self.peer_policy,
+                        params: self
+                            .cfg
+                            .access
+                            .as_ref()
+                            .map(|a| a.params())
+                            .unwrap_or_default(),
+                    };
+                    filter_view(db, &view, &mut filtered.changes, &mut self.evict_pending)?;
+                    &filtered
+                } else {
+                    &shared
                 };
-                filter_view(db, &view, &mut batch.changes, &mut self.evict_pending)?;
-            }
             self.unit_until = self.unit_until.max(batch.needs_through);
             self.unit_cells += batch.changes.iter().map(|c| c.cells.len()).sum::<usize>();
             if batch.next < self.unit_until && self.unit_cells >= UNIT_CELLS_MAX {
