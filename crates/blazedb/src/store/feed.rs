@@ -132,24 +132,35 @@ fn changes_since_in(
     let mut srcs: Vec<i64> = Vec::new();
     let mut cells = 0usize;
     let mut leftovers: HashMap<(i64, [u8; 16]), Vec<Cell>> = HashMap::new();
-    while let Some(row) = rows.next()? {
-        let seq = Seq(row.get::<_, i64>(0)? as u64);
-        if seq != batch.next {
-            // At a commit boundary: stop once full, preferably at a consistent cut, but
-            // never past four pages (the caller then sends a partial unit).
-            let consistent = batch.next >= batch.needs_through;
-            if cells >= cells_max && (consistent || cells >= cells_max.saturating_mul(4)) {
-                batch.more = true;
-                break;
-            }
-            // Every commit between the previous group and this one, including commits
-            // whose cells were all overwritten since, may require later commits.
+    // Every commit between the previous group and the next one, including commits whose
+    // cells were all overwritten since, may require later commits: `needs_through` takes the
+    // links of every commit in (since, next]. They only steer the scan once the page is
+    // full, so they are read in one query over the commits crossed so far (`links_from`
+    // up to `next`) when needed, not one query per commit.
+    let mut links_from = since;
+    let fold_links = |batch: &mut ChangeBatch, from: &mut Seq| -> Result<()> {
+        if *from < batch.next {
             let link: Option<i64> = inner
                 .conn
                 .prepare_cached("SELECT max(t) FROM feed_links WHERE s > ?1 AND s <= ?2")?
-                .query_row([batch.next.0 as i64, seq.0 as i64], |r| r.get(0))?;
+                .query_row([from.0 as i64, batch.next.0 as i64], |r| r.get(0))?;
             if let Some(t) = link {
                 batch.needs_through = batch.needs_through.max(Seq(t as u64));
+            }
+            *from = batch.next;
+        }
+        Ok(())
+    };
+    while let Some(row) = rows.next()? {
+        let seq = Seq(row.get::<_, i64>(0)? as u64);
+        if seq != batch.next && cells >= cells_max {
+            // At a commit boundary: stop once full, preferably at a consistent cut, but
+            // never past four pages (the caller then sends a partial unit).
+            fold_links(&mut batch, &mut links_from)?;
+            let consistent = batch.next >= batch.needs_through;
+            if consistent || cells >= cells_max.saturating_mul(4) {
+                batch.more = true;
+                break;
             }
         }
         batch.next = seq;
@@ -228,10 +239,13 @@ fn changes_since_in(
             cells: selected,
         });
     }
+    drop(rows);
+    drop(stmt);
+    // The links of the commits this batch went through (a break stops before the commit
+    // that triggered it, as the per-commit reads did).
+    fold_links(&mut batch, &mut links_from)?;
     if !batch.more {
         // Reached the end: commits past the last row left no cells (all overwritten).
-        drop(rows);
-        drop(stmt);
         batch.next = batch.next.max(head);
     }
     batch.needs_through = batch.needs_through.max(batch.next);
