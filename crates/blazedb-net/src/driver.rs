@@ -55,7 +55,7 @@
 //! caught up and its driver returns [`NetError::Incomplete`]: run again.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use blazedb::sync::{
@@ -63,7 +63,7 @@ use blazedb::sync::{
 };
 use blazedb::{Database, NodeId, Seq};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -568,15 +568,22 @@ impl Driver {
         self.bulk_tx = self.out.len() - before >= BLOCKING_TRANSMIT_BYTES_MIN;
     }
 
-    /// Run `f` on tokio's blocking pool with the session moved there and back.
+    /// Run `f` on tokio's blocking pool with the session moved there and back, holding one
+    /// of the process's bulk-work permits (see [`bulk_permits`]).
     async fn blocking<R: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut Session, &Database) -> R + Send + 'static,
     ) -> R {
+        let permit = bulk_permits()
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the bulk-work semaphore is never closed");
         let mut s = self.session.take().expect("session present");
         let db = self.db.clone();
         let task = tokio::task::spawn_blocking(move || {
             let r = f(&mut s, &db);
+            drop(permit);
             (s, r)
         });
         match task.await {
@@ -732,6 +739,20 @@ impl Driver {
     fn session_mut(&mut self) -> &mut Session {
         self.session.as_mut().expect("session present")
     }
+}
+
+/// Permits for the long database calls of every session in this process (bulk applies and
+/// reads on the blocking pool): one fewer than the cores, at least one. More at once only
+/// share the same cores, and starve everything else the process runs — the application's own
+/// commits, and the small inline steps of the other sessions. A session waiting for a permit
+/// falls further behind, and catches up with fewer, larger units (the feed holds each cell's
+/// latest version only, so a longer range also carries fewer cells per change).
+fn bulk_permits() -> &'static Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(Semaphore::new(cores.saturating_sub(1).max(1)))
+    })
 }
 
 /// Move frames from the session into `out` until it has nothing more or `budget` bytes

@@ -82,6 +82,11 @@ pub const FRAME_TARGET_BYTES: usize = 256 * 1024;
 pub const COMPRESS_BYTES_MIN: usize = 128;
 /// Cells per CHANGES batch read from the feed (default).
 pub const BATCH_CELLS_DEFAULT: usize = 4096;
+/// A sender whose reads keep leaving more of the feed behind (its peer fell behind) doubles
+/// its page, up to this many batches: the peer catches up in fewer, larger units (one
+/// receiving transaction each, and the feed only holds each cell's latest version, so a
+/// larger range also carries fewer overwritten cells per change).
+pub const LAGGING_PAGE_BATCHES_MAX: usize = 4;
 /// Complete units a sender may have unacknowledged before it waits (per session).
 pub const WINDOW_UNITS_DEFAULT: usize = 8;
 /// Entries per session dictionary (node ids, collection names, field names), per direction.

@@ -41,9 +41,9 @@ use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
     ACK_PERSIST_INTERVAL_MS, BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
-    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_CELLS_MAX,
-    WINDOW_UNITS_DEFAULT,
+    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION,
+    SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS,
+    TRANSACTION_CELLS_MAX, UNIT_CELLS_MAX, WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
 use crate::store::{Change, Database, EvictGuard, PeerDirection, SnapshotKey, SnapshotScope};
@@ -245,6 +245,10 @@ pub struct Session {
     unacked: VecDeque<Seq>,
     /// Cells sent in the current (incomplete) unit.
     unit_cells: usize,
+    /// Cells to ask the feed for next: the configured batch, doubled after each page that
+    /// left more behind (a peer that fell behind takes fewer, larger units, each applied in
+    /// one transaction), back to the batch once a page reaches the head.
+    page_cells: usize,
     /// Frames of the current unit went out and its last frame has not.
     unit_open: bool,
     acked: Seq,
@@ -322,6 +326,7 @@ impl Session {
             unit_until: Seq(0),
             unacked: VecDeque::new(),
             unit_cells: 0,
+            page_cells: 0,
             unit_open: false,
             acked: Seq(0),
             acked_persisted: Seq(0),
@@ -1406,8 +1411,12 @@ impl Session {
         if self.sent_through < head && (in_unit || window_open) {
             let peer = self.peer.as_ref().map(|p| p.node);
             // Shared: the other sessions at the same position read the same page.
-            let shared =
-                db.changes_since_shared(self.sent_through, self.cfg.batch_cells_max, peer)?;
+            let batch_cells = self.cfg.batch_cells_max.max(1);
+            let page = self
+                .page_cells
+                .clamp(batch_cells, batch_cells * LAGGING_PAGE_BATCHES_MAX);
+            let shared = db.changes_since_shared(self.sent_through, page, peer)?;
+            self.page_cells = if shared.more { page * 2 } else { batch_cells };
             let mut filtered;
             let batch: &crate::store::ChangeBatch =
                 if self.read_filtering_access().is_some() || !self.peer_policy.is_everything() {
