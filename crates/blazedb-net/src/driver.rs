@@ -55,7 +55,7 @@
 //! caught up and its driver returns [`NetError::Incomplete`]: run again.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use blazedb::sync::{
@@ -63,7 +63,7 @@ use blazedb::sync::{
 };
 use blazedb::{Database, NodeId, Seq};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -528,7 +528,7 @@ impl Driver {
         if blocking {
             let bytes = bytes.to_vec();
             let _ = self
-                .blocking(move |s, db| s.handle_bytes(now, &bytes, db))
+                .blocking(true, move |s, db| s.handle_bytes(now, &bytes, db))
                 .await;
         } else {
             let db = self.db.clone();
@@ -554,7 +554,7 @@ impl Driver {
         if self.bulk_tx {
             let mut out = std::mem::take(&mut self.out);
             out = self
-                .blocking(move |s, db| {
+                .blocking(false, move |s, db| {
                     drain_transmit(s, db, now, &mut out, budget);
                     out
                 })
@@ -568,15 +568,29 @@ impl Driver {
         self.bulk_tx = self.out.len() - before >= BLOCKING_TRANSMIT_BYTES_MIN;
     }
 
-    /// Run `f` on tokio's blocking pool with the session moved there and back.
+    /// Run `f` on tokio's blocking pool with the session moved there and back; a bulk
+    /// `apply` first takes one of the process's apply permits (see [`apply_permits`]).
     async fn blocking<R: Send + 'static>(
         &mut self,
+        apply: bool,
         f: impl FnOnce(&mut Session, &Database) -> R + Send + 'static,
     ) -> R {
+        let permit = if apply {
+            Some(
+                apply_permits()
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the apply semaphore is never closed"),
+            )
+        } else {
+            None
+        };
         let mut s = self.session.take().expect("session present");
         let db = self.db.clone();
         let task = tokio::task::spawn_blocking(move || {
             let r = f(&mut s, &db);
+            drop(permit);
             (s, r)
         });
         match task.await {
@@ -732,6 +746,22 @@ impl Driver {
     fn session_mut(&mut self) -> &mut Session {
         self.session.as_mut().expect("session present")
     }
+}
+
+/// Permits for the bulk applies of every session in this process (a large received unit
+/// written in one transaction on the blocking pool): one fewer than the cores, at least one.
+/// More at once only share the same cores, and starve everything else the process runs —
+/// the application's own commits, the sending sides, the small inline steps of the other
+/// sessions. A receiver waiting for a permit falls further behind and then catches up with
+/// fewer, larger units (the feed holds each cell's latest version only, so a longer range
+/// also carries fewer cells per change). Reads for sending are not limited: a sender and a
+/// receiver in one process still overlap.
+fn apply_permits() -> &'static Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(Semaphore::new(cores.saturating_sub(1).max(1)))
+    })
 }
 
 /// Move frames from the session into `out` until it has nothing more or `budget` bytes

@@ -83,6 +83,11 @@ pub const FRAME_TARGET_BYTES: usize = 256 * 1024;
 pub const COMPRESS_BYTES_MIN: usize = 128;
 /// Cells per CHANGES batch read from the feed (default).
 pub const BATCH_CELLS_DEFAULT: usize = 4096;
+/// A sender whose reads keep leaving more of the feed behind (its peer fell behind) doubles
+/// its page, up to this many batches: the peer catches up in fewer, larger units (one
+/// receiving transaction each, and the feed only holds each cell's latest version, so a
+/// larger range also carries fewer overwritten cells per change).
+pub const LAGGING_PAGE_BATCHES_MAX: usize = 4;
 /// Complete units a sender may have unacknowledged before it waits (per session).
 pub const WINDOW_UNITS_DEFAULT: usize = 8;
 /// Entries per session dictionary (node ids, collection names, field names), per direction.
@@ -126,3 +131,8 @@ pub const SNAPSHOT_CHUNK_CELLS_MAX: usize = TRANSACTION_CELLS_MAX;
 pub const SNAPSHOT_CHUNKS_MAX: usize = 1_000_000;
 /// zstd level of snapshot chunks: fast to write, several times smaller than the raw cells.
 pub const SNAPSHOT_ZSTD_LEVEL: i32 = 3;
+/// Recent change-feed reads a database keeps for the sessions that ask for the same range
+/// (a relay's sessions woken by one commit): see `store::feed_cache`.
+pub const FEED_CACHE_ENTRIES: usize = 8;
+/// Largest feed read (in cells) kept in that cache; larger reads are not shared.
+pub const FEED_CACHE_CELLS_MAX: usize = 32 * 1024;

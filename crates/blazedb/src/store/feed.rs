@@ -10,6 +10,7 @@
 use crate::limits::TRANSACTION_CELLS_MAX;
 use crate::WriteError;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
 
@@ -178,27 +179,42 @@ fn check_group(
     Ok(None)
 }
 
-/// The scan of [`Database::changes_since`], inside the caller's read transaction.
+/// The scan of [`Database::changes_since`], inside the caller's read transaction. `exclude`
+/// is the excluded source's `src` value. Also returns the distinct `src` of every row the scan
+/// went through (what the feed cache needs to tell whether an exclusion mattered).
 fn changes_since_in(
     inner: &super::Inner,
     since: Seq,
     cells_max: usize,
-    exclude_src: Option<NodeId>,
-) -> Result<ChangeBatch> {
-    let exclude = exclude_src
-        .and_then(|n| inner.nodes.known(&n))
-        .map(|i| i as i64 + 1);
+    exclude: Option<i64>,
+) -> Result<(ChangeBatch, Vec<i64>)> {
     // Rows only up to the head of this snapshot: `next` must never move past a commit the
     // scan did not see, or that commit would never be sent.
     let head = inner.clock_row()?.0;
     // Each feed row comes with its record's body in one statement. A record with cells at
     // several seqs is decoded once: its cells are moved out as their seq comes up, and the
-    // rest wait in `leftovers`.
-    let mut stmt = inner.conn.prepare_cached(
-        "SELECT f.seq, f.coll, f.id, f.src, r.seq, r.body FROM feed f \
-         LEFT JOIN records r ON r.coll = f.coll AND r.id = f.id \
-         WHERE f.seq > ?1 AND f.seq <= ?2 ORDER BY f.seq, f.coll, f.id",
-    )?;
+    // rest wait in `leftovers`. With an excluded source, the body is read only for the rows
+    // that are kept (a peer's own changes, often all of the range, cost no record lookup).
+    let mut stmt = if exclude.is_some() {
+        inner.conn.prepare_cached(
+            "SELECT f.seq, f.coll, f.id, f.src FROM feed f \
+             WHERE f.seq > ?1 AND f.seq <= ?2 ORDER BY f.seq, f.coll, f.id",
+        )?
+    } else {
+        inner.conn.prepare_cached(
+            "SELECT f.seq, f.coll, f.id, f.src, r.seq, r.body FROM feed f \
+             LEFT JOIN records r ON r.coll = f.coll AND r.id = f.id \
+             WHERE f.seq > ?1 AND f.seq <= ?2 ORDER BY f.seq, f.coll, f.id",
+        )?
+    };
+    let mut body_stmt = match exclude {
+        Some(_) => Some(
+            inner
+                .conn
+                .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?,
+        ),
+        None => None,
+    };
     let mut rows = stmt.query([since.0 as i64, head.0 as i64])?;
     let mut batch = ChangeBatch {
         changes: Vec::new(),
@@ -206,30 +222,45 @@ fn changes_since_in(
         more: false,
         needs_through: since,
     };
+    let mut srcs: Vec<i64> = Vec::new();
     let mut cells = 0usize;
     let mut leftovers: HashMap<(i64, [u8; 16]), Vec<Cell>> = HashMap::new();
-    while let Some(row) = rows.next()? {
-        let seq = Seq(row.get::<_, i64>(0)? as u64);
-        if seq != batch.next {
-            // At a commit boundary: stop once full, preferably at a consistent cut, but
-            // never past four pages (the caller then sends a partial unit).
-            let consistent = batch.next >= batch.needs_through;
-            if cells >= cells_max && (consistent || cells >= cells_max.saturating_mul(4)) {
-                batch.more = true;
-                break;
-            }
-            // Every commit between the previous group and this one, including commits
-            // whose cells were all overwritten since, may require later commits.
+    // Every commit between the previous group and the next one, including commits whose
+    // cells were all overwritten since, may require later commits: `needs_through` takes the
+    // links of every commit in (since, next]. They only steer the scan once the page is
+    // full, so they are read in one query over the commits crossed so far (`links_from`
+    // up to `next`) when needed, not one query per commit.
+    let mut links_from = since;
+    let fold_links = |batch: &mut ChangeBatch, from: &mut Seq| -> Result<()> {
+        if *from < batch.next {
             let link: Option<i64> = inner
                 .conn
                 .prepare_cached("SELECT max(t) FROM feed_links WHERE s > ?1 AND s <= ?2")?
-                .query_row([batch.next.0 as i64, seq.0 as i64], |r| r.get(0))?;
+                .query_row([from.0 as i64, batch.next.0 as i64], |r| r.get(0))?;
             if let Some(t) = link {
                 batch.needs_through = batch.needs_through.max(Seq(t as u64));
+            }
+            *from = batch.next;
+        }
+        Ok(())
+    };
+    while let Some(row) = rows.next()? {
+        let seq = Seq(row.get::<_, i64>(0)? as u64);
+        if seq != batch.next && cells >= cells_max {
+            // At a commit boundary: stop once full, preferably at a consistent cut, but
+            // never past four pages (the caller then sends a partial unit).
+            fold_links(&mut batch, &mut links_from)?;
+            let consistent = batch.next >= batch.needs_through;
+            if consistent || cells >= cells_max.saturating_mul(4) {
+                batch.more = true;
+                break;
             }
         }
         batch.next = seq;
         let (coll, src): (i64, i64) = (row.get(1)?, row.get(3)?);
+        if !srcs.contains(&src) {
+            srcs.push(src);
+        }
         if exclude.is_some_and(|e| e == src) {
             continue;
         }
@@ -244,16 +275,44 @@ fn changes_since_in(
         let all = match leftovers.remove(&(coll, id)) {
             Some(cells) => cells,
             None => {
-                let Some(rseq) = row.get::<_, Option<i64>>(4)? else {
-                    return Err(Error::Corrupted(crate::codec::DecodeError::Malformed(
-                        format!("feed row {seq} names a record that is not stored"),
-                    )));
+                let missing = || {
+                    Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
+                        "feed row {seq} names a record that is not stored"
+                    )))
                 };
-                let bytes = row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?;
-                body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?.into_cells()
+                match body_stmt.as_mut() {
+                    None => {
+                        let Some(rseq) = row.get::<_, Option<i64>>(4)? else {
+                            return Err(missing());
+                        };
+                        let bytes = row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?;
+                        body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?
+                            .into_cells()
+                    }
+                    Some(b) => {
+                        let mut r = b.query(params![coll, &id[..]])?;
+                        let Some(r) = r.next()? else {
+                            return Err(missing());
+                        };
+                        let rseq: i64 = r.get(0)?;
+                        let bytes = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+                        body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?
+                            .into_cells()
+                    }
+                }
             }
         };
-        let (selected, rest): (Vec<Cell>, Vec<Cell>) = all.into_iter().partition(|c| c.seq == seq);
+        // Rows come in seq order: a cell older than this row's seq was sent before `since` or
+        // belongs to a row already read; only newer cells can be asked for again.
+        let mut selected = Vec::new();
+        let mut rest = Vec::new();
+        for c in all {
+            if c.seq == seq {
+                selected.push(c);
+            } else if c.seq > seq {
+                rest.push(c);
+            }
+        }
         if !rest.is_empty() {
             leftovers.insert((coll, id), rest);
         }
@@ -273,14 +332,17 @@ fn changes_since_in(
             cells: selected,
         });
     }
+    drop(rows);
+    drop(stmt);
+    // The links of the commits this batch went through (a break stops before the commit
+    // that triggered it, as the per-commit reads did).
+    fold_links(&mut batch, &mut links_from)?;
     if !batch.more {
         // Reached the end: commits past the last row left no cells (all overwritten).
-        drop(rows);
-        drop(stmt);
         batch.next = batch.next.max(head);
     }
     batch.needs_through = batch.needs_through.max(batch.next);
-    Ok(batch)
+    Ok((batch, srcs))
 }
 
 /// The `meta` key of a per-peer note; `forget_peer` removes `peer:<node>:*`.
@@ -380,17 +442,61 @@ impl Database {
         cells_max: usize,
         exclude_src: Option<NodeId>,
     ) -> Result<ChangeBatch> {
+        self.read_changes(since, cells_max, exclude_src, false)
+            .map(|b| Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()))
+    }
+
+    /// [`Database::changes_since`], shared: the result is also kept for a while, so that other
+    /// readers of the same range (the sessions of a relay that one commit woke) take it
+    /// without reading the feed again. Identical to what `changes_since` returns.
+    pub fn changes_since_shared(
+        &self,
+        since: Seq,
+        cells_max: usize,
+        exclude_src: Option<NodeId>,
+    ) -> Result<Arc<ChangeBatch>> {
+        self.read_changes(since, cells_max, exclude_src, true)
+    }
+
+    fn read_changes(
+        &self,
+        since: Seq,
+        cells_max: usize,
+        exclude_src: Option<NodeId>,
+        keep: bool,
+    ) -> Result<Arc<ChangeBatch>> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         let mut inner = self.lock()?;
+        // `lock` brought the caches up to date with the file: a cached read of this state
+        // is what a read now would return.
+        let exclude = |inner: &super::Inner| {
+            exclude_src
+                .and_then(|n| inner.nodes.known(&n))
+                .map(|i| i as i64 + 1)
+        };
+        let state = inner.feed_state();
+        let ex = exclude(&inner);
+        if let Some(b) = inner.feed_cache.get(state, since, cells_max, ex) {
+            return Ok(b);
+        }
         // One read transaction for the whole scan: the head, feed rows, bodies, links and
         // dictionaries come from one snapshot even while other processes commit.
         inner.conn.execute_batch("BEGIN")?;
-        let result = inner
-            .refresh()
-            .map_err(Error::from)
-            .and_then(|_| changes_since_in(&inner, since, cells_max, exclude_src));
+        let result = inner.refresh().map_err(Error::from).and_then(|_| {
+            let ex = exclude(&inner);
+            let state = inner.feed_state();
+            let (batch, srcs) = changes_since_in(&inner, since, cells_max, ex)?;
+            Ok((batch, srcs, ex, state))
+        });
         inner.conn.execute_batch("COMMIT")?;
-        result
+        let (batch, srcs, ex, state) = result?;
+        let batch = Arc::new(batch);
+        if keep {
+            inner
+                .feed_cache
+                .put(state, since, cells_max, ex, srcs, batch.clone());
+        }
+        Ok(batch)
     }
 
     /// Apply changes received from peer `from`, in one transaction: either all of them are
@@ -801,4 +907,186 @@ pub(super) fn validate_cell(c: &Cell) -> Result<(), String> {
         super::write::validate_value(c.key.field().unwrap_or(""), v).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scan against the straightforward one it replaced (a body decode and a link query
+    //! per row, no shortcut for excluded rows), on a feed of mixed sources with partly
+    //! overwritten transactions (links) and applied units.
+    use super::*;
+    use crate::store::{OpenOptions, Patch};
+
+    #[allow(clippy::all)]
+    fn reference_changes_since_in(
+        inner: &crate::store::Inner,
+        since: Seq,
+        cells_max: usize,
+        exclude_src: Option<NodeId>,
+    ) -> Result<ChangeBatch> {
+        let exclude = exclude_src
+            .and_then(|n| inner.nodes.known(&n))
+            .map(|i| i as i64 + 1);
+        // Rows only up to the head of this snapshot: `next` must never move past a commit the
+        // scan did not see, or that commit would never be sent.
+        let head = inner.clock_row()?.0;
+        // Each feed row comes with its record's body in one statement. A record with cells at
+        // several seqs is decoded once: its cells are moved out as their seq comes up, and the
+        // rest wait in `leftovers`.
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT f.seq, f.coll, f.id, f.src, r.seq, r.body FROM feed f \
+             LEFT JOIN records r ON r.coll = f.coll AND r.id = f.id \
+             WHERE f.seq > ?1 AND f.seq <= ?2 ORDER BY f.seq, f.coll, f.id",
+        )?;
+        let mut rows = stmt.query([since.0 as i64, head.0 as i64])?;
+        let mut batch = ChangeBatch {
+            changes: Vec::new(),
+            next: since,
+            more: false,
+            needs_through: since,
+        };
+        let mut cells = 0usize;
+        let mut leftovers: HashMap<(i64, [u8; 16]), Vec<Cell>> = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let seq = Seq(row.get::<_, i64>(0)? as u64);
+            if seq != batch.next {
+                // At a commit boundary: stop once full, preferably at a consistent cut, but
+                // never past four pages (the caller then sends a partial unit).
+                let consistent = batch.next >= batch.needs_through;
+                if cells >= cells_max && (consistent || cells >= cells_max.saturating_mul(4)) {
+                    batch.more = true;
+                    break;
+                }
+                // Every commit between the previous group and this one, including commits
+                // whose cells were all overwritten since, may require later commits.
+                let link: Option<i64> = inner
+                    .conn
+                    .prepare_cached("SELECT max(t) FROM feed_links WHERE s > ?1 AND s <= ?2")?
+                    .query_row([batch.next.0 as i64, seq.0 as i64], |r| r.get(0))?;
+                if let Some(t) = link {
+                    batch.needs_through = batch.needs_through.max(Seq(t as u64));
+                }
+            }
+            batch.next = seq;
+            let (coll, src): (i64, i64) = (row.get(1)?, row.get(3)?);
+            if exclude.is_some_and(|e| e == src) {
+                continue;
+            }
+            let id: [u8; 16] = row
+                .get_ref(2)?
+                .as_blob()
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| {
+                    Error::Corrupted(crate::codec::DecodeError::Malformed("bad record id".into()))
+                })?;
+            let all = match leftovers.remove(&(coll, id)) {
+                Some(cells) => cells,
+                None => {
+                    let Some(rseq) = row.get::<_, Option<i64>>(4)? else {
+                        return Err(Error::Corrupted(crate::codec::DecodeError::Malformed(
+                            format!("feed row {seq} names a record that is not stored"),
+                        )));
+                    };
+                    let bytes = row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?;
+                    body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?.into_cells()
+                }
+            };
+            let (selected, rest): (Vec<Cell>, Vec<Cell>) =
+                all.into_iter().partition(|c| c.seq == seq);
+            if !rest.is_empty() {
+                leftovers.insert((coll, id), rest);
+            }
+            if selected.is_empty() {
+                continue;
+            }
+            cells += selected.len();
+            let collection = inner.collection_names.get(&coll).cloned().ok_or_else(|| {
+                Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
+                    "unknown collection {coll}"
+                )))
+            })?;
+            batch.changes.push(Change {
+                seq,
+                collection,
+                id: RecordId(id),
+                cells: selected,
+            });
+        }
+        if !batch.more {
+            // Reached the end: commits past the last row left no cells (all overwritten).
+            drop(rows);
+            drop(stmt);
+            batch.next = batch.next.max(head);
+        }
+        batch.needs_through = batch.needs_through.max(batch.next);
+        Ok(batch)
+    }
+
+    #[test]
+    fn scan_equals_the_reference_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Database::open(dir.path().join("a.db"), OpenOptions::default()).unwrap();
+        let b = Database::open(dir.path().join("b.db"), OpenOptions::default()).unwrap();
+        let mut ids = Vec::new();
+        let mut a_sent = Seq(0);
+        for round in 0..8i64 {
+            a.transaction(|tx| {
+                for k in 0..3i64 {
+                    ids.push(tx.insert("c", [("n", Value::Int(k)), ("m", Value::Int(round))])?);
+                }
+                Ok(())
+            })
+            .unwrap();
+            // Partly overwrite earlier transactions: links.
+            a.transaction(|tx| {
+                for id in ids.iter().step_by(2) {
+                    tx.update("c", *id, Patch::new().set("m", round * 7))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            if round % 2 == 1 {
+                let batch = a.changes_since(a_sent, 5, None).unwrap();
+                b.apply_changes(a.node_id(), &batch.changes, Some(batch.next))
+                    .unwrap();
+                a_sent = batch.next;
+            }
+            b.transaction(|tx| {
+                for id in ids.iter().skip(round as usize % 3).step_by(3) {
+                    if tx.get("c", *id)?.is_some() {
+                        tx.update("c", *id, Patch::new().set("n", -round))?;
+                    }
+                }
+                tx.insert("d", [("r", Value::Int(round))])?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        for db in [&a, &b] {
+            let head = db.last_seq().unwrap();
+            let inner = db.lock().unwrap();
+            let excluded = [
+                None,
+                Some(a.node_id()),
+                Some(b.node_id()),
+                Some(NodeId::random()),
+            ];
+            for since in 0..=head.0 + 1 {
+                for cells_max in [1usize, 2, 3, 5, 8, 1000] {
+                    for ex in excluded {
+                        let exclude = ex.and_then(|n| inner.nodes.known(&n)).map(|i| i as i64 + 1);
+                        let (got, _) =
+                            changes_since_in(&inner, Seq(since), cells_max, exclude).unwrap();
+                        let want =
+                            reference_changes_since_in(&inner, Seq(since), cells_max, ex).unwrap();
+                        assert_eq!(
+                            got, want,
+                            "since {since} cells_max {cells_max} exclude {ex:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

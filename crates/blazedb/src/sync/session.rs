@@ -41,9 +41,9 @@ use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
     ACK_PERSIST_INTERVAL_MS, BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
-    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS,
-    WINDOW_UNITS_DEFAULT,
+    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION,
+    SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS,
+    TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
 use crate::store::{Change, Database, EvictGuard, PeerDirection, SnapshotKey, SnapshotScope};
@@ -246,6 +246,10 @@ pub struct Session {
     sent_through: Seq,
     unit_until: Seq,
     unacked: VecDeque<Seq>,
+    /// Cells to ask the feed for next: the configured batch, doubled after each page that
+    /// left more behind (a peer that fell behind takes fewer, larger units, each applied in
+    /// one transaction), back to the batch once a page reaches the head.
+    page_cells: usize,
     /// Frames of the current unit went out and its last frame has not.
     unit_open: bool,
     acked: Seq,
@@ -336,6 +340,7 @@ impl Session {
             sent_through: Seq(0),
             unit_until: Seq(0),
             unacked: VecDeque::new(),
+            page_cells: 0,
             unit_open: false,
             acked: Seq(0),
             acked_persisted: Seq(0),
@@ -438,7 +443,7 @@ impl Session {
             return Ok(true);
         }
         let peer = self.peer.as_ref().map(|p| p.node);
-        let batch = db.changes_since(self.sent_through, 1, peer)?;
+        let batch = db.changes_since_shared(self.sent_through, 1, peer)?;
         Ok(batch.changes.is_empty() && !batch.more)
     }
 
@@ -1543,20 +1548,32 @@ impl Session {
         };
         if self.sent_through < head && (in_unit || window_open) {
             let peer = self.peer.as_ref().map(|p| p.node);
-            let mut batch = db.changes_since(self.sent_through, self.cfg.batch_cells_max, peer)?;
-            if self.read_filtering_access().is_some() || !self.peer_policy.is_everything() {
-                let view = View {
-                    access: self.cfg.access.as_deref().filter(|a| a.filters_reads()),
-                    policy: &self.peer_policy,
-                    params: self
-                        .cfg
-                        .access
-                        .as_ref()
-                        .map(|a| a.params())
-                        .unwrap_or_default(),
+            // Shared: the other sessions at the same position read the same page.
+            let batch_cells = self.cfg.batch_cells_max.max(1);
+            let page = self
+                .page_cells
+                .clamp(batch_cells, batch_cells * LAGGING_PAGE_BATCHES_MAX);
+            let shared = db.changes_since_shared(self.sent_through, page, peer)?;
+            self.page_cells = if shared.more { page * 2 } else { batch_cells };
+            let mut filtered;
+            let batch: &crate::store::ChangeBatch =
+                if self.read_filtering_access().is_some() || !self.peer_policy.is_everything() {
+                    filtered = (*shared).clone();
+                    let view = View {
+                        access: self.cfg.access.as_deref().filter(|a| a.filters_reads()),
+                        policy: &self.peer_policy,
+                        params: self
+                            .cfg
+                            .access
+                            .as_ref()
+                            .map(|a| a.params())
+                            .unwrap_or_default(),
+                    };
+                    filter_view(db, &view, &mut filtered.changes, &mut self.evict_pending)?;
+                    &filtered
+                } else {
+                    &shared
                 };
-                filter_view(db, &view, &mut batch.changes, &mut self.evict_pending)?;
-            }
             // Chains of partly overwritten transactions (e.g. every transaction touches one
             // hot record) can link a long stretch of the feed into one unit; it is sent whole
             // however long, and the receiver stages it on disk (`store/unit.rs`). It ends:

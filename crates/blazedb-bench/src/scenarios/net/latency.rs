@@ -194,6 +194,18 @@ impl Scenario for Latency1000 {
             .map(|c| c.monitor.snapshot().stats.bytes_received)
             .sum::<u64>()
             / clients_n as u64;
+        // Frames each way per client (a unit is one CHANGES frame here): how many ticks the
+        // relay coalesced into one unit for a client that fell behind.
+        let sub_frames_in: u64 = clients
+            .iter()
+            .map(|c| c.monitor.snapshot().stats.frames_received)
+            .sum::<u64>()
+            / clients_n as u64;
+        let sub_frames_out: u64 = clients
+            .iter()
+            .map(|c| c.monitor.snapshot().stats.frames_sent)
+            .sum::<u64>()
+            / clients_n as u64;
         rt.block_on(async {
             w.finish().await?;
             for c in clients {
@@ -269,6 +281,8 @@ impl Scenario for Latency1000 {
             "setup_s": setup.as_secs_f64(),
             "writer_bytes_sent": w_stats.bytes_sent,
             "bytes_received_per_client": sub_bytes,
+            "frames_received_per_client": sub_frames_in,
+            "frames_sent_per_client": sub_frames_out,
             "floor_ticks": floor_ticks,
             "floor_message_bytes": message_bytes,
             "fd_limit_soft": fd_soft,
