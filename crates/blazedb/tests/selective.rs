@@ -534,13 +534,12 @@ fn a_move_in_overwritten_by_the_replicas_own_write_still_brings_the_whole_record
         }
     }
     assert!(!held.is_empty(), "the replica's edit is held back");
-    assert!(replica
+    assert!(!replica
         .get("todos", x)
         .unwrap()
         .unwrap()
         .fields
-        .get("votes")
-        .is_none());
+        .contains_key("votes"));
     // x moves back in at the source (a third node reopens it) — and then the replica's held
     // edit arrives and overwrites that move-in before it was sent.
     third

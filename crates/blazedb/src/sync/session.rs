@@ -952,17 +952,20 @@ impl Session {
         };
         self.subscriptions_received += 1;
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
-        let r = (|| -> Result<(Seq, Seq, Option<String>, Seq, Option<String>), Error> {
+        let read = |db: &Database| -> Result<_, Error> {
+            let notes = (
+                db.peer_note(peer, NOTE_VIEW)?,
+                db.peer_note(peer, NOTE_EVICTS)?,
+            );
             Ok((
                 db.last_seq()?,
                 db.gc_horizon()?,
-                db.peer_note(peer, NOTE_VIEW)?,
+                notes,
                 db.peer_cursor(peer, PeerDirection::Received)?,
-                db.peer_note(peer, NOTE_EVICTS)?,
             ))
-        })();
-        let (head, horizon, stored_view, received_from_peer, evicts_note) =
-            r.map_err(|e| self.internal(e, now_ms))?;
+        };
+        let (head, horizon, (stored_view, evicts_note), received_from_peer) =
+            read(db).map_err(|e| self.internal(e, now_ms))?;
         // A cursor past our head means our file is older than the one the peer synced
         // with (restored from a backup): start over; apply is idempotent.
         let from = if from > head { Seq(0) } else { from };
