@@ -542,12 +542,13 @@ impl Database {
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
-        self.apply_parts(from, 0, changes, cursor, access)
+        self.apply_unit(from, 0, changes, cursor, access)
     }
 
-    /// Apply `parts` staged parts of a unit from `from` (see `unit.rs`), then `tail`, in one
-    /// transaction.
-    pub(super) fn apply_parts(
+    /// Apply a unit from `from`: its `parts` staged parts (see [`Database::unit_stage`]),
+    /// then `tail`, in one transaction, with the cursor; the staged rows go in the same
+    /// transaction. Like [`Database::apply_changes_checked`] otherwise.
+    pub fn apply_unit(
         &self,
         from: NodeId,
         parts: u32,
@@ -595,7 +596,7 @@ impl Database {
                 }
             }
             if parts > 0 {
-                super::unit::discard_in(tx, from)?;
+                super::unit::discard_in(&tx.inner.conn, from)?;
             }
             // Each sender transaction was checked against TRANSACTION_CELLS_MAX on its own
             // (`apply_segment`); the unit as a whole is not a local transaction's size.

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! CHANGES (partial) ... ──► unit_stage(peer, 0, part) ──► unit_stage(peer, 1, part) ...
-//! CHANGES (last)        ──► apply_unit(peer, parts, tail): one transaction that applies
+//! CHANGES (last)        ──► apply_unit(peer, parts, tail) (feed.rs): one transaction that applies
 //!                           every staged part, then the tail, writing records out as it
 //!                           goes (`Tx::spill`), and deletes the staged rows
 //! ```
@@ -21,7 +21,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::feed::{validate_cell, ApplyOutcome, Change};
+use super::feed::{validate_cell, Change};
 use super::{validate_collection_name, Database};
 use crate::error::{ApplyError, Error, Result};
 use crate::limits::TRANSACTION_CELLS_MAX;
@@ -53,10 +53,7 @@ impl Database {
         inner.conn.execute_batch("BEGIN IMMEDIATE")?;
         let res = (|| {
             if idx == 0 {
-                inner
-                    .conn
-                    .prepare_cached("DELETE FROM unit_staging WHERE peer = ?1")?
-                    .execute([&peer.0[..]])?;
+                discard_in(&inner.conn, peer)?;
             }
             inner
                 .conn
@@ -78,26 +75,7 @@ impl Database {
 
     /// Drop the staged parts of `peer`'s unfinished unit.
     pub fn unit_discard(&self, peer: NodeId) -> Result<()> {
-        let inner = self.lock()?;
-        inner
-            .conn
-            .prepare_cached("DELETE FROM unit_staging WHERE peer = ?1")?
-            .execute([&peer.0[..]])?;
-        Ok(())
-    }
-
-    /// Apply a unit from `from`: its `parts` staged parts (see [`Database::unit_stage`]),
-    /// then `tail`, in one transaction, with the cursor; the staged rows go in the same
-    /// transaction. Like [`Database::apply_changes_checked`] otherwise.
-    pub fn apply_unit(
-        &self,
-        from: NodeId,
-        parts: u32,
-        tail: Vec<Change>,
-        cursor: Option<Seq>,
-        access: Option<&dyn crate::sync::AccessControl>,
-    ) -> Result<ApplyOutcome> {
-        self.apply_parts(from, parts, tail, cursor, access)
+        discard_in(&self.lock()?.conn, peer)
     }
 }
 
@@ -122,11 +100,9 @@ pub(super) fn staged_part(tx: &super::Tx<'_>, peer: NodeId, idx: u32) -> Result<
     Ok(changes)
 }
 
-/// Delete the staged parts of `peer`'s unit, inside the caller's transaction.
-pub(super) fn discard_in(tx: &super::Tx<'_>, peer: NodeId) -> Result<()> {
-    tx.inner
-        .conn
-        .prepare_cached("DELETE FROM unit_staging WHERE peer = ?1")?
+/// Delete the staged parts of `peer`'s unit (inside the caller's transaction, if any).
+pub(super) fn discard_in(conn: &rusqlite::Connection, peer: NodeId) -> Result<()> {
+    conn.prepare_cached("DELETE FROM unit_staging WHERE peer = ?1")?
         .execute([&peer.0[..]])?;
     Ok(())
 }
