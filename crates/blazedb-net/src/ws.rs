@@ -124,6 +124,9 @@ pub struct WsStream<S> {
     read: Bytes,
     /// A close message or the end of the stream was seen.
     read_eof: bool,
+    /// An input error met after bytes were already handed out in the same read: reported
+    /// by the next read.
+    read_failed: Option<io::Error>,
     /// Bytes written and not yet handed to the WebSocket: complete frames first, then at
     /// most one incomplete frame.
     pending: BytesMut,
@@ -152,6 +155,7 @@ where
             ws,
             read: Bytes::new(),
             read_eof: false,
+            read_failed: None,
             pending: BytesMut::new(),
             messages_sent: 0,
         }
@@ -191,26 +195,48 @@ where
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // One read takes every message already received, up to the buffer's size: the
+        // session then applies the units they complete in one transaction (group commit)
+        // instead of one transaction per message.
+        let mut filled = false;
         loop {
             if !this.read.is_empty() {
                 let n = this.read.len().min(buf.remaining());
                 buf.put_slice(&this.read[..n]);
                 this.read.advance(n);
-                return Poll::Ready(Ok(()));
+                filled = true;
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            if let Some(e) = this.read_failed.take() {
+                if filled {
+                    this.read_failed = Some(e);
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Ready(Err(e));
             }
             if this.read_eof {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+            let message = match Pin::new(&mut this.ws).poll_next(cx) {
+                Poll::Ready(m) => m,
+                Poll::Pending if filled => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            };
+            match message {
                 Some(Ok(WsMessage::Binary(b))) => this.read = b,
                 Some(Ok(WsMessage::Text(_))) => {
-                    return Poll::Ready(Err(WsInputError {
-                        code: ErrorCode::Malformed,
-                        message: "a text WebSocket message: BlazeDB sends one protocol frame per \
-                                  binary message and no text messages"
-                            .into(),
-                    }
-                    .into_io()))
+                    this.read_failed = Some(
+                        WsInputError {
+                            code: ErrorCode::Malformed,
+                            message: "a text WebSocket message: BlazeDB sends one protocol frame \
+                                      per binary message and no text messages"
+                                .into(),
+                        }
+                        .into_io(),
+                    )
                 }
                 Some(Ok(WsMessage::Close(_))) | None => this.read_eof = true,
                 // Pings are answered by tungstenite; pongs and raw frames carry nothing.
@@ -218,7 +244,7 @@ where
                 Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
                     this.read_eof = true
                 }
-                Some(Err(e)) => return Poll::Ready(Err(read_error(e))),
+                Some(Err(e)) => this.read_failed = Some(read_error(e)),
             }
         }
     }

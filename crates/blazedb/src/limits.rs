@@ -40,8 +40,13 @@ pub const FEED_PAGE_CELLS_MAX: usize = 100_000;
 /// well before this, so a commit pays for a checkpoint (and its fsync) only when nobody does;
 /// the bound keeps the WAL from growing without limit then.
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
-/// Size the WAL file is truncated to after a checkpoint (SQLite's `journal_size_limit`).
-pub const WAL_FILE_BYTES_KEPT: i64 = 4 * 1024 * 1024;
+/// Size the WAL file is truncated to after a checkpoint (SQLite's `journal_size_limit`):
+/// above what `WAL_AUTOCHECKPOINT_PAGES` lets it reach, so a busy file's WAL keeps its
+/// blocks and later commits overwrite them in place. (At 4 MiB, every checkpoint of a busy
+/// file truncated it and the next commits grew it again, allocating and zeroing blocks:
+/// measured 2026-12-03, one-field commits took 20-30% longer and a 100k-record bulk insert
+/// 1.6x as long.) Still a bound, unlike SQLite's default of never truncating.
+pub const WAL_FILE_BYTES_KEPT: i64 = 48 * 1024 * 1024;
 /// Default capacity of a watch subscription's buffer, in events.
 pub const WATCH_BUFFER_EVENTS_DEFAULT: usize = 1024;
 /// Largest capacity a watch subscription may ask for.

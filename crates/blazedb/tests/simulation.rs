@@ -37,6 +37,9 @@ struct Conn {
     sessions: [Session; 2],
     /// Frames in flight towards side 0 / side 1, with their delivery time.
     inflight: [VecDeque<(u64, Vec<u8>)>; 2],
+    /// Deliver every due frame in one `handle_bytes` call (as one socket read would), so
+    /// that complete units meet group commit; otherwise one frame per call.
+    coalesce: bool,
 }
 
 struct Link {
@@ -330,9 +333,11 @@ impl Sim {
             SyncPolicy::everything()
         };
         let sb = Session::new(self.db(b), SessionConfig { policy, ..cfg }, self.now).unwrap();
+        let coalesce = self.knobs.gen_bool(0.5);
         self.links[l].conn = Some(Conn {
             sessions: [sa, sb],
             inflight: [VecDeque::new(), VecDeque::new()],
+            coalesce,
         });
     }
 
@@ -363,7 +368,14 @@ impl Sim {
                     .front()
                     .is_some_and(|(t, _)| *t <= self.now)
                 {
-                    let (_, frame) = conn.inflight[to].pop_front().unwrap();
+                    let (_, mut frame) = conn.inflight[to].pop_front().unwrap();
+                    while conn.coalesce
+                        && conn.inflight[to]
+                            .front()
+                            .is_some_and(|(t, _)| *t <= self.now)
+                    {
+                        frame.extend(conn.inflight[to].pop_front().unwrap().1);
+                    }
                     let db = self.nodes[ends[to]].db.as_ref().expect("up");
                     progress = true;
                     if let Err(e) = conn.sessions[to].handle_bytes(self.now, &frame, db) {

@@ -511,3 +511,101 @@ fn watchers_see_a_staged_unit_once_after_it_commits() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Run both sessions until neither has anything to send.
+fn settle(a: &blazedb::Database, sa: &mut Session, b: &blazedb::Database, sb: &mut Session) {
+    loop {
+        let mut progress = false;
+        while let Some(f) = sa.poll_transmit(0, a) {
+            sb.handle_bytes(0, &f, b).unwrap();
+            progress = true;
+        }
+        while let Some(f) = sb.poll_transmit(0, b) {
+            sa.handle_bytes(0, &f, a).unwrap();
+            progress = true;
+        }
+        if !progress {
+            return;
+        }
+    }
+}
+
+#[test]
+fn units_that_arrive_in_one_read_are_applied_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let small_batches = SessionConfig {
+        // A full batch goes out at once, even while units are unacknowledged.
+        batch_cells_max: 1,
+        window_units: 1_000,
+        ..cfg(SyncMode::Both)
+    };
+    let mut sa = Session::new(&a, small_batches.clone(), 0).unwrap();
+    let mut sb = Session::new(&b, small_batches, 0).unwrap();
+    settle(&a, &mut sa, &b, &mut sb);
+    let b_commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    b.on_commit({
+        let n = b_commits.clone();
+        std::sync::Arc::new(move || {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+
+    // 30 commits, each sent as its own unit before the next is made; B has read none yet.
+    let mut read = Vec::new();
+    let mut units = 0;
+    for i in 0..30i64 {
+        a.insert("notes", [("n", Value::Int(i))]).unwrap();
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            read.extend(f);
+            units += 1;
+        }
+    }
+    assert!(units >= 30, "expected a frame per commit, got {units}");
+    // Then a transaction of 50 records: several frames, of which B gets only the first.
+    a.transaction(|tx| {
+        for i in 0..50i64 {
+            tx.insert("bulk", [("n", Value::Int(i))])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut bulk_frames = Vec::new();
+    while let Some(f) = sa.poll_transmit(0, &a) {
+        bulk_frames.push(f);
+    }
+    assert!(bulk_frames.len() > 1, "the bulk unit fits one frame");
+    read.extend(bulk_frames.remove(0));
+
+    // One read: the 30 complete units are applied in ONE transaction and acknowledged once;
+    // the unit in progress is not visible.
+    sb.handle_bytes(0, &read, &b).unwrap();
+    assert_eq!(b_commits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(b.count("notes").unwrap(), 30);
+    assert_eq!(b.count("bulk").unwrap(), 0);
+    // B's answers (frame kind is the byte after the one-byte length).
+    let mut acks = Vec::new();
+    while let Some(f) = sb.poll_transmit(0, &b) {
+        acks.push(f);
+    }
+    for f in &acks {
+        sa.handle_bytes(0, f, &a).unwrap();
+    }
+    let ack_frames = acks.iter().filter(|f| f[1] == 0x04).count();
+    assert_eq!(ack_frames, 1, "one ACK for the whole group");
+    let progress = sa.progress();
+    assert_eq!(
+        progress.unacked_units, 1,
+        "only the bulk unit is unacknowledged"
+    );
+    assert!(progress.acked < progress.sent_through);
+
+    // The rest of the bulk unit completes it: applied whole, in one more transaction.
+    let rest: Vec<u8> = bulk_frames.concat();
+    sb.handle_bytes(0, &rest, &b).unwrap();
+    assert_eq!(b_commits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(b.count("bulk").unwrap(), 50);
+    settle(&a, &mut sa, &b, &mut sb);
+    assert!(sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap());
+    assert_eq!(dump(&a), dump(&b));
+}

@@ -212,6 +212,21 @@ struct SnapOut {
     cells: u64,
 }
 
+/// Complete units received and not applied yet: the first `changes` of `Session::staged`
+/// (`cells` cells), through the peer's feed position `end`.
+///
+/// Group commit: a receiver that falls behind finds many small units in one read; applying
+/// them in one SQLite transaction (one commit, one ACK) costs a fraction of one each, so a
+/// busy receiver catches up instead of falling further behind. Each unit stays atomic (the
+/// group is all or nothing), and nothing waits for later input: the group is applied before
+/// `handle_bytes` returns.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    changes: usize,
+    cells: usize,
+    end: Seq,
+}
+
 #[derive(Debug)]
 struct SnapIn {
     snap_id: u64,
@@ -266,6 +281,13 @@ pub struct Session {
     staged_parts: u32,
     staged_touched: Vec<RecordKey>,
     staged_moved_in: Vec<RecordKey>,
+    /// Complete units that arrived in the current `handle_bytes` call and wait to be applied
+    /// together (see [`Group`]); always `None` between calls.
+    group: Option<Group>,
+    /// Inside `handle_bytes`: complete units may wait for the frames after them.
+    grouping: bool,
+    /// A CAUGHT_UP that came after the units waiting in `group`, handled after them.
+    caught_up_after_group: Option<Seq>,
     received_through: Seq,
     /// `received_through` as last stored. A CAUGHT_UP that only moves the position is
     /// stored lazily (see `persist_received`); units store theirs with their data.
@@ -352,6 +374,9 @@ impl Session {
             staged_parts: 0,
             staged_touched: Vec::new(),
             staged_moved_in: Vec::new(),
+            group: None,
+            grouping: false,
+            caught_up_after_group: None,
             received_through: Seq(0),
             received_persisted: Seq(0),
             received_persisted_ms: now_ms,
@@ -460,11 +485,23 @@ impl Session {
             return Ok(());
         }
         self.decoder.push(bytes);
+        self.grouping = true;
+        let handled = self.handle_frames(now_ms, db);
+        self.grouping = false;
+        handled
+    }
+
+    /// Handle every complete frame the decoder holds. Complete units wait in `group` while
+    /// more CHANGES frames follow, and are applied before any other message and before this
+    /// returns: the units that one read brought in are applied in one SQLite transaction.
+    fn handle_frames(&mut self, now_ms: u64, db: &Database) -> Result<(), SyncError> {
         loop {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+                Ok(None) => return self.apply_group(now_ms, db),
                 Err(e) => {
+                    // What arrived whole before the bad frame is kept.
+                    self.apply_group(now_ms, db)?;
                     let code = match e {
                         FrameError::TooLarge { .. } => ErrorCode::TooLarge,
                         FrameError::Checksum { .. } => ErrorCode::Checksum,
@@ -486,17 +523,29 @@ impl Session {
                         partial: frame.partial,
                     },
                     Err(e @ crate::codec::DecodeError::TooLarge { .. }) => {
-                        return Err(self.fail(ErrorCode::TooLarge, format!("CHANGES: {e}"), now_ms))
+                        self.apply_group(now_ms, db)?;
+                        return Err(self.fail(ErrorCode::TooLarge, format!("CHANGES: {e}"), now_ms));
                     }
                     Err(e) => {
+                        self.apply_group(now_ms, db)?;
                         return Err(self.fail(
                             ErrorCode::Malformed,
                             format!("CHANGES: {e}"),
                             now_ms,
-                        ))
+                        ));
                     }
                 }
             } else {
+                // Messages about our own feed (ACK, PING, PONG) do not need the units before
+                // them applied, nor does CAUGHT_UP (it waits for the group, see there): a
+                // sender that is caught up follows each unit with one. Everything else sees
+                // the units before it applied.
+                if !matches!(
+                    frame.kind,
+                    kind::ACK | kind::PING | kind::PONG | kind::CAUGHT_UP
+                ) {
+                    self.apply_group(now_ms, db)?;
+                }
                 if frame.partial {
                     return Err(self.fail(
                         ErrorCode::Malformed,
@@ -593,10 +642,27 @@ impl Session {
                 self.staged.extend(changes);
                 if partial {
                     if self.staged_cells >= self.cfg.unit_stage_cells {
+                        // Complete units waiting before this one go first; staging on
+                        // disk is for the unit in progress alone.
+                        self.apply_group(now_ms, db)?;
+                    }
+                    if self.staged_cells >= self.cfg.unit_stage_cells {
                         self.stage_unit_part(now_ms, db)?;
                     }
                     return Ok(());
                 }
+                if self.grouping
+                    && self.staged_parts == 0
+                    && self.staged_cells < self.cfg.unit_stage_cells
+                {
+                    self.group = Some(Group {
+                        changes: self.staged.len(),
+                        cells: self.staged_cells,
+                        end,
+                    });
+                    return Ok(());
+                }
+                // This unit and any waiting before it, in one transaction.
                 self.apply_staged(now_ms, end, db)
             }
             (State::Open, Message::Ack { seq }) => {
@@ -634,20 +700,13 @@ impl Session {
                 Ok(())
             }
             (State::Open, Message::CaughtUp { .. }) if self.restarting => Ok(()),
-            (State::Open, Message::CaughtUp { seq }) => {
-                self.peer_caught_up = Some(seq);
-                if !self.unit_in_progress() && seq > self.received_through {
-                    // Everything between was skipped by the sender (it came from us):
-                    // remember the position so a reconnect does not rescan it. Not a write
-                    // per CAUGHT_UP: stored at most every ACK_PERSIST_INTERVAL_MS, with the
-                    // next unit, or on close. Storing it late is safe: what a reconnect
-                    // receives again is skipped or applied idempotently.
-                    self.received_through = seq;
-                    self.persist_received(now_ms, db, false)
-                        .map_err(|e| self.internal(e, now_ms))?;
-                }
+            (State::Open, Message::CaughtUp { seq }) if self.group.is_some() => {
+                // About the position after the units waiting to be applied: handled after
+                // them (`apply_group`).
+                self.caught_up_after_group = Some(seq);
                 Ok(())
             }
+            (State::Open, Message::CaughtUp { seq }) => self.on_caught_up(now_ms, seq, db),
             (State::Open, Message::Ping { nonce }) => {
                 self.send(&Message::Pong { nonce }, now_ms);
                 Ok(())
@@ -1293,6 +1352,8 @@ impl Session {
     /// Forget the unit in progress (its staged parts on disk are replaced by the next unit's
     /// first part, or deleted when it applies).
     fn drop_unit(&mut self) {
+        self.group = None;
+        self.caught_up_after_group = None;
         self.staged.clear();
         self.staged_cells = 0;
         self.staged_parts = 0;
@@ -1363,7 +1424,46 @@ impl Session {
         (t, m)
     }
 
+    /// The peer says its feed through `seq` is all we get (for now).
+    fn on_caught_up(&mut self, now_ms: u64, seq: Seq, db: &Database) -> Result<(), SyncError> {
+        self.peer_caught_up = Some(seq);
+        if !self.unit_in_progress() && seq > self.received_through {
+            // Everything between was skipped by the sender (it came from us): remember the
+            // position so a reconnect does not rescan it. Not a write per CAUGHT_UP: stored
+            // at most every ACK_PERSIST_INTERVAL_MS, with the next unit, or on close. Storing
+            // it late is safe: what a reconnect receives again is skipped or applied
+            // idempotently.
+            self.received_through = seq;
+            self.persist_received(now_ms, db, false)
+                .map_err(|e| self.internal(e, now_ms))?;
+        }
+        Ok(())
+    }
+
+    /// Apply the complete units waiting in `group` (one transaction); the unit in progress
+    /// after them stays staged.
+    fn apply_group(&mut self, now_ms: u64, db: &Database) -> Result<(), SyncError> {
+        let Some(group) = self.group.take() else {
+            return Ok(());
+        };
+        let caught_up = self.caught_up_after_group.take();
+        let rest = self.staged.split_off(group.changes);
+        let rest_cells = self.staged_cells - group.cells;
+        self.staged_cells = group.cells;
+        let applied = self.apply_staged(now_ms, group.end, db);
+        self.staged = rest;
+        self.staged_cells = rest_cells;
+        applied?;
+        match caught_up {
+            Some(seq) => self.on_caught_up(now_ms, seq, db),
+            None => Ok(()),
+        }
+    }
+
+    /// Apply everything staged, which ends with a complete unit through `end`, in one
+    /// transaction, then acknowledge it.
     fn apply_staged(&mut self, now_ms: u64, end: Seq, db: &Database) -> Result<(), SyncError> {
+        self.group = None;
         let changes = std::mem::take(&mut self.staged);
         let parts = self.staged_parts;
         let (mut touched, mut moved_in) = self.view_keys(&changes);
