@@ -391,6 +391,65 @@ mod tests {
         assert!(frame_len(&[0x80, 0x80, 0x80, 0x08]).is_err());
     }
 
+    /// One read hands over every message already received (so the session can apply the
+    /// units they complete in one transaction); an input error met after some of them is
+    /// reported by the next read, after those bytes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_read_takes_every_message_already_received() {
+        use futures_util::SinkExt;
+        use tokio::io::AsyncReadExt;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let mut sender =
+            WebSocketStream::from_raw_socket(a, Role::Client, Some(websocket_config())).await;
+        let receiver =
+            WebSocketStream::from_raw_socket(b, Role::Server, Some(websocket_config())).await;
+        let mut stream = WsStream::new(receiver);
+        let mut enc = FrameEncoder::default();
+        let frames: Vec<Vec<u8>> = (0..3u8)
+            .map(|k| enc.encode(kind::PING, false, &[k; 5]))
+            .collect();
+        for f in &frames {
+            sender.send(WsMessage::binary(f.clone())).await.unwrap();
+        }
+        sender.send(WsMessage::text("hello")).await.unwrap();
+        sender.flush().await.unwrap();
+
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert_eq!(
+            &buf[..n],
+            frames.concat().as_slice(),
+            "all three in one read"
+        );
+        let err = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("text WebSocket message"), "{err}");
+
+        // A read buffer smaller than the messages still gets them in order.
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let mut sender =
+            WebSocketStream::from_raw_socket(a, Role::Client, Some(websocket_config())).await;
+        let receiver =
+            WebSocketStream::from_raw_socket(b, Role::Server, Some(websocket_config())).await;
+        let mut stream = WsStream::new(receiver);
+        for f in &frames {
+            sender.send(WsMessage::binary(f.clone())).await.unwrap();
+        }
+        sender.close(None).await.unwrap();
+        let mut got = Vec::new();
+        let mut small = [0u8; 7];
+        loop {
+            let n = stream.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, frames.concat());
+    }
+
     #[test]
     fn error_frame_decodes_at_its_index() {
         let mut enc = FrameEncoder::default();

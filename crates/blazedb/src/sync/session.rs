@@ -524,7 +524,11 @@ impl Session {
                     },
                     Err(e @ crate::codec::DecodeError::TooLarge { .. }) => {
                         self.apply_group(now_ms, db)?;
-                        return Err(self.fail(ErrorCode::TooLarge, format!("CHANGES: {e}"), now_ms));
+                        return Err(self.fail(
+                            ErrorCode::TooLarge,
+                            format!("CHANGES: {e}"),
+                            now_ms,
+                        ));
                     }
                     Err(e) => {
                         self.apply_group(now_ms, db)?;
