@@ -391,6 +391,20 @@ mod tests {
         assert!(frame_len(&[0x80, 0x80, 0x80, 0x08]).is_err());
     }
 
+    /// A client WebSocket and the server end of it wrapped as a stream, over an in-memory pipe.
+    async fn ws_pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WsStream<tokio::io::DuplexStream>,
+    ) {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let client =
+            WebSocketStream::from_raw_socket(a, Role::Client, Some(websocket_config())).await;
+        let server =
+            WebSocketStream::from_raw_socket(b, Role::Server, Some(websocket_config())).await;
+        (client, WsStream::new(server))
+    }
+
     /// One read hands over every message already received (so the session can apply the
     /// units they complete in one transaction); an input error met after some of them is
     /// reported by the next read, after those bytes.
@@ -398,14 +412,8 @@ mod tests {
     async fn one_read_takes_every_message_already_received() {
         use futures_util::SinkExt;
         use tokio::io::AsyncReadExt;
-        use tokio_tungstenite::tungstenite::protocol::Role;
 
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let mut sender =
-            WebSocketStream::from_raw_socket(a, Role::Client, Some(websocket_config())).await;
-        let receiver =
-            WebSocketStream::from_raw_socket(b, Role::Server, Some(websocket_config())).await;
-        let mut stream = WsStream::new(receiver);
+        let (mut sender, mut stream) = ws_pair().await;
         let mut enc = FrameEncoder::default();
         let frames: Vec<Vec<u8>> = (0..3u8)
             .map(|k| enc.encode(kind::PING, false, &[k; 5]))
@@ -428,12 +436,7 @@ mod tests {
         assert!(err.to_string().contains("text WebSocket message"), "{err}");
 
         // A read buffer smaller than the messages still gets them in order.
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let mut sender =
-            WebSocketStream::from_raw_socket(a, Role::Client, Some(websocket_config())).await;
-        let receiver =
-            WebSocketStream::from_raw_socket(b, Role::Server, Some(websocket_config())).await;
-        let mut stream = WsStream::new(receiver);
+        let (mut sender, mut stream) = ws_pair().await;
         for f in &frames {
             sender.send(WsMessage::binary(f.clone())).await.unwrap();
         }
