@@ -5,7 +5,7 @@ mod common;
 
 use blazedb::sync::{Session, SessionConfig, SyncMode};
 use blazedb::{Patch, RecordId, Value};
-use common::{dump, open, sync_pair};
+use common::{dump, open, pump, sync_pair};
 
 fn cfg(mode: SyncMode) -> SessionConfig {
     SessionConfig {
@@ -512,24 +512,6 @@ fn watchers_see_a_staged_unit_once_after_it_commits() {
     }
 }
 
-/// Run both sessions until neither has anything to send.
-fn settle(a: &blazedb::Database, sa: &mut Session, b: &blazedb::Database, sb: &mut Session) {
-    loop {
-        let mut progress = false;
-        while let Some(f) = sa.poll_transmit(0, a) {
-            sb.handle_bytes(0, &f, b).unwrap();
-            progress = true;
-        }
-        while let Some(f) = sb.poll_transmit(0, b) {
-            sa.handle_bytes(0, &f, a).unwrap();
-            progress = true;
-        }
-        if !progress {
-            return;
-        }
-    }
-}
-
 #[test]
 fn units_that_arrive_in_one_read_are_applied_in_one_transaction() {
     let dir = tempfile::tempdir().unwrap();
@@ -542,7 +524,7 @@ fn units_that_arrive_in_one_read_are_applied_in_one_transaction() {
     };
     let mut sa = Session::new(&a, small_batches.clone(), 0).unwrap();
     let mut sb = Session::new(&b, small_batches, 0).unwrap();
-    settle(&a, &mut sa, &b, &mut sb);
+    pump(&a, &mut sa, &b, &mut sb);
     let b_commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     b.on_commit({
         let n = b_commits.clone();
@@ -605,7 +587,7 @@ fn units_that_arrive_in_one_read_are_applied_in_one_transaction() {
     sb.handle_bytes(0, &rest, &b).unwrap();
     assert_eq!(b_commits.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(b.count("bulk").unwrap(), 50);
-    settle(&a, &mut sa, &b, &mut sb);
+    pump(&a, &mut sa, &b, &mut sb);
     assert!(sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap());
     assert_eq!(dump(&a), dump(&b));
 }

@@ -1467,7 +1467,6 @@ impl Session {
     /// Apply everything staged, which ends with a complete unit through `end`, in one
     /// transaction, then acknowledge it.
     fn apply_staged(&mut self, now_ms: u64, end: Seq, db: &Database) -> Result<(), SyncError> {
-        self.group = None;
         let changes = std::mem::take(&mut self.staged);
         let parts = self.staged_parts;
         let (mut touched, mut moved_in) = self.view_keys(&changes);
@@ -1574,6 +1573,15 @@ impl Session {
         Ok(out)
     }
 
+    /// The parameters the peer's view is evaluated with (its credentials' claims).
+    fn view_params(&self) -> Params {
+        self.cfg
+            .access
+            .as_ref()
+            .map(|a| a.params())
+            .unwrap_or_default()
+    }
+
     /// Those of `records` that the peer may not (or does not want to) see as they are now.
     /// Deleted records count as inside: their tombstones go to the peer.
     fn outside_view(
@@ -1584,12 +1592,7 @@ impl Session {
         let view = View {
             access: self.read_filtering_access(),
             policy: &self.peer_policy,
-            params: self
-                .cfg
-                .access
-                .as_ref()
-                .map(|a| a.params())
-                .unwrap_or_default(),
+            params: self.view_params(),
         };
         let mut out = Vec::new();
         for (coll, id) in records {
@@ -1669,12 +1672,7 @@ impl Session {
                     let view = View {
                         access: self.cfg.access.as_deref().filter(|a| a.filters_reads()),
                         policy: &self.peer_policy,
-                        params: self
-                            .cfg
-                            .access
-                            .as_ref()
-                            .map(|a| a.params())
-                            .unwrap_or_default(),
+                        params: self.view_params(),
                     };
                     filter_view(db, &view, &mut filtered.changes, &mut self.evict_pending)?;
                     &filtered
