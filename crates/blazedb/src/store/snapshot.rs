@@ -21,12 +21,18 @@
 //! Staging keeps the raw chunks in `snapshot_staging` and the progress in
 //! `snapshot_progress` (see `schema.rs`), so a disconnect costs only the chunk in flight: the
 //! receiver reports its [`SnapshotProgress`] and the sender continues after `last_key`.
+//!
+//! A snapshot that only adds (a new peer's bootstrap: nothing to evict) is not staged:
+//! `snapshot_merge_chunk` merges each chunk as it arrives, in one transaction with its
+//! progress row, and `snapshot_finish` then only moves the cursor. Receiver and sender work
+//! at the same time instead of one after the other, and records appear as they arrive.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{params, OptionalExtension};
 
 use super::feed::{Change, PeerDirection};
+use super::write::Tx;
 use super::{body, validate_collection_name, Database, Inner};
 use crate::crdt::{MergeOutcome, RecordState};
 use crate::error::{ApplyError, Error, Result};
@@ -223,6 +229,12 @@ impl Database {
                     "snapshot {snap_id} has more than {SNAPSHOT_CHUNKS_MAX} chunks"
                 )));
             }
+            if idx > 0 && !any_staged(inner, peer)? {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {snap_id} is being merged chunk by chunk; chunk {idx} cannot be \
+                     staged (abort it and start over)"
+                )));
+            }
             inner
                 .conn
                 .prepare_cached(
@@ -243,6 +255,82 @@ impl Database {
                 ])?;
             Ok(())
         })
+    }
+
+    /// Merge chunk `idx` of snapshot `snap_id` from `peer` right away, in a transaction of
+    /// its own, instead of staging it; `last_key` is its last record. For a snapshot that only
+    /// adds (its finish has nothing to evict): a new peer's bootstrap. Merging is idempotent
+    /// and the progress moves in the same transaction, so a restart resumes after the last
+    /// merged chunk, and records show up as they arrive instead of all at the end; the
+    /// receive cursor still moves only at [`Database::snapshot_finish`], which must then be
+    /// given a scope of no collections.
+    ///
+    /// The chunks of one snapshot are either all staged or all merged: merging after a staged
+    /// chunk (or staging after a merged one) is an error. A repeated index changes nothing.
+    /// A chunk that does not decode, or holds invalid cells, is an `Apply(Invalid)` error and
+    /// changes nothing.
+    pub fn snapshot_merge_chunk(
+        &self,
+        peer: NodeId,
+        snap_id: u64,
+        idx: u32,
+        last_key: &SnapshotKey,
+        chunk: &[u8],
+    ) -> Result<SnapshotApplied> {
+        if peer == self.node_id() {
+            return Err(Error::InvalidArgument(
+                "a snapshot cannot come from this database's own node id".into(),
+            ));
+        }
+        if chunk.len() > SNAPSHOT_CHUNK_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot chunk {idx} is {} bytes, over the limit of {SNAPSHOT_CHUNK_BYTES_MAX}",
+                chunk.len()
+            )));
+        }
+        let mut applied = SnapshotApplied::default();
+        self.transaction(|tx| {
+            let p = expect_progress(tx.inner, peer, snap_id)?;
+            applied.position = p.position;
+            if idx < p.next_index {
+                return Ok(());
+            }
+            if idx > p.next_index {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {snap_id} chunk {idx} arrived out of order: chunk {} is next; \
+                     resume from the progress",
+                    p.next_index
+                )));
+            }
+            if idx as usize >= SNAPSHOT_CHUNKS_MAX {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {snap_id} has more than {SNAPSHOT_CHUNKS_MAX} chunks"
+                )));
+            }
+            if any_staged(tx.inner, peer)? {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {snap_id} has staged chunks; chunk {idx} cannot be merged on its \
+                     own (abort it and start over)"
+                )));
+            }
+            let changes = decode_staged(chunk, snap_id, idx)?;
+            let src = tx.inner.nodes.index(&peer) + 1;
+            merge_chunk(tx, changes, src, &mut applied)?;
+            tx.inner
+                .conn
+                .prepare_cached(
+                    "UPDATE snapshot_progress SET next_index = ?2, last_coll = ?3, last_id = ?4
+                     WHERE peer = ?1",
+                )?
+                .execute(params![
+                    &peer.0[..],
+                    idx + 1,
+                    last_key.collection,
+                    &last_key.id.0[..]
+                ])?;
+            Ok(())
+        })?;
+        Ok(applied)
     }
 
     /// Drop whatever snapshot is staged from `peer`.
@@ -297,9 +385,19 @@ impl Database {
             }
             applied.position = progress.position;
             let src = tx.inner.nodes.index(&peer) + 1;
+            let staged = any_staged(tx.inner, peer)?;
+            if chunks > 0 && !staged {
+                // Every chunk was merged as it arrived (`snapshot_merge_chunk`): nothing is
+                // left to merge, and without the whole snapshot in this transaction nothing
+                // may be evicted on its word.
+                if scope.collections.as_ref().is_none_or(|c| !c.is_empty()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshot {snap_id} was merged chunk by chunk, so it cannot replace                          local records; abort it and start over with staged chunks"
+                    )));
+                }
+            }
             // 1. Merge, one local commit per chunk. One chunk is decoded at a time.
-            let mut was_empty: std::collections::HashMap<i64, bool> = Default::default();
-            for idx in 0..chunks {
+            for idx in (0..chunks).filter(|_| staged) {
                 let data: Vec<u8> = tx
                     .inner
                     .conn
@@ -313,92 +411,13 @@ impl Database {
                             "snapshot {snap_id} chunk {idx} is not staged; abort and start over"
                         ))
                     })?;
-                let changes = crate::sync::snapshot::decode_chunk(&data, SNAPSHOT_CHUNK_CELLS_MAX).map_err(|e| {
-                    Error::Apply(ApplyError::Invalid(format!(
-                        "snapshot {snap_id} chunk {idx}: {e}"
-                    )))
-                })?;
+                let changes = decode_staged(&data, snap_id, idx)?;
                 drop(data);
                 if tx.seq_used {
                     tx.seq = Seq(tx.seq.0 + 1);
                     tx.seq_used = false;
                 }
-                for ch in changes {
-                    validate_collection_name(&ch.collection)
-                        .map_err(|e| ApplyError::Invalid(e.to_string()))?;
-                    let coll = tx.inner.collection_id_or_create(&ch.collection)?;
-                    let fresh = match was_empty.get(&coll) {
-                        Some(e) => *e,
-                        None => {
-                            // Asked before this transaction writes any record of it.
-                            let e = tx
-                                .inner
-                                .conn
-                                .prepare_cached("SELECT 1 FROM records WHERE coll = ?1 LIMIT 1")?
-                                .query_row([coll], |_| Ok(()))
-                                .optional()?
-                                .is_none();
-                            was_empty.insert(coll, e);
-                            e
-                        }
-                    };
-                    if fresh && !tx.tracks(coll, ch.id) {
-                        // New here (its collection had no records, and the snapshot names
-                        // it once): its state is the merge of its cells alone, written like
-                        // a bulk insert's record — no lookup, no copy kept.
-                        applied.records += 1;
-                        applied.cells += ch.cells.len() as u64;
-                        let mut cells = ch.cells;
-                        for c in &mut cells {
-                            super::feed::validate_cell(c).map_err(ApplyError::Invalid)?;
-                            tx.inner
-                                .clock
-                                .observe(c.version.hlc, tx.now_ms)
-                                .map_err(ApplyError::from)?;
-                            c.seq = tx.seq;
-                        }
-                        let state = match RecordState::from_merged_cells(cells) {
-                            Ok(state) => {
-                                applied.cells_applied += state.cells().len() as u64;
-                                state
-                            }
-                            Err(cells) => {
-                                // Not as a merged state holds them: merge one by one.
-                                let mut state = RecordState::new();
-                                for c in cells {
-                                    if matches!(state.merge(c), MergeOutcome::Applied { .. }) {
-                                        applied.cells_applied += 1;
-                                    }
-                                }
-                                state
-                            }
-                        };
-                        if !state.is_empty() {
-                            tx.insert_received(coll, &ch.collection, ch.id, state, src)?;
-                        }
-                        continue;
-                    }
-                    let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
-                    tx.records[i].src = src;
-                    applied.records += 1;
-                    applied.cells += ch.cells.len() as u64;
-                    for mut c in ch.cells {
-                        super::feed::validate_cell(&c).map_err(ApplyError::Invalid)?;
-                        tx.inner
-                            .clock
-                            .observe(c.version.hlc, tx.now_ms)
-                            .map_err(ApplyError::from)?;
-                        c.seq = tx.seq;
-                        if tx.merge(i, c) {
-                            tx.seq_used = true;
-                            applied.cells_applied += 1;
-                        }
-                    }
-                    // `TRANSACTION_CELLS_MAX` bounds what one sender transaction may carry;
-                    // a snapshot is many chunks, each bounded on its own (cells, bytes, and
-                    // `SNAPSHOT_CHUNKS_MAX`), so its records do not count against it.
-                    tx.records[i].cells_changed = 0;
-                }
+                merge_chunk(tx, changes, src, &mut applied)?;
                 // Write what the chunks so far changed out of memory: a snapshot of any size
                 // applies with memory for a few chunks, still in this one transaction.
                 if tx.unspilled() >= SNAPSHOT_SPILL_RECORDS {
@@ -494,6 +513,116 @@ impl Database {
 
 /// Records a snapshot's apply holds in memory before it writes them out (`Tx::spill`).
 const SNAPSHOT_SPILL_RECORDS: usize = 20_000;
+
+/// Decode a staged or just received chunk; a chunk that does not decode can never apply.
+fn decode_staged(data: &[u8], snap_id: u64, idx: u32) -> Result<Vec<Change>> {
+    crate::sync::snapshot::decode_chunk(data, SNAPSHOT_CHUNK_CELLS_MAX).map_err(|e| {
+        Error::Apply(ApplyError::Invalid(format!(
+            "snapshot {snap_id} chunk {idx}: {e}"
+        )))
+    })
+}
+
+/// Merge the records of one chunk from peer `src` (1 + its node index) into `tx`, all at the
+/// transaction's current seq, adding to `applied`.
+///
+/// A record this database has no row for takes the bulk-insert path (its state is the merge
+/// of its cells alone; no lookup, no copy kept). Which records are new is settled per
+/// collection with one probe: a chunk holds a range of ids, in order, and when no stored row
+/// falls in that range, every id of it is new unless this transaction already holds it.
+fn merge_chunk(
+    tx: &mut Tx<'_>,
+    changes: Vec<Change>,
+    src: u64,
+    applied: &mut SnapshotApplied,
+) -> Result<()> {
+    // (collection id, lowest id, highest id) of each collection the chunk touches.
+    let mut ranges: Vec<(i64, RecordId, RecordId)> = Vec::new();
+    for ch in &changes {
+        validate_collection_name(&ch.collection).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let coll = tx.inner.collection_id_or_create(&ch.collection)?;
+        match ranges.iter_mut().find(|r| r.0 == coll) {
+            Some(r) => {
+                r.1 = r.1.min(ch.id);
+                r.2 = r.2.max(ch.id);
+            }
+            None => ranges.push((coll, ch.id, ch.id)),
+        }
+    }
+    let mut fresh: Vec<i64> = Vec::new();
+    for (coll, lo, hi) in ranges {
+        let stored = tx
+            .inner
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM records WHERE coll = ?1 AND id >= ?2 AND id <= ?3 LIMIT 1",
+            )?
+            .query_row(params![coll, &lo.0[..], &hi.0[..]], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !stored {
+            fresh.push(coll);
+        }
+    }
+    for ch in changes {
+        let coll = tx
+            .inner
+            .collection_id(&ch.collection)
+            .expect("created by the first pass");
+        applied.records += 1;
+        applied.cells += ch.cells.len() as u64;
+        if fresh.contains(&coll) && !tx.tracks(coll, ch.id) {
+            let mut cells = ch.cells;
+            for c in &mut cells {
+                super::feed::validate_cell(c).map_err(ApplyError::Invalid)?;
+                tx.inner
+                    .clock
+                    .observe(c.version.hlc, tx.now_ms)
+                    .map_err(ApplyError::from)?;
+                c.seq = tx.seq;
+            }
+            let state = match RecordState::from_merged_cells(cells) {
+                Ok(state) => {
+                    applied.cells_applied += state.cells().len() as u64;
+                    state
+                }
+                Err(cells) => {
+                    // Not as a merged state holds them: merge one by one.
+                    let mut state = RecordState::new();
+                    for c in cells {
+                        if matches!(state.merge(c), MergeOutcome::Applied { .. }) {
+                            applied.cells_applied += 1;
+                        }
+                    }
+                    state
+                }
+            };
+            if !state.is_empty() {
+                tx.insert_received(coll, &ch.collection, ch.id, state, src)?;
+            }
+            continue;
+        }
+        let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
+        tx.records[i].src = src;
+        for mut c in ch.cells {
+            super::feed::validate_cell(&c).map_err(ApplyError::Invalid)?;
+            tx.inner
+                .clock
+                .observe(c.version.hlc, tx.now_ms)
+                .map_err(ApplyError::from)?;
+            c.seq = tx.seq;
+            if tx.merge(i, c) {
+                tx.seq_used = true;
+                applied.cells_applied += 1;
+            }
+        }
+        // `TRANSACTION_CELLS_MAX` bounds what one sender transaction may carry; a snapshot
+        // is many chunks, each bounded on its own (cells, bytes, and `SNAPSHOT_CHUNKS_MAX`),
+        // so its records do not count against it.
+        tx.records[i].cells_changed = 0;
+    }
+    Ok(())
+}
 
 /// The scan of [`Database::snapshot_page`], inside the caller's read transaction.
 /// How [`snapshot_page_in`] chooses records.
@@ -640,6 +769,16 @@ fn expect_progress(inner: &Inner, peer: NodeId, snap_id: u64) -> Result<Snapshot
             "no snapshot from {peer} is in progress; begin snapshot {snap_id} first"
         ))),
     }
+}
+
+/// Whether any chunk from `peer` is staged.
+fn any_staged(inner: &Inner, peer: NodeId) -> Result<bool> {
+    Ok(inner
+        .conn
+        .prepare_cached("SELECT 1 FROM snapshot_staging WHERE peer = ?1 LIMIT 1")?
+        .query_row([&peer.0[..]], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 fn discard(inner: &Inner, peer: NodeId) -> Result<()> {

@@ -46,7 +46,9 @@ use crate::limits::{
     TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
-use crate::store::{Change, Database, EvictGuard, PeerDirection, SnapshotKey, SnapshotScope};
+use crate::store::{
+    Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
+};
 use crate::types::Seq;
 use crate::{NodeId, RecordId};
 
@@ -233,6 +235,8 @@ struct SnapIn {
     position: Seq,
     next_index: u32,
     replace: bool,
+    /// What the chunks merged as they arrived (a snapshot that does not replace) did.
+    merged: SnapshotApplied,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -855,6 +859,7 @@ impl Session {
                         next_index: p.next_index,
                         // Corrected by SNAPSHOT_BEGIN.
                         replace: true,
+                        merged: SnapshotApplied::default(),
                     });
                     return Ok(SnapshotWish::Resume {
                         snap_id: p.snap_id,
@@ -1228,6 +1233,7 @@ impl Session {
             position,
             next_index: first_index,
             replace,
+            merged: SnapshotApplied::default(),
         });
         Ok(())
     }
@@ -1259,6 +1265,25 @@ impl Session {
         };
         let snap_id = si.snap_id;
         si.next_index += 1;
+        if !si.replace {
+            // A snapshot that only adds is merged chunk by chunk as it arrives: no second
+            // copy on disk, no long apply at the end, and the records show up as they come.
+            return match db.snapshot_merge_chunk(peer, snap_id, index, &key, data) {
+                Ok(applied) => {
+                    let si = self.snap_in.as_mut().expect("checked above");
+                    si.merged.cells += applied.cells;
+                    si.merged.cells_applied += applied.cells_applied;
+                    // We were busy applying and read nothing meanwhile.
+                    self.last_recv_ms = self
+                        .last_recv_ms
+                        .max(now_ms + apply_grace_ms(applied.cells));
+                    Ok(())
+                }
+                Err(e) => {
+                    Err(self.snapshot_failed(e, format!("snapshot chunk {index}"), now_ms, db))
+                }
+            };
+        }
         // Check it before storing it: a damaged chunk on disk would fail every resume.
         if let Err(e) = super::snapshot::verify_chunk(data) {
             let _ = db.snapshot_abort(peer);
@@ -1310,7 +1335,9 @@ impl Session {
             },
         };
         match db.snapshot_finish(peer, si.snap_id, chunks, &scope, self.acked) {
-            Ok(applied) => {
+            Ok(mut applied) => {
+                applied.cells += si.merged.cells;
+                applied.cells_applied += si.merged.cells_applied;
                 self.stats.snapshots_applied += 1;
                 self.stats.cells_received += applied.cells;
                 // We were busy applying and read nothing; the peer's pings wait in the
@@ -1331,20 +1358,28 @@ impl Session {
                 });
                 Ok(())
             }
-            Err(Error::Apply(ApplyError::ClockSkew(e))) => {
-                Err(self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms))
+            Err(e) => Err(self.snapshot_failed(e, "snapshot".into(), now_ms, db)),
+        }
+    }
+
+    /// The session error for a snapshot that failed to merge or apply. A snapshot that can
+    /// never apply (invalid content) is dropped, so the next session starts a new one
+    /// instead of resuming this one.
+    fn snapshot_failed(&mut self, e: Error, what: String, now_ms: u64, db: &Database) -> SyncError {
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        match e {
+            Error::Apply(ApplyError::ClockSkew(e)) => {
+                self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms)
             }
-            Err(Error::Apply(ApplyError::Invalid(m))) | Err(Error::InvalidArgument(m)) => {
-                // The staged snapshot can never apply: drop it, so the next session starts
-                // a new one instead of resuming this one.
+            Error::Apply(ApplyError::Invalid(m)) | Error::InvalidArgument(m) => {
                 let _ = db.snapshot_abort(peer);
-                Err(self.fail(ErrorCode::Malformed, m, now_ms))
+                self.fail(ErrorCode::Malformed, m, now_ms)
             }
-            Err(Error::Corrupted(e)) => {
+            Error::Corrupted(e) => {
                 let _ = db.snapshot_abort(peer);
-                Err(self.fail(ErrorCode::Malformed, format!("snapshot: {e}"), now_ms))
+                self.fail(ErrorCode::Malformed, format!("{what}: {e}"), now_ms)
             }
-            Err(e) => Err(self.internal(e, now_ms)),
+            e => self.internal(e, now_ms),
         }
     }
 
@@ -1411,6 +1446,8 @@ impl Session {
         if !restricted {
             return (Vec::new(), Vec::new());
         }
+        // Only `collection_visible` and `can_move` are asked here, and neither reads the
+        // parameters (claims): they are not built for every unit applied.
         let view = View {
             access: self.read_filtering_access(),
             policy: &self.peer_policy,
