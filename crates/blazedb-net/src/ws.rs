@@ -17,7 +17,12 @@
 //! - text messages are not part of the protocol: reading fails with a [`WsInputError`]
 //!   (`MALFORMED`) inside an `io::Error` of kind `InvalidData`;
 //! - a message over [`WS_MESSAGE_BYTES_MAX`] fails the same way with `TOO_LARGE`;
-//! - ping and pong are answered and skipped by tungstenite; a close message is end-of-file.
+//! - ping and pong are answered and skipped by tungstenite; a close message is end-of-file;
+//! - messages that carry no protocol bytes (pings, pongs, empty binary messages) are allowed
+//!   [`WS_EMPTY_MESSAGES_PER_SEC`] per second on average (bursts of
+//!   [`WS_EMPTY_MESSAGES_BURST`]); past that, reading fails with `RATE_LIMITED`. The relay's
+//!   rate limit counts protocol frames, which such messages do not carry, and each ping costs
+//!   the reader a pong: without this bound a ping flood would be free for the sender.
 //!
 //! Use [`websocket_config`] for both ends: it sets the message and frame limits to one
 //! protocol frame (tungstenite's defaults accept 64 MiB messages) and small buffers. This
@@ -73,6 +78,14 @@ pub const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// handed to the WebSocket: one maximum frame plus a margin, so that a complete frame always
 /// fits.
 pub const WS_PENDING_BYTES_MAX: usize = WS_MESSAGE_BYTES_MAX + 64 * 1024;
+
+/// Messages without protocol bytes (WebSocket pings, pongs, empty binary messages) a
+/// [`WsStream`] accepts per second on average. BlazeDB keeps connections alive with its own
+/// PING frames every few seconds; a browser or proxy pinging now and then stays far below.
+pub const WS_EMPTY_MESSAGES_PER_SEC: u32 = 20;
+
+/// How many such messages may come at once before the average applies.
+pub const WS_EMPTY_MESSAGES_BURST: u32 = 100;
 
 /// The WebSocket settings BlazeDB uses on both ends: messages and frames of at most
 /// [`WS_MESSAGE_BYTES_MAX`], small buffers, and a bounded write buffer (a peer that stops
@@ -132,6 +145,40 @@ pub struct WsStream<S> {
     pending: BytesMut,
     /// Messages handed to the WebSocket (= protocol frames sent).
     messages_sent: u64,
+    /// The budget of messages that carry no protocol bytes.
+    empty_budget: EmptyBudget,
+}
+
+/// A token bucket for incoming messages without protocol bytes: [`WS_EMPTY_MESSAGES_BURST`]
+/// tokens, refilled at [`WS_EMPTY_MESSAGES_PER_SEC`].
+#[derive(Debug)]
+struct EmptyBudget {
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl EmptyBudget {
+    fn new() -> EmptyBudget {
+        EmptyBudget {
+            tokens: f64::from(WS_EMPTY_MESSAGES_BURST),
+            refilled: std::time::Instant::now(),
+        }
+    }
+
+    /// Take one token; false when there is none.
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let earned =
+            now.duration_since(self.refilled).as_secs_f64() * f64::from(WS_EMPTY_MESSAGES_PER_SEC);
+        self.tokens = (self.tokens + earned).min(f64::from(WS_EMPTY_MESSAGES_BURST));
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl<S> fmt::Debug for WsStream<S> {
@@ -158,6 +205,7 @@ where
             read_failed: None,
             pending: BytesMut::new(),
             messages_sent: 0,
+            empty_budget: EmptyBudget::new(),
         }
     }
 
@@ -225,6 +273,26 @@ where
                 Poll::Pending if filled => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
             };
+            let empty = match &message {
+                Some(Ok(WsMessage::Binary(b))) => b.is_empty(),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => true,
+                _ => false,
+            };
+            if empty && !this.empty_budget.take() {
+                this.read_failed = Some(
+                    WsInputError {
+                        code: ErrorCode::RateLimited,
+                        message: format!(
+                            "more than {WS_EMPTY_MESSAGES_PER_SEC} WebSocket pings, pongs or \
+                             empty messages per second (bursts of {WS_EMPTY_MESSAGES_BURST}): \
+                             BlazeDB keeps the connection alive with its own PING frames, so \
+                             ping less often or not at all"
+                        ),
+                    }
+                    .into_io(),
+                );
+                continue;
+            }
             match message {
                 Some(Ok(WsMessage::Binary(b))) => this.read = b,
                 Some(Ok(WsMessage::Text(_))) => {
@@ -451,6 +519,64 @@ mod tests {
             got.extend_from_slice(&small[..n]);
         }
         assert_eq!(got, frames.concat());
+    }
+
+    /// Pings, pongs and empty messages are allowed in bursts up to the budget; a flood past
+    /// it fails the read with RATE_LIMITED after the protocol bytes that came before, and a
+    /// steady trickle never does.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_ping_flood_is_rate_limited_but_pings_within_the_budget_pass() {
+        use futures_util::SinkExt;
+        use tokio::io::AsyncReadExt;
+
+        let mut enc = FrameEncoder::default();
+        let frame = enc.encode(kind::PING, false, &[7; 5]);
+        let (mut sender, mut stream) = ws_pair().await;
+        // Within the burst: a frame, then as many empty messages as the budget holds, mixed.
+        sender.send(WsMessage::binary(frame.clone())).await.unwrap();
+        for k in 0..WS_EMPTY_MESSAGES_BURST - 5 {
+            let m = match k % 3 {
+                0 => WsMessage::Ping(Bytes::from_static(b"p")),
+                1 => WsMessage::Pong(Bytes::new()),
+                _ => WsMessage::binary(Vec::new()),
+            };
+            sender.feed(m).await.unwrap();
+        }
+        sender.send(WsMessage::binary(frame.clone())).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while got.len() < 2 * frame.len() {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "end of stream before both frames");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, [frame.clone(), frame.clone()].concat());
+
+        // A flood: the frame before it is handed over, then the read fails.
+        let (mut sender, mut stream) = ws_pair().await;
+        sender.send(WsMessage::binary(frame.clone())).await.unwrap();
+        let flood = tokio::spawn(async move {
+            for _ in 0..WS_EMPTY_MESSAGES_BURST * 3 {
+                if sender.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+            sender
+        });
+        let mut got = Vec::new();
+        let err = loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => panic!("end of stream instead of a rate-limit error"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, frame);
+        let w = WsInputError::from_io(&err).expect("a WebSocket input error");
+        assert_eq!(w.code, ErrorCode::RateLimited);
+        assert!(w.message.contains("ping less often"), "{}", w.message);
+        drop(stream);
+        let _ = flood.await;
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Hostile input on one connection — a malformed frame, a frame with a bad checksum, a frame
 //! announcing more than the frame limit, a WebSocket message over the message limit, a text
-//! message — ends only that connection, with an ERROR frame naming the problem; two other
+//! message, a flood of WebSocket pings — ends only that connection, with an ERROR frame naming
+//! the problem; two other
 //! clients keep syncing through the relay the whole time and nothing they wrote is lost.
 
 mod common;
@@ -10,17 +11,21 @@ use std::time::Duration;
 use blazedb::sync::frame::FrameDecoder;
 use blazedb::sync::message::{decode_simple, kind, Message};
 use blazedb::sync::ErrorCode;
-use blazedb_net::ws::WS_MESSAGE_BYTES_MAX;
+use blazedb_net::ws::{WS_EMPTY_MESSAGES_BURST, WS_MESSAGE_BYTES_MAX};
 use common::{connect_ws, http, metric, open, wait_until, within, Client, TestRelay, TOKEN};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-/// Send `msg` on a fresh connection and return the error code of the relay's ERROR frame
+/// Send `msgs` on a fresh connection and return the error code of the relay's ERROR frame
 /// (`None` if the connection closed without one).
-async fn send_hostile(relay: &TestRelay, msg: WsMessage) -> Option<ErrorCode> {
+async fn send_hostile(relay: &TestRelay, msgs: Vec<WsMessage>) -> Option<ErrorCode> {
     let mut ws = connect_ws(relay.addr, Some(TOKEN)).await.unwrap();
     // Sending may fail once the relay has closed: that is fine, the answer is what it sent.
-    let _ = ws.send(msg).await;
+    for msg in msgs {
+        if ws.send(msg).await.is_err() {
+            break;
+        }
+    }
     let mut dec = FrameDecoder::default();
     let mut code = None;
     within(Duration::from_secs(10), async {
@@ -53,37 +58,42 @@ async fn bad_input_closes_only_that_connection() {
 
     let mut checksum_bad = vec![0x05, 0x01, 0x00, 1, 2, 3];
     checksum_bad.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
-    let cases: Vec<(&str, WsMessage, ErrorCode)> = vec![
+    let one = |m: WsMessage| vec![m];
+    let ping_flood: Vec<WsMessage> = (0..WS_EMPTY_MESSAGES_BURST * 3)
+        .map(|_| WsMessage::Ping(Default::default()))
+        .collect();
+    let cases: Vec<(&str, Vec<WsMessage>, ErrorCode)> = vec![
         (
             "body shorter than 2 bytes",
-            WsMessage::binary(vec![0x01, 0x01, 0, 0, 0, 0]),
+            one(WsMessage::binary(vec![0x01, 0x01, 0, 0, 0, 0])),
             ErrorCode::Malformed,
         ),
         (
             "bad checksum",
-            WsMessage::binary(checksum_bad),
+            one(WsMessage::binary(checksum_bad)),
             ErrorCode::Checksum,
         ),
         (
             "9 MiB frame announced",
-            WsMessage::binary(vec![0x80, 0x80, 0x80, 0x09]),
+            one(WsMessage::binary(vec![0x80, 0x80, 0x80, 0x09])),
             ErrorCode::TooLarge,
         ),
         (
             "varint of 11 bytes",
-            WsMessage::binary(vec![0xff; 11]),
+            one(WsMessage::binary(vec![0xff; 11])),
             ErrorCode::Malformed,
         ),
         (
             "text message",
-            WsMessage::text("{\"hello\": true}"),
+            one(WsMessage::text("{\"hello\": true}")),
             ErrorCode::Malformed,
         ),
         (
             "message over the WebSocket limit",
-            WsMessage::binary(vec![0u8; WS_MESSAGE_BYTES_MAX + 1]),
+            one(WsMessage::binary(vec![0u8; WS_MESSAGE_BYTES_MAX + 1])),
             ErrorCode::TooLarge,
         ),
+        ("WebSocket ping flood", ping_flood, ErrorCode::RateLimited),
     ];
     for (i, (what, msg, expected)) in cases.into_iter().enumerate() {
         let code = send_hostile(&relay, msg).await;
@@ -104,8 +114,8 @@ async fn bad_input_closes_only_that_connection() {
             "after {what}"
         );
     }
-    assert_eq!(relay.db.count("notes").unwrap(), 6);
-    assert_eq!(relay.db.count("replies").unwrap(), 6);
+    assert_eq!(relay.db.count("notes").unwrap(), 7);
+    assert_eq!(relay.db.count("replies").unwrap(), 7);
     // The hostile sessions are gone; the two good ones remain.
     assert_eq!(common::connected_clients(relay.addr, 2).await, 2);
     let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
@@ -115,6 +125,14 @@ async fn bad_input_closes_only_that_connection() {
             "blazedb_relay_sessions_closed_total{reason=\"protocol_error\"}"
         ),
         Some(6.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "blazedb_relay_sessions_closed_total{reason=\"rate_limited\"}"
+        ),
+        Some(1.0),
         "{m}"
     );
     ca.finish().await.unwrap();
