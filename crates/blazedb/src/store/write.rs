@@ -1216,7 +1216,10 @@ pub(crate) struct Scratch {
 /// instead of looked up in the statement cache for each row.
 struct RecordWriter<'c> {
     insert_record: rusqlite::CachedStatement<'c>,
+    update_record: rusqlite::CachedStatement<'c>,
     insert_feed: rusqlite::CachedStatement<'c>,
+    delete_feed: rusqlite::CachedStatement<'c>,
+    insert_history: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> RecordWriter<'c> {
@@ -1225,8 +1228,18 @@ impl<'c> RecordWriter<'c> {
             insert_record: conn.prepare_cached(
                 "INSERT INTO records (coll, id, rev, seq, live, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?,
+            update_record: conn.prepare_cached(
+                "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6
+                 WHERE coll = ?1 AND id = ?2",
+            )?,
             insert_feed: conn.prepare_cached(
                 "INSERT OR REPLACE INTO feed (seq, coll, id, src) VALUES (?1, ?2, ?3, ?4)",
+            )?,
+            delete_feed: conn
+                .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?,
+            insert_history: conn.prepare_cached(
+                "INSERT INTO history (coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?,
         })
     }
@@ -1272,11 +1285,8 @@ impl<'c> RecordWriter<'c> {
                 .execute(params![p.coll, id, rev, row_seq.0, live, bytes])?;
         } else {
             // A stored record is updated in place (REPLACE would delete and insert the row).
-            let updated = conn
-                .prepare_cached(
-                    "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6
-                     WHERE coll = ?1 AND id = ?2",
-                )?
+            let updated = self
+                .update_record
                 .execute(params![p.coll, id, rev, row_seq.0, live, bytes])?
                 == 1;
             if !updated {
@@ -1303,10 +1313,17 @@ impl<'c> RecordWriter<'c> {
             self.insert_feed.execute(params![s.0, p.coll, id, p.src])?;
         }
         for s in old.iter().filter(|s| !new.contains(s)) {
-            conn.prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
-                .execute(params![s.0, p.coll, id])?;
+            self.delete_feed.execute(params![s.0, p.coll, id])?;
         }
-        write_derived(conn, t, p, stored, row_seq, now_ms)
+        write_derived(
+            conn,
+            &mut self.insert_history,
+            t,
+            p,
+            stored,
+            row_seq,
+            now_ms,
+        )
     }
 }
 
@@ -1327,6 +1344,7 @@ fn read_state(
 /// history, conflicts.
 fn write_derived(
     conn: &Connection,
+    insert_history: &mut rusqlite::CachedStatement<'_>,
     t: &mut Tables<'_>,
     p: &Pending,
     stored: Option<&RecordState>,
@@ -1353,24 +1371,19 @@ fn write_derived(
         // `Database::history` puts them back into the listing.)
         let node = t.nodes.index(&version.node);
         let old_node = old.as_ref().map(|c| t.nodes.index(&c.version.node));
-        conn
-            .prepare_cached(
-                "INSERT INTO history (coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                p.coll,
-                id,
-                key_bytes(key),
-                old.as_ref().map(|c| value_bytes(&c.value)),
-                old.as_ref().map(|c| c.version.hlc.0 as i64),
-                old_node.map(|n| n as i64),
-                new.as_ref().map(|c| value_bytes(&c.value)),
-                version.hlc.0 as i64,
-                node as i64,
-                row_seq.0 as i64,
-                now_ms as i64,
-            ])?;
+        insert_history.execute(params![
+            p.coll,
+            id,
+            key_bytes(key),
+            old.as_ref().map(|c| value_bytes(&c.value)),
+            old.as_ref().map(|c| c.version.hlc.0 as i64),
+            old_node.map(|n| n as i64),
+            new.as_ref().map(|c| value_bytes(&c.value)),
+            version.hlc.0 as i64,
+            node as i64,
+            row_seq.0 as i64,
+            now_ms as i64,
+        ])?;
     }
     if p.conflicts.is_empty() {
         return Ok(());
