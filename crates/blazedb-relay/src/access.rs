@@ -20,6 +20,7 @@ use blazedb::sync::{AccessControl, Hello};
 use blazedb::{RecordId, Value};
 
 use crate::auth::{params, Authenticator, Claims};
+use crate::limits::JWT_LEEWAY_S;
 use crate::metrics::Metrics;
 use crate::rules::Rules;
 
@@ -86,6 +87,25 @@ impl AccessControl for ConnectionAccess {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// A JWT's `exp` (plus the clock tolerance accepted at connect) bounds the session: the
+    /// core ends it with `AUTH_FAILED` then, and the client reconnects with a fresh token.
+    /// Static tokens do not expire.
+    fn credential_lifetime_ms(&self) -> Option<u64> {
+        let Some(Value::Map(auth)) = ConnectionAccess::params(self).get("auth") else {
+            return None;
+        };
+        let exp_s = match auth.get("exp")? {
+            Value::Int(s) => *s as f64,
+            Value::Float(s) => *s,
+            _ => return None,
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_millis() as f64);
+        let end_ms = (exp_s + JWT_LEEWAY_S as f64) * 1000.0;
+        Some((end_ms - now_ms).max(0.0) as u64)
     }
 
     /// Without a rules file every caller may read everything (and no write is ever refused,

@@ -181,3 +181,50 @@ async fn rs256_and_eddsa_public_keys() {
     );
     relay.stop().await;
 }
+
+/// A JWT that expires during a session ends it: at `exp` (plus the clock tolerance accepted
+/// at connect) the relay closes the connection with AUTH_FAILED, which the client reports;
+/// what was synced before stays, and a fresh token connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_its_jwt_expires() {
+    let relay = TestRelay::start(|c| c.auth = AuthConfig::JwtSecret(SECRET.into())).await;
+    let before = relay.db.insert("notes", [("n", 1)]).unwrap();
+    let short = jwt_hs256(SECRET, json!({"sub": "alice", "exp": now_s() + 1}));
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), "alice");
+    let started = std::time::Instant::now();
+    let c = Client::connect(&relay, db.clone(), &short).await;
+    c.caught_up().await;
+    assert!(db.get("notes", before).unwrap().is_some());
+
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), c.task)
+        .await
+        .expect("the session ends once the token expires")
+        .unwrap();
+    let lasted = started.elapsed();
+    let err = ended.expect_err("ended by the relay, not by us");
+    let text = err.to_string();
+    assert!(text.contains("expired"), "{text}");
+    match err.report().map(|r| &r.end) {
+        Some(blazedb_net::EndReason::Protocol(e)) => {
+            assert_eq!(e.code, blazedb::sync::ErrorCode::AuthFailed);
+            assert!(e.remote, "reported by the relay");
+        }
+        other => panic!("ended with {other:?}"),
+    }
+    // exp is 1 s away (0-1 s after rounding) plus the 5 s tolerance.
+    assert!(
+        lasted >= std::time::Duration::from_secs(4),
+        "ended after {lasted:?}: before the token expired"
+    );
+    assert!(db.get("notes", before).unwrap().is_some(), "kept");
+
+    // A fresh token connects and syncs on.
+    let fresh = jwt_hs256(SECRET, json!({"sub": "alice", "exp": now_s() + 600}));
+    let after = relay.db.insert("notes", [("n", 2)]).unwrap();
+    let c = Client::connect(&relay, db.clone(), &fresh).await;
+    c.caught_up().await;
+    assert!(db.get("notes", after).unwrap().is_some());
+    c.finish().await.unwrap();
+    relay.stop().await;
+}

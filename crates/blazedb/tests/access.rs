@@ -184,3 +184,56 @@ fn forbidden_writes_are_refused_and_reverted_reads_are_filtered() {
     );
     let _ = dump(&server);
 }
+
+/// A credential with a lifetime: once it runs out, the server's session ends with
+/// AUTH_FAILED (its timer asks for that moment), and the client is told why.
+#[test]
+fn a_session_ends_when_the_credential_expires() {
+    #[derive(Debug)]
+    struct Expiring;
+    impl AccessControl for Expiring {
+        fn credential_lifetime_ms(&self) -> Option<u64> {
+            Some(1_000)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = (open(dir.path(), "s"), open(dir.path(), "c"));
+    let cfg = SessionConfig {
+        server: true,
+        access: Some(Arc::new(Expiring)),
+        ..Default::default()
+    };
+    // HELLO arrives at t = 500: the credential runs out at 1,500.
+    let mut ss = Session::new(&server, cfg, 500).unwrap();
+    let mut sc = Session::new(&client, client_cfg("any"), 500).unwrap();
+    let exchange = |ss: &mut Session, sc: &mut Session, now: u64| {
+        let mut client_error = None;
+        for _ in 0..10 {
+            while let Some(f) = sc.poll_transmit(now, &client) {
+                ss.handle_bytes(now, &f, &server).unwrap();
+            }
+            while let Some(f) = ss.poll_transmit(now, &server) {
+                if let Err(e) = sc.handle_bytes(now, &f, &client) {
+                    client_error = Some(e);
+                }
+            }
+        }
+        client_error
+    };
+    assert!(exchange(&mut ss, &mut sc, 500).is_none());
+    assert!(
+        ss.poll_timeout().unwrap() <= 1_500,
+        "the timer covers the expiry"
+    );
+    ss.handle_timeout(1_499, &server);
+    assert!(!ss.is_closed());
+    server.insert("notes", [("text", "still flowing")]).unwrap();
+    assert!(exchange(&mut ss, &mut sc, 1_499).is_none());
+    assert_eq!(client.count("notes").unwrap(), 1);
+
+    ss.handle_timeout(1_500, &server);
+    assert!(ss.is_closed());
+    let e = exchange(&mut ss, &mut sc, 1_500).expect("the client is told why");
+    assert_eq!(e.code, ErrorCode::AuthFailed);
+    assert!(e.remote && e.message.contains("expired"), "{}", e.message);
+}

@@ -19,6 +19,14 @@ pub trait AccessControl: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// How much longer (ms from now) the credential `authenticate` just accepted stays valid:
+    /// asked once, right after a successful `authenticate`. When it runs out the session ends
+    /// with `AUTH_FAILED`, so a token that expires cannot keep a connection open forever.
+    /// `None` (the default): the credential does not expire.
+    fn credential_lifetime_ms(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether `can_read_collection` / `can_read` can ever say no. When false the session
     /// skips the per-record read checks (e.g. a listener that only checks a token).
     fn filters_reads(&self) -> bool {

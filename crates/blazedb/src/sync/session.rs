@@ -331,6 +331,9 @@ pub struct Session {
     /// current unit is complete.
     restate_pending: Vec<(String, RecordId)>,
     // Liveness.
+    /// When the peer's credential runs out (`AccessControl::credential_lifetime_ms`); the
+    /// session then ends with `AUTH_FAILED`.
+    credential_expires_ms: Option<u64>,
     last_recv_ms: u64,
     last_send_ms: u64,
     ping_nonce: u64,
@@ -397,6 +400,7 @@ impl Session {
             evicts_unconfirmed: None,
             evicts_note: None,
             restate_pending: Vec::new(),
+            credential_expires_ms: None,
             last_recv_ms: now_ms,
             last_send_ms: now_ms,
             ping_nonce: 0,
@@ -790,6 +794,9 @@ impl Session {
             if let Err(message) = access.authenticate(&h) {
                 return Err(self.fail(ErrorCode::AuthFailed, message, now_ms));
             }
+            self.credential_expires_ms = access
+                .credential_lifetime_ms()
+                .map(|l| now_ms.saturating_add(l));
         }
         self.encoder.lz4 = self.cfg.lz4 && h.caps & caps::LZ4 != 0;
         self.state = State::Open;
@@ -1982,6 +1989,15 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
+        if self.credential_expires_ms.is_some_and(|t| now_ms >= t) {
+            self.close(
+                now_ms,
+                db,
+                ErrorCode::AuthFailed,
+                "the credential expired during the session: reconnect with a fresh token",
+            );
+            return;
+        }
         if now_ms.saturating_sub(self.last_recv_ms) >= self.cfg.idle_timeout_ms {
             let _ = self.fail(
                 ErrorCode::Timeout,
@@ -2013,7 +2029,8 @@ impl Session {
         }
         Some(
             (self.last_send_ms + self.cfg.ping_interval_ms)
-                .min(self.last_recv_ms + self.cfg.idle_timeout_ms),
+                .min(self.last_recv_ms + self.cfg.idle_timeout_ms)
+                .min(self.credential_expires_ms.unwrap_or(u64::MAX)),
         )
     }
 
