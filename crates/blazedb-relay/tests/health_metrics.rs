@@ -11,7 +11,8 @@ use blazedb::sync::Message;
 use blazedb::Seq;
 use blazedb_relay::metrics::PEER_LAG_TOP_N;
 use common::{
-    connected_clients, http, metric, open, wait_until, Client, RawClient, TestRelay, TOKEN,
+    connected_clients, http, metric, open, sessions_closed, wait_until, Client, RawClient,
+    TestRelay, TOKEN,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -75,14 +76,7 @@ async fn health_and_metrics_follow_the_traffic() {
     c.finish().await.unwrap();
     assert_eq!(connected_clients(relay.addr, 0).await, 0);
     let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
-    assert_eq!(
-        metric(
-            &m,
-            "blazedb_relay_sessions_closed_total{reason=\"peer_finished\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sessions_closed(&m, "peer_finished"), Some(1.0), "{m}");
     assert_eq!(
         metric(&m, "blazedb_relay_connections{transport=\"ws\"}"),
         Some(0.0)

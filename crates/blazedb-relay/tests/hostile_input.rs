@@ -12,7 +12,9 @@ use blazedb::sync::frame::FrameDecoder;
 use blazedb::sync::message::{decode_simple, kind, Message};
 use blazedb::sync::ErrorCode;
 use blazedb_net::ws::{WS_EMPTY_MESSAGES_BURST, WS_MESSAGE_BYTES_MAX};
-use common::{connect_ws, http, metric, open, wait_until, within, Client, TestRelay, TOKEN};
+use common::{
+    connect_ws, http, open, sessions_closed, wait_until, within, Client, TestRelay, TOKEN,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -119,22 +121,8 @@ async fn bad_input_closes_only_that_connection() {
     // The hostile sessions are gone; the two good ones remain.
     assert_eq!(common::connected_clients(relay.addr, 2).await, 2);
     let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
-    assert_eq!(
-        metric(
-            &m,
-            "blazedb_relay_sessions_closed_total{reason=\"protocol_error\"}"
-        ),
-        Some(6.0),
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "blazedb_relay_sessions_closed_total{reason=\"rate_limited\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sessions_closed(&m, "protocol_error"), Some(6.0), "{m}");
+    assert_eq!(sessions_closed(&m, "rate_limited"), Some(1.0), "{m}");
     ca.finish().await.unwrap();
     cb.finish().await.unwrap();
     relay.stop().await;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use blazedb::sync::{ErrorCode, Message};
-use common::{http, metric, open, wait_until, Client, RawClient, TestRelay, TOKEN};
+use common::{http, open, sessions_closed, wait_until, Client, RawClient, TestRelay, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flooding_client_is_cut_off_others_are_not() {
@@ -40,14 +40,7 @@ async fn flooding_client_is_cut_off_others_are_not() {
     }
     assert!(!ca.task.is_finished() && !cb.task.is_finished());
     let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
-    assert_eq!(
-        metric(
-            &m,
-            "blazedb_relay_sessions_closed_total{reason=\"rate_limited\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sessions_closed(&m, "rate_limited"), Some(1.0), "{m}");
     ca.finish().await.unwrap();
     cb.finish().await.unwrap();
     relay.stop().await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use blazedb::sync::{ErrorCode, SessionConfig};
 use blazedb::Database;
 use blazedb_net::{run_session, DriverOptions, NetError, SessionReport};
-use common::{http, metric, open, wait_until, TestRelay, TOKEN};
+use common::{http, metric, open, sessions_closed, wait_until, TestRelay, TOKEN};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinHandle;
@@ -100,11 +100,7 @@ async fn tcp_and_unix_clients_sync_and_bad_hello_tokens_are_refused() {
     let mut m = String::new();
     for _ in 0..100 {
         m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
-        if metric(
-            &m,
-            "blazedb_relay_sessions_closed_total{reason=\"auth_failed\"}",
-        ) == Some(2.0)
-        {
+        if sessions_closed(&m, "auth_failed") == Some(2.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -114,14 +110,7 @@ async fn tcp_and_unix_clients_sync_and_bad_hello_tokens_are_refused() {
         Some(2.0),
         "{m}"
     );
-    assert_eq!(
-        metric(
-            &m,
-            "blazedb_relay_sessions_closed_total{reason=\"auth_failed\"}"
-        ),
-        Some(2.0),
-        "{m}"
-    );
+    assert_eq!(sessions_closed(&m, "auth_failed"), Some(2.0), "{m}");
     assert_eq!(
         metric(&m, "blazedb_relay_connections{transport=\"tcp\"}"),
         Some(1.0)

@@ -252,8 +252,39 @@ fn snapshot_into_an_encrypted_copy() {
     assert_same(&src, &dst, &ids);
 }
 
-#[test]
-fn staged_chunks_survive_reopening_and_every_boundary_resumes() {
+/// How a receiver takes a snapshot's chunks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Take {
+    /// Staged, applied at the finish in one transaction.
+    Staged,
+    /// Merged as each arrives.
+    Merged,
+}
+
+fn take_chunk(
+    db: &Database,
+    take: Take,
+    peer: NodeId,
+    snap_id: u64,
+    i: usize,
+    key: &SnapshotKey,
+    chunk: &[u8],
+) {
+    match take {
+        Take::Staged => db
+            .snapshot_stage_chunk(peer, snap_id, i as u32, key, chunk)
+            .unwrap(),
+        Take::Merged => {
+            db.snapshot_merge_chunk(peer, snap_id, i as u32, key, chunk)
+                .unwrap();
+        }
+    }
+}
+
+/// Receive the first `cut` chunks of a snapshot of `src` (`check_cut(copy, src, snapshot,
+/// cut)` looks at the copy then), reopen the copy as after a restart, check the progress, receive the rest (the last
+/// chunk before the cut arrives twice) and finish: the copy equals the source, at every cut.
+fn resume_at_every_boundary(how: Take, check_cut: impl Fn(&Database, &Database, &Snap, usize)) {
     let dir = tempfile::tempdir().unwrap();
     let src = open(&dir.path().join("src.db"));
     let ids = populate(&src, 80);
@@ -261,20 +292,25 @@ fn staged_chunks_survive_reopening_and_every_boundary_resumes() {
     let n = snap.chunks.len();
     assert!(n >= 4, "{n} chunks");
     let peer = src.node_id();
+    let scope = match how {
+        Take::Staged => SnapshotScope::default(),
+        Take::Merged => SnapshotScope {
+            collections: Some(Vec::new()),
+        },
+    };
     for cut in 0..=n {
         let path = dir.path().join(format!("dst{cut}.db"));
         {
             let dst = open(&path);
             dst.snapshot_begin(peer, 7, snap.position).unwrap();
             for (i, (key, chunk)) in snap.chunks[..cut].iter().enumerate() {
-                dst.snapshot_stage_chunk(peer, 7, i as u32, key, chunk)
-                    .unwrap();
+                take_chunk(&dst, how, peer, 7, i, key, chunk);
             }
-            assert!(dst.scan("notes").unwrap().is_empty(), "nothing applied yet");
+            check_cut(&dst, &src, &snap, cut);
         }
         // Reopened (a restart): the progress says where to go on.
         let dst = open(&path);
-        let p = dst.snapshot_progress(peer).unwrap().expect("still staged");
+        let p = dst.snapshot_progress(peer).unwrap().expect("in progress");
         assert_eq!(
             (p.snap_id, p.position, p.next_index),
             (7, snap.position, cut as u32)
@@ -283,19 +319,25 @@ fn staged_chunks_survive_reopening_and_every_boundary_resumes() {
             p.last_key,
             cut.checked_sub(1).map(|i| snap.chunks[i].0.clone())
         );
-        // The session begins the same snapshot again: staged chunks stay.
+        // The session begins the same snapshot again: what was received stays.
         dst.snapshot_begin(peer, 7, snap.position).unwrap();
         let from = cut.saturating_sub(1); // the last chunk arrives twice
         for (i, (key, chunk)) in snap.chunks.iter().enumerate().skip(from) {
-            dst.snapshot_stage_chunk(peer, 7, i as u32, key, chunk)
-                .unwrap();
+            take_chunk(&dst, how, peer, 7, i, key, chunk);
         }
-        let applied = dst
-            .snapshot_finish(peer, 7, n as u32, &SnapshotScope::default(), Seq(0))
+        dst.snapshot_finish(peer, 7, n as u32, &scope, Seq(0))
             .unwrap();
-        assert_eq!(applied.records, ids.len() as u64);
         assert_same(&src, &dst, &ids);
+        // One local commit per chunk either way.
+        assert_eq!(dst.last_seq().unwrap(), Seq(n as u64), "{how:?} cut {cut}");
     }
+}
+
+#[test]
+fn staged_chunks_survive_reopening_and_every_boundary_resumes() {
+    resume_at_every_boundary(Take::Staged, |dst, _, _, _| {
+        assert!(dst.scan("notes").unwrap().is_empty(), "nothing applied yet");
+    });
 }
 
 #[test]
@@ -685,7 +727,7 @@ fn receive_merged(
 }
 
 #[test]
-fn merged_chunk_by_chunk_equals_the_source_and_resumes_at_every_boundary() {
+fn merged_chunk_by_chunk_equals_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let src = open(&dir.path().join("src.db"));
     let ids = populate(&src, 200);
@@ -712,57 +754,27 @@ fn merged_chunk_by_chunk_equals_the_source_and_resumes_at_every_boundary() {
     let again = receive_merged(&dst, peer, 2, &snap);
     assert_eq!(again.cells_applied, 0);
     assert_eq!(dst.last_seq().unwrap(), Seq(n as u64));
+}
 
-    for cut in 0..=n {
-        let path = dir.path().join(format!("dst{cut}.db"));
-        {
-            let dst = open(&path);
-            dst.snapshot_begin(peer, 7, snap.position).unwrap();
-            for (i, (key, chunk)) in snap.chunks[..cut].iter().enumerate() {
-                dst.snapshot_merge_chunk(peer, 7, i as u32, key, chunk)
-                    .unwrap();
+#[test]
+fn merged_chunks_survive_reopening_and_every_boundary_resumes() {
+    resume_at_every_boundary(Take::Merged, |dst, src, snap, cut| {
+        // The merged chunks' records are readable already, exactly as the source has them;
+        // the cursor has not moved.
+        for (_, chunk) in &snap.chunks[..cut] {
+            for ch in decode_chunk(chunk, SNAPSHOT_CHUNK_CELLS_MAX).unwrap() {
+                assert_eq!(
+                    cells(dst, &ch.collection, ch.id),
+                    cells(src, &ch.collection, ch.id)
+                );
             }
-            // The merged chunks' records are readable already, exactly as the source has
-            // them; the cursor has not moved.
-            for (_, chunk) in &snap.chunks[..cut] {
-                for ch in decode_chunk(chunk, SNAPSHOT_CHUNK_CELLS_MAX).unwrap() {
-                    assert_eq!(
-                        cells(&dst, &ch.collection, ch.id),
-                        cells(&src, &ch.collection, ch.id)
-                    );
-                }
-            }
-            assert_eq!(
-                dst.peer_cursor(peer, PeerDirection::Received).unwrap(),
-                Seq(0)
-            );
         }
-        // Reopened (a restart): the progress says where to go on.
-        let dst = open(&path);
-        let p = dst.snapshot_progress(peer).unwrap().expect("in progress");
-        assert_eq!((p.snap_id, p.next_index), (7, cut as u32));
         assert_eq!(
-            p.last_key,
-            cut.checked_sub(1).map(|i| snap.chunks[i].0.clone())
+            dst.peer_cursor(src.node_id(), PeerDirection::Received)
+                .unwrap(),
+            Seq(0)
         );
-        dst.snapshot_begin(peer, 7, snap.position).unwrap();
-        let from = cut.saturating_sub(1); // the last chunk arrives twice: no effect
-        for (i, (key, chunk)) in snap.chunks.iter().enumerate().skip(from) {
-            let a = dst
-                .snapshot_merge_chunk(peer, 7, i as u32, key, chunk)
-                .unwrap();
-            if i < cut {
-                assert_eq!(a.records, 0, "a repeated chunk is ignored");
-            }
-        }
-        let scope = SnapshotScope {
-            collections: Some(Vec::new()),
-        };
-        dst.snapshot_finish(peer, 7, n as u32, &scope, Seq(0))
-            .unwrap();
-        assert_same(&src, &dst, &ids);
-        assert_eq!(dst.last_seq().unwrap(), Seq(n as u64), "cut {cut}");
-    }
+    });
 }
 
 #[test]

@@ -331,6 +331,14 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// `blazedb_relay_sessions_closed_total` for one close reason, from a `/metrics` text.
+pub fn sessions_closed(metrics: &str, reason: &str) -> Option<f64> {
+    metric(
+        metrics,
+        &format!("blazedb_relay_sessions_closed_total{{reason=\"{reason}\"}}"),
+    )
+}
+
 /// An HS256 JWT with these claims.
 pub fn jwt_hs256(secret: &str, claims: serde_json::Value) -> String {
     jsonwebtoken::encode(

@@ -136,14 +136,8 @@ fn apply_segment(
         for ch in &mut changes[range] {
             let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
             tx.records[i].src = src;
-            for mut c in std::mem::take(&mut ch.cells) {
-                tx.inner
-                    .clock
-                    .observe(c.version.hlc, tx.now_ms)
-                    .map_err(ApplyError::from)?;
-                c.seq = tx.seq;
-                if tx.merge(i, c) {
-                    tx.seq_used = true;
+            for c in std::mem::take(&mut ch.cells) {
+                if tx.merge_received(i, c)? {
                     state.applied += 1;
                 }
             }

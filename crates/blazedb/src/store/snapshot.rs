@@ -214,20 +214,8 @@ impl Database {
         let mut inner = self.lock()?;
         write_tx(&mut inner, |inner| {
             let p = expect_progress(inner, peer, snap_id)?;
-            if idx < p.next_index {
+            if !is_next_chunk(&p, idx)? {
                 return Ok(());
-            }
-            if idx > p.next_index {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshot {snap_id} chunk {idx} arrived out of order: chunk {} is next; \
-                     resume from the staged progress",
-                    p.next_index
-                )));
-            }
-            if idx as usize >= SNAPSHOT_CHUNKS_MAX {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshot {snap_id} has more than {SNAPSHOT_CHUNKS_MAX} chunks"
-                )));
             }
             if idx > 0 && !any_staged(inner, peer)? {
                 return Err(Error::InvalidArgument(format!(
@@ -241,19 +229,7 @@ impl Database {
                     "INSERT INTO snapshot_staging (peer, snap_id, idx, data) VALUES (?1, ?2, ?3, ?4)",
                 )?
                 .execute(params![&peer.0[..], snap_id as i64, idx, chunk])?;
-            inner
-                .conn
-                .prepare_cached(
-                    "UPDATE snapshot_progress SET next_index = ?2, last_coll = ?3, last_id = ?4
-                     WHERE peer = ?1",
-                )?
-                .execute(params![
-                    &peer.0[..],
-                    idx + 1,
-                    last_key.collection,
-                    &last_key.id.0[..]
-                ])?;
-            Ok(())
+            advance_progress(inner, peer, idx, last_key)
         })
     }
 
@@ -292,20 +268,8 @@ impl Database {
         self.transaction(|tx| {
             let p = expect_progress(tx.inner, peer, snap_id)?;
             applied.position = p.position;
-            if idx < p.next_index {
+            if !is_next_chunk(&p, idx)? {
                 return Ok(());
-            }
-            if idx > p.next_index {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshot {snap_id} chunk {idx} arrived out of order: chunk {} is next; \
-                     resume from the progress",
-                    p.next_index
-                )));
-            }
-            if idx as usize >= SNAPSHOT_CHUNKS_MAX {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshot {snap_id} has more than {SNAPSHOT_CHUNKS_MAX} chunks"
-                )));
             }
             if any_staged(tx.inner, peer)? {
                 return Err(Error::InvalidArgument(format!(
@@ -316,19 +280,7 @@ impl Database {
             let changes = decode_staged(chunk, snap_id, idx)?;
             let src = tx.inner.nodes.index(&peer) + 1;
             merge_chunk(tx, changes, src, &mut applied)?;
-            tx.inner
-                .conn
-                .prepare_cached(
-                    "UPDATE snapshot_progress SET next_index = ?2, last_coll = ?3, last_id = ?4
-                     WHERE peer = ?1",
-                )?
-                .execute(params![
-                    &peer.0[..],
-                    idx + 1,
-                    last_key.collection,
-                    &last_key.id.0[..]
-                ])?;
-            Ok(())
+            advance_progress(tx.inner, peer, idx, last_key)
         })?;
         Ok(applied)
     }
@@ -604,15 +556,9 @@ fn merge_chunk(
         }
         let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
         tx.records[i].src = src;
-        for mut c in ch.cells {
+        for c in ch.cells {
             super::feed::validate_cell(&c).map_err(ApplyError::Invalid)?;
-            tx.inner
-                .clock
-                .observe(c.version.hlc, tx.now_ms)
-                .map_err(ApplyError::from)?;
-            c.seq = tx.seq;
-            if tx.merge(i, c) {
-                tx.seq_used = true;
+            if tx.merge_received(i, c)? {
                 applied.cells_applied += 1;
             }
         }
@@ -769,6 +715,45 @@ fn expect_progress(inner: &Inner, peer: NodeId, snap_id: u64) -> Result<Snapshot
             "no snapshot from {peer} is in progress; begin snapshot {snap_id} first"
         ))),
     }
+}
+
+/// Whether chunk `idx` is the one `p` expects next: `Ok(false)` for one already received (a
+/// duplicate delivery, ignored), an error for one past it or past the chunk limit.
+fn is_next_chunk(p: &SnapshotProgress, idx: u32) -> Result<bool> {
+    if idx < p.next_index {
+        return Ok(false);
+    }
+    if idx > p.next_index {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot {} chunk {idx} arrived out of order: chunk {} is next; resume from the \
+             progress",
+            p.snap_id, p.next_index
+        )));
+    }
+    if idx as usize >= SNAPSHOT_CHUNKS_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot {} has more than {SNAPSHOT_CHUNKS_MAX} chunks",
+            p.snap_id
+        )));
+    }
+    Ok(true)
+}
+
+/// Record chunk `idx`, ending with `last_key`, as received (staged or merged).
+fn advance_progress(inner: &Inner, peer: NodeId, idx: u32, last_key: &SnapshotKey) -> Result<()> {
+    inner
+        .conn
+        .prepare_cached(
+            "UPDATE snapshot_progress SET next_index = ?2, last_coll = ?3, last_id = ?4
+             WHERE peer = ?1",
+        )?
+        .execute(params![
+            &peer.0[..],
+            idx + 1,
+            last_key.collection,
+            &last_key.id.0[..]
+        ])?;
+    Ok(())
 }
 
 /// Whether any chunk from `peer` is staged.

@@ -924,6 +924,22 @@ impl<'a> Tx<'a> {
         self.merge(i, cell);
     }
 
+    /// Merge one cell received from a peer into pending record `i`: its clock is observed
+    /// (refused when too far ahead), it takes the transaction's current seq, and a cell that
+    /// changed something marks the seq used. Returns whether it changed something.
+    pub(crate) fn merge_received(&mut self, i: usize, mut cell: Cell) -> Result<bool> {
+        self.inner
+            .clock
+            .observe(cell.version.hlc, self.now_ms)
+            .map_err(crate::error::ApplyError::from)?;
+        cell.seq = self.seq;
+        let applied = self.merge(i, cell);
+        if applied {
+            self.seq_used = true;
+        }
+        Ok(applied)
+    }
+
     /// Merge one cell into a pending record, recording history and conflicts.
     pub(crate) fn merge(&mut self, i: usize, cell: Cell) -> bool {
         let p = &mut self.records[i];
