@@ -281,9 +281,10 @@ fn take_chunk(
     }
 }
 
-/// Receive the first `cut` chunks of a snapshot of `src` (`check_cut(copy, src, snapshot,
-/// cut)` looks at the copy then), reopen the copy as after a restart, check the progress, receive the rest (the last
-/// chunk before the cut arrives twice) and finish: the copy equals the source, at every cut.
+/// Receive the first `cut` chunks of a snapshot of `src` (then `check_cut(copy, src,
+/// snapshot, cut)` looks at the copy), reopen the copy as after a restart, check the
+/// progress, receive the rest (the last chunk before the cut arrives twice) and finish: the
+/// copy equals the source, at every cut.
 fn resume_at_every_boundary(how: Take, check_cut: impl Fn(&Database, &Database, &Snap, usize)) {
     let dir = tempfile::tempdir().unwrap();
     let src = open(&dir.path().join("src.db"));
