@@ -3,7 +3,7 @@
 
 mod common;
 
-use blazedb::sync::{Session, SessionConfig, SyncMode};
+use blazedb::sync::{ErrorCode, Session, SessionConfig, SyncMode};
 use blazedb::{Patch, RecordId, Value};
 use common::{dump, open, pump, sync_pair};
 
@@ -590,4 +590,45 @@ fn units_that_arrive_in_one_read_are_applied_in_one_transaction() {
     pump(&a, &mut sa, &b, &mut sb);
     assert!(sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap());
     assert_eq!(dump(&a), dump(&b));
+}
+
+/// A bad frame ends the session, but the complete units that arrived in the same read
+/// before it are applied first — also when the bad frame is one that does not break a group
+/// (a PING whose payload does not decode).
+#[test]
+fn units_before_a_malformed_ping_in_the_same_read_are_applied() {
+    use blazedb::sync::frame::FrameEncoder;
+    use blazedb::sync::message::kind;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let small_batches = SessionConfig {
+        batch_cells_max: 1,
+        window_units: 1_000,
+        ..cfg(SyncMode::Both)
+    };
+    let mut sa = Session::new(&a, small_batches.clone(), 0).unwrap();
+    let mut sb = Session::new(&b, small_batches, 0).unwrap();
+    pump(&a, &mut sa, &b, &mut sb);
+    let mut read = Vec::new();
+    for i in 0..5i64 {
+        a.insert("notes", [("n", Value::Int(i))]).unwrap();
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            read.extend(f);
+        }
+    }
+    // The next frame in A's sequence (so its index and checksum are right): a PING whose
+    // nonce is not a varint.
+    let mut enc = FrameEncoder::default();
+    for _ in 0..sa.stats().frames_sent {
+        enc.encode(kind::PING, false, &[]);
+    }
+    read.extend(enc.encode(kind::PING, false, &[0xff; 11]));
+    let e = sb.handle_bytes(0, &read, &b).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Malformed, "{e:?}");
+    assert_eq!(
+        b.count("notes").unwrap(),
+        5,
+        "the units before it were applied"
+    );
 }

@@ -559,6 +559,7 @@ impl Session {
                     self.apply_group(now_ms, db)?;
                 }
                 if frame.partial {
+                    self.apply_group(now_ms, db)?;
                     return Err(self.fail(
                         ErrorCode::Malformed,
                         "PARTIAL flag on a non-CHANGES frame".into(),
@@ -581,7 +582,11 @@ impl Session {
                 }
                 match message::decode_simple(frame.kind, &frame.payload) {
                     Ok(m) => m,
-                    Err(e) => return Err(self.fail(ErrorCode::Malformed, e.to_string(), now_ms)),
+                    Err(e) => {
+                        // Like every bad frame: what arrived whole before it is kept.
+                        self.apply_group(now_ms, db)?;
+                        return Err(self.fail(ErrorCode::Malformed, e.to_string(), now_ms));
+                    }
                 }
             };
             self.handle_message(now_ms, msg, db)?;
