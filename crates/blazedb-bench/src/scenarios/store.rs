@@ -314,7 +314,7 @@ impl Scenario for Metadata {
         let side = floor::inspect(&l.db_path, pw)?;
         let records = floor::table_bytes(&side, &["records"])?;
         let feed = floor::table_bytes(&side, &["feed"])?;
-        let history = floor::table_bytes(&side, &["history", "history_by_record"])?;
+        let history = floor::table_bytes(&side, &["history"])?;
         drop(side);
         let floor_table = floor::table_bytes(l.floor.conn(), &[floor::TABLE])?;
         // The raw values: the 16-byte id plus each value's bytes.

@@ -296,10 +296,16 @@ pub(super) fn remove_record(
             )?;
         }
     }
-    let history = inner
+    // The record's entries, found through its chain (read before its row goes).
+    let chain = inner.history_chain(coll, id)?;
+    let mut delete = inner
         .conn
-        .prepare_cached("DELETE FROM history WHERE coll = ?1 AND id = ?2")?
-        .execute(params![coll, key])? as u64;
+        .prepare_cached("DELETE FROM history WHERE hid = ?1")?;
+    for hid in &chain {
+        delete.execute([hid])?;
+    }
+    drop(delete);
+    let history = chain.len() as u64;
     inner
         .conn
         .prepare_cached("DELETE FROM records WHERE coll = ?1 AND id = ?2")?

@@ -133,12 +133,44 @@ impl Inner {
         }
     }
 
+    /// The `hid`s of a record's history entries, newest first: its chain from `records.hist`
+    /// through each entry's `prev`. The walk stops where retention cut the chain (a `prev`
+    /// that is gone), and also at a `prev` that does not go down or an entry of another
+    /// record: `hid`s can be reused once the newest rows are deleted, so a stale pointer
+    /// must never lead into another record's entries.
+    pub(crate) fn history_chain(&self, coll: i64, id: RecordId) -> Result<Vec<i64>> {
+        let head: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT hist FROM records WHERE coll = ?1 AND id = ?2")?
+            .query_row(params![coll, &id.0[..]], |r| r.get(0))
+            .optional()?
+            .flatten();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT coll, id, prev FROM history WHERE hid = ?1")?;
+        let mut out = Vec::new();
+        let mut next = head;
+        while let Some(hid) = next {
+            let row: Option<(i64, Vec<u8>, Option<i64>)> = stmt
+                .query_row([hid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((c, i, prev)) = row else { break };
+            if c != coll || i != id.0 {
+                break;
+            }
+            out.push(hid);
+            next = prev.filter(|p| *p < hid);
+        }
+        Ok(out)
+    }
+
     fn history_rows(&self, coll: i64, id: RecordId) -> Result<Vec<Row>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms FROM history
-             WHERE coll = ?1 AND id = ?2 ORDER BY hid",
+             WHERE hid = ?1",
         )?;
-        let mut rows = stmt.query(params![coll, &id.0[..]])?;
+        let mut chain = self.history_chain(coll, id)?;
+        chain.reverse();
         let mut out = Vec::new();
         let node = |i: i64| {
             self.nodes.id(i as u64).ok_or_else(|| {
@@ -147,7 +179,9 @@ impl Inner {
                 )))
             })
         };
-        while let Some(r) = rows.next()? {
+        for hid in chain {
+            let mut rows = stmt.query([hid])?;
+            let Some(r) = rows.next()? else { continue };
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(0)?)?;
             let old = match (
                 r.get::<_, Option<Vec<u8>>>(1)?,

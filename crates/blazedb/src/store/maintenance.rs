@@ -117,7 +117,7 @@ impl Database {
             |r| r.get(0),
         )?;
         s.last_seq = inner.clock_row()?.0 .0;
-        s.history_bytes = table_bytes(&inner, &["history", "history_by_record"]);
+        s.history_bytes = table_bytes(&inner, &["history"]);
         s.index_bytes = table_bytes(&inner, &["index_entries"]);
         Ok(s)
     }

@@ -12,7 +12,7 @@
 //! | `feed_links`    | partly overwritten commit  | `s` must be delivered together with `t`   |
 //! | `indexes`       | declared secondary index   |                                           |
 //! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
-//! | `history`       | cell change                | audit trail and time travel; compacted    |
+//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4) |
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application           |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors (used by the sync engine)    |
@@ -25,11 +25,11 @@ use rusqlite::Connection;
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
-pub const MIGRATIONS: &[&str] = &[SNAPSHOT_TABLES, UNIT_STAGING];
+pub const MIGRATIONS: &[&str] = &[SNAPSHOT_TABLES, UNIT_STAGING, HISTORY_CHAINS];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
 /// kept until the whole snapshot is applied, so a disconnect or a restart resumes instead of
@@ -63,6 +63,23 @@ CREATE TABLE unit_staging (
     data BLOB NOT NULL,
     PRIMARY KEY (peer, idx)
 ) WITHOUT ROWID;
+";
+
+/// Format 4: a record's history entries are found through a chain instead of an index:
+/// `records.hist` is the newest entry's `hid`, each entry's `prev` the one before it (of the
+/// same record). The `history_by_record` index it replaces put one random page write per
+/// changed record into every commit (a 100-record update transaction wrote ~100 index pages);
+/// measured 2026-12-03: one-field updates in 100-record transactions went from 33k to 53–56k
+/// per second without it. History is appended in `hid` order, compaction deletes the oldest
+/// `hid`s, so a chain stays whole down to the retention horizon.
+const HISTORY_CHAINS: &str = "
+ALTER TABLE history ADD COLUMN prev INTEGER;
+ALTER TABLE records ADD COLUMN hist INTEGER;
+UPDATE history SET prev = (SELECT max(h.hid) FROM history h
+    WHERE h.coll = history.coll AND h.id = history.id AND h.hid < history.hid);
+UPDATE records SET hist = (SELECT max(h.hid) FROM history h
+    WHERE h.coll = records.coll AND h.id = records.id);
+DROP INDEX history_by_record;
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.

@@ -1242,20 +1242,25 @@ impl<'c> RecordWriter<'c> {
     fn new(conn: &'c Connection) -> Result<RecordWriter<'c>> {
         Ok(RecordWriter {
             insert_record: conn.prepare_cached(
-                "INSERT INTO records (coll, id, rev, seq, live, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO records (coll, id, rev, seq, live, body, hist)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?,
+            // `hist` moves only when the write added history entries (?7 not NULL).
             update_record: conn.prepare_cached(
-                "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6
-                 WHERE coll = ?1 AND id = ?2",
+                "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6,
+                 hist = coalesce(?7, hist) WHERE coll = ?1 AND id = ?2",
             )?,
             insert_feed: conn.prepare_cached(
                 "INSERT OR REPLACE INTO feed (seq, coll, id, src) VALUES (?1, ?2, ?3, ?4)",
             )?,
             delete_feed: conn
                 .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?,
+            // `prev`: the entry before this one of the same record — given (?12) within one
+            // write, else the record's chain head as its row holds it.
             insert_history: conn.prepare_cached(
-                "INSERT INTO history (coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO history (coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                   coalesce(?12, (SELECT hist FROM records WHERE coll = ?1 AND id = ?2)))",
             )?,
         })
     }
@@ -1294,22 +1299,26 @@ impl<'c> RecordWriter<'c> {
         let rev = p.before.as_ref().map_or(0, |b| b.1) + 1;
         let id = &p.id.0[..];
         let live = p.state.is_live();
+        // History first: its entries chain from the record's current head, and the row
+        // written next points at the newest of them.
+        let hist = write_history(conn, &mut self.insert_history, t, p, row_seq, now_ms)?;
         if stored.is_none() {
             // No row has this id (the transaction holds the write lock since it read that):
             // a plain INSERT, cheaper than a REPLACE.
             self.insert_record
-                .execute(params![p.coll, id, rev, row_seq.0, live, bytes])?;
+                .execute(params![p.coll, id, rev, row_seq.0, live, bytes, hist])?;
         } else {
             // A stored record is updated in place (REPLACE would delete and insert the row).
             let updated = self
                 .update_record
-                .execute(params![p.coll, id, rev, row_seq.0, live, bytes])?
+                .execute(params![p.coll, id, rev, row_seq.0, live, bytes, hist])?
                 == 1;
             if !updated {
                 conn.prepare_cached(
-                    "INSERT OR REPLACE INTO records (coll, id, rev, seq, live, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR REPLACE INTO records (coll, id, rev, seq, live, body, hist)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![p.coll, id, rev, row_seq.0, live, bytes])?;
+                .execute(params![p.coll, id, rev, row_seq.0, live, bytes, hist])?;
             }
         }
 
@@ -1331,15 +1340,7 @@ impl<'c> RecordWriter<'c> {
         for s in old.iter().filter(|s| !new.contains(s)) {
             self.delete_feed.execute(params![s.0, p.coll, id])?;
         }
-        write_derived(
-            conn,
-            &mut self.insert_history,
-            t,
-            p,
-            stored,
-            row_seq,
-            now_ms,
-        )
+        write_derived(conn, t, p, stored, row_seq)
     }
 }
 
@@ -1356,31 +1357,19 @@ fn read_state(
     Ok(body::decode(&bytes, Seq(seq), nodes, fields)?)
 }
 
-/// The rows a changed record implies besides its own and its feed entries: index entries,
-/// history, conflicts.
-fn write_derived(
+/// Append the record's history entries, each chained to the one before it (the first to the
+/// record's current head, `records.hist`). Returns the newest entry's `hid`, which the
+/// record's row must then hold (`None`: no entry was written).
+fn write_history(
     conn: &Connection,
     insert_history: &mut rusqlite::CachedStatement<'_>,
     t: &mut Tables<'_>,
     p: &Pending,
-    stored: Option<&RecordState>,
     row_seq: Seq,
     now_ms: u64,
-) -> Result<()> {
+) -> Result<Option<i64>> {
     let id = &p.id.0[..];
-    if let Some(fields) = t.indexes.get(&p.coll) {
-        let before = stored
-            .filter(|s| s.is_live())
-            .map(|s| s.fields())
-            .unwrap_or_default();
-        let after = if p.state.is_live() {
-            p.state.fields()
-        } else {
-            BTreeMap::new()
-        };
-        super::index::update_entries(conn, p.coll, p.id, fields, &before, &after)?;
-    }
-
+    let mut prev: Option<i64> = None;
     for (key, old, new, version) in &p.history {
         // (Creations, with no old cell, never get here: their value and version are in the
         // record body until overwritten, and then in that change's `old`;
@@ -1399,7 +1388,34 @@ fn write_derived(
             node as i64,
             row_seq.0 as i64,
             now_ms as i64,
+            prev,
         ])?;
+        prev = Some(conn.last_insert_rowid());
+    }
+    Ok(prev)
+}
+
+/// The rows a changed record implies besides its own, its feed entries and its history:
+/// index entries, conflicts.
+fn write_derived(
+    conn: &Connection,
+    t: &mut Tables<'_>,
+    p: &Pending,
+    stored: Option<&RecordState>,
+    row_seq: Seq,
+) -> Result<()> {
+    let id = &p.id.0[..];
+    if let Some(fields) = t.indexes.get(&p.coll) {
+        let before = stored
+            .filter(|s| s.is_live())
+            .map(|s| s.fields())
+            .unwrap_or_default();
+        let after = if p.state.is_live() {
+            p.state.fields()
+        } else {
+            BTreeMap::new()
+        };
+        super::index::update_entries(conn, p.coll, p.id, fields, &before, &after)?;
     }
     if p.conflicts.is_empty() {
         return Ok(());
