@@ -31,7 +31,7 @@ pub struct Stats {
     pub wal_bytes: u64,
     /// History entries.
     pub history_entries: u64,
-    /// Bytes used by the history table and its index (from `dbstat` when available).
+    /// Bytes used by the history table (from `dbstat` when available).
     pub history_bytes: Option<u64>,
     /// Bytes used by the index entries table.
     pub index_bytes: Option<u64>,
