@@ -4,7 +4,7 @@
 mod common;
 
 use blazedb::sync::{ErrorCode, Session, SessionConfig, SyncMode};
-use blazedb::{Patch, RecordId, Value};
+use blazedb::{Database, Patch, RecordId, Value};
 use common::{dump, open, pump, sync_pair};
 
 fn cfg(mode: SyncMode) -> SessionConfig {
@@ -512,12 +512,11 @@ fn watchers_see_a_staged_unit_once_after_it_commits() {
     }
 }
 
-#[test]
-fn units_that_arrive_in_one_read_are_applied_in_one_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+/// Two synced databases whose sessions send every commit as its own unit at once (a full
+/// batch goes out even while units are unacknowledged).
+fn unit_per_commit_pair(dir: &std::path::Path) -> (Database, Session, Database, Session) {
+    let (a, b) = (open(dir, "a"), open(dir, "b"));
     let small_batches = SessionConfig {
-        // A full batch goes out at once, even while units are unacknowledged.
         batch_cells_max: 1,
         window_units: 1_000,
         ..cfg(SyncMode::Both)
@@ -525,6 +524,13 @@ fn units_that_arrive_in_one_read_are_applied_in_one_transaction() {
     let mut sa = Session::new(&a, small_batches.clone(), 0).unwrap();
     let mut sb = Session::new(&b, small_batches, 0).unwrap();
     pump(&a, &mut sa, &b, &mut sb);
+    (a, sa, b, sb)
+}
+
+#[test]
+fn units_that_arrive_in_one_read_are_applied_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut sa, b, mut sb) = unit_per_commit_pair(dir.path());
     let b_commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     b.on_commit({
         let n = b_commits.clone();
@@ -601,15 +607,7 @@ fn units_before_a_malformed_ping_in_the_same_read_are_applied() {
     use blazedb::sync::message::kind;
 
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
-    let small_batches = SessionConfig {
-        batch_cells_max: 1,
-        window_units: 1_000,
-        ..cfg(SyncMode::Both)
-    };
-    let mut sa = Session::new(&a, small_batches.clone(), 0).unwrap();
-    let mut sb = Session::new(&b, small_batches, 0).unwrap();
-    pump(&a, &mut sa, &b, &mut sb);
+    let (a, mut sa, b, mut sb) = unit_per_commit_pair(dir.path());
     let mut read = Vec::new();
     for i in 0..5i64 {
         a.insert("notes", [("n", Value::Int(i))]).unwrap();
