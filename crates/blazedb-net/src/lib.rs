@@ -56,6 +56,7 @@ pub mod error;
 pub mod files;
 pub mod head_watch;
 pub mod limits;
+pub mod rate;
 pub mod reconnect;
 pub mod topology;
 pub mod transport;

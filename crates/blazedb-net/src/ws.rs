@@ -62,6 +62,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::rate::TokenBucket;
+
 /// Largest WebSocket message (and WebSocket frame) accepted: one protocol frame of the
 /// largest body, its length prefix (at most 4 bytes for 8 MiB) and CRC, rounded up.
 pub const WS_MESSAGE_BYTES_MAX: usize = FRAME_BYTES_MAX + 16;
@@ -145,40 +147,9 @@ pub struct WsStream<S> {
     pending: BytesMut,
     /// Messages handed to the WebSocket (= protocol frames sent).
     messages_sent: u64,
-    /// The budget of messages that carry no protocol bytes.
-    empty_budget: EmptyBudget,
-}
-
-/// A token bucket for incoming messages without protocol bytes: [`WS_EMPTY_MESSAGES_BURST`]
-/// tokens, refilled at [`WS_EMPTY_MESSAGES_PER_SEC`].
-#[derive(Debug)]
-struct EmptyBudget {
-    tokens: f64,
-    refilled: std::time::Instant,
-}
-
-impl EmptyBudget {
-    fn new() -> EmptyBudget {
-        EmptyBudget {
-            tokens: f64::from(WS_EMPTY_MESSAGES_BURST),
-            refilled: std::time::Instant::now(),
-        }
-    }
-
-    /// Take one token; false when there is none.
-    fn take(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        let earned =
-            now.duration_since(self.refilled).as_secs_f64() * f64::from(WS_EMPTY_MESSAGES_PER_SEC);
-        self.tokens = (self.tokens + earned).min(f64::from(WS_EMPTY_MESSAGES_BURST));
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    /// The budget of messages that carry no protocol bytes ([`WS_EMPTY_MESSAGES_PER_SEC`],
+    /// bursts of [`WS_EMPTY_MESSAGES_BURST`]).
+    empty_budget: TokenBucket,
 }
 
 impl<S> fmt::Debug for WsStream<S> {
@@ -205,7 +176,7 @@ where
             read_failed: None,
             pending: BytesMut::new(),
             messages_sent: 0,
-            empty_budget: EmptyBudget::new(),
+            empty_budget: TokenBucket::new(WS_EMPTY_MESSAGES_PER_SEC, WS_EMPTY_MESSAGES_BURST),
         }
     }
 
@@ -278,7 +249,7 @@ where
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => true,
                 _ => false,
             };
-            if empty && !this.empty_budget.take() {
+            if empty && !this.empty_budget.take(tokio::time::Instant::now()) {
                 this.read_failed = Some(
                     WsInputError {
                         code: ErrorCode::RateLimited,

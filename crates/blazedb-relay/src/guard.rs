@@ -30,6 +30,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use blazedb::sync::ErrorCode;
+use blazedb_net::rate::TokenBucket;
 use blazedb_net::ws::{error_frame, frame_len, WsInputError, WS_PENDING_BYTES_MAX};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -347,56 +348,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<T> {
     }
 }
 
-/// A token bucket: `capacity` tokens, refilled at `rate` per second.
-#[derive(Debug)]
-struct TokenBucket {
-    capacity: f64,
-    rate_per_s: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate_per_s: u32, burst: u32) -> TokenBucket {
-        let capacity = f64::from(burst.max(1));
-        TokenBucket {
-            capacity,
-            rate_per_s: f64::from(rate_per_s),
-            tokens: capacity,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use blazedb::sync::frame::{FrameDecoder, FrameEncoder};
     use blazedb::sync::message::{decode_simple, kind, Message};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[test]
-    fn token_bucket_refills() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(10, 3);
-        b.last = t0;
-        assert!((0..3).all(|_| b.take(t0)));
-        assert!(!b.take(t0));
-        assert!(b.take(t0 + Duration::from_millis(100)));
-        assert!(!b.take(t0 + Duration::from_millis(100)));
-    }
 
     #[tokio::test]
     async fn rate_limit_ends_with_an_error_frame_at_the_right_index() {

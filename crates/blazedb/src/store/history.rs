@@ -133,45 +133,55 @@ impl Inner {
         }
     }
 
-    /// The `hid`s of a record's history entries, newest first: its chain from `records.hist`
-    /// through each entry's `prev`. The walk stops where retention cut the chain (a `prev`
-    /// that is gone), and also at a `prev` that does not go down or an entry of another
-    /// record: `hid`s can be reused once the newest rows are deleted, so a stale pointer
-    /// must never lead into another record's entries.
-    pub(crate) fn history_chain(&self, coll: i64, id: RecordId) -> Result<Vec<i64>> {
+    /// Walk a record's history entries, newest first: its chain from `records.hist` through
+    /// each entry's `prev`, calling `each(hid, row)` with the entry's columns (`cell, old,
+    /// old_hlc, old_node, new, hlc, node, seq, recorded_ms`, from index 3 on). The walk
+    /// stops where retention cut the chain (a `prev` that is gone), and also at a `prev` that
+    /// does not go down or an entry of another record: `hid`s can be reused once the newest
+    /// rows are deleted, so a stale pointer must never lead into another record's entries.
+    fn walk_history(
+        &self,
+        coll: i64,
+        id: RecordId,
+        mut each: impl FnMut(i64, &rusqlite::Row<'_>) -> Result<()>,
+    ) -> Result<()> {
         let head: Option<i64> = self
             .conn
             .prepare_cached("SELECT hist FROM records WHERE coll = ?1 AND id = ?2")?
             .query_row(params![coll, &id.0[..]], |r| r.get(0))
             .optional()?
             .flatten();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT coll, id, prev FROM history WHERE hid = ?1")?;
-        let mut out = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT coll, id, prev, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms
+             FROM history WHERE hid = ?1",
+        )?;
         let mut next = head;
         while let Some(hid) = next {
-            let row: Option<(i64, Vec<u8>, Option<i64>)> = stmt
-                .query_row([hid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let Some((c, i, prev)) = row else { break };
-            if c != coll || i != id.0 {
+            let mut rows = stmt.query([hid])?;
+            let Some(r) = rows.next()? else { break };
+            let owner = r.get::<_, i64>(0)? == coll
+                && r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)? == &id.0[..];
+            if !owner {
                 break;
             }
-            out.push(hid);
-            next = prev.filter(|p| *p < hid);
+            each(hid, r)?;
+            next = r.get::<_, Option<i64>>(2)?.filter(|p| *p < hid);
         }
+        Ok(())
+    }
+
+    /// The `hid`s of a record's history entries, newest first (see `walk_history`).
+    pub(crate) fn history_chain(&self, coll: i64, id: RecordId) -> Result<Vec<i64>> {
+        let mut out = Vec::new();
+        self.walk_history(coll, id, |hid, _| {
+            out.push(hid);
+            Ok(())
+        })?;
         Ok(out)
     }
 
+    /// A record's history entries, oldest first.
     fn history_rows(&self, coll: i64, id: RecordId) -> Result<Vec<Row>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms FROM history
-             WHERE hid = ?1",
-        )?;
-        let mut chain = self.history_chain(coll, id)?;
-        chain.reverse();
-        let mut out = Vec::new();
         let node = |i: i64| {
             self.nodes.id(i as u64).ok_or_else(|| {
                 Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
@@ -179,14 +189,13 @@ impl Inner {
                 )))
             })
         };
-        for hid in chain {
-            let mut rows = stmt.query([hid])?;
-            let Some(r) = rows.next()? else { continue };
-            let key = key_from_bytes(&r.get::<_, Vec<u8>>(0)?)?;
+        let mut out = Vec::new();
+        self.walk_history(coll, id, |_, r| {
+            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
             let old = match (
-                r.get::<_, Option<Vec<u8>>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
             ) {
                 (Some(v), Some(h), Some(n)) => Some((
                     value_from_bytes(&v)?,
@@ -197,7 +206,7 @@ impl Inner {
                 )),
                 _ => None,
             };
-            let new = match r.get::<_, Option<Vec<u8>>>(4)? {
+            let new = match r.get::<_, Option<Vec<u8>>>(7)? {
                 Some(v) => Some(value_from_bytes(&v)?),
                 None => None,
             };
@@ -206,13 +215,15 @@ impl Inner {
                 old,
                 new,
                 version: Version {
-                    hlc: Hlc(r.get::<_, i64>(5)? as u64),
-                    node: node(r.get(6)?)?,
+                    hlc: Hlc(r.get::<_, i64>(8)? as u64),
+                    node: node(r.get(9)?)?,
                 },
-                seq: Seq(r.get::<_, i64>(7)? as u64),
-                recorded_ms: r.get::<_, i64>(8)? as u64,
+                seq: Seq(r.get::<_, i64>(10)? as u64),
+                recorded_ms: r.get::<_, i64>(11)? as u64,
             });
-        }
+            Ok(())
+        })?;
+        out.reverse();
         Ok(out)
     }
 }

@@ -205,12 +205,7 @@ impl Database {
         last_key: &SnapshotKey,
         chunk: &[u8],
     ) -> Result<()> {
-        if chunk.len() > SNAPSHOT_CHUNK_BYTES_MAX {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot chunk {idx} is {} bytes, over the limit of {SNAPSHOT_CHUNK_BYTES_MAX}",
-                chunk.len()
-            )));
-        }
+        check_chunk_size(idx, chunk)?;
         let mut inner = self.lock()?;
         write_tx(&mut inner, |inner| {
             let p = expect_progress(inner, peer, snap_id)?;
@@ -253,17 +248,8 @@ impl Database {
         last_key: &SnapshotKey,
         chunk: &[u8],
     ) -> Result<SnapshotApplied> {
-        if peer == self.node_id() {
-            return Err(Error::InvalidArgument(
-                "a snapshot cannot come from this database's own node id".into(),
-            ));
-        }
-        if chunk.len() > SNAPSHOT_CHUNK_BYTES_MAX {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot chunk {idx} is {} bytes, over the limit of {SNAPSHOT_CHUNK_BYTES_MAX}",
-                chunk.len()
-            )));
-        }
+        self.check_snapshot_source(peer)?;
+        check_chunk_size(idx, chunk)?;
         let mut applied = SnapshotApplied::default();
         self.transaction(|tx| {
             let p = expect_progress(tx.inner, peer, snap_id)?;
@@ -318,11 +304,7 @@ impl Database {
         scope: &SnapshotScope,
         acked: Seq,
     ) -> Result<SnapshotApplied> {
-        if peer == self.node_id() {
-            return Err(Error::InvalidArgument(
-                "a snapshot cannot come from this database's own node id".into(),
-            ));
-        }
+        self.check_snapshot_source(peer)?;
         let mut applied = SnapshotApplied::default();
         let mut evicted_events: Vec<Event> = Vec::new();
         let watched = self.watchers.is_watched();
@@ -344,7 +326,8 @@ impl Database {
                 // may be evicted on its word.
                 if scope.collections.as_ref().is_none_or(|c| !c.is_empty()) {
                     return Err(Error::InvalidArgument(format!(
-                        "snapshot {snap_id} was merged chunk by chunk, so it cannot replace                          local records; abort it and start over with staged chunks"
+                        "snapshot {snap_id} was merged chunk by chunk, so it cannot replace \
+                         local records; abort it and start over with staged chunks"
                     )));
                 }
             }
@@ -463,6 +446,19 @@ impl Database {
     }
 }
 
+impl Database {
+    /// A snapshot is always another node's: merging our own records back would be a copied
+    /// file talking to itself.
+    fn check_snapshot_source(&self, peer: NodeId) -> Result<()> {
+        if peer == self.node_id() {
+            return Err(Error::InvalidArgument(
+                "a snapshot cannot come from this database's own node id".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Records a snapshot's apply holds in memory before it writes them out (`Tx::spill`).
 const SNAPSHOT_SPILL_RECORDS: usize = 20_000;
 
@@ -527,11 +523,7 @@ fn merge_chunk(
             let mut cells = ch.cells;
             for c in &mut cells {
                 super::feed::validate_cell(c).map_err(ApplyError::Invalid)?;
-                tx.inner
-                    .clock
-                    .observe(c.version.hlc, tx.now_ms)
-                    .map_err(ApplyError::from)?;
-                c.seq = tx.seq;
+                tx.receive_cell(c)?;
             }
             let state = match RecordState::from_merged_cells(cells) {
                 Ok(state) => {
@@ -753,6 +745,17 @@ fn advance_progress(inner: &Inner, peer: NodeId, idx: u32, last_key: &SnapshotKe
             last_key.collection,
             &last_key.id.0[..]
         ])?;
+    Ok(())
+}
+
+/// A chunk over [`SNAPSHOT_CHUNK_BYTES_MAX`] is refused before anything is read or written.
+fn check_chunk_size(idx: u32, chunk: &[u8]) -> Result<()> {
+    if chunk.len() > SNAPSHOT_CHUNK_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot chunk {idx} is {} bytes, over the limit of {SNAPSHOT_CHUNK_BYTES_MAX}",
+            chunk.len()
+        )));
+    }
     Ok(())
 }
 

@@ -924,15 +924,22 @@ impl<'a> Tx<'a> {
         self.merge(i, cell);
     }
 
-    /// Merge one cell received from a peer into pending record `i`: its clock is observed
-    /// (refused when too far ahead), it takes the transaction's current seq, and a cell that
-    /// changed something marks the seq used. Returns whether it changed something.
-    pub(crate) fn merge_received(&mut self, i: usize, mut cell: Cell) -> Result<bool> {
+    /// Take in a cell received from a peer: its clock is observed (refused when too far
+    /// ahead) and it takes the transaction's current seq.
+    pub(crate) fn receive_cell(&mut self, cell: &mut Cell) -> Result<()> {
         self.inner
             .clock
             .observe(cell.version.hlc, self.now_ms)
             .map_err(crate::error::ApplyError::from)?;
         cell.seq = self.seq;
+        Ok(())
+    }
+
+    /// Merge one cell received from a peer into pending record `i` ([`Tx::receive_cell`]);
+    /// a cell that changed something marks the seq used. Returns whether it changed
+    /// something.
+    pub(crate) fn merge_received(&mut self, i: usize, mut cell: Cell) -> Result<bool> {
+        self.receive_cell(&mut cell)?;
         let applied = self.merge(i, cell);
         if applied {
             self.seq_used = true;

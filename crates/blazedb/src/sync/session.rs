@@ -508,14 +508,12 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => return self.apply_group(now_ms, db),
                 Err(e) => {
-                    // What arrived whole before the bad frame is kept.
-                    self.apply_group(now_ms, db)?;
                     let code = match e {
                         FrameError::TooLarge { .. } => ErrorCode::TooLarge,
                         FrameError::Checksum { .. } => ErrorCode::Checksum,
                         _ => ErrorCode::Malformed,
                     };
-                    return Err(self.fail(code, e.to_string(), now_ms));
+                    return Err(self.fail_bad_frame(code, e.to_string(), now_ms, db));
                 }
             };
             self.stats.frames_received += 1;
@@ -530,21 +528,12 @@ impl Session {
                         end,
                         partial: frame.partial,
                     },
-                    Err(e @ crate::codec::DecodeError::TooLarge { .. }) => {
-                        self.apply_group(now_ms, db)?;
-                        return Err(self.fail(
-                            ErrorCode::TooLarge,
-                            format!("CHANGES: {e}"),
-                            now_ms,
-                        ));
-                    }
                     Err(e) => {
-                        self.apply_group(now_ms, db)?;
-                        return Err(self.fail(
-                            ErrorCode::Malformed,
-                            format!("CHANGES: {e}"),
-                            now_ms,
-                        ));
+                        let code = match e {
+                            crate::codec::DecodeError::TooLarge { .. } => ErrorCode::TooLarge,
+                            _ => ErrorCode::Malformed,
+                        };
+                        return Err(self.fail_bad_frame(code, format!("CHANGES: {e}"), now_ms, db));
                     }
                 }
             } else {
@@ -559,11 +548,11 @@ impl Session {
                     self.apply_group(now_ms, db)?;
                 }
                 if frame.partial {
-                    self.apply_group(now_ms, db)?;
-                    return Err(self.fail(
+                    return Err(self.fail_bad_frame(
                         ErrorCode::Malformed,
                         "PARTIAL flag on a non-CHANGES frame".into(),
                         now_ms,
+                        db,
                     ));
                 }
                 // Check the version before the rest, so a newer HELLO layout is reported as
@@ -583,9 +572,12 @@ impl Session {
                 match message::decode_simple(frame.kind, &frame.payload) {
                     Ok(m) => m,
                     Err(e) => {
-                        // Like every bad frame: what arrived whole before it is kept.
-                        self.apply_group(now_ms, db)?;
-                        return Err(self.fail(ErrorCode::Malformed, e.to_string(), now_ms));
+                        return Err(self.fail_bad_frame(
+                            ErrorCode::Malformed,
+                            e.to_string(),
+                            now_ms,
+                            db,
+                        ))
                     }
                 }
             };
@@ -1491,6 +1483,21 @@ impl Session {
                 .map_err(|e| self.internal(e, now_ms))?;
         }
         Ok(())
+    }
+
+    /// End the session over a bad frame. The complete units that arrived before it are
+    /// applied first: what arrived whole is kept.
+    fn fail_bad_frame(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        now_ms: u64,
+        db: &Database,
+    ) -> SyncError {
+        match self.apply_group(now_ms, db) {
+            Ok(()) => self.fail(code, message, now_ms),
+            Err(e) => e,
+        }
     }
 
     /// Apply the complete units waiting in `group` (one transaction); the unit in progress
