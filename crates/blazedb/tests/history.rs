@@ -266,3 +266,35 @@ fn chains_stay_per_record_through_transactions_and_compaction() {
         assert_eq!(last_n, Some(want), "record {i}");
     }
 }
+
+/// A record written early in its transaction (an insert goes out at once) and changed again
+/// in the same transaction chains its history from the row as written, not as first read.
+#[test]
+fn a_record_inserted_and_changed_in_one_transaction_keeps_one_chain() {
+    let (_d, db, now) = db_with_clock(HistoryRetention::default());
+    let id = db
+        .transaction(|tx| {
+            let id = tx.insert("c", [("n", 1)])?;
+            tx.update("c", id, Patch::new().set("n", 2))?;
+            tx.update("c", id, Patch::new().set("n", 3))?;
+            Ok(id)
+        })
+        .unwrap();
+    now.fetch_add(1000, Ordering::SeqCst);
+    db.update("c", id, Patch::new().set("n", 4)).unwrap();
+    now.fetch_add(1000, Ordering::SeqCst);
+    db.transaction(|tx| {
+        tx.update("c", id, Patch::new().set("n", 5))?;
+        tx.update("c", id, Patch::new().set("n", 6))
+    })
+    .unwrap();
+    let news: Vec<_> = db
+        .history("c", id)
+        .unwrap()
+        .iter()
+        .filter(|e| e.field.as_deref() == Some("n"))
+        .filter_map(|e| e.new.clone())
+        .collect();
+    let want: Vec<Value> = (1..=6).map(Value::Int).collect();
+    assert_eq!(news, want);
+}
