@@ -1,7 +1,8 @@
 //! Access rules over sync: a client receives only the records its read rule allows and
 //! nothing of a closed collection; a forbidden write is rejected with a reason, never applied
 //! to the relay's store or forwarded to other clients, and the writer's copy comes back to
-//! the relay's version; an allowed write goes through to everyone who may read it.
+//! the relay's version; an allowed write goes through to everyone who may read it; a delete
+//! reaches only the clients that could read the record.
 
 mod common;
 
@@ -141,6 +142,32 @@ async fn reads_are_filtered_forbidden_writes_rejected_not_forwarded_and_reverted
     })
     .await;
     assert!(r.get("bugs", ok).unwrap().is_some());
+
+    // Deletes on the relay reach the clients that could read the record, and no one else
+    // learns even the id: alice never could read bob's or carol's bug.
+    r.delete("bugs", bobs).unwrap();
+    r.delete("bugs", hidden).unwrap();
+    let marker = r
+        .insert(
+            "bugs",
+            [
+                ("title", Value::from("after the deletes")),
+                ("public", true.into()),
+            ],
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        alice_db.get("bugs", marker).unwrap().is_some()
+            && bob_db.get("bugs", marker).unwrap().is_some()
+    })
+    .await;
+    assert!(
+        bob_db.get("bugs", bobs).unwrap().is_none(),
+        "bob's copy goes"
+    );
+    assert!(alice_db.record_state("bugs", bobs).unwrap().is_none());
+    assert!(alice_db.record_state("bugs", hidden).unwrap().is_none());
+    assert!(bob_db.record_state("bugs", hidden).unwrap().is_none());
 
     let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
     assert!(

@@ -50,8 +50,8 @@ pub mod watch;
 pub use error::{ApplyError, Error, OpenError, Result, WriteError};
 pub use store::{
     Change, ChangeBatch, Checkpoint, CollectionPolicy, Conflict, Database, FieldOp, HistoryEntry,
-    HistoryRetention, OpenOptions, OrderBy, Patch, PeerDirection, PeerInfo, Query, Record, Stats,
-    Tx,
+    HistoryRetention, OpenOptions, OrderBy, PastVisibility, Patch, PeerDirection, PeerInfo, Query,
+    Record, Stats, Tx,
 };
 pub use store::{EvictGuard, EvictOutcome, GcOptions, GcReport, SyncMetadata};
 pub use types::{Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};

@@ -237,3 +237,160 @@ fn a_session_ends_when_the_credential_expires() {
     assert_eq!(e.code, ErrorCode::AuthFailed);
     assert!(e.remote && e.message.contains("expired"), "{}", e.message);
 }
+
+/// Each reader sees the notes it owns, and may write only notes it owns.
+#[derive(Debug)]
+struct Owners {
+    who: String,
+}
+
+impl AccessControl for Owners {
+    fn can_read(&self, _: &str, _: RecordId, fields: &BTreeMap<String, Value>) -> bool {
+        fields.get("owner") == Some(&Value::from(self.who.as_str()))
+    }
+    fn read_fields(&self, _: &str) -> Option<std::collections::BTreeSet<String>> {
+        Some(["owner".to_string()].into())
+    }
+    fn can_write(
+        &self,
+        _: &str,
+        _: RecordId,
+        before: Option<&BTreeMap<String, Value>>,
+        after: Option<&BTreeMap<String, Value>>,
+    ) -> Result<(), String> {
+        let mine = |f: Option<&BTreeMap<String, Value>>| {
+            f.is_none_or(|f| f.get("owner") == Some(&Value::from(self.who.as_str())))
+        };
+        if mine(before) && mine(after) {
+            Ok(())
+        } else {
+            Err("only your own notes".into())
+        }
+    }
+}
+
+/// Sync `reader` with `server` as `who` (fresh sessions: what the reader was sent before
+/// is only its persisted cursor).
+fn sync_as(server: &Database, reader: &Database, who: &str) -> Vec<SessionEvent> {
+    let cfg = SessionConfig {
+        server: true,
+        access: Some(Arc::new(Owners { who: who.into() })),
+        ..Default::default()
+    };
+    let mut ss = Session::new(server, cfg, 0).unwrap();
+    let mut sc = Session::new(reader, SessionConfig::default(), 0).unwrap();
+    pump(server, &mut ss, reader, &mut sc);
+    let mut events = Vec::new();
+    while let Some(e) = sc.poll_event() {
+        events.push(e);
+    }
+    events
+}
+
+/// A delete reaches the readers that may hold the record and no one else: a reader that never
+/// could see a record does not learn its id, over the feed or in a snapshot; a reader that
+/// was sent it, also one that was away while it left its view and was deleted, gets the
+/// delete; a refused revival of a deleted record is undone at its writer.
+#[test]
+fn deletes_reach_only_readers_that_could_see_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ann, bob) = (
+        open(dir.path(), "s"),
+        open(dir.path(), "ann"),
+        open(dir.path(), "bob"),
+    );
+    let note = |owner: &str| server.insert("notes", [("owner", owner)]).unwrap();
+    let (x, y) = (note("ann"), note("bob"));
+    sync_as(&server, &ann, "ann");
+    sync_as(&server, &bob, "bob");
+    assert!(ann.get("notes", x).unwrap().is_some() && bob.get("notes", y).unwrap().is_some());
+    server.delete("notes", x).unwrap();
+    server.delete("notes", y).unwrap();
+    sync_as(&server, &ann, "ann");
+    sync_as(&server, &bob, "bob");
+    let tombstone = |db: &Database, id| db.record_state("notes", id).unwrap().map(|s| !s.is_live());
+    assert_eq!(
+        tombstone(&ann, x),
+        Some(true),
+        "ann held x: she gets its delete"
+    );
+    assert_eq!(
+        tombstone(&ann, y),
+        None,
+        "ann never could read y: nothing of it"
+    );
+    assert_eq!(tombstone(&bob, y), Some(true));
+    assert_eq!(tombstone(&bob, x), None);
+
+    // Bob is away while his note becomes ann's and is deleted: he still holds it, so he
+    // gets the delete. Ann could see it for a while: she may hold it, she gets it too.
+    let z = note("bob");
+    sync_as(&server, &bob, "bob");
+    server
+        .update("notes", z, Patch::new().set("owner", "ann"))
+        .unwrap();
+    server.delete("notes", z).unwrap();
+    sync_as(&server, &bob, "bob");
+    assert_eq!(
+        tombstone(&bob, z),
+        Some(true),
+        "bob's stale copy is deleted"
+    );
+    sync_as(&server, &ann, "ann");
+    assert_eq!(tombstone(&ann, z), Some(true));
+
+    // A note that left bob's view while he was connected (evicted) and is then deleted:
+    // nothing more reaches him.
+    let w = note("bob");
+    sync_as(&server, &bob, "bob");
+    server
+        .update("notes", w, Patch::new().set("owner", "ann"))
+        .unwrap();
+    sync_as(&server, &bob, "bob");
+    assert_eq!(tombstone(&bob, w), None, "evicted");
+    // (Bob's cursor moves with the next change he receives; until then the server counts
+    // from before the eviction, and he would still be sent the delete.)
+    let _ = note("bob");
+    sync_as(&server, &bob, "bob");
+    server.delete("notes", w).unwrap();
+    sync_as(&server, &bob, "bob");
+    assert_eq!(tombstone(&bob, w), None, "its delete is not bob's to learn");
+
+    // A new reader bootstraps from a snapshot: the tombstones of notes it never could see
+    // are not in it; those of notes once its own are.
+    let carol = open(dir.path(), "carol");
+    sync_as(&server, &carol, "carol");
+    for id in [x, y, z, w] {
+        assert_eq!(tombstone(&carol, id), None);
+    }
+    let ann2 = open(dir.path(), "ann2");
+    sync_as(&server, &ann2, "ann");
+    assert_eq!(tombstone(&ann2, x), Some(true));
+    assert_eq!(tombstone(&ann2, y), None);
+
+    // Ann revives a deleted note of hers with a write newer than the delete while the
+    // server, meanwhile, made it bob's and deleted it again: her write is refused, and the
+    // server's delete must reach her although no state since her cursor was hers.
+    let v = note("ann");
+    sync_as(&server, &ann, "ann");
+    server
+        .update("notes", v, Patch::new().set("owner", "bob"))
+        .unwrap();
+    server.delete("notes", v).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    ann.update("notes", v, Patch::new().set("text", "still mine"))
+        .unwrap();
+    let events = sync_as(&server, &ann, "ann");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Rejected(r) if r.iter().any(|r| r.id == v))),
+        "{events:?}"
+    );
+    sync_as(&server, &ann, "ann");
+    assert!(server.get("notes", v).unwrap().is_none());
+    assert!(
+        ann.get("notes", v).unwrap().is_none(),
+        "the refused revival is undone"
+    );
+}

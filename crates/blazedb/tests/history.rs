@@ -1,10 +1,13 @@
 //! History: every change is recorded with old and new values; time-travel reads rebuild a
 //! record as it was; retention compacts and then refuses reads before its horizon.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use blazedb::{Database, Error, HistoryRetention, OpenOptions, Patch, Timestamp, Value};
+use blazedb::{
+    Database, Error, HistoryRetention, OpenOptions, PastVisibility, Patch, Seq, Timestamp, Value,
+};
 
 /// A database on a hand-driven clock.
 fn db_with_clock(retention: HistoryRetention) -> (tempfile::TempDir, Database, Arc<AtomicU64>) {
@@ -161,10 +164,11 @@ fn a_format_3_history_migrates_to_chains() {
         (a, b, ha, hb)
     };
     {
-        // Back to format 3: no chains, the index instead.
+        // Back to format 3: no chains, the index instead (and no `old_seq`, format 5).
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "ALTER TABLE history DROP COLUMN prev; ALTER TABLE records DROP COLUMN hist;
+             ALTER TABLE history DROP COLUMN old_seq;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 3 WHERE key = 'format_version';",
         )
@@ -178,13 +182,31 @@ fn a_format_3_history_migrates_to_chains() {
     assert_eq!(after.len(), 8);
     assert_eq!(&after[..7], &before_a[..]);
     assert_eq!(after[7].new, Some(Value::Int(6)));
+    // Entries from before format 5 do not say when the cell they replaced was written: a
+    // past that reaches them is unknown; one that stays after them is known.
+    let mut never = |_: &BTreeMap<String, Value>| false;
+    assert_eq!(
+        db.past_visibility("c", a, Seq(0), &mut never).unwrap(),
+        PastVisibility::Unknown
+    );
+    let since = db.last_seq().unwrap();
+    db.update("c", a, Patch::new().set("n", 7)).unwrap();
+    assert_eq!(
+        db.past_visibility("c", a, since, &mut never).unwrap(),
+        PastVisibility::NeverSeen
+    );
+    let mut seven = |f: &BTreeMap<String, Value>| f["n"] == Value::Int(7);
+    assert_eq!(
+        db.past_visibility("c", a, since, &mut seven).unwrap(),
+        PastVisibility::Seen
+    );
     // Evicting b removes exactly b's stored entries (the listing's first two are rebuilt
     // from the record, not stored); a's chain is untouched.
     let total = db.history_len().unwrap();
     db.evict("c", &[b], None).unwrap();
     assert_eq!(db.history_len().unwrap(), total - 5);
     assert!(db.history("c", b).unwrap().is_empty());
-    assert_eq!(db.history("c", a).unwrap(), after);
+    assert_eq!(db.history("c", a).unwrap()[..8], after[..]);
     drop(db);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let index: i64 = conn
@@ -202,7 +224,7 @@ fn a_format_3_history_migrates_to_chains() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 }
 
 /// Each record's history is its own chain, also when many records change in one
@@ -297,4 +319,100 @@ fn a_record_inserted_and_changed_in_one_transaction_keeps_one_chain() {
         .collect();
     let want: Vec<Value> = (1..=6).map(Value::Int).collect();
     assert_eq!(news, want);
+}
+
+/// A record's past states are rebuilt seq by seq from its history: every state it had after
+/// a commit from `since` on is judged, and no other — a field created after a seq (not a
+/// history row of its own) is not in the state at that seq.
+#[test]
+fn past_states_are_rebuilt_from_history() {
+    let (_d, db, now) = db_with_clock(HistoryRetention::default());
+    let id = db.insert("c", [("a", 1)]).unwrap();
+    let s1 = db.last_seq().unwrap();
+    now.fetch_add(1000, Ordering::SeqCst);
+    db.update("c", id, Patch::new().set("b", 2)).unwrap();
+    let s2 = db.last_seq().unwrap();
+    now.fetch_add(1000, Ordering::SeqCst);
+    db.update("c", id, Patch::new().set("a", 3)).unwrap();
+    let s3 = db.last_seq().unwrap();
+    now.fetch_add(1000, Ordering::SeqCst);
+    db.delete("c", id).unwrap();
+    let s4 = db.last_seq().unwrap();
+    let judged = |since: Seq| {
+        let mut seen = BTreeSet::new();
+        let verdict = db
+            .past_visibility("c", id, since, &mut |f| {
+                seen.insert(
+                    f.iter()
+                        .map(|(k, v)| format!("{k}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                false
+            })
+            .unwrap();
+        (verdict, seen.into_iter().collect::<Vec<_>>())
+    };
+    let (a1, a1b2, a3b2) = ("a=Int(1)", "a=Int(1),b=Int(2)", "a=Int(3),b=Int(2)");
+    assert_eq!(
+        judged(Seq(0)),
+        (
+            PastVisibility::NeverSeen,
+            vec![a1.into(), a1b2.into(), a3b2.into()]
+        )
+    );
+    assert_eq!(judged(s1).1, vec![a1.to_string(), a1b2.into(), a3b2.into()]);
+    assert_eq!(judged(s2).1, vec![a1b2.to_string(), a3b2.into()]);
+    assert_eq!(judged(s3).1, vec![a3b2.to_string()]);
+    assert_eq!(judged(s4), (PastVisibility::NeverSeen, vec![]));
+    // A state that passes makes it seen.
+    let mut b_set = |f: &BTreeMap<String, Value>| f.contains_key("b");
+    assert_eq!(
+        db.past_visibility("c", id, s2, &mut b_set).unwrap(),
+        PastVisibility::Seen
+    );
+    let mut a_is_1 = |f: &BTreeMap<String, Value>| f["a"] == Value::Int(1);
+    assert_eq!(
+        db.past_visibility("c", id, s3, &mut a_is_1).unwrap(),
+        PastVisibility::NeverSeen
+    );
+    // A record that was never live here (a delete of something this node never held) and
+    // one whose past retention cut are unknown.
+    assert_eq!(
+        db.past_visibility("c", blazedb::RecordId::new_v7(), Seq(0), &mut |_| false)
+            .unwrap(),
+        PastVisibility::Unknown
+    );
+}
+
+/// Where retention removed entries the check would need, the past is unknown; where the
+/// check stays after the cut, it is known.
+#[test]
+fn a_past_cut_by_retention_is_unknown() {
+    let (_d, db, now) = db_with_clock(HistoryRetention {
+        max_age_ms: None,
+        max_entries: Some(3),
+    });
+    let id = db.insert("c", [("n", 0)]).unwrap();
+    for k in 1..=6 {
+        now.fetch_add(1000, Ordering::SeqCst);
+        db.update("c", id, Patch::new().set("n", k)).unwrap();
+    }
+    db.compact_history().unwrap();
+    let since = db.last_seq().unwrap();
+    db.delete("c", id).unwrap();
+    let mut never = |_: &BTreeMap<String, Value>| false;
+    assert_eq!(
+        db.past_visibility("c", id, Seq(0), &mut never).unwrap(),
+        PastVisibility::Unknown
+    );
+    assert_eq!(
+        db.past_visibility("c", id, since, &mut never).unwrap(),
+        PastVisibility::NeverSeen
+    );
+    let mut six = |f: &BTreeMap<String, Value>| f["n"] == Value::Int(6);
+    assert_eq!(
+        db.past_visibility("c", id, since, &mut six).unwrap(),
+        PastVisibility::Seen
+    );
 }

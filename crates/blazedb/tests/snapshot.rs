@@ -606,11 +606,12 @@ fn a_format_1_file_migrates() {
         db.insert("notes", [("x", Value::Int(1))]).unwrap()
     };
     {
-        // Make it a format-1 file: what formats 2 to 4 added goes, the version goes back.
+        // Make it a format-1 file: what formats 2 to 5 added goes, the version goes back.
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "DROP TABLE snapshot_progress; DROP TABLE snapshot_staging; DROP TABLE unit_staging;
              ALTER TABLE history DROP COLUMN prev; ALTER TABLE records DROP COLUMN hist;
+             ALTER TABLE history DROP COLUMN old_seq;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 1 WHERE key = 'format_version';",
         )
@@ -636,7 +637,7 @@ fn a_format_1_file_migrates() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
     // Format 3's table is there too.
     let n: i64 = conn
         .query_row("SELECT count(*) FROM unit_staging", [], |r| r.get(0))

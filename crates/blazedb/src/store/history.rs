@@ -3,6 +3,7 @@
 //! reads, and is compacted by a retention policy; sync never reads it.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 use rusqlite::{params, OptionalExtension};
 
@@ -71,6 +72,36 @@ impl HistoryEntry {
     }
 }
 
+/// How a walk down a record's history chain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WalkEnd {
+    /// At the record's first entry (or it has none): every entry was seen.
+    Start,
+    /// Retention (or a stale pointer) cut the chain: older entries are unknown.
+    Cut,
+    /// The caller stopped it.
+    Stopped,
+}
+
+/// What a record's history says about a peer's copy of it (see [`Inner::past_visibility`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PastVisibility {
+    /// One of the record's live states from the peer's position on was visible to it: the
+    /// peer may hold the record.
+    Seen,
+    /// None was, and the record was live here at some time: the peer cannot hold it through
+    /// this node.
+    NeverSeen,
+    /// History cannot tell: entries were removed by retention or predate format 5, the past
+    /// is longer than `PAST_ENTRIES_MAX` entries, or the record was never live here (the
+    /// tombstone of a refused insert, a delete of a record this node never held).
+    Unknown,
+}
+
+/// History entries a past-visibility check reads at most; a longer past counts as unknown.
+/// (Each is one row read; the check runs per delete and per peer that may read it.)
+const PAST_ENTRIES_MAX: usize = 1_000;
+
 struct Row {
     key: CellKey,
     old: Option<(CellValue, Version)>,
@@ -135,16 +166,17 @@ impl Inner {
 
     /// Walk a record's history entries, newest first: its chain from `records.hist` through
     /// each entry's `prev`, calling `each(hid, row)` with the entry's columns (`cell, old,
-    /// old_hlc, old_node, new, hlc, node, seq, recorded_ms`, from index 3 on). The walk
-    /// stops where retention cut the chain (a `prev` that is gone), and also at a `prev` that
-    /// does not go down or an entry of another record: `hid`s can be reused once the newest
-    /// rows are deleted, so a stale pointer must never lead into another record's entries.
+    /// old_hlc, old_node, new, hlc, node, seq, recorded_ms, old_seq`, from index 3 on) until
+    /// it returns `Break`. The walk stops where retention cut the chain (a `prev` that is
+    /// gone), and also at a `prev` that does not go down or an entry of another record:
+    /// `hid`s can be reused once the newest rows are deleted, so a stale pointer must never
+    /// lead into another record's entries. Returns how the walk ended.
     fn walk_history(
         &self,
         coll: i64,
         id: RecordId,
-        mut each: impl FnMut(i64, &rusqlite::Row<'_>) -> Result<()>,
-    ) -> Result<()> {
+        mut each: impl FnMut(i64, &rusqlite::Row<'_>) -> Result<ControlFlow<()>>,
+    ) -> Result<WalkEnd> {
         let head: Option<i64> = self
             .conn
             .prepare_cached("SELECT hist FROM records WHERE coll = ?1 AND id = ?2")?
@@ -152,22 +184,148 @@ impl Inner {
             .optional()?
             .flatten();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT coll, id, prev, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms
+            "SELECT coll, id, prev, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms,
+                    old_seq
              FROM history WHERE hid = ?1",
         )?;
         let mut next = head;
         while let Some(hid) = next {
             let mut rows = stmt.query([hid])?;
-            let Some(r) = rows.next()? else { break };
+            let Some(r) = rows.next()? else {
+                return Ok(WalkEnd::Cut);
+            };
             let owner = r.get::<_, i64>(0)? == coll
                 && r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)? == &id.0[..];
             if !owner {
-                break;
+                return Ok(WalkEnd::Cut);
             }
-            each(hid, r)?;
-            next = r.get::<_, Option<i64>>(2)?.filter(|p| *p < hid);
+            if each(hid, r)?.is_break() {
+                return Ok(WalkEnd::Stopped);
+            }
+            next = match r.get::<_, Option<i64>>(2)? {
+                None => None,
+                Some(p) if p < hid => Some(p),
+                Some(_) => return Ok(WalkEnd::Cut),
+            };
         }
-        Ok(())
+        Ok(WalkEnd::Start)
+    }
+
+    /// Whether a peer that has received this node's changes through `since` may hold the
+    /// record: did `visible` accept one of its live states from `since` on? The states are
+    /// rebuilt from `current` by undoing history entries newest first, each state the record
+    /// had after a commit with seq ≥ `since` (a cell created after a seq is left out of the
+    /// state at that seq: `old_seq`, format 5).
+    ///
+    /// The sender's feed reads states after whole commits, so the state it last judged for
+    /// a peer at `since` is one of these; the check errs only towards `Seen` (states that were
+    /// never read together are judged too).
+    pub(crate) fn past_visibility(
+        &self,
+        coll: i64,
+        id: RecordId,
+        current: &RecordState,
+        since: Seq,
+        visible: &mut dyn FnMut(&BTreeMap<String, Value>) -> bool,
+    ) -> Result<PastVisibility> {
+        // Entries newest first: (seq of the commit, key, the cell it replaced).
+        let mut entries: Vec<(Seq, CellKey, Option<Cell>)> = Vec::new();
+        let mut was_live = current.is_live();
+        let mut reached_since = false;
+        let mut unknown = false;
+        let mut read = 0usize;
+        let end = self.walk_history(coll, id, |_, r| {
+            read += 1;
+            if read > PAST_ENTRIES_MAX {
+                unknown = true;
+                return Ok(ControlFlow::Break(()));
+            }
+            let seq = Seq(r.get::<_, i64>(10)? as u64);
+            if seq <= since {
+                reached_since = true;
+                if was_live {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
+            let new = r.get::<_, Option<Vec<u8>>>(7)?;
+            let old = match (
+                r.get::<_, Option<Vec<u8>>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<i64>>(12)?,
+            ) {
+                (Some(v), Some(hlc), Some(n), Some(old_seq)) => {
+                    let Some(node) = self.nodes.id(n as u64) else {
+                        unknown = true;
+                        return Ok(ControlFlow::Break(()));
+                    };
+                    Some(Cell {
+                        key: key.clone(),
+                        value: value_from_bytes(&v)?,
+                        version: Version {
+                            hlc: Hlc(hlc as u64),
+                            node,
+                        },
+                        prev: None,
+                        seq: Seq(old_seq as u64),
+                    })
+                }
+                // Written before format 5: the replaced cell's seq is not known.
+                (Some(_), _, _, None) => {
+                    unknown = true;
+                    return Ok(ControlFlow::Break(()));
+                }
+                _ => None,
+            };
+            // Any field cell, or a record cell saying present, means the record was live.
+            let present = |v: &CellValue| *v == CellValue::Present;
+            was_live |= key != CellKey::Record
+                || old.as_ref().is_some_and(|c| present(&c.value))
+                || new
+                    .as_deref()
+                    .map(value_from_bytes)
+                    .transpose()?
+                    .is_some_and(|v| present(&v));
+            if seq > since {
+                entries.push((seq, key, old));
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if unknown || !was_live || (end == WalkEnd::Cut && !reached_since) {
+            return Ok(PastVisibility::Unknown);
+        }
+        // Every seq at which the state may differ: after each commit in the window (its seq,
+        // and just before the next older one), each cell's own seq, and `since` itself.
+        let mut cells: BTreeMap<CellKey, Cell> = current
+            .cells()
+            .iter()
+            .map(|c| (c.key.clone(), c.clone()))
+            .collect();
+        let mut bounds: Vec<Seq> = vec![since, Seq(u64::MAX)];
+        bounds.extend(cells.values().map(|c| c.seq).filter(|s| *s >= since));
+        for (seq, _, old) in &entries {
+            bounds.push(Seq(seq.0 - 1).max(since));
+            bounds.extend(old.as_ref().map(|c| c.seq).filter(|s| *s >= since));
+        }
+        bounds.sort_unstable_by(|a, b| b.cmp(a));
+        bounds.dedup();
+        let mut undo = entries.into_iter().peekable();
+        for at in bounds {
+            while let Some((_, key, old)) = undo.next_if(|(seq, _, _)| *seq > at) {
+                match old {
+                    Some(c) => cells.insert(key, c),
+                    None => cells.remove(&key),
+                };
+            }
+            let state =
+                RecordState::from_cells(cells.values().filter(|c| c.seq <= at).cloned().collect())
+                    .map_err(|e| Error::Corrupted(crate::codec::DecodeError::Malformed(e)))?;
+            if state.is_live() && visible(&state.fields()) {
+                return Ok(PastVisibility::Seen);
+            }
+        }
+        Ok(PastVisibility::NeverSeen)
     }
 
     /// The `hid`s of a record's history entries, newest first (see `walk_history`).
@@ -175,7 +333,7 @@ impl Inner {
         let mut out = Vec::new();
         self.walk_history(coll, id, |hid, _| {
             out.push(hid);
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })?;
         Ok(out)
     }
@@ -221,7 +379,7 @@ impl Inner {
                 seq: Seq(r.get::<_, i64>(10)? as u64),
                 recorded_ms: r.get::<_, i64>(11)? as u64,
             });
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })?;
         out.reverse();
         Ok(out)
@@ -229,6 +387,28 @@ impl Inner {
 }
 
 impl Database {
+    /// Whether a peer that has received this node's changes through `since` may hold the
+    /// record, judged by `visible` on each live state the record had from `since` on (see
+    /// [`PastVisibility`]). A sender uses it to keep deletes from peers that never could
+    /// read the record: a tombstone carries no values, but its id and time are still not
+    /// theirs to learn.
+    pub fn past_visibility(
+        &self,
+        collection: &str,
+        id: RecordId,
+        since: Seq,
+        visible: &mut dyn FnMut(&BTreeMap<String, Value>) -> bool,
+    ) -> Result<PastVisibility> {
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(PastVisibility::Unknown);
+        };
+        let Some((state, _)) = inner.record_state(coll, id)? else {
+            return Ok(PastVisibility::Unknown);
+        };
+        inner.past_visibility(coll, id, &state, since, visible)
+    }
+
     /// Every change of a record this node knows, oldest first (by version). Creations of
     /// cells (an insert's fields, a first set) are not stored as rows — their values live in
     /// the record or in the `old` side of the change that replaced them — and are listed

@@ -30,7 +30,7 @@ use rusqlite::Connection;
 pub use evict::{EvictGuard, EvictOutcome};
 pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
 pub use gc::{GcOptions, GcReport, SyncMetadata};
-pub use history::{HistoryEntry, HistoryRetention};
+pub use history::{HistoryEntry, HistoryRetention, PastVisibility};
 pub use maintenance::{Checkpoint, CollectionStats, IntegrityReport, Stats};
 pub use read::{OrderBy, Query, Record};
 pub use snapshot::{

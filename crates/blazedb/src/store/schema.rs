@@ -12,7 +12,7 @@
 //! | `feed_links`    | partly overwritten commit  | `s` must be delivered together with `t`   |
 //! | `indexes`       | declared secondary index   |                                           |
 //! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
-//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4) |
+//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5) |
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application           |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors (used by the sync engine)    |
@@ -25,11 +25,16 @@ use rusqlite::Connection;
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
-pub const MIGRATIONS: &[&str] = &[SNAPSHOT_TABLES, UNIT_STAGING, HISTORY_CHAINS];
+pub const MIGRATIONS: &[&str] = &[
+    SNAPSHOT_TABLES,
+    UNIT_STAGING,
+    HISTORY_CHAINS,
+    HISTORY_OLD_SEQ,
+];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
 /// kept until the whole snapshot is applied, so a disconnect or a restart resumes instead of
@@ -80,6 +85,16 @@ UPDATE history SET prev = (SELECT max(h.hid) FROM history h
 UPDATE records SET hist = (SELECT max(h.hid) FROM history h
     WHERE h.coll = records.coll AND h.id = records.id);
 DROP INDEX history_by_record;
+";
+
+/// Format 5: a history entry also keeps the local seq of the cell it replaced (`old_seq`),
+/// so that a record's past states can be rebuilt seq by seq (`store/history.rs`,
+/// `Inner::past_visibility`): a cell created after a seq and overwritten later must not
+/// appear in the state at that seq. The sender uses it to send a delete only to peers that
+/// may hold the record. Entries written before format 5 have no `old_seq`: their record's
+/// past counts as unknown (the delete is sent, as before).
+const HISTORY_OLD_SEQ: &str = "
+ALTER TABLE history ADD COLUMN old_seq INTEGER;
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.

@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, OptionalExtension};
 
 use super::feed::{Change, PeerDirection};
+use super::history::PastVisibility;
 use super::write::Tx;
 use super::{body, validate_collection_name, Database, Inner};
 use crate::crdt::{MergeOutcome, RecordState};
@@ -56,7 +57,9 @@ pub struct SnapshotKey {
 }
 
 /// Chooses the records of a snapshot: `(collection, id, live fields, live)`, the fields
-/// empty for a tombstone; true to include the record.
+/// empty for a tombstone; true to include the record. A tombstone that `select` accepts is
+/// then asked about again with each live state its history holds (`live` true), and left
+/// out when none of them is accepted (see [`Database::past_visibility`]).
 pub type SnapshotSelect<'a> =
     dyn FnMut(&str, RecordId, &BTreeMap<String, Value>, bool) -> bool + 'a;
 
@@ -636,6 +639,16 @@ fn snapshot_page_in(
                     BTreeMap::new()
                 };
                 if !f(name, id, &fields, live) {
+                    continue;
+                }
+                // A tombstone goes only where one of the record's live states was selected,
+                // as far as history tells (a reader that never could see the record does
+                // not learn of its delete).
+                if !live
+                    && inner.past_visibility(coll, id, &state, Seq(0), &mut |fields| {
+                        f(name, id, fields, true)
+                    })? == PastVisibility::NeverSeen
+                {
                     continue;
                 }
             }

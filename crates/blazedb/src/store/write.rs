@@ -1281,8 +1281,8 @@ impl<'c> RecordWriter<'c> {
                 .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?,
             // `prev` (?12): the entry before this one of the same record (see `write_history`).
             insert_history: conn.prepare_cached(
-                "INSERT INTO history (coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO history (coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?,
         })
     }
@@ -1427,6 +1427,7 @@ fn write_history(
             row_seq.0 as i64,
             now_ms as i64,
             prev,
+            old.as_ref().map(|c| c.seq.0 as i64),
         ])?;
         prev = Some(conn.last_insert_rowid());
         newest = prev;

@@ -50,7 +50,7 @@ use crate::store::{
     Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
 };
 use crate::types::Seq;
-use crate::{NodeId, RecordId};
+use crate::{NodeId, PastVisibility, RecordId};
 
 /// How a session behaves.
 #[derive(Clone, Debug)]
@@ -330,6 +330,10 @@ pub struct Session {
     /// Records the peer moved into its view with its own write: sent whole, once the
     /// current unit is complete.
     restate_pending: Vec<(String, RecordId)>,
+    /// Records whose change by the peer was refused (REJECT): this node wrote its own
+    /// version again, and when that is a delete the peer needs it even if it could never
+    /// read the record (its refused insert must go). Bounded by `REFUSED_REMEMBERED_MAX`.
+    refused: std::collections::HashSet<(String, RecordId)>,
     // Liveness.
     /// When the peer's credential runs out (`AccessControl::credential_lifetime_ms`); the
     /// session then ends with `AUTH_FAILED`.
@@ -400,6 +404,7 @@ impl Session {
             evicts_unconfirmed: None,
             evicts_note: None,
             restate_pending: Vec::new(),
+            refused: Default::default(),
             credential_expires_ms: None,
             last_recv_ms: now_ms,
             last_send_ms: now_ms,
@@ -1568,6 +1573,17 @@ impl Session {
                 self.received_persisted_ms = now_ms;
                 if !outcome.rejected.is_empty() {
                     self.stats.changes_refused += outcome.rejected.len() as u64;
+                    if self.refused.len() + outcome.rejected.len() > REFUSED_REMEMBERED_MAX {
+                        // A peer that keeps writing what it may not: start over (a restated
+                        // delete forgotten here may then be held back; see filter_view).
+                        self.refused.clear();
+                    }
+                    self.refused.extend(
+                        outcome
+                            .rejected
+                            .iter()
+                            .map(|r| (r.collection.clone(), r.id)),
+                    );
                     let rejections = outcome.rejected.clone();
                     self.send(&Message::Reject { rejections }, now_ms);
                     self.events
@@ -1730,7 +1746,15 @@ impl Session {
                         policy: &self.peer_policy,
                         params: self.view_params(),
                     };
-                    filter_view(db, &view, &mut filtered.changes, &mut self.evict_pending)?;
+                    let since = self.sent_through;
+                    filter_view(
+                        db,
+                        &view,
+                        since,
+                        &mut filtered.changes,
+                        &mut self.evict_pending,
+                        &mut self.refused,
+                    )?;
                     &filtered
                 } else {
                     &shared
@@ -2173,6 +2197,8 @@ const NOTE_VIEW: &str = "served_view";
 /// peer (sent, but no later unit acknowledged before the connection ended).
 const NOTE_EVICTS: &str = "evicts_unconfirmed_after";
 const NOTE_POLICY: &str = "policy";
+/// Refused records a session remembers (see `Session::refused`).
+const REFUSED_REMEMBERED_MAX: usize = 4096;
 /// Records per EVICT message.
 const EVICT_BATCH: usize = 4096;
 
@@ -2218,12 +2244,18 @@ impl View<'_> {
 
 /// Keep only what the peer may and wants to see. A change that can move its record into the
 /// view becomes the whole record; one that moves it out becomes an entry in `evict`
-/// (see `sync/policy.rs`). Deletes go to peers that see the collection.
+/// (see `sync/policy.rs`). A delete goes to a peer that sees the collection unless the
+/// record's history shows that none of its states since `since` (what the peer has been
+/// sent through) was in the peer's view — then the peer cannot hold it, and its id is not the
+/// peer's to learn — or the peer's own change to it was just refused (`refused`: the
+/// restated delete must reach it).
 fn filter_view(
     db: &Database,
     view: &View<'_>,
+    since: Seq,
     changes: &mut Vec<Change>,
     evict: &mut Vec<(String, RecordId)>,
+    refused: &mut std::collections::HashSet<(String, RecordId)>,
 ) -> Result<(), Error> {
     let mut keep = Vec::with_capacity(changes.len());
     let mut whole_sent: std::collections::HashSet<(String, RecordId)> = Default::default();
@@ -2254,6 +2286,12 @@ fn filter_view(
                         }
                         (false, false) => continue,
                     }
+                } else if !refused.remove(&key)
+                    && db.past_visibility(&ch.collection, ch.id, since, &mut |fields| {
+                        view.record_visible(&ch.collection, ch.id, fields)
+                    })? == PastVisibility::NeverSeen
+                {
+                    continue;
                 }
             }
         }
