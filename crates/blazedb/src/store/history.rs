@@ -1,6 +1,8 @@
 //! The change history: an append-only audit trail of every cell change (local or from a
 //! peer), kept apart from sync state. It serves `history(collection, id)` and time-travel
-//! reads, and is compacted by a retention policy; sync never reads it.
+//! reads, and is compacted by a retention policy. Sync never depends on it (decision 6): the
+//! one reader on the sync path, [`Inner::past_visibility`], only narrows who is sent a delete,
+//! and where history is gone it answers "unknown" and the delete goes as it would without it.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
