@@ -885,3 +885,49 @@ fn a_merged_chunk_meets_local_records_in_its_range() {
         "{owed_ids:?}"
     );
 }
+
+/// A large chunk that fails to decode only at its very end changes nothing, and a chunk
+/// merged twice is merged once.
+#[test]
+fn a_large_chunk_fails_whole_or_applies_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let dst = open(&dir.path().join("dst.db"));
+    src.transaction(|tx| {
+        for i in 0..3000 {
+            tx.insert("notes", [("n", Value::Int(i))])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let snap = take(&src, 100_000);
+    let (key, chunk) = &snap.chunks[0];
+    let records = src.count("notes").unwrap();
+    assert!(records >= 3000 && snap.chunks.len() == 1, "one large chunk");
+    let peer = src.node_id();
+    dst.snapshot_begin(peer, 1, snap.position).unwrap();
+
+    // The same chunk with its last bytes cut off (checksum and length made to match): every
+    // record decodes, the end does not.
+    let raw = zstd::bulk::decompress(&chunk[9..], 64 << 20).unwrap();
+    let cut = &raw[..raw.len() - 3];
+    let mut bad = vec![chunk[0]];
+    bad.extend_from_slice(&crc32fast::hash(cut).to_le_bytes());
+    bad.extend_from_slice(&(cut.len() as u32).to_le_bytes());
+    bad.extend_from_slice(&zstd::bulk::compress(cut, 3).unwrap());
+    let err = dst.snapshot_merge_chunk(peer, 1, 0, key, &bad).unwrap_err();
+    assert!(matches!(err, blazedb::Error::Apply(_)), "{err}");
+    assert_eq!(dst.count("notes").unwrap(), 0, "nothing of it is kept");
+    assert_eq!(dst.last_seq().unwrap(), Seq(0));
+
+    let first = dst.snapshot_merge_chunk(peer, 1, 0, key, chunk).unwrap();
+    assert_eq!(first.records, records);
+    let again = dst.snapshot_merge_chunk(peer, 1, 0, key, chunk).unwrap();
+    assert_eq!(again.records, 0, "a repeated chunk is not merged again");
+    assert_eq!(dst.count("notes").unwrap(), records);
+    let merged = SnapshotScope {
+        collections: Some(Vec::new()),
+    };
+    dst.snapshot_finish(peer, 1, 1, &merged, Seq(0)).unwrap();
+    assert_eq!(dump(&dst), dump(&src));
+}
