@@ -82,8 +82,8 @@ pub(crate) struct Pending {
     pub coll: i64,
     pub collection: String,
     pub id: RecordId,
-    /// State and revision as stored before the transaction (`None`: no row).
-    pub before: Option<(RecordState, u64)>,
+    /// The row as stored before the transaction (`None`: no row).
+    pub before: Option<Before>,
     pub state: RecordState,
     pub changed: bool,
     /// (key, old cell, new cell or None when dropped by a reset, reset version), for the
@@ -109,6 +109,91 @@ pub(crate) struct Pending {
     /// and links were written or moved to the transaction, and `before` keeps only the
     /// revision.
     pub spilled: bool,
+}
+
+/// A record's row as the transaction first read it. The decoded state moves into
+/// `Pending::state` (the transaction changes it there); what the write needs of the old
+/// row — its revision, whether it was live, its feed rows — is kept here, and the old fields,
+/// needed only for index entries and the watch event of a delete, are decoded again from the
+/// row's bytes when asked. (Keeping a decoded copy instead cost an allocation per cell of
+/// every record written: a tenth of an update's time.)
+pub(crate) struct Before {
+    pub rev: u64,
+    live: bool,
+    /// The distinct seqs of its cells, ascending: its rows in the feed.
+    seqs: Vec<Seq>,
+    body: Vec<u8>,
+    row_seq: Seq,
+}
+
+impl Before {
+    fn of_row(rev: u64, state: &RecordState, body: Vec<u8>, row_seq: Seq) -> Before {
+        let mut seqs: Vec<Seq> = state.cells().iter().map(|c| c.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        Before {
+            rev,
+            live: state.is_live(),
+            seqs,
+            body,
+            row_seq,
+        }
+    }
+
+    /// Only the revision, for a record written out by [`Tx::spill`] (its row is read again
+    /// when the transaction touches it: see [`Flushed`]).
+    fn rev_only(rev: u64) -> Before {
+        Before {
+            rev,
+            live: false,
+            seqs: Vec::new(),
+            body: Vec::new(),
+            row_seq: Seq(0),
+        }
+    }
+}
+
+/// The record as its row holds it when a write replaces the row: as first read, or as
+/// written earlier in the transaction.
+#[derive(Clone, Copy)]
+enum Stored<'a> {
+    Row(&'a Before),
+    State(&'a RecordState),
+}
+
+impl Stored<'_> {
+    fn is_live(self) -> bool {
+        match self {
+            Stored::Row(b) => b.live,
+            Stored::State(s) => s.is_live(),
+        }
+    }
+
+    /// The distinct seqs of its cells, ascending, into `out`.
+    fn seqs(self, out: &mut Vec<Seq>) {
+        out.clear();
+        match self {
+            Stored::Row(b) => out.extend_from_slice(&b.seqs),
+            Stored::State(s) => {
+                out.extend(s.cells().iter().map(|c| c.seq));
+                out.sort_unstable();
+                out.dedup();
+            }
+        }
+    }
+
+    /// Its fields (empty when it is not live).
+    fn fields(self, nodes: &NodeTable, fields: &FieldTable) -> BTreeMap<String, Value> {
+        match self {
+            Stored::Row(b) if b.live => body::decode(&b.body, b.row_seq, nodes, fields)
+                // These bytes decoded when the transaction read them.
+                .map(|s| s.fields())
+                .unwrap_or_default(),
+            Stored::Row(_) => BTreeMap::new(),
+            Stored::State(s) if s.is_live() => s.fields(),
+            Stored::State(_) => BTreeMap::new(),
+        }
+    }
 }
 
 /// A new record is written as soon as it is inserted, not at commit, so that a bulk insert
@@ -364,30 +449,30 @@ impl<'a> Tx<'a> {
                     // Only read: nothing to write, and the state is the stored row.
                     p.state = RecordState::default();
                     p.flushed = Flushed::Dropped;
-                    p.before = p
-                        .before
-                        .take()
-                        .map(|(_, rev)| (RecordState::default(), rev));
+                    p.before = p.before.take().map(|b| Before::rev_only(b.rev));
                     p.spilled = true;
                     continue;
                 }
-                Flushed::No => p.before.as_ref().map(|b| &b.0),
+                Flushed::No => p.before.as_ref().map(Stored::Row),
                 Flushed::Reloaded(written) if *written == p.state => None,
-                Flushed::Reloaded(written) => Some(written),
+                Flushed::Reloaded(written) => Some(Stored::State(written)),
             };
             let unchanged_reload = matches!(&p.flushed, Flushed::Reloaded(w) if *w == p.state);
             if unchanged_reload && watched && !p.spilled {
                 // Written early by an insert and not changed since: its event is still due.
-                let before_live = p.before.as_ref().is_some_and(|b| b.0.is_live());
-                let before_fields = || p.before.as_ref().map(|b| b.0.fields()).unwrap_or_default();
+                let before = p.before.as_ref().map(Stored::Row);
+                let (n, f) = (&*tables.nodes, &*tables.fields);
+                let before_live = before.is_some_and(Stored::is_live);
+                let before_fields = || before.map(|b| b.fields(n, f)).unwrap_or_default();
                 if let Some(e) = event(p, &p.state, before_live, before_fields) {
                     self.spilled.events.push(e);
                 }
             } else if !unchanged_reload {
                 w.write(conn, &mut tables, &mut self.scratch, p, stored, now_ms)?;
                 if watched {
-                    let before_live = stored.is_some_and(RecordState::is_live);
-                    let before_fields = || stored.map(RecordState::fields).unwrap_or_default();
+                    let (n, f) = (&*tables.nodes, &*tables.fields);
+                    let before_live = stored.is_some_and(Stored::is_live);
+                    let before_fields = || stored.map(|s| s.fields(n, f)).unwrap_or_default();
                     if let Some(e) = event(p, &p.state, before_live, before_fields) {
                         self.spilled.events.push(e);
                     }
@@ -402,10 +487,7 @@ impl<'a> Tx<'a> {
             p.history.clear();
             p.state = RecordState::default();
             p.flushed = Flushed::Dropped;
-            p.before = p
-                .before
-                .take()
-                .map(|(_, rev)| (RecordState::default(), rev));
+            p.before = p.before.take().map(|b| Before::rev_only(b.rev));
             p.spilled = true;
         }
         self.spilled.unspilled = 0;
@@ -526,7 +608,7 @@ impl<'a> Tx<'a> {
         if !p.state.is_live() {
             return Ok(None);
         }
-        let rev = p.before.as_ref().map_or(0, |b| b.1) + u64::from(p.changed);
+        let rev = p.before.as_ref().map_or(0, |b| b.rev) + u64::from(p.changed);
         Ok(Some(Record {
             collection: p.collection.clone(),
             id,
@@ -584,37 +666,37 @@ impl<'a> Tx<'a> {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?;
-        let (before, hist) = match row {
-            Some((rev, seq, bytes, hist)) => (
-                Some((
-                    body::decode(&bytes, Seq(seq), &self.inner.nodes, &self.inner.fields)?,
-                    rev,
-                )),
-                hist,
-            ),
+        let (before, state, hist) = match row {
+            Some((rev, seq, bytes, hist)) => {
+                let state = body::decode(&bytes, Seq(seq), &self.inner.nodes, &self.inner.fields)?;
+                let before = Before::of_row(rev, &state, bytes, Seq(seq));
+                (Some(before), state, hist)
+            }
             None if !create => return Ok(None),
-            None => (None, None),
+            None => (None, RecordState::default(), None),
         };
         let i = self.track(coll, collection, id, before);
-        self.records[i].hist = hist;
+        let p = &mut self.records[i];
+        p.state = state;
+        p.hist = hist;
         Ok(Some(i))
     }
 
-    /// Start tracking a record in this transaction, as stored before it (`None`: no row).
+    /// Start tracking a record in this transaction, as stored before it (`None`: no row);
+    /// its state starts empty (the caller puts the stored one in).
     fn track(
         &mut self,
         coll: i64,
         collection: &str,
         id: RecordId,
-        before: Option<(RecordState, u64)>,
+        before: Option<Before>,
     ) -> usize {
-        let state = before.as_ref().map(|b| b.0.clone()).unwrap_or_default();
         self.records.push(Pending {
             coll,
             collection: collection.to_owned(),
             id,
             before,
-            state,
+            state: RecordState::default(),
             changed: false,
             history: Vec::new(),
             conflicts: Vec::new(),
@@ -817,7 +899,11 @@ impl<'a> Tx<'a> {
     }
 
     fn apply_op(&mut self, i: usize, field: &str, op: FieldOp) -> Result<()> {
-        let current = self.records[i].state.field(field);
+        // The field's current value, which a plain set does not need (most writes).
+        let current = match &op {
+            FieldOp::Set(_) => None,
+            _ => self.records[i].state.field(field),
+        };
         let mismatch =
             |op: &'static str, expected: &'static str, found: &Value| WriteError::TypeMismatch {
                 field: field.to_owned(),
@@ -1056,13 +1142,14 @@ impl<'a> Tx<'a> {
         for p in records.iter().filter(|p| p.changed) {
             match &p.flushed {
                 Flushed::No => {
-                    let stored = p.before.as_ref().map(|b| &b.0);
+                    let stored = p.before.as_ref().map(Stored::Row);
                     w.write(conn, &mut tables, &mut scratch, p, stored, now_ms)?;
                 }
                 Flushed::Dropped => {}
                 Flushed::Reloaded(written) if *written == p.state => {}
                 Flushed::Reloaded(written) => {
-                    w.write(conn, &mut tables, &mut scratch, p, Some(written), now_ms)?;
+                    let stored = Some(Stored::State(written));
+                    w.write(conn, &mut tables, &mut scratch, p, stored, now_ms)?;
                 }
             }
             if !watched {
@@ -1086,8 +1173,10 @@ impl<'a> Tx<'a> {
             } else {
                 &p.state
             };
-            let before_live = p.before.as_ref().is_some_and(|b| b.0.is_live());
-            let before_fields = || p.before.as_ref().map(|b| b.0.fields()).unwrap_or_default();
+            let before = p.before.as_ref().map(Stored::Row);
+            let (n, f) = (&*tables.nodes, &*tables.fields);
+            let before_live = before.is_some_and(Stored::is_live);
+            let before_fields = || before.map(|b| b.fields(n, f)).unwrap_or_default();
             events.extend(event(p, state, before_live, before_fields));
         }
         drop(w);
@@ -1146,7 +1235,7 @@ fn event(
         (true, false) => EventKind::Deleted,
         (false, false) => return None,
     };
-    let rev = p.before.as_ref().map_or(0, |b| b.1) + 1;
+    let rev = p.before.as_ref().map_or(0, |b| b.rev) + 1;
     let fields = if after_live {
         state.fields()
     } else {
@@ -1296,7 +1385,7 @@ impl<'c> RecordWriter<'c> {
         t: &mut Tables<'_>,
         scratch: &mut Scratch,
         p: &Pending,
-        stored: Option<&RecordState>,
+        stored: Option<Stored<'_>>,
         now_ms: u64,
     ) -> Result<()> {
         let row_seq = p.state.max_seq();
@@ -1318,7 +1407,7 @@ impl<'c> RecordWriter<'c> {
             }
             .into());
         }
-        let rev = p.before.as_ref().map_or(0, |b| b.1) + 1;
+        let rev = p.before.as_ref().map_or(0, |b| b.rev) + 1;
         let id = &p.id.0[..];
         let live = p.state.is_live();
         // History first: its entries chain from the record's current head, and the row
@@ -1359,16 +1448,11 @@ impl<'c> RecordWriter<'c> {
         }
 
         // The feed holds one row per (seq, record) that still has cells at that seq.
-        fn seqs(s: Option<&RecordState>, out: &mut Vec<Seq>) {
-            out.clear();
-            if let Some(s) = s {
-                out.extend(s.cells().iter().map(|c| c.seq));
-                out.sort_unstable();
-                out.dedup();
-            }
+        match stored {
+            Some(s) => s.seqs(&mut scratch.old_seqs),
+            None => scratch.old_seqs.clear(),
         }
-        seqs(stored, &mut scratch.old_seqs);
-        seqs(Some(&p.state), &mut scratch.new_seqs);
+        Stored::State(&p.state).seqs(&mut scratch.new_seqs);
         let (old, new) = (&scratch.old_seqs, &scratch.new_seqs);
         for s in new.iter().filter(|s| !old.contains(s)) {
             self.insert_feed.execute(params![s.0, p.coll, id, p.src])?;
@@ -1441,14 +1525,13 @@ fn write_derived(
     conn: &Connection,
     t: &mut Tables<'_>,
     p: &Pending,
-    stored: Option<&RecordState>,
+    stored: Option<Stored<'_>>,
     row_seq: Seq,
 ) -> Result<()> {
     let id = &p.id.0[..];
     if let Some(fields) = t.indexes.get(&p.coll) {
         let before = stored
-            .filter(|s| s.is_live())
-            .map(|s| s.fields())
+            .map(|s| s.fields(t.nodes, t.fields))
             .unwrap_or_default();
         let after = if p.state.is_live() {
             p.state.fields()
