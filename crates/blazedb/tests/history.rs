@@ -513,6 +513,11 @@ mod past_states {
                 if s.0 != committed.last().unwrap().0 {
                     committed.push(s);
                 }
+                // Judged along the way too: a past kept from before a change must not answer
+                // for the record after it.
+                for id in &ids {
+                    db.past_visibility("c", *id, Seq(0), &mut |_| false).unwrap();
+                }
             }
             for (r, id) in ids.iter().enumerate() {
                 for k in 0..committed.len() {

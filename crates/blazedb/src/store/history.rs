@@ -100,8 +100,81 @@ pub enum PastVisibility {
     Unknown,
 }
 
-/// History entries a past-visibility check reads at most; a longer past counts as unknown.
-/// (Each is one row read; the check runs per delete and per peer that may read it.)
+/// A record's past as its history tells it: the live states it had, each with the positions
+/// (local seqs) it held for — as a peer that had received this node's changes through such a
+/// position would have been sent it. Rebuilt from the stored record by undoing history
+/// entries newest first; a cell created after a position (not a history row of its own) is
+/// left out of the state at that position (`old_seq`, format 5).
+///
+/// The sender's feed reads states after whole commits, so the state it last judged for a
+/// peer at `since` is one of those held from `since` on; the judgement errs only towards
+/// [`PastVisibility::Seen`].
+#[derive(Debug)]
+pub(crate) struct PastStates {
+    /// The states are exact for positions from here on.
+    exact_from: Seq,
+    /// Whether the record was live here at some time.
+    was_live: bool,
+    /// History cannot be read (an unknown node).
+    unknown: bool,
+    /// (from, until, fields): the live fields it had at every position in `from..until`.
+    states: Vec<(Seq, Seq, BTreeMap<String, Value>)>,
+}
+
+impl PastStates {
+    fn judge(
+        &self,
+        since: Seq,
+        visible: &mut dyn FnMut(&BTreeMap<String, Value>) -> bool,
+    ) -> PastVisibility {
+        if self.unknown || !self.was_live || since < self.exact_from {
+            return PastVisibility::Unknown;
+        }
+        let seen = self
+            .states
+            .iter()
+            .filter(|(_, until, _)| *until > since)
+            .any(|(_, _, fields)| visible(fields));
+        if seen {
+            PastVisibility::Seen
+        } else {
+            PastVisibility::NeverSeen
+        }
+    }
+}
+
+/// Rebuilt pasts kept for reuse (see [`Inner::past_visibility`]): a delete is judged once
+/// per peer that may read its collection, and each judgement of the same tombstone reuses
+/// one walk through history. Keyed by the record's current seq, so a record that changes is
+/// rebuilt; what a kept past says stays true (compaction only forgets).
+#[derive(Debug, Default)]
+pub(crate) struct PastCache {
+    map: std::collections::HashMap<(i64, RecordId, Seq), std::sync::Arc<PastStates>>,
+    order: std::collections::VecDeque<(i64, RecordId, Seq)>,
+}
+
+/// Rebuilt pasts [`PastCache`] keeps.
+const PAST_CACHE_RECORDS: usize = 4096;
+
+impl PastCache {
+    fn get(&self, key: &(i64, RecordId, Seq)) -> Option<std::sync::Arc<PastStates>> {
+        self.map.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: (i64, RecordId, Seq), past: std::sync::Arc<PastStates>) {
+        if self.map.insert(key, past).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > PAST_CACHE_RECORDS {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// History entries a record's rebuilt past reads at most: a past older than that counts as
+/// unknown. (Each is one row read.)
 const PAST_ENTRIES_MAX: usize = 1_000;
 
 struct Row {
@@ -214,14 +287,9 @@ impl Inner {
     }
 
     /// Whether a peer that has received this node's changes through `since` may hold the
-    /// record: did `visible` accept one of its live states from `since` on? The states are
-    /// rebuilt from `current` by undoing history entries newest first, each state the record
-    /// had after a commit with seq ≥ `since` (a cell created after a seq is left out of the
-    /// state at that seq: `old_seq`, format 5).
-    ///
-    /// The sender's feed reads states after whole commits, so the state it last judged for
-    /// a peer at `since` is one of these; the check errs only towards `Seen` (states that were
-    /// never read together are judged too).
+    /// record: did `visible` accept one of its live states from `since` on? `current` is the
+    /// record as stored now. See [`PastStates`]; the rebuilt past is kept in a small cache
+    /// shared by every caller, so a delete sent to many peers walks history once.
     pub(crate) fn past_visibility(
         &self,
         coll: i64,
@@ -230,24 +298,33 @@ impl Inner {
         since: Seq,
         visible: &mut dyn FnMut(&BTreeMap<String, Value>) -> bool,
     ) -> Result<PastVisibility> {
+        let key = (coll, id, current.max_seq());
+        let cached = self.past_cache.borrow().get(&key);
+        let past = match cached {
+            Some(p) => p,
+            None => {
+                let p = std::sync::Arc::new(self.past_states(coll, id, current)?);
+                self.past_cache.borrow_mut().insert(key, p.clone());
+                p
+            }
+        };
+        Ok(past.judge(since, visible))
+    }
+
+    /// Rebuild a record's past from `current` by undoing its history entries newest first
+    /// (see [`PastStates`]).
+    fn past_states(&self, coll: i64, id: RecordId, current: &RecordState) -> Result<PastStates> {
         // Entries newest first: (seq of the commit, key, the cell it replaced).
         let mut entries: Vec<(Seq, CellKey, Option<Cell>)> = Vec::new();
         let mut was_live = current.is_live();
-        let mut reached_since = false;
         let mut unknown = false;
-        let mut read = 0usize;
+        // The seq of the entry the walk stopped at, unread: the past is exact above it.
+        let mut stopped_at = Seq(u64::MAX);
         let end = self.walk_history(coll, id, |_, r| {
-            read += 1;
-            if read > PAST_ENTRIES_MAX {
-                unknown = true;
-                return Ok(ControlFlow::Break(()));
-            }
             let seq = Seq(r.get::<_, i64>(10)? as u64);
-            if seq <= since {
-                reached_since = true;
-                if was_live {
-                    return Ok(ControlFlow::Break(()));
-                }
+            if entries.len() >= PAST_ENTRIES_MAX {
+                stopped_at = seq;
+                return Ok(ControlFlow::Break(()));
             }
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
             let new = r.get::<_, Option<Vec<u8>>>(7)?;
@@ -273,9 +350,10 @@ impl Inner {
                         seq: Seq(old_seq as u64),
                     })
                 }
-                // Written before format 5: the replaced cell's seq is not known.
+                // Written before format 5: the replaced cell's seq is not known, so the
+                // past is told only down to here.
                 (Some(_), _, _, None) => {
-                    unknown = true;
+                    stopped_at = seq;
                     return Ok(ControlFlow::Break(()));
                 }
                 _ => None,
@@ -289,31 +367,45 @@ impl Inner {
                     .map(value_from_bytes)
                     .transpose()?
                     .is_some_and(|v| present(&v));
-            if seq > since {
-                entries.push((seq, key, old));
-            }
+            entries.push((seq, key, old));
             Ok(ControlFlow::Continue(()))
         })?;
-        if unknown || !was_live || (end == WalkEnd::Cut && !reached_since) {
-            return Ok(PastVisibility::Unknown);
+        // The states are exact from the start when the walk reached the record's first
+        // entry; from the oldest entry read when retention cut the chain below it; from the
+        // entry it stopped at otherwise (every entry newer than a position is undone).
+        let exact_from = match end {
+            WalkEnd::Start => Seq(0),
+            WalkEnd::Cut => entries.last().map_or(Seq(u64::MAX), |e| e.0),
+            WalkEnd::Stopped => stopped_at,
+        };
+        let mut past = PastStates {
+            exact_from,
+            was_live,
+            unknown,
+            states: Vec::new(),
+        };
+        if unknown {
+            return Ok(past);
         }
-        // Every seq at which the state may differ: after each commit in the window (its seq,
-        // and just before the next older one), each cell's own seq, and `since` itself.
+        // The state changes only where a cell appears (its seq) or an entry applies (its
+        // commit's seq): it is constant from each such point up to the next one.
         let mut cells: BTreeMap<CellKey, Cell> = current
             .cells()
             .iter()
             .map(|c| (c.key.clone(), c.clone()))
             .collect();
-        let mut bounds: Vec<Seq> = vec![since, Seq(u64::MAX)];
-        bounds.extend(cells.values().map(|c| c.seq).filter(|s| *s >= since));
+        let mut points: Vec<Seq> = cells.values().map(|c| c.seq).collect();
         for (seq, _, old) in &entries {
-            bounds.push(Seq(seq.0 - 1).max(since));
-            bounds.extend(old.as_ref().map(|c| c.seq).filter(|s| *s >= since));
+            points.push(*seq);
+            points.extend(old.as_ref().map(|c| c.seq));
         }
-        bounds.sort_unstable_by(|a, b| b.cmp(a));
-        bounds.dedup();
+        points.retain(|p| *p >= exact_from);
+        points.push(exact_from);
+        points.sort_unstable_by(|a, b| b.cmp(a));
+        points.dedup();
         let mut undo = entries.into_iter().peekable();
-        for at in bounds {
+        let mut until = Seq(u64::MAX);
+        for at in points {
             while let Some((_, key, old)) = undo.next_if(|(seq, _, _)| *seq > at) {
                 match old {
                     Some(c) => cells.insert(key, c),
@@ -323,11 +415,12 @@ impl Inner {
             let state =
                 RecordState::from_cells(cells.values().filter(|c| c.seq <= at).cloned().collect())
                     .map_err(|e| Error::Corrupted(crate::codec::DecodeError::Malformed(e)))?;
-            if state.is_live() && visible(&state.fields()) {
-                return Ok(PastVisibility::Seen);
+            if state.is_live() {
+                past.states.push((at, until, state.fields()));
             }
+            until = at;
         }
-        Ok(PastVisibility::NeverSeen)
+        Ok(past)
     }
 
     /// The `hid`s of a record's history entries, newest first (see `walk_history`).
@@ -409,6 +502,23 @@ impl Database {
             return Ok(PastVisibility::Unknown);
         };
         inner.past_visibility(coll, id, &state, since, visible)
+    }
+
+    /// [`Database::past_visibility`] of a record whose stored state the caller has just
+    /// read (`current`), without reading it again.
+    pub(crate) fn past_visibility_of(
+        &self,
+        collection: &str,
+        id: RecordId,
+        current: &RecordState,
+        since: Seq,
+        visible: &mut dyn FnMut(&BTreeMap<String, Value>) -> bool,
+    ) -> Result<PastVisibility> {
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(PastVisibility::Unknown);
+        };
+        inner.past_visibility(coll, id, current, since, visible)
     }
 
     /// Every change of a record this node knows, oldest first (by version). Creations of

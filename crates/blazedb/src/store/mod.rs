@@ -163,6 +163,8 @@ pub(crate) struct Inner {
     pub feed_cache: feed_cache::FeedCache,
     /// The feed head as last read outside a transaction, and the state it was read at.
     pub head_cache: Option<(feed_cache::FeedState, Seq)>,
+    /// Records' pasts rebuilt from history for delete filtering (see `history.rs`).
+    pub past_cache: std::cell::RefCell<history::PastCache>,
 }
 
 impl Database {
@@ -204,6 +206,7 @@ impl Database {
             history_rows_since_compaction: 0,
             feed_cache: feed_cache::FeedCache::default(),
             head_cache: None,
+            past_cache: Default::default(),
             conn: opened.conn,
         };
         inner.refresh().map_err(corrupt)?;

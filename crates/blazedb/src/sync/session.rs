@@ -2287,8 +2287,8 @@ fn filter_view(
                         (false, false) => continue,
                     }
                 } else if !refused.remove(&key)
-                    && db.past_visibility(&ch.collection, ch.id, since, &mut |fields| {
-                        view.record_visible(&ch.collection, ch.id, fields)
+                    && db.past_visibility_of(&ch.collection, ch.id, &state, since, &mut |f| {
+                        view.record_visible(&ch.collection, ch.id, f)
                     })? == PastVisibility::NeverSeen
                 {
                     continue;
