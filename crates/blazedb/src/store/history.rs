@@ -151,10 +151,15 @@ impl PastStates {
 pub(crate) struct PastCache {
     map: std::collections::HashMap<(i64, RecordId, Seq), std::sync::Arc<PastStates>>,
     order: std::collections::VecDeque<(i64, RecordId, Seq)>,
+    /// Live states held by all kept pasts (memory is bounded by this, not by records: one
+    /// record's past may hold up to `PAST_ENTRIES_MAX` states).
+    states: usize,
 }
 
-/// Rebuilt pasts [`PastCache`] keeps.
+/// Rebuilt pasts [`PastCache`] keeps at most.
 const PAST_CACHE_RECORDS: usize = 4096;
+/// Live states (field maps) [`PastCache`] keeps at most, over all its pasts.
+const PAST_CACHE_STATES: usize = 16_384;
 
 impl PastCache {
     fn get(&self, key: &(i64, RecordId, Seq)) -> Option<std::sync::Arc<PastStates>> {
@@ -162,12 +167,20 @@ impl PastCache {
     }
 
     fn insert(&mut self, key: (i64, RecordId, Seq), past: std::sync::Arc<PastStates>) {
-        if self.map.insert(key, past).is_none() {
-            self.order.push_back(key);
+        let n = past.states.len();
+        if n > PAST_CACHE_STATES / 4 || self.map.contains_key(&key) {
+            // A past this long is rebuilt when asked again rather than crowding out the rest.
+            return;
         }
-        while self.order.len() > PAST_CACHE_RECORDS {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+        self.map.insert(key, past);
+        self.order.push_back(key);
+        self.states += n;
+        while self.order.len() > PAST_CACHE_RECORDS || self.states > PAST_CACHE_STATES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(p) = self.map.remove(&old) {
+                self.states -= p.states.len();
             }
         }
     }
@@ -725,4 +738,45 @@ pub(crate) fn compact(inner: &mut Inner, policy: &HistoryRetention, now_ms: u64)
     }
     tx.commit()?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod past_cache_tests {
+    use super::*;
+
+    fn past(states: usize) -> std::sync::Arc<PastStates> {
+        std::sync::Arc::new(PastStates {
+            exact_from: Seq(0),
+            was_live: true,
+            unknown: false,
+            states: (0..states)
+                .map(|i| (Seq(i as u64), Seq(i as u64 + 1), BTreeMap::new()))
+                .collect(),
+        })
+    }
+
+    /// The cache is bounded by records and by the states they hold; a past too long to keep
+    /// is not kept; the oldest go first.
+    #[test]
+    fn the_past_cache_stays_within_its_bounds() {
+        let mut c = PastCache::default();
+        let key = |i: u64| (1, RecordId([0; 16]), Seq(i));
+        for i in 0..(PAST_CACHE_RECORDS as u64 * 2) {
+            c.insert(key(i), past(1));
+        }
+        assert_eq!(c.map.len(), PAST_CACHE_RECORDS);
+        assert!(c.get(&key(0)).is_none());
+        assert!(c.get(&key(PAST_CACHE_RECORDS as u64 * 2 - 1)).is_some());
+        let mut c = PastCache::default();
+        for i in 0..100 {
+            c.insert(key(i), past(PAST_CACHE_STATES / 8));
+        }
+        assert!(c.states <= PAST_CACHE_STATES, "{}", c.states);
+        assert_eq!(
+            c.states,
+            c.map.values().map(|p| p.states.len()).sum::<usize>()
+        );
+        c.insert(key(1000), past(PAST_CACHE_STATES));
+        assert!(c.get(&key(1000)).is_none(), "too long to keep");
+    }
 }
