@@ -94,9 +94,10 @@ pub enum PastVisibility {
     /// None was, and the record was live here at some time: the peer cannot hold it through
     /// this node.
     NeverSeen,
-    /// History cannot tell: entries were removed by retention or predate format 5, the past
-    /// is longer than `PAST_ENTRIES_MAX` entries, or the record was never live here (the
-    /// tombstone of a refused insert, a delete of a record this node never held).
+    /// History cannot tell: the peer's position is older than what history still tells
+    /// (entries removed by retention, written before format 5, or more than 1,000 entries
+    /// back), or the record was never live here (the tombstone of a refused insert, a delete
+    /// of a record this node never held).
     Unknown,
 }
 
