@@ -508,18 +508,16 @@ impl Database {
         since: Seq,
         visible: &mut dyn FnMut(&BTreeMap<String, Value>) -> bool,
     ) -> Result<PastVisibility> {
-        let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
-            return Ok(PastVisibility::Unknown);
-        };
-        let Some((state, _)) = inner.record_state(coll, id)? else {
-            return Ok(PastVisibility::Unknown);
-        };
-        inner.past_visibility(coll, id, &state, since, visible)
+        match self.record_state(collection, id)? {
+            Some(state) => self.past_visibility_of(collection, id, &state, since, visible),
+            None => Ok(PastVisibility::Unknown),
+        }
     }
 
     /// [`Database::past_visibility`] of a record whose stored state the caller has just
-    /// read (`current`), without reading it again.
+    /// read (`current`), without reading it again. (Should the record change in between,
+    /// the newer history entries can only add states to the past judged, so the judgement
+    /// errs towards sending, like every other doubt here.)
     pub(crate) fn past_visibility_of(
         &self,
         collection: &str,
