@@ -461,19 +461,13 @@ impl<'a> Tx<'a> {
             if unchanged_reload && watched && !p.spilled {
                 // Written early by an insert and not changed since: its event is still due.
                 let before = p.before.as_ref().map(Stored::Row);
-                let (n, f) = (&*tables.nodes, &*tables.fields);
-                let before_live = before.is_some_and(Stored::is_live);
-                let before_fields = || before.map(|b| b.fields(n, f)).unwrap_or_default();
-                if let Some(e) = event(p, &p.state, before_live, before_fields) {
+                if let Some(e) = event(p, &p.state, before, tables.nodes, tables.fields) {
                     self.spilled.events.push(e);
                 }
             } else if !unchanged_reload {
                 w.write(conn, &mut tables, &mut self.scratch, p, stored, now_ms)?;
                 if watched {
-                    let (n, f) = (&*tables.nodes, &*tables.fields);
-                    let before_live = stored.is_some_and(Stored::is_live);
-                    let before_fields = || stored.map(|s| s.fields(n, f)).unwrap_or_default();
-                    if let Some(e) = event(p, &p.state, before_live, before_fields) {
+                    if let Some(e) = event(p, &p.state, stored, tables.nodes, tables.fields) {
                         self.spilled.events.push(e);
                     }
                 }
@@ -1159,7 +1153,8 @@ impl<'a> Tx<'a> {
                 // Its event up to the spill was taken then; only a change since counts.
                 if let Flushed::Reloaded(written) = &p.flushed {
                     if *written != p.state {
-                        let e = event(p, &p.state, written.is_live(), || written.fields());
+                        let before = Some(Stored::State(written));
+                        let e = event(p, &p.state, before, tables.nodes, tables.fields);
                         events.extend(e);
                     }
                 }
@@ -1174,10 +1169,7 @@ impl<'a> Tx<'a> {
                 &p.state
             };
             let before = p.before.as_ref().map(Stored::Row);
-            let (n, f) = (&*tables.nodes, &*tables.fields);
-            let before_live = before.is_some_and(Stored::is_live);
-            let before_fields = || before.map(|b| b.fields(n, f)).unwrap_or_default();
-            events.extend(event(p, state, before_live, before_fields));
+            events.extend(event(p, state, before, tables.nodes, tables.fields));
         }
         drop(w);
         // A link outlives the cells of its commit: a commit whose cells were all overwritten
@@ -1225,11 +1217,12 @@ impl<'a> Tx<'a> {
 fn event(
     p: &Pending,
     state: &RecordState,
-    before_live: bool,
-    before_fields: impl FnOnce() -> BTreeMap<String, Value>,
+    before: Option<Stored<'_>>,
+    nodes: &NodeTable,
+    field_names: &FieldTable,
 ) -> Option<Event> {
     let after_live = state.is_live();
-    let kind = match (before_live, after_live) {
+    let kind = match (before.is_some_and(Stored::is_live), after_live) {
         (false, true) => EventKind::Inserted,
         (true, true) => EventKind::Updated,
         (true, false) => EventKind::Deleted,
@@ -1239,7 +1232,8 @@ fn event(
     let fields = if after_live {
         state.fields()
     } else {
-        before_fields()
+        // A delete: the event carries the fields it removed.
+        before.map_or_else(BTreeMap::new, |b| b.fields(nodes, field_names))
     };
     Some(Event {
         kind,

@@ -1746,11 +1746,10 @@ impl Session {
                         policy: &self.peer_policy,
                         params: self.view_params(),
                     };
-                    let since = self.sent_through;
                     filter_view(
                         db,
                         &view,
-                        since,
+                        self.sent_through,
                         &mut filtered.changes,
                         &mut self.evict_pending,
                         &mut self.refused,
