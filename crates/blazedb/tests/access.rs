@@ -394,3 +394,134 @@ fn deletes_reach_only_readers_that_could_see_the_record() {
         "the refused revival is undone"
     );
 }
+
+/// A refused write to a record the writer may not read is undone without showing it anything:
+/// a note that left its view while it was away, a record of a closed collection it held a copy
+/// of, and an insert into that collection all go from its copy (by EVICT: the server evicts
+/// every record the peer wrote that is outside its view afterwards, refused or not). Records
+/// others write later that it may not read stay unknown to it, not even named in an EVICT.
+#[test]
+fn a_refused_write_to_a_record_the_writer_may_not_read_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = (open(dir.path(), "s"), open(dir.path(), "c"));
+    let note = server.insert("notes", [("text", "v1")]).unwrap();
+    let admin = server
+        .insert(
+            "admin",
+            [("x", Value::Int(1)), ("locked", Value::Bool(true))],
+        )
+        .unwrap();
+    // (what the server sent, the client's events), pumped by hand to keep the server's frames
+    let sync = |cfg: SessionConfig| {
+        let mut ss = Session::new(&server, cfg, 0).unwrap();
+        let mut sc = Session::new(&client, client_cfg("t0k3n"), 0).unwrap();
+        let mut sent = Vec::new();
+        loop {
+            let mut progress = false;
+            while let Some(f) = ss.poll_transmit(0, &server) {
+                sent.extend_from_slice(&f);
+                sc.handle_bytes(0, &f, &client).unwrap();
+                progress = true;
+            }
+            while let Some(f) = sc.poll_transmit(0, &client) {
+                ss.handle_bytes(0, &f, &server).unwrap();
+                progress = true;
+            }
+            if !progress && ss.is_caught_up(&server).unwrap() && sc.is_caught_up(&client).unwrap() {
+                break;
+            }
+            assert!(progress, "stalled");
+        }
+        let mut events = Vec::new();
+        while let Some(e) = sc.poll_event() {
+            events.push(e);
+        }
+        (sent, events)
+    };
+    // Once, before any rules: the client holds the admin record too.
+    sync(SessionConfig {
+        server: true,
+        ..Default::default()
+    });
+    assert!(client.get("notes", note).unwrap().is_some());
+    assert!(client.get("admin", admin).unwrap().is_some());
+
+    // While the client is away the server locks the note and makes it secret.
+    server
+        .update(
+            "notes",
+            note,
+            Patch::new()
+                .set("secret", true)
+                .set("locked", true)
+                .set("text", "classified"),
+        )
+        .unwrap();
+    // Later (a clock tick on), the client edits both, and inserts a locked admin record.
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    client
+        .update("notes", note, Patch::new().set("text", "mine"))
+        .unwrap();
+    client
+        .update("admin", admin, Patch::new().set("x", 2))
+        .unwrap();
+    let sneaky = client
+        .insert(
+            "admin",
+            [("x", Value::Int(3)), ("locked", Value::Bool(true))],
+        )
+        .unwrap();
+    let (sent, events) = sync(server_cfg());
+    // (The EVICT names the record: the check on ids below can see one.)
+    assert!(sent.windows(16).any(|w| w == &admin.0[..]));
+    let refused: Vec<RecordId> = events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::Rejected(r) => Some(r.iter().map(|r| r.id).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for id in [note, admin, sneaky] {
+        assert!(refused.contains(&id), "{id} refused: {events:?}");
+    }
+    // Nothing of the client's reached the server.
+    let n = server.get("notes", note).unwrap().unwrap();
+    assert_eq!(n.fields["text"], Value::from("classified"));
+    assert_eq!(
+        server.get("admin", admin).unwrap().unwrap().fields["x"],
+        Value::Int(1)
+    );
+    assert!(server.get("admin", sneaky).unwrap().is_none());
+    // The client's copies are gone, and it was sent nothing of the server's versions.
+    for (coll, id) in [("notes", note), ("admin", admin), ("admin", sneaky)] {
+        assert!(
+            client.get(coll, id).unwrap().is_none(),
+            "{coll} {id} undone at the writer"
+        );
+    }
+    assert!(client.record_state("notes", note).unwrap().is_none());
+    assert!(client.record_state("admin", admin).unwrap().is_none());
+
+    // What others write into the closed collection later is not the client's to learn, not
+    // even by an EVICT.
+    // Nor are new notes it may not read (an EVICT names only records the peer may hold).
+    let later = server.insert("admin", [("x", 4)]).unwrap();
+    server.delete("admin", admin).unwrap();
+    let secret = server
+        .insert(
+            "notes",
+            [("text", Value::from("x")), ("secret", Value::Bool(true))],
+        )
+        .unwrap();
+    let (sent, _) = sync(server_cfg());
+    for id in [later, secret] {
+        assert!(
+            !sent.windows(16).any(|w| w == &id.0[..]),
+            "the id of a record the client may not read was sent"
+        );
+    }
+    assert!(client.record_state("admin", later).unwrap().is_none());
+    assert_eq!(client.count("admin").unwrap(), 0);
+    assert_eq!(server.count("admin").unwrap(), 1);
+}

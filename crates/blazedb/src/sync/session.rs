@@ -2280,7 +2280,19 @@ fn filter_view(
                             whole_sent.insert(key);
                         }
                         (false, true) => {
-                            evict.push(key);
+                            // It may have just left the view — unless none of its states
+                            // since the peer's position was in it: then the peer cannot hold
+                            // it, and its id is not the peer's to learn (as for deletes).
+                            if db.past_visibility_of(
+                                &ch.collection,
+                                ch.id,
+                                &state,
+                                since,
+                                &mut |f| view.record_visible(&ch.collection, ch.id, f),
+                            )? != PastVisibility::NeverSeen
+                            {
+                                evict.push(key);
+                            }
                             continue;
                         }
                         (false, false) => continue,
