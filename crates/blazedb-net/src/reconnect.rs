@@ -19,18 +19,20 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use blazedb::sync::{ErrorCode, SessionConfig};
 use blazedb::{Database, NodeId};
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::spawn_checkpointer;
 use crate::driver::{run_session, DriverOptions, EndReason, SessionReport};
 use crate::error::NetError;
 use crate::head_watch::HeadWatch;
 use crate::limits::{
-    LINGER_MS_DEFAULT, RECONNECT_BACKOFF_INITIAL_MS, RECONNECT_BACKOFF_MAX_MS,
-    RECONNECT_BACKOFF_MULTIPLIER, RECONNECT_JITTER_PERCENT, RECONNECT_STABLE_MS,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, LINGER_MS_DEFAULT, RECONNECT_BACKOFF_INITIAL_MS,
+    RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MULTIPLIER, RECONNECT_JITTER_PERCENT,
+    RECONNECT_STABLE_MS,
 };
 use crate::transport::{connect, ConnectOptions, Endpoint, TransportError};
 
@@ -313,6 +315,13 @@ pub async fn sync_watch(
         .watch_other_processes
         .then(|| HeadWatch::spawn(db.clone()));
     let wake = heads.as_ref().map(|h| h.subscribe());
+    // As `listen` and file-to-file sync do: the WAL is checkpointed in the background, so no
+    // commit (an applied unit is one) pays for a checkpoint and its fsync, and the WAL keeps
+    // reusing its blocks instead of growing to the inline-checkpoint bound.
+    let _checkpoints = spawn_checkpointer(
+        db.clone(),
+        Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
+    );
     let mut backoff = Backoff::new(opts.backoff.clone());
     let stopper = async {
         stop.await;

@@ -125,3 +125,47 @@ async fn a_cut_connection_reconnects_and_resends_nothing_applied() {
     .await
     .expect("test took too long");
 }
+
+/// A watching client checkpoints its WAL in the background: what it received reaches the
+/// database file itself while the session runs, with no commit large enough to checkpoint
+/// inline and nobody calling `checkpoint`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watching_client_checkpoints_its_wal() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(dir.path(), "l");
+        fill(&l, "c", RECORDS as usize, 200, "l");
+        let listener = listen_tcp(l.clone(), ListenConfig::default()).await;
+        let url: Endpoint = format!("tcp://{}", listener.tcp_addr().unwrap())
+            .parse()
+            .unwrap();
+        let c = open(dir.path(), "c");
+        let file = dir.path().join("c.db");
+        let before = std::fs::metadata(&file).unwrap().len();
+        let (c_watch, file_watch) = (c.clone(), file.clone());
+        let stop = async move {
+            // Everything arrived, and (within 10 s) it is in the database file.
+            for _ in 0..1_000 {
+                if count(&c_watch, "c") == RECORDS
+                    && std::fs::metadata(&file_watch).unwrap().len() > before + 100_000
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        sync_watch(c.clone(), &url, &ClientOptions::default(), stop, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(count(&c, "c"), RECORDS);
+        let after = std::fs::metadata(&file).unwrap().len();
+        assert!(
+            after > before + 100_000,
+            "the database file stayed at {after} bytes (was {before}): the WAL was not \
+             checkpointed"
+        );
+        listener.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}
