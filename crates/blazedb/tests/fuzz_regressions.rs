@@ -170,16 +170,17 @@ fn arb_cell() -> impl Strategy<Value = Cell> {
                 CellValue::Absent
             }
         )),
-        (field.clone(), arb_value()).prop_map(|(f, v)| (CellKey::Field(f), CellValue::Value(v))),
+        (field.clone(), arb_value())
+            .prop_map(|(f, v)| (CellKey::Field(f.into()), CellValue::Value(v))),
         field
             .clone()
-            .prop_map(|f| (CellKey::Field(f), CellValue::Absent)),
+            .prop_map(|f| (CellKey::Field(f.into()), CellValue::Absent)),
         (field.clone(), node.clone(), any::<i32>())
-            .prop_map(|(f, n, c)| (CellKey::Counter(f, n), CellValue::Count(c.into()))),
+            .prop_map(|(f, n, c)| (CellKey::Counter(f.into(), n), CellValue::Count(c.into()))),
         (field, "[a-z]{1,4}", any::<bool>()).prop_map(|(f, e, p)| {
             let bytes = blazedb::codec::value::to_bytes(&Value::Text(e));
             (
-                CellKey::Element(f, bytes),
+                CellKey::Element(f.into(), bytes),
                 if p {
                     CellValue::Present
                 } else {

@@ -149,7 +149,7 @@ fn cell(key: CellKey, value: CellValue, version: Version, prev: Option<Version>)
 }
 
 fn field(f: &str) -> CellKey {
-    CellKey::Field(f.to_owned())
+    CellKey::Field(f.into())
 }
 
 fn text(s: &str) -> CellValue {

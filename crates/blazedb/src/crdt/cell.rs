@@ -1,7 +1,15 @@
 //! One versioned cell.
 
+use std::sync::Arc;
+
 use crate::types::{Seq, Version};
 use crate::{NodeId, Value};
+
+/// A field's name inside a cell key. Shared, not copied: a record decoded from storage takes
+/// its names from the file's field dictionary, so every cell of every decoded record would
+/// otherwise allocate its name again (measured 2026-12-03: 15 of the 70 allocations of a
+/// one-field update applied on a second copy).
+pub type FieldName = Arc<str>;
 
 /// What a cell addresses inside a record.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -9,11 +17,11 @@ pub enum CellKey {
     /// The record's existence (insert / delete).
     Record,
     /// A plain field.
-    Field(String),
+    Field(FieldName),
     /// One node's contribution to a counter field.
-    Counter(String, NodeId),
+    Counter(FieldName, NodeId),
     /// One element of a set field, as its encoded value.
-    Element(String, Vec<u8>),
+    Element(FieldName, Vec<u8>),
 }
 
 impl CellKey {
@@ -29,7 +37,7 @@ impl CellKey {
     pub fn display_name(&self) -> String {
         match self {
             CellKey::Record => "$record".to_owned(),
-            CellKey::Field(f) => f.clone(),
+            CellKey::Field(f) => f.to_string(),
             CellKey::Counter(f, n) => format!("{f}[counter:{n}]"),
             CellKey::Element(f, e) => match crate::codec::value::from_bytes(e) {
                 Ok(v) => format!("{f}[element:{v}]"),

@@ -43,13 +43,13 @@ pub fn decode_key(r: &mut Reader<'_>) -> Result<CellKey, DecodeError> {
     let at = r.pos();
     Ok(match r.u8()? {
         0 => CellKey::Record,
-        1 => CellKey::Field(r.str("field name", FIELD_NAME_BYTES_MAX)?.to_owned()),
+        1 => CellKey::Field(r.str("field name", FIELD_NAME_BYTES_MAX)?.into()),
         2 => {
-            let f = r.str("field name", FIELD_NAME_BYTES_MAX)?.to_owned();
+            let f = r.str("field name", FIELD_NAME_BYTES_MAX)?.into();
             CellKey::Counter(f, NodeId(r.array()?))
         }
         3 => {
-            let f = r.str("field name", FIELD_NAME_BYTES_MAX)?.to_owned();
+            let f = r.str("field name", FIELD_NAME_BYTES_MAX)?.into();
             CellKey::Element(f, r.blob("set element", VALUE_BYTES_MAX)?.to_vec())
         }
         tag => return Err(DecodeError::BadTag { tag, offset: at }),

@@ -31,5 +31,5 @@ mod cell;
 pub mod encoding;
 mod record;
 
-pub use cell::{Cell, CellKey, CellValue};
+pub use cell::{Cell, CellKey, CellValue, FieldName};
 pub use record::{MergeOutcome, Overwritten, RecordState};

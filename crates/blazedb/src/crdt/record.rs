@@ -278,7 +278,7 @@ impl RecordState {
         self.cells
             .into_iter()
             .filter_map(|c| match (c.key, c.value) {
-                (CellKey::Field(f), CellValue::Value(v)) => Some((f, v)),
+                (CellKey::Field(f), CellValue::Value(v)) => Some((f.to_string(), v)),
                 _ => None,
             })
             .collect()
@@ -291,7 +291,7 @@ impl RecordState {
                 .cells
                 .iter()
                 .filter_map(|c| match (&c.key, &c.value) {
-                    (CellKey::Field(f), CellValue::Value(v)) => Some((f.clone(), v.clone())),
+                    (CellKey::Field(f), CellValue::Value(v)) => Some((f.to_string(), v.clone())),
                     _ => None,
                 })
                 .collect();
@@ -384,7 +384,7 @@ mod tests {
     }
 
     fn field(f: &str) -> CellKey {
-        CellKey::Field(f.to_owned())
+        CellKey::Field(f.into())
     }
 
     #[test]

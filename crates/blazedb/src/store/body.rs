@@ -21,7 +21,7 @@
 use super::nodes::{FieldTable, NodeTable};
 use crate::codec::varint::{read_i64, write_i64, write_u64};
 use crate::codec::{value, DecodeError, Reader};
-use crate::crdt::{Cell, CellKey, CellValue, RecordState};
+use crate::crdt::{Cell, CellKey, CellValue, FieldName, RecordState};
 use crate::limits::{RECORD_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::types::{Hlc, Seq, Version};
 
@@ -60,7 +60,7 @@ pub fn encode(
 /// each name again.
 #[derive(Debug)]
 pub struct FieldMemo {
-    entries: Vec<(String, u64)>,
+    entries: Vec<(FieldName, u64)>,
     /// Whether to remember new numbers (false when encoding a single record).
     keep: bool,
 }
@@ -76,7 +76,7 @@ impl Default for FieldMemo {
 
 impl FieldMemo {
     /// The local number of field `f`, the `k`-th field of the record being encoded.
-    fn index(&mut self, fields: &mut FieldTable, f: &String, k: usize) -> u64 {
+    fn index(&mut self, fields: &mut FieldTable, f: &FieldName, k: usize) -> u64 {
         if let Some((name, i)) = self.entries.get(k) {
             if name == f {
                 return *i;
@@ -331,7 +331,7 @@ mod tests {
             seq: Seq(t),
         }];
         cells.extend(fields.iter().map(|(f, v)| Cell {
-            key: CellKey::Field((*f).to_owned()),
+            key: CellKey::Field((*f).into()),
             value: CellValue::Value(Value::Int(*v)),
             version,
             prev: None,

@@ -644,7 +644,7 @@ impl Database {
                     if let (CellKey::Field(f), CellValue::Value(v), true) =
                         (&loser.key, &loser.value, loser.version.node == me)
                     {
-                        reassert.push((collection.clone(), id, f.clone(), v.clone()));
+                        reassert.push((collection.clone(), id, f.to_string(), v.clone()));
                     }
                 }
             }

@@ -7,6 +7,7 @@ use std::hash::Hash;
 use rusqlite::types::{FromSql, ToSql};
 use rusqlite::{params, Connection};
 
+use crate::crdt::FieldName;
 use crate::NodeId;
 
 /// What a dictionary holds, and the table it lives in.
@@ -35,15 +36,15 @@ impl DictKey for NodeId {
     }
 }
 
-impl DictKey for String {
+impl DictKey for FieldName {
     const TABLE: &'static str = "fields";
     const COLUMN: &'static str = "name";
     type Stored = String;
     fn to_stored(&self) -> String {
-        self.clone()
+        self.to_string()
     }
-    fn from_stored(s: String) -> Option<String> {
-        Some(s)
+    fn from_stored(s: String) -> Option<FieldName> {
+        Some(s.into())
     }
 }
 
@@ -69,7 +70,7 @@ impl<K: DictKey> Default for Dictionary<K> {
 /// The node-id dictionary.
 pub type NodeTable = Dictionary<NodeId>;
 /// The field-name dictionary.
-pub type FieldTable = Dictionary<String>;
+pub type FieldTable = Dictionary<FieldName>;
 
 impl<K: DictKey> Dictionary<K> {
     /// Load the table.

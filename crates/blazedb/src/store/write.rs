@@ -857,7 +857,7 @@ impl<'a> Tx<'a> {
                 seq,
             });
             cells.extend(fields.into_iter().map(|(f, v)| Cell {
-                key: CellKey::Field(f),
+                key: CellKey::Field(f.into()),
                 value: CellValue::Value(v),
                 version,
                 prev: None,
@@ -886,7 +886,7 @@ impl<'a> Tx<'a> {
         }
         for (f, v) in fields {
             let prev = self.records[i].state.newest_field_version(&f);
-            let cell = self.cell(CellKey::Field(f), CellValue::Value(v), version, prev);
+            let cell = self.cell(CellKey::Field(f.into()), CellValue::Value(v), version, prev);
             self.merge_local(i, cell);
         }
         self.check_field_count(i)
@@ -911,7 +911,7 @@ impl<'a> Tx<'a> {
                 let version = self.next_version()?;
                 let prev = self.records[i].state.newest_field_version(field);
                 let cell = self.cell(
-                    CellKey::Field(field.to_owned()),
+                    CellKey::Field(field.into()),
                     CellValue::Value(v),
                     version,
                     prev,
@@ -926,7 +926,7 @@ impl<'a> Tx<'a> {
                 let version = self.next_version()?;
                 let prev = self.records[i].state.newest_field_version(field);
                 let cell = self.cell(
-                    CellKey::Field(field.to_owned()),
+                    CellKey::Field(field.into()),
                     CellValue::Absent,
                     version,
                     prev,
@@ -946,7 +946,7 @@ impl<'a> Tx<'a> {
                     field: field.to_owned(),
                 };
                 total.checked_add(by).ok_or_else(overflow)?;
-                let key = CellKey::Counter(field.to_owned(), self.db.node);
+                let key = CellKey::Counter(field.into(), self.db.node);
                 let (mine, prev) = match self.records[i].state.cell(&key) {
                     Some(Cell {
                         value: CellValue::Count(c),
@@ -974,7 +974,7 @@ impl<'a> Tx<'a> {
         let version = self.next_version()?;
         for e in elems {
             validate_value(field, &e)?;
-            let key = CellKey::Element(field.to_owned(), value::to_bytes(&e));
+            let key = CellKey::Element(field.into(), value::to_bytes(&e));
             let prev = self.records[i].state.cell(&key).map(|c| c.version);
             let value = if present {
                 CellValue::Present

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::codec::varint::{read_i64, write_i64, write_u64, zigzag};
 use crate::codec::{value, DecodeError, Reader};
-use crate::crdt::{Cell, CellKey, CellValue};
+use crate::crdt::{Cell, CellKey, CellValue, FieldName};
 use crate::limits::{
     COLLECTION_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, EVICT_RECORDS_MAX, FIELD_NAME_BYTES_MAX,
     SESSION_DICT_ENTRIES_MAX, TOKEN_BYTES_MAX, TRANSACTION_CELLS_MAX, VALUE_BYTES_MAX,
@@ -547,7 +547,8 @@ fn u32_of(v: u64) -> Result<u32, DecodeError> {
 pub struct Dict {
     nodes: Vec<NodeId>,
     node_index: HashMap<NodeId, u64>,
-    strings: Vec<String>,
+    /// Names (collections, fields) as received, shared with the cells that name them.
+    strings: Vec<FieldName>,
     string_index: HashMap<String, u64>,
     last_hlc: u64,
     last_seq: u64,
@@ -608,7 +609,7 @@ impl Dict {
             out.push(0);
             self.string_index
                 .insert(s.to_owned(), self.strings.len() as u64);
-            self.strings.push(s.to_owned());
+            self.strings.push(s.into());
         } else {
             out.push(1);
         }
@@ -620,10 +621,10 @@ impl Dict {
         r: &mut Reader<'_>,
         what: &'static str,
         max: usize,
-    ) -> Result<String, DecodeError> {
+    ) -> Result<FieldName, DecodeError> {
         match r.varint()? {
             0 => {
-                let s = r.str(what, max)?.to_owned();
+                let s: FieldName = r.str(what, max)?.into();
                 if self.strings.len() >= SESSION_DICT_ENTRIES_MAX {
                     return Err(DecodeError::TooLarge {
                         what: "session name dictionary",
@@ -634,7 +635,7 @@ impl Dict {
                 self.strings.push(s.clone());
                 Ok(s)
             }
-            1 => Ok(r.str(what, max)?.to_owned()),
+            1 => Ok(r.str(what, max)?.into()),
             i => {
                 let s = usize::try_from(i - 2)
                     .ok()
@@ -777,8 +778,9 @@ impl Dict {
             self.last_seq = seq;
             let n_records = r.count("records in group", TRANSACTION_CELLS_MAX, 18)?;
             for _ in 0..n_records {
-                let collection =
-                    self.get_str(&mut r, "collection name", COLLECTION_NAME_BYTES_MAX)?;
+                let collection = self
+                    .get_str(&mut r, "collection name", COLLECTION_NAME_BYTES_MAX)?
+                    .to_string();
                 let id = RecordId(r.array()?);
                 let n_cells = r.count("cells in record", TRANSACTION_CELLS_MAX, 1)?;
                 cells_total += n_cells;

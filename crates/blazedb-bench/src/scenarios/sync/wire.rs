@@ -257,7 +257,7 @@ fn cell_json(collection: &str, id: RecordId, c: &Cell) -> Option<serde_json::Val
     Some(json!({
         "collection": collection,
         "id": id.to_string(),
-        "field": field,
+        "field": &**field,
         "value": blazedb::codec::json::to_json(v),
         "hlc": c.version.hlc.0,
         "node": c.version.node.to_string(),
