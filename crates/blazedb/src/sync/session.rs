@@ -2242,12 +2242,12 @@ impl View<'_> {
 }
 
 /// Keep only what the peer may and wants to see. A change that can move its record into the
-/// view becomes the whole record; one that moves it out becomes an entry in `evict`
-/// (see `sync/policy.rs`). A delete goes to a peer that sees the collection unless the
-/// record's history shows that none of its states since `since` (what the peer has been
-/// sent through) was in the peer's view — then the peer cannot hold it, and its id is not the
-/// peer's to learn — or the peer's own change to it was just refused (`refused`: the
-/// restated delete must reach it).
+/// view becomes the whole record; one that moves it out becomes an entry in `evict` (see
+/// `sync/policy.rs`). Both an EVICT and a delete name the record, so they go only where the
+/// peer may hold it: unless the record's history shows that none of its states since `since`
+/// (what the peer has been sent through) was in the peer's view — then the peer cannot hold
+/// it, and its id is not the peer's to learn. A delete also goes when the peer's own change
+/// to the record was just refused (`refused`: the restated delete must reach it).
 fn filter_view(
     db: &Database,
     view: &View<'_>,
