@@ -226,3 +226,25 @@ pub(crate) fn open(
         node: NodeId(node),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// The SQLite this workspace builds carries the options of `.cargo/config.toml`
+    /// (ARCHITECTURE.md, "SQLite build options"): should libsqlite3-sys stop reading
+    /// `LIBSQLITE3_FLAGS`, or the file lose a flag, this fails instead of the figures
+    /// quietly sliding back.
+    #[test]
+    fn sqlite_is_built_with_the_workspace_options() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let mut stmt = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let has = |o: &str| options.iter().any(|x| x == o);
+        assert!(has("ENABLE_NULL_TRIM"), "{options:?}");
+        assert!(has("DEFAULT_MEMSTATUS=0"), "{options:?}");
+        assert!(!has("ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+    }
+}
