@@ -194,7 +194,8 @@ write = "reporter == $auth.sub"
     }
 
     /// A client refused in a collection it may not read gets its own write undone, and is
-    /// not sent the ids of records others write there afterwards.
+    /// not sent the ids of records others write afterwards — in that collection, or in one it
+    /// may read whose read rule never let it see them (not even in an EVICT).
     #[test]
     fn a_refusal_in_a_closed_collection_opens_nothing() {
         let dir = tempfile::tempdir().unwrap();
