@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use blazedb::sync::{AccessControl, ErrorCode, Hello, Session, SessionConfig, SessionEvent};
 use blazedb::{Database, Patch, RecordId, Value};
-use common::{dump, open, pump};
+use common::{dump, open, pump, pump_watching};
 
 #[derive(Debug)]
 struct Rules {
@@ -411,27 +411,14 @@ fn a_refused_write_to_a_record_the_writer_may_not_read_is_undone() {
             [("x", Value::Int(1)), ("locked", Value::Bool(true))],
         )
         .unwrap();
-    // (what the server sent, the client's events), pumped by hand to keep the server's frames
+    // (every byte the server sent, the client's events)
     let sync = |cfg: SessionConfig| {
         let mut ss = Session::new(&server, cfg, 0).unwrap();
         let mut sc = Session::new(&client, client_cfg("t0k3n"), 0).unwrap();
         let mut sent = Vec::new();
-        loop {
-            let mut progress = false;
-            while let Some(f) = ss.poll_transmit(0, &server) {
-                sent.extend_from_slice(&f);
-                sc.handle_bytes(0, &f, &client).unwrap();
-                progress = true;
-            }
-            while let Some(f) = sc.poll_transmit(0, &client) {
-                ss.handle_bytes(0, &f, &server).unwrap();
-                progress = true;
-            }
-            if !progress && ss.is_caught_up(&server).unwrap() && sc.is_caught_up(&client).unwrap() {
-                break;
-            }
-            assert!(progress, "stalled");
-        }
+        pump_watching(&server, &mut ss, &client, &mut sc, |f| {
+            sent.extend_from_slice(f)
+        });
         let mut events = Vec::new();
         while let Some(e) = sc.poll_event() {
             events.push(e);

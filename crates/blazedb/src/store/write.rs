@@ -128,9 +128,8 @@ pub(crate) struct Before {
 
 impl Before {
     fn of_row(rev: u64, state: &RecordState, body: Vec<u8>, row_seq: Seq) -> Before {
-        let mut seqs: Vec<Seq> = state.cells().iter().map(|c| c.seq).collect();
-        seqs.sort_unstable();
-        seqs.dedup();
+        let mut seqs = Vec::new();
+        Stored::State(state).seqs(&mut seqs);
         Before {
             rev,
             live: state.is_live(),

@@ -2269,6 +2269,16 @@ fn filter_view(
                 // Its whole current state already went out in this batch.
                 continue;
             }
+            // None of the record's states since `since` was in the view (see above).
+            let never_seen = |state: &crate::crdt::RecordState| -> Result<bool, Error> {
+                let visible = &mut |f: &std::collections::BTreeMap<String, crate::Value>| {
+                    view.record_visible(&ch.collection, ch.id, f)
+                };
+                Ok(
+                    db.past_visibility_of(&ch.collection, ch.id, state, since, visible)?
+                        == PastVisibility::NeverSeen,
+                )
+            };
             if let Some(state) = db.record_state(&ch.collection, ch.id)? {
                 if state.is_live() {
                     let fields = state.fields();
@@ -2280,28 +2290,15 @@ fn filter_view(
                             whole_sent.insert(key);
                         }
                         (false, true) => {
-                            // It may have just left the view — unless none of its states
-                            // since the peer's position was in it: then the peer cannot hold
-                            // it, and its id is not the peer's to learn (as for deletes).
-                            if db.past_visibility_of(
-                                &ch.collection,
-                                ch.id,
-                                &state,
-                                since,
-                                &mut |f| view.record_visible(&ch.collection, ch.id, f),
-                            )? != PastVisibility::NeverSeen
-                            {
+                            // It may have just left the view.
+                            if !never_seen(&state)? {
                                 evict.push(key);
                             }
                             continue;
                         }
                         (false, false) => continue,
                     }
-                } else if !refused.remove(&key)
-                    && db.past_visibility_of(&ch.collection, ch.id, &state, since, &mut |f| {
-                        view.record_visible(&ch.collection, ch.id, f)
-                    })? == PastVisibility::NeverSeen
-                {
+                } else if !refused.remove(&key) && never_seen(&state)? {
                     continue;
                 }
             }

@@ -34,10 +34,22 @@ pub fn sync_pair(a: &Database, b: &Database, ca: SessionConfig, cb: SessionConfi
 
 /// Run two sessions until both report caught up and no frame is in flight.
 pub fn pump(a: &Database, sa: &mut Session, b: &Database, sb: &mut Session) -> Moved {
+    pump_watching(a, sa, b, sb, |_| {})
+}
+
+/// [`pump`], also handing every frame `a` sends to `seen` (to check what a peer was told).
+pub fn pump_watching(
+    a: &Database,
+    sa: &mut Session,
+    b: &Database,
+    sb: &mut Session,
+    mut seen: impl FnMut(&[u8]),
+) -> Moved {
     let mut moved = Moved::default();
     for _ in 0..100_000 {
         let mut progress = false;
         while let Some(f) = sa.poll_transmit(0, a) {
+            seen(&f);
             moved.a_to_b += f.len() as u64;
             sb.handle_bytes(0, &f, b).unwrap();
             progress = true;
