@@ -215,16 +215,15 @@ impl Database {
 /// Run `f` inside `BEGIN IMMEDIATE … COMMIT`; roll back (and forget cache entries made
 /// inside) on error.
 pub(super) fn write_tx<T>(inner: &mut Inner, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
-    inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+    inner.begin_write()?;
     let r = f(inner).and_then(|v| {
         inner.nodes.flush(&inner.conn)?;
         inner.fields.flush(&inner.conn)?;
-        inner.conn.execute_batch("COMMIT")?;
+        inner.commit()?;
         Ok(v)
     });
     if r.is_err() {
-        let _ = inner.conn.execute_batch("ROLLBACK");
-        inner.rollback_caches();
+        inner.rollback();
     }
     r
 }

@@ -473,17 +473,9 @@ impl Database {
         if let Some(b) = inner.feed_cache.get(state, since, cells_max, ex) {
             return Ok(b);
         }
-        // One read transaction for the whole scan: the head, feed rows, bodies, links and
-        // dictionaries come from one snapshot even while other processes commit.
-        inner.conn.execute_batch("BEGIN")?;
-        let result = inner.refresh().map_err(Error::from).and_then(|_| {
-            let ex = exclude(&inner);
-            let state = inner.feed_state();
-            let (batch, srcs) = changes_since_in(&inner, since, cells_max, ex)?;
-            Ok((batch, srcs, ex, state))
-        });
-        inner.conn.execute_batch("COMMIT")?;
-        let (batch, srcs, ex, state) = result?;
+        // `lock`'s snapshot serves the whole scan: the head, feed rows, bodies, links and
+        // dictionaries come from one state of the file even while other processes commit.
+        let (batch, srcs) = changes_since_in(&inner, since, cells_max, ex)?;
         let batch = Arc::new(batch);
         if keep {
             inner
@@ -551,7 +543,8 @@ impl Database {
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
         let now = self.now_ms();
-        let inner = self.lock()?;
+        // The clock check needs no read of the file.
+        let inner = self.lock_bare();
         // Check clocks before touching anything: a timestamp from the far future is refused,
         // not adopted (it would drag every later local write with it). Staged parts were
         // checked when they arrived.
@@ -703,8 +696,9 @@ impl Database {
         cursor: Seq,
     ) -> Result<()> {
         let now = self.now_ms();
-        let inner = self.lock()?;
-        inner.set_peer_cursor(peer, direction, cursor, now)
+        let mut inner = self.lock_write()?;
+        inner.set_peer_cursor(peer, direction, cursor, now)?;
+        Ok(inner.commit()?)
     }
 
     /// A small per-peer note kept with the sync state (e.g. the view a sender last served the
@@ -722,7 +716,7 @@ impl Database {
 
     /// Set (`Some`) or clear (`None`) a per-peer note (see [`Database::peer_note`]).
     pub fn set_peer_note(&self, peer: NodeId, name: &str, value: Option<&str>) -> Result<()> {
-        let inner = self.lock()?;
+        let mut inner = self.lock_write()?;
         let key = peer_note_key(peer, name);
         match value {
             Some(v) => inner
@@ -737,7 +731,7 @@ impl Database {
                 .prepare_cached("DELETE FROM meta WHERE key = ?1")?
                 .execute([key])?,
         };
-        Ok(())
+        Ok(inner.commit()?)
     }
 
     /// Every known peer with its cursors and last contact.

@@ -157,7 +157,8 @@ impl Database {
     /// Drop a peer's cursors so GC no longer waits for it. Returns false if it was unknown.
     /// If it syncs again it starts from nothing (and gets a snapshot when GC has run).
     pub fn forget_peer(&self, node: NodeId) -> Result<bool> {
-        let inner = self.lock()?;
+        // One transaction: the peer goes entirely or not at all.
+        let mut inner = self.lock_write()?;
         let n = inner
             .conn
             .execute("DELETE FROM peers WHERE node = ?1", [&node.0[..]])?;
@@ -171,6 +172,7 @@ impl Database {
             "DELETE FROM meta WHERE substr(key, 1, length(?1)) = ?1",
             [&prefix],
         )?;
+        inner.commit()?;
         Ok(n > 0)
     }
 
@@ -188,14 +190,9 @@ impl Database {
     /// Not counted: history and conflicts (features with their own retention), indexes, the
     /// node and field dictionaries (per node and per field name, not per record).
     pub fn sync_metadata(&self) -> Result<SyncMetadata> {
-        let mut inner = self.lock()?;
-        inner.conn.execute_batch("BEGIN")?;
-        let r = inner
-            .refresh()
-            .map_err(Error::from)
-            .and_then(|_| measure(&inner));
-        inner.conn.execute_batch("COMMIT")?;
-        r
+        // `lock`'s snapshot: every count from one state of the file.
+        let inner = self.lock()?;
+        measure(&inner)
     }
 
     /// [`SyncMetadata::total_bytes`] of [`Database::sync_metadata`].

@@ -686,6 +686,7 @@ impl Database {
 
 /// Remove entries beyond the retention policy and move the time-travel horizon past them.
 pub(crate) fn compact(inner: &mut Inner, policy: &HistoryRetention, now_ms: u64) -> Result<u64> {
+    inner.end_read()?;
     // IMMEDIATE: it reads, then deletes. A deferred transaction would fail to upgrade
     // (SQLITE_BUSY_SNAPSHOT) when another process committed in between.
     let tx = rusqlite::Transaction::new_unchecked(

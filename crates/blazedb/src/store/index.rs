@@ -18,8 +18,7 @@ impl Database {
     pub fn create_index(&self, collection: &str, field: &str) -> Result<()> {
         validate_field_name(field)?;
         super::validate_collection_name(collection)?;
-        let mut inner = self.lock()?;
-        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut inner = self.lock_write()?;
         let r = (|| -> Result<()> {
             let coll = inner.collection_id_or_create(collection)?;
             let added = inner.conn.execute(
@@ -50,7 +49,7 @@ impl Database {
                     ins.execute(params![coll, field, k, id])?;
                 }
             }
-            inner.conn.execute_batch("COMMIT")?;
+            inner.commit()?;
             inner
                 .indexes
                 .entry(coll)
@@ -59,28 +58,26 @@ impl Database {
             Ok(())
         })();
         if r.is_err() {
-            let _ = inner.conn.execute_batch("ROLLBACK");
-            inner.rollback_caches();
+            inner.rollback();
         }
         r
     }
 
     /// Remove an index. Returns false if there was none.
     pub fn drop_index(&self, collection: &str, field: &str) -> Result<bool> {
-        let mut inner = self.lock()?;
+        let mut inner = self.lock_write()?;
         let Some(coll) = inner.collection_id(collection) else {
             return Ok(false);
         };
-        let tx = inner.conn.unchecked_transaction()?;
-        let n = tx.execute(
+        let n = inner.conn.execute(
             "DELETE FROM indexes WHERE coll = ?1 AND field = ?2",
             params![coll, field],
         )?;
-        tx.execute(
+        inner.conn.execute(
             "DELETE FROM index_entries WHERE coll = ?1 AND field = ?2",
             params![coll, field],
         )?;
-        tx.commit()?;
+        inner.commit()?;
         if let Some(s) = inner.indexes.get_mut(&coll) {
             s.remove(field);
         }

@@ -131,7 +131,8 @@ impl Database {
     /// tokio layer's `spawn_checkpointer` does), so no commit waits for a checkpoint's fsync.
     /// It holds this handle's lock while it runs.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
-        let inner = self.lock()?;
+        // Outside any transaction: a checkpoint cannot pass this connection's own snapshot.
+        let inner = self.lock_bare();
         let (wal, done): (i64, i64) =
             inner
                 .conn
@@ -147,7 +148,7 @@ impl Database {
 
     /// Rebuild the file to reclaim free pages.
     pub fn vacuum(&self) -> Result<()> {
-        let inner = self.lock()?;
+        let inner = self.lock_bare();
         inner.conn.execute_batch(
             "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
         )?;
@@ -217,7 +218,7 @@ impl Database {
         let tmp = std::path::PathBuf::from(format!("{p}.rekey-tmp"));
         let _ = std::fs::remove_file(&tmp);
         {
-            let mut inner = self.lock()?;
+            let mut inner = self.lock_bare();
             inner
                 .conn
                 .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;

@@ -158,6 +158,8 @@ pub(crate) struct Inner {
     pub indexes: HashMap<i64, BTreeSet<String>>,
     pub policies: HashMap<i64, CollectionPolicy>,
     pub data_version: i64,
+    /// Whether [`Database::lock`]'s read snapshot is open (ended by [`Inner::end_read`]).
+    pub read_open: bool,
     pub history_rows_since_compaction: u64,
     /// Recent change-feed reads (see `feed_cache`).
     pub feed_cache: feed_cache::FeedCache,
@@ -203,6 +205,7 @@ impl Database {
             indexes: HashMap::new(),
             policies: HashMap::new(),
             data_version: -1,
+            read_open: false,
             history_rows_since_compaction: 0,
             feed_cache: feed_cache::FeedCache::default(),
             head_cache: None,
@@ -282,8 +285,7 @@ impl Database {
     /// replica the same one (the relay's matters most, since it has the server role).
     pub fn set_policy(&self, collection: &str, policy: CollectionPolicy) -> Result<()> {
         validate_collection_name(collection)?;
-        let mut inner = self.lock()?;
-        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut inner = self.lock_write()?;
         let r = (|| -> Result<()> {
             let coll = inner.collection_id_or_create(collection)?;
             let manual: Vec<&str> = policy.manual_fields.iter().map(String::as_str).collect();
@@ -291,13 +293,12 @@ impl Database {
                 "INSERT OR REPLACE INTO policies (coll, manual_fields, auto_resolve, server_priority) VALUES (?1, ?2, ?3, ?4)",
                 rusqlite::params![coll, manual.join("\n"), policy.auto_resolve, policy.server_priority],
             )?;
-            inner.conn.execute_batch("COMMIT")?;
+            inner.commit()?;
             inner.policies.insert(coll, policy);
             Ok(())
         })();
         if r.is_err() {
-            let _ = inner.conn.execute_batch("ROLLBACK");
-            inner.rollback_caches();
+            inner.rollback();
         }
         r
     }
@@ -324,38 +325,171 @@ impl Database {
 
     /// The last local change-feed position.
     pub fn last_seq(&self) -> Result<Seq> {
+        // Sync sessions ask on every poll (a relay: every session, every commit); the answer
+        // only changes with the file, which `feed_state` names. While it holds, one statement
+        // (`PRAGMA data_version` in its own read transaction) answers, not `lock`'s three.
+        {
+            let inner = self.lock_bare();
+            if let Some((s, seq)) = inner.head_cache {
+                if s == inner.feed_state() && inner.data_version_now()? == inner.data_version {
+                    return Ok(seq);
+                }
+            }
+        }
         let mut inner = self.lock()?;
-        // Sync drivers ask after every wake-up (a relay: every session, every commit); the
-        // answer only changes with the file, which `feed_state` names.
         let state = inner.feed_state();
         if let Some((s, seq)) = inner.head_cache {
             if s == state {
                 return Ok(seq);
             }
         }
+        // Read in `lock`'s snapshot, the state `feed_state` names: cacheable.
         let seq = inner.clock_row()?.0;
-        if inner.conn.is_autocommit() {
-            inner.head_cache = Some((state, seq));
-        }
+        inner.head_cache = Some((state, seq));
         Ok(seq)
     }
 
-    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
-        // A panic while holding the lock cannot leave SQLite half-written (the transaction
-        // rolls back when dropped), so a poisoned lock is safe to reuse.
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.refresh()?;
-        Ok(g)
+    /// The connection, inside a read snapshot that is current with the file (caches
+    /// refreshed if another connection committed). Every statement run through the guard
+    /// reads that one snapshot; it ends when the guard drops. Writes need
+    /// [`Inner::begin_write`] (or [`Database::lock_write`]).
+    ///
+    /// Why one snapshot per guard rather than one implicit transaction per statement: each
+    /// read transaction of a WAL database takes and releases a shared-memory lock (two
+    /// `fcntl` calls), and the freshness check itself (`PRAGMA data_version`) is a
+    /// statement. A sync round ran ~25 of those per side; inside one snapshot the check is
+    /// free and the statements share the lock.
+    pub(crate) fn lock(&self) -> Result<Locked<'_>> {
+        let mut l = self.lock_bare();
+        l.exec_cached("BEGIN")?;
+        l.read_open = true;
+        l.refresh()?;
+        Ok(l)
+    }
+
+    /// The connection inside a write transaction (`BEGIN IMMEDIATE`, caches refreshed
+    /// inside it). The holder commits with [`Inner::commit`]; a guard dropped with the
+    /// transaction still open rolls it back.
+    pub(crate) fn lock_write(&self) -> Result<Locked<'_>> {
+        let mut l = self.lock_bare();
+        l.begin_write()?;
+        Ok(l)
+    }
+
+    /// The connection with no transaction and no freshness check: for maintenance that
+    /// must run outside any transaction (checkpoints, VACUUM, rekey).
+    pub(crate) fn lock_bare(&self) -> Locked<'_> {
+        // A panic while holding the lock cannot leave SQLite half-written (the guard's drop
+        // rolls an open transaction back), so a poisoned lock is safe to reuse.
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let changes_at_start = guard.conn.total_changes();
+        Locked {
+            guard,
+            changes_at_start,
+        }
+    }
+}
+
+/// [`Inner`] behind the database's mutex, with the transaction [`Database::lock`] or
+/// [`Database::lock_write`] opened; dropping it ends a read snapshot and rolls back a write
+/// transaction its holder left open (an error path or a panic).
+pub(crate) struct Locked<'a> {
+    guard: MutexGuard<'a, Inner>,
+    /// Rows changed on the connection when the guard was taken: a read snapshot must not
+    /// have written (its commit at drop could fail unseen).
+    changes_at_start: u64,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let inner = &mut *self.guard;
+        if inner.conn.is_autocommit() {
+            inner.read_open = false;
+            return;
+        }
+        if inner.read_open {
+            debug_assert_eq!(
+                inner.conn.total_changes(),
+                self.changes_at_start,
+                "a write ran inside a read snapshot: it needs Inner::begin_write"
+            );
+            if inner.end_read().is_ok() {
+                return;
+            }
+        }
+        inner.rollback();
     }
 }
 
 impl Inner {
-    /// Reload caches if another connection (another process) committed since we last looked.
-    pub(crate) fn refresh(&mut self) -> rusqlite::Result<()> {
-        let v: i64 = self
-            .conn
+    /// Run a statement without parameters or rows through the statement cache (`BEGIN`,
+    /// `COMMIT`: parsing them on every transaction showed in profiles).
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    /// End [`Database::lock`]'s read snapshot, if open (before a write transaction or
+    /// maintenance that must run outside one).
+    pub(crate) fn end_read(&mut self) -> rusqlite::Result<()> {
+        if std::mem::take(&mut self.read_open) && !self.conn.is_autocommit() {
+            self.exec_cached("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    /// Start a write transaction (`BEGIN IMMEDIATE`: the write lock now, so it cannot fail
+    /// later on a stale snapshot) and bring the caches up to date inside it, where no other
+    /// connection can commit before ours.
+    pub(crate) fn begin_write(&mut self) -> rusqlite::Result<()> {
+        self.end_read()?;
+        self.exec_cached("BEGIN IMMEDIATE")?;
+        if let Err(e) = self.refresh() {
+            self.rollback();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Commit the write transaction.
+    pub(crate) fn commit(&mut self) -> rusqlite::Result<()> {
+        self.exec_cached("COMMIT")
+    }
+
+    /// Roll back the open transaction, if any, and forget what the caches learned in it.
+    pub(crate) fn rollback(&mut self) {
+        self.read_open = false;
+        if !self.conn.is_autocommit() {
+            let _ = self.exec_cached("ROLLBACK");
+        }
+        self.rollback_caches();
+    }
+
+    /// `PRAGMA data_version` now: it moves when another connection commits to the file.
+    fn data_version_now(&self) -> rusqlite::Result<i64> {
+        self.conn
             .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
+            .query_row([], |r| r.get(0))
+    }
+
+    /// Reload caches if another connection (another process) committed since we last looked.
+    /// Called inside a transaction ([`Database::lock`], [`Inner::begin_write`]), where the
+    /// check costs no lock of its own and what it sees is what the transaction reads.
+    pub(crate) fn refresh(&mut self) -> rusqlite::Result<()> {
+        let v = self.data_version_now()?;
         if v == self.data_version {
             return Ok(());
         }

@@ -156,14 +156,9 @@ impl Database {
         select: Select<'_, '_>,
     ) -> Result<SnapshotPage> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
-        let mut inner = self.lock()?;
-        inner.conn.execute_batch("BEGIN")?;
-        let result = inner
-            .refresh()
-            .map_err(Error::from)
-            .and_then(|_| snapshot_page_in(&inner, after, cells_max, select));
-        inner.conn.execute_batch("COMMIT")?;
-        result
+        // `lock`'s snapshot: every row of the page from one state of the file.
+        let inner = self.lock()?;
+        snapshot_page_in(&inner, after, cells_max, select)
     }
 
     /// The snapshot being received from `peer`, if one is staged.
@@ -667,14 +662,13 @@ fn snapshot_page_in(
 
 /// Run `f` in a write transaction of its own (staging bookkeeping, not records).
 fn write_tx<T>(inner: &mut Inner, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
-    inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+    inner.begin_write()?;
     let r = f(inner).and_then(|v| {
-        inner.conn.execute_batch("COMMIT")?;
+        inner.commit()?;
         Ok(v)
     });
     if r.is_err() {
-        let _ = inner.conn.execute_batch("ROLLBACK");
-        inner.rollback_caches();
+        inner.rollback();
     }
     r
 }

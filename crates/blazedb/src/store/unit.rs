@@ -36,7 +36,7 @@ impl Database {
     /// refused when it arrives rather than when the unit completes.
     pub fn unit_stage(&self, peer: NodeId, idx: u32, changes: &[Change]) -> Result<()> {
         let now = self.now_ms();
-        let inner = self.lock()?;
+        let mut inner = self.lock()?;
         for ch in changes {
             validate_collection_name(&ch.collection)
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;
@@ -50,7 +50,7 @@ impl Database {
         }
         let end = changes.last().map_or(Seq(0), |c| c.seq);
         let data = Dict::default().encode_changes(changes, end);
-        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+        inner.begin_write()?;
         let res = (|| {
             if idx == 0 {
                 discard_in(&inner.conn, peer)?;
@@ -64,9 +64,9 @@ impl Database {
             Ok::<_, Error>(())
         })();
         match res {
-            Ok(()) => inner.conn.execute_batch("COMMIT")?,
+            Ok(()) => inner.commit()?,
             Err(e) => {
-                let _ = inner.conn.execute_batch("ROLLBACK");
+                inner.rollback();
                 return Err(e);
             }
         }
@@ -75,7 +75,9 @@ impl Database {
 
     /// Drop the staged parts of `peer`'s unfinished unit.
     pub fn unit_discard(&self, peer: NodeId) -> Result<()> {
-        discard_in(&self.lock()?.conn, peer)
+        let mut inner = self.lock_write()?;
+        discard_in(&inner.conn, peer)?;
+        Ok(inner.commit()?)
     }
 }
 

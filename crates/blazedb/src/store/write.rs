@@ -258,10 +258,8 @@ impl Database {
     /// Run `f` as one atomic transaction: all its writes commit together, or none does (on
     /// `Err`, or a panic).
     pub fn transaction<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        let mut inner = self.lock()?;
-        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut inner = self.lock_write()?;
         let result = (|| {
-            inner.refresh()?;
             let mut tx = Tx::begin(self, &mut inner)?;
             let v = f(&mut tx)?;
             let committed = tx.commit()?;
@@ -277,8 +275,7 @@ impl Database {
                 Ok(v)
             }
             Err(e) => {
-                let _ = inner.conn.execute_batch("ROLLBACK");
-                inner.rollback_caches();
+                inner.rollback();
                 Err(e)
             }
         }
@@ -1101,7 +1098,7 @@ impl<'a> Tx<'a> {
             ..
         } = self;
         if !seq_used && records.iter().all(|p| !p.changed) {
-            inner.conn.execute_batch("COMMIT")?;
+            inner.commit()?;
             return Ok((Vec::new(), false));
         }
         let last_seq = if seq_used { seq } else { Seq(seq.0 - 1) }.max(base_seq);
@@ -1194,11 +1191,10 @@ impl<'a> Tx<'a> {
         inner.set_clock_row(last_seq, inner.clock.last())?;
         inner.nodes.flush(&inner.conn)?;
         inner.fields.flush(&inner.conn)?;
-        inner.conn.execute_batch("COMMIT")?;
-        inner.data_version = inner
-            .conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
+        // `data_version` stays as `begin_write` read it: this connection's own commits do
+        // not move it. The feed head is now known without a read.
+        inner.commit()?;
+        inner.head_cache = Some((inner.feed_state(), last_seq));
         let added: u64 = records.iter().map(|p| p.history.len() as u64).sum();
         inner.history_rows_since_compaction += added;
         if inner.history_rows_since_compaction > db.options.history.check_every_rows() {
