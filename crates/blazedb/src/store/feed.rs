@@ -463,13 +463,10 @@ impl Database {
         let mut inner = self.lock()?;
         // `lock` brought the caches up to date with the file: a cached read of this state
         // is what a read now would return.
-        let exclude = |inner: &super::Inner| {
-            exclude_src
-                .and_then(|n| inner.nodes.known(&n))
-                .map(|i| i as i64 + 1)
-        };
         let state = inner.feed_state();
-        let ex = exclude(&inner);
+        let ex = exclude_src
+            .and_then(|n| inner.nodes.known(&n))
+            .map(|i| i as i64 + 1);
         if let Some(b) = inner.feed_cache.get(state, since, cells_max, ex) {
             return Ok(b);
         }

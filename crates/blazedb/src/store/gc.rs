@@ -140,7 +140,8 @@ impl Database {
     /// under the configured retention.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
         let now = self.now_ms();
-        let mut inner = self.lock()?;
+        // `write_tx` begins the write transaction and checks the file inside it.
+        let mut inner = self.lock_bare();
         let mut report = write_tx(&mut inner, |inner| collect(inner, opts, now))?;
         report.history_rows_removed +=
             super::history::compact(&mut inner, &self.options.history, now)?;

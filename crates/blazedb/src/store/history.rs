@@ -671,7 +671,8 @@ impl Database {
 
     /// Apply the retention policy now. Returns how many entries were removed.
     pub fn compact_history(&self) -> Result<u64> {
-        let mut inner = self.lock()?;
+        // `compact` runs its own write transaction and needs no cache.
+        let mut inner = self.lock_bare();
         compact(&mut inner, &self.options.history, self.now_ms())
     }
 
@@ -686,7 +687,6 @@ impl Database {
 
 /// Remove entries beyond the retention policy and move the time-travel horizon past them.
 pub(crate) fn compact(inner: &mut Inner, policy: &HistoryRetention, now_ms: u64) -> Result<u64> {
-    inner.end_read()?;
     // IMMEDIATE: it reads, then deletes. A deferred transaction would fail to upgrade
     // (SQLITE_BUSY_SNAPSHOT) when another process committed in between.
     let tx = rusqlite::Transaction::new_unchecked(

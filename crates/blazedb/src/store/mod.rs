@@ -377,7 +377,8 @@ impl Database {
     }
 
     /// The connection with no transaction and no freshness check: for maintenance that
-    /// must run outside any transaction (checkpoints, VACUUM, rekey).
+    /// must run outside any transaction (checkpoints, VACUUM, rekey), and for paths that
+    /// begin their own write transaction ([`Inner::begin_write`] checks the file then).
     pub(crate) fn lock_bare(&self) -> Locked<'_> {
         // A panic while holding the lock cannot leave SQLite half-written (the guard's drop
         // rolls an open transaction back), so a poisoned lock is safe to reuse.
@@ -442,9 +443,9 @@ impl Inner {
         Ok(())
     }
 
-    /// End [`Database::lock`]'s read snapshot, if open (before a write transaction or
-    /// maintenance that must run outside one).
-    pub(crate) fn end_read(&mut self) -> rusqlite::Result<()> {
+    /// End [`Database::lock`]'s read snapshot, if open (before a write transaction, and
+    /// when the guard drops).
+    fn end_read(&mut self) -> rusqlite::Result<()> {
         if std::mem::take(&mut self.read_open) && !self.conn.is_autocommit() {
             self.exec_cached("COMMIT")?;
         }

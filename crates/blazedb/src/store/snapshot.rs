@@ -171,7 +171,8 @@ impl Database {
     /// Any other snapshot staged from `peer` is discarded. Beginning the snapshot already in
     /// progress (same id and position) keeps what was staged: that is a resume.
     pub fn snapshot_begin(&self, peer: NodeId, snap_id: u64, position: Seq) -> Result<()> {
-        let mut inner = self.lock()?;
+        // `write_tx` begins the write transaction and checks the file inside it.
+        let mut inner = self.lock_bare();
         write_tx(&mut inner, |inner| {
             if let Some(p) = progress_in(inner, peer)? {
                 if p.snap_id == snap_id && p.position == position {
@@ -204,7 +205,8 @@ impl Database {
         chunk: &[u8],
     ) -> Result<()> {
         check_chunk_size(idx, chunk)?;
-        let mut inner = self.lock()?;
+        // `write_tx` begins the write transaction and checks the file inside it.
+        let mut inner = self.lock_bare();
         write_tx(&mut inner, |inner| {
             let p = expect_progress(inner, peer, snap_id)?;
             if !is_next_chunk(&p, idx)? {
@@ -271,7 +273,8 @@ impl Database {
 
     /// Drop whatever snapshot is staged from `peer`.
     pub fn snapshot_abort(&self, peer: NodeId) -> Result<()> {
-        let mut inner = self.lock()?;
+        // `write_tx` begins the write transaction and checks the file inside it.
+        let mut inner = self.lock_bare();
         write_tx(&mut inner, |inner| discard(inner, peer))
     }
 
