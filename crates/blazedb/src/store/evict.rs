@@ -271,11 +271,12 @@ pub(super) fn has_unseen_changes(
 /// transaction). Conflicts are swept separately ([`remove_orphan_conflicts`]), once per
 /// batch. Returns the number of history rows removed.
 pub(super) fn remove_record(
-    inner: &Inner,
+    inner: &mut Inner,
     coll: i64,
     id: RecordId,
     state: &RecordState,
 ) -> Result<u64> {
+    inner.record_cache.forget(coll, id);
     let key = &id.0[..];
     for s in cell_seqs(state) {
         inner
@@ -323,6 +324,7 @@ pub(super) fn rewrite_record(
     before: &RecordState,
     after: &RecordState,
 ) -> Result<()> {
+    inner.record_cache.forget(coll, id);
     let row_seq = after.max_seq();
     let bytes = body::encode(after, row_seq, &mut inner.nodes, &mut inner.fields);
     let key = &id.0[..];

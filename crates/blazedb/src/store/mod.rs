@@ -16,6 +16,7 @@ mod maintenance;
 mod nodes;
 mod open;
 mod read;
+mod record_cache;
 mod schema;
 mod snapshot;
 mod unit;
@@ -167,6 +168,8 @@ pub(crate) struct Inner {
     pub head_cache: Option<(feed_cache::FeedState, Seq)>,
     /// Records' pasts rebuilt from history for delete filtering (see `history.rs`).
     pub past_cache: std::cell::RefCell<history::PastCache>,
+    /// Committed record rows recently read or written by write transactions.
+    pub record_cache: record_cache::RecordCache,
 }
 
 impl Database {
@@ -210,6 +213,7 @@ impl Database {
             feed_cache: feed_cache::FeedCache::default(),
             head_cache: None,
             past_cache: Default::default(),
+            record_cache: Default::default(),
             conn: opened.conn,
         };
         inner.refresh().map_err(corrupt)?;
@@ -458,6 +462,7 @@ impl Inner {
     pub(crate) fn begin_write(&mut self) -> rusqlite::Result<()> {
         self.end_read()?;
         self.exec_cached("BEGIN IMMEDIATE")?;
+        self.record_cache.discard_staged();
         if let Err(e) = self.refresh() {
             self.rollback();
             return Err(e);
@@ -467,7 +472,9 @@ impl Inner {
 
     /// Commit the write transaction.
     pub(crate) fn commit(&mut self) -> rusqlite::Result<()> {
-        self.exec_cached("COMMIT")
+        self.exec_cached("COMMIT")?;
+        self.record_cache.commit_staged();
+        Ok(())
     }
 
     /// Roll back the open transaction, if any, and forget what the caches learned in it.
@@ -494,6 +501,7 @@ impl Inner {
         if v == self.data_version {
             return Ok(());
         }
+        self.record_cache.clear();
         self.nodes = NodeTable::load(&self.conn)?;
         self.fields = FieldTable::load(&self.conn)?;
         self.collections.clear();
@@ -621,6 +629,7 @@ impl Inner {
     /// Forget cache entries made inside a rolled-back transaction.
     pub fn rollback_caches(&mut self) {
         self.feed_cache.clear();
+        self.record_cache.clear();
         self.head_cache = None;
         self.nodes.rollback();
         self.fields.rollback();
