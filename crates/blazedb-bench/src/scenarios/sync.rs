@@ -8,6 +8,8 @@
 //!   copies after one field changed, beside that one cell as JSON.
 //! - `sync_latency`: commit on A → B's `watch` yields it, beside a raw UPDATE on A whose bytes
 //!   go over a std channel to a thread that runs the UPDATE on its own file and answers.
+//! - `sync_latency_one_thread`: the same with the writer and both sessions on one thread (a
+//!   current-thread runtime), beside the two raw UPDATEs on one thread (`sync/one_thread.rs`).
 //! - `sync_throughput`: field changes A commits (100-record transactions) per second until B
 //!   holds them all, beside the same transactions on raw SQLite shipped over a std channel and
 //!   applied on a second file.
@@ -21,6 +23,7 @@
 //! mode says: in encrypted mode every file of a scenario, source and target, is encrypted).
 
 mod drive;
+mod one_thread;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -81,6 +84,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
         Box::new(Wire),
         Box::new(Incremental),
         Box::new(Latency),
+        Box::new(one_thread::LatencyOneThread),
         Box::new(Throughput),
         Box::new(Initial),
     ]
