@@ -164,10 +164,14 @@ fn a_format_3_history_migrates_to_chains() {
         (a, b, ha, hb)
     };
     {
-        // Back to format 3: no chains, the index instead (and no `old_seq`, format 5).
+        // Back to format 3: no chains, the index instead (and no `old_seq`, format 5; the
+        // clock in its own table, format 6).
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
-            "ALTER TABLE history DROP COLUMN prev; ALTER TABLE records DROP COLUMN hist;
+            "CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
+             INSERT INTO clock SELECT 0, cursor, last_contact_ms FROM peers WHERE direction = 'clock';
+             DELETE FROM peers WHERE direction = 'clock';
+             ALTER TABLE history DROP COLUMN prev; ALTER TABLE records DROP COLUMN hist;
              ALTER TABLE history DROP COLUMN old_seq;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 3 WHERE key = 'format_version';",
@@ -224,7 +228,7 @@ fn a_format_3_history_migrates_to_chains() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
 }
 
 /// Each record's history is its own chain, also when many records change in one

@@ -601,15 +601,19 @@ fn a_snapshot_file_seeds_a_copy_and_bad_files_change_nothing() {
 fn a_format_1_file_migrates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
-    let id = {
+    let (id, head) = {
         let db = open(&path);
-        db.insert("notes", [("x", Value::Int(1))]).unwrap()
+        let id = db.insert("notes", [("x", Value::Int(1))]).unwrap();
+        (id, db.last_seq().unwrap())
     };
     {
-        // Make it a format-1 file: what formats 2 to 5 added goes, the version goes back.
+        // Make it a format-1 file: what formats 2 to 6 changed goes back, the version too.
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE snapshot_progress; DROP TABLE snapshot_staging; DROP TABLE unit_staging;
+            "CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
+             INSERT INTO clock SELECT 0, cursor, last_contact_ms FROM peers WHERE direction = 'clock';
+             DELETE FROM peers WHERE direction = 'clock';
+             DROP TABLE snapshot_progress; DROP TABLE snapshot_staging; DROP TABLE unit_staging;
              ALTER TABLE history DROP COLUMN prev; ALTER TABLE records DROP COLUMN hist;
              ALTER TABLE history DROP COLUMN old_seq;
              CREATE INDEX history_by_record ON history (coll, id, hid);
@@ -622,6 +626,11 @@ fn a_format_1_file_migrates() {
         db.get("notes", id).unwrap().unwrap().fields["x"],
         Value::Int(1)
     );
+    // The clock came along (format 6 keeps it in `peers`, where no peer lists it).
+    assert_eq!(db.last_seq().unwrap(), head);
+    assert!(db.peers().unwrap().is_empty());
+    db.insert("notes", [("x", Value::Int(2))]).unwrap();
+    assert!(db.last_seq().unwrap() > head);
     let peer = NodeId([9; 16]);
     db.snapshot_begin(peer, 1, Seq(3)).unwrap();
     assert_eq!(
@@ -637,7 +646,7 @@ fn a_format_1_file_migrates() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
     // Format 3's table is there too.
     let n: i64 = conn
         .query_row("SELECT count(*) FROM unit_staging", [], |r| r.get(0))

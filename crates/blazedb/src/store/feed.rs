@@ -735,7 +735,8 @@ impl Database {
     pub fn peers(&self) -> Result<Vec<PeerInfo>> {
         let inner = self.lock()?;
         let mut stmt = inner.conn.prepare(
-            "SELECT node, direction, cursor, last_contact_ms FROM peers ORDER BY node, direction",
+            "SELECT node, direction, cursor, last_contact_ms FROM peers
+             WHERE direction <> 'clock' ORDER BY node, direction",
         )?;
         let mut rows = stmt.query([])?;
         let mut out: Vec<PeerInfo> = Vec::new();

@@ -213,9 +213,10 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     {
         // One entry per peer: its acked cursor (if any) and its latest contact in either
         // direction.
-        let mut stmt = inner
-            .conn
-            .prepare("SELECT node, direction, cursor, last_contact_ms FROM peers ORDER BY node")?;
+        let mut stmt = inner.conn.prepare(
+            "SELECT node, direction, cursor, last_contact_ms FROM peers
+                 WHERE direction <> 'clock' ORDER BY node",
+        )?;
         let mut rows = stmt.query([])?;
         let mut peers: Vec<(NodeId, Option<Seq>, u64)> = Vec::new();
         while let Some(r) = rows.next()? {
@@ -446,7 +447,8 @@ fn measure(inner: &Inner) -> Result<SyncMetadata> {
     m.peer_bytes = inner
         .conn
         .query_row(
-            "SELECT coalesce(sum(length(node) + length(direction) + 8 + 8), 0) FROM peers",
+            "SELECT coalesce(sum(length(node) + length(direction) + 8 + 8), 0) FROM peers
+             WHERE direction <> 'clock'",
             [],
             |r| r.get::<_, i64>(0),
         )?

@@ -568,10 +568,13 @@ impl Inner {
         self.clock.skew_ms_max()
     }
 
-    /// The last committed feed position and HLC.
+    /// The last committed feed position and HLC: the row of `peers` no peer can have (node
+    /// ids are 16 bytes; see `CLOCK_IN_PEERS` in schema.rs).
     pub fn clock_row(&self) -> rusqlite::Result<(Seq, Hlc)> {
         self.conn
-            .prepare_cached("SELECT seq, hlc FROM clock WHERE id = 0")?
+            .prepare_cached(
+                "SELECT cursor, last_contact_ms FROM peers WHERE node = X'' AND direction = 'clock'",
+            )?
             .query_row([], |r| {
                 Ok((
                     Seq(r.get::<_, i64>(0)? as u64),
@@ -589,7 +592,10 @@ impl Inner {
     /// Store the feed position and HLC (inside the committing transaction).
     pub fn set_clock_row(&self, seq: Seq, hlc: Hlc) -> rusqlite::Result<()> {
         self.conn
-            .prepare_cached("UPDATE clock SET seq = ?1, hlc = ?2 WHERE id = 0")?
+            .prepare_cached(
+                "UPDATE peers SET cursor = ?1, last_contact_ms = ?2
+                 WHERE node = X'' AND direction = 'clock'",
+            )?
             .execute([seq.0 as i64, hlc.0 as i64])?;
         Ok(())
     }

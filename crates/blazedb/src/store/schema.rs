@@ -3,7 +3,7 @@
 //! | table           | one row per                | purpose                                   |
 //! |-----------------|----------------------------|-------------------------------------------|
 //! | `meta`          | setting                    | magic, format version, node id            |
-//! | `clock`         | (one row)                  | last feed seq and HLC, updated per commit |
+//! | `clock`         | (one row; format 1–5)      | last feed seq and HLC; in `peers` since format 6 |
 //! | `nodes`         | node ever seen             | node id ↔ small local number              |
 //! | `fields`        | field name ever used       | field name ↔ small local number           |
 //! | `collections`   | collection                 | name ↔ small local number                 |
@@ -15,7 +15,7 @@
 //! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5) |
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application           |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
-//! | `peers`         | peer and direction         | sync cursors (used by the sync engine)    |
+//! | `peers`         | peer and direction         | sync cursors; the row (X'', 'clock') holds the local clock (format 6) |
 //! | `snapshot_progress` | peer sending a snapshot | the snapshot being received (format 2)    |
 //! | `snapshot_staging`  | received snapshot chunk | raw chunks until the snapshot is applied  |
 //! | `unit_staging`  | part of a received unit    | a large unit until its last frame (format 3) |
@@ -25,7 +25,7 @@ use rusqlite::Connection;
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[&str] = &[
     UNIT_STAGING,
     HISTORY_CHAINS,
     HISTORY_OLD_SEQ,
+    CLOCK_IN_PEERS,
 ];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
@@ -95,6 +96,18 @@ DROP INDEX history_by_record;
 /// past counts as unknown (the delete is sent, as before).
 const HISTORY_OLD_SEQ: &str = "
 ALTER TABLE history ADD COLUMN old_seq INTEGER;
+";
+
+/// Format 6: the local clock (last seq, HLC) moves from its own one-row table into `peers`, as
+/// the row `(node = X'', direction = 'clock', cursor = seq, last_contact_ms = hlc)`. Every
+/// commit writes the clock, and a received batch writes its peer's cursor in the same commit;
+/// in one table, and with the empty node first in key order, both rows sit on the same leaf
+/// while there are few peers, so such a commit writes one page (one WAL frame, one page
+/// encryption) less. Measured 2026-12-03: a one-change apply wrote 6 pages, now 5.
+const CLOCK_IN_PEERS: &str = "
+INSERT INTO peers (node, direction, cursor, last_contact_ms)
+    SELECT X'', 'clock', seq, hlc FROM clock WHERE id = 0;
+DROP TABLE clock;
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.
