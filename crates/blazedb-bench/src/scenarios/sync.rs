@@ -397,20 +397,8 @@ impl Scenario for Latency {
         let (floor_a, floor_b, floor_ids) = floor_pair(ctx, "sync-lat", encrypted, &pair.bugs)?;
         let channel_rtt = channel_round_trips(CHANNEL_ROUND_TRIPS)?;
         let floor_link = FloorLink::start(floor_b);
-        // The clock starts when A's commit is done: A's commit listeners run right after the
-        // SQLite COMMIT, in registration order, so this one runs before the driver's listener
-        // wakes the session. (Timing from `update`'s return instead would let a preempted benchmark
-        // thread see B's event "before" its own commit returned.)
-        let committed: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let listener = {
-            let committed = committed.clone();
-            let me = std::thread::current().id();
-            pair.a.on_commit(Arc::new(move || {
-                if std::thread::current().id() == me {
-                    *committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                }
-            }))
-        };
+        // The clock starts when A's commit is done (see `stamp_commits`).
+        let (committed, listener) = stamp_commits(&pair.a);
         // B's commits in this phase are the applies of A's changes: stamping them splits the
         // path into shipping + applying, and the watch event's delivery.
         let b_committed: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -441,11 +429,7 @@ impl Scenario for Latency {
             let id = pair.ids[picks[k]];
             pair.a
                 .update(COLLECTION, id, Patch::new().set("status", status(k)))?;
-            let t = committed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .context("A's commit listener did not run")?;
+            let t = take_stamp(&committed)?;
             wait_for(&watch, id)?;
             let seen = t.elapsed();
             let b_done = b_committed.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -550,23 +534,66 @@ impl Scenario for Latency {
              and the row over a std channel to a thread that runs the same UPDATE on B's file \
              and answers over another channel"
         );
-        let row = |pct: &str, db_v: f64, floor_v: f64, max: f64| Outcome {
-            name: format!("sync_latency_{pct}"),
-            scenario: "sync_latency",
+        Ok(latency_rows(
+            "sync_latency",
             encrypted,
-            blazedb: Figure::latency(db_v, "us", bs.clone(), db_what),
-            floor: Figure::latency(floor_v, "us", fs.clone(), floor_what.clone()),
-            target: Some(Target {
-                description: format!("{pct} ≤ {max:.0} us"),
-                met: db_v <= max,
-            }),
-            details: extra.clone(),
-        };
-        Ok(vec![
-            row("p50", bs.p50_us, fs.p50_us, LATENCY_P50_US_MAX),
-            row("p99", bs.p99_us, fs.p99_us, LATENCY_P99_US_MAX),
-        ])
+            (&bs, db_what),
+            (&fs, &floor_what),
+            &extra,
+        ))
     }
+}
+
+/// Stamps the end of each commit `db` makes on the calling thread. Commit listeners run right
+/// after the SQLite COMMIT, in registration order, so one registered before the sync driver's
+/// runs before the driver's listener wakes the session. (Timing from the write call's return
+/// instead would let a preempted benchmark thread see B's event "before" its own commit
+/// returned.) Returns the stamp and the listener's id.
+fn stamp_commits(db: &Database) -> (Arc<Mutex<Option<Instant>>>, u64) {
+    let stamp: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let me = std::thread::current().id();
+    let s = stamp.clone();
+    let id = db.on_commit(Arc::new(move || {
+        if std::thread::current().id() == me {
+            *s.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+    }));
+    (stamp, id)
+}
+
+/// The stamp of the commit just made (see [`stamp_commits`]).
+fn take_stamp(stamp: &Mutex<Option<Instant>>) -> Result<Instant> {
+    stamp
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .context("the commit listener did not run")
+}
+
+/// A latency scenario's p50 and p99 rows, each beside its floor and the issue's target.
+fn latency_rows(
+    scenario: &'static str,
+    encrypted: bool,
+    (bs, db_what): (&Summary, &str),
+    (fs, floor_what): (&Summary, &str),
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<Outcome> {
+    let row = |pct: &str, db_v: f64, floor_v: f64, max: f64| Outcome {
+        name: format!("{scenario}_{pct}"),
+        scenario,
+        encrypted,
+        blazedb: Figure::latency(db_v, "us", bs.clone(), db_what),
+        floor: Figure::latency(floor_v, "us", fs.clone(), floor_what),
+        target: Some(Target {
+            description: format!("{pct} ≤ {max:.0} us"),
+            met: db_v <= max,
+        }),
+        details: extra.clone(),
+    };
+    vec![
+        row("p50", bs.p50_us, fs.p50_us, LATENCY_P50_US_MAX),
+        row("p99", bs.p99_us, fs.p99_us, LATENCY_P99_US_MAX),
+    ]
 }
 
 /// Field changes per second from A applied on B, A writing as fast as it can.

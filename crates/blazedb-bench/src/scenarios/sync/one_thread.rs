@@ -14,7 +14,7 @@
 //! return to B's return (the least a same-thread replication could do: no encoding, no
 //! feed, no merge).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
@@ -26,10 +26,10 @@ use tokio::sync::Notify;
 
 use super::drive::Link;
 use super::{
-    alternate_timed, details, floor_pair, summary, Pair, COLLECTION, LATENCY_P50_US_MAX,
-    LATENCY_P99_US_MAX, WARMUP_OPS,
+    alternate_timed, details, floor_pair, latency_rows, stamp_commits, summary, take_stamp, Pair,
+    COLLECTION, WARMUP_OPS,
 };
-use crate::report::{Figure, Outcome, Target};
+use crate::report::Outcome;
 use crate::scenarios::{Ctx, Scenario};
 
 /// Times the runtime's queue is run after a measured change reached B, so that B's answers
@@ -62,15 +62,9 @@ impl Scenario for LatencyOneThread {
             .build()
             .context("starting the current-thread runtime")?;
 
-        // A's commit time, stamped by a listener registered before the driver's (as in
-        // `sync_latency`); B's commits notify the measuring future, on this same thread.
-        let committed: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let a_listener = {
-            let committed = committed.clone();
-            pair.a.on_commit(Arc::new(move || {
-                *committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            }))
-        };
+        // A's commit time as in `sync_latency`; B's commits notify the measuring future, on
+        // this same thread.
+        let (committed, a_listener) = stamp_commits(&pair.a);
         let b_committed = Arc::new(Notify::new());
         let b_listener = {
             let b_committed = b_committed.clone();
@@ -95,11 +89,7 @@ impl Scenario for LatencyOneThread {
             let id = pair.ids[picks[k]];
             pair.a
                 .update(COLLECTION, id, Patch::new().set("status", status(k)))?;
-            let t = committed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .context("A's commit listener did not run")?;
+            let t = take_stamp(&committed)?;
             // Drive the runtime until B's commit of this change: A's session, the pipe and
             // B's session all run here, in this call.
             let seen = rt.block_on(async {
@@ -155,21 +145,12 @@ impl Scenario for LatencyOneThread {
                        current-thread runtime driven by the committing thread";
         let floor_what = "raw UPDATE (autocommit) on A's file, then the same UPDATE on B's file \
                           on the same thread; from A's return to B's return";
-        let row = |pct: &str, db_v: f64, floor_v: f64, max: f64| Outcome {
-            name: format!("sync_latency_one_thread_{pct}"),
-            scenario: "sync_latency_one_thread",
+        Ok(latency_rows(
+            "sync_latency_one_thread",
             encrypted,
-            blazedb: Figure::latency(db_v, "us", bs.clone(), db_what),
-            floor: Figure::latency(floor_v, "us", fs.clone(), floor_what),
-            target: Some(Target {
-                description: format!("{pct} ≤ {max:.0} us"),
-                met: db_v <= max,
-            }),
-            details: extra.clone(),
-        };
-        Ok(vec![
-            row("p50", bs.p50_us, fs.p50_us, LATENCY_P50_US_MAX),
-            row("p99", bs.p99_us, fs.p99_us, LATENCY_P99_US_MAX),
-        ])
+            (&bs, db_what),
+            (&fs, floor_what),
+            &extra,
+        ))
     }
 }
