@@ -47,9 +47,9 @@ pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// measured 2026-12-03, one-field commits took 20-30% longer and a 100k-record bulk insert
 /// 1.6x as long.) Still a bound, unlike SQLite's default of never truncating.
 pub const WAL_FILE_BYTES_KEPT: i64 = 48 * 1024 * 1024;
-/// Record rows a database handle keeps in memory after its own transactions read or wrote
-/// them (`store/record_cache.rs`), so that the next write to a hot record skips reading its
-/// row back from SQLite.
+/// Record rows a database handle keeps in memory after its own transactions wrote them
+/// (`store/record_cache.rs`), so that the next write to a hot record skips reading its row
+/// back from SQLite.
 pub const RECORD_CACHE_ROWS_MAX: usize = 16_384;
 /// Bytes of record bodies that cache holds at most; a body larger than an eighth of this is
 /// not cached.

@@ -412,11 +412,8 @@ impl Scenario for Latency {
         let rt = runtime()?;
         let link = Link::start(&rt, &pair.a, &pair.b);
         let watch = pair.b.watch(COLLECTION, None, None)?;
-        let mut rng = StdRng::seed_from_u64(ctx.config.seed ^ 0x1A7E);
-        let picks: Vec<usize> = (0..sizes.sync_latency_commits + WARMUP_OPS)
-            .map(|_| rng.gen_range(0..n))
-            .collect();
-        let status = |k: usize| if k % 2 == 0 { "closed" } else { "open" };
+        let picks = latency_picks(ctx.config.seed ^ 0x1A7E, n, sizes.sync_latency_commits);
+        let status = latency_status;
         let message = vec![0xA5u8; FLOOR_MESSAGE_BYTES];
         let mut floor_op = |k: usize| -> Result<Duration> {
             let id = floor_ids[picks[k]];
@@ -568,6 +565,25 @@ fn take_stamp(stamp: &Mutex<Option<Instant>>) -> Result<Instant> {
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .context("the commit listener did not run")
+}
+
+/// The records a latency scenario changes, one per commit (warm-up included), drawn from
+/// `seed` among the first `n`.
+fn latency_picks(seed: u64, n: usize, commits: usize) -> Vec<usize> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..commits + WARMUP_OPS)
+        .map(|_| rng.gen_range(0..n))
+        .collect()
+}
+
+/// The value commit `k` of a latency scenario sets: it alternates, so every commit changes
+/// the record.
+fn latency_status(k: usize) -> &'static str {
+    if k % 2 == 0 {
+        "closed"
+    } else {
+        "open"
+    }
 }
 
 /// A latency scenario's p50 and p99 rows, each beside its floor and the target.

@@ -215,7 +215,7 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
         // direction.
         let mut stmt = inner.conn.prepare(
             "SELECT node, direction, cursor, last_contact_ms FROM peers
-                 WHERE direction <> 'clock' ORDER BY node",
+             WHERE direction <> 'clock' ORDER BY node",
         )?;
         let mut rows = stmt.query([])?;
         let mut peers: Vec<(NodeId, Option<Seq>, u64)> = Vec::new();

@@ -168,7 +168,7 @@ pub(crate) struct Inner {
     pub head_cache: Option<(feed_cache::FeedState, Seq)>,
     /// Records' pasts rebuilt from history for delete filtering (see `history.rs`).
     pub past_cache: std::cell::RefCell<history::PastCache>,
-    /// Committed record rows recently read or written by write transactions.
+    /// Committed record rows recently written by this handle's write transactions.
     pub record_cache: record_cache::RecordCache,
 }
 

@@ -1,5 +1,5 @@
-//! Record rows this handle recently read or wrote in its write transactions, so that a write
-//! to a hot record does not read its row back from SQLite.
+//! Record rows this handle's write transactions recently wrote, so that a write to a hot
+//! record does not read its row back from SQLite.
 //!
 //! Profiles of the fan-out workload (a writer updating records over and over, a relay and
 //! subscribers applying the same records again and again) showed `Tx::load`, mostly its

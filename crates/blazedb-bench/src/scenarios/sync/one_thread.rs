@@ -19,15 +19,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use blazedb::{Patch, WatchItem};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::sync::Notify;
 
 use super::drive::Link;
 use super::{
-    alternate_timed, details, floor_pair, latency_rows, stamp_commits, summary, take_stamp, Pair,
-    COLLECTION, WARMUP_OPS,
+    alternate_timed, details, floor_pair, latency_picks, latency_rows, latency_status,
+    stamp_commits, summary, take_stamp, Pair, COLLECTION, WARMUP_OPS,
 };
 use crate::report::Outcome;
 use crate::scenarios::{Ctx, Scenario};
@@ -72,11 +70,8 @@ impl Scenario for LatencyOneThread {
         };
         let link = Link::start(&rt, &pair.a, &pair.b);
         let watch = pair.b.watch(COLLECTION, None, None)?;
-        let mut rng = StdRng::seed_from_u64(ctx.config.seed ^ 0x1A7F);
-        let picks: Vec<usize> = (0..commits + WARMUP_OPS)
-            .map(|_| rng.gen_range(0..n))
-            .collect();
-        let status = |k: usize| if k % 2 == 0 { "closed" } else { "open" };
+        let picks = latency_picks(ctx.config.seed ^ 0x1A7F, n, commits);
+        let status = latency_status;
 
         let mut floor_op = |k: usize| -> Result<Duration> {
             let id = floor_ids[picks[k]];
