@@ -1,6 +1,11 @@
 //! WAL checkpoints: small commits do not checkpoint the WAL themselves (SQLite's default of
 //! 1,000 pages would make every ~140th commit wait for an fsync); `Database::checkpoint`
-//! copies it back into the file, and everything committed survives a reopen.
+//! copies it back into the file, and everything committed survives a reopen. It runs on a
+//! connection of its own, so it never waits for the handle's transactions (nor they for its
+//! fsyncs).
+
+use std::sync::mpsc;
+use std::time::Duration;
 
 use blazedb::{Database, OpenOptions};
 
@@ -30,4 +35,59 @@ fn commits_leave_the_wal_to_checkpoint() {
     drop(db);
     let db = Database::open(&path, OpenOptions::default()).unwrap();
     assert_eq!(db.count("notes").unwrap(), 1_001);
+}
+
+#[test]
+fn a_checkpoint_runs_while_a_write_transaction_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("c.db"), OpenOptions::with_password("pw")).unwrap();
+    for i in 0..100 {
+        db.insert("notes", [("n", i as i64)]).unwrap();
+    }
+    let (in_tx, wait_in_tx) = mpsc::channel();
+    let (done, wait_done) = mpsc::channel();
+    let db = &db;
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            db.transaction(|tx| {
+                tx.insert("notes", [("n", -1i64)])?;
+                in_tx.send(()).unwrap();
+                // Holds the handle's lock until the checkpoint has returned; a checkpoint
+                // that needed that lock would only return after this gives up.
+                Ok(wait_done.recv_timeout(Duration::from_secs(30)).is_ok())
+            })
+            .unwrap()
+        });
+        wait_in_tx.recv().unwrap();
+        let c = db.checkpoint().unwrap();
+        done.send(()).unwrap();
+        assert!(
+            writer.join().unwrap(),
+            "the checkpoint waited for the write transaction"
+        );
+        // Every committed frame was copied; the open transaction's are not in the WAL yet.
+        assert!(c.wal_frames > 0, "{c:?}");
+        assert_eq!(c.checkpointed_frames, c.wal_frames, "{c:?}");
+    });
+    assert_eq!(db.count("notes").unwrap(), 101);
+}
+
+#[test]
+fn checkpoints_follow_a_changed_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let mut db = Database::open(&path, OpenOptions::with_password("old")).unwrap();
+    db.insert("notes", [("n", 1i64)]).unwrap();
+    db.checkpoint().unwrap();
+    db.rekey(Some("new")).unwrap();
+    db.insert("notes", [("n", 2i64)]).unwrap();
+    let c = db.checkpoint().unwrap();
+    assert_eq!(c.checkpointed_frames, c.wal_frames, "{c:?}");
+    db.rekey(None).unwrap();
+    db.insert("notes", [("n", 3i64)]).unwrap();
+    db.checkpoint().unwrap();
+    drop(db);
+    assert!(Database::open(&path, OpenOptions::with_password("new")).is_err());
+    let db = Database::open(&path, OpenOptions::default()).unwrap();
+    assert_eq!(db.count("notes").unwrap(), 3);
 }

@@ -16,7 +16,7 @@
 //!   `crates/blazedb-bench/peers/install.sh`), as a ratio to ours measured in the same call.
 //!
 //! ```text
-//!   writer ══ws══► relay (blazedb_relay::Relay, in-process) ══ws══► subscriber × N
+//!   writer ══ws══► relay (blazedb_relay::Relay, in-process, own runtime) ══ws══► subscriber × N
 //!   floor:  writer ──tcp──► hub task ──tcp──► reader × N   (same frames, same sizes)
 //! ```
 //!
@@ -124,8 +124,9 @@ impl NetSizes {
     }
 }
 
-/// A multi-threaded runtime of [`RUNTIME_WORKERS`] workers: the relay, every client session
-/// and the floors' socket tasks share it (the committing thread is the benchmark's own).
+/// A multi-threaded runtime of [`RUNTIME_WORKERS`] workers: every client session and the
+/// floors' socket tasks share it (the committing thread is the benchmark's own; the relay
+/// has a runtime of its own, see `clients::LocalRelay`).
 fn runtime() -> Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_WORKERS)

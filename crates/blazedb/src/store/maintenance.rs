@@ -129,21 +129,41 @@ impl Database {
     /// [`WAL_AUTOCHECKPOINT_PAGES`](crate::limits::WAL_AUTOCHECKPOINT_PAGES): an application
     /// that writes steadily calls this every second or so from outside its write path (the
     /// tokio layer's `spawn_checkpointer` does), so no commit waits for a checkpoint's fsync.
-    /// It holds this handle's lock while it runs.
+    /// It runs on a connection of its own (opened by the first call; for an encrypted file
+    /// that derives the key once more), so reads and writes through this handle go on
+    /// meanwhile.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
-        // Outside any transaction: a checkpoint cannot pass this connection's own snapshot.
-        let inner = self.lock_bare();
+        let mut slot = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(super::open::open_checkpointer(
+                &self.path,
+                self.options.password.as_deref(),
+            )?);
+        }
+        let conn = slot.as_ref().expect("opened above");
         let (wal, done): (i64, i64) =
-            inner
-                .conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get(1)?, r.get(2)?))
-                })?;
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })?;
         // -1 means the file is not in WAL mode; nothing to do then.
         Ok(Checkpoint {
             wal_frames: wal.max(0) as u64,
             checkpointed_frames: done.max(0) as u64,
         })
+    }
+
+    /// Close the checkpoint connection (the next [`Database::checkpoint`] opens it again):
+    /// before the file is replaced, or its key changes.
+    fn close_checkpointer(&self) -> Result<()> {
+        let conn = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = conn {
+            c.close().map_err(|(_, e)| e)?;
+        }
+        Ok(())
     }
 
     /// Rebuild the file to reclaim free pages.
@@ -217,6 +237,8 @@ impl Database {
         // in with an atomic rename.
         let tmp = std::path::PathBuf::from(format!("{p}.rekey-tmp"));
         let _ = std::fs::remove_file(&tmp);
+        // It holds the old file and the old key.
+        self.close_checkpointer()?;
         {
             let mut inner = self.lock_bare();
             inner

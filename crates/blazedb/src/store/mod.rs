@@ -131,6 +131,13 @@ pub struct Database {
     node: NodeId,
     options: OpenOptions,
     inner: Mutex<Inner>,
+    /// A second connection to the file that only runs [`Database::checkpoint`], opened on
+    /// the first one. A checkpoint on `inner`'s connection held this handle's lock through
+    /// its fsyncs, so every session applying to or reading from the file waited for the disk
+    /// once a second (measured: 1,000 clients each checkpointing so had a 1.6–2× slower
+    /// median). SQLite runs a PASSIVE checkpoint beside another connection's reads and
+    /// writes.
+    checkpointer: Mutex<Option<rusqlite::Connection>>,
     pub(crate) watchers: Registry,
     server_role: std::sync::atomic::AtomicBool,
     commit_listeners: Mutex<Vec<(u64, CommitListener)>>,
@@ -222,6 +229,7 @@ impl Database {
             node: opened.node,
             options,
             inner: Mutex::new(inner),
+            checkpointer: Mutex::new(None),
             watchers: Registry::default(),
             server_role: std::sync::atomic::AtomicBool::new(false),
             commit_listeners: Mutex::new(Vec::new()),

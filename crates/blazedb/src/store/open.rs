@@ -89,6 +89,28 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
     }
 }
 
+/// A second connection to an open database's file, for `Database::checkpoint` only: keyed
+/// like the first, and never creating anything.
+pub(crate) fn open_checkpointer(
+    path: &Path,
+    password: Option<&str>,
+) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    if let Some(pw) = password {
+        conn.pragma_update(None, "key", pw)?;
+    }
+    // A PASSIVE checkpoint never waits on locks; this only covers reading the schema.
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // The first read decrypts page 1 (and derives the key), here rather than mid-checkpoint.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    Ok(conn)
+}
+
 /// Open or create the database file.
 pub(crate) fn open(
     path: &Path,

@@ -14,52 +14,80 @@ use blazedb_net::ws::{websocket_config, WsStream};
 use blazedb_net::{run_session, DriverOptions, NetError, SessionMonitor, SessionReport};
 use blazedb_relay::{AuthConfig, Relay, RelayConfig, RelayError};
 use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::TOKEN;
+use super::{RUNTIME_WORKERS, TOKEN};
 
 /// How long a session may take to end politely when a scenario stops it.
 const FINISH_WAIT: Duration = Duration::from_secs(15);
 
-/// A relay serving in the background of the scenario's runtime.
+/// A relay serving on a runtime of its own: its own [`RUNTIME_WORKERS`] threads, as the
+/// `blazedb serve` process it stands for has. On the clients' runtime its tasks would queue
+/// behind the clients' applies: with 1,000 clients, a change waited for a pass over every
+/// client before the relay applied it, another before the relay's sessions read it, and a
+/// third before the clients did.
 #[derive(Debug)]
 pub(super) struct LocalRelay {
     pub addr: SocketAddr,
     pub db: Arc<Database>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), RelayError>>,
+    /// Shut down in the background on drop: `stop` is awaited inside the clients' runtime,
+    /// where a runtime may not be dropped.
+    runtime: Option<Runtime>,
 }
 
 impl LocalRelay {
-    /// Start a relay whose store lives in `dir` (call inside the runtime).
-    pub(super) async fn start(dir: &Path) -> Result<LocalRelay> {
+    /// Start a relay whose store lives in `dir`.
+    pub(super) fn start(dir: &Path) -> Result<LocalRelay> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_WORKERS)
+            .thread_name("relay")
+            .enable_all()
+            .build()
+            .context("starting the relay's tokio runtime")?;
         let config = RelayConfig {
             data_dir: dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().expect("valid address"),
             auth: AuthConfig::Token(TOKEN.into()),
             ..RelayConfig::default()
         };
-        let relay = Relay::bind(config).await.context("starting the relay")?;
+        let relay = runtime
+            .block_on(Relay::bind(config))
+            .context("starting the relay")?;
         let (addr, db) = (relay.local_addr(), relay.database());
         let stop = CancellationToken::new();
         let s = stop.clone();
-        let task = tokio::spawn(relay.run(async move { s.cancelled().await }));
+        let task = runtime.spawn(relay.run(async move { s.cancelled().await }));
         Ok(LocalRelay {
             addr,
             db,
             stop,
             task,
+            runtime: Some(runtime),
         })
     }
 
     /// Shut down (sessions get their goodbye) and wait for the relay to finish.
-    pub(super) async fn stop(self) -> Result<()> {
+    pub(super) async fn stop(mut self) -> Result<()> {
         self.stop.cancel();
-        self.task.await.context("relay task")?.context("relay")?;
+        (&mut self.task)
+            .await
+            .context("relay task")?
+            .context("relay")?;
         Ok(())
+    }
+}
+
+impl Drop for LocalRelay {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
