@@ -482,6 +482,7 @@ impl<'a> Tx<'a> {
             p.before = p.before.take().map(|b| Before::rev_only(b.rev));
             p.spilled = true;
         }
+        w.finish(conn)?;
         self.scratch.stage_written(record_cache);
         self.spilled.unspilled = 0;
         Ok(())
@@ -777,14 +778,9 @@ impl<'a> Tx<'a> {
             indexes,
             policies,
         };
-        RecordWriter::new(conn)?.write(
-            conn,
-            &mut tables,
-            &mut self.scratch,
-            p,
-            None,
-            self.now_ms,
-        )?;
+        let mut w = RecordWriter::new(conn)?;
+        w.write(conn, &mut tables, &mut self.scratch, p, None, self.now_ms)?;
+        w.finish(conn)?;
         self.scratch.stage_written(record_cache);
         p.state = RecordState::default();
         p.flushed = Flushed::Dropped;
@@ -1206,7 +1202,7 @@ impl<'a> Tx<'a> {
             let before = p.before.as_ref().map(Stored::Row);
             events.extend(event(p, state, before, tables.nodes, tables.fields));
         }
-        drop(w);
+        w.finish(conn)?;
         scratch.stage_written(record_cache);
         // A link outlives the cells of its commit: a commit whose cells were all overwritten
         // still spread its effects (e.g. a counter's running total) into its overwriters,
@@ -1394,6 +1390,45 @@ struct RecordWriter<'c> {
     insert_feed: rusqlite::CachedStatement<'c>,
     delete_feed: rusqlite::CachedStatement<'c>,
     insert_history: rusqlite::CachedStatement<'c>,
+    /// Feed rows to insert, written by [`RecordWriter::finish`].
+    feed_rows: Vec<(u64, i64, RecordId, u64)>,
+    /// History entries to insert, written by [`RecordWriter::finish`]; their `hid`s are
+    /// given here (the next after the table's largest, as SQLite would).
+    history_rows: Vec<HistoryRow>,
+    /// The `hid` the next entry gets (`None`: not looked up yet).
+    next_hid: Option<i64>,
+}
+
+/// One `history` row waiting in a [`RecordWriter`].
+struct HistoryRow {
+    hid: i64,
+    coll: i64,
+    id: RecordId,
+    cell: Vec<u8>,
+    old: Option<Vec<u8>>,
+    old_hlc: Option<i64>,
+    old_node: Option<i64>,
+    new: Option<Vec<u8>>,
+    hlc: i64,
+    node: i64,
+    seq: i64,
+    recorded_ms: i64,
+    prev: Option<i64>,
+    old_seq: Option<i64>,
+}
+
+/// Rows per multi-row INSERT of history entries and feed rows (see
+/// [`INSERT_BATCH_RECORDS`]).
+const WRITER_BATCH_ROWS: usize = 32;
+
+/// A multi-row INSERT: `head` then `n` copies of `row`.
+fn multi_row_sql(n: usize, head: &str, row: &str) -> String {
+    let mut s = String::from(head);
+    for k in 0..n {
+        s.push_str(if k == 0 { " " } else { ", " });
+        s.push_str(row);
+    }
+    s
 }
 
 impl<'c> RecordWriter<'c> {
@@ -1414,11 +1449,62 @@ impl<'c> RecordWriter<'c> {
             delete_feed: conn
                 .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?,
             // `prev` (?12): the entry before this one of the same record (see `write_history`).
-            insert_history: conn.prepare_cached(
-                "INSERT INTO history (coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?,
+            insert_history: conn.prepare_cached(&multi_row_sql(1, HISTORY_INSERT, HISTORY_ROW))?,
+            feed_rows: Vec::new(),
+            history_rows: Vec::new(),
+            next_hid: None,
         })
+    }
+
+    /// Write the buffered feed rows and history entries: [`WRITER_BATCH_ROWS`] to a
+    /// statement (one statement run instead of that many), the rest one by one (so the
+    /// statement cache holds two shapes, not one per remainder). Every writer must finish
+    /// before anything reads those tables in its transaction.
+    fn finish(mut self, conn: &Connection) -> Result<()> {
+        let rows = std::mem::take(&mut self.feed_rows);
+        let full = rows.len() / WRITER_BATCH_ROWS * WRITER_BATCH_ROWS;
+        let (whole, rest) = rows.split_at(full);
+        if !whole.is_empty() {
+            let mut stmt = conn.prepare_cached(&multi_row_sql(
+                WRITER_BATCH_ROWS,
+                "INSERT OR REPLACE INTO feed (seq, coll, id, src) VALUES",
+                "(?, ?, ?, ?)",
+            ))?;
+            for chunk in whole.chunks(WRITER_BATCH_ROWS) {
+                for (k, (seq, coll, id, src)) in chunk.iter().enumerate() {
+                    stmt.raw_bind_parameter(4 * k + 1, seq)?;
+                    stmt.raw_bind_parameter(4 * k + 2, coll)?;
+                    stmt.raw_bind_parameter(4 * k + 3, &id.0[..])?;
+                    stmt.raw_bind_parameter(4 * k + 4, src)?;
+                }
+                stmt.raw_execute()?;
+            }
+        }
+        for (seq, coll, id, src) in rest {
+            self.insert_feed
+                .execute(params![seq, coll, &id.0[..], src])?;
+        }
+        let rows = std::mem::take(&mut self.history_rows);
+        let full = rows.len() / WRITER_BATCH_ROWS * WRITER_BATCH_ROWS;
+        let (whole, rest) = rows.split_at(full);
+        if !whole.is_empty() {
+            let mut stmt = conn.prepare_cached(&multi_row_sql(
+                WRITER_BATCH_ROWS,
+                HISTORY_INSERT,
+                HISTORY_ROW,
+            ))?;
+            for chunk in whole.chunks(WRITER_BATCH_ROWS) {
+                for (k, r) in chunk.iter().enumerate() {
+                    bind_history(&mut stmt, 14 * k, r)?;
+                }
+                stmt.raw_execute()?;
+            }
+        }
+        for r in rest {
+            bind_history(&mut self.insert_history, 0, r)?;
+            self.insert_history.raw_execute()?;
+        }
+        Ok(())
     }
 
     /// Store one changed record: its row, its feed entries, index entries, history,
@@ -1470,7 +1556,7 @@ impl<'c> RecordWriter<'c> {
                     .optional()?
                     .flatten(),
             };
-            write_history(conn, &mut self.insert_history, t, p, head, row_seq, now_ms)?
+            self.write_history(conn, t, p, head, row_seq, now_ms)?
         };
         if stored.is_none() {
             // No row has this id (the transaction holds the write lock since it read that):
@@ -1516,7 +1602,7 @@ impl<'c> RecordWriter<'c> {
         Stored::State(&p.state).seqs(&mut scratch.new_seqs);
         let (old, new) = (&scratch.old_seqs, &scratch.new_seqs);
         for s in new.iter().filter(|s| !old.contains(s)) {
-            self.insert_feed.execute(params![s.0, p.coll, id, p.src])?;
+            self.feed_rows.push((s.0, p.coll, p.id, p.src));
         }
         for s in old.iter().filter(|s| !new.contains(s)) {
             self.delete_feed.execute(params![s.0, p.coll, id])?;
@@ -1538,46 +1624,76 @@ fn read_state(
     Ok(body::decode(&bytes, Seq(seq), nodes, fields)?)
 }
 
-/// Append the record's history entries, each chained to the one before it (the first to
-/// `head`, the record's current `records.hist`). Returns the newest entry's `hid`, which the
-/// record's row must then hold (`None`: no entry was written).
-fn write_history(
-    conn: &Connection,
-    insert_history: &mut rusqlite::CachedStatement<'_>,
-    t: &mut Tables<'_>,
-    p: &Pending,
-    head: Option<i64>,
-    row_seq: Seq,
-    now_ms: u64,
-) -> Result<Option<i64>> {
-    let id = &p.id.0[..];
-    let mut prev = head;
-    let mut newest = None;
-    for (key, old, new, version) in &p.history {
-        // (Creations, with no old cell, never get here: their value and version are in the
-        // record body until overwritten, and then in that change's `old`;
-        // `Database::history` puts them back into the listing.)
-        let node = t.nodes.index(&version.node);
-        let old_node = old.as_ref().map(|c| t.nodes.index(&c.version.node));
-        insert_history.execute(params![
-            p.coll,
-            id,
-            key_bytes(key),
-            old.as_ref().map(|c| value_bytes(&c.value)),
-            old.as_ref().map(|c| c.version.hlc.0 as i64),
-            old_node.map(|n| n as i64),
-            new.as_ref().map(|c| value_bytes(&c.value)),
-            version.hlc.0 as i64,
-            node as i64,
-            row_seq.0 as i64,
-            now_ms as i64,
-            prev,
-            old.as_ref().map(|c| c.seq.0 as i64),
-        ])?;
-        prev = Some(conn.last_insert_rowid());
-        newest = prev;
+const HISTORY_INSERT: &str = "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq) VALUES";
+const HISTORY_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Bind one history row to the 14 parameters after `at` (0-based).
+fn bind_history(stmt: &mut rusqlite::CachedStatement<'_>, at: usize, r: &HistoryRow) -> Result<()> {
+    stmt.raw_bind_parameter(at + 1, r.hid)?;
+    stmt.raw_bind_parameter(at + 2, r.coll)?;
+    stmt.raw_bind_parameter(at + 3, &r.id.0[..])?;
+    stmt.raw_bind_parameter(at + 4, &r.cell)?;
+    stmt.raw_bind_parameter(at + 5, &r.old)?;
+    stmt.raw_bind_parameter(at + 6, r.old_hlc)?;
+    stmt.raw_bind_parameter(at + 7, r.old_node)?;
+    stmt.raw_bind_parameter(at + 8, &r.new)?;
+    stmt.raw_bind_parameter(at + 9, r.hlc)?;
+    stmt.raw_bind_parameter(at + 10, r.node)?;
+    stmt.raw_bind_parameter(at + 11, r.seq)?;
+    stmt.raw_bind_parameter(at + 12, r.recorded_ms)?;
+    stmt.raw_bind_parameter(at + 13, r.prev)?;
+    stmt.raw_bind_parameter(at + 14, r.old_seq)?;
+    Ok(())
+}
+
+impl RecordWriter<'_> {
+    /// Queue the record's history entries, each chained to the one before it (the first to
+    /// `head`, the record's current `records.hist`). Returns the newest entry's `hid`, which
+    /// the record's row must then hold (`None`: no entry was written).
+    fn write_history(
+        &mut self,
+        conn: &Connection,
+        t: &mut Tables<'_>,
+        p: &Pending,
+        head: Option<i64>,
+        row_seq: Seq,
+        now_ms: u64,
+    ) -> Result<Option<i64>> {
+        let mut next = match self.next_hid {
+            Some(h) => h,
+            None => conn
+                .prepare_cached("SELECT coalesce(max(hid), 0) + 1 FROM history")?
+                .query_row([], |r| r.get(0))?,
+        };
+        let mut prev = head;
+        for (key, old, new, version) in &p.history {
+            // (Creations, with no old cell, never get here: their value and version are in
+            // the record body until overwritten, and then in that change's `old`;
+            // `Database::history` puts them back into the listing.)
+            let node = t.nodes.index(&version.node);
+            let old_node = old.as_ref().map(|c| t.nodes.index(&c.version.node) as i64);
+            self.history_rows.push(HistoryRow {
+                hid: next,
+                coll: p.coll,
+                id: p.id,
+                cell: key_bytes(key),
+                old: old.as_ref().map(|c| value_bytes(&c.value)),
+                old_hlc: old.as_ref().map(|c| c.version.hlc.0 as i64),
+                old_node,
+                new: new.as_ref().map(|c| value_bytes(&c.value)),
+                hlc: version.hlc.0 as i64,
+                node: node as i64,
+                seq: row_seq.0 as i64,
+                recorded_ms: now_ms as i64,
+                prev,
+                old_seq: old.as_ref().map(|c| c.seq.0 as i64),
+            });
+            prev = Some(next);
+            next += 1;
+        }
+        self.next_hid = Some(next);
+        Ok(if p.history.is_empty() { None } else { prev })
     }
-    Ok(newest)
 }
 
 /// The rows a changed record implies besides its own, its feed entries and its history:
