@@ -1308,14 +1308,16 @@ impl InsertBatch {
     /// INSERTs: the ids are new and the seq is this transaction's, so no row can be in the
     /// way (one would be a broken invariant, reported as a constraint error).
     fn write(&mut self, conn: &Connection) -> Result<()> {
-        fn sql(n: usize, head: &str, row: &str) -> String {
-            let mut s = String::from(head);
-            for k in 0..n {
-                s.push_str(if k == 0 { " " } else { ", " });
-                s.push_str(row);
-            }
-            s
-        }
+        const RECORDS: MultiInsert = MultiInsert {
+            head: "INSERT INTO records (coll, id, rev, seq, live, body) VALUES",
+            row: "(?, ?, 1, ?, ?, ?)",
+            width: 5,
+        };
+        const FEED: MultiInsert = MultiInsert {
+            head: "INSERT INTO feed (seq, coll, id, src) VALUES",
+            row: "(?, ?, ?, ?)",
+            width: 4,
+        };
         let mut start = 0;
         let full = self.rows.len() / INSERT_BATCH_RECORDS * INSERT_BATCH_RECORDS;
         let (whole, rest) = self.rows.split_at(full);
@@ -1324,26 +1326,18 @@ impl InsertBatch {
         let chunks = whole.chunks(INSERT_BATCH_RECORDS).chain(rest.chunks(1));
         for chunk in chunks {
             let n = chunk.len();
-            let mut rec = conn.prepare_cached(&sql(
-                n,
-                "INSERT INTO records (coll, id, rev, seq, live, body) VALUES",
-                "(?, ?, 1, ?, ?, ?)",
-            ))?;
-            let mut feed = conn.prepare_cached(&sql(
-                n,
-                "INSERT INTO feed (seq, coll, id, src) VALUES",
-                "(?, ?, ?, ?)",
-            ))?;
+            let mut rec = conn.prepare_cached(&RECORDS.sql(n))?;
+            let mut feed = conn.prepare_cached(&FEED.sql(n))?;
             for (k, (coll, id, seq, end, live, src)) in chunk.iter().enumerate() {
-                rec.raw_bind_parameter(5 * k + 1, coll)?;
-                rec.raw_bind_parameter(5 * k + 2, &id.0[..])?;
-                rec.raw_bind_parameter(5 * k + 3, seq.0)?;
-                rec.raw_bind_parameter(5 * k + 4, live)?;
-                rec.raw_bind_parameter(5 * k + 5, &self.bodies[start..*end])?;
-                feed.raw_bind_parameter(4 * k + 1, seq.0)?;
-                feed.raw_bind_parameter(4 * k + 2, coll)?;
-                feed.raw_bind_parameter(4 * k + 3, &id.0[..])?;
-                feed.raw_bind_parameter(4 * k + 4, src)?;
+                rec.raw_bind_parameter(RECORDS.width * k + 1, coll)?;
+                rec.raw_bind_parameter(RECORDS.width * k + 2, &id.0[..])?;
+                rec.raw_bind_parameter(RECORDS.width * k + 3, seq.0)?;
+                rec.raw_bind_parameter(RECORDS.width * k + 4, live)?;
+                rec.raw_bind_parameter(RECORDS.width * k + 5, &self.bodies[start..*end])?;
+                feed.raw_bind_parameter(FEED.width * k + 1, seq.0)?;
+                feed.raw_bind_parameter(FEED.width * k + 2, coll)?;
+                feed.raw_bind_parameter(FEED.width * k + 3, &id.0[..])?;
+                feed.raw_bind_parameter(FEED.width * k + 4, src)?;
                 start = *end;
             }
             rec.raw_execute()?;
@@ -1421,14 +1415,64 @@ struct HistoryRow {
 /// [`INSERT_BATCH_RECORDS`]).
 const WRITER_BATCH_ROWS: usize = 32;
 
-/// A multi-row INSERT: `head` then `n` copies of `row`.
-fn multi_row_sql(n: usize, head: &str, row: &str) -> String {
-    let mut s = String::from(head);
-    for k in 0..n {
-        s.push_str(if k == 0 { " " } else { ", " });
-        s.push_str(row);
+/// An INSERT that takes several rows: `head`, then one `row` of `width` parameters per row.
+struct MultiInsert {
+    head: &'static str,
+    row: &'static str,
+    width: usize,
+}
+
+impl MultiInsert {
+    /// The statement for `n` rows.
+    fn sql(&self, n: usize) -> String {
+        let mut s = String::from(self.head);
+        for k in 0..n {
+            s.push_str(if k == 0 { " " } else { ", " });
+            s.push_str(self.row);
+        }
+        s
     }
-    s
+}
+
+const FEED_INSERT: MultiInsert = MultiInsert {
+    head: "INSERT OR REPLACE INTO feed (seq, coll, id, src) VALUES",
+    row: "(?, ?, ?, ?)",
+    width: 4,
+};
+
+const HISTORY_INSERT: MultiInsert = MultiInsert {
+    head: "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq) VALUES",
+    row: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    width: 14,
+};
+
+/// Insert `rows`, [`WRITER_BATCH_ROWS`] to a statement (one statement run instead of that
+/// many), the rest one by one through `single` (so the statement cache holds two shapes,
+/// not one per remainder size). `bind(stmt, at, row)` binds a row's values from parameter
+/// `at + 1` on.
+fn insert_rows<T>(
+    conn: &Connection,
+    single: &mut rusqlite::CachedStatement<'_>,
+    insert: MultiInsert,
+    rows: &[T],
+    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> Result<()> {
+    let full = rows.len() / WRITER_BATCH_ROWS * WRITER_BATCH_ROWS;
+    let (whole, rest) = rows.split_at(full);
+    if !whole.is_empty() {
+        let mut stmt = conn.prepare_cached(&insert.sql(WRITER_BATCH_ROWS))?;
+        for chunk in whole.chunks(WRITER_BATCH_ROWS) {
+            for (k, row) in chunk.iter().enumerate() {
+                bind(&mut stmt, insert.width * k, row)?;
+            }
+            stmt.raw_execute()?;
+        }
+    }
+    for row in rest {
+        bind(single, 0, row)?;
+        single.raw_execute()?;
+    }
+    Ok(())
 }
 
 impl<'c> RecordWriter<'c> {
@@ -1443,68 +1487,38 @@ impl<'c> RecordWriter<'c> {
                 "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6,
                  hist = coalesce(?7, hist) WHERE coll = ?1 AND id = ?2",
             )?,
-            insert_feed: conn.prepare_cached(
-                "INSERT OR REPLACE INTO feed (seq, coll, id, src) VALUES (?1, ?2, ?3, ?4)",
-            )?,
+            insert_feed: conn.prepare_cached(&FEED_INSERT.sql(1))?,
             delete_feed: conn
                 .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?,
-            // `prev` (?12): the entry before this one of the same record (see `write_history`).
-            insert_history: conn.prepare_cached(&multi_row_sql(1, HISTORY_INSERT, HISTORY_ROW))?,
+            insert_history: conn.prepare_cached(&HISTORY_INSERT.sql(1))?,
             feed_rows: Vec::new(),
             history_rows: Vec::new(),
             next_hid: None,
         })
     }
 
-    /// Write the buffered feed rows and history entries: [`WRITER_BATCH_ROWS`] to a
-    /// statement (one statement run instead of that many), the rest one by one (so the
-    /// statement cache holds two shapes, not one per remainder). Every writer must finish
-    /// before anything reads those tables in its transaction.
+    /// Write the buffered feed rows and history entries (see [`insert_rows`]). Every writer
+    /// must finish before anything reads those tables in its transaction.
     fn finish(mut self, conn: &Connection) -> Result<()> {
-        let rows = std::mem::take(&mut self.feed_rows);
-        let full = rows.len() / WRITER_BATCH_ROWS * WRITER_BATCH_ROWS;
-        let (whole, rest) = rows.split_at(full);
-        if !whole.is_empty() {
-            let mut stmt = conn.prepare_cached(&multi_row_sql(
-                WRITER_BATCH_ROWS,
-                "INSERT OR REPLACE INTO feed (seq, coll, id, src) VALUES",
-                "(?, ?, ?, ?)",
-            ))?;
-            for chunk in whole.chunks(WRITER_BATCH_ROWS) {
-                for (k, (seq, coll, id, src)) in chunk.iter().enumerate() {
-                    stmt.raw_bind_parameter(4 * k + 1, seq)?;
-                    stmt.raw_bind_parameter(4 * k + 2, coll)?;
-                    stmt.raw_bind_parameter(4 * k + 3, &id.0[..])?;
-                    stmt.raw_bind_parameter(4 * k + 4, src)?;
-                }
-                stmt.raw_execute()?;
-            }
-        }
-        for (seq, coll, id, src) in rest {
-            self.insert_feed
-                .execute(params![seq, coll, &id.0[..], src])?;
-        }
-        let rows = std::mem::take(&mut self.history_rows);
-        let full = rows.len() / WRITER_BATCH_ROWS * WRITER_BATCH_ROWS;
-        let (whole, rest) = rows.split_at(full);
-        if !whole.is_empty() {
-            let mut stmt = conn.prepare_cached(&multi_row_sql(
-                WRITER_BATCH_ROWS,
-                HISTORY_INSERT,
-                HISTORY_ROW,
-            ))?;
-            for chunk in whole.chunks(WRITER_BATCH_ROWS) {
-                for (k, r) in chunk.iter().enumerate() {
-                    bind_history(&mut stmt, 14 * k, r)?;
-                }
-                stmt.raw_execute()?;
-            }
-        }
-        for r in rest {
-            bind_history(&mut self.insert_history, 0, r)?;
-            self.insert_history.raw_execute()?;
-        }
-        Ok(())
+        insert_rows(
+            conn,
+            &mut self.insert_feed,
+            FEED_INSERT,
+            &self.feed_rows,
+            |stmt, at, (seq, coll, id, src)| {
+                stmt.raw_bind_parameter(at + 1, seq)?;
+                stmt.raw_bind_parameter(at + 2, coll)?;
+                stmt.raw_bind_parameter(at + 3, &id.0[..])?;
+                stmt.raw_bind_parameter(at + 4, src)
+            },
+        )?;
+        insert_rows(
+            conn,
+            &mut self.insert_history,
+            HISTORY_INSERT,
+            &self.history_rows,
+            bind_history,
+        )
     }
 
     /// Store one changed record: its row, its feed entries, index entries, history,
@@ -1624,11 +1638,12 @@ fn read_state(
     Ok(body::decode(&bytes, Seq(seq), nodes, fields)?)
 }
 
-const HISTORY_INSERT: &str = "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq) VALUES";
-const HISTORY_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-
 /// Bind one history row to the 14 parameters after `at` (0-based).
-fn bind_history(stmt: &mut rusqlite::CachedStatement<'_>, at: usize, r: &HistoryRow) -> Result<()> {
+fn bind_history(
+    stmt: &mut rusqlite::Statement<'_>,
+    at: usize,
+    r: &HistoryRow,
+) -> rusqlite::Result<()> {
     stmt.raw_bind_parameter(at + 1, r.hid)?;
     stmt.raw_bind_parameter(at + 2, r.coll)?;
     stmt.raw_bind_parameter(at + 3, &r.id.0[..])?;
@@ -1642,8 +1657,7 @@ fn bind_history(stmt: &mut rusqlite::CachedStatement<'_>, at: usize, r: &History
     stmt.raw_bind_parameter(at + 11, r.seq)?;
     stmt.raw_bind_parameter(at + 12, r.recorded_ms)?;
     stmt.raw_bind_parameter(at + 13, r.prev)?;
-    stmt.raw_bind_parameter(at + 14, r.old_seq)?;
-    Ok(())
+    stmt.raw_bind_parameter(at + 14, r.old_seq)
 }
 
 impl RecordWriter<'_> {
