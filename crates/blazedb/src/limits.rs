@@ -116,6 +116,12 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// cursor decides where sync resumes).
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 1_000;
 
+/// How long `Database::last_seq` trusts its cached feed head before asking SQLite whether
+/// another process committed, in µs. Other processes' commits reach sync sessions through
+/// polling every `HEAD_POLL_INTERVAL_MS` (tokio layer) anyway; this handle's and this
+/// process's other handles' commits are seen at once.
+pub const HEAD_RECHECK_US: u64 = 1_000;
+
 // ---- Garbage collection ----
 
 /// A peer not heard from for this long (ms) no longer holds garbage collection back: GC

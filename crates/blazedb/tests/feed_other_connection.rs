@@ -131,3 +131,38 @@ fn a_panicking_transaction_is_rolled_back_and_the_handle_stays_usable() {
     assert_eq!(b.count("bugs").unwrap(), 3);
     assert_eq!(a.last_seq().unwrap(), b.last_seq().unwrap());
 }
+
+/// `last_seq` answers from its cache between checks: another handle of this process is
+/// seen at once (their commits move a shared counter), another connection (as another
+/// process would be) within `HEAD_RECHECK_US`.
+#[test]
+fn last_seq_sees_other_handles_at_once_and_other_connections_soon() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    let a = Database::open(&path, OpenOptions::default()).unwrap();
+    let b = Database::open(&path, OpenOptions::default()).unwrap();
+    a.insert("c", [("n", Value::Int(0))]).unwrap();
+    let first = a.last_seq().unwrap();
+    assert_eq!(a.last_seq().unwrap(), first, "cached answer");
+    for n in 1..=20 {
+        b.insert("c", [("n", Value::Int(n))]).unwrap();
+        assert_eq!(
+            a.last_seq().unwrap(),
+            b.last_seq().unwrap(),
+            "another handle's commit {n} was not seen at once"
+        );
+    }
+    // A connection BlazeDB does not know about moves the clock row (format 6: in `peers`).
+    let head = a.last_seq().unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute(
+        "UPDATE peers SET cursor = cursor + 5 WHERE node = X'' AND direction = 'clock'",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    std::thread::sleep(Duration::from_micros(
+        blazedb::limits::HEAD_RECHECK_US * 2 + 1_000,
+    ));
+    assert_eq!(a.last_seq().unwrap(), Seq(head.0 + 5));
+}

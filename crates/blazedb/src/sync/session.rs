@@ -2057,6 +2057,27 @@ impl Session {
         let _ = self.persist_received(now_ms, db, false);
     }
 
+    /// Whether a local commit may wait for the ACK this session is waiting for: it holds
+    /// unacknowledged changes and only a trickle (less than a batch) is left to send, so
+    /// `poll_transmit` would send nothing for a commit before that ACK comes (see the
+    /// coalescing in `fill`). A driver may then leave commits unwatched until its next
+    /// input: the ACK wakes it, and `poll_transmit` then sends everything that waited. A
+    /// commit large enough to open the window waits for that ACK too (at most one round
+    /// trip).
+    pub fn commit_can_wait(&self, db: &Database) -> bool {
+        let quiet = self.peer_from.is_some()
+            && !self.unacked.is_empty()
+            && !self.unit_open
+            && self.sent_through >= self.unit_until
+            && self.snap_out.is_none()
+            && self.evict_pending.is_empty()
+            && self.restate_pending.is_empty();
+        quiet
+            && db.last_seq().is_ok_and(|head| {
+                head.0.saturating_sub(self.sent_through.0) < self.cfg.batch_cells_max as u64
+            })
+    }
+
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.state == State::Closed {
