@@ -630,3 +630,39 @@ fn units_before_a_malformed_ping_in_the_same_read_are_applied() {
         "the units before it were applied"
     );
 }
+
+/// While A waits for B's ACK of a unit and only a trickle is left, A's commits may wait
+/// (`commit_can_wait`: drivers then skip waking on them); the ACK lets A send them all as
+/// one unit, and nothing is lost.
+#[test]
+fn commits_wait_for_the_ack_of_the_unit_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    pump(&a, &mut sa, &b, &mut sb);
+    assert!(!sa.commit_can_wait(&a), "nothing in flight");
+
+    a.insert("notes", [("n", Value::Int(1))]).unwrap();
+    let mut to_b = Vec::new();
+    while let Some(f) = sa.poll_transmit(0, &a) {
+        to_b.push(f);
+    }
+    assert!(!to_b.is_empty());
+    for f in &to_b {
+        sb.handle_bytes(0, f, &b).unwrap();
+    }
+    assert!(sa.commit_can_wait(&a), "a unit in flight, nothing left to send");
+    // Two more commits while B's ACK is held back: A sends nothing for them yet.
+    a.insert("notes", [("n", Value::Int(2))]).unwrap();
+    a.insert("notes", [("n", Value::Int(3))]).unwrap();
+    assert!(sa.commit_can_wait(&a), "a trickle waits for the ACK");
+    assert!(sa.poll_transmit(0, &a).is_none());
+
+    while let Some(f) = sb.poll_transmit(0, &b) {
+        sa.handle_bytes(0, &f, &a).unwrap();
+    }
+    assert!(!sa.commit_can_wait(&a), "acknowledged: the waiting commits go now");
+    pump(&a, &mut sa, &b, &mut sb);
+    assert_eq!(b.count("notes").unwrap(), 3);
+}
