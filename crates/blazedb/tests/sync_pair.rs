@@ -652,7 +652,10 @@ fn commits_wait_for_the_ack_of_the_unit_in_flight() {
     for f in &to_b {
         sb.handle_bytes(0, f, &b).unwrap();
     }
-    assert!(sa.commit_can_wait(&a), "a unit in flight, nothing left to send");
+    assert!(
+        sa.commit_can_wait(&a),
+        "a unit in flight, nothing left to send"
+    );
     // Two more commits while B's ACK is held back: A sends nothing for them yet.
     a.insert("notes", [("n", Value::Int(2))]).unwrap();
     a.insert("notes", [("n", Value::Int(3))]).unwrap();
@@ -662,7 +665,10 @@ fn commits_wait_for_the_ack_of_the_unit_in_flight() {
     while let Some(f) = sb.poll_transmit(0, &b) {
         sa.handle_bytes(0, &f, &a).unwrap();
     }
-    assert!(!sa.commit_can_wait(&a), "acknowledged: the waiting commits go now");
+    assert!(
+        !sa.commit_can_wait(&a),
+        "acknowledged: the waiting commits go now"
+    );
     pump(&a, &mut sa, &b, &mut sb);
     assert_eq!(b.count("notes").unwrap(), 3);
 }
