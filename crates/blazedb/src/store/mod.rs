@@ -506,12 +506,16 @@ impl Inner {
 
     /// Commit the write transaction.
     pub(crate) fn commit(&mut self) -> rusqlite::Result<()> {
+        // No other handle can commit while this transaction holds the write lock, so a move
+        // of the counter between here and our own move below is a commit after ours.
+        let before = self.file_commits.load(Ordering::Acquire);
         self.exec_cached("COMMIT")?;
-        // The write transaction saw every earlier commit (`begin_write` refreshed inside
-        // it), so the file is known as of now: the head needs no recheck until another
-        // handle commits or HEAD_RECHECK_US pass.
-        let commits = self.file_commits.fetch_add(1, Ordering::AcqRel) + 1;
-        self.head_checked = Some((Instant::now(), commits));
+        // Moved after COMMIT: a handle that checked the file before our commit was visible
+        // holds an older count and checks again.
+        let moved = self.file_commits.fetch_add(1, Ordering::AcqRel);
+        // The write transaction saw every earlier commit (`begin_write` refreshed inside it),
+        // so unless another handle committed since, the file is known as of now.
+        self.head_checked = (moved == before).then(|| (Instant::now(), moved + 1));
         self.record_cache.commit_staged();
         Ok(())
     }
