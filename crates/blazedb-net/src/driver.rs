@@ -425,8 +425,7 @@ impl Driver {
             };
             // Every pass runs `fill_output` before it sleeps, so a commit unwatched here is
             // sent when the next input (the awaited ACK) wakes the loop.
-            let db = self.db.clone();
-            let unwatched = running && read_open && self.session().commit_can_wait(&db);
+            let unwatched = running && read_open && self.session().commit_can_wait(&self.db);
             commits_watched.store(!unwatched, Ordering::Release);
             let wake = tokio::select! {
                 r = rd.read(&mut buf), if read_open => Wake::Read(r),

@@ -128,11 +128,18 @@ impl NetSizes {
 /// floors' socket tasks share it (the committing thread is the benchmark's own; the relay
 /// has a runtime of its own, see `clients::LocalRelay`).
 fn runtime() -> Result<Runtime> {
+    named_runtime("tokio-runtime-worker", RUNTIME_WORKERS)
+}
+
+/// A multi-threaded runtime of `workers` threads named `name`: what stands for another
+/// process or device in a scenario (the relay, a writer) gets one of its own.
+fn named_runtime(name: &str, workers: usize) -> Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_WORKERS)
+        .worker_threads(workers)
+        .thread_name(name)
         .enable_all()
         .build()
-        .context("starting the tokio runtime")
+        .with_context(|| format!("starting the {name} tokio runtime"))
 }
 
 /// Raise the soft limit on open files to the hard limit (children inherit it, so a relay

@@ -482,8 +482,7 @@ impl<'a> Tx<'a> {
             p.before = p.before.take().map(|b| Before::rev_only(b.rev));
             p.spilled = true;
         }
-        w.finish(conn)?;
-        self.scratch.stage_written(record_cache);
+        w.finish(conn, &mut self.scratch, record_cache)?;
         self.spilled.unspilled = 0;
         Ok(())
     }
@@ -780,8 +779,7 @@ impl<'a> Tx<'a> {
         };
         let mut w = RecordWriter::new(conn)?;
         w.write(conn, &mut tables, &mut self.scratch, p, None, self.now_ms)?;
-        w.finish(conn)?;
-        self.scratch.stage_written(record_cache);
+        w.finish(conn, &mut self.scratch, record_cache)?;
         p.state = RecordState::default();
         p.flushed = Flushed::Dropped;
         Ok(())
@@ -1202,8 +1200,7 @@ impl<'a> Tx<'a> {
             let before = p.before.as_ref().map(Stored::Row);
             events.extend(event(p, state, before, tables.nodes, tables.fields));
         }
-        w.finish(conn)?;
-        scratch.stage_written(record_cache);
+        w.finish(conn, &mut scratch, record_cache)?;
         // A link outlives the cells of its commit: a commit whose cells were all overwritten
         // still spread its effects (e.g. a counter's running total) into its overwriters,
         // which must then travel together. Old links are pruned by GC once every peer is past
@@ -1497,9 +1494,16 @@ impl<'c> RecordWriter<'c> {
         })
     }
 
-    /// Write the buffered feed rows and history entries (see [`insert_rows`]). Every writer
-    /// must finish before anything reads those tables in its transaction.
-    fn finish(mut self, conn: &Connection) -> Result<()> {
+    /// Write the buffered feed rows and history entries (see [`insert_rows`]), and stage the
+    /// written rows for the record cache. Every writer must finish before anything reads
+    /// those tables in its transaction.
+    fn finish(
+        mut self,
+        conn: &Connection,
+        scratch: &mut Scratch,
+        cache: &mut RecordCache,
+    ) -> Result<()> {
+        scratch.stage_written(cache);
         insert_rows(
             conn,
             &mut self.insert_feed,

@@ -1722,8 +1722,7 @@ impl Session {
         // a few large transactions instead of one per commit; the delay is at most one round
         // trip, which the receiver would have spent applying the unit in flight anyway. A
         // backlog of a batch or more still pipelines up to the window.
-        let trickle = head.0.saturating_sub(self.sent_through.0) < self.cfg.batch_cells_max as u64;
-        let window_open = if trickle {
+        let window_open = if self.trickle(head) {
             self.unacked.is_empty()
         } else {
             self.unacked.len() < self.cfg.window_units
@@ -2072,10 +2071,13 @@ impl Session {
             && self.snap_out.is_none()
             && self.evict_pending.is_empty()
             && self.restate_pending.is_empty();
-        quiet
-            && db.last_seq().is_ok_and(|head| {
-                head.0.saturating_sub(self.sent_through.0) < self.cfg.batch_cells_max as u64
-            })
+        quiet && db.last_seq().is_ok_and(|head| self.trickle(head))
+    }
+
+    /// Whether what waits to be sent up to `head` is less than a batch (see the coalescing
+    /// in `fill`).
+    fn trickle(&self, head: Seq) -> bool {
+        head.0.saturating_sub(self.sent_through.0) < self.cfg.batch_cells_max as u64
     }
 
     /// When `handle_timeout` should next be called.

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{RUNTIME_WORKERS, TOKEN};
+use super::{named_runtime, RUNTIME_WORKERS, TOKEN};
 
 /// How long a session may take to end politely when a scenario stops it.
 const FINISH_WAIT: Duration = Duration::from_secs(15);
@@ -44,12 +44,7 @@ pub(super) struct LocalRelay {
 impl LocalRelay {
     /// Start a relay whose store lives in `dir`.
     pub(super) fn start(dir: &Path) -> Result<LocalRelay> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_WORKERS)
-            .thread_name("relay")
-            .enable_all()
-            .build()
-            .context("starting the relay's tokio runtime")?;
+        let runtime = named_runtime("relay", RUNTIME_WORKERS)?;
         let config = RelayConfig {
             data_dir: dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().expect("valid address"),

@@ -25,7 +25,9 @@ use tokio::sync::Semaphore;
 use super::clients::{LocalRelay, SyncClient};
 use super::fanout::scratch;
 use super::floor::Hub;
-use super::{plain_only, raise_fd_limit, runtime, wait_until, NetSizes, RUNTIME_WORKERS};
+use super::{
+    named_runtime, plain_only, raise_fd_limit, runtime, wait_until, NetSizes, RUNTIME_WORKERS,
+};
 use crate::report::{Figure, Outcome, Target};
 use crate::scenarios::store::{details, summary, COLLECTION};
 use crate::scenarios::{Ctx, Scenario};
@@ -130,12 +132,7 @@ impl Scenario for Latency1000 {
         // The writer is another device: its session gets a thread of its own, as the relay
         // does. On the clients' runtime its sends waited behind their applies: commit →
         // held by the relay was 163 ms p50, 577 ms p99 (2026-12-04).
-        let writer_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("writer")
-            .enable_all()
-            .build()
-            .context("starting the writer's tokio runtime")?;
+        let writer_rt = named_runtime("writer", 1)?;
         let w = writer_rt.block_on(SyncClient::connect(relay.addr, writer.clone()))?;
         let clients = rt.block_on(async {
             let gate = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
@@ -239,7 +236,11 @@ impl Scenario for Latency1000 {
             relay.stop().await
         })?;
 
-        // Every tick at every client, and per tick the last client.
+        // Every tick at every client, and per tick the first and the last client.
+        let since_commit = |k: usize, at: u64| {
+            (epoch + Duration::from_nanos(at)).saturating_duration_since(commits[k])
+        };
+        let mut first_ns = vec![u64::MAX; ticks];
         let mut last_ns = vec![0u64; ticks];
         let mut seen = vec![0usize; ticks];
         let mut each = Vec::with_capacity(ticks * clients_n);
@@ -250,37 +251,30 @@ impl Scenario for Latency1000 {
                     bail!("a client saw tick {k} of {ticks}");
                 }
                 seen[k] += 1;
+                first_ns[k] = first_ns[k].min(at);
                 last_ns[k] = last_ns[k].max(at);
-                let at = epoch + Duration::from_nanos(at);
-                each.push(at.saturating_duration_since(commits[k]));
+                each.push(since_commit(k, at));
             }
         }
         if let Some(k) = seen.iter().position(|&s| s != clients_n) {
             bail!("tick {k} reached {} of {clients_n} clients", seen[k]);
         }
-        let all: Vec<Duration> = last_ns
-            .iter()
-            .zip(&commits)
-            .map(|(&ns, &c)| (epoch + Duration::from_nanos(ns)).saturating_duration_since(c))
-            .collect();
-        let all_s = summary(&all)?;
-        let since_commit = |k: u32, at: u64| {
-            (epoch + Duration::from_nanos(at)).saturating_duration_since(commits[k as usize])
+        let per_tick = |ns: &[u64]| -> Vec<Duration> {
+            ns.iter()
+                .enumerate()
+                .map(|(k, &at)| since_commit(k, at))
+                .collect()
         };
+        let all = per_tick(&last_ns);
+        let first = per_tick(&first_ns);
+        let all_s = summary(&all)?;
         let to_relay: Vec<Duration> = relay_log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(k, _)| (*k as usize) < ticks)
-            .map(|&(k, at)| since_commit(k, at))
+            .map(|&(k, at)| since_commit(k as usize, at))
             .collect();
-        let mut first = vec![Duration::MAX; ticks];
-        for l in &logs {
-            for &(k, at) in l.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let d = since_commit(k, at);
-                first[k as usize] = first[k as usize].min(d);
-            }
-        }
         let to_relay_s = summary(&to_relay)?;
         let first_s = summary(&first)?;
         // The worst delivery of each second of ticks: shows whether the clients kept up
