@@ -7,7 +7,8 @@
 //!               │  (TIMEOUT: no HELLO in time)
 //!               ├─ passes outgoing frames through whole, counting them
 //!               └─ ends the connection itself when needed: an ERROR frame at the right frame
-//!                  index (the checksum covers it), then shutdown
+//!                  index (the checksum covers it), then shutdown, then drain the input
+//!                  until the client closes (so no reset destroys the ERROR)
 //! ```
 //!
 //! The session can end itself with an ERROR for anything it sees (malformed frames, bad
@@ -99,6 +100,10 @@ enum Stage {
     Writing,
     Flushing,
     ShuttingDown,
+    /// Read and discard the client's input until it closes too. Dropping a socket with
+    /// unread input makes the kernel reset the connection, and a reset can destroy the ERROR
+    /// frame before the client reads it (a client still flooding always has input in flight).
+    Draining,
     Done,
 }
 
@@ -161,6 +166,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guard<T> {
                 Stage::Writing => self.poll_write_whole(cx),
                 Stage::Flushing => Pin::new(&mut self.inner).poll_flush(cx),
                 Stage::ShuttingDown => Pin::new(&mut self.inner).poll_shutdown(cx),
+                Stage::Draining => self.poll_drain(cx),
                 Stage::Done => unreachable!("handled above"),
             };
             let closing = self.closing.as_mut().expect("closing");
@@ -169,9 +175,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guard<T> {
                 Ok(()) => match stage {
                     Stage::Writing => Stage::Flushing,
                     Stage::Flushing => Stage::ShuttingDown,
+                    Stage::ShuttingDown => Stage::Draining,
                     _ => Stage::Done,
                 },
             };
+        }
+    }
+
+    /// Discard input until the client closes (`Ready(Ok)`) or the transport fails. Input the
+    /// WebSocket layer refuses (more pings over its budget) is discarded the same way.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) => {}
+                Err(e) if WsInputError::from_io(&e).is_some() => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
 

@@ -32,8 +32,9 @@ pub const MESSAGE_RATE_PER_S_DEFAULT: u32 = 1_000;
 pub const MESSAGE_BURST_DEFAULT: u32 = 2_000;
 
 /// After deciding to end a connection itself (rate limit, handshake timeout, a bad
-/// WebSocket message), the relay tries this long, in ms, to deliver the ERROR frame before it
-/// drops the connection.
+/// WebSocket message), the relay tries this long, in ms, to deliver the ERROR frame and to
+/// read (and discard) the client's input until the client closes, before it drops the
+/// connection. Dropping a socket with unread input resets it, which can destroy the ERROR.
 pub const CLOSE_FLUSH_MS: u64 = 2_000;
 
 /// Largest `POST /v1/query` body, in bytes. The expression itself is limited to

@@ -127,3 +127,50 @@ async fn bad_input_closes_only_that_connection() {
     cb.finish().await.unwrap();
     relay.stop().await;
 }
+
+/// A flooder that is still sending when the relay cuts it off reads its ERROR frame all the
+/// same: the relay drains the connection's input until the client's close (within
+/// `CLOSE_FLUSH_MS`) instead of closing a socket with unread input, which would reset the
+/// connection and could destroy the ERROR before the client reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooder_still_sending_reads_its_error() {
+    let relay = TestRelay::start(|_| {}).await;
+    for round in 0..10 {
+        let ws = connect_ws(relay.addr, Some(TOKEN)).await.unwrap();
+        let (mut tx, mut rx) = ws.split();
+        // Ping without pause until the relay's close makes sending fail.
+        let flooder = tokio::spawn(async move {
+            let mut sent = 0u32;
+            while tx.send(WsMessage::Ping(Default::default())).await.is_ok() {
+                sent += 1;
+                if sent % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            sent
+        });
+        let mut dec = FrameDecoder::default();
+        let mut code = None;
+        within(Duration::from_secs(10), async {
+            while let Some(Ok(m)) = rx.next().await {
+                if let WsMessage::Binary(b) = m {
+                    dec.push(&b);
+                    while let Some(f) = dec.next_frame().expect("the relay's frames decode") {
+                        if f.kind == kind::ERROR {
+                            if let Message::Error { code: c, .. } =
+                                decode_simple(f.kind, &f.payload).unwrap()
+                            {
+                                code = Some(c);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        let sent = within(Duration::from_secs(10), flooder).await.unwrap();
+        assert!(sent > WS_EMPTY_MESSAGES_BURST, "round {round}: sent {sent}");
+        assert_eq!(code, Some(ErrorCode::RateLimited), "round {round}");
+    }
+    relay.stop().await;
+}
