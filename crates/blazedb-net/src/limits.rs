@@ -108,3 +108,11 @@ pub const DISCOVERY_WITHDRAW_WAIT_MS: u64 = 1_000;
 /// (off the commit path; commits checkpoint themselves only past
 /// `blazedb::limits::WAL_AUTOCHECKPOINT_PAGES`).
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// A checkpoint that copies fewer WAL frames than this is mostly fixed cost (an fsync of the
+/// WAL, one of the file, one more to start the WAL over; ~0.8 ms of CPU each on the test VM),
+/// so [`spawn_checkpointer`](crate::spawn_checkpointer) then waits twice as long for the
+/// next, up to [`CHECKPOINT_BACKOFF_MAX`] times the interval; past twice this it halves the
+/// wait again. The WAL of a slowly written file stays around this size (256 KiB).
+pub const CHECKPOINT_FRAMES_WORTHWHILE: u64 = 64;
+/// The longest wait between two checkpoints, as a multiple of the interval asked for.
+pub const CHECKPOINT_BACKOFF_MAX: u32 = 8;

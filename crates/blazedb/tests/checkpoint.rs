@@ -91,3 +91,44 @@ fn checkpoints_follow_a_changed_password() {
     let db = Database::open(&path, OpenOptions::default()).unwrap();
     assert_eq!(db.count("notes").unwrap(), 3);
 }
+
+/// The WAL header's checkpoint sequence and salts: SQLite changes them whenever a commit
+/// starts the WAL over (and fsyncs the header then).
+fn wal_generation(path: &std::path::Path) -> [u8; 12] {
+    let wal = std::fs::read(format!("{}-wal", path.display())).unwrap();
+    wal[12..24].try_into().unwrap()
+}
+
+#[test]
+fn the_checkpointer_starts_the_wal_over_so_commits_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let db = Database::open(&path, OpenOptions::default()).unwrap();
+    for i in 0..100 {
+        db.insert("notes", [("n", i as i64)]).unwrap();
+    }
+    let before = wal_generation(&path);
+    let c = db.checkpoint().unwrap();
+    assert!(
+        c.wal_frames > 0 && c.checkpointed_frames == c.wal_frames,
+        "{c:?}"
+    );
+    let restarted = wal_generation(&path);
+    assert_ne!(
+        before, restarted,
+        "the checkpoint call started the WAL over"
+    );
+    // The application's next commit appends to that WAL: no restart (and no fsync) in it.
+    db.insert("notes", [("n", 100i64)]).unwrap();
+    assert_eq!(wal_generation(&path), restarted);
+    // Idle: with nothing committed since, a checkpoint does nothing at all.
+    let c = db.checkpoint().unwrap();
+    assert!(c.wal_frames > 0, "the commit above is checkpointed: {c:?}");
+    let generation = wal_generation(&path);
+    assert_eq!(db.checkpoint().unwrap(), Default::default());
+    assert_eq!(wal_generation(&path), generation);
+    drop(db);
+    let db = Database::open(&path, OpenOptions::default()).unwrap();
+    assert_eq!(db.count("notes").unwrap(), 101);
+    assert!(db.integrity_check().unwrap().ok);
+}

@@ -56,6 +56,37 @@ pub struct Checkpoint {
     pub checkpointed_frames: u64,
 }
 
+/// The connection [`Database::checkpoint`] runs on.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    conn: rusqlite::Connection,
+    /// The file's `data_version` (as this connection sees it) when this connection last
+    /// started the WAL over: while it is unchanged, the WAL holds only that write.
+    restarted_at: Option<i64>,
+}
+
+impl Checkpointer {
+    /// Start the WAL over with a one-row write (its commit does what the application's next
+    /// commit would otherwise do, fsync included). False when a writer held the file, which
+    /// then restarts the WAL itself.
+    fn restart_wal(&self) -> Result<bool> {
+        let r = self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('wal_restarts', 1) \
+             ON CONFLICT (key) DO UPDATE SET value = value + 1",
+            [],
+        );
+        match r {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// Result of [`Database::integrity_check`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct IntegrityReport {
@@ -132,24 +163,41 @@ impl Database {
     /// It runs on a connection of its own (opened by the first call; for an encrypted file
     /// that derives the key once more), so reads and writes through this handle go on
     /// meanwhile.
+    ///
+    /// When every frame was copied, it also starts the WAL over itself with a one-row write
+    /// (the `wal_restarts` counter in `meta`): SQLite fsyncs the WAL header when a commit
+    /// starts the WAL over, and otherwise the next commit of the application would wait for
+    /// that fsync (measured: 1,000 clients checkpointing every second spent ~2 s a second of
+    /// their two workers' time in it). When nothing was committed since that write, the call
+    /// does nothing and returns zeros: the WAL holds only that write's frames.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let mut slot = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            *slot = Some(super::open::open_checkpointer(
-                &self.path,
-                self.options.password.as_deref(),
-            )?);
+            *slot = Some(Checkpointer {
+                conn: super::open::open_checkpointer(&self.path, self.options.password.as_deref())?,
+                restarted_at: None,
+            });
         }
-        let conn = slot.as_ref().expect("opened above");
+        let ck = slot.as_mut().expect("opened above");
+        // `data_version` moves when another connection commits, never for this one's own.
+        let version: i64 = ck.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if ck.restarted_at == Some(version) {
+            return Ok(Checkpoint::default());
+        }
         let (wal, done): (i64, i64) =
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
-            })?;
+            ck.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(1)?, r.get(2)?))
+                })?;
         // -1 means the file is not in WAL mode; nothing to do then.
-        Ok(Checkpoint {
+        let c = Checkpoint {
             wal_frames: wal.max(0) as u64,
             checkpointed_frames: done.max(0) as u64,
-        })
+        };
+        if c.wal_frames > 0 && c.checkpointed_frames == c.wal_frames {
+            ck.restarted_at = ck.restart_wal()?.then_some(version);
+        }
+        Ok(c)
     }
 
     /// Close the checkpoint connection (the next [`Database::checkpoint`] opens it again):
@@ -161,7 +209,7 @@ impl Database {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(c) = conn {
-            c.close().map_err(|(_, e)| e)?;
+            c.conn.close().map_err(|(_, e)| e)?;
         }
         Ok(())
     }

@@ -139,7 +139,7 @@ pub struct Database {
     /// once a second (measured: 1,000 clients each checkpointing so had a 1.6–2× slower
     /// median). SQLite runs a PASSIVE checkpoint beside another connection's reads and
     /// writes.
-    checkpointer: Mutex<Option<rusqlite::Connection>>,
+    checkpointer: Mutex<Option<maintenance::Checkpointer>>,
     pub(crate) watchers: Registry,
     server_role: std::sync::atomic::AtomicBool,
     commit_listeners: Mutex<Vec<(u64, CommitListener)>>,

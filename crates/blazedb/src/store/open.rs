@@ -102,12 +102,19 @@ pub(crate) fn open_checkpointer(
     if let Some(pw) = password {
         conn.pragma_update(None, "key", pw)?;
     }
-    // A PASSIVE checkpoint never waits on locks; this only covers reading the schema.
+    // Covers reading the schema; see below for the rest.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // The first read decrypts page 1 (and derives the key), here rather than mid-checkpoint.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     })?;
+    // A PASSIVE checkpoint never waits on locks, and the write that starts the WAL over is
+    // skipped when a writer holds the file: never wait.
+    conn.busy_timeout(std::time::Duration::ZERO)?;
+    // That write is a counter nobody needs to survive a power loss (the main connection's
+    // own setting applies to everything else), and the WAL file keeps the same bound.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "journal_size_limit", WAL_FILE_BYTES_KEPT)?;
     Ok(conn)
 }
 

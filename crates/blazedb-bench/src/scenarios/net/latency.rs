@@ -244,8 +244,29 @@ impl Scenario for Latency1000 {
         let mut last_ns = vec![0u64; ticks];
         let mut seen = vec![0usize; ticks];
         let mut each = Vec::with_capacity(ticks * clients_n);
+        // Per apply at a client (its ticks share one commit time): how old its newest tick
+        // was (the relay sent stale data?) and how long since that client's previous apply
+        // (how often a client gets its turn).
+        let mut newest_age = Vec::new();
+        let mut apply_gap = Vec::new();
         for l in &logs {
-            for &(k, at) in l.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let log = l.lock().unwrap_or_else(|e| e.into_inner());
+            let mut applies: Vec<(u64, usize)> = Vec::new();
+            for &(k, at) in log.iter() {
+                match applies.last_mut() {
+                    Some((t, newest)) if *t == at => *newest = (*newest).max(k as usize),
+                    _ => applies.push((at, k as usize)),
+                }
+            }
+            for (i, &(at, newest)) in applies.iter().enumerate() {
+                if newest < ticks {
+                    newest_age.push(since_commit(newest, at));
+                }
+                if i > 0 {
+                    apply_gap.push(Duration::from_nanos(at - applies[i - 1].0));
+                }
+            }
+            for &(k, at) in log.iter() {
                 let k = k as usize;
                 if k >= ticks {
                     bail!("a client saw tick {k} of {ticks}");
@@ -285,6 +306,8 @@ impl Scenario for Latency1000 {
             .map(|c| c.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3))
             .collect();
         let each_s = summary(&each)?;
+        let newest_age_s = summary(&newest_age)?;
+        let apply_gap_s = summary(&apply_gap)?;
 
         // The floor: one message per tick through a raw TCP hub to as many readers.
         let floor_ticks = ticks.min(FLOOR_TICKS_MAX);
@@ -326,6 +349,11 @@ impl Scenario for Latency1000 {
             "per_delivery_p50_ms": each_s.p50_us / 1e3,
             "per_delivery_p99_ms": each_s.p99_us / 1e3,
             "per_delivery_max_ms": each_s.max_us / 1e3,
+            "applies_per_client": newest_age.len() as f64 / clients_n as f64,
+            "apply_newest_tick_age_p50_ms": newest_age_s.p50_us / 1e3,
+            "apply_newest_tick_age_p99_ms": newest_age_s.p99_us / 1e3,
+            "apply_gap_p50_ms": apply_gap_s.p50_us / 1e3,
+            "apply_gap_p99_ms": apply_gap_s.p99_us / 1e3,
             "watch_events_lagged": lagged.load(Ordering::Relaxed),
             "open_files_s": opened.as_secs_f64(),
             "setup_s": setup.as_secs_f64(),
@@ -338,7 +366,7 @@ impl Scenario for Latency1000 {
             "fd_limit_soft": fd_soft,
             "fd_limit_hard": fd_hard,
             "files": "plain (unencrypted) SQLite files, one per client, in a temporary directory; \
-                      each checkpointed every second beside its session (spawn_checkpointer), \
+                      each checkpointed beside its session by spawn_checkpointer (every 1-8 s), \
                       as `blazedb sync --watch` does",
             "runtime_workers": RUNTIME_WORKERS,
             "relay": "in-process blazedb_relay::Relay on a runtime of its own (2 workers), as the `blazedb serve` process it stands for",
