@@ -40,6 +40,7 @@
 pub mod codec;
 pub mod crdt;
 pub mod error;
+mod hash;
 pub mod limits;
 pub mod query;
 pub mod store;

@@ -7,9 +7,9 @@
 //! fields, never the whole record unless it is new. Cells that were overwritten since carry
 //! the newer seq and travel with it, so the feed is bounded by the live data, not by history.
 
+use crate::hash::FastMap;
 use crate::limits::TRANSACTION_CELLS_MAX;
 use crate::WriteError;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
@@ -218,7 +218,7 @@ fn changes_since_in(
     };
     let mut srcs: Vec<i64> = Vec::new();
     let mut cells = 0usize;
-    let mut leftovers: HashMap<(i64, [u8; 16]), Vec<Cell>> = HashMap::new();
+    let mut leftovers: FastMap<(i64, [u8; 16]), Vec<Cell>> = FastMap::default();
     // Every commit between the previous group and the next one, including commits whose
     // cells were all overwritten since, may require later commits: `needs_through` takes the
     // links of every commit in (since, next]. They only steer the scan once the page is
@@ -933,7 +933,7 @@ mod tests {
             needs_through: since,
         };
         let mut cells = 0usize;
-        let mut leftovers: HashMap<(i64, [u8; 16]), Vec<Cell>> = HashMap::new();
+        let mut leftovers: FastMap<(i64, [u8; 16]), Vec<Cell>> = FastMap::default();
         while let Some(row) = rows.next()? {
             let seq = Seq(row.get::<_, i64>(0)? as u64);
             if seq != batch.next {

@@ -43,6 +43,7 @@ pub use write::{FieldOp, Patch, Tx};
 
 use self::nodes::{FieldTable, NodeTable};
 use crate::error::{OpenError, Result, WriteError};
+use crate::hash::FastMap;
 use crate::limits::{CLOCK_SKEW_MS_MAX_DEFAULT, COLLECTIONS_MAX, COLLECTION_NAME_BYTES_MAX};
 use crate::types::{Clock, Hlc, Seq};
 use crate::watch::Registry;
@@ -163,10 +164,10 @@ pub(crate) struct Inner {
     pub clock: Clock,
     pub nodes: NodeTable,
     pub fields: FieldTable,
-    pub collections: HashMap<String, i64>,
-    pub collection_names: HashMap<i64, String>,
-    pub indexes: HashMap<i64, BTreeSet<String>>,
-    pub policies: HashMap<i64, CollectionPolicy>,
+    pub collections: FastMap<String, i64>,
+    pub collection_names: FastMap<i64, String>,
+    pub indexes: FastMap<i64, BTreeSet<String>>,
+    pub policies: FastMap<i64, CollectionPolicy>,
     pub data_version: i64,
     /// Whether [`Database::lock`]'s read snapshot is open (ended by [`Inner::end_read`]).
     pub read_open: bool,
@@ -217,10 +218,10 @@ impl Database {
             clock: Clock::new(Hlc::ZERO, options.clock_skew_ms_max),
             nodes: NodeTable::default(),
             fields: FieldTable::default(),
-            collections: HashMap::new(),
-            collection_names: HashMap::new(),
-            indexes: HashMap::new(),
-            policies: HashMap::new(),
+            collections: FastMap::default(),
+            collection_names: FastMap::default(),
+            indexes: FastMap::default(),
+            policies: FastMap::default(),
             data_version: -1,
             read_open: false,
             history_rows_since_compaction: 0,

@@ -1,13 +1,13 @@
 //! Dictionaries of the file: node ids and field names, numbered locally so that a record's
 //! versions and field names cost a varint each instead of 16 bytes or a repeated string.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 
 use rusqlite::types::{FromSql, ToSql};
 use rusqlite::{params, Connection};
 
 use crate::crdt::FieldName;
+use crate::hash::FastMap;
 use crate::NodeId;
 
 /// What a dictionary holds, and the table it lives in.
@@ -53,7 +53,7 @@ impl DictKey for FieldName {
 #[derive(Debug)]
 pub struct Dictionary<K: DictKey> {
     entries: Vec<K>,
-    index: HashMap<K, u64>,
+    index: FastMap<K, u64>,
     unsaved_from: usize,
 }
 
@@ -61,7 +61,7 @@ impl<K: DictKey> Default for Dictionary<K> {
     fn default() -> Self {
         Dictionary {
             entries: Vec::new(),
-            index: HashMap::new(),
+            index: FastMap::default(),
             unsaved_from: 0,
         }
     }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -13,9 +14,10 @@ use super::read::Record;
 use super::record_cache::{CachedRow, RecordCache};
 use super::{CollectionPolicy, Database, Inner};
 use crate::codec::value;
-use crate::crdt::encoding::{key_bytes, value_bytes};
+use crate::crdt::encoding::{encode_key, encode_value, key_bytes, value_bytes};
 use crate::crdt::{Cell, CellKey, CellValue, MergeOutcome, RecordState};
 use crate::error::{Result, WriteError};
+use crate::hash::FastMap;
 use crate::limits::{
     FIELD_NAME_BYTES_MAX, RECORD_BYTES_MAX, RECORD_FIELDS_MAX, SET_ELEMENTS_MAX,
     TRANSACTION_CELLS_MAX, TRANSACTION_WRITES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX,
@@ -1280,8 +1282,8 @@ fn event(
 struct Tables<'a> {
     nodes: &'a mut NodeTable,
     fields: &'a mut FieldTable,
-    indexes: &'a HashMap<i64, BTreeSet<String>>,
-    policies: &'a HashMap<i64, CollectionPolicy>,
+    indexes: &'a FastMap<i64, BTreeSet<String>>,
+    policies: &'a FastMap<i64, CollectionPolicy>,
 }
 
 /// New records per multi-row INSERT: one statement run instead of this many (a third less
@@ -1386,6 +1388,9 @@ struct RecordWriter<'c> {
     /// History entries to insert, written by [`RecordWriter::finish`]; their `hid`s are
     /// given here (the next after the table's largest, as SQLite would).
     history_rows: Vec<HistoryRow>,
+    /// The history rows' encoded keys and values, one buffer for all (not three vectors a
+    /// row).
+    history_bytes: Vec<u8>,
     /// The `hid` the next entry gets (`None`: not looked up yet).
     next_hid: Option<i64>,
 }
@@ -1395,11 +1400,12 @@ struct HistoryRow {
     hid: i64,
     coll: i64,
     id: RecordId,
-    cell: Vec<u8>,
-    old: Option<Vec<u8>>,
+    /// The encoded key and values, as ranges of [`RecordWriter::history_bytes`].
+    cell: Range<usize>,
+    old: Option<Range<usize>>,
     old_hlc: Option<i64>,
     old_node: Option<i64>,
-    new: Option<Vec<u8>>,
+    new: Option<Range<usize>>,
     hlc: i64,
     node: i64,
     seq: i64,
@@ -1490,6 +1496,7 @@ impl<'c> RecordWriter<'c> {
             insert_history: conn.prepare_cached(&HISTORY_INSERT.sql(1))?,
             feed_rows: Vec::new(),
             history_rows: Vec::new(),
+            history_bytes: Vec::new(),
             next_hid: None,
         })
     }
@@ -1521,7 +1528,7 @@ impl<'c> RecordWriter<'c> {
             &mut self.insert_history,
             HISTORY_INSERT,
             &self.history_rows,
-            bind_history,
+            |stmt, at, r| bind_history(stmt, at, r, &self.history_bytes),
         )
     }
 
@@ -1647,15 +1654,17 @@ fn bind_history(
     stmt: &mut rusqlite::Statement<'_>,
     at: usize,
     r: &HistoryRow,
+    bytes: &[u8],
 ) -> rusqlite::Result<()> {
+    let part = |range: &Option<Range<usize>>| range.clone().map(|x| &bytes[x]);
     stmt.raw_bind_parameter(at + 1, r.hid)?;
     stmt.raw_bind_parameter(at + 2, r.coll)?;
     stmt.raw_bind_parameter(at + 3, &r.id.0[..])?;
-    stmt.raw_bind_parameter(at + 4, &r.cell)?;
-    stmt.raw_bind_parameter(at + 5, &r.old)?;
+    stmt.raw_bind_parameter(at + 4, &bytes[r.cell.clone()])?;
+    stmt.raw_bind_parameter(at + 5, part(&r.old))?;
     stmt.raw_bind_parameter(at + 6, r.old_hlc)?;
     stmt.raw_bind_parameter(at + 7, r.old_node)?;
-    stmt.raw_bind_parameter(at + 8, &r.new)?;
+    stmt.raw_bind_parameter(at + 8, part(&r.new))?;
     stmt.raw_bind_parameter(at + 9, r.hlc)?;
     stmt.raw_bind_parameter(at + 10, r.node)?;
     stmt.raw_bind_parameter(at + 11, r.seq)?;
@@ -1690,15 +1699,26 @@ impl RecordWriter<'_> {
             // `Database::history` puts them back into the listing.)
             let node = t.nodes.index(&version.node);
             let old_node = old.as_ref().map(|c| t.nodes.index(&c.version.node) as i64);
+            let bytes = &mut self.history_bytes;
+            let start = bytes.len();
+            encode_key(bytes, key);
+            let cell = start..bytes.len();
+            let mut value = |c: &Cell| {
+                let start = bytes.len();
+                encode_value(bytes, &c.value);
+                start..bytes.len()
+            };
+            let old_value = old.as_ref().map(&mut value);
+            let new_value = new.as_ref().map(&mut value);
             self.history_rows.push(HistoryRow {
                 hid: next,
                 coll: p.coll,
                 id: p.id,
-                cell: key_bytes(key),
-                old: old.as_ref().map(|c| value_bytes(&c.value)),
+                cell,
+                old: old_value,
                 old_hlc: old.as_ref().map(|c| c.version.hlc.0 as i64),
                 old_node,
-                new: new.as_ref().map(|c| value_bytes(&c.value)),
+                new: new_value,
                 hlc: version.hlc.0 as i64,
                 node: node as i64,
                 seq: row_seq.0 as i64,

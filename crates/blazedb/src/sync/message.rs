@@ -1,11 +1,10 @@
 //! Protocol messages and their payload encodings (docs/PROTOCOL.md has the byte layouts and
 //! test vectors).
 
-use std::collections::HashMap;
-
 use crate::codec::varint::{read_i64, write_i64, write_u64, zigzag};
 use crate::codec::{value, DecodeError, Reader};
 use crate::crdt::{Cell, CellKey, CellValue, FieldName};
+use crate::hash::FastMap;
 use crate::limits::{
     COLLECTION_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, EVICT_RECORDS_MAX, FIELD_NAME_BYTES_MAX,
     SESSION_DICT_ENTRIES_MAX, TOKEN_BYTES_MAX, TRANSACTION_CELLS_MAX, VALUE_BYTES_MAX,
@@ -546,10 +545,10 @@ fn u32_of(v: u64) -> Result<u32, DecodeError> {
 #[derive(Debug, Default)]
 pub struct Dict {
     nodes: Vec<NodeId>,
-    node_index: HashMap<NodeId, u64>,
+    node_index: FastMap<NodeId, u64>,
     /// Names (collections, fields) as received, shared with the cells that name them.
     strings: Vec<FieldName>,
-    string_index: HashMap<String, u64>,
+    string_index: FastMap<String, u64>,
     last_hlc: u64,
     last_seq: u64,
 }
