@@ -131,6 +131,49 @@ pub fn from_bytes(b: &[u8]) -> Result<Value, DecodeError> {
     Ok(v)
 }
 
+/// Step over one value without building it (nothing is allocated): the structure and the
+/// limits are checked as `decode` checks them, the content (UTF-8, map key order) is not.
+pub fn skip(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+    skip_at(r, 0)
+}
+
+fn skip_at(r: &mut Reader<'_>, depth: usize) -> Result<(), DecodeError> {
+    let at = r.pos();
+    match r.u8()? {
+        NULL | FALSE | TRUE => {}
+        INT | TIMESTAMP => {
+            read_i64(r)?;
+        }
+        FLOAT => {
+            r.bytes(8)?;
+        }
+        TEXT | BYTES => {
+            r.blob("value length", VALUE_BYTES_MAX)?;
+        }
+        UUID => {
+            r.bytes(16)?;
+        }
+        LIST | MAP if depth >= VALUE_DEPTH_MAX => {
+            return Err(DecodeError::TooDeep {
+                max: VALUE_DEPTH_MAX,
+            })
+        }
+        LIST => {
+            for _ in 0..r.count("list length", VALUE_BYTES_MAX, 1)? {
+                skip_at(r, depth + 1)?;
+            }
+        }
+        MAP => {
+            for _ in 0..r.count("map length", VALUE_BYTES_MAX, 2)? {
+                r.blob("map key length", VALUE_BYTES_MAX)?;
+                skip_at(r, depth + 1)?;
+            }
+        }
+        tag => return Err(DecodeError::BadTag { tag, offset: at }),
+    }
+    Ok(())
+}
+
 fn decode_at(r: &mut Reader<'_>, depth: usize) -> Result<Value, DecodeError> {
     let at = r.pos();
     let tag = r.u8()?;

@@ -205,6 +205,48 @@ pub fn decode(
     nodes: &NodeTable,
     fields: &FieldTable,
 ) -> Result<RecordState, DecodeError> {
+    let cells = decode_cells(bytes, row_seq, Seq(0), nodes, fields)?;
+    RecordState::from_cells(cells).map_err(DecodeError::Malformed)
+}
+
+/// Decode only the cells stored at `min_seq` or later, in stored order: what a feed reader
+/// needs from a record of which one field changed. The other cells are stepped over without
+/// building their keys or values; the body's structure is checked all the same.
+pub fn decode_since(
+    bytes: &[u8],
+    row_seq: Seq,
+    min_seq: Seq,
+    nodes: &NodeTable,
+    fields: &FieldTable,
+) -> Result<Vec<Cell>, DecodeError> {
+    decode_cells(bytes, row_seq, min_seq, nodes, fields)
+}
+
+/// A cell value of the kind its flags give (bits 2-3).
+fn read_cell_value(r: &mut Reader<'_>, kind: u8) -> Result<CellValue, DecodeError> {
+    Ok(match kind {
+        0 => CellValue::Value(value::decode(r)?),
+        1 => CellValue::Absent,
+        2 => CellValue::Present,
+        _ => CellValue::Count(read_i64(r)?),
+    })
+}
+
+/// A cell key as stored: dictionary indexes, not yet looked up.
+enum StoredKey<'a> {
+    Record,
+    Field(u64),
+    Counter(u64, u64),
+    Element(u64, &'a [u8]),
+}
+
+fn decode_cells(
+    bytes: &[u8],
+    row_seq: Seq,
+    min_seq: Seq,
+    nodes: &NodeTable,
+    fields: &FieldTable,
+) -> Result<Vec<Cell>, DecodeError> {
     let mut r = Reader::new(bytes);
     let first = r.u8()?;
     let format = first >> 4;
@@ -249,7 +291,10 @@ pub fn decode(
             .ok_or_else(|| DecodeError::Malformed(format!("bad version index {i}")))
     };
     let n_cells = r.count("cell count", RECORD_BYTES_MAX, 1)?;
-    let mut cells: Vec<Cell> = Vec::with_capacity(n_cells);
+    let full = min_seq.0 == 0;
+    let mut cells: Vec<Cell> = Vec::with_capacity(if full { n_cells } else { 1 });
+    // The version of the cell before (kept or not): what SAME_VERSION refers to.
+    let mut previous: Option<Version> = None;
     for _ in 0..n_cells {
         let flags = r.u8()?;
         if flags & 0x80 != 0 {
@@ -258,31 +303,35 @@ pub fn decode(
             )));
         }
         let key = match flags & 0b11 {
-            0 => CellKey::Record,
-            1 => CellKey::Field(field(r.varint()?)?),
-            2 => {
-                let f = field(r.varint()?)?;
-                CellKey::Counter(f, node(r.varint()?)?)
-            }
-            _ => {
-                let f = field(r.varint()?)?;
-                CellKey::Element(f, r.blob("element", VALUE_BYTES_MAX)?.to_vec())
-            }
+            0 => StoredKey::Record,
+            1 => StoredKey::Field(r.varint()?),
+            2 => StoredKey::Counter(r.varint()?, r.varint()?),
+            _ => StoredKey::Element(r.varint()?, r.blob("element", VALUE_BYTES_MAX)?),
         };
-        let value = match (flags >> 2) & 0b11 {
-            0 => CellValue::Value(value::decode(&mut r)?),
-            1 => CellValue::Absent,
-            2 => CellValue::Present,
-            _ => CellValue::Count(read_i64(&mut r)?),
+        let value_kind = (flags >> 2) & 0b11;
+        let value_at = r.pos();
+        // A full decode builds every value on the way; a partial one steps over them and
+        // builds only those of the cells it keeps.
+        let value = if full {
+            Some(read_cell_value(&mut r, value_kind)?)
+        } else {
+            if value_kind == 0 {
+                value::skip(&mut r)?;
+            } else if value_kind == 3 {
+                read_i64(&mut r)?;
+            }
+            None
         };
+        let value_bytes = &bytes[value_at..r.pos()];
         let v = if flags & SAME_VERSION != 0 {
-            match cells.last() {
-                Some(c) => c.version,
+            match previous {
+                Some(v) => v,
                 None => version(0)?,
             }
         } else {
             version(r.varint()?)?
         };
+        previous = Some(v);
         let prev = if flags & HAS_PREV != 0 {
             Some(version(r.varint()?)?)
         } else {
@@ -295,6 +344,19 @@ pub fn decode(
             })?)
         } else {
             row_seq
+        };
+        if seq < min_seq {
+            continue;
+        }
+        let key = match key {
+            StoredKey::Record => CellKey::Record,
+            StoredKey::Field(f) => CellKey::Field(field(f)?),
+            StoredKey::Counter(f, n) => CellKey::Counter(field(f)?, node(n)?),
+            StoredKey::Element(f, e) => CellKey::Element(field(f)?, e.to_vec()),
+        };
+        let value = match value {
+            Some(v) => v,
+            None => read_cell_value(&mut Reader::new(value_bytes), value_kind)?,
         };
         cells.push(Cell {
             key,
@@ -309,7 +371,7 @@ pub fn decode(
             "trailing bytes after record body".to_owned(),
         ));
     }
-    RecordState::from_cells(cells).map_err(DecodeError::Malformed)
+    Ok(cells)
 }
 
 #[cfg(test)]
@@ -365,6 +427,75 @@ mod tests {
             );
             assert_eq!(out, encode(r, seq, &mut nodes, &mut fields));
             assert_eq!(&decode(&out, seq, &nodes, &fields).unwrap(), r);
+        }
+    }
+
+    proptest::proptest! {
+        /// A partial decode is the full one filtered by seq, whatever the cells: kinds,
+        /// values, versions shared with the cell before (SAME_VERSION across skipped cells),
+        /// earlier versions, seqs.
+        #[test]
+        fn decode_since_is_decode_filtered(
+            cells in proptest::collection::btree_map(
+                (0u8..4, 0u8..4, 0u8..3),
+                (
+                    0u8..4,
+                    crate::codec::value::tests::arb_value(),
+                    0u64..3,
+                    proptest::option::of(0u64..3),
+                    1u64..6,
+                ),
+                1..12,
+            ),
+        ) {
+            let versions: Vec<Version> = (0..3)
+                .map(|i| Version { hlc: Hlc::new(100 + i, 0), node: NodeId([i as u8 + 1; 16]) })
+                .collect();
+            let cells: Vec<Cell> = cells
+                .into_iter()
+                .map(|((kind, f, e), (vk, v, ver, prev, seq))| {
+                    let field: crate::crdt::FieldName = format!("f{f}").as_str().into();
+                    let key = match kind {
+                        0 => CellKey::Record,
+                        1 => CellKey::Field(field),
+                        2 => CellKey::Counter(field, NodeId([e + 1; 16])),
+                        _ => CellKey::Element(field, crate::codec::value::to_bytes(&Value::Int(e.into()))),
+                    };
+                    let value = match vk {
+                        0 => CellValue::Value(v),
+                        1 => CellValue::Absent,
+                        2 => CellValue::Present,
+                        _ => CellValue::Count(i64::from(e) - 1),
+                    };
+                    Cell {
+                        key,
+                        value,
+                        version: versions[ver as usize],
+                        prev: prev.map(|p| versions[p as usize]),
+                        seq: Seq(seq),
+                    }
+                })
+                .collect();
+            // Several generated keys map to one cell key (the record cell, a field): keep one.
+            let mut cells = cells;
+            cells.sort_by(|a, b| a.key.cmp(&b.key));
+            cells.dedup_by(|a, b| a.key == b.key);
+            let state = RecordState::from_cells(cells).unwrap();
+            let (mut nodes, mut fields) = (NodeTable::default(), FieldTable::default());
+            let row_seq = state.max_seq();
+            let bytes = encode(&state, row_seq, &mut nodes, &mut fields);
+            let all = decode(&bytes, row_seq, &nodes, &fields).unwrap();
+            proptest::prop_assert_eq!(&all, &state);
+            for min in 0..8 {
+                let want: Vec<Cell> = all
+                    .cells()
+                    .iter()
+                    .filter(|c| c.seq >= Seq(min))
+                    .cloned()
+                    .collect();
+                let got = decode_since(&bytes, row_seq, Seq(min), &nodes, &fields).unwrap();
+                proptest::prop_assert_eq!(got, want);
+            }
         }
     }
 }

@@ -280,8 +280,13 @@ fn changes_since_in(
                             return Err(missing());
                         };
                         let bytes = row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?;
-                        body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?
-                            .into_cells()
+                        body::decode_since(
+                            bytes,
+                            Seq(rseq as u64),
+                            seq,
+                            &inner.nodes,
+                            &inner.fields,
+                        )?
                     }
                     Some(b) => {
                         let mut r = b.query(params![coll, &id[..]])?;
@@ -290,8 +295,13 @@ fn changes_since_in(
                         };
                         let rseq: i64 = r.get(0)?;
                         let bytes = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-                        body::decode(bytes, Seq(rseq as u64), &inner.nodes, &inner.fields)?
-                            .into_cells()
+                        body::decode_since(
+                            bytes,
+                            Seq(rseq as u64),
+                            seq,
+                            &inner.nodes,
+                            &inner.fields,
+                        )?
                     }
                 }
             }
