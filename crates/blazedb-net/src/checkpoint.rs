@@ -8,6 +8,8 @@
 //! checkpoint copies about [`CHECKPOINT_FRAMES_WORTHWHILE`] frames: a checkpoint's fsyncs
 //! cost the same for one frame as for hundreds, and a process with many databases (a test
 //! of 1,000 clients: 84 threads spent 12 s of CPU in 16 s on them) pays them per file.
+//! Every wait is jittered ([`CHECKPOINT_JITTER_PERCENT`]), so the checkpointers of files
+//! opened together do not all fsync at once.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,7 +17,9 @@ use std::time::Duration;
 use blazedb::Database;
 use tokio::task::JoinHandle;
 
-use crate::limits::{CHECKPOINT_BACKOFF_MAX, CHECKPOINT_FRAMES_WORTHWHILE};
+use crate::limits::{
+    CHECKPOINT_BACKOFF_MAX, CHECKPOINT_FRAMES_WORTHWHILE, CHECKPOINT_JITTER_PERCENT,
+};
 
 /// A running checkpointer; dropping it stops it.
 #[derive(Debug)]
@@ -50,7 +54,7 @@ pub fn spawn_checkpointer(db: Arc<Database>, interval: Duration) -> Checkpointer
 async fn run(db: Weak<Database>, interval: Duration) {
     let mut wait = Backoff::new(interval);
     loop {
-        tokio::time::sleep(wait.current).await;
+        tokio::time::sleep(jittered(wait.current, rand::random())).await;
         let Some(db) = db.upgrade() else {
             return;
         };
@@ -63,6 +67,13 @@ async fn run(db: Weak<Database>, interval: Duration) {
             .map_or(0, |c| c.checkpointed_frames);
         wait.after(copied);
     }
+}
+
+/// `d` made longer or shorter by `random`'s share of up to `CHECKPOINT_JITTER_PERCENT`.
+fn jittered(d: Duration, random: u64) -> Duration {
+    let j = u64::from(CHECKPOINT_JITTER_PERCENT.min(100));
+    let percent = 100 - j + random % (2 * j + 1);
+    d * percent as u32 / 100
 }
 
 /// The wait before the next checkpoint: `interval` while checkpoints are worthwhile, up to
@@ -119,6 +130,22 @@ mod tests {
             "the checkpointer keeps the database open"
         );
         drop(checkpointer);
+    }
+
+    #[test]
+    fn waits_are_jittered_both_ways() {
+        let d = Duration::from_millis(1_000);
+        let j = u64::from(CHECKPOINT_JITTER_PERCENT);
+        let all: Vec<Duration> = (0..=2 * j).map(|r| jittered(d, r)).collect();
+        let pct = |p: u64| d * p as u32 / 100;
+        assert_eq!(all.iter().min(), Some(&pct(100 - j)));
+        assert_eq!(all.iter().max(), Some(&pct(100 + j)));
+        assert!(all.contains(&d));
+        // Any random number lands in the range.
+        for r in [u64::MAX, 12_345, 2 * j + 1] {
+            let w = jittered(d, r);
+            assert!(w >= pct(100 - j) && w <= pct(100 + j), "{w:?}");
+        }
     }
 
     #[test]
