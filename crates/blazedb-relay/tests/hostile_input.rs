@@ -15,8 +15,8 @@ use blazedb_net::ws::{WS_EMPTY_MESSAGES_BURST, WS_MESSAGE_BYTES_MAX};
 use common::{
     connect_ws, http, open, sessions_closed, wait_until, within, Client, TestRelay, TOKEN,
 };
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 /// Send `msgs` on a fresh connection and return the error code of the relay's ERROR frame
 /// (`None` if the connection closed without one).
@@ -28,6 +28,15 @@ async fn send_hostile(relay: &TestRelay, msgs: Vec<WsMessage>) -> Option<ErrorCo
             break;
         }
     }
+    error_code(&mut ws).await
+}
+
+/// Read until the connection closes; the error code of the ERROR frame the relay sent
+/// (`None` if it sent none).
+async fn error_code<S>(ws: &mut S) -> Option<ErrorCode>
+where
+    S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
     let mut dec = FrameDecoder::default();
     let mut code = None;
     within(Duration::from_secs(10), async {
@@ -149,25 +158,7 @@ async fn a_flooder_still_sending_reads_its_error() {
             }
             sent
         });
-        let mut dec = FrameDecoder::default();
-        let mut code = None;
-        within(Duration::from_secs(10), async {
-            while let Some(Ok(m)) = rx.next().await {
-                if let WsMessage::Binary(b) = m {
-                    dec.push(&b);
-                    while let Some(f) = dec.next_frame().expect("the relay's frames decode") {
-                        if f.kind == kind::ERROR {
-                            if let Message::Error { code: c, .. } =
-                                decode_simple(f.kind, &f.payload).unwrap()
-                            {
-                                code = Some(c);
-                            }
-                        }
-                    }
-                }
-            }
-        })
-        .await;
+        let code = error_code(&mut rx).await;
         let sent = within(Duration::from_secs(10), flooder).await.unwrap();
         assert!(sent > WS_EMPTY_MESSAGES_BURST, "round {round}: sent {sent}");
         assert_eq!(code, Some(ErrorCode::RateLimited), "round {round}");

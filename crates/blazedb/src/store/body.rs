@@ -205,21 +205,8 @@ pub fn decode(
     nodes: &NodeTable,
     fields: &FieldTable,
 ) -> Result<RecordState, DecodeError> {
-    let cells = decode_cells(bytes, row_seq, Seq(0), nodes, fields)?;
+    let cells = decode_since(bytes, row_seq, Seq(0), nodes, fields)?;
     RecordState::from_cells(cells).map_err(DecodeError::Malformed)
-}
-
-/// Decode only the cells stored at `min_seq` or later, in stored order: what a feed reader
-/// needs from a record of which one field changed. The other cells are stepped over without
-/// building their keys or values; the body's structure is checked all the same.
-pub fn decode_since(
-    bytes: &[u8],
-    row_seq: Seq,
-    min_seq: Seq,
-    nodes: &NodeTable,
-    fields: &FieldTable,
-) -> Result<Vec<Cell>, DecodeError> {
-    decode_cells(bytes, row_seq, min_seq, nodes, fields)
 }
 
 /// A cell value of the kind its flags give (bits 2-3).
@@ -240,7 +227,11 @@ enum StoredKey<'a> {
     Element(u64, &'a [u8]),
 }
 
-fn decode_cells(
+/// Decode only the cells stored at `min_seq` or later, in stored order: what a feed reader
+/// needs from a record of which one field changed. The other cells are stepped over without
+/// building their keys or values; the body's structure is checked all the same. With
+/// `min_seq` 0 it decodes every cell (see [`decode`]).
+pub fn decode_since(
     bytes: &[u8],
     row_seq: Seq,
     min_seq: Seq,

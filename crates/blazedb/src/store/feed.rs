@@ -274,19 +274,16 @@ fn changes_since_in(
                         "feed row {seq} names a record that is not stored"
                     )))
                 };
+                let decode = |rseq: i64, bytes: &[u8]| {
+                    body::decode_since(bytes, Seq(rseq as u64), seq, &inner.nodes, &inner.fields)
+                };
                 match body_stmt.as_mut() {
                     None => {
                         let Some(rseq) = row.get::<_, Option<i64>>(4)? else {
                             return Err(missing());
                         };
                         let bytes = row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?;
-                        body::decode_since(
-                            bytes,
-                            Seq(rseq as u64),
-                            seq,
-                            &inner.nodes,
-                            &inner.fields,
-                        )?
+                        decode(rseq, bytes)?
                     }
                     Some(b) => {
                         let mut r = b.query(params![coll, &id[..]])?;
@@ -295,13 +292,7 @@ fn changes_since_in(
                         };
                         let rseq: i64 = r.get(0)?;
                         let bytes = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-                        body::decode_since(
-                            bytes,
-                            Seq(rseq as u64),
-                            seq,
-                            &inner.nodes,
-                            &inner.fields,
-                        )?
+                        decode(rseq, bytes)?
                     }
                 }
             }
