@@ -546,12 +546,22 @@ impl Inner {
             return Ok(());
         }
         self.record_cache.clear();
-        self.nodes = NodeTable::load(&self.conn)?;
-        self.fields = FieldTable::load(&self.conn)?;
+        if self.data_version < 0 {
+            // After a rollback: entries this handle flushed may be gone from the file.
+            self.nodes = NodeTable::load(&self.conn)?;
+            self.fields = FieldTable::load(&self.conn)?;
+        } else {
+            // Another connection committed: at most it added entries (a relay's node table
+            // holds one per client; this runs after every checkpoint).
+            self.nodes.load_new(&self.conn)?;
+            self.fields.load_new(&self.conn)?;
+        }
         self.collections.clear();
         self.collection_names.clear();
         {
-            let mut stmt = self.conn.prepare("SELECT id, name FROM collections")?;
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, name FROM collections")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
                 let (id, name) = row?;
@@ -561,7 +571,9 @@ impl Inner {
         }
         self.indexes.clear();
         {
-            let mut stmt = self.conn.prepare("SELECT coll, field FROM indexes")?;
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT coll, field FROM indexes")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
                 let (c, f) = row?;
@@ -570,7 +582,7 @@ impl Inner {
         }
         self.policies.clear();
         {
-            let mut stmt = self.conn.prepare(
+            let mut stmt = self.conn.prepare_cached(
                 "SELECT coll, manual_fields, auto_resolve, server_priority FROM policies",
             )?;
             let rows = stmt.query_map([], |r| {

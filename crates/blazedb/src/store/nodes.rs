@@ -4,7 +4,7 @@
 use std::hash::Hash;
 
 use rusqlite::types::{FromSql, ToSql};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::crdt::FieldName;
 use crate::hash::FastMap;
@@ -81,22 +81,66 @@ impl<K: DictKey> Dictionary<K> {
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, K::Stored>(1)?)))?;
         for row in rows {
             let (idx, stored) = row?;
-            let damaged = || {
-                rusqlite::Error::InvalidColumnType(
-                    0,
-                    format!("{} is damaged", K::TABLE),
-                    rusqlite::types::Type::Blob,
-                )
-            };
-            let key = K::from_stored(stored).ok_or_else(damaged)?;
-            if idx as usize != t.entries.len() {
-                return Err(damaged());
-            }
-            t.index.insert(key.clone(), idx as u64);
-            t.entries.push(key);
+            t.push_loaded(idx, stored)?;
         }
         t.unsaved_from = t.entries.len();
         Ok(t)
+    }
+
+    /// Catch up with entries another connection added since this copy was loaded: the
+    /// tables only ever grow (a number, once given, names its key for good), so only rows
+    /// past the last one known are read. Entries numbered here but never written (a rolled
+    /// back transaction) are dropped first. If the last known entry is no longer in the table
+    /// as it was (the file was replaced), the whole table is read again.
+    pub fn load_new(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.rollback();
+        if let Some(last) = self.entries.last() {
+            let stored: Option<K::Stored> = conn
+                .prepare_cached(&format!(
+                    "SELECT {} FROM {} WHERE idx = ?1",
+                    K::COLUMN,
+                    K::TABLE
+                ))?
+                .query_row([self.entries.len() as i64 - 1], |r| r.get(0))
+                .optional()?;
+            if stored.and_then(K::from_stored).as_ref() != Some(last) {
+                *self = Dictionary::load(conn)?;
+                return Ok(());
+            }
+        }
+        let sql = format!(
+            "SELECT idx, {} FROM {} WHERE idx >= ?1 ORDER BY idx",
+            K::COLUMN,
+            K::TABLE
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([self.entries.len() as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, K::Stored>(1)?))
+        })?;
+        for row in rows {
+            let (idx, stored) = row?;
+            self.push_loaded(idx, stored)?;
+        }
+        self.unsaved_from = self.entries.len();
+        Ok(())
+    }
+
+    /// Append a row read from the table, which must be the next number.
+    fn push_loaded(&mut self, idx: i64, stored: K::Stored) -> rusqlite::Result<()> {
+        let damaged = || {
+            rusqlite::Error::InvalidColumnType(
+                0,
+                format!("{} is damaged", K::TABLE),
+                rusqlite::types::Type::Blob,
+            )
+        };
+        let key = K::from_stored(stored).ok_or_else(damaged)?;
+        if idx as usize != self.entries.len() {
+            return Err(damaged());
+        }
+        self.index.insert(key.clone(), idx as u64);
+        self.entries.push(key);
+        Ok(())
     }
 
     /// The local number of a key, assigning one if new.
