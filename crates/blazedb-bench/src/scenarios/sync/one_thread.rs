@@ -3,8 +3,9 @@
 //!
 //! `sync_latency` runs the sessions on a two-worker runtime and commits from the benchmark's
 //! own thread, as an application with a thread pool would: each hop from one thread to an idle
-//! one costs an OS wake-up, 40–50 µs on the development VM (its `channel_round_trip_p50_us`),
-//! and the path has at least two. Here the same `run_session` tasks over the same in-process
+//! one costs an OS wake-up, 20–50 µs on the development VM (half its
+//! `channel_round_trip_p50_us`), and the path has at least one (A's session waking on a
+//! worker). Here the same `run_session` tasks over the same in-process
 //! pipe run on a current-thread runtime, driven by the thread that commits on A, as an
 //! application with a single-threaded event loop would run them: A's commit schedules A's
 //! session without waking anything, and the change reaches B's commit without leaving the
