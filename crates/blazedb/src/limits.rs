@@ -112,8 +112,10 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 4096;
 pub const PING_INTERVAL_MS_DEFAULT: u64 = 5_000;
 /// Close a session that received nothing for this long (a dead peer is detected within it).
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
-/// Persist the acknowledged cursor at most this often (it is advisory; the receiver's own
-/// cursor decides where sync resumes).
+/// Store cursors without a unit of their own at most this often: a session's received
+/// cursor moved by CAUGHT_UP alone, and the acknowledged cursors every session of a handle
+/// notes, stored together once the oldest has waited this long (`store/acked_cursors.rs`).
+/// Both are advisory for where sync resumes: a crash repeats at most this much, idempotently.
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 1_000;
 
 /// How long `Database::last_seq` trusts its cached feed head before asking SQLite whether

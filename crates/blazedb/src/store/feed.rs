@@ -346,7 +346,7 @@ pub(crate) fn peer_note_key(peer: NodeId, name: &str) -> String {
 }
 
 /// Which way a peer cursor points.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PeerDirection {
     /// How far we have applied the peer's feed.
     Received,
@@ -541,6 +541,10 @@ impl Database {
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
         let now = self.now_ms();
+        if cursor.is_some() {
+            // The unit stores the received cursor with its data: a note is older.
+            self.noted_cursors().forget(from, PeerDirection::Received);
+        }
         // The clock check needs no read of the file.
         let inner = self.lock_bare();
         // Check clocks before touching anything: a timestamp from the far future is refused,
@@ -675,6 +679,9 @@ impl Database {
     /// How far this node has received (`Received`) or sent and seen acknowledged (`Acked`)
     /// the feed of / to `peer`.
     pub fn peer_cursor(&self, peer: NodeId, direction: PeerDirection) -> Result<Seq> {
+        if let Some(noted) = self.noted_cursors().get(peer, direction) {
+            return Ok(noted);
+        }
         let inner = self.lock()?;
         let cursor = inner
             .conn
@@ -686,17 +693,68 @@ impl Database {
         Ok(cursor.map_or(Seq(0), |c| Seq(c as u64)))
     }
 
-    /// Record a cursor (for `Acked`, after the peer acknowledged).
+    /// Record a cursor, now (a cursor noted by [`Database::note_peer_cursor`] and not yet
+    /// stored is replaced).
     pub fn set_peer_cursor(
         &self,
         peer: NodeId,
         direction: PeerDirection,
         cursor: Seq,
     ) -> Result<()> {
+        self.noted_cursors().forget(peer, direction);
         let now = self.now_ms();
         let mut inner = self.lock_write()?;
         inner.set_peer_cursor(peer, direction, cursor, now)?;
         Ok(inner.commit()?)
+    }
+
+    /// Note how far `peer` acknowledged our feed (`Acked`) or we have read its feed
+    /// (`Received`). Noted cursors are stored together, in one transaction, once the oldest
+    /// has waited [`ACK_PERSIST_INTERVAL_MS`](crate::limits::ACK_PERSIST_INTERVAL_MS)
+    /// (checked here), by [`Database::store_noted_cursors`], before GC, and when the handle
+    /// is dropped; this handle's [`Database::peer_cursor`] and [`Database::peers`] see them
+    /// at once. For cursors that may be stored late (both are advisory for where sync
+    /// resumes): with many sessions, a write per session cost a relay a commit per client
+    /// per second (see `noted_cursors.rs`).
+    pub fn note_peer_cursor(
+        &self,
+        peer: NodeId,
+        direction: PeerDirection,
+        cursor: Seq,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        let due = {
+            let mut noted = self.noted_cursors();
+            noted.note(peer, direction, cursor, now);
+            noted.due(now, crate::limits::ACK_PERSIST_INTERVAL_MS)
+        };
+        if due {
+            self.store_noted_cursors()?;
+        }
+        Ok(())
+    }
+
+    /// Store every cursor noted by [`Database::note_peer_cursor`], now, in one transaction.
+    /// On failure they stay noted, for the next try.
+    pub fn store_noted_cursors(&self) -> Result<()> {
+        // Held through the write: see the lock order in `noted_cursors.rs`.
+        let mut noted = self.noted_cursors();
+        if noted.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.lock_write()?;
+        for (peer, direction, cursor, noted_ms) in noted.entries() {
+            inner.set_peer_cursor(peer, direction, cursor, noted_ms)?;
+        }
+        inner.commit()?;
+        noted.clear();
+        Ok(())
+    }
+
+    pub(super) fn noted_cursors(
+        &self,
+    ) -> std::sync::MutexGuard<'_, super::noted_cursors::NotedCursors> {
+        self.noted_cursors.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A small per-peer note kept with the sync state (e.g. the view a sender last served the
@@ -734,6 +792,11 @@ impl Database {
 
     /// Every known peer with its cursors and last contact.
     pub fn peers(&self) -> Result<Vec<PeerInfo>> {
+        // Noted first (not under the handle's lock, see `acked_cursors.rs`): a cursor
+        // stored in between is then read from the file, newer or the same.
+        let mut noted: Vec<(NodeId, PeerDirection, Seq, u64)> =
+            self.noted_cursors().entries().collect();
+        noted.sort_unstable_by_key(|(p, _, _, _)| *p);
         let inner = self.lock()?;
         let mut stmt = inner.conn.prepare(
             "SELECT node, direction, cursor, last_contact_ms FROM peers
@@ -763,6 +826,31 @@ impl Database {
                 _ => p.acked = cursor,
             }
             p.last_contact_ms = p.last_contact_ms.max(last);
+        }
+        drop(rows);
+        drop(stmt);
+        drop(inner);
+        for (node, direction, cursor, at) in noted {
+            let i = match out.binary_search_by(|p| p.node.cmp(&node)) {
+                Ok(i) => i,
+                Err(i) => {
+                    out.insert(
+                        i,
+                        PeerInfo {
+                            node,
+                            received: Seq(0),
+                            acked: Seq(0),
+                            last_contact_ms: 0,
+                        },
+                    );
+                    i
+                }
+            };
+            match direction {
+                PeerDirection::Received => out[i].received = cursor,
+                PeerDirection::Acked => out[i].acked = cursor,
+            }
+            out[i].last_contact_ms = out[i].last_contact_ms.max(at);
         }
         Ok(out)
     }

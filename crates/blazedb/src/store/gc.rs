@@ -139,6 +139,8 @@ impl Database {
     /// that counts has seen (see the module docs), in one transaction; then compact history
     /// under the configured retention.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        // The horizon comes from the stored acknowledged cursors: store the noted ones.
+        self.store_noted_cursors()?;
         let now = self.now_ms();
         // `write_tx` begins the write transaction and checks the file inside it.
         let mut inner = self.lock_bare();
@@ -158,6 +160,7 @@ impl Database {
     /// Drop a peer's cursors so GC no longer waits for it. Returns false if it was unknown.
     /// If it syncs again it starts from nothing (and gets a snapshot when GC has run).
     pub fn forget_peer(&self, node: NodeId) -> Result<bool> {
+        self.noted_cursors().forget_peer(node);
         // One transaction: the peer goes entirely or not at all.
         let mut inner = self.lock_write()?;
         let n = inner

@@ -14,6 +14,7 @@ mod history;
 mod index;
 mod maintenance;
 mod nodes;
+mod noted_cursors;
 mod open;
 mod read;
 mod record_cache;
@@ -144,6 +145,15 @@ pub struct Database {
     pub(crate) watchers: Registry,
     server_role: std::sync::atomic::AtomicBool,
     commit_listeners: Mutex<Vec<(u64, CommitListener)>>,
+    /// Peer cursors noted by sessions, stored together (see `noted_cursors.rs`).
+    noted_cursors: Mutex<noted_cursors::NotedCursors>,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // Best effort: a cursor not stored only makes the next session repeat a little.
+        let _ = self.store_noted_cursors();
+    }
 }
 
 /// Called after every commit that changed something (local or applied from a peer).
@@ -243,6 +253,7 @@ impl Database {
             watchers: Registry::default(),
             server_role: std::sync::atomic::AtomicBool::new(false),
             commit_listeners: Mutex::new(Vec::new()),
+            noted_cursors: Mutex::default(),
         })
     }
 

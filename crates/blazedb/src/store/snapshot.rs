@@ -306,6 +306,8 @@ impl Database {
         acked: Seq,
     ) -> Result<SnapshotApplied> {
         self.check_snapshot_source(peer)?;
+        // The snapshot stores the received cursor with its data: a note is older.
+        self.noted_cursors().forget(peer, PeerDirection::Received);
         let mut applied = SnapshotApplied::default();
         let mut evicted_events: Vec<Event> = Vec::new();
         let watched = self.watchers.is_watched();

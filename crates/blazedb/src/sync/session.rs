@@ -40,10 +40,10 @@ use super::message::{self, caps, kind, Dict, ErrorCode, Hello, Message, Snapshot
 use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
-    ACK_PERSIST_INTERVAL_MS, BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION,
-    SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS,
-    TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
+    BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT, LAGGING_PAGE_BATCHES_MAX,
+    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
+    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS,
+    WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
 use crate::store::{
@@ -272,8 +272,8 @@ pub struct Session {
     /// Frames of the current unit went out and its last frame has not.
     unit_open: bool,
     acked: Seq,
-    acked_persisted: Seq,
-    acked_persisted_ms: u64,
+    /// The last acknowledged cursor handed to `Database::note_acked_cursor`.
+    acked_noted: Seq,
     caught_up_sent: Option<Seq>,
     // Receiving the peer's feed.
     subscribed: bool,
@@ -293,10 +293,10 @@ pub struct Session {
     /// A CAUGHT_UP that came after the units waiting in `group`, handled after them.
     caught_up_after_group: Option<Seq>,
     received_through: Seq,
-    /// `received_through` as last stored. A CAUGHT_UP that only moves the position is
-    /// stored lazily (see `persist_received`); units store theirs with their data.
+    /// `received_through` as last stored or noted. A CAUGHT_UP that only moves the position
+    /// is noted, and stored with the other noted cursors (see `persist_received`); units
+    /// store theirs with their data.
     received_persisted: Seq,
-    received_persisted_ms: u64,
     peer_caught_up: Option<Seq>,
     /// Subscriptions sent in this session (a policy change sends another).
     subscriptions_sent: u32,
@@ -376,8 +376,7 @@ impl Session {
             page_cells: 0,
             unit_open: false,
             acked: Seq(0),
-            acked_persisted: Seq(0),
-            acked_persisted_ms: now_ms,
+            acked_noted: Seq(0),
             caught_up_sent: None,
             subscribed: false,
             staged: Vec::new(),
@@ -390,7 +389,6 @@ impl Session {
             caught_up_after_group: None,
             received_through: Seq(0),
             received_persisted: Seq(0),
-            received_persisted_ms: now_ms,
             peer_caught_up: None,
             subscriptions_sent: 0,
             restarting: false,
@@ -603,8 +601,8 @@ impl Session {
             (_, Message::Error { code, message }) => {
                 // The peer's goodbye: keep what it acknowledged (GC and `is_caught_up`
                 // on the next session rely on it).
-                self.persist_acked(now_ms, db, true);
-                let _ = self.persist_received(now_ms, db, true);
+                self.persist_acked(db, true);
+                let _ = self.persist_received(db, true);
                 self.state = State::Closed;
                 let e = SyncError {
                     code,
@@ -700,7 +698,7 @@ impl Session {
                     self.set_evicts_note(db, None)
                         .map_err(|e| self.internal(e, now_ms))?;
                 }
-                self.persist_acked(now_ms, db, false);
+                self.persist_acked(db, false);
                 if self.snap_out.is_none() {
                     if let (Some(view), Some(peer)) =
                         (self.view_pending.take(), self.peer.as_ref().map(|p| p.node))
@@ -1358,7 +1356,6 @@ impl Session {
                 self.stats.cells_applied += applied.cells_applied;
                 self.received_through = si.position;
                 self.received_persisted = si.position;
-                self.received_persisted_ms = now_ms;
                 self.snap_scope = self.cfg.policy.collections.clone();
                 self.send(&Message::Ack { seq: si.position }, now_ms);
                 self.events.push_back(SessionEvent::Applied {
@@ -1479,12 +1476,12 @@ impl Session {
         self.peer_caught_up = Some(seq);
         if !self.unit_in_progress() && seq > self.received_through {
             // Everything between was skipped by the sender (it came from us): remember the
-            // position so a reconnect does not rescan it. Not a write per CAUGHT_UP: stored
-            // at most every ACK_PERSIST_INTERVAL_MS, with the next unit, or on close. Storing
-            // it late is safe: what a reconnect receives again is skipped or applied
-            // idempotently.
+            // position so a reconnect does not rescan it. Not a write per CAUGHT_UP: noted,
+            // and stored with the handle's other noted cursors (at most every
+            // ACK_PERSIST_INTERVAL_MS), with the next unit, or on close. Storing it late is
+            // safe: what a reconnect receives again is skipped or applied idempotently.
             self.received_through = seq;
-            self.persist_received(now_ms, db, false)
+            self.persist_received(db, false)
                 .map_err(|e| self.internal(e, now_ms))?;
         }
         Ok(())
@@ -1570,7 +1567,6 @@ impl Session {
                 self.received_through = end;
                 // The cursor was stored with the unit.
                 self.received_persisted = end;
-                self.received_persisted_ms = now_ms;
                 if !outcome.rejected.is_empty() {
                     self.stats.changes_refused += outcome.rejected.len() as u64;
                     if self.refused.len() + outcome.rejected.len() > REFUSED_REMEMBERED_MAX {
@@ -2052,8 +2048,8 @@ impl Session {
                 now_ms,
             );
         }
-        self.persist_acked(now_ms, db, false);
-        let _ = self.persist_received(now_ms, db, false);
+        self.persist_acked(db, false);
+        let _ = self.persist_received(db, false);
     }
 
     /// Whether a local commit may wait for the ACK this session is waiting for: it holds
@@ -2103,18 +2099,18 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
-        self.persist_acked(now_ms, db, true);
-        let _ = self.persist_received(now_ms, db, true);
+        self.persist_acked(db, true);
+        let _ = self.persist_received(db, true);
         let _ = self.fail(code, message.to_owned(), now_ms);
     }
 
     /// The transport went away: mark closed without sending anything.
-    pub fn transport_closed(&mut self, now_ms: u64, db: &Database) {
+    pub fn transport_closed(&mut self, _now_ms: u64, db: &Database) {
         if self.state == State::Closed {
             return;
         }
-        self.persist_acked(now_ms, db, true);
-        let _ = self.persist_received(now_ms, db, true);
+        self.persist_acked(db, true);
+        let _ = self.persist_received(db, true);
         self.state = State::Closed;
         self.events.push_back(SessionEvent::Closed(SyncError {
             code: ErrorCode::Timeout,
@@ -2123,34 +2119,38 @@ impl Session {
         }));
     }
 
-    fn persist_acked(&mut self, now_ms: u64, db: &Database, force: bool) {
+    /// Note the acknowledged cursor with the database, which stores the cursors of all its
+    /// sessions together (`Database::note_peer_cursor`); `force` (the session ends) stores
+    /// them now.
+    fn persist_acked(&mut self, db: &Database, force: bool) {
         let Some(peer) = self.peer.as_ref().map(|p| p.node) else {
             return;
         };
-        if self.acked > self.acked_persisted
-            && (force || now_ms.saturating_sub(self.acked_persisted_ms) >= ACK_PERSIST_INTERVAL_MS)
+        if self.acked > self.acked_noted
             && db
-                .set_peer_cursor(peer, PeerDirection::Acked, self.acked)
+                .note_peer_cursor(peer, PeerDirection::Acked, self.acked)
                 .is_ok()
         {
-            self.acked_persisted = self.acked;
-            self.acked_persisted_ms = now_ms;
+            self.acked_noted = self.acked;
+        }
+        if force {
+            let _ = db.store_noted_cursors();
         }
     }
 
-    /// Store `received_through` when it moved without a unit (CAUGHT_UP only), at most every
-    /// `ACK_PERSIST_INTERVAL_MS` unless `force`d.
-    fn persist_received(&mut self, now_ms: u64, db: &Database, force: bool) -> Result<(), Error> {
+    /// Note `received_through` when it moved without a unit (CAUGHT_UP only): the database
+    /// stores it with the other noted cursors (`Database::note_peer_cursor`); `force` (the
+    /// session ends) stores them now.
+    fn persist_received(&mut self, db: &Database, force: bool) -> Result<(), Error> {
         let Some(peer) = self.peer.as_ref().map(|p| p.node) else {
             return Ok(());
         };
-        if self.received_through > self.received_persisted
-            && (force
-                || now_ms.saturating_sub(self.received_persisted_ms) >= ACK_PERSIST_INTERVAL_MS)
-        {
-            db.set_peer_cursor(peer, PeerDirection::Received, self.received_through)?;
+        if self.received_through > self.received_persisted {
+            db.note_peer_cursor(peer, PeerDirection::Received, self.received_through)?;
             self.received_persisted = self.received_through;
-            self.received_persisted_ms = now_ms;
+        }
+        if force {
+            db.store_noted_cursors()?;
         }
         Ok(())
     }
