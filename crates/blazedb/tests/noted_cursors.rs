@@ -5,11 +5,13 @@
 //! a note. A second handle on the same file (another connection, as another process would
 //! have) shows what the file holds.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blazedb::limits::ACK_PERSIST_INTERVAL_MS;
-use blazedb::sync::SessionConfig;
+use blazedb::sync::{Session, SessionConfig};
 use blazedb::{Database, GcOptions, NodeId, OpenOptions, PeerDirection, Seq};
 
 const T0: u64 = 1_700_000_000_000;
@@ -177,22 +179,9 @@ fn a_session_that_ends_stores_what_its_peer_acknowledged() {
     for i in 0..20 {
         a.insert("notes", [("n", i as i64)]).unwrap();
     }
-    let mut sa = blazedb::sync::Session::new(&a, SessionConfig::default(), 0).unwrap();
-    let mut sb = blazedb::sync::Session::new(&b, SessionConfig::default(), 0).unwrap();
-    for _ in 0..50 {
-        let mut moved = false;
-        while let Some(f) = sa.poll_transmit(0, &a) {
-            sb.handle_bytes(0, &f, &b).unwrap();
-            moved = true;
-        }
-        while let Some(f) = sb.poll_transmit(0, &b) {
-            sa.handle_bytes(0, &f, &a).unwrap();
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
+    let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    common::pump(&a, &mut sa, &b, &mut sb);
     assert_eq!(b.count("notes").unwrap(), 20);
     let head = a.last_seq().unwrap();
     assert_eq!(
