@@ -4,8 +4,8 @@
 //! how far it has read the peer's (when no unit carried the cursor with its data). Stored by
 //! each session in transactions of its own (at most once a second per session and
 //! direction, as they were), a relay with 1,000 clients committed about 2,000 times a second
-//! for this bookkeeping: perf gave the relay ~12% less CPU in the `net_latency_1000`
-//! benchmark without those writes (2026-12-04). Both cursors are advisory for where sync
+//! for this bookkeeping: stored together, the relay's CPU in the `net_latency_1000`
+//! benchmark fell ~10% (perf, 2026-12-04; ~12% with no such writes at all). Both cursors are advisory for where sync
 //! resumes: a received cursor that is behind makes the peer send some changes again, which
 //! apply as no-ops; an acknowledged cursor that is behind makes GC keep metadata longer. So
 //! sessions note them here, and one transaction stores every noted cursor once the oldest
