@@ -16,7 +16,13 @@
 //! blazedb put bugs.db bugs '{"title": "Crash", "priority": 5}'
 //! blazedb query bugs.db bugs --where 'priority >= 5' --order-by title
 //! ```
-
+// The doc comments of the command-line types are clap's help text, written for a terminal
+// (`<base64>`, `[collection]`, bare URLs), not for rustdoc.
+#![allow(
+    rustdoc::invalid_html_tags,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::bare_urls
+)]
 #![forbid(unsafe_code)]
 
 mod cli;

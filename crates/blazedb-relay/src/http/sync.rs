@@ -3,7 +3,7 @@
 //! In order: the `Origin` allow-list (`403`), authentication (`401`, JSON body: nothing else
 //! happens for an unauthenticated client), the WebSocket handshake headers (`426` / `400`),
 //! then `101 Switching Protocols`. The upgraded connection becomes a
-//! [`WsStream`](blazedb_net::ws::WsStream) with explicit message limits
+//! [`WsStream`] with explicit message limits
 //! ([`websocket_config`]) and runs a session ([`crate::session`]). No extension is
 //! negotiated: permessage-deflate stays off.
 

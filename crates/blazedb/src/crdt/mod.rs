@@ -1,9 +1,10 @@
 //! Merge: the state of one record as a set of versioned cells, and the rules that combine
 //! cells from any number of replicas into the same state whatever the delivery order.
 //!
-//! A record is a sorted list of [`Cell`]s. Every cell has a key, a value and a [`Version`]
-//! `(hlc, node)`; two cells with the same key merge by last-writer-wins under that total order
-//! (equal or older incoming versions are no-ops, so apply is idempotent).
+//! A record is a sorted list of [`Cell`]s. Every cell has a key, a value and a
+//! [`Version`](crate::Version) `(hlc, node)`; two cells with the same key merge by
+//! last-writer-wins under that total order (equal or older incoming versions are no-ops, so
+//! apply is idempotent).
 //!
 //! | key                    | value                   | meaning                               |
 //! |------------------------|-------------------------|---------------------------------------|

@@ -85,7 +85,7 @@ enum WalkEnd {
     Stopped,
 }
 
-/// What a record's history says about a peer's copy of it (see [`Inner::past_visibility`]).
+/// What a record's history says about a peer's copy of it (see `Inner::past_visibility`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PastVisibility {
     /// One of the record's live states from the peer's position on was visible to it: the
