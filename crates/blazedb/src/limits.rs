@@ -114,7 +114,7 @@ pub const PING_INTERVAL_MS_DEFAULT: u64 = 5_000;
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// Store cursors without a unit of their own at most this often: a session's received
 /// cursor moved by CAUGHT_UP alone, and the acknowledged cursors every session of a handle
-/// notes, stored together once the oldest has waited this long (`store/acked_cursors.rs`).
+/// notes, stored together once the oldest has waited this long (`store/noted_cursors.rs`).
 /// Both are advisory for where sync resumes: a crash repeats at most this much, idempotently.
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 1_000;
 

@@ -792,7 +792,7 @@ impl Database {
 
     /// Every known peer with its cursors and last contact.
     pub fn peers(&self) -> Result<Vec<PeerInfo>> {
-        // Noted first (not under the handle's lock, see `acked_cursors.rs`): a cursor
+        // Noted first (not under the handle's lock, see `noted_cursors.rs`): a cursor
         // stored in between is then read from the file, newer or the same.
         let mut noted: Vec<(NodeId, PeerDirection, Seq, u64)> =
             self.noted_cursors().entries().collect();

@@ -272,7 +272,7 @@ pub struct Session {
     /// Frames of the current unit went out and its last frame has not.
     unit_open: bool,
     acked: Seq,
-    /// The last acknowledged cursor handed to `Database::note_acked_cursor`.
+    /// The last acknowledged cursor handed to `Database::note_peer_cursor`.
     acked_noted: Seq,
     caught_up_sent: Option<Seq>,
     // Receiving the peer's feed.
@@ -294,9 +294,9 @@ pub struct Session {
     caught_up_after_group: Option<Seq>,
     received_through: Seq,
     /// `received_through` as last stored or noted. A CAUGHT_UP that only moves the position
-    /// is noted, and stored with the other noted cursors (see `persist_received`); units
-    /// store theirs with their data.
-    received_persisted: Seq,
+    /// is noted, and stored with the other noted cursors (see `note_cursors`); units store
+    /// theirs with their data.
+    received_noted: Seq,
     peer_caught_up: Option<Seq>,
     /// Subscriptions sent in this session (a policy change sends another).
     subscriptions_sent: u32,
@@ -388,7 +388,7 @@ impl Session {
             grouping: false,
             caught_up_after_group: None,
             received_through: Seq(0),
-            received_persisted: Seq(0),
+            received_noted: Seq(0),
             peer_caught_up: None,
             subscriptions_sent: 0,
             restarting: false,
@@ -601,8 +601,7 @@ impl Session {
             (_, Message::Error { code, message }) => {
                 // The peer's goodbye: keep what it acknowledged (GC and `is_caught_up`
                 // on the next session rely on it).
-                self.persist_acked(db, true);
-                let _ = self.persist_received(db, true);
+                let _ = self.note_cursors(db, true);
                 self.state = State::Closed;
                 let e = SyncError {
                     code,
@@ -698,7 +697,7 @@ impl Session {
                     self.set_evicts_note(db, None)
                         .map_err(|e| self.internal(e, now_ms))?;
                 }
-                self.persist_acked(db, false);
+                let _ = self.note_cursors(db, false);
                 if self.snap_out.is_none() {
                     if let (Some(view), Some(peer)) =
                         (self.view_pending.take(), self.peer.as_ref().map(|p| p.node))
@@ -814,7 +813,7 @@ impl Session {
                 from = Seq(0);
             }
             self.received_through = from;
-            self.received_persisted = from;
+            self.received_noted = from;
             self.subscribed = true;
             let peer = h.node;
             let h_receives = h.mode.receives();
@@ -1355,7 +1354,7 @@ impl Session {
                 self.stats.evicted += applied.evicted;
                 self.stats.cells_applied += applied.cells_applied;
                 self.received_through = si.position;
-                self.received_persisted = si.position;
+                self.received_noted = si.position;
                 self.snap_scope = self.cfg.policy.collections.clone();
                 self.send(&Message::Ack { seq: si.position }, now_ms);
                 self.events.push_back(SessionEvent::Applied {
@@ -1481,7 +1480,7 @@ impl Session {
             // ACK_PERSIST_INTERVAL_MS), with the next unit, or on close. Storing it late is
             // safe: what a reconnect receives again is skipped or applied idempotently.
             self.received_through = seq;
-            self.persist_received(db, false)
+            self.note_cursors(db, false)
                 .map_err(|e| self.internal(e, now_ms))?;
         }
         Ok(())
@@ -1566,7 +1565,7 @@ impl Session {
                 self.stats.cells_applied += n as u64;
                 self.received_through = end;
                 // The cursor was stored with the unit.
-                self.received_persisted = end;
+                self.received_noted = end;
                 if !outcome.rejected.is_empty() {
                     self.stats.changes_refused += outcome.rejected.len() as u64;
                     if self.refused.len() + outcome.rejected.len() > REFUSED_REMEMBERED_MAX {
@@ -2048,8 +2047,7 @@ impl Session {
                 now_ms,
             );
         }
-        self.persist_acked(db, false);
-        let _ = self.persist_received(db, false);
+        let _ = self.note_cursors(db, false);
     }
 
     /// Whether a local commit may wait for the ACK this session is waiting for: it holds
@@ -2099,8 +2097,7 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
-        self.persist_acked(db, true);
-        let _ = self.persist_received(db, true);
+        let _ = self.note_cursors(db, true);
         let _ = self.fail(code, message.to_owned(), now_ms);
     }
 
@@ -2109,8 +2106,7 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
-        self.persist_acked(db, true);
-        let _ = self.persist_received(db, true);
+        let _ = self.note_cursors(db, true);
         self.state = State::Closed;
         self.events.push_back(SessionEvent::Closed(SyncError {
             code: ErrorCode::Timeout,
@@ -2119,40 +2115,31 @@ impl Session {
         }));
     }
 
-    /// Note the acknowledged cursor with the database, which stores the cursors of all its
-    /// sessions together (`Database::note_peer_cursor`); `force` (the session ends) stores
-    /// them now.
-    fn persist_acked(&mut self, db: &Database, force: bool) {
-        let Some(peer) = self.peer.as_ref().map(|p| p.node) else {
-            return;
-        };
-        if self.acked > self.acked_noted
-            && db
-                .note_peer_cursor(peer, PeerDirection::Acked, self.acked)
-                .is_ok()
-        {
-            self.acked_noted = self.acked;
-        }
-        if force {
-            let _ = db.store_noted_cursors();
-        }
-    }
-
-    /// Note `received_through` when it moved without a unit (CAUGHT_UP only): the database
-    /// stores it with the other noted cursors (`Database::note_peer_cursor`); `force` (the
-    /// session ends) stores them now.
-    fn persist_received(&mut self, db: &Database, force: bool) -> Result<(), Error> {
+    /// Note the cursors that moved without a unit carrying them (the acknowledged one, and
+    /// `received_through` moved by CAUGHT_UP alone) with the database, which stores the
+    /// noted cursors of all its sessions together (`Database::note_peer_cursor`); `force`
+    /// (the session ends) stores them now. Every step is tried; the first error is returned.
+    fn note_cursors(&mut self, db: &Database, force: bool) -> Result<(), Error> {
         let Some(peer) = self.peer.as_ref().map(|p| p.node) else {
             return Ok(());
         };
-        if self.received_through > self.received_persisted {
-            db.note_peer_cursor(peer, PeerDirection::Received, self.received_through)?;
-            self.received_persisted = self.received_through;
+        let mut result = Ok(());
+        if self.acked > self.acked_noted {
+            match db.note_peer_cursor(peer, PeerDirection::Acked, self.acked) {
+                Ok(()) => self.acked_noted = self.acked,
+                Err(e) => result = Err(e),
+            }
+        }
+        if self.received_through > self.received_noted {
+            match db.note_peer_cursor(peer, PeerDirection::Received, self.received_through) {
+                Ok(()) => self.received_noted = self.received_through,
+                Err(e) => result = result.and(Err(e)),
+            }
         }
         if force {
-            db.store_noted_cursors()?;
+            result = result.and(db.store_noted_cursors());
         }
-        Ok(())
+        result
     }
 
     fn send(&mut self, m: &Message, now_ms: u64) {
