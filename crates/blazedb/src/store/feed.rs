@@ -59,6 +59,12 @@ pub struct ApplyOutcome {
     pub applied: usize,
     /// Changes refused by access control (whole transactions).
     pub rejected: Vec<crate::sync::Rejection>,
+    /// The local feed positions `(first, last)` that the unit's own transaction took, when
+    /// it changed anything. Every feed row there came from the sender, so none of them is
+    /// ever sent back to it (a sync session passes over them without reading the feed).
+    /// Writes the apply makes on this node's behalf (restated refusals, server-priority
+    /// values) commit after it, at later positions.
+    pub sender_seqs: Option<(Seq, Seq)>,
 }
 
 /// Records a unit's apply holds in memory before it writes them out (`Tx::spill`): a few
@@ -568,7 +574,7 @@ impl Database {
         let mut reassert: Vec<(String, RecordId, String, Value)> = Vec::new();
         let mut state = UnitApply::default();
         let mut tail = Some(tail);
-        let applied = self.transaction(|tx| {
+        let (applied, sender_seqs) = self.transaction(|tx| {
             // 0 means "written here", so peers are numbered from 1.
             let src = tx.inner.nodes.index(&from) + 1;
             let first_seq = tx.seq;
@@ -612,6 +618,7 @@ impl Database {
                 tx.inner
                     .set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
             }
+            let sender_seqs = (last >= first_seq).then_some((first_seq, last));
             if server {
                 let me = tx.db.node_id();
                 let losers = tx
@@ -643,8 +650,21 @@ impl Database {
                     }
                 }
             }
-            Ok(state.applied)
+            Ok((state.applied, sender_seqs))
         })?;
+        #[cfg(debug_assertions)]
+        if let Some((first, last)) = sender_seqs {
+            // Later commits only ever delete rows at these positions (when they overwrite
+            // cells), so the check holds after the fact: the whole test suite checks it.
+            let mut inner = self.lock()?;
+            let src = inner.nodes.index(&from) + 1;
+            let foreign: i64 = inner.conn.query_row(
+                "SELECT count(*) FROM feed WHERE seq >= ?1 AND seq <= ?2 AND src != ?3",
+                params![first.0 as i64, last.0 as i64, src as i64],
+                |r| r.get(0),
+            )?;
+            debug_assert_eq!(foreign, 0, "a unit's positions hold rows from elsewhere");
+        }
         let rejected = state.rejected;
         if !rejected.is_empty() {
             // Bring the writer back to our version: write our copy again with new versions
@@ -673,7 +693,11 @@ impl Database {
                 Ok(())
             })?;
         }
-        Ok(ApplyOutcome { applied, rejected })
+        Ok(ApplyOutcome {
+            applied,
+            rejected,
+            sender_seqs,
+        })
     }
 
     /// How far this node has received (`Received`) or sent and seen acknowledged (`Acked`)

@@ -1585,6 +1585,9 @@ impl Session {
                         .push_back(SessionEvent::Refused(outcome.rejected));
                 }
                 self.send(&Message::Ack { seq: end }, now_ms);
+                if let Some((first, last)) = outcome.sender_seqs {
+                    self.pass_over_echo(first, last);
+                }
                 self.events.push_back(SessionEvent::Applied {
                     cells: n,
                     through: end,
@@ -1599,6 +1602,29 @@ impl Session {
             }
             Err(e) => Err(self.internal(e, now_ms)),
         }
+    }
+
+    /// The unit just applied took the local feed positions `first..=last`, all of them rows
+    /// from the peer, which are never sent back. When everything before them was sent, move
+    /// past them without reading the feed, and without a CAUGHT_UP for positions that hold
+    /// only the peer's own changes: otherwise every unit applied costs a feed read here, and
+    /// the peer a frame to handle (a relay: one per client per unit). The peer's received
+    /// cursor then stays behind by those positions; a reconnect reads them again and skips
+    /// them, as a send would have.
+    fn pass_over_echo(&mut self, first: Seq, last: Seq) {
+        let all_sent_before = self.peer_from.is_some()
+            && self.snap_out.is_none()
+            && !self.unit_open
+            && self.sent_through >= self.unit_until
+            && self.sent_through.0 + 1 == first.0;
+        if !all_sent_before {
+            return;
+        }
+        if self.caught_up_sent == Some(self.sent_through) {
+            // The peer was told it had everything up to here; what follows is its own.
+            self.caught_up_sent = Some(last);
+        }
+        self.sent_through = last;
     }
 
     /// Queue EVICTs for records the peer just wrote that are now outside its view.
