@@ -190,7 +190,7 @@ fn changes_since_in(
 ) -> Result<(ChangeBatch, Vec<i64>)> {
     // Rows only up to the head of this snapshot: `next` must never move past a commit the
     // scan did not see, or that commit would never be sent.
-    let head = inner.clock_row()?.0;
+    let head = inner.head_seq()?;
     // Each feed row comes with its record's body in one statement. A record with cells at
     // several seqs is decoded once: its cells are moved out as their seq comes up, and the
     // rest wait in `leftovers`. With an excluded source, the body is read only for the rows
@@ -1029,7 +1029,7 @@ mod tests {
             .map(|i| i as i64 + 1);
         // Rows only up to the head of this snapshot: `next` must never move past a commit the
         // scan did not see, or that commit would never be sent.
-        let head = inner.clock_row()?.0;
+        let head = inner.head_seq()?;
         // Each feed row comes with its record's body in one statement. A record with cells at
         // several seqs is decoded once: its cells are moved out as their seq comes up, and the
         // rest wait in `leftovers`.

@@ -354,7 +354,7 @@ impl Database {
 
 impl<'a> Tx<'a> {
     pub(crate) fn begin(db: &'a Database, inner: &'a mut Inner) -> Result<Tx<'a>> {
-        let base_seq = inner.clock_row()?.0;
+        let base_seq = inner.head_seq()?;
         let now_ms = db.now_ms();
         Ok(Tx {
             db,
