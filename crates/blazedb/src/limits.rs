@@ -117,6 +117,12 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// notes, stored together once the oldest has waited this long (`store/noted_cursors.rs`).
 /// Both are advisory for where sync resumes: a crash repeats at most this much, idempotently.
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 1_000;
+/// A session that applies a unit passes over the local positions the apply took (they hold
+/// only the peer's own changes) without a CAUGHT_UP, unless its last CAUGHT_UP is older than
+/// this: the peer's received cursor, which decides where a reconnect resumes and so the
+/// acknowledged cursor (and GC horizon) a receive-only node gets back, then lags by at most
+/// this long, while a stream of units costs at most one CAUGHT_UP a second, not one each.
+pub const ECHO_CAUGHT_UP_INTERVAL_MS: u64 = 1_000;
 
 /// How long `Database::last_seq` trusts its cached feed head before asking SQLite whether
 /// another process committed, in µs. Other processes' commits reach sync sessions through

@@ -738,3 +738,66 @@ fn an_applied_unit_is_answered_with_its_ack_alone() {
     assert_eq!(sa.stats().cells_sent + sb.stats().cells_sent, 0);
     assert_eq!(dump(&a), dump(&b));
 }
+
+/// [`pump`] at time `now_ms`.
+fn pump_at(a: &Database, sa: &mut Session, b: &Database, sb: &mut Session, now_ms: u64) {
+    for _ in 0..10_000 {
+        let mut progress = false;
+        while let Some(f) = sa.poll_transmit(now_ms, a) {
+            sb.handle_bytes(now_ms, &f, b).unwrap();
+            progress = true;
+        }
+        while let Some(f) = sb.poll_transmit(now_ms, b) {
+            sa.handle_bytes(now_ms, &f, a).unwrap();
+            progress = true;
+        }
+        if !progress && sa.is_caught_up(a).unwrap() && sb.is_caught_up(b).unwrap() {
+            return;
+        }
+        assert!(progress, "stalled before catching up");
+    }
+    panic!("did not converge");
+}
+
+/// A node that only receives still announces how far it is, at most once per
+/// `ECHO_CAUGHT_UP_INTERVAL_MS`: its peer's received cursor follows, so when they reconnect
+/// (SUBSCRIBE from that cursor) its acknowledged cursor reaches its head, and its GC
+/// collects the tombstones the peer sent it.
+#[test]
+fn a_node_that_only_receives_collects_the_tombstones_it_received() {
+    use blazedb::limits::ECHO_CAUGHT_UP_INTERVAL_MS;
+    use blazedb::{GcOptions, PeerDirection};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let mut now = 1_000_000;
+    let mut sa = Session::new(&a, cfg(SyncMode::Both), now).unwrap();
+    let mut sb = Session::new(&b, cfg(SyncMode::Both), now).unwrap();
+    let ids: Vec<RecordId> = (0..5i64)
+        .map(|i| a.insert("notes", [("n", Value::Int(i))]).unwrap())
+        .collect();
+    pump_at(&a, &mut sa, &b, &mut sb, now);
+    for id in &ids[..3] {
+        now += ECHO_CAUGHT_UP_INTERVAL_MS;
+        a.delete("notes", *id).unwrap();
+        pump_at(&a, &mut sa, &b, &mut sb, now);
+    }
+    assert_eq!(b.count("notes").unwrap(), 2);
+    assert_eq!(
+        a.peer_cursor(b.node_id(), PeerDirection::Received).unwrap(),
+        b.last_seq().unwrap(),
+        "B did not announce its head"
+    );
+    drop((sa, sb));
+    let mut sa = Session::new(&a, cfg(SyncMode::Both), now).unwrap();
+    let mut sb = Session::new(&b, cfg(SyncMode::Both), now).unwrap();
+    pump_at(&a, &mut sa, &b, &mut sb, now);
+    assert_eq!(
+        b.peer_cursor(a.node_id(), PeerDirection::Acked).unwrap(),
+        b.last_seq().unwrap(),
+        "B's acknowledged cursor stayed behind its head"
+    );
+    let report = b.gc(&GcOptions::default()).unwrap();
+    assert_eq!(report.horizon, b.last_seq().unwrap());
+    assert_eq!(report.tombstones_purged, 3, "{report:?}");
+    assert_eq!(dump(&a), dump(&b));
+}

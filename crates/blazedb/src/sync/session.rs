@@ -40,10 +40,10 @@ use super::message::{self, caps, kind, Dict, ErrorCode, Hello, Message, Snapshot
 use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
-    BATCH_CELLS_DEFAULT, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT, LAGGING_PAGE_BATCHES_MAX,
-    PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
-    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS,
-    WINDOW_UNITS_DEFAULT,
+    BATCH_CELLS_DEFAULT, ECHO_CAUGHT_UP_INTERVAL_MS, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
+    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION,
+    SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS,
+    TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
 use crate::store::{
@@ -275,6 +275,8 @@ pub struct Session {
     /// The last acknowledged cursor handed to `Database::note_peer_cursor`.
     acked_noted: Seq,
     caught_up_sent: Option<Seq>,
+    /// When the last CAUGHT_UP went out (see `pass_over_echo`).
+    caught_up_sent_ms: u64,
     // Receiving the peer's feed.
     subscribed: bool,
     staged: Vec<Change>,
@@ -378,6 +380,7 @@ impl Session {
             acked: Seq(0),
             acked_noted: Seq(0),
             caught_up_sent: None,
+            caught_up_sent_ms: now_ms,
             subscribed: false,
             staged: Vec::new(),
             staged_cells: 0,
@@ -1065,6 +1068,10 @@ impl Session {
         self.sent_through = from;
         self.unit_until = from;
         self.acked = self.acked.max(from);
+        // The peer holds everything up to `from`: GC may count on it now, not at the next
+        // ACK or ping.
+        self.note_cursors(db, false)
+            .map_err(|e| self.internal(e, now_ms))?;
         self.evicts_unconfirmed = None;
         self.evicts_note = evicts_note.and_then(|n| n.parse().ok()).map(Seq);
         if let Some(after) = self.evicts_note.filter(|a| *a < from && !view_changed) {
@@ -1586,7 +1593,7 @@ impl Session {
                 }
                 self.send(&Message::Ack { seq: end }, now_ms);
                 if let Some((first, last)) = outcome.sender_seqs {
-                    self.pass_over_echo(first, last);
+                    self.pass_over_echo(first, last, now_ms);
                 }
                 self.events.push_back(SessionEvent::Applied {
                     cells: n,
@@ -1607,11 +1614,18 @@ impl Session {
     /// The unit just applied took the local feed positions `first..=last`, all of them rows
     /// from the peer, which are never sent back. When everything before them was sent, move
     /// past them without reading the feed, and without a CAUGHT_UP for positions that hold
-    /// only the peer's own changes: otherwise every unit applied costs a feed read here, and
-    /// the peer a frame to handle (a relay: one per client per unit). The peer's received
-    /// cursor then stays behind by those positions; a reconnect reads them again and skips
+    /// only the peer's own changes, unless the last one went out `ECHO_CAUGHT_UP_INTERVAL_MS`
+    /// ago or more: otherwise every unit applied costs a feed read here, and the peer a frame
+    /// to handle (a relay: one per client per unit). The peer's received cursor then stays
+    /// behind by at most that interval's positions; a reconnect reads them again and skips
     /// them, as a send would have.
-    fn pass_over_echo(&mut self, first: Seq, last: Seq) {
+    ///
+    /// The acknowledged cursor does not move here: GC prunes what every peer acknowledged,
+    /// so it must never pass the peer's stored received cursor, where the peer resumes (a
+    /// unit it applied is acknowledged only once its cursor is stored with it). Counting
+    /// these positions as acknowledged made the simulation see a half-applied transfer
+    /// (seed 256).
+    fn pass_over_echo(&mut self, first: Seq, last: Seq, now_ms: u64) {
         let all_sent_before = self.peer_from.is_some()
             && self.snap_out.is_none()
             && !self.unit_open
@@ -1620,7 +1634,11 @@ impl Session {
         if !all_sent_before {
             return;
         }
-        if self.caught_up_sent == Some(self.sent_through) {
+        let announced_lately = now_ms
+            < self
+                .caught_up_sent_ms
+                .saturating_add(ECHO_CAUGHT_UP_INTERVAL_MS);
+        if self.caught_up_sent == Some(self.sent_through) && announced_lately {
             // The peer was told it had everything up to here; what follows is its own.
             self.caught_up_sent = Some(last);
         }
@@ -1804,6 +1822,7 @@ impl Session {
             && self.caught_up_sent != Some(self.sent_through)
         {
             self.caught_up_sent = Some(self.sent_through);
+            self.caught_up_sent_ms = now_ms;
             self.send(
                 &Message::CaughtUp {
                     seq: self.sent_through,
