@@ -571,3 +571,53 @@ fn a_move_in_overwritten_by_the_replicas_own_write_still_brings_the_whole_record
             .collect()
     );
 }
+
+/// A partial replica that re-bootstraps a full peer (the peer's cursor fell below the
+/// replica's GC horizon) sends a replacing snapshot of its view only. The full peer drops the
+/// records of that view the snapshot lacks (the replica deleted them), and keeps everything
+/// outside it: the replica never had those, so their absence says nothing.
+#[test]
+fn a_replacing_snapshot_from_a_partial_replica_drops_nothing_outside_its_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, ids) = seeded(dir.path());
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::default());
+    sync_pair(&hub, &replica, full(), partial(policy.clone()));
+    assert_eq!(replica.count("todos").unwrap(), 25);
+    assert_eq!(replica.count("notes").unwrap(), 0);
+    // The hub goes away. The replica deletes an open todo and, the hub past its retention,
+    // GC purges the tombstone.
+    replica.delete("todos", ids[0]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let report = replica
+        .gc(&GcOptions {
+            peer_retention_ms: 10,
+        })
+        .unwrap();
+    assert_eq!(report.tombstones_purged, 1, "{report:?}");
+    // The hub returns below the replica's horizon: a replacing snapshot.
+    let mut sh = Session::new(&hub, full(), 0).unwrap();
+    let mut sr = Session::new(&replica, partial(policy), 0).unwrap();
+    pump(&hub, &mut sh, &replica, &mut sr);
+    assert_eq!(sr.stats().snapshots_sent, 1);
+    assert_eq!(sh.stats().snapshots_applied, 1);
+    assert!(
+        hub.get("todos", ids[0]).unwrap().is_none(),
+        "the delete was lost"
+    );
+    assert_eq!(
+        hub.count("notes").unwrap(),
+        50,
+        "notes outside the view dropped"
+    );
+    assert_eq!(
+        hub.count("todos").unwrap(),
+        99,
+        "done todos outside the view dropped"
+    );
+    assert_eq!(
+        hub.get("todos", ids[4]).unwrap().unwrap().fields["attachment"],
+        Value::Bytes(vec![7; 200]),
+        "an excluded field was lost"
+    );
+}

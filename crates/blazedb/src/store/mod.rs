@@ -38,7 +38,8 @@ pub use history::{HistoryEntry, HistoryRetention, PastVisibility};
 pub use maintenance::{Checkpoint, CollectionStats, IntegrityReport, Stats};
 pub use read::{OrderBy, Query, Record};
 pub use snapshot::{
-    SnapshotApplied, SnapshotKey, SnapshotPage, SnapshotProgress, SnapshotScope, SnapshotSelect,
+    PeerHolds, SnapshotApplied, SnapshotKey, SnapshotPage, SnapshotProgress, SnapshotScope,
+    SnapshotSelect,
 };
 pub use write::{FieldOp, Patch, Tx};
 

@@ -97,6 +97,10 @@ pub struct SnapshotScope {
     pub collections: Option<Vec<String>>,
 }
 
+/// Whether a peer's copy would hold a local record: (collection, id, local state). See
+/// [`Database::snapshot_finish_within`].
+pub type PeerHolds<'a> = dyn Fn(&str, RecordId, &RecordState) -> bool + 'a;
+
 /// What [`Database::snapshot_finish`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotApplied {
@@ -112,6 +116,9 @@ pub struct SnapshotApplied {
     /// Local records the snapshot lacked but that were kept, because they hold changes the
     /// peer has not seen yet (they reach it through the normal feed).
     pub kept_pending: u64,
+    /// Local records the snapshot lacked but that were kept, because they lie outside what
+    /// the peer holds (its view: see [`Database::snapshot_finish_within`]).
+    pub kept_outside_view: u64,
     /// The peer's feed position this node has now received up to.
     pub position: Seq,
 }
@@ -288,7 +295,8 @@ impl Database {
     ///    tombstone, nothing sent), except those with changes `peer` has not seen: a feed row
     ///    past `acked` (how far `peer` acknowledged our feed) that did not come from `peer`.
     ///    This is how a replica that missed collected tombstones, or whose view changed,
-    ///    converges;
+    ///    converges. From a peer that holds only part of our records, use
+    ///    [`Database::snapshot_finish_within`];
     /// 3. the `Received` cursor of `peer` becomes the snapshot's position, so the live feed
     ///    continues from there with no gap;
     /// 4. the staged rows are deleted.
@@ -304,6 +312,23 @@ impl Database {
         chunks: u32,
         scope: &SnapshotScope,
         acked: Seq,
+    ) -> Result<SnapshotApplied> {
+        self.snapshot_finish_within(peer, snap_id, chunks, scope, acked, None)
+    }
+
+    /// [`Database::snapshot_finish`] from a peer that may hold only part of our records (a
+    /// partial replica: its view of our data). `peer_holds(collection, id, state)` says
+    /// whether the peer's copy would hold a local record; step 2 evicts only records for
+    /// which it says yes. The absence of any other record from the snapshot says nothing:
+    /// the peer never had it. `None`: the peer holds everything in `scope`.
+    pub fn snapshot_finish_within(
+        &self,
+        peer: NodeId,
+        snap_id: u64,
+        chunks: u32,
+        scope: &SnapshotScope,
+        acked: Seq,
+        peer_holds: Option<&PeerHolds<'_>>,
     ) -> Result<SnapshotApplied> {
         self.check_snapshot_source(peer)?;
         // The snapshot stores the received cursor with its data: a note is older.
@@ -407,6 +432,10 @@ impl Database {
                         })?;
                     let state =
                         body::decode(&bytes, Seq(row_seq), &tx.inner.nodes, &tx.inner.fields)?;
+                    if peer_holds.is_some_and(|holds| !holds(&name, id, &state)) {
+                        applied.kept_outside_view += 1;
+                        continue;
+                    }
                     if super::evict::has_unseen_changes(tx.inner, coll, id, &state, acked, Some(src))? {
                         applied.kept_pending += 1;
                         continue;

@@ -1347,7 +1347,31 @@ impl Session {
                 Some(Vec::new())
             },
         };
-        match db.snapshot_finish(peer, si.snap_id, chunks, &scope, self.acked) {
+        // The peer may be a partial replica, holding only its view of our data (the policy
+        // it subscribed with, what our access rules let it read): a record outside that view
+        // is missing from its snapshot because it never had it, not because it was deleted.
+        // Evicting those made a full peer re-bootstrapped by a partial replica (its cursor
+        // below the replica's GC horizon) drop everything the replica does not see.
+        let view = View {
+            access: self.read_filtering_access(),
+            policy: &self.peer_policy,
+            params: self.view_params(),
+        };
+        let partial_peer = view.access.is_some() || !self.peer_policy.is_everything();
+        let peer_holds = |coll: &str, id: RecordId, st: &crate::crdt::RecordState| {
+            // A tombstone has no fields to test a filter on: `record_visible` then says no
+            // wherever records are filtered, and the tombstone stays (GC handles it).
+            view.collection_visible(coll) && view.record_visible(coll, id, &st.fields())
+        };
+        let finished = db.snapshot_finish_within(
+            peer,
+            si.snap_id,
+            chunks,
+            &scope,
+            self.acked,
+            partial_peer.then_some(&peer_holds as &crate::store::PeerHolds<'_>),
+        );
+        match finished {
             Ok(mut applied) => {
                 applied.cells += si.merged.cells;
                 applied.cells_applied += si.merged.cells_applied;
