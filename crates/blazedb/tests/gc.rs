@@ -488,3 +488,47 @@ fn newest_removals_stay_for_a_delete_still_on_its_way() {
     );
     assert_eq!(b.get("items", id).unwrap().map(|r| r.fields), shown);
 }
+
+/// A client offline for longer than the peer retention keeps the tombstones of the deletes
+/// it made meanwhile, because its relay never expires (a relay refuses snapshots, so a
+/// delete collected before it arrived would never reach it). When the client is back, the
+/// relay receives the deletes. A peer that is not a relay still expires.
+#[test]
+fn a_relay_never_expires_so_deletes_made_offline_reach_it() {
+    use blazedb::sync::Session;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let client = open_at(dir.path(), "client", &clock);
+    let relay = open_at(dir.path(), "relay", &clock);
+    let relay_cfg = SessionConfig {
+        server: true,
+        ..SessionConfig::default()
+    };
+    let ids = insert_many(&client, 6);
+    let sync = |client: &Database, relay: &Database| {
+        let mut sc = Session::new(client, SessionConfig::default(), 0).unwrap();
+        let mut sr = Session::new(relay, relay_cfg.clone(), 0).unwrap();
+        common::pump(client, &mut sc, relay, &mut sr);
+    };
+    sync(&client, &relay);
+    assert_eq!(relay.count("items").unwrap(), 6);
+    // Another peer, not a relay, went quiet long ago.
+    let other = NodeId([9; 16]);
+    client
+        .set_peer_cursor(other, PeerDirection::Acked, Seq(0))
+        .unwrap();
+
+    // Offline: the client deletes, 31 days pass, GC runs.
+    delete_all(&client, &ids[..3]);
+    common::tick(&clock, 31 * DAY_MS);
+    let r = client.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.expired_peers, vec![other], "{r:?}");
+    assert_eq!(r.tombstones_purged, 0, "{r:?}");
+    assert_eq!(tombstones(&client, "items"), 3);
+
+    // Back online: the relay gets the deletes; then GC may collect them.
+    sync(&client, &relay);
+    assert_eq!(relay.count("items").unwrap(), 3);
+    let r = client.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.tombstones_purged, 3, "{r:?}");
+}

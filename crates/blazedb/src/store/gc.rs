@@ -49,6 +49,9 @@ use crate::limits::PEER_RETENTION_MS_DEFAULT;
 use crate::types::Seq;
 use crate::NodeId;
 
+/// Per-peer note (`Database::peer_note`): "1" when the peer said in HELLO that it is a relay
+/// (a server). GC never lets such a peer expire.
+pub const SERVER_NOTE: &str = "server";
 /// `meta` key: the highest horizon at which GC removed something. A peer whose cursor into
 /// our feed is below it may have missed removals and must be re-bootstrapped by snapshot.
 const META_GC_HORIZON: &str = "gc_horizon";
@@ -208,6 +211,30 @@ impl Database {
 /// A `records` row as GC reads it: coll, id, rev, seq, live, body.
 type StoredRow = (i64, Vec<u8>, u64, u64, bool, Vec<u8>);
 
+/// The peers noted as relays (`SERVER_NOTE`, set by the sync session from HELLO).
+fn server_peers(inner: &Inner) -> Result<Vec<NodeId>> {
+    let prefix = "peer:";
+    let suffix = format!(":{SERVER_NOTE}");
+    let mut stmt = inner
+        .conn
+        .prepare("SELECT key FROM meta WHERE key LIKE 'peer:%' AND value = '1'")?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let key: String = r.get(0)?;
+        let Some(hex) = key
+            .strip_prefix(prefix)
+            .and_then(|k| k.strip_suffix(suffix.as_str()))
+        else {
+            continue;
+        };
+        if let Ok(node) = hex.parse::<NodeId>() {
+            out.push(node);
+        }
+    }
+    Ok(out)
+}
+
 /// The GC transaction's work.
 fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport> {
     let head = inner.clock_row()?.0;
@@ -236,8 +263,16 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
             }
             p.2 = p.2.max(r.get::<_, i64>(3)?.max(0) as u64);
         }
+        drop(rows);
+        drop(stmt);
+        let servers = server_peers(inner)?;
         for (node, acked, last) in peers {
-            if now_ms.saturating_sub(last) > opts.peer_retention_ms {
+            // A relay never expires: it refuses snapshots (a client's data reaches it only
+            // through the feed, under its write rules), so a delete whose tombstone went
+            // while the relay was away would never reach it. A client offline for longer
+            // than the retention keeps the tombstones of its unsent deletes instead.
+            let expires = !servers.contains(&node);
+            if expires && now_ms.saturating_sub(last) > opts.peer_retention_ms {
                 report.expired_peers.push(node);
             } else if let Some(a) = acked {
                 horizon = Some(horizon.map_or(a, |h| h.min(a)));

@@ -33,6 +33,7 @@ use rusqlite::Connection;
 
 pub use evict::{EvictGuard, EvictOutcome};
 pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
+pub(crate) use gc::SERVER_NOTE;
 pub use gc::{GcOptions, GcReport, SyncMetadata};
 pub use history::{HistoryEntry, HistoryRetention, PastVisibility};
 pub use maintenance::{Checkpoint, CollectionStats, IntegrityReport, Stats};

@@ -46,6 +46,7 @@ use crate::limits::{
     TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
+use crate::store::SERVER_NOTE;
 use crate::store::{
     Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
 };
@@ -800,6 +801,8 @@ impl Session {
                 .credential_lifetime_ms()
                 .map(|l| now_ms.saturating_add(l));
         }
+        self.note_server_role(&h, db)
+            .map_err(|e| self.internal(e, now_ms))?;
         self.encoder.lz4 = self.cfg.lz4 && h.caps & caps::LZ4 != 0;
         self.state = State::Open;
         self.events.push_back(SessionEvent::Connected {
@@ -844,6 +847,16 @@ impl Session {
             return Ok(());
         }
         self.peer = Some(h);
+        Ok(())
+    }
+
+    /// Remember whether the peer is a relay (GC never lets a relay expire: see `store/gc.rs`).
+    /// Written only when it changes, so a reconnect costs one read.
+    fn note_server_role(&self, h: &Hello, db: &Database) -> Result<(), Error> {
+        let want = h.server.then_some("1");
+        if db.peer_note(h.node, SERVER_NOTE)?.as_deref() != want {
+            db.set_peer_note(h.node, SERVER_NOTE, want)?;
+        }
         Ok(())
     }
 
