@@ -1148,9 +1148,9 @@ impl Session {
                 let collected = from > Seq(0) && from < horizon;
                 if peer_is_server {
                     // A relay takes a client's data through the feed only, where its write
-                    // rules apply unit by unit (it refuses snapshots). Known gap: a relay
-                    // whose cursor fell below this client's GC horizon misses the deletes
-                    // GC collected here (see ARCHITECTURE.md, GC).
+                    // rules apply unit by unit (it refuses snapshots). So GC here never lets
+                    // a relay expire (`note_server_role`): its cursor stays at or above our
+                    // horizon, unless the relay was never seen as one (ARCHITECTURE.md, GC).
                     None
                 } else if collected || (view_changed && from > Seq(0)) {
                     Some(new_snapshot(head, true, fresh_id))
