@@ -51,11 +51,13 @@ pub enum Metric {
     FeedRows,
     /// [`Sample::wal_bytes`].
     WalBytes,
+    /// The database file alone: [`Sample::file_bytes`] minus [`Sample::wal_bytes`].
+    DbBytes,
 }
 
 impl Metric {
     /// All of them, in CSV column order.
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 8] = [
         Metric::FileBytes,
         Metric::HistoryRows,
         Metric::Tombstones,
@@ -63,6 +65,7 @@ impl Metric {
         Metric::LiveRecords,
         Metric::FeedRows,
         Metric::WalBytes,
+        Metric::DbBytes,
     ];
 
     /// The CSV column and JSON name.
@@ -75,6 +78,7 @@ impl Metric {
             Metric::LiveRecords => "live_records",
             Metric::FeedRows => "feed_rows",
             Metric::WalBytes => "wal_bytes",
+            Metric::DbBytes => "db_bytes",
         }
     }
 
@@ -88,13 +92,16 @@ impl Metric {
             Metric::LiveRecords => "live records (the control: constant by design)",
             Metric::FeedRows => "change-feed rows",
             Metric::WalBytes => "WAL part of the file size, MiB",
+            Metric::DbBytes => "database file without the WAL, MiB",
         }
     }
 
     /// The value to plot: bytes and KiB shown in MiB.
     pub fn plotted(self, s: &Sample) -> f64 {
         match self {
-            Metric::FileBytes | Metric::WalBytes => self.value(s) as f64 / (1024.0 * 1024.0),
+            Metric::FileBytes | Metric::WalBytes | Metric::DbBytes => {
+                self.value(s) as f64 / (1024.0 * 1024.0)
+            }
             Metric::RssKb => s.rss_kb as f64 / 1024.0,
             _ => self.value(s) as f64,
         }
@@ -110,16 +117,20 @@ impl Metric {
             Metric::LiveRecords => s.live_records,
             Metric::FeedRows => s.feed_rows,
             Metric::WalBytes => s.wal_bytes,
+            Metric::DbBytes => s.file_bytes.saturating_sub(s.wal_bytes),
         }
     }
 
-    /// Whether the soak's verdict depends on it: the five quantities issue 5 says must
-    /// plateau. Live records are the control (the workload keeps them constant); feed rows and
-    /// the WAL's share of the file are reported beside them, to explain what grows.
+    /// Whether the soak's verdict depends on it: the quantities issue 5 says must plateau.
+    /// Storage is judged as the database file; the WAL keeps its blocks on purpose (up to
+    /// `blazedb::limits::WAL_FILE_BYTES_KEPT`, so that commits overwrite them instead of
+    /// growing the file), so it is judged against that bound instead (`soak::wal_bound`), and
+    /// the sum of both is reported. Live records are the control (the workload keeps them
+    /// constant); feed rows are reported beside them, to explain what grows.
     pub fn judged(self) -> bool {
         !matches!(
             self,
-            Metric::LiveRecords | Metric::FeedRows | Metric::WalBytes
+            Metric::LiveRecords | Metric::FeedRows | Metric::WalBytes | Metric::FileBytes
         )
     }
 
@@ -127,7 +138,7 @@ impl Metric {
     /// few hundred rows or a few pages of noise are not growth (see SOAK.md).
     pub fn floor(self) -> f64 {
         match self {
-            Metric::FileBytes | Metric::WalBytes => 1024.0 * 1024.0,
+            Metric::FileBytes | Metric::WalBytes | Metric::DbBytes => 1024.0 * 1024.0,
             Metric::RssKb => 4096.0,
             _ => 1000.0,
         }
@@ -224,9 +235,9 @@ mod tests {
             lines,
             [
                 "time_s,node,file_bytes,history_rows,tombstones,rss_kb,live_records,feed_rows,\
-                 wal_bytes",
-                "5.0,relay,4096,10,2,30000,6000,6001,1024",
-                "5.0,node0,4096,10,2,30000,6000,6001,1024",
+                 wal_bytes,db_bytes",
+                "5.0,relay,4096,10,2,30000,6000,6001,1024,3072",
+                "5.0,node0,4096,10,2,30000,6000,6001,1024,3072",
             ]
         );
     }
