@@ -134,7 +134,7 @@ pub const HEAD_RECHECK_US: u64 = 1_000;
 
 /// A peer not heard from for this long (ms) no longer holds garbage collection back: GC
 /// reports it as expired and, once it returns, it must be re-bootstrapped by snapshot
-/// (30 days).
+/// (30 days). A relay never expires (it takes no snapshot; see `store/gc.rs`).
 pub const PEER_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 
 // ---- Snapshots ----
