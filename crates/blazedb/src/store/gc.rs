@@ -23,7 +23,9 @@
 //! re-bootstrapped by snapshot instead of resuming the feed (the sync session decides that).
 //!
 //! **Which peers count.** Peers with an `acked` row (we have sent them our feed) whose last
-//! contact is within the retention. A peer we only receive from (a pull-only replica of us
+//! contact is within the retention, and relays whatever their last contact (the session
+//! notes a peer's `server` flag from HELLO): a relay refuses snapshots, so a delete collected
+//! before it arrived would never reach it. A peer we only receive from (a pull-only replica of us
 //! never asks for our feed) has no `acked` row and does not hold GC back.
 //!
 //! **Removals kept.** A removal cell is kept when dropping it would change what the record
@@ -61,7 +63,8 @@ const META_GC_SCAN_SEQ: &str = "gc_scan_seq";
 /// How [`Database::gc`] runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcOptions {
-    /// A peer not heard from for longer than this (ms) no longer holds GC back.
+    /// A peer not heard from for longer than this (ms) no longer holds GC back, unless it
+    /// is a relay (see the module docs).
     pub peer_retention_ms: u64,
 }
 
