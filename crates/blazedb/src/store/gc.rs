@@ -25,8 +25,8 @@
 //! **Which peers count.** Peers with an `acked` row (we have sent them our feed) whose last
 //! contact is within the retention, and relays whatever their last contact (the session
 //! notes a peer's `server` flag from HELLO): a relay refuses snapshots, so a delete collected
-//! before it arrived would never reach it. A peer we only receive from (a pull-only replica of us
-//! never asks for our feed) has no `acked` row and does not hold GC back.
+//! before it arrived would never reach it. A peer we only receive from (a pull-only replica
+//! of us never asks for our feed) has no `acked` row and does not hold GC back.
 //!
 //! **Removals kept.** A removal cell is kept when dropping it would change what the record
 //! shows: an element removal that hides a value of the field's base list, or the last
@@ -220,8 +220,8 @@ fn server_peers(inner: &Inner) -> Result<Vec<NodeId>> {
     let suffix = format!(":{SERVER_NOTE}");
     let mut stmt = inner
         .conn
-        .prepare("SELECT key FROM meta WHERE key LIKE 'peer:%' AND value = '1'")?;
-    let mut rows = stmt.query([])?;
+        .prepare("SELECT key FROM meta WHERE key LIKE 'peer:%' || ?1 AND value = '1'")?;
+    let mut rows = stmt.query([&suffix])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let key: String = r.get(0)?;
