@@ -818,9 +818,8 @@ impl Database {
     pub fn peers(&self) -> Result<Vec<PeerInfo>> {
         // Noted first (not under the handle's lock, see `noted_cursors.rs`): a cursor
         // stored in between is then read from the file, newer or the same.
-        let mut noted: Vec<(NodeId, PeerDirection, Seq, u64)> =
+        let noted: Vec<(NodeId, PeerDirection, Seq, u64)> =
             self.noted_cursors().entries().collect();
-        noted.sort_unstable_by_key(|(p, _, _, _)| *p);
         let inner = self.lock()?;
         let mut stmt = inner.conn.prepare(
             "SELECT node, direction, cursor, last_contact_ms FROM peers

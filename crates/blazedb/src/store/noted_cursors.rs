@@ -5,12 +5,13 @@
 //! each session in transactions of its own (at most once a second per session and
 //! direction, as they were), a relay with 1,000 clients committed about 2,000 times a second
 //! for this bookkeeping: stored together, the relay's CPU in the `net_latency_1000`
-//! benchmark fell ~10% (perf, 2026-12-04; ~12% with no such writes at all). Both cursors are advisory for where sync
-//! resumes: a received cursor that is behind makes the peer send some changes again, which
-//! apply as no-ops; an acknowledged cursor that is behind makes GC keep metadata longer. So
-//! sessions note them here, and one transaction stores every noted cursor once the oldest
-//! has waited [`ACK_PERSIST_INTERVAL_MS`](crate::limits::ACK_PERSIST_INTERVAL_MS), when a
-//! session ends, before GC, and when the handle is dropped. `peer_cursor` and `peers` on the
+//! benchmark fell ~10% (perf, 2026-12-04; ~12% with no such writes at all). Both cursors
+//! are advisory for where sync resumes: a received cursor that is behind makes the peer
+//! send some changes again, which apply as no-ops; an acknowledged cursor that is behind
+//! makes GC keep metadata longer. So sessions note them here, and one transaction stores
+//! every noted cursor once the oldest has waited
+//! [`ACK_PERSIST_INTERVAL_MS`](crate::limits::ACK_PERSIST_INTERVAL_MS), when a session
+//! ends, before GC, and when the handle is dropped. `peer_cursor` and `peers` on the
 //! same handle see a noted cursor at once. A crash loses at most one interval of progress.
 //!
 //! A write of the cursor itself replaces a note: `set_peer_cursor`, and a unit or snapshot

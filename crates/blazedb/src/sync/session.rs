@@ -1657,11 +1657,12 @@ impl Session {
     /// behind by at most that interval's positions; a reconnect reads them again and skips
     /// them, as a send would have.
     ///
-    /// The acknowledged cursor does not move here: GC prunes what every peer acknowledged,
-    /// so it must never pass the peer's stored received cursor, where the peer resumes (a
-    /// unit it applied is acknowledged only once its cursor is stored with it). Counting
-    /// these positions as acknowledged made the simulation see a half-applied transfer
-    /// (seed 256).
+    /// The acknowledged cursor does not move here: it must never pass the peer's stored
+    /// received cursor, where the peer resumes (a unit it applied is acknowledged only once
+    /// its cursor is stored with it). GC collects up to the lowest acknowledged cursor, and a
+    /// peer that resumes below that horizon needs a whole replacing snapshot instead of the
+    /// feed. (Counting these positions as acknowledged did that in the simulation, seed 256,
+    /// which is how the partial-replica snapshot bug fixed in `on_snapshot_end` was found.)
     fn pass_over_echo(&mut self, first: Seq, last: Seq, now_ms: u64) {
         let all_sent_before = self.peer_from.is_some()
             && self.snap_out.is_none()
