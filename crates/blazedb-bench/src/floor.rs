@@ -39,8 +39,9 @@ const UPDATE_PRIORITY: &str = "UPDATE bugs SET priority = ?1 WHERE id = ?2";
 /// A row read back: the id and the values, owned, as a user's struct would hold them.
 pub type Row = ([u8; 16], String, String, i64, String, i64);
 
-/// Open a connection the way BlazeDB's `store/open.rs` does: key first, a first read (which
-/// derives the key and decrypts page 1), then WAL, `synchronous=NORMAL`, in-memory temp
+/// Open a connection the way BlazeDB's `store/open.rs` does: key and page HMAC
+/// ([`blazedb::store::PAGE_HMAC`]) first, a first read (which derives the key and decrypts
+/// page 1), then WAL, `synchronous=NORMAL`, in-memory temp
 /// store, a 32 MB page cache, a 10 s busy timeout and a statement cache.
 pub fn connect(path: &Path, password: Option<&str>) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -50,6 +51,7 @@ pub fn connect(path: &Path, password: Option<&str>) -> Result<Connection> {
         .with_context(|| format!("opening {}", path.display()))?;
     if let Some(pw) = password {
         conn.pragma_update(None, "key", pw)?;
+        conn.pragma_update(None, "cipher_hmac_algorithm", blazedb::store::PAGE_HMAC)?;
     }
     let _tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -61,8 +63,9 @@ pub fn connect(path: &Path, password: Option<&str>) -> Result<Connection> {
     Ok(conn)
 }
 
-/// A side connection to any file (BlazeDB's too) for reading `dbstat`: the key and nothing
-/// else, so it changes no setting of the file.
+/// A side connection to any file (BlazeDB's too, or one [`connect`] made) for reading
+/// `dbstat`: the key and the page HMAC both use, and nothing else, so it changes no setting
+/// of the file.
 pub fn inspect(path: &Path, password: Option<&str>) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -71,12 +74,14 @@ pub fn inspect(path: &Path, password: Option<&str>) -> Result<Connection> {
     .with_context(|| format!("opening {}", path.display()))?;
     if let Some(pw) = password {
         conn.pragma_update(None, "key", pw)?;
+        conn.pragma_update(None, "cipher_hmac_algorithm", blazedb::store::PAGE_HMAC)?;
     }
     Ok(conn)
 }
 
 /// Copy a plain file into a new encrypted one under `password` (SQLCipher's
-/// `sqlcipher_export`), as a user encrypting an existing database would.
+/// `sqlcipher_export`), as a user encrypting an existing database would, with the page HMAC
+/// [`connect`] uses.
 pub fn export_encrypted(plain: &Path, encrypted: &Path, password: &str) -> Result<()> {
     // Without SQLITE_OPEN_CREATE on the main database, ATTACH cannot create the new file.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -88,6 +93,10 @@ pub fn export_encrypted(plain: &Path, encrypted: &Path, password: &str) -> Resul
         "ATTACH DATABASE ?1 AS encrypted KEY ?2",
         params![encrypted.display().to_string(), password],
     )?;
+    conn.execute_batch(&format!(
+        "PRAGMA encrypted.cipher_hmac_algorithm = {}",
+        blazedb::store::PAGE_HMAC
+    ))?;
     conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
     conn.execute_batch("DETACH DATABASE encrypted")?;
     Ok(())

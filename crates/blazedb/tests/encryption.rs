@@ -242,3 +242,95 @@ fn missing_file_without_create_is_an_error() {
     assert!(matches!(r, Err(Error::Open(OpenError::Io { .. }))));
     assert!(!dir.path().join("nope.db").exists());
 }
+
+/// A raw SQLCipher connection to `path` keyed with `pw`, with `hmac` as its page HMAC
+/// (`None`: SQLCipher's default), and whether it can read the schema.
+fn raw_reads(path: &std::path::Path, pw: &str, hmac: Option<&str>) -> bool {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "key", pw).unwrap();
+    if let Some(h) = hmac {
+        conn.pragma_update(None, "cipher_hmac_algorithm", h)
+            .unwrap();
+    }
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok()
+}
+
+#[test]
+fn new_encrypted_files_authenticate_pages_with_the_documented_hmac() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    {
+        let db = Database::open(&path, OpenOptions::with_password("pw")).unwrap();
+        db.insert("c", [("x", 1)]).unwrap();
+        db.checkpoint().unwrap();
+    }
+    assert_eq!(blazedb::store::PAGE_HMAC, "HMAC_SHA256");
+    assert!(raw_reads(&path, "pw", Some(blazedb::store::PAGE_HMAC)));
+    // Another SQLCipher tool with its defaults (HMAC-SHA512) must be told the setting.
+    assert!(!raw_reads(&path, "pw", None));
+    assert!(!raw_reads(&path, "wrong", Some(blazedb::store::PAGE_HMAC)));
+}
+
+/// Files made before the page HMAC changed (SQLCipher's default, HMAC-SHA512) open, take
+/// writes and checkpoints, tell a wrong password apart, and rekeying converts them.
+#[test]
+fn a_file_with_sqlcipher_default_page_hmac_still_opens_and_rekeys_to_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = dir.path().join("made.db");
+    let old = dir.path().join("old.db");
+    let (id, node) = {
+        let db = Database::open(&made, OpenOptions::with_password("pw")).unwrap();
+        let id = db.insert("c", [("word", "platypus")]).unwrap();
+        db.checkpoint().unwrap();
+        (id, db.node_id())
+    };
+    // The same database re-encrypted with SQLCipher's defaults, as an older build wrote it.
+    {
+        let conn = rusqlite::Connection::open(&made).unwrap();
+        conn.pragma_update(None, "key", "pw").unwrap();
+        conn.pragma_update(None, "cipher_hmac_algorithm", blazedb::store::PAGE_HMAC)
+            .unwrap();
+        conn.execute(
+            "ATTACH DATABASE ?1 AS old KEY 'pw'",
+            [old.display().to_string()],
+        )
+        .unwrap();
+        conn.query_row("SELECT sqlcipher_export('old')", [], |_| Ok(()))
+            .unwrap();
+        conn.execute_batch("DETACH DATABASE old").unwrap();
+    }
+    assert!(raw_reads(&old, "pw", None));
+    assert!(!raw_reads(&old, "pw", Some(blazedb::store::PAGE_HMAC)));
+
+    assert!(matches!(
+        Database::open(&old, OpenOptions::with_password("nope")),
+        Err(Error::Open(OpenError::WrongPassword { .. }))
+    ));
+    {
+        let db = Database::open(&old, OpenOptions::with_password("pw")).unwrap();
+        assert_eq!(db.node_id(), node);
+        assert_eq!(
+            db.get("c", id).unwrap().unwrap().fields["word"],
+            Value::from("platypus")
+        );
+        db.insert("c", [("word", "wombat")]).unwrap();
+        // The checkpoint runs on a second connection, which must find the old HMAC too.
+        let cp = db.checkpoint().unwrap();
+        assert!(cp.wal_frames > 0, "the insert is in the WAL: {cp:?}");
+        assert_eq!(cp.checkpointed_frames, cp.wal_frames, "{cp:?}");
+    }
+    // Still the old HMAC on disk: nothing rewrote the file behind the user's back.
+    assert!(raw_reads(&old, "pw", None));
+    let mut db = Database::open(&old, OpenOptions::with_password("pw")).unwrap();
+    assert_eq!(db.count("c").unwrap(), 2);
+    db.rekey(Some("pw2")).unwrap();
+    assert_eq!(db.count("c").unwrap(), 2);
+    drop(db);
+    assert!(raw_reads(&old, "pw2", Some(blazedb::store::PAGE_HMAC)));
+    assert!(!raw_reads(&old, "pw2", None));
+    let db = Database::open(&old, OpenOptions::with_password("pw2")).unwrap();
+    assert_eq!(db.count("c").unwrap(), 2);
+}

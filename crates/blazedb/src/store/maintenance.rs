@@ -296,10 +296,22 @@ impl Database {
                 "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
                 params![tmp.display().to_string(), new_password.unwrap_or("")],
             )?;
-            let r = inner
-                .conn
-                .query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))
-                .and_then(|_| inner.conn.execute_batch("DETACH DATABASE rekeyed"));
+            // An attached file gets SQLCipher's defaults, not the main file's settings: the
+            // copy is written with this build's page HMAC (so rekeying also converts a file
+            // made with the old one).
+            let r = match new_password {
+                Some(pw) if !pw.is_empty() => inner.conn.execute_batch(&format!(
+                    "PRAGMA rekeyed.cipher_hmac_algorithm = {}",
+                    super::PAGE_HMAC
+                )),
+                _ => Ok(()),
+            }
+            .and_then(|_| {
+                inner
+                    .conn
+                    .query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))
+            })
+            .and_then(|_| inner.conn.execute_batch("DETACH DATABASE rekeyed"));
             if let Err(e) = r {
                 let _ = inner.conn.execute_batch("DETACH DATABASE rekeyed");
                 let _ = std::fs::remove_file(&tmp);
