@@ -70,11 +70,13 @@ impl Checkpointer {
     /// commit would otherwise do, fsync included). False when a writer held the file, which
     /// then restarts the WAL itself.
     fn restart_wal(&self) -> Result<bool> {
-        let r = self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('wal_restarts', 1) \
-             ON CONFLICT (key) DO UPDATE SET value = value + 1",
-            [],
-        );
+        let r = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('wal_restarts', 1) \
+                 ON CONFLICT (key) DO UPDATE SET value = value + 1",
+            )
+            .and_then(|mut s| s.execute([]));
         match r {
             Ok(_) => Ok(true),
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -180,15 +182,20 @@ impl Database {
         }
         let ck = slot.as_mut().expect("opened above");
         // `data_version` moves when another connection commits, never for this one's own.
-        let version: i64 = ck.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        // The statements are cached: a client checkpoints every second or so, and parsing
+        // them each time was ~1.5% of the CPU of 1,000 clients on one machine (perf,
+        // 2026-12-04).
+        let version: i64 = ck
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         if ck.restarted_at == Some(version) {
             return Ok(Checkpoint::default());
         }
-        let (wal, done): (i64, i64) =
-            ck.conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get(1)?, r.get(2)?))
-                })?;
+        let (wal, done): (i64, i64) = ck
+            .conn
+            .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")?
+            .query_row([], |r| Ok((r.get(1)?, r.get(2)?)))?;
         // -1 means the file is not in WAL mode; nothing to do then.
         let c = Checkpoint {
             wal_frames: wal.max(0) as u64,
