@@ -50,8 +50,7 @@ pub fn connect(path: &Path, password: Option<&str>) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)
         .with_context(|| format!("opening {}", path.display()))?;
     if let Some(pw) = password {
-        conn.pragma_update(None, "key", pw)?;
-        conn.pragma_update(None, "cipher_hmac_algorithm", blazedb::store::PAGE_HMAC)?;
+        key(&conn, pw)?;
     }
     let _tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -61,6 +60,13 @@ pub fn connect(path: &Path, password: Option<&str>) -> Result<Connection> {
     conn.pragma_update(None, "cache_size", -32_000)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Key `conn` as BlazeDB keys an encrypted file: the password, then the page HMAC.
+fn key(conn: &Connection, password: &str) -> Result<()> {
+    conn.pragma_update(None, "key", password)?;
+    conn.pragma_update(None, "cipher_hmac_algorithm", blazedb::store::PAGE_HMAC)?;
+    Ok(())
 }
 
 /// A side connection to any file (BlazeDB's too, or one [`connect`] made) for reading
@@ -73,8 +79,7 @@ pub fn inspect(path: &Path, password: Option<&str>) -> Result<Connection> {
     )
     .with_context(|| format!("opening {}", path.display()))?;
     if let Some(pw) = password {
-        conn.pragma_update(None, "key", pw)?;
-        conn.pragma_update(None, "cipher_hmac_algorithm", blazedb::store::PAGE_HMAC)?;
+        key(&conn, pw)?;
     }
     Ok(conn)
 }

@@ -351,6 +351,19 @@ pub(crate) fn peer_note_key(peer: NodeId, name: &str) -> String {
     format!("peer:{peer}:{name}")
 }
 
+/// A per-peer note, read on an already locked handle (see [`Database::peer_note`]).
+pub(crate) fn peer_note_in(
+    inner: &super::Inner,
+    peer: NodeId,
+    name: &str,
+) -> Result<Option<String>> {
+    Ok(inner
+        .conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([peer_note_key(peer, name)], |r| r.get::<_, String>(0))
+        .optional()?)
+}
+
 /// Which way a peer cursor points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PeerDirection {
@@ -785,13 +798,7 @@ impl Database {
     /// peer, or the policy a receiver subscribed with). Stored in `meta` as
     /// `peer:<node>:<name>`.
     pub fn peer_note(&self, peer: NodeId, name: &str) -> Result<Option<String>> {
-        let inner = self.lock()?;
-        let note = inner
-            .conn
-            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-            .query_row([peer_note_key(peer, name)], |r| r.get::<_, String>(0))
-            .optional()?;
-        Ok(note)
+        peer_note_in(&*self.lock()?, peer, name)
     }
 
     /// Set (`Some`) or clear (`None`) a per-peer note (see [`Database::peer_note`]).

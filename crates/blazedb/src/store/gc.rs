@@ -214,28 +214,9 @@ impl Database {
 /// A `records` row as GC reads it: coll, id, rev, seq, live, body.
 type StoredRow = (i64, Vec<u8>, u64, u64, bool, Vec<u8>);
 
-/// The peers noted as relays (`SERVER_NOTE`, set by the sync session from HELLO).
-fn server_peers(inner: &Inner) -> Result<Vec<NodeId>> {
-    let prefix = "peer:";
-    let suffix = format!(":{SERVER_NOTE}");
-    let mut stmt = inner
-        .conn
-        .prepare("SELECT key FROM meta WHERE key LIKE 'peer:%' || ?1 AND value = '1'")?;
-    let mut rows = stmt.query([&suffix])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let key: String = r.get(0)?;
-        let Some(hex) = key
-            .strip_prefix(prefix)
-            .and_then(|k| k.strip_suffix(suffix.as_str()))
-        else {
-            continue;
-        };
-        if let Ok(node) = hex.parse::<NodeId>() {
-            out.push(node);
-        }
-    }
-    Ok(out)
+/// Whether `peer` is noted as a relay (`SERVER_NOTE`, set by the sync session from HELLO).
+fn is_server(inner: &Inner, peer: NodeId) -> Result<bool> {
+    Ok(super::feed::peer_note_in(inner, peer, SERVER_NOTE)?.as_deref() == Some("1"))
 }
 
 /// The GC transaction's work.
@@ -266,16 +247,12 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
             }
             p.2 = p.2.max(r.get::<_, i64>(3)?.max(0) as u64);
         }
-        drop(rows);
-        drop(stmt);
-        let servers = server_peers(inner)?;
         for (node, acked, last) in peers {
             // A relay never expires: it refuses snapshots (a client's data reaches it only
             // through the feed, under its write rules), so a delete whose tombstone went
             // while the relay was away would never reach it. A client offline for longer
             // than the retention keeps the tombstones of its unsent deletes instead.
-            let expires = !servers.contains(&node);
-            if expires && now_ms.saturating_sub(last) > opts.peer_retention_ms {
+            if now_ms.saturating_sub(last) > opts.peer_retention_ms && !is_server(inner, node)? {
                 report.expired_peers.push(node);
             } else if let Some(a) = acked {
                 horizon = Some(horizon.map_or(a, |h| h.min(a)));

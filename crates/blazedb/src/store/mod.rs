@@ -37,7 +37,7 @@ pub(crate) use gc::SERVER_NOTE;
 pub use gc::{GcOptions, GcReport, SyncMetadata};
 pub use history::{HistoryEntry, HistoryRetention, PastVisibility};
 pub use maintenance::{Checkpoint, CollectionStats, IntegrityReport, Stats};
-pub use open::{PAGE_HMAC, PAGE_HMAC_SQLCIPHER_DEFAULT};
+pub use open::PAGE_HMAC;
 pub use read::{OrderBy, Query, Record};
 pub use snapshot::{
     PeerHolds, SnapshotApplied, SnapshotKey, SnapshotPage, SnapshotProgress, SnapshotScope,

@@ -22,14 +22,14 @@ const CIPHER_PAGE_BYTES: u64 = 4096;
 /// project's 2-core VM, a commit writing 4 pages took 63 µs with SHA-512 and 56 µs with
 /// SHA-256 (24 µs unencrypted), and `sync_latency` encrypted p50 went 136–165 → 125–131 µs
 /// (alternate runs). The key derivation (PBKDF2-HMAC-SHA512, 256,000 iterations) is
-/// SQLCipher's default and unchanged. Files made before carry [`PAGE_HMAC_SQLCIPHER_DEFAULT`]
-/// and still open (see [`first_read`]). To open a file with another SQLCipher tool, give
+/// SQLCipher's default and unchanged. Files made before carry `PAGE_HMAC_SQLCIPHER_DEFAULT`
+/// and still open (see `first_read`). To open a file with another SQLCipher tool, give
 /// it `PRAGMA key` and then this setting.
 pub const PAGE_HMAC: &str = "HMAC_SHA256";
 /// SQLCipher 4's default page HMAC, which encrypted files made by builds before
 /// [`PAGE_HMAC`] (2026-12-04) carry. Those builds read a file made with [`PAGE_HMAC`] as a
 /// wrong password.
-pub const PAGE_HMAC_SQLCIPHER_DEFAULT: &str = "HMAC_SHA512";
+const PAGE_HMAC_SQLCIPHER_DEFAULT: &str = "HMAC_SHA512";
 
 /// What the file looked like before SQLite touched it.
 #[derive(Debug, PartialEq)]
