@@ -334,3 +334,25 @@ fn a_file_with_sqlcipher_default_page_hmac_still_opens_and_rekeys_to_the_new_one
     let db = Database::open(&old, OpenOptions::with_password("pw2")).unwrap();
     assert_eq!(db.count("c").unwrap(), 2);
 }
+
+/// BlazeDB derives an encrypted file's key itself (once per open, for both of its
+/// connections) and gives a new file a random salt: two files under one password must not
+/// share a salt (the file's first 16 bytes), or equal pages would encrypt alike across them.
+/// The files still open in SQLCipher with the password alone (see the test above).
+#[test]
+fn new_encrypted_files_get_their_own_salt() {
+    let dir = tempfile::tempdir().unwrap();
+    let salt = |name: &str| {
+        let path = dir.path().join(name);
+        let db = Database::open(&path, OpenOptions::with_password("pw")).unwrap();
+        db.insert("c", [("x", 1)]).unwrap();
+        db.checkpoint().unwrap();
+        drop(db);
+        assert!(raw_reads(&path, "pw", Some(blazedb::store::PAGE_HMAC)));
+        let bytes = std::fs::read(&path).unwrap();
+        bytes[..16].to_vec()
+    };
+    let (a, b) = (salt("a.db"), salt("b.db"));
+    assert_ne!(a, b);
+    assert_ne!(&a[..], b"SQLite format 3\0");
+}

@@ -162,9 +162,8 @@ impl Database {
     /// [`WAL_AUTOCHECKPOINT_PAGES`](crate::limits::WAL_AUTOCHECKPOINT_PAGES): an application
     /// that writes steadily calls this every second or so from outside its write path (the
     /// tokio layer's `spawn_checkpointer` does), so no commit waits for a checkpoint's fsync.
-    /// It runs on a connection of its own (opened by the first call; for an encrypted file
-    /// that derives the key once more), so reads and writes through this handle go on
-    /// meanwhile.
+    /// It runs on a connection of its own (opened by the first call, keyed with the key the
+    /// open derived), so reads and writes through this handle go on meanwhile.
     ///
     /// When every frame was copied, it also starts the WAL over itself with a one-row write
     /// (the `wal_restarts` counter in `meta`): SQLite fsyncs the WAL header when a commit
@@ -176,7 +175,7 @@ impl Database {
         let mut slot = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some(Checkpointer {
-                conn: super::open::open_checkpointer(&self.path, self.options.password.as_deref())?,
+                conn: super::open::open_checkpointer(&self.path, self.key.as_ref())?,
                 restarted_at: None,
             });
         }

@@ -6,6 +6,7 @@
 //! through `PRAGMA data_version`).
 
 mod body;
+mod cipher_key;
 mod evict;
 mod feed;
 mod feed_cache;
@@ -137,6 +138,9 @@ pub struct Database {
     path: PathBuf,
     node: NodeId,
     options: OpenOptions,
+    /// The derived key of an encrypted file, for the checkpointer's connection (see
+    /// `cipher_key.rs`).
+    key: Option<cipher_key::CipherKey>,
     inner: Mutex<Inner>,
     /// A second connection to the file that only runs [`Database::checkpoint`], opened on
     /// the first one. A checkpoint on `inner`'s connection held this handle's lock through
@@ -251,6 +255,7 @@ impl Database {
             path,
             node: opened.node,
             options,
+            key: opened.key,
             inner: Mutex::new(inner),
             checkpointer: Mutex::new(None),
             watchers: Registry::default(),

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use super::cipher_key::{CipherKey, SALT_BYTES};
 use super::schema;
 use crate::error::OpenError;
 use crate::limits::{WAL_AUTOCHECKPOINT_PAGES, WAL_FILE_BYTES_KEPT};
@@ -37,8 +38,10 @@ enum FileKind {
     Missing,
     Empty,
     PlainSqlite,
-    /// Not plain SQLite, but sized like an SQLCipher file.
-    MaybeEncrypted,
+    /// Not plain SQLite, but sized like an SQLCipher file; its first bytes would be the salt.
+    MaybeEncrypted {
+        salt: [u8; SALT_BYTES],
+    },
     Foreign(String),
 }
 
@@ -58,7 +61,9 @@ fn sniff(path: &Path) -> Result<FileKind, std::io::Error> {
         return Ok(FileKind::PlainSqlite);
     }
     if len % CIPHER_PAGE_BYTES == 0 {
-        Ok(FileKind::MaybeEncrypted)
+        let mut salt = [0u8; SALT_BYTES];
+        salt.copy_from_slice(&head[..SALT_BYTES]);
+        Ok(FileKind::MaybeEncrypted { salt })
     } else {
         Ok(FileKind::Foreign(format!(
             "{len} bytes, not an SQLite header and not a whole number of encrypted pages"
@@ -69,12 +74,16 @@ fn sniff(path: &Path) -> Result<FileKind, std::io::Error> {
 pub(crate) struct Opened {
     pub conn: Connection,
     pub node: NodeId,
+    /// How the connections to an encrypted file are keyed (`None`: a plain file).
+    pub key: Option<CipherKey>,
 }
 
 fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> OpenError {
     let code = e.sqlite_error_code();
     match code {
-        Some(ErrorCode::NotADatabase) if keyed && *kind == FileKind::MaybeEncrypted => {
+        Some(ErrorCode::NotADatabase)
+            if keyed && matches!(kind, FileKind::MaybeEncrypted { .. }) =>
+        {
             OpenError::WrongPassword {
                 path: path.to_owned(),
             }
@@ -84,7 +93,9 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
                 path: path.to_owned(),
             }
         }
-        Some(ErrorCode::NotADatabase) if !keyed && *kind == FileKind::MaybeEncrypted => {
+        Some(ErrorCode::NotADatabase)
+            if !keyed && matches!(kind, FileKind::MaybeEncrypted { .. }) =>
+        {
             OpenError::PasswordRequired {
                 path: path.to_owned(),
             }
@@ -108,7 +119,7 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
 /// like the first, and never creating anything.
 pub(crate) fn open_checkpointer(
     path: &Path,
-    password: Option<&str>,
+    key: Option<&CipherKey>,
 ) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -116,8 +127,9 @@ pub(crate) fn open_checkpointer(
     )?;
     // Covers reading the schema; see below for the rest.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // The first read decrypts page 1 (and derives the key), here rather than mid-checkpoint.
-    first_read(&conn, password)?;
+    // The first read decrypts page 1, here rather than mid-checkpoint. The key is the one
+    // the database derived at its open (`cipher_key.rs`): no second derivation.
+    first_read(&conn, key)?;
     // A PASSIVE checkpoint never waits on locks, and the write that starts the WAL over is
     // skipped when a writer holds the file: never wait.
     conn.busy_timeout(std::time::Duration::ZERO)?;
@@ -128,20 +140,19 @@ pub(crate) fn open_checkpointer(
     Ok(conn)
 }
 
-/// Key `conn` with `password` (if any) and read the schema: the number of tables.
+/// Key `conn` with `key` (if any) and read the schema: the number of tables.
 ///
 /// An encrypted file is tried with [`PAGE_HMAC`] first, then with
 /// [`PAGE_HMAC_SQLCIPHER_DEFAULT`]; a new (empty) file passes the first try and is written with
-/// [`PAGE_HMAC`]. The second try costs no second key derivation: SQLCipher keeps the derived
-/// key and only checks page 1's HMAC again (0.2 ms against 100 ms for the first, measured).
-/// A wrong password fails both with `NotADatabase`.
-fn first_read(conn: &Connection, password: Option<&str>) -> rusqlite::Result<i64> {
+/// [`PAGE_HMAC`]. The key is already derived (`cipher_key.rs`), so the second try only checks
+/// page 1's HMAC again. A wrong password fails both with `NotADatabase`.
+fn first_read(conn: &Connection, key: Option<&CipherKey>) -> rusqlite::Result<i64> {
     let tables =
         |c: &Connection| c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
-    let Some(pw) = password else {
+    let Some(key) = key else {
         return tables(conn);
     };
-    conn.pragma_update(None, "key", pw)?;
+    conn.pragma_update(None, "key", key.pragma_value())?;
     conn.pragma_update(None, "cipher_hmac_algorithm", PAGE_HMAC)?;
     match tables(conn) {
         Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
@@ -149,6 +160,62 @@ fn first_read(conn: &Connection, password: Option<&str>) -> rusqlite::Result<i64
             tables(conn)
         }
         r => r,
+    }
+}
+
+/// Derive the key for `password` (see `cipher_key.rs`), key `conn` with it and read the
+/// schema (`first_read`). `kind` is the file as `sniff` saw it: an existing encrypted file's
+/// salt is its first bytes; a missing or empty file gets a new salt, which SQLCipher writes
+/// into its header.
+///
+/// Should another process create the file between the sniff and this read, under a salt of
+/// its own, the read fails as a wrong key would: then the file is sniffed again and, if it
+/// now has a salt, the key is derived for that salt and the read tried once more.
+fn keyed_first_read(
+    conn: &Connection,
+    path: &Path,
+    password: Option<&str>,
+    kind: FileKind,
+) -> Result<(rusqlite::Result<i64>, Option<CipherKey>, FileKind), OpenError> {
+    let io = |e: std::io::Error| OpenError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let derive = |salt: &[u8; SALT_BYTES]| {
+        password
+            .map(|pw| CipherKey::derive(pw, salt))
+            .transpose()
+            .map_err(|e| {
+                io(std::io::Error::other(format!(
+                    "deriving the key from the password failed: {e}"
+                )))
+            })
+    };
+    let key = match &kind {
+        FileKind::MaybeEncrypted { salt } => derive(salt)?,
+        _ if password.is_some() => derive(&CipherKey::new_salt().map_err(|e| {
+            io(std::io::Error::other(format!(
+                "no random salt for the new file: {e}"
+            )))
+        })?)?,
+        _ => None,
+    };
+    match first_read(conn, key.as_ref()) {
+        Err(e)
+            if e.sqlite_error_code() == Some(ErrorCode::NotADatabase)
+                && password.is_some()
+                && matches!(kind, FileKind::Missing | FileKind::Empty) =>
+        {
+            let now = sniff(path).map_err(io)?;
+            match &now {
+                FileKind::MaybeEncrypted { salt } => {
+                    let key = derive(salt)?;
+                    Ok((first_read(conn, key.as_ref()), key, now))
+                }
+                _ => Ok((Err(e), key, now)),
+            }
+        }
+        r => Ok((r, key, kind)),
     }
 }
 
@@ -191,9 +258,9 @@ pub(crate) fn open(
         | OpenFlags::SQLITE_OPEN_CREATE;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
+    let (tables, key, kind) = keyed_first_read(&conn, path, password, kind)?;
     let err = |e: rusqlite::Error| sql_err(&p, e, &kind, password.is_some());
-    // The first read decrypts page 1: a wrong key or a foreign file fails here.
-    let tables = first_read(&conn, password).map_err(err)?;
+    let tables = tables.map_err(err)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -222,7 +289,7 @@ pub(crate) fn open(
         let tx = conn.unchecked_transaction().map_err(err)?;
         schema::create(&tx, &node.0, now_ms).map_err(err)?;
         tx.commit().map_err(err)?;
-        return Ok(Opened { conn, node });
+        return Ok(Opened { conn, node, key });
     }
 
     let magic: Option<String> = conn
@@ -282,11 +349,47 @@ pub(crate) fn open(
     Ok(Opened {
         conn,
         node: NodeId(node),
+        key,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The race `keyed_first_read` handles: the file was missing when sniffed, and another
+    /// process has created it since under its own salt.
+    #[test]
+    fn a_file_created_by_another_process_after_the_sniff_opens_with_its_own_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raced.db");
+        let other = Connection::open(&path).unwrap();
+        other.pragma_update(None, "key", "pw").unwrap();
+        other
+            .pragma_update(None, "cipher_hmac_algorithm", PAGE_HMAC)
+            .unwrap();
+        other
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(other);
+        let conn = Connection::open(&path).unwrap();
+        let (tables, key, kind) =
+            keyed_first_read(&conn, &path, Some("pw"), FileKind::Missing).unwrap();
+        assert_eq!(tables.unwrap(), 1);
+        assert!(key.is_some());
+        assert!(matches!(kind, FileKind::MaybeEncrypted { .. }), "{kind:?}");
+        let x: i64 = conn.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 1);
+        // The wrong password still fails, after the one retry.
+        let conn = Connection::open(&path).unwrap();
+        let (tables, _, _) =
+            keyed_first_read(&conn, &path, Some("wrong"), FileKind::Missing).unwrap();
+        assert_eq!(
+            tables.unwrap_err().sqlite_error_code(),
+            Some(ErrorCode::NotADatabase)
+        );
+    }
+
     /// The SQLite this workspace builds carries the options of `.cargo/config.toml`
     /// (ARCHITECTURE.md, "SQLite build options"): should libsqlite3-sys stop reading
     /// `LIBSQLITE3_FLAGS`, or the file lose a flag, this fails instead of the figures

@@ -1,0 +1,109 @@
+//! The key an encrypted file's connections are given.
+//!
+//! SQLCipher turns a password into the page key with PBKDF2-HMAC-SHA512 over the password and
+//! the file's salt (its first 16 bytes), 256,000 iterations: ~100 ms of CPU, on purpose. It
+//! does that for every connection keyed with the password, and an open database has two
+//! connections: the main one, and the checkpointer's (opened by the first
+//! `Database::checkpoint`, about a second after the open when a sync driver runs one). The
+//! second derivation landed in the middle of whatever the process was doing; in the
+//! `net_fanout` benchmark, eleven encrypted files paid it ~1 s into the run: ~1.1 s of the
+//! two cores' CPU, while the figure was being measured.
+//!
+//! So a database derives the key once, here, with the same OpenSSL call SQLCipher itself
+//! makes (`PKCS5_PBKDF2_HMAC`, SQLCipher 4's defaults), and keys both connections with the
+//! result in SQLCipher's raw-key form `x'<key><salt>'`, which SQLCipher takes as the derived
+//! key and does not stretch again. Nothing about the file changes: the same password and
+//! salt give the same key, so the file opens with `PRAGMA key = '<password>'` in any
+//! SQLCipher tool, and BlazeDB opens files made by them (tests in `tests/encryption.rs` check
+//! both ways). The derived key is wiped from this process's memory when the database closes.
+
+use std::fmt;
+
+use openssl::error::ErrorStack;
+use openssl::hash::MessageDigest;
+use zeroize::Zeroizing;
+
+/// SQLCipher 4's default PBKDF2 iteration count (`cipher_kdf_iter`), which files made by
+/// BlazeDB and by SQLCipher tools with default settings use.
+pub(crate) const KDF_ITERATIONS: usize = 256_000;
+/// SQLCipher's key size: AES-256.
+const KEY_BYTES: usize = 32;
+/// SQLCipher's salt size: the first bytes of an encrypted file.
+pub(crate) const SALT_BYTES: usize = 16;
+
+/// The value of `PRAGMA key` for an encrypted file's connections.
+pub(crate) struct CipherKey(Zeroizing<String>);
+
+impl fmt::Debug for CipherKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CipherKey(***)")
+    }
+}
+
+impl CipherKey {
+    /// The key for `password` and the file's `salt`, as SQLCipher 4 derives it.
+    pub(crate) fn derive(password: &str, salt: &[u8; SALT_BYTES]) -> Result<CipherKey, ErrorStack> {
+        if password.is_empty() {
+            // SQLCipher reads an empty key as "no encryption": keep its meaning.
+            return Ok(CipherKey(Zeroizing::new(String::new())));
+        }
+        let mut key = Zeroizing::new([0u8; KEY_BYTES]);
+        openssl::pkcs5::pbkdf2_hmac(
+            password.as_bytes(),
+            salt,
+            KDF_ITERATIONS,
+            MessageDigest::sha512(),
+            &mut key[..],
+        )?;
+        let mut spec = Zeroizing::new(String::with_capacity(3 + 2 * (KEY_BYTES + SALT_BYTES)));
+        spec.push_str("x'");
+        for b in key.iter().chain(salt) {
+            spec.push(hex_digit(b >> 4));
+            spec.push(hex_digit(b & 0xF));
+        }
+        spec.push('\'');
+        Ok(CipherKey(spec))
+    }
+
+    /// A salt for a new file, from OpenSSL's random generator (what SQLCipher would use).
+    pub(crate) fn new_salt() -> Result<[u8; SALT_BYTES], ErrorStack> {
+        let mut salt = [0u8; SALT_BYTES];
+        openssl::rand::rand_bytes(&mut salt)?;
+        Ok(salt)
+    }
+
+    /// What `PRAGMA key` is set to.
+    pub(crate) fn pragma_value(&self) -> &str {
+        &self.0
+    }
+}
+
+fn hex_digit(n: u8) -> char {
+    char::from_digit(u32::from(n), 16).expect("a nibble")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raw_key_carries_the_derived_key_and_the_salt_in_hex() {
+        let salt = [0xABu8; SALT_BYTES];
+        let k = CipherKey::derive("pw", &salt).unwrap();
+        let v = k.pragma_value();
+        assert_eq!(v.len(), 3 + 2 * (KEY_BYTES + SALT_BYTES));
+        assert!(v.starts_with("x'") && v.ends_with('\''));
+        assert!(v.ends_with(&format!("{}'", "ab".repeat(SALT_BYTES))));
+        // Deterministic in password and salt; a different salt gives a different key.
+        assert_eq!(v, CipherKey::derive("pw", &salt).unwrap().pragma_value());
+        let other = CipherKey::derive("pw", &[0u8; SALT_BYTES]).unwrap();
+        assert_ne!(v[2..66], other.pragma_value()[2..66]);
+        assert_eq!(format!("{k:?}"), "CipherKey(***)");
+    }
+
+    #[test]
+    fn an_empty_password_stays_an_empty_key() {
+        let k = CipherKey::derive("", &[1u8; SALT_BYTES]).unwrap();
+        assert_eq!(k.pragma_value(), "");
+    }
+}
