@@ -47,6 +47,8 @@ impl CipherKey {
             // SQLCipher reads an empty key as "no encryption": keep its meaning.
             return Ok(CipherKey(Zeroizing::new(String::new())));
         }
+        #[cfg(test)]
+        tests::DERIVATIONS.with(|n| n.set(n.get() + 1));
         let mut key = Zeroizing::new([0u8; KEY_BYTES]);
         openssl::pkcs5::pbkdf2_hmac(
             password.as_bytes(),
@@ -85,6 +87,40 @@ fn hex_digit(n: u8) -> char {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Database, OpenOptions};
+
+    thread_local! {
+        /// Key derivations run on this thread.
+        pub(super) static DERIVATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn derivations() -> usize {
+        DERIVATIONS.with(|n| n.get())
+    }
+
+    /// The point of this module: one derivation per open, none for the checkpoint
+    /// connection (nor for reopening it after `vacuum` closed it).
+    #[test]
+    fn an_open_derives_the_key_once_and_checkpoints_reuse_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        for round in 0..2 {
+            let before = derivations();
+            let db = Database::open(&path, OpenOptions::with_password("pw")).unwrap();
+            db.insert("c", [("round", round)]).unwrap();
+            db.checkpoint().unwrap();
+            db.vacuum().unwrap();
+            db.insert("c", [("round", round)]).unwrap();
+            db.checkpoint().unwrap();
+            assert_eq!(derivations() - before, 1, "round {round}");
+        }
+        // A plain file derives nothing.
+        let before = derivations();
+        let db = Database::open(dir.path().join("plain.db"), OpenOptions::default()).unwrap();
+        db.insert("c", [("x", 1)]).unwrap();
+        db.checkpoint().unwrap();
+        assert_eq!(derivations(), before);
+    }
 
     #[test]
     fn the_raw_key_carries_the_derived_key_and_the_salt_in_hex() {
