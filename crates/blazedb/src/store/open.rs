@@ -56,7 +56,13 @@ fn sniff(path: &Path) -> Result<FileKind, std::io::Error> {
         return Ok(FileKind::Empty);
     }
     let mut head = [0u8; 16];
-    let n = f.read(&mut head)?;
+    // A file of at least 16 bytes gives all 16 (`read` alone may return fewer).
+    let n = if len >= head.len() as u64 {
+        f.read_exact(&mut head)?;
+        head.len()
+    } else {
+        f.read(&mut head)?
+    };
     if n == 16 && &head == SQLITE_HEADER {
         return Ok(FileKind::PlainSqlite);
     }
