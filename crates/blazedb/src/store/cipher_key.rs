@@ -17,7 +17,7 @@
 //! SQLCipher tool, and BlazeDB opens files made by them (tests in `tests/encryption.rs` check
 //! both ways). The derived key is wiped from this process's memory when the database closes.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
@@ -60,8 +60,9 @@ impl CipherKey {
         let mut spec = Zeroizing::new(String::with_capacity(3 + 2 * (KEY_BYTES + SALT_BYTES)));
         spec.push_str("x'");
         for b in key.iter().chain(salt) {
-            spec.push(hex_digit(b >> 4));
-            spec.push(hex_digit(b & 0xF));
+            // Within the capacity reserved above: the string never moves, so no copy of the
+            // key is left behind unwiped.
+            write!(spec, "{b:02x}").expect("writing to a String");
         }
         spec.push('\'');
         Ok(CipherKey(spec))
@@ -78,10 +79,6 @@ impl CipherKey {
     pub(crate) fn pragma_value(&self) -> &str {
         &self.0
     }
-}
-
-fn hex_digit(n: u8) -> char {
-    char::from_digit(u32::from(n), 16).expect("a nibble")
 }
 
 #[cfg(test)]

@@ -55,16 +55,13 @@ fn sniff(path: &Path) -> Result<FileKind, std::io::Error> {
     if len == 0 {
         return Ok(FileKind::Empty);
     }
+    // Shorter files are neither plain SQLite nor whole encrypted pages: foreign, below.
     let mut head = [0u8; 16];
-    // A file of at least 16 bytes gives all 16 (`read` alone may return fewer).
-    let n = if len >= head.len() as u64 {
+    if len >= head.len() as u64 {
         f.read_exact(&mut head)?;
-        head.len()
-    } else {
-        f.read(&mut head)?
-    };
-    if n == 16 && &head == SQLITE_HEADER {
-        return Ok(FileKind::PlainSqlite);
+        if &head == SQLITE_HEADER {
+            return Ok(FileKind::PlainSqlite);
+        }
     }
     if len % CIPHER_PAGE_BYTES == 0 {
         let mut salt = [0u8; SALT_BYTES];
