@@ -131,7 +131,7 @@ impl RecordCache {
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.rows.len()
     }
 }
