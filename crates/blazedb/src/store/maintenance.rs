@@ -74,8 +74,9 @@ impl Checkpointer {
     /// That write is another connection's commit to the handle's own connection, so its next
     /// transaction would see `data_version` move and drop every cache (`Inner::refresh`):
     /// the record cache of a subscriber applying a hot set of 10,000 records emptied once a
-    /// second, and each row was read and decoded again (measured: 3 to 4 of every 5 record
-    /// loads of the encrypted fan-out benchmark missed). The restart changes nothing those
+    /// second, and each row was read and decoded again (measured: half to three quarters of
+    /// the subscribers' record loads in the encrypted fan-out benchmark missed). The restart
+    /// changes nothing those
     /// caches hold, so the handle is told its new `data_version` instead
     /// ([`Checkpointer::vouch`]), when this write was provably the only commit it had not
     /// seen.
