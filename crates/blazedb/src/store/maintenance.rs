@@ -76,10 +76,9 @@ impl Checkpointer {
     /// the record cache of a subscriber applying a hot set of 10,000 records emptied once a
     /// second, and each row was read and decoded again (measured: half to three quarters of
     /// the subscribers' record loads in the encrypted fan-out benchmark missed). The restart
-    /// changes nothing those
-    /// caches hold, so the handle is told its new `data_version` instead
-    /// ([`Checkpointer::vouch`]), when this write was provably the only commit it had not
-    /// seen.
+    /// changes nothing those caches hold, so the handle is told its new `data_version`
+    /// instead ([`Checkpointer::vouch`]), when this write was provably the only commit it had
+    /// not seen.
     fn restart_wal(&self, main: &Mutex<Inner>) -> Result<bool> {
         match self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([]) {
             Ok(_) => {}
