@@ -28,6 +28,12 @@ mod soak;
 mod stats;
 mod workload;
 
+/// The relay binary's allocator (see the workspace `Cargo.toml`), so that the in-process
+/// writer, relay and subscribers allocate as the shipped `blazedb serve` does; the floors run
+/// in this process too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;

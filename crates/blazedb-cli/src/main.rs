@@ -25,6 +25,11 @@
 )]
 #![forbid(unsafe_code)]
 
+/// mimalloc rather than the system allocator: syncing allocates and frees small buffers per
+/// cell, and glibc's malloc and free were ~15% of the relay fan-out's CPU (perf, 2026-12-05).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod commands;
 mod database;
