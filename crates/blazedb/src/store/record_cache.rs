@@ -14,11 +14,19 @@
 //! - when another connection commits to the file (`PRAGMA data_version` moved), the cache
 //!   is cleared with the other caches in `Inner::refresh`.
 //!
-//! Bounded by [`RECORD_CACHE_ROWS_MAX`] rows and [`RECORD_CACHE_BYTES_MAX`] bytes of bodies,
-//! least recently used out first.
+//! Beside a row's bytes it keeps the record decoded, as the transaction that wrote it left
+//! it: a load takes that state out ([`RecordCache::checkout`]) instead of decoding the bytes,
+//! and the next commit of the record puts its new state back. Decoding was ~6% of a
+//! subscriber's CPU in the encrypted fan-out benchmark, and dropping the states at commit
+//! another ~3% (perf, 2026-12-05). A state taken out and not given back (the record was only
+//! read) leaves the bytes, which the next load decodes.
+//!
+//! Bounded by [`RECORD_CACHE_ROWS_MAX`] rows and [`RECORD_CACHE_BYTES_MAX`] bytes (bodies,
+//! and decoded states by an estimate of their size), least recently used out first.
 
 use hashlink::LruCache;
 
+use crate::crdt::RecordState;
 use crate::limits::{RECORD_CACHE_BYTES_MAX, RECORD_CACHE_ROWS_MAX};
 use crate::types::RecordId;
 
@@ -34,16 +42,36 @@ pub(crate) struct CachedRow {
 /// (collection id, record id).
 type Key = (i64, RecordId);
 
+/// A cached row, and the record decoded from it while no transaction has taken it.
+#[derive(Debug)]
+struct Entry {
+    row: CachedRow,
+    state: Option<RecordState>,
+}
+
+impl Entry {
+    /// What the entry counts against [`RECORD_CACHE_BYTES_MAX`].
+    fn bytes(&self) -> usize {
+        self.row.body.len() + self.state.as_ref().map_or(0, |s| state_bytes(s, &self.row))
+    }
+}
+
+/// An estimate of a decoded state's memory: its cells, plus what their keys and values hold
+/// on the heap, taken to be about the size of the encoded body.
+fn state_bytes(state: &RecordState, row: &CachedRow) -> usize {
+    std::mem::size_of_val(state.cells()) + row.body.len()
+}
+
 /// See the module documentation.
 pub(crate) struct RecordCache {
     /// Hashed with foldhash, as `FastMap` is, not SipHash: `get` and `remove` took 244
     /// samples of a whole encrypted fan-out run with SipHash, 184 with foldhash (perf,
     /// 2026-12-05; the rest is the LRU list and memory access).
-    rows: LruCache<Key, CachedRow, foldhash::fast::RandomState>,
-    /// Bytes of bodies in `rows`.
+    rows: LruCache<Key, Entry, foldhash::fast::RandomState>,
+    /// What `rows` counts against the byte bound (see [`Entry::bytes`]).
     bytes: usize,
     /// Changes of the open transaction, oldest first: `None` removes the key.
-    staged: Vec<(Key, Option<CachedRow>)>,
+    staged: Vec<(Key, Option<Entry>)>,
 }
 
 impl std::fmt::Debug for RecordCache {
@@ -67,14 +95,26 @@ impl Default for RecordCache {
 }
 
 impl RecordCache {
-    /// The committed row of a record, if cached (it becomes the most recently used).
-    pub fn get(&mut self, coll: i64, id: RecordId) -> Option<&CachedRow> {
-        self.rows.get(&(coll, id))
+    /// The committed row of a record, if cached (it becomes the most recently used), and its
+    /// decoded state if the cache still holds it: the state is taken out (the transaction
+    /// changes it, and its commit stages the new one).
+    pub fn checkout(
+        &mut self,
+        coll: i64,
+        id: RecordId,
+    ) -> Option<(&CachedRow, Option<RecordState>)> {
+        let entry = self.rows.get_mut(&(coll, id))?;
+        let state = entry.state.take();
+        if let Some(s) = &state {
+            self.bytes -= state_bytes(s, &entry.row);
+        }
+        Some((&entry.row, state))
     }
 
-    /// Note a row the open transaction wrote: applied at commit.
-    pub fn stage(&mut self, coll: i64, id: RecordId, row: CachedRow) {
-        self.staged.push(((coll, id), Some(row)));
+    /// Note a row the open transaction wrote, and the record as it encoded it (if kept):
+    /// applied at commit.
+    pub fn stage(&mut self, coll: i64, id: RecordId, row: CachedRow, state: Option<RecordState>) {
+        self.staged.push(((coll, id), Some(Entry { row, state })));
     }
 
     /// Forget a record now (its row changed in a way the cache does not follow), and again
@@ -86,10 +126,10 @@ impl RecordCache {
 
     /// The transaction committed: its rows are the file's now.
     pub fn commit_staged(&mut self) {
-        for (key, row) in std::mem::take(&mut self.staged) {
+        for (key, entry) in std::mem::take(&mut self.staged) {
             self.remove(&key);
-            if let Some(row) = row {
-                self.insert(key, row);
+            if let Some(entry) = entry {
+                self.insert(key, entry);
             }
         }
     }
@@ -108,26 +148,29 @@ impl RecordCache {
 
     fn remove(&mut self, key: &Key) {
         if let Some(old) = self.rows.remove(key) {
-            self.bytes -= old.body.len();
+            self.bytes -= old.bytes();
         }
     }
 
-    fn insert(&mut self, key: Key, row: CachedRow) {
-        if row.body.len() > RECORD_CACHE_BYTES_MAX / 8 {
+    fn insert(&mut self, key: Key, mut entry: Entry) {
+        if entry.row.body.len() > RECORD_CACHE_BYTES_MAX / 8 {
             return;
         }
-        self.bytes += row.body.len();
+        if entry.bytes() > RECORD_CACHE_BYTES_MAX / 8 {
+            entry.state = None;
+        }
+        self.bytes += entry.bytes();
         // A full map drops its least recently used row by itself; the byte bound is kept
         // here.
         if self.rows.len() == self.rows.capacity() {
             if let Some((_, old)) = self.rows.remove_lru() {
-                self.bytes -= old.body.len();
+                self.bytes -= old.bytes();
             }
         }
-        self.rows.insert(key, row);
+        self.rows.insert(key, entry);
         while self.bytes > RECORD_CACHE_BYTES_MAX {
             match self.rows.remove_lru() {
-                Some((_, old)) => self.bytes -= old.body.len(),
+                Some((_, old)) => self.bytes -= old.bytes(),
                 None => break,
             }
         }
@@ -156,25 +199,29 @@ mod tests {
         RecordId([n; 16])
     }
 
+    fn get(c: &mut RecordCache, coll: i64, id: RecordId) -> Option<CachedRow> {
+        c.checkout(coll, id).map(|(row, _)| row.clone())
+    }
+
     #[test]
     fn staged_rows_appear_only_at_commit_and_in_order() {
         let mut c = RecordCache::default();
-        c.stage(1, id(1), row(1, 10));
-        assert!(c.get(1, id(1)).is_none(), "visible before the commit");
-        c.stage(1, id(1), row(2, 10));
+        c.stage(1, id(1), row(1, 10), None);
+        assert!(get(&mut c, 1, id(1)).is_none(), "visible before the commit");
+        c.stage(1, id(1), row(2, 10), None);
         c.forget(1, id(2));
         c.commit_staged();
         assert_eq!(
-            c.get(1, id(1)).map(|r| r.rev),
+            get(&mut c, 1, id(1)).map(|r| r.rev),
             Some(2),
             "the later write wins"
         );
-        c.stage(1, id(1), row(3, 10));
+        c.stage(1, id(1), row(3, 10), None);
         c.forget(1, id(1));
-        assert!(c.get(1, id(1)).is_none(), "forget acts at once");
+        assert!(get(&mut c, 1, id(1)).is_none(), "forget acts at once");
         c.commit_staged();
         assert!(
-            c.get(1, id(1)).is_none(),
+            get(&mut c, 1, id(1)).is_none(),
             "forget also overrides what was staged before"
         );
     }
@@ -182,12 +229,12 @@ mod tests {
     #[test]
     fn clear_drops_rows_and_staged_changes() {
         let mut c = RecordCache::default();
-        c.stage(1, id(1), row(1, 10));
+        c.stage(1, id(1), row(1, 10), None);
         c.commit_staged();
-        c.stage(1, id(2), row(1, 10));
+        c.stage(1, id(2), row(1, 10), None);
         c.clear();
         c.commit_staged();
-        assert!(c.get(1, id(1)).is_none() && c.get(1, id(2)).is_none());
+        assert!(get(&mut c, 1, id(1)).is_none() && get(&mut c, 1, id(2)).is_none());
         assert_eq!(c.bytes, 0);
     }
 
@@ -195,26 +242,29 @@ mod tests {
     fn bounded_by_rows_and_by_bytes() {
         let mut c = RecordCache::default();
         for n in 0..(RECORD_CACHE_ROWS_MAX + 10) {
-            c.stage(n as i64, id(0), row(1, 1));
+            c.stage(n as i64, id(0), row(1, 1), None);
         }
         c.commit_staged();
         assert_eq!(c.len(), RECORD_CACHE_ROWS_MAX);
-        assert!(c.get(0, id(0)).is_none(), "the oldest rows went first");
+        assert!(
+            get(&mut c, 0, id(0)).is_none(),
+            "the oldest rows went first"
+        );
         assert_eq!(c.bytes, RECORD_CACHE_ROWS_MAX);
 
         let mut c = RecordCache::default();
         let big = RECORD_CACHE_BYTES_MAX / 8;
         for n in 0..20 {
-            c.stage(n, id(0), row(1, big));
+            c.stage(n, id(0), row(1, big), None);
         }
-        c.stage(99, id(0), row(1, big + 1));
+        c.stage(99, id(0), row(1, big + 1), None);
         c.commit_staged();
         assert!(c.bytes <= RECORD_CACHE_BYTES_MAX);
         assert_eq!(c.len(), 8);
         assert!(
-            c.get(99, id(0)).is_none(),
+            get(&mut c, 99, id(0)).is_none(),
             "a body over the per-row bound is not cached"
         );
-        assert!(c.get(19, id(0)).is_some());
+        assert!(get(&mut c, 19, id(0)).is_some());
     }
 }

@@ -669,11 +669,13 @@ impl<'a> Tx<'a> {
                 })
                 .optional()?)
         };
-        // A row this handle committed a moment ago needs no read (see `record_cache`).
-        let row = match self.inner.record_cache.get(coll, id) {
-            Some(c) => {
+        // A row this handle committed a moment ago needs no read, and usually no decoding
+        // (see `record_cache`).
+        let (row, cached_state) = match self.inner.record_cache.checkout(coll, id) {
+            Some((c, state)) => {
                 let cached = c.clone();
-                // Every test run checks that the cache holds exactly the stored row.
+                // Every test run checks that the cache holds exactly the stored row, and the
+                // record decoded from it.
                 #[cfg(debug_assertions)]
                 {
                     let stored = read_row(self.inner)?;
@@ -682,12 +684,21 @@ impl<'a> Tx<'a> {
                         Some(&cached),
                         "record cache out of date for {id}"
                     );
+                    if let (Some(state), Some(stored)) = (&state, &stored) {
+                        let decoded = body::decode(
+                            &stored.body,
+                            Seq(stored.seq),
+                            &self.inner.nodes,
+                            &self.inner.fields,
+                        )?;
+                        debug_assert_eq!(state, &decoded, "cached state of {id}");
+                    }
                 }
-                Some(cached)
+                (Some(cached), state)
             }
             // Not cached on the way in: most rows read here are written next, and the write
             // caches them (measured: caching reads too cost 5% on writes of cold records).
-            None => read_row(self.inner)?,
+            None => (read_row(self.inner)?, None),
         };
         let (before, state, hist) = match row {
             Some(CachedRow {
@@ -696,7 +707,10 @@ impl<'a> Tx<'a> {
                 body: bytes,
                 hist,
             }) => {
-                let state = body::decode(&bytes, Seq(seq), &self.inner.nodes, &self.inner.fields)?;
+                let state = match cached_state {
+                    Some(state) => state,
+                    None => body::decode(&bytes, Seq(seq), &self.inner.nodes, &self.inner.fields)?,
+                };
                 let before = Before::of_row(rev, &state, bytes, Seq(seq));
                 (Some(before), state, hist)
             }
@@ -1122,7 +1136,7 @@ impl<'a> Tx<'a> {
         let Tx {
             db,
             inner,
-            records,
+            mut records,
             base_seq,
             seq,
             seq_used,
@@ -1164,43 +1178,28 @@ impl<'a> Tx<'a> {
             policies,
         };
         let mut w = RecordWriter::new(conn)?;
-        for p in records.iter().filter(|p| p.changed) {
-            match &p.flushed {
+        for p in records.iter_mut().filter(|p| p.changed) {
+            let wrote = match &p.flushed {
                 Flushed::No => {
                     let stored = p.before.as_ref().map(Stored::Row);
                     w.write(conn, &mut tables, &mut scratch, p, stored, now_ms)?;
+                    true
                 }
-                Flushed::Dropped => {}
-                Flushed::Reloaded(written) if *written == p.state => {}
+                Flushed::Dropped => false,
+                Flushed::Reloaded(written) if *written == p.state => false,
                 Flushed::Reloaded(written) => {
                     let stored = Some(Stored::State(written));
                     w.write(conn, &mut tables, &mut scratch, p, stored, now_ms)?;
+                    true
                 }
-            }
-            if !watched {
-                continue;
-            }
-            if p.spilled {
-                // Its event up to the spill was taken then; only a change since counts.
-                if let Flushed::Reloaded(written) = &p.flushed {
-                    if *written != p.state {
-                        let before = Some(Stored::State(written));
-                        let e = event(p, &p.state, before, tables.nodes, tables.fields);
-                        events.extend(e);
-                    }
-                }
-                continue;
-            }
-            // A record written early and not touched since: its state is the stored row.
-            let read;
-            let state = if matches!(p.flushed, Flushed::Dropped) {
-                read = read_state(conn, tables.nodes, tables.fields, p)?;
-                &read
-            } else {
-                &p.state
             };
-            let before = p.before.as_ref().map(Stored::Row);
-            events.extend(event(p, state, before, tables.nodes, tables.fields));
+            if watched {
+                events.extend(commit_event(conn, &tables, p)?);
+            }
+            // The transaction is done with the state: the record cache keeps it.
+            if wrote {
+                scratch.keep_state(p);
+            }
         }
         w.finish(conn, &mut scratch, record_cache)?;
         // A link outlives the cells of its commit: a commit whose cells were all overwritten
@@ -1240,6 +1239,30 @@ impl<'a> Tx<'a> {
         }
         Ok((events, true))
     }
+}
+
+/// The watch event of a record [`Tx::commit`] wrote (or wrote earlier, see [`Flushed`]).
+fn commit_event(conn: &Connection, tables: &Tables<'_>, p: &Pending) -> Result<Option<Event>> {
+    if p.spilled {
+        // Its event up to the spill was taken then; only a change since counts.
+        return Ok(match &p.flushed {
+            Flushed::Reloaded(written) if *written != p.state => {
+                let before = Some(Stored::State(written));
+                event(p, &p.state, before, tables.nodes, tables.fields)
+            }
+            _ => None,
+        });
+    }
+    // A record written early and not touched since: its state is the stored row.
+    let read;
+    let state = if matches!(p.flushed, Flushed::Dropped) {
+        read = read_state(conn, tables.nodes, tables.fields, p)?;
+        &read
+    } else {
+        &p.state
+    };
+    let before = p.before.as_ref().map(Stored::Row);
+    Ok(event(p, state, before, tables.nodes, tables.fields))
 }
 
 /// The watch event of a record the transaction changed to `state`, from how it was before;
@@ -1357,19 +1380,40 @@ pub(crate) struct Scratch {
     field_memo: body::FieldMemo,
     old_seqs: Vec<Seq>,
     new_seqs: Vec<Seq>,
-    /// Rows [`RecordWriter::write`] wrote (`None`: the row's `hist` is not known here), for
-    /// the record cache once the writer is done.
-    written: Vec<(i64, RecordId, Option<CachedRow>)>,
+    /// Rows [`RecordWriter::write`] wrote, for the record cache once the writer is done.
+    written: Vec<Written>,
+}
+
+/// A row [`RecordWriter::write`] wrote.
+#[derive(Debug)]
+struct Written {
+    coll: i64,
+    id: RecordId,
+    /// `None`: the row's `hist` is not known here (the cache forgets the record).
+    row: Option<CachedRow>,
+    /// The record as encoded into the row, when the caller gave it up
+    /// ([`Scratch::keep_state`]).
+    state: Option<RecordState>,
 }
 
 impl Scratch {
     /// Hand the rows written so far to the record cache (applied if the transaction
     /// commits).
     fn stage_written(&mut self, cache: &mut RecordCache) {
-        for (coll, id, row) in self.written.drain(..) {
-            match row {
-                Some(row) => cache.stage(coll, id, row),
-                None => cache.forget(coll, id),
+        for w in self.written.drain(..) {
+            match w.row {
+                Some(row) => cache.stage(w.coll, w.id, row, w.state),
+                None => cache.forget(w.coll, w.id),
+            }
+        }
+    }
+
+    /// Give the record cache the state `p` was just written with (it must be the record of
+    /// the last [`RecordWriter::write`]), so that its next load need not decode the row.
+    fn keep_state(&mut self, p: &mut Pending) {
+        if let Some(w) = self.written.last_mut() {
+            if (w.coll, w.id) == (p.coll, p.id) && w.row.is_some() {
+                w.state = Some(std::mem::take(&mut p.state));
             }
         }
     }
@@ -1617,7 +1661,12 @@ impl<'c> RecordWriter<'c> {
             body: bytes.clone(),
             hist,
         });
-        scratch.written.push((p.coll, p.id, cached));
+        scratch.written.push(Written {
+            coll: p.coll,
+            id: p.id,
+            row: cached,
+            state: None,
+        });
 
         // The feed holds one row per (seq, record) that still has cells at that seq.
         match stored {
