@@ -227,6 +227,34 @@ mod tests {
     }
 
     #[test]
+    fn a_checkout_takes_the_decoded_state_and_its_bytes() {
+        let mut c = RecordCache::default();
+        c.stage(1, id(1), row(1, 10), Some(RecordState::default()));
+        c.commit_staged();
+        // The body, and the state's estimate (no cells: about the body again).
+        assert_eq!(c.bytes, 20);
+        let (r, state) = c.checkout(1, id(1)).unwrap();
+        assert_eq!(r.rev, 1);
+        assert_eq!(state, Some(RecordState::default()));
+        assert_eq!(c.bytes, 10, "the state's bytes left with it");
+        let (_, state) = c.checkout(1, id(1)).unwrap();
+        assert!(state.is_none(), "a state is handed out once");
+        // A commit puts a state back; a later write replaces the entry and its bytes.
+        c.stage(1, id(1), row(2, 30), Some(RecordState::default()));
+        c.commit_staged();
+        assert_eq!(c.bytes, 60);
+        assert!(c.checkout(1, id(1)).unwrap().1.is_some());
+
+        // An entry whose state would take it past the per-entry bound keeps only its row.
+        let mut c = RecordCache::default();
+        let body = RECORD_CACHE_BYTES_MAX / 8 - 1;
+        c.stage(2, id(2), row(1, body), Some(RecordState::default()));
+        c.commit_staged();
+        assert_eq!(c.bytes, body);
+        assert!(c.checkout(2, id(2)).unwrap().1.is_none());
+    }
+
+    #[test]
     fn clear_drops_rows_and_staged_changes() {
         let mut c = RecordCache::default();
         c.stage(1, id(1), row(1, 10), None);
