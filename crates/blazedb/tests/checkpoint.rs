@@ -158,14 +158,13 @@ fn checkpoints_racing_writes_through_two_handles_lose_nothing() {
     let checkpoints = {
         let (a, done) = (a.clone(), done.clone());
         std::thread::spawn(move || {
-            let mut restarts = 0;
+            let mut restarted = false;
             // Until the writers are done, and at least one restart has happened (on a
             // loaded machine the writers may keep every checkpoint short of one).
-            while !done.load(Ordering::Acquire) || restarts == 0 {
+            while !done.load(Ordering::Acquire) || !restarted {
                 let c = a.checkpoint().unwrap();
-                restarts += usize::from(c.wal_frames > 0 && c.checkpointed_frames == c.wal_frames);
+                restarted |= c.wal_frames > 0 && c.checkpointed_frames == c.wal_frames;
             }
-            restarts
         })
     };
     let writer_b = {

@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use rusqlite::params;
 
-use super::{Database, Inner};
+use super::{data_version, Database, Inner};
 use crate::error::{OpenError, Result};
 
 /// Numbers about one collection.
@@ -148,12 +148,6 @@ impl Checkpointer {
         }
         Ok(())
     }
-}
-
-/// `PRAGMA data_version` of `conn`: it moves when another connection commits to the file.
-fn data_version(conn: &rusqlite::Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached("PRAGMA data_version")?
-        .query_row([], |r| r.get(0))
 }
 
 /// The handle's state if no one holds it now (a poisoned lock is safe to reuse: see

@@ -549,11 +549,9 @@ impl Inner {
         self.rollback_caches();
     }
 
-    /// `PRAGMA data_version` now: it moves when another connection commits to the file.
+    /// `PRAGMA data_version` of the handle's connection now (see [`data_version`]).
     fn data_version_now(&self) -> rusqlite::Result<i64> {
-        self.conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))
+        data_version(&self.conn)
     }
 
     /// Reload caches if another connection (another process) committed since we last looked.
@@ -735,6 +733,13 @@ impl Inner {
         self.fields.rollback();
         self.data_version = -1;
     }
+}
+
+/// `PRAGMA data_version` of `conn` now: it moves when another connection commits to the
+/// file, never for `conn`'s own commits.
+pub(crate) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
 }
 
 /// Collection names: 1 to 128 bytes, no control characters.
