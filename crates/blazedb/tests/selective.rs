@@ -621,3 +621,123 @@ fn a_replacing_snapshot_from_a_partial_replica_drops_nothing_outside_its_view() 
         "an excluded field was lost"
     );
 }
+
+/// The replica moves a record out of its own view offline (so it must refuse the source's
+/// EVICT of it: its write is not acknowledged yet), and another node deletes the record
+/// before the source gets the replica's write. The source holds that delete back from the
+/// replica: none of the record's states since what it last sent was in the replica's view.
+/// So the EVICT that answers the replica's write has to go although the record is deleted,
+/// or the replica keeps a live copy for good. (Found by the simulation: seed 12114 with
+/// `BLAZEDB_SIM_PERTURB`.)
+#[test]
+fn a_record_the_replica_moved_out_and_another_node_deleted_leaves_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let third = open(dir.path(), "third");
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::everything());
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    sync_pair(&source, &third, full(), full());
+    let x = ids[0];
+    assert!(
+        replica.get("todos", x).unwrap().is_some(),
+        "x starts in view"
+    );
+    // Offline, the replica closes x: its own write takes x out of its view. Elsewhere x is
+    // closed too, so the source has an EVICT of x for the replica.
+    replica
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    third
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    sync_pair(&source, &third, full(), full());
+    // The source's feed reaches the replica; the replica's frames from its write on are held.
+    let mut ss = Session::new(&source, full(), 0).unwrap();
+    let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
+    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let mut exchange = |ss: &mut Session, sr: &mut Session, held: &mut Vec<Vec<u8>>| {
+        for _ in 0..100 {
+            let mut progress = false;
+            while let Some(f) = ss.poll_transmit(0, &source) {
+                sr.handle_bytes(0, &f, &replica).unwrap();
+                progress = true;
+            }
+            while let Some(f) = sr.poll_transmit(0, &replica) {
+                from_replica.push(&f);
+                let frame = from_replica.next_frame().unwrap().unwrap();
+                if frame.kind == blazedb::sync::message::kind::CHANGES || !held.is_empty() {
+                    held.push(f);
+                } else {
+                    ss.handle_bytes(0, &f, &source).unwrap();
+                }
+                progress = true;
+            }
+            if !progress {
+                break;
+            }
+        }
+    };
+    exchange(&mut ss, &mut sr, &mut held);
+    assert!(!held.is_empty(), "the replica's write is held back");
+    assert!(
+        replica.get("todos", x).unwrap().is_some(),
+        "the replica kept x: its write was not acknowledged"
+    );
+    // Another node deletes x; the source has the delete before the replica's write.
+    third.delete("todos", x).unwrap();
+    sync_pair(&source, &third, full(), full());
+    exchange(&mut ss, &mut sr, &mut held);
+    for f in std::mem::take(&mut held) {
+        ss.handle_bytes(0, &f, &source).unwrap();
+    }
+    pump(&source, &mut ss, &replica, &mut sr);
+    assert!(source.get("todos", x).unwrap().is_none());
+    assert!(
+        replica.get("todos", x).unwrap().is_none(),
+        "the replica still holds a record deleted everywhere and outside its view"
+    );
+}
+
+/// A record leaves the replica's view and is then deleted, and the source reads that stretch
+/// of its feed for the replica as one unit sent in several parts, the delete in a later part
+/// than the change that took the record out. The replica never got that change (the delete
+/// overwrote it before it was read) and still holds the record as it was in its view, so the
+/// delete must reach it: judged from where the unit began, not from how far it was sent.
+/// (Found by the simulation: seed 25404 with `BLAZEDB_SIM_PERTURB`.)
+#[test]
+fn a_delete_sent_in_a_later_part_of_a_unit_still_reaches_a_replica_holding_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::everything());
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let x = ids[0];
+    assert!(
+        replica.get("todos", x).unwrap().is_some(),
+        "x starts in view"
+    );
+    // While the replica is away: x is closed (out of its view), other open todos change,
+    // then x is deleted. The delete overwrites the close, so they travel as one unit.
+    source
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    for &other in ids.iter().skip(4).step_by(4).take(6) {
+        source
+            .update("todos", other, Patch::new().set("n", -1))
+            .unwrap();
+    }
+    source.delete("todos", x).unwrap();
+    // Small batches: the unit goes out in parts.
+    let small = SessionConfig {
+        batch_cells_max: 1,
+        ..full()
+    };
+    sync_pair(&source, &replica, small, partial(policy));
+    assert!(source.get("todos", x).unwrap().is_none());
+    assert!(
+        replica.get("todos", x).unwrap().is_none(),
+        "the replica still holds a record deleted while it was away"
+    );
+}

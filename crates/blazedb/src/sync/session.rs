@@ -265,6 +265,9 @@ pub struct Session {
     peer_from: Option<Seq>,
     sent_through: Seq,
     unit_until: Seq,
+    /// Where the unit being sent began. Until the peer has applied the unit, it holds each
+    /// record as it was here (see `filter_view`).
+    unit_from: Seq,
     unacked: VecDeque<Seq>,
     /// Cells to ask the feed for next: the configured batch, doubled after each page that
     /// left more behind (a peer that fell behind takes fewer, larger units, each applied in
@@ -375,6 +378,7 @@ impl Session {
             peer_from: None,
             sent_through: Seq(0),
             unit_until: Seq(0),
+            unit_from: Seq(0),
             unacked: VecDeque::new(),
             page_cells: 0,
             unit_open: false,
@@ -1683,20 +1687,26 @@ impl Session {
         self.sent_through = last;
     }
 
-    /// Queue EVICTs for records the peer just wrote that are now outside its view.
+    /// After applying the peer's write: the records it may have moved into its view are
+    /// restated whole; the others it wrote are queued for `flush_evictions`, which sends an
+    /// EVICT if they are then outside its view, or their tombstone if someone else deleted
+    /// them. Queued whatever they look like now: another peer may delete one before the
+    /// queue is flushed.
     fn evict_left_view(
         &mut self,
         db: &Database,
         touched: Vec<(String, RecordId)>,
         moved_in: Vec<(String, RecordId)>,
     ) -> Result<(), Error> {
-        let out = self.outside_view(db, touched)?;
-        for key in moved_in {
-            if !out.contains(&key) {
-                self.restate_pending.push(key);
-            }
-        }
-        self.evict_pending.extend(out);
+        let out = self.outside_view(db, moved_in.clone())?;
+        let mut restate: Vec<_> = moved_in.into_iter().filter(|k| !out.contains(k)).collect();
+        restate.sort();
+        self.evict_pending.extend(
+            touched
+                .into_iter()
+                .filter(|k| restate.binary_search(k).is_err()),
+        );
+        self.restate_pending.extend(restate);
         Ok(())
     }
 
@@ -1729,6 +1739,43 @@ impl Session {
             .as_ref()
             .map(|a| a.params())
             .unwrap_or_default()
+    }
+
+    /// Sort `records` queued for eviction (the peer may hold them outside its view) into
+    /// those it must drop, outside its view as they are now, and those deleted since by
+    /// anyone but the peer, whose tombstone it must be sent again (see `flush_evictions`).
+    fn evictions_due(&self, db: &Database, records: Vec<RecordKey>) -> Result<Due, Error> {
+        let peer = self.peer.as_ref().map(|p| p.node);
+        let mut live = Vec::with_capacity(records.len());
+        let mut deleted = Vec::new();
+        // Only `collection_visible` is asked here: no claims needed.
+        let view = View {
+            access: self.read_filtering_access(),
+            policy: &self.peer_policy,
+            params: Params::new(),
+        };
+        for (coll, id) in records {
+            // Anything of a collection the peer may not read goes (`outside_view`).
+            let state = if view.collection_visible(&coll) {
+                db.record_state(&coll, id)?
+            } else {
+                None
+            };
+            match state {
+                Some(st) if !st.is_live() => {
+                    // A delete the peer made itself, it holds already.
+                    let deleted_by = st.reset_point().map(|v| v.node);
+                    if deleted_by.is_some() && deleted_by != peer {
+                        deleted.push((coll, id));
+                    }
+                }
+                _ => live.push((coll, id)),
+            }
+        }
+        Ok(Due {
+            evict: self.outside_view(db, live)?,
+            deleted,
+        })
     }
 
     /// Those of `records` that the peer may not (or does not want to) see as they are now.
@@ -1792,6 +1839,9 @@ impl Session {
         let head = db.last_seq()?;
         // A unit in progress must be finished whatever the window says.
         let in_unit = self.sent_through < self.unit_until;
+        if !in_unit {
+            self.unit_from = self.sent_through;
+        }
         // Coalescing: while a unit is unacknowledged and only a trickle of commits waits
         // (fewer than a batch's worth), hold them until the ACK comes back and send them as
         // one unit then. The receiver applies a unit in one SQLite transaction, so a peer that
@@ -1825,7 +1875,7 @@ impl Session {
                     filter_view(
                         db,
                         &view,
-                        self.sent_through,
+                        self.unit_from,
                         &mut filtered.changes,
                         &mut self.evict_pending,
                         &mut self.refused,
@@ -1872,12 +1922,25 @@ impl Session {
     }
 
     /// Send the queued EVICTs of records that are still outside the peer's view (one that
-    /// came back in since it was queued is not evicted: its return is in the feed).
+    /// came back in since it was queued is not evicted: its return is in the feed); queue
+    /// those someone else deleted since for a restatement of their tombstone.
     fn flush_evictions(&mut self, now_ms: u64, db: &Database) -> Result<(), Error> {
         let mut pending = std::mem::take(&mut self.evict_pending);
         pending.sort();
         pending.dedup();
-        let out = self.outside_view(db, pending)?;
+        let Due {
+            evict: out,
+            deleted,
+        } = self.evictions_due(db, pending)?;
+        // Deleted since they were queued: their tombstones go as restatements. The feed may
+        // not bring them: `filter_view` holds a delete back when none of the record's states
+        // since its unit began was in the peer's view, and that is the case for a record the
+        // peer moved out of its view itself (its own write, or an EVICT it had to refuse
+        // because its write was not acknowledged yet). Without this, the peer kept a live
+        // copy of a deleted record for good (simulation, seed 12114 with
+        // `BLAZEDB_SIM_PERTURB`). A tombstone rather than an EVICT: it merges with any
+        // write of the peer's, and the peer can pass it on.
+        self.restate_pending.extend(deleted);
         if out.is_empty() {
             if self.evicts_unconfirmed.is_none() && self.evicts_note.is_some() {
                 // Re-derived after a reconnect and nothing (more) to send.
@@ -2294,6 +2357,14 @@ const REFUSED_REMEMBERED_MAX: usize = 4096;
 /// Records per EVICT message.
 const EVICT_BATCH: usize = 4096;
 
+/// What [`Session::evictions_due`] found among records queued for eviction.
+struct Due {
+    /// Outside the peer's view: EVICT.
+    evict: Vec<RecordKey>,
+    /// Deleted by someone else since: restate the tombstone.
+    deleted: Vec<RecordKey>,
+}
+
 /// What the peer may see (access control) and asked to see (its policy).
 struct View<'a> {
     access: Option<&'a dyn super::AccessControl>,
@@ -2338,9 +2409,18 @@ impl View<'_> {
 /// view becomes the whole record; one that moves it out becomes an entry in `evict` (see
 /// `sync/policy.rs`). Both an EVICT and a delete name the record, so they go only where the
 /// peer may hold it: unless the record's history shows that none of its states since `since`
-/// (what the peer has been sent through) was in the peer's view — then the peer cannot hold
-/// it, and its id is not the peer's to learn. A delete also goes when the peer's own change
-/// to the record was just refused (`refused`: the restated delete must reach it).
+/// was in the peer's view — then the peer cannot hold it, and its id is not the peer's to
+/// learn. A delete also goes when the peer's own change to the record was just refused
+/// (`refused`: the restated delete must reach it).
+///
+/// `since` is where the unit that the changes belong to began, not how far it was sent: the
+/// feed sends a record's current cells, so a change overwritten before it was read never
+/// went out, and the peer kept the state before it. Its overwriter is linked to it, so both
+/// are in one unit, and at a unit's start the peer holds the state the record had there.
+/// Judged from how far the unit was sent, a record in the peer's view that a change took out
+/// of it, then a delete overwrote that change before it was read, looked never seen: the
+/// delete was held back and the peer kept its copy for good (simulation, seed 25404 with
+/// `BLAZEDB_SIM_PERTURB`).
 fn filter_view(
     db: &Database,
     view: &View<'_>,
