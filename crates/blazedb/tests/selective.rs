@@ -741,3 +741,87 @@ fn a_delete_sent_in_a_later_part_of_a_unit_still_reaches_a_replica_holding_the_r
         "the replica still holds a record deleted while it was away"
     );
 }
+
+/// The replica edits a record offline while the source takes it out of the replica's view;
+/// the replica refuses the source's EVICT (its edit is not acknowledged yet), and the EVICT
+/// the source sends again once it has the edit is lost with the connection. Meanwhile another
+/// node changes the record again, so the source's feed holds it only past where the replica
+/// resumes. At the next connection the source must still evict it. (Found by the simulation:
+/// seed 32086 with `BLAZEDB_SIM_PERTURB`.)
+#[test]
+fn an_evict_made_up_for_a_refused_one_and_lost_is_sent_again_at_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let third = open(dir.path(), "third");
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::everything());
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    sync_pair(&source, &third, full(), full());
+    let x = ids[0];
+    assert!(
+        replica.get("todos", x).unwrap().is_some(),
+        "x starts in view"
+    );
+    // Offline, the replica edits x (a field its filter does not read); later the source
+    // closes x, taking it out of the replica's view.
+    replica
+        .update("todos", x, Patch::new().set("note", "mine"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    source
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    // The replica gets the close and its EVICT, which it refuses; its own frames are held.
+    let mut ss = Session::new(&source, full(), 0).unwrap();
+    let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
+    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..100 {
+        let mut progress = false;
+        while let Some(f) = ss.poll_transmit(0, &source) {
+            sr.handle_bytes(0, &f, &replica).unwrap();
+            progress = true;
+        }
+        while let Some(f) = sr.poll_transmit(0, &replica) {
+            from_replica.push(&f);
+            let frame = from_replica.next_frame().unwrap().unwrap();
+            if frame.kind == blazedb::sync::message::kind::CHANGES || !held.is_empty() {
+                held.push(f);
+            } else {
+                ss.handle_bytes(0, &f, &source).unwrap();
+            }
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
+    assert!(!held.is_empty(), "the replica's edit is held back");
+    assert!(
+        replica.get("todos", x).unwrap().is_some(),
+        "the replica kept x: its edit was not acknowledged"
+    );
+    // The source gets the edit; what it answers (the ACK, the EVICT made up for the refused
+    // one) is lost with the connection.
+    for f in held {
+        ss.handle_bytes(0, &f, &source).unwrap();
+    }
+    while ss.poll_transmit(0, &source).is_some() {}
+    drop((ss, sr));
+    assert_eq!(
+        source.get("todos", x).unwrap().unwrap().fields["note"],
+        Value::from("mine")
+    );
+    // Another node closes x again, overwriting the close the EVICT came from: the source's
+    // feed now holds x only past where the replica resumes.
+    sync_pair(&source, &third, full(), full());
+    third
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    sync_pair(&source, &third, full(), full());
+    sync_pair(&source, &replica, full(), partial(policy));
+    assert!(
+        replica.get("todos", x).unwrap().is_none(),
+        "the replica still holds a record outside its view"
+    );
+}

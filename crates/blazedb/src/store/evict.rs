@@ -52,19 +52,27 @@ pub struct EvictOutcome {
 
 impl Database {
     /// The records with feed rows in `(after, through]`: what changed there and still holds
-    /// cells at those positions (a record changed again later has rows later too).
-    pub fn feed_records(&self, after: Seq, through: Seq) -> Result<Vec<(String, RecordId)>> {
+    /// cells at those positions (a record changed again later has rows later too), each with
+    /// whether one of those rows came from peer `src` (a change it wrote).
+    pub fn feed_records(
+        &self,
+        after: Seq,
+        through: Seq,
+        src: NodeId,
+    ) -> Result<Vec<(String, RecordId, bool)>> {
         let inner = self.lock()?;
+        // Feed rows name their source by node index + 1 (0: written here).
+        let src = inner.nodes.known(&src).map_or(-1, |i| i as i64 + 1);
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT DISTINCT c.name, f.id FROM feed f JOIN collections c ON c.id = f.coll \
-             WHERE f.seq > ?1 AND f.seq <= ?2",
+            "SELECT c.name, f.id, MAX(f.src = ?3) FROM feed f JOIN collections c ON c.id = f.coll \
+             WHERE f.seq > ?1 AND f.seq <= ?2 GROUP BY c.name, f.id",
         )?;
-        let mut rows = stmt.query(params![after.0 as i64, through.0 as i64])?;
+        let mut rows = stmt.query(params![after.0 as i64, through.0 as i64, src])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let name: String = row.get(0)?;
             let id = record_id(row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?)?;
-            out.push((name, id));
+            out.push((name, id, row.get::<_, i64>(2)? == 1));
         }
         Ok(out)
     }
