@@ -1764,36 +1764,39 @@ impl Session {
     /// anyone but the peer, whose tombstone it must be sent again (see `flush_evictions`).
     fn evictions_due(&self, db: &Database, records: Vec<RecordKey>) -> Result<Due, Error> {
         let peer = self.peer.as_ref().map(|p| p.node);
-        let mut live = Vec::with_capacity(records.len());
-        let mut deleted = Vec::new();
-        // Only `collection_visible` is asked here: no claims needed.
         let view = View {
             access: self.read_filtering_access(),
             policy: &self.peer_policy,
-            params: Params::new(),
+            params: self.view_params(),
+        };
+        let mut due = Due {
+            evict: Vec::new(),
+            deleted: Vec::new(),
         };
         for (coll, id) in records {
-            // Anything of a collection the peer may not read goes (`outside_view`).
-            let state = if view.collection_visible(&coll) {
-                db.record_state(&coll, id)?
-            } else {
-                None
-            };
-            match state {
+            // As `outside_view` judges, in the same read of the record.
+            if !view.collection_visible(&coll) {
+                due.evict.push((coll, id));
+                continue;
+            }
+            match db.record_state(&coll, id)? {
+                // Unknown here: nothing to evict.
+                None => {}
                 Some(st) if !st.is_live() => {
                     // A delete the peer made itself, it holds already.
                     let deleted_by = st.reset_point().map(|v| v.node);
                     if deleted_by.is_some() && deleted_by != peer {
-                        deleted.push((coll, id));
+                        due.deleted.push((coll, id));
                     }
                 }
-                _ => live.push((coll, id)),
+                Some(st) => {
+                    if !view.record_visible(&coll, id, &st.fields()) {
+                        due.evict.push((coll, id));
+                    }
+                }
             }
         }
-        Ok(Due {
-            evict: self.outside_view(db, live)?,
-            deleted,
-        })
+        Ok(due)
     }
 
     /// Whether the peer may hold a record: one of its states from `since` on was in the
