@@ -825,3 +825,76 @@ fn an_evict_made_up_for_a_refused_one_and_lost_is_sent_again_at_reconnect() {
         "the replica still holds a record outside its view"
     );
 }
+
+/// A restatement (the whole record, sent when the replica's own write moves a record back
+/// into its view) carries fields the replica missed while the record was out of its view.
+/// It does not move the replica's cursor, so when it is lost with the connection the feed
+/// never brings those fields again: the source must restate the record at the next
+/// connection. (Found by the simulation: seed 36866 with `BLAZEDB_SIM_PERTURB`.)
+#[test]
+fn a_restatement_lost_with_the_connection_is_sent_again_at_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::everything());
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let x = ids[0];
+    // The source closes x (out of the replica's view) and counts votes on it, which the
+    // replica is not sent while x is out.
+    source
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    source.increment("todos", x, "votes", 3).unwrap();
+    // Later, offline, the replica closes and reopens x: its reopening is the newest write.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    replica
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    replica
+        .update("todos", x, Patch::new().set("done", false))
+        .unwrap();
+    // The replica gets the EVICT of x first and refuses it (its write is not acknowledged);
+    // its own frames are held.
+    let mut ss = Session::new(&source, full(), 0).unwrap();
+    let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
+    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..100 {
+        let mut progress = false;
+        while let Some(f) = ss.poll_transmit(0, &source) {
+            sr.handle_bytes(0, &f, &replica).unwrap();
+            progress = true;
+        }
+        while let Some(f) = sr.poll_transmit(0, &replica) {
+            from_replica.push(&f);
+            let frame = from_replica.next_frame().unwrap().unwrap();
+            if frame.kind == blazedb::sync::message::kind::CHANGES || !held.is_empty() {
+                held.push(f);
+            } else {
+                ss.handle_bytes(0, &f, &source).unwrap();
+            }
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
+    assert!(!held.is_empty(), "the replica's write is held back");
+    // The source gets the reopening, which moves x back into the replica's view; what it
+    // answers (the ACK, the restatement of x with its votes) is lost with the connection.
+    for f in held {
+        ss.handle_bytes(0, &f, &source).unwrap();
+    }
+    while ss.poll_transmit(0, &source).is_some() {}
+    drop((ss, sr));
+    let at_source = source.get("todos", x).unwrap().unwrap();
+    assert_eq!(at_source.fields["done"], Value::Bool(false));
+    assert_eq!(at_source.fields["votes"], Value::Int(3));
+    sync_pair(&source, &replica, full(), partial(policy));
+    let got = replica.get("todos", x).unwrap().unwrap();
+    assert_eq!(
+        got.fields.get("votes"),
+        Some(&Value::Int(3)),
+        "the replica lacks what only the lost restatement carried: {got:?}"
+    );
+}

@@ -302,7 +302,7 @@ impl Sim {
         let batch_cells_max = self.rng.gen_range(1..64);
         if std::env::var("BLAZEDB_SIM_PERTURB").is_ok() {
             // Shift the workload's stream (as adding a draw here would): new schedules for
-            // every seed. (Seeds 12114, 25404 and 32086 so shifted found the partial-replica
+            // every seed. (Seeds 12114, 25404, 32086 and 36866 so shifted found the partial-replica
             // bugs fixed on 2026-12-05; `tests/selective.rs` replays each.)
             if self.rng.gen_bool(0.5) {
                 let _: usize = self.rng.gen_range(1..40);

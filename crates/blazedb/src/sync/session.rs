@@ -1109,12 +1109,18 @@ impl Session {
             let records = db
                 .feed_records(after, head, peer)
                 .map_err(|e| self.internal(e, now_ms))?;
+            //
+            // Restatements are noted the same way: a record the peer wrote since the note
+            // is restated whole if it is in the view (its write may have moved it in), and
+            // evicted if not.
             for (coll, id, written_by_peer) in records {
-                let due = written_by_peer
-                    || self
-                        .may_hold(db, &coll, id, after)
-                        .map_err(|e| self.internal(e, now_ms))?;
-                if due {
+                if written_by_peer {
+                    self.restate_pending.push((coll.clone(), id));
+                    self.evict_pending.push((coll, id));
+                } else if self
+                    .may_hold(db, &coll, id, after)
+                    .map_err(|e| self.internal(e, now_ms))?
+                {
                     self.evict_pending.push((coll, id));
                 }
             }
@@ -1989,10 +1995,7 @@ impl Session {
         // Until a later unit is acknowledged, the peer may lose these with the connection
         // (it acknowledged the unit they follow already): remember from where to derive
         // them again at its next SUBSCRIBE.
-        let from = self.evicts_note.map_or(self.acked, |n| n.min(self.acked));
-        if self.evicts_note != Some(from) {
-            self.set_evicts_note(db, Some(from))?;
-        }
+        self.note_view_update(db)?;
         for chunk in out.chunks(EVICT_BATCH) {
             self.stats.evicts_sent += chunk.len() as u64;
             self.send(
@@ -2002,7 +2005,24 @@ impl Session {
                 now_ms,
             );
         }
-        // Its PONG confirms them even if no unit follows.
+        self.confirm_view_update(now_ms);
+        Ok(())
+    }
+
+    /// Before EVICTs or a restatement go out: until the peer confirms them, they may be lost
+    /// with the connection (after the peer acknowledged everything they follow, so nothing
+    /// else brings them again). Store from where `on_subscribe` derives them again.
+    fn note_view_update(&mut self, db: &Database) -> Result<(), Error> {
+        let from = self.evicts_note.map_or(self.acked, |n| n.min(self.acked));
+        if self.evicts_note != Some(from) {
+            self.set_evicts_note(db, Some(from))?;
+        }
+        Ok(())
+    }
+
+    /// After EVICTs or a restatement went out: a PING, whose PONG (or the ACK of a later
+    /// unit) confirms them even if no unit follows.
+    fn confirm_view_update(&mut self, now_ms: u64) {
         self.ping_nonce += 1;
         self.send(
             &Message::Ping {
@@ -2011,7 +2031,6 @@ impl Session {
             now_ms,
         );
         self.evicts_unconfirmed = Some((self.sent_through, self.ping_nonce));
-        Ok(())
     }
 
     /// Store (or clear) the position after which evictions may not have reached the peer.
@@ -2049,9 +2068,17 @@ impl Session {
             }
             changes.push(ch);
         }
-        if !changes.is_empty() && self.send_changes(&changes, self.sent_through, false, now_ms) {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // It does not move the peer's cursor, so a reconnect would not send it again: noted
+        // and confirmed like EVICTs. A lost one left the peer without the fields it lacked
+        // for good (simulation, seed 36866 with `BLAZEDB_SIM_PERTURB`).
+        self.note_view_update(db)?;
+        if self.send_changes(&changes, self.sent_through, false, now_ms) {
             self.unacked.push_back(self.sent_through);
         }
+        self.confirm_view_update(now_ms);
         Ok(())
     }
 
