@@ -1795,11 +1795,10 @@ impl Session {
                         due.deleted.push((coll, id));
                     }
                 }
-                Some(st) => {
-                    if !view.record_visible(&coll, id, &st.fields()) {
-                        due.evict.push((coll, id));
-                    }
+                Some(st) if !view.record_visible(&coll, id, &st.fields()) => {
+                    due.evict.push((coll, id));
                 }
+                Some(_) => {}
             }
         }
         Ok(due)
