@@ -6,7 +6,8 @@
 //! write that returned Ok is lost), transfers are never seen half-applied, and every write
 //! that was overwritten without being seen is on some node's conflict list.
 //!
-//! `BLAZEDB_SIM_SEEDS=n` runs n seeds (default 1500); `BLAZEDB_SIM_SEED=s` replays one seed;
+//! `BLAZEDB_SIM_SEEDS=n` runs n seeds (default 1500), from `BLAZEDB_SIM_FIRST` (default 0);
+//! `BLAZEDB_SIM_SEED=s` replays one seed;
 //! `BLAZEDB_SIM_PERTURB=1` shifts every seed's random stream (new schedules);
 //! `BLAZEDB_SIM_DEBUG=1` prints the cells of records that diverged.
 //! A failure prints its seed.
@@ -944,14 +945,18 @@ fn simulation_converges_under_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1500);
+    let first: u64 = std::env::var("BLAZEDB_SIM_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(4) as u64;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut s = t;
-                while s < seeds {
+                let mut s = first + t;
+                while s < first + seeds {
                     run_seed(s);
                     s += threads;
                 }
