@@ -23,6 +23,54 @@ fn partial(policy: SyncPolicy) -> SessionConfig {
     }
 }
 
+/// A source and a replica session in memory, where everything the replica sends from its
+/// first CHANGES frame on is held back (its write has not reached the source yet) while the
+/// source's frames go through.
+#[derive(Default)]
+struct HeldLink {
+    from_replica: blazedb::sync::frame::FrameDecoder,
+    held: Vec<Vec<u8>>,
+}
+
+impl HeldLink {
+    /// Exchange frames until neither side has more to send.
+    fn exchange(
+        &mut self,
+        source: &Database,
+        ss: &mut Session,
+        replica: &Database,
+        sr: &mut Session,
+    ) {
+        for _ in 0..100 {
+            let mut progress = false;
+            while let Some(f) = ss.poll_transmit(0, source) {
+                sr.handle_bytes(0, &f, replica).unwrap();
+                progress = true;
+            }
+            while let Some(f) = sr.poll_transmit(0, replica) {
+                self.from_replica.push(&f);
+                let frame = self.from_replica.next_frame().unwrap().unwrap();
+                if frame.kind == blazedb::sync::message::kind::CHANGES || !self.held.is_empty() {
+                    self.held.push(f);
+                } else {
+                    ss.handle_bytes(0, &f, source).unwrap();
+                }
+                progress = true;
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    /// Hand the source what was held back.
+    fn release(&mut self, source: &Database, ss: &mut Session) {
+        for f in std::mem::take(&mut self.held) {
+            ss.handle_bytes(0, &f, source).unwrap();
+        }
+    }
+}
+
 fn open_todos(p: &SyncPolicy) -> SyncPolicy {
     let _ = p;
     SyncPolicy {
@@ -518,29 +566,9 @@ fn a_move_in_overwritten_by_the_replicas_own_write_still_brings_the_whole_record
     // out); the replica's own frames (its edit) are held back.
     let mut ss = Session::new(&source, full(), 0).unwrap();
     let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
-    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
-    let mut held: Vec<Vec<u8>> = Vec::new();
-    for _ in 0..100 {
-        let mut progress = false;
-        while let Some(f) = ss.poll_transmit(0, &source) {
-            sr.handle_bytes(0, &f, &replica).unwrap();
-            progress = true;
-        }
-        while let Some(f) = sr.poll_transmit(0, &replica) {
-            from_replica.push(&f);
-            let frame = from_replica.next_frame().unwrap().unwrap();
-            if frame.kind == blazedb::sync::message::kind::CHANGES || !held.is_empty() {
-                held.push(f);
-            } else {
-                ss.handle_bytes(0, &f, &source).unwrap();
-            }
-            progress = true;
-        }
-        if !progress {
-            break;
-        }
-    }
-    assert!(!held.is_empty(), "the replica's edit is held back");
+    let mut link = HeldLink::default();
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's edit is held back");
     assert!(!replica
         .get("todos", x)
         .unwrap()
@@ -553,9 +581,7 @@ fn a_move_in_overwritten_by_the_replicas_own_write_still_brings_the_whole_record
         .update("todos", x, Patch::new().set("done", false))
         .unwrap();
     sync_pair(&source, &third, full(), full());
-    for f in held {
-        ss.handle_bytes(0, &f, &source).unwrap();
-    }
+    link.release(&source, &mut ss);
     pump(&source, &mut ss, &replica, &mut sr);
     let got = replica.get("todos", x).unwrap().unwrap();
     assert_eq!(got.fields.get("votes"), Some(&Value::Int(3)), "{got:?}");
@@ -655,32 +681,9 @@ fn a_record_the_replica_moved_out_and_another_node_deleted_leaves_the_replica() 
     // The source's feed reaches the replica; the replica's frames from its write on are held.
     let mut ss = Session::new(&source, full(), 0).unwrap();
     let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
-    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
-    let mut held: Vec<Vec<u8>> = Vec::new();
-    let mut exchange = |ss: &mut Session, sr: &mut Session, held: &mut Vec<Vec<u8>>| {
-        for _ in 0..100 {
-            let mut progress = false;
-            while let Some(f) = ss.poll_transmit(0, &source) {
-                sr.handle_bytes(0, &f, &replica).unwrap();
-                progress = true;
-            }
-            while let Some(f) = sr.poll_transmit(0, &replica) {
-                from_replica.push(&f);
-                let frame = from_replica.next_frame().unwrap().unwrap();
-                if frame.kind == blazedb::sync::message::kind::CHANGES || !held.is_empty() {
-                    held.push(f);
-                } else {
-                    ss.handle_bytes(0, &f, &source).unwrap();
-                }
-                progress = true;
-            }
-            if !progress {
-                break;
-            }
-        }
-    };
-    exchange(&mut ss, &mut sr, &mut held);
-    assert!(!held.is_empty(), "the replica's write is held back");
+    let mut link = HeldLink::default();
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's write is held back");
     assert!(
         replica.get("todos", x).unwrap().is_some(),
         "the replica kept x: its write was not acknowledged"
@@ -688,10 +691,8 @@ fn a_record_the_replica_moved_out_and_another_node_deleted_leaves_the_replica() 
     // Another node deletes x; the source has the delete before the replica's write.
     third.delete("todos", x).unwrap();
     sync_pair(&source, &third, full(), full());
-    exchange(&mut ss, &mut sr, &mut held);
-    for f in std::mem::take(&mut held) {
-        ss.handle_bytes(0, &f, &source).unwrap();
-    }
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    link.release(&source, &mut ss);
     pump(&source, &mut ss, &replica, &mut sr);
     assert!(source.get("todos", x).unwrap().is_none());
     assert!(
@@ -774,38 +775,16 @@ fn an_evict_made_up_for_a_refused_one_and_lost_is_sent_again_at_reconnect() {
     // The replica gets the close and its EVICT, which it refuses; its own frames are held.
     let mut ss = Session::new(&source, full(), 0).unwrap();
     let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
-    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
-    let mut held: Vec<Vec<u8>> = Vec::new();
-    for _ in 0..100 {
-        let mut progress = false;
-        while let Some(f) = ss.poll_transmit(0, &source) {
-            sr.handle_bytes(0, &f, &replica).unwrap();
-            progress = true;
-        }
-        while let Some(f) = sr.poll_transmit(0, &replica) {
-            from_replica.push(&f);
-            let frame = from_replica.next_frame().unwrap().unwrap();
-            if frame.kind == blazedb::sync::message::kind::CHANGES || !held.is_empty() {
-                held.push(f);
-            } else {
-                ss.handle_bytes(0, &f, &source).unwrap();
-            }
-            progress = true;
-        }
-        if !progress {
-            break;
-        }
-    }
-    assert!(!held.is_empty(), "the replica's edit is held back");
+    let mut link = HeldLink::default();
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's edit is held back");
     assert!(
         replica.get("todos", x).unwrap().is_some(),
         "the replica kept x: its edit was not acknowledged"
     );
     // The source gets the edit; what it answers (the ACK, the EVICT made up for the refused
     // one) is lost with the connection.
-    for f in held {
-        ss.handle_bytes(0, &f, &source).unwrap();
-    }
+    link.release(&source, &mut ss);
     while ss.poll_transmit(0, &source).is_some() {}
     drop((ss, sr));
     assert_eq!(
@@ -857,34 +836,12 @@ fn a_restatement_lost_with_the_connection_is_sent_again_at_reconnect() {
     // its own frames are held.
     let mut ss = Session::new(&source, full(), 0).unwrap();
     let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
-    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
-    let mut held: Vec<Vec<u8>> = Vec::new();
-    for _ in 0..100 {
-        let mut progress = false;
-        while let Some(f) = ss.poll_transmit(0, &source) {
-            sr.handle_bytes(0, &f, &replica).unwrap();
-            progress = true;
-        }
-        while let Some(f) = sr.poll_transmit(0, &replica) {
-            from_replica.push(&f);
-            let frame = from_replica.next_frame().unwrap().unwrap();
-            if frame.kind == blazedb::sync::message::kind::CHANGES || !held.is_empty() {
-                held.push(f);
-            } else {
-                ss.handle_bytes(0, &f, &source).unwrap();
-            }
-            progress = true;
-        }
-        if !progress {
-            break;
-        }
-    }
-    assert!(!held.is_empty(), "the replica's write is held back");
+    let mut link = HeldLink::default();
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's write is held back");
     // The source gets the reopening, which moves x back into the replica's view; what it
     // answers (the ACK, the restatement of x with its votes) is lost with the connection.
-    for f in held {
-        ss.handle_bytes(0, &f, &source).unwrap();
-    }
+    link.release(&source, &mut ss);
     while ss.poll_transmit(0, &source).is_some() {}
     drop((ss, sr));
     let at_source = source.get("todos", x).unwrap().unwrap();

@@ -1393,11 +1393,7 @@ impl Session {
         // is missing from its snapshot because it never had it, not because it was deleted.
         // Evicting those made a full peer re-bootstrapped by a partial replica (its cursor
         // below the replica's GC horizon) drop everything the replica does not see.
-        let view = View {
-            access: self.read_filtering_access(),
-            policy: &self.peer_policy,
-            params: self.view_params(),
-        };
+        let view = self.peer_view();
         let partial_peer = view.access.is_some() || !self.peer_policy.is_everything();
         let peer_holds = |coll: &str, id: RecordId, st: &crate::crdt::RecordState| {
             // A tombstone has no fields to test a filter on: `record_visible` then says no
@@ -1756,6 +1752,15 @@ impl Session {
         Ok(out)
     }
 
+    /// What the peer may see and asked to see, with its credentials' claims.
+    fn peer_view(&self) -> View<'_> {
+        View {
+            access: self.read_filtering_access(),
+            policy: &self.peer_policy,
+            params: self.view_params(),
+        }
+    }
+
     /// The parameters the peer's view is evaluated with (its credentials' claims).
     fn view_params(&self) -> Params {
         self.cfg
@@ -1770,11 +1775,7 @@ impl Session {
     /// anyone but the peer, whose tombstone it must be sent again (see `flush_evictions`).
     fn evictions_due(&self, db: &Database, records: Vec<RecordKey>) -> Result<Due, Error> {
         let peer = self.peer.as_ref().map(|p| p.node);
-        let view = View {
-            access: self.read_filtering_access(),
-            policy: &self.peer_policy,
-            params: self.view_params(),
-        };
+        let view = self.peer_view();
         let mut due = Due {
             evict: Vec::new(),
             deleted: Vec::new(),
@@ -1807,11 +1808,7 @@ impl Session {
     /// Whether the peer may hold a record: one of its states from `since` on was in the
     /// peer's view, or history cannot tell (see [`PastVisibility`]).
     fn may_hold(&self, db: &Database, coll: &str, id: RecordId, since: Seq) -> Result<bool, Error> {
-        let view = View {
-            access: self.read_filtering_access(),
-            policy: &self.peer_policy,
-            params: self.view_params(),
-        };
+        let view = self.peer_view();
         if !view.collection_visible(coll) {
             return Ok(false);
         }
@@ -1828,11 +1825,7 @@ impl Session {
         db: &Database,
         records: Vec<(String, RecordId)>,
     ) -> Result<Vec<(String, RecordId)>, Error> {
-        let view = View {
-            access: self.read_filtering_access(),
-            policy: &self.peer_policy,
-            params: self.view_params(),
-        };
+        let view = self.peer_view();
         let mut out = Vec::new();
         for (coll, id) in records {
             let visible = if !view.collection_visible(&coll) {
