@@ -1,6 +1,6 @@
-//! `peers` lists the replicas a file synced with and `--forget` drops one; `gc` removes the
-//! tombstones every peer has seen and prints what it did as one JSON line. Encrypted files
-//! take the password from BLAZEDB_PASSWORD like every other command.
+//! `peers` lists the replicas a file synced with and `--forget` stops GC waiting for one;
+//! `gc` removes the tombstones every peer has seen and prints what it did as one JSON line.
+//! Encrypted files take the password from BLAZEDB_PASSWORD like every other command.
 
 mod common;
 
@@ -64,9 +64,16 @@ fn peers_gc_and_forget() {
     a.run("get", &["notes", &keep]).success();
 
     a.run("peers", &["--forget", &b_node]).success();
-    assert!(a.run("peers", &[]).success().stdout.is_empty());
+    // GC no longer waits for it; how far `a` received its changes stays, so that should it
+    // return, its old writes are not applied again over deletes GC collected meanwhile.
+    let forgotten = a.run("peers", &[]).success().json_lines();
+    assert_eq!(forgotten.len(), 1, "{forgotten:?}");
+    assert_eq!(forgotten[0]["node"], b_node.as_str());
+    assert_eq!(forgotten[0]["acked"], 0);
+    assert_eq!(forgotten[0]["received"], p["received"]);
+    assert_eq!(forgotten[0]["needs_snapshot"], true);
     let err = a.run("peers", &["--forget", &b_node]).failure(1).stderr;
-    assert!(err.contains("no peer"), "{err}");
+    assert!(err.contains("forgotten already"), "{err}");
 
     a.run("peers", &["--forget", "not-a-node"]).failure(2);
     let err = a.run("gc", &["--peer-retention", "30"]).failure(2).stderr;

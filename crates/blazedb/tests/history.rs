@@ -165,7 +165,7 @@ fn a_format_3_history_migrates_to_chains() {
     };
     {
         // Back to format 3: no chains, the index instead (and no `old_seq`, format 5; the
-        // clock in its own table, format 6).
+        // clock in its own table, format 6; no snapshot `acked`, format 7).
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
@@ -173,6 +173,7 @@ fn a_format_3_history_migrates_to_chains() {
              DELETE FROM peers WHERE direction = 'clock';
              ALTER TABLE history DROP COLUMN prev; ALTER TABLE records DROP COLUMN hist;
              ALTER TABLE history DROP COLUMN old_seq;
+             ALTER TABLE snapshot_progress DROP COLUMN acked;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 3 WHERE key = 'format_version';",
         )
@@ -228,7 +229,7 @@ fn a_format_3_history_migrates_to_chains() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
 }
 
 /// Each record's history is its own chain, also when many records change in one

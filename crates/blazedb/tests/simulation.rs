@@ -970,24 +970,22 @@ fn simulation_converges_under_faults() {
     }
 }
 
-/// Schedules that once failed, replayed on every run: perturbed seeds found by long runs
-/// (`BLAZEDB_SIM_SEEDS=40000 BLAZEDB_SIM_PERTURB=1`) beyond what the default run covers.
-/// `tests/selective.rs` has a focused test for each bug as well.
+/// Schedules that once failed, replayed on every run: seeds found by long runs
+/// (`BLAZEDB_SIM_SEEDS=40000`, with and without `BLAZEDB_SIM_PERTURB=1`) beyond what the
+/// default run covers. The first four were selective-sync bugs (`tests/selective.rs` has a
+/// focused test for each); the last three, the star's sleepy leaf forgotten by the hub and
+/// back after GC (`tests/gc.rs`, `a_forgotten_peer_back_after_gc_*`).
 #[test]
 fn schedules_that_once_failed_converge() {
-    for seed in [12114, 25404, 32086, 36866] {
-        run_seed_perturbed(seed, true);
-    }
-}
-
-/// Schedules that still fail: known gap (6) in `docs/ARCHITECTURE.md` (GC), where the star's
-/// sleepy leaf, forgotten by the hub and back after GC, keeps stale cells. Run them with
-/// `cargo test -p blazedb --test simulation -- --ignored` when working on it, and move them
-/// into `schedules_that_once_failed_converge` once they pass.
-#[test]
-#[ignore = "known gap (6): a forgotten peer's stale cells survive GC (docs/ARCHITECTURE.md, GC)"]
-fn sleepy_leaf_schedules_of_known_gap_6() {
-    for (seed, perturb) in [(69691, true), (58831, false), (112636, false)] {
+    for (seed, perturb) in [
+        (12114, true),
+        (25404, true),
+        (32086, true),
+        (36866, true),
+        (69691, true),
+        (58831, false),
+        (112636, false),
+    ] {
         run_seed_perturbed(seed, perturb);
     }
 }

@@ -107,18 +107,18 @@ fn receive(
     snap_id: u64,
     snap: &Snap,
 ) -> blazedb::store::SnapshotApplied {
-    db.snapshot_begin(from, snap_id, snap.position).unwrap();
+    let acked = db.peer_cursor(from, PeerDirection::Acked).unwrap();
+    db.snapshot_begin(from, snap_id, snap.position, acked)
+        .unwrap();
     for (i, (key, chunk)) in snap.chunks.iter().enumerate() {
         db.snapshot_stage_chunk(from, snap_id, i as u32, key, chunk)
             .unwrap();
     }
-    let acked = db.peer_cursor(from, PeerDirection::Acked).unwrap();
     db.snapshot_finish(
         from,
         snap_id,
         snap.chunks.len() as u32,
         &SnapshotScope::default(),
-        acked,
     )
     .unwrap()
 }
@@ -297,13 +297,14 @@ fn resume_at_every_boundary(how: Take, check_cut: impl Fn(&Database, &Database, 
         Take::Staged => SnapshotScope::default(),
         Take::Merged => SnapshotScope {
             collections: Some(Vec::new()),
+            ..SnapshotScope::default()
         },
     };
     for cut in 0..=n {
         let path = dir.path().join(format!("dst{cut}.db"));
         {
             let dst = open(&path);
-            dst.snapshot_begin(peer, 7, snap.position).unwrap();
+            dst.snapshot_begin(peer, 7, snap.position, Seq(0)).unwrap();
             for (i, (key, chunk)) in snap.chunks[..cut].iter().enumerate() {
                 take_chunk(&dst, how, peer, 7, i, key, chunk);
             }
@@ -321,13 +322,12 @@ fn resume_at_every_boundary(how: Take, check_cut: impl Fn(&Database, &Database, 
             cut.checked_sub(1).map(|i| snap.chunks[i].0.clone())
         );
         // The session begins the same snapshot again: what was received stays.
-        dst.snapshot_begin(peer, 7, snap.position).unwrap();
+        dst.snapshot_begin(peer, 7, snap.position, Seq(0)).unwrap();
         let from = cut.saturating_sub(1); // the last chunk arrives twice
         for (i, (key, chunk)) in snap.chunks.iter().enumerate().skip(from) {
             take_chunk(&dst, how, peer, 7, i, key, chunk);
         }
-        dst.snapshot_finish(peer, 7, n as u32, &scope, Seq(0))
-            .unwrap();
+        dst.snapshot_finish(peer, 7, n as u32, &scope).unwrap();
         assert_same(&src, &dst, &ids);
         // One local commit per chunk either way.
         assert_eq!(dst.last_seq().unwrap(), Seq(n as u64), "{how:?} cut {cut}");
@@ -354,7 +354,7 @@ fn staging_refuses_what_does_not_follow() {
         .snapshot_stage_chunk(peer, 1, 0, key, chunk)
         .unwrap_err();
     assert!(err.to_string().contains("begin"), "{err}");
-    dst.snapshot_begin(peer, 1, snap.position).unwrap();
+    dst.snapshot_begin(peer, 1, snap.position, Seq(0)).unwrap();
     let err = dst
         .snapshot_stage_chunk(peer, 1, 1, key, chunk)
         .unwrap_err();
@@ -365,11 +365,11 @@ fn staging_refuses_what_does_not_follow() {
     assert!(err.to_string().contains("not the one in progress"), "{err}");
     dst.snapshot_stage_chunk(peer, 1, 0, key, chunk).unwrap();
     let err = dst
-        .snapshot_finish(peer, 1, 2, &SnapshotScope::default(), Seq(0))
+        .snapshot_finish(peer, 1, 2, &SnapshotScope::default())
         .unwrap_err();
     assert!(err.to_string().contains("1 chunks staged"), "{err}");
     // A new snapshot from that peer replaces the staged one.
-    dst.snapshot_begin(peer, 2, snap.position).unwrap();
+    dst.snapshot_begin(peer, 2, snap.position, Seq(0)).unwrap();
     assert_eq!(dst.snapshot_progress(peer).unwrap().unwrap().next_index, 0);
     dst.snapshot_abort(peer).unwrap();
     assert_eq!(dst.snapshot_progress(peer).unwrap(), None);
@@ -399,22 +399,18 @@ fn absent_records_go_unless_unseen_or_out_of_scope() {
         coll == "notes" && id != dropped_by_src
     });
     let w = dst.watch("notes", None, None).unwrap();
-    dst.snapshot_begin(src.node_id(), 2, snap.position).unwrap();
+    dst.snapshot_begin(src.node_id(), 2, snap.position, acked_before)
+        .unwrap();
     for (i, (k, c)) in snap.chunks.iter().enumerate() {
         dst.snapshot_stage_chunk(src.node_id(), 2, i as u32, k, c)
             .unwrap();
     }
     let scope = SnapshotScope {
         collections: Some(vec!["notes".into()]),
+        ..SnapshotScope::default()
     };
     let applied = dst
-        .snapshot_finish(
-            src.node_id(),
-            2,
-            snap.chunks.len() as u32,
-            &scope,
-            acked_before,
-        )
+        .snapshot_finish(src.node_id(), 2, snap.chunks.len() as u32, &scope)
         .unwrap();
     // `dropped_by_src` was updated here too, after `acked_before`: kept as unseen, like
     // `unseen`. Nothing was evicted yet.
@@ -422,13 +418,14 @@ fn absent_records_go_unless_unseen_or_out_of_scope() {
 
     // Once the source has acknowledged everything, they go, without tombstones.
     let acked = dst.last_seq().unwrap();
-    dst.snapshot_begin(src.node_id(), 3, snap.position).unwrap();
+    dst.snapshot_begin(src.node_id(), 3, snap.position, acked)
+        .unwrap();
     for (i, (k, c)) in snap.chunks.iter().enumerate() {
         dst.snapshot_stage_chunk(src.node_id(), 3, i as u32, k, c)
             .unwrap();
     }
     let applied = dst
-        .snapshot_finish(src.node_id(), 3, snap.chunks.len() as u32, &scope, acked)
+        .snapshot_finish(src.node_id(), 3, snap.chunks.len() as u32, &scope)
         .unwrap();
     assert_eq!((applied.evicted, applied.kept_pending), (2, 0));
     assert_eq!(dst.record_state("notes", dropped_by_src).unwrap(), None);
@@ -475,18 +472,12 @@ fn a_damaged_chunk_fails_the_whole_snapshot_and_changes_nothing() {
     dst.insert("notes", [("mine", Value::Int(1))]).unwrap();
     let before = dump(&dst);
     let peer = src.node_id();
-    dst.snapshot_begin(peer, 5, snap.position).unwrap();
+    dst.snapshot_begin(peer, 5, snap.position, Seq(0)).unwrap();
     for (i, (k, c)) in snap.chunks.iter().enumerate() {
         dst.snapshot_stage_chunk(peer, 5, i as u32, k, c).unwrap();
     }
     let err = dst
-        .snapshot_finish(
-            peer,
-            5,
-            snap.chunks.len() as u32,
-            &SnapshotScope::default(),
-            Seq(0),
-        )
+        .snapshot_finish(peer, 5, snap.chunks.len() as u32, &SnapshotScope::default())
         .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains(&format!("chunk {last}")), "{msg}");
@@ -632,7 +623,7 @@ fn a_format_1_file_migrates() {
     db.insert("notes", [("x", Value::Int(2))]).unwrap();
     assert!(db.last_seq().unwrap() > head);
     let peer = NodeId([9; 16]);
-    db.snapshot_begin(peer, 1, Seq(3)).unwrap();
+    db.snapshot_begin(peer, 1, Seq(3), Seq(0)).unwrap();
     assert_eq!(
         db.snapshot_progress(peer).unwrap().unwrap().position,
         Seq(3)
@@ -646,7 +637,7 @@ fn a_format_1_file_migrates() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(v, 6);
+    assert_eq!(v, 7);
     // Format 3's table is there too.
     let n: i64 = conn
         .query_row("SELECT count(*) FROM unit_staging", [], |r| r.get(0))
@@ -714,7 +705,8 @@ fn receive_merged(
     snap_id: u64,
     snap: &Snap,
 ) -> blazedb::store::SnapshotApplied {
-    db.snapshot_begin(from, snap_id, snap.position).unwrap();
+    db.snapshot_begin(from, snap_id, snap.position, Seq(0))
+        .unwrap();
     let mut merged = blazedb::store::SnapshotApplied::default();
     for (i, (key, chunk)) in snap.chunks.iter().enumerate() {
         let a = db
@@ -730,8 +722,8 @@ fn receive_merged(
             snap.chunks.len() as u32,
             &SnapshotScope {
                 collections: Some(Vec::new()),
+                ..SnapshotScope::default()
             },
-            Seq(0),
         )
         .unwrap();
     assert_eq!((end.records, end.evicted), (0, 0), "nothing left to merge");
@@ -805,7 +797,7 @@ fn merged_and_staged_chunks_do_not_mix_and_a_bad_chunk_changes_nothing() {
     // Not begun, then out of order.
     let err = dst.snapshot_merge_chunk(peer, 1, 0, k0, c0).unwrap_err();
     assert!(err.to_string().contains("begin"), "{err}");
-    dst.snapshot_begin(peer, 1, snap.position).unwrap();
+    dst.snapshot_begin(peer, 1, snap.position, Seq(0)).unwrap();
     let err = dst.snapshot_merge_chunk(peer, 1, 1, k1, c1).unwrap_err();
     assert!(err.to_string().contains("out of order"), "{err}");
 
@@ -832,7 +824,7 @@ fn merged_and_staged_chunks_do_not_mix_and_a_bad_chunk_changes_nothing() {
     }
     let n = snap.chunks.len() as u32;
     let err = dst
-        .snapshot_finish(peer, 1, n, &SnapshotScope::default(), Seq(0))
+        .snapshot_finish(peer, 1, n, &SnapshotScope::default())
         .unwrap_err();
     assert!(err.to_string().contains("cannot replace"), "{err}");
     assert_eq!(
@@ -841,7 +833,7 @@ fn merged_and_staged_chunks_do_not_mix_and_a_bad_chunk_changes_nothing() {
     );
 
     // Staged first: merging the next chunk is refused.
-    dst.snapshot_begin(peer, 2, snap.position).unwrap();
+    dst.snapshot_begin(peer, 2, snap.position, Seq(0)).unwrap();
     dst.snapshot_stage_chunk(peer, 2, 0, k0, c0).unwrap();
     let err = dst.snapshot_merge_chunk(peer, 2, 1, k1, c1).unwrap_err();
     assert!(err.to_string().contains("staged chunks"), "{err}");
@@ -914,7 +906,7 @@ fn a_large_chunk_fails_whole_or_applies_once() {
     let records = src.count("notes").unwrap();
     assert!(records >= 3000 && snap.chunks.len() == 1, "one large chunk");
     let peer = src.node_id();
-    dst.snapshot_begin(peer, 1, snap.position).unwrap();
+    dst.snapshot_begin(peer, 1, snap.position, Seq(0)).unwrap();
 
     // The same chunk with its last bytes cut off (checksum and length made to match): every
     // record decodes, the end does not.
@@ -936,7 +928,95 @@ fn a_large_chunk_fails_whole_or_applies_once() {
     assert_eq!(dst.count("notes").unwrap(), records);
     let merged = SnapshotScope {
         collections: Some(Vec::new()),
+        ..SnapshotScope::default()
     };
-    dst.snapshot_finish(peer, 1, 1, &merged, Seq(0)).unwrap();
+    dst.snapshot_finish(peer, 1, 1, &merged).unwrap();
     assert_eq!(dump(&dst), dump(&src));
+}
+
+/// A replacing snapshot that speaks for its records' cells (`replace_seen_cells`): a local
+/// cell the sender had received when the snapshot began, and that its record lacks, goes
+/// (the sender let it go: a delete overwrote it and GC collected the delete). Everything
+/// the sender may not have had stays: a cell never sent, and what it acknowledged only after
+/// the snapshot began, since pages already read do not reflect it. Eviction judges by the
+/// same position: a record the sender acknowledged after the snapshot began is kept.
+#[test]
+fn a_snapshot_drops_only_cells_the_sender_had_when_it_began() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&dir.path().join("src.db"));
+    let dst = open(&dir.path().join("dst.db"));
+    let a = src.insert("notes", [("title", Value::from("a"))]).unwrap();
+    receive(&dst, src.node_id(), 1, &take(&src, 1000));
+    // Sent to the source and acknowledged: a field of `a`, and a record of our own.
+    dst.update("notes", a, Patch::new().set("seen", 1)).unwrap();
+    let evicted = dst.insert("notes", [("mine", Value::Int(1))]).unwrap();
+    let sent = dst
+        .changes_since(Seq(0), 1000, Some(src.node_id()))
+        .unwrap();
+    src.apply_changes(dst.node_id(), &sent.changes, Some(sent.next))
+        .unwrap();
+    dst.set_peer_cursor(src.node_id(), PeerDirection::Acked, sent.next)
+        .unwrap();
+    // Not sent: another field of `a`.
+    dst.update("notes", a, Patch::new().set("unsent", 2))
+        .unwrap();
+
+    // The source's snapshot lacks `seen` (its cell taken out of the chunk, as a collected
+    // delete would have) and the record `evicted`.
+    let mut snap = take_selected(&src, 1000, &mut |_, id, _, _| id != evicted);
+    assert_eq!(snap.chunks.len(), 1);
+    let mut changes = decode_chunk(&snap.chunks[0].1, SNAPSHOT_CHUNK_CELLS_MAX).unwrap();
+    for ch in &mut changes {
+        ch.cells.retain(|c| c.key.field() != Some("seen"));
+    }
+    snap.chunks[0].1 = encode_chunk(&changes);
+
+    let peer = src.node_id();
+    let acked = dst.peer_cursor(peer, PeerDirection::Acked).unwrap();
+    dst.snapshot_begin(peer, 2, snap.position, acked).unwrap();
+    // After it began: a field and a record, acknowledged before the snapshot ends.
+    dst.update("notes", a, Patch::new().set("late", 3)).unwrap();
+    let late = dst.insert("notes", [("late", Value::Int(4))]).unwrap();
+    dst.set_peer_cursor(peer, PeerDirection::Acked, dst.last_seq().unwrap())
+        .unwrap();
+    for (i, (k, c)) in snap.chunks.iter().enumerate() {
+        dst.snapshot_stage_chunk(peer, 2, i as u32, k, c).unwrap();
+    }
+    let scope = SnapshotScope {
+        replace_seen_cells: true,
+        ..SnapshotScope::default()
+    };
+    let applied = dst.snapshot_finish(peer, 2, 1, &scope).unwrap();
+    assert_eq!(
+        (applied.evicted, applied.kept_pending),
+        (1, 1),
+        "{applied:?}"
+    );
+
+    let fields = dst.get("notes", a).unwrap().unwrap().fields;
+    assert_eq!(
+        fields.keys().map(String::as_str).collect::<Vec<_>>(),
+        vec!["late", "title", "unsent"],
+        "{fields:?}"
+    );
+    assert!(dst.get("notes", evicted).unwrap().is_none());
+    assert!(dst.get("notes", late).unwrap().is_some());
+
+    // Without `replace_seen_cells` (a file, a peer holding part of ours) cells only merge.
+    let other = open(&dir.path().join("other.db"));
+    receive(&other, src.node_id(), 1, &take(&src, 1000));
+    other
+        .update("notes", a, Patch::new().set("seen", 1))
+        .unwrap();
+    let sent = other.changes_since(Seq(0), 1000, Some(peer)).unwrap();
+    other
+        .set_peer_cursor(peer, PeerDirection::Acked, sent.next)
+        .unwrap();
+    receive(&other, peer, 2, &snap);
+    assert!(other
+        .get("notes", a)
+        .unwrap()
+        .unwrap()
+        .fields
+        .contains_key("seen"));
 }

@@ -16,8 +16,10 @@ use crate::output::Output;
 pub struct PeersArgs {
     /// The database file.
     pub db: PathBuf,
-    /// Drop this peer's cursors (32 hex digits, as listed) so GC no longer waits for it. If it
-    /// syncs again it starts over (by snapshot once GC has run).
+    /// Stop GC waiting for this peer (32 hex digits, as listed): drop how far it acknowledged
+    /// this file's changes. If it syncs again it starts over (by snapshot once GC has run).
+    /// How far this file received the peer's changes stays, so its old writes are not applied
+    /// again; it stays listed with `acked` 0.
     #[arg(long, value_name = "NODE", value_parser = parse_node)]
     pub forget: Option<NodeId>,
 }
@@ -39,7 +41,8 @@ pub fn run_peers(ctx: &Context, args: &PeersArgs) -> Result<()> {
     if let Some(node) = args.forget {
         if !db.forget_peer(node)? {
             bail!(
-                "no peer {node} in {}; `blazedb peers {}` lists the known ones",
+                "nothing to forget for peer {node} in {}: unknown, or forgotten already; \
+                 `blazedb peers {}` lists the known ones",
                 args.db.display(),
                 args.db.display()
             );

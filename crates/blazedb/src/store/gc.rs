@@ -44,6 +44,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::evict::{record_id, remove_record, rewrite_record, write_tx};
+use super::feed::PeerDirection;
 use super::{body, Database, Inner};
 use crate::crdt::{Cell, CellKey, CellValue, RecordState};
 use crate::error::{Error, Result};
@@ -163,22 +164,29 @@ impl Database {
         Ok(Seq(meta_u64(&inner, META_GC_HORIZON)?))
     }
 
-    /// Drop a peer's cursors so GC no longer waits for it. Returns false if it was unknown.
-    /// If it syncs again it starts from nothing (and gets a snapshot when GC has run).
+    /// Drop how far a peer acknowledged our feed, so GC no longer waits for it, and its notes.
+    /// Returns false if there was nothing to drop (unknown, or forgotten already). If it
+    /// syncs again it starts over on our side (by snapshot once GC has run).
+    ///
+    /// How far we received *its* feed stays (and [`Database::peers`] lists it, with `acked`
+    /// 0): should it return, we resume its feed there. Pulling its feed from the start
+    /// again would apply its old writes once more, over deletes GC has collected since
+    /// (simulation, known gap 6).
     pub fn forget_peer(&self, node: NodeId) -> Result<bool> {
-        self.noted_cursors().forget_peer(node);
+        self.noted_cursors().forget(node, PeerDirection::Acked);
         // One transaction: the peer goes entirely or not at all.
         let mut inner = self.lock_write()?;
-        let n = inner
-            .conn
-            .execute("DELETE FROM peers WHERE node = ?1", [&node.0[..]])?;
+        let mut n = inner.conn.execute(
+            "DELETE FROM peers WHERE node = ?1 AND direction = 'acked'",
+            [&node.0[..]],
+        )?;
         // A unit it left unfinished goes too.
         inner
             .conn
             .execute("DELETE FROM unit_staging WHERE peer = ?1", [&node.0[..]])?;
         // Its notes (the view it was served, the policy we subscribed with) go too.
         let prefix = super::feed::peer_note_key(node, "");
-        inner.conn.execute(
+        n += inner.conn.execute(
             "DELETE FROM meta WHERE substr(key, 1, length(?1)) = ?1",
             [&prefix],
         )?;

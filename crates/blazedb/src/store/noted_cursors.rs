@@ -60,14 +60,6 @@ impl NotedCursors {
         }
     }
 
-    /// Drop what waits for `peer` in either direction (`forget_peer`).
-    pub fn forget_peer(&mut self, peer: NodeId) {
-        self.cursors.retain(|(p, _), _| *p != peer);
-        if self.cursors.is_empty() {
-            self.oldest_ms = None;
-        }
-    }
-
     /// Everything that waits, in no particular order: (peer, direction, cursor, noted at).
     pub fn entries(&self) -> impl Iterator<Item = (NodeId, PeerDirection, Seq, u64)> + '_ {
         self.cursors.iter().map(|((p, d), (c, t))| (*p, *d, *c, *t))
@@ -106,7 +98,7 @@ mod tests {
         assert_eq!(p.get(a, Acked), None);
         assert_eq!(p.get(a, Received), Some(Seq(70)));
         assert!(p.due(2_000, 1_000), "b still waits since 1,000");
-        p.forget_peer(a);
+        p.forget(a, Received);
         p.forget(b, Acked);
         assert!(p.is_empty() && !p.due(u64::MAX, 0));
         p.note(a, Received, Seq(1), 5_000);

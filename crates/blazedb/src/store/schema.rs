@@ -16,7 +16,7 @@
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application           |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors; the row (X'', 'clock') holds the local clock (format 6) |
-//! | `snapshot_progress` | peer sending a snapshot | the snapshot being received (format 2)    |
+//! | `snapshot_progress` | peer sending a snapshot | the snapshot being received (format 2); `acked` at its start (format 7) |
 //! | `snapshot_staging`  | received snapshot chunk | raw chunks until the snapshot is applied  |
 //! | `unit_staging`  | part of a received unit    | a large unit until its last frame (format 3) |
 
@@ -25,7 +25,7 @@ use rusqlite::Connection;
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[&str] = &[
     HISTORY_CHAINS,
     HISTORY_OLD_SEQ,
     CLOCK_IN_PEERS,
+    SNAPSHOT_ACKED,
 ];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
@@ -108,6 +109,15 @@ const CLOCK_IN_PEERS: &str = "
 INSERT INTO peers (node, direction, cursor, last_contact_ms)
     SELECT X'', 'clock', seq, hlc FROM clock WHERE id = 0;
 DROP TABLE clock;
+";
+
+/// Format 7: a snapshot being received remembers how far the sender had acknowledged our feed
+/// when it began (`acked`). Every cell at or below it was in the sender's hands before the
+/// snapshot's first page was read, so a cell the snapshot lacks there was let go by the
+/// sender (deleted, collected) rather than not yet received (`store/snapshot.rs`). A
+/// snapshot staged by an older build has none: it counts as 0 (nothing seen, nothing let go).
+const SNAPSHOT_ACKED: &str = "
+ALTER TABLE snapshot_progress ADD COLUMN acked INTEGER;
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.

@@ -87,6 +87,9 @@ pub struct SnapshotProgress {
     pub next_index: u32,
     /// The last record of the last staged chunk: the sender resumes after it.
     pub last_key: Option<SnapshotKey>,
+    /// How far the sender had acknowledged our feed when the snapshot began (see
+    /// [`Database::snapshot_begin`]).
+    pub acked: Seq,
 }
 
 /// Which local records a snapshot speaks for. Records of other collections are never
@@ -95,6 +98,14 @@ pub struct SnapshotProgress {
 pub struct SnapshotScope {
     /// The collections the snapshot covers; `None`: all of them.
     pub collections: Option<Vec<String>>,
+    /// Whether the snapshot also speaks for the cells of the records it holds: a local cell
+    /// the sender had already received (at or below the snapshot's `acked`, or from the
+    /// sender) and the snapshot's record lacks is dropped, because the sender let it go: a
+    /// delete overwrote it and GC then collected the delete, or a write rule rejected it.
+    /// Merging would keep it for good. Only right when the sender holds every field of
+    /// what it received from us and sends every field it holds (no field excluded either
+    /// way); the sync session sets it then.
+    pub replace_seen_cells: bool,
 }
 
 /// Whether a peer's copy would hold a local record: (collection, id, local state). See
@@ -175,9 +186,19 @@ impl Database {
     }
 
     /// Start receiving snapshot `snap_id` of `peer`, standing for its feed at `position`.
+    /// `acked` is how far `peer` has acknowledged our feed now, before it read the
+    /// snapshot's first page: what it had of ours then, every page reflects. (Pass
+    /// `Seq(0)` when that is not known, e.g. for a snapshot file written some time ago.)
     /// Any other snapshot staged from `peer` is discarded. Beginning the snapshot already in
-    /// progress (same id and position) keeps what was staged: that is a resume.
-    pub fn snapshot_begin(&self, peer: NodeId, snap_id: u64, position: Seq) -> Result<()> {
+    /// progress (same id and position) keeps what was staged, its `acked` included: that is
+    /// a resume.
+    pub fn snapshot_begin(
+        &self,
+        peer: NodeId,
+        snap_id: u64,
+        position: Seq,
+        acked: Seq,
+    ) -> Result<()> {
         // `write_tx` begins the write transaction and checks the file inside it.
         let mut inner = self.lock_bare();
         write_tx(&mut inner, |inner| {
@@ -190,10 +211,15 @@ impl Database {
             inner
                 .conn
                 .prepare_cached(
-                    "INSERT INTO snapshot_progress (peer, snap_id, position, next_index)
-                     VALUES (?1, ?2, ?3, 0)",
+                    "INSERT INTO snapshot_progress (peer, snap_id, position, next_index, acked)
+                     VALUES (?1, ?2, ?3, 0, ?4)",
                 )?
-                .execute(params![&peer.0[..], snap_id as i64, position.0 as i64])?;
+                .execute(params![
+                    &peer.0[..],
+                    snap_id as i64,
+                    position.0 as i64,
+                    acked.0 as i64
+                ])?;
             Ok(())
         })
     }
@@ -272,7 +298,7 @@ impl Database {
             }
             let changes = decode_staged(chunk, snap_id, idx)?;
             let src = tx.inner.nodes.index(&peer) + 1;
-            merge_chunk(tx, changes, src, &mut applied)?;
+            merge_chunk(tx, changes, src, None, &mut applied)?;
             advance_progress(tx.inner, peer, idx, last_key)
         })?;
         Ok(applied)
@@ -291,9 +317,12 @@ impl Database {
     /// 1. every record of every chunk is merged like a peer's changes (history, conflicts,
     ///    indexes and watch events as for `apply_changes`); each chunk is one local commit,
     ///    so forwarding the result to other peers is not one giant unit;
+    ///    With `scope.replace_seen_cells`, a record's local cells that `peer` had seen (see
+    ///    step 2) and its snapshot lacks are dropped first: `peer` let them go;
     /// 2. local records of the collections in `scope` that the snapshot lacks are evicted (no
     ///    tombstone, nothing sent), except those with changes `peer` has not seen: a feed row
-    ///    past `acked` (how far `peer` acknowledged our feed) that did not come from `peer`.
+    ///    past the `acked` given to [`Database::snapshot_begin`] (how far `peer` had
+    ///    acknowledged our feed when the snapshot began) that did not come from `peer`.
     ///    This is how a replica that missed collected tombstones, or whose view changed,
     ///    converges. From a peer that holds only part of our records, use
     ///    [`Database::snapshot_finish_within`];
@@ -311,9 +340,8 @@ impl Database {
         snap_id: u64,
         chunks: u32,
         scope: &SnapshotScope,
-        acked: Seq,
     ) -> Result<SnapshotApplied> {
-        self.snapshot_finish_within(peer, snap_id, chunks, scope, acked, None)
+        self.snapshot_finish_within(peer, snap_id, chunks, scope, None)
     }
 
     /// [`Database::snapshot_finish`] from a peer that may hold only part of our records (a
@@ -327,7 +355,6 @@ impl Database {
         snap_id: u64,
         chunks: u32,
         scope: &SnapshotScope,
-        acked: Seq,
         peer_holds: Option<&PeerHolds<'_>>,
     ) -> Result<SnapshotApplied> {
         self.check_snapshot_source(peer)?;
@@ -346,7 +373,9 @@ impl Database {
                 )));
             }
             applied.position = progress.position;
+            let acked = progress.acked;
             let src = tx.inner.nodes.index(&peer) + 1;
+            let seen = scope.replace_seen_cells.then_some(Seen { acked, src });
             let staged = any_staged(tx.inner, peer)?;
             if chunks > 0 && !staged {
                 // Every chunk was merged as it arrived (`snapshot_merge_chunk`): nothing is
@@ -380,7 +409,7 @@ impl Database {
                     tx.seq = Seq(tx.seq.0 + 1);
                     tx.seq_used = false;
                 }
-                merge_chunk(tx, changes, src, &mut applied)?;
+                merge_chunk(tx, changes, src, seen, &mut applied)?;
                 // Write what the chunks so far changed out of memory: a snapshot of any size
                 // applies with memory for a few chunks, still in this one transaction.
                 if tx.unspilled() >= SNAPSHOT_SPILL_RECORDS {
@@ -510,10 +539,21 @@ fn decode_staged(data: &[u8], snap_id: u64, idx: u32) -> Result<Vec<Change>> {
 /// of its cells alone; no lookup, no copy kept). Which records are new is settled per
 /// collection with one probe: a chunk holds a range of ids, in order, and when no stored row
 /// falls in that range, every id of it is new unless this transaction already holds it.
+/// What the sender of a snapshot had of ours when it began: cells at or below `acked`, and
+/// those whose feed row came from it (`src`, its feed `src` number).
+#[derive(Clone, Copy)]
+struct Seen {
+    acked: Seq,
+    src: u64,
+}
+
+/// Merge one chunk's records. With `seen` (see [`SnapshotScope::replace_seen_cells`]), a
+/// stored record first loses the cells the sender had seen and its snapshot record lacks.
 fn merge_chunk(
     tx: &mut Tx<'_>,
     changes: Vec<Change>,
     src: u64,
+    seen: Option<Seen>,
     applied: &mut SnapshotApplied,
 ) -> Result<()> {
     // (collection id, lowest id, highest id) of each collection the chunk touches.
@@ -579,6 +619,9 @@ fn merge_chunk(
             continue;
         }
         let i = tx.load(&ch.collection, ch.id, true)?.expect("created");
+        if let Some(seen) = seen {
+            drop_cells_let_go(tx, i, coll, &ch.cells, seen)?;
+        }
         tx.records[i].src = src;
         for c in ch.cells {
             super::feed::validate_cell(&c).map_err(ApplyError::Invalid)?;
@@ -596,6 +639,60 @@ fn merge_chunk(
 
 /// The scan of [`Database::snapshot_page`], inside the caller's read transaction.
 /// How [`snapshot_page_in`] chooses records.
+/// Drop the stored cells of pending record `i` that the snapshot's sender had seen and its
+/// record (`incoming`) lacks: the sender let them go. Without this a replica back after its
+/// peer collected a delete keeps the cells the delete overwrote beside the snapshot's
+/// (simulation, known gap 6: the star's sleepy leaf). A cell whose key the snapshot holds
+/// stays: merging settles it. A cell the sender has not seen stays: it reaches the sender
+/// through the feed.
+fn drop_cells_let_go(
+    tx: &mut Tx<'_>,
+    i: usize,
+    coll: i64,
+    incoming: &[crate::crdt::Cell],
+    seen: Seen,
+) -> Result<()> {
+    let p = &tx.records[i];
+    if p.state.is_empty() {
+        return Ok(());
+    }
+    let id = p.id;
+    let mut drop: Vec<usize> = Vec::new();
+    for (k, c) in p.state.cells().iter().enumerate() {
+        if incoming.iter().any(|x| x.key == c.key) {
+            continue;
+        }
+        let from_sender = c.seq > seen.acked && {
+            let row_src: Option<i64> = tx
+                .inner
+                .conn
+                .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+                .query_row(params![c.seq.0 as i64, coll, &id.0[..]], |r| r.get(0))
+                .optional()?;
+            row_src.is_some_and(|r| r as u64 == seen.src)
+        };
+        if c.seq <= seen.acked || from_sender {
+            drop.push(k);
+        }
+    }
+    if drop.is_empty() {
+        return Ok(());
+    }
+    let p = &mut tx.records[i];
+    let kept: Vec<crate::crdt::Cell> = p
+        .state
+        .cells()
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| !drop.contains(k))
+        .map(|(_, c)| c.clone())
+        .collect();
+    p.state = RecordState::from_cells(kept)
+        .map_err(|m| Error::Corrupted(crate::codec::DecodeError::Malformed(m)))?;
+    p.changed = true;
+    Ok(())
+}
+
 enum Select<'s, 'a> {
     Records(&'s mut SnapshotSelect<'a>),
     Collections(&'s mut dyn FnMut(&str) -> bool),
@@ -708,18 +805,25 @@ fn write_tx<T>(inner: &mut Inner, f: impl FnOnce(&mut Inner) -> Result<T>) -> Re
 }
 
 fn progress_in(inner: &Inner, peer: NodeId) -> Result<Option<SnapshotProgress>> {
-    type Row = (i64, i64, u32, Option<String>, Option<Vec<u8>>);
+    type Row = (i64, i64, u32, Option<String>, Option<Vec<u8>>, Option<i64>);
     let row: Option<Row> = inner
         .conn
         .prepare_cached(
-            "SELECT snap_id, position, next_index, last_coll, last_id FROM snapshot_progress
-             WHERE peer = ?1",
+            "SELECT snap_id, position, next_index, last_coll, last_id, acked
+             FROM snapshot_progress WHERE peer = ?1",
         )?
         .query_row([&peer.0[..]], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .optional()?;
-    let Some((snap_id, position, next_index, coll, id)) = row else {
+    let Some((snap_id, position, next_index, coll, id, acked)) = row else {
         return Ok(None);
     };
     let last_key = match (coll, id) {
@@ -734,6 +838,8 @@ fn progress_in(inner: &Inner, peer: NodeId) -> Result<Option<SnapshotProgress>> 
         position: Seq(position as u64),
         next_index,
         last_key,
+        // Staged by a build before format 7: nothing counts as seen.
+        acked: Seq(acked.unwrap_or(0).max(0) as u64),
     }))
 }
 

@@ -1262,7 +1262,10 @@ impl Session {
         if first_index == 0 {
             let note = encode_policy_note(&self.cfg.policy);
             let r = db
-                .snapshot_begin(peer, snap_id, position)
+                // Every ACK the peer sent before SNAPSHOT_BEGIN came after the apply it
+                // acknowledges, and it reads the snapshot's pages after sending
+                // SNAPSHOT_BEGIN: what we sent through `acked`, every page reflects.
+                .snapshot_begin(peer, snap_id, position, self.acked)
                 .and_then(|()| db.set_peer_note(peer, NOTE_POLICY, Some(&note)));
             if let Err(e) = r {
                 return Err(self.internal(e, now_ms));
@@ -1380,14 +1383,6 @@ impl Session {
             let _ = db.snapshot_abort(peer);
             return Err(self.fail(ErrorCode::Malformed, m, now_ms));
         }
-        // A merge-only snapshot (we are a new peer) drops nothing.
-        let scope = SnapshotScope {
-            collections: if si.replace {
-                self.snap_scope.clone()
-            } else {
-                Some(Vec::new())
-            },
-        };
         // The peer may be a partial replica, holding only its view of our data (the policy
         // it subscribed with, what our access rules let it read): a record outside that view
         // is missing from its snapshot because it never had it, not because it was deleted.
@@ -1395,6 +1390,19 @@ impl Session {
         // below the replica's GC horizon) drop everything the replica does not see.
         let view = self.peer_view();
         let partial_peer = view.access.is_some() || !self.peer_policy.is_everything();
+        // A merge-only snapshot (we are a new peer) drops nothing. A replacing one also
+        // drops the cells of its records that the peer had and let go, where it holds every
+        // field of ours and sends us every field it holds.
+        let scope = SnapshotScope {
+            collections: if si.replace {
+                self.snap_scope.clone()
+            } else {
+                Some(Vec::new())
+            },
+            replace_seen_cells: si.replace
+                && !partial_peer
+                && self.cfg.policy.exclude_fields.is_empty(),
+        };
         let peer_holds = |coll: &str, id: RecordId, st: &crate::crdt::RecordState| {
             // A tombstone has no fields to test a filter on: `record_visible` then says no
             // wherever records are filtered, and the tombstone stays (GC handles it).
@@ -1405,7 +1413,6 @@ impl Session {
             si.snap_id,
             chunks,
             &scope,
-            self.acked,
             partial_peer.then_some(&peer_holds as &crate::store::PeerHolds<'_>),
         );
         match finished {

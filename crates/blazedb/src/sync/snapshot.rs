@@ -289,7 +289,10 @@ pub fn import_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotApplie
         )));
     }
     // Pass 2: stage and apply. Any failure drops what was staged.
-    db.snapshot_begin(source, snap_id, position)?;
+    // A file says nothing of what its writer had received of ours (it may be older than
+    // our last sync with it): nothing counts as seen, so only records that came from the
+    // writer can be evicted.
+    db.snapshot_begin(source, snap_id, position, Seq(0))?;
     let staged = (|| -> Result<SnapshotApplied> {
         let mut file = SnapshotReader::open(path)?;
         let header = file.header().map_err(bad)?;
@@ -300,8 +303,7 @@ pub fn import_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotApplie
             idx += 1;
         }
         file.trailer().map_err(bad)?;
-        let acked = db.peer_cursor(source, PeerDirection::Acked)?;
-        db.snapshot_finish(source, snap_id, chunks, &SnapshotScope::default(), acked)
+        db.snapshot_finish(source, snap_id, chunks, &SnapshotScope::default())
     })();
     if staged.is_err() {
         let _ = db.snapshot_abort(source);
