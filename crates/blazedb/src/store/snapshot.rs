@@ -657,9 +657,12 @@ fn drop_cells_let_go(
         return Ok(());
     }
     let id = p.id;
+    // A set record may hold many elements: look keys up in a set, not a scan per cell.
+    let held: std::collections::HashSet<&crate::crdt::CellKey> =
+        incoming.iter().map(|x| &x.key).collect();
     let mut drop: Vec<usize> = Vec::new();
     for (k, c) in p.state.cells().iter().enumerate() {
-        if incoming.iter().any(|x| x.key == c.key) {
+        if held.contains(&c.key) {
             continue;
         }
         let from_sender = c.seq > seen.acked && {
@@ -679,12 +682,14 @@ fn drop_cells_let_go(
         return Ok(());
     }
     let p = &mut tx.records[i];
+    // `drop` is ascending: walk it alongside the cells.
+    let mut drop = drop.into_iter().peekable();
     let kept: Vec<crate::crdt::Cell> = p
         .state
         .cells()
         .iter()
         .enumerate()
-        .filter(|(k, _)| !drop.contains(k))
+        .filter(|(k, _)| drop.next_if_eq(k).is_none())
         .map(|(_, c)| c.clone())
         .collect();
     p.state = RecordState::from_cells(kept)
