@@ -853,16 +853,13 @@ impl Sim {
                             && c.version.hlc.wall_ms() + 60_000 >= t
                     })
                 });
-            // Known gap (ARCHITECTURE.md, selective sync): a partial replica's write that
-            // loses to a concurrent write which moves the record out of its view is recorded
-            // nowhere — the replica never receives the winner.
-            let by_partial = self
-                .partial
-                .is_some_and(|p| self.nodes[p].id == w.version.node);
-            if !seen && !reinserted_after_purge && !by_partial && !losers.contains(&w.version) {
+            // A partial replica's write that loses to a concurrent write which moves the
+            // record out of its view is recorded by the node it syncs with (it never
+            // receives the winner itself): no exemption.
+            if !seen && !reinserted_after_purge && !losers.contains(&w.version) {
                 self.fail(&format!(
-                    "write {coll}/{id} {:?} = {:?} was lost without a conflict record",
-                    w.key, w.value
+                    "write {coll}/{id} {:?} = {:?} ({:?}) was lost without a conflict record",
+                    w.key, w.value, w.version
                 ));
             }
         }

@@ -7,7 +7,9 @@
 //! peer, so the record stays intact on every other replica. Locally, everything that names
 //! the record goes, in one SQLite transaction: the `records` row, its `feed` rows (exactly the
 //! rows at its cells' seqs, so no orphan is left for `changes_since` to trip on), its index
-//! entries, its history rows and its conflicts.
+//! entries and its history rows. Its conflicts stay until the application resolves them:
+//! they are the record of values that lost, and a replica's write that lost to the very write
+//! that took the record out of its view is listed nowhere else.
 //!
 //! If the record later matches again (move-in), the peer sends it whole and it is applied like
 //! a new record. A write that the application makes to an evicted id creates a fresh local
@@ -123,9 +125,6 @@ impl Database {
                 remove_record(inner, coll, id, &state)?;
                 outcome.evicted += 1;
             }
-            if outcome.evicted > 0 {
-                remove_orphan_conflicts(inner)?;
-            }
             Ok(())
         })?;
         drop(inner);
@@ -136,8 +135,8 @@ impl Database {
     /// Remove every cell of `fields` (plain values, removals, counter contributions and set
     /// elements) from every record of `collection`, locally, with the same rules as
     /// [`Database::evict`]: no tombstone, no feed position, nothing sent. Used when a replica
-    /// newly excludes fields from what it syncs. Their history rows, conflicts and index
-    /// entries go too. A record left with no cells at all is removed. Returns how many
+    /// newly excludes fields from what it syncs. Their history rows and index entries go too
+    /// (their conflicts stay, as for evicted records). A record left with no cells at all is removed. Returns how many
     /// records changed. Watchers get an `Updated` event for each live record whose visible
     /// fields changed (a `Deleted` one if it no longer exists).
     pub fn evict_fields(&self, collection: &str, fields: &[String]) -> Result<usize> {
@@ -276,8 +275,10 @@ pub(super) fn has_unseen_changes(
 }
 
 /// Delete a record's row, its feed rows, index entries and history (inside the caller's
-/// transaction). Conflicts are swept separately ([`remove_orphan_conflicts`]), once per
-/// batch. Returns the number of history rows removed.
+/// transaction). Its conflicts stay: they are the record of values that lost, kept until the
+/// application resolves them (a replica's write that lost to the very write that took the
+/// record out of its view is listed nowhere else). Returns the number of history rows
+/// removed.
 pub(super) fn remove_record(
     inner: &mut Inner,
     coll: i64,
@@ -369,18 +370,10 @@ pub(super) fn rewrite_record(
     Ok(())
 }
 
-/// Delete conflicts whose record no longer has a row (one pass over the conflicts table).
-pub(super) fn remove_orphan_conflicts(inner: &Inner) -> Result<u64> {
-    Ok(inner.conn.execute(
-        "DELETE FROM conflicts WHERE NOT EXISTS
-         (SELECT 1 FROM records r WHERE r.coll = conflicts.coll AND r.id = conflicts.id)",
-        [],
-    )? as u64)
-}
-
-/// Delete history rows and conflicts of one field of a collection. Their `cell` column holds
-/// the cell key's encoding (`crdt::encoding`): a tag (1 field, 2 counter, 3 element), the
-/// field name as varint length + bytes, then the counter's node or the element.
+/// Delete the history rows of one field of a collection (its conflicts stay, as for evicted
+/// records). Their `cell` column holds the cell key's encoding (`crdt::encoding`): a tag (1
+/// field, 2 counter, 3 element), the field name as varint length + bytes, then the counter's
+/// node or the element.
 fn delete_field_rows(inner: &Inner, coll: i64, field: &str) -> Result<()> {
     let prefix = |tag: u8| {
         let mut p = vec![tag];
@@ -390,13 +383,9 @@ fn delete_field_rows(inner: &Inner, coll: i64, field: &str) -> Result<()> {
     };
     let (plain, counter, element) = (prefix(1), prefix(2), prefix(3));
     let n = plain.len() as i64;
-    for table in ["history", "conflicts"] {
-        inner.conn.execute(
-            &format!(
-                "DELETE FROM {table} WHERE coll = ?1 AND (cell = ?2 OR substr(cell, 1, ?3) IN (?4, ?5))"
-            ),
-            params![coll, plain, n, counter, element],
-        )?;
-    }
+    inner.conn.execute(
+        "DELETE FROM history WHERE coll = ?1 AND (cell = ?2 OR substr(cell, 1, ?3) IN (?4, ?5))",
+        params![coll, plain, n, counter, element],
+    )?;
     Ok(())
 }

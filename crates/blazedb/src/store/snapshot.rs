@@ -442,8 +442,9 @@ impl Database {
                         .prepare("SELECT id FROM records WHERE coll = ?1")?;
                     let mut rows = stmt.query([coll])?;
                     while let Some(row) = rows.next()? {
-                        let id =
-                            super::evict::record_id(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+                        let id = super::evict::record_id(
+                            row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
+                        )?;
                         if !tx.pending.contains_key(&(coll, id)) {
                             absent.push(id);
                         }
@@ -465,7 +466,14 @@ impl Database {
                         applied.kept_outside_view += 1;
                         continue;
                     }
-                    if super::evict::has_unseen_changes(tx.inner, coll, id, &state, acked, Some(src))? {
+                    if super::evict::has_unseen_changes(
+                        tx.inner,
+                        coll,
+                        id,
+                        &state,
+                        acked,
+                        Some(src),
+                    )? {
                         applied.kept_pending += 1;
                         continue;
                     }
@@ -484,13 +492,6 @@ impl Database {
                     super::evict::remove_record(tx.inner, coll, id, &state)?;
                     applied.evicted += 1;
                 }
-            }
-            if applied.evicted > 0 {
-                tx.inner.conn.execute(
-                    "DELETE FROM conflicts WHERE NOT EXISTS
-                     (SELECT 1 FROM records r WHERE r.coll = conflicts.coll AND r.id = conflicts.id)",
-                    [],
-                )?;
             }
             // 3. and 4.
             tx.inner.set_peer_cursor(

@@ -235,6 +235,10 @@ pub struct Tx<'a> {
     /// What [`Tx::spill`] took out of the records it wrote: feed links, conflict losers
     /// (for server priority) and watch events, kept for commit.
     spilled: Spilled,
+    /// When set (see [`Tx::track_ignored`]): received cells that lost to a local cell whose
+    /// writer had not seen them, as (record, winner, loser). A merge that applies reports
+    /// such losers itself (`Pending::conflicts`); one that is ignored does not.
+    pub(crate) ignored: Option<Vec<(usize, Cell, Cell)>>,
 }
 
 /// See [`Tx::spill`].
@@ -369,6 +373,7 @@ impl<'a> Tx<'a> {
             scratch: Scratch::default(),
             batch: InsertBatch::default(),
             spilled: Spilled::default(),
+            ignored: None,
         })
     }
 
@@ -1075,11 +1080,77 @@ impl<'a> Tx<'a> {
     /// something.
     pub(crate) fn merge_received(&mut self, i: usize, mut cell: Cell) -> Result<bool> {
         self.receive_cell(&mut cell)?;
+        // Copied only where ignored losers are tracked, and only for the cells that can
+        // lose in a conflict (plain fields and the record's own cell).
+        let copy = self
+            .ignored
+            .is_some()
+            .then(|| matches!(cell.key, CellKey::Record | CellKey::Field(_)).then(|| cell.clone()))
+            .flatten();
         let applied = self.merge(i, cell);
+        if let (false, Some(loser)) = (applied, copy) {
+            if let Some(winner) = concurrent_winner(&self.records[i].state, &loser) {
+                let winner = winner.clone();
+                self.ignored
+                    .as_mut()
+                    .expect("copied only when tracking")
+                    .push((i, winner, loser));
+            }
+        }
         if applied {
             self.seq_used = true;
         }
         Ok(applied)
+    }
+
+    /// Track received cells that lose to a concurrent local cell without being applied (see
+    /// [`Tx::take_ignored`]).
+    pub(crate) fn track_ignored(&mut self) {
+        self.ignored.get_or_insert_with(Vec::new);
+    }
+
+    /// The losers tracked since the last call: (record, winner, loser).
+    pub(crate) fn take_ignored(&mut self) -> Vec<(usize, Cell, Cell)> {
+        self.ignored
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Store a conflict for record `i` now, in the transaction: for a record the merge did
+    /// not change (its conflicts would be written only with the record). Not stored twice:
+    /// the same loser arriving again is a duplicate delivery.
+    pub(crate) fn store_conflict(&mut self, i: usize, winner: &Cell, loser: &Cell) -> Result<()> {
+        let p = &self.records[i];
+        let (coll, id) = (p.coll, p.id);
+        let key = key_bytes(&loser.key);
+        let ln = self.inner.nodes.index(&loser.version.node);
+        let known: bool = self
+            .inner
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM conflicts WHERE coll = ?1 AND id = ?2 AND cell = ?3
+                 AND loser_hlc = ?4 AND loser_node = ?5)",
+            )?
+            .query_row(
+                params![coll, &id.0[..], key, loser.version.hlc.0 as i64, ln as i64],
+                |r| r.get(0),
+            )?;
+        if known {
+            return Ok(());
+        }
+        let seq = self.records[i].state.max_seq();
+        let inner = &mut *self.inner;
+        insert_conflict(
+            &inner.conn,
+            &mut inner.nodes,
+            inner.policies.get(&coll),
+            coll,
+            id,
+            winner,
+            loser,
+            seq,
+        )
     }
 
     /// Merge one cell into a pending record, recording history and conflicts.
@@ -1792,7 +1863,6 @@ fn write_derived(
     stored: Option<Stored<'_>>,
     row_seq: Seq,
 ) -> Result<()> {
-    let id = &p.id.0[..];
     if let Some(fields) = t.indexes.get(&p.coll) {
         let before = stored
             .map(|s| s.fields(t.nodes, t.fields))
@@ -1807,34 +1877,52 @@ fn write_derived(
     if p.conflicts.is_empty() {
         return Ok(());
     }
-    let policy = t.policies.get(&p.coll).cloned().unwrap_or_default();
+    let policy = t.policies.get(&p.coll);
     for (winner, loser) in &p.conflicts {
-        let manual = loser
-            .key
-            .field()
-            .is_some_and(|f| policy.manual_fields.contains(f));
-        let resolved = policy.auto_resolve && !manual;
-        let wn = t.nodes.index(&winner.version.node);
-        let ln = t.nodes.index(&loser.version.node);
-        conn
-            .prepare_cached(
-                "INSERT INTO conflicts (coll, id, cell, winner, winner_hlc, winner_node, loser, loser_hlc, loser_node, seq, resolved)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                p.coll,
-                id,
-                key_bytes(&loser.key),
-                value_bytes(&winner.value),
-                winner.version.hlc.0 as i64,
-                wn as i64,
-                value_bytes(&loser.value),
-                loser.version.hlc.0 as i64,
-                ln as i64,
-                row_seq.0 as i64,
-                resolved,
-            ])?;
+        insert_conflict(conn, t.nodes, policy, p.coll, p.id, winner, loser, row_seq)?;
     }
+    Ok(())
+}
+
+/// Store one conflict: `loser` lost to `winner` in record `id` of collection `coll` (at the
+/// record's seq `row_seq`), resolved at once where the collection's policy resolves it
+/// automatically.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn insert_conflict(
+    conn: &Connection,
+    nodes: &mut NodeTable,
+    policy: Option<&CollectionPolicy>,
+    coll: i64,
+    id: RecordId,
+    winner: &Cell,
+    loser: &Cell,
+    row_seq: Seq,
+) -> Result<()> {
+    let manual = loser
+        .key
+        .field()
+        .is_some_and(|f| policy.is_some_and(|p| p.manual_fields.contains(f)));
+    let resolved = policy.is_some_and(|p| p.auto_resolve) && !manual;
+    let wn = nodes.index(&winner.version.node);
+    let ln = nodes.index(&loser.version.node);
+    conn
+        .prepare_cached(
+            "INSERT INTO conflicts (coll, id, cell, winner, winner_hlc, winner_node, loser, loser_hlc, loser_node, seq, resolved)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(params![
+            coll,
+            &id.0[..],
+            key_bytes(&loser.key),
+            value_bytes(&winner.value),
+            winner.version.hlc.0 as i64,
+            wn as i64,
+            value_bytes(&loser.value),
+            loser.version.hlc.0 as i64,
+            ln as i64,
+            row_seq.0 as i64,
+            resolved,
+        ])?;
     Ok(())
 }
 
@@ -1979,6 +2067,23 @@ pub fn validate_value(field: &str, v: &Value) -> Result<(), WriteError> {
         });
     }
     Ok(())
+}
+
+/// The local cell that `loser` (a received plain-field or record cell the merge ignored)
+/// lost to, when that cell's writer had not seen `loser`: a conflict. `None` for a cell
+/// ignored because it was already there, or overwritten by a write that saw it.
+fn concurrent_winner<'s>(state: &'s RecordState, loser: &Cell) -> Option<&'s Cell> {
+    let unseen = |w: &Cell| w.prev.is_none_or(|p| loser.version > p);
+    // The merge checks the record's reset first: a field older than it is dead on arrival.
+    if loser.key != CellKey::Record {
+        if let Some(reset) = state.cell(&CellKey::Record) {
+            if loser.version < reset.version {
+                return unseen(reset).then_some(reset);
+            }
+        }
+    }
+    let w = state.cell(&loser.key)?;
+    (w.version > loser.version && unseen(w)).then_some(w)
 }
 
 #[cfg(test)]
