@@ -964,3 +964,48 @@ fn a_conflict_the_replica_recorded_stays_when_the_record_leaves_its_view() {
         .unwrap();
     assert!(replica.conflicts(Some("docs")).unwrap().is_empty());
 }
+
+/// Another node takes a record out of the replica's view while the replica writes to it
+/// offline: the replica refuses the EVICT (its write is not acknowledged) and keeps the
+/// record. Then a third node deletes the record; the source withholds the delete, since by
+/// what it sent, the replica no longer holds the record. The replica's write then revives the
+/// record in its view: the source must send it whole, the delete's reset included, or the
+/// replica keeps the fields the delete removed (found by the simulation: seed 116352).
+#[test]
+fn a_record_deleted_while_the_replica_kept_it_past_a_refused_evict_comes_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(dir.path(), "source");
+    let replica = open(dir.path(), "replica");
+    let other = open(dir.path(), "other");
+    let id = source
+        .insert("docs", [("b", Value::Int(0)), ("n", Value::Int(0))])
+        .unwrap();
+    sync_pair(&replica, &source, partial(not_three()), full());
+    sync_pair(&other, &source, full(), full());
+
+    // Out of the replica's view elsewhere, then deleted there (not yet at the source); the
+    // replica, unaware of both, writes `a` offline, after the delete by the clock.
+    other.update("docs", id, Patch::new().set("a", 3)).unwrap();
+    sync_pair(&other, &source, full(), full());
+    other.delete("docs", id).unwrap();
+    later();
+    replica
+        .update("docs", id, Patch::new().set("a", 4))
+        .unwrap();
+    let mut ss = Session::new(&source, full(), 0).unwrap();
+    let mut sr = Session::new(&replica, partial(not_three()), 0).unwrap();
+    let mut link = HeldLink::default();
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's write is held back");
+    assert!(replica.get("docs", id).unwrap().is_some(), "EVICT refused");
+
+    // The delete reaches the source before the replica's write.
+    sync_pair(&other, &source, full(), full());
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    link.release(&source, &mut ss);
+    pump(&source, &mut ss, &replica, &mut sr);
+
+    let want: std::collections::BTreeMap<String, Value> = [("a".to_owned(), Value::Int(4))].into();
+    assert_eq!(source.get("docs", id).unwrap().unwrap().fields, want);
+    assert_eq!(replica.get("docs", id).unwrap().unwrap().fields, want);
+}

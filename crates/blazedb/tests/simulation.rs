@@ -493,29 +493,35 @@ impl Sim {
         progress
     }
 
-    /// `BLAZEDB_SIM_WATCH=node:doc` traces every change of that node's copy of that doc.
+    /// `BLAZEDB_SIM_WATCH=node:doc[,node:doc...]` traces every change of those nodes' copies
+    /// of those docs, during the run and the heal.
     fn watch_record(&mut self) {
         let Ok(w) = std::env::var("BLAZEDB_SIM_WATCH") else {
             return;
         };
-        let (n, d) = w.split_once(':').expect("node:doc");
-        let (n, d): (usize, u8) = (n.parse().unwrap(), d.parse().unwrap());
-        let Some(db) = self.nodes[n].db.as_ref() else {
-            return;
-        };
-        let cells: Vec<String> = db
-            .record_state("docs", doc_id(d))
-            .unwrap()
-            .map(|st| {
-                st.cells()
-                    .iter()
-                    .map(|c| format!("{:?}={:?}@{:?}/s{}", c.key, c.value, c.version.hlc, c.seq.0))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let line = format!("WATCH n{n} d{d}: {cells:?}");
-        if self.trace.iter().rev().find(|l| l.starts_with("WATCH")) != Some(&line) {
-            self.trace.push(line);
+        for nd in w.split(',') {
+            let (n, d) = nd.split_once(':').expect("node:doc");
+            let (n, d): (usize, u8) = (n.parse().unwrap(), d.parse().unwrap());
+            let Some(db) = self.nodes[n].db.as_ref() else {
+                continue;
+            };
+            let cells: Vec<String> = db
+                .record_state("docs", doc_id(d))
+                .unwrap()
+                .map(|st| {
+                    st.cells()
+                        .iter()
+                        .map(|c| {
+                            format!("{:?}={:?}@{:?}/s{}", c.key, c.value, c.version.hlc, c.seq.0)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let prefix = format!("WATCH n{n} d{d}: ");
+            let line = format!("{prefix}{cells:?}");
+            if self.trace.iter().rev().find(|l| l.starts_with(&prefix)) != Some(&line) {
+                self.trace.push(line);
+            }
         }
     }
 
@@ -701,10 +707,12 @@ impl Sim {
             l.partitioned = false;
         }
         self.faults = false;
+        self.trace.push("heal".into());
         for _ in 0..20_000 {
             let t = self.now + 5;
             self.set_time(t);
             let progress = self.network_step();
+            self.watch_record();
             let inflight = self.links.iter().any(|l| {
                 l.conn
                     .as_ref()
@@ -970,8 +978,12 @@ fn simulation_converges_under_faults() {
 /// Schedules that once failed, replayed on every run: seeds found by long runs
 /// (`BLAZEDB_SIM_SEEDS=40000`, with and without `BLAZEDB_SIM_PERTURB=1`) beyond what the
 /// default run covers. The first four were selective-sync bugs (`tests/selective.rs` has a
-/// focused test for each); the last three, the star's sleepy leaf forgotten by the hub and
-/// back after GC (`tests/gc.rs`, `a_forgotten_peer_back_after_gc_*`).
+/// focused test for each); the next three, the star's sleepy leaf forgotten by the hub and
+/// back after GC (`tests/gc.rs`, `a_forgotten_peer_back_after_gc_*`); then a partial
+/// replica's write lost without a conflict record (`selective.rs`,
+/// `a_replica_write_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_at_the_source`)
+/// and a partial replica that kept a deleted record's fields (`selective.rs`,
+/// `a_record_deleted_while_the_replica_kept_it_past_a_refused_evict_comes_back_whole`).
 #[test]
 fn schedules_that_once_failed_converge() {
     for (seed, perturb) in [
@@ -982,6 +994,8 @@ fn schedules_that_once_failed_converge() {
         (69691, true),
         (58831, false),
         (112636, false),
+        (1058, true),
+        (116352, false),
     ] {
         run_seed_perturbed(seed, perturb);
     }

@@ -1753,7 +1753,7 @@ impl Session {
     }
 
     /// Those of `records` that the peer may not hold whole: outside its view as they are now,
-    /// or with changes after what was sent to it.
+    /// deleted, or with changes after what was sent to it.
     fn may_lack(
         &self,
         db: &Database,
@@ -1764,9 +1764,13 @@ impl Session {
             if out.contains(&key) {
                 continue;
             }
+            // A tombstone: its delete went only where the record may be, judged by what the
+            // peer was sent, so a peer that kept the record past a refused EVICT may lack it.
+            // Revived by the peer's write, the record must reach it whole, reset included
+            // (simulation, seed 116352: the replica kept fields the delete had removed).
             if db
                 .record_state(&key.0, key.1)?
-                .is_some_and(|st| st.max_seq() > self.sent_through)
+                .is_some_and(|st| !st.is_live() || st.max_seq() > self.sent_through)
             {
                 out.push(key);
             }
