@@ -865,6 +865,15 @@ impl Sim {
             // record out of its view is recorded by the node it syncs with (it never
             // receives the winner itself): no exemption.
             if !seen && !reinserted_after_purge && !losers.contains(&w.version) {
+                if std::env::var("BLAZEDB_SIM_DEBUG").is_ok() {
+                    for i in 0..self.nodes.len() {
+                        for c in self.db(i).conflicts_all(None).unwrap() {
+                            if c.record == *id {
+                                eprintln!("n{i} conflict {c:?}");
+                            }
+                        }
+                    }
+                }
                 self.fail(&format!(
                     "write {coll}/{id} {:?} = {:?} ({:?}) was lost without a conflict record",
                     w.key, w.value, w.version
@@ -995,6 +1004,7 @@ fn schedules_that_once_failed_converge() {
         (58831, false),
         (112636, false),
         (1058, true),
+        (4882, false),
         (116352, false),
     ] {
         run_seed_perturbed(seed, perturb);

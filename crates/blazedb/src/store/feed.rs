@@ -72,11 +72,6 @@ pub struct ApplyOutcome {
 const UNIT_SPILL_RECORDS: usize = 20_000;
 
 /// Where applying a unit stands between its parts.
-/// Whether the sender of a unit would see a record: (collection, id, live fields, the field
-/// a conflict is about). See [`Database::apply_unit_seen_by`].
-pub type PeerSees<'a> =
-    dyn Fn(&str, RecordId, &std::collections::BTreeMap<String, Value>, Option<&str>) -> bool + 'a;
-
 #[derive(Debug, Default)]
 struct UnitApply {
     /// The sender's seq of the group (transaction) being applied.
@@ -95,7 +90,6 @@ fn apply_segment(
     src: u64,
     mut changes: Vec<Change>,
     access: Option<&dyn crate::sync::AccessControl>,
-    peer_sees: Option<&PeerSees<'_>>,
     state: &mut UnitApply,
 ) -> Result<()> {
     let mut start = 0;
@@ -154,28 +148,9 @@ fn apply_segment(
                 }
             }
         }
-        if let Some(sees) = peer_sees {
-            record_losers_out_of_view(tx, sees)?;
+        for (i, winner, loser) in tx.take_ignored() {
+            tx.store_conflict(i, &winner, &loser)?;
         }
-    }
-    Ok(())
-}
-
-/// A sender's write that lost to a concurrent one here, where the winner took the record out
-/// of the sender's view: the sender never receives the winner (an EVICT instead), so it
-/// never records the conflict; this node does. A loser whose record the sender still sees
-/// is recorded by the sender, when the winner reaches it.
-fn record_losers_out_of_view(tx: &mut super::Tx<'_>, sees: &PeerSees<'_>) -> Result<()> {
-    for (i, winner, loser) in tx.take_ignored() {
-        let p = &tx.records[i];
-        // A delete reaches every peer that may hold the record: the sender records it.
-        if !p.state.is_live() {
-            continue;
-        }
-        if sees(&p.collection, p.id, &p.state.fields(), loser.key.field()) {
-            continue;
-        }
-        tx.store_conflict(i, &winner, &loser)?;
     }
     Ok(())
 }
@@ -587,23 +562,34 @@ impl Database {
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
-        self.apply_unit_seen_by(from, parts, tail, cursor, access, None)
+        self.apply_unit_with(from, parts, tail, cursor, access, false)
     }
 
-    /// [`Database::apply_unit`] from a peer that sees only part of our records (a partial
-    /// replica: its policy, our read rules). `peer_sees(collection, id, fields, field)` says
-    /// whether it sees a record as it is after a transaction of the unit, and the field
-    /// (`None`: the record itself). A write of the peer that loses to a concurrent one
-    /// without being applied is recorded as a conflict here when the peer no longer sees the
-    /// record or field: it will never receive the winner, so it cannot record it itself.
-    pub fn apply_unit_seen_by(
+    /// [`Database::apply_unit`] from a partial replica (a peer that holds only part of our
+    /// records: its policy, our read rules): a write of it that loses here to a concurrent
+    /// one without being applied is also recorded as a conflict here. Elsewhere the loser's
+    /// writer records it when the winner reaches it, but a partial replica may never get the
+    /// winner: it took the record out of its view, or the replica's own write did and the
+    /// replica dropped its copy (its write acknowledged) before the winner came.
+    pub fn apply_unit_from_partial_replica(
         &self,
         from: NodeId,
         parts: u32,
         tail: Vec<Change>,
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
-        peer_sees: Option<&PeerSees<'_>>,
+    ) -> Result<ApplyOutcome> {
+        self.apply_unit_with(from, parts, tail, cursor, access, true)
+    }
+
+    fn apply_unit_with(
+        &self,
+        from: NodeId,
+        parts: u32,
+        tail: Vec<Change>,
+        cursor: Option<Seq>,
+        access: Option<&dyn crate::sync::AccessControl>,
+        record_ignored_losers: bool,
     ) -> Result<ApplyOutcome> {
         let now = self.now_ms();
         if cursor.is_some() {
@@ -637,7 +623,7 @@ impl Database {
             // 0 means "written here", so peers are numbered from 1.
             let src = tx.inner.nodes.index(&from) + 1;
             let first_seq = tx.seq;
-            if peer_sees.is_some() {
+            if record_ignored_losers {
                 tx.track_ignored();
             }
             for idx in 0..=parts {
@@ -646,7 +632,7 @@ impl Database {
                 } else {
                     tail.take().unwrap_or_default()
                 };
-                apply_segment(tx, src, changes, access, peer_sees, &mut state)?;
+                apply_segment(tx, src, changes, access, &mut state)?;
                 // A large unit is written out as it goes, so memory holds one part.
                 if tx.unspilled() >= UNIT_SPILL_RECORDS {
                     tx.spill()?;

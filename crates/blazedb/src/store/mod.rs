@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 pub use evict::{EvictGuard, EvictOutcome};
-pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo, PeerSees};
+pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
 pub(crate) use gc::SERVER_NOTE;
 pub use gc::{GcOptions, GcReport, SyncMetadata};
 pub use history::{HistoryEntry, HistoryRetention, PastVisibility};

@@ -1625,26 +1625,16 @@ impl Session {
             self.may_lack(db, moved_in)
                 .map_err(|e| self.internal(e, now_ms))?
         };
-        // A peer that sees part of our records never receives a winner that takes a record
-        // (or field) out of its view: its losing writes are recorded as conflicts here.
+        // A peer that holds part of our records may never receive the winner over its
+        // losing write: its losing writes are recorded as conflicts here too.
         let view = self.peer_view();
         let partial_peer = view.access.is_some() || !self.peer_policy.is_everything();
-        let peer_sees = |coll: &str,
-                         id: RecordId,
-                         fields: &std::collections::BTreeMap<String, crate::Value>,
-                         field: Option<&str>| {
-            view.collection_visible(coll)
-                && view.record_visible(coll, id, fields)
-                && field.is_none_or(|f| !view.policy.excludes(f))
+        let access = self.cfg.access.as_deref();
+        let applied = if partial_peer {
+            db.apply_unit_from_partial_replica(peer, parts, changes, Some(end), access)
+        } else {
+            db.apply_unit(peer, parts, changes, Some(end), access)
         };
-        let applied = db.apply_unit_seen_by(
-            peer,
-            parts,
-            changes,
-            Some(end),
-            self.cfg.access.as_deref(),
-            partial_peer.then_some(&peer_sees as &crate::store::PeerSees<'_>),
-        );
         match applied {
             Ok(outcome) => {
                 if !touched.is_empty() {
