@@ -9,7 +9,10 @@
 //! `BLAZEDB_SIM_SEEDS=n` runs n seeds (default 1500), from `BLAZEDB_SIM_FIRST` (default 0);
 //! `BLAZEDB_SIM_SEED=s` replays one seed;
 //! `BLAZEDB_SIM_PERTURB=1` shifts every seed's random stream (new schedules);
-//! `BLAZEDB_SIM_DEBUG=1` prints the cells of records that diverged.
+//! `BLAZEDB_SIM_DEBUG=1` prints the cells of records that diverged, and every node's
+//! conflicts of a record whose write was lost without one;
+//! `BLAZEDB_SIM_WATCH=node:doc[,node:doc...]` traces those copies' cells as they change;
+//! `BLAZEDB_SIM_TRACE=n` prints the last n events of a failure (default 40).
 //! A failure prints its seed.
 
 use std::collections::{BTreeMap, VecDeque};
