@@ -1005,3 +1005,36 @@ fn a_record_deleted_while_the_replica_kept_it_past_a_refused_evict_comes_back_wh
     assert_eq!(source.get("docs", id).unwrap().unwrap().fields, want);
     assert_eq!(replica.get("docs", id).unwrap().unwrap().fields, want);
 }
+
+/// A partial replica's losing write is stored as a conflict even when nothing else changes
+/// in the transaction, from a node never seen before: the conflict names that node, whose
+/// number must be stored too (a reopened file listed "unknown node"; simulation, a perturbed
+/// seed under 40,000).
+#[test]
+fn a_conflict_from_a_node_never_seen_before_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open(dir.path(), "replica");
+    let id = RecordId([0xd0, 9, 0, 0, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 1]);
+    replica
+        .insert_with_id("docs", id, [("a", Value::Int(1))])
+        .unwrap();
+    let lost = replica.changes_since(Seq(0), 1000, None).unwrap();
+    later();
+    {
+        let source = open(dir.path(), "source");
+        source
+            .insert_with_id("docs", id, [("a", Value::Int(2))])
+            .unwrap();
+        let head = source.last_seq().unwrap();
+        source
+            .apply_unit_from_partial_replica(replica.node_id(), 0, lost.changes, None, None)
+            .unwrap();
+        assert_eq!(source.last_seq().unwrap(), head, "nothing applied");
+    }
+    let source = open(dir.path(), "source");
+    let conflicts = source.conflicts(None).unwrap();
+    assert!(!conflicts.is_empty());
+    assert!(conflicts
+        .iter()
+        .all(|c| c.loser_version.node == replica.node_id()));
+}

@@ -1217,6 +1217,10 @@ impl<'a> Tx<'a> {
             ..
         } = self;
         if !seq_used && records.iter().all(|p| !p.changed) {
+            // Nothing changed, but rows written beside the records (a conflict stored by
+            // `store_conflict`) may name a node or field numbered in this transaction.
+            inner.nodes.flush(&inner.conn)?;
+            inner.fields.flush(&inner.conn)?;
             inner.commit()?;
             return Ok((Vec::new(), false));
         }
