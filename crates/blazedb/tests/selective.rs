@@ -870,6 +870,46 @@ fn later() {
     std::thread::sleep(std::time::Duration::from_millis(3));
 }
 
+/// A source, a replica with the view [`not_three`] and another full peer, all holding one
+/// record `id` of "docs" that the source inserted with `fields`.
+struct Trio {
+    _dir: tempfile::TempDir,
+    source: Database,
+    replica: Database,
+    other: Database,
+    id: RecordId,
+}
+
+impl Trio {
+    fn new(fields: &[(&str, i64)]) -> Trio {
+        let dir = tempfile::tempdir().unwrap();
+        let source = open(dir.path(), "source");
+        let replica = open(dir.path(), "replica");
+        let other = open(dir.path(), "other");
+        let id = source
+            .insert("docs", fields.iter().map(|(f, v)| (*f, Value::Int(*v))))
+            .unwrap();
+        let t = Trio {
+            _dir: dir,
+            source,
+            replica,
+            other,
+            id,
+        };
+        t.sync_replica();
+        t.sync_other();
+        t
+    }
+
+    fn sync_replica(&self) {
+        sync_pair(&self.replica, &self.source, partial(not_three()), full());
+    }
+
+    fn sync_other(&self) {
+        sync_pair(&self.other, &self.source, full(), full());
+    }
+}
+
 /// The replica's write loses to a concurrent one that also takes the record out of its view,
 /// and the winner reaches the source first. The replica never receives the winner (an EVICT
 /// instead), so it cannot record the conflict; the source does, when it ignores the losing
@@ -878,21 +918,15 @@ fn later() {
 /// its copy before the winner came).
 #[test]
 fn a_replica_write_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_at_the_source() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = open(dir.path(), "source");
-    let replica = open(dir.path(), "replica");
-    let other = open(dir.path(), "other");
-    let id = source.insert("docs", [("a", Value::Int(0))]).unwrap();
-    sync_pair(&replica, &source, partial(not_three()), full());
-    sync_pair(&other, &source, full(), full());
-
+    let t = Trio::new(&[("a", 0)]);
+    let (source, replica, other, id) = (&t.source, &t.replica, &t.other, t.id);
     replica
         .update("docs", id, Patch::new().set("a", 1))
         .unwrap();
     later();
     other.update("docs", id, Patch::new().set("a", 3)).unwrap();
-    sync_pair(&other, &source, full(), full());
-    sync_pair(&replica, &source, partial(not_three()), full());
+    t.sync_other();
+    t.sync_replica();
 
     assert!(
         replica.get("docs", id).unwrap().is_none(),
@@ -925,21 +959,15 @@ fn a_replica_write_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_a
 /// stays listed until the application resolves it.
 #[test]
 fn a_conflict_the_replica_recorded_stays_when_the_record_leaves_its_view() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = open(dir.path(), "source");
-    let replica = open(dir.path(), "replica");
-    let other = open(dir.path(), "other");
-    let id = source.insert("docs", [("a", Value::Int(0))]).unwrap();
-    sync_pair(&replica, &source, partial(not_three()), full());
-    sync_pair(&other, &source, full(), full());
-
+    let t = Trio::new(&[("a", 0)]);
+    let (source, replica, other, id) = (&t.source, &t.replica, &t.other, t.id);
     replica
         .update("docs", id, Patch::new().set("a", 1))
         .unwrap();
     later();
     other.update("docs", id, Patch::new().set("a", 4)).unwrap();
-    sync_pair(&other, &source, full(), full());
-    sync_pair(&replica, &source, partial(not_three()), full());
+    t.sync_other();
+    t.sync_replica();
     let conflicts = replica.conflicts(Some("docs")).unwrap();
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0].loser, Some(Value::Int(1)));
@@ -950,8 +978,8 @@ fn a_conflict_the_replica_recorded_stays_when_the_record_leaves_its_view() {
     assert_eq!(at_source[0].loser_version, conflicts[0].loser_version);
 
     other.update("docs", id, Patch::new().set("a", 3)).unwrap();
-    sync_pair(&other, &source, full(), full());
-    sync_pair(&replica, &source, partial(not_three()), full());
+    t.sync_other();
+    t.sync_replica();
     assert!(replica.get("docs", id).unwrap().is_none(), "evicted");
     assert_eq!(replica.conflicts(Some("docs")).unwrap(), conflicts);
     // Resolving it writes the chosen value (the record comes back as a local one).
@@ -969,37 +997,30 @@ fn a_conflict_the_replica_recorded_stays_when_the_record_leaves_its_view() {
 /// replica keeps the fields the delete removed (found by the simulation: seed 116352).
 #[test]
 fn a_record_deleted_while_the_replica_kept_it_past_a_refused_evict_comes_back_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = open(dir.path(), "source");
-    let replica = open(dir.path(), "replica");
-    let other = open(dir.path(), "other");
-    let id = source
-        .insert("docs", [("b", Value::Int(0)), ("n", Value::Int(0))])
-        .unwrap();
-    sync_pair(&replica, &source, partial(not_three()), full());
-    sync_pair(&other, &source, full(), full());
+    let t = Trio::new(&[("b", 0), ("n", 0)]);
+    let (source, replica, other, id) = (&t.source, &t.replica, &t.other, t.id);
 
     // Out of the replica's view elsewhere, then deleted there (not yet at the source); the
     // replica, unaware of both, writes `a` offline, after the delete by the clock.
     other.update("docs", id, Patch::new().set("a", 3)).unwrap();
-    sync_pair(&other, &source, full(), full());
+    t.sync_other();
     other.delete("docs", id).unwrap();
     later();
     replica
         .update("docs", id, Patch::new().set("a", 4))
         .unwrap();
-    let mut ss = Session::new(&source, full(), 0).unwrap();
-    let mut sr = Session::new(&replica, partial(not_three()), 0).unwrap();
+    let mut ss = Session::new(source, full(), 0).unwrap();
+    let mut sr = Session::new(replica, partial(not_three()), 0).unwrap();
     let mut link = HeldLink::default();
-    link.exchange(&source, &mut ss, &replica, &mut sr);
+    link.exchange(source, &mut ss, replica, &mut sr);
     assert!(!link.held.is_empty(), "the replica's write is held back");
     assert!(replica.get("docs", id).unwrap().is_some(), "EVICT refused");
 
     // The delete reaches the source before the replica's write.
-    sync_pair(&other, &source, full(), full());
-    link.exchange(&source, &mut ss, &replica, &mut sr);
-    link.release(&source, &mut ss);
-    pump(&source, &mut ss, &replica, &mut sr);
+    t.sync_other();
+    link.exchange(source, &mut ss, replica, &mut sr);
+    link.release(source, &mut ss);
+    pump(source, &mut ss, replica, &mut sr);
 
     let want: std::collections::BTreeMap<String, Value> = [("a".to_owned(), Value::Int(4))].into();
     assert_eq!(source.get("docs", id).unwrap().unwrap().fields, want);

@@ -262,16 +262,22 @@ pub(super) fn has_unseen_changes(
     src: Option<u64>,
 ) -> Result<bool> {
     for s in cell_seqs(state).into_iter().filter(|s| *s > acked) {
-        let row_src: Option<i64> = inner
-            .conn
-            .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
-            .query_row(params![s.0 as i64, coll, &id.0[..]], |r| r.get(0))
-            .optional()?;
-        if row_src.is_some_and(|r| Some(r as u64) != src) {
+        if feed_src(inner, s, coll, id)?.is_some_and(|r| Some(r) != src) {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// The `src` of the record's feed row at `seq` (0: written here; n: the peer numbered
+/// n - 1), `None` without such a row.
+pub(super) fn feed_src(inner: &Inner, seq: Seq, coll: i64, id: RecordId) -> Result<Option<u64>> {
+    let src: Option<i64> = inner
+        .conn
+        .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+        .query_row(params![seq.0 as i64, coll, &id.0[..]], |r| r.get(0))
+        .optional()?;
+    Ok(src.map(|s| s as u64))
 }
 
 /// Delete a record's row, its feed rows, index entries and history (inside the caller's

@@ -666,15 +666,8 @@ fn drop_cells_let_go(
         if held.contains(&c.key) {
             continue;
         }
-        let from_sender = c.seq > seen.acked && {
-            let row_src: Option<i64> = tx
-                .inner
-                .conn
-                .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
-                .query_row(params![c.seq.0 as i64, coll, &id.0[..]], |r| r.get(0))
-                .optional()?;
-            row_src.is_some_and(|r| r as u64 == seen.src)
-        };
+        let from_sender = c.seq > seen.acked
+            && super::evict::feed_src(tx.inner, c.seq, coll, id)? == Some(seen.src);
         if c.seq <= seen.acked || from_sender {
             drop.push(k);
         }

@@ -238,7 +238,7 @@ pub struct Tx<'a> {
     /// When set (see [`Tx::track_ignored`]): received cells that lost to a local cell whose
     /// writer had not seen them, as (record, winner, loser). A merge that applies reports
     /// such losers itself (`Pending::conflicts`); one that is ignored does not.
-    pub(crate) ignored: Option<Vec<(usize, Cell, Cell)>>,
+    ignored: Option<Vec<(usize, Cell, Cell)>>,
 }
 
 /// See [`Tx::spill`].

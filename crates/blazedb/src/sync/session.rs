@@ -1012,6 +1012,12 @@ impl Session {
         self.cfg.access.as_deref().filter(|a| a.filters_reads())
     }
 
+    /// Whether the peer holds only part of our records: our read rules or its policy narrow
+    /// its view.
+    fn peer_is_partial(&self) -> bool {
+        self.read_filtering_access().is_some() || !self.peer_policy.is_everything()
+    }
+
     /// The policy this side receives under.
     pub fn policy(&self) -> &SyncPolicy {
         &self.cfg.policy
@@ -1389,7 +1395,7 @@ impl Session {
         // Evicting those made a full peer re-bootstrapped by a partial replica (its cursor
         // below the replica's GC horizon) drop everything the replica does not see.
         let view = self.peer_view();
-        let partial_peer = view.access.is_some() || !self.peer_policy.is_everything();
+        let partial_peer = self.peer_is_partial();
         // A merge-only snapshot (we are a new peer) drops nothing. A replacing one also
         // drops the cells of its records that the peer had and let go, where it holds every
         // field of ours and sends us every field it holds.
@@ -1521,8 +1527,7 @@ impl Session {
     /// peer its own changes, so `apply_staged` handles both, as if the change had come from
     /// anyone else.
     fn view_keys(&self, changes: &[Change]) -> (Vec<RecordKey>, Vec<RecordKey>) {
-        let restricted = self.peer_from.is_some()
-            && (self.read_filtering_access().is_some() || !self.peer_policy.is_everything());
+        let restricted = self.peer_from.is_some() && self.peer_is_partial();
         if !restricted {
             return (Vec::new(), Vec::new());
         }
@@ -1627,10 +1632,8 @@ impl Session {
         };
         // A peer that holds part of our records may never receive the winner over its
         // losing write: its losing writes are recorded as conflicts here too.
-        let view = self.peer_view();
-        let partial_peer = view.access.is_some() || !self.peer_policy.is_everything();
         let access = self.cfg.access.as_deref();
-        let applied = if partial_peer {
+        let applied = if self.peer_is_partial() {
             db.apply_unit_from_partial_replica(peer, parts, changes, Some(end), access)
         } else {
             db.apply_unit(peer, parts, changes, Some(end), access)
@@ -1916,26 +1919,25 @@ impl Session {
             let shared = db.changes_since_shared(self.sent_through, page, peer)?;
             self.page_cells = if shared.more { page * 2 } else { batch_cells };
             let mut filtered;
-            let batch: &crate::store::ChangeBatch =
-                if self.read_filtering_access().is_some() || !self.peer_policy.is_everything() {
-                    filtered = (*shared).clone();
-                    let view = View {
-                        access: self.cfg.access.as_deref().filter(|a| a.filters_reads()),
-                        policy: &self.peer_policy,
-                        params: self.view_params(),
-                    };
-                    filter_view(
-                        db,
-                        &view,
-                        self.unit_from,
-                        &mut filtered.changes,
-                        &mut self.evict_pending,
-                        &mut self.refused,
-                    )?;
-                    &filtered
-                } else {
-                    &shared
+            let batch: &crate::store::ChangeBatch = if self.peer_is_partial() {
+                filtered = (*shared).clone();
+                let view = View {
+                    access: self.cfg.access.as_deref().filter(|a| a.filters_reads()),
+                    policy: &self.peer_policy,
+                    params: self.view_params(),
                 };
+                filter_view(
+                    db,
+                    &view,
+                    self.unit_from,
+                    &mut filtered.changes,
+                    &mut self.evict_pending,
+                    &mut self.refused,
+                )?;
+                &filtered
+            } else {
+                &shared
+            };
             // Chains of partly overwritten transactions (e.g. every transaction touches one
             // hot record) can link a long stretch of the feed into one unit; it is sent whole
             // however long, and the receiver stages it on disk (`store/unit.rs`). It ends:
