@@ -9,7 +9,7 @@ use blazedb::sync::message::encode_simple;
 use blazedb::sync::{
     ErrorCode, Hello, Message, Session, SessionConfig, SnapshotWish, SyncMode, SyncPolicy,
 };
-use blazedb::{Database, GcOptions, Patch, RecordId, Seq, Value};
+use blazedb::{Database, GcOptions, Patch, PeerDirection, RecordId, Seq, Value};
 use common::{open, pump, sync_pair};
 
 fn full() -> SessionConfig {
@@ -856,6 +856,76 @@ fn a_restatement_lost_with_the_connection_is_sent_again_at_reconnect() {
     );
 }
 
+/// Like the test above, but the replica's write loses at the source without being applied
+/// (it is older than the source's write that took the record out of its view, which the
+/// replica acknowledged before its write arrived), so it leaves no feed row there to derive
+/// the lost EVICT from again; and the source restarts before the replica reconnects. The
+/// source notes the record with the unit that lost, and evicts it at the next connection
+/// (found by the simulation: seed 185132).
+#[test]
+fn an_evict_made_up_for_an_ignored_write_and_lost_is_sent_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(dir.path(), "source");
+    let replica = open(dir.path(), "replica");
+    let id = source.insert("docs", [("a", Value::Int(0))]).unwrap();
+    sync_pair(&replica, &source, partial(not_three()), full());
+    // Offline, the replica edits the record; later the source takes it out of the
+    // replica's view, so the replica's edit loses.
+    replica
+        .update("docs", id, Patch::new().set("a", 1))
+        .unwrap();
+    later();
+    source.update("docs", id, Patch::new().set("a", 3)).unwrap();
+    // A pulling connection: the replica acknowledges the source's write and refuses its
+    // EVICT (the edit is not acknowledged yet), and sends nothing.
+    let pull = SessionConfig {
+        mode: SyncMode::Pull,
+        ..partial(not_three())
+    };
+    sync_pair(&replica, &source, pull, full());
+    assert!(replica.get("docs", id).unwrap().is_some(), "EVICT refused");
+    // Both ways: the source ignores the older edit (recording the conflict) and
+    // acknowledges it; the replica gets the ACK, but the EVICT made up for the refused one
+    // is lost with the connection.
+    let mut ss = Session::new(&source, full(), 0).unwrap();
+    let mut sr = Session::new(&replica, partial(not_three()), 0).unwrap();
+    let mut link = HeldLink::default();
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's edit is held back");
+    link.release(&source, &mut ss);
+    let acked = || {
+        replica
+            .peer_cursor(source.node_id(), PeerDirection::Acked)
+            .unwrap()
+    };
+    let before = acked();
+    let ack = ss.poll_transmit(0, &source).unwrap();
+    sr.handle_bytes(0, &ack, &replica).unwrap();
+    assert!(acked() > before, "the first frame is the ACK");
+    while ss.poll_transmit(0, &source).is_some() {}
+    drop((ss, sr));
+    assert_eq!(
+        source.get("docs", id).unwrap().unwrap().fields["a"],
+        Value::Int(3)
+    );
+    assert_eq!(source.conflicts(Some("docs")).unwrap().len(), 1);
+    // The source restarts: nothing of the session survives but what its file holds.
+    drop(source);
+    let source = open(dir.path(), "source");
+    let note = || {
+        source
+            .peer_note(replica.node_id(), "evicts_for_ignored_writes")
+            .unwrap()
+    };
+    assert_eq!(note(), Some(format!("{id}\tdocs")), "noted with the unit");
+    sync_pair(&replica, &source, partial(not_three()), full());
+    assert!(
+        replica.get("docs", id).unwrap().is_none(),
+        "the replica still holds a record outside its view"
+    );
+    assert_eq!(note(), None, "confirmed, the note goes");
+}
+
 /// The view of the conflict tests: records whose `a` is not 3.
 fn not_three() -> SyncPolicy {
     SyncPolicy {
@@ -947,7 +1017,7 @@ fn a_replica_write_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_a
     // Sent again (a duplicate delivery after a reconnect), it is not listed twice.
     let again = replica.changes_since(Seq(0), 1000, None).unwrap();
     source
-        .apply_unit_from_partial_replica(replica.node_id(), 0, again.changes, None, None)
+        .apply_unit_from_partial_replica(replica.node_id(), 0, again.changes, None, None, None)
         .unwrap();
     assert_eq!(source.conflicts(Some("docs")).unwrap().len(), 1);
     // A full peer sees everything: its losing writes are its own to record.
@@ -1048,7 +1118,7 @@ fn a_conflict_from_a_node_never_seen_before_survives_a_reopen() {
             .unwrap();
         let head = source.last_seq().unwrap();
         source
-            .apply_unit_from_partial_replica(replica.node_id(), 0, lost.changes, None, None)
+            .apply_unit_from_partial_replica(replica.node_id(), 0, lost.changes, None, None, None)
             .unwrap();
         assert_eq!(source.last_seq().unwrap(), head, "nothing applied");
     }

@@ -995,7 +995,9 @@ fn simulation_converges_under_faults() {
 /// replica's write lost without a conflict record (`selective.rs`,
 /// `a_replica_write_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_at_the_source`)
 /// and a partial replica that kept a deleted record's fields (`selective.rs`,
-/// `a_record_deleted_while_the_replica_kept_it_past_a_refused_evict_comes_back_whole`).
+/// `a_record_deleted_while_the_replica_kept_it_past_a_refused_evict_comes_back_whole`);
+/// last, an EVICT owed for a replica's ignored write, lost with a source restart
+/// (`selective.rs`, `an_evict_made_up_for_an_ignored_write_and_lost_is_sent_again_after_a_restart`).
 #[test]
 fn schedules_that_once_failed_converge() {
     for (seed, perturb) in [
@@ -1009,22 +1011,8 @@ fn schedules_that_once_failed_converge() {
         (1058, true),
         (4882, false),
         (116352, false),
+        (185132, false),
     ] {
         run_seed_perturbed(seed, perturb);
     }
-}
-
-/// A schedule that still fails (found 2026-12-05, also on the code before that day): a
-/// partial replica's write loses, without being applied, to one that took the record out of
-/// its view; the replica refused the EVICT (its write unacknowledged), and the EVICT queued
-/// to make up for it was lost when the source restarted before sending it. The reconnect
-/// re-derives EVICTs from the feed rows the peer wrote, and an ignored write leaves none, so
-/// the replica keeps the record (as far as one trace shows; docs/ARCHITECTURE.md, "The
-/// peer's own writes"). Run with
-/// `cargo test -p blazedb --test simulation -- --ignored`; move it into
-/// `schedules_that_once_failed_converge` once it passes.
-#[test]
-#[ignore = "open: an EVICT made up for a refused one is lost with a source restart (seed 185132)"]
-fn a_lost_evict_for_an_ignored_write_of_the_replica() {
-    run_seed_perturbed(185132, false);
 }

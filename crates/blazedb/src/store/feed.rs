@@ -67,6 +67,16 @@ pub struct ApplyOutcome {
     pub sender_seqs: Option<(Seq, Seq)>,
 }
 
+/// Whose unit [`Database::apply_unit_with`] applies.
+#[derive(Clone, Copy)]
+enum Sender {
+    /// A peer that holds everything we send.
+    Full,
+    /// A peer that holds part of our records (see
+    /// [`Database::apply_unit_from_partial_replica`]).
+    PartialReplica { evicts_after: Option<Seq> },
+}
+
 /// Records a unit's apply holds in memory before it writes them out (`Tx::spill`): a few
 /// megabytes, and far more than an ordinary unit touches.
 const UNIT_SPILL_RECORDS: usize = 20_000;
@@ -80,6 +90,9 @@ struct UnitApply {
     group_cells: usize,
     applied: usize,
     rejected: Vec<crate::sync::Rejection>,
+    /// Records where a write of the sender lost without being applied (tracked only for a
+    /// partial replica, see [`Database::apply_unit_from_partial_replica`]).
+    ignored: Vec<(String, RecordId)>,
 }
 
 /// Apply one part of a unit. Each group of changes sharing a `seq` (one transaction at the
@@ -150,6 +163,9 @@ fn apply_segment(
         }
         for (i, winner, loser) in tx.take_ignored() {
             tx.store_conflict(i, &winner, &loser)?;
+            state
+                .ignored
+                .push((tx.records[i].collection.clone(), tx.records[i].id));
         }
     }
     Ok(())
@@ -352,6 +368,76 @@ fn changes_since_in(
 /// The `meta` key of a per-peer note; `forget_peer` removes `peer:<node>:*`.
 pub(crate) fn peer_note_key(peer: NodeId, name: &str) -> String {
     format!("peer:{peer}:{name}")
+}
+
+/// Peer note of a sync session serving a partial replica: evictions derived from our feed
+/// after this position may not have reached the peer (see `Session::flush_evictions`).
+pub(crate) const NOTE_EVICTS: &str = "evicts_unconfirmed_after";
+/// Peer note beside [`NOTE_EVICTS`]: records where a write of the peer lost here without
+/// being applied, one `id<TAB>collection` per line (names hold no control characters). Such a write leaves no feed row to
+/// derive its eviction from again, so the unit's transaction names the record here.
+pub(crate) const NOTE_EVICTS_IGNORED: &str = "evicts_for_ignored_writes";
+
+/// Set (`Some`) or clear (`None`) a per-peer note inside the caller's transaction.
+fn set_peer_note_in(
+    conn: &rusqlite::Connection,
+    peer: NodeId,
+    name: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let key = peer_note_key(peer, name);
+    match value {
+        Some(v) => conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, v])?,
+        None => conn
+            .prepare_cached("DELETE FROM meta WHERE key = ?1")?
+            .execute([key])?,
+    };
+    Ok(())
+}
+
+/// The records [`NOTE_EVICTS_IGNORED`] names, read on an already locked handle.
+fn ignored_writes_in(inner: &super::Inner, peer: NodeId) -> Result<Vec<(String, RecordId)>> {
+    let Some(text) = peer_note_in(inner, peer, NOTE_EVICTS_IGNORED)? else {
+        return Ok(Vec::new());
+    };
+    let damaged = || {
+        Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
+            "peer note {NOTE_EVICTS_IGNORED}"
+        )))
+    };
+    text.lines()
+        .map(|line| {
+            let (id, coll) = line.split_once('\t').ok_or_else(damaged)?;
+            Ok((coll.to_owned(), id.parse().map_err(|_| damaged())?))
+        })
+        .collect()
+}
+
+/// Add `records` to [`NOTE_EVICTS_IGNORED`], inside the caller's transaction.
+fn note_ignored_writes_in(
+    inner: &super::Inner,
+    peer: NodeId,
+    records: &[(String, RecordId)],
+) -> Result<()> {
+    let mut all = ignored_writes_in(inner, peer)?;
+    all.extend(records.iter().cloned());
+    all.sort();
+    all.dedup();
+    let text: Vec<String> = all
+        .iter()
+        .map(|(coll, id)| format!("{id}\t{coll}"))
+        .collect();
+    set_peer_note_in(
+        &inner.conn,
+        peer,
+        NOTE_EVICTS_IGNORED,
+        Some(&text.join("\n")),
+    )
 }
 
 /// A per-peer note, read on an already locked handle (see [`Database::peer_note`]).
@@ -562,7 +648,7 @@ impl Database {
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
-        self.apply_unit_with(from, parts, tail, cursor, access, false)
+        self.apply_unit_with(from, parts, tail, cursor, access, Sender::Full)
     }
 
     /// [`Database::apply_unit`] from a partial replica (a peer that holds only part of our
@@ -571,6 +657,11 @@ impl Database {
     /// writer records it when the winner reaches it, but a partial replica may never get the
     /// winner: it took the record out of its view, or the replica's own write did and the
     /// replica dropped its copy (its write acknowledged) before the winner came.
+    ///
+    /// The records of such writes are also noted for the peer (the sync session evicts them
+    /// at the replica if they are outside its view, and must be able to do so after a
+    /// restart), and with `evicts_after` the peer note `evicts_unconfirmed_after` is set to
+    /// it, all in the unit's transaction.
     pub fn apply_unit_from_partial_replica(
         &self,
         from: NodeId,
@@ -578,8 +669,10 @@ impl Database {
         tail: Vec<Change>,
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
+        evicts_after: Option<Seq>,
     ) -> Result<ApplyOutcome> {
-        self.apply_unit_with(from, parts, tail, cursor, access, true)
+        let sender = Sender::PartialReplica { evicts_after };
+        self.apply_unit_with(from, parts, tail, cursor, access, sender)
     }
 
     fn apply_unit_with(
@@ -589,7 +682,7 @@ impl Database {
         tail: Vec<Change>,
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
-        record_ignored_losers: bool,
+        sender: Sender,
     ) -> Result<ApplyOutcome> {
         let now = self.now_ms();
         if cursor.is_some() {
@@ -623,7 +716,7 @@ impl Database {
             // 0 means "written here", so peers are numbered from 1.
             let src = tx.inner.nodes.index(&from) + 1;
             let first_seq = tx.seq;
-            if record_ignored_losers {
+            if let Sender::PartialReplica { .. } = sender {
                 tx.track_ignored();
             }
             for idx in 0..=parts {
@@ -665,6 +758,15 @@ impl Database {
             if let Some(c) = cursor {
                 tx.inner
                     .set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
+            }
+            if let Sender::PartialReplica { evicts_after } = sender {
+                if let Some(after) = evicts_after {
+                    let after = after.0.to_string();
+                    set_peer_note_in(&tx.inner.conn, from, NOTE_EVICTS, Some(&after))?;
+                }
+                if !state.ignored.is_empty() {
+                    note_ignored_writes_in(tx.inner, from, &state.ignored)?;
+                }
             }
             let sender_seqs = (last >= first_seq).then_some((first_seq, last));
             if server {
@@ -839,21 +941,16 @@ impl Database {
     /// Set (`Some`) or clear (`None`) a per-peer note (see [`Database::peer_note`]).
     pub fn set_peer_note(&self, peer: NodeId, name: &str, value: Option<&str>) -> Result<()> {
         let mut inner = self.lock_write()?;
-        let key = peer_note_key(peer, name);
-        match value {
-            Some(v) => inner
-                .conn
-                .prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![key, v])?,
-            None => inner
-                .conn
-                .prepare_cached("DELETE FROM meta WHERE key = ?1")?
-                .execute([key])?,
-        };
+        set_peer_note_in(&inner.conn, peer, name, value)?;
         Ok(inner.commit()?)
+    }
+
+    /// The records where a write of `peer`, a partial replica, lost here without being
+    /// applied since its sessions last confirmed their evictions (noted by
+    /// [`Database::apply_unit_from_partial_replica`]; cleared with the peer note
+    /// `evicts_unconfirmed_after`).
+    pub(crate) fn ignored_writes(&self, peer: NodeId) -> Result<Vec<(String, RecordId)>> {
+        ignored_writes_in(&*self.lock()?, peer)
     }
 
     /// Every known peer with its cursors and last contact.

@@ -46,10 +46,10 @@ use crate::limits::{
     TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
-use crate::store::SERVER_NOTE;
 use crate::store::{
     Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
 };
+use crate::store::{NOTE_EVICTS, NOTE_EVICTS_IGNORED, SERVER_NOTE};
 use crate::types::Seq;
 use crate::{NodeId, PastVisibility, RecordId};
 
@@ -699,6 +699,7 @@ impl Session {
                 if self
                     .evicts_unconfirmed
                     .is_some_and(|(after, _)| seq > after)
+                    && self.view_updates_flushed()
                 {
                     // A unit sent after the EVICTs was applied: they arrived before it.
                     self.evicts_unconfirmed = None;
@@ -734,6 +735,7 @@ impl Session {
                 if self
                     .evicts_unconfirmed
                     .is_some_and(|(_, ping)| nonce >= ping)
+                    && self.view_updates_flushed()
                 {
                     // The peer answered a PING sent after the EVICTs: it has them.
                     self.evicts_unconfirmed = None;
@@ -1119,6 +1121,12 @@ impl Session {
             // Restatements are noted the same way: a record the peer wrote since the note
             // is restated whole if it is in the view (its write may have moved it in), and
             // evicted if not.
+            // A write of the peer's that lost here without being applied left no feed row:
+            // its records were noted with its unit.
+            let ignored = db
+                .ignored_writes(peer)
+                .map_err(|e| self.internal(e, now_ms))?;
+            self.evict_pending.extend(ignored);
             for (coll, id, written_by_peer) in records {
                 if written_by_peer {
                     self.restate_pending.push((coll.clone(), id));
@@ -1633,13 +1641,31 @@ impl Session {
         // A peer that holds part of our records may never receive the winner over its
         // losing write: its losing writes are recorded as conflicts here too.
         let access = self.cfg.access.as_deref();
-        let applied = if self.peer_is_partial() {
-            db.apply_unit_from_partial_replica(peer, parts, changes, Some(end), access)
+        let partial = self.peer_is_partial();
+        // The EVICTs this unit may make due go out after its ACK, which the peer may receive
+        // without them (a restart here loses them before they are sent): the note that
+        // derives them again at the next SUBSCRIBE is kept with the unit.
+        let evicts_after = self.evicts_note.map_or(self.acked, |n| n.min(self.acked));
+        let evicts_after =
+            (partial && !touched.is_empty() && self.evicts_note != Some(evicts_after))
+                .then_some(evicts_after);
+        let applied = if partial {
+            db.apply_unit_from_partial_replica(
+                peer,
+                parts,
+                changes,
+                Some(end),
+                access,
+                evicts_after,
+            )
         } else {
             db.apply_unit(peer, parts, changes, Some(end), access)
         };
         match applied {
             Ok(outcome) => {
+                if evicts_after.is_some() {
+                    self.evicts_note = evicts_after;
+                }
                 if !touched.is_empty() {
                     self.evict_left_view(db, touched, moved_in)
                         .map_err(|e| self.internal(e, now_ms))?;
@@ -2043,10 +2069,21 @@ impl Session {
         self.evicts_unconfirmed = Some((self.sent_through, self.ping_nonce));
     }
 
-    /// Store (or clear) the position after which evictions may not have reached the peer.
+    /// Whether every EVICT and restatement queued so far went out. Until they have, a
+    /// confirmation of earlier ones must keep the note: the queued ones were derived from
+    /// units applied since, and a restart would lose them.
+    fn view_updates_flushed(&self) -> bool {
+        self.evict_pending.is_empty() && self.restate_pending.is_empty()
+    }
+
+    /// Store (or clear) the position after which evictions may not have reached the peer;
+    /// clearing also drops the records of its ignored writes noted with its units.
     fn set_evicts_note(&mut self, db: &Database, from: Option<Seq>) -> Result<(), Error> {
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
         let value = from.map(|s| s.0.to_string());
+        if from.is_none() {
+            db.set_peer_note(peer, NOTE_EVICTS_IGNORED, None)?;
+        }
         db.set_peer_note(peer, NOTE_EVICTS, value.as_deref())?;
         self.evicts_note = from;
         Ok(())
@@ -2423,9 +2460,6 @@ type RecordKey = (String, RecordId);
 
 /// Names of per-peer notes (`Database::peer_note`).
 const NOTE_VIEW: &str = "served_view";
-/// Peer note: evictions derived from our feed after this position may not have reached the
-/// peer (sent, but no later unit acknowledged before the connection ended).
-const NOTE_EVICTS: &str = "evicts_unconfirmed_after";
 const NOTE_POLICY: &str = "policy";
 /// Refused records a session remembers (see `Session::refused`).
 const REFUSED_REMEMBERED_MAX: usize = 4096;
