@@ -65,6 +65,9 @@ pub struct ApplyOutcome {
     /// Writes the apply makes on this node's behalf (restated refusals, server-priority
     /// values) commit after it, at later positions.
     pub sender_seqs: Option<(Seq, Seq)>,
+    /// Records where a write of a partial replica lost without being applied (only
+    /// [`Database::apply_unit_from_partial_replica`] tracks them), noted for the peer.
+    pub ignored: Vec<(String, RecordId)>,
 }
 
 /// Whose unit [`Database::apply_unit_with`] applies.
@@ -74,7 +77,7 @@ enum Sender {
     Full,
     /// A peer that holds part of our records (see
     /// [`Database::apply_unit_from_partial_replica`]).
-    PartialReplica { evicts_after: Option<Seq> },
+    PartialReplica { evicts_after: Seq },
 }
 
 /// Records a unit's apply holds in memory before it writes them out (`Tx::spill`): a few
@@ -418,12 +421,19 @@ fn ignored_writes_in(inner: &super::Inner, peer: NodeId) -> Result<Vec<(String, 
         .collect()
 }
 
-/// Add `records` to [`NOTE_EVICTS_IGNORED`], inside the caller's transaction.
+/// Add `records` to [`NOTE_EVICTS_IGNORED`] and move [`NOTE_EVICTS`] back to `after` if it
+/// is later or unset, inside the caller's transaction.
 fn note_ignored_writes_in(
     inner: &super::Inner,
     peer: NodeId,
     records: &[(String, RecordId)],
+    after: Seq,
 ) -> Result<()> {
+    let noted = peer_note_in(inner, peer, NOTE_EVICTS)?.and_then(|n| n.parse().ok());
+    if noted.is_none_or(|n: u64| n > after.0) {
+        let after = after.0.to_string();
+        set_peer_note_in(&inner.conn, peer, NOTE_EVICTS, Some(&after))?;
+    }
     let mut all = ignored_writes_in(inner, peer)?;
     all.extend(records.iter().cloned());
     all.sort();
@@ -658,10 +668,11 @@ impl Database {
     /// winner: it took the record out of its view, or the replica's own write did and the
     /// replica dropped its copy (its write acknowledged) before the winner came.
     ///
-    /// The records of such writes are also noted for the peer (the sync session evicts them
-    /// at the replica if they are outside its view, and must be able to do so after a
-    /// restart), and with `evicts_after` the peer note `evicts_unconfirmed_after` is set to
-    /// it, all in the unit's transaction.
+    /// The records of such writes are also noted for the peer, in the unit's transaction,
+    /// with the peer note `evicts_unconfirmed_after` set to `evicts_after` unless it holds an
+    /// earlier position: the sync session evicts those records at the replica if they are
+    /// outside its view, and must still know them after a restart. They leave no feed row
+    /// to derive that from (see [`ApplyOutcome::ignored`]).
     pub fn apply_unit_from_partial_replica(
         &self,
         from: NodeId,
@@ -669,7 +680,7 @@ impl Database {
         tail: Vec<Change>,
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
-        evicts_after: Option<Seq>,
+        evicts_after: Seq,
     ) -> Result<ApplyOutcome> {
         let sender = Sender::PartialReplica { evicts_after };
         self.apply_unit_with(from, parts, tail, cursor, access, sender)
@@ -759,14 +770,11 @@ impl Database {
                 tx.inner
                     .set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
             }
-            if let Sender::PartialReplica { evicts_after } = sender {
-                if let Some(after) = evicts_after {
-                    let after = after.0.to_string();
-                    set_peer_note_in(&tx.inner.conn, from, NOTE_EVICTS, Some(&after))?;
+            match sender {
+                Sender::PartialReplica { evicts_after } if !state.ignored.is_empty() => {
+                    note_ignored_writes_in(tx.inner, from, &state.ignored, evicts_after)?;
                 }
-                if !state.ignored.is_empty() {
-                    note_ignored_writes_in(tx.inner, from, &state.ignored)?;
-                }
+                _ => {}
             }
             let sender_seqs = (last >= first_seq).then_some((first_seq, last));
             if server {
@@ -816,6 +824,7 @@ impl Database {
             debug_assert_eq!(foreign, 0, "a unit's positions hold rows from elsewhere");
         }
         let rejected = state.rejected;
+        let ignored = state.ignored;
         if !rejected.is_empty() {
             // Bring the writer back to our version: write our copy again with new versions
             // (an insert resets every older cell, so fields the writer added go too), or a
@@ -847,6 +856,7 @@ impl Database {
             applied,
             rejected,
             sender_seqs,
+            ignored,
         })
     }
 
@@ -940,8 +950,15 @@ impl Database {
 
     /// Set (`Some`) or clear (`None`) a per-peer note (see [`Database::peer_note`]).
     pub fn set_peer_note(&self, peer: NodeId, name: &str, value: Option<&str>) -> Result<()> {
+        self.set_peer_notes(peer, &[(name, value)])
+    }
+
+    /// [`Database::set_peer_note`] for several notes, in one transaction.
+    pub fn set_peer_notes(&self, peer: NodeId, notes: &[(&str, Option<&str>)]) -> Result<()> {
         let mut inner = self.lock_write()?;
-        set_peer_note_in(&inner.conn, peer, name, value)?;
+        for (name, value) in notes {
+            set_peer_note_in(&inner.conn, peer, name, *value)?;
+        }
         Ok(inner.commit()?)
     }
 

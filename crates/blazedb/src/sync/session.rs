@@ -1641,15 +1641,11 @@ impl Session {
         // A peer that holds part of our records may never receive the winner over its
         // losing write: its losing writes are recorded as conflicts here too.
         let access = self.cfg.access.as_deref();
-        let partial = self.peer_is_partial();
-        // The EVICTs this unit may make due go out after its ACK, which the peer may receive
-        // without them (a restart here loses them before they are sent): the note that
-        // derives them again at the next SUBSCRIBE is kept with the unit.
+        // A write of the peer that loses here without being applied leaves no feed row from
+        // which a reconnect could derive the EVICT it may make due again: the unit's
+        // transaction notes its record, and the position the note derives from.
         let evicts_after = self.evicts_note.map_or(self.acked, |n| n.min(self.acked));
-        let evicts_after =
-            (partial && !touched.is_empty() && self.evicts_note != Some(evicts_after))
-                .then_some(evicts_after);
-        let applied = if partial {
+        let applied = if self.peer_is_partial() {
             db.apply_unit_from_partial_replica(
                 peer,
                 parts,
@@ -1663,8 +1659,8 @@ impl Session {
         };
         match applied {
             Ok(outcome) => {
-                if evicts_after.is_some() {
-                    self.evicts_note = evicts_after;
+                if !outcome.ignored.is_empty() {
+                    self.evicts_note = Some(evicts_after);
                 }
                 if !touched.is_empty() {
                     self.evict_left_view(db, touched, moved_in)
@@ -2081,10 +2077,10 @@ impl Session {
     fn set_evicts_note(&mut self, db: &Database, from: Option<Seq>) -> Result<(), Error> {
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
         let value = from.map(|s| s.0.to_string());
-        if from.is_none() {
-            db.set_peer_note(peer, NOTE_EVICTS_IGNORED, None)?;
+        match from {
+            Some(_) => db.set_peer_note(peer, NOTE_EVICTS, value.as_deref())?,
+            None => db.set_peer_notes(peer, &[(NOTE_EVICTS, None), (NOTE_EVICTS_IGNORED, None)])?,
         }
-        db.set_peer_note(peer, NOTE_EVICTS, value.as_deref())?;
         self.evicts_note = from;
         Ok(())
     }
