@@ -996,8 +996,10 @@ fn simulation_converges_under_faults() {
 /// `a_replica_write_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_at_the_source`)
 /// and a partial replica that kept a deleted record's fields (`selective.rs`,
 /// `a_record_deleted_while_the_replica_kept_it_past_a_refused_evict_comes_back_whole`);
-/// last, an EVICT owed for a replica's ignored write, lost with a source restart
-/// (`selective.rs`, `an_evict_made_up_for_an_ignored_write_and_lost_is_sent_again_after_a_restart`).
+/// an EVICT owed for a replica's ignored write, lost with a source restart (`selective.rs`,
+/// `an_evict_made_up_for_an_ignored_write_and_lost_is_sent_again_after_a_restart`); last, a
+/// CAUGHT_UP dropped when the unit after it overflowed the receiver's group (`sync_pair.rs`,
+/// `a_caught_up_before_a_unit_that_overflows_the_group_still_counts`).
 #[test]
 fn schedules_that_once_failed_converge() {
     for (seed, perturb) in [
@@ -1012,6 +1014,7 @@ fn schedules_that_once_failed_converge() {
         (4882, false),
         (116352, false),
         (185132, false),
+        (211786, true),
     ] {
         run_seed_perturbed(seed, perturb);
     }

@@ -801,3 +801,47 @@ fn a_node_that_only_receives_collects_the_tombstones_it_received() {
     assert_eq!(report.tombstones_purged, 3, "{report:?}");
     assert_eq!(dump(&a), dump(&b));
 }
+
+/// A CAUGHT_UP waits for the complete units before it to be applied. When the unit after it
+/// completes with more cells than the receiver keeps in memory, that unit and the waiting
+/// ones are applied at once, and the CAUGHT_UP must still count: it was dropped, so the
+/// receiver did not know it had everything until the sender's next one, which never comes
+/// when nothing more is committed (simulation, seed 211786 with `BLAZEDB_SIM_PERTURB`).
+#[test]
+fn a_caught_up_before_a_unit_that_overflows_the_group_still_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let one_cell_frames = SessionConfig {
+        batch_cells_max: 1,
+        window_units: 1_000,
+        ..cfg(SyncMode::Both)
+    };
+    let small_memory = SessionConfig {
+        unit_stage_cells: 4,
+        ..cfg(SyncMode::Both)
+    };
+    let mut sa = Session::new(&a, one_cell_frames, 0).unwrap();
+    let mut sb = Session::new(&b, small_memory, 0).unwrap();
+    pump(&a, &mut sa, &b, &mut sb);
+    // One read brings: the first commit's unit (2 cells, 2 frames), the CAUGHT_UP after it,
+    // then the second commit's unit, whose last frame takes what waits past 4 cells.
+    a.insert("notes", [("n", Value::Int(1))]).unwrap();
+    let mut read: Vec<u8> = drain(&mut sa, &a).concat();
+    let first = a.last_seq().unwrap();
+    a.insert("notes", [("n", Value::Int(2))]).unwrap();
+    let second = drain(&mut sa, &a);
+    // Its own CAUGHT_UP (the last frame) comes in a later read.
+    let (later, unit) = second.split_last().unwrap();
+    read.extend(unit.concat());
+    sb.handle_bytes(0, &read, &b).unwrap();
+    assert_eq!(b.count("notes").unwrap(), 2);
+    assert_eq!(
+        sb.progress().peer_caught_up,
+        Some(first),
+        "the CAUGHT_UP before the second unit was dropped"
+    );
+    sb.handle_bytes(0, later, &b).unwrap();
+    pump(&a, &mut sa, &b, &mut sb);
+    assert!(sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap());
+    assert_eq!(dump(&a), dump(&b));
+}

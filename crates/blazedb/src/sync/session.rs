@@ -681,8 +681,16 @@ impl Session {
                     });
                     return Ok(());
                 }
-                // This unit and any waiting before it, in one transaction.
-                self.apply_staged(now_ms, end, db)
+                // This unit and any waiting before it, in one transaction; a CAUGHT_UP that
+                // waited for those is handled after it, as `apply_group` would (dropped, the
+                // peer's position stayed unknown until its next CAUGHT_UP, and a caught-up
+                // session did not know it: simulation, seed 211786 with `BLAZEDB_SIM_PERTURB`).
+                let caught_up = self.caught_up_after_group.take();
+                self.apply_staged(now_ms, end, db)?;
+                match caught_up {
+                    Some(seq) => self.on_caught_up(now_ms, seq, db),
+                    None => Ok(()),
+                }
             }
             (State::Open, Message::Ack { seq }) => {
                 if seq > self.sent_through {
