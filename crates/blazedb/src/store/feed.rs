@@ -377,8 +377,9 @@ pub(crate) fn peer_note_key(peer: NodeId, name: &str) -> String {
 /// after this position may not have reached the peer (see `Session::flush_evictions`).
 pub(crate) const NOTE_EVICTS: &str = "evicts_unconfirmed_after";
 /// Peer note beside [`NOTE_EVICTS`]: records where a write of the peer lost here without
-/// being applied, one `id<TAB>collection` per line (names hold no control characters). Such a write leaves no feed row to
-/// derive its eviction from again, so the unit's transaction names the record here.
+/// being applied, one `id<TAB>collection` per line (names hold no control characters). Such
+/// a write leaves no feed row to derive its eviction from again, so the unit's transaction
+/// names the record here.
 pub(crate) const NOTE_EVICTS_IGNORED: &str = "evicts_for_ignored_writes";
 
 /// Set (`Some`) or clear (`None`) a per-peer note inside the caller's transaction.
