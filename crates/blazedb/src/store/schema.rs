@@ -13,7 +13,7 @@
 //! | `indexes`       | declared secondary index   |                                           |
 //! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
 //! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5) |
-//! | `conflicts`     | concurrent overwrite       | losers kept for the application           |
+//! | `conflicts`     | concurrent overwrite       | losers kept for the application; by record (format 8) |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors; the row (X'', 'clock') holds the local clock (format 6) |
 //! | `snapshot_progress` | peer sending a snapshot | the snapshot being received (format 2); `acked` at its start (format 7) |
@@ -25,7 +25,7 @@ use rusqlite::Connection;
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[&str] = &[
     HISTORY_OLD_SEQ,
     CLOCK_IN_PEERS,
     SNAPSHOT_ACKED,
+    CONFLICTS_BY_RECORD,
 ];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
@@ -118,6 +119,13 @@ DROP TABLE clock;
 /// snapshot staged by an older build has none: it counts as 0 (nothing seen, nothing let go).
 const SNAPSHOT_ACKED: &str = "
 ALTER TABLE snapshot_progress ADD COLUMN acked INTEGER;
+";
+
+/// Format 8: conflicts by record. Applying a partial replica's unit looks up whether each
+/// write of it that lost without being applied is listed already (a unit may arrive twice),
+/// and without this index every such lookup read the whole table.
+const CONFLICTS_BY_RECORD: &str = "
+CREATE INDEX conflicts_by_record ON conflicts (coll, id);
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.
