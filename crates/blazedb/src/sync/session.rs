@@ -1136,6 +1136,14 @@ impl Session {
                 .map_err(|e| self.internal(e, now_ms))?;
             self.evict_pending.extend(ignored);
             for (coll, id, written_by_peer) in records {
+                if !self.peer_view().membership_can_change(&coll) {
+                    // Always in its view, whole: nothing to restate or evict. A restatement
+                    // would even do harm: it sends the record's current state, which may
+                    // hold cells of a transaction whose other records the peer has not been
+                    // sent yet (simulation, seed 2021, a replica under a read rule: half a
+                    // transfer between accounts showed).
+                    continue;
+                }
                 if written_by_peer {
                     self.restate_pending.push((coll.clone(), id));
                     self.evict_pending.push((coll, id));
@@ -2499,6 +2507,20 @@ impl View<'_> {
     ) -> bool {
         self.access.is_none_or(|a| a.can_read(coll, id, fields))
             && self.policy.matches(id, fields, &self.params)
+    }
+
+    /// Whether any change can move a record of `coll` into or out of the view: not when the
+    /// collection is visible and neither the policy's filter nor the read rule looks at a
+    /// field (then every record of it is in the view, and stays there).
+    fn membership_can_change(&self, coll: &str) -> bool {
+        if !self.collection_visible(coll) {
+            return true;
+        }
+        let access_fields = match self.access {
+            None => Some(std::collections::BTreeSet::new()),
+            Some(a) => a.read_fields(coll),
+        };
+        access_fields.is_none_or(|f| !f.is_empty() || !self.policy.filter_fields().is_empty())
     }
 
     /// Whether a change to these fields can move the record into or out of the view.
