@@ -610,3 +610,53 @@ fn records_always_in_view_are_not_restated_at_reconnect() {
         Value::Int(30)
     );
 }
+
+/// The reader's write takes a doc out of its view. The server applies the unit and
+/// acknowledges it, but the same read ends with a bad frame, so the session ends before its
+/// next send: the EVICT the write made due must be remembered, or the reader, which cannot
+/// judge the read rule itself, keeps the doc for good (simulation, seed 250473, a leaf under
+/// a read rule).
+#[test]
+fn an_evict_due_after_a_unit_survives_the_session_ending_in_the_same_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, reader) = (open(dir.path(), "server"), open(dir.path(), "reader"));
+    let server_cfg = || SessionConfig {
+        access: Some(Arc::new(DocsByB)),
+        ..Default::default()
+    };
+    let doc = server.insert("docs", [("b", 0)]).unwrap();
+    let (mut ss, mut sr) = (
+        Session::new(&server, server_cfg(), 0).unwrap(),
+        Session::new(&reader, SessionConfig::default(), 0).unwrap(),
+    );
+    pump(&server, &mut ss, &reader, &mut sr);
+    assert!(reader.get("docs", doc).unwrap().is_some());
+    reader
+        .update("docs", doc, Patch::new().set("b", 1))
+        .unwrap();
+    let mut read: Vec<Vec<u8>> = std::iter::from_fn(|| sr.poll_transmit(0, &reader)).collect();
+    // A copy of the last frame, one payload byte flipped: its checksum fails.
+    let mut bad = read.last().unwrap().clone();
+    *bad.last_mut().unwrap() ^= 0xff;
+    read.push(bad);
+    let ended = ss.handle_bytes(0, &read.concat(), &server);
+    assert!(ended.is_err(), "the bad frame ends the session");
+    assert_eq!(
+        server.get("docs", doc).unwrap().unwrap().fields["b"],
+        Value::Int(1)
+    );
+    // The reader gets the ACK; the connection is gone before anything else arrives.
+    let ack = ss.poll_transmit(0, &server).unwrap();
+    sr.handle_bytes(0, &ack, &reader).unwrap();
+    drop((ss, sr));
+    assert!(reader.get("docs", doc).unwrap().is_some());
+    let (mut ss, mut sr) = (
+        Session::new(&server, server_cfg(), 0).unwrap(),
+        Session::new(&reader, SessionConfig::default(), 0).unwrap(),
+    );
+    pump(&server, &mut ss, &reader, &mut sr);
+    assert!(
+        reader.get("docs", doc).unwrap().is_none(),
+        "the reader keeps a doc its read rule hides"
+    );
+}

@@ -1062,7 +1062,9 @@ fn simulation_converges_under_faults() {
 /// CAUGHT_UP dropped when the unit after it overflowed the receiver's group (`sync_pair.rs`,
 /// `a_caught_up_before_a_unit_that_overflows_the_group_still_counts`); and a leaf under a
 /// read rule shown half a transfer by a restatement (`access.rs`,
-/// `records_always_in_view_are_not_restated_at_reconnect`).
+/// `records_always_in_view_are_not_restated_at_reconnect`), and one that kept a record its
+/// own write hid from it when the session ended right after the unit's ACK (`access.rs`,
+/// `an_evict_due_after_a_unit_survives_the_session_ending_in_the_same_read`).
 #[test]
 fn schedules_that_once_failed_converge() {
     for (seed, perturb) in [
@@ -1079,6 +1081,7 @@ fn schedules_that_once_failed_converge() {
         (185132, false),
         (211786, true),
         (2021, false),
+        (250473, false),
     ] {
         run_seed_perturbed(seed, perturb);
     }

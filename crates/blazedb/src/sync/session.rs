@@ -1713,7 +1713,8 @@ impl Session {
                     cells: n,
                     through: end,
                 });
-                Ok(())
+                self.send_view_updates(now_ms, db)
+                    .map_err(|e| self.internal(e, now_ms))
             }
             Err(Error::Apply(ApplyError::ClockSkew(e))) => {
                 Err(self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms))
@@ -2054,6 +2055,31 @@ impl Session {
             );
         }
         self.confirm_view_update(now_ms);
+        Ok(())
+    }
+
+    /// Right after the ACK of a unit of the peer's: the EVICTs and restatements it made due
+    /// go out behind it, or, while a unit of ours is still being sent (nothing may come
+    /// inside it), their note is stored. Either way the note that derives them again at the
+    /// next SUBSCRIBE is stored before the ACK leaves: once the peer has the ACK, nothing else
+    /// brings them. (They waited for the next `fill`, and a connection that ended first, say
+    /// on a bad frame in the same read, lost them: the peer kept a record its own write had
+    /// taken out of its view for good; simulation, seed 250473, a leaf under a read rule.)
+    fn send_view_updates(&mut self, now_ms: u64, db: &Database) -> Result<(), Error> {
+        if self.peer_from.is_none()
+            || (self.evict_pending.is_empty() && self.restate_pending.is_empty())
+        {
+            return Ok(());
+        }
+        if self.unit_open || self.snap_out.is_some() {
+            return self.note_view_update(db);
+        }
+        if !self.evict_pending.is_empty() {
+            self.flush_evictions(now_ms, db)?;
+        }
+        if !self.restate_pending.is_empty() {
+            self.flush_restatements(now_ms, db)?;
+        }
         Ok(())
     }
 
