@@ -2072,6 +2072,13 @@ impl Session {
             return Ok(());
         }
         if self.unit_open || self.snap_out.is_some() {
+            // Most units of a partial peer make nothing due (every record it writes is
+            // queued, to be judged when the queue goes out): store the note only if
+            // something is.
+            let due = self.evictions_due(db, self.evict_pending.clone())?;
+            if self.restate_pending.is_empty() && due.evict.is_empty() && due.deleted.is_empty() {
+                return Ok(());
+            }
             return self.note_view_update(db);
         }
         if !self.evict_pending.is_empty() {
