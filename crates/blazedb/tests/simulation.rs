@@ -2,8 +2,9 @@
 //! drops, duplicates, corrupts and reorders frames, partitions and heals links, restarts
 //! nodes from their files and skews their clocks, under a random workload of concurrent
 //! field edits, counters, sets, deletes, re-inserts and multi-record transfers. In the star,
-//! a leaf may be a partial replica (its policy filters `docs`) or read under a rule that it
-//! cannot judge itself (the hub's `AccessControl` hides `docs` whose `b` is 1). Checked:
+//! a leaf may be a partial replica (its policy filters `docs`) or served under rules (the
+//! hub's `AccessControl` hides `docs` whose `b` is 1, which the leaf cannot judge itself, and
+//! refuses its writes that leave a doc's `c` at 4, which it undoes). Checked:
 //! every replica converges to the state that merging every acknowledged write gives (so no
 //! write that returned Ok is lost), transfers are never seen half-applied, and every write
 //! that was overwritten without being seen is on some node's conflict list.
@@ -76,9 +77,13 @@ struct Sim {
     /// A leaf of the star that is a partial replica (selective sync): it receives only
     /// `docs` matching `PARTIAL_FILTER`.
     partial: Option<usize>,
-    /// A leaf of the star that the hub serves under a read rule ([`ReadRule`]): it receives
-    /// every account and the `docs` whose `b` is not 1, and cannot judge that rule itself.
+    /// A leaf of the star that the hub serves under rules ([`LeafRule`]): it receives every
+    /// account and the `docs` whose `b` is not 1, cannot judge that rule itself, and its
+    /// writes that leave a doc's `c` at 4 are refused.
     ruled: Option<usize>,
+    /// Records whose change by the ruled leaf the hub refused (its writes to them may be
+    /// lost by design: refused, not overwritten).
+    refused: std::collections::HashSet<(String, RecordId)>,
     /// Sim time of the first GC that purged tombstones.
     first_purge_ms: Option<u64>,
     /// A leaf of the star that goes away for long stretches without writing: the hub forgets
@@ -91,25 +96,41 @@ struct Sim {
 /// The view of the partial leaf.
 const PARTIAL_FILTER: &str = "a != 3";
 
-/// The hub's read rule for the ruled leaf: what a relay's rules file would say as
-/// `[docs] read = "b != 1"` (every other collection open). Writes are not restricted.
+/// The hub's rules for the ruled leaf: what a relay's rules file would say as
+/// `[docs] read = "b != 1"`, `write = "c != 4"` (every other collection open). A refused
+/// write is undone: the hub writes its own version again, and the leaf gets it back.
 #[derive(Debug)]
-struct ReadRule;
+struct LeafRule;
 
-impl ReadRule {
+impl LeafRule {
     fn allows(collection: &str, fields: &BTreeMap<String, Value>) -> bool {
         collection != "docs" || fields.get("b") != Some(&Value::Int(1))
     }
 }
 
-impl blazedb::sync::AccessControl for ReadRule {
+impl blazedb::sync::AccessControl for LeafRule {
     fn can_read(&self, collection: &str, _: RecordId, fields: &BTreeMap<String, Value>) -> bool {
-        ReadRule::allows(collection, fields)
+        LeafRule::allows(collection, fields)
     }
 
     fn read_fields(&self, collection: &str) -> Option<std::collections::BTreeSet<String>> {
         let looked_at: &[&str] = if collection == "docs" { &["b"] } else { &[] };
         Some(looked_at.iter().map(|f| f.to_string()).collect())
+    }
+
+    fn can_write(
+        &self,
+        collection: &str,
+        _: RecordId,
+        _before: Option<&BTreeMap<String, Value>>,
+        after: Option<&BTreeMap<String, Value>>,
+    ) -> Result<(), String> {
+        match after {
+            Some(f) if collection == "docs" && f.get("c") == Some(&Value::Int(4)) => {
+                Err("c may not be 4".into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -210,6 +231,7 @@ impl Sim {
             faults: true,
             partial: None,
             ruled: None,
+            refused: Default::default(),
             first_purge_ms: None,
             sleepy: None,
             sleepy_forgotten: false,
@@ -324,17 +346,7 @@ impl Sim {
     /// Fold the cells node `i` committed after `before` into the model.
     fn capture(&mut self, i: usize, before: Seq) {
         let db = self.nodes[i].db.as_ref().expect("up");
-        let batch = db.changes_since(before, 100_000, None).unwrap();
-        for ch in batch.changes {
-            for mut c in ch.cells {
-                c.seq = Seq(0);
-                self.written.push((ch.collection.clone(), ch.id, c.clone()));
-                self.model
-                    .entry((ch.collection.clone(), ch.id))
-                    .or_default()
-                    .merge(c);
-            }
-        }
+        capture_into(db, before, &mut self.written, &mut self.model);
     }
 
     fn connect(&mut self, l: usize) {
@@ -365,7 +377,7 @@ impl Sim {
             ..SessionConfig::default()
         };
         let access: Option<Arc<dyn blazedb::sync::AccessControl>> = if self.ruled == Some(b) {
-            Some(Arc::new(ReadRule))
+            Some(Arc::new(LeafRule))
         } else {
             None
         };
@@ -430,18 +442,41 @@ impl Sim {
                     }
                     let db = self.nodes[ends[to]].db.as_ref().expect("up");
                     progress = true;
-                    if let Err(e) = conn.sessions[to].handle_bytes(self.now, &frame, db) {
+                    let before = db.last_seq().unwrap();
+                    let handled = conn.sessions[to].handle_bytes(self.now, &frame, db);
+                    let mut refused = false;
+                    while let Some(ev) = conn.sessions[to].poll_event() {
+                        match ev {
+                            blazedb::sync::SessionEvent::Applied { cells, through } => {
+                                self.trace.push(format!(
+                                    "n{} applied {cells} cells from n{} through {through}",
+                                    ends[to],
+                                    ends[1 - to]
+                                ));
+                            }
+                            blazedb::sync::SessionEvent::Refused(list) => {
+                                for r in list {
+                                    self.trace.push(format!(
+                                        "n{} refused n{}'s change of {}",
+                                        ends[to],
+                                        ends[1 - to],
+                                        r.id
+                                    ));
+                                    self.refused.insert((r.collection, r.id));
+                                }
+                                refused = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if refused {
+                        // The hub wrote its own version again: part of the merge of all
+                        // writes from now on.
+                        capture_into(db, before, &mut self.written, &mut self.model);
+                    }
+                    if let Err(e) = handled {
                         failed = Some(format!("{:?}", e.code));
                         break 'sides;
-                    }
-                    while let Some(ev) = conn.sessions[to].poll_event() {
-                        if let blazedb::sync::SessionEvent::Applied { cells, through } = ev {
-                            self.trace.push(format!(
-                                "n{} applied {cells} cells from n{} through {through}",
-                                ends[to],
-                                ends[1 - to]
-                            ));
-                        }
                     }
                     if std::env::var("BLAZEDB_SIM_DEBUG").is_ok() && transfer_sum(db) != 0 {
                         for (k, n) in self.nodes.iter().enumerate() {
@@ -847,7 +882,7 @@ impl Sim {
                 // Every account, and the docs its read rule lets through.
                 self.model
                     .iter()
-                    .filter(|((coll, _), st)| st.is_live() && ReadRule::allows(coll, &st.fields()))
+                    .filter(|((coll, _), st)| st.is_live() && LeafRule::allows(coll, &st.fields()))
                     .map(|((coll, id), st)| {
                         let r = Record {
                             collection: coll.clone(),
@@ -927,8 +962,13 @@ impl Sim {
                 });
             // A partial replica's write that loses to a concurrent write which moves the
             // record out of its view is recorded by the node it syncs with (it never
-            // receives the winner itself): no exemption.
-            if !seen && !reinserted_after_purge && !losers.contains(&w.version) {
+            // receives the winner itself): no exemption. A write the hub refused is not
+            // overwritten but undone, and its writer was told (REJECT).
+            let refused = self
+                .ruled
+                .is_some_and(|r| w.version.node == self.nodes[r].id)
+                && self.refused.contains(&(coll.clone(), *id));
+            if !seen && !reinserted_after_purge && !losers.contains(&w.version) && !refused {
                 if std::env::var("BLAZEDB_SIM_DEBUG").is_ok() {
                     for i in 0..self.nodes.len() {
                         for c in self.db(i).conflicts_all(None).unwrap() {
@@ -978,6 +1018,26 @@ fn dump(db: &Database) -> Vec<(String, String, String)> {
 
 /// A reader on the node: the accounts it holds always sum to zero, so no transfer is ever
 /// visible half-applied.
+/// Fold what `db` committed after `before` into the written cells and the model.
+fn capture_into(
+    db: &Database,
+    before: Seq,
+    written: &mut Vec<(String, RecordId, Cell)>,
+    model: &mut BTreeMap<(String, RecordId), RecordState>,
+) {
+    let batch = db.changes_since(before, 100_000, None).unwrap();
+    for ch in batch.changes {
+        for mut c in ch.cells {
+            c.seq = Seq(0);
+            written.push((ch.collection.clone(), ch.id, c.clone()));
+            model
+                .entry((ch.collection.clone(), ch.id))
+                .or_default()
+                .merge(c);
+        }
+    }
+}
+
 fn check_transfers(db: &Database, seed: u64, trace: &[String]) {
     let sum = transfer_sum(db);
     if sum != 0 {
