@@ -660,3 +660,46 @@ fn an_evict_due_after_a_unit_survives_the_session_ending_in_the_same_read() {
         "the reader keeps a doc its read rule hides"
     );
 }
+
+/// A refused write leaves no feed row at the server (it was not applied), so like a lost
+/// write it is named in the evictions note with its unit: when the session ends right after
+/// the unit's ACK, the next connection still undoes it at the writer.
+#[test]
+fn a_refused_write_is_undone_after_the_session_ends_in_the_same_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = (open(dir.path(), "s"), open(dir.path(), "c"));
+    server.insert("notes", [("text", "v1")]).unwrap();
+    let (mut ss, mut sc) = (
+        Session::new(&server, server_cfg(), 0).unwrap(),
+        Session::new(&client, client_cfg("t0k3n"), 0).unwrap(),
+    );
+    pump(&server, &mut ss, &client, &mut sc);
+    // Into a collection the client may not read, a record it may not write.
+    let sneaky = client
+        .insert(
+            "admin",
+            [("x", Value::Int(3)), ("locked", Value::Bool(true))],
+        )
+        .unwrap();
+    let mut read: Vec<Vec<u8>> = std::iter::from_fn(|| sc.poll_transmit(0, &client)).collect();
+    let mut bad = read.last().unwrap().clone();
+    *bad.last_mut().unwrap() ^= 0xff;
+    read.push(bad);
+    assert!(ss.handle_bytes(0, &read.concat(), &server).is_err());
+    assert!(server.get("admin", sneaky).unwrap().is_none(), "refused");
+    // The client gets the ACK; nothing else arrives before the connection is gone.
+    let ack = ss.poll_transmit(0, &server).unwrap();
+    sc.handle_bytes(0, &ack, &client).unwrap();
+    drop((ss, sc));
+    assert!(client.get("admin", sneaky).unwrap().is_some());
+    let (mut ss, mut sc) = (
+        Session::new(&server, server_cfg(), 0).unwrap(),
+        Session::new(&client, client_cfg("t0k3n"), 0).unwrap(),
+    );
+    pump(&server, &mut ss, &client, &mut sc);
+    assert!(
+        client.get("admin", sneaky).unwrap().is_none(),
+        "the refused insert stays at the writer"
+    );
+    assert!(server.get("admin", sneaky).unwrap().is_none());
+}

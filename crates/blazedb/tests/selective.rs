@@ -914,7 +914,7 @@ fn an_evict_made_up_for_an_ignored_write_and_lost_is_sent_again_after_a_restart(
     let source = open(dir.path(), "source");
     let note = || {
         source
-            .peer_note(replica.node_id(), "evicts_for_ignored_writes")
+            .peer_note(replica.node_id(), "evicts_for_unapplied_writes")
             .unwrap()
     };
     assert_eq!(note(), Some(format!("{id}\tdocs")), "noted with the unit");

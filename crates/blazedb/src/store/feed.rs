@@ -376,11 +376,12 @@ pub(crate) fn peer_note_key(peer: NodeId, name: &str) -> String {
 /// Peer note of a sync session serving a partial replica: evictions derived from our feed
 /// after this position may not have reached the peer (see `Session::flush_evictions`).
 pub(crate) const NOTE_EVICTS: &str = "evicts_unconfirmed_after";
-/// Peer note beside [`NOTE_EVICTS`]: records where a write of the peer lost here without
-/// being applied, one `id<TAB>collection` per line (names hold no control characters). Such
-/// a write leaves no feed row to derive its eviction from again, so the unit's transaction
-/// names the record here.
-pub(crate) const NOTE_EVICTS_IGNORED: &str = "evicts_for_ignored_writes";
+/// Peer note beside [`NOTE_EVICTS`]: records where a write of the peer was not applied here
+/// (it lost to a concurrent one, or a write rule refused it), one `id<TAB>collection` per
+/// line (names hold no control characters). Such a write leaves no feed row to derive its
+/// eviction (or the restatement that undoes it) from again, so the unit's transaction names
+/// the record here.
+pub(crate) const NOTE_EVICTS_UNAPPLIED: &str = "evicts_for_unapplied_writes";
 
 /// Set (`Some`) or clear (`None`) a per-peer note inside the caller's transaction.
 fn set_peer_note_in(
@@ -404,14 +405,14 @@ fn set_peer_note_in(
     Ok(())
 }
 
-/// The records [`NOTE_EVICTS_IGNORED`] names, read on an already locked handle.
-fn ignored_writes_in(inner: &super::Inner, peer: NodeId) -> Result<Vec<(String, RecordId)>> {
-    let Some(text) = peer_note_in(inner, peer, NOTE_EVICTS_IGNORED)? else {
+/// The records [`NOTE_EVICTS_UNAPPLIED`] names, read on an already locked handle.
+fn unapplied_writes_in(inner: &super::Inner, peer: NodeId) -> Result<Vec<(String, RecordId)>> {
+    let Some(text) = peer_note_in(inner, peer, NOTE_EVICTS_UNAPPLIED)? else {
         return Ok(Vec::new());
     };
     let damaged = || {
         Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
-            "peer note {NOTE_EVICTS_IGNORED}"
+            "peer note {NOTE_EVICTS_UNAPPLIED}"
         )))
     };
     text.lines()
@@ -422,9 +423,9 @@ fn ignored_writes_in(inner: &super::Inner, peer: NodeId) -> Result<Vec<(String, 
         .collect()
 }
 
-/// Add `records` to [`NOTE_EVICTS_IGNORED`] and move [`NOTE_EVICTS`] back to `after` if it
+/// Add `records` to [`NOTE_EVICTS_UNAPPLIED`] and move [`NOTE_EVICTS`] back to `after` if it
 /// is later or unset, inside the caller's transaction.
-fn note_ignored_writes_in(
+fn note_unapplied_writes_in(
     inner: &super::Inner,
     peer: NodeId,
     records: &[(String, RecordId)],
@@ -435,7 +436,7 @@ fn note_ignored_writes_in(
         let after = after.0.to_string();
         set_peer_note_in(&inner.conn, peer, NOTE_EVICTS, Some(&after))?;
     }
-    let mut all = ignored_writes_in(inner, peer)?;
+    let mut all = unapplied_writes_in(inner, peer)?;
     all.extend(records.iter().cloned());
     all.sort();
     all.dedup();
@@ -446,7 +447,7 @@ fn note_ignored_writes_in(
     set_peer_note_in(
         &inner.conn,
         peer,
-        NOTE_EVICTS_IGNORED,
+        NOTE_EVICTS_UNAPPLIED,
         Some(&text.join("\n")),
     )
 }
@@ -669,11 +670,12 @@ impl Database {
     /// winner: it took the record out of its view, or the replica's own write did and the
     /// replica dropped its copy (its write acknowledged) before the winner came.
     ///
-    /// The records of such writes are also noted for the peer, in the unit's transaction,
-    /// with the peer note `evicts_unconfirmed_after` set to `evicts_after` unless it holds an
-    /// earlier position: the sync session evicts those records at the replica if they are
-    /// outside its view, and must still know them after a restart. They leave no feed row
-    /// to derive that from (see [`ApplyOutcome::ignored`]).
+    /// The records of such writes, and of writes `access` refused, are also noted for the
+    /// peer, in the unit's transaction, with the peer note `evicts_unconfirmed_after` set to
+    /// `evicts_after` unless it holds an earlier position: the sync session evicts those
+    /// records at the replica if they are outside its view (or restates their tombstone),
+    /// and must still know them after a restart. They leave no feed row to derive that from
+    /// (see [`ApplyOutcome::ignored`]).
     pub fn apply_unit_from_partial_replica(
         &self,
         from: NodeId,
@@ -771,11 +773,12 @@ impl Database {
                 tx.inner
                     .set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
             }
-            match sender {
-                Sender::PartialReplica { evicts_after } if !state.ignored.is_empty() => {
-                    note_ignored_writes_in(tx.inner, from, &state.ignored, evicts_after)?;
+            if let Sender::PartialReplica { evicts_after } = sender {
+                let refused = state.rejected.iter().map(|r| (r.collection.clone(), r.id));
+                let unapplied: Vec<_> = state.ignored.iter().cloned().chain(refused).collect();
+                if !unapplied.is_empty() {
+                    note_unapplied_writes_in(tx.inner, from, &unapplied, evicts_after)?;
                 }
-                _ => {}
             }
             let sender_seqs = (last >= first_seq).then_some((first_seq, last));
             if server {
@@ -963,12 +966,12 @@ impl Database {
         Ok(inner.commit()?)
     }
 
-    /// The records where a write of `peer`, a partial replica, lost here without being
-    /// applied since its sessions last confirmed their evictions (noted by
+    /// The records where a write of `peer`, a partial replica, was not applied here (lost or
+    /// refused) since its sessions last confirmed their evictions (noted by
     /// [`Database::apply_unit_from_partial_replica`]; cleared with the peer note
     /// `evicts_unconfirmed_after`).
-    pub(crate) fn ignored_writes(&self, peer: NodeId) -> Result<Vec<(String, RecordId)>> {
-        ignored_writes_in(&*self.lock()?, peer)
+    pub(crate) fn unapplied_writes(&self, peer: NodeId) -> Result<Vec<(String, RecordId)>> {
+        unapplied_writes_in(&*self.lock()?, peer)
     }
 
     /// Every known peer with its cursors and last contact.

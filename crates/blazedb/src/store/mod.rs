@@ -34,7 +34,7 @@ use rusqlite::Connection;
 
 pub use evict::{EvictGuard, EvictOutcome};
 pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
-pub(crate) use feed::{NOTE_EVICTS, NOTE_EVICTS_IGNORED};
+pub(crate) use feed::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED};
 pub(crate) use gc::SERVER_NOTE;
 pub use gc::{GcOptions, GcReport, SyncMetadata};
 pub use history::{HistoryEntry, HistoryRetention, PastVisibility};

@@ -49,7 +49,7 @@ use crate::query::Params;
 use crate::store::{
     Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
 };
-use crate::store::{NOTE_EVICTS, NOTE_EVICTS_IGNORED, SERVER_NOTE};
+use crate::store::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED, SERVER_NOTE};
 use crate::types::Seq;
 use crate::{NodeId, PastVisibility, RecordId};
 
@@ -1129,10 +1129,10 @@ impl Session {
             // Restatements are noted the same way: a record the peer wrote since the note
             // is restated whole if it is in the view (its write may have moved it in), and
             // evicted if not.
-            // A write of the peer's that lost here without being applied left no feed row:
-            // its records were noted with its unit.
+            // A write of the peer's that was not applied here (lost, or refused) left no feed
+            // row: its records were noted with its unit.
             let ignored = db
-                .ignored_writes(peer)
+                .unapplied_writes(peer)
                 .map_err(|e| self.internal(e, now_ms))?;
             self.evict_pending.extend(ignored);
             for (coll, id, written_by_peer) in records {
@@ -1657,9 +1657,10 @@ impl Session {
         // A peer that holds part of our records may never receive the winner over its
         // losing write: its losing writes are recorded as conflicts here too.
         let access = self.cfg.access.as_deref();
-        // A write of the peer that loses here without being applied leaves no feed row from
-        // which a reconnect could derive the EVICT it may make due again: the unit's
-        // transaction notes its record, and the position the note derives from.
+        // A write of the peer that loses here without being applied, or is refused, leaves no
+        // feed row from which a reconnect could derive the EVICT (or restatement) it may make
+        // due again: the unit's transaction notes its record, and the position the note
+        // derives from.
         let evicts_after = self.evicts_note.map_or(self.acked, |n| n.min(self.acked));
         let applied = if self.peer_is_partial() {
             db.apply_unit_from_partial_replica(
@@ -1675,7 +1676,10 @@ impl Session {
         };
         match applied {
             Ok(outcome) => {
-                if !outcome.ignored.is_empty() {
+                if self.peer_is_partial()
+                    && !(outcome.ignored.is_empty() && outcome.rejected.is_empty())
+                {
+                    // Noted with the unit (`apply_unit_from_partial_replica`).
                     self.evicts_note = Some(evicts_after);
                 }
                 if !touched.is_empty() {
@@ -2128,7 +2132,9 @@ impl Session {
         let value = from.map(|s| s.0.to_string());
         match from {
             Some(_) => db.set_peer_note(peer, NOTE_EVICTS, value.as_deref())?,
-            None => db.set_peer_notes(peer, &[(NOTE_EVICTS, None), (NOTE_EVICTS_IGNORED, None)])?,
+            None => {
+                db.set_peer_notes(peer, &[(NOTE_EVICTS, None), (NOTE_EVICTS_UNAPPLIED, None)])?
+            }
         }
         self.evicts_note = from;
         Ok(())
