@@ -836,15 +836,23 @@ impl Sim {
         self.fail(&format!("did not converge after healing:{status}"));
     }
 
-    fn model_dump(&self) -> Vec<(String, String, String)> {
+    /// The live records of the model that `keep` accepts, as `dump` lists a node's.
+    fn model_dump(
+        &self,
+        keep: impl Fn(&str, RecordId, &BTreeMap<String, Value>) -> bool,
+    ) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
         for ((coll, id), state) in &self.model {
-            if state.is_live() {
+            if !state.is_live() {
+                continue;
+            }
+            let fields = state.fields();
+            if keep(coll, *id, &fields) {
                 let r = Record {
                     collection: coll.clone(),
                     id: *id,
                     rev: 0,
-                    fields: state.fields(),
+                    fields,
                 };
                 out.push((coll.clone(), id.to_string(), r.to_json().to_string()));
             }
@@ -854,47 +862,17 @@ impl Sim {
     }
 
     fn check(&self) {
-        let full = self.model_dump();
+        let full = self.model_dump(|_, _, _| true);
         let filter = blazedb::query::parse(PARTIAL_FILTER).unwrap();
         for i in 0..self.nodes.len() {
             let expected: Vec<_> = if self.partial == Some(i) {
                 // Its view: the docs matching the filter, whole.
-                self.model
-                    .iter()
-                    .filter(|((coll, id), st)| {
-                        coll == "docs"
-                            && st.is_live()
-                            && filter.matches(&id.0, &st.fields(), &Default::default())
-                    })
-                    .map(|((coll, id), st)| {
-                        let r = Record {
-                            collection: coll.clone(),
-                            id: *id,
-                            rev: 0,
-                            fields: st.fields(),
-                        };
-                        (coll.clone(), id.to_string(), r.to_json().to_string())
-                    })
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect()
+                self.model_dump(|coll, id, fields| {
+                    coll == "docs" && filter.matches(&id.0, fields, &Default::default())
+                })
             } else if self.ruled == Some(i) {
                 // Every account, and the docs its read rule lets through.
-                self.model
-                    .iter()
-                    .filter(|((coll, _), st)| st.is_live() && LeafRule::allows(coll, &st.fields()))
-                    .map(|((coll, id), st)| {
-                        let r = Record {
-                            collection: coll.clone(),
-                            id: *id,
-                            rev: 0,
-                            fields: st.fields(),
-                        };
-                        (coll.clone(), id.to_string(), r.to_json().to_string())
-                    })
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect()
+                self.model_dump(|coll, _, fields| LeafRule::allows(coll, fields))
             } else {
                 full.clone()
             };
