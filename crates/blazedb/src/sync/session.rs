@@ -1131,12 +1131,16 @@ impl Session {
             // evicted if not.
             // A write of the peer's that was not applied here (lost, or refused) left no feed
             // row: its records were noted with its unit.
-            let ignored = db
+            let unapplied = db
                 .unapplied_writes(peer)
                 .map_err(|e| self.internal(e, now_ms))?;
-            self.evict_pending.extend(ignored);
+            self.evict_pending.extend(unapplied);
+            let mut movable: std::collections::HashMap<String, bool> = Default::default();
             for (coll, id, written_by_peer) in records {
-                if !self.peer_view().membership_can_change(&coll) {
+                let can_move = *movable
+                    .entry(coll.clone())
+                    .or_insert_with(|| self.peer_view().membership_can_change(&coll));
+                if !can_move {
                     // Always in its view, whole: nothing to restate or evict. A restatement
                     // would even do harm: it sends the record's current state, which may
                     // hold cells of a transaction whose other records the peer has not been
@@ -2126,7 +2130,7 @@ impl Session {
     }
 
     /// Store (or clear) the position after which evictions may not have reached the peer;
-    /// clearing also drops the records of its ignored writes noted with its units.
+    /// clearing also drops the records of its unapplied writes noted with its units.
     fn set_evicts_note(&mut self, db: &Database, from: Option<Seq>) -> Result<(), Error> {
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
         let value = from.map(|s| s.0.to_string());
