@@ -513,6 +513,36 @@ fn a_refused_write_to_a_record_the_writer_may_not_read_is_undone() {
     assert_eq!(server.count("admin").unwrap(), 1);
 }
 
+/// A session pair between `server` and `client`, synced.
+fn synced(
+    server: &Database,
+    server_cfg: SessionConfig,
+    client: &Database,
+    client_cfg: SessionConfig,
+) -> (Session, Session) {
+    let mut ss = Session::new(server, server_cfg, 0).unwrap();
+    let mut sc = Session::new(client, client_cfg, 0).unwrap();
+    pump(server, &mut ss, client, &mut sc);
+    (ss, sc)
+}
+
+/// The client's pending frames reach the server in one read that ends with a bad frame (a
+/// copy of the last one, a payload byte flipped: its checksum fails), so the server applies
+/// the client's unit and ends the session; of what the server answers, only the first frame
+/// (the ACK) reaches the client before the connection is gone.
+fn end_after_the_units_ack(server: &Database, mut ss: Session, client: &Database, mut sc: Session) {
+    let mut read: Vec<Vec<u8>> = std::iter::from_fn(|| sc.poll_transmit(0, client)).collect();
+    let mut bad = read.last().unwrap().clone();
+    *bad.last_mut().unwrap() ^= 0xff;
+    read.push(bad);
+    assert!(
+        ss.handle_bytes(0, &read.concat(), server).is_err(),
+        "the bad frame ends the session"
+    );
+    let ack = ss.poll_transmit(0, server).unwrap();
+    sc.handle_bytes(0, &ack, client).unwrap();
+}
+
 /// Every account readable, and the docs whose `b` is not 1: the read rule looks at no field
 /// of "accounts", so no change ever moves an account into or out of the reader's view.
 #[derive(Debug)]
@@ -564,11 +594,7 @@ fn records_always_in_view_are_not_restated_at_reconnect() {
         })
         .unwrap();
     };
-    let (mut ss, mut sr) = (
-        Session::new(&server, server_cfg(), 0).unwrap(),
-        Session::new(&reader, SessionConfig::default(), 0).unwrap(),
-    );
-    pump(&server, &mut ss, &reader, &mut sr);
+    let (mut ss, mut sr) = synced(&server, server_cfg(), &reader, SessionConfig::default());
     // The reader's transfer reaches the server; the server takes the doc out of the
     // reader's view, and its EVICT goes out, but nothing the reader answers comes back.
     transfer(&reader, 0, 2, 10);
@@ -625,36 +651,18 @@ fn an_evict_due_after_a_unit_survives_the_session_ending_in_the_same_read() {
         ..Default::default()
     };
     let doc = server.insert("docs", [("b", 0)]).unwrap();
-    let (mut ss, mut sr) = (
-        Session::new(&server, server_cfg(), 0).unwrap(),
-        Session::new(&reader, SessionConfig::default(), 0).unwrap(),
-    );
-    pump(&server, &mut ss, &reader, &mut sr);
+    let (ss, sr) = synced(&server, server_cfg(), &reader, SessionConfig::default());
     assert!(reader.get("docs", doc).unwrap().is_some());
     reader
         .update("docs", doc, Patch::new().set("b", 1))
         .unwrap();
-    let mut read: Vec<Vec<u8>> = std::iter::from_fn(|| sr.poll_transmit(0, &reader)).collect();
-    // A copy of the last frame, one payload byte flipped: its checksum fails.
-    let mut bad = read.last().unwrap().clone();
-    *bad.last_mut().unwrap() ^= 0xff;
-    read.push(bad);
-    let ended = ss.handle_bytes(0, &read.concat(), &server);
-    assert!(ended.is_err(), "the bad frame ends the session");
+    end_after_the_units_ack(&server, ss, &reader, sr);
     assert_eq!(
         server.get("docs", doc).unwrap().unwrap().fields["b"],
         Value::Int(1)
     );
-    // The reader gets the ACK; the connection is gone before anything else arrives.
-    let ack = ss.poll_transmit(0, &server).unwrap();
-    sr.handle_bytes(0, &ack, &reader).unwrap();
-    drop((ss, sr));
     assert!(reader.get("docs", doc).unwrap().is_some());
-    let (mut ss, mut sr) = (
-        Session::new(&server, server_cfg(), 0).unwrap(),
-        Session::new(&reader, SessionConfig::default(), 0).unwrap(),
-    );
-    pump(&server, &mut ss, &reader, &mut sr);
+    synced(&server, server_cfg(), &reader, SessionConfig::default());
     assert!(
         reader.get("docs", doc).unwrap().is_none(),
         "the reader keeps a doc its read rule hides"
@@ -669,11 +677,7 @@ fn a_refused_write_is_undone_after_the_session_ends_in_the_same_read() {
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = (open(dir.path(), "s"), open(dir.path(), "c"));
     server.insert("notes", [("text", "v1")]).unwrap();
-    let (mut ss, mut sc) = (
-        Session::new(&server, server_cfg(), 0).unwrap(),
-        Session::new(&client, client_cfg("t0k3n"), 0).unwrap(),
-    );
-    pump(&server, &mut ss, &client, &mut sc);
+    let (ss, sc) = synced(&server, server_cfg(), &client, client_cfg("t0k3n"));
     // Into a collection the client may not read, a record it may not write.
     let sneaky = client
         .insert(
@@ -681,22 +685,10 @@ fn a_refused_write_is_undone_after_the_session_ends_in_the_same_read() {
             [("x", Value::Int(3)), ("locked", Value::Bool(true))],
         )
         .unwrap();
-    let mut read: Vec<Vec<u8>> = std::iter::from_fn(|| sc.poll_transmit(0, &client)).collect();
-    let mut bad = read.last().unwrap().clone();
-    *bad.last_mut().unwrap() ^= 0xff;
-    read.push(bad);
-    assert!(ss.handle_bytes(0, &read.concat(), &server).is_err());
+    end_after_the_units_ack(&server, ss, &client, sc);
     assert!(server.get("admin", sneaky).unwrap().is_none(), "refused");
-    // The client gets the ACK; nothing else arrives before the connection is gone.
-    let ack = ss.poll_transmit(0, &server).unwrap();
-    sc.handle_bytes(0, &ack, &client).unwrap();
-    drop((ss, sc));
     assert!(client.get("admin", sneaky).unwrap().is_some());
-    let (mut ss, mut sc) = (
-        Session::new(&server, server_cfg(), 0).unwrap(),
-        Session::new(&client, client_cfg("t0k3n"), 0).unwrap(),
-    );
-    pump(&server, &mut ss, &client, &mut sc);
+    synced(&server, server_cfg(), &client, client_cfg("t0k3n"));
     assert!(
         client.get("admin", sneaky).unwrap().is_none(),
         "the refused insert stays at the writer"

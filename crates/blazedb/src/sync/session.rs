@@ -1666,7 +1666,8 @@ impl Session {
         // due again: the unit's transaction notes its record, and the position the note
         // derives from.
         let evicts_after = self.evicts_note.map_or(self.acked, |n| n.min(self.acked));
-        let applied = if self.peer_is_partial() {
+        let partial = self.peer_is_partial();
+        let applied = if partial {
             db.apply_unit_from_partial_replica(
                 peer,
                 parts,
@@ -1680,9 +1681,7 @@ impl Session {
         };
         match applied {
             Ok(outcome) => {
-                if self.peer_is_partial()
-                    && !(outcome.ignored.is_empty() && outcome.rejected.is_empty())
-                {
+                if partial && !(outcome.ignored.is_empty() && outcome.rejected.is_empty()) {
                     // Noted with the unit (`apply_unit_from_partial_replica`).
                     self.evicts_note = Some(evicts_after);
                 }
