@@ -1129,3 +1129,128 @@ fn a_conflict_from_a_node_never_seen_before_survives_a_reopen() {
         .iter()
         .all(|c| c.loser_version.node == replica.node_id()));
 }
+
+/// Frames both ways until quiet, `ss`'s delivered one at a time; after each, the votes on
+/// `x` and `y` (counted together in one transaction) must be both there or both missing at
+/// the replica. Returns whether the replica held `x` without its vote at some point.
+fn exchange_checking_votes(
+    source: &Database,
+    ss: &mut Session,
+    replica: &Database,
+    sr: &mut Session,
+    (x, y): (RecordId, RecordId),
+) -> bool {
+    let votes = |id| {
+        replica
+            .get("todos", id)
+            .unwrap()
+            .and_then(|r| r.fields.get("votes").cloned())
+    };
+    let mut held_x_without_vote = false;
+    for _ in 0..100 {
+        let mut progress = false;
+        while let Some(f) = ss.poll_transmit(0, source) {
+            sr.handle_bytes(0, &f, replica).unwrap();
+            let (vx, vy) = (votes(x), votes(y));
+            assert_eq!(
+                vx.is_some(),
+                vy.is_some(),
+                "the replica shows half of a transaction: votes on x {vx:?}, on y {vy:?}"
+            );
+            held_x_without_vote |= replica.get("todos", x).unwrap().is_some() && vx.is_none();
+            progress = true;
+        }
+        while let Some(f) = sr.poll_transmit(0, replica) {
+            ss.handle_bytes(0, &f, source).unwrap();
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
+    assert_eq!(votes(x), Some(Value::Int(1)));
+    assert_eq!(votes(y), Some(Value::Int(1)));
+    held_x_without_vote
+}
+
+/// A transaction at `source` counting one vote on `x` and one on `y`.
+fn vote_on_both(source: &Database, x: RecordId, y: RecordId) {
+    source
+        .transaction(|tx| {
+            tx.update("todos", x, Patch::new().increment("votes", 1))?;
+            tx.update("todos", y, Patch::new().increment("votes", 1))?;
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A record that moves into a partial replica's view is sent whole as it was where the
+/// batch that moved it ends, not as it is now: the cells of a later transaction reach the
+/// replica with that transaction's other records, never ahead of them.
+#[test]
+fn a_record_moving_into_the_view_carries_no_cells_of_a_later_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::everything());
+    // x is closed (outside the replica's view), y open.
+    let (x, y) = (ids[1], ids[4]);
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    assert!(replica.get("todos", x).unwrap().is_none());
+    // One commit reopens x (it moves in); the next counts a vote on x and one on y.
+    source
+        .update("todos", x, Patch::new().set("done", false))
+        .unwrap();
+    vote_on_both(&source, x, y);
+    // One commit per unit.
+    let small = |c: SessionConfig| SessionConfig {
+        batch_cells_max: 1,
+        ..c
+    };
+    let mut ss = Session::new(&source, small(full()), 0).unwrap();
+    let mut sr = Session::new(&replica, small(partial(policy)), 0).unwrap();
+    assert!(
+        exchange_checking_votes(&source, &mut ss, &replica, &mut sr, (x, y)),
+        "x arrives in a unit of its own, before the votes"
+    );
+}
+
+/// Like the test above for a restatement: the record the replica's write moved back into
+/// its view is restated as it was at the replica's position (with the replica's own
+/// write), not with the cells of a transaction the replica has not been sent yet.
+#[test]
+fn a_restatement_carries_no_cells_of_a_transaction_the_replica_has_not_been_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::everything());
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let (x, y) = (ids[0], ids[4]);
+    // The source closes x; later, offline, the replica closes and reopens it.
+    source
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    later();
+    replica
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    replica
+        .update("todos", x, Patch::new().set("done", false))
+        .unwrap();
+    // The replica refuses the EVICT of x (its write is not acknowledged); its write is held.
+    let mut ss = Session::new(&source, full(), 0).unwrap();
+    let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
+    let mut link = HeldLink::default();
+    link.exchange(&source, &mut ss, &replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's write is held back");
+    // The source counts the votes; then the replica's reopening arrives and moves x back
+    // into its view, and x is restated.
+    vote_on_both(&source, x, y);
+    link.release(&source, &mut ss);
+    assert!(
+        exchange_checking_votes(&source, &mut ss, &replica, &mut sr, (x, y)),
+        "x is restated before the votes arrive"
+    );
+    let got = replica.get("todos", x).unwrap().unwrap();
+    assert_eq!(got.fields["done"], Value::Bool(false));
+}

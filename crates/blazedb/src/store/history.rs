@@ -85,6 +85,17 @@ enum WalkEnd {
     Stopped,
 }
 
+/// The cell a history entry replaced (see `Inner::replaced_cell`).
+enum Replaced {
+    Cell(Cell),
+    /// The entry replaced no cell.
+    Nothing,
+    /// The cell's writer is not in the node dictionary.
+    UnknownNode,
+    /// Written before format 5: the replaced cell's seq is not known.
+    SeqUnknown,
+}
+
 /// What a record's history says about a peer's copy of it (see `Inner::past_visibility`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PastVisibility {
@@ -342,35 +353,19 @@ impl Inner {
             }
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
             let new = r.get::<_, Option<Vec<u8>>>(7)?;
-            let old = match (
-                r.get::<_, Option<Vec<u8>>>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-                r.get::<_, Option<i64>>(6)?,
-                r.get::<_, Option<i64>>(12)?,
-            ) {
-                (Some(v), Some(hlc), Some(n), Some(old_seq)) => {
-                    let Some(node) = self.nodes.id(n as u64) else {
-                        unknown = true;
-                        return Ok(ControlFlow::Break(()));
-                    };
-                    Some(Cell {
-                        key: key.clone(),
-                        value: value_from_bytes(&v)?,
-                        version: Version {
-                            hlc: Hlc(hlc as u64),
-                            node,
-                        },
-                        prev: None,
-                        seq: Seq(old_seq as u64),
-                    })
+            let old = match self.replaced_cell(&key, r)? {
+                Replaced::Cell(c) => Some(c),
+                Replaced::Nothing => None,
+                Replaced::UnknownNode => {
+                    unknown = true;
+                    return Ok(ControlFlow::Break(()));
                 }
                 // Written before format 5: the replaced cell's seq is not known, so the
                 // past is told only down to here.
-                (Some(_), _, _, None) => {
+                Replaced::SeqUnknown => {
                     stopped_at = seq;
                     return Ok(ControlFlow::Break(()));
                 }
-                _ => None,
             };
             // Any field cell, or a record cell saying present, means the record was live.
             let present = |v: &CellValue| *v == CellValue::Present;
@@ -435,6 +430,93 @@ impl Inner {
             until = at;
         }
         Ok(past)
+    }
+
+    /// The cell a history entry replaced (its row as `walk_history` hands it), rebuilt
+    /// with the seq it had here (`old_seq`). The version it replaced in turn is not kept
+    /// (`prev: None`).
+    fn replaced_cell(&self, key: &CellKey, r: &rusqlite::Row<'_>) -> Result<Replaced> {
+        Ok(
+            match (
+                r.get::<_, Option<Vec<u8>>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<i64>>(12)?,
+            ) {
+                (Some(v), Some(hlc), Some(n), Some(old_seq)) => {
+                    let Some(node) = self.nodes.id(n as u64) else {
+                        return Ok(Replaced::UnknownNode);
+                    };
+                    Replaced::Cell(Cell {
+                        key: key.clone(),
+                        value: value_from_bytes(&v)?,
+                        version: Version {
+                            hlc: Hlc(hlc as u64),
+                            node,
+                        },
+                        prev: None,
+                        seq: Seq(old_seq as u64),
+                    })
+                }
+                (Some(_), _, _, None) => Replaced::SeqUnknown,
+                _ => Replaced::Nothing,
+            },
+        )
+    }
+
+    /// The record as it was at position `at` (after every commit here up to `at`, none
+    /// after), rebuilt from `current` (its stored state) by undoing the history entries of
+    /// later commits newest first; a cell created after `at` has no entry of its own and is
+    /// left out by its seq. `None` when history cannot tell: an entry it needs was removed
+    /// by retention or written before format 5, or more than `PAST_ENTRIES_MAX` are
+    /// needed. Undone cells carry no `prev` (history does not keep it): a receiver that
+    /// later gets an older write of the same cell counts it as concurrent.
+    pub(crate) fn state_at(
+        &self,
+        coll: i64,
+        id: RecordId,
+        current: &RecordState,
+        at: Seq,
+    ) -> Result<Option<RecordState>> {
+        if current.max_seq() <= at {
+            return Ok(Some(current.clone()));
+        }
+        let mut cells: BTreeMap<CellKey, Cell> = current
+            .cells()
+            .iter()
+            .map(|c| (c.key.clone(), c.clone()))
+            .collect();
+        let mut undone = 0usize;
+        // Whether every entry newer than `at` was undone.
+        let mut exact = true;
+        let end = self.walk_history(coll, id, |_, r| {
+            if Seq(r.get::<_, i64>(10)? as u64) <= at {
+                return Ok(ControlFlow::Break(()));
+            }
+            undone += 1;
+            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
+            match self.replaced_cell(&key, r)? {
+                _ if undone > PAST_ENTRIES_MAX => {}
+                Replaced::Cell(c) => {
+                    cells.insert(key, c);
+                    return Ok(ControlFlow::Continue(()));
+                }
+                Replaced::Nothing => {
+                    cells.remove(&key);
+                    return Ok(ControlFlow::Continue(()));
+                }
+                Replaced::UnknownNode | Replaced::SeqUnknown => {}
+            }
+            exact = false;
+            Ok(ControlFlow::Break(()))
+        })?;
+        // A chain cut by retention while still above `at` may have lost entries above it.
+        if !exact || end == WalkEnd::Cut {
+            return Ok(None);
+        }
+        RecordState::from_cells(cells.into_values().filter(|c| c.seq <= at).collect())
+            .map(Some)
+            .map_err(|e| Error::Corrupted(crate::codec::DecodeError::Malformed(e)))
     }
 
     /// The `hid`s of a record's history entries, newest first (see `walk_history`).
@@ -512,6 +594,32 @@ impl Database {
             Some(state) => self.past_visibility_of(collection, id, &state, since, visible),
             None => Ok(PastVisibility::Unknown),
         }
+    }
+
+    /// A record as stored now and, when it has changed since position `at` and history can
+    /// tell (see `Inner::state_at`), as it was at `at`; read together. `None` if there is no
+    /// such record. A sender that is behind its head sends a record moving into a partial
+    /// peer's view as it was where the peer will be, not with cells of later commits whose
+    /// other records the peer has not been sent yet.
+    pub(crate) fn record_state_now_and_at(
+        &self,
+        collection: &str,
+        id: RecordId,
+        at: Seq,
+    ) -> Result<Option<(RecordState, Option<RecordState>)>> {
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(None);
+        };
+        let Some((now, _)) = inner.record_state(coll, id)? else {
+            return Ok(None);
+        };
+        let then = if now.max_seq() > at {
+            inner.state_at(coll, id, &now, at)?
+        } else {
+            None
+        };
+        Ok(Some((now, then)))
     }
 
     /// [`Database::past_visibility`] of a record whose stored state the caller has just

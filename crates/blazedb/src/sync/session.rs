@@ -1976,6 +1976,7 @@ impl Session {
                     db,
                     &view,
                     self.unit_from,
+                    shared.next,
                     &mut filtered.changes,
                     &mut self.evict_pending,
                     &mut self.refused,
@@ -2150,19 +2151,30 @@ impl Session {
         keys.sort();
         keys.dedup();
         let outside = self.outside_view(db, keys.clone())?;
+        let peer = self.peer.as_ref().map(|p| p.node);
         let mut changes = Vec::new();
         for (coll, id) in keys {
             if outside.contains(&(coll.clone(), id)) {
                 continue;
             }
-            let Some(state) = db.record_state(&coll, id)? else {
+            let Some((now, then)) = db.record_state_now_and_at(&coll, id, self.sent_through)?
+            else {
                 continue;
+            };
+            // As the record was where the peer is (with the peer's own writes since, which
+            // it holds): the cells of later commits reach it with those commits' units, not
+            // ahead of their other records (test
+            // `selective.rs::a_restatement_carries_no_cells_of_a_transaction_the_replica_has_not_been_sent`).
+            // As it is now where history cannot tell.
+            let cells = match then {
+                Some(then) => with_cells_of(then, &now, peer),
+                None => now.into_cells(),
             };
             let mut ch = Change {
                 seq: self.sent_through,
                 collection: coll,
                 id,
-                cells: state.into_cells(),
+                cells,
             };
             if self.peer_policy.excludes_any() {
                 strip_excluded(&self.peer_policy, &mut ch);
@@ -2602,6 +2614,7 @@ fn filter_view(
     db: &Database,
     view: &View<'_>,
     since: Seq,
+    at: Seq,
     changes: &mut Vec<Change>,
     evict: &mut Vec<(String, RecordId)>,
     refused: &mut std::collections::HashSet<(String, RecordId)>,
@@ -2616,7 +2629,7 @@ fn filter_view(
         if record_filter {
             let key = (ch.collection.clone(), ch.id);
             if whole_sent.contains(&key) {
-                // Its whole current state already went out in this batch.
+                // Its whole state already went out in this batch.
                 continue;
             }
             // None of the record's states since `since` was in the view (see above).
@@ -2629,26 +2642,32 @@ fn filter_view(
                         == PastVisibility::NeverSeen,
                 )
             };
-            if let Some(state) = db.record_state(&ch.collection, ch.id)? {
+            // Judged and sent as the record was at `at`, where the peer will be after this
+            // batch: cells of later commits go with those commits' units. Sent as it is now,
+            // a record moving in carried them ahead of the other records of their
+            // transaction (test `selective.rs::a_record_moving_into_the_view_carries_no_cells_of_a_later_transaction`).
+            // Where history cannot tell, it is sent as it is now.
+            if let Some((now, then)) = db.record_state_now_and_at(&ch.collection, ch.id, at)? {
+                let state = then.as_ref().unwrap_or(&now);
                 if state.is_live() {
                     let fields = state.fields();
                     let visible = view.record_visible(&ch.collection, ch.id, &fields);
                     match (visible, view.can_move(&ch.collection, &ch)) {
                         (true, false) => {}
                         (true, true) => {
-                            ch.cells = state.into_cells();
+                            ch.cells = then.unwrap_or(now).into_cells();
                             whole_sent.insert(key);
                         }
                         (false, true) => {
                             // It may have just left the view.
-                            if !never_seen(&state)? {
+                            if !never_seen(&now)? {
                                 evict.push(key);
                             }
                             continue;
                         }
                         (false, false) => continue,
                     }
-                } else if !refused.remove(&key) && never_seen(&state)? {
+                } else if !refused.remove(&key) && never_seen(&now)? {
                     continue;
                 }
             }
@@ -2663,6 +2682,27 @@ fn filter_view(
     }
     *changes = keep;
     Ok(())
+}
+
+/// The cells of `then`, with those of `now` that `writer` wrote in their place.
+fn with_cells_of(
+    then: crate::crdt::RecordState,
+    now: &crate::crdt::RecordState,
+    writer: Option<NodeId>,
+) -> Vec<crate::crdt::Cell> {
+    let mut cells = then.into_cells();
+    let Some(writer) = writer else {
+        return cells;
+    };
+    for c in now.cells().iter().filter(|c| c.version.node == writer) {
+        match cells.iter_mut().find(|o| o.key == c.key) {
+            Some(o) => *o = c.clone(),
+            None => cells.push(c.clone()),
+        }
+    }
+    // In key order, as a record's cells are.
+    cells.sort_by(|a, b| a.key.cmp(&b.key));
+    cells
 }
 
 /// Remove the cells of excluded fields.
