@@ -1102,7 +1102,10 @@ fn simulation_converges_under_faults() {
 /// read rule shown half a transfer by a restatement (`access.rs`,
 /// `records_always_in_view_are_not_restated_at_reconnect`), and one that kept a record its
 /// own write hid from it when the session ended right after the unit's ACK (`access.rs`,
-/// `an_evict_due_after_a_unit_survives_the_session_ending_in_the_same_read`).
+/// `an_evict_due_after_a_unit_survives_the_session_ending_in_the_same_read`); and a
+/// partial replica given a deleted record live by a restatement sent as the record was at
+/// its position (`selective.rs`,
+/// `a_record_deleted_after_its_evict_was_lost_is_restated_as_a_tombstone`).
 #[test]
 fn schedules_that_once_failed_converge() {
     for (seed, perturb) in [
@@ -1120,6 +1123,7 @@ fn schedules_that_once_failed_converge() {
         (211786, true),
         (2021, false),
         (250473, false),
+        (4648, false),
     ] {
         run_seed_perturbed(seed, perturb);
     }

@@ -2152,6 +2152,7 @@ impl Session {
         keys.dedup();
         let outside = self.outside_view(db, keys.clone())?;
         let peer = self.peer.as_ref().map(|p| p.node);
+        let view = self.peer_view();
         let mut changes = Vec::new();
         for (coll, id) in keys {
             if outside.contains(&(coll.clone(), id)) {
@@ -2161,13 +2162,23 @@ impl Session {
             else {
                 continue;
             };
-            // As the record was where the peer is (with the peer's own writes since, which
-            // it holds): the cells of later commits reach it with those commits' units, not
-            // ahead of their other records (test
+            // A live record goes as it was where the peer is, with the peer's own writes
+            // since (which it holds): the cells of later commits reach it with those
+            // commits' units, not ahead of their other records (test
             // `selective.rs::a_restatement_carries_no_cells_of_a_transaction_the_replica_has_not_been_sent`).
-            // As it is now where history cannot tell.
-            let cells = match then {
-                Some(then) => with_cells_of(then, &now, peer),
+            // As it is now where history cannot tell, where that past state is outside the
+            // view (a later commit of another node moved it in; the feed brings it whole),
+            // and for a tombstone: a record deleted since is restated to deliver the delete
+            // (simulation seed 4648: sent as it was, a deleted record outside the view
+            // reached the peer live, and the delete was then held back as never seen).
+            let past = then
+                .filter(|_| now.is_live())
+                .and_then(|then| {
+                    crate::crdt::RecordState::from_cells(with_cells_of(then, &now, peer)).ok()
+                })
+                .filter(|s| s.is_live() && view.record_visible(&coll, id, &s.fields()));
+            let cells = match past {
+                Some(past) => past.into_cells(),
                 None => now.into_cells(),
             };
             let mut ch = Change {
