@@ -471,6 +471,12 @@ impl Inner {
     /// by retention or written before format 5, or more than `PAST_ENTRIES_MAX` are
     /// needed. Undone cells carry no `prev` (history does not keep it): a receiver that
     /// later gets an older write of the same cell counts it as concurrent.
+    ///
+    /// An entry is dated by the cell it wrote, not by its own `seq`: that is its record
+    /// row's, which every transaction of a received unit that touched the record shares
+    /// (the last one's), while each cell keeps the seq of its own transaction. Dated by
+    /// the row, the reset of a record by one transaction of a unit was undone as if a
+    /// later one had made it (simulation seed 5754).
     pub(crate) fn state_at(
         &self,
         coll: i64,
@@ -486,29 +492,58 @@ impl Inner {
             .iter()
             .map(|c| (c.key.clone(), c.clone()))
             .collect();
+        // Where the cells met so far were stored, by version: the current ones and every
+        // one undone. An entry's own cell is in `cells` under its key; an entry that names
+        // another cell (a field a record's reset removed) is dated by the reset's own cell,
+        // whose entry comes right before it (newest first) and was undone.
+        let mut stored_at: std::collections::HashMap<Version, Seq> =
+            current.cells().iter().map(|c| (c.version, c.seq)).collect();
         let mut undone = 0usize;
         // Whether every entry newer than `at` was undone.
         let mut exact = true;
         let end = self.walk_history(coll, id, |_, r| {
-            if Seq(r.get::<_, i64>(10)? as u64) <= at {
+            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
+            let Some(node) = self.nodes.id(r.get::<_, i64>(9)? as u64) else {
+                exact = false;
+                return Ok(ControlFlow::Break(()));
+            };
+            let version = Version {
+                hlc: Hlc(r.get::<_, i64>(8)? as u64),
+                node,
+            };
+            let written = match cells.get(&key) {
+                Some(c) if c.version == version => Some(c.seq),
+                _ => stored_at.get(&version).copied(),
+            };
+            let Some(written) = written else {
+                exact = false;
+                return Ok(ControlFlow::Break(()));
+            };
+            if written <= at {
                 return Ok(ControlFlow::Break(()));
             }
             undone += 1;
-            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
-            match self.replaced_cell(&key, r)? {
-                _ if undone > PAST_ENTRIES_MAX => {}
-                Replaced::Cell(c) => {
-                    cells.insert(key, c);
-                    return Ok(ControlFlow::Continue(()));
+            let replaced = match self.replaced_cell(&key, r)? {
+                _ if undone > PAST_ENTRIES_MAX => None,
+                Replaced::Cell(c) => Some(Some(c)),
+                Replaced::Nothing => Some(None),
+                Replaced::UnknownNode | Replaced::SeqUnknown => None,
+            };
+            let Some(replaced) = replaced else {
+                exact = false;
+                return Ok(ControlFlow::Break(()));
+            };
+            let removed = match replaced {
+                Some(c) => {
+                    stored_at.insert(c.version, c.seq);
+                    cells.insert(key, c)
                 }
-                Replaced::Nothing => {
-                    cells.remove(&key);
-                    return Ok(ControlFlow::Continue(()));
-                }
-                Replaced::UnknownNode | Replaced::SeqUnknown => {}
+                None => cells.remove(&key),
+            };
+            if let Some(c) = removed {
+                stored_at.insert(c.version, c.seq);
             }
-            exact = false;
-            Ok(ControlFlow::Break(()))
+            Ok(ControlFlow::Continue(()))
         })?;
         // A chain cut by retention while still above `at` may have lost entries above it.
         if !exact || end == WalkEnd::Cut {
@@ -971,6 +1006,61 @@ mod tests {
                 "at {at:?}"
             );
         }
+    }
+
+    /// Received in one unit, two transactions that each change the record are applied in
+    /// one SQLite transaction, and their history entries share the record row's seq (the
+    /// second's). The rebuild dates each entry by the cell it wrote: the state between the
+    /// two is the first's, its reset of the record included (simulation seed 5754).
+    #[test]
+    fn transactions_applied_together_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |n: &str| {
+            Database::open(dir.path().join(format!("{n}.db")), OpenOptions::default()).unwrap()
+        };
+        let (a, b) = (open("a"), open("b"));
+        let sync = || {
+            let batch = a.changes_since(Seq(0), 10_000, None).unwrap();
+            b.apply_changes(a.node_id(), &batch.changes, Some(batch.next))
+                .unwrap();
+        };
+        let id = a
+            .insert("c", [("a", Value::Int(1)), ("c", Value::Int(4))])
+            .unwrap();
+        sync();
+        let before = b.last_seq().unwrap();
+        // Deleted and written again (a reset: `a` and `c` go), then `b` unset: b gets the
+        // second and third commits in one unit (the delete's own cell was overwritten).
+        a.delete("c", id).unwrap();
+        a.upsert("c", id, [("n", Value::Int(0)), ("b", Value::Int(4))])
+            .unwrap();
+        a.update("c", id, Patch::new().unset("b")).unwrap();
+        sync();
+        let at_b: Vec<Seq> = b
+            .record_state("c", id)
+            .unwrap()
+            .unwrap()
+            .cells()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        let reset = Seq(before.0 + 1);
+        assert!(
+            at_b.contains(&reset) && at_b.contains(&Seq(reset.0 + 1)),
+            "two local commits at b: {at_b:?}"
+        );
+        assert_eq!(
+            fields_at(&b, id, reset),
+            Some(BTreeMap::from([("n".to_string(), Value::Int(0))])),
+            "as the reset left it (b's value 4 never reached b)"
+        );
+        assert_eq!(
+            fields_at(&b, id, before),
+            Some(BTreeMap::from([
+                ("a".to_string(), Value::Int(1)),
+                ("c".to_string(), Value::Int(4))
+            ]))
+        );
     }
 
     /// Once retention has removed an entry the rebuild needs, it says it cannot tell.
