@@ -1316,3 +1316,45 @@ fn a_record_deleted_after_its_evict_was_lost_is_restated_as_a_tombstone() {
         "the replica holds the record live: {state:?}"
     );
 }
+
+/// A replica's own write takes a record out of its view, and the source has a change of
+/// that record from before the write that the replica has not been sent. Judged as of
+/// where the batch ends, the record is in the view there; but the replica holds its own
+/// write and has dropped the record, so the change must not reach it (it made a record of
+/// a few stray fields: simulation, seed 1366 with `BLAZEDB_SIM_PERTURB`).
+#[test]
+fn a_change_from_before_the_replicas_write_took_the_record_out_is_not_sent() {
+    let t = Trio::new(&[("a", 0)]);
+    let (source, replica, id) = (&t.source, &t.replica, t.id);
+    source.update("docs", id, Patch::new().set("c", 1)).unwrap();
+    later();
+    replica
+        .update("docs", id, Patch::new().set("a", 3))
+        .unwrap();
+    // Only the replica's write travels.
+    let push = SessionConfig {
+        mode: SyncMode::Push,
+        ..partial(not_three())
+    };
+    sync_pair(replica, source, push, full());
+    assert_eq!(
+        source.get("docs", id).unwrap().unwrap().fields["a"],
+        Value::Int(3)
+    );
+    // Both ways, one commit per batch: the source's change of `c` comes in a batch that
+    // ends before the replica's write.
+    let small = |c: SessionConfig| SessionConfig {
+        batch_cells_max: 1,
+        ..c
+    };
+    sync_pair(replica, source, small(partial(not_three())), small(full()));
+    assert_eq!(
+        replica
+            .record_state("docs", id)
+            .unwrap()
+            .map(|s| s.cells().len()),
+        None,
+        "the replica holds what is left of the record: {:?}",
+        replica.record_state("docs", id).unwrap()
+    );
+}

@@ -1105,7 +1105,11 @@ fn simulation_converges_under_faults() {
 /// `an_evict_due_after_a_unit_survives_the_session_ending_in_the_same_read`); and a
 /// partial replica given a deleted record live by a restatement sent as the record was at
 /// its position (`selective.rs`,
-/// `a_record_deleted_after_its_evict_was_lost_is_restated_as_a_tombstone`).
+/// `a_record_deleted_after_its_evict_was_lost_is_restated_as_a_tombstone`); a record's past
+/// rebuilt wrongly where one received unit held two of its transactions (`history.rs`,
+/// `transactions_applied_together_are_told_apart`); and a partial replica sent a change
+/// of a record its own later write had taken out of its view (`selective.rs`,
+/// `a_change_from_before_the_replicas_write_took_the_record_out_is_not_sent`).
 #[test]
 fn schedules_that_once_failed_converge() {
     for (seed, perturb) in [
@@ -1124,6 +1128,8 @@ fn schedules_that_once_failed_converge() {
         (2021, false),
         (250473, false),
         (4648, false),
+        (5754, false),
+        (1366, true),
     ] {
         run_seed_perturbed(seed, perturb);
     }
