@@ -198,6 +198,58 @@ impl PastCache {
     }
 }
 
+/// Dates a record's history entries by the cell each wrote, along a walk newest first,
+/// undoing each entry as it goes. An entry's own `seq` column is its record row's, which
+/// every transaction of one received unit that touched the record shares (the last one's);
+/// each cell keeps the seq of its own transaction. Dated by the row, the reset of a record
+/// by one transaction of a unit was undone as if a later one had made it (simulation seed
+/// 5754).
+struct EntryDating {
+    /// The record as the walk has undone it so far.
+    cells: BTreeMap<CellKey, Cell>,
+    /// Where the cells met so far were stored, by version: the current ones and every one
+    /// undone. An entry's own cell is in `cells` under its key; an entry that names another
+    /// cell (a field a record's reset removed) is dated by the reset's own cell, whose
+    /// entry comes right before it (newest first) and was undone.
+    stored_at: std::collections::HashMap<Version, Seq>,
+}
+
+impl EntryDating {
+    fn new(current: &RecordState) -> EntryDating {
+        EntryDating {
+            cells: current
+                .cells()
+                .iter()
+                .map(|c| (c.key.clone(), c.clone()))
+                .collect(),
+            stored_at: current.cells().iter().map(|c| (c.version, c.seq)).collect(),
+        }
+    }
+
+    /// The seq of the commit that made the change of `key` written as `version`, if the
+    /// cell it wrote was met.
+    fn date(&self, key: &CellKey, version: Version) -> Option<Seq> {
+        match self.cells.get(key) {
+            Some(c) if c.version == version => Some(c.seq),
+            _ => self.stored_at.get(&version).copied(),
+        }
+    }
+
+    /// Undo an entry: `key` goes back to `replaced` (or goes, if it replaced nothing).
+    fn undo(&mut self, key: CellKey, replaced: Option<Cell>) {
+        let removed = match replaced {
+            Some(c) => {
+                self.stored_at.insert(c.version, c.seq);
+                self.cells.insert(key, c)
+            }
+            None => self.cells.remove(&key),
+        };
+        if let Some(c) = removed {
+            self.stored_at.insert(c.version, c.seq);
+        }
+    }
+}
+
 /// History entries a record's rebuilt past reads at most: a past older than that counts as
 /// unknown. (Each is one row read.)
 const PAST_ENTRIES_MAX: usize = 1_000;
@@ -345,13 +397,19 @@ impl Inner {
         let mut unknown = false;
         // The seq of the entry the walk stopped at, unread: the past is exact above it.
         let mut stopped_at = Seq(u64::MAX);
+        let mut dating = EntryDating::new(current);
         let end = self.walk_history(coll, id, |_, r| {
-            let seq = Seq(r.get::<_, i64>(10)? as u64);
+            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
+            // Dated by the cell it wrote (see `EntryDating`); by its row where that cell
+            // is not known.
+            let seq = match self.entry_version(r)?.and_then(|v| dating.date(&key, v)) {
+                Some(seq) => seq,
+                None => Seq(r.get::<_, i64>(10)? as u64),
+            };
             if entries.len() >= PAST_ENTRIES_MAX {
                 stopped_at = seq;
                 return Ok(ControlFlow::Break(()));
             }
-            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
             let new = r.get::<_, Option<Vec<u8>>>(7)?;
             let old = match self.replaced_cell(&key, r)? {
                 Replaced::Cell(c) => Some(c),
@@ -376,6 +434,7 @@ impl Inner {
                     .map(value_from_bytes)
                     .transpose()?
                     .is_some_and(|v| present(&v));
+            dating.undo(key.clone(), old.clone());
             entries.push((seq, key, old));
             Ok(ControlFlow::Continue(()))
         })?;
@@ -432,6 +491,18 @@ impl Inner {
         Ok(past)
     }
 
+    /// The version a history entry wrote (its row as `walk_history` hands it); `None` if
+    /// its node is not in the dictionary.
+    fn entry_version(&self, r: &rusqlite::Row<'_>) -> Result<Option<Version>> {
+        let Some(node) = self.nodes.id(r.get::<_, i64>(9)? as u64) else {
+            return Ok(None);
+        };
+        Ok(Some(Version {
+            hlc: Hlc(r.get::<_, i64>(8)? as u64),
+            node,
+        }))
+    }
+
     /// The cell a history entry replaced (its row as `walk_history` hands it), rebuilt
     /// with the seq it had here (`old_seq`). The version it replaced in turn is not kept
     /// (`prev: None`).
@@ -471,12 +542,7 @@ impl Inner {
     /// by retention or written before format 5, or more than `PAST_ENTRIES_MAX` are
     /// needed. Undone cells carry no `prev` (history does not keep it): a receiver that
     /// later gets an older write of the same cell counts it as concurrent.
-    ///
-    /// An entry is dated by the cell it wrote, not by its own `seq`: that is its record
-    /// row's, which every transaction of a received unit that touched the record shares
-    /// (the last one's), while each cell keeps the seq of its own transaction. Dated by
-    /// the row, the reset of a record by one transaction of a unit was undone as if a
-    /// later one had made it (simulation seed 5754).
+    /// Entries are dated by the cells they wrote (see [`EntryDating`]).
     pub(crate) fn state_at(
         &self,
         coll: i64,
@@ -487,34 +553,13 @@ impl Inner {
         if current.max_seq() <= at {
             return Ok(Some(current.clone()));
         }
-        let mut cells: BTreeMap<CellKey, Cell> = current
-            .cells()
-            .iter()
-            .map(|c| (c.key.clone(), c.clone()))
-            .collect();
-        // Where the cells met so far were stored, by version: the current ones and every
-        // one undone. An entry's own cell is in `cells` under its key; an entry that names
-        // another cell (a field a record's reset removed) is dated by the reset's own cell,
-        // whose entry comes right before it (newest first) and was undone.
-        let mut stored_at: std::collections::HashMap<Version, Seq> =
-            current.cells().iter().map(|c| (c.version, c.seq)).collect();
+        let mut dating = EntryDating::new(current);
         let mut undone = 0usize;
         // Whether every entry newer than `at` was undone.
         let mut exact = true;
         let end = self.walk_history(coll, id, |_, r| {
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
-            let Some(node) = self.nodes.id(r.get::<_, i64>(9)? as u64) else {
-                exact = false;
-                return Ok(ControlFlow::Break(()));
-            };
-            let version = Version {
-                hlc: Hlc(r.get::<_, i64>(8)? as u64),
-                node,
-            };
-            let written = match cells.get(&key) {
-                Some(c) if c.version == version => Some(c.seq),
-                _ => stored_at.get(&version).copied(),
-            };
+            let written = self.entry_version(r)?.and_then(|v| dating.date(&key, v));
             let Some(written) = written else {
                 exact = false;
                 return Ok(ControlFlow::Break(()));
@@ -533,23 +578,14 @@ impl Inner {
                 exact = false;
                 return Ok(ControlFlow::Break(()));
             };
-            let removed = match replaced {
-                Some(c) => {
-                    stored_at.insert(c.version, c.seq);
-                    cells.insert(key, c)
-                }
-                None => cells.remove(&key),
-            };
-            if let Some(c) = removed {
-                stored_at.insert(c.version, c.seq);
-            }
+            dating.undo(key, replaced);
             Ok(ControlFlow::Continue(()))
         })?;
         // A chain cut by retention while still above `at` may have lost entries above it.
         if !exact || end == WalkEnd::Cut {
             return Ok(None);
         }
-        RecordState::from_cells(cells.into_values().filter(|c| c.seq <= at).collect())
+        RecordState::from_cells(dating.cells.into_values().filter(|c| c.seq <= at).collect())
             .map(Some)
             .map_err(|e| Error::Corrupted(crate::codec::DecodeError::Malformed(e)))
     }
@@ -1060,6 +1096,45 @@ mod tests {
                 ("a".to_string(), Value::Int(1)),
                 ("c".to_string(), Value::Int(4))
             ]))
+        );
+    }
+
+    /// The same for the past a delete is judged on: a record that one transaction of a
+    /// received unit moved into a view and the next moved out again was in the view at
+    /// the position between them, so a peer there may hold it and must get its delete.
+    /// Dated by their row, both changes looked like the later one's, and the delete was
+    /// held back from that peer.
+    #[test]
+    fn past_states_of_transactions_applied_together_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |n: &str| {
+            Database::open(dir.path().join(format!("{n}.db")), OpenOptions::default()).unwrap()
+        };
+        let (a, b) = (open("a"), open("b"));
+        let sync = || {
+            let batch = a.changes_since(Seq(0), 10_000, None).unwrap();
+            b.apply_changes(a.node_id(), &batch.changes, Some(batch.next))
+                .unwrap();
+        };
+        let id = a.insert("c", [("a", Value::Int(3))]).unwrap();
+        sync();
+        let before = b.last_seq().unwrap();
+        a.update("c", id, Patch::new().set("a", 0)).unwrap();
+        a.update("c", id, Patch::new().set("hidden", true)).unwrap();
+        sync();
+        let between = Seq(before.0 + 1);
+        b.delete("c", id).unwrap();
+        let mut visible = |f: &BTreeMap<String, Value>| {
+            f.get("a") != Some(&Value::Int(3)) && f.get("hidden") != Some(&Value::Bool(true))
+        };
+        assert_eq!(
+            b.past_visibility("c", id, between, &mut visible).unwrap(),
+            PastVisibility::Seen
+        );
+        assert_eq!(
+            b.past_visibility("c", id, Seq(between.0 + 1), &mut visible)
+                .unwrap(),
+            PastVisibility::NeverSeen
         );
     }
 

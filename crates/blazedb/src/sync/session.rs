@@ -1976,8 +1976,10 @@ impl Session {
                     db,
                     &view,
                     peer,
-                    self.unit_from,
-                    shared.next,
+                    BatchSpan {
+                        since: self.unit_from,
+                        at: shared.next,
+                    },
                     &mut filtered.changes,
                     &mut self.evict_pending,
                     &mut self.refused,
@@ -2606,8 +2608,18 @@ impl View<'_> {
     }
 }
 
-/// Keep only what the peer may and wants to see. A change that can move its record into the
-/// view becomes the whole record; one that moves it out becomes an entry in `evict` (see
+/// Where the changes [`filter_view`] judges stand in the feed: the unit they belong to began
+/// after `since`, and the batch they were read in ends at `at`.
+#[derive(Clone, Copy, Debug)]
+struct BatchSpan {
+    since: Seq,
+    at: Seq,
+}
+
+/// Keep only what the peer may and wants to see, judging each record as the peer will hold
+/// it after the batch (as it was at `at`, with the peer's own later writes). A change that
+/// can move its record into the view becomes that whole record; one that moves it out
+/// becomes an entry in `evict` (see
 /// `sync/policy.rs`). Both an EVICT and a delete name the record, so they go only where the
 /// peer may hold it: unless the record's history shows that none of its states since `since`
 /// was in the peer's view — then the peer cannot hold it, and its id is not the peer's to
@@ -2626,8 +2638,7 @@ fn filter_view(
     db: &Database,
     view: &View<'_>,
     peer: Option<NodeId>,
-    since: Seq,
-    at: Seq,
+    BatchSpan { since, at }: BatchSpan,
     changes: &mut Vec<Change>,
     evict: &mut Vec<(String, RecordId)>,
     refused: &mut std::collections::HashSet<(String, RecordId)>,
