@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::ops::ControlFlow;
+
 use blazedb::sync::frame::FrameEncoder;
 use blazedb::sync::message::encode_simple;
 use blazedb::sync::{
@@ -71,6 +73,31 @@ impl HeldLink {
     }
 }
 
+/// Later, offline, the replica closes and reopens `x` (which the source has closed): its
+/// reopening is the newest write. Then the source's frames reach it, and it refuses the
+/// EVICT of `x` (its write is not acknowledged yet), while everything it sends from its
+/// write on is held back. Returns the sessions (source, replica) and the link.
+fn replica_reopens_with_its_frames_held(
+    source: &Database,
+    replica: &Database,
+    policy: &SyncPolicy,
+    x: RecordId,
+) -> (Session, Session, HeldLink) {
+    later();
+    replica
+        .update("todos", x, Patch::new().set("done", true))
+        .unwrap();
+    replica
+        .update("todos", x, Patch::new().set("done", false))
+        .unwrap();
+    let mut ss = Session::new(source, full(), 0).unwrap();
+    let mut sr = Session::new(replica, partial(policy.clone()), 0).unwrap();
+    let mut link = HeldLink::default();
+    link.exchange(source, &mut ss, replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's write is held back");
+    (ss, sr, link)
+}
+
 fn open_todos(p: &SyncPolicy) -> SyncPolicy {
     let _ = p;
     SyncPolicy {
@@ -105,6 +132,23 @@ fn seeded(dir: &std::path::Path) -> (Database, Vec<RecordId>) {
     (source, ids)
 }
 
+/// [`seeded`], with a replica of the open todos synced from it: (dir, source, ids, replica,
+/// the replica's policy).
+fn seeded_with_replica() -> (
+    tempfile::TempDir,
+    Database,
+    Vec<RecordId>,
+    Database,
+    SyncPolicy,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, ids) = seeded(dir.path());
+    let replica = open(dir.path(), "replica");
+    let policy = open_todos(&SyncPolicy::everything());
+    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    (dir, source, ids, replica, policy)
+}
+
 #[test]
 fn a_partial_replica_gets_only_its_view_without_excluded_fields() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,11 +179,7 @@ fn a_partial_replica_gets_only_its_view_without_excluded_fields() {
 
 #[test]
 fn move_in_sends_the_whole_record_and_move_out_evicts_without_a_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, ids) = seeded(dir.path());
-    let replica = open(dir.path(), "replica");
-    let policy = open_todos(&SyncPolicy::everything());
-    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let (_dir, source, ids, replica, policy) = seeded_with_replica();
 
     // Move in: ids[1] is done; reopen it (one field changes) → the whole record arrives.
     source
@@ -183,11 +223,7 @@ fn move_in_sends_the_whole_record_and_move_out_evicts_without_a_delete() {
 
 #[test]
 fn a_replica_keeps_and_sends_its_pending_edit_of_a_record_leaving_its_view() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, ids) = seeded(dir.path());
-    let replica = open(dir.path(), "replica");
-    let policy = open_todos(&SyncPolicy::everything());
-    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let (_dir, source, ids, replica, policy) = seeded_with_replica();
     // Concurrently: the source closes ids[0]; the replica edits another field of it.
     source
         .update("todos", ids[0], Patch::new().set("done", true))
@@ -466,11 +502,7 @@ fn count_chunks(source: &Database, probe: &Database) -> u32 {
 
 #[test]
 fn an_evict_lost_with_the_connection_after_its_unit_is_sent_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, ids) = seeded(dir.path());
-    let replica = open(dir.path(), "replica");
-    let policy = open_todos(&SyncPolicy::everything());
-    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let (_dir, source, ids, replica, policy) = seeded_with_replica();
     assert!(replica.get("todos", ids[0]).unwrap().is_some());
 
     // ids[0] leaves the view, in a transaction that also edits ids[4] (in view). The unit
@@ -709,11 +741,7 @@ fn a_record_the_replica_moved_out_and_another_node_deleted_leaves_the_replica() 
 /// (Found by the simulation: seed 25404 with `BLAZEDB_SIM_PERTURB`.)
 #[test]
 fn a_delete_sent_in_a_later_part_of_a_unit_still_reaches_a_replica_holding_the_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, ids) = seeded(dir.path());
-    let replica = open(dir.path(), "replica");
-    let policy = open_todos(&SyncPolicy::everything());
-    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let (_dir, source, ids, replica, policy) = seeded_with_replica();
     let x = ids[0];
     assert!(
         replica.get("todos", x).unwrap().is_some(),
@@ -812,11 +840,7 @@ fn an_evict_made_up_for_a_refused_one_and_lost_is_sent_again_at_reconnect() {
 /// connection. (Found by the simulation: seed 36866 with `BLAZEDB_SIM_PERTURB`.)
 #[test]
 fn a_restatement_lost_with_the_connection_is_sent_again_at_reconnect() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, ids) = seeded(dir.path());
-    let replica = open(dir.path(), "replica");
-    let policy = open_todos(&SyncPolicy::everything());
-    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let (_dir, source, ids, replica, policy) = seeded_with_replica();
     let x = ids[0];
     // The source closes x (out of the replica's view) and counts votes on it, which the
     // replica is not sent while x is out.
@@ -824,21 +848,8 @@ fn a_restatement_lost_with_the_connection_is_sent_again_at_reconnect() {
         .update("todos", x, Patch::new().set("done", true))
         .unwrap();
     source.increment("todos", x, "votes", 3).unwrap();
-    // Later, offline, the replica closes and reopens x: its reopening is the newest write.
-    std::thread::sleep(std::time::Duration::from_millis(2));
-    replica
-        .update("todos", x, Patch::new().set("done", true))
-        .unwrap();
-    replica
-        .update("todos", x, Patch::new().set("done", false))
-        .unwrap();
-    // The replica gets the EVICT of x first and refuses it (its write is not acknowledged);
-    // its own frames are held.
-    let mut ss = Session::new(&source, full(), 0).unwrap();
-    let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
-    let mut link = HeldLink::default();
-    link.exchange(&source, &mut ss, &replica, &mut sr);
-    assert!(!link.held.is_empty(), "the replica's write is held back");
+    let (mut ss, sr, mut link) =
+        replica_reopens_with_its_frames_held(&source, &replica, &policy, x);
     // The source gets the reopening, which moves x back into the replica's view; what it
     // answers (the ACK, the restatement of x with its votes) is lost with the connection.
     link.release(&source, &mut ss);
@@ -1130,7 +1141,7 @@ fn a_conflict_from_a_node_never_seen_before_survives_a_reopen() {
         .all(|c| c.loser_version.node == replica.node_id()));
 }
 
-/// Frames both ways until quiet, `ss`'s delivered one at a time; after each, the votes on
+/// Frames both ways until quiet, `ss`'s delivered one at a time; around each, the votes on
 /// `x` and `y` (counted together in one transaction) must be both there or both missing at
 /// the replica. Returns whether the replica held `x` without its vote at some point.
 fn exchange_checking_votes(
@@ -1147,17 +1158,41 @@ fn exchange_checking_votes(
             .and_then(|r| r.fields.get("votes").cloned())
     };
     let mut held_x_without_vote = false;
+    let mut check = || {
+        let (vx, vy) = (votes(x), votes(y));
+        assert_eq!(
+            vx.is_some(),
+            vy.is_some(),
+            "the replica shows half of a transaction: votes on x {vx:?}, on y {vy:?}"
+        );
+        held_x_without_vote |= replica.get("todos", x).unwrap().is_some() && vx.is_none();
+    };
+    exchange_watching(source, ss, replica, sr, |_| {
+        check();
+        ControlFlow::Continue(())
+    });
+    check();
+    assert_eq!(votes(x), Some(Value::Int(1)));
+    assert_eq!(votes(y), Some(Value::Int(1)));
+    held_x_without_vote
+}
+
+/// Frames both ways until quiet. `each` sees every frame the source sends before the
+/// replica gets it, and may end the link there (that frame undelivered): then returns true.
+fn exchange_watching(
+    source: &Database,
+    ss: &mut Session,
+    replica: &Database,
+    sr: &mut Session,
+    mut each: impl FnMut(&[u8]) -> ControlFlow<()>,
+) -> bool {
     for _ in 0..100 {
         let mut progress = false;
         while let Some(f) = ss.poll_transmit(0, source) {
+            if each(&f).is_break() {
+                return true;
+            }
             sr.handle_bytes(0, &f, replica).unwrap();
-            let (vx, vy) = (votes(x), votes(y));
-            assert_eq!(
-                vx.is_some(),
-                vy.is_some(),
-                "the replica shows half of a transaction: votes on x {vx:?}, on y {vy:?}"
-            );
-            held_x_without_vote |= replica.get("todos", x).unwrap().is_some() && vx.is_none();
             progress = true;
         }
         while let Some(f) = sr.poll_transmit(0, replica) {
@@ -1168,9 +1203,7 @@ fn exchange_checking_votes(
             break;
         }
     }
-    assert_eq!(votes(x), Some(Value::Int(1)));
-    assert_eq!(votes(y), Some(Value::Int(1)));
-    held_x_without_vote
+    false
 }
 
 /// A transaction at `source` counting one vote on `x` and one on `y`.
@@ -1220,29 +1253,13 @@ fn a_record_moving_into_the_view_carries_no_cells_of_a_later_transaction() {
 /// write), not with the cells of a transaction the replica has not been sent yet.
 #[test]
 fn a_restatement_carries_no_cells_of_a_transaction_the_replica_has_not_been_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, ids) = seeded(dir.path());
-    let replica = open(dir.path(), "replica");
-    let policy = open_todos(&SyncPolicy::everything());
-    sync_pair(&source, &replica, full(), partial(policy.clone()));
+    let (_dir, source, ids, replica, policy) = seeded_with_replica();
     let (x, y) = (ids[0], ids[4]);
-    // The source closes x; later, offline, the replica closes and reopens it.
     source
         .update("todos", x, Patch::new().set("done", true))
         .unwrap();
-    later();
-    replica
-        .update("todos", x, Patch::new().set("done", true))
-        .unwrap();
-    replica
-        .update("todos", x, Patch::new().set("done", false))
-        .unwrap();
-    // The replica refuses the EVICT of x (its write is not acknowledged); its write is held.
-    let mut ss = Session::new(&source, full(), 0).unwrap();
-    let mut sr = Session::new(&replica, partial(policy.clone()), 0).unwrap();
-    let mut link = HeldLink::default();
-    link.exchange(&source, &mut ss, &replica, &mut sr);
-    assert!(!link.held.is_empty(), "the replica's write is held back");
+    let (mut ss, mut sr, mut link) =
+        replica_reopens_with_its_frames_held(&source, &replica, &policy, x);
     // The source counts the votes; then the replica's reopening arrives and moves x back
     // into its view, and x is restated.
     vote_on_both(&source, x, y);
@@ -1278,27 +1295,13 @@ fn a_record_deleted_after_its_evict_was_lost_is_restated_as_a_tombstone() {
     let mut ss = Session::new(source, full(), 0).unwrap();
     let mut sr = Session::new(replica, partial(not_three()), 0).unwrap();
     let mut from_source = blazedb::sync::frame::FrameDecoder::default();
-    let mut evicted = false;
-    'link: for _ in 0..100 {
-        let mut progress = false;
-        while let Some(f) = ss.poll_transmit(0, source) {
-            from_source.push(&f);
-            let frame = from_source.next_frame().unwrap().unwrap();
-            if frame.kind == blazedb::sync::message::kind::EVICT {
-                evicted = true;
-                break 'link;
-            }
-            sr.handle_bytes(0, &f, replica).unwrap();
-            progress = true;
+    let evicted = exchange_watching(source, &mut ss, replica, &mut sr, |f| {
+        from_source.push(f);
+        match from_source.next_frame().unwrap().unwrap().kind {
+            blazedb::sync::message::kind::EVICT => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
         }
-        while let Some(f) = sr.poll_transmit(0, replica) {
-            ss.handle_bytes(0, &f, source).unwrap();
-            progress = true;
-        }
-        if !progress {
-            break;
-        }
-    }
+    });
     drop((ss, sr));
     assert!(evicted, "the EVICT was sent and lost");
     assert!(replica.get("docs", id).unwrap().is_some());

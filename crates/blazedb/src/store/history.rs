@@ -965,6 +965,21 @@ mod tests {
     use super::*;
     use crate::{OpenOptions, Patch};
 
+    fn open(dir: &tempfile::TempDir, name: &str) -> Database {
+        Database::open(
+            dir.path().join(format!("{name}.db")),
+            OpenOptions::default(),
+        )
+        .unwrap()
+    }
+
+    /// Apply everything `a`'s feed holds at `b`, in one unit (one SQLite transaction).
+    fn apply_all(a: &Database, b: &Database) {
+        let batch = a.changes_since(Seq(0), 10_000, None).unwrap();
+        b.apply_changes(a.node_id(), &batch.changes, Some(batch.next))
+            .unwrap();
+    }
+
     /// One write of a test.
     type Step = Box<dyn Fn(&Database)>;
 
@@ -1051,15 +1066,8 @@ mod tests {
     #[test]
     fn transactions_applied_together_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let open = |n: &str| {
-            Database::open(dir.path().join(format!("{n}.db")), OpenOptions::default()).unwrap()
-        };
-        let (a, b) = (open("a"), open("b"));
-        let sync = || {
-            let batch = a.changes_since(Seq(0), 10_000, None).unwrap();
-            b.apply_changes(a.node_id(), &batch.changes, Some(batch.next))
-                .unwrap();
-        };
+        let (a, b) = (open(&dir, "a"), open(&dir, "b"));
+        let sync = || apply_all(&a, &b);
         let id = a
             .insert("c", [("a", Value::Int(1)), ("c", Value::Int(4))])
             .unwrap();
@@ -1107,15 +1115,8 @@ mod tests {
     #[test]
     fn past_states_of_transactions_applied_together_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let open = |n: &str| {
-            Database::open(dir.path().join(format!("{n}.db")), OpenOptions::default()).unwrap()
-        };
-        let (a, b) = (open("a"), open("b"));
-        let sync = || {
-            let batch = a.changes_since(Seq(0), 10_000, None).unwrap();
-            b.apply_changes(a.node_id(), &batch.changes, Some(batch.next))
-                .unwrap();
-        };
+        let (a, b) = (open(&dir, "a"), open(&dir, "b"));
+        let sync = || apply_all(&a, &b);
         let id = a.insert("c", [("a", Value::Int(3))]).unwrap();
         sync();
         let before = b.last_seq().unwrap();
