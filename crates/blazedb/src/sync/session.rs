@@ -2176,9 +2176,7 @@ impl Session {
             // reached the peer live, and the delete was then held back as never seen).
             let past = then
                 .filter(|_| now.is_live())
-                .and_then(|then| {
-                    crate::crdt::RecordState::from_cells(with_cells_of(then, &now, peer)).ok()
-                })
+                .and_then(|then| as_the_peer_holds(then, &now, peer))
                 .filter(|s| s.is_live() && view.record_visible(&coll, id, &s.fields()));
             let cells = match past {
                 Some(past) => past.into_cells(),
@@ -2676,9 +2674,7 @@ fn filter_view(
             // of it reached the peer as a record of a few stray fields (simulation seed 1366
             // with `BLAZEDB_SIM_PERTURB`). Where history cannot tell, as it is now.
             if let Some((now, then)) = db.record_state_now_and_at(&ch.collection, ch.id, at)? {
-                let then = then.and_then(|then| {
-                    crate::crdt::RecordState::from_cells(with_cells_of(then, &now, peer)).ok()
-                });
+                let then = then.and_then(|then| as_the_peer_holds(then, &now, peer));
                 let state = then.as_ref().unwrap_or(&now);
                 if state.is_live() {
                     let fields = state.fields();
@@ -2715,17 +2711,18 @@ fn filter_view(
     Ok(())
 }
 
-/// The cells of `then`, with those of `now` that `writer` wrote in their place.
-fn with_cells_of(
+/// The record as `peer` holds it: `then` (the record where the peer is), with the cells of
+/// `now` that the peer wrote in their place. `None` if those cells make no valid record.
+fn as_the_peer_holds(
     then: crate::crdt::RecordState,
     now: &crate::crdt::RecordState,
-    writer: Option<NodeId>,
-) -> Vec<crate::crdt::Cell> {
-    let mut cells = then.into_cells();
-    let Some(writer) = writer else {
-        return cells;
+    peer: Option<NodeId>,
+) -> Option<crate::crdt::RecordState> {
+    let Some(peer) = peer else {
+        return Some(then);
     };
-    for c in now.cells().iter().filter(|c| c.version.node == writer) {
+    let mut cells = then.into_cells();
+    for c in now.cells().iter().filter(|c| c.version.node == peer) {
         match cells.iter_mut().find(|o| o.key == c.key) {
             Some(o) => *o = c.clone(),
             None => cells.push(c.clone()),
@@ -2733,7 +2730,7 @@ fn with_cells_of(
     }
     // In key order, as a record's cells are.
     cells.sort_by(|a, b| a.key.cmp(&b.key));
-    cells
+    crate::crdt::RecordState::from_cells(cells).ok()
 }
 
 /// Remove the cells of excluded fields.
