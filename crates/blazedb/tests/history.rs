@@ -166,7 +166,7 @@ fn a_format_3_history_migrates_to_chains() {
     {
         // Back to format 3: no chains, the index instead (and no `old_seq`, format 5; the
         // clock in its own table, format 6; no snapshot `acked`, format 7; no conflicts by
-        // record, format 8).
+        // record, format 8; no replaced cell's `prev`, format 9).
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
@@ -176,6 +176,8 @@ fn a_format_3_history_migrates_to_chains() {
              ALTER TABLE history DROP COLUMN old_seq;
              ALTER TABLE snapshot_progress DROP COLUMN acked;
              DROP INDEX conflicts_by_record;
+             ALTER TABLE history DROP COLUMN old_prev_hlc;
+             ALTER TABLE history DROP COLUMN old_prev_node;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 3 WHERE key = 'format_version';",
         )
@@ -231,7 +233,7 @@ fn a_format_3_history_migrates_to_chains() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
 }
 
 /// Each record's history is its own chain, also when many records change in one

@@ -337,7 +337,7 @@ impl Inner {
             .flatten();
         let mut stmt = self.conn.prepare_cached(
             "SELECT coll, id, prev, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms,
-                    old_seq
+                    old_seq, old_prev_hlc, old_prev_node
              FROM history WHERE hid = ?1",
         )?;
         let mut next = head;
@@ -504,8 +504,8 @@ impl Inner {
     }
 
     /// The cell a history entry replaced (its row as `walk_history` hands it), rebuilt
-    /// with the seq it had here (`old_seq`). The version it replaced in turn is not kept
-    /// (`prev: None`).
+    /// with the seq it had here (`old_seq`) and the `prev` it carried (format 9; an older
+    /// entry does not keep it, and the cell comes back with `prev: None`).
     fn replaced_cell(&self, key: &CellKey, r: &rusqlite::Row<'_>) -> Result<Replaced> {
         Ok(
             match (
@@ -518,6 +518,16 @@ impl Inner {
                     let Some(node) = self.nodes.id(n as u64) else {
                         return Ok(Replaced::UnknownNode);
                     };
+                    let prev = match (r.get::<_, Option<i64>>(13)?, r.get::<_, Option<i64>>(14)?) {
+                        (Some(hlc), Some(n)) => match self.nodes.id(n as u64) {
+                            Some(node) => Some(Version {
+                                hlc: Hlc(hlc as u64),
+                                node,
+                            }),
+                            None => return Ok(Replaced::UnknownNode),
+                        },
+                        _ => None,
+                    };
                     Replaced::Cell(Cell {
                         key: key.clone(),
                         value: value_from_bytes(&v)?,
@@ -525,7 +535,7 @@ impl Inner {
                             hlc: Hlc(hlc as u64),
                             node,
                         },
-                        prev: None,
+                        prev,
                         seq: Seq(old_seq as u64),
                     })
                 }
@@ -540,8 +550,9 @@ impl Inner {
     /// later commits newest first; a cell created after `at` has no entry of its own and is
     /// left out by its seq. `None` when history cannot tell: an entry it needs was removed
     /// by retention or written before format 5, or more than `PAST_ENTRIES_MAX` are
-    /// needed. Undone cells carry no `prev` (history does not keep it): a receiver that
-    /// later gets an older write of the same cell counts it as concurrent.
+    /// needed. Undone cells carry the `prev` they had (entries written before format 9 do not
+    /// keep it: such a cell comes back without, and a receiver it overwrites may list a
+    /// spurious conflict).
     /// Entries are dated by the cells they wrote (see [`EntryDating`]).
     pub(crate) fn state_at(
         &self,
@@ -1043,17 +1054,72 @@ mod tests {
                     .unwrap()
             }),
         ];
+        let mut cells = vec![live_cells(&db, id)];
         for w in &writes {
             w(&db);
             seen.push((db.last_seq().unwrap(), db.get("c", id).unwrap()));
+            cells.push(live_cells(&db, id));
         }
-        for (at, record) in &seen {
+        for ((at, record), cells) in seen.iter().zip(&cells) {
             assert_eq!(
                 fields_at(&db, id, *at),
                 record.as_ref().map(|r| r.fields.clone()),
                 "at {at:?}"
             );
+            // Cell by cell: the versions, the seqs and the `prev` each cell's writer had
+            // seen (format 9) are those the record held then.
+            let (now, then) = db.record_state_now_and_at("c", id, *at).unwrap().unwrap();
+            let rebuilt = then.unwrap_or(now);
+            assert_eq!(
+                &rebuilt.cells().iter().cloned().collect::<Vec<_>>(),
+                cells,
+                "cells at {at:?}"
+            );
         }
+    }
+
+    /// An entry written before format 9 does not keep the replaced cell's `prev`: the cell
+    /// is rebuilt without it (the rest as before), and the file stays readable.
+    #[test]
+    fn an_entry_from_before_format_9_rebuilds_its_cell_without_prev() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, at, then) = {
+            let db = open(&dir, "old");
+            let id = db.insert("c", [("a", Value::Int(1))]).unwrap();
+            db.update("c", id, Patch::new().set("a", 2)).unwrap();
+            let at = db.last_seq().unwrap();
+            let then = live_cells(&db, id);
+            db.update("c", id, Patch::new().set("a", 3)).unwrap();
+            (id, at, then)
+        };
+        let a = |cells: &[Cell]| {
+            cells
+                .iter()
+                .find(|c| c.key == CellKey::Field("a".into()))
+                .cloned()
+                .unwrap()
+        };
+        assert!(a(&then).prev.is_some(), "a = 2 was written over a = 1");
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("old.db")).unwrap();
+            conn.execute_batch("UPDATE history SET old_prev_hlc = NULL, old_prev_node = NULL")
+                .unwrap();
+        }
+        let db = open(&dir, "old");
+        let (_, rebuilt) = db.record_state_now_and_at("c", id, at).unwrap().unwrap();
+        let rebuilt: Vec<Cell> = rebuilt.unwrap().cells().to_vec();
+        let expected = Cell {
+            prev: None,
+            ..a(&then)
+        };
+        assert_eq!(a(&rebuilt), expected);
+        assert_eq!(rebuilt.len(), then.len());
+    }
+
+    /// The record's cells as stored now.
+    fn live_cells(db: &Database, id: RecordId) -> Vec<Cell> {
+        let state = db.record_state("c", id).unwrap().unwrap();
+        state.cells().iter().cloned().collect()
     }
 
     /// Received in one unit, two transactions that each change the record are applied in

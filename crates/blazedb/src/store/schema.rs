@@ -12,7 +12,7 @@
 //! | `feed_links`    | partly overwritten commit  | `s` must be delivered together with `t`   |
 //! | `indexes`       | declared secondary index   |                                           |
 //! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
-//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5) |
+//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5); the replaced cell's own prev, `old_prev_*` (format 9) |
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application; by record (format 8) |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors; the row (X'', 'clock') holds the local clock (format 6) |
@@ -25,7 +25,7 @@ use rusqlite::Connection;
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[&str] = &[
     CLOCK_IN_PEERS,
     SNAPSHOT_ACKED,
     CONFLICTS_BY_RECORD,
+    HISTORY_OLD_PREV,
 ];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
@@ -126,6 +127,17 @@ ALTER TABLE snapshot_progress ADD COLUMN acked INTEGER;
 /// and without this index every such lookup read the whole table.
 const CONFLICTS_BY_RECORD: &str = "
 CREATE INDEX conflicts_by_record ON conflicts (coll, id);
+";
+
+/// Format 9: a history entry also keeps the `prev` of the cell it replaced (the version that
+/// cell's writer had seen), so that a record rebuilt as it was at an earlier position
+/// (`Inner::state_at`: a record moving into a partial replica's view, a restatement) carries
+/// every cell exactly as it was, and the receiver classifies a later write of that cell the
+/// way the source does. Entries written before format 9 have none: their cells are rebuilt
+/// with `prev` absent, as before (a receiver may then list a spurious conflict).
+const HISTORY_OLD_PREV: &str = "
+ALTER TABLE history ADD COLUMN old_prev_hlc INTEGER;
+ALTER TABLE history ADD COLUMN old_prev_node INTEGER;
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.

@@ -1531,6 +1531,9 @@ struct HistoryRow {
     recorded_ms: i64,
     prev: Option<i64>,
     old_seq: Option<i64>,
+    /// The replaced cell's `prev` (format 9).
+    old_prev_hlc: Option<i64>,
+    old_prev_node: Option<i64>,
 }
 
 /// Rows per multi-row INSERT of history entries and feed rows (see
@@ -1563,9 +1566,9 @@ const FEED_INSERT: MultiInsert = MultiInsert {
 };
 
 const HISTORY_INSERT: MultiInsert = MultiInsert {
-    head: "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq) VALUES",
-    row: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    width: 14,
+    head: "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq, old_prev_hlc, old_prev_node) VALUES",
+    row: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    width: 16,
 };
 
 /// Insert `rows`, [`WRITER_BATCH_ROWS`] to a statement (one statement run instead of that
@@ -1773,7 +1776,7 @@ fn read_state(
     Ok(body::decode(&bytes, Seq(seq), nodes, fields)?)
 }
 
-/// Bind one history row to the 14 parameters after `at` (0-based).
+/// Bind one history row to the 16 parameters after `at` (0-based).
 fn bind_history(
     stmt: &mut rusqlite::Statement<'_>,
     at: usize,
@@ -1794,7 +1797,9 @@ fn bind_history(
     stmt.raw_bind_parameter(at + 11, r.seq)?;
     stmt.raw_bind_parameter(at + 12, r.recorded_ms)?;
     stmt.raw_bind_parameter(at + 13, r.prev)?;
-    stmt.raw_bind_parameter(at + 14, r.old_seq)
+    stmt.raw_bind_parameter(at + 14, r.old_seq)?;
+    stmt.raw_bind_parameter(at + 15, r.old_prev_hlc)?;
+    stmt.raw_bind_parameter(at + 16, r.old_prev_node)
 }
 
 impl RecordWriter<'_> {
@@ -1823,6 +1828,8 @@ impl RecordWriter<'_> {
             // `Database::history` puts them back into the listing.)
             let node = t.nodes.index(&version.node);
             let old_node = old.as_ref().map(|c| t.nodes.index(&c.version.node) as i64);
+            let old_prev = old.as_ref().and_then(|c| c.prev);
+            let old_prev_node = old_prev.map(|v| t.nodes.index(&v.node) as i64);
             let bytes = &mut self.history_bytes;
             let start = bytes.len();
             encode_key(bytes, key);
@@ -1849,6 +1856,8 @@ impl RecordWriter<'_> {
                 recorded_ms: now_ms as i64,
                 prev,
                 old_seq: old.as_ref().map(|c| c.seq.0 as i64),
+                old_prev_hlc: old_prev.map(|v| v.hlc.0 as i64),
+                old_prev_node,
             });
             prev = Some(next);
             next += 1;
