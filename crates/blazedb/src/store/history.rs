@@ -1070,11 +1070,7 @@ mod tests {
             // seen (format 9) are those the record held then.
             let (now, then) = db.record_state_now_and_at("c", id, *at).unwrap().unwrap();
             let rebuilt = then.unwrap_or(now);
-            assert_eq!(
-                &rebuilt.cells().iter().cloned().collect::<Vec<_>>(),
-                cells,
-                "cells at {at:?}"
-            );
+            assert_eq!(&rebuilt.cells().to_vec(), cells, "cells at {at:?}");
         }
     }
 
@@ -1119,7 +1115,7 @@ mod tests {
     /// The record's cells as stored now.
     fn live_cells(db: &Database, id: RecordId) -> Vec<Cell> {
         let state = db.record_state("c", id).unwrap().unwrap();
-        state.cells().iter().cloned().collect()
+        state.cells().to_vec()
     }
 
     /// Received in one unit, two transactions that each change the record are applied in
