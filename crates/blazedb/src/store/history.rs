@@ -1112,6 +1112,31 @@ mod tests {
         assert_eq!(rebuilt.len(), then.len());
     }
 
+    /// A receiver holding the record as it was before a change gets the record rebuilt as
+    /// of that change (a later change of the same field undone, as a move-in or a
+    /// restatement sends it): the rebuilt cell carries the `prev` its writer had seen, so
+    /// the receiver, whose copy that writer had seen, lists no conflict.
+    #[test]
+    fn a_rebuilt_cell_over_the_copy_its_writer_saw_is_no_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (open(&dir, "a"), open(&dir, "b"));
+        let id = a.insert("c", [("f", Value::Int(1))]).unwrap();
+        apply_all(&a, &b);
+        a.update("c", id, Patch::new().set("f", 2)).unwrap();
+        let at = a.last_seq().unwrap();
+        a.update("c", id, Patch::new().set("f", 3)).unwrap();
+        let (_, then) = a.record_state_now_and_at("c", id, at).unwrap().unwrap();
+        let change = crate::store::feed::Change {
+            seq: at,
+            collection: "c".into(),
+            id,
+            cells: then.unwrap().cells().to_vec(),
+        };
+        b.apply_changes(a.node_id(), &[change], None).unwrap();
+        assert_eq!(b.get("c", id).unwrap().unwrap().fields["f"], Value::Int(2));
+        assert_eq!(b.conflicts(None).unwrap(), vec![]);
+    }
+
     /// The record's cells as stored now.
     fn live_cells(db: &Database, id: RecordId) -> Vec<Cell> {
         let state = db.record_state("c", id).unwrap().unwrap();
