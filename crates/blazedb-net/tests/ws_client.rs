@@ -68,3 +68,42 @@ async fn a_server_that_is_not_websocket_fails_the_upgrade() {
         r.err()
     );
 }
+
+/// A relay refusing the credentials answers the upgrade `401` with a JSON explanation: the
+/// client reports that explanation with what to check, and counts it as permanent (retrying
+/// with the same token cannot help), unlike a server that is down or not a WebSocket.
+#[tokio::test]
+async fn a_refused_token_is_a_permanent_error_that_says_what_to_check() {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = tcp.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = s.read(&mut request).await;
+        let body = br#"{"code":"auth_failed","error":"invalid token"}"#;
+        let head = format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(body).await;
+    });
+    let url: Endpoint = format!("ws://{addr}/v1/sync").parse().unwrap();
+    let opts = ConnectOptions {
+        bearer_token: Some("wrong".into()),
+        ..ConnectOptions::default()
+    };
+    let e = blazedb_net::connect(&url, &opts).await.err().unwrap();
+    assert!(
+        matches!(e, TransportError::Refused { status: 401, .. }),
+        "{e:?}"
+    );
+    assert!(e.is_permanent());
+    let message = e.to_string();
+    assert!(
+        message.contains("invalid token") && message.contains("--token"),
+        "{message}"
+    );
+}

@@ -90,15 +90,24 @@ impl Authenticator {
             v.leeway = JWT_LEEWAY_S;
             v.validate_exp = true;
             v.validate_nbf = true;
+            // A configured audience or issuer is required, not only checked when present:
+            // the library skips the comparison for a token without the claim, which would let
+            // tokens issued for any other service of the same key through.
+            let mut required = vec!["exp"];
             match &config.jwt_audience {
-                Some(aud) => v.set_audience(&[aud]),
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    required.push("aud");
+                }
                 // Without a configured audience, a token's `aud` cannot be checked; the
                 // library would refuse every token that has one.
                 None => v.validate_aud = false,
             }
             if let Some(iss) = &config.jwt_issuer {
                 v.set_issuer(&[iss]);
+                required.push("iss");
             }
+            v.set_required_spec_claims(&required);
             Kind::Jwt {
                 key: Box::new(key),
                 validation: Box::new(v),
@@ -166,14 +175,7 @@ impl Authenticator {
                 let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
                     given, key, validation,
                 )
-                .map_err(|e| match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::InvalidSignature => AuthError::BadSignature,
-                    ErrorKind::InvalidAlgorithm => AuthError::Jwt(
-                        "signed with an algorithm this relay does not accept for its key".into(),
-                    ),
-                    _ => AuthError::Jwt(e.to_string()),
-                })?;
+                .map_err(|e| jwt_error(e.kind(), validation))?;
                 let mut claims = Claims::new();
                 for (k, v) in &data.claims {
                     let v = blazedb::codec::json::from_json(v)
@@ -184,6 +186,49 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// What a refused JWT's holder is told: what is wrong and what to do, never the library's
+/// bare error name.
+fn jwt_error(kind: &ErrorKind, validation: &Validation) -> AuthError {
+    let expected = |set: &Option<std::collections::HashSet<String>>| {
+        let mut v: Vec<&str> = set.iter().flatten().map(String::as_str).collect();
+        v.sort_unstable();
+        v.join(", ")
+    };
+    let m = match kind {
+        ErrorKind::ExpiredSignature => return AuthError::Expired,
+        ErrorKind::InvalidSignature => return AuthError::BadSignature,
+        ErrorKind::InvalidAlgorithm => {
+            "signed with an algorithm this relay does not accept for its key".into()
+        }
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => {
+            "not a JWT (three base64url parts: header.claims.signature): send the token \
+             exactly as it was issued"
+                .into()
+        }
+        ErrorKind::InvalidAudience => format!(
+            "issued for another audience: this relay accepts `aud` {}",
+            expected(&validation.aud)
+        ),
+        ErrorKind::InvalidIssuer => format!(
+            "issued by another issuer: this relay accepts `iss` {}",
+            expected(&validation.iss)
+        ),
+        ErrorKind::MissingRequiredClaim(c) => {
+            format!("the token has no `{c}` claim, which this relay requires: ask its issuer")
+        }
+        ErrorKind::ImmatureSignature => {
+            "not valid yet (its `nbf` is in the future): check the clocks of the issuer and \
+             the relay"
+                .into()
+        }
+        other => format!("{other:?}"),
+    };
+    AuthError::Jwt(m)
 }
 
 /// The credential of an HTTP request: `Authorization: Bearer <t>`, else `?token=<t>`.

@@ -368,6 +368,31 @@ mod tests {
         assert!(e.contains("closed"), "{e}");
     }
 
+    /// A token without the claim a rule compares holds nothing the rule grants: not the
+    /// records lacking the field (both used to read as null and match), not a write of a
+    /// record without it, and not through a negated rule either.
+    #[test]
+    fn a_claim_the_token_lacks_grants_nothing() {
+        let r = rules(BUGS).unwrap();
+        let id = RecordId([1; 16]);
+        let mut claims = crate::auth::Claims::new();
+        claims.insert("role".into(), Value::from("guest"));
+        let guest = crate::auth::params(&claims);
+        let unassigned = rec(&[("title", "x".into()), ("public", false.into())]);
+        assert!(!r.can_read("bugs", id, &unassigned, &guest));
+        assert!(r
+            .check_write("bugs", id, None, Some(&unassigned), &guest)
+            .is_err());
+        let public = rec(&[("public", true.into())]);
+        assert!(
+            r.can_read("bugs", id, &public, &guest),
+            "the other side of ||"
+        );
+        let negated = rules("[bugs]\nread = \"!(owner == $auth.sub)\"\n").unwrap();
+        assert!(!negated.can_read("bugs", id, &public, &guest));
+        assert!(negated.can_read("bugs", id, &public, &auth("alice")));
+    }
+
     #[test]
     fn no_rules_file_allows_everything() {
         let r = Rules::allow_all();

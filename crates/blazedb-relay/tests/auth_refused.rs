@@ -94,8 +94,12 @@ async fn expired_or_foreign_jwts_get_401_valid_claims_drive_the_rules() {
         "{body}"
     );
 
-    let (status, _) = refused(connect_ws(relay.addr, Some(TOKEN)).await.unwrap_err());
+    let (status, body) = refused(connect_ws(relay.addr, Some(TOKEN)).await.unwrap_err());
     assert_eq!(status, 401, "not a JWT");
+    assert!(
+        body["error"].as_str().unwrap().contains("not a JWT"),
+        "{body}"
+    );
 
     // A valid token: `$auth.sub` is alice, so only her note arrives.
     let alice = jwt_hs256(SECRET, json!({"sub": "alice", "exp": now_s() + 600}));
@@ -106,6 +110,58 @@ async fn expired_or_foreign_jwts_get_401_valid_claims_drive_the_rules() {
     assert_eq!(db.count("notes").unwrap(), 1);
     assert!(db.get("notes", mine).unwrap().is_some());
     c.finish().await.unwrap();
+    relay.stop().await;
+}
+
+/// With an audience and an issuer configured, a token must carry both, matching: one
+/// without them (issued for any other service sharing the key) is refused like one with
+/// the wrong ones, and each refusal says what the relay accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_audience_and_issuer_are_required() {
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::JwtSecret(SECRET.into());
+        c.jwt_audience = Some("my-relay".into());
+        c.jwt_issuer = Some("https://idp.example".into());
+    })
+    .await;
+    let exp = now_s() + 600;
+    let cases = [
+        (json!({"sub": "a", "exp": exp}), "which this relay requires"),
+        (
+            json!({"sub": "a", "exp": exp, "iss": "https://idp.example"}),
+            "no `aud` claim",
+        ),
+        (
+            json!({"sub": "a", "exp": exp, "aud": "my-relay"}),
+            "no `iss` claim",
+        ),
+        (
+            json!({"sub": "a", "exp": exp, "aud": "other", "iss": "https://idp.example"}),
+            "accepts `aud` my-relay",
+        ),
+        (
+            json!({"sub": "a", "exp": exp, "aud": "my-relay", "iss": "https://evil.example"}),
+            "accepts `iss` https://idp.example",
+        ),
+        (
+            json!({"sub": "a", "exp": exp, "nbf": exp, "aud": "my-relay", "iss": "https://idp.example"}),
+            "not valid yet",
+        ),
+    ];
+    for (claims, says) in cases {
+        let token = jwt_hs256(SECRET, claims.clone());
+        let (status, body) = refused(connect_ws(relay.addr, Some(&token)).await.unwrap_err());
+        assert_eq!(status, 401, "{claims}");
+        let m = body["error"].as_str().unwrap();
+        assert!(m.contains(says), "{claims}: {m}");
+    }
+    let good = jwt_hs256(
+        SECRET,
+        json!({"sub": "a", "exp": exp, "aud": "my-relay", "iss": "https://idp.example"}),
+    );
+    connect_ws(relay.addr, Some(&good))
+        .await
+        .expect("a token with the right audience and issuer");
     relay.stop().await;
 }
 

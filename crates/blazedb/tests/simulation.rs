@@ -324,8 +324,31 @@ impl Sim {
                 let j = r.gen_range(0..DOC_IDS / 2);
                 let (x, y) = (doc_id(2 * j), doc_id(2 * j + 1));
                 let v = Value::Int(r.gen_range(0..5));
-                if db.get("docs", x).unwrap().is_none() || db.get("docs", y).unwrap().is_none() {
+                let (Some(dx), Some(dy)) = (db.get("docs", x).unwrap(), db.get("docs", y).unwrap())
+                else {
                     return;
+                };
+                // Often, a commit of its own first moves a doc of the pair that is outside
+                // the partial replica's view into it: the replica's feed batch may end
+                // between that move-in and the pair write, and the doc must then reach it
+                // without the pair write's `p` (the move-in race of
+                // `selective.rs::a_record_moving_into_the_view_carries_no_cells_of_a_later_transaction`).
+                // (Outside the ruled leaf's read rule too: `b == 1`.)
+                let is =
+                    |d: &blazedb::Record, f: &str, v: i64| d.fields.get(f) == Some(&Value::Int(v));
+                let outside = |d: &blazedb::Record| is(d, "a", 3) || is(d, "b", 1);
+                let mover = [(x, &dx), (y, &dy)].into_iter().find(|(_, d)| outside(d));
+                if let Some((m, d)) = mover.filter(|_| r.gen_bool(0.75)) {
+                    let mut patch = Patch::new();
+                    if is(d, "a", 3) {
+                        patch = patch.set("a", Value::Int(r.gen_range(0..3)));
+                    }
+                    if is(d, "b", 1) {
+                        patch = patch.set("b", Value::Int(r.gen_range(2..5)));
+                    }
+                    db.update("docs", m, patch).unwrap();
+                    self.trace
+                        .push(format!("n{i} moves {m} into view before pair {j}"));
                 }
                 let res = db.transaction(|tx| {
                     tx.update("docs", x, Patch::new().set("p", v.clone()))?;

@@ -60,6 +60,17 @@ pub enum TransportError {
         /// What the server or the library said.
         reason: String,
     },
+    /// The peer answered the WebSocket upgrade with 401 or 403: it refused our credentials
+    /// (or, for a browser, its origin). Trying again with the same ones cannot help.
+    #[error("{endpoint} refused the connection (HTTP {status}): {reason}")]
+    Refused {
+        /// The peer.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+        /// What the peer said, and what to do.
+        reason: String,
+    },
     /// A certificate, key or CA file could not be used.
     #[error("TLS setup: {path}: {reason}", path = path.display())]
     TlsConfig {
@@ -95,6 +106,7 @@ impl TransportError {
                 | TransportError::TlsConfig { .. }
                 | TransportError::TlsOptions(_)
                 | TransportError::NoAddress
+                | TransportError::Refused { .. }
         )
     }
 }

@@ -154,6 +154,44 @@ async fn tcp(hp: &HostPort, name: &str) -> Result<TcpStream, TransportError> {
     Ok(socket)
 }
 
+/// Why the WebSocket upgrade failed. A refusal (401: the credentials; 403: e.g. an origin
+/// not on the relay's allow-list) is permanent and carries the peer's own explanation (the
+/// relay answers `{"code": ..., "error": ...}`); anything else may pass.
+fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> TransportError {
+    use tokio_tungstenite::tungstenite::Error;
+    let Error::Http(response) = &e else {
+        return TransportError::WebSocket {
+            endpoint: endpoint.to_owned(),
+            reason: e.to_string(),
+        };
+    };
+    let status = response.status().as_u16();
+    if status != 401 && status != 403 {
+        return TransportError::WebSocket {
+            endpoint: endpoint.to_owned(),
+            reason: e.to_string(),
+        };
+    }
+    let said = response
+        .body()
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_owned));
+    let reason = match (status, said) {
+        (401, Some(m)) => format!("{m}: check the token (--token or BLAZEDB_TOKEN)"),
+        (401, None) => {
+            "the credentials were refused: check the token (--token or BLAZEDB_TOKEN)".to_owned()
+        }
+        (_, Some(m)) => m,
+        (_, None) => "the peer refused the connection".to_owned(),
+    };
+    TransportError::Refused {
+        endpoint: endpoint.to_owned(),
+        status,
+        reason,
+    }
+}
+
 /// TCP (and TLS for `wss://`), then the HTTP upgrade; the WebSocket then carries one
 /// protocol frame per binary message ([`WsStream`], limits from [`websocket_config`]).
 async fn websocket(
@@ -163,17 +201,16 @@ async fn websocket(
 ) -> Result<BoxedStream, TransportError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let name = w.url.clone();
-    let ws_error = |e: tokio_tungstenite::tungstenite::Error| TransportError::WebSocket {
-        endpoint: name.clone(),
-        reason: e.to_string(),
-    };
+    let ws_error = |e: tokio_tungstenite::tungstenite::Error| upgrade_error(&name, e);
     let mut request = w.url.as_str().into_client_request().map_err(ws_error)?;
     if let Some(token) = bearer {
         let value = format!("Bearer {token}")
             .parse()
-            .map_err(|_| TransportError::WebSocket {
-                endpoint: name.clone(),
-                reason: "the token cannot be sent in an HTTP header (control characters?)".into(),
+            .map_err(|_| TransportError::InvalidUrl {
+                url: name.clone(),
+                reason: "the token cannot be sent in an HTTP header (it holds control \
+                         characters): check --token or BLAZEDB_TOKEN"
+                    .into(),
             })?;
         request.headers_mut().insert("authorization", value);
     }

@@ -24,17 +24,64 @@ pub(crate) struct Context<'a> {
 }
 
 /// Whether `node` holds for the record: a boolean operator's result, or for any other node
-/// (`public`, `$flag`, `true`), whether its value is exactly `true`.
+/// (`public`, `$flag`, `true`), whether its value is exactly `true`. An expression whose
+/// truth is unknown (see [`truth`]) does not hold.
 pub(crate) fn test(node: &Node, cx: &Context<'_>) -> bool {
+    truth(node, cx) == Some(true)
+}
+
+/// Three-valued truth, as SQL treats NULL, for parameters only: a comparison with a
+/// parameter (or a parameter's path) that the caller does not have is neither true nor
+/// false (`None`), and so is its negation; `and` and `or` follow Kleene's logic. A relay's
+/// rule `assignee == $auth.sub` must not hold for a token without `sub` on a record without
+/// `assignee` (both would read as null), nor `!(owner == $auth.sub)` for it on any record.
+/// A missing *field* is still plain null (`x == null` finds records without `x`), and
+/// `exists($auth.sub)` still tells whether the claim is there.
+fn truth(node: &Node, cx: &Context<'_>) -> Option<bool> {
     match node {
-        Node::And(items) => items.iter().all(|n| test(n, cx)),
-        Node::Or(items) => items.iter().any(|n| test(n, cx)),
-        Node::Not(n) => !test(n, cx),
-        Node::Binary { op, lhs, rhs } => binary(*op, &value(lhs, cx), &value(rhs, cx)),
-        Node::Exists(n) => exists(n, cx),
-        Node::Literal(_) | Node::Field(_) | Node::RecordId | Node::Param { .. } | Node::List(_) => {
-            matches!(*value(node, cx), Value::Bool(true))
+        Node::And(items) => {
+            let mut unknown = false;
+            for n in items {
+                match truth(n, cx) {
+                    Some(false) => return Some(false),
+                    None => unknown = true,
+                    Some(true) => {}
+                }
+            }
+            (!unknown).then_some(true)
         }
+        Node::Or(items) => {
+            let mut unknown = false;
+            for n in items {
+                match truth(n, cx) {
+                    Some(true) => return Some(true),
+                    None => unknown = true,
+                    Some(false) => {}
+                }
+            }
+            (!unknown).then_some(false)
+        }
+        Node::Not(n) => truth(n, cx).map(|b| !b),
+        Node::Binary { op, lhs, rhs } => {
+            if lacks_param(lhs, cx) || lacks_param(rhs, cx) {
+                return None;
+            }
+            Some(binary(*op, &value(lhs, cx), &value(rhs, cx)))
+        }
+        Node::Exists(n) => Some(exists(n, cx)),
+        Node::Param { .. } if lacks_param(node, cx) => None,
+        Node::Literal(_) | Node::Field(_) | Node::RecordId | Node::Param { .. } | Node::List(_) => {
+            Some(matches!(*value(node, cx), Value::Bool(true)))
+        }
+    }
+}
+
+/// Whether `node` is a parameter the caller does not have, or a list holding one.
+fn lacks_param(node: &Node, cx: &Context<'_>) -> bool {
+    match node {
+        Node::Param { name, path } => cx.params.get(name).and_then(|v| descend(v, path)).is_none(),
+        Node::List(items) => items.iter().any(|n| lacks_param(n, cx)),
+        _ => false,
     }
 }
 
@@ -225,8 +272,31 @@ mod tests {
         no("nothing <= null");
         no("missing");
         yes("!missing");
-        yes("$nope == null");
-        yes("$auth.nope == null");
+    }
+
+    /// A comparison with a parameter the caller lacks is unknown, not true or false: it never
+    /// holds, nor does its negation; `or` with a true side holds, `and` with a false side
+    /// fails (Kleene). The relay's rules rely on it: a token without a claim never matches
+    /// a record without the field the rule compares it to.
+    #[test]
+    fn a_missing_parameter_is_unknown() {
+        no("$nope == null");
+        no("$auth.nope == null");
+        no("missing == $auth.nope");
+        no("!(missing == $auth.nope)");
+        no("!(owner == $auth.nope)");
+        no("owner != $auth.nope");
+        no("$auth.nope != 1");
+        no("status in [$auth.nope, \"open\"]");
+        no("$auth.nope");
+        no("!$auth.nope");
+        yes("public == true || owner == $auth.nope");
+        no("public == true && owner == $auth.nope");
+        no("public == false || owner == $auth.nope");
+        yes("!(public == false && owner == $auth.nope)");
+        no("!(public == true && owner == $auth.nope)");
+        yes("!exists($auth.nope)");
+        yes("owner == $auth.sub");
     }
 
     #[test]

@@ -59,10 +59,17 @@
 //!
 //! Evaluation never fails: every operator is defined for every value.
 //!
-//! - A missing field, a missing parameter (`$name`) and a path through a missing or non-map
-//!   value all evaluate to `null`. So `x == null` matches a missing or a null field, and
-//!   `x != 1` matches a record without `x`. `exists(x)` tells them apart: it is true for a
-//!   field that is present, even when null.
+//! - A missing field and a path through a missing or non-map value evaluate to `null`. So
+//!   `x == null` matches a missing or a null field, and `x != 1` matches a record without
+//!   `x`. `exists(x)` tells them apart: it is true for a field that is present, even when
+//!   null.
+//! - A missing parameter (`$name`, or a path into one such as a claim `$auth.sub` the token
+//!   does not carry) is *unknown*, like SQL's NULL: a comparison with it, a bare `$flag`, and
+//!   the negation of either neither hold nor fail; `a || b` holds when one side holds, `a &&
+//!   b` fails when one side fails, and an expression left unknown does not match. So a rule
+//!   `assignee == $auth.sub` never lets a token without `sub` read records without
+//!   `assignee`, and `!(owner == $auth.sub)` does not hold for it either.
+//!   `exists($auth.sub)` tells whether the claim is there.
 //! - `==` / `!=` use [`Value`] equality: `3 == 3.0`, and NaN equals NaN.
 //! - `< <= > >=` are true only when both sides are of the same type class (numbers, text,
 //!   bytes, uuids, timestamps, bools, lists, maps) and then follow [`Value::total_cmp`] (NaN is
@@ -72,8 +79,8 @@
 //! - `x contains v`: for a list (or set), an element equals `v`; for text, `v` is a substring.
 //!   Otherwise false.
 //! - `x starts_with p`: text prefix (or bytes prefix). Otherwise false.
-//! - `!x` is true unless `x` is `true`; a bare operand used as a condition (`public`,
-//!   `$flag`) holds when its value is exactly `true`.
+//! - `!x` is true unless `x` is `true` (or unknown, above); a bare operand used as a
+//!   condition (`public`, `$flag`) holds when its value is exactly `true`.
 //! - `_id` is the record id as a uuid: `_id == uuid("…")`.
 //!
 //! # Limits
