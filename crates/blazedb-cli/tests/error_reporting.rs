@@ -61,3 +61,108 @@ fn help_lists_the_commands_but_not_debug() {
     }
     assert!(!run.stdout.contains("debug"), "{}", run.stdout);
 }
+
+/// `sync`'s second argument is a database file or a peer URL. Something that reads like an
+/// address or a URL of a scheme `sync` does not speak is refused (exit 2, with what to
+/// write), never taken for the name of a new database file; nor is DB_A created.
+#[test]
+fn sync_refuses_what_is_neither_a_file_nor_a_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    for (b, says) in [
+        ("127.0.0.1:7500", "tcp://127.0.0.1:7500"),
+        ("http://127.0.0.1:7420/v1/sync", "unknown scheme \"http\""),
+        ("ws:127.0.0.1:7420", "write ws://127.0.0.1:7420"),
+    ] {
+        let run = run_blazedb(
+            None,
+            &[
+                std::ffi::OsStr::new("sync"),
+                a.as_os_str(),
+                b.as_ref(),
+                "--once".as_ref(),
+            ],
+        )
+        .failure(2);
+        assert!(run.stderr.contains(says), "{b}: {}", run.stderr);
+        assert!(!a.exists(), "{b}: DB_A was created");
+        assert!(!std::path::Path::new(b).exists());
+    }
+    // An existing file of such a name is a file.
+    let odd = dir.path().join("host:1");
+    std::fs::write(&odd, "").unwrap();
+    let run = run_blazedb(
+        None,
+        &[
+            std::ffi::OsStr::new("sync"),
+            a.as_os_str(),
+            odd.as_os_str(),
+            "--once".as_ref(),
+        ],
+    );
+    assert!(!run.stderr.contains("peer URL"), "{}", run.stderr);
+}
+
+/// A sync that fails to open DB_B leaves no DB_A it created; an invalid `--where` is a
+/// command-line error (exit 2, as for `query`).
+#[test]
+fn a_failed_sync_creates_nothing_and_a_bad_filter_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, junk) = (dir.path().join("fresh.db"), dir.path().join("junk.db"));
+    std::fs::write(&junk, "not a database").unwrap();
+    let run = run_blazedb(
+        None,
+        &[
+            std::ffi::OsStr::new("sync"),
+            a.as_os_str(),
+            junk.as_os_str(),
+            "--once".as_ref(),
+        ],
+    )
+    .failure(1);
+    assert!(
+        run.stderr.contains("not a BlazeDB database"),
+        "{}",
+        run.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("junk.db")]);
+    let b = dir.path().join("b.db");
+    let run = run_blazedb(
+        None,
+        &[
+            std::ffi::OsStr::new("sync"),
+            a.as_os_str(),
+            b.as_os_str(),
+            "--once".as_ref(),
+            "--where".as_ref(),
+            "status ==".as_ref(),
+        ],
+    )
+    .failure(2);
+    assert!(run.stderr.contains("invalid expression"), "{}", run.stderr);
+}
+
+/// `listen --token ""` would accept anyone: refused, as `serve` refuses it.
+#[test]
+fn listen_refuses_an_empty_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let run = run_blazedb(
+        None,
+        &[
+            std::ffi::OsStr::new("listen"),
+            db.as_os_str(),
+            "--tcp".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--token".as_ref(),
+            "".as_ref(),
+        ],
+    )
+    .failure(2);
+    assert!(run.stderr.contains("the token is empty"), "{}", run.stderr);
+    assert!(!db.exists());
+}

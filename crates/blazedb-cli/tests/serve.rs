@@ -59,6 +59,27 @@ fn serve_listens_answers_and_stops_on_sigterm() {
     assert!(q.starts_with("HTTP/1.1 401"), "{q}");
     assert!(data.join("relay.db").exists());
 
+    // A client with a wrong token is told so, and stops: retrying cannot help (even when
+    // watching, which otherwise reconnects after failures).
+    let sync_url = started["sync"].as_str().unwrap();
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .arg("sync")
+        .arg(dir.path().join("client.db"))
+        .args([sync_url, "--token", "wrong"])
+        .env_remove("BLAZEDB_PASSWORD")
+        .env_remove("BLAZEDB_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 401") && stderr.contains("--token"),
+        "{stderr}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20));
+
     let t = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -115,3 +115,31 @@ fn wrong_password_fails_cleanly() {
     assert!(err.contains("wrong password"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// The global `--password-file` (which every command takes) opens both sides of `sync`,
+/// and creates a missing one encrypted; `--password-file-a/-b` still override it.
+#[test]
+fn the_global_password_file_opens_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "right\n").unwrap();
+    let pw = pw.to_str().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let (ok, _, err) = blazedb(&["--password-file", pw, "put", a, "c", r#"{"x": 1}"#]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = blazedb(&["--password-file", pw, "sync", a, b, "--once"]);
+    assert!(ok, "{err}");
+    // The new copy is encrypted with it: no SQLite header, unreadable without it.
+    let head = std::fs::read(b).unwrap();
+    assert!(
+        !head.starts_with(b"SQLite format 3"),
+        "b.db was created in plaintext"
+    );
+    let (ok, _, err) = blazedb(&["stats", b]);
+    assert!(!ok, "b.db opened without its password");
+    assert!(err.contains("password"), "{err}");
+    let (ok, out, err) = blazedb(&["--password-file", pw, "query", b, "c"]);
+    assert!(ok, "{err}");
+    assert_eq!(lines(&out).len(), 1);
+}

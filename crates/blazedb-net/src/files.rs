@@ -275,17 +275,43 @@ async fn open_pair(
     b: &Path,
     opts: &SyncFilesOptions,
 ) -> Result<(Arc<Database>, Arc<Database>), NetError> {
-    if let (Ok(x), Ok(y)) = (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        if x == y {
-            return Err(NetError::SameFile {
-                a: a.to_path_buf(),
-                b: b.to_path_buf(),
-            });
+    // The same file twice: by its real path when it exists, by its absolute path when it
+    // does not (it would be created once and then met as "another node with our id").
+    let same = match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => matches!((std::path::absolute(a), std::path::absolute(b)), (Ok(x), Ok(y)) if x == y),
+    };
+    if same {
+        return Err(NetError::SameFile {
+            a: a.to_path_buf(),
+            b: b.to_path_buf(),
+        });
+    }
+    let a_is_new = !a.exists();
+    let da = open(a, opts.password_a.clone(), opts.create_missing).await?;
+    match open(b, opts.password_b.clone(), opts.create_missing).await {
+        Ok(db) => Ok((da, db)),
+        Err(e) => {
+            // A failed sync leaves no new file behind: DB_A is removed again if this call
+            // created it (DB_B could not be opened: a wrong password, not a database, ...).
+            if a_is_new {
+                drop(da);
+                remove_database_files(a);
+            }
+            Err(e)
         }
     }
-    let da = open(a, opts.password_a.clone(), opts.create_missing).await?;
-    let db = open(b, opts.password_b.clone(), opts.create_missing).await?;
-    Ok((da, db))
+}
+
+/// Remove a database file this module has just created, with its WAL and shared-memory
+/// files (best effort: the error being reported is the one that matters).
+fn remove_database_files(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(p));
+    }
 }
 
 /// Open on the blocking pool: SQLCipher's key derivation takes a noticeable time.

@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::commands::sync::{interrupted, HeartbeatArgs};
 use crate::database::{Access, Context};
 use crate::output::Output;
+use crate::report::UsageError;
 
 /// `listen DB (--tcp ADDR | --unix PATH) [--token T] [--tls-cert FILE --tls-key FILE]`.
 #[derive(Debug, Args)]
@@ -57,6 +58,19 @@ pub struct ListenArgs {
 
 /// Serve until interrupted.
 pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
+    // An empty token would mean "no authentication": refuse it rather than open the
+    // database to anyone because a variable in a script was unset (as `serve` does).
+    // (An empty BLAZEDB_TOKEN in the environment does mean "none".)
+    let env_empty = std::env::var_os("BLAZEDB_TOKEN").is_some_and(|v| v.is_empty());
+    let token = args.token.clone().filter(|t| !(t.is_empty() && env_empty));
+    if token.as_deref() == Some("") {
+        return Err(UsageError(
+            "the token is empty: give a non-empty --token (or leave it out, and BLAZEDB_TOKEN \
+             unset, to accept peers without one)"
+                .into(),
+        )
+        .into());
+    }
     let db = Arc::new(ctx.open(&args.db, Access::CreateIfMissing)?);
     let node = db.node_id();
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -71,7 +85,7 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
         tcp: args.tcp.clone(),
         tls,
         unix: args.unix.clone(),
-        token: args.token.clone().filter(|t| !t.is_empty()),
+        token,
         session: SessionConfig {
             mode: args.mode,
             ping_interval_ms: args.heartbeat.ping_interval_ms,

@@ -44,7 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(args) => peers::run_gc(&ctx, &args),
         Command::Rekey(args) => maintenance::run_rekey(&ctx, &args),
         Command::Snapshot(command) => snapshot::run(&ctx, &command),
-        Command::Sync(args) => sync::run(&args),
+        Command::Sync(args) => sync::run(&ctx, &args),
         Command::Listen(args) => listen::run(&ctx, &args),
         Command::Discover(args) => discover::run(&args),
         Command::Serve(args) => serve::run(&ctx, &args),

@@ -23,8 +23,10 @@ use blazedb_net::{
 use clap::Args;
 use serde_json::json;
 
+use crate::database::Context;
 use crate::output::Output;
 use crate::password::{resolve, PASSWORD_ENV};
+use crate::report::UsageError;
 
 /// `sync DB_A (DB_B | URL) [--once | --watch] [--mode both|push|pull] [--token T]
 /// [--collections a,b] [--where EXPR] [--exclude-fields f,g]`.
@@ -46,10 +48,10 @@ pub struct SyncArgs {
     /// replica) or pull (only receive from DB_B).
     #[arg(long, default_value = "both")]
     pub mode: SyncMode,
-    /// Password file for DB_A (default: BLAZEDB_PASSWORD).
+    /// Password file for DB_A (default: the global --password-file, else BLAZEDB_PASSWORD).
     #[arg(long)]
     pub password_file_a: Option<PathBuf>,
-    /// Password file for DB_B (default: BLAZEDB_PASSWORD).
+    /// Password file for DB_B (default: the global --password-file, else BLAZEDB_PASSWORD).
     #[arg(long)]
     pub password_file_b: Option<PathBuf>,
     /// Token to present to a network peer (also read from BLAZEDB_TOKEN).
@@ -101,7 +103,8 @@ impl SelectiveArgs {
             exclude_fields: self.exclude_fields.clone(),
         };
         if let Err(m) = p.compile() {
-            bail!("{m}");
+            // An invalid expression is the command line's fault: exit code 2, as `query`.
+            return Err(UsageError(m).into());
         }
         Ok(p)
     }
@@ -121,16 +124,23 @@ pub struct HeartbeatArgs {
 
 /// Run the sync until caught up (`--once`) or until interrupted (Ctrl-C), then print what
 /// moved as one JSON line.
-pub fn run(args: &SyncArgs) -> Result<()> {
+pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Each side's own password file, else the global one, else BLAZEDB_PASSWORD.
+    let password_a = resolve(
+        args.password_file_a
+            .as_deref()
+            .or(ctx.password_file.as_deref()),
+        PASSWORD_ENV,
+    )?;
     // A second argument that names a URL selects network mode.
-    if let Some(url) = args.db_b.to_str().filter(|s| Endpoint::looks_like_url(s)) {
-        let endpoint: Endpoint = url.parse()?;
-        return runtime.block_on(run_network(args, endpoint));
+    if let Some(url) = peer_url(&args.db_b)? {
+        let endpoint: Endpoint = url.parse().map_err(|e| UsageError(format!("{e}")))?;
+        return runtime.block_on(run_network(args, endpoint, password_a));
     }
     if args.danger_accept_invalid_certs || args.tls_ca.is_some() || args.tls_client_cert.is_some() {
         bail!(
@@ -140,8 +150,13 @@ pub fn run(args: &SyncArgs) -> Result<()> {
     }
     let opts = SyncFilesOptions {
         mode: args.mode,
-        password_a: resolve(args.password_file_a.as_deref(), PASSWORD_ENV)?,
-        password_b: resolve(args.password_file_b.as_deref(), PASSWORD_ENV)?,
+        password_a,
+        password_b: resolve(
+            args.password_file_b
+                .as_deref()
+                .or(ctx.password_file.as_deref()),
+            PASSWORD_ENV,
+        )?,
         session: SessionConfig {
             policy: args.selective.policy()?,
             ..SessionConfig::default()
@@ -160,8 +175,55 @@ pub fn run(args: &SyncArgs) -> Result<()> {
     Ok(out.finish()?)
 }
 
-async fn run_network(args: &SyncArgs, endpoint: Endpoint) -> Result<()> {
-    let password = resolve(args.password_file_a.as_deref(), PASSWORD_ENV)?;
+/// DB_B as a peer URL, when it is one; `None` for a database file. An argument with a
+/// scheme this command does not know (`http://…`), or one that reads like an address
+/// (`host:port`, `ws:host`) and names no existing file, is refused with what to write
+/// instead, not taken for the name of a new database file.
+fn peer_url(db_b: &std::path::Path) -> Result<Option<&str>> {
+    let Some(s) = db_b.to_str() else {
+        return Ok(None);
+    };
+    if Endpoint::looks_like_url(s) {
+        return Ok(Some(s));
+    }
+    let scheme_like = s.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.len() > 1
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    });
+    let address_like = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.contains('/') && port.parse::<u16>().is_ok());
+    if s.contains("://") {
+        // Not one of ours (`looks_like_url` said so): the parser says which schemes are.
+        return match s.parse::<Endpoint>() {
+            Ok(_) => Ok(Some(s)),
+            Err(e) => Err(UsageError(e.to_string()).into()),
+        };
+    }
+    if db_b.exists() || !(scheme_like || address_like) {
+        return Ok(None);
+    }
+    let (scheme, rest) = s.split_once(':').expect("scheme_like or address_like");
+    let what = if ["ws", "wss", "tcp", "tls"].contains(&scheme.to_ascii_lowercase().as_str()) {
+        format!("{s:?} is not a peer URL: write {scheme}://{rest}")
+    } else if address_like {
+        format!(
+            "{s:?} is neither a database file nor a peer URL: write the URL with its scheme \
+             (tcp://{s}, tls://{s}, ws://{s}/v1/sync or wss://…)"
+        )
+    } else {
+        format!("{s:?} is neither a database file nor a peer URL (tcp://, tls://, unix://, ws:// or wss://)")
+    };
+    Err(UsageError(format!(
+        "{what}, or ./{s} for a new database file of that name"
+    ))
+    .into())
+}
+
+async fn run_network(args: &SyncArgs, endpoint: Endpoint, password: Option<String>) -> Result<()> {
     let path = args.db_a.clone();
     let options = OpenOptions {
         password,
