@@ -279,9 +279,9 @@ impl Rules {
     }
 }
 
-/// Rules may only use `$auth`: any other parameter would always be null, silently denying
-/// (or allowing) everything — almost certainly a typo.
-fn check_params(node: &Node) -> Result<(), String> {
+/// Rules (and `/v1/query` expressions) may only use `$auth`: any other parameter would
+/// always be unknown, silently denying everything — almost certainly a typo.
+pub(crate) fn check_params(node: &Node) -> Result<(), String> {
     match node {
         Node::Param { name, .. } if name != "auth" => Err(format!(
             "unknown parameter ${name}: rules can use the token's claims as $auth.<claim>"

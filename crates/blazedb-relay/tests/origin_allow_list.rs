@@ -68,6 +68,24 @@ async fn only_listed_origins_connect() {
         q.header("access-control-allow-origin"),
         Some("https://app.example.com")
     );
+    // Errors carry the CORS headers too, or the page could not read why (an expired
+    // token looks like a network failure to it).
+    let q = http(
+        relay.addr,
+        "POST",
+        "/v1/query",
+        &[
+            ("origin", "https://app.example.com"),
+            ("authorization", "Bearer wrong"),
+        ],
+        r#"{"collection":"x"}"#,
+    )
+    .await;
+    assert_eq!(q.status, 401);
+    assert_eq!(
+        q.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     let q = http(
         relay.addr,
         "POST",

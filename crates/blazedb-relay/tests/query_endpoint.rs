@@ -168,5 +168,62 @@ async fn queries_are_filtered_by_the_read_rule() {
     );
     let r = http(relay.addr, "GET", "/v1/nothing", &h, "").await;
     assert_eq!(r.status, 404);
+
+    // A body that breaks off or is malformed is not "too large".
+    let r = raw_http(
+        relay.addr,
+        &format!(
+            "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {alice}\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\nZZZ\r\nabc\r\n0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("could not read the request body"), "{r}");
+
+    // The sort direction in any case; any other word after the colon is refused, not taken
+    // for part of a field name (which would answer unsorted).
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "order_by": "priority:DESC", "limit": 2}),
+    )
+    .await;
+    let p: Vec<i64> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["priority"].as_i64().unwrap())
+        .collect();
+    assert_eq!(p, [7, 4]);
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "order_by": ["priority:descending"]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("asc or desc"), "{}", r.body);
+
+    // Only `$auth` exists in a query: another parameter is a typo, not an empty answer.
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "where": "assignee == $user"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("unknown parameter $user"), "{}", r.body);
     relay.stop().await;
+}
+
+/// One raw HTTP exchange: the request as written, the response as read.
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

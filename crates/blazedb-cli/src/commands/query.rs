@@ -55,21 +55,9 @@ pub fn run(ctx: &Context, args: &QueryArgs) -> Result<()> {
     Ok(out.finish()?)
 }
 
-/// `FIELD`, `FIELD:asc` or `FIELD:desc`. Only a known direction is split off, so a field
-/// whose name contains a colon still works.
+/// `FIELD`, `FIELD:asc` or `FIELD:desc` ([`OrderBy::parse`]).
 fn parse_order_by(text: &str) -> Result<OrderBy, String> {
-    let (field, desc) = match text.rsplit_once(':') {
-        Some((field, "desc")) => (field, true),
-        Some((field, "asc")) => (field, false),
-        _ => (text, false),
-    };
-    if field.is_empty() {
-        return Err("expected FIELD or FIELD:desc".to_owned());
-    }
-    Ok(OrderBy {
-        field: field.to_owned(),
-        desc,
-    })
+    OrderBy::parse(text)
 }
 
 #[cfg(test)]
@@ -82,7 +70,13 @@ mod tests {
         assert_eq!(parse("title"), Ok(("title".into(), false)));
         assert_eq!(parse("a.b:desc"), Ok(("a.b".into(), true)));
         assert_eq!(parse("n:asc"), Ok(("n".into(), false)));
-        assert_eq!(parse("ratio:x"), Ok(("ratio:x".into(), false)));
+        assert_eq!(parse("n:DESC"), Ok(("n".into(), true)));
+        // A word that is not a direction is refused, not read as part of the field name
+        // (which no record would have: the answer would come back unsorted).
+        assert!(parse("n:descending").unwrap_err().contains("asc or desc"));
+        assert!(parse("ratio:x").is_err());
+        // Anything else after a colon is still a field name.
+        assert_eq!(parse("t:1"), Ok(("t:1".into(), false)));
         assert!(parse(":desc").is_err());
     }
 }

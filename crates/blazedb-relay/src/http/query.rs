@@ -54,12 +54,14 @@ pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -
     if let Err(r) = check_origin(&state, req.headers()) {
         return *r;
     }
-    let claims = match authenticate(&state, req.headers(), req.uri()) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
+    // Every answer to an allowed origin carries the CORS headers, errors too: without them
+    // a browser hides a 401 from the page, which cannot tell an expired token from a
+    // network failure.
     let cors = cors_origin(&state, req.headers());
-    let mut response = answer(&state, claims, req.into_body()).await;
+    let mut response = match authenticate(&state, req.headers(), req.uri()) {
+        Ok(claims) => answer(&state, claims, req.into_body()).await,
+        Err(r) => *r,
+    };
     if let Some(origin) = cors {
         response
             .headers_mut()
@@ -74,11 +76,18 @@ pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -
 async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> Response {
     let bytes = match to_bytes(body, QUERY_BODY_BYTES_MAX).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(e) if is_length_limit(&e) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 format!("the query body is limited to {QUERY_BODY_BYTES_MAX} bytes"),
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("could not read the request body ({e}): send it again, whole"),
             )
         }
     };
@@ -99,18 +108,31 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
         Ok(f) => f,
         Err(e) => return expression_error(&e),
     };
-    let order_by = match req.order_by {
-        None => Vec::new(),
-        Some(OrderBySpec::One(s)) => vec![order_by(&s)],
-        Some(OrderBySpec::Many(v)) => v.iter().map(|s| order_by(s)).collect(),
-    };
-    if order_by.iter().any(|o| o.field.is_empty()) {
+    if let Some(Err(m)) = filter
+        .as_ref()
+        .map(|f| crate::rules::check_params(f.root()))
+    {
         return error(
             StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "order_by: expected \"FIELD\" or \"FIELD:desc\"",
+            "invalid_expression",
+            format!("where: {m}"),
         );
     }
+    let order_by = match req.order_by {
+        None => Ok(Vec::new()),
+        Some(OrderBySpec::One(s)) => OrderBy::parse(&s).map(|o| vec![o]),
+        Some(OrderBySpec::Many(v)) => v.iter().map(|s| OrderBy::parse(s)).collect(),
+    };
+    let order_by = match order_by {
+        Ok(o) => o,
+        Err(m) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("order_by {m}"),
+            )
+        }
+    };
     let limit = req
         .limit
         .unwrap_or(QUERY_LIMIT_DEFAULT)
@@ -195,17 +217,16 @@ fn cors_origin(state: &State, headers: &HeaderMap) -> Option<HeaderValue> {
         .then(|| origin.clone())
 }
 
-/// `FIELD`, `FIELD:asc` or `FIELD:desc` (as the CLI's `--order-by`).
-fn order_by(text: &str) -> OrderBy {
-    let (field, desc) = match text.rsplit_once(':') {
-        Some((field, "desc")) => (field, true),
-        Some((field, "asc")) => (field, false),
-        _ => (text, false),
-    };
-    OrderBy {
-        field: field.to_owned(),
-        desc,
+/// Whether reading the body failed on its size limit (not a broken or malformed body).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
     }
+    false
 }
 
 fn expression_error(e: &QueryError) -> Response {

@@ -58,6 +58,33 @@ pub struct OrderBy {
     pub desc: bool,
 }
 
+impl OrderBy {
+    /// `FIELD`, `FIELD:asc` or `FIELD:desc` (the direction in any case), as the CLI's
+    /// `--order-by` and the relay's `order_by` take it. Any other word after the last colon
+    /// is refused rather than read as part of the field name: `p:descending` sorting by a
+    /// field that no record has would answer unsorted without a word. (A field whose name
+    /// ends in `:` and a word cannot be named here.)
+    pub fn parse(text: &str) -> std::result::Result<OrderBy, String> {
+        let (field, desc) = match text.rsplit_once(':') {
+            Some((field, dir)) if dir.eq_ignore_ascii_case("desc") => (field, true),
+            Some((field, dir)) if dir.eq_ignore_ascii_case("asc") => (field, false),
+            Some((_, dir)) if !dir.is_empty() && dir.chars().all(|c| c.is_ascii_alphabetic()) => {
+                return Err(format!(
+                    "{text:?}: the direction after ':' must be asc or desc, not {dir:?}"
+                ))
+            }
+            _ => (text, false),
+        };
+        if field.is_empty() {
+            return Err(format!("{text:?}: expected FIELD, FIELD:asc or FIELD:desc"));
+        }
+        Ok(OrderBy {
+            field: field.to_owned(),
+            desc,
+        })
+    }
+}
+
 /// A query over one collection.
 #[derive(Clone, Debug, Default)]
 pub struct Query {
