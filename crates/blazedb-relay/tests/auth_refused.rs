@@ -55,6 +55,22 @@ async fn static_token_missing_or_wrong_gets_401_and_nothing_flows() {
     assert_eq!(relay.db.last_seq().unwrap().0, 1, "nothing was written");
     let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
     assert_eq!(metric(&m, "blazedb_relay_auth_failures_total"), Some(3.0));
+
+    // Another scheme is not "missing credentials": the answer says what to send.
+    let r = http(
+        relay.addr,
+        "POST",
+        "/v1/query",
+        &[("authorization", "Basic dXNlcjpwYXNz")],
+        r#"{"collection":"notes"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("Bearer <token>"),
+        "{}",
+        r.body
+    );
     relay.stop().await;
 }
 

@@ -68,7 +68,14 @@ pub(crate) fn authenticate(
     uri: &axum::http::Uri,
 ) -> Result<Claims, Box<Response>> {
     let credential = credential_from_http(headers, uri);
-    state.auth.verify(credential.as_deref()).map_err(|e| {
+    let verified = match &credential {
+        // A header we cannot read as a bearer token is not "no credentials": say what to send.
+        None if state.auth.required() && headers.contains_key(header::AUTHORIZATION) => {
+            Err(AuthError::NotBearer)
+        }
+        _ => state.auth.verify(credential.as_deref()),
+    };
+    verified.map_err(|e| {
         state.metrics.auth_failures.inc();
         let mut r = error(StatusCode::UNAUTHORIZED, "auth_failed", &e);
         let challenge = match e {
