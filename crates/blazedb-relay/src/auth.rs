@@ -44,9 +44,7 @@ pub enum AuthError {
     )]
     Missing,
     /// An `Authorization` header that is not `Bearer <token>` (e.g. `Basic ...`).
-    #[error(
-        "the Authorization header must be `Bearer <token>`: this relay takes no other scheme"
-    )]
+    #[error("the Authorization header must be `Bearer <token>`: this relay takes no other scheme")]
     NotBearer,
     /// The static token does not match.
     #[error("invalid token: check the token you were given")]

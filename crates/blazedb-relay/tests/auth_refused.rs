@@ -67,7 +67,10 @@ async fn static_token_missing_or_wrong_gets_401_and_nothing_flows() {
     .await;
     assert_eq!(r.status, 401);
     assert!(
-        r.json()["error"].as_str().unwrap().contains("Bearer <token>"),
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("Bearer <token>"),
         "{}",
         r.body
     );

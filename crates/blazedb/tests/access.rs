@@ -695,3 +695,48 @@ fn a_refused_write_is_undone_after_the_session_ends_in_the_same_read() {
     );
     assert!(server.get("admin", sneaky).unwrap().is_none());
 }
+
+/// EVICT makes its receiver drop records, without a tombstone or a rule to pass. A side that
+/// enforces access rules takes none from its peers: a client that subscribes from the
+/// relay's head and sends EVICT is refused with FORBIDDEN, and the relay keeps the records,
+/// those of a collection the client may not read included (found by review).
+#[test]
+fn a_client_cannot_make_the_server_evict_its_records() {
+    use blazedb::sync::frame::FrameEncoder;
+    use blazedb::sync::message::encode_simple;
+    use blazedb::sync::{Message, SnapshotWish, SyncMode, SyncPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = (open(dir.path(), "s"), open(dir.path(), "c"));
+    let note = server.insert("notes", [("text", "kept")]).unwrap();
+    let secret = server.insert("secrets", [("text", "kept")]).unwrap();
+    let mut ss = Session::new(&server, server_cfg(), 0).unwrap();
+    let mut enc = FrameEncoder::default();
+    let mut wire = Vec::new();
+    for m in [
+        Message::Hello(Hello {
+            version: blazedb::limits::PROTOCOL_VERSION,
+            node: client.node_id(),
+            last_seq: blazedb::Seq(0),
+            mode: SyncMode::Both,
+            server: false,
+            caps: 0,
+            token: "t0k3n".into(),
+        }),
+        Message::Subscribe {
+            from: server.last_seq().unwrap(),
+            policy: SyncPolicy::everything(),
+            snapshot: SnapshotWish::No,
+        },
+        Message::Evict {
+            records: vec![("notes".into(), note), ("secrets".into(), secret)],
+        },
+    ] {
+        let (k, p) = encode_simple(&m);
+        wire.extend(enc.encode(k, false, &p));
+    }
+    let err = ss.handle_bytes(0, &wire, &server).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden, "{}", err.message);
+    assert!(ss.is_closed());
+    assert!(server.get("notes", note).unwrap().is_some());
+    assert!(server.get("secrets", secret).unwrap().is_some());
+}

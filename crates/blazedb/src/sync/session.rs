@@ -1242,6 +1242,19 @@ impl Session {
                 now_ms,
             ));
         }
+        // An EVICT drops records here, without a tombstone or a write rule to pass. A side
+        // that enforces rules (a relay) decides what its clients may hold, never the other way
+        // round: from a client, an EVICT would delete the relay's copies of records the client
+        // may not even read. (Between two full peers it grants nothing a delete would not.)
+        if self.cfg.access.is_some() {
+            return Err(self.fail(
+                ErrorCode::Forbidden,
+                "EVICT refused: this side enforces access rules, and its peers cannot make it \
+                 drop records"
+                    .into(),
+                now_ms,
+            ));
+        }
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
         let mut by_coll: std::collections::BTreeMap<String, Vec<RecordId>> = Default::default();
         for (c, id) in records {
