@@ -845,3 +845,52 @@ fn a_caught_up_before_a_unit_that_overflows_the_group_still_counts() {
     assert!(sa.is_caught_up(&a).unwrap() && sb.is_caught_up(&b).unwrap());
     assert_eq!(dump(&a), dump(&b));
 }
+
+/// Records whose size is in their set elements (an element's value is part of its cell's
+/// key) are split over CHANGES frames by that size: three records of three 1 MB elements,
+/// written in one transaction to a copy already in sync (so no snapshot carries them),
+/// travel in frames under the 8 MiB limit, and the copy converges (they made one 9 MB frame
+/// that the receiver refused with TOO_LARGE, again at every reconnect; found by review).
+#[test]
+fn large_set_elements_stay_within_the_frame_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    a.insert("files", [("name", Value::Int(-1))]).unwrap();
+    let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    pump(&a, &mut sa, &b, &mut sb);
+    // Incompressible bytes (LZ4 would shrink a repeated byte to nothing).
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let parts: Vec<Vec<Value>> = (0..3)
+        .map(|_| (0..3).map(|_| Value::Bytes(noise(1_000_000))).collect())
+        .collect();
+    // One transaction: a unit never splits a commit, so only the frame split parts them.
+    a.transaction(|tx| {
+        for (r, p) in parts.iter().enumerate() {
+            let id = tx.insert("files", [("name", Value::Int(r as i64))])?;
+            tx.update("files", id, Patch::new().add("parts", p.clone()))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let largest = std::cell::Cell::new(0usize);
+    common::pump_watching(&a, &mut sa, &b, &mut sb, |f| {
+        largest.set(largest.get().max(f.len()))
+    });
+    assert!(
+        largest.get() < blazedb::limits::FRAME_BYTES_MAX,
+        "a frame of {} bytes",
+        largest.get()
+    );
+    assert_eq!(dump(&a), dump(&b));
+}

@@ -2798,8 +2798,16 @@ fn name(m: &Message) -> &'static str {
     }
 }
 
+/// About what a cell takes in a CHANGES frame: enough to keep frames near
+/// `FRAME_TARGET_BYTES` and, with one record of at most `RECORD_BYTES_MAX` over it, below
+/// `FRAME_BYTES_MAX`. A set element's value is part of its key, and counts (without it, three
+/// records of 3 MB sets made one 9 MB frame that every receiver refused, for good).
 fn approx_cell_bytes(c: &crate::crdt::Cell) -> usize {
-    let key = c.key.field().map_or(0, str::len) + 4;
+    let element = match &c.key {
+        crate::crdt::CellKey::Element(_, e) => e.len(),
+        _ => 0,
+    };
+    let key = c.key.field().map_or(0, str::len) + element + 4;
     let value = match &c.value {
         crate::crdt::CellValue::Value(v) => crate::codec::value::to_bytes(v).len(),
         _ => 2,
