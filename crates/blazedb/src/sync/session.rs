@@ -567,8 +567,9 @@ impl Session {
                     ));
                 }
                 // Check the version before the rest, so a newer HELLO layout is reported as
-                // a version mismatch rather than as malformed.
-                if frame.kind == kind::HELLO {
+                // a version mismatch rather than as malformed (a second HELLO is UNEXPECTED
+                // whatever its version: see `handle_message`).
+                if frame.kind == kind::HELLO && self.state != State::Open {
                     if let Some(v) = frame.payload.get(..2) {
                         let v = u16::from_le_bytes([v[0], v[1]]);
                         if v != PROTOCOL_VERSION {
@@ -583,12 +584,16 @@ impl Session {
                 match message::decode_simple(frame.kind, &frame.payload) {
                     Ok(m) => m,
                     Err(e) => {
-                        return Err(self.fail_bad_frame(
-                            ErrorCode::Malformed,
-                            e.to_string(),
-                            now_ms,
-                            db,
-                        ))
+                        // A limit is TOO_LARGE, as for CHANGES; in SUBSCRIBE the only limits
+                        // are the policy's (§5.2: INVALID_POLICY).
+                        let code = match (&e, frame.kind) {
+                            (crate::codec::DecodeError::TooLarge { .. }, kind::SUBSCRIBE) => {
+                                ErrorCode::InvalidPolicy
+                            }
+                            (crate::codec::DecodeError::TooLarge { .. }, _) => ErrorCode::TooLarge,
+                            _ => ErrorCode::Malformed,
+                        };
+                        return Err(self.fail_bad_frame(code, e.to_string(), now_ms, db));
                     }
                 }
             };
