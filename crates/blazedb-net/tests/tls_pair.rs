@@ -93,3 +93,45 @@ async fn mutual_tls_serves_a_client_with_a_certificate_of_the_ca() {
     .await
     .expect("test took too long");
 }
+
+/// A connection whose TLS handshake is cut short by the listener's shutdown still ends with
+/// `Ended` (every `Accepted` has one: a watcher's per-connection bookkeeping relies on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_cut_by_shutdown_still_reports_its_end() {
+    use blazedb_net::transport::ListenEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = transport_common::make_pki(dir.path(), "p");
+    let b = common::open(dir.path(), "b");
+    let listener = transport_common::listen_tcp(
+        b,
+        ListenConfig {
+            tls: Some(TlsServerOptions {
+                cert_pem: pki.server_cert.clone(),
+                key_pem: pki.server_key.clone(),
+                client_ca_pem: None,
+            }),
+            ..ListenConfig::default()
+        },
+    )
+    .await;
+    let mut events = listener.events();
+    // Connects, and never starts the handshake.
+    let _silent = tokio::net::TcpStream::connect(listener.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    let first = events.recv().await.unwrap();
+    assert!(matches!(first, ListenEvent::Accepted { .. }), "{first:?}");
+    listener.shutdown().await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(ListenEvent::Ended { .. }) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ended, "the events closed without Ended");
+}

@@ -894,3 +894,18 @@ fn large_set_elements_stay_within_the_frame_limit() {
     );
     assert_eq!(dump(&a), dump(&b));
 }
+
+/// Intervals configured near `u64::MAX` mean "never": the next timer saturates instead of
+/// wrapping into the past (a panic in debug builds, a timer firing in a loop in release).
+#[test]
+fn huge_intervals_never_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a");
+    let cfg = SessionConfig {
+        ping_interval_ms: u64::MAX,
+        idle_timeout_ms: u64::MAX,
+        ..SessionConfig::default()
+    };
+    let s = Session::new(&a, cfg, 5).unwrap();
+    assert_eq!(s.poll_timeout(), Some(u64::MAX));
+}

@@ -65,9 +65,15 @@ impl Endpoint {
     /// Whether a string looks like a URL this module handles (`scheme://` or `unix:`), as
     /// opposed to a file path. Used by the CLI to tell `sync DB URL` from `sync DB_A DB_B`.
     pub fn looks_like_url(s: &str) -> bool {
+        // Bytes, not a `str` slice: a file name such as `données.db` has no char boundary
+        // where a scheme would end.
         ["tcp://", "tls://", "unix:", "ws://", "wss://"]
             .iter()
-            .any(|p| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p))
+            .any(|p| {
+                s.as_bytes()
+                    .get(..p.len())
+                    .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+            })
     }
 }
 
@@ -119,10 +125,12 @@ impl FromStr for Endpoint {
                 let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
                 let port = if secure { 443 } else { 80 };
                 let addr = parse_host_port(authority, Some(port)).map_err(|r| bad(&r))?;
+                // The upgrade request is built from `url`, and the WebSocket library takes
+                // only a lower-case scheme: `WSS://host` must work as `wss://host`.
                 Ok(Endpoint::WebSocket(WsUrl {
                     secure,
                     addr,
-                    url: url.to_owned(),
+                    url: format!("{scheme}://{rest}"),
                 }))
             }
             other => Err(bad(&format!(
@@ -236,6 +244,26 @@ mod tests {
             "tcp://[::1]:9".parse::<Endpoint>().unwrap().to_string(),
             "tcp://[::1]:9"
         );
+    }
+
+    /// A scheme in capitals is the same scheme, down to the upgrade request (the WebSocket
+    /// library takes only `ws`/`wss`); a file name with non-ASCII characters where a scheme
+    /// would end is a file name, not a panic.
+    #[test]
+    fn schemes_in_any_case_and_non_ascii_file_names() {
+        let Endpoint::WebSocket(w) = "WSS://relay.example/v1/sync".parse().unwrap() else {
+            panic!("not ws")
+        };
+        assert!(w.secure);
+        assert_eq!(w.url, "wss://relay.example/v1/sync");
+        let Endpoint::WebSocket(w) = "Ws://h:1/p".parse().unwrap() else {
+            panic!("not ws")
+        };
+        assert_eq!(w.url, "ws://h:1/p");
+        for file in ["données.db", "abcdé.db", "notesé.db", "é"] {
+            assert!(!Endpoint::looks_like_url(file), "{file}");
+        }
+        assert!(Endpoint::looks_like_url("WS://h/p"));
     }
 
     #[test]

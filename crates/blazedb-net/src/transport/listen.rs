@@ -262,8 +262,13 @@ fn bind_unix(path: &Path) -> Result<UnixListener, TransportError> {
             let is_socket = std::fs::symlink_metadata(path)
                 .map(|m| m.file_type().is_socket())
                 .unwrap_or(false);
-            let alive = std::os::unix::net::UnixStream::connect(path).is_ok();
-            if !is_socket || alive {
+            // Only a refused connection proves the socket dead: any other failure (no
+            // permission, a full backlog) may be a live listener's, whose path is not ours.
+            let stale = matches!(
+                std::os::unix::net::UnixStream::connect(path),
+                Err(c) if c.kind() == std::io::ErrorKind::ConnectionRefused
+            );
+            if !is_socket || !stale {
                 return Err(bind_err(e));
             }
             // Left behind by a listener that died without cleaning up.
@@ -381,7 +386,11 @@ where
             let limit = Duration::from_millis(shared.handshake_timeout_ms);
             let handshake = tokio::select! {
                 r = tokio::time::timeout(limit, acceptor.accept(socket)) => r,
-                _ = shared.stop.cancelled() => return,
+                _ = shared.stop.cancelled() => {
+                    // Every Accepted is followed by one Ended, however the connection ends.
+                    let why = Some("the listener is shutting down".to_owned());
+                    return ended(&shared, id, remote, None, why);
+                }
             };
             match handshake {
                 Ok(Ok(s)) => Box::new(s),

@@ -2434,8 +2434,10 @@ impl Session {
             return None;
         }
         Some(
-            (self.last_send_ms + self.cfg.ping_interval_ms)
-                .min(self.last_recv_ms + self.cfg.idle_timeout_ms)
+            // Saturating: an interval configured near u64::MAX means "never", not a wrap
+            // into the past that would fire the timer in a loop.
+            (self.last_send_ms.saturating_add(self.cfg.ping_interval_ms))
+                .min(self.last_recv_ms.saturating_add(self.cfg.idle_timeout_ms))
                 .min(self.credential_expires_ms.unwrap_or(u64::MAX)),
         )
     }
