@@ -166,3 +166,23 @@ fn listen_refuses_an_empty_token() {
     assert!(run.stderr.contains("the token is empty"), "{}", run.stderr);
     assert!(!db.exists());
 }
+
+/// TLS options with a peer that speaks no TLS are refused, not ignored.
+#[test]
+fn tls_options_need_a_tls_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    let run = run_blazedb(
+        None,
+        &[
+            std::ffi::OsStr::new("sync"),
+            a.as_os_str(),
+            "tcp://127.0.0.1:1".as_ref(),
+            "--once".as_ref(),
+            "--danger-accept-invalid-certs".as_ref(),
+        ],
+    )
+    .failure(2);
+    assert!(run.stderr.contains("tls:// and wss://"), "{}", run.stderr);
+    assert!(!a.exists());
+}

@@ -261,11 +261,13 @@ async fn watch_heads(files: [(Arc<Database>, Arc<Notify>); 2]) {
             .await
             .unwrap_or([None, None]);
         for (i, head) in now.into_iter().enumerate() {
-            // An error here is left for the session to report.
-            if heads[i].is_some() && head != heads[i] {
+            // An error here is left for the session to report; the last head read stays the
+            // one to compare with, or a commit around a failed read would go unnoticed.
+            let Some(head) = head else { continue };
+            if heads[i].is_some_and(|h| h != head) {
                 files[i].1.notify_one();
             }
-            heads[i] = head;
+            heads[i] = Some(head);
         }
     }
 }

@@ -135,3 +135,28 @@ async fn a_handshake_cut_by_shutdown_still_reports_its_end() {
     .unwrap();
     assert!(ended, "the events closed without Ended");
 }
+
+/// TLS configured with only a Unix socket (TLS is served on the TCP address) is an error,
+/// not a listener serving plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_a_tcp_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = transport_common::make_pki(dir.path(), "p");
+    let b = common::open(dir.path(), "b");
+    let r = blazedb_net::transport::listen(
+        b,
+        ListenConfig {
+            unix: Some(dir.path().join("s.sock")),
+            tls: Some(TlsServerOptions {
+                cert_pem: pki.server_cert.clone(),
+                key_pem: pki.server_key.clone(),
+                client_ca_pem: None,
+            }),
+            ..ListenConfig::default()
+        },
+    )
+    .await;
+    let e = r.err().expect("refused");
+    assert!(e.to_string().contains("TCP address"), "{e}");
+    assert!(!dir.path().join("s.sock").exists());
+}

@@ -224,6 +224,17 @@ fn peer_url(db_b: &std::path::Path) -> Result<Option<&str>> {
 }
 
 async fn run_network(args: &SyncArgs, endpoint: Endpoint, password: Option<String>) -> Result<()> {
+    let tls_options =
+        args.danger_accept_invalid_certs || args.tls_ca.is_some() || args.tls_client_cert.is_some();
+    if tls_options && !matches!(endpoint.scheme(), "tls" | "wss") {
+        return Err(UsageError(format!(
+            "TLS options apply to tls:// and wss:// peers, and {} is {}://: use tls:// or \
+             wss://, or leave the TLS options out",
+            args.db_b.display(),
+            endpoint.scheme()
+        ))
+        .into());
+    }
     let path = args.db_a.clone();
     let options = OpenOptions {
         password,

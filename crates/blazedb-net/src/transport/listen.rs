@@ -189,6 +189,14 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
     if cfg.tcp.is_none() && cfg.unix.is_none() {
         return Err(TransportError::NoAddress);
     }
+    if cfg.tls.is_some() && cfg.tcp.is_none() {
+        // Not served in plain text without a word: TLS is spoken on the TCP address only.
+        return Err(TransportError::TlsOptions(
+            "TLS is served on the TCP address, and none is given: add one (the Unix socket is \
+             local and plain)"
+                .into(),
+        ));
+    }
     let acceptor = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
     let tcp =
         match &cfg.tcp {
