@@ -156,7 +156,7 @@ async fn tls_without_a_tcp_address_is_refused() {
         },
     )
     .await;
-    let e = r.err().expect("refused");
+    let e = r.expect_err("refused");
     assert!(e.to_string().contains("TCP address"), "{e}");
     assert!(!dir.path().join("s.sock").exists());
 }
