@@ -62,6 +62,13 @@ fn help_lists_the_commands_but_not_debug() {
     assert!(!run.stdout.contains("debug"), "{}", run.stdout);
 }
 
+/// `blazedb COMMAND PATH REST..` (no password).
+fn run_on(command: &str, path: &std::path::Path, rest: &[&str]) -> common::Run {
+    let mut args = vec![std::ffi::OsStr::new(command), path.as_os_str()];
+    args.extend(rest.iter().map(std::ffi::OsStr::new));
+    run_blazedb(None, &args)
+}
+
 /// `sync`'s second argument is a database file or a peer URL. Something that reads like an
 /// address or a URL of a scheme `sync` does not speak is refused (exit 2, with what to
 /// write), never taken for the name of a new database file; nor is DB_A created.
@@ -74,16 +81,7 @@ fn sync_refuses_what_is_neither_a_file_nor_a_url() {
         ("http://127.0.0.1:7420/v1/sync", "unknown scheme \"http\""),
         ("ws:127.0.0.1:7420", "write ws://127.0.0.1:7420"),
     ] {
-        let run = run_blazedb(
-            None,
-            &[
-                std::ffi::OsStr::new("sync"),
-                a.as_os_str(),
-                b.as_ref(),
-                "--once".as_ref(),
-            ],
-        )
-        .failure(2);
+        let run = run_on("sync", &a, &[b, "--once"]).failure(2);
         assert!(run.stderr.contains(says), "{b}: {}", run.stderr);
         assert!(!a.exists(), "{b}: DB_A was created");
         assert!(!std::path::Path::new(b).exists());
@@ -91,15 +89,7 @@ fn sync_refuses_what_is_neither_a_file_nor_a_url() {
     // An existing file of such a name is a file.
     let odd = dir.path().join("host:1");
     std::fs::write(&odd, "").unwrap();
-    let run = run_blazedb(
-        None,
-        &[
-            std::ffi::OsStr::new("sync"),
-            a.as_os_str(),
-            odd.as_os_str(),
-            "--once".as_ref(),
-        ],
-    );
+    let run = run_on("sync", &a, &[odd.to_str().unwrap(), "--once"]);
     assert!(!run.stderr.contains("peer URL"), "{}", run.stderr);
 }
 
@@ -110,16 +100,7 @@ fn a_failed_sync_creates_nothing_and_a_bad_filter_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let (a, junk) = (dir.path().join("fresh.db"), dir.path().join("junk.db"));
     std::fs::write(&junk, "not a database").unwrap();
-    let run = run_blazedb(
-        None,
-        &[
-            std::ffi::OsStr::new("sync"),
-            a.as_os_str(),
-            junk.as_os_str(),
-            "--once".as_ref(),
-        ],
-    )
-    .failure(1);
+    let run = run_on("sync", &a, &[junk.to_str().unwrap(), "--once"]).failure(1);
     assert!(
         run.stderr.contains("not a BlazeDB database"),
         "{}",
@@ -131,16 +112,10 @@ fn a_failed_sync_creates_nothing_and_a_bad_filter_exits_2() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("junk.db")]);
     let b = dir.path().join("b.db");
-    let run = run_blazedb(
-        None,
-        &[
-            std::ffi::OsStr::new("sync"),
-            a.as_os_str(),
-            b.as_os_str(),
-            "--once".as_ref(),
-            "--where".as_ref(),
-            "status ==".as_ref(),
-        ],
+    let run = run_on(
+        "sync",
+        &a,
+        &[b.to_str().unwrap(), "--once", "--where", "status =="],
     )
     .failure(2);
     assert!(run.stderr.contains("invalid expression"), "{}", run.stderr);
@@ -151,18 +126,7 @@ fn a_failed_sync_creates_nothing_and_a_bad_filter_exits_2() {
 fn listen_refuses_an_empty_token() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
-    let run = run_blazedb(
-        None,
-        &[
-            std::ffi::OsStr::new("listen"),
-            db.as_os_str(),
-            "--tcp".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--token".as_ref(),
-            "".as_ref(),
-        ],
-    )
-    .failure(2);
+    let run = run_on("listen", &db, &["--tcp", "127.0.0.1:0", "--token", ""]).failure(2);
     assert!(run.stderr.contains("the token is empty"), "{}", run.stderr);
     assert!(!db.exists());
 }
@@ -172,14 +136,13 @@ fn listen_refuses_an_empty_token() {
 fn tls_options_need_a_tls_peer() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.db");
-    let run = run_blazedb(
-        None,
+    let run = run_on(
+        "sync",
+        &a,
         &[
-            std::ffi::OsStr::new("sync"),
-            a.as_os_str(),
-            "tcp://127.0.0.1:1".as_ref(),
-            "--once".as_ref(),
-            "--danger-accept-invalid-certs".as_ref(),
+            "tcp://127.0.0.1:1",
+            "--once",
+            "--danger-accept-invalid-certs",
         ],
     )
     .failure(2);

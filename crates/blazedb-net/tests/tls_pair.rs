@@ -105,11 +105,7 @@ async fn a_handshake_cut_by_shutdown_still_reports_its_end() {
     let listener = transport_common::listen_tcp(
         b,
         ListenConfig {
-            tls: Some(TlsServerOptions {
-                cert_pem: pki.server_cert.clone(),
-                key_pem: pki.server_key.clone(),
-                client_ca_pem: None,
-            }),
+            tls: Some(server_tls(&pki)),
             ..ListenConfig::default()
         },
     )
@@ -147,11 +143,7 @@ async fn tls_without_a_tcp_address_is_refused() {
         b,
         ListenConfig {
             unix: Some(dir.path().join("s.sock")),
-            tls: Some(TlsServerOptions {
-                cert_pem: pki.server_cert.clone(),
-                key_pem: pki.server_key.clone(),
-                client_ca_pem: None,
-            }),
+            tls: Some(server_tls(&pki)),
             ..ListenConfig::default()
         },
     )
@@ -159,4 +151,13 @@ async fn tls_without_a_tcp_address_is_refused() {
     let e = r.expect_err("refused");
     assert!(e.to_string().contains("TCP address"), "{e}");
     assert!(!dir.path().join("s.sock").exists());
+}
+
+/// The listener's side of the test PKI, without client certificates.
+fn server_tls(pki: &transport_common::Pki) -> TlsServerOptions {
+    TlsServerOptions {
+        cert_pem: pki.server_cert.clone(),
+        key_pem: pki.server_key.clone(),
+        client_ca_pem: None,
+    }
 }

@@ -87,13 +87,7 @@ async fn queries_are_filtered_by_the_read_rule() {
         json!({"collection": "bugs", "order_by": "priority:desc", "limit": 2}),
     )
     .await;
-    let p: Vec<i64> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["priority"].as_i64().unwrap())
-        .collect();
+    let p = priorities(&r);
     assert_eq!(p, [7, 4]);
     let r = query(
         relay.addr,
@@ -102,13 +96,7 @@ async fn queries_are_filtered_by_the_read_rule() {
                "order_by": ["priority"]}),
     )
     .await;
-    let p: Vec<i64> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["priority"].as_i64().unwrap())
-        .collect();
+    let p = priorities(&r);
     assert_eq!(p, [3, 4]);
     let r = query(
         relay.addr,
@@ -189,13 +177,7 @@ async fn queries_are_filtered_by_the_read_rule() {
         json!({"collection": "bugs", "order_by": "priority:DESC", "limit": 2}),
     )
     .await;
-    let p: Vec<i64> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["priority"].as_i64().unwrap())
-        .collect();
+    let p = priorities(&r);
     assert_eq!(p, [7, 4]);
     let r = query(
         relay.addr,
@@ -216,6 +198,16 @@ async fn queries_are_filtered_by_the_read_rule() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("unknown parameter $user"), "{}", r.body);
     relay.stop().await;
+}
+
+/// The `priority` of each record a query answered, in order.
+fn priorities(r: &common::HttpResponse) -> Vec<i64> {
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["priority"].as_i64().unwrap())
+        .collect()
 }
 
 /// One raw HTTP exchange: the request as written, the response as read.
