@@ -274,6 +274,11 @@ impl Rules {
                 denied("update")
             }
             (Some(b), None) if !rules.write.allows(id, b, params) => denied("delete"),
+            // A change that leaves an absent record absent (a tombstone at an id nobody
+            // holds, cells of a deleted record) is judged on a record with no fields: with a
+            // rule that reads a field, refused — or a client could plant tombstones, up to
+            // the clock-skew limit ahead, at ids of records others are about to create.
+            (None, None) if !rules.write.allows(id, &BTreeMap::new(), params) => denied("delete"),
             _ => Ok(()),
         }
     }
@@ -388,6 +393,14 @@ mod tests {
             r.can_read("bugs", id, &public, &guest),
             "the other side of ||"
         );
+        // Nor may anyone whose rule reads a field leave a tombstone at an id nobody holds.
+        assert!(r
+            .check_write("bugs", id, None, None, &auth("alice"))
+            .is_err());
+        let open_rules = rules("[notes]\nread = true\nwrite = true\n").unwrap();
+        assert!(open_rules
+            .check_write("notes", id, None, None, &guest)
+            .is_ok());
         let negated = rules("[bugs]\nread = \"!(owner == $auth.sub)\"\n").unwrap();
         assert!(!negated.can_read("bugs", id, &public, &guest));
         assert!(negated.can_read("bugs", id, &public, &auth("alice")));

@@ -740,3 +740,160 @@ fn a_client_cannot_make_the_server_evict_its_records() {
     assert!(server.get("notes", note).unwrap().is_some());
     assert!(server.get("secrets", secret).unwrap().is_some());
 }
+
+/// Write rules against what a client can put in raw frames (found by review, 2026-12-05).
+mod raw_units {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use blazedb::crdt::{Cell, CellKey, CellValue};
+    use blazedb::sync::frame::FrameEncoder;
+    use blazedb::sync::message::{encode_simple, kind, Dict};
+    use blazedb::sync::{AccessControl, Hello, Message, Session, SessionConfig, SyncMode};
+    use blazedb::{Change, Database, GcOptions, Hlc, NodeId, RecordId, Seq, Value, Version};
+
+    use super::common::{open, sync_pair};
+
+    /// `write = "owner == $auth.sub || editor == $auth.sub"`, checked before and after (as the
+    /// relay's `rules.rs` does); everything readable.
+    #[derive(Debug)]
+    struct Editors {
+        who: String,
+    }
+
+    impl AccessControl for Editors {
+        fn read_fields(&self, _: &str) -> Option<BTreeSet<String>> {
+            Some(BTreeSet::new())
+        }
+        fn can_write(
+            &self,
+            _: &str,
+            _: RecordId,
+            before: Option<&BTreeMap<String, Value>>,
+            after: Option<&BTreeMap<String, Value>>,
+        ) -> Result<(), String> {
+            let me = Value::from(self.who.as_str());
+            let ok = |f: Option<&BTreeMap<String, Value>>| {
+                f.is_none_or(|f| f.get("owner") == Some(&me) || f.get("editor") == Some(&me))
+            };
+            if ok(before) && ok(after) {
+                Ok(())
+            } else {
+                Err("not yours".into())
+            }
+        }
+    }
+
+    fn relay_cfg(who: &str) -> SessionConfig {
+        SessionConfig {
+            server: true,
+            access: Some(Arc::new(Editors { who: who.into() })),
+            ..Default::default()
+        }
+    }
+
+    fn field(f: &str, v: &str, version: Version) -> Cell {
+        Cell {
+            key: CellKey::Field(f.into()),
+            value: CellValue::Value(Value::from(v)),
+            version,
+            prev: None,
+            seq: Seq(0),
+        }
+    }
+
+    /// HELLO as `node`, then one unit of `changes` in one CHANGES frame.
+    fn raw_unit(relay: &Database, ss: &mut Session, node: NodeId, changes: &[Change], end: Seq) {
+        let mut enc = FrameEncoder::default();
+        let mut wire = Vec::new();
+        let (k, p) = encode_simple(&Message::Hello(Hello {
+            version: blazedb::limits::PROTOCOL_VERSION,
+            node,
+            last_seq: Seq(1 << 40),
+            mode: SyncMode::Both,
+            server: false,
+            caps: 0,
+            token: String::new(),
+        }));
+        wire.extend(enc.encode(k, false, &p));
+        let p = Dict::default().encode_changes(changes, end);
+        wire.extend(enc.encode(kind::CHANGES, false, &p));
+        ss.handle_bytes(0, &wire, relay).unwrap();
+        ss.transport_closed(0, relay);
+    }
+
+    fn text(db: &Database, id: RecordId, f: &str) -> Option<Value> {
+        db.get("docs", id)
+            .unwrap()
+            .and_then(|r| r.fields.get(f).cloned())
+    }
+
+    /// One transaction that names a record twice is judged on everything it does to it:
+    /// two changes that each pass alone (one gives the record away, one names another
+    /// editor) make a state the rule refuses, and the transaction is refused, as the same
+    /// cells in one change are.
+    #[test]
+    fn a_record_named_twice_in_one_transaction_is_judged_once_on_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, bob) = (open(dir.path(), "relay"), open(dir.path(), "bob"));
+        let mine = || [("owner", "bob"), ("editor", "bob"), ("text", "t")];
+        let (x, x2) = (
+            relay.insert("docs", mine()).unwrap(),
+            relay.insert("docs", mine()).unwrap(),
+        );
+        let node = bob.node_id();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let v = Version {
+            hlc: Hlc::new(now + 1_000, 0),
+            node,
+        };
+        let ch = |seq: u64, id: RecordId, cells: Vec<Cell>| Change {
+            seq: Seq(seq),
+            collection: "docs".into(),
+            id,
+            cells,
+        };
+        let changes = vec![
+            ch(1, x, vec![field("owner", "alice", v)]),
+            ch(1, x, vec![field("editor", "carol", v)]),
+            ch(
+                2,
+                x2,
+                vec![field("editor", "carol", v), field("owner", "alice", v)],
+            ),
+        ];
+        let mut ss = Session::new(&relay, relay_cfg("bob"), 0).unwrap();
+        raw_unit(&relay, &mut ss, node, &changes, Seq(2));
+        for id in [x, x2] {
+            assert_eq!(text(&relay, id, "owner"), Some("bob".into()), "{id}");
+            assert_eq!(text(&relay, id, "editor"), Some("bob".into()), "{id}");
+        }
+    }
+
+    /// A client that calls itself a relay in HELLO is still a client of a side that enforces
+    /// rules: it expires in GC like any other peer (a relay never does), so one such client
+    /// gone for good cannot hold back the collection of every tombstone.
+    #[test]
+    fn a_client_claiming_to_be_a_relay_does_not_pin_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, c) = (open(dir.path(), "relay"), open(dir.path(), "c"));
+        let r = relay.insert("docs", [("owner", "c"), ("t", "x")]).unwrap();
+        let claims = SessionConfig {
+            server: true,
+            ..Default::default()
+        };
+        sync_pair(&relay, &c, relay_cfg("c"), claims);
+        relay.delete("docs", r).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let report = relay
+            .gc(&GcOptions {
+                peer_retention_ms: 1,
+            })
+            .unwrap();
+        assert_eq!(report.expired_peers.len(), 1, "{report:?}");
+        assert_eq!(report.tombstones_purged, 1, "{report:?}");
+    }
+}

@@ -180,21 +180,50 @@ fn check_group(
     group: &[Change],
     access: &dyn crate::sync::AccessControl,
 ) -> Result<Option<String>> {
+    // One check per record, on everything the group does to it: a group may name a record
+    // in several changes, and checked one by one (each against the state before the
+    // group), two changes that each pass — one giving the record away, one setting another
+    // field — combined into a state the rule refuses.
+    type Key<'a> = (&'a str, RecordId);
+    // (record, stored here before, before, after)
+    type Judged<'a> = (
+        Key<'a>,
+        bool,
+        crate::crdt::RecordState,
+        crate::crdt::RecordState,
+    );
+    let mut records: Vec<Judged<'_>> = Vec::new();
+    let mut index: FastMap<(&str, [u8; 16]), usize> = FastMap::default();
     for ch in group {
-        let before = match tx.load(&ch.collection, ch.id, false)? {
-            Some(i) => tx.records[i].state.clone(),
-            None => crate::crdt::RecordState::new(),
+        let key = (ch.collection.as_str(), ch.id);
+        let at = match index.get(&(key.0, key.1 .0)) {
+            Some(&at) => at,
+            None => {
+                index.insert((key.0, key.1 .0), records.len());
+                let (stored, before) = match tx.load(&ch.collection, ch.id, false)? {
+                    Some(i) => (true, tx.records[i].state.clone()),
+                    None => (false, crate::crdt::RecordState::new()),
+                };
+                records.push((key, stored, before.clone(), before));
+                records.len() - 1
+            }
         };
-        let mut after = before.clone();
         for c in &ch.cells {
-            after.merge(c.clone());
+            records[at].3.merge(c.clone());
         }
+    }
+    for ((collection, id), stored, before, after) in &records {
         if after == before {
             continue;
         }
+        if *stored && !before.is_live() && !after.is_live() {
+            // A record deleted here stays deleted (a second delete, say): nothing to judge.
+            // One never stored here is judged as absent → absent (the rules see no fields).
+            continue;
+        }
         let fields = |s: &crate::crdt::RecordState| s.is_live().then(|| s.fields());
-        let (b, a) = (fields(&before), fields(&after));
-        if let Err(reason) = access.can_write(&ch.collection, ch.id, b.as_ref(), a.as_ref()) {
+        let (b, a) = (fields(before), fields(after));
+        if let Err(reason) = access.can_write(collection, *id, b.as_ref(), a.as_ref()) {
             return Ok(Some(reason));
         }
     }

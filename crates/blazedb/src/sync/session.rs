@@ -790,7 +790,13 @@ impl Session {
         }
     }
 
-    fn on_hello(&mut self, now_ms: u64, h: Hello, db: &Database) -> Result<(), SyncError> {
+    fn on_hello(&mut self, now_ms: u64, mut h: Hello, db: &Database) -> Result<(), SyncError> {
+        if self.cfg.access.is_some() {
+            // A peer of a side that enforces access rules is its client, whatever its HELLO
+            // claims: a "relay" never expires in our GC and is never sent a snapshot, so one
+            // client saying so once would hold back the collection of every tombstone here.
+            h.server = false;
+        }
         if h.version != PROTOCOL_VERSION {
             return Err(self.fail(
                 ErrorCode::UnsupportedVersion,
