@@ -41,3 +41,20 @@ fn rekey_of_a_missing_file_does_not_create_it() {
     assert!(run.stderr.contains("no such database"), "{}", run.stderr);
     assert!(!db.path.exists());
 }
+
+/// The rekeyed file keeps the old one's permissions: an 0600 database does not come back
+/// readable by everyone (it is a new file, created under the umask, renamed into place).
+#[test]
+fn rekey_keeps_the_file_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut db = TestDb::new();
+    db.put("bugs", r#"{"title": "private"}"#);
+    std::fs::set_permissions(&db.path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut encrypt = db.command("rekey", &[]);
+    encrypt.env("BLAZEDB_NEW_PASSWORD", "pw");
+    common::Run::of(encrypt, None).success();
+    db.password = Some("pw".into());
+    db.run("rekey", &[]).success();
+    let mode = std::fs::metadata(&db.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}

@@ -109,3 +109,31 @@ fn a_bad_snapshot_file_is_refused_and_changes_nothing() {
         "no empty database left behind"
     );
 }
+
+/// `snapshot export` onto the database itself (or its WAL) would rename the snapshot over
+/// it: refused, and the database still reads; a directory as the target is refused too,
+/// with no `.partial` file left behind.
+#[test]
+fn a_snapshot_never_replaces_its_database_or_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sn.db");
+    let db = db.to_str().unwrap();
+    assert!(blazedb(&["put", db, "c", r#"{"a": 1}"#]).0);
+    let wal = format!("{db}-wal");
+    for target in [db, wal.as_str()] {
+        let (ok, _, err) = blazedb(&["snapshot", "export", db, target]);
+        assert!(!ok, "{target}");
+        assert!(err.contains("the database's own file"), "{err}");
+    }
+    assert_eq!(export(db, "c").len(), 1, "the database still reads");
+    let (ok, _, err) = blazedb(&["snapshot", "export", db, dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("is a directory"), "{err}");
+    let partial = std::fs::read_dir(dir.path()).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".partial")
+    });
+    assert!(!partial, "a .partial file was left behind");
+}

@@ -394,6 +394,17 @@ impl Database {
             let old = std::mem::replace(&mut inner.conn, rusqlite::Connection::open_in_memory()?);
             old.close().map_err(|(_, e)| e)?;
         }
+        // The new file was created under the umask: give it the old file's permissions (an
+        // 0600 database must not come back 0644, readable by everyone, least of all when the
+        // rekey removed its encryption). Its owner follows when we may set it (as root).
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let _ = std::fs::set_permissions(&tmp, meta.permissions());
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let _ = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
+            }
+        }
         std::fs::rename(&tmp, &path).map_err(|e| OpenError::Io {
             path: p.clone(),
             source: e,

@@ -155,17 +155,45 @@ pub struct SnapshotFileInfo {
 /// Write a snapshot of every record of `db` to `path`. The file appears complete or not at
 /// all: it is written beside `path` and renamed into place.
 pub fn write_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
+    check_snapshot_target(db, path)?;
     let partial = partial_path(path);
-    let r = write_file(db, &partial);
-    let info = match r {
-        Ok(info) => info,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
+    let r = write_file(db, &partial).and_then(|info| {
+        std::fs::rename(&partial, path)?;
+        Ok(info)
+    });
+    if r.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    r
+}
+
+/// Refuse a target the rename would destroy or cannot take: the database itself (or its
+/// WAL or shared-memory file), or a directory.
+fn check_snapshot_target(db: &Database, path: &Path) -> Result<()> {
+    let bad = |why: String| Err(crate::Error::InvalidArgument(why));
+    if path.is_dir() {
+        return bad(format!(
+            "{} is a directory: give the snapshot file's name (e.g. {}/snapshot.blz)",
+            path.display(),
+            path.display()
+        ));
+    }
+    let real = |p: &Path| std::fs::canonicalize(p).ok();
+    if let (Some(target), Some(file)) = (real(path), real(db.path())) {
+        let mut own = vec![file.clone()];
+        for suffix in ["-wal", "-shm"] {
+            let mut p = file.clone().into_os_string();
+            p.push(suffix);
+            own.push(PathBuf::from(p));
         }
-    };
-    std::fs::rename(&partial, path)?;
-    Ok(info)
+        if own.contains(&target) {
+            return bad(format!(
+                "{} is the database's own file: write the snapshot to another path",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn partial_path(path: &Path) -> PathBuf {
