@@ -68,7 +68,22 @@ pub fn patch(object: Map<String, Json>) -> Result<Patch, String> {
     Ok(patch)
 }
 
+/// The update operators of [`patch`].
+const OPERATORS: [&str; 4] = ["$inc", "$add", "$remove", "$unset"];
+
 fn field_op(json: &Json) -> Result<FieldOp, String> {
+    if let Json::Object(o) = json {
+        // `{"$inc": 1, "$unset": true}` would otherwise be stored as a map of that shape,
+        // the counter lost without a word.
+        if o.len() > 1 && o.keys().any(|k| OPERATORS.contains(&k.as_str())) {
+            let keys: Vec<&str> = o.keys().map(String::as_str).collect();
+            return Err(format!(
+                "one operator per field, got {}: write {{\"$inc\": 1}}, {{\"$add\": [..]}}, \
+                 {{\"$remove\": [..]}} or {{\"$unset\": true}} alone",
+                keys.join(", ")
+            ));
+        }
+    }
     if let Some((op, arg)) = single_entry(json) {
         match op {
             "$inc" => {

@@ -78,3 +78,18 @@ fn export_of_an_unknown_collection_is_empty() {
     db.put("bugs", "{}");
     assert!(db.run("export", &["other"]).success().stdout.is_empty());
 }
+
+/// Wide records fill a transaction's cell limit (1,000,000) before its record count: 10,000
+/// lines of 100 fields import whole, the batches cut by cells.
+#[test]
+fn wide_records_import_in_batches_cut_by_cells() {
+    let db = TestDb::new();
+    let line: serde_json::Map<String, serde_json::Value> =
+        (0..100).map(|k| (format!("f{k}"), json!(k))).collect();
+    let line = serde_json::Value::Object(line).to_string();
+    let text = format!("{line}\n").repeat(10_000);
+    let path = db.file("wide.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let run = db.run("import", &["c", path.to_str().unwrap()]).success();
+    assert_eq!(run.json()["imported"], 10_000);
+}

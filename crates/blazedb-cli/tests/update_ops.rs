@@ -60,6 +60,10 @@ fn a_misspelled_or_malformed_operator_is_a_usage_error() {
         r#"{"votes": {"$inc": "one"}}"#,
         r#"{"tags": {"$add": "ui"}}"#,
         r#"{"votes": {"$unset": 1}}"#,
+        // Two operators in one object: stored as a map, the counter would be lost.
+        r#"{"votes": {"$inc": 1, "$unset": true}}"#,
+        // An integer the 64-bit range cannot hold would become a float of another value.
+        r#"{"votes": 18446744073709551615}"#,
     ] {
         let run = db.run("update", &["bugs", &id, bad]).failure(2);
         assert!(run.stderr.contains("field \""), "{bad}: {}", run.stderr);

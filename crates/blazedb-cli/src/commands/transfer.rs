@@ -10,7 +10,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _, Result};
-use blazedb::limits::IMPORT_BATCH_RECORDS;
+use blazedb::limits::{IMPORT_BATCH_RECORDS, TRANSACTION_CELLS_MAX};
 use blazedb::Database;
 use clap::Args;
 use serde_json::json;
@@ -106,6 +106,9 @@ struct Import<'a> {
     collection: &'a str,
     batch: Vec<Pending>,
     batch_bytes: usize,
+    /// Cells the batch's inserts write (a record cell and one per field): one transaction
+    /// may change at most `TRANSACTION_CELLS_MAX`.
+    batch_cells: usize,
     committed_records: u64,
     /// The last line of the last committed batch (0: none yet).
     committed_through_line: usize,
@@ -118,6 +121,7 @@ impl<'a> Import<'a> {
             collection,
             batch: Vec::new(),
             batch_bytes: 0,
+            batch_cells: 0,
             committed_records: 0,
             committed_through_line: 0,
         }
@@ -125,6 +129,12 @@ impl<'a> Import<'a> {
 
     /// Add a line; commit when the batch is full.
     fn push(&mut self, number: usize, record: RecordInput, bytes: usize) -> Result<()> {
+        let cells = record.fields.len() + 1;
+        if self.batch_cells + cells > TRANSACTION_CELLS_MAX {
+            // Wide records: the batch ends at the transaction's cell limit first.
+            self.commit()?;
+        }
+        self.batch_cells += cells;
         self.batch.push(Pending { number, record });
         self.batch_bytes += bytes;
         if self.batch.len() >= IMPORT_BATCH_RECORDS || self.batch_bytes >= IMPORT_BATCH_BYTES_MAX {
@@ -163,6 +173,7 @@ impl<'a> Import<'a> {
             return Err(self.stopped(at, e.into()));
         }
         self.batch_bytes = 0;
+        self.batch_cells = 0;
         self.committed_records += count;
         self.committed_through_line = last;
         Ok(())

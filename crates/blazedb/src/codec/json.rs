@@ -74,6 +74,14 @@ fn from_json_at(j: &Json, depth: usize) -> Result<Value, String> {
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => match n.as_i64() {
             Some(i) => Value::Int(i),
+            // An integer beyond the signed 64-bit range would silently become a float that
+            // is not the number written (the query parser refuses it too).
+            None if n.is_u64() => {
+                return Err(format!(
+                    "integer {n} is beyond the 64-bit range (±9223372036854775807): store it \
+                     as a string, or as a float written with a decimal point"
+                ))
+            }
             None => Value::Float(
                 n.as_f64()
                     .ok_or_else(|| format!("number {n} out of range"))?,
