@@ -75,6 +75,13 @@ fn time_travel_reads_past_states() {
         db.get_at("c", id, at(t0 - 1)).unwrap().is_none(),
         "before it existed"
     );
+    // Before 1970 on a file whose history was never compacted: nothing then, not an error.
+    assert!(
+        db.get_at("c", id, Timestamp::from_unix_ms(-86_400_000))
+            .unwrap()
+            .is_none(),
+        "before 1970"
+    );
     let r = db.get_at("c", id, at(t0 + 5_000)).unwrap().unwrap();
     assert_eq!(r.fields["title"], Value::from("first"));
     assert_eq!(r.fields["n"], Value::from("x"));

@@ -790,7 +790,7 @@ impl Database {
     pub fn get_at(&self, collection: &str, id: RecordId, at: Timestamp) -> Result<Option<Record>> {
         let inner = self.lock()?;
         let horizon_ms = inner.meta_i64("history_horizon_ms")?;
-        if at.unix_ms() < horizon_ms {
+        if horizon_ms > 0 && at.unix_ms() < horizon_ms {
             return Err(Error::HistoryCompacted {
                 horizon: Timestamp::from_unix_ms(horizon_ms).to_rfc3339(),
             });
