@@ -115,7 +115,9 @@ fn foreign_files_are_not_blazedb() {
         Err(Error::Open(OpenError::NotABlazeDb { .. })) => {}
         other => panic!("expected NotABlazeDb, got {other:?}"),
     }
-    // Untouched.
+    // Untouched: not even switched to WAL (the header's version bytes 18-19 stay 1, 1).
+    let header = std::fs::read(&other).unwrap();
+    assert_eq!(&header[18..20], &[1, 1], "the journal mode was changed");
     let c = rusqlite::Connection::open(&other).unwrap();
     let n: i64 = c
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))

@@ -266,6 +266,21 @@ pub(crate) fn open(
     let tables = tables.map_err(err)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(err)?;
+    if tables > 0 {
+        // Before anything below changes the file (WAL mode is written into its header): an
+        // SQLite file of another application is refused as it was found.
+        let magic: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'magic'", [], |r| {
+                r.get(0)
+            })
+            .ok();
+        if magic.as_deref() != Some(schema::MAGIC) {
+            return Err(OpenError::NotABlazeDb {
+                path: p,
+                reason: "an SQLite database of another application (no BlazeDB metadata)".into(),
+            });
+        }
+    }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(err)?;
     // WAL + NORMAL: a commit that returned survives a process crash (kill -9); only an OS
@@ -295,17 +310,6 @@ pub(crate) fn open(
         return Ok(Opened { conn, node, key });
     }
 
-    let magic: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'magic'", [], |r| {
-            r.get(0)
-        })
-        .ok();
-    if magic.as_deref() != Some(schema::MAGIC) {
-        return Err(OpenError::NotABlazeDb {
-            path: p,
-            reason: "an SQLite database of another application (no BlazeDB metadata)".into(),
-        });
-    }
     let format: u32 = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'format_version'",
