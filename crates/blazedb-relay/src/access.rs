@@ -79,6 +79,17 @@ impl AccessControl for ConnectionAccess {
         }
     }
 
+    /// The token's `sub` (the static token's is "token", shared by all who hold it).
+    fn identity(&self) -> Option<String> {
+        match ConnectionAccess::params(self).get("auth") {
+            Some(Value::Map(auth)) => match auth.get("sub") {
+                Some(Value::Text(sub)) => Some(sub.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// A JWT's `exp` (plus the clock tolerance accepted at connect) bounds the session: the
     /// core ends it with `AUTH_FAILED` then, and the client reconnects with a fresh token.
     /// Static tokens do not expire.

@@ -186,10 +186,21 @@ async fn views_follow_data_policy_and_claims_and_evictions_delete_nothing() {
     assert!(report.stats.snapshots_applied >= 2, "{:?}", report.stats);
     assert!(report.stats.evicted >= 1, "{:?}", report.stats);
 
-    // Reconnect as another user on the same file: the view changes with the claims, and
-    // what dave may not read is evicted.
+    // Another user on the same file is refused: its node id belongs to alice (one user
+    // must not act as another's node, its cursors and unsent writes). Alice's file is
+    // untouched.
     let c = connect(&relay, &db, "dave", SyncPolicy::default()).await;
-    until(|| titles(&db) == ["public high"] && db.count("notes").unwrap() == 1).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), c.task)
+        .await
+        .expect("ends in time")
+        .unwrap();
+    let e = ended.expect_err("refused").to_string();
+    assert!(e.contains("another user"), "{e}");
+    assert_eq!(titles(&db), ["alice low", "carol private", "public high"]);
+    // Dave on a file of his own: the view follows his claims.
+    let dave = open(dir.path(), "dave");
+    let c = connect(&relay, &dave, "dave", SyncPolicy::default()).await;
+    until(|| titles(&dave) == ["public high"] && dave.count("notes").unwrap() == 1).await;
     c.finish().await;
 
     // Nothing was deleted at the relay by any of these evictions.

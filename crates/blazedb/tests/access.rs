@@ -792,6 +792,18 @@ mod raw_units {
         }
     }
 
+    /// Everything allowed; the peer is who the credential says.
+    #[derive(Debug)]
+    struct Named {
+        who: String,
+    }
+
+    impl AccessControl for Named {
+        fn identity(&self) -> Option<String> {
+            Some(self.who.clone())
+        }
+    }
+
     fn field(f: &str, v: &str, version: Version) -> Cell {
         Cell {
             key: CellKey::Field(f.into()),
@@ -895,5 +907,45 @@ mod raw_units {
             .unwrap();
         assert_eq!(report.expired_peers.len(), 1, "{report:?}");
         assert_eq!(report.tombstones_purged, 1, "{report:?}");
+    }
+
+    /// A node id belongs to the identity it was first seen under: another user's client
+    /// that says HELLO with it (node ids are in every cell it receives) is refused with
+    /// AUTH_FAILED before it can move that node's cursors or stand in for its writes, and
+    /// the owner still connects.
+    #[test]
+    fn a_client_cannot_speak_as_another_users_node() {
+        use blazedb::sync::ErrorCode;
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, alice) = (open(dir.path(), "relay"), open(dir.path(), "alice"));
+        alice.insert("docs", [("t", "a")]).unwrap();
+        let as_user = |who: &str| SessionConfig {
+            server: true,
+            access: Some(Arc::new(Named { who: who.into() })),
+            ..Default::default()
+        };
+        sync_pair(&relay, &alice, as_user("alice"), SessionConfig::default());
+        let cursor = relay
+            .peers()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.node == alice.node_id())
+            .map(|p| p.received);
+        // Mallory, with a valid credential of her own, as alice's node.
+        let mut ss = Session::new(&relay, as_user("mallory"), 0).unwrap();
+        let mut sm = Session::new(&alice, SessionConfig::default(), 0).unwrap();
+        let hello = sm.poll_transmit(0, &alice).unwrap();
+        let err = ss.handle_bytes(0, &hello, &relay).unwrap_err();
+        assert_eq!(err.code, ErrorCode::AuthFailed, "{}", err.message);
+        assert!(err.message.contains("another user"), "{}", err.message);
+        let after = relay
+            .peers()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.node == alice.node_id())
+            .map(|p| p.received);
+        assert_eq!(cursor, after);
+        // Alice herself is still welcome.
+        sync_pair(&relay, &alice, as_user("alice"), SessionConfig::default());
     }
 }

@@ -19,6 +19,14 @@ pub trait AccessControl: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Who the peer `authenticate` just accepted is (a token's `sub`), if the credential
+    /// says. A node id, once seen under an identity, is refused to any other with
+    /// `AUTH_FAILED`: one client cannot speak as another's node (its cursors, staged units
+    /// and unsent writes are keyed by node id). `None` (the default): no binding.
+    fn identity(&self) -> Option<String> {
+        None
+    }
+
     /// How much longer (ms from now) the credential `authenticate` just accepted stays valid:
     /// asked once, right after a successful `authenticate`. When it runs out the session ends
     /// with `AUTH_FAILED`, so a token that expires cannot keep a connection open forever.

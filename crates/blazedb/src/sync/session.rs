@@ -50,6 +50,9 @@ use crate::store::{
     Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
 };
 use crate::store::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED, SERVER_NOTE};
+
+/// Peer note: the identity (`AccessControl::identity`) a node id was first seen under.
+const IDENTITY_NOTE: &str = "identity";
 use crate::types::Seq;
 use crate::{NodeId, PastVisibility, RecordId};
 
@@ -825,6 +828,28 @@ impl Session {
             self.credential_expires_ms = access
                 .credential_lifetime_ms()
                 .map(|l| now_ms.saturating_add(l));
+            if let Some(who) = access.identity() {
+                let known = db
+                    .peer_note(h.node, IDENTITY_NOTE)
+                    .map_err(|e| self.internal(e, now_ms))?;
+                match known {
+                    Some(owner) if owner != who => {
+                        return Err(self.fail(
+                            ErrorCode::AuthFailed,
+                            format!(
+                                "node {} belongs to another user: each copy of the database \
+                                 connects with its own node id and its owner's token",
+                                h.node
+                            ),
+                            now_ms,
+                        ))
+                    }
+                    Some(_) => {}
+                    None => db
+                        .set_peer_note(h.node, IDENTITY_NOTE, Some(&who))
+                        .map_err(|e| self.internal(e, now_ms))?,
+                }
+            }
         }
         self.note_server_role(&h, db)
             .map_err(|e| self.internal(e, now_ms))?;
