@@ -1,7 +1,7 @@
 //! Selective sync through the real relay: a client's policy (collections, a filter over its
 //! own claims, excluded fields) on top of the relay's read rules; records move in whole and
-//! move out as evictions when the relay's data changes, when the client changes its policy
-//! on the live connection, and when it reconnects with other claims — and an eviction never
+//! move out as evictions when the relay's data changes and when the client changes its policy
+//! on the live connection; another user may not reuse the file's node id; an eviction never
 //! deletes anything at the relay.
 
 mod common;
