@@ -948,4 +948,51 @@ mod raw_units {
         // Alice herself is still welcome.
         sync_pair(&relay, &alice, as_user("alice"), SessionConfig::default());
     }
+
+    /// A write that loses without changing anything passed no write check: under access
+    /// rules, it is listed as a conflict only when its writer may write the record. Bob's
+    /// old write to alice's record leaves nothing at the relay; alice's own losing write to
+    /// it is listed.
+    #[test]
+    fn a_stranger_cannot_fill_the_conflicts_of_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = open(dir.path(), "relay");
+        let (bob, alice) = (open(dir.path(), "bob"), open(dir.path(), "alice"));
+        let y = relay
+            .insert(
+                "docs",
+                [("owner", "alice"), ("editor", "alice"), ("text", "a")],
+            )
+            .unwrap();
+        let old = |node: NodeId| Version {
+            hlc: Hlc::new(1_000_000, 0),
+            node,
+        };
+        let change = |node: NodeId, text: &str| Change {
+            seq: Seq(1),
+            collection: "docs".into(),
+            id: y,
+            cells: vec![field("text", text, old(node))],
+        };
+        let mut ss = Session::new(&relay, relay_cfg("bob"), 0).unwrap();
+        raw_unit(
+            &relay,
+            &mut ss,
+            bob.node_id(),
+            &[change(bob.node_id(), "junk")],
+            Seq(1),
+        );
+        assert_eq!(relay.conflicts(None).unwrap(), vec![]);
+        let mut ss = Session::new(&relay, relay_cfg("alice"), 0).unwrap();
+        let mine = change(alice.node_id(), "late");
+        raw_unit(&relay, &mut ss, alice.node_id(), &[mine], Seq(1));
+        let listed: Vec<_> = relay
+            .conflicts(None)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.loser)
+            .collect();
+        assert_eq!(listed, vec![Some(Value::from("late"))]);
+        assert_eq!(text(&relay, y, "text"), Some("a".into()));
+    }
 }
