@@ -149,3 +149,22 @@ fn tls_options_need_a_tls_peer() {
     assert!(run.stderr.contains("tls:// and wss://"), "{}", run.stderr);
     assert!(!a.exists());
 }
+
+/// Input the database would refuse is refused before the file is opened: a bad field or
+/// collection name, or a directory to import from, leave no new, empty database behind.
+#[test]
+fn refused_input_creates_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new.db");
+    let run = run_on("put", &db, &["c", r#"{"$x": 1}"#]).failure(1);
+    assert!(run.stderr.contains("invalid field name"), "{}", run.stderr);
+    let run = run_on("put", &db, &["", r#"{"a": 1}"#]).failure(1);
+    assert!(
+        run.stderr.contains("invalid collection name"),
+        "{}",
+        run.stderr
+    );
+    let run = run_on("import", &db, &["c", dir.path().to_str().unwrap()]).failure(2);
+    assert!(run.stderr.contains("is a directory"), "{}", run.stderr);
+    assert!(!db.exists());
+}

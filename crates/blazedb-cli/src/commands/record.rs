@@ -74,6 +74,12 @@ pub fn run_put(ctx: &Context, args: &PutArgs) -> Result<()> {
         }
         (flag, key) => flag.or(key),
     };
+    // Refused before the file is opened: a bad name must not leave a new, empty database.
+    blazedb::validate_collection_name(&args.collection)?;
+    for (field, value) in &record.fields {
+        blazedb::validate_field_name(field)?;
+        blazedb::validate_value(field, value)?;
+    }
     let db = ctx.open(&args.db, Access::CreateIfMissing)?;
     let id = match id {
         Some(id) => db

@@ -19,6 +19,7 @@ use crate::database::{Access, Context};
 use crate::input::{self, RecordInput};
 use crate::limits::{IMPORT_BATCH_BYTES_MAX, IMPORT_LINE_BYTES_MAX};
 use crate::output::Output;
+use crate::report::UsageError;
 
 /// `import DB COLLECTION FILE`.
 #[derive(Debug, Args)]
@@ -49,8 +50,16 @@ pub fn run_import(ctx: &Context, args: &ImportArgs) -> Result<()> {
     } else {
         let file = File::open(&args.file)
             .with_context(|| format!("cannot open {}", args.file.display()))?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(UsageError(format!(
+                "{} is a directory: give a file of JSON lines (or - for stdin)",
+                args.file.display()
+            ))
+            .into());
+        }
         Box::new(BufReader::new(file))
     };
+    blazedb::validate_collection_name(&args.collection)?;
     let db = ctx.open(&args.db, Access::CreateIfMissing)?;
     let mut import = Import::new(&db, &args.collection);
     let mut lines = Lines::new(reader, IMPORT_LINE_BYTES_MAX);

@@ -45,7 +45,7 @@ pub use snapshot::{
     PeerHolds, SnapshotApplied, SnapshotKey, SnapshotPage, SnapshotProgress, SnapshotScope,
     SnapshotSelect,
 };
-pub use write::{FieldOp, Patch, Tx};
+pub use write::{validate_field_name, validate_value, FieldOp, Patch, Tx};
 
 use self::nodes::{FieldTable, NodeTable};
 use crate::error::{OpenError, Result, WriteError};
