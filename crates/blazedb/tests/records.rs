@@ -256,3 +256,29 @@ fn data_survives_reopen_and_clock_is_monotonic() {
     assert!(v2 > v1);
     assert_eq!(db.get("c", id).unwrap().unwrap().rev, 2);
 }
+
+/// A set is one value when read (and exported): its elements together stay within the
+/// value limits, so what a write lets in can always be exported and imported again.
+#[test]
+fn a_set_is_held_to_the_value_limits_as_a_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("s.db"), OpenOptions::default()).unwrap();
+    let id = db.insert("c", [("n", 1)]).unwrap();
+    let big = |k: usize| Value::Text(format!("{k:06}{}", "x".repeat(100_000)));
+    for k in 0..10 {
+        db.set_add("c", id, "tags", vec![big(k)]).unwrap();
+    }
+    let e = db.set_add("c", id, "tags", vec![big(10)]).unwrap_err();
+    assert!(e.to_string().contains("encoded value size"), "{e}");
+    let Value::List(tags) = &db.get("c", id).unwrap().unwrap().fields["tags"] else {
+        panic!("not a list")
+    };
+    assert_eq!(tags.len(), 10, "the refused add left nothing");
+    // One level of nesting is the set's own.
+    let mut deep = Value::Int(0);
+    for _ in 0..32 {
+        deep = Value::List(vec![deep]);
+    }
+    let e = db.set_add("c", id, "deep", vec![deep]).unwrap_err();
+    assert!(e.to_string().contains("depth"), "{e}");
+}

@@ -1033,15 +1033,21 @@ impl<'a> Tx<'a> {
             let cell = self.cell(key, value, version, prev);
             self.merge_local(i, cell);
         }
-        if let Some(Value::List(l)) = self.records[i].state.field(field) {
-            if l.len() > SET_ELEMENTS_MAX {
-                return Err(WriteError::Limit {
-                    what: "set size",
-                    got: l.len(),
-                    max: SET_ELEMENTS_MAX,
+        if let Some(set) = self.records[i].state.field(field) {
+            if let Value::List(l) = &set {
+                if l.len() > SET_ELEMENTS_MAX {
+                    return Err(WriteError::Limit {
+                        what: "set size",
+                        got: l.len(),
+                        max: SET_ELEMENTS_MAX,
+                    }
+                    .into());
                 }
-                .into());
             }
+            // The set is read (and exported) as one value: one level deeper than its
+            // elements, and their sizes together. Checked as a whole, or export → import of
+            // it would fail on a value this write let in.
+            validate_value(field, &set)?;
         }
         Ok(())
     }
