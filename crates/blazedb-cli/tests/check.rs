@@ -47,3 +47,33 @@ fn lines(count: usize) -> String {
         .map(|n| format!("{{\"n\": {n}, \"text\": \"{text}\"}}\n"))
         .collect()
 }
+
+/// A file damaged so badly that reading the records fails outright still gets a report of
+/// what is wrong (`ok: false` and the problems), not a bare storage error.
+#[test]
+fn a_badly_damaged_file_gets_a_report() {
+    let db = TestDb::new();
+    let lines: String = (0..3000)
+        .map(|i| format!("{{\"n\": {i}, \"t\": \"{}\"}}\n", "x".repeat(200)))
+        .collect();
+    let input = db.file("in.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    db.run("import", &["c", input.to_str().unwrap()]).success();
+    let mut bytes = std::fs::read(&db.path).unwrap();
+    let pages = bytes.len() / 4096;
+    for p in (2..pages).step_by(7) {
+        for (i, b) in bytes[p * 4096..(p + 1) * 4096].iter_mut().enumerate() {
+            *b = ((p * 31 + i) % 256) as u8;
+        }
+    }
+    std::fs::write(&db.path, bytes).unwrap();
+    let run = db.run("check", &[]).failure(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["ok"], false, "{}", run.stdout);
+    assert!(!report["problems"].as_array().unwrap().is_empty());
+    assert!(
+        run.stderr.contains("restore from a backup"),
+        "{}",
+        run.stderr
+    );
+}

@@ -302,8 +302,11 @@ impl Database {
     pub fn integrity_check(&self) -> Result<IntegrityReport> {
         let inner = self.lock()?;
         let mut problems = Vec::new();
-        {
-            let mut stmt = inner.conn.prepare("PRAGMA integrity_check")?;
+        // A file damaged enough makes a step fail outright ("database disk image is
+        // malformed"): that is a finding of the check, reported with the others, not an
+        // error of the check.
+        let pragma = |sql: &str, problems: &mut Vec<String>| -> rusqlite::Result<()> {
+            let mut stmt = inner.conn.prepare(sql)?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             for r in rows {
                 let r = r?;
@@ -311,15 +314,19 @@ impl Database {
                     problems.push(r);
                 }
             }
+            Ok(())
+        };
+        if let Err(e) = pragma("PRAGMA integrity_check", &mut problems) {
+            problems.push(format!("integrity check: {e}"));
         }
         if self.is_encrypted() {
-            let mut stmt = inner.conn.prepare("PRAGMA cipher_integrity_check")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            for r in rows {
-                problems.push(format!("cipher: {}", r?));
+            let mut cipher = Vec::new();
+            if let Err(e) = pragma("PRAGMA cipher_integrity_check", &mut cipher) {
+                cipher.push(e.to_string());
             }
+            problems.extend(cipher.into_iter().map(|p| format!("cipher: {p}")));
         }
-        {
+        let records = |problems: &mut Vec<String>| -> rusqlite::Result<()> {
             let mut stmt = inner
                 .conn
                 .prepare("SELECT coll, id, seq, body FROM records")?;
@@ -338,6 +345,10 @@ impl Database {
                     ));
                 }
             }
+            Ok(())
+        };
+        if let Err(e) = records(&mut problems) {
+            problems.push(format!("reading the records: {e}"));
         }
         Ok(IntegrityReport {
             ok: problems.is_empty(),
