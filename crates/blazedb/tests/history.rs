@@ -183,7 +183,7 @@ fn a_format_3_history_migrates_to_chains() {
              ALTER TABLE history DROP COLUMN old_seq;
              ALTER TABLE snapshot_progress DROP COLUMN acked;
              DROP INDEX conflicts_by_record;
-             ALTER TABLE history DROP COLUMN old_prev_hlc;
+             ALTER TABLE history DROP COLUMN old_prev_age;
              ALTER TABLE history DROP COLUMN old_prev_node;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 3 WHERE key = 'format_version';",

@@ -608,7 +608,7 @@ fn a_format_1_file_migrates() {
              ALTER TABLE history DROP COLUMN prev; ALTER TABLE records DROP COLUMN hist;
              ALTER TABLE history DROP COLUMN old_seq;
              DROP INDEX conflicts_by_record;
-             ALTER TABLE history DROP COLUMN old_prev_hlc;
+             ALTER TABLE history DROP COLUMN old_prev_age;
              ALTER TABLE history DROP COLUMN old_prev_node;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 1 WHERE key = 'format_version';",

@@ -337,7 +337,7 @@ impl Inner {
             .flatten();
         let mut stmt = self.conn.prepare_cached(
             "SELECT coll, id, prev, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms,
-                    old_seq, old_prev_hlc, old_prev_node
+                    old_seq, old_prev_age, old_prev_node
              FROM history WHERE hid = ?1",
         )?;
         let mut next = head;
@@ -518,15 +518,23 @@ impl Inner {
                     let Some(node) = self.nodes.id(n as u64) else {
                         return Ok(Replaced::UnknownNode);
                     };
+                    // Format 9: the prev's HLC as an age behind the cell's own, its writer
+                    // when not the cell's (see `schema::HISTORY_OLD_PREV`).
                     let prev = match (r.get::<_, Option<i64>>(13)?, r.get::<_, Option<i64>>(14)?) {
-                        (Some(hlc), Some(n)) => match self.nodes.id(n as u64) {
-                            Some(node) => Some(Version {
-                                hlc: Hlc(hlc as u64),
-                                node,
-                            }),
-                            None => return Ok(Replaced::UnknownNode),
-                        },
-                        _ => None,
+                        (None, _) => None,
+                        (Some(age), writer) => {
+                            let writer = match writer {
+                                None => Some(node),
+                                Some(n) => self.nodes.id(n as u64),
+                            };
+                            let Some(writer) = writer else {
+                                return Ok(Replaced::UnknownNode);
+                            };
+                            Some(Version {
+                                hlc: Hlc(hlc.wrapping_sub(age) as u64),
+                                node: writer,
+                            })
+                        }
                     };
                     Replaced::Cell(Cell {
                         key: key.clone(),
@@ -1098,7 +1106,7 @@ mod tests {
         assert!(a(&then).prev.is_some(), "a = 2 was written over a = 1");
         {
             let conn = rusqlite::Connection::open(dir.path().join("old.db")).unwrap();
-            conn.execute_batch("UPDATE history SET old_prev_hlc = NULL, old_prev_node = NULL")
+            conn.execute_batch("UPDATE history SET old_prev_age = NULL, old_prev_node = NULL")
                 .unwrap();
         }
         let db = open(&dir, "old");
@@ -1135,6 +1143,34 @@ mod tests {
         b.apply_changes(a.node_id(), &[change], None).unwrap();
         assert_eq!(b.get("c", id).unwrap().unwrap().fields["f"], Value::Int(2));
         assert_eq!(b.conflicts(None).unwrap(), vec![]);
+    }
+
+    /// A cell whose writer overwrote another node's version keeps that version, node
+    /// included, as its `prev` when rebuilt (stored as an age and a writer, format 9).
+    #[test]
+    fn a_rebuilt_prev_keeps_another_writers_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (open(&dir, "a"), open(&dir, "b"));
+        let id = a.insert("c", [("f", Value::Int(1))]).unwrap();
+        apply_all(&a, &b);
+        let from_a = live_cells(&b, id)
+            .into_iter()
+            .find(|c| c.key == CellKey::Field("f".into()))
+            .unwrap()
+            .version;
+        b.update("c", id, Patch::new().set("f", 2)).unwrap();
+        let at = b.last_seq().unwrap();
+        let then = live_cells(&b, id);
+        b.update("c", id, Patch::new().set("f", 3)).unwrap();
+        let (_, rebuilt) = b.record_state_now_and_at("c", id, at).unwrap().unwrap();
+        let rebuilt = rebuilt.unwrap().cells().to_vec();
+        assert_eq!(rebuilt, then);
+        let f = rebuilt
+            .iter()
+            .find(|c| c.key == CellKey::Field("f".into()))
+            .unwrap();
+        assert_eq!(f.prev, Some(from_a));
+        assert_ne!(f.version.node, from_a.node);
     }
 
     /// The record's cells as stored now.

@@ -12,7 +12,7 @@
 //! | `feed_links`    | partly overwritten commit  | `s` must be delivered together with `t`   |
 //! | `indexes`       | declared secondary index   |                                           |
 //! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
-//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5); the replaced cell's own prev, `old_prev_*` (format 9) |
+//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5); the replaced cell's own prev, `old_prev_age`/`_node` (format 9) |
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application; by record (format 8) |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors; the row (X'', 'clock') holds the local clock (format 6) |
@@ -133,10 +133,13 @@ CREATE INDEX conflicts_by_record ON conflicts (coll, id);
 /// cell's writer had seen), so that a record rebuilt as it was at an earlier position
 /// (`Inner::state_at`: a record moving into a partial replica's view, a restatement) carries
 /// every cell exactly as it was, and the receiver classifies a later write of that cell the
-/// way the source does. Entries written before format 9 have none: their cells are rebuilt
-/// with `prev` absent, as before (a receiver may then list a spurious conflict).
+/// way the source does. Kept small, as every change writes an entry: `old_prev_age` is
+/// `old_hlc` minus the prev's HLC (a few bytes, not eight), `old_prev_node` is NULL when the
+/// prev's writer is `old_node`; no prev, both NULL. Entries written before format 9 have
+/// none: their cells are rebuilt with `prev` absent, as before (a receiver may then list a
+/// spurious conflict).
 const HISTORY_OLD_PREV: &str = "
-ALTER TABLE history ADD COLUMN old_prev_hlc INTEGER;
+ALTER TABLE history ADD COLUMN old_prev_age INTEGER;
 ALTER TABLE history ADD COLUMN old_prev_node INTEGER;
 ";
 

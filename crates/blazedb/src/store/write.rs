@@ -1537,8 +1537,9 @@ struct HistoryRow {
     recorded_ms: i64,
     prev: Option<i64>,
     old_seq: Option<i64>,
-    /// The replaced cell's `prev` (format 9).
-    old_prev_hlc: Option<i64>,
+    /// The replaced cell's `prev` (format 9): `old_hlc` minus its HLC, and its writer when
+    /// not `old_node`.
+    old_prev_age: Option<i64>,
     old_prev_node: Option<i64>,
 }
 
@@ -1572,7 +1573,7 @@ const FEED_INSERT: MultiInsert = MultiInsert {
 };
 
 const HISTORY_INSERT: MultiInsert = MultiInsert {
-    head: "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq, old_prev_hlc, old_prev_node) VALUES",
+    head: "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq, old_prev_age, old_prev_node) VALUES",
     row: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     width: 16,
 };
@@ -1804,7 +1805,7 @@ fn bind_history(
     stmt.raw_bind_parameter(at + 12, r.recorded_ms)?;
     stmt.raw_bind_parameter(at + 13, r.prev)?;
     stmt.raw_bind_parameter(at + 14, r.old_seq)?;
-    stmt.raw_bind_parameter(at + 15, r.old_prev_hlc)?;
+    stmt.raw_bind_parameter(at + 15, r.old_prev_age)?;
     stmt.raw_bind_parameter(at + 16, r.old_prev_node)
 }
 
@@ -1834,8 +1835,11 @@ impl RecordWriter<'_> {
             // `Database::history` puts them back into the listing.)
             let node = t.nodes.index(&version.node);
             let old_node = old.as_ref().map(|c| t.nodes.index(&c.version.node) as i64);
-            let old_prev = old.as_ref().and_then(|c| c.prev);
-            let old_prev_node = old_prev.map(|v| t.nodes.index(&v.node) as i64);
+            let old_prev = old.as_ref().and_then(|c| c.prev.map(|p| (c.version, p)));
+            let old_prev_age = old_prev.map(|(v, p)| (v.hlc.0 as i64).wrapping_sub(p.hlc.0 as i64));
+            let old_prev_node = old_prev
+                .filter(|(v, p)| v.node != p.node)
+                .map(|(_, p)| t.nodes.index(&p.node) as i64);
             let bytes = &mut self.history_bytes;
             let start = bytes.len();
             encode_key(bytes, key);
@@ -1862,7 +1866,7 @@ impl RecordWriter<'_> {
                 recorded_ms: now_ms as i64,
                 prev,
                 old_seq: old.as_ref().map(|c| c.seq.0 as i64),
-                old_prev_hlc: old_prev.map(|v| v.hlc.0 as i64),
+                old_prev_age,
                 old_prev_node,
             });
             prev = Some(next);
