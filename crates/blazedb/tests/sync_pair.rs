@@ -882,7 +882,7 @@ fn large_set_elements_stay_within_the_frame_limit() {
             let id = tx.insert("files", [("name", Value::Int(r as i64))])?;
             let mut patch = Patch::new();
             for (k, e) in p.iter().enumerate() {
-                patch = patch.add(&format!("part{k}"), vec![e.clone()]);
+                patch = patch.add(format!("part{k}"), vec![e.clone()]);
             }
             tx.update("files", id, patch)?;
         }
