@@ -165,21 +165,10 @@ fn apply_segment(
             }
         }
         for (i, winner, loser) in tx.take_ignored() {
-            // A write that lost without changing anything passed no write check; under
-            // access rules it is listed as a conflict only if its writer may write the
-            // record at all (else anyone could fill the conflicts of any record, and an
-            // operator resolving one would apply a stranger's value).
-            let p = &tx.records[i];
-            let may_write = access.is_none_or(|access| {
-                let fields = p.state.is_live().then(|| p.state.fields());
-                access
-                    .can_write(&p.collection, p.id, fields.as_ref(), fields.as_ref())
-                    .is_ok()
-            });
-            state.ignored.push((p.collection.clone(), p.id));
-            if may_write {
-                tx.store_conflict(i, &winner, &loser)?;
-            }
+            tx.store_conflict(i, &winner, &loser)?;
+            state
+                .ignored
+                .push((tx.records[i].collection.clone(), tx.records[i].id));
         }
     }
     Ok(())
