@@ -1246,7 +1246,10 @@ fn simulation_converges_under_faults() {
 /// rebuilt wrongly where one received unit held two of its transactions (`history.rs`,
 /// `transactions_applied_together_are_told_apart`); and a partial replica sent a change
 /// of a record its own later write had taken out of its view (`selective.rs`,
-/// `a_change_from_before_the_replicas_write_took_the_record_out_is_not_sent`).
+/// `a_change_from_before_the_replicas_write_took_the_record_out_is_not_sent`); last, a
+/// ruled leaf's write that lost to a concurrent change making the record unwritable to it,
+/// which a filter on conflicts by the writer's rights (tried 2026-12-05, reverted) left
+/// unrecorded.
 #[test]
 fn schedules_that_once_failed_converge() {
     for (seed, perturb) in [
@@ -1267,6 +1270,7 @@ fn schedules_that_once_failed_converge() {
         (4648, false),
         (5754, false),
         (1366, true),
+        (81489, true),
     ] {
         run_seed_perturbed(seed, perturb);
     }
