@@ -51,7 +51,15 @@ impl ConnectionAccess {
         }
     }
 
-    /// The caller's parameters; empty (every `$auth.x` null) before authentication, which
+    /// One claim of the verified credential (`$auth.<name>`).
+    fn claim(&self, name: &str) -> Option<&Value> {
+        match ConnectionAccess::params(self).get("auth") {
+            Some(Value::Map(auth)) => auth.get(name),
+            _ => None,
+        }
+    }
+
+    /// The caller's parameters; empty (every `$auth.x` unknown) before authentication, which
     /// the session never lets happen: it authenticates on HELLO before anything else.
     fn params(&self) -> &Params {
         static EMPTY: OnceLock<Params> = OnceLock::new();
@@ -81,11 +89,8 @@ impl AccessControl for ConnectionAccess {
 
     /// The token's `sub` (the static token's is "token", shared by all who hold it).
     fn identity(&self) -> Option<String> {
-        match ConnectionAccess::params(self).get("auth") {
-            Some(Value::Map(auth)) => match auth.get("sub") {
-                Some(Value::Text(sub)) => Some(sub.clone()),
-                _ => None,
-            },
+        match self.claim("sub")? {
+            Value::Text(sub) => Some(sub.clone()),
             _ => None,
         }
     }
@@ -94,10 +99,7 @@ impl AccessControl for ConnectionAccess {
     /// core ends it with `AUTH_FAILED` then, and the client reconnects with a fresh token.
     /// Static tokens do not expire.
     fn credential_lifetime_ms(&self) -> Option<u64> {
-        let Some(Value::Map(auth)) = ConnectionAccess::params(self).get("auth") else {
-            return None;
-        };
-        let exp_s = match auth.get("exp")? {
+        let exp_s = match self.claim("exp")? {
             Value::Int(s) => *s as f64,
             Value::Float(s) => *s,
             _ => return None,

@@ -51,8 +51,7 @@ pub mod watch;
 pub use error::{ApplyError, Error, OpenError, Result, WriteError};
 /// The checks every write makes of names and values, for callers that want to refuse input
 /// before they open (or create) a database.
-pub use store::validate_collection_name;
-pub use store::{validate_field_name, validate_value};
+pub use store::{validate_collection_name, validate_field_name, validate_value};
 pub use store::{
     Change, ChangeBatch, Checkpoint, CollectionPolicy, Conflict, Database, FieldOp, HistoryEntry,
     HistoryRetention, OpenOptions, OrderBy, PastVisibility, Patch, PeerDirection, PeerInfo, Query,

@@ -131,18 +131,25 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     // Each side's own password file, else the global one, else BLAZEDB_PASSWORD.
-    let password_a = resolve(
-        args.password_file_a
-            .as_deref()
-            .or(ctx.password_file.as_deref()),
-        PASSWORD_ENV,
-    )?;
+    let password =
+        |own: Option<&std::path::Path>| resolve(own.or(ctx.password_file.as_deref()), PASSWORD_ENV);
+    let password_a = password(args.password_file_a.as_deref())?;
+    let tls_options =
+        args.danger_accept_invalid_certs || args.tls_ca.is_some() || args.tls_client_cert.is_some();
     // A second argument that names a URL selects network mode.
-    if let Some(url) = peer_url(&args.db_b)? {
-        let endpoint: Endpoint = url.parse().map_err(|e| UsageError(format!("{e}")))?;
+    if let Some(endpoint) = peer_url(&args.db_b)? {
+        if tls_options && !matches!(endpoint.scheme(), "tls" | "wss") {
+            return Err(UsageError(format!(
+                "TLS options apply to tls:// and wss:// peers, and {} is {}://: use tls:// or \
+                 wss://, or leave the TLS options out",
+                args.db_b.display(),
+                endpoint.scheme()
+            ))
+            .into());
+        }
         return runtime.block_on(run_network(args, endpoint, password_a));
     }
-    if args.danger_accept_invalid_certs || args.tls_ca.is_some() || args.tls_client_cert.is_some() {
+    if tls_options {
         bail!(
             "TLS options apply to a network peer, and {} is a file: give a tls:// or wss:// URL",
             args.db_b.display()
@@ -151,12 +158,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let opts = SyncFilesOptions {
         mode: args.mode,
         password_a,
-        password_b: resolve(
-            args.password_file_b
-                .as_deref()
-                .or(ctx.password_file.as_deref()),
-            PASSWORD_ENV,
-        )?,
+        password_b: password(args.password_file_b.as_deref())?,
         session: SessionConfig {
             policy: args.selective.policy()?,
             ..SessionConfig::default()
@@ -179,12 +181,16 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
 /// scheme this command does not know (`http://…`), or one that reads like an address
 /// (`host:port`, `ws:host`) and names no existing file, is refused with what to write
 /// instead, not taken for the name of a new database file.
-fn peer_url(db_b: &std::path::Path) -> Result<Option<&str>> {
+fn peer_url(db_b: &std::path::Path) -> Result<Option<Endpoint>> {
     let Some(s) = db_b.to_str() else {
         return Ok(None);
     };
-    if Endpoint::looks_like_url(s) {
-        return Ok(Some(s));
+    if Endpoint::looks_like_url(s) || s.contains("://") {
+        // The parser names the schemes it takes when this is none of them.
+        return s
+            .parse()
+            .map(Some)
+            .map_err(|e: blazedb_net::transport::TransportError| UsageError(e.to_string()).into());
     }
     let scheme_like = s.split_once(':').is_some_and(|(scheme, _)| {
         scheme.len() > 1
@@ -196,13 +202,6 @@ fn peer_url(db_b: &std::path::Path) -> Result<Option<&str>> {
     let address_like = s
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.contains('/') && port.parse::<u16>().is_ok());
-    if s.contains("://") {
-        // Not one of ours (`looks_like_url` said so): the parser says which schemes are.
-        return match s.parse::<Endpoint>() {
-            Ok(_) => Ok(Some(s)),
-            Err(e) => Err(UsageError(e.to_string()).into()),
-        };
-    }
     if db_b.exists() || !(scheme_like || address_like) {
         return Ok(None);
     }
@@ -224,17 +223,6 @@ fn peer_url(db_b: &std::path::Path) -> Result<Option<&str>> {
 }
 
 async fn run_network(args: &SyncArgs, endpoint: Endpoint, password: Option<String>) -> Result<()> {
-    let tls_options =
-        args.danger_accept_invalid_certs || args.tls_ca.is_some() || args.tls_client_cert.is_some();
-    if tls_options && !matches!(endpoint.scheme(), "tls" | "wss") {
-        return Err(UsageError(format!(
-            "TLS options apply to tls:// and wss:// peers, and {} is {}://: use tls:// or \
-             wss://, or leave the TLS options out",
-            args.db_b.display(),
-            endpoint.scheme()
-        ))
-        .into());
-    }
     let path = args.db_a.clone();
     let options = OpenOptions {
         password,

@@ -159,19 +159,16 @@ async fn tcp(hp: &HostPort, name: &str) -> Result<TcpStream, TransportError> {
 /// relay answers `{"code": ..., "error": ...}`); anything else may pass.
 fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> TransportError {
     use tokio_tungstenite::tungstenite::Error;
-    let Error::Http(response) = &e else {
-        return TransportError::WebSocket {
-            endpoint: endpoint.to_owned(),
-            reason: e.to_string(),
-        };
+    let response = match &e {
+        Error::Http(r) if matches!(r.status().as_u16(), 401 | 403) => r,
+        _ => {
+            return TransportError::WebSocket {
+                endpoint: endpoint.to_owned(),
+                reason: e.to_string(),
+            }
+        }
     };
     let status = response.status().as_u16();
-    if status != 401 && status != 403 {
-        return TransportError::WebSocket {
-            endpoint: endpoint.to_owned(),
-            reason: e.to_string(),
-        };
-    }
     let said = response
         .body()
         .as_deref()

@@ -193,13 +193,13 @@ fn check_group(
         crate::crdt::RecordState,
     );
     let mut records: Vec<Judged<'_>> = Vec::new();
-    let mut index: FastMap<(&str, [u8; 16]), usize> = FastMap::default();
+    let mut index: FastMap<Key<'_>, usize> = FastMap::default();
     for ch in group {
         let key = (ch.collection.as_str(), ch.id);
-        let at = match index.get(&(key.0, key.1 .0)) {
+        let at = match index.get(&key) {
             Some(&at) => at,
             None => {
-                index.insert((key.0, key.1 .0), records.len());
+                index.insert(key, records.len());
                 let (stored, before) = match tx.load(&ch.collection, ch.id, false)? {
                     Some(i) => (true, tx.records[i].state.clone()),
                     None => (false, crate::crdt::RecordState::new()),
