@@ -10,7 +10,7 @@ use blazedb_net::reconnect::ClientError;
 use blazedb_net::transport::{
     ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions, TransportError,
 };
-use blazedb_net::{sync_once, ClientOptions, Endpoint};
+use blazedb_net::{sync_once, sync_watch, ClientOptions, Endpoint};
 use common::{count, dump, fill, open};
 use transport_common::{listen_tcp, make_pki, next_ended, TEST_LIMIT};
 
@@ -26,9 +26,11 @@ fn client(tls: TlsClientOptions) -> ClientOptions {
 
 fn assert_handshake_refused(r: Result<blazedb_net::ClientReport, ClientError>, why: &str) {
     match r {
-        Err(ClientError::Transport(TransportError::TlsHandshake { source, .. })) => {
-            let text = source.to_string();
+        Err(ClientError::Transport(e @ TransportError::TlsHandshake { .. })) => {
+            let text = e.to_string();
             assert!(text.contains(why), "{why:?} not in {text:?}");
+            // The same certificate would be met again: no reconnect loop retries it.
+            assert!(e.is_permanent(), "{text}");
         }
         other => panic!("expected a refused TLS handshake ({why}), got {other:?}"),
     }
@@ -66,6 +68,10 @@ async fn untrusted_server_certificates_are_refused_unless_danger() {
             ..TlsClientOptions::default()
         };
         let r = sync_once(a.clone(), &url, &client(wrong.clone())).await;
+        assert_handshake_refused(r, "UnknownIssuer");
+        // A watching client gives up with the same error instead of retrying forever.
+        let stop = std::future::pending::<()>();
+        let r = sync_watch(a.clone(), &url, &client(wrong.clone()), stop, |_| {}).await;
         assert_handshake_refused(r, "UnknownIssuer");
         assert_eq!(count(&b, "c"), 0, "nothing flowed over a refused handshake");
 

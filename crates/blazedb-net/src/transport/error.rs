@@ -99,14 +99,43 @@ impl TransportError {
     /// True when trying again cannot help (a bad URL or configuration), as opposed to a
     /// peer that is down or unreachable for now.
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
+        match self {
             TransportError::InvalidUrl { .. }
-                | TransportError::Unsupported { .. }
-                | TransportError::TlsConfig { .. }
-                | TransportError::TlsOptions(_)
-                | TransportError::NoAddress
-                | TransportError::Refused { .. }
-        )
+            | TransportError::Unsupported { .. }
+            | TransportError::TlsConfig { .. }
+            | TransportError::TlsOptions(_)
+            | TransportError::NoAddress
+            | TransportError::Refused { .. } => true,
+            TransportError::TlsHandshake { source, .. } => certificate_refused(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a failed TLS handshake failed on a certificate: the peer's, which we could not
+/// verify (unknown CA, another name, expired), or ours, which the peer refused. Trying
+/// again with the same settings meets the same certificate; a peer that drops the
+/// connection or does not speak TLS (yet) may be restarting, and is tried again.
+fn certificate_refused(e: &io::Error) -> bool {
+    use rustls::AlertDescription as Alert;
+    let Some(e) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    match e {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => true,
+        rustls::Error::AlertReceived(alert) => matches!(
+            alert,
+            Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::CertificateRequired
+        ),
+        _ => false,
     }
 }

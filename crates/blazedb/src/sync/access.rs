@@ -10,6 +10,11 @@ use crate::query::Params;
 use crate::sync::Hello;
 use crate::{RecordId, Value};
 
+/// Peer note: the identity ([`AccessControl::identity`]) a node id was first seen under. The
+/// handshake refuses the node to any other identity, and an apply under access control
+/// refuses cells that name it as their writer when another identity sends them.
+pub(crate) const IDENTITY_NOTE: &str = "identity";
+
 /// Decisions for one peer. Every method has a permissive default.
 pub trait AccessControl: Send + Sync + std::fmt::Debug {
     /// Called with the peer's HELLO before anything else: refuse to end the session with

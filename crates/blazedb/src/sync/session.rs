@@ -35,6 +35,7 @@
 
 use std::collections::VecDeque;
 
+use super::access::IDENTITY_NOTE;
 use super::frame::{FrameDecoder, FrameEncoder, FrameError};
 use super::message::{self, caps, kind, Dict, ErrorCode, Hello, Message, SnapshotWish, SyncMode};
 use super::policy::{CompiledPolicy, SyncPolicy};
@@ -51,8 +52,6 @@ use crate::store::{
 };
 use crate::store::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED, SERVER_NOTE};
 
-/// Peer note: the identity (`AccessControl::identity`) a node id was first seen under.
-const IDENTITY_NOTE: &str = "identity";
 use crate::types::Seq;
 use crate::{NodeId, PastVisibility, RecordId};
 
