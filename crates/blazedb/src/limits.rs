@@ -111,6 +111,12 @@ pub const SESSION_DICT_ENTRIES_MAX: usize = 65_536;
 pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// Longest error message in an ERROR frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 4096;
+/// Frames a session may hold unsent for its peer when another frame of the peer arrives.
+/// Replies (PONG, ACK, REJECT) pile up only while the peer sends without reading what it
+/// is sent; past this many the session ends with `RATE_LIMITED` instead of keeping a reply
+/// per frame in memory for good. Far above what a reading peer ever leaves queued (the
+/// sender reads its feed only when the queue is empty).
+pub const QUEUED_FRAMES_MAX: usize = 4096;
 /// Send a PING after this long without sending anything.
 pub const PING_INTERVAL_MS_DEFAULT: u64 = 5_000;
 /// Close a session that received nothing for this long (a dead peer is detected within it).

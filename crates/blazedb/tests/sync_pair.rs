@@ -915,3 +915,46 @@ fn huge_intervals_never_fire() {
     let s = Session::new(&a, cfg, 5).unwrap();
     assert_eq!(s.poll_timeout(), Some(u64::MAX));
 }
+
+/// A peer that keeps sending but never reads what it is sent: each PING queues a PONG, and
+/// without a bound a session held one per frame in memory for good (a relay grew by 213 MB
+/// for one client sending 4 million PINGs). Past `QUEUED_FRAMES_MAX` unsent frames the
+/// session ends with `RATE_LIMITED`, and what it holds stays bounded.
+#[test]
+fn a_peer_that_never_reads_cannot_pile_up_replies() {
+    use blazedb::limits::{PROTOCOL_VERSION, QUEUED_FRAMES_MAX};
+    use blazedb::sync::frame::FrameEncoder;
+    use blazedb::sync::message::encode_simple;
+    use blazedb::sync::{ErrorCode, Hello, Message, Session, SessionConfig, SyncMode};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), "a");
+    let mut session = Session::new(&db, SessionConfig::default(), 0).unwrap();
+    let mut enc = FrameEncoder::default();
+    let frame = |enc: &mut FrameEncoder, m: &Message| {
+        let (k, p) = encode_simple(m);
+        enc.encode(k, false, &p)
+    };
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: blazedb::NodeId([3; 16]),
+        last_seq: blazedb::Seq(0),
+        mode: SyncMode::Both,
+        server: false,
+        caps: 0,
+        token: String::new(),
+    });
+    session
+        .handle_bytes(0, &frame(&mut enc, &hello), &db)
+        .unwrap();
+    let mut pings = Vec::new();
+    for nonce in 0..(QUEUED_FRAMES_MAX as u64 * 2) {
+        pings.extend(frame(&mut enc, &Message::Ping { nonce }));
+    }
+    let err = session.handle_bytes(1, &pings, &db).unwrap_err();
+    assert_eq!(err.code, ErrorCode::RateLimited, "{}", err.message);
+    let mut queued = 0;
+    while session.poll_transmit(2, &db).is_some() {
+        queued += 1;
+    }
+    assert!(queued <= QUEUED_FRAMES_MAX + 8, "{queued} frames queued");
+}

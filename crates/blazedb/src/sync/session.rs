@@ -42,7 +42,7 @@ use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
     BATCH_CELLS_DEFAULT, ECHO_CAUGHT_UP_INTERVAL_MS, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION,
+    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, QUEUED_FRAMES_MAX,
     SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS,
     TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
 };
@@ -533,6 +533,20 @@ impl Session {
             // Liveness counts whole frames only: a peer (or a corrupted length) that sends
             // bytes which never complete a frame still times out.
             self.last_recv_ms = now_ms;
+            if self.out.len() >= QUEUED_FRAMES_MAX {
+                // The peer keeps sending but reads nothing (or the transport is stuck): a
+                // reply per frame would pile up here without end, and the driver keeps
+                // reading so that a peer that does read is never deadlocked.
+                return Err(self.fail(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "{} frames wait for the peer to read them and it keeps sending: read \
+                         what the session sends while sending (limit QUEUED_FRAMES_MAX)",
+                        self.out.len()
+                    ),
+                    now_ms,
+                ));
+            }
             let msg = if frame.kind == kind::CHANGES {
                 let budget = TRANSACTION_CELLS_MAX.saturating_sub(self.staged_cells);
                 match self.rx_dict.decode_changes(&frame.payload, budget) {
