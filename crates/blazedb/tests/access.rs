@@ -1070,4 +1070,54 @@ mod raw_units {
         raw_unit(&relay, &mut ss, laptop, &[phones], Seq(2));
         assert_eq!(text(&relay, x, "t"), Some("from alice's phone".into()));
     }
+
+    /// A losing write changes nothing, so the write check never saw it, yet it was listed as
+    /// a conflict beside the winner (where resolving it applies it): a stranger could put a
+    /// value on any record it knew the id of. A loser the rules would not have let win is
+    /// refused instead; an editor's losing write is still recorded.
+    #[test]
+    fn a_strangers_losing_write_is_refused_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = open(dir.path(), "relay");
+        let x = relay
+            .insert(
+                "docs",
+                [("owner", "alice"), ("editor", "bob"), ("text", "t")],
+            )
+            .unwrap();
+        // Older than the relay's value and made without seeing it: a concurrent loser.
+        let old = |node: NodeId, v: &str| Change {
+            seq: Seq(1),
+            collection: "docs".into(),
+            id: x,
+            cells: vec![field(
+                "text",
+                v,
+                Version {
+                    hlc: Hlc::new(1, 0),
+                    node,
+                },
+            )],
+        };
+        let mallory = NodeId([7; 16]);
+        let mut ss = Session::new(&relay, relay_cfg("mallory"), 0).unwrap();
+        raw_unit(&relay, &mut ss, mallory, &[old(mallory, "spam")], Seq(1));
+        let mut refused = Vec::new();
+        while let Some(e) = ss.poll_event() {
+            if let blazedb::sync::SessionEvent::Refused(list) = e {
+                refused.extend(list);
+            }
+        }
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].id, x);
+        assert!(relay.conflicts(None).unwrap().is_empty());
+        assert_eq!(text(&relay, x, "text"), Some("t".into()));
+
+        let bob = NodeId([8; 16]);
+        let mut ss = Session::new(&relay, relay_cfg("bob"), 0).unwrap();
+        raw_unit(&relay, &mut ss, bob, &[old(bob, "bob's")], Seq(1));
+        let conflicts = relay.conflicts(None).unwrap();
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].loser, Some(Value::from("bob's")));
+    }
 }

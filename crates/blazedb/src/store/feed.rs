@@ -67,7 +67,12 @@ pub struct ApplyOutcome {
     pub sender_seqs: Option<(Seq, Seq)>,
     /// Records where a write of a partial replica lost without being applied (only
     /// [`Database::apply_unit_from_partial_replica`] tracks them), noted for the peer.
+    /// Recorded as conflicts, except those in `refused_losers`.
     pub ignored: Vec<(String, RecordId)>,
+    /// Such losing writes that access control would not have let win: refused (sent back
+    /// in REJECT) rather than recorded as conflicts. They changed nothing, so nothing is
+    /// restated.
+    pub refused_losers: Vec<crate::sync::Rejection>,
 }
 
 /// Whose unit [`Database::apply_unit_with`] applies.
@@ -96,6 +101,8 @@ struct UnitApply {
     /// Records where a write of the sender lost without being applied (tracked only for a
     /// partial replica, see [`Database::apply_unit_from_partial_replica`]).
     ignored: Vec<(String, RecordId)>,
+    /// Those of `ignored` that access control would not have let win (see [`loser_refusal`]).
+    refused_losers: Vec<crate::sync::Rejection>,
     /// Under access control, the writers other than the sender seen in the unit so far, and
     /// whether the sender may deliver their writes (see [`foreign_writer_refusal`]).
     writers: FastMap<NodeId, Option<String>>,
@@ -178,13 +185,53 @@ fn apply_segment(
             }
         }
         for (i, winner, loser) in tx.take_ignored() {
-            tx.store_conflict(i, &winner, &loser)?;
-            state
-                .ignored
-                .push((tx.records[i].collection.clone(), tx.records[i].id));
+            let record = (tx.records[i].collection.clone(), tx.records[i].id);
+            match access.and_then(|a| loser_refusal(tx, i, &loser, a)) {
+                Some(reason) => state.refused_losers.push(crate::sync::Rejection {
+                    collection: record.0.clone(),
+                    id: record.1,
+                    reason,
+                }),
+                None => tx.store_conflict(i, &winner, &loser)?,
+            }
+            state.ignored.push(record);
         }
     }
     Ok(())
+}
+
+/// Under access control, why a write of the sender that lost here without being applied
+/// must not be recorded as a conflict: the rules would not have let it win. Such a write
+/// changed nothing, so the write check never saw it, yet a conflict row would list its
+/// value beside the winner's, where resolving it applies it: anyone could have put values
+/// on any record they know the id of. It is refused (REJECT) instead, so its writer still
+/// hears of it (a write allowed when it was made, that lost to a change taking the record
+/// out of its writer's reach, is refused the same way: nothing is silently lost). Judged as
+/// if it had won over the record as it is now; a write to a deleted record, or a re-insert,
+/// is recorded as before (`None`).
+fn loser_refusal(
+    tx: &super::Tx<'_>,
+    i: usize,
+    loser: &Cell,
+    access: &dyn crate::sync::AccessControl,
+) -> Option<String> {
+    let p = &tx.records[i];
+    let now = &p.state;
+    let deletes = loser.key == CellKey::Record && loser.value == CellValue::Absent;
+    if !now.is_live() || (loser.key == CellKey::Record && !deletes) {
+        return None;
+    }
+    let mut won = now.clone();
+    let mut forced = loser.clone();
+    forced.version = Version {
+        hlc: Hlc(u64::MAX),
+        node: loser.version.node,
+    };
+    won.merge(forced);
+    let after = won.is_live().then(|| won.fields());
+    access
+        .can_write(&p.collection, p.id, Some(&now.fields()), after.as_ref())
+        .err()
 }
 
 /// Under access control, the writes in `change` that name a writer other than the sender
@@ -1005,6 +1052,7 @@ impl Database {
             rejected,
             sender_seqs,
             ignored,
+            refused_losers: state.refused_losers,
         })
     }
 

@@ -1756,8 +1756,9 @@ impl Session {
                 self.received_through = end;
                 // The cursor was stored with the unit.
                 self.received_noted = end;
-                if !outcome.rejected.is_empty() {
-                    self.stats.changes_refused += outcome.rejected.len() as u64;
+                if !outcome.rejected.is_empty() || !outcome.refused_losers.is_empty() {
+                    let refused = outcome.rejected.len() + outcome.refused_losers.len();
+                    self.stats.changes_refused += refused as u64;
                     if self.refused.len() + outcome.rejected.len() > REFUSED_REMEMBERED_MAX {
                         // A peer that keeps writing what it may not: start over (a restated
                         // delete forgotten here may then be held back; see filter_view).
@@ -1769,10 +1770,17 @@ impl Session {
                             .iter()
                             .map(|r| (r.collection.clone(), r.id)),
                     );
-                    let rejections = outcome.rejected.clone();
-                    self.send(&Message::Reject { rejections }, now_ms);
-                    self.events
-                        .push_back(SessionEvent::Refused(outcome.rejected));
+                    // Refused losers were not applied and changed nothing: nothing to restate,
+                    // so they do not join `refused` (see `filter_view`).
+                    let mut rejections = outcome.rejected;
+                    rejections.extend(outcome.refused_losers);
+                    self.send(
+                        &Message::Reject {
+                            rejections: rejections.clone(),
+                        },
+                        now_ms,
+                    );
+                    self.events.push_back(SessionEvent::Refused(rejections));
                 }
                 self.send(&Message::Ack { seq: end }, now_ms);
                 if let Some((first, last)) = outcome.sender_seqs {
