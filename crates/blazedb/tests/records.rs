@@ -282,3 +282,140 @@ fn a_set_is_held_to_the_value_limits_as_a_whole() {
     let e = db.set_add("c", id, "deep", vec![deep]).unwrap_err();
     assert!(e.to_string().contains("depth"), "{e}");
 }
+
+#[test]
+fn field_limit_counts_visible_fields_only() {
+    use blazedb::limits::RECORD_FIELDS_MAX;
+    let (_d, db) = db();
+    let fields: Vec<(String, Value)> = (0..RECORD_FIELDS_MAX)
+        .map(|i| (format!("f{i}"), Value::Int(1)))
+        .collect();
+    let id = db.insert("c", fields).unwrap();
+    let mut patch = Patch::new();
+    for i in 0..100 {
+        patch = patch.unset(format!("f{i}"));
+    }
+    db.update("c", id, patch).unwrap();
+    // 924 fields show: removed ones keep their cells but are no fields of the record.
+    let mut patch = Patch::new();
+    for i in 0..100 {
+        patch = patch.set(format!("new{i}"), i);
+    }
+    db.update("c", id, patch).unwrap();
+    assert_eq!(
+        db.get("c", id).unwrap().unwrap().fields.len(),
+        RECORD_FIELDS_MAX
+    );
+    // Full now: one more is refused.
+    assert!(matches!(
+        db.update("c", id, Patch::new().set("one_more", 1)),
+        Err(Error::Write(WriteError::Limit { got, .. })) if got == RECORD_FIELDS_MAX + 1
+    ));
+    assert!(matches!(
+        db.increment("c", id, "one_more", 1),
+        Err(Error::Write(WriteError::Limit { .. }))
+    ));
+}
+
+/// Two replicas each add 600 fields: the merge (1201 fields) is over the limit, as merges
+/// may be. Writes that do not add a field must still pass; only adding one is refused.
+#[test]
+fn record_merged_over_the_field_and_set_limits_stays_writable() {
+    use blazedb::limits::{RECORD_FIELDS_MAX, SET_ELEMENTS_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| Database::open(dir.path().join(name), OpenOptions::default()).unwrap();
+    let (a, b) = (open("a.db"), open("b.db"));
+    let id = RecordId([7; 16]);
+    a.insert_with_id("c", id, [("n", 0)]).unwrap();
+    let first = a.changes_since(blazedb::Seq(0), 100_000, None).unwrap();
+    b.apply_changes(a.node_id(), &first.changes, None).unwrap();
+    let add_fields = |db: &Database, prefix: &str| {
+        let mut patch = Patch::new();
+        for i in 0..600 {
+            patch = patch.set(format!("{prefix}{i}"), i);
+        }
+        db.update("c", id, patch).unwrap();
+    };
+    add_fields(&a, "a");
+    add_fields(&b, "b");
+    // A set each side fills to 6,000 elements: 12,000 merged.
+    let elems = |from: i64| (from..from + 6_000).map(Value::Int).collect::<Vec<_>>();
+    a.set_add("c", id, "tags", elems(0)).unwrap();
+    b.set_add("c", id, "tags", elems(100_000)).unwrap();
+    let from_b = b.changes_since(blazedb::Seq(0), 100_000, None).unwrap();
+    a.apply_changes(b.node_id(), &from_b.changes, None).unwrap();
+    let merged = a.get("c", id).unwrap().unwrap();
+    assert_eq!(merged.fields.len(), 1202);
+    assert!(merged.fields.len() > RECORD_FIELDS_MAX);
+    assert!(matches!(&merged.fields["tags"], Value::List(l) if l.len() == 12_000));
+
+    a.update("c", id, Patch::new().set("a1", 100)).unwrap();
+    a.update("c", id, Patch::new().unset("b1")).unwrap();
+    a.increment("c", id, "n", 1).unwrap();
+    a.set_remove("c", id, "tags", vec![Value::Int(0)]).unwrap();
+    // Adding an element already there keeps the set as it is.
+    a.set_add("c", id, "tags", vec![Value::Int(1)]).unwrap();
+    a.upsert("c", id, [("a2", 5)]).unwrap();
+    assert!(matches!(
+        a.update("c", id, Patch::new().set("new", 1)),
+        Err(Error::Write(WriteError::Limit {
+            what: "fields in a record",
+            ..
+        }))
+    ));
+    assert!(matches!(
+        a.set_add("c", id, "tags", vec![Value::Int(-1)]),
+        Err(Error::Write(WriteError::Limit { what: "set size", got, max }))
+            if got == 11_999 + 1 && max == SET_ELEMENTS_MAX
+    ));
+    let after = a.get("c", id).unwrap().unwrap();
+    assert_eq!(after.fields.len(), 1201);
+    assert_eq!(after.fields["a1"], Value::Int(100));
+    assert_eq!(after.fields["n"], Value::Int(1));
+    assert!(matches!(&after.fields["tags"], Value::List(l) if l.len() == 11_999));
+}
+
+/// A failed operation inside a transaction that goes on and commits leaves nothing of itself.
+#[test]
+fn failed_operation_in_a_committed_transaction_leaves_no_trace() {
+    use blazedb::limits::RECORD_FIELDS_MAX;
+    let (_d, db) = db();
+    let id = db.insert("c", [("a", 0)]).unwrap();
+    db.transaction(|tx| {
+        // The second operation has an invalid name: the first must not stay applied.
+        assert!(tx
+            .update("c", id, Patch::new().set("a", 1).set("", 2))
+            .is_err());
+        // Type mismatch after a set that merged.
+        assert!(tx
+            .update(
+                "c",
+                id,
+                Patch::new()
+                    .set("b", 1)
+                    .increment("a", i64::MAX)
+                    .increment("a", 1)
+            )
+            .is_err());
+        let mut many = Patch::new();
+        for i in 0..RECORD_FIELDS_MAX + 10 {
+            many = many.set(format!("f{i}"), 1);
+        }
+        assert!(matches!(
+            tx.update("c", id, many),
+            Err(Error::Write(WriteError::Limit { .. }))
+        ));
+        let many: Vec<(String, Value)> = (0..RECORD_FIELDS_MAX)
+            .map(|i| (format!("g{i}"), Value::Int(1)))
+            .collect();
+        assert!(matches!(
+            tx.upsert("c", id, many),
+            Err(Error::Write(WriteError::Limit { .. }))
+        ));
+        Ok(())
+    })
+    .unwrap();
+    let r = db.get("c", id).unwrap().unwrap();
+    assert_eq!(r.fields, BTreeMap::from([("a".to_owned(), Value::Int(0))]));
+    assert_eq!(r.rev, 1);
+}

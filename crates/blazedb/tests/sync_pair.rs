@@ -958,3 +958,57 @@ fn a_peer_that_never_reads_cannot_pile_up_replies() {
     }
     assert!(queued <= QUEUED_FRAMES_MAX + 8, "{queued} frames queued");
 }
+
+/// Two replicas each grow one record to 3 MB, under `RECORD_BYTES_MAX` (4 MiB); merged, it is
+/// 6 MB. Each side must take the other's changes (a merge refused for its size is refused on
+/// every retry: sync would stop for good), and writes here may then keep or shrink the record,
+/// but not grow it.
+#[test]
+fn concurrent_writes_merging_over_the_record_size_limit_still_sync() {
+    use blazedb::limits::RECORD_BYTES_MAX;
+    use blazedb::{Error, WriteError};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "sa"), open(dir.path(), "sb"));
+    let id = RecordId([9; 16]);
+    a.insert_with_id("c", id, [("x", 1)]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let big = |c: char| Value::from(c.to_string().repeat(1_000_000));
+    let grow = |db: &Database, names: [&str; 3], fill: [char; 3]| {
+        let mut patch = Patch::new();
+        for (name, c) in names.into_iter().zip(fill) {
+            patch = patch.set(name, big(c));
+        }
+        db.update("c", id, patch).unwrap();
+    };
+    grow(&a, ["a1", "a2", "a3"], ['a', 'b', 'c']);
+    grow(&b, ["b1", "b2", "b3"], ['d', 'e', 'f']);
+
+    // Applied directly, each side takes the other's changes.
+    let from_a = a.changes_since(blazedb::Seq(0), 100_000, None).unwrap();
+    b.apply_changes(a.node_id(), &from_a.changes, None).unwrap();
+    // And through a session, both copies converge on the merged record.
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    let merged = a.get("c", id).unwrap().unwrap();
+    assert_eq!(merged.fields.len(), 7);
+
+    // Over the limit now: a write that adds to it is refused, with nothing stored...
+    let refused = a.update("c", id, Patch::new().set("a4", big('g')));
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Write(WriteError::Limit { what: "encoded record size", max, .. }))
+                if max == RECORD_BYTES_MAX
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(a.get("c", id).unwrap().unwrap().fields.len(), 7);
+    // ... one that keeps or shrinks it passes, and syncs.
+    a.update("c", id, Patch::new().set("x", 2)).unwrap();
+    b.update("c", id, Patch::new().unset("b3")).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    let fields = b.get("c", id).unwrap().unwrap().fields;
+    assert_eq!(fields.len(), 6);
+    assert_eq!(fields["x"], Value::Int(2));
+}

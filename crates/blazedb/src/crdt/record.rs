@@ -126,20 +126,47 @@ impl RecordState {
             .max()
     }
 
-    /// How many distinct fields have cells (visible or removed), without building values.
+    /// How many fields are visible (what [`RecordState::fields`] lists), without building
+    /// their values. A removed field keeps its cell (its version must win over older writes
+    /// arriving later) but is no field of the record: it does not count toward limits.
     pub fn field_count(&self) -> usize {
-        // A field has one register cell at most: without counters or sets, count those.
+        // A field has one register cell at most: without counters or sets, count the present
+        // values.
         if self.only_plain_fields() {
             return self
                 .cells
                 .iter()
-                .filter(|c| matches!(c.key, CellKey::Field(_)))
+                .filter(|c| matches!((&c.key, &c.value), (CellKey::Field(_), CellValue::Value(_))))
                 .count();
         }
-        let mut names: Vec<&str> = self.cells.iter().filter_map(|c| c.key.field()).collect();
+        let mut names: Vec<&str> = self
+            .cells
+            .iter()
+            .filter(|c| Self::shows_field(c))
+            .filter_map(|c| c.key.field())
+            .collect();
         names.sort_unstable();
         names.dedup();
         names.len()
+    }
+
+    /// Whether field `name` is visible (listed by [`RecordState::fields`]), without building
+    /// its value.
+    pub fn has_field(&self, name: &str) -> bool {
+        self.cells
+            .iter()
+            .any(|c| c.key.field() == Some(name) && Self::shows_field(c))
+    }
+
+    /// Whether a cell makes its field visible: a present plain value, or any counter or set
+    /// cell (a counter reads as a sum, a set as a list, even an empty one).
+    fn shows_field(c: &Cell) -> bool {
+        match (&c.key, &c.value) {
+            (CellKey::Record, _) => false,
+            (CellKey::Field(_), v) => matches!(v, CellValue::Value(_)),
+            (CellKey::Counter(..), v) => matches!(v, CellValue::Count(_)),
+            (CellKey::Element(..), _) => true,
+        }
     }
 
     /// The highest local sequence number of any cell.
@@ -615,6 +642,12 @@ mod tests {
             let b = apply_all(&shuffled);
             prop_assert_eq!(a.cells(), b.cells());
             prop_assert_eq!(a.fields(), b.fields());
+            // The limits count the fields a reader sees, removed ones not among them.
+            let fields = a.fields();
+            prop_assert_eq!(a.field_count(), fields.len());
+            for name in ["a", "b", "c"] {
+                prop_assert_eq!(a.has_field(name), fields.contains_key(name), "{}", name);
+            }
         }
 
         #[test]

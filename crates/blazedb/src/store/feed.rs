@@ -1025,6 +1025,7 @@ impl Database {
             // (an insert resets every older cell, so fields the writer added go too), or a
             // fresh tombstone where we have no copy.
             self.transaction(|tx| {
+                tx.restore_accepted_values();
                 for r in &rejected {
                     tx.restate(&r.collection, r.id)?;
                 }
@@ -1035,6 +1036,7 @@ impl Database {
             // Server priority: write the server's values again, as new local writes that
             // sync out to everyone (the peer's values stay on record as conflict losers).
             self.transaction(|tx| {
+                tx.restore_accepted_values();
                 for (coll, id, field, value) in &reassert {
                     if tx.get(coll, *id)?.is_some() {
                         tx.update(

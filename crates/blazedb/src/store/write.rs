@@ -108,10 +108,31 @@ pub(crate) struct Pending {
     pub links: Vec<(Seq, Seq)>,
     /// Whether the record's rows were already written in this transaction (see [`Flushed`]).
     pub flushed: Flushed,
+    /// Whether a write of this transaction (an insert, update, ... here, not a merge of a
+    /// peer's changes) changed the record: then its encoded size must not grow past
+    /// `RECORD_BYTES_MAX` (see [`RecordWriter::write`]).
+    pub written_here: bool,
     /// Written out by [`Tx::spill`]: its watch event was taken then, its history, conflicts
     /// and links were written or moved to the transaction, and `before` keeps only the
     /// revision.
     pub spilled: bool,
+}
+
+/// Most bytes a changed cell adds to an encoded record besides its value: a new version (an
+/// 8-byte clock and a node index) and the cell's flags and indexes (see `store/body.rs`).
+const CELL_BOOKKEEPING_BYTES_MAX: usize = 32;
+
+/// A pending record as it was before an operation of several steps (see [`Tx::undo`]).
+struct UndoPoint {
+    state: RecordState,
+    changed: bool,
+    written_here: bool,
+    cells_changed: usize,
+    history: usize,
+    conflicts: usize,
+    links: usize,
+    writes: usize,
+    seq_used: bool,
 }
 
 /// A record's row as the transaction first read it. The decoded state moves into
@@ -239,6 +260,9 @@ pub struct Tx<'a> {
     /// writer had not seen them, as (record, winner, loser). A merge that applies reports
     /// such losers itself (`Pending::conflicts`); one that is ignored does not.
     ignored: Option<Vec<(usize, Cell, Cell)>>,
+    /// Set by [`Tx::restore_accepted_values`]: this transaction's writes put back values
+    /// this database already accepted, and are not held to the record size limit.
+    restoring: bool,
 }
 
 /// See [`Tx::spill`].
@@ -374,7 +398,17 @@ impl<'a> Tx<'a> {
             batch: InsertBatch::default(),
             spilled: Spilled::default(),
             ignored: None,
+            restoring: false,
         })
+    }
+
+    /// Mark this transaction as one that writes back values this database already holds
+    /// (a copy restated for a peer whose writes were refused, a server's value reasserted
+    /// over a peer's): its records are not held to `RECORD_BYTES_MAX`. A record that merges
+    /// grew past the limit must still be restorable, or the apply that needs it would fail
+    /// on every retry.
+    pub(crate) fn restore_accepted_values(&mut self) {
+        self.restoring = true;
     }
 
     /// Conflict losers of the records [`Tx::spill`] wrote out: (collection, name, id, loser).
@@ -540,14 +574,61 @@ impl<'a> Tx<'a> {
         self.write_fields(i, fields, !live)
     }
 
-    /// Change only the fields named in `patch`.
+    /// Change only the fields named in `patch`. All or nothing: on an error, the record is
+    /// left as it was (a caller may catch the error and commit the rest of the transaction).
     pub fn update(&mut self, collection: &str, id: RecordId, patch: Patch) -> Result<()> {
         let i = self.live(collection, id)?;
-        for (field, op) in patch.ops {
-            validate_field_name(&field)?;
-            self.apply_op(i, &field, op)?;
+        for (field, _) in &patch.ops {
+            validate_field_name(field)?;
         }
-        self.check_field_count(i)
+        let mut ops = patch.ops.into_iter();
+        match (ops.next(), ops.len()) {
+            (None, _) => Ok(()),
+            // One operation checks everything before it merges anything (most updates):
+            // nothing to undo, so no copy of the record to keep.
+            (Some((field, op)), 0) => self.apply_op(i, &field, op),
+            (Some(first), _) => {
+                let undo = self.undo_point(i);
+                let result = std::iter::once(first)
+                    .chain(ops)
+                    .try_for_each(|(field, op)| self.apply_op(i, &field, op));
+                if result.is_err() {
+                    self.undo(i, undo);
+                }
+                result
+            }
+        }
+    }
+
+    /// What [`Tx::undo`] needs to put record `i` back as it is now.
+    fn undo_point(&self, i: usize) -> UndoPoint {
+        let p = &self.records[i];
+        UndoPoint {
+            state: p.state.clone(),
+            changed: p.changed,
+            written_here: p.written_here,
+            cells_changed: p.cells_changed,
+            history: p.history.len(),
+            conflicts: p.conflicts.len(),
+            links: p.links.len(),
+            writes: self.writes,
+            seq_used: self.seq_used,
+        }
+    }
+
+    /// Put record `i` back as it was at `undo` (merges only add to its history, conflicts
+    /// and links since then).
+    fn undo(&mut self, i: usize, undo: UndoPoint) {
+        let p = &mut self.records[i];
+        p.state = undo.state;
+        p.changed = undo.changed;
+        p.written_here = undo.written_here;
+        p.cells_changed = undo.cells_changed;
+        p.history.truncate(undo.history);
+        p.conflicts.truncate(undo.conflicts);
+        p.links.truncate(undo.links);
+        self.writes = undo.writes;
+        self.seq_used = undo.seq_used;
     }
 
     /// Delete a record. Returns false if there was none.
@@ -576,7 +657,6 @@ impl<'a> Tx<'a> {
         let i = self.live(collection, id)?;
         validate_field_name(field)?;
         self.apply_op(i, field, FieldOp::Increment(by))?;
-        self.check_field_count(i)?;
         match self.records[i].state.field(field) {
             Some(Value::Int(n)) => Ok(n),
             _ => unreachable!("a counter reads as an int"),
@@ -753,6 +833,7 @@ impl<'a> Tx<'a> {
             hist: None,
             flushed: Flushed::No,
             spilled: false,
+            written_here: false,
         });
         self.spilled.unspilled += 1;
         let i = self.records.len() - 1;
@@ -824,8 +905,9 @@ impl<'a> Tx<'a> {
             &mut self.inner.nodes,
             &mut self.inner.fields,
         );
-        // Checked now, so the error comes from the insert that caused it.
-        if b.body.len() > RECORD_BYTES_MAX {
+        // Checked now, so the error comes from the insert that caused it. A record received
+        // whole (a snapshot's) is taken at any size: see `RecordWriter::write`.
+        if p.written_here && b.body.len() > RECORD_BYTES_MAX {
             return Err(WriteError::Limit {
                 what: "encoded record size",
                 got: b.body.len(),
@@ -883,12 +965,16 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Write `fields` into record `i` (as an insert: over whatever it held; or over its
+    /// other fields). Every check comes before the first merge, so an error leaves the record
+    /// as it was.
     fn write_fields(
         &mut self,
         i: usize,
         mut fields: Vec<(String, Value)>,
         insert: bool,
     ) -> Result<()> {
+        self.check_fields_written(i, &fields, insert)?;
         let version = self.next_version()?;
         if insert && self.records[i].state.is_empty() {
             // Inserting into a record that has no cells (the bulk-insert case): merging the
@@ -913,18 +999,27 @@ impl<'a> Tx<'a> {
                 seq,
             }));
             let p = &mut self.records[i];
+            let undo = (p.cells_changed, p.changed, p.written_here, self.seq_used);
             p.cells_changed += cells.len();
             p.changed = true;
+            p.written_here = !self.restoring;
             p.state = RecordState::from_cells(cells).expect("field names are unique");
-            self.check_field_count(i)?;
             // Events are built from the state at commit: keep it when someone watches.
             if self.records[i].before.is_none() && !self.db.watchers.is_watched() {
-                if self.inner.indexes.contains_key(&self.records[i].coll) {
+                let written = if self.inner.indexes.contains_key(&self.records[i].coll) {
                     // Index entries are derived from the fields: the general path.
-                    self.flush(i)?;
+                    self.flush(i)
                 } else {
-                    self.queue(i)?;
+                    self.queue(i)
+                };
+                if written.is_err() {
+                    // Refused (too large) before anything was written: the record goes back
+                    // to having no cells, as before this insert.
+                    let p = &mut self.records[i];
+                    (p.cells_changed, p.changed, p.written_here, self.seq_used) = undo;
+                    p.state = RecordState::default();
                 }
+                return written;
             }
             return Ok(());
         }
@@ -938,10 +1033,48 @@ impl<'a> Tx<'a> {
             let cell = self.cell(CellKey::Field(f.into()), CellValue::Value(v), version, prev);
             self.merge_local(i, cell);
         }
-        self.check_field_count(i)
+        Ok(())
     }
 
+    /// Refuse writing `fields` into record `i` ([`Tx::write_fields`]) when that takes it
+    /// over `RECORD_FIELDS_MAX`. An insert leaves just `fields`; otherwise they join the
+    /// visible ones. Only growth is refused: a record that merges took over the limit can
+    /// still be written with as many fields (restated as it is, one field updated).
+    fn check_fields_written(
+        &self,
+        i: usize,
+        fields: &[(String, Value)],
+        insert: bool,
+    ) -> Result<()> {
+        let state = &self.records[i].state;
+        let before = state.field_count();
+        if !insert && fields.len() <= RECORD_FIELDS_MAX.saturating_sub(before) {
+            // Under the limit even if every field is new (most writes): no lookups.
+            return Ok(());
+        }
+        let after = if insert {
+            fields.len()
+        } else {
+            before + fields.iter().filter(|(f, _)| !state.has_field(f)).count()
+        };
+        if after > RECORD_FIELDS_MAX && after > before {
+            return Err(WriteError::Limit {
+                what: "fields in a record",
+                got: after,
+                max: RECORD_FIELDS_MAX,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Apply one operation to record `i`. Every check comes before the first merge, so an
+    /// error leaves the record as it was.
     fn apply_op(&mut self, i: usize, field: &str, op: FieldOp) -> Result<()> {
+        // Every operation but an unset leaves the field visible: it may add one.
+        if !matches!(op, FieldOp::Unset) {
+            self.check_field_added(i, field)?;
+        }
         // The field's current value, which a plain set does not need (most writes).
         let current = match &op {
             FieldOp::Set(_) => None,
@@ -1013,16 +1146,46 @@ impl<'a> Tx<'a> {
             FieldOp::Add(elems) => (elems, true),
             FieldOp::Remove(elems) => (elems, false),
         };
-        match &current {
-            None | Some(Value::List(_)) => {}
-            Some(other) => return Err(mismatch("set add/remove", "a set (list)", other).into()),
-        }
+        let mut set = match current {
+            None => Vec::new(),
+            Some(Value::List(l)) => l,
+            Some(other) => return Err(mismatch("set add/remove", "a set (list)", &other).into()),
+        };
         if elems.is_empty() {
             return Ok(());
         }
+        for e in &elems {
+            validate_value(field, e)?;
+        }
+        if present {
+            // The set as this write leaves it, checked before anything merges. Only growth
+            // is refused: merging peers' additions may have taken the set over a limit, and
+            // writes that keep or shrink it must still pass (or removing elements would fail
+            // until someone deletes the whole field).
+            let size_before = set.len();
+            set.sort();
+            for e in &elems {
+                if let Err(at) = set.binary_search(e) {
+                    set.insert(at, e.clone());
+                }
+            }
+            if set.len() > size_before {
+                if set.len() > SET_ELEMENTS_MAX {
+                    return Err(WriteError::Limit {
+                        what: "set size",
+                        got: set.len(),
+                        max: SET_ELEMENTS_MAX,
+                    }
+                    .into());
+                }
+                // The set is read (and exported) as one value: one level deeper than its
+                // elements, and their sizes together. Checked as a whole, or export → import
+                // of it would fail on a value this write let in.
+                validate_value(field, &Value::List(set))?;
+            }
+        }
         let version = self.next_version()?;
         for e in elems {
-            validate_value(field, &e)?;
             let key = CellKey::Element(field.into(), value::to_bytes(&e));
             let prev = self.records[i].state.cell(&key).map(|c| c.version);
             let value = if present {
@@ -1033,27 +1196,19 @@ impl<'a> Tx<'a> {
             let cell = self.cell(key, value, version, prev);
             self.merge_local(i, cell);
         }
-        if let Some(set) = self.records[i].state.field(field) {
-            if let Value::List(l) = &set {
-                if l.len() > SET_ELEMENTS_MAX {
-                    return Err(WriteError::Limit {
-                        what: "set size",
-                        got: l.len(),
-                        max: SET_ELEMENTS_MAX,
-                    }
-                    .into());
-                }
-            }
-            // The set is read (and exported) as one value: one level deeper than its
-            // elements, and their sizes together. Checked as a whole, or export → import of
-            // it would fail on a value this write let in.
-            validate_value(field, &set)?;
-        }
         Ok(())
     }
 
-    fn check_field_count(&self, i: usize) -> Result<()> {
-        let n = self.records[i].state.field_count();
+    /// Refuse a write that would make `field` visible in record `i` when that takes the
+    /// record over `RECORD_FIELDS_MAX`. Only an added field is refused: concurrent writes
+    /// merged from peers may have left the record over the limit, and writes to its existing
+    /// fields (or removals) must still pass.
+    fn check_field_added(&self, i: usize, field: &str) -> Result<()> {
+        let state = &self.records[i].state;
+        if state.has_field(field) {
+            return Ok(());
+        }
+        let n = state.field_count() + 1;
         if n > RECORD_FIELDS_MAX {
             return Err(WriteError::Limit {
                 what: "fields in a record",
@@ -1067,6 +1222,9 @@ impl<'a> Tx<'a> {
 
     /// Merge a cell written here.
     fn merge_local(&mut self, i: usize, cell: Cell) {
+        if !self.restoring {
+            self.records[i].written_here = true;
+        }
         self.merge(i, cell);
     }
 
@@ -1684,7 +1842,17 @@ impl<'c> RecordWriter<'c> {
             t.fields,
         );
         let bytes = &scratch.body;
-        if bytes.len() > RECORD_BYTES_MAX {
+        // Only a write made here is refused, and only for growing the record past the limit.
+        // Merges are taken at any size: every replica must accept the same merged state, or
+        // copies diverge, and a peer's unit refused once is refused on every retry (sync
+        // stops for good). Concurrent writes, each under the limit, can merge to a record
+        // over it; writes here that keep or shrink such a record (an unset, a value replaced
+        // by one no larger) must pass, with the bookkeeping their cells add.
+        let size_allowed = match stored {
+            Some(Stored::Row(b)) => b.body.len() + p.cells_changed * CELL_BOOKKEEPING_BYTES_MAX,
+            _ => 0,
+        };
+        if p.written_here && bytes.len() > RECORD_BYTES_MAX && bytes.len() > size_allowed {
             return Err(WriteError::Limit {
                 what: "encoded record size",
                 got: bytes.len(),
