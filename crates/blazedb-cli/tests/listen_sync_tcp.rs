@@ -95,3 +95,73 @@ fn listen_and_sync_once_over_a_unix_socket_converge() {
     assert_eq!(report["sent"]["cells"], 2);
     assert_eq!(export(&a, "notes"), export(&hub, "notes"));
 }
+
+/// Heartbeat settings that cannot work are usage errors (exit 2) before anything is opened:
+/// a ping interval of 0 made sessions send PINGs in a tight loop, and an idle timeout not
+/// longer than the ping interval ends sessions whose peers are alive.
+#[test]
+fn heartbeat_flags_that_cannot_work_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let db = db.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "sync",
+                db,
+                "tcp://127.0.0.1:9",
+                "--once",
+                "--ping-interval-ms",
+                "0",
+            ],
+            "--ping-interval-ms 0 is too short: give at least 100",
+        ),
+        (
+            &[
+                "listen",
+                db,
+                "--tcp",
+                "127.0.0.1:0",
+                "--ping-interval-ms",
+                "99",
+            ],
+            "--ping-interval-ms 99 is too short",
+        ),
+        (
+            &[
+                "listen",
+                db,
+                "--tcp",
+                "127.0.0.1:0",
+                "--ping-interval-ms",
+                "1000",
+                "--idle-timeout-ms",
+                "1000",
+            ],
+            "--idle-timeout-ms 1000 must be longer than --ping-interval-ms 1000",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut child = blazedb()
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Without the check, `listen` would serve until killed.
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                child.kill().unwrap();
+                panic!("{args:?} kept running");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!std::path::Path::new(db).exists(), "nothing is created");
+    }
+}

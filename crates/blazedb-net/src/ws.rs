@@ -58,6 +58,7 @@ use blazedb::sync::ErrorCode;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
@@ -393,6 +394,12 @@ fn read_error(e: WsError) -> io::Error {
             message: format!("WebSocket message too large: {c} (limit {WS_MESSAGE_BYTES_MAX})"),
         }
         .into_io(),
+        // A peer that was killed, or a browser tab that closed, drops the connection without
+        // a close frame: that is a disconnection, as on raw TCP, not malformed input.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "the peer closed the connection without a WebSocket close frame",
+        ),
         WsError::Protocol(p) => WsInputError {
             code: ErrorCode::Malformed,
             message: format!("WebSocket protocol error: {p}"),

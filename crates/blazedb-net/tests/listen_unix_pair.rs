@@ -1,6 +1,6 @@
 //! `listen` on a Unix domain socket and `sync_once` to a `unix:///path` URL: the replicas
 //! converge; a stale socket file left by a dead listener is replaced, a live one is not
-//! stolen, and shutdown removes the file.
+//! stolen, a file that is not a socket is refused and kept, and shutdown removes the file.
 
 mod common;
 mod transport_common;
@@ -48,4 +48,36 @@ async fn unix_socket_listener_and_client_converge() {
     })
     .await
     .expect("test took too long");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), "b");
+    let path = dir.path().join("b.db");
+    let before = std::fs::read(&path).unwrap();
+    let r = listen(
+        db.clone(),
+        ListenConfig {
+            unix: Some(path.clone()),
+            ..ListenConfig::default()
+        },
+    )
+    .await;
+    let Err(e) = r else {
+        panic!("a listener replaced the file");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!(
+            "{} exists and is not a socket: choose another path",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is untouched"
+    );
 }

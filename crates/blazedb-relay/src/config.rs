@@ -38,8 +38,12 @@ pub struct RelayConfig {
     /// `--tls-key`).
     pub tls: Option<TlsFiles>,
     /// Browser origins allowed to open sync sessions and query (`--origin`, repeatable).
-    /// Empty: any origin. Requests without an `Origin` header (non-browser clients) are
-    /// always allowed; authentication still applies.
+    /// Empty: any origin when credentials are required; without authentication, only
+    /// loopback origins (`http(s)://localhost`, `127.0.0.1`, `[::1]`, any port), since
+    /// browsers apply no CORS to WebSockets. Requests without an `Origin` header
+    /// (non-browser clients) are always allowed; authentication still applies. Without
+    /// authentication on a loopback address, requests must also be addressed to a loopback
+    /// name (`Host`), against DNS rebinding.
     pub origins: Vec<String>,
     /// Run without authentication on an address other than loopback
     /// (`--danger-allow-anonymous`): anyone who can reach the relay reads and writes everything

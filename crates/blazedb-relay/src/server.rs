@@ -72,6 +72,7 @@ impl Relay {
     pub async fn bind(config: RelayConfig) -> Result<Relay, RelayError> {
         let auth = Authenticator::from_config(&config)?;
         check_anonymous(&config, &auth)?;
+        check_limits(&config.limits)?;
         let rules = match &config.rules {
             Some(path) => Rules::load(path)?,
             None => Rules::allow_all(),
@@ -130,7 +131,7 @@ impl Relay {
             None => None,
         };
         let unix = match &config.unix {
-            Some(path) => Some((bind_unix(path).await?, path.clone())),
+            Some(path) => Some((bind_unix(path)?, path.clone())),
             None => None,
         };
         let state = Arc::new(State::new(
@@ -139,6 +140,7 @@ impl Relay {
             rules,
             config.limits.clone(),
             origins,
+            http_addr.ip().is_loopback(),
         ));
         Ok(Relay {
             state,
@@ -260,6 +262,30 @@ fn check_anonymous(config: &RelayConfig, auth: &Authenticator) -> Result<(), Rel
     }
 }
 
+/// Limits that would leave the relay useless or busy are refused at startup rather than
+/// discovered by clients: no connection slot at all, sessions doing little but ping, or an
+/// idle timeout that ends sessions whose peers are alive but quiet.
+fn check_limits(limits: &crate::config::Limits) -> Result<(), RelayError> {
+    use blazedb::limits::PING_INTERVAL_MS_MIN;
+    let (ping, idle) = (limits.ping_interval_ms, limits.idle_timeout_ms);
+    if limits.connections_max == 0 {
+        return Err(RelayError::Config(
+            "--max-connections 0 would refuse every connection: allow at least 1".into(),
+        ));
+    }
+    if ping < PING_INTERVAL_MS_MIN {
+        return Err(RelayError::Config(format!(
+            "a ping interval of {ping} ms is too short: give at least {PING_INTERVAL_MS_MIN} ms"
+        )));
+    }
+    if idle <= ping {
+        return Err(RelayError::Config(format!(
+            "an idle timeout of {idle} ms must be longer than the ping interval ({ping} ms), or              a live client that is only pinging is taken for dead: give a few times the ping              interval"
+        )));
+    }
+    Ok(())
+}
+
 fn origins(list: &[String]) -> Result<Vec<String>, RelayError> {
     if list.len() > ORIGINS_MAX {
         return Err(RelayError::Config(format!(
@@ -282,23 +308,15 @@ fn origins(list: &[String]) -> Result<Vec<String>, RelayError> {
         .collect()
 }
 
-async fn bind_unix(path: &PathBuf) -> Result<UnixListener, RelayError> {
-    let err = |source| RelayError::Bind {
-        addr: path.display().to_string(),
-        source,
-    };
-    if path.exists() {
-        // A socket file left by a relay that died is replaced; one that still answers is
-        // another relay's.
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another process is listening on this socket",
-            )));
+fn bind_unix(path: &std::path::Path) -> Result<UnixListener, RelayError> {
+    // Replaces only a dead relay's socket file: never a live one, never a file that is not
+    // a socket (`--unix DATA/relay.db` would otherwise unlink the open store).
+    blazedb_net::transport::listen::bind_unix_replacing_stale(path).map_err(|source| {
+        RelayError::Bind {
+            addr: path.display().to_string(),
+            source,
         }
-        std::fs::remove_file(path).map_err(err)?;
-    }
-    UnixListener::bind(path).map_err(err)
+    })
 }
 
 /// Take a connection slot, or `None` at the limit.

@@ -25,8 +25,12 @@ pub(crate) struct State {
     pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    /// Allowed browser origins, lowercase, without a trailing `/`; empty: any.
+    /// Allowed browser origins, lowercase, without a trailing `/`; empty: any when
+    /// credentials are required, only loopback origins when not ([`State::origin_allowed`]).
     pub origins: Vec<String>,
+    /// Without authentication, on a loopback HTTP address: requests must be addressed to a
+    /// loopback name ([`State::host_allowed`]).
+    pub loopback_hosts_only: bool,
     pub started: Instant,
     /// Cancelled when the relay shuts down; sessions get child tokens.
     pub shutdown: CancellationToken,
@@ -53,8 +57,10 @@ impl State {
         rules: Rules,
         limits: Limits,
         origins: Vec<String>,
+        http_on_loopback: bool,
     ) -> State {
         State {
+            loopback_hosts_only: !auth.required() && http_on_loopback,
             db,
             auth: Arc::new(auth),
             rules: Arc::new(rules),
@@ -105,15 +111,98 @@ impl State {
             .sum()
     }
 
-    /// Whether a browser origin may connect (requests without `Origin` always may).
+    /// Whether a browser origin may connect. Requests without `Origin` are not from a
+    /// browser and always may; with an allow-list, exactly its origins may. Without one,
+    /// any origin may when credentials are required (a page gets no further than they
+    /// let it); without credentials only pages served from this machine may, because
+    /// browsers apply no CORS to WebSockets: any site the user visits could otherwise read
+    /// and write the whole store.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => true,
-            Some(_) if self.origins.is_empty() => true,
-            Some(o) => {
-                let o = o.trim_end_matches('/').to_ascii_lowercase();
-                self.origins.contains(&o)
-            }
+        let Some(origin) = origin else {
+            return true;
+        };
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if !self.origins.is_empty() {
+            return self.origins.contains(&origin);
         }
+        self.auth.required() || is_loopback_origin(&origin)
+    }
+
+    /// Whether a request addressed to `host` (its `Host` header) is served. A relay without
+    /// authentication on loopback answers only requests addressed to a loopback name:
+    /// another name that resolves to 127.0.0.1 is a DNS rebinding attack, a page of that
+    /// site taking the relay for its own origin. A request without a host (not a browser)
+    /// is served.
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        !self.loopback_hosts_only || host.is_none_or(is_loopback_authority)
+    }
+}
+
+/// Whether an origin (lowercase, without a trailing `/`) is a page served from this machine:
+/// `http(s)://localhost`, `http(s)://127.x.x.x` or `http(s)://[::1]`, any port.
+fn is_loopback_origin(origin: &str) -> bool {
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(is_loopback_authority)
+}
+
+/// Whether `HOST[:PORT]` names this machine: `localhost`, a loopback IPv4 address or
+/// `[::1]`.
+fn is_loopback_authority(authority: &str) -> bool {
+    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((ip, rest)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port_ok = rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port);
+        return port_ok
+            && ip
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+    }
+    let host = match authority.split_once(':') {
+        Some((host, port)) if is_port(port) => host,
+        Some(_) => return false,
+        None => authority,
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_origins_and_hosts() {
+        for o in [
+            "http://localhost",
+            "http://localhost:3000",
+            "https://127.0.0.1:8443",
+            "http://127.1.2.3",
+            "http://[::1]:7420",
+            "http://[::1]",
+        ] {
+            assert!(is_loopback_origin(o), "{o}");
+        }
+        for o in [
+            "null",
+            "file://",
+            "https://evil.example.com",
+            "http://localhost.evil.example.com",
+            "http://127.0.0.1.evil.example.com",
+            "http://localhost:3000@evil.example.com",
+            "http://[::2]:7420",
+            "ws://localhost",
+            "http://0.0.0.0:7420",
+        ] {
+            assert!(!is_loopback_origin(o), "{o}");
+        }
+        assert!(is_loopback_authority("LOCALHOST:7420"));
+        assert!(!is_loopback_authority("rebind.evil.example.com:7420"));
+        assert!(!is_loopback_authority("localhost:"));
     }
 }

@@ -84,6 +84,26 @@ async fn health_and_metrics_follow_the_traffic() {
     relay.stop().await;
 }
 
+/// A client that vanishes without a WebSocket close frame (killed process, closed tab) is a
+/// disconnection, as on raw TCP, not a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_vanishes_is_counted_as_disconnected() {
+    let relay = TestRelay::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::connect(&relay, open(dir.path(), "client"), TOKEN).await;
+    c.caught_up().await;
+    c.task.abort();
+    assert_eq!(connected_clients(relay.addr, 0).await, 0);
+    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    assert_eq!(sessions_closed(&m, "disconnected"), Some(1.0), "{m}");
+    assert_eq!(
+        sessions_closed(&m, "protocol_error").unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn peer_lag_has_bounded_cardinality() {
     let relay = TestRelay::start(|_| {}).await;

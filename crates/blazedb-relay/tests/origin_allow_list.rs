@@ -1,9 +1,12 @@
 //! With `--origin`, browsers from other origins are refused (403) before authentication;
 //! allowed origins and clients that send no `Origin` (non-browser) connect, and `/v1/query`
-//! answers allowed origins with CORS headers, preflight included.
+//! answers allowed origins with CORS headers, preflight included. Without authentication and
+//! without `--origin`, only pages served from this machine may connect, and only requests
+//! addressed to a loopback name are answered (DNS rebinding).
 
 mod common;
 
+use blazedb_relay::AuthConfig;
 use common::{connect_ws_url, http, refused, TestRelay, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,5 +101,125 @@ async fn only_listed_origins_connect() {
     )
     .await;
     assert_eq!(q.status, 403);
+    relay.stop().await;
+}
+
+/// The default relay (`blazedb serve`: no credentials, loopback): a page of another site
+/// cannot open a sync session (browsers apply no CORS to WebSockets), nor query, nor reach
+/// it under a rebound name; local pages and non-browser clients still connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_relay_admits_only_local_pages_and_loopback_hosts() {
+    let relay = TestRelay::start(|c| c.auth = AuthConfig::None).await;
+    let url = relay.ws_url();
+    for origin in [
+        "https://evil.example.com",
+        "null",
+        "http://localhost.evil.example.com",
+    ] {
+        let (status, body) = refused(
+            connect_ws_url(relay.addr, &url, None, &[("origin", origin)])
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 403, "{origin}");
+        assert_eq!(body["code"], "origin_not_allowed", "{origin}");
+        assert!(
+            body["error"].as_str().unwrap().contains("--origin"),
+            "{body}"
+        );
+    }
+    for origin in [
+        "http://localhost:3000",
+        "http://127.0.0.1:8080",
+        "http://[::1]:5173",
+    ] {
+        connect_ws_url(relay.addr, &url, None, &[("origin", origin)])
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+    }
+    connect_ws_url(relay.addr, &url, None, &[])
+        .await
+        .expect("no Origin header: not a browser");
+
+    // DNS rebinding: a name of the attacker's that resolves to 127.0.0.1.
+    let port = relay.addr.port();
+    let rebound = format!("ws://rebind.evil.example.com:{port}/v1/sync");
+    let (status, body) = refused(
+        connect_ws_url(relay.addr, &rebound, None, &[])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(body["code"], "host_not_allowed");
+    connect_ws_url(
+        relay.addr,
+        &format!("ws://localhost:{port}/v1/sync"),
+        None,
+        &[],
+    )
+    .await
+    .expect("localhost is a loopback name");
+
+    // Queries: refused to other sites, and no CORS header lets any page read an answer.
+    let q = http(
+        relay.addr,
+        "POST",
+        "/v1/query",
+        &[("origin", "https://evil.example.com")],
+        r#"{"collection":"x"}"#,
+    )
+    .await;
+    assert_eq!(q.status, 403);
+    assert_eq!(q.header("access-control-allow-origin"), None);
+    let q = http(
+        relay.addr,
+        "POST",
+        "/v1/query",
+        &[],
+        r#"{"collection":"x"}"#,
+    )
+    .await;
+    assert_eq!(q.status, 200);
+    assert_eq!(q.header("access-control-allow-origin"), None);
+    let pre = http(
+        relay.addr,
+        "OPTIONS",
+        "/v1/query",
+        &[("origin", "https://evil.example.com")],
+        "",
+    )
+    .await;
+    assert_eq!(pre.header("access-control-allow-origin"), None);
+    relay.stop().await;
+}
+
+/// An allow-list opens an anonymous relay to exactly the sites it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_relay_admits_listed_origins() {
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::None;
+        c.origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let url = relay.ws_url();
+    connect_ws_url(
+        relay.addr,
+        &url,
+        None,
+        &[("origin", "https://app.example.com")],
+    )
+    .await
+    .expect("listed origin");
+    let (status, _) = refused(
+        connect_ws_url(
+            relay.addr,
+            &url,
+            None,
+            &[("origin", "https://evil.example.com")],
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(status, 403);
     relay.stop().await;
 }

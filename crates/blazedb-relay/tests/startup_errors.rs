@@ -1,10 +1,12 @@
 //! Configuration mistakes stop the relay before it accepts anything, with a message that says
 //! where the problem is: an invalid rule (file, collection, key, column), running without
-//! authentication on a non-loopback address, a missing TLS key, a wrong store password.
+//! authentication on a non-loopback address, limits that cannot work (no connection slot, a
+//! ping interval too short, an idle timeout not longer than it), a missing TLS key, a wrong
+//! store password, a `--unix` path that is not a socket.
 
 use std::path::PathBuf;
 
-use blazedb_relay::{Relay, RelayConfig, RelayError, TlsFiles};
+use blazedb_relay::{Limits, Relay, RelayConfig, RelayError, TlsFiles};
 
 fn config(dir: &tempfile::TempDir) -> RelayConfig {
     RelayConfig {
@@ -60,6 +62,39 @@ async fn configuration_errors_are_reported_before_serving() {
         "{e}"
     );
 
+    let mut limits = Limits {
+        connections_max: 0,
+        ..Limits::default()
+    };
+    let e = error(RelayConfig {
+        limits: limits.clone(),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains("--max-connections 0 would refuse every connection"),
+        "{e}"
+    );
+    limits.connections_max = 10;
+    limits.ping_interval_ms = 0;
+    let e = error(RelayConfig {
+        limits: limits.clone(),
+        ..config(&dir)
+    })
+    .await;
+    assert!(e.contains("ping interval of 0 ms is too short"), "{e}");
+    limits.ping_interval_ms = 1_000;
+    limits.idle_timeout_ms = 1_000;
+    let e = error(RelayConfig {
+        limits,
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains("idle timeout of 1000 ms must be longer than the ping interval"),
+        "{e}"
+    );
+
     let e = error(RelayConfig {
         tls: Some(TlsFiles {
             cert: PathBuf::from("/nonexistent/cert.pem"),
@@ -93,4 +128,47 @@ async fn configuration_errors_are_reported_before_serving() {
         e.contains("relay.db") && e.to_lowercase().contains("password"),
         "{e}"
     );
+}
+
+/// `--unix` naming a file that is not a socket (here: the relay's own store) is refused and
+/// the file is left alone; a socket file left by a dead relay is still replaced.
+#[tokio::test]
+async fn unix_path_that_is_not_a_socket_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::bind(config(&dir)).await.unwrap();
+    let store = relay.database();
+    store.insert("notes", [("keep", "me")]).unwrap();
+    let store_path = store.path().to_owned();
+    drop(relay);
+    let before = std::fs::read(&store_path).unwrap();
+
+    let e = error(RelayConfig {
+        unix: Some(store_path.clone()),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains(&format!(
+            "{} exists and is not a socket: choose another path",
+            store_path.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&store_path).unwrap(),
+        before,
+        "the store is untouched"
+    );
+    drop(store);
+
+    // A socket nobody listens on, as a killed relay leaves behind.
+    let stale = dir.path().join("relay.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let relay = Relay::bind(RelayConfig {
+        unix: Some(stale.clone()),
+        ..config(&dir)
+    })
+    .await
+    .expect("a stale socket is replaced");
+    drop(relay);
 }

@@ -119,6 +119,10 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 4096;
 pub const QUEUED_FRAMES_MAX: usize = 4096;
 /// Send a PING after this long without sending anything.
 pub const PING_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// The shortest ping interval a session uses: a smaller `SessionConfig::ping_interval_ms`
+/// (0 included) counts as this, so a misconfiguration cannot make it send PINGs in a tight
+/// loop.
+pub const PING_INTERVAL_MS_MIN: u64 = 100;
 /// Close a session that received nothing for this long (a dead peer is detected within it).
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// Store cursors without a unit of their own at most this often: a session's received

@@ -1012,3 +1012,33 @@ fn concurrent_writes_merging_over_the_record_size_limit_still_sync() {
     assert_eq!(fields.len(), 6);
     assert_eq!(fields["x"], Value::Int(2));
 }
+
+/// A ping interval of 0 (or anything below the minimum) counts as
+/// `PING_INTERVAL_MS_MIN`: the session does not ping at every timer tick, which made a driver
+/// send PINGs in a tight loop.
+#[test]
+fn a_ping_interval_below_the_minimum_counts_as_the_minimum() {
+    use blazedb::limits::PING_INTERVAL_MS_MIN;
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a");
+    let cfg = SessionConfig {
+        ping_interval_ms: 0,
+        ..SessionConfig::default()
+    };
+    let start = 5;
+    let mut s = Session::new(&a, cfg, start).unwrap();
+    assert_eq!(s.poll_timeout(), Some(start + PING_INTERVAL_MS_MIN));
+    drain(&mut s, &a); // The HELLO.
+    s.handle_timeout(start + PING_INTERVAL_MS_MIN - 1, &a);
+    assert_eq!(
+        drain(&mut s, &a).len(),
+        0,
+        "no PING before the minimum interval"
+    );
+    s.handle_timeout(start + PING_INTERVAL_MS_MIN, &a);
+    assert_eq!(
+        drain(&mut s, &a).len(),
+        1,
+        "one PING at the minimum interval"
+    );
+}

@@ -58,6 +58,7 @@ pub struct ListenArgs {
 
 /// Serve until interrupted.
 pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
+    args.heartbeat.check()?;
     // An empty token would mean "no authentication": refuse it rather than open the
     // database to anyone because a variable in a script was unset (as `serve` does).
     // (An empty BLAZEDB_TOKEN in the environment does mean "none".)

@@ -66,11 +66,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// Allow browsers from this origin (e.g. https://app.example.com); repeat for more.
-    /// Without any, every origin may connect (credentials are still required).
+    /// Without any, every origin may connect when credentials are required; without
+    /// credentials, only pages served from this machine (localhost, 127.0.0.1, [::1]) may.
     #[arg(long = "origin", value_name = "ORIGIN")]
     pub origins: Vec<String>,
-    /// Most connections at once.
-    #[arg(long, value_name = "N")]
+    /// Most connections at once (at least 1).
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: Option<usize>,
     /// Protocol messages per second one connection may send (sustained); 0: unlimited.
     #[arg(long, value_name = "N")]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
-use blazedb::limits::{IDLE_TIMEOUT_MS_DEFAULT, PING_INTERVAL_MS_DEFAULT};
+use blazedb::limits::{IDLE_TIMEOUT_MS_DEFAULT, PING_INTERVAL_MS_DEFAULT, PING_INTERVAL_MS_MIN};
 use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
 use blazedb::{Database, OpenOptions};
 use blazedb_net::reconnect::ClientEvent;
@@ -122,9 +122,30 @@ pub struct HeartbeatArgs {
     pub idle_timeout_ms: u64,
 }
 
+impl HeartbeatArgs {
+    /// Refuse settings that cannot work: a ping interval so short the session would do
+    /// little but ping, or an idle timeout no longer than the ping interval, which would
+    /// end sessions with live but quiet peers (their pings arrive too late).
+    pub fn check(&self) -> Result<(), UsageError> {
+        let (ping, idle) = (self.ping_interval_ms, self.idle_timeout_ms);
+        if ping < PING_INTERVAL_MS_MIN {
+            return Err(UsageError(format!(
+                "--ping-interval-ms {ping} is too short: give at least {PING_INTERVAL_MS_MIN}                  (the default is {PING_INTERVAL_MS_DEFAULT})"
+            )));
+        }
+        if idle <= ping {
+            return Err(UsageError(format!(
+                "--idle-timeout-ms {idle} must be longer than --ping-interval-ms {ping}, or a                  live peer that is only pinging is taken for dead: give an idle timeout a few                  times the ping interval (the defaults are {IDLE_TIMEOUT_MS_DEFAULT} and                  {PING_INTERVAL_MS_DEFAULT})"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Run the sync until caught up (`--once`) or until interrupted (Ctrl-C), then print what
 /// moved as one JSON line.
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
+    args.heartbeat.check()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -260,30 +260,46 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
 
 /// Bind a Unix socket, replacing a stale socket file that nobody answers on.
 fn bind_unix(path: &Path) -> Result<UnixListener, TransportError> {
-    let bind_err = |source| TransportError::Bind {
+    bind_unix_replacing_stale(path).map_err(|source| TransportError::Bind {
         addr: format!("unix://{}", path.display()),
         source,
-    };
+    })
+}
+
+/// Bind a Unix socket at `path`. A socket file left by a listener that died is replaced;
+/// anything else already at `path` is left alone and refused: a live listener's socket
+/// (`AddrInUse`), and above all a file that is not a socket (`AlreadyExists`), which may be
+/// somebody's data (`--unix d/relay.db` must never unlink the store).
+pub fn bind_unix_replacing_stale(path: &Path) -> std::io::Result<UnixListener> {
     match UnixListener::bind(path) {
-        Ok(l) => Ok(l),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let is_socket = std::fs::symlink_metadata(path)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false);
+            let metadata = std::fs::symlink_metadata(path)?;
+            if !metadata.file_type().is_socket() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket: choose another path",
+                        path.display()
+                    ),
+                ));
+            }
             // Only a refused connection proves the socket dead: any other failure (no
             // permission, a full backlog) may be a live listener's, whose path is not ours.
-            let stale = matches!(
-                std::os::unix::net::UnixStream::connect(path),
-                Err(c) if c.kind() == std::io::ErrorKind::ConnectionRefused
-            );
-            if !is_socket || !stale {
-                return Err(bind_err(e));
+            match std::os::unix::net::UnixStream::connect(path) {
+                Err(c) if c.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process is listening on this socket",
+                    ))
+                }
+                Err(_) => return Err(e),
             }
             // Left behind by a listener that died without cleaning up.
-            std::fs::remove_file(path).map_err(bind_err)?;
-            UnixListener::bind(path).map_err(bind_err)
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)
         }
-        Err(e) => Err(bind_err(e)),
+        other => other,
     }
 }
 

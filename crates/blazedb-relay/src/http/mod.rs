@@ -90,24 +90,55 @@ pub(crate) fn authenticate(
     })
 }
 
-/// Refuse a browser origin that is not on the allow-list (`403`).
-pub(crate) fn check_origin(state: &State, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// Refuse (`403`) a request addressed to a host the relay does not answer (DNS rebinding,
+/// see [`State::host_allowed`]) or from a browser origin that may not connect
+/// ([`State::origin_allowed`]).
+pub(crate) fn check_origin_and_host(
+    state: &State,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<(), Box<Response>> {
+    let host = match headers.get(header::HOST) {
+        Some(h) => Some(h.to_str().unwrap_or("\u{fffd}")),
+        None => uri.authority().map(|a| a.as_str()),
+    };
+    if !state.host_allowed(host) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            format!(
+                "requests to {} are not served: a relay without authentication answers only \
+                 requests addressed to localhost, 127.0.0.1 or [::1] (another name may be a DNS \
+                 rebinding attack); connect to ws://127.0.0.1:PORT, or require credentials \
+                 with --token or --jwt-secret",
+                host.unwrap_or_default()
+            ),
+        )));
+    }
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("\u{fffd}"));
     if state.origin_allowed(origin) {
-        Ok(())
-    } else {
-        Err(Box::new(error(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            format!(
-                "origin {} is not allowed: start the relay with --origin {} to allow it",
-                origin.unwrap_or_default(),
-                origin.unwrap_or_default()
-            ),
-        )))
+        return Ok(());
     }
+    let origin = origin.unwrap_or_default();
+    let message = if state.origins.is_empty() && !state.auth.required() {
+        format!(
+            "origin {origin} is not allowed: a relay without authentication lets only pages \
+             served from this machine (localhost, 127.0.0.1, [::1]) connect; start it with \
+             --origin {origin} to allow that site (its pages then read and write the whole \
+             store), or require credentials with --token or --jwt-secret"
+        )
+    } else {
+        format!(
+            "origin {origin} is not allowed: start the relay with --origin {origin} to allow it"
+        )
+    };
+    Err(Box::new(error(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        message,
+    )))
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {

@@ -24,7 +24,7 @@ use blazedb::query::QueryError;
 use blazedb::{OrderBy, Query};
 use serde::Deserialize;
 
-use super::{authenticate, check_origin, error};
+use super::{authenticate, check_origin_and_host, error};
 use crate::auth::params;
 use crate::limits::{QUERY_BODY_BYTES_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX};
 use crate::rules::Rule;
@@ -51,7 +51,7 @@ enum OrderBySpec {
 
 /// Run a query.
 pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -> Response {
-    if let Err(r) = check_origin(&state, req.headers()) {
+    if let Err(r) = check_origin_and_host(&state, req.headers(), req.uri()) {
         return *r;
     }
     // Every answer to an allowed origin carries the CORS headers, errors too: without them

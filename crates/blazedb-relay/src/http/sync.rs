@@ -1,6 +1,6 @@
 //! `GET /v1/sync`: the WebSocket upgrade for sync sessions.
 //!
-//! In order: the `Origin` allow-list (`403`), authentication (`401`, JSON body: nothing else
+//! In order: the `Host` and `Origin` checks (`403`), authentication (`401`, JSON body: nothing else
 //! happens for an unauthenticated client), the WebSocket handshake headers (`426` / `400`),
 //! then `101 Switching Protocols`. The upgraded connection becomes a
 //! [`WsStream`] with explicit message limits
@@ -20,13 +20,13 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{authenticate, check_origin, error, ConnectionSlot};
+use super::{authenticate, check_origin_and_host, error, ConnectionSlot};
 use crate::metrics::Transport;
 use crate::state::State;
 
 /// Handle the upgrade request.
 pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Request) -> Response {
-    if let Err(r) = check_origin(&state, req.headers()) {
+    if let Err(r) = check_origin_and_host(&state, req.headers(), req.uri()) {
         return *r;
     }
     let claims = match authenticate(&state, req.headers(), req.uri()) {

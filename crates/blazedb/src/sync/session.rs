@@ -42,9 +42,9 @@ use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
     BATCH_CELLS_DEFAULT, ECHO_CAUGHT_UP_INTERVAL_MS, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PROTOCOL_VERSION, QUEUED_FRAMES_MAX,
-    SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS,
-    TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
+    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PING_INTERVAL_MS_MIN, PROTOCOL_VERSION,
+    QUEUED_FRAMES_MAX, SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX,
+    SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
 use crate::store::{
@@ -68,7 +68,7 @@ pub struct SessionConfig {
     pub batch_cells_max: usize,
     /// Unacknowledged units before the sender waits.
     pub window_units: usize,
-    /// Ping after this long without sending.
+    /// Ping after this long without sending; below [`PING_INTERVAL_MS_MIN`] counts as that.
     pub ping_interval_ms: u64,
     /// Give up after this long without receiving.
     pub idle_timeout_ms: u64,
@@ -2444,7 +2444,7 @@ impl Session {
             );
             return;
         }
-        if now_ms.saturating_sub(self.last_send_ms) >= self.cfg.ping_interval_ms {
+        if now_ms.saturating_sub(self.last_send_ms) >= self.ping_interval_ms() {
             self.ping_nonce += 1;
             self.send(
                 &Message::Ping {
@@ -2480,6 +2480,12 @@ impl Session {
         head.0.saturating_sub(self.sent_through.0) < self.cfg.batch_cells_max as u64
     }
 
+    /// The configured ping interval, at least [`PING_INTERVAL_MS_MIN`]: an interval of 0
+    /// would have every timer tick send a PING and the driver wake at once for the next.
+    fn ping_interval_ms(&self) -> u64 {
+        self.cfg.ping_interval_ms.max(PING_INTERVAL_MS_MIN)
+    }
+
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.state == State::Closed {
@@ -2488,7 +2494,7 @@ impl Session {
         Some(
             // Saturating: an interval configured near u64::MAX means "never", not a wrap
             // into the past that would fire the timer in a loop.
-            (self.last_send_ms.saturating_add(self.cfg.ping_interval_ms))
+            (self.last_send_ms.saturating_add(self.ping_interval_ms()))
                 .min(self.last_recv_ms.saturating_add(self.cfg.idle_timeout_ms))
                 .min(self.credential_expires_ms.unwrap_or(u64::MAX)),
         )
