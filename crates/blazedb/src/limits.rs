@@ -27,6 +27,13 @@ pub const TRANSACTION_CELLS_MAX: usize = 1_000_000;
 pub const UNIT_STAGE_CELLS: usize = 50_000;
 /// Most writes in one transaction.
 pub const TRANSACTION_WRITES_MAX: usize = 100_000;
+/// Most records [`Database::for_each`](crate::Database::for_each) reads under one lock before
+/// handing them to its callback (which runs unlocked): the lock is taken once per page, not
+/// per record, and the page stays small.
+pub const FOR_EACH_PAGE_RECORDS: usize = 256;
+/// Encoded bytes after which a page of [`Database::for_each`](crate::Database::for_each) ends
+/// early (records may be up to [`RECORD_BYTES_MAX`]: a page bounds memory, not only count).
+pub const FOR_EACH_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Longest query expression, in bytes.
 pub const EXPRESSION_BYTES_MAX: usize = 16 * 1024;
 /// Deepest nesting of a query expression.

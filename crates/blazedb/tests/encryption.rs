@@ -358,3 +358,25 @@ fn new_encrypted_files_get_their_own_salt() {
     assert_ne!(a, b);
     assert_ne!(&a[..], b"SQLite format 3\0");
 }
+
+/// An empty password would make SQLCipher write a plain copy that then fails to open as an
+/// encrypted one, leaving the handle without a file: it is refused before anything is
+/// touched, and the handle keeps working.
+#[test]
+fn rekey_to_an_empty_password_is_refused_and_the_handle_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let mut db = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    let id = db.insert("c", [("n", 1)]).unwrap();
+    let e = db.rekey(Some("")).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("None")),
+        "{e}"
+    );
+    assert!(db.is_encrypted());
+    assert_eq!(db.get("c", id).unwrap().unwrap().fields["n"], Value::Int(1));
+    db.insert("c", [("n", 2)]).unwrap();
+    drop(db);
+    let db = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    assert_eq!(db.count("c").unwrap(), 2);
+}

@@ -556,3 +556,52 @@ mod past_states {
         }
     }
 }
+
+/// Evicting a field removes its history entries, which sit in the record's chain between
+/// the other fields' entries: the chain is linked around them, so the other fields' history
+/// stays whole (it used to end at the first evicted entry) and the record's past reads
+/// without the evicted field.
+#[test]
+fn evicting_a_field_keeps_the_history_of_the_others() {
+    let (_d, db, now) = db_with_clock(HistoryRetention::default());
+    let t0 = now.load(Ordering::SeqCst);
+    let id = db.insert("c", [("title", "t0"), ("secret", "s0")]).unwrap();
+    let steps = [
+        ("title", "t1"),
+        ("secret", "s1"),
+        ("title", "t2"),
+        ("secret", "s2"),
+    ];
+    for (i, (field, value)) in steps.into_iter().enumerate() {
+        now.store(t0 + 10_000 * (i as u64 + 1), Ordering::SeqCst);
+        db.update("c", id, Patch::new().set(field, value)).unwrap();
+    }
+    let values_of = |field: &str| -> Vec<Value> {
+        db.history("c", id)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.field.as_deref() == Some(field))
+            .filter_map(|e| e.new)
+            .collect()
+    };
+    let titles = vec![Value::from("t0"), Value::from("t1"), Value::from("t2")];
+    assert_eq!(values_of("title"), titles);
+
+    db.evict_fields("c", &["secret".to_owned()]).unwrap();
+    assert_eq!(values_of("title"), titles);
+    assert_eq!(values_of("secret"), Vec::<Value>::new());
+    for (ms, title) in [
+        (5_000, "t0"),
+        (15_000, "t1"),
+        (25_000, "t1"),
+        (35_000, "t2"),
+    ] {
+        let then = db.get_at("c", id, at(t0 + ms)).unwrap().unwrap();
+        let expected: BTreeMap<String, Value> = [("title".to_owned(), Value::from(title))].into();
+        assert_eq!(then.fields, expected, "at +{ms} ms");
+    }
+    // The chain still works for what comes next.
+    db.update("c", id, Patch::new().set("title", "t3")).unwrap();
+    assert_eq!(values_of("title").len(), 4);
+    assert_eq!(db.integrity_check().unwrap().problems, Vec::<String>::new());
+}

@@ -419,3 +419,45 @@ fn failed_operation_in_a_committed_transaction_leaves_no_trace() {
     assert_eq!(r.fields, BTreeMap::from([("a".to_owned(), Value::Int(0))]));
     assert_eq!(r.rev, 1);
 }
+
+/// A `for_each` callback may call the database: the records are handed over with the lock
+/// released (it was held through the callback, so an update inside waited for itself
+/// forever). More records than one page, so the walk resumes after writes.
+#[test]
+fn for_each_callback_may_write_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(
+        Database::open(dir.path().join("t.db"), OpenOptions::default()).unwrap(),
+    );
+    let n = blazedb::limits::FOR_EACH_PAGE_RECORDS + 44;
+    db.transaction(|tx| {
+        for i in 0..n {
+            tx.insert("c", [("n", i as i64)])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let walker = db.clone();
+    std::thread::spawn(move || {
+        let mut visited = 0usize;
+        let r = walker.for_each("c", |rec| {
+            visited += 1;
+            let n = rec.fields["n"].clone();
+            walker
+                .update("c", rec.id, Patch::new().set("seen", n))
+                .unwrap();
+            true
+        });
+        let _ = done.send(r.map(|()| visited));
+    });
+    let visited = finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("for_each with a write in its callback hung")
+        .unwrap();
+    assert_eq!(visited, n, "every record once");
+    for rec in db.scan("c").unwrap() {
+        assert_eq!(rec.fields["seen"], rec.fields["n"]);
+        assert_eq!(rec.rev, 2);
+    }
+}

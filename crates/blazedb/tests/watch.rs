@@ -68,3 +68,41 @@ fn dropped_watch_is_unsubscribed() {
         db.insert("c", [("i", i)]).unwrap();
     }
 }
+
+/// Writers on several threads: each commit's events are queued before the next writer may
+/// commit, so a watcher sees one record's revisions in increasing order (publishing after
+/// the lock was released let a later commit's event overtake an earlier one).
+#[test]
+fn events_arrive_in_commit_order_across_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(
+        Database::open(dir.path().join("w.db"), OpenOptions::default()).unwrap(),
+    );
+    let id = blazedb::RecordId([1; 16]);
+    db.insert_with_id("c", id, [("n", 0)]).unwrap();
+    let w = db.watch("c", None, Some(1_000_000)).unwrap();
+    let threads: Vec<_> = (0..4i64)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    db.update("c", id, Patch::new().set("n", t * 100_000 + i))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut revs = Vec::new();
+    while let Some(item) = w.try_recv() {
+        match item {
+            WatchItem::Event(e) => revs.push(e.record.rev),
+            WatchItem::Lagged(n) => panic!("lagged {n}"),
+        }
+    }
+    assert_eq!(revs.len(), 2000);
+    let out_of_order = revs.windows(2).filter(|p| p[0] >= p[1]).count();
+    assert_eq!(out_of_order, 0, "revisions out of commit order");
+}

@@ -127,8 +127,10 @@ impl Database {
             }
             Ok(())
         })?;
-        drop(inner);
+        // Before the lock is released, so that watchers see it in commit order (see
+        // `Database::transaction`).
         self.watchers.publish(&events);
+        drop(inner);
         Ok(outcome)
     }
 
@@ -136,7 +138,9 @@ impl Database {
     /// elements) from every record of `collection`, locally, with the same rules as
     /// [`Database::evict`]: no tombstone, no feed position, nothing sent. Used when a replica
     /// newly excludes fields from what it syncs. Their history rows and index entries go too
-    /// (their conflicts stay, as for evicted records). A record left with no cells at all is removed. Returns how many
+    /// (their conflicts stay, as for evicted records); the history of the other fields stays
+    /// whole, so `get_at` shows each record as it was, without the evicted fields. A record
+    /// left with no cells at all is removed. Returns how many
     /// records changed. Watchers get an `Updated` event for each live record whose visible
     /// fields changed (a `Deleted` one if it no longer exists).
     pub fn evict_fields(&self, collection: &str, fields: &[String]) -> Result<usize> {
@@ -208,13 +212,13 @@ impl Database {
                     rewrite_record(inner, coll, id, rev + 1, &state, &after)?;
                 }
             }
-            for f in &names {
-                delete_field_rows(inner, coll, f)?;
-            }
+            delete_field_history(inner, coll, &names)?;
             Ok(changed)
         })?;
-        drop(inner);
+        // Before the lock is released, so that watchers see it in commit order (see
+        // `Database::transaction`).
         self.watchers.publish(&events);
+        drop(inner);
         Ok(changed)
     }
 }
@@ -376,22 +380,55 @@ pub(super) fn rewrite_record(
     Ok(())
 }
 
-/// Delete the history rows of one field of a collection (its conflicts stay, as for evicted
-/// records). Their `cell` column holds the cell key's encoding (`crdt::encoding`): a tag (1
-/// field, 2 counter, 3 element), the field name as varint length + bytes, then the counter's
-/// node or the element.
-fn delete_field_rows(inner: &Inner, coll: i64, field: &str) -> Result<()> {
+/// Delete the history rows of `fields` in a collection (their conflicts stay, as for evicted
+/// records), linking each record's chain around them so that the history of its other fields
+/// stays whole (see `Inner::remove_history_entries`).
+fn delete_field_history(inner: &Inner, coll: i64, fields: &BTreeSet<&str>) -> Result<()> {
+    // The records with such rows, found in one pass over the table (history has no index
+    // by record: see `HISTORY_CHAINS` in schema.rs).
+    let mut ids: BTreeSet<RecordId> = BTreeSet::new();
+    for field in fields {
+        let (plain, prefix_len, counter, element) = field_cell_prefixes(field);
+        let mut stmt = inner.conn.prepare(
+            "SELECT DISTINCT id FROM history
+             WHERE coll = ?1 AND (cell = ?2 OR substr(cell, 1, ?3) IN (?4, ?5))",
+        )?;
+        let mut rows = stmt.query(params![coll, plain, prefix_len, counter, element])?;
+        while let Some(row) = rows.next()? {
+            ids.insert(record_id(
+                row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
+            )?);
+        }
+    }
+    for id in ids {
+        inner.remove_history_entries(coll, id, |key| {
+            key.field().is_some_and(|f| fields.contains(f))
+        })?;
+    }
+    // Rows no chain reaches any more (below a cut by retention) go too: the field's data
+    // must leave this replica entirely.
+    for field in fields {
+        let (plain, prefix_len, counter, element) = field_cell_prefixes(field);
+        inner.conn.execute(
+            "DELETE FROM history WHERE coll = ?1 AND (cell = ?2 OR substr(cell, 1, ?3) IN (?4, ?5))",
+            params![coll, plain, prefix_len, counter, element],
+        )?;
+    }
+    Ok(())
+}
+
+/// How history's `cell` column starts for the cells of `field`: it holds the cell key's
+/// encoding (`crdt::encoding`), a tag (1 field, 2 counter, 3 element), the field name as
+/// varint length + bytes, then the counter's node or the element. Returns the plain
+/// field's whole key, the prefix length, and the counter and element prefixes.
+fn field_cell_prefixes(field: &str) -> (Vec<u8>, i64, Vec<u8>, Vec<u8>) {
     let prefix = |tag: u8| {
         let mut p = vec![tag];
         crate::codec::varint::write_u64(&mut p, field.len() as u64);
         p.extend_from_slice(field.as_bytes());
         p
     };
-    let (plain, counter, element) = (prefix(1), prefix(2), prefix(3));
+    let plain = prefix(1);
     let n = plain.len() as i64;
-    inner.conn.execute(
-        "DELETE FROM history WHERE coll = ?1 AND (cell = ?2 OR substr(cell, 1, ?3) IN (?4, ?5))",
-        params![coll, plain, n, counter, element],
-    )?;
-    Ok(())
+    (plain, n, prefix(2), prefix(3))
 }

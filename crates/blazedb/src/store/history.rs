@@ -616,6 +616,56 @@ impl Inner {
         Ok(out)
     }
 
+    /// Delete the entries of a record's history whose cell `remove` picks (inside the
+    /// caller's transaction), and link the chain around them: every entry older than a
+    /// removed one is reached only through it, so deleting it alone would cut the record's
+    /// history there, silently losing the other cells' older changes. The oldest entry left
+    /// keeps the chain's original end (a start, or a cut by retention stays a cut). Returns
+    /// how many entries were deleted.
+    pub(crate) fn remove_history_entries(
+        &self,
+        coll: i64,
+        id: RecordId,
+        mut remove: impl FnMut(&CellKey) -> bool,
+    ) -> Result<u64> {
+        // (hid, prev, kept), newest first.
+        let mut chain: Vec<(i64, Option<i64>, bool)> = Vec::new();
+        self.walk_history(coll, id, |hid, r| {
+            let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
+            chain.push((hid, r.get(2)?, !remove(&key)));
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if chain.iter().all(|&(_, _, kept)| kept) {
+            return Ok(0);
+        }
+        let end = chain.last().and_then(|&(_, prev, _)| prev);
+        let kept: Vec<(i64, Option<i64>)> = chain
+            .iter()
+            .filter(|&&(_, _, kept)| kept)
+            .map(|&(hid, prev, _)| (hid, prev))
+            .collect();
+        let mut delete = self
+            .conn
+            .prepare_cached("DELETE FROM history WHERE hid = ?1")?;
+        for &(hid, _, _) in chain.iter().filter(|&&(_, _, kept)| !kept) {
+            delete.execute([hid])?;
+        }
+        let mut relink = self
+            .conn
+            .prepare_cached("UPDATE history SET prev = ?2 WHERE hid = ?1")?;
+        for (i, &(hid, prev)) in kept.iter().enumerate() {
+            let older = kept.get(i + 1).map_or(end, |&(h, _)| Some(h));
+            if older != prev {
+                relink.execute(params![hid, older])?;
+            }
+        }
+        let head = kept.first().map_or(end, |&(hid, _)| Some(hid));
+        self.conn
+            .prepare_cached("UPDATE records SET hist = ?3 WHERE coll = ?1 AND id = ?2")?
+            .execute(params![coll, &id.0[..], head])?;
+        Ok((chain.len() - kept.len()) as u64)
+    }
+
     /// A record's history entries, oldest first.
     fn history_rows(&self, coll: i64, id: RecordId) -> Result<Vec<Row>> {
         let node = |i: i64| {

@@ -8,9 +8,18 @@ use rusqlite::{params, OptionalExtension};
 use super::{body, Database, Inner};
 use crate::codec::keys;
 use crate::error::Result;
+use crate::limits::{FOR_EACH_PAGE_BYTES, FOR_EACH_PAGE_RECORDS};
 use crate::query::{Expr, Params};
 use crate::types::Seq;
 use crate::{RecordId, Value};
+
+/// How much of a collection one page of [`Database::for_each`] reads.
+#[derive(Clone, Copy)]
+struct PageLimit {
+    records: usize,
+    /// Encoded bytes: a page ends after the record that reaches it.
+    bytes: usize,
+}
 
 /// A record as the application sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,32 +156,45 @@ impl Database {
     }
 
     /// Every live record of a collection, in id order, to `f`. Return `false` from `f` to stop.
+    ///
+    /// The records are read a page at a time (see [`FOR_EACH_PAGE_RECORDS`]), and `f` runs
+    /// with the database unlocked, so it may read and write the database (holding the lock
+    /// through `f` made any such call wait for itself forever). Each page is one consistent
+    /// read, the walk as a whole is not: a change committed meanwhile shows if it lands ahead
+    /// of the walk. [`Database::scan`] reads the whole collection in one snapshot.
     pub fn for_each(&self, collection: &str, mut f: impl FnMut(Record) -> bool) -> Result<()> {
-        let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
-            return Ok(());
+        let page_limit = PageLimit {
+            records: FOR_EACH_PAGE_RECORDS,
+            bytes: FOR_EACH_PAGE_BYTES,
         };
-        let mut stmt = inner.conn.prepare_cached(
-            "SELECT id, rev, seq, body FROM records WHERE coll = ?1 AND live = 1 ORDER BY id",
-        )?;
-        let mut rows = stmt.query([coll])?;
-        while let Some(row) = rows.next()? {
-            let rec = inner.decode_row(collection, row)?;
-            if !f(rec) {
-                break;
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let page = {
+                let inner = self.lock()?;
+                let Some(coll) = inner.collection_id(collection) else {
+                    return Ok(());
+                };
+                inner.live_records(collection, coll, &after, Some(page_limit))?
+            };
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = last.id.0.to_vec();
+            for rec in page {
+                if !f(rec) {
+                    return Ok(());
+                }
             }
         }
-        Ok(())
     }
 
-    /// Every live record of a collection, in id order.
+    /// Every live record of a collection, in id order, read in one snapshot.
     pub fn scan(&self, collection: &str) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        self.for_each(collection, |r| {
-            out.push(r);
-            true
-        })?;
-        Ok(out)
+        let inner = self.lock()?;
+        let Some(coll) = inner.collection_id(collection) else {
+            return Ok(Vec::new());
+        };
+        inner.live_records(collection, coll, &[], None)
     }
 
     /// Run a query.
@@ -298,6 +320,34 @@ impl Database {
 }
 
 impl Inner {
+    /// The live records of a collection with ids above `after` (an empty `after`: from the
+    /// first), in id order; with a `limit`, a page of them (at least one record, if any).
+    fn live_records(
+        &self,
+        collection: &str,
+        coll: i64,
+        after: &[u8],
+        limit: Option<PageLimit>,
+    ) -> Result<Vec<Record>> {
+        // An empty blob sorts before every id; a negative LIMIT is none.
+        let records = limit.map_or(-1, |l| l.records as i64);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, rev, seq, body FROM records WHERE coll = ?1 AND live = 1 AND id > ?2
+             ORDER BY id LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![coll, after, records])?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next()? {
+            bytes += row.get_ref(3)?.as_blob().map_or(0, <[u8]>::len);
+            out.push(self.decode_row(collection, row)?);
+            if limit.is_some_and(|l| bytes >= l.bytes) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn get(&self, collection: &str, id: RecordId) -> Result<Option<Record>> {
         let Some(coll) = self.collection_id(collection) else {
             return Ok(None);

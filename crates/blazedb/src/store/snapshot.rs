@@ -361,7 +361,6 @@ impl Database {
         // The snapshot stores the received cursor with its data: a note is older.
         self.noted_cursors().forget(peer, PeerDirection::Received);
         let mut applied = SnapshotApplied::default();
-        let mut evicted_events: Vec<Event> = Vec::new();
         let watched = self.watchers.is_watched();
         self.transaction(|tx| {
             let progress = expect_progress(tx.inner, peer, snap_id)?;
@@ -478,7 +477,7 @@ impl Database {
                         continue;
                     }
                     if watched && state.is_live() {
-                        evicted_events.push(Event {
+                        tx.publish_at_commit(Event {
                             kind: EventKind::Deleted,
                             seq: head,
                             record: Record {
@@ -503,7 +502,6 @@ impl Database {
             discard(tx.inner, peer)?;
             Ok(())
         })?;
-        self.watchers.publish(&evicted_events);
         Ok(applied)
     }
 }

@@ -272,6 +272,9 @@ pub(crate) struct Spilled {
     /// (collection, id, loser) of every conflict recorded in a spilled record.
     losers: Vec<(i64, String, RecordId, Cell)>,
     events: Vec<Event>,
+    /// Events of changes made beside the tracked records (a snapshot's evictions), published
+    /// with the transaction's own even when it changed no record.
+    events_beside: Vec<Event>,
     /// Records tracked but not yet spilled.
     unspilled: usize,
 }
@@ -298,8 +301,13 @@ impl Database {
         })();
         match result {
             Ok((v, (events, changed))) => {
-                drop(inner);
+                // Published before the lock is released: the next writer cannot commit
+                // before this one's events are queued, so every watcher sees commits in
+                // their order. `publish` only queues (it never blocks or calls user code),
+                // so holding the lock through it cannot deadlock.
                 self.watchers.publish(&events);
+                drop(inner);
+                // Commit listeners are user code, which may call back into the database.
                 if changed {
                     self.notify_commit();
                 }
@@ -448,6 +456,12 @@ impl<'a> Tx<'a> {
     /// Whether the transaction tracks this record.
     pub(crate) fn tracks(&self, coll: i64, id: RecordId) -> bool {
         self.pending.get(&(coll, id)).is_some()
+    }
+
+    /// Publish `event` to watchers when the transaction commits (with its own events, in
+    /// commit order), for a change it made beside the records it tracks.
+    pub(crate) fn publish_at_commit(&mut self, event: Event) {
+        self.spilled.events_beside.push(event);
     }
 
     /// Records held in memory that [`Tx::spill`] would write out.
@@ -1386,7 +1400,7 @@ impl<'a> Tx<'a> {
             inner.nodes.flush(&inner.conn)?;
             inner.fields.flush(&inner.conn)?;
             inner.commit()?;
-            return Ok((Vec::new(), false));
+            return Ok((spilled.events_beside, false));
         }
         let last_seq = if seq_used { seq } else { Seq(seq.0 - 1) }.max(base_seq);
         let cells: usize = records.iter().map(|p| p.cells_changed).sum();
@@ -1399,7 +1413,8 @@ impl<'a> Tx<'a> {
             .into());
         }
         batch.write(&inner.conn)?;
-        let mut events = spilled.events;
+        let mut events = spilled.events_beside;
+        events.extend(spilled.events);
         let now_ms = db.now_ms();
         let Inner {
             conn,

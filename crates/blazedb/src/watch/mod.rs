@@ -1,6 +1,8 @@
 //! Watch: subscribe to committed changes of a collection.
 //!
-//! Events are published after the transaction commits, never before. Each subscription has
+//! Events are published after the transaction commits, never before, and in commit order:
+//! a commit's events are queued before the database's lock is released, so a subscriber sees
+//! a record's revisions in increasing order. Each subscription has
 //! a bounded buffer; when a slow subscriber lets it fill up, further events are dropped and
 //! the subscriber receives [`WatchItem::Lagged`] with the number it missed, instead of the
 //! buffer growing without bound. A subscriber that lagged can re-read the collection (or
@@ -73,6 +75,9 @@ impl Registry {
             .is_empty()
     }
 
+    /// Queue `events` for their subscribers. Called with the database's lock held (that is
+    /// what keeps events in commit order), so it must never block or run user code: it only
+    /// `try_send`s, counting what does not fit as lag.
     pub(crate) fn publish(&self, events: &[Event]) {
         if events.is_empty() {
             return;
