@@ -10,6 +10,8 @@ use std::process::ExitCode;
 
 use blazedb::query::QueryError;
 
+use crate::output::StdoutError;
+
 /// Exit code when the command ran and failed.
 const EXIT_FAILED: u8 = 1;
 /// Exit code when the command line itself is wrong (clap uses the same code).
@@ -32,9 +34,7 @@ impl StdError for UsageError {}
 
 /// Report a failed command and choose its exit code.
 pub fn failure(err: &anyhow::Error) -> ExitCode {
-    // `blazedb export db c | head` closes the pipe early; that is the reader's choice, not an
-    // error of ours.
-    if err.chain().any(is_broken_pipe) {
+    if is_stdout_closed_by_reader(err) {
         return ExitCode::SUCCESS;
     }
     eprintln!("error: {}", one_line(err));
@@ -114,9 +114,13 @@ fn query_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a QueryError> {
         })
 }
 
-fn is_broken_pipe(e: &(dyn StdError + 'static)) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+/// `blazedb export db c | head` closes the pipe early; that is the reader's choice, not an
+/// error of ours. Only a broken pipe on stdout counts: one on a sync connection (the peer
+/// went away) is as much a failure as any other transport error.
+fn is_stdout_closed_by_reader(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<StdoutError>())
+        .any(StdoutError::is_closed_by_reader)
 }
 
 /// Several lines of text as one, keeping every non-empty line.
@@ -161,6 +165,34 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn a_reader_closing_stdout_is_not_a_failure() {
+        let closed = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let err = anyhow::Error::new(StdoutError(closed)).context("exporting notes");
+        assert_eq!(failure(&err), ExitCode::SUCCESS);
+    }
+
+    #[test]
+    fn a_broken_pipe_on_the_sync_connection_is_a_failure() {
+        // What `blazedb sync DB unix://… --once` returns when the peer drops the connection
+        // while this side writes.
+        let report = blazedb_net::SessionReport {
+            node: blazedb::NodeId([1; 16]),
+            peer: None,
+            stats: Default::default(),
+            end: blazedb_net::EndReason::TransportClosed,
+            caught_up: false,
+            elapsed_ms: 0,
+        };
+        let err = anyhow::Error::new(blazedb_net::ClientError::Session(
+            blazedb_net::NetError::Io {
+                source: std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+                report: Box::new(report),
+            },
+        ));
+        assert_eq!(failure(&err), ExitCode::from(EXIT_FAILED));
     }
 
     #[test]

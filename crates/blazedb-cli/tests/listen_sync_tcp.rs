@@ -1,6 +1,7 @@
 //! `blazedb listen` and `blazedb sync DB URL --once` as separate processes: over TCP and
 //! over a Unix socket the two files end with the same records, the JSON report counts what
-//! moved each way, a second run moves nothing, and a wrong token is refused.
+//! moved each way, a second run moves nothing, a wrong token is refused, and a peer that drops
+//! the connection is a failure.
 
 mod net_common;
 
@@ -163,5 +164,29 @@ fn heartbeat_flags_that_cannot_work_are_usage_errors() {
         assert!(stderr.starts_with("error: "), "{stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!std::path::Path::new(db).exists(), "nothing is created");
+    }
+}
+
+/// A peer that accepts the connection and drops it at once: the sync fails, every time.
+/// The write on the dead connection fails with a broken pipe, which once passed for the
+/// reader of stdout closing it (`export | head`) and exited 0 with no output.
+#[test]
+fn sync_once_with_a_peer_that_drops_the_connection_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    put(&a, "notes", r#"{"from": "a"}"#);
+    let socket = dir.path().join("drop.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // The thread ends with the test process; it only ever accepts and drops.
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            drop(connection);
+        }
+    });
+    let url = format!("unix://{}", socket.display());
+    for run in 0..20 {
+        let (ok, report, err) = sync_once(&a, &url, &[]);
+        assert!(!ok, "run {run} exited 0: {report}");
+        assert!(err.starts_with("error: "), "run {run}: {err}");
     }
 }

@@ -52,7 +52,9 @@
 //! units and we applied everything the peer said it had, so once the peer has read the frames
 //! before our goodbye it is caught up too; it ends with [`EndReason::PeerFinished`] and
 //! `caught_up == true` (success). If the peer committed something in between, it is not
-//! caught up and its driver returns [`NetError::Incomplete`]: run again.
+//! caught up and its driver returns [`NetError::Incomplete`]: run again. A peer that was
+//! shut down instead (its goodbye is not [`GOODBYE_CAUGHT_UP`]) ends a one-shot session that
+//! is not caught up with [`NetError::PeerShutDown`], which carries what the peer said.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,6 +144,15 @@ pub struct SessionReport {
     /// How long it ran, in ms.
     pub elapsed_ms: u64,
 }
+
+/// The goodbye message of a side that stops because it is caught up. Both goodbyes use the
+/// code `ShuttingDown`; the message tells the peer whether this side merely finished (the
+/// peer, if not caught up, then only has a late write of its own to send) or was shut down
+/// in the middle of the sync.
+pub const GOODBYE_CAUGHT_UP: &str = "caught up: this side is done";
+
+/// The goodbye message of a side asked to stop ([`DriverOptions::shutdown`]).
+const GOODBYE_SHUTDOWN: &str = "the node is shutting down";
 
 /// Why a session ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -271,6 +282,7 @@ where
         caught_up_at_end: false,
         io_error: None,
         write_failed: false,
+        peer_shut_down: None,
     };
     d.run(rd, wr, &notify, &commits_watched).await;
     drop(listener);
@@ -362,6 +374,8 @@ struct Driver {
     io_error: Option<io::Error>,
     /// The end reason is a write failure, which a goodbye read afterwards may replace.
     write_failed: bool,
+    /// The peer's goodbye, when it was shut down rather than caught up.
+    peer_shut_down: Option<String>,
 }
 
 impl Driver {
@@ -395,11 +409,11 @@ impl Driver {
                     }));
                 } else if self.opts.shutdown.is_cancelled() {
                     self.end_with(EndReason::Shutdown);
-                    self.close(ErrorCode::ShuttingDown, "the node is shutting down");
+                    self.close(ErrorCode::ShuttingDown, GOODBYE_SHUTDOWN);
                     continue;
                 } else if self.opts.stop_when_caught_up && flushed && self.caught_up() {
                     self.end_with(EndReason::CaughtUp);
-                    self.close(ErrorCode::ShuttingDown, "caught up: this side is done");
+                    self.close(ErrorCode::ShuttingDown, GOODBYE_CAUGHT_UP);
                     continue;
                 }
             }
@@ -442,6 +456,7 @@ impl Driver {
             match wake {
                 Wake::Read(Ok(0)) => {
                     read_open = false;
+                    self.peer_closed_after_failed_write();
                     if !self.session().is_closed() {
                         if self.end.is_none() {
                             self.end_with(EndReason::TransportClosed);
@@ -517,7 +532,11 @@ impl Driver {
         if read_open {
             loop {
                 match timeout_at(until, rd.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => self.handle_input(&buf[..n]).await,
+                    Ok(Ok(0)) => {
+                        self.peer_closed_after_failed_write();
+                        break;
+                    }
+                    Ok(Ok(n)) => self.handle_input(&buf[..n]).await,
                     _ => break,
                 }
             }
@@ -640,8 +659,27 @@ impl Driver {
         }
     }
 
+    /// The read side reached end-of-file after a write failed because the peer was gone (a
+    /// broken pipe, a reset): the peer closed the connection, which tells the user more (and
+    /// what to do) than the write error does.
+    fn peer_closed_after_failed_write(&mut self) {
+        let peer_gone = self.write_failed
+            && self.io_error.as_ref().is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                )
+            });
+        if peer_gone {
+            self.write_failed = false;
+            self.io_error = None;
+            self.end_with(EndReason::TransportClosed);
+        }
+    }
+
     fn on_closed(&mut self, e: SyncError) {
         let reason = if e.remote && e.code == ErrorCode::ShuttingDown {
+            self.peer_shut_down = (e.message != GOODBYE_CAUGHT_UP).then(|| e.message.clone());
             EndReason::PeerFinished
         } else {
             EndReason::Protocol(e.clone())
@@ -735,9 +773,15 @@ impl Driver {
         match end {
             EndReason::CaughtUp | EndReason::Shutdown => Ok(report),
             EndReason::PeerFinished if !once || report.caught_up => Ok(report),
-            EndReason::PeerFinished => Err(NetError::Incomplete {
-                report: Box::new(report),
-            }),
+            EndReason::PeerFinished => match self.peer_shut_down.take() {
+                Some(message) => Err(NetError::PeerShutDown {
+                    message,
+                    report: Box::new(report),
+                }),
+                None => Err(NetError::Incomplete {
+                    report: Box::new(report),
+                }),
+            },
             EndReason::TransportClosed if once && report.caught_up => Ok(report),
             EndReason::TransportClosed => Err(NetError::Disconnected {
                 report: Box::new(report),

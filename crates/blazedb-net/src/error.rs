@@ -63,6 +63,15 @@ pub enum NetError {
         /// How far the session got.
         report: Box<SessionReport>,
     },
+    /// The session was asked to stop once caught up, but the peer was shut down (a listener
+    /// or relay stopping) before this side was caught up; run it again.
+    #[error("the peer shut down before the sync finished (it said: {message}); run sync again")]
+    PeerShutDown {
+        /// The peer's goodbye message.
+        message: String,
+        /// How far the session got.
+        report: Box<SessionReport>,
+    },
     /// A file kept changing: `sync_files_once` ran its maximum number of rounds without
     /// both sides ending caught up.
     #[error("still not caught up after {rounds} rounds: the files keep changing; use watch mode")]
@@ -88,7 +97,8 @@ impl NetError {
             NetError::Sync { report, .. }
             | NetError::Io { report, .. }
             | NetError::Disconnected { report }
-            | NetError::Incomplete { report } => Some(report),
+            | NetError::Incomplete { report }
+            | NetError::PeerShutDown { report, .. } => Some(report),
             _ => None,
         }
     }

@@ -1,5 +1,6 @@
 //! Two databases connected by `run_session` over an in-process duplex pipe converge both
-//! ways while both sides keep writing, including concurrent edits of the same fields.
+//! ways while both sides keep writing, including concurrent edits of the same fields; a
+//! one-shot client whose peer shuts down mid-sync says so.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use blazedb::sync::SessionConfig;
 use blazedb::{Database, Patch, Value};
 use blazedb_net::{run_session, DriverOptions, EndReason, NetError, SessionMonitor, SessionReport};
-use common::{dump, fill, open, CONVERGE};
+use common::{count, dump, fill, open, CONVERGE};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -174,4 +175,56 @@ async fn pair_converges_both_ways_with_concurrent_edits() {
         conflicts >= ids.len(),
         "only {conflicts} conflicts recorded"
     );
+}
+
+/// A one-shot client whose peer is shut down in the middle of the sync is told so, with the
+/// peer's own words, not that a write landed on its side during the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_shut_down_mid_sync_is_reported_as_a_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    fill(&a, "docs", 20_000, 2_000, "a");
+    let stop_server = CancellationToken::new();
+    let server_monitor = SessionMonitor::new();
+    let (x, y) = tokio::io::duplex(16 * 1024);
+    let client = tokio::spawn(run_session(
+        a.clone(),
+        x,
+        SessionConfig::default(),
+        DriverOptions::once(),
+    ));
+    let server = tokio::spawn(run_session(
+        b.clone(),
+        y,
+        SessionConfig::default(),
+        DriverOptions {
+            shutdown: stop_server.clone(),
+            monitor: Some(server_monitor.clone()),
+            ..DriverOptions::default()
+        },
+    ));
+    let mut snapshots = server_monitor.subscribe();
+    tokio::time::timeout(CONVERGE, async {
+        while server_monitor.snapshot().peer.is_none() {
+            snapshots.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the server learns its peer");
+    stop_server.cancel();
+
+    let server_end = server.await.unwrap().unwrap().end;
+    assert_eq!(server_end, EndReason::Shutdown);
+    let err = client.await.unwrap().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, NetError::PeerShutDown { message, .. } if message == "the node is shutting down"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shut down") && text.contains("run sync again"),
+        "{text}"
+    );
+    assert!(!text.contains("write landed"), "{text}");
+    assert!(count(&b, "docs") < 20_000, "the sync was cut short");
 }
