@@ -58,5 +58,6 @@ pub use store::{
     Record, Stats, Tx,
 };
 pub use store::{EvictGuard, EvictOutcome, GcOptions, GcReport, SyncMetadata};
+pub use store::{StagedParts, StagingId};
 pub use types::{Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};
 pub use watch::{Event, EventKind, Watch, WatchItem};

@@ -240,7 +240,7 @@ fn a_format_3_history_migrates_to_chains() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 10);
 }
 
 /// Each record's history is its own chain, also when many records change in one

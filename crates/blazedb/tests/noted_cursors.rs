@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use blazedb::limits::ACK_PERSIST_INTERVAL_MS;
 use blazedb::sync::{Session, SessionConfig};
-use blazedb::{Database, GcOptions, NodeId, OpenOptions, PeerDirection, Seq};
+use blazedb::{Database, GcOptions, NodeId, OpenOptions, PeerDirection, Seq, StagedParts};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -224,7 +224,7 @@ fn a_unit_that_stores_the_received_cursor_replaces_an_older_note() {
     );
     let info = db.peers().unwrap();
     assert_eq!((info[0].received, info[0].acked), (Seq(100), Seq(0)));
-    db.apply_unit(from, 0, Vec::new(), Some(Seq(150)), None)
+    db.apply_unit(from, StagedParts::NONE, Vec::new(), Some(Seq(150)), None)
         .unwrap();
     db.store_noted_cursors().unwrap();
     // Storing the note after the unit would have moved the cursor back to 100.

@@ -11,7 +11,7 @@ use blazedb::sync::message::encode_simple;
 use blazedb::sync::{
     ErrorCode, Hello, Message, Session, SessionConfig, SnapshotWish, SyncMode, SyncPolicy,
 };
-use blazedb::{Database, GcOptions, Patch, PeerDirection, RecordId, Seq, Value};
+use blazedb::{Database, GcOptions, Patch, PeerDirection, RecordId, Seq, StagedParts, Value};
 use common::{open, pump, sync_pair};
 
 fn full() -> SessionConfig {
@@ -1028,7 +1028,14 @@ fn a_replica_write_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_a
     // Sent again (a duplicate delivery after a reconnect), it is not listed twice.
     let again = replica.changes_since(Seq(0), 1000, None).unwrap();
     source
-        .apply_unit_from_partial_replica(replica.node_id(), 0, again.changes, None, None, Seq(0))
+        .apply_unit_from_partial_replica(
+            replica.node_id(),
+            StagedParts::NONE,
+            again.changes,
+            None,
+            None,
+            Seq(0),
+        )
         .unwrap();
     assert_eq!(source.conflicts(Some("docs")).unwrap().len(), 1);
     // A full peer sees everything: its losing writes are its own to record.
@@ -1129,7 +1136,14 @@ fn a_conflict_from_a_node_never_seen_before_survives_a_reopen() {
             .unwrap();
         let head = source.last_seq().unwrap();
         source
-            .apply_unit_from_partial_replica(replica.node_id(), 0, lost.changes, None, None, Seq(0))
+            .apply_unit_from_partial_replica(
+                replica.node_id(),
+                StagedParts::NONE,
+                lost.changes,
+                None,
+                None,
+                Seq(0),
+            )
             .unwrap();
         assert_eq!(source.last_seq().unwrap(), head, "nothing applied");
     }

@@ -1,10 +1,13 @@
 //! Two replicas sync through a pair of sessions: full, incremental and delta sync, both
-//! directions, modes, conflicts recorded, restart resumes from persisted cursors.
+//! directions, modes, conflicts recorded, restart resumes from persisted cursors; two
+//! sessions receiving from one peer into one file stage their units apart.
 
 mod common;
 
 use blazedb::sync::{ErrorCode, Session, SessionConfig, SyncMode};
-use blazedb::{Database, Patch, RecordId, Value};
+use blazedb::{
+    Change, Database, Patch, PeerDirection, RecordId, Seq, StagedParts, StagingId, Value,
+};
 use common::{dump, open, pump, sync_pair};
 
 fn cfg(mode: SyncMode) -> SessionConfig {
@@ -438,8 +441,14 @@ fn a_unit_cut_off_by_a_disconnect_is_discarded_and_sent_again_whole() {
         "nothing of a cut-off unit is visible"
     );
     assert!(unit_rows(&dir.path().join("b.db")) >= 1);
-    // B restarts from its file; the unit comes again, whole.
+    // B restarts from its file; the unit comes again, whole. The cut-off session's parts are
+    // not the new session's to delete (another process could still be receiving them) until
+    // they are abandoned: here a day passes, by ageing the rows.
     drop(b);
+    rusqlite::Connection::open(dir.path().join("b.db"))
+        .unwrap()
+        .execute("UPDATE unit_staging SET staged_ms = 0", [])
+        .unwrap();
     let b = open(dir.path(), "b");
     assert_eq!(check_chain_whole(&b, hot, &ids), 0);
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
@@ -1041,4 +1050,65 @@ fn a_ping_interval_below_the_minimum_counts_as_the_minimum() {
         1,
         "one PING at the minimum interval"
     );
+}
+
+/// Two sessions receiving from the same peer into one file (two processes on the file, a
+/// relay with two connections from one node) stage their units apart: one starting a unit
+/// neither replaces nor deletes the other's parts, each applies exactly its own, and an apply
+/// that does not find exactly its parts fails without moving the cursor (the unit is sent
+/// again) instead of storing it past transactions it never applied.
+#[test]
+fn two_sessions_with_one_peer_stage_their_units_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (open(dir.path(), "src"), open(dir.path(), "dst"));
+    for n in 1..=3 {
+        src.insert("docs", [("n", Value::Int(n))]).unwrap();
+    }
+    let feed = src.changes_since(Seq(0), 1_000, None).unwrap().changes;
+    let tx =
+        |seq: u64| -> Vec<Change> { feed.iter().filter(|c| c.seq == Seq(seq)).cloned().collect() };
+    let peer = src.node_id();
+    let (x, y) = (StagingId::random(), StagingId::random());
+    dst.unit_stage(peer, x, 0, &tx(1)).unwrap();
+    dst.unit_stage(peer, x, 1, &tx(2)).unwrap();
+    // The other session starts its own unit of the same peer, its part 0 among x's indexes.
+    dst.unit_stage(peer, y, 0, &tx(2)).unwrap();
+
+    let x_parts = StagedParts {
+        staging: x,
+        count: 2,
+    };
+    dst.apply_unit(peer, x_parts, tx(3), Some(Seq(3)), None)
+        .unwrap();
+    assert_eq!(
+        dst.count("docs").unwrap(),
+        3,
+        "x's parts and tail, all of them"
+    );
+    assert_eq!(
+        dst.peer_cursor(peer, PeerDirection::Received).unwrap(),
+        Seq(3)
+    );
+
+    // y staged one part: an apply expecting two finds a part missing and changes nothing.
+    let too_many = StagedParts {
+        staging: y,
+        count: 2,
+    };
+    let err = dst
+        .apply_unit(peer, too_many, Vec::new(), Some(Seq(9)), None)
+        .unwrap_err();
+    assert!(err.to_string().contains("sent again"), "{err}");
+    assert_eq!(
+        dst.peer_cursor(peer, PeerDirection::Received).unwrap(),
+        Seq(3)
+    );
+    // Its one part is still there, untouched by x's apply.
+    let y_parts = StagedParts {
+        staging: y,
+        count: 1,
+    };
+    dst.apply_unit(peer, y_parts, Vec::new(), Some(Seq(3)), None)
+        .unwrap();
+    assert_eq!(dump(&src), dump(&dst));
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
 
+use super::unit::StagedParts;
 use super::write::validate_field_name;
 use super::{body, validate_collection_name, Database};
 use crate::crdt::encoding::{key_from_bytes, value_from_bytes};
@@ -837,21 +838,21 @@ impl Database {
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
-        self.apply_unit(from, 0, changes, cursor, access)
+        self.apply_unit(from, StagedParts::NONE, changes, cursor, access)
     }
 
-    /// Apply a unit from `from`: its `parts` staged parts (see [`Database::unit_stage`]),
+    /// Apply a unit from `from`: its `staged` parts (see [`Database::unit_stage`]),
     /// then `tail`, in one transaction, with the cursor; the staged rows go in the same
     /// transaction. Like [`Database::apply_changes_checked`] otherwise.
     pub fn apply_unit(
         &self,
         from: NodeId,
-        parts: u32,
+        staged: StagedParts,
         tail: Vec<Change>,
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
     ) -> Result<ApplyOutcome> {
-        self.apply_unit_with(from, parts, tail, cursor, access, Sender::Full)
+        self.apply_unit_with(from, staged, tail, cursor, access, Sender::Full)
     }
 
     /// [`Database::apply_unit`] from a partial replica (a peer that holds only part of our
@@ -870,20 +871,20 @@ impl Database {
     pub fn apply_unit_from_partial_replica(
         &self,
         from: NodeId,
-        parts: u32,
+        staged: StagedParts,
         tail: Vec<Change>,
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
         evicts_after: Seq,
     ) -> Result<ApplyOutcome> {
         let sender = Sender::PartialReplica { evicts_after };
-        self.apply_unit_with(from, parts, tail, cursor, access, sender)
+        self.apply_unit_with(from, staged, tail, cursor, access, sender)
     }
 
     fn apply_unit_with(
         &self,
         from: NodeId,
-        parts: u32,
+        staged: StagedParts,
         tail: Vec<Change>,
         cursor: Option<Seq>,
         access: Option<&dyn crate::sync::AccessControl>,
@@ -924,9 +925,13 @@ impl Database {
             if let Sender::PartialReplica { .. } = sender {
                 tx.track_ignored();
             }
+            let parts = staged.count;
+            if parts > 0 {
+                super::unit::check_staged(tx, from, staged)?;
+            }
             for idx in 0..=parts {
                 let changes = if idx < parts {
-                    super::unit::staged_part(tx, from, idx)?
+                    super::unit::staged_part(tx, from, staged.staging, idx)?
                 } else {
                     tail.take().unwrap_or_default()
                 };
@@ -937,7 +942,7 @@ impl Database {
                 }
             }
             if parts > 0 {
-                super::unit::discard_in(&tx.inner.conn, from)?;
+                super::unit::discard_session_in(&tx.inner.conn, from, staged.staging)?;
             }
             // Each sender transaction was checked against TRANSACTION_CELLS_MAX on its own
             // (`apply_segment`); the unit as a whole is not a local transaction's size.

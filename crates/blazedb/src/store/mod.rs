@@ -45,6 +45,7 @@ pub use snapshot::{
     PeerHolds, SnapshotApplied, SnapshotKey, SnapshotPage, SnapshotProgress, SnapshotScope,
     SnapshotSelect,
 };
+pub use unit::{StagedParts, StagingId, UNIT_STAGING_ABANDONED_MS};
 pub use write::{validate_field_name, validate_value, FieldOp, Patch, Tx};
 
 use self::nodes::{FieldTable, NodeTable};

@@ -18,14 +18,14 @@
 //! | `peers`         | peer and direction         | sync cursors; the row (X'', 'clock') holds the local clock (format 6) |
 //! | `snapshot_progress` | peer sending a snapshot | the snapshot being received (format 2); `acked` at its start (format 7) |
 //! | `snapshot_staging`  | received snapshot chunk | raw chunks until the snapshot is applied  |
-//! | `unit_staging`  | part of a received unit    | a large unit until its last frame (format 3) |
+//! | `unit_staging`  | part of a received unit    | a large unit until its last frame (format 3); by receiving session (format 10) |
 
 use rusqlite::Connection;
 
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 9;
+pub const FORMAT_VERSION: u32 = 10;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[&str] = &[
     SNAPSHOT_ACKED,
     CONFLICTS_BY_RECORD,
     HISTORY_OLD_PREV,
+    UNIT_STAGING_BY_SESSION,
 ];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
@@ -141,6 +142,26 @@ CREATE INDEX conflicts_by_record ON conflicts (coll, id);
 const HISTORY_OLD_PREV: &str = "
 ALTER TABLE history ADD COLUMN old_prev_age INTEGER;
 ALTER TABLE history ADD COLUMN old_prev_node INTEGER;
+";
+
+/// Format 10: staged unit parts belong to the receiving session that staged them
+/// (`session`, random per session), not only to the peer. Two sessions with the same peer —
+/// two processes on one file syncing with one relay, a relay with two connections from one
+/// node — otherwise replaced each other's parts, and the one that finished applied the
+/// other's parts with its own tail and stored its cursor at the unit's end: transactions in
+/// between were lost. `staged_ms` lets a session discard parts abandoned by a session that
+/// is gone. The table only holds units in flight, which are sent again after a reconnect:
+/// it is recreated empty.
+const UNIT_STAGING_BY_SESSION: &str = "
+DROP TABLE unit_staging;
+CREATE TABLE unit_staging (
+    peer BLOB NOT NULL,
+    session INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    staged_ms INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (peer, session, idx)
+) WITHOUT ROWID;
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.

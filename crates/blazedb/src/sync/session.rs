@@ -53,7 +53,7 @@ use crate::store::{
 use crate::store::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED, SERVER_NOTE};
 
 use crate::types::Seq;
-use crate::{NodeId, PastVisibility, RecordId};
+use crate::{NodeId, PastVisibility, RecordId, StagedParts, StagingId};
 
 /// How a session behaves.
 #[derive(Clone, Debug)]
@@ -291,6 +291,9 @@ pub struct Session {
     /// with a restricted view, the records they touched and may have moved in (see
     /// `apply_staged`).
     staged_parts: u32,
+    /// Whose staged parts on disk are ours: another session with the same peer (another
+    /// process on this file, another connection from the same node) stages its own.
+    staging: StagingId,
     staged_touched: Vec<RecordKey>,
     staged_moved_in: Vec<RecordKey>,
     /// Complete units that arrived in the current `handle_bytes` call and wait to be applied
@@ -392,6 +395,7 @@ impl Session {
             staged: Vec::new(),
             staged_cells: 0,
             staged_parts: 0,
+            staging: StagingId::random(),
             staged_touched: Vec::new(),
             staged_moved_in: Vec::new(),
             group: None,
@@ -1591,7 +1595,7 @@ impl Session {
         let part: Vec<Change> = self.staged.drain(..split).collect();
         self.staged_cells -= part.iter().map(|c| c.cells.len()).sum::<usize>();
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
-        match db.unit_stage(peer, self.staged_parts, &part) {
+        match db.unit_stage(peer, self.staging, self.staged_parts, &part) {
             Ok(()) => {}
             Err(Error::Apply(ApplyError::ClockSkew(e))) => {
                 return Err(self.fail(ErrorCode::ClockSkew, e.to_string(), now_ms))
@@ -1695,7 +1699,10 @@ impl Session {
     /// transaction, then acknowledge it.
     fn apply_staged(&mut self, now_ms: u64, end: Seq, db: &Database) -> Result<(), SyncError> {
         let changes = std::mem::take(&mut self.staged);
-        let parts = self.staged_parts;
+        let staged = StagedParts {
+            staging: self.staging,
+            count: self.staged_parts,
+        };
         let (mut touched, mut moved_in) = self.view_keys(&changes);
         touched.append(&mut self.staged_touched);
         moved_in.append(&mut self.staged_moved_in);
@@ -1732,14 +1739,14 @@ impl Session {
         let applied = if partial {
             db.apply_unit_from_partial_replica(
                 peer,
-                parts,
+                staged,
                 changes,
                 Some(end),
                 access,
                 evicts_after,
             )
         } else {
-            db.apply_unit(peer, parts, changes, Some(end), access)
+            db.apply_unit(peer, staged, changes, Some(end), access)
         };
         match applied {
             Ok(outcome) => {
