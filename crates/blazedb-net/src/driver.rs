@@ -542,11 +542,10 @@ impl Driver {
             }
         }
         self.drain_events();
-        if !self.session().is_closed() {
-            let now = self.now_ms();
-            let db = self.db.clone();
-            self.session_mut().transport_closed(now, &db);
-        }
+        // Also for a session that closed itself: it lets go of a unit it was receiving.
+        let now = self.now_ms();
+        let db = self.db.clone();
+        self.session_mut().transport_closed(now, &db);
         self.drain_events();
         self.publish_ended();
     }

@@ -457,6 +457,37 @@ fn a_unit_cut_off_by_a_disconnect_is_discarded_and_sent_again_whole() {
     assert_eq!(unit_rows(&dir.path().join("b.db")), 0);
 }
 
+/// A session whose connection ends in the middle of a unit lets go of the parts it staged
+/// (the sender sends the unit again whole): they are not left on disk until they count as
+/// abandoned, a day later.
+#[test]
+fn a_session_cut_off_mid_unit_discards_its_staged_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    a.insert("notes", [("text", "hello")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let (hot, ids) = linked_chain(&a, 1_000, 30);
+    let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
+    let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
+    'outer: for _ in 0..10_000 {
+        while let Some(f) = sb.poll_transmit(0, &b) {
+            sa.handle_bytes(0, &f, &a).unwrap();
+        }
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            sb.handle_bytes(0, &f, &b).unwrap();
+            if sb.stats().unit_parts_staged >= 1 {
+                break 'outer;
+            }
+        }
+    }
+    assert!(unit_rows(&dir.path().join("b.db")) >= 1);
+    sb.transport_closed(1, &b);
+    assert_eq!(unit_rows(&dir.path().join("b.db")), 0);
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(check_chain_whole(&b, hot, &ids), 1_000);
+    assert_eq!(dump(&a), dump(&b));
+}
+
 #[test]
 fn a_chain_longer_than_the_transaction_limit_still_arrives_as_one_unit() {
     // ~1.05M cells linked into one unit: more than one transaction may carry

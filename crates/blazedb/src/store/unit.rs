@@ -19,8 +19,9 @@
 //! the same peer (two processes on one file, a relay with two connections from one node)
 //! each stage and apply their own, and an apply checks that it finds exactly its parts.
 //!
-//! A unit cut off by a disconnect is never applied; its rows are discarded when the same
-//! session starts its next unit, when any session starts one after
+//! A unit cut off by a disconnect is never applied; its rows are discarded when the session
+//! ends (`Session::transport_closed`), or, should the process die first, when any session
+//! starts a unit after
 //! [`UNIT_STAGING_ABANDONED_MS`] (the session that staged them is gone: the sender sends the
 //! whole unit again after reconnect, from the acknowledged cursor), or when the peer is
 //! forgotten.
@@ -126,6 +127,14 @@ impl Database {
             }
         }
         Ok(())
+    }
+
+    /// Drop the staged parts of the unit `peer` was sending to the session `staging`, which
+    /// ended before the unit did (the sender sends it again whole).
+    pub fn unit_discard_session(&self, peer: NodeId, staging: StagingId) -> Result<()> {
+        let mut inner = self.lock_write()?;
+        discard_session_in(&inner.conn, peer, staging)?;
+        Ok(inner.commit()?)
     }
 
     /// Drop the staged parts of `peer`'s unfinished units (of every session).

@@ -2524,6 +2524,15 @@ impl Session {
 
     /// The transport went away: mark closed without sending anything.
     pub fn transport_closed(&mut self, _now_ms: u64, db: &Database) {
+        // A unit cut off here is never applied (the sender sends it again whole): its staged
+        // parts go now, not when they are taken for abandoned.
+        if self.staged_parts > 0 {
+            if let Some(peer) = self.peer.as_ref().map(|p| p.node) {
+                if db.unit_discard_session(peer, self.staging).is_ok() {
+                    self.staged_parts = 0;
+                }
+            }
+        }
         if self.state == State::Closed {
             return;
         }
