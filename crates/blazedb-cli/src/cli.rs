@@ -76,7 +76,7 @@ pub enum Command {
     Peers(crate::commands::peers::PeersArgs),
     /// Remove tombstones and other sync metadata every peer has seen; prints what it did.
     Gc(crate::commands::peers::GcArgs),
-    /// Change the password to BLAZEDB_NEW_PASSWORD or --new-password-file (neither: decrypt).
+    /// Change the password to BLAZEDB_NEW_PASSWORD or --new-password-file, or --decrypt.
     Rekey(maintenance::RekeyArgs),
     /// List BlazeDB peers announced on the LAN (mDNS), one JSON line each.
     Discover(crate::commands::discover::DiscoverArgs),

@@ -24,10 +24,77 @@ pub struct RecordInput {
 /// Parse text that must be one JSON object.
 pub fn parse_object(text: &str) -> Result<Map<String, Json>, String> {
     match serde_json::from_str::<Json>(text) {
-        Ok(Json::Object(object)) => Ok(object),
+        Ok(Json::Object(object)) => {
+            check_integer_literals(text)?;
+            Ok(object)
+        }
         Ok(other) => Err(format!("expected a JSON object, got {}", kind(&other))),
         Err(e) => Err(format!("invalid JSON: {e}")),
     }
+}
+
+/// Refuse an integer literal (no `.`, `e` or `E`) outside the signed 64-bit range, naming the
+/// top-level field it is in.
+///
+/// serde_json reads an integer above `u64::MAX` or below `i64::MIN` as the nearest float, so
+/// by the time the parsed value is converted the number written is already lost; only the
+/// text still has it. (serde_json's `arbitrary_precision` would keep it, but that feature is
+/// global to the build and changes every JSON parse in the workspace.) `text` must be valid
+/// JSON: this only tells number literals from the digits inside strings.
+fn check_integer_literals(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    // Objects and arrays open around the current position, outside strings.
+    let mut depth = 0usize;
+    // The last string read (with its quotes), and the top-level key being read.
+    let mut last_string = "";
+    let mut field = "";
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    // The escaped character (a quote, a backslash, `u` of `\uXXXX`) never
+                    // ends the string; the hex digits after `\u` are plain string characters.
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                last_string = &text[start..i.min(text.len())];
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 => field = last_string,
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                let literal = &text[start..i];
+                let is_integer = !literal.contains(['.', 'e', 'E']);
+                if is_integer && literal.parse::<i64>().is_err() {
+                    // The key as written, escapes decoded, the way `record` and `patch` name it.
+                    let name = serde_json::from_str::<String>(field).unwrap_or_default();
+                    return Err(format!("field {name:?}: {}", beyond_64_bits(literal)));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The same words as the codec's refusal of an integer in 2^63..2^64-1.
+fn beyond_64_bits(literal: &str) -> String {
+    format!(
+        "integer {literal} is beyond the 64-bit range (±9223372036854775807): store it as a \
+         string, or as a float written with a decimal point"
+    )
 }
 
 /// A record from a JSON object: `"_id"` (a UUID string or `{"$uuid": ..}`) is the id, every
@@ -195,6 +262,52 @@ mod tests {
             Ok(id.parse().unwrap())
         );
         assert!(record_id(&Json::from(7)).is_err());
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_wherever_they_are() {
+        for big in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+            "9223372036854775808",
+        ] {
+            for (text, field) in [
+                (format!(r#"{{"n": {big}}}"#), "n"),
+                (format!(r#"{{"x": 1, "a": [1, {{"b": {big}}}]}}"#), "a"),
+                (format!(r#"{{"m\"q":{big},"n":1}}"#), "m\"q"),
+            ] {
+                let e = parse_object(&text).unwrap_err();
+                assert!(
+                    e.starts_with(&format!(
+                        "field {field:?}: integer {big} is beyond the 64-bit range"
+                    )),
+                    "{text}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_integer_scan_skips_strings_floats_and_the_edges_of_the_range() {
+        let fine = [
+            r#"{"n": 9223372036854775807, "m": -9223372036854775808, "z": -0}"#,
+            r#"{"big": "123456789012345678901234567890"}"#,
+            r#"{"123456789012345678901234567890": 1}"#,
+            r#"{"q": "say \"99999999999999999999\" twice", "n": 1}"#,
+            r#"{"bs": "ends in a backslash \\", "n": 2}"#,
+            r#"{"u": "\u0022 99999999999999999999", "n": 3}"#,
+            r#"{"f": 123456789012345678901234567890.0, "e": 1e30, "E": -2E+40}"#,
+        ];
+        for text in fine {
+            assert!(parse_object(text).is_ok(), "{text}");
+        }
+        // After a string that ends in an escaped backslash, the scan is outside again.
+        let e = parse_object(r#"{"bs": "\\", "n": 99999999999999999999}"#).unwrap_err();
+        assert!(
+            e.starts_with("field \"n\": integer 99999999999999999999"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::report::UsageError;
+
 /// The environment variable holding the database password.
 pub const PASSWORD_ENV: &str = "BLAZEDB_PASSWORD";
 /// The environment variable holding the new password for `rekey`.
@@ -31,6 +33,21 @@ pub fn resolve(file: Option<&Path>, env: &str) -> Result<Option<String>> {
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => bail!("{env} is not valid UTF-8"),
     }
+}
+
+/// The new password for `rekey`: from `file` if given, else from [`NEW_PASSWORD_ENV`];
+/// `None` when neither is given. Unlike [`resolve`], a variable that is set but empty is an
+/// error: `BLAZEDB_NEW_PASSWORD="$(cat missing-file)"` must not read as "no password", which
+/// for `rekey` would mean writing the data out in clear.
+pub fn resolve_new(file: Option<&Path>) -> Result<Option<String>> {
+    if file.is_none() && std::env::var_os(NEW_PASSWORD_ENV).is_some_and(|v| v.is_empty()) {
+        return Err(UsageError(format!(
+            "{NEW_PASSWORD_ENV} is set but empty: put the new password in it (or in a file \
+             named by --new-password-file); to remove the encryption, unset it and pass --decrypt"
+        ))
+        .into());
+    }
+    resolve(file, NEW_PASSWORD_ENV)
 }
 
 /// Editors and `echo` end files with a newline that is not part of the password; anything

@@ -51,6 +51,30 @@ fn a_file_that_is_not_a_database_is_named_as_such() {
     );
 }
 
+/// SQLite takes a 0-byte file for a new database: a command that needs an existing one
+/// refuses it instead of reporting (and writing) a healthy empty database into it.
+#[test]
+fn an_empty_file_is_not_a_database() {
+    let db = TestDb::new();
+    std::fs::write(&db.path, "").unwrap();
+    for (command, rest) in [
+        ("check", &[][..]),
+        ("stats", &[]),
+        ("export", &["c"]),
+        ("query", &["c"]),
+        ("vacuum", &[]),
+        ("rekey", &["--decrypt"]),
+    ] {
+        let run = db.run(command, rest).failure(1);
+        assert!(
+            run.stderr.contains("is an empty file, not a database"),
+            "{command}: {}",
+            run.stderr
+        );
+        assert_eq!(std::fs::metadata(&db.path).unwrap().len(), 0, "{command}");
+    }
+}
+
 #[test]
 fn help_lists_the_commands_but_not_debug() {
     let run = run_blazedb(None, &["--help"]).success();

@@ -9,6 +9,7 @@ use common::TestDb;
 #[test]
 fn malformed_json_names_its_line_and_nothing_is_kept() {
     let db = TestDb::new();
+    db.put("other", r#"{"b": 2}"#);
     let run = db
         .run_with_stdin("import", &["bugs", "-"], "{\"a\": 1}\n{\"a\": \n")
         .failure(1);
@@ -81,4 +82,28 @@ fn a_missing_input_file_does_not_create_the_database() {
         .failure(1);
     assert!(run.stderr.contains("missing.jsonl"), "{}", run.stderr);
     assert!(!db.path.exists());
+}
+
+/// An import into a new path that fails before committing anything (a bad first line, a bad
+/// line in the first batch) leaves no empty database behind; one into an existing database
+/// leaves it as it was.
+#[test]
+fn a_failed_import_into_a_new_path_leaves_no_file() {
+    let db = TestDb::new();
+    for input in ["not json\n", "{\"a\": 1}\n[2]\n"] {
+        db.run_with_stdin("import", &["bugs", "-"], input)
+            .failure(1);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = db.path.clone().into_os_string();
+            path.push(suffix);
+            assert!(
+                !std::path::Path::new(&path).exists(),
+                "{path:?} left behind after {input:?}"
+            );
+        }
+    }
+    let id = db.put("bugs", r#"{"a": 0}"#);
+    db.run_with_stdin("import", &["bugs", "-"], "not json\n")
+        .failure(1);
+    assert_eq!(db.get("bugs", &id)["a"], 0);
 }

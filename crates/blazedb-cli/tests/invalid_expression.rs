@@ -31,3 +31,23 @@ fn it_is_reported_even_when_the_file_is_missing() {
     );
     assert!(!db.path.exists());
 }
+
+/// The command line has no way to give a `$param`, and one never given is unknown: `v != $x`
+/// would match nothing and exit 0. Refused instead (as /v1/query refuses unknown parameters).
+#[test]
+fn a_parameter_is_refused_since_the_command_line_cannot_give_it() {
+    let db = TestDb::new();
+    db.put("bugs", r#"{"v": 1}"#);
+    for filter in ["v != $x", "v == 1 || exists($auth.sub)"] {
+        let run = db.run("query", &["bugs", "--where", filter]).failure(2);
+        assert!(
+            run.stderr.contains("write the value itself"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty());
+    }
+    // A `$` inside a string is text.
+    db.run("query", &["bugs", "--where", r#"v != "$x""#])
+        .success();
+}

@@ -1,5 +1,5 @@
-//! `rekey` changes the password to `BLAZEDB_NEW_PASSWORD` or `--new-password-file`, and with
-//! neither decrypts the file; the records survive each change.
+//! `rekey` changes the password to `BLAZEDB_NEW_PASSWORD` or `--new-password-file`, and only
+//! with `--decrypt` removes it; the records survive each change.
 
 mod common;
 
@@ -26,7 +26,7 @@ fn encrypt_change_and_decrypt() {
 
     db.password = Some("second".into());
     assert_eq!(db.get("bugs", &id)["title"], "survivor");
-    let run = db.run("rekey", &[]).success();
+    let run = db.run("rekey", &["--decrypt"]).success();
     assert_eq!(run.json()["encrypted"], false);
 
     db.password = None;
@@ -37,7 +37,7 @@ fn encrypt_change_and_decrypt() {
 #[test]
 fn rekey_of_a_missing_file_does_not_create_it() {
     let db = TestDb::new();
-    let run = db.run("rekey", &[]).failure(1);
+    let run = db.run("rekey", &["--decrypt"]).failure(1);
     assert!(run.stderr.contains("no such database"), "{}", run.stderr);
     assert!(!db.path.exists());
 }
@@ -54,7 +54,47 @@ fn rekey_keeps_the_file_permissions() {
     encrypt.env("BLAZEDB_NEW_PASSWORD", "pw");
     common::Run::of(encrypt, None).success();
     db.password = Some("pw".into());
-    db.run("rekey", &[]).success();
+    db.run("rekey", &["--decrypt"]).success();
     let mode = std::fs::metadata(&db.path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
+}
+
+/// A new password that is missing, empty or contradicted never decrypts the file: only
+/// `--decrypt` does. (`BLAZEDB_NEW_PASSWORD="$(cat typo.txt)"` is set but empty.)
+#[test]
+fn no_new_password_is_refused_rather_than_read_as_decrypt() {
+    let mut db = TestDb::encrypted("abc");
+    let id = db.put("bugs", r#"{"title": "secret"}"#);
+    let refused = |cmd: std::process::Command, says: &str| {
+        let run = common::Run::of(cmd, None).failure(2);
+        assert!(run.stderr.contains(says), "{}", run.stderr);
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    };
+    let mut empty = db.command("rekey", &[]);
+    empty.env("BLAZEDB_NEW_PASSWORD", "");
+    refused(empty, "BLAZEDB_NEW_PASSWORD is set but empty");
+    let mut empty_and_decrypt = db.command("rekey", &["--decrypt"]);
+    empty_and_decrypt.env("BLAZEDB_NEW_PASSWORD", "");
+    refused(empty_and_decrypt, "set but empty");
+    refused(db.command("rekey", &[]), "pass --decrypt");
+    let mut both = db.command("rekey", &["--decrypt"]);
+    both.env("BLAZEDB_NEW_PASSWORD", "new");
+    refused(both, "--decrypt removes the encryption");
+    let empty_file = db.file("empty.txt");
+    std::fs::write(&empty_file, "").unwrap();
+    let run = db
+        .run(
+            "rekey",
+            &["--new-password-file", empty_file.to_str().unwrap()],
+        )
+        .failure(1);
+    assert!(run.stderr.contains("is empty"), "{}", run.stderr);
+
+    assert!(
+        !file_contains(&db.path, b"secret"),
+        "the file is still encrypted"
+    );
+    assert_eq!(db.get("bugs", &id)["title"], "secret");
+    db.password = None;
+    db.run("get", &["bugs", &id]).failure(1);
 }

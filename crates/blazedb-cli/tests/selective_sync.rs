@@ -150,3 +150,37 @@ fn a_bad_filter_is_refused_with_its_position() {
     assert!(err.contains("excludes"), "{err}");
     assert!(!replica.exists(), "nothing was created");
 }
+
+/// A `$param` in `--where` is never given (a relay gives only `$auth.*`, and two files have
+/// no token at all), so it would quietly match nothing: refused with exit 2, nothing created.
+#[test]
+fn a_filter_parameter_the_command_line_cannot_give_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, replica) = (dir.path().join("source.db"), dir.path().join("replica.db"));
+    seed(&source);
+    for (peer, filter, says) in [
+        (source.as_os_str(), "n != $x", "--where uses $x"),
+        (
+            source.as_os_str(),
+            "owner == $auth.sub",
+            "syncing two files has no token",
+        ),
+        (
+            "tcp://127.0.0.1:1".as_ref(),
+            "n > $limit.max",
+            "--where uses $limit",
+        ),
+    ] {
+        let out = blazedb()
+            .arg("sync")
+            .args([replica.as_os_str(), peer])
+            .args(["--once", "--where", filter])
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{filter}: {err}");
+        assert!(err.contains(says), "{filter}: {err}");
+        assert!(err.contains("write the value itself"), "{err}");
+        assert!(!replica.exists(), "{filter}: nothing was created");
+    }
+}

@@ -101,6 +101,14 @@ fn a_bad_snapshot_file_is_refused_and_changes_nothing() {
     );
     assert_eq!(export(&b, "notes").len(), 1);
 
+    // Into a new path, the failed import leaves no empty database behind.
+    let (ok, _, err) = blazedb(&["snapshot", "import", &path("fresh.db"), &file]);
+    assert!(!ok);
+    assert!(err.contains("truncated"), "{err}");
+    for name in ["fresh.db", "fresh.db-wal", "fresh.db-shm"] {
+        assert!(!dir.path().join(name).exists(), "{name} left behind");
+    }
+
     let (ok, _, err) = blazedb(&["snapshot", "import", &path("new.db"), &path("missing")]);
     assert!(!ok);
     assert!(err.contains("cannot open snapshot file"), "{err}");
@@ -136,4 +144,47 @@ fn a_snapshot_never_replaces_its_database_or_a_directory() {
             .ends_with(".partial")
     });
     assert!(!partial, "a .partial file was left behind");
+}
+
+/// A snapshot holds every record in clear, even of an encrypted database: it is created
+/// readable by its owner only, also over a stale `.partial` or an old snapshot left readable.
+#[cfg(unix)]
+#[test]
+fn a_snapshot_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("secret.db");
+    let file = dir.path().join("secret.snap");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("BLAZEDB_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "put".as_ref(),
+        db.as_os_str(),
+        "c".as_ref(),
+        r#"{"a": 1}"#.as_ref(),
+    ]);
+    let everyone = std::fs::Permissions::from_mode(0o644);
+    std::fs::write(&file, "old").unwrap();
+    std::fs::set_permissions(&file, everyone.clone()).unwrap();
+    let partial = dir.path().join("secret.snap.partial");
+    std::fs::write(&partial, "stale").unwrap();
+    std::fs::set_permissions(&partial, everyone).unwrap();
+    run(&[
+        "snapshot".as_ref(),
+        "export".as_ref(),
+        db.as_os_str(),
+        file.as_os_str(),
+    ]);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
 }

@@ -71,3 +71,38 @@ fn a_malformed_typed_value_is_refused() {
         .failure(2);
     assert!(run.stderr.contains("invalid $uuid"), "{}", run.stderr);
 }
+
+/// serde_json reads an integer beyond u64 or below i64 as a float of another value: `put`,
+/// `update` and `import` refuse it as they refuse 2^63, instead of storing that float; a
+/// number inside a string is only text.
+#[test]
+fn integers_beyond_64_bits_are_refused_not_stored_as_floats() {
+    let db = TestDb::new();
+    let id = db.put(
+        "c",
+        r#"{"n": 1, "note": "\"123456789012345678901234567890\""}"#,
+    );
+    for big in [
+        "18446744073709551616",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+    ] {
+        let run = db
+            .run("put", &["c", &format!(r#"{{"n":{big}}}"#)])
+            .failure(2);
+        assert!(
+            run.stderr
+                .contains(&format!("integer {big} is beyond the 64-bit range")),
+            "{}",
+            run.stderr
+        );
+        db.run("update", &["c", &id, &format!(r#"{{"n": {big}}}"#)])
+            .failure(2);
+        let line = format!("{{\"n\": {big}}}\n");
+        let run = db.run_with_stdin("import", &["c", "-"], &line).failure(1);
+        assert!(run.stderr.contains("at line 1"), "{}", run.stderr);
+    }
+    let rows = db.run("export", &["c"]).success().json_lines();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["n"], 1);
+}

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::database::{Access, Context};
 use crate::output::Output;
 use crate::password;
+use crate::report::UsageError;
 
 /// A command that names only the database.
 #[derive(Debug, Args)]
@@ -32,16 +33,23 @@ pub struct IndexArgs {
     pub drop: bool,
 }
 
-/// `rekey DB [--new-password-file FILE]`.
+/// `rekey DB [--new-password-file FILE | --decrypt]`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    BLAZEDB_PASSWORD=old BLAZEDB_NEW_PASSWORD=new blazedb rekey bugs.db\n  \
+    blazedb rekey bugs.db --password-file old.txt --new-password-file new.txt\n  \
+    BLAZEDB_PASSWORD=old blazedb rekey bugs.db --decrypt     # write the file in clear")]
 pub struct RekeyArgs {
     /// The database file (opened with the current password: BLAZEDB_PASSWORD or
     /// --password-file).
     pub db: PathBuf,
-    /// Read the new password from FILE; default BLAZEDB_NEW_PASSWORD. With neither, the file
-    /// is decrypted.
+    /// Read the new password from FILE; default BLAZEDB_NEW_PASSWORD.
     #[arg(long, value_name = "FILE")]
     pub new_password_file: Option<PathBuf>,
+    /// Remove the encryption: rewrite the file in clear. Never implied by a missing new
+    /// password, so a lost or empty variable cannot decrypt a database.
+    #[arg(long, conflicts_with = "new_password_file")]
+    pub decrypt: bool,
 }
 
 /// Print statistics as one JSON object.
@@ -91,13 +99,27 @@ pub fn run_check(ctx: &Context, args: &DbArgs) -> Result<()> {
     Ok(())
 }
 
-/// Change the password (or remove it) and print `{"encrypted": ..}`, since which one happened
-/// depends on the environment.
+/// Change the password (or, with `--decrypt`, remove it) and print `{"encrypted": ..}`.
 pub fn run_rekey(ctx: &Context, args: &RekeyArgs) -> Result<()> {
-    let new_password = password::resolve(
-        args.new_password_file.as_deref(),
-        password::NEW_PASSWORD_ENV,
-    )?;
+    let new_password = password::resolve_new(args.new_password_file.as_deref())?;
+    let env = password::NEW_PASSWORD_ENV;
+    match (&new_password, args.decrypt) {
+        (Some(_), true) => {
+            return Err(UsageError(format!(
+                "--decrypt removes the encryption, and {env} gives a new password: unset \
+                 {env} to decrypt, or leave out --decrypt to change the password"
+            ))
+            .into())
+        }
+        (None, false) => {
+            return Err(UsageError(format!(
+                "no new password: give it in {env} or a file named by --new-password-file, \
+                 or pass --decrypt to remove the encryption"
+            ))
+            .into())
+        }
+        _ => {}
+    }
     // Check for the file here and open it with `CreateIfMissing`: the library's rekey ATTACHes
     // a new file, which SQLite refuses on a connection opened without its create flag.
     if !args.db.exists() {
@@ -106,6 +128,7 @@ pub fn run_rekey(ctx: &Context, args: &RekeyArgs) -> Result<()> {
             args.db.display()
         );
     }
+    crate::database::refuse_empty_file(&args.db)?;
     let mut db = ctx.open(&args.db, Access::CreateIfMissing)?;
     db.rekey(new_password.as_deref())?;
     let mut out = Output::stdout();

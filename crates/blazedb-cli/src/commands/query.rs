@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use blazedb::query::Node;
 use blazedb::{OrderBy, Query};
 use clap::Args;
 
 use crate::database::{Access, Context};
 use crate::output::Output;
+use crate::report::UsageError;
 
 /// `query DB COLLECTION [--where EXPR] [--order-by FIELD[:desc]].. [--limit N] [--offset N]`.
 #[derive(Debug, Args)]
@@ -16,7 +18,8 @@ pub struct QueryArgs {
     pub db: PathBuf,
     /// The collection.
     pub collection: String,
-    /// Only records matching this expression, e.g. 'status == "open" && priority >= 5'.
+    /// Only records matching this expression, e.g. 'status == "open" && priority >= 5'
+    /// (values written out: the command line has no $parameters).
     #[arg(long = "where", value_name = "EXPR")]
     pub filter: Option<String>,
     /// Sort by this field (a.b for nested fields), ascending or with :desc descending.
@@ -40,6 +43,13 @@ pub fn run(ctx: &Context, args: &QueryArgs) -> Result<()> {
         .as_deref()
         .map(blazedb::query::parse)
         .transpose()?;
+    if let Some(name) = filter.as_ref().and_then(|f| first_param(f.root(), &[])) {
+        return Err(UsageError(format!(
+            "--where uses ${name}, and the command line has no parameters to give it (a \
+             parameter never given is unknown, so nothing would match): write the value itself"
+        ))
+        .into());
+    }
     let query = Query {
         filter,
         order_by: args.order_by.clone(),
@@ -55,6 +65,25 @@ pub fn run(ctx: &Context, args: &QueryArgs) -> Result<()> {
     Ok(out.finish()?)
 }
 
+/// The name of the first `$name` parameter in `node` that is not one of `allowed`.
+///
+/// An expression given on the command line has nowhere to take a parameter's value from, and
+/// a parameter never given is unknown (as SQL's NULL), so `v != $x` would quietly match
+/// nothing; the relay's /v1/query refuses unknown parameters the same way.
+pub fn first_param(node: &Node, allowed: &[&str]) -> Option<String> {
+    match node {
+        Node::Param { name, .. } if !allowed.contains(&name.as_str()) => Some(name.clone()),
+        Node::Param { .. } | Node::Literal(_) | Node::Field(_) | Node::RecordId => None,
+        Node::List(items) | Node::And(items) | Node::Or(items) => {
+            items.iter().find_map(|n| first_param(n, allowed))
+        }
+        Node::Not(n) | Node::Exists(n) => first_param(n, allowed),
+        Node::Binary { lhs, rhs, .. } => {
+            first_param(lhs, allowed).or_else(|| first_param(rhs, allowed))
+        }
+    }
+}
+
 /// `FIELD`, `FIELD:asc` or `FIELD:desc` ([`OrderBy::parse`]).
 fn parse_order_by(text: &str) -> Result<OrderBy, String> {
     OrderBy::parse(text)
@@ -63,6 +92,22 @@ fn parse_order_by(text: &str) -> Result<OrderBy, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_are_found_anywhere_in_the_expression() {
+        let find = |text: &str, allowed: &[&str]| {
+            first_param(blazedb::query::parse(text).unwrap().root(), allowed)
+        };
+        assert_eq!(find("v != $x", &[]), Some("x".into()));
+        assert_eq!(find("a == 1 || !(b in [1, $y.z])", &[]), Some("y".into()));
+        assert_eq!(find("exists($p) && v == \"$q\"", &[]), Some("p".into()));
+        assert_eq!(find("owner == $auth.sub", &["auth"]), None);
+        assert_eq!(
+            find("owner == $auth.sub && n > $n", &["auth"]),
+            Some("n".into())
+        );
+        assert_eq!(find("v == \"$x\" && n >= 3", &[]), None);
+    }
 
     #[test]
     fn order_by_direction_suffix() {

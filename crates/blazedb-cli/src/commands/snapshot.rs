@@ -1,9 +1,9 @@
 //! `snapshot export` / `snapshot import`: seed a device offline with a snapshot file.
 //!
 //! The file is BlazeDB's own (see `blazedb::sync::snapshot`): chunked, zstd-compressed and
-//! checksummed. Importing applies it as a snapshot received from the node it was exported
-//! from, so a later `blazedb sync` with that node continues from the snapshot's position and
-//! sends nothing twice.
+//! checksummed, and not encrypted: `export` creates it with mode 0600. Importing applies it
+//! as a snapshot received from the node it was exported from, so a later `blazedb sync` with
+//! that node continues from the snapshot's position and sends nothing twice.
 
 use std::path::PathBuf;
 
@@ -12,13 +12,17 @@ use blazedb::sync::snapshot::{import_snapshot_file, write_snapshot_file};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::database::{Access, Context};
+use crate::database::{remove_new_database, Access, Context};
 use crate::output::Output;
 
 /// `snapshot export|import`.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// Write a snapshot of every record (tombstones included) to FILE; prints one JSON line.
+    ///
+    /// The snapshot is NOT encrypted, even when the database is: it holds every record in
+    /// clear (zstd-compressed). It is created readable by its owner only (mode 0600 on Unix);
+    /// keep it as safe as the database password, and delete it once imported.
     Export(SnapshotArgs),
     /// Seed DB (created if missing) from a snapshot FILE; prints one JSON line.
     Import(SnapshotArgs),
@@ -63,8 +67,19 @@ fn run_import(ctx: &Context, args: &SnapshotArgs) -> Result<()> {
         Ok(_) => bail!("{} is not a file", args.file.display()),
         Err(e) => bail!("cannot open snapshot file {}: {e}", args.file.display()),
     };
+    let is_new = !args.db.exists();
     let db = ctx.open(&args.db, Access::CreateIfMissing)?;
-    let applied = import_snapshot_file(&db, &args.file)?;
+    let applied = match import_snapshot_file(&db, &args.file) {
+        Ok(applied) => applied,
+        Err(e) => {
+            // The import is all or nothing: a failed one leaves no new, empty database.
+            if is_new {
+                drop(db);
+                remove_new_database(&args.db);
+            }
+            return Err(e.into());
+        }
+    };
     let mut out = Output::stdout();
     out.json(&json!({
         "records": applied.records,

@@ -85,8 +85,8 @@ pub struct SelectiveArgs {
     /// Receive only these collections (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub collections: Option<Vec<String>>,
-    /// Receive only records matching this expression (the query language; through a relay
-    /// it may use `$auth.*` claims).
+    /// Receive only records matching this expression (the query language, with values
+    /// written out: through a relay it may use `$auth.*` claims, and no other parameter).
     #[arg(long = "where", value_name = "EXPR")]
     pub filter: Option<String>,
     /// Never receive these fields (comma-separated), e.g. large attachments.
@@ -94,9 +94,18 @@ pub struct SelectiveArgs {
     pub exclude_fields: Vec<String>,
 }
 
+/// Who evaluates a `--where` filter, which decides the parameters it may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterPeer {
+    /// Another file on this machine: nothing gives the filter any parameter.
+    File,
+    /// A network peer: a relay gives `$auth.*`, the claims of the token presented.
+    Network,
+}
+
 impl SelectiveArgs {
     /// The policy, checked (a bad expression is reported with its position).
-    pub fn policy(&self) -> Result<SyncPolicy> {
+    pub fn policy(&self, peer: FilterPeer) -> Result<SyncPolicy> {
         let p = SyncPolicy {
             collections: self.collections.clone(),
             filter: self.filter.clone(),
@@ -105,6 +114,32 @@ impl SelectiveArgs {
         if let Err(m) = p.compile() {
             // An invalid expression is the command line's fault: exit code 2, as `query`.
             return Err(UsageError(m).into());
+        }
+        if let Some(filter) = &self.filter {
+            let expr = blazedb::query::parse(filter)?;
+            let allowed: &[&str] = match peer {
+                FilterPeer::File => &[],
+                FilterPeer::Network => &["auth"],
+            };
+            if let Some(name) = crate::commands::query::first_param(expr.root(), allowed) {
+                // A parameter never given is unknown and matches nothing: the replica would
+                // quietly receive nothing.
+                let what = match (peer, name.as_str()) {
+                    (FilterPeer::File, "auth") => "$auth.* is given by a relay, from the \
+                        token's claims; syncing two files has no token"
+                        .to_owned(),
+                    (FilterPeer::File, _) => {
+                        "the command line has no parameters to give it".to_owned()
+                    }
+                    (FilterPeer::Network, _) => "the command line has no parameters to give \
+                        it (a relay gives only $auth.*, the token's claims)"
+                        .to_owned(),
+                };
+                return Err(UsageError(format!(
+                    "--where uses ${name}, and {what}: write the value itself"
+                ))
+                .into());
+            }
         }
         Ok(p)
     }
@@ -181,7 +216,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         password_a,
         password_b: password(args.password_file_b.as_deref())?,
         session: SessionConfig {
-            policy: args.selective.policy()?,
+            policy: args.selective.policy(FilterPeer::File)?,
             ..SessionConfig::default()
         },
         ..SyncFilesOptions::default()
@@ -244,6 +279,8 @@ fn peer_url(db_b: &std::path::Path) -> Result<Option<Endpoint>> {
 }
 
 async fn run_network(args: &SyncArgs, endpoint: Endpoint, password: Option<String>) -> Result<()> {
+    // Checked before DB_A is opened: a bad filter must not leave a new, empty database.
+    let policy = args.selective.policy(FilterPeer::Network)?;
     let path = args.db_a.clone();
     let options = OpenOptions {
         password,
@@ -270,7 +307,7 @@ async fn run_network(args: &SyncArgs, endpoint: Endpoint, password: Option<Strin
             token: args.token.clone().unwrap_or_default(),
             ping_interval_ms: args.heartbeat.ping_interval_ms,
             idle_timeout_ms: args.heartbeat.idle_timeout_ms,
-            policy: args.selective.policy()?,
+            policy,
             ..SessionConfig::default()
         },
         // Writers in other processes on DB_A reach the peer too.

@@ -15,7 +15,7 @@ use blazedb::Database;
 use clap::Args;
 use serde_json::json;
 
-use crate::database::{Access, Context};
+use crate::database::{remove_new_database, Access, Context};
 use crate::input::{self, RecordInput};
 use crate::limits::{IMPORT_BATCH_BYTES_MAX, IMPORT_LINE_BYTES_MAX};
 use crate::output::Output;
@@ -60,8 +60,25 @@ pub fn run_import(ctx: &Context, args: &ImportArgs) -> Result<()> {
         Box::new(BufReader::new(file))
     };
     blazedb::validate_collection_name(&args.collection)?;
+    let is_new = !args.db.exists();
     let db = ctx.open(&args.db, Access::CreateIfMissing)?;
     let mut import = Import::new(&db, &args.collection);
+    let result = import_lines(&mut import, reader);
+    let committed_records = import.committed_records;
+    if result.is_err() && is_new && committed_records == 0 {
+        // A failed import leaves no new, empty database behind (one whose earlier batches
+        // were committed stays: the error says which lines it holds).
+        drop(db);
+        remove_new_database(&args.db);
+    }
+    result?;
+    let mut out = Output::stdout();
+    out.json(&json!({ "imported": committed_records }))?;
+    Ok(out.finish()?)
+}
+
+/// Read, check and commit every line of the input.
+fn import_lines(import: &mut Import<'_>, reader: Box<dyn BufRead>) -> Result<()> {
     let mut lines = Lines::new(reader, IMPORT_LINE_BYTES_MAX);
     loop {
         let (number, text) = match lines.next() {
@@ -77,10 +94,7 @@ pub fn run_import(ctx: &Context, args: &ImportArgs) -> Result<()> {
             .map_err(|e| import.stopped(format!("at line {number}"), anyhow!(e)))?;
         import.push(number, record, text.len())?;
     }
-    import.commit()?;
-    let mut out = Output::stdout();
-    out.json(&json!({ "imported": import.committed_records }))?;
-    Ok(out.finish()?)
+    import.commit()
 }
 
 /// Print every record of the collection as JSON lines, streaming (not collecting them first).

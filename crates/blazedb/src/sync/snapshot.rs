@@ -153,7 +153,8 @@ pub struct SnapshotFileInfo {
 }
 
 /// Write a snapshot of every record of `db` to `path`. The file appears complete or not at
-/// all: it is written beside `path` and renamed into place.
+/// all: it is written beside `path` and renamed into place. It is not encrypted, even when
+/// the database is: on Unix it is created with mode 0600 (owner only).
 pub fn write_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
     check_snapshot_target(db, path)?;
     let partial = partial_path(path);
@@ -196,6 +197,25 @@ fn check_snapshot_target(db: &Database, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Create (or truncate) `path` readable and writable by its owner only. A snapshot file holds
+/// every record in clear, even of an encrypted database, so it must not come out readable by
+/// every user of the machine as the umask would usually make it.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let file = options.mode(0o600).open(path)?;
+        // `mode` applies only when the file is created: a `.partial` left by an earlier,
+        // interrupted export keeps its old mode otherwise.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path)
+}
+
 fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
@@ -203,7 +223,7 @@ fn partial_path(path: &Path) -> PathBuf {
 }
 
 fn write_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
-    let file = File::create(path)?;
+    let file = create_private(path)?;
     let mut out = BufWriter::new(file);
     let mut info = SnapshotFileInfo {
         node: db.node_id(),
