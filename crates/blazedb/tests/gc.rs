@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use blazedb::sync::SessionConfig;
+use blazedb::sync::{Session, SessionConfig};
 use blazedb::{
     Database, EvictGuard, GcOptions, NodeId, OpenOptions, Patch, PeerDirection, RecordId, Seq,
     Value,
@@ -628,4 +628,159 @@ fn a_forgotten_peer_back_after_gc_drops_the_cells_a_collected_delete_overwrote()
     // The leaf's feed no longer holds the dropped cells; nothing goes back to the hub.
     sync(&leaf, &hub);
     assert_eq!(hub.get("items", id).unwrap().unwrap().fields, shown);
+}
+
+/// 12,000 records on `a` (two snapshot chunks), and sessions `a` → `b` run until `b` has
+/// applied the first chunk and `a` has not yet sent the rest.
+fn start_a_snapshot(a: &Database, b: &Database) -> (Session, Session) {
+    a.transaction(|tx| {
+        for i in 0..12_000i64 {
+            tx.insert("c", [("n", Value::Int(i))])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut sa = Session::new(a, SessionConfig::default(), 0).unwrap();
+    let mut sb = Session::new(b, SessionConfig::default(), 0).unwrap();
+    for _ in 0..1000 {
+        while let Some(f) = sb.poll_transmit(0, b) {
+            sa.handle_bytes(0, &f, a).unwrap();
+        }
+        while let Some(f) = sa.poll_transmit(0, a) {
+            sb.handle_bytes(0, &f, b).unwrap();
+            if b.count("c").unwrap() > 0 {
+                assert!(
+                    sa.progress().sending_snapshot,
+                    "the snapshot is still in transit"
+                );
+                return (sa, sb);
+            }
+        }
+    }
+    panic!("no chunk arrived");
+}
+
+/// A new replica gets an `acked` row only with its first ACK, at the end of its snapshot.
+/// GC at the source ignored it until then and collected the tombstone of a record the
+/// replica already held from an early chunk; the feed after the snapshot no longer had the
+/// delete, and the replica kept the record for good. The source now holds GC for the peer
+/// from SUBSCRIBE on.
+#[test]
+fn gc_during_a_new_replicas_snapshot_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let (mut sa, mut sb) = start_a_snapshot(&a, &b);
+    let victim = b.scan("c").unwrap()[0].id;
+    assert!(a.delete("c", victim).unwrap());
+    let r = a.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.tombstones_purged, 0, "GC waits for the replica: {r:?}");
+    common::pump(&a, &mut sa, &b, &mut sb);
+    assert!(
+        b.get("c", victim).unwrap().is_none(),
+        "the replica kept a record the source deleted"
+    );
+    assert_eq!(b.count("c").unwrap(), 11_999);
+    assert_eq!(sa.stats().snapshots_sent, 1);
+    // Acknowledged now: GC collects the tombstone.
+    assert_eq!(a.gc(&GcOptions::default()).unwrap().tombstones_purged, 1);
+}
+
+/// The same gap, smaller, for a new peer that replays the feed instead (no snapshot): GC
+/// waits for it from its SUBSCRIBE, before its first ACK.
+#[test]
+fn gc_waits_for_a_new_peer_replaying_the_feed_before_its_first_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let ids = insert_many(&a, 3);
+    let no_snapshot = SessionConfig {
+        snapshot_new_peers: false,
+        ..SessionConfig::default()
+    };
+    let mut sa = Session::new(&a, no_snapshot, 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    // Everything `a` sends reaches `b`; `b`'s ACKs are held back.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        while let Some(f) = sb.poll_transmit(0, &b) {
+            if sa.progress().peer_subscribed {
+                held.push(f);
+            } else {
+                sa.handle_bytes(0, &f, &a).unwrap();
+            }
+        }
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            sb.handle_bytes(0, &f, &b).unwrap();
+        }
+    }
+    assert!(b.get("items", ids[0]).unwrap().is_some());
+    assert_eq!(
+        a.peers()
+            .unwrap()
+            .iter()
+            .find(|p| p.node == b.node_id())
+            .map(|p| p.acked),
+        Some(Seq(0)),
+        "held from where it started"
+    );
+    delete_all(&a, &ids[..1]);
+    let r = a.gc(&GcOptions::default()).unwrap();
+    assert_eq!((r.horizon, r.tombstones_purged), (Seq(0), 0), "{r:?}");
+    for f in held {
+        sa.handle_bytes(0, &f, &a).unwrap();
+    }
+    common::pump(&a, &mut sa, &b, &mut sb);
+    assert!(b.get("items", ids[0]).unwrap().is_none());
+    assert_eq!(common::dump(&a), common::dump(&b));
+}
+
+/// GC no longer waits for a peer the application forgot, even mid-snapshot. The feed after
+/// the snapshot (from its position, now below the GC horizon) may lack deletes: the sender
+/// replaces the snapshot instead of continuing with the feed.
+#[test]
+fn a_peer_forgotten_during_its_snapshot_gets_a_replacing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let (mut sa, mut sb) = start_a_snapshot(&a, &b);
+    let victim = b.scan("c").unwrap()[0].id;
+    assert!(a.delete("c", victim).unwrap());
+    assert!(a.forget_peer(b.node_id()).unwrap());
+    let r = a.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.tombstones_purged, 1, "{r:?}");
+    common::pump(&a, &mut sa, &b, &mut sb);
+    assert!(
+        b.get("c", victim).unwrap().is_none(),
+        "the replica kept a record the source deleted"
+    );
+    assert_eq!(sa.stats().snapshots_sent, 2, "the snapshot was replaced");
+    assert_eq!(common::dump(&a), common::dump(&b));
+}
+
+/// Being held for from SUBSCRIBE on does not make GC wait forever for a peer that never
+/// finishes its snapshot: it expires after the retention like any other.
+#[test]
+fn a_peer_that_never_finishes_its_snapshot_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let a = open_at(dir.path(), "a", &clock);
+    let b = open_at(dir.path(), "b", &clock);
+    let ids = insert_many(&a, 3);
+    let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    // `b`'s HELLO and SUBSCRIBE reach `a`; of `a`'s frames only its HELLO gets through.
+    let hello = sa.poll_transmit(0, &a).unwrap();
+    sb.handle_bytes(0, &hello, &b).unwrap();
+    while let Some(f) = sb.poll_transmit(0, &b) {
+        sa.handle_bytes(0, &f, &a).unwrap();
+    }
+    assert!(sa.progress().peer_subscribed);
+    drop((sa, sb));
+    delete_all(&a, &ids[..1]);
+    assert_eq!(a.gc(&GcOptions::default()).unwrap().tombstones_purged, 0);
+    common::tick(&clock, 31 * DAY_MS);
+    let r = a.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.expired_peers, vec![b.node_id()]);
+    assert_eq!(r.tombstones_purged, 1);
 }

@@ -247,6 +247,47 @@ fn policies_auto_resolve_and_server_priority() {
     assert!(all
         .iter()
         .any(|c| c.field.as_deref() == Some("price") && c.resolved));
+    // The peer's values are the losers, the server's (written again) the winners: what
+    // every replica shows. They were labelled the other way round.
+    let labels: Vec<_> = all
+        .iter()
+        .map(|c| {
+            (
+                c.field.clone().unwrap(),
+                c.winner.clone(),
+                c.loser.clone(),
+                c.winner_version.node == server.node_id(),
+                c.loser_version.node == client.node_id(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        vec![
+            (
+                "price".to_owned(),
+                Some(Value::Int(100)),
+                Some(Value::Int(5)),
+                true,
+                true
+            ),
+            (
+                "title".to_owned(),
+                Some(Value::from("server title")),
+                Some(Value::from("client title")),
+                true,
+                true
+            ),
+        ],
+        "{all:?}"
+    );
+    // Resolving with `None` keeps what is shown: the server's value.
+    server.resolve_conflict(open_conflicts[0].id, None).unwrap();
+    sync_pair(&server, &client, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(
+        client.get("c", id).unwrap().unwrap().fields["title"],
+        Value::from("server title")
+    );
 }
 
 #[test]
@@ -1142,4 +1183,56 @@ fn two_sessions_with_one_peer_stage_their_units_apart() {
     dst.apply_unit(peer, y_parts, Vec::new(), Some(Seq(3)), None)
         .unwrap();
     assert_eq!(dump(&src), dump(&dst));
+}
+
+/// Two handles on one file resolving the same conflict at the same time: exactly one
+/// succeeds, the other is told it is no longer open. (The check ran before the write
+/// transaction, so both could find it open and both write their value; the unit test
+/// `a_conflict_resolved_meanwhile_through_another_handle_is_refused` forces that order.)
+#[test]
+fn a_conflict_is_resolved_once_when_two_handles_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let ids: Vec<RecordId> = (0..16)
+        .map(|i| a.insert("c", [("t", Value::Int(i))]).unwrap())
+        .collect();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    for (db, v) in [(&a, "from a"), (&b, "from b")] {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        db.transaction(|tx| {
+            for id in &ids {
+                tx.update("c", *id, Patch::new().set("t", v))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let conflicts = a.conflicts(Some("c")).unwrap();
+    assert_eq!(conflicts.len(), ids.len(), "{conflicts:?}");
+    let a2 = open(dir.path(), "a");
+    for c in conflicts {
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<blazedb::Result<()>> = std::thread::scope(|s| {
+            let racers: Vec<_> = [(&a, "one"), (&a2, "two")]
+                .into_iter()
+                .map(|(db, v)| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        db.resolve_conflict(c.id, Some(Value::from(v)))
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let refused: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(refused.len(), 1, "exactly one resolves: {results:?}");
+        assert!(refused[0].contains("no open conflict"), "{refused:?}");
+    }
+    assert!(a.conflicts(None).unwrap().is_empty());
+    assert!(a.resolve_conflict(1, None).is_err(), "resolved already");
 }

@@ -750,7 +750,7 @@ impl Database {
         exclude_src: Option<NodeId>,
     ) -> Result<ChangeBatch> {
         self.read_changes(since, cells_max, exclude_src, false)
-            .map(|b| Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()))
+            .map(|(b, _)| Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()))
     }
 
     /// [`Database::changes_since`], shared: the result is also kept for a while, so that other
@@ -763,25 +763,41 @@ impl Database {
         exclude_src: Option<NodeId>,
     ) -> Result<Arc<ChangeBatch>> {
         self.read_changes(since, cells_max, exclude_src, true)
+            .map(|(b, _)| b)
     }
 
+    /// [`Database::changes_since_shared`], and [`Database::gc_horizon`] as of the same read
+    /// of the file. With `since` below that horizon, GC may have collected deletes a peer at
+    /// `since` needs before the page was read: the page may lack them (read separately, a GC
+    /// committed in between would go unnoticed).
+    pub(crate) fn changes_since_shared_and_horizon(
+        &self,
+        since: Seq,
+        cells_max: usize,
+        exclude_src: Option<NodeId>,
+    ) -> Result<(Arc<ChangeBatch>, Seq)> {
+        self.read_changes(since, cells_max, exclude_src, true)
+    }
+
+    /// A page of the feed and the GC horizon, from one snapshot of the file.
     fn read_changes(
         &self,
         since: Seq,
         cells_max: usize,
         exclude_src: Option<NodeId>,
         keep: bool,
-    ) -> Result<Arc<ChangeBatch>> {
+    ) -> Result<(Arc<ChangeBatch>, Seq)> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         let mut inner = self.lock()?;
         // `lock` brought the caches up to date with the file: a cached read of this state
         // is what a read now would return.
         let state = inner.feed_state();
+        let horizon = super::gc::horizon_in(&mut inner)?;
         let ex = exclude_src
             .and_then(|n| inner.nodes.known(&n))
             .map(|i| i as i64 + 1);
         if let Some(b) = inner.feed_cache.get(state, since, cells_max, ex) {
-            return Ok(b);
+            return Ok((b, horizon));
         }
         // `lock`'s snapshot serves the whole scan: the head, feed rows, bodies, links and
         // dictionaries come from one state of the file even while other processes commit.
@@ -792,7 +808,7 @@ impl Database {
                 .feed_cache
                 .put(state, since, cells_max, ex, srcs, batch.clone());
         }
-        Ok(batch)
+        Ok((batch, horizon))
     }
 
     /// Apply changes received from peer `from`, in one transaction: either all of them are
@@ -915,7 +931,9 @@ impl Database {
         }
         drop(inner);
         let server = self.is_server();
-        let mut reassert: Vec<(String, RecordId, String, Value)> = Vec::new();
+        // Server priority: (collection, record, field, our value, its version) of each value
+        // of ours that a peer's concurrent write overwrote here.
+        let mut reassert: Vec<(String, RecordId, String, Value, Version)> = Vec::new();
         let mut state = UnitApply::default();
         let mut tail = Some(tail);
         let (applied, sender_seqs) = self.transaction(|tx| {
@@ -1004,7 +1022,13 @@ impl Database {
                     if let (CellKey::Field(f), CellValue::Value(v), true) =
                         (&loser.key, &loser.value, loser.version.node == me)
                     {
-                        reassert.push((collection.clone(), id, f.to_string(), v.clone()));
+                        reassert.push((
+                            collection.clone(),
+                            id,
+                            f.to_string(),
+                            v.clone(),
+                            loser.version,
+                        ));
                     }
                 }
             }
@@ -1042,13 +1066,14 @@ impl Database {
             // sync out to everyone (the peer's values stay on record as conflict losers).
             self.transaction(|tx| {
                 tx.restore_accepted_values();
-                for (coll, id, field, value) in &reassert {
+                for (coll, id, field, value, overwritten) in &reassert {
                     if tx.get(coll, *id)?.is_some() {
                         tx.update(
                             coll,
                             *id,
                             super::Patch::new().set(field.clone(), value.clone()),
                         )?;
+                        tx.relabel_reasserted_conflict(coll, *id, field, *overwritten)?;
                     }
                 }
                 Ok(())
@@ -1309,12 +1334,40 @@ impl Database {
     /// write (which syncs like any other); with `None`, the current winner stays. Either way
     /// the conflict is marked resolved.
     pub fn resolve_conflict(&self, conflict_id: i64, value: Option<Value>) -> Result<()> {
+        let no_open_conflict = || {
+            Error::InvalidArgument(format!(
+                "no open conflict {conflict_id} (unknown, or resolved already: see \
+                 `conflicts`)"
+            ))
+        };
         let c = self
             .conflicts(None)?
             .into_iter()
             .find(|c| c.id == conflict_id)
-            .ok_or_else(|| Error::InvalidArgument(format!("no open conflict {conflict_id}")))?;
+            .ok_or_else(no_open_conflict)?;
+        self.resolve_open_conflict(&c, value, no_open_conflict)
+    }
+
+    /// [`Database::resolve_conflict`] of `c`, found open before the write transaction
+    /// began, and perhaps resolved by another handle since.
+    fn resolve_open_conflict(
+        &self,
+        c: &Conflict,
+        value: Option<Value>,
+        no_open_conflict: impl Fn() -> Error,
+    ) -> Result<()> {
+        let conflict_id = c.id;
         self.transaction(|tx| {
+            // Claimed inside the write transaction: checked only before it, two threads or
+            // processes resolving the same conflict both found it open, and both wrote
+            // their value.
+            let claimed = tx.inner.conn.execute(
+                "UPDATE conflicts SET resolved = 1 WHERE cid = ?1 AND resolved = 0",
+                [conflict_id],
+            )?;
+            if claimed == 0 {
+                return Err(no_open_conflict());
+            }
             if let (Some(v), Some(field)) = (value, &c.field) {
                 match tx.get(&c.collection, c.record)? {
                     Some(_) => tx.update(
@@ -1325,10 +1378,6 @@ impl Database {
                     None => tx.upsert(&c.collection, c.record, [(field.clone(), v)])?,
                 }
             }
-            tx.inner.conn.execute(
-                "UPDATE conflicts SET resolved = 1 WHERE cid = ?1",
-                [conflict_id],
-            )?;
             Ok(())
         })
     }
@@ -1374,6 +1423,44 @@ mod tests {
     //! overwritten transactions (links) and applied units.
     use super::*;
     use crate::store::{OpenOptions, Patch};
+
+    /// Two handles resolve one conflict, both having found it open before either wrote:
+    /// the second is refused. The check ran outside the write transaction, so both wrote
+    /// their value (the race `tests/sync_pair.rs` runs with threads, here interleaved
+    /// deterministically).
+    #[test]
+    fn a_conflict_resolved_meanwhile_through_another_handle_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let a = Database::open(&path, OpenOptions::default()).unwrap();
+        let a2 = Database::open(&path, OpenOptions::default()).unwrap();
+        let id = a.insert("c", [("t", Value::Int(1))]).unwrap();
+        {
+            let mut inner = a.lock_write().unwrap();
+            let coll = inner.collections["c"];
+            let key = crate::crdt::encoding::key_bytes(&CellKey::Field("t".into()));
+            let value = |v| crate::crdt::encoding::value_bytes(&CellValue::Value(Value::Int(v)));
+            inner
+                .conn
+                .execute(
+                    "INSERT INTO conflicts (coll, id, cell, winner, winner_hlc, winner_node,
+                     loser, loser_hlc, loser_node, seq) VALUES (?1, ?2, ?3, ?4, 2, 0, ?5, 1, 0, 1)",
+                    params![coll, &id.0[..], key, value(1), value(0)],
+                )
+                .unwrap();
+            inner.commit().unwrap();
+        }
+        let found = a.conflicts(None).unwrap().remove(0);
+        a2.resolve_conflict(found.id, Some(Value::Int(2))).unwrap();
+        let no_open = || Error::InvalidArgument("no open conflict".into());
+        let second = a.resolve_open_conflict(&found, Some(Value::Int(3)), no_open);
+        assert!(
+            matches!(&second, Err(Error::InvalidArgument(m)) if m.contains("no open conflict")),
+            "{second:?}"
+        );
+        assert_eq!(a.get("c", id).unwrap().unwrap().fields["t"], Value::Int(2));
+        assert!(a.resolve_conflict(found.id, None).is_err());
+    }
 
     #[allow(clippy::all)]
     fn reference_changes_since_in(

@@ -160,8 +160,58 @@ impl Database {
     /// The highest horizon at which GC removed something (0: never). A peer resuming our
     /// feed from a cursor below it may have missed removals: it needs a snapshot.
     pub fn gc_horizon(&self) -> Result<Seq> {
-        let inner = self.lock()?;
-        Ok(Seq(meta_u64(&inner, META_GC_HORIZON)?))
+        let mut inner = self.lock()?;
+        horizon_in(&mut inner)
+    }
+
+    /// Make GC wait for `peer` from feed position `from` on: a sender calls it when it starts
+    /// serving the peer (SUBSCRIBE, SNAPSHOT_BEGIN), `from` being where it streams from (the
+    /// snapshot's position, or the feed position the peer resumes at).
+    ///
+    /// GC counts a peer only by its `acked` row, which a new peer otherwise gets at its
+    /// first ACK: for a snapshot bootstrap, at its end. Meanwhile GC went past it and could
+    /// collect the tombstone of a record the peer already held from an early chunk; the
+    /// feed after the snapshot no longer had the delete, and the peer kept the record for
+    /// good. A peer that has a row gets its last contact renewed (an expired row would not
+    /// count) and its cursor lowered to `from` if above. Nothing waits forever: the row ages
+    /// like any other, so a peer that never finishes expires after the retention (relays
+    /// excepted, as always: see the module docs).
+    pub(crate) fn hold_gc_for_peer(&self, peer: NodeId, from: Seq) -> Result<()> {
+        let noted = self.noted_cursors().get(peer, PeerDirection::Acked);
+        let existing = match noted {
+            Some(c) => Some(c),
+            None => {
+                let inner = self.lock()?;
+                let stored = inner
+                    .conn
+                    .prepare_cached(
+                        "SELECT cursor FROM peers WHERE node = ?1 AND direction = 'acked'",
+                    )?
+                    .query_row([&peer.0[..]], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(|c| Seq(c.max(0) as u64));
+                stored
+            }
+        };
+        match existing {
+            // Noted with the others (stored before any GC of this handle), like every ACK.
+            Some(c) => self.note_peer_cursor(peer, PeerDirection::Acked, c.min(from)),
+            // A new peer: stored now, so that GC through another handle on the file sees
+            // it too. The lower cursor wins, should one have been stored in between.
+            None => {
+                let now = self.now_ms();
+                let mut inner = self.lock_write()?;
+                inner.conn.execute(
+                    "INSERT INTO peers (node, direction, cursor, last_contact_ms)
+                     VALUES (?1, 'acked', ?2, ?3)
+                     ON CONFLICT (node, direction) DO UPDATE SET
+                     cursor = min(cursor, excluded.cursor),
+                     last_contact_ms = excluded.last_contact_ms",
+                    params![&peer.0[..], from.0 as i64, now as i64],
+                )?;
+                Ok(inner.commit()?)
+            }
+        }
     }
 
     /// Drop how far a peer acknowledged our feed, so GC no longer waits for it, and its notes.
@@ -483,6 +533,20 @@ fn measure(inner: &Inner) -> Result<SyncMetadata> {
 }
 
 /// A numeric `meta` value; a missing key reads as 0.
+/// `meta.gc_horizon` in `inner`'s snapshot (cached per state of the file: sync sessions ask
+/// with every feed read).
+pub(super) fn horizon_in(inner: &mut Inner) -> Result<Seq> {
+    let state = inner.feed_state();
+    if let Some((s, h)) = inner.gc_horizon_cache {
+        if s == state {
+            return Ok(h);
+        }
+    }
+    let h = Seq(meta_u64(inner, META_GC_HORIZON)?);
+    inner.gc_horizon_cache = Some((state, h));
+    Ok(h)
+}
+
 fn meta_u64(inner: &Inner, key: &str) -> Result<u64> {
     let v: Option<i64> = inner
         .conn

@@ -195,6 +195,9 @@ pub(crate) struct Inner {
     pub feed_cache: feed_cache::FeedCache,
     /// The feed head as last read outside a transaction, and the state it was read at.
     pub head_cache: Option<(feed_cache::FeedState, Seq)>,
+    /// `meta.gc_horizon` as last read, and the state it was read at (see
+    /// [`Database::changes_since_shared_and_horizon`]).
+    pub gc_horizon_cache: Option<(feed_cache::FeedState, Seq)>,
     /// When `head_cache` was last checked against other connections' commits, and
     /// `file_commits` then (see [`Database::last_seq`]).
     pub head_checked: Option<(std::time::Instant, u64)>,
@@ -246,6 +249,7 @@ impl Database {
             history_rows_since_compaction: 0,
             feed_cache: feed_cache::FeedCache::default(),
             head_cache: None,
+            gc_horizon_cache: None,
             head_checked: None,
             file_commits: file_commits(&path),
             past_cache: Default::default(),
@@ -730,6 +734,7 @@ impl Inner {
         self.feed_cache.clear();
         self.record_cache.clear();
         self.head_cache = None;
+        self.gc_horizon_cache = None;
         self.head_checked = None;
         self.nodes.rollback();
         self.fields.rollback();

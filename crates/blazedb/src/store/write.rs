@@ -1331,6 +1331,59 @@ impl<'a> Tx<'a> {
         )
     }
 
+    /// Server priority: the conflict recorded when a peer's concurrent write overwrote our
+    /// value of `field` (`overwritten`, that value's version) named the peer's value the
+    /// winner and ours the loser. This transaction wrote our value again, and everyone ends
+    /// up showing it: the conflict now says so, with that write as the winner and the
+    /// peer's value as the loser (as [`CollectionPolicy::server_priority`] documents), so
+    /// that resolving it with `None` keeps what is shown.
+    pub(crate) fn relabel_reasserted_conflict(
+        &mut self,
+        collection: &str,
+        id: RecordId,
+        field: &str,
+        overwritten: Version,
+    ) -> Result<()> {
+        let Some(&coll) = self.inner.collections.get(collection) else {
+            return Ok(());
+        };
+        let Some(i) = self.pending.get(&(coll, id)) else {
+            return Ok(());
+        };
+        let key = CellKey::Field(field.into());
+        let Some(written) = self.records[i]
+            .state
+            .cells()
+            .iter()
+            .find(|c| c.key == key)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let written_by = self.inner.nodes.index(&written.version.node);
+        let overwritten_by = self.inner.nodes.index(&overwritten.node);
+        // SET reads the row as it was: the old winner becomes the loser.
+        self.inner
+            .conn
+            .prepare_cached(
+                "UPDATE conflicts SET loser = winner, loser_hlc = winner_hlc,
+                 loser_node = winner_node, winner = ?1, winner_hlc = ?2, winner_node = ?3
+                 WHERE coll = ?4 AND id = ?5 AND cell = ?6 AND loser_hlc = ?7
+                 AND loser_node = ?8",
+            )?
+            .execute(params![
+                value_bytes(&written.value),
+                written.version.hlc.0 as i64,
+                written_by as i64,
+                coll,
+                &id.0[..],
+                key_bytes(&key),
+                overwritten.hlc.0 as i64,
+                overwritten_by as i64,
+            ])?;
+        Ok(())
+    }
+
     /// Merge one cell into a pending record, recording history and conflicts.
     pub(crate) fn merge(&mut self, i: usize, cell: Cell) -> bool {
         let p = &mut self.records[i];

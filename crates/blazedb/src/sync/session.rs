@@ -326,6 +326,10 @@ pub struct Session {
     subscriptions_received: u32,
     /// The snapshot being sent.
     snap_out: Option<SnapOut>,
+    /// GC collected past the position a feed page was read from: the page may have lacked
+    /// deletes the peer needs. A replacing snapshot follows once the unit in progress is
+    /// complete (a snapshot cannot start inside one).
+    replacing_snapshot_due: bool,
     /// The view to store for the peer once it acknowledges what we sent under it.
     view_pending: Option<String>,
     /// Records to evict at the peer, sent once the current unit is complete.
@@ -411,6 +415,7 @@ impl Session {
             peer_policy: CompiledPolicy::default(),
             subscriptions_received: 0,
             snap_out: None,
+            replacing_snapshot_due: false,
             view_pending: None,
             evict_pending: Vec::new(),
             evicts_unconfirmed: None,
@@ -477,6 +482,7 @@ impl Session {
         let tx_done = !sending
             || (self.peer_from.is_some()
                 && self.snap_out.is_none()
+                && !self.replacing_snapshot_due
                 && self.evict_pending.is_empty()
                 && self.restate_pending.is_empty()
                 && self.unacked.is_empty()
@@ -1146,6 +1152,7 @@ impl Session {
         // Forget the previous subscription's sending state (a policy change abandons it).
         self.unacked.clear();
         self.unit_open = false;
+        self.replacing_snapshot_due = false;
         self.caught_up_sent = None;
         self.evict_pending.clear();
         self.restate_pending.clear();
@@ -1219,10 +1226,7 @@ impl Session {
                 .map_err(|e| self.internal(e, now_ms))?;
         }
         self.view_pending = view_changed.then(|| view.clone());
-        // Any value works for a new snapshot's id; it only has to differ from an earlier one.
-        let fresh_id = (now_ms.rotate_left(24) ^ head.0.rotate_left(8))
-            .wrapping_add(u64::from(self.subscriptions_received))
-            .wrapping_add(u64::from_le_bytes(peer.0[..8].try_into().expect("8 bytes")));
+        let fresh_id = self.fresh_snapshot_id(now_ms, head);
         let snap = match wish {
             SnapshotWish::Resume {
                 snap_id,
@@ -1258,9 +1262,7 @@ impl Session {
                     && received_from_peer == Seq(0)
                     && self.cfg.snapshot_new_peers
                     && !peer_is_server;
-                // Below the GC horizon, tombstones the peer needs may be gone: only a
-                // snapshot (which drops what the peer holds and we no longer have) is safe.
-                let collected = from > Seq(0) && from < horizon;
+                let collected = feed_collected_past(from, horizon);
                 if peer_is_server {
                     // A relay takes a client's data through the feed only, where its write
                     // rules apply unit by unit (it refuses snapshots). So GC here never lets
@@ -1276,10 +1278,26 @@ impl Session {
                 }
             }
         };
+        // From here on GC must wait for the peer: until its first ACK (at the end of a
+        // snapshot) it would otherwise have no `acked` row, and GC could collect a delete of
+        // a record it already holds from an early chunk or unit.
+        let serving_from = snap.as_ref().map_or(from, |s| s.position);
+        db.hold_gc_for_peer(peer, serving_from)
+            .map_err(|e| self.internal(e, now_ms))?;
         if snap.is_some() {
             self.snap_out = snap;
         }
         Ok(())
+    }
+
+    /// An id for a new snapshot. Any value works; it only has to differ from an earlier
+    /// one's.
+    fn fresh_snapshot_id(&self, now_ms: u64, head: Seq) -> u64 {
+        let peer = self.peer.as_ref().map_or([0; 16], |p| p.node.0);
+        (now_ms.rotate_left(24) ^ head.0.rotate_left(8))
+            .wrapping_add(u64::from(self.subscriptions_received))
+            .wrapping_add(self.stats.snapshots_sent << 32)
+            .wrapping_add(u64::from_le_bytes(peer[..8].try_into().expect("8 bytes")))
     }
 
     fn on_evict(
@@ -2008,6 +2026,19 @@ impl Session {
         if self.snap_out.is_some() {
             return self.fill_snapshot(now_ms, db);
         }
+        if self.replacing_snapshot_due && !self.unit_open && self.sent_through >= self.unit_until {
+            // GC went past what the peer holds while we sent it the feed (a peer it no longer
+            // waited for: forgotten, or expired): the feed may have lacked deletes, so the
+            // peer gets what the SUBSCRIBE path gives a peer below the horizon.
+            self.replacing_snapshot_due = false;
+            let head = db.last_seq()?;
+            self.snap_out = Some(new_snapshot(
+                head,
+                true,
+                self.fresh_snapshot_id(now_ms, head),
+            ));
+            return self.fill_snapshot(now_ms, db);
+        }
         if !self.unit_open && !self.evict_pending.is_empty() {
             self.flush_evictions(now_ms, db)?;
         }
@@ -2039,7 +2070,20 @@ impl Session {
             let page = self
                 .page_cells
                 .clamp(batch_cells, batch_cells * LAGGING_PAGE_BATCHES_MAX);
-            let shared = db.changes_since_shared(self.sent_through, page, peer)?;
+            let (shared, horizon) =
+                db.changes_since_shared_and_horizon(self.sent_through, page, peer)?;
+            // After a snapshot (which holds the peer from its position on) as anywhere else.
+            // A relay refuses snapshots: it keeps the feed (GC never lets one expire).
+            if feed_collected_past(self.sent_through, horizon)
+                && !self.peer.as_ref().is_some_and(|p| p.server)
+            {
+                if !in_unit && !self.unit_open {
+                    self.replacing_snapshot_due = true;
+                    return self.fill(now_ms, db);
+                }
+                // Inside a unit: finish it (the peer applies units whole), then replace.
+                self.replacing_snapshot_due = true;
+            }
             self.page_cells = if shared.more { page * 2 } else { batch_cells };
             let mut filtered;
             let batch: &crate::store::ChangeBatch = if self.peer_is_partial() {
@@ -2088,6 +2132,7 @@ impl Session {
         }
         if self.sent_through >= head
             && self.sent_through >= self.unit_until
+            && !self.replacing_snapshot_due
             && self.caught_up_sent != Some(self.sent_through)
         {
             self.caught_up_sent = Some(self.sent_through);
@@ -2289,6 +2334,13 @@ impl Session {
         let subscription = self.subscriptions_received;
         let so = self.snap_out.as_mut().expect("checked");
         if !so.begun {
+            // GC waits for the peer from the snapshot's position on (a snapshot that did
+            // not start at SUBSCRIBE, and a peer forgotten since, would not be waited for).
+            let (position, peer) = (so.position, self.peer.as_ref().map(|p| p.node));
+            if let Some(peer) = peer {
+                db.hold_gc_for_peer(peer, position)?;
+            }
+            let so = self.snap_out.as_mut().expect("checked");
             so.begun = true;
             let m = Message::SnapshotBegin {
                 snap_id: so.snap_id,
@@ -2613,6 +2665,13 @@ impl Session {
 /// How long a peer may stay silent while it applies a snapshot of `cells` cells.
 fn apply_grace_ms(cells: u64) -> u64 {
     (cells / SNAPSHOT_APPLY_CELLS_PER_MS_MIN).min(SNAPSHOT_APPLY_GRACE_MS_MAX)
+}
+
+/// Whether GC may have collected deletes that a peer holding our feed through `from` has not
+/// seen (`from` below the GC horizon): only a replacing snapshot, which drops what the peer
+/// holds and we no longer have, is then safe. A peer at 0 holds nothing of ours.
+fn feed_collected_past(from: Seq, horizon: Seq) -> bool {
+    from > Seq(0) && from < horizon
 }
 
 fn new_snapshot(head: Seq, replace: bool, snap_id: u64) -> SnapOut {
