@@ -967,8 +967,8 @@ mod raw_units {
     /// Node ids are in every cell a client receives, so a client can name the relay's own
     /// node as the writer of its cells. Under `server_priority` a losing cell named as the
     /// relay's was written again as the relay's own value, everywhere: any user could set
-    /// any field. A new value named as the relay's is refused (the record restated); a
-    /// losing one is dropped, not kept as a conflict; the relay's value stands.
+    /// any field. Cells named as the relay's are dropped (losing or winning), nothing is
+    /// restated, the relay's value stands, and the rest of the transaction applies.
     #[test]
     fn a_client_cannot_write_as_the_relay() {
         use blazedb::CollectionPolicy;
@@ -990,14 +990,24 @@ mod raw_units {
             seq: Seq(1),
             collection: "docs".into(),
             id: x,
-            cells: vec![field(
-                "t",
-                v,
-                Version {
-                    hlc,
-                    node: relay.node_id(),
-                },
-            )],
+            cells: vec![
+                field(
+                    "t",
+                    v,
+                    Version {
+                        hlc,
+                        node: relay.node_id(),
+                    },
+                ),
+                field(
+                    "note",
+                    "mallory's own",
+                    Version {
+                        hlc: Hlc::new(now_ms() + 500, 0),
+                        node: mallory,
+                    },
+                ),
+            ],
         };
         // Older than the relay's value, so it loses, as a concurrent write (no prev).
         let mut ss = Session::new(&relay, as_user("mallory"), 0).unwrap();
@@ -1009,66 +1019,52 @@ mod raw_units {
             Seq(1),
         );
         assert_eq!(text(&relay, x, "t"), Some("the relay's".into()));
-        assert!(relay.conflicts(None).unwrap().is_empty());
+        let conflicts = relay.conflicts(None).unwrap();
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        assert_eq!(text(&relay, x, "note"), Some("mallory's own".into()));
+        let head = relay.last_seq().unwrap();
         // Newer: it would win.
         let mut ss = Session::new(&relay, as_user("mallory"), 0).unwrap();
         let newer = Hlc::new(now_ms() + 1_000, 0);
-        raw_unit(&relay, &mut ss, mallory, &[as_relay(newer, "new")], Seq(1));
+        let mut forged = as_relay(newer, "new");
+        forged.cells.truncate(1);
+        raw_unit(&relay, &mut ss, mallory, &[forged], Seq(1));
         assert_eq!(text(&relay, x, "t"), Some("the relay's".into()));
+        assert_eq!(relay.last_seq().unwrap(), head, "nothing restated");
     }
 
-    /// Another user's node may not be named as a writer either (it would put words in that
-    /// user's mouth, or reuse one of its versions with another value and split the copies),
-    /// but a copy of that user's write that changes nothing is passed along without fuss:
-    /// a device forwards what it received over another path. The sender's own identity may
-    /// forward its other devices' writes.
+    /// A client passes along the writes of other users' nodes it received over another path
+    /// (users who also sync directly): they are judged by the rules like its own and
+    /// applied, never refused for their writer. Refusing them restated the record with a
+    /// newer version, which then beat the author's own delivery of the same write: the
+    /// author's edit was lost everywhere.
     #[test]
-    fn a_client_cannot_pass_off_another_users_write() {
+    fn a_client_passes_along_another_users_write() {
         let dir = tempfile::tempdir().unwrap();
-        let (relay, alice) = (open(dir.path(), "relay"), open(dir.path(), "alice"));
-        let x = alice.insert("docs", [("t", "alice's")]).unwrap();
-        sync_pair(&relay, &alice, as_user("alice"), SessionConfig::default());
-        let alices = relay.changes_since(Seq(0), 1_000, None).unwrap().changes;
-        assert_eq!(alices.len(), 1);
-        let head = relay.last_seq().unwrap();
-        // Bob forwards alice's write unchanged: applied as the no-op it is.
-        let bob = NodeId([8; 16]);
-        let mut ss = Session::new(&relay, as_user("bob"), 0).unwrap();
-        raw_unit(&relay, &mut ss, bob, &alices, Seq(1));
-        assert_eq!(relay.last_seq().unwrap(), head, "nothing restated");
-        // Bob names alice's node as the writer of a new value: refused and restated.
-        let forged = Change {
-            seq: Seq(2),
-            collection: "docs".into(),
-            id: x,
-            cells: vec![field(
-                "t",
-                "bob's words",
-                Version {
-                    hlc: Hlc::new(now_ms() + 1_000, 0),
-                    node: alice.node_id(),
-                },
-            )],
-        };
-        let mut ss = Session::new(&relay, as_user("bob"), 0).unwrap();
-        raw_unit(&relay, &mut ss, bob, std::slice::from_ref(&forged), Seq(2));
-        assert_eq!(text(&relay, x, "t"), Some("alice's".into()));
-        assert!(relay.last_seq().unwrap() > head, "the record was restated");
-        // Alice's second device forwards a write of her phone's (newer than the restated
-        // copy, which is newer than anything refused): her own identity's node, applied.
-        let laptop = NodeId([9; 16]);
-        let mut phones = forged;
-        phones.cells[0] = field(
-            "t",
-            "from alice's phone",
-            Version {
-                hlc: Hlc::new(now_ms() + 2_000, 0),
-                node: alice.node_id(),
-            },
+        let (relay, alice, bob) = (
+            open(dir.path(), "relay"),
+            open(dir.path(), "alice"),
+            open(dir.path(), "bob"),
         );
-        let mut ss = Session::new(&relay, as_user("alice"), 0).unwrap();
-        raw_unit(&relay, &mut ss, laptop, &[phones], Seq(2));
-        assert_eq!(text(&relay, x, "t"), Some("from alice's phone".into()));
+        let x = relay.insert("docs", [("t", "v1")]).unwrap();
+        sync_pair(&relay, &alice, as_user("alice"), SessionConfig::default());
+        sync_pair(&relay, &bob, as_user("bob"), SessionConfig::default());
+        bob.update("docs", x, blazedb::Patch::new().set("t", "bob's edit"))
+            .unwrap();
+        // Alice and Bob sync directly, then Alice reaches the relay first, then Bob.
+        sync_pair(
+            &alice,
+            &bob,
+            SessionConfig::default(),
+            SessionConfig::default(),
+        );
+        sync_pair(&relay, &alice, as_user("alice"), SessionConfig::default());
+        sync_pair(&relay, &bob, as_user("bob"), SessionConfig::default());
+        sync_pair(&relay, &alice, as_user("alice"), SessionConfig::default());
+        for db in [&relay, &alice, &bob] {
+            assert_eq!(text(db, x, "t"), Some("bob's edit".into()));
+        }
+        assert!(bob.conflicts(None).unwrap().is_empty());
     }
 
     /// A losing write changes nothing, so the write check never saw it, yet it was listed as

@@ -1040,6 +1040,51 @@ fn a_peer_that_never_reads_cannot_pile_up_replies() {
     assert!(queued <= QUEUED_FRAMES_MAX + 8, "{queued} frames queued");
 }
 
+/// The bound counts replies only: a page of the feed that makes more than
+/// `QUEUED_FRAMES_MAX` frames (here one transaction of 10,000 inserts, one cell per frame)
+/// waits in the queue while it drains, and the peer's PING meanwhile is no reason to end.
+#[test]
+fn a_long_page_of_the_feed_is_not_taken_for_unread_replies() {
+    use blazedb::limits::QUEUED_FRAMES_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    // Known to each other, so the page goes as feed frames, not as a snapshot.
+    a.insert("c", [("n", Value::Int(-1))]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let n = QUEUED_FRAMES_MAX as i64 + 1_000;
+    a.transaction(|tx| {
+        for i in 0..n {
+            tx.insert("c", [("n", Value::Int(i))])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let small = || SessionConfig {
+        batch_cells_max: 1,
+        ..SessionConfig::default()
+    };
+    let mut sa = Session::new(&a, small(), 0).unwrap();
+    let mut sb = Session::new(&b, small(), 0).unwrap();
+    // Handshake and SUBSCRIBE, then the first frame of A's page; B pings meanwhile.
+    for _ in 0..4 {
+        while let Some(f) = sb.poll_transmit(0, &b) {
+            sa.handle_bytes(0, &f, &a).unwrap();
+        }
+        if let Some(f) = sa.poll_transmit(0, &a) {
+            sb.handle_bytes(0, &f, &b).unwrap();
+        }
+    }
+    sb.handle_timeout(6_000, &b);
+    let mut pinged = false;
+    while let Some(f) = sb.poll_transmit(6_000, &b) {
+        pinged = true;
+        sa.handle_bytes(6_000, &f, &a).unwrap();
+    }
+    assert!(pinged, "B pinged while A's page waited");
+    pump(&a, &mut sa, &b, &mut sb);
+    assert_eq!(b.count("c").unwrap(), n as u64 + 1);
+}
+
 /// Two replicas each grow one record to 3 MB, under `RECORD_BYTES_MAX` (4 MiB); merged, it is
 /// 6 MB. Each side must take the other's changes (a merge refused for its size is refused on
 /// every retry: sync would stop for good), and writes here may then keep or shrink the record,

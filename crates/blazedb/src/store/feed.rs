@@ -104,9 +104,6 @@ struct UnitApply {
     ignored: Vec<(String, RecordId)>,
     /// Those of `ignored` that access control would not have let win (see [`loser_refusal`]).
     refused_losers: Vec<crate::sync::Rejection>,
-    /// Under access control, the writers other than the sender seen in the unit so far, and
-    /// whether the sender may deliver their writes (see [`foreign_writer_refusal`]).
-    writers: FastMap<NodeId, Option<String>>,
 }
 
 /// Apply one part of a unit. Each group of changes sharing a `seq` (one transaction at the
@@ -114,7 +111,7 @@ struct UnitApply {
 /// which ends the unit.
 fn apply_segment(
     tx: &mut super::Tx<'_>,
-    (from, src): (NodeId, u64),
+    src: u64,
     mut changes: Vec<Change>,
     access: Option<&dyn crate::sync::AccessControl>,
     state: &mut UnitApply,
@@ -155,17 +152,12 @@ fn apply_segment(
                     .observe(c.version.hlc, tx.now_ms)
                     .map_err(ApplyError::from)?;
             }
-            let mut refusal = None;
+            let me = tx.db.node_id();
             for ch in &mut changes[range.clone()] {
-                refusal = foreign_writes_in(tx, from, ch, access, &mut state.writers)?;
-                if refusal.is_some() {
-                    break;
-                }
+                drop_writes_named_as_ours(me, ch);
             }
             let group_changes = &changes[range.clone()];
-            if let Some(reason) =
-                refusal.map_or_else(|| check_group(tx, group_changes, access), |r| Ok(Some(r)))?
-            {
+            if let Some(reason) = check_group(tx, group_changes, access)? {
                 for ch in group_changes {
                     state.rejected.push(crate::sync::Rejection {
                         collection: ch.collection.clone(),
@@ -235,106 +227,23 @@ fn loser_refusal(
         .err()
 }
 
-/// Under access control, the writes in `change` that name a writer other than the sender
-/// (a cell's `version.node`, or the node of a counter contribution). A peer under rules may
-/// deliver writes of nodes that its own identity owns (or that never connected here: a
-/// device that only synced with it directly), but never of this node or of another
-/// identity's nodes: those could win as that node (with `server_priority`, a losing cell
-/// named as ours is written again as ours), split copies by reusing a version with another
-/// value, or put words in another user's mouth in the conflict log.
-///
-/// Such a cell is still fine when it changes nothing here: a copy of a write passed along
-/// by another hop (a cell of ours or another user's, received from us and forwarded back
-/// over another path). Those are dropped from `change` (not recorded as conflicts: their
-/// writer's own copy records its conflicts). `Some(reason)` refuses the group: a foreign
-/// write that would change the record.
-fn foreign_writes_in(
-    tx: &mut super::Tx<'_>,
-    from: NodeId,
-    change: &mut Change,
-    access: &dyn crate::sync::AccessControl,
-    writers: &mut FastMap<NodeId, Option<String>>,
-) -> Result<Option<String>> {
-    let named = |c: &Cell| -> [Option<NodeId>; 2] {
-        let counter = match &c.key {
-            CellKey::Counter(_, n) => Some(*n),
-            _ => None,
-        };
-        [Some(c.version.node), counter]
-    };
-    if change
-        .cells
-        .iter()
-        .all(|c| named(c).iter().flatten().all(|n| *n == from))
-    {
-        return Ok(None);
+/// Under access control, drop from `change` the cells that name this node as their writer
+/// (a cell's `version.node`, or the node of a counter contribution). This node's own writes
+/// are its own to make: a copy of one that a client passes back (received from us and
+/// forwarded over another path) is something we hold or have overwritten since, so dropping
+/// it changes nothing; anything else is a forgery — node ids are in every cell a client
+/// receives, and under `server_priority` a losing cell named as ours was written again as
+/// our own value everywhere, so any user could set any field. Dropped, not refused: a
+/// refusal would restate the record, and an honest forwarder's transaction should still
+/// apply. (Writes named as *other* nodes are judged like the sender's own, by the write
+/// rules with the sender's rights: honest clients pass along their peers' writes, and
+/// refusing them restated records over the authors' own later deliveries.)
+fn drop_writes_named_as_ours(me: NodeId, change: &mut Change) {
+    let ours =
+        |c: &Cell| c.version.node == me || matches!(&c.key, CellKey::Counter(_, n) if *n == me);
+    if change.cells.iter().any(ours) {
+        change.cells.retain(|c| !ours(c));
     }
-    let mut probe = None;
-    let mut kept = Vec::with_capacity(change.cells.len());
-    for c in std::mem::take(&mut change.cells) {
-        let mut refusal = None;
-        for n in named(&c).into_iter().flatten().filter(|n| *n != from) {
-            let why = match writers.get(&n) {
-                Some(why) => why.clone(),
-                None => {
-                    let why = foreign_writer_refusal(tx, n, access)?;
-                    writers.insert(n, why.clone());
-                    why
-                }
-            };
-            if let Some(why) = why {
-                refusal = Some(why.clone());
-                break;
-            }
-        }
-        let Some(why) = refusal else {
-            kept.push(c);
-            continue;
-        };
-        let before = match &probe {
-            Some(state) => state,
-            None => {
-                let state = match tx.load(&change.collection, change.id, false)? {
-                    Some(i) => tx.records[i].state.clone(),
-                    None => crate::crdt::RecordState::new(),
-                };
-                probe.insert(state)
-            }
-        };
-        let mut after = before.clone();
-        after.merge(c);
-        if after != *before {
-            change.cells = kept;
-            return Ok(Some(why));
-        }
-    }
-    change.cells = kept;
-    Ok(None)
-}
-
-/// Why a peer under access control may not deliver writes of node `n` (not itself), or
-/// `None` when it may (see [`foreign_writes_in`]).
-fn foreign_writer_refusal(
-    tx: &super::Tx<'_>,
-    n: NodeId,
-    access: &dyn crate::sync::AccessControl,
-) -> Result<Option<String>> {
-    if n == tx.db.node_id() {
-        return Ok(Some(format!(
-            "the change names this node ({n}) as the writer of a new value: a client sends \
-             its own writes, never edited copies of ours"
-        )));
-    }
-    let Some(who) = access.identity() else {
-        return Ok(None);
-    };
-    let owner = peer_note_in(tx.inner, n, crate::sync::access::IDENTITY_NOTE)?;
-    Ok(owner.filter(|o| *o != who).map(|_| {
-        format!(
-            "the change carries a new value written by node {n}, which belongs to another \
-             user: a client sends only the writes of its own nodes"
-        )
-    }))
 }
 
 /// Run the access check for one group on scratch copies; `Some(reason)` refuses it.
@@ -953,7 +862,7 @@ impl Database {
                 } else {
                     tail.take().unwrap_or_default()
                 };
-                apply_segment(tx, (from, src), changes, access, &mut state)?;
+                apply_segment(tx, src, changes, access, &mut state)?;
                 // A large unit is written out as it goes, so memory holds one part.
                 if tx.unspilled() >= UNIT_SPILL_RECORDS {
                     tx.spill()?;

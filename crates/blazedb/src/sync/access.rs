@@ -10,9 +10,8 @@ use crate::query::Params;
 use crate::sync::Hello;
 use crate::{RecordId, Value};
 
-/// Peer note: the identity ([`AccessControl::identity`]) a node id was first seen under. The
-/// handshake refuses the node to any other identity, and an apply under access control
-/// refuses cells that name it as their writer when another identity sends them.
+/// Peer note: the identity ([`AccessControl::identity`]) a node id was first seen under; the
+/// handshake refuses the node to any other identity.
 pub(crate) const IDENTITY_NOTE: &str = "identity";
 
 /// Decisions for one peer. Every method has a permissive default.

@@ -260,6 +260,10 @@ pub struct Session {
     tx_dict: Dict,
     rx_dict: Dict,
     out: VecDeque<Vec<u8>>,
+    /// How many frames at the front of `out` the feed or a snapshot put there (`fill` runs
+    /// only on an empty queue, and frames leave from the front): the rest are replies to
+    /// the peer, which `QUEUED_FRAMES_MAX` bounds.
+    out_fill_frames: usize,
     peer: Option<Hello>,
     events: VecDeque<SessionEvent>,
     stats: SessionStats,
@@ -294,6 +298,9 @@ pub struct Session {
     /// Whose staged parts on disk are ours: another session with the same peer (another
     /// process on this file, another connection from the same node) stages its own.
     staging: StagingId,
+    /// Whether this session ever staged a part on disk (its rows are discarded when it ends:
+    /// a unit cut off, refused or failed in its apply leaves them otherwise).
+    staging_used: bool,
     staged_touched: Vec<RecordKey>,
     staged_moved_in: Vec<RecordKey>,
     /// Complete units that arrived in the current `handle_bytes` call and wait to be applied
@@ -381,6 +388,7 @@ impl Session {
             tx_dict: Dict::default(),
             rx_dict: Dict::default(),
             out: VecDeque::new(),
+            out_fill_frames: 0,
             peer: None,
             events: VecDeque::new(),
             stats: SessionStats::default(),
@@ -400,6 +408,7 @@ impl Session {
             staged_cells: 0,
             staged_parts: 0,
             staging: StagingId::random(),
+            staging_used: false,
             staged_touched: Vec::new(),
             staged_moved_in: Vec::new(),
             group: None,
@@ -543,16 +552,17 @@ impl Session {
             // Liveness counts whole frames only: a peer (or a corrupted length) that sends
             // bytes which never complete a frame still times out.
             self.last_recv_ms = now_ms;
-            if self.out.len() >= QUEUED_FRAMES_MAX {
+            let replies = self.out.len().saturating_sub(self.out_fill_frames);
+            if replies >= QUEUED_FRAMES_MAX {
                 // The peer keeps sending but reads nothing (or the transport is stuck): a
                 // reply per frame would pile up here without end, and the driver keeps
                 // reading so that a peer that does read is never deadlocked.
                 return Err(self.fail(
                     ErrorCode::RateLimited,
                     format!(
-                        "{} frames wait for the peer to read them and it keeps sending: read \
-                         what the session sends while sending (limit QUEUED_FRAMES_MAX)",
-                        self.out.len()
+                        "{replies} replies wait for the peer to read them and it keeps \
+                         sending: read what the session sends while sending (limit \
+                         QUEUED_FRAMES_MAX)"
                     ),
                     now_ms,
                 ));
@@ -1613,6 +1623,7 @@ impl Session {
         let part: Vec<Change> = self.staged.drain(..split).collect();
         self.staged_cells -= part.iter().map(|c| c.cells.len()).sum::<usize>();
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        self.staging_used = true;
         match db.unit_stage(peer, self.staging, self.staged_parts, &part) {
             Ok(()) => {}
             Err(Error::Apply(ApplyError::ClockSkew(e))) => {
@@ -2012,8 +2023,10 @@ impl Session {
             if let Err(e) = self.fill(now_ms, db) {
                 let _ = self.internal(e, now_ms);
             }
+            self.out_fill_frames = self.out.len();
         }
         let f = self.out.pop_front()?;
+        self.out_fill_frames = self.out_fill_frames.saturating_sub(1);
         self.stats.frames_sent += 1;
         self.stats.bytes_sent += f.len() as u64;
         Some(f)
@@ -2576,11 +2589,12 @@ impl Session {
 
     /// The transport went away: mark closed without sending anything.
     pub fn transport_closed(&mut self, _now_ms: u64, db: &Database) {
-        // A unit cut off here is never applied (the sender sends it again whole): its staged
-        // parts go now, not when they are taken for abandoned.
-        if self.staged_parts > 0 {
+        // A unit cut off here (or whose apply failed) is never applied; the sender sends it
+        // again whole: its staged parts go now, not when they are taken for abandoned.
+        if self.staging_used {
             if let Some(peer) = self.peer.as_ref().map(|p| p.node) {
                 if db.unit_discard_session(peer, self.staging).is_ok() {
+                    self.staging_used = false;
                     self.staged_parts = 0;
                 }
             }
