@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use blazedb::{Database, OpenOptions};
+use blazedb::{Database, OpenOptions, Seq};
 
 use crate::password;
 
@@ -59,14 +59,121 @@ pub fn refuse_empty_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Remove a database file a failed command has just created, with its WAL and shared-memory
-/// files, so a failure leaves nothing behind (best effort: the error being reported is the
-/// one that matters). The caller must have dropped its `Database` first.
-pub fn remove_new_database(path: &Path) {
-    let _ = std::fs::remove_file(path);
+/// Whether opening `path` will create the database file: nothing is there, or a symbolic link
+/// to a target that does not exist yet (SQLite creates the target through it). Asked before
+/// opening, so a command that fails can remove what it created and nothing else. It asks
+/// `symlink_metadata`, not `exists`: `exists` follows links and calls a dangling link
+/// missing, so a cleanup keyed on it would delete the link, which was there before.
+pub fn will_create_database(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(link) if link.file_type().is_symlink() => {
+            std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        }
+        Ok(_) => false,
+    }
+}
+
+/// Whether the database holds nothing: no change was ever committed to it and it has no
+/// records, live or deleted. Read inside a transaction, so a commit by another process that
+/// opened the same new file meanwhile shows.
+pub fn is_untouched(db: &Database) -> Result<bool> {
+    let stats = db.stats()?;
+    Ok(db.last_seq()? == Seq(0)
+        && stats.last_seq == 0
+        && stats.feed_rows == 0
+        && stats.history_entries == 0
+        && stats
+            .collections
+            .values()
+            .all(|c| c.records == 0 && c.tombstones == 0))
+}
+
+/// Remove a database file a failed command has just created (see [`will_create_database`]),
+/// with its WAL and shared-memory files, so a failure leaves nothing behind. Best effort: the
+/// error being reported is the one that matters. It removes nothing if the file is no longer
+/// untouched: between the check and the open, or since, another process may have created
+/// the same file and written to it, and that database is not this command's to delete. A
+/// symbolic link the path went through stays (it was there before); the file created at
+/// its target goes.
+pub fn remove_new_database(db: Database, path: &Path) {
+    if !is_untouched(&db).unwrap_or(false) {
+        return;
+    }
+    // The file SQLite created, resolved while it certainly exists (through any link).
+    let Ok(created) = std::fs::canonicalize(path) else {
+        return;
+    };
+    drop(db);
+    let _ = std::fs::remove_file(&created);
     for suffix in ["-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
+        let mut p = created.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(path: &Path) -> Database {
+        let options = OpenOptions {
+            create: true,
+            ..OpenOptions::default()
+        };
+        Database::open(path, options).unwrap()
+    }
+
+    /// A failed command's cleanup spares a new file another process wrote to meanwhile.
+    #[test]
+    fn a_new_database_written_to_by_another_handle_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        assert!(will_create_database(&path));
+        let ours = open(&path);
+        assert!(is_untouched(&ours).unwrap());
+        let theirs = open(&path);
+        theirs.insert("notes", [("text", "kept")]).unwrap();
+        assert!(!is_untouched(&ours).unwrap());
+        remove_new_database(ours, &path);
+        assert!(path.exists(), "another writer's database was removed");
+        assert_eq!(theirs.count("notes").unwrap(), 1);
+    }
+
+    #[test]
+    fn an_untouched_new_database_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let db = open(&path);
+        remove_new_database(db, &path);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A dangling link: the file is created at its target, so only the target goes.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_to_a_missing_target_stays_and_the_created_target_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link.db");
+        let target = dir.path().join("target.db");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(will_create_database(&link));
+        let db = open(&link);
+        assert!(target.exists());
+        remove_new_database(db, &link);
+        assert!(
+            std::fs::symlink_metadata(&link).is_ok(),
+            "the link was removed"
+        );
+        assert!(!target.exists(), "the created target was left behind");
+    }
+
+    #[test]
+    fn an_existing_file_is_not_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        std::fs::write(&path, b"").unwrap();
+        assert!(!will_create_database(&path));
     }
 }

@@ -38,9 +38,14 @@ pub fn resolve(file: Option<&Path>, env: &str) -> Result<Option<String>> {
 /// The new password for `rekey`: from `file` if given, else from [`NEW_PASSWORD_ENV`];
 /// `None` when neither is given. Unlike [`resolve`], a variable that is set but empty is an
 /// error: `BLAZEDB_NEW_PASSWORD="$(cat missing-file)"` must not read as "no password", which
-/// for `rekey` would mean writing the data out in clear.
-pub fn resolve_new(file: Option<&Path>) -> Result<Option<String>> {
+/// for `rekey` would mean writing the data out in clear. With `decrypt` (the user asked for
+/// the file in clear) an empty variable agrees with the request and reads as none: a script
+/// that clears the variable rather than unsetting it is not refused.
+pub fn resolve_new(file: Option<&Path>, decrypt: bool) -> Result<Option<String>> {
     if file.is_none() && std::env::var_os(NEW_PASSWORD_ENV).is_some_and(|v| v.is_empty()) {
+        if decrypt {
+            return Ok(None);
+        }
         return Err(UsageError(format!(
             "{NEW_PASSWORD_ENV} is set but empty: put the new password in it (or in a file \
              named by --new-password-file); to remove the encryption, unset it and pass --decrypt"

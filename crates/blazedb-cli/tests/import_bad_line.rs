@@ -107,3 +107,31 @@ fn a_failed_import_into_a_new_path_leaves_no_file() {
         .failure(1);
     assert_eq!(db.get("bugs", &id)["a"], 0);
 }
+
+/// A path that is a symbolic link to a missing file: SQLite creates the database at the
+/// link's target. A failed import removes that new target and keeps the link, which was
+/// there before (the cleanup once took the dangling link for a new path and deleted it,
+/// leaving the created target behind).
+#[cfg(unix)]
+#[test]
+fn a_failed_import_through_a_dangling_link_keeps_the_link_and_removes_its_target() {
+    let db = TestDb::new();
+    let target = db.file("target.db");
+    std::os::unix::fs::symlink(&target, &db.path).unwrap();
+    db.run_with_stdin("import", &["bugs", "-"], "not json\n")
+        .failure(1);
+    let link = std::fs::symlink_metadata(&db.path).expect("the link was deleted");
+    assert!(link.file_type().is_symlink());
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = target.clone().into_os_string();
+        path.push(suffix);
+        assert!(
+            !std::path::Path::new(&path).exists(),
+            "{path:?} left behind"
+        );
+    }
+    // The link still leads where it did: a later import creates the target through it.
+    db.run_with_stdin("import", &["bugs", "-"], "{\"a\": 1}\n")
+        .success();
+    assert!(target.is_file());
+}

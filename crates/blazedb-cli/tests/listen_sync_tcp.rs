@@ -163,6 +163,8 @@ fn heartbeat_flags_that_cannot_work_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.starts_with("error: "), "{stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        // The message's lines were once joined with the source's indentation.
+        assert!(!stderr.contains("  "), "{args:?}: {stderr}");
         assert!(!std::path::Path::new(db).exists(), "nothing is created");
     }
 }

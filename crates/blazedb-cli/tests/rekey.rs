@@ -73,9 +73,6 @@ fn no_new_password_is_refused_rather_than_read_as_decrypt() {
     let mut empty = db.command("rekey", &[]);
     empty.env("BLAZEDB_NEW_PASSWORD", "");
     refused(empty, "BLAZEDB_NEW_PASSWORD is set but empty");
-    let mut empty_and_decrypt = db.command("rekey", &["--decrypt"]);
-    empty_and_decrypt.env("BLAZEDB_NEW_PASSWORD", "");
-    refused(empty_and_decrypt, "set but empty");
     refused(db.command("rekey", &[]), "pass --decrypt");
     let mut both = db.command("rekey", &["--decrypt"]);
     both.env("BLAZEDB_NEW_PASSWORD", "new");
@@ -97,4 +94,18 @@ fn no_new_password_is_refused_rather_than_read_as_decrypt() {
     assert_eq!(db.get("bugs", &id)["title"], "secret");
     db.password = None;
     db.run("get", &["bugs", &id]).failure(1);
+}
+
+/// `--decrypt` with `BLAZEDB_NEW_PASSWORD` set but empty decrypts: the empty variable agrees
+/// with the explicit request (a script may clear the variable instead of unsetting it).
+#[test]
+fn decrypt_with_an_empty_new_password_variable_decrypts() {
+    let mut db = TestDb::encrypted("abc");
+    let id = db.put("bugs", r#"{"title": "secret"}"#);
+    let mut decrypt = db.command("rekey", &["--decrypt"]);
+    decrypt.env("BLAZEDB_NEW_PASSWORD", "");
+    let run = common::Run::of(decrypt, None).success();
+    assert_eq!(run.json()["encrypted"], false, "{}", run.stdout);
+    db.password = None;
+    assert_eq!(db.get("bugs", &id)["title"], "secret");
 }

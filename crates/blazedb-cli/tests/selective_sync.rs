@@ -184,3 +184,48 @@ fn a_filter_parameter_the_command_line_cannot_give_is_refused() {
         assert!(!replica.exists(), "{filter}: nothing was created");
     }
 }
+
+/// `$auth.*` is given by a relay from the claims of the token presented: with no token (or
+/// an empty one) the filter would quietly match nothing. Refused with exit 2, saying why,
+/// nothing created; with a token it is accepted (a relay gives claims over ws://, wss:// and
+/// its raw TCP and Unix listeners alike).
+#[test]
+fn auth_in_a_filter_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = dir.path().join("replica.db");
+    let peers = [
+        "ws://127.0.0.1:1/v1/sync",
+        "tcp://127.0.0.1:1",
+        "unix:///nonexistent.sock",
+    ];
+    for peer in peers {
+        for token in [None, Some("")] {
+            let mut cmd = blazedb();
+            cmd.arg("sync")
+                .args([replica.as_os_str(), peer.as_ref()])
+                .args(["--once", "--where", "owner == $auth.sub"]);
+            if let Some(token) = token {
+                cmd.args(["--token", token]);
+            }
+            let out = cmd.output().unwrap();
+            let err = String::from_utf8(out.stderr).unwrap();
+            assert_eq!(out.status.code(), Some(2), "{peer} {token:?}: {err}");
+            assert!(
+                err.contains("--where uses $auth")
+                    && err.contains("no token is given: pass --token"),
+                "{peer} {token:?}: {err}"
+            );
+            assert!(!replica.exists(), "{peer}: nothing was created");
+        }
+    }
+    for peer in peers {
+        let out = blazedb()
+            .arg("sync")
+            .args([replica.as_os_str(), peer.as_ref()])
+            .args(["--once", "--where", "owner == $auth.sub", "--token", "t"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!err.contains("--where uses"), "{peer}: {err}");
+    }
+}

@@ -39,7 +39,8 @@ pub struct RelayConfig {
     pub tls: Option<TlsFiles>,
     /// Browser origins allowed to open sync sessions and query (`--origin`, repeatable).
     /// Empty: any origin when credentials are required; without authentication, only
-    /// loopback origins (`http(s)://localhost`, `127.0.0.1`, `[::1]`, any port), since
+    /// loopback origins (`http(s)://localhost` or a name under it, `127.0.0.1`, `[::1]`, any
+    /// port), since
     /// browsers apply no CORS to WebSockets. Requests without an `Origin` header
     /// (non-browser clients) are always allowed; authentication still applies. Without
     /// authentication on a loopback address, requests must also be addressed to a loopback

@@ -280,7 +280,9 @@ fn check_limits(limits: &crate::config::Limits) -> Result<(), RelayError> {
     }
     if idle <= ping {
         return Err(RelayError::Config(format!(
-            "an idle timeout of {idle} ms must be longer than the ping interval ({ping} ms), or              a live client that is only pinging is taken for dead: give a few times the ping              interval"
+            "an idle timeout of {idle} ms must be longer than the ping interval ({ping} ms), or \
+             a live client that is only pinging is taken for dead: give a few times the ping \
+             interval"
         )));
     }
     Ok(())
@@ -295,15 +297,13 @@ fn origins(list: &[String]) -> Result<Vec<String>, RelayError> {
     }
     list.iter()
         .map(|o| {
-            let o = o.trim_end_matches('/').to_ascii_lowercase();
-            if o.starts_with("http://") || o.starts_with("https://") {
-                Ok(o)
-            } else {
-                Err(RelayError::Config(format!(
-                    "origin {o:?} must look like https://app.example.com (scheme, host, optional \
-                     port)"
-                )))
-            }
+            crate::state::normalize_origin(o).ok_or_else(|| {
+                RelayError::Config(format!(
+                    "origin {o:?} must look like scheme://host[:port] (https://app.example.com, \
+                     tauri://localhost, chrome-extension://ID) or be null (pages from file://), \
+                     with no path"
+                ))
+            })
         })
         .collect()
 }

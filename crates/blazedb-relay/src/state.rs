@@ -139,7 +139,8 @@ impl State {
 }
 
 /// Whether an origin (lowercase, without a trailing `/`) is a page served from this machine:
-/// `http(s)://localhost`, `http(s)://127.x.x.x` or `http(s)://[::1]`, any port.
+/// `http(s)://localhost` or a subdomain of it, `http(s)://127.x.x.x` or `http(s)://[::1]`,
+/// any port.
 fn is_loopback_origin(origin: &str) -> bool {
     origin
         .strip_prefix("http://")
@@ -147,8 +148,10 @@ fn is_loopback_origin(origin: &str) -> bool {
         .is_some_and(is_loopback_authority)
 }
 
-/// Whether `HOST[:PORT]` names this machine: `localhost`, a loopback IPv4 address or
-/// `[::1]`.
+/// Whether `HOST[:PORT]` names this machine: `localhost` or a name under it
+/// (`app.localhost`), a loopback IPv4 address or `[::1]`. Names under `localhost` are
+/// loopback by RFC 6761, and browsers resolve them so without asking DNS, so a rebinding
+/// site cannot take one.
 fn is_loopback_authority(authority: &str) -> bool {
     let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     if let Some(bracketed) = authority.strip_prefix('[') {
@@ -166,10 +169,70 @@ fn is_loopback_authority(authority: &str) -> bool {
         Some(_) => return false,
         None => authority,
     };
-    host.eq_ignore_ascii_case("localhost")
+    is_localhost_name(host)
         || host
             .parse::<std::net::Ipv4Addr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `localhost`, or a DNS name under it (`app.localhost`, `a.b.localhost`).
+fn is_localhost_name(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let Some(labels) = host.strip_suffix("localhost") else {
+        return false;
+    };
+    if labels.is_empty() {
+        return true;
+    }
+    let Some(labels) = labels.strip_suffix('.') else {
+        return false;
+    };
+    labels.split('.').all(|label| {
+        !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
+/// An `--origin` value as the relay compares it with the `Origin` header (lowercase, no
+/// trailing `/`), or `None` when it cannot be an origin. Browsers send `scheme://host[:port]`
+/// for pages of any scheme: web sites (`https://app.example.com`), desktop apps
+/// (`tauri://localhost`, `app://…`) and extensions (`chrome-extension://ID`,
+/// `moz-extension://UUID`); and the literal `null` for pages without one (files, Electron
+/// pages loaded from `file://`, sandboxed frames). A path, user name or query is refused:
+/// no `Origin` header has one, so such an entry would never match.
+pub(crate) fn normalize_origin(origin: &str) -> Option<String> {
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    if origin == "null" {
+        return Some(origin);
+    }
+    let (scheme, authority) = origin.split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let host = match authority.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !host.ends_with(':') =>
+        {
+            host
+        }
+        _ => authority,
+    };
+    let host_ok = if let Some(ip) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        ip.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    (scheme_ok && host_ok).then_some(origin)
 }
 
 #[cfg(test)]
@@ -204,5 +267,72 @@ mod tests {
         assert!(is_loopback_authority("LOCALHOST:7420"));
         assert!(!is_loopback_authority("rebind.evil.example.com:7420"));
         assert!(!is_loopback_authority("localhost:"));
+    }
+
+    /// Names under `localhost` are loopback (RFC 6761): browsers resolve them without DNS.
+    #[test]
+    fn subdomains_of_localhost_are_loopback() {
+        for o in [
+            "http://app.localhost:3000",
+            "https://a.b.localhost",
+            "http://my-app.localhost",
+        ] {
+            assert!(is_loopback_origin(o), "{o}");
+        }
+        assert!(is_loopback_authority("app.localhost:7541"));
+        assert!(is_loopback_authority("App.LocalHost"));
+        for a in [
+            ".localhost",
+            "app..localhost",
+            "-app.localhost",
+            "app.localhost.evil.example.com",
+            "evillocalhost",
+            "app.localhost:",
+            "a_b.localhost",
+        ] {
+            assert!(!is_loopback_authority(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn origins_of_any_scheme_and_null_can_be_allowed() {
+        for (given, normalized) in [
+            ("https://App.Example.com/", "https://app.example.com"),
+            ("http://localhost:3000", "http://localhost:3000"),
+            ("tauri://localhost", "tauri://localhost"),
+            (
+                "chrome-extension://abcdefghijklmnop",
+                "chrome-extension://abcdefghijklmnop",
+            ),
+            (
+                "moz-extension://6f1e2d3c-0000-4a5b-9c8d-123456789abc",
+                "moz-extension://6f1e2d3c-0000-4a5b-9c8d-123456789abc",
+            ),
+            ("app://my.app", "app://my.app"),
+            ("vscode-webview+x.y://h", "vscode-webview+x.y://h"),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+            ("null", "null"),
+            ("NULL", "null"),
+        ] {
+            assert_eq!(
+                normalize_origin(given).as_deref(),
+                Some(normalized),
+                "{given}"
+            );
+        }
+        for o in [
+            "app.example.com",
+            "https://",
+            "https://app.example.com/path",
+            "https://user@app.example.com",
+            "https://app.example.com?q",
+            "1app://host",
+            "ht tp://host",
+            "file://",
+            "*",
+            "https://[nope]",
+        ] {
+            assert_eq!(normalize_origin(o), None, "{o}");
+        }
     }
 }

@@ -132,6 +132,7 @@ async fn anonymous_relay_admits_only_local_pages_and_loopback_hosts() {
         "http://localhost:3000",
         "http://127.0.0.1:8080",
         "http://[::1]:5173",
+        "http://app.localhost:3000",
     ] {
         connect_ws_url(relay.addr, &url, None, &[("origin", origin)])
             .await
@@ -159,6 +160,14 @@ async fn anonymous_relay_admits_only_local_pages_and_loopback_hosts() {
     )
     .await
     .expect("localhost is a loopback name");
+    connect_ws_url(
+        relay.addr,
+        &format!("ws://app.localhost:{port}/v1/sync"),
+        None,
+        &[],
+    )
+    .await
+    .expect("names under localhost are loopback (RFC 6761)");
 
     // Queries: refused to other sites, and no CORS header lets any page read an answer.
     let q = http(
@@ -221,5 +230,45 @@ async fn anonymous_relay_admits_listed_origins() {
         .unwrap_err(),
     );
     assert_eq!(status, 403);
+    relay.stop().await;
+}
+
+/// `--origin` takes the origins of desktop apps and extensions (any scheme) and `null`
+/// (Electron pages from file://), as the 403 message suggests: it once refused them at
+/// startup, so the flag the message named could not be given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_of_apps_extensions_and_null_can_be_listed() {
+    let listed = ["tauri://localhost", "chrome-extension://abcdef", "null"];
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::None;
+        c.origins = listed.iter().map(|o| o.to_string()).collect();
+    })
+    .await;
+    let url = relay.ws_url();
+    for origin in listed {
+        connect_ws_url(relay.addr, &url, None, &[("origin", origin)])
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+    }
+    let other = "moz-extension://6f1e2d3c-0000-4a5b-9c8d-123456789abc";
+    let (status, body) = refused(
+        connect_ws_url(relay.addr, &url, None, &[("origin", other)])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 403);
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains(&format!("--origin {other}")), "{message}");
+    relay.stop().await;
+
+    // The flag the message suggests starts a relay that admits that origin.
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::None;
+        c.origins = vec![other.into()];
+    })
+    .await;
+    connect_ws_url(relay.addr, &relay.ws_url(), None, &[("origin", other)])
+        .await
+        .expect("the suggested --origin admits it");
     relay.stop().await;
 }

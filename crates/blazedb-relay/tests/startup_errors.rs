@@ -94,6 +94,7 @@ async fn configuration_errors_are_reported_before_serving() {
         e.contains("idle timeout of 1000 ms must be longer than the ping interval"),
         "{e}"
     );
+    assert!(!e.contains("  "), "{e}");
 
     let e = error(RelayConfig {
         tls: Some(TlsFiles {

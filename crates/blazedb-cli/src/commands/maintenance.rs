@@ -101,7 +101,7 @@ pub fn run_check(ctx: &Context, args: &DbArgs) -> Result<()> {
 
 /// Change the password (or, with `--decrypt`, remove it) and print `{"encrypted": ..}`.
 pub fn run_rekey(ctx: &Context, args: &RekeyArgs) -> Result<()> {
-    let new_password = password::resolve_new(args.new_password_file.as_deref())?;
+    let new_password = password::resolve_new(args.new_password_file.as_deref(), args.decrypt)?;
     let env = password::NEW_PASSWORD_ENV;
     match (&new_password, args.decrypt) {
         (Some(_), true) => {

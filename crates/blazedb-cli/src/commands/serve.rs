@@ -65,9 +65,10 @@ pub struct ServeArgs {
     /// Require client certificates signed by a CA in this PEM file (mutual TLS).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
-    /// Allow browsers from this origin (e.g. https://app.example.com); repeat for more.
-    /// Without any, every origin may connect when credentials are required; without
-    /// credentials, only pages served from this machine (localhost, 127.0.0.1, [::1]) may.
+    /// Allow browsers from this origin (e.g. https://app.example.com, tauri://localhost,
+    /// chrome-extension://ID, or null for pages from file://); repeat for more. Without any,
+    /// every origin may connect when credentials are required; without credentials, only
+    /// pages served from this machine (localhost and names under it, 127.0.0.1, [::1]) may.
     #[arg(long = "origin", value_name = "ORIGIN")]
     pub origins: Vec<String>,
     /// Most connections at once (at least 1).

@@ -12,7 +12,7 @@ use blazedb::sync::snapshot::{import_snapshot_file, write_snapshot_file};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::database::{remove_new_database, Access, Context};
+use crate::database::{remove_new_database, will_create_database, Access, Context};
 use crate::output::Output;
 
 /// `snapshot export|import`.
@@ -67,15 +67,14 @@ fn run_import(ctx: &Context, args: &SnapshotArgs) -> Result<()> {
         Ok(_) => bail!("{} is not a file", args.file.display()),
         Err(e) => bail!("cannot open snapshot file {}: {e}", args.file.display()),
     };
-    let is_new = !args.db.exists();
+    let is_new = will_create_database(&args.db);
     let db = ctx.open(&args.db, Access::CreateIfMissing)?;
     let applied = match import_snapshot_file(&db, &args.file) {
         Ok(applied) => applied,
         Err(e) => {
             // The import is all or nothing: a failed one leaves no new, empty database.
             if is_new {
-                drop(db);
-                remove_new_database(&args.db);
+                remove_new_database(db, &args.db);
             }
             return Err(e.into());
         }

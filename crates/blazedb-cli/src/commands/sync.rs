@@ -99,8 +99,23 @@ pub struct SelectiveArgs {
 pub enum FilterPeer {
     /// Another file on this machine: nothing gives the filter any parameter.
     File,
-    /// A network peer: a relay gives `$auth.*`, the claims of the token presented.
-    Network,
+    /// A network peer presented no token: no peer has claims to give as `$auth.*`.
+    NetworkWithoutToken,
+    /// A network peer presented a token: a relay gives `$auth.*`, its claims (from the
+    /// WebSocket upgrade, or from HELLO on its raw TCP and Unix listeners). `blazedb listen`
+    /// gives none even then; the URL cannot tell it from a relay's raw listener.
+    NetworkWithToken,
+}
+
+impl FilterPeer {
+    /// A network peer, presented `token` (an empty one is none: HELLO then carries none).
+    pub fn network(token: Option<&str>) -> FilterPeer {
+        if token.is_some_and(|t| !t.is_empty()) {
+            FilterPeer::NetworkWithToken
+        } else {
+            FilterPeer::NetworkWithoutToken
+        }
+    }
 }
 
 impl SelectiveArgs {
@@ -118,27 +133,31 @@ impl SelectiveArgs {
         if let Some(filter) = &self.filter {
             let expr = blazedb::query::parse(filter)?;
             let allowed: &[&str] = match peer {
-                FilterPeer::File => &[],
-                FilterPeer::Network => &["auth"],
+                FilterPeer::NetworkWithToken => &["auth"],
+                FilterPeer::File | FilterPeer::NetworkWithoutToken => &[],
             };
             if let Some(name) = crate::commands::query::first_param(expr.root(), allowed) {
                 // A parameter never given is unknown and matches nothing: the replica would
                 // quietly receive nothing.
-                let what = match (peer, name.as_str()) {
+                let why = match (peer, name.as_str()) {
                     (FilterPeer::File, "auth") => "$auth.* is given by a relay, from the \
-                        token's claims; syncing two files has no token"
+                        token's claims; syncing two files has no token: write the value itself"
+                        .to_owned(),
+                    (FilterPeer::NetworkWithoutToken, "auth") => "$auth.* is given by a relay \
+                        from the claims of the token presented, and no token is given: pass \
+                        --token (or set BLAZEDB_TOKEN), or write the value itself"
                         .to_owned(),
                     (FilterPeer::File, _) => {
-                        "the command line has no parameters to give it".to_owned()
+                        "the command line has no parameters to give it: write the value itself"
+                            .to_owned()
                     }
-                    (FilterPeer::Network, _) => "the command line has no parameters to give \
-                        it (a relay gives only $auth.*, the token's claims)"
-                        .to_owned(),
+                    (FilterPeer::NetworkWithoutToken | FilterPeer::NetworkWithToken, _) => {
+                        "the command line has no parameters to give it (a relay gives only \
+                         $auth.*, the token's claims): write the value itself"
+                            .to_owned()
+                    }
                 };
-                return Err(UsageError(format!(
-                    "--where uses ${name}, and {what}: write the value itself"
-                ))
-                .into());
+                return Err(UsageError(format!("--where uses ${name}, and {why}")).into());
             }
         }
         Ok(p)
@@ -165,12 +184,16 @@ impl HeartbeatArgs {
         let (ping, idle) = (self.ping_interval_ms, self.idle_timeout_ms);
         if ping < PING_INTERVAL_MS_MIN {
             return Err(UsageError(format!(
-                "--ping-interval-ms {ping} is too short: give at least {PING_INTERVAL_MS_MIN}                  (the default is {PING_INTERVAL_MS_DEFAULT})"
+                "--ping-interval-ms {ping} is too short: give at least {PING_INTERVAL_MS_MIN} \
+                 (the default is {PING_INTERVAL_MS_DEFAULT})"
             )));
         }
         if idle <= ping {
             return Err(UsageError(format!(
-                "--idle-timeout-ms {idle} must be longer than --ping-interval-ms {ping}, or a                  live peer that is only pinging is taken for dead: give an idle timeout a few                  times the ping interval (the defaults are {IDLE_TIMEOUT_MS_DEFAULT} and                  {PING_INTERVAL_MS_DEFAULT})"
+                "--idle-timeout-ms {idle} must be longer than --ping-interval-ms {ping}, or a \
+                 live peer that is only pinging is taken for dead: give an idle timeout a few \
+                 times the ping interval (the defaults are {IDLE_TIMEOUT_MS_DEFAULT} and \
+                 {PING_INTERVAL_MS_DEFAULT})"
             )));
         }
         Ok(())
@@ -280,7 +303,9 @@ fn peer_url(db_b: &std::path::Path) -> Result<Option<Endpoint>> {
 
 async fn run_network(args: &SyncArgs, endpoint: Endpoint, password: Option<String>) -> Result<()> {
     // Checked before DB_A is opened: a bad filter must not leave a new, empty database.
-    let policy = args.selective.policy(FilterPeer::Network)?;
+    let policy = args
+        .selective
+        .policy(FilterPeer::network(args.token.as_deref()))?;
     let path = args.db_a.clone();
     let options = OpenOptions {
         password,

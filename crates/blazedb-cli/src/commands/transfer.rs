@@ -15,7 +15,7 @@ use blazedb::Database;
 use clap::Args;
 use serde_json::json;
 
-use crate::database::{remove_new_database, Access, Context};
+use crate::database::{remove_new_database, will_create_database, Access, Context};
 use crate::input::{self, RecordInput};
 use crate::limits::{IMPORT_BATCH_BYTES_MAX, IMPORT_LINE_BYTES_MAX};
 use crate::output::Output;
@@ -60,7 +60,7 @@ pub fn run_import(ctx: &Context, args: &ImportArgs) -> Result<()> {
         Box::new(BufReader::new(file))
     };
     blazedb::validate_collection_name(&args.collection)?;
-    let is_new = !args.db.exists();
+    let is_new = will_create_database(&args.db);
     let db = ctx.open(&args.db, Access::CreateIfMissing)?;
     let mut import = Import::new(&db, &args.collection);
     let result = import_lines(&mut import, reader);
@@ -68,8 +68,8 @@ pub fn run_import(ctx: &Context, args: &ImportArgs) -> Result<()> {
     if result.is_err() && is_new && committed_records == 0 {
         // A failed import leaves no new, empty database behind (one whose earlier batches
         // were committed stays: the error says which lines it holds).
-        drop(db);
-        remove_new_database(&args.db);
+        drop(import);
+        remove_new_database(db, &args.db);
     }
     result?;
     let mut out = Output::stdout();

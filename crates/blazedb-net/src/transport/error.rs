@@ -113,11 +113,20 @@ impl TransportError {
 }
 
 /// Whether a failed TLS handshake failed on a certificate: the peer's, which we could not
-/// verify (unknown CA, another name, expired), or ours, which the peer refused. Trying
+/// verify (unknown CA, another name, bad signature), or ours, which the peer refused. Trying
 /// again with the same settings meets the same certificate; a peer that drops the
 /// connection or does not speak TLS (yet) may be restarting, and is tried again.
+///
+/// A certificate outside its validity period is the exception: time fixes it. An expired
+/// server certificate gets renewed (and the server reloaded), and a device that boots
+/// without a real-time clock sees every certificate as not valid yet until its clock is set.
+/// Giving up would leave a replica that never syncs again without a restart; trying again
+/// (with the caller's backoff) resumes by itself. The `certificate_expired` alert is the
+/// same case seen by the peer (RFC 8446: "expired or not currently valid"), whose clock may
+/// be the one not set yet.
 fn certificate_refused(e: &io::Error) -> bool {
     use rustls::AlertDescription as Alert;
+    use rustls::CertificateError as Cert;
     let Some(e) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -125,17 +134,81 @@ fn certificate_refused(e: &io::Error) -> bool {
         return false;
     };
     match e {
+        rustls::Error::InvalidCertificate(
+            Cert::Expired
+            | Cert::ExpiredContext { .. }
+            | Cert::NotValidYet
+            | Cert::NotValidYetContext { .. },
+        ) => false,
         rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => true,
         rustls::Error::AlertReceived(alert) => matches!(
             alert,
             Alert::BadCertificate
                 | Alert::UnsupportedCertificate
                 | Alert::CertificateRevoked
-                | Alert::CertificateExpired
                 | Alert::CertificateUnknown
                 | Alert::UnknownCA
                 | Alert::CertificateRequired
         ),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::UnixTime;
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+
+    fn handshake_failed(e: rustls::Error) -> TransportError {
+        TransportError::TlsHandshake {
+            endpoint: "tls://db.example.com:7541".to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        }
+    }
+
+    #[test]
+    fn a_certificate_outside_its_validity_period_is_tried_again() {
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_800_000_000));
+        for e in [
+            Cert::Expired,
+            Cert::ExpiredContext {
+                time: now,
+                not_after: now,
+            },
+            Cert::NotValidYet,
+            Cert::NotValidYetContext {
+                time: now,
+                not_before: now,
+            },
+        ] {
+            let error = handshake_failed(rustls::Error::InvalidCertificate(e.clone()));
+            assert!(!error.is_permanent(), "{e:?}");
+        }
+        let error = handshake_failed(rustls::Error::AlertReceived(Alert::CertificateExpired));
+        assert!(!error.is_permanent());
+    }
+
+    #[test]
+    fn a_certificate_that_cannot_be_trusted_is_permanent() {
+        for e in [
+            Cert::UnknownIssuer,
+            Cert::NotValidForName,
+            Cert::BadSignature,
+            Cert::BadEncoding,
+            Cert::Revoked,
+        ] {
+            let error = handshake_failed(rustls::Error::InvalidCertificate(e.clone()));
+            assert!(error.is_permanent(), "{e:?}");
+        }
+        for alert in [Alert::UnknownCA, Alert::BadCertificate] {
+            assert!(handshake_failed(rustls::Error::AlertReceived(alert)).is_permanent());
+        }
+        assert!(handshake_failed(rustls::Error::NoCertificatesPresented).is_permanent());
+        // A peer that does not speak TLS (yet) may be restarting.
+        let error = handshake_failed(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        assert!(!error.is_permanent());
     }
 }

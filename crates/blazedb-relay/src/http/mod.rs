@@ -108,9 +108,9 @@ pub(crate) fn check_origin_and_host(
             "host_not_allowed",
             format!(
                 "requests to {} are not served: a relay without authentication answers only \
-                 requests addressed to localhost, 127.0.0.1 or [::1] (another name may be a DNS \
-                 rebinding attack); connect to ws://127.0.0.1:PORT, or require credentials \
-                 with --token or --jwt-secret",
+                 requests addressed to localhost (or a name under it), 127.0.0.1 or [::1] \
+                 (another name may be a DNS rebinding attack); connect to ws://127.0.0.1:PORT, \
+                 or require credentials with --token or --jwt-secret",
                 host.unwrap_or_default()
             ),
         )));
@@ -122,17 +122,27 @@ pub(crate) fn check_origin_and_host(
         return Ok(());
     }
     let origin = origin.unwrap_or_default();
+    // The flag to suggest is the one `--origin` accepts for this origin; a header no
+    // `--origin` can name (a malformed one) gets no suggestion that would fail at startup.
+    let Some(flag) = crate::state::normalize_origin(origin) else {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!(
+                "origin {origin:?} is not allowed: it is not an origin (scheme://host[:port] \
+                 or null) that --origin could name"
+            ),
+        )));
+    };
     let message = if state.origins.is_empty() && !state.auth.required() {
         format!(
             "origin {origin} is not allowed: a relay without authentication lets only pages \
-             served from this machine (localhost, 127.0.0.1, [::1]) connect; start it with \
-             --origin {origin} to allow that site (its pages then read and write the whole \
-             store), or require credentials with --token or --jwt-secret"
+             served from this machine (localhost and names under it, 127.0.0.1, [::1]) \
+             connect; start it with --origin {flag} to allow that site (its pages then read \
+             and write the whole store), or require credentials with --token or --jwt-secret"
         )
     } else {
-        format!(
-            "origin {origin} is not allowed: start the relay with --origin {origin} to allow it"
-        )
+        format!("origin {origin} is not allowed: start the relay with --origin {flag} to allow it")
     };
     Err(Box::new(error(
         StatusCode::FORBIDDEN,
