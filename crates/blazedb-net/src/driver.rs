@@ -196,6 +196,8 @@ pub struct SessionSnapshot {
     /// This side's feed head read just before `caught_up` was evaluated: if the database's
     /// head is past it now, the session has not yet seen the newer commits.
     pub local_seq: Seq,
+    /// How far the peer has acknowledged our feed (`Session::acked`).
+    pub acked: Seq,
     /// The driver finished.
     pub ended: bool,
 }
@@ -739,6 +741,7 @@ impl Driver {
             stats: self.session().stats().clone(),
             caught_up,
             local_seq,
+            acked: self.session().acked(),
             ended: false,
         };
         if let Some(m) = &self.opts.monitor {
@@ -753,6 +756,7 @@ impl Driver {
                 stats: self.session().stats().clone(),
                 caught_up: self.caught_up_at_end,
                 local_seq: self.db.last_seq().unwrap_or(Seq(0)),
+                acked: self.session().acked(),
                 ended: true,
             });
         }

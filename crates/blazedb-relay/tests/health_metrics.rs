@@ -142,7 +142,11 @@ async fn peer_lag_has_bounded_cardinality() {
         .filter(|l| l.starts_with("blazedb_relay_peer_lag_commits{"))
         .count();
     assert_eq!(series, PEER_LAG_TOP_N, "{m}");
-    assert_eq!(metric(&m, "blazedb_relay_peers_lagging"), Some(n as f64));
+    assert_eq!(
+        metric(&m, "blazedb_relay_peers_lagging"),
+        Some(n as f64),
+        "{m}"
+    );
     assert_eq!(
         metric(&m, "blazedb_relay_peer_lag_commits_max"),
         Some(head.0 as f64)

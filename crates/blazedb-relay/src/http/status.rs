@@ -2,7 +2,6 @@
 //! scrape them); neither shows record data. `/metrics` names the node ids of the peers
 //! furthest behind; put the relay behind a proxy that restricts `/metrics` if that matters.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -59,12 +58,6 @@ fn refresh(state: &State) -> Result<(), blazedb::Error> {
             .set(gauge_value(state.db.conflicts(None)?.len() as u64));
     }
     let head = state.db.last_seq()?;
-    let acked: HashMap<_, _> = state
-        .db
-        .peers()?
-        .into_iter()
-        .map(|p| (p.node, p.acked))
-        .collect();
     let lags = state
         .sessions()
         .iter()
@@ -74,7 +67,9 @@ fn refresh(state: &State) -> Result<(), blazedb::Error> {
             let lag = if snap.caught_up {
                 0
             } else {
-                head.0.saturating_sub(acked.get(&peer).map_or(0, |s| s.0))
+                // The session's own cursor: the stored one of a peer being served its first
+                // snapshot holds GC at the snapshot's position before anything is acknowledged.
+                head.0.saturating_sub(snap.acked.0)
             };
             Some((peer.to_string(), lag))
         })

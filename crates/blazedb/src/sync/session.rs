@@ -473,6 +473,12 @@ impl Session {
         self.state == State::Closed
     }
 
+    /// How far the peer has acknowledged applying our feed in this session (or before it,
+    /// as stored for its node when the session began).
+    pub fn acked(&self) -> Seq {
+        self.acked
+    }
+
     /// True when, as far as this side knows, both directions are in sync: the peer told us
     /// it has sent everything (and we applied it), and it acknowledged everything we have.
     pub fn is_caught_up(&self, db: &Database) -> Result<bool, Error> {
