@@ -1271,6 +1271,7 @@ fn schedules_that_once_failed_converge() {
         (5754, false),
         (1366, true),
         (81489, true),
+        (902577, false),
     ] {
         run_seed_perturbed(seed, perturb);
     }

@@ -477,11 +477,14 @@ pub(crate) fn peer_note_key(peer: NodeId, name: &str) -> String {
 /// Peer note of a sync session serving a partial replica: evictions derived from our feed
 /// after this position may not have reached the peer (see `Session::flush_evictions`).
 pub(crate) const NOTE_EVICTS: &str = "evicts_unconfirmed_after";
-/// Peer note beside [`NOTE_EVICTS`]: records where a write of the peer was not applied here
-/// (it lost to a concurrent one, or a write rule refused it), one `id<TAB>collection` per
-/// line (names hold no control characters). Such a write leaves no feed row to derive its
-/// eviction (or the restatement that undoes it) from again, so the unit's transaction names
-/// the record here.
+/// Peer note beside [`NOTE_EVICTS`]: records to judge again for eviction at the peer's next
+/// SUBSCRIBE, one `id<TAB>collection` per line (names hold no control characters). Those
+/// where a write of the peer was not applied here (it lost to a concurrent one, or a write
+/// rule refused it): such a write leaves no feed row to derive its eviction (or the
+/// restatement that undoes it) from again, so the unit's transaction names the record here.
+/// And those named by EVICTs or restatements not yet confirmed: the feed row that made them
+/// due may be gone by then (see `Session::note_view_update`). (The key's name predates the
+/// latter.)
 pub(crate) const NOTE_EVICTS_UNAPPLIED: &str = "evicts_for_unapplied_writes";
 
 /// Set (`Some`) or clear (`None`) a per-peer note inside the caller's transaction.
@@ -1099,9 +1102,25 @@ impl Database {
         Ok(inner.commit()?)
     }
 
+    /// Name `records` in [`NOTE_EVICTS_UNAPPLIED`] and move [`NOTE_EVICTS`] back to `after`
+    /// if it is later or unset, in one transaction: EVICTs or restatements of them are about
+    /// to go to `peer`, and may be lost with the connection.
+    pub(crate) fn note_view_updates_unconfirmed(
+        &self,
+        peer: NodeId,
+        records: &[(String, RecordId)],
+        after: Seq,
+    ) -> Result<()> {
+        let mut inner = self.lock_write()?;
+        note_unapplied_writes_in(&inner, peer, records, after)?;
+        Ok(inner.commit()?)
+    }
+
     /// The records where a write of `peer`, a partial replica, was not applied here (lost or
-    /// refused) since its sessions last confirmed their evictions (noted by
-    /// [`Database::apply_unit_from_partial_replica`]; cleared with the peer note
+    /// refused), and those named by EVICTs or restatements not yet confirmed, since its
+    /// sessions last confirmed their evictions (noted by
+    /// [`Database::apply_unit_from_partial_replica`] and
+    /// [`Database::note_view_updates_unconfirmed`]; cleared with the peer note
     /// `evicts_unconfirmed_after`).
     pub(crate) fn unapplied_writes(&self, peer: NodeId) -> Result<Vec<(String, RecordId)>> {
         unapplied_writes_in(&*self.lock()?, peer)

@@ -2194,9 +2194,9 @@ impl Session {
             return Ok(());
         }
         // Until a later unit is acknowledged, the peer may lose these with the connection
-        // (it acknowledged the unit they follow already): remember from where to derive
-        // them again at its next SUBSCRIBE.
-        self.note_view_update(db)?;
+        // (it acknowledged the unit they follow already): remember them for its next
+        // SUBSCRIBE.
+        self.note_view_update(db, &out)?;
         for chunk in out.chunks(EVICT_BATCH) {
             self.stats.evicts_sent += chunk.len() as u64;
             self.send(
@@ -2231,7 +2231,9 @@ impl Session {
             if self.restate_pending.is_empty() && due.evict.is_empty() && due.deleted.is_empty() {
                 return Ok(());
             }
-            return self.note_view_update(db);
+            let due: Vec<RecordKey> =
+                [due.evict, due.deleted, self.restate_pending.clone()].concat();
+            return self.note_view_update(db, &due);
         }
         if !self.evict_pending.is_empty() {
             self.flush_evictions(now_ms, db)?;
@@ -2242,14 +2244,19 @@ impl Session {
         Ok(())
     }
 
-    /// Before EVICTs or a restatement go out: until the peer confirms them, they may be lost
-    /// with the connection (after the peer acknowledged everything they follow, so nothing
-    /// else brings them again). Store from where `on_subscribe` derives them again.
-    fn note_view_update(&mut self, db: &Database) -> Result<(), Error> {
+    /// Before EVICTs or a restatement of `records` go out: until the peer confirms them, they
+    /// may be lost with the connection (after the peer acknowledged everything they follow,
+    /// so nothing else brings them again). Store from where `on_subscribe` derives them
+    /// again, and the records themselves: the feed may no longer show why they were due. A
+    /// record the peer took out of its view by its own write, which another node then
+    /// deleted (the reset removed the peer's cells, and with them its feed row), looks there
+    /// like a record the peer never held: neither the lost EVICT nor the tombstone reached it,
+    /// and it kept its write outside its view for good (simulation, seed 902577).
+    fn note_view_update(&mut self, db: &Database, records: &[RecordKey]) -> Result<(), Error> {
         let from = self.evicts_note.map_or(self.acked, |n| n.min(self.acked));
-        if self.evicts_note != Some(from) {
-            self.set_evicts_note(db, Some(from))?;
-        }
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        db.note_view_updates_unconfirmed(peer, records, from)?;
+        self.evicts_note = Some(from);
         Ok(())
     }
 
@@ -2340,7 +2347,11 @@ impl Session {
         // It does not move the peer's cursor, so a reconnect would not send it again: noted
         // and confirmed like EVICTs. A lost one left the peer without the fields it lacked
         // for good (simulation, seed 36866 with `BLAZEDB_SIM_PERTURB`).
-        self.note_view_update(db)?;
+        let restated: Vec<RecordKey> = changes
+            .iter()
+            .map(|c| (c.collection.clone(), c.id))
+            .collect();
+        self.note_view_update(db, &restated)?;
         if self.send_changes(&changes, self.sent_through, false, now_ms) {
             self.unacked.push_back(self.sent_through);
         }
