@@ -452,6 +452,25 @@ fn a_unit_too_large_for_memory_is_staged_on_disk_and_applied_whole() {
     );
 }
 
+/// Pump a new pair of sessions until B has staged part of A's unit on disk; B's session is
+/// returned in the middle of the unit.
+fn until_b_staged_a_part(a: &Database, b: &Database) -> Session {
+    let mut sa = Session::new(a, cfg(SyncMode::Both), 0).unwrap();
+    let mut sb = Session::new(b, cfg(SyncMode::Both), 0).unwrap();
+    for _ in 0..10_000 {
+        while let Some(f) = sb.poll_transmit(0, b) {
+            sa.handle_bytes(0, &f, a).unwrap();
+        }
+        while let Some(f) = sa.poll_transmit(0, a) {
+            sb.handle_bytes(0, &f, b).unwrap();
+            if sb.stats().unit_parts_staged >= 1 {
+                return sb;
+            }
+        }
+    }
+    panic!("B never staged a part of A's unit");
+}
+
 #[test]
 fn a_unit_cut_off_by_a_disconnect_is_discarded_and_sent_again_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -459,23 +478,9 @@ fn a_unit_cut_off_by_a_disconnect_is_discarded_and_sent_again_whole() {
     a.insert("notes", [("text", "hello")]).unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
     let (hot, ids) = linked_chain(&a, 1_000, 30);
-    // Deliver A's frames until B has staged part of the unit on disk, then drop the link.
-    {
-        let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
-        let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
-        'outer: for _ in 0..10_000 {
-            while let Some(f) = sb.poll_transmit(0, &b) {
-                sa.handle_bytes(0, &f, &a).unwrap();
-            }
-            while let Some(f) = sa.poll_transmit(0, &a) {
-                sb.handle_bytes(0, &f, &b).unwrap();
-                if sb.stats().unit_parts_staged >= 1 {
-                    break 'outer;
-                }
-            }
-        }
-        assert!(sb.stats().unit_parts_staged >= 1);
-    }
+    // Deliver A's frames until B has staged part of the unit on disk, then drop the link
+    // (the session goes without being told: the process died).
+    drop(until_b_staged_a_part(&a, &b));
     assert_eq!(
         check_chain_whole(&b, hot, &ids),
         0,
@@ -508,19 +513,7 @@ fn a_session_cut_off_mid_unit_discards_its_staged_parts() {
     a.insert("notes", [("text", "hello")]).unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
     let (hot, ids) = linked_chain(&a, 1_000, 30);
-    let mut sa = Session::new(&a, cfg(SyncMode::Both), 0).unwrap();
-    let mut sb = Session::new(&b, cfg(SyncMode::Both), 0).unwrap();
-    'outer: for _ in 0..10_000 {
-        while let Some(f) = sb.poll_transmit(0, &b) {
-            sa.handle_bytes(0, &f, &a).unwrap();
-        }
-        while let Some(f) = sa.poll_transmit(0, &a) {
-            sb.handle_bytes(0, &f, &b).unwrap();
-            if sb.stats().unit_parts_staged >= 1 {
-                break 'outer;
-            }
-        }
-    }
+    let mut sb = until_b_staged_a_part(&a, &b);
     assert!(unit_rows(&dir.path().join("b.db")) >= 1);
     sb.transport_closed(1, &b);
     assert_eq!(unit_rows(&dir.path().join("b.db")), 0);
