@@ -461,3 +461,29 @@ fn for_each_callback_may_write_the_database() {
         assert_eq!(rec.rev, 2);
     }
 }
+
+/// Processes (here: threads with handles of their own) opening the same new file at once:
+/// each step of creating the schema now takes the write lock and looks again, so every
+/// opener succeeds on the one database (one failed with `table meta already exists`).
+#[test]
+fn openers_of_one_new_file_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..10 {
+        let path = dir.path().join(format!("race-{round}.db"));
+        let gate = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let (path, gate) = (path.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    gate.wait();
+                    Database::open(&path, OpenOptions::default()).map(|db| db.node_id())
+                })
+            })
+            .collect();
+        let nodes: Vec<_> = openers
+            .into_iter()
+            .map(|t| t.join().unwrap().expect("every opener succeeds"))
+            .collect();
+        assert!(nodes.windows(2).all(|w| w[0] == w[1]), "{nodes:?}");
+    }
+}

@@ -261,11 +261,13 @@ pub(crate) fn open(
         | OpenFlags::SQLITE_OPEN_CREATE;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
+    // Before the first read: another process creating the file holds its lock now, and a
+    // read without a busy handler fails at once with "database is locked".
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
     let (tables, key, kind) = keyed_first_read(&conn, path, password, kind)?;
     let err = |e: rusqlite::Error| sql_err(&p, e, &kind, password.is_some());
     let tables = tables.map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(err)?;
     if tables > 0 {
         // Before anything below changes the file (WAL mode is written into its header): an
         // SQLite file of another application is refused as it was found.
@@ -281,8 +283,21 @@ pub(crate) fn open(
             });
         }
     }
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(err)?;
+    // Switching a new file to WAL needs it to itself, and SQLite answers "database is
+    // locked" at once rather than through the busy handler when another process is opening
+    // (or creating) the same file: wait for it here, within the same bound.
+    let wal_deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < wal_deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            r => break r.map_err(err)?,
+        }
+    }
     // WAL + NORMAL: a commit that returned survives a process crash (kill -9); only an OS
     // crash or power loss can lose the last commits. Options::sync_full trades speed for that.
     conn.pragma_update(None, "synchronous", "NORMAL")
@@ -302,21 +317,36 @@ pub(crate) fn open(
         .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(64);
 
+    // Another process may be creating or migrating the same file at this moment: each step
+    // takes the write lock first (BEGIN IMMEDIATE waits for it, up to the busy timeout) and
+    // looks again under it, so the second opener finds the work done instead of failing on
+    // `table meta already exists` or a duplicate column.
+    fn immediate(conn: &rusqlite::Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+    }
     if tables == 0 {
-        let node = node_for_new_file.unwrap_or_else(NodeId::random);
-        let tx = conn.unchecked_transaction().map_err(err)?;
-        schema::create(&tx, &node.0, now_ms).map_err(err)?;
+        let tx = immediate(&conn).map_err(err)?;
+        let tables: i64 = tx
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(err)?;
+        if tables == 0 {
+            let node = node_for_new_file.unwrap_or_else(NodeId::random);
+            schema::create(&tx, &node.0, now_ms).map_err(err)?;
+            tx.commit().map_err(err)?;
+            return Ok(Opened { conn, node, key });
+        }
+        // Created meanwhile by another process: open it as an existing file.
         tx.commit().map_err(err)?;
-        return Ok(Opened { conn, node, key });
     }
 
-    let format: u32 = conn
-        .query_row(
+    let read_format = |conn: &rusqlite::Connection| -> rusqlite::Result<u32> {
+        conn.query_row(
             "SELECT value FROM meta WHERE key = 'format_version'",
             [],
             |r| r.get(0),
         )
-        .map_err(err)?;
+    };
+    let format = read_format(&conn).map_err(err)?;
     if format > schema::FORMAT_VERSION {
         return Err(OpenError::NewerFormat {
             path: p,
@@ -335,7 +365,12 @@ pub(crate) fn open(
         .enumerate()
         .skip(format as usize - 1)
     {
-        let tx = conn.unchecked_transaction().map_err(err)?;
+        let tx = immediate(&conn).map_err(err)?;
+        if read_format(&tx).map_err(err)? > i as u32 + 1 {
+            // Another process ran this step meanwhile.
+            tx.commit().map_err(err)?;
+            continue;
+        }
         tx.execute_batch(step).map_err(err)?;
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
