@@ -71,3 +71,27 @@ fn every_entry_has_its_version() {
         assert_eq!(entry["seq"], 1);
     }
 }
+
+/// A cell's creation rebuilt from the value its overwrite replaced has no known feed
+/// position: `seq` is null there, never 0 (no commit is at 0), and a real position elsewhere.
+#[test]
+fn a_rebuilt_creation_has_no_seq() {
+    let db = TestDb::new();
+    let id = db.put("bugs", r#"{"title": "Crash"}"#);
+    db.run("update", &["bugs", &id, r#"{"title": "Crash on start"}"#])
+        .success();
+    db.run("update", &["bugs", &id, r#"{"title": "Crash on save"}"#])
+        .success();
+    let history = db.run("history", &["bugs", &id]).success().json_lines();
+    assert!(history.iter().all(|e| e["seq"] != json!(0)), "{history:?}");
+    assert!(
+        history.iter().any(|e| e["seq"].is_null()),
+        "the first title's creation is rebuilt: {history:?}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|e| e["seq"].as_u64().is_some_and(|s| s >= 2)),
+        "{history:?}"
+    );
+}

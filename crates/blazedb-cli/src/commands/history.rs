@@ -28,7 +28,9 @@ pub fn run(ctx: &Context, args: &RecordArgs) -> Result<()> {
             "hlc": e.version.hlc.to_string(),
             "time": wall_time(e.version.hlc),
             "node": e.version.node.to_string(),
-            "seq": e.seq.0,
+            // 0 is never a feed position: the entry was rebuilt from the value its
+            // overwrite replaced, and where it was stored is not known.
+            "seq": (e.seq.0 > 0).then_some(e.seq.0),
         }))?;
     }
     Ok(out.finish()?)

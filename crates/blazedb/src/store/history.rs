@@ -61,7 +61,8 @@ pub struct HistoryEntry {
     pub op: &'static str,
     /// When and where it was written.
     pub version: Version,
-    /// Local feed position of the commit that stored it.
+    /// Local feed position of the commit that stored it; `Seq(0)` (never a position) when
+    /// it is not known: the creation of a cell rebuilt from the value its overwrite replaced.
     pub seq: Seq,
     /// When this node recorded it (ms since the epoch).
     pub recorded_ms: u64,
