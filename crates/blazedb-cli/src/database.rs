@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use blazedb::{Database, OpenOptions, Seq};
+use blazedb::{Database, OpenOptions};
 
 use crate::password;
 
@@ -79,8 +79,7 @@ pub fn will_create_database(path: &Path) -> bool {
 /// opened the same new file meanwhile shows.
 pub fn is_untouched(db: &Database) -> Result<bool> {
     let stats = db.stats()?;
-    Ok(db.last_seq()? == Seq(0)
-        && stats.last_seq == 0
+    Ok(stats.last_seq == 0
         && stats.feed_rows == 0
         && stats.history_entries == 0
         && stats

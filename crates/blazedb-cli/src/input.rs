@@ -78,7 +78,10 @@ fn check_integer_literals(text: &str) -> Result<(), String> {
                 if is_integer && literal.parse::<i64>().is_err() {
                     // The key as written, escapes decoded, the way `record` and `patch` name it.
                     let name = serde_json::from_str::<String>(field).unwrap_or_default();
-                    return Err(format!("field {name:?}: {}", beyond_64_bits(literal)));
+                    return Err(format!(
+                        "field {name:?}: {}",
+                        blazedb::codec::json::integer_beyond_64_bits(literal)
+                    ));
                 }
                 continue;
             }
@@ -87,14 +90,6 @@ fn check_integer_literals(text: &str) -> Result<(), String> {
         i += 1;
     }
     Ok(())
-}
-
-/// The same words as the codec's refusal of an integer in 2^63..2^64-1.
-fn beyond_64_bits(literal: &str) -> String {
-    format!(
-        "integer {literal} is beyond the 64-bit range (±9223372036854775807): store it as a \
-         string, or as a float written with a decimal point"
-    )
 }
 
 /// A record from a JSON object: `"_id"` (a UUID string or `{"$uuid": ..}`) is the id, every

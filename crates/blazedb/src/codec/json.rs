@@ -60,6 +60,15 @@ fn tagged(tag: &str, v: Json) -> Json {
     Json::Object(m)
 }
 
+/// The refusal of an integer literal outside the signed 64-bit range (as written): stored,
+/// it would become a float that is not the number written.
+pub fn integer_beyond_64_bits(literal: &str) -> String {
+    format!(
+        "integer {literal} is beyond the 64-bit range (±9223372036854775807): store it as a \
+         string, or as a float written with a decimal point"
+    )
+}
+
 /// Convert JSON to a value. Errors say which typed form was malformed.
 pub fn from_json(j: &Json) -> Result<Value, String> {
     from_json_at(j, 0)
@@ -76,12 +85,7 @@ fn from_json_at(j: &Json, depth: usize) -> Result<Value, String> {
             Some(i) => Value::Int(i),
             // An integer beyond the signed 64-bit range would silently become a float that
             // is not the number written (the query parser refuses it too).
-            None if n.is_u64() => {
-                return Err(format!(
-                    "integer {n} is beyond the 64-bit range (±9223372036854775807): store it \
-                     as a string, or as a float written with a decimal point"
-                ))
-            }
+            None if n.is_u64() => return Err(integer_beyond_64_bits(&n.to_string())),
             None => Value::Float(
                 n.as_f64()
                     .ok_or_else(|| format!("number {n} out of range"))?,

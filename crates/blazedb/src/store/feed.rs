@@ -661,7 +661,7 @@ impl Database {
         cells_max: usize,
         exclude_src: Option<NodeId>,
     ) -> Result<ChangeBatch> {
-        self.read_changes(since, cells_max, exclude_src, false)
+        self.read_changes(since, cells_max, exclude_src, false, false)
             .map(|(b, _)| Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()))
     }
 
@@ -674,7 +674,7 @@ impl Database {
         cells_max: usize,
         exclude_src: Option<NodeId>,
     ) -> Result<Arc<ChangeBatch>> {
-        self.read_changes(since, cells_max, exclude_src, true)
+        self.read_changes(since, cells_max, exclude_src, true, false)
             .map(|(b, _)| b)
     }
 
@@ -688,23 +688,30 @@ impl Database {
         cells_max: usize,
         exclude_src: Option<NodeId>,
     ) -> Result<(Arc<ChangeBatch>, Seq)> {
-        self.read_changes(since, cells_max, exclude_src, true)
+        self.read_changes(since, cells_max, exclude_src, true, true)
+            .map(|(b, h)| (b, h.expect("asked for")))
     }
 
-    /// A page of the feed and the GC horizon, from one snapshot of the file.
+    /// A page of the feed and, when `with_horizon`, the GC horizon, from one snapshot of the
+    /// file.
     fn read_changes(
         &self,
         since: Seq,
         cells_max: usize,
         exclude_src: Option<NodeId>,
         keep: bool,
-    ) -> Result<(Arc<ChangeBatch>, Seq)> {
+        with_horizon: bool,
+    ) -> Result<(Arc<ChangeBatch>, Option<Seq>)> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         let mut inner = self.lock()?;
         // `lock` brought the caches up to date with the file: a cached read of this state
         // is what a read now would return.
         let state = inner.feed_state();
-        let horizon = super::gc::horizon_in(&mut inner)?;
+        let horizon = if with_horizon {
+            Some(super::gc::horizon_in(&mut inner)?)
+        } else {
+            None
+        };
         let ex = exclude_src
             .and_then(|n| inner.nodes.known(&n))
             .map(|i| i as i64 + 1);

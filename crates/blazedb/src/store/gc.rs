@@ -532,7 +532,6 @@ fn measure(inner: &Inner) -> Result<SyncMetadata> {
     Ok(m)
 }
 
-/// A numeric `meta` value; a missing key reads as 0.
 /// `meta.gc_horizon` in `inner`'s snapshot (cached per state of the file: sync sessions ask
 /// with every feed read).
 pub(super) fn horizon_in(inner: &mut Inner) -> Result<Seq> {
@@ -547,6 +546,7 @@ pub(super) fn horizon_in(inner: &mut Inner) -> Result<Seq> {
     Ok(h)
 }
 
+/// A numeric `meta` value; a missing key reads as 0.
 fn meta_u64(inner: &Inner, key: &str) -> Result<u64> {
     let v: Option<i64> = inner
         .conn

@@ -2096,12 +2096,11 @@ impl Session {
             if feed_collected_past(self.sent_through, horizon)
                 && !self.peer.as_ref().is_some_and(|p| p.server)
             {
+                // Inside a unit: finish it first (the peer applies units whole).
+                self.replacing_snapshot_due = true;
                 if !in_unit && !self.unit_open {
-                    self.replacing_snapshot_due = true;
                     return self.fill(now_ms, db);
                 }
-                // Inside a unit: finish it (the peer applies units whole), then replace.
-                self.replacing_snapshot_due = true;
             }
             self.page_cells = if shared.more { page * 2 } else { batch_cells };
             let mut filtered;
