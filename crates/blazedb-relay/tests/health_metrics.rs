@@ -121,6 +121,7 @@ async fn peer_lag_has_bounded_cardinality() {
             from: Seq(0),
             policy: Default::default(),
             snapshot: Default::default(),
+            acked: Seq(0),
         })
         .await
         .unwrap();

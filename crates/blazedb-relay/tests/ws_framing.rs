@@ -54,6 +54,7 @@ async fn one_frame_per_binary_message() {
             from: Seq(0),
             policy: Default::default(),
             snapshot: Default::default(),
+            acked: Seq(0),
         },
     );
     ws.send(WsMessage::binary(subscribe)).await.unwrap();

@@ -76,8 +76,9 @@ pub const IMPORT_BATCH_RECORDS: usize = 10_000;
 // ---- Protocol ----
 
 /// Protocol version spoken by this build (HELLO). Version 2 added selective sync (a policy in
-/// SUBSCRIBE, EVICT) and snapshots (SNAPSHOT_BEGIN / CHUNK / END).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// SUBSCRIBE, EVICT) and snapshots (SNAPSHOT_BEGIN / CHUNK / END); version 3 added `acked` to
+/// SUBSCRIBE (a peer restored from a backup gets its own lost writes back).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Collections one sync policy may list.
 pub const POLICY_COLLECTIONS_MAX: usize = 1024;
 /// Fields one sync policy may exclude.

@@ -726,6 +726,7 @@ fn a_client_cannot_make_the_server_evict_its_records() {
             from: server.last_seq().unwrap(),
             policy: SyncPolicy::everything(),
             snapshot: SnapshotWish::No,
+            acked: blazedb::Seq(0),
         },
         Message::Evict {
             records: vec![("notes".into(), note), ("secrets".into(), secret)],

@@ -197,7 +197,7 @@ fn hello_and_subscribe_are_frames_0_and_1_of_one_direction() {
     let v = vectors();
     let (hello, subscribe) = (bytes_of(&v, "hello"), bytes_of(&v, "subscribe"));
     let want_hello = Message::Hello(Hello {
-        version: 2,
+        version: 3,
         node: A,
         last_seq: Seq(42),
         mode: SyncMode::Both,
@@ -213,6 +213,7 @@ fn hello_and_subscribe_are_frames_0_and_1_of_one_direction() {
             exclude_fields: vec!["blob".into()],
         },
         snapshot: blazedb::sync::SnapshotWish::No,
+        acked: Seq(5),
     };
 
     let mut dec = FrameDecoder::default();

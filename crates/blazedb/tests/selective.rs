@@ -335,6 +335,7 @@ fn an_invalid_policy_is_refused_with_a_clear_error() {
             from: Seq(0),
             policy: bad,
             snapshot: SnapshotWish::No,
+            acked: Seq(0),
         },
     ] {
         let (k, p) = encode_simple(&m);

@@ -211,6 +211,11 @@ pub enum Message {
         policy: SyncPolicy,
         /// Whether the receiver asks for a snapshot first.
         snapshot: SnapshotWish,
+        /// How far the subscriber has recorded the peer's acknowledgements of the
+        /// subscriber's own feed (0 if never). Below what the peer received from it, the
+        /// subscriber's file is older than the one that sent those changes (restored from a
+        /// backup): the peer then sends it back its own cells too (PROTOCOL.md §8.2).
+        acked: Seq,
     },
     /// EVICT: drop the local copy of these records (no tombstone; they left the view).
     Evict {
@@ -315,6 +320,7 @@ pub fn encode_simple(m: &Message) -> (u8, Vec<u8>) {
             from,
             policy,
             snapshot,
+            acked,
         } => {
             write_u64(&mut p, from.0);
             policy.encode(&mut p);
@@ -335,6 +341,7 @@ pub fn encode_simple(m: &Message) -> (u8, Vec<u8>) {
                     p.extend_from_slice(&last.1 .0);
                 }
             }
+            write_u64(&mut p, acked.0);
             kind::SUBSCRIBE
         }
         Message::Evict { records } => {
@@ -456,6 +463,7 @@ pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
                 },
                 b => return Err(DecodeError::Malformed(format!("bad snapshot flag {b}"))),
             },
+            acked: Seq(r.varint()?),
         },
         kind::EVICT => {
             let n = r.count("evicted records", EVICT_RECORDS_MAX, 17)?;

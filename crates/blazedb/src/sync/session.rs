@@ -275,6 +275,9 @@ pub struct Session {
     /// record as it was here (see `filter_view`).
     unit_from: Seq,
     unacked: VecDeque<Seq>,
+    /// Until the feed is sent this far, the peer's own cells go too: its file was restored
+    /// from an older copy and may lack writes of its own that we hold (see `on_subscribe`).
+    echo_until: Seq,
     /// Cells to ask the feed for next: the configured batch, doubled after each page that
     /// left more behind (a peer that fell behind takes fewer, larger units, each applied in
     /// one transaction), back to the batch once a page reaches the head.
@@ -397,6 +400,7 @@ impl Session {
             unit_until: Seq(0),
             unit_from: Seq(0),
             unacked: VecDeque::new(),
+            echo_until: Seq(0),
             page_cells: 0,
             unit_open: false,
             acked: Seq(0),
@@ -513,9 +517,17 @@ impl Session {
         if self.sent_through >= db.last_seq()? {
             return Ok(true);
         }
-        let peer = self.peer.as_ref().map(|p| p.node);
-        let batch = db.changes_since_shared(self.sent_through, 1, peer)?;
+        let batch = db.changes_since_shared(self.sent_through, 1, self.feed_exclusion())?;
         Ok(batch.changes.is_empty() && !batch.more)
+    }
+
+    /// Whose cells the feed read for the peer skips: the peer's own (it has them, or
+    /// something newer), unless its file was restored and they are being sent back.
+    fn feed_exclusion(&self) -> Option<NodeId> {
+        if self.sent_through < self.echo_until {
+            return None;
+        }
+        self.peer.as_ref().map(|p| p.node)
     }
 
     /// Feed received bytes. On a protocol error the session queues an ERROR frame for the
@@ -681,8 +693,9 @@ impl Session {
                     from,
                     policy,
                     snapshot,
+                    acked,
                 },
-            ) => self.on_subscribe(now_ms, from, policy, snapshot, db),
+            ) => self.on_subscribe(now_ms, (from, acked), policy, snapshot, db),
             (
                 State::Open,
                 Message::Changes {
@@ -924,12 +937,18 @@ impl Session {
                 self.evict_outside_own_filter(peer, acked, db)
                     .map_err(|e| self.internal(e, now_ms))?;
             }
+            // What we recorded of the peer's ACKs: less than it received from us says our
+            // file is older than the one that sent it (restored), see `on_subscribe`.
+            let acked = db
+                .peer_cursor(peer, PeerDirection::Acked)
+                .map_err(|e| self.internal(e, now_ms))?;
             self.subscriptions_sent += 1;
             self.send(
                 &Message::Subscribe {
                     from,
                     policy: self.cfg.policy.clone(),
                     snapshot,
+                    acked,
                 },
                 now_ms,
             );
@@ -1086,6 +1105,8 @@ impl Session {
                 from: self.received_through,
                 policy: self.cfg.policy.clone(),
                 snapshot: SnapshotWish::Want,
+                // Only a session's first SUBSCRIBE is judged for a restore.
+                acked: self.acked,
             },
             now_ms,
         );
@@ -1111,7 +1132,7 @@ impl Session {
     fn on_subscribe(
         &mut self,
         now_ms: u64,
-        from: Seq,
+        (from, acked_there): (Seq, Seq),
         policy: SyncPolicy,
         wish: SnapshotWish,
         db: &Database,
@@ -1147,13 +1168,46 @@ impl Session {
                 db.gc_horizon()?,
                 notes,
                 db.peer_cursor(peer, PeerDirection::Received)?,
+                db.peer_cursor(peer, PeerDirection::Acked)?,
             ))
         };
-        let (head, horizon, (stored_view, evicts_note), received_from_peer) =
+        let (head, horizon, (stored_view, evicts_note), received_from_peer, acked_here) =
             read(db).map_err(|e| self.internal(e, now_ms))?;
-        // A cursor past our head means our file is older than the one the peer synced
-        // with (restored from a backup): start over; apply is idempotent.
-        let from = if from > head { Seq(0) } else { from };
+        // Restored files. The peer stores its cursor with the apply and only then ACKs, so
+        // how far we recorded its acknowledgements (`acked_here`, 0 if never) is at most what
+        // it holds, give or take ACKs lost or not yet stored when a process died.
+        //
+        // A cursor past our head means our file is older than the one the peer synced with
+        // (restored from a backup): start over; apply is idempotent. A cursor past our
+        // record means the same once our feed has grown past the peer's cursor again: the
+        // positions between hold commits of our new history that the peer never received, so
+        // it resumes from our record (after a lost ACK that re-sends a little, harmlessly).
+        let claimed = from;
+        let from = if from > head {
+            Seq(0)
+        } else if acked_here > Seq(0) && from > acked_here {
+            acked_here
+        } else {
+            from
+        };
+        // The peer's file is older than the one we synced with (restored) when its cursor is
+        // below our record of its ACKs, or its record of our ACKs (`acked_there`) is below
+        // what we received from it. Writes of its own may then be lost with the newer file,
+        // and the feed never sends a peer its own cells: up to our head, it gets them back.
+        // (After a crash that lost a second of noted cursors this sends back a little that
+        // the peer still has; applying it changes nothing.)
+        //
+        // Not to a relay: what we send it back includes other users' writes that came to us
+        // through it, which its write rules would judge with our rights, refuse, and restate
+        // over everyone's copy. A restored relay gets each client's writes from the client's
+        // own feed, which resumes from the relay's older cursor.
+        let peer_is_server = self.peer.as_ref().is_some_and(|p| p.server);
+        if self.peer_from.is_none()
+            && !peer_is_server
+            && (claimed < acked_here || acked_there < received_from_peer)
+        {
+            self.echo_until = head;
+        }
         let view = format!(
             "{}#{}",
             policy.fingerprint(),
@@ -1268,7 +1322,6 @@ impl Session {
             SnapshotWish::No => {
                 // A new peer (not a relay: what a client pushes to a relay goes through its
                 // write rules unit by unit) gets the view faster as a snapshot.
-                let peer_is_server = self.peer.as_ref().is_some_and(|p| p.server);
                 // Only to an empty peer, and not when we hold data of the peer itself: a
                 // snapshot would send that back (the feed skips it).
                 let peer_empty = self.peer.as_ref().is_some_and(|p| p.last_seq == Seq(0));
@@ -1691,6 +1744,10 @@ impl Session {
             self.received_through = seq;
             self.note_cursors(db, false)
                 .map_err(|e| self.internal(e, now_ms))?;
+            // Acknowledged like a unit, so that the peer's record of what we hold of its feed
+            // keeps up with our cursor: below it, the peer would take our file for one
+            // restored from an older copy (PROTOCOL.md §8.2) and send our own changes back.
+            self.send(&Message::Ack { seq }, now_ms);
         }
         Ok(())
     }
@@ -2089,8 +2146,11 @@ impl Session {
             let page = self
                 .page_cells
                 .clamp(batch_cells, batch_cells * LAGGING_PAGE_BATCHES_MAX);
-            let (shared, horizon) =
-                db.changes_since_shared_and_horizon(self.sent_through, page, peer)?;
+            let (shared, horizon) = db.changes_since_shared_and_horizon(
+                self.sent_through,
+                page,
+                self.feed_exclusion(),
+            )?;
             // After a snapshot (which holds the peer from its position on) as anywhere else.
             // A relay refuses snapshots: it keeps the feed (GC never lets one expire).
             if feed_collected_past(self.sent_through, horizon)

@@ -59,6 +59,7 @@ impl MiniSession {
             from: Seq(0),
             policy: SyncPolicy::default(),
             snapshot: SnapshotWish::No,
+            acked: Seq(0),
         })
     }
 
