@@ -83,6 +83,30 @@ fn listen_and_sync_once_over_tcp_converge() {
 }
 
 #[test]
+fn a_filter_on_auth_claims_is_refused_by_a_listen_peer() {
+    // `blazedb listen` checks a static token: it has no claims to give as `$auth.*`, so such
+    // a filter would match nothing and the replica would stay empty without a word.
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, a) = (dir.path().join("hub.db"), dir.path().join("a.db"));
+    put(&hub, "notes", r#"{"owner": "ann"}"#);
+    let (_listener, url) = start_listener(&hub, &["--tcp", "127.0.0.1:0", "--token", "t0k"], None);
+    let (ok, _, err) = sync_once(
+        &a,
+        &url,
+        &["--token", "t0k", "--where", "owner == $auth.sub"],
+    );
+    assert!(!ok, "a filter that can match nothing was accepted");
+    assert!(
+        err.starts_with("error: ") && err.contains("$auth") && err.contains("InvalidPolicy"),
+        "{err}"
+    );
+    // The same filter with the value written out works.
+    let (ok, report, err) = sync_once(&a, &url, &["--token", "t0k", "--where", "owner == \"ann\""]);
+    assert!(ok, "{err}");
+    assert_eq!(report["received"]["cells_applied"], 2, "{report}");
+}
+
+#[test]
 fn listen_and_sync_once_over_a_unix_socket_converge() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, a) = (dir.path().join("hub.db"), dir.path().join("a.db"));

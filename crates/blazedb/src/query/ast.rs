@@ -125,6 +125,26 @@ impl Node {
         }
     }
 
+    /// Add the names of the parameters this node reads (`auth` for `$auth.sub`) to `out`.
+    pub fn collect_params(&self, out: &mut BTreeSet<String>) {
+        match self {
+            Node::Param { name, .. } => {
+                out.insert(name.clone());
+            }
+            Node::Literal(_) | Node::RecordId | Node::Field(_) => {}
+            Node::List(items) | Node::And(items) | Node::Or(items) => {
+                for n in items {
+                    n.collect_params(out);
+                }
+            }
+            Node::Not(n) | Node::Exists(n) => n.collect_params(out),
+            Node::Binary { lhs, rhs, .. } => {
+                lhs.collect_params(out);
+                rhs.collect_params(out);
+            }
+        }
+    }
+
     /// Binding strength when printed, to know where parentheses are needed.
     fn precedence(&self) -> u8 {
         match self {

@@ -157,6 +157,13 @@ impl Expr {
         out
     }
 
+    /// The names of the parameters it reads (`auth` for `$auth.sub`).
+    pub fn params(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        self.root.collect_params(&mut out);
+        out
+    }
+
     /// Plan an index scan: ranges over one indexed top-level field (`indexed(name)` says which
     /// fields have an index) such that every matching record has that field, with a value in
     /// one of the ranges. The caller still evaluates [`Expr::matches`] on each fetched row: the

@@ -198,6 +198,11 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// The parameters its filter reads (`auth` for `$auth.sub`), which the sender must give.
+    pub fn params(&self) -> BTreeSet<String> {
+        self.filter.as_ref().map(Expr::params).unwrap_or_default()
+    }
+
     /// Whether the collection is in the view.
     pub fn allows_collection(&self, collection: &str) -> bool {
         self.collections

@@ -1156,6 +1156,24 @@ impl Session {
             Ok(c) => c,
             Err(m) => return Err(self.fail(ErrorCode::InvalidPolicy, m, now_ms)),
         };
+        // A parameter we do not give would make the filter match nothing, silently: a peer
+        // that is not a relay with token authentication has no `$auth` to give.
+        let given = self.view_params();
+        if let Some(missing) = compiled
+            .params()
+            .into_iter()
+            .find(|p| !given.contains_key(p))
+        {
+            let message = if missing == "auth" {
+                "the sync filter uses $auth.*, the claims of a token that a relay verified; \
+                 this peer is not such a relay (e.g. `blazedb listen`), so no record would \
+                 ever match: write the value itself"
+                    .to_owned()
+            } else {
+                format!("the sync filter uses ${missing}, which this peer does not give")
+            };
+            return Err(self.fail(ErrorCode::InvalidPolicy, message, now_ms));
+        }
         self.subscriptions_received += 1;
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
         let read = |db: &Database| -> Result<_, Error> {
