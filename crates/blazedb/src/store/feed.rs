@@ -64,7 +64,7 @@ pub struct ApplyOutcome {
     /// it changed anything. Every feed row there came from the sender, so none of them is
     /// ever sent back to it (a sync session passes over them without reading the feed).
     /// Writes the apply makes on this node's behalf (restated refusals, server-priority
-    /// values) commit after it, at later positions.
+    /// values) commit in the same transaction, at later positions, as written here.
     pub sender_seqs: Option<(Seq, Seq)>,
     /// Records where a write of a partial replica lost without being applied (only
     /// [`Database::apply_unit_from_partial_replica`] tracks them), noted for the peer.
@@ -188,6 +188,49 @@ fn apply_segment(
                 None => tx.store_conflict(i, &winner, &loser)?,
             }
             state.ignored.push(record);
+        }
+    }
+    Ok(())
+}
+
+/// Server priority: a value of ours that a peer's concurrent write overwrote here, to be
+/// written again.
+struct Reassertion {
+    collection: String,
+    id: RecordId,
+    field: String,
+    value: Value,
+    /// The version our value had (the conflict recorded names it as the loser).
+    overwritten: Version,
+}
+
+/// Bring the writer of each refused change back to our version: write our copy again with
+/// new versions (an insert resets every older cell, so fields the writer added go too), or
+/// a fresh tombstone where we have no copy. Part of the unit's transaction, after
+/// [`super::Tx::begin_local_writes_after_received`].
+fn restate_refused(tx: &mut super::Tx<'_>, refused: &[crate::sync::Rejection]) -> Result<()> {
+    for r in refused {
+        tx.restate(&r.collection, r.id)?;
+        // As many as the unit refused: memory holds one part of them, as for the unit.
+        if tx.unspilled() >= UNIT_SPILL_RECORDS {
+            tx.spill()?;
+        }
+    }
+    Ok(())
+}
+
+/// Server priority: write the server's values again, as new local writes that sync out to
+/// everyone (the peer's values stay on record as conflict losers, relabelled so). Part of
+/// the unit's transaction, after [`super::Tx::begin_local_writes_after_received`].
+fn reassert_server_values(tx: &mut super::Tx<'_>, reassert: &[Reassertion]) -> Result<()> {
+    for r in reassert {
+        if tx.get(&r.collection, r.id)?.is_some() {
+            let patch = super::Patch::new().set(r.field.clone(), r.value.clone());
+            tx.update(&r.collection, r.id, patch)?;
+            tx.relabel_reasserted_conflict(&r.collection, r.id, &r.field, r.overwritten)?;
+        }
+        if tx.unspilled() >= UNIT_SPILL_RECORDS {
+            tx.spill()?;
         }
     }
     Ok(())
@@ -753,7 +796,9 @@ impl Database {
     /// [`Database::apply_changes`] with access control: a transaction (group) with any
     /// change that `access` refuses is skipped whole and reported; the refused records are
     /// then written again here as they are (or deleted again, if this node never had them),
-    /// with new versions, so the writer's copy comes back to this node's version.
+    /// with new versions, so the writer's copy comes back to this node's version. That write
+    /// is part of the same transaction (durable with the cursor), at a feed position after
+    /// the changes', and is sent to `from` like any write made here.
     pub fn apply_changes_checked(
         &self,
         from: NodeId,
@@ -850,9 +895,6 @@ impl Database {
         }
         drop(inner);
         let server = self.is_server();
-        // Server priority: (collection, record, field, our value, its version) of each value
-        // of ours that a peer's concurrent write overwrote here.
-        let mut reassert: Vec<(String, RecordId, String, Value, Version)> = Vec::new();
         let mut state = UnitApply::default();
         let mut tail = Some(tail);
         let (applied, sender_seqs) = self.transaction(|tx| {
@@ -914,6 +956,7 @@ impl Database {
                 }
             }
             let sender_seqs = (last >= first_seq).then_some((first_seq, last));
+            let mut reassert: Vec<Reassertion> = Vec::new();
             if server {
                 let me = tx.db.node_id();
                 let losers = tx
@@ -941,15 +984,23 @@ impl Database {
                     if let (CellKey::Field(f), CellValue::Value(v), true) =
                         (&loser.key, &loser.value, loser.version.node == me)
                     {
-                        reassert.push((
-                            collection.clone(),
+                        reassert.push(Reassertion {
+                            collection: collection.clone(),
                             id,
-                            f.to_string(),
-                            v.clone(),
-                            loser.version,
-                        ));
+                            field: f.to_string(),
+                            value: v.clone(),
+                            overwritten: loser.version,
+                        });
                     }
                 }
+            }
+            if !state.rejected.is_empty() || !reassert.is_empty() {
+                // In the unit's transaction, so that they are durable with its cursor: a
+                // crash cannot leave the unit received and its answer never written.
+                tx.begin_local_writes_after_received()?;
+                tx.restore_accepted_values();
+                restate_refused(tx, &state.rejected)?;
+                reassert_server_values(tx, &reassert)?;
             }
             Ok((state.applied, sender_seqs))
         })?;
@@ -966,43 +1017,11 @@ impl Database {
             )?;
             debug_assert_eq!(foreign, 0, "a unit's positions hold rows from elsewhere");
         }
-        let rejected = state.rejected;
-        let ignored = state.ignored;
-        if !rejected.is_empty() {
-            // Bring the writer back to our version: write our copy again with new versions
-            // (an insert resets every older cell, so fields the writer added go too), or a
-            // fresh tombstone where we have no copy.
-            self.transaction(|tx| {
-                tx.restore_accepted_values();
-                for r in &rejected {
-                    tx.restate(&r.collection, r.id)?;
-                }
-                Ok(())
-            })?;
-        }
-        if !reassert.is_empty() {
-            // Server priority: write the server's values again, as new local writes that
-            // sync out to everyone (the peer's values stay on record as conflict losers).
-            self.transaction(|tx| {
-                tx.restore_accepted_values();
-                for (coll, id, field, value, overwritten) in &reassert {
-                    if tx.get(coll, *id)?.is_some() {
-                        tx.update(
-                            coll,
-                            *id,
-                            super::Patch::new().set(field.clone(), value.clone()),
-                        )?;
-                        tx.relabel_reasserted_conflict(coll, *id, field, *overwritten)?;
-                    }
-                }
-                Ok(())
-            })?;
-        }
         Ok(ApplyOutcome {
             applied,
-            rejected,
+            rejected: state.rejected,
             sender_seqs,
-            ignored,
+            ignored: state.ignored,
             refused_losers: state.refused_losers,
         })
     }

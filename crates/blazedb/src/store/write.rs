@@ -410,13 +410,39 @@ impl<'a> Tx<'a> {
         })
     }
 
-    /// Mark this transaction as one that writes back values this database already holds
-    /// (a copy restated for a peer whose writes were refused, a server's value reasserted
-    /// over a peer's): its records are not held to `RECORD_BYTES_MAX`. A record that merges
-    /// grew past the limit must still be restorable, or the apply that needs it would fail
+    /// Mark this transaction's writes from here on as writing back values this database
+    /// already holds (a copy restated for a peer whose writes were refused, a server's value
+    /// reasserted over a peer's): their records are not held to `RECORD_BYTES_MAX`, nor the
+    /// transaction to `TRANSACTION_WRITES_MAX` and `TRANSACTION_CELLS_MAX`. These writes
+    /// commit with the unit that called for them, and are as many as the unit refused or
+    /// overwrote: a record that merges grew past the size limit must still be restorable,
+    /// and a unit must still apply however many records it touched, or the apply would fail
     /// on every retry.
     pub(crate) fn restore_accepted_values(&mut self) {
         self.restoring = true;
+    }
+
+    /// In a transaction that merged a peer's changes, begin this node's own writes that
+    /// answer them (refused records restated, server values reasserted). They commit with
+    /// the changes and the received cursor stored with them, so no crash can keep the one
+    /// without the other. Yet the feed positions the changes took must hold only rows from
+    /// that peer (a sync session passes over them as the peer's own, never sent back), and
+    /// these writes must count as written here: the feed skips a peer's rows when sending to
+    /// it, and they are meant to reach it. So everything merged so far is written out now,
+    /// at its positions with its source, with the conflicts it recorded (a reassertion
+    /// relabels them); the writes that follow take the next position, as written here.
+    pub(crate) fn begin_local_writes_after_received(&mut self) -> Result<()> {
+        self.spill()?;
+        if self.seq_used {
+            self.seq = Seq(self.seq.0 + 1);
+            self.seq_used = false;
+        }
+        // Every row at the positions so far is written: whatever a record writes from here
+        // on is at the new position, and written here.
+        for p in &mut self.records {
+            p.src = 0;
+        }
+        Ok(())
     }
 
     /// Conflict losers of the records [`Tx::spill`] wrote out: (collection, name, id, loser).
@@ -948,7 +974,7 @@ impl<'a> Tx<'a> {
 
     fn next_version(&mut self) -> Result<Version> {
         self.writes += 1;
-        if self.writes > TRANSACTION_WRITES_MAX {
+        if self.writes > TRANSACTION_WRITES_MAX && !self.restoring {
             return Err(WriteError::Limit {
                 what: "writes in one transaction",
                 got: self.writes,
@@ -1445,6 +1471,7 @@ impl<'a> Tx<'a> {
             mut scratch,
             mut batch,
             spilled,
+            restoring,
             ..
         } = self;
         if !seq_used && records.iter().all(|p| !p.changed) {
@@ -1457,7 +1484,7 @@ impl<'a> Tx<'a> {
         }
         let last_seq = if seq_used { seq } else { Seq(seq.0 - 1) }.max(base_seq);
         let cells: usize = records.iter().map(|p| p.cells_changed).sum();
-        if cells > TRANSACTION_CELLS_MAX {
+        if cells > TRANSACTION_CELLS_MAX && !restoring {
             return Err(WriteError::Limit {
                 what: "cells changed in one transaction",
                 got: cells,
