@@ -130,6 +130,41 @@ fn counters_and_sets() {
     assert!(db.increment("c", id, "likes", i64::MAX).is_err());
 }
 
+/// Removing elements from a set field the record does not have (never written, or unset)
+/// changes nothing: no write, and no empty set appears. It is not refused either, even when
+/// the record is at its field limit (it adds no field).
+#[test]
+fn removing_from_a_missing_set_changes_nothing() {
+    use blazedb::limits::RECORD_FIELDS_MAX;
+    let (_d, db) = db();
+    let id = db
+        .insert("c", [("title", Value::from("t")), ("old", Value::Int(1))])
+        .unwrap();
+    db.update("c", id, Patch::new().unset("old")).unwrap();
+    let before = db.get("c", id).unwrap().unwrap();
+    let head = db.last_seq().unwrap();
+    for field in ["tags", "old"] {
+        db.set_remove("c", id, field, vec!["x".into()]).unwrap();
+    }
+    let after = db.get("c", id).unwrap().unwrap();
+    assert_eq!(after.fields, before.fields, "no field appeared");
+    assert_eq!(
+        (after.rev, db.last_seq().unwrap()),
+        (before.rev, head),
+        "nothing written"
+    );
+
+    let full: Vec<(String, Value)> = (0..RECORD_FIELDS_MAX)
+        .map(|i| (format!("f{i}"), Value::Int(1)))
+        .collect();
+    let full = db.insert("c", full).unwrap();
+    db.set_remove("c", full, "tags", vec!["x".into()]).unwrap();
+    assert_eq!(
+        db.get("c", full).unwrap().unwrap().fields.len(),
+        RECORD_FIELDS_MAX
+    );
+}
+
 #[test]
 fn transactions_are_atomic() {
     let (_d, db) = db();

@@ -73,7 +73,7 @@ impl Patch {
         self.ops.push((field.into(), FieldOp::Add(elems)));
         self
     }
-    /// Remove set elements.
+    /// Remove set elements. On a set field the record does not have, nothing is written.
     pub fn remove(mut self, field: impl Into<String>, elems: Vec<Value>) -> Patch {
         self.ops.push((field.into(), FieldOp::Remove(elems)));
         self
@@ -1111,7 +1111,12 @@ impl<'a> Tx<'a> {
     /// Apply one operation to record `i`. Every check comes before the first merge, so an
     /// error leaves the record as it was.
     fn apply_op(&mut self, i: usize, field: &str, op: FieldOp) -> Result<()> {
-        // Every operation but an unset leaves the field visible: it may add one.
+        // Removing elements from a set the record does not have (never written, or unset)
+        // removes nothing: no write. Its element cells would show the field, as `[]`.
+        if matches!(op, FieldOp::Remove(_)) && !self.records[i].state.has_field(field) {
+            return Ok(());
+        }
+        // Every other operation but an unset leaves the field visible: it may add one.
         if !matches!(op, FieldOp::Unset) {
             self.check_field_added(i, field)?;
         }
