@@ -165,6 +165,46 @@ fn removing_from_a_missing_set_changes_nothing() {
     );
 }
 
+/// A set holds values, and numerically equal encodings are one value (`1` and `1.0`, `0.0`
+/// and `-0.0`): whichever encoding added it, removing it by the other takes it out, on the
+/// writer and on a replica; adding it again by another encoding keeps one element.
+#[test]
+fn a_set_element_is_removed_whatever_number_encoding_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| Database::open(dir.path().join(name), OpenOptions::default()).unwrap();
+    let (a, b) = (open("a.db"), open("b.db"));
+    let id = a.insert("c", [("title", "t")]).unwrap();
+    let tags = |db: &Database| db.get("c", id).unwrap().unwrap().fields["tags"].clone();
+    let raw = |v: &Value| blazedb::codec::value::to_bytes(v);
+    a.set_add("c", id, "tags", vec![Value::Float(1.0), Value::Float(-0.0)])
+        .unwrap();
+    a.set_add("c", id, "tags", vec![Value::Int(2)]).unwrap();
+    a.set_add("c", id, "tags", vec![Value::Float(2.0)]).unwrap();
+    let shown = tags(&a);
+    let Value::List(elements) = &shown else {
+        panic!("{shown:?}")
+    };
+    assert_eq!(elements.len(), 3, "2 and 2.0 are one element: {shown:?}");
+    // The newest encoding is the one shown.
+    assert_eq!(raw(&elements[2]), raw(&Value::Float(2.0)), "{shown:?}");
+
+    a.set_remove("c", id, "tags", vec![Value::Int(1), Value::Float(0.0)])
+        .unwrap();
+    a.set_remove("c", id, "tags", vec![Value::Int(2)]).unwrap();
+    assert_eq!(tags(&a), Value::List(vec![]));
+    let all = a.changes_since(blazedb::Seq(0), 1000, None).unwrap();
+    b.apply_changes(a.node_id(), &all.changes, None).unwrap();
+    assert_eq!(tags(&b), Value::List(vec![]));
+
+    // Added again by another encoding, on the replica: one element, everywhere.
+    b.set_add("c", id, "tags", vec![Value::Int(1)]).unwrap();
+    let from_b = b.changes_since(blazedb::Seq(0), 1000, None).unwrap();
+    a.apply_changes(b.node_id(), &from_b.changes, None).unwrap();
+    for db in [&a, &b] {
+        assert_eq!(raw(&tags(db)), raw(&Value::List(vec![Value::Int(1)])));
+    }
+}
+
 #[test]
 fn transactions_are_atomic() {
     let (_d, db) = db();

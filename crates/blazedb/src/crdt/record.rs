@@ -311,6 +311,37 @@ impl RecordState {
             .collect()
     }
 
+    /// A set field's elements from its element cells `(encoded, version, present)` given in
+    /// key order: each value once, sorted, with whether it is in the set.
+    ///
+    /// Cells are keyed by the element's encoding, but a set holds values, and numerically
+    /// equal values have several encodings (`1` and `1.0`, `0.0` and `-0.0`, NaNs, lists or
+    /// maps holding such). Cells of equal values are one element: the newest of them decides
+    /// whether it is in the set, and how it reads (on a version tie, which one write adding
+    /// `[1, 1.0]` makes, the last in key order). So removing `1` takes out a `1.0` added
+    /// before, whichever encoding sorts first, and every replica reads the same from the same
+    /// cells. Undecodable elements (never accepted from a peer) are skipped.
+    fn set_elements(cells: Vec<(&[u8], Version, bool)>) -> Vec<(Value, bool)> {
+        let mut decoded: Vec<(Value, Version, bool)> = cells
+            .into_iter()
+            .filter_map(|(bytes, version, present)| {
+                let elem = crate::codec::value::from_bytes(bytes).ok()?;
+                Some((elem, version, present))
+            })
+            .collect();
+        // Stable: among equal values and versions, key order stays.
+        decoded.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+        let mut out: Vec<(Value, bool)> = Vec::with_capacity(decoded.len());
+        for (elem, _, present) in decoded {
+            match out.last_mut() {
+                // Sorted oldest first within equal values: a later one overrides.
+                Some(last) if last.0 == elem => *last = (elem, present),
+                _ => out.push((elem, present)),
+            }
+        }
+        out
+    }
+
     /// The visible fields: plain values, counters summed, sets listed.
     pub fn fields(&self) -> BTreeMap<String, Value> {
         if self.only_plain_fields() {
@@ -327,7 +358,8 @@ impl RecordState {
         struct Acc<'a> {
             reg: Option<&'a CellValue>,
             counters: Vec<i64>,
-            elements: Vec<(&'a [u8], bool)>,
+            /// (encoded element, version, present), in key order.
+            elements: Vec<(&'a [u8], Version, bool)>,
         }
         let mut acc: BTreeMap<&str, Acc<'_>> = BTreeMap::new();
         for c in &self.cells {
@@ -337,11 +369,11 @@ impl RecordState {
                 (CellKey::Counter(f, _), CellValue::Count(n)) => {
                     acc.entry(f).or_default().counters.push(*n)
                 }
-                (CellKey::Element(f, e), v) => acc
-                    .entry(f)
-                    .or_default()
-                    .elements
-                    .push((e, *v == CellValue::Present)),
+                (CellKey::Element(f, e), v) => acc.entry(f).or_default().elements.push((
+                    e,
+                    c.version,
+                    *v == CellValue::Present,
+                )),
                 _ => {}
             }
         }
@@ -358,19 +390,22 @@ impl RecordState {
                 };
                 Value::Int(a.counters.iter().fold(base, |s, n| s.saturating_add(*n)))
             } else if !a.elements.is_empty() {
+                let elements = Self::set_elements(a.elements);
                 let mut set: Vec<Value> = match base {
-                    Some(Value::List(l)) => l.clone(),
+                    // Every element cell is newer than the base (older ones are dropped by
+                    // it): it decides, present or absent, for the base's equal values.
+                    Some(Value::List(l)) => l
+                        .iter()
+                        .filter(|x| elements.binary_search_by(|(e, _)| e.cmp(x)).is_err())
+                        .cloned()
+                        .collect(),
                     _ => Vec::new(),
                 };
-                for (bytes, present) in a.elements {
-                    let Ok(elem) = crate::codec::value::from_bytes(bytes) else {
-                        continue;
-                    };
-                    set.retain(|x| *x != elem);
-                    if present {
-                        set.push(elem);
-                    }
-                }
+                set.extend(
+                    elements
+                        .into_iter()
+                        .filter_map(|(elem, present)| present.then_some(elem)),
+                );
                 set.sort();
                 set.dedup();
                 Value::List(set)
@@ -579,6 +614,62 @@ mod tests {
         assert_eq!(r.fields()["t"], Value::List(vec!["b".into()]));
     }
 
+    #[test]
+    fn numerically_equal_elements_are_one_element_decided_by_the_newest_cell() {
+        let e = |x: Value| crate::codec::value::to_bytes(&x);
+        let state = |cells: [(Value, u64, CellValue); 2]| {
+            let mut r = RecordState::new();
+            r.merge(cell(
+                field("t"),
+                CellValue::Value(Value::List(vec![Value::Int(1), "a".into()])),
+                v(1, 1),
+                None,
+            ));
+            for (x, t, value) in cells {
+                r.merge(cell(
+                    CellKey::Element("t".into(), e(x)),
+                    value,
+                    v(t, 1),
+                    None,
+                ));
+            }
+            r.fields()["t"].clone()
+        };
+        let shown = |x: Value| crate::codec::value::to_bytes(&x);
+        // Int 1 sorts before Float 1.0 by key: the newest decides, not the key order.
+        let removed = state([
+            (Value::Float(1.0), 2, CellValue::Present),
+            (Value::Int(1), 3, CellValue::Absent),
+        ]);
+        assert_eq!(shown(removed), shown(Value::List(vec!["a".into()])));
+        let added = state([
+            (Value::Float(1.0), 3, CellValue::Present),
+            (Value::Int(1), 2, CellValue::Absent),
+        ]);
+        assert_eq!(
+            shown(added),
+            shown(Value::List(vec![Value::Float(1.0), "a".into()]))
+        );
+        // 0.0 sorts before -0.0 by key.
+        let removed = state([
+            (Value::Float(-0.0), 2, CellValue::Present),
+            (Value::Float(0.0), 3, CellValue::Absent),
+        ]);
+        assert_eq!(
+            shown(removed),
+            shown(Value::List(vec![Value::Int(1), "a".into()]))
+        );
+        // Both present: one element, as the newer wrote it.
+        let both = state([
+            (Value::Float(1.0), 3, CellValue::Present),
+            (Value::Int(1), 2, CellValue::Present),
+        ]);
+        assert_eq!(
+            shown(both),
+            shown(Value::List(vec![Value::Float(1.0), "a".into()]))
+        );
+    }
+
     fn arb_cell() -> impl Strategy<Value = Cell> {
         let key = prop_oneof![
             Just(CellKey::Record),
@@ -586,6 +677,10 @@ mod tests {
             Just(field("b")),
             (0u8..3).prop_map(|n| CellKey::Counter("a".into(), NodeId([n; 16]))),
             (0u8..3).prop_map(|n| CellKey::Element("b".into(), vec![0x03, n])),
+            // Numerically equal to some of the ints above: one element with them.
+            prop_oneof![Just(0.0), Just(-0.0), Just(1.0), Just(-1.0)].prop_map(|x: f64| {
+                CellKey::Element("b".into(), crate::codec::value::to_bytes(&Value::Float(x)))
+            }),
         ];
         (key, 0u64..6, 0u8..3, any::<i8>(), any::<bool>()).prop_map(|(key, t, n, x, flag)| {
             let value = match key {
