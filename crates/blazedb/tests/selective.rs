@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use blazedb::sync::frame::FrameEncoder;
@@ -1076,6 +1077,42 @@ fn a_conflict_the_replica_recorded_stays_when_the_record_leaves_its_view() {
         .resolve_conflict(conflicts[0].id, Some(Value::Int(7)))
         .unwrap();
     assert!(replica.conflicts(Some("docs")).unwrap().is_empty());
+}
+
+/// The replica's conflict is about a record it no longer holds (evicted: it left the view,
+/// and lives on elsewhere). Resolving it with a value writes that field, as an update of the
+/// record where it lives: not an insert, which would replace the record there with one
+/// holding that field alone.
+#[test]
+fn resolving_a_conflict_of_an_evicted_record_updates_the_record_where_it_lives() {
+    let t = Trio::new(&[("a", 0), ("b", 5)]);
+    let (source, replica, other, id) = (&t.source, &t.replica, &t.other, t.id);
+    replica
+        .update("docs", id, Patch::new().set("a", 1))
+        .unwrap();
+    later();
+    other.update("docs", id, Patch::new().set("a", 4)).unwrap();
+    t.sync_other();
+    t.sync_replica();
+    let conflict = replica.conflicts(Some("docs")).unwrap().remove(0);
+    other.update("docs", id, Patch::new().set("a", 3)).unwrap();
+    t.sync_other();
+    t.sync_replica();
+    assert!(replica.get("docs", id).unwrap().is_none(), "evicted");
+
+    replica
+        .resolve_conflict(conflict.id, Some(Value::Int(7)))
+        .unwrap();
+    t.sync_replica();
+    t.sync_other();
+    let expected: BTreeMap<String, Value> = [
+        ("a".to_owned(), Value::Int(7)),
+        ("b".to_owned(), Value::Int(5)),
+    ]
+    .into();
+    for db in [source, other] {
+        assert_eq!(db.get("docs", id).unwrap().unwrap().fields, expected);
+    }
 }
 
 /// Another node takes a record out of the replica's view while the replica writes to it

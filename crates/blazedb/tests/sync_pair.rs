@@ -1,6 +1,7 @@
 //! Two replicas sync through a pair of sessions: full, incremental and delta sync, both
-//! directions, modes, conflicts recorded, restart resumes from persisted cursors; two
-//! sessions receiving from one peer into one file stage their units apart.
+//! directions, modes, conflicts recorded and resolved (one lost to a delete restores the
+//! record), restart resumes from persisted cursors; two sessions receiving from one peer into
+//! one file stage their units apart.
 
 mod common;
 
@@ -160,6 +161,116 @@ fn deletes_propagate_and_concurrent_update_after_delete_survives() {
     b.delete("c", id).unwrap();
     sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
     assert!(a.get("c", id).unwrap().is_none());
+}
+
+/// A and B share a record; B edits `title` while A deletes the record, later. The delete
+/// wins, and B lists its edit as the loser. Resolving that conflict with a value undoes the
+/// delete: the record comes back whole, as B held it before the delete, with the chosen
+/// value (not holding `title` alone, which is what a bare field write after a delete gives).
+#[test]
+fn resolving_a_conflict_lost_to_a_delete_restores_the_whole_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let id = a
+        .insert("c", [("title", Value::from("v0")), ("n", Value::Int(7))])
+        .unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    b.update("c", id, Patch::new().set("title", "from b"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    a.delete("c", id).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert!(b.get("c", id).unwrap().is_none(), "the later delete wins");
+    let conflicts = b.conflicts(Some("c")).unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let c = &conflicts[0];
+    assert_eq!(c.field.as_deref(), Some("title"));
+    assert_eq!((&c.winner, &c.loser), (&None, &Some(Value::from("from b"))));
+
+    b.resolve_conflict(c.id, Some(Value::from("kept"))).unwrap();
+    let restored = b.get("c", id).unwrap().expect("resolving undid the delete");
+    assert_eq!(
+        restored.fields,
+        [
+            ("n".to_owned(), Value::Int(7)),
+            ("title".to_owned(), Value::from("kept"))
+        ]
+        .into()
+    );
+    assert!(b.conflicts(None).unwrap().is_empty());
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(a.get("c", id).unwrap().unwrap().fields, restored.fields);
+}
+
+/// Resolving with a value a conflict whose record was deleted by anything but the delete
+/// that won it (here: deleted afterwards, by a node that had seen both writes), or whose
+/// state before that delete history no longer holds, is refused: writing the field alone
+/// would bring the record back holding that field only. The conflict stays open, the record
+/// deleted, and resolving without a value still settles it.
+#[test]
+fn resolving_a_conflict_of_a_record_that_cannot_be_restored_is_refused() {
+    use blazedb::{Error, HistoryRetention, OpenOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let id = a.insert("c", [("title", "v0"), ("other", "x")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    a.update("c", id, Patch::new().set("title", "from a"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    b.update("c", id, Patch::new().set("title", "from b"))
+        .unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let conflict = a.conflicts(Some("c")).unwrap().remove(0);
+    assert_eq!(conflict.winner, Some(Value::from("from b")));
+    a.delete("c", id).unwrap();
+
+    let refused = a
+        .resolve_conflict(conflict.id, Some(Value::from("from a again")))
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::InvalidArgument(m) if m.contains("deleted")
+            && m.contains("insert")),
+        "{refused}"
+    );
+    assert!(a.get("c", id).unwrap().is_none(), "still deleted");
+    assert_eq!(a.conflicts(Some("c")).unwrap().len(), 1, "still open");
+    a.resolve_conflict(conflict.id, None).unwrap();
+    assert!(a.get("c", id).unwrap().is_none());
+
+    // A conflict lost to a delete, on a node whose history no longer goes back to before it.
+    let id = a.insert("c", [("title", "v0"), ("other", "x")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    b.update("c", id, Patch::new().set("title", "from b"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    a.delete("c", id).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    drop(b);
+    let forgetful = Database::open(
+        dir.path().join("b.db"),
+        OpenOptions {
+            history: HistoryRetention {
+                max_age_ms: None,
+                max_entries: Some(0),
+            },
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    forgetful.compact_history().unwrap();
+    let conflict = forgetful.conflicts(Some("c")).unwrap().remove(0);
+    assert_eq!(conflict.winner, None, "lost to the delete");
+    let refused = forgetful
+        .resolve_conflict(conflict.id, Some(Value::from("kept")))
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::InvalidArgument(m) if m.contains("history")
+            && m.contains("insert")),
+        "{refused}"
+    );
+    assert!(forgetful.get("c", id).unwrap().is_none());
+    assert_eq!(forgetful.conflicts(Some("c")).unwrap().len(), 1);
 }
 
 #[test]

@@ -1287,6 +1287,18 @@ impl Database {
     /// Settle a conflict. With `Some(value)`, that value is written to the field as a new
     /// write (which syncs like any other); with `None`, the current winner stays. Either way
     /// the conflict is marked resolved.
+    ///
+    /// When the record is deleted and the delete is the one that won the conflict, a value
+    /// undoes the delete: the record is inserted again as this node held it just before the
+    /// delete (rebuilt from history; counters and sets as the values they read as then), with
+    /// `value` in the conflict's field. When it was deleted otherwise (by a later delete), or
+    /// history no longer goes back to before the winning delete, a value is refused with
+    /// [`Error::InvalidArgument`] and the conflict stays open: resolve it with `None`, and
+    /// insert the record again if it should exist. When this node holds no copy of the
+    /// record (a partial replica evicted it), the value is written as a field write, which
+    /// merges into the record wherever it lives (not an insert, which would replace it there).
+    /// A tombstone removed by GC leaves no copy either: such a record, deleted everywhere,
+    /// comes back holding that field alone.
     pub fn resolve_conflict(&self, conflict_id: i64, value: Option<Value>) -> Result<()> {
         let no_open_conflict = || {
             Error::InvalidArgument(format!(
@@ -1329,11 +1341,73 @@ impl Database {
                         c.record,
                         super::Patch::new().set(field.clone(), v),
                     )?,
-                    None => tx.upsert(&c.collection, c.record, [(field.clone(), v)])?,
+                    // Deleted here: a field written alone would bring the record back
+                    // holding only that field (a write newer than a delete survives it), so
+                    // restore it whole, or refuse.
+                    None => match fields_before_winning_delete(tx, c)? {
+                        Some(mut fields) => {
+                            fields.insert(field.clone(), v);
+                            tx.insert_with_id(&c.collection, c.record, fields)?;
+                        }
+                        None => {
+                            tx.set_field_of_record_not_held(&c.collection, c.record, field, v)?
+                        }
+                    },
                 }
             }
             Ok(())
         })
+    }
+}
+
+/// What resolving conflict `c` with a value restores when its record is not live here: the
+/// fields the record held here just before the delete that won the conflict (from history),
+/// to be inserted again with the chosen value. Counters and sets come back as the plain values
+/// they read as then. `None` when this node holds no copy of the record (a partial replica
+/// evicted it; it lives on elsewhere, where a field write merges as an update). Refused with
+/// an error saying what to do instead when the record was deleted by anything but that delete
+/// (a later delete, by a writer that had seen the conflict's writes, is not undone by
+/// resolving) or history no longer goes back to before it.
+fn fields_before_winning_delete(
+    tx: &mut super::Tx<'_>,
+    c: &Conflict,
+) -> Result<Option<std::collections::BTreeMap<String, Value>>> {
+    let refuse = |why: &str| {
+        Error::InvalidArgument(format!(
+            "record {} in {:?} is deleted and {why}, so resolving conflict {} with a value \
+             would bring it back holding field {:?} alone: resolve it without a value to leave \
+             the record deleted, then insert the record again with all its fields if it \
+             should exist",
+            c.record,
+            c.collection,
+            c.id,
+            c.field.as_deref().unwrap_or_default(),
+        ))
+    };
+    let stored = match tx.inner.collection_id(&c.collection) {
+        Some(coll) => tx
+            .inner
+            .record_state(coll, c.record)?
+            .map(|(s, _)| (coll, s)),
+        None => None,
+    };
+    let Some((coll, current)) = stored else {
+        return Ok(None);
+    };
+    let winning_delete = current.cell(&CellKey::Record).filter(|r| {
+        r.value == CellValue::Absent && r.version == c.winner_version && c.winner.is_none()
+    });
+    let Some(delete) = winning_delete else {
+        return Err(refuse(
+            "was deleted after this conflict (not by the delete that won it)",
+        ));
+    };
+    let before = Seq(delete.seq.0.saturating_sub(1));
+    match tx.inner.state_at(coll, c.record, &current, before)? {
+        Some(state) if state.is_live() => Ok(Some(state.into_fields())),
+        _ => Err(refuse(
+            "history no longer holds it as it was before the delete that won this conflict",
+        )),
     }
 }
 

@@ -640,6 +640,25 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Write one field of a record this node holds no copy of (a partial replica evicted
+    /// it; it lives on elsewhere): a plain field write, which merges into the record wherever
+    /// it lives. An insert would replace the record there with one holding this field alone.
+    pub(crate) fn set_field_of_record_not_held(
+        &mut self,
+        collection: &str,
+        id: RecordId,
+        field: &str,
+        value: Value,
+    ) -> Result<()> {
+        validate_field_name(field)?;
+        let i = self.load(collection, id, true)?.expect("created");
+        assert!(
+            self.records[i].state.is_empty(),
+            "{id} is held here: write it with update or insert"
+        );
+        self.apply_op(i, field, FieldOp::Set(value))
+    }
+
     /// What [`Tx::undo`] needs to put record `i` back as it is now.
     fn undo_point(&self, i: usize) -> UndoPoint {
         let p = &self.records[i];
