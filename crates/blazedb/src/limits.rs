@@ -87,7 +87,8 @@ pub const POLICY_FIELDS_MAX: usize = 1024;
 pub const POLICY_FILTER_BYTES_MAX: usize = 16 * 1024;
 /// Records per EVICT message.
 pub const EVICT_RECORDS_MAX: usize = 65_536;
-/// Cells per snapshot chunk the sender reads (a record is never split).
+/// Cells per snapshot chunk the sender reads (a record is never split across pages; one
+/// larger than `RECORD_BYTES_MAX` goes in several chunks: `sync::snapshot::page_chunks`).
 pub const SNAPSHOT_CHUNK_CELLS: usize = 16_384;
 /// The slowest snapshot apply rate a peer allows for (cells per ms; measured ~500): after
 /// SNAPSHOT_END both sides extend the idle timeout by `cells / this`, since the receiver
@@ -100,7 +101,9 @@ pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Largest payload after decompression.
 pub const FRAME_DECOMPRESSED_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// A sender starts a new frame once a CHANGES payload passes this size (at a record
-/// boundary), so frames stay small enough to interleave pings and acks.
+/// boundary, or between two cells of a record larger than `RECORD_BYTES_MAX`, which only a
+/// merge makes), so frames stay small enough to interleave pings and acks, and far below
+/// `FRAME_BYTES_MAX`.
 pub const FRAME_TARGET_BYTES: usize = 256 * 1024;
 /// Payloads shorter than this are never compressed: LZ4 cannot win on them.
 pub const COMPRESS_BYTES_MIN: usize = 128;
@@ -161,7 +164,9 @@ pub const PEER_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 // ---- Snapshots ----
 
 /// A snapshot page (one chunk) stops adding records once their stored bodies pass this many
-/// bytes (a record is never split), so a chunk stays well inside a frame.
+/// bytes (a record is never split across pages), so a chunk stays well inside a frame. A
+/// record larger than `RECORD_BYTES_MAX` (only a merge makes one) goes in chunks of about
+/// this many bytes of cells each, to a peer that joins them (`caps::SPLIT_RECORDS`).
 pub const SNAPSHOT_PAGE_BODY_BYTES_TARGET: usize = 2 * 1024 * 1024;
 /// Records one snapshot page examines at most (selected or not), so that one read
 /// transaction stays short even when the sender's selection skips most records.

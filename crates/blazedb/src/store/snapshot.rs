@@ -281,14 +281,48 @@ impl Database {
         last_key: &SnapshotKey,
         chunk: &[u8],
     ) -> Result<SnapshotApplied> {
+        self.merge_chunk_now(peer, snap_id, idx, last_key, chunk, None)
+    }
+
+    /// [`Database::snapshot_merge_chunk`] from a sender that splits a record too large for
+    /// one chunk across consecutive chunks (PROTOCOL.md §5.9); `held` carries such a record's
+    /// cells from one call to the next, and starts as `None`. A chunk whose last record is
+    /// not the one it names (`last_key`, which then names the record before it) ends inside
+    /// that record: its cells are left in `held` rather than merged, and the call for the next
+    /// chunk merges them with the rest of the record, so the record is merged whole, in one
+    /// transaction, like one that came in one chunk. `held` lives as long as the session:
+    /// should it end first, the sender resumes after `last_key`, before the record, and sends
+    /// it again from its start.
+    pub fn snapshot_merge_chunk_held(
+        &self,
+        peer: NodeId,
+        snap_id: u64,
+        (idx, last_key): (u32, &SnapshotKey),
+        chunk: &[u8],
+        held: &mut Option<Change>,
+    ) -> Result<SnapshotApplied> {
+        self.merge_chunk_now(peer, snap_id, idx, last_key, chunk, Some(held))
+    }
+
+    fn merge_chunk_now(
+        &self,
+        peer: NodeId,
+        snap_id: u64,
+        idx: u32,
+        last_key: &SnapshotKey,
+        chunk: &[u8],
+        mut held: Option<&mut Option<Change>>,
+    ) -> Result<SnapshotApplied> {
         self.check_snapshot_source(peer)?;
         check_chunk_size(idx, chunk)?;
         let mut applied = SnapshotApplied::default();
-        self.transaction(|tx| {
+        let holding = held.is_some();
+        let carried = held.as_mut().and_then(|h| h.take());
+        let kept = self.transaction(|tx| {
             let p = expect_progress(tx.inner, peer, snap_id)?;
             applied.position = p.position;
             if !is_next_chunk(&p, idx)? {
-                return Ok(());
+                return Ok(carried);
             }
             if any_staged(tx.inner, peer)? {
                 return Err(Error::InvalidArgument(format!(
@@ -296,11 +330,24 @@ impl Database {
                      own (abort it and start over)"
                 )));
             }
-            let changes = decode_staged(chunk, snap_id, idx)?;
+            let mut changes = decode_staged(chunk, snap_id, idx)?;
+            join_held(carried, &mut changes);
+            let ends_inside = changes
+                .last()
+                .is_some_and(|c| c.collection != last_key.collection || c.id != last_key.id);
+            let tail = if holding && ends_inside {
+                changes.pop()
+            } else {
+                None
+            };
             let src = tx.inner.nodes.index(&peer) + 1;
             merge_chunk(tx, changes, src, None, &mut applied)?;
-            advance_progress(tx.inner, peer, idx, last_key)
+            advance_progress(tx.inner, peer, idx, last_key)?;
+            Ok(tail)
         })?;
+        if let Some(h) = held {
+            *h = kept;
+        }
         Ok(applied)
     }
 
@@ -316,7 +363,8 @@ impl Database {
     ///
     /// 1. every record of every chunk is merged like a peer's changes (history, conflicts,
     ///    indexes and watch events as for `apply_changes`); each chunk is one local commit,
-    ///    so forwarding the result to other peers is not one giant unit;
+    ///    so forwarding the result to other peers is not one giant unit (a record split
+    ///    across chunks, PROTOCOL.md §5.9, is joined and merged whole, in one of them);
     ///    With `scope.replace_seen_cells`, a record's local cells that `peer` had seen (see
     ///    step 2) and its snapshot lacks are dropped first: `peer` let them go;
     /// 2. local records of the collections in `scope` that the snapshot lacks are evicted (no
@@ -387,7 +435,12 @@ impl Database {
                     )));
                 }
             }
-            // 1. Merge, one local commit per chunk. One chunk is decoded at a time.
+            // 1. Merge, one local commit per chunk. One chunk is decoded at a time. Each
+            // chunk's last record waits for the next chunk, where it may go on (a sender
+            // splits a record too large for one chunk: PROTOCOL.md §5.9), so that a record
+            // is merged whole: merged piece by piece, the cells of its earlier pieces that
+            // the sender had seen were taken for cells it let go (`drop_cells_let_go`).
+            let mut carried: Option<Change> = None;
             for idx in (0..chunks).filter(|_| staged) {
                 let data: Vec<u8> = tx
                     .inner
@@ -402,8 +455,12 @@ impl Database {
                             "snapshot {snap_id} chunk {idx} is not staged; abort and start over"
                         ))
                     })?;
-                let changes = decode_staged(&data, snap_id, idx)?;
+                let mut changes = decode_staged(&data, snap_id, idx)?;
                 drop(data);
+                join_held(carried.take(), &mut changes);
+                if idx + 1 < chunks {
+                    carried = changes.pop();
+                }
                 if tx.seq_used {
                     tx.seq = Seq(tx.seq.0 + 1);
                     tx.seq_used = false;
@@ -529,6 +586,23 @@ fn decode_staged(data: &[u8], snap_id: u64, idx: u32) -> Result<Vec<Change>> {
             "snapshot {snap_id} chunk {idx}: {e}"
         )))
     })
+}
+
+/// Put `held`, the cells of a record that the chunk before ended with (or inside), back
+/// before `changes`: joined with the first change if that is the same record (the record
+/// goes on in this chunk; a snapshot resumed inside it sends it again from its start, so
+/// cells may repeat, which merging ignores), else as a change of its own.
+fn join_held(held: Option<Change>, changes: &mut Vec<Change>) {
+    let Some(mut held) = held else {
+        return;
+    };
+    match changes.first_mut() {
+        Some(first) if first.collection == held.collection && first.id == held.id => {
+            held.cells.append(&mut first.cells);
+            first.cells = held.cells;
+        }
+        _ => changes.insert(0, held),
+    }
 }
 
 /// Merge the records of one chunk from peer `src` (1 + its node index) into `tx`, all at the

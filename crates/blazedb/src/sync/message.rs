@@ -99,6 +99,12 @@ pub mod caps {
     pub const LZ4: u64 = 1;
     /// Accepts zstd-compressed snapshot chunks.
     pub const ZSTD: u64 = 2;
+    /// Joins a record whose cells a sender split across consecutive snapshot chunks into one
+    /// record before applying it (PROTOCOL.md §5.9). A sender splits a record larger than
+    /// `RECORD_BYTES_MAX` (only a merge makes one) across chunks only for a peer that sets
+    /// it: a receiver that applies each chunk's records on their own would, in a replacing
+    /// snapshot, drop the cells of the record's earlier chunks that it already held.
+    pub const SPLIT_RECORDS: u64 = 4;
 }
 
 /// What a SUBSCRIBE asks about snapshots.
@@ -546,6 +552,57 @@ fn u32_of(v: u64) -> Result<u32, DecodeError> {
     u32::try_from(v).map_err(|_| DecodeError::Malformed(format!("{v} does not fit 32 bits")))
 }
 
+/// The cells of one record at one feed position, borrowed: a whole [`Change`], or a run of
+/// its cells where a record too large for one frame goes in pieces (consecutive frames of one
+/// unit, or consecutive snapshot chunks, each naming the record again: PROTOCOL.md §6.2).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordCells<'a> {
+    /// The feed position (group).
+    pub seq: Seq,
+    /// The collection.
+    pub collection: &'a str,
+    /// The record.
+    pub id: RecordId,
+    /// The cells, in key order.
+    pub cells: &'a [Cell],
+}
+
+impl<'a> RecordCells<'a> {
+    /// The cells `range` of `change`.
+    pub fn piece(change: &'a Change, range: std::ops::Range<usize>) -> RecordCells<'a> {
+        RecordCells {
+            seq: change.seq,
+            collection: &change.collection,
+            id: change.id,
+            cells: &change.cells[range],
+        }
+    }
+}
+
+impl<'a> From<&'a Change> for RecordCells<'a> {
+    fn from(change: &'a Change) -> RecordCells<'a> {
+        RecordCells::piece(change, 0..change.cells.len())
+    }
+}
+
+/// About what a cell takes in a CHANGES payload (or a snapshot chunk before compression):
+/// what senders count to keep frames near `FRAME_TARGET_BYTES` and chunks near
+/// `SNAPSHOT_PAGE_BODY_BYTES_TARGET`, and to tell a record too large to go whole. A set
+/// element's value is part of its key, and counts (without it, three records of 3 MB sets
+/// made one 9 MB frame that every receiver refused, for good).
+pub(crate) fn approx_cell_bytes(c: &Cell) -> usize {
+    let element = match &c.key {
+        CellKey::Element(_, e) => e.len(),
+        _ => 0,
+    };
+    let key = c.key.field().map_or(0, str::len) + element + 4;
+    let value = match &c.value {
+        CellValue::Value(v) => value::to_bytes(v).len(),
+        _ => 2,
+    };
+    key + value + 12
+}
+
 /// One direction's dictionary of a session: node ids, collection names and field names
 /// get small numbers on first use, and timestamps are sent as differences from the previous
 /// one. Sender and receiver keep identical copies because frames arrive complete and in
@@ -684,13 +741,21 @@ impl Dict {
     /// cell    := u8 flags | [ref field] | [sub] | [value] | [version] | [prev]
     /// ```
     pub fn encode_changes(&mut self, changes: &[Change], end: Seq) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + changes.len() * 64);
-        // Groups: consecutive changes with the same seq.
-        let mut groups: Vec<&[Change]> = Vec::new();
+        let records: Vec<RecordCells<'_>> = changes.iter().map(RecordCells::from).collect();
+        self.encode_records(&records, end)
+    }
+
+    /// [`Dict::encode_changes`] of borrowed records, which may be pieces of larger ones (see
+    /// [`RecordCells`]). A frame lists a record at most once per group: the pieces of one
+    /// record go in different frames.
+    pub fn encode_records(&mut self, records: &[RecordCells<'_>], end: Seq) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + records.len() * 64);
+        // Groups: consecutive records with the same seq.
+        let mut groups: Vec<&[RecordCells<'_>]> = Vec::new();
         let mut start = 0;
-        for i in 1..=changes.len() {
-            if i == changes.len() || changes[i].seq != changes[start].seq {
-                groups.push(&changes[start..i]);
+        for i in 1..=records.len() {
+            if i == records.len() || records[i].seq != records[start].seq {
+                groups.push(&records[start..i]);
                 start = i;
             }
         }
@@ -700,12 +765,12 @@ impl Dict {
             write_u64(&mut out, seq.wrapping_sub(self.last_seq));
             self.last_seq = seq;
             write_u64(&mut out, g.len() as u64);
-            for ch in g {
-                self.put_str(&mut out, &ch.collection);
-                out.extend_from_slice(&ch.id.0);
-                write_u64(&mut out, ch.cells.len() as u64);
+            for rec in g {
+                self.put_str(&mut out, rec.collection);
+                out.extend_from_slice(&rec.id.0);
+                write_u64(&mut out, rec.cells.len() as u64);
                 let mut prev_cell: Option<&Cell> = None;
-                for c in &ch.cells {
+                for c in rec.cells {
                     self.put_cell(&mut out, c, prev_cell);
                     prev_cell = Some(c);
                 }

@@ -37,14 +37,18 @@ use std::collections::VecDeque;
 
 use super::access::IDENTITY_NOTE;
 use super::frame::{FrameDecoder, FrameEncoder, FrameError};
-use super::message::{self, caps, kind, Dict, ErrorCode, Hello, Message, SnapshotWish, SyncMode};
+use super::message::{
+    self, approx_cell_bytes, caps, kind, Dict, ErrorCode, Hello, Message, RecordCells,
+    SnapshotWish, SyncMode,
+};
 use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
     BATCH_CELLS_DEFAULT, ECHO_CAUGHT_UP_INTERVAL_MS, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
     LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PING_INTERVAL_MS_MIN, PROTOCOL_VERSION,
-    QUEUED_FRAMES_MAX, SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX,
-    SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
+    QUEUED_FRAMES_MAX, RECORD_BYTES_MAX, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
+    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS,
+    WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
 use crate::store::{
@@ -240,6 +244,9 @@ struct SnapIn {
     replace: bool,
     /// What the chunks merged as they arrived (a snapshot that does not replace) did.
     merged: SnapshotApplied,
+    /// Merged as they arrive: the cells of a record that the last chunk ended inside of,
+    /// merged with the rest of it (`Database::snapshot_merge_chunk_held`).
+    held: Option<Change>,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -374,13 +381,14 @@ impl Session {
         if let Err(m) = cfg.policy.compile() {
             return Err(Error::InvalidArgument(m));
         }
+        let lz4 = if cfg.lz4 { caps::LZ4 } else { 0 };
         let hello = Hello {
             version: PROTOCOL_VERSION,
             node: db.node_id(),
             last_seq: db.last_seq()?,
             mode: cfg.mode,
             server: cfg.server,
-            caps: if cfg.lz4 { caps::LZ4 } else { 0 },
+            caps: lz4 | caps::SPLIT_RECORDS,
             token: cfg.token.clone(),
         };
         let mut s = Session {
@@ -990,6 +998,7 @@ impl Session {
                         // Corrected by SNAPSHOT_BEGIN.
                         replace: true,
                         merged: SnapshotApplied::default(),
+                        held: None,
                     });
                     return Ok(SnapshotWish::Resume {
                         snap_id: p.snap_id,
@@ -1496,6 +1505,7 @@ impl Session {
             next_index: first_index,
             replace,
             merged: SnapshotApplied::default(),
+            held: None,
         });
         Ok(())
     }
@@ -1530,7 +1540,8 @@ impl Session {
         if !si.replace {
             // A snapshot that only adds is merged chunk by chunk as it arrives: no second
             // copy on disk, no long apply at the end, and the records show up as they come.
-            return match db.snapshot_merge_chunk(peer, snap_id, index, &key, data) {
+            let held = &mut si.held;
+            return match db.snapshot_merge_chunk_held(peer, snap_id, (index, &key), data, held) {
                 Ok(applied) => {
                     let si = self.snap_in.as_mut().expect("checked above");
                     si.merged.cells += applied.cells;
@@ -1584,6 +1595,15 @@ impl Session {
             let m = format!(
                 "SNAPSHOT_END says {chunks} chunks, {} arrived",
                 si.next_index
+            );
+            let _ = db.snapshot_abort(peer);
+            return Err(self.fail(ErrorCode::Malformed, m, now_ms));
+        }
+        if let Some(held) = &si.held {
+            // The last chunk said its last record went on in the next one, and none came.
+            let m = format!(
+                "the snapshot ended inside record {}/{}",
+                held.collection, held.id
             );
             let _ = db.snapshot_abort(peer);
             return Err(self.fail(ErrorCode::Malformed, m, now_ms));
@@ -2476,6 +2496,10 @@ impl Session {
         };
         // Without a record filter, records are chosen by collection (no fields worked out).
         let filters_records = view.access.is_some() || policy.has_filter();
+        let split = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.caps & caps::SPLIT_RECORDS != 0);
         let mut select = |coll: &str,
                           id: RecordId,
                           fields: &std::collections::BTreeMap<String, crate::Value>,
@@ -2502,16 +2526,20 @@ impl Session {
                     strip_excluded(&policy, ch);
                 }
             }
-            if let Some(last) = changes.last() {
-                let last = (last.collection.clone(), last.id);
-                let data = super::snapshot::encode_chunk(&changes);
-                let index = so.next_index;
-                so.next_index += 1;
+            if !changes.is_empty() {
+                // A record too large for one chunk goes in several, to a peer that joins them.
+                let chunks = super::snapshot::page_chunks(&changes, so.after.as_ref(), split);
                 so.after = page.next;
                 let n = changes.iter().map(|c| c.cells.len() as u64).sum::<u64>();
-                self.stats.cells_sent += n;
                 so.cells += n;
-                self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
+                self.stats.cells_sent += n;
+                for (last, data) in chunks {
+                    let so = self.snap_out.as_mut().expect("checked");
+                    let index = so.next_index;
+                    so.next_index += 1;
+                    let last = (last.collection, last.id);
+                    self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
+                }
                 if !done {
                     return Ok(());
                 }
@@ -2540,8 +2568,9 @@ impl Session {
         Ok(())
     }
 
-    /// Encode changes as one or more CHANGES frames, splitting at record boundaries.
-    /// Returns whether anything was sent.
+    /// Encode changes as one or more CHANGES frames, splitting at record boundaries, and
+    /// inside a record larger than `RECORD_BYTES_MAX` (see below). Returns whether anything
+    /// was sent.
     fn send_changes(&mut self, changes: &[Change], end: Seq, partial: bool, now_ms: u64) -> bool {
         if changes.is_empty() {
             if !partial && self.unit_open {
@@ -2554,34 +2583,51 @@ impl Session {
             // Nothing for this peer: CAUGHT_UP will carry the position.
             return false;
         }
-        let mut start = 0;
+        let mut frame: Vec<RecordCells<'_>> = Vec::new();
         let mut bytes = 0usize;
         let mut cells = 0usize;
-        for i in 0..changes.len() {
-            bytes += changes[i]
-                .cells
-                .iter()
-                .map(approx_cell_bytes)
-                .sum::<usize>()
-                + 20;
-            cells += changes[i].cells.len();
+        for (i, ch) in changes.iter().enumerate() {
             let last = i + 1 == changes.len();
+            let record_bytes = ch.cells.iter().map(approx_cell_bytes).sum::<usize>() + 20;
+            let mut from = 0;
+            if record_bytes > RECORD_BYTES_MAX {
+                // Only a merge of concurrent writes makes a record this large (local writes
+                // stop at RECORD_BYTES_MAX), and whole it may not fit in a frame (sent whole,
+                // it was refused by every receiver, for good). Its cells go in pieces: a frame
+                // ends inside it once it passes the target, and the next frame of the unit
+                // names the record again in the same group. The receiver merges the pieces as
+                // one record of one commit (PROTOCOL.md §6.2).
+                bytes += 20;
+                for (j, c) in ch.cells.iter().enumerate() {
+                    bytes += approx_cell_bytes(c);
+                    if bytes >= FRAME_TARGET_BYTES && j + 1 < ch.cells.len() {
+                        frame.push(RecordCells::piece(ch, from..j + 1));
+                        self.push_changes(&frame, ch.seq, true, now_ms);
+                        frame.clear();
+                        (bytes, cells, from) = (20, 0, j + 1);
+                    }
+                }
+            } else {
+                bytes += record_bytes;
+            }
+            cells += ch.cells.len() - from;
+            frame.push(RecordCells::piece(ch, from..ch.cells.len()));
             if last || bytes >= FRAME_TARGET_BYTES || cells >= self.cfg.batch_cells_max {
-                let chunk = &changes[start..=i];
-                let frame_end = if last {
-                    end
-                } else {
-                    chunk.last().map(|c| c.seq).unwrap_or(end)
-                };
-                let payload = self.tx_dict.encode_changes(chunk, frame_end);
-                self.stats.cells_sent += chunk.iter().map(|c| c.cells.len() as u64).sum::<u64>();
-                self.push_frame(kind::CHANGES, partial || !last, &payload, now_ms);
-                start = i + 1;
+                let frame_end = if last { end } else { ch.seq };
+                self.push_changes(&frame, frame_end, partial || !last, now_ms);
+                frame.clear();
                 bytes = 0;
                 cells = 0;
             }
         }
         true
+    }
+
+    /// One CHANGES frame of `records`.
+    fn push_changes(&mut self, records: &[RecordCells<'_>], end: Seq, partial: bool, now_ms: u64) {
+        let payload = self.tx_dict.encode_records(records, end);
+        self.stats.cells_sent += records.iter().map(|r| r.cells.len() as u64).sum::<u64>();
+        self.push_frame(kind::CHANGES, partial, &payload, now_ms);
     }
 
     /// Handle timers: ping when quiet, give up when the peer is silent too long, persist the
@@ -3044,21 +3090,4 @@ fn name(m: &Message) -> &'static str {
         Message::SnapshotEnd { .. } => "SNAPSHOT_END",
         Message::Error { .. } => "ERROR",
     }
-}
-
-/// About what a cell takes in a CHANGES frame: enough to keep frames near
-/// `FRAME_TARGET_BYTES` and, with one record of at most `RECORD_BYTES_MAX` over it, below
-/// `FRAME_BYTES_MAX`. A set element's value is part of its key, and counts (without it, three
-/// records of 3 MB sets made one 9 MB frame that every receiver refused, for good).
-fn approx_cell_bytes(c: &crate::crdt::Cell) -> usize {
-    let element = match &c.key {
-        crate::crdt::CellKey::Element(_, e) => e.len(),
-        _ => 0,
-    };
-    let key = c.key.field().map_or(0, str::len) + element + 4;
-    let value = match &c.value {
-        crate::crdt::CellValue::Value(v) => crate::codec::value::to_bytes(v).len(),
-        _ => 2,
-    };
-    key + value + 12
 }

@@ -34,11 +34,12 @@ use std::path::{Path, PathBuf};
 use crate::codec::DecodeError;
 use crate::error::{Error, Result};
 use crate::limits::{
-    COLLECTION_NAME_BYTES_MAX, SNAPSHOT_CHUNKS_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_CELLS,
-    SNAPSHOT_CHUNK_DECOMPRESSED_BYTES_MAX, SNAPSHOT_ZSTD_LEVEL,
+    COLLECTION_NAME_BYTES_MAX, RECORD_BYTES_MAX, SNAPSHOT_CHUNKS_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_CHUNK_CELLS, SNAPSHOT_CHUNK_DECOMPRESSED_BYTES_MAX, SNAPSHOT_PAGE_BODY_BYTES_TARGET,
+    SNAPSHOT_ZSTD_LEVEL,
 };
 use crate::store::{Change, Database, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope};
-use crate::sync::message::Dict;
+use crate::sync::message::{approx_cell_bytes, Dict, RecordCells};
 use crate::types::Seq;
 use crate::{NodeId, RecordId};
 
@@ -55,8 +56,80 @@ const FILE_HEADER_BYTES: usize = 8 + 16 + 8 + 4;
 
 /// Encode one page of a snapshot as a chunk (see the module docs).
 pub fn encode_chunk(changes: &[Change]) -> Vec<u8> {
-    let end = changes.last().map_or(Seq(0), |c| c.seq);
-    let raw = Dict::default().encode_changes(changes, end);
+    let records: Vec<RecordCells<'_>> = changes.iter().map(RecordCells::from).collect();
+    encode_chunk_of(&records)
+}
+
+/// The key a chunk names as its last record when the first record it holds cells of is
+/// also the snapshot's first and goes on in the next chunk: no record sorts before it (no
+/// collection has an empty name), so a snapshot resumed after it starts from the beginning.
+pub fn key_before_all() -> SnapshotKey {
+    SnapshotKey {
+        collection: String::new(),
+        id: RecordId([0; 16]),
+    }
+}
+
+/// The chunks of one snapshot page, each with the key it names as its last record: one chunk,
+/// unless `split` and a record of the page is larger than `RECORD_BYTES_MAX` (only a merge of
+/// concurrent writes makes one). Whole, such a record may not fit in a frame (its chunk was
+/// refused by every receiver, for good); its cells go in consecutive chunks of their own, of
+/// about `SNAPSHOT_PAGE_BODY_BYTES_TARGET` each. Each chunk but the record's last names as its
+/// last record the one before it (`before`, where the page began, for the page's first; or
+/// [`key_before_all`]): a snapshot resumed after such a chunk sends the record again from its
+/// start, and a receiver tells that the record goes on in the next chunk (PROTOCOL.md §5.9).
+pub fn page_chunks(
+    changes: &[Change],
+    before: Option<&SnapshotKey>,
+    split: bool,
+) -> Vec<(SnapshotKey, Vec<u8>)> {
+    let key = |ch: &Change| SnapshotKey {
+        collection: ch.collection.clone(),
+        id: ch.id,
+    };
+    let mut out = Vec::new();
+    let mut run: Vec<RecordCells<'_>> = Vec::new();
+    let mut before = before.cloned();
+    let flush = |run: &mut Vec<RecordCells<'_>>, out: &mut Vec<(SnapshotKey, Vec<u8>)>| {
+        if let Some(last) = run.last() {
+            let k = SnapshotKey {
+                collection: last.collection.to_owned(),
+                id: last.id,
+            };
+            out.push((k, encode_chunk_of(run)));
+            run.clear();
+        }
+    };
+    for ch in changes {
+        let bytes = || ch.cells.iter().map(approx_cell_bytes).sum::<usize>();
+        if split && bytes() > RECORD_BYTES_MAX {
+            flush(&mut run, &mut out);
+            let (mut from, mut piece) = (0, 0);
+            for (j, c) in ch.cells.iter().enumerate() {
+                piece += approx_cell_bytes(c);
+                if piece >= SNAPSHOT_PAGE_BODY_BYTES_TARGET && j + 1 < ch.cells.len() {
+                    let last = before.clone().unwrap_or_else(key_before_all);
+                    out.push((
+                        last,
+                        encode_chunk_of(&[RecordCells::piece(ch, from..j + 1)]),
+                    ));
+                    (from, piece) = (j + 1, 0);
+                }
+            }
+            let rest = RecordCells::piece(ch, from..ch.cells.len());
+            out.push((key(ch), encode_chunk_of(&[rest])));
+        } else {
+            run.push(ch.into());
+        }
+        before = Some(key(ch));
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+fn encode_chunk_of(records: &[RecordCells<'_>]) -> Vec<u8> {
+    let end = records.last().map_or(Seq(0), |c| c.seq);
+    let raw = Dict::default().encode_records(records, end);
     let compressed = zstd::bulk::compress(&raw, SNAPSHOT_ZSTD_LEVEL)
         .expect("zstd compression of an in-memory buffer cannot fail");
     let mut out = Vec::with_capacity(CHUNK_HEADER_BYTES + compressed.len());
