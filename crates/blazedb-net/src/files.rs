@@ -8,10 +8,11 @@
 //!   process wake the sessions at once (commit listeners). Commits made by *other
 //!   processes* on the same files do not reach this process's listeners, so watch mode
 //!   checks each file's feed head (`Database::last_seq`, one small query) every
-//!   [`FILE_POLL_INTERVAL_MS`] and wakes that file's session when it moved. This is the one
-//!   poll in the drivers: SQLite offers no cross-process commit notification (its
-//!   `data_version` must be read, and file-system watchers on WAL files are unreliable and
-//!   platform-specific), and a head check costs microseconds.
+//!   [`FILE_POLL_INTERVAL_MS`] and wakes that file's session when it moved (and once on its
+//!   first read, which cannot tell a commit made while the sessions started from the
+//!   starting head). This is the one poll in the drivers: SQLite offers no cross-process
+//!   commit notification (its `data_version` must be read, and file-system watchers on WAL
+//!   files are unreliable and platform-specific), and a head check costs microseconds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -264,7 +265,11 @@ async fn watch_heads(files: [(Arc<Database>, Arc<Notify>); 2]) {
             // An error here is left for the session to report; the last head read stays the
             // one to compare with, or a commit around a failed read would go unnoticed.
             let Some(head) = head else { continue };
-            if heads[i].is_some_and(|h| h != head) {
+            // The first read wakes too: a commit that landed after the session last read its
+            // feed but before this read looks like the starting head, and would otherwise
+            // wait for the next PING (never, with long ping intervals). A needless wake only
+            // costs the session one feed read.
+            if heads[i].is_none_or(|h| h != head) {
                 files[i].1.notify_one();
             }
             heads[i] = Some(head);
@@ -370,5 +375,33 @@ fn report_of(r: &Result<SessionReport, NetError>) -> Option<&SessionReport> {
     match r {
         Ok(r) => Some(r),
         Err(e) => e.report(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit by another process that lands after a session last read its feed but before
+    /// the poller's first read: the poller never saw the head before it, yet the session
+    /// must be woken to send it.
+    #[tokio::test]
+    async fn a_commit_before_the_first_poll_wakes_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            Arc::new(Database::open(dir.path().join(name), OpenOptions::default()).unwrap())
+        };
+        let (a, b) = (open("a.db"), open("b.db"));
+        // The sessions have read their feeds (not modelled here); now the commit lands.
+        a.insert("notes", [("t", blazedb::Value::from("late"))])
+            .unwrap();
+        let (wake_a, wake_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let poller = tokio::spawn(watch_heads([(a, wake_a.clone()), (b, wake_b)]));
+        let woken = tokio::time::timeout(Duration::from_secs(2), wake_a.notified()).await;
+        poller.abort();
+        assert!(
+            woken.is_ok(),
+            "the session of the file that moved was never woken"
+        );
     }
 }

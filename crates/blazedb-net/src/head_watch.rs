@@ -4,8 +4,10 @@
 //! listener). Another process writing the same file — `blazedb put` beside a running
 //! `blazedb listen`, or a writer beside `blazedb sync DB URL --watch` — reaches no listener
 //! here. A [`HeadWatch`] checks the feed head (`Database::last_seq`, one small query) every
-//! [`HEAD_POLL_INTERVAL_MS`] and, when it moved, wakes every subscribed session. SQLite has
-//! no cross-process commit notification; see `files` for the same trade-off.
+//! [`HEAD_POLL_INTERVAL_MS`] and, when it moved, wakes every subscribed session (its first
+//! read wakes them too: it cannot tell a commit made while they started from the starting
+//! head). SQLite has no cross-process commit notification; see `files` for the same
+//! trade-off.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -41,8 +43,11 @@ impl HeadWatch {
                     .await
                     .ok()
                     .flatten();
-                // An error here is left for the sessions to report.
-                if head.is_some() && now.is_some() && now != head {
+                // An error here is left for the sessions to report. The first read wakes
+                // too: a commit that landed after a subscribed session last read its feed
+                // but before this read looks like the starting head, and would otherwise
+                // wait for the next PING. A needless wake costs each session one feed read.
+                if now.is_some() && now != head {
                     let mut list = subs.lock().expect("head watch lock");
                     list.retain(|w: &Weak<Notify>| match w.upgrade() {
                         Some(n) => {
@@ -75,5 +80,29 @@ impl HeadWatch {
 impl Drop for HeadWatch {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session subscribes and reads its feed, then another process commits before the
+    /// watch's first poll: the watch never saw the head before it, yet must wake the session.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_commit_before_the_first_poll_wakes_subscribers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let db = Arc::new(Database::open(&path, blazedb::OpenOptions::default()).unwrap());
+        let other_process = Database::open(&path, blazedb::OpenOptions::default()).unwrap();
+        // One thread: the watch's task runs only once this task waits, so its first poll
+        // comes after the subscription and the commit.
+        let watch = HeadWatch::spawn(db);
+        let wake = watch.subscribe();
+        other_process
+            .insert("notes", [("t", blazedb::Value::from("late"))])
+            .unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(2), wake.notified()).await;
+        assert!(woken.is_ok(), "the subscribed session was never woken");
     }
 }
