@@ -200,6 +200,9 @@ pub struct SessionSnapshot {
     pub acked: Seq,
     /// The driver finished.
     pub ended: bool,
+    /// Why it finished, when that was an error (the session could not start, a protocol or
+    /// transport error); `None` while it runs and after a clean end.
+    pub error: Option<String>,
 }
 
 impl SessionMonitor {
@@ -265,7 +268,22 @@ where
 {
     let start = Instant::now();
     // Reads the feed head: one short query.
-    let session = Session::new(&db, cfg, 0)?;
+    let session = match Session::new(&db, cfg, 0) {
+        Ok(s) => s,
+        Err(e) => {
+            let error = NetError::from(e);
+            // Observers (a topology waiting for convergence) learn at once that this end
+            // is over, and why, instead of waiting for progress that never comes.
+            if let Some(m) = &opts.monitor {
+                m.publish(SessionSnapshot {
+                    ended: true,
+                    error: Some(error.to_string()),
+                    ..SessionSnapshot::default()
+                });
+            }
+            return Err(error);
+        }
+    };
     let notify = opts.wake.clone().unwrap_or_default();
     let commits_watched = Arc::new(AtomicBool::new(true));
     let listener = CommitListener::register(db.clone(), notify.clone(), commits_watched.clone());
@@ -288,7 +306,9 @@ where
     };
     d.run(rd, wr, &notify, &commits_watched).await;
     drop(listener);
-    d.finish()
+    let result = d.finish();
+    d.publish_ended(result.as_ref().err());
+    result
 }
 
 /// Unregisters the commit listener however the driver exits (error, panic, cancellation).
@@ -549,7 +569,6 @@ impl Driver {
         let db = self.db.clone();
         self.session_mut().transport_closed(now, &db);
         self.drain_events();
-        self.publish_ended();
     }
 
     /// Feed received bytes to the session (discarded once it is closed).
@@ -743,13 +762,15 @@ impl Driver {
             local_seq,
             acked: self.session().acked(),
             ended: false,
+            error: None,
         };
         if let Some(m) = &self.opts.monitor {
             m.publish(snap);
         }
     }
 
-    fn publish_ended(&mut self) {
+    /// The last snapshot, with the error the driver returns (see [`Driver::finish`]).
+    fn publish_ended(&self, error: Option<&NetError>) {
         if let Some(m) = &self.opts.monitor {
             m.publish(SessionSnapshot {
                 peer: self.peer,
@@ -758,11 +779,12 @@ impl Driver {
                 local_seq: self.db.last_seq().unwrap_or(Seq(0)),
                 acked: self.session().acked(),
                 ended: true,
+                error: error.map(ToString::to_string),
             });
         }
     }
 
-    fn finish(mut self) -> Result<SessionReport, NetError> {
+    fn finish(&mut self) -> Result<SessionReport, NetError> {
         let end = self.end.take().unwrap_or(EndReason::TransportClosed);
         let report = SessionReport {
             node: self.db.node_id(),

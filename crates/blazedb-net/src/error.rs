@@ -1,11 +1,14 @@
 //! Errors of the drivers. Each variant that ends a running session carries the session's
 //! report, so a caller always learns how far the session got (bytes, cells, peer).
 
+use std::fmt;
 use std::path::PathBuf;
 
 use blazedb::sync::SyncError;
+use blazedb::NodeId;
 
 use crate::driver::SessionReport;
+use crate::topology::ConnectionHandle;
 
 /// Why a driver, a file sync or a topology operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,22 @@ pub enum NetError {
     /// A topology handle does not belong to this topology (or was removed).
     #[error("unknown {0} handle for this topology")]
     UnknownHandle(&'static str),
+    /// A topology connection between two nodes with one node id: a node and itself, one
+    /// database registered twice, or two copies of one database file. Their sessions would
+    /// only fail with `SAME_NODE`.
+    #[error(
+        "{a} and {b} are the same database (node {node}): a database cannot sync with itself; \
+         connect two different databases (a copied file keeps its node id: give each replica \
+         its own file through export/import or a snapshot)"
+    )]
+    SameDatabase {
+        /// The first node's name.
+        a: String,
+        /// The second node's name.
+        b: String,
+        /// Their node id.
+        node: NodeId,
+    },
     /// A driver task panicked or was aborted.
     #[error("sync task did not finish: {0}")]
     Task(String),
@@ -104,12 +123,9 @@ impl NetError {
     }
 }
 
-/// `Topology::wait_converged` gave up.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "not converged after {waited_ms} ms: records per node {records:?}, sessions caught up: \
-     {sessions_caught_up}"
-)]
+/// `Topology::wait_converged` (or `wait_caught_up`) gave up: the time ran out, or a session
+/// ended before it was caught up, which no amount of waiting mends.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvergeError {
     /// How long it waited.
     pub waited_ms: u64,
@@ -117,4 +133,42 @@ pub struct ConvergeError {
     pub records: Vec<(String, usize)>,
     /// Whether every running session reported caught up at the last check.
     pub sessions_caught_up: bool,
+    /// The connection whose sessions ended, which made the wait give up at once (`None`: the
+    /// time ran out).
+    pub ended_connection: Option<EndedConnection>,
 }
+
+/// A topology connection with a session that ended before it was caught up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedConnection {
+    /// The connection (still registered: disconnect it to collect both reports).
+    pub connection: ConnectionHandle,
+    /// The names of its first and second node.
+    pub nodes: (String, String),
+    /// Each end that ended: its node's name and why (the driver's error). Both are given:
+    /// when one end fails, the other usually ends only because its peer went away.
+    pub ends: Vec<(String, String)>,
+}
+
+impl fmt::Display for ConvergeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(c) = &self.ended_connection else {
+            return write!(
+                f,
+                "not converged after {} ms: records per node {:?}, sessions caught up: {}",
+                self.waited_ms, self.records, self.sessions_caught_up
+            );
+        };
+        write!(
+            f,
+            "the connection {} - {} stopped before it was caught up",
+            c.nodes.0, c.nodes.1
+        )?;
+        for (node, why) in &c.ends {
+            write!(f, "; {node}'s session: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConvergeError {}

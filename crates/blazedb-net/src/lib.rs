@@ -66,7 +66,7 @@ pub use checkpoint::{spawn_checkpointer, Checkpointer};
 pub use driver::{
     run_session, DriverOptions, EndReason, SessionMonitor, SessionReport, SessionSnapshot,
 };
-pub use error::{ConvergeError, NetError};
+pub use error::{ConvergeError, EndedConnection, NetError};
 pub use files::{
     sync_files_once, sync_files_watch, DirectionReport, SyncFilesOptions, SyncFilesReport,
 };

@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{run_session, DriverOptions, SessionMonitor, SessionReport, SessionSnapshot};
-use crate::error::{ConvergeError, NetError};
+use crate::error::{ConvergeError, EndedConnection, NetError};
 use crate::limits::{DUPLEX_BUFFER_BYTES_DEFAULT, TOPOLOGY_CONNECTIONS_MAX, TOPOLOGY_NODES_MAX};
 
 /// A set of databases in this process and the sync connections between them.
@@ -238,6 +238,9 @@ impl Topology {
 
     /// Connect `a` and `b`: an in-process pipe with a session task on each end. Sync starts
     /// at once and runs until [`Topology::disconnect`], an error, or the topology is dropped.
+    ///
+    /// Fails with [`NetError::SameDatabase`] when both nodes have one node id (a node and
+    /// itself, one database registered twice, a copy of a database file).
     pub fn connect_with(
         &self,
         a: NodeHandle,
@@ -252,6 +255,14 @@ impl Topology {
             (Some(na), Some(nb)) => (na, nb),
             _ => return Err(NetError::UnknownHandle("node")),
         };
+        // Checked here, with names, rather than met later as SAME_NODE in both sessions.
+        if na.db.node_id() == nb.db.node_id() {
+            return Err(NetError::SameDatabase {
+                a: na.name.clone(),
+                b: nb.name.clone(),
+                node: na.db.node_id(),
+            });
+        }
         let shutdown = CancellationToken::new();
         let monitors = (SessionMonitor::new(), SessionMonitor::new());
         let (io_a, io_b) = tokio::io::duplex(opts.buffer_bytes.max(1));
@@ -412,13 +423,16 @@ impl Topology {
 
     /// Wait until every node holds the same records (compared as canonical dumps) and every
     /// running session reports caught up. Woken by commits and session progress; no polling.
+    /// Gives up at once, naming the connection and why, when a session has ended before it
+    /// was caught up (a protocol error, a session that could not start).
     pub async fn wait_converged(&self, timeout: Duration) -> Result<(), ConvergeError> {
         self.wait(timeout, true).await
     }
 
     /// Wait until every running session reports caught up in both directions, without
     /// comparing the nodes (for push-only or pull-only graphs, whose nodes legitimately
-    /// differ).
+    /// differ). Gives up at once when a session has ended before it was caught up, as
+    /// [`Topology::wait_converged`] does.
     pub async fn wait_caught_up(&self, timeout: Duration) -> Result<(), ConvergeError> {
         self.wait(timeout, false).await
     }
@@ -432,7 +446,17 @@ impl Topology {
             tokio::pin!(notified);
             // Register before checking, so a change during the check is not missed.
             notified.as_mut().enable();
-            let sessions_caught_up = self.sessions_caught_up();
+            let sessions_caught_up = match self.sessions_caught_up() {
+                Ok(caught_up) => caught_up,
+                Err(ended) => {
+                    return Err(ConvergeError {
+                        waited_ms: start.elapsed().as_millis() as u64,
+                        records: self.compare_nodes().await.1,
+                        sessions_caught_up: false,
+                        ended_connection: Some(ended),
+                    })
+                }
+            };
             let mut records = Vec::new();
             if sessions_caught_up && !compare {
                 return Ok(());
@@ -452,30 +476,61 @@ impl Topology {
                     waited_ms: start.elapsed().as_millis() as u64,
                     records,
                     sessions_caught_up,
+                    ended_connection: None,
                 });
             }
         }
     }
 
-    /// True when every session that is still running reports caught up, evaluated against
-    /// its database's current head (a commit the session has not seen yet means "not yet").
-    fn sessions_caught_up(&self) -> bool {
-        let ends: Vec<(SessionSnapshot, Arc<Database>)> = {
+    /// True when every session reports caught up, evaluated against its database's current
+    /// head (a commit the session has not seen yet means "not yet"). A session that has
+    /// ended counts only if it ended caught up, without an error, and no commit came after:
+    /// otherwise nothing will ever send the rest, and its connection is the error.
+    fn sessions_caught_up(&self) -> Result<bool, EndedConnection> {
+        let connections: Vec<_> = {
             let state = self.lock();
+            let node = |h: NodeHandle| &state.nodes[h.0];
             state
                 .connections
-                .values()
-                .flat_map(|c| {
-                    [
-                        (c.monitors.0.snapshot(), state.nodes[c.a.0].db.clone()),
-                        (c.monitors.1.snapshot(), state.nodes[c.b.0].db.clone()),
-                    ]
+                .iter()
+                .map(|(id, c)| {
+                    let end = |h: NodeHandle, m: &SessionMonitor| {
+                        (node(h).name.clone(), node(h).db.clone(), m.snapshot())
+                    };
+                    (
+                        ConnectionHandle(*id),
+                        [end(c.a, &c.monitors.0), end(c.b, &c.monitors.1)],
+                    )
                 })
                 .collect()
         };
-        ends.iter().all(|(s, db)| {
-            s.ended || (s.caught_up && db.last_seq().is_ok_and(|head| head <= s.local_seq))
-        })
+        let mut all_caught_up = true;
+        for (connection, ends) in connections {
+            let caught_up = |db: &Database, s: &SessionSnapshot| {
+                s.caught_up && db.last_seq().is_ok_and(|head| head <= s.local_seq)
+            };
+            let ended_behind = ends
+                .iter()
+                .any(|(_, db, s)| s.ended && (s.error.is_some() || !caught_up(db, s)));
+            if ended_behind {
+                return Err(EndedConnection {
+                    connection,
+                    nodes: (ends[0].0.clone(), ends[1].0.clone()),
+                    ends: ends
+                        .iter()
+                        .filter(|(_, _, s)| s.ended)
+                        .map(|(name, _, s)| {
+                            let why = s.error.clone().unwrap_or_else(|| {
+                                "it ended without an error, leaving later commits unsent".into()
+                            });
+                            (name.clone(), why)
+                        })
+                        .collect(),
+                });
+            }
+            all_caught_up &= ends.iter().all(|(_, db, s)| caught_up(db, s));
+        }
+        Ok(all_caught_up)
     }
 
     /// Dump every node (on the blocking pool: a dump reads whole databases) and compare.
