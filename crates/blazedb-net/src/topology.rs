@@ -28,6 +28,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,13 +52,31 @@ pub struct Topology {
     inner: Arc<Shared>,
 }
 
-/// A node registered in a [`Topology`].
+/// A node registered in a [`Topology`]. It names its topology: another topology refuses it
+/// ([`NetError::UnknownHandle`]) rather than take it for its own node at the same index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeHandle(usize);
+pub struct NodeHandle {
+    topology: TopologyId,
+    index: usize,
+}
 
-/// A connection in a [`Topology`].
+/// A connection in a [`Topology`]; like a [`NodeHandle`], it names its topology.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionHandle(u64);
+pub struct ConnectionHandle {
+    topology: TopologyId,
+    id: u64,
+}
+
+/// Tells topologies apart: unique in the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TopologyId(u64);
+
+impl TopologyId {
+    fn next() -> TopologyId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TopologyId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 /// The role a node plays in its sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -119,11 +138,22 @@ pub fn complement(mode: SyncMode) -> SyncMode {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
+    id: TopologyId,
     state: Mutex<State>,
     /// Woken (`notify_waiters`) on every commit on any node and every session change.
     changed: Arc<Notify>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            id: TopologyId::next(),
+            state: Mutex::default(),
+            changed: Arc::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -201,22 +231,24 @@ impl Topology {
             role,
             listener,
         });
-        NodeHandle(state.nodes.len() - 1)
+        self.node_handle(state.nodes.len() - 1)
     }
 
-    /// The database of a node.
+    /// The database of a node (`None` for a handle of another topology).
     pub fn database(&self, node: NodeHandle) -> Option<Arc<Database>> {
-        self.lock().nodes.get(node.0).map(|n| n.db.clone())
+        self.node(&self.lock(), node).map(|n| n.db.clone())
     }
 
-    /// The name a node was registered with.
+    /// The name a node was registered with (`None` for a handle of another topology).
     pub fn name(&self, node: NodeHandle) -> Option<String> {
-        self.lock().nodes.get(node.0).map(|n| n.name.clone())
+        self.node(&self.lock(), node).map(|n| n.name.clone())
     }
 
     /// Every registered node, in registration order.
     pub fn nodes(&self) -> Vec<NodeHandle> {
-        (0..self.lock().nodes.len()).map(NodeHandle).collect()
+        (0..self.lock().nodes.len())
+            .map(|i| self.node_handle(i))
+            .collect()
     }
 
     /// Connect `a` and `b` with default options and `mode` for `a` (`b` gets the complement).
@@ -239,30 +271,101 @@ impl Topology {
     /// Connect `a` and `b`: an in-process pipe with a session task on each end. Sync starts
     /// at once and runs until [`Topology::disconnect`], an error, or the topology is dropped.
     ///
-    /// Fails with [`NetError::SameDatabase`] when both nodes have one node id (a node and
-    /// itself, one database registered twice, a copy of a database file).
+    /// Fails with [`NetError::UnknownHandle`] for a handle of another topology, and with
+    /// [`NetError::SameDatabase`] when both nodes have one node id (a node and itself, one
+    /// database registered twice, a copy of a database file).
     pub fn connect_with(
         &self,
         a: NodeHandle,
         b: NodeHandle,
         opts: ConnectOptions,
     ) -> Result<ConnectionHandle, NetError> {
+        let connected = self.connect_all(&[(a, b)], &opts)?;
+        Ok(connected[0])
+    }
+
+    /// Connect every spoke to the hub (both ways). Spokes reach each other through the hub.
+    /// All or nothing, as [`Topology::connect_mesh`].
+    pub fn connect_hub_and_spoke(
+        &self,
+        hub: NodeHandle,
+        spokes: &[NodeHandle],
+    ) -> Result<Vec<ConnectionHandle>, NetError> {
+        let pairs: Vec<_> = spokes.iter().map(|s| (*s, hub)).collect();
+        self.connect_all(&pairs, &ConnectOptions::default())
+    }
+
+    /// Connect every node to every other node (both ways). All or nothing: every pair is
+    /// checked (handles, distinct databases, the connection limit) before the first is
+    /// connected, so an error leaves no connection behind that the caller has no handle of.
+    pub fn connect_mesh(&self, nodes: &[NodeHandle]) -> Result<Vec<ConnectionHandle>, NetError> {
+        let mut pairs = Vec::new();
+        for (i, a) in nodes.iter().enumerate() {
+            for b in &nodes[i + 1..] {
+                pairs.push((*a, *b));
+            }
+        }
+        self.connect_all(&pairs, &ConnectOptions::default())
+    }
+
+    /// Connect each node to the next one (both ways): changes travel hop by hop. All or
+    /// nothing, as [`Topology::connect_mesh`].
+    pub fn connect_chain(&self, nodes: &[NodeHandle]) -> Result<Vec<ConnectionHandle>, NetError> {
+        let pairs: Vec<_> = nodes.windows(2).map(|w| (w[0], w[1])).collect();
+        self.connect_all(&pairs, &ConnectOptions::default())
+    }
+
+    /// A chain whose last node is also connected to its first. All or nothing, as
+    /// [`Topology::connect_mesh`].
+    pub fn connect_ring(&self, nodes: &[NodeHandle]) -> Result<Vec<ConnectionHandle>, NetError> {
+        let mut pairs: Vec<_> = nodes.windows(2).map(|w| (w[0], w[1])).collect();
+        if let (Some(first), Some(last)) = (nodes.first(), nodes.last()) {
+            if nodes.len() > 2 {
+                pairs.push((*last, *first));
+            }
+        }
+        self.connect_all(&pairs, &ConnectOptions::default())
+    }
+
+    /// Connect every pair with `opts`, or none: all pairs are checked under one lock before
+    /// the first connection starts.
+    fn connect_all(
+        &self,
+        pairs: &[(NodeHandle, NodeHandle)],
+        opts: &ConnectOptions,
+    ) -> Result<Vec<ConnectionHandle>, NetError> {
         let mut state = self.lock();
-        if state.connections.len() >= TOPOLOGY_CONNECTIONS_MAX {
+        if state.connections.len() + pairs.len() > TOPOLOGY_CONNECTIONS_MAX {
             return Err(NetError::Limit("connections per topology"));
         }
-        let (na, nb) = match (state.nodes.get(a.0), state.nodes.get(b.0)) {
-            (Some(na), Some(nb)) => (na, nb),
-            _ => return Err(NetError::UnknownHandle("node")),
-        };
-        // Checked here, with names, rather than met later as SAME_NODE in both sessions.
-        if na.db.node_id() == nb.db.node_id() {
-            return Err(NetError::SameDatabase {
-                a: na.name.clone(),
-                b: nb.name.clone(),
-                node: na.db.node_id(),
-            });
+        for &(a, b) in pairs {
+            let (na, nb) = match (self.node(&state, a), self.node(&state, b)) {
+                (Some(na), Some(nb)) => (na, nb),
+                _ => return Err(NetError::UnknownHandle("node")),
+            };
+            // Checked here, with names, rather than met later as SAME_NODE in both sessions.
+            if na.db.node_id() == nb.db.node_id() {
+                return Err(NetError::SameDatabase {
+                    a: na.name.clone(),
+                    b: nb.name.clone(),
+                    node: na.db.node_id(),
+                });
+            }
         }
+        Ok(pairs
+            .iter()
+            .map(|&(a, b)| self.start_connection(&mut state, a, b, opts))
+            .collect())
+    }
+
+    /// Start the two session tasks of a checked pair.
+    fn start_connection(
+        &self,
+        state: &mut State,
+        a: NodeHandle,
+        b: NodeHandle,
+        opts: &ConnectOptions,
+    ) -> ConnectionHandle {
         let shutdown = CancellationToken::new();
         let monitors = (SessionMonitor::new(), SessionMonitor::new());
         let (io_a, io_b) = tokio::io::duplex(opts.buffer_bytes.max(1));
@@ -289,8 +392,13 @@ impl Topology {
             });
             tokio::spawn(run_session(db, io, cfg, dopts))
         };
-        let ta = spawn_end(na, opts.mode, &monitors.0, io_a);
-        let tb = spawn_end(nb, complement(opts.mode), &monitors.1, io_b);
+        let ta = spawn_end(&state.nodes[a.index], opts.mode, &monitors.0, io_a);
+        let tb = spawn_end(
+            &state.nodes[b.index],
+            complement(opts.mode),
+            &monitors.1,
+            io_b,
+        );
         let id = state.next_connection;
         state.next_connection += 1;
         state.connections.insert(
@@ -303,54 +411,15 @@ impl Topology {
                 tasks: (ta, tb),
             },
         );
-        Ok(ConnectionHandle(id))
-    }
-
-    /// Connect every spoke to the hub (both ways). Spokes reach each other through the hub.
-    pub fn connect_hub_and_spoke(
-        &self,
-        hub: NodeHandle,
-        spokes: &[NodeHandle],
-    ) -> Result<Vec<ConnectionHandle>, NetError> {
-        spokes
-            .iter()
-            .map(|s| self.connect(*s, hub, SyncMode::Both))
-            .collect()
-    }
-
-    /// Connect every node to every other node (both ways).
-    pub fn connect_mesh(&self, nodes: &[NodeHandle]) -> Result<Vec<ConnectionHandle>, NetError> {
-        let mut out = Vec::new();
-        for (i, a) in nodes.iter().enumerate() {
-            for b in &nodes[i + 1..] {
-                out.push(self.connect(*a, *b, SyncMode::Both)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Connect each node to the next one (both ways): changes travel hop by hop.
-    pub fn connect_chain(&self, nodes: &[NodeHandle]) -> Result<Vec<ConnectionHandle>, NetError> {
-        nodes
-            .windows(2)
-            .map(|w| self.connect(w[0], w[1], SyncMode::Both))
-            .collect()
-    }
-
-    /// A chain whose last node is also connected to its first.
-    pub fn connect_ring(&self, nodes: &[NodeHandle]) -> Result<Vec<ConnectionHandle>, NetError> {
-        let mut out = self.connect_chain(nodes)?;
-        if let (Some(first), Some(last)) = (nodes.first(), nodes.last()) {
-            if nodes.len() > 2 {
-                out.push(self.connect(*last, *first, SyncMode::Both)?);
-            }
-        }
-        Ok(out)
+        self.connection_handle(id)
     }
 
     /// The two nodes of a connection.
     pub fn endpoints(&self, c: ConnectionHandle) -> Option<(NodeHandle, NodeHandle)> {
-        self.lock().connections.get(&c.0).map(|x| (x.a, x.b))
+        self.lock()
+            .connections
+            .get(&self.connection_id(c)?)
+            .map(|x| (x.a, x.b))
     }
 
     /// Every connection, in creation order.
@@ -358,7 +427,7 @@ impl Topology {
         self.lock()
             .connections
             .keys()
-            .map(|k| ConnectionHandle(*k))
+            .map(|k| self.connection_handle(*k))
             .collect()
     }
 
@@ -366,7 +435,7 @@ impl Topology {
     pub fn connection_snapshot(&self, c: ConnectionHandle) -> Option<ConnectionSnapshot> {
         self.lock()
             .connections
-            .get(&c.0)
+            .get(&self.connection_id(c)?)
             .map(|x| ConnectionSnapshot {
                 a: x.monitors.0.snapshot(),
                 b: x.monitors.1.snapshot(),
@@ -388,7 +457,7 @@ impl Topology {
     /// End a connection politely (both ends send `ShuttingDown`) and return how each end
     /// finished. `None` for an unknown handle.
     pub async fn disconnect(&self, c: ConnectionHandle) -> Option<ConnectionReport> {
-        let conn = self.lock().connections.remove(&c.0)?;
+        let conn = self.lock().connections.remove(&self.connection_id(c)?)?;
         conn.shutdown.cancel();
         Some(ConnectionReport {
             a: join(conn.tasks.0).await,
@@ -400,7 +469,10 @@ impl Topology {
     /// tasks are aborted mid-flight without a goodbye. Applied units are durable (data and
     /// cursor commit together), so a later connection resumes after the last applied unit.
     pub fn sever(&self, c: ConnectionHandle) -> bool {
-        match self.lock().connections.remove(&c.0) {
+        let Some(id) = self.connection_id(c) else {
+            return false;
+        };
+        match self.lock().connections.remove(&id) {
             Some(conn) => {
                 conn.tasks.0.abort();
                 conn.tasks.1.abort();
@@ -489,7 +561,7 @@ impl Topology {
     fn sessions_caught_up(&self) -> Result<bool, EndedConnection> {
         let connections: Vec<_> = {
             let state = self.lock();
-            let node = |h: NodeHandle| &state.nodes[h.0];
+            let node = |h: NodeHandle| &state.nodes[h.index];
             state
                 .connections
                 .iter()
@@ -498,7 +570,7 @@ impl Topology {
                         (node(h).name.clone(), node(h).db.clone(), m.snapshot())
                     };
                     (
-                        ConnectionHandle(*id),
+                        self.connection_handle(*id),
                         [end(c.a, &c.monitors.0), end(c.b, &c.monitors.1)],
                     )
                 })
@@ -556,6 +628,33 @@ impl Topology {
             .map(|(n, d)| (n.clone(), d.as_ref().map_or(0, Vec::len)))
             .collect();
         (same, counts)
+    }
+
+    /// The node of a handle, if the handle is this topology's.
+    fn node<'s>(&self, state: &'s State, h: NodeHandle) -> Option<&'s Node> {
+        if h.topology != self.inner.id {
+            return None;
+        }
+        state.nodes.get(h.index)
+    }
+
+    fn node_handle(&self, index: usize) -> NodeHandle {
+        NodeHandle {
+            topology: self.inner.id,
+            index,
+        }
+    }
+
+    /// The key of a connection handle, if the handle is this topology's.
+    fn connection_id(&self, c: ConnectionHandle) -> Option<u64> {
+        (c.topology == self.inner.id).then_some(c.id)
+    }
+
+    fn connection_handle(&self, id: u64) -> ConnectionHandle {
+        ConnectionHandle {
+            topology: self.inner.id,
+            id,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
