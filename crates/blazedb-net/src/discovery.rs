@@ -15,13 +15,17 @@
 //! | key     | value                                                        |
 //! |---------|--------------------------------------------------------------|
 //! | `node`  | the advertiser's node id, 32 hex digits (required)           |
-//! | `proto` | URL scheme to connect with: `tcp` (default) or `tls`         |
-//! | `v`     | sync protocol version (`blazedb::limits::PROTOCOL_VERSION`)  |
-//! | `path`  | URL path, for HTTP-based schemes (`ws`, `wss`), e.g. `/v1/sync` |
+//! | `proto` | URL scheme to connect with: `tcp` (default), `tls`, `ws` or `wss` |
+//! | `v`     | sync protocol version (`blazedb::limits::PROTOCOL_VERSION`, required) |
+//! | `path`  | URL path of the `ws` and `wss` schemes, e.g. `/v1/sync`      |
 //!
-//! A service without a valid `node` is ignored: it is not a BlazeDB peer. Everything a peer
-//! announces is untrusted input; discovery only finds addresses, and the session's HELLO
-//! (and token) still decides who the peer is.
+//! A service without a valid `node` is ignored: it is not a BlazeDB peer. Nor is one that
+//! speaks another protocol version (its sessions would fail with `UNSUPPORTED_VERSION`),
+//! names another scheme (the URL must be one `blazedb sync` connects to over the network:
+//! a `unix` scheme would read the address as a local socket path), or announces port 0. A
+//! `path` is used with `ws` and `wss` only. Everything a peer announces is untrusted input;
+//! discovery only finds addresses, and the session's HELLO (and token) still decides who
+//! the peer is.
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
@@ -61,12 +65,16 @@ pub const SERVICE_TYPE: &str = "_blazedb._tcp.local.";
 
 /// TXT key of the advertiser's node id.
 pub const TXT_NODE: &str = "node";
-/// TXT key of the URL scheme (`tcp`, `tls`, ...).
+/// TXT key of the URL scheme (`tcp`, `tls`, `ws`, `wss`).
 pub const TXT_PROTO: &str = "proto";
 /// TXT key of the sync protocol version.
 pub const TXT_VERSION: &str = "v";
 /// TXT key of the URL path (HTTP-based schemes).
 pub const TXT_PATH: &str = "path";
+
+/// The URL schemes a discovered peer may announce: the network transports of
+/// `blazedb sync`. The last two are HTTP-based and take a `path`.
+const SCHEMES: [&str; 4] = ["tcp", "tls", "ws", "wss"];
 
 /// Which network interfaces mDNS uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -248,8 +256,8 @@ impl DiscoveredPeer {
         })
     }
 
-    /// Parse a resolved service; `None` when it is not a usable BlazeDB peer (no valid node
-    /// id, no address a URL can carry, or a malformed scheme or path).
+    /// Parse a resolved service; `None` when it is not a usable BlazeDB peer (see
+    /// [`DiscoveredPeer::from_announcement`]).
     fn from_resolved(svc: &ResolvedService) -> Option<DiscoveredPeer> {
         let suffix = format!(".{SERVICE_TYPE}");
         let name = svc.get_fullname().strip_suffix(&suffix)?.to_string();
@@ -257,25 +265,40 @@ impl DiscoveredPeer {
         for p in svc.txt_properties.iter().take(DISCOVERY_TXT_ENTRIES_MAX) {
             txt.insert(p.key().to_string(), p.val_str().to_string());
         }
+        let addresses = svc.get_addresses().iter().map(|a| a.to_ip_addr()).collect();
+        DiscoveredPeer::from_announcement(name, txt, addresses, svc.get_port())
+    }
+
+    /// A peer from what a service announced; `None` when it is not a usable BlazeDB peer: no
+    /// valid node id, another protocol version, a scheme other than [`SCHEMES`], a malformed
+    /// path, port 0, or no address a URL can carry.
+    fn from_announcement(
+        name: String,
+        txt: BTreeMap<String, String>,
+        mut addresses: Vec<IpAddr>,
+        port: u16,
+    ) -> Option<DiscoveredPeer> {
         let node_id: NodeId = txt.get(TXT_NODE)?.parse().ok()?;
+        let version: u16 = txt.get(TXT_VERSION)?.parse().ok()?;
+        if version != blazedb::limits::PROTOCOL_VERSION {
+            return None;
+        }
         let proto = txt.get(TXT_PROTO).map_or("tcp", String::as_str);
-        let scheme_ok = !proto.is_empty()
-            && proto
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-        if !scheme_ok {
+        if !SCHEMES.contains(&proto) {
             return None;
         }
         let path = match txt.get(TXT_PATH) {
+            // `tcp` and `tls` URLs take no path (`blazedb sync` refuses one): ignore it.
+            _ if !matches!(proto, "ws" | "wss") => "",
             Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p.as_str(),
             Some(_) => return None,
             None => "",
         };
-        let mut addresses: Vec<IpAddr> =
-            svc.get_addresses().iter().map(|a| a.to_ip_addr()).collect();
+        if port == 0 {
+            return None;
+        }
         addresses.sort_by_key(|a| (a.is_ipv6(), *a));
         addresses.dedup();
-        let port = svc.get_port();
         // A link-local IPv6 address needs a zone in a URL, which `blazedb sync` does not
         // take: prefer anything else.
         let host = addresses.iter().find(|a| match a {
@@ -540,6 +563,51 @@ mod tests {
             "blazedb-0123456789abcdef0123456789abcdef"
         );
         assert!(check_instance_name(&listener_name(node)).is_ok());
+    }
+
+    /// What a hostile or foreign service announces never becomes a URL `blazedb sync` would
+    /// misread or refuse.
+    #[test]
+    fn announced_values_make_a_url_only_when_blazedb_sync_can_use_it() {
+        let node = "0123456789abcdef0123456789abcdef";
+        let version = blazedb::limits::PROTOCOL_VERSION.to_string();
+        let peer = |entries: &[(&str, &str)], port: u16| {
+            let txt = entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let addresses = vec!["1.2.3.4".parse().unwrap()];
+            DiscoveredPeer::from_announcement("p".into(), txt, addresses, port)
+        };
+        let url = |entries: &[(&str, &str)]| peer(entries, 7421).map(|p| p.url);
+        let v = ("v", version.as_str());
+        let n = ("node", node);
+
+        assert_eq!(url(&[n, v]).as_deref(), Some("tcp://1.2.3.4:7421"));
+        assert_eq!(
+            url(&[n, v, ("proto", "tls")]).as_deref(),
+            Some("tls://1.2.3.4:7421")
+        );
+        assert_eq!(
+            url(&[n, v, ("proto", "wss"), ("path", "/v1/sync")]).as_deref(),
+            Some("wss://1.2.3.4:7421/v1/sync")
+        );
+        assert_eq!(
+            url(&[n, v, ("proto", "tcp"), ("path", "/v1/sync")]).as_deref(),
+            Some("tcp://1.2.3.4:7421"),
+            "a path is for ws and wss only"
+        );
+        for proto in ["unix", "http", "file", "TCP", ""] {
+            assert_eq!(url(&[n, v, ("proto", proto)]), None, "{proto}");
+        }
+        assert_eq!(url(&[n, v, ("proto", "ws"), ("path", "v1")]), None);
+        assert_eq!(peer(&[n, v], 0), None, "port 0");
+        let other = (blazedb::limits::PROTOCOL_VERSION + 1).to_string();
+        for bad in [other.as_str(), "x", "65536", ""] {
+            assert_eq!(url(&[n, ("v", bad)]), None, "v={bad}");
+        }
+        assert_eq!(url(&[n]), None, "no protocol version");
+        assert_eq!(url(&[v]), None, "no node id");
     }
 
     #[test]
