@@ -106,6 +106,39 @@ fn a_filter_on_auth_claims_is_refused_by_a_listen_peer() {
     assert_eq!(report["received"]["cells_applied"], 2, "{report}");
 }
 
+/// In watch mode too: the peer's refusal would come again on every reconnect, so the sync
+/// exits with it instead of retrying forever.
+#[test]
+fn a_refused_filter_ends_sync_watch_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, a) = (dir.path().join("hub.db"), dir.path().join("a.db"));
+    put(&hub, "notes", r#"{"owner": "ann"}"#);
+    let (_listener, url) = start_listener(&hub, &["--tcp", "127.0.0.1:0", "--token", "t0k"], None);
+    let mut cmd = blazedb();
+    cmd.arg("sync").arg(&a).arg(&url).arg("--watch");
+    cmd.args(["--token", "t0k", "--where", "owner == $auth.sub"]);
+    let log = dir.path().join("watch.log");
+    let mut watch = net_common::Daemon::spawn("sync --watch", cmd, Some(&log));
+    let limit = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = watch.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < limit,
+            "sync --watch kept retrying a refused filter"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        err.contains("error: ") && err.contains("$auth") && err.contains("InvalidPolicy"),
+        "{err}"
+    );
+    assert_eq!(export(&a, "notes").len(), 0);
+}
+
 #[test]
 fn listen_and_sync_once_over_a_unix_socket_converge() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,9 +13,12 @@
 //! when the connection broke — sent but not yet applied — travel again.
 //!
 //! Errors that a retry cannot fix end the loop: a refused token (`AUTH_FAILED`), a mode the
-//! peer forbids, a copied database (`SAME_NODE`), another protocol version, and a bad URL
-//! or TLS configuration. Anything else (refused connection, timeout, cut, the peer shutting
-//! down) is retried with exponential backoff and jitter ([`Backoff`]).
+//! peer forbids, a copied database (`SAME_NODE`), another protocol version, a sync policy
+//! the peer refuses (`INVALID_POLICY`), a change too large for the peer (`TOO_LARGE`), a
+//! local database the session cannot start on (an invalid policy, a damaged file; a file
+//! only busy is retried), and a bad URL or TLS configuration. Anything else (refused
+//! connection, timeout, cut, the peer shutting down) is retried with exponential backoff and
+//! jitter ([`Backoff`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -403,13 +406,20 @@ pub async fn sync_watch(
 /// Session errors that another attempt would meet again.
 fn is_permanent(e: &NetError) -> bool {
     match e {
+        // The policy and the data are the same on the next attempt, so a refused policy and
+        // a change beyond the peer's limits are refused again.
         NetError::Sync { error, .. } => matches!(
             error.code,
             ErrorCode::AuthFailed
                 | ErrorCode::Forbidden
                 | ErrorCode::SameNode
                 | ErrorCode::UnsupportedVersion
+                | ErrorCode::InvalidPolicy
+                | ErrorCode::TooLarge
         ),
+        // The session could not start: an invalid policy or a damaged file stays so; a file
+        // locked by another connection may be free later.
+        NetError::Database(e) => !e.is_busy(),
         NetError::Open { .. } | NetError::SameFile { .. } => true,
         _ => false,
     }
@@ -441,6 +451,47 @@ mod tests {
         assert_eq!(d, [200, 600, 1800, 5000, 5000]);
         b.reset();
         assert_eq!(b.next_delay_ms(0), 200);
+    }
+
+    /// The peer's refusals that the next attempt would meet again end the watch; the
+    /// passing ones (a timeout, the peer shutting down, a rate limit) are retried.
+    #[test]
+    fn refusals_a_retry_meets_again_are_permanent() {
+        let refused = |code: ErrorCode| NetError::Sync {
+            error: blazedb::sync::SyncError {
+                code,
+                message: "refused".into(),
+                remote: true,
+            },
+            report: Box::new(SessionReport {
+                node: NodeId::random(),
+                peer: None,
+                stats: Default::default(),
+                end: EndReason::TransportClosed,
+                caught_up: false,
+                elapsed_ms: 0,
+            }),
+        };
+        for code in [
+            ErrorCode::AuthFailed,
+            ErrorCode::Forbidden,
+            ErrorCode::SameNode,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::InvalidPolicy,
+            ErrorCode::TooLarge,
+        ] {
+            assert!(is_permanent(&refused(code)), "{code:?}");
+        }
+        for code in [
+            ErrorCode::Timeout,
+            ErrorCode::ShuttingDown,
+            ErrorCode::RateLimited,
+            ErrorCode::Internal,
+        ] {
+            assert!(!is_permanent(&refused(code)), "{code:?}");
+        }
+        let invalid = NetError::Database(blazedb::Error::InvalidArgument("bad filter".into()));
+        assert!(is_permanent(&invalid));
     }
 
     #[test]

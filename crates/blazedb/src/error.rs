@@ -177,5 +177,41 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// Another connection held a lock on the file for longer than the busy timeout (a long
+    /// write transaction, a checkpoint, another process's maintenance): the same call may
+    /// succeed later, unlike a damaged file or an invalid argument.
+    pub fn is_busy(&self) -> bool {
+        let Error::Sqlite(e) = self else {
+            return false;
+        };
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> Error {
+        Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    #[test]
+    fn only_a_lock_held_elsewhere_is_busy() {
+        assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_busy());
+        assert!(sqlite(rusqlite::ffi::SQLITE_LOCKED).is_busy());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_busy());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_NOTADB).is_busy());
+        assert!(!Error::InvalidArgument("x".into()).is_busy());
+    }
+}

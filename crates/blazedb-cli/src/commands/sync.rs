@@ -4,8 +4,10 @@
 //!
 //! With a URL, `--once` syncs until both sides are caught up and prints one JSON line of
 //! what moved each way; `--watch` (the default) keeps syncing, reconnecting with backoff
-//! after any failure, prints connection events as JSON lines on stderr, and on Ctrl-C (or
-//! SIGTERM) prints the totals as one JSON line.
+//! after a failure that may pass (a refused connection, a cut, the peer restarting), prints
+//! connection events as JSON lines on stderr, and on Ctrl-C (or SIGTERM) prints the totals
+//! as one JSON line. A failure that the next attempt would meet again (a refused token or
+//! filter, a copied database, another protocol version) ends it with an error instead.
 
 use std::path::PathBuf;
 use std::sync::Arc;
