@@ -194,6 +194,37 @@ async fn queries_are_filtered_by_the_read_rule() {
     relay.stop().await;
 }
 
+/// A request naming more sort keys than a query may have is refused before it reaches the
+/// store: one body of 64 KiB held ~16,000 keys and kept the relay's store busy for a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_order_by_keys_are_refused() {
+    let relay = TestRelay::start(|c| c.auth = AuthConfig::JwtSecret(SECRET.into())).await;
+    for p in [3i64, 1, 2] {
+        relay.db.insert("bugs", [("priority", p)]).unwrap();
+    }
+    let alice = token("alice");
+    let max = blazedb::limits::ORDER_BY_KEYS_MAX;
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "order_by": vec!["priority"; max + 1]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["code"], "invalid_request");
+    let expected = format!("order_by has {} keys, the limit is {max}", max + 1);
+    assert!(r.body.contains(&expected), "{}", r.body);
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "order_by": vec!["priority:desc"; max]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(priorities(&r), [3, 2, 1]);
+    relay.stop().await;
+}
+
 /// The `priority` of each record a query answered, in order.
 fn priorities(r: &common::HttpResponse) -> Vec<i64> {
     r.json()

@@ -38,6 +38,10 @@ pub const FOR_EACH_PAGE_BYTES: usize = 8 * 1024 * 1024;
 pub const EXPRESSION_BYTES_MAX: usize = 16 * 1024;
 /// Deepest nesting of a query expression.
 pub const EXPRESSION_DEPTH_MAX: usize = 64;
+/// Most sort keys (`order_by`) one query may have. A sort reads every key of every record it
+/// orders: with no bound, one `/v1/query` body of 64 KiB named ~16,000 keys and kept the
+/// relay's store busy for about a minute.
+pub const ORDER_BY_KEYS_MAX: usize = 8;
 /// Most collections one database may hold.
 pub const COLLECTIONS_MAX: usize = 10_000;
 /// Most cells one `changes_since` call returns when the caller asks for more.

@@ -75,6 +75,40 @@ fn filters_order_limit_offset() {
     );
 }
 
+fn order_by(keys: &[&str]) -> Vec<OrderBy> {
+    keys.iter().map(|k| OrderBy::parse(k).unwrap()).collect()
+}
+
+/// A query sorts by at most `ORDER_BY_KEYS_MAX` keys: every key is read from every record it
+/// sorts, and a relay's store took about a minute over one request naming thousands.
+#[test]
+fn more_sort_keys_than_the_limit_are_refused() {
+    let (_d, db) = bugs();
+    let max = blazedb::limits::ORDER_BY_KEYS_MAX;
+    let mut query = Query::filter("status == \"open\"").unwrap();
+    query.order_by = order_by(&vec!["priority"; max + 1]);
+    let e = db.query("bugs", &query).unwrap_err();
+    assert!(matches!(e, blazedb::Error::InvalidArgument(_)), "{e:?}");
+    assert!(
+        e.to_string().contains(&format!(
+            "order_by has {} keys, the limit is {max}",
+            max + 1
+        )),
+        "{e}"
+    );
+    // At the limit, a key repeating an earlier key's field changes nothing.
+    let mut keys = vec!["priority:desc"; max - 1];
+    keys.push("title");
+    query.order_by = order_by(&keys);
+    let repeated = db.query("bugs", &query).unwrap();
+    query.order_by = order_by(&["priority:desc", "title"]);
+    assert_eq!(
+        titles(&repeated),
+        titles(&db.query("bugs", &query).unwrap())
+    );
+    assert_eq!(&titles(&repeated)[..3], ["bug 09", "bug 39", "bug 18"]);
+}
+
 #[test]
 fn invalid_expressions_point_at_the_position() {
     let (_d, db) = bugs();

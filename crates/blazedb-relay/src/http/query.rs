@@ -6,8 +6,8 @@
 //! ```
 //!
 //! `where` is the query language (DESIGN decision 10) and may use the caller's claims
-//! (`assignee == $auth.sub`); `order_by` is `"FIELD"`, `"FIELD:desc"` or a list of them, most
-//! significant first; `limit` defaults to [`QUERY_LIMIT_DEFAULT`] and is capped at
+//! (`assignee == $auth.sub`); `order_by` is `"FIELD"`, `"FIELD:desc"` or a list of at most
+//! [`ORDER_BY_KEYS_MAX`] of them (8), most significant first; `limit` defaults to [`QUERY_LIMIT_DEFAULT`] and is capped at
 //! [`QUERY_LIMIT_MAX`]. The answer is a JSON array of records (`Record::to_json`: the fields
 //! and `"_id"`), only those the caller's read rule allows — `limit` counts those. A
 //! collection that does not exist, or that the rules close, answers `[]`. An invalid
@@ -20,6 +20,7 @@ use axum::extract::{Request, State as AxumState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use blazedb::limits::ORDER_BY_KEYS_MAX;
 use blazedb::query::QueryError;
 use blazedb::{OrderBy, Query};
 use serde::Deserialize;
@@ -121,6 +122,10 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     let order_by = match req.order_by {
         None => Ok(Vec::new()),
         Some(OrderBySpec::One(s)) => OrderBy::parse(&s).map(|o| vec![o]),
+        Some(OrderBySpec::Many(v)) if v.len() > ORDER_BY_KEYS_MAX => Err(format!(
+            "has {} keys, the limit is {ORDER_BY_KEYS_MAX}: sort by fewer fields",
+            v.len()
+        )),
         Some(OrderBySpec::Many(v)) => v.iter().map(|s| OrderBy::parse(s)).collect(),
     };
     let order_by = match order_by {

@@ -1,5 +1,6 @@
 //! Reads: point lookups, collection scans and queries.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -7,8 +8,8 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{body, Database, Inner};
 use crate::codec::keys;
-use crate::error::Result;
-use crate::limits::{FOR_EACH_PAGE_BYTES, FOR_EACH_PAGE_RECORDS};
+use crate::error::{Error, Result};
+use crate::limits::{FOR_EACH_PAGE_BYTES, FOR_EACH_PAGE_RECORDS, ORDER_BY_KEYS_MAX};
 use crate::query::{Expr, Params};
 use crate::types::Seq;
 use crate::{RecordId, Value};
@@ -101,7 +102,9 @@ pub struct Query {
     pub filter: Option<Expr>,
     /// Values for `$name` parameters in the filter.
     pub params: Params,
-    /// Sort keys, most significant first. Without any, records come in id order.
+    /// Sort keys, most significant first, at most [`ORDER_BY_KEYS_MAX`] (a key naming a field
+    /// an earlier key names changes nothing and is skipped). Without any, records come in id
+    /// order; ties are broken by id.
     pub order_by: Vec<OrderBy>,
     /// At most this many records.
     pub limit: Option<usize>,
@@ -118,6 +121,96 @@ impl Query {
             filter: Some(crate::query::parse(expr)?),
             ..Query::default()
         })
+    }
+
+    /// The sort keys that can change the order: `order_by` without the keys on a field an
+    /// earlier key already sorts by (records tied on a field are tied on it again). More than
+    /// [`ORDER_BY_KEYS_MAX`] keys are refused.
+    fn sort_keys(&self) -> Result<Vec<&OrderBy>> {
+        if self.order_by.len() > ORDER_BY_KEYS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "order_by has {} keys, the limit is {ORDER_BY_KEYS_MAX}: sort by fewer fields",
+                self.order_by.len()
+            )));
+        }
+        let mut keys: Vec<&OrderBy> = Vec::with_capacity(self.order_by.len());
+        for o in &self.order_by {
+            if !keys.iter().any(|k| k.field == o.field) {
+                keys.push(o);
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// A record with the values it sorts by, read once: a sort compares each record many times,
+/// and reading (and cloning) the fields at every comparison multiplied its cost.
+struct SortedRecord {
+    /// The record's value of each sort key, most significant first; a missing field is null.
+    key: Vec<SortValue>,
+    record: Record,
+}
+
+impl SortedRecord {
+    fn new(record: Record, keys: &[&OrderBy]) -> SortedRecord {
+        let key = keys
+            .iter()
+            .map(|o| SortValue {
+                value: record.field(&o.field).unwrap_or(Value::Null),
+                desc: o.desc,
+            })
+            .collect();
+        SortedRecord { key, record }
+    }
+}
+
+impl Ord for SortedRecord {
+    /// The query's order: by the sort keys, ties by id (so the order is total and a page
+    /// boundary falls in the same place every time).
+    fn cmp(&self, other: &SortedRecord) -> Ordering {
+        self.key
+            .cmp(&other.key)
+            .then_with(|| self.record.id.cmp(&other.record.id))
+    }
+}
+
+impl PartialOrd for SortedRecord {
+    fn partial_cmp(&self, other: &SortedRecord) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for SortedRecord {
+    fn eq(&self, other: &SortedRecord) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for SortedRecord {}
+
+/// One sort key's value in a record. Null (a missing field) sorts first in ascending order,
+/// like SQL's NULLS FIRST, and last in descending order.
+#[derive(PartialEq, Eq)]
+struct SortValue {
+    value: Value,
+    desc: bool,
+}
+
+impl Ord for SortValue {
+    /// Two records' values of the same key compare; `desc` is the same on both sides.
+    fn cmp(&self, other: &SortValue) -> Ordering {
+        let ascending = self.value.cmp(&other.value);
+        if self.desc {
+            ascending.reverse()
+        } else {
+            ascending
+        }
+    }
+}
+
+impl PartialOrd for SortValue {
+    fn partial_cmp(&self, other: &SortValue) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -198,15 +291,66 @@ impl Database {
     }
 
     /// Run a query.
+    ///
+    /// The matching records are read under the database's lock, in one snapshot; they are
+    /// sorted after it is released, so a long sort does not hold up every other reader and
+    /// writer of the database.
     pub fn query(&self, collection: &str, q: &Query) -> Result<Vec<Record>> {
+        let sort_keys = q.sort_keys()?;
+        let matches = {
+            let inner = self.lock()?;
+            inner.matching_records(collection, q)?
+        };
+        let out = if sort_keys.is_empty() {
+            matches
+        } else {
+            let mut sorted: Vec<SortedRecord> = matches
+                .into_iter()
+                .map(|r| SortedRecord::new(r, &sort_keys))
+                .collect();
+            sorted.sort_unstable();
+            sorted.into_iter().map(|s| s.record).collect()
+        };
+        let out = out.into_iter().skip(q.offset);
+        Ok(match q.limit {
+            Some(n) => out.take(n).collect(),
+            None => out.collect(),
+        })
+    }
+
+    /// Number of live records in a collection.
+    pub fn count(&self, collection: &str) -> Result<u64> {
         let inner = self.lock()?;
         let Some(coll) = inner.collection_id(collection) else {
+            return Ok(0);
+        };
+        Ok(inner.conn.query_row(
+            "SELECT count(*) FROM records WHERE coll = ?1 AND live = 1",
+            [coll],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Names of the collections, sorted.
+    pub fn collections(&self) -> Result<Vec<String>> {
+        let inner = self.lock()?;
+        let mut v: Vec<String> = inner.collections.keys().cloned().collect();
+        v.sort();
+        Ok(v)
+    }
+}
+
+impl Inner {
+    /// The live records of a collection that match `q.filter`, in id order, read in one
+    /// snapshot (through an index when the planner finds one).
+    fn matching_records(&self, collection: &str, q: &Query) -> Result<Vec<Record>> {
+        let Some(coll) = self.collection_id(collection) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
         let plan = match (&q.filter, q.no_index) {
             (Some(f), false) => {
-                let indexed = inner.indexes.get(&coll);
+                let indexed = self.indexes.get(&coll);
                 f.plan(
                     &|name: &str| indexed.is_some_and(|s| s.contains(name)),
                     &q.params,
@@ -238,7 +382,7 @@ impl Database {
                     let sql = format!(
                         "SELECT id FROM index_entries WHERE coll = ?1 AND field = ?2 {lo_sql} {hi_sql}"
                     );
-                    let mut stmt = inner.conn.prepare_cached(&sql)?;
+                    let mut stmt = self.conn.prepare_cached(&sql)?;
                     let rows = stmt.query_map(params![coll, scan.field, lo_v, hi_v], |r| {
                         r.get::<_, Vec<u8>>(0)
                     })?;
@@ -254,7 +398,7 @@ impl Database {
                 ids.sort();
                 ids.dedup();
                 for id in ids {
-                    if let Some(r) = inner.get(collection, id)? {
+                    if let Some(r) = self.get(collection, id)? {
                         if keep(&r) {
                             out.push(r);
                         }
@@ -262,64 +406,21 @@ impl Database {
                 }
             }
             None => {
-                let mut stmt = inner.conn.prepare_cached(
+                let mut stmt = self.conn.prepare_cached(
                     "SELECT id, rev, seq, body FROM records WHERE coll = ?1 AND live = 1 ORDER BY id",
                 )?;
                 let mut rows = stmt.query([coll])?;
                 while let Some(row) = rows.next()? {
-                    let r = inner.decode_row(collection, row)?;
+                    let r = self.decode_row(collection, row)?;
                     if keep(&r) {
                         out.push(r);
                     }
                 }
             }
         }
-        if !q.order_by.is_empty() {
-            // Missing fields sort first (as null), like SQL's NULLS FIRST for ascending order.
-            out.sort_by(|a, b| {
-                for o in &q.order_by {
-                    let (x, y) = (
-                        a.field(&o.field).unwrap_or(Value::Null),
-                        b.field(&o.field).unwrap_or(Value::Null),
-                    );
-                    let c = if o.desc { y.cmp(&x) } else { x.cmp(&y) };
-                    if c.is_ne() {
-                        return c;
-                    }
-                }
-                a.id.cmp(&b.id)
-            });
-        }
-        let out = out.into_iter().skip(q.offset);
-        Ok(match q.limit {
-            Some(n) => out.take(n).collect(),
-            None => out.collect(),
-        })
+        Ok(out)
     }
 
-    /// Number of live records in a collection.
-    pub fn count(&self, collection: &str) -> Result<u64> {
-        let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
-            return Ok(0);
-        };
-        Ok(inner.conn.query_row(
-            "SELECT count(*) FROM records WHERE coll = ?1 AND live = 1",
-            [coll],
-            |r| r.get(0),
-        )?)
-    }
-
-    /// Names of the collections, sorted.
-    pub fn collections(&self) -> Result<Vec<String>> {
-        let inner = self.lock()?;
-        let mut v: Vec<String> = inner.collections.keys().cloned().collect();
-        v.sort();
-        Ok(v)
-    }
-}
-
-impl Inner {
     /// The live records of a collection with ids above `after` (an empty `after`: from the
     /// first), in id order; with a `limit`, a page of them (at least one record, if any).
     fn live_records(
