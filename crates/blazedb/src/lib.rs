@@ -55,7 +55,7 @@ pub use store::{validate_collection_name, validate_field_name, validate_value};
 pub use store::{
     Change, ChangeBatch, Checkpoint, CollectionPolicy, Conflict, Database, FieldOp, HistoryEntry,
     HistoryRetention, OpenOptions, OrderBy, PastVisibility, Patch, PeerDirection, PeerInfo, Query,
-    Record, Stats, Tx,
+    QueryStats, Record, Stats, Tx,
 };
 pub use store::{EvictGuard, EvictOutcome, GcOptions, GcReport, SyncMetadata};
 pub use store::{StagedParts, StagingId};

@@ -109,6 +109,84 @@ fn more_sort_keys_than_the_limit_are_refused() {
     assert_eq!(&titles(&repeated)[..3], ["bug 09", "bug 39", "bug 18"]);
 }
 
+/// Without sort keys a limit stops the scan: the records come in id order, so the first
+/// `offset + limit` matches are all the query reads (it read the whole collection, under the
+/// database's lock, to answer one record).
+#[test]
+fn a_limit_without_sort_keys_stops_the_scan() {
+    let (_d, db) = bugs();
+    let all = db.scan("bugs").unwrap();
+    let query = |filter: Option<&str>, limit: usize, offset: usize| {
+        let q = Query {
+            filter: filter.map(|f| blazedb::query::parse(f).unwrap()),
+            limit: Some(limit),
+            offset,
+            ..Query::default()
+        };
+        db.query_with_stats("bugs", &q).unwrap()
+    };
+
+    let (records, stats) = query(None, 2, 3);
+    assert_eq!(records, all[3..5]);
+    assert_eq!(stats.records_decoded, 5);
+
+    // With a filter, the scan stops at the third match.
+    let open: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].fields["status"] == Value::from("open"))
+        .collect();
+    let (records, stats) = query(Some("status == \"open\""), 2, 1);
+    assert_eq!(records, [all[open[1]].clone(), all[open[2]].clone()]);
+    assert_eq!(stats.records_decoded, open[2] as u64 + 1);
+
+    // Through an index, only candidates are read, and only until there are enough.
+    db.create_index("bugs", "status").unwrap();
+    let (records, stats) = query(Some("status == \"open\""), 2, 1);
+    assert_eq!(records, [all[open[1]].clone(), all[open[2]].clone()]);
+    assert_eq!(stats.records_decoded, 3);
+
+    let (records, stats) = query(None, 0, 0);
+    assert!(records.is_empty());
+    assert_eq!(stats.records_decoded, 0);
+    // Without a limit, everything that matches.
+    let (records, _) = db
+        .query_with_stats("bugs", &Query::filter("status == \"open\"").unwrap())
+        .unwrap();
+    assert_eq!(records.len(), open.len());
+}
+
+/// With sort keys and a limit, the query keeps only the best `offset + limit` records as it
+/// scans: the answer is the same slice of the fully sorted matches.
+#[test]
+fn a_limit_with_sort_keys_answers_the_same_slice() {
+    let (_d, db) = bugs();
+    let keys = order_by(&["score:desc", "priority", "meta.owner:desc"]);
+    // The order by hand: missing `score` is null, first ascending and so last descending.
+    let mut expected = db
+        .query("bugs", &Query::filter("status != \"triage\"").unwrap())
+        .unwrap();
+    let value = |r: &blazedb::Record, f: &str| r.field(f).unwrap_or(Value::Null);
+    expected.sort_by(|a, b| {
+        value(b, "score")
+            .cmp(&value(a, "score"))
+            .then_with(|| value(a, "priority").cmp(&value(b, "priority")))
+            .then_with(|| value(b, "meta.owner").cmp(&value(a, "meta.owner")))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    for (offset, limit) in [(0, 1), (0, 5), (3, 4), (10, 100), (38, 5), (45, 1), (0, 0)] {
+        let mut q = Query::filter("status != \"triage\"").unwrap();
+        q.order_by = keys.clone();
+        q.offset = offset;
+        q.limit = Some(limit);
+        let got = db.query("bugs", &q).unwrap();
+        let end = (offset + limit).min(expected.len());
+        let want = &expected[offset.min(end)..end];
+        assert_eq!(got, want, "offset {offset}, limit {limit}");
+    }
+    let mut q = Query::filter("status != \"triage\"").unwrap();
+    q.order_by = keys;
+    assert_eq!(db.query("bugs", &q).unwrap(), expected);
+}
+
 #[test]
 fn invalid_expressions_point_at_the_position() {
     let (_d, db) = bugs();

@@ -139,6 +139,16 @@ impl Expr {
         eval::test(&self.root, &eval::Context { id, fields, params })
     }
 
+    /// `self && other`: holds exactly when both hold, e.g. a query's filter and the caller's
+    /// read rule, so that one scan applies both. The source is `(self) && (other)`, which
+    /// parses back to the same tree.
+    pub fn and(&self, other: &Expr) -> Expr {
+        Expr {
+            root: Node::And(vec![self.root.clone(), other.root.clone()]),
+            source: format!("({}) && ({})", self.source, other.source),
+        }
+    }
+
     /// The source text the expression was parsed from.
     pub fn source(&self) -> &str {
         &self.source
@@ -213,6 +223,24 @@ mod tests {
         let fields: Vec<String> = e.fields().into_iter().collect();
         assert_eq!(fields, ["a", "c", "d", "we ird"]);
         assert_eq!(src.parse::<Expr>().ok(), Some(e));
+    }
+
+    #[test]
+    fn and_holds_when_both_hold_and_reparses() {
+        let (a, b) = (parse("x == 1 || y").unwrap(), parse("z && !w").unwrap());
+        let both = a.and(&b);
+        assert_eq!(both.source(), "(x == 1 || y) && (z && !w)");
+        assert_eq!(parse(both.source()).ok(), Some(both.clone()));
+        let params = Params::new();
+        for x in [0, 1] {
+            for z in [false, true] {
+                let mut fields = BTreeMap::new();
+                fields.insert("x".to_owned(), Value::Int(x));
+                fields.insert("z".to_owned(), Value::Bool(z));
+                let m = |e: &Expr| e.matches(&[0; 16], &fields, &params);
+                assert_eq!(m(&both), m(&a) && m(&b), "x {x}, z {z}");
+            }
+        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use gc::{GcOptions, GcReport, SyncMetadata};
 pub use history::{HistoryEntry, HistoryRetention, PastVisibility};
 pub use maintenance::{Checkpoint, CollectionStats, IntegrityReport, Stats};
 pub use open::PAGE_HMAC;
-pub use read::{OrderBy, Query, Record};
+pub use read::{OrderBy, Query, QueryStats, Record};
 pub use snapshot::{
     PeerHolds, SnapshotApplied, SnapshotKey, SnapshotPage, SnapshotProgress, SnapshotScope,
     SnapshotSelect,

@@ -1,7 +1,7 @@
 //! Reads: point lookups, collection scans and queries.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::ops::Bound;
 
 use rusqlite::{params, OptionalExtension};
@@ -214,6 +214,101 @@ impl PartialOrd for SortValue {
     }
 }
 
+/// What a query read, to tell its cost: [`Database::query_with_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueryStats {
+    /// Records read from the file and decoded, matching or not (an index scan reads only its
+    /// candidates).
+    pub records_decoded: u64,
+}
+
+/// The matches a query keeps while it scans (in id order), so that a limit bounds what it
+/// holds in memory, and without sort keys what it reads.
+enum Kept<'q> {
+    /// No sort keys: the scan's id order is the answer's, so the first `wanted` matches are
+    /// all the query needs and the scan stops there.
+    InScanOrder {
+        records: Vec<Record>,
+        wanted: Option<usize>,
+    },
+    /// Sort keys without a limit: every match, sorted at the end.
+    AllSorted {
+        keys: Vec<&'q OrderBy>,
+        records: Vec<SortedRecord>,
+    },
+    /// Sort keys and a limit: the best `wanted` matches so far, in a max-heap whose top is
+    /// the worst of them, replaced when a better one comes.
+    BestSorted {
+        keys: Vec<&'q OrderBy>,
+        heap: BinaryHeap<SortedRecord>,
+        wanted: usize,
+    },
+}
+
+impl<'q> Kept<'q> {
+    fn new(keys: Vec<&'q OrderBy>, wanted: Option<usize>) -> Kept<'q> {
+        match (keys.is_empty(), wanted) {
+            (true, wanted) => Kept::InScanOrder {
+                records: Vec::new(),
+                wanted,
+            },
+            (false, None) => Kept::AllSorted {
+                keys,
+                records: Vec::new(),
+            },
+            (false, Some(wanted)) => Kept::BestSorted {
+                keys,
+                heap: BinaryHeap::new(),
+                wanted,
+            },
+        }
+    }
+
+    /// Whether no further match can change the answer: the scan may stop.
+    fn is_full(&self) -> bool {
+        match self {
+            Kept::InScanOrder { records, wanted } => wanted.is_some_and(|w| records.len() >= w),
+            Kept::AllSorted { .. } => false,
+            Kept::BestSorted { wanted, .. } => *wanted == 0,
+        }
+    }
+
+    /// A match the scan found.
+    fn offer(&mut self, record: Record) {
+        match self {
+            Kept::InScanOrder { records, .. } => records.push(record),
+            Kept::AllSorted { keys, records } => records.push(SortedRecord::new(record, keys)),
+            Kept::BestSorted { keys, heap, wanted } => {
+                let candidate = SortedRecord::new(record, keys);
+                if heap.len() < *wanted {
+                    heap.push(candidate);
+                } else if let Some(mut worst) = heap.peek_mut() {
+                    if candidate < *worst {
+                        *worst = candidate;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kept records in the query's order (sorting here, with the database unlocked).
+    fn into_ordered(self) -> Vec<Record> {
+        match self {
+            Kept::InScanOrder { records, .. } => records,
+            Kept::AllSorted { mut records, .. } => {
+                records.sort_unstable();
+                records.into_iter().map(|s| s.record).collect()
+            }
+            Kept::BestSorted { heap, .. } => heap
+                .into_sorted_vec()
+                .into_iter()
+                .map(|s| s.record)
+                .collect(),
+        }
+    }
+}
+
 impl Database {
     /// A record by id, or `None` if there is none (or it was deleted).
     pub fn get(&self, collection: &str, id: RecordId) -> Result<Option<Record>> {
@@ -294,28 +389,33 @@ impl Database {
     ///
     /// The matching records are read under the database's lock, in one snapshot; they are
     /// sorted after it is released, so a long sort does not hold up every other reader and
-    /// writer of the database.
+    /// writer of the database. With a `limit`, the scan keeps only `offset + limit` records:
+    /// without sort keys it stops once it has found them, with sort keys it keeps the best so
+    /// far (every match must still be read, but not held).
     pub fn query(&self, collection: &str, q: &Query) -> Result<Vec<Record>> {
+        Ok(self.query_with_stats(collection, q)?.0)
+    }
+
+    /// [`Database::query`], and what it read.
+    pub fn query_with_stats(
+        &self,
+        collection: &str,
+        q: &Query,
+    ) -> Result<(Vec<Record>, QueryStats)> {
         let sort_keys = q.sort_keys()?;
-        let matches = {
+        // The records skipped and the records answered.
+        let wanted = q.limit.map(|n| q.offset.saturating_add(n));
+        let mut kept = Kept::new(sort_keys, wanted);
+        let stats = {
             let inner = self.lock()?;
-            inner.matching_records(collection, q)?
+            inner.scan_matches(collection, q, &mut kept)?
         };
-        let out = if sort_keys.is_empty() {
-            matches
-        } else {
-            let mut sorted: Vec<SortedRecord> = matches
-                .into_iter()
-                .map(|r| SortedRecord::new(r, &sort_keys))
-                .collect();
-            sorted.sort_unstable();
-            sorted.into_iter().map(|s| s.record).collect()
-        };
-        let out = out.into_iter().skip(q.offset);
-        Ok(match q.limit {
+        let out = kept.into_ordered().into_iter().skip(q.offset);
+        let out = match q.limit {
             Some(n) => out.take(n).collect(),
             None => out.collect(),
-        })
+        };
+        Ok((out, stats))
     }
 
     /// Number of live records in a collection.
@@ -341,13 +441,13 @@ impl Database {
 }
 
 impl Inner {
-    /// The live records of a collection that match `q.filter`, in id order, read in one
-    /// snapshot (through an index when the planner finds one).
-    fn matching_records(&self, collection: &str, q: &Query) -> Result<Vec<Record>> {
+    /// Offer the live records of a collection that match `q.filter` to `kept`, in id order,
+    /// until it is full (through an index when the planner finds one).
+    fn scan_matches(&self, collection: &str, q: &Query, kept: &mut Kept<'_>) -> Result<QueryStats> {
+        let mut stats = QueryStats::default();
         let Some(coll) = self.collection_id(collection) else {
-            return Ok(Vec::new());
+            return Ok(stats);
         };
-        let mut out = Vec::new();
         let plan = match (&q.filter, q.no_index) {
             (Some(f), false) => {
                 let indexed = self.indexes.get(&coll);
@@ -398,9 +498,13 @@ impl Inner {
                 ids.sort();
                 ids.dedup();
                 for id in ids {
+                    if kept.is_full() {
+                        break;
+                    }
                     if let Some(r) = self.get(collection, id)? {
+                        stats.records_decoded += 1;
                         if keep(&r) {
-                            out.push(r);
+                            kept.offer(r);
                         }
                     }
                 }
@@ -410,15 +514,17 @@ impl Inner {
                     "SELECT id, rev, seq, body FROM records WHERE coll = ?1 AND live = 1 ORDER BY id",
                 )?;
                 let mut rows = stmt.query([coll])?;
-                while let Some(row) = rows.next()? {
+                while !kept.is_full() {
+                    let Some(row) = rows.next()? else { break };
                     let r = self.decode_row(collection, row)?;
+                    stats.records_decoded += 1;
                     if keep(&r) {
-                        out.push(r);
+                        kept.offer(r);
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(stats)
     }
 
     /// The live records of a collection with ids above `after` (an empty `after`: from the
