@@ -1,6 +1,7 @@
 //! Authentication: a static bearer token or JWTs, checked once per connection before any data
 //! flows. A verified credential becomes the connection's claims, which rules and queries read
-//! as `$auth.*` (`$auth.sub`, `$auth.role`, ...).
+//! as `$auth.*` (`$auth.sub`, `$auth.role`, ...). A JWT claim whose value is null is left out,
+//! as are nulls inside claims: a null claim is one the token lacks.
 //!
 //! Where the credential comes from:
 //! - HTTP (`/v1/sync` upgrade, `/v1/query`): `Authorization: Bearer <token>`, or
@@ -183,11 +184,33 @@ impl Authenticator {
                 for (k, v) in &data.claims {
                     let v = blazedb::codec::json::from_json(v)
                         .map_err(|e| AuthError::Jwt(format!("claim {k:?}: {e}")))?;
-                    claims.insert(k.clone(), v);
+                    if let Some(v) = without_nulls(v) {
+                        claims.insert(k.clone(), v);
+                    }
                 }
                 Ok(claims)
             }
         }
+    }
+}
+
+/// A claim's value with its nulls taken out (map entries and list elements, at any depth);
+/// `None` for null itself, so a claim whose value is null is one the token lacks. To the rules
+/// a missing claim is unknown and never matches, while a present null equals every missing
+/// field: `org_id == $auth.org_id` with `"org_id": null` read every record without `org_id`
+/// (and `org_id in $auth.orgs` with `"orgs": [null]` the same).
+fn without_nulls(v: Value) -> Option<Value> {
+    match v {
+        Value::Null => None,
+        Value::Map(m) => Some(Value::Map(
+            m.into_iter()
+                .filter_map(|(k, v)| Some((k, without_nulls(v)?)))
+                .collect(),
+        )),
+        Value::List(items) => Some(Value::List(
+            items.into_iter().filter_map(without_nulls).collect(),
+        )),
+        other => Some(other),
     }
 }
 
@@ -352,6 +375,41 @@ mod tests {
         // A token without `exp` is refused: it would never expire.
         let no_exp = encode(&Header::default(), &serde_json::json!({"sub": "x"}), &key).unwrap();
         assert!(matches!(a.verify(Some(&no_exp)), Err(AuthError::Jwt(_))));
+    }
+
+    /// A claim whose value is null is one the token lacks, so a rule comparing it never
+    /// matches: with it present as null, `org_id == $auth.org_id` read every record without
+    /// `org_id`. Nulls inside a claim go too (`[null]` held every record without the field).
+    #[test]
+    fn a_null_claim_is_one_the_token_lacks() {
+        let secret = "0123456789abcdef-secret";
+        let a = authenticator(AuthConfig::JwtSecret(Secret::new(secret)));
+        let token = encode(
+            &Header::default(),
+            &serde_json::json!({
+                "sub": "mallory", "exp": now() + 60, "org_id": null,
+                "org": {"id": null, "name": "x"}, "orgs": [null, "a"],
+            }),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        let claims = a.verify(Some(&token)).unwrap();
+        assert!(!claims.contains_key("org_id"), "{claims:?}");
+        let org: BTreeMap<String, Value> = [("name".to_owned(), Value::from("x"))].into();
+        assert_eq!(claims["org"], Value::Map(org));
+        assert_eq!(claims["orgs"], Value::List(vec![Value::from("a")]));
+
+        let rules = crate::rules::Rules::parse(
+            "[docs]\nread = \"org_id == $auth.org_id || org_id == $auth.org.id \
+             || org_id in $auth.orgs\"\n",
+            Path::new("rules.toml"),
+        )
+        .unwrap();
+        let id = blazedb::RecordId([1; 16]);
+        let no_org: BTreeMap<String, Value> = [("title".to_owned(), Value::from("x"))].into();
+        assert!(!rules.can_read("docs", id, &no_org, &params(&claims)));
+        let org_a: BTreeMap<String, Value> = [("org_id".to_owned(), Value::from("a"))].into();
+        assert!(rules.can_read("docs", id, &org_a, &params(&claims)));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `POST /v1/query`: answers the relay's records matching an expression, sorted and limited,
 //! filtered by the caller's read rule (the limit counts readable records); `$auth` works in
 //! `where`; a closed or unknown collection answers `[]`; an invalid expression is a 400 naming
-//! the column; malformed, oversized and unauthenticated requests get JSON errors.
+//! the column; malformed, oversized and unauthenticated requests get JSON errors; a null
+//! claim reads nothing; too many sort keys are refused.
 
 mod common;
 
@@ -222,6 +223,37 @@ async fn too_many_order_by_keys_are_refused() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(priorities(&r), [3, 2, 1]);
+    relay.stop().await;
+}
+
+/// A JWT claim whose value is null is one the token lacks: a rule comparing it matches
+/// nothing, not every record without the field (null equals a missing field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_claim_reads_nothing() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = TestRelay::write_rules(
+        rules_dir.path(),
+        "[docs]\nread = \"org_id == $auth.org_id\"\nwrite = false\n",
+    );
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::JwtSecret(SECRET.into());
+        c.rules = Some(rules);
+    })
+    .await;
+    let acme = relay.db.insert("docs", [("org_id", "acme")]).unwrap();
+    relay.db.insert("docs", [("title", "no org")]).unwrap();
+    let null_org = jwt_hs256(
+        SECRET,
+        json!({"sub": "mallory", "org_id": null, "exp": now_s() + 600}),
+    );
+    let r = query(relay.addr, &null_org, json!({"collection": "docs"})).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    let member = jwt_hs256(
+        SECRET,
+        json!({"sub": "ann", "org_id": "acme", "exp": now_s() + 600}),
+    );
+    let r = query(relay.addr, &member, json!({"collection": "docs"})).await;
+    assert_eq!(ids(&r), [acme.to_string()]);
     relay.stop().await;
 }
 
