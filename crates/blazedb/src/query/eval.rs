@@ -35,6 +35,9 @@ pub(crate) fn test(node: &Node, cx: &Context<'_>) -> bool {
 /// false (`None`), and so is its negation; `and` and `or` follow Kleene's logic. A relay's
 /// rule `assignee == $auth.sub` must not hold for a token without `sub` on a record without
 /// `assignee` (both would read as null), nor `!(owner == $auth.sub)` for it on any record.
+/// Unknown also spreads through a condition used as a value: `(owner == $auth.sub) == false`
+/// and `[owner == $auth.sub] == [false]` are unknown, like the condition inside (read as
+/// `false`, they held for every record of such a token).
 /// A missing *field* is still plain null (`x == null` finds records without `x`), and
 /// `exists($auth.sub)` still tells whether the claim is there.
 fn truth(node: &Node, cx: &Context<'_>) -> Option<bool> {
@@ -63,46 +66,42 @@ fn truth(node: &Node, cx: &Context<'_>) -> Option<bool> {
         }
         Node::Not(n) => truth(n, cx).map(|b| !b),
         Node::Binary { op, lhs, rhs } => {
-            if lacks_param(lhs, cx) || lacks_param(rhs, cx) {
-                return None;
-            }
-            Some(binary(*op, &value(lhs, cx), &value(rhs, cx)))
+            let l = known_value(lhs, cx)?;
+            let r = known_value(rhs, cx)?;
+            Some(binary(*op, &l, &r))
         }
         Node::Exists(n) => Some(exists(n, cx)),
-        Node::Param { .. } if lacks_param(node, cx) => None,
         Node::Literal(_) | Node::Field(_) | Node::RecordId | Node::Param { .. } | Node::List(_) => {
-            Some(matches!(*value(node, cx), Value::Bool(true)))
+            known_value(node, cx).map(|v| matches!(*v, Value::Bool(true)))
         }
     }
 }
 
-/// Whether `node` is a parameter the caller does not have, or a list holding one.
-fn lacks_param(node: &Node, cx: &Context<'_>) -> bool {
+/// The value of `node`, or `None` when it is unknown: a parameter the caller does not have,
+/// a condition whose truth is unknown, or a list holding either. A missing field is
+/// [`Value::Null`]; a condition is a [`Value::Bool`]. Borrows from the tree, the record or
+/// the parameters where it can.
+fn known_value<'a>(node: &'a Node, cx: &Context<'a>) -> Option<Cow<'a, Value>> {
     match node {
-        Node::Param { name, path } => cx.params.get(name).and_then(|v| descend(v, path)).is_none(),
-        Node::List(items) => items.iter().any(|n| lacks_param(n, cx)),
-        _ => false,
-    }
-}
-
-/// The value of `node`: a missing field, parameter or path is [`Value::Null`]; a condition is
-/// a [`Value::Bool`]. Borrows from the tree or the record where it can.
-pub(crate) fn value<'a>(node: &'a Node, cx: &Context<'a>) -> Cow<'a, Value> {
-    let found = match node {
-        Node::Literal(v) => Some(v),
-        Node::Field(path) => lookup(cx.fields, path),
-        Node::Param { name, path } => cx.params.get(name).and_then(|v| descend(v, path)),
-        Node::RecordId => return Cow::Owned(Value::Uuid(uuid::Uuid::from_bytes(*cx.id))),
-        Node::List(items) => {
-            return Cow::Owned(Value::List(
-                items.iter().map(|n| value(n, cx).into_owned()).collect(),
-            ))
+        Node::Literal(v) => Some(Cow::Borrowed(v)),
+        Node::Field(path) => {
+            Some(lookup(cx.fields, path).map_or(Cow::Owned(Value::Null), Cow::Borrowed))
         }
+        Node::Param { name, path } => cx
+            .params
+            .get(name)
+            .and_then(|v| descend(v, path))
+            .map(Cow::Borrowed),
+        Node::RecordId => Some(Cow::Owned(Value::Uuid(uuid::Uuid::from_bytes(*cx.id)))),
+        Node::List(items) => items
+            .iter()
+            .map(|n| known_value(n, cx).map(Cow::into_owned))
+            .collect::<Option<Vec<Value>>>()
+            .map(|items| Cow::Owned(Value::List(items))),
         Node::And(_) | Node::Or(_) | Node::Not(_) | Node::Binary { .. } | Node::Exists(_) => {
-            return Cow::Owned(Value::Bool(test(node, cx)))
+            truth(node, cx).map(|b| Cow::Owned(Value::Bool(b)))
         }
-    };
-    found.map_or(Cow::Owned(Value::Null), Cow::Borrowed)
+    }
 }
 
 /// `exists(x)`: the field or parameter is present, even if its value is null.
@@ -297,6 +296,29 @@ mod tests {
         no("!(public == true && owner == $auth.nope)");
         yes("!exists($auth.nope)");
         yes("owner == $auth.sub");
+    }
+
+    /// A condition on a missing parameter stays unknown when it is compared or listed: read
+    /// as `false`, `(owner == $auth.sub) == false` held for every token without `sub`, while
+    /// `!(owner == $auth.sub)` did not. Known conditions are still values.
+    #[test]
+    fn unknown_spreads_through_conditions_used_as_values() {
+        no("(owner == $auth.nope) == false");
+        no("(owner == $auth.nope) != true");
+        no("(owner == $auth.nope) == true");
+        no("[owner == $auth.nope] == [false]");
+        no("[owner == $auth.nope] != [true]");
+        no("(owner == $auth.nope) in [false]");
+        no("(owner == $auth.nope) not in [true]");
+        no("!((owner == $auth.nope) == false)");
+        no("(!exists(x) && owner == $auth.nope) == false");
+        no("[$auth.nope] == [null]");
+        yes("(owner == $auth.nope || public) == true");
+        yes("(draft && owner == $auth.nope) == false");
+        yes("(owner == $auth.sub) == true");
+        yes("(owner == \"bob\") == false");
+        yes("[owner == $auth.sub, draft] == [true, false]");
+        yes("(exists($auth.nope)) == false");
     }
 
     #[test]

@@ -65,8 +65,10 @@
 //!   null.
 //! - A missing parameter (`$name`, or a path into one such as a claim `$auth.sub` the token
 //!   does not carry) is *unknown*, like SQL's NULL: a comparison with it, a bare `$flag`, and
-//!   the negation of either neither hold nor fail; `a || b` holds when one side holds, `a &&
-//!   b` fails when one side fails, and an expression left unknown does not match. So a rule
+//!   the negation of either neither hold nor fail, nor does a comparison that uses an unknown
+//!   condition as a value (`(owner == $auth.sub) == false`, `[owner == $auth.sub] ==
+//!   [false]`); `a || b` holds when one side holds, `a && b` fails when one side fails, and an
+//!   expression left unknown does not match. So a rule
 //!   `assignee == $auth.sub` never lets a token without `sub` read records without
 //!   `assignee`, and `!(owner == $auth.sub)` does not hold for it either.
 //!   `exists($auth.sub)` tells whether the claim is there.
