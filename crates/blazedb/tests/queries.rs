@@ -187,6 +187,33 @@ fn a_limit_with_sort_keys_answers_the_same_slice() {
     assert_eq!(db.query("bugs", &q).unwrap(), expected);
 }
 
+/// Field names may contain dots: `order_by "user.rank"` sorts by a top-level field of that
+/// name (it looked only for `rank` inside a map `user`, and left the records unsorted), and
+/// by the nested path where a record has no such field.
+#[test]
+fn order_by_a_field_name_with_a_dot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("q.db"), OpenOptions::default()).unwrap();
+    for (rank, title) in [(3, "three"), (1, "one"), (4, "four"), (2, "two")] {
+        db.insert(
+            "t",
+            [("user.rank", Value::Int(rank)), ("title", title.into())],
+        )
+        .unwrap();
+    }
+    let nested = Value::Map([("rank".to_owned(), Value::Int(0))].into());
+    db.insert("t", [("user", nested), ("title", "nested zero".into())])
+        .unwrap();
+    let q = Query {
+        order_by: order_by(&["user.rank:desc"]),
+        ..Query::default()
+    };
+    assert_eq!(
+        titles(&db.query("t", &q).unwrap()),
+        ["four", "three", "two", "one", "nested zero"]
+    );
+}
+
 #[test]
 fn invalid_expressions_point_at_the_position() {
     let (_d, db) = bugs();

@@ -7,7 +7,8 @@
 //!
 //! `where` is the query language (DESIGN decision 10) and may use the caller's claims
 //! (`assignee == $auth.sub`); `order_by` is `"FIELD"`, `"FIELD:desc"` or a list of at most
-//! [`ORDER_BY_KEYS_MAX`] of them (8), most significant first; `limit` defaults to
+//! [`ORDER_BY_KEYS_MAX`] of them (8), most significant first (`FIELD` is a top-level field of
+//! that name, dots and all, or else a path into maps, `a.b`); `limit` defaults to
 //! [`QUERY_LIMIT_DEFAULT`] and is capped at [`QUERY_LIMIT_MAX`]. The answer is a JSON array of
 //! records (`Record::to_json`: the fields and `"_id"`), only those the caller's read rule
 //! allows — `limit` counts those (the rule is applied in the store's scan, which stops once it

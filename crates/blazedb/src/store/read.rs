@@ -37,10 +37,14 @@ pub struct Record {
 }
 
 impl Record {
-    /// A field by dotted path (`a.b`), or `_id`.
+    /// `_id`, a top-level field of exactly this name (field names may contain dots), or else
+    /// a dotted path into nested maps (`a.b`).
     pub fn field(&self, path: &str) -> Option<Value> {
         if path == "_id" {
             return Some(Value::Uuid(self.id.as_uuid()));
+        }
+        if let Some(v) = self.fields.get(path) {
+            return Some(v.clone());
         }
         let mut parts = path.split('.');
         let first = self.fields.get(parts.next()?)?;
@@ -62,7 +66,9 @@ impl Record {
 /// A sort key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OrderBy {
-    /// Field path (`a.b`) or `_id`.
+    /// `_id`, a top-level field name, or a path into nested maps (`a.b`): a record's field of
+    /// exactly this name comes first, so a name with a dot in it sorts by that field (see
+    /// [`Record::field`]).
     pub field: String,
     /// Descending instead of ascending.
     pub desc: bool,
