@@ -1019,24 +1019,26 @@ impl Session {
 
     /// Drop what we hold of our view's collections that no longer matches our own filter:
     /// records we moved out of the view ourselves, whose EVICT from the peer was lost with a
-    /// connection. Only for filters without `$` parameters (those only the peer can
-    /// evaluate); records with changes the peer has not acknowledged stay.
+    /// connection. Only for filters that read no `$` parameter (those only the peer can
+    /// evaluate: it has the values); records with changes the peer has not acknowledged stay.
     fn evict_outside_own_filter(
         &mut self,
         peer: NodeId,
         acked: Seq,
         db: &Database,
     ) -> Result<(), Error> {
-        let Some(src) = self.cfg.policy.filter.as_deref() else {
-            return Ok(());
-        };
-        if src.contains('$') {
+        if self.cfg.policy.filter.is_none() {
             return Ok(());
         }
         let policy = match self.cfg.policy.compile() {
             Ok(p) => p,
             Err(_) => return Ok(()),
         };
+        // Decided by the parsed filter, not its text: a `$` inside a string (`"US$"`) is no
+        // parameter, and skipping such filters left records outside the view for good.
+        if !policy.params().is_empty() {
+            return Ok(());
+        }
         let params = Params::new();
         for coll in db.collections()? {
             if !policy.allows_collection(&coll) {
@@ -3089,5 +3091,48 @@ fn name(m: &Message) -> &'static str {
         Message::SnapshotChunk { .. } => "SNAPSHOT_CHUNK",
         Message::SnapshotEnd { .. } => "SNAPSHOT_END",
         Message::Error { .. } => "ERROR",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OpenOptions;
+
+    /// A replica holding records outside its own filter (its write took them out; the
+    /// peer's EVICT was lost) drops them when the filter reads no parameter, even if its
+    /// text holds a `$` (`"US$"`: the check went by the text and skipped it); a filter on a
+    /// parameter only the peer can evaluate keeps them.
+    #[test]
+    fn records_outside_the_own_filter_are_dropped_unless_it_reads_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("replica.db"), OpenOptions::default()).unwrap();
+        let dollars = db.insert("orders", [("currency", "US$")]).unwrap();
+        let euros = db.insert("orders", [("currency", "EUR")]).unwrap();
+        let peer = NodeId::random();
+        let acked = db.last_seq().unwrap();
+        let session_with = |filter: &str| {
+            let policy = SyncPolicy {
+                collections: Some(vec!["orders".into()]),
+                filter: Some(filter.into()),
+                exclude_fields: Vec::new(),
+            };
+            let cfg = SessionConfig {
+                policy,
+                ..SessionConfig::default()
+            };
+            Session::new(&db, cfg, 0).unwrap()
+        };
+
+        let mut on_param = session_with("currency == $auth.currency");
+        on_param.evict_outside_own_filter(peer, acked, &db).unwrap();
+        assert!(db.get("orders", euros).unwrap().is_some());
+
+        let mut dollar_in_text = session_with("currency == \"US$\"");
+        dollar_in_text
+            .evict_outside_own_filter(peer, acked, &db)
+            .unwrap();
+        assert!(db.get("orders", euros).unwrap().is_none());
+        assert!(db.get("orders", dollars).unwrap().is_some());
     }
 }
