@@ -6,34 +6,9 @@
 
 mod net_common;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
 
-use serde_json::Value as Json;
-
-use net_common::{blazedb, export, Daemon};
-
-/// Start `blazedb serve` on a free loopback port; returns it with its sync URL.
-fn start_relay(data: &Path) -> (Daemon, String) {
-    let mut cmd = blazedb();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data);
-    let mut d = Daemon::spawn("relay", cmd, None);
-    let stdout = d.child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the relay announces where it listens");
-    let v: Json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    (d, v["sync"].as_str().expect("sync URL").to_owned())
-}
+use net_common::{blazedb, export, start_relay};
 
 fn put_n(db: &Path, label: &str, n: usize) {
     for i in 0..n {
@@ -88,7 +63,7 @@ fn copy_db(db: &Path, to: &Path) {
 #[test]
 fn a_client_restored_from_a_backup_loses_nothing_that_reached_the_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let (_relay, url) = start_relay(&dir.path().join("relay"));
+    let (_relay, url) = start_relay(&dir.path().join("relay"), &[], None);
     let (client, other) = (dir.path().join("client.db"), dir.path().join("other.db"));
     let backup = dir.path().join("backup.db");
 

@@ -98,6 +98,27 @@ pub fn start_listener(db: &Path, args: &[&str], log: Option<&Path>) -> (Daemon, 
     let mut cmd = blazedb();
     cmd.arg("listen").arg(db).args(args);
     let mut d = Daemon::spawn("listener", cmd, log);
+    let v = announcement(&mut d);
+    (
+        d,
+        v["listening"].as_str().expect("listening URL").to_owned(),
+    )
+}
+
+/// Start `blazedb serve --listen 127.0.0.1:0 --data DATA ARGS..` and return it with its
+/// sync URL (`ws://…/v1/sync`).
+pub fn start_relay(data: &Path, args: &[&str], log: Option<&Path>) -> (Daemon, String) {
+    let mut cmd = blazedb();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(args);
+    let mut d = Daemon::spawn("relay", cmd, log);
+    let v = announcement(&mut d);
+    (d, v["sync"].as_str().expect("sync URL").to_owned())
+}
+
+/// The JSON line a listener or relay prints first, saying where it listens.
+fn announcement(d: &mut Daemon) -> Json {
     let stdout = d.child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -106,13 +127,9 @@ pub fn start_listener(db: &Path, args: &[&str], log: Option<&Path>) -> (Daemon, 
         let _ = tx.send(line);
     });
     let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the listener announces its address");
-    let v: Json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    (
-        d,
-        v["listening"].as_str().expect("listening URL").to_owned(),
-    )
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{} announces where it listens", d.name));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
 
 /// A TCP port that was free a moment ago (for a listener that must come back on the same
