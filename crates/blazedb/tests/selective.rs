@@ -1100,6 +1100,9 @@ fn resolving_a_conflict_of_an_evicted_record_updates_the_record_where_it_lives()
     t.sync_replica();
     assert!(replica.get("docs", id).unwrap().is_none(), "evicted");
 
+    // The replica never received the evicting write's cells, so its clock may not be past
+    // them: resolve a millisecond later, as a user would.
+    later();
     replica
         .resolve_conflict(conflict.id, Some(Value::Int(7)))
         .unwrap();

@@ -937,19 +937,17 @@ impl Session {
             let snapshot = self
                 .snapshot_wish(peer, db)
                 .map_err(|e| self.internal(e, now_ms))?;
-            if !(self.cfg.mode.sends() && h_receives) {
-                // Nobody will tell us what the peer has of ours: go by the stored cursor.
-                let acked = db
-                    .peer_cursor(peer, PeerDirection::Acked)
-                    .map_err(|e| self.internal(e, now_ms))?;
-                self.evict_outside_own_filter(peer, acked, db)
-                    .map_err(|e| self.internal(e, now_ms))?;
-            }
-            // What we recorded of the peer's ACKs: less than it received from us says our
-            // file is older than the one that sent it (restored), see `on_subscribe`.
+            // What we recorded of the peer's ACKs. Sent in SUBSCRIBE: less than it received
+            // from us says our file is older than the one that sent it (restored), see
+            // `on_subscribe`.
             let acked = db
                 .peer_cursor(peer, PeerDirection::Acked)
                 .map_err(|e| self.internal(e, now_ms))?;
+            if !(self.cfg.mode.sends() && h_receives) {
+                // Nobody will tell us what the peer has of ours: go by the stored cursor.
+                self.evict_outside_own_filter(peer, acked, db)
+                    .map_err(|e| self.internal(e, now_ms))?;
+            }
             self.subscriptions_sent += 1;
             self.send(
                 &Message::Subscribe {
