@@ -73,7 +73,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::NetError;
 use crate::limits::{
     BLOCKING_READ_BYTES_MIN, BLOCKING_STAGED_CELLS_MIN, BLOCKING_TRANSMIT_BYTES_MIN,
-    LINGER_MS_DEFAULT, READ_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX_DEFAULT,
+    LINGER_MS_DEFAULT, LOCK_HELD_LONG_US, READ_BUFFER_BYTES_DEFAULT,
+    WRITE_BUFFER_BYTES_MAX_DEFAULT,
 };
 
 /// How [`run_session`] behaves.
@@ -416,6 +417,7 @@ impl Driver {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut policy_rx = self.opts.policy.take();
         loop {
+            self.wait_out_long_lock_holder().await;
             if write_open {
                 self.fill_output().await;
             }
@@ -475,6 +477,7 @@ impl Driver {
                 _ = sleep_until(timer.unwrap_or(far)), if timer.is_some() => Wake::Timer,
                 _ = sleep_until(linger_until.unwrap_or(far)), if !running => Wake::LingerExpired,
             };
+            self.wait_out_long_lock_holder().await;
             match wake {
                 Wake::Read(Ok(0)) => {
                     read_open = false;
@@ -576,6 +579,7 @@ impl Driver {
         if self.session().is_closed() {
             return;
         }
+        self.wait_out_long_lock_holder().await;
         let now = self.now_ms();
         let staged = self
             .session()
@@ -626,6 +630,24 @@ impl Driver {
             drain_transmit(session, &db, now, &mut self.out, budget);
         }
         self.bulk_tx = self.out.len() - before >= BLOCKING_TRANSMIT_BYTES_MIN;
+    }
+
+    /// Every inline session call takes the database's lock. While another caller holds it
+    /// for long (see [`LOCK_HELD_LONG_US`]), wait for it on the blocking pool: blocking on
+    /// it here would stall every task of this executor thread, other databases' sessions
+    /// and timers included.
+    async fn wait_out_long_lock_holder(&self) {
+        let long = Duration::from_micros(LOCK_HELD_LONG_US);
+        while self.db.lock_held_for().is_some_and(|d| d >= long) {
+            let db = self.db.clone();
+            if tokio::task::spawn_blocking(move || db.wait_for_lock())
+                .await
+                .is_err()
+            {
+                // The runtime is shutting down: the task goes with it.
+                return;
+            }
+        }
     }
 
     /// Run `f` on tokio's blocking pool with the session moved there and back; a bulk

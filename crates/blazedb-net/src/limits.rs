@@ -24,6 +24,11 @@ pub const BLOCKING_READ_BYTES_MIN: usize = 32 * 1024;
 /// `handle_bytes` may apply them all in one SQLite transaction: run it on the blocking pool.
 pub const BLOCKING_STAGED_CELLS_MIN: u64 = 8 * 1024;
 
+/// A database lock held at least this long belongs to a long operation (a bulk apply, a
+/// snapshot, a rekey), not to a commit (tens of µs): a driver about to call the database
+/// waits for it on the blocking pool instead of on its executor thread.
+pub const LOCK_HELD_LONG_US: u64 = 1_000;
+
 /// When the previous `poll_transmit` round produced at least this many bytes, the feed is
 /// being read in bulk: run the next round on the blocking pool.
 pub const BLOCKING_TRANSMIT_BYTES_MIN: usize = 32 * 1024;

@@ -1,0 +1,75 @@
+//! A long operation holding a database's lock (a bulk apply, a snapshot, a rekey) must not
+//! stall the executor thread of a session that needs the same database: the session waits
+//! for the lock on the blocking pool, and every other task of its runtime keeps running.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use blazedb::sync::SyncMode;
+use blazedb::Value;
+use blazedb_net::Topology;
+use common::{open, CONVERGE};
+
+/// How long the other thread holds A's lock.
+const HOLD: Duration = Duration::from_secs(2);
+/// The probe's tick; a stalled runtime shows as one tick lasting about `HOLD`.
+const TICK: Duration = Duration::from_millis(20);
+
+/// One runtime thread: a session that blocked it on the lock would stop everything else.
+#[tokio::test(flavor = "current_thread")]
+async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let topo = Topology::new();
+    let (na, nb) = (topo.register("a", a.clone()), topo.register("b", b.clone()));
+    topo.connect(na, nb, SyncMode::Both).unwrap();
+    topo.wait_caught_up(CONVERGE).await.unwrap();
+
+    // Another thread takes A's lock and keeps it (as a long apply would).
+    let (held_tx, held_rx) = mpsc::channel();
+    let holder = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            a.transaction(|_| {
+                held_tx.send(()).unwrap();
+                std::thread::sleep(HOLD);
+                Ok(())
+            })
+            .unwrap()
+        })
+    };
+    held_rx.recv().unwrap();
+    assert!(a.lock_held_for().is_some(), "the holder's lock is visible");
+
+    // A write on B reaches A's session, which must now wait for A's lock.
+    let held_since = Instant::now();
+    let id = b.insert("msgs", [("n", Value::Int(1))]).unwrap();
+    let mut longest_tick = Duration::ZERO;
+    while held_since.elapsed() < HOLD * 3 / 4 {
+        let t = Instant::now();
+        tokio::time::sleep(TICK).await;
+        longest_tick = longest_tick.max(t.elapsed());
+    }
+    assert!(
+        longest_tick < HOLD / 2,
+        "the runtime stalled for {longest_tick:?} while A's lock was held (a session waited \
+         for it on the executor thread)"
+    );
+    assert!(
+        a.lock_held_for().is_some(),
+        "the hold outlasted the probe (else the probe proves nothing)"
+    );
+
+    // Once the lock is free, the write arrives.
+    tokio::task::spawn_blocking(move || holder.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(a.lock_held_for(), None);
+    topo.wait_caught_up(CONVERGE).await.unwrap();
+    assert_eq!(
+        a.get("msgs", id).unwrap().unwrap().fields.get("n"),
+        Some(&Value::Int(1))
+    );
+}
