@@ -260,25 +260,28 @@ impl Rules {
                  table"
             ));
         };
-        let denied = |what: &str| {
+        // One message for every refusal: "update" (against "insert"), or "delete" of a record
+        // (against a tombstone at a free id), told a writer who may not read the record that
+        // it exists.
+        let denied = || {
             Err(format!(
-                "{what} in {collection:?} refused by the write rule `{}`",
+                "write in {collection:?} refused by the write rule `{}`",
                 rules.write.source()
             ))
         };
         match (before, after) {
-            (None, Some(a)) if !rules.write.allows(id, a, params) => denied("insert"),
+            (None, Some(a)) if !rules.write.allows(id, a, params) => denied(),
             (Some(b), Some(a))
                 if !rules.write.allows(id, b, params) || !rules.write.allows(id, a, params) =>
             {
-                denied("update")
+                denied()
             }
-            (Some(b), None) if !rules.write.allows(id, b, params) => denied("delete"),
+            (Some(b), None) if !rules.write.allows(id, b, params) => denied(),
             // A change that leaves an absent record absent (a tombstone at an id nobody
             // holds, cells of a deleted record) is judged on a record with no fields: with a
             // rule that reads a field, refused — or a client could plant tombstones, up to
             // the clock-skew limit ahead, at ids of records others are about to create.
-            (None, None) if !rules.write.allows(id, &BTreeMap::new(), params) => denied("delete"),
+            (None, None) if !rules.write.allows(id, &BTreeMap::new(), params) => denied(),
             _ => Ok(()),
         }
     }
@@ -332,6 +335,30 @@ mod tests {
         read = true
     "#;
 
+    /// A refusal does not depend on what the relay holds: "update refused" against "insert
+    /// refused" told a writer who may not read a record that it exists.
+    #[test]
+    fn a_refusal_does_not_say_whether_the_record_existed() {
+        let r = rules(BUGS).unwrap();
+        let id = RecordId([1; 16]);
+        let bug = rec(&[("assignee", "carol".into()), ("reporter", "alice".into())]);
+        let bob = auth("bob");
+        assert!(!r.can_read("bugs", id, &bug, &bob));
+        let planted = rec(&[("reporter", "alice".into())]);
+        let over_existing = r
+            .check_write("bugs", id, Some(&bug), Some(&planted), &bob)
+            .unwrap_err();
+        let at_free_id = r
+            .check_write("bugs", id, None, Some(&planted), &bob)
+            .unwrap_err();
+        assert_eq!(over_existing, at_free_id);
+        let delete_existing = r
+            .check_write("bugs", id, Some(&bug), None, &bob)
+            .unwrap_err();
+        let delete_absent = r.check_write("bugs", id, None, None, &bob).unwrap_err();
+        assert_eq!(delete_existing, delete_absent);
+    }
+
     #[test]
     fn read_and_write_rules() {
         let r = rules(BUGS).unwrap();
@@ -358,7 +385,7 @@ mod tests {
             .check_write("bugs", id, Some(&bug), Some(&hijacked), &auth("bob"))
             .unwrap_err();
         assert!(
-            e.contains("update") && e.contains("reporter == $auth.sub"),
+            e.contains("write") && e.contains("reporter == $auth.sub"),
             "{e}"
         );
         assert!(r.check_write("bugs", id, Some(&bug), None, &alice).is_ok());
