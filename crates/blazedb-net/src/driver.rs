@@ -635,17 +635,25 @@ impl Driver {
     /// Every inline session call takes the database's lock. While another caller holds it
     /// for long (see [`LOCK_HELD_LONG_US`]), wait for it on the blocking pool: blocking on
     /// it here would stall every task of this executor thread, other databases' sessions
-    /// and timers included.
+    /// and timers included. A holder that took it less than that long ago is most likely a
+    /// commit: yield to the executor until it is gone or turns out long (a session that
+    /// blocked on a holder that had just started a bulk apply waited out all of it here).
     async fn wait_out_long_lock_holder(&self) {
         let long = Duration::from_micros(LOCK_HELD_LONG_US);
-        while self.db.lock_held_for().is_some_and(|d| d >= long) {
-            let db = self.db.clone();
-            if tokio::task::spawn_blocking(move || db.wait_for_lock())
-                .await
-                .is_err()
-            {
-                // The runtime is shutting down: the task goes with it.
-                return;
+        loop {
+            match self.db.lock_held_for() {
+                None => return,
+                Some(held) if held < long => tokio::task::yield_now().await,
+                Some(_) => {
+                    let db = self.db.clone();
+                    if tokio::task::spawn_blocking(move || db.wait_for_lock())
+                        .await
+                        .is_err()
+                    {
+                        // The runtime is shutting down: the task goes with it.
+                        return;
+                    }
+                }
             }
         }
     }
