@@ -636,14 +636,15 @@ impl Driver {
     /// for long (see [`LOCK_HELD_LONG_US`]), wait for it on the blocking pool: blocking on
     /// it here would stall every task of this executor thread, other databases' sessions
     /// and timers included. A holder that took it less than that long ago is most likely a
-    /// commit: yield to the executor until it is gone or turns out long (a session that
-    /// blocked on a holder that had just started a bulk apply waited out all of it here).
+    /// commit: wait for it here, but no longer than a commit takes (a session that blocked
+    /// on a holder that had just begun a bulk apply waited out all of it on its worker; one
+    /// that yielded to the executor in a loop instead took CPU from the committing thread).
     async fn wait_out_long_lock_holder(&self) {
         let long = Duration::from_micros(LOCK_HELD_LONG_US);
         loop {
             match self.db.lock_held_for() {
                 None => return,
-                Some(held) if held < long => tokio::task::yield_now().await,
+                Some(held) if held < long && self.db.wait_for_lock_up_to(long - held) => return,
                 Some(_) => {
                     let db = self.db.clone();
                     if tokio::task::spawn_blocking(move || db.wait_for_lock())

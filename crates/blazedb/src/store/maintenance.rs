@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use rusqlite::params;
 
@@ -80,7 +79,7 @@ impl Checkpointer {
     /// changes nothing those caches hold, so the handle is told its new `data_version`
     /// instead ([`Checkpointer::vouch`]), when this write was provably the only commit it had
     /// not seen.
-    fn restart_wal(&self, main: &Mutex<Inner>) -> Result<bool> {
+    fn restart_wal(&self, main: &parking_lot::Mutex<Inner>) -> Result<bool> {
         match self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([]) {
             Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -97,7 +96,7 @@ impl Checkpointer {
             let before = data_version(&self.conn)?;
             // Whether the handle has seen every commit so far (a busy handle is not waited
             // for: it then refreshes as usual).
-            let handle_before = match try_lock(main) {
+            let handle_before = match main.try_lock() {
                 Some(inner) => {
                     let seen = inner.data_version;
                     (seen >= 0 && inner.data_version_now()? == seen).then_some(seen)
@@ -136,8 +135,13 @@ impl Checkpointer {
     ///
     /// The order matters: the handle's value is read first, and the check that nobody else
     /// committed comes after it, so a commit landing between the two is caught.
-    fn vouch(&self, main: &Mutex<Inner>, before: i64, seen: i64) -> rusqlite::Result<()> {
-        let Some(mut inner) = try_lock(main) else {
+    fn vouch(
+        &self,
+        main: &parking_lot::Mutex<Inner>,
+        before: i64,
+        seen: i64,
+    ) -> rusqlite::Result<()> {
+        let Some(mut inner) = main.try_lock() else {
             return Ok(());
         };
         if inner.data_version != seen {
@@ -148,16 +152,6 @@ impl Checkpointer {
             inner.data_version = now;
         }
         Ok(())
-    }
-}
-
-/// The handle's state if no one holds it now (a poisoned lock is safe to reuse: see
-/// `Database::lock_bare`).
-fn try_lock(main: &Mutex<Inner>) -> Option<MutexGuard<'_, Inner>> {
-    match main.try_lock() {
-        Ok(g) => Some(g),
-        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(TryLockError::WouldBlock) => None,
     }
 }
 
