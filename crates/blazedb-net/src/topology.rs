@@ -518,7 +518,14 @@ impl Topology {
             tokio::pin!(notified);
             // Register before checking, so a change during the check is not missed.
             notified.as_mut().enable();
-            let sessions_caught_up = match self.sessions_caught_up() {
+            // On the blocking pool: it reads each database's head, which waits for a long
+            // holder of that database's lock (a bulk apply) and would stall this executor
+            // thread meanwhile (see `Driver::wait_out_long_lock_holder`).
+            let me = self.clone();
+            let checked = tokio::task::spawn_blocking(move || me.sessions_caught_up())
+                .await
+                .expect("the caught-up check does not panic");
+            let sessions_caught_up = match checked {
                 Ok(caught_up) => caught_up,
                 Err(ended) => {
                     return Err(ConvergeError {

@@ -73,3 +73,48 @@ async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
         Some(&Value::Int(1))
     );
 }
+
+/// The same for a task waiting for the topology to catch up: it reads every database's head.
+#[tokio::test(flavor = "current_thread")]
+async fn waiting_for_a_topology_does_not_stall_the_runtime_behind_a_long_lock_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let topo = Topology::new();
+    let (na, nb) = (topo.register("a", a.clone()), topo.register("b", b.clone()));
+    topo.connect(na, nb, SyncMode::Both).unwrap();
+    topo.wait_caught_up(CONVERGE).await.unwrap();
+
+    let (held_tx, held_rx) = mpsc::channel();
+    let holder = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            a.transaction(|_| {
+                held_tx.send(()).unwrap();
+                std::thread::sleep(HOLD);
+                Ok(())
+            })
+            .unwrap()
+        })
+    };
+    held_rx.recv().unwrap();
+    let held_since = Instant::now();
+    let waiter = {
+        let topo = topo.clone();
+        tokio::spawn(async move { topo.wait_caught_up(CONVERGE).await })
+    };
+    let mut longest_tick = Duration::ZERO;
+    while held_since.elapsed() < HOLD * 3 / 4 {
+        let t = Instant::now();
+        tokio::time::sleep(TICK).await;
+        longest_tick = longest_tick.max(t.elapsed());
+    }
+    assert!(
+        longest_tick < HOLD / 2,
+        "the runtime stalled for {longest_tick:?} while A's lock was held (the topology's \
+         wait read A's head on the executor thread)"
+    );
+    tokio::task::spawn_blocking(move || holder.join().unwrap())
+        .await
+        .unwrap();
+    waiter.await.unwrap().unwrap();
+}
