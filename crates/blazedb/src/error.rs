@@ -45,6 +45,16 @@ pub enum OpenError {
         /// What is damaged.
         reason: String,
     },
+    /// Another connection (another process, or another handle in this one) has the file
+    /// open, and the operation replaces the file (`Database::rekey`).
+    #[error(
+        "{path} is open elsewhere (another process or handle, e.g. `blazedb serve` or `sync`): \
+         close it and try again; nothing was changed"
+    )]
+    InUse {
+        /// The database file.
+        path: String,
+    },
     /// The file was written by a newer BlazeDB.
     #[error(
         "{path} has format version {found}, this build reads up to {supported}: upgrade BlazeDB"

@@ -58,6 +58,10 @@ pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// measured 2026-12-03, one-field commits took 20-30% longer and a 100k-record bulk insert
 /// 1.6x as long.) Still a bound, unlike SQLite's default of never truncating.
 pub const WAL_FILE_BYTES_KEPT: i64 = 48 * 1024 * 1024;
+/// Times `Database::open` starts over when the path led to another file once the first read
+/// was done: a `rekey` elsewhere renamed its re-encrypted copy over the file meanwhile
+/// (`store/open.rs`). One rekey costs one attempt; more mean rekeys back to back.
+pub const OPEN_ATTEMPTS_FILE_REPLACED_MAX: usize = 3;
 /// Record rows a database handle keeps in memory after its own transactions wrote them
 /// (`store/record_cache.rs`), so that the next write to a hot record skips reading its row
 /// back from SQLite.

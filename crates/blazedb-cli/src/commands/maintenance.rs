@@ -38,7 +38,10 @@ pub struct IndexArgs {
 #[command(after_help = "Examples:\n  \
     BLAZEDB_PASSWORD=old BLAZEDB_NEW_PASSWORD=new blazedb rekey bugs.db\n  \
     blazedb rekey bugs.db --password-file old.txt --new-password-file new.txt\n  \
-    BLAZEDB_PASSWORD=old blazedb rekey bugs.db --decrypt     # write the file in clear")]
+    BLAZEDB_PASSWORD=old blazedb rekey bugs.db --decrypt     # write the file in clear\n\n\
+    The file is replaced by a re-encrypted copy: no other process (`serve`, `sync --watch`, ...)\n\
+    may have it open, else the rekey is refused and nothing changes. A crash leaves the file\n\
+    under either the old or the new password, never neither.")]
 pub struct RekeyArgs {
     /// The database file (opened with the current password: BLAZEDB_PASSWORD or
     /// --password-file).

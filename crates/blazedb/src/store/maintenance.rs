@@ -1,12 +1,12 @@
-//! Maintenance: statistics, vacuum, integrity check, changing the password.
+//! Maintenance: statistics, checkpoints, vacuum, integrity check (changing the password is
+//! `rekey.rs`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use rusqlite::params;
 
 use super::{data_version, Database, Inner};
-use crate::error::{OpenError, Result};
+use crate::error::Result;
 
 /// Numbers about one collection.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -271,7 +271,7 @@ impl Database {
 
     /// Close the checkpoint connection (the next [`Database::checkpoint`] opens it again):
     /// before the file is replaced, or its key changes.
-    fn close_checkpointer(&self) -> Result<()> {
+    pub(super) fn close_checkpointer(&self) -> Result<()> {
         let conn = self
             .checkpointer
             .lock()
@@ -349,121 +349,6 @@ impl Database {
             ok: problems.is_empty(),
             problems,
         })
-    }
-
-    /// Change the password: `Some` to (re-)encrypt, `None` to store the file unencrypted.
-    /// The database stays open and usable, also when the rekey fails. The file is replaced by
-    /// a re-encrypted copy, so no other process may have it open meanwhile. An empty password
-    /// is refused: pass `None` to decrypt.
-    pub fn rekey(&mut self, new_password: Option<&str>) -> Result<()> {
-        if new_password == Some("") {
-            // SQLCipher's empty key means "no encryption": the copy would be a plain file
-            // that then fails to open as an encrypted one.
-            return Err(crate::Error::InvalidArgument(
-                "rekey: the new password is empty; pass None to store the file unencrypted".into(),
-            ));
-        }
-        if self.options.password.is_none() && new_password.is_none() {
-            return Ok(());
-        }
-        let path = self.path.clone();
-        let p = path.display().to_string();
-        // SQLCipher re-encrypts by copying: export into a new file under the new key, close
-        // the old connection (so it cannot touch the new file's WAL), then swap the new file
-        // in with an atomic rename.
-        let tmp = std::path::PathBuf::from(format!("{p}.rekey-tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        // It holds the old file and the old key.
-        self.close_checkpointer()?;
-        {
-            let mut inner = self.lock_bare();
-            inner
-                .conn
-                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-            inner.conn.execute(
-                "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
-                params![tmp.display().to_string(), new_password.unwrap_or("")],
-            )?;
-            // An attached file gets SQLCipher's defaults, not the main file's settings: the
-            // copy is written with this build's page HMAC (so rekeying also converts a file
-            // made with the old one).
-            let r = match new_password {
-                Some(_) => inner.conn.execute_batch(&format!(
-                    "PRAGMA rekeyed.cipher_hmac_algorithm = {}",
-                    super::PAGE_HMAC
-                )),
-                _ => Ok(()),
-            }
-            .and_then(|_| {
-                inner
-                    .conn
-                    .query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))
-            })
-            .and_then(|_| inner.conn.execute_batch("DETACH DATABASE rekeyed"));
-            if let Err(e) = r {
-                let _ = inner.conn.execute_batch("DETACH DATABASE rekeyed");
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-            let old = std::mem::replace(&mut inner.conn, rusqlite::Connection::open_in_memory()?);
-            if let Err((old, e)) = old.close() {
-                inner.conn = old;
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-        }
-        // The handle has no connection to the file now: whatever fails from here on, it is
-        // reopened on the file in place (the old one until the rename, the new one after) so
-        // that it stays usable.
-        let mut renamed = false;
-        let swapped = self.swap_in_rekeyed(&tmp, new_password, &mut renamed);
-        if swapped.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-            let mut options = self.options.clone();
-            if renamed {
-                options.password = new_password.map(str::to_owned);
-            }
-            if let Ok(reopened) = Database::open(&path, options) {
-                *self = reopened;
-            }
-        }
-        swapped
-    }
-
-    /// The rest of [`Database::rekey`], once the handle's connection is closed: move the
-    /// re-encrypted copy `tmp` over the file (`renamed` says whether that happened) and
-    /// reopen the handle on it.
-    fn swap_in_rekeyed(
-        &mut self,
-        tmp: &Path,
-        new_password: Option<&str>,
-        renamed: &mut bool,
-    ) -> Result<()> {
-        let path = self.path.clone();
-        let p = path.display().to_string();
-        // The new file was created under the umask: give it the old file's permissions (an
-        // 0600 database must not come back 0644, readable by everyone, least of all when the
-        // rekey removed its encryption). Its owner follows when we may set it (as root).
-        if let Ok(meta) = std::fs::metadata(&path) {
-            let _ = std::fs::set_permissions(tmp, meta.permissions());
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                let _ = std::os::unix::fs::chown(tmp, Some(meta.uid()), Some(meta.gid()));
-            }
-        }
-        std::fs::rename(tmp, &path).map_err(|e| OpenError::Io {
-            path: p.clone(),
-            source: e,
-        })?;
-        *renamed = true;
-        let _ = std::fs::remove_file(format!("{p}-wal"));
-        let _ = std::fs::remove_file(format!("{p}-shm"));
-        let mut options = self.options.clone();
-        options.password = new_password.map(str::to_owned);
-        let reopened = Database::open(&path, options)?;
-        *self = reopened;
-        Ok(())
     }
 }
 

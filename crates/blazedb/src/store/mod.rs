@@ -19,6 +19,7 @@ mod noted_cursors;
 mod open;
 mod read;
 mod record_cache;
+mod rekey;
 mod schema;
 mod snapshot;
 mod unit;

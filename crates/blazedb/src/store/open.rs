@@ -222,7 +222,29 @@ fn keyed_first_read(
     }
 }
 
+/// The file `path` leads to now (device and inode), or `None` when there is none (or the
+/// platform does not say).
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Open or create the database file.
+///
+/// Replaced while opening: `Database::rekey` in another process holds the file exclusively
+/// until it has renamed the re-encrypted copy over it (`rekey.rs`). An open that found the
+/// file by name meanwhile waits for that lock on the old file and would then read, and
+/// write to, a file no name leads to any more: its writes would be lost. So when the path
+/// leads to another file after the first read than before the open, the open starts over
+/// on the file that is there now (with the old password, that is a `WrongPassword`).
 pub(crate) fn open(
     path: &Path,
     password: Option<&str>,
@@ -230,11 +252,34 @@ pub(crate) fn open(
     now_ms: u64,
     node_for_new_file: Option<NodeId>,
 ) -> Result<Opened, OpenError> {
+    for _ in 0..crate::limits::OPEN_ATTEMPTS_FILE_REPLACED_MAX {
+        if let Some(opened) = open_once(path, password, create, now_ms, node_for_new_file)? {
+            return Ok(opened);
+        }
+    }
+    Err(OpenError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(format!(
+            "the file was replaced {} times while being opened (rekeys elsewhere): try again",
+            crate::limits::OPEN_ATTEMPTS_FILE_REPLACED_MAX
+        )),
+    })
+}
+
+/// One attempt of [`open`]: `None` when the path led to another file after the first read.
+fn open_once(
+    path: &Path,
+    password: Option<&str>,
+    create: bool,
+    now_ms: u64,
+    node_for_new_file: Option<NodeId>,
+) -> Result<Option<Opened>, OpenError> {
     let p = path.display().to_string();
     let io = |e: std::io::Error| OpenError::Io {
         path: p.clone(),
         source: e,
     };
+    let identity = file_identity(path);
     let kind = sniff(path).map_err(io)?;
     match &kind {
         FileKind::Missing if !create => {
@@ -266,6 +311,10 @@ pub(crate) fn open(
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
     let (tables, key, kind) = keyed_first_read(&conn, path, password, kind)?;
+    // Before anything is written: the file read may be one a rekey has replaced.
+    if identity.is_some() && file_identity(path) != identity {
+        return Ok(None);
+    }
     let err = |e: rusqlite::Error| sql_err(&p, e, &kind, password.is_some());
     let tables = tables.map_err(err)?;
     if tables > 0 {
@@ -333,7 +382,7 @@ pub(crate) fn open(
             let node = node_for_new_file.unwrap_or_else(NodeId::random);
             schema::create(&tx, &node.0, now_ms).map_err(err)?;
             tx.commit().map_err(err)?;
-            return Ok(Opened { conn, node, key });
+            return Ok(Some(Opened { conn, node, key }));
         }
         // Created meanwhile by another process: open it as an existing file.
         tx.commit().map_err(err)?;
@@ -388,11 +437,11 @@ pub(crate) fn open(
         path: p.clone(),
         reason: "node id is not 16 bytes".into(),
     })?;
-    Ok(Opened {
+    Ok(Some(Opened {
         conn,
         node: NodeId(node),
         key,
-    })
+    }))
 }
 
 #[cfg(test)]

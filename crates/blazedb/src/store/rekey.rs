@@ -1,0 +1,239 @@
+//! Changing the password: `Database::rekey`.
+//!
+//! SQLCipher re-encrypts by copying, so the file is replaced, never rewritten in place:
+//!
+//! ```text
+//!  take the file for this connection alone ── another connection has it open ──► InUse
+//!  (locking_mode EXCLUSIVE, journal_mode MEMORY:                                (nothing changed)
+//!   the WAL is checkpointed into the file and deleted)
+//!        │
+//!  export into FILE.rekey-tmp under the new key, fsync it
+//!        │
+//!  rename FILE.rekey-tmp → FILE, fsync the directory   ◄── the one step that changes FILE
+//!        │
+//!  close the old connection (the lock goes with it), open FILE with the new key
+//! ```
+//!
+//! A crash anywhere leaves FILE whole under exactly one password: the old one up to the
+//! rename (the copy is only a leftover, removed by the next rekey), the new one after it.
+//! No WAL holds anything at the rename: the old file was taken out of WAL mode first, so its
+//! `-wal` and `-shm` files are gone, and none of its frames can be replayed onto the new file.
+//!
+//! Holding the file exclusively from the start to after the rename is what keeps other
+//! connections safe. One already open holds a shared lock, so the rekey is refused rather
+//! than swapping the file out from under it (its writes would go to the replaced file and
+//! be lost). One opening meanwhile waits for the lock on the file it found by name, which
+//! is the old one by the time it gets the lock; `open` notices that the name now leads to
+//! another file and opens that instead (see `open.rs`, "replaced while opening").
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, ErrorCode};
+
+use super::cipher_key::CipherKey;
+use super::Database;
+use crate::error::{OpenError, Result};
+
+impl Database {
+    /// Change the password: `Some` to (re-)encrypt, `None` to store the file unencrypted. An
+    /// empty password is refused: pass `None` to decrypt.
+    ///
+    /// The file is replaced by a re-encrypted copy, so it must not be open anywhere else: if
+    /// another connection has it open (another process, or another `Database` on the same
+    /// file in this one), the rekey fails with [`OpenError::InUse`] and changes nothing.
+    /// The handle stays open and usable, also when the rekey fails, and keeps its watches,
+    /// commit listeners and server role. A crash during the rekey leaves the file under
+    /// either the old password or the new one, with all its data (see the module comment).
+    pub fn rekey(&mut self, new_password: Option<&str>) -> Result<()> {
+        if new_password == Some("") {
+            // SQLCipher's empty key means "no encryption": the copy would be a plain file
+            // that then fails to open as an encrypted one.
+            return Err(crate::Error::InvalidArgument(
+                "rekey: the new password is empty; pass None to store the file unencrypted".into(),
+            ));
+        }
+        if self.options.password.is_none() && new_password.is_none() {
+            return Ok(());
+        }
+        let copy = rekey_copy_path(&self.path);
+        // Derived here, as `open` derives it (`cipher_key.rs`), and handed to SQLCipher in
+        // raw form: given the password itself, SQLCipher would read a password of the form
+        // `x'<hex>'` as a raw key, and the file would not open with that password.
+        let new_key = new_password
+            .map(|pw| new_file_key(pw, &self.path))
+            .transpose()?;
+        // It holds the old file and the old key.
+        self.close_checkpointer()?;
+        let mut renamed = false;
+        let swapped = self.swap_in_rekeyed_copy(&copy, new_key.as_ref(), &mut renamed);
+        let result = swapped.and_then(|()| {
+            let mut options = self.options.clone();
+            options.password = new_password.map(str::to_owned);
+            Database::open(&self.path, options)
+        });
+        match result {
+            Ok(reopened) => {
+                self.take_connection_of(reopened);
+                Ok(())
+            }
+            Err(e) => {
+                remove_copy(&copy);
+                // The handle's connection is closed or half-changed: reopen it on the file
+                // in place (the old one before the rename, the new one after), so that the
+                // handle stays usable.
+                let mut options = self.options.clone();
+                if renamed {
+                    options.password = new_password.map(str::to_owned);
+                }
+                if let Ok(reopened) = Database::open(&self.path, options) {
+                    self.take_connection_of(reopened);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Take the file for this connection alone, write the re-encrypted copy, move it over
+    /// the file (`renamed` says whether that happened) and close this connection. On an
+    /// error before the rename the file is as it was (in rollback-journal mode, which the
+    /// next open turns back to WAL).
+    fn swap_in_rekeyed_copy(
+        &mut self,
+        copy: &Path,
+        new_key: Option<&CipherKey>,
+        renamed: &mut bool,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let p = path.display().to_string();
+        let io = |source: std::io::Error| OpenError::Io {
+            path: p.clone(),
+            source,
+        };
+        let mut inner = self.lock_bare();
+        let conn = &inner.conn;
+        // Every open connection to a WAL file holds a shared lock on it: with one of them
+        // open, the exclusive lock is refused at once (no busy wait: it would not let go).
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        let in_use = |e: &rusqlite::Error| e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy);
+        // Leaving WAL mode takes the exclusive lock, checkpoints the WAL into the file and
+        // deletes the `-wal` and `-shm` files; the lock is then held until the connection
+        // closes. A MEMORY journal keeps this connection from creating a `-journal` file,
+        // which the new file would find under the same name.
+        let mode: String = match conn.query_row("PRAGMA journal_mode = MEMORY", [], |r| r.get(0)) {
+            Err(e) if in_use(&e) => return Err(OpenError::InUse { path: p }.into()),
+            r => r?,
+        };
+        if !mode.eq_ignore_ascii_case("memory") {
+            // SQLite leaves the mode as it was when it cannot take the lock.
+            return Err(OpenError::InUse { path: p }.into());
+        }
+        // A copy left by a crashed rekey is garbage; with the file held, it is not another
+        // rekey's copy in progress.
+        remove_copy(copy);
+        conn.execute(
+            "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
+            params![
+                copy.display().to_string(),
+                new_key.map_or("", CipherKey::pragma_value)
+            ],
+        )?;
+        let exported = (|| -> rusqlite::Result<()> {
+            // An attached file gets SQLCipher's defaults, not the main file's settings: the
+            // copy is written with this build's page HMAC (so rekeying also converts a file
+            // made with the old one). Its journal is in memory: a copy cut short is never
+            // used, so it needs no journal on disk to recover from.
+            if new_key.is_some() {
+                conn.execute_batch(&format!(
+                    "PRAGMA rekeyed.cipher_hmac_algorithm = {}",
+                    super::PAGE_HMAC
+                ))?;
+            }
+            conn.query_row("PRAGMA rekeyed.journal_mode = MEMORY", [], |_| Ok(()))?;
+            conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))?;
+            Ok(())
+        })();
+        let detached = conn.execute_batch("DETACH DATABASE rekeyed");
+        exported?;
+        detached?;
+        // On disk before the rename makes it the database.
+        std::fs::File::open(copy)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        // The copy was created under the umask: give it the old file's permissions (an 0600
+        // database must not come back 0644, readable by everyone, least of all when the
+        // rekey removed its encryption). Its owner follows when we may set it (as root).
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let _ = std::fs::set_permissions(copy, meta.permissions());
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let _ = std::os::unix::fs::chown(copy, Some(meta.uid()), Some(meta.gid()));
+            }
+        }
+        std::fs::rename(copy, &path).map_err(io)?;
+        *renamed = true;
+        // The rename is durable once the directory is: without this, a power loss could
+        // bring back the old file after the handle had written to the new one.
+        sync_parent_dir(&path).map_err(io)?;
+        // Only now let go of the old file: an opener waiting for its lock finds the name
+        // leading to the new file (see the module comment).
+        let old = std::mem::replace(&mut inner.conn, rusqlite::Connection::open_in_memory()?);
+        old.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+
+    /// Put the connection of `reopened` (this handle's file, opened anew) in place of this
+    /// handle's, keeping what belongs to the handle rather than to the connection: its
+    /// watches, commit listeners, noted peer cursors and server role. The old connection
+    /// goes with `reopened`.
+    fn take_connection_of(&mut self, mut reopened: Database) {
+        std::mem::swap(&mut self.inner, &mut reopened.inner);
+        std::mem::swap(&mut self.key, &mut reopened.key);
+        std::mem::swap(&mut self.options, &mut reopened.options);
+        std::mem::swap(&mut self.checkpointer, &mut reopened.checkpointer);
+        self.node = reopened.node;
+    }
+}
+
+/// Where the re-encrypted copy of `path` is written before it replaces the file.
+fn rekey_copy_path(path: &Path) -> PathBuf {
+    let mut copy = path.as_os_str().to_owned();
+    copy.push(".rekey-tmp");
+    PathBuf::from(copy)
+}
+
+/// Remove a copy (and a journal SQLite may have left beside it): one cut short by an error
+/// or left by a crash. Best effort: a leftover is never read, and the next rekey tries again.
+fn remove_copy(copy: &Path) {
+    let _ = std::fs::remove_file(copy);
+    let mut journal = copy.as_os_str().to_owned();
+    journal.push("-journal");
+    let _ = std::fs::remove_file(PathBuf::from(journal));
+}
+
+/// The key for `password` under a new random salt, which SQLCipher writes into the copy.
+fn new_file_key(password: &str, path: &Path) -> Result<CipherKey> {
+    let failed = |what: &str, e: openssl::error::ErrorStack| OpenError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(format!("{what}: {e}")),
+    };
+    let salt = CipherKey::new_salt().map_err(|e| failed("no random salt for the copy", e))?;
+    CipherKey::derive(password, &salt)
+        .map_err(|e| failed("deriving the key from the password failed", e).into())
+}
+
+/// Make a rename in `path`'s directory durable.
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
