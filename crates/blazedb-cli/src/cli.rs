@@ -28,8 +28,8 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Read the database password from FILE (one trailing newline is ignored). Takes
-    /// precedence over BLAZEDB_PASSWORD.
+    /// Read the database password from FILE: UTF-8 text of at most 64 KiB, one trailing
+    /// newline ignored. Takes precedence over BLAZEDB_PASSWORD.
     #[arg(long, global = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }

@@ -12,3 +12,8 @@ pub const IMPORT_LINE_BYTES_MAX: usize = 4 * RECORD_BYTES_MAX;
 /// `blazedb::limits::IMPORT_BATCH_RECORDS` records or at this size, whichever comes first, so
 /// large records do not multiply into gigabytes of memory.
 pub const IMPORT_BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Largest password file read (`--password-file`, `--new-password-file`). A password is far
+/// shorter; the bound keeps a file named by mistake (a database, a log, `/dev/zero`) from
+/// being read into memory whole, and says what went wrong instead.
+pub const PASSWORD_FILE_BYTES_MAX: u64 = 64 * 1024;

@@ -3,10 +3,12 @@
 //! There is deliberately no `--password` flag: a password on the command line is visible to
 //! every user of the machine through the process list.
 
+use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::limits::PASSWORD_FILE_BYTES_MAX;
 use crate::report::UsageError;
 
 /// The environment variable holding the database password.
@@ -19,8 +21,7 @@ pub const NEW_PASSWORD_ENV: &str = "BLAZEDB_NEW_PASSWORD";
 /// reads as "no password"; an empty file is an error, since naming a file says one is meant.
 pub fn resolve(file: Option<&Path>, env: &str) -> Result<Option<String>> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read password file {}", path.display()))?;
+        let text = read_password_file(path)?;
         let password = strip_one_newline(&text);
         if password.is_empty() {
             bail!("password file {} is empty", path.display());
@@ -53,6 +54,29 @@ pub fn resolve_new(file: Option<&Path>, decrypt: bool) -> Result<Option<String>>
         .into());
     }
     resolve(file, NEW_PASSWORD_ENV)
+}
+
+/// The text of a password file, at most [`PASSWORD_FILE_BYTES_MAX`] bytes of UTF-8.
+fn read_password_file(path: &Path) -> Result<String> {
+    let cannot_read = || format!("cannot read password file {}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(PASSWORD_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
+        .with_context(cannot_read)?;
+    if bytes.len() as u64 > PASSWORD_FILE_BYTES_MAX {
+        bail!(
+            "password file {} is larger than {PASSWORD_FILE_BYTES_MAX} bytes: it does not \
+             hold just a password; check the path",
+            path.display()
+        );
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "password file {} is not UTF-8 text: write the password as text (a binary key \
+             file cannot be used)",
+            path.display()
+        )
+    })
 }
 
 /// Editors and `echo` end files with a newline that is not part of the password; anything

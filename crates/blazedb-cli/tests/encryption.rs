@@ -86,3 +86,29 @@ fn a_missing_password_file_is_an_error() {
     );
     assert!(!db.path.exists());
 }
+
+/// A file named by mistake (a database, a log, a device) is not read into memory whole as a
+/// password, and a file that is not text says so; nothing is created either way.
+#[test]
+fn a_password_file_that_cannot_be_a_password_is_refused_with_the_reason() {
+    let db = TestDb::new();
+    let large = db.file("large.txt");
+    std::fs::write(&large, "x".repeat(1024 * 1024)).unwrap();
+    let binary = db.file("binary.key");
+    std::fs::write(&binary, [0xff, 0xfe, b'p', b'w']).unwrap();
+    for (file, reason) in [(&large, "larger than"), (&binary, "not UTF-8 text")] {
+        let run = db
+            .run(
+                "put",
+                &["bugs", "{}", "--password-file", file.to_str().unwrap()],
+            )
+            .failure(1);
+        assert!(run.stderr.contains(reason), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(file.to_str().unwrap()),
+            "{}",
+            run.stderr
+        );
+        assert!(!db.path.exists(), "a database was created");
+    }
+}
