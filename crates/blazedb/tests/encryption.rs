@@ -380,3 +380,18 @@ fn rekey_to_an_empty_password_is_refused_and_the_handle_stays_usable() {
     let db = Database::open(&path, OpenOptions::with_password("one")).unwrap();
     assert_eq!(db.count("c").unwrap(), 2);
 }
+
+/// SQLCipher reads an empty key as "no encryption": an empty password made a plain file that
+/// the same options then refused to open ("not encrypted"), while the handle said it was
+/// encrypted. It is refused before anything is created.
+#[test]
+fn an_empty_password_is_refused_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let e = Database::open(&path, OpenOptions::with_password("")).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("None")),
+        "{e:?}"
+    );
+    assert!(!path.exists(), "the file was created");
+}

@@ -119,6 +119,26 @@ mod tests {
         assert_eq!(derivations(), before);
     }
 
+    /// The password is wiped from memory with the handle: the handle keeps it only in a
+    /// `Zeroizing` string, not in its (cloneable) options, and neither does its reopened
+    /// connection after a rekey.
+    #[test]
+    fn a_database_keeps_no_plain_copy_of_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db =
+            Database::open(dir.path().join("p.db"), OpenOptions::with_password("pw")).unwrap();
+        assert!(db.options.password.is_none(), "kept in the options");
+        assert!(db.is_encrypted());
+        db.rekey(Some("pw2")).unwrap();
+        assert!(
+            db.options.password.is_none(),
+            "kept in the options after a rekey"
+        );
+        assert!(db.is_encrypted());
+        db.rekey(None).unwrap();
+        assert!(!db.is_encrypted());
+    }
+
     #[test]
     fn the_raw_key_carries_the_derived_key_and_the_salt_in_hex() {
         let salt = [0xABu8; SALT_BYTES];

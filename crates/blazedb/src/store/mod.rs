@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+use zeroize::Zeroizing;
 
 pub use evict::{EvictGuard, EvictOutcome};
 pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
@@ -87,7 +88,9 @@ pub fn system_ms() -> u64 {
 /// How to open a database.
 #[derive(Clone)]
 pub struct OpenOptions {
-    /// Encrypt the file with SQLCipher under this password. `None`: a plain SQLite file.
+    /// Encrypt the file with SQLCipher under this password. `None`: a plain SQLite file. An
+    /// empty password is refused (SQLCipher would read it as "no encryption"). The open
+    /// moves it into a string that is wiped when the database closes.
     pub password: Option<String>,
     /// Create the file if it does not exist (default true).
     pub create: bool,
@@ -140,7 +143,11 @@ impl OpenOptions {
 pub struct Database {
     path: PathBuf,
     node: NodeId,
+    /// As opened, without the password (`password`).
     options: OpenOptions,
+    /// The password (`None`: a plain file), kept for `rekey` to reopen the file should the
+    /// rekey fail, and wiped when the handle closes.
+    password: Option<Zeroizing<String>>,
     /// The derived key of an encrypted file, for the checkpointer's connection (see
     /// `cipher_key.rs`).
     key: Option<cipher_key::CipherKey>,
@@ -233,12 +240,22 @@ impl Database {
     /// assert_eq!(bug.fields["priority"], Value::Int(5));
     /// # Ok::<(), blazedb::Error>(())
     /// ```
-    pub fn open(path: impl AsRef<Path>, options: OpenOptions) -> Result<Database> {
+    pub fn open(path: impl AsRef<Path>, mut options: OpenOptions) -> Result<Database> {
         let path = path.as_ref().to_path_buf();
+        // Moved, not copied, into a string that is wiped when the handle closes (or now, if
+        // the open fails); the options the handle keeps hold no password.
+        let password = options.password.take().map(Zeroizing::new);
+        if password.as_ref().is_some_and(|p| p.is_empty()) {
+            // SQLCipher reads an empty key as "no encryption".
+            return Err(crate::Error::InvalidArgument(format!(
+                "{}: the password is empty; pass None to open an unencrypted file",
+                path.display()
+            )));
+        }
         let now = (options.wall_clock)();
         let opened = open::open(
             &path,
-            options.password.as_deref(),
+            password.as_ref().map(|p| p.as_str()),
             options.create,
             now,
             options.danger_node_id,
@@ -273,6 +290,7 @@ impl Database {
             path,
             node: opened.node,
             options,
+            password,
             key: opened.key,
             inner: parking_lot::Mutex::new(inner),
             checkpointer: Mutex::new(None),
@@ -375,7 +393,7 @@ impl Database {
 
     /// True when the file is encrypted.
     pub fn is_encrypted(&self) -> bool {
-        self.options.password.is_some()
+        self.password.is_some()
     }
 
     /// Current wall time from the configured clock, in ms.

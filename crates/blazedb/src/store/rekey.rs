@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, ErrorCode};
 
 use super::cipher_key::CipherKey;
-use super::Database;
+use super::{Database, OpenOptions};
 use crate::error::{OpenError, Result};
 
 impl Database {
@@ -52,7 +52,7 @@ impl Database {
                 "rekey: the new password is empty; pass None to store the file unencrypted".into(),
             ));
         }
-        if self.options.password.is_none() && new_password.is_none() {
+        if self.password.is_none() && new_password.is_none() {
             return Ok(());
         }
         let copy = rekey_copy_path(&self.path);
@@ -66,11 +66,12 @@ impl Database {
         self.close_checkpointer()?;
         let mut renamed = false;
         let swapped = self.swap_in_rekeyed_copy(&copy, new_key.as_ref(), &mut renamed);
-        let result = swapped.and_then(|()| {
-            let mut options = self.options.clone();
-            options.password = new_password.map(str::to_owned);
-            Database::open(&self.path, options)
-        });
+        // `Database::open` moves each password into a string it wipes.
+        let options_with = |password: Option<&str>| OpenOptions {
+            password: password.map(str::to_owned),
+            ..self.options.clone()
+        };
+        let result = swapped.and_then(|()| Database::open(&self.path, options_with(new_password)));
         match result {
             Ok(reopened) => {
                 self.take_connection_of(reopened);
@@ -81,11 +82,11 @@ impl Database {
                 // The handle's connection is closed or half-changed: reopen it on the file
                 // in place (the old one before the rename, the new one after), so that the
                 // handle stays usable.
-                let mut options = self.options.clone();
-                if renamed {
-                    options.password = new_password.map(str::to_owned);
-                }
-                if let Ok(reopened) = Database::open(&self.path, options) {
+                let password = match renamed {
+                    true => new_password,
+                    false => self.password.as_ref().map(|p| p.as_str()),
+                };
+                if let Ok(reopened) = Database::open(&self.path, options_with(password)) {
                     self.take_connection_of(reopened);
                 }
                 Err(e)
@@ -191,6 +192,7 @@ impl Database {
         std::mem::swap(&mut self.inner, &mut reopened.inner);
         std::mem::swap(&mut self.key, &mut reopened.key);
         std::mem::swap(&mut self.options, &mut reopened.options);
+        std::mem::swap(&mut self.password, &mut reopened.password);
         std::mem::swap(&mut self.checkpointer, &mut reopened.checkpointer);
         self.node = reopened.node;
     }
