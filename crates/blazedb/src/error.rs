@@ -8,8 +8,12 @@ use crate::types::ClockSkewError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
-    /// The file is encrypted and the password does not open it.
-    #[error("wrong password for {path}: the file is encrypted with a different password")]
+    /// The file is encrypted and the password does not open it. SQLCipher cannot tell this
+    /// from a damaged first page: both fail the page's HMAC.
+    #[error(
+        "wrong password for {path}: the file is encrypted with a different password (or, if \
+         the password is right, its first page is damaged: restore it from a backup or a peer)"
+    )]
     WrongPassword {
         /// The database file.
         path: String,

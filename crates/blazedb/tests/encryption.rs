@@ -395,3 +395,75 @@ fn an_empty_password_is_refused_and_creates_nothing() {
     );
     assert!(!path.exists(), "the file was created");
 }
+
+/// An encrypted database cut short mid-page (an interrupted copy, a full disk) opened with
+/// its password is reported as damaged, with what to do, not as "not a BlazeDB database";
+/// nothing is written to it.
+#[test]
+fn an_encrypted_file_cut_mid_page_is_corrupted_when_its_password_opens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let db = Database::open(&path, OpenOptions::with_password("pw")).unwrap();
+        db.transaction(|tx| {
+            for i in 0..500 {
+                tx.insert(
+                    "c",
+                    [("n", Value::Int(i)), ("pad", Value::from("x".repeat(100)))],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        db.vacuum().unwrap();
+    }
+    let len = std::fs::metadata(&path).unwrap().len();
+    let cut = len - 1000;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let before = file_bytes(&path);
+    let e = Database::open(&path, OpenOptions::with_password("pw")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Open(OpenError::Corrupted { reason, .. }) if reason.contains("truncated")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("restore"), "{e}");
+    // A wrong password cannot tell: the file is then not one this password opens.
+    let e = Database::open(&path, OpenOptions::with_password("other")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Open(OpenError::NotABlazeDb { .. })),
+        "{e:?}"
+    );
+    assert_eq!(file_bytes(&path), before, "the damaged file was changed");
+}
+
+/// SQLCipher cannot tell a wrong password from a damaged first page (both fail its HMAC):
+/// the error says so, so a user with the right password restores the file instead of
+/// hunting for another password. Nothing is written to the file.
+#[test]
+fn a_damaged_first_page_reads_as_a_wrong_password_that_mentions_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    Database::open(&path, OpenOptions::with_password("pw"))
+        .unwrap()
+        .insert("c", [("n", 1)])
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Database::open(&path, OpenOptions::with_password("pw")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Open(OpenError::WrongPassword { .. })),
+        "{e:?}"
+    );
+    let message = e.to_string();
+    assert!(
+        message.contains("damaged") && message.contains("backup"),
+        "{message}"
+    );
+    assert_eq!(file_bytes(&path), bytes, "the damaged file was changed");
+}

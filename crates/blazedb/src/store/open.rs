@@ -43,6 +43,12 @@ enum FileKind {
         salt: [u8; SALT_BYTES],
     },
     Foreign(String),
+    /// Not plain SQLite and not whole encrypted pages, but long enough to hold an encrypted
+    /// page 1: a foreign file, or an encrypted database cut short (see `cut_mid_page`).
+    CutMidPage {
+        salt: [u8; SALT_BYTES],
+        len: u64,
+    },
 }
 
 fn sniff(path: &Path) -> Result<FileKind, std::io::Error> {
@@ -63,10 +69,12 @@ fn sniff(path: &Path) -> Result<FileKind, std::io::Error> {
             return Ok(FileKind::PlainSqlite);
         }
     }
+    let mut salt = [0u8; SALT_BYTES];
+    salt.copy_from_slice(&head[..SALT_BYTES]);
     if len % CIPHER_PAGE_BYTES == 0 {
-        let mut salt = [0u8; SALT_BYTES];
-        salt.copy_from_slice(&head[..SALT_BYTES]);
         Ok(FileKind::MaybeEncrypted { salt })
+    } else if len > CIPHER_PAGE_BYTES {
+        Ok(FileKind::CutMidPage { salt, len })
     } else {
         Ok(FileKind::Foreign(format!(
             "{len} bytes, not an SQLite header and not a whole number of encrypted pages"
@@ -115,6 +123,45 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
             path: path.to_owned(),
             source: std::io::Error::other(e),
         },
+    }
+}
+
+/// The error for a file sniffed as [`FileKind::CutMidPage`]: `Corrupted` (truncated) when
+/// `password` decrypts its first page, so that it is an encrypted database cut short (an
+/// interrupted copy, a full disk), and `NotABlazeDb` otherwise (without the password, or with
+/// a wrong one, the two cannot be told apart). The file is only read.
+fn cut_mid_page(
+    path: &Path,
+    password: Option<&str>,
+    salt: &[u8; SALT_BYTES],
+    len: u64,
+) -> OpenError {
+    let p = path.display().to_string();
+    let page_one_decrypts = password.is_some_and(|password| {
+        let Ok(key) = CipherKey::derive(password, salt) else {
+            return false;
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Connection::open_with_flags(path, flags)
+            .and_then(|conn| first_read(&conn, Some(&key)))
+            .is_ok()
+    });
+    if page_one_decrypts {
+        return OpenError::Corrupted {
+            path: p,
+            reason: format!(
+                "truncated: the password opens it, but its {len} bytes are not a whole number \
+                 of {CIPHER_PAGE_BYTES}-byte encrypted pages"
+            ),
+        };
+    }
+    OpenError::NotABlazeDb {
+        path: p,
+        reason: format!(
+            "{len} bytes, not an SQLite header and not a whole number of encrypted pages (if it \
+             is an encrypted database cut short, give its password to check; restore it from a \
+             backup or a peer)"
+        ),
     }
 }
 
@@ -294,6 +341,7 @@ fn open_once(
                 reason: reason.clone(),
             })
         }
+        FileKind::CutMidPage { salt, len } => return Err(cut_mid_page(path, password, salt, *len)),
         FileKind::PlainSqlite if password.is_some() => {
             return Err(OpenError::NotEncrypted { path: p })
         }
