@@ -189,3 +189,29 @@ fn read_write_descriptors_of(path: &std::path::Path) -> usize {
         })
         .count()
 }
+
+/// A rekey that fails after it took the file (here: the copy cannot be created) lets go of
+/// it and leaves the handle usable on the old file, which other connections can open again.
+#[test]
+fn a_rekey_that_fails_midway_leaves_the_handle_usable_and_the_file_unlocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let mut db = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    db.insert("c", [("n", 1)]).unwrap();
+    // A directory where the copy would go: the export cannot create it.
+    std::fs::create_dir(dir.path().join("r.db.rekey-tmp")).unwrap();
+
+    assert!(db.rekey(Some("two")).is_err());
+
+    db.insert("c", [("n", 2)]).unwrap();
+    let started = std::time::Instant::now();
+    let other = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the file stayed locked after the failed rekey ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(other.count("c").unwrap(), 2);
+    other.insert("c", [("n", 3)]).unwrap();
+    assert_eq!(db.count("c").unwrap(), 3);
+}

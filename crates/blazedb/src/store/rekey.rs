@@ -67,9 +67,10 @@ impl Database {
         let mut renamed = false;
         let swapped = self.swap_in_rekeyed_copy(&copy, new_key.as_ref(), &mut renamed);
         // `Database::open` moves each password into a string it wipes.
+        let options = self.options.clone();
         let options_with = |password: Option<&str>| OpenOptions {
             password: password.map(str::to_owned),
-            ..self.options.clone()
+            ..options.clone()
         };
         let result = swapped.and_then(|()| Database::open(&self.path, options_with(new_password)));
         match result {
@@ -78,15 +79,17 @@ impl Database {
                 Ok(())
             }
             Err(e) => {
-                remove_copy(&copy);
-                // The handle's connection is closed or half-changed: reopen it on the file
-                // in place (the old one before the rename, the new one after), so that the
-                // handle stays usable.
+                // The handle's connection is closed, or still holds the file exclusively
+                // (the rekey failed after taking it): close it, so that the file is free,
+                // and reopen the handle on the file in place (the old one before the rename,
+                // the new one after), so that it stays usable.
+                self.close_connection();
                 let password = match renamed {
                     true => new_password,
                     false => self.password.as_ref().map(|p| p.as_str()),
                 };
-                if let Ok(reopened) = Database::open(&self.path, options_with(password)) {
+                let reopened = Database::open(&self.path, options_with(password));
+                if let Ok(reopened) = reopened {
                     self.take_connection_of(reopened);
                 }
                 Err(e)
@@ -130,37 +133,13 @@ impl Database {
             return Err(OpenError::InUse { path: p }.into());
         }
         // A copy left by a crashed rekey is garbage; with the file held, it is not another
-        // rekey's copy in progress.
+        // rekey's copy in progress (and neither is one this rekey fails to finish).
         remove_copy(copy);
-        conn.execute(
-            "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
-            params![
-                copy.display().to_string(),
-                new_key.map_or("", CipherKey::pragma_value)
-            ],
-        )?;
-        let exported = (|| -> rusqlite::Result<()> {
-            // An attached file gets SQLCipher's defaults, not the main file's settings: the
-            // copy is written with this build's page HMAC (so rekeying also converts a file
-            // made with the old one). Its journal is in memory: a copy cut short is never
-            // used, so it needs no journal on disk to recover from.
-            if new_key.is_some() {
-                conn.execute_batch(&format!(
-                    "PRAGMA rekeyed.cipher_hmac_algorithm = {}",
-                    super::PAGE_HMAC
-                ))?;
-            }
-            conn.query_row("PRAGMA rekeyed.journal_mode = MEMORY", [], |_| Ok(()))?;
-            conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))?;
-            Ok(())
-        })();
-        let detached = conn.execute_batch("DETACH DATABASE rekeyed");
-        exported?;
-        detached?;
-        // On disk before the rename makes it the database.
-        std::fs::File::open(copy)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
+        let written = write_copy(conn, copy, new_key);
+        if written.is_err() {
+            remove_copy(copy);
+        }
+        written?;
         // The copy was created under the umask: give it the old file's permissions (an 0600
         // database must not come back 0644, readable by everyone, least of all when the
         // rekey removed its encryption). Its owner follows when we may set it (as root).
@@ -172,7 +151,10 @@ impl Database {
                 let _ = std::os::unix::fs::chown(copy, Some(meta.uid()), Some(meta.gid()));
             }
         }
-        std::fs::rename(copy, &path).map_err(io)?;
+        if let Err(e) = std::fs::rename(copy, &path) {
+            remove_copy(copy);
+            return Err(io(e).into());
+        }
         *renamed = true;
         // The rename is durable once the directory is: without this, a power loss could
         // bring back the old file after the handle had written to the new one.
@@ -182,6 +164,15 @@ impl Database {
         let old = std::mem::replace(&mut inner.conn, rusqlite::Connection::open_in_memory()?);
         old.close().map_err(|(_, e)| e)?;
         Ok(())
+    }
+
+    /// Close the handle's connection to the file (an in-memory one takes its place until
+    /// [`Database::take_connection_of`]), letting go of any lock it holds.
+    fn close_connection(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Ok(placeholder) = rusqlite::Connection::open_in_memory() {
+            drop(std::mem::replace(&mut inner.conn, placeholder));
+        }
     }
 
     /// Put the connection of `reopened` (this handle's file, opened anew) in place of this
@@ -196,6 +187,43 @@ impl Database {
         std::mem::swap(&mut self.checkpointer, &mut reopened.checkpointer);
         self.node = reopened.node;
     }
+}
+
+/// Export the database `conn` has open into a new file `copy` under `new_key` (`None`: in
+/// clear), and fsync it: on disk before the rename makes it the database.
+fn write_copy(conn: &rusqlite::Connection, copy: &Path, new_key: Option<&CipherKey>) -> Result<()> {
+    conn.execute(
+        "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
+        params![
+            copy.display().to_string(),
+            new_key.map_or("", CipherKey::pragma_value)
+        ],
+    )?;
+    let exported = (|| -> rusqlite::Result<()> {
+        // An attached file gets SQLCipher's defaults, not the main file's settings: the copy
+        // is written with this build's page HMAC (so rekeying also converts a file made with
+        // the old one). Its journal is in memory: a copy cut short is never used, so it
+        // needs no journal on disk to recover from.
+        if new_key.is_some() {
+            conn.execute_batch(&format!(
+                "PRAGMA rekeyed.cipher_hmac_algorithm = {}",
+                super::PAGE_HMAC
+            ))?;
+        }
+        conn.query_row("PRAGMA rekeyed.journal_mode = MEMORY", [], |_| Ok(()))?;
+        conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))?;
+        Ok(())
+    })();
+    let detached = conn.execute_batch("DETACH DATABASE rekeyed");
+    exported?;
+    detached?;
+    std::fs::File::open(copy)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| OpenError::Io {
+            path: copy.display().to_string(),
+            source,
+        })?;
+    Ok(())
 }
 
 /// Where the re-encrypted copy of `path` is written before it replaces the file.
