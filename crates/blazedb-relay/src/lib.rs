@@ -54,6 +54,7 @@ pub mod guard;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+mod origin;
 pub mod rules;
 pub mod server;
 pub mod session;

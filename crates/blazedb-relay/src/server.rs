@@ -37,6 +37,7 @@ use crate::error::RelayError;
 use crate::http::{router, ConnectionSlot};
 use crate::limits::{HTTP_HEAD_BYTES_MAX, ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_FILE_NAME};
 use crate::metrics::Transport;
+use crate::origin::Origin;
 use crate::rules::Rules;
 use crate::state::State;
 
@@ -288,7 +289,7 @@ fn check_limits(limits: &crate::config::Limits) -> Result<(), RelayError> {
     Ok(())
 }
 
-fn origins(list: &[String]) -> Result<Vec<String>, RelayError> {
+fn origins(list: &[String]) -> Result<Vec<Origin>, RelayError> {
     if list.len() > ORIGINS_MAX {
         return Err(RelayError::Config(format!(
             "{} origins given, at most {ORIGINS_MAX} are allowed",
@@ -297,7 +298,7 @@ fn origins(list: &[String]) -> Result<Vec<String>, RelayError> {
     }
     list.iter()
         .map(|o| {
-            crate::state::normalize_origin(o).ok_or_else(|| {
+            Origin::parse(o).ok_or_else(|| {
                 RelayError::Config(format!(
                     "origin {o:?} must look like scheme://host[:port] (https://app.example.com, \
                      tauri://localhost, chrome-extension://ID) or be null (pages from file://), \

@@ -272,3 +272,75 @@ async fn origins_of_apps_extensions_and_null_can_be_listed() {
         .expect("the suggested --origin admits it");
     relay.stop().await;
 }
+
+/// `--origin` entries and `Origin`/`Host` headers compare as browsers mean them: a default
+/// port is no port (browsers never send `:443`), schemes and names in any case, a fully
+/// qualified name (`localhost.`) is the name. A port out of range is refused at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_and_hosts_compare_as_browsers_mean_them() {
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::None;
+        c.origins = vec![
+            "https://app.example.com:443".into(),
+            "HTTP://[0:0:0:0:0:0:0:1]:3000".into(),
+        ];
+    })
+    .await;
+    let url = relay.ws_url();
+    for origin in [
+        "https://app.example.com",
+        "https://APP.example.com.",
+        "http://[::1]:3000",
+    ] {
+        connect_ws_url(relay.addr, &url, None, &[("origin", origin)])
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+    }
+    for origin in [
+        "http://app.example.com",
+        "https://app.example.com:8443",
+        "https://user@app.example.com",
+        "https://app.example.com/page",
+    ] {
+        let (status, _) = refused(
+            connect_ws_url(relay.addr, &url, None, &[("origin", origin)])
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 403, "{origin}");
+    }
+    // The Host check of an anonymous relay on loopback (DNS rebinding).
+    let port = relay.addr.port();
+    for host in [format!("localhost.:{port}"), format!("[::1]:{port}")] {
+        connect_ws_url(relay.addr, &url, None, &[("host", &host)])
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+    }
+    for host in [
+        format!("localhost:{port}@evil.example.com"),
+        format!("evil.example.com.:{port}"),
+        "localhost:99999".to_owned(),
+    ] {
+        let (status, body) = refused(
+            connect_ws_url(relay.addr, &url, None, &[("host", &host)])
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 403, "{host}");
+        assert_eq!(body["code"], "host_not_allowed", "{host}");
+    }
+    relay.stop().await;
+
+    for bad in ["https://app.example.com:65536", "https://app.example.com:"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = blazedb_relay::RelayConfig {
+            data_dir: dir.path().join("relay"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth: AuthConfig::None,
+            origins: vec![bad.into()],
+            ..blazedb_relay::RelayConfig::default()
+        };
+        let e = blazedb_relay::Relay::bind(config).await.unwrap_err();
+        assert!(e.to_string().contains("must look like"), "{bad}: {e}");
+    }
+}

@@ -124,7 +124,7 @@ pub(crate) fn check_origin_and_host(
     let origin = origin.unwrap_or_default();
     // The flag to suggest is the one `--origin` accepts for this origin; a header no
     // `--origin` can name (a malformed one) gets no suggestion that would fail at startup.
-    let Some(flag) = crate::state::normalize_origin(origin) else {
+    let Some(flag) = crate::origin::Origin::parse(origin) else {
         return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
