@@ -41,8 +41,10 @@ pub enum NetError {
         /// How far the session got.
         report: Box<SessionReport>,
     },
-    /// The transport failed (read or write error).
-    #[error("sync transport failed: {source}")]
+    /// The transport failed (read or write error). A TLS peer refusing our client
+    /// certificate is met here too (TLS 1.3 tells the client on its first read), and is said
+    /// so ([`client_certificate_refusal`](crate::transport::error::client_certificate_refusal)).
+    #[error("sync transport failed: {source}{}", tls_advice(source))]
     Io {
         /// The I/O error.
         source: std::io::Error,
@@ -107,6 +109,13 @@ pub enum NetError {
     /// A driver task panicked or was aborted.
     #[error("sync task did not finish: {0}")]
     Task(String),
+}
+
+/// ": what to do" when a transport error is the peer refusing our TLS client certificate.
+fn tls_advice(e: &std::io::Error) -> String {
+    crate::transport::error::client_certificate_refusal(e)
+        .map(|advice| format!(": {advice}"))
+        .unwrap_or_default()
 }
 
 impl NetError {

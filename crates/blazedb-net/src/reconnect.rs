@@ -421,6 +421,10 @@ fn is_permanent(e: &NetError) -> bool {
         // locked by another connection may be free later.
         NetError::Database(e) => !e.is_busy(),
         NetError::Open { .. } | NetError::SameFile { .. } => true,
+        // The peer refused our client certificate (TLS 1.3 says so on the first read): the
+        // next attempt presents the same one. An expired one is retried, as a server's is
+        // (`TransportError::is_permanent`): renewing it or setting a clock mends it.
+        NetError::Io { source, .. } => crate::transport::error::certificate_refused(source),
         _ => false,
     }
 }

@@ -231,3 +231,68 @@ async fn mutual_tls_requires_a_client_certificate() {
     }
     relay.stop().await;
 }
+
+/// A client the relay's mutual TLS refuses (no certificate) over WSS or TLS over TCP is told
+/// to pass a client certificate, and a watching client gives up instead of retrying the same
+/// certificate forever. (TLS 1.3 tells the client after its side of the handshake: during
+/// the WebSocket upgrade, or on the session's first read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_client_certificate_is_explained_and_ends_sync_watch() {
+    use blazedb_net::reconnect::BackoffConfig;
+    use blazedb_net::transport::{ConnectOptions, Endpoint, TlsClientOptions};
+    use blazedb_net::{sync_once, sync_watch, ClientOptions};
+    let pki_dir = tempfile::tempdir().unwrap();
+    let (ca, files, _) = make_pki(pki_dir.path());
+    let relay = TestRelay::start(|c| {
+        c.tls = Some(files);
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), "anon");
+    let options = ClientOptions {
+        connect: ConnectOptions {
+            tls: TlsClientOptions {
+                ca_pem: Some(ca),
+                ..TlsClientOptions::default()
+            },
+            ..ConnectOptions::default()
+        },
+        session: SessionConfig {
+            token: TOKEN.into(),
+            ..SessionConfig::default()
+        },
+        backoff: BackoffConfig {
+            initial_ms: 10,
+            max_ms: 50,
+            ..BackoffConfig::default()
+        },
+        ..ClientOptions::default()
+    };
+    let urls = [
+        format!("wss://localhost:{}/v1/sync", relay.addr.port()),
+        format!("tls://127.0.0.1:{}", relay.tcp_addr.unwrap().port()),
+    ];
+    for url in urls {
+        let endpoint: Endpoint = url.parse().unwrap();
+        let e = sync_once(db.clone(), &endpoint, &options)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tls-client-cert"), "{url}: {e}");
+        let watched = tokio::time::timeout(
+            Duration::from_secs(5),
+            sync_watch(
+                db.clone(),
+                &endpoint,
+                &options,
+                std::future::pending(),
+                |_| {},
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{url}: sync_watch kept retrying"));
+        assert!(watched.is_err(), "{url}");
+    }
+    relay.stop().await;
+}

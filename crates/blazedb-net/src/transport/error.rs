@@ -43,8 +43,8 @@ pub enum TransportError {
     /// The TLS handshake failed: the certificate was not trusted (self-signed, wrong name,
     /// expired), the peer wanted a client certificate, or the peer does not speak TLS.
     #[error(
-        "TLS handshake with {endpoint} failed: {source} (for a self-signed development \
-         certificate pass its CA with --tls-ca, or --danger-accept-invalid-certs)"
+        "TLS handshake with {endpoint} failed: {source} ({})",
+        handshake_advice(source)
     )]
     TlsHandshake {
         /// The peer.
@@ -112,6 +112,51 @@ impl TransportError {
     }
 }
 
+/// What to do about a failed TLS handshake: about our client certificate when the peer
+/// refused it, else about the server's certificate.
+fn handshake_advice(e: &io::Error) -> &'static str {
+    client_certificate_refusal(e).unwrap_or(
+        "for a self-signed development certificate pass its CA with --tls-ca, or \
+         --danger-accept-invalid-certs",
+    )
+}
+
+/// When `e` is the peer's TLS alert refusing the client certificate we presented (or did
+/// not), what happened and what to pass instead.
+///
+/// With TLS 1.3 the server checks the client's certificate after the client has finished its
+/// side of the handshake, so the client meets the alert on its first read: inside the
+/// WebSocket upgrade (`wss://`), or on the session's first read (`tls://`, a
+/// [`NetError::Io`](crate::NetError::Io)). Both say this, not just "received fatal alert".
+pub fn client_certificate_refusal(e: &io::Error) -> Option<&'static str> {
+    use rustls::AlertDescription as Alert;
+    let rustls::Error::AlertReceived(alert) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())?
+    else {
+        return None;
+    };
+    Some(match alert {
+        Alert::CertificateRequired => {
+            "the peer requires a TLS client certificate: pass one signed by a CA it trusts \
+             with --tls-client-cert and --tls-client-key"
+        }
+        Alert::UnknownCA
+        | Alert::BadCertificate
+        | Alert::UnsupportedCertificate
+        | Alert::CertificateUnknown
+        | Alert::CertificateRevoked => {
+            "the peer refused this client's TLS certificate: pass one signed by a CA the peer \
+             trusts with --tls-client-cert and --tls-client-key"
+        }
+        Alert::CertificateExpired => {
+            "the peer says this client's TLS certificate is expired or not yet valid: renew \
+             it (--tls-client-cert, --tls-client-key) or check the clocks of both machines"
+        }
+        _ => return None,
+    })
+}
+
 /// Whether a failed TLS handshake failed on a certificate: the peer's, which we could not
 /// verify (unknown CA, another name, bad signature), or ours, which the peer refused. Trying
 /// again with the same settings meets the same certificate; a peer that drops the
@@ -124,7 +169,7 @@ impl TransportError {
 /// (with the caller's backoff) resumes by itself. The `certificate_expired` alert is the
 /// same case seen by the peer (RFC 8446: "expired or not currently valid"), whose clock may
 /// be the one not set yet.
-fn certificate_refused(e: &io::Error) -> bool {
+pub(crate) fn certificate_refused(e: &io::Error) -> bool {
     use rustls::AlertDescription as Alert;
     use rustls::CertificateError as Cert;
     let Some(e) = e
@@ -210,5 +255,29 @@ mod tests {
             rustls::InvalidMessage::InvalidContentType,
         ));
         assert!(!error.is_permanent());
+    }
+
+    /// A refusal of our client certificate names the client flags; a refusal of the server's
+    /// certificate keeps naming --tls-ca.
+    #[test]
+    fn a_refused_client_certificate_is_said_to_be_ours() {
+        for alert in [
+            Alert::CertificateRequired,
+            Alert::UnknownCA,
+            Alert::BadCertificate,
+            Alert::CertificateExpired,
+        ] {
+            let text = handshake_failed(rustls::Error::AlertReceived(alert)).to_string();
+            assert!(text.contains("--tls-client-cert"), "{text}");
+            assert!(!text.contains("--tls-ca"), "{text}");
+        }
+        let text = handshake_failed(rustls::Error::InvalidCertificate(Cert::UnknownIssuer));
+        assert!(text.to_string().contains("--tls-ca"), "{text}");
+        let other = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert_eq!(client_certificate_refusal(&other), None);
+        assert_eq!(
+            client_certificate_refusal(&io::ErrorKind::BrokenPipe.into()),
+            None
+        );
     }
 }

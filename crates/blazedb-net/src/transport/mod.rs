@@ -157,8 +157,21 @@ async fn tcp(hp: &HostPort, name: &str) -> Result<TcpStream, TransportError> {
 /// Why the WebSocket upgrade failed. A refusal (401: the credentials; 403: e.g. an origin
 /// not on the relay's allow-list) is permanent and carries the peer's own explanation (the
 /// relay answers `{"code": ..., "error": ...}`); anything else may pass.
+///
+/// Over `wss://`, a TLS 1.3 peer refuses our client certificate only after the client's side
+/// of the handshake, so the refusal arrives while the upgrade reads its response: it is the
+/// TLS handshake's failure ([`TransportError::TlsHandshake`], permanent, and says what to pass).
 fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> TransportError {
     use tokio_tungstenite::tungstenite::Error;
+    let e = match e {
+        Error::Io(source) if error::client_certificate_refusal(&source).is_some() => {
+            return TransportError::TlsHandshake {
+                endpoint: endpoint.to_owned(),
+                source,
+            }
+        }
+        other => other,
+    };
     let response = match &e {
         Error::Http(r) if matches!(r.status().as_u16(), 401 | 403) => r,
         _ => {

@@ -25,10 +25,13 @@ pub struct Pki {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// A client certificate of the same CA that expired in 2001.
+    pub expired_client_cert: PathBuf,
+    pub expired_client_key: PathBuf,
 }
 
 /// A fresh self-signed CA, a server certificate for 127.0.0.1 and localhost, and a client
-/// certificate, all written as PEM files under `dir` with `prefix`.
+/// certificate (and an expired one), all written as PEM files under `dir` with `prefix`.
 pub fn make_pki(dir: &Path, prefix: &str) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -38,16 +41,19 @@ pub fn make_pki(dir: &Path, prefix: &str) -> Pki {
         .push(DnType::CommonName, format!("{prefix} test CA"));
     let ca = ca_params.self_signed(&ca_key).unwrap();
 
-    let leaf = |names: Vec<String>| {
+    let leaf = |names: Vec<String>, expired: bool| {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
-    let (client_cert, client_key) = leaf(vec!["client.test".into()]);
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], false);
+    let (client_cert, client_key) = leaf(vec!["client.test".into()], false);
+    let (expired_cert, expired_key) = leaf(vec!["client.test".into()], true);
     let write = |name: &str, pem: &str| {
         let p = dir.join(format!("{prefix}-{name}.pem"));
         std::fs::write(&p, pem).unwrap();
@@ -59,6 +65,8 @@ pub fn make_pki(dir: &Path, prefix: &str) -> Pki {
         server_key: write("server-key", &server_key),
         client_cert: write("client-cert", &client_cert),
         client_key: write("client-key", &client_key),
+        expired_client_cert: write("expired-client-cert", &expired_cert),
+        expired_client_key: write("expired-client-key", &expired_key),
     }
 }
 
