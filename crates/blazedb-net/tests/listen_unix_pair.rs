@@ -1,13 +1,16 @@
 //! `listen` on a Unix domain socket and `sync_once` to a `unix:///path` URL: the replicas
 //! converge; a stale socket file left by a dead listener is replaced, a live one is not
 //! stolen, a file that is not a socket is refused and kept, and shutdown removes the file.
+//! The socket is owner-only (0600) whatever the umask, and a listener's token is required on
+//! it as on TCP (the Unix socket has no TLS, so no client certificates either).
 
 mod common;
 mod transport_common;
 
+use blazedb_net::reconnect::ClientError;
 use blazedb_net::transport::{listen, ListenConfig, TransportError};
-use blazedb_net::{sync_once, ClientOptions, Endpoint};
-use common::{dump, fill, live_cells, open};
+use blazedb_net::{sync_once, ClientOptions, Endpoint, NetError};
+use common::{count, dump, fill, live_cells, open};
 use transport_common::TEST_LIMIT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,4 +83,47 @@ async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
         before,
         "the file is untouched"
     );
+}
+
+/// Other users of the machine cannot connect: the socket file is 0600 from the moment it
+/// appears at its path (the process umask, 022 here, would make it 0755: connecting needs
+/// write permission, so the umask alone decides who may, and 002 or 000 opens it to the group
+/// or to everyone). Nothing is left behind next to it. A token is still required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_owner_only_and_the_token_is_still_required() {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+        fill(&a, "c", 10, 10, "a");
+        let path = dir.path().join("b.sock");
+        let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        let listener = listen(
+            b.clone(),
+            ListenConfig {
+                unix: Some(path.clone()),
+                token: Some("s3cret".into()),
+                ..ListenConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(after.len(), before.len() + 1, "only the socket was added");
+
+        let url: Endpoint = format!("unix://{}", path.display()).parse().unwrap();
+        let r = sync_once(a.clone(), &url, &ClientOptions::default()).await;
+        assert!(
+            matches!(&r, Err(ClientError::Session(NetError::Sync { error, .. }))
+                if error.code == blazedb::sync::ErrorCode::AuthFailed),
+            "{r:?}"
+        );
+        assert_eq!(count(&b, "c"), 0, "nothing flowed without the token");
+        listener.shutdown().await;
+        assert!(!path.exists());
+    })
+    .await
+    .expect("test took too long");
 }

@@ -28,7 +28,8 @@ pub struct ListenArgs {
     /// TCP address to listen on, e.g. 127.0.0.1:7421 (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
-    /// Unix domain socket path to listen on.
+    /// Unix domain socket path to listen on (created owner-only, mode 0600; no TLS on it, but
+    /// --token is still required).
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
     /// Require peers to present this token (also read from BLAZEDB_TOKEN).

@@ -31,7 +31,8 @@ pub struct ServeArgs {
     /// in HELLO.
     #[arg(long, value_name = "ADDR")]
     pub tcp_listen: Option<SocketAddr>,
-    /// Also accept raw protocol frames on this Unix domain socket.
+    /// Also accept raw protocol frames on this Unix domain socket (created owner-only, mode
+    /// 0600; no TLS or client certificates on it, but clients still send the token in HELLO).
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
     /// Require this static bearer token ($auth.sub is "token"). Visible in the process list:

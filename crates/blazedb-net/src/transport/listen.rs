@@ -270,9 +270,14 @@ fn bind_unix(path: &Path) -> Result<UnixListener, TransportError> {
 /// anything else already at `path` is left alone and refused: a live listener's socket
 /// (`AddrInUse`), and above all a file that is not a socket (`AlreadyExists`), which may be
 /// somebody's data (`--unix d/relay.db` must never unlink the store).
+///
+/// The socket is owner-only (mode 0600, see [`bind_owner_only`]): a Unix socket has no TLS,
+/// so no client certificates, and a relay without credentials serves it anonymously, so who
+/// may connect must not depend on the process umask. A token configured for the listener is
+/// still required on it.
 pub fn bind_unix_replacing_stale(path: &Path) -> std::io::Result<UnixListener> {
-    match UnixListener::bind(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+    match bind_owner_only(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let metadata = std::fs::symlink_metadata(path)?;
             if !metadata.file_type().is_socket() {
                 return Err(std::io::Error::new(
@@ -293,14 +298,74 @@ pub fn bind_unix_replacing_stale(path: &Path) -> std::io::Result<UnixListener> {
                         "another process is listening on this socket",
                     ))
                 }
-                Err(_) => return Err(e),
+                Err(c) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!(
+                            "{} is a socket that may be in use (connecting to it failed: {c}): \
+                             choose another path, or remove it if no listener uses it",
+                            path.display()
+                        ),
+                    ))
+                }
             }
             // Left behind by a listener that died without cleaning up.
             std::fs::remove_file(path)?;
-            UnixListener::bind(path)
+            bind_owner_only(path)
         }
         other => other,
     }
+}
+
+/// Bind a socket at `path` that only this user (and root) can connect to, with no moment
+/// when it is reachable there with looser permissions: bound inside a fresh directory only
+/// we can enter (0700) next to `path`, made 0600 there, then hard-linked to `path` (`link`
+/// fails with `AlreadyExists` when something is there: nothing is ever replaced). `chmod`
+/// after binding at `path` itself would leave a window in which the umask's mode applies.
+///
+/// The staging name is short (`.bz` and 8 hex digits, then `/s`), so a `path` close to the
+/// 107-byte limit of socket paths still fits unless its file name is under 13 bytes.
+fn bind_owner_only(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // A name taken already (one left by a crash, or a 1-in-4-billion draw) is drawn again:
+    // its `AlreadyExists` must not be taken for one about `path`.
+    let mut attempts = 0;
+    let staging = loop {
+        let staging = parent.join(format!(".bz{:08x}", rand::random::<u32>()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&staging) {
+            Ok(()) => break staging,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 3 => {
+                attempts += 1;
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    // Never `AlreadyExists`: the caller reads that as `path` being taken.
+                    match e.kind() {
+                        std::io::ErrorKind::AlreadyExists => std::io::ErrorKind::Other,
+                        kind => kind,
+                    },
+                    format!(
+                        "cannot create a private directory in {} to bind the socket in: {e}",
+                        parent.display()
+                    ),
+                ));
+            }
+        }
+    };
+    let staged = staging.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::hard_link(&staged, path)?;
+        Ok(listener)
+    });
+    // The socket stays reachable through `path`; the staging name goes either way.
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&staging);
+    bound
 }
 
 /// What every connection task needs.
