@@ -114,8 +114,8 @@ pub struct TlsFiles {
 pub struct Limits {
     /// Most connections at once (all listeners together).
     pub connections_max: usize,
-    /// Time for the TLS handshake, for the HTTP request head, and from connecting to the
-    /// client's HELLO, each, in ms.
+    /// Time for the TLS handshake, for the HTTP request head (and a query's body), and from
+    /// connecting to the client's HELLO, each, in ms.
     pub handshake_timeout_ms: u64,
     /// A session that receives nothing for this long ends (ms; the session pings every
     /// `ping_interval_ms` so live peers always send something).

@@ -17,8 +17,9 @@ pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:7420";
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
 /// From accepting a connection to its first protocol frame: the TLS handshake, the HTTP
-/// request head and the client's HELLO each get this long, in ms. A client that connects and
-/// says nothing holds a connection slot at most this long.
+/// request head and the client's HELLO each get this long, in ms, and so does a
+/// `POST /v1/query` body (`408` after it). A client that connects and says nothing, or says
+/// it a byte at a time, holds a connection slot at most this long per step.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
 /// Messages (protocol frames) a connection may send per second, sustained. A client that

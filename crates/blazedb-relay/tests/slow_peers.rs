@@ -2,7 +2,8 @@
 //! a TLS connection that never sends its HTTP request, one that sends its request head a byte
 //! at a time, a TLS-over-TCP session that never says HELLO) are each closed within the
 //! handshake timeout (twice it, where a TLS handshake and an HTTP head are both timed) and give
-//! their connection slot back; while they hang, a well-behaved client still syncs.
+//! their connection slot back; while they hang, a well-behaved client still syncs. A
+//! `POST /v1/query` whose body trickles in is answered 408 within the handshake timeout too.
 
 mod common;
 
@@ -222,4 +223,58 @@ async fn stalled_clients_are_bounded_and_do_not_block_others() {
     let ok = syncs.join_all().await.into_iter().filter(|ok| *ok).count();
     assert_eq!(ok, EACH * STALLS.len() + 1, "every slot was given back");
     Arc::into_inner(relay).unwrap().stop().await;
+}
+
+/// A query body sent a byte at a time (each byte resets the idle timer, and the request head
+/// was complete, so the head timeout is over) is cut off after the handshake timeout with
+/// `408`, not read for as long as the client keeps dribbling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_query_body_is_cut_off() {
+    let relay = TestRelay::start(|c| c.limits.handshake_timeout_ms = HANDSHAKE_MS).await;
+    let mut tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/query HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 60000\r\n\r\n{{\"collection\": \""
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let start = Instant::now();
+    let (mut rd, mut wr) = tcp.into_split();
+    let dribble = async {
+        loop {
+            if wr.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        std::future::pending::<()>().await
+    };
+    let mut response = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buf[..n]);
+            if response.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            _ = dribble => unreachable!(),
+            _ = read => {}
+        }
+    })
+    .await
+    .expect("the relay kept reading the trickled body");
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        took <= Duration::from_millis(HANDSHAKE_MS + 1_500),
+        "cut off after {took:?}"
+    );
+    relay.stop().await;
 }

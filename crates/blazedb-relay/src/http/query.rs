@@ -14,9 +14,11 @@
 //! allows — `limit` counts those (the rule is applied in the store's scan, which stops once it
 //! has `offset + limit` of them). A collection that does not exist, or that the rules close,
 //! answers `[]`. An invalid expression is `400` with the parser's message, `line` and
-//! `column`.
+//! `column`. A body over [`QUERY_BODY_BYTES_MAX`] is `413`; one that takes longer than the
+//! handshake timeout to arrive is `408`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State as AxumState};
@@ -78,7 +80,27 @@ pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -
 }
 
 async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> Response {
-    let bytes = match to_bytes(body, QUERY_BODY_BYTES_MAX).await {
+    // The body gets the handshake timeout, as the request head does: a client that sends it
+    // a byte at a time would otherwise hold its connection slot for as long as it likes
+    // (every byte resets the idle timer, and hyper's head timeout is over). At most 64 KiB
+    // arrive in far less on any working connection.
+    let limit = Duration::from_millis(state.limits.handshake_timeout_ms);
+    let read = tokio::time::timeout(limit, to_bytes(body, QUERY_BODY_BYTES_MAX)).await;
+    let Ok(read) = read else {
+        let mut r = error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the query body did not arrive within {} ms: send it whole, at once",
+                limit.as_millis()
+            ),
+        );
+        // The rest of the body is never read: this connection cannot serve another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    };
+    let bytes = match read {
         Ok(b) => b,
         Err(e) if is_length_limit(&e) => {
             return error(
