@@ -15,6 +15,10 @@ pub const RECORD_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Deepest nesting of lists and maps inside one value.
 pub const VALUE_DEPTH_MAX: usize = 32;
+/// Most entries (writer nodes) in a reset cell's `seen` list (`crdt::Seen`). A list over it
+/// keeps its newest entries: a node left out counts as unseen, so a bound costs at most a
+/// spurious conflict, never a silent loss.
+pub const SEEN_VERSIONS_MAX: usize = 256;
 /// Most elements one set field may hold.
 pub const SET_ELEMENTS_MAX: usize = 10_000;
 /// Most cells one transaction may change. A transaction travels to peers as one unit, so
@@ -85,8 +89,9 @@ pub const IMPORT_BATCH_RECORDS: usize = 10_000;
 
 /// Protocol version spoken by this build (HELLO). Version 2 added selective sync (a policy in
 /// SUBSCRIBE, EVICT) and snapshots (SNAPSHOT_BEGIN / CHUNK / END); version 3 added `acked` to
-/// SUBSCRIBE (a peer restored from a backup gets its own lost writes back).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// SUBSCRIBE (a peer restored from a backup gets its own lost writes back); version 4 added a
+/// reset cell's `seen` list (cell flag 0x80, which a version-3 peer refuses as malformed).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Collections one sync policy may list.
 pub const POLICY_COLLECTIONS_MAX: usize = 1024;
 /// Fields one sync policy may exclude.

@@ -811,6 +811,7 @@ mod raw_units {
             value: CellValue::Value(Value::from(v)),
             version,
             prev: None,
+            seen: blazedb::crdt::Seen::default(),
             seq: Seq(0),
         }
     }

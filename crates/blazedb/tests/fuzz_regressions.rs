@@ -193,16 +193,28 @@ fn arb_cell() -> impl Strategy<Value = Cell> {
         hlc: Hlc::new(WALL_MS - 10_000 + ms, l),
         node: n,
     });
-    let prev = proptest::option::of((0u64..5_000, node).prop_map(|(ms, n)| Version {
+    let older = (0u64..5_000, node).prop_map(|(ms, n)| Version {
         hlc: Hlc::new(WALL_MS - 20_000 + ms, 0),
         node: n,
-    }));
-    (key_value, version, prev).prop_map(|((key, value), version, prev)| Cell {
-        key,
-        value,
-        version,
-        prev,
-        seq: Seq(0),
+    });
+    let prev = proptest::option::of(older.clone());
+    // A reset's list: prev and other nodes' versions (prev's node's entry is prev).
+    let seen = proptest::option::of(proptest::collection::vec(older, 0..3));
+    (key_value, version, prev, seen).prop_map(|((key, value), version, prev, seen)| {
+        let seen = match (prev, seen) {
+            (Some(p), Some(others)) => blazedb::crdt::Seen::from_versions(
+                std::iter::once(p).chain(others.into_iter().filter(|o| o.node != p.node)),
+            ),
+            _ => blazedb::crdt::Seen::default(),
+        };
+        Cell {
+            key,
+            value,
+            version,
+            prev,
+            seen,
+            seq: Seq(0),
+        }
     })
 }
 
@@ -415,6 +427,7 @@ fn damaged_last_frame_of_a_unit_stores_nothing_of_it() {
             node: PEER,
         },
         prev: None,
+        seen: blazedb::crdt::Seen::default(),
         seq: Seq(0),
     };
     let ch = |seq: u64, id: u8, key: CellKey| Change {

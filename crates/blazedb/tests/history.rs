@@ -173,7 +173,8 @@ fn a_format_3_history_migrates_to_chains() {
     {
         // Back to format 3: no chains, the index instead (and no `old_seq`, format 5; the
         // clock in its own table, format 6; no snapshot `acked`, format 7; no conflicts by
-        // record, format 8; no replaced cell's `prev`, format 9).
+        // record, format 8; no replaced cell's `prev`, format 9; no replaced cell's `seen`,
+        // format 11).
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
@@ -185,6 +186,7 @@ fn a_format_3_history_migrates_to_chains() {
              DROP INDEX conflicts_by_record;
              ALTER TABLE history DROP COLUMN old_prev_age;
              ALTER TABLE history DROP COLUMN old_prev_node;
+             ALTER TABLE history DROP COLUMN old_seen;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 3 WHERE key = 'format_version';",
         )
@@ -240,7 +242,7 @@ fn a_format_3_history_migrates_to_chains() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, 10);
+    assert_eq!(version, 11);
 }
 
 /// Each record's history is its own chain, also when many records change in one

@@ -42,6 +42,7 @@ const NAMES: &[&str] = &[
     "changes-insert",
     "changes-update",
     "changes-cell-kinds",
+    "changes-delete-seen",
     "changes-lz4",
     "changes-lz4-payload",
     "value",
@@ -144,6 +145,7 @@ fn cell(key: CellKey, value: CellValue, version: Version, prev: Option<Version>)
         value,
         version,
         prev,
+        seen: blazedb::crdt::Seen::default(),
         seq: Seq(0),
     }
 }
@@ -197,7 +199,7 @@ fn hello_and_subscribe_are_frames_0_and_1_of_one_direction() {
     let v = vectors();
     let (hello, subscribe) = (bytes_of(&v, "hello"), bytes_of(&v, "subscribe"));
     let want_hello = Message::Hello(Hello {
-        version: 3,
+        version: blazedb::limits::PROTOCOL_VERSION,
         node: A,
         last_seq: Seq(42),
         mode: SyncMode::Both,
@@ -402,6 +404,49 @@ fn changes_with_every_cell_kind() {
 
     // The budget of cells per unit is enforced while decoding (6 cells here).
     assert!(Dict::default().decode_changes(&f.payload, 5).is_err());
+}
+
+/// A delete whose writer held A's writes up to T2 and B's up to T1: the Record cell carries
+/// its `seen` list (HAS_SEEN), prev's entry implied, B's sent.
+#[test]
+fn changes_with_a_delete_carrying_its_seen_list() {
+    let va2 = Version { hlc: t2(), node: A };
+    let vb1 = Version { hlc: t1(), node: B };
+    let delete = Cell {
+        seen: blazedb::crdt::Seen::from_versions([va2, vb1]),
+        ..cell(
+            CellKey::Record,
+            CellValue::Absent,
+            Version { hlc: t3(), node: A },
+            Some(va2),
+        )
+    };
+    let want = vec![Change {
+        seq: Seq(5),
+        collection: "bugs".into(),
+        id: R1,
+        cells: vec![delete],
+    }];
+    let payload = Dict::default().encode_changes(&want, Seq(5));
+    let framed = FrameEncoder::default().encode(kind::CHANGES, false, &payload);
+    let v = vectors();
+    let bytes = bytes_of(&v, "changes-delete-seen");
+    let f = one_frame(&bytes, &mut FrameDecoder::default());
+    assert_eq!((f.kind, f.partial), (kind::CHANGES, false));
+    let (got, end) = Dict::default()
+        .decode_changes(&f.payload, 1_000_000)
+        .unwrap();
+    assert_same(&got, &want, "decoded changes");
+    assert_eq!(end, Seq(5));
+    assert_eq!(framed, bytes);
+
+    // A list that names prev's node again is malformed (a writer never makes one): B's
+    // entry, inline at the end of the payload before `end`, turned into A.
+    let mut twice = f.payload.clone();
+    let at = twice.len() - 1 - 16;
+    assert_eq!(twice[at..at + 16], B.0, "B's node id");
+    twice[at..at + 16].copy_from_slice(&A.0);
+    assert!(Dict::default().decode_changes(&twice, 1_000_000).is_err());
 }
 
 #[test]

@@ -58,6 +58,7 @@ fn cell(key: CellKey, value: CellValue, version: Version) -> Cell {
         value,
         version,
         prev: None,
+        seen: blazedb::crdt::Seen::default(),
         seq: Seq(0),
     }
 }

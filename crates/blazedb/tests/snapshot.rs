@@ -598,7 +598,7 @@ fn a_format_1_file_migrates() {
         (id, db.last_seq().unwrap())
     };
     {
-        // Make it a format-1 file: what formats 2 to 10 changed goes back, the version too.
+        // Make it a format-1 file: what formats 2 to 11 changed goes back, the version too.
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
@@ -610,6 +610,7 @@ fn a_format_1_file_migrates() {
              DROP INDEX conflicts_by_record;
              ALTER TABLE history DROP COLUMN old_prev_age;
              ALTER TABLE history DROP COLUMN old_prev_node;
+             ALTER TABLE history DROP COLUMN old_seen;
              CREATE INDEX history_by_record ON history (coll, id, hid);
              UPDATE meta SET value = 1 WHERE key = 'format_version';",
         )
@@ -640,7 +641,7 @@ fn a_format_1_file_migrates() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(v, 10);
+    assert_eq!(v, 11);
     // Format 3's table is there too.
     let n: i64 = conn
         .query_row("SELECT count(*) FROM unit_staging", [], |r| r.get(0))

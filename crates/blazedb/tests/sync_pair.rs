@@ -163,6 +163,99 @@ fn deletes_propagate_and_concurrent_update_after_delete_survives() {
     assert!(a.get("c", id).unwrap().is_none());
 }
 
+/// Two databases on fake clocks (ms since the epoch, moved by hand), so that which write is
+/// newer is decided by the test, not by scheduling.
+fn open_pair_on_clocks(
+    dir: &std::path::Path,
+) -> (
+    Database,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    Database,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    let open_at = |name: &str, clock: &std::sync::Arc<std::sync::atomic::AtomicU64>| {
+        let c = clock.clone();
+        Database::open(
+            dir.join(format!("{name}.db")),
+            blazedb::OpenOptions {
+                wall_clock: std::sync::Arc::new(move || c.load(Ordering::SeqCst)),
+                ..blazedb::OpenOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    const T0: u64 = 1_700_000_000_000;
+    let (ca, cb) = (common::counter(T0), common::counter(T0));
+    (open_at("a", &ca), ca, open_at("b", &cb), cb)
+}
+
+/// B edits `f` offline (at t+10); A, which never saw that edit, edits `g` (t+12) and then
+/// deletes the record (t+13). The delete's `prev` (A's own t+12) is newer than B's edit,
+/// but A never held it: when the delete reaches B, B's edit is dropped as a concurrent loser
+/// and listed, not lost silently.
+#[test]
+fn a_delete_over_an_edit_its_writer_never_saw_lists_the_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, clock_a, b, clock_b) = open_pair_on_clocks(dir.path());
+    let id = a.insert("c", [("f", "f0"), ("g", "g0")]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    common::tick(&clock_b, 10);
+    b.update("c", id, Patch::new().set("f", "from b")).unwrap();
+    common::tick(&clock_a, 12);
+    a.update("c", id, Patch::new().set("g", "from a")).unwrap();
+    common::tick(&clock_a, 1);
+    a.delete("c", id).unwrap();
+    let delete_version = a.record_state("c", id).unwrap().unwrap().cells()[0].version;
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert!(b.get("c", id).unwrap().is_none(), "the later delete wins");
+    assert_eq!(dump(&a), dump(&b));
+    let conflicts = b.conflicts(Some("c")).unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let c = &conflicts[0];
+    assert_eq!(c.field.as_deref(), Some("f"));
+    assert_eq!((&c.winner, &c.loser), (&None, &Some(Value::from("from b"))));
+    assert_eq!(c.winner_version, delete_version);
+}
+
+/// The same for a plain write over a set field: B adds an element A never saw, A adds one
+/// and then replaces the whole set. B's element goes with the old set, and B lists it.
+#[test]
+fn a_plain_write_over_a_set_lists_an_element_its_writer_never_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, clock_a, b, clock_b) = open_pair_on_clocks(dir.path());
+    let id = a
+        .insert("c", [("tags", Value::List(vec!["x".into()]))])
+        .unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    common::tick(&clock_b, 10);
+    b.update("c", id, Patch::new().add("tags", vec!["from b".into()]))
+        .unwrap();
+    common::tick(&clock_a, 12);
+    a.update("c", id, Patch::new().add("tags", vec!["from a".into()]))
+        .unwrap();
+    common::tick(&clock_a, 1);
+    a.update(
+        "c",
+        id,
+        Patch::new().set("tags", Value::List(vec!["w".into()])),
+    )
+    .unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(
+        b.get("c", id).unwrap().unwrap().fields["tags"],
+        Value::List(vec!["w".into()])
+    );
+    let conflicts = b.conflicts(Some("c")).unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].field.as_deref(), Some("tags"));
+    assert!(
+        conflicts[0].cell.contains("from b"),
+        "the loser is B's element: {conflicts:?}"
+    );
+}
+
 /// A and B share a record; B edits `title` while A deletes the record, later. The delete
 /// wins, and B lists its edit as the loser. Resolving that conflict with a value undoes the
 /// delete: the record comes back whole, as B held it before the delete, with the chosen

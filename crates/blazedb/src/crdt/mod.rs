@@ -32,5 +32,5 @@ mod cell;
 pub mod encoding;
 mod record;
 
-pub use cell::{Cell, CellKey, CellValue, FieldName};
+pub use cell::{Cell, CellKey, CellValue, FieldName, Seen};
 pub use record::{MergeOutcome, Overwritten, RecordState};

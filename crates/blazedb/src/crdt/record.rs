@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Cell, CellKey, CellValue};
+use super::{Cell, CellKey, CellValue, Seen};
 use crate::types::{Seq, Version};
 use crate::Value;
 
@@ -117,6 +117,39 @@ impl RecordState {
         self.cells.iter().map(|c| c.version).max()
     }
 
+    /// What a reset of `key` written over this state has seen ([`Cell::seen`]): per writer
+    /// node, the newest version among the cells it replaces or drops — their own versions,
+    /// the `prev` each carried and the lists of earlier resets (their writers had seen those,
+    /// so this writer saw them through them). For a `Record` cell, every cell; for a `Field`
+    /// cell, its field's cells, but only when there is a counter or set cell among them (a
+    /// plain write over a plain field replaces one cell, which `prev` names exactly). Empty
+    /// for other keys, and when there is nothing to replace.
+    pub fn seen_by_reset(&self, key: &CellKey) -> Seen {
+        let replaced: Vec<&Cell> = match key {
+            CellKey::Record => self.cells.iter().collect(),
+            CellKey::Field(f) => {
+                let of_field: Vec<&Cell> = self
+                    .cells
+                    .iter()
+                    .filter(|c| c.key.field() == Some(&**f))
+                    .collect();
+                if !of_field
+                    .iter()
+                    .any(|c| matches!(c.key, CellKey::Counter(..) | CellKey::Element(..)))
+                {
+                    return Seen::default();
+                }
+                of_field
+            }
+            CellKey::Counter(..) | CellKey::Element(..) => return Seen::default(),
+        };
+        Seen::from_versions(replaced.into_iter().flat_map(|c| {
+            std::iter::once(c.version)
+                .chain(c.prev)
+                .chain(c.seen.versions().iter().copied())
+        }))
+    }
+
     /// The newest version among field `f`'s cells (its register and its counter/set cells).
     pub fn newest_field_version(&self, f: &str) -> Option<Version> {
         self.cells
@@ -212,7 +245,6 @@ impl RecordState {
             }
         }
 
-        let unseen = |v: Version, prev: Option<Version>| prev.is_none_or(|p| v > p);
         let mut overwritten = Vec::new();
         let mut at = match self.cells.binary_search_by(|c| c.key.cmp(&incoming.key)) {
             Ok(i) => {
@@ -227,7 +259,7 @@ impl RecordState {
                     return (MergeOutcome::Ignored, None);
                 }
                 let concurrent = matches!(incoming.key, CellKey::Record | CellKey::Field(_))
-                    && unseen(existing.version, incoming.prev);
+                    && !incoming.has_seen(existing.version);
                 let old = std::mem::replace(&mut self.cells[i], incoming);
                 overwritten.push(Overwritten {
                     cell: old,
@@ -257,17 +289,26 @@ impl RecordState {
         let inc = &self.cells[at];
         // Usually nothing is dropped: check before paying for a copy of the key.
         if self.cells.iter().any(|c| drops(c, &inc.key, inc.version)) {
-            let (key, version, prev) = (inc.key.clone(), inc.version, inc.prev);
+            // The reset's identity and what its writer had seen, apart from the cells.
+            let reset = Cell {
+                key: inc.key.clone(),
+                value: CellValue::Absent,
+                version: inc.version,
+                prev: inc.prev,
+                seen: inc.seen.clone(),
+                seq: inc.seq,
+            };
+            let (key, version) = (&reset.key, reset.version);
             let mut kept = Vec::with_capacity(self.cells.len());
             for c in std::mem::take(&mut self.cells) {
-                if drops(&c, &key, version) {
-                    let concurrent = unseen(c.version, prev);
+                if drops(&c, key, version) {
+                    let concurrent = !reset.has_seen(c.version);
                     overwritten.push(Overwritten {
                         cell: c,
                         concurrent,
                     });
                 } else {
-                    if c.key == key {
+                    if c.key == *key {
                         at = kept.len();
                     }
                     kept.push(c);
@@ -441,6 +482,7 @@ mod tests {
             value,
             version,
             prev,
+            seen: crate::crdt::Seen::default(),
             seq: Seq(0),
         }
     }
@@ -498,6 +540,7 @@ mod tests {
             value,
             version: v(h),
             prev: None,
+            seen: crate::crdt::Seen::default(),
             seq: Seq(0),
         };
         let good = vec![
@@ -564,6 +607,82 @@ mod tests {
             r.merge(cell(field("c"), CellValue::Value(1.into()), v(1, 3), None)),
             MergeOutcome::Ignored
         );
+    }
+
+    /// A delete whose writer held `g` at t=12 (its own) but never B's edit of `f` at t=10:
+    /// by `prev` alone the edit is older, so it counts as seen; by the delete's `seen` list
+    /// B is missing, so it is a conflict. A cell of a node the list names is judged by that
+    /// node's entry.
+    #[test]
+    fn a_reset_with_a_seen_list_judges_each_dropped_cell_by_its_node() {
+        let (a, b, c) = (1, 2, 3);
+        let state = || {
+            let mut r = RecordState::new();
+            r.merge(cell(CellKey::Record, CellValue::Present, v(1, c), None));
+            r.merge(cell(field("f"), CellValue::Value(1.into()), v(10, b), None));
+            r.merge(cell(field("g"), CellValue::Value(2.into()), v(12, a), None));
+            r.merge(cell(field("h"), CellValue::Value(3.into()), v(5, c), None));
+            r
+        };
+        let concurrent = |r: &mut RecordState, delete: Cell| -> Vec<String> {
+            let MergeOutcome::Applied { overwritten } = r.merge(delete) else {
+                panic!("a newer delete applies")
+            };
+            let mut names: Vec<String> = overwritten
+                .into_iter()
+                .filter(|o| o.concurrent)
+                .map(|o| o.cell.key.display_name())
+                .collect();
+            names.sort();
+            names
+        };
+        let delete = |seen: Seen| Cell {
+            seen,
+            ..cell(CellKey::Record, CellValue::Absent, v(13, a), Some(v(12, a)))
+        };
+        // No list (an older writer): prev alone, everything older than t=12 counts as seen.
+        assert!(concurrent(&mut state(), delete(Seen::default())).is_empty());
+        // The writer held C's insert and h (t=5), and its own g: B's f is unseen.
+        let held = Seen::from_versions([v(12, a), v(5, c)]);
+        assert_eq!(concurrent(&mut state(), delete(held)), ["f"]);
+        // It held C only up to t=1: h (t=5) is unseen too.
+        let held = Seen::from_versions([v(12, a), v(1, c), v(10, b)]);
+        assert_eq!(concurrent(&mut state(), delete(held)), ["h"]);
+    }
+
+    #[test]
+    fn the_seen_list_a_writer_makes_covers_what_it_held() {
+        let (a, b, c) = (1, 2, 3);
+        let e = |x: i64| crate::codec::value::to_bytes(&Value::Int(x));
+        let mut r = RecordState::new();
+        r.merge(cell(CellKey::Record, CellValue::Present, v(1, c), None));
+        r.merge(cell(
+            field("f"),
+            CellValue::Value(1.into()),
+            v(10, b),
+            Some(v(1, c)),
+        ));
+        r.merge(cell(
+            field("s"),
+            CellValue::Value(Value::List(vec![])),
+            v(2, a),
+            None,
+        ));
+        r.merge(cell(
+            CellKey::Element("s".into(), e(1)),
+            CellValue::Present,
+            v(3, a),
+            None,
+        ));
+        // A delete: every cell, and what their prevs name.
+        assert_eq!(
+            r.seen_by_reset(&CellKey::Record).versions(),
+            [v(3, a), v(10, b), v(1, c)]
+        );
+        // A plain write over a set field: that field's cells only.
+        assert_eq!(r.seen_by_reset(&field("s")).versions(), [v(3, a)]);
+        // Over a plain field it replaces one cell, which prev names: no list.
+        assert!(r.seen_by_reset(&field("f")).is_empty());
     }
 
     #[test]
@@ -700,8 +819,19 @@ mod tests {
                 }
                 CellKey::Counter(..) => CellValue::Count(x.into()),
             };
-            // Distinct writes never share a version: derive the value from the version.
-            cell(key, value, v(t, n), None)
+            // Distinct writes never share a version: derive the value from the version. A
+            // record or field write carries what its writer had seen, derived from it too:
+            // a prev one tick back, and for a record write a list with another node's entry.
+            let prev = (t > 0 && matches!(key, CellKey::Record | CellKey::Field(_)))
+                .then(|| v(t - 1, (n + 1) % 3));
+            let seen = match (&key, prev) {
+                (CellKey::Record, Some(p)) => Seen::from_versions([p, v(t / 2, (n + 2) % 3)]),
+                _ => Seen::default(),
+            };
+            Cell {
+                seen,
+                ..cell(key, value, v(t, n), prev)
+            }
         })
     }
 

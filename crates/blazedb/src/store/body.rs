@@ -5,13 +5,17 @@
 //!            | varint n_cells | cell*
 //! version := u64 LE hlc | varint node_index        -- node ids live once in `nodes`
 //! cell    := u8 flags | [varint field_index] | [sub] | [value]
-//!            | [varint version_index] | [varint prev_index] | [varint (row_seq - cell_seq)]
+//!            | [varint version_index] | [varint prev_index] | [seen]
+//!            | [varint (row_seq - cell_seq)]
 //! flags   := key kind (bits 0-1: 0 record, 1 field, 2 counter, 3 element)
 //!          | value kind (bits 2-3: 0 value, 1 absent, 2 present, 3 count)
 //!          | 0x10 SAME_VERSION: no version_index: the previous cell's version (the first
 //!            cell: version 0)
 //!          | 0x20 HAS_PREV: prev_index follows
 //!          | 0x40 SEQ_DELTA: the seq delta follows (else the cell's seq is the row's)
+//!          | 0x80 HAS_SEEN: a reset's `seen` list follows (only with HAS_PREV; format 11)
+//! seen    := varint n | varint version_index * n    -- the list's entries but prev's node's,
+//!            which is prev
 //! sub     := counter: varint node_index | element: varint length, bytes
 //! value   := value: tagged value (codec::value) | count: zigzag varint | absent/present: -
 //! ```
@@ -21,7 +25,7 @@
 use super::nodes::{FieldTable, NodeTable};
 use crate::codec::varint::{read_i64, write_i64, write_u64};
 use crate::codec::{value, DecodeError, Reader};
-use crate::crdt::{Cell, CellKey, CellValue, FieldName, RecordState};
+use crate::crdt::{Cell, CellKey, CellValue, FieldName, RecordState, Seen};
 use crate::limits::{RECORD_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::types::{Hlc, Seq, Version};
 
@@ -29,6 +33,7 @@ const BODY_FORMAT: u8 = 2;
 const SAME_VERSION: u8 = 0x10;
 const HAS_PREV: u8 = 0x20;
 const SEQ_DELTA: u8 = 0x40;
+const HAS_SEEN: u8 = 0x80;
 
 /// Encode a record's cells. `row_seq` must be the record's max cell seq.
 pub fn encode(
@@ -119,7 +124,10 @@ pub fn encode_into(
             .expect("collected in the first pass") as u64
     };
     for c in state.cells() {
-        for v in std::iter::once(c.version).chain(c.prev) {
+        for v in std::iter::once(c.version)
+            .chain(c.prev)
+            .chain(c.seen_beyond_prev())
+        {
             if !versions.contains(&v) {
                 versions.push(v);
             }
@@ -163,6 +171,12 @@ pub fn encode_into(
         if c.seq != row_seq {
             flags |= SEQ_DELTA;
         }
+        // A list is only ever made with a prev (its newest entry); without one it says
+        // nothing a missing list does not.
+        let has_seen = c.prev.is_some() && !c.seen.is_empty();
+        if has_seen {
+            flags |= HAS_SEEN;
+        }
         out.push(flags);
         match &c.key {
             CellKey::Record => {}
@@ -190,6 +204,12 @@ pub fn encode_into(
         }
         if let Some(p) = c.prev {
             write_u64(out, index_of(p, versions));
+        }
+        if has_seen {
+            write_u64(out, c.seen_beyond_prev().count() as u64);
+            for v in c.seen_beyond_prev() {
+                write_u64(out, index_of(v, versions));
+            }
         }
         if flags & SEQ_DELTA != 0 {
             write_u64(out, row_seq.0.saturating_sub(c.seq.0));
@@ -288,9 +308,9 @@ pub fn decode_since(
     let mut previous: Option<Version> = None;
     for _ in 0..n_cells {
         let flags = r.u8()?;
-        if flags & 0x80 != 0 {
+        if flags & HAS_SEEN != 0 && flags & HAS_PREV == 0 {
             return Err(DecodeError::Malformed(format!(
-                "unknown cell flags 0x{flags:02x}"
+                "cell flags 0x{flags:02x}: a seen list without a prev"
             )));
         }
         let key = match flags & 0b11 {
@@ -328,6 +348,18 @@ pub fn decode_since(
         } else {
             None
         };
+        let seen = match prev {
+            Some(p) if flags & HAS_SEEN != 0 => {
+                // Each entry names a distinct version of the table.
+                let n = r.count("seen list length", n_versions, 1)?;
+                let mut others = Vec::with_capacity(n);
+                for _ in 0..n {
+                    others.push(version(r.varint()?)?);
+                }
+                Seen::with_prev(p, others)
+            }
+            _ => Seen::default(),
+        };
         let seq = if flags & SEQ_DELTA != 0 {
             let delta = r.varint()?;
             Seq(row_seq.0.checked_sub(delta).ok_or_else(|| {
@@ -354,6 +386,7 @@ pub fn decode_since(
             value,
             version: v,
             prev,
+            seen,
             seq,
         });
     }
@@ -381,6 +414,7 @@ mod tests {
             value: CellValue::Present,
             version,
             prev: None,
+            seen: Seen::default(),
             seq: Seq(t),
         }];
         cells.extend(fields.iter().map(|(f, v)| Cell {
@@ -388,6 +422,7 @@ mod tests {
             value: CellValue::Value(Value::Int(*v)),
             version,
             prev: None,
+            seen: Seen::default(),
             seq: Seq(t),
         }));
         RecordState::from_cells(cells).unwrap()
@@ -463,6 +498,13 @@ mod tests {
                         value,
                         version: versions[ver as usize],
                         prev: prev.map(|p| versions[p as usize]),
+                        // A reset's list: every node's version (each node has one), so
+                        // prev's node's entry is prev, as a writer makes it.
+                        seen: if prev.is_some() && seq % 2 == 1 {
+                            Seen::from_versions(versions.iter().copied())
+                        } else {
+                            Seen::default()
+                        },
                         seq: Seq(seq),
                     }
                 })

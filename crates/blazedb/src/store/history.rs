@@ -11,7 +11,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{Database, Inner};
 use crate::crdt::encoding::{key_from_bytes, value_from_bytes};
-use crate::crdt::{Cell, CellKey, CellValue, RecordState};
+use crate::crdt::{Cell, CellKey, CellValue, RecordState, Seen};
 use crate::error::{Error, Result};
 use crate::store::read::Record;
 use crate::types::{Hlc, Seq, Timestamp, Version};
@@ -338,7 +338,7 @@ impl Inner {
             .flatten();
         let mut stmt = self.conn.prepare_cached(
             "SELECT coll, id, prev, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms,
-                    old_seq, old_prev_age, old_prev_node
+                    old_seq, old_prev_age, old_prev_node, old_seen
              FROM history WHERE hid = ?1",
         )?;
         let mut next = head;
@@ -537,6 +537,26 @@ impl Inner {
                             })
                         }
                     };
+                    // Format 11: a replaced reset's `seen` list (see `encode_old_seen` in
+                    // write.rs); NULL for other cells and older entries.
+                    let seen = match (prev, r.get::<_, Option<Vec<u8>>>(15)?) {
+                        (Some(prev), Some(blob)) => {
+                            let mut others = Vec::new();
+                            let mut b = crate::codec::Reader::new(&blob);
+                            while !b.is_empty() {
+                                let back = crate::codec::varint::unzigzag(b.varint()?);
+                                let Some(writer) = self.nodes.id(b.varint()?) else {
+                                    return Ok(Replaced::UnknownNode);
+                                };
+                                others.push(Version {
+                                    hlc: Hlc((hlc as u64).wrapping_sub(back as u64)),
+                                    node: writer,
+                                });
+                            }
+                            Seen::with_prev(prev, others)
+                        }
+                        _ => Seen::default(),
+                    };
                     Replaced::Cell(Cell {
                         key: key.clone(),
                         value: value_from_bytes(&v)?,
@@ -545,6 +565,7 @@ impl Inner {
                             node,
                         },
                         prev,
+                        seen,
                         seq: Seq(old_seq as u64),
                     })
                 }
@@ -895,6 +916,7 @@ impl Database {
                     value,
                     version,
                     prev: None,
+                    seen: Seen::default(),
                     seq: Seq(0),
                 })
             })
@@ -1165,6 +1187,7 @@ mod tests {
         let rebuilt: Vec<Cell> = rebuilt.unwrap().cells().to_vec();
         let expected = Cell {
             prev: None,
+            seen: crate::crdt::Seen::default(),
             ..a(&then)
         };
         assert_eq!(a(&rebuilt), expected);
@@ -1222,6 +1245,27 @@ mod tests {
             .unwrap();
         assert_eq!(f.prev, Some(from_a));
         assert_ne!(f.version.node, from_a.node);
+    }
+
+    /// A reset replaced later keeps its `seen` list when rebuilt (format 11, `old_seen`):
+    /// B deletes a record holding A's insert and its own edit, then inserts it again; the
+    /// record as it was between the two is the tombstone, list included.
+    #[test]
+    fn a_rebuilt_reset_keeps_its_seen_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (open(&dir, "a"), open(&dir, "b"));
+        let id = a.insert("c", [("f", Value::Int(1))]).unwrap();
+        apply_all(&a, &b);
+        b.update("c", id, Patch::new().set("g", 2)).unwrap();
+        b.delete("c", id).unwrap();
+        let at = b.last_seq().unwrap();
+        let then = live_cells(&b, id);
+        let seen = then[0].seen.versions().to_vec();
+        assert_eq!(seen.len(), 2, "A's and B's newest: {then:?}");
+        assert!(seen.iter().any(|v| v.node == a.node_id()));
+        b.insert_with_id("c", id, [("f", Value::Int(3))]).unwrap();
+        let (_, rebuilt) = b.record_state_now_and_at("c", id, at).unwrap().unwrap();
+        assert_eq!(rebuilt.unwrap().cells(), then);
     }
 
     /// The record's cells as stored now.

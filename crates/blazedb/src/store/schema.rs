@@ -12,7 +12,7 @@
 //! | `feed_links`    | partly overwritten commit  | `s` must be delivered together with `t`   |
 //! | `indexes`       | declared secondary index   |                                           |
 //! | `index_entries` | (index, value, record)     | order-preserving keys (`codec::keys`)     |
-//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5); the replaced cell's own prev, `old_prev_age`/`_node` (format 9) |
+//! | `history`       | cell change                | audit trail and time travel; compacted; `prev` chains a record's entries from `records.hist` (format 4); `old_seq` (format 5); the replaced cell's own prev, `old_prev_age`/`_node` (format 9); its `seen` list, `old_seen` (format 11) |
 //! | `conflicts`     | concurrent overwrite       | losers kept for the application; by record (format 8) |
 //! | `policies`      | collection with a policy   | conflict handling (see `CollectionPolicy`) |
 //! | `peers`         | peer and direction         | sync cursors; the row (X'', 'clock') holds the local clock (format 6) |
@@ -25,7 +25,7 @@ use rusqlite::Connection;
 /// Written in `meta` so that a foreign SQLite file is told apart from ours.
 pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
-pub const FORMAT_VERSION: u32 = 10;
+pub const FORMAT_VERSION: u32 = 11;
 
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[&str] = &[
     CONFLICTS_BY_RECORD,
     HISTORY_OLD_PREV,
     UNIT_STAGING_BY_SESSION,
+    RESET_SEEN,
 ];
 
 /// Format 2: staging for snapshots received from peers (`store/snapshot.rs`). A chunk is
@@ -162,6 +163,19 @@ CREATE TABLE unit_staging (
     data BLOB NOT NULL,
     PRIMARY KEY (peer, session, idx)
 ) WITHOUT ROWID;
+";
+
+/// Format 11: reset cells (a record's insert or delete, a plain write over a counter or set)
+/// carry `seen`, the newest version their writer held per writer node (`crdt::Seen`), so
+/// that a cell a reset drops is a conflict when its writer's node is missing from the list,
+/// not only when it is newer than the reset's `prev`. Record bodies keep it under cell flag
+/// 0x80 (`body.rs`), which builds before this one refuse: the format number keeps them from
+/// opening the file instead of failing on its first such record. A history entry keeps the
+/// list of the cell it replaced in `old_seen` (NULL: none), so a record rebuilt at an
+/// earlier position carries it. Files of earlier formats have no lists anywhere and need no
+/// rewrite: their resets are judged by `prev` alone, as before.
+const RESET_SEEN: &str = "
+ALTER TABLE history ADD COLUMN old_seen BLOB;
 ";
 
 /// The format-1 schema; `create` adds the tables of every migration on top of it.

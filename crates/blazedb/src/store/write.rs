@@ -15,7 +15,7 @@ use super::record_cache::{CachedRow, RecordCache};
 use super::{CollectionPolicy, Database, Inner};
 use crate::codec::value;
 use crate::crdt::encoding::{encode_key, encode_value, key_bytes, value_bytes};
-use crate::crdt::{Cell, CellKey, CellValue, MergeOutcome, RecordState};
+use crate::crdt::{Cell, CellKey, CellValue, MergeOutcome, RecordState, Seen};
 use crate::error::{Result, WriteError};
 use crate::hash::FastMap;
 use crate::limits::{
@@ -698,9 +698,8 @@ impl<'a> Tx<'a> {
         if !self.records[i].state.is_live() {
             return Ok(false);
         }
-        let prev = self.records[i].state.newest_version();
         let version = self.next_version()?;
-        let cell = self.cell(CellKey::Record, CellValue::Absent, version, prev);
+        let cell = self.reset_cell(i, CellKey::Record, CellValue::Absent, version);
         self.merge_local(i, cell);
         Ok(true)
     }
@@ -730,9 +729,8 @@ impl<'a> Tx<'a> {
             let fields: Vec<(String, Value)> = self.records[i].state.fields().into_iter().collect();
             self.write_fields(i, fields, true)
         } else {
-            let prev = self.records[i].state.newest_version();
             let version = self.next_version()?;
-            let cell = self.cell(CellKey::Record, CellValue::Absent, version, prev);
+            let cell = self.reset_cell(i, CellKey::Record, CellValue::Absent, version);
             self.merge_local(i, cell);
             Ok(())
         }
@@ -1020,6 +1018,32 @@ impl<'a> Tx<'a> {
             value,
             version,
             prev,
+            seen: Seen::default(),
+            seq: self.seq,
+        }
+    }
+
+    /// A write of a `Record` or plain `Field` cell into record `i`, which replaces that cell
+    /// and resets what is older (the record's cells; the field's counter and set cells):
+    /// `prev` is the newest version it replaces, and `seen` what its writer held of them per
+    /// node ([`RecordState::seen_by_reset`]), so that a receiver tells a cell it drops that
+    /// this node never held from one it did.
+    fn reset_cell(&self, i: usize, key: CellKey, value: CellValue, version: Version) -> Cell {
+        let state = &self.records[i].state;
+        let prev = match &key {
+            CellKey::Record => state.newest_version(),
+            CellKey::Field(f) => state.newest_field_version(f),
+            CellKey::Counter(..) | CellKey::Element(..) => {
+                unreachable!("only record and plain-field writes reset")
+            }
+        };
+        let seen = state.seen_by_reset(&key);
+        Cell {
+            key,
+            value,
+            version,
+            prev,
+            seen,
             seq: self.seq,
         }
     }
@@ -1048,6 +1072,7 @@ impl<'a> Tx<'a> {
                 value: CellValue::Present,
                 version,
                 prev: None,
+                seen: Seen::default(),
                 seq,
             });
             cells.extend(fields.into_iter().map(|(f, v)| Cell {
@@ -1055,6 +1080,7 @@ impl<'a> Tx<'a> {
                 value: CellValue::Value(v),
                 version,
                 prev: None,
+                seen: Seen::default(),
                 seq,
             }));
             let p = &mut self.records[i];
@@ -1083,13 +1109,11 @@ impl<'a> Tx<'a> {
             return Ok(());
         }
         if insert {
-            let prev = self.records[i].state.newest_version();
-            let cell = self.cell(CellKey::Record, CellValue::Present, version, prev);
+            let cell = self.reset_cell(i, CellKey::Record, CellValue::Present, version);
             self.merge_local(i, cell);
         }
         for (f, v) in fields {
-            let prev = self.records[i].state.newest_field_version(&f);
-            let cell = self.cell(CellKey::Field(f.into()), CellValue::Value(v), version, prev);
+            let cell = self.reset_cell(i, CellKey::Field(f.into()), CellValue::Value(v), version);
             self.merge_local(i, cell);
         }
         Ok(())
@@ -1155,12 +1179,11 @@ impl<'a> Tx<'a> {
             FieldOp::Set(v) => {
                 validate_value(field, &v)?;
                 let version = self.next_version()?;
-                let prev = self.records[i].state.newest_field_version(field);
-                let cell = self.cell(
+                let cell = self.reset_cell(
+                    i,
                     CellKey::Field(field.into()),
                     CellValue::Value(v),
                     version,
-                    prev,
                 );
                 self.merge_local(i, cell);
                 return Ok(());
@@ -1170,13 +1193,8 @@ impl<'a> Tx<'a> {
                     return Ok(());
                 }
                 let version = self.next_version()?;
-                let prev = self.records[i].state.newest_field_version(field);
-                let cell = self.cell(
-                    CellKey::Field(field.into()),
-                    CellValue::Absent,
-                    version,
-                    prev,
-                );
+                let cell =
+                    self.reset_cell(i, CellKey::Field(field.into()), CellValue::Absent, version);
                 self.merge_local(i, cell);
                 return Ok(());
             }
@@ -1818,6 +1836,9 @@ struct HistoryRow {
     /// not `old_node`.
     old_prev_age: Option<i64>,
     old_prev_node: Option<i64>,
+    /// The replaced cell's `seen` list (format 11), as a range of
+    /// [`RecordWriter::history_bytes`]: see [`encode_old_seen`].
+    old_seen: Option<Range<usize>>,
 }
 
 /// Rows per multi-row INSERT of history entries and feed rows (see
@@ -1850,9 +1871,9 @@ const FEED_INSERT: MultiInsert = MultiInsert {
 };
 
 const HISTORY_INSERT: MultiInsert = MultiInsert {
-    head: "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq, old_prev_age, old_prev_node) VALUES",
-    row: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    width: 16,
+    head: "INSERT INTO history (hid, coll, id, cell, old, old_hlc, old_node, new, hlc, node, seq, recorded_ms, prev, old_seq, old_prev_age, old_prev_node, old_seen) VALUES",
+    row: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    width: 17,
 };
 
 /// Insert `rows`, [`WRITER_BATCH_ROWS`] to a statement (one statement run instead of that
@@ -2093,7 +2114,27 @@ fn bind_history(
     stmt.raw_bind_parameter(at + 13, r.prev)?;
     stmt.raw_bind_parameter(at + 14, r.old_seq)?;
     stmt.raw_bind_parameter(at + 15, r.old_prev_age)?;
-    stmt.raw_bind_parameter(at + 16, r.old_prev_node)
+    stmt.raw_bind_parameter(at + 16, r.old_prev_node)?;
+    stmt.raw_bind_parameter(at + 17, part(&r.old_seen))
+}
+
+/// A replaced reset cell's `seen` list as the history keeps it (format 11): the entries but
+/// its prev's ([`Cell::seen_beyond_prev`]), each as `zigzag(cell hlc − entry hlc)` and the
+/// writer's node index, as varints. `None` (NULL) for a cell without a list; an empty blob
+/// is a list holding only the prev.
+fn encode_old_seen(out: &mut Vec<u8>, c: &Cell, nodes: &mut NodeTable) -> Option<Range<usize>> {
+    if c.prev.is_none() || c.seen.is_empty() {
+        return None;
+    }
+    let start = out.len();
+    for v in c.seen_beyond_prev() {
+        crate::codec::varint::write_u64(
+            out,
+            crate::codec::varint::zigzag(c.version.hlc.0.wrapping_sub(v.hlc.0) as i64),
+        );
+        crate::codec::varint::write_u64(out, nodes.index(&v.node));
+    }
+    Some(start..out.len())
 }
 
 impl RecordWriter<'_> {
@@ -2138,6 +2179,9 @@ impl RecordWriter<'_> {
             };
             let old_value = old.as_ref().map(&mut value);
             let new_value = new.as_ref().map(&mut value);
+            let old_seen = old
+                .as_ref()
+                .and_then(|c| encode_old_seen(bytes, c, &mut *t.nodes));
             self.history_rows.push(HistoryRow {
                 hid: next,
                 coll: p.coll,
@@ -2155,6 +2199,7 @@ impl RecordWriter<'_> {
                 old_seq: old.as_ref().map(|c| c.seq.0 as i64),
                 old_prev_age,
                 old_prev_node,
+                old_seen,
             });
             prev = Some(next);
             next += 1;
@@ -2383,7 +2428,7 @@ pub fn validate_value(field: &str, v: &Value) -> Result<(), WriteError> {
 /// lost to, when that cell's writer had not seen `loser`: a conflict. `None` for a cell
 /// ignored because it was already there, or overwritten by a write that saw it.
 fn concurrent_winner<'s>(state: &'s RecordState, loser: &Cell) -> Option<&'s Cell> {
-    let unseen = |w: &Cell| w.prev.is_none_or(|p| loser.version > p);
+    let unseen = |w: &Cell| !w.has_seen(loser.version);
     // The merge checks the record's reset first: a field older than it is dead on arrival.
     if loser.key != CellKey::Record {
         if let Some(reset) = state.cell(&CellKey::Record) {

@@ -3,11 +3,12 @@
 
 use crate::codec::varint::{read_i64, write_i64, write_u64, zigzag};
 use crate::codec::{value, DecodeError, Reader};
-use crate::crdt::{Cell, CellKey, CellValue, FieldName};
+use crate::crdt::{Cell, CellKey, CellValue, FieldName, Seen};
 use crate::hash::FastMap;
 use crate::limits::{
     COLLECTION_NAME_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, EVICT_RECORDS_MAX, FIELD_NAME_BYTES_MAX,
-    SESSION_DICT_ENTRIES_MAX, TOKEN_BYTES_MAX, TRANSACTION_CELLS_MAX, VALUE_BYTES_MAX,
+    SEEN_VERSIONS_MAX, SESSION_DICT_ENTRIES_MAX, TOKEN_BYTES_MAX, TRANSACTION_CELLS_MAX,
+    VALUE_BYTES_MAX,
 };
 use crate::store::Change;
 use crate::sync::policy::SyncPolicy;
@@ -622,6 +623,8 @@ pub struct Dict {
 const CELL_SAME_VERSION: u8 = 0x10;
 const CELL_HAS_PREV: u8 = 0x20;
 const CELL_SAME_PREV: u8 = 0x40;
+/// A reset's `seen` list follows the prev (protocol 4; only with HAS_PREV).
+const CELL_HAS_SEEN: u8 = 0x80;
 
 /// Reference to a dictionary entry: 0 = inline and add, 1 = inline (dictionary full),
 /// n ≥ 2 = entry n − 2.
@@ -806,6 +809,12 @@ impl Dict {
         if same_prev {
             flags |= CELL_SAME_PREV;
         }
+        // A list always holds prev (the newest version its writer held): without a prev it
+        // would say nothing, and prev's node's entry is not sent again.
+        let has_seen = c.prev.is_some() && !c.seen.is_empty();
+        if has_seen {
+            flags |= CELL_HAS_SEEN;
+        }
         out.push(flags);
         match &c.key {
             CellKey::Record => {}
@@ -832,6 +841,14 @@ impl Dict {
             // The version it replaced, as a distance back from this cell's own timestamp.
             write_u64(out, zigzag(c.version.hlc.0.wrapping_sub(p.hlc.0) as i64));
             self.put_node(out, p.node);
+        }
+        if has_seen {
+            // The other writers' newest versions, each as a distance back like prev.
+            write_u64(out, c.seen_beyond_prev().count() as u64);
+            for v in c.seen_beyond_prev() {
+                write_u64(out, zigzag(c.version.hlc.0.wrapping_sub(v.hlc.0) as i64));
+                self.put_node(out, v.node);
+            }
         }
     }
 
@@ -889,10 +906,10 @@ impl Dict {
 
     fn get_cell(&mut self, r: &mut Reader<'_>, before: Option<&Cell>) -> Result<Cell, DecodeError> {
         let flags = r.u8()?;
-        if flags & 0x80 != 0 {
-            return Err(DecodeError::Malformed(format!(
-                "unknown cell flags 0x{flags:02x}"
-            )));
+        if flags & CELL_HAS_SEEN != 0 && flags & CELL_HAS_PREV == 0 {
+            return Err(DecodeError::Malformed(
+                "cell flag HAS_SEEN without HAS_PREV".into(),
+            ));
         }
         let key = match flags & 0b11 {
             0 => CellKey::Record,
@@ -938,11 +955,35 @@ impl Dict {
                 node: self.get_node(r)?,
             })
         };
+        let seen = match prev {
+            Some(prev) if flags & CELL_HAS_SEEN != 0 => {
+                let n = r.count("seen list length", SEEN_VERSIONS_MAX - 1, 2)?;
+                let mut others: Vec<Version> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let back = crate::codec::varint::unzigzag(r.varint()?);
+                    let v = Version {
+                        hlc: Hlc(version.hlc.0.wrapping_sub(back as u64)),
+                        node: self.get_node(r)?,
+                    };
+                    // One entry per node, prev's being prev: a list a writer makes.
+                    if v.node == prev.node || others.iter().any(|o| o.node == v.node) {
+                        return Err(DecodeError::Malformed(format!(
+                            "seen list names node {} twice",
+                            v.node
+                        )));
+                    }
+                    others.push(v);
+                }
+                Seen::with_prev(prev, others)
+            }
+            _ => Seen::default(),
+        };
         Ok(Cell {
             key,
             value,
             version,
             prev,
+            seen,
             seq: Seq(0),
         })
     }

@@ -43,8 +43,13 @@ use crate::sync::message::{approx_cell_bytes, Dict, RecordCells};
 use crate::types::Seq;
 use crate::{NodeId, RecordId};
 
-/// The version byte every chunk starts with.
-const CHUNK_VERSION: u8 = 1;
+/// The version byte every chunk starts with: 1, or 2 when a cell carries a reset's `seen`
+/// list (cell flag 0x80, protocol 4), which a build that reads only 1 would refuse as
+/// malformed; told by the version, it asks to be upgraded instead. A chunk without lists
+/// stays version 1, readable by older builds.
+const CHUNK_VERSION: u8 = 2;
+/// Chunks without `seen` lists.
+const CHUNK_VERSION_NO_SEEN: u8 = 1;
 /// Bytes before the zstd frame: version, crc32, raw length.
 const CHUNK_HEADER_BYTES: usize = 9;
 /// First bytes of a snapshot file.
@@ -133,7 +138,16 @@ fn encode_chunk_of(records: &[RecordCells<'_>]) -> Vec<u8> {
     let compressed = zstd::bulk::compress(&raw, SNAPSHOT_ZSTD_LEVEL)
         .expect("zstd compression of an in-memory buffer cannot fail");
     let mut out = Vec::with_capacity(CHUNK_HEADER_BYTES + compressed.len());
-    out.push(CHUNK_VERSION);
+    let any_seen = records.iter().any(|r| {
+        r.cells
+            .iter()
+            .any(|c| c.prev.is_some() && !c.seen.is_empty())
+    });
+    out.push(if any_seen {
+        CHUNK_VERSION
+    } else {
+        CHUNK_VERSION_NO_SEEN
+    });
     out.extend_from_slice(&crc32fast::hash(&raw).to_le_bytes());
     out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
     out.extend_from_slice(&compressed);
@@ -171,7 +185,7 @@ fn decompress_chunk(bytes: &[u8]) -> std::result::Result<Vec<u8>, DecodeError> {
             max: SNAPSHOT_CHUNK_BYTES_MAX as u64,
         });
     }
-    if bytes[0] != CHUNK_VERSION {
+    if !(CHUNK_VERSION_NO_SEEN..=CHUNK_VERSION).contains(&bytes[0]) {
         return Err(DecodeError::Malformed(format!(
             "snapshot chunk version {} is not supported (this build reads {CHUNK_VERSION}); \
              upgrade BlazeDB",
@@ -553,7 +567,7 @@ impl SnapshotReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crdt::{Cell, CellKey, CellValue};
+    use crate::crdt::{Cell, CellKey, CellValue, Seen};
     use crate::types::{Hlc, Version};
     use crate::Value;
 
@@ -572,6 +586,7 @@ mod tests {
                     value: CellValue::Present,
                     version,
                     prev: None,
+                    seen: Seen::default(),
                     seq: Seq(0),
                 },
                 Cell {
@@ -579,9 +594,31 @@ mod tests {
                     value: CellValue::Value(Value::Int(i64::from(i))),
                     version,
                     prev: None,
+                    seen: Seen::default(),
                     seq: Seq(0),
                 },
             ],
+        }
+    }
+
+    /// A tombstone whose delete had seen writes of two nodes: its list travels along.
+    fn tombstone(i: u8) -> Change {
+        let at = |t: u64, n: u8| Version {
+            hlc: Hlc(t),
+            node: NodeId([n; 16]),
+        };
+        Change {
+            seq: Seq(u64::from(i) + 1),
+            collection: "c".into(),
+            id: RecordId([i; 16]),
+            cells: vec![Cell {
+                key: CellKey::Record,
+                value: CellValue::Absent,
+                version: at(2_000_000, 7),
+                prev: Some(at(1_999_000, 7)),
+                seen: Seen::from_versions([at(1_999_000, 7), at(1_500_000, 9)]),
+                seq: Seq(0),
+            }],
         }
     }
 
@@ -589,7 +626,17 @@ mod tests {
     fn chunks_round_trip() {
         let changes: Vec<Change> = (0..50).map(change).collect();
         let chunk = encode_chunk(&changes);
+        assert_eq!(
+            chunk[0], CHUNK_VERSION_NO_SEEN,
+            "no lists: readable by older builds"
+        );
         assert_eq!(decode_chunk(&chunk, 1000).unwrap(), changes);
+        let with_lists: Vec<Change> = (0..50)
+            .map(|i| if i % 3 == 0 { tombstone(i) } else { change(i) })
+            .collect();
+        let chunk = encode_chunk(&with_lists);
+        assert_eq!(chunk[0], CHUNK_VERSION);
+        assert_eq!(decode_chunk(&chunk, 1000).unwrap(), with_lists);
         verify_chunk(&chunk).unwrap();
         assert!(matches!(
             decode_chunk(&chunk, 10),

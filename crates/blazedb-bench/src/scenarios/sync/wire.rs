@@ -14,6 +14,7 @@ use serde_json::json;
 const CELL_SAME_VERSION: u8 = 0x10;
 const CELL_HAS_PREV: u8 = 0x20;
 const CELL_SAME_PREV: u8 = 0x40;
+const CELL_HAS_SEEN: u8 = 0x80;
 
 /// The JSON the wire sizes are compared with, in words (it goes into the report).
 pub(super) const JSON_FORM: &str =
@@ -104,7 +105,7 @@ pub(super) struct Parts {
     values: usize,
     /// Version timestamps (deltas) and node references.
     versions: usize,
-    /// Replaced-version timestamps and node references.
+    /// Replaced-version timestamps and node references, and resets' `seen` lists.
     prevs: usize,
     records: usize,
     cells: usize,
@@ -179,6 +180,15 @@ impl Parts {
                         measured(r, &mut self.prevs, |r| {
                             r.varint()?;
                             skip_node(r)
+                        })?;
+                    }
+                    if flags & CELL_HAS_SEEN != 0 {
+                        measured(r, &mut self.prevs, |r| {
+                            for _ in 0..r.varint()? {
+                                r.varint()?;
+                                skip_node(r)?;
+                            }
+                            Ok(())
                         })?;
                     }
                 }
@@ -332,6 +342,7 @@ mod tests {
                 node,
             },
             prev: None,
+            seen: blazedb::crdt::Seen::default(),
             seq: Seq(1),
         };
         let change = Change {
