@@ -102,6 +102,10 @@ pub struct DriverOptions {
     /// policy on the channel and the session re-subscribes with it (see
     /// `Session::set_policy`). An invalid policy ends the session with `InvalidPolicy`.
     pub policy: Option<watch::Receiver<SyncPolicy>>,
+    /// The peer's HELLO must have arrived this long after the session starts, or the session
+    /// ends with `TIMEOUT` (a listener: a peer that connects and says nothing must not hold a
+    /// connection slot until the idle timeout). `None`: no deadline but the idle timeout.
+    pub hello_timeout: Option<Duration>,
 }
 
 impl Default for DriverOptions {
@@ -115,6 +119,7 @@ impl Default for DriverOptions {
             read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
             write_buffer_bytes_max: WRITE_BUFFER_BYTES_MAX_DEFAULT,
             policy: None,
+            hello_timeout: None,
         }
     }
 }
@@ -353,6 +358,7 @@ enum Wake {
     Shutdown,
     Policy(bool),
     Timer,
+    HelloTimeout,
     LingerExpired,
 }
 
@@ -416,6 +422,7 @@ impl Driver {
         let mut linger_until: Option<Instant> = None;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut policy_rx = self.opts.policy.take();
+        let hello_deadline = self.opts.hello_timeout.map(|d| self.start + d);
         loop {
             self.wait_out_long_lock_holder().await;
             if write_open {
@@ -475,6 +482,9 @@ impl Driver {
                 r = async { policy_rx.as_mut().expect("checked").changed().await },
                     if running && policy_rx.is_some() => Wake::Policy(r.is_ok()),
                 _ = sleep_until(timer.unwrap_or(far)), if timer.is_some() => Wake::Timer,
+                _ = sleep_until(hello_deadline.unwrap_or(far)),
+                    if running && self.peer.is_none() && hello_deadline.is_some() =>
+                    Wake::HelloTimeout,
                 _ = sleep_until(linger_until.unwrap_or(far)), if !running => Wake::LingerExpired,
             };
             self.wait_out_long_lock_holder().await;
@@ -543,6 +553,14 @@ impl Driver {
                     let db = self.db.clone();
                     // Pings and persists the acknowledged cursor: short.
                     self.session_mut().handle_timeout(now, &db);
+                }
+                Wake::HelloTimeout => {
+                    let limit = self.opts.hello_timeout.unwrap_or_default();
+                    let message = format!(
+                        "no HELLO within {} ms of connecting: a peer sends HELLO first",
+                        limit.as_millis()
+                    );
+                    self.close(ErrorCode::Timeout, &message);
                 }
                 Wake::LingerExpired => break,
             }

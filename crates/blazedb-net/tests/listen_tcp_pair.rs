@@ -60,3 +60,49 @@ async fn tcp_listener_and_client_converge() {
     .await
     .expect("test took too long");
 }
+
+/// A peer that connects and never says HELLO is let go after the handshake timeout, not
+/// after the (far longer) idle timeout: it held a connection slot that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_says_hello_is_let_go_after_the_handshake_timeout() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt;
+
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(dir.path(), "b");
+        let cfg = ListenConfig {
+            handshake_timeout_ms: 300,
+            session: blazedb::sync::SessionConfig {
+                ping_interval_ms: 60_000,
+                idle_timeout_ms: 120_000,
+                ..Default::default()
+            },
+            ..ListenConfig::default()
+        };
+        let listener = listen_tcp(b.clone(), cfg).await;
+        let mut events = listener.events();
+        let Endpoint::Tcp(addr) = listener.urls()[0].parse().unwrap() else {
+            panic!("a tcp:// URL");
+        };
+        let started = Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(addr.to_string())
+            .await
+            .unwrap();
+        // The listener ends the session (its ERROR frame, then end of stream).
+        let mut got = Vec::new();
+        silent.read_to_end(&mut got).await.unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(10),
+            "the silent peer was let go only after {waited:?}"
+        );
+        let (_, error) = next_ended(&mut events).await;
+        let error = error.expect("the session ended with an error");
+        assert!(error.contains("no HELLO"), "{error}");
+        assert_eq!(listener.connections(), 0);
+        listener.shutdown().await;
+    })
+    .await
+    .unwrap();
+}

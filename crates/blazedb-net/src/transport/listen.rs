@@ -58,7 +58,8 @@ pub struct ListenConfig {
     pub session: SessionConfig,
     /// Most sessions served at once.
     pub connections_max: usize,
-    /// Limit for a client's TLS handshake, in ms.
+    /// Limit for a client's TLS handshake, in ms, and again for its HELLO once the
+    /// connection is up (TLS or not).
     pub handshake_timeout_ms: u64,
     /// How long an ending session keeps flushing its last frames, in ms.
     pub linger_ms: u64,
@@ -496,6 +497,7 @@ where
         shutdown: shared.stop.child_token(),
         wake: shared.heads.as_ref().map(|h| h.subscribe()),
         linger_ms: shared.linger_ms,
+        hello_timeout: Some(Duration::from_millis(shared.handshake_timeout_ms)),
         ..DriverOptions::default()
     };
     let result = run_session(shared.db.clone(), stream, shared.session.clone(), opts).await;
