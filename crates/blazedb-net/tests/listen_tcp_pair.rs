@@ -100,6 +100,13 @@ async fn a_peer_that_never_says_hello_is_let_go_after_the_handshake_timeout() {
         let (_, error) = next_ended(&mut events).await;
         let error = error.expect("the session ended with an error");
         assert!(error.contains("no HELLO"), "{error}");
+        // The slot is given back just after the Ended event.
+        for _ in 0..500 {
+            if listener.connections() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(listener.connections(), 0);
         listener.shutdown().await;
     })
