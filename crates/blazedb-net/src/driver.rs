@@ -650,29 +650,24 @@ impl Driver {
         self.bulk_tx = self.out.len() - before >= BLOCKING_TRANSMIT_BYTES_MIN;
     }
 
-    /// Every inline session call takes the database's lock. While another caller holds it
+    /// Every inline session call takes the database's lock. While another caller has held it
     /// for long (see [`LOCK_HELD_LONG_US`]), wait for it on the blocking pool: blocking on
     /// it here would stall every task of this executor thread, other databases' sessions
-    /// and timers included. A holder that took it less than that long ago is most likely a
-    /// commit: wait for it here, but no longer than a commit takes (a session that blocked
-    /// on a holder that had just begun a bulk apply waited out all of it on its worker; one
-    /// that yielded to the executor in a loop instead took CPU from the committing thread).
+    /// and timers included. A younger holder is most likely a commit, which the inline call
+    /// waits for as before. (Waiting for young holders too, to catch a long one that has just
+    /// begun, cost throughput: yielding in a loop spun while the relay's store was busy, and a
+    /// timed wait needed parking_lot's mutex, whose fair hand-offs cut `sync_throughput` by
+    /// ~10%; measured 2026-12-06.)
     async fn wait_out_long_lock_holder(&self) {
         let long = Duration::from_micros(LOCK_HELD_LONG_US);
-        loop {
-            match self.db.lock_held_for() {
-                None => return,
-                Some(held) if held < long && self.db.wait_for_lock_up_to(long - held) => return,
-                Some(_) => {
-                    let db = self.db.clone();
-                    if tokio::task::spawn_blocking(move || db.wait_for_lock())
-                        .await
-                        .is_err()
-                    {
-                        // The runtime is shutting down: the task goes with it.
-                        return;
-                    }
-                }
+        while self.db.lock_held_for().is_some_and(|held| held >= long) {
+            let db = self.db.clone();
+            if tokio::task::spawn_blocking(move || db.wait_for_lock())
+                .await
+                .is_err()
+            {
+                // The runtime is shutting down: the task goes with it.
+                return;
             }
         }
     }

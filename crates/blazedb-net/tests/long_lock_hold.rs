@@ -16,6 +16,8 @@ use common::{open, CONVERGE};
 const HOLD: Duration = Duration::from_secs(2);
 /// The probe's tick; a stalled runtime shows as one tick lasting about `HOLD`.
 const TICK: Duration = Duration::from_millis(20);
+/// Well past `LOCK_HELD_LONG_US`.
+const LONG_ALREADY: Duration = Duration::from_millis(20);
 
 /// One runtime thread: a session that blocked it on the lock would stop everything else.
 #[tokio::test(flavor = "current_thread")]
@@ -42,6 +44,9 @@ async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
     };
     held_rx.recv().unwrap();
     assert!(a.lock_held_for().is_some(), "the holder's lock is visible");
+    // Past the age at which a holder counts as long (a session that meets a younger one
+    // waits for it inline, as for a commit).
+    tokio::time::sleep(LONG_ALREADY).await;
 
     // A write on B reaches A's session, which must now wait for A's lock.
     let held_since = Instant::now();
@@ -97,6 +102,7 @@ async fn waiting_for_a_topology_does_not_stall_the_runtime_behind_a_long_lock_ho
         })
     };
     held_rx.recv().unwrap();
+    tokio::time::sleep(LONG_ALREADY).await;
     let held_since = Instant::now();
     let waiter = {
         let topo = topo.clone();

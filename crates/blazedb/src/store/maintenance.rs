@@ -2,6 +2,7 @@
 //! `rekey.rs`).
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use rusqlite::params;
 
@@ -79,7 +80,7 @@ impl Checkpointer {
     /// changes nothing those caches hold, so the handle is told its new `data_version`
     /// instead ([`Checkpointer::vouch`]), when this write was provably the only commit it had
     /// not seen.
-    fn restart_wal(&self, main: &parking_lot::Mutex<Inner>) -> Result<bool> {
+    fn restart_wal(&self, main: &Mutex<Inner>) -> Result<bool> {
         match self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([]) {
             Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -96,7 +97,7 @@ impl Checkpointer {
             let before = data_version(&self.conn)?;
             // Whether the handle has seen every commit so far (a busy handle is not waited
             // for: it then refreshes as usual).
-            let handle_before = match main.try_lock() {
+            let handle_before = match try_lock(main) {
                 Some(inner) => {
                     let seen = inner.data_version;
                     (seen >= 0 && inner.data_version_now()? == seen).then_some(seen)
@@ -135,13 +136,8 @@ impl Checkpointer {
     ///
     /// The order matters: the handle's value is read first, and the check that nobody else
     /// committed comes after it, so a commit landing between the two is caught.
-    fn vouch(
-        &self,
-        main: &parking_lot::Mutex<Inner>,
-        before: i64,
-        seen: i64,
-    ) -> rusqlite::Result<()> {
-        let Some(mut inner) = main.try_lock() else {
+    fn vouch(&self, main: &Mutex<Inner>, before: i64, seen: i64) -> rusqlite::Result<()> {
+        let Some(mut inner) = try_lock(main) else {
             return Ok(());
         };
         if inner.data_version != seen {
@@ -152,6 +148,16 @@ impl Checkpointer {
             inner.data_version = now;
         }
         Ok(())
+    }
+}
+
+/// The handle's state if no one holds it now (a poisoned lock is safe to reuse: see
+/// `Database::lock_bare`).
+fn try_lock(main: &Mutex<Inner>) -> Option<MutexGuard<'_, Inner>> {
+    match main.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 

@@ -28,7 +28,7 @@ mod write;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -151,7 +151,7 @@ pub struct Database {
     /// The derived key of an encrypted file, for the checkpointer's connection (see
     /// `cipher_key.rs`).
     key: Option<cipher_key::CipherKey>,
-    inner: parking_lot::Mutex<Inner>,
+    inner: Mutex<Inner>,
     /// A second connection to the file that only runs [`Database::checkpoint`], opened on
     /// the first one. A checkpoint on `inner`'s connection held this handle's lock through
     /// its fsyncs, so every session applying to or reading from the file waited for the disk
@@ -292,7 +292,7 @@ impl Database {
             options,
             password,
             key: opened.key,
-            inner: parking_lot::Mutex::new(inner),
+            inner: Mutex::new(inner),
             checkpointer: Mutex::new(None),
             watchers: Registry::default(),
             server_role: std::sync::atomic::AtomicBool::new(false),
@@ -475,9 +475,9 @@ impl Database {
     /// must run outside any transaction (checkpoints, VACUUM, rekey), and for paths that
     /// begin their own write transaction ([`Inner::begin_write`] checks the file then).
     pub(crate) fn lock_bare(&self) -> Locked<'_> {
-        // No poisoning (parking_lot): a panic while holding the lock cannot leave SQLite
-        // half-written (the guard's drop rolls an open transaction back).
-        let guard = self.inner.lock();
+        // A panic while holding the lock cannot leave SQLite half-written (the guard's drop
+        // rolls an open transaction back), so a poisoned lock is safe to reuse.
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         self.lock_taken_ns.store(lock_clock_ns(), Ordering::Relaxed);
         let changes_at_start = guard.conn.total_changes();
         Locked {
@@ -503,14 +503,7 @@ impl Database {
     /// Block until this handle's lock is free (take it and let it go): for a caller that
     /// saw [`Database::lock_held_for`] long and waits on a thread that may block.
     pub fn wait_for_lock(&self) {
-        drop(self.inner.lock());
-    }
-
-    /// Wait at most `max` for this handle's lock to be free; whether it was. For a caller
-    /// that may block only briefly (an executor thread): a holder still there after `max`
-    /// is a long one, to be waited for elsewhere ([`Database::wait_for_lock`]).
-    pub fn wait_for_lock_up_to(&self, max: Duration) -> bool {
-        self.inner.try_lock_for(max).is_some()
+        drop(self.lock_bare());
     }
 }
 
@@ -530,7 +523,7 @@ impl Drop for HeldMark<'_> {
 pub(crate) struct Locked<'a> {
     /// Declared before `guard`: cleared while the lock is still held.
     _held: HeldMark<'a>,
-    guard: parking_lot::MutexGuard<'a, Inner>,
+    guard: MutexGuard<'a, Inner>,
     /// Rows changed on the connection when the guard was taken: a read snapshot must not
     /// have written (its commit at drop could fail unseen).
     changes_at_start: u64,

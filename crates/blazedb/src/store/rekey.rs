@@ -169,7 +169,7 @@ impl Database {
     /// Close the handle's connection to the file (an in-memory one takes its place until
     /// [`Database::take_connection_of`]), letting go of any lock it holds.
     fn close_connection(&mut self) {
-        let inner = self.inner.get_mut();
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Ok(placeholder) = rusqlite::Connection::open_in_memory() {
             drop(std::mem::replace(&mut inner.conn, placeholder));
         }
