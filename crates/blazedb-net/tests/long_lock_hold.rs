@@ -4,11 +4,12 @@
 
 mod common;
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blazedb::sync::SyncMode;
-use blazedb::Value;
+use blazedb::{Database, Value};
 use blazedb_net::Topology;
 use common::{open, CONVERGE};
 
@@ -19,22 +20,24 @@ const TICK: Duration = Duration::from_millis(20);
 /// Well past `LOCK_HELD_LONG_US`.
 const LONG_ALREADY: Duration = Duration::from_millis(20);
 
-/// One runtime thread: a session that blocked it on the lock would stop everything else.
-#[tokio::test(flavor = "current_thread")]
-async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+/// A and B synced in a topology on the current runtime.
+async fn synced_pair(dir: &std::path::Path) -> (Arc<Database>, Arc<Database>, Topology) {
+    let (a, b) = (open(dir, "a"), open(dir, "b"));
     let topo = Topology::new();
     let (na, nb) = (topo.register("a", a.clone()), topo.register("b", b.clone()));
     topo.connect(na, nb, SyncMode::Both).unwrap();
     topo.wait_caught_up(CONVERGE).await.unwrap();
+    (a, b, topo)
+}
 
-    // Another thread takes A's lock and keeps it (as a long apply would).
+/// Another thread takes `db`'s lock and keeps it for `HOLD` (as a long apply would);
+/// returns once the hold is older than a holder the driver waits for inline.
+async fn hold_lock(db: &Arc<Database>) -> JoinHandle<()> {
     let (held_tx, held_rx) = mpsc::channel();
     let holder = {
-        let a = a.clone();
+        let db = db.clone();
         std::thread::spawn(move || {
-            a.transaction(|_| {
+            db.transaction(|_| {
                 held_tx.send(()).unwrap();
                 std::thread::sleep(HOLD);
                 Ok(())
@@ -43,20 +46,39 @@ async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
         })
     };
     held_rx.recv().unwrap();
-    assert!(a.lock_held_for().is_some(), "the holder's lock is visible");
-    // Past the age at which a holder counts as long (a session that meets a younger one
-    // waits for it inline, as for a commit).
+    assert!(db.lock_held_for().is_some(), "the holder's lock is visible");
     tokio::time::sleep(LONG_ALREADY).await;
+    holder
+}
+
+/// The longest of a run of `TICK` sleeps on this runtime over most of the hold.
+async fn longest_tick_while_held(held_since: Instant) -> Duration {
+    let mut longest = Duration::ZERO;
+    while held_since.elapsed() < HOLD * 3 / 4 {
+        let t = Instant::now();
+        tokio::time::sleep(TICK).await;
+        longest = longest.max(t.elapsed());
+    }
+    longest
+}
+
+async fn release(holder: JoinHandle<()>) {
+    tokio::task::spawn_blocking(move || holder.join().unwrap())
+        .await
+        .unwrap();
+}
+
+/// One runtime thread: a session that blocked it on the lock would stop everything else.
+#[tokio::test(flavor = "current_thread")]
+async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, topo) = synced_pair(dir.path()).await;
+    let holder = hold_lock(&a).await;
 
     // A write on B reaches A's session, which must now wait for A's lock.
     let held_since = Instant::now();
     let id = b.insert("msgs", [("n", Value::Int(1))]).unwrap();
-    let mut longest_tick = Duration::ZERO;
-    while held_since.elapsed() < HOLD * 3 / 4 {
-        let t = Instant::now();
-        tokio::time::sleep(TICK).await;
-        longest_tick = longest_tick.max(t.elapsed());
-    }
+    let longest_tick = longest_tick_while_held(held_since).await;
     assert!(
         longest_tick < HOLD / 2,
         "the runtime stalled for {longest_tick:?} while A's lock was held (a session waited \
@@ -68,9 +90,7 @@ async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
     );
 
     // Once the lock is free, the write arrives.
-    tokio::task::spawn_blocking(move || holder.join().unwrap())
-        .await
-        .unwrap();
+    release(holder).await;
     assert_eq!(a.lock_held_for(), None);
     topo.wait_caught_up(CONVERGE).await.unwrap();
     assert_eq!(
@@ -83,44 +103,19 @@ async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
 #[tokio::test(flavor = "current_thread")]
 async fn waiting_for_a_topology_does_not_stall_the_runtime_behind_a_long_lock_holder() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
-    let topo = Topology::new();
-    let (na, nb) = (topo.register("a", a.clone()), topo.register("b", b.clone()));
-    topo.connect(na, nb, SyncMode::Both).unwrap();
-    topo.wait_caught_up(CONVERGE).await.unwrap();
-
-    let (held_tx, held_rx) = mpsc::channel();
-    let holder = {
-        let a = a.clone();
-        std::thread::spawn(move || {
-            a.transaction(|_| {
-                held_tx.send(()).unwrap();
-                std::thread::sleep(HOLD);
-                Ok(())
-            })
-            .unwrap()
-        })
-    };
-    held_rx.recv().unwrap();
-    tokio::time::sleep(LONG_ALREADY).await;
+    let (a, _b, topo) = synced_pair(dir.path()).await;
+    let holder = hold_lock(&a).await;
     let held_since = Instant::now();
     let waiter = {
         let topo = topo.clone();
         tokio::spawn(async move { topo.wait_caught_up(CONVERGE).await })
     };
-    let mut longest_tick = Duration::ZERO;
-    while held_since.elapsed() < HOLD * 3 / 4 {
-        let t = Instant::now();
-        tokio::time::sleep(TICK).await;
-        longest_tick = longest_tick.max(t.elapsed());
-    }
+    let longest_tick = longest_tick_while_held(held_since).await;
     assert!(
         longest_tick < HOLD / 2,
         "the runtime stalled for {longest_tick:?} while A's lock was held (the topology's \
          wait read A's head on the executor thread)"
     );
-    tokio::task::spawn_blocking(move || holder.join().unwrap())
-        .await
-        .unwrap();
+    release(holder).await;
     waiter.await.unwrap().unwrap();
 }
