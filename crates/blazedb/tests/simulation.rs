@@ -1225,6 +1225,11 @@ fn check_pairs(
         }
         if let (Some(x), Some(y)) = (p(doc_id(2 * j)), p(doc_id(2 * j + 1))) {
             if x != y {
+                if std::env::var("BLAZEDB_SIM_DEBUG").is_ok() {
+                    for id in [doc_id(2 * j), doc_id(2 * j + 1)] {
+                        eprintln!("{id}: {:#?}", db.record_state("docs", id));
+                    }
+                }
                 let tail: Vec<&String> = trace.iter().rev().take(trace_len()).collect();
                 panic!("seed {seed}: a reader saw pair {j} half-written (p {x:?} and {y:?})\nreplay with BLAZEDB_SIM_SEED={seed}\n{tail:#?}");
             }
