@@ -9,9 +9,7 @@ mod transport_common;
 use std::time::{Duration, Instant};
 
 use blazedb::sync::{ErrorCode, SessionConfig};
-use blazedb_net::transport::{
-    connect, ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions,
-};
+use blazedb_net::transport::{connect, ConnectOptions, ListenConfig, TlsClientOptions};
 use blazedb_net::ws::{websocket_config, WsStream};
 use blazedb_net::{run_session, DriverOptions, Endpoint, NetError, SessionMonitor};
 use common::{fill, open};
@@ -82,11 +80,7 @@ async fn a_dead_path_under_tls_is_detected_within_the_idle_timeout() {
         let listener = listen_tcp(
             b.clone(),
             ListenConfig {
-                tls: Some(TlsServerOptions {
-                    cert_pem: pki.server_cert.clone(),
-                    key_pem: pki.server_key.clone(),
-                    client_ca_pem: None,
-                }),
+                tls: Some(pki.server_tls(false)),
                 session: heartbeats(),
                 linger_ms: LINGER_MS,
                 ..ListenConfig::default()

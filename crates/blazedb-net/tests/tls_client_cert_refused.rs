@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use blazedb_net::reconnect::{BackoffConfig, ClientError, ClientEvent};
-use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions};
+use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions};
 use blazedb_net::{sync_once, sync_watch, ClientOptions, Endpoint};
 use common::{count, fill, open};
 use transport_common::{listen_tcp, make_pki, TEST_LIMIT};
@@ -49,11 +49,7 @@ async fn refused_client_certificates_are_explained_and_not_retried_forever() {
         let listener = listen_tcp(
             b.clone(),
             ListenConfig {
-                tls: Some(TlsServerOptions {
-                    cert_pem: pki.server_cert.clone(),
-                    key_pem: pki.server_key.clone(),
-                    client_ca_pem: Some(pki.ca_pem.clone()),
-                }),
+                tls: Some(pki.server_tls(true)),
                 ..ListenConfig::default()
             },
         )

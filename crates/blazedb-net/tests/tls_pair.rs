@@ -5,7 +5,7 @@
 mod common;
 mod transport_common;
 
-use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions};
+use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions};
 use blazedb_net::{sync_once, ClientOptions, Endpoint};
 use common::{dump, fill, open};
 use transport_common::{listen_tcp, make_pki, TEST_LIMIT};
@@ -19,11 +19,7 @@ async fn tls_with_a_trusted_ca_converges() {
         fill(&a, "c", 500, 50, "a");
         fill(&b, "d", 50, 10, "b");
 
-        let tls = TlsServerOptions {
-            cert_pem: pki.server_cert.clone(),
-            key_pem: pki.server_key.clone(),
-            client_ca_pem: None,
-        };
+        let tls = pki.server_tls(false);
         let listener = listen_tcp(
             b.clone(),
             ListenConfig {
@@ -60,11 +56,7 @@ async fn mutual_tls_serves_a_client_with_a_certificate_of_the_ca() {
         let pki = make_pki(dir.path(), "mtls");
         let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
         fill(&a, "c", 100, 10, "a");
-        let tls = TlsServerOptions {
-            cert_pem: pki.server_cert.clone(),
-            key_pem: pki.server_key.clone(),
-            client_ca_pem: Some(pki.ca_pem.clone()),
-        };
+        let tls = pki.server_tls(true);
         let listener = listen_tcp(
             b.clone(),
             ListenConfig {
@@ -105,7 +97,7 @@ async fn a_handshake_cut_by_shutdown_still_reports_its_end() {
     let listener = transport_common::listen_tcp(
         b,
         ListenConfig {
-            tls: Some(server_tls(&pki)),
+            tls: Some(pki.server_tls(false)),
             ..ListenConfig::default()
         },
     )
@@ -143,7 +135,7 @@ async fn tls_without_a_tcp_address_is_refused() {
         b,
         ListenConfig {
             unix: Some(dir.path().join("s.sock")),
-            tls: Some(server_tls(&pki)),
+            tls: Some(pki.server_tls(false)),
             ..ListenConfig::default()
         },
     )
@@ -151,13 +143,4 @@ async fn tls_without_a_tcp_address_is_refused() {
     let e = r.expect_err("refused");
     assert!(e.to_string().contains("TCP address"), "{e}");
     assert!(!dir.path().join("s.sock").exists());
-}
-
-/// The listener's side of the test PKI, without client certificates.
-fn server_tls(pki: &transport_common::Pki) -> TlsServerOptions {
-    TlsServerOptions {
-        cert_pem: pki.server_cert.clone(),
-        key_pem: pki.server_key.clone(),
-        client_ca_pem: None,
-    }
 }

@@ -44,11 +44,7 @@ async fn untrusted_server_certificates_are_refused_unless_danger() {
         let other = make_pki(dir.path(), "other");
         let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
         fill(&a, "c", 100, 10, "a");
-        let tls = TlsServerOptions {
-            cert_pem: pki.server_cert.clone(),
-            key_pem: pki.server_key.clone(),
-            client_ca_pem: None,
-        };
+        let tls = pki.server_tls(false);
         let listener = listen_tcp(
             b.clone(),
             ListenConfig {
@@ -132,11 +128,7 @@ async fn a_client_without_a_certificate_is_refused_when_they_are_required() {
         let listener = listen_tcp(
             b.clone(),
             ListenConfig {
-                tls: Some(TlsServerOptions {
-                    cert_pem: pki.server_cert.clone(),
-                    key_pem: pki.server_key.clone(),
-                    client_ca_pem: Some(pki.ca_pem.clone()),
-                }),
+                tls: Some(pki.server_tls(true)),
                 ..ListenConfig::default()
             },
         )

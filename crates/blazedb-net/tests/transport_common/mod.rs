@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blazedb::Database;
-use blazedb_net::transport::{listen, ListenConfig, ListenEvent, Listener};
+use blazedb_net::transport::{listen, ListenConfig, ListenEvent, Listener, TlsServerOptions};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +28,18 @@ pub struct Pki {
     /// A client certificate of the same CA that expired in 2001.
     pub expired_client_cert: PathBuf,
     pub expired_client_key: PathBuf,
+}
+
+impl Pki {
+    /// A listener's TLS settings with this PKI's server certificate; with
+    /// `require_client_certs`, clients must present a certificate its CA signed.
+    pub fn server_tls(&self, require_client_certs: bool) -> TlsServerOptions {
+        TlsServerOptions {
+            cert_pem: self.server_cert.clone(),
+            key_pem: self.server_key.clone(),
+            client_ca_pem: require_client_certs.then(|| self.ca_pem.clone()),
+        }
+    }
 }
 
 /// A fresh self-signed CA, a server certificate for 127.0.0.1 and localhost, and a client

@@ -125,25 +125,26 @@ impl RecordState {
     /// plain write over a plain field replaces one cell, which `prev` names exactly). Empty
     /// for other keys, and when there is nothing to replace.
     pub fn seen_by_reset(&self, key: &CellKey) -> Seen {
-        let replaced: Vec<&Cell> = match key {
-            CellKey::Record => self.cells.iter().collect(),
-            CellKey::Field(f) => {
-                let of_field: Vec<&Cell> = self
-                    .cells
-                    .iter()
-                    .filter(|c| c.key.field() == Some(&**f))
-                    .collect();
-                if !of_field
-                    .iter()
-                    .any(|c| matches!(c.key, CellKey::Counter(..) | CellKey::Element(..)))
-                {
-                    return Seen::default();
-                }
-                of_field
-            }
-            CellKey::Counter(..) | CellKey::Element(..) => return Seen::default(),
+        // Checked before anything is gathered: a plain write over a plain field (the common
+        // write) allocates nothing here.
+        let replaced = |c: &&Cell| match key {
+            CellKey::Record => true,
+            CellKey::Field(f) => c.key.field() == Some(&**f),
+            CellKey::Counter(..) | CellKey::Element(..) => false,
         };
-        Seen::from_versions(replaced.into_iter().flat_map(|c| {
+        let resets_more = match key {
+            CellKey::Record => true,
+            CellKey::Field(_) => self
+                .cells
+                .iter()
+                .filter(replaced)
+                .any(|c| matches!(c.key, CellKey::Counter(..) | CellKey::Element(..))),
+            CellKey::Counter(..) | CellKey::Element(..) => false,
+        };
+        if !resets_more {
+            return Seen::default();
+        }
+        Seen::from_versions(self.cells.iter().filter(replaced).flat_map(|c| {
             std::iter::once(c.version)
                 .chain(c.prev)
                 .chain(c.seen.versions().iter().copied())
