@@ -324,7 +324,7 @@ fn chunks_after(db: &Database, mut after: Option<SnapshotKey>) -> Vec<(SnapshotK
     let mut out = Vec::new();
     loop {
         let page = db
-            .snapshot_page_of_collections(after.as_ref(), 16_384, &mut |_| true)
+            .snapshot_page_of_collections(after.as_ref(), None, 16_384, &mut |_| true)
             .unwrap();
         out.extend(page_chunks(&page.changes, after.as_ref(), true));
         match page.next {

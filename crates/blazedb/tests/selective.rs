@@ -488,6 +488,7 @@ fn count_chunks(source: &Database, probe: &Database) -> u32 {
         let page = source
             .snapshot_page(
                 after.as_ref(),
+                None,
                 blazedb::limits::SNAPSHOT_CHUNK_CELLS,
                 &mut |_, _, _, _| true,
             )

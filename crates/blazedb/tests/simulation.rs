@@ -458,9 +458,21 @@ impl Sim {
         // a concurrent write of its own that this reset then took away before it reached
         // anyone (the conflict is the sender's to record, when that winner reaches it:
         // simulation seed 2100330 perturbed). A documented approximation, mirrored here.
-        let held_newer_of_its_node = held
-            .iter()
-            .any(|v| v.node == w.version.node && *v >= w.version);
+        // The list also takes the `prev` and list of each cell it replaces (their writers
+        // had seen those): a delete over a field write whose `prev` is `w`'s version (the
+        // same transaction as `w`) has seen `w` (simulation seed 2402518).
+        let of_its_node = |v: &Version| v.node == w.version.node && *v >= w.version;
+        let held_newer_of_its_node = held.iter().any(of_its_node)
+            || held.iter().any(|v| {
+                by_version
+                    .get(&(coll.to_owned(), id, *v))
+                    .into_iter()
+                    .flatten()
+                    .any(|&k| {
+                        let h = &self.written[k].2;
+                        h.prev.iter().chain(h.seen.versions()).any(of_its_node)
+                    })
+            });
         held_newer_of_its_node
             || held.iter().any(|v| {
                 *v > w.version

@@ -18,6 +18,15 @@
 //! newer changes; that is harmless (merging is idempotent), and everything committed after
 //! the position reaches the receiver through the live feed, which resumes from it.
 //!
+//! Pages are read one at a time, each in a read transaction of its own, while the sender
+//! goes on committing: a transaction between two pages may touch a record an earlier page
+//! read and one a later page reads. Each page therefore also reads again, whole, the records
+//! before it that changed since the previous page ([`SnapshotPage::changed_before`]), and the
+//! sender sends them with it: the pages so far then stand for the one state of the database
+//! the last page was read from, so a receiver never holds one part of a transaction without
+//! the rest. A receiver that holds records already (not a new, empty replica) stages the
+//! chunks and applies them together at the end, in one transaction, for the same reason.
+//!
 //! Staging keeps the raw chunks in `snapshot_staging` and the progress in
 //! `snapshot_progress` (see `schema.rs`), so a disconnect costs only the chunk in flight: the
 //! receiver reports its [`SnapshotProgress`] and the sender continues after `last_key`.
@@ -74,6 +83,14 @@ pub struct SnapshotPage {
     pub position: Seq,
     /// Where the next page starts; `None` when every record has been read.
     pub next: Option<SnapshotKey>,
+    /// Asked for with `changed_since` (the previous page's `position`): the records at or
+    /// before `after`, which earlier pages read, that changed since, whole as they are now,
+    /// in key order, chosen like the page's records. A sender sends them with the page, so
+    /// that the pages so far stand for one state of the database, the one this page was
+    /// read from: a transaction committed between two pages is then seen whole or not at all
+    /// by a receiver of the snapshot (simulation seed 2400337: without them, a receiver held
+    /// one record of a transaction as it was before it and the other as it was after).
+    pub changed_before: Vec<Change>,
 }
 
 /// A snapshot being received from a peer, as staged so far.
@@ -145,13 +162,16 @@ impl Database {
     ///
     /// One read transaction per page. `select` runs while the database is locked: it must
     /// not call this database.
+    ///
+    /// With `changed_since`, the page also holds [`SnapshotPage::changed_before`].
     pub fn snapshot_page(
         &self,
         after: Option<&SnapshotKey>,
+        changed_since: Option<Seq>,
         cells_max: usize,
         select: &mut SnapshotSelect<'_>,
     ) -> Result<SnapshotPage> {
-        self.page_with(after, cells_max, Select::Records(select))
+        self.page_with(after, changed_since, cells_max, Select::Records(select))
     }
 
     /// [`Database::snapshot_page`] choosing by collection only (`select(collection)`), which
@@ -160,23 +180,25 @@ impl Database {
     pub fn snapshot_page_of_collections(
         &self,
         after: Option<&SnapshotKey>,
+        changed_since: Option<Seq>,
         cells_max: usize,
         select: &mut dyn FnMut(&str) -> bool,
     ) -> Result<SnapshotPage> {
-        self.page_with(after, cells_max, Select::Collections(select))
+        self.page_with(after, changed_since, cells_max, Select::Collections(select))
     }
 
     /// One page, in a read transaction of its own.
     fn page_with(
         &self,
         after: Option<&SnapshotKey>,
+        changed_since: Option<Seq>,
         cells_max: usize,
         select: Select<'_, '_>,
     ) -> Result<SnapshotPage> {
         let cells_max = cells_max.clamp(1, FEED_PAGE_CELLS_MAX);
         // `lock`'s snapshot: every row of the page from one state of the file.
         let inner = self.lock()?;
-        snapshot_page_in(&inner, after, cells_max, select)
+        snapshot_page_in(&inner, after, changed_since, cells_max, select)
     }
 
     /// The snapshot being received from `peer`, if one is staged.
@@ -245,12 +267,8 @@ impl Database {
             if !is_next_chunk(&p, idx)? {
                 return Ok(());
             }
-            if idx > 0 && !any_staged(inner, peer)? {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshot {snap_id} is being merged chunk by chunk; chunk {idx} cannot be \
-                     staged (abort it and start over)"
-                )));
-            }
+            // After chunks merged as they arrived, the rest may be staged (a receiver that
+            // took other changes meanwhile: see `snapshot_merge_chunk`); not the other way.
             inner
                 .conn
                 .prepare_cached(
@@ -269,8 +287,12 @@ impl Database {
     /// receive cursor still moves only at [`Database::snapshot_finish`], which must then be
     /// given a scope of no collections.
     ///
-    /// The chunks of one snapshot are either all staged or all merged: merging after a staged
-    /// chunk (or staging after a merged one) is an error. A repeated index changes nothing.
+    /// Once a chunk of a snapshot is staged, the rest must be too: merging after a staged
+    /// chunk is an error (the finish applies the staged ones together). Staging after merged
+    /// chunks is allowed: a receiver that takes changes from elsewhere during a bootstrap
+    /// stages the rest, so that its records of a sender transaction the chunks put apart are
+    /// not updated one chunk at a time next to those changes. A repeated index changes
+    /// nothing.
     /// A chunk that does not decode, or holds invalid cells, is an `Apply(Invalid)` error and
     /// changes nothing.
     pub fn snapshot_merge_chunk(
@@ -358,8 +380,9 @@ impl Database {
         write_tx(&mut inner, |inner| discard(inner, peer))
     }
 
-    /// Apply snapshot `snap_id` of `peer`, all `chunks` of which must be staged, in ONE
-    /// SQLite transaction:
+    /// Apply snapshot `snap_id` of `peer`, whose `chunks` must all be staged, except first
+    /// ones merged as they arrived ([`Database::snapshot_merge_chunk`]; the scope must then
+    /// hold no collection), in ONE SQLite transaction:
     ///
     /// 1. every record of every chunk is merged like a peer's changes (history, conflicts,
     ///    indexes and watch events as for `apply_changes`); each chunk is one local commit,
@@ -423,11 +446,12 @@ impl Database {
             let acked = progress.acked;
             let src = tx.inner.nodes.index(&peer) + 1;
             let seen = scope.replace_seen_cells.then_some(Seen { acked, src });
-            let staged = any_staged(tx.inner, peer)?;
-            if chunks > 0 && !staged {
-                // Every chunk was merged as it arrived (`snapshot_merge_chunk`): nothing is
-                // left to merge, and without the whole snapshot in this transaction nothing
-                // may be evicted on its word.
+            // Chunks before the first staged one were merged as they arrived
+            // (`snapshot_merge_chunk`); those from it on are applied here.
+            let first_staged = first_staged(tx.inner, peer)?.unwrap_or(chunks);
+            if first_staged > 0 {
+                // Without the whole snapshot in this transaction nothing may be evicted on
+                // its word.
                 if scope.collections.as_ref().is_none_or(|c| !c.is_empty()) {
                     return Err(Error::InvalidArgument(format!(
                         "snapshot {snap_id} was merged chunk by chunk, so it cannot replace \
@@ -441,7 +465,7 @@ impl Database {
             // is merged whole: merged piece by piece, the cells of its earlier pieces that
             // the sender had seen were taken for cells it let go (`drop_cells_let_go`).
             let mut carried: Option<Change> = None;
-            for idx in (0..chunks).filter(|_| staged) {
+            for idx in first_staged..chunks {
                 let data: Vec<u8> = tx
                     .inner
                     .conn
@@ -710,8 +734,6 @@ fn merge_chunk(
     Ok(())
 }
 
-/// The scan of [`Database::snapshot_page`], inside the caller's read transaction.
-/// How [`snapshot_page_in`] chooses records.
 /// Drop the stored cells of pending record `i` that the snapshot's sender had seen and its
 /// record (`incoming`) lacks: the sender let them go. Without this a replica back after its
 /// peer collected a delete keeps the cells the delete overwrote beside the snapshot's
@@ -764,18 +786,29 @@ fn drop_cells_let_go(
     Ok(())
 }
 
+/// How [`snapshot_page_in`] chooses records.
 enum Select<'s, 'a> {
     Records(&'s mut SnapshotSelect<'a>),
     Collections(&'s mut dyn FnMut(&str) -> bool),
 }
 
+/// The scan of [`Database::snapshot_page`], inside the caller's read transaction.
 fn snapshot_page_in(
     inner: &Inner,
     after: Option<&SnapshotKey>,
+    changed_since: Option<Seq>,
     cells_max: usize,
     mut select: Select<'_, '_>,
 ) -> Result<SnapshotPage> {
     let position = inner.clock_row()?.0;
+    // In the same read transaction as the page: the records sent so far plus these stand
+    // for the database as the page finds it.
+    let changed_before = match (after, changed_since) {
+        (Some(after), Some(since)) if since < position => {
+            changed_before_in(inner, after, since, position, &mut select)?
+        }
+        _ => Vec::new(),
+    };
     let mut names: Vec<(&str, i64)> = inner
         .collections
         .iter()
@@ -787,6 +820,7 @@ fn snapshot_page_in(
         changes: Vec::new(),
         position,
         next: None,
+        changed_before,
     };
     let (mut cells, mut bytes_total, mut scanned) = (0usize, 0usize, 0usize);
     let mut last: Option<SnapshotKey> = after.cloned();
@@ -829,25 +863,11 @@ fn snapshot_page_in(
                 collection: name.to_owned(),
                 id,
             });
-            if let Select::Records(f) = &mut select {
-                let fields = if live {
-                    state.fields()
-                } else {
-                    BTreeMap::new()
-                };
-                if !f(name, id, &fields, live) {
-                    continue;
-                }
-                // A tombstone goes only where one of the record's live states was selected,
-                // as far as history tells (a reader that never could see the record does
-                // not learn of its delete).
-                if !live
-                    && inner.past_visibility(coll, id, &state, Seq(0), &mut |fields| {
-                        f(name, id, fields, true)
-                    })? == PastVisibility::NeverSeen
-                {
-                    continue;
-                }
+            // (Collections were chosen above.)
+            if matches!(select, Select::Records(_))
+                && !chosen(inner, &mut select, (name, coll, id), &state, live)?
+            {
+                continue;
             }
             cells += n;
             bytes_total += body.len();
@@ -860,6 +880,106 @@ fn snapshot_page_in(
         }
     }
     Ok(page)
+}
+
+/// Whether `select` takes record `id` of collection `name` (number `coll`), stored as
+/// `state` (`live` or a tombstone), into a snapshot.
+fn chosen(
+    inner: &Inner,
+    select: &mut Select<'_, '_>,
+    (name, coll, id): (&str, i64, RecordId),
+    state: &RecordState,
+    live: bool,
+) -> Result<bool> {
+    let f = match select {
+        Select::Collections(f) => return Ok(f(name)),
+        Select::Records(f) => f,
+    };
+    let fields = if live {
+        state.fields()
+    } else {
+        BTreeMap::new()
+    };
+    if !f(name, id, &fields, live) {
+        return Ok(false);
+    }
+    // A tombstone goes only where one of the record's live states was selected, as far as
+    // history tells (a reader that never could see the record does not learn of its delete).
+    Ok(live
+        || inner.past_visibility(coll, id, state, Seq(0), &mut |fields| {
+            f(name, id, fields, true)
+        })? != PastVisibility::NeverSeen)
+}
+
+/// The records at or before `after` (read by earlier pages) with feed rows in
+/// `(since, head]`, whole as they are now, chosen by `select`, in key order: see
+/// [`SnapshotPage::changed_before`].
+fn changed_before_in(
+    inner: &Inner,
+    after: &SnapshotKey,
+    since: Seq,
+    head: Seq,
+    select: &mut Select<'_, '_>,
+) -> Result<Vec<Change>> {
+    let names: std::collections::HashMap<i64, &str> = inner
+        .collections
+        .iter()
+        .map(|(n, c)| (*c, n.as_str()))
+        .collect();
+    let mut touched: Vec<(SnapshotKey, i64)> = Vec::new();
+    {
+        let mut stmt = inner
+            .conn
+            .prepare_cached("SELECT DISTINCT coll, id FROM feed WHERE seq > ?1 AND seq <= ?2")?;
+        let mut rows = stmt.query([since.0 as i64, head.0 as i64])?;
+        while let Some(row) = rows.next()? {
+            let coll: i64 = row.get(0)?;
+            let id =
+                super::evict::record_id(row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?)?;
+            let Some(name) = names.get(&coll) else {
+                continue;
+            };
+            let key = SnapshotKey {
+                collection: (*name).to_owned(),
+                id,
+            };
+            if key <= *after {
+                touched.push((key, coll));
+            }
+        }
+    }
+    touched.sort_unstable();
+    let mut out = Vec::with_capacity(touched.len());
+    let mut stmt = inner
+        .conn
+        .prepare_cached("SELECT seq, live, body FROM records WHERE coll = ?1 AND id = ?2")?;
+    for (key, coll) in touched {
+        let row = stmt
+            .query_row(params![coll, &key.id.0[..]], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .optional()?;
+        // Evicted since: no row, nothing to send (an eviction is not a change).
+        let Some((seq, live, body)) = row else {
+            continue;
+        };
+        let seq = Seq(seq as u64);
+        let state = body::decode(&body, seq, &inner.nodes, &inner.fields)?;
+        if !chosen(inner, select, (&key.collection, coll, key.id), &state, live)? {
+            continue;
+        }
+        out.push(Change {
+            seq,
+            collection: key.collection,
+            id: key.id,
+            cells: state.into_cells(),
+        });
+    }
+    Ok(out)
 }
 
 /// Run `f` in a write transaction of its own (staging bookkeeping, not records).
@@ -978,6 +1098,14 @@ fn check_chunk_size(idx: u32, chunk: &[u8]) -> Result<()> {
 }
 
 /// Whether any chunk from `peer` is staged.
+/// The index of the first chunk staged from `peer`, if any.
+fn first_staged(inner: &Inner, peer: NodeId) -> Result<Option<u32>> {
+    Ok(inner
+        .conn
+        .prepare_cached("SELECT min(idx) FROM snapshot_staging WHERE peer = ?1")?
+        .query_row([&peer.0[..]], |r| r.get(0))?)
+}
+
 fn any_staged(inner: &Inner, peer: NodeId) -> Result<bool> {
     Ok(inner
         .conn

@@ -215,6 +215,10 @@ struct SnapOut {
     position: Seq,
     next_index: u32,
     after: Option<SnapshotKey>,
+    /// The head when the last page was read: records before `after` that changed since go
+    /// again with the next page (`SnapshotPage::changed_before`). A resumed snapshot starts
+    /// from its position, not knowing what the interrupted session read.
+    read_through: Seq,
     begun: bool,
     replace: bool,
     /// Cells sent in this snapshot (the receiver's apply time grows with it).
@@ -242,7 +246,19 @@ struct SnapIn {
     position: Seq,
     next_index: u32,
     replace: bool,
-    /// What the chunks merged as they arrived (a snapshot that does not replace) did.
+    /// Chunks are merged as they arrive (rather than staged and applied together at the
+    /// end) while this is `Some(head)`: the database's head after our last merge. Only for
+    /// a snapshot that does not replace, into a database that held nothing when it began
+    /// (a new replica's bootstrap): merged as they come, the records of a transaction that
+    /// the sender's chunks put apart would otherwise meet copies already here one chunk at a
+    /// time, and a reader could see part of that transaction (simulation seed 2400337). An
+    /// empty database has no such copies, and its records show up as they arrive. Once
+    /// something else commits here meanwhile (`others_meanwhile`: another peer's changes, a
+    /// local write), or in a resumed session that cannot tell, the rest is staged.
+    merging: Option<Seq>,
+    /// Something other than this snapshot committed here since it began merging.
+    others_meanwhile: bool,
+    /// What the chunks merged as they arrived did.
     merged: SnapshotApplied,
     /// Merged as they arrive: the cells of a record that the last chunk ended inside of,
     /// merged with the rest of it (`Database::snapshot_merge_chunk_held`).
@@ -995,6 +1011,10 @@ impl Session {
                         next_index: p.next_index,
                         // Corrected by SNAPSHOT_BEGIN.
                         replace: true,
+                        // A new session cannot tell what committed since the chunks merged
+                        // before: the rest is staged.
+                        merging: None,
+                        others_meanwhile: false,
                         merged: SnapshotApplied::default(),
                         held: None,
                     });
@@ -1338,6 +1358,7 @@ impl Session {
                     collection: last.0,
                     id: last.1,
                 }),
+                read_through: position,
                 begun: false,
                 // The receiver keeps what SNAPSHOT_BEGIN said first; send the same.
                 replace: from > Seq(0),
@@ -1473,6 +1494,15 @@ impl Session {
             self.restarting = false;
         }
         let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        let merging = if first_index == 0 && !replace {
+            match db.last_seq() {
+                Ok(head) => (head == Seq(0)).then_some(head),
+                Err(e) => return Err(self.internal(e, now_ms)),
+            }
+        } else {
+            // A resume (checked below: `snap_in` is the snapshot staged here) is staged.
+            None
+        };
         if first_index == 0 {
             let note = encode_policy_note(&self.cfg.policy);
             let r = db
@@ -1504,6 +1534,8 @@ impl Session {
             position,
             next_index: first_index,
             replace,
+            merging,
+            others_meanwhile: false,
             merged: SnapshotApplied::default(),
             held: None,
         });
@@ -1537,13 +1569,29 @@ impl Session {
         };
         let snap_id = si.snap_id;
         si.next_index += 1;
-        if !si.replace {
-            // A snapshot that only adds is merged chunk by chunk as it arrives: no second
+        if let Some(ours) = si.merging {
+            // Another peer's changes or a local write since our last merge: stage the rest
+            // (once no record is held half-merged; its rest is in this chunk).
+            match db.last_seq() {
+                Ok(head) => si.others_meanwhile |= head != ours,
+                Err(e) => return Err(self.internal(e, now_ms)),
+            }
+            if si.others_meanwhile && si.held.is_none() {
+                si.merging = None;
+            }
+        }
+        if si.merging.is_some() {
+            // A new replica's bootstrap is merged chunk by chunk as it arrives: no second
             // copy on disk, no long apply at the end, and the records show up as they come.
             let held = &mut si.held;
             return match db.snapshot_merge_chunk_held(peer, snap_id, (index, &key), data, held) {
                 Ok(applied) => {
+                    let head = match db.last_seq() {
+                        Ok(head) => head,
+                        Err(e) => return Err(self.internal(e, now_ms)),
+                    };
                     let si = self.snap_in.as_mut().expect("checked above");
+                    si.merging = Some(head);
                     si.merged.cells += applied.cells;
                     si.merged.cells_applied += applied.cells_applied;
                     // We were busy applying and read nothing meanwhile.
@@ -2510,22 +2558,47 @@ impl Session {
         // not forever in one call (pings and acks must get their turn).
         for _ in 0..64 {
             let so = self.snap_out.as_mut().expect("checked");
+            let since = Some(so.read_through);
             let page = if filters_records {
-                db.snapshot_page(so.after.as_ref(), SNAPSHOT_CHUNK_CELLS, &mut select)?
+                db.snapshot_page(so.after.as_ref(), since, SNAPSHOT_CHUNK_CELLS, &mut select)?
             } else {
                 db.snapshot_page_of_collections(
                     so.after.as_ref(),
+                    since,
                     SNAPSHOT_CHUNK_CELLS,
                     &mut |coll| view.collection_visible(coll),
                 )?
             };
+            so.read_through = page.position;
             let done = page.next.is_none();
             let mut changes = page.changes;
+            let mut again = page.changed_before;
             if policy.excludes_any() {
-                for ch in &mut changes {
+                for ch in changes.iter_mut().chain(&mut again) {
                     strip_excluded(&policy, ch);
                 }
             }
+            if !again.is_empty() {
+                // Records sent before, as they are now, in chunks of their own ahead of the
+                // page's. Each names its own last record, like any chunk: a snapshot resumed
+                // right after one goes on from there and sends some records twice (merging
+                // is idempotent), and the page's chunks follow at once.
+                let before = so.after.clone();
+                let n = again.iter().map(|c| c.cells.len() as u64).sum::<u64>();
+                so.cells += n;
+                self.stats.cells_sent += n;
+                for part in super::snapshot::bounded_parts(again) {
+                    for (last, data) in super::snapshot::page_chunks(&part, before.as_ref(), split)
+                    {
+                        let so = self.snap_out.as_mut().expect("checked");
+                        let index = so.next_index;
+                        so.next_index += 1;
+                        let last = (last.collection, last.id);
+                        self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
+                    }
+                }
+            }
+            let so = self.snap_out.as_mut().expect("checked");
             if !changes.is_empty() {
                 // A record too large for one chunk goes in several, to a peer that joins them.
                 let chunks = super::snapshot::page_chunks(&changes, so.after.as_ref(), split);
@@ -2834,6 +2907,7 @@ fn new_snapshot(head: Seq, replace: bool, snap_id: u64) -> SnapOut {
         position: head,
         next_index: 0,
         after: None,
+        read_through: head,
         begun: false,
         replace,
         cells: 0,

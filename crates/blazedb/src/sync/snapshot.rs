@@ -132,6 +132,32 @@ pub fn page_chunks(
     out
 }
 
+/// `changes` cut into runs of whole records of at most `SNAPSHOT_CHUNK_CELLS` cells and
+/// about `SNAPSHOT_PAGE_BODY_BYTES_TARGET` bytes each, like a page: for records a sender
+/// sends again (`SnapshotPage::changed_before`), which come in any number. A record larger
+/// than that is a run of its own ([`page_chunks`] then splits it).
+pub fn bounded_parts(changes: Vec<Change>) -> Vec<Vec<Change>> {
+    let mut parts: Vec<Vec<Change>> = Vec::new();
+    let (mut run, mut cells, mut bytes) = (Vec::new(), 0usize, 0usize);
+    for ch in changes {
+        let n = ch.cells.len();
+        let b = ch.cells.iter().map(approx_cell_bytes).sum::<usize>();
+        if !run.is_empty()
+            && (cells + n > SNAPSHOT_CHUNK_CELLS || bytes + b > SNAPSHOT_PAGE_BODY_BYTES_TARGET)
+        {
+            parts.push(std::mem::take(&mut run));
+            (cells, bytes) = (0, 0);
+        }
+        run.push(ch);
+        cells += n;
+        bytes += b;
+    }
+    if !run.is_empty() {
+        parts.push(run);
+    }
+    parts
+}
+
 fn encode_chunk_of(records: &[RecordCells<'_>]) -> Vec<u8> {
     let end = records.last().map_or(Seq(0), |c| c.seq);
     let raw = Dict::default().encode_records(records, end);
@@ -326,19 +352,31 @@ fn write_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
     let mut body = crc32fast::Hasher::new();
     let mut body_len = 0u64;
     let mut after: Option<SnapshotKey> = None;
+    let mut read_through: Option<Seq> = None;
     loop {
-        let page =
-            db.snapshot_page_of_collections(after.as_ref(), SNAPSHOT_CHUNK_CELLS, &mut |_| true)?;
+        // Records read by earlier pages and changed since come again, whole (see
+        // `SnapshotPage::changed_before`): the file stands for one state of the database.
+        let page = db.snapshot_page_of_collections(
+            after.as_ref(),
+            read_through,
+            SNAPSHOT_CHUNK_CELLS,
+            &mut |_| true,
+        )?;
         if after.is_none() {
             info.position = page.position;
         }
-        if let Some(last) = page.changes.last() {
+        read_through = Some(page.position);
+        let again = bounded_parts(page.changed_before);
+        for records in again.iter().chain(std::iter::once(&page.changes)) {
+            let Some(last) = records.last() else {
+                continue;
+            };
             if info.chunks as usize >= SNAPSHOT_CHUNKS_MAX {
                 return Err(Error::InvalidArgument(format!(
                     "the snapshot needs more than {SNAPSHOT_CHUNKS_MAX} chunks"
                 )));
             }
-            let chunk = encode_chunk(&page.changes);
+            let chunk = encode_chunk(records);
             let mut entry = Vec::with_capacity(chunk.len() + 64);
             entry.extend_from_slice(&(last.collection.len() as u16).to_le_bytes());
             entry.extend_from_slice(last.collection.as_bytes());
@@ -349,13 +387,14 @@ fn write_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
             body.update(&entry);
             body_len += entry.len() as u64;
             info.chunks += 1;
-            info.records += page.changes.len() as u64;
-            info.cells += page
-                .changes
-                .iter()
-                .map(|c| c.cells.len() as u64)
-                .sum::<u64>();
         }
+        // Records and cells of the database, each once.
+        info.records += page.changes.len() as u64;
+        info.cells += page
+            .changes
+            .iter()
+            .map(|c| c.cells.len() as u64)
+            .sum::<u64>();
         match page.next {
             Some(next) => after = Some(next),
             None => break,
