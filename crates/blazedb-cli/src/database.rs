@@ -25,7 +25,7 @@ pub struct Context {
 
 impl Context {
     /// The database password (`--password-file`, else `BLAZEDB_PASSWORD`, else none).
-    pub fn password(&self) -> Result<Option<String>> {
+    pub fn password(&self) -> Result<Option<password::Password>> {
         password::resolve(self.password_file.as_deref(), password::PASSWORD_ENV)
     }
 
@@ -36,7 +36,7 @@ impl Context {
             refuse_empty_file(path)?;
         }
         let options = OpenOptions {
-            password: self.password()?,
+            password: password::hand_over(self.password()?),
             create: access == Access::CreateIfMissing,
             ..OpenOptions::default()
         };

@@ -7,6 +7,7 @@ use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
+use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::limits::PASSWORD_FILE_BYTES_MAX;
 use crate::report::UsageError;
@@ -16,19 +17,23 @@ pub const PASSWORD_ENV: &str = "BLAZEDB_PASSWORD";
 /// The environment variable holding the new password for `rekey`.
 pub const NEW_PASSWORD_ENV: &str = "BLAZEDB_NEW_PASSWORD";
 
+/// A password as the CLI holds it: its memory is overwritten with zeros when dropped (and
+/// every copy made on the way here was too). Hand it to the library with [`hand_over`].
+pub type Password = Zeroizing<String>;
+
 /// The password from `file` if given, else from the environment variable `env`; `None` means
 /// no password (an unencrypted file). An empty variable counts as unset, so `VAR= blazedb ..`
 /// reads as "no password"; an empty file is an error, since naming a file says one is meant.
-pub fn resolve(file: Option<&Path>, env: &str) -> Result<Option<String>> {
+pub fn resolve(file: Option<&Path>, env: &str) -> Result<Option<Password>> {
     if let Some(path) = file {
         let text = read_password_file(path)?;
         let password = strip_one_newline(&text);
         if password.is_empty() {
             bail!("password file {} is empty", path.display());
         }
-        return Ok(Some(password.to_owned()));
+        return Ok(Some(Zeroizing::new(password.to_owned())));
     }
-    match std::env::var(env) {
+    match std::env::var(env).map(Zeroizing::new) {
         Ok(password) if password.is_empty() => Ok(None),
         Ok(password) => Ok(Some(password)),
         Err(std::env::VarError::NotPresent) => Ok(None),
@@ -42,7 +47,7 @@ pub fn resolve(file: Option<&Path>, env: &str) -> Result<Option<String>> {
 /// for `rekey` would mean writing the data out in clear. With `decrypt` (the user asked for
 /// the file in clear) an empty variable agrees with the request and reads as none: a script
 /// that clears the variable rather than unsetting it is not refused.
-pub fn resolve_new(file: Option<&Path>, decrypt: bool) -> Result<Option<String>> {
+pub fn resolve_new(file: Option<&Path>, decrypt: bool) -> Result<Option<Password>> {
     if file.is_none() && std::env::var_os(NEW_PASSWORD_ENV).is_some_and(|v| v.is_empty()) {
         if decrypt {
             return Ok(None);
@@ -56,10 +61,17 @@ pub fn resolve_new(file: Option<&Path>, decrypt: bool) -> Result<Option<String>>
     resolve(file, NEW_PASSWORD_ENV)
 }
 
+/// The password moved (not copied) out of `password` into the plain `String` the library's
+/// `OpenOptions` take; the library moves it into zeroized memory of its own when it opens.
+pub fn hand_over(password: Option<Password>) -> Option<String> {
+    password.map(|mut p| std::mem::take(&mut *p))
+}
+
 /// The text of a password file, at most [`PASSWORD_FILE_BYTES_MAX`] bytes of UTF-8.
-fn read_password_file(path: &Path) -> Result<String> {
+fn read_password_file(path: &Path) -> Result<Password> {
     let cannot_read = || format!("cannot read password file {}", path.display());
-    let mut bytes = Vec::new();
+    // Read to its full size up front: a growing buffer would leave copies behind as it moves.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(PASSWORD_FILE_BYTES_MAX as usize + 1));
     std::fs::File::open(path)
         .and_then(|f| f.take(PASSWORD_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
         .with_context(cannot_read)?;
@@ -70,13 +82,17 @@ fn read_password_file(path: &Path) -> Result<String> {
             path.display()
         );
     }
-    String::from_utf8(bytes).map_err(|_| {
-        anyhow::anyhow!(
-            "password file {} is not UTF-8 text: write the password as text (a binary key \
-             file cannot be used)",
-            path.display()
-        )
-    })
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(e) => {
+            e.into_bytes().zeroize();
+            bail!(
+                "password file {} is not UTF-8 text: write the password as text (a binary key \
+                 file cannot be used)",
+                path.display()
+            )
+        }
+    }
 }
 
 /// Editors and `echo` end files with a newline that is not part of the password; anything

@@ -22,6 +22,7 @@ use blazedb::sync::{SessionConfig, SyncMode};
 use blazedb::{Database, OpenOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
 
 use crate::checkpoint::spawn_checkpointer;
 use crate::driver::{run_session, DriverOptions, SessionReport};
@@ -33,20 +34,34 @@ use crate::limits::{
 use crate::topology::complement;
 
 /// How to sync two files.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SyncFilesOptions {
     /// What file A does: `Both`, `Push` (A only sends: B becomes a read-only replica of A)
     /// or `Pull` (A only receives from B). B gets the complementary mode.
     pub mode: SyncMode,
-    /// SQLCipher password of file A (`None`: a plain file).
-    pub password_a: Option<String>,
-    /// SQLCipher password of file B (`None`: a plain file).
-    pub password_b: Option<String>,
+    /// SQLCipher password of file A (`None`: a plain file), zeroized when dropped.
+    pub password_a: Option<Zeroizing<String>>,
+    /// SQLCipher password of file B (`None`: a plain file), zeroized when dropped.
+    pub password_b: Option<Zeroizing<String>>,
     /// Create a file that does not exist yet (an empty replica that sync then fills).
     pub create_missing: bool,
     /// Session settings for both ends (`mode` is set per end; `policy` applies to what A
     /// receives from B, making A a partial replica of B).
     pub session: SessionConfig,
+}
+
+/// The passwords are not shown.
+impl std::fmt::Debug for SyncFilesOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |p: &Option<Zeroizing<String>>| p.as_ref().map(|_| "***");
+        f.debug_struct("SyncFilesOptions")
+            .field("mode", &self.mode)
+            .field("password_a", &shown(&self.password_a))
+            .field("password_b", &shown(&self.password_b))
+            .field("create_missing", &self.create_missing)
+            .field("session", &self.session)
+            .finish()
+    }
 }
 
 impl Default for SyncFilesOptions {
@@ -295,8 +310,8 @@ async fn open_pair(
         });
     }
     let a_is_new = !a.exists();
-    let da = open(a, opts.password_a.clone(), opts.create_missing).await?;
-    match open(b, opts.password_b.clone(), opts.create_missing).await {
+    let da = open(a, opts.password_a.as_ref(), opts.create_missing).await?;
+    match open(b, opts.password_b.as_ref(), opts.create_missing).await {
         Ok(db) => Ok((da, db)),
         Err(e) => {
             // A failed sync leaves no new file behind: DB_A is removed again if this call
@@ -324,12 +339,13 @@ fn remove_database_files(path: &Path) {
 /// Open on the blocking pool: SQLCipher's key derivation takes a noticeable time.
 async fn open(
     path: &Path,
-    password: Option<String>,
+    password: Option<&Zeroizing<String>>,
     create: bool,
 ) -> Result<Arc<Database>, NetError> {
     let p = path.to_path_buf();
     let options = OpenOptions {
-        password,
+        // A copy the library moves into zeroized memory of its own.
+        password: password.map(|p| p.to_string()),
         create,
         ..OpenOptions::default()
     };
@@ -403,5 +419,17 @@ mod tests {
             woken.is_ok(),
             "the session of the file that moved was never woken"
         );
+    }
+
+    #[test]
+    fn debug_output_does_not_show_the_passwords() {
+        let opts = SyncFilesOptions {
+            password_a: Some(String::from("first-s3cret").into()),
+            password_b: Some(String::from("second-s3cret").into()),
+            ..SyncFilesOptions::default()
+        };
+        let shown = format!("{opts:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("password_a: Some(\"***\")"), "{shown}");
     }
 }

@@ -119,7 +119,7 @@ async fn encrypted_files_and_new_replicas() {
     }
     // B does not exist yet: it is created, encrypted, and filled.
     let opts = SyncFilesOptions {
-        password_b: Some("s3cret".into()),
+        password_b: Some(String::from("s3cret").into()),
         ..SyncFilesOptions::default()
     };
     sync_files_once(&pa, &pb, opts).await.unwrap();
@@ -129,7 +129,7 @@ async fn encrypted_files_and_new_replicas() {
     drop(b);
 
     let wrong = SyncFilesOptions {
-        password_b: Some("wrong".into()),
+        password_b: Some(String::from("wrong").into()),
         ..SyncFilesOptions::default()
     };
     let err = sync_files_once(&pa, &pb, wrong).await.unwrap_err();

@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use zeroize::Zeroizing;
+
 use crate::limits::{
     CONNECTIONS_MAX_DEFAULT, DATA_DIR_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT, LISTEN_ADDR_DEFAULT,
     MESSAGE_BURST_DEFAULT, MESSAGE_RATE_PER_S_DEFAULT,
@@ -141,14 +143,16 @@ impl Default for Limits {
     }
 }
 
-/// A string that is never printed (tokens, secrets, passwords): `Debug` shows `"***"`.
+/// A string that is never printed (tokens, secrets, passwords): `Debug` shows `"***"`; its
+/// memory is overwritten with zeros when it is dropped, so a secret does not linger in freed
+/// heap a later allocation or a core dump could show.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Zeroizing<String>);
 
 impl Secret {
     /// Wrap a secret.
     pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
+        Secret(Zeroizing::new(s.into()))
     }
 
     /// The secret itself.
@@ -165,12 +169,12 @@ impl fmt::Debug for Secret {
 
 impl From<&str> for Secret {
     fn from(s: &str) -> Secret {
-        Secret(s.to_owned())
+        Secret::new(s)
     }
 }
 
 impl From<String> for Secret {
     fn from(s: String) -> Secret {
-        Secret(s)
+        Secret::new(s)
     }
 }

@@ -133,7 +133,7 @@ pub fn run_rekey(ctx: &Context, args: &RekeyArgs) -> Result<()> {
     }
     crate::database::refuse_empty_file(&args.db)?;
     let mut db = ctx.open(&args.db, Access::CreateIfMissing)?;
-    db.rekey(new_password.as_deref())?;
+    db.rekey(new_password.as_ref().map(|p| p.as_str()))?;
     let mut out = Output::stdout();
     out.json(&json!({ "encrypted": db.is_encrypted() }))?;
     Ok(out.finish()?)

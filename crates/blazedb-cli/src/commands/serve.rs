@@ -115,7 +115,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
     }
     let config = RelayConfig {
         data_dir: args.data.clone(),
-        password: ctx.password()?.map(Into::into),
+        password: crate::password::hand_over(ctx.password()?).map(Into::into),
         listen: args.listen,
         tcp_listen: args.tcp_listen,
         unix: args.unix.clone(),

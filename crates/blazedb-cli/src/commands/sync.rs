@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::database::Context;
 use crate::output::Output;
-use crate::password::{resolve, PASSWORD_ENV};
+use crate::password::{hand_over, resolve, Password, PASSWORD_ENV};
 use crate::report::UsageError;
 
 /// `sync DB_A (DB_B | URL) [--once | --watch] [--mode both|push|pull] [--token T]
@@ -303,14 +303,18 @@ fn peer_url(db_b: &std::path::Path) -> Result<Option<Endpoint>> {
     .into())
 }
 
-async fn run_network(args: &SyncArgs, endpoint: Endpoint, password: Option<String>) -> Result<()> {
+async fn run_network(
+    args: &SyncArgs,
+    endpoint: Endpoint,
+    password: Option<Password>,
+) -> Result<()> {
     // Checked before DB_A is opened: a bad filter must not leave a new, empty database.
     let policy = args
         .selective
         .policy(FilterPeer::network(args.token.as_deref()))?;
     let path = args.db_a.clone();
     let options = OpenOptions {
-        password,
+        password: hand_over(password),
         create: true,
         ..OpenOptions::default()
     };
