@@ -59,6 +59,17 @@ pub enum OpenError {
         /// The database file.
         path: String,
     },
+    /// Another connection kept the file locked for longer than the open waits (10 s): a
+    /// password change (`rekey`) copying a large file, or another process holding it
+    /// exclusively. Unlike the other errors, the same open may succeed later.
+    #[error(
+        "{path} is locked by another connection (a password change, or another process \
+         holding it exclusively) and stayed locked for 10 s: try again once it is done"
+    )]
+    Busy {
+        /// The database file.
+        path: String,
+    },
     /// The file was written by a newer BlazeDB.
     #[error(
         "{path} has format version {found}, this build reads up to {supported}: upgrade BlazeDB"

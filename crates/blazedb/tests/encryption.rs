@@ -245,6 +245,33 @@ fn missing_file_without_create_is_an_error() {
     assert!(!dir.path().join("nope.db").exists());
 }
 
+/// A file another connection keeps locked for longer than an open waits (a rekey copying a
+/// large file holds it so): the open says so and that it may be retried, instead of an I/O
+/// error reading "database is locked"; once the lock goes, the same open works.
+#[test]
+fn an_open_that_meets_a_long_exclusive_lock_says_it_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.db");
+    drop(Database::open(&path, OpenOptions::default()).unwrap());
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let Err(e) = Database::open(&path, OpenOptions::default()) else {
+        panic!("opened a file another connection holds exclusively");
+    };
+    assert!(matches!(&e, Error::Open(OpenError::Busy { .. })), "{e:?}");
+    assert!(e.to_string().contains("try again"), "{e}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(9),
+        "it waited first"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    drop(holder);
+    Database::open(&path, OpenOptions::default()).unwrap();
+}
+
 /// A raw SQLCipher connection to `path` keyed with `pw`, with `hmac` as its page HMAC
 /// (`None`: SQLCipher's default), and whether it can read the schema.
 fn raw_reads(path: &std::path::Path, pw: &str, hmac: Option<&str>) -> bool {

@@ -119,6 +119,10 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
             path: path.to_owned(),
             reason: e.to_string(),
         },
+        // The busy timeout ran out (or SQLite answered at once where no handler waits).
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => OpenError::Busy {
+            path: path.to_owned(),
+        },
         _ => OpenError::Io {
             path: path.to_owned(),
             source: std::io::Error::other(e),
