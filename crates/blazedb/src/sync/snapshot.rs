@@ -18,7 +18,8 @@
 //! ```text
 //! file    := header | entry* | trailer
 //! header  := "BLZSNAP1" | source node id [16] | position u64 (LE) | chunk count u32 (LE)
-//! entry   := u16 collection length (LE) | collection | id [16]   (the chunk's last record)
+//! entry   := u16 collection length (LE) | collection | id [16]   (the chunk's last record,
+//!            or the record before it for a piece of a split record: PROTOCOL.md §5.9)
 //!            | u32 chunk length (LE) | chunk
 //! trailer := u32 crc32 of everything before it (LE) | "BLZSNEND"
 //! ```
@@ -367,26 +368,27 @@ fn write_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
         }
         read_through = Some(page.position);
         let again = bounded_parts(page.changed_before);
+        // A record too large for one chunk (only a merge makes one) goes in pieces, which
+        // the import joins (§5.9 of PROTOCOL.md; the staged apply carries each chunk's last
+        // record into the next): whole, its chunk could exceed what a reader decompresses.
         for records in again.iter().chain(std::iter::once(&page.changes)) {
-            let Some(last) = records.last() else {
-                continue;
-            };
-            if info.chunks as usize >= SNAPSHOT_CHUNKS_MAX {
-                return Err(Error::InvalidArgument(format!(
-                    "the snapshot needs more than {SNAPSHOT_CHUNKS_MAX} chunks"
-                )));
+            for (last, chunk) in page_chunks(records, after.as_ref(), true) {
+                if info.chunks as usize >= SNAPSHOT_CHUNKS_MAX {
+                    return Err(Error::InvalidArgument(format!(
+                        "the snapshot needs more than {SNAPSHOT_CHUNKS_MAX} chunks"
+                    )));
+                }
+                let mut entry = Vec::with_capacity(chunk.len() + 64);
+                entry.extend_from_slice(&(last.collection.len() as u16).to_le_bytes());
+                entry.extend_from_slice(last.collection.as_bytes());
+                entry.extend_from_slice(&last.id.0);
+                entry.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+                entry.extend_from_slice(&chunk);
+                out.write_all(&entry)?;
+                body.update(&entry);
+                body_len += entry.len() as u64;
+                info.chunks += 1;
             }
-            let chunk = encode_chunk(records);
-            let mut entry = Vec::with_capacity(chunk.len() + 64);
-            entry.extend_from_slice(&(last.collection.len() as u16).to_le_bytes());
-            entry.extend_from_slice(last.collection.as_bytes());
-            entry.extend_from_slice(&last.id.0);
-            entry.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-            entry.extend_from_slice(&chunk);
-            out.write_all(&entry)?;
-            body.update(&entry);
-            body_len += entry.len() as u64;
-            info.chunks += 1;
         }
         // Records and cells of the database, each once.
         info.records += page.changes.len() as u64;
@@ -562,12 +564,20 @@ impl SnapshotReader {
         }
         let what = format!("chunk {}", self.read_chunks);
         let n = u16::from_le_bytes(self.exact(2, &what)?.try_into().expect("2 bytes")) as usize;
-        if n == 0 || n > COLLECTION_NAME_BYTES_MAX {
+        if n > COLLECTION_NAME_BYTES_MAX {
             return Err(format!("{what} names a collection of {n} bytes"));
         }
         let collection = String::from_utf8(self.exact(n, &what)?)
             .map_err(|_| format!("{what} names a collection that is not UTF-8"))?;
         let id = RecordId(self.exact(16, &what)?.try_into().expect("16 bytes"));
+        // No collection has an empty name: only the first piece of a split first record
+        // names the key before every record (`key_before_all`).
+        let key = SnapshotKey { collection, id };
+        if key.collection.is_empty() && key != key_before_all() {
+            return Err(format!(
+                "{what} names a record of a collection without a name"
+            ));
+        }
         let len = u32::from_le_bytes(self.exact(4, &what)?.try_into().expect("4 bytes")) as usize;
         if len > SNAPSHOT_CHUNK_BYTES_MAX {
             return Err(format!(
@@ -576,7 +586,7 @@ impl SnapshotReader {
         }
         let chunk = self.exact(len, &what)?;
         self.read_chunks += 1;
-        Ok(Some((SnapshotKey { collection, id }, chunk)))
+        Ok(Some((key, chunk)))
     }
 
     /// Check the trailer; returns the file's checksum.
