@@ -71,19 +71,22 @@ fn first_chunk(a: &Database, b: &Database) -> (Session, Session) {
     panic!("no chunk was sent");
 }
 
-/// [`common::pump`], checking `b` after every frame it handles.
+/// [`common::pump`], checking `b` after every frame it handles, and handing `b`'s session
+/// to `after_frame` then.
 fn pump_checking(
     a: &Database,
     sa: &mut Session,
     b: &Database,
     sb: &mut Session,
     pair: (RecordId, RecordId),
+    mut after_frame: impl FnMut(&Session),
 ) {
     for _ in 0..100_000 {
         let mut progress = false;
         while let Some(f) = sa.poll_transmit(0, a) {
             sb.handle_bytes(0, &f, b).unwrap();
             assert_whole(b, pair, "after a frame from the sender");
+            after_frame(sb);
             progress = true;
         }
         while let Some(f) = sb.poll_transmit(0, b) {
@@ -112,8 +115,14 @@ fn a_transaction_between_pages_is_never_seen_half_by_a_new_replica() {
         b.get("a", pair.0).unwrap().is_some(),
         "merged as it arrived"
     );
+    let first = b.count("m").unwrap();
     write_pair(&a, pair, 1);
-    pump_checking(&a, &mut sa, &b, &mut sb, pair);
+    // Nothing else commits here: the second page is merged as it arrives too.
+    let mut more_before_the_end = false;
+    pump_checking(&a, &mut sa, &b, &mut sb, pair, |sb| {
+        more_before_the_end |= sb.progress().receiving_snapshot && b.count("m").unwrap() > first;
+    });
+    assert!(more_before_the_end, "the rest was staged");
     assert_eq!(common::dump(&a), common::dump(&b));
     assert_eq!(sa.stats().snapshots_sent, 1);
 }
@@ -135,7 +144,7 @@ fn a_bootstrap_that_meets_other_changes_applies_the_rest_whole() {
     common::sync_pair(&b, &c, SessionConfig::default(), SessionConfig::default());
     assert!(b.get("z", pair.1).unwrap().is_some());
     write_pair(&a, pair, 1);
-    pump_checking(&a, &mut sa, &b, &mut sb, pair);
+    pump_checking(&a, &mut sa, &b, &mut sb, pair, |_| {});
     assert_eq!(common::dump(&a), common::dump(&b));
 }
 
@@ -156,7 +165,7 @@ fn a_resumed_bootstrap_applies_the_rest_whole() {
     write_pair(&a, pair, 1);
     let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
     let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
-    pump_checking(&a, &mut sa, &b, &mut sb, pair);
+    pump_checking(&a, &mut sa, &b, &mut sb, pair, |_| {});
     assert_eq!(common::dump(&a), common::dump(&b));
     assert_eq!(sa.stats().snapshots_sent, 1, "resumed, not begun again");
 }

@@ -149,6 +149,10 @@ pub struct SnapshotApplied {
     pub kept_outside_view: u64,
     /// The peer's feed position this node has now received up to.
     pub position: Seq,
+    /// This node's feed head as the call committed (set by the chunk merges): a receiver
+    /// that finds its head moved past it by the next chunk knows something else committed
+    /// in between.
+    pub local_head: Seq,
 }
 
 impl Database {
@@ -343,6 +347,7 @@ impl Database {
         let kept = self.transaction(|tx| {
             let p = expect_progress(tx.inner, peer, snap_id)?;
             applied.position = p.position;
+            applied.local_head = tx.base_seq;
             if !is_next_chunk(&p, idx)? {
                 return Ok(carried);
             }
@@ -365,6 +370,7 @@ impl Database {
             let src = tx.inner.nodes.index(&peer) + 1;
             merge_chunk(tx, changes, src, None, &mut applied)?;
             advance_progress(tx.inner, peer, idx, last_key)?;
+            applied.local_head = if tx.seq_used { tx.seq } else { tx.base_seq };
             Ok(tail)
         })?;
         if let Some(h) = held {

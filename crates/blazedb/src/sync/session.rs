@@ -1586,12 +1586,10 @@ impl Session {
             let held = &mut si.held;
             return match db.snapshot_merge_chunk_held(peer, snap_id, (index, &key), data, held) {
                 Ok(applied) => {
-                    let head = match db.last_seq() {
-                        Ok(head) => head,
-                        Err(e) => return Err(self.internal(e, now_ms)),
-                    };
                     let si = self.snap_in.as_mut().expect("checked above");
-                    si.merging = Some(head);
+                    // The head our merge left (from its transaction: a commit of another
+                    // session right after it still counts as something else).
+                    si.merging = Some(applied.local_head);
                     si.merged.cells += applied.cells;
                     si.merged.cells_applied += applied.cells_applied;
                     // We were busy applying and read nothing meanwhile.
