@@ -519,7 +519,7 @@ impl<'a> Tx<'a> {
             indexes,
             policies,
         };
-        let mut w = RecordWriter::new(conn)?;
+        let mut w = RecordWriter::new(conn);
         for p in self.records.iter_mut() {
             let stored = match &p.flushed {
                 Flushed::Dropped => continue,
@@ -936,7 +936,7 @@ impl<'a> Tx<'a> {
             indexes,
             policies,
         };
-        let mut w = RecordWriter::new(conn)?;
+        let mut w = RecordWriter::new(conn);
         w.write(conn, &mut tables, &mut self.scratch, p, None, self.now_ms)?;
         w.finish(conn, &mut self.scratch, record_cache)?;
         p.state = RecordState::default();
@@ -1553,7 +1553,7 @@ impl<'a> Tx<'a> {
             indexes,
             policies,
         };
-        let mut w = RecordWriter::new(conn)?;
+        let mut w = RecordWriter::new(conn);
         for p in records.iter_mut().filter(|p| p.changed) {
             let wrote = match &p.flushed {
                 Flushed::No => {
@@ -1795,14 +1795,24 @@ impl Scratch {
     }
 }
 
-/// Writes changed records: the statements every record uses, prepared once per commit
-/// instead of looked up in the statement cache for each row.
+/// [`RecordWriter`]'s statements.
+const INSERT_RECORD: &str = "INSERT INTO records (coll, id, rev, seq, live, body, hist)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// `hist` moves only when the write added history entries (?7 not NULL).
+const UPDATE_RECORD: &str = "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6,
+     hist = coalesce(?7, hist) WHERE coll = ?1 AND id = ?2";
+const DELETE_FEED: &str = "DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3";
+
+/// Writes changed records: each statement is taken from the statement cache once per
+/// commit, when a row first needs it, instead of for each row. Not before: a one-record
+/// commit uses two or three of them (an update: the row's UPDATE, then in `finish` a feed
+/// row and a history entry), and taking one out of the cache and handing it back costs a
+/// lookup, a reset and an LRU insert whether it ran or not.
 struct RecordWriter<'c> {
-    insert_record: rusqlite::CachedStatement<'c>,
-    update_record: rusqlite::CachedStatement<'c>,
-    insert_feed: rusqlite::CachedStatement<'c>,
-    delete_feed: rusqlite::CachedStatement<'c>,
-    insert_history: rusqlite::CachedStatement<'c>,
+    conn: &'c Connection,
+    insert_record: Option<rusqlite::CachedStatement<'c>>,
+    update_record: Option<rusqlite::CachedStatement<'c>>,
+    delete_feed: Option<rusqlite::CachedStatement<'c>>,
     /// Feed rows to insert, written by [`RecordWriter::finish`].
     feed_rows: Vec<(u64, i64, RecordId, u64)>,
     /// History entries to insert, written by [`RecordWriter::finish`]; their `hid`s are
@@ -1877,12 +1887,11 @@ const HISTORY_INSERT: MultiInsert = MultiInsert {
 };
 
 /// Insert `rows`, [`WRITER_BATCH_ROWS`] to a statement (one statement run instead of that
-/// many), the rest one by one through `single` (so the statement cache holds two shapes,
-/// not one per remainder size). `bind(stmt, at, row)` binds a row's values from parameter
-/// `at + 1` on.
+/// many), the rest one by one through a one-row statement (so the statement cache holds two
+/// shapes, not one per remainder size). `bind(stmt, at, row)` binds a row's values from
+/// parameter `at + 1` on.
 fn insert_rows<T>(
     conn: &Connection,
-    single: &mut rusqlite::CachedStatement<'_>,
     insert: MultiInsert,
     rows: &[T],
     bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
@@ -1898,41 +1907,47 @@ fn insert_rows<T>(
             stmt.raw_execute()?;
         }
     }
-    for row in rest {
-        bind(single, 0, row)?;
-        single.raw_execute()?;
+    if !rest.is_empty() {
+        let mut single = conn.prepare_cached(&insert.sql(1))?;
+        for row in rest {
+            bind(&mut single, 0, row)?;
+            single.raw_execute()?;
+        }
     }
     Ok(())
 }
 
 impl<'c> RecordWriter<'c> {
-    fn new(conn: &'c Connection) -> Result<RecordWriter<'c>> {
-        Ok(RecordWriter {
-            insert_record: conn.prepare_cached(
-                "INSERT INTO records (coll, id, rev, seq, live, body, hist)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?,
-            // `hist` moves only when the write added history entries (?7 not NULL).
-            update_record: conn.prepare_cached(
-                "UPDATE records SET rev = ?3, seq = ?4, live = ?5, body = ?6,
-                 hist = coalesce(?7, hist) WHERE coll = ?1 AND id = ?2",
-            )?,
-            insert_feed: conn.prepare_cached(&FEED_INSERT.sql(1))?,
-            delete_feed: conn
-                .prepare_cached("DELETE FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?,
-            insert_history: conn.prepare_cached(&HISTORY_INSERT.sql(1))?,
+    fn new(conn: &'c Connection) -> RecordWriter<'c> {
+        RecordWriter {
+            conn,
+            insert_record: None,
+            update_record: None,
+            delete_feed: None,
             feed_rows: Vec::new(),
             history_rows: Vec::new(),
             history_bytes: Vec::new(),
             next_hid: None,
-        })
+        }
+    }
+
+    /// The cached statement in `slot`, taken from the connection's cache on first use.
+    fn stmt<'s>(
+        conn: &'c Connection,
+        slot: &'s mut Option<rusqlite::CachedStatement<'c>>,
+        sql: &str,
+    ) -> Result<&'s mut rusqlite::CachedStatement<'c>> {
+        if slot.is_none() {
+            *slot = Some(conn.prepare_cached(sql)?);
+        }
+        Ok(slot.as_mut().expect("prepared above"))
     }
 
     /// Write the buffered feed rows and history entries (see [`insert_rows`]), and stage the
     /// written rows for the record cache. Every writer must finish before anything reads
     /// those tables in its transaction.
     fn finish(
-        mut self,
+        self,
         conn: &Connection,
         scratch: &mut Scratch,
         cache: &mut RecordCache,
@@ -1940,7 +1955,6 @@ impl<'c> RecordWriter<'c> {
         scratch.stage_written(cache);
         insert_rows(
             conn,
-            &mut self.insert_feed,
             FEED_INSERT,
             &self.feed_rows,
             |stmt, at, (seq, coll, id, src)| {
@@ -1950,13 +1964,9 @@ impl<'c> RecordWriter<'c> {
                 stmt.raw_bind_parameter(at + 4, src)
             },
         )?;
-        insert_rows(
-            conn,
-            &mut self.insert_history,
-            HISTORY_INSERT,
-            &self.history_rows,
-            |stmt, at, r| bind_history(stmt, at, r, &self.history_bytes),
-        )
+        insert_rows(conn, HISTORY_INSERT, &self.history_rows, |stmt, at, r| {
+            bind_history(stmt, at, r, &self.history_bytes)
+        })
     }
 
     /// Store one changed record: its row, its feed entries, index entries, history,
@@ -2023,12 +2033,11 @@ impl<'c> RecordWriter<'c> {
         if stored.is_none() {
             // No row has this id (the transaction holds the write lock since it read that):
             // a plain INSERT, cheaper than a REPLACE.
-            self.insert_record
+            Self::stmt(self.conn, &mut self.insert_record, INSERT_RECORD)?
                 .execute(params![p.coll, id, rev, row_seq.0, live, bytes, hist])?;
         } else {
             // A stored record is updated in place (REPLACE would delete and insert the row).
-            let updated = self
-                .update_record
+            let updated = Self::stmt(self.conn, &mut self.update_record, UPDATE_RECORD)?
                 .execute(params![p.coll, id, rev, row_seq.0, live, bytes, hist])?
                 == 1;
             if !updated {
@@ -2072,7 +2081,8 @@ impl<'c> RecordWriter<'c> {
             self.feed_rows.push((s.0, p.coll, p.id, p.src));
         }
         for s in old.iter().filter(|s| !new.contains(s)) {
-            self.delete_feed.execute(params![s.0, p.coll, id])?;
+            Self::stmt(self.conn, &mut self.delete_feed, DELETE_FEED)?
+                .execute(params![s.0, p.coll, id])?;
         }
         write_derived(conn, t, p, stored, row_seq)
     }
