@@ -169,3 +169,25 @@ fn a_resumed_bootstrap_applies_the_rest_whole() {
     assert_eq!(common::dump(&a), common::dump(&b));
     assert_eq!(sa.stats().snapshots_sent, 1, "resumed, not begun again");
 }
+
+/// A local write during the bootstrap is no older copy of the sender's records (it is newer
+/// than all it saw): the rest of the bootstrap is still merged as it arrives.
+#[test]
+fn a_local_write_during_a_bootstrap_leaves_it_merging() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let pair = populate(&a);
+    let (mut sa, mut sb) = first_chunk(&a, &b);
+    let first = b.count("m").unwrap();
+    b.insert("notes", [("text", Value::from("written while syncing"))])
+        .unwrap();
+    write_pair(&a, pair, 1);
+    let mut more_before_the_end = false;
+    pump_checking(&a, &mut sa, &b, &mut sb, pair, |sb| {
+        more_before_the_end |= sb.progress().receiving_snapshot && b.count("m").unwrap() > first;
+    });
+    assert!(more_before_the_end, "the rest was staged");
+    assert_eq!(b.count("notes").unwrap(), 1);
+    assert_eq!(b.count("m").unwrap(), a.count("m").unwrap());
+}

@@ -211,6 +211,21 @@ impl Database {
         progress_in(&inner, peer)
     }
 
+    /// Whether changes received from a peer other than `sender` committed here after
+    /// `since` (feed rows past it from another source; local writes do not count). A
+    /// bootstrap merged chunk by chunk from `sender` stages the rest once they did: see
+    /// `Session` (`SnapIn::merging`).
+    pub fn received_from_others_since(&self, since: Seq, sender: NodeId) -> Result<bool> {
+        let inner = self.lock()?;
+        let sender_src = inner.nodes.known(&sender).map_or(-1, |i| i as i64 + 1);
+        let found = inner
+            .conn
+            .prepare_cached("SELECT 1 FROM feed WHERE seq > ?1 AND src <> 0 AND src <> ?2 LIMIT 1")?
+            .query_row(params![since.0 as i64, sender_src], |_| Ok(()))
+            .optional()?;
+        Ok(found.is_some())
+    }
+
     /// Start receiving snapshot `snap_id` of `peer`, standing for its feed at `position`.
     /// `acked` is how far `peer` has acknowledged our feed now, before it read the
     /// snapshot's first page: what it had of ours then, every page reflects. (Pass

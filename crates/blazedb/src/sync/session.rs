@@ -253,10 +253,10 @@ struct SnapIn {
     /// the sender's chunks put apart would otherwise meet copies already here one chunk at a
     /// time, and a reader could see part of that transaction (simulation seed 2400337). An
     /// empty database has no such copies, and its records show up as they arrive. Once
-    /// something else commits here meanwhile (`others_meanwhile`: another peer's changes, a
-    /// local write), or in a resumed session that cannot tell, the rest is staged.
+    /// another peer's changes commit here meanwhile (`others_meanwhile`), or in a resumed
+    /// session that cannot tell, the rest is staged. Local writes go on beside it.
     merging: Option<Seq>,
-    /// Something other than this snapshot committed here since it began merging.
+    /// Another peer's changes committed here since this snapshot began merging.
     others_meanwhile: bool,
     /// What the chunks merged as they arrived did.
     merged: SnapshotApplied,
@@ -1570,10 +1570,16 @@ impl Session {
         let snap_id = si.snap_id;
         si.next_index += 1;
         if let Some(ours) = si.merging {
-            // Another peer's changes or a local write since our last merge: stage the rest
-            // (once no record is held half-merged; its rest is in this chunk).
-            match db.last_seq() {
-                Ok(head) => si.others_meanwhile |= head != ours,
+            // Another peer's changes since our last merge: stage the rest (once no record is
+            // held half-merged; its rest is in this chunk). A local write is no such copy:
+            // newer than all it saw, it wins over or stands beside the sender's records.
+            let others = match db.last_seq() {
+                Ok(head) if head == ours => Ok(false),
+                Ok(_) => db.received_from_others_since(ours, peer),
+                Err(e) => Err(e),
+            };
+            match others {
+                Ok(others) => si.others_meanwhile |= others,
                 Err(e) => return Err(self.internal(e, now_ms)),
             }
             if si.others_meanwhile && si.held.is_none() {
