@@ -642,22 +642,12 @@ fn start_a_snapshot(a: &Database, b: &Database) -> (Session, Session) {
     .unwrap();
     let mut sa = Session::new(a, SessionConfig::default(), 0).unwrap();
     let mut sb = Session::new(b, SessionConfig::default(), 0).unwrap();
-    for _ in 0..1000 {
-        while let Some(f) = sb.poll_transmit(0, b) {
-            sa.handle_bytes(0, &f, a).unwrap();
-        }
-        while let Some(f) = sa.poll_transmit(0, a) {
-            sb.handle_bytes(0, &f, b).unwrap();
-            if b.count("c").unwrap() > 0 {
-                assert!(
-                    sa.progress().sending_snapshot,
-                    "the snapshot is still in transit"
-                );
-                return (sa, sb);
-            }
-        }
-    }
-    panic!("no chunk arrived");
+    common::pump_until(a, &mut sa, b, &mut sb, |_| b.count("c").unwrap() > 0);
+    assert!(
+        sa.progress().sending_snapshot,
+        "the snapshot is still in transit"
+    );
+    (sa, sb)
 }
 
 /// A new replica gets an `acked` row only with its first ACK, at the end of its snapshot.

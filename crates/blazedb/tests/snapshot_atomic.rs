@@ -56,19 +56,37 @@ fn assert_whole(b: &Database, (x, y): (RecordId, RecordId), when: &str) {
 fn first_chunk(a: &Database, b: &Database) -> (Session, Session) {
     let mut sa = Session::new(a, SessionConfig::default(), 0).unwrap();
     let mut sb = Session::new(b, SessionConfig::default(), 0).unwrap();
-    for _ in 0..1000 {
-        while let Some(f) = sb.poll_transmit(0, b) {
-            sa.handle_bytes(0, &f, a).unwrap();
-        }
-        while let Some(f) = sa.poll_transmit(0, a) {
-            sb.handle_bytes(0, &f, b).unwrap();
-            if sa.stats().cells_sent > 0 {
-                assert!(sa.progress().sending_snapshot, "one page of two sent");
-                return (sa, sb);
-            }
-        }
+    common::pump_until(a, &mut sa, b, &mut sb, |sa| sa.stats().cells_sent > 0);
+    assert!(sa.progress().sending_snapshot, "one page of two sent");
+    (sa, sb)
+}
+
+/// `a` with the pair and the filler, `c` a full copy of it, `b` empty and `a`'s snapshot to
+/// it half sent: the setup of the tests where `b` also takes `c`'s changes.
+fn with_a_full_copy(dir: &std::path::Path) -> Nodes {
+    let a = common::open(dir, "a");
+    let b = common::open(dir, "b");
+    let c = common::open(dir, "c");
+    let pair = populate(&a);
+    common::sync_pair(&a, &c, SessionConfig::default(), SessionConfig::default());
+    let (sa, sb) = first_chunk(&a, &b);
+    Nodes {
+        a,
+        b,
+        c,
+        sa,
+        sb,
+        pair,
     }
-    panic!("no chunk was sent");
+}
+
+struct Nodes {
+    a: Database,
+    b: Database,
+    c: Database,
+    sa: Session,
+    sb: Session,
+    pair: (RecordId, RecordId),
 }
 
 /// [`common::pump`], checking `b` after every frame it handles, and handing `b`'s session
@@ -134,12 +152,14 @@ fn a_transaction_between_pages_is_never_seen_half_by_a_new_replica() {
 #[test]
 fn a_bootstrap_that_meets_other_changes_applies_the_rest_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let a = common::open(dir.path(), "a");
-    let b = common::open(dir.path(), "b");
-    let c = common::open(dir.path(), "c");
-    let pair = populate(&a);
-    common::sync_pair(&a, &c, SessionConfig::default(), SessionConfig::default());
-    let (mut sa, mut sb) = first_chunk(&a, &b);
+    let Nodes {
+        a,
+        b,
+        c,
+        mut sa,
+        mut sb,
+        pair,
+    } = with_a_full_copy(dir.path());
     // `c` brings everything, the old pair included.
     common::sync_pair(&b, &c, SessionConfig::default(), SessionConfig::default());
     assert!(b.get("z", pair.1).unwrap().is_some());
@@ -153,12 +173,14 @@ fn a_bootstrap_that_meets_other_changes_applies_the_rest_whole() {
 #[test]
 fn a_resumed_bootstrap_applies_the_rest_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let a = common::open(dir.path(), "a");
-    let b = common::open(dir.path(), "b");
-    let c = common::open(dir.path(), "c");
-    let pair = populate(&a);
-    common::sync_pair(&a, &c, SessionConfig::default(), SessionConfig::default());
-    let (mut sa, mut sb) = first_chunk(&a, &b);
+    let Nodes {
+        a,
+        b,
+        c,
+        mut sa,
+        mut sb,
+        pair,
+    } = with_a_full_copy(dir.path());
     sa.transport_closed(0, &a);
     sb.transport_closed(0, &b);
     common::sync_pair(&b, &c, SessionConfig::default(), SessionConfig::default());

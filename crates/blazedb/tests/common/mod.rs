@@ -67,6 +67,29 @@ pub fn pump_watching(
     panic!("did not converge");
 }
 
+/// Run `sa` (on `a`) toward `sb` (on `b`), frame by frame, until `stop(sa)` holds after `b`
+/// handled a frame from `a` (e.g. a snapshot half sent); panics if it never does.
+pub fn pump_until(
+    a: &Database,
+    sa: &mut Session,
+    b: &Database,
+    sb: &mut Session,
+    mut stop: impl FnMut(&Session) -> bool,
+) {
+    for _ in 0..1000 {
+        while let Some(f) = sb.poll_transmit(0, b) {
+            sa.handle_bytes(0, &f, a).unwrap();
+        }
+        while let Some(f) = sa.poll_transmit(0, a) {
+            sb.handle_bytes(0, &f, b).unwrap();
+            if stop(sa) {
+                return;
+            }
+        }
+    }
+    panic!("the sessions went quiet before the condition held");
+}
+
 /// A canonical dump of every collection: (collection, id, fields as JSON), sorted.
 pub fn dump(db: &Database) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
