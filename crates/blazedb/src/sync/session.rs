@@ -2252,6 +2252,15 @@ impl Session {
                     return self.fill(now_ms, db);
                 }
             }
+            // GC dropped the links among the commits at or below its horizon (`feed_links`
+            // rows with `t` ≤ it): read from below it, that stretch goes as one unit, so no
+            // transaction in it, partly overwritten by a later one, reaches the peer in two.
+            // Who reads there: a peer new to us that holds data of its own (not sent a
+            // snapshot) and a relay (which takes no snapshot; simulation seed 3101719: a
+            // transfer's debit seen without its credit).
+            if self.sent_through < horizon && !self.replacing_snapshot_due {
+                self.unit_until = self.unit_until.max(horizon);
+            }
             self.page_cells = if shared.more { page * 2 } else { batch_cells };
             let mut filtered;
             let batch: &crate::store::ChangeBatch = if self.peer_is_partial() {
