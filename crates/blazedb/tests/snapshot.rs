@@ -213,8 +213,11 @@ fn snapshot_into_an_empty_database_equals_the_source() {
     assert_eq!((applied.evicted, applied.kept_pending), (0, 0));
     assert!(applied.cells_applied > ids.len() as u64);
     assert_same(&src, &dst, &ids);
-    // One local commit per chunk: forwarding is never one giant unit.
+    // One local commit per chunk, linked: a peer replicating from here gets them as one
+    // unit (the chunks cut the source's transactions by key), however small its pages.
     assert_eq!(dst.last_seq().unwrap(), Seq(snap.chunks.len() as u64));
+    let first_page = dst.changes_since(Seq(0), 1, None).unwrap();
+    assert_eq!(first_page.needs_through, dst.last_seq().unwrap());
     assert_eq!(
         dst.peer_cursor(src.node_id(), PeerDirection::Received)
             .unwrap(),

@@ -406,9 +406,11 @@ impl Database {
     /// hold no collection), in ONE SQLite transaction:
     ///
     /// 1. every record of every chunk is merged like a peer's changes (history, conflicts,
-    ///    indexes and watch events as for `apply_changes`); each chunk is one local commit,
-    ///    so forwarding the result to other peers is not one giant unit (a record split
-    ///    across chunks, PROTOCOL.md §5.9, is joined and merged whole, in one of them);
+    ///    indexes and watch events as for `apply_changes`); each chunk is one local commit
+    ///    (a record split across chunks, PROTOCOL.md §5.9, is joined and merged whole, in
+    ///    one of them), and the chunk commits are linked (`feed_links`) so that a peer
+    ///    replicating from here receives them as one unit, as they were applied: the chunks
+    ///    cut the sender's transactions by key;
     ///    With `scope.replace_seen_cells`, a record's local cells that `peer` had seen (see
     ///    step 2) and its snapshot lacks are dropped first: `peer` let them go;
     /// 2. local records of the collections in `scope` that the snapshot lacks are evicted (no
@@ -486,6 +488,7 @@ impl Database {
             // is merged whole: merged piece by piece, the cells of its earlier pieces that
             // the sender had seen were taken for cells it let go (`drop_cells_let_go`).
             let mut carried: Option<Change> = None;
+            let first_seq = tx.seq;
             for idx in first_staged..chunks {
                 let data: Vec<u8> = tx
                     .inner
@@ -516,6 +519,25 @@ impl Database {
                 if tx.unspilled() >= SNAPSHOT_SPILL_RECORDS {
                     tx.spill()?;
                 }
+            }
+            // One commit per chunk, but the chunks hold the sender's transactions cut by key:
+            // every chunk commit is delivered with the last, so that a peer replicating from
+            // here gets the applied snapshot as one unit, as we applied it (simulation seed
+            // 3302256: a transfer's debit and credit in two chunks reached the next node of a
+            // chain in two units).
+            let last = if tx.seq_used {
+                tx.seq
+            } else {
+                Seq(tx.seq.0 - 1)
+            };
+            for s in first_seq.0..last.0 {
+                tx.inner
+                    .conn
+                    .prepare_cached(
+                        "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
+                         ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
+                    )?
+                    .execute(params![s as i64, last.0 as i64])?;
             }
             // 2. Evict what the snapshot lacks: the records the transaction does not track
             // (the snapshot's records are exactly the ones it tracks, spilled or not), so the
