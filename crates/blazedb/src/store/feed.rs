@@ -512,6 +512,28 @@ fn changes_since_in(
     Ok((batch, srcs))
 }
 
+/// Link every commit `tx` made from `first` on to its last one (`feed_links`), so that a
+/// peer replicating from here receives them together, as one unit: for commits that are
+/// one unit here (a received unit of several commits, a staged snapshot's chunks). Returns
+/// that last commit (`first - 1` when `tx` made none).
+pub(super) fn link_to_last(tx: &mut super::write::Tx<'_>, first: Seq) -> Result<Seq> {
+    let last = if tx.seq_used {
+        tx.seq
+    } else {
+        Seq(tx.seq.0 - 1)
+    };
+    for s in first.0..last.0 {
+        tx.inner
+            .conn
+            .prepare_cached(
+                "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
+                 ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
+            )?
+            .execute(params![s as i64, last.0 as i64])?;
+    }
+    Ok(last)
+}
+
 /// The `meta` key of a per-peer note; `forget_peer` removes `peer:<node>:*`.
 pub(crate) fn peer_note_key(peer: NodeId, name: &str) -> String {
     format!("peer:{peer}:{name}")
@@ -930,20 +952,7 @@ impl Database {
             }
             // The unit arrived as one consistent cut of the sender's feed; keep it one unit
             // for whoever we forward it to: every commit of it is delivered with the last.
-            let last = if tx.seq_used {
-                tx.seq
-            } else {
-                Seq(tx.seq.0 - 1)
-            };
-            for s in first_seq.0..last.0 {
-                tx.inner
-                    .conn
-                    .prepare_cached(
-                        "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
-                         ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
-                    )?
-                    .execute(params![s as i64, last.0 as i64])?;
-            }
+            let last = link_to_last(tx, first_seq)?;
             if let Some(c) = cursor {
                 tx.inner
                     .set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;

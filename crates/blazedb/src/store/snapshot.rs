@@ -525,20 +525,7 @@ impl Database {
             // here gets the applied snapshot as one unit, as we applied it (simulation seed
             // 3302256: a transfer's debit and credit in two chunks reached the next node of a
             // chain in two units).
-            let last = if tx.seq_used {
-                tx.seq
-            } else {
-                Seq(tx.seq.0 - 1)
-            };
-            for s in first_seq.0..last.0 {
-                tx.inner
-                    .conn
-                    .prepare_cached(
-                        "INSERT INTO feed_links (s, t) VALUES (?1, ?2)
-                         ON CONFLICT (s) DO UPDATE SET t = max(t, excluded.t)",
-                    )?
-                    .execute(params![s as i64, last.0 as i64])?;
-            }
+            super::feed::link_to_last(tx, first_seq)?;
             // 2. Evict what the snapshot lacks: the records the transaction does not track
             // (the snapshot's records are exactly the ones it tracks, spilled or not), so the
             // rows read here are the local copies as they were.
