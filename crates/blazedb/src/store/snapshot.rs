@@ -951,11 +951,6 @@ fn changed_before_in(
     head: Seq,
     select: &mut Select<'_, '_>,
 ) -> Result<Vec<Change>> {
-    let names: std::collections::HashMap<i64, &str> = inner
-        .collections
-        .iter()
-        .map(|(n, c)| (*c, n.as_str()))
-        .collect();
     let mut touched: Vec<(SnapshotKey, i64)> = Vec::new();
     {
         let mut stmt = inner
@@ -966,11 +961,11 @@ fn changed_before_in(
             let coll: i64 = row.get(0)?;
             let id =
                 super::evict::record_id(row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?)?;
-            let Some(name) = names.get(&coll) else {
+            let Some(name) = inner.collection_names.get(&coll) else {
                 continue;
             };
             let key = SnapshotKey {
-                collection: (*name).to_owned(),
+                collection: name.clone(),
                 id,
             };
             if key <= *after {

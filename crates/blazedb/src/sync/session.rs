@@ -2591,46 +2591,21 @@ impl Session {
                     strip_excluded(&policy, ch);
                 }
             }
-            if !again.is_empty() {
-                // Records sent before, as they are now, in chunks of their own ahead of the
-                // page's. Each names its own last record, like any chunk: a snapshot resumed
-                // right after one goes on from there and sends some records twice (merging
-                // is idempotent), and the page's chunks follow at once.
-                let before = so.after.clone();
-                let n = again.iter().map(|c| c.cells.len() as u64).sum::<u64>();
-                so.cells += n;
-                self.stats.cells_sent += n;
-                for part in super::snapshot::bounded_parts(again) {
-                    for (last, data) in super::snapshot::page_chunks(&part, before.as_ref(), split)
-                    {
-                        let so = self.snap_out.as_mut().expect("checked");
-                        let index = so.next_index;
-                        so.next_index += 1;
-                        let last = (last.collection, last.id);
-                        self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
-                    }
-                }
+            // Records sent before, as they are now, in chunks of their own ahead of the
+            // page's. Each names its own last record, like any chunk: a snapshot resumed right
+            // after one goes on from there and sends some records twice (merging is
+            // idempotent), and the page's chunks follow at once.
+            let before = so.after.clone();
+            for part in super::snapshot::bounded_parts(again) {
+                self.send_snapshot_records(&part, before.as_ref(), split, now_ms);
             }
             let so = self.snap_out.as_mut().expect("checked");
+            so.after = page.next;
             if !changes.is_empty() {
-                // A record too large for one chunk goes in several, to a peer that joins them.
-                let chunks = super::snapshot::page_chunks(&changes, so.after.as_ref(), split);
-                so.after = page.next;
-                let n = changes.iter().map(|c| c.cells.len() as u64).sum::<u64>();
-                so.cells += n;
-                self.stats.cells_sent += n;
-                for (last, data) in chunks {
-                    let so = self.snap_out.as_mut().expect("checked");
-                    let index = so.next_index;
-                    so.next_index += 1;
-                    let last = (last.collection, last.id);
-                    self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
-                }
+                self.send_snapshot_records(&changes, before.as_ref(), split, now_ms);
                 if !done {
                     return Ok(());
                 }
-            } else {
-                so.after = page.next;
             }
             if done {
                 let so = self.snap_out.take().expect("checked");
@@ -2652,6 +2627,29 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Send `records` of the snapshot in progress as chunks (`before`: the last record sent
+    /// ahead of them; a record too large for one chunk goes in several, to a peer that joins
+    /// them).
+    fn send_snapshot_records(
+        &mut self,
+        records: &[Change],
+        before: Option<&SnapshotKey>,
+        split: bool,
+        now_ms: u64,
+    ) {
+        let n = records.iter().map(|c| c.cells.len() as u64).sum::<u64>();
+        self.stats.cells_sent += n;
+        let so = self.snap_out.as_mut().expect("a snapshot is being sent");
+        so.cells += n;
+        for (last, data) in super::snapshot::page_chunks(records, before, split) {
+            let so = self.snap_out.as_mut().expect("a snapshot is being sent");
+            let index = so.next_index;
+            so.next_index += 1;
+            let last = (last.collection, last.id);
+            self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
+        }
     }
 
     /// Encode changes as one or more CHANGES frames, splitting at record boundaries, and
