@@ -851,3 +851,75 @@ fn a_peer_reading_below_the_gc_horizon_gets_linked_transactions_whole() {
         Value::Int(15)
     );
 }
+
+/// An ACK can overtake the acknowledging peer's own older writes: its feed waits behind its
+/// window while its ACKs go out at once. So GC may collect a tombstone while an edit the peer
+/// made offline to that record, before it saw the delete, has not arrived. That is safe
+/// because the edit never comes: older than the delete, it is discarded where it was made
+/// when the delete is applied there (and listed as a conflict there), before any ACK of the
+/// delete exists. Pins that, with the relay collecting garbage after every frame it handles.
+#[test]
+fn an_ack_that_overtakes_an_older_offline_edit_lets_gc_resurrect_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let relay = open_at(dir.path(), "relay", &clock);
+    let client = open_at(dir.path(), "client", &clock);
+    let id = relay
+        .insert("items", [("name", Value::from("shared"))])
+        .unwrap();
+    common::sync_pair(
+        &relay,
+        &client,
+        SessionConfig::default(),
+        SessionConfig::default(),
+    );
+    // Offline, the client writes more units than its window holds, then edits the record.
+    let bulky = Value::from("x".repeat(100_000));
+    for i in 0..40 {
+        client
+            .insert("other", [("n", Value::Int(i)), ("data", bulky.clone())])
+            .unwrap();
+    }
+    client
+        .update("items", id, Patch::new().set("note", "edited offline"))
+        .unwrap();
+    // Later, and without having seen the edit, the relay deletes the record.
+    common::tick(&clock, 1000);
+    assert!(relay.delete("items", id).unwrap());
+    let mut sr = Session::new(&relay, SessionConfig::default(), 0).unwrap();
+    let mut sc = Session::new(&client, SessionConfig::default(), 0).unwrap();
+    // The relay collects garbage after every frame it handles, as a busy relay might.
+    let mut purged = 0;
+    let mut purged_before_the_last_unit = false;
+    for _ in 0..1000 {
+        let mut progress = false;
+        while let Some(f) = sr.poll_transmit(0, &relay) {
+            sc.handle_bytes(0, &f, &client).unwrap();
+            progress = true;
+        }
+        while let Some(f) = sc.poll_transmit(0, &client) {
+            sr.handle_bytes(0, &f, &relay).unwrap();
+            purged += relay.gc(&GcOptions::default()).unwrap().tombstones_purged;
+            purged_before_the_last_unit |= purged > 0 && relay.count("other").unwrap() < 40;
+            progress = true;
+        }
+        if !progress && sr.is_caught_up(&relay).unwrap() && sc.is_caught_up(&client).unwrap() {
+            break;
+        }
+    }
+    assert!(
+        purged_before_the_last_unit,
+        "the tombstone went while the client's offline writes were still arriving"
+    );
+    assert!(client.get("items", id).unwrap().is_none());
+    assert!(
+        relay.get("items", id).unwrap().is_none(),
+        "the offline edit brought back a record deleted after it"
+    );
+    assert_eq!(common::dump(&relay), common::dump(&client));
+    assert_eq!(relay.count("other").unwrap(), 40);
+    let lost = client.conflicts(Some("items")).unwrap();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].loser, Some(Value::from("edited offline")));
+    assert_eq!(lost[0].winner, None, "lost to the delete");
+}
