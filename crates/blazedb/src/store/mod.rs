@@ -226,6 +226,10 @@ pub(crate) struct Inner {
     pub past_cache: std::cell::RefCell<history::PastCache>,
     /// Committed record rows recently written by this handle's write transactions.
     pub record_cache: record_cache::RecordCache,
+    /// Why this handle has no file any more (a password change that could not reopen it:
+    /// see `rekey.rs`); then every read and write fails with it rather than with what the
+    /// in-memory stand-in connection would say ("no such table").
+    pub lost: Option<String>,
 }
 
 impl Database {
@@ -283,6 +287,7 @@ impl Database {
             file_commits: file_commits(&path),
             past_cache: Default::default(),
             record_cache: Default::default(),
+            lost: None,
             conn: opened.conn,
         };
         inner.refresh().map_err(corrupt)?;
@@ -628,6 +633,12 @@ impl Inner {
     /// Called inside a transaction ([`Database::lock`], [`Inner::begin_write`]), where the
     /// check costs no lock of its own and what it sees is what the transaction reads.
     pub(crate) fn refresh(&mut self) -> rusqlite::Result<()> {
+        if let Some(why) = &self.lost {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(why.clone()),
+            ));
+        }
         let v = self.data_version_now()?;
         if v == self.data_version {
             return Ok(());

@@ -42,7 +42,9 @@ impl Database {
     /// another connection has it open (another process, or another `Database` on the same
     /// file in this one), the rekey fails with [`OpenError::InUse`] and changes nothing.
     /// The handle stays open and usable, also when the rekey fails, and keeps its watches,
-    /// commit listeners and server role. A crash during the rekey leaves the file under
+    /// commit listeners and server role; only if the file then cannot be opened again (a
+    /// disk failure, another process taking it exclusively) is the handle closed, and every
+    /// operation on it says so and which password to open the file with. A crash during the rekey leaves the file under
     /// either the old password or the new one, with all its data (see the module comment).
     pub fn rekey(&mut self, new_password: Option<&str>) -> Result<()> {
         if new_password == Some("") {
@@ -88,9 +90,9 @@ impl Database {
                     true => new_password,
                     false => self.password.as_ref().map(|p| p.as_str()),
                 };
-                let reopened = Database::open(&self.path, options_with(password));
-                if let Ok(reopened) = reopened {
-                    self.take_connection_of(reopened);
+                match Database::open(&self.path, options_with(password)) {
+                    Ok(reopened) => self.take_connection_of(reopened),
+                    Err(reopen) => self.mark_lost(&e, &reopen, renamed),
                 }
                 Err(e)
             }
@@ -173,6 +175,21 @@ impl Database {
         if let Ok(placeholder) = rusqlite::Connection::open_in_memory() {
             drop(std::mem::replace(&mut inner.conn, placeholder));
         }
+    }
+
+    /// The handle could not be reopened after a failed rekey: it has no file, and every
+    /// operation says so, and what to do, instead of failing on the stand-in connection.
+    fn mark_lost(&mut self, rekey: &crate::Error, reopen: &crate::Error, renamed: bool) {
+        let password = match renamed {
+            true => "the new password",
+            false => "the old password (it was not changed)",
+        };
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        inner.lost = Some(format!(
+            "this handle to {} was closed: the password change failed ({rekey}) and reopening \
+             the file failed too ({reopen}); open the database again, with {password}",
+            self.path.display()
+        ));
     }
 
     /// Put the connection of `reopened` (this handle's file, opened anew) in place of this
@@ -266,4 +283,47 @@ fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Value;
+
+    /// What a handle does when a failed rekey could not reopen its file (which no test can
+    /// bring about from outside: the reopen fails only on a disk or lock failure right after
+    /// the rename): reads and writes fail, saying so and what to do, and touch no file.
+    #[test]
+    fn a_handle_that_lost_its_file_says_so_on_every_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let mut db = Database::open(&path, OpenOptions::with_password("old")).unwrap();
+        let id = db.insert("c", [("n", Value::Int(1))]).unwrap();
+        let failed = |what: &str| {
+            crate::Error::from(OpenError::Busy {
+                path: format!("{what} {}", path.display()),
+            })
+        };
+        db.close_connection();
+        db.mark_lost(&failed("rekey"), &failed("reopen"), true);
+        for e in [
+            db.get("c", id).unwrap_err(),
+            db.insert("c", [("n", Value::Int(2))]).unwrap_err(),
+            db.scan("c").unwrap_err(),
+        ] {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("was closed: the password change failed")
+                    && msg.contains("open the database again, with the new password"),
+                "{msg}"
+            );
+        }
+        drop(db);
+        let reopened = Database::open(&path, OpenOptions::with_password("old")).unwrap();
+        assert_eq!(
+            reopened.count("c").unwrap(),
+            1,
+            "nothing written after the loss"
+        );
+    }
 }
