@@ -73,6 +73,9 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
         )
         .into());
     }
+    if let (Some(unix), Some(_)) = (&args.unix, &args.tls_client_ca) {
+        crate::commands::serve::warn_no_client_certificates_on(unix);
+    }
     let db = Arc::new(ctx.open(&args.db, Access::CreateIfMissing)?);
     let node = db.node_id();
     let tls = match (&args.tls_cert, &args.tls_key) {

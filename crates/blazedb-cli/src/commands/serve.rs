@@ -105,6 +105,9 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
         (_, _, Some(k)) => AuthConfig::JwtPublicKey(k.clone()),
         _ => AuthConfig::None,
     };
+    if let (Some(unix), Some(_)) = (&args.unix, &args.tls_client_ca) {
+        warn_no_client_certificates_on(unix);
+    }
     let mut limits = Limits::default();
     if let Some(n) = args.max_connections {
         limits.connections_max = n;
@@ -166,6 +169,24 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
         relay.run(stop_signal()).await?;
         Ok(())
     })
+}
+
+/// Mutual TLS guards the TCP addresses only: a Unix socket has no TLS, so its clients are
+/// never asked for a certificate (the socket's owner-only mode and the token guard it).
+/// Said at startup, so that nobody takes `--tls-client-ca` to cover every way in.
+pub(crate) fn warn_no_client_certificates_on(unix: &std::path::Path) {
+    eprintln!(
+        "{}",
+        json!({
+            "event": "warning",
+            "warning": format!(
+                "--tls-client-ca applies to TLS connections only: clients on the Unix socket \
+                 {} are not asked for a certificate (only for the token; the socket is \
+                 owner-only). Leave out --unix to require certificates of every client.",
+                unix.display()
+            ),
+        })
+    );
 }
 
 /// Ctrl-C, or SIGTERM (what `docker stop` and systemd send).
