@@ -128,6 +128,7 @@ fn concurrent_writes_converge_and_record_conflicts() {
     // The loser is not lost: A recorded it when B's write overwrote its own.
     let conflicts = a.conflicts(Some("c")).unwrap();
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(a.open_conflict_count().unwrap(), 1);
     assert_eq!(conflicts[0].loser, Some(Value::from("from a")));
     assert_eq!(conflicts[0].winner, Some(Value::from("from b")));
     // Resolving writes a new value that syncs like any other.
@@ -139,6 +140,7 @@ fn concurrent_writes_converge_and_record_conflicts() {
         Value::from("merged")
     );
     assert!(a.conflicts(None).unwrap().is_empty());
+    assert_eq!(a.open_conflict_count().unwrap(), 0);
 }
 
 #[test]

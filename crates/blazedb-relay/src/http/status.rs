@@ -55,7 +55,7 @@ fn refresh(state: &State) -> Result<(), blazedb::Error> {
     if last == 0 || now_ms.saturating_sub(last) >= CONFLICTS_REFRESH_MS {
         m.conflicts_counted_ms.store(now_ms, Ordering::Relaxed);
         m.conflicts
-            .set(gauge_value(state.db.conflicts(None)?.len() as u64));
+            .set(gauge_value(state.db.open_conflict_count()?));
     }
     let head = state.db.last_seq()?;
     let lags = state

@@ -1230,6 +1230,17 @@ impl Database {
         self.conflicts_where(collection, false)
     }
 
+    /// How many conflicts are open (not resolved): what [`Database::conflicts`] would list,
+    /// counted on the index without reading them (a relay's `/metrics` asks every scrape).
+    pub fn open_conflict_count(&self) -> Result<u64> {
+        let inner = self.lock()?;
+        Ok(inner.conn.query_row(
+            "SELECT count(*) FROM conflicts WHERE resolved = 0",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Every recorded conflict, resolved or not, optionally of one collection.
     pub fn conflicts_all(&self, collection: Option<&str>) -> Result<Vec<Conflict>> {
         self.conflicts_where(collection, true)

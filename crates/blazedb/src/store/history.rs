@@ -23,7 +23,9 @@ use crate::{RecordId, Value};
 pub struct HistoryRetention {
     /// Keep entries at most this old (by the time they were recorded here). `None`: no limit.
     pub max_age_ms: Option<u64>,
-    /// Keep at most this many entries. `None`: no limit.
+    /// Keep at most this many entries: those of the last `max_entries` changes recorded
+    /// here (entries GC removed with their deleted record count among them, so fewer may be
+    /// kept). `None`: no limit.
     pub max_entries: Option<u64>,
 }
 
@@ -954,6 +956,16 @@ impl Database {
 }
 
 /// Remove entries beyond the retention policy and move the time-travel horizon past them.
+///
+/// It runs with the store locked (after every `check_every_rows` new entries, inside the
+/// commit that crossed the mark, and after GC), so it finds its cut without reading the
+/// entries it keeps: entries are appended in `hid` order as they are recorded, so the old
+/// ones are a prefix, found by walking from the oldest to the first one recent enough; and
+/// the `max_entries` newest are those within `max_entries` positions of the newest `hid`
+/// (entries removed since, with their record by GC or eviction, leave gaps there: the
+/// limit counts positions, a bound on the table that never reads it). Before, counting
+/// from the newest walked every entry kept, each time: ~0.35 s per million entries
+/// encrypted, seconds for a relay near its 10 million.
 pub(crate) fn compact(inner: &mut Inner, policy: &HistoryRetention, now_ms: u64) -> Result<u64> {
     // IMMEDIATE: it reads, then deletes. A deferred transaction would fail to upgrade
     // (SQLITE_BUSY_SNAPSHOT) when another process committed in between.
@@ -961,33 +973,30 @@ pub(crate) fn compact(inner: &mut Inner, policy: &HistoryRetention, now_ms: u64)
         &inner.conn,
         rusqlite::TransactionBehavior::Immediate,
     )?;
+    // Each a lookup at one end of the `hid` b-tree (SQLite's min/max optimisation).
+    let newest: Option<i64> = tx.query_row("SELECT max(hid) FROM history", [], |r| r.get(0))?;
+    let oldest: Option<i64> = tx.query_row("SELECT min(hid) FROM history", [], |r| r.get(0))?;
+    let (Some(newest), Some(oldest)) = (newest, oldest) else {
+        return Ok(0);
+    };
     let mut cutoff_hid: i64 = 0;
     if let Some(age) = policy.max_age_ms {
         let before = now_ms.saturating_sub(age) as i64;
-        let hid: Option<i64> = tx.query_row(
-            "SELECT max(hid) FROM history WHERE recorded_ms < ?1",
-            [before],
-            |r| r.get(0),
-        )?;
-        cutoff_hid = cutoff_hid.max(hid.unwrap_or(0));
-    }
-    if let Some(max) = policy.max_entries {
-        let hid: Option<i64> = tx
+        // Walks the old entries only. (A clock that went back can leave an older entry after
+        // a newer one: it goes once the newer one is old enough.)
+        let first_kept: Option<i64> = tx
             .query_row(
-                "SELECT hid FROM history ORDER BY hid DESC LIMIT 1 OFFSET ?1",
-                [max as i64],
+                "SELECT hid FROM history WHERE recorded_ms >= ?1 ORDER BY hid LIMIT 1",
+                [before],
                 |r| r.get(0),
             )
-            .or_else(|e| {
-                if e == rusqlite::Error::QueryReturnedNoRows {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
-        cutoff_hid = cutoff_hid.max(hid.unwrap_or(0));
+            .optional()?;
+        cutoff_hid = cutoff_hid.max(first_kept.map_or(newest, |h| h - 1));
     }
-    if cutoff_hid == 0 {
+    if let Some(max) = policy.max_entries {
+        cutoff_hid = cutoff_hid.max(newest.saturating_sub(max.min(i64::MAX as u64) as i64));
+    }
+    if cutoff_hid < oldest {
         return Ok(0);
     }
     // Time travel to before the newest removed change would miss it: move the horizon.
