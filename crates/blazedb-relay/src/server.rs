@@ -101,11 +101,19 @@ impl Relay {
             history: config.history.clone(),
             ..OpenOptions::default()
         };
-        let db = Database::open(&path, options).map_err(|source| RelayError::Store {
-            path: path.clone(),
-            source,
-        })?;
+        let open = |options| {
+            Database::open(&path, options).map_err(|source| RelayError::Store {
+                path: path.clone(),
+                source,
+            })
+        };
+        let db = open(options.clone())?;
         db.set_server_role(true);
+        // `/v1/query` reads through a handle of its own: a query scans with its handle
+        // locked (a filter no index serves reads the whole collection), and on the sessions'
+        // handle every client's sync would wait for it. WAL lets the two connections read
+        // and write side by side.
+        let query_db = open(options)?;
 
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -137,6 +145,7 @@ impl Relay {
         };
         let state = Arc::new(State::new(
             Arc::new(db),
+            Arc::new(query_db),
             auth,
             rules,
             config.limits.clone(),

@@ -22,6 +22,9 @@ use crate::rules::Rules;
 #[derive(Debug)]
 pub(crate) struct State {
     pub db: Arc<Database>,
+    /// A second handle on the same file for `/v1/query`, so that a long scan never holds
+    /// the handle the sessions apply and read through.
+    pub query_db: Arc<Database>,
     pub auth: Arc<Authenticator>,
     pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
@@ -54,6 +57,7 @@ pub(crate) struct SessionEntry {
 impl State {
     pub fn new(
         db: Arc<Database>,
+        query_db: Arc<Database>,
         auth: Authenticator,
         rules: Rules,
         limits: Limits,
@@ -63,6 +67,7 @@ impl State {
         State {
             loopback_hosts_only: !auth.required() && http_on_loopback,
             db,
+            query_db,
             auth: Arc::new(auth),
             rules: Arc::new(rules),
             metrics: Arc::new(Metrics::new()),

@@ -276,3 +276,44 @@ async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A query reads through a handle of its own: while the handle the sessions apply through
+/// is held (here by a long write transaction; in service, by a sync apply), queries still
+/// answer, from the last committed state. And so a long query scan never holds up sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_answer_while_the_sessions_handle_is_busy() {
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::JwtSecret(SECRET.into());
+    })
+    .await;
+    let committed = relay.db.insert("bugs", [("n", 1)]).unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let db = relay.db.clone();
+    let holder = std::thread::spawn(move || {
+        db.transaction(|tx| {
+            tx.insert("bugs", [("n", 2)])?;
+            held_tx.send(()).unwrap();
+            // Held until the query has answered (or for 20 s, which fails the test).
+            let _ = done_rx.recv_timeout(std::time::Duration::from_secs(20));
+            Ok(())
+        })
+        .unwrap();
+    });
+    held_rx.recv().unwrap();
+    let started = std::time::Instant::now();
+    let r = query(relay.addr, &token("alice"), json!({"collection": "bugs"})).await;
+    let waited = started.elapsed();
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids(&r), [committed.to_string()], "the committed state");
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "the query waited {waited:?} for the sessions' handle"
+    );
+    // And once the transaction is in, queries see it.
+    let r = query(relay.addr, &token("alice"), json!({"collection": "bugs"})).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    relay.stop().await;
+}

@@ -183,7 +183,7 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     );
     let st = state.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let records = st.db.query(&collection, &query)?;
+        let records = st.query_db.query(&collection, &query)?;
         Ok::<_, blazedb::Error>(records.iter().map(Record::to_json).collect::<Vec<_>>())
     })
     .await;
