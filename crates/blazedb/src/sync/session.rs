@@ -2475,18 +2475,27 @@ impl Session {
             // since (which it holds): the cells of later commits reach it with those
             // commits' units, not ahead of their other records (test
             // `selective.rs::a_restatement_carries_no_cells_of_a_transaction_the_replica_has_not_been_sent`).
-            // As it is now where history cannot tell, where that past state is outside the
-            // view (a later commit of another node moved it in; the feed brings it whole),
-            // and for a tombstone: a record deleted since is restated to deliver the delete
+            // Not at all where that past state is outside the view (below). As it is now
+            // where history cannot tell, and for a tombstone: a record deleted since is
+            // restated to deliver the delete
             // (simulation seed 4648: sent as it was, a deleted record outside the view
             // reached the peer live, and the delete was then held back as never seen).
-            let past = then
+            let held = then
                 .filter(|_| now.is_live())
-                .and_then(|then| as_the_peer_holds(then, &now, peer))
-                .filter(|s| s.is_live() && view.record_visible(&coll, id, &s.fields()));
-            let cells = match past {
-                Some(past) => past.into_cells(),
-                None => now.into_cells(),
+                .and_then(|then| as_the_peer_holds(then, &now, peer));
+            let cells = match held {
+                Some(s) if s.is_live() && view.record_visible(&coll, id, &s.fields()) => {
+                    s.into_cells()
+                }
+                // Live but outside the view where the peer is: its own writes did not move
+                // it in, a later commit of another node did, and the feed sends it whole
+                // when it reaches that commit, as it was there. Restated now, it carried
+                // cells of still later commits ahead of their other records (simulation
+                // seed 4110682: the peer's echo of our own cells, sent back because our
+                // record of its ACKs was behind, "moved in" a doc of a pair; restated, it
+                // went with the pair write's `p`, and its partner without).
+                Some(s) if s.is_live() => continue,
+                _ => now.into_cells(),
             };
             let mut ch = Change {
                 seq: self.sent_through,
