@@ -923,3 +923,68 @@ fn an_ack_that_overtakes_an_older_offline_edit_lets_gc_resurrect_nothing() {
     assert_eq!(lost[0].loser, Some(Value::from("edited offline")));
     assert_eq!(lost[0].winner, None, "lost to the delete");
 }
+
+/// A new peer's snapshot carries our tombstone of a record; before the peer has applied it,
+/// the peer writes that record itself (a caller-chosen id), older than our delete, and that
+/// write travels to us. GC here held the peer at the snapshot's position and collected the
+/// tombstone meanwhile: the peer's insert then lived here, while at the peer our tombstone
+/// beat it — two copies diverged for good (simulation seed 4211532 perturbed). GC now waits
+/// at what the peer holds until it acknowledges the snapshot.
+#[test]
+fn gc_during_a_snapshot_keeps_deletes_the_peers_older_writes_must_meet() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock_a = common::counter(T0 + 60_000);
+    let clock_b = common::counter(T0);
+    let a = open_at(dir.path(), "a", &clock_a);
+    let b = open_at(dir.path(), "b", &clock_b);
+    let x: RecordId = "d0040000-0000-7000-8000-000000000001".parse().unwrap();
+    a.insert_with_id("items", x, [("n", Value::Int(1))])
+        .unwrap();
+    a.insert("items", [("n", Value::Int(2))]).unwrap();
+    assert!(a.delete("items", x).unwrap());
+    let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    // Everything goes through up to SNAPSHOT_BEGIN (the peer has our SUBSCRIBE, and sends
+    // us its feed); from there on what we send is held.
+    let mut to_b = Vec::new();
+    let mut frames = blazedb::sync::frame::FrameDecoder::default();
+    for _ in 0..10 {
+        while let Some(f) = sa.poll_transmit(0, &a) {
+            frames.push(&f);
+            let kind = frames.next_frame().unwrap().unwrap().kind;
+            if kind == blazedb::sync::message::kind::SNAPSHOT_BEGIN || !to_b.is_empty() {
+                to_b.push(f);
+            } else {
+                sb.handle_bytes(0, &f, &b).unwrap();
+            }
+        }
+        while let Some(f) = sb.poll_transmit(0, &b) {
+            sa.handle_bytes(0, &f, &a).unwrap();
+        }
+    }
+    assert!(!to_b.is_empty(), "the snapshot is on its way");
+    assert!(b.get("items", x).unwrap().is_none());
+    // The peer, its clock a minute behind, writes the record before the snapshot arrives.
+    b.insert_with_id("items", x, [("n", Value::Int(9))])
+        .unwrap();
+    let r = a.gc(&GcOptions::default()).unwrap();
+    assert_eq!(
+        r.tombstones_purged, 0,
+        "the peer's writes may still meet it: {r:?}"
+    );
+    // The peer's write reaches us before the snapshot reaches it.
+    while let Some(f) = sb.poll_transmit(0, &b) {
+        sa.handle_bytes(0, &f, &a).unwrap();
+    }
+    for f in to_b {
+        sb.handle_bytes(0, &f, &b).unwrap();
+    }
+    common::pump(&a, &mut sa, &b, &mut sb);
+    assert_eq!(common::dump(&a), common::dump(&b), "the copies converge");
+    assert!(
+        a.get("items", x).unwrap().is_none(),
+        "the newer delete wins"
+    );
+    // Acknowledged now: the tombstone goes.
+    assert_eq!(a.gc(&GcOptions::default()).unwrap().tombstones_purged, 1);
+}

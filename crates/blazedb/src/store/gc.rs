@@ -171,8 +171,9 @@ impl Database {
     }
 
     /// Make GC wait for `peer` from feed position `from` on: a sender calls it when it starts
-    /// serving the peer (SUBSCRIBE, SNAPSHOT_BEGIN), `from` being where it streams from (the
-    /// snapshot's position, or the feed position the peer resumes at).
+    /// serving the peer (SUBSCRIBE, SNAPSHOT_BEGIN), `from` being what the peer holds (the
+    /// feed position it resumes at, or has acknowledged; for a snapshot not its position,
+    /// which the peer holds only once it has applied the snapshot).
     ///
     /// GC counts a peer only by its `acked` row, which a new peer otherwise gets at its
     /// first ACK: for a snapshot bootstrap, at its end. Meanwhile GC went past it and could

@@ -1397,9 +1397,15 @@ impl Session {
         };
         // From here on GC must wait for the peer: until its first ACK (at the end of a
         // snapshot) it would otherwise have no `acked` row, and GC could collect a delete of
-        // a record it already holds from an early chunk or unit.
-        let serving_from = snap.as_ref().map_or(from, |s| s.position);
-        db.hold_gc_for_peer(peer, serving_from)
+        // a record it already holds from an early chunk or unit. It waits at what the peer
+        // holds (`from`), not at a snapshot's position: until the peer has applied the
+        // snapshot, its own writes made before it are concurrent with our removals up to
+        // there, and one older than a delete must still meet the tombstone here (simulation
+        // seed 4211532 perturbed: GC collected a delete the snapshot had already carried to
+        // the peer, whose older insert of that record then arrived and lived here while the
+        // tombstone beat it there; test
+        // `gc.rs::gc_during_a_snapshot_keeps_deletes_the_peers_older_writes_must_meet`).
+        db.hold_gc_for_peer(peer, from)
             .map_err(|e| self.internal(e, now_ms))?;
         if snap.is_some() {
             self.snap_out = snap;
@@ -2531,11 +2537,13 @@ impl Session {
         let subscription = self.subscriptions_received;
         let so = self.snap_out.as_mut().expect("checked");
         if !so.begun {
-            // GC waits for the peer from the snapshot's position on (a snapshot that did
-            // not start at SUBSCRIBE, and a peer forgotten since, would not be waited for).
-            let (position, peer) = (so.position, self.peer.as_ref().map(|p| p.node));
+            // GC waits for the peer (a snapshot that did not start at SUBSCRIBE, and a peer
+            // forgotten since, would not be waited for), at what it has acknowledged: not at
+            // the snapshot's position, which it holds only once it has applied the snapshot
+            // (see `on_subscribe`).
+            let (acked, peer) = (self.acked, self.peer.as_ref().map(|p| p.node));
             if let Some(peer) = peer {
-                db.hold_gc_for_peer(peer, position)?;
+                db.hold_gc_for_peer(peer, acked)?;
             }
             let so = self.snap_out.as_mut().expect("checked");
             so.begun = true;
