@@ -127,3 +127,7 @@ pub const CHECKPOINT_BACKOFF_MAX: u32 = 8;
 /// fsyncing at the same instant: that herd stalled every session of the 1,000-client run
 /// for ~2 s once a second.
 pub const CHECKPOINT_JITTER_PERCENT: u32 = 25;
+/// The longest Unix socket path, in bytes: `sun_path` holds 108 on Linux, the last for the
+/// terminating NUL (104 on macOS and the BSDs). A listener refuses a longer one rather than
+/// bind where no client could connect.
+pub const UNIX_SOCKET_PATH_BYTES_MAX: usize = 107;

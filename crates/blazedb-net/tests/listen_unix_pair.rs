@@ -85,6 +85,48 @@ async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
     );
 }
 
+/// A path longer than a socket path may be is refused by the listener (it binds at a short
+/// staging path and links into place, so it would bind there and no client could connect)
+/// and by the client, each saying what to do; nothing is left behind.
+#[tokio::test]
+async fn a_socket_path_too_long_to_connect_to_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), "b");
+    let name = "s".repeat(blazedb_net::limits::UNIX_SOCKET_PATH_BYTES_MAX);
+    let path = dir.path().join(format!("{name}.sock"));
+    let r = listen(
+        db.clone(),
+        ListenConfig {
+            unix: Some(path.clone()),
+            ..ListenConfig::default()
+        },
+    )
+    .await;
+    let Err(e) = r else {
+        panic!("a listener bound where no client can connect");
+    };
+    let e = e.to_string();
+    let says = format!(
+        "longer than the {} a socket path may have: use a shorter path",
+        blazedb_net::limits::UNIX_SOCKET_PATH_BYTES_MAX
+    );
+    assert!(e.contains(&says), "{e}");
+    assert!(!path.exists(), "nothing left behind");
+    let entries = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(entries, 3, "only the database and its WAL files");
+
+    let client = sync_once(
+        open(dir.path(), "a"),
+        &Endpoint::Unix(path.clone()),
+        &ClientOptions::default(),
+    )
+    .await;
+    let Err(e) = client else {
+        panic!("connected to a path too long to exist");
+    };
+    assert!(e.to_string().contains(&says), "{e}");
+}
+
 /// Other users of the machine cannot connect: the socket file is 0600 from the moment it
 /// appears at its path (the process umask, 022 here, would make it 0755: connecting needs
 /// write permission, so the umask alone decides who may, and 002 or 000 opens it to the group

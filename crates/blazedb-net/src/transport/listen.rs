@@ -35,6 +35,7 @@ use crate::head_watch::HeadWatch;
 use crate::limits::{
     ACCEPT_ERROR_PAUSE_MS, CHECKPOINT_INTERVAL_MS_DEFAULT, LINGER_MS_DEFAULT,
     LISTEN_CONNECTIONS_MAX_DEFAULT, LISTEN_EVENTS_CAPACITY, TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
+    UNIX_SOCKET_PATH_BYTES_MAX,
 };
 use crate::transport::{BoxedStream, TlsServerOptions, TokenAuth, TransportError};
 
@@ -277,6 +278,9 @@ fn bind_unix(path: &Path) -> Result<UnixListener, TransportError> {
 /// may connect must not depend on the process umask. A token configured for the listener is
 /// still required on it.
 pub fn bind_unix_replacing_stale(path: &Path) -> std::io::Result<UnixListener> {
+    // The socket is bound at a short staging path and linked into place, so a path too long
+    // to connect to would bind without complaint, and every client fail.
+    check_unix_path(path)?;
     match bind_owner_only(path) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let metadata = std::fs::symlink_metadata(path)?;
@@ -316,6 +320,24 @@ pub fn bind_unix_replacing_stale(path: &Path) -> std::io::Result<UnixListener> {
         }
         other => other,
     }
+}
+
+/// A Unix socket `path` no longer than [`UNIX_SOCKET_PATH_BYTES_MAX`], or an error that
+/// says so and what to do.
+pub fn check_unix_path(path: &Path) -> std::io::Result<()> {
+    let n = path.as_os_str().len();
+    if n > UNIX_SOCKET_PATH_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the Unix socket path {} is {n} bytes, longer than the \
+                 {UNIX_SOCKET_PATH_BYTES_MAX} a socket path may have: use a shorter path (a \
+                 directory nearer the root, or a relative path from the current directory)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Bind a socket at `path` that only this user (and root) can connect to, with no moment

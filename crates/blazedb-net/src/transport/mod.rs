@@ -127,13 +127,14 @@ async fn connect_inner(
             Ok(Box::new(stream))
         }
         Endpoint::Unix(path) => {
-            let socket =
-                UnixStream::connect(path)
-                    .await
-                    .map_err(|source| TransportError::Connect {
-                        endpoint: name,
-                        source,
-                    })?;
+            let connect = async {
+                listen::check_unix_path(path)?;
+                UnixStream::connect(path).await
+            };
+            let socket = connect.await.map_err(|source| TransportError::Connect {
+                endpoint: name,
+                source,
+            })?;
             Ok(Box::new(socket))
         }
         Endpoint::WebSocket(w) => websocket(w, connector, bearer).await,
