@@ -68,7 +68,7 @@ fn refresh(state: &State) -> Result<(), blazedb::Error> {
                 0
             } else {
                 // The session's own cursor: the stored one of a peer being served its first
-                // snapshot holds GC at the snapshot's position before anything is acknowledged.
+                // snapshot holds GC where the peer was before anything is acknowledged.
                 head.0.saturating_sub(snap.acked.0)
             };
             Some((peer.to_string(), lag))
