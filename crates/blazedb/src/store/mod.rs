@@ -10,6 +10,7 @@ mod cipher_key;
 mod evict;
 mod feed;
 mod feed_cache;
+mod file_pin;
 mod gc;
 mod history;
 mod index;
@@ -169,6 +170,9 @@ pub struct Database {
     /// snapshot, a rekey) and wait for it off its executor's thread
     /// ([`Database::lock_held_for`]).
     lock_taken_ns: AtomicU64,
+    /// The file held open for this process while the handle lives (see `file_pin.rs`).
+    /// Last, so that it is dropped after the handle's connections have closed.
+    pin: Arc<file_pin::FilePin>,
 }
 
 /// Nanoseconds since this process first took a database lock, plus one (0 means "free").
@@ -304,6 +308,7 @@ impl Database {
             commit_listeners: Mutex::new(Vec::new()),
             noted_cursors: Mutex::default(),
             lock_taken_ns: AtomicU64::new(0),
+            pin: opened.pin,
         })
     }
 

@@ -1,12 +1,13 @@
 //! Opening a file: password handling, telling wrong passwords from foreign or damaged files,
 //! creating the schema, migrating old formats.
 
-use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::cipher_key::{CipherKey, SALT_BYTES};
+use super::file_pin::{self, FilePin};
 use super::schema;
 use crate::error::OpenError;
 use crate::limits::{WAL_AUTOCHECKPOINT_PAGES, WAL_FILE_BYTES_KEPT};
@@ -51,20 +52,19 @@ enum FileKind {
     },
 }
 
-fn sniff(path: &Path) -> Result<FileKind, std::io::Error> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileKind::Missing),
-        Err(e) => return Err(e),
+/// What the pinned file is, read through its pin (`None`: no file there).
+fn sniff(pin: Option<&FilePin>) -> Result<FileKind, std::io::Error> {
+    let Some(f) = pin else {
+        return Ok(FileKind::Missing);
     };
-    let len = f.metadata()?.len();
+    let len = f.len()?;
     if len == 0 {
         return Ok(FileKind::Empty);
     }
     // Shorter files are neither plain SQLite nor whole encrypted pages: foreign, below.
     let mut head = [0u8; 16];
     if len >= head.len() as u64 {
-        f.read_exact(&mut head)?;
+        f.read_head(&mut head)?;
         if &head == SQLITE_HEADER {
             return Ok(FileKind::PlainSqlite);
         }
@@ -87,6 +87,8 @@ pub(crate) struct Opened {
     pub node: NodeId,
     /// How the connections to an encrypted file are keyed (`None`: a plain file).
     pub key: Option<CipherKey>,
+    /// The file held open for this process (see `file_pin.rs`).
+    pub pin: Arc<FilePin>,
 }
 
 fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> OpenError {
@@ -228,6 +230,7 @@ fn first_read(conn: &Connection, key: Option<&CipherKey>) -> rusqlite::Result<i6
 fn keyed_first_read(
     conn: &Connection,
     path: &Path,
+    pin: &mut Option<Arc<FilePin>>,
     password: Option<&str>,
     kind: FileKind,
 ) -> Result<(rusqlite::Result<i64>, Option<CipherKey>, FileKind), OpenError> {
@@ -260,7 +263,8 @@ fn keyed_first_read(
                 && password.is_some()
                 && matches!(kind, FileKind::Missing | FileKind::Empty) =>
         {
-            let now = sniff(path).map_err(io)?;
+            *pin = file_pin::pin(path).map_err(io)?;
+            let now = sniff(pin.as_deref()).map_err(io)?;
             match &now {
                 FileKind::MaybeEncrypted { salt } => {
                     let key = derive(salt)?;
@@ -331,7 +335,8 @@ fn open_once(
         source: e,
     };
     let identity = file_identity(path);
-    let kind = sniff(path).map_err(io)?;
+    let mut pin = file_pin::pin(path).map_err(io)?;
+    let kind = sniff(pin.as_deref()).map_err(io)?;
     match &kind {
         FileKind::Missing if !create => {
             return Err(io(std::io::Error::new(
@@ -362,7 +367,16 @@ fn open_once(
     // read without a busy handler fails at once with "database is locked".
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
-    let (tables, key, kind) = keyed_first_read(&conn, path, password, kind)?;
+    let (tables, key, kind) = keyed_first_read(&conn, path, &mut pin, password, kind)?;
+    // A file SQLite has just created is pinned now, before anything else could open it.
+    let pin = match pin {
+        Some(pin) => pin,
+        None => file_pin::pin(path).map_err(io)?.ok_or_else(|| {
+            io(std::io::Error::other(
+                "the file SQLite opened is gone (removed by another process): try again",
+            ))
+        })?,
+    };
     // Before anything is written: the file read may be one a rekey has replaced.
     if identity.is_some() && file_identity(path) != identity {
         return Ok(None);
@@ -434,7 +448,12 @@ fn open_once(
             let node = node_for_new_file.unwrap_or_else(NodeId::random);
             schema::create(&tx, &node.0, now_ms).map_err(err)?;
             tx.commit().map_err(err)?;
-            return Ok(Some(Opened { conn, node, key }));
+            return Ok(Some(Opened {
+                conn,
+                node,
+                key,
+                pin,
+            }));
         }
         // Created meanwhile by another process: open it as an existing file.
         tx.commit().map_err(err)?;
@@ -493,6 +512,7 @@ fn open_once(
         conn,
         node: NodeId(node),
         key,
+        pin,
     }))
 }
 
@@ -517,7 +537,7 @@ mod tests {
         drop(other);
         let conn = Connection::open(&path).unwrap();
         let (tables, key, kind) =
-            keyed_first_read(&conn, &path, Some("pw"), FileKind::Missing).unwrap();
+            keyed_first_read(&conn, &path, &mut None, Some("pw"), FileKind::Missing).unwrap();
         assert_eq!(tables.unwrap(), 1);
         assert!(key.is_some());
         assert!(matches!(kind, FileKind::MaybeEncrypted { .. }), "{kind:?}");
@@ -526,7 +546,7 @@ mod tests {
         // The wrong password still fails, after the one retry.
         let conn = Connection::open(&path).unwrap();
         let (tables, _, _) =
-            keyed_first_read(&conn, &path, Some("wrong"), FileKind::Missing).unwrap();
+            keyed_first_read(&conn, &path, &mut None, Some("wrong"), FileKind::Missing).unwrap();
         assert_eq!(
             tables.unwrap_err().sqlite_error_code(),
             Some(ErrorCode::NotADatabase)

@@ -202,6 +202,8 @@ impl Database {
         std::mem::swap(&mut self.options, &mut reopened.options);
         std::mem::swap(&mut self.password, &mut reopened.password);
         std::mem::swap(&mut self.checkpointer, &mut reopened.checkpointer);
+        // The old file's pin goes with its connection (after it: `pin` is dropped last).
+        std::mem::swap(&mut self.pin, &mut reopened.pin);
         self.node = reopened.node;
     }
 }

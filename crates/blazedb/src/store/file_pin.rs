@@ -1,0 +1,124 @@
+//! One descriptor per database file, held by this process while any handle on the file lives.
+//!
+//! SQLite locks a file with POSIX advisory locks, and POSIX drops *every* lock a process
+//! holds on a file when the process closes *any* descriptor of it. `open` reads the file's
+//! first bytes itself before SQLite opens it (the salt an encrypted file's key is derived
+//! with, and what kind of file it is). Read through a descriptor opened and closed for the
+//! purpose, a second handle on a file this process already had open silently dropped the
+//! first handle's locks: another process then saw the file as unused, and a `rekey` there
+//! replaced the file under a relay that was serving it (its `/v1/query` handle, the second,
+//! had just opened it). SQLite's own documentation lists this as a way to corrupt a file.
+//!
+//! So the first handle on a file opens one descriptor and registers it here by device and
+//! inode; later handles read through the same one; it closes only when the last handle on
+//! the file has closed its SQLite connections (the pin is the last field a `Database` drops).
+//! Before any descriptor is opened, the path is looked up with `stat`, which opens none.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// The file a database path led to when it was pinned, open for reading.
+#[derive(Debug)]
+pub(crate) struct FilePin {
+    file: std::fs::File,
+    /// Descriptors of this file opened by a pin that raced a rename (see [`pin`]): kept, not
+    /// closed, for the reason in the module docs.
+    extra: Mutex<Vec<std::fs::File>>,
+}
+
+impl FilePin {
+    /// The file's length now.
+    pub fn len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Fill `buf` from the start of the file (never through a descriptor that then closes).
+    pub fn read_head(&self, buf: &mut [u8]) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.file.read_exact_at(buf, 0)
+        }
+        #[cfg(not(unix))]
+        {
+            use std::io::{Read, Seek};
+            let mut f = &self.file;
+            f.seek(std::io::SeekFrom::Start(0))?;
+            f.read_exact(buf)
+        }
+    }
+}
+
+type Pins = HashMap<(u64, u64), Weak<FilePin>>;
+
+fn pins() -> std::sync::MutexGuard<'static, Pins> {
+    static PINS: OnceLock<Mutex<Pins>> = OnceLock::new();
+    PINS.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The pin of the file `path` leads to now: the one a handle of this process holds, or a
+/// new one. `None` when there is no file there.
+pub(crate) fn pin(path: &Path) -> std::io::Result<Option<Arc<FilePin>>> {
+    let mut pins = pins();
+    let Some(id) = identity(path) else {
+        return Ok(None);
+    };
+    if let Some(p) = pins.get(&id).and_then(Weak::upgrade) {
+        return Ok(Some(p));
+    }
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // A rename between the `stat` and the open (a rekey elsewhere) leaves this descriptor on
+    // another file, which a handle of ours may have pinned: closing it would drop that
+    // handle's locks, so it joins that pin instead.
+    let id = file_id(&file)?.unwrap_or(id);
+    if let Some(p) = pins.get(&id).and_then(Weak::upgrade) {
+        p.extra.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+        return Ok(Some(p));
+    }
+    pins.retain(|_, p| p.strong_count() > 0);
+    let p = Arc::new(FilePin {
+        file,
+        extra: Mutex::default(),
+    });
+    pins.insert(id, Arc::downgrade(&p));
+    Ok(Some(p))
+}
+
+/// Device and inode of the file `path` leads to, by `stat` (no descriptor opened).
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        // No POSIX locks to lose: every open pins a file of its own.
+        std::fs::metadata(path).ok().map(|_| {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        })
+    }
+}
+
+/// Device and inode of an open file.
+fn file_id(file: &std::fs::File) -> std::io::Result<Option<(u64, u64)>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(Some((m.dev(), m.ino())))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(None)
+    }
+}
