@@ -1505,3 +1505,40 @@ fn a_record_another_commit_moved_in_is_not_restated_ahead_of_later_transactions(
         replica.get("docs", x).unwrap().unwrap().fields
     );
 }
+
+/// The replica deletes a record while another node, before the delete, sets its filter field
+/// to a value outside the view and, after it, writes another field (which a delete does not
+/// kill: the record comes back holding only that). At the source the replica's delete leaves
+/// the record live and in the view, and it reaches the replica as the source holds it (the
+/// same as `access.rs::a_doc_the_readers_delete_leaves_revived_and_readable_reaches_it`, under
+/// a filter instead of a read rule; simulation seed 4319553).
+#[test]
+fn a_record_the_replicas_delete_leaves_revived_in_its_view_reaches_it() {
+    let t = Trio::new(&[("a", 0)]);
+    let (source, replica, other, id) = (&t.source, &t.replica, &t.other, t.id);
+    other.update("docs", id, Patch::new().set("a", 3)).unwrap();
+    later();
+    assert!(replica.delete("docs", id).unwrap());
+    later();
+    other.update("docs", id, Patch::new().set("c", 5)).unwrap();
+    t.sync_other();
+    // The source sends the replica everything it has before the replica's delete arrives.
+    let mut ss = Session::new(source, full(), 0).unwrap();
+    let mut sr = Session::new(replica, partial(not_three()), 0).unwrap();
+    let mut link = HeldLink::default();
+    link.exchange(source, &mut ss, replica, &mut sr);
+    assert!(!link.held.is_empty(), "the replica's delete is held back");
+    link.release(source, &mut ss);
+    pump(source, &mut ss, replica, &mut sr);
+    t.sync_other();
+    let fields = |db: &Database| db.get("docs", id).unwrap().map(|r| r.fields);
+    let expected = fields(source).expect("revived by the later write");
+    assert_eq!(expected.get("c"), Some(&Value::Int(5)));
+    assert_eq!(expected.get("a"), None, "reset by the delete");
+    assert_eq!(
+        fields(replica),
+        Some(expected.clone()),
+        "the replica has it"
+    );
+    assert_eq!(fields(other), Some(expected));
+}

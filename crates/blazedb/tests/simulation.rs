@@ -1398,6 +1398,9 @@ fn schedules_that_once_failed_converge() {
         (1366, true),
         (81489, true),
         (902577, false),
+        (4110682, false),
+        (4211532, true),
+        (4319553, false),
     ] {
         run_seed_perturbed(seed, perturb);
     }

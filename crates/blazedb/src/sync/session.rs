@@ -2488,7 +2488,7 @@ impl Session {
             // reached the peer live, and the delete was then held back as never seen).
             let held = then
                 .filter(|_| now.is_live())
-                .and_then(|then| as_the_peer_holds(then, &now, peer));
+                .map(|then| as_the_peer_holds(then, &now, peer));
             let cells = match held {
                 Some(s) if s.is_live() && view.record_visible(&coll, id, &s.fields()) => {
                     s.into_cells()
@@ -3083,7 +3083,7 @@ fn filter_view(
             // of it reached the peer as a record of a few stray fields (simulation seed 1366
             // with `BLAZEDB_SIM_PERTURB`). Where history cannot tell, as it is now.
             if let Some((now, then)) = db.record_state_now_and_at(&ch.collection, ch.id, at)? {
-                let then = then.and_then(|then| as_the_peer_holds(then, &now, peer));
+                let then = then.map(|then| as_the_peer_holds(then, &now, peer));
                 let state = then.as_ref().unwrap_or(&now);
                 if state.is_live() {
                     let fields = state.fields();
@@ -3120,26 +3120,26 @@ fn filter_view(
     Ok(())
 }
 
-/// The record as `peer` holds it: `then` (the record where the peer is), with the cells of
-/// `now` that the peer wrote in their place. `None` if those cells make no valid record.
+/// The record as `peer` holds it: `then` (the record where the peer is) merged with the
+/// cells of `now` that the peer wrote (it holds those whatever it was sent).
+///
+/// Merged, not laid over cell by cell: a delete of the peer's resets the record, and its
+/// older cells in `then` must go as they do in a merge. Laid over, a record the peer had
+/// deleted, and which later writes of others revived without the field its view filters
+/// on, kept that field as it was at `then`: judged outside the view, it was not restated,
+/// and the peer kept its tombstone for good (simulation seed 4319553).
 fn as_the_peer_holds(
     then: crate::crdt::RecordState,
     now: &crate::crdt::RecordState,
     peer: Option<NodeId>,
-) -> Option<crate::crdt::RecordState> {
-    let Some(peer) = peer else {
-        return Some(then);
-    };
-    let mut cells = then.into_cells();
-    for c in now.cells().iter().filter(|c| c.version.node == peer) {
-        match cells.iter_mut().find(|o| o.key == c.key) {
-            Some(o) => *o = c.clone(),
-            None => cells.push(c.clone()),
+) -> crate::crdt::RecordState {
+    let mut held = then;
+    if let Some(peer) = peer {
+        for c in now.cells().iter().filter(|c| c.version.node == peer) {
+            held.merge(c.clone());
         }
     }
-    // In key order, as a record's cells are.
-    cells.sort_by(|a, b| a.key.cmp(&b.key));
-    crate::crdt::RecordState::from_cells(cells).ok()
+    held
 }
 
 /// Remove the cells of excluded fields.
@@ -3197,7 +3197,52 @@ fn name(m: &Message) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crdt::{Cell, CellKey, CellValue, RecordState};
+    use crate::types::{Hlc, Version};
     use crate::OpenOptions;
+
+    /// The record as the peer holds it is what it was sent with the peer's own writes
+    /// *merged* in: the peer's delete resets the cells older than it, and a later write of
+    /// another node survives it. Laid over cell by cell (as it was), the delete replaced only
+    /// the record's own cell, the older `b = 1` stayed, and a record a filter on `b` would
+    /// show looked hidden (simulation seed 4319553: it was then not restated, and the
+    /// replica kept its tombstone for good).
+    #[test]
+    fn the_record_as_the_peer_holds_it_merges_the_peers_writes() {
+        let (other, peer) = (NodeId::random(), NodeId::random());
+        let cell = |key: CellKey, value: CellValue, wall: u64, node: NodeId| Cell {
+            key,
+            value,
+            version: Version {
+                hlc: Hlc::new(wall, 0),
+                node,
+            },
+            prev: None,
+            seen: Default::default(),
+            seq: Seq(wall),
+        };
+        let b = || CellKey::Field("b".into());
+        let c = || CellKey::Field("c".into());
+        let sent = RecordState::from_cells(vec![
+            cell(CellKey::Record, CellValue::Present, 1, other),
+            cell(b(), CellValue::Value(1.into()), 2, other),
+            cell(c(), CellValue::Value(5.into()), 4, other),
+        ])
+        .unwrap();
+        let now = RecordState::from_cells(vec![
+            cell(CellKey::Record, CellValue::Absent, 3, peer),
+            cell(c(), CellValue::Value(5.into()), 4, other),
+        ])
+        .unwrap();
+        let held = as_the_peer_holds(sent.clone(), &now, Some(peer));
+        assert!(held.is_live(), "revived by the later write of `c`");
+        let fields = held.fields();
+        assert_eq!(fields.get("b"), None, "reset by the peer's delete");
+        assert_eq!(fields.get("c"), Some(&crate::Value::Int(5)));
+        assert_eq!(held.cells().len(), 2);
+        // Without a peer (judged for no one in particular) it is what was sent.
+        assert_eq!(as_the_peer_holds(sent.clone(), &now, None), sent);
+    }
 
     /// A replica holding records outside its own filter (its write took them out; the
     /// peer's EVICT was lost) drops them when the filter reads no parameter, even if its
