@@ -59,18 +59,7 @@ async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
     let db = open(dir.path(), "b");
     let path = dir.path().join("b.db");
     let before = std::fs::read(&path).unwrap();
-    let r = listen(
-        db.clone(),
-        ListenConfig {
-            unix: Some(path.clone()),
-            ..ListenConfig::default()
-        },
-    )
-    .await;
-    let Err(e) = r else {
-        panic!("a listener replaced the file");
-    };
-    let e = e.to_string();
+    let e = refused_listen(&db, &path, "a listener replaced the file").await;
     assert!(
         e.contains(&format!(
             "{} exists and is not a socket: choose another path",
@@ -94,18 +83,7 @@ async fn a_socket_path_too_long_to_connect_to_is_refused_with_what_to_do() {
     let db = open(dir.path(), "b");
     let name = "s".repeat(blazedb_net::limits::UNIX_SOCKET_PATH_BYTES_MAX);
     let path = dir.path().join(format!("{name}.sock"));
-    let r = listen(
-        db.clone(),
-        ListenConfig {
-            unix: Some(path.clone()),
-            ..ListenConfig::default()
-        },
-    )
-    .await;
-    let Err(e) = r else {
-        panic!("a listener bound where no client can connect");
-    };
-    let e = e.to_string();
+    let e = refused_listen(&db, &path, "a listener bound where no client can connect").await;
     let says = format!(
         "longer than the {} a socket path may have: use a shorter path",
         blazedb_net::limits::UNIX_SOCKET_PATH_BYTES_MAX
@@ -168,4 +146,25 @@ async fn the_socket_is_owner_only_and_the_token_is_still_required() {
     })
     .await
     .expect("test took too long");
+}
+
+/// The error of a `listen` on the Unix socket `path` that must fail (`bound`: what it means
+/// if it did not).
+async fn refused_listen(
+    db: &std::sync::Arc<blazedb::Database>,
+    path: &std::path::Path,
+    bound: &str,
+) -> String {
+    let r = listen(
+        db.clone(),
+        ListenConfig {
+            unix: Some(path.to_path_buf()),
+            ..ListenConfig::default()
+        },
+    )
+    .await;
+    match r {
+        Ok(_) => panic!("{bound}"),
+        Err(e) => e.to_string(),
+    }
 }
