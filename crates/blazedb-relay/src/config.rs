@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use crate::limits::{
-    CONNECTIONS_MAX_DEFAULT, DATA_DIR_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT, LISTEN_ADDR_DEFAULT,
-    MESSAGE_BURST_DEFAULT, MESSAGE_RATE_PER_S_DEFAULT,
+    CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, DATA_DIR_DEFAULT,
+    HANDSHAKE_TIMEOUT_MS_DEFAULT, LISTEN_ADDR_DEFAULT, MESSAGE_BURST_DEFAULT,
+    MESSAGE_RATE_PER_S_DEFAULT,
 };
 
 /// How a relay runs. `RelayConfig::default()` is `blazedb serve` without flags.
@@ -116,6 +117,8 @@ pub struct TlsFiles {
 pub struct Limits {
     /// Most connections at once (all listeners together).
     pub connections_max: usize,
+    /// Most connections at once from one client IP address; 0: no per-address limit.
+    pub connections_per_address_max: usize,
     /// Time for the TLS handshake, for the HTTP request head (and a query's body), and from
     /// connecting to the client's HELLO, each, in ms.
     pub handshake_timeout_ms: u64,
@@ -134,6 +137,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             idle_timeout_ms: blazedb::limits::IDLE_TIMEOUT_MS_DEFAULT,
             ping_interval_ms: blazedb::limits::PING_INTERVAL_MS_DEFAULT,

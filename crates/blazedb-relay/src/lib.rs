@@ -58,6 +58,7 @@ mod origin;
 pub mod rules;
 pub mod server;
 pub mod session;
+mod slots;
 mod state;
 mod tls;
 

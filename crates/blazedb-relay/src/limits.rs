@@ -16,6 +16,12 @@ pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:7420";
 /// TCP and Unix sessions). One more is accepted and closed at once (HTTP: answered 503).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
+/// Most connections one client IP address may hold at once; 0 (the default): no such
+/// limit, only [`CONNECTIONS_MAX_DEFAULT`]. Set it on a relay that faces the internet
+/// directly, so that one address cannot take every slot; leave it off behind a reverse
+/// proxy or a NAT that many clients share (they all arrive from its address).
+pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 0;
+
 /// From accepting a connection to its first protocol frame: the TLS handshake, the HTTP
 /// request head and the client's HELLO each get this long, in ms, and so does a
 /// `POST /v1/query` body (`408` after it). A client that connects and says nothing, or says

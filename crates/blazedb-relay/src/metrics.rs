@@ -12,6 +12,7 @@
 //! | `cells_forwarded_total` | counter | cells sent to clients |
 //! | `rejected_writes_total` | counter | records whose changes the rules refused |
 //! | `auth_failures_total` | counter | refused credentials (HTTP 401 and HELLO) |
+//! | `connections_refused_total{limit}` | counter | connections refused at a limit: `total` (`--max-connections`) or `per_address` (`--max-connections-per-address`) |
 //! | `conflicts` | gauge | open conflicts in the relay's store |
 //! | `store_bytes` | gauge | size of the store file and its WAL |
 //! | `peer_lag_commits{peer}` | gauge | commits of the relay's feed a connected peer has not acknowledged, for the [`PEER_LAG_TOP_N`] peers furthest behind |
@@ -123,6 +124,17 @@ pub(crate) struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusedLabel {
+    pub limit: crate::slots::Refused,
+}
+
+impl EncodeLabelValue for crate::slots::Refused {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.label(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PeerLabel {
     pub peer: String,
 }
@@ -143,6 +155,7 @@ pub struct Metrics {
     pub(crate) cells_forwarded: Counter,
     pub(crate) rejected_writes: Counter,
     pub(crate) auth_failures: Counter,
+    pub(crate) connections_refused: Family<RefusedLabel, Counter>,
     pub(crate) conflicts: Gauge,
     pub(crate) store_bytes: Gauge,
     pub(crate) peer_lag: Family<PeerLabel, Gauge>,
@@ -169,6 +182,7 @@ impl Metrics {
             cells_forwarded: Counter::default(),
             rejected_writes: Counter::default(),
             auth_failures: Counter::default(),
+            connections_refused: Family::default(),
             conflicts: Gauge::default(),
             store_bytes: Gauge::default(),
             peer_lag: Family::default(),
@@ -227,6 +241,11 @@ impl Metrics {
             "auth_failures",
             "Refused credentials (HTTP and HELLO)",
             m.auth_failures.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections refused at a connection limit, by limit",
+            m.connections_refused.clone(),
         );
         r.register(
             "conflicts",

@@ -13,6 +13,7 @@
 //! ```
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -21,13 +22,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::slots::Slot;
 use axum::extract::Request;
 use blazedb::{Database, OpenOptions};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
@@ -329,11 +330,6 @@ fn bind_unix(path: &std::path::Path) -> Result<UnixListener, RelayError> {
     })
 }
 
-/// Take a connection slot, or `None` at the limit.
-fn slot(state: &State) -> Option<OwnedSemaphorePermit> {
-    state.slots.clone().try_acquire_owned().ok()
-}
-
 /// Pause after an accept error (e.g. out of file descriptors) instead of spinning.
 async fn accept_backoff(e: &std::io::Error) {
     eprintln!(
@@ -345,7 +341,7 @@ async fn accept_backoff(e: &std::io::Error) {
 
 async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -353,21 +349,27 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
             },
         };
         let _ = stream.set_nodelay(true);
-        let Some(permit) = slot(&state) else {
-            state.tasks.spawn(refuse_http(stream, tls.is_some()));
-            continue;
+        let slot = match state.take_slot(Some(peer.ip())) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let message = state.refusal_message(why);
+                state
+                    .tasks
+                    .spawn(refuse_http(stream, tls.is_some(), why.code(), message));
+                continue;
+            }
         };
         let st = state.clone();
         let tls = tls.clone();
         state.tasks.spawn(async move {
             match tls {
-                None => serve_http(st, stream, permit).await,
+                None => serve_http(st, stream, slot, peer.ip()).await,
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     if let Ok(Ok(s)) =
                         tokio::time::timeout(handshake, acceptor.accept(stream)).await
                     {
-                        serve_http(st, s, permit).await;
+                        serve_http(st, s, slot, peer.ip()).await;
                     }
                 }
             }
@@ -375,11 +377,11 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
     }
 }
 
-/// Answer a connection over the limit with `503` (plain HTTP) or just close it (TLS: a
+/// Answer a connection over a limit with `503` (plain HTTP) or just close it (TLS: a
 /// handshake would cost what the limit protects).
-async fn refuse_http(mut stream: tokio::net::TcpStream, tls: bool) {
+async fn refuse_http(mut stream: tokio::net::TcpStream, tls: bool, code: &str, message: String) {
     if !tls {
-        let body = r#"{"code":"too_many_connections","error":"the relay is at its connection limit: retry later"}"#;
+        let body = serde_json::json!({ "code": code, "error": message }).to_string();
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
              content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
@@ -398,11 +400,11 @@ async fn refuse_http(mut stream: tokio::net::TcpStream, tls: bool) {
 /// A keep-alive connection idle for the idle timeout is closed, so idle HTTP clients cannot
 /// hold connection slots forever (hyper's header timeout only starts with a request's first
 /// byte).
-async fn serve_http<I>(state: Arc<State>, io: I, permit: OwnedSemaphorePermit)
+async fn serve_http<I>(state: Arc<State>, io: I, slot: Slot, ip: IpAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let slot = ConnectionSlot::new(permit);
+    let slot = ConnectionSlot::new(slot, ip);
     let app = router(state.clone());
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(slot.clone());
@@ -497,7 +499,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
 
 async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -505,20 +507,20 @@ async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcc
             },
         };
         let _ = stream.set_nodelay(true);
-        let Some(permit) = slot(&state) else {
+        let Ok(slot) = state.take_slot(Some(peer.ip())) else {
             continue; // dropped: closed at once
         };
         let st = state.clone();
         let tls = tls.clone();
         state.tasks.spawn(async move {
             match tls {
-                None => crate::session::run(st, stream, Transport::Tcp, None, permit).await,
+                None => crate::session::run(st, stream, Transport::Tcp, None, slot).await,
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     if let Ok(Ok(s)) =
                         tokio::time::timeout(handshake, acceptor.accept(stream)).await
                     {
-                        crate::session::run(st, s, Transport::Tcp, None, permit).await;
+                        crate::session::run(st, s, Transport::Tcp, None, slot).await;
                     }
                 }
             }
@@ -535,16 +537,12 @@ async fn accept_unix(state: Arc<State>, listener: UnixListener) {
                 Err(e) => { accept_backoff(&e).await; continue; }
             },
         };
-        let Some(permit) = slot(&state) else {
+        let Ok(slot) = state.take_slot(None) else {
             continue;
         };
         let st = state.clone();
-        state.tasks.spawn(crate::session::run(
-            st,
-            stream,
-            Transport::Unix,
-            None,
-            permit,
-        ));
+        state
+            .tasks
+            .spawn(crate::session::run(st, stream, Transport::Unix, None, slot));
     }
 }

@@ -15,10 +15,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::slots::Slot;
 use blazedb::sync::{ErrorCode, SessionConfig, SessionStats};
 use blazedb_net::{run_session, DriverOptions, EndReason, NetError, SessionMonitor};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::access::ConnectionAccess;
 use crate::auth::Claims;
@@ -29,17 +29,17 @@ use crate::state::{SessionEntry, State};
 
 /// Run a sync session over `io` until it ends. `claims`: the caller was authenticated by the
 /// transport (HTTP upgrade); `None`: it must present its credential in HELLO. The connection
-/// slot `permit` is released when the session ends.
+/// slot is released when the session ends.
 pub(crate) async fn run<T>(
     state: Arc<State>,
     io: T,
     transport: Transport,
     claims: Option<Claims>,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _permit = permit;
+    let _slot = slot;
     let limits = &state.limits;
     let access = ConnectionAccess::new(
         state.rules.clone(),

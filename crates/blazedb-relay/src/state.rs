@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use blazedb::Database;
 use blazedb_net::SessionMonitor;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +16,7 @@ use crate::config::Limits;
 use crate::metrics::{Metrics, Transport};
 use crate::origin::{Origin, RequestHost};
 use crate::rules::Rules;
+use crate::slots::{Refused, Slot, Slots};
 
 /// Shared by all connections of one relay.
 #[derive(Debug)]
@@ -40,8 +40,9 @@ pub(crate) struct State {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// One permit per open connection (`Limits::connections_max`).
-    pub slots: Arc<Semaphore>,
+    /// One per open connection (`Limits::connections_max`, and per client address
+    /// `Limits::connections_per_address_max`).
+    slots: Slots,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
     next_session: AtomicU64,
 }
@@ -71,7 +72,7 @@ impl State {
             auth: Arc::new(auth),
             rules: Arc::new(rules),
             metrics: Arc::new(Metrics::new()),
-            slots: Arc::new(Semaphore::new(limits.connections_max)),
+            slots: Slots::new(limits.connections_max, limits.connections_per_address_max),
             limits,
             origins,
             started: Instant::now(),
@@ -80,6 +81,22 @@ impl State {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         }
+    }
+
+    /// Take a connection slot for a client at `ip` (`None`: a Unix socket), or say why
+    /// there is none (counted in the metrics).
+    pub fn take_slot(&self, ip: Option<std::net::IpAddr>) -> Result<Slot, Refused> {
+        self.slots.take(ip).inspect_err(|why| {
+            self.metrics
+                .connections_refused
+                .get_or_create(&crate::metrics::RefusedLabel { limit: *why })
+                .inc();
+        })
+    }
+
+    /// What a client refused a slot is told.
+    pub fn refusal_message(&self, why: Refused) -> String {
+        why.message(self.slots.per_address_max())
     }
 
     /// Add a running session; returns its key for [`State::unregister`].

@@ -76,6 +76,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: Option<usize>,
+    /// Most connections at once from one client IP address (0, the default: no such limit).
+    /// For a relay that faces the internet directly; leave it off behind a reverse proxy or
+    /// a NAT many clients share, since they all arrive from its address.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
     /// Protocol messages per second one connection may send (sustained); 0: unlimited.
     #[arg(long, value_name = "N")]
     pub message_rate: Option<u32>,
@@ -111,6 +116,9 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
     let mut limits = Limits::default();
     if let Some(n) = args.max_connections {
         limits.connections_max = n;
+    }
+    if let Some(n) = args.max_connections_per_address {
+        limits.connections_per_address_max = n;
     }
     if let Some(n) = args.message_rate {
         limits.message_rate_per_s = n;

@@ -14,15 +14,16 @@ pub mod query;
 pub mod status;
 pub mod sync;
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::{credential_from_http, AuthError, Claims};
+use crate::slots::Slot;
 use crate::state::State;
 
 /// The relay's routes.
@@ -37,18 +38,25 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-/// The connection slot of the HTTP connection a request arrived on. A WebSocket upgrade takes
-/// it, so the slot stays held for as long as the sync session runs.
+/// The connection slot of the HTTP connection a request arrived on, and the client's
+/// address. A WebSocket upgrade takes the slot, so it stays held for as long as the sync
+/// session runs.
 #[derive(Clone, Debug)]
-pub(crate) struct ConnectionSlot(pub Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub(crate) struct ConnectionSlot {
+    slot: Arc<Mutex<Option<Slot>>>,
+    pub ip: IpAddr,
+}
 
 impl ConnectionSlot {
-    pub fn new(permit: OwnedSemaphorePermit) -> ConnectionSlot {
-        ConnectionSlot(Arc::new(Mutex::new(Some(permit))))
+    pub fn new(slot: Slot, ip: IpAddr) -> ConnectionSlot {
+        ConnectionSlot {
+            slot: Arc::new(Mutex::new(Some(slot))),
+            ip,
+        }
     }
 
-    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    pub fn take(&self) -> Option<Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

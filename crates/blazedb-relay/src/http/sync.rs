@@ -66,19 +66,16 @@ pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Re
     };
     let accept = derive_accept_key(key.as_bytes());
     // The connection slot moves from the HTTP connection to the session.
-    let slot = req
-        .extensions()
-        .get::<ConnectionSlot>()
-        .and_then(ConnectionSlot::take);
-    let permit = match slot {
-        Some(p) => p,
-        None => match state.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
+    let connection = req.extensions().get::<ConnectionSlot>().cloned();
+    let slot = match connection.as_ref().and_then(ConnectionSlot::take) {
+        Some(s) => s,
+        None => match state.take_slot(connection.map(|c| c.ip)) {
+            Ok(s) => s,
+            Err(why) => {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "too_many_connections",
-                    "the relay is at its connection limit: retry later",
+                    why.code(),
+                    state.refusal_message(why),
                 )
             }
         },
@@ -98,7 +95,7 @@ pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Re
             Some(websocket_config()),
         )
         .await;
-        crate::session::run(st, WsStream::new(ws), Transport::Ws, Some(claims), permit).await;
+        crate::session::run(st, WsStream::new(ws), Transport::Ws, Some(claims), slot).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

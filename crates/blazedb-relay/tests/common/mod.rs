@@ -94,9 +94,34 @@ pub async fn connect_ws(
     connect_ws_url(addr, &format!("ws://{addr}/v1/sync"), token, &[]).await
 }
 
+/// Open a WebSocket to `/v1/sync` from the local address `source` (any of 127.0.0.0/8 on
+/// Linux: another client address on one machine).
+pub async fn connect_ws_from(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    token: Option<&str>,
+) -> Result<WebSocketStream<TcpStream>, WsError> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(WsError::Io)?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(WsError::Io)?;
+    let tcp = socket.connect(addr).await.map_err(WsError::Io)?;
+    ws_handshake(tcp, &format!("ws://{addr}/v1/sync"), token, &[]).await
+}
+
 /// Open a WebSocket with any URL and extra headers.
 pub async fn connect_ws_url(
     addr: SocketAddr,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<WebSocketStream<TcpStream>, WsError> {
+    let tcp = TcpStream::connect(addr).await.map_err(WsError::Io)?;
+    ws_handshake(tcp, url, token, headers).await
+}
+
+async fn ws_handshake(
+    tcp: TcpStream,
     url: &str,
     token: Option<&str>,
     headers: &[(&str, &str)],
@@ -110,7 +135,6 @@ pub async fn connect_ws_url(
         let name: tokio_tungstenite::tungstenite::http::HeaderName = k.parse().unwrap();
         req.headers_mut().insert(name, v.parse().unwrap());
     }
-    let tcp = TcpStream::connect(addr).await.map_err(WsError::Io)?;
     let (ws, _) =
         tokio_tungstenite::client_async_with_config(req, tcp, Some(websocket_config())).await?;
     Ok(ws)
