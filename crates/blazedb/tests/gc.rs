@@ -988,3 +988,43 @@ fn gc_during_a_snapshot_keeps_deletes_the_peers_older_writes_must_meet() {
     // Acknowledged now: the tombstone goes.
     assert_eq!(a.gc(&GcOptions::default()).unwrap().tombstones_purged, 1);
 }
+
+/// A replica collects the deletes it received once its peer has acknowledged its feed past
+/// them. The replica's feed past its last ACK holds only what came from the peer, which is
+/// never sent back, so only a CAUGHT_UP (at most one a second of them, see
+/// `ECHO_CAUGHT_UP_INTERVAL_MS`) tells the peer it may acknowledge those positions: it used
+/// to wait for the next unit from the peer, and a replica that only receives kept every
+/// delete it received (the `gc_metadata` benchmark's replica: 154 bytes of metadata per live
+/// record after 20 rounds). Two devices that stay connected, a few seconds between rounds.
+#[test]
+fn a_replica_collects_the_deletes_it_received_over_a_long_lived_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let mut ids = insert_many(&a, 200);
+    let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    common::pump_at(0, &a, &mut sa, &b, &mut sb);
+    for round in 1..=3u64 {
+        // New records, then (within the second) deletes: the replica's CAUGHT_UP for the
+        // first goes out at once, the one for the deletes a second later.
+        let t = round * 10_000;
+        ids.extend(insert_many(&a, 20));
+        common::pump_at(t, &a, &mut sa, &b, &mut sb);
+        let gone: Vec<RecordId> = ids.drain(..20).collect();
+        delete_all(&a, &gone);
+        common::pump_at(t + 10, &a, &mut sa, &b, &mut sb);
+        let due = sb.poll_timeout().unwrap();
+        assert!(due <= t + 1_000, "the replica's timer is set for {due}");
+        common::pump_at(due, &a, &mut sa, &b, &mut sb);
+        let ra = a.gc(&GcOptions::default()).unwrap();
+        let rb = b.gc(&GcOptions::default()).unwrap();
+        assert_eq!(ra.tombstones_purged, 20, "round {round}: A {ra:?}");
+        assert_eq!(
+            (rb.tombstones_purged, tombstones(&b, "items")),
+            (20, 0),
+            "round {round}: B {rb:?}, peers {:?}",
+            b.peers().unwrap()
+        );
+    }
+}

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use blazedb::limits::IDLE_TIMEOUT_MS_DEFAULT;
+use blazedb::limits::{ECHO_CAUGHT_UP_INTERVAL_MS, IDLE_TIMEOUT_MS_DEFAULT};
 use blazedb::sync::{Session, SessionConfig, SyncPolicy};
 use blazedb::{Database, GcOptions, RecordId, Value};
 use blazedb_net::limits::LINGER_MS_DEFAULT;
@@ -80,6 +80,8 @@ const GC_QUICK_RECORDS: usize = 2_000;
 const GC_CHURN_PERCENT: usize = 10;
 /// Rounds after which the metadata figure is reported; the last is the run's length.
 const GC_REPORT_ROUNDS: [usize; 3] = [1, 5, 20];
+/// Time between `gc_metadata` rounds on the sessions' clock, ms.
+const GC_ROUND_GAP_MS: u64 = 10_000;
 
 /// Tokio workers: the machine the targets are set for has 2 cores.
 const RUNTIME_WORKERS: usize = 2;
@@ -581,14 +583,25 @@ fn replicate(source: &Database, replica: &Database, policy: SyncPolicy) -> Resul
 
 /// Run two sessions against each other until both are caught up and quiet.
 fn pump(a: &Database, sa: &mut Session, b: &Database, sb: &mut Session) -> Result<()> {
+    pump_at(0, a, sa, b, sb)
+}
+
+/// [`pump`] with the sessions' clock at `now_ms`.
+fn pump_at(
+    now_ms: u64,
+    a: &Database,
+    sa: &mut Session,
+    b: &Database,
+    sb: &mut Session,
+) -> Result<()> {
     for _ in 0..PUMP_ROUNDS_MAX {
         let mut progress = false;
-        while let Some(f) = sa.poll_transmit(0, a) {
-            sb.handle_bytes(0, &f, b)?;
+        while let Some(f) = sa.poll_transmit(now_ms, a) {
+            sb.handle_bytes(now_ms, &f, b)?;
             progress = true;
         }
-        while let Some(f) = sb.poll_transmit(0, b) {
-            sa.handle_bytes(0, &f, a)?;
+        while let Some(f) = sb.poll_transmit(now_ms, b) {
+            sa.handle_bytes(now_ms, &f, a)?;
             progress = true;
         }
         if !progress {
@@ -638,18 +651,25 @@ impl Scenario for GcMetadata {
         // One session pair for the whole run, as two devices that stay connected.
         let mut sa = Session::new(&a, SessionConfig::default(), 0)?;
         let mut sb = Session::new(&b, SessionConfig::default(), 0)?;
-        let settle = |sa: &mut Session, sb: &mut Session| -> Result<serde_json::Value> {
-            pump(&a, sa, &b, sb)?;
-            let ra = a.gc(&GcOptions::default())?;
-            let rb = b.gc(&GcOptions::default())?;
-            Ok(json!({
-                "a_tombstones_purged": ra.tombstones_purged,
-                "a_feed_rows_pruned": ra.feed_rows_pruned,
-                "b_tombstones_purged": rb.tombstones_purged,
-                "b_feed_rows_pruned": rb.feed_rows_pruned,
-            }))
-        };
-        settle(&mut sa, &mut sb)?;
+        // A round every GC_ROUND_GAP_MS of the sessions' clock; a second after a round's
+        // changes, the replica's CAUGHT_UP for the positions holding only what it received
+        // (at most one a second) is due and lets A acknowledge them, as it would on a clock
+        // that runs.
+        let settle =
+            |round: u64, sa: &mut Session, sb: &mut Session| -> Result<serde_json::Value> {
+                let t = round * GC_ROUND_GAP_MS;
+                pump_at(t, &a, sa, &b, sb)?;
+                pump_at(t + ECHO_CAUGHT_UP_INTERVAL_MS, &a, sa, &b, sb)?;
+                let ra = a.gc(&GcOptions::default())?;
+                let rb = b.gc(&GcOptions::default())?;
+                Ok(json!({
+                    "a_tombstones_purged": ra.tombstones_purged,
+                    "a_feed_rows_pruned": ra.feed_rows_pruned,
+                    "b_tombstones_purged": rb.tombstones_purged,
+                    "b_feed_rows_pruned": rb.feed_rows_pruned,
+                }))
+            };
+        settle(0, &mut sa, &mut sb)?;
         let start = a.sync_metadata()?;
         ensure!(
             start.live_records as usize == n,
@@ -674,7 +694,7 @@ impl Scenario for GcMetadata {
             })?;
             deletes += gone.len();
             live.extend(insert_records(&a, &gen.bugs(churn), |_| None)?);
-            let gc = settle(&mut sa, &mut sb)?;
+            let gc = settle(round as u64, &mut sa, &mut sb)?;
             let (ma, mb) = (a.sync_metadata()?, b.sync_metadata()?);
             ensure!(
                 ma.live_records as usize == n && mb.live_records as usize == n,

@@ -43,20 +43,42 @@ pub fn pump_watching(
     sa: &mut Session,
     b: &Database,
     sb: &mut Session,
+    seen: impl FnMut(&[u8]),
+) -> Moved {
+    pump_watching_at(0, a, sa, b, sb, seen)
+}
+
+/// [`pump`] with the sessions' clock at `now_ms` (timers due by then act).
+pub fn pump_at(
+    now_ms: u64,
+    a: &Database,
+    sa: &mut Session,
+    b: &Database,
+    sb: &mut Session,
+) -> Moved {
+    pump_watching_at(now_ms, a, sa, b, sb, |_| {})
+}
+
+fn pump_watching_at(
+    now_ms: u64,
+    a: &Database,
+    sa: &mut Session,
+    b: &Database,
+    sb: &mut Session,
     mut seen: impl FnMut(&[u8]),
 ) -> Moved {
     let mut moved = Moved::default();
     for _ in 0..100_000 {
         let mut progress = false;
-        while let Some(f) = sa.poll_transmit(0, a) {
+        while let Some(f) = sa.poll_transmit(now_ms, a) {
             seen(&f);
             moved.a_to_b += f.len() as u64;
-            sb.handle_bytes(0, &f, b).unwrap();
+            sb.handle_bytes(now_ms, &f, b).unwrap();
             progress = true;
         }
-        while let Some(f) = sb.poll_transmit(0, b) {
+        while let Some(f) = sb.poll_transmit(now_ms, b) {
             moved.b_to_a += f.len() as u64;
-            sa.handle_bytes(0, &f, a).unwrap();
+            sa.handle_bytes(now_ms, &f, a).unwrap();
             progress = true;
         }
         if !progress && sa.is_caught_up(a).unwrap() && sb.is_caught_up(b).unwrap() {
