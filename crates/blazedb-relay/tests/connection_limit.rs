@@ -14,28 +14,14 @@ use common::{
 async fn connections_over_the_limit_get_503() {
     let relay = TestRelay::start(|c| c.limits.connections_max = 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let a = Client::connect(&relay, open(dir.path(), "a"), TOKEN).await;
-    let b = Client::connect(&relay, open(dir.path(), "b"), TOKEN).await;
-    wait_until(Duration::from_secs(5), || {
-        a.monitor.snapshot().peer.is_some() && b.monitor.snapshot().peer.is_some()
-    })
-    .await;
+    let (a, b) = two_clients(&relay, dir.path()).await;
     let (status, body) = refused(connect_ws(relay.addr, Some(TOKEN)).await.unwrap_err());
     assert_eq!(status, 503);
     assert_eq!(body["code"], "too_many_connections");
 
     a.finish().await.unwrap();
     // The slot comes back once the session has ended on the relay too.
-    let mut third = None;
-    for _ in 0..100 {
-        if let Ok(ws) = connect_ws(relay.addr, Some(TOKEN)).await {
-            third = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(third.is_some(), "a slot was freed");
-    drop(third);
+    drop(connect_once_a_slot_is_free(&relay, "a slot was freed").await);
     b.finish().await.unwrap();
     assert_eq!(connected_clients(relay.addr, 0).await, 0);
     relay.stop().await;
@@ -48,12 +34,7 @@ async fn connections_over_the_limit_get_503() {
 async fn one_address_at_its_limit_is_refused_while_others_are_served() {
     let relay = TestRelay::start(|c| c.limits.connections_per_address_max = 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let a = Client::connect(&relay, open(dir.path(), "a"), TOKEN).await;
-    let b = Client::connect(&relay, open(dir.path(), "b"), TOKEN).await;
-    wait_until(Duration::from_secs(5), || {
-        a.monitor.snapshot().peer.is_some() && b.monitor.snapshot().peer.is_some()
-    })
-    .await;
+    let (a, b) = two_clients(&relay, dir.path()).await;
     // Both clients came from 127.0.0.1.
     let (status, body) = refused(connect_ws(relay.addr, Some(TOKEN)).await.unwrap_err());
     assert_eq!(status, 503);
@@ -70,16 +51,7 @@ async fn one_address_at_its_limit_is_refused_while_others_are_served() {
         .expect("another address gets a slot");
 
     a.finish().await.unwrap();
-    let mut again = None;
-    for _ in 0..100 {
-        if let Ok(ws) = connect_ws(relay.addr, Some(TOKEN)).await {
-            again = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(again.is_some(), "the address's slot came back");
-    drop(again);
+    drop(connect_once_a_slot_is_free(&relay, "the address's slot came back").await);
     drop(from_other);
     b.finish().await.unwrap();
     assert_eq!(connected_clients(relay.addr, 0).await, 0);
@@ -100,4 +72,30 @@ async fn one_address_at_its_limit_is_refused_while_others_are_served() {
         None
     );
     relay.stop().await;
+}
+
+/// Two clients connected to `relay`, their sessions open.
+async fn two_clients(relay: &TestRelay, dir: &std::path::Path) -> (Client, Client) {
+    let a = Client::connect(relay, open(dir, "a"), TOKEN).await;
+    let b = Client::connect(relay, open(dir, "b"), TOKEN).await;
+    wait_until(Duration::from_secs(5), || {
+        a.monitor.snapshot().peer.is_some() && b.monitor.snapshot().peer.is_some()
+    })
+    .await;
+    (a, b)
+}
+
+/// A WebSocket, retried for up to 2 s while a closed session's slot is released (`what`:
+/// the assertion that it was).
+async fn connect_once_a_slot_is_free(
+    relay: &TestRelay,
+    what: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    for _ in 0..100 {
+        if let Ok(ws) = connect_ws(relay.addr, Some(TOKEN)).await {
+            return ws;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: no slot within 2 s");
 }
