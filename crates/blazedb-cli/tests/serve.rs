@@ -1,6 +1,6 @@
 //! `blazedb serve` as a process: it prints where it listens as one JSON line, keeps its store
 //! (encrypted with BLAZEDB_PASSWORD) in the data directory, answers /health and refuses
-//! unauthenticated queries, and exits 0 on SIGTERM; bad rules stop it at startup with the
+//! unauthenticated queries, holds one address to `--max-connections-per-address`, and exits 0 on SIGTERM; bad rules stop it at startup with the
 //! file, collection and column in one `error:` line.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -34,6 +34,8 @@ fn serve_listens_answers_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--token",
             "s3cret",
+            "--max-connections-per-address",
+            "2",
             "--data",
         ])
         .arg(&data)
@@ -58,6 +60,22 @@ fn serve_listens_answers_and_stops_on_sigterm() {
     let q = get(addr, "POST /v1/query", "content-length: 2\r\n\r\n{}");
     assert!(q.starts_with("HTTP/1.1 401"), "{q}");
     assert!(data.join("relay.db").exists());
+
+    // `--max-connections-per-address 2`: with two connections of ours open, the third gets
+    // 503 saying which limit; once they close, requests are served again.
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let over = get(addr, "GET /health", "");
+    assert!(over.starts_with("HTTP/1.1 503"), "{over}");
+    assert!(over.contains("too_many_connections_from_address"), "{over}");
+    drop(held);
+    let t = Instant::now();
+    while !get(addr, "GET /health", "").starts_with("HTTP/1.1 200") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the slots never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // A client with a wrong token is told so, and stops: retrying cannot help (even when
     // watching, which otherwise reconnects after failures).
