@@ -13,8 +13,7 @@
 //! ```
 
 use std::future::Future;
-use std::net::IpAddr;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +21,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::slots::Slot;
 use axum::extract::Request;
 use blazedb::{Database, OpenOptions};
 use hyper::body::Incoming;
@@ -40,6 +38,7 @@ use crate::limits::{HTTP_HEAD_BYTES_MAX, ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_F
 use crate::metrics::Transport;
 use crate::origin::Origin;
 use crate::rules::Rules;
+use crate::slots::Slot;
 use crate::state::State;
 
 /// A relay whose listeners are bound; [`Relay::run`] serves until shutdown.

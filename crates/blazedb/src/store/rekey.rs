@@ -44,8 +44,9 @@ impl Database {
     /// The handle stays open and usable, also when the rekey fails, and keeps its watches,
     /// commit listeners and server role; only if the file then cannot be opened again (a
     /// disk failure, another process taking it exclusively) is the handle closed, and every
-    /// operation on it says so and which password to open the file with. A crash during the rekey leaves the file under
-    /// either the old password or the new one, with all its data (see the module comment).
+    /// operation on it says so and which password to open the file with. A crash during the
+    /// rekey leaves the file under either the old password or the new one, with all its data
+    /// (see the module comment).
     pub fn rekey(&mut self, new_password: Option<&str>) -> Result<()> {
         if new_password == Some("") {
             // SQLCipher's empty key means "no encryption": the copy would be a plain file

@@ -2049,13 +2049,19 @@ impl Session {
     /// benchmark's replica: 154 bytes of metadata per live record after 20 rounds; test
     /// `gc.rs::a_replica_collects_the_deletes_it_received_over_a_long_lived_session`).
     fn announce_deferred_echo(&mut self, now_ms: u64) {
-        let due = self
-            .caught_up_sent_ms
-            .saturating_add(ECHO_CAUGHT_UP_INTERVAL_MS);
-        if self.echo_unannounced && now_ms >= due {
+        if self.deferred_echo_due().is_some_and(|due| now_ms >= due) {
             self.echo_unannounced = false;
             self.caught_up_sent = None;
         }
+    }
+
+    /// When the positions passed without a CAUGHT_UP are to be announced (`None`: there are
+    /// none).
+    fn deferred_echo_due(&self) -> Option<u64> {
+        self.echo_unannounced.then(|| {
+            self.caught_up_sent_ms
+                .saturating_add(ECHO_CAUGHT_UP_INTERVAL_MS)
+        })
     }
 
     /// After applying the peer's write: the records it may have moved into its view are
@@ -2837,12 +2843,7 @@ impl Session {
             (self.last_send_ms.saturating_add(self.ping_interval_ms()))
                 .min(self.last_recv_ms.saturating_add(self.cfg.idle_timeout_ms))
                 .min(self.credential_expires_ms.unwrap_or(u64::MAX))
-                .min(if self.echo_unannounced {
-                    self.caught_up_sent_ms
-                        .saturating_add(ECHO_CAUGHT_UP_INTERVAL_MS)
-                } else {
-                    u64::MAX
-                }),
+                .min(self.deferred_echo_due().unwrap_or(u64::MAX)),
         )
     }
 
