@@ -1,7 +1,7 @@
 //! `blazedb rekey` killed with SIGKILL at any moment (while it derives the keys, while it
 //! writes the re-encrypted copy, just after it renamed the copy over the file, ...) leaves a
 //! database that opens with exactly one of the old and the new password, holds every record
-//! and passes the integrity check; a copy left by the crash does not stop the next rekey.
+//! and passes the integrity check; a copy left by the crash is removed by the next open.
 
 mod common;
 
@@ -46,11 +46,17 @@ fn a_rekey_killed_at_any_point_leaves_the_file_under_one_password_with_all_its_d
         }
     }
 
-    // While it writes the copy: the old password, and the next rekey clears the copy away.
+    // While it writes the copy: the old password, and the next open clears the copy away
+    // (a second copy of the data, under the password the rekey was to set).
     let mut child = spawn_rekey(&db.path);
     wait_for("the copy to appear", || copy_of(&db.path).exists());
     kill(&mut child);
+    assert!(copy_of(&db.path).exists(), "the killed rekey left no copy");
     assert_eq!(opens_with(&db.path), OLD);
+    assert!(
+        !copy_of(&db.path).exists(),
+        "the open left the killed rekey's copy behind"
+    );
 
     // Just after the rename: the new password.
     let salt = salt_of(&db.path);

@@ -190,6 +190,36 @@ fn read_write_descriptors_of(path: &std::path::Path) -> usize {
         .count()
 }
 
+/// A re-encrypted copy a killed rekey left beside the file (the kill itself is
+/// `blazedb-cli/tests/rekey_kill9.rs`) is removed when the file is next opened, also by an
+/// open beside a handle that has the file open: it is a whole second copy of the data that
+/// nothing reads. A directory of that name is not ours to remove, and does not stop the open.
+#[test]
+fn an_open_removes_the_copy_a_killed_rekey_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let copy = dir.path().join("r.db.rekey-tmp");
+    let journal = dir.path().join("r.db.rekey-tmp-journal");
+    let first = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    first.insert("c", [("n", 1)]).unwrap();
+    std::fs::write(&copy, b"the start of a copy").unwrap();
+    std::fs::write(&journal, b"its journal").unwrap();
+
+    let second = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    assert!(!copy.exists(), "the leftover copy is still there");
+    assert!(
+        !journal.exists(),
+        "the leftover copy's journal is still there"
+    );
+    assert_eq!(second.count("c").unwrap(), 1);
+    drop((first, second));
+
+    std::fs::create_dir(&copy).unwrap();
+    let db = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    assert!(copy.is_dir(), "a directory of the copy's name was removed");
+    assert_eq!(db.count("c").unwrap(), 1);
+}
+
 /// A rekey that fails after it took the file (here: the copy cannot be created) lets go of
 /// it and leaves the handle usable on the old file, which other connections can open again.
 #[test]

@@ -309,6 +309,10 @@ pub(crate) fn open(
 ) -> Result<Opened, OpenError> {
     for _ in 0..crate::limits::OPEN_ATTEMPTS_FILE_REPLACED_MAX {
         if let Some(opened) = open_once(path, password, create, now_ms, node_for_new_file)? {
+            // This connection is in WAL mode now and holds its shared lock, so no rekey can
+            // be running on the file (it needs the file to itself from before it writes its
+            // copy until after the rename): a copy beside it is a crash's leftover.
+            super::rekey::remove_leftover_copy(path);
             return Ok(opened);
         }
     }

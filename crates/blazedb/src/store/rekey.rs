@@ -15,7 +15,8 @@
 //! ```
 //!
 //! A crash anywhere leaves FILE whole under exactly one password: the old one up to the
-//! rename (the copy is only a leftover, removed by the next rekey), the new one after it.
+//! rename (the copy is only a leftover, removed by the next open or rekey), the new one after
+//! it.
 //! No WAL holds anything at the rename: the old file was taken out of WAL mode first, so its
 //! `-wal` and `-shm` files are gone, and none of its frames can be replayed onto the new file.
 //!
@@ -253,8 +254,19 @@ fn rekey_copy_path(path: &Path) -> PathBuf {
     PathBuf::from(copy)
 }
 
+/// Remove the copy a rekey killed before its rename left beside `path` (called by `open`,
+/// once its connection keeps any rekey out): a whole second copy of the data, under the
+/// password the rekey was to set, that nothing will read. Best effort, as [`remove_copy`].
+pub(crate) fn remove_leftover_copy(path: &Path) {
+    let copy = rekey_copy_path(path);
+    if copy.is_file() {
+        remove_copy(&copy);
+    }
+}
+
 /// Remove a copy (and a journal SQLite may have left beside it): one cut short by an error
-/// or left by a crash. Best effort: a leftover is never read, and the next rekey tries again.
+/// or left by a crash. Best effort: a leftover is never read, and the next open or rekey
+/// tries again.
 fn remove_copy(copy: &Path) {
     let _ = std::fs::remove_file(copy);
     let mut journal = copy.as_os_str().to_owned();
