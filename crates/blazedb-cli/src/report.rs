@@ -185,6 +185,7 @@ mod tests {
             end: blazedb_net::EndReason::TransportClosed,
             caught_up: false,
             elapsed_ms: 0,
+            rejected: Vec::new(),
         };
         let err = anyhow::Error::new(blazedb_net::ClientError::Session(
             blazedb_net::NetError::Io {

@@ -62,18 +62,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use blazedb::sync::{
-    ErrorCode, Session, SessionConfig, SessionEvent, SessionStats, SyncError, SyncPolicy,
+    ErrorCode, Rejection, Session, SessionConfig, SessionEvent, SessionStats, SyncError, SyncPolicy,
 };
 use blazedb::{Database, NodeId, Seq};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::NetError;
 use crate::limits::{
     BLOCKING_READ_BYTES_MIN, BLOCKING_STAGED_CELLS_MIN, BLOCKING_TRANSMIT_BYTES_MIN,
-    LINGER_MS_DEFAULT, LOCK_HELD_LONG_US, READ_BUFFER_BYTES_DEFAULT,
+    LINGER_MS_DEFAULT, LOCK_HELD_LONG_US, READ_BUFFER_BYTES_DEFAULT, REJECTIONS_REPORTED_MAX,
     WRITE_BUFFER_BYTES_MAX_DEFAULT,
 };
 
@@ -106,6 +106,11 @@ pub struct DriverOptions {
     /// ends with `TIMEOUT` (a listener: a peer that connects and says nothing must not hold a
     /// connection slot until the idle timeout). `None`: no deadline but the idle timeout.
     pub hello_timeout: Option<Duration>,
+    /// Each change the peer refused (its access rules, with the reason), as it arrives, for
+    /// a caller that shows them while a long-lived session runs. Sent with `try_send`: when
+    /// the channel is full the rest are not sent (they are counted in
+    /// [`SessionStats::changes_rejected_by_peer`] and listed in [`SessionReport::rejected`]).
+    pub rejections: Option<mpsc::Sender<Rejection>>,
 }
 
 impl Default for DriverOptions {
@@ -120,6 +125,7 @@ impl Default for DriverOptions {
             write_buffer_bytes_max: WRITE_BUFFER_BYTES_MAX_DEFAULT,
             policy: None,
             hello_timeout: None,
+            rejections: None,
         }
     }
 }
@@ -149,6 +155,11 @@ pub struct SessionReport {
     pub caught_up: bool,
     /// How long it ran, in ms.
     pub elapsed_ms: u64,
+    /// Changes the peer refused, with its reasons: the first [`REJECTIONS_REPORTED_MAX`]
+    /// (`stats.changes_rejected_by_peer` counts them all). The peer sends its own version of
+    /// each such record, which replaces ours; our refused values are kept as conflicts
+    /// (`Database::conflicts`).
+    pub rejected: Vec<Rejection>,
 }
 
 /// The goodbye message of a side that stops because it is caught up. Both goodbyes use the
@@ -309,6 +320,7 @@ where
         io_error: None,
         write_failed: false,
         peer_shut_down: None,
+        rejected: Vec::new(),
     };
     d.run(rd, wr, &notify, &commits_watched).await;
     drop(listener);
@@ -405,6 +417,8 @@ struct Driver {
     write_failed: bool,
     /// The peer's goodbye, when it was shut down rather than caught up.
     peer_shut_down: Option<String>,
+    /// The first changes the peer refused, for the report.
+    rejected: Vec<Rejection>,
 }
 
 impl Driver {
@@ -716,9 +730,23 @@ impl Driver {
                     self.applied_mark = self.session().stats().cells_received;
                 }
                 SessionEvent::Closed(e) => self.on_closed(e),
-                // Rejections are counted in the session's stats (`changes_refused`,
-                // `changes_rejected_by_peer`), which the report carries.
+                SessionEvent::Rejected(rejections) => self.on_rejected(rejections),
+                // Changes *we* refused are counted in the session's stats
+                // (`changes_refused`), which the report carries; the peer was told why.
                 _ => {}
+            }
+        }
+    }
+
+    /// Keep the first rejections for the report and pass each on to the caller's channel.
+    fn on_rejected(&mut self, rejections: Vec<Rejection>) {
+        let room = REJECTIONS_REPORTED_MAX.saturating_sub(self.rejected.len());
+        self.rejected.extend(rejections.iter().take(room).cloned());
+        if let Some(tx) = &self.opts.rejections {
+            for r in rejections {
+                if tx.try_send(r).is_err() {
+                    break;
+                }
             }
         }
     }
@@ -837,6 +865,7 @@ impl Driver {
             end: end.clone(),
             caught_up: self.caught_up_at_end,
             elapsed_ms: self.now_ms(),
+            rejected: std::mem::take(&mut self.rejected),
         };
         let once = self.opts.stop_when_caught_up;
         match end {

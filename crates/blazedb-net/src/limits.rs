@@ -131,3 +131,8 @@ pub const CHECKPOINT_JITTER_PERCENT: u32 = 25;
 /// terminating NUL (104 on macOS and the BSDs). A listener refuses a longer one rather than
 /// bind where no client could connect.
 pub const UNIX_SOCKET_PATH_BYTES_MAX: usize = 107;
+
+/// Changes refused by the peer that a session's report lists (with the peer's reasons); the
+/// report's counters count them all. Bounds what a peer refusing a large batch makes a
+/// client hold.
+pub const REJECTIONS_REPORTED_MAX: usize = 100;

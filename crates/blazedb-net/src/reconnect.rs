@@ -24,8 +24,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blazedb::sync::{ErrorCode, SessionConfig};
+use blazedb::sync::{ErrorCode, Rejection, SessionConfig};
 use blazedb::{Database, NodeId};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::spawn_checkpointer;
@@ -35,7 +36,7 @@ use crate::head_watch::HeadWatch;
 use crate::limits::{
     CHECKPOINT_INTERVAL_MS_DEFAULT, LINGER_MS_DEFAULT, RECONNECT_BACKOFF_INITIAL_MS,
     RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MULTIPLIER, RECONNECT_JITTER_PERCENT,
-    RECONNECT_STABLE_MS,
+    RECONNECT_STABLE_MS, REJECTIONS_REPORTED_MAX,
 };
 use crate::transport::{connect, ConnectOptions, Endpoint, TransportError};
 
@@ -181,6 +182,9 @@ pub enum ClientEvent {
         /// What went wrong.
         error: String,
     },
+    /// The peer refused a change of ours (its access rules), and why. Its own version of the
+    /// record replaces ours; our refused values are kept as conflicts.
+    Rejected(Rejection),
 }
 
 /// Traffic of one or more sessions, seen from this side.
@@ -196,6 +200,8 @@ pub struct TrafficReport {
     pub cells_applied: u64,
     /// Framed bytes this side read.
     pub bytes_received: u64,
+    /// Records whose changes the peer refused.
+    pub rejected_by_peer: u64,
 }
 
 impl TrafficReport {
@@ -205,6 +211,7 @@ impl TrafficReport {
         self.cells_received += r.stats.cells_received;
         self.cells_applied += r.stats.cells_applied;
         self.bytes_received += r.stats.bytes_received;
+        self.rejected_by_peer += r.stats.changes_rejected_by_peer;
     }
 }
 
@@ -225,6 +232,9 @@ pub struct ClientReport {
     pub last_error: Option<String>,
     /// Wall time, in ms.
     pub elapsed_ms: u64,
+    /// The first changes the peer refused, with its reasons (up to
+    /// [`REJECTIONS_REPORTED_MAX`]; `traffic.rejected_by_peer` counts them all).
+    pub rejected: Vec<Rejection>,
 }
 
 impl ClientReport {
@@ -237,6 +247,7 @@ impl ClientReport {
             connect_failures: 0,
             last_error: None,
             elapsed_ms: 0,
+            rejected: Vec::new(),
         }
     }
 
@@ -244,11 +255,15 @@ impl ClientReport {
         self.traffic.add(r);
         self.sessions += 1;
         self.peer = r.peer.or(self.peer);
+        let room = REJECTIONS_REPORTED_MAX.saturating_sub(self.rejected.len());
+        self.rejected.extend(r.rejected.iter().take(room).cloned());
     }
 
     /// The one JSON line the CLI prints, e.g. `{"url":"tcp://h:7421","peer":"…",
     /// "sent":{"cells":10,"bytes":900},"received":{"cells":3,"cells_applied":3,
-    /// "bytes":400},"sessions":1,"connect_failures":0,"elapsed_ms":12}`.
+    /// "bytes":400},"rejected_by_peer":0,"sessions":1,"connect_failures":0,"elapsed_ms":12}`;
+    /// when the peer refused changes, `"rejections"` lists the first of them
+    /// (`{"collection":…,"record":…,"reason":…}`).
     pub fn to_json(&self) -> serde_json::Value {
         let t = &self.traffic;
         let mut v = serde_json::json!({
@@ -260,6 +275,7 @@ impl ClientReport {
                 "cells_applied": t.cells_applied,
                 "bytes": t.bytes_received,
             },
+            "rejected_by_peer": t.rejected_by_peer,
             "sessions": self.sessions,
             "connect_failures": self.connect_failures,
             "elapsed_ms": self.elapsed_ms,
@@ -267,8 +283,20 @@ impl ClientReport {
         if let Some(e) = &self.last_error {
             v["last_error"] = e.clone().into();
         }
+        if !self.rejected.is_empty() {
+            v["rejections"] = self.rejected.iter().map(rejection_json).collect();
+        }
         v
     }
+}
+
+/// A change the peer refused, as the CLI prints it.
+pub fn rejection_json(r: &Rejection) -> serde_json::Value {
+    serde_json::json!({
+        "collection": r.collection,
+        "record": r.id.to_string(),
+        "reason": r.reason,
+    })
 }
 
 /// Connect once, sync until both sides are caught up, and end the session politely.
@@ -352,14 +380,26 @@ pub async fn sync_watch(
                     on_event(ClientEvent::Connected {
                         attempt: backoff.failures() + 1,
                     });
+                    let (rejections, mut rejected) = mpsc::channel(REJECTIONS_REPORTED_MAX);
                     let driver = DriverOptions {
                         shutdown: token.child_token(),
                         wake: wake.clone(),
                         linger_ms: opts.linger_ms,
+                        rejections: Some(rejections),
                         ..DriverOptions::default()
                     };
-                    let result =
-                        run_session(db.clone(), stream, opts.session.clone(), driver).await;
+                    // Refusals are shown as they come: a session may run for days.
+                    let session = run_session(db.clone(), stream, opts.session.clone(), driver);
+                    tokio::pin!(session);
+                    let result = loop {
+                        tokio::select! {
+                            r = &mut session => break r,
+                            Some(r) = rejected.recv() => on_event(ClientEvent::Rejected(r)),
+                        }
+                    };
+                    while let Ok(r) = rejected.try_recv() {
+                        on_event(ClientEvent::Rejected(r));
+                    }
                     let (session, error) = match &result {
                         Ok(r) => (Some(r), None),
                         Err(e) => (e.report(), Some(e.to_string())),
@@ -474,6 +514,7 @@ mod tests {
                 end: EndReason::TransportClosed,
                 caught_up: false,
                 elapsed_ms: 0,
+                rejected: Vec::new(),
             }),
         };
         for code in [

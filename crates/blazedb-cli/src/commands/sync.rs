@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 use blazedb::limits::{IDLE_TIMEOUT_MS_DEFAULT, PING_INTERVAL_MS_DEFAULT, PING_INTERVAL_MS_MIN};
 use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
 use blazedb::{Database, OpenOptions};
-use blazedb_net::reconnect::ClientEvent;
+use blazedb_net::reconnect::{rejection_json, ClientEvent};
 use blazedb_net::transport::{ConnectOptions, TlsClientOptions};
 use blazedb_net::{
     sync_files_once, sync_files_watch, sync_once, sync_watch, ClientOptions, Endpoint,
@@ -349,16 +349,37 @@ async fn run_network(
         sync_once(db, &endpoint, &opts).await?
     } else {
         sync_watch(db, &endpoint, &opts, interrupted(), |e| {
-            eprintln!("{}", event_json(&e));
+            eprintln!("{}", event_json(&e, &args.db_a));
         })
         .await?
     };
+    if report.traffic.rejected_by_peer > 0 {
+        eprintln!(
+            "{}",
+            refused_warning(report.traffic.rejected_by_peer, &args.db_a)
+        );
+    }
     let mut out = Output::stdout();
     out.json(&report.to_json())?;
     Ok(out.finish()?)
 }
 
-fn event_json(e: &ClientEvent) -> serde_json::Value {
+/// Said on stderr when the peer refused changes: the sync itself succeeded, but what this
+/// side wrote did not all get through, and the user should know where it went.
+fn refused_warning(records: u64, db: &std::path::Path) -> serde_json::Value {
+    json!({
+        "event": "warning",
+        "warning": format!(
+            "the peer refused changes to {records} record(s) (its access rules; the reasons \
+             are listed as \"rejected\" events or in \"rejections\"). The peer's version of \
+             each replaced ours here; our refused values are kept as conflicts: see them \
+             with `blazedb conflicts {}`, and write them again where the rules allow it",
+            db.display()
+        ),
+    })
+}
+
+fn event_json(e: &ClientEvent, db: &std::path::Path) -> serde_json::Value {
     match e {
         ClientEvent::Connected { attempt } => json!({ "event": "connected", "attempt": attempt }),
         ClientEvent::SessionEnded { report, error } => json!({
@@ -368,7 +389,14 @@ fn event_json(e: &ClientEvent) -> serde_json::Value {
             "cells_sent": report.stats.cells_sent,
             "cells_received": report.stats.cells_received,
             "cells_applied": report.stats.cells_applied,
+            "rejected_by_peer": report.stats.changes_rejected_by_peer,
         }),
+        ClientEvent::Rejected(r) => {
+            let mut v = rejection_json(r);
+            v["event"] = "rejected".into();
+            v["conflicts"] = format!("blazedb conflicts {}", db.display()).into();
+            v
+        }
         ClientEvent::Retrying { delay_ms, error } => {
             json!({ "event": "retrying", "delay_ms": delay_ms, "error": error })
         }

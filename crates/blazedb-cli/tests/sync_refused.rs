@@ -1,0 +1,163 @@
+//! A write the relay's rules refuse is not silent at the client: `blazedb sync --once` lists
+//! each refused record with the relay's reason in its JSON line and warns on stderr where the
+//! refused values went (`blazedb conflicts`); `blazedb sync` (continuous) says so as a
+//! `rejected` event while it runs. The refused values are listed by `blazedb conflicts`, and
+//! the allowed write is on the relay. Separate processes over real sockets.
+
+mod net_common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use net_common::{blazedb, export, start_relay};
+use serde_json::Value as Json;
+
+const TOKEN: &str = "s3cret";
+const RULES: &str = "[bugs]\nread = \"true\"\nwrite = \"priority < 5\"\n";
+
+fn put(db: &Path, json: &str) -> String {
+    let out = blazedb()
+        .arg("put")
+        .arg(db)
+        .args(["bugs", json])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn json_lines(text: &str) -> Vec<Json> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+#[test]
+fn refused_writes_are_reported_with_the_relays_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let (_relay, url) = start_relay(
+        &dir.path().join("data"),
+        &["--token", TOKEN, "--rules", rules.to_str().unwrap()],
+        None,
+    );
+    let db = dir.path().join("client.db");
+    let allowed = put(&db, r#"{"title": "small", "priority": 3}"#);
+    let refused = put(&db, r#"{"title": "too important", "priority": 9}"#);
+
+    // --once: the summary lists the refusal and its reason; stderr says what to do.
+    let out = blazedb()
+        .arg("sync")
+        .arg(&db)
+        .args([url.as_str(), "--once", "--token", TOKEN])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sync --once: {stderr}");
+    let summary: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["rejected_by_peer"], 1, "{summary}");
+    let rejections = summary["rejections"].as_array().expect("rejections listed");
+    assert_eq!(rejections.len(), 1, "{summary}");
+    assert_eq!(rejections[0]["collection"], "bugs");
+    assert_eq!(rejections[0]["record"], refused.as_str());
+    let reason = rejections[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("priority < 5"),
+        "the rule is named: {reason}"
+    );
+    let warnings: Vec<Json> = json_lines(&stderr)
+        .into_iter()
+        .filter(|e| e["event"] == "warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let warning = warnings[0]["warning"].as_str().unwrap();
+    assert!(
+        warning.contains("1 record") && warning.contains("blazedb conflicts"),
+        "{warning}"
+    );
+
+    // Where the refused values went: the relay's version (none) replaced the record here,
+    // and the values are listed as conflicts. The allowed write reached the relay.
+    let here = export(&db, "bugs");
+    assert!(
+        here.contains_key(&allowed) && !here.contains_key(&refused),
+        "{here:?}"
+    );
+    let conflicts = blazedb().arg("conflicts").arg(&db).output().unwrap();
+    let conflicts = json_lines(&String::from_utf8_lossy(&conflicts.stdout));
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c["record"] == refused.as_str() && c["loser"] == "too important"),
+        "{conflicts:?}"
+    );
+    let other = dir.path().join("other.db");
+    let out = blazedb()
+        .arg("sync")
+        .arg(&other)
+        .args([url.as_str(), "--once", "--token", TOKEN])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let there = export(&other, "bugs");
+    assert_eq!(
+        there.keys().collect::<Vec<_>>(),
+        vec![&allowed],
+        "what the relay holds"
+    );
+
+    // Continuous sync: a refusal is an event while the session runs, not only at the end.
+    let mut watcher = blazedb()
+        .arg("sync")
+        .arg(&db)
+        .args([url.as_str(), "--token", TOKEN])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = watcher.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |what: &str, pred: &dyn Fn(&Json) -> bool| -> Json {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} event within 20 s"));
+            let event: Json = serde_json::from_str(&line).unwrap();
+            if pred(&event) {
+                return event;
+            }
+        }
+    };
+    wait_for("connected", &|e| e["event"] == "connected");
+    let refused_live = put(&db, r#"{"title": "urgent", "priority": 7}"#);
+    let event = wait_for("rejected", &|e| e["event"] == "rejected");
+    assert_eq!(event["record"], refused_live.as_str(), "{event}");
+    assert!(
+        event["reason"].as_str().unwrap().contains("priority < 5"),
+        "{event}"
+    );
+    assert_eq!(
+        event["conflicts"],
+        format!("blazedb conflicts {}", db.display()),
+        "{event}"
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
