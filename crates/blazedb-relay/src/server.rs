@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use blazedb::{Database, OpenOptions};
+use blazedb_net::transport::plaintext;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -365,14 +366,33 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
                 None => serve_http(st, stream, slot, peer.ip()).await,
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
-                    if let Ok(Ok(s)) =
-                        tokio::time::timeout(handshake, acceptor.accept(stream)).await
+                    let answer = plaintext::tls_required_http_response;
+                    if let Ok(Some(s)) =
+                        tokio::time::timeout(handshake, secure(&acceptor, stream, answer)).await
                     {
                         serve_http(st, s, slot, peer.ip()).await;
                     }
                 }
             }
         });
+    }
+}
+
+/// The TLS handshake; a client that did not open with one (`ws://` or `tcp://` to a TLS
+/// port) gets `answer()` in plaintext, saying to use TLS, and `None` (see
+/// [`plaintext`]).
+async fn secure(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    answer: fn() -> Vec<u8>,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match plaintext::opens_with_tls(&stream).await {
+        Ok(true) => acceptor.accept(stream).await.ok(),
+        Ok(false) => {
+            plaintext::answer_and_close(stream, &answer()).await;
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -516,8 +536,9 @@ async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcc
                 None => crate::session::run(st, stream, Transport::Tcp, None, slot).await,
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
-                    if let Ok(Ok(s)) =
-                        tokio::time::timeout(handshake, acceptor.accept(stream)).await
+                    let answer = plaintext::tls_required_frame;
+                    if let Ok(Some(s)) =
+                        tokio::time::timeout(handshake, secure(&acceptor, stream, answer)).await
                     {
                         crate::session::run(st, s, Transport::Tcp, None, slot).await;
                     }

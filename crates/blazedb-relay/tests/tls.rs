@@ -296,3 +296,80 @@ async fn a_refused_client_certificate_is_explained_and_ends_sync_watch() {
     }
     relay.stop().await;
 }
+
+/// A client that connects without TLS to a TLS port is told in plaintext to use TLS (the relay
+/// looks at the first byte before the handshake): `ws://` gets HTTP 400 `tls_required`,
+/// `tcp://` an ERROR frame. Both are permanent errors that name the scheme to use, and the
+/// relay goes on serving clients that use TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plaintext_clients_on_tls_ports_are_told_to_use_tls() {
+    use blazedb_net::reconnect::ClientError;
+    use blazedb_net::transport::{ConnectOptions, TlsClientOptions, TransportError};
+    use blazedb_net::{sync_once, ClientOptions, Endpoint, NetError};
+
+    let relay = TestRelay::start(|c| {
+        c.tls = Some(TlsFiles {
+            cert: fixtures().join("tls_cert.pem"),
+            key: fixtures().join("tls_key.pem"),
+            client_ca: None,
+        });
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a");
+    a.insert("notes", [("n", 1)]).unwrap();
+    let client = |tls: TlsClientOptions| ClientOptions {
+        connect: ConnectOptions {
+            tls,
+            ..ConnectOptions::default()
+        },
+        session: SessionConfig {
+            token: TOKEN.into(),
+            ..SessionConfig::default()
+        },
+        ..ClientOptions::default()
+    };
+
+    let ws: Endpoint = format!("ws://127.0.0.1:{}/v1/sync", relay.addr.port())
+        .parse()
+        .unwrap();
+    match sync_once(a.clone(), &ws, &client(TlsClientOptions::default())).await {
+        Err(ClientError::Transport(e @ TransportError::Refused { status: 400, .. })) => {
+            let text = e.to_string();
+            assert!(text.contains("wss://"), "{text}");
+            assert!(e.is_permanent(), "{text}");
+        }
+        other => panic!("expected HTTP 400 saying to use wss://, got {other:?}"),
+    }
+    let tcp: Endpoint = format!("tcp://{}", relay.tcp_addr.unwrap())
+        .parse()
+        .unwrap();
+    match sync_once(a.clone(), &tcp, &client(TlsClientOptions::default())).await {
+        Err(ClientError::Session(NetError::Sync { error, .. })) => {
+            assert!(error.remote, "{error:?}");
+            assert!(error.message.contains("tls://"), "{}", error.message);
+        }
+        other => panic!("expected an ERROR frame saying to use tls://, got {other:?}"),
+    }
+
+    let trusted = TlsClientOptions {
+        ca_pem: Some(fixtures().join("tls_ca.pem")),
+        ..TlsClientOptions::default()
+    };
+    let wss: Endpoint = format!("wss://localhost:{}/v1/sync", relay.addr.port())
+        .parse()
+        .unwrap();
+    sync_once(a.clone(), &wss, &client(trusted.clone()))
+        .await
+        .unwrap();
+    let tls: Endpoint = format!("tls://localhost:{}", relay.tcp_addr.unwrap().port())
+        .parse()
+        .unwrap();
+    sync_once(a.clone(), &tls, &client(trusted)).await.unwrap();
+    wait_until(Duration::from_secs(10), || {
+        relay.db.count("notes").unwrap() == 1
+    })
+    .await;
+    relay.stop().await;
+}

@@ -61,7 +61,8 @@ pub enum TransportError {
         reason: String,
     },
     /// The peer answered the WebSocket upgrade with 401 or 403: it refused our credentials
-    /// (or, for a browser, its origin). Trying again with the same ones cannot help.
+    /// (or, for a browser, its origin); or with 400 `tls_required`: `ws://` to an HTTPS
+    /// port. Trying again with the same ones cannot help.
     #[error("{endpoint} refused the connection (HTTP {status}): {reason}")]
     Refused {
         /// The peer.
@@ -113,12 +114,55 @@ impl TransportError {
 }
 
 /// What to do about a failed TLS handshake: about our client certificate when the peer
-/// refused it, else about the server's certificate.
+/// refused it, else about the server's certificate, or about a peer that does not speak TLS.
 fn handshake_advice(e: &io::Error) -> &'static str {
-    client_certificate_refusal(e).unwrap_or(
-        "for a self-signed development certificate pass its CA with --tls-ca, or \
-         --danger-accept-invalid-certs",
-    )
+    use rustls::CertificateError as Cert;
+    if let Some(advice) = client_certificate_refusal(e) {
+        return advice;
+    }
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(Cert::Other(other)))
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            ) =>
+        {
+            "the server's certificate is a CA certificate (basicConstraints CA:TRUE, what \
+             `openssl req -x509` makes by default), which TLS does not accept as a server's \
+             own, not even with --tls-ca: give the server a certificate signed by that CA, or \
+             make the self-signed one with `-addext basicConstraints=critical,CA:FALSE`"
+        }
+        Some(rustls::Error::InvalidCertificate(
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+        )) => {
+            "the server's certificate is not issued for the host in the URL: connect with a \
+             name or address its subjectAltName lists, or reissue it with this one"
+        }
+        Some(rustls::Error::InvalidCertificate(
+            Cert::Expired
+            | Cert::ExpiredContext { .. }
+            | Cert::NotValidYet
+            | Cert::NotValidYetContext { .. },
+        )) => {
+            "the server's certificate is expired or not valid yet: renew it, or check the \
+             clocks of both machines (this side tries again)"
+        }
+        Some(rustls::Error::InvalidCertificate(Cert::BadSignature)) => {
+            "the server's certificate names an issuer in --tls-ca (or the system's roots) but \
+             is not signed by it: pass the CA that signed it with --tls-ca"
+        }
+        Some(rustls::Error::InvalidMessage(_)) => {
+            "the peer did not answer in TLS: if it listens without TLS, connect with tcp:// \
+             (or ws://) instead"
+        }
+        _ => {
+            "for a self-signed development certificate pass its CA with --tls-ca, or \
+             --danger-accept-invalid-certs"
+        }
+    }
 }
 
 /// When `e` is the peer's TLS alert refusing the client certificate we presented (or did

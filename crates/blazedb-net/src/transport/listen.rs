@@ -37,7 +37,7 @@ use crate::limits::{
     LISTEN_CONNECTIONS_MAX_DEFAULT, LISTEN_EVENTS_CAPACITY, TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
     UNIX_SOCKET_PATH_BYTES_MAX,
 };
-use crate::transport::{BoxedStream, TlsServerOptions, TokenAuth, TransportError};
+use crate::transport::{plaintext, BoxedStream, TlsServerOptions, TokenAuth, TransportError};
 
 /// What [`listen`] listens on and how it serves.
 #[derive(Clone, Debug)]
@@ -436,10 +436,10 @@ impl Supervisor {
                 Accepted::Tcp(socket, addr) => {
                     // Only a latency setting: a failure changes nothing about correctness.
                     let _ = socket.set_nodelay(true);
-                    sessions.spawn(serve(shared, addr.to_string(), socket, true));
+                    sessions.spawn(serve(shared, addr.to_string(), Incoming::Tcp(socket)));
                 }
                 Accepted::Unix(socket) => {
-                    sessions.spawn(serve(shared, "unix".into(), socket, false));
+                    sessions.spawn(serve(shared, "unix".into(), Incoming::Unix(socket)));
                 }
                 Accepted::Failed => {
                     // Out of file descriptors and the like: pause instead of spinning.
@@ -480,11 +480,14 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// One connection: TLS handshake if configured (and `tls_capable`), then one session.
-async fn serve<S>(shared: Arc<Shared>, remote: String, socket: S, tls_capable: bool)
-where
-    S: crate::transport::Stream,
-{
+/// An accepted connection, by transport (TLS is for TCP only).
+enum Incoming {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// One connection: TLS handshake if configured (TCP only), then one session.
+async fn serve(shared: Arc<Shared>, remote: String, socket: Incoming) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.active.fetch_add(1, Ordering::Relaxed);
     let _guard = ActiveGuard(shared.active.clone());
@@ -493,11 +496,11 @@ where
         id,
         remote: remote.clone(),
     });
-    let stream: BoxedStream = match (&shared.acceptor, tls_capable) {
-        (Some(acceptor), true) => {
+    let stream: BoxedStream = match (socket, &shared.acceptor) {
+        (Incoming::Tcp(socket), Some(acceptor)) => {
             let limit = Duration::from_millis(shared.handshake_timeout_ms);
             let handshake = tokio::select! {
-                r = tokio::time::timeout(limit, acceptor.accept(socket)) => r,
+                r = tokio::time::timeout(limit, secure(acceptor, socket)) => r,
                 _ = shared.stop.cancelled() => {
                     // Every Accepted is followed by one Ended, however the connection ends.
                     let why = Some("the listener is shutting down".to_owned());
@@ -506,14 +509,15 @@ where
             };
             match handshake {
                 Ok(Ok(s)) => Box::new(s),
-                Ok(Err(e)) => return ended(&shared, id, remote, None, Some(format!("TLS: {e}"))),
+                Ok(Err(e)) => return ended(&shared, id, remote, None, Some(e)),
                 Err(_) => {
                     let e = format!("TLS handshake not done within {limit:?}");
                     return ended(&shared, id, remote, None, Some(e));
                 }
             }
         }
-        _ => Box::new(socket),
+        (Incoming::Tcp(socket), None) => Box::new(socket),
+        (Incoming::Unix(socket), _) => Box::new(socket),
     };
     let opts = DriverOptions {
         shutdown: shared.stop.child_token(),
@@ -528,6 +532,25 @@ where
         Err(e) => (e.report().cloned().map(Box::new), Some(e.to_string())),
     };
     ended(&shared, id, remote, report, error);
+}
+
+/// The TLS handshake, or, for a client that did not open with one (`tcp://` to a TLS
+/// listener), an ERROR frame it can read saying to use `tls://` (see [`plaintext`]).
+async fn secure(
+    acceptor: &TlsAcceptor,
+    socket: tokio::net::TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
+    match plaintext::opens_with_tls(&socket).await {
+        Ok(true) => acceptor
+            .accept(socket)
+            .await
+            .map_err(|e| format!("TLS: {e}")),
+        Ok(false) => {
+            plaintext::answer_and_close(socket, &plaintext::tls_required_frame()).await;
+            Err("TLS: the client did not open with a TLS handshake (told to use tls://)".into())
+        }
+        Err(e) => Err(format!("TLS: {e}")),
+    }
 }
 
 fn ended(

@@ -12,7 +12,8 @@
 //! - [`endpoint`]: parsing `tcp://`, `tls://`, `unix://`, `ws://`, `wss://` URLs.
 //! - [`connect`]: the client side, any URL to a boxed byte stream.
 //! - [`listen`](mod@listen): the server side, one session per accepted connection.
-//! - [`tls`]: rustls configuration from PEM files.
+//! - [`tls`]: rustls configuration from PEM files; [`plaintext`]: what a TLS listener tells
+//!   a client that does not speak TLS.
 //! - [`auth`]: the listener's static token.
 //!
 //! Liveness is the session's: it pings after `SessionConfig::ping_interval_ms` without
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod endpoint;
 pub mod error;
 pub mod listen;
+pub mod plaintext;
 pub mod tls;
 
 use std::time::Duration;
@@ -156,8 +158,9 @@ async fn tcp(hp: &HostPort, name: &str) -> Result<TcpStream, TransportError> {
 }
 
 /// Why the WebSocket upgrade failed. A refusal (401: the credentials; 403: e.g. an origin
-/// not on the relay's allow-list) is permanent and carries the peer's own explanation (the
-/// relay answers `{"code": ..., "error": ...}`); anything else may pass.
+/// not on the relay's allow-list; 400 `tls_required`: `ws://` to a relay's HTTPS port) is
+/// permanent and carries the peer's own explanation (the relay answers
+/// `{"code": ..., "error": ...}`); anything else may pass.
 ///
 /// Over `wss://`, a TLS 1.3 peer refuses our client certificate only after the client's side
 /// of the handshake, so the refusal arrives while the upgrade reads its response: it is the
@@ -173,8 +176,31 @@ fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> Tr
         }
         other => other,
     };
+    let body = |r: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>| {
+        r.body()
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+    };
     let response = match &e {
         Error::Http(r) if matches!(r.status().as_u16(), 401 | 403) => r,
+        Error::Http(r)
+            if r.status().as_u16() == 400
+                && body(r).is_some_and(|v| v["code"] == plaintext::TLS_REQUIRED_CODE) =>
+        {
+            r
+        }
+        // What a TLS server's alert looks like to an HTTP parser.
+        Error::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::HttparseError(_))
+            if endpoint.starts_with("ws://") =>
+        {
+            return TransportError::WebSocket {
+                endpoint: endpoint.to_owned(),
+                reason: format!(
+                    "{e} (the peer did not answer in HTTP: if it speaks TLS on this port, \
+                     use wss://)"
+                ),
+            }
+        }
         _ => {
             return TransportError::WebSocket {
                 endpoint: endpoint.to_owned(),
@@ -183,11 +209,8 @@ fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> Tr
         }
     };
     let status = response.status().as_u16();
-    let said = response
-        .body()
-        .as_deref()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-        .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_owned));
+    let said =
+        body(response).and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_owned));
     let reason = match (status, said) {
         (401, Some(m)) => format!("{m}: check the token (--token or BLAZEDB_TOKEN)"),
         (401, None) => {

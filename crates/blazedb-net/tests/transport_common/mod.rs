@@ -82,6 +82,24 @@ pub fn make_pki(dir: &Path, prefix: &str) -> Pki {
     }
 }
 
+/// A server certificate for 127.0.0.1 that is its own CA (self-signed with basicConstraints
+/// CA:TRUE, what `openssl req -x509` makes by default), and its key, as PEM files.
+pub fn self_signed_ca_server(dir: &Path, prefix: &str) -> TlsServerOptions {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let cert_pem = dir.join(format!("{prefix}-ca-server-cert.pem"));
+    let key_pem = dir.join(format!("{prefix}-ca-server-key.pem"));
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    TlsServerOptions {
+        cert_pem,
+        key_pem,
+        client_ca_pem: None,
+    }
+}
+
 /// Listen for `db` on 127.0.0.1 with a free port.
 pub async fn listen_tcp(db: Arc<Database>, cfg: ListenConfig) -> Listener {
     listen(
