@@ -182,6 +182,20 @@ async fn queries_are_filtered_by_the_read_rule() {
     .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("asc or desc"), "{}", r.body);
+    // SQL's `FIELD desc` and `a,b`: refused the same way, saying how to write them.
+    for (order_by, says) in [
+        ("priority desc", "priority:desc"),
+        ("priority,title", "one sort key each"),
+    ] {
+        let r = query(
+            relay.addr,
+            &alice,
+            json!({"collection": "bugs", "order_by": order_by}),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains(says), "{order_by}: {}", r.body);
+    }
 
     // Only `$auth` exists in a query: another parameter is a typo, not an empty answer.
     let r = query(

@@ -123,5 +123,17 @@ mod tests {
         // Anything else after a colon is still a field name.
         assert_eq!(parse("t:1"), Ok(("t:1".into(), false)));
         assert!(parse(":desc").is_err());
+        // SQL's habits: a direction after a space, several keys in one; each would sort by
+        // a field no record has.
+        let e = parse("priority desc").unwrap_err();
+        assert!(e.contains("\"priority:desc\""), "{e}");
+        assert!(parse("n  ASC ").unwrap_err().contains("\"n:asc\""));
+        let e = parse("a,b:desc").unwrap_err();
+        assert!(e.contains("one sort key each"), "{e}");
+        assert!(parse("a, b").is_err());
+        // Names that merely hold a space or a comma are still names.
+        assert_eq!(parse("first name"), Ok(("first name".into(), false)));
+        assert_eq!(parse("a, b c:desc"), Ok(("a, b c".into(), true)));
+        assert_eq!(parse("desc"), Ok(("desc".into(), false)));
     }
 }

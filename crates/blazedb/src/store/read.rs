@@ -78,9 +78,37 @@ impl OrderBy {
     /// `FIELD`, `FIELD:asc` or `FIELD:desc` (the direction in any case), as the CLI's
     /// `--order-by` and the relay's `order_by` take it. Any other word after the last colon
     /// is refused rather than read as part of the field name: `p:descending` sorting by a
-    /// field that no record has would answer unsorted without a word. (A field whose name
-    /// ends in `:` and a word cannot be named here.)
+    /// field that no record has would answer unsorted without a word. The same for SQL's
+    /// `p desc` (a direction after a space) and `a,b` (several keys in one): each is refused
+    /// saying how to write it here. (A field whose name ends in `:` and a word, in a space
+    /// and a direction, or that is a comma-separated list of plain names, cannot be named
+    /// here.)
     pub fn parse(text: &str) -> std::result::Result<OrderBy, String> {
+        if let Some((field, dir)) = text.trim_end().rsplit_once(char::is_whitespace) {
+            let field = field.trim_end();
+            if !field.is_empty()
+                && (dir.eq_ignore_ascii_case("desc") || dir.eq_ignore_ascii_case("asc"))
+            {
+                return Err(format!(
+                    "{text:?}: write the direction after a colon: \"{field}:{}\"",
+                    dir.to_ascii_lowercase()
+                ));
+            }
+        }
+        let plain_name =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || "_.-$".contains(c));
+        let keys: Vec<&str> = text.split(',').map(str::trim).collect();
+        if keys.len() > 1
+            && keys
+                .iter()
+                .all(|k| plain_name(k.rsplit_once(':').map_or(k, |(f, _)| f)))
+        {
+            return Err(format!(
+                "{text:?}: one sort key each: give the keys one by one (--order-by {} ..., or \
+                 a list in the relay's order_by)",
+                keys[0]
+            ));
+        }
         let (field, desc) = match text.rsplit_once(':') {
             Some((field, dir)) if dir.eq_ignore_ascii_case("desc") => (field, true),
             Some((field, dir)) if dir.eq_ignore_ascii_case("asc") => (field, false),
