@@ -39,6 +39,22 @@ pub(crate) fn parse_node(src: &str) -> Result<Node, QueryError> {
         Tok::Word(w) if w == "is" => {
             Err(p.error_here("`is` is not an operator: write `x == null` or `x != null`"))
         }
+        // SQL's upper-case keywords: the language's are lower case.
+        Tok::Word(w)
+            if ["and", "or", "in", "contains", "starts_with", "not"]
+                .iter()
+                .any(|k| w.eq_ignore_ascii_case(k) && w != k) =>
+        {
+            Err(p.error_here(format!(
+                "found `{w}`: keywords are lower case here: write `{}`{}",
+                w.to_ascii_lowercase(),
+                match w.to_ascii_lowercase().as_str() {
+                    "and" => " or `&&`",
+                    "or" => " or `||`",
+                    _ => "",
+                }
+            )))
+        }
         found => Err(p.error_here(format!(
             "expected `&&`, `||` or the end of the expression after a complete condition, found {}",
             found.describe()
@@ -782,6 +798,12 @@ mod tests {
         assert!(err("a. == 1").1.contains("expected a field name after `.`"));
         assert!(err("_id.x == 1").1.contains("has no fields"));
         assert!(err("a is null").1.contains("`is` is not an operator"));
+        let (col, msg) = err("a > 3 AND b == 1");
+        assert_eq!(col, 7);
+        assert!(msg.contains("write `and` or `&&`"), "{msg}");
+        assert!(err("a == 1 Or b == 1").1.contains("write `or` or `||`"));
+        assert!(err("a IN [1]").1.contains("write `in`"));
+        assert!(err("tags CONTAINS \"x\"").1.contains("write `contains`"));
         assert!(err("a not b").1.contains("expected `in` after `not`"));
         let (col, msg) = err("_id == uuid(\"nope\")");
         assert_eq!(col, 13);
