@@ -525,12 +525,21 @@ fn a_relay_never_expires_so_deletes_made_offline_reach_it() {
     assert_eq!(r.expired_peers, vec![other], "{r:?}");
     assert_eq!(r.tombstones_purged, 0, "{r:?}");
     assert_eq!(tombstones(&client, "items"), 3);
+    // The report says who holds GC back, and that it is a relay kept past the retention
+    // (`blazedb gc` warns, naming `peers --forget`).
+    assert_eq!(r.held_by, Some(relay.node_id()), "{r:?}");
+    assert_eq!(r.relays_past_retention, vec![relay.node_id()], "{r:?}");
 
     // Back online: the relay gets the deletes; then GC may collect them.
     sync(&client, &relay);
     assert_eq!(relay.count("items").unwrap(), 3);
     let r = client.gc(&GcOptions::default()).unwrap();
     assert_eq!(r.tombstones_purged, 3, "{r:?}");
+    assert_eq!(r.held_by, None, "the relay has everything: {r:?}");
+    assert!(
+        r.relays_past_retention.is_empty(),
+        "heard from just now: {r:?}"
+    );
 }
 
 /// Full sessions between two files until both are caught up.

@@ -71,9 +71,43 @@ pub fn run_gc(ctx: &Context, args: &GcArgs) -> Result<()> {
     let report = db.gc(&GcOptions {
         peer_retention_ms: args.peer_retention,
     })?;
+    for relay in &report.relays_past_retention {
+        // Said because nothing else would: a relay is never expired, so one that is gone for
+        // good keeps every later tombstone here, silently.
+        eprintln!(
+            "{}",
+            json!({
+                "event": "warning",
+                "warning": format!(
+                    "relay {relay} was last heard from over {} ago and still holds GC back \
+                     (a relay never expires: deletes made while it is away must reach it). If it \
+                     is gone for good: blazedb peers {} --forget {relay}",
+                    format_duration_ms(args.peer_retention),
+                    args.db.display()
+                ),
+            })
+        );
+    }
     let mut out = Output::stdout();
     out.json(&gc_json(&report))?;
     Ok(out.finish()?)
+}
+
+/// `30d`, `12h`, `90m`, `45s` or `500ms`: the largest unit that divides `ms`.
+fn format_duration_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    UNITS
+        .iter()
+        .find(|(unit, _)| ms >= *unit && ms % unit == 0)
+        .map_or_else(
+            || format!("{ms}ms"),
+            |(unit, name)| format!("{}{name}", ms / unit),
+        )
 }
 
 /// A [`GcReport`] as JSON.
@@ -86,6 +120,12 @@ pub fn gc_json(r: &GcReport) -> Json {
         "feed_rows_pruned": r.feed_rows_pruned,
         "history_rows_removed": r.history_rows_removed,
         "expired_peers": r.expired_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "held_by": r.held_by.map(|n| n.to_string()),
+        "relays_past_retention": r
+            .relays_past_retention
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
     })
 }
 

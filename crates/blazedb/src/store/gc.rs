@@ -105,6 +105,13 @@ pub struct GcReport {
     /// Peers not heard from within the retention (still listed by `peers()`; drop them with
     /// [`Database::forget_peer`]).
     pub expired_peers: Vec<NodeId>,
+    /// The peer whose acknowledged cursor is the horizon, when the horizon is below this
+    /// file's head: what GC waits for to collect more.
+    pub held_by: Option<NodeId>,
+    /// Relays not heard from within the retention, which still count (a relay never
+    /// expires: see [`Database::gc`]). One that is gone for good holds GC back until
+    /// [`Database::forget_peer`].
+    pub relays_past_retention: Vec<NodeId>,
 }
 
 /// Sync metadata stored in the file, in bytes, by kind (see [`Database::sync_metadata`]).
@@ -288,7 +295,8 @@ fn is_server(inner: &Inner, peer: NodeId) -> Result<bool> {
 fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport> {
     let head = inner.clock_row()?.0;
     let mut report = GcReport::default();
-    let mut horizon: Option<Seq> = None;
+    // The lowest acknowledged cursor, and whose it is.
+    let mut horizon: Option<(Seq, NodeId)> = None;
     {
         // One entry per peer: its acked cursor (if any) and its latest contact in either
         // direction.
@@ -317,15 +325,24 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
             // through the feed, under its write rules), so a delete whose tombstone went
             // while the relay was away would never reach it. A client offline for longer
             // than the retention keeps the tombstones of its unsent deletes instead.
-            if now_ms.saturating_sub(last) > opts.peer_retention_ms && !is_server(inner, node)? {
+            let past_retention = now_ms.saturating_sub(last) > opts.peer_retention_ms;
+            if past_retention && !is_server(inner, node)? {
                 report.expired_peers.push(node);
-            } else if let Some(a) = acked {
-                horizon = Some(horizon.map_or(a, |h| h.min(a)));
+                continue;
+            }
+            if past_retention {
+                report.relays_past_retention.push(node);
+            }
+            if let Some(a) = acked {
+                if horizon.is_none_or(|(h, _)| a < h) {
+                    horizon = Some((a, node));
+                }
             }
         }
     }
-    let h = horizon.unwrap_or(head).min(head);
+    let h = horizon.map_or(head, |(h, _)| h).min(head);
     report.horizon = h;
+    report.held_by = horizon.filter(|(a, _)| *a < head).map(|(_, node)| node);
     let scan_from = Seq(meta_u64(inner, META_GC_SCAN_SEQ)?);
 
     // Tombstones at or below H, and live records written since the last scan (the only
