@@ -63,6 +63,8 @@ pub enum Command {
     Check(maintenance::DbArgs),
     /// Print unresolved conflicts, one JSON object per line.
     Conflicts(conflicts::ConflictsArgs),
+    /// Settle a conflict: keep the winner, or write the loser's (--loser) or a new value
+    Resolve(conflicts::ResolveArgs),
     /// Seed a device offline: export a snapshot file, or import one.
     #[command(subcommand)]
     Snapshot(crate::commands::snapshot::SnapshotCommand),

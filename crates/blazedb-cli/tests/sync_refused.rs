@@ -99,6 +99,27 @@ fn refused_writes_are_reported_with_the_relays_reason() {
             .any(|c| c["record"] == refused.as_str() && c["loser"] == "too important"),
         "{conflicts:?}"
     );
+    // The record-level conflict (the relay's "no such record" against our insert) is settled
+    // by keeping the winner; writing the loser back is a field's business and is refused.
+    let record_level = conflicts
+        .iter()
+        .find(|c| c["record"] == refused.as_str() && c["cell"] == "$record")
+        .expect("a record-level conflict");
+    let resolve = |extra: &[&str]| {
+        blazedb()
+            .arg("resolve")
+            .arg(&db)
+            .arg(record_level["id"].to_string())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = resolve(&["--loser"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("about the record itself"), "{err}");
+    assert!(resolve(&[]).status.success());
+
     let other = dir.path().join("other.db");
     let out = blazedb()
         .arg("sync")

@@ -1,4 +1,5 @@
-//! `conflicts`: concurrent overwrites whose losing value is kept until resolved.
+//! `conflicts`: concurrent overwrites whose losing value is kept until resolved; `resolve`
+//! settles one.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,9 @@ use serde_json::json;
 
 use super::{optional_json, version_json};
 use crate::database::{Access, Context};
+use crate::input::parse_object;
 use crate::output::Output;
+use crate::report::UsageError;
 
 /// `conflicts DB [COLLECTION]`.
 #[derive(Debug, Args)]
@@ -37,4 +40,82 @@ pub fn run(ctx: &Context, args: &ConflictsArgs) -> Result<()> {
         }))?;
     }
     Ok(out.finish()?)
+}
+
+/// `resolve DB CONFLICT [--loser | --value JSON]`.
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// The database file.
+    pub db: PathBuf,
+    /// The conflict's `id`, as `blazedb conflicts` lists it.
+    pub conflict: i64,
+    /// Write the losing value back (a new write, which wins everywhere it syncs to).
+    #[arg(long, conflicts_with = "value")]
+    pub loser: bool,
+    /// Write this JSON value to the field instead (typed forms as for `put`).
+    #[arg(long, value_name = "JSON")]
+    pub value: Option<String>,
+}
+
+/// Settle a conflict: keep the winner (the default), or write the loser's or a new value to
+/// its field. Prints `{"resolved": ID, "wrote": VALUE|null}`.
+pub fn run_resolve(ctx: &Context, args: &ResolveArgs) -> Result<()> {
+    let db = ctx.open(&args.db, Access::Existing)?;
+    let conflict = db
+        .conflicts(None)?
+        .into_iter()
+        .find(|c| c.id == args.conflict)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "no open conflict {} (unknown, or resolved already: see `blazedb conflicts {}`)",
+                args.conflict,
+                args.db.display()
+            ))
+        })?;
+    let value = if args.loser || args.value.is_some() {
+        if conflict.field.is_none() {
+            return Err(UsageError(format!(
+                "conflict {} is about the record itself (a delete against a write), not a \
+                 field: resolve it without --loser or --value, then delete the record or write \
+                 it again as it should be",
+                args.conflict
+            ))
+            .into());
+        }
+        match &args.value {
+            Some(text) => Some(parse_value(text).map_err(UsageError)?),
+            None => match conflict.loser {
+                Some(v) => Some(v),
+                None => {
+                    return Err(UsageError(format!(
+                        "the losing write of conflict {} removed field {:?}: remove it with \
+                         `blazedb update` (`{{\"{}\": {{\"$unset\": true}}}}`), then resolve \
+                         without --loser",
+                        args.conflict,
+                        conflict.field.as_deref().unwrap_or_default(),
+                        conflict.field.as_deref().unwrap_or_default(),
+                    ))
+                    .into())
+                }
+            },
+        }
+    } else {
+        None
+    };
+    let wrote = optional_json(value.as_ref());
+    db.resolve_conflict(args.conflict, value)?;
+    let mut out = Output::stdout();
+    out.json(&json!({ "resolved": args.conflict, "wrote": wrote }))?;
+    Ok(out.finish()?)
+}
+
+/// One JSON value with the typed forms (`{"$date": ..}` and the like), checked as a field of
+/// a record is (integers beyond 64 bits are refused).
+fn parse_value(text: &str) -> Result<blazedb::Value, String> {
+    let invalid = |e: &str| format!("--value: {e}");
+    serde_json::from_str::<serde_json::Value>(text).map_err(|e| invalid(&e.to_string()))?;
+    // Valid JSON on its own, so wrapped it is an object of exactly this one value.
+    let object = parse_object(&format!("{{\"value\": {text}}}"))
+        .map_err(|e| invalid(&e.replace("field \"value\": ", "")))?;
+    blazedb::codec::json::from_json(&object["value"]).map_err(|e| invalid(&e.to_string()))
 }

@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Index(args) => maintenance::run_index(&ctx, &args),
         Command::Check(args) => maintenance::run_check(&ctx, &args),
         Command::Conflicts(args) => conflicts::run(&ctx, &args),
+        Command::Resolve(args) => conflicts::run_resolve(&ctx, &args),
         Command::Peers(args) => peers::run_peers(&ctx, &args),
         Command::Gc(args) => peers::run_gc(&ctx, &args),
         Command::Rekey(args) => maintenance::run_rekey(&ctx, &args),
