@@ -7,7 +7,7 @@ mod net_common;
 
 use std::path::Path;
 
-use net_common::{blazedb, start_relay};
+use net_common::{blazedb, put, start_relay};
 use serde_json::Value as Json;
 
 fn run(db: &Path, args: &[&str]) -> (Json, String) {
@@ -29,14 +29,7 @@ fn gc_names_a_relay_that_holds_it_back_and_how_to_let_go() {
     let dir = tempfile::tempdir().unwrap();
     let (mut relay, url) = start_relay(&dir.path().join("data"), &["--token", "t"], None);
     let db = dir.path().join("client.db");
-    let out = blazedb()
-        .arg("put")
-        .arg(&db)
-        .args(["notes", r#"{"n": 1}"#])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let id = put(&db, "notes", r#"{"n": 1}"#);
     run(&db, &["sync", &url, "--once", "--token", "t"]);
     let (relay_peer, _) = run(&db, &["peers"]);
     let relay_node = relay_peer["node"].as_str().unwrap().to_owned();

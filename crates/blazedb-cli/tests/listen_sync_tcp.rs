@@ -7,21 +7,7 @@ mod net_common;
 
 use serde_json::Value as Json;
 
-use net_common::{blazedb, export, start_listener};
-
-fn put(db: &std::path::Path, collection: &str, json: &str) {
-    let out = blazedb()
-        .arg("put")
-        .arg(db)
-        .args([collection, json])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use net_common::{blazedb, export, put, start_listener};
 
 fn sync_once(db: &std::path::Path, url: &str, extra: &[&str]) -> (bool, Json, String) {
     let out = blazedb()

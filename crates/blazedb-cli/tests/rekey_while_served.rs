@@ -6,7 +6,7 @@ mod net_common;
 
 use std::time::Duration;
 
-use net_common::{blazedb, start_relay};
+use net_common::{blazedb, put, start_relay};
 
 #[test]
 fn rekey_of_a_store_a_running_relay_holds_is_refused() {
@@ -19,17 +19,7 @@ fn rekey_of_a_store_a_running_relay_holds_is_refused() {
     let store = data.join("relay.db");
 
     let client = dir.path().join("client.db");
-    let put = blazedb()
-        .arg("put")
-        .arg(&client)
-        .args(["notes", r#"{"n": 1}"#])
-        .output()
-        .unwrap();
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    put(&client, "notes", r#"{"n": 1}"#);
     let sync = |what: &str| {
         let out = blazedb()
             .arg("sync")

@@ -8,22 +8,11 @@ mod net_common;
 
 use std::path::Path;
 
-use net_common::{blazedb, export, start_relay};
+use net_common::{blazedb, export, put, start_relay};
 
 fn put_n(db: &Path, label: &str, n: usize) {
     for i in 0..n {
-        let out = blazedb()
-            .arg("put")
-            .arg(db)
-            .arg("notes")
-            .arg(format!(r#"{{"label": "{label}", "i": {i}}}"#))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        put(db, "notes", &format!(r#"{{"label": "{label}", "i": {i}}}"#));
     }
 }
 

@@ -7,31 +7,15 @@
 mod net_common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use net_common::{blazedb, export, start_relay};
+use net_common::{blazedb, export, put, start_relay};
 use serde_json::Value as Json;
 
 const TOKEN: &str = "s3cret";
 const RULES: &str = "[bugs]\nread = \"true\"\nwrite = \"priority < 5\"\n";
-
-fn put(db: &Path, json: &str) -> String {
-    let out = blazedb()
-        .arg("put")
-        .arg(db)
-        .args(["bugs", json])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn json_lines(text: &str) -> Vec<Json> {
     text.lines()
@@ -50,8 +34,8 @@ fn refused_writes_are_reported_with_the_relays_reason() {
         None,
     );
     let db = dir.path().join("client.db");
-    let allowed = put(&db, r#"{"title": "small", "priority": 3}"#);
-    let refused = put(&db, r#"{"title": "too important", "priority": 9}"#);
+    let allowed = put(&db, "bugs", r#"{"title": "small", "priority": 3}"#);
+    let refused = put(&db, "bugs", r#"{"title": "too important", "priority": 9}"#);
 
     // --once: the summary lists the refusal and its reason; stderr says what to do.
     let out = blazedb()
@@ -167,7 +151,7 @@ fn refused_writes_are_reported_with_the_relays_reason() {
         }
     };
     wait_for("connected", &|e| e["event"] == "connected");
-    let refused_live = put(&db, r#"{"title": "urgent", "priority": 7}"#);
+    let refused_live = put(&db, "bugs", r#"{"title": "urgent", "priority": 7}"#);
     let event = wait_for("rejected", &|e| e["event"] == "rejected");
     assert_eq!(event["record"], refused_live.as_str(), "{event}");
     assert!(

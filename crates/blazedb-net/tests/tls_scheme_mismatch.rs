@@ -15,20 +15,12 @@ mod transport_common;
 
 use blazedb::sync::ErrorCode;
 use blazedb_net::reconnect::ClientError;
-use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions, TransportError};
-use blazedb_net::{sync_once, sync_watch, ClientOptions, Endpoint, NetError};
+use blazedb_net::transport::{ListenConfig, TlsClientOptions, TransportError};
+use blazedb_net::{sync_once, sync_watch, Endpoint, NetError};
 use common::{count, fill, open};
-use transport_common::{listen_tcp, make_pki, next_ended, self_signed_ca_server, TEST_LIMIT};
-
-fn client(tls: TlsClientOptions) -> ClientOptions {
-    ClientOptions {
-        connect: ConnectOptions {
-            tls,
-            ..ConnectOptions::default()
-        },
-        ..ClientOptions::default()
-    }
-}
+use transport_common::{
+    listen_tcp, make_pki, next_ended, self_signed_ca_server, tls_client, TEST_LIMIT,
+};
 
 fn trusting(ca: &std::path::Path) -> TlsClientOptions {
     TlsClientOptions {
@@ -64,7 +56,7 @@ async fn plain_tcp_to_a_tls_listener_is_told_to_use_tls() {
             }
             other => panic!("expected the listener's ERROR saying to use TLS, got {other:?}"),
         };
-        told(sync_once(a.clone(), &plain, &client(TlsClientOptions::default())).await);
+        told(sync_once(a.clone(), &plain, &tls_client(TlsClientOptions::default())).await);
         let (report, error) = next_ended(&mut events).await;
         assert!(report.is_none(), "no session ran");
         let error = error.unwrap();
@@ -78,7 +70,7 @@ async fn plain_tcp_to_a_tls_listener_is_told_to_use_tls() {
             sync_watch(
                 a.clone(),
                 &plain,
-                &client(TlsClientOptions::default()),
+                &tls_client(TlsClientOptions::default()),
                 stop,
                 |_| {},
             )
@@ -88,7 +80,7 @@ async fn plain_tcp_to_a_tls_listener_is_told_to_use_tls() {
 
         // The listener goes on serving, and the right scheme works.
         let right: Endpoint = listener.urls()[0].parse().unwrap();
-        sync_once(a.clone(), &right, &client(trusting(&pki.ca_pem)))
+        sync_once(a.clone(), &right, &tls_client(trusting(&pki.ca_pem)))
             .await
             .unwrap();
         assert_eq!(count(&b, "c"), 10);
@@ -108,7 +100,7 @@ async fn tls_to_a_plain_listener_says_the_peer_does_not_speak_tls() {
         let listener = listen_tcp(b.clone(), ListenConfig::default()).await;
         let port = listener.tcp_addr().unwrap().port();
         let tls: Endpoint = format!("tls://127.0.0.1:{port}").parse().unwrap();
-        match sync_once(a.clone(), &tls, &client(trusting(&pki.ca_pem))).await {
+        match sync_once(a.clone(), &tls, &tls_client(trusting(&pki.ca_pem))).await {
             Err(ClientError::Transport(e @ TransportError::TlsHandshake { .. })) => {
                 let text = e.to_string();
                 assert!(text.contains("did not answer in TLS"), "{text}");
@@ -140,7 +132,7 @@ async fn a_server_certificate_that_is_its_own_ca_gets_advice_on_making_one_that_
         )
         .await;
         let url: Endpoint = listener.urls()[0].parse().unwrap();
-        match sync_once(a.clone(), &url, &client(trust_it)).await {
+        match sync_once(a.clone(), &url, &tls_client(trust_it)).await {
             Err(ClientError::Transport(e @ TransportError::TlsHandshake { .. })) => {
                 let text = e.to_string();
                 assert!(text.contains("CA:TRUE"), "{text}");

@@ -7,22 +7,10 @@ mod common;
 mod transport_common;
 
 use blazedb_net::reconnect::ClientError;
-use blazedb_net::transport::{
-    ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions, TransportError,
-};
-use blazedb_net::{sync_once, sync_watch, ClientOptions, Endpoint};
+use blazedb_net::transport::{ListenConfig, TlsClientOptions, TlsServerOptions, TransportError};
+use blazedb_net::{sync_once, sync_watch, Endpoint};
 use common::{count, dump, fill, open};
-use transport_common::{listen_tcp, make_pki, next_ended, TEST_LIMIT};
-
-fn client(tls: TlsClientOptions) -> ClientOptions {
-    ClientOptions {
-        connect: ConnectOptions {
-            tls,
-            ..ConnectOptions::default()
-        },
-        ..ClientOptions::default()
-    }
-}
+use transport_common::{listen_tcp, make_pki, next_ended, tls_client, TEST_LIMIT};
 
 fn assert_handshake_refused(r: Result<blazedb_net::ClientReport, ClientError>, why: &str) {
     match r {
@@ -56,18 +44,18 @@ async fn untrusted_server_certificates_are_refused_unless_danger() {
         let url: Endpoint = listener.urls()[0].parse().unwrap();
 
         // Built-in web roots: the test CA is unknown.
-        let r = sync_once(a.clone(), &url, &client(TlsClientOptions::default())).await;
+        let r = sync_once(a.clone(), &url, &tls_client(TlsClientOptions::default())).await;
         assert_handshake_refused(r, "UnknownIssuer");
         // Another CA (a different self-signed certificate): refused just the same.
         let wrong = TlsClientOptions {
             ca_pem: Some(other.ca_pem.clone()),
             ..TlsClientOptions::default()
         };
-        let r = sync_once(a.clone(), &url, &client(wrong.clone())).await;
+        let r = sync_once(a.clone(), &url, &tls_client(wrong.clone())).await;
         assert_handshake_refused(r, "UnknownIssuer");
         // A watching client gives up with the same error instead of retrying forever.
         let stop = std::future::pending::<()>();
-        let r = sync_watch(a.clone(), &url, &client(wrong.clone()), stop, |_| {}).await;
+        let r = sync_watch(a.clone(), &url, &tls_client(wrong.clone()), stop, |_| {}).await;
         assert_handshake_refused(r, "UnknownIssuer");
         assert_eq!(count(&b, "c"), 0, "nothing flowed over a refused handshake");
 
@@ -79,7 +67,7 @@ async fn untrusted_server_certificates_are_refused_unless_danger() {
             ca_pem: Some(pki.ca_pem.clone()),
             ..TlsClientOptions::default()
         };
-        sync_once(a.clone(), &by_name, &client(right_ca))
+        sync_once(a.clone(), &by_name, &tls_client(right_ca))
             .await
             .unwrap();
         let other_pki_listener = listen_tcp(
@@ -99,7 +87,7 @@ async fn untrusted_server_certificates_are_refused_unless_danger() {
             ca_pem: Some(other.ca_pem.clone()),
             ..TlsClientOptions::default()
         };
-        let r = sync_once(a.clone(), &misnamed, &client(other_ca)).await;
+        let r = sync_once(a.clone(), &misnamed, &tls_client(other_ca)).await;
         assert_handshake_refused(r, "not valid for name");
 
         // The development escape hatch: any certificate goes.
@@ -107,7 +95,9 @@ async fn untrusted_server_certificates_are_refused_unless_danger() {
             danger_accept_invalid_certs: true,
             ..wrong
         };
-        let report = sync_once(a.clone(), &url, &client(danger)).await.unwrap();
+        let report = sync_once(a.clone(), &url, &tls_client(danger))
+            .await
+            .unwrap();
         assert_eq!(report.peer, Some(b.node_id()));
         assert_eq!(dump(&a), dump(&b));
         listener.shutdown().await;
@@ -152,7 +142,7 @@ async fn a_client_without_a_certificate_is_refused_when_they_are_required() {
             };
             // With TLS 1.3 the client learns of the refusal only when it reads: the
             // handshake or the session fails, never succeeds.
-            let r = sync_once(a.clone(), &url, &client(tls)).await;
+            let r = sync_once(a.clone(), &url, &tls_client(tls)).await;
             assert!(r.is_err(), "{label}: {r:?}");
             let (report, error) = next_ended(&mut events).await;
             assert!(report.is_none(), "{label}: no session ran");

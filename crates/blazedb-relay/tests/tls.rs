@@ -39,9 +39,9 @@ fn connector() -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn wss_and_tls_over_tcp() {
-    let relay = TestRelay::start(|c| {
+/// A relay serving HTTPS/WSS and TLS over TCP with the fixture certificate.
+async fn start_tls_relay() -> TestRelay {
+    TestRelay::start(|c| {
         c.tls = Some(TlsFiles {
             cert: fixtures().join("tls_cert.pem"),
             key: fixtures().join("tls_key.pem"),
@@ -49,7 +49,12 @@ async fn wss_and_tls_over_tcp() {
         });
         c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wss_and_tls_over_tcp() {
+    let relay = start_tls_relay().await;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
     let stop = CancellationToken::new();
@@ -307,15 +312,7 @@ async fn plaintext_clients_on_tls_ports_are_told_to_use_tls() {
     use blazedb_net::transport::{ConnectOptions, TlsClientOptions, TransportError};
     use blazedb_net::{sync_once, ClientOptions, Endpoint, NetError};
 
-    let relay = TestRelay::start(|c| {
-        c.tls = Some(TlsFiles {
-            cert: fixtures().join("tls_cert.pem"),
-            key: fixtures().join("tls_key.pem"),
-            client_ca: None,
-        });
-        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
+    let relay = start_tls_relay().await;
     let dir = tempfile::tempdir().unwrap();
     let a = open(dir.path(), "a");
     a.insert("notes", [("n", 1)]).unwrap();

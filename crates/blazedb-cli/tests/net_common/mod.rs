@@ -93,6 +93,22 @@ impl Drop for Daemon {
     }
 }
 
+/// `blazedb put DB COLLECTION JSON` (no password), which must succeed; the new record's id.
+pub fn put(db: &Path, collection: &str, json: &str) -> String {
+    let out = blazedb()
+        .arg("put")
+        .arg(db)
+        .args([collection, json])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Start `blazedb listen DB ARGS..` and return it with the first URL it announces.
 pub fn start_listener(db: &Path, args: &[&str], log: Option<&Path>) -> (Daemon, String) {
     let mut cmd = blazedb();

@@ -100,6 +100,17 @@ pub fn self_signed_ca_server(dir: &Path, prefix: &str) -> TlsServerOptions {
     }
 }
 
+/// Client options with these TLS settings and every other setting at its default.
+pub fn tls_client(tls: blazedb_net::transport::TlsClientOptions) -> blazedb_net::ClientOptions {
+    blazedb_net::ClientOptions {
+        connect: blazedb_net::transport::ConnectOptions {
+            tls,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// Listen for `db` on 127.0.0.1 with a free port.
 pub async fn listen_tcp(db: Arc<Database>, cfg: ListenConfig) -> Listener {
     listen(
