@@ -7,12 +7,9 @@
 //! - [`sync_files_watch`] keeps syncing until told to stop. Commits made through this
 //!   process wake the sessions at once (commit listeners). Commits made by *other
 //!   processes* on the same files do not reach this process's listeners, so watch mode
-//!   checks each file's feed head (`Database::last_seq`, one small query) every
-//!   [`FILE_POLL_INTERVAL_MS`] and wakes that file's session when it moved (and once on its
-//!   first read, which cannot tell a commit made while the sessions started from the
-//!   starting head). This is the one poll in the drivers: SQLite offers no cross-process
-//!   commit notification (its `data_version` must be read, and file-system watchers on WAL
-//!   files are unreliable and platform-specific), and a head check costs microseconds.
+//!   keeps a [`HeadWatch`] on each file, as `blazedb listen` and `blazedb sync DB URL` do: it
+//!   checks the file's feed head when the file system says the file changed, and every
+//!   [`HEAD_POLL_INTERVAL_MS`](crate::limits::HEAD_POLL_INTERVAL_MS) in case it does not.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,9 +24,9 @@ use zeroize::Zeroizing;
 use crate::checkpoint::spawn_checkpointer;
 use crate::driver::{run_session, DriverOptions, SessionReport};
 use crate::error::NetError;
+use crate::head_watch::HeadWatch;
 use crate::limits::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, DUPLEX_BUFFER_BYTES_DEFAULT, FILE_POLL_INTERVAL_MS,
-    SYNC_ONCE_ROUNDS_MAX,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, DUPLEX_BUFFER_BYTES_DEFAULT, SYNC_ONCE_ROUNDS_MAX,
 };
 use crate::topology::complement;
 
@@ -206,7 +203,8 @@ pub async fn sync_files_once(
 /// politely and return what moved each way.
 ///
 /// Changes made through this process reach the other file at once; changes made by other
-/// processes are noticed within [`FILE_POLL_INTERVAL_MS`] (see the module docs). Returns an
+/// processes are noticed when the file system tells of them, or within
+/// [`HEAD_POLL_INTERVAL_MS`](crate::limits::HEAD_POLL_INTERVAL_MS) (see the module docs). Returns an
 /// error if a session ends by itself (a protocol error such as a refused clock skew).
 ///
 /// ```no_run
@@ -233,7 +231,8 @@ pub async fn sync_files_watch(
         spawn_checkpointer(da.clone(), every),
         spawn_checkpointer(db.clone(), every),
     );
-    let (wake_a, wake_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let heads = [HeadWatch::spawn(da.clone()), HeadWatch::spawn(db.clone())];
+    let (wake_a, wake_b) = (heads[0].subscribe(), heads[1].subscribe());
     let driver = |wake: &Arc<Notify>| DriverOptions {
         shutdown: token.clone(),
         wake: Some(wake.clone()),
@@ -251,45 +250,15 @@ pub async fn sync_files_watch(
         token.cancel();
         std::future::pending::<()>().await
     };
-    let poller = watch_heads([(da.clone(), wake_a.clone()), (db.clone(), wake_b.clone())]);
     let (ra, rb) = tokio::select! {
         r = sessions => r,
         _ = stopper => unreachable!("the stopper never completes"),
-        _ = poller => unreachable!("the poller never completes"),
     };
+    drop(heads);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     let (ra, rb) = (ra?, rb?);
     report.add_round(&ra, &rb);
     Ok(report)
-}
-
-/// Wake a file's session when its feed head moved (a commit by another process).
-async fn watch_heads(files: [(Arc<Database>, Arc<Notify>); 2]) {
-    let mut heads = [None, None];
-    let mut tick = tokio::time::interval(Duration::from_millis(FILE_POLL_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        // One small query per file, but it waits for the database's lock, which a large
-        // apply may hold for a while: read on the blocking pool, never on the sessions' task.
-        let dbs = [files[0].0.clone(), files[1].0.clone()];
-        let now = tokio::task::spawn_blocking(move || dbs.map(|db| db.last_seq().ok()))
-            .await
-            .unwrap_or([None, None]);
-        for (i, head) in now.into_iter().enumerate() {
-            // An error here is left for the session to report; the last head read stays the
-            // one to compare with, or a commit around a failed read would go unnoticed.
-            let Some(head) = head else { continue };
-            // The first read wakes too: a commit that landed after the session last read its
-            // feed but before this read looks like the starting head, and would otherwise
-            // wait for the next PING (never, with long ping intervals). A needless wake only
-            // costs the session one feed read.
-            if heads[i].is_none_or(|h| h != head) {
-                files[i].1.notify_one();
-            }
-            heads[i] = Some(head);
-        }
-    }
 }
 
 async fn open_pair(
@@ -397,29 +366,6 @@ fn report_of(r: &Result<SessionReport, NetError>) -> Option<&SessionReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A commit by another process that lands after a session last read its feed but before
-    /// the poller's first read: the poller never saw the head before it, yet the session
-    /// must be woken to send it.
-    #[tokio::test]
-    async fn a_commit_before_the_first_poll_wakes_the_session() {
-        let dir = tempfile::tempdir().unwrap();
-        let open = |name: &str| {
-            Arc::new(Database::open(dir.path().join(name), OpenOptions::default()).unwrap())
-        };
-        let (a, b) = (open("a.db"), open("b.db"));
-        // The sessions have read their feeds (not modelled here); now the commit lands.
-        a.insert("notes", [("t", blazedb::Value::from("late"))])
-            .unwrap();
-        let (wake_a, wake_b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let poller = tokio::spawn(watch_heads([(a, wake_a.clone()), (b, wake_b)]));
-        let woken = tokio::time::timeout(Duration::from_secs(2), wake_a.notified()).await;
-        poller.abort();
-        assert!(
-            woken.is_ok(),
-            "the session of the file that moved was never woken"
-        );
-    }
 
     #[test]
     fn debug_output_does_not_show_the_passwords() {

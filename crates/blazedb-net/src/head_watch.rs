@@ -3,11 +3,14 @@
 //! A session's driver wakes on commits made through this process's `Database` (its commit
 //! listener). Another process writing the same file — `blazedb put` beside a running
 //! `blazedb listen`, or a writer beside `blazedb sync DB URL --watch` — reaches no listener
-//! here. A [`HeadWatch`] checks the feed head (`Database::last_seq`, one small query) every
-//! [`HEAD_POLL_INTERVAL_MS`] and, when it moved, wakes every subscribed session (its first
-//! read wakes them too: it cannot tell a commit made while they started from the starting
-//! head). SQLite has no cross-process commit notification; see `files` for the same
-//! trade-off.
+//! here. A [`HeadWatch`] checks the feed head (`Database::last_seq`, one small query) when
+//! the operating system says the file changed ([`FileChanges`]: a commit writes the WAL), and
+//! every [`HEAD_POLL_INTERVAL_MS`] in case it does not say (SQLite has no cross-process commit
+//! notification, and file-system watches are missing on some file systems); when the head
+//! moved, it wakes every subscribed session (its first read wakes them too: it cannot tell a
+//! commit made while they started from the starting head). This process's own commits write
+//! the file too, so checks prompted by the file system are at most one per
+//! [`HEAD_CHECK_GAP_MS`].
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -16,7 +19,8 @@ use blazedb::Database;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::limits::HEAD_POLL_INTERVAL_MS;
+use crate::file_changes::FileChanges;
+use crate::limits::{HEAD_CHECK_GAP_MS, HEAD_POLL_INTERVAL_MS};
 
 /// Polls one database's feed head and wakes subscribers when it moves. Stops when dropped.
 #[derive(Debug)]
@@ -28,14 +32,35 @@ pub struct HeadWatch {
 impl HeadWatch {
     /// Start polling `db` (needs a tokio runtime).
     pub fn spawn(db: Arc<Database>) -> HeadWatch {
+        Self::spawn_polling_every(db, Duration::from_millis(HEAD_POLL_INTERVAL_MS))
+    }
+
+    /// [`HeadWatch::spawn`] with another safety-net poll (tests: an hour, so that only the
+    /// file system's word can wake it).
+    fn spawn_polling_every(db: Arc<Database>, poll: Duration) -> HeadWatch {
         let subscribers: Arc<Mutex<Vec<Weak<Notify>>>> = Arc::default();
         let subs = subscribers.clone();
+        let changes = FileChanges::watch(db.path());
         let task = tokio::spawn(async move {
             let mut head = None;
-            let mut tick = tokio::time::interval(Duration::from_millis(HEAD_POLL_INTERVAL_MS));
+            let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let gap = Duration::from_millis(HEAD_CHECK_GAP_MS);
+            let mut checked = tokio::time::Instant::now();
+            // A second look after a change the first look did not see (see below).
+            let mut look_again: Option<tokio::time::Instant> = None;
             loop {
-                tick.tick().await;
+                let prompted = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = changes.changed() => {
+                        tokio::time::sleep_until(checked + gap).await;
+                        true
+                    }
+                    _ = tokio::time::sleep_until(look_again.unwrap_or(checked)),
+                        if look_again.is_some() => false,
+                };
+                look_again = None;
+                checked = tokio::time::Instant::now();
                 // The query waits for the database lock, which a large apply may hold: run
                 // it on the blocking pool, never on a session's task.
                 let d = db.clone();
@@ -56,6 +81,12 @@ impl HeadWatch {
                         }
                         None => false,
                     });
+                }
+                // `last_seq` may answer from a cache checked up to `HEAD_RECHECK_US` ago (by
+                // a session, say) and miss the commit the file system just told of: look
+                // once more when that cache must have been checked again.
+                if prompted && now.is_some() && now == head {
+                    look_again = Some(checked + gap);
                 }
                 if now.is_some() {
                     head = now;
@@ -104,5 +135,29 @@ mod tests {
             .unwrap();
         let woken = tokio::time::timeout(Duration::from_secs(2), wake.notified()).await;
         assert!(woken.is_ok(), "the subscribed session was never woken");
+    }
+
+    /// Another process's commit wakes the subscribers through the file system, not the poll:
+    /// with the poll an hour apart, the wake can only come from the watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_process_commit_wakes_through_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let db = Arc::new(Database::open(&path, blazedb::OpenOptions::default()).unwrap());
+        let other_process = Database::open(&path, blazedb::OpenOptions::default()).unwrap();
+        let watch = HeadWatch::spawn_polling_every(db, Duration::from_secs(3600));
+        let wake = watch.subscribe();
+        // The first read (the poll's first tick, at once) may wake once; let it pass and take
+        // its wake away, so that from here on only a change can wake.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
+        for n in 0..3 {
+            other_process
+                .insert("notes", [("n", blazedb::Value::Int(n))])
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), wake.notified())
+                .await
+                .unwrap_or_else(|_| panic!("commit {n} by another handle woke nobody"));
+        }
     }
 }

@@ -53,6 +53,7 @@ pub mod checkpoint;
 pub mod discovery;
 pub mod driver;
 pub mod error;
+mod file_changes;
 pub mod files;
 pub mod head_watch;
 pub mod limits;

@@ -36,10 +36,6 @@ pub const BLOCKING_TRANSMIT_BYTES_MIN: usize = 32 * 1024;
 /// Capacity of each direction of an in-process connection (`tokio::io::duplex`), in bytes.
 pub const DUPLEX_BUFFER_BYTES_DEFAULT: usize = 256 * 1024;
 
-/// How often file-to-file watch mode checks each file's feed head for commits made by
-/// other processes (those do not reach this process's commit listeners).
-pub const FILE_POLL_INTERVAL_MS: u64 = 100;
-
 /// Most sync rounds `sync_files_once` runs before it gives up on a file that keeps
 /// changing under it (see `files` for why a second round can be needed).
 pub const SYNC_ONCE_ROUNDS_MAX: u32 = 4;
@@ -68,8 +64,16 @@ pub const LISTEN_EVENTS_CAPACITY: usize = 256;
 pub const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
 
 /// How often a listener or a watching client checks its database's feed head for commits
-/// made by other processes (see `head_watch`).
+/// made by other processes when the file system has not told it of a change (see
+/// `head_watch`: the poll is the safety net behind the file-system watch).
 pub const HEAD_POLL_INTERVAL_MS: u64 = 100;
+
+/// The shortest time between two head checks prompted by the file system: this process's
+/// own commits write the file too, and a busy writer must not turn the watch into a loop of
+/// head queries. Another process's commit is noticed within this long of its write. More
+/// than `blazedb::limits::HEAD_RECHECK_US`, so that a second look after this gap never gets
+/// the cached head the first look got.
+pub const HEAD_CHECK_GAP_MS: u64 = 5;
 
 /// First pause before reconnecting after a failure.
 pub const RECONNECT_BACKOFF_INITIAL_MS: u64 = 200;
@@ -136,3 +140,6 @@ pub const UNIX_SOCKET_PATH_BYTES_MAX: usize = 107;
 /// report's counters count them all. Bounds what a peer refusing a large batch makes a
 /// client hold.
 pub const REJECTIONS_REPORTED_MAX: usize = 100;
+
+// A second look after the gap must not get the first look's cached head.
+const _: () = assert!(HEAD_CHECK_GAP_MS * 1_000 > blazedb::limits::HEAD_RECHECK_US);
