@@ -10,7 +10,7 @@
 //! moved, it wakes every subscribed session (its first read wakes them too: it cannot tell a
 //! commit made while they started from the starting head). This process's own commits write
 //! the file too, so checks prompted by the file system are at most one per
-//! [`HEAD_CHECK_GAP_MS`].
+//! [`HEAD_CHECK_GAP_US`].
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::file_changes::FileChanges;
-use crate::limits::{HEAD_CHECK_GAP_MS, HEAD_POLL_INTERVAL_MS};
+use crate::limits::{HEAD_CHECK_GAP_US, HEAD_POLL_INTERVAL_MS};
 
 /// Polls one database's feed head and wakes subscribers when it moves. Stops when dropped.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ impl HeadWatch {
             let mut head = None;
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let gap = Duration::from_millis(HEAD_CHECK_GAP_MS);
+            let gap = Duration::from_micros(HEAD_CHECK_GAP_US);
             let mut checked = tokio::time::Instant::now();
             // A second look after a change the first look did not see (see below).
             let mut look_again: Option<tokio::time::Instant> = None;

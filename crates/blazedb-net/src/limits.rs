@@ -73,7 +73,7 @@ pub const HEAD_POLL_INTERVAL_MS: u64 = 100;
 /// head queries. Another process's commit is noticed within this long of its write. More
 /// than `blazedb::limits::HEAD_RECHECK_US`, so that a second look after this gap never gets
 /// the cached head the first look got.
-pub const HEAD_CHECK_GAP_MS: u64 = 5;
+pub const HEAD_CHECK_GAP_US: u64 = 1_500;
 
 /// First pause before reconnecting after a failure.
 pub const RECONNECT_BACKOFF_INITIAL_MS: u64 = 200;
@@ -142,4 +142,4 @@ pub const UNIX_SOCKET_PATH_BYTES_MAX: usize = 107;
 pub const REJECTIONS_REPORTED_MAX: usize = 100;
 
 // A second look after the gap must not get the first look's cached head.
-const _: () = assert!(HEAD_CHECK_GAP_MS * 1_000 > blazedb::limits::HEAD_RECHECK_US);
+const _: () = assert!(HEAD_CHECK_GAP_US > blazedb::limits::HEAD_RECHECK_US);

@@ -11,6 +11,8 @@
 //!   on A whose bytes go over a std channel to a thread that runs the UPDATE on its own file.
 //! - `sync_latency_one_thread`: the same with the writer and both sessions on one thread (a
 //!   current-thread runtime), beside the two raw UPDATEs on one thread (`sync/one_thread.rs`).
+//! - `sync_other_process`: a commit on A by another process (a second handle) → B committed
+//!   it, A's session woken by a `HeadWatch`, beside the same commit through the syncing handle.
 //! - `sync_throughput`: field changes A commits (100-record transactions) per second until B
 //!   holds them all, beside the same transactions on raw SQLite shipped over a std channel and
 //!   applied on a second file.
@@ -25,6 +27,7 @@
 
 mod drive;
 mod one_thread;
+mod other_process;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -89,6 +92,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
         Box::new(Incremental),
         Box::new(Latency),
         Box::new(one_thread::LatencyOneThread),
+        Box::new(other_process::OtherProcess),
         Box::new(Throughput),
         Box::new(Initial),
     ]

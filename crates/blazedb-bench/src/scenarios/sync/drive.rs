@@ -20,6 +20,7 @@ use blazedb_net::{
 use serde_json::{json, Map};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Runtime;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -122,15 +123,46 @@ pub(super) struct Link {
 
 impl Link {
     pub(super) fn start(rt: &Runtime, a: &Arc<Database>, b: &Arc<Database>) -> Link {
+        Self::start_with(rt, a, b, None)
+    }
+
+    /// [`Link::start`] with A's session also woken by `wake_a` (a `HeadWatch`'s notifier, for
+    /// commits other processes make on A's file).
+    pub(super) fn start_woken(
+        rt: &Runtime,
+        a: &Arc<Database>,
+        b: &Arc<Database>,
+        wake_a: Arc<Notify>,
+    ) -> Link {
+        Self::start_with(rt, a, b, Some(wake_a))
+    }
+
+    fn start_with(
+        rt: &Runtime,
+        a: &Arc<Database>,
+        b: &Arc<Database>,
+        wake_a: Option<Arc<Notify>>,
+    ) -> Link {
         let stop = CancellationToken::new();
         let (x, y) = tokio::io::duplex(DUPLEX_BUFFER_BYTES_DEFAULT);
-        let opts = || DriverOptions {
+        let opts = |wake: Option<Arc<Notify>>| DriverOptions {
             shutdown: stop.clone(),
+            wake,
             ..DriverOptions::default()
         };
         let tasks = (
-            rt.spawn(run_session(a.clone(), x, SessionConfig::default(), opts())),
-            rt.spawn(run_session(b.clone(), y, SessionConfig::default(), opts())),
+            rt.spawn(run_session(
+                a.clone(),
+                x,
+                SessionConfig::default(),
+                opts(wake_a),
+            )),
+            rt.spawn(run_session(
+                b.clone(),
+                y,
+                SessionConfig::default(),
+                opts(None),
+            )),
         );
         let every = Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT);
         let _runtime = rt.enter();
