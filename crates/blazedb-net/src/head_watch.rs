@@ -4,8 +4,8 @@
 //! listener). Another process writing the same file — `blazedb put` beside a running
 //! `blazedb listen`, or a writer beside `blazedb sync DB URL --watch` — reaches no listener
 //! here. A [`HeadWatch`] checks the feed head (`Database::last_seq`, one small query) when
-//! the operating system says the file changed ([`FileChanges`]: a commit writes the WAL), and
-//! every [`HEAD_POLL_INTERVAL_MS`] in case it does not say (SQLite has no cross-process commit
+//! the operating system says the file changed (`file_changes.rs`: a commit writes the WAL),
+//! and every [`HEAD_POLL_INTERVAL_MS`] in case it does not say (SQLite has no cross-process commit
 //! notification, and file-system watches are missing on some file systems); when the head
 //! moved, it wakes every subscribed session (its first read wakes them too: it cannot tell a
 //! commit made while they started from the starting head). This process's own commits write

@@ -273,7 +273,7 @@ fn bind_unix(path: &Path) -> Result<UnixListener, TransportError> {
 /// (`AddrInUse`), and above all a file that is not a socket (`AlreadyExists`), which may be
 /// somebody's data (`--unix d/relay.db` must never unlink the store).
 ///
-/// The socket is owner-only (mode 0600, see [`bind_owner_only`]): a Unix socket has no TLS,
+/// The socket is owner-only (mode 0600, see `bind_owner_only`): a Unix socket has no TLS,
 /// so no client certificates, and a relay without credentials serves it anonymously, so who
 /// may connect must not depend on the process umask. A token configured for the listener is
 /// still required on it.

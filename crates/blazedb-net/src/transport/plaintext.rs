@@ -69,9 +69,9 @@ pub fn tls_required_http_response() -> Vec<u8> {
 }
 
 /// Write `answer`, end our side, and read (and drop) what the client sent until it closes,
-/// [`DRAIN_BYTES_MAX`] or [`ANSWER_TIME_MAX`], so that it can read the answer. (Any refusal
-/// written before the request is read wants this: the relay's 503 over a connection limit
-/// too.)
+/// 64 KiB or 1 s (`DRAIN_BYTES_MAX`, `ANSWER_TIME_MAX`), so that it can read the answer.
+/// (Any refusal written before the request is read wants this: the relay's 503 over a
+/// connection limit too.)
 pub async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
     let _ = tokio::time::timeout(ANSWER_TIME_MAX, async {
         if stream.write_all(answer).await.is_err() || stream.shutdown().await.is_err() {
