@@ -72,7 +72,18 @@ impl HeadWatch {
                 // too: a commit that landed after a subscribed session last read its feed
                 // but before this read looks like the starting head, and would otherwise
                 // wait for the next PING. A needless wake costs each session one feed read.
-                if now.is_some() && now != head {
+                // A head this handle's own newest commit explains is left alone: that
+                // commit's listeners woke the sessions after every position up to it was in
+                // the file (read after the head, so a commit in between counts as ours only
+                // if its listeners run after it). Only another process's commit (or another
+                // handle's) past it needs this watch: a relay serving a thousand sessions
+                // must not wake them all again for each of its own commits.
+                let foreign = match (now, head) {
+                    (Some(n), Some(_)) => n > db.last_seq_committed_here(),
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if foreign && now != head {
                     let mut list = subs.lock().expect("head watch lock");
                     list.retain(|w: &Weak<Notify>| match w.upgrade() {
                         Some(n) => {

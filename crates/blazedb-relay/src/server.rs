@@ -224,6 +224,11 @@ impl Relay {
             blazedb::GcOptions::default(),
             gc,
         );
+        // Before the first connection is accepted: every session subscribes to it. Stops
+        // when the relay (its state) is dropped.
+        let _ = state
+            .head_watch
+            .set(blazedb_net::head_watch::HeadWatch::spawn(state.db.clone()));
         let st = state.clone();
         state.tasks.spawn(accept_http(st, http, tls_http));
         if let Some((l, _)) = tcp {

@@ -65,6 +65,7 @@ pub(crate) async fn run<T>(
     let monitor = SessionMonitor::new();
     let opts = DriverOptions {
         shutdown: state.shutdown.child_token(),
+        wake: state.head_watch.get().map(|h| h.subscribe()),
         monitor: Some(monitor.clone()),
         read_buffer_bytes: SESSION_READ_BUFFER_BYTES,
         write_buffer_bytes_max: SESSION_WRITE_BUFFER_BYTES_MAX,

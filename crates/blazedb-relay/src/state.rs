@@ -40,6 +40,10 @@ pub(crate) struct State {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Wakes the sessions for commits other processes make to the store (an operator's
+    /// `blazedb put`, a service writing the file beside the relay), which no commit listener
+    /// of this process sees; set when the relay starts running.
+    pub head_watch: std::sync::OnceLock<blazedb_net::head_watch::HeadWatch>,
     /// One per open connection (`Limits::connections_max`, and per client address
     /// `Limits::connections_per_address_max`).
     slots: Slots,
@@ -78,6 +82,7 @@ impl State {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            head_watch: std::sync::OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         }

@@ -157,3 +157,39 @@ async fn a_long_chain_of_linked_transactions_arrives_whole_through_the_relay() {
     cb.finish().await.unwrap();
     relay.stop().await;
 }
+
+/// Another process writing the relay's store (an operator's `blazedb put`, a service beside
+/// the relay) reaches connected clients at once, with nothing written through the relay: its
+/// sessions are woken by the relay's head watch (the file system's notice of the write), not
+/// left until something else wakes them. The relay's pings are an hour apart here and the
+/// client's own come after 5 s without sending (each would make the relay's session read its
+/// feed), so within 3 s only the watch can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_into_the_relays_store_by_another_process_reaches_clients() {
+    let relay = TestRelay::start(|c| {
+        c.limits.ping_interval_ms = 3_600_000;
+        c.limits.idle_timeout_ms = 4 * 3_600_000;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a");
+    let ca = Client::connect(&relay, a.clone(), TOKEN).await;
+    ca.caught_up().await;
+
+    // A second handle is another process as far as the relay's handle knows: its commits
+    // fire none of the relay's listeners.
+    let operator =
+        blazedb::Database::open(relay.db.path(), blazedb::OpenOptions::default()).unwrap();
+    for i in 0..3 {
+        let id = operator
+            .insert("notices", [("text", format!("from the operator #{i}"))])
+            .unwrap();
+        wait_until(Duration::from_secs(3), || {
+            a.get("notices", id).unwrap().is_some()
+        })
+        .await;
+    }
+    assert!(!ca.task.is_finished(), "still connected");
+    ca.finish().await.unwrap();
+    relay.stop().await;
+}

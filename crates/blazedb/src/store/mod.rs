@@ -170,6 +170,9 @@ pub struct Database {
     /// snapshot, a rekey) and wait for it off its executor's thread
     /// ([`Database::lock_held_for`]).
     lock_taken_ns: AtomicU64,
+    /// The feed head after this handle's newest commit (see
+    /// [`Database::last_seq_committed_here`]).
+    committed_head: Arc<AtomicU64>,
     /// The file held open for this process while the handle lives (see `file_pin.rs`).
     /// Last, so that it is dropped after the handle's connections have closed.
     pin: Arc<file_pin::FilePin>,
@@ -226,6 +229,9 @@ pub(crate) struct Inner {
     pub head_checked: Option<(std::time::Instant, u64)>,
     /// Commits to this file by every handle in this process (see [`file_commits`]).
     pub file_commits: Arc<AtomicU64>,
+    /// The feed head after this handle's newest commit, set before its commit listeners run
+    /// (shared with [`Database`]).
+    pub committed_head: Arc<AtomicU64>,
     /// Records' pasts rebuilt from history for delete filtering (see `history.rs`).
     pub past_cache: std::cell::RefCell<history::PastCache>,
     /// Committed record rows recently written by this handle's write transactions.
@@ -273,6 +279,7 @@ impl Database {
             path: p.clone(),
             reason: e.to_string(),
         };
+        let committed_head = Arc::new(AtomicU64::new(0));
         let mut inner = Inner {
             clock: Clock::new(Hlc::ZERO, options.clock_skew_ms_max),
             nodes: NodeTable::default(),
@@ -289,6 +296,7 @@ impl Database {
             gc_horizon_cache: None,
             head_checked: None,
             file_commits: file_commits(&path),
+            committed_head: committed_head.clone(),
             past_cache: Default::default(),
             record_cache: Default::default(),
             lost: None,
@@ -308,8 +316,18 @@ impl Database {
             commit_listeners: Mutex::new(Vec::new()),
             noted_cursors: Mutex::default(),
             lock_taken_ns: AtomicU64::new(0),
+            committed_head,
             pin: opened.pin,
         })
+    }
+
+    /// The feed head as of this handle's newest commit (`Seq(0)` before any): every feed
+    /// position up to it was in the file when this handle's commit listeners last ran. A
+    /// head past it was moved by another process (or another handle): what a `HeadWatch`
+    /// (blazedb-net) must wake sessions for, since no listener of this handle did. Set before
+    /// the listeners run; read without the lock.
+    pub fn last_seq_committed_here(&self) -> Seq {
+        Seq(self.committed_head.load(Ordering::Acquire))
     }
 
     /// Call `f` after every commit that changed something. Sync drivers use this to wake

@@ -1605,6 +1605,9 @@ impl<'a> Tx<'a> {
         // not move it. The feed head is now known without a read.
         inner.commit()?;
         inner.head_cache = Some((inner.feed_state(), last_seq));
+        inner
+            .committed_head
+            .fetch_max(last_seq.0, std::sync::atomic::Ordering::Release);
         let added: u64 = records.iter().map(|p| p.history.len() as u64).sum();
         inner.history_rows_since_compaction += added;
         if inner.history_rows_since_compaction > db.options.history.check_every_rows() {
