@@ -102,7 +102,14 @@ fn sync_refuses_what_is_neither_a_file_nor_a_url() {
     let a = dir.path().join("a.db");
     for (b, says) in [
         ("127.0.0.1:7500", "tcp://127.0.0.1:7500"),
-        ("http://127.0.0.1:7420/v1/sync", "unknown scheme \"http\""),
+        (
+            "http://127.0.0.1:7420/v1/sync",
+            "write ws://127.0.0.1:7420/v1/sync",
+        ),
+        (
+            "https://relay.example/v1/sync",
+            "write wss://relay.example/v1/sync",
+        ),
         ("ws:127.0.0.1:7420", "write ws://127.0.0.1:7420"),
     ] {
         let run = run_on("sync", &a, &[b, "--once"]).failure(2);

@@ -133,6 +133,15 @@ impl FromStr for Endpoint {
                     url: format!("{scheme}://{rest}"),
                 }))
             }
+            // A relay's address as a browser would write it: its sync endpoint is the same
+            // URL with the WebSocket scheme.
+            "http" | "https" => {
+                let ws = if scheme == "https" { "wss" } else { "ws" };
+                Err(bad(&format!(
+                    "unknown scheme {scheme:?}: a relay's sync endpoint is a WebSocket URL: \
+                     write {ws}:{rest}"
+                )))
+            }
             other => Err(bad(&format!(
                 "unknown scheme {other:?}: use tcp://, tls://, unix://, ws:// or wss://"
             ))),

@@ -201,6 +201,15 @@ fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> Tr
                 ),
             }
         }
+        // The right server, the wrong path (`ws://host:7420`, `/`, `/v1/query`).
+        Error::Http(r) if matches!(r.status().as_u16(), 404 | 405) => {
+            return TransportError::WebSocket {
+                endpoint: endpoint.to_owned(),
+                reason: format!(
+                    "{e} (a BlazeDB relay syncs at the path /v1/sync: ws://HOST:PORT/v1/sync)"
+                ),
+            }
+        }
         _ => {
             return TransportError::WebSocket {
                 endpoint: endpoint.to_owned(),
