@@ -70,6 +70,10 @@ pub enum Command {
     Snapshot(crate::commands::snapshot::SnapshotCommand),
     /// Sync a database with another file or a network peer (tcp://, tls://, unix://, ws://,
     /// wss://): once, or continuously.
+    ///
+    /// Exit codes: 0 synced; 1 failed; 2 a bad command line; 3 synced, but the peer refused
+    /// changes of this side (its access rules: each is listed with the reason, and the
+    /// refused values are kept as conflicts).
     Sync(sync::SyncArgs),
     /// Serve one database to peers over TCP (optionally TLS) or a Unix socket.
     Listen(listen::ListenArgs),

@@ -16,6 +16,9 @@ use crate::output::StdoutError;
 const EXIT_FAILED: u8 = 1;
 /// Exit code when the command line itself is wrong (clap uses the same code).
 const EXIT_USAGE: u8 = 2;
+/// Exit code when the command did its work but the peer refused some of this side's changes
+/// (its access rules): `blazedb sync` against a relay with write rules.
+const EXIT_REFUSED: u8 = 3;
 /// Exit code after a panic, as Rust's default.
 const EXIT_PANIC: i32 = 101;
 
@@ -32,6 +35,20 @@ impl fmt::Display for UsageError {
 
 impl StdError for UsageError {}
 
+/// The sync ran, but the peer refused some of this side's changes: exits with
+/// [`EXIT_REFUSED`], so that a script can tell it from a sync that failed and from one that
+/// delivered everything.
+#[derive(Debug)]
+pub struct RefusedByPeer(pub String);
+
+impl fmt::Display for RefusedByPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for RefusedByPeer {}
+
 /// Report a failed command and choose its exit code.
 pub fn failure(err: &anyhow::Error) -> ExitCode {
     if is_stdout_closed_by_reader(err) {
@@ -44,6 +61,9 @@ pub fn failure(err: &anyhow::Error) -> ExitCode {
         if std::io::stderr().is_terminal() {
             eprintln!("{excerpt}");
         }
+    }
+    if err.chain().any(|e| e.is::<RefusedByPeer>()) {
+        return ExitCode::from(EXIT_REFUSED);
     }
     let usage = err
         .chain()

@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::database::Context;
 use crate::output::Output;
 use crate::password::{hand_over, resolve, Password, PASSWORD_ENV};
-use crate::report::UsageError;
+use crate::report::{RefusedByPeer, UsageError};
 
 /// `sync DB_A (DB_B | URL) [--once | --watch] [--mode both|push|pull] [--token T]
 /// [--collections a,b] [--where EXPR] [--exclude-fields f,g]`.
@@ -353,30 +353,25 @@ async fn run_network(
         })
         .await?
     };
-    if report.traffic.rejected_by_peer > 0 {
-        eprintln!(
-            "{}",
-            refused_warning(report.traffic.rejected_by_peer, &args.db_a)
-        );
-    }
     let mut out = Output::stdout();
     out.json(&report.to_json())?;
-    Ok(out.finish()?)
+    out.finish()?;
+    match report.traffic.rejected_by_peer {
+        0 => Ok(()),
+        records => Err(refused(records, &args.db_a).into()),
+    }
 }
 
-/// Said on stderr when the peer refused changes: the sync itself succeeded, but what this
-/// side wrote did not all get through, and the user should know where it went.
-fn refused_warning(records: u64, db: &std::path::Path) -> serde_json::Value {
-    json!({
-        "event": "warning",
-        "warning": format!(
-            "the peer refused changes to {records} record(s) (its access rules; the reasons \
-             are listed as \"rejected\" events or in \"rejections\"). The peer's version of \
-             each replaced ours here; our refused values are kept as conflicts: see them \
-             with `blazedb conflicts {}`, and write them again where the rules allow it",
-            db.display()
-        ),
-    })
+/// The sync itself succeeded, but what this side wrote did not all get through: said as the
+/// command's error (exit 3), after the summary, so that the user learns where it went.
+fn refused(records: u64, db: &std::path::Path) -> RefusedByPeer {
+    RefusedByPeer(format!(
+        "the peer refused changes to {records} record(s) (its access rules; the reasons are \
+         listed as \"rejected\" events or in \"rejections\"). The peer's version of each \
+         replaced ours here; our refused values are kept as conflicts: see them with \
+         `blazedb conflicts {}`, and write them again where the rules allow it",
+        db.display()
+    ))
 }
 
 fn event_json(e: &ClientEvent, db: &std::path::Path) -> serde_json::Value {
