@@ -372,32 +372,17 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     let answer = plaintext::tls_required_http_response;
-                    if let Ok(Some(s)) =
-                        tokio::time::timeout(handshake, secure(&acceptor, stream, answer)).await
+                    if let Ok(Ok(s)) = tokio::time::timeout(
+                        handshake,
+                        plaintext::accept_tls(&acceptor, stream, answer),
+                    )
+                    .await
                     {
                         serve_http(st, s, slot, peer.ip()).await;
                     }
                 }
             }
         });
-    }
-}
-
-/// The TLS handshake; a client that did not open with one (`ws://` or `tcp://` to a TLS
-/// port) gets `answer()` in plaintext, saying to use TLS, and `None` (see
-/// [`plaintext`]).
-async fn secure(
-    acceptor: &TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    answer: fn() -> Vec<u8>,
-) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-    match plaintext::opens_with_tls(&stream).await {
-        Ok(true) => acceptor.accept(stream).await.ok(),
-        Ok(false) => {
-            plaintext::answer_and_close(stream, &answer()).await;
-            None
-        }
-        Err(_) => None,
     }
 }
 
@@ -541,8 +526,11 @@ async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcc
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     let answer = plaintext::tls_required_frame;
-                    if let Ok(Some(s)) =
-                        tokio::time::timeout(handshake, secure(&acceptor, stream, answer)).await
+                    if let Ok(Ok(s)) = tokio::time::timeout(
+                        handshake,
+                        plaintext::accept_tls(&acceptor, stream, answer),
+                    )
+                    .await
                     {
                         crate::session::run(st, s, Transport::Tcp, None, slot).await;
                     }

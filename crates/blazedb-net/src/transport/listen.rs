@@ -500,7 +500,10 @@ async fn serve(shared: Arc<Shared>, remote: String, socket: Incoming) {
         (Incoming::Tcp(socket), Some(acceptor)) => {
             let limit = Duration::from_millis(shared.handshake_timeout_ms);
             let handshake = tokio::select! {
-                r = tokio::time::timeout(limit, secure(acceptor, socket)) => r,
+                r = tokio::time::timeout(
+                    limit,
+                    plaintext::accept_tls(acceptor, socket, plaintext::tls_required_frame),
+                ) => r,
                 _ = shared.stop.cancelled() => {
                     // Every Accepted is followed by one Ended, however the connection ends.
                     let why = Some("the listener is shutting down".to_owned());
@@ -532,25 +535,6 @@ async fn serve(shared: Arc<Shared>, remote: String, socket: Incoming) {
         Err(e) => (e.report().cloned().map(Box::new), Some(e.to_string())),
     };
     ended(&shared, id, remote, report, error);
-}
-
-/// The TLS handshake, or, for a client that did not open with one (`tcp://` to a TLS
-/// listener), an ERROR frame it can read saying to use `tls://` (see [`plaintext`]).
-async fn secure(
-    acceptor: &TlsAcceptor,
-    socket: tokio::net::TcpStream,
-) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
-    match plaintext::opens_with_tls(&socket).await {
-        Ok(true) => acceptor
-            .accept(socket)
-            .await
-            .map_err(|e| format!("TLS: {e}")),
-        Ok(false) => {
-            plaintext::answer_and_close(socket, &plaintext::tls_required_frame()).await;
-            Err("TLS: the client did not open with a TLS handshake (told to use tls://)".into())
-        }
-        Err(e) => Err(format!("TLS: {e}")),
-    }
 }
 
 fn ended(

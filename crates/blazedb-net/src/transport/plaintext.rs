@@ -12,6 +12,8 @@ use std::time::Duration;
 use blazedb::sync::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::ws::error_frame;
 
@@ -39,6 +41,27 @@ pub async fn opens_with_tls(stream: &TcpStream) -> std::io::Result<bool> {
     let mut first = [0u8; 1];
     let n = stream.peek(&mut first).await?;
     Ok(n == 1 && first[0] == TLS_HANDSHAKE_RECORD)
+}
+
+/// The TLS handshake on `socket`; a client that did not open with one is sent `answer()` in
+/// plaintext (what to use instead, [`tls_required_frame`] or [`tls_required_http_response`])
+/// and refused. The error says which, for the listener's log.
+pub async fn accept_tls(
+    acceptor: &TlsAcceptor,
+    socket: TcpStream,
+    answer: fn() -> Vec<u8>,
+) -> Result<TlsStream<TcpStream>, String> {
+    match opens_with_tls(&socket).await {
+        Ok(true) => acceptor
+            .accept(socket)
+            .await
+            .map_err(|e| format!("TLS: {e}")),
+        Ok(false) => {
+            answer_and_close(socket, &answer()).await;
+            Err("TLS: the client did not open with a TLS handshake (told to use TLS)".into())
+        }
+        Err(e) => Err(format!("TLS: {e}")),
+    }
 }
 
 /// The ERROR frame a sync client that connected without TLS to a TLS port gets. `Forbidden`,
