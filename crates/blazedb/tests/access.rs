@@ -1203,3 +1203,146 @@ fn a_doc_the_readers_delete_leaves_revived_and_readable_reaches_it() {
     assert_eq!(fields(&reader), Some(expected.clone()), "the reader has it");
     assert_eq!(fields(&other), Some(expected));
 }
+
+/// A refused update is undone field by field: the server writes again only what it
+/// touched. A third node's concurrent write to the record's other fields — made before the
+/// refused one, so older than the server's restatement, and arriving after it — is not
+/// reset by it (it was when the whole record was restated as an insert), and neither is a
+/// concurrent change to another element of the same set.
+#[test]
+fn a_refused_update_restates_only_what_it_touched() {
+    /// Only a node trusted with it may change `text`.
+    #[derive(Debug)]
+    struct TextGuard {
+        may_edit_text: bool,
+    }
+    impl AccessControl for TextGuard {
+        fn can_write(
+            &self,
+            _: &str,
+            _: RecordId,
+            before: Option<&BTreeMap<String, Value>>,
+            after: Option<&BTreeMap<String, Value>>,
+        ) -> Result<(), String> {
+            let text = |f: Option<&BTreeMap<String, Value>>| f.and_then(|f| f.get("text")).cloned();
+            if !self.may_edit_text && text(before) != text(after) {
+                return Err("text is read-only for you".into());
+            }
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, writer, third) = (
+        open(dir.path(), "s"),
+        open(dir.path(), "w"),
+        open(dir.path(), "t"),
+    );
+    let sync = |client: &Database, may_edit_text: bool| {
+        let cfg = SessionConfig {
+            server: true,
+            access: Some(Arc::new(TextGuard { may_edit_text })),
+            ..Default::default()
+        };
+        let mut ss = Session::new(&server, cfg, 0).unwrap();
+        let mut sc = Session::new(client, SessionConfig::default(), 0).unwrap();
+        pump(&server, &mut ss, client, &mut sc);
+        let mut events = Vec::new();
+        while let Some(e) = sc.poll_event() {
+            events.push(e);
+        }
+        events
+    };
+    let note = server
+        .insert(
+            "notes",
+            [("text", Value::from("v1")), ("tag", Value::from("a"))],
+        )
+        .unwrap();
+    server
+        .update(
+            "notes",
+            note,
+            Patch::new()
+                .add("labels", vec![Value::from("x")])
+                .increment("likes", 5),
+        )
+        .unwrap();
+    sync(&writer, false);
+    sync(&third, true);
+
+    // The third node edits the tag and the labels first (it syncs later)...
+    third
+        .update(
+            "notes",
+            note,
+            Patch::new()
+                .set("tag", "b")
+                .add("labels", vec![Value::from("t")]),
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    // ...then the writer makes an edit it may not make, in one transaction with other
+    // changes to the record: all of it is refused.
+    writer
+        .update(
+            "notes",
+            note,
+            Patch::new()
+                .set("text", "hacked")
+                .set("extra", 1)
+                .add("labels", vec![Value::from("w")])
+                .increment("likes", 1),
+        )
+        .unwrap();
+    let events = sync(&writer, false);
+    assert!(
+        events.iter().any(|e| matches!(e, SessionEvent::Rejected(r) if r.iter().any(|r| r.reason.contains("read-only")))),
+        "{events:?}"
+    );
+    sync(&third, true);
+    sync(&writer, false);
+    sync(&third, true);
+
+    let expected = |db: &Database, who: &str| {
+        let f = db.get("notes", note).unwrap().unwrap().fields;
+        assert_eq!(
+            f["text"],
+            Value::from("v1"),
+            "{who}: the refused edit is undone"
+        );
+        assert!(
+            !f.contains_key("extra"),
+            "{who}: the field it added is gone"
+        );
+        assert_eq!(
+            f["tag"],
+            Value::from("b"),
+            "{who}: the third node's concurrent edit of another field stays"
+        );
+        assert_eq!(
+            f["labels"],
+            Value::List(vec![Value::from("t"), Value::from("x")]),
+            "{who}: the third node's element stays, the refused one goes"
+        );
+        assert_eq!(
+            f["likes"],
+            Value::Int(5),
+            "{who}: the refused increment is undone"
+        );
+    };
+    expected(&server, "server");
+    expected(&writer, "writer");
+    expected(&third, "third");
+    assert_eq!(dump(&server), dump(&writer));
+    assert_eq!(dump(&server), dump(&third));
+    // The writer's refused value is on record where it was written, and the third node's
+    // write lost nothing.
+    let lost = writer.conflicts(Some("notes")).unwrap();
+    assert!(
+        lost.iter()
+            .any(|c| c.field.as_deref() == Some("text") && c.loser == Some(Value::from("hacked"))),
+        "{lost:?}"
+    );
+    assert!(third.conflicts(None).unwrap().is_empty());
+    assert!(server.conflicts(None).unwrap().is_empty());
+}

@@ -170,13 +170,22 @@ fn a_refused_write_is_restated_in_the_units_commit() {
         vec![(Seq(4), true, true)],
         "one commit: the unit, its cursor and the restatements together"
     );
-    // The restated copies follow the unit's positions, and are the server's.
+    // The restatements follow the unit's positions, and are the server's values of what
+    // the refused writes touched: `locked`'s text, `note`'s `locked` field (unset here).
+    // `note`'s applied text edit came from the writer and is not sent back.
     let (_, unit_last) = outcome.sender_seqs.expect("the unit applied");
     for (id, expected) in [(locked, "v1"), (note, "edited")] {
         let restated = sent_to(&server, writer, head_before, id);
         assert_eq!(restated.len(), 1, "{restated:?}");
         assert!(restated[0].seq > unit_last, "{restated:?} {unit_last:?}");
-        assert_eq!(text(&restated[0], "text"), Some(Value::from(expected)));
+        let keys: Vec<&CellKey> = restated[0].cells.iter().map(|c| &c.key).collect();
+        if id == locked {
+            assert_eq!(text(&restated[0], "text"), Some(Value::from(expected)));
+            assert_eq!(keys, [&CellKey::Field("text".into())]);
+        } else {
+            assert_eq!(keys, [&CellKey::Field("locked".into())]);
+            assert_eq!(restated[0].cells[0].value, CellValue::Absent);
+        }
         let stored = server.get("notes", id).unwrap().unwrap();
         assert_eq!(stored.fields["text"], Value::from(expected));
     }

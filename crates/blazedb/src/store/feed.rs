@@ -99,11 +99,23 @@ struct UnitApply {
     group_cells: usize,
     applied: usize,
     rejected: Vec<crate::sync::Rejection>,
+    /// What each refused change wrote, for its restatement.
+    refused_changes: Vec<RefusedChange>,
     /// Records where a write of the sender lost without being applied (tracked only for a
     /// partial replica, see [`Database::apply_unit_from_partial_replica`]).
     ignored: Vec<(String, RecordId)>,
     /// Those of `ignored` that access control would not have let win (see [`loser_refusal`]).
     refused_losers: Vec<crate::sync::Rejection>,
+}
+
+/// A refused change, as [`restate_refused`] needs it.
+#[derive(Debug)]
+struct RefusedChange {
+    collection: String,
+    id: RecordId,
+    /// The cells it would have written, when it names no `Record` cell (an update): only
+    /// those fields are restated. `None` for an insert or a delete: the whole record is.
+    touched: Option<Vec<CellKey>>,
 }
 
 /// Apply one part of a unit. Each group of changes sharing a `seq` (one transaction at the
@@ -164,6 +176,13 @@ fn apply_segment(
                         id: ch.id,
                         reason: reason.clone(),
                     });
+                    let resets = ch.cells.iter().any(|c| c.key == CellKey::Record);
+                    state.refused_changes.push(RefusedChange {
+                        collection: ch.collection.clone(),
+                        id: ch.id,
+                        touched: (!resets)
+                            .then(|| ch.cells.iter().map(|c| c.key.clone()).collect()),
+                    });
                 }
                 continue;
             }
@@ -204,13 +223,15 @@ struct Reassertion {
     overwritten: Version,
 }
 
-/// Bring the writer of each refused change back to our version: write our copy again with
-/// new versions (an insert resets every older cell, so fields the writer added go too), or
-/// a fresh tombstone where we have no copy. Part of the unit's transaction, after
+/// Bring the writer of each refused change back to our version: write again, with new
+/// versions, the fields a refused update touched, or our whole copy for a refused insert
+/// or delete (an insert resets every older cell, so fields the writer added go too), or a
+/// fresh tombstone where we have no copy ([`super::Tx::restate`]). Part of the unit's
+/// transaction, after
 /// [`super::Tx::begin_local_writes_after_received`].
-fn restate_refused(tx: &mut super::Tx<'_>, refused: &[crate::sync::Rejection]) -> Result<()> {
+fn restate_refused(tx: &mut super::Tx<'_>, refused: &[RefusedChange]) -> Result<()> {
     for r in refused {
-        tx.restate(&r.collection, r.id)?;
+        tx.restate(&r.collection, r.id, r.touched.as_deref())?;
         // As many as the unit refused: memory holds one part of them, as for the unit.
         if tx.unspilled() >= UNIT_SPILL_RECORDS {
             tx.spill()?;
@@ -1008,7 +1029,7 @@ impl Database {
                 // crash cannot leave the unit received and its answer never written.
                 tx.begin_local_writes_after_received()?;
                 tx.restore_accepted_values();
-                restate_refused(tx, &state.rejected)?;
+                restate_refused(tx, &state.refused_changes)?;
                 reassert_server_values(tx, &reassert)?;
             }
             Ok((state.applied, sender_seqs))

@@ -721,10 +721,28 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Write this node's copy of a record again with new versions: every field, as an insert
-    /// (which resets older cells everywhere), or a new tombstone when there is no live copy.
-    pub(crate) fn restate(&mut self, collection: &str, id: RecordId) -> Result<()> {
+    /// Write this node's copy of a record again with new versions, so that a peer whose
+    /// write of it was refused comes back to it. With `touched` (the cells of a refused
+    /// update, which names no `Record` cell), only the fields it touched are written: each
+    /// as it is here, or unset where it has no value here — a concurrent write to the
+    /// record's other fields, by a third node, that reaches this node later with an older
+    /// version than this one, still merges. A set element the update added or removed is
+    /// written back as the element alone where the field is a set here (concurrent changes
+    /// to its other elements stay too); a counter, which only its own node may write to,
+    /// as the field's value (resetting the counter's older contributions). Without
+    /// `touched` (a refused insert or delete), the whole copy is written as an insert (which
+    /// resets older cells everywhere, fields the refused write added too), or a new
+    /// tombstone when there is no live copy.
+    pub(crate) fn restate(
+        &mut self,
+        collection: &str,
+        id: RecordId,
+        touched: Option<&[CellKey]>,
+    ) -> Result<()> {
         let i = self.load(collection, id, true)?.expect("created");
+        if let (Some(keys), true) = (touched, self.records[i].state.is_live()) {
+            return self.restate_touched(i, keys);
+        }
         if self.records[i].state.is_live() {
             let fields: Vec<(String, Value)> = self.records[i].state.fields().into_iter().collect();
             self.write_fields(i, fields, true)
@@ -734,6 +752,61 @@ impl<'a> Tx<'a> {
             self.merge_local(i, cell);
             Ok(())
         }
+    }
+
+    /// [`Tx::restate`] of the fields a refused update touched, in live record `i`.
+    fn restate_touched(&mut self, i: usize, keys: &[CellKey]) -> Result<()> {
+        // Per field: the elements touched, or `None` when the field goes whole.
+        let mut fields: BTreeMap<&str, Option<Vec<&[u8]>>> = BTreeMap::new();
+        for key in keys {
+            let Some(f) = key.field() else {
+                debug_assert!(false, "a record cell restates the whole record");
+                continue;
+            };
+            let entry = fields.entry(f).or_insert_with(|| Some(Vec::new()));
+            match (key, entry) {
+                (CellKey::Element(_, e), Some(elements)) => elements.push(e),
+                (CellKey::Element(..), None) => {}
+                (_, entry) => *entry = None,
+            }
+        }
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let version = self.next_version()?;
+        for (field, elements) in fields {
+            let state = &self.records[i].state;
+            let here = state.field(field);
+            // A set here is read from element cells; a plain list holding the same values
+            // would be read as a set (sorted, without repeats) once element cells joined it.
+            let is_set = state
+                .cells()
+                .iter()
+                .any(|c| matches!(&c.key, CellKey::Element(f, _) if &**f == field));
+            match (elements, here) {
+                (Some(elements), Some(Value::List(set))) if is_set => {
+                    for e in elements {
+                        let present = value::from_bytes(e).is_ok_and(|v| set.contains(&v));
+                        let key = CellKey::Element(field.into(), e.to_vec());
+                        let prev = self.records[i].state.cell(&key).map(|c| c.version);
+                        let value = if present {
+                            CellValue::Present
+                        } else {
+                            CellValue::Absent
+                        };
+                        let cell = self.cell(key, value, version, prev);
+                        self.merge_local(i, cell);
+                    }
+                }
+                // Not a set here (unset, or another type): element cells would make it one.
+                (_, here) => {
+                    let value = here.map_or(CellValue::Absent, CellValue::Value);
+                    let cell = self.reset_cell(i, CellKey::Field(field.into()), value, version);
+                    self.merge_local(i, cell);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Read a record, seeing this transaction's own writes.
