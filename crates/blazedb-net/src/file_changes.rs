@@ -9,7 +9,9 @@
 //! ReadDirectoryChangesW, through the `notify` crate) wakes the head watch at once. The poll
 //! stays, as the safety net for file systems and platforms whose notifications are missing or
 //! late (network mounts, exhausted inotify instances): a watch that cannot be set up is
-//! skipped without an error, and the head watch is then what it was before.
+//! skipped, and the head watch is then what it was before; [`FileChanges::error`] says why,
+//! for the programs to tell their users (the relay, `blazedb listen` and `blazedb sync`
+//! print it as an event).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -22,6 +24,8 @@ use tokio::sync::Notify;
 pub(crate) struct FileChanges {
     /// `None` when the platform refused the watch: then [`FileChanges::changed`] never fires.
     _watcher: Option<RecommendedWatcher>,
+    /// Why there is no watch, said for the user.
+    error: Option<String>,
     changed: Arc<Notify>,
 }
 
@@ -29,10 +33,21 @@ impl FileChanges {
     /// Watch `path`'s directory for writes to `path` and the files SQLite keeps beside it.
     pub(crate) fn watch(path: &Path) -> FileChanges {
         let changed = Arc::new(Notify::new());
+        let (watcher, error) = match start(path, changed.clone()) {
+            Ok(w) => (Some(w), None),
+            Err(e) => (None, Some(unwatched(path, &e))),
+        };
         FileChanges {
-            _watcher: start(path, changed.clone()),
+            _watcher: watcher,
+            error,
             changed,
         }
+    }
+
+    /// Why the operating system does not watch the file (`None`: it does), with what that
+    /// costs and what to do.
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.error.as_deref()
     }
 
     /// Whether the operating system watches the file.
@@ -48,12 +63,15 @@ impl FileChanges {
     }
 }
 
-fn start(path: &Path, changed: Arc<Notify>) -> Option<RecommendedWatcher> {
+fn start(path: &Path, changed: Arc<Notify>) -> notify::Result<RecommendedWatcher> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = path.file_name()?.to_owned();
+    let name = path
+        .file_name()
+        .ok_or_else(|| notify::Error::generic("the path names no file"))?
+        .to_owned();
     // The names whose writes are commits: the file, its WAL (WAL mode), its rollback journal.
     let names: Vec<OsString> = ["", "-wal", "-journal"]
         .iter()
@@ -79,10 +97,26 @@ fn start(path: &Path, changed: Arc<Notify>) -> Option<RecommendedWatcher> {
         if ours {
             changed.notify_one();
         }
-    })
-    .ok()?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive).ok()?;
-    Some(watcher)
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// [`FileChanges::error`]'s text.
+fn unwatched(path: &Path, e: &notify::Error) -> String {
+    let mut s = format!(
+        "cannot watch {} for changes ({e}): commits to it by other processes are noticed \
+         within {} ms (by polling) instead of at once",
+        path.display(),
+        crate::limits::HEAD_POLL_INTERVAL_MS
+    );
+    if cfg!(target_os = "linux") {
+        s.push_str(
+            "; if the inotify limits are reached, raise them (sysctl \
+             fs.inotify.max_user_instances and fs.inotify.max_user_watches)",
+        );
+    }
+    s
 }
 
 #[cfg(test)]
@@ -115,5 +149,18 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), changes.changed())
             .await
             .expect("a commit was not told");
+        assert_eq!(changes.error(), None);
+    }
+
+    /// A watch the operating system refuses says why, what it costs and what to do.
+    #[test]
+    fn a_refused_watch_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone").join("a.db");
+        let changes = FileChanges::watch(&path);
+        assert!(!changes.is_watching());
+        let e = changes.error().expect("an explanation");
+        assert!(e.contains("cannot watch") && e.contains("a.db"), "{e}");
+        assert!(e.contains("within 100 ms"), "{e}");
     }
 }

@@ -26,6 +26,9 @@ use crate::limits::{HEAD_CHECK_GAP_US, HEAD_POLL_INTERVAL_MS};
 #[derive(Debug)]
 pub struct HeadWatch {
     subscribers: Arc<Mutex<Vec<Weak<Notify>>>>,
+    /// Why the operating system does not tell of changes to the file (then only the poll
+    /// notices other processes' commits).
+    file_watch_error: Option<String>,
     task: JoinHandle<()>,
 }
 
@@ -41,6 +44,7 @@ impl HeadWatch {
         let subscribers: Arc<Mutex<Vec<Weak<Notify>>>> = Arc::default();
         let subs = subscribers.clone();
         let changes = FileChanges::watch(db.path());
+        let file_watch_error = changes.error().map(str::to_owned);
         let task = tokio::spawn(async move {
             let mut head = None;
             let mut tick = tokio::time::interval(poll);
@@ -108,7 +112,17 @@ impl HeadWatch {
                 }
             }
         });
-        HeadWatch { subscribers, task }
+        HeadWatch {
+            subscribers,
+            file_watch_error,
+            task,
+        }
+    }
+
+    /// Why other processes' commits are noticed only by the poll (the operating system
+    /// refused to watch the file), said for the user; `None` when it watches.
+    pub fn file_watch_error(&self) -> Option<&str> {
+        self.file_watch_error.as_deref()
     }
 
     /// A notifier woken whenever the head moves; pass it as

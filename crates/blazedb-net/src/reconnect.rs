@@ -185,6 +185,13 @@ pub enum ClientEvent {
     /// The peer refused a change of ours (its access rules), and why. Its own version of the
     /// record replaces ours; our refused values are kept as conflicts.
     Rejected(Rejection),
+    /// The operating system would not watch the database file, so commits to it by other
+    /// processes reach the peer only within the head poll's interval
+    /// ([`HeadWatch::file_watch_error`]). Told once, at the start.
+    FileWatchUnavailable {
+        /// Why, what it costs and what to do.
+        error: String,
+    },
 }
 
 /// Traffic of one or more sessions, seen from this side.
@@ -346,6 +353,11 @@ pub async fn sync_watch(
         .watch_other_processes
         .then(|| HeadWatch::spawn(db.clone()));
     let wake = heads.as_ref().map(|h| h.subscribe());
+    if let Some(error) = heads.as_ref().and_then(|h| h.file_watch_error()) {
+        on_event(ClientEvent::FileWatchUnavailable {
+            error: error.to_owned(),
+        });
+    }
     // As `listen` and file-to-file sync do: the WAL is checkpointed in the background, so no
     // commit (an applied unit is one) pays for a checkpoint and its fsync, and the WAL keeps
     // reusing its blocks instead of growing to the inline-checkpoint bound.

@@ -226,9 +226,15 @@ impl Relay {
         );
         // Before the first connection is accepted: every session subscribes to it. Stops
         // when the relay (its state) is dropped.
-        let _ = state
-            .head_watch
-            .set(blazedb_net::head_watch::HeadWatch::spawn(state.db.clone()));
+        let heads = blazedb_net::head_watch::HeadWatch::spawn(state.db.clone());
+        if let Some(error) = heads.file_watch_error() {
+            // Not fatal: other processes' writes to the store reach clients by the poll.
+            eprintln!(
+                "{}",
+                serde_json::json!({ "event": "file_watch_unavailable", "error": error })
+            );
+        }
+        let _ = state.head_watch.set(heads);
         let st = state.clone();
         state.tasks.spawn(accept_http(st, http, tls_http));
         if let Some((l, _)) = tcp {

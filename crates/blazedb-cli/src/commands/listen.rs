@@ -131,6 +131,12 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
             out.json(&json!({ "listening": url }))?;
         }
         out.flush()?;
+        if let Some(error) = listener.file_watch_error() {
+            eprintln!(
+                "{}",
+                json!({ "event": "file_watch_unavailable", "error": error })
+            );
+        }
         let mut events = listener.events();
         let stop = interrupted();
         tokio::pin!(stop);

@@ -395,6 +395,9 @@ fn event_json(e: &ClientEvent, db: &std::path::Path) -> serde_json::Value {
         ClientEvent::Retrying { delay_ms, error } => {
             json!({ "event": "retrying", "delay_ms": delay_ms, "error": error })
         }
+        ClientEvent::FileWatchUnavailable { error } => {
+            json!({ "event": "file_watch_unavailable", "error": error })
+        }
         _ => json!({ "event": "other" }),
     }
 }

@@ -121,9 +121,18 @@ pub struct Listener {
     task: Option<JoinHandle<()>>,
     /// Checkpoints the WAL off the sessions' commits while the listener lives.
     _checkpoints: Checkpointer,
+    /// [`HeadWatch::file_watch_error`] of the listener's head watch.
+    file_watch_error: Option<String>,
 }
 
 impl Listener {
+    /// Why commits to the database by other processes are noticed only by the head poll
+    /// (the operating system refused to watch the file), said for the user; `None` when it
+    /// watches or other processes are not watched for.
+    pub fn file_watch_error(&self) -> Option<&str> {
+        self.file_watch_error.as_deref()
+    }
+
     /// The bound TCP address (with the real port when 0 was asked for).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
@@ -228,6 +237,9 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
     let heads = cfg
         .watch_other_processes
         .then(|| HeadWatch::spawn(db.clone()));
+    let file_watch_error = heads
+        .as_ref()
+        .and_then(|h| h.file_watch_error().map(str::to_owned));
     let shared = Arc::new(Shared {
         db,
         session,
@@ -257,6 +269,7 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
         active,
         task: Some(task),
         _checkpoints: checkpoints,
+        file_watch_error,
     })
 }
 
