@@ -740,8 +740,7 @@ impl Driver {
 
     /// Keep the first rejections for the report and pass each on to the caller's channel.
     fn on_rejected(&mut self, rejections: Vec<Rejection>) {
-        let room = REJECTIONS_REPORTED_MAX.saturating_sub(self.rejected.len());
-        self.rejected.extend(rejections.iter().take(room).cloned());
+        keep_reported(&mut self.rejected, &rejections);
         if let Some(tx) = &self.opts.rejections {
             for r in rejections {
                 if tx.try_send(r).is_err() {
@@ -947,4 +946,11 @@ fn io_reason(e: &io::Error) -> EndReason {
         kind: e.kind(),
         message: e.to_string(),
     }
+}
+
+/// Add `new` to the rejections a report keeps: the first [`REJECTIONS_REPORTED_MAX`] (the
+/// report's count covers them all).
+pub(crate) fn keep_reported(kept: &mut Vec<Rejection>, new: &[Rejection]) {
+    let room = REJECTIONS_REPORTED_MAX.saturating_sub(kept.len());
+    kept.extend(new.iter().take(room).cloned());
 }

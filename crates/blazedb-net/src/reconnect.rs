@@ -262,8 +262,7 @@ impl ClientReport {
         self.traffic.add(r);
         self.sessions += 1;
         self.peer = r.peer.or(self.peer);
-        let room = REJECTIONS_REPORTED_MAX.saturating_sub(self.rejected.len());
-        self.rejected.extend(r.rejected.iter().take(room).cloned());
+        crate::driver::keep_reported(&mut self.rejected, &r.rejected);
     }
 
     /// The one JSON line the CLI prints, e.g. `{"url":"tcp://h:7421","peer":"…",
