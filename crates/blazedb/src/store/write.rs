@@ -787,15 +787,7 @@ impl<'a> Tx<'a> {
                 (Some(elements), Some(Value::List(set))) if is_set => {
                     for e in elements {
                         let present = value::from_bytes(e).is_ok_and(|v| set.contains(&v));
-                        let key = CellKey::Element(field.into(), e.to_vec());
-                        let prev = self.records[i].state.cell(&key).map(|c| c.version);
-                        let value = if present {
-                            CellValue::Present
-                        } else {
-                            CellValue::Absent
-                        };
-                        let cell = self.cell(key, value, version, prev);
-                        self.merge_local(i, cell);
+                        self.write_element(i, field, e.to_vec(), present, version);
                     }
                 }
                 // Not a set here (unset, or another type): element cells would make it one.
@@ -1341,17 +1333,29 @@ impl<'a> Tx<'a> {
         }
         let version = self.next_version()?;
         for e in elems {
-            let key = CellKey::Element(field.into(), value::to_bytes(&e));
-            let prev = self.records[i].state.cell(&key).map(|c| c.version);
-            let value = if present {
-                CellValue::Present
-            } else {
-                CellValue::Absent
-            };
-            let cell = self.cell(key, value, version, prev);
-            self.merge_local(i, cell);
+            self.write_element(i, field, value::to_bytes(&e), present, version);
         }
         Ok(())
+    }
+
+    /// Write one set element (`encoded`) of `field` into record `i`: in the set or out.
+    fn write_element(
+        &mut self,
+        i: usize,
+        field: &str,
+        encoded: Vec<u8>,
+        present: bool,
+        version: Version,
+    ) {
+        let key = CellKey::Element(field.into(), encoded);
+        let prev = self.records[i].state.cell(&key).map(|c| c.version);
+        let value = if present {
+            CellValue::Present
+        } else {
+            CellValue::Absent
+        };
+        let cell = self.cell(key, value, version, prev);
+        self.merge_local(i, cell);
     }
 
     /// Refuse a write that would make `field` visible in record `i` when that takes the
