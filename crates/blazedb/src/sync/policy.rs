@@ -15,7 +15,7 @@
 //! - **The view itself changed** (a new policy on a live connection or at reconnect, other
 //!   access claims, changed rules): the sender starts over with a snapshot of the new view,
 //!   and the receiver drops ("evicts") what it holds of the sender's data that the snapshot no
-//!   longer contains. See `sync/session.rs`.
+//!   longer contains. See `sync/session/view.rs`.
 //!
 //! An eviction is local: no tombstone, no feed entry, nothing sent on; the record stays
 //! intact on every other replica. A partial replica therefore never pushes "deletes" for

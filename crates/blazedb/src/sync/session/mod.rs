@@ -1,0 +1,1342 @@
+//! The sync session: one per connected peer, sans-IO.
+//!
+//! The session owns no socket, thread, timer or clock. The driver calls, in any order and
+//! as often as it likes:
+//!
+//! 1. [`Session::new`] — queues our HELLO;
+//! 2. [`Session::handle_bytes`] with whatever bytes arrived (any split of the stream);
+//! 3. [`Session::poll_transmit`] until it returns `None`, sending each frame — call it again
+//!    after every local commit (see `Database::on_commit`) so new changes go out at once;
+//! 4. [`Session::handle_timeout`] when the instant from [`Session::poll_timeout`] passes;
+//! 5. [`Session::poll_event`] to learn what happened.
+//!
+//! The driver passes the current time (ms) in; the database is passed in per call because the
+//! session reads the change feed and applies the peer's changes through it.
+//!
+//! ```text
+//!  A                                   B
+//!  HELLO(node, head, mode) ──────────►
+//!  ◄────────────────────────────────── HELLO
+//!  SUBSCRIBE(from = my cursor of B) ──►
+//!  ◄────────────────────────────────── SUBSCRIBE(from = B's cursor of A)
+//!  ◄──── CHANGES… (unit) / CAUGHT_UP ─►  (both ways, windowed)
+//!  ACK(end of applied unit) ─────────►
+//! ```
+//!
+//! **Selective sync and snapshots** (protocol 2). SUBSCRIBE carries the receiver's
+//! [`SyncPolicy`]; the sender filters what it sends through it and through its access control
+//! (see `sync/policy.rs` for how membership changes become whole records or EVICTs). Instead
+//! of the feed, the sender answers with a snapshot of the view — SNAPSHOT_BEGIN, CHUNK…, END,
+//! then the feed from the snapshot's position — when the peer is new, asks for one (its view
+//! changed: a new policy, live or at reconnect), resumes an interrupted one, has a cursor
+//! older than what GC kept, or was last served another view (other claims or rules). The
+//! receiver stages chunks on disk and applies the whole snapshot in one transaction, dropping
+//! what it held of the sender's data that the snapshot no longer contains.
+//!
+//! This file holds the session's state, its public calls and the message dispatch; the work
+//! behind them is split by direction and concern:
+//!
+//! - `send.rs` — answering SUBSCRIBE and sending our feed as units, within the window;
+//! - `receive.rs` — staging the peer's units, applying them, acknowledging;
+//! - `snapshot.rs` — snapshots, both sides;
+//! - `view.rs` — what the peer may see: filters, EVICTs, restatements and their notes.
+
+use std::collections::VecDeque;
+
+use super::access::IDENTITY_NOTE;
+use super::frame::{FrameDecoder, FrameEncoder, FrameError};
+use super::message::{
+    self, approx_cell_bytes, caps, kind, Dict, ErrorCode, Hello, Message, RecordCells,
+    SnapshotWish, SyncMode,
+};
+use super::policy::{CompiledPolicy, SyncPolicy};
+use crate::error::{ApplyError, Error};
+use crate::limits::{
+    BATCH_CELLS_DEFAULT, ECHO_CAUGHT_UP_INTERVAL_MS, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
+    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PING_INTERVAL_MS_MIN, PROTOCOL_VERSION,
+    QUEUED_FRAMES_MAX, RECORD_BYTES_MAX, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
+    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS,
+    WINDOW_UNITS_DEFAULT,
+};
+use crate::query::Params;
+use crate::store::{
+    Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
+};
+use crate::store::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED, SERVER_NOTE};
+
+use crate::types::Seq;
+use crate::{NodeId, PastVisibility, RecordId, StagedParts, StagingId};
+
+mod receive;
+mod send;
+mod snapshot;
+mod view;
+
+use snapshot::{feed_collected_past, new_snapshot};
+use view::{decode_policy_note, encode_policy_note, filter_view, scope_of, strip_excluded};
+
+/// How a session behaves.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Send, receive or both.
+    pub mode: SyncMode,
+    /// This side is a relay/server.
+    pub server: bool,
+    /// Credentials to present.
+    pub token: String,
+    /// Cells per batch read from the feed.
+    pub batch_cells_max: usize,
+    /// Unacknowledged units before the sender waits.
+    pub window_units: usize,
+    /// Ping after this long without sending; below [`PING_INTERVAL_MS_MIN`] counts as that.
+    pub ping_interval_ms: u64,
+    /// Give up after this long without receiving.
+    pub idle_timeout_ms: u64,
+    /// Offer and use LZ4.
+    pub lz4: bool,
+    /// Who the peer is allowed to be and what it may read and write (a relay sets this per
+    /// connection). `None`: everything is allowed.
+    pub access: Option<std::sync::Arc<dyn super::AccessControl>>,
+    /// What this side asks to receive (selective sync). Change it on a live session with
+    /// [`Session::set_policy`].
+    pub policy: SyncPolicy,
+    /// Bootstrap a new peer with a snapshot rather than by replaying the feed.
+    pub snapshot_new_peers: bool,
+    /// Cells of an incoming unit held in memory before its complete transactions are staged
+    /// on disk (`UNIT_STAGE_CELLS`; tests set it low to stage every unit).
+    pub unit_stage_cells: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            mode: SyncMode::Both,
+            server: false,
+            token: String::new(),
+            batch_cells_max: BATCH_CELLS_DEFAULT,
+            window_units: WINDOW_UNITS_DEFAULT,
+            ping_interval_ms: PING_INTERVAL_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            lz4: true,
+            access: None,
+            policy: SyncPolicy::everything(),
+            snapshot_new_peers: true,
+            unit_stage_cells: UNIT_STAGE_CELLS,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sync session ended ({code:?}): {message}")]
+pub struct SyncError {
+    /// The protocol error code (sent to or received from the peer).
+    pub code: ErrorCode,
+    /// What happened and what to do.
+    pub message: String,
+    /// True when the peer reported the error; false when we detected it.
+    pub remote: bool,
+}
+
+/// Something the driver may want to know.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// The peer said HELLO.
+    Connected {
+        /// Who.
+        peer: NodeId,
+        /// Its HELLO.
+        hello: Hello,
+    },
+    /// A unit of the peer's changes was applied.
+    Applied {
+        /// Cells that changed something here.
+        cells: usize,
+        /// The peer's feed position now reached.
+        through: Seq,
+    },
+    /// The peer refused some of our changes (access rules); they were not applied there,
+    /// and the peer's version of those records is on its way back to us.
+    Rejected(Vec<super::Rejection>),
+    /// We refused some of the peer's changes (access rules) and told it so.
+    Refused(Vec<super::Rejection>),
+    /// The session ended.
+    Closed(SyncError),
+}
+
+/// Counters for one session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Bytes sent (framed).
+    pub bytes_sent: u64,
+    /// Bytes received (framed).
+    pub bytes_received: u64,
+    /// Cells sent in CHANGES.
+    pub cells_sent: u64,
+    /// Cells received in CHANGES.
+    pub cells_received: u64,
+    /// Received cells that changed something here.
+    pub cells_applied: u64,
+    /// Records whose changes we refused (access rules).
+    pub changes_refused: u64,
+    /// Records whose changes the peer refused.
+    pub changes_rejected_by_peer: u64,
+    /// Records we told the peer to evict (they left its view).
+    pub evicts_sent: u64,
+    /// Records evicted here because the peer said they left our view.
+    pub evicted: u64,
+    /// Snapshots sent (begun, including resumed ones).
+    pub snapshots_sent: u64,
+    /// Snapshots received and applied.
+    pub snapshots_applied: u64,
+    /// Parts of large incoming units staged on disk (see `store/unit.rs`).
+    pub unit_parts_staged: u64,
+}
+
+/// Where a session stands, for lag metrics and diagnostics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionProgress {
+    /// Our feed position sent so far.
+    pub sent_through: Seq,
+    /// Our feed position the peer acknowledged.
+    pub acked: Seq,
+    /// The current unit must reach this before it is complete.
+    pub unit_until: Seq,
+    /// Complete units sent and not yet acknowledged.
+    pub unacked_units: usize,
+    /// The peer's feed position applied here.
+    pub received_through: Seq,
+    /// The peer's last CAUGHT_UP position.
+    pub peer_caught_up: Option<Seq>,
+    /// Cells of an incomplete unit held here.
+    pub staged_cells: usize,
+    /// Whether the peer asked for our changes.
+    pub peer_subscribed: bool,
+    /// Received bytes waiting for the rest of a frame.
+    pub buffered_bytes: usize,
+    /// A snapshot is being sent to the peer.
+    pub sending_snapshot: bool,
+    /// A snapshot from the peer is being received.
+    pub receiving_snapshot: bool,
+}
+
+#[derive(Debug)]
+struct SnapOut {
+    snap_id: u64,
+    position: Seq,
+    next_index: u32,
+    after: Option<SnapshotKey>,
+    /// The head when the last page was read: records before `after` that changed since go
+    /// again with the next page (`SnapshotPage::changed_before`). A resumed snapshot starts
+    /// from its position, not knowing what the interrupted session read.
+    read_through: Seq,
+    begun: bool,
+    replace: bool,
+    /// Cells sent in this snapshot (the receiver's apply time grows with it).
+    cells: u64,
+}
+
+/// Complete units received and not applied yet: the first `changes` of `Session::staged`
+/// (`cells` cells), through the peer's feed position `end`.
+///
+/// Group commit: a receiver that falls behind finds many small units in one read; applying
+/// them in one SQLite transaction (one commit, one ACK) costs a fraction of one each, so a
+/// busy receiver catches up instead of falling further behind. Each unit stays atomic (the
+/// group is all or nothing), and nothing waits for later input: the group is applied before
+/// `handle_bytes` returns.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    changes: usize,
+    cells: usize,
+    end: Seq,
+}
+
+#[derive(Debug)]
+struct SnapIn {
+    snap_id: u64,
+    position: Seq,
+    next_index: u32,
+    replace: bool,
+    /// Chunks are merged as they arrive (rather than staged and applied together at the
+    /// end) while this is `Some(head)`: the database's head after our last merge. Only for
+    /// a snapshot that does not replace, into a database that held nothing when it began
+    /// (a new replica's bootstrap): merged as they come, the records of a transaction that
+    /// the sender's chunks put apart would otherwise meet copies already here one chunk at a
+    /// time, and a reader could see part of that transaction (simulation seed 2400337). An
+    /// empty database has no such copies, and its records show up as they arrive. Once
+    /// another peer's changes commit here meanwhile (`others_meanwhile`), or in a resumed
+    /// session that cannot tell, the rest is staged. Local writes go on beside it.
+    merging: Option<Seq>,
+    /// Another peer's changes committed here since this snapshot began merging.
+    others_meanwhile: bool,
+    /// What the chunks merged as they arrived did.
+    merged: SnapshotApplied,
+    /// Merged as they arrive: the cells of a record that the last chunk ended inside of,
+    /// merged with the rest of it (`Database::snapshot_merge_chunk_held`).
+    held: Option<Change>,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum State {
+    AwaitHello,
+    Open,
+    Closed,
+}
+
+/// One sync session with one peer.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    node: NodeId,
+    state: State,
+    encoder: FrameEncoder,
+    decoder: FrameDecoder,
+    tx_dict: Dict,
+    rx_dict: Dict,
+    out: VecDeque<Vec<u8>>,
+    /// How many frames at the front of `out` the feed or a snapshot put there (`fill` runs
+    /// only on an empty queue, and frames leave from the front): the rest are replies to
+    /// the peer, which `QUEUED_FRAMES_MAX` bounds.
+    out_fill_frames: usize,
+    peer: Option<Hello>,
+    events: VecDeque<SessionEvent>,
+    stats: SessionStats,
+    // Sending our feed.
+    peer_from: Option<Seq>,
+    sent_through: Seq,
+    unit_until: Seq,
+    /// Where the unit being sent began. Until the peer has applied the unit, it holds each
+    /// record as it was here (see `filter_view`).
+    unit_from: Seq,
+    unacked: VecDeque<Seq>,
+    /// Until the feed is sent this far, the peer's own cells go too: its file was restored
+    /// from an older copy and may lack writes of its own that we hold (see `on_subscribe`).
+    echo_until: Seq,
+    /// Cells to ask the feed for next: the configured batch, doubled after each page that
+    /// left more behind (a peer that fell behind takes fewer, larger units, each applied in
+    /// one transaction), back to the batch once a page reaches the head.
+    page_cells: usize,
+    /// Frames of the current unit went out and its last frame has not.
+    unit_open: bool,
+    acked: Seq,
+    /// The last acknowledged cursor handed to `Database::note_peer_cursor`.
+    acked_noted: Seq,
+    caught_up_sent: Option<Seq>,
+    /// When the last CAUGHT_UP went out (see `pass_over_echo`).
+    caught_up_sent_ms: u64,
+    /// `caught_up_sent` covers positions of the peer's own changes that no CAUGHT_UP has
+    /// announced yet (`pass_over_echo`): one goes out once the interval since the last is
+    /// over, whether or not more units arrive (see `announce_deferred_echo`).
+    echo_unannounced: bool,
+    // Receiving the peer's feed.
+    subscribed: bool,
+    staged: Vec<Change>,
+    staged_cells: usize,
+    /// Parts of the unit in progress staged on disk (`Database::unit_stage`), and for a peer
+    /// with a restricted view, the records they touched and may have moved in (see
+    /// `apply_staged`).
+    staged_parts: u32,
+    /// Whose staged parts on disk are ours: another session with the same peer (another
+    /// process on this file, another connection from the same node) stages its own.
+    staging: StagingId,
+    /// Whether this session ever staged a part on disk (its rows are discarded when it ends:
+    /// a unit cut off, refused or failed in its apply leaves them otherwise).
+    staging_used: bool,
+    staged_touched: Vec<RecordKey>,
+    staged_moved_in: Vec<RecordKey>,
+    /// Complete units that arrived in the current `handle_bytes` call and wait to be applied
+    /// together (see [`Group`]); always `None` between calls.
+    group: Option<Group>,
+    /// Inside `handle_bytes`: complete units may wait for the frames after them.
+    grouping: bool,
+    /// A CAUGHT_UP that came after the units waiting in `group`, handled after them.
+    caught_up_after_group: Option<Seq>,
+    received_through: Seq,
+    /// `received_through` as last stored or noted. A CAUGHT_UP that only moves the position
+    /// is noted, and stored with the other noted cursors (see `note_cursors`); units store
+    /// theirs with their data.
+    received_noted: Seq,
+    peer_caught_up: Option<Seq>,
+    /// Subscriptions sent in this session (a policy change sends another).
+    subscriptions_sent: u32,
+    /// Waiting for the snapshot that answers our latest SUBSCRIBE; what arrives before it
+    /// belongs to the old view and is dropped.
+    restarting: bool,
+    /// The snapshot being received.
+    snap_in: Option<SnapIn>,
+    /// Collections whose records a finished snapshot may drop here: those of the policy it
+    /// was asked under and of the one before (`None`: all).
+    snap_scope: Option<Vec<String>>,
+    // Selective sync, sending side.
+    /// What the peer asked for, checked.
+    peer_policy: CompiledPolicy,
+    /// Subscriptions received in this session.
+    subscriptions_received: u32,
+    /// The snapshot being sent.
+    snap_out: Option<SnapOut>,
+    /// GC collected past the position a feed page was read from: the page may have lacked
+    /// deletes the peer needs. A replacing snapshot follows once the unit in progress is
+    /// complete (a snapshot cannot start inside one).
+    replacing_snapshot_due: bool,
+    /// The view to store for the peer once it acknowledges what we sent under it.
+    view_pending: Option<String>,
+    /// Records to evict at the peer, sent once the current unit is complete.
+    evict_pending: Vec<(String, RecordId)>,
+    /// EVICTs went out right after this position, followed by a PING with this nonce, and
+    /// neither a later unit's ACK nor that PONG has come back: the peer may not have them (a
+    /// disconnect right after the unit's ACK loses them). Persisted as the peer note
+    /// `NOTE_EVICTS` (see `flush_evictions`).
+    evicts_unconfirmed: Option<(Seq, u64)>,
+    /// The stored `NOTE_EVICTS`: evictions derived from our feed after this position may not
+    /// have reached the peer.
+    evicts_note: Option<Seq>,
+    /// Records the peer moved into its view with its own write: sent whole, once the
+    /// current unit is complete.
+    restate_pending: Vec<(String, RecordId)>,
+    /// Records whose change by the peer was refused (REJECT): this node wrote its own
+    /// version again, and when that is a delete the peer needs it even if it could never
+    /// read the record (its refused insert must go). Bounded by `REFUSED_REMEMBERED_MAX`.
+    refused: std::collections::HashSet<(String, RecordId)>,
+    // Liveness.
+    /// When the peer's credential runs out (`AccessControl::credential_lifetime_ms`); the
+    /// session then ends with `AUTH_FAILED`.
+    credential_expires_ms: Option<u64>,
+    last_recv_ms: u64,
+    last_send_ms: u64,
+    ping_nonce: u64,
+}
+
+impl Session {
+    /// Start a session for the database `db`; HELLO is queued.
+    pub fn new(db: &Database, cfg: SessionConfig, now_ms: u64) -> Result<Session, Error> {
+        if let Err(m) = cfg.policy.compile() {
+            return Err(Error::InvalidArgument(m));
+        }
+        let lz4 = if cfg.lz4 { caps::LZ4 } else { 0 };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            node: db.node_id(),
+            last_seq: db.last_seq()?,
+            mode: cfg.mode,
+            server: cfg.server,
+            caps: lz4 | caps::SPLIT_RECORDS,
+            token: cfg.token.clone(),
+        };
+        let mut s = Session {
+            node: db.node_id(),
+            state: State::AwaitHello,
+            encoder: FrameEncoder::default(),
+            decoder: FrameDecoder::default(),
+            tx_dict: Dict::default(),
+            rx_dict: Dict::default(),
+            out: VecDeque::new(),
+            out_fill_frames: 0,
+            peer: None,
+            events: VecDeque::new(),
+            stats: SessionStats::default(),
+            peer_from: None,
+            sent_through: Seq(0),
+            unit_until: Seq(0),
+            unit_from: Seq(0),
+            unacked: VecDeque::new(),
+            echo_until: Seq(0),
+            page_cells: 0,
+            unit_open: false,
+            acked: Seq(0),
+            acked_noted: Seq(0),
+            caught_up_sent: None,
+            caught_up_sent_ms: now_ms,
+            echo_unannounced: false,
+            subscribed: false,
+            staged: Vec::new(),
+            staged_cells: 0,
+            staged_parts: 0,
+            staging: StagingId::random(),
+            staging_used: false,
+            staged_touched: Vec::new(),
+            staged_moved_in: Vec::new(),
+            group: None,
+            grouping: false,
+            caught_up_after_group: None,
+            received_through: Seq(0),
+            received_noted: Seq(0),
+            peer_caught_up: None,
+            subscriptions_sent: 0,
+            restarting: false,
+            snap_in: None,
+            snap_scope: None,
+            peer_policy: CompiledPolicy::default(),
+            subscriptions_received: 0,
+            snap_out: None,
+            replacing_snapshot_due: false,
+            view_pending: None,
+            evict_pending: Vec::new(),
+            evicts_unconfirmed: None,
+            evicts_note: None,
+            restate_pending: Vec::new(),
+            refused: Default::default(),
+            credential_expires_ms: None,
+            last_recv_ms: now_ms,
+            last_send_ms: now_ms,
+            ping_nonce: 0,
+            cfg,
+        };
+        s.send(&Message::Hello(hello), now_ms);
+        Ok(s)
+    }
+
+    /// The peer's HELLO, once received.
+    pub fn peer(&self) -> Option<&Hello> {
+        self.peer.as_ref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Where the session stands.
+    pub fn progress(&self) -> SessionProgress {
+        SessionProgress {
+            sent_through: self.sent_through,
+            acked: self.acked,
+            unit_until: self.unit_until,
+            unacked_units: self.unacked.len(),
+            received_through: self.received_through,
+            peer_caught_up: self.peer_caught_up,
+            staged_cells: self.staged_cells,
+            peer_subscribed: self.peer_from.is_some(),
+            buffered_bytes: self.decoder.buffered(),
+            sending_snapshot: self.snap_out.is_some(),
+            receiving_snapshot: self.snap_in.is_some() || self.restarting,
+        }
+    }
+
+    /// True once the session ended (after an error sent or received, or `close`).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// How far the peer has acknowledged applying our feed in this session (or before it,
+    /// as stored for its node when the session began).
+    pub fn acked(&self) -> Seq {
+        self.acked
+    }
+
+    /// True when, as far as this side knows, both directions are in sync: the peer told us
+    /// it has sent everything (and we applied it), and it acknowledged everything we have.
+    pub fn is_caught_up(&self, db: &Database) -> Result<bool, Error> {
+        let Some(peer) = &self.peer else {
+            return Ok(false);
+        };
+        let receiving = self.cfg.mode.receives() && peer.mode.sends();
+        let sending = self.cfg.mode.sends() && peer.mode.receives();
+        let rx_done = !receiving
+            || (!self.unit_in_progress()
+                && self.snap_in.is_none()
+                && !self.restarting
+                && self
+                    .peer_caught_up
+                    .is_some_and(|s| self.received_through >= s));
+        let tx_done = !sending
+            || (self.peer_from.is_some()
+                && self.snap_out.is_none()
+                && !self.replacing_snapshot_due
+                && self.evict_pending.is_empty()
+                && self.restate_pending.is_empty()
+                && self.unacked.is_empty()
+                && !self.unit_open
+                && self.caught_up_sent == Some(self.sent_through)
+                && self.nothing_more_for_peer(db)?);
+        Ok(rx_done && tx_done)
+    }
+
+    /// Feed received bytes. On a protocol error the session queues an ERROR frame for the
+    /// peer (send it, then close the transport) and returns the error.
+    pub fn handle_bytes(
+        &mut self,
+        now_ms: u64,
+        bytes: &[u8],
+        db: &Database,
+    ) -> Result<(), SyncError> {
+        self.stats.bytes_received += bytes.len() as u64;
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        self.decoder.push(bytes);
+        self.grouping = true;
+        let handled = self.handle_frames(now_ms, db);
+        self.grouping = false;
+        handled
+    }
+
+    /// Handle every complete frame the decoder holds. Complete units wait in `group` while
+    /// more CHANGES frames follow, and are applied before any other message and before this
+    /// returns: the units that one read brought in are applied in one SQLite transaction.
+    fn handle_frames(&mut self, now_ms: u64, db: &Database) -> Result<(), SyncError> {
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return self.apply_group(now_ms, db),
+                Err(e) => {
+                    let code = match e {
+                        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                        FrameError::Checksum { .. } => ErrorCode::Checksum,
+                        _ => ErrorCode::Malformed,
+                    };
+                    return Err(self.fail_bad_frame(code, e.to_string(), now_ms, db));
+                }
+            };
+            self.stats.frames_received += 1;
+            // Liveness counts whole frames only: a peer (or a corrupted length) that sends
+            // bytes which never complete a frame still times out.
+            self.last_recv_ms = now_ms;
+            let replies = self.out.len().saturating_sub(self.out_fill_frames);
+            if replies >= QUEUED_FRAMES_MAX {
+                // The peer keeps sending but reads nothing (or the transport is stuck): a
+                // reply per frame would pile up here without end, and the driver keeps
+                // reading so that a peer that does read is never deadlocked.
+                return Err(self.fail(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "{replies} replies wait for the peer to read them and it keeps \
+                         sending: read what the session sends while sending (limit \
+                         QUEUED_FRAMES_MAX)"
+                    ),
+                    now_ms,
+                ));
+            }
+            let msg = if frame.kind == kind::CHANGES {
+                let budget = TRANSACTION_CELLS_MAX.saturating_sub(self.staged_cells);
+                match self.rx_dict.decode_changes(&frame.payload, budget) {
+                    Ok((changes, end)) => Message::Changes {
+                        changes,
+                        end,
+                        partial: frame.partial,
+                    },
+                    Err(e) => {
+                        let code = match e {
+                            crate::codec::DecodeError::TooLarge { .. } => ErrorCode::TooLarge,
+                            _ => ErrorCode::Malformed,
+                        };
+                        return Err(self.fail_bad_frame(code, format!("CHANGES: {e}"), now_ms, db));
+                    }
+                }
+            } else {
+                // Messages about our own feed (ACK, PING, PONG) do not need the units before
+                // them applied, nor does CAUGHT_UP (it waits for the group, see there): a
+                // sender that is caught up follows each unit with one. Everything else sees
+                // the units before it applied.
+                if !matches!(
+                    frame.kind,
+                    kind::ACK | kind::PING | kind::PONG | kind::CAUGHT_UP
+                ) {
+                    self.apply_group(now_ms, db)?;
+                }
+                if frame.partial {
+                    return Err(self.fail_bad_frame(
+                        ErrorCode::Malformed,
+                        "PARTIAL flag on a non-CHANGES frame".into(),
+                        now_ms,
+                        db,
+                    ));
+                }
+                // Check the version before the rest, so a newer HELLO layout is reported as
+                // a version mismatch rather than as malformed (a second HELLO is UNEXPECTED
+                // whatever its version: see `handle_message`).
+                if frame.kind == kind::HELLO && self.state != State::Open {
+                    if let Some(v) = frame.payload.get(..2) {
+                        let v = u16::from_le_bytes([v[0], v[1]]);
+                        if v != PROTOCOL_VERSION {
+                            return Err(self.fail(
+                                ErrorCode::UnsupportedVersion,
+                                format!("peer speaks protocol {v}, this node {PROTOCOL_VERSION}: upgrade the older one"),
+                                now_ms,
+                            ));
+                        }
+                    }
+                }
+                match message::decode_simple(frame.kind, &frame.payload) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // A limit is TOO_LARGE, as for CHANGES; in SUBSCRIBE the only limits
+                        // are the policy's (§5.2: INVALID_POLICY).
+                        let code = match (&e, frame.kind) {
+                            (crate::codec::DecodeError::TooLarge { .. }, kind::SUBSCRIBE) => {
+                                ErrorCode::InvalidPolicy
+                            }
+                            (crate::codec::DecodeError::TooLarge { .. }, _) => ErrorCode::TooLarge,
+                            _ => ErrorCode::Malformed,
+                        };
+                        return Err(self.fail_bad_frame(code, e.to_string(), now_ms, db));
+                    }
+                }
+            };
+            self.handle_message(now_ms, msg, db)?;
+            if self.state == State::Closed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn handle_message(
+        &mut self,
+        now_ms: u64,
+        msg: Message,
+        db: &Database,
+    ) -> Result<(), SyncError> {
+        match (self.state, msg) {
+            (_, Message::Error { code, message }) => {
+                // The peer's goodbye: keep what it acknowledged (GC and `is_caught_up`
+                // on the next session rely on it).
+                let _ = self.note_cursors(db, true);
+                self.state = State::Closed;
+                let e = SyncError {
+                    code,
+                    message,
+                    remote: true,
+                };
+                self.events.push_back(SessionEvent::Closed(e.clone()));
+                Err(e)
+            }
+            (State::AwaitHello, Message::Hello(h)) => self.on_hello(now_ms, h, db),
+            (State::AwaitHello, other) => Err(self.fail(
+                ErrorCode::Unexpected,
+                format!("expected HELLO first, got {}", name(&other)),
+                now_ms,
+            )),
+            (State::Open, Message::Hello(_)) => {
+                Err(self.fail(ErrorCode::Unexpected, "second HELLO".into(), now_ms))
+            }
+            (
+                State::Open,
+                Message::Subscribe {
+                    from,
+                    policy,
+                    snapshot,
+                    acked,
+                },
+            ) => self.on_subscribe(now_ms, (from, acked), policy, snapshot, db),
+            (
+                State::Open,
+                Message::Changes {
+                    changes,
+                    end,
+                    partial,
+                },
+            ) => {
+                if !self.subscribed || self.snap_in.is_some() {
+                    return Err(self.fail(
+                        ErrorCode::Unexpected,
+                        "CHANGES without SUBSCRIBE, or inside a snapshot".into(),
+                        now_ms,
+                    ));
+                }
+                if self.restarting {
+                    // Sent under the old view, before our new SUBSCRIBE arrived.
+                    return Ok(());
+                }
+                let cells: usize = changes.iter().map(|c| c.cells.len()).sum();
+                self.stats.cells_received += cells as u64;
+                self.staged_cells += cells;
+                self.staged.extend(changes);
+                if partial {
+                    if self.staged_cells >= self.cfg.unit_stage_cells {
+                        // Complete units waiting before this one go first; staging on
+                        // disk is for the unit in progress alone.
+                        self.apply_group(now_ms, db)?;
+                    }
+                    if self.staged_cells >= self.cfg.unit_stage_cells {
+                        self.stage_unit_part(now_ms, db)?;
+                    }
+                    return Ok(());
+                }
+                if self.grouping
+                    && self.staged_parts == 0
+                    && self.staged_cells < self.cfg.unit_stage_cells
+                {
+                    self.group = Some(Group {
+                        changes: self.staged.len(),
+                        cells: self.staged_cells,
+                        end,
+                    });
+                    return Ok(());
+                }
+                // This unit and any waiting before it, in one transaction; a CAUGHT_UP that
+                // waited for those is handled after it, as `apply_group` would (dropped, the
+                // peer's position stayed unknown until its next CAUGHT_UP, and a caught-up
+                // session did not know it: simulation, seed 211786 with `BLAZEDB_SIM_PERTURB`).
+                let caught_up = self.caught_up_after_group.take();
+                self.apply_staged(now_ms, end, db)?;
+                match caught_up {
+                    Some(seq) => self.on_caught_up(now_ms, seq, db),
+                    None => Ok(()),
+                }
+            }
+            (State::Open, Message::Ack { seq }) => {
+                if seq > self.sent_through {
+                    return Err(self.fail(
+                        ErrorCode::Malformed,
+                        format!("ACK of {seq} beyond what was sent"),
+                        now_ms,
+                    ));
+                }
+                while self.unacked.front().is_some_and(|u| *u <= seq) {
+                    self.unacked.pop_front();
+                }
+                self.acked = self.acked.max(seq);
+                if self
+                    .evicts_unconfirmed
+                    .is_some_and(|(after, _)| seq > after)
+                    && self.view_updates_flushed()
+                {
+                    // A unit sent after the EVICTs was applied: they arrived before it.
+                    self.evicts_unconfirmed = None;
+                    self.set_evicts_note(db, None)
+                        .map_err(|e| self.internal(e, now_ms))?;
+                }
+                let _ = self.note_cursors(db, false);
+                if self.snap_out.is_none() {
+                    if let (Some(view), Some(peer)) =
+                        (self.view_pending.take(), self.peer.as_ref().map(|p| p.node))
+                    {
+                        // The peer applied what we sent under this view: remember it, so a
+                        // reconnect with the same view resumes incrementally.
+                        db.set_peer_note(peer, NOTE_VIEW, Some(&view))
+                            .map_err(|e| self.internal(e, now_ms))?;
+                    }
+                }
+                Ok(())
+            }
+            (State::Open, Message::CaughtUp { .. }) if self.restarting => Ok(()),
+            (State::Open, Message::CaughtUp { seq }) if self.group.is_some() => {
+                // About the position after the units waiting to be applied: handled after
+                // them (`apply_group`).
+                self.caught_up_after_group = Some(seq);
+                Ok(())
+            }
+            (State::Open, Message::CaughtUp { seq }) => self.on_caught_up(now_ms, seq, db),
+            (State::Open, Message::Ping { nonce }) => {
+                self.send(&Message::Pong { nonce }, now_ms);
+                Ok(())
+            }
+            (State::Open, Message::Pong { nonce }) => {
+                if self
+                    .evicts_unconfirmed
+                    .is_some_and(|(_, ping)| nonce >= ping)
+                    && self.view_updates_flushed()
+                {
+                    // The peer answered a PING sent after the EVICTs: it has them.
+                    self.evicts_unconfirmed = None;
+                    self.set_evicts_note(db, None)
+                        .map_err(|e| self.internal(e, now_ms))?;
+                }
+                Ok(())
+            }
+            (State::Open, Message::Reject { rejections }) => {
+                self.stats.changes_rejected_by_peer += rejections.len() as u64;
+                self.events.push_back(SessionEvent::Rejected(rejections));
+                Ok(())
+            }
+            (State::Open, Message::Evict { .. }) if self.restarting => Ok(()),
+            (State::Open, Message::Evict { records }) => self.on_evict(now_ms, records, db),
+            (
+                State::Open,
+                Message::SnapshotBegin {
+                    snap_id,
+                    position,
+                    first_index,
+                    subscription,
+                    replace,
+                },
+            ) => self.on_snapshot_begin(
+                now_ms,
+                (snap_id, position, first_index, subscription, replace),
+                db,
+            ),
+            (State::Open, Message::SnapshotChunk { .. }) if self.restarting => Ok(()),
+            (State::Open, Message::SnapshotChunk { index, last, data }) => {
+                self.on_snapshot_chunk(now_ms, index, last, &data, db)
+            }
+            (State::Open, Message::SnapshotEnd { .. }) if self.restarting => Ok(()),
+            (State::Open, Message::SnapshotEnd { chunks }) => {
+                self.on_snapshot_end(now_ms, chunks, db)
+            }
+            (State::Closed, _) => Ok(()),
+        }
+    }
+
+    fn on_hello(&mut self, now_ms: u64, mut h: Hello, db: &Database) -> Result<(), SyncError> {
+        if self.cfg.access.is_some() {
+            // A peer of a side that enforces access rules is its client, whatever its HELLO
+            // claims: a "relay" never expires in our GC and is never sent a snapshot, so one
+            // client saying so once would hold back the collection of every tombstone here.
+            h.server = false;
+        }
+        if h.version != PROTOCOL_VERSION {
+            return Err(self.fail(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "peer speaks protocol {}, this node {PROTOCOL_VERSION}: upgrade the older one",
+                    h.version
+                ),
+                now_ms,
+            ));
+        }
+        if h.node == self.node {
+            return Err(self.fail(
+                ErrorCode::SameNode,
+                format!(
+                    "both sides are node {}: a database file was copied; give each copy its \
+                     own file (export/import or snapshot) instead of copying files",
+                    h.node
+                ),
+                now_ms,
+            ));
+        }
+        if let Some(access) = self.cfg.access.clone() {
+            if let Err(message) = access.authenticate(&h) {
+                return Err(self.fail(ErrorCode::AuthFailed, message, now_ms));
+            }
+            self.credential_expires_ms = access
+                .credential_lifetime_ms()
+                .map(|l| now_ms.saturating_add(l));
+            if let Some(who) = access.identity() {
+                let known = db
+                    .peer_note(h.node, IDENTITY_NOTE)
+                    .map_err(|e| self.internal(e, now_ms))?;
+                match known {
+                    Some(owner) if owner != who => {
+                        return Err(self.fail(
+                            ErrorCode::AuthFailed,
+                            format!(
+                                "node {} belongs to another user: each copy of the database \
+                                 connects with its own node id and its owner's token",
+                                h.node
+                            ),
+                            now_ms,
+                        ))
+                    }
+                    Some(_) => {}
+                    None => db
+                        .set_peer_note(h.node, IDENTITY_NOTE, Some(&who))
+                        .map_err(|e| self.internal(e, now_ms))?,
+                }
+            }
+        }
+        self.note_server_role(&h, db)
+            .map_err(|e| self.internal(e, now_ms))?;
+        self.encoder.lz4 = self.cfg.lz4 && h.caps & caps::LZ4 != 0;
+        self.state = State::Open;
+        self.events.push_back(SessionEvent::Connected {
+            peer: h.node,
+            hello: h.clone(),
+        });
+        if self.cfg.mode.receives() && h.mode.sends() {
+            let mut from = db
+                .peer_cursor(h.node, PeerDirection::Received)
+                .map_err(|e| self.internal(e, now_ms))?;
+            if from > h.last_seq {
+                // The peer's feed is shorter than what we received from it: it was restored
+                // from an older copy. Receive everything again (idempotent).
+                from = Seq(0);
+            }
+            self.received_through = from;
+            self.received_noted = from;
+            self.subscribed = true;
+            let peer = h.node;
+            let h_receives = h.mode.receives();
+            self.peer = Some(h);
+            let snapshot = self
+                .snapshot_wish(peer, db)
+                .map_err(|e| self.internal(e, now_ms))?;
+            // What we recorded of the peer's ACKs. Sent in SUBSCRIBE: less than it received
+            // from us says our file is older than the one that sent it (restored), see
+            // `on_subscribe`.
+            let acked = db
+                .peer_cursor(peer, PeerDirection::Acked)
+                .map_err(|e| self.internal(e, now_ms))?;
+            if !(self.cfg.mode.sends() && h_receives) {
+                // Nobody will tell us what the peer has of ours: go by the stored cursor.
+                self.evict_outside_own_filter(peer, acked, db)
+                    .map_err(|e| self.internal(e, now_ms))?;
+            }
+            self.subscriptions_sent += 1;
+            self.send(
+                &Message::Subscribe {
+                    from,
+                    policy: self.cfg.policy.clone(),
+                    snapshot,
+                    acked,
+                },
+                now_ms,
+            );
+            return Ok(());
+        }
+        self.peer = Some(h);
+        Ok(())
+    }
+
+    /// Remember whether the peer is a relay (GC never lets a relay expire: see `store/gc.rs`).
+    /// Written only when it changes, so a reconnect costs one read.
+    fn note_server_role(&self, h: &Hello, db: &Database) -> Result<(), Error> {
+        let want = h.server.then_some("1");
+        if db.peer_note(h.node, SERVER_NOTE)?.as_deref() != want {
+            db.set_peer_note(h.node, SERVER_NOTE, want)?;
+        }
+        Ok(())
+    }
+
+    /// Change what this side receives, on a live session: the peer answers with a snapshot
+    /// of the new view, and what we hold of its data outside the new view is evicted when
+    /// that snapshot is applied. Errors (an invalid policy) leave the session as it was.
+    pub fn set_policy(
+        &mut self,
+        now_ms: u64,
+        db: &Database,
+        policy: SyncPolicy,
+    ) -> Result<(), String> {
+        policy.compile()?;
+        if policy == self.cfg.policy {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut self.cfg.policy, policy);
+        if self.state != State::Open || !self.subscribed {
+            // Sent with SUBSCRIBE when the peer says HELLO.
+            return Ok(());
+        }
+        let peer = self.peer.as_ref().map(|p| p.node).expect("open");
+        self.snap_scope = scope_of(Some(&old), &self.cfg.policy);
+        self.drop_unit();
+        self.snap_in = None;
+        self.restarting = true;
+        let res = db.snapshot_abort(peer).and_then(|()| {
+            if self.cfg.policy.exclude_fields.is_empty() {
+                Ok(())
+            } else {
+                self.evict_excluded_fields(db)
+            }
+        });
+        if let Err(e) = res {
+            let _ = self.internal(e, now_ms);
+            return Err("storage error while changing the policy; the session ended".into());
+        }
+        self.subscriptions_sent += 1;
+        self.send(
+            &Message::Subscribe {
+                from: self.received_through,
+                policy: self.cfg.policy.clone(),
+                snapshot: SnapshotWish::Want,
+                // Only a session's first SUBSCRIBE is judged for a restore.
+                acked: self.acked,
+            },
+            now_ms,
+        );
+        Ok(())
+    }
+
+    /// The policy this side receives under.
+    pub fn policy(&self) -> &SyncPolicy {
+        &self.cfg.policy
+    }
+
+    /// The next frame to send, if any. Reads the change feed when the peer subscribed and
+    /// the window has room.
+    pub fn poll_transmit(&mut self, now_ms: u64, db: &Database) -> Option<Vec<u8>> {
+        if self.out.is_empty() && self.state == State::Open {
+            if let Err(e) = self.fill(now_ms, db) {
+                let _ = self.internal(e, now_ms);
+            }
+            self.out_fill_frames = self.out.len();
+        }
+        let f = self.out.pop_front()?;
+        self.out_fill_frames = self.out_fill_frames.saturating_sub(1);
+        self.stats.frames_sent += 1;
+        self.stats.bytes_sent += f.len() as u64;
+        Some(f)
+    }
+
+    /// Handle timers: ping when quiet, give up when the peer is silent too long, persist the
+    /// acknowledged cursor.
+    pub fn handle_timeout(&mut self, now_ms: u64, db: &Database) {
+        if self.state == State::Closed {
+            return;
+        }
+        if self.credential_expires_ms.is_some_and(|t| now_ms >= t) {
+            self.close(
+                now_ms,
+                db,
+                ErrorCode::AuthFailed,
+                "the credential expired during the session: reconnect with a fresh token",
+            );
+            return;
+        }
+        if now_ms.saturating_sub(self.last_recv_ms) >= self.cfg.idle_timeout_ms {
+            let _ = self.fail(
+                ErrorCode::Timeout,
+                format!(
+                    "nothing received for {} ms: the peer or the network is down",
+                    self.cfg.idle_timeout_ms
+                ),
+                now_ms,
+            );
+            return;
+        }
+        if now_ms.saturating_sub(self.last_send_ms) >= self.ping_interval_ms() {
+            self.ping_nonce += 1;
+            self.send(
+                &Message::Ping {
+                    nonce: self.ping_nonce,
+                },
+                now_ms,
+            );
+        }
+        let _ = self.note_cursors(db, false);
+    }
+
+    /// Whether a local commit may wait for the ACK this session is waiting for: it holds
+    /// unacknowledged changes and only a trickle (less than a batch) is left to send, so
+    /// `poll_transmit` would send nothing for a commit before that ACK comes (see the
+    /// coalescing in `fill`). A driver may then leave commits unwatched until its next
+    /// input: the ACK wakes it, and `poll_transmit` then sends everything that waited. A
+    /// commit large enough to open the window waits for that ACK too (at most one round
+    /// trip).
+    pub fn commit_can_wait(&self, db: &Database) -> bool {
+        let quiet = self.peer_from.is_some()
+            && !self.unacked.is_empty()
+            && !self.unit_open
+            && self.sent_through >= self.unit_until
+            && self.snap_out.is_none()
+            && self.evict_pending.is_empty()
+            && self.restate_pending.is_empty();
+        quiet && db.last_seq().is_ok_and(|head| self.trickle(head))
+    }
+
+    /// The configured ping interval, at least [`PING_INTERVAL_MS_MIN`]: an interval of 0
+    /// would have every timer tick send a PING and the driver wake at once for the next.
+    fn ping_interval_ms(&self) -> u64 {
+        self.cfg.ping_interval_ms.max(PING_INTERVAL_MS_MIN)
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.state == State::Closed {
+            return None;
+        }
+        Some(
+            // Saturating: an interval configured near u64::MAX means "never", not a wrap
+            // into the past that would fire the timer in a loop.
+            (self.last_send_ms.saturating_add(self.ping_interval_ms()))
+                .min(self.last_recv_ms.saturating_add(self.cfg.idle_timeout_ms))
+                .min(self.credential_expires_ms.unwrap_or(u64::MAX))
+                .min(self.deferred_echo_due().unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// End the session: queue an ERROR frame with `code` (e.g. `ShuttingDown`) and persist
+    /// the acknowledged cursor.
+    pub fn close(&mut self, now_ms: u64, db: &Database, code: ErrorCode, message: &str) {
+        if self.state == State::Closed {
+            return;
+        }
+        let _ = self.note_cursors(db, true);
+        let _ = self.fail(code, message.to_owned(), now_ms);
+    }
+
+    /// The transport went away: mark closed without sending anything.
+    pub fn transport_closed(&mut self, _now_ms: u64, db: &Database) {
+        // A unit cut off here (or whose apply failed) is never applied; the sender sends it
+        // again whole: its staged parts go now, not when they are taken for abandoned.
+        if self.staging_used {
+            if let Some(peer) = self.peer.as_ref().map(|p| p.node) {
+                if db.unit_discard_session(peer, self.staging).is_ok() {
+                    self.staging_used = false;
+                    self.staged_parts = 0;
+                }
+            }
+        }
+        if self.state == State::Closed {
+            return;
+        }
+        let _ = self.note_cursors(db, true);
+        self.state = State::Closed;
+        self.events.push_back(SessionEvent::Closed(SyncError {
+            code: ErrorCode::Timeout,
+            message: "connection closed".into(),
+            remote: false,
+        }));
+    }
+
+    /// Note the cursors that moved without a unit carrying them (the acknowledged one, and
+    /// `received_through` moved by CAUGHT_UP alone) with the database, which stores the
+    /// noted cursors of all its sessions together (`Database::note_peer_cursor`); `force`
+    /// (the session ends) stores them now. Every step is tried; the first error is returned.
+    fn note_cursors(&mut self, db: &Database, force: bool) -> Result<(), Error> {
+        let Some(peer) = self.peer.as_ref().map(|p| p.node) else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        if self.acked > self.acked_noted {
+            match db.note_peer_cursor(peer, PeerDirection::Acked, self.acked) {
+                Ok(()) => self.acked_noted = self.acked,
+                Err(e) => result = Err(e),
+            }
+        }
+        if self.received_through > self.received_noted {
+            match db.note_peer_cursor(peer, PeerDirection::Received, self.received_through) {
+                Ok(()) => self.received_noted = self.received_through,
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
+        if force {
+            result = result.and(db.store_noted_cursors());
+        }
+        result
+    }
+
+    fn send(&mut self, m: &Message, now_ms: u64) {
+        let (k, payload) = message::encode_simple(m);
+        self.push_frame(k, false, &payload, now_ms);
+    }
+
+    fn push_frame(&mut self, k: u8, partial: bool, payload: &[u8], now_ms: u64) {
+        let f = self.encoder.encode(k, partial, payload);
+        self.out.push_back(f);
+        self.last_send_ms = now_ms;
+    }
+
+    fn fail(&mut self, code: ErrorCode, message: String, now_ms: u64) -> SyncError {
+        if self.state != State::Closed {
+            // Frames already queued keep their place: each has used up a frame index, so the
+            // ERROR must come after them for the peer's checksums to match.
+            self.send(
+                &Message::Error {
+                    code,
+                    message: message.clone(),
+                },
+                now_ms,
+            );
+            self.state = State::Closed;
+        }
+        let e = SyncError {
+            code,
+            message,
+            remote: false,
+        };
+        self.events.push_back(SessionEvent::Closed(e.clone()));
+        e
+    }
+
+    fn internal(&mut self, e: Error, now_ms: u64) -> SyncError {
+        self.fail(ErrorCode::Internal, e.to_string(), now_ms)
+    }
+}
+
+/// A record, by collection and id.
+type RecordKey = (String, RecordId);
+
+/// Names of per-peer notes (`Database::peer_note`).
+const NOTE_VIEW: &str = "served_view";
+const NOTE_POLICY: &str = "policy";
+/// Refused records a session remembers (see `Session::refused`).
+const REFUSED_REMEMBERED_MAX: usize = 4096;
+/// Records per EVICT message.
+const EVICT_BATCH: usize = 4096;
+
+/// What [`Session::evictions_due`] found among records queued for eviction.
+struct Due {
+    /// Outside the peer's view: EVICT.
+    evict: Vec<RecordKey>,
+    /// Deleted by someone else since: restate the tombstone.
+    deleted: Vec<RecordKey>,
+}
+
+/// What the peer may see (access control) and asked to see (its policy).
+struct View<'a> {
+    access: Option<&'a dyn super::AccessControl>,
+    policy: &'a CompiledPolicy,
+    params: Params,
+}
+
+impl View<'_> {
+    fn collection_visible(&self, coll: &str) -> bool {
+        self.policy.allows_collection(coll)
+            && self.access.is_none_or(|a| a.can_read_collection(coll))
+    }
+
+    fn record_visible(
+        &self,
+        coll: &str,
+        id: RecordId,
+        fields: &std::collections::BTreeMap<String, crate::Value>,
+    ) -> bool {
+        self.access.is_none_or(|a| a.can_read(coll, id, fields))
+            && self.policy.matches(id, fields, &self.params)
+    }
+
+    /// Whether any change can move a record of `coll` into or out of the view: not when the
+    /// collection is visible and neither the policy's filter nor the read rule looks at a
+    /// field (then every record of it is in the view, and stays there).
+    fn membership_can_change(&self, coll: &str) -> bool {
+        if !self.collection_visible(coll) {
+            return true;
+        }
+        let access_fields = match self.access {
+            None => Some(std::collections::BTreeSet::new()),
+            Some(a) => a.read_fields(coll),
+        };
+        access_fields.is_none_or(|f| !f.is_empty() || !self.policy.filter_fields().is_empty())
+    }
+
+    /// Whether a change to these fields can move the record into or out of the view.
+    fn can_move(&self, coll: &str, ch: &Change) -> bool {
+        let access_fields = match self.access {
+            None => Some(std::collections::BTreeSet::new()),
+            Some(a) => a.read_fields(coll),
+        };
+        let Some(access_fields) = access_fields else {
+            return true;
+        };
+        ch.cells.iter().any(|c| match c.key.field() {
+            // Insert, delete or revival.
+            None => true,
+            Some(f) => self.policy.filter_fields().contains(f) || access_fields.contains(f),
+        })
+    }
+}
+
+/// Where the changes [`filter_view`] judges stand in the feed: the unit they belong to began
+/// after `since`, and the batch they were read in ends at `at`.
+#[derive(Clone, Copy, Debug)]
+struct BatchSpan {
+    since: Seq,
+    at: Seq,
+}
+
+fn name(m: &Message) -> &'static str {
+    match m {
+        Message::Hello(_) => "HELLO",
+        Message::Subscribe { .. } => "SUBSCRIBE",
+        Message::Changes { .. } => "CHANGES",
+        Message::Ack { .. } => "ACK",
+        Message::CaughtUp { .. } => "CAUGHT_UP",
+        Message::Ping { .. } => "PING",
+        Message::Pong { .. } => "PONG",
+        Message::Reject { .. } => "REJECT",
+        Message::Evict { .. } => "EVICT",
+        Message::SnapshotBegin { .. } => "SNAPSHOT_BEGIN",
+        Message::SnapshotChunk { .. } => "SNAPSHOT_CHUNK",
+        Message::SnapshotEnd { .. } => "SNAPSHOT_END",
+        Message::Error { .. } => "ERROR",
+    }
+}
