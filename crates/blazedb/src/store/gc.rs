@@ -26,7 +26,13 @@
 //! contact is within the retention, and relays whatever their last contact (the session
 //! notes a peer's `server` flag from HELLO): a relay refuses snapshots, so a delete collected
 //! before it arrived would never reach it. A peer we only receive from (a pull-only replica
-//! of us never asks for our feed) has no `acked` row and does not hold GC back.
+//! of us never asks for our feed) has no `acked` row and does not hold GC back. The price:
+//! such a peer's update of a record deleted here, made before the delete (or stamped
+//! older by a clock running behind) and arriving after GC purged the tombstone, brings the
+//! record back here holding that update's fields — where the tombstone still stood, it
+//! would have lost to the delete (a conflict). A peer that only pushes to us never learns
+//! of our deletes, so no cursor of ours can tell when its older writes are all in; keeping
+//! tombstones for it would need its clock (see ARCHITECTURE.md, GC, known gap 5).
 //!
 //! **Removals kept.** A removal cell is kept when dropping it would change what the record
 //! shows: an element removal that hides a value of the field's base list, or the last
