@@ -366,6 +366,15 @@ fn check_group(
     Ok(None)
 }
 
+/// The name of collection number `coll` (a feed row naming an unknown one is damage).
+fn collection_name(inner: &super::Inner, coll: i64) -> Result<String> {
+    inner.collection_names.get(&coll).cloned().ok_or_else(|| {
+        Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
+            "unknown collection {coll}"
+        )))
+    })
+}
+
 /// The scan of [`Database::changes_since`], inside the caller's read transaction. `exclude`
 /// is the excluded source's `src` value. Also returns the distinct `src` of every row the scan
 /// went through (what the feed cache needs to tell whether an exclusion mattered).
@@ -508,11 +517,7 @@ fn changes_since_in(
             continue;
         }
         cells += selected.len();
-        let collection = inner.collection_names.get(&coll).cloned().ok_or_else(|| {
-            Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
-                "unknown collection {coll}"
-            )))
-        })?;
+        let collection = collection_name(inner, coll)?;
         batch.changes.push(Change {
             seq,
             collection,
@@ -1615,11 +1620,7 @@ mod tests {
                 continue;
             }
             cells += selected.len();
-            let collection = inner.collection_names.get(&coll).cloned().ok_or_else(|| {
-                Error::Corrupted(crate::codec::DecodeError::Malformed(format!(
-                    "unknown collection {coll}"
-                )))
-            })?;
+            let collection = collection_name(inner, coll)?;
             batch.changes.push(Change {
                 seq,
                 collection,

@@ -504,21 +504,7 @@ impl<'a> Tx<'a> {
         self.batch.write(&self.inner.conn)?;
         let watched = self.db.watchers.is_watched();
         let now_ms = self.now_ms;
-        let Inner {
-            conn,
-            nodes,
-            fields,
-            indexes,
-            policies,
-            record_cache,
-            ..
-        } = &mut *self.inner;
-        let mut tables = Tables {
-            nodes,
-            fields,
-            indexes,
-            policies,
-        };
+        let (conn, mut tables, record_cache) = Tables::split(&mut *self.inner);
         let mut w = RecordWriter::new(conn);
         for p in self.records.iter_mut() {
             let stored = match &p.flushed {
@@ -986,21 +972,7 @@ impl<'a> Tx<'a> {
         // here are all that commit would write for it.
         debug_assert!(p.before.is_none() && p.history.is_empty() && p.conflicts.is_empty());
         debug_assert!(p.links.is_empty() && matches!(p.flushed, Flushed::No));
-        let Inner {
-            conn,
-            nodes,
-            fields,
-            indexes,
-            policies,
-            record_cache,
-            ..
-        } = &mut *self.inner;
-        let mut tables = Tables {
-            nodes,
-            fields,
-            indexes,
-            policies,
-        };
+        let (conn, mut tables, record_cache) = Tables::split(&mut *self.inner);
         let mut w = RecordWriter::new(conn);
         w.write(conn, &mut tables, &mut self.scratch, p, None, self.now_ms)?;
         w.finish(conn, &mut self.scratch, record_cache)?;
@@ -1615,21 +1587,7 @@ impl<'a> Tx<'a> {
         let mut events = spilled.events_beside;
         events.extend(spilled.events);
         let now_ms = db.now_ms();
-        let Inner {
-            conn,
-            nodes,
-            fields,
-            indexes,
-            policies,
-            record_cache,
-            ..
-        } = &mut *inner;
-        let mut tables = Tables {
-            nodes,
-            fields,
-            indexes,
-            policies,
-        };
+        let (conn, mut tables, record_cache) = Tables::split(&mut *inner);
         let mut w = RecordWriter::new(conn);
         for p in records.iter_mut().filter(|p| p.changed) {
             let wrote = match &p.flushed {
@@ -1763,6 +1721,29 @@ struct Tables<'a> {
     fields: &'a mut FieldTable,
     indexes: &'a FastMap<i64, BTreeSet<String>>,
     policies: &'a FastMap<i64, CollectionPolicy>,
+}
+
+impl<'a> Tables<'a> {
+    /// Borrow `inner` apart for writing records: the connection, the tables, the record
+    /// cache.
+    fn split(inner: &'a mut Inner) -> (&'a Connection, Tables<'a>, &'a mut RecordCache) {
+        let Inner {
+            conn,
+            nodes,
+            fields,
+            indexes,
+            policies,
+            record_cache,
+            ..
+        } = inner;
+        let tables = Tables {
+            nodes,
+            fields,
+            indexes,
+            policies,
+        };
+        (conn, tables, record_cache)
+    }
 }
 
 /// New records per multi-row INSERT: one statement run instead of this many (a third less
