@@ -1343,6 +1343,11 @@ fn a_refused_update_restates_only_what_it_touched() {
             .any(|c| c.field.as_deref() == Some("text") && c.loser == Some(Value::from("hacked"))),
         "{lost:?}"
     );
+    assert!(
+        lost.iter()
+            .any(|c| c.field.as_deref() == Some("extra") && c.loser == Some(Value::Int(1))),
+        "the field the refused write added is on record too: {lost:?}"
+    );
     assert!(third.conflicts(None).unwrap().is_empty());
     assert!(server.conflicts(None).unwrap().is_empty());
 }
