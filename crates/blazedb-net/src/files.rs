@@ -206,12 +206,15 @@ pub async fn sync_files_once(
 /// processes are noticed when the file system tells of them, or within
 /// [`HEAD_POLL_INTERVAL_MS`](crate::limits::HEAD_POLL_INTERVAL_MS) (see the module docs). Returns an
 /// error if a session ends by itself (a protocol error such as a refused clock skew).
+/// `on_notice` hears, at the start, of a file the operating system would not watch (its
+/// commits by other processes then wait for the poll; [`HeadWatch::file_watch_error`]).
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), blazedb_net::NetError> {
 /// use blazedb_net::{sync_files_watch, SyncFilesOptions};
 /// let stop = async { let _ = tokio::signal::ctrl_c().await; };
-/// let report = sync_files_watch("a.db".as_ref(), "b.db".as_ref(), SyncFilesOptions::default(), stop).await?;
+/// let report = sync_files_watch("a.db".as_ref(), "b.db".as_ref(), SyncFilesOptions::default(), stop,
+///     |notice| eprintln!("{notice}")).await?;
 /// println!("{}", report.to_json());
 /// # Ok(()) }
 /// ```
@@ -220,6 +223,7 @@ pub async fn sync_files_watch(
     b: &Path,
     opts: SyncFilesOptions,
     stop: impl std::future::Future<Output = ()>,
+    mut on_notice: impl FnMut(&str),
 ) -> Result<SyncFilesReport, NetError> {
     let started = Instant::now();
     let (da, db) = open_pair(a, b, &opts).await?;
@@ -232,6 +236,9 @@ pub async fn sync_files_watch(
         spawn_checkpointer(db.clone(), every),
     );
     let heads = [HeadWatch::spawn(da.clone()), HeadWatch::spawn(db.clone())];
+    for error in heads.iter().filter_map(|h| h.file_watch_error()) {
+        on_notice(error);
+    }
     let (wake_a, wake_b) = (heads[0].subscribe(), heads[1].subscribe());
     let driver = |wake: &Arc<Notify>| DriverOptions {
         shutdown: token.clone(),

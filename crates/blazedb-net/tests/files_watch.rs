@@ -43,7 +43,10 @@ async fn commits_by_other_connections_are_synced_until_stopped() {
             let stop = async {
                 let _ = stop_rx.await;
             };
-            sync_files_watch(&pa, &pb, SyncFilesOptions::default(), stop).await
+            sync_files_watch(&pa, &pb, SyncFilesOptions::default(), stop, |n| {
+                panic!("{n}")
+            })
+            .await
         }
     });
 

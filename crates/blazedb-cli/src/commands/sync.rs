@@ -250,7 +250,13 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         if args.once {
             sync_files_once(&args.db_a, &args.db_b, opts).await
         } else {
-            sync_files_watch(&args.db_a, &args.db_b, opts, interrupted()).await
+            sync_files_watch(&args.db_a, &args.db_b, opts, interrupted(), |error| {
+                eprintln!(
+                    "{}",
+                    json!({ "event": "file_watch_unavailable", "error": error })
+                );
+            })
+            .await
         }
     })?;
     let mut out = Output::stdout();
