@@ -260,3 +260,68 @@ fn a_server_priority_value_is_reasserted_in_the_units_commit() {
         )]
     );
 }
+
+/// A unit refusing more cells of updates than `REFUSED_CELLS_KEPT_MAX` (100,000) restates
+/// the records past that bound whole, so what the apply holds in memory for the
+/// restatements stops growing with the refused cells; those within it are restated by the
+/// fields they touched.
+#[test]
+fn refused_updates_past_the_kept_bound_are_restated_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = open(dir.path(), "server");
+    const RECORDS: usize = 50_001;
+    let ids: Vec<RecordId> = server
+        .transaction(|tx| {
+            (0..RECORDS)
+                .map(|_| {
+                    tx.insert(
+                        "notes",
+                        [("text", Value::from("v1")), ("locked", Value::Bool(true))],
+                    )
+                })
+                .collect()
+        })
+        .unwrap();
+    let head_before = server.last_seq().unwrap();
+    let writer = NodeId([7; 16]);
+    let v = newer_version(writer);
+    // One transaction editing two fields of every record: 100,002 refused cells.
+    let unit: Vec<Change> = ids
+        .iter()
+        .map(|&id| Change {
+            seq: Seq(1),
+            collection: "notes".into(),
+            id,
+            cells: vec![field("text", "hacked", v), field("note", "x", v)],
+        })
+        .collect();
+    let outcome = server
+        .apply_changes_checked(writer, &unit, Some(Seq(1)), Some(&LockedAreReadOnly))
+        .unwrap();
+    assert_eq!(outcome.rejected.len(), RECORDS);
+    let keys = |id: RecordId| -> Vec<CellKey> {
+        let mut k: Vec<CellKey> = sent_to(&server, writer, head_before, id)
+            .into_iter()
+            .flat_map(|c| c.cells.into_iter().map(|c| c.key))
+            .collect();
+        k.sort_by_key(|k| k.display_name());
+        k
+    };
+    let touched = vec![CellKey::Field("note".into()), CellKey::Field("text".into())];
+    assert_eq!(
+        keys(ids[0]),
+        touched,
+        "within the bound: the fields touched"
+    );
+    assert_eq!(keys(ids[RECORDS - 2]), touched);
+    let whole = keys(ids[RECORDS - 1]);
+    assert!(
+        whole.contains(&CellKey::Record) && whole.contains(&CellKey::Field("locked".into())),
+        "past the bound: the whole record ({whole:?})"
+    );
+    for id in [ids[0], ids[RECORDS - 1]] {
+        let r = server.get("notes", id).unwrap().unwrap();
+        assert_eq!(r.fields["text"], Value::from("v1"));
+        assert!(!r.fields.contains_key("note"));
+    }
+}

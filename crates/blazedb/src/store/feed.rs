@@ -90,6 +90,12 @@ enum Sender {
 /// megabytes, and far more than an ordinary unit touches.
 const UNIT_SPILL_RECORDS: usize = 20_000;
 
+/// Cell keys of refused updates a unit keeps to restate only what they touched
+/// ([`RefusedChange::touched`]); refused updates past it are restated whole, so a unit of
+/// refused writes (a client writing what it may not, in bulk) cannot make the relay hold
+/// all its cells.
+const REFUSED_CELLS_KEPT_MAX: usize = 100_000;
+
 /// Where applying a unit stands between its parts.
 #[derive(Debug, Default)]
 struct UnitApply {
@@ -101,6 +107,8 @@ struct UnitApply {
     rejected: Vec<crate::sync::Rejection>,
     /// What each refused change wrote, for its restatement.
     refused_changes: Vec<RefusedChange>,
+    /// Cell keys kept in `refused_changes` (bounded by [`REFUSED_CELLS_KEPT_MAX`]).
+    refused_cells_kept: usize,
     /// Records where a write of the sender lost without being applied (tracked only for a
     /// partial replica, see [`Database::apply_unit_from_partial_replica`]).
     ignored: Vec<(String, RecordId)>,
@@ -177,11 +185,18 @@ fn apply_segment(
                         reason: reason.clone(),
                     });
                     let resets = ch.cells.iter().any(|c| c.key == CellKey::Record);
+                    // Past the bound, what a unit of refused writes holds in memory stops
+                    // growing with its cells: the rest are restated whole.
+                    let kept = state.refused_cells_kept + ch.cells.len();
+                    let touched = (!resets && kept <= REFUSED_CELLS_KEPT_MAX)
+                        .then(|| ch.cells.iter().map(|c| c.key.clone()).collect());
+                    if touched.is_some() {
+                        state.refused_cells_kept = kept;
+                    }
                     state.refused_changes.push(RefusedChange {
                         collection: ch.collection.clone(),
                         id: ch.id,
-                        touched: (!resets)
-                            .then(|| ch.cells.iter().map(|c| c.key.clone()).collect()),
+                        touched,
                     });
                 }
                 continue;
