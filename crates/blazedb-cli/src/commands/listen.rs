@@ -14,7 +14,7 @@ use blazedb_net::transport::{listen, ListenConfig, ListenEvent, TlsServerOptions
 use clap::{ArgGroup, Args};
 use serde_json::json;
 
-use crate::commands::sync::{interrupted, HeartbeatArgs};
+use crate::commands::sync::{file_watch_unavailable, interrupted, HeartbeatArgs};
 use crate::database::{Access, Context};
 use crate::output::Output;
 use crate::report::UsageError;
@@ -132,10 +132,7 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
         }
         out.flush()?;
         if let Some(error) = listener.file_watch_error() {
-            eprintln!(
-                "{}",
-                json!({ "event": "file_watch_unavailable", "error": error })
-            );
+            eprintln!("{}", file_watch_unavailable(error));
         }
         let mut events = listener.events();
         let stop = interrupted();

@@ -251,10 +251,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
             sync_files_once(&args.db_a, &args.db_b, opts).await
         } else {
             sync_files_watch(&args.db_a, &args.db_b, opts, interrupted(), |error| {
-                eprintln!(
-                    "{}",
-                    json!({ "event": "file_watch_unavailable", "error": error })
-                );
+                eprintln!("{}", file_watch_unavailable(error));
             })
             .await
         }
@@ -401,11 +398,15 @@ fn event_json(e: &ClientEvent, db: &std::path::Path) -> serde_json::Value {
         ClientEvent::Retrying { delay_ms, error } => {
             json!({ "event": "retrying", "delay_ms": delay_ms, "error": error })
         }
-        ClientEvent::FileWatchUnavailable { error } => {
-            json!({ "event": "file_watch_unavailable", "error": error })
-        }
+        ClientEvent::FileWatchUnavailable { error } => file_watch_unavailable(error),
         _ => json!({ "event": "other" }),
     }
+}
+
+/// The event that says other processes' commits to a database reach peers only by polling
+/// (the operating system would not watch the file), with why and what to do.
+pub fn file_watch_unavailable(error: &str) -> serde_json::Value {
+    json!({ "event": "file_watch_unavailable", "error": error })
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM (what service managers and `kill` send).
