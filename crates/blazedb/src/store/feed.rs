@@ -104,10 +104,9 @@ struct UnitApply {
     /// Cells of that group so far.
     group_cells: usize,
     applied: usize,
-    rejected: Vec<crate::sync::Rejection>,
-    /// What each refused change wrote, for its restatement.
-    refused_changes: Vec<RefusedChange>,
-    /// Cell keys kept in `refused_changes` (bounded by [`REFUSED_CELLS_KEPT_MAX`]).
+    /// The refused changes: the REJECT entries, and what to restate.
+    refused: Vec<RefusedChange>,
+    /// Cell keys kept in `refused` (bounded by [`REFUSED_CELLS_KEPT_MAX`]).
     refused_cells_kept: usize,
     /// Records where a write of the sender lost without being applied (tracked only for a
     /// partial replica, see [`Database::apply_unit_from_partial_replica`]).
@@ -119,8 +118,8 @@ struct UnitApply {
 /// A refused change, as [`restate_refused`] needs it.
 #[derive(Debug)]
 struct RefusedChange {
-    collection: String,
-    id: RecordId,
+    /// The record and why (what REJECT tells the writer).
+    rejection: crate::sync::Rejection,
     /// The cells it would have written, when it names no `Record` cell (an update): only
     /// those fields are restated. `None` for an insert or a delete: the whole record is.
     touched: Option<Vec<CellKey>>,
@@ -179,11 +178,6 @@ fn apply_segment(
             let group_changes = &changes[range.clone()];
             if let Some(reason) = check_group(tx, group_changes, access)? {
                 for ch in group_changes {
-                    state.rejected.push(crate::sync::Rejection {
-                        collection: ch.collection.clone(),
-                        id: ch.id,
-                        reason: reason.clone(),
-                    });
                     let resets = ch.cells.iter().any(|c| c.key == CellKey::Record);
                     // Past the bound, what a unit of refused writes holds in memory stops
                     // growing with its cells: the rest are restated whole.
@@ -193,9 +187,12 @@ fn apply_segment(
                     if touched.is_some() {
                         state.refused_cells_kept = kept;
                     }
-                    state.refused_changes.push(RefusedChange {
-                        collection: ch.collection.clone(),
-                        id: ch.id,
+                    state.refused.push(RefusedChange {
+                        rejection: crate::sync::Rejection {
+                            collection: ch.collection.clone(),
+                            id: ch.id,
+                            reason: reason.clone(),
+                        },
                         touched,
                     });
                 }
@@ -246,7 +243,8 @@ struct Reassertion {
 /// [`super::Tx::begin_local_writes_after_received`].
 fn restate_refused(tx: &mut super::Tx<'_>, refused: &[RefusedChange]) -> Result<()> {
     for r in refused {
-        tx.restate(&r.collection, r.id, r.touched.as_deref())?;
+        let record = &r.rejection;
+        tx.restate(&record.collection, record.id, r.touched.as_deref())?;
         // As many as the unit refused: memory holds one part of them, as for the unit.
         if tx.unspilled() >= UNIT_SPILL_RECORDS {
             tx.spill()?;
@@ -999,7 +997,10 @@ impl Database {
                     .set_peer_cursor(from, PeerDirection::Received, c, tx.now_ms)?;
             }
             if let Sender::PartialReplica { evicts_after } = sender {
-                let refused = state.rejected.iter().map(|r| (r.collection.clone(), r.id));
+                let refused = state
+                    .refused
+                    .iter()
+                    .map(|r| (r.rejection.collection.clone(), r.rejection.id));
                 let unapplied: Vec<_> = state.ignored.iter().cloned().chain(refused).collect();
                 if !unapplied.is_empty() {
                     note_unapplied_writes_in(tx.inner, from, &unapplied, evicts_after)?;
@@ -1044,12 +1045,12 @@ impl Database {
                     }
                 }
             }
-            if !state.rejected.is_empty() || !reassert.is_empty() {
+            if !state.refused.is_empty() || !reassert.is_empty() {
                 // In the unit's transaction, so that they are durable with its cursor: a
                 // crash cannot leave the unit received and its answer never written.
                 tx.begin_local_writes_after_received()?;
                 tx.restore_accepted_values();
-                restate_refused(tx, &state.refused_changes)?;
+                restate_refused(tx, &state.refused)?;
                 reassert_server_values(tx, &reassert)?;
             }
             Ok((state.applied, sender_seqs))
@@ -1069,7 +1070,7 @@ impl Database {
         }
         Ok(ApplyOutcome {
             applied,
-            rejected: state.rejected,
+            rejected: state.refused.into_iter().map(|r| r.rejection).collect(),
             sender_seqs,
             ignored: state.ignored,
             refused_losers: state.refused_losers,
