@@ -48,7 +48,7 @@ pub enum AuthError {
     #[error("the Authorization header must be `Bearer <token>`: this relay takes no other scheme")]
     NotBearer,
     /// The static token does not match.
-    #[error("invalid token: check the token you were given")]
+    #[error("invalid token: it is not the token this relay was started with")]
     InvalidToken,
     /// The JWT expired.
     #[error("the token expired: get a new one")]
