@@ -1037,3 +1037,81 @@ fn a_replica_collects_the_deletes_it_received_over_a_long_lived_session() {
         );
     }
 }
+
+/// A peer that only pushes to us never receives our deletes, so no cursor of ours says when
+/// its older writes are all in. It holds GC back by age instead: a removal is collected only
+/// once it has been here for the retention, so a pusher's update made before a delete and
+/// arriving within the retention still meets the tombstone and loses, as it would without
+/// GC. Before, nothing held a tombstone for such a peer: GC right after the delete let the
+/// pusher's older update bring the record back holding that update's fields (ARCHITECTURE,
+/// GC, known gap 5).
+#[test]
+fn a_peer_that_only_pushes_holds_removals_for_the_retention() {
+    use blazedb::sync::SyncMode;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let device = open_at(dir.path(), "device", &clock);
+    let server = open_at(dir.path(), "server", &clock);
+    let pushes = SessionConfig {
+        mode: SyncMode::Push,
+        ..SessionConfig::default()
+    };
+    let push = |device: &Database, server: &Database| {
+        common::sync_pair(device, server, pushes.clone(), SessionConfig::default());
+    };
+    let ids = insert_many(&device, 4);
+    push(&device, &server);
+    assert_eq!(server.count("items").unwrap(), 4);
+    assert_eq!(
+        server
+            .peer_cursor(device.node_id(), PeerDirection::Acked)
+            .unwrap(),
+        Seq(0),
+        "the server never sends the device its feed"
+    );
+    server.gc(&GcOptions::default()).unwrap();
+
+    // Offline, the device edits a record; meanwhile the server deletes it (and another).
+    common::tick(&clock, 1_000);
+    device
+        .update("items", ids[0], Patch::new().set("name", "edited offline"))
+        .unwrap();
+    common::tick(&clock, 1_000);
+    delete_all(&server, &ids[..2]);
+    let r = server.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.tombstones_purged, 0, "{r:?}");
+    assert_eq!(r.held_by, Some(device.node_id()), "{r:?}");
+    assert_eq!(tombstones(&server, "items"), 2);
+
+    // The device's older edit arrives and loses to the delete.
+    push(&device, &server);
+    assert_eq!(server.get("items", ids[0]).unwrap(), None);
+    assert_eq!(server.count("items").unwrap(), 2);
+
+    // The device keeps pushing; once the deletes are older than the retention, they go.
+    common::tick(&clock, 31 * DAY_MS);
+    device
+        .update("items", ids[3], Patch::new().set("name", "still here"))
+        .unwrap();
+    push(&device, &server);
+    let r = server.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.tombstones_purged, 2, "{r:?}");
+    assert_eq!(
+        r.held_by,
+        Some(device.node_id()),
+        "what came since is still too young: {r:?}"
+    );
+    assert_eq!(tombstones(&server, "items"), 0);
+
+    // A removal made now is held again while the device is heard from; once the device is
+    // forgotten, nothing waits for it.
+    delete_all(&server, &ids[2..3]);
+    let r = server.gc(&GcOptions::default()).unwrap();
+    assert_eq!(
+        (r.tombstones_purged, r.held_by),
+        (0, Some(device.node_id()))
+    );
+    assert!(server.forget_peer(device.node_id()).unwrap());
+    let r = server.gc(&GcOptions::default()).unwrap();
+    assert_eq!((r.tombstones_purged, r.held_by), (1, None), "{r:?}");
+}

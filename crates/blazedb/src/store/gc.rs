@@ -25,14 +25,22 @@
 //! **Which peers count.** Peers with an `acked` row (we have sent them our feed) whose last
 //! contact is within the retention, and relays whatever their last contact (the session
 //! notes a peer's `server` flag from HELLO): a relay refuses snapshots, so a delete collected
-//! before it arrived would never reach it. A peer we only receive from (a pull-only replica
-//! of us never asks for our feed) has no `acked` row and does not hold GC back. The price:
-//! such a peer's update of a record deleted here, made before the delete (or stamped
-//! older by a clock running behind) and arriving after GC purged the tombstone, brings the
-//! record back here holding that update's fields — where the tombstone still stood, it
-//! would have lost to the delete (a conflict). A peer that only pushes to us never learns
-//! of our deletes, so no cursor of ours can tell when its older writes are all in; keeping
-//! tombstones for it would need its clock (see ARCHITECTURE.md, GC, known gap 5).
+//! before it arrived would never reach it.
+//!
+//! **Peers that only push to us** (their mode `push`, or ours `pull`; the session notes them
+//! at HELLO, [`PUSHES_ONLY_NOTE`]) never receive our removals, so no cursor of ours says when
+//! their older writes are all in: such a peer's update of a record deleted here, made before
+//! the delete (or stamped older by a clock running behind) and arriving after GC purged the
+//! tombstone, would bring the record back here holding that update's fields, where the
+//! tombstone would have beaten it. While one is heard from within the retention, GC holds
+//! back by age instead, as Cassandra's `gc_grace_seconds` does: only what has been here for
+//! the retention is collected, so a pusher's older write arriving within the retention of
+//! the removal still meets it. GC's time marks (`gc_mark:<ms>` → the feed head then, kept
+//! ~retention / [`GC_MARKS_PER_RETENTION`] apart) say which feed position was reached how
+//! long ago; the hold is the head at the newest mark at least the retention old (nothing
+//! before the first such mark). A pusher away for longer than the retention expires like any
+//! peer, and `forget_peer` drops its note. (Causal stability would be exact; this is the
+//! bound every tombstone-GC system without it settles for.)
 //!
 //! **Removals kept.** A removal cell is kept when dropping it would change what the record
 //! shows: an element removal that hides a value of the field's base list, or the last
@@ -67,6 +75,17 @@ use crate::NodeId;
 /// Per-peer note (`Database::peer_note`): "1" when the peer said in HELLO that it is a relay
 /// (a server). GC never lets such a peer expire.
 pub const SERVER_NOTE: &str = "server";
+/// Per-peer note (`Database::peer_note`): "1" when the peer pushes its feed to us and does not
+/// take ours, so it never learns of our removals. GC then collects only removals older than
+/// the retention (see the module docs). Set by the sync session at HELLO.
+pub const PUSHES_ONLY_NOTE: &str = "pushes_only";
+/// `meta` key prefix of GC's time marks: `gc_mark:<ms, 20 digits>` → the feed head at that
+/// time (see the module docs).
+const META_GC_MARK: &str = "gc_mark:";
+/// Time marks before the newest are kept at least retention / this apart: at most this many
+/// plus three rows, and a removal held for pushers goes at most a retention / this (plus
+/// twice the time between GCs) after it is the retention old.
+const GC_MARKS_PER_RETENTION: u64 = 64;
 /// `meta` key: the highest horizon at which GC removed something. A peer whose cursor into
 /// our feed is below it may have missed removals and must be re-bootstrapped by snapshot.
 const META_GC_HORIZON: &str = "gc_horizon";
@@ -297,12 +316,81 @@ fn is_server(inner: &Inner, peer: NodeId) -> Result<bool> {
     Ok(super::feed::peer_note_in(inner, peer, SERVER_NOTE)?.as_deref() == Some("1"))
 }
 
+/// Whether `peer` is noted as pushing to us without taking our feed (`PUSHES_ONLY_NOTE`).
+fn pushes_only(inner: &Inner, peer: NodeId) -> Result<bool> {
+    Ok(super::feed::peer_note_in(inner, peer, PUSHES_ONLY_NOTE)?.as_deref() == Some("1"))
+}
+
+/// The `meta` key of the time mark at `ms` (zero-padded: keys sort as times).
+fn mark_key(ms: u64) -> String {
+    format!("{META_GC_MARK}{ms:020}")
+}
+
+/// The feed head at the newest time mark at least `retention_ms` old: everything at or
+/// below it has been here that long. 0 when no mark is that old yet. Marks older than that
+/// one go (it alone answers every later question about times before it).
+fn aged_head(inner: &Inner, now_ms: u64, retention_ms: u64) -> Result<Seq> {
+    let cutoff = mark_key(now_ms.saturating_sub(retention_ms));
+    let found: Option<(String, i64)> = inner
+        .conn
+        .prepare_cached(
+            "SELECT key, value FROM meta WHERE key >= ?1 AND key <= ?2
+             ORDER BY key DESC LIMIT 1",
+        )?
+        .query_row(params![META_GC_MARK, cutoff], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((key, head)) = found else {
+        return Ok(Seq(0));
+    };
+    inner.conn.execute(
+        "DELETE FROM meta WHERE key >= ?1 AND key < ?2",
+        params![META_GC_MARK, key],
+    )?;
+    Ok(Seq(head.max(0) as u64))
+}
+
+/// Note that the feed head was `head` at `now_ms`. The newest mark is always the last GC's
+/// (so a removal is covered by a mark at the first GC after it, however rarely GC runs); the
+/// ones before it stay at least retention / `GC_MARKS_PER_RETENTION` apart, the newest being
+/// moved forward instead of a new one added while it is closer than that to the one before:
+/// at most that many plus three marks however often GC runs.
+fn record_mark(inner: &Inner, now_ms: u64, head: Seq, retention_ms: u64) -> Result<()> {
+    let gap = (retention_ms / GC_MARKS_PER_RETENTION).max(1);
+    let newest: Vec<String> = inner
+        .conn
+        .prepare_cached(
+            "SELECT key FROM meta WHERE key >= ?1 AND key < ?2 ORDER BY key DESC LIMIT 2",
+        )?
+        .query_map(params![META_GC_MARK, format!("{META_GC_MARK}~")], |r| {
+            r.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if let [last, before] = &newest[..] {
+        let ms = |key: &str| key[META_GC_MARK.len()..].parse::<u64>().unwrap_or(0);
+        if ms(last).saturating_sub(ms(before)) < gap {
+            inner
+                .conn
+                .execute("DELETE FROM meta WHERE key = ?1", [last])?;
+        }
+    }
+    inner.conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        params![mark_key(now_ms), head.0 as i64],
+    )?;
+    Ok(())
+}
+
 /// The GC transaction's work.
 fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport> {
     let head = inner.clock_row()?.0;
     let mut report = GcReport::default();
     // The lowest acknowledged cursor, and whose it is.
     let mut horizon: Option<(Seq, NodeId)> = None;
+    // A peer that counts and only pushes to us (the first one, to name in the report).
+    let mut pusher: Option<NodeId> = None;
     {
         // One entry per peer: its acked cursor (if any) and its latest contact in either
         // direction.
@@ -344,8 +432,19 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
                     horizon = Some((a, node));
                 }
             }
+            if pusher.is_none() && pushes_only(inner, node)? {
+                pusher = Some(node);
+            }
         }
     }
+    // A peer that only pushes to us holds back by age: what was here the retention ago.
+    let aged = aged_head(inner, now_ms, opts.peer_retention_ms)?;
+    if let Some(node) = pusher {
+        if horizon.is_none_or(|(h, _)| aged < h) {
+            horizon = Some((aged, node));
+        }
+    }
+    record_mark(inner, now_ms, head, opts.peer_retention_ms)?;
     let h = horizon.map_or(head, |(h, _)| h).min(head);
     report.horizon = h;
     report.held_by = horizon.filter(|(a, _)| *a < head).map(|(_, node)| node);
@@ -608,4 +707,83 @@ fn set_meta_max(inner: &Inner, key: &str, v: u64) -> Result<()> {
         )?
         .execute(params![key, v as i64])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! GC's time marks: few rows however often GC runs, and the aged head never claims a
+    //! feed position younger than the retention.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::OpenOptions;
+    use crate::Value;
+
+    fn marks(db: &Database) -> Vec<(u64, u64)> {
+        let inner = db.lock().unwrap();
+        let mut stmt = inner
+            .conn
+            .prepare("SELECT key, value FROM meta WHERE key >= 'gc_mark:' AND key < 'gc_mark:~'")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                let key: String = r.get(0)?;
+                Ok((key[META_GC_MARK.len()..].parse().unwrap(), r.get(1)?))
+            })
+            .unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn time_marks_stay_few_and_never_run_ahead_of_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(AtomicU64::new(1_000_000));
+        let c = clock.clone();
+        let db = Database::open(
+            dir.path().join("a.db"),
+            OpenOptions {
+                wall_clock: Arc::new(move || c.load(Ordering::SeqCst)),
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        let retention = 64_000;
+        let opts = GcOptions {
+            peer_retention_ms: retention,
+        };
+        // (time, head) after each write, to check the aged head against.
+        let mut heads: Vec<(u64, Seq)> = Vec::new();
+        for i in 0..2_000u64 {
+            // GC far more often than the marks' spacing (retention / 64 = 1 s).
+            clock.fetch_add(137, Ordering::SeqCst);
+            db.insert("c", [("n", Value::Int(i as i64))]).unwrap();
+            let now = clock.load(Ordering::SeqCst);
+            heads.push((now, db.last_seq().unwrap()));
+            db.gc(&opts).unwrap();
+            let m = marks(&db);
+            assert!(
+                m.len() <= GC_MARKS_PER_RETENTION as usize + 3,
+                "{} marks after {i} GCs",
+                m.len()
+            );
+            let inner = db.lock().unwrap();
+            let aged = aged_head(&inner, now, retention).unwrap();
+            // The newest head written at least the retention ago bounds it from above...
+            let due = heads
+                .iter()
+                .rev()
+                .find(|(t, _)| *t + retention <= now)
+                .map_or(Seq(0), |(_, h)| *h);
+            assert!(aged <= due, "at {now}: aged {aged:?}, due {due:?}");
+            // ...and it lags by at most the spacing (plus two GC intervals).
+            if let Some((_, lag)) = heads
+                .iter()
+                .rev()
+                .find(|(t, _)| *t + retention + retention / 64 + 2 * 137 <= now)
+            {
+                assert!(aged >= *lag, "at {now}: aged {aged:?} behind {lag:?}");
+            }
+        }
+    }
 }

@@ -62,7 +62,7 @@ use crate::query::Params;
 use crate::store::{
     Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
 };
-use crate::store::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED, SERVER_NOTE};
+use crate::store::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED, PUSHES_ONLY_NOTE, SERVER_NOTE};
 
 use crate::types::Seq;
 use crate::{NodeId, PastVisibility, RecordId, StagedParts, StagingId};
@@ -929,7 +929,7 @@ impl Session {
                 }
             }
         }
-        self.note_server_role(&h, db)
+        self.note_peer_roles(&h, db)
             .map_err(|e| self.internal(e, now_ms))?;
         self.encoder.lz4 = self.cfg.lz4 && h.caps & caps::LZ4 != 0;
         self.state = State::Open;
@@ -982,12 +982,23 @@ impl Session {
         Ok(())
     }
 
-    /// Remember whether the peer is a relay (GC never lets a relay expire: see `store/gc.rs`).
-    /// Written only when it changes, so a reconnect costs one read.
-    fn note_server_role(&self, h: &Hello, db: &Database) -> Result<(), Error> {
-        let want = h.server.then_some("1");
-        if db.peer_note(h.node, SERVER_NOTE)?.as_deref() != want {
-            db.set_peer_note(h.node, SERVER_NOTE, want)?;
+    /// Remember whether the peer is a relay (GC never lets a relay expire) and whether it
+    /// only pushes to us (it never learns of our removals, so GC holds them by age): see
+    /// `store/gc.rs`. Written only when they change, so a reconnect costs two reads.
+    fn note_peer_roles(&self, h: &Hello, db: &Database) -> Result<(), Error> {
+        let we_receive = self.cfg.mode.receives() && h.mode.sends();
+        let we_send = self.cfg.mode.sends() && h.mode.receives();
+        let mut changed = Vec::new();
+        for (name, want) in [
+            (SERVER_NOTE, h.server.then_some("1")),
+            (PUSHES_ONLY_NOTE, (we_receive && !we_send).then_some("1")),
+        ] {
+            if db.peer_note(h.node, name)?.as_deref() != want {
+                changed.push((name, want));
+            }
+        }
+        if !changed.is_empty() {
+            db.set_peer_notes(h.node, &changed)?;
         }
         Ok(())
     }
