@@ -33,6 +33,11 @@ fn gc_names_a_relay_that_holds_it_back_and_how_to_let_go() {
     run(&db, &["sync", &url, "--once", "--token", "t"]);
     let (relay_peer, _) = run(&db, &["peers"]);
     let relay_node = relay_peer["node"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (&relay_peer["relay"], &relay_peer["pushes_only"]),
+        (&Json::Bool(true), &Json::Bool(false)),
+        "{relay_peer}"
+    );
     // The relay goes away for good; the client deletes.
     relay.kill9();
     run(&db, &["delete", "notes", &id]);

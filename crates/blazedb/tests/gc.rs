@@ -1069,6 +1069,8 @@ fn a_peer_that_only_pushes_holds_removals_for_the_retention() {
         Seq(0),
         "the server never sends the device its feed"
     );
+    let listed = server.peers().unwrap();
+    assert!(listed[0].pushes_only && !listed[0].relay, "{listed:?}");
     server.gc(&GcOptions::default()).unwrap();
 
     // Offline, the device edits a record; meanwhile the server deletes it (and another).
@@ -1112,6 +1114,27 @@ fn a_peer_that_only_pushes_holds_removals_for_the_retention() {
         (0, Some(device.node_id()))
     );
     assert!(server.forget_peer(device.node_id()).unwrap());
+    assert!(!server.peers().unwrap()[0].pushes_only);
     let r = server.gc(&GcOptions::default()).unwrap();
     assert_eq!((r.tombstones_purged, r.held_by), (1, None), "{r:?}");
+
+    // Syncing both ways, the device gets the server's feed: its acknowledged cursor holds
+    // GC from then on, not the age.
+    let ids2 = insert_many(&device, 2);
+    common::sync_pair(
+        &device,
+        &server,
+        SessionConfig::default(),
+        SessionConfig::default(),
+    );
+    assert!(!server.peers().unwrap()[0].pushes_only);
+    delete_all(&server, &ids2);
+    common::sync_pair(
+        &device,
+        &server,
+        SessionConfig::default(),
+        SessionConfig::default(),
+    );
+    let r = server.gc(&GcOptions::default()).unwrap();
+    assert_eq!((r.tombstones_purged, r.held_by), (2, None), "{r:?}");
 }

@@ -19,7 +19,8 @@ pub struct PeersArgs {
     /// Stop GC waiting for this peer (32 hex digits, as listed): drop how far it acknowledged
     /// this file's changes. If it syncs again it starts over (by snapshot once GC has run).
     /// How far this file received the peer's changes stays, so its old writes are not applied
-    /// again; it stays listed with `acked` 0.
+    /// again; it stays listed with `acked` 0. Its roles go too (a relay then expires; a peer
+    /// that only pushes no longer holds removals back for the retention).
     #[arg(long, value_name = "NODE", value_parser = parse_node)]
     pub forget: Option<NodeId>,
 }
@@ -58,6 +59,11 @@ pub fn run_peers(ctx: &Context, args: &PeersArgs) -> Result<()> {
             "acked": p.acked.0,
             "last_contact": Timestamp::from_unix_ms(p.last_contact_ms as i64).to_rfc3339(),
             "last_contact_ms": p.last_contact_ms,
+            // Never expires (deletes made while it is away must reach it).
+            "relay": p.relay,
+            // Takes none of our changes: GC keeps removals for the retention (its older
+            // writes must still meet them).
+            "pushes_only": p.pushes_only,
             // GC removed data this peer had not acknowledged: it needs a snapshot to resume.
             "needs_snapshot": horizon.0 > 0 && p.acked < horizon,
         }))?;

@@ -702,6 +702,25 @@ pub struct PeerInfo {
     pub acked: Seq,
     /// Last time either cursor moved (ms since the epoch).
     pub last_contact_ms: u64,
+    /// It said in HELLO that it is a relay: GC never lets it expire.
+    pub relay: bool,
+    /// It pushes its feed to us and does not take ours (its mode `push`, or ours `pull`), as
+    /// of the last session: GC holds removals back by age for it (see [`Database::gc`]).
+    pub pushes_only: bool,
+}
+
+impl PeerInfo {
+    /// A peer with no cursor, contact or role known yet.
+    fn new(node: NodeId) -> Self {
+        PeerInfo {
+            node,
+            received: Seq(0),
+            acked: Seq(0),
+            last_contact_ms: 0,
+            relay: false,
+            pushes_only: false,
+        }
+    }
 }
 
 impl super::Inner {
@@ -1225,12 +1244,7 @@ impl Database {
             let cursor = Seq(r.get::<_, i64>(2)? as u64);
             let last: u64 = r.get::<_, i64>(3)? as u64;
             if out.last().is_none_or(|p| p.node != node) {
-                out.push(PeerInfo {
-                    node,
-                    received: Seq(0),
-                    acked: Seq(0),
-                    last_contact_ms: 0,
-                });
+                out.push(PeerInfo::new(node));
             }
             let p = out.last_mut().expect("pushed");
             match dir.as_str() {
@@ -1241,20 +1255,11 @@ impl Database {
         }
         drop(rows);
         drop(stmt);
-        drop(inner);
         for (node, direction, cursor, at) in noted {
             let i = match out.binary_search_by(|p| p.node.cmp(&node)) {
                 Ok(i) => i,
                 Err(i) => {
-                    out.insert(
-                        i,
-                        PeerInfo {
-                            node,
-                            received: Seq(0),
-                            acked: Seq(0),
-                            last_contact_ms: 0,
-                        },
-                    );
+                    out.insert(i, PeerInfo::new(node));
                     i
                 }
             };
@@ -1263,6 +1268,11 @@ impl Database {
                 PeerDirection::Acked => out[i].acked = cursor,
             }
             out[i].last_contact_ms = out[i].last_contact_ms.max(at);
+        }
+        for p in &mut out {
+            p.relay = peer_note_in(&inner, p.node, super::gc::SERVER_NOTE)?.as_deref() == Some("1");
+            p.pushes_only =
+                peer_note_in(&inner, p.node, super::gc::PUSHES_ONLY_NOTE)?.as_deref() == Some("1");
         }
         Ok(out)
     }
