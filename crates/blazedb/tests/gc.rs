@@ -1138,3 +1138,47 @@ fn a_peer_that_only_pushes_holds_removals_for_the_retention() {
     let r = server.gc(&GcOptions::default()).unwrap();
     assert_eq!((r.tombstones_purged, r.held_by), (2, None), "{r:?}");
 }
+
+/// A replica that only pulls collects the deletes its source sent it as before: the source
+/// holds them, so a write of its own older than one of them came before it in its feed, and
+/// a write it receives later loses there. Only removals made here (or received from another
+/// peer) wait the retention for it.
+#[test]
+fn a_pull_only_replica_collects_the_deletes_its_source_sent() {
+    use blazedb::sync::SyncMode;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let source = open_at(dir.path(), "source", &clock);
+    let replica = open_at(dir.path(), "replica", &clock);
+    let pulls = SessionConfig {
+        mode: SyncMode::Pull,
+        ..SessionConfig::default()
+    };
+    let pull = |source: &Database, replica: &Database| {
+        common::sync_pair(source, replica, SessionConfig::default(), pulls.clone());
+    };
+    let ids = insert_many(&source, 5);
+    pull(&source, &replica);
+    delete_all(&source, &ids[..2]);
+    pull(&source, &replica);
+    assert_eq!(tombstones(&replica, "items"), 2);
+    assert!(replica.peers().unwrap()[0].pushes_only);
+    let r = replica.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.tombstones_purged, 2, "{r:?}");
+    assert_eq!(tombstones(&replica, "items"), 0);
+
+    // A delete made here waits: the source's older writes to that record may still come.
+    delete_all(&replica, &ids[2..3]);
+    let r = replica.gc(&GcOptions::default()).unwrap();
+    assert_eq!(
+        (r.tombstones_purged, r.held_by),
+        (0, Some(source.node_id())),
+        "{r:?}"
+    );
+    // The source's deletes keep going meanwhile.
+    delete_all(&source, &ids[3..4]);
+    pull(&source, &replica);
+    let r = replica.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.tombstones_purged, 1, "{r:?}");
+    assert_eq!(tombstones(&replica, "items"), 1);
+}

@@ -38,8 +38,10 @@
 //! the removal still meets it. GC's time marks (`gc_mark:<ms>` → the feed head then, kept
 //! ~retention / [`GC_MARKS_PER_RETENTION`] apart) say which feed position was reached how
 //! long ago; the hold is the head at the newest mark at least the retention old (nothing
-//! before the first such mark). A pusher away for longer than the retention expires like any
-//! peer, and `forget_peer` drops its note. (Causal stability would be exact; this is the
+//! before the first such mark). Not held: a tombstone the only pusher sent us, which it
+//! holds itself (its older writes came before it in its feed, and later ones lose there), so
+//! a pull-only replica collects its source's deletes as promptly as any. A pusher away for
+//! longer than the retention expires like any peer, and `forget_peer` drops its note. (Causal stability would be exact; this is the
 //! bound every tombstone-GC system without it settles for.)
 //!
 //! **Removals kept.** A removal cell is kept when dropping it would change what the record
@@ -321,6 +323,15 @@ fn pushes_only(inner: &Inner, peer: NodeId) -> Result<bool> {
     Ok(super::feed::peer_note_in(inner, peer, PUSHES_ONLY_NOTE)?.as_deref() == Some("1"))
 }
 
+/// The `src` of the feed row at a tombstone's seq: who sent the delete (0: written here).
+fn tombstone_src(inner: &Inner, seq: u64, coll: i64, id: &crate::RecordId) -> Result<Option<i64>> {
+    Ok(inner
+        .conn
+        .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
+        .query_row(params![seq as i64, coll, &id.0[..]], |r| r.get(0))
+        .optional()?)
+}
+
 /// The `meta` key of the time mark at `ms` (zero-padded: keys sort as times).
 fn mark_key(ms: u64) -> String {
     format!("{META_GC_MARK}{ms:020}")
@@ -389,8 +400,8 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     let mut report = GcReport::default();
     // The lowest acknowledged cursor, and whose it is.
     let mut horizon: Option<(Seq, NodeId)> = None;
-    // A peer that counts and only pushes to us (the first one, to name in the report).
-    let mut pusher: Option<NodeId> = None;
+    // The peers that count and only push to us.
+    let mut pushers: Vec<NodeId> = Vec::new();
     {
         // One entry per peer: its acked cursor (if any) and its latest contact in either
         // direction.
@@ -432,20 +443,36 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
                     horizon = Some((a, node));
                 }
             }
-            if pusher.is_none() && pushes_only(inner, node)? {
-                pusher = Some(node);
+            if pushes_only(inner, node)? {
+                pushers.push(node);
             }
         }
     }
+    // What every peer we send to holds.
+    let acked_h = horizon.map_or(head, |(h, _)| h).min(head);
     // A peer that only pushes to us holds back by age: what was here the retention ago.
     let aged = aged_head(inner, now_ms, opts.peer_retention_ms)?;
-    if let Some(node) = pusher {
+    if let Some(&node) = pushers.first() {
         if horizon.is_none_or(|(h, _)| aged < h) {
             horizon = Some((aged, node));
         }
     }
     record_mark(inner, now_ms, head, opts.peer_retention_ms)?;
     let h = horizon.map_or(head, |(h, _)| h).min(head);
+    // Except a tombstone that the only pusher sent us (up to `acked_h`): it holds that delete,
+    // so a write of its own older than it came before it in its feed (and lost here), and one
+    // it receives later loses there. A pull-only replica collects its source's deletes as
+    // promptly as before; only removals made here, or received from others, wait.
+    let sole_pusher_src: Option<i64> = match pushers[..] {
+        [p] => inner.nodes.known(&p).map(|i| i as i64 + 1),
+        _ => None,
+    };
+    let tombstones_upto = if sole_pusher_src.is_some() {
+        acked_h
+    } else {
+        h
+    };
+    let mut purged_upto = h;
     report.horizon = h;
     report.held_by = horizon.filter(|(a, _)| *a < head).map(|(_, node)| node);
     let scan_from = Seq(meta_u64(inner, META_GC_SCAN_SEQ)?);
@@ -464,7 +491,7 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
              JOIN records AS r ON r.coll = f.coll AND r.id = f.id
              WHERE (r.live = 0 AND r.seq <= ?1) OR (r.live = 1 AND r.seq > ?2)",
         )?;
-        let rows = stmt.query_map(params![h.0 as i64, scan_from.0 as i64], |r| {
+        let rows = stmt.query_map(params![tombstones_upto.0 as i64, scan_from.0 as i64], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -480,6 +507,14 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
         let id = record_id(&id)?;
         let state = body::decode(&bytes, Seq(row_seq), &inner.nodes, &inner.fields)?;
         if !live {
+            if row_seq > h.0 {
+                // Past the horizon: only the sole pusher's own delete (the feed row at the
+                // tombstone's seq names who sent it).
+                if tombstone_src(inner, row_seq, coll, &id)? != sole_pusher_src {
+                    continue;
+                }
+                purged_upto = purged_upto.max(Seq(row_seq));
+            }
             report.feed_rows_pruned += super::evict::cell_seqs(&state).len() as u64;
             report.history_rows_removed += remove_record(inner, coll, id, &state)?;
             report.tombstones_purged += 1;
@@ -511,7 +546,9 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     )? as u64;
     set_meta_max(inner, META_GC_SCAN_SEQ, h.0)?;
     if report.tombstones_purged + report.cells_pruned + report.links_pruned > 0 {
-        set_meta_max(inner, META_GC_HORIZON, h.0)?;
+        // Past `h` only where every peer we send to is (`acked_h`): a peer resuming below a
+        // tombstone collected there needs a snapshot.
+        set_meta_max(inner, META_GC_HORIZON, purged_upto.0)?;
     }
     Ok(report)
 }
