@@ -41,8 +41,9 @@
 //! before the first such mark). Not held: a tombstone the only pusher sent us, which it
 //! holds itself (its older writes came before it in its feed, and later ones lose there), so
 //! a pull-only replica collects its source's deletes as promptly as any. A pusher away for
-//! longer than the retention expires like any peer, and `forget_peer` drops its note. (Causal stability would be exact; this is the
-//! bound every tombstone-GC system without it settles for.)
+//! longer than the retention expires like any peer, and `forget_peer` drops its note.
+//! (Causal stability would be exact; this is the bound every tombstone-GC system without it
+//! settles for.)
 //!
 //! **Removals kept.** A removal cell is kept when dropping it would change what the record
 //! shows: an element removal that hides a value of the field's base list, or the last
@@ -338,9 +339,13 @@ fn mark_key(ms: u64) -> String {
 }
 
 /// The feed head at the newest time mark at least `retention_ms` old: everything at or
-/// below it has been here that long. 0 when no mark is that old yet. Marks older than that
-/// one go (it alone answers every later question about times before it).
+/// below it has been here that long. 0 when no mark is that old yet.
 fn aged_head(inner: &Inner, now_ms: u64, retention_ms: u64) -> Result<Seq> {
+    Ok(aged_mark(inner, now_ms, retention_ms)?.map_or(Seq(0), |(_, head)| head))
+}
+
+/// The newest time mark at least `retention_ms` old: its key and head.
+fn aged_mark(inner: &Inner, now_ms: u64, retention_ms: u64) -> Result<Option<(String, Seq)>> {
     let cutoff = mark_key(now_ms.saturating_sub(retention_ms));
     let found: Option<(String, i64)> = inner
         .conn
@@ -352,22 +357,23 @@ fn aged_head(inner: &Inner, now_ms: u64, retention_ms: u64) -> Result<Seq> {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?;
-    let Some((key, head)) = found else {
-        return Ok(Seq(0));
-    };
-    inner.conn.execute(
-        "DELETE FROM meta WHERE key >= ?1 AND key < ?2",
-        params![META_GC_MARK, key],
-    )?;
-    Ok(Seq(head.max(0) as u64))
+    Ok(found.map(|(key, head)| (key, Seq(head.max(0) as u64))))
 }
 
-/// Note that the feed head was `head` at `now_ms`. The newest mark is always the last GC's
+/// Note that the feed head was `head` at `now_ms`, and drop the marks older than the newest
+/// one at least the retention old (it alone answers every later question about times before
+/// it). The newest mark is always the last GC's
 /// (so a removal is covered by a mark at the first GC after it, however rarely GC runs); the
 /// ones before it stay at least retention / `GC_MARKS_PER_RETENTION` apart, the newest being
 /// moved forward instead of a new one added while it is closer than that to the one before:
 /// at most that many plus three marks however often GC runs.
 fn record_mark(inner: &Inner, now_ms: u64, head: Seq, retention_ms: u64) -> Result<()> {
+    if let Some((key, _)) = aged_mark(inner, now_ms, retention_ms)? {
+        inner.conn.execute(
+            "DELETE FROM meta WHERE key >= ?1 AND key < ?2",
+            params![META_GC_MARK, key],
+        )?;
+    }
     let gap = (retention_ms / GC_MARKS_PER_RETENTION).max(1);
     let newest: Vec<String> = inner
         .conn
