@@ -1175,10 +1175,34 @@ fn a_pull_only_replica_collects_the_deletes_its_source_sent() {
         (0, Some(source.node_id())),
         "{r:?}"
     );
-    // The source's deletes keep going meanwhile.
+    // The source's deletes keep going meanwhile, and so do the removal cells it sends (a
+    // field it unset; a later write, so that the unset is not the record's newest cell,
+    // which stays for a delete still on its way).
     delete_all(&source, &ids[3..4]);
+    source
+        .update("items", ids[4], Patch::new().unset("name"))
+        .unwrap();
+    source
+        .update("items", ids[4], Patch::new().set("n", Value::Int(99)))
+        .unwrap();
     pull(&source, &replica);
+    let shown = replica.get("items", ids[4]).unwrap().unwrap().fields;
     let r = replica.gc(&GcOptions::default()).unwrap();
-    assert_eq!(r.tombstones_purged, 1, "{r:?}");
+    assert_eq!((r.tombstones_purged, r.cells_pruned), (1, 1), "{r:?}");
     assert_eq!(tombstones(&replica, "items"), 1);
+    assert_eq!(replica.get("items", ids[4]).unwrap().unwrap().fields, shown);
+    assert!(!shown.contains_key("name"), "{shown:?}");
+    // A field unset here waits, like a delete made here.
+    replica
+        .update("items", ids[4], Patch::new().unset("n"))
+        .unwrap();
+    replica
+        .update("items", ids[4], Patch::new().set("late", Value::Int(1)))
+        .unwrap();
+    let r = replica.gc(&GcOptions::default()).unwrap();
+    assert_eq!((r.tombstones_purged, r.cells_pruned), (0, 0), "{r:?}");
+    assert_eq!(
+        replica.integrity_check().unwrap().problems,
+        Vec::<String>::new()
+    );
 }

@@ -38,9 +38,9 @@
 //! the removal still meets it. GC's time marks (`gc_mark:<ms>` → the feed head then, kept
 //! ~retention / [`GC_MARKS_PER_RETENTION`] apart) say which feed position was reached how
 //! long ago; the hold is the head at the newest mark at least the retention old (nothing
-//! before the first such mark). Not held: a tombstone the only pusher sent us, which it
-//! holds itself (its older writes came before it in its feed, and later ones lose there), so
-//! a pull-only replica collects its source's deletes as promptly as any. A pusher away for
+//! before the first such mark). Not held: a tombstone or removal cell the only pusher sent
+//! us, which it holds itself (its older writes came before it in its feed, and later ones
+//! lose there), so a pull-only replica collects its source's deletes as promptly as any. A pusher away for
 //! longer than the retention expires like any peer, and `forget_peer` drops its note.
 //! (Causal stability would be exact; this is the bound every tombstone-GC system without it
 //! settles for.)
@@ -324,8 +324,8 @@ fn pushes_only(inner: &Inner, peer: NodeId) -> Result<bool> {
     Ok(super::feed::peer_note_in(inner, peer, PUSHES_ONLY_NOTE)?.as_deref() == Some("1"))
 }
 
-/// The `src` of the feed row at a tombstone's seq: who sent the delete (0: written here).
-fn tombstone_src(inner: &Inner, seq: u64, coll: i64, id: &crate::RecordId) -> Result<Option<i64>> {
+/// The `src` of a record's feed row at `seq`: who sent the change (0: written here).
+fn feed_src(inner: &Inner, seq: u64, coll: i64, id: &crate::RecordId) -> Result<Option<i64>> {
     Ok(inner
         .conn
         .prepare_cached("SELECT src FROM feed WHERE seq = ?1 AND coll = ?2 AND id = ?3")?
@@ -465,10 +465,11 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     }
     record_mark(inner, now_ms, head, opts.peer_retention_ms)?;
     let h = horizon.map_or(head, |(h, _)| h).min(head);
-    // Except a tombstone that the only pusher sent us (up to `acked_h`): it holds that delete,
-    // so a write of its own older than it came before it in its feed (and lost here), and one
-    // it receives later loses there. A pull-only replica collects its source's deletes as
-    // promptly as before; only removals made here, or received from others, wait.
+    // Except a tombstone (or removal cell, below) that the only pusher sent us (up to
+    // `acked_h`): it holds that removal, so a write of its own older than it came before it
+    // in its feed (and lost here), and one it receives later loses there. A pull-only replica
+    // collects its source's removals as promptly as before; only removals made here, or
+    // received from others, wait.
     let sole_pusher_src: Option<i64> = match pushers[..] {
         [p] => inner.nodes.known(&p).map(|i| i as i64 + 1),
         _ => None,
@@ -516,7 +517,7 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
             if row_seq > h.0 {
                 // Past the horizon: only the sole pusher's own delete (the feed row at the
                 // tombstone's seq names who sent it).
-                if tombstone_src(inner, row_seq, coll, &id)? != sole_pusher_src {
+                if feed_src(inner, row_seq, coll, &id)? != sole_pusher_src {
                     continue;
                 }
                 purged_upto = purged_upto.max(Seq(row_seq));
@@ -526,9 +527,28 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
             report.tombstones_purged += 1;
             continue;
         }
-        let Some(pruned) = prune_removals(&state, h) else {
+        // Removal cells past the horizon that the sole pusher sent (up to `acked_h`) may go
+        // too, as its tombstones do.
+        let mut from_pusher = Vec::new();
+        if sole_pusher_src.is_some() {
+            for c in state.cells() {
+                if c.value == CellValue::Absent
+                    && c.seq > h
+                    && c.seq <= acked_h
+                    && feed_src(inner, c.seq.0, coll, &id)? == sole_pusher_src
+                {
+                    from_pusher.push(c.seq);
+                }
+            }
+        }
+        let Some(pruned) = prune_removals(&state, h, &from_pusher) else {
             continue;
         };
+        for c in state.cells() {
+            if c.seq > h && !pruned.cells().iter().any(|p| p.key == c.key) {
+                purged_upto = purged_upto.max(c.seq);
+            }
+        }
         report.cells_pruned += (state.cells().len() - pruned.cells().len()) as u64;
         report.feed_rows_pruned +=
             (super::evict::cell_seqs(&state).len() - super::evict::cell_seqs(&pruned).len()) as u64;
@@ -559,9 +579,10 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     Ok(report)
 }
 
-/// The record without its removal cells at or below `h`, keeping any whose removal would
-/// change what the record shows (see the module docs). `None`: nothing to drop.
-fn prune_removals(state: &RecordState, h: Seq) -> Option<RecordState> {
+/// The record without its removal cells at or below `h` or at a seq in `also` (the sole
+/// pusher's, past `h`), keeping any whose removal would change what the record shows (see
+/// the module docs). `None`: nothing to drop.
+fn prune_removals(state: &RecordState, h: Seq, also: &[Seq]) -> Option<RecordState> {
     // A delete (or a plain write of a set field) concurrent with these cells may still be on
     // its way from a third node, and it kills every cell older than itself. Which cells then
     // remain decides whether the record is live (any non-record cell) and whether a set field
@@ -593,7 +614,9 @@ fn prune_removals(state: &RecordState, h: Seq) -> Option<RecordState> {
                     .and_then(|f| newest_of_field.get(f))
                     .is_some_and(|n| n.key == c.key))
     };
-    let prunable = |c: &Cell| c.value == CellValue::Absent && c.seq <= h && !protected(c);
+    let prunable = |c: &Cell| {
+        c.value == CellValue::Absent && (c.seq <= h || also.contains(&c.seq)) && !protected(c)
+    };
     if !state.cells().iter().any(prunable) {
         return None;
     }
