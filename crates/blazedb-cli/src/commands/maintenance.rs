@@ -41,7 +41,11 @@ pub struct IndexArgs {
     BLAZEDB_PASSWORD=old blazedb rekey bugs.db --decrypt     # write the file in clear\n\n\
     The file is replaced by a re-encrypted copy: no other process (`serve`, `sync --watch`, ...)\n\
     may have it open, else the rekey is refused and nothing changes. A crash leaves the file\n\
-    under either the old or the new password, never neither.")]
+    under either the old or the new password, never neither.\n\n\
+    The old file's disk blocks are freed, not overwritten: encrypting a file that was in clear,\n\
+    or changing a password that leaked, does not scrub what the disk held before (freed blocks,\n\
+    the old WAL, SSD remapping, backups keep it). Data that must never touch the disk in clear\n\
+    needs a password from its first write, or an encrypted volume.")]
 pub struct RekeyArgs {
     /// The database file (opened with the current password: BLAZEDB_PASSWORD or
     /// --password-file).

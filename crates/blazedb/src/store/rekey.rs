@@ -48,6 +48,12 @@ impl Database {
     /// operation on it says so and which password to open the file with. A crash during the
     /// rekey leaves the file under either the old password or the new one, with all its data
     /// (see the module comment).
+    ///
+    /// The old file is unlinked, not overwritten: its disk blocks, the old WAL's and those
+    /// freed earlier keep what they held under the old key (or in clear, when this encrypts
+    /// a plain file) until the file system reuses them. Overwriting the old file would not
+    /// reach the others, nor SSD-remapped or copy-on-write blocks, so it is not attempted:
+    /// data that must never be on disk in clear needs a password from its first write.
     pub fn rekey(&mut self, new_password: Option<&str>) -> Result<()> {
         if new_password == Some("") {
             // SQLCipher's empty key means "no encryption": the copy would be a plain file
