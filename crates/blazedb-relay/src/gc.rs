@@ -139,8 +139,9 @@ fn event(r: &GcReport) -> serde_json::Value {
         "feed_rows_pruned": r.feed_rows_pruned,
         "history_rows_removed": r.history_rows_removed,
         "expired_peers": r.expired_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        // The client whose acknowledged position is the horizon: the one to look at when
-        // tombstones pile up.
+        // The client whose acknowledged position is the horizon (or one that only pushes,
+        // for which removals wait the retention): the one to look at when tombstones pile
+        // up (`blazedb peers` shows which kind).
         "held_by": r.held_by.map(|n| n.to_string()),
     })
 }
