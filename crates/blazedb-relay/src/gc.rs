@@ -138,6 +138,7 @@ fn event(r: &GcReport) -> serde_json::Value {
         "links_pruned": r.links_pruned,
         "feed_rows_pruned": r.feed_rows_pruned,
         "history_rows_removed": r.history_rows_removed,
+        "records_examined": r.records_examined,
         "expired_peers": r.expired_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         // The client whose acknowledged position is the horizon (or one that only pushes,
         // for which removals wait the retention): the one to look at when tombstones pile

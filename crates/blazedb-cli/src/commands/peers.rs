@@ -125,6 +125,7 @@ pub fn gc_json(r: &GcReport) -> Json {
         "links_pruned": r.links_pruned,
         "feed_rows_pruned": r.feed_rows_pruned,
         "history_rows_removed": r.history_rows_removed,
+        "records_examined": r.records_examined,
         "expired_peers": r.expired_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "held_by": r.held_by.map(|n| n.to_string()),
         "relays_past_retention": r

@@ -58,7 +58,10 @@
 //! `meta.gc_scan_seq`: after a GC with horizon H, no record whose cells are all at or below H
 //! has a prunable removal left, and every later write gives its record a higher seq. Nor is
 //! any tombstone at or below H left. So a GC reads only the records with a feed row past
-//! the last scan, and checks only those feed rows for a missing record: its time grows with
+//! the last scan, and of those only the ones with a row newly at or below H or written since
+//! the last GC (`meta.gc_seen_head`: the others are as that GC left them, under the same
+//! horizon — which matters while a pusher holds H a retention back), and checks only those
+//! feed rows for a missing record: its time grows with
 //! the changes since the last GC, not with the store, which stays locked meanwhile (a relay
 //! runs GC every ten minutes; on 1,000,000 encrypted records, purging 20,000 tombstones
 //! took 1.03 s with a scan of every record and feed row, 0.21 s now, and a GC with nothing
@@ -94,6 +97,9 @@ const GC_MARKS_PER_RETENTION: u64 = 64;
 const META_GC_HORIZON: &str = "gc_horizon";
 /// `meta` key: every record whose row seq is at most this has no prunable removal cell.
 const META_GC_SCAN_SEQ: &str = "gc_scan_seq";
+/// `meta` key: the feed head at the last GC. A record not changed since, with no cell newly
+/// under the horizon, has nothing the last GC could not collect.
+const META_GC_SEEN_HEAD: &str = "gc_seen_head";
 
 /// How [`Database::gc`] runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +146,9 @@ pub struct GcReport {
     /// expires: see [`Database::gc`]). One that is gone for good holds GC back until
     /// [`Database::forget_peer`].
     pub relays_past_retention: Vec<NodeId>,
+    /// Records read to find what to collect: those changed since the last GC and those
+    /// with a change newly under the horizon (what a GC costs, with the store locked).
+    pub records_examined: u64,
 }
 
 /// Sync metadata stored in the file, in bytes, by kind (see [`Database::sync_metadata`]).
@@ -483,6 +492,7 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     report.horizon = h;
     report.held_by = horizon.filter(|(a, _)| *a < head).map(|(_, node)| node);
     let scan_from = Seq(meta_u64(inner, META_GC_SCAN_SEQ)?);
+    let seen_head = Seq(meta_u64(inner, META_GC_SEEN_HEAD)?).max(scan_from);
 
     // Tombstones at or below H, and live records written since the last scan (the only
     // ones that can hold a removal cell newly at or below H). Both have their row's seq
@@ -490,15 +500,26 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     // newest cell's, which has a feed row at that seq: so they are found from the feed's
     // rows past the last scan (its key's prefix), in time that grows with the changes
     // since the last GC, not with the store (a scan of every record was ~25 ms per 300,000
-    // records plain, with the store locked).
+    // records plain, with the store locked). Of those rows, only the ones newly at or below
+    // H and the ones written since the last GC: a record with neither is as the last GC
+    // left it, under the same horizon. (Without a pusher H is the head and the two are
+    // one range; while a pusher holds H a retention back, the rows between H and the last
+    // GC's head would otherwise be read again by every GC.)
     let rows: Vec<StoredRow> = {
         let mut stmt = inner.conn.prepare(
             "SELECT r.coll, r.id, r.rev, r.seq, r.live, r.body
-             FROM (SELECT DISTINCT coll, id FROM feed WHERE seq > ?2) AS f
+             FROM (SELECT coll, id FROM feed WHERE seq > ?2 AND seq <= ?3
+                   UNION SELECT coll, id FROM feed WHERE seq > ?4) AS f
              JOIN records AS r ON r.coll = f.coll AND r.id = f.id
              WHERE (r.live = 0 AND r.seq <= ?1) OR (r.live = 1 AND r.seq > ?2)",
         )?;
-        let rows = stmt.query_map(params![tombstones_upto.0 as i64, scan_from.0 as i64], |r| {
+        let args = params![
+            tombstones_upto.0 as i64,
+            scan_from.0 as i64,
+            h.0 as i64,
+            seen_head.0 as i64
+        ];
+        let rows = stmt.query_map(args, |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -510,6 +531,7 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    report.records_examined = rows.len() as u64;
     for (coll, id, rev, row_seq, live, bytes) in rows {
         let id = record_id(&id)?;
         let state = body::decode(&bytes, Seq(row_seq), &inner.nodes, &inner.fields)?;
@@ -565,12 +587,15 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     // written since the last scan are looked at: over the whole feed (a row per record)
     // this was the costliest part of a GC, ~160 ms per 300,000 records plain, with the
     // store locked and every session waiting.
-    report.feed_rows_pruned += inner.conn.execute(
-        "DELETE FROM feed WHERE seq > ?1 AND NOT EXISTS
-         (SELECT 1 FROM records r WHERE r.coll = feed.coll AND r.id = feed.id)",
-        [scan_from.0 as i64],
-    )? as u64;
+    for (above, upto) in [(scan_from, h), (seen_head, head)] {
+        report.feed_rows_pruned += inner.conn.execute(
+            "DELETE FROM feed WHERE seq > ?1 AND seq <= ?2 AND NOT EXISTS
+             (SELECT 1 FROM records r WHERE r.coll = feed.coll AND r.id = feed.id)",
+            params![above.0 as i64, upto.0 as i64],
+        )? as u64;
+    }
     set_meta_max(inner, META_GC_SCAN_SEQ, h.0)?;
+    set_meta_max(inner, META_GC_SEEN_HEAD, head.0)?;
     if report.tombstones_purged + report.cells_pruned + report.links_pruned > 0 {
         // Past `h` only where every peer we send to is (`acked_h`): a peer resuming below a
         // tombstone collected there needs a snapshot.
