@@ -566,10 +566,11 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
         let Some(pruned) = prune_removals(&state, h, &from_pusher) else {
             continue;
         };
-        for c in state.cells() {
-            if c.seq > h && !pruned.cells().iter().any(|p| p.key == c.key) {
-                purged_upto = purged_upto.max(c.seq);
-            }
+        // (Taken as pruned whether or not these cells went: a higher GC horizon only sends
+        // a replacing snapshot to a peer resuming below it; looking up which cells went
+        // would cost a record of many set elements a quadratic pass.)
+        if let Some(&top) = from_pusher.iter().max() {
+            purged_upto = purged_upto.max(top);
         }
         report.cells_pruned += (state.cells().len() - pruned.cells().len()) as u64;
         report.feed_rows_pruned +=
