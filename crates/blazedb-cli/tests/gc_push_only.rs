@@ -9,18 +9,10 @@ mod net_common;
 use std::path::Path;
 use std::time::Duration;
 
-use net_common::{blazedb, export, put, start_relay};
+use net_common::{export, put, run_on, start_relay};
 
 fn ok(args: &[&str], db: &Path) -> String {
-    let out = blazedb()
-        .arg(args[0])
-        .arg(db)
-        .args(&args[1..])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{args:?}: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_on(db, args).0
 }
 
 #[test]

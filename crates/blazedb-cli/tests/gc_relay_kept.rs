@@ -7,19 +7,12 @@ mod net_common;
 
 use std::path::Path;
 
-use net_common::{blazedb, put, start_relay};
+use net_common::{put, run_on, start_relay};
 use serde_json::Value as Json;
 
+/// `run_on`, with the last line of stdout as JSON.
 fn run(db: &Path, args: &[&str]) -> (Json, String) {
-    let out = blazedb()
-        .arg(args[0])
-        .arg(db)
-        .args(&args[1..])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{args:?}: {stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, stderr) = run_on(db, args);
     let last = stdout.lines().last().unwrap_or("null");
     (serde_json::from_str(last).unwrap(), stderr)
 }

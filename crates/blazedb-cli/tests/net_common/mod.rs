@@ -109,6 +109,19 @@ pub fn put(db: &Path, collection: &str, json: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// `blazedb ARGS[0] DB ARGS[1..]`, which must succeed: its stdout and stderr.
+pub fn run_on(db: &Path, args: &[&str]) -> (String, String) {
+    let out = blazedb()
+        .arg(args[0])
+        .arg(db)
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
 /// Start `blazedb listen DB ARGS..` and return it with the first URL it announces.
 pub fn start_listener(db: &Path, args: &[&str], log: Option<&Path>) -> (Daemon, String) {
     let mut cmd = blazedb();
