@@ -1270,9 +1270,8 @@ impl Database {
             out[i].last_contact_ms = out[i].last_contact_ms.max(at);
         }
         for p in &mut out {
-            p.relay = peer_note_in(&inner, p.node, super::gc::SERVER_NOTE)?.as_deref() == Some("1");
-            p.pushes_only =
-                peer_note_in(&inner, p.node, super::gc::PUSHES_ONLY_NOTE)?.as_deref() == Some("1");
+            p.relay = super::gc::is_server(&inner, p.node)?;
+            p.pushes_only = super::gc::pushes_only(&inner, p.node)?;
         }
         Ok(out)
     }

@@ -324,12 +324,12 @@ impl Database {
 type StoredRow = (i64, Vec<u8>, u64, u64, bool, Vec<u8>);
 
 /// Whether `peer` is noted as a relay (`SERVER_NOTE`, set by the sync session from HELLO).
-fn is_server(inner: &Inner, peer: NodeId) -> Result<bool> {
+pub(super) fn is_server(inner: &Inner, peer: NodeId) -> Result<bool> {
     Ok(super::feed::peer_note_in(inner, peer, SERVER_NOTE)?.as_deref() == Some("1"))
 }
 
 /// Whether `peer` is noted as pushing to us without taking our feed (`PUSHES_ONLY_NOTE`).
-fn pushes_only(inner: &Inner, peer: NodeId) -> Result<bool> {
+pub(super) fn pushes_only(inner: &Inner, peer: NodeId) -> Result<bool> {
     Ok(super::feed::peer_note_in(inner, peer, PUSHES_ONLY_NOTE)?.as_deref() == Some("1"))
 }
 
@@ -347,13 +347,8 @@ fn mark_key(ms: u64) -> String {
     format!("{META_GC_MARK}{ms:020}")
 }
 
-/// The feed head at the newest time mark at least `retention_ms` old: everything at or
-/// below it has been here that long. 0 when no mark is that old yet.
-fn aged_head(inner: &Inner, now_ms: u64, retention_ms: u64) -> Result<Seq> {
-    Ok(aged_mark(inner, now_ms, retention_ms)?.map_or(Seq(0), |(_, head)| head))
-}
-
-/// The newest time mark at least `retention_ms` old: its key and head.
+/// The newest time mark at least `retention_ms` old: its key and the feed head then
+/// (everything at or below it has been here that long).
 fn aged_mark(inner: &Inner, now_ms: u64, retention_ms: u64) -> Result<Option<(String, Seq)>> {
     let cutoff = mark_key(now_ms.saturating_sub(retention_ms));
     let found: Option<(String, i64)> = inner
@@ -369,15 +364,21 @@ fn aged_mark(inner: &Inner, now_ms: u64, retention_ms: u64) -> Result<Option<(St
     Ok(found.map(|(key, head)| (key, Seq(head.max(0) as u64))))
 }
 
-/// Note that the feed head was `head` at `now_ms`, and drop the marks older than the newest
-/// one at least the retention old (it alone answers every later question about times before
-/// it). The newest mark is always the last GC's
-/// (so a removal is covered by a mark at the first GC after it, however rarely GC runs); the
-/// ones before it stay at least retention / `GC_MARKS_PER_RETENTION` apart, the newest being
+/// Note that the feed head was `head` at `now_ms`, and drop the marks older than `aged` (the
+/// key of the newest one at least the retention old, [`aged_mark`]: it alone answers every
+/// later question about times before it). The newest mark is always the last GC's (so a
+/// removal is covered by a mark at the first GC after it, however rarely GC runs); the ones
+/// before it stay at least retention / `GC_MARKS_PER_RETENTION` apart, the newest being
 /// moved forward instead of a new one added while it is closer than that to the one before:
 /// at most that many plus three marks however often GC runs.
-fn record_mark(inner: &Inner, now_ms: u64, head: Seq, retention_ms: u64) -> Result<()> {
-    if let Some((key, _)) = aged_mark(inner, now_ms, retention_ms)? {
+fn record_mark(
+    inner: &Inner,
+    now_ms: u64,
+    head: Seq,
+    retention_ms: u64,
+    aged: Option<&str>,
+) -> Result<()> {
+    if let Some(key) = aged {
         inner.conn.execute(
             "DELETE FROM meta WHERE key >= ?1 AND key < ?2",
             params![META_GC_MARK, key],
@@ -466,13 +467,15 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     // What every peer we send to holds.
     let acked_h = horizon.map_or(head, |(h, _)| h).min(head);
     // A peer that only pushes to us holds back by age: what was here the retention ago.
-    let aged = aged_head(inner, now_ms, opts.peer_retention_ms)?;
+    let aged = aged_mark(inner, now_ms, opts.peer_retention_ms)?;
+    let aged_head = aged.as_ref().map_or(Seq(0), |(_, head)| *head);
     if let Some(&node) = pushers.first() {
-        if horizon.is_none_or(|(h, _)| aged < h) {
-            horizon = Some((aged, node));
+        if horizon.is_none_or(|(h, _)| aged_head < h) {
+            horizon = Some((aged_head, node));
         }
     }
-    record_mark(inner, now_ms, head, opts.peer_retention_ms)?;
+    let aged_key = aged.as_ref().map(|(key, _)| key.as_str());
+    record_mark(inner, now_ms, head, opts.peer_retention_ms, aged_key)?;
     let h = horizon.map_or(head, |(h, _)| h).min(head);
     // Except a tombstone (or removal cell, below) that the only pusher sent us (up to
     // `acked_h`): it holds that removal, so a write of its own older than it came before it
@@ -860,7 +863,9 @@ mod tests {
                 m.len()
             );
             let inner = db.lock().unwrap();
-            let aged = aged_head(&inner, now, retention).unwrap();
+            let aged = aged_mark(&inner, now, retention)
+                .unwrap()
+                .map_or(Seq(0), |(_, head)| head);
             // The newest head written at least the retention ago bounds it from above...
             let due = heads
                 .iter()
