@@ -21,9 +21,10 @@ pub const VALUE_DEPTH_MAX: usize = 32;
 pub const SEEN_VERSIONS_MAX: usize = 256;
 /// Most elements one set field may hold.
 pub const SET_ELEMENTS_MAX: usize = 10_000;
-/// Most cells one transaction may change. A transaction travels to peers as one unit, so
-/// this is also the protocol's transaction size limit: a receiver stages at most this many
-/// cells before applying a unit.
+/// Most cells one transaction may change. A transaction travels to peers as one commit
+/// (group) of a unit, so this is also the protocol's limit on a commit's size, and on the
+/// cells of an incoming unit a receiver holds in memory (past `UNIT_STAGE_CELLS` it stages
+/// the unit's complete commits on disk, which do not count).
 pub const TRANSACTION_CELLS_MAX: usize = 1_000_000;
 /// A receiver holds at most about this many cells of an incoming unit of linked transactions
 /// in memory; beyond it, the unit's complete transactions are staged on disk until its last
