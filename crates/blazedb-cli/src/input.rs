@@ -110,13 +110,20 @@ pub fn record(object: Map<String, Json>) -> Result<RecordInput, String> {
 
 /// A record id given as JSON: the plain string `export` writes, or the typed `$uuid` form.
 pub fn record_id(json: &Json) -> Result<RecordId, String> {
-    match json {
-        Json::String(s) => RecordId::from_str(s),
+    let id = match json {
+        Json::String(s) => RecordId::from_str(s).ok(),
         other => match from_json(other) {
-            Ok(Value::Uuid(u)) => Ok(RecordId::from(u)),
-            _ => Err(format!("{ID_KEY} must be a UUID string, got {other}")),
+            Ok(Value::Uuid(u)) => Some(RecordId::from(u)),
+            _ => None,
         },
-    }
+    };
+    id.ok_or_else(|| {
+        format!(
+            "{ID_KEY} must be a UUID (a string, or {{\"$uuid\": \"...\"}}), got {json}: to keep \
+             another system's id, rename the key (e.g. to \"source_id\") and each record gets a \
+             new id"
+        )
+    })
 }
 
 /// An update from a JSON object: per field `{"$inc": n}`, `{"$add": [..]}`,

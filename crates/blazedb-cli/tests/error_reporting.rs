@@ -199,3 +199,51 @@ fn refused_input_creates_no_database() {
     assert!(run.stderr.contains("is a directory"), "{}", run.stderr);
     assert!(!db.exists());
 }
+
+/// `get`'s output can go back to `update` as it is: its `"_id"` names the record being
+/// updated, so it is dropped; another record's id is refused with what to do. An import line
+/// whose `"_id"` is another system's id (not a UUID) says how to keep it.
+#[test]
+fn ids_inside_update_and_import_json_are_checked_and_explained() {
+    let db = TestDb::new();
+    let id = db.put("bugs", r#"{"title": "crash", "votes": 1}"#);
+    let mut record = db.get("bugs", &id);
+    record["title"] = "crash on start".into();
+    db.run("update", &["bugs", &id, &record.to_string()])
+        .success();
+    let after = db.get("bugs", &id);
+    assert_eq!(after["title"], "crash on start");
+    assert_eq!(after["_id"], id.as_str(), "the id is not a field");
+    assert_eq!(after.as_object().unwrap().len(), 3, "{after}");
+
+    let other = db.put("bugs", "{}");
+    let run = db
+        .run(
+            "update",
+            &["bugs", &id, &format!(r#"{{"_id": "{other}", "votes": 9}}"#)],
+        )
+        .failure(2);
+    assert!(
+        run.stderr
+            .contains(&format!("is {other}, not the record being updated ({id})"))
+            && run.stderr.contains("leave \"_id\" out of an update"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(db.get("bugs", &id)["votes"], 1, "nothing was written");
+
+    let run = db
+        .run_with_stdin(
+            "import",
+            &["bugs", "-"],
+            "{\"_id\": {\"$oid\": \"507f1f77bcf86cd799439011\"}, \"title\": \"x\"}\n",
+        )
+        .failure(1);
+    assert!(
+        run.stderr.contains("at line 1")
+            && run.stderr.contains("_id must be a UUID")
+            && run.stderr.contains("rename the key"),
+        "{}",
+        run.stderr
+    );
+}

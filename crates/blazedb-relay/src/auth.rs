@@ -47,6 +47,13 @@ pub enum AuthError {
     /// An `Authorization` header that is not `Bearer <token>` (e.g. `Basic ...`).
     #[error("the Authorization header must be `Bearer <token>`: this relay takes no other scheme")]
     NotBearer,
+    /// `Authorization: Bearer` (or `?token=`) with nothing after it: usually a variable that
+    /// was not set where the token was meant to be pasted in.
+    #[error(
+        "the credential is empty (`Bearer` or `token=` with no token after it; is the variable \
+         meant to hold the token set?): send `Authorization: Bearer <token>` or `?token=<token>`"
+    )]
+    EmptyCredential,
     /// The static token does not match.
     #[error("invalid token: it is not the token this relay was started with")]
     InvalidToken,
@@ -121,7 +128,11 @@ impl Authenticator {
         let kind = match &config.auth {
             AuthConfig::None => Kind::Anonymous,
             AuthConfig::Token(t) if t.expose().is_empty() => {
-                return Err(RelayError::Auth("the token is empty".into()))
+                return Err(RelayError::Auth(
+                    "the token is empty (is the variable meant to hold it set?): give a \
+                     non-empty --token, or a long random secret"
+                        .into(),
+                ))
             }
             AuthConfig::Token(t) => Kind::Token(t.expose().to_owned()),
             AuthConfig::JwtSecret(s) if s.expose().len() < 16 => {
@@ -179,7 +190,7 @@ impl Authenticator {
                 let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
                     given, key, validation,
                 )
-                .map_err(|e| jwt_error(e.kind(), validation))?;
+                .map_err(|e| jwt_error(e.kind(), validation, given))?;
                 let mut claims = Claims::new();
                 for (k, v) in &data.claims {
                     let v = blazedb::codec::json::from_json(v)
@@ -216,7 +227,7 @@ fn without_nulls(v: Value) -> Option<Value> {
 
 /// What a refused JWT's holder is told: what is wrong and what to do, never the library's
 /// bare error name.
-fn jwt_error(kind: &ErrorKind, validation: &Validation) -> AuthError {
+fn jwt_error(kind: &ErrorKind, validation: &Validation, token: &str) -> AuthError {
     let expected = |set: &Option<std::collections::HashSet<String>>| {
         let mut v: Vec<&str> = set.iter().flatten().map(String::as_str).collect();
         v.sort_unstable();
@@ -225,17 +236,25 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation) -> AuthError {
     let m = match kind {
         ErrorKind::ExpiredSignature => return AuthError::Expired,
         ErrorKind::InvalidSignature => return AuthError::BadSignature,
-        ErrorKind::InvalidAlgorithm => {
-            "signed with an algorithm this relay does not accept for its key".into()
-        }
+        ErrorKind::InvalidAlgorithm => format!(
+            "signed with an algorithm this relay does not accept for its key (it accepts {})",
+            accepted_algs(validation)
+        ),
         ErrorKind::InvalidToken
         | ErrorKind::Base64(_)
         | ErrorKind::Json(_)
-        | ErrorKind::Utf8(_) => {
-            "not a JWT (three base64url parts: header.claims.signature): send the token \
-             exactly as it was issued"
-                .into()
-        }
+        | ErrorKind::Utf8(_) => match unaccepted_alg(token) {
+            // The library fails to parse a header whose `alg` it does not know ("none",
+            // say) as if the token were not a JWT at all.
+            Some(alg) => format!(
+                "signed with algorithm {alg:?}, which this relay does not accept (it accepts \
+                 {}): ask its issuer for a token it signs with the relay's key",
+                accepted_algs(validation)
+            ),
+            None => "not a JWT (three base64url parts: header.claims.signature): send the \
+                     token exactly as it was issued"
+                .into(),
+        },
         ErrorKind::InvalidAudience => format!(
             "issued for another audience: this relay accepts `aud` {}",
             expected(&validation.aud)
@@ -257,13 +276,41 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation) -> AuthError {
     AuthError::Jwt(m)
 }
 
+/// The `alg` of a token whose header is JSON with a string `alg` that jsonwebtoken does
+/// not know (so that its parse failed), e.g. `"none"`; `None` for anything else.
+fn unaccepted_alg(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let alg = json.get("alg")?.as_str()?;
+    alg.parse::<Algorithm>().is_err().then(|| alg.to_owned())
+}
+
+/// The algorithms `validation` accepts, for messages.
+fn accepted_algs(validation: &Validation) -> String {
+    let names: Vec<String> = validation
+        .algorithms
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    names.join(", ")
+}
+
 /// The credential of an HTTP request: `Authorization: Bearer <t>`, else `?token=<t>`.
 pub fn credential_from_http(
     headers: &axum::http::HeaderMap,
     uri: &axum::http::Uri,
 ) -> Option<String> {
     if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
+        let v = v.to_str().ok()?.trim();
+        // `Bearer` alone (HTTP parsers trim the space an empty variable left): an empty
+        // credential, which `authenticate` tells apart from another scheme.
+        if v.eq_ignore_ascii_case("bearer") {
+            return Some(String::new());
+        }
         let (scheme, token) = v.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
@@ -288,6 +335,18 @@ fn public_key(path: &Path) -> Result<(DecodingKey, Vec<Algorithm>, &'static str)
             path.display()
         ))
     })?;
+    // jsonwebtoken reads an RSA *private* key as a decoding key too; a relay started with
+    // one would refuse every token as "not issued for this relay". It needs the public half
+    // only, and the private key has no business on the relay's machine.
+    if String::from_utf8_lossy(&pem).contains("PRIVATE KEY-----") {
+        return Err(RelayError::Auth(format!(
+            "{} holds a private key: give the relay its public half, e.g. `openssl pkey -in \
+             {} -pubout -out public.pem` (the relay only verifies tokens; keep the private key \
+             with their issuer)",
+            path.display(),
+            path.display()
+        )));
+    }
     if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
         use Algorithm::*;
         return Ok((k, vec![RS256, RS384, RS512, PS256, PS384, PS512], "jwt-rsa"));

@@ -46,13 +46,33 @@ pub enum RelayError {
     #[error("{0}")]
     Config(String),
     /// A listener could not be opened.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
     Bind {
         /// The address or socket path.
         addr: String,
         /// What went wrong (address in use, permission denied...).
         source: io::Error,
     },
+}
+
+/// What to do about the common reasons a listener cannot be opened.
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            ": another process (another relay?) listens there: stop it, or choose another \
+             port (--listen, --tcp-listen)"
+        }
+        io::ErrorKind::PermissionDenied => {
+            ": ports below 1024 need privileges: choose a port from 1024 up (or, for a Unix \
+             socket, a directory this user may write to)"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            ": no network interface of this machine has that address: use 127.0.0.1 (this \
+             machine only) or 0.0.0.0 (every interface)"
+        }
+        io::ErrorKind::NotFound => ": the socket's directory does not exist: create it first",
+        _ => "",
+    }
 }
 
 fn location(collection: &Option<String>, key: &Option<String>) -> String {

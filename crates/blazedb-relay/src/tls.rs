@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use blazedb_net::transport::tls::TlsServerOptions;
+use blazedb_net::transport::TransportError;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
@@ -18,9 +19,14 @@ pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, RelayEr
         key_pem: files.key.clone(),
         client_ca_pem: files.client_ca.clone(),
     };
-    let config = options
-        .server_config()
-        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    let config = options.server_config().map_err(|e| {
+        // `RelayError::Tls` says "TLS: " already; the transport's own prefix would repeat it.
+        RelayError::Tls(match e {
+            TransportError::TlsConfig { path, reason } => format!("{}: {reason}", path.display()),
+            TransportError::TlsOptions(m) => m,
+            other => other.to_string(),
+        })
+    })?;
     let mut config = (*config).clone();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))

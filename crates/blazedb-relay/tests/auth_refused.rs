@@ -74,6 +74,34 @@ async fn static_token_missing_or_wrong_gets_401_and_nothing_flows() {
         "{}",
         r.body
     );
+
+    // `Bearer` with nothing after it (an unset variable), in the header or as `?token=`, is
+    // an empty credential, not another scheme.
+    let r = http(
+        relay.addr,
+        "POST",
+        "/v1/query",
+        &[("authorization", "Bearer ")],
+        r#"{"collection":"notes"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let message = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(message.contains("the credential is empty"), "{message}");
+    let url = format!("ws://{}/v1/sync?token=", relay.addr);
+    let (status, body) = refused(
+        connect_ws_url(relay.addr, &url, None, &[])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("the credential is empty"),
+        "{body}"
+    );
     relay.stop().await;
 }
 
@@ -117,6 +145,26 @@ async fn expired_or_foreign_jwts_get_401_valid_claims_drive_the_rules() {
     assert_eq!(status, 401, "not a JWT");
     assert!(
         body["error"].as_str().unwrap().contains("not a JWT"),
+        "{body}"
+    );
+
+    // An unsigned token (`"alg": "none"`) is a JWT all the same: the answer names its
+    // algorithm and the ones this relay takes.
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(json!({"sub": "alice", "exp": now_s() + 600}))
+    );
+    let (status, body) = refused(connect_ws(relay.addr, Some(&unsigned)).await.unwrap_err());
+    assert_eq!(status, 401);
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("signed with algorithm \"none\", which this relay does not accept")
+            && message.contains("HS256"),
         "{body}"
     );
 

@@ -240,6 +240,59 @@ async fn too_many_order_by_keys_are_refused() {
     relay.stop().await;
 }
 
+/// Request bodies of the wrong shape get a `400` that says what a body looks like (never a
+/// type name of ours), and a limit over the most one answer holds is refused rather than cut:
+/// a client paging until a page comes back shorter than its limit would stop early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_and_limits_over_the_maximum_are_refused_with_the_shape_to_send() {
+    let relay = TestRelay::start(|c| c.auth = AuthConfig::JwtSecret(SECRET.into())).await;
+    for p in 0..3i64 {
+        relay.db.insert("bugs", [("priority", p)]).unwrap();
+    }
+    let alice = token("alice");
+    for (body, says) in [
+        (json!({}), "missing field `collection`"),
+        (json!({"collection": 5}), "invalid type"),
+        (json!({"collection": "bugs", "limit": "10"}), "invalid type"),
+        (json!({"collection": "bugs", "limit": -1}), "invalid value"),
+        (
+            json!({"collection": "bugs", "order_by": 5}),
+            "a string \"FIELD\" or \"FIELD:desc\", or a list of such strings",
+        ),
+    ] {
+        let r = query(relay.addr, &alice, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.json()["code"], "invalid_request", "{body}");
+        let message = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{body}: {message}");
+        assert!(message.contains("\"offset\": N"), "{body}: {message}");
+        assert!(!message.contains("OrderBySpec"), "{body}: {message}");
+    }
+    let max = blazedb_relay::limits::QUERY_LIMIT_MAX;
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "limit": max + 1}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let message = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains(&format!("limit {} is over the {max} records", max + 1))
+            && message.contains("page with \"offset\""),
+        "{message}"
+    );
+    let r = query(
+        relay.addr,
+        &alice,
+        json!({"collection": "bugs", "limit": max}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json().as_array().unwrap().len(), 3);
+    relay.stop().await;
+}
+
 /// A JWT claim whose value is null is one the token lacks: a rule comparing it matches
 /// nothing, not every record without the field (null equals a missing field).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use blazedb_relay::{Limits, Relay, RelayConfig, RelayError, TlsFiles};
+use blazedb_relay::{AuthConfig, Limits, Relay, RelayConfig, RelayError, TlsFiles};
 
 fn config(dir: &tempfile::TempDir) -> RelayConfig {
     RelayConfig {
@@ -127,6 +127,78 @@ async fn configuration_errors_are_reported_before_serving() {
     let e = r.unwrap_err().to_string();
     assert!(
         e.contains("relay.db") && e.to_lowercase().contains("password"),
+        "{e}"
+    );
+}
+
+/// Mixed-up key files, an empty token and a port in use each stop the relay with what to do
+/// about it: a JWT *private* key given as the public one (jsonwebtoken would read it, and the
+/// relay would then refuse every token as "not issued for this relay"), the TLS certificate
+/// and key swapped, and an address another process listens on.
+#[tokio::test]
+async fn mixed_up_key_files_an_empty_token_and_a_busy_port_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let private = fixtures.join("jwt_rsa_private.pem");
+    let e = error(RelayConfig {
+        auth: AuthConfig::JwtPublicKey(private.clone()),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains(&format!("{} holds a private key", private.display())) && e.contains("-pubout"),
+        "{e}"
+    );
+
+    let e = error(RelayConfig {
+        auth: AuthConfig::Token("".into()),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains("the token is empty (is the variable meant to hold it set?)"),
+        "{e}"
+    );
+
+    let e = error(RelayConfig {
+        tls: Some(TlsFiles {
+            cert: fixtures.join("tls_key.pem"),
+            key: fixtures.join("tls_cert.pem"),
+            client_ca: None,
+        }),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.starts_with("TLS: ")
+            && !e.contains("TLS setup")
+            && e.contains("tls_key.pem: no CERTIFICATE block in the file")
+            && e.contains("not its key"),
+        "{e}"
+    );
+    let e = error(RelayConfig {
+        tls: Some(TlsFiles {
+            cert: fixtures.join("tls_cert.pem"),
+            key: fixtures.join("tls_cert.pem"),
+            client_ca: None,
+        }),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains("no usable PEM private key") && e.contains("not the certificate"),
+        "{e}"
+    );
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let e = error(RelayConfig {
+        listen: busy.local_addr().unwrap(),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains(&format!("cannot listen on {}", busy.local_addr().unwrap()))
+            && e.contains("another process (another relay?) listens there"),
         "{e}"
     );
 }

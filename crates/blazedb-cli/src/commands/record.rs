@@ -117,7 +117,22 @@ pub fn run_get(ctx: &Context, args: &GetArgs) -> Result<()> {
 
 /// Change the named fields of a record.
 pub fn run_update(ctx: &Context, args: &UpdateArgs) -> Result<()> {
-    let object = input::parse_object(&args.json).map_err(json_argument)?;
+    let mut object = input::parse_object(&args.json).map_err(json_argument)?;
+    // `get`'s output carries "_id": accept it back when it names this record, so that an
+    // edited copy of a record can be handed to `update` as it is.
+    if let Some(json) = object.remove(input::ID_KEY) {
+        let id = input::record_id(&json).map_err(json_argument)?;
+        if id != args.id {
+            return Err(json_argument(format!(
+                "\"{}\" is {id}, not the record being updated ({}): leave \"{}\" out of an \
+                 update (the record is the ID argument)",
+                input::ID_KEY,
+                args.id,
+                input::ID_KEY
+            ))
+            .into());
+        }
+    }
     let patch = input::patch(object).map_err(json_argument)?;
     let db = ctx.open(&args.db, Access::Existing)?;
     // The library refuses with `NotFound` when the record is missing or deleted.

@@ -25,11 +25,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", default_value = DATA_DIR_DEFAULT)]
     pub data: PathBuf,
     /// HTTP and WebSocket address: GET /v1/sync, POST /v1/query, GET /health, GET /metrics.
-    #[arg(long, value_name = "ADDR", default_value = LISTEN_ADDR_DEFAULT)]
+    /// IP:PORT (0.0.0.0:PORT for every interface; port 0 picks a free one); `localhost:PORT`
+    /// and a bare PORT mean 127.0.0.1:PORT.
+    #[arg(long, value_name = "ADDR", default_value = LISTEN_ADDR_DEFAULT,
+          value_parser = parse_listen_addr)]
     pub listen: SocketAddr,
     /// Also accept raw protocol frames over TCP (TLS with --tls-cert); clients send the token
-    /// in HELLO.
-    #[arg(long, value_name = "ADDR")]
+    /// in HELLO. Written as --listen's address is.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub tcp_listen: Option<SocketAddr>,
     /// Also accept raw protocol frames on this Unix domain socket (created owner-only, mode
     /// 0600; no TLS or client certificates on it, but clients still send the token in HELLO).
@@ -100,6 +103,26 @@ pub struct ServeArgs {
     /// Keep at most this many history entries.
     #[arg(long, value_name = "N", default_value_t = 10_000_000)]
     pub history_max_entries: u64,
+}
+
+/// An address to listen on: `IP:PORT`, or `localhost:PORT`, `PORT` and `:PORT` for
+/// 127.0.0.1 (no name is looked up: a relay must not bind where a resolver points it).
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let t = text.trim();
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port = t
+        .strip_prefix("localhost:")
+        .or_else(|| t.strip_prefix(':'))
+        .unwrap_or(t);
+    match port.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => Err(format!(
+            "{text:?} is not an address to listen on: give IP:PORT, e.g. 127.0.0.1:7420 (this \
+             machine only), 0.0.0.0:7420 (every interface) or [::1]:7420"
+        )),
+    }
 }
 
 /// Start the relay and serve until interrupted.
@@ -210,5 +233,27 @@ async fn stop_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_addr;
+
+    #[test]
+    fn listen_addresses_take_ip_port_and_the_loopback_shorthands() {
+        let ok = |t: &str| parse_listen_addr(t).unwrap().to_string();
+        assert_eq!(ok("0.0.0.0:7420"), "0.0.0.0:7420");
+        assert_eq!(ok("[::1]:7420"), "[::1]:7420");
+        assert_eq!(ok("localhost:7420"), "127.0.0.1:7420");
+        assert_eq!(ok("7420"), "127.0.0.1:7420");
+        assert_eq!(ok(":0"), "127.0.0.1:0");
+        for bad in ["example.com:7420", "localhost", "127.0.0.1", "7420000", ""] {
+            let e = parse_listen_addr(bad).unwrap_err();
+            assert!(
+                e.contains("give IP:PORT, e.g. 127.0.0.1:7420"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -77,7 +77,11 @@ impl TlsServerOptions {
                 .with_single_cert(chain, key)
                 .map_err(|e| TransportError::TlsConfig {
                     path: self.key_pem.clone(),
-                    reason: format!("the key does not fit the certificate: {e}"),
+                    reason: format!(
+                        "this key cannot serve the certificate {} ({e}): give the private \
+                         key that belongs to that certificate",
+                        self.cert_pem.display()
+                    ),
                 })?;
         Ok(Arc::new(config))
     }
@@ -153,7 +157,10 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
     if chain.is_empty() {
-        return Err(bad("no CERTIFICATE block in the file".into()));
+        return Err(bad(
+            "no CERTIFICATE block in the file: give the PEM certificate (chain), not its key"
+                .into(),
+        ));
     }
     Ok(chain)
 }
@@ -161,7 +168,10 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TransportError::TlsConfig {
         path: path.to_path_buf(),
-        reason: format!("no usable PEM private key: {e}"),
+        reason: format!(
+            "no usable PEM private key ({e}): give the key file (a `PRIVATE KEY` block), not \
+             the certificate"
+        ),
     })
 }
 

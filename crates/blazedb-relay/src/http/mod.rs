@@ -81,6 +81,7 @@ pub(crate) fn authenticate(
         None if state.auth.required() && headers.contains_key(header::AUTHORIZATION) => {
             Err(AuthError::NotBearer)
         }
+        Some(c) if c.is_empty() && state.auth.required() => Err(AuthError::EmptyCredential),
         _ => state.auth.verify(credential.as_deref()),
     };
     verified.map_err(|e| {

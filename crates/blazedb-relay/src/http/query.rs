@@ -9,7 +9,9 @@
 //! (`assignee == $auth.sub`); `order_by` is `"FIELD"`, `"FIELD:desc"` or a list of at most
 //! [`ORDER_BY_KEYS_MAX`] of them (8), most significant first (`FIELD` is a top-level field of
 //! that name, dots and all, or else a path into maps, `a.b`); `limit` defaults to
-//! [`QUERY_LIMIT_DEFAULT`] and is capped at [`QUERY_LIMIT_MAX`]. The answer is a JSON array of
+//! [`QUERY_LIMIT_DEFAULT`], and one over [`QUERY_LIMIT_MAX`] is `400` (cutting it silently
+//! would end a client's paging early: it stops at the first page shorter than its limit;
+//! page with `offset` instead). The answer is a JSON array of
 //! records (`Record::to_json`: the fields and `"_id"`), only those the caller's read rule
 //! allows — `limit` counts those (the rule is applied in the store's scan, which stops once it
 //! has `offset + limit` of them). A collection that does not exist, or that the rules close,
@@ -49,11 +51,19 @@ struct QueryRequest {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a string \"FIELD\" or \"FIELD:desc\", or a list of such strings"
+)]
 enum OrderBySpec {
     One(String),
     Many(Vec<String>),
 }
+
+/// What a valid body looks like, for the `400` of one that is not.
+const QUERY_BODY_EXAMPLE: &str = "{\"collection\": \"NAME\", \"where\": \"EXPR\", \"order_by\": \
+     \"FIELD[:desc]\" or [\"FIELD[:desc]\", ...], \"limit\": N, \"offset\": N} (all but \
+     collection optional; limit and offset are whole numbers)";
 
 /// Run a query.
 pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -> Response {
@@ -123,10 +133,7 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                format!(
-                    "{e}: send {{\"collection\": \"...\", \"where\": \"EXPR\", \"order_by\": \
-                     \"FIELD[:desc]\", \"limit\": N}}"
-                ),
+                format!("{e}: send {QUERY_BODY_EXAMPLE}"),
             )
         }
     };
@@ -163,10 +170,17 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
             )
         }
     };
-    let limit = req
-        .limit
-        .unwrap_or(QUERY_LIMIT_DEFAULT)
-        .min(QUERY_LIMIT_MAX);
+    let limit = req.limit.unwrap_or(QUERY_LIMIT_DEFAULT);
+    if limit > QUERY_LIMIT_MAX {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "limit {limit} is over the {QUERY_LIMIT_MAX} records this relay answers at \
+                 once: ask for at most {QUERY_LIMIT_MAX} and page with \"offset\""
+            ),
+        );
+    }
     let offset = req.offset.unwrap_or(0);
     let collection = req.collection;
     if !state.rules.can_read_collection(&collection) {
