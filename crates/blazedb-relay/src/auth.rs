@@ -125,6 +125,18 @@ impl Authenticator {
                 name,
             }
         };
+        let is_jwt = matches!(
+            config.auth,
+            AuthConfig::JwtSecret(_) | AuthConfig::JwtPublicKey(_)
+        );
+        if !is_jwt && (config.jwt_audience.is_some() || config.jwt_issuer.is_some()) {
+            return Err(RelayError::Config(
+                "--jwt-audience and --jwt-issuer check JWTs: give --jwt-secret or \
+                 --jwt-public-key as well (with a static token or no authentication they \
+                 would check nothing)"
+                    .into(),
+            ));
+        }
         let kind = match &config.auth {
             AuthConfig::None => Kind::Anonymous,
             AuthConfig::Token(t) if t.expose().is_empty() => {

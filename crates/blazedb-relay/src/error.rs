@@ -9,7 +9,11 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum RelayError {
     /// The data directory could not be created or used.
-    #[error("cannot use the data directory {}: {source}", path.display())]
+    #[error(
+        "cannot use the data directory {}: {source}: --data must name a directory this user \
+         may write to (it is created if missing)",
+        path.display()
+    )]
     DataDir {
         /// The directory.
         path: PathBuf,

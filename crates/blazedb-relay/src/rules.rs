@@ -183,6 +183,58 @@ impl Rules {
         })
     }
 
+    /// What looks like a mistake in rules that are otherwise valid, one sentence each, for
+    /// the relay to print at startup: rules reading `$auth` on a relay without
+    /// authentication (every claim is unknown there, so they match nothing), and collections
+    /// of the store that no table names (closed to everyone: often a misspelt table, such as
+    /// `[bug]` for `bugs`).
+    pub fn warnings(&self, authenticated: bool, store_collections: &[String]) -> Vec<String> {
+        let Some(tables) = &self.collections else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if !authenticated {
+            let with_auth: Vec<String> = tables
+                .iter()
+                .flat_map(|(name, c)| {
+                    [("read", &c.read), ("write", &c.write)]
+                        .into_iter()
+                        .filter(
+                            |(_, rule)| matches!(rule, Rule::Expr(e) if mentions_auth(e.root())),
+                        )
+                        .map(move |(key, _)| format!("[{name}] {key}"))
+                })
+                .collect();
+            if !with_auth.is_empty() {
+                out.push(format!(
+                    "{} use $auth, but this relay requires no credentials, so every $auth \
+                     claim is unknown and those rules match nothing: start it with --token, \
+                     --jwt-secret or --jwt-public-key",
+                    with_auth.join(", ")
+                ));
+            }
+        }
+        let unnamed: Vec<&str> = store_collections
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !tables.contains_key(*c))
+            .collect();
+        if !unnamed.is_empty() {
+            let named: Vec<&str> = tables.keys().map(String::as_str).collect();
+            out.push(format!(
+                "the store's collections {} have no table in the rules file, so nobody may \
+                 read or write them (its tables: {}); add a table for each that clients use",
+                unnamed.join(", "),
+                if named.is_empty() {
+                    "none".to_owned()
+                } else {
+                    named.join(", ")
+                }
+            ));
+        }
+        out
+    }
+
     /// Top-level fields the read rule of a collection looks at (empty for constant rules and
     /// without a rules file).
     pub fn read_fields(&self, collection: &str) -> BTreeSet<String> {
@@ -289,6 +341,17 @@ impl Rules {
 
 /// Rules (and `/v1/query` expressions) may only use `$auth`: any other parameter would
 /// always be unknown, silently denying everything — almost certainly a typo.
+/// Whether an expression reads `$auth` anywhere.
+fn mentions_auth(node: &Node) -> bool {
+    match node {
+        Node::Param { .. } => true,
+        Node::Literal(_) | Node::Field(_) | Node::RecordId => false,
+        Node::List(items) | Node::And(items) | Node::Or(items) => items.iter().any(mentions_auth),
+        Node::Not(n) | Node::Exists(n) => mentions_auth(n),
+        Node::Binary { lhs, rhs, .. } => mentions_auth(lhs) || mentions_auth(rhs),
+    }
+}
+
 pub(crate) fn check_params(node: &Node) -> Result<(), String> {
     match node {
         Node::Param { name, .. } if name != "auth" => Err(format!(

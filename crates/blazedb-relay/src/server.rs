@@ -54,6 +54,8 @@ pub struct Relay {
     /// How often [`Relay::run`] collects garbage (zero: never).
     gc_interval: Duration,
     gc: Arc<crate::gc::GcCounters>,
+    /// What looks wrong in a configuration that works ([`Rules::warnings`]).
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -144,6 +146,19 @@ impl Relay {
             Some(path) => Some((bind_unix(path)?, path.clone())),
             None => None,
         };
+        let warnings = rules.warnings(
+            auth.required(),
+            &db.collections().map_err(|source| RelayError::Store {
+                path: path.clone(),
+                source,
+            })?,
+        );
+        for w in &warnings {
+            eprintln!(
+                "{}",
+                serde_json::json!({ "event": "config_warning", "message": w })
+            );
+        }
         let state = Arc::new(State::new(
             Arc::new(db),
             Arc::new(query_db),
@@ -163,7 +178,15 @@ impl Relay {
             tls_tcp,
             gc_interval: Duration::from_millis(crate::gc::GC_INTERVAL_MS_DEFAULT),
             gc: Arc::default(),
+            warnings,
         })
+    }
+
+    /// What looked wrong in a configuration that works, one sentence each (also printed
+    /// on stderr as `config_warning` events): rules that read `$auth` without
+    /// authentication, collections of the store no rule table names.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Collect garbage every `interval` while running (default

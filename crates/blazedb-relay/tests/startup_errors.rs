@@ -190,6 +190,18 @@ async fn mixed_up_key_files_an_empty_token_and_a_busy_port_say_what_to_do() {
         "{e}"
     );
 
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let e = error(RelayConfig {
+        data_dir: file,
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains("a-file") && e.contains("--data must name a directory this user may write"),
+        "{e}"
+    );
+
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let e = error(RelayConfig {
         listen: busy.local_addr().unwrap(),
@@ -201,6 +213,70 @@ async fn mixed_up_key_files_an_empty_token_and_a_busy_port_say_what_to_do() {
             && e.contains("another process (another relay?) listens there"),
         "{e}"
     );
+}
+
+/// Settings that work but cannot be what was meant: `--jwt-audience` without JWTs is refused;
+/// rules reading `$auth` on a relay without credentials (every claim unknown: they match
+/// nothing) and a store collection no rule table names (closed to everyone: here a misspelt
+/// `[bug]`) start with a warning each.
+#[tokio::test]
+async fn settings_that_cannot_be_what_was_meant_are_refused_or_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = error(RelayConfig {
+        auth: AuthConfig::Token("a-token".into()),
+        jwt_audience: Some("my-app".into()),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains("--jwt-audience and --jwt-issuer check JWTs"),
+        "{e}"
+    );
+
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[bug]\nread = \"assignee == $auth.sub\"\nwrite = true\n[notes]\nread = true\n",
+    )
+    .unwrap();
+    let relay = Relay::bind(config(&dir)).await.unwrap();
+    assert!(relay.warnings().is_empty(), "{:?}", relay.warnings());
+    drop(relay);
+    {
+        let store = blazedb::Database::open(
+            &dir.path().join("data/relay.db"),
+            blazedb::OpenOptions::default(),
+        )
+        .unwrap();
+        store.insert("bugs", [("title", "crash")]).unwrap();
+        store.insert("notes", [("text", "hi")]).unwrap();
+    }
+    let relay = Relay::bind(RelayConfig {
+        rules: Some(rules.clone()),
+        ..config(&dir)
+    })
+    .await
+    .unwrap();
+    let w = relay.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("[bug] read use $auth, but this relay requires no credentials"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].contains("collections bugs have no table in the rules file")
+            && w[1].contains("its tables: bug, notes"),
+        "{w:?}"
+    );
+    drop(relay);
+    let relay = Relay::bind(RelayConfig {
+        rules: Some(rules),
+        auth: AuthConfig::Token("a-token".into()),
+        ..config(&dir)
+    })
+    .await
+    .unwrap();
+    assert_eq!(relay.warnings().len(), 1, "{:?}", relay.warnings());
 }
 
 /// `--unix` naming a file that is not a socket (here: the relay's own store) is refused and
