@@ -244,7 +244,7 @@ async fn settings_that_cannot_be_what_was_meant_are_refused_or_warned_about() {
     drop(relay);
     {
         let store = blazedb::Database::open(
-            &dir.path().join("data/relay.db"),
+            dir.path().join("data/relay.db"),
             blazedb::OpenOptions::default(),
         )
         .unwrap();
