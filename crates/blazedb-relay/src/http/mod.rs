@@ -7,7 +7,9 @@
 //! | `GET /health` | no | status, version, uptime, connected clients, store size ([`status`]) |
 //! | `GET /metrics` | no | Prometheus / OpenMetrics text ([`status`], [`crate::metrics`]) |
 //!
-//! Every error is JSON: `{"code": "auth_failed", "error": "what happened and what to do"}`.
+//! Every error the relay answers is JSON: `{"code": "auth_failed", "error": "what happened and
+//! what to do"}`. (A request whose head HTTP cannot parse, or one over 64 KiB, is answered by
+//! hyper before any of this runs: a bare `400` or `431`.)
 //! Authentication failures are `401` and happen before the WebSocket upgrade, so nothing flows.
 
 pub mod query;
