@@ -41,7 +41,7 @@ fn listen_and_sync_once_over_tcp_converge() {
     let (ok, _, err) = sync_once(&a, &url, &["--token", "wrong"]);
     assert!(!ok);
     assert!(
-        err.starts_with("error: ") && err.contains("AuthFailed"),
+        err.starts_with("error: ") && err.contains("AUTH_FAILED"),
         "{err}"
     );
     assert_eq!(

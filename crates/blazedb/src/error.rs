@@ -195,7 +195,7 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     /// The storage engine failed.
-    #[error("storage error: {0}")]
+    #[error("storage error: {0}{advice}", advice = sqlite_advice(.0))]
     Sqlite(#[from] rusqlite::Error),
     /// A file operation failed.
     #[error("I/O error: {0}")]
@@ -217,6 +217,25 @@ impl Error {
     }
 }
 
+/// What to do about the storage failures a user can fix: a full disk, a file this user may
+/// not write. (Whatever failed was rolled back: nothing of it is in the file.)
+fn sqlite_advice(e: &rusqlite::Error) -> &'static str {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            ": free space on the disk that holds the database (or raise its size limit), then \
+             try again; nothing of the failed write was kept, and a sync sends it again"
+        }
+        Some(rusqlite::ErrorCode::ReadOnly) => {
+            ": this user may not write the database file or its directory (SQLite also creates \
+             the -wal and -shm files beside it): check their permissions and the mount"
+        }
+        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied) => {
+            ": check that the database's directory exists and this user may read and write it"
+        }
+        _ => "",
+    }
+}
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -229,6 +248,66 @@ mod tests {
             rusqlite::ffi::Error::new(code),
             None,
         ))
+    }
+
+    /// A full disk (here: the file's page limit, which SQLite reports the same way) fails
+    /// the write with what to do, keeps nothing of it, and the database works again once
+    /// there is room.
+    #[test]
+    fn a_full_disk_says_to_free_space_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db =
+            crate::Database::open(dir.path().join("a.db"), crate::OpenOptions::default()).unwrap();
+        let first = db.insert("c", [("n", 0i64)]).unwrap();
+        let pages: i64 = {
+            let inner = db.lock().unwrap();
+            inner
+                .conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap()
+        };
+        let limit = |n: i64| {
+            let inner = db.lock().unwrap();
+            inner
+                .conn
+                .query_row(&format!("PRAGMA max_page_count = {n}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap();
+        };
+        limit(pages);
+        let big = "x".repeat(64 * 1024);
+        let e = db.insert("c", [("blob", big.as_str())]).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.starts_with("storage error: database or disk is full: free space on the disk"),
+            "{m}"
+        );
+        assert_eq!(
+            db.count("c").unwrap(),
+            1,
+            "nothing of the failed write kept"
+        );
+        limit(1_000_000);
+        db.insert("c", [("blob", big.as_str())]).unwrap();
+        assert_eq!(db.count("c").unwrap(), 2);
+        assert!(db.get("c", first).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_read_only_file_says_to_check_permissions() {
+        let m = sqlite(rusqlite::ffi::SQLITE_READONLY).to_string();
+        assert!(
+            m.contains("may not write the database file or its directory"),
+            "{m}"
+        );
+        let m = sqlite(rusqlite::ffi::SQLITE_CANTOPEN).to_string();
+        assert!(
+            m.contains("check that the database's directory exists"),
+            "{m}"
+        );
+        let m = sqlite(rusqlite::ffi::SQLITE_CORRUPT).to_string();
+        assert!(!m.contains(": check"), "no advice where none fits: {m}");
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub enum TransportError {
         reason: String,
     },
     /// Connecting failed (refused, unreachable, name not found).
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error(
+        "cannot connect to {endpoint}: {source}{}",
+        connect_advice(endpoint, source)
+    )]
     Connect {
         /// The peer.
         endpoint: String,
@@ -148,7 +151,7 @@ fn handshake_advice(e: &io::Error) -> &'static str {
             | Cert::NotValidYetContext { .. },
         )) => {
             "the server's certificate is expired or not valid yet: renew it, or check the \
-             clocks of both machines (this side tries again)"
+             clocks of both machines (a continuous sync tries again)"
         }
         Some(rustls::Error::InvalidCertificate(Cert::BadSignature)) => {
             "the server's certificate names an issuer in --tls-ca (or the system's roots) but \
@@ -158,10 +161,40 @@ fn handshake_advice(e: &io::Error) -> &'static str {
             "the peer did not answer in TLS: if it listens without TLS, connect with tcp:// \
              (or ws://) instead"
         }
-        _ => {
+        Some(_) => {
             "for a self-signed development certificate pass its CA with --tls-ca, or \
              --danger-accept-invalid-certs"
         }
+        // Not a certificate problem: the connection ended or failed mid-handshake (a relay
+        // at its connection limit closes at once; so does a port that is not TLS at all).
+        None => {
+            "the connection ended during the TLS handshake: the peer may be at its connection \
+             limit or restarting (a continuous sync tries again), or not serve TLS on this port"
+        }
+    }
+}
+
+/// What to check when a connection could not be opened: nobody listening, a Unix path that
+/// is not a socket, a host name that does not resolve.
+fn connect_advice(endpoint: &str, e: &io::Error) -> &'static str {
+    let unix = endpoint.starts_with("unix:");
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused if unix => {
+            " (nothing accepts connections at that path: is it the socket a `blazedb listen \
+             --unix` or `serve --unix` made, and is that process running?)"
+        }
+        io::ErrorKind::ConnectionRefused => {
+            " (nothing listens there: is `blazedb listen` or `blazedb serve` running on that \
+             host and port?)"
+        }
+        io::ErrorKind::NotFound if unix => {
+            " (no socket at that path: start `blazedb listen --unix PATH` or `serve --unix \
+             PATH` first, and check the path)"
+        }
+        _ if e.to_string().contains("lookup") => {
+            " (the host name does not resolve: check its spelling, or use an IP address)"
+        }
+        _ => "",
     }
 }
 

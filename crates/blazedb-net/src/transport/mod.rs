@@ -197,7 +197,8 @@ fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> Tr
                 endpoint: endpoint.to_owned(),
                 reason: format!(
                     "{e} (the peer did not answer in HTTP: if it speaks TLS on this port, \
-                     use wss://)"
+                     use wss://; if it is a `blazedb listen --tcp` or a relay's --tcp-listen \
+                     port, use tcp:// or tls://)"
                 ),
             }
         }
@@ -209,6 +210,35 @@ fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> Tr
                     "{e} (a BlazeDB relay syncs at the path /v1/sync: ws://HOST:PORT/v1/sync)"
                 ),
             }
+        }
+        // A redirect (often http → https), a web page, or a relay that is full.
+        Error::Http(r) => {
+            let status = r.status().as_u16();
+            let said =
+                body(r).and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_owned));
+            let advice = match (status, said) {
+                (_, Some(m)) => m,
+                (301 | 302 | 307 | 308, None) => {
+                    let to = r
+                        .headers()
+                        .get("location")
+                        .and_then(|l| l.to_str().ok())
+                        .unwrap_or("elsewhere");
+                    format!(
+                        "the server redirects to {to}: connect there (wss:// where it is https)"
+                    )
+                }
+                (200..=299, None) => "a web server answered, not a BlazeDB relay: check the \
+                                      host, port and path (ws://HOST:PORT/v1/sync)"
+                    .to_owned(),
+                (_, None) => {
+                    "not a BlazeDB relay's /v1/sync, or one that cannot serve now".to_owned()
+                }
+            };
+            return TransportError::WebSocket {
+                endpoint: endpoint.to_owned(),
+                reason: format!("{e} ({advice})"),
+            };
         }
         _ => {
             return TransportError::WebSocket {

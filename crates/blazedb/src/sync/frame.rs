@@ -147,6 +147,20 @@ impl FrameDecoder {
     /// The next complete frame, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         let buf = &self.buf[self.start..];
+        // A stream's first frame is a HELLO, whose type byte (0x01) follows the length; an
+        // HTTP reply's `T` (0x54) there is never a frame. Said plainly, since the length
+        // byte `H` would otherwise pass and the reply fail its checksum as if the network
+        // had garbled it: a raw-frame URL (tcp://, tls://) pointed at a web server or at a
+        // relay's HTTP port.
+        if self.index == 0 && buf.starts_with(b"HTTP/") {
+            return Err(FrameError::Malformed(
+                "the peer answered in HTTP, not in BlazeDB frames: it is a web server or a \
+                 relay's HTTP port; sync with a relay at ws://HOST:PORT/v1/sync (wss:// with \
+                 TLS), and use tcp:// only for `blazedb listen --tcp` or a relay's \
+                 --tcp-listen port"
+                    .into(),
+            ));
+        }
         let mut r = Reader::new(buf);
         let len = match crate::codec::varint::read_u64(&mut r) {
             Ok(n) => n,

@@ -183,6 +183,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code's name in `docs/PROTOCOL.md` §9 (`AUTH_FAILED`), for messages.
+    pub fn name(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            UnsupportedVersion => "UNSUPPORTED_VERSION",
+            Malformed => "MALFORMED",
+            Checksum => "CHECKSUM",
+            TooLarge => "TOO_LARGE",
+            AuthFailed => "AUTH_FAILED",
+            Forbidden => "FORBIDDEN",
+            ClockSkew => "CLOCK_SKEW",
+            Internal => "INTERNAL",
+            Timeout => "TIMEOUT",
+            RateLimited => "RATE_LIMITED",
+            SameNode => "SAME_NODE",
+            Unexpected => "UNEXPECTED",
+            ShuttingDown => "SHUTTING_DOWN",
+            InvalidPolicy => "INVALID_POLICY",
+        }
+    }
+
     /// From the wire number (unknown numbers read as `Internal`).
     pub fn from_u16(n: u16) -> ErrorCode {
         use ErrorCode::*;

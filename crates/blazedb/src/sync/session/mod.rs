@@ -128,7 +128,11 @@ impl Default for SessionConfig {
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("sync session ended ({code:?}): {message}")]
+#[error(
+    "sync session ended ({}{}): {message}",
+    code.name(),
+    if *remote { ", reported by the peer" } else { "" }
+)]
 pub struct SyncError {
     /// The protocol error code (sent to or received from the peer).
     pub code: ErrorCode,
