@@ -83,7 +83,7 @@ fn a_filter_on_auth_claims_is_refused_by_a_listen_peer() {
     );
     assert!(!ok, "a filter that can match nothing was accepted");
     assert!(
-        err.starts_with("error: ") && err.contains("$auth") && err.contains("InvalidPolicy"),
+        err.starts_with("error: ") && err.contains("$auth") && err.contains("INVALID_POLICY"),
         "{err}"
     );
     // The same filter with the value written out works.
@@ -119,7 +119,7 @@ fn a_refused_filter_ends_sync_watch_at_once() {
     assert!(!status.success());
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(
-        err.contains("error: ") && err.contains("$auth") && err.contains("InvalidPolicy"),
+        err.contains("error: ") && err.contains("$auth") && err.contains("INVALID_POLICY"),
         "{err}"
     );
     assert_eq!(export(&a, "notes").len(), 0);

@@ -51,7 +51,7 @@ async fn a_refused_policy_fails_the_wait_with_the_peers_reason() {
     assert_eq!(ended.nodes, ("a".to_string(), "b".to_string()));
     let message = err.to_string();
     assert!(
-        message.contains("$auth") && message.contains("InvalidPolicy"),
+        message.contains("$auth") && message.contains("INVALID_POLICY"),
         "{message}"
     );
     assert_eq!(count(&b, "notes"), 0);
