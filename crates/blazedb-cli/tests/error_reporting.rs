@@ -111,6 +111,7 @@ fn sync_refuses_what_is_neither_a_file_nor_a_url() {
             "write wss://relay.example/v1/sync",
         ),
         ("ws:127.0.0.1:7420", "write ws://127.0.0.1:7420"),
+        ("tcp:/127.0.0.1:7500", "write tcp://127.0.0.1:7500,"),
     ] {
         let run = run_on("sync", &a, &[b, "--once"]).failure(2);
         assert!(run.stderr.contains(says), "{b}: {}", run.stderr);
@@ -150,6 +151,35 @@ fn a_failed_sync_creates_nothing_and_a_bad_filter_exits_2() {
     )
     .failure(2);
     assert!(run.stderr.contains("invalid expression"), "{}", run.stderr);
+}
+
+/// A network sync that fails before anything arrives (here: nothing listens at the URL)
+/// says what to check and removes the database file it created for DB_A; an existing file
+/// stays.
+#[test]
+fn a_failed_network_sync_says_what_to_check_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let fresh = dir.path().join("fresh.db");
+    let run = run_on("sync", &fresh, &[&url, "--once"]).failure(1);
+    assert!(
+        run.stderr
+            .contains("nothing listens there: is `blazedb listen` or `blazedb serve` running"),
+        "{}",
+        run.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let db = TestDb::new();
+    db.put("bugs", "{}");
+    db.run("sync", &[&url, "--once"]).failure(1);
+    assert_eq!(db.run("export", &["bugs"]).success().json_lines().len(), 1);
 }
 
 /// `listen --token ""` would accept anyone: refused, as `serve` refuses it.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use blazedb::sync::{ErrorCode, Session, SessionConfig, SyncMode};
+use blazedb::sync::{ErrorCode, Session, SessionConfig, SessionEvent, SyncMode};
 use blazedb::{
     Change, Database, Patch, PeerDirection, RecordId, Seq, StagedParts, StagingId, Value,
 };
@@ -1365,6 +1365,42 @@ fn a_ping_interval_below_the_minimum_counts_as_the_minimum() {
         drain(&mut s, &a).len(),
         1,
         "one PING at the minimum interval"
+    );
+}
+
+/// A connection that stays silent from the start (no HELLO: another kind of server on the
+/// port) times out saying so, not "the peer or the network is down"; one that went quiet
+/// after its HELLO keeps that message.
+#[test]
+fn a_peer_that_never_says_hello_is_named_as_probably_not_blazedb() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a");
+    let cfg = SessionConfig {
+        idle_timeout_ms: 15_000,
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(&a, cfg, 0).unwrap();
+    drain(&mut s, &a); // Our HELLO.
+    s.handle_timeout(15_000, &a);
+    assert!(s.is_closed());
+    let ended = std::iter::from_fn(|| s.poll_event())
+        .find_map(|e| match e {
+            SessionEvent::Closed(error) => Some(error),
+            _ => None,
+        })
+        .expect("closed with an error");
+    assert_eq!(ended.code, ErrorCode::Timeout);
+    assert!(
+        ended
+            .message
+            .contains("said no HELLO in 15000 ms although the connection is open"),
+        "{ended}"
+    );
+    assert!(
+        ended
+            .to_string()
+            .starts_with("sync session ended (TIMEOUT): "),
+        "{ended}"
     );
 }
 

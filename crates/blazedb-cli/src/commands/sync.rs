@@ -25,7 +25,7 @@ use blazedb_net::{
 use clap::Args;
 use serde_json::json;
 
-use crate::database::Context;
+use crate::database::{remove_new_database, will_create_database, Context};
 use crate::output::Output;
 use crate::password::{hand_over, resolve, Password, PASSWORD_ENV};
 use crate::report::{RefusedByPeer, UsageError};
@@ -291,7 +291,10 @@ fn peer_url(db_b: &std::path::Path) -> Result<Option<Endpoint>> {
     }
     let (scheme, rest) = s.split_once(':').expect("scheme_like or address_like");
     let what = if ["ws", "wss", "tcp", "tls"].contains(&scheme.to_ascii_lowercase().as_str()) {
-        format!("{s:?} is not a peer URL: write {scheme}://{rest}")
+        format!(
+            "{s:?} is not a peer URL: write {scheme}://{}",
+            rest.trim_start_matches('/')
+        )
     } else if address_like {
         format!(
             "{s:?} is neither a database file nor a peer URL: write the URL with its scheme \
@@ -316,6 +319,9 @@ async fn run_network(
         .selective
         .policy(FilterPeer::network(args.token.as_deref()))?;
     let path = args.db_a.clone();
+    // A sync that fails (nothing listens at the URL, a refused token) removes the file it
+    // created for DB_A, as the file-to-file sync does: a typo must not leave empty databases.
+    let is_new = will_create_database(&args.db_a);
     let options = OpenOptions {
         password: hand_over(password),
         create: true,
@@ -348,13 +354,24 @@ async fn run_network(
         watch_other_processes: true,
         ..ClientOptions::default()
     };
-    let report = if args.once {
-        sync_once(db, &endpoint, &opts).await?
+    let result = if args.once {
+        sync_once(db.clone(), &endpoint, &opts).await
     } else {
-        sync_watch(db, &endpoint, &opts, interrupted(), |e| {
+        sync_watch(db.clone(), &endpoint, &opts, interrupted(), |e| {
             eprintln!("{}", event_json(&e, &args.db_a));
         })
-        .await?
+        .await
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            // Every session has ended, so ours is the last handle unless a task is still
+            // letting go of its clone; then the file stays (best effort).
+            if let (true, Ok(db)) = (is_new, Arc::try_unwrap(db)) {
+                remove_new_database(db, &args.db_a);
+            }
+            return Err(e.into());
+        }
     };
     let mut out = Output::stdout();
     out.json(&report.to_json())?;

@@ -156,6 +156,11 @@ impl Database {
     /// Subscribe to committed changes of `collection`, optionally only of records matching
     /// `filter` (for deletes: that matched before the delete). `capacity` bounds the buffer
     /// (default 1024 events).
+    ///
+    /// Events come from commits made through this handle (local writes, and changes its sync
+    /// sessions apply), not from other handles or processes on the same file, such as a
+    /// separate `blazedb sync`: to see those, sync through this handle or re-query when
+    /// `blazedb_net`'s file watch reports a new head.
     pub fn watch(
         &self,
         collection: &str,

@@ -1092,14 +1092,22 @@ impl Session {
             return;
         }
         if now_ms.saturating_sub(self.last_recv_ms) >= self.cfg.idle_timeout_ms {
-            let _ = self.fail(
-                ErrorCode::Timeout,
+            let message = if self.state == State::AwaitHello {
+                // The connection works (the transport opened it), but no HELLO came: a
+                // BlazeDB peer sends one at once, so this is most likely another kind of
+                // server on that port.
+                format!(
+                    "the peer said no HELLO in {} ms although the connection is open: it is \
+                     probably not a BlazeDB peer (check the host and port), or badly overloaded",
+                    self.cfg.idle_timeout_ms
+                )
+            } else {
                 format!(
                     "nothing received for {} ms: the peer or the network is down",
                     self.cfg.idle_timeout_ms
-                ),
-                now_ms,
-            );
+                )
+            };
+            let _ = self.fail(ErrorCode::Timeout, message, now_ms);
             return;
         }
         if now_ms.saturating_sub(self.last_send_ms) >= self.ping_interval_ms() {
