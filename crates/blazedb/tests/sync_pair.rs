@@ -1404,6 +1404,66 @@ fn a_peer_that_never_says_hello_is_named_as_probably_not_blazedb() {
     );
 }
 
+/// A peer of another protocol version is refused at its HELLO with UNSUPPORTED_VERSION,
+/// naming both versions and what to do, before anything else of it is read; the ERROR frame
+/// it gets says the same, and our side's report says we detected it.
+#[test]
+fn a_peer_of_another_protocol_version_is_told_both_versions() {
+    use blazedb::limits::PROTOCOL_VERSION;
+    use blazedb::sync::frame::{FrameDecoder, FrameEncoder};
+    use blazedb::sync::message::{decode_simple, encode_simple, kind, Hello, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a");
+    let mut s = Session::new(&a, SessionConfig::default(), 0).unwrap();
+    let old = Hello {
+        version: PROTOCOL_VERSION - 1,
+        node: blazedb::NodeId([7; 16]),
+        last_seq: blazedb::Seq(0),
+        mode: SyncMode::Both,
+        server: false,
+        caps: 0,
+        token: String::new(),
+    };
+    let (k, payload) = encode_simple(&Message::Hello(old));
+    let frame = FrameEncoder::default().encode(k, false, &payload);
+    let _ = s.handle_bytes(1, &frame, &a);
+    assert!(s.is_closed());
+    let ended = std::iter::from_fn(|| s.poll_event())
+        .find_map(|e| match e {
+            SessionEvent::Closed(error) => Some(error),
+            _ => None,
+        })
+        .expect("closed with an error");
+    assert_eq!(ended.code, ErrorCode::UnsupportedVersion);
+    assert!(!ended.remote);
+    let expected = format!(
+        "peer speaks protocol {}, this node {PROTOCOL_VERSION}: upgrade the older one",
+        PROTOCOL_VERSION - 1
+    );
+    assert!(ended.message.contains(&expected), "{ended}");
+    assert!(ended
+        .to_string()
+        .starts_with("sync session ended (UNSUPPORTED_VERSION): "));
+    // What the old peer reads: our HELLO, then the ERROR.
+    let mut dec = FrameDecoder::default();
+    for bytes in drain(&mut s, &a) {
+        dec.push(&bytes);
+    }
+    let mut said = None;
+    while let Some(f) = dec.next_frame().unwrap() {
+        if f.kind == kind::ERROR {
+            said = Some(decode_simple(f.kind, &f.payload).unwrap());
+        }
+    }
+    match said {
+        Some(Message::Error { code, message }) => {
+            assert_eq!(code, ErrorCode::UnsupportedVersion);
+            assert!(message.contains(&expected), "{message}");
+        }
+        other => panic!("expected an ERROR frame, got {other:?}"),
+    }
+}
+
 /// Two sessions receiving from the same peer into one file (two processes on the file, a
 /// relay with two connections from one node) stage their units apart: one starting a unit
 /// neither replaces nor deletes the other's parts, each applies exactly its own, and an apply
