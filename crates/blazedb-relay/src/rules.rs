@@ -199,9 +199,14 @@ impl Rules {
                 .flat_map(|(name, c)| {
                     [("read", &c.read), ("write", &c.write)]
                         .into_iter()
-                        .filter(
-                            |(_, rule)| matches!(rule, Rule::Expr(e) if mentions_auth(e.root())),
-                        )
+                        .filter(|(_, rule)| match rule {
+                            Rule::Expr(e) => {
+                                let mut params = BTreeSet::new();
+                                e.root().collect_params(&mut params);
+                                params.contains("auth")
+                            }
+                            Rule::Constant(_) => false,
+                        })
                         .map(move |(key, _)| format!("[{name}] {key}"))
                 })
                 .collect();
@@ -341,17 +346,6 @@ impl Rules {
 
 /// Rules (and `/v1/query` expressions) may only use `$auth`: any other parameter would
 /// always be unknown, silently denying everything — almost certainly a typo.
-/// Whether an expression reads `$auth` anywhere.
-fn mentions_auth(node: &Node) -> bool {
-    match node {
-        Node::Param { .. } => true,
-        Node::Literal(_) | Node::Field(_) | Node::RecordId => false,
-        Node::List(items) | Node::And(items) | Node::Or(items) => items.iter().any(mentions_auth),
-        Node::Not(n) | Node::Exists(n) => mentions_auth(n),
-        Node::Binary { lhs, rhs, .. } => mentions_auth(lhs) || mentions_auth(rhs),
-    }
-}
-
 pub(crate) fn check_params(node: &Node) -> Result<(), String> {
     match node {
         Node::Param { name, .. } if name != "auth" => Err(format!(

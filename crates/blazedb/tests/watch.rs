@@ -57,6 +57,13 @@ fn slow_subscriber_lags_instead_of_growing() {
     assert_eq!(got, 4);
     assert!(db.watch("c", None, Some(0)).is_err());
     assert!(db.watch("c", Some("a =="), None).is_err());
+    // A parameter would never have a value in a watch: refused, not silently matching nothing.
+    match db.watch("c", Some("owner == $user.id"), None) {
+        Err(blazedb::Error::InvalidArgument(m)) => {
+            assert!(m.contains("cannot use parameters ($user)"), "{m}")
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
 }
 
 #[test]

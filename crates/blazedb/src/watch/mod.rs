@@ -168,6 +168,16 @@ impl Database {
         capacity: Option<usize>,
     ) -> Result<Watch> {
         let filter = filter.map(crate::query::parse).transpose()?;
+        if let Some(f) = &filter {
+            let mut params = std::collections::BTreeSet::new();
+            f.root().collect_params(&mut params);
+            if let Some(name) = params.first() {
+                return Err(Error::InvalidArgument(format!(
+                    "a watch filter cannot use parameters (${name}): a watch has none to give \
+                     them, so the filter would match nothing; write the value into the filter"
+                )));
+            }
+        }
         let capacity = capacity.unwrap_or(WATCH_BUFFER_EVENTS_DEFAULT);
         if capacity == 0 || capacity > WATCH_BUFFER_EVENTS_MAX {
             return Err(Error::InvalidArgument(format!(
