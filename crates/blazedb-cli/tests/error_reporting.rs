@@ -277,3 +277,31 @@ fn ids_inside_update_and_import_json_are_checked_and_explained() {
         run.stderr
     );
 }
+
+/// An update operator that does not fit the field's kind says what the field holds and how to
+/// change its kind, and changes nothing.
+#[test]
+fn an_operator_on_the_wrong_kind_of_field_says_how_to_change_its_kind() {
+    let db = TestDb::new();
+    let id = db.put("c", r#"{"n": 1, "s": "x"}"#);
+    let run = db
+        .run("update", &["c", &id, r#"{"n": {"$add": [2]}}"#])
+        .failure(1);
+    assert!(
+        run.stderr.contains(
+            "field \"n\" holds an int, and set add/remove needs a set (list): to change its kind, \
+             write the field with a plain value of that kind first"
+        ),
+        "{}",
+        run.stderr
+    );
+    let run = db
+        .run("update", &["c", &id, r#"{"s": {"$inc": 1}}"#])
+        .failure(1);
+    assert!(
+        run.stderr.contains("field \"s\" holds a text"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(db.get("c", &id)["n"], 1);
+}

@@ -133,7 +133,11 @@ pub enum WriteError {
         max: usize,
     },
     /// An operation does not fit the field's current value (e.g. increment of a text).
-    #[error("field {field:?} holds a {found}; {op} needs {expected}")]
+    #[error(
+        "field {field:?} holds {} {found}, and {op} needs {expected}: to change its kind, write \
+         the field with a plain value of that kind first",
+        article(found)
+    )]
     TypeMismatch {
         /// The field.
         field: String,
@@ -214,6 +218,15 @@ impl Error {
             e.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         )
+    }
+}
+
+/// "an" before a type name that starts with a vowel ("an int"), else "a".
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
