@@ -398,7 +398,8 @@ fn deletes_reach_only_readers_that_could_see_the_record() {
 /// A refused write to a record the writer may not read is undone without showing it anything:
 /// a note that left its view while it was away, a record of a closed collection it held a copy
 /// of, and an insert into that collection all go from its copy (by EVICT: the server evicts
-/// every record the peer wrote that is outside its view afterwards, refused or not). Records
+/// every record the peer wrote that is outside its view afterwards, refused or not), its
+/// refused values kept as conflicts. Records
 /// others write later that it may not read stay unknown to it, not even named in an EVICT.
 #[test]
 fn a_refused_write_to_a_record_the_writer_may_not_read_is_undone() {
@@ -489,6 +490,31 @@ fn a_refused_write_to_a_record_the_writer_may_not_read_is_undone() {
     }
     assert!(client.record_state("notes", note).unwrap().is_none());
     assert!(client.record_state("admin", admin).unwrap().is_none());
+    // ... but not its refused values: the server never restates a record the client may not
+    // read, so the eviction keeps each value of the client's that the server refused as a
+    // conflict ("Nothing silently lost"; they used to go with the eviction, unrecorded). Only
+    // those: the server's own values, and the client's accepted earlier, are no losers.
+    let mut lost: Vec<(RecordId, String, Option<Value>)> = client
+        .conflicts(None)
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            assert!(c.winner.is_none(), "{c:?}");
+            assert_eq!(c.loser_version.node, client.node_id());
+            assert_eq!(c.winner_version.node, server.node_id());
+            (c.record, c.cell, c.loser)
+        })
+        .collect();
+    lost.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut expected = vec![
+        (note, "text".to_owned(), Some(Value::from("mine"))),
+        (admin, "x".to_owned(), Some(Value::Int(2))),
+        (sneaky, "$record".to_owned(), Some(Value::Bool(true))),
+        (sneaky, "locked".to_owned(), Some(Value::Bool(true))),
+        (sneaky, "x".to_owned(), Some(Value::Int(3))),
+    ];
+    expected.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    assert_eq!(lost, expected);
 
     // What others write into the closed collection later is not the client's to learn, not
     // even by an EVICT.

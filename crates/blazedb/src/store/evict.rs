@@ -43,6 +43,20 @@ pub struct EvictGuard {
     pub acked: Seq,
 }
 
+/// Values of this node a peer refused (its access rules: a REJECT) in the records being
+/// evicted: before each record goes, its cells written here at feed positions past `after`
+/// are recorded as conflicts lost to `peer` ("Nothing silently lost"). A refused write to a
+/// record the writer may not read (a closed collection, a read rule it fails) is never
+/// restated to it, so without this its eviction was the last trace of the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusedBy {
+    /// The peer that refused them.
+    pub peer: NodeId,
+    /// Our feed position the peer had acknowledged when it refused them: cells of ours past
+    /// it were in the refused unit (or sent with it).
+    pub after: Seq,
+}
+
 /// What [`Database::evict`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EvictOutcome {
@@ -89,7 +103,22 @@ impl Database {
         ids: &[RecordId],
         guard: Option<EvictGuard>,
     ) -> Result<EvictOutcome> {
+        let ids: Vec<(RecordId, Option<RefusedBy>)> = ids.iter().map(|&id| (id, None)).collect();
+        self.evict_keeping_refused(collection, &ids, guard)
+    }
+
+    /// [`Database::evict`], where a record paired with [`RefusedBy`] first has the values of
+    /// ours the peer refused recorded as conflicts (`conflicts()` lists them: winner absent,
+    /// versioned as the refused cell with the peer's node; loser our value), in the same
+    /// transaction as the eviction.
+    pub fn evict_keeping_refused(
+        &self,
+        collection: &str,
+        ids: &[(RecordId, Option<RefusedBy>)],
+        guard: Option<EvictGuard>,
+    ) -> Result<EvictOutcome> {
         let mut outcome = EvictOutcome::default();
+        let own = self.node;
         let mut inner = self.lock()?;
         let Some(coll) = inner.collection_id(collection) else {
             return Ok(outcome);
@@ -99,7 +128,7 @@ impl Database {
         write_tx(&mut inner, |inner| {
             let guard_src = guard.map(|g| (g.acked, inner.nodes.known(&g.peer).map(|i| i + 1)));
             let seq = inner.clock_row()?.0;
-            for &id in ids {
+            for &(id, refused) in ids {
                 let Some((state, rev)) = inner.record_state(coll, id)? else {
                     continue;
                 };
@@ -108,6 +137,9 @@ impl Database {
                         outcome.kept_pending += 1;
                         continue;
                     }
+                }
+                if let Some(refused) = refused {
+                    keep_refused_as_conflicts(inner, coll, id, &state, own, refused)?;
                 }
                 let live = state.is_live();
                 if watched && live {
@@ -431,4 +463,51 @@ fn field_cell_prefixes(field: &str) -> (Vec<u8>, i64, Vec<u8>, Vec<u8>) {
     let plain = prefix(1);
     let n = plain.len() as i64;
     (plain, n, prefix(2), prefix(3))
+}
+
+/// Record the cells of `state` written here (`own`) past `refused.after` as conflicts lost
+/// to `refused.peer`: the winner is "absent" (the peer holds none of it), so resolving one
+/// with `None` drops it and with a value writes it again (where the rules now allow it).
+fn keep_refused_as_conflicts(
+    inner: &mut Inner,
+    coll: i64,
+    id: RecordId,
+    state: &RecordState,
+    own: NodeId,
+    refused: RefusedBy,
+) -> Result<()> {
+    use crate::crdt::CellValue;
+    use crate::Version;
+    let policy = inner.policies.get(&coll).cloned();
+    for cell in state.cells() {
+        if cell.version.node != own || cell.seq <= refused.after {
+            continue;
+        }
+        let absent = match cell.value {
+            CellValue::Count(_) => CellValue::Count(0),
+            _ => CellValue::Absent,
+        };
+        let winner = Cell {
+            key: cell.key.clone(),
+            value: absent,
+            version: Version {
+                hlc: cell.version.hlc,
+                node: refused.peer,
+            },
+            prev: Some(cell.version),
+            seen: Default::default(),
+            seq: cell.seq,
+        };
+        super::write::insert_conflict(
+            &inner.conn,
+            &mut inner.nodes,
+            policy.as_ref(),
+            coll,
+            id,
+            &winner,
+            cell,
+            cell.seq,
+        )?;
+    }
+    Ok(())
 }

@@ -60,12 +60,18 @@ use crate::limits::{
 };
 use crate::query::Params;
 use crate::store::{
-    Change, Database, EvictGuard, PeerDirection, SnapshotApplied, SnapshotKey, SnapshotScope,
+    Change, Database, EvictGuard, PeerDirection, RefusedBy, SnapshotApplied, SnapshotKey,
+    SnapshotScope,
 };
 use crate::store::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED, PUSHES_ONLY_NOTE, SERVER_NOTE};
 
 use crate::types::Seq;
 use crate::{NodeId, PastVisibility, RecordId, StagedParts, StagingId};
+
+/// Records of ours a peer refused that a session remembers until the peer evicts them from
+/// us (`Session::refused_by_peer`): a client refused this many times before the EVICTs come
+/// loses the oldest notes (their values would then go with the eviction, unrecorded).
+const REFUSED_RECORDS_REMEMBERED_MAX: usize = 100_000;
 
 mod receive;
 mod send;
@@ -391,6 +397,12 @@ pub struct Session {
     view_pending: Option<String>,
     /// Records to evict at the peer, sent once the current unit is complete.
     evict_pending: Vec<(String, RecordId)>,
+    /// Records of ours the peer refused (REJECT), with how far it had acknowledged our feed
+    /// then: if it then EVICTs one (we may not read it), our refused values in it are kept
+    /// as conflicts before it goes (`Database::evict_keeping_refused`). At most
+    /// [`REFUSED_RECORDS_REMEMBERED_MAX`]; the oldest go first.
+    refused_by_peer: std::collections::BTreeMap<(String, RecordId), Seq>,
+    refused_order: std::collections::VecDeque<(String, RecordId)>,
     /// EVICTs went out right after this position, followed by a PING with this nonce, and
     /// neither a later unit's ACK nor that PONG has come back: the peer may not have them (a
     /// disconnect right after the unit's ACK loses them). Persisted as the peer note
@@ -480,6 +492,8 @@ impl Session {
             replacing_snapshot_due: false,
             view_pending: None,
             evict_pending: Vec::new(),
+            refused_by_peer: Default::default(),
+            refused_order: Default::default(),
             evicts_unconfirmed: None,
             evicts_note: None,
             restate_pending: Vec::new(),
@@ -844,6 +858,9 @@ impl Session {
             }
             (State::Open, Message::Reject { rejections }) => {
                 self.stats.changes_rejected_by_peer += rejections.len() as u64;
+                for r in &rejections {
+                    self.remember_refused(r.collection.clone(), r.id);
+                }
                 self.events.push_back(SessionEvent::Rejected(rejections));
                 Ok(())
             }

@@ -112,12 +112,42 @@ impl Session {
                 peer,
                 acked: self.acked,
             };
-            match db.evict(&c, &ids, Some(guard)) {
+            // One the peer refused our write to: the eviction keeps our refused values as
+            // conflicts (the peer never restates a record we may not read, so nothing else
+            // would).
+            let ids: Vec<(RecordId, Option<RefusedBy>)> = ids
+                .into_iter()
+                .map(|id| {
+                    let refused = self
+                        .refused_by_peer
+                        .remove(&(c.clone(), id))
+                        .map(|after| RefusedBy { peer, after });
+                    (id, refused)
+                })
+                .collect();
+            match db.evict_keeping_refused(&c, &ids, Some(guard)) {
                 Ok(out) => self.stats.evicted += out.evicted as u64,
                 Err(e) => return Err(self.internal(e, now_ms)),
             }
         }
         Ok(())
+    }
+
+    /// Note a record the peer refused our write to (see `refused_by_peer`).
+    pub(super) fn remember_refused(&mut self, collection: String, id: RecordId) {
+        let key = (collection, id);
+        if self
+            .refused_by_peer
+            .insert(key.clone(), self.acked)
+            .is_none()
+        {
+            self.refused_order.push_back(key);
+        }
+        while self.refused_order.len() > REFUSED_RECORDS_REMEMBERED_MAX {
+            if let Some(old) = self.refused_order.pop_front() {
+                self.refused_by_peer.remove(&old);
+            }
+        }
     }
 
     /// After applying the peer's write: the records it may have moved into its view are
