@@ -125,6 +125,19 @@ async fn reads_are_filtered_forbidden_writes_rejected_not_forwarded_and_reverted
     })
     .await;
     assert_eq!(r.count("admin").unwrap(), 1);
+    // ... and what bob wrote there is not lost without a word: his copy went by EVICT (the
+    // relay never shows him the closed collection), his value stays listed as a conflict.
+    let kept: Vec<_> = bob_db
+        .conflicts(Some("admin"))
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.record == sneaky)
+        .map(|c| (c.cell, c.loser))
+        .collect();
+    assert!(
+        kept.contains(&("x".to_owned(), Some(Value::Int(1)))),
+        "{kept:?}"
+    );
 
     // An allowed write (bob reports a public bug) reaches the relay and alice.
     let ok = bob_db
