@@ -152,6 +152,29 @@ async fn anonymous_relay_admits_only_local_pages_and_loopback_hosts() {
     );
     assert_eq!(status, 403);
     assert_eq!(body["code"], "host_not_allowed");
+    // Nor do `/health` and `/metrics` answer that name (they name the node and its peers'
+    // lag); addressed to the relay's own loopback address they do.
+    for path in ["/health", "/metrics"] {
+        let status_for = |host: String| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+            let req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out.split(' ').nth(1).unwrap_or_default().to_owned()
+        };
+        assert_eq!(
+            status_for(format!("rebind.evil.example.com:{port}")).await,
+            "403",
+            "{path}"
+        );
+        assert_eq!(
+            status_for(format!("127.0.0.1:{port}")).await,
+            "200",
+            "{path}"
+        );
+    }
     connect_ws_url(
         relay.addr,
         &format!("ws://localhost:{port}/v1/sync"),
