@@ -49,8 +49,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return report::usage_error(&e),
     };
+    let password_from_env = cli.global.password_file.is_none()
+        && std::env::var_os(password::PASSWORD_ENV).is_some_and(|v| !v.is_empty());
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report::failure(&e),
+        Err(e) => report::failure(&e, password_from_env),
     }
 }

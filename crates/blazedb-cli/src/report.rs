@@ -50,11 +50,20 @@ impl fmt::Display for RefusedByPeer {
 impl StdError for RefusedByPeer {}
 
 /// Report a failed command and choose its exit code.
-pub fn failure(err: &anyhow::Error) -> ExitCode {
+///
+/// `password_from_env`: the database password came from `BLAZEDB_PASSWORD` (no
+/// `--password-file`), which a wrong-password or not-encrypted error then names: an exported
+/// variable is easy to forget, and it reaches every command of the shell (a relay started
+/// from it encrypts its store with it).
+pub fn failure(err: &anyhow::Error, password_from_env: bool) -> ExitCode {
     if is_stdout_closed_by_reader(err) {
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: {}", one_line(err));
+    let mut line = one_line(err);
+    if password_from_env {
+        line.push_str(password_source_hint(err));
+    }
+    eprintln!("error: {line}");
     // The caret under the expression is worth the extra lines for a person at a terminal;
     // scripts keep their one line (the column is in it).
     if let Some(QueryError::Syntax { excerpt, .. }) = err.chain().find_map(query_error) {
@@ -69,6 +78,29 @@ pub fn failure(err: &anyhow::Error) -> ExitCode {
         .chain()
         .any(|e| e.is::<UsageError>() || query_error(e).is_some());
     ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
+}
+
+/// Where the password of a failed open came from, for the errors that depend on it.
+fn password_source_hint(err: &anyhow::Error) -> &'static str {
+    use blazedb::OpenError;
+    let open = err.chain().find_map(|e| {
+        e.downcast_ref::<OpenError>()
+            .or(match e.downcast_ref::<blazedb::Error>() {
+                Some(blazedb::Error::Open(o)) => Some(o),
+                _ => None,
+            })
+    });
+    match open {
+        Some(OpenError::NotEncrypted { .. }) => {
+            " (the password came from BLAZEDB_PASSWORD: unset it for this file, e.g. `env -u \
+             BLAZEDB_PASSWORD blazedb ...`)"
+        }
+        Some(OpenError::WrongPassword { .. }) => {
+            " (the password came from BLAZEDB_PASSWORD: is it still the old one after a \
+             rekey, or meant for another file?)"
+        }
+        _ => "",
+    }
 }
 
 /// Report a command line clap refused (or print the help or version it asked for).

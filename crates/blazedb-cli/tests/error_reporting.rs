@@ -305,3 +305,47 @@ fn an_operator_on_the_wrong_kind_of_field_says_how_to_change_its_kind() {
     );
     assert_eq!(db.get("c", &id)["n"], 1);
 }
+
+/// A password from `BLAZEDB_PASSWORD` that does not fit the file is named as coming from
+/// there (an exported variable reaches every command of the shell); one from
+/// `--password-file` is not.
+#[test]
+fn a_password_from_the_environment_that_does_not_fit_is_named() {
+    let db = TestDb::new();
+    db.put("bugs", "{}");
+    let run = db
+        .run_with_password(Some("s3cret"), "export", &["bugs"])
+        .failure(1);
+    assert!(
+        run.stderr.contains("is not encrypted")
+            && run
+                .stderr
+                .contains("the password came from BLAZEDB_PASSWORD: unset it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+
+    let enc = TestDb::encrypted("right");
+    enc.put("bugs", "{}");
+    let run = enc
+        .run_with_password(Some("wrong"), "export", &["bugs"])
+        .failure(1);
+    assert!(
+        run.stderr.contains("wrong password")
+            && run.stderr.contains("still the old one after a rekey"),
+        "{}",
+        run.stderr
+    );
+    let file = enc.file("pw.txt");
+    std::fs::write(&file, "wrong").unwrap();
+    let run = enc
+        .run_with_password(
+            None,
+            "export",
+            &["bugs", "--password-file", file.to_str().unwrap()],
+        )
+        .failure(1);
+    assert!(run.stderr.contains("wrong password"), "{}", run.stderr);
+    assert!(!run.stderr.contains("BLAZEDB_PASSWORD"), "{}", run.stderr);
+}
