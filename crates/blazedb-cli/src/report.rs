@@ -223,7 +223,7 @@ mod tests {
     fn a_reader_closing_stdout_is_not_a_failure() {
         let closed = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
         let err = anyhow::Error::new(StdoutError(closed)).context("exporting notes");
-        assert_eq!(failure(&err), ExitCode::SUCCESS);
+        assert_eq!(failure(&err, false), ExitCode::SUCCESS);
     }
 
     #[test]
