@@ -245,7 +245,7 @@ mod tests {
                 report: Box::new(report),
             },
         ));
-        assert_eq!(failure(&err), ExitCode::from(EXIT_FAILED));
+        assert_eq!(failure(&err, false), ExitCode::from(EXIT_FAILED));
     }
 
     #[test]
