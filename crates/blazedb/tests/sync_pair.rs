@@ -1368,6 +1368,16 @@ fn a_ping_interval_below_the_minimum_counts_as_the_minimum() {
     );
 }
 
+/// The error a closed session ended with (its `Closed` event).
+fn closed_error(s: &mut Session) -> blazedb::sync::SyncError {
+    std::iter::from_fn(|| s.poll_event())
+        .find_map(|e| match e {
+            SessionEvent::Closed(error) => Some(error),
+            _ => None,
+        })
+        .expect("closed with an error")
+}
+
 /// A connection that stays silent from the start (no HELLO: another kind of server on the
 /// port) times out saying so, not "the peer or the network is down"; one that went quiet
 /// after its HELLO keeps that message.
@@ -1383,12 +1393,7 @@ fn a_peer_that_never_says_hello_is_named_as_probably_not_blazedb() {
     drain(&mut s, &a); // Our HELLO.
     s.handle_timeout(15_000, &a);
     assert!(s.is_closed());
-    let ended = std::iter::from_fn(|| s.poll_event())
-        .find_map(|e| match e {
-            SessionEvent::Closed(error) => Some(error),
-            _ => None,
-        })
-        .expect("closed with an error");
+    let ended = closed_error(&mut s);
     assert_eq!(ended.code, ErrorCode::Timeout);
     assert!(
         ended
@@ -1428,12 +1433,7 @@ fn a_peer_of_another_protocol_version_is_told_both_versions() {
     let frame = FrameEncoder::default().encode(k, false, &payload);
     let _ = s.handle_bytes(1, &frame, &a);
     assert!(s.is_closed());
-    let ended = std::iter::from_fn(|| s.poll_event())
-        .find_map(|e| match e {
-            SessionEvent::Closed(error) => Some(error),
-            _ => None,
-        })
-        .expect("closed with an error");
+    let ended = closed_error(&mut s);
     assert_eq!(ended.code, ErrorCode::UnsupportedVersion);
     assert!(!ended.remote);
     let expected = format!(
