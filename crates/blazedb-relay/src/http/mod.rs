@@ -30,14 +30,34 @@ use crate::state::State;
 
 /// The relay's routes.
 pub(crate) fn router(state: Arc<State>) -> Router {
+    // `/v1/sync` and `/v1/query` check `Host` with `Origin` themselves (their answers to
+    // refused origins differ); the status endpoints need the `Host` check alone.
+    let status = Router::new()
+        .route("/health", get(status::health))
+        .route("/metrics", get(status::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            host_only,
+        ));
     Router::new()
         .route("/v1/sync", get(sync::upgrade))
         .route("/v1/query", post(query::run).options(query::preflight))
-        .route("/health", get(status::health))
-        .route("/metrics", get(status::metrics))
+        .merge(status)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// [`check_host`] in front of a route.
+async fn host_only(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match check_host(&state, req.headers(), req.uri()) {
+        Ok(()) => next.run(req).await,
+        Err(r) => *r,
+    }
 }
 
 /// The connection slot of the HTTP connection a request arrived on, and the client's

@@ -2,30 +2,23 @@
 //! scrape them); neither shows record data. `/metrics` names the node ids of the peers
 //! furthest behind; put the relay behind a proxy that restricts `/metrics` if that matters.
 //! A relay without authentication answers them, as every endpoint, only when addressed to a
-//! loopback name ([`super::check_host`]: a DNS-rebinding page must not read them either).
+//! loopback name (`check_host` in the router: a DNS-rebinding page must not read them either).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State as AxumState;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{check_host, error};
+use super::error;
 use crate::limits::CONFLICTS_REFRESH_MS;
 use crate::metrics::gauge_value;
 use crate::state::State;
 
 /// `{"status", "version", "uptime_s", "connected_clients", "store_bytes", ...}`.
-pub(crate) async fn health(
-    AxumState(state): AxumState<Arc<State>>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    if let Err(r) = check_host(&state, &headers, &uri) {
-        return *r;
-    }
+pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response {
     Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -40,14 +33,7 @@ pub(crate) async fn health(
 }
 
 /// The Prometheus / OpenMetrics text, with the store gauges refreshed first.
-pub(crate) async fn metrics(
-    AxumState(state): AxumState<Arc<State>>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    if let Err(r) = check_host(&state, &headers, &uri) {
-        return *r;
-    }
+pub(crate) async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
     let st = state.clone();
     match tokio::task::spawn_blocking(move || refresh(&st)).await {
         Ok(Ok(())) => {}
