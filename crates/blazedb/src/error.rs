@@ -221,9 +221,9 @@ impl Error {
     }
 }
 
-/// "an" before a type name that starts with a vowel ("an int"), else "a".
+/// The article before a type name as it is spoken: "an int", "a text", "a uuid".
 fn article(word: &str) -> &'static str {
-    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) && !word.starts_with("uu") {
         "an"
     } else {
         "a"
@@ -305,6 +305,15 @@ mod tests {
         db.insert("c", [("blob", big.as_str())]).unwrap();
         assert_eq!(db.count("c").unwrap(), 2);
         assert!(db.get("c", first).unwrap().is_some());
+    }
+
+    #[test]
+    fn type_names_take_the_article_they_are_spoken_with() {
+        let spoken: Vec<String> = ["int", "text", "uuid", "list", "null"]
+            .iter()
+            .map(|t| format!("{} {t}", article(t)))
+            .collect();
+        assert_eq!(spoken, ["an int", "a text", "a uuid", "a list", "a null"]);
     }
 
     #[test]
