@@ -57,7 +57,9 @@ pub use store::{
     HistoryRetention, OpenOptions, OrderBy, PastVisibility, Patch, PeerDirection, PeerInfo, Query,
     QueryStats, Record, Stats, Tx,
 };
-pub use store::{EvictGuard, EvictOutcome, GcOptions, GcReport, RefusedBy, SyncMetadata};
+pub use store::{
+    EvictGuard, EvictOutcome, FieldEviction, GcOptions, GcReport, RefusedBy, SyncMetadata,
+};
 pub use store::{StagedParts, StagingId};
 pub use types::{Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};
 pub use watch::{Event, EventKind, Watch, WatchItem};

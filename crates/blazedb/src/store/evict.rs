@@ -176,18 +176,36 @@ impl Database {
     /// records changed. Watchers get an `Updated` event for each live record whose visible
     /// fields changed (a `Deleted` one if it no longer exists).
     pub fn evict_fields(&self, collection: &str, fields: &[String]) -> Result<usize> {
+        Ok(self.evict_fields_guarded(collection, fields, None)?.changed)
+    }
+
+    /// [`Database::evict_fields`], keeping with a guard the records whose cells in those
+    /// fields include changes `guard.peer` has not acknowledged (written here, or received
+    /// from a third node): they are ours to send first, or a replica that newly excludes a
+    /// field would drop its own unsynced edit of it, everywhere (found by exercising
+    /// `sync --exclude-fields`). [`FieldEviction::kept_until`] says how far the peer must
+    /// acknowledge before evicting them too.
+    pub fn evict_fields_guarded(
+        &self,
+        collection: &str,
+        fields: &[String],
+        guard: Option<EvictGuard>,
+    ) -> Result<FieldEviction> {
         let mut inner = self.lock()?;
         let Some(coll) = inner.collection_id(collection) else {
-            return Ok(0);
+            return Ok(FieldEviction::default());
         };
         if fields.is_empty() {
-            return Ok(0);
+            return Ok(FieldEviction::default());
         }
+        let mut kept_until: Option<Seq> = None;
+        let mut kept_ids: BTreeSet<RecordId> = BTreeSet::new();
         let names: BTreeSet<&str> = fields.iter().map(String::as_str).collect();
         let watched = self.watchers.is_watched();
         let mut events = Vec::new();
         let changed = write_tx(&mut inner, |inner| {
             let seq = inner.clock_row()?.0;
+            let guard_src = guard.map(|g| (g.acked, inner.nodes.known(&g.peer).map(|i| i + 1)));
             let rows: Vec<(Vec<u8>, u64, u64, Vec<u8>)> = {
                 let mut stmt = inner
                     .conn
@@ -206,6 +224,23 @@ impl Database {
                     .any(|c| c.key.field().is_some_and(|f| names.contains(f)))
                 {
                     continue;
+                }
+                if let Some((acked, src)) = guard_src {
+                    let mut pending = None;
+                    for c in state.cells() {
+                        let excluded = c.key.field().is_some_and(|f| names.contains(f));
+                        if excluded
+                            && c.seq > acked
+                            && feed_src(inner, c.seq, coll, id)?.is_some_and(|r| Some(r) != src)
+                        {
+                            pending = pending.max(Some(c.seq));
+                        }
+                    }
+                    if pending.is_some() {
+                        kept_until = kept_until.max(pending);
+                        kept_ids.insert(id);
+                        continue;
+                    }
                 }
                 let kept: Vec<Cell> = state
                     .cells()
@@ -244,15 +279,28 @@ impl Database {
                     rewrite_record(inner, coll, id, rev + 1, &state, &after)?;
                 }
             }
-            delete_field_history(inner, coll, &names)?;
+            delete_field_history(inner, coll, &names, &kept_ids)?;
             Ok(changed)
         })?;
         // Before the lock is released, so that watchers see it in commit order (see
         // `Database::transaction`).
         self.watchers.publish(&events);
         drop(inner);
-        Ok(changed)
+        Ok(FieldEviction {
+            changed,
+            kept_until,
+        })
     }
+}
+
+/// What [`Database::evict_fields_guarded`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldEviction {
+    /// Records whose excluded fields went.
+    pub changed: usize,
+    /// Records were kept for changes the guard's peer has not acknowledged, the newest at
+    /// this position of our feed: evict again once the peer acknowledges it.
+    pub kept_until: Option<Seq>,
 }
 
 /// Run `f` inside `BEGIN IMMEDIATE … COMMIT`; roll back (and forget cache entries made
@@ -415,7 +463,14 @@ pub(super) fn rewrite_record(
 /// Delete the history rows of `fields` in a collection (their conflicts stay, as for evicted
 /// records), linking each record's chain around them so that the history of its other fields
 /// stays whole (see `Inner::remove_history_entries`).
-fn delete_field_history(inner: &Inner, coll: i64, fields: &BTreeSet<&str>) -> Result<()> {
+/// Records in `kept` keep theirs (they keep the fields, for now): their chains stay whole,
+/// and the sweep of unreachable rows waits for a run that keeps none.
+fn delete_field_history(
+    inner: &Inner,
+    coll: i64,
+    fields: &BTreeSet<&str>,
+    kept: &BTreeSet<RecordId>,
+) -> Result<()> {
     // The records with such rows, found in one pass over the table (history has no index
     // by record: see `HISTORY_CHAINS` in schema.rs).
     let mut ids: BTreeSet<RecordId> = BTreeSet::new();
@@ -432,10 +487,13 @@ fn delete_field_history(inner: &Inner, coll: i64, fields: &BTreeSet<&str>) -> Re
             )?);
         }
     }
-    for id in ids {
-        inner.remove_history_entries(coll, id, |key| {
+    for id in ids.difference(kept) {
+        inner.remove_history_entries(coll, *id, |key| {
             key.field().is_some_and(|f| fields.contains(f))
         })?;
+    }
+    if !kept.is_empty() {
+        return Ok(());
     }
     // Rows no chain reaches any more (below a cut by retention) go too: the field's data
     // must leave this replica entirely.

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use zeroize::Zeroizing;
 
-pub use evict::{EvictGuard, EvictOutcome, RefusedBy};
+pub use evict::{EvictGuard, EvictOutcome, FieldEviction, RefusedBy};
 pub use feed::{ApplyOutcome, Change, ChangeBatch, Conflict, PeerDirection, PeerInfo};
 pub(crate) use feed::{NOTE_EVICTS, NOTE_EVICTS_UNAPPLIED};
 pub use gc::{GcOptions, GcReport, SyncMetadata};

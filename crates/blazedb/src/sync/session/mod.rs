@@ -402,6 +402,9 @@ pub struct Session {
     /// as conflicts before it goes (`Database::evict_keeping_refused`). At most
     /// [`REFUSED_RECORDS_REMEMBERED_MAX`]; the oldest go first.
     refused_by_peer: std::collections::BTreeMap<(String, RecordId), Seq>,
+    /// Fields our policy excludes were kept in records with changes the peer had not
+    /// acknowledged, up to this position of our feed: evicted once it has.
+    fields_kept_until: Option<Seq>,
     refused_order: std::collections::VecDeque<(String, RecordId)>,
     /// EVICTs went out right after this position, followed by a PING with this nonce, and
     /// neither a later unit's ACK nor that PONG has come back: the peer may not have them (a
@@ -493,6 +496,7 @@ impl Session {
             view_pending: None,
             evict_pending: Vec::new(),
             refused_by_peer: Default::default(),
+            fields_kept_until: None,
             refused_order: Default::default(),
             evicts_unconfirmed: None,
             evicts_note: None,
@@ -808,6 +812,11 @@ impl Session {
                     self.unacked.pop_front();
                 }
                 self.acked = self.acked.max(seq);
+                if self.fields_kept_until.is_some_and(|s| self.acked >= s) {
+                    // Our edits of fields we stopped syncing have reached the peer.
+                    self.evict_excluded_fields(db)
+                        .map_err(|e| self.internal(e, now_ms))?;
+                }
                 if self
                     .evicts_unconfirmed
                     .is_some_and(|(after, _)| seq > after)

@@ -48,8 +48,16 @@ impl Session {
     }
 
     /// Drop our copies of fields the policy now excludes (a local eviction, as for records).
+    /// Records holding changes of those fields the peer has not acknowledged keep them until
+    /// it has (our unsynced edit of a field we stop syncing is sent first, not dropped): the
+    /// ACK that covers them runs this again (`fields_kept_until`).
     pub(super) fn evict_excluded_fields(&mut self, db: &Database) -> Result<(), Error> {
         let fields = self.cfg.policy.exclude_fields.clone();
+        let guard = self.peer.as_ref().map(|p| EvictGuard {
+            peer: p.node,
+            acked: self.acked,
+        });
+        self.fields_kept_until = None;
         for c in db.collections()? {
             if self
                 .cfg
@@ -58,7 +66,8 @@ impl Session {
                 .as_ref()
                 .is_none_or(|l| l.contains(&c))
             {
-                db.evict_fields(&c, &fields)?;
+                let out = db.evict_fields_guarded(&c, &fields, guard)?;
+                self.fields_kept_until = self.fields_kept_until.max(out.kept_until);
             }
         }
         Ok(())
