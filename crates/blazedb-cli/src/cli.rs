@@ -60,6 +60,10 @@ pub enum Command {
     /// Create (or with --drop remove) a secondary index on a field.
     Index(maintenance::IndexArgs),
     /// Check the file's integrity; exits 1 and lists the problems if any.
+    ///
+    /// Encrypted files authenticate every page, so any changed byte is found; plain files
+    /// have no page checksums, so a changed value inside a record can pass (their structure
+    /// is checked).
     Check(maintenance::DbArgs),
     /// Print unresolved conflicts, one JSON object per line.
     Conflicts(conflicts::ConflictsArgs),

@@ -93,7 +93,8 @@ fn password_source_hint(err: &anyhow::Error) -> &'static str {
     match open {
         Some(OpenError::NotEncrypted { .. }) => {
             " (the password came from BLAZEDB_PASSWORD: unset it for this file, e.g. `env -u \
-             BLAZEDB_PASSWORD blazedb ...`)"
+             BLAZEDB_PASSWORD blazedb ...`; `sync` of two files takes one for each with \
+             --password-file-a/-b)"
         }
         Some(OpenError::WrongPassword { .. }) => {
             " (the password came from BLAZEDB_PASSWORD: is it still the old one after a \

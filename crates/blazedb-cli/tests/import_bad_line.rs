@@ -64,8 +64,9 @@ fn earlier_batches_stay_committed() {
     let kept = format!(
         "the {IMPORT_BATCH_RECORDS} records of lines 1-{IMPORT_BATCH_RECORDS} were committed"
     );
+    let resume = format!("import from line {} on", IMPORT_BATCH_RECORDS + 1);
     assert!(
-        run.stderr.contains(&stopped) && run.stderr.contains(&kept),
+        run.stderr.contains(&stopped) && run.stderr.contains(&kept) && run.stderr.contains(&resume),
         "{}",
         run.stderr
     );
@@ -134,4 +135,14 @@ fn a_failed_import_through_a_dangling_link_keeps_the_link_and_removes_its_target
     db.run_with_stdin("import", &["bugs", "-"], "{\"a\": 1}\n")
         .success();
     assert!(target.is_file());
+}
+
+/// A file saved with a UTF-8 byte order mark imports (the mark is not JSON, but editors on
+/// Windows write it).
+#[test]
+fn a_byte_order_mark_at_the_start_is_skipped() {
+    let db = TestDb::new();
+    let run = db.run_with_stdin("import", &["c", "-"], "\u{feff}{\"a\": 1}\n{\"a\": 2}\n");
+    run.success();
+    assert_eq!(db.run("export", &["c"]).success().json_lines().len(), 2);
 }

@@ -120,7 +120,8 @@ fn a_bad_snapshot_file_is_refused_and_changes_nothing() {
 
 /// `snapshot export` onto the database itself (or its WAL) would rename the snapshot over
 /// it: refused, and the database still reads; a directory as the target is refused too,
-/// with no `.partial` file left behind.
+/// with no `.partial` file left behind. So is any existing file that is not a snapshot
+/// (another database, by a slip of the arguments), while an older snapshot is replaced.
 #[test]
 fn a_snapshot_never_replaces_its_database_or_a_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,6 +145,32 @@ fn a_snapshot_never_replaces_its_database_or_a_directory() {
             .ends_with(".partial")
     });
     assert!(!partial, "a .partial file was left behind");
+
+    let other = dir.path().join("other.db");
+    let other = other.to_str().unwrap();
+    assert!(blazedb(&["put", other, "c", r#"{"b": 2}"#]).0);
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "keep me").unwrap();
+    for target in [other, notes.to_str().unwrap()] {
+        let (ok, _, err) = blazedb(&["snapshot", "export", db, target]);
+        assert!(!ok, "{target}");
+        assert!(err.contains("exists and is not a snapshot file"), "{err}");
+    }
+    assert_eq!(export(other, "c").len(), 1, "the other database is intact");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
+    let snap = dir.path().join("x.snap");
+    let snap = snap.to_str().unwrap();
+    assert!(blazedb(&["snapshot", "export", db, snap]).0);
+    assert!(blazedb(&["put", db, "c", r#"{"a": 2}"#]).0);
+    let (ok, out, err) = blazedb(&["snapshot", "export", db, snap]);
+    assert!(ok, "an older snapshot is replaced: {err}");
+    assert_eq!(lines(&out)[0]["records"], 2);
+    let (ok, _, err) = blazedb(&["snapshot", "export", db, "/nonexistent-dir/x.snap"]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot write the snapshot file /nonexistent-dir/x.snap"),
+        "{err}"
+    );
 }
 
 /// A snapshot holds every record in clear, even of an encrypted database: it is created
@@ -174,7 +201,7 @@ fn a_snapshot_file_is_readable_by_its_owner_only() {
         r#"{"a": 1}"#.as_ref(),
     ]);
     let everyone = std::fs::Permissions::from_mode(0o644);
-    std::fs::write(&file, "old").unwrap();
+    std::fs::write(&file, "BLZSNAP1, an old snapshot").unwrap();
     std::fs::set_permissions(&file, everyone.clone()).unwrap();
     let partial = dir.path().join("secret.snap.partial");
     std::fs::write(&partial, "stale").unwrap();

@@ -26,7 +26,8 @@ pub struct IndexArgs {
     pub db: PathBuf,
     /// The collection.
     pub collection: String,
-    /// The top-level field to index.
+    /// The top-level field to index, by its name as written (a name with a dot is one
+    /// top-level field of that name: nested paths cannot be indexed).
     pub field: String,
     /// Remove the index instead of creating it.
     #[arg(long)]

@@ -86,6 +86,12 @@ fn import_lines(import: &mut Import<'_>, reader: Box<dyn BufRead>) -> Result<()>
             Ok(None) => break,
             Err(e) => return Err(import.stopped(format!("at line {}", lines.number), e)),
         };
+        // A UTF-8 byte order mark (editors on Windows write one) is not JSON.
+        let text = if number == 1 {
+            text.strip_prefix('\u{feff}').unwrap_or(text)
+        } else {
+            text
+        };
         if text.trim().is_empty() {
             continue;
         }
@@ -208,8 +214,11 @@ impl<'a> Import<'a> {
             0 => "nothing was imported".to_owned(),
             through => format!(
                 "the {} records of lines 1-{through} were committed and stay; nothing after \
-                 line {through} was imported",
-                self.committed_records
+                 line {through} was imported: fix the input and import from line {} on (e.g. \
+                 `tail -n +{} FILE | blazedb import DB COLLECTION -`)",
+                self.committed_records,
+                through + 1,
+                through + 1
             ),
         };
         anyhow!(

@@ -268,12 +268,21 @@ pub struct SnapshotFileInfo {
 
 /// Write a snapshot of every record of `db` to `path`. The file appears complete or not at
 /// all: it is written beside `path` and renamed into place. It is not encrypted, even when
-/// the database is: on Unix it is created with mode 0600 (owner only).
+/// the database is: on Unix it is created with mode 0600 (owner only). An existing file at
+/// `path` is replaced only if it is a snapshot file itself: anything else (a database, by a
+/// slip of the argument order) is refused.
 pub fn write_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
     check_snapshot_target(db, path)?;
     let partial = partial_path(path);
-    let r = write_file(db, &partial).and_then(|info| {
-        std::fs::rename(&partial, path)?;
+    let named = |e: crate::Error| match e {
+        crate::Error::Io(io) => crate::Error::Io(std::io::Error::new(
+            io.kind(),
+            format!("cannot write the snapshot file {}: {io}", path.display()),
+        )),
+        other => other,
+    };
+    let r = write_file(db, &partial).map_err(named).and_then(|info| {
+        std::fs::rename(&partial, path).map_err(|e| named(e.into()))?;
         Ok(info)
     });
     if r.is_err() {
@@ -304,6 +313,20 @@ fn check_snapshot_target(db: &Database, path: &Path) -> Result<()> {
         if own.contains(&target) {
             return bad(format!(
                 "{} is the database's own file: write the snapshot to another path",
+                path.display()
+            ));
+        }
+    }
+    if path.exists() {
+        let mut head = [0u8; 8];
+        let is_snapshot = File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok()
+            && &head == FILE_MAGIC;
+        if !is_snapshot {
+            return bad(format!(
+                "{} exists and is not a snapshot file: give a new name (or remove that file \
+                 first, if it is really not needed)",
                 path.display()
             ));
         }
