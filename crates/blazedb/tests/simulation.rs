@@ -1078,6 +1078,18 @@ impl Sim {
             if state.cell(&w.key).is_some_and(|c| c.version == w.version) {
                 continue;
             }
+            // A delete overwritten by a newer delete of the record carries on in it (whatever
+            // is written later): nothing of it is lost, and no conflict lists it.
+            let absent = |c: &Cell| {
+                c.key == CellKey::Record && matches!(c.value, blazedb::crdt::CellValue::Absent)
+            };
+            if absent(w)
+                && self.written.iter().any(|(c2, id2, c)| {
+                    c2 == coll && id2 == id && absent(c) && c.version > w.version
+                })
+            {
+                continue;
+            }
             // Held in the end by the nodes (they agree: checked above) though the merge of
             // all writes has it overwritten: GC purged the tombstone that wins in the model
             // before this older, concurrent insert arrived (a clock behind by seconds), so

@@ -1576,3 +1576,41 @@ fn a_conflict_is_resolved_once_when_two_handles_race() {
     assert!(a.conflicts(None).unwrap().is_empty());
     assert!(a.resolve_conflict(1, None).is_err(), "resolved already");
 }
+
+/// Two copies delete the same record concurrently: the record is deleted either way, so no
+/// conflict is listed (it was a `$record` conflict of null against null, to be settled for
+/// nothing); a field one side wrote before the other's delete still is.
+#[test]
+fn two_concurrent_deletes_of_a_record_are_no_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let gone = a.insert("c", [("t", "x")]).unwrap();
+    let edited = a.insert("c", [("t", "y")]).unwrap();
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    assert!(a.delete("c", gone).unwrap());
+    b.update("c", edited, Patch::new().set("t", "b's edit"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(b.delete("c", gone).unwrap());
+    assert!(a.delete("c", edited).unwrap());
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    for db in [&a, &b] {
+        assert!(db.get("c", gone).unwrap().is_none());
+        let listed: Vec<_> = db
+            .conflicts(None)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.record, c.cell))
+            .collect();
+        assert!(
+            !listed.iter().any(|(r, _)| *r == gone),
+            "two deletes are no conflict: {listed:?}"
+        );
+    }
+    // b's edit lost to a's later delete of that record: listed where the delete met it.
+    assert!(b
+        .conflicts(None)
+        .unwrap()
+        .iter()
+        .any(|c| c.record == edited && c.cell == "t"));
+}

@@ -2305,6 +2305,15 @@ fn write_derived(
     }
     let policy = t.policies.get(&p.coll);
     for (winner, loser) in &p.conflicts {
+        // Two concurrent deletes: the record is deleted whichever wins, so there is nothing
+        // to settle (it was listed as a conflict of null against null). The cells either
+        // delete dropped are listed on their own.
+        let both_deletes = loser.key == CellKey::Record
+            && loser.value == CellValue::Absent
+            && winner.value == CellValue::Absent;
+        if both_deletes {
+            continue;
+        }
         insert_conflict(conn, t.nodes, policy, p.coll, p.id, winner, loser, row_seq)?;
     }
     Ok(())
