@@ -181,6 +181,10 @@ fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> Tr
             .as_deref()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
     };
+    // The relay's own explanation (`{"code": ..., "error": ...}`), when the body has one.
+    let said = |r: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>| {
+        body(r).and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_owned))
+    };
     let response = match &e {
         Error::Http(r) if matches!(r.status().as_u16(), 401 | 403) => r,
         Error::Http(r)
@@ -214,9 +218,7 @@ fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> Tr
         // A redirect (often http → https), a web page, or a relay that is full.
         Error::Http(r) => {
             let status = r.status().as_u16();
-            let said =
-                body(r).and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_owned));
-            let advice = match (status, said) {
+            let advice = match (status, said(r)) {
                 (_, Some(m)) => m,
                 (301 | 302 | 307 | 308, None) => {
                     let to = r
@@ -248,9 +250,7 @@ fn upgrade_error(endpoint: &str, e: tokio_tungstenite::tungstenite::Error) -> Tr
         }
     };
     let status = response.status().as_u16();
-    let said =
-        body(response).and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_owned));
-    let reason = match (status, said) {
+    let reason = match (status, said(response)) {
         (401, Some(m)) => format!("{m}: check the token (--token or BLAZEDB_TOKEN)"),
         (401, None) => {
             "the credentials were refused: check the token (--token or BLAZEDB_TOKEN)".to_owned()

@@ -229,10 +229,7 @@ impl Database {
                     let mut pending = None;
                     for c in state.cells() {
                         let excluded = c.key.field().is_some_and(|f| names.contains(f));
-                        if excluded
-                            && c.seq > acked
-                            && feed_src(inner, c.seq, coll, id)?.is_some_and(|r| Some(r) != src)
-                        {
+                        if excluded && c.seq > acked && is_unseen(inner, c.seq, coll, id, src)? {
                             pending = pending.max(Some(c.seq));
                         }
                     }
@@ -346,11 +343,17 @@ pub(super) fn has_unseen_changes(
     src: Option<u64>,
 ) -> Result<bool> {
     for s in cell_seqs(state).into_iter().filter(|s| *s > acked) {
-        if feed_src(inner, s, coll, id)?.is_some_and(|r| Some(r) != src) {
+        if is_unseen(inner, s, coll, id, src)? {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Whether the record's feed row at `seq` holds a change the guard's peer (`src`, as in
+/// [`has_unseen_changes`]) has not sent us, so it is ours to send it.
+fn is_unseen(inner: &Inner, seq: Seq, coll: i64, id: RecordId, src: Option<u64>) -> Result<bool> {
+    Ok(feed_src(inner, seq, coll, id)?.is_some_and(|r| Some(r) != src))
 }
 
 /// The `src` of the record's feed row at `seq` (0: written here; n: the peer numbered
