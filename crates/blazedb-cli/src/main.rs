@@ -7,10 +7,10 @@
 //!                                        (how a file is opened)   patches), output (JSON lines)
 //! ```
 //!
-//! Exit codes: `0` success; `1` the command failed (missing record, wrong password, a bad
-//! import line, a failed integrity check); `2` the command line is wrong (unknown flag, invalid
-//! query expression, malformed JSON argument). Every failure prints one line on stderr,
-//! starting with `error: `.
+//! Exit codes: `0` success; `1` the command failed (missing record or conflict, wrong
+//! password, a bad import line, a failed integrity check); `2` the command line is wrong
+//! (unknown flag, invalid query expression, malformed JSON argument). Every failure prints one
+//! line on stderr, starting with `error: `.
 //!
 //! ```sh
 //! blazedb put bugs.db bugs '{"title": "Crash", "priority": 5}'

@@ -127,9 +127,9 @@ fn resolve_keeps_the_winner_or_writes_the_loser_or_a_value() {
     assert_eq!(out["wrote"], json!({"$date": "2026-12-06T10:00:00Z"}));
     assert!(db.run("conflicts", &[]).success().stdout.is_empty());
 
-    let err = db.run("resolve", &[&title]).failure(2).stderr;
+    let err = db.run("resolve", &[&title]).failure(1).stderr;
     assert!(err.contains("no open conflict"), "{err}");
-    let err = db.run("resolve", &["999", "--loser"]).failure(2).stderr;
+    let err = db.run("resolve", &["999", "--loser"]).failure(1).stderr;
     assert!(err.contains("no open conflict 999"), "{err}");
 }
 

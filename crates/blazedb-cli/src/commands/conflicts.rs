@@ -65,12 +65,14 @@ pub fn run_resolve(ctx: &Context, args: &ResolveArgs) -> Result<()> {
         .conflicts(None)?
         .into_iter()
         .find(|c| c.id == args.conflict)
+        // Exit 1 like a missing record: the command line was fine, the conflict is not there
+        // (a script that resolves twice, or after another replica's resolution synced in).
         .ok_or_else(|| {
-            UsageError(format!(
+            anyhow::anyhow!(
                 "no open conflict {} (unknown, or resolved already: see `blazedb conflicts {}`)",
                 args.conflict,
                 args.db.display()
-            ))
+            )
         })?;
     let value = if args.loser || args.value.is_some() {
         if conflict.field.is_none() {
