@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use blazedb::sync::{Session, SessionConfig};
+use blazedb::sync::{Session, SessionConfig, SyncMode};
 use blazedb::{
     Database, EvictGuard, GcOptions, NodeId, OpenOptions, Patch, PeerDirection, RecordId, Seq,
     Value,
@@ -594,6 +594,74 @@ fn a_forgotten_peer_back_after_gc_does_not_bring_back_what_was_deleted() {
     }
     assert_eq!(common::dump(&leaf), common::dump(&hub));
     assert_eq!(common::dump(&other), common::dump(&hub));
+}
+
+/// As above, but the leaf edited the record while away (before the delete, which it never
+/// saw). The hub's replacing snapshot lacks the record; the leaf keeps it for its unsent edit,
+/// but must let go of the cells the hub had received and collected with the delete, as it
+/// does for a record the snapshot holds: it kept them, sent the hub its edit alone, and the
+/// two held different records for good (found exercising the CLI: `peers --forget`, `gc`,
+/// then the peer back with an offline edit). Both now hold the record with the edit alone, as
+/// a field written after a delete brings a record back (the hub cannot tell that the edit is
+/// older than a delete it no longer has: known gap 5).
+#[test]
+fn a_forgotten_peer_back_after_gc_with_an_edit_of_a_collected_record_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = common::open(dir.path(), "hub");
+    let leaf = common::open(dir.path(), "leaf");
+    let other = common::open(dir.path(), "other");
+    let ids = insert_many(&hub, 2);
+    sync(&leaf, &hub);
+    sync(&other, &hub);
+    // Away: the leaf edits one record; the hub deletes it, `other` acknowledges the delete,
+    // and the hub forgets the leaf and collects the tombstone.
+    leaf.update(
+        "items",
+        ids[1],
+        Patch::new().set("note", Value::from("kept")),
+    )
+    .unwrap();
+    leaf.update(
+        "items",
+        ids[0],
+        Patch::new().set("note", Value::from("offline")),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    delete_all(&hub, &ids[..1]);
+    hub.insert("marks", [("m", Value::Int(1))]).unwrap();
+    sync(&other, &hub);
+    assert!(hub.forget_peer(leaf.node_id()).unwrap());
+    let r = hub.gc(&GcOptions::default()).unwrap();
+    assert_eq!(r.tombstones_purged, 1, "{r:?}");
+
+    // The leaf first only receives, so the hub's snapshot is read before the leaf's edits
+    // reach it (as over a network, where both directions run at once); then both ways.
+    let pull = SessionConfig {
+        mode: SyncMode::Pull,
+        ..SessionConfig::default()
+    };
+    common::sync_pair(&leaf, &hub, pull, SessionConfig::default());
+    sync(&leaf, &hub);
+    sync(&leaf, &hub);
+    let shown = |db: &Database| {
+        let mut names: Vec<String> = db
+            .get("items", ids[0])
+            .unwrap()
+            .map(|r| r.fields.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    assert_eq!(shown(&hub), vec!["note".to_owned()]);
+    assert_eq!(shown(&leaf), vec!["note".to_owned()]);
+    assert_eq!(common::dump(&leaf), common::dump(&hub));
+    // The other record took the other edit, everywhere.
+    for db in [&hub, &leaf] {
+        let fields = db.get("items", ids[1]).unwrap().unwrap().fields;
+        assert_eq!(fields.get("note"), Some(&Value::from("kept")), "{fields:?}");
+        assert_eq!(fields.len(), 3, "{fields:?}");
+    }
 }
 
 /// As above, but a write concurrent with the delete brought the record back (a tag added

@@ -412,7 +412,8 @@ impl Database {
     ///    replicating from here receives them as one unit, as they were applied: the chunks
     ///    cut the sender's transactions by key;
     ///    With `scope.replace_seen_cells`, a record's local cells that `peer` had seen (see
-    ///    step 2) and its snapshot lacks are dropped first: `peer` let them go;
+    ///    step 2) and its snapshot lacks are dropped first: `peer` let them go (also from
+    ///    a record the snapshot lacks and step 2 keeps);
     /// 2. local records of the collections in `scope` that the snapshot lacks are evicted (no
     ///    tombstone, nothing sent), except those with changes `peer` has not seen: a feed row
     ///    past the `acked` given to [`Database::snapshot_begin`] (how far `peer` had
@@ -585,6 +586,16 @@ impl Database {
                         Some(src),
                     )? {
                         applied.kept_pending += 1;
+                        // Kept for changes the sender lacks, but the cells it had are let
+                        // go as for a record the snapshot holds (with nothing of its own):
+                        // the sender lets them go with a delete GC collected. Kept, they
+                        // stayed here only, beside the changes it then received alone, and
+                        // the two copies differed for good (the CLI: `peers --forget`, `gc`,
+                        // and the peer back with an offline edit of a deleted record).
+                        if let Some(seen) = seen {
+                            let i = tx.load(&name, id, false)?.expect("stored");
+                            drop_cells_let_go(tx, i, coll, &[], seen)?;
+                        }
                         continue;
                     }
                     if watched && state.is_live() {
