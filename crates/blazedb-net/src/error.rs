@@ -106,6 +106,9 @@ pub enum NetError {
         /// Their node id.
         node: NodeId,
     },
+    /// Options that contradict each other (say what to change).
+    #[error("invalid connection options: {0}")]
+    InvalidOptions(String),
     /// A driver task panicked or was aborted.
     #[error("sync task did not finish: {0}")]
     Task(String),

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use blazedb::sync::{SessionConfig, SyncMode};
+use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
 use blazedb::Database;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -97,8 +97,18 @@ pub struct ConnectOptions {
     pub mode: SyncMode,
     /// Capacity of each direction of the in-process pipe, in bytes.
     pub buffer_bytes: usize,
-    /// Session settings for both ends (`mode` and `server` are set per end).
+    /// Session settings for both ends (`mode` and `server` are set per end). Its `policy`
+    /// must stay `everything()`: each end's policy is its own (`first_policy`,
+    /// `second_policy`). A policy makes its node a partial replica, which drops its own
+    /// records outside the view; given to both ends (as before 2026-12-06) it made the full
+    /// node evict its records that left the phone's filter, and they were gone everywhere.
     pub session: SessionConfig,
+    /// What the first node receives of the second's data (selective sync; default:
+    /// everything).
+    pub first_policy: SyncPolicy,
+    /// What the second node receives of the first's data (default: everything): the usual
+    /// place for a phone's filter, with the full copy first.
+    pub second_policy: SyncPolicy,
 }
 
 impl Default for ConnectOptions {
@@ -107,7 +117,40 @@ impl Default for ConnectOptions {
             mode: SyncMode::Both,
             buffer_bytes: DUPLEX_BUFFER_BYTES_DEFAULT,
             session: SessionConfig::default(),
+            first_policy: SyncPolicy::everything(),
+            second_policy: SyncPolicy::everything(),
         }
+    }
+}
+
+impl ConnectOptions {
+    /// A policy shared by both ends, or on an end that only sends (ignored without a word),
+    /// is refused.
+    fn check_policies(&self) -> Result<(), NetError> {
+        let everything = SyncPolicy::everything();
+        if self.session.policy != everything {
+            return Err(NetError::InvalidOptions(
+                "`session.policy` would apply to both ends, making the full copy a partial \
+                 replica that drops its own records outside the view: set `second_policy` \
+                 (what the second node receives) or `first_policy` instead"
+                    .into(),
+            ));
+        }
+        if self.mode == SyncMode::Pull && self.second_policy != everything {
+            return Err(NetError::InvalidOptions(
+                "in a Pull connection the second node only sends, so `second_policy` would \
+                 never apply: set `first_policy`, the receiving node's"
+                    .into(),
+            ));
+        }
+        if self.mode == SyncMode::Push && self.first_policy != everything {
+            return Err(NetError::InvalidOptions(
+                "in a Push connection the first node only sends, so `first_policy` would never \
+                 apply: set `second_policy`, the receiving node's"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -334,6 +377,7 @@ impl Topology {
         pairs: &[(NodeHandle, NodeHandle)],
         opts: &ConnectOptions,
     ) -> Result<Vec<ConnectionHandle>, NetError> {
+        opts.check_policies()?;
         let mut state = self.lock();
         if state.connections.len() + pairs.len() > TOPOLOGY_CONNECTIONS_MAX {
             return Err(NetError::Limit("connections per topology"));
@@ -369,33 +413,42 @@ impl Topology {
         let shutdown = CancellationToken::new();
         let monitors = (SessionMonitor::new(), SessionMonitor::new());
         let (io_a, io_b) = tokio::io::duplex(opts.buffer_bytes.max(1));
-        let spawn_end = |node: &Node, mode: SyncMode, monitor: &SessionMonitor, io| {
-            let cfg = SessionConfig {
-                mode,
-                server: node.role == NodeRole::Server,
-                ..opts.session.clone()
-            };
-            let dopts = DriverOptions {
-                shutdown: shutdown.clone(),
-                monitor: Some(monitor.clone()),
-                ..DriverOptions::default()
-            };
-            let db = node.db.clone();
-            let changed = self.inner.changed.clone();
-            let mut rx = monitor.subscribe();
-            // Forward this end's changes to the topology's notifier (for wait_converged).
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
+        let spawn_end =
+            |node: &Node, mode: SyncMode, policy: &SyncPolicy, monitor: &SessionMonitor, io| {
+                let cfg = SessionConfig {
+                    mode,
+                    server: node.role == NodeRole::Server,
+                    policy: policy.clone(),
+                    ..opts.session.clone()
+                };
+                let dopts = DriverOptions {
+                    shutdown: shutdown.clone(),
+                    monitor: Some(monitor.clone()),
+                    ..DriverOptions::default()
+                };
+                let db = node.db.clone();
+                let changed = self.inner.changed.clone();
+                let mut rx = monitor.subscribe();
+                // Forward this end's changes to the topology's notifier (for wait_converged).
+                tokio::spawn(async move {
+                    while rx.changed().await.is_ok() {
+                        changed.notify_waiters();
+                    }
                     changed.notify_waiters();
-                }
-                changed.notify_waiters();
-            });
-            tokio::spawn(run_session(db, io, cfg, dopts))
-        };
-        let ta = spawn_end(&state.nodes[a.index], opts.mode, &monitors.0, io_a);
+                });
+                tokio::spawn(run_session(db, io, cfg, dopts))
+            };
+        let ta = spawn_end(
+            &state.nodes[a.index],
+            opts.mode,
+            &opts.first_policy,
+            &monitors.0,
+            io_a,
+        );
         let tb = spawn_end(
             &state.nodes[b.index],
             complement(opts.mode),
+            &opts.second_policy,
             &monitors.1,
             io_b,
         );

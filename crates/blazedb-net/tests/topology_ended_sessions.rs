@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
+use blazedb::sync::{SyncMode, SyncPolicy};
 use blazedb::Value;
 use blazedb_net::{ConnectOptions, NetError, Topology};
 use common::{count, open};
@@ -17,12 +17,9 @@ const WAIT: Duration = Duration::from_secs(10);
 fn with_filter(filter: &str) -> ConnectOptions {
     ConnectOptions {
         mode: SyncMode::Push,
-        session: SessionConfig {
-            policy: SyncPolicy {
-                filter: Some(filter.into()),
-                ..SyncPolicy::default()
-            },
-            ..SessionConfig::default()
+        second_policy: SyncPolicy {
+            filter: Some(filter.into()),
+            ..SyncPolicy::default()
         },
         ..ConnectOptions::default()
     }
@@ -85,7 +82,7 @@ async fn a_session_that_cannot_start_fails_the_wait_with_its_error() {
         "{message}"
     );
     let report = topo.disconnect(c).await.unwrap();
-    assert!(matches!(report.a, Err(NetError::Database(_))), "{report:?}");
+    assert!(matches!(report.b, Err(NetError::Database(_))), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
