@@ -239,6 +239,60 @@ fn a_replica_keeps_and_sends_its_pending_edit_of_a_record_leaving_its_view() {
     assert_eq!(at_source.fields["done"], Value::Bool(true));
 }
 
+/// Two partial replicas with one filter, syncing with each other: one closes a record
+/// (moving it out of both views). The other is sent an EVICT, not the change, so its ACK
+/// does not mean it holds the closed record, and the closer must keep it until a peer that
+/// holds it has it: it dropped it on that ACK, and the record was gone from both, with no
+/// tombstone or conflict (found through the in-process topology, which gave one policy to
+/// both ends). A full peer then gets it, and only then does the closer let it go.
+#[test]
+fn a_record_leaving_two_partial_replicas_views_stays_until_a_full_peer_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(dir.path(), "source");
+    let (phone, tablet) = (open(dir.path(), "phone"), open(dir.path(), "tablet"));
+    let open_only = SyncPolicy {
+        filter: Some("done == false".into()),
+        ..SyncPolicy::default()
+    };
+    let id = source
+        .insert(
+            "todos",
+            [("title", Value::from("x")), ("done", Value::Bool(false))],
+        )
+        .unwrap();
+    sync_pair(&source, &phone, full(), partial(open_only.clone()));
+    sync_pair(&source, &tablet, full(), partial(open_only.clone()));
+    phone
+        .update("todos", id, Patch::new().set("done", true))
+        .unwrap();
+    // Twice: the second session's SUBSCRIBE runs the eviction on the first one's ACKs.
+    for _ in 0..2 {
+        sync_pair(
+            &phone,
+            &tablet,
+            partial(open_only.clone()),
+            partial(open_only.clone()),
+        );
+    }
+    // (The tablet may still show the open version it got from the source: its copy counts
+    // as a change the phone had not acknowledged, so it kept it past the EVICT. The source
+    // brings it the closed one.)
+    let kept = phone
+        .get("todos", id)
+        .unwrap()
+        .expect("kept for the full peer");
+    assert_eq!(kept.fields["done"], Value::Bool(true));
+    for _ in 0..2 {
+        sync_pair(&source, &phone, full(), partial(open_only.clone()));
+    }
+    let at_source = source.get("todos", id).unwrap().unwrap();
+    assert_eq!(at_source.fields["done"], Value::Bool(true));
+    assert!(
+        phone.get("todos", id).unwrap().is_none(),
+        "let go once held"
+    );
+}
+
 /// A replica that starts excluding a field it has edited but not yet synced sends the edit
 /// first and drops its copy of the field only once the source has it: the exclusion used to
 /// evict the field before the session read the feed, so the edit was lost everywhere, with no

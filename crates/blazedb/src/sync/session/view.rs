@@ -28,20 +28,38 @@ impl Session {
             return Ok(());
         }
         let params = Params::new();
+        // The peer's acknowledgement says it holds our changes only where its own view (a
+        // partial peer's policy, our read rules) takes the record: outside it, the peer was
+        // sent an EVICT, not our change. Such records are guarded as if the peer had
+        // acknowledged nothing, so our own changes keep them here until a peer that holds
+        // them has them (two partial replicas with one filter once dropped a record one of
+        // them closed from both: found through the topology's shared policy).
+        let view = self.peer_view();
+        let mut outside: Vec<(String, Vec<RecordId>, Vec<RecordId>)> = Vec::new();
         for coll in db.collections()? {
             if !policy.allows_collection(&coll) {
                 continue;
             }
-            let mut out = Vec::new();
+            let peer_sees_collection = view.collection_visible(&coll);
+            let (mut peer_holds, mut peer_lacks) = (Vec::new(), Vec::new());
             db.for_each(&coll, |r| {
                 if !policy.matches(r.id, &r.fields, &params) {
-                    out.push(r.id);
+                    if peer_sees_collection && view.record_visible(&coll, r.id, &r.fields) {
+                        peer_holds.push(r.id);
+                    } else {
+                        peer_lacks.push(r.id);
+                    }
                 }
                 true
             })?;
-            if !out.is_empty() {
-                let guard = EvictGuard { peer, acked };
-                self.stats.evicted += db.evict(&coll, &out, Some(guard))?.evicted as u64;
+            outside.push((coll, peer_holds, peer_lacks));
+        }
+        for (coll, peer_holds, peer_lacks) in outside {
+            for (ids, acked) in [(peer_holds, acked), (peer_lacks, Seq(0))] {
+                if !ids.is_empty() {
+                    let guard = EvictGuard { peer, acked };
+                    self.stats.evicted += db.evict(&coll, &ids, Some(guard))?.evicted as u64;
+                }
             }
         }
         Ok(())
