@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use blazedb::{Database, Error, EventKind, OpenOptions, Patch, WatchItem};
+use blazedb::{Database, Error, EventKind, OpenOptions, Patch, Value, WatchItem};
 
 #[test]
 fn events_follow_commits() {
@@ -49,12 +49,33 @@ fn slow_subscriber_lags_instead_of_growing() {
     for i in 0..10 {
         db.insert("c", [("i", i)]).unwrap();
     }
-    assert_eq!(w.try_recv(), Some(WatchItem::Lagged(6)));
-    let mut got = 0;
-    while let Some(WatchItem::Event(_)) = w.try_recv() {
-        got += 1;
+    // The four queued events come first, in order, then the lag where the six missed ones
+    // would have been: a subscriber that re-reads on `Lagged` is not then taken back by
+    // older events (the lag came first until 2026-12-06).
+    for i in 0..4 {
+        let Some(WatchItem::Event(e)) = w.try_recv() else {
+            panic!("event {i} first")
+        };
+        assert_eq!(e.record.fields["i"], Value::Int(i));
     }
-    assert_eq!(got, 4);
+    assert_eq!(w.try_recv(), Some(WatchItem::Lagged(6)));
+    assert_eq!(w.try_recv(), None);
+    // Room again: new events flow, and a second lag is reported after them too.
+    for i in 10..16 {
+        db.insert("c", [("i", i)]).unwrap();
+    }
+    let mut items = Vec::new();
+    while let Some(item) = w.try_recv() {
+        items.push(match item {
+            WatchItem::Event(e) => format!("{:?}", e.record.fields["i"]),
+            WatchItem::Lagged(n) => format!("lagged {n}"),
+        });
+    }
+    assert_eq!(
+        items,
+        ["Int(10)", "Int(11)", "Int(12)", "Int(13)", "lagged 2"],
+        "{items:?}"
+    );
     assert!(db.watch("c", None, Some(0)).is_err());
     assert!(db.watch("c", Some("a =="), None).is_err());
     // A parameter would never have a value in a watch: refused, not silently matching nothing.

@@ -4,8 +4,8 @@
 //! a commit's events are queued before the database's lock is released, so a subscriber sees
 //! a record's revisions in increasing order. Each subscription has
 //! a bounded buffer; when a slow subscriber lets it fill up, further events are dropped and
-//! the subscriber receives [`WatchItem::Lagged`] with the number it missed, instead of the
-//! buffer growing without bound. A subscriber that lagged can re-read the collection (or
+//! the subscriber receives [`WatchItem::Lagged`] with the number it missed (after the events
+//! queued before them), instead of the buffer growing without bound. A subscriber that lagged can re-read the collection (or
 //! resume from the change feed) to catch up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,12 +51,32 @@ pub enum WatchItem {
     Lagged(u64),
 }
 
+/// What a subscription's channel carries: events, and where the events it missed were.
+enum Queued {
+    Event(Event),
+    /// Events were dropped here (after every event queued before it): the count is in the
+    /// shared `Lag`, since more may be dropped after the marker went in.
+    Missed,
+}
+
+/// Events dropped for a full buffer, shared by the publisher and the `Watch`.
+#[derive(Default)]
+struct Lag {
+    /// Dropped and not yet reported.
+    count: AtomicU64,
+    /// A `Queued::Missed` marker is in the channel, not yet received.
+    marked: std::sync::atomic::AtomicBool,
+}
+
 struct Subscriber {
     collection: String,
     filter: Option<Expr>,
     params: Params,
-    tx: Sender<Event>,
-    lagged: Arc<AtomicU64>,
+    /// Unbounded, but held to `capacity` events by `publish`: the one `Missed` marker per
+    /// lag must go in even when the events fill the buffer.
+    tx: Sender<Queued>,
+    capacity: usize,
+    lag: Arc<Lag>,
 }
 
 /// The subscriptions of a database.
@@ -94,11 +114,20 @@ impl Registry {
                         continue;
                     }
                 }
-                match s.tx.try_send(e.clone()) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        s.lagged.fetch_add(1, Ordering::Relaxed);
+                let sent = if s.tx.len() >= s.capacity {
+                    // Counted first, then marked: a `Watch` that clears the mark before it
+                    // takes the count either sees this one or gets a new marker for it.
+                    s.lag.count.fetch_add(1, Ordering::SeqCst);
+                    if s.lag.marked.swap(true, Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        s.tx.try_send(Queued::Missed)
                     }
+                } else {
+                    s.tx.try_send(Queued::Event(e.clone()))
+                };
+                match sent {
+                    Ok(()) | Err(TrySendError::Full(_)) => {}
                     Err(TrySendError::Disconnected(_)) => return false,
                 }
             }
@@ -108,47 +137,67 @@ impl Registry {
 }
 
 /// A subscription. Drop it to unsubscribe.
-#[derive(Debug)]
+///
+/// Items come in commit order. [`WatchItem::Lagged`] comes where the missed events would
+/// have: after every event queued before them, so a subscriber that re-reads on `Lagged`
+/// is not then taken back by older events (it came first until 2026-12-06). Events queued
+/// after a re-read may predate it; their `seq` (and the record's `rev`) tells.
 pub struct Watch {
-    rx: Receiver<Event>,
-    lagged: Arc<AtomicU64>,
+    rx: Receiver<Queued>,
+    lag: Arc<Lag>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("queued", &self.rx.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Watch {
-    fn take_lag(&self) -> Option<WatchItem> {
-        let n = self.lagged.swap(0, Ordering::Relaxed);
-        (n > 0).then_some(WatchItem::Lagged(n))
+    /// What a received item means: `None` for a marker whose count an earlier one took.
+    fn item(&self, q: Queued) -> Option<WatchItem> {
+        match q {
+            Queued::Event(e) => Some(WatchItem::Event(e)),
+            Queued::Missed => {
+                // Unmarked first, then counted (see `Registry::publish`).
+                self.lag.marked.store(false, Ordering::SeqCst);
+                let n = self.lag.count.swap(0, Ordering::SeqCst);
+                (n > 0).then_some(WatchItem::Lagged(n))
+            }
+        }
     }
 
     /// Wait for the next item. `None` when the database was dropped.
     pub fn recv(&self) -> Option<WatchItem> {
-        if let Some(l) = self.take_lag() {
-            return Some(l);
-        }
-        match self.rx.recv() {
-            Ok(e) => Some(WatchItem::Event(e)),
-            Err(_) => self.take_lag(),
+        loop {
+            let q = self.rx.recv().ok()?;
+            if let Some(item) = self.item(q) {
+                return Some(item);
+            }
         }
     }
 
     /// Wait at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<WatchItem> {
-        if let Some(l) = self.take_lag() {
-            return Some(l);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let q = self.rx.recv_deadline(deadline).ok()?;
+            if let Some(item) = self.item(q) {
+                return Some(item);
+            }
         }
-        self.rx
-            .recv_timeout(timeout)
-            .ok()
-            .map(WatchItem::Event)
-            .or_else(|| self.take_lag())
     }
 
     /// The next item if one is ready.
     pub fn try_recv(&self) -> Option<WatchItem> {
-        if let Some(l) = self.take_lag() {
-            return Some(l);
+        loop {
+            let q = self.rx.try_recv().ok()?;
+            if let Some(item) = self.item(q) {
+                return Some(item);
+            }
         }
-        self.rx.try_recv().ok().map(WatchItem::Event)
     }
 }
 
@@ -184,8 +233,8 @@ impl Database {
                 "watch capacity must be 1..={WATCH_BUFFER_EVENTS_MAX}, got {capacity}"
             )));
         }
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
-        let lagged = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let lag = Arc::new(Lag::default());
         self.watchers
             .subs
             .lock()
@@ -195,8 +244,9 @@ impl Database {
                 filter,
                 params: Params::new(),
                 tx,
-                lagged: lagged.clone(),
+                capacity,
+                lag: lag.clone(),
             });
-        Ok(Watch { rx, lagged })
+        Ok(Watch { rx, lag })
     }
 }
