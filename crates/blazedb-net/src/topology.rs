@@ -93,7 +93,9 @@ pub enum NodeRole {
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
     /// What the first node does (`Push`: it only sends; the second node is then a read-only
-    /// replica that only receives). The second node gets the complementary mode.
+    /// replica that only receives). The second node gets the complementary mode. "Read-only"
+    /// is about the connection: the database still takes local writes, which stay on it
+    /// (not sent over this connection) until it syncs in a mode that sends them.
     pub mode: SyncMode,
     /// Capacity of each direction of the in-process pipe, in bytes.
     pub buffer_bytes: usize,

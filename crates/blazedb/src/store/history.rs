@@ -869,6 +869,11 @@ impl Database {
 
     /// The record as it was at time `at` (by the writers' clocks), or `None` if it did not
     /// exist then. Fails with `HistoryCompacted` when `at` is before what retention kept.
+    ///
+    /// To the millisecond: versions carry their writer's wall clock in milliseconds, so a
+    /// write made within the millisecond of `at` counts as made at or before it. The
+    /// returned `rev` is the record's *current* revision (history keeps values by time, not
+    /// revision numbers): do not use it as the revision of the past state.
     pub fn get_at(&self, collection: &str, id: RecordId, at: Timestamp) -> Result<Option<Record>> {
         let inner = self.lock()?;
         let horizon_ms = inner.meta_i64("history_horizon_ms")?;
