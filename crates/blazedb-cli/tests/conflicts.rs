@@ -149,3 +149,45 @@ fn resolve_without_an_option_keeps_the_winner() {
         (&json!("replica's"), &json!(3))
     );
 }
+
+/// A conflict over one element of a set is listed with the element, and `resolve --loser`
+/// writes that element alone: it wrote the loser's `true` over the whole field, and the set
+/// became a boolean. A counter contribution's conflict takes no value.
+#[test]
+fn a_set_element_conflict_resolves_the_element_not_the_field() {
+    let db = TestDb::new();
+    let id = db.put("bugs", r#"{"title": "t"}"#);
+    db.run(
+        "update",
+        &["bugs", &id, r#"{"tags": {"$add": ["a", "z"]}}"#],
+    )
+    .success();
+    let replica_path = db.file("replica.db");
+    {
+        let main = Database::open(&db.path, OpenOptions::default()).unwrap();
+        let replica = Database::open(&replica_path, OpenOptions::default()).unwrap();
+        exchange(&main, &replica);
+        let record = id.parse().unwrap();
+        main.set_remove("bugs", record, "tags", vec!["z".into()])
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        replica
+            .set_add("bugs", record, "tags", vec!["z".into()])
+            .unwrap();
+        exchange(&replica, &main);
+    }
+    let conflicts = db.run("conflicts", &[]).success().json_lines();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let c = &conflicts[0];
+    assert_eq!(
+        (&c["field"], &c["element"], &c["winner"], &c["loser"]),
+        (&json!("tags"), &json!("z"), &json!(true), &json!(null))
+    );
+    let cid = c["id"].to_string();
+    assert_eq!(db.get("bugs", &id)["tags"], json!(["a", "z"]));
+    let err = db.run("resolve", &[&cid, "--value", "3"]).failure(1).stderr;
+    assert!(err.contains("one element of set field"), "{err}");
+    let out = db.run("resolve", &[&cid, "--loser"]).success().json();
+    assert_eq!(out["wrote"], json!(false));
+    assert_eq!(db.get("bugs", &id)["tags"], json!(["a"]));
+}

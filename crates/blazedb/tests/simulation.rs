@@ -448,9 +448,10 @@ impl Sim {
         w: &Cell,
     ) -> bool {
         let held = match self.held.get(&(coll.to_owned(), id, c.version)) {
-            // Not a reset of the record: a field write names what it replaced by `prev`.
+            // Not a reset of the record: a field or element write names what it replaced by
+            // `prev` (or a field reset by its `seen` list, as the merge asks).
             Some(held) if c.key == CellKey::Record => held,
-            _ => return c.prev.is_some_and(|p| p >= w.version),
+            _ => return c.has_seen(w.version),
         };
         // The writer's `seen` list keeps one version per node, so a newer write of `w`'s
         // node that it held counts as having seen `w` too. That is right when it received
@@ -1071,13 +1072,36 @@ impl Sim {
                 .push(k);
         }
         for (coll, id, w) in &self.written {
-            if !matches!(w.key, CellKey::Field(_) | CellKey::Record) {
+            if !matches!(
+                w.key,
+                CellKey::Field(_) | CellKey::Record | CellKey::Element(..)
+            ) {
                 continue;
             }
             let state = &self.model[&(coll.clone(), *id)];
             if state.cell(&w.key).is_some_and(|c| c.version == w.version) {
                 continue;
             }
+            // A set element's add (or remove) overwritten by a newer add (or remove) of it
+            // says the same, and carries it on: nothing of it is lost (that write's own fate
+            // is checked in its turn).
+            if matches!(w.key, CellKey::Element(..))
+                && self.written.iter().any(|(c2, id2, c)| {
+                    c2 == coll
+                        && id2 == id
+                        && c.key == w.key
+                        && c.value == w.value
+                        && c.version > w.version
+                })
+            {
+                continue;
+            }
+            // What resets the cell: the record, and for an element its field.
+            let resets = |k: &CellKey| {
+                *k == w.key
+                    || *k == CellKey::Record
+                    || matches!((&w.key, k), (CellKey::Element(f, _), CellKey::Field(g)) if f == g)
+            };
             // A delete overwritten by a newer delete of the record carries on in it (whatever
             // is written later): nothing of it is lost, and no conflict lists it.
             let absent = |c: &Cell| {
@@ -1107,7 +1131,7 @@ impl Sim {
             let seen = self.written.iter().any(|(c2, id2, c)| {
                 c2 == coll
                     && id2 == id
-                    && (c.key == w.key || c.key == CellKey::Record)
+                    && resets(&c.key)
                     && c.version > w.version
                     && self.writer_saw(&by_version, coll, *id, c, w)
             });
@@ -1121,7 +1145,7 @@ impl Sim {
                     self.written.iter().any(|(c2, id2, c)| {
                         c2 == coll
                             && id2 == id
-                            && (c.key == w.key || c.key == CellKey::Record)
+                            && resets(&c.key)
                             && c.version > w.version
                             && c.version.hlc.wall_ms() + 60_000 >= t
                     })

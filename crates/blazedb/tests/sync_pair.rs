@@ -1614,3 +1614,46 @@ fn two_concurrent_deletes_of_a_record_are_no_conflict() {
         .iter()
         .any(|c| c.record == edited && c.cell == "t"));
 }
+
+/// A set element added on one side and removed on the other, neither having seen the other's
+/// write: the newer wins (sets are newest-write-wins per element), and the older is listed
+/// as a conflict where it lived, with the element named; resolving it with `true` or
+/// `false` writes that element alone, not the whole field. Before 2026-12-06 such an
+/// element was dropped with no record (found by an audit of merge semantics). Two adds of
+/// one element agree and are no conflict.
+#[test]
+fn a_set_element_added_and_removed_concurrently_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let id = a.insert("c", [("t", "x")]).unwrap();
+    a.set_add("c", id, "tags", vec!["x".into(), "keep".into()])
+        .unwrap();
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    // a removes x; b, later and unaware, removes and adds it back; both add y.
+    a.set_remove("c", id, "tags", vec!["x".into()]).unwrap();
+    a.set_add("c", id, "tags", vec!["y".into()]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    b.set_add("c", id, "tags", vec!["x".into(), "y".into()])
+        .unwrap();
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    let tags = |db: &Database| db.get("c", id).unwrap().unwrap().fields["tags"].clone();
+    let want = Value::List(vec!["keep".into(), "x".into(), "y".into()]);
+    assert_eq!(tags(&a), want);
+    assert_eq!(tags(&b), want);
+    let listed = a.conflicts(None).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let c = &listed[0];
+    assert_eq!(c.element, Some(Value::from("x")));
+    assert_eq!(
+        (c.winner.clone(), c.loser.clone()),
+        (Some(Value::Bool(true)), None)
+    );
+    assert!(b.conflicts(None).unwrap().is_empty(), "b's add won");
+    // Resolved with the loser's choice: x leaves the set, and only x.
+    assert!(a.resolve_conflict(c.id, Some(Value::Int(3))).is_err());
+    a.resolve_conflict(c.id, Some(Value::Bool(false))).unwrap();
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    let want = Value::List(vec!["keep".into(), "y".into()]);
+    assert_eq!(tags(&a), want);
+    assert_eq!(tags(&b), want);
+}

@@ -27,7 +27,7 @@ pub fn run(ctx: &Context, args: &ConflictsArgs) -> Result<()> {
     let db = ctx.open(&args.db, Access::Existing)?;
     let mut out = Output::stdout();
     for c in db.conflicts(args.collection.as_deref())? {
-        out.json(&json!({
+        let mut line = json!({
             "id": c.id,
             "collection": c.collection,
             "record": c.record.to_string(),
@@ -37,7 +37,12 @@ pub fn run(ctx: &Context, args: &ConflictsArgs) -> Result<()> {
             "loser": optional_json(c.loser.as_ref()),
             "winner_version": version_json(&c.winner_version),
             "loser_version": version_json(&c.loser_version),
-        }))?;
+        });
+        // One element of a set: which one (`winner`/`loser` then say in the set or not).
+        if let Some(e) = &c.element {
+            line["element"] = optional_json(Some(e));
+        }
+        out.json(&line)?;
     }
     Ok(out.finish()?)
 }
@@ -52,7 +57,9 @@ pub struct ResolveArgs {
     /// Write the losing value back (a new write, which wins everywhere it syncs to).
     #[arg(long, conflicts_with = "value")]
     pub loser: bool,
-    /// Write this JSON value to the field instead (typed forms as for `put`).
+    /// Write this JSON value to the field instead (typed forms as for `put`). For a conflict
+    /// over one element of a set (listed with `element`): true to have it in the set, false
+    /// to leave it out.
     #[arg(long, value_name = "JSON")]
     pub value: Option<String>,
 }
@@ -84,8 +91,23 @@ pub fn run_resolve(ctx: &Context, args: &ResolveArgs) -> Result<()> {
             ))
             .into());
         }
+        if conflict.counter_node.is_some() {
+            return Err(UsageError(format!(
+                "conflict {} is about one node's contribution to counter field {:?}: resolve \
+                 it without --loser or --value, then adjust the counter with `blazedb update` \
+                 (`{{\"{}\": {{\"$inc\": N}}}}`)",
+                args.conflict,
+                conflict.field.as_deref().unwrap_or_default(),
+                conflict.field.as_deref().unwrap_or_default(),
+            ))
+            .into());
+        }
         match &args.value {
             Some(text) => Some(parse_value(text).map_err(UsageError)?),
+            // One element of a set: the loser had it in the set (`true`) or left it out.
+            None if conflict.element.is_some() => {
+                Some(blazedb::Value::Bool(conflict.loser.is_some()))
+            }
             None => match conflict.loser {
                 Some(v) => Some(v),
                 None => {

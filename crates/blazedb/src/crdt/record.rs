@@ -259,8 +259,14 @@ impl RecordState {
                 if !wins {
                     return (MergeOutcome::Ignored, None);
                 }
-                let concurrent = matches!(incoming.key, CellKey::Record | CellKey::Field(_))
-                    && !incoming.has_seen(existing.version);
+                // A set element's presence is a value too: an add and a remove that never
+                // saw each other conflict (two adds, or two removes, agree). A counter
+                // contribution is only ever overwritten by its own node, which saw it.
+                let concurrent = match incoming.key {
+                    CellKey::Record | CellKey::Field(_) => true,
+                    CellKey::Element(..) => incoming.value != existing.value,
+                    CellKey::Counter(..) => false,
+                } && !incoming.has_seen(existing.version);
                 let old = std::mem::replace(&mut self.cells[i], incoming);
                 overwritten.push(Overwritten {
                     cell: old,

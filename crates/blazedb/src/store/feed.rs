@@ -755,6 +755,11 @@ pub struct Conflict {
     pub cell: String,
     /// The field (`None` for record-level conflicts).
     pub field: Option<String>,
+    /// For a conflict over one element of a set field: the element. `winner` and `loser`
+    /// are then `true` (in the set) or `None` (left out).
+    pub element: Option<Value>,
+    /// For a conflict over one node's contribution to a counter field: that node.
+    pub counter_node: Option<NodeId>,
     /// The value that won (now stored); `None` for a delete.
     pub winner: Option<Value>,
     /// The winning version.
@@ -1339,6 +1344,14 @@ impl Database {
                 record: RecordId(id),
                 cell: key.display_name(),
                 field: key.field().map(str::to_owned),
+                element: match &key {
+                    CellKey::Element(_, bytes) => crate::codec::value::from_bytes(bytes).ok(),
+                    _ => None,
+                },
+                counter_node: match &key {
+                    CellKey::Counter(_, node) => Some(*node),
+                    _ => None,
+                },
                 winner: user_value(&value_from_bytes(&r.get::<_, Vec<u8>>(4)?)?),
                 winner_version: Version {
                     hlc: Hlc(r.get::<_, i64>(5)? as u64),
@@ -1406,6 +1419,33 @@ impl Database {
                 return Err(no_open_conflict());
             }
             if let (Some(v), Some(field)) = (value, &c.field) {
+                // One element of a set: the value says whether it is in the set (a value for
+                // the whole field would replace the set: `--loser` wrote `true` over it).
+                if let Some(element) = &c.element {
+                    let patch = match v {
+                        Value::Bool(true) => {
+                            super::Patch::new().add(field.clone(), vec![element.clone()])
+                        }
+                        Value::Bool(false) => {
+                            super::Patch::new().remove(field.clone(), vec![element.clone()])
+                        }
+                        _ => {
+                            return Err(Error::InvalidArgument(format!(
+                                "conflict {conflict_id} is about one element of set field \
+                                 {field:?}: resolve it with true (the element in the set), \
+                                 false (left out), or no value"
+                            )))
+                        }
+                    };
+                    return tx.update(&c.collection, c.record, patch);
+                }
+                if c.counter_node.is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "conflict {conflict_id} is about one node's contribution to counter \
+                         field {field:?}: resolve it without a value, then adjust the counter \
+                         with an increment"
+                    )));
+                }
                 match tx.get(&c.collection, c.record)? {
                     Some(_) => tx.update(
                         &c.collection,
