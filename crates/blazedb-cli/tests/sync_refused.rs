@@ -60,7 +60,7 @@ fn refused_writes_are_reported_with_the_relays_reason() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.starts_with("error: the peer refused changes to 1 record")
+        stderr.starts_with("error: the peer refused 1 change(s)")
             && stderr.contains("blazedb conflicts"),
         "{stderr}"
     );

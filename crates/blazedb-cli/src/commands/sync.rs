@@ -378,15 +378,16 @@ async fn run_network(
     out.finish()?;
     match report.traffic.rejected_by_peer {
         0 => Ok(()),
-        records => Err(refused(records, &args.db_a).into()),
+        changes => Err(refused(changes, &args.db_a).into()),
     }
 }
 
 /// The sync itself succeeded, but what this side wrote did not all get through: said as the
 /// command's error (exit 3), after the summary, so that the user learns where it went.
-fn refused(records: u64, db: &std::path::Path) -> RefusedByPeer {
+fn refused(changes: u64, db: &std::path::Path) -> RefusedByPeer {
     RefusedByPeer(format!(
-        "the peer refused changes to {records} record(s) (its access rules; the reasons are \
+        "the peer refused {changes} change(s) (one per record and transaction; by its \
+         access rules; the reasons are \
          listed as \"rejected\" events or in \"rejections\"). The peer's version of each \
          replaced ours here; our refused values are kept as conflicts: see them with \
          `blazedb conflicts {}`, and write them again where the rules allow it",
