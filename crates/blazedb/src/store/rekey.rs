@@ -142,6 +142,12 @@ impl Database {
             // SQLite leaves the mode as it was when it cannot take the lock.
             return Err(OpenError::InUse { path: p }.into());
         }
+        // Drop every page this connection has cached: leaving WAL mode checkpointed other
+        // processes' commits into the file without checking the cache against them, and the
+        // copy below would read stale pages beside fresh ones (a `put` of another process
+        // that committed while this handle was open, deriving the new key, left the copy's
+        // field table and its index disagreeing: found by a crash and concurrency audit).
+        conn.execute_batch("PRAGMA shrink_memory")?;
         // A copy left by a crashed rekey is garbage; with the file held, it is not another
         // rekey's copy in progress (and neither is one this rekey fails to finish).
         remove_copy(copy);
