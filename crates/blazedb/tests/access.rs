@@ -1303,7 +1303,8 @@ fn a_refused_update_restates_only_what_it_touched() {
             note,
             Patch::new()
                 .set("tag", "b")
-                .add("labels", vec![Value::from("t")]),
+                .add("labels", vec![Value::from("t")])
+                .increment("likes", 2),
         )
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(3));
@@ -1352,8 +1353,9 @@ fn a_refused_update_restates_only_what_it_touched() {
         );
         assert_eq!(
             f["likes"],
-            Value::Int(5),
-            "{who}: the refused increment is undone"
+            Value::Int(7),
+            "{who}: the refused increment is undone, the third node's concurrent one stays \
+             (the counter was reset, which dropped it, until 2026-12-06)"
         );
     };
     expected(&server, "server");
@@ -1374,6 +1376,89 @@ fn a_refused_update_restates_only_what_it_touched() {
             .any(|c| c.field.as_deref() == Some("extra") && c.loser == Some(Value::Int(1))),
         "the field the refused write added is on record too: {lost:?}"
     );
+    assert!(
+        lost.iter()
+            .any(|c| c.counter_node == Some(writer.node_id()) && c.loser == Some(Value::Int(1))),
+        "the refused increment (the writer's contribution) is on record too: {lost:?}"
+    );
     assert!(third.conflicts(None).unwrap().is_empty());
     assert!(server.conflicts(None).unwrap().is_empty());
+}
+
+/// A write of another node that is newer than a refused one wins over its restatement, as it
+/// would have over the refused write: the restatement goes just above the refused write,
+/// not at the server's clock. Before 2026-12-06 it went at the server's later clock, and a
+/// trusted user's newer edit, arriving after the refusal, lost to the old value everywhere
+/// (found by an audit of merge semantics: `t13.sh`).
+#[test]
+fn a_newer_allowed_write_wins_over_the_restatement_of_an_older_refused_one() {
+    #[derive(Debug)]
+    struct TextGuard {
+        may_edit_text: bool,
+    }
+    impl AccessControl for TextGuard {
+        fn can_write(
+            &self,
+            _: &str,
+            _: RecordId,
+            before: Option<&BTreeMap<String, Value>>,
+            after: Option<&BTreeMap<String, Value>>,
+        ) -> Result<(), String> {
+            let text = |f: Option<&BTreeMap<String, Value>>| f.and_then(|f| f.get("text")).cloned();
+            if !self.may_edit_text && text(before) != text(after) {
+                return Err("text is read-only for you".into());
+            }
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, writer, editor) = (
+        open(dir.path(), "s"),
+        open(dir.path(), "w"),
+        open(dir.path(), "e"),
+    );
+    let sync = |client: &Database, may_edit_text: bool| {
+        let cfg = SessionConfig {
+            server: true,
+            access: Some(Arc::new(TextGuard { may_edit_text })),
+            ..Default::default()
+        };
+        let mut ss = Session::new(&server, cfg, 0).unwrap();
+        let mut sc = Session::new(client, SessionConfig::default(), 0).unwrap();
+        pump(&server, &mut ss, client, &mut sc);
+    };
+    let note = server
+        .insert("notes", [("text", Value::from("v1"))])
+        .unwrap();
+    sync(&writer, false);
+    sync(&editor, true);
+    writer
+        .update("notes", note, Patch::new().set("text", "hacked"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    editor
+        .update("notes", note, Patch::new().set("text", "edited"))
+        .unwrap();
+    // The refusal reaches the server first, the newer allowed edit after.
+    sync(&writer, false);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    sync(&editor, true);
+    sync(&writer, false);
+    for (db, who) in [
+        (&server, "server"),
+        (&writer, "writer"),
+        (&editor, "editor"),
+    ] {
+        let f = db.get("notes", note).unwrap().unwrap().fields;
+        assert_eq!(f["text"], Value::from("edited"), "{who}");
+    }
+    assert_eq!(dump(&server), dump(&writer));
+    assert_eq!(dump(&server), dump(&editor));
+    // Nothing of the editor's was lost; the writer's refused value is on record with it.
+    assert!(editor.conflicts(None).unwrap().is_empty());
+    assert!(writer
+        .conflicts(None)
+        .unwrap()
+        .iter()
+        .any(|c| c.loser == Some(Value::from("hacked"))));
 }

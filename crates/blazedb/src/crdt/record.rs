@@ -261,11 +261,12 @@ impl RecordState {
                 }
                 // A set element's presence is a value too: an add and a remove that never
                 // saw each other conflict (two adds, or two removes, agree). A counter
-                // contribution is only ever overwritten by its own node, which saw it.
-                let concurrent = match incoming.key {
+                // contribution is overwritten by its own node, which saw it, or by a
+                // server restating a refused increment (`Tx::restate`): that one is undone.
+                let concurrent = match &incoming.key {
                     CellKey::Record | CellKey::Field(_) => true,
                     CellKey::Element(..) => incoming.value != existing.value,
-                    CellKey::Counter(..) => false,
+                    CellKey::Counter(_, owner) => incoming.version.node != *owner,
                 } && !incoming.has_seen(existing.version);
                 let old = std::mem::replace(&mut self.cells[i], incoming);
                 overwritten.push(Overwritten {

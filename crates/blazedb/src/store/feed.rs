@@ -123,6 +123,8 @@ struct RefusedChange {
     /// The cells it would have written, when it names no `Record` cell (an update): only
     /// those fields are restated. `None` for an insert or a delete: the whole record is.
     touched: Option<Vec<CellKey>>,
+    /// The newest version it carried: an update's restatement goes just above it.
+    newest: Hlc,
 }
 
 /// Apply one part of a unit. Each group of changes sharing a `seq` (one transaction at the
@@ -194,6 +196,12 @@ fn apply_segment(
                             reason: reason.clone(),
                         },
                         touched,
+                        newest: ch
+                            .cells
+                            .iter()
+                            .map(|c| c.version.hlc)
+                            .max()
+                            .unwrap_or(Hlc(0)),
                     });
                 }
                 continue;
@@ -244,7 +252,12 @@ struct Reassertion {
 fn restate_refused(tx: &mut super::Tx<'_>, refused: &[RefusedChange]) -> Result<()> {
     for r in refused {
         let record = &r.rejection;
-        tx.restate(&record.collection, record.id, r.touched.as_deref())?;
+        tx.restate(
+            &record.collection,
+            record.id,
+            r.touched.as_deref(),
+            r.newest,
+        )?;
         // As many as the unit refused: memory holds one part of them, as for the unit.
         if tx.unspilled() >= UNIT_SPILL_RECORDS {
             tx.spill()?;

@@ -22,7 +22,7 @@ use crate::limits::{
     FIELD_NAME_BYTES_MAX, RECORD_BYTES_MAX, RECORD_FIELDS_MAX, SET_ELEMENTS_MAX,
     TRANSACTION_CELLS_MAX, TRANSACTION_WRITES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX,
 };
-use crate::types::{Seq, Version};
+use crate::types::{Hlc, NodeId, Seq, Version};
 use crate::watch::{Event, EventKind};
 use crate::{RecordId, Value};
 
@@ -709,25 +709,29 @@ impl<'a> Tx<'a> {
 
     /// Write this node's copy of a record again with new versions, so that a peer whose
     /// write of it was refused comes back to it. With `touched` (the cells of a refused
-    /// update, which names no `Record` cell), only the fields it touched are written: each
-    /// as it is here, or unset where it has no value here — a concurrent write to the
-    /// record's other fields, by a third node, that reaches this node later with an older
-    /// version than this one, still merges. A set element the update added or removed is
-    /// written back as the element alone where the field is a set here (concurrent changes
-    /// to its other elements stay too); a counter, which only its own node may write to,
-    /// as the field's value (resetting the counter's older contributions). Without
-    /// `touched` (a refused insert or delete), the whole copy is written as an insert (which
-    /// resets older cells everywhere, fields the refused write added too), or a new
-    /// tombstone when there is no live copy.
+    /// update, which names no `Record` cell), only the cells it touched are written, at a
+    /// version just above the refused write's (`refused`, its newest hlc) and this copy's
+    /// cells of those fields, not at this node's clock: a write of another node that is
+    /// newer than the refused one (allowed, concurrent, arriving later) still wins over the
+    /// restatement, as it would have over the refused write (it lost to a restatement at the
+    /// relay's later clock until 2026-12-06). Each field as it is here, or unset where it has
+    /// no value here; a set element the update added or removed, as the element alone where
+    /// the field is a set here; a counter contribution, as that node's contribution here (0
+    /// without one), so the other nodes' contributions stay (the field was reset, which
+    /// dropped their concurrent increments). Without `touched` (a refused insert or delete),
+    /// the whole copy is written as an insert at this node's clock (which resets older cells
+    /// everywhere, fields the refused write added too), or a new tombstone when there is no
+    /// live copy.
     pub(crate) fn restate(
         &mut self,
         collection: &str,
         id: RecordId,
         touched: Option<&[CellKey]>,
+        refused: Hlc,
     ) -> Result<()> {
         let i = self.load(collection, id, true)?.expect("created");
         if let (Some(keys), true) = (touched, self.records[i].state.is_live()) {
-            return self.restate_touched(i, keys);
+            return self.restate_touched(i, keys, refused);
         }
         if self.records[i].state.is_live() {
             let fields: Vec<(String, Value)> = self.records[i].state.fields().into_iter().collect();
@@ -740,27 +744,40 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// [`Tx::restate`] of the fields a refused update touched, in live record `i`.
-    fn restate_touched(&mut self, i: usize, keys: &[CellKey]) -> Result<()> {
-        // Per field: the elements touched, or `None` when the field goes whole.
-        let mut fields: BTreeMap<&str, Option<Vec<&[u8]>>> = BTreeMap::new();
+    /// [`Tx::restate`] of the cells a refused update touched, in live record `i`.
+    fn restate_touched(&mut self, i: usize, keys: &[CellKey], refused: Hlc) -> Result<()> {
+        /// What of one field the refused update touched.
+        #[derive(Default)]
+        struct Touched<'k> {
+            whole: bool,
+            elements: Vec<&'k [u8]>,
+            counters: Vec<NodeId>,
+        }
+        let mut fields: BTreeMap<&str, Touched<'_>> = BTreeMap::new();
         for key in keys {
             let Some(f) = key.field() else {
                 debug_assert!(false, "a record cell restates the whole record");
                 continue;
             };
-            let entry = fields.entry(f).or_insert_with(|| Some(Vec::new()));
-            match (key, entry) {
-                (CellKey::Element(_, e), Some(elements)) => elements.push(e),
-                (CellKey::Element(..), None) => {}
-                (_, entry) => *entry = None,
+            let entry = fields.entry(f).or_default();
+            match key {
+                CellKey::Element(_, e) => entry.elements.push(e),
+                CellKey::Counter(_, node) => entry.counters.push(*node),
+                _ => entry.whole = true,
             }
         }
         if fields.is_empty() {
             return Ok(());
         }
-        let version = self.next_version()?;
-        for (field, elements) in fields {
+        // Just above the refused write and whatever this copy holds of those fields (a
+        // restatement older than a cell here would not apply here).
+        let floor = fields
+            .keys()
+            .filter_map(|f| self.records[i].state.newest_field_version(f))
+            .map(|v| v.hlc)
+            .fold(refused, Hlc::max);
+        let version = self.version_after(floor)?;
+        for (field, touched) in fields {
             let state = &self.records[i].state;
             let here = state.field(field);
             // A set here is read from element cells; a plain list holding the same values
@@ -769,19 +786,36 @@ impl<'a> Tx<'a> {
                 .cells()
                 .iter()
                 .any(|c| matches!(&c.key, CellKey::Element(f, _) if &**f == field));
-            match (elements, here) {
-                (Some(elements), Some(Value::List(set))) if is_set => {
-                    for e in elements {
-                        let present = value::from_bytes(e).is_ok_and(|v| set.contains(&v));
-                        self.write_element(i, field, e.to_vec(), present, version);
-                    }
+            let is_counter = matches!(here, Some(Value::Int(_)));
+            let whole = touched.whole
+                || (!touched.elements.is_empty()
+                    && !(is_set && matches!(here, Some(Value::List(_)))))
+                || (!touched.counters.is_empty() && !is_counter);
+            if whole {
+                // Not a set (or counter) here, or written whole: element or counter cells
+                // would make it one.
+                let value = here.map_or(CellValue::Absent, CellValue::Value);
+                let cell = self.reset_cell(i, CellKey::Field(field.into()), value, version);
+                self.merge_local(i, cell);
+                continue;
+            }
+            if let Some(Value::List(set)) = &here {
+                for e in touched.elements {
+                    let present = value::from_bytes(e).is_ok_and(|v| set.contains(&v));
+                    self.write_element(i, field, e.to_vec(), present, version);
                 }
-                // Not a set here (unset, or another type): element cells would make it one.
-                (_, here) => {
-                    let value = here.map_or(CellValue::Absent, CellValue::Value);
-                    let cell = self.reset_cell(i, CellKey::Field(field.into()), value, version);
-                    self.merge_local(i, cell);
-                }
+            }
+            for node in touched.counters {
+                let key = CellKey::Counter(field.into(), node);
+                let (count, prev) = match self.records[i].state.cell(&key) {
+                    Some(c) => match c.value {
+                        CellValue::Count(n) => (n, Some(c.version)),
+                        _ => (0, Some(c.version)),
+                    },
+                    None => (0, None),
+                };
+                let cell = self.cell(key, CellValue::Count(count), version, prev);
+                self.merge_local(i, cell);
             }
         }
         Ok(())
@@ -1024,6 +1058,14 @@ impl<'a> Tx<'a> {
             b.write(&self.inner.conn)?;
         }
         Ok(())
+    }
+
+    /// A version of this node just above `floor` (a restatement's: see [`Tx::restate`]),
+    /// counted as a write like [`Tx::next_version`]'s.
+    fn version_after(&mut self, floor: Hlc) -> Result<Version> {
+        let mut v = self.next_version()?;
+        v.hlc = Hlc(floor.0 + 1).min(v.hlc);
+        Ok(v)
     }
 
     fn next_version(&mut self) -> Result<Version> {
