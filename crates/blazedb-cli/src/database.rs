@@ -51,8 +51,11 @@ impl Context {
 pub fn refuse_empty_file(path: &Path) -> Result<()> {
     if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
         bail!(
-            "{} is an empty file, not a database: check the path, or restore the database \
-             from a backup or a peer",
+            "{} is an empty file, not a database: check the path. A database whose first \
+             write was interrupted (the process killed while creating it) is left this way \
+             with nothing in it: writing to it (`put`, `import`) starts the database anew. \
+             A database that held data and is now empty was truncated: restore it from a \
+             backup or a peer",
             path.display()
         );
     }

@@ -22,7 +22,10 @@ pub enum SnapshotCommand {
     ///
     /// The snapshot is NOT encrypted, even when the database is: it holds every record in
     /// clear (zstd-compressed). It is created readable by its owner only (mode 0600 on Unix);
-    /// keep it as safe as the database password, and delete it once imported.
+    /// keep it as safe as the database password, and delete it once imported. It is written
+    /// as FILE.partial and renamed when complete: an export that was interrupted (killed)
+    /// leaves FILE.partial, as private and as unencrypted, until the next export to FILE
+    /// replaces it; delete it if you give up.
     Export(SnapshotArgs),
     /// Seed DB (created if missing) from a snapshot FILE; prints one JSON line.
     Import(SnapshotArgs),
