@@ -35,9 +35,50 @@ fn events_follow_commits() {
         panic!()
     };
     assert_eq!(e.kind, EventKind::Inserted);
+    // The update that closed it took it out of the filter's view: reported as a removal
+    // from the view, with the record as it is now (it was never reported until 2026-12-06).
+    let Some(WatchItem::Event(e)) = open.try_recv() else {
+        panic!("the record leaving the view is reported")
+    };
+    assert_eq!(e.kind, EventKind::Deleted);
+    assert_eq!(e.record.fields["status"], Value::from("closed"));
     assert!(
         open.try_recv().is_none(),
-        "the closed update does not match the filter"
+        "its delete, outside the view, is not reported"
+    );
+}
+
+/// A filtered watch reports a record entering its view as `Inserted`, changing inside it as
+/// `Updated` and leaving it as `Deleted`; changes outside the view are not reported.
+#[test]
+fn a_filtered_watch_reports_records_entering_and_leaving_its_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("w.db"), OpenOptions::default()).unwrap();
+    let open = db.watch("bugs", Some("status == \"open\""), None).unwrap();
+    let id = db.insert("bugs", [("status", "closed")]).unwrap();
+    let set = |fields: Patch| db.update("bugs", id, fields).unwrap();
+    set(Patch::new().set("title", "outside"));
+    set(Patch::new().set("status", "open"));
+    set(Patch::new().set("title", "inside"));
+    set(Patch::new().set("status", "closed"));
+    set(Patch::new().set("title", "outside again"));
+    set(Patch::new().set("status", "open"));
+    db.delete("bugs", id).unwrap();
+    let seen: Vec<(EventKind, Value)> = std::iter::from_fn(|| open.try_recv())
+        .map(|i| match i {
+            WatchItem::Event(e) => (e.kind, e.record.fields["title"].clone()),
+            WatchItem::Lagged(n) => panic!("lagged {n}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (EventKind::Inserted, Value::from("outside")),
+            (EventKind::Updated, Value::from("inside")),
+            (EventKind::Deleted, Value::from("inside")),
+            (EventKind::Inserted, Value::from("outside again")),
+            (EventKind::Deleted, Value::from("outside again")),
+        ]
     );
 }
 

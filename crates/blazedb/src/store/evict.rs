@@ -145,6 +145,7 @@ impl Database {
                 if watched && live {
                     events.push(Event {
                         kind: EventKind::Deleted,
+                        before: None,
                         seq,
                         record: Record {
                             collection: collection.to_owned(),
@@ -253,6 +254,7 @@ impl Database {
                 let after_fields = after.is_live().then(|| after.fields());
                 if watched && before_fields.is_some() && before_fields != after_fields {
                     events.push(Event {
+                        before: before_fields.clone().map(std::sync::Arc::new),
                         kind: if after_fields.is_some() {
                             EventKind::Updated
                         } else {

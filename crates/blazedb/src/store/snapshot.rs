@@ -601,6 +601,7 @@ impl Database {
                     if watched && state.is_live() {
                         tx.publish_at_commit(Event {
                             kind: EventKind::Deleted,
+                            before: None,
                             seq: head,
                             record: Record {
                                 collection: name.clone(),

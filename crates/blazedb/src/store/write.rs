@@ -526,13 +526,29 @@ impl<'a> Tx<'a> {
             if unchanged_reload && watched && !p.spilled {
                 // Written early by an insert and not changed since: its event is still due.
                 let before = p.before.as_ref().map(Stored::Row);
-                if let Some(e) = event(p, &p.state, before, tables.nodes, tables.fields) {
+                let before_wanted = self.db.watchers.has_filter_on(&p.collection);
+                if let Some(e) = event(
+                    p,
+                    &p.state,
+                    before,
+                    tables.nodes,
+                    tables.fields,
+                    before_wanted,
+                ) {
                     self.spilled.events.push(e);
                 }
             } else if !unchanged_reload {
                 w.write(conn, &mut tables, &mut self.scratch, p, stored, now_ms)?;
                 if watched {
-                    if let Some(e) = event(p, &p.state, stored, tables.nodes, tables.fields) {
+                    let before_wanted = self.db.watchers.has_filter_on(&p.collection);
+                    if let Some(e) = event(
+                        p,
+                        &p.state,
+                        stored,
+                        tables.nodes,
+                        tables.fields,
+                        before_wanted,
+                    ) {
                         self.spilled.events.push(e);
                     }
                 }
@@ -1647,7 +1663,8 @@ impl<'a> Tx<'a> {
                 }
             };
             if watched {
-                events.extend(commit_event(conn, &tables, p)?);
+                let before_wanted = db.watchers.has_filter_on(&p.collection);
+                events.extend(commit_event(conn, &tables, p, before_wanted)?);
             }
             // The transaction is done with the state: the record cache keeps it.
             if wrote {
@@ -1698,13 +1715,27 @@ impl<'a> Tx<'a> {
 }
 
 /// The watch event of a record [`Tx::commit`] wrote (or wrote earlier, see [`Flushed`]).
-fn commit_event(conn: &Connection, tables: &Tables<'_>, p: &Pending) -> Result<Option<Event>> {
+/// `before_wanted`: a filtered watch of the collection needs an update's fields before it
+/// (whether the record entered or left its view).
+fn commit_event(
+    conn: &Connection,
+    tables: &Tables<'_>,
+    p: &Pending,
+    before_wanted: bool,
+) -> Result<Option<Event>> {
     if p.spilled {
         // Its event up to the spill was taken then; only a change since counts.
         return Ok(match &p.flushed {
             Flushed::Reloaded(written) if *written != p.state => {
                 let before = Some(Stored::State(written));
-                event(p, &p.state, before, tables.nodes, tables.fields)
+                event(
+                    p,
+                    &p.state,
+                    before,
+                    tables.nodes,
+                    tables.fields,
+                    before_wanted,
+                )
             }
             _ => None,
         });
@@ -1718,7 +1749,14 @@ fn commit_event(conn: &Connection, tables: &Tables<'_>, p: &Pending) -> Result<O
         &p.state
     };
     let before = p.before.as_ref().map(Stored::Row);
-    Ok(event(p, state, before, tables.nodes, tables.fields))
+    Ok(event(
+        p,
+        state,
+        before,
+        tables.nodes,
+        tables.fields,
+        before_wanted,
+    ))
 }
 
 /// The watch event of a record the transaction changed to `state`, from how it was before;
@@ -1729,6 +1767,7 @@ fn event(
     before: Option<Stored<'_>>,
     nodes: &NodeTable,
     field_names: &FieldTable,
+    before_wanted: bool,
 ) -> Option<Event> {
     let after_live = state.is_live();
     let kind = match (before.is_some_and(Stored::is_live), after_live) {
@@ -1738,6 +1777,12 @@ fn event(
         (false, false) => return None,
     };
     let rev = p.before.as_ref().map_or(0, |b| b.rev) + 1;
+    let before_fields = match (kind, before) {
+        (EventKind::Updated, Some(b)) if before_wanted => {
+            Some(std::sync::Arc::new(b.fields(nodes, field_names)))
+        }
+        _ => None,
+    };
     let fields = if after_live {
         state.fields()
     } else {
@@ -1746,6 +1791,7 @@ fn event(
     };
     Some(Event {
         kind,
+        before: before_fields,
         seq: state.max_seq(),
         record: Record {
             collection: p.collection.clone(),

@@ -32,6 +32,12 @@ pub enum EventKind {
 }
 
 /// A committed change of one record.
+///
+/// To a watch with a filter, `kind` is relative to the filter's view, as query listeners
+/// elsewhere report it: an update that makes a record match is `Inserted`, one that makes it
+/// stop matching is `Deleted` (the record still exists: `record` is as it is now, outside
+/// the view). Before 2026-12-06 a record that stopped matching was never reported, and a
+/// UI mirroring the view kept showing it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// What happened.
@@ -40,6 +46,9 @@ pub struct Event {
     pub seq: Seq,
     /// The record after the change (for a delete: as it was before).
     pub record: Record,
+    /// An update's fields before it, built only while a filtered watch of the collection
+    /// exists (to tell whether the record entered or left its view).
+    pub(crate) before: Option<Arc<std::collections::BTreeMap<String, crate::Value>>>,
 }
 
 /// What a subscription yields.
@@ -87,6 +96,16 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// Whether any subscription exists (events are only built then).
+    /// Whether a watch with a filter follows `collection` (its events then carry an
+    /// update's fields before it).
+    pub(crate) fn has_filter_on(&self, collection: &str) -> bool {
+        self.subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|s| s.filter.is_some() && s.collection == collection)
+    }
+
     pub(crate) fn is_watched(&self) -> bool {
         !self
             .subs
@@ -109,9 +128,25 @@ impl Registry {
                 if e.record.collection != s.collection {
                     continue;
                 }
+                let mut relabelled;
+                let mut e = e;
                 if let Some(f) = &s.filter {
-                    if !f.matches(&e.record.id.0, &e.record.fields, &s.params) {
-                        continue;
+                    let matches = |fields| f.matches(&e.record.id.0, fields, &s.params);
+                    let now = matches(&e.record.fields);
+                    let kind = match (e.kind, e.before.as_deref()) {
+                        (EventKind::Updated, Some(before)) => match (matches(before), now) {
+                            (true, true) => EventKind::Updated,
+                            (false, true) => EventKind::Inserted,
+                            (true, false) => EventKind::Deleted,
+                            (false, false) => continue,
+                        },
+                        (kind, _) if now => kind,
+                        _ => continue,
+                    };
+                    if kind != e.kind {
+                        relabelled = e.clone();
+                        relabelled.kind = kind;
+                        e = &relabelled;
                     }
                 }
                 let sent = if s.tx.len() >= s.capacity {
