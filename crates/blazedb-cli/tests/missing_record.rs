@@ -57,3 +57,19 @@ fn read_commands_do_not_create_a_missing_database() {
         assert!(!db.path.exists(), "{command} created the file");
     }
 }
+
+/// A write to a database in a directory that does not exist says so: SQLite's own words were
+/// "unable to open database file", which says nothing of the directory.
+#[test]
+fn a_write_into_a_missing_directory_names_the_directory() {
+    let db = TestDb::new();
+    let path = db.file("no/such/dir/x.db");
+    let run =
+        common::run_blazedb(None, &["put", path.to_str().unwrap(), "c", r#"{"a":1}"#]).failure(1);
+    assert!(
+        run.stderr.contains("the directory") && run.stderr.contains("does not exist"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("no/such/dir"), "{}", run.stderr);
+}

@@ -186,6 +186,8 @@ async fn queries_are_filtered_by_the_read_rule() {
     for (order_by, says) in [
         ("priority desc", "priority:desc"),
         ("priority,title", "one sort key each"),
+        ("priority:", "nothing after ':'"),
+        (":", "nothing after ':'"),
     ] {
         let r = query(
             relay.addr,

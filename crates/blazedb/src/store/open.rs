@@ -348,6 +348,20 @@ fn open_once(
                 "no such database (create it by writing to it, or check the path)",
             )))
         }
+        FileKind::Missing => {
+            // SQLite only says "unable to open database file" for a file in a directory that
+            // is not there.
+            let parent = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = parent.filter(|d| !d.is_dir()) {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "the directory {} does not exist (create it first, or check the path)",
+                        dir.display()
+                    ),
+                )));
+            }
+        }
         FileKind::Foreign(reason) => {
             return Err(OpenError::NotABlazeDb {
                 path: p,

@@ -117,6 +117,13 @@ impl OrderBy {
                     "{text:?}: the direction after ':' must be asc or desc, not {dir:?}"
                 ))
             }
+            // `a:` (a direction left out) sorted by a field named "a:" that no record has.
+            Some((field, "")) => {
+                return Err(format!(
+                    "{text:?}: nothing after ':': write {0:?}, \"{0}:asc\" or \"{0}:desc\"",
+                    if field.is_empty() { "FIELD" } else { field }
+                ))
+            }
             _ => (text, false),
         };
         if field.is_empty() {

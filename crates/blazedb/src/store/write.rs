@@ -365,7 +365,9 @@ impl Database {
         self.transaction(|tx| tx.increment(collection, id, field, by))
     }
 
-    /// Add elements to a set field.
+    /// Add elements to a set field. A set reads sorted and without repeats: adding to a
+    /// plain list field makes it a set, so a list with repeated values (`["x", "x"]`) loses
+    /// its repeats (write a list whole with `Patch::set` to keep them).
     pub fn set_add(
         &self,
         collection: &str,

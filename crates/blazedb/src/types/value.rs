@@ -19,7 +19,9 @@ impl Timestamp {
             .map_err(|_| format!("time {s:?} is out of range"))
     }
 
-    /// Format as RFC 3339 with microseconds, in UTC.
+    /// Format as RFC 3339 with microseconds, in UTC. A time RFC 3339 cannot write (outside
+    /// the years 0000–9999, reachable only through the API's `Timestamp(i64)`) comes out as
+    /// its microsecond count in decimal digits, which [`Timestamp::parse_rfc3339`] refuses.
     pub fn to_rfc3339(self) -> String {
         let nanos = i128::from(self.0) * 1000;
         match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
