@@ -505,6 +505,12 @@ impl<'a> Tx<'a> {
     pub(crate) fn spill(&mut self) -> Result<()> {
         self.batch.write(&self.inner.conn)?;
         let watched = self.db.watchers.is_watched();
+        // Collections a filtered watch follows: their update events carry the fields before.
+        let filtered = if watched {
+            self.db.watchers.filtered_collections()
+        } else {
+            Vec::new()
+        };
         let now_ms = self.now_ms;
         let (conn, mut tables, record_cache) = Tables::split(&mut *self.inner);
         let mut w = RecordWriter::new(conn);
@@ -528,7 +534,7 @@ impl<'a> Tx<'a> {
             if unchanged_reload && watched && !p.spilled {
                 // Written early by an insert and not changed since: its event is still due.
                 let before = p.before.as_ref().map(Stored::Row);
-                let before_wanted = self.db.watchers.has_filter_on(&p.collection);
+                let before_wanted = filtered.contains(&p.collection);
                 if let Some(e) = event(
                     p,
                     &p.state,
@@ -542,7 +548,7 @@ impl<'a> Tx<'a> {
             } else if !unchanged_reload {
                 w.write(conn, &mut tables, &mut self.scratch, p, stored, now_ms)?;
                 if watched {
-                    let before_wanted = self.db.watchers.has_filter_on(&p.collection);
+                    let before_wanted = filtered.contains(&p.collection);
                     if let Some(e) = event(
                         p,
                         &p.state,
@@ -1612,6 +1618,12 @@ impl<'a> Tx<'a> {
     /// changed.
     pub(crate) fn commit(self) -> Result<(Vec<Event>, bool)> {
         let watched = self.db.watchers.is_watched();
+        // Collections a filtered watch follows: their update events carry the fields before.
+        let filtered = if watched {
+            self.db.watchers.filtered_collections()
+        } else {
+            Vec::new()
+        };
         let Tx {
             db,
             inner,
@@ -1665,7 +1677,7 @@ impl<'a> Tx<'a> {
                 }
             };
             if watched {
-                let before_wanted = db.watchers.has_filter_on(&p.collection);
+                let before_wanted = filtered.contains(&p.collection);
                 events.extend(commit_event(conn, &tables, p, before_wanted)?);
             }
             // The transaction is done with the state: the record cache keeps it.

@@ -96,14 +96,17 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// Whether any subscription exists (events are only built then).
-    /// Whether a watch with a filter follows `collection` (its events then carry an
-    /// update's fields before it).
-    pub(crate) fn has_filter_on(&self, collection: &str) -> bool {
-        self.subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|s| s.filter.is_some() && s.collection == collection)
+    /// The collections a watch with a filter follows (their events then carry an update's
+    /// fields before it). Asked once per commit.
+    pub(crate) fn filtered_collections(&self) -> Vec<String> {
+        let subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = Vec::new();
+        for s in subs.iter().filter(|s| s.filter.is_some()) {
+            if !out.contains(&s.collection) {
+                out.push(s.collection.clone());
+            }
+        }
+        out
     }
 
     pub(crate) fn is_watched(&self) -> bool {
