@@ -2,11 +2,12 @@
 //!
 //! Events are published after the transaction commits, never before, and in commit order:
 //! a commit's events are queued before the database's lock is released, so a subscriber sees
-//! a record's revisions in increasing order. Each subscription has
-//! a bounded buffer; when a slow subscriber lets it fill up, further events are dropped and
-//! the subscriber receives [`WatchItem::Lagged`] with the number it missed (after the events
-//! queued before them), instead of the buffer growing without bound. A subscriber that lagged can re-read the collection (or
-//! resume from the change feed) to catch up.
+//! a record's revisions in increasing order. Each subscription has a bounded buffer; when a
+//! slow subscriber lets it fill up, further events are dropped and the subscriber receives
+//! [`WatchItem::Lagged`] with the number it missed (after the events queued before them),
+//! instead of the buffer growing without bound. A subscriber that lagged can re-read the
+//! collection (or resume from the change feed) to catch up. A filtered watch reports records
+//! entering and leaving its view (see [`Event`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
