@@ -811,9 +811,9 @@ impl<'a> Tx<'a> {
                 .iter()
                 .any(|c| matches!(&c.key, CellKey::Element(f, _) if &**f == field));
             let is_counter = matches!(here, Some(Value::Int(_)));
+            let set_here = is_set && matches!(here, Some(Value::List(_)));
             let whole = touched.whole
-                || (!touched.elements.is_empty()
-                    && !(is_set && matches!(here, Some(Value::List(_)))))
+                || (!touched.elements.is_empty() && !set_here)
                 || (!touched.counters.is_empty() && !is_counter);
             if whole {
                 // Not a set (or counter) here, or written whole: element or counter cells
