@@ -1657,3 +1657,34 @@ fn a_set_element_added_and_removed_concurrently_is_a_conflict() {
     assert_eq!(tags(&a), want);
     assert_eq!(tags(&b), want);
 }
+
+/// A set element added on one side while the other deleted the record: the element is listed
+/// as lost to the delete, and resolving it with `true` brings the record back as this node
+/// held it, with the element (it failed with "no record" once element conflicts were
+/// resolved element by element; found by an audit).
+#[test]
+fn a_set_element_lost_to_a_delete_resolves_by_restoring_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let id = a.insert("c", [("t", "x")]).unwrap();
+    a.set_add("c", id, "tags", vec!["keep".into()]).unwrap();
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    a.set_add("c", id, "tags", vec!["new".into()]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(b.delete("c", id).unwrap());
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    assert!(a.get("c", id).unwrap().is_none());
+    let lost = a.conflicts(None).unwrap();
+    let c = lost
+        .iter()
+        .find(|c| c.element == Some(Value::from("new")))
+        .unwrap_or_else(|| panic!("{lost:?}"));
+    assert_eq!(c.winner, None, "lost to the delete");
+    a.resolve_conflict(c.id, Some(Value::Bool(true))).unwrap();
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    for db in [&a, &b] {
+        let f = db.get("c", id).unwrap().expect("restored").fields;
+        assert_eq!(f["t"], Value::from("x"));
+        assert_eq!(f["tags"], Value::List(vec!["keep".into(), "new".into()]));
+    }
+}

@@ -1450,6 +1450,21 @@ impl Database {
                             )))
                         }
                     };
+                    // Deleted here: restored whole first, as for a field (below).
+                    if tx.get(&c.collection, c.record)?.is_none() {
+                        match fields_before_winning_delete(tx, c)? {
+                            Some(fields) => tx.insert_with_id(&c.collection, c.record, fields)?,
+                            None => {
+                                return Err(Error::InvalidArgument(format!(
+                                    "this node holds no copy of record {} in {:?} (a partial \
+                                     replica evicted it): resolve conflict {conflict_id} \
+                                     without a value, and change the set where the record \
+                                     lives",
+                                    c.record, c.collection
+                                )))
+                            }
+                        }
+                    }
                     return tx.update(&c.collection, c.record, patch);
                 }
                 if c.counter_node.is_some() {
