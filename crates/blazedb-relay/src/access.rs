@@ -87,12 +87,18 @@ impl AccessControl for ConnectionAccess {
         }
     }
 
-    /// The token's `sub` (the static token's is "token", shared by all who hold it).
+    /// The token's `sub` (the static token's is "token", shared by all who hold it). A `sub`
+    /// that is not text (an issuer's numeric user id) is the same identity as its JSON text
+    /// (`7` and `"7"`), and a token without one is the identity "" shared by every such
+    /// token. Both were `None`, which skips the binding of node ids to identities: any
+    /// token with a numeric or missing `sub` could connect as another user's node (an
+    /// audit, 2026-12-06).
     fn identity(&self) -> Option<String> {
-        match self.claim("sub")? {
-            Value::Text(sub) => Some(sub.clone()),
-            _ => None,
-        }
+        Some(match self.claim("sub") {
+            Some(Value::Text(sub)) => sub.clone(),
+            Some(other) => blazedb::codec::json::to_json(other).to_string(),
+            None => String::new(),
+        })
     }
 
     /// A JWT's `exp` (plus the clock tolerance accepted at connect) bounds the session: the

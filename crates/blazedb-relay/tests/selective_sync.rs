@@ -196,6 +196,29 @@ async fn views_follow_data_policy_and_claims_and_evictions_delete_nothing() {
         .unwrap();
     let e = ended.expect_err("refused").to_string();
     assert!(e.contains("another user"), "{e}");
+    // So is a token whose `sub` is a number, or missing: they are identities too (they
+    // skipped the check, and could act as alice's node).
+    for claims in [
+        json!({"sub": 7, "exp": now_s() + 600}),
+        json!({"exp": now_s() + 600}),
+    ] {
+        let ws = connect_ws(relay.addr, Some(&jwt_hs256(SECRET, claims.clone())))
+            .await
+            .expect("connects");
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            run_session(
+                db.clone(),
+                WsStream::new(ws),
+                SessionConfig::default(),
+                DriverOptions::default(),
+            ),
+        )
+        .await
+        .expect("ends in time");
+        let e = ended.expect_err("refused").to_string();
+        assert!(e.contains("another user"), "{claims}: {e}");
+    }
     assert_eq!(titles(&db), ["alice low", "carol private", "public high"]);
     // Dave on a file of his own: the view follows his claims.
     let dave = open(dir.path(), "dave");
