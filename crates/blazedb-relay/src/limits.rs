@@ -44,6 +44,17 @@ pub const MESSAGE_BURST_DEFAULT: u32 = 2_000;
 /// connection. Dropping a socket with unread input resets it, which can destroy the ERROR.
 pub const CLOSE_FLUSH_MS: u64 = 2_000;
 
+/// An HTTP connection that was not upgraded to a sync session and has moved no bytes for
+/// this long, in ms, is closed (or the idle timeout, if shorter): a keep-alive connection
+/// holds a connection slot, and a dozen idle ones (left by `/health` checks) locked every
+/// sync client out of a relay at its limit for the whole idle timeout.
+pub const HTTP_KEEPALIVE_IDLE_MS: u64 = 2_000;
+
+/// Connections kept beyond `--max-connections` for `/health` and `/metrics` alone (anything
+/// else on them is answered `503`), so that a relay at its limit can still be seen by its
+/// operator and its monitoring: they were refused with everyone else.
+pub const STATUS_CONNECTIONS_RESERVED: usize = 4;
+
 /// Largest `POST /v1/query` body, in bytes. The expression itself is limited to
 /// [`blazedb::limits::EXPRESSION_BYTES_MAX`] (16 KiB); the rest is room for the JSON around it.
 pub const QUERY_BODY_BYTES_MAX: usize = 64 * 1024;

@@ -35,11 +35,13 @@ use crate::auth::Authenticator;
 use crate::config::RelayConfig;
 use crate::error::RelayError;
 use crate::http::{router, ConnectionSlot};
-use crate::limits::{HTTP_HEAD_BYTES_MAX, ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_FILE_NAME};
+use crate::limits::{
+    HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS, ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_FILE_NAME,
+};
 use crate::metrics::Transport;
 use crate::origin::Origin;
 use crate::rules::Rules;
-use crate::slots::Slot;
+use crate::slots::{Refused, Slot};
 use crate::state::State;
 
 /// A relay whose listeners are bound; [`Relay::run`] serves until shutdown.
@@ -383,8 +385,9 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
             },
         };
         let _ = stream.set_nodelay(true);
-        let slot = match state.take_slot(Some(peer.ip())) {
-            Ok(slot) => slot,
+        // At the limit, a few more connections may still ask for `/health` or `/metrics`.
+        let (slot, status_only) = match state.take_http_slot(peer.ip()) {
+            Ok(taken) => taken,
             Err(why) => {
                 let message = state.refusal_message(why);
                 state
@@ -397,7 +400,7 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
         let tls = tls.clone();
         state.tasks.spawn(async move {
             match tls {
-                None => serve_http(st, stream, slot, peer.ip()).await,
+                None => serve_http(st, stream, slot, peer.ip(), status_only).await,
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     let answer = plaintext::tls_required_http_response;
@@ -407,7 +410,7 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
                     )
                     .await
                     {
-                        serve_http(st, s, slot, peer.ip()).await;
+                        serve_http(st, s, slot, peer.ip(), status_only).await;
                     }
                 }
             }
@@ -437,16 +440,41 @@ async fn refuse_http(stream: tokio::net::TcpStream, tls: bool, code: &str, messa
 /// A keep-alive connection idle for the idle timeout is closed, so idle HTTP clients cannot
 /// hold connection slots forever (hyper's header timeout only starts with a request's first
 /// byte).
-async fn serve_http<I>(state: Arc<State>, io: I, slot: Slot, ip: IpAddr)
-where
+///
+/// `status_only`: the connection holds a slot of the status reserve (the relay is at its
+/// limit, refused for this reason): it may ask `/health` and `/metrics`, nothing else.
+async fn serve_http<I>(
+    state: Arc<State>,
+    io: I,
+    slot: Slot,
+    ip: IpAddr,
+    status_only: Option<Refused>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let slot = ConnectionSlot::new(slot, ip);
     let app = router(state.clone());
+    let refusal = status_only.map(|why| (why, state.refusal_message(why)));
+    let st = state.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(slot.clone());
         let mut app = app.clone();
-        async move { app.call(req).await }
+        let refused = refusal
+            .clone()
+            .filter(|_| !matches!(req.uri().path(), "/health" | "/metrics"));
+        if let Some((why, _)) = &refused {
+            st.count_refusal(*why);
+        }
+        async move {
+            match refused {
+                Some((why, message)) => Ok(crate::http::error(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    why.code(),
+                    message,
+                )),
+                None => app.call(req).await,
+            }
+        }
     });
     let (io, last_active) = ActivityIo::new(io, state.started);
     let conn = hyper::server::conn::http1::Builder::new()
@@ -456,7 +484,7 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let idle_ms = state.limits.idle_timeout_ms;
+    let idle_ms = state.limits.idle_timeout_ms.min(HTTP_KEEPALIVE_IDLE_MS);
     let mut check = tokio::time::interval(Duration::from_millis((idle_ms / 4).max(10)));
     loop {
         tokio::select! {

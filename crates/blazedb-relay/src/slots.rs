@@ -16,6 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug)]
 pub(crate) struct Slots {
     total: Arc<Semaphore>,
+    /// Beyond `total`, for the status endpoints only (`STATUS_CONNECTIONS_RESERVED`).
+    status: Arc<Semaphore>,
     /// 0: no limit per address.
     per_address_max: usize,
     per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -89,6 +91,7 @@ impl Slots {
     pub fn new(total: usize, per_address_max: usize) -> Slots {
         Slots {
             total: Arc::new(Semaphore::new(total)),
+            status: Arc::new(Semaphore::new(crate::limits::STATUS_CONNECTIONS_RESERVED)),
             per_address_max,
             per_address: Arc::default(),
         }
@@ -125,6 +128,16 @@ impl Slots {
         Ok(Slot {
             _total: total,
             _address: address,
+        })
+    }
+
+    /// A slot of the status reserve, for a connection that may only ask `/health` or
+    /// `/metrics` (the relay is at its limit).
+    pub fn take_status(&self) -> Option<Slot> {
+        let permit = self.status.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            _total: permit,
+            _address: None,
         })
     }
 

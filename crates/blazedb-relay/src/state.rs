@@ -91,12 +91,37 @@ impl State {
     /// Take a connection slot for a client at `ip` (`None`: a Unix socket), or say why
     /// there is none (counted in the metrics).
     pub fn take_slot(&self, ip: Option<std::net::IpAddr>) -> Result<Slot, Refused> {
-        self.slots.take(ip).inspect_err(|why| {
-            self.metrics
-                .connections_refused
-                .get_or_create(&crate::metrics::RefusedLabel { limit: *why })
-                .inc();
-        })
+        self.slots
+            .take(ip)
+            .inspect_err(|why| self.count_refusal(*why))
+    }
+
+    /// An HTTP connection's slot: at the limit, one of the status reserve for a connection
+    /// that may only ask `/health` and `/metrics` (`Ok((slot, Some(why)))`; refusing it
+    /// anything else counts as refused then).
+    pub fn take_http_slot(&self, ip: std::net::IpAddr) -> Result<(Slot, Option<Refused>), Refused> {
+        match self.slots.take(Some(ip)) {
+            Ok(slot) => Ok((slot, None)),
+            Err(Refused::Total) => match self.slots.take_status() {
+                Some(slot) => Ok((slot, Some(Refused::Total))),
+                None => {
+                    self.count_refusal(Refused::Total);
+                    Err(Refused::Total)
+                }
+            },
+            Err(why) => {
+                self.count_refusal(why);
+                Err(why)
+            }
+        }
+    }
+
+    /// Count a connection refused for `why`.
+    pub fn count_refusal(&self, why: Refused) {
+        self.metrics
+            .connections_refused
+            .get_or_create(&crate::metrics::RefusedLabel { limit: why })
+            .inc();
     }
 
     /// What a client refused a slot is told.

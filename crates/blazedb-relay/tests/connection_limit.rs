@@ -1,5 +1,7 @@
 //! At `connections_max` open connections the relay answers further connections 503 at once
-//! (a JSON error, nothing else read); when a connection closes, its slot is free again.
+//! (a JSON error, nothing else read), except `/health` and `/metrics` on a few reserved
+//! connections; when a connection closes, its slot is free again. An idle keep-alive HTTP
+//! connection gives its slot back within `HTTP_KEEPALIVE_IDLE_MS`.
 
 mod common;
 
@@ -18,6 +20,23 @@ async fn connections_over_the_limit_get_503() {
     let (status, body) = refused(connect_ws(relay.addr, Some(TOKEN)).await.unwrap_err());
     assert_eq!(status, 503);
     assert_eq!(body["code"], "too_many_connections");
+    // At the limit the relay can still be seen: a few connections beyond it are kept for
+    // `/health` and `/metrics` (they were refused with everyone else), and only for them.
+    let health = http(relay.addr, "GET", "/health", &[], "").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    let m = http(relay.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(m.status, 200, "{}", m.body);
+    assert_eq!(
+        metric(
+            &m.body,
+            "blazedb_relay_connections_refused_total{limit=\"total\"}"
+        ),
+        Some(1.0),
+        "only the WebSocket was refused: {}",
+        m.body
+    );
+    let q = http(relay.addr, "POST", "/v1/query", &[], "{}").await;
+    assert_eq!(q.status, 503, "{}", q.body);
 
     a.finish().await.unwrap();
     // The slot comes back once the session has ended on the relay too.
@@ -98,4 +117,51 @@ async fn connect_once_a_slot_is_free(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("{what}: no slot within 2 s");
+}
+
+/// Keep-alive HTTP connections left idle after a `/health` check hold connection slots: they
+/// are closed after `HTTP_KEEPALIVE_IDLE_MS` (2 s), not the idle timeout, so that a dozen of
+/// them do not lock every sync client out of a relay at its limit for that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_http_connections_give_their_slots_back_soon() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::start(|c| {
+        c.limits.connections_max = 2;
+        c.limits.idle_timeout_ms = 60_000;
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        let req = format!("GET /health HTTP/1.1\r\nhost: {}\r\n\r\n", relay.addr);
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        idle.push(s);
+    }
+    // Both slots are held by the idle connections...
+    let (status, _) = refused(connect_ws(relay.addr, Some(TOKEN)).await.unwrap_err());
+    assert_eq!(status, 503);
+    // ...until they are closed, well within the 60 s idle timeout.
+    let started = std::time::Instant::now();
+    drop(connect_once_a_slot_is_free_within(&relay, Duration::from_secs(6)).await);
+    assert!(started.elapsed() < Duration::from_secs(6));
+    drop(idle);
+    relay.stop().await;
+}
+
+/// [`connect_once_a_slot_is_free`] with a longer bound.
+async fn connect_once_a_slot_is_free_within(
+    relay: &TestRelay,
+    bound: Duration,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < bound {
+        if let Ok(ws) = connect_ws(relay.addr, Some(TOKEN)).await {
+            return ws;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no slot within {bound:?}");
 }
