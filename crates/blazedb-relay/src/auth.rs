@@ -275,6 +275,15 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation, token: &str) -> AuthErro
             "issued by another issuer: this relay accepts `iss` {}",
             expected(&validation.iss)
         ),
+        // The library says "missing" also for a claim of the wrong type (`"exp": "1796…"`).
+        ErrorKind::MissingRequiredClaim(c)
+            if claims_json(token).is_some_and(|j| j.get(c).is_some()) =>
+        {
+            format!(
+                "the token's `{c}` claim is not a number of seconds since 1970, as JWT \
+                 requires: ask its issuer"
+            )
+        }
         ErrorKind::MissingRequiredClaim(c) => {
             format!("the token has no `{c}` claim, which this relay requires: ask its issuer")
         }
@@ -286,6 +295,16 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation, token: &str) -> AuthErro
         other => format!("{other:?}"),
     };
     AuthError::Jwt(m)
+}
+
+/// The claims (second part) of a token, as JSON, without checking anything.
+fn claims_json(token: &str) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let claims = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The `alg` of a token whose header is JSON with a string `alg` that jsonwebtoken does
@@ -446,6 +465,11 @@ mod tests {
         // A token without `exp` is refused: it would never expire.
         let no_exp = encode(&Header::default(), &serde_json::json!({"sub": "x"}), &key).unwrap();
         assert!(matches!(a.verify(Some(&no_exp)), Err(AuthError::Jwt(_))));
+        // One whose `exp` is text is told so, not that it has none.
+        let text_exp = serde_json::json!({"sub": "x", "exp": "1796000000"});
+        let text_exp = encode(&Header::default(), &text_exp, &key).unwrap();
+        let e = a.verify(Some(&text_exp)).unwrap_err().to_string();
+        assert!(e.contains("`exp` claim is not a number"), "{e}");
     }
 
     /// A claim whose value is null is one the token lacks, so a rule comparing it never

@@ -157,6 +157,10 @@ fn close_reason(
             | ErrorCode::UnsupportedVersion
             | ErrorCode::SameNode
             | ErrorCode::ClockSkew
+            // A client's EVICT or a policy it may not ask for: the client's doing, not a
+            // failure of the relay (they were counted as `error`).
+            | ErrorCode::Forbidden
+            | ErrorCode::InvalidPolicy
                 if !error.remote =>
             {
                 CloseReason::ProtocolError

@@ -182,12 +182,17 @@ async fn queries_are_filtered_by_the_read_rule() {
     .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("asc or desc"), "{}", r.body);
+    // A collection name no collection can have is a 400 naming the limit, not `[]`.
+    let r = query(relay.addr, &alice, json!({"collection": "c".repeat(200)})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("128"), "{}", r.body);
     // SQL's `FIELD desc` and `a,b`: refused the same way, saying how to write them.
     for (order_by, says) in [
         ("priority desc", "priority:desc"),
         ("priority,title", "one sort key each"),
         ("priority:", "nothing after ':'"),
         (":", "nothing after ':'"),
+        ("priority:desc:desc", "one direction per key"),
     ] {
         let r = query(
             relay.addr,

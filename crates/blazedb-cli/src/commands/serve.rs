@@ -84,9 +84,14 @@ pub struct ServeArgs {
     /// a NAT many clients share, since they all arrive from its address.
     #[arg(long, value_name = "N")]
     pub max_connections_per_address: Option<usize>,
-    /// Protocol messages per second one connection may send (sustained); 0: unlimited.
+    /// Protocol messages per second one connection may send (sustained); 0: unlimited. A
+    /// connection may also send a burst above it: see --message-burst.
     #[arg(long, value_name = "N")]
     pub message_rate: Option<u32>,
+    /// Messages one connection may send in a burst above --message-rate (the token bucket's
+    /// size, at least 1). Default: the larger of 2000 and twice the rate.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub message_burst: Option<u32>,
     /// Serve without authentication on a non-loopback address: anyone who can reach the relay
     /// reads and writes what the rules allow.
     #[arg(long)]
@@ -146,6 +151,9 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
     if let Some(n) = args.message_rate {
         limits.message_rate_per_s = n;
         limits.message_burst = limits.message_burst.max(n.saturating_mul(2));
+    }
+    if let Some(n) = args.message_burst {
+        limits.message_burst = n;
     }
     let config = RelayConfig {
         data_dir: args.data.clone(),

@@ -183,6 +183,11 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     }
     let offset = req.offset.unwrap_or(0);
     let collection = req.collection;
+    // A name no collection can have (too long, empty) is a mistake to report, not an empty
+    // answer.
+    if let Err(e) = blazedb::validate_collection_name(&collection) {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", e);
+    }
     if !state.rules.can_read_collection(&collection) {
         return Json(Vec::<serde_json::Value>::new()).into_response();
     }

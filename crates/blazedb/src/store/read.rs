@@ -129,6 +129,14 @@ impl OrderBy {
         if field.is_empty() {
             return Err(format!("{text:?}: expected FIELD, FIELD:asc or FIELD:desc"));
         }
+        // `n:desc:desc` sorted by a field named "n:desc" that no record has.
+        if let Some((_, dir)) = field.rsplit_once(':') {
+            if dir.eq_ignore_ascii_case("desc") || dir.eq_ignore_ascii_case("asc") {
+                return Err(format!(
+                    "{text:?}: one direction per key, after the last ':'"
+                ));
+            }
+        }
         Ok(OrderBy {
             field: field.to_owned(),
             desc,

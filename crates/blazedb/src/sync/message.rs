@@ -559,7 +559,14 @@ pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
             }
             Message::Reject { rejections }
         }
-        k => return Err(DecodeError::BadTag { tag: k, offset: 0 }),
+        // Said as what it is: "unknown value tag" sent implementers looking at values.
+        k => {
+            return Err(DecodeError::Malformed(format!(
+                "unknown message type 0x{k:02x} (PROTOCOL.md §5 lists the types of protocol \
+                 version {})",
+                crate::limits::PROTOCOL_VERSION
+            )))
+        }
     };
     if !r.is_empty() {
         return Err(DecodeError::Malformed(format!(
@@ -1007,5 +1014,23 @@ impl Dict {
             seen,
             seq: Seq(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame type no version of the protocol defines is named as a message type (it was
+    /// "unknown value tag", which sent an implementer looking at values).
+    #[test]
+    fn an_unknown_message_type_is_named_as_one() {
+        for kind in [0x0E_u8, 0x42, 0xFF] {
+            let e = decode_simple(kind, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("unknown message type 0x{kind:02x}")),
+                "{e}"
+            );
+        }
     }
 }
