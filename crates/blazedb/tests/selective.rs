@@ -1173,6 +1173,49 @@ fn a_replica_write_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_a
     assert!(other.conflicts(Some("docs")).unwrap().is_empty());
 }
 
+/// As above for a set element: the replica adds one, and another node, later and unaware,
+/// removes it and takes the record out of the replica's view. The source records the
+/// replica's lost add when it ignores it (it recorded only plain fields and records, so the
+/// add was lost unrecorded once element conflicts counted: simulation seed 6351425
+/// perturbed).
+#[test]
+fn a_replica_element_add_lost_to_a_write_taking_the_record_out_of_view_is_a_conflict_at_the_source()
+{
+    let t = Trio::new(&[("a", 0)]);
+    let (source, replica, other, id) = (&t.source, &t.replica, &t.other, t.id);
+    other
+        .set_add("docs", id, "tags", vec![Value::from("x")])
+        .unwrap();
+    t.sync_other();
+    t.sync_replica();
+    replica
+        .set_add("docs", id, "tags", vec![Value::from("y")])
+        .unwrap();
+    later();
+    other
+        .update(
+            "docs",
+            id,
+            Patch::new()
+                .set("a", 3)
+                .remove("tags", vec![Value::from("y")]),
+        )
+        .unwrap();
+    t.sync_other();
+    t.sync_replica();
+    assert!(
+        replica.get("docs", id).unwrap().is_none(),
+        "out of its view"
+    );
+    let conflicts = source.conflicts(Some("docs")).unwrap();
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c.element == Some(Value::from("y")) && c.loser == Some(Value::Bool(true))),
+        "{conflicts:?}"
+    );
+}
+
 /// The replica records its write's loss itself (the winner kept the record in its view),
 /// then a later write takes the record out of its view: the record is evicted, the conflict
 /// stays listed until the application resolves it.

@@ -1442,11 +1442,17 @@ impl<'a> Tx<'a> {
     pub(crate) fn merge_received(&mut self, i: usize, mut cell: Cell) -> Result<bool> {
         self.receive_cell(&mut cell)?;
         // Copied only where ignored losers are tracked, and only for the cells that can
-        // lose in a conflict (plain fields and the record's own cell).
+        // lose in a conflict (plain fields, set elements and the record's own cell).
         let copy = self
             .ignored
             .is_some()
-            .then(|| matches!(cell.key, CellKey::Record | CellKey::Field(_)).then(|| cell.clone()))
+            .then(|| {
+                matches!(
+                    cell.key,
+                    CellKey::Record | CellKey::Field(_) | CellKey::Element(..)
+                )
+                .then(|| cell.clone())
+            })
             .flatten();
         let applied = self.merge(i, cell);
         if let (false, Some(loser)) = (applied, copy) {
@@ -2619,8 +2625,18 @@ fn concurrent_winner<'s>(state: &'s RecordState, loser: &Cell) -> Option<&'s Cel
             }
         }
     }
+    // Then, for a set element, its field's reset (a plain write of the field).
+    if let CellKey::Element(f, _) = &loser.key {
+        if let Some(reset) = state.cell(&CellKey::Field(f.clone())) {
+            if loser.version < reset.version {
+                return unseen(reset).then_some(reset);
+            }
+        }
+    }
     let w = state.cell(&loser.key)?;
-    (w.version > loser.version && unseen(w)).then_some(w)
+    // An element's add and remove conflict; two adds (or removes) agree.
+    let differs = !matches!(loser.key, CellKey::Element(..)) || w.value != loser.value;
+    (w.version > loser.version && differs && unseen(w)).then_some(w)
 }
 
 #[cfg(test)]
