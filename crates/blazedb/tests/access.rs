@@ -1230,6 +1230,50 @@ fn a_doc_the_readers_delete_leaves_revived_and_readable_reaches_it() {
     assert_eq!(fields(&other), Some(expected));
 }
 
+/// Only a node trusted with it may change `text` (the server's write rule in the restatement
+/// tests).
+#[derive(Debug)]
+struct TextGuard {
+    may_edit_text: bool,
+}
+
+impl AccessControl for TextGuard {
+    fn can_write(
+        &self,
+        _: &str,
+        _: RecordId,
+        before: Option<&BTreeMap<String, Value>>,
+        after: Option<&BTreeMap<String, Value>>,
+    ) -> Result<(), String> {
+        let text = |f: Option<&BTreeMap<String, Value>>| f.and_then(|f| f.get("text")).cloned();
+        if !self.may_edit_text && text(before) != text(after) {
+            return Err("text is read-only for you".into());
+        }
+        Ok(())
+    }
+}
+
+/// Sync `client` with `server`, which enforces [`TextGuard`]; the client's session events.
+fn sync_text_guarded(
+    server: &Database,
+    client: &Database,
+    may_edit_text: bool,
+) -> Vec<SessionEvent> {
+    let cfg = SessionConfig {
+        server: true,
+        access: Some(Arc::new(TextGuard { may_edit_text })),
+        ..Default::default()
+    };
+    let mut ss = Session::new(server, cfg, 0).unwrap();
+    let mut sc = Session::new(client, SessionConfig::default(), 0).unwrap();
+    pump(server, &mut ss, client, &mut sc);
+    let mut events = Vec::new();
+    while let Some(e) = sc.poll_event() {
+        events.push(e);
+    }
+    events
+}
+
 /// A refused update is undone field by field: the server writes again only what it
 /// touched. A third node's concurrent write to the record's other fields — made before the
 /// refused one, so older than the server's restatement, and arriving after it — is not
@@ -1237,47 +1281,14 @@ fn a_doc_the_readers_delete_leaves_revived_and_readable_reaches_it() {
 /// concurrent change to another element of the same set.
 #[test]
 fn a_refused_update_restates_only_what_it_touched() {
-    /// Only a node trusted with it may change `text`.
-    #[derive(Debug)]
-    struct TextGuard {
-        may_edit_text: bool,
-    }
-    impl AccessControl for TextGuard {
-        fn can_write(
-            &self,
-            _: &str,
-            _: RecordId,
-            before: Option<&BTreeMap<String, Value>>,
-            after: Option<&BTreeMap<String, Value>>,
-        ) -> Result<(), String> {
-            let text = |f: Option<&BTreeMap<String, Value>>| f.and_then(|f| f.get("text")).cloned();
-            if !self.may_edit_text && text(before) != text(after) {
-                return Err("text is read-only for you".into());
-            }
-            Ok(())
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let (server, writer, third) = (
         open(dir.path(), "s"),
         open(dir.path(), "w"),
         open(dir.path(), "t"),
     );
-    let sync = |client: &Database, may_edit_text: bool| {
-        let cfg = SessionConfig {
-            server: true,
-            access: Some(Arc::new(TextGuard { may_edit_text })),
-            ..Default::default()
-        };
-        let mut ss = Session::new(&server, cfg, 0).unwrap();
-        let mut sc = Session::new(client, SessionConfig::default(), 0).unwrap();
-        pump(&server, &mut ss, client, &mut sc);
-        let mut events = Vec::new();
-        while let Some(e) = sc.poll_event() {
-            events.push(e);
-        }
-        events
-    };
+    let sync =
+        |client: &Database, may_edit_text: bool| sync_text_guarded(&server, client, may_edit_text);
     let note = server
         .insert(
             "notes",
@@ -1392,25 +1403,6 @@ fn a_refused_update_restates_only_what_it_touched() {
 /// (found by an audit of merge semantics: `t13.sh`).
 #[test]
 fn a_newer_allowed_write_wins_over_the_restatement_of_an_older_refused_one() {
-    #[derive(Debug)]
-    struct TextGuard {
-        may_edit_text: bool,
-    }
-    impl AccessControl for TextGuard {
-        fn can_write(
-            &self,
-            _: &str,
-            _: RecordId,
-            before: Option<&BTreeMap<String, Value>>,
-            after: Option<&BTreeMap<String, Value>>,
-        ) -> Result<(), String> {
-            let text = |f: Option<&BTreeMap<String, Value>>| f.and_then(|f| f.get("text")).cloned();
-            if !self.may_edit_text && text(before) != text(after) {
-                return Err("text is read-only for you".into());
-            }
-            Ok(())
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let (server, writer, editor) = (
         open(dir.path(), "s"),
@@ -1418,14 +1410,7 @@ fn a_newer_allowed_write_wins_over_the_restatement_of_an_older_refused_one() {
         open(dir.path(), "e"),
     );
     let sync = |client: &Database, may_edit_text: bool| {
-        let cfg = SessionConfig {
-            server: true,
-            access: Some(Arc::new(TextGuard { may_edit_text })),
-            ..Default::default()
-        };
-        let mut ss = Session::new(&server, cfg, 0).unwrap();
-        let mut sc = Session::new(client, SessionConfig::default(), 0).unwrap();
-        pump(&server, &mut ss, client, &mut sc);
+        sync_text_guarded(&server, client, may_edit_text);
     };
     let note = server
         .insert("notes", [("text", Value::from("v1"))])

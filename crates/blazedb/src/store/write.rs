@@ -531,9 +531,15 @@ impl<'a> Tx<'a> {
                 Flushed::Reloaded(written) => Some(Stored::State(written)),
             };
             let unchanged_reload = matches!(&p.flushed, Flushed::Reloaded(w) if *w == p.state);
-            if unchanged_reload && watched && !p.spilled {
+            // The state the event is told against, when one is due.
+            let event_before = if unchanged_reload {
                 // Written early by an insert and not changed since: its event is still due.
-                let before = p.before.as_ref().map(Stored::Row);
+                (watched && !p.spilled).then(|| p.before.as_ref().map(Stored::Row))
+            } else {
+                w.write(conn, &mut tables, &mut self.scratch, p, stored, now_ms)?;
+                watched.then_some(stored)
+            };
+            if let Some(before) = event_before {
                 let before_wanted = filtered.contains(&p.collection);
                 if let Some(e) = event(
                     p,
@@ -544,21 +550,6 @@ impl<'a> Tx<'a> {
                     before_wanted,
                 ) {
                     self.spilled.events.push(e);
-                }
-            } else if !unchanged_reload {
-                w.write(conn, &mut tables, &mut self.scratch, p, stored, now_ms)?;
-                if watched {
-                    let before_wanted = filtered.contains(&p.collection);
-                    if let Some(e) = event(
-                        p,
-                        &p.state,
-                        stored,
-                        tables.nodes,
-                        tables.fields,
-                        before_wanted,
-                    ) {
-                        self.spilled.events.push(e);
-                    }
                 }
             }
             self.spilled.links.append(&mut p.links);
