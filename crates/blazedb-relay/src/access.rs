@@ -92,8 +92,13 @@ impl AccessControl for ConnectionAccess {
     /// (`7` and `"7"`), and a token without one is the identity "" shared by every such
     /// token. Both were `None`, which skips the binding of node ids to identities: any
     /// token with a numeric or missing `sub` could connect as another user's node (an
-    /// audit, 2026-12-06).
+    /// audit, 2026-12-06). A relay without authentication has no identities.
     fn identity(&self) -> Option<String> {
+        // Without credentials there is nobody to tell apart (and no binding is recorded, so
+        // a relay that turns authentication on later binds each node to its first user).
+        if !self.auth.required() {
+            return None;
+        }
         Some(match self.claim("sub") {
             Some(Value::Text(sub)) => sub.clone(),
             Some(other) => blazedb::codec::json::to_json(other).to_string(),
@@ -175,6 +180,39 @@ mod tests {
 read = "assignee == $auth.sub"
 write = "reporter == $auth.sub"
 "#;
+
+    /// Identities bind node ids to users: any `sub` is one (a number as its JSON text, none
+    /// as ""), and a relay without authentication has none, so that turning authentication
+    /// on later binds each node to its first user rather than to "".
+    #[test]
+    fn identities_of_subs_and_of_an_anonymous_relay() {
+        let rules = Arc::new(Rules::parse(RULES, std::path::Path::new("rules.toml")).unwrap());
+        let access = |auth: AuthConfig, claims: Claims| {
+            let config = RelayConfig {
+                auth,
+                ..Default::default()
+            };
+            let auth = Arc::new(Authenticator::from_config(&config).unwrap());
+            ConnectionAccess::new(rules.clone(), auth, Arc::new(Metrics::new()), Some(claims))
+        };
+        let token = || AuthConfig::Token("t".into());
+        let sub = |v: Value| -> Claims { [("sub".to_owned(), v)].into() };
+        assert_eq!(
+            access(token(), sub(Value::from("alice")))
+                .identity()
+                .as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            access(token(), sub(Value::Int(7))).identity().as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            access(token(), Claims::new()).identity().as_deref(),
+            Some("")
+        );
+        assert_eq!(access(AuthConfig::None, Claims::new()).identity(), None);
+    }
 
     /// Sync `client` with the relay's store as `sub`; returns every byte the relay sent.
     fn sync_as(relay: &Database, client: &Database, sub: &str) -> Vec<u8> {
