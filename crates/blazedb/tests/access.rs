@@ -272,14 +272,24 @@ impl AccessControl for Owners {
 /// Sync `reader` with `server` as `who` (fresh sessions: what the reader was sent before
 /// is only its persisted cursor).
 fn sync_as(server: &Database, reader: &Database, who: &str) -> Vec<SessionEvent> {
+    sync_under(server, reader, Arc::new(Owners { who: who.into() }))
+}
+
+/// Sync `client` with `server`, which enforces `access` as a server; the client's session
+/// events.
+fn sync_under(
+    server: &Database,
+    client: &Database,
+    access: Arc<dyn AccessControl>,
+) -> Vec<SessionEvent> {
     let cfg = SessionConfig {
         server: true,
-        access: Some(Arc::new(Owners { who: who.into() })),
+        access: Some(access),
         ..Default::default()
     };
     let mut ss = Session::new(server, cfg, 0).unwrap();
-    let mut sc = Session::new(reader, SessionConfig::default(), 0).unwrap();
-    pump(server, &mut ss, reader, &mut sc);
+    let mut sc = Session::new(client, SessionConfig::default(), 0).unwrap();
+    pump(server, &mut ss, client, &mut sc);
     let mut events = Vec::new();
     while let Some(e) = sc.poll_event() {
         events.push(e);
@@ -1259,19 +1269,7 @@ fn sync_text_guarded(
     client: &Database,
     may_edit_text: bool,
 ) -> Vec<SessionEvent> {
-    let cfg = SessionConfig {
-        server: true,
-        access: Some(Arc::new(TextGuard { may_edit_text })),
-        ..Default::default()
-    };
-    let mut ss = Session::new(server, cfg, 0).unwrap();
-    let mut sc = Session::new(client, SessionConfig::default(), 0).unwrap();
-    pump(server, &mut ss, client, &mut sc);
-    let mut events = Vec::new();
-    while let Some(e) = sc.poll_event() {
-        events.push(e);
-    }
-    events
+    sync_under(server, client, Arc::new(TextGuard { may_edit_text }))
 }
 
 /// A refused update is undone field by field: the server writes again only what it
