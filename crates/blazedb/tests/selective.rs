@@ -1499,6 +1499,108 @@ fn a_restatement_carries_no_cells_of_a_transaction_the_replica_has_not_been_sent
     assert_eq!(got.fields["done"], Value::Bool(false));
 }
 
+/// A record deleted where the replica is and revived since by another node's transaction
+/// over two records: when the replica's own (older) write of it makes the source restate
+/// it, the restatement carries the tombstone, not the revived record, whose cells reach the
+/// replica with the rest of their transaction. Restated as it was now, the revived record
+/// came ahead of its partner's half of the transaction (simulation seed 6343976).
+#[test]
+fn a_restated_record_deleted_where_the_replica_is_carries_no_cells_of_its_later_revival() {
+    let t = Trio::new(&[("a", 0)]);
+    let (source, replica, other, x) = (&t.source, &t.replica, &t.other, t.id);
+    let y = source.insert("docs", [("a", Value::Int(0))]).unwrap();
+    t.sync_replica();
+    t.sync_other();
+    // The replica writes x offline; later the source deletes it, and the replica is sent
+    // the delete (and acknowledges it) without sending its write.
+    replica.update("docs", x, Patch::new().set("b", 1)).unwrap();
+    later();
+    source.delete("docs", x).unwrap();
+    let pull = || SessionConfig {
+        mode: SyncMode::Pull,
+        ..partial(not_three())
+    };
+    sync_pair(replica, source, pull(), full());
+    assert_eq!(replica.get("docs", x).unwrap(), None);
+    // It is sent one more commit, whose ACK is lost: the source resumes from the delete.
+    source.update("docs", y, Patch::new().set("c", 1)).unwrap();
+    let mut ss = Session::new(source, full(), 0).unwrap();
+    let mut sr = Session::new(replica, pull(), 0).unwrap();
+    let mut from_replica = blazedb::sync::frame::FrameDecoder::default();
+    for _ in 0..10 {
+        while let Some(f) = ss.poll_transmit(0, source) {
+            sr.handle_bytes(0, &f, replica).unwrap();
+        }
+        while let Some(f) = sr.poll_transmit(0, replica) {
+            from_replica.push(&f);
+            let frame = from_replica.next_frame().unwrap().unwrap();
+            if frame.kind != blazedb::sync::message::kind::ACK {
+                ss.handle_bytes(0, &f, source).unwrap();
+            }
+        }
+    }
+    drop((ss, sr));
+    assert_eq!(
+        replica.get("docs", y).unwrap().unwrap().fields["c"],
+        Value::Int(1)
+    );
+    // Another node, which has not seen the delete, sets `p` on both in one transaction:
+    // newer than the delete, it revives x (with `p` alone).
+    later();
+    other
+        .transaction(|tx| {
+            tx.update("docs", x, Patch::new().set("p", 2))?;
+            tx.update("docs", y, Patch::new().set("p", 2))
+        })
+        .unwrap();
+    t.sync_other();
+    assert!(source.get("docs", x).unwrap().is_some());
+    // The replica reconnects, and its write reaches the source with its SUBSCRIBE, before the
+    // source reads its feed: the source restates x. The replica never shows one half of the
+    // transaction.
+    let p = |id| {
+        replica
+            .get("docs", id)
+            .unwrap()
+            .and_then(|r| r.fields.get("p").cloned())
+    };
+    let check = || {
+        let (px, py) = (p(x), p(y));
+        assert!(
+            px.is_none() || py.is_some(),
+            "the replica shows x revived by a transaction whose write to y it lacks: \
+             p on x {px:?}, on y {py:?}"
+        );
+    };
+    let mut ss = Session::new(source, full(), 0).unwrap();
+    let mut sr = Session::new(replica, partial(not_three()), 0).unwrap();
+    // Frames cross: each round, both sides send what they have, then both receive it; but
+    // the replica's SUBSCRIBE is slow, and reaches the source with its write, in one read.
+    let mut slow: Vec<Vec<u8>> = Vec::new();
+    for round in 0..20 {
+        let to_replica: Vec<Vec<u8>> = std::iter::from_fn(|| ss.poll_transmit(0, source)).collect();
+        let to_source: Vec<Vec<u8>> = std::iter::from_fn(|| sr.poll_transmit(0, replica)).collect();
+        if to_replica.is_empty() && to_source.is_empty() && slow.is_empty() {
+            break;
+        }
+        for f in to_replica {
+            sr.handle_bytes(0, &f, replica).unwrap();
+            check();
+        }
+        slow.extend(to_source);
+        if round != 1 {
+            ss.handle_bytes(0, &std::mem::take(&mut slow).concat(), source)
+                .unwrap();
+        }
+    }
+    assert_eq!(p(x), Some(Value::Int(2)));
+    assert_eq!(p(y), Some(Value::Int(2)));
+    assert_eq!(
+        replica.get("docs", x).unwrap().unwrap().fields.get("b"),
+        None
+    );
+}
+
 /// An EVICT is lost with the connection; before the replica reconnects, the record is
 /// deleted. The evict made up at the reconnect finds the record deleted and restates its
 /// tombstone: as it is now, not as it was at the replica's position (live, and outside the

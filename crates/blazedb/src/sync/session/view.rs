@@ -508,7 +508,14 @@ impl Session {
                 // record of its ACKs was behind, "moved in" a doc of a pair; restated, it
                 // went with the pair write's `p`, and its partner without).
                 Some(s) if s.is_live() => continue,
-                _ => now.into_cells(),
+                // Deleted where the peer is, revived since by later commits: the delete goes
+                // (it may not have reached the peer), the revival with its own commits' units.
+                // Restated as it is now, the record carried a later transaction's cells ahead
+                // of that transaction's other records (simulation seed 6343976: one doc of a
+                // pair revived by the pair write reached the peer with it, its partner
+                // without).
+                Some(s) => s.into_cells(),
+                None => now.into_cells(),
             };
             let mut ch = Change {
                 seq: self.sent_through,
