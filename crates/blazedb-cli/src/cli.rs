@@ -41,7 +41,7 @@ pub enum Command {
     Put(record::PutArgs),
     /// Print a record as one JSON object with its fields and "_id".
     Get(record::GetArgs),
-    /// Change only the named fields ($inc, $add, $remove, $unset, or a new value).
+    /// Change only the named fields ($inc, $add, $remove, $unset, $set, or a new value).
     Update(record::UpdateArgs),
     /// Delete a record.
     Delete(record::RecordArgs),

@@ -127,7 +127,8 @@ pub fn record_id(json: &Json) -> Result<RecordId, String> {
 }
 
 /// An update from a JSON object: per field `{"$inc": n}`, `{"$add": [..]}`,
-/// `{"$remove": [..]}`, `{"$unset": true}`, or any other value to set.
+/// `{"$remove": [..]}`, `{"$unset": true}`, `{"$set": value}` (the value as it is, for a map
+/// whose one key starts with `$`), or any other value to set.
 pub fn patch(object: Map<String, Json>) -> Result<Patch, String> {
     let mut patch = Patch::new();
     for (field, json) in object {
@@ -138,7 +139,7 @@ pub fn patch(object: Map<String, Json>) -> Result<Patch, String> {
 }
 
 /// The update operators of [`patch`].
-const OPERATORS: [&str; 4] = ["$inc", "$add", "$remove", "$unset"];
+const OPERATORS: [&str; 5] = ["$inc", "$add", "$remove", "$unset", "$set"];
 
 fn field_op(json: &Json) -> Result<FieldOp, String> {
     if let Json::Object(o) = json {
@@ -165,6 +166,9 @@ fn field_op(json: &Json) -> Result<FieldOp, String> {
             "$remove" => return Ok(FieldOp::Remove(elements("$remove", arg)?)),
             "$unset" if arg == &Json::Bool(true) => return Ok(FieldOp::Unset),
             "$unset" => return Err(format!("$unset takes true, got {arg}")),
+            // The escape for a value that reads as an operator: `{"$set": {"$x": 1}}` sets the
+            // map `{"$x": 1}`, which `put` and `import` store as it is.
+            "$set" => return Ok(FieldOp::Set(from_json(arg)?)),
             _ => {}
         }
     }
@@ -180,7 +184,8 @@ fn field_op(json: &Json) -> Result<FieldOp, String> {
         {
             return Err(format!(
                 "unknown operator {key} (expected $inc, $add, $remove, $unset, or a typed value \
-                 such as $uuid, $bytes, $date)"
+                 such as $uuid, $bytes, $date); to set this map as it is, write \
+                 {{\"$set\": {json}}}"
             ));
         }
     }
@@ -250,6 +255,15 @@ mod tests {
         assert!(e.contains("unknown operator $incr"), "{e}");
         assert!(patch_of(r#"{"votes": {"$inc": 1.5}}"#).is_err());
         assert!(patch_of(r#"{"old": {"$unset": false}}"#).is_err());
+        // A map whose one key starts with `$` (which `put` stores) is set through `$set`, as
+        // the refusal says.
+        let e = patch_of(r#"{"m": {"$x": 2}}"#).unwrap_err();
+        assert!(e.contains(r#"write {"$set": {"$x":2}}"#), "{e}");
+        let p = patch_of(r#"{"m": {"$set": {"$x": 2}}}"#).unwrap();
+        let map = Value::Map([("$x".to_owned(), Value::Int(2))].into_iter().collect());
+        assert_eq!(p.ops[0].1, FieldOp::Set(map));
+        let p = patch_of(r#"{"at": {"$set": {"$date": "2026-01-01T00:00:00Z"}}}"#).unwrap();
+        assert!(matches!(p.ops[0].1, FieldOp::Set(Value::Timestamp(_))));
     }
 
     #[test]

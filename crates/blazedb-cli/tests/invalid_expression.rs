@@ -51,3 +51,14 @@ fn a_parameter_is_refused_since_the_command_line_cannot_give_it() {
     db.run("query", &["bugs", "--where", r#"v != "$x""#])
         .success();
 }
+
+/// An expression that starts with a minus sign is the value of `--where`, not an option.
+#[test]
+fn an_expression_starting_with_a_minus_sign_is_taken_as_one() {
+    let db = TestDb::new();
+    db.put("bugs", r#"{"x": 1}"#);
+    db.put("bugs", r#"{"x": -5}"#);
+    let run = db.run("query", &["bugs", "--where", "-1 < x"]).success();
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    assert!(run.stdout.contains(r#""x":1"#), "{}", run.stdout);
+}

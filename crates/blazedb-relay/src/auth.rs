@@ -263,9 +263,12 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation, token: &str) -> AuthErro
                  {}): ask its issuer for a token it signs with the relay's key",
                 accepted_algs(validation)
             ),
-            None => "not a JWT (three base64url parts: header.claims.signature): send the \
-                     token exactly as it was issued"
-                .into(),
+            None => match misshapen_claim(token) {
+                Some(m) => m,
+                None => "not a JWT (three base64url parts: header.claims.signature): send \
+                         the token exactly as it was issued"
+                    .into(),
+            },
         },
         ErrorKind::InvalidAudience => format!(
             "issued for another audience: this relay accepts `aud` {}",
@@ -295,6 +298,34 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation, token: &str) -> AuthErro
         other => format!("{other:?}"),
     };
     AuthError::Jwt(m)
+}
+
+/// What is wrong with a registered claim that the library refuses to read (it reads `sub`
+/// as a string, number, bool or null, and `exp` / `nbf` as numbers) in a token whose
+/// claims are otherwise JSON: it says the token is "not a JWT". `None` when none is.
+fn misshapen_claim(token: &str) -> Option<String> {
+    let claims = claims_json(token)?;
+    let claims = claims.as_object()?;
+    let shape = |v: &serde_json::Value| match v {
+        serde_json::Value::Object(_) => "an object",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::String(_) => "text",
+        _ => "a number",
+    };
+    if let Some(v) = claims.get("sub").filter(|v| v.is_object() || v.is_array()) {
+        return Some(format!(
+            "the token's `sub` claim is {}; it must be text (or a number): ask its issuer",
+            shape(v)
+        ));
+    }
+    ["exp", "nbf"].into_iter().find_map(|c| {
+        let v = claims.get(c).filter(|v| !v.is_number() && !v.is_null())?;
+        Some(format!(
+            "the token's `{c}` claim is {}, not a number of seconds since 1970, as JWT \
+             requires: ask its issuer",
+            shape(v)
+        ))
+    })
 }
 
 /// The claims (second part) of a token, as JSON, without checking anything.
@@ -470,6 +501,28 @@ mod tests {
         let text_exp = encode(&Header::default(), &text_exp, &key).unwrap();
         let e = a.verify(Some(&text_exp)).unwrap_err().to_string();
         assert!(e.contains("`exp` claim is not a number"), "{e}");
+        // A `sub` or `nbf` the library cannot read: the claim is named, not "not a JWT".
+        for (claims, says) in [
+            (
+                serde_json::json!({"sub": {"id": "x"}, "exp": now() + 60}),
+                "`sub` claim is an object",
+            ),
+            (
+                serde_json::json!({"sub": ["x"], "exp": now() + 60}),
+                "`sub` claim is a list",
+            ),
+            (
+                serde_json::json!({"sub": "x", "nbf": {"a": 1}, "exp": now() + 60}),
+                "`nbf` claim is an object",
+            ),
+        ] {
+            let token = encode(&Header::default(), &claims, &key).unwrap();
+            let e = a.verify(Some(&token)).unwrap_err().to_string();
+            assert!(
+                e.contains(says) && !e.contains("not a JWT"),
+                "{claims}: {e}"
+            );
+        }
     }
 
     /// A claim whose value is null is one the token lacks, so a rule comparing it never

@@ -160,7 +160,7 @@ impl Rules {
                 *slot = match v {
                     toml::Value::Boolean(b) => Rule::Constant(b),
                     toml::Value::String(s) => {
-                        let expr = parse(&s).map_err(|e| err(c, k, e.to_string()))?;
+                        let expr = parse(&s).map_err(|e| err(c, k, one_line(&e)))?;
                         check_params(expr.root()).map_err(|m| err(c, k, m))?;
                         Rule::Expr(expr)
                     }
@@ -363,6 +363,30 @@ pub(crate) fn check_params(node: &Node) -> Result<(), String> {
     }
 }
 
+/// A rule's syntax error on one line, as the relay's startup error is printed: the position
+/// is within the expression (its line counted inside the quoted string, not the file), and
+/// the offending source line is quoted instead of drawn with a caret under it.
+fn one_line(e: &blazedb::query::QueryError) -> String {
+    match e {
+        blazedb::query::QueryError::Syntax {
+            line,
+            column,
+            message,
+            excerpt,
+            ..
+        } => {
+            let at = if *line == 1 {
+                format!("column {column}")
+            } else {
+                format!("line {line}, column {column} of the expression")
+            };
+            let source = excerpt.lines().next().unwrap_or_default().trim();
+            format!("invalid expression at {at}: {message} (in `{source}`)")
+        }
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +529,15 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("rules file rules.toml: [bugs] read: invalid expression at column 8"),
+            "{e}"
+        );
+        assert!(!e.contains('\n') && e.contains("(in `status = 1`)"), "{e}");
+        // A rule of several lines: the line is the expression's, and says so.
+        let e = rules("[bugs]\nread = \"a == 1 &&\\n  b = 2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("at line 2, column 5 of the expression:") && e.ends_with("(in `b = 2`)"),
             "{e}"
         );
         let e = rules("[bugs]\nreed = \"true\"\n").unwrap_err().to_string();

@@ -20,7 +20,7 @@ pub struct QueryArgs {
     pub collection: String,
     /// Only records matching this expression, e.g. 'status == "open" && priority >= 5'
     /// (values written out: the command line has no $parameters).
-    #[arg(long = "where", value_name = "EXPR")]
+    #[arg(long = "where", value_name = "EXPR", allow_hyphen_values = true)]
     pub filter: Option<String>,
     /// Sort by this field (a.b for nested fields), ascending or with :desc descending.
     /// Repeat for tie-breakers, most significant first.

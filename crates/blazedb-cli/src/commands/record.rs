@@ -49,7 +49,8 @@ pub struct UpdateArgs {
     /// The record's id.
     pub id: RecordId,
     /// The changes as a JSON object: per field {"$inc": n}, {"$add": [..]}, {"$remove": [..]},
-    /// {"$unset": true}, or a new value.
+    /// {"$unset": true}, or a new value ({"$set": v} sets v as it is: for a map whose one key
+    /// starts with "$").
     pub json: String,
 }
 

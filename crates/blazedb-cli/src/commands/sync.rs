@@ -89,7 +89,7 @@ pub struct SelectiveArgs {
     pub collections: Option<Vec<String>>,
     /// Receive only records matching this expression (the query language, with values
     /// written out: through a relay it may use `$auth.*` claims, and no other parameter).
-    #[arg(long = "where", value_name = "EXPR")]
+    #[arg(long = "where", value_name = "EXPR", allow_hyphen_values = true)]
     pub filter: Option<String>,
     /// Never receive these fields (comma-separated), e.g. large attachments.
     #[arg(long, value_delimiter = ',', value_name = "F,G")]
