@@ -87,6 +87,12 @@ impl AccessControl for ConnectionAccess {
         }
     }
 
+    /// Over raw TCP and Unix sockets the credential comes in HELLO: the relay's HELLO (its
+    /// node id and feed position) waits for it. (Over WebSocket the upgrade checked it.)
+    fn hello_after_authentication(&self) -> bool {
+        self.auth.required() && self.params.get().is_none()
+    }
+
     /// The token's `sub` (the static token's is "token", shared by all who hold it). A `sub`
     /// that is not text (an issuer's numeric user id) is the same identity as its JSON text
     /// (`7` and `"7"`), and a token without one is the identity "" shared by every such

@@ -125,3 +125,71 @@ async fn tcp_and_unix_clients_sync_and_bad_hello_tokens_are_refused() {
     relay.stop().await;
     assert!(!sock.exists(), "the socket file is removed on shutdown");
 }
+
+/// Over raw TCP the credential comes in HELLO, so the relay's own HELLO (its node id and
+/// feed position) waits for it: a peer with a wrong token reads the refusal and nothing
+/// else; one with the right token then gets the relay's HELLO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_hello_waits_for_the_peers_credential() {
+    use blazedb::sync::frame::{FrameDecoder, FrameEncoder};
+    use blazedb::sync::message::{decode_simple, encode_simple, kind};
+    use blazedb::sync::{Hello, Message, SyncMode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let relay = TestRelay::start(|c| c.tcp_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = open(dir.path(), "client");
+    let relay_node = relay.db.node_id().to_string();
+    let hello = |token: &str| {
+        let (k, p) = encode_simple(&Message::Hello(Hello {
+            version: blazedb::limits::PROTOCOL_VERSION,
+            node: client.node_id(),
+            last_seq: blazedb::Seq(0),
+            mode: SyncMode::Both,
+            server: false,
+            caps: 0,
+            token: token.into(),
+        }));
+        FrameEncoder::default().encode(k, false, &p)
+    };
+    // What the relay sends to a peer that says `token`, read until it closes or goes quiet.
+    let frames_for = |token: &'static str| {
+        let wire = hello(token);
+        async move {
+            let mut tcp = TcpStream::connect(relay.tcp_addr.unwrap()).await.unwrap();
+            tcp.write_all(&wire).await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let mut dec = FrameDecoder::default();
+            dec.push(&got);
+            let mut frames = Vec::new();
+            while let Some(f) = dec.next_frame().unwrap() {
+                frames.push((f.kind, decode_simple(f.kind, &f.payload).ok()));
+            }
+            frames
+        }
+    };
+    let refused = frames_for("wrong").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, kind::ERROR, "{refused:?}");
+    assert!(
+        !format!("{refused:?}").contains(&relay_node),
+        "the refusal names the relay's node: {refused:?}"
+    );
+    let accepted = frames_for(TOKEN).await;
+    match accepted.first() {
+        Some((k, Some(Message::Hello(h)))) if *k == kind::HELLO => {
+            assert_eq!(h.node, relay.db.node_id());
+        }
+        other => panic!("expected the relay's HELLO first, got {other:?}"),
+    }
+    relay.stop().await;
+}

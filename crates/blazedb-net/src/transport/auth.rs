@@ -37,6 +37,11 @@ impl AccessControl for TokenAuth {
         }
     }
 
+    /// The listener's HELLO waits for the token: a peer without it learns nothing.
+    fn hello_after_authentication(&self) -> bool {
+        true
+    }
+
     /// A token lets the peer read everything: nothing to filter.
     fn filters_reads(&self) -> bool {
         false

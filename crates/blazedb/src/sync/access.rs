@@ -23,6 +23,15 @@ pub trait AccessControl: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Whether this side's HELLO (its node id and feed position) waits until `authenticate`
+    /// accepted the peer's: true where the peer's credential comes in its HELLO, so that a
+    /// peer without a valid one learns nothing but the refusal. Only the accepting side may
+    /// say so (two sides that both waited would wait for each other until the handshake
+    /// timeout). Default: false.
+    fn hello_after_authentication(&self) -> bool {
+        false
+    }
+
     /// Who the peer `authenticate` just accepted is (a token's `sub`), if the credential
     /// says. A node id, once seen under an identity, is refused to any other with
     /// `AUTH_FAILED`: one client cannot speak as another's node (its cursors, staged units

@@ -425,6 +425,9 @@ pub struct Session {
     /// When the peer's credential runs out (`AccessControl::credential_lifetime_ms`); the
     /// session then ends with `AUTH_FAILED`.
     credential_expires_ms: Option<u64>,
+    /// Our HELLO, held until the peer's credential is accepted
+    /// (`AccessControl::hello_after_authentication`).
+    hello_deferred: Option<Hello>,
     last_recv_ms: u64,
     last_send_ms: u64,
     ping_nonce: u64,
@@ -503,12 +506,21 @@ impl Session {
             restate_pending: Vec::new(),
             refused: Default::default(),
             credential_expires_ms: None,
+            hello_deferred: None,
             last_recv_ms: now_ms,
             last_send_ms: now_ms,
             ping_nonce: 0,
             cfg,
         };
-        s.send(&Message::Hello(hello), now_ms);
+        if s.cfg
+            .access
+            .as_ref()
+            .is_some_and(|a| a.hello_after_authentication())
+        {
+            s.hello_deferred = Some(hello);
+        } else {
+            s.send(&Message::Hello(hello), now_ms);
+        }
         Ok(s)
     }
 
@@ -958,6 +970,11 @@ impl Session {
                         .map_err(|e| self.internal(e, now_ms))?,
                 }
             }
+        }
+        if let Some(mut hello) = self.hello_deferred.take() {
+            // Accepted: now it may know who we are and how far our feed reaches.
+            hello.last_seq = db.last_seq().map_err(|e| self.internal(e, now_ms))?;
+            self.send(&Message::Hello(hello), now_ms);
         }
         self.note_peer_roles(&h, db)
             .map_err(|e| self.internal(e, now_ms))?;
