@@ -59,7 +59,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
@@ -148,6 +149,8 @@ pub struct WsStream<S> {
     pending: BytesMut,
     /// Messages handed to the WebSocket (= protocol frames sent).
     messages_sent: u64,
+    /// Our close message (status 1000) was handed to the WebSocket.
+    close_sent: bool,
     /// The budget of messages that carry no protocol bytes ([`WS_EMPTY_MESSAGES_PER_SEC`],
     /// bursts of [`WS_EMPTY_MESSAGES_BURST`]).
     empty_budget: TokenBucket,
@@ -177,6 +180,7 @@ where
             read_failed: None,
             pending: BytesMut::new(),
             messages_sent: 0,
+            close_sent: false,
             empty_budget: TokenBucket::new(WS_EMPTY_MESSAGES_PER_SEC, WS_EMPTY_MESSAGES_BURST),
         }
     }
@@ -326,8 +330,38 @@ where
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send_frames(cx))?;
-        // Sends a close message and flushes; an incomplete frame left behind is dropped (the
-        // session never ends mid-frame).
+        // A close message with a status code: without one (tungstenite's `poll_close`) the
+        // peer's WebSocket reports 1005, "no status received", which reads like a fault. The
+        // protocol's ERROR frame, sent before, says why a session ended; 1000 says the close
+        // was meant.
+        if !this.close_sent {
+            let closed = |e: &WsError| {
+                matches!(
+                    e,
+                    WsError::ConnectionClosed
+                        | WsError::AlreadyClosed
+                        | WsError::Protocol(ProtocolError::SendAfterClosing)
+                )
+            };
+            match ready!(Pin::new(&mut this.ws).poll_ready(cx)) {
+                Ok(()) => {
+                    let normal = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    };
+                    match Pin::new(&mut this.ws).start_send(WsMessage::Close(Some(normal))) {
+                        Ok(()) => {}
+                        Err(e) if closed(&e) => {}
+                        Err(e) => return Poll::Ready(Err(write_error(e))),
+                    }
+                }
+                Err(e) if closed(&e) => {}
+                Err(e) => return Poll::Ready(Err(write_error(e))),
+            }
+            this.close_sent = true;
+        }
+        // Flushes (and sends a close message if none went above); an incomplete frame left
+        // behind is dropped (the session never ends mid-frame).
         match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
             Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(write_error(e))),

@@ -60,6 +60,19 @@ pub struct GuardOptions {
     pub burst: u32,
     /// The client's first frame (HELLO) must arrive within this long; `None`: no deadline.
     pub hello_timeout: Option<Duration>,
+    /// Where to count the frames and framed bytes that go out (`frames_sent_total`,
+    /// `bytes_sent_total`): counted here, the guard's own ERROR frame is in them and what it
+    /// swallowed while closing is not, as neither would be counted by the session.
+    pub sent: Option<SentCounters>,
+}
+
+/// The relay's counters of frames and framed bytes sent.
+#[derive(Clone, Debug, Default)]
+pub struct SentCounters {
+    /// Whole frames handed to the transport.
+    pub frames: prometheus_client::metrics::counter::Counter,
+    /// Their bytes.
+    pub bytes: prometheus_client::metrics::counter::Counter,
 }
 
 /// See the [module docs](self).
@@ -83,6 +96,7 @@ pub struct Guard<T> {
     out_whole: usize,
     /// Whole frames the session wrote (the index of the next one).
     frames_out: u64,
+    sent: Option<SentCounters>,
     // Ending.
     closing: Option<Closing>,
     report: GuardReport,
@@ -124,6 +138,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guard<T> {
             out: BytesMut::new(),
             out_whole: 0,
             frames_out: 0,
+            sent: opts.sent.clone(),
             closing: None,
             report: report.clone(),
         };
@@ -137,8 +152,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guard<T> {
         }
         // Drop the session's incomplete frame; the ERROR takes the next index.
         self.out.truncate(self.out_whole);
-        self.out
-            .extend_from_slice(&error_frame(self.frames_out, code, &message));
+        let frame = error_frame(self.frames_out, code, &message);
+        self.count_sent(frame.len());
+        self.out.extend_from_slice(&frame);
         self.out_whole = self.out.len();
         self.frames_out += 1;
         let error = GuardClose { code, message };
@@ -148,6 +164,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Guard<T> {
             stage: Stage::Writing,
             deadline: Box::pin(tokio::time::sleep(Duration::from_millis(CLOSE_FLUSH_MS))),
         });
+    }
+
+    /// A whole frame of `bytes` is on its way out.
+    fn count_sent(&self, bytes: usize) {
+        if let Some(c) = &self.sent {
+            c.frames.inc();
+            c.bytes.inc_by(bytes as u64);
+        }
     }
 
     /// Deliver the ERROR frame and shut down; `Ready` once done (or given up).
@@ -344,6 +368,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<T> {
         while let Some(len) = frame_len(&this.out[this.out_whole..])? {
             this.out_whole += len;
             this.frames_out += 1;
+            this.count_sent(len);
         }
         let _ = this.poll_write_whole(cx)?;
         Poll::Ready(Ok(n))
@@ -384,6 +409,7 @@ mod tests {
             rate_per_s: 1,
             burst: 3,
             hello_timeout: None,
+            sent: None,
         };
         let (mut g, report) = Guard::new(server, &opts);
         let (mut crd, mut cwr) = tokio::io::split(client);
@@ -444,6 +470,7 @@ mod tests {
             rate_per_s: 0,
             burst: 0,
             hello_timeout: Some(Duration::from_millis(50)),
+            sent: None,
         };
         let (mut g, report) = Guard::new(server, &opts);
         let mut buf = [0u8; 8];

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::access::ConnectionAccess;
 use crate::auth::Claims;
-use crate::guard::{Guard, GuardClose, GuardOptions};
+use crate::guard::{Guard, GuardClose, GuardOptions, SentCounters};
 use crate::limits::{SESSION_READ_BUFFER_BYTES, SESSION_WRITE_BUFFER_BYTES_MAX};
 use crate::metrics::{CloseReason, Transport, TransportLabel};
 use crate::state::{SessionEntry, State};
@@ -53,6 +53,10 @@ pub(crate) async fn run<T>(
             rate_per_s: limits.message_rate_per_s,
             burst: limits.message_burst,
             hello_timeout: Some(Duration::from_millis(limits.handshake_timeout_ms)),
+            sent: Some(SentCounters {
+                frames: state.metrics.frames_sent.clone(),
+                bytes: state.metrics.bytes_sent.clone(),
+            }),
         },
     );
     let cfg = SessionConfig {

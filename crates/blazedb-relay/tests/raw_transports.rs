@@ -193,3 +193,51 @@ async fn the_relays_hello_waits_for_the_peers_credential() {
     }
     relay.stop().await;
 }
+
+/// `frames_sent_total` / `bytes_sent_total` count what goes out: here, with no HELLO in
+/// time, the only frame is the ERROR the relay's guard writes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guards_own_error_frame_is_counted_as_sent() {
+    use blazedb::sync::frame::FrameDecoder;
+    use blazedb::sync::message::{decode_simple, Message};
+    use tokio::io::AsyncReadExt;
+
+    let relay = TestRelay::start(|c| {
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.limits.handshake_timeout_ms = 200;
+    })
+    .await;
+    let mut tcp = TcpStream::connect(relay.tcp_addr.unwrap()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut dec = FrameDecoder::default();
+    dec.push(&got);
+    let f = dec.next_frame().unwrap().expect("an ERROR frame");
+    assert!(
+        matches!(
+            decode_simple(f.kind, &f.payload),
+            Ok(Message::Error {
+                code: ErrorCode::Timeout,
+                ..
+            })
+        ),
+        "{:?}",
+        decode_simple(f.kind, &f.payload)
+    );
+    assert!(dec.next_frame().unwrap().is_none());
+    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    assert_eq!(
+        metric(&m, "blazedb_relay_frames_sent_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "blazedb_relay_bytes_sent_total"),
+        Some(got.len() as f64),
+        "{m}"
+    );
+    relay.stop().await;
+}

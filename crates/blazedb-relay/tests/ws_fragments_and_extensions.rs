@@ -150,3 +150,52 @@ async fn permessage_deflate_is_not_negotiated() {
     drop(ws);
     relay.stop().await;
 }
+
+/// A session the relay ends (here: a frame that fails its checksum) closes the WebSocket with
+/// status 1000 after the ERROR frame: without a status the client's library reports 1005
+/// ("no status received"), which reads like a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_closes_with_a_status_after_its_error() {
+    let relay = TestRelay::start(|_| {}).await;
+    let mut ws = connect_ws(relay.addr, Some(TOKEN)).await.unwrap();
+    let hello = Message::Hello(Hello {
+        version: blazedb::limits::PROTOCOL_VERSION,
+        node: blazedb::NodeId::random(),
+        last_seq: blazedb::Seq(0),
+        mode: SyncMode::Pull,
+        server: false,
+        caps: 0,
+        token: String::new(),
+    });
+    let (k, payload) = encode_simple(&hello);
+    let mut frame = FrameEncoder::default().encode(k, false, &payload);
+    *frame.last_mut().unwrap() ^= 0xff;
+    ws.send(WsMessage::Binary(frame.into())).await.unwrap();
+    let mut error = None;
+    let mut close = None;
+    let mut dec = FrameDecoder::default();
+    within(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                WsMessage::Binary(b) => {
+                    dec.push(&b);
+                    while let Some(f) = dec.next_frame().unwrap() {
+                        if let Ok(Message::Error { code, .. }) = decode_simple(f.kind, &f.payload) {
+                            error = Some(code);
+                        }
+                    }
+                }
+                WsMessage::Close(c) => {
+                    close = Some(c);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(error.is_some(), "an ERROR frame first");
+    let close = close.expect("a close message").expect("with a status");
+    assert_eq!(u16::from(close.code), 1000);
+    relay.stop().await;
+}
