@@ -215,3 +215,53 @@ fn a_snapshot_file_is_readable_by_its_owner_only() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
 }
+
+/// A partial replica's snapshot file, imported into a full copy that had received a record
+/// from it which has since left the replica's view: the record missing from the file is not
+/// evicted (the file says its writer holds part of the data only), and the full copy still
+/// equals the origin after syncing with it. Evicted, the full copy got back only the change
+/// that took the record out of the view, and kept a record of one field for good.
+#[test]
+fn a_partial_replicas_file_evicts_nothing_from_a_full_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let (o, p, d, file) = (path("o.db"), path("p.db"), path("d.db"), path("p.blzsnap"));
+    let put = |db: &str, json: &str| {
+        let (ok, out, err) = blazedb(&["put", db, "bugs", json]);
+        assert!(ok, "{err}");
+        out.trim().trim_matches('"').to_owned()
+    };
+    let sync = |a: &str, b: &str, filter: Option<&str>| {
+        let mut args = vec!["sync", a, b, "--once"];
+        if let Some(f) = filter {
+            args.extend(["--where", f]);
+        }
+        let (ok, _, err) = blazedb(&args);
+        assert!(ok, "{err}");
+    };
+    let open_only = Some(r#"status == "open""#);
+    let crash = put(&o, r#"{"title": "crash", "status": "open", "prio": 5}"#);
+    put(&o, r#"{"title": "typo", "status": "closed", "prio": 1}"#);
+    sync(&p, &o, open_only);
+    sync(&d, &p, None);
+    sync(&d, &o, None);
+    assert_eq!(export(&d, "bugs"), export(&o, "bugs"));
+    // The crash leaves the replica's view, and the replica evicts it.
+    let (ok, _, err) = blazedb(&["update", &o, "bugs", &crash, r#"{"status": "closed"}"#]);
+    assert!(ok, "{err}");
+    sync(&p, &o, open_only);
+    assert!(export(&p, "bugs").is_empty());
+
+    let (ok, out, err) = blazedb(&["snapshot", "export", &p, &file]);
+    assert!(ok, "{err}");
+    assert_eq!(lines(&out)[0]["partial"], true, "{out}");
+    let (ok, out, err) = blazedb(&["snapshot", "import", &d, &file]);
+    assert!(ok, "{err}");
+    assert_eq!(lines(&out)[0]["evicted"], 0, "{out}");
+    sync(&d, &o, None);
+    assert_eq!(export(&d, "bugs"), export(&o, "bugs"));
+    // A whole copy's file still says it is one.
+    let (ok, out, err) = blazedb(&["snapshot", "export", &o, &path("o.blzsnap")]);
+    assert!(ok, "{err}");
+    assert_eq!(lines(&out)[0]["partial"], false, "{out}");
+}

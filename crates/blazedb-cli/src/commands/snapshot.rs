@@ -59,6 +59,7 @@ fn run_export(ctx: &Context, args: &SnapshotArgs) -> Result<()> {
         "records": info.records,
         "cells": info.cells,
         "bytes": info.bytes,
+        "partial": info.partial,
     }))?;
     Ok(out.finish()?)
 }

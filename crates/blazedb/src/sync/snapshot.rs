@@ -18,6 +18,8 @@
 //! ```text
 //! file    := header | entry* | trailer
 //! header  := "BLZSNAP1" | source node id [16] | position u64 (LE) | chunk count u32 (LE)
+//!          | "BLZSNAP2" | source node id [16] | position u64 (LE) | chunk count u32 (LE)
+//!            | flags u32 (LE)   (bit 0: the writer holds part of its peers' data only)
 //! entry   := u16 collection length (LE) | collection | id [16]   (the chunk's last record,
 //!            or the record before it for a piece of a split record: PROTOCOL.md §5.9)
 //!            | u32 chunk length (LE) | chunk
@@ -27,6 +29,14 @@
 //! Importing checks the whole file (structure and trailer checksum) before it touches the
 //! database, then stages and applies it as a snapshot received from the source node, so a
 //! later sync with that node continues from the position and sends nothing twice.
+//!
+//! A file of a writer that holds only part of its peers' data (a partial replica, a relay's
+//! client: `session::holds_part_of_peers_data`) says so (flag bit 0, in a `BLZSNAP2`
+//! header; a whole copy's file keeps the `BLZSNAP1` header older builds read): a record
+//! missing from it may just be outside the writer's view, so the import evicts nothing.
+//! Read as a whole copy's, such a file took records (and fields) the writer had evicted away
+//! from a full copy that had them from it, and the full copy never got them back (an audit,
+//! 2026-12-06).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -57,7 +67,11 @@ const CHUNK_HEADER_BYTES: usize = 9;
 pub const FILE_MAGIC: &[u8; 8] = b"BLZSNAP1";
 /// Last bytes of a complete snapshot file.
 const FILE_END: &[u8; 8] = b"BLZSNEND";
-/// magic, node id, position, chunk count.
+/// First bytes of a snapshot file whose header ends with flags.
+const FILE_MAGIC_FLAGS: &[u8; 8] = b"BLZSNAP2";
+/// Flag: the writer holds only part of its peers' data.
+const FLAG_WRITER_PARTIAL: u32 = 1;
+/// magic, node id, position, chunk count (and, after `FILE_MAGIC_FLAGS`, 4 bytes of flags).
 const FILE_HEADER_BYTES: usize = 8 + 16 + 8 + 4;
 
 /// Encode one page of a snapshot as a chunk (see the module docs).
@@ -264,6 +278,9 @@ pub struct SnapshotFileInfo {
     pub cells: u64,
     /// File size.
     pub bytes: u64,
+    /// The writer holds only part of its peers' data (a partial replica, a relay's client):
+    /// an import evicts nothing the file lacks.
+    pub partial: bool,
 }
 
 /// Write a snapshot of every record of `db` to `path`. The file appears complete or not at
@@ -322,7 +339,7 @@ fn check_snapshot_target(db: &Database, path: &Path) -> Result<()> {
         let is_snapshot = File::open(path)
             .and_then(|mut f| f.read_exact(&mut head))
             .is_ok()
-            && &head == FILE_MAGIC;
+            && (&head == FILE_MAGIC || &head == FILE_MAGIC_FLAGS);
         if !is_snapshot {
             return bad(format!(
                 "{} exists and is not a snapshot file: give a new name (or remove that file \
@@ -369,6 +386,7 @@ fn write_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
         records: 0,
         cells: 0,
         bytes: 0,
+        partial: crate::sync::session::holds_part_of_peers_data(db)?,
     };
     // The header is written again once the chunk count is known; the trailer's checksum is
     // the header's combined with the body's.
@@ -435,16 +453,23 @@ fn write_file(db: &Database, path: &Path) -> Result<SnapshotFileInfo> {
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&header)?;
     file.sync_all()?;
-    info.bytes = FILE_HEADER_BYTES as u64 + body_len + 4 + FILE_END.len() as u64;
+    info.bytes = header.len() as u64 + body_len + 4 + FILE_END.len() as u64;
     Ok(info)
 }
 
 fn file_header(info: &SnapshotFileInfo) -> Vec<u8> {
-    let mut h = Vec::with_capacity(FILE_HEADER_BYTES);
-    h.extend_from_slice(FILE_MAGIC);
+    let mut h = Vec::with_capacity(FILE_HEADER_BYTES + 4);
+    h.extend_from_slice(if info.partial {
+        FILE_MAGIC_FLAGS
+    } else {
+        FILE_MAGIC
+    });
     h.extend_from_slice(&info.node.0);
     h.extend_from_slice(&info.position.0.to_le_bytes());
     h.extend_from_slice(&info.chunks.to_le_bytes());
+    if info.partial {
+        h.extend_from_slice(&FLAG_WRITER_PARTIAL.to_le_bytes());
+    }
     h
 }
 
@@ -459,7 +484,7 @@ pub fn import_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotApplie
         ))
     };
     // Pass 1: structure and checksum, nothing kept in memory but one chunk.
-    let (source, position, chunks, snap_id) = {
+    let (source, position, chunks, snap_id, partial) = {
         let mut file = SnapshotReader::open(path)?;
         let header = file.header().map_err(bad)?;
         while file.next_entry(&header).map_err(bad)?.is_some() {}
@@ -469,6 +494,7 @@ pub fn import_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotApplie
             header.position,
             header.chunks,
             u64::from(crc) << 32 | u64::from(header.chunks),
+            header.flags & FLAG_WRITER_PARTIAL != 0,
         )
     };
     if source == db.node_id() {
@@ -502,7 +528,18 @@ pub fn import_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotApplie
             idx += 1;
         }
         file.trailer().map_err(bad)?;
-        db.snapshot_finish(source, snap_id, chunks, &SnapshotScope::default())
+        // From a writer holding part of the data, a record the file lacks may be one it
+        // never held or evicted: nothing is evicted.
+        let holds_nothing_missing = |_: &str, _: RecordId, _: &crate::crdt::RecordState| false;
+        let peer_holds: Option<&crate::store::PeerHolds<'_>> =
+            partial.then_some(&holds_nothing_missing);
+        db.snapshot_finish_within(
+            source,
+            snap_id,
+            chunks,
+            &SnapshotScope::default(),
+            peer_holds,
+        )
     })();
     if staged.is_err() {
         let _ = db.snapshot_abort(source);
@@ -515,6 +552,8 @@ struct FileHeader {
     node: NodeId,
     position: Seq,
     chunks: u32,
+    /// 0 in a `BLZSNAP1` header.
+    flags: u32,
 }
 
 /// Reads a snapshot file front to back, checksumming as it goes.
@@ -556,15 +595,29 @@ impl SnapshotReader {
 
     fn header(&mut self) -> std::result::Result<FileHeader, String> {
         let magic = self.exact(8, "header")?;
-        if magic != FILE_MAGIC {
+        if magic != FILE_MAGIC && magic != FILE_MAGIC_FLAGS {
             return Err(
-                "it does not start with BLZSNAP1 (make one with `blazedb snapshot export`)".into(),
+                "it does not start with BLZSNAP1 or BLZSNAP2 (make one with `blazedb snapshot \
+                 export`)"
+                    .into(),
             );
         }
         let h = self.exact(FILE_HEADER_BYTES - 8, "header")?;
         let node = NodeId(h[..16].try_into().expect("16 bytes"));
         let position = Seq(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")));
         let chunks = u32::from_le_bytes(h[24..28].try_into().expect("4 bytes"));
+        let flags = if magic == FILE_MAGIC_FLAGS {
+            let f = self.exact(4, "header")?;
+            u32::from_le_bytes(f.try_into().expect("4 bytes"))
+        } else {
+            0
+        };
+        if flags & !FLAG_WRITER_PARTIAL != 0 {
+            return Err(format!(
+                "it has header flags {flags:#x} this build does not know: import it with a \
+                 newer BlazeDB"
+            ));
+        }
         if chunks as usize > SNAPSHOT_CHUNKS_MAX {
             return Err(format!(
                 "it claims {chunks} chunks, over the limit of {SNAPSHOT_CHUNKS_MAX}"
@@ -574,6 +627,7 @@ impl SnapshotReader {
             node,
             position,
             chunks,
+            flags,
         })
     }
 

@@ -1314,6 +1314,26 @@ type RecordKey = (String, RecordId);
 /// Names of per-peer notes (`Database::peer_note`).
 const NOTE_VIEW: &str = "served_view";
 const NOTE_POLICY: &str = "policy";
+
+/// Whether `db` may hold only part of what its peers hold, so that a record missing from it
+/// says nothing about the record (a snapshot file of it must not evict records that are not
+/// in it, `sync/snapshot.rs`): it subscribed to a peer with a policy that filters
+/// collections, records or fields, or it syncs with a relay, whose read rules may keep
+/// records from it (and evict those it may no longer read).
+pub(crate) fn holds_part_of_peers_data(db: &Database) -> Result<bool, Error> {
+    let everything = SyncPolicy::everything().fingerprint();
+    for peer in db.peers()? {
+        if peer.relay {
+            return Ok(true);
+        }
+        if let Some(note) = db.peer_note(peer.node, NOTE_POLICY)? {
+            if decode_policy_note(&note).is_none_or(|p| p.fingerprint() != everything) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
 /// Refused records a session remembers (see `Session::refused`).
 const REFUSED_REMEMBERED_MAX: usize = 4096;
 /// Records per EVICT message.
