@@ -75,7 +75,9 @@ fn export_import_then_sync_moves_nothing_twice() {
     // The new record is two cells ($record and title): none of the snapshot is sent again.
     assert_eq!(s["a_to_b"]["cells_sent"], 2, "only the new record: {s}");
     assert_eq!(s["a_to_b"]["cells_applied"], 2, "{s}");
-    // B holds nothing A lacks: whatever B sends back changes nothing at A.
+    // B holds nothing A lacks, and sends none of A's own cells back (it did, all of them:
+    // A never got an ACK for the file, which looked like A restored from an older copy).
+    assert_eq!(s["b_to_a"]["cells_sent"], 0, "{s}");
     assert_eq!(s["b_to_a"]["cells_applied"], 0, "{s}");
     assert_eq!(export(&a, "notes"), export(&b, "notes"));
 }

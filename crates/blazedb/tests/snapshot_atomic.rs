@@ -213,3 +213,61 @@ fn a_local_write_during_a_bootstrap_leaves_it_merging() {
     assert_eq!(b.count("notes").unwrap(), 1);
     assert_eq!(b.count("m").unwrap(), a.count("m").unwrap());
 }
+
+/// A relay's session: server role, and an access control whose view (its read rules and
+/// the client's claims) is not the default one.
+fn relay_config() -> SessionConfig {
+    #[derive(Debug)]
+    struct RelayRules;
+    impl blazedb::sync::AccessControl for RelayRules {
+        fn filters_reads(&self) -> bool {
+            false
+        }
+        fn view(&self) -> String {
+            "read rules of the relay|claims of the client".into()
+        }
+    }
+    SessionConfig {
+        server: true,
+        access: Some(std::sync::Arc::new(RelayRules)),
+        ..SessionConfig::default()
+    }
+}
+
+/// A bootstrap from a relay cut off part-way resumes after the last chunk the client merged:
+/// the relay had not yet noted the view it serves the client (it does once the client
+/// applied the snapshot), judged the client's view changed, and began a new, replacing
+/// snapshot, which the client refused (MALFORMED: its chunks of the first were merged) before
+/// a third session sent everything again (an audit, 2026-12-06).
+#[test]
+fn a_bootstrap_from_a_relay_cut_off_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let pair = populate(&a);
+    let mut sa = Session::new(&a, relay_config(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    common::pump_until(&a, &mut sa, &b, &mut sb, |sa| sa.stats().cells_sent > 0);
+    assert!(sa.progress().sending_snapshot, "one page of two sent");
+    let first = sa.stats().cells_sent;
+    let merged = b.count("m").unwrap();
+    assert!(merged > 0, "the first chunk was merged");
+    sa.transport_closed(0, &a);
+    sb.transport_closed(0, &b);
+    let mut sa = Session::new(&a, relay_config(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    pump_checking(&a, &mut sa, &b, &mut sb, pair, |_| {});
+    assert_eq!(common::dump(&a), common::dump(&b));
+    // What a whole bootstrap sends, for comparison.
+    let c = common::open(dir.path(), "c");
+    let mut sa_whole = Session::new(&a, relay_config(), 0).unwrap();
+    let mut sc = Session::new(&c, SessionConfig::default(), 0).unwrap();
+    common::pump(&a, &mut sa_whole, &c, &mut sc);
+    let whole = sa_whole.stats().cells_sent;
+    assert!(
+        first + sa.stats().cells_sent <= whole,
+        "resumed: {} cells sent after the {first} of the first session; a whole bootstrap \
+         sends {whole}",
+        sa.stats().cells_sent
+    );
+}

@@ -541,10 +541,21 @@ pub fn import_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotApplie
             peer_holds,
         )
     })();
-    if staged.is_err() {
-        let _ = db.snapshot_abort(source);
+    match staged {
+        Ok(applied) => {
+            // The source never got an ACK for this: see `NOTE_RECEIVED_BY_FILE`.
+            db.set_peer_note(
+                source,
+                crate::sync::session::NOTE_RECEIVED_BY_FILE,
+                Some(&position.0.to_string()),
+            )?;
+            Ok(applied)
+        }
+        Err(e) => {
+            let _ = db.snapshot_abort(source);
+            Err(e)
+        }
     }
-    staged
 }
 
 /// The header of a snapshot file.

@@ -1314,6 +1314,20 @@ type RecordKey = (String, RecordId);
 /// Names of per-peer notes (`Database::peer_note`).
 const NOTE_VIEW: &str = "served_view";
 const NOTE_POLICY: &str = "policy";
+/// The feed position of the peer through which a snapshot file of its brought us its
+/// changes (`sync::snapshot::import_snapshot_file`). The peer never got an ACK for it, so its
+/// record of our ACKs being below what we received from it does not mean its file was
+/// restored from an older copy (`on_subscribe`) while we are still there.
+pub(crate) const NOTE_RECEIVED_BY_FILE: &str = "received_by_file";
+
+/// Sender side: the snapshot last begun for the peer and the view it is served under
+/// (`snapshot_note`), so that a reconnect under the same view resumes it.
+const NOTE_SNAPSHOT_VIEW: &str = "snapshot_view";
+
+/// The value of `NOTE_SNAPSHOT_VIEW` for snapshot `snap_id` served under `view`.
+fn snapshot_note(snap_id: u64, view: &str) -> String {
+    format!("{snap_id:x} {view}")
+}
 
 /// Whether `db` may hold only part of what its peers hold, so that a record missing from it
 /// says nothing about the record (a snapshot file of it must not evict records that are not

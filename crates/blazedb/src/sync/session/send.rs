@@ -74,6 +74,8 @@ impl Session {
             let notes = (
                 db.peer_note(peer, NOTE_VIEW)?,
                 db.peer_note(peer, NOTE_EVICTS)?,
+                db.peer_note(peer, NOTE_SNAPSHOT_VIEW)?,
+                db.peer_note(peer, NOTE_RECEIVED_BY_FILE)?,
             );
             Ok((
                 db.last_seq()?,
@@ -83,8 +85,13 @@ impl Session {
                 db.peer_cursor(peer, PeerDirection::Acked)?,
             ))
         };
-        let (head, horizon, (stored_view, evicts_note), received_from_peer, acked_here) =
-            read(db).map_err(|e| self.internal(e, now_ms))?;
+        let (
+            head,
+            horizon,
+            (stored_view, evicts_note, snapshot_view, received_by_file),
+            received_from_peer,
+            acked_here,
+        ) = read(db).map_err(|e| self.internal(e, now_ms))?;
         // Restored files. The peer stores its cursor with the apply and only then ACKs, so
         // how far we recorded its acknowledgements (`acked_here`, 0 if never) is at most what
         // it holds, give or take ACKs lost or not yet stored when a process died.
@@ -113,10 +120,18 @@ impl Session {
         // through it, which its write rules would judge with our rights, refuse, and restate
         // over everyone's copy. A restored relay gets each client's writes from the client's
         // own feed, which resumes from the relay's older cursor.
+        //
+        // Nor while all we received from it came in a snapshot file of its (seeding this copy
+        // offline): it never got our ACK for that, and would get every cell of its own back
+        // (an audit, 2026-12-06: 150,000 cells for a 50,000-record seed).
         let peer_is_server = self.peer.as_ref().is_some_and(|p| p.server);
+        let received_by_file = received_by_file
+            .and_then(|n| n.parse().ok())
+            .map(Seq)
+            .is_some_and(|s| s == received_from_peer);
         if self.peer_from.is_none()
             && !peer_is_server
-            && (claimed < acked_here || acked_there < received_from_peer)
+            && (claimed < acked_here || (acked_there < received_from_peer && !received_by_file))
         {
             self.echo_until = head;
         }
@@ -210,26 +225,39 @@ impl Session {
         }
         self.view_pending = view_changed.then(|| view.clone());
         let fresh_id = self.fresh_snapshot_id(now_ms, head);
+        // The view a snapshot is served under is noted once the peer applied it whole
+        // (NOTE_VIEW); until then a peer that never had one (a relay's new client, whose view
+        // includes the rules and claims) looks changed at every reconnect. A snapshot begun
+        // under the same view resumes all the same: begun again, it was a replacing one,
+        // which the client, holding merged chunks of the first, refused (MALFORMED) before a
+        // third session sent it everything again (an audit, 2026-12-06).
+        let begun_under =
+            |snap_id: u64| snapshot_view.as_deref() == Some(&*snapshot_note(snap_id, &view));
         let snap = match wish {
             SnapshotWish::Resume {
                 snap_id,
                 position,
                 next_index,
                 last,
-            } if position >= horizon && position <= head && !view_changed => Some(SnapOut {
-                snap_id,
-                position,
-                next_index,
-                after: Some(SnapshotKey {
-                    collection: last.0,
-                    id: last.1,
-                }),
-                read_through: position,
-                begun: false,
-                // The receiver keeps what SNAPSHOT_BEGIN said first; send the same.
-                replace: from > Seq(0),
-                cells: 0,
-            }),
+            } if position >= horizon
+                && position <= head
+                && (!view_changed || begun_under(snap_id)) =>
+            {
+                Some(SnapOut {
+                    snap_id,
+                    position,
+                    next_index,
+                    after: Some(SnapshotKey {
+                        collection: last.0,
+                        id: last.1,
+                    }),
+                    read_through: position,
+                    begun: false,
+                    // The receiver keeps what SNAPSHOT_BEGIN said first; send the same.
+                    replace: from > Seq(0),
+                    cells: 0,
+                })
+            }
             SnapshotWish::Want | SnapshotWish::Resume { .. } => {
                 Some(new_snapshot(head, true, fresh_id))
             }
@@ -273,6 +301,14 @@ impl Session {
         // `gc.rs::gc_during_a_snapshot_keeps_deletes_the_peers_older_writes_must_meet`).
         db.hold_gc_for_peer(peer, from)
             .map_err(|e| self.internal(e, now_ms))?;
+        if let Some(s) = snap.as_ref().filter(|s| s.next_index == 0) {
+            db.set_peer_note(
+                peer,
+                NOTE_SNAPSHOT_VIEW,
+                Some(&snapshot_note(s.snap_id, &view)),
+            )
+            .map_err(|e| self.internal(e, now_ms))?;
+        }
         if snap.is_some() {
             self.snap_out = snap;
         }

@@ -106,11 +106,16 @@ impl Session {
         };
         if first_index == 0 {
             let note = encode_policy_note(&self.cfg.policy);
+            // From its first chunk: whatever an earlier snapshot staged or merged goes, even
+            // one with the same id (two sessions' ids can coincide: the sender mixes in its
+            // session clock, which starts at 0 each time). Kept, its chunks counted as this
+            // one's, and a replacing snapshot then failed as "merged chunk by chunk".
             let r = db
+                .snapshot_abort(peer)
                 // Every ACK the peer sent before SNAPSHOT_BEGIN came after the apply it
                 // acknowledges, and it reads the snapshot's pages after sending
                 // SNAPSHOT_BEGIN: what we sent through `acked`, every page reflects.
-                .snapshot_begin(peer, snap_id, position, self.acked)
+                .and_then(|()| db.snapshot_begin(peer, snap_id, position, self.acked))
                 .and_then(|()| db.set_peer_note(peer, NOTE_POLICY, Some(&note)));
             if let Err(e) = r {
                 return Err(self.internal(e, now_ms));
