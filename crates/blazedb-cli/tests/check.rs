@@ -77,3 +77,29 @@ fn a_badly_damaged_file_gets_a_report() {
         run.stderr
     );
 }
+
+/// One byte changed on an encrypted file's second page (where the metadata lives): the file
+/// is reported damaged, not as "an SQLite database of another application", which would
+/// not make anyone think of a backup.
+#[test]
+fn a_damaged_metadata_page_of_an_encrypted_file_is_damage() {
+    let db = TestDb::encrypted("pw");
+    db.run_with_stdin("import", &["bugs", "-"], &lines(50))
+        .success();
+    db.run("vacuum", &[]).success();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db.path)
+        .unwrap();
+    file.seek(SeekFrom::Start(4096 + 200)).unwrap();
+    file.write_all(&[0xFF]).unwrap();
+    drop(file);
+    for command in ["check", "stats"] {
+        let run = db.run(command, &[]).failure(1);
+        assert!(
+            run.stderr.contains("is corrupted") && run.stderr.contains("backup"),
+            "{command}: {}",
+            run.stderr
+        );
+    }
+}
