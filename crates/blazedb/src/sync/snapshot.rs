@@ -543,12 +543,14 @@ pub fn import_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotApplie
     })();
     match staged {
         Ok(applied) => {
-            // The source never got an ACK for this: see `NOTE_RECEIVED_BY_FILE`.
-            db.set_peer_note(
+            // The source never got an ACK for this: see `NOTE_RECEIVED_BY_FILE`. The import
+            // has committed; without the note the first sync only sends the source its own
+            // cells back, so a failure to write it is no failure of the import.
+            let _ = db.set_peer_note(
                 source,
                 crate::sync::session::NOTE_RECEIVED_BY_FILE,
                 Some(&position.0.to_string()),
-            )?;
+            );
             Ok(applied)
         }
         Err(e) => {
