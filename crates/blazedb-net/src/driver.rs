@@ -502,6 +502,13 @@ impl Driver {
                 _ = sleep_until(linger_until.unwrap_or(far)), if !running => Wake::LingerExpired,
             };
             self.wait_out_long_lock_holder().await;
+            let wake = match wake {
+                // A TLS peer gone without its close_notify (rustls says so as an unexpected
+                // end of file) has closed the connection as a TCP peer closing it has: the
+                // same end, the same advice (reconnect to resume).
+                Wake::Read(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Wake::Read(Ok(0)),
+                other => other,
+            };
             match wake {
                 Wake::Read(Ok(0)) => {
                     read_open = false;
@@ -768,7 +775,27 @@ impl Driver {
         }
     }
 
-    fn on_closed(&mut self, e: SyncError) {
+    fn on_closed(&mut self, mut e: SyncError) {
+        // Bytes that are not even one frame, before the peer's first: whatever answered is
+        // probably no BlazeDB node (an HTTP or other server at that port, or a client of
+        // another protocol). Said here only: the ERROR sent to the peer is already queued,
+        // with its code and the plain message.
+        // (An HTTP reply is already named as such by the decoder.)
+        let unframed = matches!(
+            e.code,
+            ErrorCode::TooLarge | ErrorCode::Checksum | ErrorCode::Malformed
+        ) && !e.message.contains("answered in HTTP");
+        if !e.remote
+            && unframed
+            && self.peer.is_none()
+            && self.session().stats().frames_received == 0
+        {
+            e.message = format!(
+                "{}: the peer's first bytes are not a BlazeDB frame, so it is probably not a \
+                 BlazeDB peer (another kind of server or client): check the host and port",
+                e.message
+            );
+        }
         let reason = if e.remote && e.code == ErrorCode::ShuttingDown {
             self.peer_shut_down = (e.message != GOODBYE_CAUGHT_UP).then(|| e.message.clone());
             EndReason::PeerFinished

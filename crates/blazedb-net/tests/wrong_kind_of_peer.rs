@@ -113,3 +113,39 @@ async fn nothing_listening_and_a_missing_socket_say_what_to_start() {
     let e = error_of(&format!("unix://{}", missing.display())).await;
     assert!(e.contains("no socket at that path"), "{e}");
 }
+
+/// A server of another protocol whose first bytes are no BlazeDB frame (a length beyond
+/// the limit, or a frame that fails its checksum) is said to be probably no BlazeDB peer,
+/// not only "frame of N bytes exceeds the limit".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_before_the_first_frame_says_the_peer_is_probably_not_blazedb() {
+    let e = error_of(&format!(
+        "tcp://{}",
+        canned_server("\u{5}hello\0\0\0\0").await
+    ))
+    .await;
+    assert!(e.contains("CHECKSUM"), "{e}");
+    assert!(
+        e.contains("it is probably not a BlazeDB peer") && e.contains("check the host and port"),
+        "{e}"
+    );
+    // A server that speaks first, with what reads as a length of 4 GiB.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = socket
+                    .write_all(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3])
+                    .await;
+                let mut buf = [0u8; 4096];
+                while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let e = error_of(&format!("tcp://{addr}")).await;
+    assert!(
+        e.contains("TOO_LARGE") && e.contains("it is probably not a BlazeDB peer"),
+        "{e}"
+    );
+}
