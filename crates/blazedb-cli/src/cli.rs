@@ -13,7 +13,10 @@ use crate::commands::{conflicts, debug, listen, maintenance, query, record, sync
 ///
 /// The password of an encrypted database comes from the environment variable BLAZEDB_PASSWORD
 /// or from --password-file; with neither, the file is unencrypted. Typed values in JSON:
-/// {"$uuid": "..."}, {"$bytes": "<base64>"}, {"$date": "<RFC 3339>"}.
+/// {"$uuid": "..."}, {"$bytes": "<base64>"}, {"$date": "<RFC 3339>"}; {"$date": N} is N
+/// MICROseconds since 1970-01-01T00:00:00Z (what export writes for dates outside the years
+/// 0-9999; JavaScript's Date.now() counts milliseconds: multiply by 1000, or write the date
+/// as RFC 3339).
 #[derive(Debug, Parser)]
 #[command(name = "blazedb", version, arg_required_else_help = true)]
 pub struct Cli {

@@ -52,3 +52,27 @@ fn two_puts_get_two_ids() {
     let b = db.put("bugs", "{}");
     assert_ne!(a, b);
 }
+
+/// A value over the 1 MiB limit names its field and says what to do instead.
+#[test]
+fn an_over_size_value_names_its_field_and_what_to_do() {
+    let db = TestDb::new();
+    let big = format!(
+        r#"{{"title": "x", "body": "{}"}}"#,
+        "a".repeat(2 * 1024 * 1024)
+    );
+    // Through import: one argument of 2 MiB is more than the kernel passes to a program.
+    let run = db
+        .run_with_stdin("import", &["notes", "-"], &format!("{big}\n"))
+        .failure(1);
+    assert!(
+        run.stderr.contains("the value of field \"body\" is 2097")
+            && run
+                .stderr
+                .contains("over the limit of 1048576 bytes for one value")
+            && run.stderr.contains("outside the database"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("blazedb::limits"), "{}", run.stderr);
+}

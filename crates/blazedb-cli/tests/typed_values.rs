@@ -106,3 +106,32 @@ fn integers_beyond_64_bits_are_refused_not_stored_as_floats() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["n"], 1);
 }
+
+/// `{"$date": N}` is N microseconds since 1970, the form export writes for dates RFC 3339
+/// cannot (outside the years 0-9999), so export → import keeps them; the help says the
+/// unit, since JavaScript's `Date.now()` counts milliseconds.
+#[test]
+fn a_numeric_date_is_microseconds_and_the_help_says_so() {
+    let db = TestDb::new();
+    let id = db.put(
+        "things",
+        r#"{"at": {"$date": 1700000000123456}, "far": {"$date": 253402300800000000}}"#,
+    );
+    let got = db.get("things", &id);
+    assert_eq!(got["at"], json!({"$date": "2023-11-14T22:13:20.123456Z"}));
+    // The year 10000: beyond RFC 3339, exported as the number and imported back as it.
+    assert_eq!(got["far"], json!({"$date": 253402300800000000_i64}));
+    let exported = db.run("export", &["things"]).success().stdout;
+    let copy = TestDb::new();
+    copy.run_with_stdin("import", &["things", "-"], &exported)
+        .success();
+    assert_eq!(copy.get("things", &id), got);
+
+    let help = common::run_blazedb(None, &["--help"]).success().stdout;
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains(r#"{"$date": N} is N MICROseconds since 1970-01-01T00:00:00Z"#),
+        "{help}"
+    );
+    assert!(help.contains("Date.now() counts milliseconds"), "{help}");
+}

@@ -132,6 +132,21 @@ pub enum WriteError {
         /// The limit.
         max: usize,
     },
+    /// A field's value is larger than one value may be ([`crate::limits::VALUE_BYTES_MAX`]).
+    #[error(
+        "{} is {bytes} bytes encoded, over the limit of {max} bytes for one value: keep large \
+         data (files, images, long logs) outside the database and store a reference to it (a \
+         path, a URL or a hash), or split it into several fields or records",
+        value_of(field)
+    )]
+    ValueTooLarge {
+        /// The field (empty when the value is not a field's, e.g. a whole record's).
+        field: String,
+        /// The value's encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// An operation does not fit the field's current value (e.g. increment of a text).
     #[error(
         "field {field:?} holds {} {found}, and {op} needs {expected}: to change its kind, write \
@@ -218,6 +233,15 @@ impl Error {
             e.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         )
+    }
+}
+
+/// "the value of field \"f\"", or "a value" when no field is named.
+fn value_of(field: &str) -> String {
+    if field.is_empty() {
+        "a value".to_owned()
+    } else {
+        format!("the value of field {field:?}")
     }
 }
 

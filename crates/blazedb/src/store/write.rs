@@ -2593,10 +2593,9 @@ pub fn validate_value(field: &str, v: &Value) -> Result<(), WriteError> {
     }
     let len = value::encoded_len(v);
     if len > VALUE_BYTES_MAX {
-        let _ = field;
-        return Err(WriteError::Limit {
-            what: "encoded value size",
-            got: len,
+        return Err(WriteError::ValueTooLarge {
+            field: field.to_owned(),
+            bytes: len,
             max: VALUE_BYTES_MAX,
         });
     }
