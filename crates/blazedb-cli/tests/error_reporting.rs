@@ -209,6 +209,129 @@ fn tls_options_need_a_tls_peer() {
     .failure(2);
     assert!(run.stderr.contains("tls:// and wss://"), "{}", run.stderr);
     assert!(!a.exists());
+    // With a second file: as much a command-line mistake (it exited 1).
+    let b = dir.path().join("b.db");
+    for option in [
+        &["--tls-ca", "ca.pem"][..],
+        &["--danger-accept-invalid-certs"],
+    ] {
+        let mut args = vec![b.to_str().unwrap(), "--once"];
+        args.extend(option);
+        let run = run_on("sync", &a, &args).failure(2);
+        assert!(
+            run.stderr
+                .contains("TLS options apply to a network peer, and"),
+            "{option:?}: {}",
+            run.stderr
+        );
+        assert!(!a.exists() && !b.exists(), "{option:?}");
+    }
+}
+
+/// A token in the sync URL would be printed in every error, `retrying` event and summary
+/// that names the peer: refused (exit 2) as `user:password@` is, saying to use --token, and
+/// without printing it; nothing is created.
+#[test]
+fn a_token_in_the_sync_url_is_refused_without_being_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    for url in [
+        "ws://127.0.0.1:1/v1/sync?token=S3CRET-TOKEN",
+        "wss://relay.example/v1/sync?x=1&access_token=S3CRET-TOKEN",
+        "tcp://me:S3CRET-TOKEN@127.0.0.1:1",
+    ] {
+        for mode in ["--once", "--watch"] {
+            let run = run_on("sync", &a, &[url, mode]).failure(2);
+            assert!(!run.stderr.contains("S3CRET"), "{url}: {}", run.stderr);
+            assert!(run.stderr.contains("--token"), "{url}: {}", run.stderr);
+            assert!(run.stdout.is_empty(), "{url}: {}", run.stdout);
+            assert!(!a.exists(), "{url}");
+        }
+    }
+    let run = run_on("sync", &a, &["ws://127.0.0.1:1/v1/sync?token=T", "--once"]).failure(2);
+    assert!(
+        run.stderr
+            .contains("\"ws://127.0.0.1:1/v1/sync?token=***\"")
+            && run
+                .stderr
+                .contains("give the token with --token (or BLAZEDB_TOKEN)"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `--token` is for network peers: with two files it was silently ignored; now a usage
+/// error. A BLAZEDB_TOKEN exported for network syncs does not stop a file sync.
+#[test]
+fn a_token_for_a_file_to_file_sync_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let mut cmd = common::blazedb_command(None);
+    cmd.env_remove("BLAZEDB_TOKEN")
+        .arg("sync")
+        .args([&a, &b])
+        .args(["--token", "abc", "--once"]);
+    let run = common::Run::of(cmd, None).failure(2);
+    assert!(
+        run.stderr
+            .contains("--token is presented to a network peer")
+            && run.stderr.contains("leave --token out"),
+        "{}",
+        run.stderr
+    );
+    assert!(!a.exists() && !b.exists());
+    let mut cmd = common::blazedb_command(None);
+    cmd.env("BLAZEDB_TOKEN", "abc")
+        .arg("sync")
+        .args([&a, &b])
+        .arg("--once");
+    common::Run::of(cmd, None).success();
+}
+
+/// `unix://tmp/s.sock` read as the relative path tmp/s.sock (and was shown so, as
+/// `unix://tmp/…`); whether /tmp/s.sock was meant cannot be told: refused with both forms.
+#[test]
+fn a_unix_url_with_a_host_part_is_refused_with_the_right_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    let run = run_on("sync", &a, &["unix://tmp/s.sock", "--once"]).failure(2);
+    assert!(
+        run.stderr
+            .contains("write unix:///tmp/s.sock for the socket /tmp/s.sock, or unix:tmp/s.sock"),
+        "{}",
+        run.stderr
+    );
+    assert!(!a.exists());
+}
+
+/// TLS on `listen --unix` alone was "required arguments were not provided: --tcp": it says
+/// instead that a Unix socket has no TLS.
+#[test]
+fn listen_says_a_unix_socket_has_no_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let socket = dir.path().join("hub.sock");
+    let run = run_on(
+        "listen",
+        &db,
+        &[
+            "--unix",
+            socket.to_str().unwrap(),
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ],
+    )
+    .failure(2);
+    assert!(
+        run.stderr
+            .starts_with("error: TLS is not available on a Unix socket")
+            && run.stderr.contains("add --tcp ADDR"),
+        "{}",
+        run.stderr
+    );
+    assert!(!db.exists() && !socket.exists());
 }
 
 /// Input the database would refuse is refused before the file is opened: a bad field or

@@ -235,3 +235,55 @@ fn sync_once_with_a_peer_that_drops_the_connection_fails() {
         assert!(err.starts_with("error: "), "run {run}: {err}");
     }
 }
+
+/// A second `listen --unix` or `serve --unix` on the socket of a live listener is refused in
+/// one sentence that points at --unix (the relay's said "another process is listening on
+/// this socket: another process (another relay?) listens there: stop it, or choose another
+/// port (--listen, --tcp-listen)"); the live listener keeps serving.
+#[test]
+fn a_live_unix_socket_is_refused_with_advice_about_unix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, a) = (dir.path().join("hub.db"), dir.path().join("a.db"));
+    let socket = dir.path().join("hub.sock");
+    put(&hub, "notes", r#"{"from": "hub"}"#);
+    let (_listener, url) = start_listener(&hub, &["--unix", socket.to_str().unwrap()], None);
+    let second = |args: &[&std::ffi::OsStr]| {
+        let out = blazedb().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let other = dir.path().join("other.db");
+    let err = second(&[
+        "listen".as_ref(),
+        other.as_os_str(),
+        "--unix".as_ref(),
+        socket.as_os_str(),
+    ]);
+    assert!(
+        err.contains(
+            "another process is listening on this socket: stop it, or give --unix another path"
+        ),
+        "{err}"
+    );
+    let data = dir.path().join("relay");
+    let err = second(&[
+        "serve".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--unix".as_ref(),
+        socket.as_os_str(),
+    ]);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: cannot listen on the Unix socket {} (--unix): another process is \
+             listening on this socket: stop it, or give --unix another path",
+            socket.display()
+        )
+    );
+    let (ok, report, err) = sync_once(&a, &url, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(report["received"]["cells"], 2, "{report}");
+}

@@ -57,6 +57,28 @@ pub enum RelayError {
         /// What went wrong (address in use, permission denied...).
         source: io::Error,
     },
+    /// The Unix socket (`--unix`) could not be opened. The socket error says what to do when
+    /// something is already at the path (a live listener, a file that is not a socket).
+    #[error(
+        "cannot listen on the Unix socket {} (--unix): {source}{}",
+        path.display(),
+        unix_bind_hint(source)
+    )]
+    BindUnix {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+}
+
+/// What to do about the reasons a Unix socket cannot be bound that its error leaves unsaid.
+fn unix_bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => ": choose a path in a directory this user may write to",
+        io::ErrorKind::NotFound => ": the socket's directory does not exist: create it first",
+        _ => "",
+    }
 }
 
 /// What to do about the common reasons a listener cannot be opened.

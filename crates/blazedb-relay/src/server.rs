@@ -359,8 +359,8 @@ fn bind_unix(path: &std::path::Path) -> Result<UnixListener, RelayError> {
     // Replaces only a dead relay's socket file: never a live one, never a file that is not
     // a socket (`--unix DATA/relay.db` would otherwise unlink the open store).
     blazedb_net::transport::listen::bind_unix_replacing_stale(path).map_err(|source| {
-        RelayError::Bind {
-            addr: path.display().to_string(),
+        RelayError::BindUnix {
+            path: path.to_owned(),
             source,
         }
     })

@@ -221,15 +221,13 @@ pub fn start_sync(
     password: Option<&str>,
     out_dir: &Path,
 ) -> Result<Child> {
-    // `--token` goes into HELLO, but the relay authenticates the WebSocket upgrade before
-    // any frame, from a Bearer header or `?token=`, and the ws:// client sends no header:
-    // so the token goes in the URL too (without it the relay answers 401).
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let url = format!("{url}{sep}token={token}");
+    // The relay authenticates the WebSocket upgrade before any frame: the ws:// client
+    // sends `--token` as `Authorization: Bearer` there (and in HELLO). Not as `?token=` in
+    // the URL, which `sync` refuses (it would be printed wherever the peer is named).
     let mut cmd = Command::new(&cli.path);
     cmd.arg("sync")
         .arg(db)
-        .arg(&url)
+        .arg(url)
         .args(["--watch", "--token", token]);
     password_env(&mut cmd, password);
     cmd.stdin(Stdio::null())

@@ -35,8 +35,9 @@ pub struct ListenArgs {
     /// Require peers to present this token (also read from BLAZEDB_TOKEN).
     #[arg(long, env = "BLAZEDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Speak TLS on the TCP address with this PEM certificate chain (with --tls-key).
-    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tcp"])]
+    /// Speak TLS on the TCP address with this PEM certificate chain (with --tls-key and
+    /// --tcp: a Unix socket has no TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
@@ -69,6 +70,15 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
         return Err(UsageError(
             "the token is empty: give a non-empty --token (or leave it out, and BLAZEDB_TOKEN \
              unset, to accept peers without one)"
+                .into(),
+        )
+        .into());
+    }
+    if args.tls_cert.is_some() && args.tcp.is_none() {
+        return Err(UsageError(
+            "TLS is not available on a Unix socket: --tls-cert and --tls-key apply to a --tcp \
+             address; add --tcp ADDR to serve TLS there (beside the socket), or leave the TLS \
+             options out"
                 .into(),
         )
         .into());

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use blazedb::limits::{IDLE_TIMEOUT_MS_DEFAULT, PING_INTERVAL_MS_DEFAULT, PING_INTERVAL_MS_MIN};
 use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
 use blazedb::{Database, OpenOptions};
@@ -230,11 +230,22 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         }
         return runtime.block_on(run_network(args, endpoint, password_a));
     }
+    // Both are the command line's mistakes (exit 2), as TLS options with a tcp:// URL are.
     if tls_options {
-        bail!(
-            "TLS options apply to a network peer, and {} is a file: give a tls:// or wss:// URL",
+        return Err(UsageError(format!(
+            "TLS options apply to a network peer, and {} is a file: give a tls:// or wss:// \
+             URL, or leave the TLS options out",
             args.db_b.display()
-        );
+        ))
+        .into());
+    }
+    if token_on_command_line(args.token.as_deref()) {
+        return Err(UsageError(format!(
+            "--token is presented to a network peer (a relay or `blazedb listen`), and {} is \
+             a file: two files on this machine sync without one; leave --token out",
+            args.db_b.display()
+        ))
+        .into());
     }
     let opts = SyncFilesOptions {
         mode: args.mode,
@@ -259,6 +270,12 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let mut out = Output::stdout();
     out.json(&report.to_json())?;
     Ok(out.finish()?)
+}
+
+/// Whether `token` (the value of --token) was typed on the command line rather than taken
+/// from BLAZEDB_TOKEN: a variable exported for network syncs must not break a file sync.
+fn token_on_command_line(token: Option<&str>) -> bool {
+    token.is_some_and(|t| std::env::var_os("BLAZEDB_TOKEN").is_none_or(|env| env != t))
 }
 
 /// DB_B as a peer URL, when it is one; `None` for a database file. An argument with a

@@ -5,7 +5,7 @@
 //! |----------------------------|-----------|
 //! | `tcp://host:port`          | plain TCP |
 //! | `tls://host:port`          | TLS over TCP (rustls) |
-//! | `unix:///absolute/path`    | Unix domain socket (also `unix:relative/path`) |
+//! | `unix:///absolute/path`    | Unix domain socket (also `unix:/absolute/path`, `unix:relative/path`) |
 //! | `ws://host[:port][/path]`  | WebSocket, one frame per binary message |
 //! | `wss://host[:port][/path]` | WebSocket over TLS |
 
@@ -81,8 +81,9 @@ impl FromStr for Endpoint {
     type Err = TransportError;
 
     fn from_str(url: &str) -> Result<Endpoint, TransportError> {
+        // The URL is named in the error without the credentials it may hold.
         let bad = |reason: &str| TransportError::InvalidUrl {
-            url: url.to_owned(),
+            url: without_credentials(url),
             reason: reason.to_owned(),
         };
         let (scheme, rest) = match url.find(':') {
@@ -96,7 +97,19 @@ impl FromStr for Endpoint {
         match scheme.as_str() {
             "unix" => {
                 // unix:///abs/path (empty authority), unix:/abs/path or unix:rel/path.
-                let path = rest.strip_prefix("//").unwrap_or(rest);
+                let path = match rest.strip_prefix("//") {
+                    // `unix://tmp/s.sock`: "tmp" stands where a URL has its host, so whether
+                    // /tmp/s.sock or ./tmp/s.sock was meant cannot be told.
+                    Some(p) if !p.is_empty() && !p.starts_with('/') => {
+                        return Err(bad(&format!(
+                            "a unix:// URL has three slashes before an absolute path: write \
+                             unix:///{p} for the socket /{p}, or unix:{p} for one relative to \
+                             the current directory"
+                        )))
+                    }
+                    Some(p) => p,
+                    None => rest,
+                };
                 if path.is_empty() {
                     return Err(bad("no socket path: write unix:///path/to/socket"));
                 }
@@ -123,6 +136,15 @@ impl FromStr for Endpoint {
                     .strip_prefix("//")
                     .ok_or_else(|| bad("expected ws://host[:port]/path"))?;
                 let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+                if let Some(name) = token_parameter(rest) {
+                    // Everything that names the peer (errors, events, summaries) would
+                    // print the token.
+                    return Err(bad(&format!(
+                        "a token in the URL ({name}=) would be printed wherever the peer is \
+                         named: remove it and give the token with --token (or \
+                         BLAZEDB_TOKEN), which is sent in the upgrade's Authorization header"
+                    )));
+                }
                 let port = if secure { 443 } else { 80 };
                 let addr = parse_host_port(authority, Some(port)).map_err(|r| bad(&r))?;
                 // The upgrade request is built from `url`, and the WebSocket library takes
@@ -139,13 +161,82 @@ impl FromStr for Endpoint {
                 let ws = if scheme == "https" { "wss" } else { "ws" };
                 Err(bad(&format!(
                     "unknown scheme {scheme:?}: a relay's sync endpoint is a WebSocket URL: \
-                     write {ws}:{rest}"
+                     write {}",
+                    without_credentials(&format!("{ws}:{rest}"))
                 )))
             }
             other => Err(bad(&format!(
                 "unknown scheme {other:?}: use tcp://, tls://, unix://, ws:// or wss://"
             ))),
         }
+    }
+}
+
+/// The query parameters that carry a credential (`?token=` is what a relay takes from
+/// browsers, `access_token=` the OAuth name).
+const TOKEN_PARAMETERS: [&str; 2] = ["token", "access_token"];
+
+/// The name of the first credential parameter in the query of `rest` (a URL after its
+/// `scheme://`), as written.
+fn token_parameter(rest: &str) -> Option<&str> {
+    let query = rest.split('#').next()?.split_once('?')?.1;
+    query
+        .split('&')
+        .map(|pair| pair.split('=').next().unwrap_or(""))
+        .find(|name| {
+            TOKEN_PARAMETERS
+                .iter()
+                .any(|t| name.eq_ignore_ascii_case(t))
+        })
+}
+
+/// `url` with the credentials it may hold replaced by `***`: a `user:password@` before the
+/// host, the values of `token=` and `access_token=` in the query.
+fn without_credentials(url: &str) -> String {
+    let (head, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let (path, fragment) = match path.split_once('#') {
+        Some((p, f)) => (p, format!("#{f}")),
+        None => (path, String::new()),
+    };
+    let path = match path.split_once('?') {
+        Some((p, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _))
+                        if TOKEN_PARAMETERS
+                            .iter()
+                            .any(|t| name.eq_ignore_ascii_case(t)) =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{p}?{}", query.join("&"))
+        }
+        None => path.to_owned(),
+    };
+    format!("{head}{authority}{path}{fragment}")
+}
+
+/// The URL of the Unix socket at `path`: `unix:///abs/path` for an absolute path,
+/// `unix:rel/path` for a relative one (`unix://rel/path` would put `rel` where a URL has
+/// its host).
+pub fn unix_url(path: &std::path::Path) -> String {
+    if path.is_absolute() {
+        format!("unix://{}", path.display())
+    } else {
+        format!("unix:{}", path.display())
     }
 }
 
@@ -201,7 +292,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(hp) => write!(f, "tcp://{hp}"),
             Endpoint::Tls(hp) => write!(f, "tls://{hp}"),
-            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Unix(p) => f.write_str(&unix_url(p)),
             Endpoint::WebSocket(w) => f.write_str(&w.url),
         }
     }
@@ -290,6 +381,70 @@ mod tests {
         ] {
             assert!(url.parse::<Endpoint>().is_err(), "{url}");
         }
+    }
+
+    /// A token in a ws:// URL would be printed wherever the peer is named: refused, and the
+    /// refusal names the URL without it (as without a `user:password@`).
+    #[test]
+    fn refuses_credentials_in_the_url_without_repeating_them() {
+        for url in [
+            "ws://127.0.0.1:7420/v1/sync?token=S3CRET",
+            "wss://relay.example/v1/sync?x=1&Access_Token=S3CRET#f",
+            "ws://h/?TOKEN=S3CRET",
+            "tcp://user:S3CRET@h:1",
+            "ws://user:S3CRET@h/v1/sync",
+        ] {
+            let e = url.parse::<Endpoint>().unwrap_err().to_string();
+            assert!(!e.contains("S3CRET"), "{url}: {e}");
+            assert!(e.contains("--token"), "{url}: {e}");
+        }
+        // Nor in the URL suggested for another scheme.
+        let e = "https://relay.example/v1/sync?token=S3CRET"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("write wss://relay.example/v1/sync?token=***") && !e.contains("S3CRET"),
+            "{e}"
+        );
+        let e = "wss://relay.example/v1/sync?x=1&Access_Token=S3CRET#f"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"wss://relay.example/v1/sync?x=1&Access_Token=***#f\""),
+            "{e}"
+        );
+        // Other parameters, and names that only contain "token", are the URL's own.
+        for url in ["ws://h/v1/sync?x=1", "ws://h/v1/sync?tokens=2&my_token=3"] {
+            assert!(url.parse::<Endpoint>().is_ok(), "{url}");
+        }
+    }
+
+    /// `unix://tmp/s.sock` cannot be told from a host "tmp": refused with the two forms it
+    /// may have meant; `unix:/abs` is absolute, and a relative path is written back as
+    /// `unix:rel`, which parses to the same path.
+    #[test]
+    fn unix_urls_with_a_host_part_are_refused_with_the_right_forms() {
+        let e = "unix://tmp/s.sock"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unix:///tmp/s.sock for the socket /tmp/s.sock"),
+            "{e}"
+        );
+        assert!(e.contains("unix:tmp/s.sock"), "{e}");
+        assert_eq!(
+            "unix:/tmp/s.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("/tmp/s.sock".into())
+        );
+        let rel = Endpoint::Unix("d/s.sock".into());
+        assert_eq!(rel.to_string(), "unix:d/s.sock");
+        assert_eq!(rel.to_string().parse::<Endpoint>().unwrap(), rel);
+        let abs = Endpoint::Unix("/d/s.sock".into());
+        assert_eq!(abs.to_string(), "unix:///d/s.sock");
+        assert_eq!(abs.to_string().parse::<Endpoint>().unwrap(), abs);
     }
 
     #[test]

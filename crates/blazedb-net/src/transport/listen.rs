@@ -150,7 +150,7 @@ impl Listener {
             urls.push(format!("{}://{a}", if self.tls { "tls" } else { "tcp" }));
         }
         if let Some(p) = &self.unix_path {
-            urls.push(format!("unix://{}", p.display()));
+            urls.push(crate::transport::endpoint::unix_url(p));
         }
         urls
     }
@@ -276,7 +276,7 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
 /// Bind a Unix socket, replacing a stale socket file that nobody answers on.
 fn bind_unix(path: &Path) -> Result<UnixListener, TransportError> {
     bind_unix_replacing_stale(path).map_err(|source| TransportError::Bind {
-        addr: format!("unix://{}", path.display()),
+        addr: crate::transport::endpoint::unix_url(path),
         source,
     })
 }
@@ -313,7 +313,8 @@ pub fn bind_unix_replacing_stale(path: &Path) -> std::io::Result<UnixListener> {
                 Ok(_) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::AddrInUse,
-                        "another process is listening on this socket",
+                        "another process is listening on this socket: stop it, or give --unix \
+                         another path",
                     ))
                 }
                 Err(c) => {
