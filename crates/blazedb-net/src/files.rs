@@ -33,7 +33,7 @@ use crate::topology::complement;
 /// How to sync two files.
 #[derive(Clone)]
 pub struct SyncFilesOptions {
-    /// What file A does: `Both`, `Push` (A only sends: B becomes a read-only replica of A)
+    /// What file A does: `Both`, `Push` (A only sends: B's own writes stay on B)
     /// or `Pull` (A only receives from B). B gets the complementary mode.
     pub mode: SyncMode,
     /// SQLCipher password of file A (`None`: a plain file), zeroized when dropped.

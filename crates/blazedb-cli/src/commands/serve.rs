@@ -42,7 +42,8 @@ pub struct ServeArgs {
     /// prefer JWTs where other users share the machine.
     #[arg(long, value_name = "T", group = "auth")]
     pub token: Option<String>,
-    /// Accept JWTs signed with this HMAC secret (HS256/384/512); claims become $auth.*.
+    /// Accept JWTs signed with this HMAC secret (HS256/384/512; at least 16 bytes); claims
+    /// become $auth.*.
     #[arg(long, value_name = "S", group = "auth")]
     pub jwt_secret: Option<String>,
     /// Accept JWTs signed by the key whose public half is in this PEM file (RS*/PS*, EdDSA,
@@ -75,7 +76,7 @@ pub struct ServeArgs {
     /// pages served from this machine (localhost and names under it, 127.0.0.1, [::1]) may.
     #[arg(long = "origin", value_name = "ORIGIN")]
     pub origins: Vec<String>,
-    /// Most connections at once (at least 1).
+    /// Most connections at once (at least 1; default 10,000).
     #[arg(long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: Option<usize>,
@@ -84,7 +85,8 @@ pub struct ServeArgs {
     /// a NAT many clients share, since they all arrive from its address.
     #[arg(long, value_name = "N")]
     pub max_connections_per_address: Option<usize>,
-    /// Protocol messages per second one connection may send (sustained); 0: unlimited. A
+    /// Protocol messages per second one connection may send (sustained; default 1,000); 0:
+    /// unlimited. A
     /// connection may also send a burst above it: see --message-burst.
     #[arg(long, value_name = "N")]
     pub message_rate: Option<u32>,

@@ -46,8 +46,9 @@ pub struct SyncArgs {
     /// Keep syncing until Ctrl-C (the default); with a URL, reconnect after failures.
     #[arg(long, conflicts_with = "once")]
     pub watch: bool,
-    /// What DB_A does: both (send and receive), push (only send: DB_B becomes a read-only
-    /// replica) or pull (only receive from DB_B).
+    /// What DB_A does: both (send and receive), push (only send: DB_B receives DB_A's
+    /// changes, and its own writes stay on it until a sync in both directions) or pull
+    /// (only receive from DB_B).
     #[arg(long, default_value = "both")]
     pub mode: SyncMode,
     /// Password file for DB_A (default: the global --password-file, else BLAZEDB_PASSWORD).
@@ -172,8 +173,8 @@ pub struct HeartbeatArgs {
     /// Send a ping after this many ms without sending anything.
     #[arg(long, value_name = "MS", default_value_t = PING_INTERVAL_MS_DEFAULT)]
     pub ping_interval_ms: u64,
-    /// End a session (and, when watching, reconnect) after this many ms without receiving
-    /// anything.
+    /// End a session after this many ms without receiving anything (`sync --watch` then
+    /// reconnects; a listener waits for the peer to connect again).
     #[arg(long, value_name = "MS", default_value_t = IDLE_TIMEOUT_MS_DEFAULT)]
     pub idle_timeout_ms: u64,
 }
