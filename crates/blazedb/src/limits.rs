@@ -63,6 +63,20 @@ pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// measured 2026-12-03, one-field commits took 20-30% longer and a 100k-record bulk insert
 /// 1.6x as long.) Still a bound, unlike SQLite's default of never truncating.
 pub const WAL_FILE_BYTES_KEPT: i64 = 48 * 1024 * 1024;
+/// How long `Database::integrity_check` of an encrypted file waits, at most, for a moment when
+/// every committed page is in the main file, the only state in which SQLCipher's page check
+/// of that file can be trusted (`store/maintenance.rs`, `settle_for_page_check`). Past it,
+/// a reader in another connection has kept an older state of the file all along, and the
+/// check fails as busy instead of guessing.
+pub const PAGE_CHECK_SETTLE_WAIT_MS: u64 = 10_000;
+/// Pause between two tries for that moment: the writer that was committing, or the
+/// checkpoint another connection was running, has usually finished by then.
+pub const PAGE_CHECK_SETTLE_RETRY_MS: u64 = 5;
+/// How long that check, holding the write lock, waits for another connection's checkpoint to
+/// finish before it lets the writers go on and tries again later. That checkpoint has at most
+/// the WAL to copy (about `WAL_AUTOCHECKPOINT_PAGES`) and one fsync; the bound stays well
+/// inside the writers' busy timeout (10 s), which they spend waiting meanwhile.
+pub const PAGE_CHECK_CHECKPOINT_WAIT_MS: u64 = 1_000;
 /// Times `Database::open` starts over when the path led to another file once the first read
 /// was done: a `rekey` elsewhere renamed its re-encrypted copy over the file meanwhile
 /// (`store/open.rs`). One rekey costs one attempt; more mean rekeys back to back.

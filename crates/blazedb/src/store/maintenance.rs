@@ -2,12 +2,18 @@
 //! `rekey.rs`).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
-use rusqlite::params;
+use rusqlite::{params, Connection, ErrorCode};
 
+use super::cipher_key::CipherKey;
 use super::{data_version, Database, Inner};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::limits::{
+    PAGE_CHECK_CHECKPOINT_WAIT_MS, PAGE_CHECK_SETTLE_RETRY_MS, PAGE_CHECK_SETTLE_WAIT_MS,
+};
 
 /// Numbers about one collection.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -68,6 +74,21 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// The checkpoint connection in `slot`, opened first if it is not yet.
+    fn opened<'a>(
+        slot: &'a mut Option<Checkpointer>,
+        path: &Path,
+        key: Option<&CipherKey>,
+    ) -> rusqlite::Result<&'a mut Checkpointer> {
+        if slot.is_none() {
+            *slot = Some(Checkpointer {
+                conn: super::open::open_checkpointer(path, key)?,
+                restarted_at: None,
+            });
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+
     /// Start the WAL over with a one-row write (its commit does what the application's next
     /// commit would otherwise do, fsync included). False when a writer held the file, which
     /// then restarts the WAL itself.
@@ -245,13 +266,7 @@ impl Database {
     /// does nothing and returns zeros: the WAL holds only that write's frames.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let mut slot = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(Checkpointer {
-                conn: super::open::open_checkpointer(&self.path, self.key.as_ref())?,
-                restarted_at: None,
-            });
-        }
-        let ck = slot.as_mut().expect("opened above");
+        let ck = Checkpointer::opened(&mut slot, &self.path, self.key.as_ref())?;
         // `data_version` moves when another connection commits, never for this one's own.
         // The statements are cached: a client checkpoints every second or so, and parsing
         // them each time was ~1.5% of the CPU of 1,000 clients on one machine (perf,
@@ -300,7 +315,20 @@ impl Database {
 
     /// Check the file: SQLite's integrity check (and SQLCipher's page authentication when
     /// encrypted), then that every record decodes.
+    ///
+    /// Other connections and processes may go on writing meanwhile: what they do is never
+    /// reported as damage. On an encrypted file the check copies the WAL into the main file
+    /// first (a checkpoint), holding other writers back while it copies the last commits, and fails
+    /// as busy (see [`Error::is_busy`]) if it finds no moment to do so within
+    /// [`PAGE_CHECK_SETTLE_WAIT_MS`](crate::limits::PAGE_CHECK_SETTLE_WAIT_MS).
     pub fn integrity_check(&self) -> Result<IntegrityReport> {
+        // First, outside the handle's read snapshot below, whose read mark would keep the
+        // checkpoint from copying the newer commits (see `settle_for_page_check`).
+        let cipher = if self.is_encrypted() {
+            self.cipher_check()?
+        } else {
+            Vec::new()
+        };
         let inner = self.lock()?;
         let mut problems = Vec::new();
         // A file damaged enough makes a step fail outright ("database disk image is
@@ -320,13 +348,7 @@ impl Database {
         if let Err(e) = pragma("PRAGMA integrity_check", &mut problems) {
             problems.push(format!("integrity check: {e}"));
         }
-        if self.is_encrypted() {
-            let mut cipher = Vec::new();
-            if let Err(e) = pragma("PRAGMA cipher_integrity_check", &mut cipher) {
-                cipher.push(e.to_string());
-            }
-            problems.extend(cipher.into_iter().map(|p| format!("cipher: {p}")));
-        }
+        problems.extend(cipher.into_iter().map(|p| format!("cipher: {p}")));
         let records = |problems: &mut Vec<String>| -> rusqlite::Result<()> {
             let mut stmt = inner
                 .conn
@@ -356,6 +378,187 @@ impl Database {
             problems,
         })
     }
+
+    /// SQLCipher's page authentication (`PRAGMA cipher_integrity_check`): the HMAC of every
+    /// page of the main file, one line per page that fails it.
+    ///
+    /// That pragma reads the main file directly, outside SQLite's WAL and its locks, so it
+    /// can be trusted only while the file holds every committed page and nothing writes to
+    /// it. Run inside a plain read transaction (as it was), it failed healthy files while
+    /// another process wrote (an audit: 1–2 of ~10 checks during a bulk import), as
+    /// another connection's checkpoint
+    /// - was copying pages from the WAL into the file: a page read half-written;
+    /// - had stopped short of the WAL's end (at some reader's snapshot): the file had grown
+    ///   past pages still only in the WAL, which read as zeros.
+    ///
+    /// A read transaction stops a checkpoint from copying only the frames newer than its
+    /// snapshot, not those it sees. So [`Database::settle_for_page_check`] first copies the
+    /// whole WAL into the file and then pins it so, which makes those false alarms
+    /// impossible rather than rare. The ways not taken: checking the failed pages again (a
+    /// busy writer can tear a page again, and a hole stays until the next checkpoint:
+    /// rarer, not impossible), and checking a copy made with the backup API (a second file
+    /// as large as the database, and it checks the pages it reads through SQLite, the WAL's
+    /// among them, not the main file).
+    ///
+    /// A failure to get there that comes from a damaged file is a finding (returned as a
+    /// problem); anything else (busy, I/O) is an error of the check.
+    fn cipher_check(&self) -> Result<Vec<String>> {
+        // Taken before the handle's lock, as `checkpoint` does; it also keeps this handle's
+        // own checkpoints (the tokio layer's `spawn_checkpointer`) out until the end.
+        let mut slot = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+        // A handle a failed rekey closed says so here, as everywhere (`Inner::refresh`),
+        // before its path is opened again with its key.
+        drop(self.lock()?);
+        let ck = match Checkpointer::opened(&mut slot, &self.path, self.key.as_ref()) {
+            Ok(ck) => ck,
+            Err(e) if is_damage(&e) => return Ok(vec![e.to_string()]),
+            Err(e) => return Err(e.into()),
+        };
+        match self.settle_for_page_check(&ck.conn) {
+            Ok(()) => {}
+            Err(Error::Sqlite(e)) if is_damage(&e) => return Ok(vec![e.to_string()]),
+            Err(e) => return Err(e),
+        }
+        let mut problems = Vec::new();
+        let checked = (|| -> rusqlite::Result<()> {
+            // `prepare`, not `prepare_cached`: SQLCipher reads the file and computes this
+            // pragma's rows when the statement is prepared.
+            let mut stmt = ck.conn.prepare("PRAGMA cipher_integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            for r in rows {
+                let r = r?;
+                if r != "ok" {
+                    problems.push(r);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = checked {
+            problems.push(e.to_string());
+        }
+        // Lets checkpoints into the file again.
+        ck.conn.execute_batch("ROLLBACK")?;
+        Ok(problems)
+    }
+
+    /// Bring the main file to hold every committed page, and keep it so: on success, `ck`
+    /// (the checkpoint connection) is left in a read transaction during which no connection
+    /// of any process writes to the main file; the caller ends it (`ROLLBACK`). Writers go on
+    /// meanwhile, into the WAL.
+    ///
+    /// Why that holds (SQLite 3.45's `walCheckpoint` and `walTryBeginRead`):
+    /// 1. This handle's connection takes the write lock (`BEGIN IMMEDIATE`, waiting for a
+    ///    writer up to its busy timeout): no commit can add frames to the WAL, or start it
+    ///    over, until it is released.
+    /// 2. `ck` runs a PASSIVE checkpoint. When it copied every frame (`checkpointed` equals
+    ///    `log`), the main file holds every committed page (and no more: the checkpoint also
+    ///    truncated it to the database's size).
+    /// 3. Still under the write lock, `ck` opens a read transaction. The WAL is all copied,
+    ///    so SQLite gives it read lock 0 ("read the main file, ignore the WAL"), or, should
+    ///    that lock be taken for an instant, a read mark at the WAL's end, which is no
+    ///    further than what was copied.
+    /// 4. The write lock is released. A checkpoint writes to the main file (and truncates
+    ///    it) only while holding read lock 0 exclusively, which `ck`'s shared lock 0 bars;
+    ///    with a read mark instead, it may copy frames only up to that mark, all copied
+    ///    already, and the WAL cannot start over under a reader that uses it. Nothing else
+    ///    writes the main file of a database in WAL mode (leaving WAL mode, or the last
+    ///    connection's checkpoint at close, needs an exclusive lock that our open
+    ///    connections deny).
+    ///
+    /// Step 2 falls short while another connection checkpoints (`busy`), or while a reader
+    /// elsewhere holds an older snapshot, whose frames a checkpoint may not overwrite yet:
+    /// the write lock is released and the steps tried again, every
+    /// [`PAGE_CHECK_SETTLE_RETRY_MS`] for up to [`PAGE_CHECK_SETTLE_WAIT_MS`], then the check
+    /// fails as busy. Writers wait (within their busy timeout) while the write lock is held:
+    /// for one checkpoint, of what was committed since the checkpoint just before it, which
+    /// copied the rest without the lock.
+    fn settle_for_page_check(&self, ck: &Connection) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_millis(PAGE_CHECK_SETTLE_WAIT_MS);
+        loop {
+            if self.try_settle_for_page_check(ck)? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let message = format!(
+                    "the page check of an encrypted file needs a moment when every commit is \
+                     in the main file, and for {} s another connection kept reading an older \
+                     state of the file (a long read transaction) or checkpointing it: run the \
+                     check again once that is over",
+                    PAGE_CHECK_SETTLE_WAIT_MS / 1000
+                );
+                return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                    Some(message),
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(PAGE_CHECK_SETTLE_RETRY_MS));
+        }
+    }
+
+    /// One try of [`Database::settle_for_page_check`]'s steps: true when `ck` holds its read
+    /// transaction, false (and no transaction open) when it is to be tried again.
+    fn try_settle_for_page_check(&self, ck: &Connection) -> Result<bool> {
+        let checkpoint = || -> rusqlite::Result<(i64, i64, i64)> {
+            ck.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+        };
+        // First without the write lock, so that the one under it has only what was committed
+        // in between to copy: writers wait for that one, and a WAL that checkpoints were
+        // kept from (by a reader elsewhere, or the last check) may be large.
+        checkpoint()?;
+        let inner = self.lock_bare();
+        inner.exec_cached("BEGIN IMMEDIATE")?;
+        let pinned = (|| -> rusqlite::Result<bool> {
+            // Another connection's checkpoint (`busy`) has a bounded amount to copy while no
+            // commit can add to it: wait for it here, rather than release the write lock and
+            // have to win it from the writers again.
+            let busy_until = Instant::now() + Duration::from_millis(PAGE_CHECK_CHECKPOINT_WAIT_MS);
+            let (log, checkpointed) = loop {
+                let (busy, log, checkpointed) = checkpoint()?;
+                if busy == 0 {
+                    break (log, checkpointed);
+                }
+                if Instant::now() >= busy_until {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            // (-1, -1 when the file is not in WAL mode: then the reader's shared lock alone
+            // keeps writers out of the file.)
+            if checkpointed < log {
+                return Ok(false);
+            }
+            ck.execute_batch("BEGIN")?;
+            match ck.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    let _ = ck.execute_batch("ROLLBACK");
+                    // `ck` has no busy timeout: a lock held for an instant is tried again.
+                    match e.sqlite_error_code() {
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Ok(false),
+                        _ => Err(e),
+                    }
+                }
+            }
+        })();
+        // Nothing was written: this ends the write lock, and writers go on.
+        let released = inner.exec_cached("ROLLBACK");
+        drop(inner);
+        if let (Ok(true), Err(_)) = (&pinned, &released) {
+            let _ = ck.execute_batch("ROLLBACK");
+        }
+        released?;
+        Ok(pinned?)
+    }
+}
+
+/// Whether `e` says the file is damaged (rather than busy, unreadable, or out of space).
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
 }
 
 fn table_bytes(inner: &Inner, names: &[&str]) -> Option<u64> {
