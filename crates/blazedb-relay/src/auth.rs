@@ -310,6 +310,7 @@ fn misshapen_claim(token: &str) -> Option<String> {
         serde_json::Value::Object(_) => "an object",
         serde_json::Value::Array(_) => "a list",
         serde_json::Value::String(_) => "text",
+        serde_json::Value::Bool(_) => "true or false",
         _ => "a number",
     };
     if let Some(v) = claims.get("sub").filter(|v| v.is_object() || v.is_array()) {

@@ -61,8 +61,10 @@ pub struct GuardOptions {
     /// The client's first frame (HELLO) must arrive within this long; `None`: no deadline.
     pub hello_timeout: Option<Duration>,
     /// Where to count the frames and framed bytes that go out (`frames_sent_total`,
-    /// `bytes_sent_total`): counted here, the guard's own ERROR frame is in them and what it
-    /// swallowed while closing is not, as neither would be counted by the session.
+    /// `bytes_sent_total`), each when it is queued whole for the transport: counted here,
+    /// the guard's own ERROR frame is in them and what it swallowed while closing is not
+    /// (the session would count neither right). A frame still queued when the connection
+    /// fails is counted all the same.
     pub sent: Option<SentCounters>,
 }
 

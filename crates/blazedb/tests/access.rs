@@ -1445,3 +1445,60 @@ fn a_newer_allowed_write_wins_over_the_restatement_of_an_older_refused_one() {
         .iter()
         .any(|c| c.loser == Some(Value::from("hacked"))));
 }
+
+/// A side whose HELLO waits for the peer's credential sends nothing before it, not even a
+/// PING when the peer's HELLO is late (past the ping interval: the peer would refuse a PING
+/// before HELLO), and its timer asks for no ping meanwhile; once the credential is accepted
+/// its HELLO is the first frame.
+#[test]
+fn a_held_hello_is_the_first_frame_even_when_the_peers_hello_is_late() {
+    #[derive(Debug)]
+    struct TokenFirst;
+    impl AccessControl for TokenFirst {
+        fn authenticate(&self, hello: &Hello) -> Result<(), String> {
+            (hello.token == "t")
+                .then_some(())
+                .ok_or_else(|| "bad token".into())
+        }
+        fn hello_after_authentication(&self) -> bool {
+            true
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = (open(dir.path(), "s"), open(dir.path(), "c"));
+    server.insert("notes", [("text", "hello")]).unwrap();
+    let cfg = SessionConfig {
+        server: true,
+        access: Some(Arc::new(TokenFirst)),
+        ping_interval_ms: 1_000,
+        ..Default::default()
+    };
+    let mut ss = Session::new(&server, cfg, 0).unwrap();
+    let mut sc = Session::new(&client, client_cfg("t"), 0).unwrap();
+    assert!(
+        ss.poll_transmit(0, &server).is_none(),
+        "nothing before HELLO"
+    );
+    let due = ss.poll_timeout().unwrap();
+    assert!(due > 1_000, "no ping is due while HELLO is held: {due}");
+    ss.handle_timeout(5_000, &server);
+    assert!(
+        ss.poll_transmit(5_000, &server).is_none(),
+        "no PING before HELLO"
+    );
+    assert!(!ss.is_closed());
+    // The client's HELLO, 5 s late: the server's HELLO comes first, and the session works.
+    while let Some(f) = sc.poll_transmit(5_000, &client) {
+        ss.handle_bytes(5_000, &f, &server).unwrap();
+    }
+    let mut dec = blazedb::sync::frame::FrameDecoder::default();
+    let first = ss.poll_transmit(5_000, &server).expect("HELLO");
+    dec.push(&first);
+    assert_eq!(
+        dec.next_frame().unwrap().unwrap().kind,
+        blazedb::sync::message::kind::HELLO
+    );
+    sc.handle_bytes(5_000, &first, &client).unwrap();
+    pump(&server, &mut ss, &client, &mut sc);
+    assert_eq!(client.count("notes").unwrap(), 1);
+}

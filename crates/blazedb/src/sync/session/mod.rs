@@ -1153,7 +1153,12 @@ impl Session {
             let _ = self.fail(ErrorCode::Timeout, message, now_ms);
             return;
         }
-        if now_ms.saturating_sub(self.last_send_ms) >= self.ping_interval_ms() {
+        // Not while our HELLO waits for the peer's credential: a PING would come before it,
+        // and the peer refuses anything but HELLO first (its HELLO may be late on a lossy
+        // link; the idle timeout ends a session that never says it).
+        if self.hello_deferred.is_none()
+            && now_ms.saturating_sub(self.last_send_ms) >= self.ping_interval_ms()
+        {
             self.ping_nonce += 1;
             self.send(
                 &Message::Ping {
@@ -1194,10 +1199,16 @@ impl Session {
         if self.state == State::Closed {
             return None;
         }
+        // No ping is due while our HELLO is held (`handle_timeout`).
+        let ping_due = if self.hello_deferred.is_some() {
+            u64::MAX
+        } else {
+            self.last_send_ms.saturating_add(self.ping_interval_ms())
+        };
         Some(
             // Saturating: an interval configured near u64::MAX means "never", not a wrap
             // into the past that would fire the timer in a loop.
-            (self.last_send_ms.saturating_add(self.ping_interval_ms()))
+            ping_due
                 .min(self.last_recv_ms.saturating_add(self.cfg.idle_timeout_ms))
                 .min(self.credential_expires_ms.unwrap_or(u64::MAX))
                 .min(self.deferred_echo_due().unwrap_or(u64::MAX)),
@@ -1327,6 +1338,11 @@ const NOTE_SNAPSHOT_VIEW: &str = "snapshot_view";
 /// The value of `NOTE_SNAPSHOT_VIEW` for snapshot `snap_id` served under `view`.
 fn snapshot_note(snap_id: u64, view: &str) -> String {
     format!("{snap_id:x} {view}")
+}
+
+/// The snapshot id a `NOTE_SNAPSHOT_VIEW` names.
+fn snapshot_note_id(note: &str) -> Option<u64> {
+    u64::from_str_radix(note.split(' ').next()?, 16).ok()
 }
 
 /// Whether `db` may hold only part of what its peers hold, so that a record missing from it

@@ -125,10 +125,13 @@ impl Session {
         // offline): it never got our ACK for that, and would get every cell of its own back
         // (an audit, 2026-12-06: 150,000 cells for a 50,000-record seed).
         let peer_is_server = self.peer.as_ref().is_some_and(|p| p.server);
+        // (A peer whose feed is shorter than what we received from it was restored all the
+        // same: its writes go back to it.)
+        let peer_head = self.peer.as_ref().map_or(Seq(0), |p| p.last_seq);
         let received_by_file = received_by_file
             .and_then(|n| n.parse().ok())
             .map(Seq)
-            .is_some_and(|s| s == received_from_peer);
+            .is_some_and(|s| s == received_from_peer && peer_head >= received_from_peer);
         if self.peer_from.is_none()
             && !peer_is_server
             && (claimed < acked_here || (acked_there < received_from_peer && !received_by_file))
@@ -224,7 +227,19 @@ impl Session {
                 .map_err(|e| self.internal(e, now_ms))?;
         }
         self.view_pending = view_changed.then(|| view.clone());
-        let fresh_id = self.fresh_snapshot_id(now_ms, head);
+        // A new snapshot's id differs from the last one begun for this peer and from the
+        // one it wishes to resume: ids mix in the session clock, which starts at 0 in every
+        // session, so two sessions' could coincide, and a note or a staged snapshot of the
+        // old one would then pass for the new one (a resume under another view).
+        let mut fresh_id = self.fresh_snapshot_id(now_ms, head);
+        let wished = match &wish {
+            SnapshotWish::Resume { snap_id, .. } => Some(*snap_id),
+            _ => None,
+        };
+        let last_begun = snapshot_view.as_deref().and_then(snapshot_note_id);
+        while Some(fresh_id) == wished || Some(fresh_id) == last_begun {
+            fresh_id = fresh_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        }
         // The view a snapshot is served under is noted once the peer applied it whole
         // (NOTE_VIEW); until then a peer that never had one (a relay's new client, whose view
         // includes the rules and claims) looks changed at every reconnect. A snapshot begun

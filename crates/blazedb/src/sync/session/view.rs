@@ -508,6 +508,8 @@ impl Session {
                 // record of its ACKs was behind, "moved in" a doc of a pair; restated, it
                 // went with the pair write's `p`, and its partner without).
                 Some(s) if s.is_live() => continue,
+                // Absent where the peer is (created since): its creation goes with its unit.
+                Some(s) if s.cells().is_empty() => continue,
                 // Deleted where the peer is, revived since by later commits: the delete goes
                 // (it may not have reached the peer), the revival with its own commits' units.
                 // Restated as it is now, the record carried a later transaction's cells ahead
