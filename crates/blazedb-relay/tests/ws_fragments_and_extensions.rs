@@ -49,6 +49,19 @@ async fn read_messages(
     got
 }
 
+/// The HELLO of a new pull-only client (its token went with the upgrade).
+fn pull_hello() -> Message {
+    Message::Hello(Hello {
+        version: blazedb::limits::PROTOCOL_VERSION,
+        node: blazedb::NodeId::random(),
+        last_seq: blazedb::Seq(0),
+        mode: SyncMode::Pull,
+        server: false,
+        caps: 0,
+        token: String::new(),
+    })
+}
+
 fn data_frame(payload: Vec<u8>, first: bool, last: bool) -> WsMessage {
     let opcode = if first {
         OpCode::Data(Data::Binary)
@@ -62,16 +75,7 @@ fn data_frame(payload: Vec<u8>, first: bool, last: bool) -> WsMessage {
 async fn a_fragmented_hello_starts_a_session() {
     let relay = TestRelay::start(|_| {}).await;
     let mut ws = connect_ws(relay.addr, Some(TOKEN)).await.unwrap();
-    let hello = Message::Hello(Hello {
-        version: blazedb::limits::PROTOCOL_VERSION,
-        node: blazedb::NodeId::random(),
-        last_seq: blazedb::Seq(0),
-        mode: SyncMode::Pull,
-        server: false,
-        caps: 0,
-        token: String::new(),
-    });
-    let (k, payload) = encode_simple(&hello);
+    let (k, payload) = encode_simple(&pull_hello());
     let frame = FrameEncoder::default().encode(k, false, &payload);
     let third = frame.len() / 3;
     let pieces = [
@@ -158,16 +162,7 @@ async fn permessage_deflate_is_not_negotiated() {
 async fn the_relay_closes_with_a_status_after_its_error() {
     let relay = TestRelay::start(|_| {}).await;
     let mut ws = connect_ws(relay.addr, Some(TOKEN)).await.unwrap();
-    let hello = Message::Hello(Hello {
-        version: blazedb::limits::PROTOCOL_VERSION,
-        node: blazedb::NodeId::random(),
-        last_seq: blazedb::Seq(0),
-        mode: SyncMode::Pull,
-        server: false,
-        caps: 0,
-        token: String::new(),
-    });
-    let (k, payload) = encode_simple(&hello);
+    let (k, payload) = encode_simple(&pull_hello());
     let mut frame = FrameEncoder::default().encode(k, false, &payload);
     *frame.last_mut().unwrap() ^= 0xff;
     ws.send(WsMessage::Binary(frame.into())).await.unwrap();

@@ -334,17 +334,7 @@ impl Database {
         // A file damaged enough makes a step fail outright ("database disk image is
         // malformed"): that is a finding of the check, reported with the others, not an
         // error of the check.
-        let pragma = |sql: &str, problems: &mut Vec<String>| -> rusqlite::Result<()> {
-            let mut stmt = inner.conn.prepare(sql)?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            for r in rows {
-                let r = r?;
-                if r != "ok" {
-                    problems.push(r);
-                }
-            }
-            Ok(())
-        };
+        let pragma = |sql: &str, problems: &mut Vec<String>| check_rows(&inner.conn, sql, problems);
         if let Err(e) = pragma("PRAGMA integrity_check", &mut problems) {
             problems.push(format!("integrity check: {e}"));
         }
@@ -420,19 +410,7 @@ impl Database {
             Err(e) => return Err(e),
         }
         let mut problems = Vec::new();
-        let checked = (|| -> rusqlite::Result<()> {
-            // `prepare`, not `prepare_cached`: SQLCipher reads the file and computes this
-            // pragma's rows when the statement is prepared.
-            let mut stmt = ck.conn.prepare("PRAGMA cipher_integrity_check")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            for r in rows {
-                let r = r?;
-                if r != "ok" {
-                    problems.push(r);
-                }
-            }
-            Ok(())
-        })();
+        let checked = check_rows(&ck.conn, "PRAGMA cipher_integrity_check", &mut problems);
         if let Err(e) = checked {
             problems.push(e.to_string());
         }
@@ -573,6 +551,21 @@ fn table_bytes(inner: &Inner, names: &[&str]) -> Option<u64> {
         total += b.unwrap_or(0) as u64;
     }
     Some(total)
+}
+
+/// Run a checking pragma (`integrity_check`, `cipher_integrity_check`...) and add every row
+/// but "ok" to `problems`. `prepare`, not `prepare_cached`: SQLCipher reads the file and
+/// computes `cipher_integrity_check`'s rows when the statement is prepared.
+fn check_rows(conn: &Connection, sql: &str, problems: &mut Vec<String>) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for r in rows {
+        let r = r?;
+        if r != "ok" {
+            problems.push(r);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
