@@ -252,6 +252,8 @@ fn a_bootstrap_from_a_relay_cut_off_resumes_where_it_stopped() {
     let first = sa.stats().cells_sent;
     let merged = b.count("m").unwrap();
     assert!(merged > 0, "the first chunk was merged");
+    // The client's session counts what it merged, though the snapshot never finished.
+    assert!(sb.stats().cells_received > 0 && sb.stats().cells_applied > 0);
     sa.transport_closed(0, &a);
     sb.transport_closed(0, &b);
     let mut sa = Session::new(&a, relay_config(), 0).unwrap();
@@ -264,6 +266,7 @@ fn a_bootstrap_from_a_relay_cut_off_resumes_where_it_stopped() {
     let mut sc = Session::new(&c, SessionConfig::default(), 0).unwrap();
     common::pump(&a, &mut sa_whole, &c, &mut sc);
     let whole = sa_whole.stats().cells_sent;
+    assert_eq!(sc.stats().cells_received, whole, "each cell counted once");
     assert!(
         first + sa.stats().cells_sent <= whole,
         "resumed: {} cells sent after the {first} of the first session; a whole bootstrap \

@@ -204,6 +204,10 @@ impl Session {
                     si.merging = Some(applied.local_head);
                     si.merged.cells += applied.cells;
                     si.merged.cells_applied += applied.cells_applied;
+                    // Counted now: they are applied, and a session cut off before the end
+                    // reported none of them (an audit, 2026-12-06).
+                    self.stats.cells_received += applied.cells;
+                    self.stats.cells_applied += applied.cells_applied;
                     // We were busy applying and read nothing meanwhile.
                     self.last_recv_ms = self
                         .last_recv_ms
@@ -300,17 +304,18 @@ impl Session {
         );
         match finished {
             Ok(mut applied) => {
+                // The chunks merged as they came were counted then.
+                self.stats.cells_received += applied.cells;
+                self.stats.cells_applied += applied.cells_applied;
                 applied.cells += si.merged.cells;
                 applied.cells_applied += si.merged.cells_applied;
                 self.stats.snapshots_applied += 1;
-                self.stats.cells_received += applied.cells;
                 // We were busy applying and read nothing; the peer's pings wait in the
                 // transport. `now_ms` is from before the apply: allow for its length.
                 self.last_recv_ms = self
                     .last_recv_ms
                     .max(now_ms + apply_grace_ms(applied.cells));
                 self.stats.evicted += applied.evicted;
-                self.stats.cells_applied += applied.cells_applied;
                 self.received_through = si.position;
                 self.received_noted = si.position;
                 self.snap_scope = self.cfg.policy.collections.clone();
