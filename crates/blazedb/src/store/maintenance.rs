@@ -532,7 +532,7 @@ impl Database {
 }
 
 /// Whether `e` says the file is damaged (rather than busy, unreadable, or out of space).
-fn is_damage(e: &rusqlite::Error) -> bool {
+pub(super) fn is_damage(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)

@@ -413,12 +413,7 @@ fn open_once(
             // A page that fails to read (an encrypted page whose HMAC fails, a btree page
             // overwritten) is damage, not another application's file: told so, a user would
             // not think of a backup (an audit, 2026-12-06: one byte changed on page 2).
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
-                ) =>
-            {
+            Err(e) if super::maintenance::is_damage(&e) => {
                 return Err(OpenError::Corrupted {
                     path: p,
                     reason: format!("a page read while opening it is damaged ({e})"),
