@@ -149,3 +149,57 @@ fn a_damaged_page_of_an_encrypted_file_is_reported() {
     let line = format!("cipher: HMAC verification failed for page {}", page + 1);
     assert!(report.problems.contains(&line), "{:?}", report.problems);
 }
+
+/// A reader in another connection that keeps an older state of the file all along leaves the
+/// page check no moment when every commit is in the main file: the check waits for one up to
+/// `PAGE_CHECK_SETTLE_WAIT_MS`, then fails as busy saying what to do (it does not guess, and
+/// it does not report damage); once that reader is done, the check passes.
+#[test]
+fn a_check_held_off_by_an_old_reader_fails_as_busy_then_passes_once_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old_reader.db");
+    let db = Database::open(&path, opts()).unwrap();
+    db.transaction(|tx| {
+        for n in 0..200 {
+            tx.insert("c", [("n", Value::from(n))])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+
+    // Another process, as far as the file's locks go, in the middle of a long read.
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader.pragma_update(None, "key", "pw").unwrap();
+    reader
+        .pragma_update(None, "cipher_hmac_algorithm", blazedb::store::PAGE_HMAC)
+        .unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let seen: i64 = reader
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    assert!(seen > 0);
+    // Commits past the state it reads: no checkpoint may copy them under it.
+    for n in 0..20 {
+        db.insert("c", [("late", Value::from(n))]).unwrap();
+    }
+
+    let wait = Duration::from_millis(blazedb::limits::PAGE_CHECK_SETTLE_WAIT_MS);
+    let started = Instant::now();
+    let err = db.integrity_check().unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is_busy(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("long read transaction") && text.contains("run the check again"),
+        "{text}"
+    );
+    assert!(took >= wait, "gave up after {took:?}");
+    assert!(took < wait + Duration::from_secs(30), "took {took:?}");
+    // Writers were not kept out meanwhile, nor after.
+    db.insert("c", [("after", 1)]).unwrap();
+
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    let report = db.integrity_check().unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+}
