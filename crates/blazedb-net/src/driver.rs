@@ -47,8 +47,9 @@
 //! to read our last frames.
 //!
 //! With `stop_when_caught_up` on both sides: each side stops as soon as
-//! [`Session::is_caught_up`] is true and its output is flushed, sending
-//! ERROR(`ShuttingDown`). Being caught up on one side means the peer acknowledged all our
+//! [`Session::is_caught_up`] is true, its output is flushed and [`Session::ready_to_end`]
+//! agrees (the peer acknowledged our feed up to our head, which our GC waits for; at most
+//! `END_ACK_WAIT_MS` is spent waiting for that), sending ERROR(`ShuttingDown`). Being caught up on one side means the peer acknowledged all our
 //! units and we applied everything the peer said it had, so once the peer has read the frames
 //! before our goodbye it is caught up too; it ends with [`EndReason::PeerFinished`] and
 //! `caught_up == true` (success). If the peer committed something in between, it is not
@@ -62,7 +63,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use blazedb::sync::{
-    ErrorCode, Rejection, Session, SessionConfig, SessionEvent, SessionStats, SyncError, SyncPolicy,
+    EndReadiness, ErrorCode, Rejection, Session, SessionConfig, SessionEvent, SessionStats,
+    SyncError, SyncPolicy,
 };
 use blazedb::{Database, NodeId, Seq};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -457,9 +459,16 @@ impl Driver {
                     self.close(ErrorCode::ShuttingDown, GOODBYE_SHUTDOWN);
                     continue;
                 } else if self.opts.stop_when_caught_up && flushed && self.caught_up() {
-                    self.end_with(EndReason::CaughtUp);
-                    self.close(ErrorCode::ShuttingDown, GOODBYE_CAUGHT_UP);
-                    continue;
+                    let now = self.now_ms();
+                    match self.session_mut().ready_to_end(now) {
+                        EndReadiness::Ready => {
+                            self.end_with(EndReason::CaughtUp);
+                            self.close(ErrorCode::ShuttingDown, GOODBYE_CAUGHT_UP);
+                            continue;
+                        }
+                        EndReadiness::TransmitFirst => continue,
+                        EndReadiness::AwaitAck => {}
+                    }
                 }
             }
             self.publish();

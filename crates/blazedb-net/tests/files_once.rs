@@ -152,3 +152,51 @@ async fn encrypted_files_and_new_replicas() {
         .unwrap_err();
     assert!(matches!(err, NetError::SameFile { .. }), "{err}");
 }
+
+/// A replica synced only by one-shot runs, that never writes, collects the deletes it
+/// received. Its applies of the source's units take positions in its own feed that hold only
+/// the source's changes; a run now ends once the source acknowledged the replica's feed up
+/// to its head, which is the replica's GC horizon. Before, those positions were announced at
+/// most once a second (`ECHO_CAUGHT_UP_INTERVAL_MS`), runs ended sooner, and every later run
+/// resumed from the replica's stale record of the source's ACKs, skipped to its head and
+/// said so, unacknowledged: `gc` named the source in `held_by` for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_synced_only_by_one_shot_runs_collects_the_deletes_it_received() {
+    use blazedb::{GcOptions, PeerDirection, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let mut ids = {
+        let a = open_file(&pa, None);
+        (0..60)
+            .map(|n| a.insert("items", [("n", Value::from(n))]).unwrap())
+            .collect::<Vec<_>>()
+    };
+    sync_files_once(&pa, &pb, SyncFilesOptions::default())
+        .await
+        .unwrap();
+    for round in 0..3 {
+        {
+            let a = open_file(&pa, None);
+            for id in ids.drain(..10) {
+                assert!(a.delete("items", id).unwrap());
+            }
+        }
+        let r = sync_files_once(&pa, &pb, SyncFilesOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.a_to_b.cells_applied, 10, "round {round}: {r:?}");
+        let (a, b) = (open_file(&pa, None), open_file(&pb, None));
+        assert_eq!(b.count("items").unwrap(), ids.len() as u64);
+        assert_eq!(
+            b.peer_cursor(a.node_id(), PeerDirection::Acked).unwrap(),
+            b.last_seq().unwrap(),
+            "round {round}: the source's ACKs of the replica's feed"
+        );
+        let gc = b.gc(&GcOptions::default()).unwrap();
+        assert_eq!(
+            (gc.tombstones_purged, gc.held_by),
+            (10, None),
+            "round {round}: {gc:?}"
+        );
+    }
+}

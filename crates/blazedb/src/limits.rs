@@ -175,6 +175,13 @@ pub const ACK_PERSIST_INTERVAL_MS: u64 = 1_000;
 /// acknowledged cursor (and GC horizon) a receive-only node gets back, then lags by at most
 /// this long, while a stream of units costs at most one CAUGHT_UP a second, not one each.
 pub const ECHO_CAUGHT_UP_INTERVAL_MS: u64 = 1_000;
+/// A side that ends its session once caught up (`--once`) first announces the positions it
+/// passed over, and waits at most this long for the peer's ACK of its last CAUGHT_UP
+/// (`Session::ready_to_end`): that ACK is what moves its record of what the peer holds, and
+/// so its GC horizon, to its head. A peer that does not answer in time (it was restarting a
+/// snapshot, say) costs only that: the session ends anyway, as caught up, and the next one
+/// settles it.
+pub const END_ACK_WAIT_MS: u64 = 2_000;
 
 /// How long `Database::last_seq` trusts its cached feed head before asking SQLite whether
 /// another process committed, in µs. Other processes' commits reach sync sessions through

@@ -1106,6 +1106,55 @@ fn a_replica_collects_the_deletes_it_received_over_a_long_lived_session() {
     }
 }
 
+/// A CAUGHT_UP at the receiver's cursor is acknowledged too. When the ACK of the CAUGHT_UP
+/// that announced a replica's positions is lost with the end of a session, the source has
+/// them as its cursor and the replica's record of its ACKs stays behind; every later session
+/// resumes from that record (a cursor past it looks like a restored file), skips to the same
+/// head and announces it. Unacknowledged, because it moved no cursor, that held the
+/// replica's GC back for good (found 2026-12-07 with `blazedb sync --once`).
+#[test]
+fn a_caught_up_at_the_cursor_is_acknowledged_so_a_lost_ack_is_made_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    let ids = insert_many(&a, 20);
+    {
+        let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+        let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+        common::pump_at(0, &a, &mut sa, &b, &mut sb);
+        delete_all(&a, &ids[..5]);
+        common::pump_at(10, &a, &mut sa, &b, &mut sb);
+        // The replica announces the positions its apply took a second later; the source
+        // takes them as its cursor, and its ACK is lost with the connection.
+        let due = sb.poll_timeout().unwrap();
+        sb.handle_timeout(due, &b);
+        let mut announced = 0;
+        while let Some(f) = sb.poll_transmit(due, &b) {
+            sa.handle_bytes(due, &f, &a).unwrap();
+            announced += 1;
+        }
+        assert!(announced > 0, "the replica announced nothing");
+        while sa.poll_transmit(due, &a).is_some() {}
+        a.store_noted_cursors().unwrap();
+        b.store_noted_cursors().unwrap();
+    }
+    let stale = b.peer_cursor(a.node_id(), PeerDirection::Acked).unwrap();
+    assert!(stale < b.last_seq().unwrap(), "nothing was lost: {stale:?}");
+    assert_eq!(
+        a.peer_cursor(b.node_id(), PeerDirection::Received).unwrap(),
+        b.last_seq().unwrap()
+    );
+    assert_eq!(b.gc(&GcOptions::default()).unwrap().tombstones_purged, 0);
+
+    let mut sa = Session::new(&a, SessionConfig::default(), 100_000).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 100_000).unwrap();
+    common::pump_at(100_000, &a, &mut sa, &b, &mut sb);
+    assert_eq!(sb.acked(), b.last_seq().unwrap());
+    b.store_noted_cursors().unwrap();
+    let gc = b.gc(&GcOptions::default()).unwrap();
+    assert_eq!((gc.tombstones_purged, gc.held_by), (5, None), "{gc:?}");
+}
+
 /// A peer that only pushes to us never receives our deletes, so no cursor of ours says when
 /// its older writes are all in. It holds GC back by age instead: a removal is collected only
 /// once it has been here for the retention, so a pusher's update made before a delete and

@@ -18,4 +18,6 @@ pub mod snapshot;
 pub use access::{AccessControl, Rejection};
 pub use message::{ErrorCode, Hello, Message, SnapshotWish, SyncMode};
 pub use policy::{CompiledPolicy, SyncPolicy};
-pub use session::{Session, SessionConfig, SessionEvent, SessionProgress, SessionStats, SyncError};
+pub use session::{
+    EndReadiness, Session, SessionConfig, SessionEvent, SessionProgress, SessionStats, SyncError,
+};

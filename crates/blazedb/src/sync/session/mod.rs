@@ -52,11 +52,11 @@ use super::message::{
 use super::policy::{CompiledPolicy, SyncPolicy};
 use crate::error::{ApplyError, Error};
 use crate::limits::{
-    BATCH_CELLS_DEFAULT, ECHO_CAUGHT_UP_INTERVAL_MS, FRAME_TARGET_BYTES, IDLE_TIMEOUT_MS_DEFAULT,
-    LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT, PING_INTERVAL_MS_MIN, PROTOCOL_VERSION,
-    QUEUED_FRAMES_MAX, RECORD_BYTES_MAX, SNAPSHOT_APPLY_CELLS_PER_MS_MIN,
-    SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS, TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS,
-    WINDOW_UNITS_DEFAULT,
+    BATCH_CELLS_DEFAULT, ECHO_CAUGHT_UP_INTERVAL_MS, END_ACK_WAIT_MS, FRAME_TARGET_BYTES,
+    IDLE_TIMEOUT_MS_DEFAULT, LAGGING_PAGE_BATCHES_MAX, PING_INTERVAL_MS_DEFAULT,
+    PING_INTERVAL_MS_MIN, PROTOCOL_VERSION, QUEUED_FRAMES_MAX, RECORD_BYTES_MAX,
+    SNAPSHOT_APPLY_CELLS_PER_MS_MIN, SNAPSHOT_APPLY_GRACE_MS_MAX, SNAPSHOT_CHUNK_CELLS,
+    TRANSACTION_CELLS_MAX, UNIT_STAGE_CELLS, WINDOW_UNITS_DEFAULT,
 };
 use crate::query::Params;
 use crate::store::{
@@ -130,6 +130,17 @@ impl Default for SessionConfig {
             unit_stage_cells: UNIT_STAGE_CELLS,
         }
     }
+}
+
+/// What [`Session::ready_to_end`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReadiness {
+    /// End the session now.
+    Ready,
+    /// A CAUGHT_UP was queued: transmit it, then ask again.
+    TransmitFirst,
+    /// Wait for input (the peer's ACK) or for `poll_timeout`, then ask again.
+    AwaitAck,
 }
 
 /// Why a session ended.
@@ -343,7 +354,11 @@ pub struct Session {
     /// announced yet (`pass_over_echo`): one goes out once the interval since the last is
     /// over, whether or not more units arrive (see `announce_deferred_echo`).
     echo_unannounced: bool,
+    /// When `ready_to_end` began to wait for the peer's ACK of our last CAUGHT_UP.
+    end_ack_wait_since: Option<u64>,
     // Receiving the peer's feed.
+    /// The highest position this session acknowledged (`send_ack`).
+    ack_sent_through: Seq,
     subscribed: bool,
     staged: Vec<Change>,
     staged_cells: usize,
@@ -472,6 +487,8 @@ impl Session {
             acked: Seq(0),
             acked_noted: Seq(0),
             caught_up_sent: None,
+            end_ack_wait_since: None,
+            ack_sent_through: Seq(0),
             caught_up_sent_ms: now_ms,
             echo_unannounced: false,
             subscribed: false,
@@ -588,6 +605,46 @@ impl Session {
                 && self.caught_up_sent == Some(self.sent_through)
                 && self.nothing_more_for_peer(db)?);
         Ok(rx_done && tx_done)
+    }
+
+    /// For a side that ends the session as soon as it is caught up (a driver's `--once`),
+    /// asked once [`Session::is_caught_up`] holds: may it end now? Not before the peer
+    /// acknowledged our feed up to our head, or our record of what it holds (which bounds
+    /// our GC, and decides where its next session resumes) stays behind: the positions our
+    /// applies of its units took hold only its own changes, and are announced by a
+    /// CAUGHT_UP at most once a second (`pass_over_echo`), so a replica synced only by
+    /// sessions shorter than that, that never wrote, kept every delete it received. So
+    /// positions passed over without a CAUGHT_UP are announced now (queued: transmit, then
+    /// ask again), and the peer's ACK of the last CAUGHT_UP is awaited at most
+    /// [`END_ACK_WAIT_MS`] (`poll_timeout` wakes the caller then); past that the session may
+    /// end anyway, and the next one settles it.
+    pub fn ready_to_end(&mut self, now_ms: u64) -> EndReadiness {
+        if self.echo_unannounced && self.state == State::Open {
+            // `is_caught_up` held: everything up to `sent_through` went out.
+            self.echo_unannounced = false;
+            self.caught_up_sent = Some(self.sent_through);
+            self.caught_up_sent_ms = now_ms;
+            self.end_ack_wait_since = Some(now_ms);
+            self.send(
+                &Message::CaughtUp {
+                    seq: self.sent_through,
+                },
+                now_ms,
+            );
+            return EndReadiness::TransmitFirst;
+        }
+        let Some(announced) = self.caught_up_sent else {
+            return EndReadiness::Ready;
+        };
+        if self.acked >= announced {
+            return EndReadiness::Ready;
+        }
+        let since = *self.end_ack_wait_since.get_or_insert(now_ms);
+        if now_ms >= since.saturating_add(END_ACK_WAIT_MS) {
+            EndReadiness::Ready
+        } else {
+            EndReadiness::AwaitAck
+        }
     }
 
     /// Feed received bytes. On a protocol error the session queues an ERROR frame for the
@@ -1211,7 +1268,11 @@ impl Session {
             ping_due
                 .min(self.last_recv_ms.saturating_add(self.cfg.idle_timeout_ms))
                 .min(self.credential_expires_ms.unwrap_or(u64::MAX))
-                .min(self.deferred_echo_due().unwrap_or(u64::MAX)),
+                .min(self.deferred_echo_due().unwrap_or(u64::MAX))
+                .min(
+                    self.end_ack_wait_since
+                        .map_or(u64::MAX, |t| t.saturating_add(END_ACK_WAIT_MS)),
+                ),
         )
     }
 
@@ -1279,6 +1340,12 @@ impl Session {
             result = result.and(db.store_noted_cursors());
         }
         result
+    }
+
+    /// ACK `seq` of the peer's feed.
+    fn send_ack(&mut self, seq: Seq, now_ms: u64) {
+        self.ack_sent_through = self.ack_sent_through.max(seq);
+        self.send(&Message::Ack { seq }, now_ms);
     }
 
     fn send(&mut self, m: &Message, now_ms: u64) {

@@ -95,19 +95,29 @@ impl Session {
         db: &Database,
     ) -> Result<(), SyncError> {
         self.peer_caught_up = Some(seq);
-        if !self.unit_in_progress() && seq > self.received_through {
-            // Everything between was skipped by the sender (it came from us): remember the
-            // position so a reconnect does not rescan it. Not a write per CAUGHT_UP: noted,
-            // and stored with the handle's other noted cursors (at most every
-            // ACK_PERSIST_INTERVAL_MS), with the next unit, or on close. Storing it late is
-            // safe: what a reconnect receives again is skipped or applied idempotently.
-            self.received_through = seq;
-            self.note_cursors(db, false)
-                .map_err(|e| self.internal(e, now_ms))?;
+        let unacknowledged = seq > self.received_through
+            || (seq == self.received_through && seq > self.ack_sent_through);
+        if !self.unit_in_progress() && unacknowledged {
+            if seq > self.received_through {
+                // Everything between was skipped by the sender (it came from us): remember
+                // the position so a reconnect does not rescan it. Not a write per CAUGHT_UP:
+                // noted, and stored with the handle's other noted cursors (at most every
+                // ACK_PERSIST_INTERVAL_MS), with the next unit, or on close. Storing it late
+                // is safe: what a reconnect receives again is skipped or applied
+                // idempotently.
+                self.received_through = seq;
+                self.note_cursors(db, false)
+                    .map_err(|e| self.internal(e, now_ms))?;
+            }
             // Acknowledged like a unit, so that the peer's record of what we hold of its feed
             // keeps up with our cursor: below it, the peer would take our file for one
             // restored from an older copy (PROTOCOL.md §8.2) and send our own changes back.
-            self.send(&Message::Ack { seq }, now_ms);
+            // Also a CAUGHT_UP at our cursor that this session has not acknowledged: the
+            // peer's record may be behind it (its ACK was lost with the end of a session),
+            // and then the peer resumes from its record, skips to here and says so, every
+            // session, its GC held back for good unless this ACK moves the record. (Not
+            // again after the unit that brought us here was acknowledged: one ACK a unit.)
+            self.send_ack(seq, now_ms);
         }
         Ok(())
     }
@@ -246,7 +256,7 @@ impl Session {
                     );
                     self.events.push_back(SessionEvent::Refused(rejections));
                 }
-                self.send(&Message::Ack { seq: end }, now_ms);
+                self.send_ack(end, now_ms);
                 if let Some((first, last)) = outcome.sender_seqs {
                     self.pass_over_echo(first, last, now_ms);
                 }
