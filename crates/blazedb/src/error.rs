@@ -147,6 +147,18 @@ pub enum WriteError {
         /// The limit.
         max: usize,
     },
+    /// A field's value nests lists and maps deeper than [`crate::limits::VALUE_DEPTH_MAX`].
+    #[error(
+        "{} nests lists and maps more than {max} levels deep: flatten it (a map keyed by \
+         path, records that refer to each other by id), or store the deep part as JSON text",
+        value_of(field)
+    )]
+    ValueTooDeep {
+        /// The field (empty when the value is not a field's).
+        field: String,
+        /// The limit.
+        max: usize,
+    },
     /// An operation does not fit the field's current value (e.g. increment of a text).
     #[error(
         "field {field:?} holds {} {found}, and {op} needs {expected}: to change its kind, write \

@@ -278,9 +278,52 @@ fn limits_are_clear_errors() {
     for _ in 0..=blazedb::limits::VALUE_DEPTH_MAX {
         deep = Value::List(vec![deep]);
     }
-    assert!(db.insert("c", [("d", deep)]).is_err());
+    let e = db.insert("c", [("d", deep)]).unwrap_err();
+    assert!(
+        matches!(&e, Error::Write(WriteError::ValueTooDeep { field, .. }) if field == "d"),
+        "{e}"
+    );
     // Nothing was written by the failures.
     assert_eq!(db.count("c").unwrap(), 0);
+}
+
+/// A value nested far deeper than the limit is refused with the same error on a thread with
+/// a 2 MiB stack (the default for threads and tokio's workers): checking the depth used to
+/// count all of it, recursively, and overflowed the stack first, aborting the process.
+#[test]
+fn a_value_nested_ten_thousand_levels_deep_is_refused_not_a_stack_overflow() {
+    let (_d, db) = db();
+    let db = std::sync::Arc::new(db);
+    let id = db.insert("c", [("a", 1)]).unwrap();
+    let on_small_stack = {
+        let db = db.clone();
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let deep = || {
+                    let mut v = Value::Int(1);
+                    for _ in 0..10_000 {
+                        v = Value::List(vec![v]);
+                    }
+                    v
+                };
+                let errors = [
+                    db.insert("c", [("d", deep())]).unwrap_err(),
+                    db.update("c", id, Patch::new().set("d", deep()))
+                        .unwrap_err(),
+                    db.set_add("c", id, "s", vec![deep()]).unwrap_err(),
+                ];
+                errors.map(|e| e.to_string())
+            })
+            .unwrap()
+    };
+    for e in on_small_stack
+        .join()
+        .expect("the thread overflowed its stack")
+    {
+        assert!(e.contains("more than 32 levels deep"), "{e}");
+    }
+    assert_eq!(db.count("c").unwrap(), 1);
 }
 
 #[test]
@@ -362,7 +405,7 @@ fn a_set_is_held_to_the_value_limits_as_a_whole() {
         deep = Value::List(vec![deep]);
     }
     let e = db.set_add("c", id, "deep", vec![deep]).unwrap_err();
-    assert!(e.to_string().contains("depth"), "{e}");
+    assert!(e.to_string().contains("levels deep"), "{e}");
 }
 
 #[test]

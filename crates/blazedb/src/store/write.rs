@@ -2583,11 +2583,9 @@ pub fn validate_field_name(name: &str) -> Result<(), WriteError> {
 
 /// Values: nested at most 32 deep, at most 1 MiB encoded.
 pub fn validate_value(field: &str, v: &Value) -> Result<(), WriteError> {
-    let depth = v.depth();
-    if depth > VALUE_DEPTH_MAX {
-        return Err(WriteError::Limit {
-            what: "value nesting depth",
-            got: depth,
+    if v.depth_up_to(VALUE_DEPTH_MAX) > VALUE_DEPTH_MAX {
+        return Err(WriteError::ValueTooDeep {
+            field: field.to_owned(),
             max: VALUE_DEPTH_MAX,
         });
     }

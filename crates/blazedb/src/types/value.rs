@@ -162,9 +162,24 @@ impl Value {
 
     /// Nesting depth: scalars are 0, a list of scalars is 1.
     pub fn depth(&self) -> usize {
+        self.depth_up_to(usize::MAX - 1)
+    }
+
+    /// [`Value::depth`], counted no further than `cap`: a value nested deeper answers
+    /// `cap + 1`, having gone only that many levels down. What checks a limit uses: counting
+    /// the whole depth of a value nested 10,000 levels deep overflowed a 2 MiB thread stack
+    /// (the default for threads and tokio's workers) and aborted the process, before the
+    /// limit could refuse it.
+    pub fn depth_up_to(&self, cap: usize) -> usize {
+        let inner = |items: &mut dyn Iterator<Item = &Value>| {
+            if cap == 0 {
+                return 1;
+            }
+            1 + items.map(|v| v.depth_up_to(cap - 1)).max().unwrap_or(0)
+        };
         match self {
-            Value::List(l) => 1 + l.iter().map(Value::depth).max().unwrap_or(0),
-            Value::Map(m) => 1 + m.values().map(Value::depth).max().unwrap_or(0),
+            Value::List(l) => inner(&mut l.iter()),
+            Value::Map(m) => inner(&mut m.values()),
             _ => 0,
         }
     }
