@@ -55,6 +55,13 @@ pub const HTTP_KEEPALIVE_IDLE_MS: u64 = 2_000;
 /// operator and its monitoring: they were refused with everyone else.
 pub const STATUS_CONNECTIONS_RESERVED: usize = 4;
 
+/// How long, in ms, a `POST /v1/query` waits for its turn on the query handle before it is
+/// answered `503` (`busy`, retry later). Queries run one at a time on a handle of their own
+/// (`State::query_turn`): the handle's connection serves one query at a time anyway, and a
+/// blocking thread per waiting request (64 concurrent heavy queries: 37 threads and 195 MB
+/// of resident memory that never came back down) bought nothing.
+pub const QUERY_TURN_WAIT_MS: u64 = 10_000;
+
 /// Largest `POST /v1/query` body, in bytes. The expression itself is limited to
 /// [`blazedb::limits::EXPRESSION_BYTES_MAX`] (16 KiB); the rest is room for the JSON around it.
 pub const QUERY_BODY_BYTES_MAX: usize = 64 * 1024;

@@ -456,7 +456,13 @@ async fn serve_http<I>(
     let app = router(state.clone());
     let refusal = status_only.map(|why| (why, state.refusal_message(why)));
     let st = state.clone();
+    // Requests being answered: the connection is not idle while one is, however long it
+    // takes and whether or not bytes move meanwhile (a query computed for 7 s was cut off
+    // with no answer, and went on being computed).
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let answering = in_flight.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let busy = InFlight::new(&answering);
         req.extensions_mut().insert(slot.clone());
         let mut app = app.clone();
         let refused = refusal
@@ -466,6 +472,7 @@ async fn serve_http<I>(
             st.count_refusal(*why);
         }
         async move {
+            let _busy = busy;
             match refused {
                 Some((why, message)) => Ok(crate::http::error(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -492,7 +499,9 @@ async fn serve_http<I>(
             _ = state.shutdown.cancelled() => break,
             _ = check.tick() => {
                 let now = state.started.elapsed().as_millis() as u64;
-                if now.saturating_sub(last_active.load(Ordering::Relaxed)) >= idle_ms {
+                let idle = in_flight.load(Ordering::Acquire) == 0
+                    && now.saturating_sub(last_active.load(Ordering::Relaxed)) >= idle_ms;
+                if idle {
                     break;
                 }
             }
@@ -500,6 +509,23 @@ async fn serve_http<I>(
     }
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), conn).await;
+}
+
+/// Counts a request as being answered from its arrival until its response future is done
+/// (or dropped).
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicU64>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A byte stream that records when it last moved bytes (ms since `epoch`).
@@ -613,5 +639,95 @@ async fn accept_unix(state: Arc<State>, listener: UnixListener) {
         state
             .tasks
             .spawn(crate::session::run(st, stream, Transport::Unix, None, slot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::{AuthConfig, RelayConfig};
+    use crate::limits::QUERY_TURN_WAIT_MS;
+
+    /// Reads one HTTP/1.1 response with a `content-length` from `s`: its status and body.
+    async fn response(s: &mut TcpStream) -> (u16, String) {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.expect("the connection stays open");
+            assert!(n > 0, "the relay closed the connection without an answer");
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if body.len() >= length {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, body[..length].to_owned());
+            }
+        }
+    }
+
+    /// A query that waits longer than an idle keep-alive connection may live is answered,
+    /// not cut off: the connection counts as busy while a request is being answered. (A query
+    /// computed for 7 s was dropped without an answer, HTTP_KEEPALIVE_IDLE_MS and then
+    /// SHUTDOWN_GRACE_MS after its last byte moved, and went on being computed.) One that
+    /// cannot get its turn on the query handle within QUERY_TURN_WAIT_MS is `503 busy`, and
+    /// the next one on the same connection is answered once the turn is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_waiting_longer_than_the_keepalive_idle_time_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RelayConfig {
+            data_dir: dir.path().join("relay"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth: AuthConfig::Token("query-turn-token".into()),
+            ..RelayConfig::default()
+        };
+        let relay = Relay::bind(config).await.unwrap();
+        relay.database().insert("bugs", [("n", 1)]).unwrap();
+        let (addr, state) = (relay.local_addr(), relay.state.clone());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(relay.run(async move { s.cancelled().await }));
+
+        // Another query holds the turn, for longer than the idle time and its grace.
+        let held = state.query_turn.acquire().await.unwrap();
+        assert!(QUERY_TURN_WAIT_MS > HTTP_KEEPALIVE_IDLE_MS + SHUTDOWN_GRACE_MS);
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let body = r#"{"collection": "bugs"}"#;
+        let request = format!(
+            "POST /v1/query HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer query-turn-token\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let (status, text) = response(&mut conn).await;
+        assert_eq!(status, 503, "{text}");
+        assert!(
+            text.contains("\"busy\"") && text.contains("retry"),
+            "{text}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(QUERY_TURN_WAIT_MS - 100));
+
+        drop(held);
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let (status, text) = response(&mut conn).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"n\":1"), "{text}");
+
+        stop.cancel();
+        task.await.unwrap().unwrap();
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct State {
     /// A second handle on the same file for `/v1/query`, so that a long scan never holds
     /// the handle the sessions apply and read through.
     pub query_db: Arc<Database>,
+    /// One `/v1/query` at a time on `query_db` (see `QUERY_TURN_WAIT_MS`).
+    pub query_turn: tokio::sync::Semaphore,
     pub auth: Arc<Authenticator>,
     pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
@@ -73,6 +75,7 @@ impl State {
             loopback_hosts_only: !auth.required() && http_on_loopback,
             db,
             query_db,
+            query_turn: tokio::sync::Semaphore::new(1),
             auth: Arc::new(auth),
             rules: Arc::new(rules),
             metrics: Arc::new(Metrics::new()),

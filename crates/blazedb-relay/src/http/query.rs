@@ -17,7 +17,8 @@
 //! has `offset + limit` of them). A collection that does not exist, or that the rules close,
 //! answers `[]`. An invalid expression is `400` with the parser's message, `line` and
 //! `column`. A body over [`QUERY_BODY_BYTES_MAX`] is `413`; one that takes longer than the
-//! handshake timeout to arrive is `408`.
+//! handshake timeout to arrive is `408`. Queries run one at a time; one that waits longer than
+//! [`QUERY_TURN_WAIT_MS`] for its turn is `503` with the code `busy` (retry later).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,9 @@ use serde::Deserialize;
 
 use super::{authenticate, check_origin_and_host, error};
 use crate::auth::params;
-use crate::limits::{QUERY_BODY_BYTES_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX};
+use crate::limits::{
+    QUERY_BODY_BYTES_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TURN_WAIT_MS,
+};
 use crate::rules::{Rule, Rules};
 use crate::state::State;
 
@@ -200,6 +203,23 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
         limit,
         offset,
     );
+    let turn = tokio::time::timeout(
+        Duration::from_millis(QUERY_TURN_WAIT_MS),
+        state.query_turn.acquire(),
+    )
+    .await;
+    let Ok(Ok(_turn)) = turn else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "the relay answered other queries for the last {} s and this one did not get \
+                 its turn: retry in a moment (a narrower \"where\", or a smaller \"limit\", \
+                 makes queries quicker)",
+                QUERY_TURN_WAIT_MS / 1000
+            ),
+        );
+    };
     let st = state.clone();
     let result = tokio::task::spawn_blocking(move || {
         let records = st.query_db.query(&collection, &query)?;
