@@ -703,7 +703,7 @@ mod tests {
 
         // Another query holds the turn, for longer than the idle time and its grace.
         let held = state.query_turn.acquire().await.unwrap();
-        assert!(QUERY_TURN_WAIT_MS > HTTP_KEEPALIVE_IDLE_MS + SHUTDOWN_GRACE_MS);
+        const { assert!(QUERY_TURN_WAIT_MS > HTTP_KEEPALIVE_IDLE_MS + SHUTDOWN_GRACE_MS) };
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let body = r#"{"collection": "bugs"}"#;
         let request = format!(
