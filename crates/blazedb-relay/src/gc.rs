@@ -4,13 +4,15 @@
 //! seen by everyone. [`spawn_gc`] runs [`Database::gc`] every interval on tokio's blocking
 //! pool (GC holds the store's lock for one transaction; sessions wait for it, but no worker
 //! thread blocks), and adds each run's figures to [`GcCounters`]. Each run prints one JSON
-//! line on stderr, like the relay's other events, when it removed something or failed.
+//! line on stderr, like the relay's other events, when it removed something, found peers
+//! newly past the retention, or failed.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use blazedb::{Database, GcOptions, GcReport};
+use blazedb::{Database, GcOptions, GcReport, NodeId};
 use tokio::task::JoinHandle;
 
 /// How often the relay collects garbage by default (`--gc-interval`), in ms: 10 minutes.
@@ -91,6 +93,10 @@ async fn run(
     options: GcOptions,
     counters: Arc<GcCounters>,
 ) {
+    // Peers the previous run reported as expired: a run logs only those that expired since
+    // (with 10,000 clients gone for a month, listing them all at every run wrote a line of
+    // 350 KB every interval, forever).
+    let mut expired_before: HashSet<NodeId> = HashSet::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick completes at once; a relay that just started has nothing to collect.
@@ -110,9 +116,16 @@ async fn run(
                     + report.links_pruned
                     + report.feed_rows_pruned
                     + report.history_rows_removed;
-                if removed > 0 || !report.expired_peers.is_empty() {
-                    eprintln!("{}", event(&report));
+                let newly_expired: Vec<NodeId> = report
+                    .expired_peers
+                    .iter()
+                    .filter(|n| !expired_before.contains(n))
+                    .copied()
+                    .collect();
+                if removed > 0 || !newly_expired.is_empty() {
+                    eprintln!("{}", event(&report, &newly_expired));
                 }
+                expired_before = report.expired_peers.iter().copied().collect();
             }
             Ok(Err(e)) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -129,7 +142,10 @@ async fn run(
     }
 }
 
-fn event(r: &GcReport) -> serde_json::Value {
+/// Node ids one `gc` event lists at most; the rest are counted.
+const EVENT_NODES_MAX: usize = 20;
+
+fn event(r: &GcReport, newly_expired: &[NodeId]) -> serde_json::Value {
     serde_json::json!({
         "event": "gc",
         "horizon": r.horizon.0,
@@ -139,7 +155,15 @@ fn event(r: &GcReport) -> serde_json::Value {
         "feed_rows_pruned": r.feed_rows_pruned,
         "history_rows_removed": r.history_rows_removed,
         "records_examined": r.records_examined,
-        "expired_peers": r.expired_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        // How many peers are past the retention, and which expired since the last run
+        // (`blazedb peers` lists them all).
+        "expired_peers": r.expired_peers.len(),
+        "newly_expired": newly_expired
+            .iter()
+            .take(EVENT_NODES_MAX)
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        "newly_expired_not_listed": newly_expired.len().saturating_sub(EVENT_NODES_MAX),
         // The client whose acknowledged position is the horizon (or one that only pushes,
         // for which removals wait the retention): the one to look at when tombstones pile
         // up (`blazedb peers` shows which kind).

@@ -55,6 +55,8 @@ pub struct Relay {
     tls_tcp: Option<TlsAcceptor>,
     /// How often [`Relay::run`] collects garbage (zero: never).
     gc_interval: Duration,
+    /// What each GC run is told (the peer retention).
+    gc_options: blazedb::GcOptions,
     gc: Arc<crate::gc::GcCounters>,
     /// What looks wrong in a configuration that works ([`Rules::warnings`]).
     warnings: Vec<String>,
@@ -179,6 +181,7 @@ impl Relay {
             tls_http,
             tls_tcp,
             gc_interval: Duration::from_millis(crate::gc::GC_INTERVAL_MS_DEFAULT),
+            gc_options: blazedb::GcOptions::default(),
             gc: Arc::default(),
             warnings,
         })
@@ -195,6 +198,14 @@ impl Relay {
     /// [`GC_INTERVAL_MS_DEFAULT`](crate::gc::GC_INTERVAL_MS_DEFAULT)); zero disables it.
     pub fn set_gc_interval(&mut self, interval: Duration) {
         self.gc_interval = interval;
+    }
+
+    /// A client not heard from for `retention` no longer holds GC back (default
+    /// [`PEER_RETENTION_MS_DEFAULT`](blazedb::limits::PEER_RETENTION_MS_DEFAULT), 30 days):
+    /// until then, a client that synced once and never came back keeps every tombstone made
+    /// since on the relay. If it returns later, it starts over from a snapshot.
+    pub fn set_peer_retention(&mut self, retention: Duration) {
+        self.gc_options.peer_retention_ms = retention.as_millis().try_into().unwrap_or(u64::MAX);
     }
 
     /// Totals of the GC runs so far.
@@ -233,6 +244,7 @@ impl Relay {
             tls_http,
             tls_tcp,
             gc_interval,
+            gc_options,
             gc,
             ..
         } = self;
@@ -243,12 +255,7 @@ impl Relay {
             Duration::from_millis(blazedb_net::limits::CHECKPOINT_INTERVAL_MS_DEFAULT),
         );
         // Tombstones and other metadata every client has seen; stops when `run` returns.
-        let _gc = crate::gc::spawn_gc(
-            state.db.clone(),
-            gc_interval,
-            blazedb::GcOptions::default(),
-            gc,
-        );
+        let _gc = crate::gc::spawn_gc(state.db.clone(), gc_interval, gc_options, gc);
         // Before the first connection is accepted: every session subscribes to it. Stops
         // when the relay (its state) is dropped.
         let heads = blazedb_net::head_watch::HeadWatch::spawn(state.db.clone());

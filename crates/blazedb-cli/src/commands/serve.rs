@@ -103,6 +103,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10m",
           value_parser = crate::commands::peers::parse_duration_ms)]
     pub gc_interval: u64,
+    /// A client not heard from for this long no longer holds GC back (a number with a unit:
+    /// ms, s, m, h or d); if it returns, it starts over from a snapshot. Until then a client
+    /// that synced once and never came back keeps every tombstone made since.
+    #[arg(long, value_name = "DURATION", default_value = "30d",
+          value_parser = crate::commands::peers::parse_duration_ms)]
+    pub peer_retention: u64,
     /// Keep change history at most this long (a number with a unit: ms, s, m, h or d).
     #[arg(long, value_name = "DURATION", default_value = "30d",
           value_parser = crate::commands::peers::parse_duration_ms)]
@@ -190,6 +196,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
     runtime.block_on(async {
         let mut relay = Relay::bind(config).await?;
         relay.set_gc_interval(std::time::Duration::from_millis(args.gc_interval));
+        relay.set_peer_retention(std::time::Duration::from_millis(args.peer_retention));
         let (http, ws) = if relay.is_tls() {
             ("https", "wss")
         } else {
