@@ -17,7 +17,6 @@ use blazedb::{RecordId, Value};
 
 use crate::auth::{params, Authenticator, Claims};
 use crate::limits::JWT_LEEWAY_S;
-use crate::metrics::Metrics;
 use crate::rules::Rules;
 
 /// Access decisions for one connection.
@@ -25,7 +24,6 @@ use crate::rules::Rules;
 pub struct ConnectionAccess {
     rules: Arc<Rules>,
     auth: Arc<Authenticator>,
-    metrics: Arc<Metrics>,
     /// Set once: at the HTTP upgrade (WebSocket), or from HELLO's token (raw TCP / Unix).
     params: OnceLock<Params>,
 }
@@ -36,7 +34,6 @@ impl ConnectionAccess {
     pub fn new(
         rules: Arc<Rules>,
         auth: Arc<Authenticator>,
-        metrics: Arc<Metrics>,
         claims: Option<Claims>,
     ) -> ConnectionAccess {
         let cell = OnceLock::new();
@@ -46,7 +43,6 @@ impl ConnectionAccess {
         ConnectionAccess {
             rules,
             auth,
-            metrics,
             params: cell,
         }
     }
@@ -80,10 +76,8 @@ impl AccessControl for ConnectionAccess {
                 let _ = self.params.set(params(&claims));
                 Ok(())
             }
-            Err(e) => {
-                self.metrics.auth_failures.inc();
-                Err(e.to_string())
-            }
+            // Counted when the session closes for it (`session::run`).
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -199,7 +193,7 @@ write = "reporter == $auth.sub"
                 ..Default::default()
             };
             let auth = Arc::new(Authenticator::from_config(&config).unwrap());
-            ConnectionAccess::new(rules.clone(), auth, Arc::new(Metrics::new()), Some(claims))
+            ConnectionAccess::new(rules.clone(), auth, Some(claims))
         };
         let token = || AuthConfig::Token("t".into());
         let sub = |v: Value| -> Claims { [("sub".to_owned(), v)].into() };
@@ -229,7 +223,7 @@ write = "reporter == $auth.sub"
         };
         let auth = Arc::new(Authenticator::from_config(&config).unwrap());
         let claims: Claims = [("sub".to_owned(), Value::from(sub))].into();
-        let access = ConnectionAccess::new(rules, auth, Arc::new(Metrics::new()), Some(claims));
+        let access = ConnectionAccess::new(rules, auth, Some(claims));
         let cfg = SessionConfig {
             server: true,
             access: Some(Arc::new(access)),

@@ -11,7 +11,7 @@
 //! | `cells_applied_total` | counter | received cells that changed the relay's store |
 //! | `cells_forwarded_total` | counter | cells sent to clients |
 //! | `rejected_writes_total` | counter | records whose changes the rules refused |
-//! | `auth_failures_total` | counter | refused credentials (HTTP 401 and HELLO) |
+//! | `auth_failures_total` | counter | refused credentials (HTTP 401, HELLO, expiry in a session, a node id under another identity) |
 //! | `connections_refused_total{limit}` | counter | connections refused at a limit: `total` (`--max-connections`) or `per_address` (`--max-connections-per-address`) |
 //! | `conflicts` | gauge | open conflicts in the relay's store |
 //! | `store_bytes` | gauge | size of the store file and its WAL |

@@ -612,7 +612,10 @@ async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcc
         let tls = tls.clone();
         state.tasks.spawn(async move {
             match tls {
-                None => crate::session::run(st, stream, Transport::Tcp, None, slot).await,
+                None => {
+                    crate::session::run(st, stream, Transport::Tcp, None, slot, Some(peer.ip()))
+                        .await
+                }
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     let answer = plaintext::tls_required_frame;
@@ -622,7 +625,8 @@ async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcc
                     )
                     .await
                     {
-                        crate::session::run(st, s, Transport::Tcp, None, slot).await;
+                        crate::session::run(st, s, Transport::Tcp, None, slot, Some(peer.ip()))
+                            .await;
                     }
                 }
             }
@@ -643,9 +647,14 @@ async fn accept_unix(state: Arc<State>, listener: UnixListener) {
             continue;
         };
         let st = state.clone();
-        state
-            .tasks
-            .spawn(crate::session::run(st, stream, Transport::Unix, None, slot));
+        state.tasks.spawn(crate::session::run(
+            st,
+            stream,
+            Transport::Unix,
+            None,
+            slot,
+            None,
+        ));
     }
 }
 

@@ -12,6 +12,7 @@
 //! (the store's commit listener), and each sends it on to its client — filtered by that
 //! client's read rule. That is the whole fan-out.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,24 +30,21 @@ use crate::state::{SessionEntry, State};
 
 /// Run a sync session over `io` until it ends. `claims`: the caller was authenticated by the
 /// transport (HTTP upgrade); `None`: it must present its credential in HELLO. The connection
-/// slot is released when the session ends.
+/// slot is released when the session ends. `client`: the peer's IP address (none over a Unix
+/// socket), for the log line of a session that ends badly.
 pub(crate) async fn run<T>(
     state: Arc<State>,
     io: T,
     transport: Transport,
     claims: Option<Claims>,
     slot: Slot,
+    client: Option<IpAddr>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = slot;
     let limits = &state.limits;
-    let access = ConnectionAccess::new(
-        state.rules.clone(),
-        state.auth.clone(),
-        state.metrics.clone(),
-        claims,
-    );
+    let access = ConnectionAccess::new(state.rules.clone(), state.auth.clone(), claims);
     let (guard, guard_report) = Guard::new(
         io,
         &GuardOptions {
@@ -110,6 +108,13 @@ pub(crate) async fn run<T>(
         .clone();
     let reason = close_reason(&result, guard_close.as_ref());
     metrics.closed(reason);
+    if reason == CloseReason::AuthFailed {
+        // Every refusal of a session's credential: a bad or expired token in HELLO, an
+        // expiry during the session, and a node id presented under another user's identity
+        // (which the session refuses itself, never asking `ConnectionAccess::authenticate`:
+        // 1,000 of them left the counter where it was).
+        metrics.auth_failures.inc();
+    }
     if !matches!(
         reason,
         CloseReason::PeerFinished | CloseReason::Disconnected | CloseReason::Shutdown
@@ -125,6 +130,7 @@ pub(crate) async fn run<T>(
             serde_json::json!({
                 "event": "session_closed",
                 "transport": transport.as_str(),
+                "client": client.map(|ip| ip.to_string()),
                 "peer": peer,
                 "reason": reason.as_str(),
                 "message": message,

@@ -14,7 +14,7 @@ use blazedb::{Database, Patch, RecordId, Value};
 use blazedb_net::ws::WsStream;
 use blazedb_net::{run_session, DriverOptions, NetError, SessionReport};
 use blazedb_relay::AuthConfig;
-use common::{connect_ws, jwt_hs256, now_s, open, wait_until, TestRelay};
+use common::{connect_ws, http, jwt_hs256, metric, now_s, open, wait_until, TestRelay};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -220,6 +220,18 @@ async fn views_follow_data_policy_and_claims_and_evictions_delete_nothing() {
         assert!(e.contains("another user"), "{claims}: {e}");
     }
     assert_eq!(titles(&db), ["alice low", "carol private", "public high"]);
+    // Each of the three refusals is an authentication failure in the metrics (the session
+    // refuses these itself; they were not counted). The relay counts a session's close just
+    // after the client saw the refusal.
+    let failures = || async {
+        let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+        metric(&m, "blazedb_relay_auth_failures_total")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while failures().await != Some(3.0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failures().await, Some(3.0));
     // Dave on a file of his own: the view follows his claims.
     let dave = open(dir.path(), "dave");
     let c = connect(&relay, &dave, "dave", SyncPolicy::default()).await;

@@ -67,6 +67,7 @@ pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Re
     let accept = derive_accept_key(key.as_bytes());
     // The connection slot moves from the HTTP connection to the session.
     let connection = req.extensions().get::<ConnectionSlot>().cloned();
+    let client = connection.as_ref().map(|c| c.ip);
     let slot = match connection.as_ref().and_then(ConnectionSlot::take) {
         Some(s) => s,
         None => match state.take_slot(connection.map(|c| c.ip)) {
@@ -95,7 +96,15 @@ pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Re
             Some(websocket_config()),
         )
         .await;
-        crate::session::run(st, WsStream::new(ws), Transport::Ws, Some(claims), slot).await;
+        crate::session::run(
+            st,
+            WsStream::new(ws),
+            Transport::Ws,
+            Some(claims),
+            slot,
+            client,
+        )
+        .await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
