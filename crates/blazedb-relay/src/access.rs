@@ -81,6 +81,13 @@ impl AccessControl for ConnectionAccess {
         }
     }
 
+    /// With authentication on, every connection's credential is checked: at the HTTP
+    /// upgrade (WebSocket) or in HELLO (raw TCP and Unix). Without, the relay's HELLO says
+    /// it checks none, so a client that presented a token is told.
+    fn checks_credential(&self) -> bool {
+        self.auth.required()
+    }
+
     /// Over raw TCP and Unix sockets the credential comes in HELLO: the relay's HELLO (its
     /// node id and feed position) waits for it. (Over WebSocket the upgrade checked it.)
     fn hello_after_authentication(&self) -> bool {

@@ -8,7 +8,7 @@ use blazedb::codec::value;
 use blazedb::crdt::{Cell, CellKey, CellValue};
 use blazedb::sync::frame::{Frame, FrameDecoder, FrameEncoder, FrameError};
 use blazedb::sync::message::{
-    decode_simple, encode_simple, kind, Dict, ErrorCode, Hello, Message, SyncMode,
+    caps, decode_simple, encode_simple, kind, Dict, ErrorCode, Hello, Message, SyncMode,
 };
 use blazedb::{Change, Hlc, NodeId, RecordId, Seq, Timestamp, Value, Version};
 
@@ -31,6 +31,7 @@ const R2: RecordId = RecordId([
 const NAMES: &[&str] = &[
     "hello",
     "subscribe",
+    "hello-listener",
     "ack",
     "caught-up",
     "ping",
@@ -239,6 +240,32 @@ fn hello_and_subscribe_are_frames_0_and_1_of_one_direction() {
         fresh.next_frame(),
         Err(FrameError::Checksum { index: 0 })
     ));
+}
+
+/// A listener without a token: a server that checks no credential and presents none.
+#[test]
+fn hello_of_a_listener_that_checks_no_token() {
+    let v = vectors();
+    let bytes = bytes_of(&v, "hello-listener");
+    let want = Hello {
+        version: blazedb::limits::PROTOCOL_VERSION,
+        node: B,
+        last_seq: Seq(7),
+        mode: SyncMode::Both,
+        server: true,
+        caps: caps::LZ4 | caps::SPLIT_RECORDS | caps::TOKEN_UNCHECKED,
+        token: String::new(),
+    };
+    assert_eq!(want.caps, 13);
+    assert!(want.token_unchecked());
+    let f = one_frame(&bytes, &mut FrameDecoder::default());
+    assert_eq!((f.kind, f.partial), (kind::HELLO, false));
+    assert_eq!(
+        decode_simple(f.kind, &f.payload).unwrap(),
+        Message::Hello(want.clone())
+    );
+    let (k, p) = encode_simple(&Message::Hello(want));
+    assert_eq!(FrameEncoder::default().encode(k, false, &p), bytes);
 }
 
 #[test]

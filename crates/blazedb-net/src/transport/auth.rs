@@ -37,6 +37,10 @@ impl AccessControl for TokenAuth {
         }
     }
 
+    fn checks_credential(&self) -> bool {
+        true
+    }
+
     /// The listener's HELLO waits for the token: a peer without it learns nothing.
     fn hello_after_authentication(&self) -> bool {
         true

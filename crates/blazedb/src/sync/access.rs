@@ -23,6 +23,16 @@ pub trait AccessControl: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Whether `authenticate` checks the peer's credential, refusing a peer without a valid
+    /// one (a token listener; a relay with authentication on, over any transport). A side
+    /// whose access control says no, or that has none, tells its peer so in HELLO
+    /// (`caps::TOKEN_UNCHECKED`), so that a peer that presented a token learns it was never
+    /// checked ([`crate::sync::SessionEvent::TokenUnchecked`]). Default: false, as the
+    /// default `authenticate` accepts everyone: implement it with `authenticate`.
+    fn checks_credential(&self) -> bool {
+        false
+    }
+
     /// Whether this side's HELLO (its node id and feed position) waits until `authenticate`
     /// accepted the peer's: true where the peer's credential comes in its HELLO, so that a
     /// peer without a valid one learns nothing but the refusal. Only the accepting side may

@@ -106,6 +106,12 @@ pub mod caps {
     /// it: a receiver that applies each chunk's records on their own would, in a replacing
     /// snapshot, drop the cells of the record's earlier chunks that it already held.
     pub const SPLIT_RECORDS: u64 = 4;
+    /// The sender checks no credential: it accepts every peer, whatever token its HELLO (or
+    /// its WebSocket upgrade) carries (PROTOCOL.md §5.1). Not a capability but a statement,
+    /// said negatively so that a peer of a release before it (which never sets it, whether
+    /// it checks or not) raises no false alarm: a side that presented a token and meets this
+    /// bit learns that its token was never checked ([`Hello::token_unchecked`]).
+    pub const TOKEN_UNCHECKED: u64 = 8;
 }
 
 /// What a SUBSCRIBE asks about snapshots.
@@ -146,6 +152,15 @@ pub struct Hello {
     pub caps: u64,
     /// Credentials (empty when none).
     pub token: String,
+}
+
+impl Hello {
+    /// Whether the sender says it checks no credential ([`caps::TOKEN_UNCHECKED`]): a token
+    /// presented to it was accepted unread. False for a sender that checks one, and for a
+    /// sender of a release that does not say (it may or may not check).
+    pub fn token_unchecked(&self) -> bool {
+        self.caps & caps::TOKEN_UNCHECKED != 0
+    }
 }
 
 /// Error codes of ERROR frames. The numbers are part of the protocol.

@@ -182,6 +182,11 @@ pub enum SessionEvent {
     Rejected(Vec<super::Rejection>),
     /// We refused some of the peer's changes (access rules) and told it so.
     Refused(Vec<super::Rejection>),
+    /// This side presented a token and the peer's HELLO says it checks none
+    /// (`caps::TOKEN_UNCHECKED`): anyone who reaches the peer may sync with it, token or
+    /// not. Told once, right after `Connected`; the session goes on. A peer of a release
+    /// that does not say whether it checks is never reported.
+    TokenUnchecked,
     /// The session ended.
     Closed(SyncError),
 }
@@ -455,13 +460,20 @@ impl Session {
             return Err(Error::InvalidArgument(m));
         }
         let lz4 = if cfg.lz4 { caps::LZ4 } else { 0 };
+        // Said by every side that checks no credential, a connecting client included (it
+        // checks none of its peer's): harmless there, as an accepting side presents none.
+        let unchecked = if cfg.access.as_ref().is_some_and(|a| a.checks_credential()) {
+            0
+        } else {
+            caps::TOKEN_UNCHECKED
+        };
         let hello = Hello {
             version: PROTOCOL_VERSION,
             node: db.node_id(),
             last_seq: db.last_seq()?,
             mode: cfg.mode,
             server: cfg.server,
-            caps: lz4 | caps::SPLIT_RECORDS,
+            caps: lz4 | caps::SPLIT_RECORDS | unchecked,
             token: cfg.token.clone(),
         };
         let mut s = Session {
@@ -1041,6 +1053,9 @@ impl Session {
             peer: h.node,
             hello: h.clone(),
         });
+        if !self.cfg.token.is_empty() && h.token_unchecked() {
+            self.events.push_back(SessionEvent::TokenUnchecked);
+        }
         if self.cfg.mode.receives() && h.mode.sends() {
             let mut from = db
                 .peer_cursor(h.node, PeerDirection::Received)
