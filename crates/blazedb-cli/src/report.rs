@@ -239,6 +239,7 @@ mod tests {
             caught_up: false,
             elapsed_ms: 0,
             rejected: Vec::new(),
+            token_unchecked: false,
         };
         let err = anyhow::Error::new(blazedb_net::ClientError::Session(
             blazedb_net::NetError::Io {

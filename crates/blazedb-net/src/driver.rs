@@ -113,6 +113,10 @@ pub struct DriverOptions {
     /// the channel is full the rest are not sent (they are counted in
     /// [`SessionStats::changes_rejected_by_peer`] and listed in [`SessionReport::rejected`]).
     pub rejections: Option<mpsc::Sender<Rejection>>,
+    /// Woken (`notify_one`) when this side presented a token and the peer's HELLO says it
+    /// checks none (`SessionEvent::TokenUnchecked`), for a caller that warns while the
+    /// session runs; [`SessionReport::token_unchecked`] says it at the end.
+    pub token_unchecked: Option<Arc<Notify>>,
 }
 
 impl Default for DriverOptions {
@@ -128,6 +132,7 @@ impl Default for DriverOptions {
             policy: None,
             hello_timeout: None,
             rejections: None,
+            token_unchecked: None,
         }
     }
 }
@@ -162,6 +167,10 @@ pub struct SessionReport {
     /// each such record, which replaces ours; our refused values are kept as conflicts
     /// (`Database::conflicts`).
     pub rejected: Vec<Rejection>,
+    /// This side presented a token and the peer said it checks none
+    /// (`SessionEvent::TokenUnchecked`): anyone who reaches the peer may sync with it. False
+    /// too when the peer, of an earlier release, did not say.
+    pub token_unchecked: bool,
 }
 
 /// The goodbye message of a side that stops because it is caught up. Both goodbyes use the
@@ -323,6 +332,7 @@ where
         write_failed: false,
         peer_shut_down: None,
         rejected: Vec::new(),
+        token_unchecked: false,
     };
     d.run(rd, wr, &notify, &commits_watched).await;
     drop(listener);
@@ -421,6 +431,8 @@ struct Driver {
     peer_shut_down: Option<String>,
     /// The first changes the peer refused, for the report.
     rejected: Vec<Rejection>,
+    /// The peer said it checks no credential, and we presented one.
+    token_unchecked: bool,
 }
 
 impl Driver {
@@ -747,6 +759,12 @@ impl Driver {
                 }
                 SessionEvent::Closed(e) => self.on_closed(e),
                 SessionEvent::Rejected(rejections) => self.on_rejected(rejections),
+                SessionEvent::TokenUnchecked => {
+                    self.token_unchecked = true;
+                    if let Some(n) = &self.opts.token_unchecked {
+                        n.notify_one();
+                    }
+                }
                 // Changes *we* refused are counted in the session's stats
                 // (`changes_refused`), which the report carries; the peer was told why.
                 _ => {}
@@ -901,6 +919,7 @@ impl Driver {
             caught_up: self.caught_up_at_end,
             elapsed_ms: self.now_ms(),
             rejected: std::mem::take(&mut self.rejected),
+            token_unchecked: self.token_unchecked,
         };
         let once = self.opts.stop_when_caught_up;
         match end {

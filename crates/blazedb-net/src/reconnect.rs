@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use blazedb::sync::{ErrorCode, Rejection, SessionConfig};
 use blazedb::{Database, NodeId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::spawn_checkpointer;
@@ -192,6 +192,12 @@ pub enum ClientEvent {
         /// Why, what it costs and what to do.
         error: String,
     },
+    /// A token was presented and the peer says it checks none (`blazedb listen` without
+    /// `--token`, a relay without authentication): anyone who can reach it may sync with
+    /// it. Syncing goes on. Told at the first session that finds it so, and again only after
+    /// a session in which the peer did check (a peer restarted without its token). A peer of
+    /// a release that does not say is never reported.
+    TokenUnchecked,
 }
 
 /// Traffic of one or more sessions, seen from this side.
@@ -242,6 +248,9 @@ pub struct ClientReport {
     /// The first changes the peer refused, with its reasons (up to
     /// [`REJECTIONS_REPORTED_MAX`]; `traffic.rejected_by_peer` counts them all).
     pub rejected: Vec<Rejection>,
+    /// A session presented a token that the peer said it does not check
+    /// ([`ClientEvent::TokenUnchecked`]).
+    pub token_unchecked: bool,
 }
 
 impl ClientReport {
@@ -255,6 +264,7 @@ impl ClientReport {
             last_error: None,
             elapsed_ms: 0,
             rejected: Vec::new(),
+            token_unchecked: false,
         }
     }
 
@@ -262,6 +272,7 @@ impl ClientReport {
         self.traffic.add(r);
         self.sessions += 1;
         self.peer = r.peer.or(self.peer);
+        self.token_unchecked |= r.token_unchecked;
         crate::driver::keep_reported(&mut self.rejected, &r.rejected);
     }
 
@@ -269,7 +280,8 @@ impl ClientReport {
     /// "sent":{"cells":10,"bytes":900},"received":{"cells":3,"cells_applied":3,
     /// "bytes":400},"rejected_by_peer":0,"sessions":1,"connect_failures":0,"elapsed_ms":12}`;
     /// when the peer refused changes, `"rejections"` lists the first of them
-    /// (`{"collection":…,"record":…,"reason":…}`).
+    /// (`{"collection":…,"record":…,"reason":…}`); when the peer said it checks no token
+    /// and one was presented, `"token_unchecked": true`.
     pub fn to_json(&self) -> serde_json::Value {
         let t = &self.traffic;
         let mut v = serde_json::json!({
@@ -291,6 +303,9 @@ impl ClientReport {
         }
         if !self.rejected.is_empty() {
             v["rejections"] = self.rejected.iter().map(rejection_json).collect();
+        }
+        if self.token_unchecked {
+            v["token_unchecked"] = true.into();
         }
         v
     }
@@ -365,6 +380,9 @@ pub async fn sync_watch(
         Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
     );
     let mut backoff = Backoff::new(opts.backoff.clone());
+    // Whether the user was told that the peer checks no token, since the last session in
+    // which it did check one.
+    let mut told_token_unchecked = false;
     let stopper = async {
         stop.await;
         // The running session ends politely and the loop returns; keep the select on it.
@@ -392,11 +410,13 @@ pub async fn sync_watch(
                         attempt: backoff.failures() + 1,
                     });
                     let (rejections, mut rejected) = mpsc::channel(REJECTIONS_REPORTED_MAX);
+                    let unchecked = Arc::new(Notify::new());
                     let driver = DriverOptions {
                         shutdown: token.child_token(),
                         wake: wake.clone(),
                         linger_ms: opts.linger_ms,
                         rejections: Some(rejections),
+                        token_unchecked: Some(unchecked.clone()),
                         ..DriverOptions::default()
                     };
                     // Refusals are shown as they come: a session may run for days.
@@ -406,6 +426,10 @@ pub async fn sync_watch(
                         tokio::select! {
                             r = &mut session => break r,
                             Some(r) = rejected.recv() => on_event(ClientEvent::Rejected(r)),
+                            _ = unchecked.notified(), if !told_token_unchecked => {
+                                told_token_unchecked = true;
+                                on_event(ClientEvent::TokenUnchecked);
+                            }
                         }
                     };
                     while let Ok(r) = rejected.try_recv() {
@@ -416,6 +440,15 @@ pub async fn sync_watch(
                         Err(e) => (e.report(), Some(e.to_string())),
                     };
                     if let Some(s) = session {
+                        if s.token_unchecked && !told_token_unchecked {
+                            // Found in the session's last steps, after the select.
+                            told_token_unchecked = true;
+                            on_event(ClientEvent::TokenUnchecked);
+                        } else if s.peer.is_some() && !s.token_unchecked {
+                            // The peer said HELLO without the statement: it checks the token
+                            // now (or cannot say); a later session without it is told again.
+                            told_token_unchecked = false;
+                        }
                         report.add(s);
                         on_event(ClientEvent::SessionEnded {
                             report: Box::new(s.clone()),
@@ -526,6 +559,7 @@ mod tests {
                 caught_up: false,
                 elapsed_ms: 0,
                 rejected: Vec::new(),
+                token_unchecked: false,
             }),
         };
         for code in [

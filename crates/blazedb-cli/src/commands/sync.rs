@@ -57,7 +57,9 @@ pub struct SyncArgs {
     /// Password file for DB_B (default: the global --password-file, else BLAZEDB_PASSWORD).
     #[arg(long)]
     pub password_file_b: Option<PathBuf>,
-    /// Token to present to a network peer (also read from BLAZEDB_TOKEN).
+    /// Token to present to a network peer (also read from BLAZEDB_TOKEN). A peer that
+    /// checks none (`listen` without --token, a relay without authentication) says so, and
+    /// a "warning" event on stderr tells it; the sync goes on.
     #[arg(long, env = "BLAZEDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Trust only the CA certificates in this PEM file for tls:// and wss:// (instead of
@@ -376,7 +378,7 @@ async fn run_network(
         sync_once(db.clone(), &endpoint, &opts).await
     } else {
         sync_watch(db.clone(), &endpoint, &opts, interrupted(), |e| {
-            eprintln!("{}", event_json(&e, &args.db_a));
+            eprintln!("{}", event_json(&e, &args.db_a, &endpoint));
         })
         .await
     };
@@ -391,6 +393,10 @@ async fn run_network(
             return Err(e.into());
         }
     };
+    if args.once && report.token_unchecked {
+        // Watch mode told it as it happened.
+        eprintln!("{}", token_unchecked(&endpoint));
+    }
     let mut out = Output::stdout();
     out.json(&report.to_json())?;
     out.finish()?;
@@ -413,7 +419,7 @@ fn refused(changes: u64, db: &std::path::Path) -> RefusedByPeer {
     ))
 }
 
-fn event_json(e: &ClientEvent, db: &std::path::Path) -> serde_json::Value {
+fn event_json(e: &ClientEvent, db: &std::path::Path, peer: &Endpoint) -> serde_json::Value {
     match e {
         ClientEvent::Connected { attempt } => json!({ "event": "connected", "attempt": attempt }),
         ClientEvent::SessionEnded { report, error } => json!({
@@ -435,8 +441,26 @@ fn event_json(e: &ClientEvent, db: &std::path::Path) -> serde_json::Value {
             json!({ "event": "retrying", "delay_ms": delay_ms, "error": error })
         }
         ClientEvent::FileWatchUnavailable { error } => file_watch_unavailable(error),
+        ClientEvent::TokenUnchecked => token_unchecked(peer),
         _ => json!({ "event": "other" }),
     }
+}
+
+/// The warning that the peer checks no token, though one was given: a listener the user
+/// believes protected is open to anyone who reaches it. A warning, not an error: the peer's
+/// operator may mean it (a listener on loopback), and the sync goes on.
+fn token_unchecked(peer: &Endpoint) -> serde_json::Value {
+    json!({
+        "event": "warning",
+        "kind": "token_unchecked",
+        "peer": peer.to_string(),
+        "warning": format!(
+            "the peer at {peer} checks no token: the one given (--token or BLAZEDB_TOKEN) was \
+             not checked, and anyone who can reach the peer may sync with it. Syncing goes on; \
+             to require the token, restart the peer with it (`blazedb listen --token`, or \
+             `blazedb serve` with --token, --jwt-secret or --jwt-public-key)"
+        ),
+    })
 }
 
 /// The event that says other processes' commits to a database reach peers only by polling

@@ -146,6 +146,18 @@ pub fn start_relay(data: &Path, args: &[&str], log: Option<&Path>) -> (Daemon, S
     (d, v["sync"].as_str().expect("sync URL").to_owned())
 }
 
+/// Start `blazedb serve --listen 127.0.0.1:0 --data DATA ARGS..` and return it with the line
+/// it announces (`sync`, `tcp`, `unix`, ... addresses).
+pub fn start_relay_announced(data: &Path, args: &[&str], log: Option<&Path>) -> (Daemon, Json) {
+    let mut cmd = blazedb();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(args);
+    let mut d = Daemon::spawn("relay", cmd, log);
+    let v = announcement(&mut d);
+    (d, v)
+}
+
 /// The JSON line a listener or relay prints first, saying where it listens.
 fn announcement(d: &mut Daemon) -> Json {
     let stdout = d.child.stdout.take().expect("stdout");
