@@ -78,6 +78,11 @@ pub enum Command {
     /// Sync a database with another file or a network peer (tcp://, tls://, unix://, ws://,
     /// wss://): once, or continuously.
     ///
+    /// One sync of a file with a given peer URL runs at a time: a second one (--watch or
+    /// --once) fails at once, naming the process that syncs (a lock file beside the
+    /// database, released however that process ends). The same file may sync with other
+    /// peers meanwhile.
+    ///
     /// Exit codes: 0 synced; 1 failed; 2 a bad command line; 3 synced, but the peer refused
     /// changes of this side (its access rules: each is listed with the reason, and the
     /// refused values are kept as conflicts).

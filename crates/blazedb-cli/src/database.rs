@@ -97,14 +97,15 @@ pub fn is_untouched(db: &Database) -> Result<bool> {
 /// untouched: between the check and the open, or since, another process may have created
 /// the same file and written to it, and that database is not this command's to delete. A
 /// symbolic link the path went through stays (it was there before); the file created at
-/// its target goes.
-pub fn remove_new_database(db: Database, path: &Path) {
+/// its target goes. Returns whether it removed the file (so that a caller removes what it
+/// put beside it too).
+pub fn remove_new_database(db: Database, path: &Path) -> bool {
     if !is_untouched(&db).unwrap_or(false) {
-        return;
+        return false;
     }
     // The file SQLite created, resolved while it certainly exists (through any link).
     let Ok(created) = std::fs::canonicalize(path) else {
-        return;
+        return false;
     };
     drop(db);
     let _ = std::fs::remove_file(&created);
@@ -113,6 +114,7 @@ pub fn remove_new_database(db: Database, path: &Path) {
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
+    true
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //!   ([`listen`](fn@listen)), URLs ([`Endpoint`]), the listener's token check.
 //! - [`reconnect`]: [`sync_once`] and [`sync_watch`] (reconnect with backoff) against a URL.
 //! - [`head_watch`]: wake sessions on commits made by other processes.
+//! - [`peer_lock`]: one sync of a database file with one peer at a time, across processes.
 //! - [`discovery`]: LAN discovery over mDNS (`_blazedb._tcp.local.`): advertise, browse.
 //! - [`limits`]: every buffer size, timeout and bound of this crate.
 //!
@@ -57,6 +58,7 @@ mod file_changes;
 pub mod files;
 pub mod head_watch;
 pub mod limits;
+pub mod peer_lock;
 pub mod rate;
 pub mod reconnect;
 pub mod topology;

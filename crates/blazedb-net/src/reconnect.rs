@@ -38,6 +38,7 @@ use crate::limits::{
     RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MULTIPLIER, RECONNECT_JITTER_PERCENT,
     RECONNECT_STABLE_MS, REJECTIONS_REPORTED_MAX,
 };
+use crate::peer_lock::{AlreadySyncing, PeerLock, SyncKind};
 use crate::transport::{connect, ConnectOptions, Endpoint, TransportError};
 
 /// Why a client sync failed.
@@ -50,6 +51,10 @@ pub enum ClientError {
     /// The session failed (in watch mode: with an error that retrying cannot fix).
     #[error(transparent)]
     Session(#[from] NetError),
+    /// Another sync of the same database file with the same peer runs (in this process or
+    /// another): see [`crate::peer_lock`].
+    #[error(transparent)]
+    AlreadySyncing(#[from] AlreadySyncing),
 }
 
 /// Exponential backoff settings.
@@ -320,12 +325,15 @@ pub fn rejection_json(r: &Rejection) -> serde_json::Value {
     })
 }
 
-/// Connect once, sync until both sides are caught up, and end the session politely.
+/// Connect once, sync until both sides are caught up, and end the session politely. Refused
+/// at once ([`ClientError::AlreadySyncing`]) while another sync of the file with the same
+/// peer runs ([`crate::peer_lock`]).
 pub async fn sync_once(
     db: Arc<Database>,
     endpoint: &Endpoint,
     opts: &ClientOptions,
 ) -> Result<ClientReport, ClientError> {
+    let _lock = PeerLock::acquire(db.path(), endpoint, SyncKind::Once)?;
     let started = Instant::now();
     let mut report = ClientReport::new(endpoint);
     let stream = connect(endpoint, &connect_opts(opts)).await?;
@@ -342,7 +350,9 @@ pub async fn sync_once(
 /// Keep `db` in sync with the peer at `endpoint` until `stop` completes: connect, run a
 /// session, and after any failure reconnect with backoff (see the module docs). Then end
 /// the running session politely and return what all sessions did. `on_event` hears about
-/// every connection, session end and retry.
+/// every connection, session end and retry. Refused at once
+/// ([`ClientError::AlreadySyncing`]) while another sync of the file with the same peer runs
+/// ([`crate::peer_lock`]); the lock is held until it returns.
 ///
 /// ```no_run
 /// # async fn f(db: std::sync::Arc<blazedb::Database>) -> Result<(), blazedb_net::reconnect::ClientError> {
@@ -360,6 +370,7 @@ pub async fn sync_watch(
     stop: impl Future<Output = ()>,
     mut on_event: impl FnMut(ClientEvent),
 ) -> Result<ClientReport, ClientError> {
+    let _lock = PeerLock::acquire(db.path(), endpoint, SyncKind::Watch)?;
     let started = Instant::now();
     let mut report = ClientReport::new(endpoint);
     let token = CancellationToken::new();

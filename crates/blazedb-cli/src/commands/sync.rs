@@ -8,6 +8,10 @@
 //! connection events as JSON lines on stderr, and on Ctrl-C (or SIGTERM) prints the totals
 //! as one JSON line. A failure that the next attempt would meet again (a refused token or
 //! filter, a copied database, another protocol version) ends it with an error instead.
+//!
+//! With a URL, one sync of DB_A with that peer runs at a time (`blazedb_net::peer_lock`): a
+//! second `sync` of the same file and URL, `--watch` or `--once`, fails at once naming the
+//! first one's pid, rather than running a second session of the same node against the peer.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use anyhow::{Context as _, Result};
 use blazedb::limits::{IDLE_TIMEOUT_MS_DEFAULT, PING_INTERVAL_MS_DEFAULT, PING_INTERVAL_MS_MIN};
 use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
 use blazedb::{Database, OpenOptions};
+use blazedb_net::peer_lock;
 use blazedb_net::reconnect::{rejection_json, ClientEvent};
 use blazedb_net::transport::{ConnectOptions, TlsClientOptions};
 use blazedb_net::{
@@ -388,7 +393,13 @@ async fn run_network(
             // Every session has ended, so ours is the last handle unless a task is still
             // letting go of its clone; then the file stays (best effort).
             if let (true, Ok(db)) = (is_new, Arc::try_unwrap(db)) {
-                remove_new_database(db, &args.db_a);
+                // Named while the database file exists; the sync's lock file goes with it.
+                let lock = peer_lock::lock_file(&args.db_a, &endpoint);
+                if remove_new_database(db, &args.db_a) {
+                    if let Some(lock) = lock {
+                        peer_lock::remove_lock_file(&lock);
+                    }
+                }
             }
             return Err(e.into());
         }
