@@ -16,7 +16,9 @@ use crate::commands::{conflicts, debug, listen, maintenance, query, record, sync
 /// {"$uuid": "..."}, {"$bytes": "<base64>"}, {"$date": "<RFC 3339>"}; {"$date": N} is N
 /// MICROseconds since 1970-01-01T00:00:00Z (what export writes for dates outside the years
 /// 0-9999; JavaScript's Date.now() counts milliseconds: multiply by 1000, or write the date
-/// as RFC 3339).
+/// as RFC 3339); {"$float": "NaN" | "Infinity" | "-Infinity"}. A map whose only key starts
+/// with "$" is written {"$map": {"$key": ...}} (as export writes it); any other one-key
+/// object with a "$" key is refused as a misspelt typed form.
 #[derive(Debug, Parser)]
 #[command(name = "blazedb", version, arg_required_else_help = true)]
 pub struct Cli {

@@ -5,9 +5,11 @@
 
 use std::str::FromStr as _;
 
-use blazedb::codec::json::from_json;
+use blazedb::codec::json::{from_json, TYPED_FORMS};
 use blazedb::{FieldOp, Patch, RecordId, Value};
 use serde_json::{Map, Value as Json};
+
+use crate::limits::EXCERPT_CHARS_MAX;
 
 /// The JSON key that carries a record's id (as `Record::to_json` writes it).
 pub const ID_KEY: &str = "_id";
@@ -93,7 +95,7 @@ fn check_integer_literals(text: &str) -> Result<(), String> {
 }
 
 /// A record from a JSON object: `"_id"` (a UUID string or `{"$uuid": ..}`) is the id, every
-/// other key a field.
+/// other key a field (see [`value`]).
 pub fn record(object: Map<String, Json>) -> Result<RecordInput, String> {
     let mut id = None;
     let mut fields = Vec::with_capacity(object.len());
@@ -102,10 +104,115 @@ pub fn record(object: Map<String, Json>) -> Result<RecordInput, String> {
             id = Some(record_id(&json)?);
             continue;
         }
-        let value = from_json(&json).map_err(|e| format!("field {key:?}: {e}"))?;
+        let value = value(&json, &key)?;
         fields.push((key, value));
     }
     Ok(RecordInput { id, fields })
+}
+
+/// The value of field `field` from JSON, with the typed forms (`{"$date": ..}` and the like,
+/// `blazedb::codec::json`).
+///
+/// A one-key object whose key starts with `$` but is no typed form (`{"$dat": 1}`) is
+/// refused, wherever it is: stored as the map it spells, it would hide a misspelling. Such a
+/// map is written `{"$map": {"$dat": 1}}`, as `export` writes it.
+pub fn value(json: &Json, field: &str) -> Result<Value, String> {
+    if let Err(mut unknown) = check_dollar_keys(json) {
+        unknown.path.reverse();
+        return Err(format!(
+            "field {:?}: unknown typed form {} (the typed forms are {}); to store this map as \
+             it is, write {{\"$map\": {}}}",
+            path_text(field, &unknown.path),
+            unknown.key,
+            TYPED_FORMS.join(", "),
+            excerpt(unknown.object),
+        ));
+    }
+    from_json(json).map_err(|e| format!("field {field:?}: {e}"))
+}
+
+/// One step from a value into the value inside it.
+#[derive(Clone, Copy, Debug)]
+enum Step<'a> {
+    /// The entry of a map.
+    Key(&'a str),
+    /// The element of a list.
+    Index(usize),
+}
+
+/// A one-key object whose key starts with `$` and is no typed form.
+#[derive(Debug)]
+struct UnknownTypedForm<'a> {
+    /// Its key.
+    key: &'a str,
+    /// The object.
+    object: &'a Json,
+    /// The steps that lead to it, the last first.
+    path: Vec<Step<'a>>,
+}
+
+/// Find the first one-key object whose key starts with `$` and is no typed form.
+/// `{"$map": {..}}`'s keys are its entries' (any), its values checked like any other.
+///
+/// Every import line goes through this: the path is built only on the way back from a
+/// refusal, so a value that passes costs no allocation.
+fn check_dollar_keys(json: &Json) -> Result<(), UnknownTypedForm<'_>> {
+    let entries = match json {
+        Json::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_dollar_keys(item).map_err(|mut e| {
+                    e.path.push(Step::Index(i));
+                    e
+                })?;
+            }
+            return Ok(());
+        }
+        Json::Object(entries) => match single_entry(json) {
+            Some(("$map", Json::Object(entries))) => entries,
+            // The other typed forms hold a string or a number; `from_json` checks which.
+            Some((key, _)) if TYPED_FORMS.contains(&key) => return Ok(()),
+            Some((key, _)) if key.starts_with('$') => {
+                return Err(UnknownTypedForm {
+                    key,
+                    object: json,
+                    path: Vec::new(),
+                })
+            }
+            _ => entries,
+        },
+        _ => return Ok(()),
+    };
+    for (key, value) in entries {
+        check_dollar_keys(value).map_err(|mut e| {
+            e.path.push(Step::Key(key));
+            e
+        })?;
+    }
+    Ok(())
+}
+
+/// `field.key[2].other`: where a value is inside a field, for messages.
+fn path_text(field: &str, path: &[Step<'_>]) -> String {
+    let mut text = field.to_owned();
+    for step in path {
+        match step {
+            Step::Key(key) => {
+                text.push('.');
+                text.push_str(key);
+            }
+            Step::Index(i) => text.push_str(&format!("[{i}]")),
+        }
+    }
+    text
+}
+
+/// JSON text for a message, cut short (at a character boundary) if long.
+fn excerpt(json: &Json) -> String {
+    let text = json.to_string();
+    match text.char_indices().nth(EXCERPT_CHARS_MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
 }
 
 /// A record id given as JSON: the plain string `export` writes, or the typed `$uuid` form.
@@ -128,11 +235,11 @@ pub fn record_id(json: &Json) -> Result<RecordId, String> {
 
 /// An update from a JSON object: per field `{"$inc": n}`, `{"$add": [..]}`,
 /// `{"$remove": [..]}`, `{"$unset": true}`, `{"$set": value}` (the value as it is, for a map
-/// whose one key starts with `$`), or any other value to set.
+/// whose one key starts with `$`), or any other value to set (see [`value`]).
 pub fn patch(object: Map<String, Json>) -> Result<Patch, String> {
     let mut patch = Patch::new();
     for (field, json) in object {
-        let op = field_op(&json).map_err(|e| format!("field {field:?}: {e}"))?;
+        let op = field_op(&field, &json)?;
         patch.ops.push((field, op));
     }
     Ok(patch)
@@ -141,17 +248,19 @@ pub fn patch(object: Map<String, Json>) -> Result<Patch, String> {
 /// The update operators of [`patch`].
 const OPERATORS: [&str; 5] = ["$inc", "$add", "$remove", "$unset", "$set"];
 
-fn field_op(json: &Json) -> Result<FieldOp, String> {
+/// The change `json` asks of `field`; errors name the field.
+fn field_op(field: &str, json: &Json) -> Result<FieldOp, String> {
+    let refuse = |e: String| format!("field {field:?}: {e}");
     if let Json::Object(o) = json {
         // `{"$inc": 1, "$unset": true}` would otherwise be stored as a map of that shape,
         // the counter lost without a word.
         if o.len() > 1 && o.keys().any(|k| OPERATORS.contains(&k.as_str())) {
             let keys: Vec<&str> = o.keys().map(String::as_str).collect();
-            return Err(format!(
+            return Err(refuse(format!(
                 "one operator per field, got {}: write {{\"$inc\": 1}}, {{\"$add\": [..]}}, \
                  {{\"$remove\": [..]}} or {{\"$unset\": true}} alone",
                 keys.join(", ")
-            ));
+            )));
         }
     }
     if let Some((op, arg)) = single_entry(json) {
@@ -159,37 +268,39 @@ fn field_op(json: &Json) -> Result<FieldOp, String> {
             "$inc" => {
                 let by = arg
                     .as_i64()
-                    .ok_or_else(|| format!("$inc needs an integer, got {arg}"))?;
+                    .ok_or_else(|| refuse(format!("$inc needs an integer, got {arg}")))?;
                 return Ok(FieldOp::Increment(by));
             }
-            "$add" => return Ok(FieldOp::Add(elements("$add", arg)?)),
-            "$remove" => return Ok(FieldOp::Remove(elements("$remove", arg)?)),
+            "$add" => return Ok(FieldOp::Add(elements(field, "$add", arg)?)),
+            "$remove" => return Ok(FieldOp::Remove(elements(field, "$remove", arg)?)),
             "$unset" if arg == &Json::Bool(true) => return Ok(FieldOp::Unset),
-            "$unset" => return Err(format!("$unset takes true, got {arg}")),
+            "$unset" => return Err(refuse(format!("$unset takes true, got {arg}"))),
             // The escape for a value that reads as an operator: `{"$set": {"$x": 1}}` sets the
-            // map `{"$x": 1}`, which `put` and `import` store as it is.
-            "$set" => return Ok(FieldOp::Set(from_json(arg)?)),
+            // map `{"$x": 1}` (as `{"$map": {"$x": 1}}` does anywhere).
+            "$set" => {
+                return Ok(FieldOp::Set(match single_entry(arg) {
+                    Some((key, inner)) if key.starts_with('$') && !TYPED_FORMS.contains(&key) => {
+                        let entry = (key.to_owned(), value(inner, &format!("{field}.{key}"))?);
+                        Value::Map([entry].into_iter().collect())
+                    }
+                    _ => value(arg, field)?,
+                }))
+            }
+            // A typed form ($uuid, $bytes, $date, $float, $map) is a value to set, below.
+            op if TYPED_FORMS.contains(&op) => {}
+            // Almost surely a misspelled operator: storing it as a map would hide the mistake.
+            op if op.starts_with('$') => {
+                return Err(refuse(format!(
+                    "unknown operator {op} (expected $inc, $add, $remove, $unset, $set, or a \
+                     typed value: {}); to set this map as it is, write {{\"$set\": {}}}",
+                    TYPED_FORMS.join(", "),
+                    excerpt(json)
+                )))
+            }
             _ => {}
         }
     }
-    let value = from_json(json)?;
-    // The typed forms ($uuid, $bytes, $date, $float) became typed values above; a one-key map
-    // whose key still starts with `$` is almost surely a misspelled operator, and storing it
-    // as a map would hide the mistake.
-    if let Value::Map(m) = &value {
-        if let Some(key) = m
-            .keys()
-            .next()
-            .filter(|k| m.len() == 1 && k.starts_with('$'))
-        {
-            return Err(format!(
-                "unknown operator {key} (expected $inc, $add, $remove, $unset, or a typed value \
-                 such as $uuid, $bytes, $date); to set this map as it is, write \
-                 {{\"$set\": {json}}}"
-            ));
-        }
-    }
-    Ok(FieldOp::Set(value))
+    Ok(FieldOp::Set(value(json, field)?))
 }
 
 /// The key and value of a one-entry JSON object.
@@ -200,11 +311,13 @@ fn single_entry(json: &Json) -> Option<(&str, &Json)> {
     }
 }
 
-fn elements(op: &str, arg: &Json) -> Result<Vec<Value>, String> {
+fn elements(field: &str, op: &str, arg: &Json) -> Result<Vec<Value>, String> {
     let Json::Array(items) = arg else {
-        return Err(format!("{op} needs a list of elements, got {arg}"));
+        return Err(format!(
+            "field {field:?}: {op} needs a list of elements, got {arg}"
+        ));
     };
-    items.iter().map(from_json).collect()
+    items.iter().map(|item| value(item, field)).collect()
 }
 
 /// "an array", "a string", ... for error messages.
@@ -264,6 +377,35 @@ mod tests {
         assert_eq!(p.ops[0].1, FieldOp::Set(map));
         let p = patch_of(r#"{"at": {"$set": {"$date": "2026-01-01T00:00:00Z"}}}"#).unwrap();
         assert!(matches!(p.ops[0].1, FieldOp::Set(Value::Timestamp(_))));
+    }
+
+    #[test]
+    fn unknown_dollar_keys_are_refused_with_their_path_wherever_they_are() {
+        let field = |text: &str| value(&serde_json::from_str(text).unwrap(), "f");
+        for (text, path) in [
+            (r#"{"$dat": 1}"#, "f"),
+            (r#"[0, [1, {"$dat": 1}]]"#, "f[1][1]"),
+            (r#"{"a": {"b.c": {"$dat": 1}}}"#, "f.a.b.c"),
+            (r#"{"$map": {"$k": [{"$dat": 1}]}}"#, "f.$k[0]"),
+        ] {
+            let e = field(text).unwrap_err();
+            let told = format!(
+                r#"field "{path}": unknown typed form $dat (the typed forms are $uuid, $bytes, $date, $float, $map); to store this map as it is, write {{"$map": {{"$dat":1}}}}"#
+            );
+            assert_eq!(e, told, "{text}");
+        }
+        // Two keys, or `$` not first: no typed form was meant.
+        for text in [
+            r#"{"$a": 1, "$b": 2}"#,
+            r#"{"a$": 1}"#,
+            r#"{"$map": {"$x": {}}}"#,
+        ] {
+            assert!(field(text).is_ok(), "{text}");
+        }
+        assert_eq!(
+            field(r#"{"$map": 5}"#).unwrap_err(),
+            r#"field "f": $map expects an object, got 5"#
+        );
     }
 
     #[test]

@@ -17,3 +17,7 @@ pub const IMPORT_BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// shorter; the bound keeps a file named by mistake (a database, a log, `/dev/zero`) from
 /// being read into memory whole, and says what went wrong instead.
 pub const PASSWORD_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Longest excerpt of the user's JSON an error message quotes (a refused value can be a
+/// megabyte; the message stays one readable line).
+pub const EXCERPT_CHARS_MAX: usize = 200;

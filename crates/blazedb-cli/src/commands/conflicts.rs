@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{optional_json, version_json};
 use crate::database::{Access, Context};
-use crate::input::parse_object;
+use crate::input::{self, parse_object};
 use crate::output::Output;
 use crate::report::UsageError;
 
@@ -103,7 +103,10 @@ pub fn run_resolve(ctx: &Context, args: &ResolveArgs) -> Result<()> {
             .into());
         }
         match &args.value {
-            Some(text) => Some(parse_value(text).map_err(UsageError)?),
+            Some(text) => {
+                let field = conflict.field.as_deref().unwrap_or_default();
+                Some(parse_value(text, field).map_err(UsageError)?)
+            }
             // One element of a set: the loser had it in the set (`true`) or left it out.
             None if conflict.element.is_some() => {
                 Some(blazedb::Value::Bool(conflict.loser.is_some()))
@@ -133,13 +136,13 @@ pub fn run_resolve(ctx: &Context, args: &ResolveArgs) -> Result<()> {
     Ok(out.finish()?)
 }
 
-/// One JSON value with the typed forms (`{"$date": ..}` and the like), checked as a field of
-/// a record is (integers beyond 64 bits are refused).
-fn parse_value(text: &str) -> Result<blazedb::Value, String> {
+/// One JSON value for `field` with the typed forms (`{"$date": ..}` and the like), checked as
+/// that field of a record is (integers beyond 64 bits, unknown `$` forms are refused).
+fn parse_value(text: &str, field: &str) -> Result<blazedb::Value, String> {
     let invalid = |e: &str| format!("--value: {e}");
     serde_json::from_str::<serde_json::Value>(text).map_err(|e| invalid(&e.to_string()))?;
     // Valid JSON on its own, so wrapped it is an object of exactly this one value.
     let object = parse_object(&format!("{{\"value\": {text}}}"))
         .map_err(|e| invalid(&e.replace("field \"value\": ", "")))?;
-    blazedb::codec::json::from_json(&object["value"]).map_err(|e| invalid(&e.to_string()))
+    input::value(&object["value"], field).map_err(|e| invalid(&e))
 }
