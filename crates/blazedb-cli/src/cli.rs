@@ -18,7 +18,8 @@ use crate::commands::{conflicts, debug, listen, maintenance, query, record, sync
 /// 0-9999; JavaScript's Date.now() counts milliseconds: multiply by 1000, or write the date
 /// as RFC 3339); {"$float": "NaN" | "Infinity" | "-Infinity"}. A map whose only key starts
 /// with "$" is written {"$map": {"$key": ...}} (as export writes it); any other one-key
-/// object with a "$" key is refused as a misspelt typed form.
+/// object with a "$" key is refused as a misspelt typed form, and so is an object that names
+/// a key twice.
 #[derive(Debug, Parser)]
 #[command(name = "blazedb", version, arg_required_else_help = true)]
 pub struct Cli {

@@ -3,11 +3,14 @@
 //! Errors are plain strings: the caller knows whether the text was an argument (a usage
 //! error) or a line of a file (named by its number).
 
+use std::fmt;
 use std::str::FromStr as _;
 
 use blazedb::codec::json::{from_json, TYPED_FORMS};
 use blazedb::{FieldOp, Patch, RecordId, Value};
-use serde_json::{Map, Value as Json};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value as Json};
 
 use crate::limits::EXCERPT_CHARS_MAX;
 
@@ -25,13 +28,119 @@ pub struct RecordInput {
 
 /// Parse text that must be one JSON object.
 pub fn parse_object(text: &str) -> Result<Map<String, Json>, String> {
-    match serde_json::from_str::<Json>(text) {
-        Ok(Json::Object(object)) => {
+    match parse_json(text)? {
+        Json::Object(object) => {
             check_integer_literals(text)?;
             Ok(object)
         }
-        Ok(other) => Err(format!("expected a JSON object, got {}", kind(&other))),
-        Err(e) => Err(format!("invalid JSON: {e}")),
+        other => Err(format!("expected a JSON object, got {}", kind(&other))),
+    }
+}
+
+/// Parse text that must be one JSON value, refusing an object that names a key twice.
+pub fn parse_json(text: &str) -> Result<Json, String> {
+    match serde_json::from_str::<UniqueKeys>(text) {
+        Ok(UniqueKeys(json)) => Ok(json),
+        Err(e) => {
+            // serde_json counts lines within `text`: an import line, or an argument that is
+            // one line (but for a pasted document), where "line 1" says nothing.
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            let full = e.to_string();
+            let message = full.strip_suffix(&at).unwrap_or(&full);
+            let at = match e.line() {
+                1 => format!("column {}", e.column()),
+                line => format!("line {line} column {}", e.column()),
+            };
+            Err(match message.strip_prefix(DUPLICATE_KEY) {
+                Some(key) => format!(
+                    "duplicate key {key} at {at}: a key may appear once in an object (JSON \
+                     readers differ on which value wins): remove the one not meant"
+                ),
+                None => format!("invalid JSON: {message} at {at}"),
+            })
+        }
+    }
+}
+
+/// How [`UniqueKeys`] starts its error, for [`parse_json`] to recognise.
+const DUPLICATE_KEY: &str = "duplicate key ";
+
+/// A JSON value read as `serde_json::Value` reads it, except that an object naming a key twice
+/// is an error: serde_json keeps the last value, and a database must not drop input silently.
+///
+/// Parsed straight from the text (not checked afterwards): by then the first value is gone.
+struct UniqueKeys(Json);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+/// Builds the `serde_json::Value` of [`UniqueKeys`], as serde_json's own visitor does.
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Json::Bool(b)))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Json::from(i)))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Json::from(u)))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<UniqueKeys, E> {
+        // JSON text has no NaN or infinity; serde_json reads 1e999 as infinity, as null.
+        Ok(UniqueKeys(
+            Number::from_f64(f).map_or(Json::Null, Json::Number),
+        ))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Json::String(s.to_owned())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Json::String(s)))
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Json::Null))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(UniqueKeys(Json::Array(items)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match object.entry(key) {
+                Entry::Vacant(entry) => {
+                    let UniqueKeys(value) = map.next_value()?;
+                    entry.insert(value);
+                }
+                Entry::Occupied(entry) => {
+                    let key = entry.key();
+                    return Err(de::Error::custom(format_args!("{DUPLICATE_KEY}{key:?}")));
+                }
+            }
+        }
+        Ok(UniqueKeys(Json::Object(object)))
     }
 }
 
@@ -469,11 +578,48 @@ mod tests {
     }
 
     #[test]
+    fn a_key_named_twice_is_refused_at_any_depth() {
+        for (text, told) in [
+            (r#"{"a": 1, "a": 1}"#, r#"duplicate key "a" at column 12"#),
+            (
+                r#"[{"b": [{"c": 1, "c": 2}]}]"#,
+                r#"duplicate key "c" at column 20"#,
+            ),
+            (
+                "{\"a\": 1,\n \"a\": 2}",
+                r#"duplicate key "a" at line 2 column 4"#,
+            ),
+            (
+                r#"{"q\"": 1, "q\u0022": 2}"#,
+                r#"duplicate key "q\"" at column 20"#,
+            ),
+        ] {
+            let e = parse_json(text).unwrap_err();
+            assert!(e.starts_with(told), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn values_read_as_serde_json_reads_them() {
+        for text in [
+            r#"{"n": null, "b": [true, false], "i": -7, "u": 18446744073709551615}"#,
+            r#"{"f": 1.5, "e": -2e-300, "s": "\u00e9\n", "o": {}, "l": [[]]}"#,
+            r#""just a string""#,
+        ] {
+            let plain: Json = serde_json::from_str(text).unwrap();
+            assert_eq!(parse_json(text), Ok(plain), "{text}");
+        }
+    }
+
+    #[test]
     fn non_objects_are_refused_by_kind() {
         assert_eq!(
             parse_object("[1]").unwrap_err(),
             "expected a JSON object, got an array"
         );
-        assert!(parse_object("{").unwrap_err().starts_with("invalid JSON"));
+        assert_eq!(
+            parse_object("{").unwrap_err(),
+            "invalid JSON: EOF while parsing an object at column 1"
+        );
     }
 }

@@ -140,7 +140,7 @@ pub fn run_resolve(ctx: &Context, args: &ResolveArgs) -> Result<()> {
 /// that field of a record is (integers beyond 64 bits, unknown `$` forms are refused).
 fn parse_value(text: &str, field: &str) -> Result<blazedb::Value, String> {
     let invalid = |e: &str| format!("--value: {e}");
-    serde_json::from_str::<serde_json::Value>(text).map_err(|e| invalid(&e.to_string()))?;
+    input::parse_json(text).map_err(|e| invalid(&e))?;
     // Valid JSON on its own, so wrapped it is an object of exactly this one value.
     let object = parse_object(&format!("{{\"value\": {text}}}"))
         .map_err(|e| invalid(&e.replace("field \"value\": ", "")))?;
