@@ -3,12 +3,13 @@
 //! Errors are plain strings: the caller knows whether the text was an argument (a usage
 //! error) or a line of a file (named by its number).
 
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr as _;
 
 use blazedb::codec::json::{from_json, TYPED_FORMS};
 use blazedb::{FieldOp, Patch, RecordId, Value};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value as Json};
 
@@ -28,9 +29,14 @@ pub struct RecordInput {
 
 /// Parse text that must be one JSON object.
 pub fn parse_object(text: &str) -> Result<Map<String, Json>, String> {
-    match parse_json(text)? {
+    let (json, integer_beyond_i64) = parse(text)?;
+    match json {
         Json::Object(object) => {
-            check_integer_literals(text)?;
+            // Only the text still has such a literal (see `check_integer_literals`); the
+            // parser said whether there can be one, so most text is not scanned again.
+            if integer_beyond_i64 {
+                check_integer_literals(text)?;
+            }
             Ok(object)
         }
         other => Err(format!("expected a JSON object, got {}", kind(&other))),
@@ -39,8 +45,22 @@ pub fn parse_object(text: &str) -> Result<Map<String, Json>, String> {
 
 /// Parse text that must be one JSON value, refusing an object that names a key twice.
 pub fn parse_json(text: &str) -> Result<Json, String> {
-    match serde_json::from_str::<UniqueKeys>(text) {
-        Ok(UniqueKeys(json)) => Ok(json),
+    parse(text).map(|(json, _)| json)
+}
+
+/// [`parse_json`], and whether the text may hold an integer literal beyond the signed 64-bit
+/// range (`false`: it holds none).
+fn parse(text: &str) -> Result<(Json, bool), String> {
+    let integer_beyond_i64 = Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let seed = UniqueKeys {
+        integer_beyond_i64: &integer_beyond_i64,
+    };
+    match seed
+        .deserialize(&mut deserializer)
+        .and_then(|json| deserializer.end().map(|()| json))
+    {
+        Ok(json) => Ok((json, integer_beyond_i64.get())),
         Err(e) => {
             // serde_json counts lines within `text`: an import line, or an argument that is
             // one line (but for a pasted document), where "line 1" says nothing.
@@ -62,77 +82,86 @@ pub fn parse_json(text: &str) -> Result<Json, String> {
     }
 }
 
-/// How [`UniqueKeys`] starts its error, for [`parse_json`] to recognise.
+/// How [`UniqueKeys`] starts its error, for [`parse`] to recognise.
 const DUPLICATE_KEY: &str = "duplicate key ";
 
-/// A JSON value read as `serde_json::Value` reads it, except that an object naming a key twice
+/// Reads a JSON value as `serde_json::Value` does, except that an object naming a key twice
 /// is an error: serde_json keeps the last value, and a database must not drop input silently.
+/// Checked while parsing: afterwards the first value is gone.
 ///
-/// Parsed straight from the text (not checked afterwards): by then the first value is gone.
-struct UniqueKeys(Json);
+/// It also notes a number that may have been written as an integer beyond the signed 64-bit
+/// range: serde_json hands such a literal over as a float, of magnitude 2^63 or more (or as a
+/// `u64` above `i64::MAX`).
+#[derive(Clone, Copy)]
+struct UniqueKeys<'a> {
+    integer_beyond_i64: &'a Cell<bool>,
+}
 
-impl<'de> Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeysVisitor)
+impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = Json;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Json, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-/// Builds the `serde_json::Value` of [`UniqueKeys`], as serde_json's own visitor does.
-struct UniqueKeysVisitor;
-
-impl<'de> Visitor<'de> for UniqueKeysVisitor {
-    type Value = UniqueKeys;
+impl<'de> Visitor<'de> for UniqueKeys<'_> {
+    type Value = Json;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, b: bool) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys(Json::Bool(b)))
+    fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+        Ok(Json::Bool(b))
     }
 
-    fn visit_i64<E>(self, i: i64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys(Json::from(i)))
+    fn visit_i64<E>(self, i: i64) -> Result<Json, E> {
+        Ok(Json::from(i))
     }
 
-    fn visit_u64<E>(self, u: u64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys(Json::from(u)))
+    fn visit_u64<E>(self, u: u64) -> Result<Json, E> {
+        if i64::try_from(u).is_err() {
+            self.integer_beyond_i64.set(true);
+        }
+        Ok(Json::from(u))
     }
 
-    fn visit_f64<E>(self, f: f64) -> Result<UniqueKeys, E> {
-        // JSON text has no NaN or infinity; serde_json reads 1e999 as infinity, as null.
-        Ok(UniqueKeys(
-            Number::from_f64(f).map_or(Json::Null, Json::Number),
-        ))
+    fn visit_f64<E>(self, f: f64) -> Result<Json, E> {
+        // 2^63: every integer literal serde_json reads as a float is at least this large.
+        if f.abs() >= 9_223_372_036_854_775_808.0 {
+            self.integer_beyond_i64.set(true);
+        }
+        // JSON text has no NaN or infinity; as serde_json's own visitor, null if one came.
+        Ok(Number::from_f64(f).map_or(Json::Null, Json::Number))
     }
 
-    fn visit_str<E>(self, s: &str) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys(Json::String(s.to_owned())))
+    fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+        Ok(Json::String(s.to_owned()))
     }
 
-    fn visit_string<E>(self, s: String) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys(Json::String(s)))
+    fn visit_string<E>(self, s: String) -> Result<Json, E> {
+        Ok(Json::String(s))
     }
 
-    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys(Json::Null))
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
         let mut items = Vec::new();
-        while let Some(UniqueKeys(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
-        Ok(UniqueKeys(Json::Array(items)))
+        Ok(Json::Array(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             match object.entry(key) {
                 Entry::Vacant(entry) => {
-                    let UniqueKeys(value) = map.next_value()?;
-                    entry.insert(value);
+                    entry.insert(map.next_value_seed(self)?);
                 }
                 Entry::Occupied(entry) => {
                     let key = entry.key();
@@ -140,7 +169,7 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
                 }
             }
         }
-        Ok(UniqueKeys(Json::Object(object)))
+        Ok(Json::Object(object))
     }
 }
 
@@ -553,6 +582,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The scan runs only when the parser saw a number an integer literal beyond 64 bits can
+    /// have become: it must see every one of them.
+    #[test]
+    fn the_parser_notes_every_number_that_may_be_an_integer_beyond_64_bits() {
+        for big in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "-18446744073709551617",
+            "123456789012345678901234567890",
+        ] {
+            let (_, noted) = parse(&format!(r#"{{"a": [{{"n": {big}}}]}}"#)).unwrap();
+            assert!(noted, "{big}");
+        }
+        // Usual numbers leave the text unscanned (a float of 2^63 or more has it scanned, to
+        // find nothing).
+        let text = r#"{"n": 9223372036854775807, "m": -9223372036854775808, "f": 1.5e18,
+                       "s": "99999999999999999999", "l": [0, -0, 1e-7]}"#;
+        assert!(!parse(text).unwrap().1);
     }
 
     #[test]
