@@ -274,3 +274,41 @@ fn a_bootstrap_from_a_relay_cut_off_resumes_where_it_stopped() {
         sa.stats().cells_sent
     );
 }
+
+/// The view a relay serves a client under is noted as its digest, however long its rules and
+/// claims are (noted as it is, a 1.6 KB rules file cost 9.6 KB of store pages per client node,
+/// kept for good). A note written before, holding the view itself, still counts as that view:
+/// the client resumes incrementally, without a snapshot, and the note is replaced by the digest.
+#[test]
+fn the_served_view_is_noted_as_a_digest_and_an_older_note_of_it_still_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    populate(&a);
+    let mut sa = Session::new(&a, relay_config(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    common::pump(&a, &mut sa, &b, &mut sb);
+    assert_eq!(common::dump(&a), common::dump(&b));
+    let note = || a.peer_note(b.node_id(), "served_view").unwrap().unwrap();
+    let digest = note();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 7 + 64,
+        "{digest}"
+    );
+
+    // The note as builds before this one wrote it: the view itself.
+    let everything = blazedb::sync::SyncPolicy::everything().fingerprint();
+    let legacy = format!("{everything}#read rules of the relay|claims of the client");
+    a.set_peer_note(b.node_id(), "served_view", Some(&legacy))
+        .unwrap();
+    a.insert("notes", [("text", Value::from("after the upgrade"))])
+        .unwrap();
+    let mut sa = Session::new(&a, relay_config(), 10).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 10).unwrap();
+    common::pump(&a, &mut sa, &b, &mut sb);
+    assert_eq!(sb.stats().snapshots_applied, 0, "{:?}", sb.stats());
+    // The new record only (its record cell and its field), no snapshot of the rest.
+    assert_eq!(sa.stats().cells_sent, 2, "{:?}", sa.stats());
+    assert_eq!(common::dump(&a), common::dump(&b));
+    assert_eq!(note(), digest);
+}

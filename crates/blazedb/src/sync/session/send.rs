@@ -148,7 +148,12 @@ impl Session {
                 .unwrap_or_default()
         );
         let default_view = format!("{}#", SyncPolicy::everything().fingerprint());
-        let view_changed = stored_view.as_deref().unwrap_or(&default_view) != view;
+        // Noted as its digest; a note written before 2026-12-07 holds the view itself.
+        let legacy_note = stored_view.as_deref() == Some(&*view);
+        let view_changed = match stored_view.as_deref() {
+            None => view != default_view,
+            Some(noted) => noted != view_note(&view) && !legacy_note,
+        };
         // Forget the previous subscription's sending state (a policy change abandons it).
         self.unacked.clear();
         self.unit_open = false;
@@ -226,7 +231,8 @@ impl Session {
             self.evict_outside_own_filter(peer, self.acked, db)
                 .map_err(|e| self.internal(e, now_ms))?;
         }
-        self.view_pending = view_changed.then(|| view.clone());
+        // (A note of the view itself is replaced by its digest too, without a snapshot.)
+        self.view_pending = (view_changed || legacy_note).then(|| view_note(&view));
         // A new snapshot's id differs from the last one begun for this peer and from the
         // one it wishes to resume: ids mix in the session clock, which starts at 0 in every
         // session, so two sessions' could coincide, and a note or a staged snapshot of the
@@ -246,8 +252,11 @@ impl Session {
         // under the same view resumes all the same: begun again, it was a replacing one,
         // which the client, holding merged chunks of the first, refused (MALFORMED) before a
         // third session sent it everything again (an audit, 2026-12-06).
-        let begun_under =
-            |snap_id: u64| snapshot_view.as_deref() == Some(&*snapshot_note(snap_id, &view));
+        let begun_under = |snap_id: u64| {
+            [view_note(&view), view.clone()]
+                .iter()
+                .any(|v| snapshot_view.as_deref() == Some(&*snapshot_note(snap_id, v)))
+        };
         let snap = match wish {
             SnapshotWish::Resume {
                 snap_id,
@@ -320,7 +329,7 @@ impl Session {
             db.set_peer_note(
                 peer,
                 NOTE_SNAPSHOT_VIEW,
-                Some(&snapshot_note(s.snap_id, &view)),
+                Some(&snapshot_note(s.snap_id, &view_note(&view))),
             )
             .map_err(|e| self.internal(e, now_ms))?;
         }
