@@ -37,6 +37,12 @@
 //! burst may still run inline; one round is bounded by the session's batch size (one feed
 //! transaction, which the protocol never splits, is the exception).
 //!
+//! Before calling the session, the driver waits on the blocking pool for a long holder of the
+//! database's lock (`Database::lock_held_long`: an application's transaction, an index
+//! build, or any holder past [`LOCK_HELD_LONG_US`]). Meanwhile it keeps the connection alive
+//! without touching the database (`Session::keep_alive`: a PING when one is due), and the
+//! wait does not count as the peer's silence (`Session::handle_stall`).
+//!
 //! # Ending
 //!
 //! A session ends when the peer sends ERROR (`ShuttingDown` is the polite goodbye), on a
@@ -333,6 +339,7 @@ where
         peer_shut_down: None,
         rejected: Vec::new(),
         token_unchecked: false,
+        write_error: None,
     };
     d.run(rd, wr, &notify, &commits_watched).await;
     drop(listener);
@@ -378,12 +385,22 @@ impl Drop for CommitListener {
 enum Wake {
     Read(io::Result<usize>),
     Wrote(io::Result<WriteOutcome>),
+    /// A `Wrote` already handled.
+    Written,
     Commit,
     Shutdown,
     Policy(bool),
     Timer,
     HelloTimeout,
     LingerExpired,
+}
+
+/// What woke the driver while it waited for a long holder of the database's lock.
+enum StallStep {
+    LockFree,
+    RuntimeGone,
+    Wrote(io::Result<WriteOutcome>),
+    PingDue,
 }
 
 enum WriteOutcome {
@@ -433,6 +450,9 @@ struct Driver {
     rejected: Vec<Rejection>,
     /// The peer said it checks no credential, and we presented one.
     token_unchecked: bool,
+    /// A write that failed while the driver could not call into the database (see
+    /// [`Driver::stall_for_long_lock_holder`]), to end the session with once it can.
+    write_error: Option<io::Error>,
 }
 
 impl Driver {
@@ -452,7 +472,9 @@ impl Driver {
         let mut policy_rx = self.opts.policy.take();
         let hello_deadline = self.opts.hello_timeout.map(|d| self.start + d);
         loop {
-            self.wait_out_long_lock_holder().await;
+            self.stall_for_long_lock_holder(&mut wr, &mut write_open, &mut needs_flush)
+                .await;
+            self.settle_write_error();
             if write_open {
                 self.fill_output().await;
             }
@@ -522,14 +544,21 @@ impl Driver {
                     Wake::HelloTimeout,
                 _ = sleep_until(linger_until.unwrap_or(far)), if !running => Wake::LingerExpired,
             };
-            self.wait_out_long_lock_holder().await;
             let wake = match wake {
                 // A TLS peer gone without its close_notify (rustls says so as an unexpected
                 // end of file) has closed the connection as a TCP peer closing it has: the
                 // same end, the same advice (reconnect to resume).
                 Wake::Read(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Wake::Read(Ok(0)),
+                // Before any wait below: the stall writes on from where this write ended.
+                Wake::Wrote(r) => {
+                    self.handle_written(r, &mut write_open, &mut needs_flush);
+                    Wake::Written
+                }
                 other => other,
             };
+            self.stall_for_long_lock_holder(&mut wr, &mut write_open, &mut needs_flush)
+                .await;
+            self.settle_write_error();
             match wake {
                 Wake::Read(Ok(0)) => {
                     read_open = false;
@@ -555,28 +584,8 @@ impl Driver {
                     let db = self.db.clone();
                     self.session_mut().transport_closed(now, &db);
                 }
-                Wake::Wrote(Ok(WriteOutcome::Wrote(n))) => {
-                    self.out_pos += n;
-                    if self.out_pos == self.out.len() {
-                        self.out.clear();
-                        self.out_pos = 0;
-                        needs_flush = true;
-                    }
-                }
-                Wake::Wrote(Ok(WriteOutcome::Flushed)) => needs_flush = false,
-                Wake::Wrote(Err(e)) => {
-                    write_open = false;
-                    self.out.clear();
-                    self.out_pos = 0;
-                    if self.end.is_none() {
-                        // Keep reading while lingering: if the peer's goodbye is already in
-                        // our input, it explains the failed write better than the error.
-                        self.end_with(io_reason(&e));
-                        self.io_error = Some(e);
-                        self.write_failed = true;
-                    }
-                }
-                Wake::Commit | Wake::Shutdown => {}
+                Wake::Wrote(_) => unreachable!("handled before the stall"),
+                Wake::Written | Wake::Commit | Wake::Shutdown => {}
                 Wake::Policy(false) => policy_rx = None,
                 Wake::Policy(true) => {
                     let policy = policy_rx
@@ -621,7 +630,11 @@ impl Driver {
                         self.peer_closed_after_failed_write();
                         break;
                     }
-                    Ok(Ok(n)) => self.handle_input(&buf[..n]).await,
+                    Ok(Ok(n)) => {
+                        // Nothing to keep alive any more: the session is over.
+                        self.wait_out_long_lock_holder().await;
+                        self.handle_input(&buf[..n]).await;
+                    }
                     _ => break,
                 }
             }
@@ -639,7 +652,6 @@ impl Driver {
         if self.session().is_closed() {
             return;
         }
-        self.wait_out_long_lock_holder().await;
         let now = self.now_ms();
         let staged = self
             .session()
@@ -700,9 +712,67 @@ impl Driver {
     /// begun, cost throughput: yielding in a loop spun while the relay's store was busy, and a
     /// timed wait needed parking_lot's mutex, whose fair hand-offs cut `sync_throughput` by
     /// ~10%; measured 2026-12-06.)
+    ///
+    /// A long holder may hold the lock longer than the idle timeout (an application's write
+    /// transaction, a `create_index`, a vacuum or a bulk import on a slow device). Meanwhile
+    /// the driver keeps writing what is queued and sends a PING when one is due
+    /// ([`Session::keep_alive`], which touches no database), so the peer does not take this
+    /// side for dead; and once the lock is free, the wait does not count as the peer's
+    /// silence either ([`Session::handle_stall`]): the peer's bytes waited unread here. Until
+    /// 2026-12-07 the wait did neither: a transaction held 20 s cut a topology's link for
+    /// good, both ends saying "nothing received for 15000 ms" (an audit of the embedded API).
+    /// A write that fails meanwhile ends the session after the wait
+    /// ([`Driver::settle_write_error`]: ending it reads the database).
+    async fn stall_for_long_lock_holder<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        write_open: &mut bool,
+        needs_flush: &mut bool,
+    ) {
+        if !self.lock_held_long() {
+            return;
+        }
+        let from_ms = self.now_ms();
+        while self.lock_held_long() {
+            let db = self.db.clone();
+            let mut free = tokio::task::spawn_blocking(move || db.wait_for_lock());
+            loop {
+                let now = self.now_ms();
+                let ping_at = self
+                    .session_mut()
+                    .keep_alive(now)
+                    .map(|ms| self.instant_at(ms));
+                self.take_queued();
+                let pending = &self.out[self.out_pos..];
+                let can_write = *write_open && (!pending.is_empty() || *needs_flush);
+                let step = tokio::select! {
+                    r = &mut free => match r {
+                        Ok(()) => StallStep::LockFree,
+                        Err(_) => StallStep::RuntimeGone,
+                    },
+                    r = write_step(wr, pending), if can_write => StallStep::Wrote(r),
+                    _ = sleep_until(ping_at.unwrap_or_else(far_future)), if ping_at.is_some() => {
+                        StallStep::PingDue
+                    }
+                };
+                match step {
+                    StallStep::LockFree => break,
+                    // The runtime is shutting down: the task goes with it.
+                    StallStep::RuntimeGone => return,
+                    StallStep::Wrote(r) => self.handle_written(r, write_open, needs_flush),
+                    StallStep::PingDue => {}
+                }
+            }
+        }
+        let to_ms = self.now_ms();
+        self.session_mut().handle_stall(from_ms, to_ms);
+    }
+
+    /// Wait out a long holder of the database's lock as
+    /// [`Driver::stall_for_long_lock_holder`] does, but without keeping the connection alive:
+    /// for a session that is over.
     async fn wait_out_long_lock_holder(&self) {
-        let long = Duration::from_micros(LOCK_HELD_LONG_US);
-        while self.db.lock_held_for().is_some_and(|held| held >= long) {
+        while self.lock_held_long() {
             let db = self.db.clone();
             if tokio::task::spawn_blocking(move || db.wait_for_lock())
                 .await
@@ -712,6 +782,77 @@ impl Driver {
                 return;
             }
         }
+    }
+
+    /// Another caller has held the database's lock for [`LOCK_HELD_LONG_US`] or more, or
+    /// holds it for work of unknown length (an application's transaction, an index build:
+    /// [`Database::lock_held_long`]).
+    fn lock_held_long(&self) -> bool {
+        self.db
+            .lock_held_long(Duration::from_micros(LOCK_HELD_LONG_US))
+    }
+
+    /// Move the frames the session has queued into the output buffer, up to its bound,
+    /// without reading the feed (no database call).
+    fn take_queued(&mut self) {
+        let max = self.opts.write_buffer_bytes_max.max(1);
+        if self.out_pos > 0 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        while self.out.len() < max {
+            match self.session_mut().poll_queued() {
+                Some(f) => self.out.extend_from_slice(&f),
+                None => break,
+            }
+        }
+    }
+
+    /// Account for a write step (no database call: a failure is settled later, by
+    /// [`Driver::settle_write_error`]).
+    fn handle_written(
+        &mut self,
+        r: io::Result<WriteOutcome>,
+        write_open: &mut bool,
+        needs_flush: &mut bool,
+    ) {
+        match r {
+            Ok(WriteOutcome::Wrote(n)) => {
+                self.out_pos += n;
+                if self.out_pos == self.out.len() {
+                    self.out.clear();
+                    self.out_pos = 0;
+                    *needs_flush = true;
+                }
+            }
+            Ok(WriteOutcome::Flushed) => *needs_flush = false,
+            Err(e) => {
+                *write_open = false;
+                self.out.clear();
+                self.out_pos = 0;
+                self.write_error = Some(e);
+            }
+        }
+    }
+
+    /// End the session with a write that failed (ending reads the database).
+    fn settle_write_error(&mut self) {
+        if let Some(e) = self.write_error.take() {
+            if self.end.is_none() {
+                // Keep reading while lingering: if the peer's goodbye is already in our
+                // input, it explains the failed write better than the error.
+                self.end_with(io_reason(&e));
+                self.io_error = Some(e);
+                self.write_failed = true;
+            }
+        }
+    }
+
+    /// The instant `ms` after the session started (far in the future if out of range).
+    fn instant_at(&self, ms: u64) -> Instant {
+        self.start
+            .checked_add(Duration::from_millis(ms))
+            .unwrap_or_else(far_future)
     }
 
     /// Run `f` on tokio's blocking pool with the session moved there and back; a bulk
@@ -994,6 +1135,11 @@ fn drain_transmit(s: &mut Session, db: &Database, now_ms: u64, out: &mut Vec<u8>
             None => break,
         }
     }
+}
+
+/// An instant no timer reaches: a year from now.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 fn io_reason(e: &io::Error) -> EndReason {

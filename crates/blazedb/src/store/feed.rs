@@ -995,7 +995,7 @@ impl Database {
         let server = self.is_server();
         let mut state = UnitApply::default();
         let mut tail = Some(tail);
-        let (applied, sender_seqs) = self.transaction(|tx| {
+        let (applied, sender_seqs) = self.transaction_bounded(|tx| {
             // 0 means "written here", so peers are numbered from 1.
             let src = tx.inner.nodes.index(&from) + 1;
             let first_seq = tx.seq;
@@ -1420,7 +1420,7 @@ impl Database {
         no_open_conflict: impl Fn() -> Error,
     ) -> Result<()> {
         let conflict_id = c.id;
-        self.transaction(|tx| {
+        self.transaction_bounded(|tx| {
             // Claimed inside the write transaction: checked only before it, two threads or
             // processes resolving the same conflict both found it open, and both wrote
             // their value.

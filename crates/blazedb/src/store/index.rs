@@ -18,7 +18,8 @@ impl Database {
     pub fn create_index(&self, collection: &str, field: &str) -> Result<()> {
         validate_field_name(field)?;
         super::validate_collection_name(collection)?;
-        let mut inner = self.lock_write()?;
+        // Builds the index over the whole collection: as long as the collection is large.
+        let mut inner = self.lock_write_unbounded()?;
         let r = (|| -> Result<()> {
             let coll = inner.collection_id_or_create(collection)?;
             let added = inner.conn.execute(

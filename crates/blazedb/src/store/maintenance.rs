@@ -307,6 +307,8 @@ impl Database {
     /// Rebuild the file to reclaim free pages.
     pub fn vacuum(&self) -> Result<()> {
         let inner = self.lock_bare();
+        // Rewrites the whole file.
+        inner.mark_unbounded();
         inner.conn.execute_batch(
             "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
         )?;

@@ -28,7 +28,7 @@ mod write;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -170,6 +170,10 @@ pub struct Database {
     /// snapshot, a rekey) and wait for it off its executor's thread
     /// ([`Database::lock_held_for`]).
     lock_taken_ns: AtomicU64,
+    /// The holder of `inner` runs work of unknown length: an application's transaction
+    /// (its closure is the application's code), an index build, a vacuum. Set just after
+    /// the lock is taken, cleared with `lock_taken_ns` ([`Database::lock_held_long`]).
+    lock_unbounded: AtomicBool,
     /// The feed head after this handle's newest commit (see
     /// [`Database::last_seq_committed_here`]).
     committed_head: Arc<AtomicU64>,
@@ -316,6 +320,7 @@ impl Database {
             commit_listeners: Mutex::new(Vec::new()),
             noted_cursors: Mutex::default(),
             lock_taken_ns: AtomicU64::new(0),
+            lock_unbounded: AtomicBool::new(false),
             committed_head,
             pin: opened.pin,
         })
@@ -499,6 +504,16 @@ impl Database {
         Ok(l)
     }
 
+    /// [`Database::lock_write`] for work of unknown length (see
+    /// [`Database::lock_held_long`]): marked before the transaction begins, which may
+    /// itself wait for another process's writer.
+    pub(crate) fn lock_write_unbounded(&self) -> Result<Locked<'_>> {
+        let mut l = self.lock_bare();
+        l.mark_unbounded();
+        l.begin_write()?;
+        Ok(l)
+    }
+
     /// The connection with no transaction and no freshness check: for maintenance that
     /// must run outside any transaction (checkpoints, VACUUM, rekey), and for paths that
     /// begin their own write transaction ([`Inner::begin_write`] checks the file then).
@@ -509,7 +524,10 @@ impl Database {
         self.lock_taken_ns.store(lock_clock_ns(), Ordering::Relaxed);
         let changes_at_start = guard.conn.total_changes();
         Locked {
-            _held: HeldMark(&self.lock_taken_ns),
+            held: HeldMark {
+                taken: &self.lock_taken_ns,
+                unbounded: &self.lock_unbounded,
+            },
             guard,
             changes_at_start,
         }
@@ -528,6 +546,19 @@ impl Database {
         }
     }
 
+    /// Whether another caller holds this handle's lock and has held it for `long` or more,
+    /// or holds it for work of unknown length however young its hold is: an application's
+    /// [`Database::transaction`] (its closure may run for as long as the application
+    /// likes), [`Database::create_index`], [`Database::vacuum`]. A hint for async drivers,
+    /// as [`Database::lock_held_for`] is: a driver that checked the age alone met such a
+    /// holder in its first `long` (a session woken by the application's commit, which then
+    /// began a long transaction at once) and blocked its executor thread, and its session
+    /// with it, for the whole transaction.
+    pub fn lock_held_long(&self, long: Duration) -> bool {
+        self.lock_held_for()
+            .is_some_and(|held| held >= long || self.lock_unbounded.load(Ordering::Relaxed))
+    }
+
     /// Block until this handle's lock is free (take it and let it go): for a caller that
     /// saw [`Database::lock_held_for`] long and waits on a thread that may block.
     pub fn wait_for_lock(&self) {
@@ -535,13 +566,18 @@ impl Database {
     }
 }
 
-/// Clears [`Database`]'s `lock_taken_ns` when a [`Locked`] goes, before its mutex guard
-/// (fields drop in order), so the mark never names a later holder's time as free.
-struct HeldMark<'a>(&'a AtomicU64);
+/// Clears [`Database`]'s `lock_taken_ns` and `lock_unbounded` when a [`Locked`] goes,
+/// before its mutex guard (fields drop in order), so the marks never name a later holder's
+/// time as free or its work as unbounded.
+struct HeldMark<'a> {
+    taken: &'a AtomicU64,
+    unbounded: &'a AtomicBool,
+}
 
 impl Drop for HeldMark<'_> {
     fn drop(&mut self) {
-        self.0.store(0, Ordering::Relaxed);
+        self.unbounded.store(false, Ordering::Relaxed);
+        self.taken.store(0, Ordering::Relaxed);
     }
 }
 
@@ -550,11 +586,19 @@ impl Drop for HeldMark<'_> {
 /// transaction its holder left open (an error path or a panic).
 pub(crate) struct Locked<'a> {
     /// Declared before `guard`: cleared while the lock is still held.
-    _held: HeldMark<'a>,
+    held: HeldMark<'a>,
     guard: MutexGuard<'a, Inner>,
     /// Rows changed on the connection when the guard was taken: a read snapshot must not
     /// have written (its commit at drop could fail unseen).
     changes_at_start: u64,
+}
+
+impl Locked<'_> {
+    /// Say that this holder runs work of unknown length (see
+    /// [`Database::lock_held_long`]), right after taking the lock.
+    pub(crate) fn mark_unbounded(&self) {
+        self.held.unbounded.store(true, Ordering::Relaxed);
+    }
 }
 
 impl std::ops::Deref for Locked<'_> {

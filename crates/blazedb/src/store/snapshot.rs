@@ -359,7 +359,7 @@ impl Database {
         let mut applied = SnapshotApplied::default();
         let holding = held.is_some();
         let carried = held.as_mut().and_then(|h| h.take());
-        let kept = self.transaction(|tx| {
+        let kept = self.transaction_bounded(|tx| {
             let p = expect_progress(tx.inner, peer, snap_id)?;
             applied.position = p.position;
             applied.local_head = tx.base_seq;
@@ -457,7 +457,7 @@ impl Database {
         self.noted_cursors().forget(peer, PeerDirection::Received);
         let mut applied = SnapshotApplied::default();
         let watched = self.watchers.is_watched();
-        self.transaction(|tx| {
+        self.transaction_bounded(|tx| {
             let progress = expect_progress(tx.inner, peer, snap_id)?;
             if progress.next_index != chunks {
                 return Err(Error::InvalidArgument(format!(

@@ -288,11 +288,44 @@ impl std::fmt::Debug for Tx<'_> {
     }
 }
 
+/// How long a write transaction may hold the database's lock, as far as this crate knows
+/// (see [`Database::lock_held_long`]).
+enum Hold {
+    /// Work of this crate: a record's write, a unit's apply (see
+    /// [`Database::transaction_bounded`]).
+    Bounded,
+    /// The application's closure, which may run for as long as it likes.
+    Unbounded,
+}
+
 impl Database {
     /// Run `f` as one atomic transaction: all its writes commit together, or none does (on
-    /// `Err`, or a panic).
+    /// `Err`, or a panic). The database's lock is held while `f` runs: sync sessions of this
+    /// handle wait meanwhile, and keep their connections alive (see
+    /// [`Database::lock_held_long`]).
     pub fn transaction<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        let mut inner = self.lock_write()?;
+        self.run_transaction(Hold::Unbounded, f)
+    }
+
+    /// [`Database::transaction`] for work of this crate, not marked as unbounded: a record's
+    /// write (a commit: a sync driver that meets it waits for it inline), a unit's or a
+    /// snapshot's apply (run by a sync session; one that takes long is told by its age).
+    pub(crate) fn transaction_bounded<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.run_transaction(Hold::Bounded, f)
+    }
+
+    fn run_transaction<T>(
+        &self,
+        hold: Hold,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut inner = match hold {
+            Hold::Bounded => self.lock_write()?,
+            Hold::Unbounded => self.lock_write_unbounded()?,
+        };
         let result = (|| {
             let mut tx = Tx::begin(self, &mut inner)?;
             let v = f(&mut tx)?;
@@ -326,7 +359,7 @@ impl Database {
         collection: &str,
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<RecordId> {
-        self.transaction(|tx| tx.insert(collection, fields))
+        self.transaction_bounded(|tx| tx.insert(collection, fields))
     }
 
     /// Insert a new record with the caller's id; fails if a live record has it.
@@ -336,7 +369,7 @@ impl Database {
         id: RecordId,
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<()> {
-        self.transaction(|tx| tx.insert_with_id(collection, id, fields))
+        self.transaction_bounded(|tx| tx.insert_with_id(collection, id, fields))
     }
 
     /// Insert or, if the record exists, set the given fields (others stay).
@@ -346,23 +379,23 @@ impl Database {
         id: RecordId,
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<()> {
-        self.transaction(|tx| tx.upsert(collection, id, fields))
+        self.transaction_bounded(|tx| tx.upsert(collection, id, fields))
     }
 
     /// Change only the fields named in `patch`. Fails with `NotFound` if the record does not
     /// exist.
     pub fn update(&self, collection: &str, id: RecordId, patch: Patch) -> Result<()> {
-        self.transaction(|tx| tx.update(collection, id, patch))
+        self.transaction_bounded(|tx| tx.update(collection, id, patch))
     }
 
     /// Delete a record. Returns false if there was none.
     pub fn delete(&self, collection: &str, id: RecordId) -> Result<bool> {
-        self.transaction(|tx| tx.delete(collection, id))
+        self.transaction_bounded(|tx| tx.delete(collection, id))
     }
 
     /// Add `by` to a counter field; returns the new total.
     pub fn increment(&self, collection: &str, id: RecordId, field: &str, by: i64) -> Result<i64> {
-        self.transaction(|tx| tx.increment(collection, id, field, by))
+        self.transaction_bounded(|tx| tx.increment(collection, id, field, by))
     }
 
     /// Add elements to a set field. A set reads sorted and without repeats: adding to a

@@ -10,6 +10,12 @@
 //! 4. [`Session::handle_timeout`] when the instant from [`Session::poll_timeout`] passes;
 //! 5. [`Session::poll_event`] to learn what happened.
 //!
+//! Each of these may wait for the database's lock. While another caller holds it for long (a
+//! bulk import, an application's long transaction), a driver that will not block meanwhile
+//! calls only [`Session::keep_alive`] at the instant it returns and sends what
+//! [`Session::poll_queued`] hands out, neither of which touches the database; once it can
+//! call in again it reports the time it could not with [`Session::handle_stall`], first.
+//!
 //! The driver passes the current time (ms) in; the database is passed in per call because the
 //! session reads the change feed and applies the peer's changes through it.
 //!
@@ -1184,6 +1190,13 @@ impl Session {
             }
             self.out_fill_frames = self.out.len();
         }
+        self.poll_queued()
+    }
+
+    /// The next frame already queued (replies, a PING from [`Session::keep_alive`], frames of
+    /// the feed read earlier), without reading the feed for more: for a driver that cannot
+    /// call into the database for now. Touches no database.
+    pub fn poll_queued(&mut self) -> Option<Vec<u8>> {
         let f = self.out.pop_front()?;
         self.out_fill_frames = self.out_fill_frames.saturating_sub(1);
         self.stats.frames_sent += 1;
@@ -1225,9 +1238,15 @@ impl Session {
             let _ = self.fail(ErrorCode::Timeout, message, now_ms);
             return;
         }
-        // Not while our HELLO waits for the peer's credential: a PING would come before it,
-        // and the peer refuses anything but HELLO first (its HELLO may be late on a lossy
-        // link; the idle timeout ends a session that never says it).
+        self.ping_if_due(now_ms);
+        let _ = self.note_cursors(db, false);
+    }
+
+    /// Queue a PING when nothing was sent for the ping interval. Not while our HELLO waits
+    /// for the peer's credential: a PING would come before it, and the peer refuses anything
+    /// but HELLO first (its HELLO may be late on a lossy link; the idle timeout ends a
+    /// session that never says it).
+    fn ping_if_due(&mut self, now_ms: u64) {
         if self.hello_deferred.is_none()
             && now_ms.saturating_sub(self.last_send_ms) >= self.ping_interval_ms()
         {
@@ -1239,7 +1258,32 @@ impl Session {
                 now_ms,
             );
         }
-        let _ = self.note_cursors(db, false);
+    }
+
+    /// For a driver that cannot call into the database for now (another caller holds its lock
+    /// for long): queue a PING when one is due, as [`Session::handle_timeout`] would, so the
+    /// peer, which hears nothing else from this side meanwhile, does not take it for dead.
+    /// Returns when to call again (`None`: nothing is due, e.g. the session is closed).
+    /// Touches no database, checks no idle timeout and runs no other timer: those wait for
+    /// [`Session::handle_stall`]. Take the PING with [`Session::poll_queued`].
+    pub fn keep_alive(&mut self, now_ms: u64) -> Option<u64> {
+        if self.state == State::Closed || self.hello_deferred.is_some() {
+            return None;
+        }
+        self.ping_if_due(now_ms);
+        Some(self.last_send_ms.saturating_add(self.ping_interval_ms()))
+    }
+
+    /// The driver could not call into the session from `from_ms` to `to_ms` because it waited
+    /// for the database (see [`Session::keep_alive`]), and read nothing meanwhile: that time
+    /// does not count as the peer's silence. Whatever the peer sent meanwhile waits unread
+    /// in the transport; counted against it, a live peer was cut off by the idle timeout the
+    /// moment a transaction here held the lock longer than that timeout. A peer that is
+    /// really gone is still found out: the idle timeout runs again from `to_ms`, minus the
+    /// silence before `from_ms`. Call it before anything else once the wait is over.
+    pub fn handle_stall(&mut self, from_ms: u64, to_ms: u64) {
+        let excluded = to_ms.saturating_sub(from_ms.max(self.last_recv_ms));
+        self.last_recv_ms = self.last_recv_ms.saturating_add(excluded);
     }
 
     /// Whether a local commit may wait for the ACK this session is waiting for: it holds
