@@ -148,6 +148,9 @@ pub struct ConvergeError {
     /// The connection whose sessions ended, which made the wait give up at once (`None`: the
     /// time ran out).
     pub ended_connection: Option<EndedConnection>,
+    /// Connections between sessions when the time ran out (their supervisors connect them
+    /// again after a pause), with why their last sessions ended.
+    pub reconnecting: Vec<EndedConnection>,
 }
 
 /// A topology connection with a session that ended before it was caught up.
@@ -165,11 +168,22 @@ pub struct EndedConnection {
 impl fmt::Display for ConvergeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(c) = &self.ended_connection else {
-            return write!(
+            write!(
                 f,
                 "not converged after {} ms: records per node {:?}, sessions caught up: {}",
                 self.waited_ms, self.records, self.sessions_caught_up
-            );
+            )?;
+            for c in &self.reconnecting {
+                write!(
+                    f,
+                    "; the connection {} - {} is connecting again",
+                    c.nodes.0, c.nodes.1
+                )?;
+                for (node, why) in &c.ends {
+                    write!(f, "; {node}'s last session: {why}")?;
+                }
+            }
+            return Ok(());
         };
         write!(
             f,

@@ -498,8 +498,9 @@ pub async fn sync_watch(
     outcome.map(|()| report)
 }
 
-/// Session errors that another attempt would meet again.
-fn is_permanent(e: &NetError) -> bool {
+/// Session errors that another attempt would meet again (also what ends a topology's
+/// connection for good: `topology.rs`).
+pub(crate) fn is_permanent(e: &NetError) -> bool {
     match e {
         // The policy and the data are the same on the next attempt, so a refused policy and
         // a change beyond the peer's limits are refused again.

@@ -16,6 +16,19 @@
 //! it from, and a cell that arrives again by another path is equal to the stored one, so its
 //! apply is a no-op that adds nothing to the feed — the flood stops after one round.
 //!
+//! A connection outlives its sessions: when they end with an error that another attempt may
+//! not meet (a timeout, a clock skew the peer refused, a busy file), a supervisor task
+//! connects the two nodes again after a pause ([`Backoff`], as [`crate::sync_watch`] does
+//! for a network peer), and the new sessions resume from the cursors both databases hold.
+//! An error that another attempt would meet again (a refused policy, a file that cannot be
+//! read) ends the connection for good, and [`Topology::wait_converged`] says so at once.
+//!
+//! ```text
+//!   connect ──► run_session × 2 ──► both end ──► permanent? ──yes──► ended (wait fails)
+//!                  ▲                                │ no
+//!                  └──── sleep Backoff::next_delay ◄┘
+//! ```
+//!
 //! ```no_run
 //! # async fn f(a: std::sync::Arc<blazedb::Database>, b: std::sync::Arc<blazedb::Database>) {
 //! use blazedb::sync::SyncMode;
@@ -30,17 +43,20 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
 use blazedb::Database;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{run_session, DriverOptions, SessionMonitor, SessionReport, SessionSnapshot};
 use crate::error::{ConvergeError, EndedConnection, NetError};
-use crate::limits::{DUPLEX_BUFFER_BYTES_DEFAULT, TOPOLOGY_CONNECTIONS_MAX, TOPOLOGY_NODES_MAX};
+use crate::limits::{
+    DUPLEX_BUFFER_BYTES_DEFAULT, RECONNECT_STABLE_MS, TOPOLOGY_CONNECTIONS_MAX, TOPOLOGY_NODES_MAX,
+};
+use crate::reconnect::{is_permanent, Backoff, BackoffConfig};
 
 /// A set of databases in this process and the sync connections between them.
 ///
@@ -111,6 +127,9 @@ pub struct ConnectOptions {
     /// What the second node receives of the first's data (default: everything): the usual
     /// place for a phone's filter, with the full copy first.
     pub second_policy: SyncPolicy,
+    /// Pauses before connecting the two nodes again after their sessions ended with an
+    /// error that another attempt may not meet (see the module docs).
+    pub backoff: BackoffConfig,
 }
 
 impl Default for ConnectOptions {
@@ -121,6 +140,7 @@ impl Default for ConnectOptions {
             session: SessionConfig::default(),
             first_policy: SyncPolicy::everything(),
             second_policy: SyncPolicy::everything(),
+            backoff: BackoffConfig::default(),
         }
     }
 }
@@ -156,16 +176,20 @@ impl ConnectOptions {
     }
 }
 
-/// Live state of both ends of a connection.
+/// Live state of both ends of a connection: of its running sessions, or of the last ones
+/// while it waits to connect again (their counters start over with each new session).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionSnapshot {
     /// The first node's end.
     pub a: SessionSnapshot,
     /// The second node's end.
     pub b: SessionSnapshot,
+    /// Pairs of sessions the connection has started: 1 until its sessions first end and it
+    /// connects again.
+    pub sessions: u64,
 }
 
-/// How both ends of a disconnected connection finished.
+/// How both ends of a disconnected connection finished (its last sessions).
 #[derive(Debug)]
 pub struct ConnectionReport {
     /// The first node's end.
@@ -224,7 +248,43 @@ struct Connection {
     b: NodeHandle,
     shutdown: CancellationToken,
     monitors: (SessionMonitor, SessionMonitor),
-    tasks: (SessionTask, SessionTask),
+    /// Shared with the connection's supervisor ([`supervise`]).
+    link: Arc<Mutex<Link>>,
+    /// The supervisor: runs session pairs until the connection ends, and returns how the
+    /// last pair finished.
+    supervisor: JoinHandle<ConnectionReport>,
+}
+
+/// What a connection's supervisor and the topology share.
+#[derive(Debug, Default)]
+struct Link {
+    /// Session pairs started.
+    sessions: u64,
+    /// The last pair ended with an error that another attempt would meet again: the
+    /// connection is over (a wait for convergence fails, naming it).
+    ended: bool,
+    /// [`Topology::sever`] cut the connection: start no more sessions. Checked under the same
+    /// lock that records the running sessions, so a pair is never started unseen by `sever`.
+    severed: bool,
+    /// The running sessions, for `sever` to abort.
+    running: Option<(AbortHandle, AbortHandle)>,
+}
+
+/// One end of a connection, as its supervisor starts sessions on it.
+struct End {
+    db: Arc<Database>,
+    cfg: SessionConfig,
+    monitor: SessionMonitor,
+}
+
+/// Everything a connection's supervisor needs.
+struct Supervised {
+    ends: (End, End),
+    buffer_bytes: usize,
+    backoff: BackoffConfig,
+    shutdown: CancellationToken,
+    link: Arc<Mutex<Link>>,
+    changed: Arc<Notify>,
 }
 
 impl Drop for Shared {
@@ -314,7 +374,9 @@ impl Topology {
     }
 
     /// Connect `a` and `b`: an in-process pipe with a session task on each end. Sync starts
-    /// at once and runs until [`Topology::disconnect`], an error, or the topology is dropped.
+    /// at once and runs until [`Topology::disconnect`], an error that another attempt would
+    /// meet again, or the topology is dropped; after any other error the two nodes are
+    /// connected again after a pause ([`ConnectOptions::backoff`], see the module docs).
     ///
     /// Fails with [`NetError::UnknownHandle`] for a handle of another topology, and with
     /// [`NetError::SameDatabase`] when both nodes have one node id (a node and itself, one
@@ -404,7 +466,7 @@ impl Topology {
             .collect())
     }
 
-    /// Start the two session tasks of a checked pair.
+    /// Start the supervisor of a checked pair, which starts its two session tasks.
     fn start_connection(
         &self,
         state: &mut State,
@@ -414,46 +476,51 @@ impl Topology {
     ) -> ConnectionHandle {
         let shutdown = CancellationToken::new();
         let monitors = (SessionMonitor::new(), SessionMonitor::new());
-        let (io_a, io_b) = tokio::io::duplex(opts.buffer_bytes.max(1));
-        let spawn_end =
-            |node: &Node, mode: SyncMode, policy: &SyncPolicy, monitor: &SessionMonitor, io| {
-                let cfg = SessionConfig {
+        let end = |node: &Node, mode: SyncMode, policy: &SyncPolicy, monitor: &SessionMonitor| {
+            let changed = self.inner.changed.clone();
+            let mut rx = monitor.subscribe();
+            // Forward this end's changes to the topology's notifier (for wait_converged), for
+            // every session the connection runs: it stops with the connection's monitors.
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    changed.notify_waiters();
+                }
+                changed.notify_waiters();
+            });
+            End {
+                db: node.db.clone(),
+                cfg: SessionConfig {
                     mode,
                     server: node.role == NodeRole::Server,
                     policy: policy.clone(),
                     ..opts.session.clone()
-                };
-                let dopts = DriverOptions {
-                    shutdown: shutdown.clone(),
-                    monitor: Some(monitor.clone()),
-                    ..DriverOptions::default()
-                };
-                let db = node.db.clone();
-                let changed = self.inner.changed.clone();
-                let mut rx = monitor.subscribe();
-                // Forward this end's changes to the topology's notifier (for wait_converged).
-                tokio::spawn(async move {
-                    while rx.changed().await.is_ok() {
-                        changed.notify_waiters();
-                    }
-                    changed.notify_waiters();
-                });
-                tokio::spawn(run_session(db, io, cfg, dopts))
-            };
-        let ta = spawn_end(
-            &state.nodes[a.index],
-            opts.mode,
-            &opts.first_policy,
-            &monitors.0,
-            io_a,
-        );
-        let tb = spawn_end(
-            &state.nodes[b.index],
-            complement(opts.mode),
-            &opts.second_policy,
-            &monitors.1,
-            io_b,
-        );
+                },
+                monitor: monitor.clone(),
+            }
+        };
+        let link = Arc::new(Mutex::new(Link::default()));
+        let supervised = Supervised {
+            ends: (
+                end(
+                    &state.nodes[a.index],
+                    opts.mode,
+                    &opts.first_policy,
+                    &monitors.0,
+                ),
+                end(
+                    &state.nodes[b.index],
+                    complement(opts.mode),
+                    &opts.second_policy,
+                    &monitors.1,
+                ),
+            ),
+            buffer_bytes: opts.buffer_bytes.max(1),
+            backoff: opts.backoff.clone(),
+            shutdown: shutdown.clone(),
+            link: link.clone(),
+            changed: self.inner.changed.clone(),
+        };
+        let supervisor = tokio::spawn(supervise(supervised));
         let id = state.next_connection;
         state.next_connection += 1;
         state.connections.insert(
@@ -463,7 +530,8 @@ impl Topology {
                 b,
                 shutdown,
                 monitors,
-                tasks: (ta, tb),
+                link,
+                supervisor,
             },
         );
         self.connection_handle(id)
@@ -494,6 +562,7 @@ impl Topology {
             .map(|x| ConnectionSnapshot {
                 a: x.monitors.0.snapshot(),
                 b: x.monitors.1.snapshot(),
+                sessions: lock_link(&x.link).sessions,
             })
     }
 
@@ -509,32 +578,40 @@ impl Topology {
             .sum()
     }
 
-    /// End a connection politely (both ends send `ShuttingDown`) and return how each end
-    /// finished. `None` for an unknown handle.
+    /// End a connection politely (both ends send `ShuttingDown`; one waiting to connect again
+    /// does not) and return how each end of its last sessions finished. `None` for an
+    /// unknown handle.
     pub async fn disconnect(&self, c: ConnectionHandle) -> Option<ConnectionReport> {
         let conn = self.lock().connections.remove(&self.connection_id(c)?)?;
         conn.shutdown.cancel();
-        Some(ConnectionReport {
-            a: join(conn.tasks.0).await,
-            b: join(conn.tasks.1).await,
+        Some(match conn.supervisor.await {
+            Ok(report) => report,
+            Err(e) => ConnectionReport {
+                a: Err(NetError::Task(e.to_string())),
+                b: Err(NetError::Task(e.to_string())),
+            },
         })
     }
 
     /// Cut a connection abruptly, as a crashed process or a dead network would: both session
-    /// tasks are aborted mid-flight without a goodbye. Applied units are durable (data and
-    /// cursor commit together), so a later connection resumes after the last applied unit.
+    /// tasks are aborted mid-flight without a goodbye, and the connection is not made again.
+    /// Applied units are durable (data and cursor commit together), so a later connection
+    /// resumes after the last applied unit.
     pub fn sever(&self, c: ConnectionHandle) -> bool {
         let Some(id) = self.connection_id(c) else {
             return false;
         };
-        match self.lock().connections.remove(&id) {
-            Some(conn) => {
-                conn.tasks.0.abort();
-                conn.tasks.1.abort();
-                true
-            }
-            None => false,
+        let Some(conn) = self.lock().connections.remove(&id) else {
+            return false;
+        };
+        conn.supervisor.abort();
+        let mut link = lock_link(&conn.link);
+        link.severed = true;
+        if let Some((a, b)) = link.running.take() {
+            a.abort();
+            b.abort();
         }
+        true
     }
 
     /// Disconnect every connection politely.
@@ -550,16 +627,18 @@ impl Topology {
 
     /// Wait until every node holds the same records (compared as canonical dumps) and every
     /// running session reports caught up. Woken by commits and session progress; no polling.
-    /// Gives up at once, naming the connection and why, when a session has ended before it
-    /// was caught up (a protocol error, a session that could not start).
+    /// Gives up at once, naming the connection and why, when a connection has ended for good
+    /// (an error another attempt would meet again: a policy the peer refuses, a session that
+    /// could not start on its file). A connection between sessions is waited for; if the time
+    /// runs out meanwhile, the error says why its last sessions ended.
     pub async fn wait_converged(&self, timeout: Duration) -> Result<(), ConvergeError> {
         self.wait(timeout, true).await
     }
 
     /// Wait until every running session reports caught up in both directions, without
     /// comparing the nodes (for push-only or pull-only graphs, whose nodes legitimately
-    /// differ). Gives up at once when a session has ended before it was caught up, as
-    /// [`Topology::wait_converged`] does.
+    /// differ). Gives up at once when a connection has ended for good, and waits for one
+    /// between sessions, as [`Topology::wait_converged`] does.
     pub async fn wait_caught_up(&self, timeout: Duration) -> Result<(), ConvergeError> {
         self.wait(timeout, false).await
     }
@@ -580,14 +659,15 @@ impl Topology {
             let checked = tokio::task::spawn_blocking(move || me.sessions_caught_up())
                 .await
                 .expect("the caught-up check does not panic");
-            let sessions_caught_up = match checked {
-                Ok(caught_up) => caught_up,
+            let (sessions_caught_up, reconnecting) = match checked {
+                Ok(p) => (p.caught_up, p.reconnecting),
                 Err(ended) => {
                     return Err(ConvergeError {
                         waited_ms: start.elapsed().as_millis() as u64,
                         records: self.compare_nodes().await.1,
                         sessions_caught_up: false,
                         ended_connection: Some(ended),
+                        reconnecting: Vec::new(),
                     })
                 }
             };
@@ -611,16 +691,17 @@ impl Topology {
                     records,
                     sessions_caught_up,
                     ended_connection: None,
+                    reconnecting,
                 });
             }
         }
     }
 
-    /// True when every session reports caught up, evaluated against its database's current
-    /// head (a commit the session has not seen yet means "not yet"). A session that has
-    /// ended counts only if it ended caught up, without an error, and no commit came after:
-    /// otherwise nothing will ever send the rest, and its connection is the error.
-    fn sessions_caught_up(&self) -> Result<bool, EndedConnection> {
+    /// Whether every session reports caught up, evaluated against its database's current
+    /// head (a commit the session has not seen yet means "not yet"), and which connections
+    /// are between sessions (not caught up: their supervisors connect them again). A
+    /// connection that ended for good is the error: nothing will ever send the rest.
+    fn sessions_caught_up(&self) -> Result<Progress, EndedConnection> {
         let connections: Vec<_> = {
             let state = self.lock();
             let node = |h: NodeHandle| &state.nodes[h.index];
@@ -633,38 +714,44 @@ impl Topology {
                     };
                     (
                         self.connection_handle(*id),
+                        lock_link(&c.link).ended,
                         [end(c.a, &c.monitors.0), end(c.b, &c.monitors.1)],
                     )
                 })
                 .collect()
         };
-        let mut all_caught_up = true;
-        for (connection, ends) in connections {
-            let caught_up = |db: &Database, s: &SessionSnapshot| {
-                s.caught_up && db.last_seq().is_ok_and(|head| head <= s.local_seq)
+        let mut progress = Progress {
+            caught_up: true,
+            reconnecting: Vec::new(),
+        };
+        for (connection, ended_for_good, ends) in connections {
+            let described = || EndedConnection {
+                connection,
+                nodes: (ends[0].0.clone(), ends[1].0.clone()),
+                ends: ends
+                    .iter()
+                    .filter(|(_, _, s)| s.ended)
+                    .map(|(name, _, s)| {
+                        let why = s.error.clone().unwrap_or_else(|| {
+                            "it ended without an error, leaving later commits unsent".into()
+                        });
+                        (name.clone(), why)
+                    })
+                    .collect(),
             };
-            let ended_behind = ends
-                .iter()
-                .any(|(_, db, s)| s.ended && (s.error.is_some() || !caught_up(db, s)));
-            if ended_behind {
-                return Err(EndedConnection {
-                    connection,
-                    nodes: (ends[0].0.clone(), ends[1].0.clone()),
-                    ends: ends
-                        .iter()
-                        .filter(|(_, _, s)| s.ended)
-                        .map(|(name, _, s)| {
-                            let why = s.error.clone().unwrap_or_else(|| {
-                                "it ended without an error, leaving later commits unsent".into()
-                            });
-                            (name.clone(), why)
-                        })
-                        .collect(),
-                });
+            if ended_for_good {
+                return Err(described());
             }
-            all_caught_up &= ends.iter().all(|(_, db, s)| caught_up(db, s));
+            if ends.iter().any(|(_, _, s)| s.ended) {
+                progress.caught_up = false;
+                progress.reconnecting.push(described());
+                continue;
+            }
+            progress.caught_up &= ends.iter().all(|(_, db, s)| {
+                s.caught_up && db.last_seq().is_ok_and(|head| head <= s.local_seq)
+            });
         }
-        Ok(all_caught_up)
+        Ok(progress)
     }
 
     /// Dump every node (on the blocking pool: a dump reads whole databases) and compare.
@@ -737,6 +824,89 @@ pub fn canonical_dump(db: &Database) -> Result<Vec<String>, blazedb::Error> {
     }
     out.sort();
     Ok(out)
+}
+
+/// What [`Topology::sessions_caught_up`] found.
+struct Progress {
+    /// Every connection's sessions report caught up.
+    caught_up: bool,
+    /// Connections between sessions, with why their last sessions ended.
+    reconnecting: Vec<EndedConnection>,
+}
+
+/// Run a connection's session pairs: start one, wait for both ends, and unless the
+/// connection was shut down or an end met an error another attempt would meet again, start
+/// the next after a pause (see the module docs). Returns how the last pair finished.
+async fn supervise(s: Supervised) -> ConnectionReport {
+    let mut backoff = Backoff::new(s.backoff.clone());
+    loop {
+        let started = Instant::now();
+        let Some((ta, tb)) = s.start_pair() else {
+            let severed = || Err(NetError::Task("the connection was severed".into()));
+            return ConnectionReport {
+                a: severed(),
+                b: severed(),
+            };
+        };
+        let (a, b) = (join(ta).await, join(tb).await);
+        let permanent = [&a, &b].into_iter().any(|r| match r {
+            // A panicked or aborted task is a bug or a severed connection: not retried.
+            Err(e) => is_permanent(e) || matches!(e, NetError::Task(_)),
+            Ok(_) => false,
+        });
+        if s.shutdown.is_cancelled() {
+            return ConnectionReport { a, b };
+        }
+        if permanent {
+            lock_link(&s.link).ended = true;
+            s.changed.notify_waiters();
+            return ConnectionReport { a, b };
+        }
+        // A pair that got going proves the connection works: start the delays over. One
+        // that fails at once keeps backing off.
+        let met_peer = |r: &Result<SessionReport, NetError>| match r {
+            Ok(r) => r.peer.is_some(),
+            Err(e) => e.report().is_some_and(|r| r.peer.is_some()),
+        };
+        let stable = started.elapsed() >= Duration::from_millis(RECONNECT_STABLE_MS);
+        if met_peer(&a) && met_peer(&b) && stable {
+            backoff.reset();
+        }
+        let delay = Duration::from_millis(backoff.next_delay_ms(rand::random()));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = s.shutdown.cancelled() => return ConnectionReport { a, b },
+        }
+    }
+}
+
+impl Supervised {
+    /// Start a pair of sessions over a new in-process pipe, unless the connection was severed.
+    fn start_pair(&self) -> Option<(SessionTask, SessionTask)> {
+        let mut link = lock_link(&self.link);
+        if link.severed {
+            return None;
+        }
+        let (io_a, io_b) = tokio::io::duplex(self.buffer_bytes);
+        let spawn_end = |end: &End, io| {
+            let opts = DriverOptions {
+                shutdown: self.shutdown.clone(),
+                monitor: Some(end.monitor.clone()),
+                ..DriverOptions::default()
+            };
+            tokio::spawn(run_session(end.db.clone(), io, end.cfg.clone(), opts))
+        };
+        let ta = spawn_end(&self.ends.0, io_a);
+        let tb = spawn_end(&self.ends.1, io_b);
+        link.running = Some((ta.abort_handle(), tb.abort_handle()));
+        link.sessions += 1;
+        Some((ta, tb))
+    }
+}
+
+fn lock_link(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
+    // Every update is a single assignment: a poisoned lock is safe to reuse.
+    link.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn join(task: SessionTask) -> Result<SessionReport, NetError> {
