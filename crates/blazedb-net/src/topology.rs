@@ -40,9 +40,9 @@
 //! # }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use blazedb::sync::{SessionConfig, SyncMode, SyncPolicy};
@@ -97,11 +97,18 @@ impl TopologyId {
 /// The role a node plays in its sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum NodeRole {
-    /// An ordinary replica.
+    /// An ordinary replica. Registering as one leaves the database's server role
+    /// ([`Database::set_server_role`]) as it is.
     #[default]
     Peer,
-    /// A server/hub: its HELLO says so, which gives its writes priority where a collection's
-    /// policy asks for it.
+    /// A server/hub: its HELLO says so, and its database acts as a server, which gives its
+    /// writes priority where a collection's policy asks for it
+    /// (`CollectionPolicy::server_priority`: its value written again over a peer's newer
+    /// concurrent one). Registering turns [`Database::set_server_role`] on for the handle —
+    /// the role is the handle's, so it holds in all of the handle's sessions, in this
+    /// topology or elsewhere — and dropping the topology turns it off again, unless it was on
+    /// before (set by the application) or another topology still holds the handle as a
+    /// server.
     Server,
 }
 
@@ -238,6 +245,61 @@ struct Node {
     db: Arc<Database>,
     role: NodeRole,
     listener: u64,
+    /// The server role this node holds on its database (a `Server` node), given back when
+    /// the topology goes.
+    _server_role: Option<ServerRoleHold>,
+}
+
+/// A hold on a database handle's server role ([`Database::set_server_role`]) by a node
+/// registered as [`NodeRole::Server`]: the role is on while any hold of that handle lives,
+/// and goes back to what it was before the first when the last one goes.
+#[derive(Debug)]
+struct ServerRoleHold {
+    db: Arc<Database>,
+}
+
+impl ServerRoleHold {
+    fn take(db: &Arc<Database>) -> ServerRoleHold {
+        let mut holds = server_role_holds();
+        let (count, _) = holds
+            .entry(handle_key(db))
+            .or_insert_with(|| (0, db.is_server()));
+        *count += 1;
+        db.set_server_role(true);
+        ServerRoleHold { db: db.clone() }
+    }
+}
+
+impl Drop for ServerRoleHold {
+    fn drop(&mut self) {
+        let mut holds = server_role_holds();
+        let key = handle_key(&self.db);
+        if let Some((count, was_on)) = holds.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                if !*was_on {
+                    self.db.set_server_role(false);
+                }
+                holds.remove(&key);
+            }
+        }
+    }
+}
+
+/// The holds of the process's database handles on their server role: (holds, whether the
+/// role was on before the first), by handle. A handle's key is its address, which no other
+/// handle can take while a hold keeps the handle alive.
+fn server_role_holds() -> MutexGuard<'static, HashMap<usize, (usize, bool)>> {
+    static HOLDS: OnceLock<Mutex<HashMap<usize, (usize, bool)>>> = OnceLock::new();
+    HOLDS
+        .get_or_init(Mutex::default)
+        .lock()
+        // Every update is a whole entry's: a poisoned lock is safe to reuse.
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn handle_key(db: &Arc<Database>) -> usize {
+    Arc::as_ptr(db) as usize
 }
 
 type SessionTask = JoinHandle<Result<SessionReport, NetError>>;
@@ -313,7 +375,9 @@ impl Topology {
         self.register_with_role(name, db, NodeRole::Peer)
     }
 
-    /// Add a database with a role (e.g. the hub of a hub-and-spoke topology as `Server`).
+    /// Add a database with a role (e.g. the hub of a hub-and-spoke topology as `Server`,
+    /// which turns the database's server role on until the topology is dropped: see
+    /// [`NodeRole::Server`]).
     ///
     /// # Panics
     /// When the topology already holds [`TOPOLOGY_NODES_MAX`] nodes.
@@ -330,11 +394,13 @@ impl Topology {
         );
         let changed = self.inner.changed.clone();
         let listener = db.on_commit(Arc::new(move || changed.notify_waiters()));
+        let server_role = (role == NodeRole::Server).then(|| ServerRoleHold::take(&db));
         state.nodes.push(Node {
             name: name.into(),
             db,
             role,
             listener,
+            _server_role: server_role,
         });
         self.node_handle(state.nodes.len() - 1)
     }
