@@ -56,7 +56,6 @@ impl FileChanges {
     }
 
     /// Whether the operating system watches the file.
-    #[cfg(test)]
     pub(crate) fn is_watching(&self) -> bool {
         self.subscription.is_some()
     }

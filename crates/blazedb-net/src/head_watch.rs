@@ -3,10 +3,12 @@
 //! A session's driver wakes on commits made through this process's `Database` (its commit
 //! listener). Another process writing the same file — `blazedb put` beside a running
 //! `blazedb listen`, or a writer beside `blazedb sync DB URL --watch` — reaches no listener
-//! here. A [`HeadWatch`] checks the feed head (`Database::last_seq`, one small query) when
+//! here, nor does another handle of this process on the same file. A [`HeadWatch`] checks
+//! the feed head (`Database::last_seq`, one small query) when
 //! the operating system says the file changed (`file_changes.rs`: a commit writes the WAL),
 //! and every [`HEAD_POLL_INTERVAL_MS`] in case it does not say (SQLite has no cross-process commit
-//! notification, and file-system watches are missing on some file systems); when the head
+//! notification, and file-system watches are missing on some file systems; a watch started
+//! with [`HeadWatch::spawn_event_driven`] polls only where the file is not watched); when the head
 //! moved, it wakes every subscribed session (its first read wakes them too: it cannot tell a
 //! commit made while they started from the starting head). This process's own commits write
 //! the file too, so checks prompted by the file system are at most one per
@@ -22,7 +24,7 @@ use tokio::task::JoinHandle;
 use crate::file_changes::FileChanges;
 use crate::limits::{HEAD_CHECK_GAP_US, HEAD_POLL_INTERVAL_MS};
 
-/// Polls one database's feed head and wakes subscribers when it moves. Stops when dropped.
+/// Checks one database's feed head and wakes subscribers when it moves. Stops when dropped.
 #[derive(Debug)]
 pub struct HeadWatch {
     subscribers: Arc<Mutex<Vec<Weak<Notify>>>>,
@@ -33,29 +35,51 @@ pub struct HeadWatch {
 }
 
 impl HeadWatch {
-    /// Start polling `db` (needs a tokio runtime).
+    /// Start watching `db` (needs a tokio runtime), with the poll every
+    /// [`HEAD_POLL_INTERVAL_MS`] as the safety net behind the file system's word.
     pub fn spawn(db: Arc<Database>) -> HeadWatch {
-        Self::spawn_polling_every(db, Duration::from_millis(HEAD_POLL_INTERVAL_MS))
+        Self::spawn_polling_every(db, Some(Duration::from_millis(HEAD_POLL_INTERVAL_MS)))
+    }
+
+    /// Start watching `db` (needs a tokio runtime) without the safety-net poll while the
+    /// operating system watches the file: the head is read when the file is written (and
+    /// once at the start), and nothing runs while it is not, however many databases a
+    /// process watches so (a `Topology` watches each of its nodes). Where the file system
+    /// says nothing of a commit it should have told of, the sessions' next PING wakes them
+    /// (`SessionConfig::ping_interval_ms`). Where the operating system refuses to watch the
+    /// file ([`HeadWatch::file_watch_error`]), it polls every [`HEAD_POLL_INTERVAL_MS`], as
+    /// [`HeadWatch::spawn`] does.
+    pub fn spawn_event_driven(db: Arc<Database>) -> HeadWatch {
+        Self::spawn_polling_every(db, None)
     }
 
     /// [`HeadWatch::spawn`] with another safety-net poll (tests: an hour, so that only the
-    /// file system's word can wake it).
-    fn spawn_polling_every(db: Arc<Database>, poll: Duration) -> HeadWatch {
+    /// file system's word can wake it); `None`: poll only while the file is not watched.
+    fn spawn_polling_every(db: Arc<Database>, poll: Option<Duration>) -> HeadWatch {
         let subscribers: Arc<Mutex<Vec<Weak<Notify>>>> = Arc::default();
         let subs = subscribers.clone();
         let changes = FileChanges::watch(db.path());
         let file_watch_error = changes.error().map(str::to_owned);
+        let poll = poll.or_else(|| {
+            (!changes.is_watching()).then(|| Duration::from_millis(HEAD_POLL_INTERVAL_MS))
+        });
         let task = tokio::spawn(async move {
             let mut head = None;
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let start = tokio::time::Instant::now();
+            let mut tick = poll.map(|every| {
+                let mut tick = tokio::time::interval_at(start + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            });
             let gap = Duration::from_micros(HEAD_CHECK_GAP_US);
-            let mut checked = tokio::time::Instant::now();
-            // A second look after a change the first look did not see (see below).
-            let mut look_again: Option<tokio::time::Instant> = None;
+            let mut checked = start;
+            // A second look after a change the first look did not see (see below); the
+            // first look is at once.
+            let mut look_again: Option<tokio::time::Instant> = Some(start);
             loop {
                 let prompted = tokio::select! {
-                    _ = tick.tick() => false,
+                    _ = async { tick.as_mut().expect("checked").tick().await },
+                        if tick.is_some() => false,
                     _ = changes.changed() => {
                         tokio::time::sleep_until(checked + gap).await;
                         true
@@ -174,7 +198,7 @@ mod tests {
         let path = dir.path().join("a.db");
         let db = Arc::new(Database::open(&path, blazedb::OpenOptions::default()).unwrap());
         let other_process = Database::open(&path, blazedb::OpenOptions::default()).unwrap();
-        let watch = HeadWatch::spawn_polling_every(db, Duration::from_secs(3600));
+        let watch = HeadWatch::spawn_polling_every(db, Some(Duration::from_secs(3600)));
         let wake = watch.subscribe();
         // The first read (the poll's first tick, at once) may wake once; let it pass and take
         // its wake away, so that from here on only a change can wake.
@@ -202,7 +226,7 @@ mod tests {
         let path = dir.path().join("a.db");
         let db = Arc::new(Database::open(&path, blazedb::OpenOptions::default()).unwrap());
         let other_process = Database::open(&path, blazedb::OpenOptions::default()).unwrap();
-        let watch = HeadWatch::spawn_polling_every(db.clone(), Duration::from_secs(3600));
+        let watch = HeadWatch::spawn_polling_every(db.clone(), Some(Duration::from_secs(3600)));
         let wake = watch.subscribe();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;

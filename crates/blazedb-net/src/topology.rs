@@ -16,6 +16,12 @@
 //! it from, and a cell that arrives again by another path is equal to the stored one, so its
 //! apply is a no-op that adds nothing to the feed — the flood stops after one round.
 //!
+//! A node's sessions wake on its handle's commits (its commit listener) and on commits made
+//! to its file through any other handle — another `Database` on the file in this process,
+//! or another process: the topology watches each node's file from its first connection
+//! ([`HeadWatch::spawn_event_driven`]: the file system tells of writes, and nothing polls
+//! while the file is watched). Before, such a commit waited for the next PING (5 s).
+//!
 //! A connection outlives its sessions: when they end with an error that another attempt may
 //! not meet (a timeout, a clock skew the peer refused, a busy file), a supervisor task
 //! connects the two nodes again after a pause ([`Backoff`], as [`crate::sync_watch`] does
@@ -53,6 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::driver::{run_session, DriverOptions, SessionMonitor, SessionReport, SessionSnapshot};
 use crate::error::{ConvergeError, EndedConnection, NetError};
+use crate::head_watch::HeadWatch;
 use crate::limits::{
     DUPLEX_BUFFER_BYTES_DEFAULT, RECONNECT_STABLE_MS, TOPOLOGY_CONNECTIONS_MAX, TOPOLOGY_NODES_MAX,
 };
@@ -248,6 +255,10 @@ struct Node {
     /// The server role this node holds on its database (a `Server` node), given back when
     /// the topology goes.
     _server_role: Option<ServerRoleHold>,
+    /// Wakes the node's sessions on commits to its file that its handle's commit listener
+    /// does not hear of: through another handle, in this process or another. Started with the
+    /// node's first connection (it needs the runtime).
+    heads: Option<Arc<HeadWatch>>,
 }
 
 /// A hold on a database handle's server role ([`Database::set_server_role`]) by a node
@@ -337,6 +348,8 @@ struct End {
     db: Arc<Database>,
     cfg: SessionConfig,
     monitor: SessionMonitor,
+    /// The node's head watch: each session subscribes.
+    heads: Arc<HeadWatch>,
 }
 
 /// Everything a connection's supervisor needs.
@@ -401,6 +414,7 @@ impl Topology {
             role,
             listener,
             _server_role: server_role,
+            heads: None,
         });
         self.node_handle(state.nodes.len() - 1)
     }
@@ -408,6 +422,17 @@ impl Topology {
     /// The database of a node (`None` for a handle of another topology).
     pub fn database(&self, node: NodeHandle) -> Option<Arc<Database>> {
         self.node(&self.lock(), node).map(|n| n.db.clone())
+    }
+
+    /// Why commits to a node's file through other handles (another `Database` on the file,
+    /// in this process or another) are noticed only by polling, every
+    /// [`HEAD_POLL_INTERVAL_MS`](crate::limits::HEAD_POLL_INTERVAL_MS): the operating system
+    /// refused to watch the file (see [`HeadWatch::file_watch_error`]). `None` when it
+    /// watches, before the node's first connection, and for a handle of another topology.
+    pub fn file_watch_error(&self, node: NodeHandle) -> Option<String> {
+        let state = self.lock();
+        let heads = self.node(&state, node)?.heads.as_ref()?;
+        heads.file_watch_error().map(str::to_owned)
     }
 
     /// The name a node was registered with (`None` for a handle of another topology).
@@ -542,6 +567,12 @@ impl Topology {
     ) -> ConnectionHandle {
         let shutdown = CancellationToken::new();
         let monitors = (SessionMonitor::new(), SessionMonitor::new());
+        for i in [a.index, b.index] {
+            let node = &mut state.nodes[i];
+            if node.heads.is_none() {
+                node.heads = Some(Arc::new(HeadWatch::spawn_event_driven(node.db.clone())));
+            }
+        }
         let end = |node: &Node, mode: SyncMode, policy: &SyncPolicy, monitor: &SessionMonitor| {
             let changed = self.inner.changed.clone();
             let mut rx = monitor.subscribe();
@@ -562,6 +593,7 @@ impl Topology {
                     ..opts.session.clone()
                 },
                 monitor: monitor.clone(),
+                heads: node.heads.clone().expect("started above"),
             }
         };
         let link = Arc::new(Mutex::new(Link::default()));
@@ -958,6 +990,7 @@ impl Supervised {
             let opts = DriverOptions {
                 shutdown: self.shutdown.clone(),
                 monitor: Some(end.monitor.clone()),
+                wake: Some(end.heads.subscribe()),
                 ..DriverOptions::default()
             };
             tokio::spawn(run_session(end.db.clone(), io, end.cfg.clone(), opts))
