@@ -23,6 +23,20 @@ fn gc_events(log: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// How many of `events` name `node` as newly expired.
+fn naming(events: &[serde_json::Value], node: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            e["newly_expired"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == node)
+        })
+        .count()
+}
+
 #[test]
 fn a_client_gone_past_the_peer_retention_stops_holding_gc_and_is_logged_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,33 +84,11 @@ fn a_client_gone_past_the_peer_retention_stops_holding_gc_and_is_logged_once() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let named: Vec<&serde_json::Value> = purged
-        .iter()
-        .filter(|e| {
-            e["newly_expired"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|n| n == gone_node.as_str())
-        })
-        .collect();
-    assert_eq!(named.len(), 1, "{purged:?}");
+    assert_eq!(naming(&purged, &gone_node), 1, "{purged:?}");
     // Later runs do not list it again (the desk may expire meanwhile, and is listed once).
     std::thread::sleep(Duration::from_millis(800));
     let later = gc_events(&log);
-    let naming = |node: &str| {
-        later
-            .iter()
-            .filter(|e| {
-                e["newly_expired"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|n| n == node)
-            })
-            .count()
-    };
-    assert_eq!(naming(&gone_node), 1, "{later:?}");
+    assert_eq!(naming(&later, &gone_node), 1, "{later:?}");
     assert!(
         later.iter().all(|e| e["expired_peers"].is_u64()),
         "{later:?}"

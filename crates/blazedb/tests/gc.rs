@@ -1155,6 +1155,47 @@ fn a_caught_up_at_the_cursor_is_acknowledged_so_a_lost_ack_is_made_good() {
     assert_eq!((gc.tombstones_purged, gc.held_by), (5, None), "{gc:?}");
 }
 
+/// A side ending its session once caught up announces the positions its applies took, then
+/// waits for the peer's ACK of that CAUGHT_UP — at most `END_ACK_WAIT_MS`, after which it may
+/// end anyway and its timer no longer fires for the wait (it would fire at once, again and
+/// again, while new changes kept the session from being caught up).
+#[test]
+fn ending_once_caught_up_waits_a_bounded_time_for_the_last_ack() {
+    use blazedb::limits::END_ACK_WAIT_MS;
+    use blazedb::sync::EndReadiness;
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::open(dir.path(), "a");
+    let b = common::open(dir.path(), "b");
+    insert_many(&a, 5);
+    let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+    common::pump_at(0, &a, &mut sa, &b, &mut sb);
+    insert_many(&a, 5);
+    common::pump_at(10, &a, &mut sa, &b, &mut sb);
+    assert!(sb.is_caught_up(&b).unwrap());
+    // The positions B's apply took were passed over without a CAUGHT_UP.
+    assert_eq!(sb.ready_to_end(20), EndReadiness::TransmitFirst);
+    let announced: Vec<Vec<u8>> = std::iter::from_fn(|| sb.poll_transmit(20, &b)).collect();
+    assert_eq!(announced.len(), 1, "one CAUGHT_UP");
+    // Lost: no ACK comes.
+    assert_eq!(sb.ready_to_end(20), EndReadiness::AwaitAck);
+    let deadline = 20 + END_ACK_WAIT_MS;
+    assert!(sb.poll_timeout().unwrap() <= deadline);
+    assert_eq!(sb.ready_to_end(deadline - 1), EndReadiness::AwaitAck);
+    sb.handle_timeout(deadline, &b);
+    assert!(
+        sb.poll_timeout().unwrap() > deadline,
+        "the timer is done with the wait"
+    );
+    assert_eq!(sb.ready_to_end(deadline), EndReadiness::Ready);
+
+    // Delivered, the ACK ends the wait at once.
+    let mut sa = Session::new(&a, SessionConfig::default(), 100_000).unwrap();
+    let mut sb = Session::new(&b, SessionConfig::default(), 100_000).unwrap();
+    common::pump_at(100_000, &a, &mut sa, &b, &mut sb);
+    assert_eq!(sb.ready_to_end(100_000), EndReadiness::Ready);
+}
+
 /// A peer that only pushes to us never receives our deletes, so no cursor of ours says when
 /// its older writes are all in. It holds GC back by age instead: a removal is collected only
 /// once it has been here for the retention, so a pusher's update made before a delete and

@@ -367,6 +367,8 @@ pub struct Session {
     echo_unannounced: bool,
     /// When `ready_to_end` began to wait for the peer's ACK of our last CAUGHT_UP.
     end_ack_wait_since: Option<u64>,
+    /// That wait ran out (`handle_timeout`): no more timer for it, and the session may end.
+    end_ack_wait_over: bool,
     // Receiving the peer's feed.
     /// The highest position this session acknowledged (`send_ack`).
     ack_sent_through: Seq,
@@ -506,6 +508,7 @@ impl Session {
             acked_noted: Seq(0),
             caught_up_sent: None,
             end_ack_wait_since: None,
+            end_ack_wait_over: false,
             ack_sent_through: Seq(0),
             caught_up_sent_ms: now_ms,
             echo_unannounced: false,
@@ -658,7 +661,7 @@ impl Session {
             return EndReadiness::Ready;
         }
         let since = *self.end_ack_wait_since.get_or_insert(now_ms);
-        if now_ms >= since.saturating_add(END_ACK_WAIT_MS) {
+        if self.end_ack_wait_over || now_ms >= since.saturating_add(END_ACK_WAIT_MS) {
             EndReadiness::Ready
         } else {
             EndReadiness::AwaitAck
@@ -1219,6 +1222,14 @@ impl Session {
             );
             return;
         }
+        if self
+            .end_ack_wait_since
+            .is_some_and(|t| now_ms >= t.saturating_add(END_ACK_WAIT_MS))
+        {
+            // Past it, the timer would fire at once again and again while new changes keep
+            // the session from being caught up.
+            self.end_ack_wait_over = true;
+        }
         if now_ms.saturating_sub(self.last_recv_ms) >= self.cfg.idle_timeout_ms {
             let message = if self.state == State::AwaitHello {
                 // The connection works (the transport opened it), but no HELLO came: a
@@ -1330,6 +1341,7 @@ impl Session {
                 .min(self.deferred_echo_due().unwrap_or(u64::MAX))
                 .min(
                     self.end_ack_wait_since
+                        .filter(|_| !self.end_ack_wait_over)
                         .map_or(u64::MAX, |t| t.saturating_add(END_ACK_WAIT_MS)),
                 ),
         )
