@@ -1688,3 +1688,45 @@ fn a_set_element_lost_to_a_delete_resolves_by_restoring_the_record() {
         assert_eq!(f["tags"], Value::List(vec!["keep".into(), "new".into()]));
     }
 }
+
+/// A conflict about a record as a whole (two replicas inserted the same id) has no field to
+/// write a value into: resolving it with one is refused, saying what to do, and leaves it
+/// open (it was marked resolved with the value ignored); resolved without a value, it goes.
+#[test]
+fn a_record_conflict_resolved_with_a_value_is_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "ra"), open(dir.path(), "rb"));
+    let id = RecordId([7; 16]);
+    a.insert_with_id("c", id, [("x", 1)]).unwrap();
+    b.insert_with_id("c", id, [("x", 2), ("y", 3)]).unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    let (db, whole) = [&a, &b]
+        .into_iter()
+        .find_map(|db| {
+            let c = db.conflicts(Some("c")).unwrap();
+            c.into_iter().find(|c| c.field.is_none()).map(|c| (db, c))
+        })
+        .expect("a conflict about the whole record");
+    let before = db.get("c", id).unwrap();
+    let e = db
+        .resolve_conflict(whole.id, Some(Value::from(9)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("as a whole") && e.contains("without a value"),
+        "{e}"
+    );
+    assert_eq!(db.get("c", id).unwrap(), before);
+    assert!(db
+        .conflicts(Some("c"))
+        .unwrap()
+        .iter()
+        .any(|c| c.id == whole.id));
+    db.resolve_conflict(whole.id, None).unwrap();
+    assert!(!db
+        .conflicts(Some("c"))
+        .unwrap()
+        .iter()
+        .any(|c| c.id == whole.id));
+}

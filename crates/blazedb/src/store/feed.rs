@@ -1431,6 +1431,16 @@ impl Database {
             if claimed == 0 {
                 return Err(no_open_conflict());
             }
+            if value.is_some() && c.field.is_none() {
+                // Was taken as resolved with the value ignored, silently (an audit of the
+                // embedded API, 2026-12-07).
+                return Err(Error::InvalidArgument(format!(
+                    "conflict {conflict_id} is about record {} in {:?} as a whole (an insert \
+                     or a delete that replaced it), not one field: resolve it without a \
+                     value, then write the fields the record should hold",
+                    c.record, c.collection
+                )));
+            }
             if let (Some(v), Some(field)) = (value, &c.field) {
                 // One element of a set: the value says whether it is in the set (a value for
                 // the whole field would replace the set: `--loser` wrote `true` over it).
