@@ -612,3 +612,20 @@ fn openers_of_one_new_file_at_once_all_succeed() {
         assert!(nodes.windows(2).all(|w| w[0] == w[1]), "{nodes:?}");
     }
 }
+
+/// A path that names no file — empty, `:memory:`, an SQLite URI — is refused saying so, not
+/// "the file SQLite opened is gone (removed by another process)", which sent users looking
+/// for another process.
+#[test]
+fn a_path_that_names_no_file_is_refused_saying_so() {
+    for path in ["", ":memory:", "file:x.db?mode=memory"] {
+        let e = Database::open(path, OpenOptions::default())
+            .err()
+            .unwrap_or_else(|| panic!("{path:?} opened"))
+            .to_string();
+        assert!(
+            e.contains("keeps a database in a file") && !e.contains("gone"),
+            "{path:?}: {e}"
+        );
+    }
+}

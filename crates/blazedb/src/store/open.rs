@@ -338,6 +338,22 @@ fn open_once(
         path: p.clone(),
         source: e,
     };
+    // SQLite would take these for a private in-memory database or a URI, which BlazeDB
+    // cannot hold (its feed, cursors and the other processes' view live in the file); the
+    // check below then said "the file SQLite opened is gone", which sent users looking for
+    // another process (an audit of the embedded API, 2026-12-07).
+    let name = path.as_os_str();
+    if name.is_empty()
+        || name == ":memory:"
+        || path.to_str().is_some_and(|s| s.starts_with("file:"))
+    {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "BlazeDB keeps a database in a file, and this names none (an empty path, \
+             \":memory:\" or an SQLite URI): give the file's path (for a throwaway \
+             database, one in a temporary directory)",
+        )));
+    }
     let identity = file_identity(path);
     let mut pin = file_pin::pin(path).map_err(io)?;
     let kind = sniff(pin.as_deref()).map_err(io)?;
