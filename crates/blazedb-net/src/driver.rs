@@ -519,11 +519,7 @@ impl Driver {
             let pending = &self.out[self.out_pos..];
             let can_write = write_open && (!pending.is_empty() || needs_flush);
             let timer = if running {
-                self.session().poll_timeout().map(|ms| {
-                    self.start
-                        .checked_add(Duration::from_millis(ms))
-                        .unwrap_or(far)
-                })
+                self.session().poll_timeout().map(|ms| self.instant_at(ms))
             } else {
                 None
             };

@@ -85,7 +85,7 @@ mod snapshot;
 mod view;
 
 use snapshot::{feed_collected_past, new_snapshot};
-use view::{decode_policy_note, encode_policy_note, filter_view, scope_of, strip_excluded};
+use view::{decode_policy_note, encode_policy_note, filter_view, hex, scope_of, strip_excluded};
 
 /// How a session behaves.
 #[derive(Clone, Debug)]
@@ -642,16 +642,8 @@ impl Session {
     pub fn ready_to_end(&mut self, now_ms: u64) -> EndReadiness {
         if self.echo_unannounced && self.state == State::Open {
             // `is_caught_up` held: everything up to `sent_through` went out.
-            self.echo_unannounced = false;
-            self.caught_up_sent = Some(self.sent_through);
-            self.caught_up_sent_ms = now_ms;
+            self.send_caught_up(now_ms);
             self.end_ack_wait_since = Some(now_ms);
-            self.send(
-                &Message::CaughtUp {
-                    seq: self.sent_through,
-                },
-                now_ms,
-            );
             return EndReadiness::TransmitFirst;
         }
         let Some(announced) = self.caught_up_sent else {
@@ -1478,13 +1470,7 @@ const NOTE_SNAPSHOT_VIEW: &str = "snapshot_view";
 /// client, a 1.6 KB rules file cost 9.6 KB of store pages per client node, kept for good (a
 /// resource audit, 2026-12-07: 96 MB for 10,000 nodes). Only equality is ever asked of it.
 fn view_note(view: &str) -> String {
-    let digest = openssl::sha::sha256(view.as_bytes());
-    let mut note = String::with_capacity(7 + 64);
-    note.push_str("sha256:");
-    for b in digest {
-        note.push_str(&format!("{b:02x}"));
-    }
-    note
+    format!("sha256:{}", hex(&openssl::sha::sha256(view.as_bytes())))
 }
 
 /// The value of `NOTE_SNAPSHOT_VIEW` for snapshot `snap_id` served under `view` (its note).

@@ -467,17 +467,23 @@ impl Session {
             && !self.replacing_snapshot_due
             && self.caught_up_sent != Some(self.sent_through)
         {
-            self.caught_up_sent = Some(self.sent_through);
-            self.caught_up_sent_ms = now_ms;
-            self.echo_unannounced = false;
-            self.send(
-                &Message::CaughtUp {
-                    seq: self.sent_through,
-                },
-                now_ms,
-            );
+            self.send_caught_up(now_ms);
         }
         Ok(())
+    }
+
+    /// CAUGHT_UP(`sent_through`): everything up to there went out in complete units, or holds
+    /// only the peer's own changes. Announces positions `pass_over_echo` passed too.
+    pub(super) fn send_caught_up(&mut self, now_ms: u64) {
+        self.caught_up_sent = Some(self.sent_through);
+        self.caught_up_sent_ms = now_ms;
+        self.echo_unannounced = false;
+        self.send(
+            &Message::CaughtUp {
+                seq: self.sent_through,
+            },
+            now_ms,
+        );
     }
 
     /// Encode changes as one or more CHANGES frames, splitting at record boundaries, and

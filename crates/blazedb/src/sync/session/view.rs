@@ -688,7 +688,12 @@ pub(super) fn scope_of(old: Option<&SyncPolicy>, new: &SyncPolicy) -> Option<Vec
 pub(super) fn encode_policy_note(p: &SyncPolicy) -> String {
     let mut b = Vec::new();
     p.encode(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex(&b)
+}
+
+/// `bytes` in lowercase hex, for peer notes.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub(super) fn decode_policy_note(hex: &str) -> Option<SyncPolicy> {
