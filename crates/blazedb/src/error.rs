@@ -231,6 +231,17 @@ pub enum Error {
     /// A file operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A call on a [`Database`](crate::Database) from code that already holds its lock on
+    /// the same thread: the application's [`transaction`](crate::Database::transaction)
+    /// closure calling the handle it runs on. Waiting would never end (the lock is not
+    /// re-entrant), so the call is refused.
+    #[error(
+        "this database is already in use by a transaction on this thread (a call on the \
+         Database from inside its own transaction closure would wait for itself forever): \
+         read and write through the Tx the closure was given (tx.get, tx.update, ...), or \
+         make the call before or after the transaction"
+    )]
+    Reentrant,
 }
 
 impl Error {

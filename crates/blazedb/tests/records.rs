@@ -244,6 +244,53 @@ fn transactions_are_atomic() {
     assert_eq!(batch.changes[0].seq, batch.changes[1].seq);
 }
 
+/// A call on the database from inside its own transaction closure waited for itself forever
+/// (the handle's lock is not re-entrant; API audit). Now it is refused with
+/// `Error::Reentrant`, the closure may go on with its `Tx`, and the handle stays usable.
+/// Run on a thread with a deadline, so a regression fails instead of hanging the suite.
+#[test]
+fn a_call_on_the_database_inside_its_own_transaction_is_refused_not_a_deadlock() {
+    let (_d, db) = db();
+    let db = std::sync::Arc::new(db);
+    let id = db.insert("c", [("n", 1)]).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let inside = db.clone();
+    std::thread::spawn(move || {
+        let r = inside.transaction(|tx| {
+            let read = inside.get("c", id).map(|_| ());
+            let write = inside.update("c", id, Patch::new().set("n", 3)).map(|_| ());
+            let nested = inside.transaction(|_| Ok(()));
+            let query = inside.count("c").map(|_| ());
+            tx.update("c", id, Patch::new().set("n", 2))?;
+            Ok([read, write, nested, query])
+        });
+        let _ = done.send(r);
+    });
+    let calls = finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a call inside the transaction closure hung")
+        .unwrap();
+    for r in calls {
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::Reentrant), "{e:?}");
+        assert!(e.to_string().contains("through the Tx"), "{e}");
+    }
+    // The transaction's own write committed; the refused one did not happen.
+    assert_eq!(db.get("c", id).unwrap().unwrap().fields["n"], Value::Int(2));
+    // Other threads may still wait for the lock as before: no false refusal.
+    let other = db.clone();
+    let held = db
+        .transaction(|tx| {
+            let t = std::thread::spawn(move || other.get("c", id).map(|r| r.is_some()));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tx.update("c", id, Patch::new().set("n", 4))?;
+            Ok(t)
+        })
+        .unwrap();
+    assert!(held.join().unwrap().unwrap());
+    assert_eq!(db.get("c", id).unwrap().unwrap().fields["n"], Value::Int(4));
+}
+
 #[test]
 fn limits_are_clear_errors() {
     let (_d, db) = db();

@@ -974,7 +974,7 @@ impl Database {
             self.noted_cursors().forget(from, PeerDirection::Received);
         }
         // The clock check needs no read of the file.
-        let inner = self.lock_bare();
+        let inner = self.lock_bare()?;
         // Check clocks before touching anything: a timestamp from the far future is refused,
         // not adopted (it would drag every later local write with it). Staged parts were
         // checked when they arrived.

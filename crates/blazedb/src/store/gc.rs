@@ -200,7 +200,7 @@ impl Database {
         self.store_noted_cursors()?;
         let now = self.now_ms();
         // `write_tx` begins the write transaction and checks the file inside it.
-        let mut inner = self.lock_bare();
+        let mut inner = self.lock_bare()?;
         let mut report = write_tx(&mut inner, |inner| collect(inner, opts, now))?;
         report.history_rows_removed +=
             super::history::compact(&mut inner, &self.options.history, now)?;

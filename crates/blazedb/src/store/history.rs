@@ -947,7 +947,7 @@ impl Database {
     /// Apply the retention policy now. Returns how many entries were removed.
     pub fn compact_history(&self) -> Result<u64> {
         // `compact` runs its own write transaction and needs no cache.
-        let mut inner = self.lock_bare();
+        let mut inner = self.lock_bare()?;
         compact(&mut inner, &self.options.history, self.now_ms())
     }
 

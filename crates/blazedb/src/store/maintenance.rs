@@ -306,7 +306,7 @@ impl Database {
 
     /// Rebuild the file to reclaim free pages.
     pub fn vacuum(&self) -> Result<()> {
-        let inner = self.lock_bare();
+        let inner = self.lock_bare()?;
         // Rewrites the whole file.
         inner.mark_unbounded();
         inner.conn.execute_batch(
@@ -487,7 +487,7 @@ impl Database {
         // in between to copy: writers wait for that one, and a WAL that checkpoints were
         // kept from (by a reader elsewhere, or the last check) may be large.
         checkpoint()?;
-        let inner = self.lock_bare();
+        let inner = self.lock_bare()?;
         inner.exec_cached("BEGIN IMMEDIATE")?;
         let pinned = (|| -> rusqlite::Result<bool> {
             // Another connection's checkpoint (`busy`) has a bounded amount to copy while no
@@ -591,7 +591,7 @@ mod tests {
     }
 
     fn cached_rows(db: &Database) -> usize {
-        db.lock_bare().record_cache.len()
+        db.lock_bare().unwrap().record_cache.len()
     }
 
     fn n_of(db: &Database, id: RecordId) -> Value {
@@ -614,7 +614,7 @@ mod tests {
         assert_eq!(n_of(&db, ids[0]), Value::from(-1));
         assert_eq!(cached_rows(&db), 20, "the restart emptied the record cache");
         {
-            let inner = db.lock_bare();
+            let inner = db.lock_bare().unwrap();
             assert_eq!(inner.data_version_now().unwrap(), inner.data_version);
         }
         // And writes through it go on from the cached rows (a stale row fails the debug
@@ -678,13 +678,13 @@ mod tests {
         let slot = db.checkpointer.lock().unwrap();
         let ck = slot.as_ref().expect("opened by the checkpoint");
         let before = data_version(&ck.conn).unwrap();
-        let seen = db.lock_bare().data_version;
+        let seen = db.lock_bare().unwrap().data_version;
         other
             .update("notes", ids[2], Patch::new().set("n", 5))
             .unwrap();
         ck.vouch(&db.inner, before, seen).unwrap();
         assert_eq!(
-            db.lock_bare().data_version,
+            db.lock_bare().unwrap().data_version,
             seen,
             "vouched for a foreign commit"
         );

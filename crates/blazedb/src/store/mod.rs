@@ -174,6 +174,11 @@ pub struct Database {
     /// (its closure is the application's code), an index build, a vacuum. Set just after
     /// the lock is taken, cleared with `lock_taken_ns` ([`Database::lock_held_long`]).
     lock_unbounded: AtomicBool,
+    /// The [`thread_token`] of the thread holding `inner`, 0 while it is free: a call on
+    /// this handle from code that already holds its lock (the application's `transaction`
+    /// closure calling `db.get`) is refused with [`Error::Reentrant`](crate::Error::Reentrant) instead of waiting
+    /// for itself forever (the mutex is not re-entrant).
+    lock_owner: AtomicU64,
     /// The feed head after this handle's newest commit (see
     /// [`Database::last_seq_committed_here`]).
     committed_head: Arc<AtomicU64>,
@@ -186,6 +191,15 @@ pub struct Database {
 fn lock_clock_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+/// A number naming the calling thread, never 0 and never reused (for `lock_owner`).
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
 }
 
 impl Drop for Database {
@@ -321,6 +335,7 @@ impl Database {
             noted_cursors: Mutex::default(),
             lock_taken_ns: AtomicU64::new(0),
             lock_unbounded: AtomicBool::new(false),
+            lock_owner: AtomicU64::new(0),
             committed_head,
             pin: opened.pin,
         })
@@ -446,7 +461,7 @@ impl Database {
         // each: that statement (a shared-memory lock and unlock, two `fcntl` calls) was 17% of
         // all CPU (measured 2026-12-04, 1,000 clients, writer at 100 commits/s).
         {
-            let mut inner = self.lock_bare();
+            let mut inner = self.lock_bare()?;
             if let Some((s, seq)) = inner.head_cache {
                 if s == inner.feed_state() {
                     let commits = inner.file_commits.load(Ordering::Acquire);
@@ -488,7 +503,7 @@ impl Database {
     /// statement. A sync round ran ~25 of those per side; inside one snapshot the check is
     /// free and the statements share the lock.
     pub(crate) fn lock(&self) -> Result<Locked<'_>> {
-        let mut l = self.lock_bare();
+        let mut l = self.lock_bare()?;
         l.exec_cached("BEGIN")?;
         l.read_open = true;
         l.refresh()?;
@@ -499,7 +514,7 @@ impl Database {
     /// inside it). The holder commits with [`Inner::commit`]; a guard dropped with the
     /// transaction still open rolls it back.
     pub(crate) fn lock_write(&self) -> Result<Locked<'_>> {
-        let mut l = self.lock_bare();
+        let mut l = self.lock_bare()?;
         l.begin_write()?;
         Ok(l)
     }
@@ -508,7 +523,7 @@ impl Database {
     /// [`Database::lock_held_long`]): marked before the transaction begins, which may
     /// itself wait for another process's writer.
     pub(crate) fn lock_write_unbounded(&self) -> Result<Locked<'_>> {
-        let mut l = self.lock_bare();
+        let mut l = self.lock_bare()?;
         l.mark_unbounded();
         l.begin_write()?;
         Ok(l)
@@ -517,20 +532,28 @@ impl Database {
     /// The connection with no transaction and no freshness check: for maintenance that
     /// must run outside any transaction (checkpoints, VACUUM, rekey), and for paths that
     /// begin their own write transaction ([`Inner::begin_write`] checks the file then).
-    pub(crate) fn lock_bare(&self) -> Locked<'_> {
+    pub(crate) fn lock_bare(&self) -> Result<Locked<'_>> {
+        let me = thread_token();
+        if self.lock_owner.load(Ordering::Relaxed) == me {
+            // Only this thread stores its token, and clears it before letting go: equal
+            // means this thread holds the lock now, and waiting would never end.
+            return Err(crate::Error::Reentrant);
+        }
         // A panic while holding the lock cannot leave SQLite half-written (the guard's drop
         // rolls an open transaction back), so a poisoned lock is safe to reuse.
         let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.lock_owner.store(me, Ordering::Relaxed);
         self.lock_taken_ns.store(lock_clock_ns(), Ordering::Relaxed);
         let changes_at_start = guard.conn.total_changes();
-        Locked {
+        Ok(Locked {
             held: HeldMark {
                 taken: &self.lock_taken_ns,
                 unbounded: &self.lock_unbounded,
+                owner: &self.lock_owner,
             },
             guard,
             changes_at_start,
-        }
+        })
     }
 
     /// How long another caller has held this handle's lock, `None` when it is free. A hint
@@ -562,22 +585,25 @@ impl Database {
     /// Block until this handle's lock is free (take it and let it go): for a caller that
     /// saw [`Database::lock_held_for`] long and waits on a thread that may block.
     pub fn wait_for_lock(&self) {
-        drop(self.lock_bare());
+        // Refused at once when this thread holds it: there is nothing to wait for.
+        let _ = self.lock_bare();
     }
 }
 
-/// Clears [`Database`]'s `lock_taken_ns` and `lock_unbounded` when a [`Locked`] goes,
-/// before its mutex guard (fields drop in order), so the marks never name a later holder's
-/// time as free or its work as unbounded.
+/// Clears [`Database`]'s `lock_taken_ns`, `lock_unbounded` and `lock_owner` when a
+/// [`Locked`] goes, before its mutex guard (fields drop in order), so the marks never name
+/// a later holder's time as free, its work as unbounded, or its thread as another's.
 struct HeldMark<'a> {
     taken: &'a AtomicU64,
     unbounded: &'a AtomicBool,
+    owner: &'a AtomicU64,
 }
 
 impl Drop for HeldMark<'_> {
     fn drop(&mut self) {
         self.unbounded.store(false, Ordering::Relaxed);
         self.taken.store(0, Ordering::Relaxed);
+        self.owner.store(0, Ordering::Relaxed);
     }
 }
 

@@ -123,7 +123,7 @@ impl Database {
             path: p.clone(),
             source,
         };
-        let mut inner = self.lock_bare();
+        let mut inner = self.lock_bare()?;
         let conn = &inner.conn;
         // Every open connection to a WAL file holds a shared lock on it: with one of them
         // open, the exclusive lock is refused at once (no busy wait: it would not let go).

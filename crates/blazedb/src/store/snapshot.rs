@@ -241,7 +241,7 @@ impl Database {
         acked: Seq,
     ) -> Result<()> {
         // `write_tx` begins the write transaction and checks the file inside it.
-        let mut inner = self.lock_bare();
+        let mut inner = self.lock_bare()?;
         write_tx(&mut inner, |inner| {
             if let Some(p) = progress_in(inner, peer)? {
                 if p.snap_id == snap_id && p.position == position {
@@ -280,7 +280,7 @@ impl Database {
     ) -> Result<()> {
         check_chunk_size(idx, chunk)?;
         // `write_tx` begins the write transaction and checks the file inside it.
-        let mut inner = self.lock_bare();
+        let mut inner = self.lock_bare()?;
         write_tx(&mut inner, |inner| {
             let p = expect_progress(inner, peer, snap_id)?;
             if !is_next_chunk(&p, idx)? {
@@ -397,7 +397,7 @@ impl Database {
     /// Drop whatever snapshot is staged from `peer`.
     pub fn snapshot_abort(&self, peer: NodeId) -> Result<()> {
         // `write_tx` begins the write transaction and checks the file inside it.
-        let mut inner = self.lock_bare();
+        let mut inner = self.lock_bare()?;
         write_tx(&mut inner, |inner| discard(inner, peer))
     }
 

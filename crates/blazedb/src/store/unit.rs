@@ -86,7 +86,7 @@ impl Database {
     ) -> Result<()> {
         let now = self.now_ms();
         // The checks need no read of the file; `begin_write` checks it for the write.
-        let mut inner = self.lock_bare();
+        let mut inner = self.lock_bare()?;
         for ch in changes {
             validate_collection_name(&ch.collection)
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?;

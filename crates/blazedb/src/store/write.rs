@@ -302,7 +302,9 @@ impl Database {
     /// Run `f` as one atomic transaction: all its writes commit together, or none does (on
     /// `Err`, or a panic). The database's lock is held while `f` runs: sync sessions of this
     /// handle wait meanwhile, and keep their connections alive (see
-    /// [`Database::lock_held_long`]).
+    /// [`Database::lock_held_long`]). Inside `f`, read and write through the [`Tx`]: a call
+    /// on this same handle from `f` is refused with [`Error::Reentrant`](crate::Error::Reentrant)
+    /// (it would wait for its own transaction forever).
     pub fn transaction<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         self.run_transaction(Hold::Unbounded, f)
     }
