@@ -26,8 +26,10 @@ use crate::driver::{run_session, DriverOptions, SessionReport};
 use crate::error::NetError;
 use crate::head_watch::HeadWatch;
 use crate::limits::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, DUPLEX_BUFFER_BYTES_DEFAULT, SYNC_ONCE_ROUNDS_MAX,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, DUPLEX_BUFFER_BYTES_DEFAULT, RECONNECT_STABLE_MS,
+    SYNC_ONCE_ROUNDS_MAX,
 };
+use crate::reconnect::{is_permanent, Backoff, BackoffConfig};
 use crate::topology::complement;
 
 /// How to sync two files.
@@ -69,6 +71,38 @@ impl Default for SyncFilesOptions {
             password_b: None,
             create_missing: true,
             session: SessionConfig::default(),
+        }
+    }
+}
+
+/// What [`sync_files_watch`] tells its caller while it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FilesNotice {
+    /// The operating system would not watch a file ([`HeadWatch::file_watch_error`]): its
+    /// commits by other processes are noticed by the poll only.
+    FileWatchUnavailable {
+        /// Why.
+        error: String,
+    },
+    /// The sessions failed for a reason that may pass and start again in `delay_ms`.
+    Retrying {
+        /// The wait before the next attempt (exponential backoff with jitter).
+        delay_ms: u64,
+        /// Why they stopped.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for FilesNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilesNotice::FileWatchUnavailable { error } => {
+                write!(f, "file changes by other processes are polled for: {error}")
+            }
+            FilesNotice::Retrying { delay_ms, error } => {
+                write!(f, "sync stopped: {error}; starting again in {delay_ms} ms")
+            }
         }
     }
 }
@@ -204,10 +238,14 @@ pub async fn sync_files_once(
 ///
 /// Changes made through this process reach the other file at once; changes made by other
 /// processes are noticed when the file system tells of them, or within
-/// [`HEAD_POLL_INTERVAL_MS`](crate::limits::HEAD_POLL_INTERVAL_MS) (see the module docs). Returns an
-/// error if a session ends by itself (a protocol error such as a refused clock skew).
-/// `on_notice` hears, at the start, of a file the operating system would not watch (its
-/// commits by other processes then wait for the poll; [`HeadWatch::file_watch_error`]).
+/// [`HEAD_POLL_INTERVAL_MS`](crate::limits::HEAD_POLL_INTERVAL_MS) (see the module docs).
+/// Sessions that fail for a reason that may pass (a file's write lock held by another
+/// process past the busy timeout) are started again after a backoff, as `sync_watch`
+/// reconnects; an error the next attempt would meet again (a refused policy, a damaged
+/// file, a change too large for the limits) ends the watch and is returned. `on_notice`
+/// hears of each restart, and, at the start, of a file the operating system would not
+/// watch (its commits by other processes then wait for the poll;
+/// [`HeadWatch::file_watch_error`]).
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), blazedb_net::NetError> {
@@ -223,7 +261,7 @@ pub async fn sync_files_watch(
     b: &Path,
     opts: SyncFilesOptions,
     stop: impl std::future::Future<Output = ()>,
-    mut on_notice: impl FnMut(&str),
+    mut on_notice: impl FnMut(FilesNotice),
 ) -> Result<SyncFilesReport, NetError> {
     let started = Instant::now();
     let (da, db) = open_pair(a, b, &opts).await?;
@@ -237,7 +275,9 @@ pub async fn sync_files_watch(
     );
     let heads = [HeadWatch::spawn(da.clone()), HeadWatch::spawn(db.clone())];
     for error in heads.iter().filter_map(|h| h.file_watch_error()) {
-        on_notice(error);
+        on_notice(FilesNotice::FileWatchUnavailable {
+            error: error.to_owned(),
+        });
     }
     let (wake_a, wake_b) = (heads[0].subscribe(), heads[1].subscribe());
     let driver = |wake: &Arc<Notify>| DriverOptions {
@@ -245,27 +285,74 @@ pub async fn sync_files_watch(
         wake: Some(wake.clone()),
         ..DriverOptions::default()
     };
-    let (io_a, io_b) = tokio::io::duplex(DUPLEX_BUFFER_BYTES_DEFAULT);
-    let sessions = async {
-        tokio::join!(
-            run_session(da.clone(), io_a, cfg_a, driver(&wake_a)),
-            run_session(db.clone(), io_b, cfg_b, driver(&wake_b)),
-        )
-    };
+    let mut backoff = Backoff::new(BackoffConfig::default());
     let stopper = async {
         stop.await;
         token.cancel();
         std::future::pending::<()>().await
     };
-    let (ra, rb) = tokio::select! {
-        r = sessions => r,
+    // The pair of sessions, started again after a failure that may pass: another process
+    // holding a file's write lock past the busy timeout, a session that timed out. Only
+    // what the next attempt would meet again (the same permanent refusal) ends the watch.
+    let work = async {
+        loop {
+            let attempt_started = Instant::now();
+            let (io_a, io_b) = tokio::io::duplex(DUPLEX_BUFFER_BYTES_DEFAULT);
+            let (ra, rb) = tokio::join!(
+                run_session(da.clone(), io_a, cfg_a.clone(), driver(&wake_a)),
+                run_session(db.clone(), io_b, cfg_b.clone(), driver(&wake_b)),
+            );
+            if let (Some(x), Some(y)) = (report_of(&ra), report_of(&rb)) {
+                report.add_round(x, y);
+            }
+            let error = match (ra, rb) {
+                (Ok(_), Ok(_)) if token.is_cancelled() => return Ok(()),
+                (Ok(_), Ok(_)) => "a session ended by itself".to_owned(),
+                (ra, rb) => {
+                    let error = first_cause(ra.err(), rb.err());
+                    if is_permanent(&error) {
+                        return Err(error);
+                    }
+                    error.to_string()
+                }
+            };
+            if token.is_cancelled() {
+                return Ok(());
+            }
+            if attempt_started.elapsed().as_millis() as u64 >= RECONNECT_STABLE_MS {
+                backoff.reset();
+            }
+            let delay_ms = backoff.next_delay_ms(rand::random());
+            on_notice(FilesNotice::Retrying { delay_ms, error });
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                _ = token.cancelled() => return Ok(()),
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = work => r,
         _ = stopper => unreachable!("the stopper never completes"),
     };
     drop(heads);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
-    let (ra, rb) = (ra?, rb?);
-    report.add_round(&ra, &rb);
-    Ok(report)
+    result.map(|()| report)
+}
+
+/// Of the two sides' errors, the one that says what happened: a side's own failure rather
+/// than the other side's report of it (a `remote` protocol error) or of the pipe closing.
+fn first_cause(a: Option<NetError>, b: Option<NetError>) -> NetError {
+    let echo = |e: &NetError| match e {
+        NetError::Sync { error, .. } => error.remote,
+        NetError::Disconnected { .. } | NetError::PeerShutDown { .. } => true,
+        _ => false,
+    };
+    match (a, b) {
+        (Some(a), Some(b)) if echo(&a) && !echo(&b) => b,
+        (Some(a), _) => a,
+        (None, Some(b)) => b,
+        (None, None) => unreachable!("called with one side failed"),
+    }
 }
 
 async fn open_pair(

@@ -71,7 +71,8 @@ pub use driver::{
 };
 pub use error::{ConvergeError, EndedConnection, NetError};
 pub use files::{
-    sync_files_once, sync_files_watch, DirectionReport, SyncFilesOptions, SyncFilesReport,
+    sync_files_once, sync_files_watch, DirectionReport, FilesNotice, SyncFilesOptions,
+    SyncFilesReport,
 };
 pub use reconnect::{sync_once, sync_watch, ClientError, ClientEvent, ClientOptions, ClientReport};
 pub use topology::{

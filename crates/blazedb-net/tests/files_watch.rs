@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blazedb::{Database, OpenOptions, RecordId, Value};
-use blazedb_net::{sync_files_watch, SyncFilesOptions};
+use blazedb_net::{sync_files_watch, FilesNotice, SyncFilesOptions};
 use common::{dump, fill};
 
 fn open_file(path: &Path) -> Database {
@@ -65,4 +65,65 @@ async fn commits_by_other_connections_are_synced_until_stopped() {
     assert!(report.b_to_a.cells_applied >= 5, "{report:?}");
     assert_eq!(dump(&other_a), dump(&other_b));
     assert_eq!(other_b.count("c").unwrap(), 111);
+}
+
+/// A session that fails for a reason that passes (here: file B's write lock held by another
+/// connection past the busy timeout, as another process's long transaction would) used to
+/// end the whole watch with that error, and `blazedb sync A B` with it. Now the pair of
+/// sessions is started again after a backoff, the user is told, and the change arrives
+/// once the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_fails_for_a_passing_reason_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let (other_a, other_b) = (open_file(&pa), open_file(&pb));
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watch = tokio::spawn({
+        let (pa, pb, notices) = (pa.clone(), pb.clone(), notices.clone());
+        async move {
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            sync_files_watch(&pa, &pb, SyncFilesOptions::default(), stop, |n| {
+                notices.lock().unwrap().push(n)
+            })
+            .await
+        }
+    });
+    let first = other_a.insert("c", [("n", Value::Int(1))]).unwrap();
+    arrives(&other_b, "c", first).await;
+
+    // Hold B's write lock past the busy timeout (10 s) from another connection, and
+    // write on A meanwhile: B's session cannot apply it.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        other_b
+            .transaction(|tx| {
+                tx.insert("held", [("n", Value::Int(0))])?;
+                held_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_secs(12));
+                Ok(())
+            })
+            .unwrap();
+        other_b
+    });
+    held_rx.recv().unwrap();
+    let during = other_a.insert("c", [("n", Value::Int(2))]).unwrap();
+    let other_b = tokio::task::spawn_blocking(move || holder.join().unwrap())
+        .await
+        .unwrap();
+    assert!(!watch.is_finished(), "the watch ended: {:?}", watch.await);
+    arrives(&other_b, "c", during).await;
+    let told = notices.lock().unwrap().clone();
+    assert!(
+        told.iter().any(|n| matches!(n,
+            FilesNotice::Retrying { error, .. } if error.contains("database is locked"))),
+        "the user is told the sync stopped and restarts: {told:?}"
+    );
+
+    stop_tx.send(()).unwrap();
+    let report = watch.await.unwrap().unwrap();
+    assert!(report.rounds >= 2, "{report:?}");
+    assert_eq!(dump(&other_a), dump(&other_b));
 }

@@ -24,7 +24,7 @@ use blazedb_net::peer_lock;
 use blazedb_net::reconnect::{rejection_json, ClientEvent};
 use blazedb_net::transport::{ConnectOptions, TlsClientOptions};
 use blazedb_net::{
-    sync_files_once, sync_files_watch, sync_once, sync_watch, ClientOptions, Endpoint,
+    sync_files_once, sync_files_watch, sync_once, sync_watch, ClientOptions, Endpoint, FilesNotice,
     SyncFilesOptions,
 };
 use clap::Args;
@@ -269,8 +269,13 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         if args.once {
             sync_files_once(&args.db_a, &args.db_b, opts).await
         } else {
-            sync_files_watch(&args.db_a, &args.db_b, opts, interrupted(), |error| {
-                eprintln!("{}", file_watch_unavailable(error));
+            sync_files_watch(&args.db_a, &args.db_b, opts, interrupted(), |notice| {
+                let line = match notice {
+                    FilesNotice::FileWatchUnavailable { error } => file_watch_unavailable(&error),
+                    FilesNotice::Retrying { delay_ms, error } => retrying(delay_ms, &error),
+                    _ => json!({ "event": "other" }),
+                };
+                eprintln!("{line}");
             })
             .await
         }
@@ -448,9 +453,7 @@ fn event_json(e: &ClientEvent, db: &std::path::Path, peer: &Endpoint) -> serde_j
             v["conflicts"] = format!("blazedb conflicts {}", db.display()).into();
             v
         }
-        ClientEvent::Retrying { delay_ms, error } => {
-            json!({ "event": "retrying", "delay_ms": delay_ms, "error": error })
-        }
+        ClientEvent::Retrying { delay_ms, error } => retrying(*delay_ms, error),
         ClientEvent::FileWatchUnavailable { error } => file_watch_unavailable(error),
         ClientEvent::TokenUnchecked => token_unchecked(peer),
         _ => json!({ "event": "other" }),
@@ -472,6 +475,12 @@ fn token_unchecked(peer: &Endpoint) -> serde_json::Value {
              `blazedb serve` with --token, --jwt-secret or --jwt-public-key)"
         ),
     })
+}
+
+/// The event that says the sync stopped for a reason that may pass and starts again in
+/// `delay_ms`.
+fn retrying(delay_ms: u64, error: &str) -> serde_json::Value {
+    json!({ "event": "retrying", "delay_ms": delay_ms, "error": error })
 }
 
 /// The event that says other processes' commits to a database reach peers only by polling
