@@ -73,6 +73,7 @@ use blazedb::sync::{
     SyncError, SyncPolicy,
 };
 use blazedb::{Database, NodeId, Seq};
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout_at, Instant};
@@ -391,6 +392,8 @@ enum Wake {
     Shutdown,
     Policy(bool),
     Timer,
+    /// The timer, with the peer's bytes (this many, in the buffer) ready too: read first.
+    ReadThenTimer(usize),
     HelloTimeout,
     LingerExpired,
 }
@@ -540,6 +543,18 @@ impl Driver {
                     Wake::HelloTimeout,
                 _ = sleep_until(linger_until.unwrap_or(far)), if !running => Wake::LingerExpired,
             };
+            // The timer may be the idle timeout, and the peer's bytes may be waiting: a loop
+            // that woke late (a loaded machine, a long step before) with both ready read them
+            // first rather than tell a live peer it said nothing. Reading is cancel-safe: a
+            // read not ready now takes nothing.
+            let wake = match wake {
+                Wake::Timer if read_open => match rd.read(&mut buf).now_or_never() {
+                    Some(Ok(n)) if n > 0 => Wake::ReadThenTimer(n),
+                    Some(r) => Wake::Read(r),
+                    None => Wake::Timer,
+                },
+                other => other,
+            };
             let wake = match wake {
                 // A TLS peer gone without its close_notify (rustls says so as an unexpected
                 // end of file) has closed the connection as a TCP peer closing it has: the
@@ -595,11 +610,10 @@ impl Driver {
                         self.close(ErrorCode::InvalidPolicy, &m);
                     }
                 }
-                Wake::Timer => {
-                    let now = self.now_ms();
-                    let db = self.db.clone();
-                    // Pings and persists the acknowledged cursor: short.
-                    self.session_mut().handle_timeout(now, &db);
+                Wake::Timer => self.on_timer(),
+                Wake::ReadThenTimer(n) => {
+                    self.handle_input(&buf[..n]).await;
+                    self.on_timer();
                 }
                 Wake::HelloTimeout => {
                     let limit = self.opts.hello_timeout.unwrap_or_default();
@@ -643,6 +657,17 @@ impl Driver {
         self.drain_events();
     }
 
+    /// The session's timer is due: pings and persists the acknowledged cursor (short), or
+    /// ends a session whose peer has been silent too long.
+    fn on_timer(&mut self) {
+        if self.session().is_closed() {
+            return;
+        }
+        let now = self.now_ms();
+        let db = self.db.clone();
+        self.session_mut().handle_timeout(now, &db);
+    }
+
     /// Feed received bytes to the session (discarded once it is closed).
     async fn handle_input(&mut self, bytes: &[u8]) {
         if self.session().is_closed() {
@@ -666,6 +691,12 @@ impl Driver {
             let db = self.db.clone();
             let _ = self.session_mut().handle_bytes(now, bytes, &db);
         }
+        // Applying a unit (or a snapshot) may take longer than the idle timeout, and nothing
+        // was read meanwhile: the peer's frames of that time wait unread in the transport,
+        // and the timer must not fire before they are (the peer allows for the apply on its
+        // side: `Session::poll_timeout`).
+        let done = self.now_ms();
+        self.session_mut().handle_stall(now, done);
         self.drain_events();
     }
 

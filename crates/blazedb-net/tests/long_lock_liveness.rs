@@ -165,3 +165,56 @@ async fn a_path_that_dies_during_a_long_lock_wait_is_still_found_out() {
     .await
     .expect("test took too long");
 }
+
+/// A session's own apply of a large unit (one transaction of a few hundred thousand cells,
+/// applied whole) outlasting the idle timeout: the sender allows for it (the cells it has
+/// not had acknowledged), and the receiver does not count the time it spent applying, when
+/// it read nothing, as the sender's silence. Until 2026-12-07 the sender said "nothing
+/// received" and cut a live peer off (API audit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_a_unit_longer_than_the_idle_timeout_does_not_cut_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    // Synced once first, so the feed goes as a unit (an empty peer gets a snapshot).
+    a.insert("c", [("n", Value::Int(-1))]).unwrap();
+    let pair = |cfg: SessionConfig| {
+        let (io_a, io_b) = tokio::io::duplex(1 << 16);
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            tokio::join!(
+                run_session(a, io_a, cfg.clone(), DriverOptions::once()),
+                run_session(b, io_b, cfg, DriverOptions::once()),
+            )
+        }
+    };
+    let (ra, rb) = pair(SessionConfig::default()).await;
+    (ra.unwrap(), rb.unwrap());
+    let records = 50_000i64;
+    a.transaction(|tx| {
+        for i in 0..records {
+            tx.insert("c", (0..5).map(|f| (format!("f{f}"), Value::Int(i))))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+
+    // An idle timeout well below the apply's time (~1 s here).
+    let idle_ms = 100;
+    let quick = SessionConfig {
+        ping_interval_ms: idle_ms / 4,
+        idle_timeout_ms: idle_ms,
+        ..SessionConfig::default()
+    };
+    let started = Instant::now();
+    let (ra, rb) = pair(quick).await;
+    let took = started.elapsed();
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(count(&b, "c"), records as u64 + 1);
+    assert_eq!(rb.stats.cells_applied, records as u64 * 6, "{rb:?}");
+    assert!(ra.caught_up && rb.caught_up);
+    // Otherwise the test shows nothing.
+    assert!(
+        took > Duration::from_millis(3 * idle_ms),
+        "the apply took {took:?}, not longer than the idle timeout"
+    );
+}

@@ -118,9 +118,10 @@ pub const EVICT_RECORDS_MAX: usize = 65_536;
 /// Cells per snapshot chunk the sender reads (a record is never split across pages; one
 /// larger than `RECORD_BYTES_MAX` goes in several chunks: `sync::snapshot::page_chunks`).
 pub const SNAPSHOT_CHUNK_CELLS: usize = 16_384;
-/// The slowest snapshot apply rate a peer allows for (cells per ms; measured ~500): after
-/// SNAPSHOT_END both sides extend the idle timeout by `cells / this`, since the receiver
-/// applies the whole snapshot in one transaction and says nothing meanwhile.
+/// The slowest snapshot or unit apply rate a peer allows for (cells per ms; measured ~500):
+/// after SNAPSHOT_END both sides extend the idle timeout by `cells / this`, since the
+/// receiver applies the whole snapshot in one transaction and says nothing meanwhile; a
+/// sender extends it likewise by the cells of the units the receiver has not acknowledged.
 pub const SNAPSHOT_APPLY_CELLS_PER_MS_MIN: u64 = 20;
 /// At most this much extra idle time for a snapshot apply (ms).
 pub const SNAPSHOT_APPLY_GRACE_MS_MAX: u64 = 30 * 60 * 1000;

@@ -1730,3 +1730,85 @@ fn a_record_conflict_resolved_with_a_value_is_refused_not_ignored() {
         .iter()
         .any(|c| c.id == whole.id));
 }
+
+/// The receiver applies a unit whole, in one transaction, and reads nothing meanwhile: a
+/// sender that counted that silence against the idle timeout cut a live peer off during
+/// the apply of a large transaction (API audit: a unit applied for longer than the idle
+/// timeout). The sender now allows for applying the cells it has not had acknowledged
+/// (`SNAPSHOT_APPLY_CELLS_PER_MS_MIN`), and still finds a peer that stays silent past
+/// that.
+#[test]
+fn a_sender_waits_out_the_apply_of_a_large_unit_but_not_for_ever() {
+    use blazedb::limits::SNAPSHOT_APPLY_CELLS_PER_MS_MIN;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    // Synced once first: a new, empty peer would get a snapshot, not the feed.
+    a.insert("c", [("f0", -1)]).unwrap();
+    sync_pair(&a, &b, SessionConfig::default(), SessionConfig::default());
+    let (records, fields) = (8_000u64, 5u64);
+    let one_transaction = || {
+        a.transaction(|tx| {
+            for i in 0..records as i64 {
+                tx.insert("c", (0..fields).map(|f| (format!("f{f}"), i)))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        a.count("c").unwrap()
+    };
+    let idle = 1_000;
+    let cfg = SessionConfig {
+        idle_timeout_ms: idle,
+        ..SessionConfig::default()
+    };
+    // The record's id is a cell too.
+    let grace = records * (fields + 1) / SNAPSHOT_APPLY_CELLS_PER_MS_MIN;
+    assert!(
+        grace > 2 * idle,
+        "a unit that takes the receiver long: {grace} ms"
+    );
+
+    // Handshake, then the whole unit from A to B at t=0; B's ACK does not reach A.
+    let run = |answered_at: Option<u64>| {
+        let total = one_transaction();
+        let mut sa = Session::new(&a, cfg.clone(), 0).unwrap();
+        let mut sb = Session::new(&b, cfg.clone(), 0).unwrap();
+        // Until B has applied the unit; then its answers (the ACK) are held back.
+        let held = loop {
+            while let Some(f) = sa.poll_transmit(0, &a) {
+                sb.handle_bytes(0, &f, &b).unwrap();
+            }
+            if b.count("c").unwrap() == total {
+                break drain(&mut sb, &b);
+            }
+            let answers = drain(&mut sb, &b);
+            assert!(!answers.is_empty(), "stalled");
+            for f in answers {
+                sa.handle_bytes(0, &f, &a).unwrap();
+            }
+        };
+        assert!(sa.progress().unacked_units > 0);
+        // Past the idle timeout, inside the apply's allowance: A waits.
+        sa.handle_timeout(2 * idle, &a);
+        assert!(!sa.is_closed(), "cut off during the peer's apply");
+        match answered_at {
+            Some(t) => {
+                for f in held {
+                    sa.handle_bytes(t, &f, &a).unwrap();
+                }
+                assert_eq!(sa.progress().unacked_units, 0, "the ACK came");
+            }
+            None => {
+                // A peer that never answers is still found out, after the allowance.
+                sa.handle_timeout(idle + grace - 1, &a);
+                assert!(!sa.is_closed());
+                sa.handle_timeout(idle + grace, &a);
+                assert!(sa.is_closed());
+                assert_eq!(closed_error(&mut sa).code, ErrorCode::Timeout);
+            }
+        }
+    };
+    run(None);
+    run(Some(2 * idle));
+    assert_eq!(b.count("c").unwrap(), 2 * records + 1);
+}

@@ -345,7 +345,12 @@ pub struct Session {
     /// Where the unit being sent began. Until the peer has applied the unit, it holds each
     /// record as it was here (see `filter_view`).
     unit_from: Seq,
-    unacked: VecDeque<Seq>,
+    /// Cells of the unit being sent, so far (see `unacked`).
+    unit_cells: u64,
+    /// Units sent and not yet acknowledged: where each ends, and its cells. The peer applies
+    /// a unit whole, in one transaction, and reads nothing meanwhile: the idle timeout
+    /// allows for applying what is outstanding (`apply_grace_ms`), as for a snapshot.
+    unacked: VecDeque<(Seq, u64)>,
     /// Until the feed is sent this far, the peer's own cells go too: its file was restored
     /// from an older copy and may lack writes of its own that we hold (see `on_subscribe`).
     echo_until: Seq,
@@ -500,6 +505,7 @@ impl Session {
             sent_through: Seq(0),
             unit_until: Seq(0),
             unit_from: Seq(0),
+            unit_cells: 0,
             unacked: VecDeque::new(),
             echo_until: Seq(0),
             page_cells: 0,
@@ -890,7 +896,7 @@ impl Session {
                         now_ms,
                     ));
                 }
-                while self.unacked.front().is_some_and(|u| *u <= seq) {
+                while self.unacked.front().is_some_and(|(u, _)| *u <= seq) {
                     self.unacked.pop_front();
                 }
                 self.acked = self.acked.max(seq);
@@ -1222,7 +1228,7 @@ impl Session {
             // the session from being caught up.
             self.end_ack_wait_over = true;
         }
-        if now_ms.saturating_sub(self.last_recv_ms) >= self.cfg.idle_timeout_ms {
+        if now_ms >= self.idle_deadline_ms() {
             let message = if self.state == State::AwaitHello {
                 // The connection works (the transport opened it), but no HELLO came: a
                 // BlazeDB peer sends one at once, so this is most likely another kind of
@@ -1328,7 +1334,7 @@ impl Session {
             // Saturating: an interval configured near u64::MAX means "never", not a wrap
             // into the past that would fire the timer in a loop.
             ping_due
-                .min(self.last_recv_ms.saturating_add(self.cfg.idle_timeout_ms))
+                .min(self.idle_deadline_ms())
                 .min(self.credential_expires_ms.unwrap_or(u64::MAX))
                 .min(self.deferred_echo_due().unwrap_or(u64::MAX))
                 .min(
@@ -1337,6 +1343,17 @@ impl Session {
                         .map_or(u64::MAX, |t| t.saturating_add(END_ACK_WAIT_MS)),
                 ),
         )
+    }
+
+    /// When the peer's silence ends the session: the idle timeout after the last frame
+    /// received, plus the time the peer may take to apply the units it has not acknowledged
+    /// (it applies each whole and reads nothing meanwhile; a unit of a few hundred thousand
+    /// cells took longer than the idle timeout, and the sender cut a live peer off).
+    fn idle_deadline_ms(&self) -> u64 {
+        let outstanding: u64 = self.unacked.iter().map(|(_, cells)| cells).sum();
+        self.last_recv_ms
+            .saturating_add(self.cfg.idle_timeout_ms)
+            .saturating_add(apply_grace_ms(outstanding))
     }
 
     /// The next event.
@@ -1593,4 +1610,10 @@ fn name(m: &Message) -> &'static str {
         Message::SnapshotEnd { .. } => "SNAPSHOT_END",
         Message::Error { .. } => "ERROR",
     }
+}
+
+/// How long a peer may stay silent while it applies `cells` cells of a snapshot or of units
+/// (each applied whole, in one transaction, reading nothing meanwhile).
+pub(super) fn apply_grace_ms(cells: u64) -> u64 {
+    (cells / SNAPSHOT_APPLY_CELLS_PER_MS_MIN).min(SNAPSHOT_APPLY_GRACE_MS_MAX)
 }

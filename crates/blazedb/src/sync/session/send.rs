@@ -371,6 +371,7 @@ impl Session {
         let in_unit = self.sent_through < self.unit_until;
         if !in_unit {
             self.unit_from = self.sent_through;
+            self.unit_cells = 0;
         }
         // Coalescing: while a unit is unacknowledged and only a trickle of commits waits
         // (fewer than a batch's worth), hold them until the ACK comes back and send them as
@@ -449,6 +450,11 @@ impl Session {
             self.unit_until = self.unit_until.max(batch.needs_through);
             let complete = batch.next >= self.unit_until;
             let sent = self.send_changes(&batch.changes, batch.next, !complete, now_ms);
+            self.unit_cells += batch
+                .changes
+                .iter()
+                .map(|c| c.cells.len() as u64)
+                .sum::<u64>();
             self.sent_through = batch.next;
             if complete && !self.evict_pending.is_empty() {
                 // After the unit, never inside it: the receiver applies the unit first, so a
@@ -458,7 +464,7 @@ impl Session {
             if complete && (sent || self.unit_open) {
                 // Closing a unit whose earlier frames went out: the last frame was sent
                 // above (possibly empty), and the ACK for it is awaited.
-                self.unacked.push_back(batch.next);
+                self.unacked.push_back((batch.next, self.unit_cells));
             }
             self.unit_open = !complete && (sent || self.unit_open);
         }

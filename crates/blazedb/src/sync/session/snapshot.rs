@@ -462,7 +462,8 @@ impl Session {
                 self.sent_through = self.sent_through.max(so.position);
                 self.unit_until = self.sent_through;
                 // Like a unit: not caught up until the peer acknowledges having applied it.
-                self.unacked.push_back(so.position);
+                // Its apply is allowed for below, counted from its end (no cells here).
+                self.unacked.push_back((so.position, 0));
                 // The peer applies the whole snapshot in one go and is silent meanwhile.
                 self.last_recv_ms = self.last_recv_ms.max(now_ms + apply_grace_ms(so.cells));
                 return Ok(());
@@ -493,11 +494,6 @@ impl Session {
             self.send(&Message::SnapshotChunk { index, last, data }, now_ms);
         }
     }
-}
-
-/// How long a peer may stay silent while it applies a snapshot of `cells` cells.
-pub(super) fn apply_grace_ms(cells: u64) -> u64 {
-    (cells / SNAPSHOT_APPLY_CELLS_PER_MS_MIN).min(SNAPSHOT_APPLY_GRACE_MS_MAX)
 }
 
 /// Whether GC may have collected deletes that a peer holding our feed through `from` has not

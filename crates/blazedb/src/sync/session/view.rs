@@ -542,7 +542,8 @@ impl Session {
             .collect();
         self.note_view_update(db, &restated)?;
         if self.send_changes(&changes, self.sent_through, false, now_ms) {
-            self.unacked.push_back(self.sent_through);
+            let cells = changes.iter().map(|c| c.cells.len() as u64).sum();
+            self.unacked.push_back((self.sent_through, cells));
         }
         self.confirm_view_update(now_ms);
         Ok(())
