@@ -188,7 +188,8 @@ async fn applying_a_unit_longer_than_the_idle_timeout_does_not_cut_the_session()
         }
     };
     let (ra, rb) = pair(SessionConfig::default()).await;
-    (ra.unwrap(), rb.unwrap());
+    ra.unwrap();
+    rb.unwrap();
     let records = 50_000i64;
     a.transaction(|tx| {
         for i in 0..records {
