@@ -60,9 +60,7 @@ pub fn failure(err: &anyhow::Error, password_from_env: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut line = one_line(err);
-    if password_from_env {
-        line.push_str(password_source_hint(err));
-    }
+    line.push_str(password_hint(err, password_from_env));
     eprintln!("error: {line}");
     // The caret under the expression is worth the extra lines for a person at a terminal;
     // scripts keep their one line (the column is in it).
@@ -80,8 +78,11 @@ pub fn failure(err: &anyhow::Error, password_from_env: bool) -> ExitCode {
     ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
 }
 
-/// Where the password of a failed open came from, for the errors that depend on it.
-fn password_source_hint(err: &anyhow::Error) -> &'static str {
+/// The CLI's side of a failed open's password errors. The library says what to do in its
+/// own terms ("open it with its password"); here is how a user of the command line gives
+/// one, and, when the password came from `BLAZEDB_PASSWORD` (`password_from_env`), that it
+/// did.
+fn password_hint(err: &anyhow::Error, password_from_env: bool) -> &'static str {
     use blazedb::OpenError;
     let open = err.chain().find_map(|e| {
         e.downcast_ref::<OpenError>()
@@ -91,6 +92,11 @@ fn password_source_hint(err: &anyhow::Error) -> &'static str {
             })
     });
     match open {
+        Some(OpenError::PasswordRequired { .. }) => {
+            " (give the password in BLAZEDB_PASSWORD or in a file named by --password-file; \
+             `sync` of two files takes one for each with --password-file-a/-b)"
+        }
+        _ if !password_from_env => "",
         Some(OpenError::NotEncrypted { .. }) => {
             " (the password came from BLAZEDB_PASSWORD: unset it for this file, e.g. `env -u \
              BLAZEDB_PASSWORD blazedb ...`; `sync` of two files takes one for each with \

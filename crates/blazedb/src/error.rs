@@ -1,6 +1,7 @@
 //! Errors, one enum per operation family, and the umbrella [`Error`].
 
 use crate::codec::DecodeError;
+use crate::limits::ERROR_ECHO_CHARS_MAX;
 use crate::query::QueryError;
 use crate::types::ClockSkewError;
 
@@ -18,10 +19,13 @@ pub enum OpenError {
         /// The database file.
         path: String,
     },
-    /// The file is encrypted (or not a database at all) and no password was given.
+    /// The file is encrypted (or not a database at all) and no password was given: open it
+    /// with its password in [`OpenOptions::password`](crate::OpenOptions::password). The
+    /// message says so in terms of the library; a program that takes the password elsewhere
+    /// (the CLI: `BLAZEDB_PASSWORD`, `--password-file`) adds where its users give it.
     #[error(
-        "{path} is encrypted or is not a database: give its password (BLAZEDB_PASSWORD or \
-         --password-file), or check the path"
+        "{path} is encrypted (or is not a database) and no password was given: open it with \
+         its password, or check the path"
     )]
     PasswordRequired {
         /// The database file.
@@ -117,7 +121,9 @@ pub enum WriteError {
     InvalidName {
         /// `collection` or `field`.
         what: &'static str,
-        /// The name.
+        /// The name, or for one longer than [`crate::limits::ERROR_ECHO_CHARS_MAX`]
+        /// characters its start, `…` and its length in bytes: an error repeats at most that
+        /// much of a caller's text.
         name: String,
         /// Why it is refused.
         reason: String,
@@ -259,6 +265,18 @@ impl Error {
     }
 }
 
+/// `text` as an error message may repeat it: whole when it has at most
+/// [`ERROR_ECHO_CHARS_MAX`] characters, else its first ones (cut on a character boundary),
+/// `…` and its length, as in `aaaa… (1048576 bytes)`. Every error that names a caller's
+/// text that may be of any length (an invalid name, an unparsable id or sort key) shows it
+/// through here: a message is for reading, and the caller has the text itself.
+pub(crate) fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(ERROR_ECHO_CHARS_MAX) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
 /// "the value of field \"f\"", or "a value" when no field is named.
 fn value_of(field: &str) -> String {
     if field.is_empty() {
@@ -352,6 +370,23 @@ mod tests {
         db.insert("c", [("blob", big.as_str())]).unwrap();
         assert_eq!(db.count("c").unwrap(), 2);
         assert!(db.get("c", first).unwrap().is_some());
+    }
+
+    /// A text of up to the limit comes whole; a longer one is cut between characters (here
+    /// of 2 and 4 bytes: a cut by bytes would panic inside one) and says its length.
+    #[test]
+    fn an_excerpt_cuts_long_texts_between_characters_and_gives_their_length() {
+        let max = ERROR_ECHO_CHARS_MAX;
+        let fits = "é".repeat(max);
+        assert_eq!(excerpt(&fits), fits);
+        assert_eq!(excerpt(""), "");
+        let over = format!("{fits}🦀");
+        assert_eq!(excerpt(&over), format!("{fits}… ({} bytes)", 2 * max + 4));
+        let crabs = "🦀".repeat(max + 1);
+        assert_eq!(
+            excerpt(&crabs),
+            format!("{}… ({} bytes)", "🦀".repeat(max), 4 * (max + 1))
+        );
     }
 
     #[test]

@@ -7,6 +7,11 @@
 pub const COLLECTION_NAME_BYTES_MAX: usize = 128;
 /// Longest field name, in bytes of UTF-8.
 pub const FIELD_NAME_BYTES_MAX: usize = 255;
+/// Most characters of a caller's text (an invalid name, a record id, a sort key) an error
+/// message repeats: beyond it, the message shows its start and its length in bytes
+/// (`error::excerpt`), so that a name of a megabyte makes an error of a line, not of a
+/// megabyte, in a log, an HTTP reply or a panic message.
+pub const ERROR_ECHO_CHARS_MAX: usize = 64;
 /// Most top-level fields one record may have.
 pub const RECORD_FIELDS_MAX: usize = 1024;
 /// Largest encoded record (values plus per-field versions).

@@ -79,6 +79,36 @@ fn wrong_password_is_its_own_error() {
     assert_eq!(db.get("c", id).unwrap().unwrap().fields["x"], Value::Int(1));
 }
 
+/// The password errors speak to a program calling `Database::open`: they say to open the
+/// file with its password, not which environment variable or command-line flag to set (a
+/// library user has none; the CLI adds its own advice, `blazedb-cli/tests/encryption.rs`).
+#[test]
+fn password_errors_say_what_to_do_in_terms_of_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let encrypted = dir.path().join("e.db");
+    let plain = dir.path().join("p.db");
+    Database::open(&encrypted, OpenOptions::with_password("right")).unwrap();
+    Database::open(&plain, OpenOptions::default()).unwrap();
+    let missing = Database::open(&encrypted, OpenOptions::default()).unwrap_err();
+    let m = missing.to_string();
+    assert!(
+        m.contains(
+            "is encrypted (or is not a database) and no password was given: open it \
+                    with its password"
+        ),
+        "{m}"
+    );
+    let wrong = Database::open(&encrypted, OpenOptions::with_password("wrong")).unwrap_err();
+    let needless = Database::open(&plain, OpenOptions::with_password("pw")).unwrap_err();
+    for e in [missing, wrong, needless] {
+        let m = e.to_string();
+        assert!(matches!(e, Error::Open(_)), "{e:?}");
+        for cli in ["BLAZEDB_PASSWORD", "--password", "password-file"] {
+            assert!(!m.contains(cli), "{cli} in {m}");
+        }
+    }
+}
+
 #[test]
 fn password_on_a_plain_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();

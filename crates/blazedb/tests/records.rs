@@ -334,6 +334,113 @@ fn limits_are_clear_errors() {
     assert_eq!(db.count("c").unwrap(), 0);
 }
 
+/// An invalid name, id or sort key of a megabyte is named in its error by its first 64
+/// characters and its length: the message stays a line (it repeated all of it, a megabyte,
+/// into logs, HTTP replies and panic messages). The cut falls between characters, here of
+/// two bytes each. Names that fit are named whole.
+#[test]
+fn an_invalid_name_of_a_megabyte_is_named_by_its_start_and_length() {
+    let (_d, db) = db();
+    let id = db.insert("c", [("a", 1)]).unwrap();
+    let huge = "é".repeat(500_000); // 1,000,000 bytes
+    let start = "é".repeat(blazedb::limits::ERROR_ECHO_CHARS_MAX);
+    // 1,000,000 bytes, or a few more for the texts built around the name.
+    let named = format!("\"{start}… (1000");
+    let errors: Vec<(&str, String)> = vec![
+        (
+            "insert collection",
+            db.insert(&huge, [("a", 1)]).unwrap_err().to_string(),
+        ),
+        (
+            "insert field",
+            db.insert("c", [(huge.as_str(), 1)])
+                .unwrap_err()
+                .to_string(),
+        ),
+        (
+            "update collection",
+            db.update(&huge, id, Patch::new().set("a", 2))
+                .unwrap_err()
+                .to_string(),
+        ),
+        (
+            "update field",
+            db.update("c", id, Patch::new().set(huge.clone(), 2))
+                .unwrap_err()
+                .to_string(),
+        ),
+        (
+            "increment collection",
+            db.increment(&huge, id, "a", 1).unwrap_err().to_string(),
+        ),
+        (
+            "create_index",
+            db.create_index("c", &huge).unwrap_err().to_string(),
+        ),
+        (
+            "set_policy",
+            db.set_policy(&huge, Default::default())
+                .unwrap_err()
+                .to_string(),
+        ),
+        ("record id", huge.parse::<RecordId>().unwrap_err()),
+        ("node id", huge.parse::<blazedb::NodeId>().unwrap_err()),
+        ("time", Timestamp::parse_rfc3339(&huge).unwrap_err()),
+        (
+            "order_by",
+            blazedb::OrderBy::parse(&format!("{huge}:sideways")).unwrap_err(),
+        ),
+        (
+            "sync policy",
+            blazedb::sync::SyncPolicy {
+                collections: Some(vec![huge.clone()]),
+                ..Default::default()
+            }
+            .compile()
+            .map(|_| ())
+            .unwrap_err(),
+        ),
+    ];
+    for (what, m) in &errors {
+        let head: String = m.chars().take(200).collect();
+        assert!(m.len() < 400, "{what}: {} bytes: {head}", m.len());
+        assert!(m.contains(&named), "{what}: {m}");
+    }
+    assert!(
+        errors[0].1.contains(" (1000000 bytes)\": "),
+        "{}",
+        errors[0].1
+    );
+    // An update of a collection no name can have is refused as the insert was, not as a
+    // record missing from it.
+    assert!(
+        errors[2].1.starts_with("invalid collection name"),
+        "{}",
+        errors[2].1
+    );
+    let e = db.insert("c", [("$x", 1)]).unwrap_err();
+    assert!(
+        matches!(&e, Error::Write(WriteError::InvalidName { name, .. }) if name == "$x"),
+        "{e}"
+    );
+    let longest = "f".repeat(blazedb::limits::ERROR_ECHO_CHARS_MAX);
+    let e = db.insert("c", [(format!("${longest}"), 1)]).unwrap_err();
+    assert!(e.to_string().contains("(65 bytes)"), "{e}");
+    let e = db.insert("c", [(format!("{longest}\n"), 1)]).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!("{longest}… (65 bytes)")),
+        "{e}"
+    );
+    let e = db
+        .insert("c", [(format!("{}\n", &longest[1..]), 1)])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("\"{}\\n\":", &longest[1..])),
+        "{e}"
+    );
+}
+
 /// A value nested far deeper than the limit is refused with the same error on a thread with
 /// a 2 MiB stack (the default for threads and tokio's workers): checking the depth used to
 /// count all of it, recursively, and overflowed the stack first, aborting the process.

@@ -175,3 +175,30 @@ fn events_arrive_in_commit_order_across_threads() {
     let out_of_order = revs.windows(2).filter(|p| p[0] >= p[1]).count();
     assert_eq!(out_of_order, 0, "revisions out of commit order");
 }
+
+/// A watch on a name no collection can have is refused with the error a write to that name
+/// gets: no write could reach it, and it was accepted and never fired. A collection that
+/// does not exist yet is watched as before: its first insert arrives.
+#[test]
+fn a_watch_on_a_name_no_collection_can_have_is_refused_as_a_write_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("w.db"), OpenOptions::default()).unwrap();
+    let long = "c".repeat(blazedb::limits::COLLECTION_NAME_BYTES_MAX + 1);
+    for name in ["", "a\nb", long.as_str()] {
+        let write = db.insert(name, [("x", 1)]).unwrap_err();
+        for filter in [None, Some("x == 1")] {
+            match db.watch(name, filter, None) {
+                Err(e @ Error::Write(blazedb::WriteError::InvalidName { .. })) => {
+                    assert_eq!(e.to_string(), write.to_string())
+                }
+                other => panic!(
+                    "{name:?}: expected InvalidName, got {:?}",
+                    other.map(|_| ())
+                ),
+            }
+        }
+    }
+    let later = db.watch("later", None, None).unwrap();
+    db.insert("later", [("x", 1)]).unwrap();
+    assert!(matches!(later.try_recv(), Some(WatchItem::Event(_))));
+}

@@ -921,7 +921,7 @@ pub(crate) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
 pub fn validate_collection_name(name: &str) -> Result<(), WriteError> {
     let bad = |reason: &str| WriteError::InvalidName {
         what: "collection",
-        name: name.to_owned(),
+        name: crate::error::excerpt(name),
         reason: reason.to_owned(),
     };
     if name.is_empty() {

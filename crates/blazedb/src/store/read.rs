@@ -84,13 +84,18 @@ impl OrderBy {
     /// and a direction, or that is a comma-separated list of plain names, cannot be named
     /// here.)
     pub fn parse(text: &str) -> std::result::Result<OrderBy, String> {
+        // What the errors repeat of the text, and of the parts they quote back: a start of
+        // it, however long it is.
+        let shown = crate::error::excerpt(text);
+        let cut = crate::error::excerpt;
         if let Some((field, dir)) = text.trim_end().rsplit_once(char::is_whitespace) {
             let field = field.trim_end();
             if !field.is_empty()
                 && (dir.eq_ignore_ascii_case("desc") || dir.eq_ignore_ascii_case("asc"))
             {
                 return Err(format!(
-                    "{text:?}: write the direction after a colon: \"{field}:{}\"",
+                    "{shown:?}: write the direction after a colon: \"{}:{}\"",
+                    cut(field),
                     dir.to_ascii_lowercase()
                 ));
             }
@@ -104,9 +109,9 @@ impl OrderBy {
                 .all(|k| plain_name(k.rsplit_once(':').map_or(k, |(f, _)| f)))
         {
             return Err(format!(
-                "{text:?}: one sort key each: give the keys one by one (--order-by {} ..., or \
+                "{shown:?}: one sort key each: give the keys one by one (--order-by {} ..., or \
                  a list in the relay's order_by)",
-                keys[0]
+                cut(keys[0])
             ));
         }
         let (field, desc) = match text.rsplit_once(':') {
@@ -114,26 +119,33 @@ impl OrderBy {
             Some((field, dir)) if dir.eq_ignore_ascii_case("asc") => (field, false),
             Some((_, dir)) if !dir.is_empty() && dir.chars().all(|c| c.is_ascii_alphabetic()) => {
                 return Err(format!(
-                    "{text:?}: the direction after ':' must be asc or desc, not {dir:?}"
+                    "{shown:?}: the direction after ':' must be asc or desc, not {:?}",
+                    cut(dir)
                 ))
             }
             // `a:` (a direction left out) sorted by a field named "a:" that no record has.
             Some((field, "")) => {
                 return Err(format!(
-                    "{text:?}: nothing after ':': write {0:?}, \"{0}:asc\" or \"{0}:desc\"",
-                    if field.is_empty() { "FIELD" } else { field }
+                    "{shown:?}: nothing after ':': write {0:?}, \"{0}:asc\" or \"{0}:desc\"",
+                    if field.is_empty() {
+                        "FIELD".to_owned()
+                    } else {
+                        cut(field)
+                    }
                 ))
             }
             _ => (text, false),
         };
         if field.is_empty() {
-            return Err(format!("{text:?}: expected FIELD, FIELD:asc or FIELD:desc"));
+            return Err(format!(
+                "{shown:?}: expected FIELD, FIELD:asc or FIELD:desc"
+            ));
         }
         // `n:desc:desc` sorted by a field named "n:desc" that no record has.
         if let Some((_, dir)) = field.rsplit_once(':') {
             if dir.eq_ignore_ascii_case("desc") || dir.eq_ignore_ascii_case("asc") {
                 return Err(format!(
-                    "{text:?}: one direction per key, after the last ':'"
+                    "{shown:?}: one direction per key, after the last ':'"
                 ));
             }
         }

@@ -889,14 +889,20 @@ impl<'a> Tx<'a> {
         }))
     }
 
+    /// The live record `id` of `collection`. A name no collection can have is refused as
+    /// an insert refuses it (no record can be there; and `NotFound` would repeat the name
+    /// whole, however long).
     fn live(&mut self, collection: &str, id: RecordId) -> Result<usize> {
         match self.load(collection, id, false)? {
             Some(i) if self.records[i].state.is_live() => Ok(i),
-            _ => Err(WriteError::NotFound {
-                collection: collection.to_owned(),
-                id: id.to_string(),
+            _ => {
+                super::validate_collection_name(collection)?;
+                Err(WriteError::NotFound {
+                    collection: collection.to_owned(),
+                    id: id.to_string(),
+                }
+                .into())
             }
-            .into()),
         }
     }
 
@@ -2595,7 +2601,7 @@ fn collect_fields<K: Into<String>, V: Into<Value>>(
 pub fn validate_field_name(name: &str) -> Result<(), WriteError> {
     let bad = |reason: &str| WriteError::InvalidName {
         what: "field",
-        name: name.to_owned(),
+        name: crate::error::excerpt(name),
         reason: reason.to_owned(),
     };
     if name.is_empty() {

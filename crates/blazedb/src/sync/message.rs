@@ -89,7 +89,10 @@ impl std::str::FromStr for SyncMode {
             "both" => Ok(SyncMode::Both),
             "push" => Ok(SyncMode::Push),
             "pull" => Ok(SyncMode::Pull),
-            _ => Err(format!("unknown sync mode {s:?}: use both, push or pull")),
+            _ => Err(format!(
+                "unknown sync mode {:?}: use both, push or pull",
+                crate::error::excerpt(s)
+            )),
         }
     }
 }

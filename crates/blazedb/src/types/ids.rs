@@ -34,8 +34,12 @@ impl fmt::Debug for NodeId {
 impl FromStr for NodeId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let u = uuid::Uuid::try_parse(s)
-            .map_err(|e| format!("invalid node id {s:?}: {e} (expected 32 hex digits)"))?;
+        let u = uuid::Uuid::try_parse(s).map_err(|e| {
+            format!(
+                "invalid node id {:?}: {e} (expected 32 hex digits)",
+                crate::error::excerpt(s)
+            )
+        })?;
         Ok(NodeId(*u.as_bytes()))
     }
 }
@@ -78,9 +82,12 @@ impl fmt::Debug for RecordId {
 impl FromStr for RecordId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::try_parse(s)
-            .map(RecordId::from)
-            .map_err(|e| format!("invalid record id {s:?}: {e} (expected a UUID)"))
+        uuid::Uuid::try_parse(s).map(RecordId::from).map_err(|e| {
+            format!(
+                "invalid record id {:?}: {e} (expected a UUID)",
+                crate::error::excerpt(s)
+            )
+        })
     }
 }
 

@@ -12,7 +12,7 @@ impl Timestamp {
     /// Parse an RFC 3339 timestamp such as `2026-11-22T10:00:00Z`.
     pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
         let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))?;
+            .map_err(|e| format!("invalid RFC 3339 time {:?}: {e}", crate::error::excerpt(s)))?;
         let micros = t.unix_timestamp_nanos() / 1000;
         i64::try_from(micros)
             .map(Timestamp)

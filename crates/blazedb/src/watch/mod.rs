@@ -243,7 +243,11 @@ impl Watch {
 impl Database {
     /// Subscribe to committed changes of `collection`, optionally only of records matching
     /// `filter` (for deletes: that matched before the delete). `capacity` bounds the buffer
-    /// (default 1024 events).
+    /// (default 1024 events). A name no collection can have (empty, too long, with control
+    /// characters) is refused with the error a write to it gets
+    /// ([`WriteError::InvalidName`](crate::WriteError::InvalidName)): no write could ever
+    /// reach such a watch (before 2026-12-07 `watch("")` was accepted and never fired). A
+    /// collection that does not exist yet is fine: its first insert is an event.
     ///
     /// Events come from commits made through this handle (local writes, and changes its sync
     /// sessions apply), not from other handles or processes on the same file, such as a
@@ -255,6 +259,7 @@ impl Database {
         filter: Option<&str>,
         capacity: Option<usize>,
     ) -> Result<Watch> {
+        crate::store::validate_collection_name(collection)?;
         let filter = filter.map(crate::query::parse).transpose()?;
         if let Some(f) = &filter {
             let mut params = std::collections::BTreeSet::new();
