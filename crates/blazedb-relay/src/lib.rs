@@ -23,6 +23,7 @@
 //!   relay's own ERROR frames.
 //! - [`gc`]: periodic garbage collection of the store (`--gc-interval`).
 //! - [`metrics`]: what `/metrics` exports; [`limits`]: every limit, named.
+//! - `log_throttle`: the `session_closed` log lines, at most a few per reason a minute.
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -53,6 +54,7 @@ pub mod gc;
 pub mod guard;
 pub mod http;
 pub mod limits;
+mod log_throttle;
 pub mod metrics;
 mod origin;
 pub mod rules;

@@ -36,7 +36,8 @@ use crate::config::RelayConfig;
 use crate::error::RelayError;
 use crate::http::{router, ConnectionSlot};
 use crate::limits::{
-    HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS, ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_FILE_NAME,
+    CLOSE_LOG_WINDOW_MS, HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS, ORIGINS_MAX,
+    SHUTDOWN_GRACE_MS, STORE_FILE_NAME,
 };
 use crate::metrics::Transport;
 use crate::origin::Origin;
@@ -276,12 +277,16 @@ impl Relay {
         if let Some((l, _)) = unix {
             state.tasks.spawn(accept_unix(state.clone(), l));
         }
+        state.tasks.spawn(end_log_windows(state.clone()));
         shutdown.await;
         state.shutdown.cancel();
         state.tasks.close();
         let grace =
             Duration::from_millis(SHUTDOWN_GRACE_MS + blazedb_net::limits::LINGER_MS_DEFAULT);
         let _ = tokio::time::timeout(grace, state.tasks.wait()).await;
+        // What the last, shorter, window left out of the log, sessions ended by the
+        // shutdown included.
+        state.end_log_window();
         if let Some(p) = unix_path {
             let _ = std::fs::remove_file(p);
         }
@@ -371,6 +376,20 @@ fn bind_unix(path: &std::path::Path) -> Result<UnixListener, RelayError> {
             source,
         }
     })
+}
+
+/// End a window of the throttled `session_closed` log every [`CLOSE_LOG_WINDOW_MS`],
+/// printing what it left out, until shutdown (which ends the last one itself).
+async fn end_log_windows(state: Arc<State>) {
+    let window = Duration::from_millis(CLOSE_LOG_WINDOW_MS);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => state.end_log_window(),
+        }
+    }
 }
 
 /// Pause after an accept error (e.g. out of file descriptors) instead of spinning.

@@ -115,10 +115,14 @@ pub(crate) async fn run<T>(
         // 1,000 of them left the counter where it was).
         metrics.auth_failures.inc();
     }
-    if !matches!(
+    // A session that ends badly is logged, but a client failing in a loop is not logged
+    // once per attempt: past a few a minute per reason they are counted in one summary
+    // line (`log_throttle.rs`). The metrics above count every one.
+    let ended_badly = !matches!(
         reason,
         CloseReason::PeerFinished | CloseReason::Disconnected | CloseReason::Shutdown
-    ) {
+    );
+    if ended_badly && state.log_closed(reason, client) {
         let message = match (&guard_close, &result) {
             (Some(g), _) => g.message.clone(),
             (None, Err(e)) => e.to_string(),

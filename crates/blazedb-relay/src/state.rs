@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Limits;
-use crate::metrics::{Metrics, Transport};
+use crate::log_throttle::LogThrottle;
+use crate::metrics::{CloseReason, Metrics, Transport};
 use crate::origin::{Origin, RequestHost};
 use crate::rules::Rules;
 use crate::slots::{Refused, Slot, Slots};
@@ -46,6 +47,8 @@ pub(crate) struct State {
     /// `blazedb put`, a service writing the file beside the relay), which no commit listener
     /// of this process sees; set when the relay starts running.
     pub head_watch: std::sync::OnceLock<blazedb_net::head_watch::HeadWatch>,
+    /// Which sessions that end badly are logged in full ([`State::log_closed`]).
+    log_throttle: Mutex<LogThrottle>,
     /// One per open connection (`Limits::connections_max`, and per client address
     /// `Limits::connections_per_address_max`).
     slots: Slots,
@@ -86,6 +89,7 @@ impl State {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             head_watch: std::sync::OnceLock::new(),
+            log_throttle: Mutex::new(LogThrottle::default()),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         }
@@ -154,6 +158,25 @@ impl State {
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionEntry>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a session that ended for `reason` from `client` is logged in full (its
+    /// `session_closed` line); if not, it is counted for the window's summary
+    /// ([`State::end_log_window`]).
+    pub fn log_closed(&self, reason: CloseReason, client: Option<std::net::IpAddr>) -> bool {
+        self.lock_log_throttle().admit(reason, client)
+    }
+
+    /// End the throttled log's window: print what it left out, one line per reason.
+    pub fn end_log_window(&self) {
+        let lines = self.lock_log_throttle().end_window();
+        for line in lines {
+            eprintln!("{line}");
+        }
+    }
+
+    fn lock_log_throttle(&self) -> std::sync::MutexGuard<'_, LogThrottle> {
+        self.log_throttle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Size of the store file and its write-ahead log, in bytes.

@@ -2,7 +2,8 @@
 //!
 //! Prints one JSON line on stdout once every listener is bound (so a script can start the
 //! relay with `--listen 127.0.0.1:0` and read the port), then serves; per-session problems
-//! are JSON lines on stderr. The store's password comes from `--password-file` or
+//! are JSON lines on stderr (`session_closed`, at most 10 a minute per reason, the rest
+//! counted in a `session_closed_suppressed` line: `blazedb_relay::limits::CLOSE_LOG_*`). The store's password comes from `--password-file` or
 //! `BLAZEDB_PASSWORD` like every other command's.
 
 use std::net::SocketAddr;
