@@ -1216,6 +1216,62 @@ fn a_replica_element_add_lost_to_a_write_taking_the_record_out_of_view_is_a_conf
     );
 }
 
+/// As above for a whole record: the replica inserts an id that another node, later and
+/// unaware, also inserts, out of the replica's view. The source ignores the replica's insert
+/// and lists it as the record it inserted against the record that won, each as its fields,
+/// and each field besides with what the winner holds there (they showed the insert's
+/// marker, `true`, as the winner of every one, and as the replica's record: API audit).
+#[test]
+fn a_replica_insert_lost_to_a_concurrent_insert_of_its_id_is_listed_as_both_records() {
+    let t = Trio::new(&[("a", 0)]);
+    let (source, replica, other) = (&t.source, &t.replica, &t.other);
+    let id = RecordId([9; 16]);
+    replica
+        .insert_with_id("docs", id, [("a", 1), ("r", 1)])
+        .unwrap();
+    later();
+    other
+        .insert_with_id("docs", id, [("a", 3), ("o", 2)])
+        .unwrap();
+    t.sync_other();
+    t.sync_replica();
+    assert!(
+        replica.get("docs", id).unwrap().is_none(),
+        "out of its view"
+    );
+    let record = |pairs: &[(&str, i64)]| {
+        Some(Value::Map(
+            pairs
+                .iter()
+                .map(|(f, v)| (f.to_string(), Value::Int(*v)))
+                .collect(),
+        ))
+    };
+    let mut listed = source.conflicts(Some("docs")).unwrap();
+    listed.sort_by(|p, q| p.cell.cmp(&q.cell));
+    for c in &listed {
+        assert_eq!(c.record, id);
+        assert_eq!(c.winner_version.node, other.node_id(), "{c:?}");
+        assert_eq!(c.loser_version.node, replica.node_id(), "{c:?}");
+    }
+    let shown: Vec<_> = listed
+        .iter()
+        .map(|c| (c.cell.as_str(), c.winner.clone(), c.loser.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            (
+                "$record",
+                record(&[("a", 3), ("o", 2)]),
+                record(&[("a", 1), ("r", 1)])
+            ),
+            ("a", Some(Value::Int(3)), Some(Value::Int(1))),
+            ("r", None, Some(Value::Int(1))),
+        ]
+    );
+}
+
 /// The replica records its write's loss itself (the winner kept the record in its view),
 /// then a later write takes the record out of its view: the record is evicted, the conflict
 /// stays listed until the application resolves it.

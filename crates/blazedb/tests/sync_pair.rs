@@ -1812,3 +1812,135 @@ fn a_sender_waits_out_the_apply_of_a_large_unit_but_not_for_ever() {
     run(Some(2 * idle));
     assert_eq!(b.count("c").unwrap(), 2 * records + 1);
 }
+
+/// Two replicas insert a record with the same id, neither having seen the other's: one with
+/// `insert_with_id`, one with `upsert` of a record neither held. The newer insert replaces the
+/// record everywhere; where the older one lived, the conflicts name both records as their
+/// fields and each field the winner dropped or overwrote with the value it now has. Until
+/// 2026-12-07 they showed the insert's marker, `true`, as the winner of every one of them
+/// (and as both sides of the whole-record one), whatever the winning record held (API audit).
+#[test]
+fn concurrent_inserts_of_one_id_list_both_records_not_the_insert_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let (inserted, upserted) = (RecordId([1; 16]), RecordId([2; 16]));
+    let fields = |pairs: &[(&str, i64)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::Int(*v)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    a.insert_with_id("c", inserted, fields(&[("a", 1), ("x", 1)]))
+        .unwrap();
+    a.upsert("c", upserted, fields(&[("a", 1), ("x", 1)]))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    b.insert_with_id("c", inserted, fields(&[("b", 2), ("x", 2)]))
+        .unwrap();
+    b.upsert("c", upserted, fields(&[("b", 2), ("x", 2)]))
+        .unwrap();
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    let record = |pairs: &[(&str, i64)]| Some(Value::Map(fields(pairs)));
+    for id in [inserted, upserted] {
+        // The converged record is b's, as before.
+        assert_eq!(
+            a.get("c", id).unwrap().unwrap().fields,
+            fields(&[("b", 2), ("x", 2)])
+        );
+        let mut listed: Vec<_> = a
+            .conflicts_all(Some("c"))
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.record == id)
+            .collect();
+        listed.sort_by(|p, q| p.cell.cmp(&q.cell));
+        for c in &listed {
+            assert_eq!(c.winner_version.node, b.node_id(), "{c:?}");
+            assert_eq!(c.loser_version.node, a.node_id(), "{c:?}");
+        }
+        let shown: Vec<_> = listed
+            .iter()
+            .map(|c| {
+                (
+                    c.cell.as_str(),
+                    c.field.as_deref(),
+                    c.winner.clone(),
+                    c.loser.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (
+                    "$record",
+                    None,
+                    record(&[("b", 2), ("x", 2)]),
+                    record(&[("a", 1), ("x", 1)])
+                ),
+                ("a", Some("a"), None, Some(Value::Int(1))),
+                ("x", Some("x"), Some(Value::Int(2)), Some(Value::Int(1))),
+            ],
+            "{listed:?}"
+        );
+        // The whole-record conflict still takes no value; the field ones do.
+        let whole = &listed[0];
+        assert!(a.resolve_conflict(whole.id, Some(Value::Int(1))).is_err());
+    }
+    assert!(b.conflicts_all(None).unwrap().is_empty(), "b's inserts won");
+}
+
+/// One replica deletes a record while the other deletes and inserts it again with the same
+/// id, neither having seen the other's write: whichever is newer wins, and the conflict over
+/// the record as a whole shows the insert as the record it inserted (it showed `true`), the
+/// delete as `None`; the inserted field the delete dropped is listed on its own.
+#[test]
+fn an_insert_against_a_concurrent_delete_is_listed_as_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path(), "a"), open(dir.path(), "b"));
+    let (delete_wins, insert_wins) = (RecordId([3; 16]), RecordId([4; 16]));
+    for id in [delete_wins, insert_wins] {
+        a.insert_with_id("c", id, [("t", "v0")]).unwrap();
+    }
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    let again = |db: &Database, id| {
+        assert!(db.delete("c", id).unwrap());
+        db.insert_with_id("c", id, [("t", "again")]).unwrap();
+    };
+    assert!(a.delete("c", insert_wins).unwrap());
+    again(&b, delete_wins);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(a.delete("c", delete_wins).unwrap());
+    again(&b, insert_wins);
+    sync_pair(&a, &b, cfg(SyncMode::Both), cfg(SyncMode::Both));
+    assert_eq!(dump(&a), dump(&b));
+    assert!(a.get("c", delete_wins).unwrap().is_none());
+    assert!(a.get("c", insert_wins).unwrap().is_some());
+    let shown = |db: &Database, id| {
+        let mut listed: Vec<_> = db
+            .conflicts(Some("c"))
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.record == id)
+            .map(|c| (c.cell, c.winner, c.loser))
+            .collect();
+        listed.sort_by(|p, q| p.0.cmp(&q.0));
+        listed
+    };
+    let record = Some(Value::Map([("t".to_owned(), Value::from("again"))].into()));
+    // b's insert lost to a's newer delete, where it lived.
+    assert_eq!(
+        shown(&b, delete_wins),
+        vec![
+            ("$record".to_owned(), None, record.clone()),
+            ("t".to_owned(), None, Some(Value::from("again"))),
+        ]
+    );
+    // a's delete lost to b's newer insert.
+    assert_eq!(
+        shown(&a, insert_wins),
+        vec![("$record".to_owned(), record, None)]
+    );
+    assert!(shown(&a, delete_wins).is_empty() && shown(&b, insert_wins).is_empty());
+}

@@ -84,9 +84,9 @@ pub fn run_resolve(ctx: &Context, args: &ResolveArgs) -> Result<()> {
     let value = if args.loser || args.value.is_some() {
         if conflict.field.is_none() {
             return Err(UsageError(format!(
-                "conflict {} is about the record itself (a delete against a write), not a \
-                 field: resolve it without --loser or --value, then delete the record or write \
-                 it again as it should be",
+                "conflict {} is about the record itself (an insert or a delete against a \
+                 concurrent one, listed as whole records), not a field: resolve it without \
+                 --loser or --value, then delete the record or write it again as it should be",
                 args.conflict
             ))
             .into());

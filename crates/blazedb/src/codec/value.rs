@@ -200,25 +200,43 @@ fn decode_at(r: &mut Reader<'_>, depth: usize) -> Result<Value, DecodeError> {
             }
             Value::List(l)
         }
-        MAP => {
-            let n = r.count("map length", VALUE_BYTES_MAX, 2)?;
-            let mut m = BTreeMap::new();
-            let mut last: Option<String> = None;
-            for _ in 0..n {
-                let k = r.str("map key length", VALUE_BYTES_MAX)?.to_owned();
-                if last.as_ref().is_some_and(|l| *l >= k) {
-                    return Err(DecodeError::Malformed(format!(
-                        "map keys not strictly ascending at {k:?}"
-                    )));
-                }
-                let v = decode_at(r, depth + 1)?;
-                last = Some(k.clone());
-                m.insert(k, v);
-            }
-            Value::Map(m)
-        }
+        MAP => Value::Map(decode_map_entries(r, depth + 1)?),
         tag => return Err(DecodeError::BadTag { tag, offset: at }),
     })
+}
+
+/// Decode a map encoded as [`encode`] encodes `Value::Map`, whose values are a record's
+/// fields: each is held to the depth limit on its own, as a field's value is, so the map
+/// around them does not count as a level (a record whose fields are nested as deep as
+/// allowed still decodes as one map).
+pub fn decode_fields(r: &mut Reader<'_>) -> Result<BTreeMap<String, Value>, DecodeError> {
+    let at = r.pos();
+    match r.u8()? {
+        MAP => decode_map_entries(r, 0),
+        tag => Err(DecodeError::BadTag { tag, offset: at }),
+    }
+}
+
+/// A map's entries after its tag, their values decoded at `depth`.
+fn decode_map_entries(
+    r: &mut Reader<'_>,
+    depth: usize,
+) -> Result<BTreeMap<String, Value>, DecodeError> {
+    let n = r.count("map length", VALUE_BYTES_MAX, 2)?;
+    let mut m = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for _ in 0..n {
+        let k = r.str("map key length", VALUE_BYTES_MAX)?.to_owned();
+        if last.as_ref().is_some_and(|l| *l >= k) {
+            return Err(DecodeError::Malformed(format!(
+                "map keys not strictly ascending at {k:?}"
+            )));
+        }
+        let v = decode_at(r, depth)?;
+        last = Some(k.clone());
+        m.insert(k, v);
+    }
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -287,5 +305,33 @@ pub(crate) mod tests {
         ));
         // Duplicate map keys.
         assert!(from_bytes(&[MAP, 2, 1, b'a', NULL, 1, b'a', NULL]).is_err());
+    }
+
+    /// A record's fields as one map: each value may be nested as deep as a value may, the
+    /// map around them does not count (a whole record with a field that deep is listed as
+    /// a conflict's loser); past that, and anything but a map, is an error.
+    #[test]
+    fn fields_decode_as_a_map_each_value_held_to_the_depth_limit() {
+        let mut deepest = Value::Int(1);
+        for _ in 0..VALUE_DEPTH_MAX {
+            deepest = Value::List(vec![deepest]);
+        }
+        assert!(from_bytes(&to_bytes(&deepest)).is_ok());
+        let fields = BTreeMap::from([("a".to_owned(), deepest.clone()), ("b".into(), 2.into())]);
+        let b = to_bytes(&Value::Map(fields.clone()));
+        assert!(matches!(from_bytes(&b), Err(DecodeError::TooDeep { .. })));
+        assert_eq!(decode_fields(&mut Reader::new(&b)).unwrap(), fields);
+        let too_deep = to_bytes(&Value::Map(BTreeMap::from([(
+            "a".to_owned(),
+            Value::List(vec![deepest]),
+        )])));
+        assert!(matches!(
+            decode_fields(&mut Reader::new(&too_deep)),
+            Err(DecodeError::TooDeep { .. })
+        ));
+        assert!(matches!(
+            decode_fields(&mut Reader::new(&to_bytes(&Value::Int(1)))),
+            Err(DecodeError::BadTag { tag: INT, .. })
+        ));
     }
 }

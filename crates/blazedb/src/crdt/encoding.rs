@@ -122,6 +122,25 @@ pub fn value_from_bytes(b: &[u8]) -> Result<CellValue, DecodeError> {
     Ok(v)
 }
 
+/// Decode a buffer holding exactly one value of a whole record, as a conflict over a record's
+/// `Record` cell keeps its winner and loser: absent (a delete), present (an insert, as kept
+/// before inserts were shown as their records), or a plain map of the record's fields. The
+/// map's values are each held to the depth limit as a field's value is
+/// ([`value::decode_fields`]): a record whose fields are nested as deep as allowed is listed.
+pub fn record_value_from_bytes(b: &[u8]) -> Result<CellValue, DecodeError> {
+    let Some((&0, map)) = b.split_first() else {
+        return value_from_bytes(b);
+    };
+    let mut r = Reader::new(map);
+    let fields = value::decode_fields(&mut r)?;
+    if !r.is_empty() {
+        return Err(DecodeError::Malformed(
+            "trailing bytes after a record's fields".into(),
+        ));
+    }
+    Ok(CellValue::Value(crate::Value::Map(fields)))
+}
+
 impl CellValue {
     /// What the value means, for display: plain values as they are, absent as null,
     /// present as true, a counter contribution as its int.

@@ -539,7 +539,7 @@ fn keep_refused_as_conflicts(
     own: NodeId,
     refused: RefusedBy,
 ) -> Result<()> {
-    use crate::crdt::CellValue;
+    use crate::crdt::{CellKey, CellValue};
     use crate::Version;
     let policy = inner.policies.get(&coll).cloned();
     for cell in state.cells() {
@@ -561,6 +561,17 @@ fn keep_refused_as_conflicts(
             seen: Default::default(),
             seq: cell.seq,
         };
+        // The record's insert is shown as the record, not as the marker its cell holds.
+        let record;
+        let loser = if cell.key == CellKey::Record && cell.value == CellValue::Present {
+            record = Cell {
+                value: CellValue::Value(crate::Value::Map(state.fields())),
+                ..cell.clone()
+            };
+            &record
+        } else {
+            cell
+        };
         super::write::insert_conflict(
             &inner.conn,
             &mut inner.nodes,
@@ -568,7 +579,7 @@ fn keep_refused_as_conflicts(
             coll,
             id,
             &winner,
-            cell,
+            loser,
             cell.seq,
         )?;
     }

@@ -17,7 +17,7 @@ use rusqlite::{params, OptionalExtension};
 use super::unit::StagedParts;
 use super::write::validate_field_name;
 use super::{body, validate_collection_name, Database};
-use crate::crdt::encoding::{key_from_bytes, value_from_bytes};
+use crate::crdt::encoding::{key_from_bytes, record_value_from_bytes, value_from_bytes};
 use crate::crdt::{Cell, CellKey, CellValue};
 use crate::error::{ApplyError, Error, Result};
 use crate::limits::FEED_PAGE_CELLS_MAX;
@@ -216,15 +216,21 @@ fn apply_segment(
                 }
             }
         }
-        for (i, winner, loser) in tx.take_ignored() {
+        let ignored = tx.take_ignored();
+        let inserts = super::write::IgnoredInserts::new(&ignored);
+        for (i, winner, loser) in &ignored {
+            let i = *i;
             let record = (tx.records[i].collection.clone(), tx.records[i].id);
-            match access.and_then(|a| loser_refusal(tx, i, &loser, a)) {
+            match access.and_then(|a| loser_refusal(tx, i, loser, a)) {
                 Some(reason) => state.refused_losers.push(crate::sync::Rejection {
                     collection: record.0.clone(),
                     id: record.1,
                     reason,
                 }),
-                None => tx.store_conflict(i, &winner, &loser)?,
+                None => {
+                    let loser = inserts.shown_loser(i, loser);
+                    tx.store_conflict(i, winner, &loser)?
+                }
             }
             state.ignored.push(record);
         }
@@ -756,6 +762,20 @@ impl super::Inner {
 }
 
 /// A concurrent overwrite: the loser is kept here until the application resolves it.
+///
+/// Most conflicts are about one field (`field` names it): `winner` and `loser` are its two
+/// values. A write that replaces a whole record — an insert (`insert_with_id`, or `upsert` of
+/// a record this node did not hold) or a delete — conflicts with the record as a whole when
+/// its writer never saw the record it replaced: two replicas inserting the same id, a delete
+/// against a concurrent insert. That conflict's `cell` is `$record` and its `field` is `None`;
+/// its `winner` and `loser` are whole records, each the record's fields as a
+/// [`Value::Map`] (the winner: the record as the merge left it; the loser: the record as this
+/// node held it before it was replaced, or, for a received insert that lost without being
+/// applied, the fields it inserted), or `None` for a delete. Each field the winner dropped or
+/// overwrote is listed besides as a conflict of its own, whose winner is what the winning
+/// insert left in that field (`None`: it left the field out, or the record was deleted).
+/// Conflicts recorded before 2026-12-07 show an insert in a `$record` conflict as
+/// `Some(Value::Bool(true))`, and the winner of a field an insert dropped as the same.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conflict {
     /// Its number (for `resolve_conflict`).
@@ -764,20 +784,24 @@ pub struct Conflict {
     pub collection: String,
     /// The record.
     pub record: RecordId,
-    /// The cell (field name, or `$record` for insert/delete conflicts).
+    /// The cell: a field name, `likes[counter:…]` or `tags[element:…]` for one node's
+    /// contribution to a counter or one element of a set, or `$record` for a conflict over
+    /// the record as a whole (an insert or a delete against a concurrent one).
     pub cell: String,
-    /// The field (`None` for record-level conflicts).
+    /// The field (`None` for a conflict over the record as a whole).
     pub field: Option<String>,
     /// For a conflict over one element of a set field: the element. `winner` and `loser`
     /// are then `true` (in the set) or `None` (left out).
     pub element: Option<Value>,
     /// For a conflict over one node's contribution to a counter field: that node.
     pub counter_node: Option<NodeId>,
-    /// The value that won (now stored); `None` for a delete.
+    /// The value that won (now stored); `None` for a delete. Over the record as a whole
+    /// (`$record`), an insert is the record's fields as a map.
     pub winner: Option<Value>,
     /// The winning version.
     pub winner_version: Version,
-    /// The value that lost; `None` for a delete.
+    /// The value that lost; `None` for a delete. Over the record as a whole (`$record`), an
+    /// insert is the record's fields as a map.
     pub loser: Option<Value>,
     /// The losing version.
     pub loser_version: Version,
@@ -1343,6 +1367,11 @@ impl Database {
                     .ok_or_else(|| bad(format!("unknown node {i}")))
             };
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
+            // A conflict over the record as a whole keeps each insert as the record's fields.
+            let shown = |b: &[u8]| match key {
+                CellKey::Record => record_value_from_bytes(b),
+                _ => value_from_bytes(b),
+            };
             let id: [u8; 16] = r
                 .get::<_, Vec<u8>>(2)?
                 .try_into()
@@ -1365,12 +1394,12 @@ impl Database {
                     CellKey::Counter(_, node) => Some(*node),
                     _ => None,
                 },
-                winner: user_value(&value_from_bytes(&r.get::<_, Vec<u8>>(4)?)?),
+                winner: user_value(&shown(&r.get::<_, Vec<u8>>(4)?)?),
                 winner_version: Version {
                     hlc: Hlc(r.get::<_, i64>(5)? as u64),
                     node: node(r.get(6)?)?,
                 },
-                loser: user_value(&value_from_bytes(&r.get::<_, Vec<u8>>(7)?)?),
+                loser: user_value(&shown(&r.get::<_, Vec<u8>>(7)?)?),
                 loser_version: Version {
                     hlc: Hlc(r.get::<_, i64>(8)? as u64),
                     node: node(r.get(9)?)?,
@@ -1383,7 +1412,9 @@ impl Database {
 
     /// Settle a conflict. With `Some(value)`, that value is written to the field as a new
     /// write (which syncs like any other); with `None`, the current winner stays. Either way
-    /// the conflict is marked resolved.
+    /// the conflict is marked resolved. A conflict over the record as a whole (`$record`,
+    /// listed as whole records) has no field to write a value to: a value is refused with
+    /// [`Error::InvalidArgument`] and the conflict stays open.
     ///
     /// When the record is deleted and the delete is the one that won the conflict, a value
     /// undoes the delete: the record is inserted again as this node held it just before the

@@ -15,7 +15,7 @@ use super::record_cache::{CachedRow, RecordCache};
 use super::{CollectionPolicy, Database, Inner};
 use crate::codec::value;
 use crate::crdt::encoding::{encode_key, encode_value, key_bytes, value_bytes};
-use crate::crdt::{Cell, CellKey, CellValue, MergeOutcome, RecordState, Seen};
+use crate::crdt::{Cell, CellKey, CellValue, MergeOutcome, Overwritten, RecordState, Seen};
 use crate::error::{Result, WriteError};
 use crate::hash::FastMap;
 use crate::limits::{
@@ -99,7 +99,10 @@ pub(crate) struct Pending {
     /// written in this transaction (`Flushed::No`); saves the history insert a lookup of
     /// the row it has just read.
     pub hist: Option<i64>,
-    /// (winner, loser)
+    /// (winner, loser) as merged, except a loser that was the record's insert (a `Record`
+    /// cell, present): its value is the record's fields as this node held them before the
+    /// winner replaced it, a map (what the conflict shows; see [`shown_winner`] for the
+    /// winner).
     pub conflicts: Vec<(Cell, Cell)>,
     /// Peer the change came from (1 + its node index; 0 = written here).
     pub src: u64,
@@ -1538,7 +1541,9 @@ impl<'a> Tx<'a> {
         if known {
             return Ok(());
         }
-        let seq = self.records[i].state.max_seq();
+        let state = &self.records[i].state;
+        let seq = state.max_seq();
+        let winner = shown_winner(state, winner, loser);
         let inner = &mut *self.inner;
         insert_conflict(
             &inner.conn,
@@ -1546,7 +1551,7 @@ impl<'a> Tx<'a> {
             inner.policies.get(&coll),
             coll,
             id,
-            winner,
+            &winner,
             loser,
             seq,
         )
@@ -1626,10 +1631,23 @@ impl<'a> Tx<'a> {
                     // consolidate its free lists: 4% of an update's time).
                     p.history.reserve_exact(1);
                 }
+                // A record this write replaced whole, its writer never having seen the
+                // insert that made it: the conflict shows it as it was here.
+                let replaced_record = overwritten
+                    .iter()
+                    .any(|o| o.concurrent && is_live_record_cell(&o.cell))
+                    .then(|| fields_before(&p.state, at, &overwritten));
                 let mut replaced = None;
                 for o in overwritten {
                     if o.concurrent {
-                        p.conflicts.push((cell.clone(), o.cell.clone()));
+                        let loser = match &replaced_record {
+                            Some(fields) if o.cell.key == CellKey::Record => Cell {
+                                value: CellValue::Value(Value::Map(fields.clone())),
+                                ..o.cell.clone()
+                            },
+                            _ => o.cell.clone(),
+                        };
+                        p.conflicts.push((cell.clone(), loser));
                     }
                     if o.cell.seq < cell.seq {
                         p.links.push((o.cell.seq, cell.seq));
@@ -2454,7 +2472,8 @@ fn write_derived(
         if both_deletes {
             continue;
         }
-        insert_conflict(conn, t.nodes, policy, p.coll, p.id, winner, loser, row_seq)?;
+        let winner = shown_winner(&p.state, winner, loser);
+        insert_conflict(conn, t.nodes, policy, p.coll, p.id, &winner, loser, row_seq)?;
     }
     Ok(())
 }
@@ -2499,6 +2518,109 @@ pub(crate) fn insert_conflict(
             resolved,
         ])?;
     Ok(())
+}
+
+/// Whether `cell` is a record's insert (its `Record` cell, present): a whole record, which a
+/// conflict shows as its fields, not as the marker.
+fn is_live_record_cell(cell: &Cell) -> bool {
+    cell.key == CellKey::Record && cell.value == CellValue::Present
+}
+
+/// The fields record `state` showed before the merge that stored its cell `at` and replaced
+/// or dropped `overwritten`: the cells the merge left, but for the new one, and those it
+/// took away.
+fn fields_before(
+    state: &RecordState,
+    at: Option<usize>,
+    overwritten: &[Overwritten],
+) -> BTreeMap<String, Value> {
+    let cells = state
+        .cells()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != at)
+        .map(|(_, c)| c.clone())
+        .chain(overwritten.iter().map(|o| o.cell.clone()))
+        .collect();
+    RecordState::from_cells(cells)
+        .expect("the cells of one record before a merge have unique keys")
+        .fields()
+}
+
+/// What a conflict shows as the winner over `loser`, in record `state` as the merge left
+/// it. When the winner is an insert (the record's `Record` cell, present), not the marker
+/// that cell holds: over the record's own cell (two inserts of one id), the record's fields
+/// as a map; over a cell of a field it dropped, what the record now holds in that cell (the
+/// winning insert's value of the field), or absent when the insert left it out. Any other
+/// winner is shown as it is (a delete shows as absent, as the field conflicts it wins say).
+pub(crate) fn shown_winner<'c>(
+    state: &RecordState,
+    winner: &'c Cell,
+    loser: &Cell,
+) -> std::borrow::Cow<'c, Cell> {
+    use std::borrow::Cow;
+    if !is_live_record_cell(winner) {
+        return Cow::Borrowed(winner);
+    }
+    if loser.key == CellKey::Record {
+        return Cow::Owned(Cell {
+            value: CellValue::Value(Value::Map(state.fields())),
+            ..winner.clone()
+        });
+    }
+    // The insert dropped every older cell of the record: one there now is its own or newer.
+    match state
+        .cell(&loser.key)
+        .filter(|c| c.version >= winner.version)
+    {
+        Some(now) => Cow::Owned(now.clone()),
+        None => Cow::Owned(Cell {
+            key: loser.key.clone(),
+            value: CellValue::Absent,
+            ..winner.clone()
+        }),
+    }
+}
+
+/// The received inserts among the cells that lost without being applied (as
+/// [`Tx::take_ignored`] gives them), each with the fields it inserted: a conflict shows such
+/// an insert (its `Record` cell, present) as that record, not as the marker its cell holds.
+/// The fields come from the cells of the insert that lost with it (all of them: they are as
+/// old as the insert).
+pub(crate) struct IgnoredInserts(HashMap<(usize, Version), BTreeMap<String, Value>>);
+
+impl IgnoredInserts {
+    /// Gather them from `ignored`, in two passes over it (it may hold a whole transaction's
+    /// cells), allocating nothing when no insert is among them.
+    pub(crate) fn new(ignored: &[(usize, Cell, Cell)]) -> IgnoredInserts {
+        let mut inserts: HashMap<_, BTreeMap<String, Value>> = ignored
+            .iter()
+            .filter(|(_, _, loser)| is_live_record_cell(loser))
+            .map(|(i, _, loser)| ((*i, loser.version), BTreeMap::new()))
+            .collect();
+        if !inserts.is_empty() {
+            for (i, _, c) in ignored {
+                if let (CellKey::Field(f), CellValue::Value(v)) = (&c.key, &c.value) {
+                    if let Some(fields) = inserts.get_mut(&(*i, c.version)) {
+                        fields.insert(f.to_string(), v.clone());
+                    }
+                }
+            }
+        }
+        IgnoredInserts(inserts)
+    }
+
+    /// What a conflict shows as `loser`, of record `i`: a received insert as the record it
+    /// inserted, a map of its fields; any other loser as it is.
+    pub(crate) fn shown_loser<'c>(&self, i: usize, loser: &'c Cell) -> std::borrow::Cow<'c, Cell> {
+        match self.0.get(&(i, loser.version)) {
+            Some(fields) if is_live_record_cell(loser) => std::borrow::Cow::Owned(Cell {
+                value: CellValue::Value(Value::Map(fields.clone())),
+                ..loser.clone()
+            }),
+            _ => std::borrow::Cow::Borrowed(loser),
+        }
+    }
 }
 
 /// Where a transaction's records are in `Tx::records`, by (collection, id).
