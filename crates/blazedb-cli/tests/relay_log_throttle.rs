@@ -1,9 +1,12 @@
-//! Clients failing their handshake in a loop over real TCP on 127.0.0.1 — hundreds of HELLOs
-//! with a wrong token and garbled frames — make `blazedb serve` log at most
-//! `CLOSE_LOG_LINES_PER_WINDOW` `session_closed` lines per reason and window, plus one
-//! `session_closed_suppressed` line per reason saying how many it left out and from which
-//! address (also for the last window, at shutdown); `/metrics` counts every failure, and a
-//! client with the right token syncs meanwhile. Before, every failure was a line.
+//! Clients failing in a loop over real sockets on 127.0.0.1 make `blazedb serve` log at most
+//! `CLOSE_LOG_LINES_PER_WINDOW` lines per event, reason and window, plus one
+//! `<event>_suppressed` line per reason saying how many it left out and from which address
+//! (also for the last window, at shutdown), while `/metrics` counts every failure: hundreds
+//! of HELLOs with a wrong token and garbled frames over raw TCP (`session_closed`; before,
+//! every failure was a line), hundreds of WebSocket upgrades and `/v1/query` requests with a
+//! wrong or no token (`request_refused`; before, none was logged at all, the token never is),
+//! and requests from an origin not allowed and connections over the per-address limit
+//! (`request_refused`, `connection_refused`; before, not logged).
 
 mod net_common;
 
@@ -48,6 +51,48 @@ fn attempt(addr: &str, bytes: &[u8]) {
     let _ = s.read_to_end(&mut sink);
 }
 
+/// Send `request` on `s` and read the answer (an HTTP/1.1 response with a `content-length`):
+/// its status and body; `None` if the connection ends first.
+fn exchange(s: &mut TcpStream, request: &str) -> Option<(u16, String)> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&raw);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })?;
+            if body.len() >= length {
+                let status = head.split(' ').nth(1)?.parse().unwrap();
+                return Some((status, body[..length].to_owned()));
+            }
+        }
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `request` on a new connection to `http`: the answer's status and body.
+fn request(http: &str, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(http).unwrap();
+    exchange(&mut s, request).expect("an answer")
+}
+
+/// A WebSocket upgrade request for `target` with `headers` (each ending in CRLF).
+fn upgrade(http: &str, target: &str, headers: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nhost: {http}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+    )
+}
+
 /// A metric's value in the relay's `/metrics` text.
 fn metric(http: &str, name: &str) -> f64 {
     let mut s = TcpStream::connect(http).unwrap();
@@ -64,16 +109,37 @@ fn metric(http: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
-/// The `session_closed` lines for `reason`, and the sum of what the summaries for `reason`
-/// say they left out (checking each summary names the client's address).
-fn logged_and_suppressed(lines: &[Json], reason: &str) -> (u64, u64, usize) {
+/// The relay's log: one JSON object a line.
+fn log_lines(text: &str) -> Vec<Json> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+/// The windows of the throttled log a relay started at `started` and stopped now went
+/// through (they start with the relay), plus the one shutdown ends.
+fn windows_since(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64 / CLOSE_LOG_WINDOW_MS + 1
+}
+
+/// The `event` lines for `reason`, the sum of what the summaries (`<event>_suppressed`) for
+/// `reason` say they left out, and how many summaries there are; checks each summary names
+/// the client's address, and that there are at most `CLOSE_LOG_LINES_PER_WINDOW` full lines
+/// and one summary per window, and at least one summary.
+fn logged_and_suppressed(
+    lines: &[Json],
+    event: &str,
+    reason: &str,
+    windows: u64,
+) -> (u64, u64, usize) {
     let full = lines
         .iter()
-        .filter(|l| l["event"] == "session_closed" && l["reason"] == reason)
+        .filter(|l| l["event"] == event && l["reason"] == reason)
         .count() as u64;
+    let summary = format!("{event}_suppressed");
     let summaries: Vec<&Json> = lines
         .iter()
-        .filter(|l| l["event"] == "session_closed_suppressed" && l["reason"] == reason)
+        .filter(|l| l["event"] == summary.as_str() && l["reason"] == reason)
         .collect();
     for s in &summaries {
         assert_eq!(s["clients"], serde_json::json!(["127.0.0.1"]), "{s}");
@@ -83,6 +149,13 @@ fn logged_and_suppressed(lines: &[Json], reason: &str) -> (u64, u64, usize) {
         .iter()
         .map(|s| s["suppressed"].as_u64().unwrap())
         .sum();
+    let per_window = u64::from(CLOSE_LOG_LINES_PER_WINDOW);
+    assert!(
+        full <= per_window * windows && summaries.len() as u64 <= windows,
+        "{event} {reason}: {full} full lines and {} summaries in {windows} window(s)",
+        summaries.len()
+    );
+    assert!(!summaries.is_empty(), "{event} {reason}: no summary line");
     (full, suppressed, summaries.len())
 }
 
@@ -185,29 +258,231 @@ fn handshakes_failing_in_a_loop_are_logged_a_few_times_and_summed_up_but_all_cou
     let (code, _) = relay.terminate(Duration::from_secs(30));
     assert_eq!(code, Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<Json> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect();
-    // The windows this run spanned (they start with the relay), plus the one shutdown ends.
-    let windows = started.elapsed().as_millis() as u64 / CLOSE_LOG_WINDOW_MS + 1;
+    let lines = log_lines(&text);
+    let windows = windows_since(started);
     let per_window = u64::from(CLOSE_LOG_LINES_PER_WINDOW);
     for (reason, failures) in [
         ("auth_failed", bad_tokens),
         ("protocol_error", garbled_frames),
     ] {
-        let (full, suppressed, summaries) = logged_and_suppressed(&lines, reason);
-        assert!(
-            full <= per_window * windows && summaries as u64 <= windows,
-            "{reason}: {full} full lines and {summaries} summaries in {windows} window(s):\n{text}"
-        );
-        assert!(summaries >= 1, "{reason}: no summary line:\n{text}");
+        let (full, suppressed, _) =
+            logged_and_suppressed(&lines, "session_closed", reason, windows);
         assert_eq!(
             full + suppressed,
             failures,
             "{reason}: every failure is a line or in a summary's count:\n{text}"
         );
     }
+    assert!(
+        lines.len() as u64 <= 2 * (per_window + 1) * windows,
+        "{} lines:\n{text}",
+        lines.len()
+    );
+}
+
+/// A wrong token, which must never be written to the log.
+const BAD_TOKEN: &str = "wrong-token-8d41c07e5a";
+
+#[test]
+fn credentials_refused_over_http_in_a_loop_are_logged_a_few_times_and_summed_up_but_all_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("relay.log");
+    let started = Instant::now();
+    let (relay, v) =
+        start_relay_announced(&dir.path().join("relay"), &["--token", TOKEN], Some(&log));
+    let http = v["http"].as_str().unwrap().trim_start_matches("http://");
+
+    // Four clients, each a hundred times, on a new connection each time: a WebSocket upgrade
+    // with a wrong token in the header, one with it as `?token=`, one with no token, and a
+    // query with a wrong token. Every one is refused with a 401 before anything else.
+    let query = r#"{"collection": "notes"}"#;
+    let attempts = [
+        upgrade(
+            http,
+            "/v1/sync",
+            &format!("authorization: Bearer {BAD_TOKEN}\r\n"),
+        ),
+        upgrade(http, &format!("/v1/sync?token={BAD_TOKEN}"), ""),
+        upgrade(http, "/v1/sync", ""),
+        format!(
+            "POST /v1/query HTTP/1.1\r\nhost: {http}\r\nauthorization: Bearer {BAD_TOKEN}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{query}",
+            query.len()
+        ),
+    ];
+    const CLIENTS: usize = 4;
+    const ATTEMPTS_PER_CLIENT: usize = 100;
+    std::thread::scope(|s| {
+        for c in 0..CLIENTS {
+            let attempts = &attempts;
+            s.spawn(move || {
+                for i in 0..ATTEMPTS_PER_CLIENT {
+                    let (status, body) = request(http, &attempts[(c + i) % attempts.len()]);
+                    assert_eq!(status, 401, "{body}");
+                    assert!(body.contains(r#""code":"auth_failed""#), "{body}");
+                }
+            });
+        }
+    });
+    let refused = (CLIENTS * ATTEMPTS_PER_CLIENT) as u64;
+    // Counted before the 401 is sent.
+    assert_eq!(
+        metric(http, "blazedb_relay_auth_failures_total"),
+        refused as f64
+    );
+
+    let (code, _) = relay.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains(BAD_TOKEN),
+        "the token is in the log:\n{text}"
+    );
+    let lines = log_lines(&text);
+    let windows = windows_since(started);
+    let (full, suppressed, _) =
+        logged_and_suppressed(&lines, "request_refused", "auth_failed", windows);
+    assert_eq!(
+        full + suppressed,
+        refused,
+        "every refusal is a line or in a summary's count:\n{text}"
+    );
+    for l in lines.iter().filter(|l| l["event"] == "request_refused") {
+        assert!(
+            l["endpoint"] == "/v1/sync" || l["endpoint"] == "/v1/query",
+            "the path alone: {l}"
+        );
+        assert_eq!(l["client"], "127.0.0.1", "{l}");
+        assert_eq!(l["status"], 401, "{l}");
+        let message = l["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("invalid token") || message.starts_with("missing credentials"),
+            "{l}"
+        );
+    }
+    let per_window = u64::from(CLOSE_LOG_LINES_PER_WINDOW);
+    assert!(
+        lines.len() as u64 <= (per_window + 1) * windows,
+        "{} lines:\n{text}",
+        lines.len()
+    );
+}
+
+#[test]
+fn origins_refused_and_connections_over_the_limit_in_a_loop_are_logged_a_few_times_and_summed_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("relay.log");
+    let started = Instant::now();
+    let (relay, v) = start_relay_announced(
+        &dir.path().join("relay"),
+        &[
+            "--token",
+            TOKEN,
+            "--origin",
+            "https://app.example.com",
+            "--max-connections-per-address",
+            "1",
+        ],
+        Some(&log),
+    );
+    let http = v["http"].as_str().unwrap().trim_start_matches("http://");
+
+    // A page of another site asks to sync again and again on one keep-alive connection,
+    // which holds the one connection 127.0.0.1 may have; between its requests, another
+    // client connects and is turned away. Every answer is counted by what it was: should the
+    // keep-alive connection be closed (idle on a stalled machine), the next one may get the
+    // slot or be refused in turn.
+    let from_elsewhere = upgrade(
+        http,
+        &format!("/v1/sync?token={TOKEN}"),
+        "origin: https://evil.example.com\r\n",
+    );
+    let (mut origin_refused, mut over_limit) = (0u64, 0u64);
+    let mut count = |status: u16, body: &str| match status {
+        403 => {
+            assert!(body.contains("origin_not_allowed"), "{body}");
+            origin_refused += 1;
+        }
+        503 => {
+            assert!(body.contains("too_many_connections_from_address"), "{body}");
+            over_limit += 1;
+        }
+        _ => panic!("{status} {body}"),
+    };
+    let mut page: Option<TcpStream> = None;
+    for _ in 0..200 {
+        loop {
+            let conn = page.get_or_insert_with(|| TcpStream::connect(http).unwrap());
+            match exchange(conn, &from_elsewhere) {
+                Some((403, body)) => break count(403, &body),
+                Some((status, body)) => count(status, &body),
+                None => {}
+            }
+            page = None;
+        }
+        let (status, body) = request(http, &from_elsewhere);
+        count(status, &body);
+    }
+    drop(page);
+    // Until the relay has seen the page's connection close, `/metrics` is refused too.
+    let metrics = loop {
+        let (status, body) = request(
+            http,
+            "GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+        );
+        if status == 200 {
+            break body;
+        }
+        count(status, &body);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        origin_refused >= 200 && over_limit >= 100,
+        "{origin_refused} {over_limit}"
+    );
+    let refused_metric = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("blazedb_relay_connections_refused_total{limit=\"per_address\"} ")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(refused_metric.parse::<f64>().unwrap(), over_limit as f64);
+
+    let (code, _) = relay.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(TOKEN), "the token is in the log:\n{text}");
+    let lines = log_lines(&text);
+    let windows = windows_since(started);
+    for (event, reason, refused) in [
+        ("request_refused", "origin_not_allowed", origin_refused),
+        (
+            "connection_refused",
+            "too_many_connections_from_address",
+            over_limit,
+        ),
+    ] {
+        let (full, suppressed, _) = logged_and_suppressed(&lines, event, reason, windows);
+        assert_eq!(
+            full + suppressed,
+            refused,
+            "{event} {reason}: every refusal is a line or in a summary's count:\n{text}"
+        );
+    }
+    let origin_line = lines
+        .iter()
+        .find(|l| l["event"] == "request_refused")
+        .unwrap();
+    assert_eq!(origin_line["endpoint"], "/v1/sync", "{origin_line}");
+    assert_eq!(origin_line["status"], 403, "{origin_line}");
+    assert!(
+        origin_line["message"]
+            .as_str()
+            .unwrap()
+            .contains("--origin https://evil.example.com"),
+        "{origin_line}"
+    );
+    let per_window = u64::from(CLOSE_LOG_LINES_PER_WINDOW);
     assert!(
         lines.len() as u64 <= 2 * (per_window + 1) * windows,
         "{} lines:\n{text}",

@@ -104,20 +104,27 @@ pub const JWT_LEEWAY_S: u64 = 5;
 /// Most `--origin` entries.
 pub const ORIGINS_MAX: usize = 256;
 
-/// The window of the throttled `session_closed` log, in ms (`log_throttle.rs`). A minute:
+/// The window of the throttled log (`session_closed`, `request_refused`,
+/// `connection_refused`), in ms (`log_throttle.rs`). A minute:
 /// the span an operator reads a log or an alert in, short enough that a summary of what was
 /// left out arrives while the loop behind it is still going on.
 pub const CLOSE_LOG_WINDOW_MS: u64 = 60_000;
 
-/// Sessions ending for one reason (`auth_failed`, `timeout`, ...) that are logged in full
-/// per window; the rest of the window's are counted in one summary line. Ten show the
-/// different messages of a burst (an expired token and a wrong one, a few addresses) and
-/// every failure of a relay without a flood; with the summary, a reason writes at most 11
-/// lines a minute however fast clients fail (before: one per failed session, 5,000 in 0.6 s
-/// from one client in a loop).
+/// Lines of one event and reason (sessions closed for `auth_failed`, requests refused for
+/// `auth_failed`, ...) that are logged in full per window; the rest of the window's are
+/// counted in one summary line. Ten show the different messages of a burst (an expired token
+/// and a wrong one, a few addresses) and every failure of a relay without a flood; with the
+/// summary, an event and reason write at most 11 lines a minute however fast clients fail
+/// (before: one per failed session, 5,000 in 0.6 s from one client in a loop).
 pub const CLOSE_LOG_LINES_PER_WINDOW: u32 = 10;
 
 /// Client addresses a window's summary names (the ones most of the suppressed sessions came
 /// from): enough to see one loop or a few, and a fixed amount of memory per reason however
 /// many addresses a client spreads over.
 pub const CLOSE_LOG_CLIENTS_MAX: usize = 4;
+
+/// Longest `message` of a throttled log line, in bytes (cut between characters). A message
+/// may repeat what a client sent (an `Origin` header, a JWT's `alg`), up to a request head
+/// (64 KiB); as a peer's error text ([`blazedb::limits::ERROR_MESSAGE_BYTES_MAX`]), 4 KiB
+/// says what happened.
+pub const LOG_MESSAGE_BYTES_MAX: usize = 4096;

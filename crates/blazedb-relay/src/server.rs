@@ -378,8 +378,9 @@ fn bind_unix(path: &std::path::Path) -> Result<UnixListener, RelayError> {
     })
 }
 
-/// End a window of the throttled `session_closed` log every [`CLOSE_LOG_WINDOW_MS`],
-/// printing what it left out, until shutdown (which ends the last one itself).
+/// End a window of the throttled log (`session_closed`, `request_refused`,
+/// `connection_refused`) every [`CLOSE_LOG_WINDOW_MS`], printing what it left out, until
+/// shutdown (which ends the last one itself).
 async fn end_log_windows(state: Arc<State>) {
     let window = Duration::from_millis(CLOSE_LOG_WINDOW_MS);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
@@ -495,7 +496,7 @@ async fn serve_http<I>(
             .clone()
             .filter(|_| !matches!(req.uri().path(), "/health" | "/metrics"));
         if let Some((why, _)) = &refused {
-            st.count_refusal(*why);
+            st.record_refusal(*why, Some(ip));
         }
         async move {
             let _busy = busy;

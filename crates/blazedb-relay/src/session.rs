@@ -25,6 +25,7 @@ use crate::access::ConnectionAccess;
 use crate::auth::Claims;
 use crate::guard::{Guard, GuardClose, GuardOptions, SentCounters};
 use crate::limits::{SESSION_READ_BUFFER_BYTES, SESSION_WRITE_BUFFER_BYTES_MAX};
+use crate::log_throttle::LogKey;
 use crate::metrics::{CloseReason, Transport, TransportLabel};
 use crate::state::{SessionEntry, State};
 
@@ -122,24 +123,24 @@ pub(crate) async fn run<T>(
         reason,
         CloseReason::PeerFinished | CloseReason::Disconnected | CloseReason::Shutdown
     );
-    if ended_badly && state.log_closed(reason, client) {
-        let message = match (&guard_close, &result) {
-            (Some(g), _) => g.message.clone(),
-            (None, Err(e)) => e.to_string(),
-            (None, Ok(_)) => String::new(),
-        };
-        let peer = monitor.snapshot().peer.map(|p| p.to_string());
-        eprintln!(
-            "{}",
+    if ended_badly {
+        let key = LogKey::Closed(reason);
+        state.log_throttled(key, client, || {
+            let message = match (&guard_close, &result) {
+                (Some(g), _) => g.message.clone(),
+                (None, Err(e)) => e.to_string(),
+                (None, Ok(_)) => String::new(),
+            };
+            let peer = monitor.snapshot().peer.map(|p| p.to_string());
             serde_json::json!({
-                "event": "session_closed",
+                "event": key.event(),
                 "transport": transport.as_str(),
                 "client": client.map(|ip| ip.to_string()),
                 "peer": peer,
-                "reason": reason.as_str(),
+                "reason": key.reason(),
                 "message": message,
             })
-        );
+        });
     }
     state.unregister(id);
     metrics.connections.get_or_create(&label).dec();

@@ -2,6 +2,7 @@
 //! the connection slots and the registry of running sessions.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,8 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Limits;
-use crate::log_throttle::LogThrottle;
-use crate::metrics::{CloseReason, Metrics, Transport};
+use crate::log_throttle::{log_message, LogKey, LogThrottle};
+use crate::metrics::{Metrics, Transport};
 use crate::origin::{Origin, RequestHost};
 use crate::rules::Rules;
 use crate::slots::{Refused, Slot, Slots};
@@ -47,7 +48,8 @@ pub(crate) struct State {
     /// `blazedb put`, a service writing the file beside the relay), which no commit listener
     /// of this process sees; set when the relay starts running.
     pub head_watch: std::sync::OnceLock<blazedb_net::head_watch::HeadWatch>,
-    /// Which sessions that end badly are logged in full ([`State::log_closed`]).
+    /// Which of the lines clients can cause in a loop are logged in full
+    /// ([`State::log_throttled`]).
     log_throttle: Mutex<LogThrottle>,
     /// One per open connection (`Limits::connections_max`, and per client address
     /// `Limits::connections_per_address_max`).
@@ -97,38 +99,49 @@ impl State {
 
     /// Take a connection slot for a client at `ip` (`None`: a Unix socket), or say why
     /// there is none (counted in the metrics).
-    pub fn take_slot(&self, ip: Option<std::net::IpAddr>) -> Result<Slot, Refused> {
+    pub fn take_slot(&self, ip: Option<IpAddr>) -> Result<Slot, Refused> {
         self.slots
             .take(ip)
-            .inspect_err(|why| self.count_refusal(*why))
+            .inspect_err(|why| self.record_refusal(*why, ip))
     }
 
     /// An HTTP connection's slot: at the limit, one of the status reserve for a connection
     /// that may only ask `/health` and `/metrics` (`Ok((slot, Some(why)))`; refusing it
     /// anything else counts as refused then).
-    pub fn take_http_slot(&self, ip: std::net::IpAddr) -> Result<(Slot, Option<Refused>), Refused> {
+    pub fn take_http_slot(&self, ip: IpAddr) -> Result<(Slot, Option<Refused>), Refused> {
         match self.slots.take(Some(ip)) {
             Ok(slot) => Ok((slot, None)),
             Err(Refused::Total) => match self.slots.take_status() {
                 Some(slot) => Ok((slot, Some(Refused::Total))),
                 None => {
-                    self.count_refusal(Refused::Total);
+                    self.record_refusal(Refused::Total, Some(ip));
                     Err(Refused::Total)
                 }
             },
             Err(why) => {
-                self.count_refusal(why);
+                self.record_refusal(why, Some(ip));
                 Err(why)
             }
         }
     }
 
-    /// Count a connection refused for `why`.
-    pub fn count_refusal(&self, why: Refused) {
+    /// Count a connection from `client` refused for `why`, and log it (throttled: a client
+    /// can reconnect in a loop): a relay turning clients away is something its operator
+    /// should read about, not only find in `connections_refused_total`.
+    pub fn record_refusal(&self, why: Refused, client: Option<IpAddr>) {
         self.metrics
             .connections_refused
             .get_or_create(&crate::metrics::RefusedLabel { limit: why })
             .inc();
+        let key = LogKey::Connection(why);
+        self.log_throttled(key, client, || {
+            serde_json::json!({
+                "event": key.event(),
+                "client": client.map(|ip| ip.to_string()),
+                "reason": key.reason(),
+                "message": self.refusal_message(why),
+            })
+        });
     }
 
     /// What a client refused a slot is told.
@@ -160,14 +173,28 @@ impl State {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a session that ended for `reason` from `client` is logged in full (its
-    /// `session_closed` line); if not, it is counted for the window's summary
-    /// ([`State::end_log_window`]).
-    pub fn log_closed(&self, reason: CloseReason, client: Option<std::net::IpAddr>) -> bool {
-        self.lock_log_throttle().admit(reason, client)
+    /// Print the line `line` makes (on stderr, its `message` cut to
+    /// [`LOG_MESSAGE_BYTES_MAX`](crate::limits::LOG_MESSAGE_BYTES_MAX)) for `key`, from
+    /// `client`, or, past the window's budget for `key`, only count it for the window's
+    /// summary ([`State::end_log_window`]).
+    pub fn log_throttled(
+        &self,
+        key: LogKey,
+        client: Option<IpAddr>,
+        line: impl FnOnce() -> serde_json::Value,
+    ) {
+        if !self.lock_log_throttle().admit(key, client) {
+            return;
+        }
+        let mut line = line();
+        if let Some(serde_json::Value::String(m)) = line.get_mut("message") {
+            let cut = log_message(m).len();
+            m.truncate(cut);
+        }
+        eprintln!("{line}");
     }
 
-    /// End the throttled log's window: print what it left out, one line per reason.
+    /// End the throttled log's window: print what it left out, one line per key.
     pub fn end_log_window(&self) {
         let lines = self.lock_log_throttle().end_window();
         for line in lines {

@@ -11,6 +11,10 @@
 //! what to do"}`. (A request whose head HTTP cannot parse, or one over 64 KiB, is answered by
 //! hyper before any of this runs: a bare `400` or `431`.)
 //! Authentication failures are `401` and happen before the WebSocket upgrade, so nothing flows.
+//! Requests refused for their credential, origin or host are logged as `request_refused`
+//! (endpoint, client address, status, reason, the message the client got; never the
+//! credential), throttled like failed sessions (`crate::log_throttle`): a client can repeat
+//! them in a loop.
 
 pub mod query;
 pub mod status;
@@ -19,12 +23,14 @@ pub mod sync;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::auth::{credential_from_http, AuthError, Claims};
+use crate::log_throttle::{LogKey, RequestRefusal};
 use crate::slots::Slot;
 use crate::state::State;
 
@@ -51,10 +57,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
 /// [`check_host`] in front of a route.
 async fn host_only(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
-    req: axum::extract::Request,
+    req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match check_host(&state, req.headers(), req.uri()) {
+    match check_host(&state, &req) {
         Ok(()) => next.run(req).await,
         Err(r) => *r,
     }
@@ -91,13 +97,35 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Disp
         .into_response()
 }
 
-/// Authenticate an HTTP request, or the `401` to answer it with.
-pub(crate) fn authenticate(
+/// Refuse a request before it reaches a session or a query: the JSON error, and a
+/// `request_refused` log line (throttled) with the endpoint (its path alone: a `?token=`
+/// stays out of the log), the client's address, the status and the same message.
+fn refuse(
     state: &State,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-) -> Result<Claims, Box<Response>> {
-    let credential = credential_from_http(headers, uri);
+    req: &Request,
+    refusal: RequestRefusal,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    let client = req.extensions().get::<ConnectionSlot>().map(|c| c.ip);
+    let key = LogKey::Request(refusal);
+    state.log_throttled(key, client, || {
+        serde_json::json!({
+            "event": key.event(),
+            "endpoint": req.uri().path(),
+            "client": client.map(|ip| ip.to_string()),
+            "status": status.as_u16(),
+            "reason": key.reason(),
+            "message": &message,
+        })
+    });
+    error(status, refusal.code(), message)
+}
+
+/// Authenticate an HTTP request, or the `401` to answer it with.
+pub(crate) fn authenticate(state: &State, req: &Request) -> Result<Claims, Box<Response>> {
+    let headers = req.headers();
+    let credential = credential_from_http(headers, req.uri());
     let verified = match &credential {
         // A header we cannot read as a bearer token is not "no credentials": say what to send.
         None if state.auth.required() && headers.contains_key(header::AUTHORIZATION) => {
@@ -108,7 +136,13 @@ pub(crate) fn authenticate(
     };
     verified.map_err(|e| {
         state.metrics.auth_failures.inc();
-        let mut r = error(StatusCode::UNAUTHORIZED, "auth_failed", &e);
+        let mut r = refuse(
+            state,
+            req,
+            RequestRefusal::AuthFailed,
+            StatusCode::UNAUTHORIZED,
+            e.to_string(),
+        );
         let challenge = match e {
             AuthError::Missing => "Bearer",
             _ => "Bearer error=\"invalid_token\"",
@@ -124,36 +158,38 @@ pub(crate) fn authenticate(
 /// Refuse (`403`) a request addressed to a host the relay does not answer (DNS rebinding,
 /// see [`State::host_allowed`]) or from a browser origin that may not connect
 /// ([`State::origin_allowed`]).
-pub(crate) fn check_origin_and_host(
-    state: &State,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-) -> Result<(), Box<Response>> {
-    check_host(state, headers, uri)?;
-    let origin = headers
+pub(crate) fn check_origin_and_host(state: &State, req: &Request) -> Result<(), Box<Response>> {
+    check_host(state, req)?;
+    let origin = req
+        .headers()
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("\u{fffd}"));
     if state.origin_allowed(origin) {
         return Ok(());
     }
-    check_origin_refused(state, origin)
+    let message = origin_refused(state, origin.unwrap_or_default());
+    Err(Box::new(refuse(
+        state,
+        req,
+        RequestRefusal::OriginNotAllowed,
+        StatusCode::FORBIDDEN,
+        message,
+    )))
 }
 
 /// The `Host` check alone (every endpoint, `/health` and `/metrics` too: they name the
 /// node, its uptime and its peers' lag, nothing a rebinding page elsewhere should read).
-pub(crate) fn check_host(
-    state: &State,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-) -> Result<(), Box<Response>> {
-    let host = match headers.get(header::HOST) {
+pub(crate) fn check_host(state: &State, req: &Request) -> Result<(), Box<Response>> {
+    let host = match req.headers().get(header::HOST) {
         Some(h) => Some(h.to_str().unwrap_or("\u{fffd}")),
-        None => uri.authority().map(|a| a.as_str()),
+        None => req.uri().authority().map(|a| a.as_str()),
     };
     if !state.host_allowed(host) {
-        return Err(Box::new(error(
+        return Err(Box::new(refuse(
+            state,
+            req,
+            RequestRefusal::HostNotAllowed,
             StatusCode::FORBIDDEN,
-            "host_not_allowed",
             format!(
                 "requests to {} are not served: a relay without authentication answers only \
                  requests addressed to localhost (or a name under it), 127.0.0.1 or [::1] \
@@ -166,22 +202,17 @@ pub(crate) fn check_host(
     Ok(())
 }
 
-/// The `403` for an `Origin` the relay does not allow.
-fn check_origin_refused(state: &State, origin: Option<&str>) -> Result<(), Box<Response>> {
-    let origin = origin.unwrap_or_default();
+/// What a client whose `Origin` the relay does not allow is told.
+fn origin_refused(state: &State, origin: &str) -> String {
     // The flag to suggest is the one `--origin` accepts for this origin; a header no
     // `--origin` can name (a malformed one) gets no suggestion that would fail at startup.
     let Some(flag) = crate::origin::Origin::parse(origin) else {
-        return Err(Box::new(error(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            format!(
-                "origin {origin:?} is not allowed: it is not an origin (scheme://host[:port] \
-                 or null) that --origin could name"
-            ),
-        )));
+        return format!(
+            "origin {origin:?} is not allowed: it is not an origin (scheme://host[:port] \
+             or null) that --origin could name"
+        );
     };
-    let message = if state.origins.is_empty() && !state.auth.required() {
+    if state.origins.is_empty() && !state.auth.required() {
         format!(
             "origin {origin} is not allowed: a relay without authentication lets only pages \
              served from this machine (localhost and names under it, 127.0.0.1, [::1]) \
@@ -190,12 +221,7 @@ fn check_origin_refused(state: &State, origin: Option<&str>) -> Result<(), Box<R
         )
     } else {
         format!("origin {origin} is not allowed: start the relay with --origin {flag} to allow it")
-    };
-    Err(Box::new(error(
-        StatusCode::FORBIDDEN,
-        "origin_not_allowed",
-        message,
-    )))
+    }
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {

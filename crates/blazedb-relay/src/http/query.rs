@@ -70,14 +70,14 @@ const QUERY_BODY_EXAMPLE: &str = "{\"collection\": \"NAME\", \"where\": \"EXPR\"
 
 /// Run a query.
 pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -> Response {
-    if let Err(r) = check_origin_and_host(&state, req.headers(), req.uri()) {
+    if let Err(r) = check_origin_and_host(&state, &req) {
         return *r;
     }
     // Every answer to an allowed origin carries the CORS headers, errors too: without them
     // a browser hides a 401 from the page, which cannot tell an expired token from a
     // network failure.
     let cors = cors_origin(&state, req.headers());
-    let mut response = match authenticate(&state, req.headers(), req.uri()) {
+    let mut response = match authenticate(&state, &req) {
         Ok(claims) => answer(&state, claims, req.into_body()).await,
         Err(r) => *r,
     };

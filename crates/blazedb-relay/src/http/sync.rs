@@ -26,10 +26,10 @@ use crate::state::State;
 
 /// Handle the upgrade request.
 pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Request) -> Response {
-    if let Err(r) = check_origin_and_host(&state, req.headers(), req.uri()) {
+    if let Err(r) = check_origin_and_host(&state, &req) {
         return *r;
     }
-    let claims = match authenticate(&state, req.headers(), req.uri()) {
+    let claims = match authenticate(&state, &req) {
         Ok(c) => c,
         Err(r) => return *r,
     };
