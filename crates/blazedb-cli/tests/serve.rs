@@ -1,7 +1,8 @@
 //! `blazedb serve` as a process: it prints where it listens as one JSON line, keeps its store
 //! (encrypted with BLAZEDB_PASSWORD) in the data directory, answers /health and refuses
 //! unauthenticated queries, holds one address to `--max-connections-per-address`, and exits 0 on SIGTERM; bad rules stop it at startup with the
-//! file, collection and column in one `error:` line.
+//! file, collection and column in one `error:` line; an empty store file becomes a new store,
+//! with a warning, unless a write-ahead log with data is beside it.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -175,4 +176,73 @@ fn zero_max_connections_is_refused_at_startup() {
         "{err}"
     );
     assert!(!dir.path().join("data").exists(), "nothing is created");
+}
+
+/// A 0-byte `relay.db` is what creating the store leaves when the relay is killed before its
+/// first commit: the relay creates its store there, and says so with a warning (before, it
+/// said nothing, and a store truncated by accident came back empty with a new node id
+/// unremarked). Beside a write-ahead log that holds data, the empty file is a store cut
+/// short: the relay refuses to start, and leaves both files as they were.
+#[test]
+fn an_empty_store_is_created_anew_with_a_warning_but_not_over_a_log_with_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let store = data.join("relay.db");
+    std::fs::write(&store, b"").unwrap();
+    let log = dir.path().join("relay.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env_remove("BLAZEDB_PASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let started: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // The line is logged before the relay announces where it listens.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let created: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "store_created")
+        .unwrap_or_else(|| panic!("no store_created line in {text}"));
+    assert_eq!(created["node"], started["node"], "{created}");
+    let warning = created["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("was an empty file (0 bytes)")
+            && warning.contains("new node id")
+            && warning.contains("restore"),
+        "{created}"
+    );
+
+    // Cut to 0 bytes with its log beside it.
+    std::fs::write(&store, b"").unwrap();
+    let wal = data.join("relay.db-wal");
+    std::fs::write(&wal, vec![7u8; 5000]).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env_remove("BLAZEDB_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: the relay store")
+            && err.contains("is empty (0 bytes) but its write-ahead log")
+            && err.contains("holds 5000 bytes")
+            && err.contains("move both files out of the data directory"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&store).unwrap().len(), 0);
+    assert_eq!(std::fs::read(&wal).unwrap(), vec![7u8; 5000]);
 }

@@ -28,6 +28,23 @@ pub enum RelayError {
         /// What went wrong.
         source: blazedb::Error,
     },
+    /// The store file is empty (0 bytes) but its write-ahead log beside it holds data: the
+    /// store was cut short, and its last commits may be in the log. The relay does not
+    /// create a new store over it.
+    #[error(
+        "the relay store {} is empty (0 bytes) but its write-ahead log {}-wal holds \
+         {wal_bytes} bytes: the store was truncated, and its last changes may be in the log. \
+         The relay will not create a new store over them: move both files out of the data \
+         directory (keep them), then restore the store from a backup or start the relay \
+         with an empty one",
+        path.display(), path.display()
+    )]
+    StoreTruncated {
+        /// The store file.
+        path: PathBuf,
+        /// The size of its write-ahead log.
+        wal_bytes: u64,
+    },
     /// The rules file is missing, unreadable or invalid.
     #[error("rules file {}: {}{message}", path.display(), location(collection, key))]
     Rules {

@@ -24,6 +24,8 @@
 //! - [`gc`]: periodic garbage collection of the store (`--gc-interval`).
 //! - [`metrics`]: what `/metrics` exports; [`limits`]: every limit, named.
 //! - `log_throttle`: the `session_closed` log lines, at most a few per reason a minute.
+//! - `store_watch`: whether the store can take writes (deleted file, full disk), for
+//!   `/health`.
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -62,6 +64,7 @@ pub mod server;
 pub mod session;
 mod slots;
 mod state;
+mod store_watch;
 mod tls;
 
 pub use config::{AuthConfig, Limits, RelayConfig, Secret, TlsFiles};

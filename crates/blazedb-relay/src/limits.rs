@@ -91,6 +91,19 @@ pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 /// the number of metric series stays bounded however many clients connect.
 pub const PEER_LAG_TOP_N: usize = 10;
 
+/// How often the relay looks whether its store can take writes (`store_watch.rs`), in ms:
+/// whether the file was deleted (one `fstat`) and how much room its disk has (one
+/// `statvfs`). It only reports (`/health` looks again at each request, and the store refuses
+/// a commit to a deleted file at the commit itself), so this bounds how late the log line
+/// and the `store_status` metric come: a second, for the price of two system calls.
+pub const STORE_CHECK_INTERVAL_MS: u64 = 1_000;
+
+/// Free bytes on the store's disk under which `/health` reports it full (`degraded`): a
+/// commit appends a few pages of 4 KiB to the write-ahead log, or many for a large unit, so
+/// with less than this the next writes may fail. Reported until twice this is free again,
+/// so that a relay writing at the edge does not flap.
+pub const STORE_DISK_FREE_BYTES_MIN: u64 = 1024 * 1024;
+
 /// Open conflicts in the relay's store are counted for `/metrics` at most this often, in ms
 /// (counting reads the conflicts table).
 pub const CONFLICTS_REFRESH_MS: u64 = 5_000;

@@ -15,6 +15,7 @@
 //! | `connections_refused_total{limit}` | counter | connections refused at a limit: `total` (`--max-connections`) or `per_address` (`--max-connections-per-address`) |
 //! | `conflicts` | gauge | open conflicts in the relay's store |
 //! | `store_bytes` | gauge | size of the store file and its WAL |
+//! | `store_status` | gauge | 0: the store takes writes; 1: its disk is full (reads served, writes refused); 2: it was deleted while the relay runs (`/health` says why) |
 //! | `peer_lag_commits{peer}` | gauge | commits of the relay's feed a connected peer has not acknowledged, for the [`PEER_LAG_TOP_N`] peers furthest behind |
 //! | `peer_lag_commits_max` | gauge | the largest lag of any connected peer |
 //! | `peers_lagging` | gauge | connected peers with a lag above zero |
@@ -158,6 +159,7 @@ pub struct Metrics {
     pub(crate) connections_refused: Family<RefusedLabel, Counter>,
     pub(crate) conflicts: Gauge,
     pub(crate) store_bytes: Gauge,
+    pub(crate) store_status: Gauge,
     pub(crate) peer_lag: Family<PeerLabel, Gauge>,
     pub(crate) peer_lag_max: Gauge,
     pub(crate) peers_lagging: Gauge,
@@ -185,6 +187,7 @@ impl Metrics {
             connections_refused: Family::default(),
             conflicts: Gauge::default(),
             store_bytes: Gauge::default(),
+            store_status: Gauge::default(),
             peer_lag: Family::default(),
             peer_lag_max: Gauge::default(),
             peers_lagging: Gauge::default(),
@@ -256,6 +259,11 @@ impl Metrics {
             "store_bytes",
             "Size of the relay's store file and its write-ahead log",
             m.store_bytes.clone(),
+        );
+        r.register(
+            "store_status",
+            "Whether the store takes writes: 0 yes, 1 its disk is full, 2 it was deleted",
+            m.store_status.clone(),
         );
         r.register(
             "peer_lag_commits",

@@ -37,7 +37,7 @@ use crate::error::RelayError;
 use crate::http::{router, ConnectionSlot};
 use crate::limits::{
     CLOSE_LOG_WINDOW_MS, HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS, ORIGINS_MAX,
-    SHUTDOWN_GRACE_MS, STORE_FILE_NAME,
+    SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME,
 };
 use crate::metrics::Transport;
 use crate::origin::Origin;
@@ -103,6 +103,7 @@ impl Relay {
             source,
         })?;
         let path = config.data_dir.join(STORE_FILE_NAME);
+        let found = StoreFound::look(&path)?;
         let options = OpenOptions {
             password: config.password.as_ref().map(|p| p.expose().to_owned()),
             create: true,
@@ -116,6 +117,9 @@ impl Relay {
             })
         };
         let db = open(options.clone())?;
+        if let Some(event) = found.created_event(&path, db.node_id()) {
+            eprintln!("{event}");
+        }
         db.set_server_role(true);
         // `/v1/query` reads through a handle of its own: a query scans with its handle
         // locked (a filter no index serves reads the whole collection), and on the sessions'
@@ -278,6 +282,7 @@ impl Relay {
             state.tasks.spawn(accept_unix(state.clone(), l));
         }
         state.tasks.spawn(end_log_windows(state.clone()));
+        state.tasks.spawn(watch_store(state.clone()));
         shutdown.await;
         state.shutdown.cancel();
         state.tasks.close();
@@ -300,6 +305,70 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
     Relay::bind(config).await?.run(shutdown).await
+}
+
+/// What was at the store's path before the relay opened it.
+#[derive(Debug, PartialEq)]
+enum StoreFound {
+    /// Nothing: the relay creates its store.
+    Missing,
+    /// A file of 0 bytes with no write-ahead log holding anything beside it: what the
+    /// creation of a store leaves when it is killed before its first commit. The relay
+    /// creates its store there, and says so (a store that held data and was truncated to 0
+    /// bytes looks the same, and the operator is the one who can tell).
+    Empty,
+    /// A store (or something else, which the open judges).
+    Existing,
+}
+
+impl StoreFound {
+    /// Look at `path`. A 0-byte file with a non-empty `-wal` beside it is refused: the file
+    /// was cut (its last commits may be in the log), and creating a store there would take
+    /// the log for a log of the new store or remove it.
+    fn look(path: &std::path::Path) -> Result<StoreFound, RelayError> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(StoreFound::Missing);
+        };
+        if !meta.is_file() || meta.len() > 0 {
+            return Ok(StoreFound::Existing);
+        }
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        match std::fs::metadata(&wal) {
+            Ok(w) if w.len() > 0 => Err(RelayError::StoreTruncated {
+                path: path.to_owned(),
+                wal_bytes: w.len(),
+            }),
+            _ => Ok(StoreFound::Empty),
+        }
+    }
+
+    /// The log line for a store the relay has just created at `path` (none for one that
+    /// was there): when the relay came up with a new, empty store and a new node id, the
+    /// log says so, and why.
+    fn created_event(&self, path: &std::path::Path, node: blazedb::NodeId) -> Option<String> {
+        let path = path.display().to_string();
+        let event = match self {
+            StoreFound::Existing => return None,
+            StoreFound::Missing => serde_json::json!({
+                "event": "store_created",
+                "path": path,
+                "node": node.to_string(),
+            }),
+            StoreFound::Empty => serde_json::json!({
+                "event": "store_created",
+                "path": path,
+                "node": node.to_string(),
+                "warning": format!(
+                    "{path} was an empty file (0 bytes), which is what creating a store \
+                     leaves when it is killed before its first commit: a new, empty store \
+                     was created in it, with a new node id. If this relay held data before, \
+                     the file was truncated: stop the relay and restore {path} from a \
+                     backup (clients keep their data and send it again)"
+                ),
+            }),
+        };
+        Some(event.to_string())
+    }
 }
 
 /// Without authentication, only loopback addresses (and Unix sockets) may be served, unless
@@ -389,6 +458,22 @@ async fn end_log_windows(state: Arc<State>) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => state.end_log_window(),
+        }
+    }
+}
+
+/// Look whether the store can take writes every [`STORE_CHECK_INTERVAL_MS`] (logging a
+/// change: `store_watch.rs`), until shutdown. The first look is at once: a relay started on a
+/// full disk says so.
+async fn watch_store(state: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(STORE_CHECK_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                state.check_store();
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::metrics::{Metrics, Transport};
 use crate::origin::{Origin, RequestHost};
 use crate::rules::Rules;
 use crate::slots::{Refused, Slot, Slots};
+use crate::store_watch::{StoreStatus, StoreWatch};
 
 /// Shared by all connections of one relay.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub(crate) struct State {
     /// `blazedb put`, a service writing the file beside the relay), which no commit listener
     /// of this process sees; set when the relay starts running.
     pub head_watch: std::sync::OnceLock<blazedb_net::head_watch::HeadWatch>,
+    /// Whether the store can take writes, as last seen (`/health`, `store_status`).
+    pub store_watch: StoreWatch,
     /// Which of the lines clients can cause in a loop are logged in full
     /// ([`State::log_throttled`]).
     log_throttle: Mutex<LogThrottle>,
@@ -77,6 +80,7 @@ impl State {
         http_on_loopback: bool,
     ) -> State {
         State {
+            store_watch: StoreWatch::new(db.path().to_owned()),
             loopback_hosts_only: !auth.required() && http_on_loopback,
             db,
             query_db,
@@ -204,6 +208,13 @@ impl State {
 
     fn lock_log_throttle(&self) -> std::sync::MutexGuard<'_, LogThrottle> {
         self.log_throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the store can take writes now (logged when it changes; see `store_watch.rs`).
+    pub fn check_store(&self) -> StoreStatus {
+        let status = self.store_watch.check(&self.db);
+        self.metrics.store_status.set(status.level());
+        status
     }
 
     /// Size of the store file and its write-ahead log, in bytes.

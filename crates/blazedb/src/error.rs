@@ -237,6 +237,21 @@ pub enum Error {
     /// A file operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The database file was deleted (or another file was renamed over it) while this
+    /// handle had it open. Writes are refused from then on: the deleted file still takes
+    /// them, but it is freed when the last handle closes, and they would be lost with it.
+    /// Reads still see the open file. See
+    /// [`Database::file_is_gone`](crate::Database::file_is_gone).
+    #[error(
+        "{path} was deleted (or replaced by another file) while open: writes are refused, \
+         since they would be lost with the deleted file when it is closed (reads still see \
+         it); put the database back (from a backup, or sync a new file from a peer) and open \
+         it again"
+    )]
+    FileGone {
+        /// The path the file was opened by.
+        path: String,
+    },
     /// A call on a [`Database`](crate::Database) from code that already holds its lock on
     /// the same thread: the application's [`transaction`](crate::Database::transaction)
     /// closure calling the handle it runs on. Waiting would never end (the lock is not
@@ -251,6 +266,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The disk (or the file's size limit) is full: the write failed and nothing of it was
+    /// kept. Writes may succeed again once there is room; reads still work.
+    pub fn is_disk_full(&self) -> bool {
+        let Error::Sqlite(e) = self else {
+            return false;
+        };
+        e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// The file takes no writes for now, for a reason outside the database: the disk is
+    /// full ([`Error::is_disk_full`]) or the file was deleted while open
+    /// ([`Error::FileGone`]). Reads still work; bookkeeping may wait in memory.
+    pub(crate) fn store_refuses_writes(&self) -> bool {
+        self.is_disk_full() || matches!(self, Error::FileGone { .. })
+    }
+
     /// Another connection held a lock on the file for longer than the busy timeout (a long
     /// write transaction, a checkpoint, another process's maintenance): the same call may
     /// succeed later, unlike a damaged file or an invalid argument.

@@ -175,6 +175,13 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// notes, stored together once the oldest has waited this long (`store/noted_cursors.rs`).
 /// Both are advisory for where sync resumes: a crash repeats at most this much, idempotently.
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 1_000;
+/// Peer notes a handle keeps in memory at once while its file takes no writes (the disk
+/// full, the file deleted), over all peers (`store/noted_cursors.rs`): the bookkeeping a
+/// serving session writes about its peer, which waits so that peers that only read are
+/// still served. A note is a short text (an identity, a view's fingerprint), and each new
+/// peer adds a few, so this bounds the memory to a few MB; past it, the session ends with
+/// the write's error as it did before.
+pub const PEER_NOTES_WAITING_MAX: usize = 10_000;
 /// A session that applies a unit passes over the local positions the apply took (they hold
 /// only the peer's own changes) without a CAUGHT_UP, unless its last CAUGHT_UP is older than
 /// this: the peer's received cursor, which decides where a reconnect resumes and so the

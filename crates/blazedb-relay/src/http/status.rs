@@ -16,11 +16,23 @@ use super::error;
 use crate::limits::CONFLICTS_REFRESH_MS;
 use crate::metrics::gauge_value;
 use crate::state::State;
+use crate::store_watch::StoreStatus;
 
-/// `{"status", "version", "uptime_s", "connected_clients", "store_bytes", ...}`.
+/// `{"status", "reason", "version", "uptime_s", "connected_clients", "store_bytes", ...}`.
+///
+/// `status` is `ok`; `degraded` when the store's disk is full (reads are served, writes
+/// refused: still 200, a load balancer keeps sending readers); or `failing`, `503`, when the
+/// store was deleted while the relay runs (the operator must act). `reason` (null when `ok`)
+/// says why and what to do. See `store_watch.rs`.
 pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response {
-    Json(serde_json::json!({
-        "status": "ok",
+    let store = state.check_store();
+    let code = match store {
+        StoreStatus::Gone => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    let body = Json(serde_json::json!({
+        "status": store.name(),
+        "reason": store.reason(state.store_watch.path()),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),
         "connected_clients": state.session_count(),
@@ -28,8 +40,8 @@ pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response 
         "node": state.db.node_id().to_string(),
         "auth": state.auth.kind_name(),
         "rules": state.rules.is_restricted(),
-    }))
-    .into_response()
+    }));
+    (code, body).into_response()
 }
 
 /// The Prometheus / OpenMetrics text, with the store gauges refreshed first.

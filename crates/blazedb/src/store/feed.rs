@@ -1167,7 +1167,7 @@ impl Database {
         let now = self.now_ms();
         let mut inner = self.lock_write()?;
         inner.set_peer_cursor(peer, direction, cursor, now)?;
-        Ok(inner.commit()?)
+        inner.commit()
     }
 
     /// Note how far `peer` acknowledged our feed (`Acked`) or we have read its feed
@@ -1191,26 +1191,41 @@ impl Database {
             noted.due(now, crate::limits::ACK_PERSIST_INTERVAL_MS)
         };
         if due {
-            self.store_noted_cursors()?;
+            match self.store_noted_cursors() {
+                // They stay noted and are stored once the file takes writes again (tried
+                // an interval later): a cursor stored late only repeats a little sync.
+                Err(e) if e.store_refuses_writes() => {}
+                r => r?,
+            }
         }
         Ok(())
     }
 
-    /// Store every cursor noted by [`Database::note_peer_cursor`], now, in one transaction.
-    /// On failure they stay noted, for the next try.
+    /// Store every cursor noted by [`Database::note_peer_cursor`], and every peer note
+    /// waiting for the disk ([`Database::set_peer_notes_or_wait`]), now, in one transaction.
+    /// On failure they stay noted, for the next try (by `note_peer_cursor`, one interval
+    /// later).
     pub fn store_noted_cursors(&self) -> Result<()> {
         // Held through the write: see the lock order in `noted_cursors.rs`.
         let mut noted = self.noted_cursors();
         if noted.is_empty() {
             return Ok(());
         }
-        let mut inner = self.lock_write()?;
-        for (peer, direction, cursor, noted_ms) in noted.entries() {
-            inner.set_peer_cursor(peer, direction, cursor, noted_ms)?;
+        let stored = (|| {
+            let mut inner = self.lock_write()?;
+            for (peer, direction, cursor, noted_ms) in noted.entries() {
+                inner.set_peer_cursor(peer, direction, cursor, noted_ms)?;
+            }
+            for (peer, name, value) in noted.notes() {
+                set_peer_note_in(&inner.conn, peer, name, value)?;
+            }
+            inner.commit()
+        })();
+        match stored {
+            Ok(()) => noted.clear(),
+            Err(_) => noted.retry_later(self.now_ms()),
         }
-        inner.commit()?;
-        noted.clear();
-        Ok(())
+        stored
     }
 
     pub(super) fn noted_cursors(
@@ -1223,6 +1238,9 @@ impl Database {
     /// peer, or the policy a receiver subscribed with). Stored in `meta` as
     /// `peer:<node>:<name>`.
     pub fn peer_note(&self, peer: NodeId, name: &str) -> Result<Option<String>> {
+        if let Some(waiting) = self.noted_cursors().waiting_note(peer, name) {
+            return Ok(waiting);
+        }
         peer_note_in(&*self.lock()?, peer, name)
     }
 
@@ -1233,11 +1251,44 @@ impl Database {
 
     /// [`Database::set_peer_note`] for several notes, in one transaction.
     pub fn set_peer_notes(&self, peer: NodeId, notes: &[(&str, Option<&str>)]) -> Result<()> {
+        // Taken first (the lock order in `noted_cursors.rs`): a note waiting for the disk
+        // must not be stored over this newer one.
+        let mut noted = self.noted_cursors();
         let mut inner = self.lock_write()?;
         for (name, value) in notes {
             set_peer_note_in(&inner.conn, peer, name, *value)?;
         }
-        Ok(inner.commit()?)
+        inner.commit()?;
+        for (name, _) in notes {
+            noted.forget_note(peer, name);
+        }
+        Ok(())
+    }
+
+    /// [`Database::set_peer_notes`] for a session's bookkeeping about its peer, which may be
+    /// written late: when the file takes no writes (the disk is full, or the file was
+    /// deleted: [`Error::store_refuses_writes`](crate::Error)), the notes wait in memory,
+    /// seen by this handle's [`Database::peer_note`], and are stored with the noted cursors
+    /// (see `noted_cursors.rs` for what that costs). Other errors, and a full waiting list,
+    /// are returned.
+    pub(crate) fn set_peer_notes_or_wait(
+        &self,
+        peer: NodeId,
+        notes: &[(&str, Option<&str>)],
+    ) -> Result<()> {
+        match self.set_peer_notes(peer, notes) {
+            Err(e) if e.store_refuses_writes() => {
+                let now = self.now_ms();
+                let mut noted = self.noted_cursors();
+                for (name, value) in notes {
+                    if !noted.note_waiting(peer, name, *value, now) {
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// Name `records` in [`NOTE_EVICTS_UNAPPLIED`] and move [`NOTE_EVICTS`] back to `after`
@@ -1251,7 +1302,7 @@ impl Database {
     ) -> Result<()> {
         let mut inner = self.lock_write()?;
         note_unapplied_writes_in(&inner, peer, records, after)?;
-        Ok(inner.commit()?)
+        inner.commit()
     }
 
     /// The records where a write of `peer`, a partial replica, was not applied here (lost or

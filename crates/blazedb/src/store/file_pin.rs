@@ -13,6 +13,10 @@
 //! inode; later handles read through the same one; it closes only when the last handle on
 //! the file has closed its SQLite connections (the pin is the last field a `Database` drops).
 //! Before any descriptor is opened, the path is looked up with `stat`, which opens none.
+//!
+//! The descriptor also tells whether the file still has a name ([`FilePin::unlinked`]): a
+//! file deleted while open (`rm -rf` of its directory, a backup renamed over it) keeps
+//! taking SQLite's writes, and they vanish when the last descriptor closes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,12 +29,33 @@ pub(crate) struct FilePin {
     /// Descriptors of this file opened by a pin that raced a rename (see [`pin`]): kept, not
     /// closed, for the reason in the module docs.
     extra: Mutex<Vec<std::fs::File>>,
+    /// The path the file was pinned through (for messages).
+    path: std::path::PathBuf,
+    /// Whether the file had a name when it was pinned. A file system that reports no links
+    /// for files with a name (some FUSE file systems do) has this false, and
+    /// [`FilePin::unlinked`] never says a file is gone there.
+    linked_when_pinned: bool,
 }
 
 impl FilePin {
     /// The file's length now.
     pub fn len(&self) -> std::io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    /// Whether the file has no name left in any directory: it was deleted (or another file
+    /// was renamed over it) while open. Its data lives on only as long as a descriptor is
+    /// open, so a write committed to it now is lost when the process ends. One `fstat` of
+    /// the held descriptor: no path is looked up, so a process that changed its working
+    /// directory, a symbolic link pointed elsewhere or a directory renamed (the file keeps a
+    /// name, and its writes) do not count. `false` where it cannot be told.
+    pub fn unlinked(&self) -> bool {
+        self.linked_when_pinned && links(&self.file) == Some(0)
+    }
+
+    /// The path the file was pinned through.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Fill `buf` from the start of the file (never through a descriptor that then closes).
@@ -84,8 +109,10 @@ pub(crate) fn pin(path: &Path) -> std::io::Result<Option<Arc<FilePin>>> {
     }
     pins.retain(|_, p| p.strong_count() > 0);
     let p = Arc::new(FilePin {
+        linked_when_pinned: links(&file).is_some_and(|n| n > 0),
         file,
         extra: Mutex::default(),
+        path: path.to_owned(),
     });
     pins.insert(id, Arc::downgrade(&p));
     Ok(Some(p))
@@ -105,6 +132,20 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
             static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
         })
+    }
+}
+
+/// How many names (hard links) an open file has; `None` where it cannot be told.
+fn links(file: &std::fs::File) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().ok().map(|m| m.nlink())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        None
     }
 }
 

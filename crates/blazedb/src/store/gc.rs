@@ -251,16 +251,31 @@ impl Database {
             // it too. The lower cursor wins, should one have been stored in between.
             None => {
                 let now = self.now_ms();
-                let mut inner = self.lock_write()?;
-                inner.conn.execute(
-                    "INSERT INTO peers (node, direction, cursor, last_contact_ms)
-                     VALUES (?1, 'acked', ?2, ?3)
-                     ON CONFLICT (node, direction) DO UPDATE SET
-                     cursor = min(cursor, excluded.cursor),
-                     last_contact_ms = excluded.last_contact_ms",
-                    params![&peer.0[..], from.0 as i64, now as i64],
-                )?;
-                Ok(inner.commit()?)
+                let stored = (|| {
+                    let mut inner = self.lock_write()?;
+                    inner.conn.execute(
+                        "INSERT INTO peers (node, direction, cursor, last_contact_ms)
+                         VALUES (?1, 'acked', ?2, ?3)
+                         ON CONFLICT (node, direction) DO UPDATE SET
+                         cursor = min(cursor, excluded.cursor),
+                         last_contact_ms = excluded.last_contact_ms",
+                        params![&peer.0[..], from.0 as i64, now as i64],
+                    )?;
+                    inner.commit()
+                })();
+                match stored {
+                    // The file takes no writes (a full disk, a deleted file): noted like an
+                    // ACK, so that a peer that only reads is still served. GC through this
+                    // handle stores what is noted before it collects (and so cannot run
+                    // before the note is stored); GC by another process on the file does
+                    // not see it until then (see `noted_cursors.rs`).
+                    Err(e) if e.store_refuses_writes() => {
+                        self.noted_cursors()
+                            .note(peer, PeerDirection::Acked, from, now);
+                        Ok(())
+                    }
+                    r => r,
+                }
             }
         }
     }
@@ -274,7 +289,11 @@ impl Database {
     /// again would apply its old writes once more, over deletes GC has collected since
     /// (simulation, known gap 6).
     pub fn forget_peer(&self, node: NodeId) -> Result<bool> {
-        self.noted_cursors().forget(node, PeerDirection::Acked);
+        {
+            let mut noted = self.noted_cursors();
+            noted.forget(node, PeerDirection::Acked);
+            noted.forget_notes_of(node);
+        }
         // One transaction: the peer goes entirely or not at all.
         let mut inner = self.lock_write()?;
         let mut n = inner.conn.execute(

@@ -258,6 +258,9 @@ pub(crate) struct Inner {
     /// see `rekey.rs`); then every read and write fails with it rather than with what the
     /// in-memory stand-in connection would say ("no such table").
     pub lost: Option<String>,
+    /// The file the connection writes to (the handle's pin, see `file_pin.rs`): a commit
+    /// to it once it has no name is refused ([`Inner::commit`]).
+    pub file: Arc<file_pin::FilePin>,
 }
 
 impl Database {
@@ -318,6 +321,7 @@ impl Database {
             past_cache: Default::default(),
             record_cache: Default::default(),
             lost: None,
+            file: opened.pin.clone(),
             conn: opened.conn,
         };
         inner.refresh().map_err(corrupt)?;
@@ -437,6 +441,32 @@ impl Database {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the file this handle has open was deleted (or another file renamed over it)
+    /// since it was opened: it has no name in any directory left. Such a file still works,
+    /// but only until the last handle on it closes, so every write to it is refused with
+    /// [`Error::FileGone`](crate::Error::FileGone); reads go on. A long-running process
+    /// (the relay's `/health`) asks this to report the loss before anyone writes. One
+    /// `fstat` of a descriptor the handle holds; `false` on platforms where it cannot be
+    /// told.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use blazedb::{Database, OpenOptions};
+    /// let path = dir.path().join("app.db");
+    /// let db = Database::open(&path, OpenOptions::default())?;
+    /// db.insert("notes", [("n", 1)])?;
+    /// std::fs::remove_file(&path)?;
+    /// # #[cfg(unix)] {
+    /// assert!(db.file_is_gone());
+    /// assert!(matches!(db.insert("notes", [("n", 2)]), Err(blazedb::Error::FileGone { .. })));
+    /// assert_eq!(db.count("notes")?, 1, "reads still see the open file");
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn file_is_gone(&self) -> bool {
+        self.pin.unlinked()
     }
 
     /// True when the file is encrypted.
@@ -692,8 +722,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Commit the write transaction.
-    pub(crate) fn commit(&mut self) -> rusqlite::Result<()> {
+    /// Commit the write transaction, unless the file was deleted while open: then nothing
+    /// is committed ([`Error::FileGone`](crate::Error::FileGone)), and the transaction is
+    /// rolled back on the caller's error path (or when its lock guard drops).
+    ///
+    /// Checked at every commit, not on a timer: it is one `fstat` of a held descriptor
+    /// (measured 2026-12-07 on the project's 2-core VM: ~0.3 µs, against ~24 µs for the
+    /// cheapest commit), and a commit acknowledged after a timer's last check would be lost
+    /// all the same. A relay whose data directory was removed went on acknowledging every
+    /// client's writes into the deleted file, and came back empty after a restart (a
+    /// durability audit, 2026-12-07).
+    pub(crate) fn commit(&mut self) -> Result<()> {
+        if self.file.unlinked() {
+            return Err(crate::Error::FileGone {
+                path: self.file.path().display().to_string(),
+            });
+        }
         // No other handle can commit while this transaction holds the write lock, so a move
         // of the counter between here and our own move below is a commit after ours.
         let before = self.file_commits.load(Ordering::Acquire);

@@ -134,14 +134,14 @@ impl Database {
     pub fn unit_discard_session(&self, peer: NodeId, staging: StagingId) -> Result<()> {
         let mut inner = self.lock_write()?;
         discard_session_in(&inner.conn, peer, staging)?;
-        Ok(inner.commit()?)
+        inner.commit()
     }
 
     /// Drop the staged parts of `peer`'s unfinished units (of every session).
     pub fn unit_discard(&self, peer: NodeId) -> Result<()> {
         let mut inner = self.lock_write()?;
         discard_in(&inner.conn, peer)?;
-        Ok(inner.commit()?)
+        inner.commit()
     }
 }
 

@@ -922,7 +922,7 @@ impl Session {
                     {
                         // The peer applied what we sent under this view: remember it, so a
                         // reconnect with the same view resumes incrementally.
-                        db.set_peer_note(peer, NOTE_VIEW, Some(&view))
+                        db.set_peer_notes_or_wait(peer, &[(NOTE_VIEW, Some(&view))])
                             .map_err(|e| self.internal(e, now_ms))?;
                     }
                 }
@@ -1041,8 +1041,10 @@ impl Session {
                         ))
                     }
                     Some(_) => {}
+                    // May wait in memory while the file takes no writes (a full disk):
+                    // the node is bound in this process until it is stored.
                     None => db
-                        .set_peer_note(h.node, IDENTITY_NOTE, Some(&who))
+                        .set_peer_notes_or_wait(h.node, &[(IDENTITY_NOTE, Some(&who))])
                         .map_err(|e| self.internal(e, now_ms))?,
                 }
             }
@@ -1124,7 +1126,8 @@ impl Session {
             }
         }
         if !changed.is_empty() {
-            db.set_peer_notes(h.node, &changed)?;
+            // Read by GC, which stores notes waiting for the disk before it runs.
+            db.set_peer_notes_or_wait(h.node, &changed)?;
         }
         Ok(())
     }
@@ -1462,7 +1465,41 @@ impl Session {
     }
 
     fn internal(&mut self, e: Error, now_ms: u64) -> SyncError {
-        self.fail(ErrorCode::Internal, e.to_string(), now_ms)
+        let message = match self.cfg.server {
+            true => relay_store_message(&e),
+            false => None,
+        };
+        self.fail(
+            ErrorCode::Internal,
+            message.unwrap_or_else(|| e.to_string()),
+            now_ms,
+        )
+    }
+}
+
+/// What a server (a relay) tells its peer, and logs, when its store takes no writes: the
+/// message is read on the client, where the storage error alone ("free space on the disk
+/// that holds the database") sent users to their own disk. `None` for other errors. The
+/// refused changes stay with the client, which sends them again at its next sync; sessions
+/// that only read are still served (their bookkeeping waits: `noted_cursors.rs`).
+fn relay_store_message(e: &Error) -> Option<String> {
+    if e.is_disk_full() {
+        Some(
+            "the relay's disk is full: it cannot store changes now. Nothing of this \
+             sync's changes was stored on the relay; the client keeps them and sends them \
+             again at its next sync once the relay's operator has freed space (syncs that \
+             only read from the relay still work)"
+                .to_owned(),
+        )
+    } else if let Error::FileGone { path } = e {
+        Some(format!(
+            "the relay's store {path} was deleted while the relay runs: it refuses changes, \
+             which would be lost with the deleted file. Nothing of this sync's changes was \
+             stored on the relay; the client keeps them and sends them again at its next sync \
+             once the relay's operator has restored the data directory and restarted the relay"
+        ))
+    } else {
+        None
     }
 }
 

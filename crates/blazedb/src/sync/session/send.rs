@@ -326,10 +326,14 @@ impl Session {
         db.hold_gc_for_peer(peer, from)
             .map_err(|e| self.internal(e, now_ms))?;
         if let Some(s) = snap.as_ref().filter(|s| s.next_index == 0) {
-            db.set_peer_note(
+            // Lets an interrupted snapshot resume; may wait in memory while the file takes
+            // no writes (then a reconnect after a restart starts the snapshot over).
+            db.set_peer_notes_or_wait(
                 peer,
-                NOTE_SNAPSHOT_VIEW,
-                Some(&snapshot_note(s.snap_id, &view_note(&view))),
+                &[(
+                    NOTE_SNAPSHOT_VIEW,
+                    Some(&snapshot_note(s.snap_id, &view_note(&view))),
+                )],
             )
             .map_err(|e| self.internal(e, now_ms))?;
         }

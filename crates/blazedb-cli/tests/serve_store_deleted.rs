@@ -1,0 +1,143 @@
+//! `blazedb serve` whose data directory is deleted while it runs (`rm -rf`): a client's
+//! write is refused with what happened and what to do, not acknowledged into the deleted
+//! file; `/health` answers 503 `failing` with the reason; one `store_gone` line is logged;
+//! a new client that only reads is still served from the open file. Restarted, the relay
+//! says it created a new store, and the refused write arrives from the client that kept it.
+
+mod net_common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use net_common::{blazedb, export, put, start_relay};
+use serde_json::Value as Json;
+
+/// `GET path` on the relay whose sync URL is `sync_url`: the status and the body.
+fn get(sync_url: &str, path: &str) -> (u16, String) {
+    let addr = sync_url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/v1/sync");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// `blazedb sync DB URL --once ARGS..`: exit code and stderr.
+fn sync_once(db: &Path, url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = blazedb()
+        .arg("sync")
+        .arg(db)
+        .args([url, "--once"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The relay's log lines of `event`.
+fn events(log: &Path, event: &str) -> Vec<Json> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+#[test]
+fn a_relay_whose_data_directory_is_deleted_refuses_writes_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("relay.log");
+    let (c1, c2, c3) = (
+        dir.path().join("c1.db"),
+        dir.path().join("c2.db"),
+        dir.path().join("c3.db"),
+    );
+    let (relay, url) = start_relay(&data, &[], Some(&log));
+    put(&c1, "notes", r#"{"before": "rm"}"#);
+    assert_eq!(sync_once(&c1, &url, &[]).0, Some(0));
+    assert_eq!(events(&log, "store_created").len(), 1, "a new store");
+
+    std::fs::remove_dir_all(&data).unwrap();
+
+    // The write is refused (before: exit 0, and the write was gone after a restart).
+    put(&c1, "notes", r#"{"after": "rm"}"#);
+    let (code, stderr) = sync_once(&c1, &url, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the relay's store")
+            && stderr.contains("was deleted while the relay runs")
+            && stderr.contains("the client keeps them")
+            && stderr.contains("restored the data directory"),
+        "{stderr}"
+    );
+
+    // Before: 200 and "ok".
+    let (status, body) = get(&url, "/health");
+    assert_eq!(status, 503, "{body}");
+    let health: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "failing", "{body}");
+    let reason = health["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("relay.db was deleted") && reason.contains("/proc/"),
+        "{reason}"
+    );
+    let (_, metrics) = get(&url, "/metrics");
+    assert!(
+        metrics.contains("blazedb_relay_store_status 2"),
+        "{metrics}"
+    );
+
+    // A reader is served from the open file.
+    let (code, stderr) = sync_once(&c2, &url, &["--mode", "pull"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(export(&c2, "notes").len(), 1);
+
+    // One error line, however many checks, health requests and refused writes there were.
+    let start = Instant::now();
+    while events(&log, "store_gone").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no store_gone line"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(sync_once(&c1, &url, &[]).0, Some(1));
+    get(&url, "/health");
+    let gone = events(&log, "store_gone");
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(
+        gone[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("writes are refused"),
+        "{gone:?}"
+    );
+    let (code, _) = relay.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+
+    // Restarted, the relay has a new, empty store and says so; the client still has its
+    // refused write and sends it (with the rest) to the new store.
+    let (_relay, url) = start_relay(&data, &[], Some(&log));
+    let created = events(&log, "store_created");
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(sync_once(&c1, &url, &[]).0, Some(0));
+    assert_eq!(sync_once(&c3, &url, &[]).0, Some(0));
+    assert_eq!(export(&c3, "notes").len(), 2);
+}

@@ -1,0 +1,228 @@
+//! Whether the relay's store can take writes: the file still has a name (its data directory
+//! was not deleted while the relay runs) and its disk has room. `/health` reports it, the
+//! `store_status` metric exports it, and each change is logged once.
+//!
+//! ```text
+//!  every STORE_CHECK_INTERVAL_MS, and at each GET /health:
+//!    Database::file_is_gone (fstat) ──┐
+//!    free bytes of the disk (statvfs) ┴─► classify (with the previous status) ─► StoreStatus
+//!                                          └─ changed? one log line (store_gone, ...)
+//! ```
+//!
+//! What the relay does meanwhile is decided elsewhere and does not wait for this check: the
+//! store refuses every commit to a deleted file (`Error::FileGone`, checked at each commit),
+//! a write on a full disk fails in SQLite, and sync sessions tell clients so in the relay's
+//! words and go on serving clients that only read (their bookkeeping waits in memory:
+//! `blazedb/src/store/noted_cursors.rs`). So this module only reports.
+//!
+//! **A deleted store is not a reason to exit.** The open file is then the only copy of what
+//! the relay held since its last backup: exiting frees it, and a restart (by the operator,
+//! systemd or an orchestrator) would create a new, empty store with a new node id. Running
+//! on, the relay keeps serving reads from the open file, refuses writes (which the next
+//! restart would lose), answers `/health` with 503, and leaves the operator time to copy the
+//! store out of `/proc/PID/fd` (ARCHITECTURE.md, Relay). The copies stay elsewhere until the
+//! relay has stopped: SQLite removes the `-wal` file by its name when the relay closes it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use blazedb::Database;
+
+use crate::limits::STORE_DISK_FREE_BYTES_MIN;
+
+/// What `/health` says about the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreStatus {
+    /// Writable as far as can be told.
+    Ok,
+    /// The disk holding the store has less than [`STORE_DISK_FREE_BYTES_MIN`] free: writes
+    /// may fail (and are then refused, "the relay's disk is full"); reads are served.
+    DiskFull {
+        /// Bytes free for this user on the store's file system.
+        free_bytes: u64,
+    },
+    /// The store file was deleted while the relay runs: writes are refused, reads are served
+    /// from the open file. Final: a deleted file does not come back for this process.
+    Gone,
+}
+
+impl StoreStatus {
+    /// `/health`'s `status`: `ok`, `degraded` (serving, refusing some writes) or `failing`
+    /// (the operator must act).
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreStatus::Ok => "ok",
+            StoreStatus::DiskFull { .. } => "degraded",
+            StoreStatus::Gone => "failing",
+        }
+    }
+
+    /// The value of the `store_status` metric: 0 ok, 1 degraded, 2 failing.
+    pub fn level(self) -> i64 {
+        match self {
+            StoreStatus::Ok => 0,
+            StoreStatus::DiskFull { .. } => 1,
+            StoreStatus::Gone => 2,
+        }
+    }
+
+    /// Why the status is not `ok`, and what to do, for `/health` and the log.
+    pub fn reason(self, store: &Path) -> Option<String> {
+        match self {
+            StoreStatus::Ok => None,
+            StoreStatus::DiskFull { free_bytes } => Some(format!(
+                "the disk holding the store {} is full ({free_bytes} bytes free): clients' \
+                 writes are refused while it is \
+                 (they keep them and send them again later); syncs that only read are \
+                 served. Free space on that disk",
+                store.display()
+            )),
+            StoreStatus::Gone => Some(format!(
+                "the store {path} was deleted while the relay runs: writes are refused, since \
+                 they would be lost with the deleted file; reads are served from the open \
+                 file. Before stopping the relay, copy its relay.db and relay.db-wal out of \
+                 /proc/{pid}/fd (listed there as deleted) to another directory; once it is \
+                 stopped, put them (or a backup) back as {path} and {path}-wal, and start it \
+                 again",
+                path = store.display(),
+                pid = std::process::id()
+            )),
+        }
+    }
+}
+
+/// The store's last status, so that each change is logged once.
+#[derive(Debug)]
+pub(crate) struct StoreWatch {
+    /// The store file.
+    path: PathBuf,
+    last: Mutex<StoreStatus>,
+}
+
+impl StoreWatch {
+    pub fn new(path: PathBuf) -> StoreWatch {
+        StoreWatch {
+            path,
+            last: Mutex::new(StoreStatus::Ok),
+        }
+    }
+
+    /// Look at the store now (an `fstat` and a `statvfs`); log a change of status.
+    pub fn check(&self, db: &Database) -> StoreStatus {
+        let gone = db.file_is_gone();
+        let free = match gone {
+            true => None,
+            false => self
+                .path
+                .parent()
+                .and_then(|dir| fs4::available_space(dir).ok()),
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = classify(gone, free, *last);
+        if std::mem::discriminant(&now) != std::mem::discriminant(&*last) {
+            eprintln!("{}", self.event(now, *last));
+        }
+        *last = now;
+        now
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The log line for a change of status to `now`.
+    fn event(&self, now: StoreStatus, before: StoreStatus) -> serde_json::Value {
+        let path = self.path.display().to_string();
+        match now {
+            StoreStatus::Gone => serde_json::json!({
+                "event": "store_gone",
+                "path": path,
+                "pid": std::process::id(),
+                "error": now.reason(&self.path),
+            }),
+            StoreStatus::DiskFull { free_bytes } => serde_json::json!({
+                "event": "store_disk_full",
+                "path": path,
+                "free_bytes": free_bytes,
+                "error": now.reason(&self.path),
+            }),
+            StoreStatus::Ok => serde_json::json!({
+                "event": "store_writable_again",
+                "path": path,
+                "was": before.name(),
+            }),
+        }
+    }
+}
+
+/// The status from what was just seen: `gone` (the file has no name), `free` (bytes free on
+/// its disk, `None` when unknown) and the `previous` status. A full disk is left only once
+/// twice [`STORE_DISK_FREE_BYTES_MIN`] is free, so that a relay writing at the edge does not
+/// log a change at every check.
+fn classify(gone: bool, free: Option<u64>, previous: StoreStatus) -> StoreStatus {
+    if gone || previous == StoreStatus::Gone {
+        return StoreStatus::Gone;
+    }
+    let full_below = match previous {
+        StoreStatus::DiskFull { .. } => 2 * STORE_DISK_FREE_BYTES_MIN,
+        _ => STORE_DISK_FREE_BYTES_MIN,
+    };
+    match free {
+        Some(free_bytes) if free_bytes < full_below => StoreStatus::DiskFull { free_bytes },
+        Some(_) => StoreStatus::Ok,
+        // Unknown (the file system does not say): as it was.
+        None => previous,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = STORE_DISK_FREE_BYTES_MIN;
+
+    #[test]
+    fn a_full_disk_is_left_at_twice_the_minimum_and_a_deleted_store_for_good() {
+        use StoreStatus::{DiskFull, Gone, Ok};
+        assert_eq!(classify(false, Some(MIN), Ok), Ok);
+        assert_eq!(
+            classify(false, Some(MIN - 1), Ok),
+            DiskFull {
+                free_bytes: MIN - 1
+            }
+        );
+        let full = DiskFull { free_bytes: 0 };
+        assert_eq!(
+            classify(false, Some(MIN), full),
+            DiskFull { free_bytes: MIN },
+            "not yet"
+        );
+        assert_eq!(classify(false, Some(2 * MIN), full), Ok);
+        assert_eq!(classify(false, None, full), full, "unknown: as it was");
+        assert_eq!(classify(false, None, Ok), Ok);
+        assert_eq!(classify(true, Some(u64::MAX), Ok), Gone);
+        assert_eq!(classify(false, Some(u64::MAX), Gone), Gone, "final");
+    }
+
+    #[test]
+    fn each_status_says_what_to_do() {
+        let store = Path::new("/srv/relay/relay.db");
+        assert_eq!(StoreStatus::Ok.reason(store), None);
+        let full = StoreStatus::DiskFull { free_bytes: 0 }
+            .reason(store)
+            .unwrap();
+        assert!(full.contains("Free space on that disk"), "{full}");
+        let gone = StoreStatus::Gone.reason(store).unwrap();
+        assert!(
+            gone.contains("/srv/relay/relay.db was deleted") && gone.contains("/proc/"),
+            "{gone}"
+        );
+        let names: Vec<_> = [StoreStatus::Ok, StoreStatus::DiskFull { free_bytes: 0 }]
+            .into_iter()
+            .chain([StoreStatus::Gone])
+            .map(|s| (s.name(), s.level()))
+            .collect();
+        assert_eq!(names, [("ok", 0), ("degraded", 1), ("failing", 2)]);
+    }
+}
