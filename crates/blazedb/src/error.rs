@@ -1,4 +1,7 @@
-//! Errors, one enum per operation family, and the umbrella [`Error`].
+//! Errors, one enum per operation family, and the umbrella [`Error`]. What they advise is
+//! worded once, in [`advice`].
+
+pub mod advice;
 
 use crate::codec::DecodeError;
 use crate::limits::ERROR_ECHO_CHARS_MAX;
@@ -13,7 +16,8 @@ pub enum OpenError {
     /// from a damaged first page: both fail the page's HMAC.
     #[error(
         "wrong password for {path}: the file is encrypted with a different password (or, if \
-         the password is right, its first page is damaged: restore it from a backup or a peer)"
+         the password is right, its first page is damaged: {})",
+        advice::RESTORE
     )]
     WrongPassword {
         /// The database file.
@@ -46,7 +50,7 @@ pub enum OpenError {
         reason: String,
     },
     /// The file is damaged (truncated, overwritten, failed its integrity check).
-    #[error("{path} is corrupted: {reason}; restore it from a backup or a peer")]
+    #[error("{path} is corrupted: {reason}; {}", advice::RESTORE)]
     Corrupted {
         /// The file.
         path: String,
@@ -85,6 +89,42 @@ pub enum OpenError {
         found: u32,
         /// The newest this build reads.
         supported: u32,
+    },
+    /// The disk that holds the file is full: SQLite could not make the room opening needs,
+    /// also to read (it creates the database's `-wal` and `-shm` files beside it and sizes
+    /// the `-shm` file). Nothing was changed; the same open succeeds once there is room.
+    #[error(
+        "cannot open {path}: the disk that holds {dir} is full{}, and {} ({reason})",
+        free_text(*free_bytes),
+        advice::FREE_SPACE_TO_OPEN
+    )]
+    DiskFull {
+        /// The file.
+        path: String,
+        /// Its directory.
+        dir: String,
+        /// The space left there for this user, when the file system says and it is little
+        /// (`limits::DISK_NEARLY_FULL_BYTES`).
+        free_bytes: Option<u64>,
+        /// SQLite's error.
+        reason: String,
+    },
+    /// The file's directory is on a read-only mount, or this user may not create files in
+    /// it: SQLite could not create the database's `-wal` and `-shm` files there, which it
+    /// needs also to read.
+    #[error(
+        "cannot open {path}: {dir} {why}, and {} ({reason})",
+        advice::writable_directory(std::path::Path::new(dir), std::path::Path::new(path))
+    )]
+    DirectoryNotWritable {
+        /// The file.
+        path: String,
+        /// Its directory.
+        dir: String,
+        /// Why nothing can be created there ("is on a read-only file system").
+        why: String,
+        /// SQLite's error.
+        reason: String,
     },
     /// The file could not be read or created.
     #[error("cannot open {path}: {source}")]
@@ -218,7 +258,7 @@ pub enum Error {
     #[error(transparent)]
     Apply(#[from] ApplyError),
     /// Stored bytes could not be decoded: the file is damaged.
-    #[error("corrupted record data: {0}; run an integrity check and restore from a peer")]
+    #[error("corrupted record data: {0}; {advice}", advice = advice::DAMAGED)]
     Corrupted(#[from] DecodeError),
     /// Time travel asked for a moment whose history was already compacted.
     #[error(
@@ -232,8 +272,31 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     /// The storage engine failed.
-    #[error("storage error: {0}{advice}", advice = sqlite_advice(.0))]
+    #[error("storage error: {0}{advice}", advice = advice_suffix(.0))]
     Sqlite(#[from] rusqlite::Error),
+    /// An operation that writes a copy of the whole database ([`Database::vacuum`],
+    /// [`Database::rekey`]) found no room for it on the disk that holds the file. Nothing
+    /// was changed; the same call succeeds once there is room.
+    ///
+    /// [`Database::vacuum`]: crate::Database::vacuum
+    /// [`Database::rekey`]: crate::Database::rekey
+    #[error(
+        "{operation} of {path} failed for want of room on its disk, and nothing was changed: \
+         {}",
+        advice::room_for_copy(*needed_bytes, std::path::Path::new(dir), *free_bytes)
+    )]
+    NoRoomForCopy {
+        /// What was being done: `vacuum`, `the password change (rekey)`.
+        operation: &'static str,
+        /// The database file.
+        path: String,
+        /// Its directory.
+        dir: String,
+        /// About what the copy needs: the file's size.
+        needed_bytes: u64,
+        /// The space left there for this user, when the file system says.
+        free_bytes: Option<u64>,
+    },
     /// A file operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -266,15 +329,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The disk (or the file's size limit) is full: the write failed and nothing of it was
-    /// kept. Writes may succeed again once there is room; reads still work.
-    pub fn is_disk_full(&self) -> bool {
-        let Error::Sqlite(e) = self else {
-            return false;
-        };
-        e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
-    }
-
     /// The file takes no writes for now, for a reason outside the database: the disk is
     /// full ([`Error::is_disk_full`]) or the file was deleted while open
     /// ([`Error::FileGone`]). Reads still work; bookkeeping may wait in memory.
@@ -294,6 +348,92 @@ impl Error {
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         )
     }
+
+    /// The disk that holds the database is full (or the file reached its size limit): what
+    /// failed was rolled back, nothing of it was kept. The same call may succeed once there
+    /// is room; reads of an open database still work.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Sqlite(e) => is_disk_full(e),
+            Error::NoRoomForCopy { .. } | Error::Open(OpenError::DiskFull { .. }) => true,
+            Error::Io(source) | Error::Open(OpenError::Io { source, .. }) => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether SQLite failed for want of room: its "database or disk is full" (also as SQLCipher's
+/// `sqlcipher_export` passes it on, as a plain error with that text), or the shared-memory
+/// file that could not grow ([`is_shm_growth`]).
+pub(crate) fn is_disk_full(e: &rusqlite::Error) -> bool {
+    if is_shm_growth(e) {
+        return true;
+    }
+    match e {
+        rusqlite::Error::SqliteFailure(f, message) => {
+            f.code == rusqlite::ErrorCode::DiskFull
+                || (f.extended_code == rusqlite::ffi::SQLITE_ERROR
+                    && message.as_deref() == Some(DISK_FULL_TEXT))
+        }
+        _ => false,
+    }
+}
+
+/// SQLite's text for `SQLITE_FULL` (`sqlite3ErrStr`).
+const DISK_FULL_TEXT: &str = "database or disk is full";
+
+/// Whether SQLite failed to create, grow or map the database's shared-memory file (`-shm`):
+/// on Linux the write that grows it fails for want of room, at open (also to read) and as
+/// the write-ahead log grows.
+pub(crate) fn is_shm_growth(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if matches!(
+            f.extended_code,
+            rusqlite::ffi::SQLITE_IOERR_SHMSIZE | rusqlite::ffi::SQLITE_IOERR_SHMMAP
+        )
+    )
+}
+
+/// SQLite's error in short, for a message whose own words say what it means: `SQLite: disk
+/// I/O error, code 4874`.
+pub(crate) fn sqlite_brief(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => format!("SQLite: {e}, code {}", f.extended_code),
+        _ => format!("SQLite: {e}"),
+    }
+}
+
+/// SQLite's error in full, for a message that carries it as text: its message and its code's
+/// description (`disk I/O error: Error code 4874: I/O error within the xShmMap method (...)`).
+pub(crate) fn sqlite_text(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            let (text, code) = (e.to_string(), f.to_string());
+            if text.contains(&code) {
+                text
+            } else {
+                format!("{text}: {code}")
+            }
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// `: what to do` after an SQLite error's text, or nothing where no advice fits.
+fn advice_suffix(e: &rusqlite::Error) -> String {
+    sqlite_advice(e)
+        .map(|a| format!(": {a}"))
+        .unwrap_or_default()
+}
+
+/// ` (N free)` for a message that says a disk is full, or nothing when the space is unknown.
+fn free_text(free_bytes: Option<u64>) -> String {
+    free_bytes
+        .map(|b| format!(" ({} free)", advice::bytes(b)))
+        .unwrap_or_default()
 }
 
 /// `text` as an error message may repeat it: whole when it has at most
@@ -326,22 +466,25 @@ fn article(word: &str) -> &'static str {
     }
 }
 
-/// What to do about the storage failures a user can fix: a full disk, a file this user may
-/// not write. (Whatever failed was rolled back: nothing of it is in the file.)
-fn sqlite_advice(e: &rusqlite::Error) -> &'static str {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => {
-            ": free space on the disk that holds the database (or raise its size limit), then \
-             try again; nothing of the failed write was kept, and a sync sends it again"
+/// What to do about the storage failures a user can mend: a full disk, a file this user may
+/// not write, a damaged file. (Whatever failed was rolled back: nothing of it is in the
+/// file.) `None` where no advice fits.
+pub(crate) fn sqlite_advice(e: &rusqlite::Error) -> Option<&'static str> {
+    if is_shm_growth(e) {
+        return Some(advice::SHM_NO_ROOM);
+    }
+    if is_disk_full(e) {
+        return Some(advice::FREE_SPACE_WRITE);
+    }
+    match e.sqlite_error_code()? {
+        rusqlite::ErrorCode::ReadOnly => Some(advice::READ_ONLY),
+        rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied => {
+            Some(advice::CANNOT_OPEN)
         }
-        Some(rusqlite::ErrorCode::ReadOnly) => {
-            ": this user may not write the database file or its directory (SQLite also creates \
-             the -wal and -shm files beside it): check their permissions and the mount"
-        }
-        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied) => {
-            ": check that the database's directory exists and this user may read and write it"
-        }
-        _ => "",
+        // An encrypted page whose HMAC fails reads as this, as does a plain file's damaged
+        // btree page: the same advice as a record that does not decode.
+        rusqlite::ErrorCode::DatabaseCorrupt => Some(advice::DAMAGED),
+        _ => None,
     }
 }
 
@@ -392,6 +535,10 @@ mod tests {
             m.starts_with("storage error: database or disk is full: free space on the disk"),
             "{m}"
         );
+        assert!(m.contains("rolled back, nothing of it was kept"), "{m}");
+        // Said by a sync of its own (`Session::internal`), where it fits: not to every write.
+        assert!(!m.contains("a sync sends it again"), "{m}");
+        assert!(e.is_disk_full());
         assert_eq!(
             db.count("c").unwrap(),
             1,
@@ -441,8 +588,46 @@ mod tests {
             m.contains("check that the database's directory exists"),
             "{m}"
         );
-        let m = sqlite(rusqlite::ffi::SQLITE_CORRUPT).to_string();
-        assert!(!m.contains(": check"), "no advice where none fits: {m}");
+        let Error::Sqlite(mismatch) = sqlite(rusqlite::ffi::SQLITE_MISMATCH) else {
+            unreachable!()
+        };
+        assert_eq!(sqlite_advice(&mismatch), None, "no advice where none fits");
+    }
+
+    /// A damaged page of an encrypted file (its HMAC fails: SQLITE_CORRUPT) says what to do
+    /// in the words a record that does not decode says it in (an audit, 2026-12-07: the
+    /// first had no advice at all).
+    #[test]
+    fn a_damaged_page_is_advised_as_an_undecodable_record_is() {
+        let page = sqlite(rusqlite::ffi::SQLITE_CORRUPT).to_string();
+        let record = Error::Corrupted(DecodeError::BadVarint { offset: 3 }).to_string();
+        for m in [&page, &record] {
+            assert!(m.contains(advice::DAMAGED), "{m}");
+        }
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_disk_full());
+    }
+
+    /// What SQLite says when there is no room, in its three forms: a full disk, the
+    /// shared-memory file that would not grow (at open, also to read), and SQLCipher's
+    /// export passing a full disk on as a plain error (`rekey`).
+    #[test]
+    fn every_form_of_a_full_disk_is_one() {
+        let exported = Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some("database or disk is full".into()),
+        ));
+        let shm = sqlite(rusqlite::ffi::SQLITE_IOERR_SHMSIZE);
+        for e in [&sqlite(rusqlite::ffi::SQLITE_FULL), &exported, &shm] {
+            assert!(e.is_disk_full(), "{e}");
+        }
+        assert!(exported.to_string().contains(advice::FREE_SPACE_WRITE));
+        assert!(shm.to_string().contains(advice::SHM_NO_ROOM), "{shm}");
+        let other = Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some("no such table: x".into()),
+        ));
+        assert!(!other.is_disk_full());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_IOERR).is_disk_full());
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub const FIELD_NAME_BYTES_MAX: usize = 255;
 /// (`error::excerpt`), so that a name of a megabyte makes an error of a line, not of a
 /// megabyte, in a log, an HTTP reply or a panic message.
 pub const ERROR_ECHO_CHARS_MAX: usize = 64;
+/// Free space below which a database's shared-memory file (`-shm`) that would not grow is
+/// reported as a full disk (SQLite grows it 32 KiB at a time, at open too); with more room
+/// left, the failure is reported as SQLite's own.
+pub const DISK_NEARLY_FULL_BYTES: u64 = 1024 * 1024;
 /// Most top-level fields one record may have.
 pub const RECORD_FIELDS_MAX: usize = 1024;
 /// Largest encoded record (values plus per-field versions).

@@ -292,3 +292,27 @@ fn a_commit_of_another_connection_before_the_rekey_is_in_the_copy_whole() {
     );
     assert_eq!(db.count("c").unwrap(), 2_001);
 }
+
+/// Another connection changed the schema (a `vacuum` of another process, which bumps the
+/// schema cookie) and closed before the rekey took the file: the rekey must read the schema
+/// anew, not fail with SQLite's "database schema has changed" (an audit, 2026-12-07:
+/// `rekey` run while a `vacuum` of the same file finished, 2 runs in 8).
+#[test]
+fn a_rekey_after_another_connection_vacuumed_the_file_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let mut db = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    for n in 0..100 {
+        db.insert("c", [("n", n)]).unwrap();
+    }
+    assert_eq!(db.count("c").unwrap(), 100);
+    let other = Database::open(&path, OpenOptions::with_password("one")).unwrap();
+    other.vacuum().unwrap();
+    drop(other);
+
+    db.rekey(Some("two"))
+        .expect("rekey after the other connection's vacuum");
+    drop(db);
+    let db = Database::open(&path, OpenOptions::with_password("two")).unwrap();
+    assert_eq!(db.count("c").unwrap(), 100);
+}

@@ -199,3 +199,104 @@ pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
     let bytes = std::fs::read(path).expect("read file");
     bytes.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A small file system of its own (a tmpfs) on a temporary directory, for the tests of a
+/// full disk and of a read-only mount. Mounting needs root: where this process may not
+/// mount, [`SmallDisk::mount`] says so on stderr and returns `None`, and the test stops
+/// there (the mapping of each error is also tested without a mount, in the library).
+/// Unmounted when dropped, also when the test fails.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// A tmpfs of `bytes`, or `None` (said why) where mounting one is not allowed.
+    pub fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (it needs root)");
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    /// A path on this disk.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The mount's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes still free on the disk.
+    pub fn free_bytes(&self) -> u64 {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(self.dir.path())
+            .output()
+            .expect("stat -f");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut parts = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+        parts.next().unwrap() * parts.next().unwrap()
+    }
+
+    /// Fill the disk with a file until at most `free` bytes are left.
+    pub fn fill_leaving(&self, free: u64) {
+        let filler = self.path("filler");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&filler)
+            .expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        // Twice at most: the file system's own blocks may take a little of what was free.
+        for _ in 0..2 {
+            let mut left = self.free_bytes().saturating_sub(free);
+            while left > 0 {
+                let n = left.min(block.len() as u64) as usize;
+                if f.write_all(&block[..n]).is_err() {
+                    break;
+                }
+                left -= n as u64;
+            }
+            let _ = f.flush();
+        }
+    }
+
+    /// Give back what [`SmallDisk::fill_leaving`] took.
+    pub fn unfill(&self) {
+        let _ = std::fs::remove_file(self.path("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still in use (a process of the test left running): detach it now, it goes
+            // once that process ends.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// JSON lines of `n` records of about `bytes` each (`{"n": i, "s": "xxx…"}`).
+pub fn json_lines(n: usize, bytes: usize) -> String {
+    (0..n)
+        .map(|i| format!("{{\"n\": {i}, \"s\": \"{}\"}}\n", "x".repeat(bytes)))
+        .collect()
+}

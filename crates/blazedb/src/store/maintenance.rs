@@ -305,14 +305,41 @@ impl Database {
     }
 
     /// Rebuild the file to reclaim free pages.
+    ///
+    /// It writes a copy of the whole database (into the write-ahead log, which is then
+    /// copied back into the file), so it needs about the file's size free on its disk; without
+    /// that room it fails with [`Error::NoRoomForCopy`], saying how much, and changes nothing.
     pub fn vacuum(&self) -> Result<()> {
         let inner = self.lock_bare()?;
         // Rewrites the whole file.
         inner.mark_unbounded();
-        inner.conn.execute_batch(
+        let vacuumed = inner.conn.execute_batch(
             "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
-        )?;
+        );
+        if let Err(e) = vacuumed {
+            // The rolled-back copy's frames stay in the write-ahead log, holding the room
+            // they took, until the log starts over: give it back now (best effort).
+            let _ = inner.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+            return Err(self.no_room_for_copy(e.into(), "vacuum"));
+        }
         Ok(())
+    }
+
+    /// `e` as [`Error::NoRoomForCopy`] when it says the disk is full: an `operation` that
+    /// writes a copy of the whole database (`vacuum`, a password change) then says how much
+    /// room it needs (the file's size) and how much there is. Any other error as it is.
+    pub(super) fn no_room_for_copy(&self, e: Error, operation: &'static str) -> Error {
+        if !e.is_disk_full() {
+            return e;
+        }
+        let dir = super::volume::directory_of(&self.path);
+        Error::NoRoomForCopy {
+            operation,
+            path: self.path.display().to_string(),
+            dir: dir.display().to_string(),
+            needed_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            free_bytes: super::volume::free_bytes(&dir),
+        }
     }
 
     /// Check the file: SQLite's integrity check (and SQLCipher's page authentication when

@@ -24,6 +24,7 @@ mod rekey;
 mod schema;
 mod snapshot;
 mod unit;
+mod volume;
 mod write;
 
 use std::collections::{BTreeSet, HashMap};

@@ -8,9 +8,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::cipher_key::{CipherKey, SALT_BYTES};
 use super::file_pin::{self, FilePin};
-use super::schema;
+use super::{schema, volume};
 use crate::error::OpenError;
-use crate::limits::{WAL_AUTOCHECKPOINT_PAGES, WAL_FILE_BYTES_KEPT};
+use crate::limits::{DISK_NEARLY_FULL_BYTES, WAL_AUTOCHECKPOINT_PAGES, WAL_FILE_BYTES_KEPT};
 use crate::NodeId;
 
 /// The first 16 bytes of every plain SQLite file.
@@ -125,10 +125,52 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => OpenError::Busy {
             path: path.to_owned(),
         },
-        _ => OpenError::Io {
+        _ => storage_err(path, e),
+    }
+}
+
+/// The error for an open that failed in SQLite for a reason other than what the file holds:
+/// a full disk or a directory it may not create the `-wal` and `-shm` files in (both met
+/// also by commands that only read: an audit, 2026-12-07, found `stats`, `get` and `export`
+/// failing with "disk I/O error: ... xShmMap" on a full disk, and "attempt to write a
+/// readonly database" in a read-only directory, neither saying what to do), else SQLite's
+/// error with its advice.
+fn storage_err(path: &str, e: rusqlite::Error) -> OpenError {
+    let dir = volume::directory_of(Path::new(path));
+    let free_bytes = volume::free_bytes(&dir);
+    // SQLite's "database or disk is full" is never anything else here; a shared-memory file
+    // that would not grow is, where the file system says there is room.
+    let disk_full = crate::error::is_disk_full(&e)
+        && (!crate::error::is_shm_growth(&e)
+            || free_bytes.is_none_or(|free| free < DISK_NEARLY_FULL_BYTES));
+    if disk_full {
+        return OpenError::DiskFull {
             path: path.to_owned(),
-            source: std::io::Error::other(e),
-        },
+            dir: dir.display().to_string(),
+            // More than that was freed since, or the limit met was not the disk's: a figure
+            // would contradict the message.
+            free_bytes: free_bytes.filter(|&free| free < DISK_NEARLY_FULL_BYTES),
+            reason: crate::error::sqlite_brief(&e),
+        };
+    }
+    let not_writable = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied)
+    );
+    if let Some(why) = volume::why_not_writable(&dir).filter(|_| not_writable) {
+        return OpenError::DirectoryNotWritable {
+            path: path.to_owned(),
+            dir: dir.display().to_string(),
+            why: why.to_owned(),
+            reason: crate::error::sqlite_brief(&e),
+        };
+    }
+    let advice = crate::error::sqlite_advice(&e)
+        .map(|a| format!(": {a}"))
+        .unwrap_or_default();
+    OpenError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(format!("{}{advice}", crate::error::sqlite_text(&e))),
     }
 }
 
@@ -148,25 +190,37 @@ fn cut_mid_page(
             return false;
         };
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        Connection::open_with_flags(path, flags)
+        // Page 1 failing its HMAC (a wrong password, or no encrypted database) reads as
+        // `NotADatabase`. Page 1 read, SQLite may still find the file shorter than the page
+        // count in its header, as every cut before the last page is: "malformed", which
+        // says the password decrypted page 1 as surely as a read that succeeds.
+        match Connection::open_with_flags(path, flags)
             .and_then(|conn| first_read(&conn, Some(&key)))
-            .is_ok()
+        {
+            Ok(_) => true,
+            Err(e) => e.sqlite_error_code() == Some(ErrorCode::DatabaseCorrupt),
+        }
     });
     if page_one_decrypts {
         return OpenError::Corrupted {
             path: p,
             reason: format!(
-                "truncated: the password opens it, but its {len} bytes are not a whole number \
-                 of {CIPHER_PAGE_BYTES}-byte encrypted pages"
+                "truncated: the password opens it, so it is a BlazeDB database, but its {len} \
+                 bytes are not a whole number of {CIPHER_PAGE_BYTES}-byte encrypted pages \
+                 (a copy or a write cut short)"
             ),
         };
     }
+    let check = match password {
+        None => "give its password to check",
+        Some(_) => "it is one under another password than the one given",
+    };
     OpenError::NotABlazeDb {
         path: p,
         reason: format!(
             "{len} bytes, not an SQLite header and not a whole number of encrypted pages (if it \
-             is an encrypted database cut short, give its password to check; restore it from a \
-             backup or a peer)"
+             is an encrypted database cut short, {check}; {})",
+            crate::error::advice::RESTORE
         ),
     }
 }
@@ -596,6 +650,47 @@ mod tests {
         assert_eq!(
             tables.unwrap_err().sqlite_error_code(),
             Some(ErrorCode::NotADatabase)
+        );
+    }
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    /// A full disk at open says so and names the directory, whatever SQLite's form of it;
+    /// a shared-memory file that would not grow where the file system has room is not
+    /// called a full disk (the real thing: `blazedb-cli/tests/disk_full.rs`, on a tmpfs).
+    #[test]
+    fn a_full_disk_at_open_names_the_directory_to_free_space_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let p = path.display().to_string();
+        let e = storage_err(&p, failure(rusqlite::ffi::SQLITE_FULL));
+        assert!(matches!(e, OpenError::DiskFull { .. }), "{e:?}");
+        let m = e.to_string();
+        let holds = format!("the disk that holds {} is full", dir.path().display());
+        assert!(m.starts_with(&format!("cannot open {p}: {holds}")), "{m}");
+        assert!(m.contains("free space on that disk, then try again"), "{m}");
+        assert!(m.ends_with("code 13)"), "{m}");
+
+        let roomy = volume::free_bytes(dir.path()).is_some_and(|b| b >= DISK_NEARLY_FULL_BYTES);
+        let e = storage_err(&p, failure(rusqlite::ffi::SQLITE_IOERR_SHMSIZE));
+        assert_eq!(matches!(e, OpenError::DiskFull { .. }), !roomy, "{e:?}");
+    }
+
+    /// A directory SQLite may not create the `-wal` and `-shm` files in, where this process
+    /// may after all (as root), is reported as SQLite's error with its advice (the real
+    /// thing: `blazedb-cli/tests/read_only_location.rs`).
+    #[test]
+    fn a_read_only_error_in_a_writable_directory_keeps_sqlites_words_and_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.db").display().to_string();
+        let readonly_directory = 1544; // SQLITE_READONLY_DIRECTORY
+        let e = storage_err(&p, failure(readonly_directory));
+        assert!(matches!(e, OpenError::Io { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(crate::error::advice::READ_ONLY),
+            "{e}"
         );
     }
 

@@ -42,6 +42,9 @@ impl Database {
     /// The file is replaced by a re-encrypted copy, so it must not be open anywhere else: if
     /// another connection has it open (another process, or another `Database` on the same
     /// file in this one), the rekey fails with [`OpenError::InUse`] and changes nothing.
+    /// It writes the copy beside the file, so it needs about the file's size free on that
+    /// disk; without that room it fails with [`Error::NoRoomForCopy`](crate::Error::NoRoomForCopy),
+    /// saying how much, and changes nothing.
     /// The handle stays open and usable, also when the rekey fails, and keeps its watches,
     /// commit listeners and server role; only if the file then cannot be opened again (a
     /// disk failure, another process taking it exclusively) is the handle closed, and every
@@ -75,7 +78,15 @@ impl Database {
         // It holds the old file and the old key.
         self.close_checkpointer()?;
         let mut renamed = false;
-        let swapped = self.swap_in_rekeyed_copy(&copy, new_key.as_ref(), &mut renamed);
+        let swapped = self
+            .swap_in_rekeyed_copy(&copy, new_key.as_ref(), &mut renamed)
+            // Before the rename, a full disk is a copy that did not fit: say how much room
+            // it needs (an audit, 2026-12-07: "database or disk is full: Error code 1: SQL
+            // error or missing database", with no advice).
+            .map_err(|e| match renamed {
+                false => self.no_room_for_copy(e, "the password change (rekey)"),
+                true => e,
+            });
         // `Database::open` moves each password into a string it wipes.
         let options = self.options.clone();
         let options_with = |password: Option<&str>| OpenOptions {
@@ -148,6 +159,14 @@ impl Database {
         // that committed while this handle was open, deriving the new key, left the copy's
         // field table and its index disagreeing: found by a crash and concurrency audit).
         conn.execute_batch("PRAGMA shrink_memory")?;
+        // Read the schema anew as well: another connection may have changed it since this
+        // one last read it (a `vacuum`, which bumps the schema cookie, of another process
+        // that ended just before this rekey took the file), and `sqlcipher_export` prepares
+        // its statements with the legacy `sqlite3_prepare`, which fails with "database schema
+        // has changed" rather than preparing them again (an audit, 2026-12-07: 2 rekeys in 8
+        // run during a vacuum). A statement of ours is prepared again and reloads the schema;
+        // the file is this connection's alone from here on, so the schema stays current.
+        conn.query_row("SELECT count(*) FROM main.sqlite_master", [], |_| Ok(()))?;
         // A copy left by a crashed rekey is garbage; with the file held, it is not another
         // rekey's copy in progress (and neither is one this rekey fails to finish).
         remove_copy(copy);

@@ -1,0 +1,108 @@
+//! What to do about a failure, in the words every message that gives the same advice shares:
+//! a sentence changed here changes wherever it is given (the library's errors, the sync's
+//! ERROR messages, the CLI's reports).
+//!
+//! Each says what to do in the library's terms; a program that wraps the library (the CLI)
+//! adds how its users do it.
+
+use std::path::Path;
+
+/// A file whose pages or records fail their checks (an encrypted page whose HMAC fails, a
+/// btree page overwritten, a record that does not decode).
+pub const DAMAGED: &str =
+    "the file is damaged: run an integrity check, and restore it from a backup or a peer";
+
+/// What to do with a file whose damage the message has named already.
+pub const RESTORE: &str = "restore it from a backup or a peer";
+
+/// A write (a transaction) that failed on a full disk: SQLite rolled it back.
+pub const FREE_SPACE_WRITE: &str =
+    "free space on the disk that holds the database (or raise its size limit), then try \
+     again; the transaction that failed was rolled back, nothing of it was kept";
+
+/// SQLite could not grow the database's shared-memory file (`-shm`), which it does when the
+/// write-ahead log grows and at open, also to read: on Linux, a full disk.
+pub const SHM_NO_ROOM: &str =
+    "SQLite could not grow the database's shared-memory file (-shm) beside it: the disk that \
+     holds the database is probably full; free space there, then try again";
+
+/// A file this user may not write (or a directory in which it may not create files).
+pub const READ_ONLY: &str =
+    "this user may not write the database file or its directory (SQLite also creates the \
+     -wal and -shm files beside it): check their permissions and the mount";
+
+/// SQLite could not open the file at all.
+pub const CANNOT_OPEN: &str =
+    "check that the database's directory exists and this user may read and write it";
+
+/// Why opening needs a writable directory even to read.
+pub const WAL_BESIDE: &str =
+    "SQLite creates a database's -wal and -shm files beside it, even to read it";
+
+/// Why opening needs room even to read, and what to do: said after the message has named
+/// the full disk's directory.
+pub const FREE_SPACE_TO_OPEN: &str =
+    "SQLite needs a few dozen KB there for a database's -wal and -shm files, even to read it: \
+     free space on that disk, then try again";
+
+/// `dir` is on a read-only mount, or this user may not create files in it: what to do to
+/// read the database `path` there.
+pub fn writable_directory(dir: &Path, path: &Path) -> String {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    format!(
+        "{WAL_BESIDE}: make {} writable for this user (or mount it read-write); to only read \
+         it, copy {name} (with its {name}-wal file, if there is one) into a writable directory \
+         and read the copy",
+        dir.display()
+    )
+}
+
+/// An operation that writes a copy of the whole database (`vacuum`, a password change) and
+/// found no room for it: how much it needs.
+pub fn room_for_copy(needed_bytes: u64, dir: &Path, free_bytes: Option<u64>) -> String {
+    let free = match free_bytes {
+        Some(free) => format!(", {} free now", bytes(free)),
+        None => String::new(),
+    };
+    format!(
+        "it writes a copy of the whole database, so it needs about {} free (the file's size) \
+         on the disk that holds {}{free}: free space there (or copy the database to a larger \
+         disk), then try again",
+        bytes(needed_bytes),
+        dir.display()
+    )
+}
+
+/// `n` bytes as a person reads a size: `512 bytes`, `12 KB`, `5.1 MB`, `2.0 GB` (powers of
+/// 1024, as `df -h` counts).
+pub fn bytes(n: u64) -> String {
+    const KB: u64 = 1024;
+    const MB: u64 = 1024 * KB;
+    const GB: u64 = 1024 * MB;
+    match n {
+        n if n < KB => format!("{n} bytes"),
+        n if n < MB => format!("{} KB", n.div_ceil(KB)),
+        n if n < GB => format!("{:.1} MB", n as f64 / MB as f64),
+        n => format!("{:.1} GB", n as f64 / GB as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_df_shows_them() {
+        let shown: Vec<String> = [0, 1023, 1024, 1025, 5 * 1024 * 1024 + 200_000, 3 << 30]
+            .into_iter()
+            .map(bytes)
+            .collect();
+        assert_eq!(
+            shown,
+            ["0 bytes", "1023 bytes", "1 KB", "2 KB", "5.2 MB", "3.0 GB"]
+        );
+    }
+}

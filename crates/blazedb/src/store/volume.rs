@@ -1,0 +1,52 @@
+//! The file system a database lives on, as far as an error message needs it: the directory
+//! of the file, the space left there, and whether this process may create files in it.
+//!
+//! Only asked after something failed, to tell the user which of the things they can mend
+//! it was; nothing here decides whether an operation is attempted.
+
+use std::path::{Path, PathBuf};
+
+/// The directory that holds `path` (`.` for a bare file name), as the user would look for
+/// it: absolute when it can be made so.
+pub(crate) fn directory_of(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// Bytes this user may still write on the file system that holds `dir` (`None`: the
+/// platform or the file system does not say).
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let s = rustix::fs::statvfs(dir).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// Why this process cannot create files in `dir` ("is on a read-only file system", "is not
+/// writable by this user"), or `None` when it can (or the platform does not say).
+pub(crate) fn why_not_writable(dir: &Path) -> Option<&'static str> {
+    #[cfg(unix)]
+    {
+        use rustix::io::Errno;
+        match rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+            Ok(()) => None,
+            Err(Errno::ROFS) => Some("is on a read-only file system"),
+            Err(Errno::ACCESS | Errno::PERM) => Some("is not writable by this user"),
+            Err(_) => None,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
