@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{json_lines, run_blazedb, Run, SmallDisk};
+use common::{json_lines, run_blazedb, Run, SmallDisk, TestDb};
 
 /// `blazedb ARGS..` with no password, on paths anywhere.
 fn blazedb(args: &[&str]) -> Run {
@@ -130,4 +130,39 @@ fn maintenance_on_a_full_disk_says_what_it_needs_and_that_nothing_changed() {
     );
     blazedb(&["check", db]).success();
     blazedb(&["vacuum", db]).success();
+}
+
+/// `sync A B` where only B's disk is full, either way round: the error is STORAGE_FULL and
+/// names B, not INTERNAL naming neither file (an audit, 2026-12-07). A sync once there is
+/// room delivers everything.
+#[test]
+fn a_file_sync_names_the_file_whose_disk_is_full() {
+    let Some(disk) = SmallDisk::mount(8 << 20) else {
+        return;
+    };
+    let a = TestDb::new();
+    let lines = a.file("lines.jsonl");
+    std::fs::write(&lines, json_lines(20_000, 200)).unwrap();
+    a.run("import", &["c", lines.to_str().unwrap()]).success();
+    let a_path = a.path.to_str().unwrap();
+    let b = disk.path("b.db");
+    let b = b.to_str().unwrap();
+    blazedb(&["put", b, "x", r#"{"y": 1}"#]).success();
+    for args in [[a_path, b], [b, a_path]] {
+        // Room to open B, not to store A's records (the first sync stored some).
+        disk.unfill();
+        disk.fill_leaving(1 << 20);
+        let run = blazedb(&["sync", args[0], args[1], "--once"]).failure(1);
+        let e = &run.stderr;
+        assert!(e.contains("STORAGE_FULL"), "{args:?}: {e}");
+        assert!(
+            e.contains(&format!("the disk that holds {b} is full")),
+            "{args:?}: {e}"
+        );
+        assert!(!e.contains("INTERNAL"), "{args:?}: {e}");
+    }
+    disk.unfill();
+    blazedb(&["sync", a_path, b, "--once"]).success();
+    let stats = blazedb(&["stats", b]).success().json();
+    assert_eq!(stats["collections"]["c"]["records"], 20_000);
 }

@@ -223,7 +223,10 @@ pub async fn sync_files_once(
                     report.add_round(x, y);
                 }
                 if !retry {
-                    return Err(ra.err().or(rb.err()).expect("one side failed"));
+                    // The side that failed, not the other side's echo of it: the one whose
+                    // own message names its file (an audit, 2026-12-07: with B's disk full,
+                    // `sync A B` reported A's echo, naming neither file).
+                    return Err(first_cause(ra.err(), rb.err()));
                 }
             }
         }

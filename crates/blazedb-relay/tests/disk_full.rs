@@ -181,7 +181,7 @@ async fn a_relay_on_a_full_disk_serves_readers_and_refuses_writes_saying_why() {
     let NetError::Sync { error, .. } = &e else {
         panic!("{e}");
     };
-    assert_eq!(error.code, ErrorCode::Internal, "{e}");
+    assert_eq!(error.code, ErrorCode::StorageFull, "{e}");
     assert!(error.remote, "{e}");
     assert!(
         error.message.starts_with("the relay's disk is full")

@@ -76,6 +76,34 @@ pub fn room_for_copy(needed_bytes: u64, dir: &Path, free_bytes: Option<u64>) -> 
     )
 }
 
+/// The sync could not store what it received or its own bookkeeping: the disk that holds
+/// `path` is full. Said to the user of this side.
+pub fn sync_no_room_here(path: &Path) -> String {
+    format!(
+        "the disk that holds {} is full (or the database reached its size limit), so what the \
+         sync received or needs could not be stored there: free space on that disk, then sync \
+         again; nothing is lost, what was not stored is sent again",
+        path.display()
+    )
+}
+
+/// The same, said to the peer in the sync's ERROR message (`STORAGE_FULL`): it is the
+/// sender's disk, not the reader's, that is full. No path: a relay does not tell its
+/// clients where it keeps its files.
+pub const SYNC_NO_ROOM_AT_PEER: &str =
+    "the peer's disk is full (the disk that holds the peer's database, or the database \
+     reached its size limit), so the peer could not store what this sync sent or needs: \
+     whoever runs the peer (e.g. the relay's operator) must free space there; nothing is \
+     lost here, the next sync sends again what the peer did not store";
+
+/// [`SYNC_NO_ROOM_AT_PEER`] as a relay says it to its clients: the relay still serves syncs
+/// that only read (their bookkeeping waits in memory: `store/noted_cursors.rs`).
+pub const SYNC_NO_ROOM_AT_RELAY: &str =
+    "the relay's disk is full: it cannot store changes now. Nothing of this sync's changes \
+     was stored on the relay; the client keeps them and sends them again at its next sync \
+     once the relay's operator has freed space (syncs that only read from the relay still \
+     work)";
+
 /// `n` bytes as a person reads a size: `512 bytes`, `12 KB`, `5.1 MB`, `2.0 GB` (powers of
 /// 1024, as `df -h` counts).
 pub fn bytes(n: u64) -> String {

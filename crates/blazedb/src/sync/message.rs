@@ -198,6 +198,11 @@ pub enum ErrorCode {
     ShuttingDown = 13,
     /// The receiver's sync policy (selective sync) is invalid.
     InvalidPolicy = 14,
+    /// The sender could not store what the session needs: the disk that holds its database
+    /// is full (or the database reached its size limit). Nothing is lost; the next session
+    /// sends again what was not stored. A peer of a release before this code reads it as
+    /// `Internal`.
+    StorageFull = 15,
 }
 
 impl ErrorCode {
@@ -219,6 +224,7 @@ impl ErrorCode {
             Unexpected => "UNEXPECTED",
             ShuttingDown => "SHUTTING_DOWN",
             InvalidPolicy => "INVALID_POLICY",
+            StorageFull => "STORAGE_FULL",
         }
     }
 
@@ -239,6 +245,7 @@ impl ErrorCode {
             12 => Unexpected,
             13 => ShuttingDown,
             14 => InvalidPolicy,
+            15 => StorageFull,
             _ => Internal,
         }
     }

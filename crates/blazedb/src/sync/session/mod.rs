@@ -464,6 +464,9 @@ pub struct Session {
     last_recv_ms: u64,
     last_send_ms: u64,
     ping_nonce: u64,
+    /// The database's file, named in this side's own messages about it (never sent to the
+    /// peer: a relay does not tell its clients where it keeps its files).
+    db_path: std::path::PathBuf,
 }
 
 impl Session {
@@ -491,6 +494,7 @@ impl Session {
         };
         let mut s = Session {
             node: db.node_id(),
+            db_path: db.path().to_path_buf(),
             state: State::AwaitHello,
             encoder: FrameEncoder::default(),
             decoder: FrameDecoder::default(),
@@ -1443,13 +1447,27 @@ impl Session {
     }
 
     fn fail(&mut self, code: ErrorCode, message: String, now_ms: u64) -> SyncError {
+        self.fail_telling(code, message.clone(), message, now_ms)
+    }
+
+    /// [`Session::fail`] with one message for this side (`here`, in the returned error and
+    /// the `Closed` event) and another for the peer's ERROR (`to_peer`): where what this
+    /// side's user reads names its own files, or reads differently from the other side.
+    fn fail_telling(
+        &mut self,
+        code: ErrorCode,
+        here: String,
+        to_peer: String,
+        now_ms: u64,
+    ) -> SyncError {
+        let message = here;
         if self.state != State::Closed {
             // Frames already queued keep their place: each has used up a frame index, so the
             // ERROR must come after them for the peer's checksums to match.
             self.send(
                 &Message::Error {
                     code,
-                    message: message.clone(),
+                    message: to_peer,
                 },
                 now_ms,
             );
@@ -1464,7 +1482,28 @@ impl Session {
         e
     }
 
+    /// End the session on a failure of this side's database. A full disk is `STORAGE_FULL`
+    /// and says whose disk it is: this side's message names the file, the peer's says it is
+    /// the peer's (an audit, 2026-12-07: both sides read "INTERNAL ... free space on the disk
+    /// that holds the database", which a client of a full relay took for its own disk, and
+    /// `sync A B` named neither file).
     fn internal(&mut self, e: Error, now_ms: u64) -> SyncError {
+        if e.is_disk_full() {
+            let cause = match &e {
+                Error::Sqlite(s) => crate::error::sqlite_brief(s),
+                other => other.to_string(),
+            };
+            let here = format!(
+                "{} ({cause})",
+                crate::error::advice::sync_no_room_here(&self.db_path)
+            );
+            // A relay's clients also learn that syncs that only read still work.
+            let to_peer = match self.cfg.server {
+                true => crate::error::advice::SYNC_NO_ROOM_AT_RELAY,
+                false => crate::error::advice::SYNC_NO_ROOM_AT_PEER,
+            };
+            return self.fail_telling(ErrorCode::StorageFull, here, to_peer.to_owned(), now_ms);
+        }
         let message = match self.cfg.server {
             true => relay_store_message(&e),
             false => None,
@@ -1477,21 +1516,12 @@ impl Session {
     }
 }
 
-/// What a server (a relay) tells its peer, and logs, when its store takes no writes: the
-/// message is read on the client, where the storage error alone ("free space on the disk
-/// that holds the database") sent users to their own disk. `None` for other errors. The
-/// refused changes stay with the client, which sends them again at its next sync; sessions
-/// that only read are still served (their bookkeeping waits: `noted_cursors.rs`).
+/// What a server (a relay) tells its peer, and logs, when its store was deleted while it
+/// runs: the storage error alone would send users to their own files. `None` for other
+/// errors (a full disk is `STORAGE_FULL`, see [`Session::internal`]). The refused changes
+/// stay with the client, which sends them again at its next sync.
 fn relay_store_message(e: &Error) -> Option<String> {
-    if e.is_disk_full() {
-        Some(
-            "the relay's disk is full: it cannot store changes now. Nothing of this \
-             sync's changes was stored on the relay; the client keeps them and sends them \
-             again at its next sync once the relay's operator has freed space (syncs that \
-             only read from the relay still work)"
-                .to_owned(),
-        )
-    } else if let Error::FileGone { path } = e {
+    if let Error::FileGone { path } = e {
         Some(format!(
             "the relay's store {path} was deleted while the relay runs: it refuses changes, \
              which would be lost with the deleted file. Nothing of this sync's changes was \
@@ -1653,4 +1683,110 @@ fn name(m: &Message) -> &'static str {
 /// (each applied whole, in one transaction, reading nothing meanwhile).
 pub(super) fn apply_grace_ms(cells: u64) -> u64 {
     (cells / SNAPSHOT_APPLY_CELLS_PER_MS_MIN).min(SNAPSHOT_APPLY_GRACE_MS_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OpenOptions;
+
+    /// Pump `sa` and `sb` against each other until both are closed or nothing moves, and
+    /// return how each ended (`None`: it did not).
+    fn pump_to_end(
+        a: &Database,
+        sa: &mut Session,
+        b: &Database,
+        sb: &mut Session,
+    ) -> (Option<SyncError>, Option<SyncError>) {
+        let (mut ea, mut eb) = (None, None);
+        for _ in 0..10_000 {
+            let mut progress = false;
+            while let Some(f) = sa.poll_transmit(0, a) {
+                progress = true;
+                if let Err(e) = sb.handle_bytes(0, &f, b) {
+                    eb.get_or_insert(e);
+                }
+            }
+            while let Some(f) = sb.poll_transmit(0, b) {
+                progress = true;
+                if let Err(e) = sa.handle_bytes(0, &f, a) {
+                    ea.get_or_insert(e);
+                }
+            }
+            if !progress || (sa.is_closed() && sb.is_closed()) {
+                break;
+            }
+        }
+        (ea, eb)
+    }
+
+    /// The side whose disk is full (here: its file at SQLite's page limit, which SQLite
+    /// reports as a full disk) ends the session with STORAGE_FULL naming its file; the peer
+    /// reads STORAGE_FULL saying that it is the peer's disk, without the peer's path. Before,
+    /// both read "INTERNAL ... free space on the disk that holds the database" (an audit,
+    /// 2026-12-07: a client of a full relay took it for its own disk).
+    #[test]
+    fn a_full_disk_ends_the_session_with_storage_full_saying_whose_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Database::open(dir.path().join("a.db"), OpenOptions::default()).unwrap();
+        let b = Database::open(dir.path().join("b.db"), OpenOptions::default()).unwrap();
+        let pad = "x".repeat(8 * 1024);
+        a.transaction(|tx| {
+            for n in 0..200 {
+                tx.insert(
+                    "c",
+                    [("n", crate::Value::Int(n)), ("pad", pad.as_str().into())],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        b.insert("c", [("n", -1)]).unwrap();
+        {
+            let inner = b.lock().unwrap();
+            let pages: i64 = inner
+                .conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap();
+            let limit = format!("PRAGMA max_page_count = {}", pages + 4);
+            inner.conn.query_row(&limit, [], |_| Ok(())).unwrap();
+        }
+        let mut sa = Session::new(&a, SessionConfig::default(), 0).unwrap();
+        let mut sb = Session::new(&b, SessionConfig::default(), 0).unwrap();
+        let (ea, eb) = pump_to_end(&a, &mut sa, &b, &mut sb);
+
+        let eb = eb.expect("the side with the full disk failed");
+        assert_eq!(
+            (eb.code, eb.remote),
+            (ErrorCode::StorageFull, false),
+            "{eb}"
+        );
+        let here = eb.to_string();
+        let b_path = dir.path().join("b.db").display().to_string();
+        assert!(
+            here.contains(&format!("the disk that holds {b_path} is full")),
+            "{here}"
+        );
+        let ea = ea.expect("the peer was told");
+        assert_eq!((ea.code, ea.remote), (ErrorCode::StorageFull, true), "{ea}");
+        let there = ea.to_string();
+        assert!(
+            there.starts_with(
+                "sync session ended (STORAGE_FULL, reported by the peer): the peer's disk is full"
+            ),
+            "{there}"
+        );
+        assert!(
+            !there.contains(&b_path),
+            "the peer's path was sent: {there}"
+        );
+        assert!(!there.contains("INTERNAL"), "{there}");
+    }
+
+    #[test]
+    fn storage_full_is_code_15_and_reads_back() {
+        assert_eq!(ErrorCode::StorageFull as u16, 15);
+        assert_eq!(ErrorCode::from_u16(15), ErrorCode::StorageFull);
+        assert_eq!(ErrorCode::StorageFull.name(), "STORAGE_FULL");
+    }
 }
