@@ -88,7 +88,8 @@ pub enum Command {
     ///
     /// Exit codes: 0 synced; 1 failed; 2 a bad command line; 3 synced, but the peer refused
     /// changes of this side (its access rules: each is listed with the reason, and the
-    /// refused values are kept as conflicts).
+    /// refused values are kept as conflicts); 4 synced, but the summary could not be printed
+    /// (stdout on a full disk).
     Sync(sync::SyncArgs),
     /// Serve one database to peers over TCP (optionally TLS) or a Unix socket.
     Listen(listen::ListenArgs),

@@ -9,8 +9,10 @@
 //!
 //! Exit codes: `0` success; `1` the command failed (missing record or conflict, wrong
 //! password, a bad import line, a failed integrity check); `2` the command line is wrong
-//! (unknown flag, invalid query expression, malformed JSON argument). Every failure prints one
-//! line on stderr, starting with `error: `.
+//! (unknown flag, invalid query expression, malformed JSON argument); `3` `sync` ran but the
+//! peer refused some changes; `4` the command stored its write (`put`, `import`, `rekey`, ...)
+//! but could not print its result: do not run it again (the message says what was stored).
+//! Every failure prints one line on stderr, starting with `error: `.
 //!
 //! ```sh
 //! blazedb put bugs.db bugs '{"title": "Crash", "priority": 5}'

@@ -32,6 +32,44 @@ impl std::error::Error for StdoutError {
     }
 }
 
+/// A command stored its write, and then printing its result failed (stdout on a full disk,
+/// `/dev/full`): said as what was stored, so that nobody runs the command again, which for a
+/// `put` or an `import` would store its records a second time (an audit, 2026-12-07: both
+/// exited 1 with only "cannot write the output: No space left on device", and the import run
+/// again doubled the collection). Exits with its own code (`report::EXIT_STORED_NOT_PRINTED`).
+#[derive(Debug)]
+pub struct StoredNotPrinted {
+    /// What was stored and what running the command again would do: "the record was stored
+    /// ...; do not run `put` again: ...". Follows "but " in the message.
+    pub stored: String,
+    /// Why printing failed.
+    pub error: StdoutError,
+}
+
+impl fmt::Display for StoredNotPrinted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}, but {}", self.error, self.error.0, self.stored)
+    }
+}
+
+/// The cause is in the message already.
+impl std::error::Error for StoredNotPrinted {}
+
+/// Print the result of a command whose write is committed already: a failure to print it
+/// says what was stored ([`StoredNotPrinted`], with `stored`, asked only then).
+pub fn print_stored(
+    stored: impl FnOnce() -> String,
+    print: impl FnOnce(&mut Output) -> Result<(), StdoutError>,
+) -> Result<(), StoredNotPrinted> {
+    let mut out = Output::stdout();
+    print(&mut out)
+        .and_then(|()| out.finish())
+        .map_err(|error| StoredNotPrinted {
+            stored: stored(),
+            error,
+        })
+}
+
 /// Buffered stdout. Commands write every result through it and call [`Output::finish`], so a
 /// failed write (a full disk, a closed pipe) is an error rather than lost in a `Drop`.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use blazedb::query::QueryError;
 
-use crate::output::StdoutError;
+use crate::output::{StdoutError, StoredNotPrinted};
 
 /// Exit code when the command ran and failed.
 const EXIT_FAILED: u8 = 1;
@@ -19,6 +19,9 @@ const EXIT_USAGE: u8 = 2;
 /// Exit code when the command did its work but the peer refused some of this side's changes
 /// (its access rules): `blazedb sync` against a relay with write rules.
 const EXIT_REFUSED: u8 = 3;
+/// Exit code when the command stored its write but could not print its result (stdout on a
+/// full disk): the message says what was stored, and the command must not be run again.
+const EXIT_STORED_NOT_PRINTED: u8 = 4;
 /// Exit code after a panic, as Rust's default.
 const EXIT_PANIC: i32 = 101;
 
@@ -71,6 +74,9 @@ pub fn failure(err: &anyhow::Error, password_from_env: bool) -> ExitCode {
     }
     if err.chain().any(|e| e.is::<RefusedByPeer>()) {
         return ExitCode::from(EXIT_REFUSED);
+    }
+    if err.chain().any(|e| e.is::<StoredNotPrinted>()) {
+        return ExitCode::from(EXIT_STORED_NOT_PRINTED);
     }
     let usage = err
         .chain()
@@ -178,7 +184,10 @@ fn query_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a QueryError> {
 /// went away) is as much a failure as any other transport error.
 fn is_stdout_closed_by_reader(err: &anyhow::Error) -> bool {
     err.chain()
-        .filter_map(|e| e.downcast_ref::<StdoutError>())
+        .filter_map(|e| {
+            e.downcast_ref::<StdoutError>()
+                .or(e.downcast_ref::<StoredNotPrinted>().map(|s| &s.error))
+        })
         .any(StdoutError::is_closed_by_reader)
 }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{optional_json, version_json};
 use crate::database::{Access, Context};
 use crate::input::{self, parse_object};
-use crate::output::Output;
+use crate::output::{print_stored, Output};
 use crate::report::UsageError;
 
 /// `conflicts DB [COLLECTION]`.
@@ -131,9 +131,10 @@ pub fn run_resolve(ctx: &Context, args: &ResolveArgs) -> Result<()> {
     };
     let wrote = optional_json(value.as_ref());
     db.resolve_conflict(args.conflict, value)?;
-    let mut out = Output::stdout();
-    out.json(&json!({ "resolved": args.conflict, "wrote": wrote }))?;
-    Ok(out.finish()?)
+    let stored = || format!("conflict {} was resolved", args.conflict);
+    Ok(print_stored(stored, |out| {
+        out.json(&json!({ "resolved": args.conflict, "wrote": wrote }))
+    })?)
 }
 
 /// One JSON value for `field` with the typed forms (`{"$date": ..}` and the like), checked as

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::{json, Map, Value as Json};
 
 use crate::database::{Access, Context};
-use crate::output::Output;
+use crate::output::{print_stored, Output};
 use crate::password;
 use crate::report::UsageError;
 
@@ -139,9 +139,21 @@ pub fn run_rekey(ctx: &Context, args: &RekeyArgs) -> Result<()> {
     crate::database::refuse_empty_file(&args.db)?;
     let mut db = ctx.open(&args.db, Access::CreateIfMissing)?;
     db.rekey(new_password.as_ref().map(|p| p.as_str()))?;
-    let mut out = Output::stdout();
-    out.json(&json!({ "encrypted": db.is_encrypted() }))?;
-    Ok(out.finish()?)
+    let stored = || match db.is_encrypted() {
+        true => format!(
+            "the password of {} was changed: open it with the new password from now on, and \
+             do not run `rekey` again (the old password no longer opens it)",
+            args.db.display()
+        ),
+        false => format!(
+            "{} was decrypted: open it without a password from now on, and do not run \
+             `rekey` again",
+            args.db.display()
+        ),
+    };
+    Ok(print_stored(stored, |out| {
+        out.json(&json!({ "encrypted": db.is_encrypted() }))
+    })?)
 }
 
 fn stats_json(stats: &Stats) -> Json {

@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::{json, Value as Json};
 
 use crate::database::{Access, Context};
-use crate::output::Output;
+use crate::output::{print_stored, Output};
 
 /// `peers DB [--forget NODE]`.
 #[derive(Debug, Args)]
@@ -94,9 +94,8 @@ pub fn run_gc(ctx: &Context, args: &GcArgs) -> Result<()> {
             })
         );
     }
-    let mut out = Output::stdout();
-    out.json(&gc_json(&report))?;
-    Ok(out.finish()?)
+    let stored = || "gc ran, and what it removed is gone: only its report is lost".to_owned();
+    Ok(print_stored(stored, |out| out.json(&gc_json(&report)))?)
 }
 
 /// `30d`, `12h`, `90m`, `45s` or `500ms`: the largest unit that divides `ms`.

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::database::{Access, Context};
 use crate::input;
-use crate::output::Output;
+use crate::output::{print_stored, Output};
 use crate::report::UsageError;
 
 /// `put DB COLLECTION JSON [--id ID]`.
@@ -82,15 +82,25 @@ pub fn run_put(ctx: &Context, args: &PutArgs) -> Result<()> {
         blazedb::validate_value(field, value)?;
     }
     let db = ctx.open(&args.db, Access::CreateIfMissing)?;
+    let given = id.is_some();
     let id = match id {
         Some(id) => db
             .insert_with_id(&args.collection, id, record.fields)
             .map(|()| id)?,
         None => db.insert(&args.collection, record.fields)?,
     };
-    let mut out = Output::stdout();
-    out.line(&id.to_string())?;
-    Ok(out.finish()?)
+    let stored = || {
+        let again = match given {
+            false => "it would store the record a second time, under another id",
+            true => "it would be refused, the id being taken",
+        };
+        format!(
+            "the record was stored, in collection {:?} with id {id}: do not run `put` again \
+             ({again})",
+            args.collection
+        )
+    };
+    Ok(print_stored(stored, |out| out.line(&id.to_string()))?)
 }
 
 /// Print a record (now, or as it was at `--at`).

@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::database::{remove_new_database, will_create_database, Access, Context};
-use crate::output::Output;
+use crate::output::{print_stored, Output};
 
 /// `snapshot export|import`.
 #[derive(Debug, Subcommand)]
@@ -83,14 +83,21 @@ fn run_import(ctx: &Context, args: &SnapshotArgs) -> Result<()> {
             return Err(e.into());
         }
     };
-    let mut out = Output::stdout();
-    out.json(&json!({
-        "records": applied.records,
-        "cells": applied.cells_applied,
-        "bytes": bytes,
-        "position": applied.position.0,
-        "evicted": applied.evicted,
-        "kept_pending": applied.kept_pending,
-    }))?;
-    Ok(out.finish()?)
+    let stored = || {
+        format!(
+            "the snapshot was imported into {} ({} records): only its report is lost",
+            args.db.display(),
+            applied.records
+        )
+    };
+    Ok(print_stored(stored, |out| {
+        out.json(&json!({
+            "records": applied.records,
+            "cells": applied.cells_applied,
+            "bytes": bytes,
+            "position": applied.position.0,
+            "evicted": applied.evicted,
+            "kept_pending": applied.kept_pending,
+        }))
+    })?)
 }

@@ -31,7 +31,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::database::{remove_new_database, will_create_database, Context};
-use crate::output::Output;
+use crate::output::print_stored;
 use crate::password::{hand_over, resolve, Password, PASSWORD_ENV};
 use crate::report::{RefusedByPeer, UsageError};
 
@@ -280,9 +280,14 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
             .await
         }
     })?;
-    let mut out = Output::stdout();
-    out.json(&report.to_json())?;
-    Ok(out.finish()?)
+    let stored = || {
+        format!(
+            "the sync of {} and {} ran: only its summary is lost",
+            args.db_a.display(),
+            args.db_b.display()
+        )
+    };
+    Ok(print_stored(stored, |out| out.json(&report.to_json()))?)
 }
 
 /// Whether `token` (the value of --token) was typed on the command line rather than taken
@@ -413,9 +418,21 @@ async fn run_network(
         // Watch mode told it as it happened.
         eprintln!("{}", token_unchecked(&endpoint));
     }
-    let mut out = Output::stdout();
-    out.json(&report.to_json())?;
-    out.finish()?;
+    let stored = || {
+        let refused = match report.traffic.rejected_by_peer {
+            0 => String::new(),
+            n => format!(
+                "; the peer refused {n} change(s), kept here as conflicts: see them with \
+                 `blazedb conflicts {}`",
+                args.db_a.display()
+            ),
+        };
+        format!(
+            "the sync of {} with {endpoint} ran: only its summary is lost{refused}",
+            args.db_a.display()
+        )
+    };
+    print_stored(stored, |out| out.json(&report.to_json()))?;
     match report.traffic.rejected_by_peer {
         0 => Ok(()),
         changes => Err(refused(changes, &args.db_a).into()),

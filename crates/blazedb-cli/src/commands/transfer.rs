@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::database::{remove_new_database, will_create_database, Access, Context};
 use crate::input::{self, RecordInput};
 use crate::limits::{IMPORT_BATCH_BYTES_MAX, IMPORT_LINE_BYTES_MAX};
-use crate::output::Output;
+use crate::output::{print_stored, Output};
 use crate::report::UsageError;
 
 /// `import DB COLLECTION FILE`.
@@ -72,9 +72,18 @@ pub fn run_import(ctx: &Context, args: &ImportArgs) -> Result<()> {
         remove_new_database(db, &args.db);
     }
     result?;
-    let mut out = Output::stdout();
-    out.json(&json!({ "imported": committed_records }))?;
-    Ok(out.finish()?)
+    let stored = || {
+        format!(
+            "the import was stored, all {committed_records} record(s) of {} in collection \
+             {:?}: do not run it again (its lines without \"_id\" would be stored a second \
+             time; those with one would only be written again)",
+            args.file.display(),
+            args.collection
+        )
+    };
+    Ok(print_stored(stored, |out| {
+        out.json(&json!({ "imported": committed_records }))
+    })?)
 }
 
 /// Read, check and commit every line of the input.
