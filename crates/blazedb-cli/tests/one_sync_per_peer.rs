@@ -1,7 +1,8 @@
 //! One `blazedb sync` of a database file with one peer at a time: a second one on the same
 //! file and peer URL (`--watch` or `--once`, by any path to the file) stops at once with one
 //! error line naming the file, the peer and the first one's pid, while the first syncs on;
-//! the same file syncs with two different peers at once; a SIGKILLed watcher leaves no lock
+//! the same file syncs with two different peers at once; the same peer under another URL is
+//! refused as soon as it is known, naming both URLs; a SIGKILLed watcher leaves no lock
 //! that blocks the next run. Real processes: a relay, a listener, watchers.
 
 mod net_common;
@@ -118,6 +119,66 @@ fn a_second_sync_of_the_same_file_and_peer_stops_at_once_naming_the_first() {
     assert_eq!(code, Some(0));
 
     // Once it is gone, the next sync runs.
+    let (code, err) = run_limited(sync(&a, &url, &["--once"]), Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// `localhost` and `127.0.0.1` are two URLs of one relay: the second sync connects (its URL
+/// lock is another), and is refused once the relay's HELLO names the node the first one
+/// syncs with.
+#[test]
+fn the_same_peer_under_another_url_is_refused_once_it_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let relay_db = data.join("relay.db");
+    let (_relay, url) = start_relay(&data, &[], None);
+    let by_name = url.replace("127.0.0.1", "localhost");
+    assert_ne!(by_name, url, "{url}");
+    let a = dir.path().join("a.db");
+    put(&a, "notes", r#"{"n": 1}"#);
+    let first = watcher(&a, &by_name, &dir.path().join("first.log"));
+    let pid = first.child.id();
+    wait_for(&relay_db, "notes", 1);
+
+    for how in ["--once", "--watch"] {
+        let (code, err) = run_limited(sync(&a, &url, &[how]), Duration::from_secs(20));
+        // A watcher has said it connected (a JSON event line) before the HELLO named the peer.
+        let err: String = err
+            .lines()
+            .filter(|l| !l.starts_with("{\"event\":\"connected\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_refused(code, &err, &a.display().to_string(), &by_name, pid, "watch");
+        assert!(
+            err.contains(&format!("and {url} is that same peer (node ")),
+            "{how}: {err}"
+        );
+    }
+    // The lock files: one per URL and one for the relay's node, no more.
+    let mut locks: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("a.db-sync-"))
+        .collect();
+    locks.sort();
+    assert_eq!(locks.len(), 3, "{locks:?}");
+    assert_eq!(
+        locks
+            .iter()
+            .filter(|n| n.starts_with("a.db-sync-node-"))
+            .count(),
+        1,
+        "{locks:?}"
+    );
+
+    // The first syncs on.
+    put(&a, "notes", r#"{"n": 2}"#);
+    wait_for(&relay_db, "notes", 2);
+    let (code, _) = first.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0));
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(!log.contains("already syncing"), "{log}");
+    // Once it is gone, the other URL syncs.
     let (code, err) = run_limited(sync(&a, &url, &["--once"]), Duration::from_secs(20));
     assert_eq!(code, Some(0), "{err}");
 }

@@ -124,6 +124,27 @@ pub struct DriverOptions {
     /// checks none (`SessionEvent::TokenUnchecked`), for a caller that warns while the
     /// session runs; [`SessionReport::token_unchecked`] says it at the end.
     pub token_unchecked: Option<Arc<Notify>>,
+    /// Asked once the peer's HELLO names it: an `Err` ends the session at once (a goodbye
+    /// with the message, `SHUTTING_DOWN`) and the driver returns `NetError::Sync` with it.
+    /// The client sync's lock by peer node uses it ([`crate::peer_lock`]).
+    pub peer_check: Option<PeerCheck>,
+}
+
+/// A check of the peer named in its HELLO ([`DriverOptions::peer_check`]).
+#[derive(Clone)]
+pub struct PeerCheck(Arc<dyn Fn(NodeId) -> Result<(), String> + Send + Sync>);
+
+impl PeerCheck {
+    /// A check that calls `f` with the peer's node id.
+    pub fn new(f: impl Fn(NodeId) -> Result<(), String> + Send + Sync + 'static) -> PeerCheck {
+        PeerCheck(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for PeerCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerCheck(..)")
+    }
 }
 
 impl Default for DriverOptions {
@@ -140,6 +161,7 @@ impl Default for DriverOptions {
             hello_timeout: None,
             rejections: None,
             token_unchecked: None,
+            peer_check: None,
         }
     }
 }
@@ -921,7 +943,22 @@ impl Driver {
     fn drain_events(&mut self) {
         while let Some(ev) = self.session_mut().poll_event() {
             match ev {
-                SessionEvent::Connected { peer, .. } => self.peer = Some(peer),
+                SessionEvent::Connected { peer, .. } => {
+                    self.peer = Some(peer);
+                    let refusal = self
+                        .opts
+                        .peer_check
+                        .as_ref()
+                        .and_then(|c| (c.0)(peer).err());
+                    if let (Some(message), None) = (refusal, &self.end) {
+                        self.end_with(EndReason::Protocol(SyncError {
+                            code: ErrorCode::ShuttingDown,
+                            message: message.clone(),
+                            remote: false,
+                        }));
+                        self.close(ErrorCode::ShuttingDown, &message);
+                    }
+                }
                 SessionEvent::Applied { .. } => {
                     self.applied_mark = self.session().stats().cells_received;
                 }

@@ -21,7 +21,8 @@
 //! jitter ([`Backoff`]).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blazedb::sync::{ErrorCode, Rejection, SessionConfig};
@@ -30,7 +31,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::spawn_checkpointer;
-use crate::driver::{run_session, DriverOptions, EndReason, SessionReport};
+use crate::driver::{run_session, DriverOptions, EndReason, PeerCheck, SessionReport};
 use crate::error::NetError;
 use crate::head_watch::HeadWatch;
 use crate::limits::{
@@ -334,14 +335,20 @@ pub async fn sync_once(
     opts: &ClientOptions,
 ) -> Result<ClientReport, ClientError> {
     let _lock = PeerLock::acquire(db.path(), endpoint, SyncKind::Once)?;
+    let node_lock = NodeLock::new(&db, endpoint, SyncKind::Once);
     let started = Instant::now();
     let mut report = ClientReport::new(endpoint);
     let stream = connect(endpoint, &connect_opts(opts)).await?;
     let driver = DriverOptions {
         linger_ms: opts.linger_ms,
+        peer_check: Some(node_lock.check()),
         ..DriverOptions::once()
     };
-    let session = run_session(db, stream, opts.session.clone(), driver).await?;
+    let session = run_session(db, stream, opts.session.clone(), driver).await;
+    if let Some(refused) = node_lock.refused() {
+        return Err(refused.into());
+    }
+    let session = session?;
     report.add(&session);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -371,6 +378,7 @@ pub async fn sync_watch(
     mut on_event: impl FnMut(ClientEvent),
 ) -> Result<ClientReport, ClientError> {
     let _lock = PeerLock::acquire(db.path(), endpoint, SyncKind::Watch)?;
+    let node_lock = NodeLock::new(&db, endpoint, SyncKind::Watch);
     let started = Instant::now();
     let mut report = ClientReport::new(endpoint);
     let token = CancellationToken::new();
@@ -428,6 +436,7 @@ pub async fn sync_watch(
                         linger_ms: opts.linger_ms,
                         rejections: Some(rejections),
                         token_unchecked: Some(unchecked.clone()),
+                        peer_check: Some(node_lock.check()),
                         ..DriverOptions::default()
                     };
                     // Refusals are shown as they come: a session may run for days.
@@ -445,6 +454,9 @@ pub async fn sync_watch(
                     };
                     while let Ok(r) = rejected.try_recv() {
                         on_event(ClientEvent::Rejected(r));
+                    }
+                    if let Some(refused) = node_lock.refused() {
+                        return Err(ClientError::AlreadySyncing(refused));
                     }
                     let (session, error) = match &result {
                         Ok(r) => (Some(r), None),
@@ -496,6 +508,77 @@ pub async fn sync_watch(
     };
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     outcome.map(|()| report)
+}
+
+/// A client sync's lock by peer node ([`crate::peer_lock`]): taken when a session's HELLO
+/// names the peer, kept while the sync's sessions meet that same node, moved when they meet
+/// another (the peer's store was replaced). A refusal ends the session at once and is kept
+/// for the caller to return.
+struct NodeLock {
+    db: PathBuf,
+    via: Endpoint,
+    kind: SyncKind,
+    state: Arc<Mutex<NodeLockState>>,
+}
+
+#[derive(Default)]
+struct NodeLockState {
+    held: Option<(NodeId, PeerLock)>,
+    refused: Option<AlreadySyncing>,
+}
+
+/// What the peer is told when the node lock refuses a session (the local refusal, with the
+/// file's path and the holder's pid, stays here).
+const SAME_NODE_GOODBYE: &str =
+    "this node already syncs the same database with you over another connection (another \
+     of your addresses): this one ends";
+
+impl NodeLock {
+    fn new(db: &Database, via: &Endpoint, kind: SyncKind) -> NodeLock {
+        NodeLock {
+            db: db.path().to_owned(),
+            via: via.clone(),
+            kind,
+            state: Arc::default(),
+        }
+    }
+
+    /// The check each session's driver runs on the peer's HELLO.
+    fn check(&self) -> PeerCheck {
+        let (db, via, kind, state) = (
+            self.db.clone(),
+            self.via.clone(),
+            self.kind,
+            self.state.clone(),
+        );
+        PeerCheck::new(move |node| {
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.held.as_ref().is_some_and(|(n, _)| *n == node) {
+                return Ok(());
+            }
+            // Another node at the same URL: the lock of the old one goes.
+            state.held = None;
+            match PeerLock::acquire_node(&db, node, &via, kind) {
+                Ok(lock) => {
+                    state.held = Some((node, lock));
+                    Ok(())
+                }
+                Err(refused) => {
+                    state.refused = Some(refused);
+                    Err(SAME_NODE_GOODBYE.to_owned())
+                }
+            }
+        })
+    }
+
+    /// The refusal of the last session's peer, if it was refused.
+    fn refused(&self) -> Option<AlreadySyncing> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused
+            .take()
+    }
 }
 
 /// Session errors that another attempt would meet again (also what ends a topology's

@@ -12,6 +12,8 @@
 //! With a URL, one sync of DB_A with that peer runs at a time (`blazedb_net::peer_lock`): a
 //! second `sync` of the same file and URL, `--watch` or `--once`, fails at once naming the
 //! first one's pid, rather than running a second session of the same node against the peer.
+//! The same peer under another URL (`localhost` for `127.0.0.1`) is refused as soon as its
+//! HELLO names it, naming both URLs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -403,11 +405,11 @@ async fn run_network(
             // Every session has ended, so ours is the last handle unless a task is still
             // letting go of its clone; then the file stays (best effort).
             if let (true, Ok(db)) = (is_new, Arc::try_unwrap(db)) {
-                // Named while the database file exists; the sync's lock file goes with it.
-                let lock = peer_lock::lock_file(&args.db_a, &endpoint);
+                // Named while the database file exists; the sync's lock files go with it.
+                let locks = peer_lock::lock_files(&args.db_a);
                 if remove_new_database(db, &args.db_a) {
-                    if let Some(lock) = lock {
-                        peer_lock::remove_lock_file(&lock);
+                    for lock in &locks {
+                        peer_lock::remove_lock_file(lock);
                     }
                 }
             }
