@@ -995,6 +995,48 @@ mod raw_units {
         sync_pair(&relay, &alice, as_user("alice"), SessionConfig::default());
     }
 
+    /// The other side of that rule: a node id first claimed by someone else (here mallory,
+    /// before its owner ever connected: node ids travel in every change) locks its owner
+    /// out, and the refusal says how the operator releases it; forgetting the node does,
+    /// and the owner's next session binds it to the owner.
+    #[test]
+    fn a_node_claimed_by_another_user_first_is_released_by_forgetting_it() {
+        use blazedb::sync::ErrorCode;
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, bob) = (open(dir.path(), "relay"), open(dir.path(), "bob"));
+        let doc = bob.insert("docs", [("t", "b")]).unwrap();
+        let hello_of = |db: &Database| {
+            let mut s = Session::new(db, SessionConfig::default(), 0).unwrap();
+            s.poll_transmit(0, db).unwrap()
+        };
+        // Mallory's HELLO with bob's node id: accepted, and the node is hers now.
+        let mut squat = Session::new(&relay, as_user("mallory"), 0).unwrap();
+        squat.handle_bytes(0, &hello_of(&bob), &relay).unwrap();
+        let mut refused = Session::new(&relay, as_user("bob"), 0).unwrap();
+        let err = refused
+            .handle_bytes(0, &hello_of(&bob), &relay)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::AuthFailed, "{}", err.message);
+        for part in [
+            "belongs to another user here".to_owned(),
+            "someone claimed its id first".to_owned(),
+            format!("--forget {}", bob.node_id()),
+            "Database::forget_peer".to_owned(),
+        ] {
+            assert!(err.message.contains(&part), "{part:?}: {}", err.message);
+        }
+        assert!(relay.forget_peer(bob.node_id()).unwrap());
+        sync_pair(&relay, &bob, as_user("bob"), SessionConfig::default());
+        assert_eq!(
+            relay.get("docs", doc).unwrap().unwrap().fields["t"],
+            Value::from("b")
+        );
+        // And it is bob's now: mallory is the one refused.
+        let mut late = Session::new(&relay, as_user("mallory"), 0).unwrap();
+        let err = late.handle_bytes(0, &hello_of(&bob), &relay).unwrap_err();
+        assert_eq!(err.code, ErrorCode::AuthFailed, "{}", err.message);
+    }
+
     fn now_ms() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1037,9 +1037,14 @@ impl Session {
                         return Err(self.fail(
                             ErrorCode::AuthFailed,
                             format!(
-                                "node {} belongs to another user: each copy of the database \
-                                 connects with its own node id and its owner's token",
-                                h.node
+                                "node {} belongs to another user here (the first identity it \
+                                 connected with): each copy of the database connects with its \
+                                 own node id and its owner's token. If this copy is yours and \
+                                 never connected as anyone else, someone claimed its id first \
+                                 (node ids are in every change a node makes, visible to its \
+                                 readers): the peer's operator can release it by forgetting \
+                                 the node (`Database::forget_peer`; `blazedb peers STORE --forget {}`)",
+                                h.node, h.node
                             ),
                             now_ms,
                         ))
