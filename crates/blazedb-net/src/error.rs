@@ -17,8 +17,10 @@ pub enum NetError {
     /// Reading the database to start the session failed.
     #[error("cannot start the sync session: {0}")]
     Database(#[from] blazedb::Error),
-    /// A database file could not be opened.
-    #[error("cannot open {}: {source}", path.display())]
+    /// A database file could not be opened. The message names the file once: the library's
+    /// error does already for most causes (`blazedb::Error::names_the_file`), and then it is
+    /// the whole message.
+    #[error("{}", open_message(path, source))]
     Open {
         /// The file.
         path: PathBuf,
@@ -112,6 +114,16 @@ pub enum NetError {
     /// A driver task panicked or was aborted.
     #[error("sync task did not finish: {0}")]
     Task(String),
+}
+
+/// "cannot open PATH: why", or only the library's error where it names the file itself
+/// ("wrong password for PATH: ...", "cannot open PATH: the disk that holds ... is full"):
+/// until 2026-12-07 such messages said "cannot open PATH: cannot open PATH: ...".
+fn open_message(path: &std::path::Path, source: &blazedb::Error) -> String {
+    match source.names_the_file() {
+        true => source.to_string(),
+        false => format!("cannot open {}: {source}", path.display()),
+    }
 }
 
 /// ": what to do" when a transport error is the peer refusing our TLS client certificate.

@@ -20,8 +20,9 @@ pub enum RelayError {
         /// What went wrong.
         source: io::Error,
     },
-    /// The store could not be opened (wrong password, corruption, permissions...).
-    #[error("cannot open the relay store {}: {source}", path.display())]
+    /// The store could not be opened (wrong password, corruption, permissions...). The
+    /// message names the file once (see [`store_message`]).
+    #[error("{}", store_message(path, source))]
     Store {
         /// The store file.
         path: PathBuf,
@@ -115,6 +116,16 @@ fn bind_hint(e: &io::Error) -> &'static str {
         }
         io::ErrorKind::NotFound => ": the socket's directory does not exist: create it first",
         _ => "",
+    }
+}
+
+/// "cannot open the relay store PATH: why", the path left out where the library's error
+/// names it already ("cannot open the relay store: wrong password for PATH: ..."; until
+/// 2026-12-07 "cannot open the relay store PATH: cannot open PATH: ...").
+fn store_message(path: &std::path::Path, source: &blazedb::Error) -> String {
+    match source.names_the_file() {
+        true => format!("cannot open the relay store: {source}"),
+        false => format!("cannot open the relay store {}: {source}", path.display()),
     }
 }
 

@@ -336,6 +336,17 @@ impl Error {
         self.is_disk_full() || matches!(self, Error::FileGone { .. })
     }
 
+    /// Whether the message names the database file already: every [`OpenError`] ("wrong
+    /// password for PATH", "cannot open PATH: ..."), [`Error::FileGone`] and
+    /// [`Error::NoRoomForCopy`]. A caller that puts the error after the file's path ("cannot
+    /// open PATH: ...") leaves the path out then, not to say it twice.
+    pub fn names_the_file(&self) -> bool {
+        matches!(
+            self,
+            Error::Open(_) | Error::FileGone { .. } | Error::NoRoomForCopy { .. }
+        )
+    }
+
     /// Another connection held a lock on the file for longer than the busy timeout (a long
     /// write transaction, a checkpoint, another process's maintenance): the same call may
     /// succeed later, unlike a damaged file or an invalid argument.
