@@ -26,6 +26,10 @@
     rustdoc::bare_urls
 )]
 #![forbid(unsafe_code)]
+// Lines on stderr go through `report::stderr_line`, which a closed stderr does not stop, and
+// stdout through `output::Output`, whose failures are errors: never through the std macros,
+// which panic when the stream is closed.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
 
 /// mimalloc rather than the system allocator: syncing allocates and frees small buffers per
 /// cell, and glibc's malloc and free were ~15% of the relay fan-out's CPU (perf, 2026-12-05).

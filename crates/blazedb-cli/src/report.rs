@@ -52,6 +52,17 @@ impl fmt::Display for RefusedByPeer {
 
 impl StdError for RefusedByPeer {}
 
+/// Print `line` and a newline on stderr, whatever becomes of it. A stderr that takes nothing
+/// (a pipe whose reader is gone, a file on a full disk) must not stop a command that is
+/// doing or has done its work: std's `eprintln!` panics there, and the panic hook's own
+/// line then aborted the process (exit 134; found 2026-12-07). Every line the CLI writes on
+/// stderr goes through here (`clippy::print_stderr` is denied in this crate); stdout goes
+/// through [`crate::output::Output`], whose failures are errors.
+pub fn stderr_line(line: impl fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Report a failed command and choose its exit code.
 ///
 /// `password_from_env`: the database password came from `BLAZEDB_PASSWORD` (no
@@ -64,12 +75,12 @@ pub fn failure(err: &anyhow::Error, password_from_env: bool) -> ExitCode {
     }
     let mut line = one_line(err);
     line.push_str(password_hint(err, password_from_env));
-    eprintln!("error: {line}");
+    stderr_line(format_args!("error: {line}"));
     // The caret under the expression is worth the extra lines for a person at a terminal;
     // scripts keep their one line (the column is in it).
     if let Some(QueryError::Syntax { excerpt, .. }) = err.chain().find_map(query_error) {
         if std::io::stderr().is_terminal() {
-            eprintln!("{excerpt}");
+            stderr_line(excerpt);
         }
     }
     if err.chain().any(|e| e.is::<RefusedByPeer>()) {
@@ -129,10 +140,10 @@ pub fn usage_error(err: &clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::from(err.exit_code().clamp(0, 255) as u8);
     }
-    eprintln!(
+    stderr_line(format_args!(
         "error: {} (see --help)",
         clap_one_line(&err.render().to_string())
-    );
+    ));
     ExitCode::from(EXIT_USAGE)
 }
 
@@ -140,7 +151,9 @@ pub fn usage_error(err: &clap::Error) -> ExitCode {
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let text = flatten(&info.to_string());
-        eprintln!("error: internal error (a bug in blazedb, please report it): {text}");
+        stderr_line(format_args!(
+            "error: internal error (a bug in blazedb, please report it): {text}"
+        ));
         std::process::exit(EXIT_PANIC);
     }));
 }

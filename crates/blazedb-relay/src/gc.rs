@@ -123,16 +123,13 @@ async fn run(
                     .copied()
                     .collect();
                 if removed > 0 || !newly_expired.is_empty() {
-                    eprintln!("{}", event(&report, &newly_expired));
+                    crate::log::line(event(&report, &newly_expired));
                 }
                 expired_before = report.expired_peers.iter().copied().collect();
             }
             Ok(Err(e)) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "{}",
-                    serde_json::json!({"event": "gc_failed", "error": e.to_string()})
-                );
+                crate::log::line(serde_json::json!({"event": "gc_failed", "error": e.to_string()}));
             }
             // The blocking task panicked or was cancelled (shutdown): try again next time.
             Err(_) => {

@@ -47,6 +47,8 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Log lines go through `log::line`, which a closed stderr does not stop.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
 
 pub mod access;
 pub mod auth;
@@ -56,6 +58,7 @@ pub mod gc;
 pub mod guard;
 pub mod http;
 pub mod limits;
+mod log;
 mod log_throttle;
 pub mod metrics;
 mod origin;

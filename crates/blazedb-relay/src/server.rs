@@ -118,7 +118,7 @@ impl Relay {
         };
         let db = open(options.clone())?;
         if let Some(event) = found.created_event(&path, db.node_id()) {
-            eprintln!("{event}");
+            crate::log::line(event);
         }
         db.set_server_role(true);
         // `/v1/query` reads through a handle of its own: a query scans with its handle
@@ -163,10 +163,7 @@ impl Relay {
             })?,
         );
         for w in &warnings {
-            eprintln!(
-                "{}",
-                serde_json::json!({ "event": "config_warning", "message": w })
-            );
+            crate::log::line(serde_json::json!({ "event": "config_warning", "message": w }));
         }
         let state = Arc::new(State::new(
             Arc::new(db),
@@ -266,9 +263,8 @@ impl Relay {
         let heads = blazedb_net::head_watch::HeadWatch::spawn(state.db.clone());
         if let Some(error) = heads.file_watch_error() {
             // Not fatal: other processes' writes to the store reach clients by the poll.
-            eprintln!(
-                "{}",
-                serde_json::json!({ "event": "file_watch_unavailable", "error": error })
+            crate::log::line(
+                serde_json::json!({ "event": "file_watch_unavailable", "error": error }),
             );
         }
         let _ = state.head_watch.set(heads);
@@ -480,10 +476,7 @@ async fn watch_store(state: Arc<State>) {
 
 /// Pause after an accept error (e.g. out of file descriptors) instead of spinning.
 async fn accept_backoff(e: &std::io::Error) {
-    eprintln!(
-        "{}",
-        serde_json::json!({"event": "accept_error", "error": e.to_string()})
-    );
+    crate::log::line(serde_json::json!({"event": "accept_error", "error": e.to_string()}));
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 

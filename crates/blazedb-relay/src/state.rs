@@ -195,14 +195,14 @@ impl State {
             let cut = log_message(m).len();
             m.truncate(cut);
         }
-        eprintln!("{line}");
+        crate::log::line(line);
     }
 
     /// End the throttled log's window: print what it left out, one line per key.
     pub fn end_log_window(&self) {
         let lines = self.lock_log_throttle().end_window();
         for line in lines {
-            eprintln!("{line}");
+            crate::log::line(line);
         }
     }
 

@@ -120,7 +120,7 @@ impl StoreWatch {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let now = classify(gone, free, *last);
         if std::mem::discriminant(&now) != std::mem::discriminant(&*last) {
-            eprintln!("{}", self.event(now, *last));
+            crate::log::line(self.event(now, *last));
         }
         *last = now;
         now

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::commands::sync::{file_watch_unavailable, interrupted, HeartbeatArgs};
 use crate::database::{Access, Context};
 use crate::output::Output;
-use crate::report::UsageError;
+use crate::report::{stderr_line, UsageError};
 
 /// `listen DB (--tcp ADDR | --unix PATH) [--token T] [--tls-cert FILE --tls-key FILE]`.
 #[derive(Debug, Args)]
@@ -126,10 +126,7 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
                     Ok(ad) => Some(ad),
                     Err(e) => {
                         // Not fatal: peers can still connect by address.
-                        eprintln!(
-                            "{}",
-                            json!({ "event": "not_advertised", "error": e.to_string() })
-                        );
+                        stderr_line(json!({ "event": "not_advertised", "error": e.to_string() }));
                         None
                     }
                 }
@@ -142,7 +139,7 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
         }
         out.flush()?;
         if let Some(error) = listener.file_watch_error() {
-            eprintln!("{}", file_watch_unavailable(error));
+            stderr_line(file_watch_unavailable(error));
         }
         let mut events = listener.events();
         let stop = interrupted();
@@ -151,9 +148,9 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
             tokio::select! {
                 _ = &mut stop => break,
                 e = events.recv() => match e {
-                    Ok(e) => eprintln!("{}", event_json(&e)),
+                    Ok(e) => stderr_line(event_json(&e)),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("{}", json!({ "event": "lagged", "missed": n }));
+                        stderr_line(json!({ "event": "lagged", "missed": n }));
                     }
                     Err(_) => break,
                 },

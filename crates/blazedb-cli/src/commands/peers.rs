@@ -10,6 +10,7 @@ use serde_json::{json, Value as Json};
 
 use crate::database::{Access, Context};
 use crate::output::{print_stored, Output};
+use crate::report::stderr_line;
 
 /// `peers DB [--forget NODE]`.
 #[derive(Debug, Args)]
@@ -80,19 +81,16 @@ pub fn run_gc(ctx: &Context, args: &GcArgs) -> Result<()> {
     for relay in &report.relays_past_retention {
         // Said because nothing else would: a relay is never expired, so one that is gone for
         // good keeps every later tombstone here, silently.
-        eprintln!(
-            "{}",
-            json!({
-                "event": "warning",
-                "warning": format!(
-                    "relay {relay} was last heard from over {} ago and still holds GC back \
-                     (a relay never expires: deletes made while it is away must reach it). If it \
-                     is gone for good: blazedb peers {} --forget {relay}",
-                    format_duration_ms(args.peer_retention),
-                    args.db.display()
-                ),
-            })
-        );
+        stderr_line(json!({
+            "event": "warning",
+            "warning": format!(
+                "relay {relay} was last heard from over {} ago and still holds GC back \
+                 (a relay never expires: deletes made while it is away must reach it). If it \
+                 is gone for good: blazedb peers {} --forget {relay}",
+                format_duration_ms(args.peer_retention),
+                args.db.display()
+            ),
+        }));
     }
     let stored = || "gc ran, and what it removed is gone: only its report is lost".to_owned();
     Ok(print_stored(stored, |out| out.json(&gc_json(&report)))?)

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::database::Context;
 use crate::output::Output;
+use crate::report::stderr_line;
 
 /// `serve [--data DIR] [--listen ADDR] [--token T | --jwt-secret S | --jwt-public-key FILE]
 /// [--rules FILE] [--tls-cert FILE --tls-key FILE] [--origin ORIGIN]...`.
@@ -224,18 +225,15 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
 /// never asked for a certificate (the socket's owner-only mode and the token guard it).
 /// Said at startup, so that nobody takes `--tls-client-ca` to cover every way in.
 pub(crate) fn warn_no_client_certificates_on(unix: &std::path::Path) {
-    eprintln!(
-        "{}",
-        json!({
-            "event": "warning",
-            "warning": format!(
-                "--tls-client-ca applies to TLS connections only: clients on the Unix socket \
-                 {} are not asked for a certificate (only for the token; the socket is \
-                 owner-only). Leave out --unix to require certificates of every client.",
-                unix.display()
-            ),
-        })
-    );
+    stderr_line(json!({
+        "event": "warning",
+        "warning": format!(
+            "--tls-client-ca applies to TLS connections only: clients on the Unix socket \
+             {} are not asked for a certificate (only for the token; the socket is \
+             owner-only). Leave out --unix to require certificates of every client.",
+            unix.display()
+        ),
+    }));
 }
 
 /// Ctrl-C, or SIGTERM (what `docker stop` and systemd send).

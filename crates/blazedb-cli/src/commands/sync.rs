@@ -35,7 +35,7 @@ use serde_json::json;
 use crate::database::{remove_new_database, will_create_database, Context};
 use crate::output::print_stored;
 use crate::password::{hand_over, resolve, Password, PASSWORD_ENV};
-use crate::report::{RefusedByPeer, UsageError};
+use crate::report::{stderr_line, RefusedByPeer, UsageError};
 
 /// `sync DB_A (DB_B | URL) [--once | --watch] [--mode both|push|pull] [--token T]
 /// [--collections a,b] [--where EXPR] [--exclude-fields f,g]`.
@@ -277,7 +277,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
                     FilesNotice::Retrying { delay_ms, error } => retrying(delay_ms, &error),
                     _ => json!({ "event": "other" }),
                 };
-                eprintln!("{line}");
+                stderr_line(line);
             })
             .await
         }
@@ -395,7 +395,7 @@ async fn run_network(
         sync_once(db.clone(), &endpoint, &opts).await
     } else {
         sync_watch(db.clone(), &endpoint, &opts, interrupted(), |e| {
-            eprintln!("{}", event_json(&e, &args.db_a, &endpoint));
+            stderr_line(event_json(&e, &args.db_a, &endpoint));
         })
         .await
     };
@@ -418,7 +418,7 @@ async fn run_network(
     };
     if args.once && report.token_unchecked {
         // Watch mode told it as it happened.
-        eprintln!("{}", token_unchecked(&endpoint));
+        stderr_line(token_unchecked(&endpoint));
     }
     let stored = || {
         let refused = match report.traffic.rejected_by_peer {
