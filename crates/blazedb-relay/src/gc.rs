@@ -4,8 +4,17 @@
 //! seen by everyone. [`spawn_gc`] runs [`Database::gc`] every interval on tokio's blocking
 //! pool (GC holds the store's lock for one transaction; sessions wait for it, but no worker
 //! thread blocks), and adds each run's figures to [`GcCounters`]. Each run prints one JSON
-//! line on stderr, like the relay's other events, when it removed something, found peers
-//! newly past the retention, or failed.
+//! line on stderr, like the relay's other events, when it removed something or found peers
+//! newly past the retention.
+//!
+//! **Failures are logged when their cause changes, not at every run** ([`FailureLog`]). A
+//! store deleted while the relay runs, or a full disk, fails every run for as long as it
+//! lasts: one `gc_failed` line per interval said nothing new and buried the lines that did
+//! (the store watch has said it once already: `store_gone`, `store_disk_full`). So the
+//! first failure of a cause is logged; the same cause again is only counted (in
+//! [`GcCounters::failures`], every one); another cause is a new `gc_failed` line with how
+//! many runs failed for the one before; and the first run that works after failures says
+//! `gc_recovered`, with their count.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +106,7 @@ async fn run(
     // (with 10,000 clients gone for a month, listing them all at every run wrote a line of
     // 350 KB every interval, forever).
     let mut expired_before: HashSet<NodeId> = HashSet::new();
+    let mut failures = FailureLog::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick completes at once; a relay that just started has nothing to collect.
@@ -111,6 +121,9 @@ async fn run(
         match result {
             Ok(Ok(report)) => {
                 counters.add(&report);
+                if let Some(line) = failures.succeeded() {
+                    crate::log::line(line);
+                }
                 let removed = report.tombstones_purged
                     + report.cells_pruned
                     + report.links_pruned
@@ -129,13 +142,96 @@ async fn run(
             }
             Ok(Err(e)) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
-                crate::log::line(serde_json::json!({"event": "gc_failed", "error": e.to_string()}));
+                if let Some(line) = failures.failed(&e) {
+                    crate::log::line(line);
+                }
             }
             // The blocking task panicked or was cancelled (shutdown): try again next time.
             Err(_) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Why a GC run failed, as far as the log tells causes apart: a run that fails for the same
+/// cause as the one before is not logged again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FailureCause {
+    /// The store file was deleted while the relay runs (`Error::FileGone`).
+    StoreGone,
+    /// The store's disk is full.
+    DiskFull,
+    /// Anything else, told apart by its message.
+    Other(String),
+}
+
+impl FailureCause {
+    fn of(e: &blazedb::Error) -> FailureCause {
+        if matches!(e, blazedb::Error::FileGone { .. }) {
+            FailureCause::StoreGone
+        } else if e.is_disk_full() {
+            FailureCause::DiskFull
+        } else {
+            FailureCause::Other(e.to_string())
+        }
+    }
+
+    /// The `cause` of a `gc_failed` or `gc_recovered` line.
+    fn name(&self) -> &'static str {
+        match self {
+            FailureCause::StoreGone => "store_gone",
+            FailureCause::DiskFull => "disk_full",
+            FailureCause::Other(_) => "error",
+        }
+    }
+}
+
+/// Which GC failures are logged: the first of each cause, a change of cause, and the first
+/// run that works again (see the module docs). Sans-IO: it is told each run's outcome and
+/// returns the line to print, if any. Its memory is one cause and a count.
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// The cause of the runs that failed since the last one that worked, and how many.
+    failing: Option<(FailureCause, u64)>,
+}
+
+impl FailureLog {
+    /// A run failed with `e`: the `gc_failed` line to print, or `None` when the run before
+    /// failed for the same cause (it is counted).
+    fn failed(&mut self, e: &blazedb::Error) -> Option<serde_json::Value> {
+        let cause = FailureCause::of(e);
+        let mut line = serde_json::json!({
+            "event": "gc_failed",
+            "cause": cause.name(),
+            "error": e.to_string(),
+        });
+        match self.failing.take() {
+            Some((before, n)) if before == cause => {
+                self.failing = Some((before, n + 1));
+                return None;
+            }
+            Some((before, n)) => {
+                line["cause_before"] = before.name().into();
+                line["failed_runs_before"] = n.into();
+            }
+            None => {}
+        }
+        line["note"] = "logged again only when the cause changes; gc_recovered when a run \
+                           works again"
+            .into();
+        self.failing = Some((cause, 1));
+        Some(line)
+    }
+
+    /// A run worked: the `gc_recovered` line to print after failures, else `None`.
+    fn succeeded(&mut self) -> Option<serde_json::Value> {
+        let (cause, n) = self.failing.take()?;
+        Some(serde_json::json!({
+            "event": "gc_recovered",
+            "cause": cause.name(),
+            "failed_runs": n,
+        }))
     }
 }
 
@@ -172,6 +268,84 @@ fn event(r: &GcReport, newly_expired: &[NodeId]) -> serde_json::Value {
 mod tests {
     use super::*;
     use blazedb::{OpenOptions, PeerDirection, Value};
+
+    fn file_gone() -> blazedb::Error {
+        blazedb::Error::FileGone {
+            path: "/srv/relay/relay.db".into(),
+        }
+    }
+
+    fn disk_full() -> blazedb::Error {
+        blazedb::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull))
+    }
+
+    /// The first failure of a cause is logged, the same cause again only counted; a new
+    /// cause is logged with the count of the one before, and the first run that works says
+    /// how many failed.
+    #[test]
+    fn failures_are_logged_when_their_cause_changes() {
+        let mut log = FailureLog::default();
+        assert_eq!(log.succeeded(), None, "nothing failed");
+        let first = log.failed(&disk_full()).expect("the first is logged");
+        assert_eq!(
+            (first["event"].as_str(), first["cause"].as_str()),
+            (Some("gc_failed"), Some("disk_full"))
+        );
+        assert!(first.get("cause_before").is_none(), "{first}");
+        for _ in 0..99 {
+            assert_eq!(log.failed(&disk_full()), None);
+        }
+        let changed = log.failed(&file_gone()).expect("a new cause is logged");
+        assert_eq!(changed["cause"], "store_gone");
+        assert_eq!(changed["cause_before"], "disk_full");
+        assert_eq!(changed["failed_runs_before"], 100);
+        assert!(changed["error"].as_str().unwrap().contains("was deleted"));
+        assert_eq!(log.failed(&file_gone()), None);
+        let recovered = log.succeeded().expect("the recovery is logged");
+        assert_eq!(
+            recovered,
+            serde_json::json!({"event": "gc_recovered", "cause": "store_gone", "failed_runs": 2})
+        );
+        assert_eq!(log.succeeded(), None, "once");
+        assert!(
+            log.failed(&disk_full()).is_some(),
+            "a cause that comes back is news"
+        );
+        let other = |m: &str| blazedb::Error::InvalidArgument(m.into());
+        assert!(log.failed(&other("a")).is_some());
+        assert_eq!(log.failed(&other("a")), None);
+        assert!(
+            log.failed(&other("b")).is_some(),
+            "another message is another cause"
+        );
+    }
+
+    /// Every failed run is counted, however few are logged: a store deleted under the GC.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_failure_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let db = Arc::new(Database::open(&path, OpenOptions::default()).unwrap());
+        db.insert("items", [("n", Value::Int(1))]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let counters = Arc::new(GcCounters::default());
+        let task = spawn_gc(
+            db.clone(),
+            Duration::from_millis(20),
+            GcOptions::default(),
+            counters.clone(),
+        )
+        .expect("enabled");
+        for _ in 0..1000 {
+            if counters.failures.load(Ordering::Relaxed) >= 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(counters.failures.load(Ordering::Relaxed) >= 5);
+        assert_eq!(counters.runs.load(Ordering::Relaxed), 0);
+        drop(task);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn collects_every_interval_unless_disabled() {
