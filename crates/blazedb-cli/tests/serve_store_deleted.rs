@@ -1,6 +1,7 @@
 //! `blazedb serve` whose data directory is deleted while it runs (`rm -rf`): a client's
 //! write is refused with what happened and what to do, not acknowledged into the deleted
-//! file; `/health` answers 503 `failing` with the reason; one `store_gone` line is logged;
+//! file; `/health` answers 503 `failing` with the reason and the size of what the open file
+//! still holds; one `store_gone` line is logged;
 //! a new client that only reads is still served from the open file. Restarted, the relay
 //! says it created a new store, and the refused write arrives from the client that kept it.
 
@@ -73,6 +74,7 @@ fn a_relay_whose_data_directory_is_deleted_refuses_writes_and_says_so() {
     assert_eq!(sync_once(&c1, &url, &[]).0, Some(0));
     assert_eq!(events(&log, "store_created").len(), 1, "a new store");
 
+    let stored = std::fs::metadata(data.join("relay.db")).unwrap().len();
     std::fs::remove_dir_all(&data).unwrap();
 
     // The write is refused (before: exit 0, and the write was gone after a restart).
@@ -97,6 +99,9 @@ fn a_relay_whose_data_directory_is_deleted_refuses_writes_and_says_so() {
         reason.contains("relay.db was deleted") && reason.contains("/proc/"),
         "{reason}"
     );
+    // What is at stake: the open file's size, not 0 for a path that names nothing (before).
+    let store_bytes = health["store_bytes"].as_u64().unwrap();
+    assert!(store_bytes >= stored && stored > 0, "{stored}: {body}");
     let (_, metrics) = get(&url, "/metrics");
     assert!(
         metrics.contains("blazedb_relay_store_status 2"),

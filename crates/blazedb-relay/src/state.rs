@@ -217,15 +217,11 @@ impl State {
         status
     }
 
-    /// Size of the store file and its write-ahead log, in bytes.
+    /// Size of the store file and its write-ahead log, in bytes: measured through the open
+    /// files, so a store deleted while the relay runs still shows what is at stake (by path,
+    /// it said 0 there).
     pub fn store_bytes(&self) -> u64 {
-        let path = self.db.path();
-        let wal = format!("{}-wal", path.display());
-        [path.to_owned(), wal.into()]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
+        self.db.stored_bytes()
     }
 
     /// Whether a browser origin may connect. Requests without `Origin` are not from a

@@ -103,3 +103,28 @@ fn a_file_that_keeps_a_name_is_not_gone_and_keeps_its_writes() {
     db.insert("notes", [("n", 2)]).unwrap();
     assert_eq!(db.count("notes").unwrap(), 2);
 }
+
+/// A deleted file still holds what the handle would lose on closing it, and says how much:
+/// its size and its write-ahead log's, measured through the open descriptors (the relay's
+/// `/health` reports it; by path, it said 0).
+#[test]
+fn a_deleted_file_still_says_how_many_bytes_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let path = data.join("app.db");
+    let db = Database::open(&path, OpenOptions::default()).unwrap();
+    for n in 0..200 {
+        db.insert("notes", [("n", n)]).unwrap();
+    }
+    let len = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    let (file, wal) = (len(&path), len(&data.join("app.db-wal")));
+    assert!(file > 0 && wal > 0, "{file} {wal}");
+    assert_eq!(db.stored_bytes(), file + wal);
+
+    std::fs::remove_dir_all(&data).unwrap();
+    assert!(db.file_is_gone());
+    #[cfg(target_os = "linux")]
+    assert_eq!(db.stored_bytes(), file + wal, "the file and its log");
+    assert!(db.stored_bytes() >= file, "at least the file itself");
+}

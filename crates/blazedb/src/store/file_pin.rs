@@ -53,6 +53,39 @@ impl FilePin {
         self.linked_when_pinned && links(&self.file) == Some(0)
     }
 
+    /// The length of the file named as this one plus `suffix` (the `-wal` SQLite keeps
+    /// beside it), when both were deleted while open: found among the process's open
+    /// descriptors, which Linux lists with their path and ` (deleted)` in `/proc/self/fd`.
+    /// The path is the one the kernel gives this file's own descriptor there, so symbolic
+    /// links and relative paths do not matter. `None` while this file has a name, where no
+    /// such file is open, or elsewhere than on Linux.
+    pub fn deleted_sibling_len(&self, suffix: &str) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd as _;
+            const DELETED: &str = " (deleted)";
+            let fds = Path::new("/proc/self/fd");
+            let own = std::fs::read_link(fds.join(self.file.as_raw_fd().to_string())).ok()?;
+            let own = own.to_str()?.strip_suffix(DELETED)?;
+            let sibling = format!("{own}{suffix}{DELETED}");
+            // One readlink per open descriptor: asked only once the file is gone.
+            std::fs::read_dir(fds)
+                .ok()?
+                .filter_map(Result::ok)
+                .find(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|to| to.as_os_str() == sibling.as_str())
+                })
+                // `metadata` follows the link to the open file itself.
+                .and_then(|fd| std::fs::metadata(fd.path()).ok())
+                .map(|m| m.len())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = suffix;
+            None
+        }
+    }
+
     /// The path the file was pinned through.
     pub fn path(&self) -> &Path {
         &self.path

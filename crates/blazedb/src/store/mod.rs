@@ -470,6 +470,25 @@ impl Database {
         self.pin.unlinked()
     }
 
+    /// Bytes the database holds on disk: its file and its write-ahead log (`-wal`), measured
+    /// through descriptors open on them, so also after they were deleted while open (the
+    /// data a deleted file still holds is what the process would lose on closing it; a
+    /// size by path said 0 there). The file through the handle's own descriptor (`fstat`);
+    /// the log by its path while the file has a name, else, on Linux, through the
+    /// descriptor SQLite holds on the deleted log (`FilePin::deleted_sibling_len`). A part
+    /// that cannot be measured counts 0.
+    pub fn stored_bytes(&self) -> u64 {
+        let file = self.pin.len().unwrap_or(0);
+        let wal_bytes = if self.pin.unlinked() {
+            self.pin.deleted_sibling_len("-wal")
+        } else {
+            let mut wal = self.path.as_os_str().to_owned();
+            wal.push("-wal");
+            std::fs::metadata(wal).ok().map(|m| m.len())
+        };
+        file + wal_bytes.unwrap_or(0)
+    }
+
     /// True when the file is encrypted.
     pub fn is_encrypted(&self) -> bool {
         self.password.is_some()
