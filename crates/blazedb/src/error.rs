@@ -109,6 +109,23 @@ pub enum OpenError {
         /// SQLite's error.
         reason: String,
     },
+    /// The file system that holds the file has no free inodes: it can create no more files,
+    /// whatever space it has left, and SQLite could not create the database's `-wal` and
+    /// `-shm` files (also needed to read) or the file itself. Nothing was changed; the same
+    /// open succeeds once files were deleted there.
+    #[error(
+        "cannot open {path}: the file system that holds {dir} has no free inodes (files) \
+         left, and {} ({reason})",
+        advice::FREE_INODES
+    )]
+    NoFreeInodes {
+        /// The file.
+        path: String,
+        /// Its directory.
+        dir: String,
+        /// SQLite's error.
+        reason: String,
+    },
     /// The file's directory is on a read-only mount, or this user may not create files in
     /// it: SQLite could not create the database's `-wal` and `-shm` files there, which it
     /// needs also to read.
@@ -360,13 +377,15 @@ impl Error {
         )
     }
 
-    /// The disk that holds the database is full (or the file reached its size limit): what
-    /// failed was rolled back, nothing of it was kept. The same call may succeed once there
-    /// is room; reads of an open database still work.
+    /// The disk that holds the database is full (or the file reached its size limit, or its
+    /// file system has no free inodes: [`OpenError::NoFreeInodes`]): what failed was rolled
+    /// back, nothing of it was kept. The same call may succeed once there is room; reads of
+    /// an open database still work.
     pub fn is_disk_full(&self) -> bool {
         match self {
             Error::Sqlite(e) => is_disk_full(e),
-            Error::NoRoomForCopy { .. } | Error::Open(OpenError::DiskFull { .. }) => true,
+            Error::NoRoomForCopy { .. }
+            | Error::Open(OpenError::DiskFull { .. } | OpenError::NoFreeInodes { .. }) => true,
             Error::Io(source) | Error::Open(OpenError::Io { source, .. }) => {
                 source.kind() == std::io::ErrorKind::StorageFull
             }

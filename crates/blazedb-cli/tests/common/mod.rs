@@ -212,9 +212,19 @@ pub struct SmallDisk {
 impl SmallDisk {
     /// A tmpfs of `bytes`, or `None` (said why) where mounting one is not allowed.
     pub fn mount(bytes: u64) -> Option<SmallDisk> {
+        SmallDisk::mount_with(&format!("size={bytes}"))
+    }
+
+    /// A tmpfs of `bytes` that holds at most `inodes` files and directories (its root
+    /// directory is one of them).
+    pub fn mount_with_inodes(bytes: u64, inodes: u64) -> Option<SmallDisk> {
+        SmallDisk::mount_with(&format!("size={bytes},nr_inodes={inodes}"))
+    }
+
+    fn mount_with(options: &str) -> Option<SmallDisk> {
         let dir = tempfile::tempdir().expect("temp dir");
         let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .stderr(Stdio::null())
             .status()

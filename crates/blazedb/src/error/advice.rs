@@ -45,6 +45,16 @@ pub const FREE_SPACE_TO_OPEN: &str =
     "SQLite needs a few dozen KB there for a database's -wal and -shm files, even to read it: \
      free space on that disk, then try again";
 
+/// What to do about a file system with no free inodes, once the message has named it: it
+/// can create no more files, whatever space it has left, and a database needs its `-wal`
+/// and `-shm` files created beside it (at every open, also to read).
+pub const FREE_INODES: &str =
+    "SQLite creates a database's -wal and -shm files beside it, even to read it, and this file \
+     system can create no more files (its inodes are used up, though it may have free \
+     space: `df -i` shows them): delete files there that are no longer needed (many small \
+     ones, typically), or move the database to a file system with free inodes, then try \
+     again";
+
 /// `dir` is on a read-only mount, or this user may not create files in it: what to do to
 /// read the database `path` there.
 pub fn writable_directory(dir: &Path, path: &Path) -> String {

@@ -130,7 +130,8 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
 }
 
 /// The error for an open that failed in SQLite for a reason other than what the file holds:
-/// a full disk or a directory it may not create the `-wal` and `-shm` files in (both met
+/// a full disk, a file system out of inodes, or a directory it may not create the `-wal`
+/// and `-shm` files in (met
 /// also by commands that only read: an audit, 2026-12-07, found `stats`, `get` and `export`
 /// failing with "disk I/O error: ... xShmMap" on a full disk, and "attempt to write a
 /// readonly database" in a read-only directory, neither saying what to do), else SQLite's
@@ -138,6 +139,24 @@ fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> Open
 fn storage_err(path: &str, e: rusqlite::Error) -> OpenError {
     let dir = volume::directory_of(Path::new(path));
     let free_bytes = volume::free_bytes(&dir);
+    // No inode left, with room left: creating the `-wal`, the `-shm` or the file fails with
+    // ENOSPC, which SQLite reports as "unable to open database file" (or an I/O error), not
+    // as a full disk (until 2026-12-07 the advice was to check that the directory exists).
+    // With no room either, freeing space is the advice, and deleting files gives both.
+    let creating_failed = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull)
+    );
+    if creating_failed
+        && free_bytes.is_none_or(|free| free >= DISK_NEARLY_FULL_BYTES)
+        && volume::out_of_inodes(&dir)
+    {
+        return OpenError::NoFreeInodes {
+            path: path.to_owned(),
+            dir: dir.display().to_string(),
+            reason: crate::error::sqlite_brief(&e),
+        };
+    }
     // SQLite's "database or disk is full" is never anything else here; a shared-memory file
     // that would not grow is, where the file system says there is room.
     let disk_full = crate::error::is_disk_full(&e)

@@ -31,6 +31,22 @@ pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     }
 }
 
+/// Whether the file system that holds `dir` has no inode left for this user: it can create
+/// no file, however much space it has (many small files, a tmpfs or an ext4 made with few
+/// inodes). `statvfs`'s `f_favail`; a file system that counts no inodes at all
+/// (`f_files == 0`, btrfs) is never out of them.
+pub(crate) fn out_of_inodes(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        rustix::fs::statvfs(dir).is_ok_and(|s| s.f_files > 0 && s.f_favail == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        false
+    }
+}
+
 /// Why this process cannot create files in `dir` ("is on a read-only file system", "is not
 /// writable by this user"), or `None` when it can (or the platform does not say).
 pub(crate) fn why_not_writable(dir: &Path) -> Option<&'static str> {
