@@ -155,13 +155,18 @@ impl Relay {
             Some(path) => Some((bind_unix(path)?, path.clone())),
             None => None,
         };
-        let warnings = rules.warnings(
+        let mut warnings = rules.warnings(
             auth.required(),
             &db.collections().map_err(|source| RelayError::Store {
                 path: path.clone(),
                 source,
             })?,
         );
+        warnings.extend(exposure_warnings(&config, &auth, http_addr));
+        warnings.extend(open_files_warning(
+            raise_open_files_limit(),
+            config.limits.connections_max,
+        ));
         for w in &warnings {
             crate::log::line(serde_json::json!({ "event": "config_warning", "message": w }));
         }
@@ -191,7 +196,9 @@ impl Relay {
 
     /// What looked wrong in a configuration that works, one sentence each (also printed
     /// on stderr as `config_warning` events): rules that read `$auth` without
-    /// authentication, collections of the store no rule table names.
+    /// authentication, collections of the store no rule table names, serving without
+    /// credentials beyond what the operator may think (`--danger-allow-anonymous`, a Unix
+    /// socket beside the loopback listener), an open-files limit below `--max-connections`.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -384,6 +391,83 @@ fn check_anonymous(config: &RelayConfig, auth: &Authenticator) -> Result<(), Rel
              anyone who can reach it read and write)"
         ))),
     }
+}
+
+/// What the operator may not know they are exposing, said at startup: serving everyone
+/// who can reach a non-loopback address (`--danger-allow-anonymous`), and a Unix socket
+/// taken for the only way in while the loopback HTTP listener serves every local user
+/// without credentials (security audit, 2026-12-07, F4 and F9).
+fn exposure_warnings(config: &RelayConfig, auth: &Authenticator, http: SocketAddr) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if auth.required() {
+        return warnings;
+    }
+    let exposed: Vec<String> = std::iter::once(http)
+        .chain(config.tcp_listen)
+        .filter(|a| !a.ip().is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+    if config.danger_allow_anonymous && !exposed.is_empty() {
+        warnings.push(format!(
+            "serving without authentication on {} (--danger-allow-anonymous): anyone who \
+             can reach it reads and writes whatever the rules allow, and every client's \
+             data passes there; give --token or --jwt-secret/--jwt-public-key to require \
+             credentials",
+            exposed.join(", ")
+        ));
+    }
+    if let Some(unix) = config.unix.as_ref().filter(|_| http.ip().is_loopback()) {
+        warnings.push(format!(
+            "the Unix socket {} is owner-only, but without credentials the relay also \
+             serves every local user through http://{http} (loopback answers anyone on this \
+             machine): give --token or --jwt-secret/--jwt-public-key to require credentials \
+             on every way in",
+            unix.display()
+        ));
+    }
+    warnings
+}
+
+/// Raise the soft limit on open files to the hard one, as servers that hold many
+/// connections do (Go's runtime does it for every program): the usual soft limit of 1,024
+/// would refuse connections far below the default `--max-connections` of 10,000, each of
+/// which is a descriptor. Returns the limit now in force, `None` where it cannot be read.
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    if soft < hard {
+        // Best effort: the limit stays as it was when raising it fails.
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.or(Some(u64::MAX))
+}
+
+/// Descriptors the relay needs besides one per connection: its store's files (two handles,
+/// each with the file and its WAL, and the shared memory), listeners, the log, TLS files.
+const OPEN_FILES_BESIDES_CONNECTIONS: u64 = 64;
+
+/// A warning when the open-files limit is below what `connections_max` connections need:
+/// past it, accepting fails (`EMFILE`) and even `/health` goes unanswered.
+fn open_files_warning(limit: Option<u64>, connections_max: usize) -> Option<String> {
+    let limit = limit?;
+    let needed = connections_max as u64 + OPEN_FILES_BESIDES_CONNECTIONS;
+    (limit < needed).then(|| {
+        format!(
+            "the limit on open files is {limit}, which allows about {} connections, fewer \
+             than the {connections_max} of --max-connections: raise it (`ulimit -n {needed}` \
+             before starting, as root for more than the hard limit, or LimitNOFILE={needed} \
+             in a systemd unit), or lower --max-connections",
+            limit.saturating_sub(OPEN_FILES_BESIDES_CONNECTIONS)
+        )
+    })
 }
 
 /// Limits that would leave the relay useless or busy are refused at startup rather than
@@ -765,6 +849,53 @@ mod tests {
     use super::*;
     use crate::config::{AuthConfig, RelayConfig};
     use crate::limits::QUERY_TURN_WAIT_MS;
+
+    /// `--danger-allow-anonymous` on an address other machines reach is said at startup
+    /// (worked out without binding it: tests bind loopback only); with credentials, or on
+    /// loopback, nothing is said.
+    #[test]
+    fn serving_anonymously_beyond_loopback_is_warned_about() {
+        let wide: SocketAddr = "0.0.0.0:7420".parse().unwrap();
+        let config = RelayConfig {
+            danger_allow_anonymous: true,
+            tcp_listen: Some("192.0.2.1:7421".parse().unwrap()),
+            ..RelayConfig::default()
+        };
+        let anonymous = Authenticator::from_config(&config).unwrap();
+        let w = exposure_warnings(&config, &anonymous, wide);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "serving without authentication on 0.0.0.0:7420, 192.0.2.1:7421 \
+                 (--danger-allow-anonymous): anyone who can reach it reads and writes"
+            ),
+            "{w:?}"
+        );
+        let loopback: SocketAddr = "127.0.0.1:7420".parse().unwrap();
+        let local = RelayConfig {
+            tcp_listen: None,
+            ..config.clone()
+        };
+        assert!(exposure_warnings(&local, &anonymous, loopback).is_empty());
+        let with_token = RelayConfig {
+            auth: AuthConfig::Token("a-token-of-some-length".into()),
+            ..config
+        };
+        let checked = Authenticator::from_config(&with_token).unwrap();
+        assert!(exposure_warnings(&with_token, &checked, wide).is_empty());
+    }
+
+    /// The open-files warning: said below what the connections need, with the numbers.
+    #[test]
+    fn an_open_files_limit_below_the_connections_is_warned_about() {
+        assert_eq!(open_files_warning(None, 10_000), None);
+        assert_eq!(open_files_warning(Some(10_064), 10_000), None);
+        let w = open_files_warning(Some(1_024), 10_000).unwrap();
+        assert!(
+            w.starts_with("the limit on open files is 1024, which allows about 960 connections"),
+            "{w}"
+        );
+    }
 
     /// Reads one HTTP/1.1 response with a `content-length` from `s`: its status and body.
     async fn response(s: &mut TcpStream) -> (u16, String) {
