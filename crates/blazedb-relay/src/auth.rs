@@ -340,7 +340,8 @@ fn claims_json(token: &str) -> Option<serde_json::Value> {
 }
 
 /// The `alg` of a token whose header is JSON with a string `alg` that jsonwebtoken does
-/// not know (so that its parse failed), e.g. `"none"`; `None` for anything else.
+/// not know (so that its parse failed), e.g. `"none"`, as a message may repeat it
+/// ([`blazedb::error::excerpt`]); `None` for anything else.
 fn unaccepted_alg(token: &str) -> Option<String> {
     use base64::Engine as _;
     let header = token.split('.').next()?;
@@ -349,7 +350,10 @@ fn unaccepted_alg(token: &str) -> Option<String> {
         .ok()?;
     let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let alg = json.get("alg")?.as_str()?;
-    alg.parse::<Algorithm>().is_err().then(|| alg.to_owned())
+    // Cut: the header is the client's, and may be as long as a request head.
+    alg.parse::<Algorithm>()
+        .is_err()
+        .then(|| blazedb::error::excerpt(alg))
 }
 
 /// The algorithms `validation` accepts, for messages.

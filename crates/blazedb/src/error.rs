@@ -470,8 +470,9 @@ fn free_text(free_bytes: Option<u64>) -> String {
 /// [`ERROR_ECHO_CHARS_MAX`] characters, else its first ones (cut on a character boundary),
 /// `…` and its length, as in `aaaa… (1048576 bytes)`. Every error that names a caller's
 /// text that may be of any length (an invalid name, an unparsable id or sort key) shows it
-/// through here: a message is for reading, and the caller has the text itself.
-pub(crate) fn excerpt(text: &str) -> String {
+/// through here: a message is for reading, and the caller has the text itself. Public so
+/// that crates built on this one (the relay, echoing a client's header) cut alike.
+pub fn excerpt(text: &str) -> String {
     match text.char_indices().nth(ERROR_ECHO_CHARS_MAX) {
         None => text.to_owned(),
         Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),

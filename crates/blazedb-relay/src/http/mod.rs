@@ -195,18 +195,22 @@ pub(crate) fn check_host(state: &State, req: &Request) -> Result<(), Box<Respons
                  requests addressed to localhost (or a name under it), 127.0.0.1 or [::1] \
                  (another name may be a DNS rebinding attack); connect to ws://127.0.0.1:PORT, \
                  or require credentials with --token or --jwt-secret",
-                host.unwrap_or_default()
+                blazedb::error::excerpt(host.unwrap_or_default())
             ),
         )));
     }
     Ok(())
 }
 
-/// What a client whose `Origin` the relay does not allow is told.
+/// What a client whose `Origin` the relay does not allow is told. The header is cut
+/// ([`blazedb::error::excerpt`]): it is the client's, as long as a request head may be, and
+/// was echoed whole (a 50 KB header came back in the 403).
 fn origin_refused(state: &State, origin: &str) -> String {
     // The flag to suggest is the one `--origin` accepts for this origin; a header no
     // `--origin` can name (a malformed one) gets no suggestion that would fail at startup.
-    let Some(flag) = crate::origin::Origin::parse(origin) else {
+    let parsed = crate::origin::Origin::parse(origin);
+    let origin = blazedb::error::excerpt(origin);
+    let Some(flag) = parsed.map(|o| blazedb::error::excerpt(&o.to_string())) else {
         return format!(
             "origin {origin:?} is not allowed: it is not an origin (scheme://host[:port] \
              or null) that --origin could name"
