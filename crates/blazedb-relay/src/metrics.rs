@@ -13,6 +13,7 @@
 //! | `rejected_writes_total` | counter | records whose changes the rules refused |
 //! | `auth_failures_total` | counter | refused credentials (HTTP 401, HELLO, expiry in a session, a node id under another identity) |
 //! | `connections_refused_total{limit}` | counter | connections refused at a limit: `total` (`--max-connections`) or `per_address` (`--max-connections-per-address`) |
+//! | `requests_refused_total{reason}` | counter | HTTP requests refused before a session or a query: `auth_failed`, `origin_not_allowed`, `host_not_allowed`, and for `/v1/query` `body_too_large`, `body_timeout`, `invalid_request`, `invalid_expression`, `busy` |
 //! | `conflicts` | gauge | open conflicts in the relay's store |
 //! | `store_bytes` | gauge | size of the store file and its WAL |
 //! | `store_status` | gauge | 0: the store takes writes; 1: its disk is full (reads served, writes refused); 2: it was deleted while the relay runs (`/health` says why) |
@@ -20,7 +21,8 @@
 //! | `peer_lag_commits_max` | gauge | the largest lag of any connected peer |
 //! | `peers_lagging` | gauge | connected peers with a lag above zero |
 //!
-//! **Bounded cardinality.** Labels take a fixed set of values (`transport`, `reason`), except
+//! **Bounded cardinality.** Labels take a fixed set of values (`transport`, `reason`,
+//! `limit`: never an origin, a host or an address a client sent), except
 //! `peer`, which is a node id: it is exported only for the [`PEER_LAG_TOP_N`] peers with the
 //! largest lag at scrape time (the family is cleared and refilled on every scrape), while the
 //! max and count cover every peer. So a relay with 10,000 clients exports at most N lag
@@ -136,6 +138,17 @@ impl EncodeLabelValue for crate::slots::Refused {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestRefusalLabel {
+    pub reason: crate::log_throttle::RequestRefusal,
+}
+
+impl EncodeLabelValue for crate::log_throttle::RequestRefusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.code(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PeerLabel {
     pub peer: String,
 }
@@ -157,6 +170,7 @@ pub struct Metrics {
     pub(crate) rejected_writes: Counter,
     pub(crate) auth_failures: Counter,
     pub(crate) connections_refused: Family<RefusedLabel, Counter>,
+    pub(crate) requests_refused: Family<RequestRefusalLabel, Counter>,
     pub(crate) conflicts: Gauge,
     pub(crate) store_bytes: Gauge,
     pub(crate) store_status: Gauge,
@@ -185,6 +199,7 @@ impl Metrics {
             rejected_writes: Counter::default(),
             auth_failures: Counter::default(),
             connections_refused: Family::default(),
+            requests_refused: Family::default(),
             conflicts: Gauge::default(),
             store_bytes: Gauge::default(),
             store_status: Gauge::default(),
@@ -249,6 +264,11 @@ impl Metrics {
             "connections_refused",
             "Connections refused at a connection limit, by limit",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "HTTP requests refused before a session or a query, by reason",
+            m.requests_refused.clone(),
         );
         r.register(
             "conflicts",

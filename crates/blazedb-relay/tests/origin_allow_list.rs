@@ -367,3 +367,57 @@ async fn origins_and_hosts_compare_as_browsers_mean_them() {
         assert!(e.to_string().contains("must look like"), "{bad}: {e}");
     }
 }
+
+/// Refused origins and hosts are counted in `requests_refused_total{reason}`, whose label
+/// takes a fixed set of values (never the origin or host a client sent): before, only the log
+/// said a site or a rebinding name was being turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_origins_and_hosts_are_counted_by_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::start(|c| c.auth = AuthConfig::None).await;
+    let url = relay.ws_url();
+    for n in 0..3 {
+        let origin = format!("https://site-{n}.example.com");
+        let (status, _) = refused(
+            connect_ws_url(relay.addr, &url, None, &[("origin", &origin)])
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 403);
+    }
+    let q = http(
+        relay.addr,
+        "POST",
+        "/v1/query",
+        &[("origin", "https://another.example.com")],
+        r#"{"collection":"x"}"#,
+    )
+    .await;
+    assert_eq!(q.status, 403);
+    for path in ["/health", "/v1/sync"] {
+        let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nhost: rebind.evil.example.com\r\nconnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    }
+
+    let metrics = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    let mut series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("blazedb_relay_requests_refused_total"))
+        .collect();
+    series.sort_unstable();
+    assert_eq!(
+        series,
+        [
+            "blazedb_relay_requests_refused_total{reason=\"host_not_allowed\"} 2",
+            "blazedb_relay_requests_refused_total{reason=\"origin_not_allowed\"} 4",
+        ],
+        "{metrics}"
+    );
+    relay.stop().await;
+}

@@ -98,8 +98,7 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Disp
 }
 
 /// Refuse a request before it reaches a session or a query: the JSON error, and a
-/// `request_refused` log line (throttled) with the endpoint (its path alone: a `?token=`
-/// stays out of the log), the client's address, the status and the same message.
+/// `request_refused` log line ([`log_refusal`]) with the same message.
 fn refuse(
     state: &State,
     req: &Request,
@@ -108,18 +107,50 @@ fn refuse(
     message: String,
 ) -> Response {
     let client = req.extensions().get::<ConnectionSlot>().map(|c| c.ip);
+    log_refusal(
+        state,
+        req.uri().path(),
+        client,
+        refusal,
+        status,
+        Some(&message),
+    );
+    error(status, refusal.code(), message)
+}
+
+/// Count a refused request in `requests_refused_total{reason}` and log it as
+/// `request_refused` (throttled: a client can repeat it in a loop) with the endpoint (its
+/// path alone: a `?token=` stays out of the log), the client's address, the status, the
+/// reason and `message`, the client's message, where it quotes nothing of the request's body
+/// (`None`: a `400` of a query repeats the body's parts, which a log keeps no more than it
+/// keeps credentials).
+pub(crate) fn log_refusal(
+    state: &State,
+    endpoint: &str,
+    client: Option<IpAddr>,
+    refusal: RequestRefusal,
+    status: StatusCode,
+    message: Option<&str>,
+) {
+    state
+        .metrics
+        .requests_refused
+        .get_or_create(&crate::metrics::RequestRefusalLabel { reason: refusal })
+        .inc();
     let key = LogKey::Request(refusal);
     state.log_throttled(key, client, || {
-        serde_json::json!({
+        let mut line = serde_json::json!({
             "event": key.event(),
-            "endpoint": req.uri().path(),
+            "endpoint": endpoint,
             "client": client.map(|ip| ip.to_string()),
             "status": status.as_u16(),
             "reason": key.reason(),
-            "message": &message,
-        })
+        });
+        if let Some(m) = message {
+            line["message"] = m.into();
+        }
+        line
     });
-    error(status, refusal.code(), message)
 }
 
 /// Authenticate an HTTP request, or the `401` to answer it with.
