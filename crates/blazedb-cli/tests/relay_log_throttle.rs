@@ -5,8 +5,10 @@
 //! of HELLOs with a wrong token and garbled frames over raw TCP (`session_closed`; before,
 //! every failure was a line), hundreds of WebSocket upgrades and `/v1/query` requests with a
 //! wrong or no token (`request_refused`; before, none was logged at all, the token never is),
-//! and requests from an origin not allowed and connections over the per-address limit
-//! (`request_refused`, `connection_refused`; before, not logged).
+//! requests from an origin not allowed and connections over the per-address limit
+//! (`request_refused`, `connection_refused`; before, not logged), and `/v1/query` requests
+//! refused before they run — bad JSON, a bad expression, a body too large or too slow
+//! (`request_refused`, without the body; before, not logged).
 
 mod net_common;
 
@@ -490,4 +492,108 @@ fn origins_refused_and_connections_over_the_limit_in_a_loop_are_logged_a_few_tim
         "{} lines:\n{text}",
         lines.len()
     );
+}
+
+#[test]
+fn queries_refused_before_they_run_are_logged_without_their_body_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("relay.log");
+    let started = Instant::now();
+    let (relay, v) =
+        start_relay_announced(&dir.path().join("relay"), &["--token", TOKEN], Some(&log));
+    let http = v["http"].as_str().unwrap().trim_start_matches("http://");
+    let post = |body: &str| {
+        format!(
+            "POST /v1/query HTTP/1.1\r\nhost: {http}\r\nauthorization: Bearer {TOKEN}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+
+    // Text of the bodies that must not reach the log: a JSON error repeats the value it
+    // could not take, an expression's error the expression.
+    const SECRET: &str = "body-text-7f3a9c";
+    const BAD_JSON: u64 = 30;
+    for _ in 0..BAD_JSON {
+        let (status, body) = request(
+            http,
+            &post(&format!(
+                r#"{{"collection": "notes", "limit": "{SECRET}"}}"#
+            )),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("invalid_request") && body.contains(SECRET),
+            "{body}"
+        );
+    }
+    let (status, body) = request(
+        http,
+        &post(&format!(
+            r#"{{"collection": "notes", "where": "n == ({SECRET}"}}"#
+        )),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_expression"), "{body}");
+    let (status, body) = request(
+        http,
+        &post(&format!(
+            r#"{{"collection": "notes", "where": "{}"}}"#,
+            "x".repeat(70_000)
+        )),
+    );
+    assert_eq!(status, 413, "{body}");
+    // A body that stops short: answered 408 after the handshake timeout (10 s).
+    let mut s = TcpStream::connect(http).unwrap();
+    let head = post(r#"{"collection": "notes"}"#);
+    let short = &head[..head.len() - 5];
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(short.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    let count = |reason: &str| {
+        metric(
+            http,
+            &format!("blazedb_relay_requests_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(count("invalid_request"), BAD_JSON as f64);
+    assert_eq!(count("invalid_expression"), 1.0);
+    assert_eq!(count("body_too_large"), 1.0);
+    assert_eq!(count("body_timeout"), 1.0);
+
+    let (code, _) = relay.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(TOKEN), "the token is in the log:\n{text}");
+    assert!(!text.contains(SECRET), "the body is in the log:\n{text}");
+    let lines = log_lines(&text);
+    let windows = windows_since(started);
+    let (full, suppressed, _) =
+        logged_and_suppressed(&lines, "request_refused", "invalid_request", windows);
+    assert_eq!(full + suppressed, BAD_JSON, "{text}");
+    for (reason, status, message) in [
+        ("invalid_request", 400, None),
+        ("invalid_expression", 400, None),
+        ("body_too_large", 413, Some("the query body is limited to")),
+        (
+            "body_timeout",
+            408,
+            Some("the query body did not arrive within"),
+        ),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l["event"] == "request_refused" && l["reason"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} line:\n{text}"));
+        assert_eq!(line["endpoint"], "/v1/query", "{line}");
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
+        assert_eq!(line["status"], status, "{line}");
+        match message {
+            Some(m) => assert!(line["message"].as_str().unwrap().starts_with(m), "{line}"),
+            None => assert!(line.get("message").is_none(), "{line}"),
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The log lines of what clients can make happen in a loop, throttled: sessions that end
 //! badly (`session_closed`), HTTP requests refused before a session or a query begins
-//! (`request_refused`: no or a wrong credential, an origin or host not served) and connections
+//! (`request_refused`: no or a wrong credential, an origin or host not served, a query body
+//! too large, too slow or invalid, a query that waited too long for its turn) and connections
 //! refused for a connection limit (`connection_refused`).
 //!
 //! A client that reconnects in a loop with a bad token, a bad HELLO or garbage made the relay
@@ -46,7 +47,7 @@ pub(crate) struct LogThrottle {
 /// What a throttled line reports: its event and reason. Each key has a budget and a summary
 /// of its own, so a flood of one kind (bad tokens in HELLO over TCP) hides neither the first
 /// lines nor the count of another (bad tokens on `/v1/sync`). A fixed set: 5 close reasons,
-/// 3 request refusals, 2 connection limits.
+/// 8 request refusals, 2 connection limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum LogKey {
     /// `session_closed`: a session that ended badly, by its close reason.
@@ -57,8 +58,8 @@ pub(crate) enum LogKey {
     Connection(Refused),
 }
 
-/// Why an HTTP request was refused before it reached a session or a query; [`Self::code`]
-/// is the `code` of the JSON error the client gets.
+/// Why an HTTP request was refused before it reached a session or a query began, or a query
+/// before it ran; [`Self::code`] is the `code` of the JSON error the client gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum RequestRefusal {
     /// No credential, or one that does not verify (`401`).
@@ -67,6 +68,17 @@ pub(crate) enum RequestRefusal {
     OriginNotAllowed,
     /// A `Host` a relay without authentication does not answer (`403`, DNS rebinding).
     HostNotAllowed,
+    /// A `/v1/query` body over `QUERY_BODY_BYTES_MAX` (`413`).
+    BodyTooLarge,
+    /// A `/v1/query` body that did not arrive within the handshake timeout (`408`).
+    BodyTimeout,
+    /// A `/v1/query` body that is not a query: bad JSON, an unknown key, an impossible
+    /// collection name, limit or sort (`400`).
+    InvalidRequest,
+    /// A `/v1/query` `where` that does not parse or names a parameter (`400`).
+    InvalidExpression,
+    /// A query that waited `QUERY_TURN_WAIT_MS` for its turn (`503`).
+    Busy,
 }
 
 /// One key's window.
@@ -156,6 +168,11 @@ impl RequestRefusal {
             RequestRefusal::AuthFailed => "auth_failed",
             RequestRefusal::OriginNotAllowed => "origin_not_allowed",
             RequestRefusal::HostNotAllowed => "host_not_allowed",
+            RequestRefusal::BodyTooLarge => "body_too_large",
+            RequestRefusal::BodyTimeout => "body_timeout",
+            RequestRefusal::InvalidRequest => "invalid_request",
+            RequestRefusal::InvalidExpression => "invalid_expression",
+            RequestRefusal::Busy => "busy",
         }
     }
 }

@@ -929,7 +929,8 @@ mod tests {
     /// computed for 7 s was dropped without an answer, HTTP_KEEPALIVE_IDLE_MS and then
     /// SHUTDOWN_GRACE_MS after its last byte moved, and went on being computed.) One that
     /// cannot get its turn on the query handle within QUERY_TURN_WAIT_MS is `503 busy`, and
-    /// the next one on the same connection is answered once the turn is free.
+    /// the next one on the same connection is answered once the turn is free; the 503 is
+    /// counted in `requests_refused_total{reason="busy"}`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_query_waiting_longer_than_the_keepalive_idle_time_is_answered() {
         let dir = tempfile::tempdir().unwrap();
@@ -965,6 +966,16 @@ mod tests {
             "{text}"
         );
         assert!(started.elapsed() >= Duration::from_millis(QUERY_TURN_WAIT_MS - 100));
+        // Counted, and logged with it (`http::log_refusal`): before, a relay turning queries
+        // away as busy said so nowhere.
+        assert!(
+            state
+                .metrics
+                .encode()
+                .contains("blazedb_relay_requests_refused_total{reason=\"busy\"} 1\n"),
+            "{}",
+            state.metrics.encode()
+        );
 
         drop(held);
         conn.write_all(request.as_bytes()).await.unwrap();

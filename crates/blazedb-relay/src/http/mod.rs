@@ -11,10 +11,11 @@
 //! what to do"}`. (A request whose head HTTP cannot parse, or one over 64 KiB, is answered by
 //! hyper before any of this runs: a bare `400` or `431`.)
 //! Authentication failures are `401` and happen before the WebSocket upgrade, so nothing flows.
-//! Requests refused for their credential, origin or host are logged as `request_refused`
-//! (endpoint, client address, status, reason, the message the client got; never the
+//! Requests refused for their credential, origin or host, and queries refused before they
+//! run (`413`, `408`, `400`, `503 busy`), are logged as `request_refused` (endpoint, client
+//! address, status, reason, the message the client got unless it quotes the body; never the
 //! credential), throttled like failed sessions (`crate::log_throttle`): a client can repeat
-//! them in a loop.
+//! them in a loop. Each is counted in `requests_refused_total{reason}`.
 
 pub mod query;
 pub mod status;

@@ -20,6 +20,7 @@
 //! handshake timeout to arrive is `408`. Queries run one at a time; one that waits longer than
 //! [`QUERY_TURN_WAIT_MS`] for its turn is `503` with the code `busy` (retry later).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,11 +34,12 @@ use blazedb::query::{Expr, Params, QueryError};
 use blazedb::{OrderBy, Query, Record};
 use serde::Deserialize;
 
-use super::{authenticate, check_origin_and_host, error};
+use super::{authenticate, check_origin_and_host, error, log_refusal, ConnectionSlot};
 use crate::auth::params;
 use crate::limits::{
     QUERY_BODY_BYTES_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TURN_WAIT_MS,
 };
+use crate::log_throttle::RequestRefusal;
 use crate::rules::{Rule, Rules};
 use crate::state::State;
 
@@ -77,8 +79,9 @@ pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -
     // a browser hides a 401 from the page, which cannot tell an expired token from a
     // network failure.
     let cors = cors_origin(&state, req.headers());
+    let client = req.extensions().get::<ConnectionSlot>().map(|c| c.ip);
     let mut response = match authenticate(&state, &req) {
-        Ok(claims) => answer(&state, claims, req.into_body()).await,
+        Ok(claims) => answer(&state, claims, client, req.into_body()).await,
         Err(r) => *r,
     };
     if let Some(origin) = cors {
@@ -92,7 +95,13 @@ pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -
     response
 }
 
-async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> Response {
+async fn answer(
+    state: &Arc<State>,
+    claims: crate::auth::Claims,
+    client: Option<IpAddr>,
+    body: Body,
+) -> Response {
+    let refuse = |refusal, status, message| refuse(state, client, refusal, status, message);
     // The body gets the handshake timeout, as the request head does: a client that sends it
     // a byte at a time would otherwise hold its connection slot for as long as it likes
     // (every byte resets the idle timer, and hyper's head timeout is over). At most 64 KiB
@@ -100,9 +109,9 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     let limit = Duration::from_millis(state.limits.handshake_timeout_ms);
     let read = tokio::time::timeout(limit, to_bytes(body, QUERY_BODY_BYTES_MAX)).await;
     let Ok(read) = read else {
-        let mut r = error(
+        let mut r = refuse(
+            RequestRefusal::BodyTimeout,
             StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
             format!(
                 "the query body did not arrive within {} ms: send it whole, at once",
                 limit.as_millis()
@@ -116,16 +125,16 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     let bytes = match read {
         Ok(b) => b,
         Err(e) if is_length_limit(&e) => {
-            return error(
+            return refuse(
+                RequestRefusal::BodyTooLarge,
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
                 format!("the query body is limited to {QUERY_BODY_BYTES_MAX} bytes"),
             )
         }
         Err(e) => {
-            return error(
+            return refuse(
+                RequestRefusal::InvalidRequest,
                 StatusCode::BAD_REQUEST,
-                "invalid_request",
                 format!("could not read the request body ({e}): send it again, whole"),
             )
         }
@@ -133,24 +142,34 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     let req: QueryRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            return error(
+            return refuse(
+                RequestRefusal::InvalidRequest,
                 StatusCode::BAD_REQUEST,
-                "invalid_request",
                 format!("{e}: send {QUERY_BODY_EXAMPLE}"),
             )
         }
     };
     let filter = match req.filter.as_deref().map(blazedb::query::parse).transpose() {
         Ok(f) => f,
-        Err(e) => return expression_error(&e),
+        Err(e) => {
+            log_refusal(
+                state,
+                QUERY_ENDPOINT,
+                client,
+                RequestRefusal::InvalidExpression,
+                StatusCode::BAD_REQUEST,
+                None,
+            );
+            return expression_error(&e);
+        }
     };
     if let Some(Err(m)) = filter
         .as_ref()
         .map(|f| crate::rules::check_params(f.root()))
     {
-        return error(
+        return refuse(
+            RequestRefusal::InvalidExpression,
             StatusCode::BAD_REQUEST,
-            "invalid_expression",
             format!("where: {m}"),
         );
     }
@@ -166,18 +185,18 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     let order_by = match order_by {
         Ok(o) => o,
         Err(m) => {
-            return error(
+            return refuse(
+                RequestRefusal::InvalidRequest,
                 StatusCode::BAD_REQUEST,
-                "invalid_request",
                 format!("order_by {m}"),
             )
         }
     };
     let limit = req.limit.unwrap_or(QUERY_LIMIT_DEFAULT);
     if limit > QUERY_LIMIT_MAX {
-        return error(
+        return refuse(
+            RequestRefusal::InvalidRequest,
             StatusCode::BAD_REQUEST,
-            "invalid_request",
             format!(
                 "limit {limit} is over the {QUERY_LIMIT_MAX} records this relay answers at \
                  once: ask for at most {QUERY_LIMIT_MAX} and page with \"offset\""
@@ -189,7 +208,11 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     // A name no collection can have (too long, empty) is a mistake to report, not an empty
     // answer.
     if let Err(e) = blazedb::validate_collection_name(&collection) {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", e);
+        return refuse(
+            RequestRefusal::InvalidRequest,
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+        );
     }
     if !state.rules.can_read_collection(&collection) {
         return Json(Vec::<serde_json::Value>::new()).into_response();
@@ -209,9 +232,9 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
     )
     .await;
     let Ok(Ok(_turn)) = turn else {
-        return error(
+        return refuse(
+            RequestRefusal::Busy,
             StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
             format!(
                 "the relay answered other queries for the last {} s and this one did not get \
                  its turn: retry in a moment (a narrower \"where\", or a smaller \"limit\", \
@@ -231,6 +254,25 @@ async fn answer(state: &Arc<State>, claims: crate::auth::Claims, body: Body) -> 
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     }
+}
+
+/// The path of this endpoint, for log lines.
+const QUERY_ENDPOINT: &str = "/v1/query";
+
+/// Refuse a query before it runs: the JSON error, and a `request_refused` line
+/// ([`log_refusal`]) with the message unless it may quote the body (a `400`'s does: a JSON
+/// error repeats the value it could not take, an expression's its text).
+fn refuse(
+    state: &State,
+    client: Option<IpAddr>,
+    refusal: RequestRefusal,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    let quotes_body = status == StatusCode::BAD_REQUEST;
+    let logged = (!quotes_body).then_some(message.as_str());
+    log_refusal(state, QUERY_ENDPOINT, client, refusal, status, logged);
+    error(status, refusal.code(), message)
 }
 
 /// The store's query for a request on a collection the caller may read: the caller's read
