@@ -75,6 +75,7 @@ pub fn failure(err: &anyhow::Error, password_from_env: bool) -> ExitCode {
     }
     let mut line = one_line(err);
     line.push_str(password_hint(err, password_from_env));
+    line.push_str(command_line_hint(err, &line));
     stderr_line(format_args!("error: {line}"));
     // The caret under the expression is worth the extra lines for a person at a terminal;
     // scripts keep their one line (the column is in it).
@@ -124,6 +125,39 @@ fn password_hint(err: &anyhow::Error, password_from_env: bool) -> &'static str {
              rekey, or meant for another file?)"
         }
         _ => "",
+    }
+}
+
+/// The CLI's side of library errors that say what to do in the library's terms (an API
+/// call, a configuration field): which command or option that is here. The library is also
+/// used embedded, where there are no options to name (an API audit found `--data`, `listen
+/// --tcp` and `blazedb serve` in its messages). `line` is the message so far.
+fn command_line_hint(err: &anyhow::Error, line: &str) -> &'static str {
+    use blazedb::OpenError;
+    let in_use = err.chain().any(|e| {
+        matches!(e.downcast_ref::<OpenError>(), Some(OpenError::InUse { .. }))
+            || matches!(
+                e.downcast_ref::<blazedb::Error>(),
+                Some(blazedb::Error::Open(OpenError::InUse { .. }))
+            )
+    });
+    let data_dir = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<blazedb_relay::RelayError>(),
+            Some(blazedb_relay::RelayError::DataDir { .. })
+        )
+    });
+    if in_use {
+        " (a `blazedb serve`, `listen` or `sync` holding the file: stop it first)"
+    } else if data_dir {
+        " (--data names the data directory)"
+    } else if line.contains(blazedb::sync::frame::ANSWERED_IN_HTTP) {
+        // The error crossed the session as text (an ERROR's message), so its start is
+        // what is matched.
+        " (a port that speaks BlazeDB frames is `blazedb listen --tcp` or `blazedb serve \
+         --tcp-listen`)"
+    } else {
+        ""
     }
 }
 

@@ -472,3 +472,82 @@ fn a_password_from_the_environment_that_does_not_fit_is_named() {
     assert!(run.stderr.contains("wrong password"), "{}", run.stderr);
     assert!(!run.stderr.contains("BLAZEDB_PASSWORD"), "{}", run.stderr);
 }
+
+/// Library errors speak in the library's terms (an API call, a configuration field: it is
+/// also used embedded, where there are no options); the CLI adds which option or command that
+/// is here. A filter on an excluded field, `tcp://` to an HTTP server, a data directory that
+/// is a file.
+#[test]
+fn library_errors_get_the_options_of_the_command_line_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let run = run_on(
+        "sync",
+        &a,
+        &[
+            b.to_str().unwrap(),
+            "--once",
+            "--where",
+            "blob != null",
+            "--exclude-fields",
+            "blob",
+        ],
+    )
+    .failure(2);
+    assert!(
+        run.stderr
+            .contains("drop it from the policy's `exclude_fields` or from its `filter`")
+            && run
+                .stderr
+                .contains("are --collections, --where and --exclude-fields)"),
+        "{}",
+        run.stderr
+    );
+
+    // An HTTP server that answers anything with a 400.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = http.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for conn in http.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let db = TestDb::new();
+    db.put("bugs", "{}");
+    let run = db
+        .run("sync", &[&format!("tcp://{addr}"), "--once"])
+        .failure(1);
+    assert!(
+        run.stderr
+            .contains("the peer answered in HTTP, not in BlazeDB frames")
+            && run
+                .stderr
+                .contains("(a peer's raw TCP listener, a relay's raw TCP port)")
+            && run
+                .stderr
+                .contains("is `blazedb listen --tcp` or `blazedb serve --tcp-listen`)"),
+        "{}",
+        run.stderr
+    );
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let mut args: Vec<&std::ffi::OsStr> = ["serve", "--listen", "127.0.0.1:0", "--data"]
+        .map(std::ffi::OsStr::new)
+        .to_vec();
+    args.push(file.as_os_str());
+    let run = run_blazedb(None, &args).failure(1);
+    assert!(
+        run.stderr
+            .contains("`RelayConfig::data_dir` must name a directory this user may write")
+            && run.stderr.contains("(--data names the data directory)"),
+        "{}",
+        run.stderr
+    );
+}

@@ -45,6 +45,12 @@ fn rekey_of_a_store_a_running_relay_holds_is_refused() {
     let stderr = String::from_utf8_lossy(&rekey.stderr);
     assert_eq!(rekey.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("open elsewhere"), "{stderr}");
+    // The library's message names no command (it is used embedded); the CLI says which.
+    assert!(
+        stderr.contains("(another handle in this process, or another process)")
+            && stderr.contains("(a `blazedb serve`, `listen` or `sync` holding the file"),
+        "{stderr}"
+    );
 
     // The relay still serves its store: a new write reaches it.
     let put = blazedb()

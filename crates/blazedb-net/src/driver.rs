@@ -1016,7 +1016,7 @@ impl Driver {
         let unframed = matches!(
             e.code,
             ErrorCode::TooLarge | ErrorCode::Checksum | ErrorCode::Malformed
-        ) && !e.message.contains("answered in HTTP");
+        ) && !e.message.contains(blazedb::sync::frame::ANSWERED_IN_HTTP);
         if !e.remote
             && unframed
             && self.peer.is_none()

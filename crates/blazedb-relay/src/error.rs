@@ -10,8 +10,8 @@ use std::path::PathBuf;
 pub enum RelayError {
     /// The data directory could not be created or used.
     #[error(
-        "cannot use the data directory {}: {source}: --data must name a directory this user \
-         may write to (it is created if missing)",
+        "cannot use the data directory {}: {source}: `RelayConfig::data_dir` must name a \
+         directory this user may write to (it is created if missing)",
         path.display()
     )]
     DataDir {

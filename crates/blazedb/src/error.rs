@@ -60,8 +60,8 @@ pub enum OpenError {
     /// Another connection (another process, or another handle in this one) has the file
     /// open, and the operation replaces the file (`Database::rekey`).
     #[error(
-        "{path} is open elsewhere (another process or handle, e.g. `blazedb serve` or `sync`): \
-         close it and try again; nothing was changed"
+        "{path} is open elsewhere (another handle in this process, or another process): close \
+         it and try again; nothing was changed"
     )]
     InUse {
         /// The database file.
@@ -525,6 +525,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The library is used embedded: its messages name no command of the CLI (which adds
+    /// its own hint).
+    #[test]
+    fn a_file_in_use_is_told_in_the_librarys_terms() {
+        let m = Error::from(OpenError::InUse {
+            path: "/x/a.db".into(),
+        })
+        .to_string();
+        assert!(
+            m.contains("/x/a.db is open elsewhere (another handle"),
+            "{m}"
+        );
+        assert!(!m.contains("blazedb ") && !m.contains('`'), "{m}");
+    }
 
     fn sqlite(code: std::ffi::c_int) -> Error {
         Error::Sqlite(rusqlite::Error::SqliteFailure(

@@ -140,7 +140,12 @@ impl SelectiveArgs {
         };
         if let Err(m) = p.compile() {
             // An invalid expression is the command line's fault: exit code 2, as `query`.
-            return Err(UsageError(m).into());
+            // The library names the policy's fields; here they are options.
+            return Err(UsageError(format!(
+                "{m} (the policy's `collections`, `filter` and `exclude_fields` are \
+                 --collections, --where and --exclude-fields)"
+            ))
+            .into());
         }
         if let Some(filter) = &self.filter {
             let expr = blazedb::query::parse(filter)?;

@@ -37,6 +37,11 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+/// How the message of [`FrameError::Malformed`] begins when a stream's first bytes are an
+/// HTTP reply: a raw-frame URL (tcp://, tls://) pointed at a web server or a relay's HTTP
+/// port. Drivers and tools match it to add their own advice (the CLI names its commands).
+pub const ANSWERED_IN_HTTP: &str = "the peer answered in HTTP, not in BlazeDB frames";
+
 /// What can be wrong with a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -153,13 +158,12 @@ impl FrameDecoder {
         // had garbled it: a raw-frame URL (tcp://, tls://) pointed at a web server or at a
         // relay's HTTP port.
         if self.index == 0 && buf.starts_with(b"HTTP/") {
-            return Err(FrameError::Malformed(
-                "the peer answered in HTTP, not in BlazeDB frames: it is a web server or a \
-                 relay's HTTP port; sync with a relay at ws://HOST:PORT/v1/sync (wss:// with \
-                 TLS), and use tcp:// only for `blazedb listen --tcp` or a relay's \
-                 --tcp-listen port"
-                    .into(),
-            ));
+            return Err(FrameError::Malformed(format!(
+                "{ANSWERED_IN_HTTP}: it is a web server or a relay's HTTP port; sync with a \
+                 relay at ws://HOST:PORT/v1/sync (wss:// with TLS), and use tcp:// only for \
+                 a port that speaks BlazeDB frames (a peer's raw TCP listener, a relay's raw \
+                 TCP port)"
+            )));
         }
         let mut r = Reader::new(buf);
         let len = match crate::codec::varint::read_u64(&mut r) {
@@ -237,6 +241,20 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// An HTTP reply is named as one, in the library's terms (no CLI command: the library
+    /// is used embedded; the CLI adds its commands).
+    #[test]
+    fn an_http_reply_is_named_without_cli_commands() {
+        let mut d = FrameDecoder::default();
+        d.push(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        let m = d.next_frame().unwrap_err().to_string();
+        assert!(
+            m.contains(ANSWERED_IN_HTTP) && m.contains("raw TCP listener"),
+            "{m}"
+        );
+        assert!(!m.contains("blazedb ") && !m.contains("--"), "{m}");
+    }
 
     #[test]
     fn round_trip_in_any_split() {

@@ -100,8 +100,8 @@ impl SyncPolicy {
                 if let Some(f) = expr.fields().intersection(&exclude).next() {
                     return Err(format!(
                         "sync filter reads field `{f}`, which the policy excludes: a replica \
-                         could not tell which records match; drop it from --exclude-fields \
-                         or from the filter"
+                         could not tell which records match; drop it from the policy's \
+                         `exclude_fields` or from its `filter`"
                     ));
                 }
                 Some(expr)
@@ -256,6 +256,23 @@ impl CompiledPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The library is used embedded, where there are no command-line options: its message
+    /// names the policy's fields (the CLI adds its options).
+    #[test]
+    fn a_filter_on_an_excluded_field_is_refused_in_the_policys_terms() {
+        let p = SyncPolicy {
+            collections: None,
+            filter: Some("blob != null".into()),
+            exclude_fields: vec!["blob".into()],
+        };
+        let m = p.compile().unwrap_err();
+        assert!(
+            m.contains("drop it from the policy's `exclude_fields` or from its `filter`"),
+            "{m}"
+        );
+        assert!(!m.contains("--"), "{m}");
+    }
 
     #[test]
     fn wire_round_trip_and_fingerprint() {
