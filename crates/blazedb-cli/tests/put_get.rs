@@ -76,3 +76,29 @@ fn an_over_size_value_names_its_field_and_what_to_do() {
     );
     assert!(!run.stderr.contains("blazedb::limits"), "{}", run.stderr);
 }
+
+/// `get`, `query` and `export` of a name no collection can have say so, with the error
+/// `put` gets (exit 1), instead of answering "no record" or nothing at all, as for a
+/// collection with no records: an empty name from an unset shell variable looked like
+/// missing data.
+#[test]
+fn reads_of_a_name_no_collection_can_have_fail_as_put_does() {
+    let db = TestDb::new();
+    let id = db.put("bugs", r#"{"n": 1}"#);
+    for name in ["", "tab\there"] {
+        let put = db.run("put", &[name, "{}"]).failure(1).stderr;
+        assert!(put.starts_with("error: invalid collection name"), "{put}");
+        for (command, args) in [
+            ("get", vec![name, id.as_str()]),
+            ("query", vec![name]),
+            ("query", vec![name, "--where", "n == 1"]),
+            ("export", vec![name]),
+        ] {
+            let run = db.run(command, &args).failure(1);
+            assert_eq!(run.stderr, put, "{command} {name:?}");
+            assert!(run.stdout.is_empty(), "{command} {name:?}: {}", run.stdout);
+        }
+    }
+    // A valid name without records is empty, as before.
+    assert!(db.run("query", &["nothing"]).success().stdout.is_empty());
+}

@@ -183,9 +183,19 @@ async fn queries_are_filtered_by_the_read_rule() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("asc or desc"), "{}", r.body);
     // A collection name no collection can have is a 400 naming the limit, not `[]`.
-    let r = query(relay.addr, &alice, json!({"collection": "c".repeat(200)})).await;
-    assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("128"), "{}", r.body);
+    // It says what a write to that name is told.
+    for name in ["c".repeat(200), String::new(), "tab\there".into()] {
+        let r = query(relay.addr, &alice, json!({"collection": name})).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        let write = relay.db.insert(&name, [("a", 1)]).unwrap_err().to_string();
+        assert_eq!(
+            (r.json()["code"].as_str(), r.json()["error"].as_str()),
+            (Some("invalid_request"), Some(write.as_str())),
+        );
+        if name.len() == 200 {
+            assert!(r.body.contains("128"), "{}", r.body);
+        }
+    }
     // SQL's `FIELD desc` and `a,b`: refused the same way, saying how to write them.
     for (order_by, says) in [
         ("priority desc", "priority:desc"),

@@ -783,3 +783,46 @@ fn a_path_that_names_no_file_is_refused_saying_so() {
         );
     }
 }
+
+/// Reads of a name no collection can have (empty, with a control character, too long) are
+/// refused with the error a write to it gets; before, they answered nothing, as for a
+/// collection with no records, so a typo (an empty name from a script's unset variable)
+/// looked like missing data. A collection that does not exist yet still reads as empty.
+#[test]
+fn reads_of_a_name_no_collection_can_have_are_refused_as_writes_are() {
+    let (_d, db) = db();
+    let id = db.insert("c", [("a", 1)]).unwrap();
+    let too_long = "n".repeat(blazedb::limits::COLLECTION_NAME_BYTES_MAX + 1);
+    let at = Timestamp::from_unix_ms(0);
+    for name in ["", "tab\there", too_long.as_str()] {
+        let write = db.insert(name, [("a", 1)]).unwrap_err().to_string();
+        assert!(write.starts_with("invalid collection name"), "{write}");
+        let query = blazedb::Query::default();
+        let reads: Vec<(&str, Error)> = vec![
+            ("get", db.get(name, id).unwrap_err()),
+            ("scan", db.scan(name).unwrap_err()),
+            ("for_each", db.for_each(name, |_| true).unwrap_err()),
+            ("query", db.query(name, &query).unwrap_err()),
+            ("count", db.count(name).unwrap_err()),
+            ("history", db.history(name, id).unwrap_err()),
+            ("get_at", db.get_at(name, id, at).unwrap_err()),
+            (
+                "transaction get",
+                db.transaction(|tx| tx.get(name, id).map(|_| ()))
+                    .unwrap_err(),
+            ),
+        ];
+        for (what, e) in reads {
+            assert!(
+                matches!(e, Error::Write(WriteError::InvalidName { .. })),
+                "{what} {name:?}: {e:?}"
+            );
+            assert_eq!(e.to_string(), write, "{what} {name:?}");
+        }
+    }
+    // A valid name nobody wrote to is an empty collection, not an error.
+    assert_eq!(db.get("other", id).unwrap(), None);
+    assert!(db.scan("other").unwrap().is_empty());
+    assert_eq!(db.count("other").unwrap(), 0);
+    assert!(db.history("other", id).unwrap().is_empty());
+}

@@ -808,7 +808,7 @@ impl Database {
     /// here with `old: None`.
     pub fn history(&self, collection: &str, id: RecordId) -> Result<Vec<HistoryEntry>> {
         let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
+        let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(Vec::new());
         };
         let rows = inner.history_rows(coll, id)?;
@@ -882,7 +882,7 @@ impl Database {
                 horizon: Timestamp::from_unix_ms(horizon_ms).to_rfc3339(),
             });
         }
-        let Some(coll) = inner.collection_id(collection) else {
+        let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(None);
         };
         let at_ms = at.unix_ms().max(0) as u64;

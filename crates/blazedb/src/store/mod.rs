@@ -939,6 +939,21 @@ impl Inner {
         self.collections.get(name).copied()
     }
 
+    /// The id of the collection a read names: `None` when it does not exist (yet), and the
+    /// error a write gets ([`WriteError::InvalidName`]) for a name no collection can have,
+    /// which read as an empty collection: a typo in a name (an empty one from a script's
+    /// unset variable) looked like missing data. Existing collections' names were checked
+    /// when they were created, so only an unknown name is checked here.
+    pub fn read_collection_id(&self, name: &str) -> Result<Option<i64>> {
+        match self.collection_id(name) {
+            Some(c) => Ok(Some(c)),
+            None => {
+                validate_collection_name(name)?;
+                Ok(None)
+            }
+        }
+    }
+
     /// The id of a collection, creating it (inside the caller's transaction) if new.
     pub fn collection_id_or_create(&mut self, name: &str) -> Result<i64> {
         if let Some(id) = self.collection_id(name) {

@@ -370,6 +370,11 @@ impl<'q> Kept<'q> {
     }
 }
 
+/// Reads of a collection that does not exist (yet) answer nothing; a name no collection can
+/// have (empty, too long, with control characters) is refused with the error a write to it
+/// gets, [`WriteError::InvalidName`](crate::WriteError::InvalidName): [`Database::get`],
+/// [`Database::scan`], [`Database::for_each`], [`Database::query`], [`Database::count`],
+/// [`Database::history`], [`Database::get_at`], as [`Database::watch`] does.
 impl Database {
     /// A record by id, or `None` if there is none (or it was deleted).
     pub fn get(&self, collection: &str, id: RecordId) -> Result<Option<Record>> {
@@ -420,7 +425,7 @@ impl Database {
         loop {
             let page = {
                 let inner = self.lock()?;
-                let Some(coll) = inner.collection_id(collection) else {
+                let Some(coll) = inner.read_collection_id(collection)? else {
                     return Ok(());
                 };
                 inner.live_records(collection, coll, &after, Some(page_limit))?
@@ -440,7 +445,7 @@ impl Database {
     /// Every live record of a collection, in id order, read in one snapshot.
     pub fn scan(&self, collection: &str) -> Result<Vec<Record>> {
         let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
+        let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(Vec::new());
         };
         inner.live_records(collection, coll, &[], None)
@@ -482,7 +487,7 @@ impl Database {
     /// Number of live records in a collection.
     pub fn count(&self, collection: &str) -> Result<u64> {
         let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
+        let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(0);
         };
         Ok(inner.conn.query_row(
@@ -506,7 +511,7 @@ impl Inner {
     /// until it is full (through an index when the planner finds one).
     fn scan_matches(&self, collection: &str, q: &Query, kept: &mut Kept<'_>) -> Result<QueryStats> {
         let mut stats = QueryStats::default();
-        let Some(coll) = self.collection_id(collection) else {
+        let Some(coll) = self.read_collection_id(collection)? else {
             return Ok(stats);
         };
         let plan = match (&q.filter, q.no_index) {
@@ -617,7 +622,7 @@ impl Inner {
     }
 
     pub(crate) fn get(&self, collection: &str, id: RecordId) -> Result<Option<Record>> {
-        let Some(coll) = self.collection_id(collection) else {
+        let Some(coll) = self.read_collection_id(collection)? else {
             return Ok(None);
         };
         let row: Option<(u64, u64, Vec<u8>)> = self

@@ -874,9 +874,11 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Read a record, seeing this transaction's own writes.
+    /// Read a record, seeing this transaction's own writes. A name no collection can have is
+    /// refused as a write refuses it ([`WriteError::InvalidName`]).
     pub fn get(&mut self, collection: &str, id: RecordId) -> Result<Option<Record>> {
         let Some(i) = self.load(collection, id, false)? else {
+            super::validate_collection_name(collection)?;
             return Ok(None);
         };
         let p = &self.records[i];
