@@ -332,6 +332,23 @@ pub enum Error {
         /// The path the file was opened by.
         path: String,
     },
+    /// The file system that holds the database turned read-only while the file was open: a
+    /// write failed with an I/O error, and the file's directory then refused a new file
+    /// (`EROFS`). ext4 mounted with `errors=remount-ro` does this after an I/O error on its
+    /// disk, and nothing else tells it (`statvfs` still says read-write). Writes are refused
+    /// from then on, nothing of the failed one was kept; reads still see the file. See
+    /// [`Database::file_system_read_only`](crate::Database::file_system_read_only).
+    #[error(
+        "{path} is on a file system that turned read-only while it was open (an I/O error on \
+         its disk? the kernel's log says; /proc/mounts shows the mount as ro or \
+         emergency_ro): writes are refused, and nothing of the failed one was kept (reads \
+         still work); {}",
+        advice::REPAIR_READ_ONLY_FS
+    )]
+    FileSystemReadOnly {
+        /// The path the file was opened by.
+        path: String,
+    },
     /// A call on a [`Database`](crate::Database) from code that already holds its lock on
     /// the same thread: the application's [`transaction`](crate::Database::transaction)
     /// closure calling the handle it runs on. Waiting would never end (the lock is not
@@ -347,20 +364,46 @@ pub enum Error {
 
 impl Error {
     /// The file takes no writes for now, for a reason outside the database: the disk is
-    /// full ([`Error::is_disk_full`]) or the file was deleted while open
-    /// ([`Error::FileGone`]). Reads still work; bookkeeping may wait in memory.
+    /// full ([`Error::is_disk_full`]), the file was deleted while open
+    /// ([`Error::FileGone`]) or its file system turned read-only
+    /// ([`Error::FileSystemReadOnly`]). Reads still work; bookkeeping may wait in memory.
     pub(crate) fn store_refuses_writes(&self) -> bool {
-        self.is_disk_full() || matches!(self, Error::FileGone { .. })
+        self.is_disk_full()
+            || matches!(
+                self,
+                Error::FileGone { .. } | Error::FileSystemReadOnly { .. }
+            )
+    }
+
+    /// Whether this may be a write's I/O failure, which a file system that turned
+    /// read-only while open causes: SQLite's I/O errors (`SQLITE_IOERR_*`, but not the
+    /// shared-memory file's growth, a full disk: [`is_shm_growth`]) and `SQLITE_READONLY`,
+    /// and this crate's own file operations.
+    pub(crate) fn may_be_read_only_fs(&self) -> bool {
+        match self {
+            Error::Sqlite(e) => {
+                !is_shm_growth(e)
+                    && matches!(
+                        e.sqlite_error_code(),
+                        Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::ReadOnly)
+                    )
+            }
+            Error::Io(e) => e.kind() != std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
     }
 
     /// Whether the message names the database file already: every [`OpenError`] ("wrong
-    /// password for PATH", "cannot open PATH: ..."), [`Error::FileGone`] and
-    /// [`Error::NoRoomForCopy`]. A caller that puts the error after the file's path ("cannot
+    /// password for PATH", "cannot open PATH: ..."), [`Error::FileGone`],
+    /// [`Error::FileSystemReadOnly`] and [`Error::NoRoomForCopy`]. A caller that puts the error after the file's path ("cannot
     /// open PATH: ...") leaves the path out then, not to say it twice.
     pub fn names_the_file(&self) -> bool {
         matches!(
             self,
-            Error::Open(_) | Error::FileGone { .. } | Error::NoRoomForCopy { .. }
+            Error::Open(_)
+                | Error::FileGone { .. }
+                | Error::FileSystemReadOnly { .. }
+                | Error::NoRoomForCopy { .. }
         )
     }
 

@@ -31,6 +31,13 @@ pub const READ_ONLY: &str =
     "this user may not write the database file or its directory (SQLite also creates the \
      -wal and -shm files beside it): check their permissions and the mount";
 
+/// What to do about a database whose file system turned read-only while it was open (ext4's
+/// `errors=remount-ro` after an I/O error on its disk): such a mount takes writes again only
+/// once unmounted and repaired, which needs every file on it closed.
+pub const REPAIR_READ_ONLY_FS: &str =
+    "close the database (stop the program that has it open), unmount the file system, \
+     check and repair it (fsck) and mount it again, then open the database again";
+
 /// SQLite could not open the file at all.
 pub const CANNOT_OPEN: &str =
     "check that the database's directory exists and this user may read and write it";
@@ -113,6 +120,16 @@ pub const SYNC_NO_ROOM_AT_RELAY: &str =
      was stored on the relay; the client keeps them and sends them again at its next sync \
      once the relay's operator has freed space (syncs that only read from the relay still \
      work)";
+
+/// What a relay tells its clients when its store's file system turned read-only while it
+/// runs: it still serves syncs that only read, and takes writes again only once its
+/// operator has repaired the file system and restarted it.
+pub const SYNC_READ_ONLY_AT_RELAY: &str =
+    "the relay's store is on a file system that turned read-only (an I/O error on its \
+     disk?): it cannot store changes, and the relay must be restarted once the file system \
+     is repaired. Nothing of this sync's changes was stored on the relay; the client keeps \
+     them and sends them again at its next sync after that (syncs that only read from the \
+     relay still work)";
 
 /// `n` bytes as a person reads a size: `512 bytes`, `12 KB`, `5.1 MB`, `2.0 GB` (powers of
 /// 1024, as `df -h` counts).

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// The file a database path led to when it was pinned, open for reading.
@@ -35,6 +36,10 @@ pub(crate) struct FilePin {
     /// for files with a name (some FUSE file systems do) has this false, and
     /// [`FilePin::unlinked`] never says a file is gone there.
     linked_when_pinned: bool,
+    /// A write to the file failed with an I/O error and its file system then refused to
+    /// create a file: it turned read-only while the file was open (see
+    /// [`FilePin::mark_read_only_fs`]). Shared by every handle on the file, and final.
+    read_only_fs: AtomicBool,
 }
 
 impl FilePin {
@@ -51,6 +56,20 @@ impl FilePin {
     /// name, and its writes) do not count. `false` where it cannot be told.
     pub fn unlinked(&self) -> bool {
         self.linked_when_pinned && links(&self.file) == Some(0)
+    }
+
+    /// Whether a write to the file found its file system turned read-only while open
+    /// ([`FilePin::mark_read_only_fs`]).
+    pub fn read_only_fs(&self) -> bool {
+        self.read_only_fs.load(Ordering::Acquire)
+    }
+
+    /// Note that the file's file system turned read-only while the file is open (a write
+    /// failed with an I/O error and the directory refused a new file: ext4's
+    /// `errors=remount-ro`). Final for this process: such a mount takes writes again only
+    /// once unmounted and repaired, which cannot happen while the file is open.
+    pub fn mark_read_only_fs(&self) {
+        self.read_only_fs.store(true, Ordering::Release);
     }
 
     /// The length of the file named as this one plus `suffix` (the `-wal` SQLite keeps
@@ -143,6 +162,7 @@ pub(crate) fn pin(path: &Path) -> std::io::Result<Option<Arc<FilePin>>> {
     pins.retain(|_, p| p.strong_count() > 0);
     let p = Arc::new(FilePin {
         linked_when_pinned: links(&file).is_some_and(|n| n > 0),
+        read_only_fs: AtomicBool::new(false),
         file,
         extra: Mutex::default(),
         path: path.to_owned(),

@@ -470,6 +470,16 @@ impl Database {
         self.pin.unlinked()
     }
 
+    /// Whether a write found the file system that holds the file turned read-only while
+    /// it was open ([`Error::FileSystemReadOnly`](crate::Error::FileSystemReadOnly)): ext4
+    /// mounted with `errors=remount-ro` does so after an I/O error on its disk. Nothing is
+    /// asked of the file system here (nothing else tells that kind of read-only mount: its
+    /// `statvfs` still says read-write), so this is `false` until a write has failed. Final:
+    /// such a mount takes writes again only once unmounted, which needs the file closed.
+    pub fn file_system_read_only(&self) -> bool {
+        self.pin.read_only_fs()
+    }
+
     /// Bytes the database holds on disk: its file and its write-ahead log (`-wal`), measured
     /// through descriptors open on them, so also after they were deleted while open (the
     /// data a deleted file still holds is what the process would lose on closing it; a
@@ -731,13 +741,20 @@ impl Inner {
     /// Start a write transaction (`BEGIN IMMEDIATE`: the write lock now, so it cannot fail
     /// later on a stale snapshot) and bring the caches up to date inside it, where no other
     /// connection can commit before ours.
-    pub(crate) fn begin_write(&mut self) -> rusqlite::Result<()> {
+    ///
+    /// Refused at once ([`Error::FileSystemReadOnly`](crate::Error::FileSystemReadOnly)) once
+    /// a write found the file system turned read-only: every write would fail there.
+    pub(crate) fn begin_write(&mut self) -> Result<()> {
+        if self.file.read_only_fs() {
+            return Err(self.read_only_fs_error());
+        }
         self.end_read()?;
-        self.exec_cached("BEGIN IMMEDIATE")?;
+        self.exec_cached("BEGIN IMMEDIATE")
+            .map_err(|e| self.write_failed(e.into()))?;
         self.record_cache.discard_staged();
         if let Err(e) = self.refresh() {
             self.rollback();
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
@@ -761,7 +778,8 @@ impl Inner {
         // No other handle can commit while this transaction holds the write lock, so a move
         // of the counter between here and our own move below is a commit after ours.
         let before = self.file_commits.load(Ordering::Acquire);
-        self.exec_cached("COMMIT")?;
+        self.exec_cached("COMMIT")
+            .map_err(|e| self.write_failed(e.into()))?;
         // Moved after COMMIT: a handle that checked the file before our commit was visible
         // holds an older count and checks again.
         let moved = self.file_commits.fetch_add(1, Ordering::AcqRel);
@@ -770,6 +788,31 @@ impl Inner {
         self.head_checked = (moved == before).then(|| (Instant::now(), moved + 1));
         self.record_cache.commit_staged();
         Ok(())
+    }
+
+    /// `e`, the failure of a write, as [`Error::FileSystemReadOnly`](crate::Error::FileSystemReadOnly)
+    /// when it was an I/O error and the file's directory now refuses a new file: the file
+    /// system turned read-only while open (ext4's `errors=remount-ro`; SQLite only says
+    /// `SQLITE_IOERR_WRITE`, and `statvfs` still says read-write). Noted on the file's pin,
+    /// so every later write of every handle is refused without trying, and
+    /// [`Database::file_system_read_only`] says so. Other errors are returned as they are.
+    pub(crate) fn write_failed(&self, e: crate::Error) -> crate::Error {
+        if !e.may_be_read_only_fs() {
+            return e;
+        }
+        if !self.file.read_only_fs()
+            && !volume::refuses_new_files(&volume::directory_of(self.file.path()))
+        {
+            return e;
+        }
+        self.file.mark_read_only_fs();
+        self.read_only_fs_error()
+    }
+
+    fn read_only_fs_error(&self) -> crate::Error {
+        crate::Error::FileSystemReadOnly {
+            path: self.file.path().display().to_string(),
+        }
     }
 
     /// Roll back the open transaction, if any, and forget what the caches learned in it.

@@ -20,8 +20,9 @@
 //!
 //! **Bookkeeping that must wait for the disk.** A serving session writes a few notes about
 //! its peer as it goes (who the node belongs to, the view it was served, that GC must wait
-//! for it). When the file cannot take a write — the disk is full, or the file was deleted
-//! while open ([`Error::FileGone`](crate::Error::FileGone)) — those notes wait here instead
+//! for it). When the file cannot take a write — the disk is full, the file was deleted
+//! while open ([`Error::FileGone`](crate::Error::FileGone)), or its file system turned
+//! read-only ([`Error::FileSystemReadOnly`](crate::Error::FileSystemReadOnly)) — those notes wait here instead
 //! ([`Database::set_peer_notes_or_wait`](super::Database)), seen by `peer_note` on this
 //! handle, and are stored with the cursors once a write succeeds again. So a peer that only
 //! reads from a relay whose disk is full is still served (until 2026-12-07 every new client

@@ -66,3 +66,54 @@ pub(crate) fn why_not_writable(dir: &Path) -> Option<&'static str> {
         None
     }
 }
+
+/// Whether the file system that holds `dir` refuses to create a file (`EROFS`): it is
+/// mounted read-only, or it turned read-only while mounted — ext4 mounted with
+/// `errors=remount-ro` does so after an I/O error on its disk. That kind is told by nothing
+/// else: `statvfs` and `access(W_OK)` still say read-write (only `/proc/mounts` shows
+/// `emergency_ro`), and SQLite's writes fail as plain I/O errors (`SQLITE_IOERR_WRITE`).
+///
+/// Creates (and removes) an empty file named after this process in `dir`, so it is asked
+/// only after a write failed with an I/O error. `false` when the file could be created, for
+/// any other error, and where the platform does not say.
+pub(crate) fn refuses_new_files(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let probe = dir.join(format!(".blazedb-write-probe-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                false
+            }
+            Err(e) => e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writable_directory_takes_the_probe_and_keeps_nothing_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!refuses_new_files(dir.path()));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(
+            !refuses_new_files(&dir.path().join("missing")),
+            "ENOENT is not EROFS"
+        );
+    }
+}

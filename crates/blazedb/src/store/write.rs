@@ -353,7 +353,7 @@ impl Database {
             }
             Err(e) => {
                 inner.rollback();
-                Err(e)
+                Err(inner.write_failed(e))
             }
         }
     }

@@ -1522,19 +1522,22 @@ impl Session {
 }
 
 /// What a server (a relay) tells its peer, and logs, when its store was deleted while it
-/// runs: the storage error alone would send users to their own files. `None` for other
+/// runs or its file system turned read-only: the storage error alone would send users to
+/// their own files. `None` for other
 /// errors (a full disk is `STORAGE_FULL`, see [`Session::internal`]). The refused changes
 /// stay with the client, which sends them again at its next sync.
 fn relay_store_message(e: &Error) -> Option<String> {
-    if let Error::FileGone { path } = e {
-        Some(format!(
+    match e {
+        Error::FileGone { path } => Some(format!(
             "the relay's store {path} was deleted while the relay runs: it refuses changes, \
              which would be lost with the deleted file. Nothing of this sync's changes was \
              stored on the relay; the client keeps them and sends them again at its next sync \
              once the relay's operator has restored the data directory and restarted the relay"
-        ))
-    } else {
-        None
+        )),
+        Error::FileSystemReadOnly { .. } => {
+            Some(crate::error::advice::SYNC_READ_ONLY_AT_RELAY.to_owned())
+        }
+        _ => None,
     }
 }
 
