@@ -162,6 +162,9 @@ enum FailureCause {
     StoreGone,
     /// The store's disk is full.
     DiskFull,
+    /// The store's file system turned read-only while the relay runs
+    /// (`Error::FileSystemReadOnly`).
+    StoreReadOnly,
     /// Anything else, told apart by its message.
     Other(String),
 }
@@ -170,6 +173,8 @@ impl FailureCause {
     fn of(e: &blazedb::Error) -> FailureCause {
         if matches!(e, blazedb::Error::FileGone { .. }) {
             FailureCause::StoreGone
+        } else if matches!(e, blazedb::Error::FileSystemReadOnly { .. }) {
+            FailureCause::StoreReadOnly
         } else if e.is_disk_full() {
             FailureCause::DiskFull
         } else {
@@ -182,6 +187,7 @@ impl FailureCause {
         match self {
             FailureCause::StoreGone => "store_gone",
             FailureCause::DiskFull => "disk_full",
+            FailureCause::StoreReadOnly => "store_read_only",
             FailureCause::Other(_) => "error",
         }
     }

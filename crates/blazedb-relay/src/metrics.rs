@@ -16,7 +16,7 @@
 //! | `requests_refused_total{reason}` | counter | HTTP requests refused before a session or a query: `auth_failed`, `origin_not_allowed`, `host_not_allowed`, and for `/v1/query` `body_too_large`, `body_timeout`, `invalid_request`, `invalid_expression`, `busy` |
 //! | `conflicts` | gauge | open conflicts in the relay's store |
 //! | `store_bytes` | gauge | size of the store file and its WAL |
-//! | `store_status` | gauge | 0: the store takes writes; 1: its disk is full (reads served, writes refused); 2: it was deleted while the relay runs (`/health` says why) |
+//! | `store_status` | gauge | 0: the store takes writes; 1: its disk is full (reads served, writes refused); 2: it was deleted, or its file system turned read-only, while the relay runs (`/health` says why) |
 //! | `peer_lag_commits{peer}` | gauge | commits of the relay's feed a connected peer has not acknowledged, for the [`PEER_LAG_TOP_N`] peers furthest behind |
 //! | `peer_lag_commits_max` | gauge | the largest lag of any connected peer |
 //! | `peers_lagging` | gauge | connected peers with a lag above zero |
@@ -282,7 +282,8 @@ impl Metrics {
         );
         r.register(
             "store_status",
-            "Whether the store takes writes: 0 yes, 1 its disk is full, 2 it was deleted",
+            "Whether the store takes writes: 0 yes, 1 its disk is full, 2 it was deleted or its \
+             file system turned read-only",
             m.store_status.clone(),
         );
         r.register(

@@ -1,16 +1,27 @@
 //! Whether the relay's store can take writes: the file still has a name (its data directory
-//! was not deleted while the relay runs) and its disk has room. `/health` reports it, the
-//! `store_status` metric exports it, and each change is logged once.
+//! was not deleted while the relay runs), its file system did not turn read-only, and its
+//! disk has room. `/health` reports it, the `store_status` metric exports it, and each
+//! change is logged once.
 //!
 //! ```text
 //!  every STORE_CHECK_INTERVAL_MS, and at each GET /health:
-//!    Database::file_is_gone (fstat) ──┐
-//!    free bytes of the disk (statvfs) ┴─► classify (with the previous status) ─► StoreStatus
+//!    Database::file_is_gone (fstat) ────────┐
+//!    Database::file_system_read_only (flag) ┤
+//!    free bytes of the disk (statvfs) ──────┴─► classify (with the previous status)
+//!                                               ─► StoreStatus
 //!                                          └─ changed? one log line (store_gone, ...)
 //! ```
 //!
+//! A file system that turned read-only while mounted (ext4's `errors=remount-ro` after an
+//! I/O error on its disk) is told by no `statvfs` or `access`: only a write tells it, which
+//! fails with an I/O error, whereupon the store tries to create a file beside it (`EROFS`)
+//! and notes the answer (`Database::file_system_read_only`). The relay writes its clients'
+//! bookkeeping about every second while any syncs, so the status follows within a few
+//! seconds of a failed write; an idle relay says `ok` until something writes.
+//!
 //! What the relay does meanwhile is decided elsewhere and does not wait for this check: the
-//! store refuses every commit to a deleted file (`Error::FileGone`, checked at each commit),
+//! store refuses every commit to a deleted file (`Error::FileGone`, checked at each commit)
+//! and every write once one found the file system read-only (`Error::FileSystemReadOnly`),
 //! a write on a full disk fails in SQLite, and sync sessions tell clients so in the relay's
 //! words and go on serving clients that only read (their bookkeeping waits in memory:
 //! `blazedb/src/store/noted_cursors.rs`). So this module only reports.
@@ -44,6 +55,11 @@ pub(crate) enum StoreStatus {
     /// The store file was deleted while the relay runs: writes are refused, reads are served
     /// from the open file. Final: a deleted file does not come back for this process.
     Gone,
+    /// The store's file system turned read-only while the relay runs (a write failed with
+    /// an I/O error and the data directory refused a new file): writes are refused, reads
+    /// are served. Final: the mount takes writes again only once unmounted and repaired,
+    /// which needs the relay stopped.
+    ReadOnly,
 }
 
 impl StoreStatus {
@@ -53,7 +69,7 @@ impl StoreStatus {
         match self {
             StoreStatus::Ok => "ok",
             StoreStatus::DiskFull { .. } => "degraded",
-            StoreStatus::Gone => "failing",
+            StoreStatus::Gone | StoreStatus::ReadOnly => "failing",
         }
     }
 
@@ -62,7 +78,7 @@ impl StoreStatus {
         match self {
             StoreStatus::Ok => 0,
             StoreStatus::DiskFull { .. } => 1,
-            StoreStatus::Gone => 2,
+            StoreStatus::Gone | StoreStatus::ReadOnly => 2,
         }
     }
 
@@ -87,6 +103,15 @@ impl StoreStatus {
                 path = store.display(),
                 pid = std::process::id()
             )),
+            StoreStatus::ReadOnly => Some(format!(
+                "the file system that holds the store {path} turned read-only while the relay \
+                 runs (an I/O error on its disk? the kernel's log says why; /proc/mounts shows \
+                 the mount as ro or emergency_ro): writes are refused (clients keep them and \
+                 send them again later), syncs that only read are served. Stop the relay, \
+                 unmount that file system, check and repair it (fsck), mount it again and \
+                 start the relay",
+                path = store.display()
+            )),
         }
     }
 }
@@ -110,7 +135,8 @@ impl StoreWatch {
     /// Look at the store now (an `fstat` and a `statvfs`); log a change of status.
     pub fn check(&self, db: &Database) -> StoreStatus {
         let gone = db.file_is_gone();
-        let free = match gone {
+        let read_only = db.file_system_read_only();
+        let free = match gone || read_only {
             true => None,
             false => self
                 .path
@@ -118,7 +144,7 @@ impl StoreWatch {
                 .and_then(|dir| fs4::available_space(dir).ok()),
         };
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let now = classify(gone, free, *last);
+        let now = classify(gone, read_only, free, *last);
         if std::mem::discriminant(&now) != std::mem::discriminant(&*last) {
             crate::log::line(self.event(now, *last));
         }
@@ -141,6 +167,11 @@ impl StoreWatch {
                 "pid": std::process::id(),
                 "error": now.reason(&self.path),
             }),
+            StoreStatus::ReadOnly => serde_json::json!({
+                "event": "store_read_only",
+                "path": path,
+                "error": now.reason(&self.path),
+            }),
             StoreStatus::DiskFull { free_bytes } => serde_json::json!({
                 "event": "store_disk_full",
                 "path": path,
@@ -156,13 +187,18 @@ impl StoreWatch {
     }
 }
 
-/// The status from what was just seen: `gone` (the file has no name), `free` (bytes free on
-/// its disk, `None` when unknown) and the `previous` status. A full disk is left only once
+/// The status from what was just seen: `gone` (the file has no name), `read_only` (a write
+/// found its file system turned read-only), `free` (bytes free on its disk, `None` when
+/// unknown) and the `previous` status. A deleted store outranks a read-only one (what to do
+/// about it comes first: copy it out before stopping the relay). A full disk is left only once
 /// twice [`STORE_DISK_FREE_BYTES_MIN`] is free, so that a relay writing at the edge does not
 /// log a change at every check.
-fn classify(gone: bool, free: Option<u64>, previous: StoreStatus) -> StoreStatus {
+fn classify(gone: bool, read_only: bool, free: Option<u64>, previous: StoreStatus) -> StoreStatus {
     if gone || previous == StoreStatus::Gone {
         return StoreStatus::Gone;
+    }
+    if read_only || previous == StoreStatus::ReadOnly {
+        return StoreStatus::ReadOnly;
     }
     let full_below = match previous {
         StoreStatus::DiskFull { .. } => 2 * STORE_DISK_FREE_BYTES_MIN,
@@ -184,25 +220,41 @@ mod tests {
 
     #[test]
     fn a_full_disk_is_left_at_twice_the_minimum_and_a_deleted_store_for_good() {
-        use StoreStatus::{DiskFull, Gone, Ok};
-        assert_eq!(classify(false, Some(MIN), Ok), Ok);
+        use StoreStatus::{DiskFull, Gone, Ok, ReadOnly};
+        assert_eq!(classify(false, false, Some(MIN), Ok), Ok);
         assert_eq!(
-            classify(false, Some(MIN - 1), Ok),
+            classify(false, false, Some(MIN - 1), Ok),
             DiskFull {
                 free_bytes: MIN - 1
             }
         );
         let full = DiskFull { free_bytes: 0 };
         assert_eq!(
-            classify(false, Some(MIN), full),
+            classify(false, false, Some(MIN), full),
             DiskFull { free_bytes: MIN },
             "not yet"
         );
-        assert_eq!(classify(false, Some(2 * MIN), full), Ok);
-        assert_eq!(classify(false, None, full), full, "unknown: as it was");
-        assert_eq!(classify(false, None, Ok), Ok);
-        assert_eq!(classify(true, Some(u64::MAX), Ok), Gone);
-        assert_eq!(classify(false, Some(u64::MAX), Gone), Gone, "final");
+        assert_eq!(classify(false, false, Some(2 * MIN), full), Ok);
+        assert_eq!(
+            classify(false, false, None, full),
+            full,
+            "unknown: as it was"
+        );
+        assert_eq!(classify(false, false, None, Ok), Ok);
+        assert_eq!(classify(true, false, Some(u64::MAX), Ok), Gone);
+        assert_eq!(classify(false, false, Some(u64::MAX), Gone), Gone, "final");
+        assert_eq!(classify(false, true, Some(u64::MAX), Ok), ReadOnly);
+        assert_eq!(classify(false, true, Some(0), full), ReadOnly);
+        assert_eq!(
+            classify(false, false, Some(u64::MAX), ReadOnly),
+            ReadOnly,
+            "final"
+        );
+        assert_eq!(
+            classify(true, true, None, ReadOnly),
+            Gone,
+            "a deleted store first"
+        );
     }
 
     #[test]
@@ -218,11 +270,21 @@ mod tests {
             gone.contains("/srv/relay/relay.db was deleted") && gone.contains("/proc/"),
             "{gone}"
         );
+        let read_only = StoreStatus::ReadOnly.reason(store).unwrap();
+        assert!(
+            read_only.contains("/srv/relay/relay.db turned read-only")
+                && read_only.contains("fsck")
+                && read_only.contains("start the relay"),
+            "{read_only}"
+        );
         let names: Vec<_> = [StoreStatus::Ok, StoreStatus::DiskFull { free_bytes: 0 }]
             .into_iter()
-            .chain([StoreStatus::Gone])
+            .chain([StoreStatus::Gone, StoreStatus::ReadOnly])
             .map(|s| (s.name(), s.level()))
             .collect();
-        assert_eq!(names, [("ok", 0), ("degraded", 1), ("failing", 2)]);
+        assert_eq!(
+            names,
+            [("ok", 0), ("degraded", 1), ("failing", 2), ("failing", 2)]
+        );
     }
 }

@@ -22,12 +22,13 @@ use crate::store_watch::StoreStatus;
 ///
 /// `status` is `ok`; `degraded` when the store's disk is full (reads are served, writes
 /// refused: still 200, a load balancer keeps sending readers); or `failing`, `503`, when the
-/// store was deleted while the relay runs (the operator must act). `reason` (null when `ok`)
+/// store was deleted, or its file system turned read-only, while the relay runs (the
+/// operator must act). `reason` (null when `ok`)
 /// says why and what to do. See `store_watch.rs`.
 pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response {
     let store = state.check_store();
     let code = match store {
-        StoreStatus::Gone => StatusCode::SERVICE_UNAVAILABLE,
+        StoreStatus::Gone | StoreStatus::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::OK,
     };
     let body = Json(serde_json::json!({
