@@ -378,7 +378,7 @@ impl Error {
     /// Whether this may be a write's I/O failure, which a file system that turned
     /// read-only while open causes: SQLite's I/O errors (`SQLITE_IOERR_*`, but not the
     /// shared-memory file's growth, a full disk: [`is_shm_growth`]) and `SQLITE_READONLY`,
-    /// and this crate's own file operations.
+    /// and this crate's own file operations failing with `EIO` or `EROFS`.
     pub(crate) fn may_be_read_only_fs(&self) -> bool {
         match self {
             Error::Sqlite(e) => {
@@ -388,7 +388,7 @@ impl Error {
                         Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::ReadOnly)
                     )
             }
-            Error::Io(e) => e.kind() != std::io::ErrorKind::StorageFull,
+            Error::Io(e) => e.kind() == std::io::ErrorKind::ReadOnlyFilesystem || is_eio(e),
             _ => false,
         }
     }
@@ -451,6 +451,19 @@ pub(crate) fn is_disk_full(e: &rusqlite::Error) -> bool {
                     && message.as_deref() == Some(DISK_FULL_TEXT))
         }
         _ => false,
+    }
+}
+
+/// Whether a file operation failed with `EIO` (an I/O error on the disk).
+fn is_eio(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
     }
 }
 
@@ -726,5 +739,37 @@ mod tests {
         assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_busy());
         assert!(!sqlite(rusqlite::ffi::SQLITE_NOTADB).is_busy());
         assert!(!Error::InvalidArgument("x".into()).is_busy());
+    }
+
+    /// Only failures a read-only file system causes make the store look (a probe file in
+    /// the database's directory): not a full disk, a damaged file or a missing one.
+    #[test]
+    fn only_io_failures_are_probed_for_a_read_only_file_system() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_READONLY,
+        ] {
+            assert!(sqlite(code).may_be_read_only_fs(), "{code}");
+        }
+        for code in [
+            ffi::SQLITE_IOERR_SHMSIZE,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_CORRUPT,
+        ] {
+            assert!(!sqlite(code).may_be_read_only_fs(), "{code}");
+        }
+        let io = |e: std::io::Error| Error::Io(e).may_be_read_only_fs();
+        assert!(io(std::io::Error::from(
+            std::io::ErrorKind::ReadOnlyFilesystem
+        )));
+        assert!(!io(std::io::Error::from(std::io::ErrorKind::NotFound)));
+        assert!(!io(std::io::Error::from(std::io::ErrorKind::StorageFull)));
+        assert!(!Error::InvalidArgument("x".into()).may_be_read_only_fs());
+        let ro = Error::FileSystemReadOnly {
+            path: "/srv/app.db".into(),
+        };
+        assert!(ro.store_refuses_writes() && ro.names_the_file() && !ro.is_disk_full());
     }
 }
