@@ -158,6 +158,18 @@ pub const WINDOW_UNITS_DEFAULT: usize = 8;
 pub const SESSION_DICT_ENTRIES_MAX: usize = 65_536;
 /// Longest auth token in HELLO.
 pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
+/// Largest HELLO frame body this version sends or accepts: type and flags (2), version (2),
+/// node id (16), `last_seq` and `caps` (varints, at most 10 each), mode and server flag (2),
+/// the token's length (a varint of at most 3 bytes for `TOKEN_BYTES_MAX`) and the token.
+pub const HELLO_BODY_BYTES_MAX: usize = 2 + 2 + 16 + 10 + 2 + 10 + 3 + TOKEN_BYTES_MAX;
+/// Largest body of a stream's first frame, which must be a HELLO (PROTOCOL.md §3): a longer
+/// length prefix is refused with `TOO_LARGE` as soon as it is read, before anything is
+/// buffered. The first frame arrives before any credential is checked, so without this bound
+/// every unauthenticated connection could make its receiver hold a whole `FRAME_BYTES_MAX`
+/// frame. Four times [`HELLO_BODY_BYTES_MAX`], leaving room for fields a later version may
+/// add to HELLO.
+pub const FIRST_FRAME_BYTES_MAX: usize = 64 * 1024;
+const _: () = assert!(HELLO_BODY_BYTES_MAX <= FIRST_FRAME_BYTES_MAX);
 /// Longest error message in an ERROR frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 4096;
 /// Frames a session may hold unsent for its peer when another frame of the peer arrives.

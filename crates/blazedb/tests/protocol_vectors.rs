@@ -494,7 +494,13 @@ fn lz4_partial_changes() {
     }];
     // The flags byte says LZ4 | PARTIAL.
     assert_eq!(bytes[2], 0x05);
-    let f = one_frame(&bytes, &mut FrameDecoder::default());
+    // It is frame 1 (its CRC covers index 1): frame 0, the HELLO, is never compressed.
+    let mut dec = FrameDecoder::default();
+    one_frame(
+        &FrameEncoder::default().encode(kind::HELLO, false, b"hello"),
+        &mut dec,
+    );
+    let f = one_frame(&bytes, &mut dec);
     assert_eq!((f.kind, f.partial), (kind::CHANGES, true));
     assert_eq!(f.payload, raw, "decompressed payload");
     let (got, end) = Dict::default().decode_changes(&raw, 1_000_000).unwrap();
@@ -505,6 +511,7 @@ fn lz4_partial_changes() {
     assert_eq!(payload, raw);
     let mut enc = FrameEncoder::default();
     enc.lz4 = true;
+    enc.encode(kind::HELLO, false, b"hello");
     assert_eq!(
         enc.encode(kind::CHANGES, true, &payload),
         bytes,

@@ -13,10 +13,17 @@
 //! Flags: bit 0 = payload is LZ4-compressed (`varint raw_len | lz4 block`), bit 1 = payload is
 //! zstd-compressed (same layout), bit 2 = PARTIAL (a CHANGES frame whose unit continues in
 //! the next frame). Other bits must be zero.
+//!
+//! A stream's first frame (index 0) is a HELLO, read before the peer has presented any
+//! credential: its body may be at most `FIRST_FRAME_BYTES_MAX` (64 KiB, not
+//! `FRAME_BYTES_MAX`), refused as soon as its length prefix is read, and it is never
+//! compressed (compression is agreed in the HELLOs, so nothing before them can use it).
 
 use crate::codec::varint::{len_u64, write_u64};
 use crate::codec::{DecodeError, Reader};
-use crate::limits::{COMPRESS_BYTES_MIN, FRAME_BYTES_MAX, FRAME_DECOMPRESSED_BYTES_MAX};
+use crate::limits::{
+    COMPRESS_BYTES_MIN, FIRST_FRAME_BYTES_MAX, FRAME_BYTES_MAX, FRAME_DECOMPRESSED_BYTES_MAX,
+};
 
 /// Payload is LZ4-compressed.
 pub const FLAG_LZ4: u8 = 0b001;
@@ -52,6 +59,17 @@ pub enum FrameError {
         /// Declared size.
         got: u64,
         /// Limit.
+        max: u64,
+    },
+    /// The first frame (which must be a HELLO) declares a length no HELLO has.
+    #[error(
+        "the first frame declares {got} bytes, and a HELLO has at most {max}: the peer does \
+         not speak this protocol, or its HELLO is not a HELLO"
+    )]
+    FirstFrameTooLarge {
+        /// Declared size.
+        got: u64,
+        /// Limit (`FIRST_FRAME_BYTES_MAX`).
         max: u64,
     },
     /// The checksum did not match (corruption, or a lost, duplicated or reordered frame).
@@ -94,7 +112,9 @@ impl FrameEncoder {
         body.push(kind);
         body.push(0);
         let mut compressed = false;
-        if self.lz4 && payload.len() >= COMPRESS_BYTES_MIN {
+        // Never the first frame: it is the HELLO that agrees on compression, and a receiver
+        // refuses a compressed one.
+        if self.lz4 && self.index > 0 && payload.len() >= COMPRESS_BYTES_MIN {
             let c = lz4_flex::block::compress(payload);
             // Worth it only if it saves more than the length prefix costs.
             if c.len() + len_u64(payload.len() as u64) < payload.len() {
@@ -124,7 +144,8 @@ impl FrameEncoder {
 }
 
 /// Reassembles and checks frames from a byte stream for one direction of a session. Feed it
-/// any split of the bytes; it never buffers more than one maximum-size frame.
+/// any split of the bytes; it never buffers more than one maximum-size frame, and for the
+/// first frame (the unauthenticated HELLO) no more than `FIRST_FRAME_BYTES_MAX`.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     index: u64,
@@ -171,6 +192,12 @@ impl FrameDecoder {
             Err(DecodeError::Truncated { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        if self.index == 0 && len > FIRST_FRAME_BYTES_MAX as u64 {
+            return Err(FrameError::FirstFrameTooLarge {
+                got: len,
+                max: FIRST_FRAME_BYTES_MAX as u64,
+            });
+        }
         if len > FRAME_BYTES_MAX as u64 {
             return Err(FrameError::TooLarge {
                 got: len,
@@ -199,6 +226,13 @@ impl FrameDecoder {
             )));
         }
         let payload = if flags & (FLAG_LZ4 | FLAG_ZSTD) != 0 {
+            if self.index == 0 {
+                return Err(FrameError::Malformed(
+                    "the first frame is compressed: compression is agreed in HELLO, so the \
+                     HELLO itself never is"
+                        .into(),
+                ));
+            }
             if flags & FLAG_ZSTD != 0 {
                 return Err(FrameError::Malformed(
                     "zstd is only used in snapshot streams".into(),
@@ -317,6 +351,8 @@ mod tests {
     #[test]
     fn oversized_length_is_refused_before_buffering() {
         let mut d = FrameDecoder::default();
+        d.push(&FrameEncoder::default().encode(1, false, b"hello"));
+        assert!(d.next_frame().unwrap().is_some());
         let mut b = Vec::new();
         write_u64(&mut b, (FRAME_BYTES_MAX + 1) as u64);
         d.push(&b);
@@ -324,17 +360,72 @@ mod tests {
     }
 
     #[test]
-    fn lz4_bomb_is_refused() {
-        // Claims a 1 GiB payload.
+    fn a_first_frame_longer_than_a_hello_is_refused_from_its_length_alone() {
+        // Just the length prefix: refused before a byte of the body arrives.
+        let mut d = FrameDecoder::default();
+        let mut b = Vec::new();
+        write_u64(&mut b, FIRST_FRAME_BYTES_MAX as u64 + 1);
+        d.push(&b);
+        assert_eq!(
+            d.next_frame(),
+            Err(FrameError::FirstFrameTooLarge {
+                got: FIRST_FRAME_BYTES_MAX as u64 + 1,
+                max: FIRST_FRAME_BYTES_MAX as u64
+            })
+        );
+        // The largest HELLO passes, and so does a later frame far above the first's limit.
+        let mut e = FrameEncoder::default();
+        let hello = vec![b'x'; crate::limits::HELLO_BODY_BYTES_MAX - 2];
+        let big = vec![7u8; FIRST_FRAME_BYTES_MAX * 2];
+        let mut d = FrameDecoder::default();
+        d.push(&e.encode(1, false, &hello));
+        d.push(&e.encode(3, false, &big));
+        assert_eq!(d.next_frame().unwrap().unwrap().payload, hello);
+        assert_eq!(d.next_frame().unwrap().unwrap().payload, big);
+    }
+
+    #[test]
+    fn a_compressed_first_frame_is_refused_and_never_sent() {
+        let mut e = FrameEncoder {
+            lz4: true,
+            ..Default::default()
+        };
+        let payload = vec![0u8; 4096];
+        let first = e.encode(1, false, &payload);
+        assert!(
+            first.len() > payload.len(),
+            "the first frame is sent uncompressed"
+        );
+        let second = e.encode(1, false, &payload);
+        assert!(second.len() < 100, "later frames are compressed");
+        // A compressed frame 0, built by hand.
         let mut body = vec![1u8, FLAG_LZ4];
-        write_u64(&mut body, 1 << 30);
-        body.extend_from_slice(&[0; 8]);
+        write_u64(&mut body, payload.len() as u64);
+        body.extend_from_slice(&lz4_flex::block::compress(&payload));
         let mut frame = Vec::new();
         write_u64(&mut frame, body.len() as u64);
         frame.extend_from_slice(&body);
         frame.extend_from_slice(&checksum(0, &body).to_le_bytes());
         let mut d = FrameDecoder::default();
         d.push(&frame);
+        assert!(
+            matches!(d.next_frame(), Err(FrameError::Malformed(m)) if m.contains("compressed")),
+        );
+    }
+
+    #[test]
+    fn lz4_bomb_is_refused() {
+        // Claims a 1 GiB payload (in the second frame: the first may not be compressed).
+        let mut body = vec![1u8, FLAG_LZ4];
+        write_u64(&mut body, 1 << 30);
+        body.extend_from_slice(&[0; 8]);
+        let mut frame = FrameEncoder::default().encode(1, false, b"hello");
+        write_u64(&mut frame, body.len() as u64);
+        frame.extend_from_slice(&body);
+        frame.extend_from_slice(&checksum(1, &body).to_le_bytes());
+        let mut d = FrameDecoder::default();
+        d.push(&frame);
+        assert!(d.next_frame().unwrap().is_some());
         assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));
     }
 

@@ -699,7 +699,9 @@ impl Session {
                 Ok(None) => return self.apply_group(now_ms, db),
                 Err(e) => {
                     let code = match e {
-                        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                        FrameError::TooLarge { .. } | FrameError::FirstFrameTooLarge { .. } => {
+                            ErrorCode::TooLarge
+                        }
                         FrameError::Checksum { .. } => ErrorCode::Checksum,
                         _ => ErrorCode::Malformed,
                     };
