@@ -1,7 +1,12 @@
-//! Where passwords come from: a file named on the command line, else an environment variable.
+//! Where passwords and other secrets come from: a file named on the command line, else an
+//! environment variable.
 //!
 //! There is deliberately no `--password` flag: a password on the command line is visible to
-//! every user of the machine through the process list.
+//! every user of the machine through the process list (`/proc/PID/cmdline`), while a file can
+//! be made owner-only and a process's environment is readable by its owner alone. The
+//! relay's token and JWT secret and a client's token still have their older flags (`--token`,
+//! `--jwt-secret`), which the commands warn about ([`warn_secret_in_argv`]); their files are
+//! read here as password files are ([`read_secret_file`]).
 
 use std::io::Read as _;
 use std::path::Path;
@@ -26,12 +31,7 @@ pub type Password = Zeroizing<String>;
 /// reads as "no password"; an empty file is an error, since naming a file says one is meant.
 pub fn resolve(file: Option<&Path>, env: &str) -> Result<Option<Password>> {
     if let Some(path) = file {
-        let text = read_password_file(path)?;
-        let password = strip_one_newline(&text);
-        if password.is_empty() {
-            bail!("password file {} is empty", path.display());
-        }
-        return Ok(Some(Zeroizing::new(password.to_owned())));
+        return read_secret_file(path, "password file").map(Some);
     }
     match std::env::var(env).map(Zeroizing::new) {
         Ok(password) if password.is_empty() => Ok(None),
@@ -67,9 +67,46 @@ pub fn hand_over(password: Option<Password>) -> Option<String> {
     password.map(|mut p| std::mem::take(&mut *p))
 }
 
-/// The text of a password file, at most [`PASSWORD_FILE_BYTES_MAX`] bytes of UTF-8.
-fn read_password_file(path: &Path) -> Result<Password> {
-    let cannot_read = || format!("cannot read password file {}", path.display());
+/// The secret in the file `path` (a password, a token, a JWT secret; `what` names the kind of
+/// file in messages, e.g. "token file"): its text less one trailing newline. An empty file is
+/// an error, since naming a file says a secret is meant.
+pub fn read_secret_file(path: &Path, what: &str) -> Result<Password> {
+    let text = read_text_file(path, what)?;
+    let secret = strip_one_newline(&text);
+    if secret.is_empty() {
+        bail!(
+            "{what} {} is empty: write the secret in it (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(Zeroizing::new(secret.to_owned()))
+}
+
+/// Whether `value` (a flag that clap also fills from the environment variable `env`) was
+/// typed on the command line rather than taken from the variable.
+pub fn typed_on_command_line(value: Option<&str>, env: &str) -> bool {
+    value.is_some_and(|v| std::env::var_os(env).is_none_or(|e| e != v))
+}
+
+/// Say on stderr (one JSON `warning` line) that the secret given with `flag` is in the
+/// process's command line, which every user of the machine can read (`ps`,
+/// `/proc/PID/cmdline`), and how to give it instead (`instead`: the file flag and the
+/// variable). A warning, not an error, so that existing scripts keep working.
+pub fn warn_secret_in_argv(flag: &str, instead: &str) {
+    crate::report::stderr_line(serde_json::json!({
+            "event": "warning",
+            "kind": "secret_in_command_line",
+            "warning": format!(
+                "the secret given with {flag} is visible to every user of this machine in the \
+                 process list (ps, /proc/PID/cmdline): give it with {instead} instead"
+            ),
+    }));
+}
+
+/// The text of a secret file, at most [`PASSWORD_FILE_BYTES_MAX`] bytes of UTF-8.
+fn read_text_file(path: &Path, what: &str) -> Result<Password> {
+    let cannot_read = || format!("cannot read {what} {}", path.display());
     // Read to its full size up front: a growing buffer would leave copies behind as it moves.
     let mut bytes = Zeroizing::new(Vec::with_capacity(PASSWORD_FILE_BYTES_MAX as usize + 1));
     std::fs::File::open(path)
@@ -77,8 +114,8 @@ fn read_password_file(path: &Path) -> Result<Password> {
         .with_context(cannot_read)?;
     if bytes.len() as u64 > PASSWORD_FILE_BYTES_MAX {
         bail!(
-            "password file {} is larger than {PASSWORD_FILE_BYTES_MAX} bytes: it does not \
-             hold just a password; check the path",
+            "{what} {} is larger than {PASSWORD_FILE_BYTES_MAX} bytes: it does not hold just \
+             a secret; check the path",
             path.display()
         );
     }
@@ -87,8 +124,8 @@ fn read_password_file(path: &Path) -> Result<Password> {
         Err(e) => {
             e.into_bytes().zeroize();
             bail!(
-                "password file {} is not UTF-8 text: write the password as text (a binary key \
-                 file cannot be used)",
+                "{what} {} is not UTF-8 text: write the secret as text (a binary key file \
+                 cannot be used; `openssl rand -hex 32` makes a text one)",
                 path.display()
             )
         }

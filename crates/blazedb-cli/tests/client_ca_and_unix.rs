@@ -62,7 +62,7 @@ fn client_ca_warning(stderr: &str) -> Option<serde_json::Value> {
     stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "warning")
+        .find(|v| v["event"] == "warning" && v["kind"] != "secret_in_command_line")
 }
 
 #[test]

@@ -116,7 +116,7 @@ fn metric(http: &str, name: &str) -> f64 {
 fn log_lines(text: &str) -> Vec<Json> {
     text.lines()
         .map(|l| serde_json::from_str::<Json>(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .filter(|l| l["event"] != "store_created")
+        .filter(|l| l["event"] != "store_created" && l["kind"] != "secret_in_command_line")
         .collect()
 }
 

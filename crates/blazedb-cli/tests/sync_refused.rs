@@ -42,7 +42,8 @@ fn refused_writes_are_reported_with_the_relays_reason() {
     let out = blazedb()
         .arg("sync")
         .arg(&db)
-        .args([url.as_str(), "--once", "--token", TOKEN])
+        .args([url.as_str(), "--once"])
+        .env("BLAZEDB_TOKEN", TOKEN)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -105,7 +106,8 @@ fn refused_writes_are_reported_with_the_relays_reason() {
     let out = blazedb()
         .arg("sync")
         .arg(&other)
-        .args([url.as_str(), "--once", "--token", TOKEN])
+        .args([url.as_str(), "--once"])
+        .env("BLAZEDB_TOKEN", TOKEN)
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -120,7 +122,8 @@ fn refused_writes_are_reported_with_the_relays_reason() {
     let mut watcher = blazedb()
         .arg("sync")
         .arg(&db)
-        .args([url.as_str(), "--token", TOKEN])
+        .args([url.as_str()])
+        .env("BLAZEDB_TOKEN", TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -387,8 +387,8 @@ fn check_anonymous(config: &RelayConfig, auth: &Authenticator) -> Result<(), Rel
         None => Ok(()),
         Some(a) => Err(RelayError::Config(format!(
             "no authentication is configured and {a} is reachable from other machines: pass \
-             --token, --jwt-secret or --jwt-public-key (or --danger-allow-anonymous to let \
-             anyone who can reach it read and write)"
+             --token-file, --jwt-secret-file or --jwt-public-key (or \
+             --danger-allow-anonymous to let anyone who can reach it read and write)"
         ))),
     }
 }

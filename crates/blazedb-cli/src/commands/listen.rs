@@ -19,7 +19,7 @@ use crate::database::{Access, Context};
 use crate::output::Output;
 use crate::report::{stderr_line, UsageError};
 
-/// `listen DB (--tcp ADDR | --unix PATH) [--token T] [--tls-cert FILE --tls-key FILE]`.
+/// `listen DB (--tcp ADDR | --unix PATH) [--token-file FILE] [--tls-cert FILE --tls-key FILE]`.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("address").required(true).multiple(true).args(["tcp", "unix"])))]
 pub struct ListenArgs {
@@ -32,7 +32,13 @@ pub struct ListenArgs {
     /// --token is still required).
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
-    /// Require peers to present this token (also read from BLAZEDB_TOKEN).
+    /// Require peers to present the token in this file (one trailing newline is ignored).
+    /// Also read from the environment variable BLAZEDB_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Require peers to present this token (also read from BLAZEDB_TOKEN). On the command
+    /// line it is visible to every local user in the process list: use --token-file or
+    /// BLAZEDB_TOKEN instead.
     #[arg(long, env = "BLAZEDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Speak TLS on the TCP address with this PEM certificate chain (with --tls-key and
@@ -65,7 +71,10 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
     // database to anyone because a variable in a script was unset (as `serve` does).
     // (An empty BLAZEDB_TOKEN in the environment does mean "none".)
     let env_empty = std::env::var_os("BLAZEDB_TOKEN").is_some_and(|v| v.is_empty());
-    let token = args.token.clone().filter(|t| !(t.is_empty() && env_empty));
+    let token =
+        crate::commands::sync::client_token(args.token.as_deref(), args.token_file.as_deref())?
+            .map(|t| t.to_string())
+            .filter(|t| !(t.is_empty() && env_empty));
     if token.as_deref() == Some("") {
         return Err(UsageError(
             "the token is empty: give a non-empty --token (or leave it out, and BLAZEDB_TOKEN \

@@ -5,6 +5,12 @@
 //! are JSON lines on stderr (`session_closed`, at most 10 a minute per reason, the rest
 //! counted in a `session_closed_suppressed` line: `blazedb_relay::limits::CLOSE_LOG_*`). The store's password comes from `--password-file` or
 //! `BLAZEDB_PASSWORD` like every other command's.
+//!
+//! The credential clients must present comes from a file (`--token-file`, `--jwt-secret-file`,
+//! `--jwt-public-key`) or from the environment (`BLAZEDB_RELAY_TOKEN`, `BLAZEDB_JWT_SECRET`),
+//! which other users of the machine cannot read. `--token` and `--jwt-secret` still work but
+//! put the secret in the process list for every local user to read; the relay warns about
+//! them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,10 +23,10 @@ use serde_json::json;
 
 use crate::database::Context;
 use crate::output::Output;
-use crate::report::stderr_line;
+use crate::report::{stderr_line, UsageError};
 
-/// `serve [--data DIR] [--listen ADDR] [--token T | --jwt-secret S | --jwt-public-key FILE]
-/// [--rules FILE] [--tls-cert FILE --tls-key FILE] [--origin ORIGIN]...`.
+/// `serve [--data DIR] [--listen ADDR] [--token-file FILE | --jwt-secret-file FILE |
+/// --jwt-public-key FILE] [--rules FILE] [--tls-cert FILE --tls-key FILE] [--origin ORIGIN]...`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory of the relay's store (relay.db), created if missing.
@@ -40,12 +46,23 @@ pub struct ServeArgs {
     /// 0600; no TLS or client certificates on it, but clients still send the token in HELLO).
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
-    /// Require this static bearer token ($auth.sub is "token"). Visible in the process list:
-    /// prefer JWTs where other users share the machine.
+    /// Require the static bearer token in this file ($auth.sub is "token"; at least 16
+    /// bytes, e.g. `openssl rand -hex 32 > FILE`; one trailing newline is ignored). Also read
+    /// from the environment variable BLAZEDB_RELAY_TOKEN.
+    #[arg(long, value_name = "FILE", group = "auth")]
+    pub token_file: Option<PathBuf>,
+    /// Require this static bearer token. Visible to every local user in the process list:
+    /// use --token-file or BLAZEDB_RELAY_TOKEN instead.
     #[arg(long, value_name = "T", group = "auth")]
     pub token: Option<String>,
-    /// Accept JWTs signed with this HMAC secret (HS256/384/512; at least 16 bytes); claims
-    /// become $auth.*.
+    /// Accept JWTs signed with the HMAC secret in this file (HS256/384/512; at least 16
+    /// bytes; one trailing newline is ignored); claims become $auth.*. Also read from the
+    /// environment variable BLAZEDB_JWT_SECRET.
+    #[arg(long, value_name = "FILE", group = "auth")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Accept JWTs signed with this HMAC secret. Visible to every local user in the process
+    /// list, and whoever reads it can mint any claims: use --jwt-secret-file or
+    /// BLAZEDB_JWT_SECRET instead.
     #[arg(long, value_name = "S", group = "auth")]
     pub jwt_secret: Option<String>,
     /// Accept JWTs signed by the key whose public half is in this PEM file (RS*/PS*, EdDSA,
@@ -140,14 +157,72 @@ pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// The environment variable holding the relay's static token (`--token-file` instead).
+pub const RELAY_TOKEN_ENV: &str = "BLAZEDB_RELAY_TOKEN";
+/// The environment variable holding the relay's JWT HMAC secret (`--jwt-secret-file`).
+pub const JWT_SECRET_ENV: &str = "BLAZEDB_JWT_SECRET";
+
+/// The credential clients must present: from the one flag of the `auth` group given, else
+/// from [`RELAY_TOKEN_ENV`] or [`JWT_SECRET_ENV`], else none. A flag wins over the
+/// environment, as `--password-file` wins over `BLAZEDB_PASSWORD`. A variable that is set but
+/// empty is refused rather than read as "no authentication": `BLAZEDB_RELAY_TOKEN="$(cat
+/// missing-file)"` must not open the relay.
+fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
+    use crate::password::{read_secret_file, warn_secret_in_argv};
+    if let Some(t) = &args.token {
+        warn_secret_in_argv(
+            "--token",
+            &format!("--token-file FILE or {RELAY_TOKEN_ENV}"),
+        );
+        return Ok(AuthConfig::Token(t.as_str().into()));
+    }
+    if let Some(path) = &args.token_file {
+        let t = read_secret_file(path, "token file")?;
+        return Ok(AuthConfig::Token(t.as_str().into()));
+    }
+    if let Some(s) = &args.jwt_secret {
+        warn_secret_in_argv(
+            "--jwt-secret",
+            &format!("--jwt-secret-file FILE or {JWT_SECRET_ENV}"),
+        );
+        return Ok(AuthConfig::JwtSecret(s.as_str().into()));
+    }
+    if let Some(path) = &args.jwt_secret_file {
+        let s = read_secret_file(path, "JWT secret file")?;
+        return Ok(AuthConfig::JwtSecret(s.as_str().into()));
+    }
+    if let Some(k) = &args.jwt_public_key {
+        return Ok(AuthConfig::JwtPublicKey(k.clone()));
+    }
+    let from_env = |name: &str| -> Result<Option<crate::password::Password>> {
+        match std::env::var(name).map(zeroize::Zeroizing::new) {
+            Ok(v) if v.is_empty() => Err(UsageError(format!(
+                "{name} is set but empty: put the secret in it (e.g. `export {name}=$(openssl \
+                 rand -hex 32)`), or unset it"
+            ))
+            .into()),
+            Ok(v) => Ok(Some(v)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(UsageError(format!("{name} is not valid UTF-8")).into())
+            }
+        }
+    };
+    match (from_env(RELAY_TOKEN_ENV)?, from_env(JWT_SECRET_ENV)?) {
+        (Some(_), Some(_)) => Err(UsageError(format!(
+            "both {RELAY_TOKEN_ENV} and {JWT_SECRET_ENV} are set: the relay takes one kind of \
+             credential; unset one of them"
+        ))
+        .into()),
+        (Some(t), None) => Ok(AuthConfig::Token(t.as_str().into())),
+        (None, Some(s)) => Ok(AuthConfig::JwtSecret(s.as_str().into())),
+        (None, None) => Ok(AuthConfig::None),
+    }
+}
+
 /// Start the relay and serve until interrupted.
 pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
-    let auth = match (&args.token, &args.jwt_secret, &args.jwt_public_key) {
-        (Some(t), _, _) => AuthConfig::Token(t.as_str().into()),
-        (_, Some(s), _) => AuthConfig::JwtSecret(s.as_str().into()),
-        (_, _, Some(k)) => AuthConfig::JwtPublicKey(k.clone()),
-        _ => AuthConfig::None,
-    };
+    let auth = auth_config(args)?;
     if let (Some(unix), Some(_)) = (&args.unix, &args.tls_client_ca) {
         warn_no_client_certificates_on(unix);
     }

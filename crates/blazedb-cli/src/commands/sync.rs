@@ -66,9 +66,15 @@ pub struct SyncArgs {
     pub password_file_b: Option<PathBuf>,
     /// Token to present to a network peer (also read from BLAZEDB_TOKEN). A peer that
     /// checks none (`listen` without --token, a relay without authentication) says so, and
-    /// a "warning" event on stderr tells it; the sync goes on.
+    /// a "warning" event on stderr tells it; the sync goes on. On the command line it is
+    /// visible to every local user in the process list: use --token-file or BLAZEDB_TOKEN
+    /// instead.
     #[arg(long, env = "BLAZEDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Present the token in this file to a network peer (one trailing newline is ignored);
+    /// wins over BLAZEDB_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Trust only the CA certificates in this PEM file for tls:// and wss:// (instead of
     /// the built-in web roots).
     #[arg(long, value_name = "FILE")]
@@ -254,10 +260,11 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         ))
         .into());
     }
-    if token_on_command_line(args.token.as_deref()) {
+    if token_on_command_line(args.token.as_deref()) || args.token_file.is_some() {
         return Err(UsageError(format!(
             "--token is presented to a network peer (a relay or `blazedb listen`), and {} is \
-             a file: two files on this machine sync without one; leave --token out",
+             a file: two files on this machine sync without one; leave --token out (and \
+             --token-file)",
             args.db_b.display()
         ))
         .into());
@@ -300,7 +307,36 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
 /// Whether `token` (the value of --token) was typed on the command line rather than taken
 /// from BLAZEDB_TOKEN: a variable exported for network syncs must not break a file sync.
 fn token_on_command_line(token: Option<&str>) -> bool {
-    token.is_some_and(|t| std::env::var_os("BLAZEDB_TOKEN").is_none_or(|env| env != t))
+    crate::password::typed_on_command_line(token, TOKEN_ENV)
+}
+
+/// The environment variable holding the token of `sync` and `listen`.
+pub const TOKEN_ENV: &str = "BLAZEDB_TOKEN";
+
+/// The token of `sync` or `listen`: from `--token-file` if given, else `--token` (which clap
+/// fills from [`TOKEN_ENV`] when it is not on the command line). `--token-file` together with
+/// `--token` on the command line is refused; `--token` typed on the command line is warned
+/// about, since every local user can read it there.
+pub(crate) fn client_token(
+    token: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<Password>> {
+    if let Some(path) = token_file {
+        if token_on_command_line(token) {
+            return Err(UsageError(
+                "give the token once: --token or --token-file, not both".into(),
+            )
+            .into());
+        }
+        return crate::password::read_secret_file(path, "token file").map(Some);
+    }
+    if token_on_command_line(token) && token.is_some_and(|t| !t.is_empty()) {
+        crate::password::warn_secret_in_argv(
+            "--token",
+            &format!("--token-file FILE or {TOKEN_ENV}"),
+        );
+    }
+    Ok(token.map(|t| zeroize::Zeroizing::new(t.to_owned())))
 }
 
 /// DB_B as a peer URL, when it is one; `None` for a database file. An argument with a
@@ -356,10 +392,11 @@ async fn run_network(
     endpoint: Endpoint,
     password: Option<Password>,
 ) -> Result<()> {
+    let token = client_token(args.token.as_deref(), args.token_file.as_deref())?;
     // Checked before DB_A is opened: a bad filter must not leave a new, empty database.
     let policy = args
         .selective
-        .policy(FilterPeer::network(args.token.as_deref()))?;
+        .policy(FilterPeer::network(token.as_deref().map(String::as_str)))?;
     let path = args.db_a.clone();
     // A sync that fails (nothing listens at the URL, a refused token) removes the file it
     // created for DB_A, as the file-to-file sync does: a typo must not leave empty databases.
@@ -386,7 +423,7 @@ async fn run_network(
         },
         session: SessionConfig {
             mode: args.mode,
-            token: args.token.clone().unwrap_or_default(),
+            token: token.as_deref().cloned().unwrap_or_default(),
             ping_interval_ms: args.heartbeat.ping_interval_ms,
             idle_timeout_ms: args.heartbeat.idle_timeout_ms,
             policy,

@@ -21,6 +21,8 @@ pub fn blazedb() -> Command {
     cmd.env_remove("BLAZEDB_PASSWORD")
         .env_remove("BLAZEDB_NEW_PASSWORD")
         .env_remove("BLAZEDB_TOKEN")
+        .env_remove("BLAZEDB_RELAY_TOKEN")
+        .env_remove("BLAZEDB_JWT_SECRET")
         .stdin(Stdio::null());
     cmd
 }
