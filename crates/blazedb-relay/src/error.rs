@@ -20,6 +20,15 @@ pub enum RelayError {
         /// What went wrong.
         source: io::Error,
     },
+    /// The data directory belongs to another user, or other users may write to it: they
+    /// could replace or read the store (`data_dir.rs`).
+    #[error("the data directory {} is not safe to keep the store in: {reason}", path.display())]
+    DataDirUnsafe {
+        /// The directory.
+        path: PathBuf,
+        /// Who else could change it, and what to do.
+        reason: String,
+    },
     /// The store could not be opened (wrong password, corruption, permissions...). The
     /// message names the file once (see [`store_message`]).
     #[error("{}", store_message(path, source))]

@@ -34,7 +34,7 @@
 //!
 //! let config = RelayConfig {
 //!     data_dir: "./blazedb-data".into(),
-//!     auth: AuthConfig::Token("s3cret-token".into()),
+//!     auth: AuthConfig::Token("s3cret-token-of-the-relay".into()),
 //!     rules: Some("rules.toml".into()),
 //!     ..RelayConfig::default()
 //! };
@@ -53,6 +53,7 @@
 pub mod access;
 pub mod auth;
 pub mod config;
+mod data_dir;
 pub mod error;
 pub mod gc;
 pub mod guard;

@@ -98,10 +98,8 @@ impl Relay {
             .map(|t| crate::tls::acceptor(t, &[]))
             .transpose()?;
 
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        // Owner-only when created; refused when another user could change what is in it.
+        let dir_warnings = crate::data_dir::prepare(&config.data_dir)?;
         let path = config.data_dir.join(STORE_FILE_NAME);
         let found = StoreFound::look(&path)?;
         let options = OpenOptions {
@@ -167,7 +165,7 @@ impl Relay {
             raise_open_files_limit(),
             config.limits.connections_max,
         ));
-        for w in &warnings {
+        for w in dir_warnings.iter().chain(&warnings) {
             crate::log::line(serde_json::json!({ "event": "config_warning", "message": w }));
         }
         let state = Arc::new(State::new(

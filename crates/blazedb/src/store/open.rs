@@ -398,6 +398,23 @@ pub(crate) fn open(
     })
 }
 
+/// Mode of a database file BlazeDB creates: its user only. SQLite gives the `-wal` and `-shm`
+/// files it makes beside a database the database file's mode, so they are owner-only too.
+pub const NEW_FILE_MODE: u32 = 0o600;
+
+/// Create the empty file `path` with [`NEW_FILE_MODE`] before SQLite opens it (SQLite would
+/// create it as the umask says, 0644 under the usual 022, readable by every user of the
+/// machine). An empty file is a new SQLite database. A file another process created in the
+/// meantime is left as it is. Users who share a database between accounts widen its mode
+/// themselves (`chmod g+rw`); an existing file's mode is never changed.
+fn create_owner_only(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, NEW_FILE_MODE);
+    options.open(path).map(drop)
+}
+
 /// One attempt of [`open`]: `None` when the path led to another file after the first read.
 fn open_once(
     path: &Path,
@@ -450,6 +467,9 @@ fn open_once(
                     ),
                 )));
             }
+            // A failure (a read-only directory, a full disk) is left to SQLite's open just
+            // below to meet and report, as `sql_err` words it for each case.
+            let _ = create_owner_only(path);
         }
         FileKind::Foreign(reason) => {
             return Err(OpenError::NotABlazeDb {
