@@ -203,6 +203,12 @@ impl Authenticator {
                     given, key, validation,
                 )
                 .map_err(|e| jwt_error(e.kind(), validation, given))?;
+                // jsonwebtoken 9 skips its `nbf` check when `nbf` is not a number (text,
+                // true): a token whose issuer wrote "not before" as text would pass at any
+                // time (CVE-2026-25537). Refused here whatever the library version does.
+                if let Some(m) = misshapen_time_claim(&data.claims) {
+                    return Err(AuthError::Jwt(m));
+                }
                 let mut claims = Claims::new();
                 for (k, v) in &data.claims {
                     let v = blazedb::codec::json::from_json(v)
@@ -319,7 +325,19 @@ fn misshapen_claim(token: &str) -> Option<String> {
             shape(v)
         ));
     }
-    ["exp", "nbf"].into_iter().find_map(|c| {
+    misshapen_time_claim(claims)
+}
+
+/// What is wrong with a time claim (`exp`, `nbf`, `iat`) present with a value that is not a
+/// number (null counts as absent); `None` when each is a number or absent.
+fn misshapen_time_claim(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let shape = |v: &serde_json::Value| match v {
+        serde_json::Value::Object(_) => "an object",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::String(_) => "text",
+        _ => "true or false",
+    };
+    ["exp", "nbf", "iat"].into_iter().find_map(|c| {
         let v = claims.get(c).filter(|v| !v.is_number() && !v.is_null())?;
         Some(format!(
             "the token's `{c}` claim is {}, not a number of seconds since 1970, as JWT \
