@@ -72,6 +72,14 @@ pub const QUERY_LIMIT_DEFAULT: usize = 1_000;
 /// Most records one `POST /v1/query` returns, whatever `limit` asks for.
 pub const QUERY_LIMIT_MAX: usize = 10_000;
 
+/// Largest `offset + limit` of one `POST /v1/query`; more is `400`. The store's scan keeps
+/// the `offset + limit` first records it finds (it has to sort them, or find them in order)
+/// and only then drops the first `offset`, so without this bound one request naming an
+/// `offset` of 10^15 decoded and held the caller's whole readable collection to answer `[]`,
+/// while every other query waited for its turn. Paging deeper goes by a filter on the sort
+/// key (`where: "priority < LAST"`), which an index serves.
+pub const QUERY_OFFSET_AND_LIMIT_MAX: usize = 100_000;
+
 /// Largest HTTP request head (request line and headers), in bytes. Room for a 16 KiB JWT
 /// ([`blazedb::limits::TOKEN_BYTES_MAX`]) in the `Authorization` header.
 pub const HTTP_HEAD_BYTES_MAX: usize = 64 * 1024;

@@ -11,7 +11,8 @@
 //! that name, dots and all, or else a path into maps, `a.b`); `limit` defaults to
 //! [`QUERY_LIMIT_DEFAULT`], and one over [`QUERY_LIMIT_MAX`] is `400` (cutting it silently
 //! would end a client's paging early: it stops at the first page shorter than its limit;
-//! page with `offset` instead). The answer is a JSON array of
+//! page with `offset` instead); `offset + limit` over [`QUERY_OFFSET_AND_LIMIT_MAX`] is `400`
+//! too (the scan reads every record before the page). The answer is a JSON array of
 //! records (`Record::to_json`: the fields and `"_id"`), only those the caller's read rule
 //! allows — `limit` counts those (the rule is applied in the store's scan, which stops once it
 //! has `offset + limit` of them). A collection that does not exist, or that the rules close,
@@ -37,7 +38,8 @@ use serde::Deserialize;
 use super::{authenticate, check_origin_and_host, error, log_refusal, ConnectionSlot};
 use crate::auth::params;
 use crate::limits::{
-    QUERY_BODY_BYTES_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_TURN_WAIT_MS,
+    QUERY_BODY_BYTES_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_OFFSET_AND_LIMIT_MAX,
+    QUERY_TURN_WAIT_MS,
 };
 use crate::log_throttle::RequestRefusal;
 use crate::rules::{Rule, Rules};
@@ -204,6 +206,19 @@ async fn answer(
         );
     }
     let offset = req.offset.unwrap_or(0);
+    if offset.saturating_add(limit) > QUERY_OFFSET_AND_LIMIT_MAX {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "offset {offset} with limit {limit} reaches past record \
+                 {QUERY_OFFSET_AND_LIMIT_MAX}, the deepest this relay pages with \
+                 \"offset\" (it reads every record before the page): page further with a \
+                 filter on the sort key instead, e.g. \"order_by\": \"FIELD\" with \
+                 \"where\": \"FIELD > LAST\", LAST being the previous page's last value"
+            ),
+        );
+    }
     let collection = req.collection;
     // A name no collection can have (too long, empty) is a mistake to report, not an empty
     // answer.
