@@ -45,7 +45,7 @@ fn a_client_gone_past_the_peer_retention_stops_holding_gc_and_is_logged_once() {
         &data,
         &[
             "--token",
-            "t",
+            "a-token-for-the-tests",
             "--gc-interval",
             "100ms",
             "--peer-retention",
@@ -53,7 +53,12 @@ fn a_client_gone_past_the_peer_retention_stops_holding_gc_and_is_logged_once() {
         ],
         Some(&log),
     );
-    let sync = |db: &Path| ok(&["sync", &url, "--once", "--token", "t"], db);
+    let sync = |db: &Path| {
+        ok(
+            &["sync", &url, "--once", "--token", "a-token-for-the-tests"],
+            db,
+        )
+    };
     let (gone, desk) = (dir.path().join("gone.db"), dir.path().join("desk.db"));
     let gone_node = {
         put(&gone, "notes", r#"{"text": "hello"}"#);

@@ -19,16 +19,33 @@ fn ok(args: &[&str], db: &Path) -> String {
 fn a_push_only_clients_older_edit_loses_to_a_delete_the_relay_collected_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_relay, url) = start_relay(&data, &["--token", "t", "--gc-interval", "50ms"], None);
+    let (_relay, url) = start_relay(
+        &data,
+        &["--token", "a-token-for-the-tests", "--gc-interval", "50ms"],
+        None,
+    );
     let device = dir.path().join("device.db");
     let desk = dir.path().join("desk.db");
     let push = |db: &Path| {
         ok(
-            &["sync", &url, "--once", "--token", "t", "--mode", "push"],
+            &[
+                "sync",
+                &url,
+                "--once",
+                "--token",
+                "a-token-for-the-tests",
+                "--mode",
+                "push",
+            ],
             db,
         )
     };
-    let both = |db: &Path| ok(&["sync", &url, "--once", "--token", "t"], db);
+    let both = |db: &Path| {
+        ok(
+            &["sync", &url, "--once", "--token", "a-token-for-the-tests"],
+            db,
+        )
+    };
 
     // The device records something and pushes it; the desk gets it.
     let id = put(&device, "notes", r#"{"text": "from the device"}"#);

@@ -20,10 +20,17 @@ fn run(db: &Path, args: &[&str]) -> (Json, String) {
 #[test]
 fn gc_names_a_relay_that_holds_it_back_and_how_to_let_go() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut relay, url) = start_relay(&dir.path().join("data"), &["--token", "t"], None);
+    let (mut relay, url) = start_relay(
+        &dir.path().join("data"),
+        &["--token", "a-token-for-the-tests"],
+        None,
+    );
     let db = dir.path().join("client.db");
     let id = put(&db, "notes", r#"{"n": 1}"#);
-    run(&db, &["sync", &url, "--once", "--token", "t"]);
+    run(
+        &db,
+        &["sync", &url, "--once", "--token", "a-token-for-the-tests"],
+    );
     let (relay_peer, _) = run(&db, &["peers"]);
     let relay_node = relay_peer["node"].as_str().unwrap().to_owned();
     assert_eq!(

@@ -25,7 +25,7 @@ use serde_json::Value as Json;
 
 use net_common::{blazedb, export, put, start_relay_announced};
 
-const TOKEN: &str = "the-right-token";
+const TOKEN: &str = "the-right-token-of-the-relay";
 /// Failed handshakes with a wrong token, at least.
 const BAD_TOKENS_MIN: u64 = 500;
 

@@ -34,7 +34,7 @@ fn serve_listens_answers_and_stops_on_sigterm() {
             "--listen",
             "127.0.0.1:0",
             "--token",
-            "s3cret",
+            "s3cret-relay-token",
             "--max-connections-per-address",
             "2",
             "--data",

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use net_common::{blazedb, export, put, start_relay};
 use serde_json::Value as Json;
 
-const TOKEN: &str = "s3cret";
+const TOKEN: &str = "s3cret-relay-token";
 const RULES: &str = "[bugs]\nread = \"true\"\nwrite = \"priority < 5\"\n";
 
 fn json_lines(text: &str) -> Vec<Json> {

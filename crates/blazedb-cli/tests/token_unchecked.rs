@@ -99,12 +99,17 @@ fn a_relay_with_authentication_raises_no_warning_over_websocket_or_tcp() {
     put(&a, "notes", r#"{"from": "a"}"#);
     let (_relay, v) = start_relay_announced(
         &dir.path().join("data"),
-        &["--token", "t0k", "--tcp-listen", "127.0.0.1:0"],
+        &[
+            "--token",
+            "t0k3n-of-the-relay",
+            "--tcp-listen",
+            "127.0.0.1:0",
+        ],
         None,
     );
     let tcp = format!("tcp://{}", v["tcp"].as_str().unwrap());
     for url in [v["sync"].as_str().unwrap(), &tcp] {
-        let (report, lines) = sync_once(&a, url, &["--token", "t0k"], &[]);
+        let (report, lines) = sync_once(&a, url, &["--token", "t0k3n-of-the-relay"], &[]);
         assert_not_warned(&report, &lines);
     }
 }

@@ -202,7 +202,7 @@ write = "reporter == $auth.sub"
             let auth = Arc::new(Authenticator::from_config(&config).unwrap());
             ConnectionAccess::new(rules.clone(), auth, Some(claims))
         };
-        let token = || AuthConfig::Token("t".into());
+        let token = || AuthConfig::Token("a-token-for-the-tests".into());
         let sub = |v: Value| -> Claims { [("sub".to_owned(), v)].into() };
         assert_eq!(
             access(token(), sub(Value::from("alice")))
@@ -225,7 +225,7 @@ write = "reporter == $auth.sub"
     fn sync_as(relay: &Database, client: &Database, sub: &str) -> Vec<u8> {
         let rules = Arc::new(Rules::parse(RULES, std::path::Path::new("rules.toml")).unwrap());
         let config = RelayConfig {
-            auth: AuthConfig::Token("t".into()),
+            auth: AuthConfig::Token("a-token-for-the-tests".into()),
             ..Default::default()
         };
         let auth = Arc::new(Authenticator::from_config(&config).unwrap());

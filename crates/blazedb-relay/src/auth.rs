@@ -21,7 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{AuthConfig, RelayConfig};
 use crate::error::RelayError;
-use crate::limits::JWT_LEEWAY_S;
+use crate::limits::{AUTH_SECRET_BYTES_MIN, JWT_LEEWAY_S};
 
 /// The verified identity of a connection: a JWT's claims, `{"sub": "token"}` for the static
 /// token, nothing when the relay runs without authentication.
@@ -141,16 +141,28 @@ impl Authenticator {
             AuthConfig::None => Kind::Anonymous,
             AuthConfig::Token(t) if t.expose().is_empty() => {
                 return Err(RelayError::Auth(
-                    "the token is empty (is the variable meant to hold it set?): give a \
-                     non-empty --token, or a long random secret"
+                    "the token is empty (is the variable meant to hold it set?): give a long \
+                     random one, e.g. `openssl rand -hex 32 > token.txt` and --token-file \
+                     token.txt"
                         .into(),
                 ))
             }
+            AuthConfig::Token(t) if t.expose().len() < AUTH_SECRET_BYTES_MIN => {
+                return Err(RelayError::Auth(format!(
+                    "the token is {} bytes long, and a static token must have at least \
+                     {AUTH_SECRET_BYTES_MIN} (nothing slows down a client guessing it): make a \
+                     random one, e.g. `openssl rand -hex 32 > token.txt`, and start the relay \
+                     with --token-file token.txt",
+                    t.expose().len()
+                )))
+            }
             AuthConfig::Token(t) => Kind::Token(t.expose().to_owned()),
-            AuthConfig::JwtSecret(s) if s.expose().len() < 16 => {
-                return Err(RelayError::Auth(
-                    "the JWT secret is shorter than 16 bytes: use a long random secret".into(),
-                ))
+            AuthConfig::JwtSecret(s) if s.expose().len() < AUTH_SECRET_BYTES_MIN => {
+                return Err(RelayError::Auth(format!(
+                    "the JWT secret is shorter than {AUTH_SECRET_BYTES_MIN} bytes: use a long \
+                     random secret, e.g. `openssl rand -hex 32 > jwt-secret.txt` and \
+                     --jwt-secret-file jwt-secret.txt"
+                )))
             }
             AuthConfig::JwtSecret(s) => jwt(
                 DecodingKey::from_secret(s.expose().as_bytes()),
@@ -481,12 +493,15 @@ mod tests {
 
     #[test]
     fn static_token() {
-        let a = authenticator(AuthConfig::Token(Secret::new("s3cret")));
+        let a = authenticator(AuthConfig::Token(Secret::new("s3cret-static-token")));
         assert_eq!(a.verify(None), Err(AuthError::Missing));
         assert_eq!(a.verify(Some("")), Err(AuthError::Missing));
-        assert_eq!(a.verify(Some("s3cres")), Err(AuthError::InvalidToken));
         assert_eq!(
-            a.verify(Some("s3cret")).unwrap()["sub"],
+            a.verify(Some("s3cret-static-tokem")),
+            Err(AuthError::InvalidToken)
+        );
+        assert_eq!(
+            a.verify(Some("s3cret-static-token")).unwrap()["sub"],
             Value::from("token")
         );
     }

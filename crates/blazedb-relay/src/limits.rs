@@ -122,6 +122,11 @@ pub const RULES_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Clock tolerance when checking a JWT's `exp` and `nbf`, in seconds.
 pub const JWT_LEEWAY_S: u64 = 5;
 
+/// Shortest static token and JWT HMAC secret the relay starts with, in bytes. Nothing slows
+/// down a client that guesses tokens (one made ~3,000 guesses a second), so the secret's
+/// length is what keeps it unguessable: 16 random bytes are out of reach; `abc` is not.
+pub const AUTH_SECRET_BYTES_MIN: usize = 16;
+
 /// Most `--origin` entries.
 pub const ORIGINS_MAX: usize = 256;
 

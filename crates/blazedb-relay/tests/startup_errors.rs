@@ -1,6 +1,7 @@
 //! Configuration mistakes stop the relay before it accepts anything, with a message that says
 //! where the problem is: an invalid rule (file, collection, key, column), running without
-//! authentication on a non-loopback address, limits that cannot work (no connection slot, a
+//! authentication on a non-loopback address, a static token or JWT secret shorter than 16
+//! bytes, limits that cannot work (no connection slot, a
 //! ping interval too short, an idle timeout not longer than it), a missing TLS key, a wrong
 //! store password, a `--unix` path that is not a socket.
 
@@ -144,7 +145,7 @@ async fn configuration_errors_are_reported_before_serving() {
 /// relay would then refuse every token as "not issued for this relay"), the TLS certificate
 /// and key swapped, and an address another process listens on.
 #[tokio::test]
-async fn mixed_up_key_files_an_empty_token_and_a_busy_port_say_what_to_do() {
+async fn mixed_up_key_files_an_empty_or_short_token_and_a_busy_port_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let private = fixtures.join("jwt_rsa_private.pem");
@@ -167,6 +168,39 @@ async fn mixed_up_key_files_an_empty_token_and_a_busy_port_say_what_to_do() {
         e.contains("the token is empty (is the variable meant to hold it set?)"),
         "{e}"
     );
+
+    // A short static token is as guessable as a short JWT secret, and nothing slows down a
+    // client that guesses: both need 16 bytes, and the message says how to make them.
+    for short in ["abc", "fifteen-bytes!!"] {
+        let e = error(RelayConfig {
+            auth: AuthConfig::Token(short.into()),
+            ..config(&dir)
+        })
+        .await;
+        assert!(
+            e.contains(&format!("the token is {} bytes long", short.len()))
+                && e.contains("at least 16")
+                && e.contains("openssl rand -hex 32")
+                && e.contains("--token-file"),
+            "{e}"
+        );
+    }
+    let e = error(RelayConfig {
+        auth: AuthConfig::JwtSecret("fifteen-bytes!!".into()),
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains("shorter than 16 bytes") && e.contains("openssl rand -hex 32"),
+        "{e}"
+    );
+    let sixteen = Relay::bind(RelayConfig {
+        auth: AuthConfig::Token("sixteen-bytes!!!".into()),
+        ..config(&dir)
+    })
+    .await;
+    assert!(sixteen.is_ok(), "{:?}", sixteen.err());
+    drop(sixteen);
 
     let e = error(RelayConfig {
         tls: Some(TlsFiles {
@@ -234,7 +268,7 @@ async fn mixed_up_key_files_an_empty_token_and_a_busy_port_say_what_to_do() {
 async fn settings_that_cannot_be_what_was_meant_are_refused_or_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let e = error(RelayConfig {
-        auth: AuthConfig::Token("a-token".into()),
+        auth: AuthConfig::Token("a-token-for-the-tests".into()),
         jwt_audience: Some("my-app".into()),
         ..config(&dir)
     })
@@ -282,7 +316,7 @@ async fn settings_that_cannot_be_what_was_meant_are_refused_or_warned_about() {
     drop(relay);
     let relay = Relay::bind(RelayConfig {
         rules: Some(rules),
-        auth: AuthConfig::Token("a-token".into()),
+        auth: AuthConfig::Token("a-token-for-the-tests".into()),
         ..config(&dir)
     })
     .await

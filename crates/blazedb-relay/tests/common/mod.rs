@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-pub const TOKEN: &str = "t0k3n-for-tests";
+pub const TOKEN: &str = "t0k3n-for-the-tests";
 
 /// A relay serving in the background.
 pub struct TestRelay {
