@@ -90,6 +90,45 @@ pub enum OpenError {
         /// The newest this build reads.
         supported: u32,
     },
+    /// The file is of an older storage format, which this build upgrades in place before
+    /// using it, and another process has it open (a handle of an earlier build that takes
+    /// the format lock: a `blazedb listen` or `sync --watch` service, a relay): upgraded
+    /// under it, that process would go on reading the new format as the old. Nothing was
+    /// changed; the open succeeds once the other process has closed the file.
+    #[error(
+        "{path} is storage format {found}, which this build upgrades to format {supported} \
+         before using it, but another process has it open (e.g. a `blazedb listen` or \
+         `sync --watch` service, or a relay, of an earlier build): stop that process and try \
+         again, then restart it with this build; nothing was changed"
+    )]
+    UpgradeBlocked {
+        /// The file.
+        path: String,
+        /// Its format version.
+        found: u32,
+        /// The format this build upgrades it to.
+        supported: u32,
+    },
+    /// The file is of an older storage format, which this build upgrades in place before
+    /// using it (also to read), and this process may not write it (file permissions, an
+    /// immutable file, a read-only mount). Nothing was changed.
+    #[error(
+        "{path} is storage format {found}, and this build reads it only once it has upgraded \
+         it to format {supported}, which writes to the file, but this process may not write \
+         it ({reason}): open it once with write access (e.g. as its owner, or with the mount \
+         read-write), or copy it somewhere writable and open the copy. {}",
+        advice::one_way(*found)
+    )]
+    UpgradeNeedsWrite {
+        /// The file.
+        path: String,
+        /// Its format version.
+        found: u32,
+        /// The format this build upgrades it to.
+        supported: u32,
+        /// SQLite's error.
+        reason: String,
+    },
     /// The disk that holds the file is full: SQLite could not make the room opening needs,
     /// also to read (it creates the database's `-wal` and `-shm` files beside it and sizes
     /// the `-shm` file). Nothing was changed; the same open succeeds once there is room.
@@ -348,6 +387,23 @@ pub enum Error {
     FileSystemReadOnly {
         /// The path the file was opened by.
         path: String,
+    },
+    /// Another process upgraded the file to a newer storage format while this handle had it
+    /// open: what it stores now may not read as this build expects (it is not damaged). Every
+    /// read and write on the handle fails so; open the file with a build that reads the
+    /// format.
+    #[error(
+        "{path} was upgraded to storage format {found} by a newer BlazeDB while this process \
+         had it open (this build reads up to format {supported}); the file is not damaged: \
+         restart this process with the newer build"
+    )]
+    UpgradedWhileOpen {
+        /// The file.
+        path: String,
+        /// Its format version now.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
     },
     /// A call on a [`Database`](crate::Database) from code that already holds its lock on
     /// the same thread: the application's [`transaction`](crate::Database::transaction)

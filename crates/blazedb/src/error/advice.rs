@@ -77,6 +77,16 @@ pub fn writable_directory(dir: &Path, path: &Path) -> String {
     )
 }
 
+/// What an upgrade of a file from storage format `from` means for going back: builds that
+/// read only up to that format refuse the file afterwards.
+pub fn one_way(from: u32) -> String {
+    format!(
+        "The upgrade is one-way: BlazeDB builds that read only up to format {from} cannot open \
+         the file afterwards (keep a copy of the closed file to go back; see README, \
+         \"Upgrading\")"
+    )
+}
+
 /// An operation that writes a copy of the whole database (`vacuum`, a password change) and
 /// found no room for it: how much it needs.
 pub fn room_for_copy(needed_bytes: u64, dir: &Path, free_bytes: Option<u64>) -> String {

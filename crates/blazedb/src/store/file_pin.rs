@@ -17,6 +17,18 @@
 //! The descriptor also tells whether the file still has a name ([`FilePin::unlinked`]): a
 //! file deleted while open (`rm -rf` of its directory, a backup renamed over it) keeps
 //! taking SQLite's writes, and they vanish when the last descriptor closes.
+//!
+//! And it carries the file's *format lock* (`flock`, not SQLite's POSIX locks): every open
+//! handle holds it shared, and a migration to a newer storage format takes it exclusively,
+//! so that a newer build refuses to upgrade a file while a process of this build has it open
+//! ([`FilePin::try_lock_exclusive`], `open.rs`). It is taken on this descriptor, never on
+//! one opened for the purpose, for the reason above: closing that descriptor would drop this
+//! process's SQLite locks on the file. `flock` locks belong to the open file description,
+//! so every handle of this process on the file shares the one lock, and it is released when
+//! the pin's descriptor closes (after the last handle's connections). They do not interact
+//! with SQLite's `fcntl` locks on Linux and the BSDs (on Linux NFS, `flock` is emulated with
+//! whole-file `fcntl` locks; SQLite's WAL mode does not work over NFS in any case). Unix
+//! only: Windows' file locks are mandatory, and would refuse SQLite's own I/O.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -108,6 +120,53 @@ impl FilePin {
     /// The path the file was pinned through.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Take the format lock shared (or keep it, converting an exclusive one), without
+    /// waiting: `false` when another process holds it exclusively (a migration is running).
+    /// `true` also where the file system has no `flock` (an error other than "would
+    /// block"): there the lock protects nothing, and opening goes on as without it.
+    pub fn try_lock_shared(&self) -> bool {
+        // Named in full: std's `File::try_lock_shared` (Rust 1.89) is newer than this
+        // workspace's minimum Rust version, and a method call would pick it.
+        #[cfg(unix)]
+        {
+            !matches!(
+                <std::fs::File as fs4::FileExt>::try_lock_shared(&self.file),
+                Err(fs4::TryLockError::WouldBlock)
+            )
+        }
+        // Windows' file locks are mandatory: a lock on this handle would refuse SQLite's own
+        // reads and writes of the locked bytes. No format lock there.
+        #[cfg(not(unix))]
+        {
+            true
+        }
+    }
+
+    /// Take the format lock exclusively, without waiting: `false` when another process holds
+    /// it (shared: a handle has the file open; exclusive: it is migrating the file). Handles
+    /// of this process share the lock (one descriptor), so they never stand in the way. `true`
+    /// where the file system has no `flock`, as [`FilePin::try_lock_shared`].
+    pub fn try_lock_exclusive(&self) -> bool {
+        #[cfg(unix)]
+        {
+            !matches!(
+                <std::fs::File as fs4::FileExt>::try_lock(&self.file),
+                Err(fs4::TryLockError::WouldBlock)
+            )
+        }
+        #[cfg(not(unix))]
+        {
+            true
+        }
+    }
+
+    /// Let go of the format lock (after a probe with [`FilePin::try_lock_shared`] by an open
+    /// that holds it for nothing yet).
+    pub fn unlock(&self) {
+        #[cfg(unix)]
+        let _ = <std::fs::File as fs4::FileExt>::unlock(&self.file);
     }
 
     /// Fill `buf` from the start of the file (never through a descriptor that then closes).

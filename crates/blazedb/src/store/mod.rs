@@ -53,6 +53,7 @@ pub use unit::{StagedParts, StagingId, UNIT_STAGING_ABANDONED_MS};
 pub use write::{validate_field_name, validate_value, FieldOp, Patch, Tx};
 
 use self::nodes::{FieldTable, NodeTable};
+pub(crate) use self::schema::FORMAT_VERSION;
 use crate::error::{OpenError, Result, WriteError};
 use crate::hash::FastMap;
 use crate::limits::{CLOCK_SKEW_MS_MAX_DEFAULT, COLLECTIONS_MAX, COLLECTION_NAME_BYTES_MAX};
@@ -183,6 +184,9 @@ pub struct Database {
     /// The feed head after this handle's newest commit (see
     /// [`Database::last_seq_committed_here`]).
     committed_head: Arc<AtomicU64>,
+    /// The storage format the file had before this handle's open upgraded it (see
+    /// [`Database::upgraded_from`]).
+    upgraded_from: Option<u32>,
     /// The file held open for this process while the handle lives (see `file_pin.rs`).
     /// Last, so that it is dropped after the handle's connections have closed.
     pin: Arc<file_pin::FilePin>,
@@ -325,7 +329,10 @@ impl Database {
             file: opened.pin.clone(),
             conn: opened.conn,
         };
-        inner.refresh().map_err(corrupt)?;
+        inner.refresh().map_err(|e| match e {
+            crate::Error::Sqlite(e) => crate::Error::Open(corrupt(e)),
+            e => e,
+        })?;
         Ok(Database {
             path,
             node: opened.node,
@@ -343,6 +350,7 @@ impl Database {
             lock_owner: AtomicU64::new(0),
             committed_head,
             pin: opened.pin,
+            upgraded_from: opened.upgraded_from,
         })
     }
 
@@ -437,6 +445,16 @@ impl Database {
     /// This replica's node id (generated when the file was created).
     pub fn node_id(&self) -> NodeId {
         self.node
+    }
+
+    /// The storage format the file had before this handle's open upgraded it to this
+    /// build's ([`FORMAT_VERSION`](crate::limits::FORMAT_VERSION)), or `None` when the open
+    /// upgraded nothing (the file was at this build's format, or new, or another process
+    /// upgraded it meanwhile). The upgrade is one-way: builds that read only up to the old
+    /// format refuse the file from then on. A program tells its user so once (the CLI on
+    /// stderr, the relay in its log).
+    pub fn upgraded_from(&self) -> Option<u32> {
+        self.upgraded_from
     }
 
     /// The file's path.
@@ -744,7 +762,7 @@ impl Inner {
     ///
     /// Refused at once ([`Error::FileSystemReadOnly`](crate::Error::FileSystemReadOnly)) once
     /// a write found the file system turned read-only: every write would fail there.
-    pub(crate) fn begin_write(&mut self) -> Result<()> {
+    pub(crate) fn begin_write(&mut self) -> crate::Result<()> {
         if self.file.read_only_fs() {
             return Err(self.read_only_fs_error());
         }
@@ -832,16 +850,38 @@ impl Inner {
     /// Reload caches if another connection (another process) committed since we last looked.
     /// Called inside a transaction ([`Database::lock`], [`Inner::begin_write`]), where the
     /// check costs no lock of its own and what it sees is what the transaction reads.
-    pub(crate) fn refresh(&mut self) -> rusqlite::Result<()> {
+    ///
+    /// After another connection's commit, the file's format is read first: a newer build
+    /// that migrated the file meanwhile (one that does not honour the format lock of
+    /// `file_pin.rs`, or that took it before this handle's open) changed what the tables
+    /// hold, and what this build would read there next fails to decode, or to insert, as if
+    /// the file were damaged. Read here, before anything else, it is
+    /// [`Error::UpgradedWhileOpen`](crate::Error::UpgradedWhileOpen) instead, on every
+    /// operation from then on (an upgrade audit, 2026-12-07, F4: a format-10 process told to
+    /// "restore from a peer" an intact file, which would have lost its unsynced writes). One
+    /// lookup by primary key per foreign commit, beside the half-dozen reloads below.
+    pub(crate) fn refresh(&mut self) -> crate::Result<()> {
         if let Some(why) = &self.lost {
             return Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
                 Some(why.clone()),
-            ));
+            )
+            .into());
         }
         let v = self.data_version_now()?;
         if v == self.data_version {
             return Ok(());
+        }
+        let format = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'format_version'")?
+            .query_row([], |r| r.get::<_, u32>(0))?;
+        if format > FORMAT_VERSION {
+            return Err(crate::Error::UpgradedWhileOpen {
+                path: self.file.path().display().to_string(),
+                found: format,
+                supported: FORMAT_VERSION,
+            });
         }
         self.record_cache.clear();
         if self.data_version < 0 {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
@@ -87,8 +88,10 @@ pub(crate) struct Opened {
     pub node: NodeId,
     /// How the connections to an encrypted file are keyed (`None`: a plain file).
     pub key: Option<CipherKey>,
-    /// The file held open for this process (see `file_pin.rs`).
+    /// The file held open for this process (see `file_pin.rs`), its format lock held shared.
     pub pin: Arc<FilePin>,
+    /// The format the file had before this open upgraded it (`None`: no migration ran here).
+    pub upgraded_from: Option<u32>,
 }
 
 fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> OpenError {
@@ -571,13 +574,10 @@ fn open_once(
         .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(64);
 
-    // Another process may be creating or migrating the same file at this moment: each step
-    // takes the write lock first (BEGIN IMMEDIATE waits for it, up to the busy timeout) and
-    // looks again under it, so the second opener finds the work done instead of failing on
-    // `table meta already exists` or a duplicate column.
-    fn immediate(conn: &rusqlite::Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
-        rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
-    }
+    // Another process may be creating the same file at this moment: creating takes the write
+    // lock first (BEGIN IMMEDIATE waits for it, up to the busy timeout) and looks again under
+    // it, so the second opener finds the work done instead of failing on `table meta already
+    // exists` (migrating does the same, in `migrate`).
     if tables == 0 {
         let tx = immediate(&conn).map_err(err)?;
         let tables: i64 = tx
@@ -587,11 +587,16 @@ fn open_once(
             let node = node_for_new_file.unwrap_or_else(NodeId::random);
             schema::create(&tx, &node.0, now_ms).map_err(err)?;
             tx.commit().map_err(err)?;
+            // The format lock, as every handle holds it (below). Nobody migrates a file of
+            // this build's format, so no wait: where a newer build could, the file would not
+            // be new.
+            let _ = pin.try_lock_shared();
             return Ok(Some(Opened {
                 conn,
                 node,
                 key,
                 pin,
+                upgraded_from: None,
             }));
         }
         // Created meanwhile by another process: open it as an existing file.
@@ -605,38 +610,87 @@ fn open_once(
             |r| r.get(0),
         )
     };
-    let format = read_format(&conn).map_err(err)?;
-    if format > schema::FORMAT_VERSION {
-        return Err(OpenError::NewerFormat {
-            path: p,
-            found: format,
-            supported: schema::FORMAT_VERSION,
-        });
-    }
-    if format == 0 {
-        return Err(OpenError::Corrupted {
-            path: p,
-            reason: "format version 0".into(),
-        });
-    }
-    for (i, step) in schema::MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(format as usize - 1)
-    {
-        let tx = immediate(&conn).map_err(err)?;
-        if read_format(&tx).map_err(err)? > i as u32 + 1 {
-            // Another process ran this step meanwhile.
-            tx.commit().map_err(err)?;
-            continue;
+    // The format lock (`file_pin.rs`): held shared by every handle while it lives, taken
+    // exclusively by a migration. Without it, a process of this build that had the file open
+    // while a newer build migrated it went on reading the new format as this one, and called
+    // the intact file corrupt with advice to restore it from a peer, which throws away its
+    // unsynced writes (an upgrade audit, 2026-12-07, F4). Every open ends holding it shared,
+    // and reads the format again once it holds it: no migration can run after that read.
+    let lock_deadline =
+        Instant::now() + Duration::from_millis(crate::limits::OPEN_FORMAT_LOCK_WAIT_MS);
+    let mut others_open_since: Option<Instant> = None;
+    let mut upgraded_from = None;
+    loop {
+        let format = read_format(&conn).map_err(err)?;
+        if format > schema::FORMAT_VERSION {
+            return Err(OpenError::NewerFormat {
+                path: p,
+                found: format,
+                supported: schema::FORMAT_VERSION,
+            });
         }
-        tx.execute_batch(step).map_err(err)?;
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
-            [i as u32 + 2],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
+        if format == 0 {
+            return Err(OpenError::Corrupted {
+                path: p,
+                reason: "format version 0".into(),
+            });
+        }
+        if format == schema::FORMAT_VERSION {
+            if pin.try_lock_shared() {
+                if read_format(&conn).map_err(err)? == format {
+                    break;
+                }
+                // Migrated between the two reads: the next round says by whom.
+                continue;
+            }
+            // Another process is migrating it (a newer build): wait for it, below.
+        } else if pin.try_lock_exclusive() {
+            // No other process has the file open (handles of this process share the lock:
+            // they are not in the way, and cannot be using an older format, having opened
+            // the file with this build). Processes of this build racing to migrate it wait
+            // here, or for SQLite's write lock, one step at a time.
+            let ran = migrate(&conn, format).map_err(|e| {
+                // Back to no lock (other handles of this process have none to lose: this
+                // file was not at their format).
+                pin.unlock();
+                match e.sqlite_error_code() {
+                    Some(ErrorCode::ReadOnly) => OpenError::UpgradeNeedsWrite {
+                        path: p.clone(),
+                        found: format,
+                        supported: schema::FORMAT_VERSION,
+                        reason: crate::error::sqlite_brief(&e),
+                    },
+                    _ => err(e),
+                }
+            })?;
+            if ran {
+                upgraded_from.get_or_insert(format);
+            }
+            // Shared again (converting the lock: not atomically, so a newer build may take it
+            // meanwhile; the next round reads the format again under the shared lock).
+            continue;
+        } else if pin.try_lock_shared() {
+            // Only shared holders: handles that have the file open, or another opener looking
+            // as this one does, for a moment. Those that stay are handles: refused.
+            pin.unlock();
+            if read_format(&conn).map_err(err)? == format {
+                let since = *others_open_since.get_or_insert_with(Instant::now);
+                let patience =
+                    Duration::from_millis(crate::limits::OPEN_UPGRADE_WAIT_FOR_HANDLES_MS);
+                if since.elapsed() >= patience {
+                    return Err(OpenError::UpgradeBlocked {
+                        path: p,
+                        found: format,
+                        supported: schema::FORMAT_VERSION,
+                    });
+                }
+            }
+        }
+        // Held exclusively: another process is migrating the file.
+        if Instant::now() >= lock_deadline {
+            return Err(OpenError::Busy { path: p });
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
     let node: Vec<u8> = conn
         .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
@@ -652,7 +706,47 @@ fn open_once(
         node: NodeId(node),
         key,
         pin,
+        upgraded_from,
     }))
+}
+
+/// Run the migrations from `format` to [`schema::FORMAT_VERSION`], one transaction per step;
+/// `true` when this connection ran one. Another process may be migrating the same file
+/// at this moment: each step takes the write lock first (BEGIN IMMEDIATE waits for it, up to
+/// the busy timeout) and looks again under it, so the second finds the work done instead of
+/// failing on a duplicate column.
+fn migrate(conn: &Connection, format: u32) -> rusqlite::Result<bool> {
+    let mut ran = false;
+    for (i, step) in schema::MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(format as usize - 1)
+    {
+        let tx = immediate(conn)?;
+        let now: u32 = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'format_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        if now > i as u32 + 1 {
+            // Another process ran this step meanwhile.
+            tx.commit()?;
+            continue;
+        }
+        tx.execute_batch(step)?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
+            [i as u32 + 2],
+        )?;
+        tx.commit()?;
+        ran = true;
+    }
+    Ok(ran)
+}
+
+/// A write transaction that holds SQLite's write lock from its start (BEGIN IMMEDIATE).
+fn immediate(conn: &Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
 }
 
 #[cfg(test)]
