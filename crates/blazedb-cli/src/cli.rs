@@ -21,7 +21,7 @@ use crate::commands::{conflicts, debug, listen, maintenance, query, record, sync
 /// object with a "$" key is refused as a misspelt typed form, and so is an object that names
 /// a key twice.
 #[derive(Debug, Parser)]
-#[command(name = "blazedb", version, arg_required_else_help = true)]
+#[command(name = "blazedb", version = version_line(), arg_required_else_help = true)]
 pub struct Cli {
     /// Flags every command takes.
     #[command(flatten)]
@@ -29,6 +29,21 @@ pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// What `blazedb --version` prints after the name: the release, and the storage format and
+/// sync protocol it speaks, which tell builds apart where the release number does not (an
+/// upgrade audit, 2026-12-07, F6): `0.1.0 (storage format 11, protocol 4)`.
+pub fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (storage format {}, protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            blazedb::limits::FORMAT_VERSION,
+            blazedb::limits::PROTOCOL_VERSION
+        )
+    })
 }
 
 /// Flags every command takes.

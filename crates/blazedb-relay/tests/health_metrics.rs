@@ -1,4 +1,4 @@
-//! `GET /health` reports status, version, uptime, connected clients and store size;
+//! `GET /health` reports status, version (with the storage format and protocol), uptime, connected clients and store size;
 //! `GET /metrics` is OpenMetrics text whose counters follow the traffic (frames, bytes, cells
 //! applied and forwarded, sessions by transport and close reason) and whose per-peer lag is
 //! exported for at most `PEER_LAG_TOP_N` peers however many lag.
@@ -24,6 +24,8 @@ async fn health_and_metrics_follow_the_traffic() {
     let j = h.json();
     assert_eq!(j["status"], "ok");
     assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(j["storage_format"], blazedb::limits::FORMAT_VERSION);
+    assert_eq!(j["protocol"], blazedb::limits::PROTOCOL_VERSION);
     assert!(j["uptime_s"].is_u64());
     assert_eq!(j["connected_clients"], 0);
     assert!(j["store_bytes"].as_u64().unwrap() > 0);

@@ -18,7 +18,10 @@ use crate::metrics::gauge_value;
 use crate::state::State;
 use crate::store_watch::StoreStatus;
 
-/// `{"status", "reason", "version", "uptime_s", "connected_clients", "store_bytes", ...}`.
+/// `{"status", "reason", "version", "storage_format", "protocol", "uptime_s",
+/// "connected_clients", "store_bytes", ...}`: `storage_format` is the newest file format this
+/// build reads (it upgrades older files), `protocol` the sync protocol version it speaks
+/// (peers must speak the same: README, "Upgrading").
 ///
 /// `status` is `ok`; `degraded` when the store's disk is full (reads are served, writes
 /// refused: still 200, a load balancer keeps sending readers); or `failing`, `503`, when the
@@ -35,6 +38,8 @@ pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response 
         "status": store.name(),
         "reason": store.reason(state.store_watch.path()),
         "version": env!("CARGO_PKG_VERSION"),
+        "storage_format": blazedb::limits::FORMAT_VERSION,
+        "protocol": blazedb::limits::PROTOCOL_VERSION,
         "uptime_s": state.started.elapsed().as_secs(),
         "connected_clients": state.session_count(),
         "store_bytes": state.store_bytes(),
