@@ -40,8 +40,28 @@ impl Context {
             create: access == Access::CreateIfMissing,
             ..OpenOptions::default()
         };
-        Ok(Database::open(path, options)?)
+        let db = Database::open(path, options)?;
+        tell_if_upgraded(&db);
+        Ok(db)
     }
+}
+
+/// Say on stderr, once, that opening `db` upgraded its file to this build's storage format:
+/// the upgrade is silent otherwise and cannot be undone (an upgrade audit, 2026-12-07, F2).
+pub fn tell_if_upgraded(db: &Database) {
+    if let Some(from) = db.upgraded_from() {
+        eprintln!("{}", upgrade_notice(db.path(), from));
+    }
+}
+
+/// The notice [`tell_if_upgraded`] prints.
+pub fn upgrade_notice(path: &Path, from: u32) -> String {
+    format!(
+        "note: upgraded {} from storage format {from} to {}; BlazeDB builds that read only up \
+         to format {from} can no longer open it (see README, \"Upgrading\")",
+        path.display(),
+        blazedb::limits::FORMAT_VERSION
+    )
 }
 
 /// Refuse a 0-byte file where a database must already exist. SQLite takes an empty file for

@@ -118,6 +118,23 @@ impl Relay {
         if let Some(event) = found.created_event(&path, db.node_id()) {
             crate::log::line(event);
         }
+        if let Some(from) = db.upgraded_from() {
+            // Silent otherwise, and one-way: an older relay refuses the store from now on.
+            eprintln!(
+                "{}",
+                serde_json::json!({
+                    "event": "store_upgraded",
+                    "path": path.display().to_string(),
+                    "from_format": from,
+                    "to_format": blazedb::limits::FORMAT_VERSION,
+                    "note": format!(
+                        "relay builds that read only up to storage format {from} can no \
+                         longer open this store; to go back, restore the copy taken before \
+                         the upgrade (README, \"Upgrading\")"
+                    ),
+                })
+            );
+        }
         db.set_server_role(true);
         // `/v1/query` reads through a handle of its own: a query scans with its handle
         // locked (a filter no index serves reads the whole collection), and on the sessions'

@@ -410,6 +410,7 @@ async fn run_network(
     let db = tokio::task::spawn_blocking(move || Database::open(&path, options))
         .await
         .context("opening the database")??;
+    crate::database::tell_if_upgraded(&db);
     let db = Arc::new(db);
     let opts = ClientOptions {
         connect: ConnectOptions {
