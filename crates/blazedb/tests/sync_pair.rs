@@ -1410,8 +1410,9 @@ fn a_peer_that_never_says_hello_is_named_as_probably_not_blazedb() {
 }
 
 /// A peer of another protocol version is refused at its HELLO with UNSUPPORTED_VERSION,
-/// naming both versions and what to do, before anything else of it is read; the ERROR frame
-/// it gets says the same, and our side's report says we detected it.
+/// naming both versions, which side is older and what to upgrade, before anything else of it
+/// is read; the ERROR frame it gets says the same from its side, and our side's report says
+/// we detected it.
 #[test]
 fn a_peer_of_another_protocol_version_is_told_both_versions() {
     use blazedb::limits::PROTOCOL_VERSION;
@@ -1437,10 +1438,12 @@ fn a_peer_of_another_protocol_version_is_told_both_versions() {
     assert_eq!(ended.code, ErrorCode::UnsupportedVersion);
     assert!(!ended.remote);
     let expected = format!(
-        "peer speaks protocol {}, this node {PROTOCOL_VERSION}: upgrade the older one",
+        "the peer speaks sync protocol {}, this build {PROTOCOL_VERSION}: the peer is older, \
+         upgrade the peer's BlazeDB",
         PROTOCOL_VERSION - 1
     );
     assert!(ended.message.contains(&expected), "{ended}");
+    assert!(ended.message.contains("README, \"Upgrading\""), "{ended}");
     assert!(ended
         .to_string()
         .starts_with("sync session ended (UNSUPPORTED_VERSION): "));
@@ -1458,7 +1461,13 @@ fn a_peer_of_another_protocol_version_is_told_both_versions() {
     match said {
         Some(Message::Error { code, message }) => {
             assert_eq!(code, ErrorCode::UnsupportedVersion);
-            assert!(message.contains(&expected), "{message}");
+            let told = format!(
+                "this peer speaks sync protocol {PROTOCOL_VERSION}, yours {}: yours is older, \
+                 upgrade your BlazeDB",
+                PROTOCOL_VERSION - 1
+            );
+            assert!(message.contains(&told), "{message}");
+            assert!(message.contains("README, \"Upgrading\""), "{message}");
         }
         other => panic!("expected an ERROR frame, got {other:?}"),
     }

@@ -456,6 +456,17 @@ async fn run_network(
                     }
                 }
             }
+            // The session's words say "the peer": name it (an upgrade audit, 2026-12-07, F7).
+            let version_mismatch = matches!(
+                &e,
+                blazedb_net::reconnect::ClientError::Session(blazedb_net::NetError::Sync {
+                    error,
+                    ..
+                }) if error.code == blazedb::sync::ErrorCode::UnsupportedVersion
+            );
+            if version_mismatch {
+                return Err(anyhow::Error::from(e).context(format!("the peer at {endpoint}")));
+            }
             return Err(e.into());
         }
     };

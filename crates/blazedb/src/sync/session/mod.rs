@@ -769,11 +769,7 @@ impl Session {
                     if let Some(v) = frame.payload.get(..2) {
                         let v = u16::from_le_bytes([v[0], v[1]]);
                         if v != PROTOCOL_VERSION {
-                            return Err(self.fail(
-                                ErrorCode::UnsupportedVersion,
-                                format!("peer speaks protocol {v}, this node {PROTOCOL_VERSION}: upgrade the older one"),
-                                now_ms,
-                            ));
+                            return Err(self.fail_version(v, now_ms));
                         }
                     }
                 }
@@ -1003,14 +999,7 @@ impl Session {
             h.server = false;
         }
         if h.version != PROTOCOL_VERSION {
-            return Err(self.fail(
-                ErrorCode::UnsupportedVersion,
-                format!(
-                    "peer speaks protocol {}, this node {PROTOCOL_VERSION}: upgrade the older one",
-                    h.version
-                ),
-                now_ms,
-            ));
+            return Err(self.fail_version(h.version, now_ms));
         }
         if h.node == self.node {
             return Err(self.fail(
@@ -1457,6 +1446,16 @@ impl Session {
         self.fail_telling(code, message.clone(), message, now_ms)
     }
 
+    /// End the session on a HELLO of another protocol version (`UNSUPPORTED_VERSION`),
+    /// telling each side which of the two is older and what to upgrade, in its own terms:
+    /// "the peer speaks protocol 3, this build 4" read the same on both sides, and left the
+    /// user to work out which one that was (an upgrade audit, 2026-12-07, F7). Versions must
+    /// match exactly (PROTOCOL.md §8.2), so a relay and all its peers move together.
+    fn fail_version(&mut self, peer: u16, now_ms: u64) -> SyncError {
+        let (here, to_peer) = version_mismatch(peer, PROTOCOL_VERSION);
+        self.fail_telling(ErrorCode::UnsupportedVersion, here, to_peer, now_ms)
+    }
+
     /// [`Session::fail`] with one message for this side (`here`, in the returned error and
     /// the `Closed` event) and another for the peer's ERROR (`to_peer`): where what this
     /// side's user reads names its own files, or reads differently from the other side.
@@ -1695,10 +1694,62 @@ pub(super) fn apply_grace_ms(cells: u64) -> u64 {
     (cells / SNAPSHOT_APPLY_CELLS_PER_MS_MIN).min(SNAPSHOT_APPLY_GRACE_MS_MAX)
 }
 
+/// What each side reads when the peer speaks protocol `peer` and this build `ours`: this
+/// side's message, and the one sent to the peer (who reads "this peer" as the sender).
+fn version_mismatch(peer: u16, ours: u16) -> (String, String) {
+    const SAME: &str = "a relay (or listener) and every peer that syncs with it must speak \
+                        the same protocol: upgrade them together (README, \"Upgrading\")";
+    if peer < ours {
+        (
+            format!(
+                "the peer speaks sync protocol {peer}, this build {ours}: the peer is older, \
+                 upgrade the peer's BlazeDB; {SAME}"
+            ),
+            format!(
+                "this peer speaks sync protocol {ours}, yours {peer}: yours is older, upgrade \
+                 your BlazeDB; {SAME}"
+            ),
+        )
+    } else {
+        (
+            format!(
+                "the peer speaks sync protocol {peer}, this build {ours}: this build is older, \
+                 upgrade this BlazeDB; {SAME}"
+            ),
+            format!(
+                "this peer speaks sync protocol {ours}, yours {peer}: this peer is older, its \
+                 operator must upgrade it; {SAME}"
+            ),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::OpenOptions;
+
+    /// Each side reads which of the two is older and what to upgrade, whichever it is.
+    #[test]
+    fn a_version_mismatch_says_which_side_is_older_to_each_side() {
+        let (here, to_peer) = version_mismatch(3, 4);
+        assert!(here.starts_with("the peer speaks sync protocol 3, this build 4: the peer is older, upgrade the peer's BlazeDB; "), "{here}");
+        assert!(
+            to_peer.starts_with(
+                "this peer speaks sync protocol 4, yours 3: yours is older, upgrade your BlazeDB; "
+            ),
+            "{to_peer}"
+        );
+        let (here, to_peer) = version_mismatch(5, 4);
+        assert!(here.starts_with("the peer speaks sync protocol 5, this build 4: this build is older, upgrade this BlazeDB; "), "{here}");
+        assert!(to_peer.starts_with("this peer speaks sync protocol 4, yours 5: this peer is older, its operator must upgrade it; "), "{to_peer}");
+        for m in [here, to_peer] {
+            assert!(
+                m.ends_with("upgrade them together (README, \"Upgrading\")"),
+                "{m}"
+            );
+        }
+    }
 
     /// Pump `sa` and `sb` against each other until both are closed or nothing moves, and
     /// return how each ended (`None`: it did not).
