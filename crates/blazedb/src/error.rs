@@ -80,7 +80,9 @@ pub enum OpenError {
     },
     /// The file was written by a newer BlazeDB.
     #[error(
-        "{path} has format version {found}, this build reads up to {supported}: upgrade BlazeDB"
+        "{path} has format version {found}, this build reads up to {supported}: upgrade BlazeDB \
+         (to go back to this build instead, put back the copy of the file taken before it was \
+         upgraded: README, \"Upgrading\")"
     )]
     NewerFormat {
         /// The file.
@@ -651,6 +653,25 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("blazedb ") && !m.contains('`'), "{m}");
+    }
+
+    /// A file of a newer format says how to go back as well as forward.
+    #[test]
+    fn a_newer_format_names_the_copy_to_go_back_to() {
+        let m = OpenError::NewerFormat {
+            path: "a.db".into(),
+            found: 12,
+            supported: 11,
+        }
+        .to_string();
+        assert!(
+            m.starts_with("a.db has format version 12, this build reads up to 11: upgrade BlazeDB"),
+            "{m}"
+        );
+        assert!(
+            m.contains("put back the copy of the file taken before it was upgraded"),
+            "{m}"
+        );
     }
 
     fn sqlite(code: std::ffi::c_int) -> Error {
