@@ -50,7 +50,7 @@ impl Context {
 /// the upgrade is silent otherwise and cannot be undone (an upgrade audit, 2026-12-07, F2).
 pub fn tell_if_upgraded(db: &Database) {
     if let Some(from) = db.upgraded_from() {
-        eprintln!("{}", upgrade_notice(db.path(), from));
+        crate::report::stderr_line(upgrade_notice(db.path(), from));
     }
 }
 

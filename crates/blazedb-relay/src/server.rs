@@ -120,9 +120,7 @@ impl Relay {
         }
         if let Some(from) = db.upgraded_from() {
             // Silent otherwise, and one-way: an older relay refuses the store from now on.
-            eprintln!(
-                "{}",
-                serde_json::json!({
+            crate::log::line(serde_json::json!({
                     "event": "store_upgraded",
                     "path": path.display().to_string(),
                     "from_format": from,
@@ -132,8 +130,7 @@ impl Relay {
                          longer open this store; to go back, restore the copy taken before \
                          the upgrade (README, \"Upgrading\")"
                     ),
-                })
-            );
+            }));
         }
         db.set_server_role(true);
         // `/v1/query` reads through a handle of its own: a query scans with its handle

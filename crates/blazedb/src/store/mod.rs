@@ -772,7 +772,7 @@ impl Inner {
         self.record_cache.discard_staged();
         if let Err(e) = self.refresh() {
             self.rollback();
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
