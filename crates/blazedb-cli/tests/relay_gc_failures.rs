@@ -13,21 +13,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::SmallDisk;
-use net_common::{blazedb, put, start_relay, Daemon};
-use serde_json::Value as Json;
+use net_common::{blazedb, log_events as events, put, start_relay, Daemon};
 
 /// GC every 100 ms: ten runs a second.
 const GC_EVERY: &str = "100ms";
-
-/// The relay's log lines of `event`.
-fn events(log: &Path, event: &str) -> Vec<Json> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-        .filter(|v| v["event"] == event)
-        .collect()
-}
 
 /// Wait (at most 20 s) until the log has a line of `event`.
 fn wait_for(log: &Path, event: &str) {

@@ -6,13 +6,10 @@
 
 mod net_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Command;
-use std::sync::mpsc;
-use std::time::Duration;
 
-use net_common::{Daemon, BIN};
+use net_common::{announcement, log_events, Daemon, BIN};
 use serde_json::Value as Json;
 
 /// Start `blazedb serve ARGS..`, under `ulimit -Hn HARD -Sn SOFT` (bash) when given, logging
@@ -31,17 +28,7 @@ fn serve_limited(limits: Option<(u64, u64)>, args: &[&str], log: &Path) -> (Daem
         .env_remove("BLAZEDB_PASSWORD")
         .env_remove("BLAZEDB_TOKEN");
     let mut d = Daemon::spawn("relay", cmd, Some(log));
-    let stdout = d.child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("the relay never announced itself: {}", read(log)));
-    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let v = announcement(&mut d);
     (d, v)
 }
 
@@ -51,10 +38,8 @@ fn read(p: &Path) -> String {
 
 /// The `config_warning` messages in the log.
 fn warnings(log: &Path) -> Vec<String> {
-    read(log)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-        .filter(|v| v["event"] == "config_warning")
+    log_events(log, "config_warning")
+        .iter()
         .map(|v| v["message"].as_str().unwrap_or_default().to_owned())
         .collect()
 }

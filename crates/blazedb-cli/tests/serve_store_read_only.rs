@@ -10,13 +10,13 @@
 
 mod net_common;
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use net_common::{blazedb, export, put, start_relay};
+use net_common::{
+    export, log_events as events, put, relay_get as get, start_relay, sync_once_status as sync_once,
+};
 use serde_json::Value as Json;
 
 /// An ext4 file system in an image file on a loop device, mounted on a temporary directory.
@@ -131,50 +131,6 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `GET path` on the relay whose sync URL is `sync_url`: the status and the body.
-fn get(sync_url: &str, path: &str) -> (u16, String) {
-    let addr = sync_url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/v1/sync");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
-}
-
-/// `blazedb sync DB URL --once ARGS..`: exit code and stderr.
-fn sync_once(db: &Path, url: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = blazedb()
-        .arg("sync")
-        .arg(db)
-        .args([url, "--once"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The relay's log lines of `event`.
-fn events(log: &Path, event: &str) -> Vec<Json> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
-        .filter(|v| v["event"] == event)
-        .collect()
 }
 
 #[test]

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -161,7 +162,7 @@ pub fn start_relay_announced(data: &Path, args: &[&str], log: Option<&Path>) -> 
 }
 
 /// The JSON line a listener or relay prints first, saying where it listens.
-fn announcement(d: &mut Daemon) -> Json {
+pub fn announcement(d: &mut Daemon) -> Json {
     let stdout = d.child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -204,5 +205,50 @@ pub fn export(db: &Path, collection: &str) -> BTreeMap<String, Json> {
             let v: Json = serde_json::from_str(l).unwrap();
             (v["_id"].as_str().unwrap().to_owned(), v)
         })
+        .collect()
+}
+
+/// `GET path` on the relay whose sync URL is `sync_url` (`ws://ADDR/v1/sync`): the status
+/// and the body.
+pub fn relay_get(sync_url: &str, path: &str) -> (u16, String) {
+    let addr = sync_url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/v1/sync");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// `blazedb sync DB URL --once ARGS..`: exit code and stderr.
+pub fn sync_once_status(db: &Path, url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = blazedb()
+        .arg("sync")
+        .arg(db)
+        .args([url, "--once"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The JSON lines of `event` in a relay's or listener's log (its stderr).
+pub fn log_events(log: &Path, event: &str) -> Vec<Json> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter(|v| v["event"] == event)
         .collect()
 }
