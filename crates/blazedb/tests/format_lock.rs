@@ -109,7 +109,12 @@ fn an_old_file_another_process_has_open_is_not_upgraded() {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let started = std::time::Instant::now();
     while another_process_may_migrate(&path) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "flock -s never took the lock"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let refused = Database::open(&path, OpenOptions::default()).unwrap_err();
