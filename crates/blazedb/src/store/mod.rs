@@ -872,10 +872,7 @@ impl Inner {
         if v == self.data_version {
             return Ok(());
         }
-        let format = self
-            .conn
-            .prepare_cached("SELECT value FROM meta WHERE key = 'format_version'")?
-            .query_row([], |r| r.get::<_, u32>(0))?;
+        let format = schema::read_format(&self.conn)?;
         if format > FORMAT_VERSION {
             return Err(crate::Error::UpgradedWhileOpen {
                 path: self.file.path().display().to_string(),

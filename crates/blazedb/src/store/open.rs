@@ -603,13 +603,6 @@ fn open_once(
         tx.commit().map_err(err)?;
     }
 
-    let read_format = |conn: &rusqlite::Connection| -> rusqlite::Result<u32> {
-        conn.query_row(
-            "SELECT value FROM meta WHERE key = 'format_version'",
-            [],
-            |r| r.get(0),
-        )
-    };
     // The format lock (`file_pin.rs`): held shared by every handle while it lives, taken
     // exclusively by a migration. Without it, a process of this build that had the file open
     // while a newer build migrated it went on reading the new format as this one, and called
@@ -621,7 +614,7 @@ fn open_once(
     let mut others_open_since: Option<Instant> = None;
     let mut upgraded_from = None;
     loop {
-        let format = read_format(&conn).map_err(err)?;
+        let format = schema::read_format(&conn).map_err(err)?;
         if format > schema::FORMAT_VERSION {
             return Err(OpenError::NewerFormat {
                 path: p,
@@ -637,7 +630,7 @@ fn open_once(
         }
         if format == schema::FORMAT_VERSION {
             if pin.try_lock_shared() {
-                if read_format(&conn).map_err(err)? == format {
+                if schema::read_format(&conn).map_err(err)? == format {
                     break;
                 }
                 // Migrated between the two reads: the next round says by whom.
@@ -673,7 +666,7 @@ fn open_once(
             // Only shared holders: handles that have the file open, or another opener looking
             // as this one does, for a moment. Those that stay are handles: refused.
             pin.unlock();
-            if read_format(&conn).map_err(err)? == format {
+            if schema::read_format(&conn).map_err(err)? == format {
                 let since = *others_open_since.get_or_insert_with(Instant::now);
                 let patience =
                     Duration::from_millis(crate::limits::OPEN_UPGRADE_WAIT_FOR_HANDLES_MS);
@@ -723,11 +716,7 @@ fn migrate(conn: &Connection, format: u32) -> rusqlite::Result<bool> {
         .skip(format as usize - 1)
     {
         let tx = immediate(conn)?;
-        let now: u32 = tx.query_row(
-            "SELECT value FROM meta WHERE key = 'format_version'",
-            [],
-            |r| r.get(0),
-        )?;
+        let now = schema::read_format(&tx)?;
         if now > i as u32 + 1 {
             // Another process ran this step meanwhile.
             tx.commit()?;

@@ -27,6 +27,12 @@ pub const MAGIC: &str = "blazedb";
 /// The format this build writes. Bump it and add a step to [`MIGRATIONS`] to change the schema.
 pub const FORMAT_VERSION: u32 = 11;
 
+/// The format version a file says it has (its `meta` row), on `conn` as it reads now.
+pub(crate) fn read_format(conn: &rusqlite::Connection) -> rusqlite::Result<u32> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'format_version'")?
+        .query_row([], |r| r.get(0))
+}
+
 /// `MIGRATIONS[i]` upgrades a file from format `i + 1` to `i + 2`. Each runs in the same
 /// transaction as the version bump, so a crash mid-migration leaves the old format intact.
 pub const MIGRATIONS: &[&str] = &[
