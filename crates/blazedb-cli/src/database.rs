@@ -50,15 +50,23 @@ impl Context {
 /// the upgrade is silent otherwise and cannot be undone (an upgrade audit, 2026-12-07, F2).
 pub fn tell_if_upgraded(db: &Database) {
     if let Some(from) = db.upgraded_from() {
-        crate::report::stderr_line(upgrade_notice(db.path(), from));
+        crate::report::stderr_line(upgrade_notice(db.path(), from, db.upgrade_backup()));
     }
 }
 
 /// The notice [`tell_if_upgraded`] prints.
-pub fn upgrade_notice(path: &Path, from: u32) -> String {
+pub fn upgrade_notice(path: &Path, from: u32, backup: Option<&Path>) -> String {
+    let way_back = match backup {
+        Some(b) => format!(
+            "; the file as it was is kept at {}, the way back to them (delete it once you \
+             will not go back)",
+            b.display()
+        ),
+        None => String::new(),
+    };
     format!(
         "note: upgraded {} from storage format {from} to {}; BlazeDB builds that read only up \
-         to format {from} can no longer open it (see README, \"Upgrading\")",
+         to format {from} can no longer open it{way_back} (see README, \"Upgrading\")",
         path.display(),
         blazedb::limits::FORMAT_VERSION
     )

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use blazedb::limits::FORMAT_VERSION;
-use common::{run_blazedb, TestDb};
+use common::{run_blazedb, SmallDisk, TestDb};
 
 /// Back to format 10, as a build of that format left it (its migration to 11 only added
 /// `history.old_seen`). No handle of this process is open on the file.
@@ -43,9 +43,18 @@ fn format_of(path: &Path) -> u32 {
 fn notice(path: &Path) -> String {
     format!(
         "note: upgraded {} from storage format 10 to 11; BlazeDB builds that read only up to \
-         format 10 can no longer open it",
-        path.display()
+         format 10 can no longer open it; the file as it was is kept at {}, the way back to \
+         them (delete it once you will not go back)",
+        path.display(),
+        backup_of(path).display()
     )
+}
+
+/// Where the upgrade keeps the file as it was.
+fn backup_of(path: &Path) -> std::path::PathBuf {
+    let mut b = path.as_os_str().to_owned();
+    b.push(".format-10.backup");
+    b.into()
 }
 
 #[test]
@@ -58,8 +67,110 @@ fn the_command_that_upgrades_a_file_says_so_once() {
     assert!(run.stderr.starts_with(&notice(&db.path)), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert_eq!(format_of(&db.path), FORMAT_VERSION);
+    assert_eq!(format_of(&backup_of(&db.path)), 10, "the copy kept");
     let again = db.run("get", &["c", &id]).success();
     assert_eq!(again.stderr, "", "said once");
+}
+
+#[test]
+fn syncing_two_files_says_which_it_upgraded() {
+    let db = TestDb::new();
+    db.put("c", r#"{"n": 1}"#);
+    let other = db.file("other.db");
+    run_blazedb(
+        None,
+        &[
+            "sync".as_ref(),
+            db.path.as_os_str(),
+            other.as_os_str(),
+            "--once".as_ref(),
+        ],
+    )
+    .success();
+    downgrade_to_format_10(&other);
+    let run = run_blazedb(
+        None,
+        &[
+            "sync".as_ref(),
+            db.path.as_os_str(),
+            other.as_os_str(),
+            "--once".as_ref(),
+        ],
+    )
+    .success();
+    assert!(run.stderr.starts_with(&notice(&other)), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert_eq!(format_of(&other), FORMAT_VERSION);
+}
+
+#[test]
+fn an_old_file_without_room_for_its_copy_is_not_upgraded_and_says_how_much_room_it_needs() {
+    let Some(disk) = SmallDisk::mount(8 << 20) else {
+        return;
+    };
+    // A file of about 1 MB, made off the small disk and copied onto it.
+    let made = tempfile::tempdir().unwrap();
+    let source = made.path().join("big.db");
+    let id = {
+        let db = blazedb::Database::open(&source, blazedb::OpenOptions::default()).unwrap();
+        let text = "x".repeat(500);
+        let mut first = None;
+        for i in 0..2000i64 {
+            let id = db
+                .insert(
+                    "c",
+                    [("n", blazedb::Value::Int(i)), ("t", text.as_str().into())],
+                )
+                .unwrap();
+            first.get_or_insert(id);
+        }
+        first.unwrap().to_string()
+    };
+    downgrade_to_format_10(&source);
+    let path = disk.path("big.db");
+    std::fs::copy(&source, &path).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size > 800_000, "{size}");
+    // Room to open it (its -wal and -shm), not for a copy of it.
+    disk.fill_leaving(size / 2);
+
+    let refused = run_blazedb(
+        None,
+        &["get".as_ref(), path.as_os_str(), "c".as_ref(), id.as_ref()],
+    );
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    let m = &refused.stderr;
+    assert!(
+        m.contains(&format!(
+            "{} is storage format 10, which this build upgrades to format 11 after keeping a \
+             copy of the file as it is at {}",
+            path.display(),
+            backup_of(&path).display()
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("(the file's size) on the disk that holds"),
+        "{m}"
+    );
+    assert!(m.contains("nothing was changed"), "{m}");
+    assert_eq!(format_of(&path), 10, "not upgraded");
+    let leftovers: Vec<_> = std::fs::read_dir(disk.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("backup"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // With the room, the same command upgrades it.
+    disk.unfill();
+    let run = run_blazedb(
+        None,
+        &["get".as_ref(), path.as_os_str(), "c".as_ref(), id.as_ref()],
+    )
+    .success();
+    assert!(run.stderr.starts_with(&notice(&path)), "{}", run.stderr);
+    assert_eq!(run.json()["n"], 0);
 }
 
 #[test]
@@ -202,6 +313,8 @@ fn a_relay_that_upgrades_its_store_logs_it_once() {
     assert_eq!(e["path"], store.display().to_string());
     assert_eq!(e["from_format"], 10);
     assert_eq!(e["to_format"], FORMAT_VERSION);
+    assert_eq!(e["backup"], backup_of(&store).display().to_string());
+    assert_eq!(format_of(&backup_of(&store)), 10);
     assert!(
         e["note"]
             .as_str()

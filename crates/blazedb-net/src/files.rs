@@ -32,6 +32,9 @@ use crate::limits::{
 use crate::reconnect::{is_permanent, Backoff, BackoffConfig};
 use crate::topology::complement;
 
+/// A function [`SyncFilesOptions::on_open`] calls with each file it has opened.
+pub type OnOpen = Arc<dyn Fn(&Database) + Send + Sync>;
+
 /// How to sync two files.
 #[derive(Clone)]
 pub struct SyncFilesOptions {
@@ -47,6 +50,10 @@ pub struct SyncFilesOptions {
     /// Session settings for both ends (`mode` is set per end; `policy` applies to what A
     /// receives from B, making A a partial replica of B).
     pub session: SessionConfig,
+    /// Called with each file as soon as it is open, before anything is synced: where a
+    /// program tells its user that the open upgraded a file to this build's storage format
+    /// ([`Database::upgraded_from`], [`Database::upgrade_backup`]), which is one-way.
+    pub on_open: Option<OnOpen>,
 }
 
 /// The passwords are not shown.
@@ -59,6 +66,7 @@ impl std::fmt::Debug for SyncFilesOptions {
             .field("password_b", &shown(&self.password_b))
             .field("create_missing", &self.create_missing)
             .field("session", &self.session)
+            .field("on_open", &self.on_open.as_ref().map(|_| "Fn"))
             .finish()
     }
 }
@@ -71,6 +79,7 @@ impl Default for SyncFilesOptions {
             password_b: None,
             create_missing: true,
             session: SessionConfig::default(),
+            on_open: None,
         }
     }
 }
@@ -376,9 +385,18 @@ async fn open_pair(
         });
     }
     let a_is_new = !a.exists();
+    let told = |db: &Database| {
+        if let Some(on_open) = &opts.on_open {
+            on_open(db);
+        }
+    };
     let da = open(a, opts.password_a.as_ref(), opts.create_missing).await?;
+    told(&da);
     match open(b, opts.password_b.as_ref(), opts.create_missing).await {
-        Ok(db) => Ok((da, db)),
+        Ok(db) => {
+            told(&db);
+            Ok((da, db))
+        }
         Err(e) => {
             // A failed sync leaves no new file behind: DB_A is removed again if this call
             // created it (DB_B could not be opened: a wrong password, not a database, ...).

@@ -125,10 +125,12 @@ impl Relay {
                     "path": path.display().to_string(),
                     "from_format": from,
                     "to_format": blazedb::limits::FORMAT_VERSION,
+                    "backup": db.upgrade_backup().map(|b| b.display().to_string()),
                     "note": format!(
                         "relay builds that read only up to storage format {from} can no \
-                         longer open this store; to go back, restore the copy taken before \
-                         the upgrade (README, \"Upgrading\")"
+                         longer open this store; to go back, stop the relay and put the copy \
+                         kept before the upgrade (backup) in its place; delete the copy once \
+                         going back is no longer wanted (README, \"Upgrading\")"
                     ),
             }));
         }

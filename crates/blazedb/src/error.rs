@@ -131,6 +131,32 @@ pub enum OpenError {
         /// SQLite's error.
         reason: String,
     },
+    /// The file is of an older storage format, and the copy of it as it is that the upgrade
+    /// keeps first (`<file>.format-N.backup`, see [`Database::upgrade_backup`]) could not be
+    /// written: no room for it, or its directory refuses new files. Nothing was changed.
+    ///
+    /// [`Database::upgrade_backup`]: crate::Database::upgrade_backup
+    #[error(
+        "{path} is storage format {found}, which this build upgrades to format {supported} \
+         after keeping a copy of the file as it is at {path}.format-{found}.backup (the way \
+         back to builds of format {found}), and that copy could not be written ({source}): \
+         {}; nothing was changed",
+        advice::room_for_upgrade_backup(source, std::path::Path::new(path), *needed_bytes, *free_bytes)
+    )]
+    UpgradeBackupFailed {
+        /// The file (the copy was to be `{path}.format-{found}.backup`).
+        path: String,
+        /// Its format version.
+        found: u32,
+        /// The format this build upgrades it to.
+        supported: u32,
+        /// About what the copy needs: the file's size.
+        needed_bytes: u64,
+        /// The space left there for this user, when the file system says.
+        free_bytes: Option<u64>,
+        /// Why writing the copy failed.
+        source: std::io::Error,
+    },
     /// The disk that holds the file is full: SQLite could not make the room opening needs,
     /// also to read (it creates the database's `-wal` and `-shm` files beside it and sizes
     /// the `-shm` file). Nothing was changed; the same open succeeds once there is room.
@@ -487,6 +513,9 @@ impl Error {
             Error::Sqlite(e) => is_disk_full(e),
             Error::NoRoomForCopy { .. }
             | Error::Open(OpenError::DiskFull { .. } | OpenError::NoFreeInodes { .. }) => true,
+            Error::Open(OpenError::UpgradeBackupFailed { source, .. }) => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
             Error::Io(source) | Error::Open(OpenError::Io { source, .. }) => {
                 source.kind() == std::io::ErrorKind::StorageFull
             }

@@ -8,8 +8,11 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 use blazedb::limits::FORMAT_VERSION;
 use blazedb::{Database, OpenOptions};
+use common::{downgrade_to_format_10, format_of};
 
 /// Whether another process could take the file's lock exclusively now (`flock -xn`).
 fn another_process_may_migrate(path: &Path) -> bool {
@@ -20,28 +23,6 @@ fn another_process_may_migrate(path: &Path) -> bool {
         .status()
         .expect("flock(1) from util-linux")
         .success()
-}
-
-/// Back to format 10, as a build of that format left it (its migration to 11 only added
-/// `history.old_seen`).
-fn downgrade_to_format_10(path: &Path) {
-    assert_eq!(FORMAT_VERSION, 11, "update this test for the new format");
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(
-        "ALTER TABLE history DROP COLUMN old_seen;
-         UPDATE meta SET value = 10 WHERE key = 'format_version';",
-    )
-    .unwrap();
-}
-
-fn format_of(path: &Path) -> u32 {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.query_row(
-        "SELECT value FROM meta WHERE key = 'format_version'",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap()
 }
 
 #[test]

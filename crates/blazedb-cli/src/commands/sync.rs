@@ -277,6 +277,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
             policy: args.selective.policy(FilterPeer::File)?,
             ..SessionConfig::default()
         },
+        on_open: Some(std::sync::Arc::new(crate::database::tell_if_upgraded)),
         ..SyncFilesOptions::default()
     };
     let report = runtime.block_on(async {

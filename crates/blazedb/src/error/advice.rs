@@ -82,8 +82,8 @@ pub fn writable_directory(dir: &Path, path: &Path) -> String {
 pub fn one_way(from: u32) -> String {
     format!(
         "The upgrade is one-way: BlazeDB builds that read only up to format {from} cannot open \
-         the file afterwards (keep a copy of the closed file to go back; see README, \
-         \"Upgrading\")"
+         the file afterwards (the upgrade keeps a copy of the file as it was beside it, the \
+         way back; see README, \"Upgrading\")"
     )
 }
 
@@ -99,6 +99,34 @@ pub fn room_for_copy(needed_bytes: u64, dir: &Path, free_bytes: Option<u64>) -> 
          on the disk that holds {}{free}: free space there (or copy the database to a larger \
          disk), then try again",
         bytes(needed_bytes),
+        dir.display()
+    )
+}
+
+/// What to do when the copy an upgrade keeps first ([`crate::OpenError::UpgradeBackupFailed`])
+/// could not be written: room for it, or a directory that takes new files.
+pub fn room_for_upgrade_backup(
+    source: &std::io::Error,
+    path: &Path,
+    needed_bytes: u64,
+    free_bytes: Option<u64>,
+) -> String {
+    let dir = crate::store::volume::directory_of(path);
+    if source.kind() == std::io::ErrorKind::StorageFull {
+        let free = match free_bytes {
+            Some(free) => format!(", {} free now", bytes(free)),
+            None => String::new(),
+        };
+        return format!(
+            "it needs about {} free (the file's size) on the disk that holds {}{free}: free \
+             space there, or copy the database to a larger disk and open the copy",
+            bytes(needed_bytes),
+            dir.display()
+        );
+    }
+    format!(
+        "let this user create files in {} (the copy is written beside the database), or copy \
+         the database to a directory where it may and open the copy",
         dir.display()
     )
 }

@@ -24,7 +24,8 @@ mod rekey;
 mod schema;
 mod snapshot;
 mod unit;
-mod volume;
+mod upgrade_backup;
+pub(crate) mod volume;
 mod write;
 
 use std::collections::{BTreeSet, HashMap};
@@ -106,6 +107,11 @@ pub struct OpenOptions {
     /// The node id a new file gets (default: random). For reproducible tests only: two
     /// replicas with the same node id corrupt each other's sync.
     pub danger_node_id: Option<NodeId>,
+    /// Before upgrading a file of an older storage format, keep a copy of it as it is
+    /// beside it (`<file>.format-N.backup`, see [`Database::upgrade_backup`]), the way back
+    /// to builds of that format (default true). Off: the upgrade keeps no copy and needs no
+    /// room for one, and cannot be undone.
+    pub upgrade_backup: bool,
 }
 
 impl Default for OpenOptions {
@@ -117,6 +123,7 @@ impl Default for OpenOptions {
             history: HistoryRetention::default(),
             wall_clock: Arc::new(system_ms),
             danger_node_id: None,
+            upgrade_backup: true,
         }
     }
 }
@@ -128,6 +135,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("create", &self.create)
             .field("clock_skew_ms_max", &self.clock_skew_ms_max)
             .field("history", &self.history)
+            .field("upgrade_backup", &self.upgrade_backup)
             .finish()
     }
 }
@@ -187,6 +195,8 @@ pub struct Database {
     /// The storage format the file had before this handle's open upgraded it (see
     /// [`Database::upgraded_from`]).
     upgraded_from: Option<u32>,
+    /// The copy kept before that upgrade ([`Database::upgrade_backup`]).
+    upgrade_backup: Option<PathBuf>,
     /// The file held open for this process while the handle lives (see `file_pin.rs`).
     /// Last, so that it is dropped after the handle's connections have closed.
     pin: Arc<file_pin::FilePin>,
@@ -299,6 +309,7 @@ impl Database {
             options.create,
             now,
             options.danger_node_id,
+            options.upgrade_backup,
         )?;
         let p = path.display().to_string();
         let corrupt = |e: rusqlite::Error| OpenError::Corrupted {
@@ -351,6 +362,7 @@ impl Database {
             committed_head,
             pin: opened.pin,
             upgraded_from: opened.upgraded_from,
+            upgrade_backup: opened.upgrade_backup,
         })
     }
 
@@ -455,6 +467,17 @@ impl Database {
     /// stderr, the relay in its log).
     pub fn upgraded_from(&self) -> Option<u32> {
         self.upgraded_from
+    }
+
+    /// Where the copy of the file as it was before [this handle's upgrade](Self::upgraded_from)
+    /// is kept (`<file>.format-N.backup`, N the old format; `None` when this open upgraded
+    /// nothing, or [`OpenOptions::upgrade_backup`] was off). It is the file byte for byte,
+    /// under the same password: a build of format N opens it once it is renamed back to the
+    /// file's name (with its `-wal` beside it when there is one), after the upgraded file
+    /// and its `-wal` are moved away. Writes made since the upgrade are not in it. BlazeDB
+    /// never deletes it: delete it once going back is no longer wanted.
+    pub fn upgrade_backup(&self) -> Option<&Path> {
+        self.upgrade_backup.as_deref()
     }
 
     /// The file's path.

@@ -1,7 +1,7 @@
 //! Opening a file: password handling, telling wrong passwords from foreign or damaged files,
 //! creating the schema, migrating old formats.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,10 @@ use super::{schema, volume};
 use crate::error::OpenError;
 use crate::limits::{DISK_NEARLY_FULL_BYTES, WAL_AUTOCHECKPOINT_PAGES, WAL_FILE_BYTES_KEPT};
 use crate::NodeId;
+
+/// How long a connection waits for another one's lock before it fails with "database is
+/// locked".
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first 16 bytes of every plain SQLite file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -92,6 +96,8 @@ pub(crate) struct Opened {
     pub pin: Arc<FilePin>,
     /// The format the file had before this open upgraded it (`None`: no migration ran here).
     pub upgraded_from: Option<u32>,
+    /// The copy of the file kept before that upgrade (see `upgrade_backup.rs`).
+    pub upgrade_backup: Option<PathBuf>,
 }
 
 fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> OpenError {
@@ -258,7 +264,7 @@ pub(crate) fn open_checkpointer(
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     // Covers reading the schema; see below for the rest.
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // The first read decrypts page 1, here rather than mid-checkpoint. The key is the one
     // the database derived at its open (`cipher_key.rs`): no second derivation.
     first_read(&conn, key)?;
@@ -382,9 +388,17 @@ pub(crate) fn open(
     create: bool,
     now_ms: u64,
     node_for_new_file: Option<NodeId>,
+    upgrade_backup: bool,
 ) -> Result<Opened, OpenError> {
     for _ in 0..crate::limits::OPEN_ATTEMPTS_FILE_REPLACED_MAX {
-        if let Some(opened) = open_once(path, password, create, now_ms, node_for_new_file)? {
+        if let Some(opened) = open_once(
+            path,
+            password,
+            create,
+            now_ms,
+            node_for_new_file,
+            upgrade_backup,
+        )? {
             // This connection is in WAL mode now and holds its shared lock, so no rekey can
             // be running on the file (it needs the file to itself from before it writes its
             // copy until after the rename): a copy beside it is a crash's leftover.
@@ -425,6 +439,7 @@ fn open_once(
     create: bool,
     now_ms: u64,
     node_for_new_file: Option<NodeId>,
+    upgrade_backup: bool,
 ) -> Result<Option<Opened>, OpenError> {
     let p = path.display().to_string();
     let io = |e: std::io::Error| OpenError::Io {
@@ -495,7 +510,7 @@ fn open_once(
         .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
     // Before the first read: another process creating the file holds its lock now, and a
     // read without a busy handler fails at once with "database is locked".
-    conn.busy_timeout(std::time::Duration::from_secs(10))
+    conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| sql_err(&p, e, &kind, password.is_some()))?;
     let (tables, key, kind) = keyed_first_read(&conn, path, &mut pin, password, kind)?;
     // A file SQLite has just created is pinned now, before anything else could open it.
@@ -597,6 +612,7 @@ fn open_once(
                 key,
                 pin,
                 upgraded_from: None,
+                upgrade_backup: None,
             }));
         }
         // Created meanwhile by another process: open it as an existing file.
@@ -613,6 +629,7 @@ fn open_once(
         Instant::now() + Duration::from_millis(crate::limits::OPEN_FORMAT_LOCK_WAIT_MS);
     let mut others_open_since: Option<Instant> = None;
     let mut upgraded_from = None;
+    let mut backup = None;
     loop {
         let format = schema::read_format(&conn).map_err(err)?;
         if format > schema::FORMAT_VERSION {
@@ -642,17 +659,33 @@ fn open_once(
             // they are not in the way, and cannot be using an older format, having opened
             // the file with this build). Processes of this build racing to migrate it wait
             // here, or for SQLite's write lock, one step at a time.
+            if upgrade_backup && backup.is_none() {
+                match super::upgrade_backup::write(&conn, path, format) {
+                    Ok(b) => backup = Some(b),
+                    Err(e) => {
+                        pin.unlock();
+                        return Err(backup_failed(&p, path, format, e));
+                    }
+                }
+            }
             let ran = migrate(&conn, format).map_err(|e| {
                 // Back to no lock (other handles of this process have none to lose: this
                 // file was not at their format).
                 pin.unlock();
                 match e.sqlite_error_code() {
-                    Some(ErrorCode::ReadOnly) => OpenError::UpgradeNeedsWrite {
-                        path: p.clone(),
-                        found: format,
-                        supported: schema::FORMAT_VERSION,
-                        reason: crate::error::sqlite_brief(&e),
-                    },
+                    Some(ErrorCode::ReadOnly) => {
+                        // Nothing was changed (the first step could not write), so the copy
+                        // is not a way back from anything.
+                        if let Some(b) = backup.take() {
+                            super::upgrade_backup::remove(&b);
+                        }
+                        OpenError::UpgradeNeedsWrite {
+                            path: p.clone(),
+                            found: format,
+                            supported: schema::FORMAT_VERSION,
+                            reason: crate::error::sqlite_brief(&e),
+                        }
+                    }
                     _ => err(e),
                 }
             })?;
@@ -699,8 +732,33 @@ fn open_once(
         node: NodeId(node),
         key,
         pin,
+        // A copy is kept only where this open upgraded the file; one made before another
+        // process (racing) did is the same file as it was, and stays.
+        upgrade_backup: backup.filter(|_| upgraded_from.is_some()),
         upgraded_from,
     }))
+}
+
+/// The error for a copy [`super::upgrade_backup::write`] could not keep of `path`
+/// (format `found`): nothing was changed. A read-only mount is the file that may not be
+/// written ([`OpenError::UpgradeNeedsWrite`]), which no other room for the copy fixes.
+fn backup_failed(p: &str, path: &Path, found: u32, e: std::io::Error) -> OpenError {
+    if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        return OpenError::UpgradeNeedsWrite {
+            path: p.to_owned(),
+            found,
+            supported: schema::FORMAT_VERSION,
+            reason: e.to_string(),
+        };
+    }
+    OpenError::UpgradeBackupFailed {
+        path: p.to_owned(),
+        found,
+        supported: schema::FORMAT_VERSION,
+        needed_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        free_bytes: volume::free_bytes(&volume::directory_of(path)),
+        source: e,
+    }
 }
 
 /// Run the migrations from `format` to [`schema::FORMAT_VERSION`], one transaction per step;

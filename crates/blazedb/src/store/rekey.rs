@@ -317,7 +317,7 @@ fn new_file_key(password: &str, path: &Path) -> Result<CipherKey> {
 }
 
 /// Make a rename in `path`'s directory durable.
-fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         let dir = match path.parent() {

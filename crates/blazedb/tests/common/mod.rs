@@ -1,5 +1,5 @@
-//! Helpers shared by the sync tests: open databases on a fake clock and pump two sessions
-//! against each other in memory.
+//! Helpers shared by the tests: open databases on a fake clock and pump two sessions
+//! against each other in memory; take a file back to an older storage format.
 
 #![allow(dead_code)]
 
@@ -130,4 +130,31 @@ pub fn counter(start: u64) -> Arc<AtomicU64> {
 
 pub fn tick(c: &AtomicU64, ms: u64) {
     c.fetch_add(ms, Ordering::SeqCst);
+}
+
+/// Back to storage format 10, as a build of that format left the file (its migration to 11
+/// only added `history.old_seen`). `path` is a plain file no handle of this process has open.
+pub fn downgrade_to_format_10(path: &std::path::Path) {
+    assert_eq!(
+        blazedb::limits::FORMAT_VERSION,
+        11,
+        "update this helper for the new format"
+    );
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE history DROP COLUMN old_seen;
+         UPDATE meta SET value = 10 WHERE key = 'format_version';",
+    )
+    .unwrap();
+}
+
+/// The storage format of the plain file `path`, read with SQLite alone.
+pub fn format_of(path: &std::path::Path) -> u32 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'format_version'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
