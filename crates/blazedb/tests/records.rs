@@ -806,6 +806,15 @@ fn reads_of_a_name_no_collection_can_have_are_refused_as_writes_are() {
             ("count", db.count(name).unwrap_err()),
             ("history", db.history(name, id).unwrap_err()),
             ("get_at", db.get_at(name, id, at).unwrap_err()),
+            ("record_state", db.record_state(name, id).unwrap_err()),
+            ("policy", db.policy(name).unwrap_err()),
+            ("indexes", db.indexes(name).unwrap_err()),
+            ("drop_index", db.drop_index(name, "a").unwrap_err()),
+            ("evict", db.evict(name, &[id], None).unwrap_err()),
+            (
+                "evict_fields",
+                db.evict_fields(name, &["a".to_string()]).unwrap_err(),
+            ),
             (
                 "transaction get",
                 db.transaction(|tx| tx.get(name, id).map(|_| ()))

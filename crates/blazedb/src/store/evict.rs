@@ -120,7 +120,7 @@ impl Database {
         let mut outcome = EvictOutcome::default();
         let own = self.node;
         let mut inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
+        let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(outcome);
         };
         let watched = self.watchers.is_watched();
@@ -193,7 +193,7 @@ impl Database {
         guard: Option<EvictGuard>,
     ) -> Result<FieldEviction> {
         let mut inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
+        let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(FieldEviction::default());
         };
         if fields.is_empty() {

@@ -67,7 +67,7 @@ impl Database {
     /// Remove an index. Returns false if there was none.
     pub fn drop_index(&self, collection: &str, field: &str) -> Result<bool> {
         let mut inner = self.lock_write()?;
-        let Some(coll) = inner.collection_id(collection) else {
+        let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(false);
         };
         let n = inner.conn.execute(
@@ -89,7 +89,7 @@ impl Database {
     pub fn indexes(&self, collection: &str) -> Result<Vec<String>> {
         let inner = self.lock()?;
         Ok(inner
-            .collection_id(collection)
+            .read_collection_id(collection)?
             .and_then(|c| inner.indexes.get(&c))
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default())

@@ -427,7 +427,7 @@ impl Database {
     pub fn policy(&self, collection: &str) -> Result<CollectionPolicy> {
         let inner = self.lock()?;
         Ok(inner
-            .collection_id(collection)
+            .read_collection_id(collection)?
             .and_then(|c| inner.policies.get(&c).cloned())
             .unwrap_or_default())
     }

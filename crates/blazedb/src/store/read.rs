@@ -390,7 +390,7 @@ impl Database {
         id: RecordId,
     ) -> Result<Option<crate::crdt::RecordState>> {
         let inner = self.lock()?;
-        let Some(coll) = inner.collection_id(collection) else {
+        let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(None);
         };
         let row: Option<(u64, Vec<u8>)> = inner
