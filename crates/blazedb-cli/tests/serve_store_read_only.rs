@@ -10,140 +10,19 @@
 
 mod net_common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+use blazedb_test_disks::LoopExt4;
 
 use net_common::{
     export, log_events as events, put, relay_get as get, start_relay, sync_once_status as sync_once,
 };
 use serde_json::Value as Json;
 
-/// An ext4 file system in an image file on a loop device, mounted on a temporary directory.
-/// Dropped, it is unmounted and the loop device detached, however the test ended.
-struct LoopExt4 {
-    dir: tempfile::TempDir,
-    device: String,
-    mounted: bool,
-}
-
-impl LoopExt4 {
-    /// Make and mount a 32 MiB ext4; `Err` says why it cannot be done here.
-    fn mount() -> Result<LoopExt4, String> {
-        let uid = run("id", &["-u"])?;
-        if uid.trim() != "0" {
-            return Err("not root".into());
-        }
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let image = dir.path().join("disk.img");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(32 << 20))
-            .map_err(|e| e.to_string())?;
-        let image = image.to_str().unwrap().to_owned();
-        run("mkfs.ext4", &["-q", "-F", &image])?;
-        let device = run("losetup", &["--find", "--show", &image])?
-            .trim()
-            .to_owned();
-        let mut disk = LoopExt4 {
-            dir,
-            device,
-            mounted: false,
-        };
-        std::fs::create_dir(disk.mount_point()).map_err(|e| e.to_string())?;
-        disk.mount_again()?;
-        Ok(disk)
-    }
-
-    fn mount_point(&self) -> PathBuf {
-        self.dir.path().join("mnt")
-    }
-
-    fn mount_again(&mut self) -> Result<(), String> {
-        let mnt = self.mount_point();
-        run(
-            "mount",
-            &[
-                "-o",
-                "errors=remount-ro",
-                &self.device,
-                mnt.to_str().unwrap(),
-            ],
-        )?;
-        self.mounted = true;
-        Ok(())
-    }
-
-    /// What the kernel does on an I/O error under `errors=remount-ro`: the mount turns
-    /// read-only while files are open for writing (a plain `remount,ro` is refused then).
-    /// What was written before is flushed first, so that the test knows what the disk holds.
-    fn abort(&self) {
-        let mnt = self.mount_point();
-        let mnt = mnt.to_str().unwrap();
-        run("sync", &["-f", mnt]).unwrap();
-        run("mount", &["-o", "remount,abort", mnt]).unwrap();
-    }
-
-    /// Unmount, check and repair (`e2fsck -fy`), mount again.
-    fn repair(&mut self) {
-        let mnt = self.mount_point();
-        run("umount", &[mnt.to_str().unwrap()]).unwrap();
-        self.mounted = false;
-        // 0: clean, 1: errors corrected.
-        let fsck = Command::new("e2fsck")
-            .args(["-fy", &self.device])
-            .output()
-            .unwrap();
-        assert!(
-            matches!(fsck.status.code(), Some(0 | 1)),
-            "e2fsck: {fsck:?}"
-        );
-        self.mount_again().unwrap();
-    }
-}
-
-impl Drop for LoopExt4 {
-    fn drop(&mut self) {
-        let mnt = self.mount_point();
-        if self.mounted {
-            let unmounted = Command::new("umount")
-                .arg(&mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !unmounted {
-                let _ = Command::new("umount").arg("-l").arg(&mnt).status();
-            }
-        }
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-    }
-}
-
-/// Run a command; its stdout, or why it failed.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[test]
 fn a_relay_whose_file_system_turns_read_only_refuses_writes_and_says_so() {
-    let mut disk = match LoopExt4::mount() {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!(
-                "skipped: this test mounts an ext4 image on a loop device, which needs root, \
-                 losetup, mkfs.ext4 and a free loop device ({why})"
-            );
-            return;
-        }
+    let Some(mut disk) = LoopExt4::mount(32 << 20) else {
+        return;
     };
     // The clients and the log live elsewhere: only the relay's store is on the disk.
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,66 +16,8 @@ use blazedb::sync::{ErrorCode, SessionConfig, SyncMode, SyncPolicy};
 use blazedb::{Database, OpenOptions, Value};
 use blazedb_net::ws::WsStream;
 use blazedb_net::{run_session, DriverOptions, NetError, SessionReport};
+use blazedb_test_disks::SmallDisk;
 use common::{connect_ws, http, open, wait_until, within, TestRelay, TOKEN};
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// Mount a tmpfs of `mb` MiB; `None` (and why) when this process may not.
-    fn mount(mb: u32) -> Result<SmallDisk, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-        }
-        Ok(SmallDisk { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fill the disk with a file: what is left is less than a page.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write as _;
-        let filler = self.path().join("filler");
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-                Err(e) => panic!("filling the disk: {e}"),
-            }
-        }
-        let small = vec![0u8; 512];
-        while f.write(&small).is_ok_and(|n| n > 0) {}
-        filler
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let unmount = |lazy: bool| {
-            let mut cmd = std::process::Command::new("umount");
-            if lazy {
-                cmd.arg("-l");
-            }
-            cmd.arg(self.dir.path()).status().is_ok_and(|s| s.success())
-        };
-        if !unmount(false) {
-            unmount(true);
-        }
-    }
-}
 
 /// One sync with the relay that ends once caught up.
 async fn sync_once(
@@ -101,14 +42,10 @@ async fn sync_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_on_a_full_disk_serves_readers_and_refuses_writes_saying_why() {
-    let disk = match SmallDisk::mount(16) {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("skipped: this test mounts a tmpfs, which needs root ({why})");
-            return;
-        }
+    let Some(disk) = SmallDisk::mount(16 << 20) else {
+        return;
     };
-    let data = disk.path().join("relay");
+    let data = disk.path("relay");
     let relay = TestRelay::start(|c| c.data_dir = data.clone()).await;
     for n in 0..200 {
         relay
@@ -125,7 +62,7 @@ async fn a_relay_on_a_full_disk_serves_readers_and_refuses_writes_saying_why() {
     let h = http(relay.addr, "GET", "/health", &[], "").await;
     assert_eq!((h.status, h.json()["status"].clone()), (200, "ok".into()));
 
-    let filler = disk.fill();
+    disk.fill();
 
     // Before: 200 "ok".
     let h = http(relay.addr, "GET", "/health", &[], "").await;
@@ -192,7 +129,7 @@ async fn a_relay_on_a_full_disk_serves_readers_and_refuses_writes_saying_why() {
     assert_eq!(writer.count("tasks").unwrap(), 300, "the client keeps them");
 
     // Space comes back: writes are taken again, and /health says so.
-    std::fs::remove_file(&filler).unwrap();
+    disk.unfill();
     let h = http(relay.addr, "GET", "/health", &[], "").await;
     assert_eq!((h.status, h.json()["status"].clone()), (200, "ok".into()));
     sync_once(&relay, &writer, SyncMode::Both, SyncPolicy::default())
