@@ -13,7 +13,7 @@ use blazedb::sync::{
     ErrorCode, Hello, Message, Session, SessionConfig, SnapshotWish, SyncMode, SyncPolicy,
 };
 use blazedb::{Database, GcOptions, Patch, PeerDirection, RecordId, Seq, StagedParts, Value};
-use common::{open, pump, sync_pair};
+use common::{open, pump, pump_until, sync_pair};
 
 fn full() -> SessionConfig {
     SessionConfig::default()
@@ -298,6 +298,112 @@ fn a_record_leaving_two_partial_replicas_views_stays_until_a_full_peer_has_it() 
 /// evict the field before the session read the feed, so the edit was lost everywhere, with no
 /// conflict (found by exercising `blazedb sync --exclude-fields`). At reconnect and on a live
 /// session alike.
+/// A replica that already excludes a field and then writes it (an app storing an attachment
+/// the phone does not sync down) sends the value and then drops it, in that session or the
+/// next: kept, its value went stale as soon as another replica changed the field, which it
+/// never receives (an audit, 2026-12-07, through `blazedb sync --exclude-fields`).
+#[test]
+fn a_replica_that_writes_a_field_it_excludes_drops_it_once_the_peer_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, replica) = (open(dir.path(), "source"), open(dir.path(), "replica"));
+    let id = source
+        .insert("bugs", [("title", "t"), ("att", "BIG")])
+        .unwrap();
+    let no_att = || {
+        partial(SyncPolicy {
+            exclude_fields: vec!["att".into()],
+            ..SyncPolicy::default()
+        })
+    };
+    sync_pair(&source, &replica, full(), no_att());
+    assert!(!replica
+        .get("bugs", id)
+        .unwrap()
+        .unwrap()
+        .fields
+        .contains_key("att"));
+
+    replica
+        .update("bugs", id, Patch::new().set("att", "from-replica"))
+        .unwrap();
+    sync_pair(&source, &replica, full(), no_att());
+    assert_eq!(
+        source.get("bugs", id).unwrap().unwrap().fields["att"],
+        Value::from("from-replica"),
+        "the write was sent"
+    );
+    // Dropped in the session that sent it, at its ACK.
+    assert!(
+        !replica
+            .get("bugs", id)
+            .unwrap()
+            .unwrap()
+            .fields
+            .contains_key("att"),
+        "dropped once the source has it"
+    );
+
+    source
+        .update("bugs", id, Patch::new().set("att", "newer"))
+        .unwrap();
+    sync_pair(&source, &replica, full(), no_att());
+    let copy = replica.get("bugs", id).unwrap().unwrap();
+    assert!(!copy.fields.contains_key("att"), "{copy:?}");
+    assert_eq!(copy.fields["title"], Value::from("t"));
+    assert!(replica
+        .query(
+            "bugs",
+            &blazedb::Query::filter("att == \"from-replica\"").unwrap()
+        )
+        .unwrap()
+        .is_empty());
+}
+
+/// The session that sent the write ended before its ACK came back: the next one drops the
+/// field (the peer acknowledges our feed's head there, though nothing is left to send).
+#[test]
+fn an_excluded_field_whose_write_reached_the_peer_unacknowledged_goes_at_the_next_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, replica) = (open(dir.path(), "source"), open(dir.path(), "replica"));
+    let id = source.insert("bugs", [("title", "t")]).unwrap();
+    let no_att = || {
+        partial(SyncPolicy {
+            exclude_fields: vec!["att".into()],
+            ..SyncPolicy::default()
+        })
+    };
+    sync_pair(&source, &replica, full(), no_att());
+    replica
+        .update("bugs", id, Patch::new().set("att", "from-replica"))
+        .unwrap();
+    let source_has_it = || {
+        source.get("bugs", id).unwrap().unwrap().fields.get("att")
+            == Some(&Value::from("from-replica"))
+    };
+    let mut sr = Session::new(&replica, no_att(), 0).unwrap();
+    let mut ss = Session::new(&source, full(), 0).unwrap();
+    pump_until(&replica, &mut sr, &source, &mut ss, |_| source_has_it());
+    // The source acknowledges (and notes that it received the write); the ACK is lost.
+    while ss.poll_transmit(0, &source).is_some() {}
+    drop((sr, ss));
+    assert!(
+        replica
+            .get("bugs", id)
+            .unwrap()
+            .unwrap()
+            .fields
+            .contains_key("att"),
+        "kept: no ACK came"
+    );
+    sync_pair(&source, &replica, full(), no_att());
+    assert!(!replica
+        .get("bugs", id)
+        .unwrap()
+        .unwrap()
+        .fields
+        .contains_key("att"));
+}
+
 #[test]
 fn a_replica_excluding_a_field_it_edited_sends_the_edit_before_dropping_the_field() {
     let dir = tempfile::tempdir().unwrap();

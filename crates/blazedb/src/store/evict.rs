@@ -192,6 +192,20 @@ impl Database {
         fields: &[String],
         guard: Option<EvictGuard>,
     ) -> Result<FieldEviction> {
+        self.evict_fields_changed_since(collection, fields, guard, Seq(0))
+    }
+
+    /// [`Database::evict_fields_guarded`] over the records with a change after `since` in
+    /// our feed only (all of them for `Seq(0)`): what a replica that already dropped those
+    /// fields through `since` has to look at again, e.g. after its own writes of them. Found
+    /// through the feed, so the other records are not read.
+    pub fn evict_fields_changed_since(
+        &self,
+        collection: &str,
+        fields: &[String],
+        guard: Option<EvictGuard>,
+        since: Seq,
+    ) -> Result<FieldEviction> {
         let mut inner = self.lock()?;
         let Some(coll) = inner.read_collection_id(collection)? else {
             return Ok(FieldEviction::default());
@@ -200,6 +214,7 @@ impl Database {
             return Ok(FieldEviction::default());
         }
         let mut kept_until: Option<Seq> = None;
+        let mut kept_from: Option<Seq> = None;
         let mut kept_ids: BTreeSet<RecordId> = BTreeSet::new();
         let names: BTreeSet<&str> = fields.iter().map(String::as_str).collect();
         let watched = self.watchers.is_watched();
@@ -208,12 +223,23 @@ impl Database {
             let seq = inner.clock_row()?.0;
             let guard_src = guard.map(|g| (g.acked, inner.nodes.known(&g.peer).map(|i| i + 1)));
             let rows: Vec<(Vec<u8>, u64, u64, Vec<u8>)> = {
-                let mut stmt = inner
-                    .conn
-                    .prepare("SELECT id, rev, seq, body FROM records WHERE coll = ?1")?;
-                let rows =
-                    stmt.query_map([coll], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-                rows.collect::<rusqlite::Result<_>>()?
+                // Every cell of a record has its feed row (at the cell's position), so the
+                // records with a cell newer than `since` are those the feed lists after it.
+                let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+                if since == Seq(0) {
+                    let mut stmt = inner
+                        .conn
+                        .prepare("SELECT id, rev, seq, body FROM records WHERE coll = ?1")?;
+                    let rows = stmt.query_map([coll], row)?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                } else {
+                    let mut stmt = inner.conn.prepare(
+                        "SELECT id, rev, seq, body FROM records WHERE coll = ?1 AND id IN \
+                         (SELECT id FROM feed WHERE seq > ?2 AND coll = ?1)",
+                    )?;
+                    let rows = stmt.query_map(params![coll, since.0 as i64], row)?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                }
             };
             let mut changed = 0usize;
             for (id, rev, row_seq, bytes) in rows {
@@ -236,6 +262,10 @@ impl Database {
                     }
                     if pending.is_some() {
                         kept_until = kept_until.max(pending);
+                        kept_from = match kept_from {
+                            Some(k) => pending.min(Some(k)),
+                            None => pending,
+                        };
                         kept_ids.insert(id);
                         continue;
                     }
@@ -288,6 +318,7 @@ impl Database {
         Ok(FieldEviction {
             changed,
             kept_until,
+            kept_from,
         })
     }
 }
@@ -300,6 +331,9 @@ pub struct FieldEviction {
     /// Records were kept for changes the guard's peer has not acknowledged, the newest at
     /// this position of our feed: evict again once the peer acknowledges it.
     pub kept_until: Option<Seq>,
+    /// The oldest of those changes: an eviction again needs to look only at records changed
+    /// from there on ([`Database::evict_fields_changed_since`] from just before it).
+    pub kept_from: Option<Seq>,
 }
 
 /// Run `f` inside `BEGIN IMMEDIATE … COMMIT`; roll back (and forget cache entries made

@@ -438,6 +438,11 @@ pub struct Session {
     /// Fields our policy excludes were kept in records with changes the peer had not
     /// acknowledged, up to this position of our feed: evicted once it has.
     fields_kept_until: Option<Seq>,
+    /// Through this position of our feed, no record holds a field our policy excludes, save
+    /// those kept for changes the peer had not acknowledged (newer, so looked at again):
+    /// the next eviction looks only at records changed since. Persisted as the peer note
+    /// [`NOTE_FIELDS_EVICTED`].
+    fields_evicted_through: Seq,
     refused_order: std::collections::VecDeque<(String, RecordId)>,
     /// EVICTs went out right after this position, followed by a PING with this nonce, and
     /// neither a later unit's ACK nor that PONG has come back: the peer may not have them (a
@@ -548,6 +553,7 @@ impl Session {
             evict_pending: Vec::new(),
             refused_by_peer: Default::default(),
             fields_kept_until: None,
+            fields_evicted_through: Seq(0),
             refused_order: Default::default(),
             evicts_unconfirmed: None,
             evicts_note: None,
@@ -902,11 +908,8 @@ impl Session {
                     self.unacked.pop_front();
                 }
                 self.acked = self.acked.max(seq);
-                if self.fields_kept_until.is_some_and(|s| self.acked >= s) {
-                    // Our edits of fields we stopped syncing have reached the peer.
-                    self.evict_excluded_fields(db)
-                        .map_err(|e| self.internal(e, now_ms))?;
-                }
+                self.evict_kept_fields_once_acked(db)
+                    .map_err(|e| self.internal(e, now_ms))?;
                 if self
                     .evicts_unconfirmed
                     .is_some_and(|(after, _)| seq > after)
@@ -1159,7 +1162,7 @@ impl Session {
             if self.cfg.policy.exclude_fields.is_empty() {
                 Ok(())
             } else {
-                self.evict_excluded_fields(db)
+                self.evict_excluded_fields(db, Seq(0))
             }
         });
         if let Err(e) = res {
@@ -1548,6 +1551,8 @@ type RecordKey = (String, RecordId);
 /// Names of per-peer notes (`Database::peer_note`).
 const NOTE_VIEW: &str = "served_view";
 const NOTE_POLICY: &str = "policy";
+/// [`Session::fields_evicted_through`], written after each eviction of excluded fields.
+const NOTE_FIELDS_EVICTED: &str = "fields_evicted_through";
 /// The feed position of the peer through which a snapshot file of its brought us its
 /// changes (`sync::snapshot::import_snapshot_file`). The peer never got an ACK for it, so its
 /// record of our ACKs being below what we received from it does not mean its file was

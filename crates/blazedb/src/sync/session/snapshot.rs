@@ -44,11 +44,22 @@ impl Session {
                     });
                 }
             }
+            if !self.cfg.policy.exclude_fields.is_empty() {
+                // The same view, but our own writes (or another session's) may have put
+                // excluded fields into records since the last eviction: they go once the
+                // peer has them (an audit, 2026-12-07: a replica that wrote a field it
+                // excludes kept that value for good, stale once others changed it).
+                let since = db
+                    .peer_note(peer, NOTE_FIELDS_EVICTED)?
+                    .and_then(|n| n.parse().ok())
+                    .map_or(Seq(0), Seq);
+                self.evict_excluded_fields(db, since)?;
+            }
             return Ok(SnapshotWish::No);
         }
         db.snapshot_abort(peer)?;
         if !self.cfg.policy.exclude_fields.is_empty() {
-            self.evict_excluded_fields(db)?;
+            self.evict_excluded_fields(db, Seq(0))?;
         }
         Ok(SnapshotWish::Want)
     }

@@ -65,16 +65,21 @@ impl Session {
         Ok(())
     }
 
-    /// Drop our copies of fields the policy now excludes (a local eviction, as for records).
-    /// Records holding changes of those fields the peer has not acknowledged keep them until
-    /// it has (our unsynced edit of a field we stop syncing is sent first, not dropped): the
-    /// ACK that covers them runs this again (`fields_kept_until`).
-    pub(super) fn evict_excluded_fields(&mut self, db: &Database) -> Result<(), Error> {
+    /// Drop our copies of fields the policy excludes (a local eviction, as for records), in
+    /// the records changed after `since` in our feed (`Seq(0)`: all; see
+    /// `fields_evicted_through`). Records holding changes of those fields the peer has not
+    /// acknowledged keep them until it has (our unsynced edit of a field we stop syncing is
+    /// sent first, not dropped): the ACK that covers them runs this again
+    /// (`fields_kept_until`, [`Session::evict_kept_fields_once_acked`]).
+    pub(super) fn evict_excluded_fields(&mut self, db: &Database, since: Seq) -> Result<(), Error> {
         let fields = self.cfg.policy.exclude_fields.clone();
-        let guard = self.peer.as_ref().map(|p| EvictGuard {
-            peer: p.node,
+        let peer = self.peer.as_ref().map(|p| p.node);
+        let guard = peer.map(|peer| EvictGuard {
+            peer,
             acked: self.acked,
         });
+        // Read before the evictions: a record changed meanwhile is newer, looked at next time.
+        let mut through = db.last_seq()?;
         self.fields_kept_until = None;
         for c in db.collections()? {
             if self
@@ -84,9 +89,28 @@ impl Session {
                 .as_ref()
                 .is_none_or(|l| l.contains(&c))
             {
-                let out = db.evict_fields_guarded(&c, &fields, guard)?;
+                let out = db.evict_fields_changed_since(&c, &fields, guard, since)?;
                 self.fields_kept_until = self.fields_kept_until.max(out.kept_until);
+                if let Some(kept) = out.kept_from {
+                    through = through.min(Seq(kept.0 - 1));
+                }
             }
+        }
+        if let Some(peer) = peer {
+            if through != self.fields_evicted_through {
+                db.set_peer_note(peer, NOTE_FIELDS_EVICTED, Some(&through.0.to_string()))?;
+            }
+        }
+        self.fields_evicted_through = through;
+        Ok(())
+    }
+
+    /// Once the peer has acknowledged the changes that kept excluded fields in records
+    /// (`fields_kept_until`), drop those fields: our edits of them have reached it. Run at
+    /// each ACK (one comes also when nothing was left to send: for our feed's head).
+    pub(super) fn evict_kept_fields_once_acked(&mut self, db: &Database) -> Result<(), Error> {
+        if self.fields_kept_until.is_some_and(|s| self.acked >= s) {
+            self.evict_excluded_fields(db, self.fields_evicted_through)?;
         }
         Ok(())
     }
