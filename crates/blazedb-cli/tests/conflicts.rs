@@ -181,7 +181,7 @@ fn a_set_element_conflict_resolves_the_element_not_the_field() {
     let c = &conflicts[0];
     assert_eq!(
         (&c["field"], &c["element"], &c["winner"], &c["loser"]),
-        (&json!("tags"), &json!("z"), &json!(true), &json!(null))
+        (&json!("tags"), &json!("z"), &json!(true), &json!(false))
     );
     let cid = c["id"].to_string();
     assert_eq!(db.get("bugs", &id)["tags"], json!(["a", "z"]));

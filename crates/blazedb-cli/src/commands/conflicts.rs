@@ -38,9 +38,13 @@ pub fn run(ctx: &Context, args: &ConflictsArgs) -> Result<()> {
             "winner_version": version_json(&c.winner_version),
             "loser_version": version_json(&c.loser_version),
         });
-        // One element of a set: which one (`winner`/`loser` then say in the set or not).
+        // One element of a set: which one, and `winner`/`loser` say in the set (true) or
+        // left out (false), as `resolve --value` takes them (an audit, 2026-12-07: a removal
+        // was listed as null).
         if let Some(e) = &c.element {
             line["element"] = optional_json(Some(e));
+            line["winner"] = json!(c.winner.is_some());
+            line["loser"] = json!(c.loser.is_some());
         }
         out.json(&line)?;
     }

@@ -21,7 +21,10 @@ pub struct PeersArgs {
     /// this file's changes. If it syncs again it starts over (by snapshot once GC has run).
     /// How far this file received the peer's changes stays, so its old writes are not applied
     /// again; it stays listed with `acked` 0. Its roles go too (a relay then expires; a peer
-    /// that only pushes no longer holds removals back for the retention).
+    /// that only pushes no longer holds removals back for the retention). Forget only a peer
+    /// that will not come back with edits made offline: once GC has purged a delete, its
+    /// older edit of that record brings the record back on the copies it reaches and not on
+    /// the others.
     #[arg(long, value_name = "NODE", value_parser = parse_node)]
     pub forget: Option<NodeId>,
 }

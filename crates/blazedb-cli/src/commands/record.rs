@@ -34,7 +34,9 @@ pub struct GetArgs {
     pub collection: String,
     /// The record's id.
     pub id: RecordId,
-    /// Show the record as it was at this time (RFC 3339, e.g. 2026-01-01T12:00:00Z).
+    /// Show the record as it was at this time (RFC 3339, e.g. 2026-01-01T12:00:00Z), as
+    /// this copy knows its history: a value another device overwrote before it synced never
+    /// reached this copy, so copies can answer differently for such times.
     #[arg(long, value_name = "RFC3339", value_parser = Timestamp::parse_rfc3339)]
     pub at: Option<Timestamp>,
 }
