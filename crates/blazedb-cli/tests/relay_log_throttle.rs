@@ -8,7 +8,8 @@
 //! requests from an origin not allowed and connections over the per-address limit
 //! (`request_refused`, `connection_refused`; before, not logged), and `/v1/query` requests
 //! refused before they run — bad JSON, a bad expression, a body too large or too slow
-//! (`request_refused`, without the body; before, not logged).
+//! (`request_refused`, without the body; before, not logged), and attempts refused unread for
+//! their address's failed credentials (`request_refused`, `auth_rate_limited`).
 
 mod net_common;
 
@@ -169,9 +170,18 @@ fn handshakes_failing_in_a_loop_are_logged_a_few_times_and_summed_up_but_all_cou
     let data = dir.path().join("relay");
     let log = dir.path().join("relay.log");
     let started = Instant::now();
+    // Without the failure limit per address: it would refuse the flood unread after ten
+    // tokens (`auth_rate_limited`), and the valid client from the same address with it.
     let (relay, v) = start_relay_announced(
         &data,
-        &["--token", TOKEN, "--tcp-listen", "127.0.0.1:0"],
+        &[
+            "--token",
+            TOKEN,
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--max-auth-failures-per-address",
+            "0",
+        ],
         Some(&log),
     );
     let http = v["http"].as_str().unwrap().trim_start_matches("http://");
@@ -292,8 +302,13 @@ fn credentials_refused_over_http_in_a_loop_are_logged_a_few_times_and_summed_up_
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("relay.log");
     let started = Instant::now();
-    let (relay, v) =
-        start_relay_announced(&dir.path().join("relay"), &["--token", TOKEN], Some(&log));
+    // Without the failure limit per address, which would answer most of the loop `429`
+    // unread (`auth_rate_limited`): this test is about the log of refused credentials.
+    let (relay, v) = start_relay_announced(
+        &dir.path().join("relay"),
+        &["--token", TOKEN, "--max-auth-failures-per-address", "0"],
+        Some(&log),
+    );
     let http = v["http"].as_str().unwrap().trim_start_matches("http://");
 
     // Four clients, each a hundred times, on a new connection each time: a WebSocket upgrade
@@ -370,6 +385,79 @@ fn credentials_refused_over_http_in_a_loop_are_logged_a_few_times_and_summed_up_
         "{} lines:\n{text}",
         lines.len()
     );
+}
+
+/// Past `--max-auth-failures-per-address`, an address's attempts are refused unread (`429
+/// auth_rate_limited`, the right token too) and logged like the other refusals: a few lines
+/// a window and a summary, every one counted, the token never.
+#[test]
+fn attempts_refused_for_their_address_are_logged_a_few_times_and_summed_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("relay.log");
+    let started = Instant::now();
+    let (relay, v) = start_relay_announced(
+        &dir.path().join("relay"),
+        &["--token", TOKEN, "--max-auth-failures-per-address", "2"],
+        Some(&log),
+    );
+    let http = v["http"].as_str().unwrap().trim_start_matches("http://");
+    let query = |token: &str| {
+        let body = r#"{"collection": "notes"}"#;
+        format!(
+            "POST /v1/query HTTP/1.1\r\nhost: {http}\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for _ in 0..2 {
+        let (status, body) = request(http, &query(BAD_TOKEN));
+        assert_eq!(status, 401, "{body}");
+    }
+    const REFUSED: u64 = 50;
+    let sync = upgrade(
+        http,
+        "/v1/sync",
+        &format!("authorization: Bearer {TOKEN}\r\n"),
+    );
+    for i in 0..REFUSED {
+        let attempt = if i % 2 == 0 {
+            query(TOKEN)
+        } else {
+            sync.clone()
+        };
+        let (status, body) = request(http, &attempt);
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains(r#""code":"auth_rate_limited""#), "{body}");
+    }
+    assert_eq!(
+        metric(
+            http,
+            "blazedb_relay_requests_refused_total{reason=\"auth_rate_limited\"}"
+        ),
+        REFUSED as f64
+    );
+    assert_eq!(metric(http, "blazedb_relay_auth_failures_total"), 2.0);
+
+    let (code, _) = relay.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(TOKEN), "the token is in the log:\n{text}");
+    let lines = log_lines(&text);
+    let windows = windows_since(started);
+    let (full, suppressed, _) =
+        logged_and_suppressed(&lines, "request_refused", "auth_rate_limited", windows);
+    assert_eq!(full + suppressed, REFUSED, "{text}");
+    for l in lines
+        .iter()
+        .filter(|l| l["reason"] == "auth_rate_limited" && l["event"] == "request_refused")
+    {
+        assert_eq!(l["status"], 429, "{l}");
+        let message = l["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("too many failed authentication attempts from your address"),
+            "{l}"
+        );
+    }
 }
 
 #[test]

@@ -9,13 +9,16 @@
 //! sent anything of ours.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use blazedb::query::Params;
 use blazedb::sync::{AccessControl, Hello};
 use blazedb::{RecordId, Value};
 
 use crate::auth::{params, Authenticator, Claims};
+use crate::auth_failures::AuthFailures;
 use crate::limits::JWT_LEEWAY_S;
 use crate::rules::Rules;
 
@@ -26,6 +29,20 @@ pub struct ConnectionAccess {
     auth: Arc<Authenticator>,
     /// Set once: at the HTTP upgrade (WebSocket), or from HELLO's token (raw TCP / Unix).
     params: OnceLock<Params>,
+    /// Where the failed credentials of the client's HELLO are counted: its address (none
+    /// over a Unix socket). A WebSocket client's credential was checked, and counted, at the
+    /// upgrade.
+    address: Option<ClientAddress>,
+    /// Set when HELLO was refused for its address's failures (`admit`), for the session's
+    /// close reason.
+    refused_for_address: AtomicBool,
+}
+
+/// A client address and the relay's table of failed credentials.
+#[derive(Debug)]
+struct ClientAddress {
+    ip: IpAddr,
+    failures: Arc<Mutex<AuthFailures>>,
 }
 
 impl ConnectionAccess {
@@ -44,7 +61,25 @@ impl ConnectionAccess {
             rules,
             auth,
             params: cell,
+            address: None,
+            refused_for_address: AtomicBool::new(false),
         }
+    }
+
+    /// Count the failed credentials of HELLO towards `ip`'s limit in `failures`, and refuse
+    /// its HELLO unread while that address is refused.
+    pub(crate) fn with_failure_limit(
+        mut self,
+        ip: IpAddr,
+        failures: Arc<Mutex<AuthFailures>>,
+    ) -> ConnectionAccess {
+        self.address = Some(ClientAddress { ip, failures });
+        self
+    }
+
+    /// Whether HELLO was refused for its address's failed credentials.
+    pub(crate) fn refused_for_address(&self) -> bool {
+        self.refused_for_address.load(Ordering::Relaxed)
     }
 
     /// One claim of the verified credential (`$auth.<name>`).
@@ -66,6 +101,23 @@ impl ConnectionAccess {
 }
 
 impl AccessControl for ConnectionAccess {
+    /// A client whose address presented too many wrong credentials lately is refused
+    /// (`RATE_LIMITED`) before its token is read, as over HTTP (`auth_failures.rs`).
+    fn admit(&self, _hello: &Hello) -> Result<(), String> {
+        let Some(address) = &self.address else {
+            return Ok(());
+        };
+        if self.params.get().is_some() || !self.auth.required() {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        let checked = crate::state::lock_auth_failures(&address.failures).check(address.ip, now);
+        checked.map_err(|refusal| {
+            self.refused_for_address.store(true, Ordering::Relaxed);
+            refusal.message()
+        })
+    }
+
     fn authenticate(&self, hello: &Hello) -> Result<(), String> {
         if self.params.get().is_some() {
             // Authenticated by the transport (HTTP upgrade); HELLO's token is not needed.
@@ -76,8 +128,15 @@ impl AccessControl for ConnectionAccess {
                 let _ = self.params.set(params(&claims));
                 Ok(())
             }
-            // Counted when the session closes for it (`session::run`).
-            Err(e) => Err(e.to_string()),
+            // Counted when the session closes for it (`session::run`), and towards the
+            // address's limit here.
+            Err(e) => {
+                if let Some(address) = self.address.as_ref().filter(|_| e.is_guess()) {
+                    let now = tokio::time::Instant::now();
+                    crate::state::lock_auth_failures(&address.failures).failed(address.ip, now);
+                }
+                Err(e.to_string())
+            }
         }
     }
 

@@ -9,6 +9,9 @@
 //!   answered `401` with a JSON body before the WebSocket upgrade.
 //! - raw TCP / Unix sessions: the token field of the client's HELLO; a failure ends the
 //!   session with `AUTH_FAILED` before the relay subscribes or sends anything.
+//!
+//! A client address that presented too many wrong credentials lately is refused before its
+//! credential is looked at (`429` / `RATE_LIMITED`): see `auth_failures.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,6 +69,19 @@ pub enum AuthError {
     /// Anything else wrong with the JWT (malformed, wrong algorithm, audience, issuer...).
     #[error("invalid token: {0}")]
     Jwt(String),
+}
+
+impl AuthError {
+    /// Whether the refusal was of a credential the client presented (a wrong token, a JWT
+    /// that does not verify or expired), which counts towards its address's failure limit
+    /// (`auth_failures.rs`). No credential, an empty one or another scheme guesses nothing:
+    /// a request without one is how an HTTP client learns that a server wants one.
+    pub fn is_guess(&self) -> bool {
+        !matches!(
+            self,
+            AuthError::Missing | AuthError::NotBearer | AuthError::EmptyCredential
+        )
+    }
 }
 
 /// Checks credentials. Built once at startup from the configuration.

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use crate::limits::{
-    CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, DATA_DIR_DEFAULT,
-    HANDSHAKE_TIMEOUT_MS_DEFAULT, LISTEN_ADDR_DEFAULT, MESSAGE_BURST_DEFAULT,
-    MESSAGE_RATE_PER_S_DEFAULT,
+    AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT, AUTH_FAILURE_WINDOW_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT,
+    CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, DATA_DIR_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT,
+    LISTEN_ADDR_DEFAULT, MESSAGE_BURST_DEFAULT, MESSAGE_RATE_PER_S_DEFAULT,
 };
 
 /// How a relay runs. `RelayConfig::default()` is `blazedb serve` without flags.
@@ -131,6 +131,12 @@ pub struct Limits {
     pub message_rate_per_s: u32,
     /// Burst of protocol messages above the sustained rate.
     pub message_burst: u32,
+    /// Failed credentials one client address may present within `auth_failure_window_ms`
+    /// before its next attempts are refused, unread, for that long; 0: no limit.
+    pub auth_failures_per_address_max: u32,
+    /// The window of `auth_failures_per_address_max`, and how long an address that reached
+    /// it is refused, in ms.
+    pub auth_failure_window_ms: u64,
 }
 
 impl Default for Limits {
@@ -143,6 +149,8 @@ impl Default for Limits {
             ping_interval_ms: blazedb::limits::PING_INTERVAL_MS_DEFAULT,
             message_rate_per_s: MESSAGE_RATE_PER_S_DEFAULT,
             message_burst: MESSAGE_BURST_DEFAULT,
+            auth_failures_per_address_max: AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT,
+            auth_failure_window_ms: AUTH_FAILURE_WINDOW_MS_DEFAULT,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The log lines of what clients can make happen in a loop, throttled: sessions that end
 //! badly (`session_closed`), HTTP requests refused before a session or a query begins
-//! (`request_refused`: no or a wrong credential, an origin or host not served, a query body
+//! (`request_refused`: no or a wrong credential, an address refused for too many wrong ones,
+//! an origin or host not served, a query body
 //! too large, too slow or invalid, a query that waited too long for its turn) and connections
 //! refused for a connection limit (`connection_refused`).
 //!
@@ -46,8 +47,8 @@ pub(crate) struct LogThrottle {
 
 /// What a throttled line reports: its event and reason. Each key has a budget and a summary
 /// of its own, so a flood of one kind (bad tokens in HELLO over TCP) hides neither the first
-/// lines nor the count of another (bad tokens on `/v1/sync`). A fixed set: 5 close reasons,
-/// 8 request refusals, 2 connection limits.
+/// lines nor the count of another (bad tokens on `/v1/sync`). A fixed set: 6 close reasons,
+/// 9 request refusals, 2 connection limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum LogKey {
     /// `session_closed`: a session that ended badly, by its close reason.
@@ -64,6 +65,9 @@ pub(crate) enum LogKey {
 pub(crate) enum RequestRefusal {
     /// No credential, or one that does not verify (`401`).
     AuthFailed,
+    /// An attempt from an address that presented too many wrong credentials lately,
+    /// refused without looking at its credential (`429`, `auth_failures.rs`).
+    AuthRateLimited,
     /// A browser origin the relay does not allow (`403`).
     OriginNotAllowed,
     /// A `Host` a relay without authentication does not answer (`403`, DNS rebinding).
@@ -166,6 +170,7 @@ impl RequestRefusal {
     pub fn code(self) -> &'static str {
         match self {
             RequestRefusal::AuthFailed => "auth_failed",
+            RequestRefusal::AuthRateLimited => "auth_rate_limited",
             RequestRefusal::OriginNotAllowed => "origin_not_allowed",
             RequestRefusal::HostNotAllowed => "host_not_allowed",
             RequestRefusal::BodyTooLarge => "body_too_large",

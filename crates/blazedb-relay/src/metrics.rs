@@ -11,9 +11,9 @@
 //! | `cells_applied_total` | counter | received cells that changed the relay's store |
 //! | `cells_forwarded_total` | counter | cells sent to clients |
 //! | `rejected_writes_total` | counter | records whose changes the rules refused |
-//! | `auth_failures_total` | counter | refused credentials (HTTP 401, HELLO, expiry in a session, a node id under another identity) |
+//! | `auth_failures_total` | counter | refused credentials (HTTP 401, HELLO, expiry in a session, a node id under another identity); attempts refused unread for their address's failures are not in it, but in `requests_refused_total{reason="auth_rate_limited"}` and `sessions_closed_total{reason="auth_rate_limited"}` |
 //! | `connections_refused_total{limit}` | counter | connections refused at a limit: `total` (`--max-connections`) or `per_address` (`--max-connections-per-address`) |
-//! | `requests_refused_total{reason}` | counter | HTTP requests refused before a session or a query: `auth_failed`, `origin_not_allowed`, `host_not_allowed`, and for `/v1/query` `body_too_large`, `body_timeout`, `invalid_request`, `invalid_expression`, `busy` |
+//! | `requests_refused_total{reason}` | counter | HTTP requests refused before a session or a query: `auth_failed`, `auth_rate_limited` (429: the address presented too many wrong credentials lately), `origin_not_allowed`, `host_not_allowed`, and for `/v1/query` `body_too_large`, `body_timeout`, `invalid_request`, `invalid_expression`, `busy` |
 //! | `conflicts` | gauge | open conflicts in the relay's store |
 //! | `store_bytes` | gauge | size of the store file and its WAL |
 //! | `store_status` | gauge | 0: the store takes writes; 1: its disk is full (reads served, writes refused); 2: it was deleted, or its file system turned read-only, while the relay runs (`/health` says why) |
@@ -84,6 +84,9 @@ pub enum CloseReason {
     Shutdown,
     /// Credentials in HELLO were refused.
     AuthFailed,
+    /// HELLO came from an address that presented too many wrong credentials lately, and was
+    /// refused without its credential being looked at (`auth_failures.rs`).
+    AuthRateLimited,
     /// The client sent messages faster than its rate limit.
     RateLimited,
     /// No HELLO within the handshake timeout, or nothing received for the idle timeout.
@@ -102,6 +105,7 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::Shutdown => "shutdown",
             CloseReason::AuthFailed => "auth_failed",
+            CloseReason::AuthRateLimited => "auth_rate_limited",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Timeout => "timeout",
             CloseReason::ProtocolError => "protocol_error",

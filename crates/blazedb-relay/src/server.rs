@@ -36,8 +36,8 @@ use crate::config::RelayConfig;
 use crate::error::RelayError;
 use crate::http::{router, ConnectionSlot};
 use crate::limits::{
-    CLOSE_LOG_WINDOW_MS, HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS, ORIGINS_MAX,
-    SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME,
+    AUTH_FAILURE_WINDOW_MS_MAX, CLOSE_LOG_WINDOW_MS, HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS,
+    ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME,
 };
 use crate::metrics::Transport;
 use crate::origin::Origin;
@@ -505,6 +505,16 @@ fn check_limits(limits: &crate::config::Limits) -> Result<(), RelayError> {
             "an idle timeout of {idle} ms must be longer than the ping interval ({ping} ms), or \
              a live client that is only pinging is taken for dead: give a few times the ping \
              interval"
+        )));
+    }
+    let window = limits.auth_failure_window_ms;
+    if limits.auth_failures_per_address_max > 0
+        && !(1..=AUTH_FAILURE_WINDOW_MS_MAX).contains(&window)
+    {
+        return Err(RelayError::Config(format!(
+            "an authentication failure window of {window} ms is out of range: give 1 to \
+             {AUTH_FAILURE_WINDOW_MS_MAX} ms, or turn the failure limit off \
+             (--max-auth-failures-per-address 0)"
         )));
     }
     Ok(())

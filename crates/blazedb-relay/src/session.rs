@@ -45,7 +45,11 @@ pub(crate) async fn run<T>(
 {
     let _slot = slot;
     let limits = &state.limits;
-    let access = ConnectionAccess::new(state.rules.clone(), state.auth.clone(), claims);
+    let mut access = ConnectionAccess::new(state.rules.clone(), state.auth.clone(), claims);
+    if let Some(ip) = client {
+        access = access.with_failure_limit(ip, state.auth_failures.clone());
+    }
+    let access = Arc::new(access);
     let (guard, guard_report) = Guard::new(
         io,
         &GuardOptions {
@@ -60,7 +64,7 @@ pub(crate) async fn run<T>(
     );
     let cfg = SessionConfig {
         server: true,
-        access: Some(Arc::new(access)),
+        access: Some(access.clone()),
         idle_timeout_ms: limits.idle_timeout_ms,
         ping_interval_ms: limits.ping_interval_ms,
         ..SessionConfig::default()
@@ -107,7 +111,11 @@ pub(crate) async fn run<T>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let reason = close_reason(&result, guard_close.as_ref());
+    let reason = if access.refused_for_address() {
+        CloseReason::AuthRateLimited
+    } else {
+        close_reason(&result, guard_close.as_ref())
+    };
     metrics.closed(reason);
     if reason == CloseReason::AuthFailed {
         // Every refusal of a session's credential: a bad or expired token in HELLO, an
@@ -119,6 +127,8 @@ pub(crate) async fn run<T>(
     // A session that ends badly is logged, but a client failing in a loop is not logged
     // once per attempt: past a few a minute per reason they are counted in one summary
     // line (`log_throttle.rs`). The metrics above count every one.
+    // (One refused for its address's failed credentials is logged too, throttled: the
+    // first lines of a window name the addresses being refused.)
     let ended_badly = !matches!(
         reason,
         CloseReason::PeerFinished | CloseReason::Disconnected | CloseReason::Shutdown

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::auth_failures::AuthFailures;
 use crate::config::Limits;
 use crate::log_throttle::{log_message, LogKey, LogThrottle};
 use crate::metrics::{Metrics, Transport};
@@ -54,6 +55,9 @@ pub(crate) struct State {
     /// Which of the lines clients can cause in a loop are logged in full
     /// ([`State::log_throttled`]).
     log_throttle: Mutex<LogThrottle>,
+    /// Failed credentials per client address, shared with the sessions that read theirs
+    /// from HELLO (`auth_failures.rs`).
+    pub auth_failures: Arc<Mutex<AuthFailures>>,
     /// One per open connection (`Limits::connections_max`, and per client address
     /// `Limits::connections_per_address_max`).
     slots: Slots,
@@ -89,6 +93,10 @@ impl State {
             rules: Arc::new(rules),
             metrics: Arc::new(Metrics::new()),
             slots: Slots::new(limits.connections_max, limits.connections_per_address_max),
+            auth_failures: Arc::new(Mutex::new(AuthFailures::new(
+                limits.auth_failures_per_address_max,
+                std::time::Duration::from_millis(limits.auth_failure_window_ms),
+            ))),
             limits,
             origins,
             started: Instant::now(),
@@ -198,12 +206,15 @@ impl State {
         crate::log::line(line);
     }
 
-    /// End the throttled log's window: print what it left out, one line per key.
+    /// End the throttled log's window: print what it left out, one line per key. (Also
+    /// forgets the addresses whose failed credentials no longer matter: the same minute's
+    /// housekeeping.)
     pub fn end_log_window(&self) {
         let lines = self.lock_log_throttle().end_window();
         for line in lines {
             crate::log::line(line);
         }
+        lock_auth_failures(&self.auth_failures).forget_stale(Instant::now());
     }
 
     fn lock_log_throttle(&self) -> std::sync::MutexGuard<'_, LogThrottle> {
@@ -258,4 +269,11 @@ impl State {
         !self.loopback_hosts_only
             || host.is_none_or(|h| RequestHost::parse(h).is_some_and(|h| h.host.is_loopback()))
     }
+}
+
+/// The failure table, whatever a panicking holder left it as (counts, never an invariant).
+pub(crate) fn lock_auth_failures(
+    failures: &Mutex<AuthFailures>,
+) -> std::sync::MutexGuard<'_, AuthFailures> {
+    failures.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -2,7 +2,8 @@
 //! where the problem is: an invalid rule (file, collection, key, column), running without
 //! authentication on a non-loopback address, a static token or JWT secret shorter than 16
 //! bytes, limits that cannot work (no connection slot, a
-//! ping interval too short, an idle timeout not longer than it), a missing TLS key, a wrong
+//! ping interval too short, an idle timeout not longer than it, an authentication failure
+//! window of 0 ms), a missing TLS key, a wrong
 //! store password, a `--unix` path that is not a socket.
 
 use std::path::PathBuf;
@@ -87,7 +88,7 @@ async fn configuration_errors_are_reported_before_serving() {
     limits.ping_interval_ms = 1_000;
     limits.idle_timeout_ms = 1_000;
     let e = error(RelayConfig {
-        limits,
+        limits: limits.clone(),
         ..config(&dir)
     })
     .await;
@@ -96,6 +97,18 @@ async fn configuration_errors_are_reported_before_serving() {
         "{e}"
     );
     assert!(!e.contains("  "), "{e}");
+    limits.idle_timeout_ms = 10_000;
+    limits.auth_failure_window_ms = 0;
+    let e = error(RelayConfig {
+        limits,
+        ..config(&dir)
+    })
+    .await;
+    assert!(
+        e.contains("authentication failure window of 0 ms is out of range")
+            && e.contains("--max-auth-failures-per-address 0"),
+        "{e}"
+    );
 
     let e = error(RelayConfig {
         tls: Some(TlsFiles {

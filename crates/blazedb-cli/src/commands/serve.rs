@@ -104,6 +104,14 @@ pub struct ServeArgs {
     /// a NAT many clients share, since they all arrive from its address.
     #[arg(long, value_name = "N")]
     pub max_connections_per_address: Option<usize>,
+    /// Wrong credentials one client IP address (an IPv6 /64) may present within a minute
+    /// (default 10); the one that reaches it makes the relay refuse that address's next
+    /// attempts for a minute (HTTP 429, RATE_LIMITED over TCP) without checking them, so
+    /// guessing stops there. 0: no limit. Behind a reverse proxy every client arrives from
+    /// its address, and one client's wrong token would lock all of them out: raise it there,
+    /// or set 0.
+    #[arg(long, value_name = "N")]
+    pub max_auth_failures_per_address: Option<u32>,
     /// Protocol messages per second one connection may send (sustained; default 1,000); 0:
     /// unlimited. A
     /// connection may also send a burst above it: see --message-burst.
@@ -232,6 +240,9 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
     }
     if let Some(n) = args.max_connections_per_address {
         limits.connections_per_address_max = n;
+    }
+    if let Some(n) = args.max_auth_failures_per_address {
+        limits.auth_failures_per_address_max = n;
     }
     if let Some(n) = args.message_rate {
         limits.message_rate_per_s = n;

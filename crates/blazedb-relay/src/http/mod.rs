@@ -11,6 +11,9 @@
 //! what to do"}`. (A request whose head HTTP cannot parse, or one over 64 KiB, is answered by
 //! hyper before any of this runs: a bare `400` or `431`.)
 //! Authentication failures are `401` and happen before the WebSocket upgrade, so nothing flows.
+//! A client address that presented `Limits::auth_failures_per_address_max` wrong credentials
+//! within `Limits::auth_failure_window_ms` is answered `429` (`auth_rate_limited`, with
+//! `Retry-After`) for a window, its credentials not looked at (`crate::auth_failures`).
 //! Requests refused for their credential, origin or host, and queries refused before they
 //! run (`413`, `408`, `400`, `503 busy`), are logged as `request_refused` (endpoint, client
 //! address, status, reason, the message the client got unless it quotes the body; never the
@@ -29,11 +32,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use tokio::time::Instant;
 
 use crate::auth::{credential_from_http, AuthError, Claims};
 use crate::log_throttle::{LogKey, RequestRefusal};
 use crate::slots::Slot;
-use crate::state::State;
+use crate::state::{lock_auth_failures, State};
 
 /// The relay's routes.
 pub(crate) fn router(state: Arc<State>) -> Router {
@@ -154,8 +158,29 @@ pub(crate) fn log_refusal(
     });
 }
 
-/// Authenticate an HTTP request, or the `401` to answer it with.
+/// Authenticate an HTTP request, or the `401` to answer it with — or, for a client whose
+/// address presented too many wrong credentials lately, the `429` (`auth_rate_limited`, with
+/// `Retry-After`), given without looking at the credential (`auth_failures.rs`).
 pub(crate) fn authenticate(state: &State, req: &Request) -> Result<Claims, Box<Response>> {
+    let client = req.extensions().get::<ConnectionSlot>().map(|c| c.ip);
+    let address = client.filter(|_| state.auth.required());
+    if let Some(ip) = address {
+        let checked = lock_auth_failures(&state.auth_failures).check(ip, Instant::now());
+        if let Err(refusal) = checked {
+            let mut r = refuse(
+                state,
+                req,
+                RequestRefusal::AuthRateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                refusal.message(),
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(refusal.retry_after_s()),
+            );
+            return Err(Box::new(r));
+        }
+    }
     let headers = req.headers();
     let credential = credential_from_http(headers, req.uri());
     let verified = match &credential {
@@ -168,6 +193,9 @@ pub(crate) fn authenticate(state: &State, req: &Request) -> Result<Claims, Box<R
     };
     verified.map_err(|e| {
         state.metrics.auth_failures.inc();
+        if let Some(ip) = address.filter(|_| e.is_guess()) {
+            lock_auth_failures(&state.auth_failures).failed(ip, Instant::now());
+        }
         let mut r = refuse(
             state,
             req,

@@ -16,8 +16,19 @@ pub(crate) const IDENTITY_NOTE: &str = "identity";
 
 /// Decisions for one peer. Every method has a permissive default.
 pub trait AccessControl: Send + Sync + std::fmt::Debug {
-    /// Called with the peer's HELLO before anything else: refuse to end the session with
-    /// `AUTH_FAILED` and this message (no data has flowed yet).
+    /// Called with the peer's HELLO before [`AccessControl::authenticate`]: refuse to end the
+    /// session with `RATE_LIMITED` and this message, the peer's credential unread. For a side
+    /// that stops checking the credentials of a peer that failed too often (the relay, per
+    /// client address), so that guessing stops; `RATE_LIMITED` tells the peer to try again
+    /// later, not to give up as after `AUTH_FAILED`. Default: admit.
+    fn admit(&self, hello: &Hello) -> Result<(), String> {
+        let _ = hello;
+        Ok(())
+    }
+
+    /// Called with the peer's HELLO before anything else but [`AccessControl::admit`]:
+    /// refuse to end the session with `AUTH_FAILED` and this message (no data has flowed
+    /// yet).
     fn authenticate(&self, hello: &Hello) -> Result<(), String> {
         let _ = hello;
         Ok(())

@@ -1016,6 +1016,9 @@ impl Session {
             ));
         }
         if let Some(access) = self.cfg.access.clone() {
+            if let Err(message) = access.admit(&h) {
+                return Err(self.fail(ErrorCode::RateLimited, message, now_ms));
+            }
             if let Err(message) = access.authenticate(&h) {
                 return Err(self.fail(ErrorCode::AuthFailed, message, now_ms));
             }
