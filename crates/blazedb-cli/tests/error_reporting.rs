@@ -192,6 +192,45 @@ fn listen_refuses_an_empty_token() {
     assert!(!db.exists());
 }
 
+/// A listener's token shorter than the relay's minimum (16 bytes) is refused (exit 2), as
+/// `serve` refuses one, naming where it came from and how to make a long one: nothing slows
+/// down a peer that guesses it. From --token, --token-file and BLAZEDB_TOKEN alike.
+#[test]
+fn listen_refuses_a_short_token_wherever_it_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let says = |run: &common::Run, from: &str| {
+        assert!(
+            run.stderr.contains(&format!(
+                "the token ({from}) is 3 bytes long, and a listener's token must have at least 16"
+            )) && run.stderr.contains("openssl rand -hex 32 > token.txt")
+                && run.stderr.contains("--token-file token.txt"),
+            "{}",
+            run.stderr
+        );
+    };
+    let run = run_on("listen", &db, &["--tcp", "127.0.0.1:0", "--token", "abc"]).failure(2);
+    says(&run, "--token");
+    let file = dir.path().join("token.txt");
+    std::fs::write(&file, "abc\n").unwrap();
+    let path = file.to_str().unwrap();
+    let run = run_on(
+        "listen",
+        &db,
+        &["--tcp", "127.0.0.1:0", "--token-file", path],
+    )
+    .failure(2);
+    says(&run, &format!("in {path}"));
+    let mut cmd = common::blazedb_command(None);
+    cmd.env("BLAZEDB_TOKEN", "abc")
+        .arg("listen")
+        .arg(&db)
+        .args(["--tcp", "127.0.0.1:0"]);
+    let run = common::Run::of(cmd, None).failure(2);
+    says(&run, "BLAZEDB_TOKEN");
+    assert!(!db.exists());
+}
+
 /// TLS options with a peer that speaks no TLS are refused, not ignored.
 #[test]
 fn tls_options_need_a_tls_peer() {

@@ -39,9 +39,15 @@ fn listen_and_sync_once_over_tcp_converge() {
         put(&a, "notes", &format!(r#"{{"from": "a", "n": {i}}}"#));
     }
     put(&hub, "notes", r#"{"from": "hub"}"#);
-    let (_listener, url) = start_listener(&hub, &["--tcp", "127.0.0.1:0", "--token", "t0k"], None);
+    let (_listener, url) = start_listener(
+        &hub,
+        &["--tcp", "127.0.0.1:0", "--token", "t0k3n-of-the-listener"],
+        None,
+    );
     assert!(url.starts_with("tcp://127.0.0.1:"), "{url}");
 
+    // A short token is the listener's to refuse, not the client's: `sync` presents it, and
+    // the listener says it is wrong.
     let (ok, _, err) = sync_once(&a, &url, &["--token", "wrong"]);
     assert!(!ok);
     assert!(
@@ -54,7 +60,7 @@ fn listen_and_sync_once_over_tcp_converge() {
         "nothing flowed with a wrong token"
     );
 
-    let (ok, report, err) = sync_once(&a, &url, &["--token", "t0k"]);
+    let (ok, report, err) = sync_once(&a, &url, &["--token", "t0k3n-of-the-listener"]);
     assert!(ok, "{err}");
     assert_eq!(report["url"], url.as_str());
     // 20 records of 3 cells (existence, from, n) one way, 1 record of 2 cells the other.
@@ -66,7 +72,7 @@ fn listen_and_sync_once_over_tcp_converge() {
     assert_eq!(export(&a, "notes"), export(&hub, "notes"));
     assert_eq!(export(&a, "notes").len(), 21);
 
-    let (ok, again, err) = sync_once(&a, &url, &["--token", "t0k"]);
+    let (ok, again, err) = sync_once(&a, &url, &["--token", "t0k3n-of-the-listener"]);
     assert!(ok, "{err}");
     assert_eq!(again["sent"]["cells"], 0);
     assert_eq!(again["received"]["cells"], 0);
@@ -79,11 +85,20 @@ fn a_filter_on_auth_claims_is_refused_by_a_listen_peer() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, a) = (dir.path().join("hub.db"), dir.path().join("a.db"));
     put(&hub, "notes", r#"{"owner": "ann"}"#);
-    let (_listener, url) = start_listener(&hub, &["--tcp", "127.0.0.1:0", "--token", "t0k"], None);
+    let (_listener, url) = start_listener(
+        &hub,
+        &["--tcp", "127.0.0.1:0", "--token", "t0k3n-of-the-listener"],
+        None,
+    );
     let (ok, _, err) = sync_once(
         &a,
         &url,
-        &["--token", "t0k", "--where", "owner == $auth.sub"],
+        &[
+            "--token",
+            "t0k3n-of-the-listener",
+            "--where",
+            "owner == $auth.sub",
+        ],
     );
     assert!(!ok, "a filter that can match nothing was accepted");
     assert!(
@@ -91,7 +106,16 @@ fn a_filter_on_auth_claims_is_refused_by_a_listen_peer() {
         "{err}"
     );
     // The same filter with the value written out works.
-    let (ok, report, err) = sync_once(&a, &url, &["--token", "t0k", "--where", "owner == \"ann\""]);
+    let (ok, report, err) = sync_once(
+        &a,
+        &url,
+        &[
+            "--token",
+            "t0k3n-of-the-listener",
+            "--where",
+            "owner == \"ann\"",
+        ],
+    );
     assert!(ok, "{err}");
     assert_eq!(report["received"]["cells_applied"], 2, "{report}");
 }
@@ -103,10 +127,19 @@ fn a_refused_filter_ends_sync_watch_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, a) = (dir.path().join("hub.db"), dir.path().join("a.db"));
     put(&hub, "notes", r#"{"owner": "ann"}"#);
-    let (_listener, url) = start_listener(&hub, &["--tcp", "127.0.0.1:0", "--token", "t0k"], None);
+    let (_listener, url) = start_listener(
+        &hub,
+        &["--tcp", "127.0.0.1:0", "--token", "t0k3n-of-the-listener"],
+        None,
+    );
     let mut cmd = blazedb();
     cmd.arg("sync").arg(&a).arg(&url).arg("--watch");
-    cmd.args(["--token", "t0k", "--where", "owner == $auth.sub"]);
+    cmd.args([
+        "--token",
+        "t0k3n-of-the-listener",
+        "--where",
+        "owner == $auth.sub",
+    ]);
     let log = dir.path().join("watch.log");
     let mut watch = net_common::Daemon::spawn("sync --watch", cmd, Some(&log));
     let limit = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -98,15 +98,18 @@ fn partial_replica_of_a_listener_over_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let (source, replica) = (dir.path().join("source.db"), dir.path().join("replica.db"));
     seed(&source);
-    let (_listener, url) =
-        start_listener(&source, &["--tcp", "127.0.0.1:0", "--token", "t0k"], None);
+    let (_listener, url) = start_listener(
+        &source,
+        &["--tcp", "127.0.0.1:0", "--token", "t0k3n-of-the-listener"],
+        None,
+    );
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "sync".as_ref(),
         replica.as_os_str(),
         url.as_ref(),
         "--once".as_ref(),
         "--token".as_ref(),
-        "t0k".as_ref(),
+        "t0k3n-of-the-listener".as_ref(),
     ];
     args.extend(POLICY.iter().map(std::ffi::OsStr::new));
     let (ok, out, err) = run(&args);

@@ -86,8 +86,12 @@ fn a_listener_that_checks_the_token_raises_no_warning() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, a) = (dir.path().join("hub.db"), dir.path().join("a.db"));
     put(&hub, "notes", r#"{"from": "hub"}"#);
-    let (_listener, url) = start_listener(&hub, &["--tcp", "127.0.0.1:0", "--token", "t0k"], None);
-    let (report, lines) = sync_once(&a, &url, &["--token", "t0k"], &[]);
+    let (_listener, url) = start_listener(
+        &hub,
+        &["--tcp", "127.0.0.1:0", "--token", "t0k3n-of-the-listener"],
+        None,
+    );
+    let (report, lines) = sync_once(&a, &url, &["--token", "t0k3n-of-the-listener"], &[]);
     assert_not_warned(&report, &lines);
     assert_eq!(export(&a, "notes").len(), 1);
 }

@@ -11,10 +11,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use blazedb::sync::{SessionConfig, SyncMode};
 use blazedb_net::transport::{listen, ListenConfig, ListenEvent, TlsServerOptions};
+use blazedb_relay::limits::AUTH_SECRET_BYTES_MIN;
 use clap::{ArgGroup, Args};
 use serde_json::json;
 
-use crate::commands::sync::{file_watch_unavailable, interrupted, HeartbeatArgs};
+use crate::commands::sync::{
+    file_watch_unavailable, interrupted, token_on_command_line, HeartbeatArgs, TOKEN_ENV,
+};
 use crate::database::{Access, Context};
 use crate::output::Output;
 use crate::report::{stderr_line, UsageError};
@@ -32,11 +35,13 @@ pub struct ListenArgs {
     /// --token is still required).
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
-    /// Require peers to present the token in this file (one trailing newline is ignored).
-    /// Also read from the environment variable BLAZEDB_TOKEN.
+    /// Require peers to present the token in this file (at least 16 bytes, e.g. `openssl
+    /// rand -hex 32 > FILE`; one trailing newline is ignored). Also read from the environment
+    /// variable BLAZEDB_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Require peers to present this token (also read from BLAZEDB_TOKEN). On the command
+    /// Require peers to present this token (at least 16 bytes; also read from
+    /// BLAZEDB_TOKEN). On the command
     /// line it is visible to every local user in the process list: use --token-file or
     /// BLAZEDB_TOKEN instead.
     #[arg(long, env = "BLAZEDB_TOKEN", hide_env_values = true)]
@@ -64,6 +69,25 @@ pub struct ListenArgs {
     pub heartbeat: HeartbeatArgs,
 }
 
+/// Why a listener refuses a token of `len` bytes, naming where it came from. The same
+/// minimum as the relay's static token ([`AUTH_SECRET_BYTES_MIN`]), said the same way: a
+/// listener does not slow down a peer that guesses, so the token's length is what keeps it
+/// out of reach. Only the side that defines the secret is checked: `sync --token` presents
+/// whatever its peer was started with.
+fn short_token(len: usize, args: &ListenArgs) -> String {
+    let from = match &args.token_file {
+        Some(path) => format!("in {}", path.display()),
+        None if token_on_command_line(args.token.as_deref()) => "--token".to_owned(),
+        None => TOKEN_ENV.to_owned(),
+    };
+    format!(
+        "the token ({from}) is {len} bytes long, and a listener's token must have at least \
+         {AUTH_SECRET_BYTES_MIN} (nothing slows down a peer guessing it): make a random one, \
+         e.g. `openssl rand -hex 32 > token.txt`, and start the listener with --token-file \
+         token.txt (its peers sync with --token-file token.txt)"
+    )
+}
+
 /// Serve until interrupted.
 pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
     args.heartbeat.check()?;
@@ -71,6 +95,13 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
     // database to anyone because a variable in a script was unset (as `serve` does).
     // (An empty BLAZEDB_TOKEN in the environment does mean "none".)
     let env_empty = std::env::var_os("BLAZEDB_TOKEN").is_some_and(|v| v.is_empty());
+    let too_short = |t: &str| !t.is_empty() && t.len() < AUTH_SECRET_BYTES_MIN;
+    // A short --token is refused before `client_token` warns that it is in the process
+    // list: one line saying what to do, which fixes both.
+    if args.token_file.is_none() && args.token.as_deref().is_some_and(too_short) {
+        let len = args.token.as_deref().map_or(0, str::len);
+        return Err(UsageError(short_token(len, args)).into());
+    }
     let token =
         crate::commands::sync::client_token(args.token.as_deref(), args.token_file.as_deref())?
             .map(|t| t.to_string())
@@ -82,6 +113,9 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
                 .into(),
         )
         .into());
+    }
+    if let Some(t) = token.as_deref().filter(|t| too_short(t)) {
+        return Err(UsageError(short_token(t.len(), args)).into());
     }
     if args.tls_cert.is_some() && args.tcp.is_none() {
         return Err(UsageError(

@@ -307,7 +307,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
 
 /// Whether `token` (the value of --token) was typed on the command line rather than taken
 /// from BLAZEDB_TOKEN: a variable exported for network syncs must not break a file sync.
-fn token_on_command_line(token: Option<&str>) -> bool {
+pub(crate) fn token_on_command_line(token: Option<&str>) -> bool {
     crate::password::typed_on_command_line(token, TOKEN_ENV)
 }
 
