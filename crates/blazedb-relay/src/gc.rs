@@ -14,7 +14,8 @@
 //! first failure of a cause is logged; the same cause again is only counted (in
 //! [`GcCounters::failures`], every one); another cause is a new `gc_failed` line with how
 //! many runs failed for the one before; and the first run that works after failures says
-//! `gc_recovered`, with their count.
+//! `gc_recovered`, with their count. `/metrics` counts every failed run by its cause
+//! (`gc_failures_total{cause}`, [`FailureKind`]), logged or not.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use blazedb::{Database, GcOptions, GcReport, NodeId};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::task::JoinHandle;
+
+use crate::metrics::GcFailureLabel;
 
 /// How often the relay collects garbage by default (`--gc-interval`), in ms: 10 minutes.
 pub const GC_INTERVAL_MS_DEFAULT: u64 = 10 * 60 * 1000;
@@ -34,6 +39,9 @@ pub struct GcCounters {
     pub runs: AtomicU64,
     /// Runs that failed (the error went to stderr; the next run tries again).
     pub failures: AtomicU64,
+    /// The same runs by cause: the relay's `gc_failures_total{cause}`
+    /// ([`crate::metrics::Metrics`] holds the same family).
+    pub(crate) failures_by_cause: Family<GcFailureLabel, Counter>,
     /// Tombstones removed.
     pub tombstones_purged: AtomicU64,
     /// Removal cells dropped from live records.
@@ -51,6 +59,14 @@ pub struct GcCounters {
 }
 
 impl GcCounters {
+    /// A failed run, of `kind`.
+    fn failed(&self, kind: FailureKind) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.failures_by_cause
+            .get_or_create(&GcFailureLabel { cause: kind })
+            .inc();
+    }
+
     fn add(&self, r: &GcReport) {
         let add = |c: &AtomicU64, v: u64| c.fetch_add(v, Ordering::Relaxed);
         add(&self.runs, 1);
@@ -141,17 +157,49 @@ async fn run(
                 expired_before = report.expired_peers.iter().copied().collect();
             }
             Ok(Err(e)) => {
-                counters.failures.fetch_add(1, Ordering::Relaxed);
+                counters.failed(FailureCause::of(&e).kind());
                 if let Some(line) = failures.failed(&e) {
                     crate::log::line(line);
                 }
             }
             // The blocking task panicked or was cancelled (shutdown): try again next time.
-            Err(_) => {
-                counters.failures.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(_) => counters.failed(FailureKind::Error),
         }
     }
+}
+
+/// Why a GC run failed, in a fixed set: the `cause` of the log's `gc_failed` and
+/// `gc_recovered` lines and of the `gc_failures_total{cause}` metric.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The store file was deleted while the relay runs.
+    StoreGone,
+    /// The store's disk is full.
+    DiskFull,
+    /// The store's file system turned read-only while the relay runs.
+    StoreReadOnly,
+    /// Anything else (the log line has its message).
+    Error,
+}
+
+impl FailureKind {
+    /// The `cause` of the log lines and the metric's label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::StoreGone => "store_gone",
+            FailureKind::DiskFull => "disk_full",
+            FailureKind::StoreReadOnly => "store_read_only",
+            FailureKind::Error => "error",
+        }
+    }
+
+    /// Every kind, for the metric's series to exist at 0 before a run fails.
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::StoreGone,
+        FailureKind::DiskFull,
+        FailureKind::StoreReadOnly,
+        FailureKind::Error,
+    ];
 }
 
 /// Why a GC run failed, as far as the log tells causes apart: a run that fails for the same
@@ -182,14 +230,18 @@ impl FailureCause {
         }
     }
 
+    fn kind(&self) -> FailureKind {
+        match self {
+            FailureCause::StoreGone => FailureKind::StoreGone,
+            FailureCause::DiskFull => FailureKind::DiskFull,
+            FailureCause::StoreReadOnly => FailureKind::StoreReadOnly,
+            FailureCause::Other(_) => FailureKind::Error,
+        }
+    }
+
     /// The `cause` of a `gc_failed` or `gc_recovered` line.
     fn name(&self) -> &'static str {
-        match self {
-            FailureCause::StoreGone => "store_gone",
-            FailureCause::DiskFull => "disk_full",
-            FailureCause::StoreReadOnly => "store_read_only",
-            FailureCause::Other(_) => "error",
-        }
+        self.kind().as_str()
     }
 }
 

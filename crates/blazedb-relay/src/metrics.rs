@@ -14,6 +14,7 @@
 //! | `auth_failures_total` | counter | refused credentials (HTTP 401, HELLO, expiry in a session, a node id under another identity); attempts refused unread for their address's failures are not in it, but in `requests_refused_total{reason="auth_rate_limited"}` and `sessions_closed_total{reason="auth_rate_limited"}` |
 //! | `connections_refused_total{limit}` | counter | connections refused at a limit: `total` (`--max-connections`) or `per_address` (`--max-connections-per-address`) |
 //! | `requests_refused_total{reason}` | counter | HTTP requests refused before a session or a query: `auth_failed`, `auth_rate_limited` (429: the address presented too many wrong credentials lately), `origin_not_allowed`, `host_not_allowed`, and for `/v1/query` `body_too_large`, `body_timeout`, `invalid_request`, `invalid_expression`, `busy` |
+//! | `gc_failures_total{cause}` | counter | garbage collection runs that failed (`--gc-interval`; the next run tries again), by cause: `store_gone` (the store was deleted while the relay runs), `disk_full`, `store_read_only` (its file system turned read-only), `error` (anything else; the `gc_failed` log line has the message). The log says a cause once while it lasts (`gc.rs`); this counts every run |
 //! | `conflicts` | gauge | open conflicts in the relay's store |
 //! | `store_bytes` | gauge | size of the store file and its WAL |
 //! | `store_status` | gauge | 0: the store takes writes; 1: its disk is full (reads served, writes refused); 2: it was deleted, or its file system turned read-only, while the relay runs (`/health` says why) |
@@ -22,7 +23,7 @@
 //! | `peers_lagging` | gauge | connected peers with a lag above zero |
 //!
 //! **Bounded cardinality.** Labels take a fixed set of values (`transport`, `reason`,
-//! `limit`: never an origin, a host or an address a client sent), except
+//! `limit`, `cause`: never an origin, a host or an address a client sent), except
 //! `peer`, which is a node id: it is exported only for the [`PEER_LAG_TOP_N`] peers with the
 //! largest lag at scrape time (the family is cleared and refilled on every scrape), while the
 //! max and count cover every peer. So a relay with 10,000 clients exports at most N lag
@@ -153,6 +154,17 @@ impl EncodeLabelValue for crate::log_throttle::RequestRefusal {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GcFailureLabel {
+    pub cause: crate::gc::FailureKind,
+}
+
+impl EncodeLabelValue for crate::gc::FailureKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PeerLabel {
     pub peer: String,
 }
@@ -175,6 +187,8 @@ pub struct Metrics {
     pub(crate) auth_failures: Counter,
     pub(crate) connections_refused: Family<RefusedLabel, Counter>,
     pub(crate) requests_refused: Family<RequestRefusalLabel, Counter>,
+    /// Shared with the GC task's [`crate::gc::GcCounters`], which counts into it.
+    pub(crate) gc_failures: Family<GcFailureLabel, Counter>,
     pub(crate) conflicts: Gauge,
     pub(crate) store_bytes: Gauge,
     pub(crate) store_status: Gauge,
@@ -204,6 +218,7 @@ impl Metrics {
             auth_failures: Counter::default(),
             connections_refused: Family::default(),
             requests_refused: Family::default(),
+            gc_failures: Family::default(),
             conflicts: Gauge::default(),
             store_bytes: Gauge::default(),
             store_status: Gauge::default(),
@@ -273,6 +288,16 @@ impl Metrics {
             "requests_refused",
             "HTTP requests refused before a session or a query, by reason",
             m.requests_refused.clone(),
+        );
+        // Every cause at 0 from the start: an alert on its increase then fires at the first
+        // failure, not at the second (a series that appears with 1 has no increase).
+        for cause in crate::gc::FailureKind::ALL {
+            let _ = m.gc_failures.get_or_create(&GcFailureLabel { cause });
+        }
+        r.register(
+            "gc_failures",
+            "Garbage collection runs that failed, by cause",
+            m.gc_failures.clone(),
         );
         r.register(
             "conflicts",

@@ -193,6 +193,11 @@ impl Relay {
             origins,
             http_addr.ip().is_loopback(),
         ));
+        // The GC task counts its failures into the relay's metrics.
+        let gc = Arc::new(crate::gc::GcCounters {
+            failures_by_cause: state.metrics.gc_failures.clone(),
+            ..crate::gc::GcCounters::default()
+        });
         Ok(Relay {
             state,
             http,
@@ -203,7 +208,7 @@ impl Relay {
             tls_tcp,
             gc_interval: Duration::from_millis(crate::gc::GC_INTERVAL_MS_DEFAULT),
             gc_options: blazedb::GcOptions::default(),
-            gc: Arc::default(),
+            gc,
             warnings,
         })
     }

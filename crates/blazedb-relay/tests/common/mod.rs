@@ -36,6 +36,15 @@ pub struct TestRelay {
 impl TestRelay {
     /// Start a relay with a static token; `tweak` changes the configuration first.
     pub async fn start(tweak: impl FnOnce(&mut RelayConfig)) -> TestRelay {
+        TestRelay::start_with(tweak, |_| {}).await
+    }
+
+    /// [`TestRelay::start`], and `before_run` changes the bound relay before it serves (its
+    /// GC interval, say).
+    pub async fn start_with(
+        tweak: impl FnOnce(&mut RelayConfig),
+        before_run: impl FnOnce(&mut Relay),
+    ) -> TestRelay {
         let dir = tempfile::tempdir().unwrap();
         let mut config = RelayConfig {
             data_dir: dir.path().join("relay"),
@@ -44,7 +53,8 @@ impl TestRelay {
             ..RelayConfig::default()
         };
         tweak(&mut config);
-        let relay = Relay::bind(config).await.expect("relay starts");
+        let mut relay = Relay::bind(config).await.expect("relay starts");
+        before_run(&mut relay);
         let (addr, tcp_addr, db) = (relay.local_addr(), relay.tcp_addr(), relay.database());
         let stop = CancellationToken::new();
         let s = stop.clone();
