@@ -77,27 +77,13 @@ fn syncing_two_files_says_which_it_upgraded() {
     let db = TestDb::new();
     db.put("c", r#"{"n": 1}"#);
     let other = db.file("other.db");
-    run_blazedb(
-        None,
-        &[
-            "sync".as_ref(),
-            db.path.as_os_str(),
-            other.as_os_str(),
-            "--once".as_ref(),
-        ],
-    )
-    .success();
+    let sync = || {
+        let args = [db.path.as_os_str(), other.as_os_str(), "--once".as_ref()];
+        run_blazedb(None, &[&["sync".as_ref()], &args[..]].concat()).success()
+    };
+    sync();
     downgrade_to_format_10(&other);
-    let run = run_blazedb(
-        None,
-        &[
-            "sync".as_ref(),
-            db.path.as_os_str(),
-            other.as_os_str(),
-            "--once".as_ref(),
-        ],
-    )
-    .success();
+    let run = sync();
     assert!(run.stderr.starts_with(&notice(&other)), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert_eq!(format_of(&other), FORMAT_VERSION);

@@ -293,14 +293,18 @@ fn a_record_leaving_two_partial_replicas_views_stays_until_a_full_peer_has_it() 
     );
 }
 
-/// A replica that starts excluding a field it has edited but not yet synced sends the edit
-/// first and drops its copy of the field only once the source has it: the exclusion used to
-/// evict the field before the session read the feed, so the edit was lost everywhere, with no
-/// conflict (found by exercising `blazedb sync --exclude-fields`). At reconnect and on a live
-/// session alike.
+/// Whether `db`'s copy of the record holds the field `att`.
+fn holds_att(db: &Database, id: RecordId) -> bool {
+    db.get("bugs", id)
+        .unwrap()
+        .unwrap()
+        .fields
+        .contains_key("att")
+}
+
 /// A replica that already excludes a field and then writes it (an app storing an attachment
-/// the phone does not sync down) sends the value and then drops it, in that session or the
-/// next: kept, its value went stale as soon as another replica changed the field, which it
+/// the phone does not sync down) sends the value and drops it at the peer's ACK: kept, its
+/// value went stale as soon as another replica changed the field, which it
 /// never receives (an audit, 2026-12-07, through `blazedb sync --exclude-fields`).
 #[test]
 fn a_replica_that_writes_a_field_it_excludes_drops_it_once_the_peer_has_it() {
@@ -316,12 +320,7 @@ fn a_replica_that_writes_a_field_it_excludes_drops_it_once_the_peer_has_it() {
         })
     };
     sync_pair(&source, &replica, full(), no_att());
-    assert!(!replica
-        .get("bugs", id)
-        .unwrap()
-        .unwrap()
-        .fields
-        .contains_key("att"));
+    assert!(!holds_att(&replica, id));
 
     replica
         .update("bugs", id, Patch::new().set("att", "from-replica"))
@@ -333,15 +332,7 @@ fn a_replica_that_writes_a_field_it_excludes_drops_it_once_the_peer_has_it() {
         "the write was sent"
     );
     // Dropped in the session that sent it, at its ACK.
-    assert!(
-        !replica
-            .get("bugs", id)
-            .unwrap()
-            .unwrap()
-            .fields
-            .contains_key("att"),
-        "dropped once the source has it"
-    );
+    assert!(!holds_att(&replica, id), "dropped once the source has it");
 
     source
         .update("bugs", id, Patch::new().set("att", "newer"))
@@ -386,24 +377,16 @@ fn an_excluded_field_whose_write_reached_the_peer_unacknowledged_goes_at_the_nex
     // The source acknowledges (and notes that it received the write); the ACK is lost.
     while ss.poll_transmit(0, &source).is_some() {}
     drop((sr, ss));
-    assert!(
-        replica
-            .get("bugs", id)
-            .unwrap()
-            .unwrap()
-            .fields
-            .contains_key("att"),
-        "kept: no ACK came"
-    );
+    assert!(holds_att(&replica, id), "kept: no ACK came");
     sync_pair(&source, &replica, full(), no_att());
-    assert!(!replica
-        .get("bugs", id)
-        .unwrap()
-        .unwrap()
-        .fields
-        .contains_key("att"));
+    assert!(!holds_att(&replica, id));
 }
 
+/// A replica that starts excluding a field it has edited but not yet synced sends the edit
+/// first and drops its copy of the field only once the source has it: the exclusion used to
+/// evict the field before the session read the feed, so the edit was lost everywhere, with no
+/// conflict (found by exercising `blazedb sync --exclude-fields`). At reconnect and on a live
+/// session alike.
 #[test]
 fn a_replica_excluding_a_field_it_edited_sends_the_edit_before_dropping_the_field() {
     let dir = tempfile::tempdir().unwrap();
