@@ -300,6 +300,9 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
             "unix": args.unix.as_ref().map(|p| p.display().to_string()),
             "data": args.data.join(blazedb_relay::limits::STORE_FILE_NAME).display().to_string(),
             "node": relay.database().node_id().to_string(),
+            // Whether the store is encrypted (BLAZEDB_PASSWORD): every client's data is in
+            // it, so an operator sees at startup what a stolen disk would show.
+            "encrypted": relay.database().is_encrypted(),
         }))?;
         out.finish()?;
         relay.run(stop_signal()).await?;
