@@ -263,6 +263,10 @@ fn an_old_file_this_process_may_not_write_says_to_upgrade_it_where_it_can_be_wri
     );
     assert!(!m.contains("check their permissions"), "{m}");
     assert_eq!(format_of(&db.path), 10);
+    assert!(
+        !backup_of(&db.path).exists(),
+        "no copy kept of an upgrade that changed nothing"
+    );
 
     // The advice works: a copy somewhere writable reads (and is upgraded).
     let copy = db.file("copy.db");
