@@ -183,6 +183,7 @@ fn a_set_element_conflict_resolves_the_element_not_the_field() {
         (&c["field"], &c["element"], &c["winner"], &c["loser"]),
         (&json!("tags"), &json!("z"), &json!(true), &json!(false))
     );
+    assert_eq!(c["superseded"], json!(false));
     let cid = c["id"].to_string();
     assert_eq!(db.get("bugs", &id)["tags"], json!(["a", "z"]));
     let err = db.run("resolve", &[&cid, "--value", "3"]).failure(1).stderr;

@@ -51,7 +51,10 @@ fn serve_listens_answers_and_stops_on_sigterm() {
         .unwrap();
     let started: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(started["event"], "listening");
-    assert_eq!(started["encrypted"], true, "BLAZEDB_PASSWORD encrypts the store");
+    assert_eq!(
+        started["encrypted"], true,
+        "BLAZEDB_PASSWORD encrypts the store"
+    );
     let http = started["http"].as_str().unwrap();
     assert!(started["sync"].as_str().unwrap().ends_with("/v1/sync"));
     let addr = http.trim_start_matches("http://");
@@ -216,7 +219,10 @@ fn an_empty_store_is_created_anew_with_a_warning_but_not_over_a_log_with_data() 
         .find(|v| v["event"] == "store_created")
         .unwrap_or_else(|| panic!("no store_created line in {text}"));
     assert_eq!(created["node"], started["node"], "{created}");
-    assert_eq!(started["encrypted"], false, "no BLAZEDB_PASSWORD: {started}");
+    assert_eq!(
+        started["encrypted"], false,
+        "no BLAZEDB_PASSWORD: {started}"
+    );
     let warning = created["warning"].as_str().unwrap_or_default();
     assert!(
         warning.contains("was an empty file (0 bytes)")

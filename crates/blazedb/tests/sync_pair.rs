@@ -1586,6 +1586,52 @@ fn a_conflict_is_resolved_once_when_two_handles_race() {
     assert!(a.resolve_conflict(1, None).is_err(), "resolved already");
 }
 
+/// Both copies record a conflict; one resolves it with a value, which syncs as a write. The
+/// other copy still lists its own entry (conflicts are each copy's bookkeeping), now marked
+/// superseded: its winner is no longer the value (a black-box audit, 2026-12-07, found such
+/// entries inviting a `--loser` over the value already agreed).
+#[test]
+fn a_conflict_settled_elsewhere_is_listed_as_superseded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        open(dir.path(), "a"),
+        open(dir.path(), "b"),
+        open(dir.path(), "c"),
+    );
+    let id = a.insert("c", [("t", "orig")]).unwrap();
+    let both = || cfg(SyncMode::Both);
+    sync_pair(&a, &b, both(), both());
+    sync_pair(&a, &c, both(), both());
+    a.update("c", id, Patch::new().set("t", "from a")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    c.update("c", id, Patch::new().set("t", "from c")).unwrap();
+    sync_pair(&a, &b, both(), both());
+    sync_pair(&c, &b, both(), both());
+    sync_pair(&a, &b, both(), both());
+    let listed = |db: &blazedb::Database| db.conflicts(Some("c")).unwrap();
+    let (at_a, at_b) = (listed(&a), listed(&b));
+    assert_eq!((at_a.len(), at_b.len()), (1, 1), "{at_a:?} {at_b:?}");
+    assert!(!at_a[0].superseded && !at_b[0].superseded);
+
+    a.resolve_conflict(at_a[0].id, Some(Value::from("agreed")))
+        .unwrap();
+    sync_pair(&a, &b, both(), both());
+    assert_eq!(
+        b.get("c", id).unwrap().unwrap().fields["t"],
+        Value::from("agreed")
+    );
+    let at_b = listed(&b);
+    assert_eq!(at_b.len(), 1, "still b's to settle: {at_b:?}");
+    assert!(at_b[0].superseded, "{at_b:?}");
+    assert_eq!(at_b[0].winner, Some(Value::from("from c")));
+    // Settling it as it stands writes nothing.
+    b.resolve_conflict(at_b[0].id, None).unwrap();
+    assert_eq!(
+        b.get("c", id).unwrap().unwrap().fields["t"],
+        Value::from("agreed")
+    );
+}
+
 /// Two copies delete the same record concurrently: the record is deleted either way, so no
 /// conflict is listed (it was a `$record` conflict of null against null, to be settled for
 /// nothing); a field one side wrote before the other's delete still is.

@@ -37,6 +37,8 @@ pub fn run(ctx: &Context, args: &ConflictsArgs) -> Result<()> {
             "loser": optional_json(c.loser.as_ref()),
             "winner_version": version_json(&c.winner_version),
             "loser_version": version_json(&c.loser_version),
+            // A newer write replaced both sides (e.g. this conflict resolved on another copy).
+            "superseded": c.superseded,
         });
         // One element of a set: which one, and `winner`/`loser` say in the set (true) or
         // left out (false), as `resolve --value` takes them (an audit, 2026-12-07: a removal

@@ -807,6 +807,11 @@ pub struct Conflict {
     pub loser_version: Version,
     /// Settled (by `resolve_conflict`, or automatically under an `auto_resolve` policy).
     pub resolved: bool,
+    /// The cell holds a newer write than `winner` now: a write after the conflict (often its
+    /// resolution on another copy, which syncs as a write while each copy keeps its own list)
+    /// replaced both sides, so `winner` is no longer the value. Resolving it with `None`
+    /// changes nothing; writing the loser or a value overwrites that newer write.
+    pub superseded: bool,
 }
 
 fn user_value(v: &CellValue) -> Option<Value> {
@@ -1409,6 +1414,8 @@ impl Database {
         )?;
         let mut rows = stmt.query(params![coll, include_resolved])?;
         let mut out = Vec::new();
+        // Each conflict's collection id and cell, to compare with the record's cell now.
+        let mut cells = Vec::new();
         let bad = |m: String| Error::Corrupted(crate::codec::DecodeError::Malformed(m));
         while let Some(r) = rows.next()? {
             let node = |i: i64| {
@@ -1427,6 +1434,7 @@ impl Database {
                 .get::<_, Vec<u8>>(2)?
                 .try_into()
                 .map_err(|_| bad("bad record id".into()))?;
+            cells.push((r.get::<_, i64>(1)?, key.clone()));
             out.push(Conflict {
                 id: r.get(0)?,
                 collection: inner
@@ -1456,7 +1464,26 @@ impl Database {
                     node: node(r.get(9)?)?,
                 },
                 resolved: r.get(10)?,
+                superseded: false,
             });
+        }
+        drop(rows);
+        drop(stmt);
+        for (c, (coll, key)) in out.iter_mut().zip(cells) {
+            let now: Option<(u64, Vec<u8>)> = inner
+                .conn
+                .prepare_cached("SELECT seq, body FROM records WHERE coll = ?1 AND id = ?2")?
+                .query_row(params![coll, &c.record.0[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            if let Some((seq, bytes)) = now {
+                let state = body::decode(&bytes, Seq(seq), &inner.nodes, &inner.fields)?;
+                c.superseded = state
+                    .cells()
+                    .iter()
+                    .any(|cell| cell.key == key && cell.version > c.winner_version);
+            }
         }
         Ok(out)
     }
