@@ -11,6 +11,7 @@ use crate::limits::{
     AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT, AUTH_FAILURE_WINDOW_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT,
     CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, DATA_DIR_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT,
     LISTEN_ADDR_DEFAULT, MESSAGE_BURST_DEFAULT, MESSAGE_RATE_PER_S_DEFAULT,
+    STORE_PROBE_INTERVAL_MS_DEFAULT,
 };
 
 /// How a relay runs. `RelayConfig::default()` is `blazedb serve` without flags.
@@ -137,6 +138,10 @@ pub struct Limits {
     /// The window of `auth_failures_per_address_max`, and how long an address that reached
     /// it is refused, in ms.
     pub auth_failure_window_ms: u64,
+    /// How often the relay asks the store's file system whether it still takes writes
+    /// (creating an empty file in the data directory), in ms; 0: never (then a file system
+    /// turned read-only is seen at the next failed write only).
+    pub store_probe_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -151,6 +156,7 @@ impl Default for Limits {
             message_burst: MESSAGE_BURST_DEFAULT,
             auth_failures_per_address_max: AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT,
             auth_failure_window_ms: AUTH_FAILURE_WINDOW_MS_DEFAULT,
+            store_probe_interval_ms: STORE_PROBE_INTERVAL_MS_DEFAULT,
         }
     }
 }

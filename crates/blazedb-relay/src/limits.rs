@@ -106,6 +106,13 @@ pub const PEER_LAG_TOP_N: usize = 10;
 /// and the `store_status` metric come: a second, for the price of two system calls.
 pub const STORE_CHECK_INTERVAL_MS: u64 = 1_000;
 
+/// How often, by default, the relay asks its store's file system whether it still takes
+/// writes, in ms (`Limits::store_probe_interval_ms`). A file system that turned read-only
+/// while mounted (ext4's `errors=remount-ro` after a disk error) says so to nothing but a
+/// write; a relay nobody writes to said `ok` until a client's write failed. The probe creates
+/// and removes an empty file in the data directory: every 30 s, the disk barely notices.
+pub const STORE_PROBE_INTERVAL_MS_DEFAULT: u64 = 30_000;
+
 /// Free bytes on the store's disk under which `/health` reports it full (`degraded`): a
 /// commit appends a few pages of 4 KiB to the write-ahead log, or many for a large unit, so
 /// with less than this the next writes may fail. Reported until twice this is free again,

@@ -84,7 +84,7 @@ impl State {
         http_on_loopback: bool,
     ) -> State {
         State {
-            store_watch: StoreWatch::new(db.path().to_owned()),
+            store_watch: StoreWatch::new(db.path().to_owned(), limits.store_probe_interval_ms),
             loopback_hosts_only: !auth.required() && http_on_loopback,
             db,
             query_db,

@@ -17,7 +17,9 @@
 //! fails with an I/O error, whereupon the store tries to create a file beside it (`EROFS`)
 //! and notes the answer (`Database::file_system_read_only`). The relay writes its clients'
 //! bookkeeping about every second while any syncs, so the status follows within a few
-//! seconds of a failed write; an idle relay says `ok` until something writes.
+//! seconds of a failed write; an idle relay asks the file system itself every
+//! `Limits::store_probe_interval_ms` (30 s: `Database::probe_file_system_read_only`
+//! creates and removes an empty file), where it once said `ok` until something wrote.
 //!
 //! What the relay does meanwhile is decided elsewhere and does not wait for this check: the
 //! store refuses every commit to a deleted file (`Error::FileGone`, checked at each commit)
@@ -36,6 +38,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use blazedb::Database;
 
@@ -122,20 +125,29 @@ pub(crate) struct StoreWatch {
     /// The store file.
     path: PathBuf,
     last: Mutex<StoreStatus>,
+    /// How often to ask the file system whether it takes writes (`None`: never).
+    probe_interval: Option<Duration>,
+    /// When it was last asked.
+    probed: Mutex<Option<Instant>>,
 }
 
 impl StoreWatch {
-    pub fn new(path: PathBuf) -> StoreWatch {
+    pub fn new(path: PathBuf, probe_interval_ms: u64) -> StoreWatch {
         StoreWatch {
             path,
             last: Mutex::new(StoreStatus::Ok),
+            probe_interval: (probe_interval_ms > 0)
+                .then(|| Duration::from_millis(probe_interval_ms)),
+            probed: Mutex::new(None),
         }
     }
 
-    /// Look at the store now (an `fstat` and a `statvfs`); log a change of status.
+    /// Look at the store now (an `fstat` and a `statvfs`, and every `probe_interval` an
+    /// empty file created and removed beside it); log a change of status.
     pub fn check(&self, db: &Database) -> StoreStatus {
         let gone = db.file_is_gone();
-        let read_only = db.file_system_read_only();
+        let read_only = db.file_system_read_only()
+            || (!gone && self.probe_due() && db.probe_file_system_read_only());
         let free = match gone || read_only {
             true => None,
             false => self
@@ -150,6 +162,19 @@ impl StoreWatch {
         }
         *last = now;
         now
+    }
+
+    /// Whether the file system is to be asked now (and if so, it counts as asked).
+    fn probe_due(&self) -> bool {
+        let Some(interval) = self.probe_interval else {
+            return false;
+        };
+        let mut probed = self.probed.lock().unwrap_or_else(|e| e.into_inner());
+        if probed.is_some_and(|t| t.elapsed() < interval) {
+            return false;
+        }
+        *probed = Some(Instant::now());
+        true
     }
 
     /// The store file.

@@ -521,6 +521,21 @@ impl Database {
         self.pin.read_only_fs()
     }
 
+    /// Ask the file system that holds the file whether it still takes writes, by creating
+    /// (and removing) an empty file beside it; when it refuses with `EROFS` it turned
+    /// read-only while the file was open, and that is noted as a failed write notes it
+    /// ([`Database::file_system_read_only`] is `true` from then on, every write is refused
+    /// saying so). For a process that may not write for a long time and must tell its
+    /// operator before then (a relay's `/health`). Returns [`Database::file_system_read_only`].
+    pub fn probe_file_system_read_only(&self) -> bool {
+        if !self.pin.read_only_fs()
+            && volume::refuses_new_files(&volume::directory_of(self.pin.path()))
+        {
+            self.pin.mark_read_only_fs();
+        }
+        self.pin.read_only_fs()
+    }
+
     /// Bytes the database holds on disk: its file and its write-ahead log (`-wal`), measured
     /// through descriptors open on them, so also after they were deleted while open (the
     /// data a deleted file still holds is what the process would lose on closing it; a
