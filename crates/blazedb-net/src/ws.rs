@@ -24,6 +24,14 @@
 //!   rate limit counts protocol frames, which such messages do not carry, and each ping costs
 //!   the reader a pong: without this bound a ping flood would be free for the sender.
 //!
+//! On a server ([`WsStream::server`]), the socket is read through a [`FirstFrameBudget`]: until
+//! the client's first protocol frame (its HELLO, at most `FIRST_FRAME_BYTES_MAX`) has arrived
+//! whole, at most [`WS_FIRST_FRAME_READ_BYTES_MAX`] bytes are read from it, and reading fails
+//! with `TOO_LARGE` past that. tungstenite reads a whole message (up to
+//! [`WS_MESSAGE_BYTES_MAX`]) before the adapter sees any of it, so without the budget an
+//! unauthenticated client could make the server buffer 8 MiB before any check of its HELLO;
+//! raw TCP refuses such a first frame from its length prefix alone (docs/PROTOCOL.md §4).
+//!
 //! Use [`websocket_config`] for both ends: it sets the message and frame limits to one
 //! protocol frame (tungstenite's defaults accept 64 MiB messages) and small buffers. This
 //! crate never negotiates permessage-deflate: frames are already compressed where it pays
@@ -52,7 +60,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use blazedb::limits::FRAME_BYTES_MAX;
+use blazedb::limits::{FIRST_FRAME_BYTES_MAX, FRAME_BYTES_MAX};
 use blazedb::sync::message::{encode_simple, kind, Message};
 use blazedb::sync::ErrorCode;
 use bytes::{Buf, Bytes, BytesMut};
@@ -60,7 +68,7 @@ use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
@@ -90,6 +98,15 @@ pub const WS_EMPTY_MESSAGES_PER_SEC: u32 = 20;
 
 /// How many such messages may come at once before the average applies.
 pub const WS_EMPTY_MESSAGES_BURST: u32 = 100;
+
+/// Most bytes a server's WebSocket ([`WsStream::server`]) reads from its socket before the
+/// client's first protocol frame has arrived whole: the largest first frame
+/// (`FIRST_FRAME_BYTES_MAX`), what one read of tungstenite's buffer ([`WS_READ_BUFFER_BYTES`])
+/// may take past its end, and 8 KiB for the frame's length prefix and CRC, the WebSocket
+/// headers of its message (14 bytes, more if fragmented) and a few WebSocket pings. Past it,
+/// reading fails with `TOO_LARGE`.
+pub const WS_FIRST_FRAME_READ_BYTES_MAX: usize =
+    FIRST_FRAME_BYTES_MAX + WS_READ_BUFFER_BYTES + 8 * 1024;
 
 /// The WebSocket settings BlazeDB uses on both ends: messages and frames of at most
 /// [`WS_MESSAGE_BYTES_MAX`], small buffers, and a bounded write buffer (a peer that stops
@@ -154,6 +171,35 @@ pub struct WsStream<S> {
     /// The budget of messages that carry no protocol bytes ([`WS_EMPTY_MESSAGES_PER_SEC`],
     /// bursts of [`WS_EMPTY_MESSAGES_BURST`]).
     empty_budget: TokenBucket,
+    /// A server's wait for the client's first whole frame, after which the socket's read
+    /// budget is lifted ([`WsStream::server`]); `None` on a client and once it has arrived.
+    first_frame: Option<FirstFrame<S>>,
+}
+
+/// How far the client's first protocol frame has arrived, and how to lift the read budget
+/// under the WebSocket once it is whole.
+struct FirstFrame<S> {
+    lift: fn(&mut S),
+    /// The frame's first bytes, where its length prefix is (at most 10 bytes).
+    head: [u8; 10],
+    /// Protocol bytes received so far.
+    received: usize,
+}
+
+impl<S> FirstFrame<S> {
+    /// Count the protocol bytes of one binary message; whether the first frame is now whole.
+    /// A length prefix that is not one of a frame never completes it: the session refuses
+    /// such a frame itself (`TOO_LARGE` or `MALFORMED`) once it reads the prefix.
+    fn arrived(&mut self, bytes: &[u8]) -> bool {
+        let have = self.received.min(self.head.len());
+        let take = bytes.len().min(self.head.len() - have);
+        self.head[have..have + take].copy_from_slice(&bytes[..take]);
+        self.received = self.received.saturating_add(bytes.len());
+        match frame_size(&self.head[..have + take]) {
+            Ok(Some(total)) => self.received >= total,
+            Ok(None) | Err(_) => false,
+        }
+    }
 }
 
 impl<S> fmt::Debug for WsStream<S> {
@@ -163,6 +209,7 @@ impl<S> fmt::Debug for WsStream<S> {
             .field("read_eof", &self.read_eof)
             .field("pending", &self.pending.len())
             .field("messages_sent", &self.messages_sent)
+            .field("first_frame_awaited", &self.first_frame.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +229,7 @@ where
             messages_sent: 0,
             close_sent: false,
             empty_budget: TokenBucket::new(WS_EMPTY_MESSAGES_PER_SEC, WS_EMPTY_MESSAGES_BURST),
+            first_frame: None,
         }
     }
 
@@ -206,6 +254,31 @@ where
             self.messages_sent += 1;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<T> WsStream<FirstFrameBudget<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The server end of a connection upgraded to a WebSocket (the HTTP handshake is done):
+    /// [`websocket_config`], and a read budget of [`WS_FIRST_FRAME_READ_BYTES_MAX`] bytes
+    /// until the client's first protocol frame has arrived whole (see the
+    /// [module docs](self)).
+    pub async fn server(io: T) -> WsStream<FirstFrameBudget<T>> {
+        let budget = FirstFrameBudget {
+            inner: io,
+            left: Some(WS_FIRST_FRAME_READ_BYTES_MAX),
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(budget, Role::Server, Some(websocket_config())).await;
+        let mut stream = WsStream::new(ws);
+        stream.first_frame = Some(FirstFrame {
+            lift: FirstFrameBudget::lift,
+            head: [0; 10],
+            received: 0,
+        });
+        stream
     }
 }
 
@@ -270,7 +343,15 @@ where
                 continue;
             }
             match message {
-                Some(Ok(WsMessage::Binary(b))) => this.read = b,
+                Some(Ok(WsMessage::Binary(b))) => {
+                    if let Some(first) = &mut this.first_frame {
+                        if first.arrived(&b) {
+                            (first.lift)(this.ws.get_mut());
+                            this.first_frame = None;
+                        }
+                    }
+                    this.read = b;
+                }
                 Some(Ok(WsMessage::Text(_))) => {
                     this.read_failed = Some(
                         WsInputError {
@@ -369,10 +450,114 @@ where
     }
 }
 
+/// The socket under a server's WebSocket ([`WsStream::server`]): reads fail with `TOO_LARGE`
+/// once [`WS_FIRST_FRAME_READ_BYTES_MAX`] bytes have been read and the client's first frame
+/// has still not arrived whole. [`WsStream`] lifts the budget when it has. Writes pass through.
+///
+/// tungstenite reserves a message's announced length up front (address space, which the
+/// kernel backs with memory only as bytes are written into it), then reads it in pieces of
+/// [`WS_READ_BUFFER_BYTES`]; each piece passes here, so what it holds of a client that never
+/// sends a HELLO stays within the budget. The error reaches [`WsStream`] as `WsError::Io` and
+/// is handed on as it is, a [`WsInputError`] inside an `io::Error`.
+pub struct FirstFrameBudget<S> {
+    inner: S,
+    /// Bytes that may still be read; `None` once the budget is lifted.
+    left: Option<usize>,
+}
+
+impl<S> FirstFrameBudget<S> {
+    /// The first frame has arrived: reads pass through from now on.
+    fn lift(&mut self) {
+        self.left = None;
+    }
+}
+
+impl<S> fmt::Debug for FirstFrameBudget<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FirstFrameBudget")
+            .field("left", &self.left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstFrameBudget<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(left) = this.left else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        if left == 0 {
+            return Poll::Ready(Err(WsInputError {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "more than {WS_FIRST_FRAME_READ_BYTES_MAX} bytes arrived before the first \
+                     frame was whole, and a HELLO has at most {FIRST_FRAME_BYTES_MAX}: the peer \
+                     does not speak this protocol, or its HELLO is not a HELLO"
+                ),
+            }
+            .into_io()));
+        }
+        let n = if buf.remaining() <= left {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            buf.filled().len() - before
+        } else {
+            // Never read past the budget: the bytes beyond it stay in the socket.
+            let mut limited = ReadBuf::new(buf.initialize_unfilled_to(left));
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+            let n = limited.filled().len();
+            buf.advance(n);
+            n
+        };
+        this.left = Some(left - n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstFrameBudget<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// The length of the first frame in `buf` (prefix, body and CRC) if all of it is there,
 /// `None` if more bytes are needed. A length prefix that is not a varint or announces a body
 /// over `FRAME_BYTES_MAX` is an `InvalidData` error: the byte stream is not BlazeDB frames.
 pub fn frame_len(buf: &[u8]) -> io::Result<Option<usize>> {
+    Ok(frame_size(buf)?.filter(|&total| buf.len() >= total))
+}
+
+/// The length of the frame that `buf` starts (prefix, body and CRC), read from its length
+/// prefix; `None` while the prefix is incomplete. Errors as [`frame_len`].
+fn frame_size(buf: &[u8]) -> io::Result<Option<usize>> {
     let mut body: u64 = 0;
     for (i, &b) in buf.iter().enumerate().take(10) {
         body |= u64::from(b & 0x7f) << (7 * i);
@@ -383,8 +568,7 @@ pub fn frame_len(buf: &[u8]) -> io::Result<Option<usize>> {
                     format!("frame of {body} bytes exceeds the limit of {FRAME_BYTES_MAX}"),
                 ));
             }
-            let total = i + 1 + body as usize + 4;
-            return Ok((buf.len() >= total).then_some(total));
+            return Ok(Some(i + 1 + body as usize + 4));
         }
     }
     if buf.len() >= 10 {
@@ -589,6 +773,109 @@ mod tests {
         assert!(w.message.contains("ping less often"), "{}", w.message);
         drop(stream);
         let _ = flood.await;
+    }
+
+    /// A client WebSocket and a server stream ([`WsStream::server`]) over an in-memory pipe.
+    async fn server_pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WsStream<FirstFrameBudget<tokio::io::DuplexStream>>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let client =
+            WebSocketStream::from_raw_socket(a, Role::Client, Some(websocket_config())).await;
+        (client, WsStream::server(b).await)
+    }
+
+    /// A message announcing 4 MiB that never sends its HELLO: the server reads exactly its
+    /// budget from the socket, leaves the rest there, and fails the read with TOO_LARGE.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_server_reads_only_its_budget_before_the_first_frame() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (mut client, b) = tokio::io::duplex(64 * 1024);
+        let mut stream = WsStream::server(b).await;
+        // A masked binary message header (mask 0: the payload goes as it is), then 200 KiB.
+        let mut sent = vec![0x82, 0x80 | 127];
+        sent.extend_from_slice(&(4u64 << 20).to_be_bytes());
+        sent.extend_from_slice(&[0; 4]);
+        sent.extend_from_slice(&vec![0x55; 200 * 1024]);
+        let total = sent.len();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+        });
+
+        let mut buf = vec![0u8; 4096];
+        let err = stream.read(&mut buf).await.unwrap_err();
+        let w = WsInputError::from_io(&err).expect("a WebSocket input error");
+        assert_eq!(w.code, ErrorCode::TooLarge);
+        assert!(
+            w.message.contains("first frame")
+                && w.message.contains(&FIRST_FRAME_BYTES_MAX.to_string()),
+            "{}",
+            w.message
+        );
+        // What the server did not read is still in the pipe (the writer ends once it is).
+        let mut rest = Vec::new();
+        stream
+            .ws
+            .get_mut()
+            .inner
+            .read_to_end(&mut rest)
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        assert_eq!(total - rest.len(), WS_FIRST_FRAME_READ_BYTES_MAX);
+    }
+
+    /// The budget holds until the first frame is whole, even when its length prefix is split
+    /// across messages; after that, a message larger than the budget passes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_budget_is_lifted_once_the_first_frame_is_whole() {
+        use futures_util::SinkExt;
+        use tokio::io::AsyncReadExt;
+
+        let mut enc = FrameEncoder::default();
+        // A body of 300 bytes: a two-byte length prefix.
+        let first = enc.encode(kind::HELLO, false, &[1; 298]);
+        let big = enc.encode(
+            kind::PING,
+            false,
+            &vec![2; 2 * WS_FIRST_FRAME_READ_BYTES_MAX],
+        );
+        let (mut sender, mut stream) = server_pair().await;
+        let mut buf = vec![0u8; 1 << 20];
+        for piece in [&first[..1], &first[1..100]] {
+            sender
+                .send(WsMessage::binary(piece.to_vec()))
+                .await
+                .unwrap();
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], piece);
+            assert!(stream.first_frame.is_some(), "not whole yet");
+            assert!(stream.ws.get_ref().left.is_some());
+        }
+        sender
+            .send(WsMessage::binary(first[100..].to_vec()))
+            .await
+            .unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &first[100..]);
+        assert!(stream.first_frame.is_none(), "whole");
+        assert_eq!(stream.ws.get_ref().left, None, "lifted");
+
+        let message = WsMessage::binary(big.clone());
+        let send = tokio::spawn(async move {
+            sender.send(message).await.unwrap();
+            sender
+        });
+        let mut got = Vec::new();
+        while got.len() < big.len() {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "end of stream before the large frame");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, big);
+        drop(send.await.unwrap());
     }
 
     #[test]

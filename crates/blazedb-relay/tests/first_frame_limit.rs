@@ -2,7 +2,10 @@
 //! than `FIRST_FRAME_BYTES_MAX` is refused with `TOO_LARGE` as soon as its length prefix
 //! arrives (long before the handshake timeout, with no credential presented and nothing
 //! buffered), on the relay's raw TCP port and on `blazedb listen --tcp`; a compressed first
-//! frame is refused too; and the relay keeps serving its other clients meanwhile.
+//! frame is refused too; and the relay keeps serving its other clients meanwhile. Over a
+//! WebSocket to a relay without credentials, a first message announcing megabytes is refused
+//! with `TOO_LARGE` once little more than a HELLO's worth of it has arrived, without waiting
+//! for the rest.
 
 mod common;
 
@@ -16,10 +19,16 @@ use blazedb::sync::message::{decode_simple, kind, Message};
 use blazedb::sync::{ErrorCode, SessionConfig};
 use blazedb::Database;
 use blazedb_net::transport::{listen, ListenConfig};
+use blazedb_net::ws::{websocket_config, WsStream, WS_FIRST_FRAME_READ_BYTES_MAX};
 use blazedb_net::{run_session, DriverOptions};
-use common::{http, open, wait_until, TestRelay, TOKEN};
+use blazedb_relay::AuthConfig;
+use common::{connect_ws, http, open, sessions_closed, wait_until, within, TestRelay, TOKEN};
+use futures_util::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 /// Send `bytes` on a new connection to `addr` (keeping it open), then read until the peer
@@ -156,6 +165,121 @@ async fn a_listener_refuses_a_first_frame_larger_than_a_hello_at_once() {
     stop.cancel();
     client.await.unwrap();
     listener.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_anonymous_relay_refuses_a_large_first_websocket_message_early() {
+    let relay = TestRelay::start(|c| c.auth = AuthConfig::None).await;
+    // The upgrade by hand, so that the socket can be written and read at once afterwards.
+    let mut tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/sync HTTP/1.1\r\nhost: {}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        relay.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        // Byte by byte: the relay's HELLO follows the head at once, and is for the reader.
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let (rd, mut wr) = tcp.into_split();
+
+    // A binary message announcing 4 MiB (masked with key 0, so the payload goes as it is),
+    // of which only 200 KiB come; the connection stays open.
+    let mut message = vec![0x82, 0x80 | 127];
+    message.extend_from_slice(&(4u64 << 20).to_be_bytes());
+    message.extend_from_slice(&[0; 4]);
+    message.extend_from_slice(&vec![0u8; 200 * 1024]);
+    assert!(message.len() > WS_FIRST_FRAME_READ_BYTES_MAX);
+    let t = Instant::now();
+    let writer = tokio::spawn(async move {
+        // The relay may reset the connection before it has taken everything.
+        let _ = wr.write_all(&message).await;
+        wr
+    });
+
+    let mut ws = WebSocketStream::from_raw_socket(
+        tokio::io::join(rd, tokio::io::sink()),
+        Role::Client,
+        Some(websocket_config()),
+    )
+    .await;
+    let mut dec = FrameDecoder::default();
+    let mut error = None;
+    let mut closed = false;
+    // Far below the handshake timeout (10 s), after which the relay would end the session
+    // with TIMEOUT instead.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                WsMessage::Binary(b) => {
+                    dec.push(&b);
+                    while let Some(f) = dec.next_frame().unwrap() {
+                        if let Message::Error { code, message, .. } =
+                            decode_simple(f.kind, &f.payload).unwrap()
+                        {
+                            error = Some((code, message));
+                        }
+                    }
+                }
+                WsMessage::Close(_) => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the relay refuses the first message before its end arrives");
+    let took = t.elapsed();
+    let (code, message) = error.expect("an ERROR frame");
+    assert_eq!(code, ErrorCode::TooLarge, "{message}");
+    assert!(
+        message.contains("first frame") && message.contains(&FIRST_FRAME_BYTES_MAX.to_string()),
+        "{message}"
+    );
+    assert!(closed, "a WebSocket close follows the ERROR");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    drop(ws);
+    drop(within(Duration::from_secs(10), writer).await.unwrap());
+
+    // Counted as any refused first frame is; and the relay still syncs a client.
+    within(Duration::from_secs(10), async {
+        loop {
+            let metrics = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+            if sessions_closed(&metrics, "protocol_error") == Some(1.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a");
+    let id = a
+        .insert("notes", [("after", "a large first message")])
+        .unwrap();
+    let ws = connect_ws(relay.addr, None).await.unwrap();
+    within(
+        Duration::from_secs(10),
+        run_session(
+            a.clone(),
+            WsStream::new(ws),
+            SessionConfig::default(),
+            DriverOptions::once(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(relay.db.get("notes", id).unwrap().is_some());
+    relay.stop().await;
 }
 
 /// A client syncing `db` over raw TCP with the right token until `stop`.

@@ -1,7 +1,7 @@
 //! WebSocket details a browser or proxy may produce: a message split into continuation
-//! frames is one message (a HELLO in three fragments starts a session); fragments that add
-//! up to more than the message limit end only that connection with ERROR `TOO_LARGE`, before
-//! the relay buffers them all; an upgrade offering permessage-deflate is answered without
+//! frames is one message (a HELLO in three fragments starts a session); fragments after the
+//! HELLO that add up to more than the message limit end only that connection with ERROR
+//! `TOO_LARGE`, before the relay buffers them all; an upgrade offering permessage-deflate is answered without
 //! any extension, so compression stays off.
 
 mod common;
@@ -101,6 +101,11 @@ async fn a_fragmented_hello_starts_a_session() {
 async fn fragments_over_the_message_limit_end_the_connection() {
     let relay = TestRelay::start(|_| {}).await;
     let mut ws = connect_ws(relay.addr, Some(TOKEN)).await.unwrap();
+    // After a HELLO: before it, the relay reads no more than a HELLO's worth of any message
+    // (`first_frame_limit.rs`).
+    let (k, payload) = encode_simple(&pull_hello());
+    let hello = FrameEncoder::default().encode(k, false, &payload);
+    ws.send(WsMessage::binary(hello)).await.unwrap();
     // 1 MiB fragments, none over the frame limit, together over the message limit.
     let fragment = 1 << 20;
     let count = WS_MESSAGE_BYTES_MAX / fragment + 2;
@@ -120,8 +125,8 @@ async fn fragments_over_the_message_limit_end_the_connection() {
             m,
             Message::Error {
                 code: ErrorCode::TooLarge,
-                ..
-            }
+                message,
+            } if message.contains(&WS_MESSAGE_BYTES_MAX.to_string())
         )),
         "{got:?}"
     );

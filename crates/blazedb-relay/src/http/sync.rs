@@ -2,9 +2,9 @@
 //!
 //! In order: the `Host` and `Origin` checks (`403`), authentication (`401`, JSON body: nothing else
 //! happens for an unauthenticated client), the WebSocket handshake headers (`426` / `400`),
-//! then `101 Switching Protocols`. The upgraded connection becomes a
-//! [`WsStream`] with explicit message limits
-//! ([`websocket_config`]) and runs a session ([`crate::session`]). No extension is
+//! then `101 Switching Protocols`. The upgraded connection becomes a server [`WsStream`]
+//! ([`WsStream::server`]: explicit message limits, and a read budget until the client's first
+//! frame has arrived whole) and runs a session ([`crate::session`]). No extension is
 //! negotiated: permessage-deflate stays off.
 
 use std::sync::Arc;
@@ -14,11 +14,9 @@ use axum::body::Body;
 use axum::extract::{Request, State as AxumState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use blazedb_net::ws::{websocket_config, WsStream};
+use blazedb_net::ws::WsStream;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 use super::{authenticate, check_origin_and_host, error, ConnectionSlot};
 use crate::metrics::Transport;
@@ -90,21 +88,12 @@ pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Re
             // The client went away between the request and the upgrade.
             _ => return,
         };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(websocket_config()),
-        )
-        .await;
-        crate::session::run(
-            st,
-            WsStream::new(ws),
-            Transport::Ws,
-            Some(claims),
-            slot,
-            client,
-        )
-        .await;
+        // Until the client's first frame has arrived whole, at most
+        // `WS_FIRST_FRAME_READ_BYTES_MAX` bytes are read: otherwise tungstenite would buffer
+        // a whole 8 MiB message before the session could refuse it as a HELLO (on a relay
+        // without credentials, for anyone who connects).
+        let ws = WsStream::server(TokioIo::new(upgraded)).await;
+        crate::session::run(st, ws, Transport::Ws, Some(claims), slot, client).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
