@@ -237,6 +237,9 @@ impl Authenticator {
                 if let Some(m) = misshapen_time_claim(&data.claims) {
                     return Err(AuthError::Jwt(m));
                 }
+                if let Some(m) = issued_in_the_future(&data.claims) {
+                    return Err(AuthError::Jwt(m));
+                }
                 let mut claims = Claims::new();
                 for (k, v) in &data.claims {
                     let v = blazedb::codec::json::from_json(v)
@@ -332,6 +335,25 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation, token: &str) -> AuthErro
         other => format!("{other:?}"),
     };
     AuthError::Jwt(m)
+}
+
+/// A token whose `iat` (issued at) is later than now, beyond [`JWT_LEEWAY_S`]: jsonwebtoken
+/// does not look at `iat`. Such a token comes from an issuer whose clock is ahead, or was
+/// minted to outlive a revocation by date; refused as PyJWT and jose4j refuse it, saying
+/// what to check. `None` when `iat` is absent or not in the future.
+fn issued_in_the_future(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let iat = claims.get("iat")?.as_f64()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let ahead = iat - now;
+    (ahead > JWT_LEEWAY_S as f64).then(|| {
+        format!(
+            "the token says it was issued {ahead:.0} s from now (its `iat` is in the future): \
+             check the clocks of the issuer and the relay"
+        )
+    })
 }
 
 /// What is wrong with a registered claim that the library refuses to read (it reads `sub`
@@ -577,6 +599,29 @@ mod tests {
                 "{claims}: {e}"
             );
         }
+    }
+
+    /// A token issued in the future (`iat` past now, beyond the leeway) is refused saying so;
+    /// one issued now or before passes.
+    #[test]
+    fn a_token_issued_in_the_future_is_refused() {
+        let secret = "0123456789abcdef-secret";
+        let a = authenticator(AuthConfig::JwtSecret(Secret::new(secret)));
+        let token = |iat: u64| {
+            encode(
+                &Header::default(),
+                &serde_json::json!({"sub": "x", "exp": now() + 3600, "iat": iat}),
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let e = a.verify(Some(&token(now() + 600))).unwrap_err().to_string();
+        assert!(
+            e.contains("`iat` is in the future") && e.contains("check the clocks"),
+            "{e}"
+        );
+        assert!(a.verify(Some(&token(now()))).is_ok());
+        assert!(a.verify(Some(&token(now() - 600))).is_ok());
     }
 
     /// A claim whose value is null is one the token lacks, so a rule comparing it never
