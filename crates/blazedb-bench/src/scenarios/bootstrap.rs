@@ -267,7 +267,13 @@ fn bootstrap(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", relay_dir.display())),
     }
-    std::fs::create_dir_all(relay_dir)
+    // Owner-only, as the relay makes its data directory: one readable by others gets a
+    // startup warning in every run's output.
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(relay_dir)
         .with_context(|| format!("creating {}", relay_dir.display()))?;
     remove_db_files(client_path)?;
     let n = bugs.len();
