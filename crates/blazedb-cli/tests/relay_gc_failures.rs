@@ -10,41 +10,20 @@ mod common;
 mod net_common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::SmallDisk;
-use net_common::{blazedb, log_events as events, put, start_relay, Daemon};
+use net_common::{
+    log_events as events, put, start_relay, sync_once_status, wait_for_event, Daemon,
+};
 
 /// GC every 100 ms: ten runs a second.
 const GC_EVERY: &str = "100ms";
 
-/// Wait (at most 20 s) until the log has a line of `event`.
-fn wait_for(log: &Path, event: &str) {
-    let start = Instant::now();
-    while events(log, event).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no {event} line: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `blazedb sync DB URL --once ARGS..`, which must succeed.
 fn sync_once(db: &Path, url: &str, args: &[&str]) {
-    let out = blazedb()
-        .arg("sync")
-        .arg(db)
-        .args([url, "--once"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stderr) = sync_once_status(db, url, args);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]
@@ -57,7 +36,7 @@ fn gc_on_a_deleted_store_says_so_once() {
     sync_once(&client, &url, &[]);
 
     std::fs::remove_dir_all(&data).unwrap();
-    wait_for(&log, "gc_failed");
+    wait_for_event(&log, "gc_failed");
     // Twenty runs more.
     std::thread::sleep(Duration::from_secs(2));
     let failed = events(&log, "gc_failed");
@@ -94,14 +73,14 @@ fn gc_on_a_full_disk_says_so_once_and_when_it_works_again() {
     // A reader is served; what the relay notes about it waits in memory, and GC, which
     // stores it first, fails at every run.
     sync_once(&dir.path().join("reader.db"), &url, &["--mode", "pull"]);
-    wait_for(&log, "gc_failed");
+    wait_for_event(&log, "gc_failed");
     std::thread::sleep(Duration::from_secs(1));
     let failed = events(&log, "gc_failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["cause"], "disk_full", "{failed:?}");
 
     disk.unfill();
-    wait_for(&log, "gc_recovered");
+    wait_for_event(&log, "gc_recovered");
     let recovered = &events(&log, "gc_recovered")[0];
     assert_eq!(recovered["cause"], "disk_full", "{recovered}");
     assert!(

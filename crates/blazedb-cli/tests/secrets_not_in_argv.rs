@@ -10,7 +10,9 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use net_common::{blazedb, start_listener, start_relay, start_relay_announced, Daemon};
+use net_common::{
+    blazedb, start_listener, start_relay, start_relay_announced, sync_once_status, Daemon,
+};
 
 const TOKEN: &str = "a-relay-token-of-32-characters!!";
 
@@ -79,17 +81,8 @@ fn the_relay_token_comes_from_a_file_and_stays_out_of_the_process_list() {
     // A client presents the token from a file too, to the relay...
     let db = dir.path().join("client.db");
     let tfile = file.to_str().unwrap();
-    let out = blazedb()
-        .arg("sync")
-        .arg(&db)
-        .args([url.as_str(), "--once", "--token-file", tfile])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stderr) = sync_once_status(&db, &url, &["--token-file", tfile]);
+    assert_eq!(code, Some(0), "{stderr}");
     // ...and to `blazedb listen`, which reads its own from a file.
     let hub = dir.path().join("hub.db");
     let (listener, peer) =

@@ -7,10 +7,11 @@
 
 mod net_common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use net_common::{
-    export, log_events as events, put, relay_get as get, start_relay, sync_once_status as sync_once,
+    export, log_events as events, put, relay_get as get, start_relay,
+    sync_once_status as sync_once, wait_for_event,
 };
 use serde_json::Value as Json;
 
@@ -69,14 +70,7 @@ fn a_relay_whose_data_directory_is_deleted_refuses_writes_and_says_so() {
     assert_eq!(export(&c2, "notes").len(), 1);
 
     // One error line, however many checks, health requests and refused writes there were.
-    let start = Instant::now();
-    while events(&log, "store_gone").is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no store_gone line"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_event(&log, "store_gone");
     std::thread::sleep(Duration::from_millis(2_500));
     assert_eq!(sync_once(&c1, &url, &[]).0, Some(1));
     get(&url, "/health");

@@ -10,12 +10,13 @@
 
 mod net_common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blazedb_test_disks::LoopExt4;
 
 use net_common::{
-    export, log_events as events, put, relay_get as get, start_relay, sync_once_status as sync_once,
+    export, log_events as events, put, relay_get as get, start_relay,
+    sync_once_status as sync_once, wait_for_event,
 };
 use serde_json::Value as Json;
 
@@ -73,14 +74,7 @@ fn a_relay_whose_file_system_turns_read_only_refuses_writes_and_says_so() {
     );
 
     // One line, however many checks, health requests and refused writes there were.
-    let start = Instant::now();
-    while events(&log, "store_read_only").is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no store_read_only line"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_event(&log, "store_read_only");
     std::thread::sleep(Duration::from_millis(2_500));
     assert_eq!(sync_once(&c1, &url, &[]).0, Some(1));
     get(&url, "/health");

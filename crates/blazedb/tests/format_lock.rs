@@ -12,7 +12,7 @@ mod common;
 
 use blazedb::limits::FORMAT_VERSION;
 use blazedb::{Database, OpenOptions};
-use common::{downgrade_to_format_10, format_of};
+use common::{format_of, old_file};
 
 /// Whether another process could take the file's lock exclusively now (`flock -xn`).
 fn another_process_may_migrate(path: &Path) -> bool {
@@ -49,13 +49,7 @@ fn every_handle_holds_the_lock_shared_and_another_process_cannot_take_it() {
 
 #[test]
 fn threads_of_one_process_opening_an_old_file_at_once_all_open_it_and_one_upgrades_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
-    Database::open(&path, OpenOptions::default())
-        .unwrap()
-        .insert("c", [("n", 1i64)])
-        .unwrap();
-    downgrade_to_format_10(&path);
+    let (_dir, path, _) = old_file("c");
     let handles: Vec<Database> = std::thread::scope(|s| {
         let opens: Vec<_> = (0..4)
             .map(|_| s.spawn(|| Database::open(&path, OpenOptions::default()).unwrap()))
@@ -74,13 +68,7 @@ fn threads_of_one_process_opening_an_old_file_at_once_all_open_it_and_one_upgrad
 
 #[test]
 fn an_old_file_another_process_has_open_is_not_upgraded() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
-    Database::open(&path, OpenOptions::default())
-        .unwrap()
-        .insert("c", [("n", 1i64)])
-        .unwrap();
-    downgrade_to_format_10(&path);
+    let (_dir, path, _) = old_file("c");
     // Another process with the file open, as a handle of a build that takes the lock holds
     // it (`flock -s`), until its stdin closes.
     let mut holder = Command::new("flock")

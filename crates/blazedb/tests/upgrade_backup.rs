@@ -11,8 +11,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use blazedb::{Database, Error, OpenError, OpenOptions, RecordId};
-use common::{downgrade_to_format_10, format_of};
+use blazedb::{Database, Error, OpenError, OpenOptions};
+use common::{downgrade_to_format_10, format_of, old_file};
 
 fn backup_of(path: &Path) -> PathBuf {
     let mut b = path.as_os_str().to_owned();
@@ -27,22 +27,9 @@ fn restore(path: &Path) {
     std::fs::rename(backup_of(path), path).unwrap();
 }
 
-/// A plain file `name` with one record, taken back to format 10: its directory, path and
-/// the record's id.
-fn old_file(name: &str) -> (tempfile::TempDir, PathBuf, RecordId) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(name);
-    let id = Database::open(&path, OpenOptions::default())
-        .unwrap()
-        .insert("notes", [("n", 1i64)])
-        .unwrap();
-    downgrade_to_format_10(&path);
-    (dir, path, id)
-}
-
 #[test]
 fn an_upgrade_keeps_the_file_as_it_was_beside_it() {
-    let (_dir, path, before) = old_file("a.db");
+    let (_dir, path, before) = old_file("notes");
 
     let db = Database::open(&path, OpenOptions::default()).unwrap();
     assert_eq!(db.upgraded_from(), Some(10));
@@ -175,7 +162,7 @@ fn frames_a_reader_keeps_in_the_wal_are_copied_with_the_file() {
 
 #[test]
 fn a_copy_that_cannot_be_written_refuses_the_upgrade_and_changes_nothing() {
-    let (_dir, path, id) = old_file("a.db");
+    let (_dir, path, id) = old_file("notes");
     // Something in the way of the copy (a directory where it is written): the copy fails
     // whoever runs the test, root included.
     let mut partial = backup_of(&path).into_os_string();

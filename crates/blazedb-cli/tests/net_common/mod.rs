@@ -243,6 +243,19 @@ pub fn sync_once_status(db: &Path, url: &str, args: &[&str]) -> (Option<i32>, St
     )
 }
 
+/// Wait (at most 20 s) until a relay's or listener's log has a line of `event`.
+pub fn wait_for_event(log: &Path, event: &str) {
+    let start = std::time::Instant::now();
+    while log_events(log, event).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no {event} line: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The JSON lines of `event` in a relay's or listener's log (its stderr).
 pub fn log_events(log: &Path, event: &str) -> Vec<Json> {
     std::fs::read_to_string(log)

@@ -90,10 +90,7 @@ pub fn one_way(from: u32) -> String {
 /// An operation that writes a copy of the whole database (`vacuum`, a password change) and
 /// found no room for it: how much it needs.
 pub fn room_for_copy(needed_bytes: u64, dir: &Path, free_bytes: Option<u64>) -> String {
-    let free = match free_bytes {
-        Some(free) => format!(", {} free now", bytes(free)),
-        None => String::new(),
-    };
+    let free = free_now(free_bytes);
     format!(
         "it writes a copy of the whole database, so it needs about {} free (the file's size) \
          on the disk that holds {}{free}: free space there (or copy the database to a larger \
@@ -101,6 +98,13 @@ pub fn room_for_copy(needed_bytes: u64, dir: &Path, free_bytes: Option<u64>) -> 
         bytes(needed_bytes),
         dir.display()
     )
+}
+
+/// `, N free now` when the file system said how much is free, else nothing.
+fn free_now(free_bytes: Option<u64>) -> String {
+    free_bytes
+        .map(|free| format!(", {} free now", bytes(free)))
+        .unwrap_or_default()
 }
 
 /// What to do when the copy an upgrade keeps first ([`crate::OpenError::UpgradeBackupFailed`])
@@ -113,10 +117,7 @@ pub fn room_for_upgrade_backup(
 ) -> String {
     let dir = crate::store::volume::directory_of(path);
     if source.kind() == std::io::ErrorKind::StorageFull {
-        let free = match free_bytes {
-            Some(free) => format!(", {} free now", bytes(free)),
-            None => String::new(),
-        };
+        let free = free_now(free_bytes);
         return format!(
             "it needs about {} free (the file's size) on the disk that holds {}{free}: free \
              space there, or copy the database to a larger disk and open the copy",

@@ -84,6 +84,18 @@ impl FilePin {
         self.read_only_fs.store(true, Ordering::Release);
     }
 
+    /// Ask the file system whether it turned read-only (it refuses a new file beside the
+    /// database with `EROFS`: `volume::refuses_new_files`), and note it if so; whether it is
+    /// known read-only now. Asked after a write failed with an I/O error, or by a probe.
+    pub fn check_read_only_fs(&self) -> bool {
+        if !self.read_only_fs()
+            && super::volume::refuses_new_files(&super::volume::directory_of(self.path()))
+        {
+            self.mark_read_only_fs();
+        }
+        self.read_only_fs()
+    }
+
     /// The length of the file named as this one plus `suffix` (the `-wal` SQLite keeps
     /// beside it), when both were deleted while open: found among the process's open
     /// descriptors, which Linux lists with their path and ` (deleted)` in `/proc/self/fd`.

@@ -528,12 +528,7 @@ impl Database {
     /// saying so). For a process that may not write for a long time and must tell its
     /// operator before then (a relay's `/health`). Returns [`Database::file_system_read_only`].
     pub fn probe_file_system_read_only(&self) -> bool {
-        if !self.pin.read_only_fs()
-            && volume::refuses_new_files(&volume::directory_of(self.pin.path()))
-        {
-            self.pin.mark_read_only_fs();
-        }
-        self.pin.read_only_fs()
+        self.pin.check_read_only_fs()
     }
 
     /// Bytes the database holds on disk: its file and its write-ahead log (`-wal`), measured
@@ -853,15 +848,9 @@ impl Inner {
     /// so every later write of every handle is refused without trying, and
     /// [`Database::file_system_read_only`] says so. Other errors are returned as they are.
     pub(crate) fn write_failed(&self, e: crate::Error) -> crate::Error {
-        if !e.may_be_read_only_fs() {
+        if !e.may_be_read_only_fs() || !self.file.check_read_only_fs() {
             return e;
         }
-        if !self.file.read_only_fs()
-            && !volume::refuses_new_files(&volume::directory_of(self.file.path()))
-        {
-            return e;
-        }
-        self.file.mark_read_only_fs();
         self.read_only_fs_error()
     }
 

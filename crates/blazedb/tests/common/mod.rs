@@ -158,3 +158,16 @@ pub fn format_of(path: &std::path::Path) -> u32 {
     )
     .unwrap()
 }
+
+/// A plain file `a.db` in a new temporary directory with one record in `collection`, taken
+/// back to format 10: the directory, the path and the record's id.
+pub fn old_file(collection: &str) -> (tempfile::TempDir, std::path::PathBuf, blazedb::RecordId) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let id = Database::open(&path, OpenOptions::default())
+        .unwrap()
+        .insert(collection, [("n", 1i64)])
+        .unwrap();
+    downgrade_to_format_10(&path);
+    (dir, path, id)
+}
