@@ -41,17 +41,35 @@ impl Context {
             ..OpenOptions::default()
         };
         let db = Database::open(path, options)?;
-        tell_if_upgraded(&db);
+        tell_what_the_open_changed(&db);
         Ok(db)
     }
 }
 
-/// Say on stderr, once, that opening `db` upgraded its file to this build's storage format:
-/// the upgrade is silent otherwise and cannot be undone (an upgrade audit, 2026-12-07, F2).
-pub fn tell_if_upgraded(db: &Database) {
+/// Say on stderr, once, what opening `db` changed about its file: an upgrade to this build's
+/// storage format (silent otherwise and one-way: an upgrade audit, 2026-12-07, F2), or a new
+/// node id for a copy of another file.
+pub fn tell_what_the_open_changed(db: &Database) {
     if let Some(from) = db.upgraded_from() {
         crate::report::stderr_line(upgrade_notice(db.path(), from, db.upgrade_backup()));
     }
+    if let Some(old) = db.copied_from() {
+        crate::report::stderr_line(copy_notice(db.path(), old, db.node_id()));
+    }
+}
+
+/// The notice for a copy of another database file: it is a device of its own from now on.
+/// Said because it surprises whoever meant the copy as a backup: the id is how its peers
+/// tell it from the original.
+pub fn copy_notice(path: &Path, old: blazedb::NodeId, new: blazedb::NodeId) -> String {
+    format!(
+        "note: {} is a copy of another database file (node {old}); it is now a device of its \
+         own, node {new}, so that it and the original can both sync without losing each \
+         other's writes. Its peers receive its data once more at its next sync. To restore a \
+         backup as the same device, copy it over the database file in place (README, \
+         \"A copy of a database file\")",
+        path.display()
+    )
 }
 
 /// The notice [`tell_if_upgraded`] prints.

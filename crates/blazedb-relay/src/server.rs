@@ -134,6 +134,20 @@ impl Relay {
                     ),
             }));
         }
+        if let Some(old) = db.copied_from() {
+            // The store is a copy of another file (restored as a new file, moved to another
+            // disk): a new node id, which every client notices as a new relay.
+            crate::log::line(serde_json::json!({
+                "event": "store_copied",
+                "path": path.display().to_string(),
+                "node": db.node_id().to_string(),
+                "copied_from_node": old.to_string(),
+                "note": "this store is a copy of another database file, so it now syncs as a \
+                         node of its own; every client sends it, and receives from it, the \
+                         whole data set once. To bring a backup back as the same relay, copy \
+                         it over relay.db in place (README, \"A copy of a database file\")",
+            }));
+        }
         db.set_server_role(true);
         // `/v1/query` reads through a handle of its own: a query scans with its handle
         // locked (a filter no index serves reads the whole collection), and on the sessions'

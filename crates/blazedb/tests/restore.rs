@@ -39,17 +39,17 @@ fn back_up(dir: &Path, name: &str, to: &Path) {
     }
 }
 
-/// Put the backup in `from` back in place of the closed database `name`.
+/// Put the backup in `from` back in place of the closed database `name`: copied over the
+/// database file (which keeps its inode and birth time, and so its node id: a backup put
+/// back as a new file is a device of its own, `copied_file.rs`), its WAL replaced.
 fn restore(dir: &Path, name: &str, from: &Path) {
-    for f in files(dir, name) {
-        let _ = std::fs::remove_file(&f);
-    }
+    let [db, wal] = files(dir, name);
+    let _ = std::fs::remove_file(&wal);
     let _ = std::fs::remove_file(dir.join(format!("{name}.db-shm")));
-    for f in files(dir, name) {
-        let saved = from.join(f.file_name().unwrap());
-        if saved.exists() {
-            std::fs::copy(&saved, &f).unwrap();
-        }
+    std::fs::copy(from.join(db.file_name().unwrap()), &db).unwrap();
+    let saved_wal = from.join(wal.file_name().unwrap());
+    if saved_wal.exists() {
+        std::fs::copy(&saved_wal, &wal).unwrap();
     }
 }
 
@@ -87,6 +87,11 @@ fn restored_after_lost_writes(lost: i64) -> (tempfile::TempDir, Database, Databa
     restore(dir.path(), "a", &backup);
     let a = open(dir.path(), "a");
     assert_eq!(count_label(&a, "lost"), 0, "the restore took A back");
+    assert_eq!(
+        a.copied_from(),
+        None,
+        "restored in place, A is the same node"
+    );
     (dir, a, b)
 }
 

@@ -277,7 +277,9 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
             policy: args.selective.policy(FilterPeer::File)?,
             ..SessionConfig::default()
         },
-        on_open: Some(std::sync::Arc::new(crate::database::tell_if_upgraded)),
+        on_open: Some(std::sync::Arc::new(
+            crate::database::tell_what_the_open_changed,
+        )),
         ..SyncFilesOptions::default()
     };
     let report = runtime.block_on(async {
@@ -411,7 +413,7 @@ async fn run_network(
     let db = tokio::task::spawn_blocking(move || Database::open(&path, options))
         .await
         .context("opening the database")??;
-    crate::database::tell_if_upgraded(&db);
+    crate::database::tell_what_the_open_changed(&db);
     let db = Arc::new(db);
     let opts = ClientOptions {
         connect: ConnectOptions {

@@ -55,6 +55,12 @@ pub(crate) struct FilePin {
 }
 
 impl FilePin {
+    /// The file's metadata now (through the pinned descriptor, so of the file SQLite opened
+    /// whatever its path leads to).
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
+
     /// The file's length now.
     pub fn len(&self) -> std::io::Result<u64> {
         Ok(self.file.metadata()?.len())

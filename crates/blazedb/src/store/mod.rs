@@ -7,6 +7,7 @@
 
 mod body;
 mod cipher_key;
+mod copied_file;
 mod evict;
 mod feed;
 mod feed_cache;
@@ -197,6 +198,9 @@ pub struct Database {
     upgraded_from: Option<u32>,
     /// The copy kept before that upgrade ([`Database::upgrade_backup`]).
     upgrade_backup: Option<PathBuf>,
+    /// The node id the file had before this handle's open found it to be a copy (see
+    /// [`Database::copied_from`]).
+    copied_from: Option<NodeId>,
     /// The file held open for this process while the handle lives (see `file_pin.rs`).
     /// Last, so that it is dropped after the handle's connections have closed.
     pin: Arc<file_pin::FilePin>,
@@ -363,6 +367,7 @@ impl Database {
             pin: opened.pin,
             upgraded_from: opened.upgraded_from,
             upgrade_backup: opened.upgrade_backup,
+            copied_from: opened.copied_from,
         })
     }
 
@@ -478,6 +483,24 @@ impl Database {
     /// never deletes it: delete it once going back is no longer wanted.
     pub fn upgrade_backup(&self) -> Option<&Path> {
         self.upgrade_backup.as_deref()
+    }
+
+    /// The node id the file had until this handle's open found it to be a copy of another
+    /// database file, and gave it a node id of its own ([`node_id`](Self::node_id)); `None`
+    /// when the open found the file it had stamped (or could not write, see below).
+    ///
+    /// A file notes its inode and birth time. A copy (`cp` to a new name, a file moved to
+    /// another machine or file system, a backup put back as a new file) has others, and
+    /// syncing under the original's node id alongside it would lose writes of one of them.
+    /// With an id of its own the copy is a new device: its peers receive its whole feed once,
+    /// and send it every write of the old id it lacks. Renames within a file system, hard
+    /// links and [`rekey`](Self::rekey) keep the id; a backup copied *over* the live file
+    /// keeps it too (the same file, older: the protocol's restore rules cover it). An open
+    /// that cannot write (read-only file or mount, full disk) keeps the id it found, and the
+    /// next one that can write checks again. A program tells its user once (the CLI on
+    /// stderr, the relay in its log).
+    pub fn copied_from(&self) -> Option<NodeId> {
+        self.copied_from
     }
 
     /// The file's path.

@@ -98,6 +98,9 @@ pub(crate) struct Opened {
     pub upgraded_from: Option<u32>,
     /// The copy of the file kept before that upgrade (see `upgrade_backup.rs`).
     pub upgrade_backup: Option<PathBuf>,
+    /// The node id the file had when this open found it to be a copy of another file and
+    /// gave it one of its own (see `copied_file.rs`).
+    pub copied_from: Option<NodeId>,
 }
 
 fn sql_err(path: &str, e: rusqlite::Error, kind: &FileKind, keyed: bool) -> OpenError {
@@ -601,6 +604,14 @@ fn open_once(
         if tables == 0 {
             let node = node_for_new_file.unwrap_or_else(NodeId::random);
             schema::create(&tx, &node.0, now_ms).map_err(err)?;
+            // Which file this is, so that a copy of it can tell it is one (`copied_file.rs`).
+            if let Some(stamp) = super::copied_file::stamp_of_new_file(&pin) {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('file_stamp', ?1)",
+                    [stamp],
+                )
+                .map_err(err)?;
+            }
             tx.commit().map_err(err)?;
             // The format lock, as every handle holds it (below). Nobody migrates a file of
             // this build's format, so no wait: where a newer build could, the file would not
@@ -613,6 +624,7 @@ fn open_once(
                 pin,
                 upgraded_from: None,
                 upgrade_backup: None,
+                copied_from: None,
             }));
         }
         // Created meanwhile by another process: open it as an existing file.
@@ -718,6 +730,8 @@ fn open_once(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    // A copy of another file gets a node id of its own before anything reads the old one.
+    let copied_from = super::copied_file::reidentify_if_copied(&conn, &pin).map_err(err)?;
     let node: Vec<u8> = conn
         .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
             r.get(0)
@@ -736,6 +750,7 @@ fn open_once(
         // process (racing) did is the same file as it was, and stays.
         upgrade_backup: backup.filter(|_| upgraded_from.is_some()),
         upgraded_from,
+        copied_from,
     }))
 }
 

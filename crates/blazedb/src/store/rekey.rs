@@ -264,6 +264,17 @@ fn write_copy(conn: &rusqlite::Connection, copy: &Path, new_key: Option<&CipherK
         }
         conn.query_row("PRAGMA rekeyed.journal_mode = MEMORY", [], |_| Ok(()))?;
         conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))?;
+        // The copy takes the file's place: stamped as itself, it keeps the file's node id
+        // (`copied_file.rs`; the rename keeps its inode and birth time).
+        if let Some(stamp) = std::fs::metadata(copy)
+            .ok()
+            .and_then(|m| super::copied_file::FileStamp::of(&m))
+        {
+            conn.execute(
+                "INSERT OR REPLACE INTO rekeyed.meta (key, value) VALUES ('file_stamp', ?1)",
+                [stamp.encode()],
+            )?;
+        }
         Ok(())
     })();
     let detached = conn.execute_batch("DETACH DATABASE rekeyed");
