@@ -190,7 +190,8 @@ pub enum ErrorCode {
     Timeout = 9,
     /// Too many messages too fast.
     RateLimited = 10,
-    /// Both sides have the same node id (a copied database file).
+    /// Both sides have the same node id (one database file on both sides, or a copy not yet
+    /// given an id of its own).
     SameNode = 11,
     /// The message was not valid at this point of the session.
     Unexpected = 12,

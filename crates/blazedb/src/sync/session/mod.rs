@@ -1008,8 +1008,10 @@ impl Session {
             return Err(self.fail(
                 ErrorCode::SameNode,
                 format!(
-                    "both sides are node {}: a database file was copied; give each copy its \
-                     own file (export/import or snapshot) instead of copying files",
+                    "both sides are node {}: the same database file is on both sides (sync \
+                     two different files), or a copy of one that was only opened read-only \
+                     since it was copied (a copy gets a node id of its own at its first \
+                     writable open)",
                     h.node
                 ),
                 now_ms,
