@@ -23,6 +23,8 @@
 //! - [`head_watch`]: wake sessions on commits made by other processes.
 //! - [`peer_lock`]: one sync of a database file with one peer at a time, across processes.
 //! - [`discovery`]: LAN discovery over mDNS (`_blazedb._tcp.local.`): advertise, browse.
+//! - [`auth_failures`]: wrong credentials per client address, past a limit refused unread
+//!   for a while (the listener's and the relay's guard against guessing).
 //! - [`limits`]: every buffer size, timeout and bound of this crate.
 //!
 //! ```
@@ -50,6 +52,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth_failures;
 pub mod checkpoint;
 pub mod discovery;
 pub mod driver;

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use blazedb::query::Params;
 use blazedb::sync::{AccessControl, Hello};
 use blazedb::{RecordId, Value};
+use blazedb_net::auth_failures::{AuthFailures, RefusingSide};
 
 use crate::auth::{params, Authenticator, Claims};
-use crate::auth_failures::AuthFailures;
 use crate::limits::JWT_LEEWAY_S;
 use crate::rules::Rules;
 
@@ -102,7 +102,7 @@ impl ConnectionAccess {
 
 impl AccessControl for ConnectionAccess {
     /// A client whose address presented too many wrong credentials lately is refused
-    /// (`RATE_LIMITED`) before its token is read, as over HTTP (`auth_failures.rs`).
+    /// (`RATE_LIMITED`) before its token is read, as over HTTP (`blazedb_net::auth_failures`).
     fn admit(&self, _hello: &Hello) -> Result<(), String> {
         let Some(address) = &self.address else {
             return Ok(());
@@ -114,7 +114,7 @@ impl AccessControl for ConnectionAccess {
         let checked = crate::state::lock_auth_failures(&address.failures).check(address.ip, now);
         checked.map_err(|refusal| {
             self.refused_for_address.store(true, Ordering::Relaxed);
-            refusal.message()
+            refusal.message(RefusingSide::Relay)
         })
     }
 

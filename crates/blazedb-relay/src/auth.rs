@@ -11,7 +11,7 @@
 //!   session with `AUTH_FAILED` before the relay subscribes or sends anything.
 //!
 //! A client address that presented too many wrong credentials lately is refused before its
-//! credential is looked at (`429` / `RATE_LIMITED`): see `auth_failures.rs`.
+//! credential is looked at (`429` / `RATE_LIMITED`): see `blazedb_net::auth_failures`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -74,7 +74,7 @@ pub enum AuthError {
 impl AuthError {
     /// Whether the refusal was of a credential the client presented (a wrong token, a JWT
     /// that does not verify or expired), which counts towards its address's failure limit
-    /// (`auth_failures.rs`). No credential, an empty one or another scheme guesses nothing:
+    /// (`blazedb_net::auth_failures`). No credential, an empty one or another scheme guesses nothing:
     /// a request without one is how an HTTP client learns that a server wants one.
     pub fn is_guess(&self) -> bool {
         !matches!(

@@ -17,8 +17,9 @@
 //! - [`config`]: [`RelayConfig`], one field per `blazedb serve` flag, and [`Limits`].
 //! - [`server`]: [`Relay`] (bind, run) and [`serve`].
 //! - [`auth`]: static token and JWT (HS*, RS*/PS*, EdDSA, ES*); claims become `$auth.*`.
-//! - `auth_failures`: failed credentials per client address; past a limit, that address's
-//!   attempts are refused unread for a while (`429 auth_rate_limited`, `RATE_LIMITED`).
+//! - `blazedb_net::auth_failures` (shared with `blazedb listen`): failed credentials per
+//!   client address; past a limit, that address's attempts are refused unread for a while
+//!   (`429 auth_rate_limited`, `RATE_LIMITED`).
 //! - [`rules`]: the TOML rules file; [`access`]: the per-connection `AccessControl`.
 //! - [`http`]: `/v1/sync`, `/v1/query`, `/health`, `/metrics`.
 //! - [`session`]: one client's sync session; [`guard`]: rate limit, HELLO deadline, the
@@ -54,7 +55,6 @@
 
 pub mod access;
 pub mod auth;
-mod auth_failures;
 pub mod config;
 mod data_dir;
 pub mod error;

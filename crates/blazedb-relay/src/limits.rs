@@ -1,6 +1,7 @@
 //! Every limit, timeout and default of the relay, named in one place. The protocol's own
 //! limits (frame size, batch size, ping and idle times) are in `blazedb::limits`; the
-//! WebSocket message limits are in `blazedb_net::ws`.
+//! WebSocket message limits are in `blazedb_net::ws`, and those of the failure limit per
+//! address, which `blazedb listen` shares, in `blazedb_net::limits` (re-exported here).
 
 /// Where `blazedb serve` keeps its store when `--data` is not given.
 pub const DATA_DIR_DEFAULT: &str = "./blazedb-data";
@@ -136,38 +137,12 @@ pub const JWT_LEEWAY_S: u64 = 5;
 /// addresses, or a relay with the limit off, still guesses as fast as it can ask.
 pub const AUTH_SECRET_BYTES_MIN: usize = 16;
 
-/// Failed credentials one client address may present within
-/// [`AUTH_FAILURE_WINDOW_MS_DEFAULT`] (`auth_failures.rs`); the one that reaches this number
-/// makes the relay refuse that address's next attempts for a window, with `429
-/// auth_rate_limited` (HTTP) or `RATE_LIMITED` (HELLO), without looking at their credentials,
-/// so guessing stops there. 0: no limit. Ten leave room for a user who mistypes a token or a
-/// client that retries an expired JWT a few times, and cut a guesser from ~3,000 tries a
-/// second to ten a minute. Behind a reverse proxy every client arrives from its address and
-/// one client's wrong token locks all of them out: raise it there, or set 0
-/// (`--max-auth-failures-per-address`).
-pub const AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT: u32 = 10;
-
-/// The window of [`AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT`], in ms, and how long an address
-/// that reached it is refused: a minute, the span fail2ban-style tools count in, long enough
-/// that guessing a 16-byte token stays hopeless, short enough that a user who fixed their
-/// token is not kept waiting long.
-pub const AUTH_FAILURE_WINDOW_MS_DEFAULT: u64 = 60_000;
-
-/// Longest window [`AUTH_FAILURE_WINDOW_MS_DEFAULT`] may be set to, in ms: a day. Refused at
-/// startup beyond (and 0, which would count nothing).
-pub const AUTH_FAILURE_WINDOW_MS_MAX: u64 = 24 * 60 * 60 * 1000;
-
-/// Most client addresses whose failed credentials the relay remembers at once. Past it, the
-/// eighth with the fewest failures are forgotten (never one being refused), so a spray of addresses, each failing once, cannot grow memory (about 64
-/// bytes an address: 1 MiB) and cannot push out an address being refused (when every one
-/// is, a new address goes uncounted until one is forgotten). An address is forgotten anyway
-/// once its window or its refusal has passed.
-pub const AUTH_FAILURE_ADDRESSES_MAX: usize = 16_384;
-
-/// IPv6 clients are counted per prefix of this many bits: one host usually holds a whole /64
-/// (SLAAC, privacy addresses, a VM's allocation), so counting per address would let it try
-/// 2^64 addresses with ten guesses each. IPv4 addresses count one by one.
-pub const AUTH_FAILURE_IPV6_PREFIX_BITS: u8 = 64;
+// The failure limit per address and its table are shared with `blazedb listen`: see
+// `blazedb_net::auth_failures` and the documentation of each constant there.
+pub use blazedb_net::limits::{
+    AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT, AUTH_FAILURE_ADDRESSES_MAX,
+    AUTH_FAILURE_IPV6_PREFIX_BITS, AUTH_FAILURE_WINDOW_MS_DEFAULT, AUTH_FAILURE_WINDOW_MS_MAX,
+};
 
 /// Most `--origin` entries.
 pub const ORIGINS_MAX: usize = 256;

@@ -66,7 +66,7 @@ pub(crate) enum RequestRefusal {
     /// No credential, or one that does not verify (`401`).
     AuthFailed,
     /// An attempt from an address that presented too many wrong credentials lately,
-    /// refused without looking at its credential (`429`, `auth_failures.rs`).
+    /// refused without looking at its credential (`429`, `blazedb_net::auth_failures`).
     AuthRateLimited,
     /// A browser origin the relay does not allow (`403`).
     OriginNotAllowed,

@@ -86,7 +86,7 @@ pub enum CloseReason {
     /// Credentials in HELLO were refused.
     AuthFailed,
     /// HELLO came from an address that presented too many wrong credentials lately, and was
-    /// refused without its credential being looked at (`auth_failures.rs`).
+    /// refused without its credential being looked at (`blazedb_net::auth_failures`).
     AuthRateLimited,
     /// The client sent messages faster than its rate limit.
     RateLimited,

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use blazedb::Database;
+pub(crate) use blazedb_net::auth_failures::lock as lock_auth_failures;
+use blazedb_net::auth_failures::AuthFailures;
 use blazedb_net::SessionMonitor;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::auth_failures::AuthFailures;
 use crate::config::Limits;
 use crate::log_throttle::{log_message, LogKey, LogThrottle};
 use crate::metrics::{Metrics, Transport};
@@ -56,7 +57,7 @@ pub(crate) struct State {
     /// ([`State::log_throttled`]).
     log_throttle: Mutex<LogThrottle>,
     /// Failed credentials per client address, shared with the sessions that read theirs
-    /// from HELLO (`auth_failures.rs`).
+    /// from HELLO (`blazedb_net::auth_failures`).
     pub auth_failures: Arc<Mutex<AuthFailures>>,
     /// One per open connection (`Limits::connections_max`, and per client address
     /// `Limits::connections_per_address_max`).
@@ -269,11 +270,4 @@ impl State {
         !self.loopback_hosts_only
             || host.is_none_or(|h| RequestHost::parse(h).is_some_and(|h| h.host.is_loopback()))
     }
-}
-
-/// The failure table, whatever a panicking holder left it as (counts, never an invariant).
-pub(crate) fn lock_auth_failures(
-    failures: &Mutex<AuthFailures>,
-) -> std::sync::MutexGuard<'_, AuthFailures> {
-    failures.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -13,7 +13,7 @@
 //! Authentication failures are `401` and happen before the WebSocket upgrade, so nothing flows.
 //! A client address that presented `Limits::auth_failures_per_address_max` wrong credentials
 //! within `Limits::auth_failure_window_ms` is answered `429` (`auth_rate_limited`, with
-//! `Retry-After`) for a window, its credentials not looked at (`crate::auth_failures`).
+//! `Retry-After`) for a window, its credentials not looked at (`blazedb_net::auth_failures`).
 //! Requests refused for their credential, origin or host, and queries refused before they
 //! run (`413`, `408`, `400`, `503 busy`), are logged as `request_refused` (endpoint, client
 //! address, status, reason, the message the client got unless it quotes the body; never the
@@ -32,6 +32,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use blazedb_net::auth_failures::RefusingSide;
 use tokio::time::Instant;
 
 use crate::auth::{credential_from_http, AuthError, Claims};
@@ -160,7 +161,7 @@ pub(crate) fn log_refusal(
 
 /// Authenticate an HTTP request, or the `401` to answer it with — or, for a client whose
 /// address presented too many wrong credentials lately, the `429` (`auth_rate_limited`, with
-/// `Retry-After`), given without looking at the credential (`auth_failures.rs`).
+/// `Retry-After`), given without looking at the credential (`blazedb_net::auth_failures`).
 pub(crate) fn authenticate(state: &State, req: &Request) -> Result<Claims, Box<Response>> {
     let client = req.extensions().get::<ConnectionSlot>().map(|c| c.ip);
     let address = client.filter(|_| state.auth.required());
@@ -172,7 +173,7 @@ pub(crate) fn authenticate(state: &State, req: &Request) -> Result<Claims, Box<R
                 req,
                 RequestRefusal::AuthRateLimited,
                 StatusCode::TOO_MANY_REQUESTS,
-                refusal.message(),
+                refusal.message(RefusingSide::Relay),
             );
             r.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -1,14 +1,16 @@
-//! Failed credentials per client address: after `Limits::auth_failures_per_address_max` of
-//! them within `Limits::auth_failure_window_ms`, that address's next attempts are refused
-//! for a window without their credential being looked at (`429 auth_rate_limited` over HTTP,
-//! `RATE_LIMITED` in reply to HELLO), so a client guessing tokens stops getting answers.
+//! Failed credentials per client address, shared by the relay and `blazedb listen`: after
+//! `failures_max` of them within a window (by default
+//! [`AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT`] within [`AUTH_FAILURE_WINDOW_MS_DEFAULT`]), that
+//! address's next attempts are refused for a window without their credential being looked
+//! at (the relay: `429 auth_rate_limited` over HTTP; both: `RATE_LIMITED` in reply to HELLO,
+//! through [`AccessControl::admit`]), so a client guessing tokens stops getting answers.
 //! Other addresses are not affected.
 //!
 //! ```text
 //!  credential from ip ─► check(ip, now) ─► Err(Refusal): 429 / RATE_LIMITED, credential unread
 //!                                      └─► Ok ─► verify ─► wrong: failed(ip, now)
 //!                                                       └─► right: nothing (see below)
-//!  every CLOSE_LOG_WINDOW_MS ─► forget_stale(now)
+//!  every minute or so ─► forget_stale(now)
 //! ```
 //!
 //! **A success does not clear an address's failures.** fail2ban and the lockouts of mail and
@@ -17,9 +19,9 @@
 //! slip it in after every nine guesses and guess forever. The cost falls on a client that
 //! shares an address with a guesser (a NAT), which waits out the window like it.
 //!
-//! **Only presented credentials count** ([`AuthError::is_guess`]): a request without one is
-//! how an HTTP client learns that a server wants one (the `401` challenge), and guesses
-//! nothing.
+//! **Only presented credentials count**, which the caller decides: a request without one is
+//! how an HTTP client learns that a server wants one (the relay's `401` challenge), and an
+//! empty HELLO token is a peer that was given none; neither guesses anything.
 //!
 //! **Keys.** An IPv4-mapped IPv6 address counts as its IPv4 address; other IPv6 addresses
 //! count per [`AUTH_FAILURE_IPV6_PREFIX_BITS`] prefix (one host holds a whole /64). Loopback
@@ -31,13 +33,34 @@
 //! one being refused; an address whose window or refusal has passed is forgotten when next
 //! seen or at the next [`forget_stale`].
 //!
-//! Sans-IO: the caller passes the time; this type reads no clock and logs nothing.
+//! Sans-IO: the caller passes the time; this type reads no clock and logs nothing. Call
+//! order: [`check`] before reading a credential, [`failed`] after a wrong one,
+//! [`forget_stale`] now and then.
 //!
+//! ```
+//! use std::time::Duration;
+//! use blazedb_net::auth_failures::{AuthFailures, RefusingSide};
+//! use tokio::time::Instant;
+//!
+//! let mut table = AuthFailures::new(2, Duration::from_secs(60));
+//! let (ip, t0) = ("192.0.2.7".parse().unwrap(), Instant::now());
+//! assert!(table.check(ip, t0).is_ok());
+//! assert!(!table.failed(ip, t0));
+//! assert!(table.failed(ip, t0), "the second wrong token starts the refusal");
+//! let refusal = table.check(ip, t0).unwrap_err();
+//! assert!(refusal.message(RefusingSide::Listener).contains("wait"));
+//! ```
+//!
+//! [`check`]: AuthFailures::check
+//! [`failed`]: AuthFailures::failed
 //! [`forget_stale`]: AuthFailures::forget_stale
-//! [`AuthError::is_guess`]: crate::auth::AuthError::is_guess
+//! [`AccessControl::admit`]: blazedb::sync::AccessControl::admit
+//! [`AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT`]: crate::limits::AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT
+//! [`AUTH_FAILURE_WINDOW_MS_DEFAULT`]: crate::limits::AUTH_FAILURE_WINDOW_MS_DEFAULT
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -51,7 +74,7 @@ const EVICT_BATCH: usize = AUTH_FAILURE_ADDRESSES_MAX / 8;
 
 /// Failed credentials per address, and the addresses refused.
 #[derive(Debug)]
-pub(crate) struct AuthFailures {
+pub struct AuthFailures {
     /// Failures that start a refusal; 0: no limit (nothing is recorded).
     failures_max: u32,
     /// The counting window, and the length of a refusal.
@@ -73,7 +96,7 @@ struct Record {
 
 /// An attempt refused for its address's failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Refusal {
+pub struct Refusal {
     /// How much longer the address is refused.
     pub retry_after: Duration,
     /// The limit and its window, for the message.
@@ -206,19 +229,39 @@ impl Refusal {
         self.retry_after.as_millis().div_ceil(1000).max(1) as u64
     }
 
-    /// What the client is told.
-    pub fn message(&self) -> String {
+    /// What the client is told, for the side that refuses it.
+    pub fn message(&self, side: RefusingSide) -> String {
+        let (server, counted) = match side {
+            RefusingSide::Relay => ("relay", "each wrong token or expired JWT counts"),
+            RefusingSide::Listener => ("listener", "each wrong token counts"),
+        };
         format!(
             "too many failed authentication attempts from your address ({} within {} s): \
-             this relay refuses its credentials, without checking them, for {} s more; wait \
-             that long, and check the token you send first (each wrong token or expired JWT \
-             counts; clients behind one NAT or proxy share an address, and the relay's \
-             operator can raise --max-auth-failures-per-address for them)",
+             this {server} refuses its credentials, without checking them, for {} s more; wait \
+             that long, and check the token you send first ({counted}; clients behind one NAT \
+             or proxy share an address, and the {server}'s operator can raise \
+             --max-auth-failures-per-address for them)",
             self.failures_max,
             self.window.as_millis().div_ceil(1000),
             self.retry_after_s()
         )
     }
+}
+
+/// Which server refuses, for [`Refusal::message`]: what it is called and what counts there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusingSide {
+    /// The relay (`blazedb serve`): wrong static tokens and JWTs count.
+    Relay,
+    /// A peer's listener (`blazedb listen --token`): wrong tokens count.
+    Listener,
+}
+
+/// The table behind `failures`, whatever a panicking holder left it as: it holds counts,
+/// never an invariant, so a poisoned lock is taken as it is.
+pub fn lock(failures: &Mutex<AuthFailures>) -> MutexGuard<'_, AuthFailures> {
+    failures.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The address failures are counted under: an IPv4-mapped IPv6 address as its IPv4 one,
@@ -258,7 +301,19 @@ mod tests {
         let r = f.check(a, t0 + Duration::from_secs(1)).unwrap_err();
         assert_eq!(r.retry_after, Duration::from_secs(59));
         assert_eq!(r.retry_after_s(), 59);
-        assert!(r.message().contains("3 within 60 s"), "{}", r.message());
+        for side in [RefusingSide::Relay, RefusingSide::Listener] {
+            let m = r.message(side);
+            assert!(
+                m.contains("3 within 60 s") && m.contains("59 s more"),
+                "{m}"
+            );
+        }
+        assert!(r
+            .message(RefusingSide::Relay)
+            .contains("this relay refuses"));
+        assert!(r
+            .message(RefusingSide::Listener)
+            .contains("this listener refuses"));
         // Another address is not affected, nor the same one written as IPv4-mapped IPv6.
         assert_eq!(f.check(b, t0), Ok(()));
         assert!(f.check(ip("::ffff:10.0.0.1"), t0).is_err());
