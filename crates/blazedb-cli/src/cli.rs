@@ -107,6 +107,10 @@ pub enum Command {
     /// (stdout on a full disk).
     Sync(sync::SyncArgs),
     /// Serve one database to peers over TCP (optionally TLS) or a Unix socket.
+    ///
+    /// With a token, a peer IP address that sends --max-auth-failures-per-address wrong
+    /// tokens (10) within a minute over TCP is refused for a minute with RATE_LIMITED, its
+    /// token not checked; other addresses are served as usual.
     Listen(listen::ListenArgs),
     /// List the peers this database syncs with (cursors, last contact), one JSON line each;
     /// --forget NODE drops one so GC can move on.

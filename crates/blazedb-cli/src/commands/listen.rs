@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use blazedb::sync::{SessionConfig, SyncMode};
+use blazedb_net::limits::AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT;
 use blazedb_net::transport::{listen, ListenConfig, ListenEvent, TlsServerOptions};
 use blazedb_relay::limits::AUTH_SECRET_BYTES_MIN;
 use clap::{ArgGroup, Args};
@@ -22,7 +23,8 @@ use crate::database::{Access, Context};
 use crate::output::Output;
 use crate::report::{stderr_line, UsageError};
 
-/// `listen DB (--tcp ADDR | --unix PATH) [--token-file FILE] [--tls-cert FILE --tls-key FILE]`.
+/// `listen DB (--tcp ADDR | --unix PATH) [--token-file FILE] [--tls-cert FILE --tls-key FILE]
+/// [--max-auth-failures-per-address N]`.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("address").required(true).multiple(true).args(["tcp", "unix"])))]
 pub struct ListenArgs {
@@ -60,6 +62,14 @@ pub struct ListenArgs {
     /// receive).
     #[arg(long, default_value = "both")]
     pub mode: SyncMode,
+    /// Wrong tokens one peer IP address (an IPv6 /64) may send over TCP within a minute
+    /// (default 10); the one that reaches it makes the listener refuse that address's next
+    /// attempts for a minute (RATE_LIMITED) without checking their token, so guessing stops
+    /// there; other addresses are served as usual. 0: no limit. Peers behind one NAT share
+    /// an address, and one peer's wrong token would lock all of them out: raise it there, or
+    /// set 0. (Unix socket peers are not counted.)
+    #[arg(long, value_name = "N")]
+    pub max_auth_failures_per_address: Option<u32>,
     /// Announce the TCP/TLS address on the LAN over mDNS (`_blazedb._tcp`), so that
     /// `blazedb discover` finds it. Off by default: it sends multicast on every interface.
     #[arg(long, requires = "tcp")]
@@ -70,10 +80,11 @@ pub struct ListenArgs {
 }
 
 /// Why a listener refuses a token of `len` bytes, naming where it came from. The same
-/// minimum as the relay's static token ([`AUTH_SECRET_BYTES_MIN`]), said the same way: a
-/// listener does not slow down a peer that guesses, so the token's length is what keeps it
-/// out of reach. Only the side that defines the secret is checked: `sync --token` presents
-/// whatever its peer was started with.
+/// minimum as the relay's static token ([`AUTH_SECRET_BYTES_MIN`]), said the same way: the
+/// failure limit per address slows down one address, but peers spread over many addresses
+/// (or a listener with the limit off) guess as fast as they can ask, so the token's length
+/// is what keeps it out of reach. Only the side that defines the secret is checked: `sync
+/// --token` presents whatever its peer was started with.
 fn short_token(len: usize, args: &ListenArgs) -> String {
     let from = match &args.token_file {
         Some(path) => format!("in {}", path.display()),
@@ -82,7 +93,8 @@ fn short_token(len: usize, args: &ListenArgs) -> String {
     };
     format!(
         "the token ({from}) is {len} bytes long, and a listener's token must have at least \
-         {AUTH_SECRET_BYTES_MIN} (nothing slows down a peer guessing it): make a random one, \
+         {AUTH_SECRET_BYTES_MIN} (peers on many addresses guess as fast as they can ask): \
+         make a random one, \
          e.g. `openssl rand -hex 32 > token.txt`, and start the listener with --token-file \
          token.txt (its peers sync with --token-file token.txt)"
     )
@@ -144,6 +156,9 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
         tls,
         unix: args.unix.clone(),
         token,
+        auth_failures_per_address_max: args
+            .max_auth_failures_per_address
+            .unwrap_or(AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT),
         session: SessionConfig {
             mode: args.mode,
             ping_interval_ms: args.heartbeat.ping_interval_ms,

@@ -97,6 +97,10 @@ pub enum TransportError {
     /// A listener was configured without any address.
     #[error("nothing to listen on: give a TCP address or a Unix socket path")]
     NoAddress,
+    /// A listener setting is out of range (e.g. the window of the failure limit per
+    /// address).
+    #[error("listener setup: {0}")]
+    ListenOptions(String),
 }
 
 impl TransportError {
@@ -109,6 +113,7 @@ impl TransportError {
             | TransportError::TlsConfig { .. }
             | TransportError::TlsOptions(_)
             | TransportError::NoAddress
+            | TransportError::ListenOptions(_)
             | TransportError::Refused { .. } => true,
             TransportError::TlsHandshake { source, .. } => certificate_refused(source),
             _ => false,

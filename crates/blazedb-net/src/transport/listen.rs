@@ -10,15 +10,18 @@
 //!
 //! The supervisor stops accepting while [`ListenConfig::connections_max`] sessions run (new
 //! connections wait in the kernel's backlog). A peer is authenticated by its HELLO token
-//! ([`TokenAuth`]) before anything else is exchanged. [`Listener::shutdown`] (or dropping
-//! the [`Listener`]) ends every session politely with `SHUTTING_DOWN` and removes the Unix
-//! socket file.
+//! ([`TokenAuth`]) before anything else is exchanged. A TCP peer address that sent
+//! [`ListenConfig::auth_failures_per_address_max`] wrong tokens within
+//! [`ListenConfig::auth_failure_window_ms`] has its HELLOs refused with `RATE_LIMITED`,
+//! unread, for that long (the relay's table, [`crate::auth_failures`], one per listener).
+//! [`Listener::shutdown`] (or dropping the [`Listener`]) ends every session politely with
+//! `SHUTTING_DOWN` and removes the Unix socket file.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blazedb::sync::SessionConfig;
@@ -29,11 +32,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth_failures::{self, AuthFailures};
 use crate::checkpoint::{spawn_checkpointer, Checkpointer};
 use crate::driver::{run_session, DriverOptions, SessionReport};
 use crate::head_watch::HeadWatch;
 use crate::limits::{
-    ACCEPT_ERROR_PAUSE_MS, CHECKPOINT_INTERVAL_MS_DEFAULT, LINGER_MS_DEFAULT,
+    ACCEPT_ERROR_PAUSE_MS, AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT, AUTH_FAILURE_WINDOW_MS_DEFAULT,
+    AUTH_FAILURE_WINDOW_MS_MAX, CHECKPOINT_INTERVAL_MS_DEFAULT, LINGER_MS_DEFAULT,
     LISTEN_CONNECTIONS_MAX_DEFAULT, LISTEN_EVENTS_CAPACITY, TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
     UNIX_SOCKET_PATH_BYTES_MAX,
 };
@@ -53,6 +58,15 @@ pub struct ListenConfig {
     /// When set, peers must send this token in HELLO, or the session ends with
     /// `AUTH_FAILED` before any data flows. It replaces `session.access`.
     pub token: Option<String>,
+    /// Wrong tokens one TCP peer address (an IPv6 /64) may send within
+    /// `auth_failure_window_ms`; the one that reaches it makes the listener refuse that
+    /// address's HELLOs for that long with `RATE_LIMITED`, without comparing their tokens
+    /// (the relay's `--max-auth-failures-per-address`). 0: no limit. Only with `token`
+    /// (custom `session.access` counts nothing); Unix socket peers are not counted.
+    pub auth_failures_per_address_max: u32,
+    /// The window of `auth_failures_per_address_max`, and how long an address that reached
+    /// it is refused, in ms (1 to [`AUTH_FAILURE_WINDOW_MS_MAX`]).
+    pub auth_failure_window_ms: u64,
     /// Settings of every session: mode, heartbeats (`ping_interval_ms`,
     /// `idle_timeout_ms`), batch size, and `access` for custom access control. `server` is
     /// always set.
@@ -76,6 +90,8 @@ impl Default for ListenConfig {
             tls: None,
             unix: None,
             token: None,
+            auth_failures_per_address_max: AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT,
+            auth_failure_window_ms: AUTH_FAILURE_WINDOW_MS_DEFAULT,
             session: SessionConfig::default(),
             connections_max: LISTEN_CONNECTIONS_MAX_DEFAULT,
             handshake_timeout_ms: TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
@@ -208,6 +224,15 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
                 .into(),
         ));
     }
+    let window_ms = cfg.auth_failure_window_ms;
+    let failure_limit = cfg.token.is_some() && cfg.auth_failures_per_address_max > 0;
+    if failure_limit && !(1..=AUTH_FAILURE_WINDOW_MS_MAX).contains(&window_ms) {
+        return Err(TransportError::ListenOptions(format!(
+            "an authentication failure window of {window_ms} ms is out of range: give 1 to \
+             {AUTH_FAILURE_WINDOW_MS_MAX} ms, or turn the failure limit off \
+             (--max-auth-failures-per-address 0)"
+        )));
+    }
     let acceptor = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
     let tcp =
         match &cfg.tcp {
@@ -224,9 +249,17 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
 
     let mut session = cfg.session.clone();
     session.server = true;
-    if let Some(token) = &cfg.token {
-        session.access = Some(Arc::new(TokenAuth::new(token.clone())));
+    let token_auth = cfg.token.as_ref().map(|t| TokenAuth::new(t.clone()));
+    if let Some(auth) = &token_auth {
+        session.access = Some(Arc::new(auth.clone()));
     }
+    let auth_failures = failure_limit.then(|| AuthFailureLimit {
+        table: Arc::new(Mutex::new(AuthFailures::new(
+            cfg.auth_failures_per_address_max,
+            Duration::from_millis(window_ms),
+        ))),
+        window: Duration::from_millis(window_ms),
+    });
     let (events, _) = broadcast::channel(LISTEN_EVENTS_CAPACITY);
     let stop = CancellationToken::new();
     let active = Arc::new(AtomicUsize::new(0));
@@ -243,6 +276,8 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
     let shared = Arc::new(Shared {
         db,
         session,
+        token_auth,
+        auth_failures,
         acceptor,
         handshake_timeout_ms: cfg.handshake_timeout_ms,
         linger_ms: cfg.linger_ms,
@@ -408,7 +443,13 @@ fn bind_owner_only(path: &Path) -> std::io::Result<UnixListener> {
 /// What every connection task needs.
 struct Shared {
     db: Arc<Database>,
+    /// The settings of a session; a TCP peer's gets an access of its own
+    /// ([`Shared::session_for`]).
     session: SessionConfig,
+    /// The token check, when a token is required.
+    token_auth: Option<TokenAuth>,
+    /// The wrong tokens per TCP peer address, when counted.
+    auth_failures: Option<AuthFailureLimit>,
     acceptor: Option<TlsAcceptor>,
     handshake_timeout_ms: u64,
     linger_ms: u64,
@@ -417,6 +458,28 @@ struct Shared {
     active: Arc<AtomicUsize>,
     next_id: AtomicU64,
     heads: Option<HeadWatch>,
+}
+
+/// A listener's table of wrong tokens per peer address, and its window.
+struct AuthFailureLimit {
+    table: Arc<Mutex<AuthFailures>>,
+    window: Duration,
+}
+
+impl Shared {
+    /// The session settings for a peer at `peer` (none: a Unix socket): with a token and a
+    /// failure limit, a TCP peer's wrong tokens count towards its address.
+    fn session_for(&self, peer: Option<SocketAddr>) -> SessionConfig {
+        let mut session = self.session.clone();
+        if let (Some(auth), Some(limit), Some(peer)) = (&self.token_auth, &self.auth_failures, peer)
+        {
+            let access = auth
+                .clone()
+                .with_failure_limit(peer.ip(), limit.table.clone());
+            session.access = Some(Arc::new(access));
+        }
+        session
+    }
 }
 
 struct Supervisor {
@@ -437,11 +500,27 @@ enum Accepted {
 impl Supervisor {
     async fn run(self) {
         let mut sessions = JoinSet::new();
+        // Addresses whose window or refusal is over are forgotten once a window, so that
+        // the table does not keep them until it fills.
+        let sweep_every = self
+            .shared
+            .auth_failures
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |l| l.window);
+        let mut sweep =
+            tokio::time::interval_at(tokio::time::Instant::now() + sweep_every, sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let room = sessions.len() < self.connections_max;
             let accepted = tokio::select! {
                 _ = self.shared.stop.cancelled() => break,
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+                now = sweep.tick(), if self.shared.auth_failures.is_some() => {
+                    if let Some(limit) = &self.shared.auth_failures {
+                        auth_failures::lock(&limit.table).forget_stale(now);
+                    }
+                    continue;
+                }
                 r = accept_tcp(self.tcp.as_ref()), if room && self.tcp.is_some() => r,
                 r = accept_unix(self.unix.as_ref()), if room && self.unix.is_some() => r,
             };
@@ -450,10 +529,10 @@ impl Supervisor {
                 Accepted::Tcp(socket, addr) => {
                     // Only a latency setting: a failure changes nothing about correctness.
                     let _ = socket.set_nodelay(true);
-                    sessions.spawn(serve(shared, addr.to_string(), Incoming::Tcp(socket)));
+                    sessions.spawn(serve(shared, Incoming::Tcp(socket, addr)));
                 }
                 Accepted::Unix(socket) => {
-                    sessions.spawn(serve(shared, "unix".into(), Incoming::Unix(socket)));
+                    sessions.spawn(serve(shared, Incoming::Unix(socket)));
                 }
                 Accepted::Failed => {
                     // Out of file descriptors and the like: pause instead of spinning.
@@ -494,14 +573,19 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// An accepted connection, by transport (TLS is for TCP only).
+/// An accepted connection, by transport (TLS is for TCP only), with the TCP peer's address.
 enum Incoming {
-    Tcp(tokio::net::TcpStream),
+    Tcp(tokio::net::TcpStream, SocketAddr),
     Unix(tokio::net::UnixStream),
 }
 
 /// One connection: TLS handshake if configured (TCP only), then one session.
-async fn serve(shared: Arc<Shared>, remote: String, socket: Incoming) {
+async fn serve(shared: Arc<Shared>, socket: Incoming) {
+    let peer = match &socket {
+        Incoming::Tcp(_, addr) => Some(*addr),
+        Incoming::Unix(_) => None,
+    };
+    let remote = peer.map_or_else(|| "unix".to_owned(), |a| a.to_string());
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.active.fetch_add(1, Ordering::Relaxed);
     let _guard = ActiveGuard(shared.active.clone());
@@ -511,7 +595,7 @@ async fn serve(shared: Arc<Shared>, remote: String, socket: Incoming) {
         remote: remote.clone(),
     });
     let stream: BoxedStream = match (socket, &shared.acceptor) {
-        (Incoming::Tcp(socket), Some(acceptor)) => {
+        (Incoming::Tcp(socket, _), Some(acceptor)) => {
             let limit = Duration::from_millis(shared.handshake_timeout_ms);
             let handshake = tokio::select! {
                 r = tokio::time::timeout(
@@ -533,7 +617,7 @@ async fn serve(shared: Arc<Shared>, remote: String, socket: Incoming) {
                 }
             }
         }
-        (Incoming::Tcp(socket), None) => Box::new(socket),
+        (Incoming::Tcp(socket, _), None) => Box::new(socket),
         (Incoming::Unix(socket), _) => Box::new(socket),
     };
     let opts = DriverOptions {
@@ -543,7 +627,8 @@ async fn serve(shared: Arc<Shared>, remote: String, socket: Incoming) {
         hello_timeout: Some(Duration::from_millis(shared.handshake_timeout_ms)),
         ..DriverOptions::default()
     };
-    let result = run_session(shared.db.clone(), stream, shared.session.clone(), opts).await;
+    let session = shared.session_for(peer);
+    let result = run_session(shared.db.clone(), stream, session, opts).await;
     let (report, error) = match result {
         Ok(r) => (Some(Box::new(r)), None),
         Err(e) => (e.report().cloned().map(Box::new), Some(e.to_string())),
