@@ -122,7 +122,13 @@ pub enum Command {
     /// List BlazeDB peers announced on the LAN (mDNS), one JSON line each.
     Discover(crate::commands::discover::DiscoverArgs),
     /// Run the relay server: WebSocket sync, auth, access rules, /v1/query, /health, /metrics.
-    Serve(crate::commands::serve::ServeArgs),
+    ///
+    /// Behind a reverse proxy (nginx, Caddy, a load balancer), name it with --trusted-proxy:
+    /// each client then counts under the address the proxy forwards in X-Forwarded-For, for
+    /// the limit on wrong credentials and in the log, instead of all under the proxy's.
+    // Boxed: its many options made it the one variant that sized the whole enum
+    // (`clippy::large_enum_variant`).
+    Serve(Box<crate::commands::serve::ServeArgs>),
     /// Tools for BlazeDB's own tests.
     #[command(hide = true, subcommand)]
     Debug(debug::DebugCommand),

@@ -231,16 +231,20 @@ impl Refusal {
 
     /// What the client is told, for the side that refuses it.
     pub fn message(&self, side: RefusingSide) -> String {
-        let (server, counted) = match side {
-            RefusingSide::Relay => ("relay", "each wrong token or expired JWT counts"),
-            RefusingSide::Listener => ("listener", "each wrong token counts"),
+        let (server, counted, proxy) = match side {
+            RefusingSide::Relay => (
+                "relay",
+                "each wrong token or expired JWT counts",
+                ", or name a reverse proxy with --trusted-proxy",
+            ),
+            RefusingSide::Listener => ("listener", "each wrong token counts", ""),
         };
         format!(
             "too many failed authentication attempts from your address ({} within {} s): \
              this {server} refuses its credentials, without checking them, for {} s more; wait \
              that long, and check the token you send first ({counted}; clients behind one NAT \
              or proxy share an address, and the {server}'s operator can raise \
-             --max-auth-failures-per-address for them)",
+             --max-auth-failures-per-address for them{proxy})",
             self.failures_max,
             self.window.as_millis().div_ceil(1000),
             self.retry_after_s()

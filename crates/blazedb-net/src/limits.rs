@@ -148,9 +148,10 @@ pub const REJECTIONS_REPORTED_MAX: usize = 100;
 /// `RATE_LIMITED` (HELLO), without looking at their credentials, so guessing stops there. 0:
 /// no limit. Ten leave room for a user who mistypes a token or a client that retries an
 /// expired JWT a few times, and cut a guesser from ~3,000 tries a second to ten a minute.
-/// Behind a reverse proxy or a NAT every client arrives from its address and one client's
-/// wrong token locks all of them out: raise it there, or set 0
-/// (`--max-auth-failures-per-address`).
+/// Behind a NAT every client arrives from one address and one client's wrong token locks
+/// all of them out: raise it there, or set 0 (`--max-auth-failures-per-address`). Behind a
+/// reverse proxy the relay counts each client under the address the proxy forwards once the
+/// proxy is named (`blazedb serve --trusted-proxy`).
 pub const AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT: u32 = 10;
 
 /// The window of [`AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT`], in ms, and how long an address

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
+use crate::forwarded::TrustedProxy;
+
 use crate::limits::{
     AUTH_FAILURES_PER_ADDRESS_MAX_DEFAULT, AUTH_FAILURE_WINDOW_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT,
     CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, DATA_DIR_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT,
@@ -54,6 +56,13 @@ pub struct RelayConfig {
     /// (`--danger-allow-anonymous`): anyone who can reach the relay reads and writes everything
     /// the rules allow.
     pub danger_allow_anonymous: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`,
+    /// repeatable). An HTTP request whose TCP peer is in one of these ranges counts as coming
+    /// from the right-most address of that header not in them, for the per-address failure
+    /// limit and the log; from any other peer the header is ignored, so a client cannot
+    /// choose its address. Connection slots (`Limits::connections_per_address_max`) and the
+    /// raw TCP listener still count TCP peers: they are taken before any header is read.
+    pub trusted_proxies: Vec<TrustedProxy>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// How much change history the relay's store keeps (`--history-max-age`,
@@ -76,6 +85,7 @@ impl Default for RelayConfig {
             tls: None,
             origins: Vec::new(),
             danger_allow_anonymous: false,
+            trusted_proxies: Vec::new(),
             limits: Limits::default(),
             history: blazedb::HistoryRetention::default(),
         }
@@ -133,7 +143,9 @@ pub struct Limits {
     /// Burst of protocol messages above the sustained rate.
     pub message_burst: u32,
     /// Failed credentials one client address may present within `auth_failure_window_ms`
-    /// before its next attempts are refused, unread, for that long; 0: no limit.
+    /// before its next attempts are refused, unread, for that long; 0: no limit. Behind a
+    /// reverse proxy, the client address is the one the proxy forwards when it is listed in
+    /// [`RelayConfig::trusted_proxies`].
     pub auth_failures_per_address_max: u32,
     /// The window of `auth_failures_per_address_max`, and how long an address that reached
     /// it is refused, in ms.

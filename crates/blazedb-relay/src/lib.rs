@@ -20,6 +20,8 @@
 //! - `blazedb_net::auth_failures` (shared with `blazedb listen`): failed credentials per
 //!   client address; past a limit, that address's attempts are refused unread for a while
 //!   (`429 auth_rate_limited`, `RATE_LIMITED`).
+//! - `forwarded`: the client's address behind trusted reverse proxies ([`TrustedProxy`],
+//!   `X-Forwarded-For`), for that limit and the log.
 //! - [`rules`]: the TOML rules file; [`access`]: the per-connection `AccessControl`.
 //! - [`http`]: `/v1/sync`, `/v1/query`, `/health`, `/metrics`.
 //! - [`session`]: one client's sync session; [`guard`]: rate limit, HELLO deadline, the
@@ -58,6 +60,7 @@ pub mod auth;
 pub mod config;
 mod data_dir;
 pub mod error;
+mod forwarded;
 pub mod gc;
 pub mod guard;
 pub mod http;
@@ -76,4 +79,5 @@ mod tls;
 
 pub use config::{AuthConfig, Limits, RelayConfig, Secret, TlsFiles};
 pub use error::RelayError;
+pub use forwarded::{TrustedProxy, TrustedProxyError};
 pub use server::{serve, Relay};

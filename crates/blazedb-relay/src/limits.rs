@@ -147,6 +147,10 @@ pub use blazedb_net::limits::{
 /// Most `--origin` entries.
 pub const ORIGINS_MAX: usize = 256;
 
+/// Most `--trusted-proxy` entries: each request's peer, and each trusted hop of its
+/// `X-Forwarded-For`, is matched against every one.
+pub const TRUSTED_PROXIES_MAX: usize = 256;
+
 /// The window of the throttled log (`session_closed`, `request_refused`,
 /// `connection_refused`), in ms (`log_throttle.rs`). A minute:
 /// the span an operator reads a log or an alert in, short enough that a summary of what was

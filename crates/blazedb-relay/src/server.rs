@@ -34,10 +34,11 @@ use tower_service::Service;
 use crate::auth::Authenticator;
 use crate::config::RelayConfig;
 use crate::error::RelayError;
-use crate::http::{router, ConnectionSlot};
+use crate::forwarded::{TrustedProxies, TrustedProxy};
+use crate::http::{router, ClientAddress, ConnectionSlot};
 use crate::limits::{
     AUTH_FAILURE_WINDOW_MS_MAX, CLOSE_LOG_WINDOW_MS, HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS,
-    ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME,
+    ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME, TRUSTED_PROXIES_MAX,
 };
 use crate::metrics::Transport;
 use crate::origin::Origin;
@@ -87,6 +88,7 @@ impl Relay {
             None => Rules::allow_all(),
         };
         let origins = origins(&config.origins)?;
+        let trusted_proxies = trusted_proxies(&config.trusted_proxies)?;
         let tls_http = config
             .tls
             .as_ref()
@@ -191,6 +193,7 @@ impl Relay {
             })?,
         );
         warnings.extend(exposure_warnings(&config, &auth, http_addr));
+        warnings.extend(trusted_proxy_warnings(&config.trusted_proxies));
         warnings.extend(open_files_warning(
             raise_open_files_limit(),
             config.limits.connections_max,
@@ -198,15 +201,18 @@ impl Relay {
         for w in dir_warnings.iter().chain(&warnings) {
             crate::log::line(serde_json::json!({ "event": "config_warning", "message": w }));
         }
-        let state = Arc::new(State::new(
-            Arc::new(db),
-            Arc::new(query_db),
-            auth,
-            rules,
-            config.limits.clone(),
-            origins,
-            http_addr.ip().is_loopback(),
-        ));
+        let state = Arc::new(
+            State::new(
+                Arc::new(db),
+                Arc::new(query_db),
+                auth,
+                rules,
+                config.limits.clone(),
+                origins,
+                http_addr.ip().is_loopback(),
+            )
+            .with_trusted_proxies(trusted_proxies),
+        );
         // The GC task counts its failures into the relay's metrics.
         let gc = Arc::new(crate::gc::GcCounters {
             failures_by_cause: state.metrics.gc_failures.clone(),
@@ -231,7 +237,8 @@ impl Relay {
     /// on stderr as `config_warning` events): rules that read `$auth` without
     /// authentication, collections of the store no rule table names, serving without
     /// credentials beyond what the operator may think (`--danger-allow-anonymous`, a Unix
-    /// socket beside the loopback listener), an open-files limit below `--max-connections`.
+    /// socket beside the loopback listener), an open-files limit below `--max-connections`,
+    /// a `--trusted-proxy` range of every address.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -559,6 +566,34 @@ fn origins(list: &[String]) -> Result<Vec<Origin>, RelayError> {
         .collect()
 }
 
+fn trusted_proxies(list: &[TrustedProxy]) -> Result<TrustedProxies, RelayError> {
+    if list.len() > TRUSTED_PROXIES_MAX {
+        return Err(RelayError::Config(format!(
+            "{} trusted proxies given, at most {TRUSTED_PROXIES_MAX} are allowed: name \
+             ranges (10.0.0.0/8) rather than each address",
+            list.len()
+        )));
+    }
+    Ok(TrustedProxies::new(list))
+}
+
+/// A trusted range that holds every address (`0.0.0.0/0`, `::/0`) lets every client name
+/// its own address in `X-Forwarded-For`, and so step out of the per-address failure limit
+/// with each request: said at startup, since it works and looks like a shortcut.
+fn trusted_proxy_warnings(list: &[TrustedProxy]) -> Vec<String> {
+    list.iter()
+        .filter(|p| p.is_everyone())
+        .map(|p| {
+            format!(
+                "--trusted-proxy {p} trusts every client of that address family: any of them \
+                 can name its own address in X-Forwarded-For, escaping the per-address limit \
+                 on wrong credentials and appearing in the log as whoever it likes; name the \
+                 proxies' own addresses or network instead (e.g. 10.0.0.0/8)"
+            )
+        })
+        .collect()
+}
+
 fn bind_unix(path: &std::path::Path) -> Result<UnixListener, RelayError> {
     // Replaces only a dead relay's socket file: never a live one, never a file that is not
     // a socket (`--unix DATA/relay.db` would otherwise unlink the open store).
@@ -673,6 +708,10 @@ async fn refuse_http(stream: tokio::net::TcpStream, tls: bool, code: &str, messa
 /// hold connection slots forever (hyper's header timeout only starts with a request's first
 /// byte).
 ///
+/// `ip`: the TCP peer's address, which holds the connection slot; each request's client
+/// address, for the failure limit and the log, is `ip` or, from a trusted proxy, the one its
+/// `X-Forwarded-For` names ([`ClientAddress`]).
+///
 /// `status_only`: the connection holds a slot of the status reserve (the relay is at its
 /// limit, refused for this reason): it may ask `/health` and `/metrics`, nothing else.
 async fn serve_http<I>(
@@ -695,13 +734,17 @@ async fn serve_http<I>(
     let answering = in_flight.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let busy = InFlight::new(&answering);
+        // Per request, not per connection: a proxy may carry the requests of many clients
+        // over one kept-alive connection.
+        let client = st.trusted_proxies.client(ip, req.headers());
         req.extensions_mut().insert(slot.clone());
+        req.extensions_mut().insert(ClientAddress(client));
         let mut app = app.clone();
         let refused = refusal
             .clone()
             .filter(|_| !matches!(req.uri().path(), "/health" | "/metrics"));
         if let Some((why, _)) = &refused {
-            st.record_refusal(*why, Some(ip));
+            st.record_refusal(*why, Some(client));
         }
         async move {
             let _busy = busy;
@@ -926,6 +969,25 @@ mod tests {
         };
         let checked = Authenticator::from_config(&with_token).unwrap();
         assert!(exposure_warnings(&with_token, &checked, wide).is_empty());
+    }
+
+    /// A trusted proxy range of every address is said at startup; more entries than
+    /// `TRUSTED_PROXIES_MAX` are refused.
+    #[test]
+    fn trusting_every_address_is_warned_about_and_too_many_proxies_refused() {
+        let p = |s: &str| s.parse::<TrustedProxy>().unwrap();
+        assert!(trusted_proxy_warnings(&[p("10.0.0.0/8"), p("::1")]).is_empty());
+        let w = trusted_proxy_warnings(&[p("10.0.0.0/8"), p("0.0.0.0/0"), p("::/0")]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("--trusted-proxy 0.0.0.0/0 trusts every client")
+                && w[1].starts_with("--trusted-proxy ::/0 trusts every client"),
+            "{w:?}"
+        );
+        let many = vec![p("10.0.0.1"); TRUSTED_PROXIES_MAX + 1];
+        let e = trusted_proxies(&many).unwrap_err().to_string();
+        assert!(e.contains("257 trusted proxies given, at most 256"), "{e}");
+        assert!(trusted_proxies(&many[1..]).is_ok());
     }
 
     /// The open-files warning: said below what the connections need, with the numbers.

@@ -31,8 +31,9 @@ use crate::state::{SessionEntry, State};
 
 /// Run a sync session over `io` until it ends. `claims`: the caller was authenticated by the
 /// transport (HTTP upgrade); `None`: it must present its credential in HELLO. The connection
-/// slot is released when the session ends. `client`: the peer's IP address (none over a Unix
-/// socket), for the log line of a session that ends badly.
+/// slot is released when the session ends. `client`: the client's IP address (none over a
+/// Unix socket; over a WebSocket from a trusted proxy, the one the proxy forwarded), for the
+/// failure limit and the log line of a session that ends badly.
 pub(crate) async fn run<T>(
     state: Arc<State>,
     io: T,

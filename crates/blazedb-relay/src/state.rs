@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Limits;
+use crate::forwarded::TrustedProxies;
 use crate::log_throttle::{log_message, LogKey, LogThrottle};
 use crate::metrics::{Metrics, Transport};
 use crate::origin::{Origin, RequestHost};
@@ -42,6 +43,9 @@ pub(crate) struct State {
     /// Without authentication, on a loopback HTTP address: requests must be addressed to a
     /// loopback name ([`State::host_allowed`]).
     pub loopback_hosts_only: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names an HTTP request's client
+    /// (`--trusted-proxy`; `forwarded.rs`).
+    pub trusted_proxies: TrustedProxies,
     pub started: Instant,
     /// Cancelled when the relay shuts down; sessions get child tokens.
     pub shutdown: CancellationToken,
@@ -87,6 +91,7 @@ impl State {
         State {
             store_watch: StoreWatch::new(db.path().to_owned(), limits.store_probe_interval_ms),
             loopback_hosts_only: !auth.required() && http_on_loopback,
+            trusted_proxies: TrustedProxies::default(),
             db,
             query_db,
             query_turn: tokio::sync::Semaphore::new(1),
@@ -108,6 +113,13 @@ impl State {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         }
+    }
+
+    /// The relay behind these reverse proxies: an HTTP request from one of them counts as
+    /// coming from the client its `X-Forwarded-For` names (`forwarded.rs`).
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> State {
+        self.trusted_proxies = proxies;
+        self
     }
 
     /// Take a connection slot for a client at `ip` (`None`: a Unix socket), or say why

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use blazedb_relay::limits::{DATA_DIR_DEFAULT, LISTEN_ADDR_DEFAULT};
-use blazedb_relay::{AuthConfig, Limits, Relay, RelayConfig, TlsFiles};
+use blazedb_relay::{AuthConfig, Limits, Relay, RelayConfig, TlsFiles, TrustedProxy};
 use clap::Args;
 use serde_json::json;
 
@@ -26,7 +26,8 @@ use crate::output::Output;
 use crate::report::{stderr_line, UsageError};
 
 /// `serve [--data DIR] [--listen ADDR] [--token-file FILE | --jwt-secret-file FILE |
-/// --jwt-public-key FILE] [--rules FILE] [--tls-cert FILE --tls-key FILE] [--origin ORIGIN]...`.
+/// --jwt-public-key FILE] [--rules FILE] [--tls-cert FILE --tls-key FILE] [--origin ORIGIN]...
+/// [--trusted-proxy CIDR]...`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory of the relay's store (relay.db), created if missing.
@@ -101,17 +102,28 @@ pub struct ServeArgs {
     pub max_connections: Option<usize>,
     /// Most connections at once from one client IP address (0, the default: no such limit).
     /// For a relay that faces the internet directly; leave it off behind a reverse proxy or
-    /// a NAT many clients share, since they all arrive from its address.
+    /// a NAT many clients share, since they all arrive from its address (it counts TCP
+    /// connections, before any header is read: --trusted-proxy does not change that).
     #[arg(long, value_name = "N")]
     pub max_connections_per_address: Option<usize>,
     /// Wrong credentials one client IP address (an IPv6 /64) may present within a minute
     /// (default 10); the one that reaches it makes the relay refuse that address's next
     /// attempts for a minute (HTTP 429, RATE_LIMITED over TCP) without checking them, so
     /// guessing stops there. 0: no limit. Behind a reverse proxy every client arrives from
-    /// its address, and one client's wrong token would lock all of them out: raise it there,
-    /// or set 0.
+    /// its address, and one client's wrong token would lock all of them out: name the proxy
+    /// with --trusted-proxy so that each client counts under its own address.
     #[arg(long, value_name = "N")]
     pub max_auth_failures_per_address: Option<u32>,
+    /// The relay runs behind this reverse proxy (nginx, Caddy, a load balancer): an address
+    /// or a CIDR range (10.0.0.7, 10.0.0.0/8, ::1/128); repeat for more. An HTTP or
+    /// WebSocket request from it counts as coming from the right-most address of its
+    /// X-Forwarded-For that is not a trusted proxy, for --max-auth-failures-per-address and
+    /// the log; from any other address the header is ignored, so clients cannot choose
+    /// theirs. Name only proxies that append their client's address to X-Forwarded-For
+    /// (nginx: proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for). The raw TCP
+    /// port (--tcp-listen) has no headers and counts its peers.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<TrustedProxy>,
     /// Protocol messages per second one connection may send (sustained; default 1,000); 0:
     /// unlimited. A
     /// connection may also send a burst above it: see --message-burst.
@@ -271,6 +283,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
         },
         origins: args.origins.clone(),
         danger_allow_anonymous: args.danger_allow_anonymous,
+        trusted_proxies: args.trusted_proxies.clone(),
         limits,
         history: blazedb::HistoryRetention {
             max_age_ms: Some(args.history_max_age),

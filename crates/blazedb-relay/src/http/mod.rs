@@ -14,6 +14,9 @@
 //! A client address that presented `Limits::auth_failures_per_address_max` wrong credentials
 //! within `Limits::auth_failure_window_ms` is answered `429` (`auth_rate_limited`, with
 //! `Retry-After`) for a window, its credentials not looked at (`blazedb_net::auth_failures`).
+//! A request's client address (`ClientAddress`) is its TCP peer's, or, from a trusted
+//! proxy (`--trusted-proxy`), the right-most untrusted address of its `X-Forwarded-For`
+//! (`crate::forwarded`): what that limit counts and the log names.
 //! Requests refused for their credential, origin or host, and queries refused before they
 //! run (`413`, `408`, `400`, `503 busy`), are logged as `request_refused` (endpoint, client
 //! address, status, reason, the message the client got unless it quotes the body; never the
@@ -72,13 +75,27 @@ async fn host_only(
     }
 }
 
-/// The connection slot of the HTTP connection a request arrived on, and the client's
-/// address. A WebSocket upgrade takes the slot, so it stays held for as long as the sync
-/// session runs.
+/// The connection slot of the HTTP connection a request arrived on, and the TCP peer's
+/// address, which the slot counts under (`Limits::connections_per_address_max`: behind a
+/// proxy, the proxy's; [`ClientAddress`] is the client's). A WebSocket upgrade takes the
+/// slot, so it stays held for as long as the sync session runs.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectionSlot {
     slot: Arc<Mutex<Option<Slot>>>,
     pub ip: IpAddr,
+}
+
+/// The address of the client a request came from: the TCP peer's, or, when the peer is a
+/// trusted proxy (`--trusted-proxy`), the one its `X-Forwarded-For` names
+/// (`crate::forwarded`). What the failure limit counts and the log names. Set per request,
+/// not per connection: a proxy may carry many clients' requests over one connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientAddress(pub IpAddr);
+
+/// A request's [`ClientAddress`] (none for a request that did not come through
+/// `serve_http`).
+pub(crate) fn client_address<B>(req: &axum::http::Request<B>) -> Option<IpAddr> {
+    req.extensions().get::<ClientAddress>().map(|c| c.0)
 }
 
 impl ConnectionSlot {
@@ -112,7 +129,7 @@ fn refuse(
     status: StatusCode,
     message: String,
 ) -> Response {
-    let client = req.extensions().get::<ConnectionSlot>().map(|c| c.ip);
+    let client = client_address(req);
     log_refusal(
         state,
         req.uri().path(),
@@ -163,7 +180,7 @@ pub(crate) fn log_refusal(
 /// address presented too many wrong credentials lately, the `429` (`auth_rate_limited`, with
 /// `Retry-After`), given without looking at the credential (`blazedb_net::auth_failures`).
 pub(crate) fn authenticate(state: &State, req: &Request) -> Result<Claims, Box<Response>> {
-    let client = req.extensions().get::<ConnectionSlot>().map(|c| c.ip);
+    let client = client_address(req);
     let address = client.filter(|_| state.auth.required());
     if let Some(ip) = address {
         let checked = lock_auth_failures(&state.auth_failures).check(ip, Instant::now());

@@ -35,7 +35,7 @@ use blazedb::query::{Expr, Params, QueryError};
 use blazedb::{OrderBy, Query, Record};
 use serde::Deserialize;
 
-use super::{authenticate, check_origin_and_host, error, log_refusal, ConnectionSlot};
+use super::{authenticate, check_origin_and_host, client_address, error, log_refusal};
 use crate::auth::params;
 use crate::limits::{
     QUERY_BODY_BYTES_MAX, QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX, QUERY_OFFSET_AND_LIMIT_MAX,
@@ -81,7 +81,7 @@ pub(crate) async fn run(AxumState(state): AxumState<Arc<State>>, req: Request) -
     // a browser hides a 401 from the page, which cannot tell an expired token from a
     // network failure.
     let cors = cors_origin(&state, req.headers());
-    let client = req.extensions().get::<ConnectionSlot>().map(|c| c.ip);
+    let client = client_address(&req);
     let mut response = match authenticate(&state, &req) {
         Ok(claims) => answer(&state, claims, client, req.into_body()).await,
         Err(r) => *r,

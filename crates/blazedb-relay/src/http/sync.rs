@@ -18,7 +18,7 @@ use blazedb_net::ws::WsStream;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::{authenticate, check_origin_and_host, error, ConnectionSlot};
+use super::{authenticate, check_origin_and_host, client_address, error, ConnectionSlot};
 use crate::metrics::Transport;
 use crate::state::State;
 
@@ -63,9 +63,11 @@ pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Re
         );
     };
     let accept = derive_accept_key(key.as_bytes());
-    // The connection slot moves from the HTTP connection to the session.
+    // The connection slot moves from the HTTP connection to the session; it stays counted
+    // under the TCP peer's address, while the session's failures and log lines go under the
+    // client's (behind a trusted proxy, the one it forwarded).
     let connection = req.extensions().get::<ConnectionSlot>().cloned();
-    let client = connection.as_ref().map(|c| c.ip);
+    let client = client_address(&req);
     let slot = match connection.as_ref().and_then(ConnectionSlot::take) {
         Some(s) => s,
         None => match state.take_slot(connection.map(|c| c.ip)) {

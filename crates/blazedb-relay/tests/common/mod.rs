@@ -265,7 +265,34 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let s = TcpStream::connect(addr).await.unwrap();
+    http_on(s, addr, method, path, headers, body).await
+}
+
+/// [`http`] from the local address `source` (any of 127.0.0.0/8 on Linux: another client
+/// address on one machine).
+pub async fn http_from(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let s = socket.connect(addr).await.unwrap();
+    http_on(s, addr, method, path, headers, body).await
+}
+
+async fn http_on(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
