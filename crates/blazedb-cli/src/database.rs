@@ -14,6 +14,11 @@ pub enum Access {
     Existing,
     /// Create the file if it is missing (commands that add records).
     CreateIfMissing,
+    /// The file must exist, and the command only reads it: a copy of another database file
+    /// keeps the node id it carries (the first command that writes or syncs gives it its
+    /// own), so that a look at a backup (`stats`, `export`...) does not make it a new
+    /// device before it is restored in place.
+    Read,
 }
 
 /// What every command needs to open a database: the global flags.
@@ -32,12 +37,13 @@ impl Context {
     /// Open the database at `path` with the configured password. The library's errors already
     /// name the file and say what to do (wrong password, not a database, missing file).
     pub fn open(&self, path: &Path, access: Access) -> Result<Database> {
-        if access == Access::Existing {
+        if access != Access::CreateIfMissing {
             refuse_empty_file(path)?;
         }
         let options = OpenOptions {
             password: password::hand_over(self.password()?),
             create: access == Access::CreateIfMissing,
+            identify_copy: access != Access::Read,
             ..OpenOptions::default()
         };
         let db = Database::open(path, options)?;

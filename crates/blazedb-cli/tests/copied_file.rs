@@ -101,3 +101,39 @@ fn a_relay_whose_store_is_a_copy_says_so_in_its_log() {
     sync_once(&fresh, &url);
     assert_eq!(labels(&fresh), ["after", "kept"]);
 }
+
+/// Commands that only read (`stats`, `get`, `export`, `query`, `conflicts`, `peers`...) leave
+/// a copy's node id as it is: a backup looked at and then restored in place over the live
+/// file is still the same device.
+#[test]
+fn a_backup_looked_at_and_restored_in_place_stays_the_same_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, backup) = (dir.path().join("live.db"), dir.path().join("backup.db"));
+    let id = put(&live, "notes", r#"{"label": "one"}"#);
+    let original = node_of(&live);
+    std::fs::copy(&live, &backup).unwrap();
+    for args in [
+        vec!["stats"],
+        vec!["export", "notes"],
+        vec!["get", "notes", id.as_str()],
+        vec!["query", "notes"],
+        vec!["conflicts"],
+        vec!["peers"],
+        vec!["check"],
+    ] {
+        let (_, stderr) = run_on(&backup, &args);
+        assert!(!stderr.contains("copy of another"), "{args:?}: {stderr}");
+    }
+    assert_eq!(node_of(&backup), original, "a look changes nothing");
+
+    put(&live, "notes", r#"{"label": "two"}"#);
+    // Restored in place: copied over the live file, its -wal and -shm removed.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", live.display()));
+    }
+    std::fs::copy(&backup, &live).unwrap();
+    let (_, stderr) = run_on(&live, &["put", "notes", r#"{"label": "three"}"#]);
+    assert!(!stderr.contains("copy of another"), "{stderr}");
+    assert_eq!(node_of(&live), original, "the same device");
+    assert_eq!(labels(&live), ["one", "three"]);
+}

@@ -24,7 +24,7 @@ pub struct ConflictsArgs {
 
 /// Print unresolved conflicts, oldest first, one JSON object per line.
 pub fn run(ctx: &Context, args: &ConflictsArgs) -> Result<()> {
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let db = ctx.open(&args.db, Access::Read)?;
     let mut out = Output::stdout();
     for c in db.conflicts(args.collection.as_deref())? {
         let mut line = json!({

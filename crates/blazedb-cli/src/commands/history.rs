@@ -10,7 +10,7 @@ use crate::output::Output;
 
 /// Print one JSON object per change, oldest first.
 pub fn run(ctx: &Context, args: &RecordArgs) -> Result<()> {
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let db = ctx.open(&args.db, Access::Read)?;
     let entries = db.history(&args.collection, args.id)?;
     // A deleted record still has its history; a record without any never existed (or its
     // history was compacted away, which the message cannot tell apart).

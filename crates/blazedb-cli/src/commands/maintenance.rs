@@ -62,7 +62,7 @@ pub struct RekeyArgs {
 
 /// Print statistics as one JSON object.
 pub fn run_stats(ctx: &Context, args: &DbArgs) -> Result<()> {
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let db = ctx.open(&args.db, Access::Read)?;
     let mut out = Output::stdout();
     out.json(&stats_json(&db.stats()?))?;
     Ok(out.finish()?)
@@ -92,7 +92,7 @@ pub fn run_index(ctx: &Context, args: &IndexArgs) -> Result<()> {
 
 /// Print `{"ok": .., "problems": [..]}`; a damaged file also fails the command (exit 1).
 pub fn run_check(ctx: &Context, args: &DbArgs) -> Result<()> {
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let db = ctx.open(&args.db, Access::Read)?;
     let report = db.integrity_check()?;
     let mut out = Output::stdout();
     out.json(&json!({ "ok": report.ok, "problems": report.problems }))?;

@@ -42,7 +42,11 @@ pub struct GcArgs {
 
 /// List known peers, one JSON object per line; with `--forget`, drop one (quiet on success).
 pub fn run_peers(ctx: &Context, args: &PeersArgs) -> Result<()> {
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let access = match args.forget {
+        Some(_) => Access::Existing,
+        None => Access::Read,
+    };
+    let db = ctx.open(&args.db, access)?;
     if let Some(node) = args.forget {
         if !db.forget_peer(node)? {
             bail!(

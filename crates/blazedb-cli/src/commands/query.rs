@@ -57,7 +57,7 @@ pub fn run(ctx: &Context, args: &QueryArgs) -> Result<()> {
         offset: args.offset,
         ..Query::default()
     };
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let db = ctx.open(&args.db, Access::Read)?;
     let mut out = Output::stdout();
     for record in db.query(&args.collection, &query)? {
         out.json(&record.to_json())?;

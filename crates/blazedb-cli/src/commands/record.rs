@@ -107,7 +107,7 @@ pub fn run_put(ctx: &Context, args: &PutArgs) -> Result<()> {
 
 /// Print a record (now, or as it was at `--at`).
 pub fn run_get(ctx: &Context, args: &GetArgs) -> Result<()> {
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let db = ctx.open(&args.db, Access::Read)?;
     let record = match args.at {
         Some(at) => db.get_at(&args.collection, args.id, at)?,
         None => db.get(&args.collection, args.id)?,

@@ -49,7 +49,7 @@ pub fn run(ctx: &Context, command: &SnapshotCommand) -> Result<()> {
 }
 
 fn run_export(ctx: &Context, args: &SnapshotArgs) -> Result<()> {
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let db = ctx.open(&args.db, Access::Read)?;
     let info = write_snapshot_file(&db, &args.file)?;
     let mut out = Output::stdout();
     out.json(&json!({

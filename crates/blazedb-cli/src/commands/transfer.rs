@@ -114,7 +114,7 @@ fn import_lines(import: &mut Import<'_>, reader: Box<dyn BufRead>) -> Result<()>
 
 /// Print every record of the collection as JSON lines, streaming (not collecting them first).
 pub fn run_export(ctx: &Context, args: &ExportArgs) -> Result<()> {
-    let db = ctx.open(&args.db, Access::Existing)?;
+    let db = ctx.open(&args.db, Access::Read)?;
     let mut out = Output::stdout();
     let mut write_error = None;
     db.for_each(&args.collection, |record| {

@@ -21,13 +21,20 @@
 //!
 //! **What keeps a file's id**: reopening; renaming it within its file system; a hard link;
 //! a rekey (which replaces the file by a re-encrypted copy, but writes the copy's own stamp
-//! into it before the rename, `rekey.rs`). **What a stamp does not see**: a backup copied
-//! *over* the live file (`cp backup.db live.db` writes into the existing file, which keeps
-//! its inode and birth time), or a file system snapshot rolled back. The file is then the
-//! same file with older contents, which the protocol's rules for restored files handle
-//! (PROTOCOL.md §8.2). A backup put back as a new file (`mv`, a restore tool) is a copy: it
-//! becomes a new device, which is as safe (its peers send it everything of the old id that
-//! it lacks).
+//! into it before the rename, `rekey.rs`, and renames it over the file a symbolic link leads
+//! to, refusing a file with a second name); an open with `OpenOptions::identify_copy` off
+//! (handles that only read, so that a look at a backup leaves it as it is). **What a stamp
+//! does not see**: a backup copied *over* the live file (`cp backup.db live.db` writes into
+//! the existing file, which keeps its inode and birth time), or a file system snapshot
+//! rolled back. The file is then the same file with older contents, which the protocol's
+//! rules for restored files handle (PROTOCOL.md §8.2). A backup put back as a new file
+//! (`mv`, a restore tool) is a copy: it becomes a new device, which is as safe (its peers
+//! send it everything of the old id that it lacks). Nor does it see a clone of a whole file
+//! system or disk image (the same inode and birth time on another disk), or a copy that lands
+//! on the same inode number of a file system without birth times (fresh file systems hand out
+//! the same first inodes; an audit, 2026-12-07): the device number would tell those apart on
+//! one machine, but it changes across reboots for btrfs subvolumes and removable disks, and
+//! each change would cost a full resync, so it is not part of the stamp.
 //!
 //! **Where no stamp is written**: an open that cannot write (a read-only file or mount, a
 //! full disk) leaves the file as it is and goes on under the id it found; the next open that
@@ -69,7 +76,7 @@ impl FileStamp {
     }
 
     /// As stored in `meta.file_stamp`: `inode=N born=NS`, a missing part left out.
-    pub(crate) fn encode(&self) -> String {
+    fn encode(&self) -> String {
         let mut parts = Vec::new();
         if let Some(i) = self.inode {
             parts.push(format!("inode={i}"));
@@ -122,6 +129,23 @@ pub(crate) fn stamp_of_new_file(pin: &FilePin) -> Option<String> {
         .ok()
         .and_then(|m| FileStamp::of(&m))
         .map(|s| s.encode())
+}
+
+/// The stamp a rekey writes into its copy of `file` (the main database of `conn`) before
+/// renaming it over `file`: the copy's own, so that it keeps the file's node id — but only
+/// when the file is stamped as itself. A copy not yet given its own id (opened with
+/// `OpenOptions::identify_copy` off) keeps the stamp it carries, of another file, and gets
+/// its id at the next open.
+pub(crate) fn stamp_for_replacement(
+    conn: &Connection,
+    file: &std::path::Path,
+    copy: &std::path::Path,
+) -> rusqlite::Result<Option<String>> {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().and_then(|m| FileStamp::of(&m));
+    let (Some(here), Some(copy)) = (stamp(file), stamp(copy)) else {
+        return Ok(None);
+    };
+    Ok((read_stamp(conn)? == Some(here)).then(|| copy.encode()))
 }
 
 /// Give the file a node id of its own when it is a copy of another file (see the module

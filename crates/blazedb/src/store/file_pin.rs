@@ -76,6 +76,11 @@ impl FilePin {
         self.linked_when_pinned && links(&self.file) == Some(0)
     }
 
+    /// How many names (hard links) the file has now; `None` where that cannot be told.
+    pub fn link_count(&self) -> Option<u64> {
+        links(&self.file)
+    }
+
     /// Whether a write to the file found its file system turned read-only while open
     /// ([`FilePin::mark_read_only_fs`]).
     pub fn read_only_fs(&self) -> bool {

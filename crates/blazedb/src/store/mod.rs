@@ -113,6 +113,14 @@ pub struct OpenOptions {
     /// to builds of that format (default true). Off: the upgrade keeps no copy and needs no
     /// room for one, and cannot be undone.
     pub upgrade_backup: bool,
+    /// Give a copy of another database file a node id of its own at this open (default
+    /// true; see [`Database::copied_from`]). Off: a copy keeps the id it carries for this
+    /// handle, and the file is not written; the next open with it on gives the copy its
+    /// id. For handles that only read: a look at a backup (`blazedb stats`, `export`...)
+    /// would otherwise make it a device of its own, so that restoring it in place later
+    /// brought it back as a new device (a full resync). A handle that writes or syncs under
+    /// the carried id beside the original loses writes of one of them: leave it on there.
+    pub identify_copy: bool,
 }
 
 impl Default for OpenOptions {
@@ -125,6 +133,7 @@ impl Default for OpenOptions {
             wall_clock: Arc::new(system_ms),
             danger_node_id: None,
             upgrade_backup: true,
+            identify_copy: true,
         }
     }
 }
@@ -137,6 +146,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("clock_skew_ms_max", &self.clock_skew_ms_max)
             .field("history", &self.history)
             .field("upgrade_backup", &self.upgrade_backup)
+            .field("identify_copy", &self.identify_copy)
             .finish()
     }
 }
@@ -314,6 +324,7 @@ impl Database {
             now,
             options.danger_node_id,
             options.upgrade_backup,
+            options.identify_copy,
         )?;
         let p = path.display().to_string();
         let corrupt = |e: rusqlite::Error| OpenError::Corrupted {

@@ -392,6 +392,7 @@ pub(crate) fn open(
     now_ms: u64,
     node_for_new_file: Option<NodeId>,
     upgrade_backup: bool,
+    identify_copy: bool,
 ) -> Result<Opened, OpenError> {
     for _ in 0..crate::limits::OPEN_ATTEMPTS_FILE_REPLACED_MAX {
         if let Some(opened) = open_once(
@@ -401,6 +402,7 @@ pub(crate) fn open(
             now_ms,
             node_for_new_file,
             upgrade_backup,
+            identify_copy,
         )? {
             // This connection is in WAL mode now and holds its shared lock, so no rekey can
             // be running on the file (it needs the file to itself from before it writes its
@@ -443,6 +445,7 @@ fn open_once(
     now_ms: u64,
     node_for_new_file: Option<NodeId>,
     upgrade_backup: bool,
+    identify_copy: bool,
 ) -> Result<Option<Opened>, OpenError> {
     let p = path.display().to_string();
     let io = |e: std::io::Error| OpenError::Io {
@@ -731,7 +734,10 @@ fn open_once(
         std::thread::sleep(Duration::from_millis(2));
     }
     // A copy of another file gets a node id of its own before anything reads the old one.
-    let copied_from = super::copied_file::reidentify_if_copied(&conn, &pin).map_err(err)?;
+    let copied_from = match identify_copy {
+        true => super::copied_file::reidentify_if_copied(&conn, &pin).map_err(err)?,
+        false => None,
+    };
     let node: Vec<u8> = conn
         .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
             r.get(0)

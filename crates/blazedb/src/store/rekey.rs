@@ -68,7 +68,27 @@ impl Database {
         if self.password.is_none() && new_password.is_none() {
             return Ok(());
         }
-        let copy = rekey_copy_path(&self.path);
+        // The file itself, not a symbolic link to it: renamed over a link, the copy would
+        // replace the link and leave the file as it was, in clear or under the old password,
+        // and with this file's node id beside the new one (a copy's writes are then lost to
+        // sync: an audit, 2026-12-07). A second name (a hard link) would keep the old file
+        // the same way, and cannot be moved along: refused.
+        let file = std::fs::canonicalize(&self.path).map_err(|source| OpenError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        if let Some(names) = self.pin.link_count().filter(|&n| n > 1) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "rekey: {} has {names} names (hard links), and a rekey replaces the file by a \
+                 re-encrypted copy under one name only: the others would keep the old file, \
+                 under the old password (or none), as a second database with this one's node \
+                 id. Remove the other names first (`find / -samefile {}` lists them), then \
+                 rekey",
+                self.path.display(),
+                file.display()
+            )));
+        }
+        let copy = rekey_copy_path(&file);
         // Derived here, as `open` derives it (`cipher_key.rs`), and handed to SQLCipher in
         // raw form: given the password itself, SQLCipher would read a password of the form
         // `x'<hex>'` as a raw key, and the file would not open with that password.
@@ -79,7 +99,7 @@ impl Database {
         self.close_checkpointer()?;
         let mut renamed = false;
         let swapped = self
-            .swap_in_rekeyed_copy(&copy, new_key.as_ref(), &mut renamed)
+            .swap_in_rekeyed_copy(&file, &copy, new_key.as_ref(), &mut renamed)
             // Before the rename, a full disk is a copy that did not fit: say how much room
             // it needs (an audit, 2026-12-07: "database or disk is full: Error code 1: SQL
             // error or missing database", with no advice).
@@ -124,12 +144,13 @@ impl Database {
     /// next open turns back to WAL).
     fn swap_in_rekeyed_copy(
         &mut self,
+        file: &Path,
         copy: &Path,
         new_key: Option<&CipherKey>,
         renamed: &mut bool,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let p = path.display().to_string();
+        let path = file.to_path_buf();
+        let p = self.path.display().to_string();
         let io = |source: std::io::Error| OpenError::Io {
             path: p.clone(),
             source,
@@ -170,7 +191,7 @@ impl Database {
         // A copy left by a crashed rekey is garbage; with the file held, it is not another
         // rekey's copy in progress (and neither is one this rekey fails to finish).
         remove_copy(copy);
-        let written = write_copy(conn, copy, new_key);
+        let written = write_copy(conn, &path, copy, new_key);
         if written.is_err() {
             remove_copy(copy);
         }
@@ -243,7 +264,12 @@ impl Database {
 
 /// Export the database `conn` has open into a new file `copy` under `new_key` (`None`: in
 /// clear), and fsync it: on disk before the rename makes it the database.
-fn write_copy(conn: &rusqlite::Connection, copy: &Path, new_key: Option<&CipherKey>) -> Result<()> {
+fn write_copy(
+    conn: &rusqlite::Connection,
+    file: &Path,
+    copy: &Path,
+    new_key: Option<&CipherKey>,
+) -> Result<()> {
     conn.execute(
         "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
         params![
@@ -266,13 +292,10 @@ fn write_copy(conn: &rusqlite::Connection, copy: &Path, new_key: Option<&CipherK
         conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))?;
         // The copy takes the file's place: stamped as itself, it keeps the file's node id
         // (`copied_file.rs`; the rename keeps its inode and birth time).
-        if let Some(stamp) = std::fs::metadata(copy)
-            .ok()
-            .and_then(|m| super::copied_file::FileStamp::of(&m))
-        {
+        if let Some(stamp) = super::copied_file::stamp_for_replacement(conn, file, copy)? {
             conn.execute(
                 "INSERT OR REPLACE INTO rekeyed.meta (key, value) VALUES ('file_stamp', ?1)",
-                [stamp.encode()],
+                [stamp],
             )?;
         }
         Ok(())
@@ -300,7 +323,9 @@ fn rekey_copy_path(path: &Path) -> PathBuf {
 /// once its connection keeps any rekey out): a whole second copy of the data, under the
 /// password the rekey was to set, that nothing will read. Best effort, as [`remove_copy`].
 pub(crate) fn remove_leftover_copy(path: &Path) {
-    let copy = rekey_copy_path(path);
+    // Beside the file, where the rekey wrote it, when `path` is a symbolic link.
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let copy = rekey_copy_path(&file);
     if copy.is_file() {
         remove_copy(&copy);
     }
