@@ -185,6 +185,49 @@ fn forbidden_writes_are_refused_and_reverted_reads_are_filtered() {
     let _ = dump(&server);
 }
 
+/// What a server sends back to a writer to undo its refused write counts as restated
+/// (`SessionStats::cells_restated`, a part of `cells_sent`); what it forwards from another
+/// peer in the same session does not.
+#[test]
+fn cells_sent_back_to_undo_a_refused_write_count_as_restated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client, other) = (
+        open(dir.path(), "s"),
+        open(dir.path(), "c"),
+        open(dir.path(), "o"),
+    );
+    let locked = server
+        .insert(
+            "notes",
+            [("text", Value::from("v1")), ("locked", Value::Bool(true))],
+        )
+        .unwrap();
+    let sync = |a: &Database, b: &Database| {
+        let mut ss = Session::new(a, server_cfg(), 0).unwrap();
+        let mut sc = Session::new(b, client_cfg("t0k3n"), 0).unwrap();
+        pump(a, &mut ss, b, &mut sc);
+        ss.stats().clone()
+    };
+    let first = sync(&server, &client);
+    assert_eq!(first.cells_restated, 0, "{first:?}");
+    other.insert("notes", [("text", "from elsewhere")]).unwrap();
+    sync(&server, &other);
+
+    client
+        .update("notes", locked, Patch::new().set("text", "hacked"))
+        .unwrap();
+    let stats = sync(&server, &client);
+    assert_eq!(stats.changes_refused, 1, "{stats:?}");
+    assert_eq!(
+        client.get("notes", locked).unwrap().unwrap().fields["text"],
+        Value::from("v1")
+    );
+    // The server's version of the note went back (restated); the other peer's note (its
+    // record and text cells) was forwarded.
+    assert!(stats.cells_restated > 0, "{stats:?}");
+    assert_eq!(stats.cells_sent - stats.cells_restated, 2, "{stats:?}");
+}
+
 /// A credential with a lifetime: once it runs out, the server's session ends with
 /// AUTH_FAILED (its timer asks for that moment), and the client is told why.
 #[test]

@@ -191,6 +191,14 @@ fn a_refused_write_is_restated_in_the_units_commit() {
     }
     let note_now = server.get("notes", note).unwrap().unwrap();
     assert!(!note_now.fields.contains_key("locked"), "{note_now:?}");
+    // The outcome names their position: a session counts what goes back from there as
+    // restated, not as changes forwarded from elsewhere.
+    let restated_at = sent_to(&server, writer, head_before, locked)[0].seq;
+    assert_eq!(outcome.restated_at, Some(restated_at));
+    assert_eq!(
+        sent_to(&server, writer, head_before, note)[0].seq,
+        restated_at
+    );
     // The writer's own insert applied and is not sent back to it.
     assert!(server.get("notes", allowed).unwrap().is_some());
     assert!(sent_to(&server, writer, head_before, allowed).is_empty());
@@ -245,6 +253,7 @@ fn a_server_priority_value_is_reasserted_in_the_units_commit() {
     let sent = sent_to(&server, peer, head_before, x);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].seq > unit_last, "{sent:?} {unit_last:?}");
+    assert_eq!(outcome.restated_at, Some(sent[0].seq));
     // The conflict names what everyone shows as the winner.
     let conflicts = server.conflicts_all(Some("docs")).unwrap();
     let labels: Vec<_> = conflicts

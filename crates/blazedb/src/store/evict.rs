@@ -606,7 +606,7 @@ fn keep_refused_as_conflicts(
         } else {
             cell
         };
-        super::write::insert_conflict(
+        let open = super::write::insert_conflict(
             &inner.conn,
             &mut inner.nodes,
             policy.as_ref(),
@@ -616,6 +616,7 @@ fn keep_refused_as_conflicts(
             loser,
             cell.seq,
         )?;
+        inner.conflicts_opened += u64::from(open);
     }
     Ok(())
 }

@@ -74,6 +74,17 @@ pub struct ApplyOutcome {
     /// in REJECT) rather than recorded as conflicts. They changed nothing, so nothing is
     /// restated.
     pub refused_losers: Vec<crate::sync::Rejection>,
+    /// Conflicts the apply recorded open: each concurrent overwrite it settled here, kept as
+    /// a row [`Database::conflicts`] lists until it is resolved. Not those the collection's
+    /// policy resolves at once (`CollectionPolicy::auto_resolve`). Counted as the rows are
+    /// written, so it costs nothing.
+    pub conflicts: u64,
+    /// The local feed position of the writes the apply made on this node's behalf
+    /// (restated refusals, reasserted server-priority values), when it made any: a
+    /// transaction's own writes share one position. What is there undoes the sender's own
+    /// writes, and goes back to it as this node's changes (a sync session tells such cells
+    /// apart from those it forwards: `SessionStats::cells_restated`).
+    pub restated_at: Option<Seq>,
 }
 
 /// Whose unit [`Database::apply_unit_with`] applies.
@@ -1024,7 +1035,7 @@ impl Database {
         let server = self.is_server();
         let mut state = UnitApply::default();
         let mut tail = Some(tail);
-        let (applied, sender_seqs) = self.transaction_bounded(|tx| {
+        let (unit, summary) = self.transaction_bounded_summary(|tx| {
             // 0 means "written here", so peers are numbered from 1.
             let src = tx.inner.nodes.index(&from) + 1;
             let first_seq = tx.seq;
@@ -1111,6 +1122,7 @@ impl Database {
                     }
                 }
             }
+            let mut restated_at = None;
             if !state.refused.is_empty() || !reassert.is_empty() {
                 // In the unit's transaction, so that they are durable with its cursor: a
                 // crash cannot leave the unit received and its answer never written.
@@ -1118,9 +1130,11 @@ impl Database {
                 tx.restore_accepted_values();
                 restate_refused(tx, &state.refused)?;
                 reassert_server_values(tx, &reassert)?;
+                restated_at = tx.seq_used.then_some(tx.seq);
             }
-            Ok((state.applied, sender_seqs))
+            Ok((state.applied, sender_seqs, restated_at))
         })?;
+        let (applied, sender_seqs, restated_at) = unit;
         #[cfg(debug_assertions)]
         if let Some((first, last)) = sender_seqs {
             // Later commits only ever delete rows at these positions (when they overwrite
@@ -1140,6 +1154,8 @@ impl Database {
             sender_seqs,
             ignored: state.ignored,
             refused_losers: state.refused_losers,
+            conflicts: summary.conflicts_opened,
+            restated_at,
         })
     }
 

@@ -264,6 +264,11 @@ pub(crate) struct Inner {
     /// Whether [`Database::lock`]'s read snapshot is open (ended by [`Inner::end_read`]).
     pub read_open: bool,
     pub history_rows_since_compaction: u64,
+    /// Conflict rows this handle's writes inserted open (not resolved at once by the
+    /// collection's policy), ever: a transaction's count is the difference across it (see
+    /// `Database::transaction_bounded_summary`). Rolled-back inserts stay counted, so only a
+    /// committed transaction's difference means anything.
+    pub conflicts_opened: u64,
     /// Recent change-feed reads (see `feed_cache`).
     pub feed_cache: feed_cache::FeedCache,
     /// The feed head as last read outside a transaction, and the state it was read at.
@@ -343,6 +348,7 @@ impl Database {
             data_version: -1,
             read_open: false,
             history_rows_since_compaction: 0,
+            conflicts_opened: 0,
             feed_cache: feed_cache::FeedCache::default(),
             head_cache: None,
             gc_horizon_cache: None,

@@ -268,6 +268,15 @@ pub struct Tx<'a> {
     restoring: bool,
 }
 
+/// What a committed transaction did beside its closure's result
+/// ([`Database::transaction_bounded_summary`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TxSummary {
+    /// Conflicts it recorded open (what [`Database::conflicts`] lists; not those the
+    /// collection's policy resolved at once).
+    pub conflicts_opened: u64,
+}
+
 /// See [`Tx::spill`].
 #[derive(Debug, Default)]
 pub(crate) struct Spilled {
@@ -309,7 +318,7 @@ impl Database {
     /// on this same handle from `f` is refused with [`Error::Reentrant`](crate::Error::Reentrant)
     /// (it would wait for its own transaction forever).
     pub fn transaction<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        self.run_transaction(Hold::Unbounded, f)
+        self.run_transaction(Hold::Unbounded, f).map(|(v, _)| v)
     }
 
     /// [`Database::transaction`] for work of this crate, not marked as unbounded: a record's
@@ -319,6 +328,16 @@ impl Database {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
     ) -> Result<T> {
+        self.run_transaction(Hold::Bounded, f).map(|(v, _)| v)
+    }
+
+    /// [`Database::transaction_bounded`], also saying what the committed transaction did
+    /// that its closure cannot see: rows written at commit (conflicts, say) are written
+    /// after the closure returns.
+    pub(crate) fn transaction_bounded_summary<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<(T, TxSummary)> {
         self.run_transaction(Hold::Bounded, f)
     }
 
@@ -326,11 +345,13 @@ impl Database {
         &self,
         hold: Hold,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
-    ) -> Result<T> {
+    ) -> Result<(T, TxSummary)> {
         let mut inner = match hold {
             Hold::Bounded => self.lock_write()?,
             Hold::Unbounded => self.lock_write_unbounded()?,
         };
+        // Read under the lock held through the commit: no other transaction counts between.
+        let conflicts_before = inner.conflicts_opened;
         let result = (|| {
             let mut tx = Tx::begin(self, &mut inner)?;
             let v = f(&mut tx)?;
@@ -339,6 +360,9 @@ impl Database {
         })();
         match result {
             Ok((v, (events, changed))) => {
+                let summary = TxSummary {
+                    conflicts_opened: inner.conflicts_opened.saturating_sub(conflicts_before),
+                };
                 // Published before the lock is released: the next writer cannot commit
                 // before this one's events are queued, so every watcher sees commits in
                 // their order. `publish` only queues (it never blocks or calls user code),
@@ -349,7 +373,7 @@ impl Database {
                 if changed {
                     self.notify_commit();
                 }
-                Ok(v)
+                Ok((v, summary))
             }
             Err(e) => {
                 inner.rollback();
@@ -1547,7 +1571,7 @@ impl<'a> Tx<'a> {
         let seq = state.max_seq();
         let winner = shown_winner(state, winner, loser);
         let inner = &mut *self.inner;
-        insert_conflict(
+        let open = insert_conflict(
             &inner.conn,
             &mut inner.nodes,
             inner.policies.get(&coll),
@@ -1556,7 +1580,9 @@ impl<'a> Tx<'a> {
             &winner,
             loser,
             seq,
-        )
+        )?;
+        inner.conflicts_opened += u64::from(open);
+        Ok(())
     }
 
     /// Server priority: the conflict recorded when a peer's concurrent write overwrote our
@@ -1881,6 +1907,8 @@ struct Tables<'a> {
     fields: &'a mut FieldTable,
     indexes: &'a FastMap<i64, BTreeSet<String>>,
     policies: &'a FastMap<i64, CollectionPolicy>,
+    /// [`Inner::conflicts_opened`].
+    conflicts_opened: &'a mut u64,
 }
 
 impl<'a> Tables<'a> {
@@ -1894,6 +1922,7 @@ impl<'a> Tables<'a> {
             indexes,
             policies,
             record_cache,
+            conflicts_opened,
             ..
         } = inner;
         let tables = Tables {
@@ -1901,6 +1930,7 @@ impl<'a> Tables<'a> {
             fields,
             indexes,
             policies,
+            conflicts_opened,
         };
         (conn, tables, record_cache)
     }
@@ -2475,14 +2505,16 @@ fn write_derived(
             continue;
         }
         let winner = shown_winner(&p.state, winner, loser);
-        insert_conflict(conn, t.nodes, policy, p.coll, p.id, &winner, loser, row_seq)?;
+        let open = insert_conflict(conn, t.nodes, policy, p.coll, p.id, &winner, loser, row_seq)?;
+        *t.conflicts_opened += u64::from(open);
     }
     Ok(())
 }
 
 /// Store one conflict: `loser` lost to `winner` in record `id` of collection `coll` (at the
 /// record's seq `row_seq`), resolved at once where the collection's policy resolves it
-/// automatically.
+/// automatically. Returns whether it was stored open (the caller counts it in
+/// [`Inner::conflicts_opened`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn insert_conflict(
     conn: &Connection,
@@ -2493,7 +2525,7 @@ pub(crate) fn insert_conflict(
     winner: &Cell,
     loser: &Cell,
     row_seq: Seq,
-) -> Result<()> {
+) -> Result<bool> {
     let manual = loser
         .key
         .field()
@@ -2519,7 +2551,7 @@ pub(crate) fn insert_conflict(
             row_seq.0 as i64,
             resolved,
         ])?;
-    Ok(())
+    Ok(!resolved)
 }
 
 /// Whether `cell` is a record's insert (its `Record` cell, present): a whole record, which a

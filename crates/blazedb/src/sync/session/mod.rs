@@ -214,6 +214,15 @@ pub struct SessionStats {
     pub cells_received: u64,
     /// Received cells that changed something here.
     pub cells_applied: u64,
+    /// Of `cells_sent`, those that restate our own version of records whose change by the
+    /// peer we refused (access rules), or values server priority kept over its writes
+    /// (`ApplyOutcome::restated_at`): the peer's own writes undone, not changes from
+    /// elsewhere. Counted for the positions of the last [`RESTATED_POSITIONS_MAX`] units
+    /// that called for any, so a flood of refused units may undercount it.
+    pub cells_restated: u64,
+    /// Conflicts recorded open here while applying the peer's changes
+    /// (`ApplyOutcome::conflicts`).
+    pub conflicts_recorded: u64,
     /// Records whose changes we refused (access rules).
     pub changes_refused: u64,
     /// Records whose changes the peer refused.
@@ -459,6 +468,11 @@ pub struct Session {
     /// version again, and when that is a delete the peer needs it even if it could never
     /// read the record (its refused insert must go). Bounded by `REFUSED_REMEMBERED_MAX`.
     refused: std::collections::HashSet<(String, RecordId)>,
+    /// Feed positions, ascending, where an apply of the peer's units restated our version
+    /// over its writes (`ApplyOutcome::restated_at`) and that were not yet sent past: what
+    /// goes out from there counts in `SessionStats::cells_restated`. At most
+    /// [`RESTATED_POSITIONS_MAX`] (the oldest go first).
+    restated_at: std::collections::VecDeque<Seq>,
     // Liveness.
     /// When the peer's credential runs out (`AccessControl::credential_lifetime_ms`); the
     /// session then ends with `AUTH_FAILED`.
@@ -559,6 +573,7 @@ impl Session {
             evicts_note: None,
             restate_pending: Vec::new(),
             refused: Default::default(),
+            restated_at: Default::default(),
             credential_expires_ms: None,
             hello_deferred: None,
             last_recv_ms: now_ms,
@@ -1607,6 +1622,10 @@ pub(crate) fn holds_part_of_peers_data(db: &Database) -> Result<bool, Error> {
 }
 /// Refused records a session remembers (see `Session::refused`).
 const REFUSED_REMEMBERED_MAX: usize = 4096;
+/// Positions of restatements a session remembers to count what it sends from there
+/// (`Session::restated_at`): one per unit that called for any, forgotten once sent past. Only
+/// a statistic depends on it.
+const RESTATED_POSITIONS_MAX: usize = 1024;
 /// Records per EVICT message.
 const EVICT_BATCH: usize = 4096;
 

@@ -227,6 +227,13 @@ impl Session {
                 }
                 let n = outcome.applied;
                 self.stats.cells_applied += n as u64;
+                self.stats.conflicts_recorded += outcome.conflicts;
+                if let Some(at) = outcome.restated_at {
+                    if self.restated_at.len() >= RESTATED_POSITIONS_MAX {
+                        self.restated_at.pop_front();
+                    }
+                    self.restated_at.push_back(at);
+                }
                 self.received_through = end;
                 // The cursor was stored with the unit.
                 self.received_noted = end;

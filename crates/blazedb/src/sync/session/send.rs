@@ -454,6 +454,12 @@ impl Session {
             self.unit_until = self.unit_until.max(batch.needs_through);
             let complete = batch.next >= self.unit_until;
             let sent = self.send_changes(&batch.changes, batch.next, !complete, now_ms);
+            if sent {
+                self.count_restated(&batch.changes);
+            }
+            while self.restated_at.front().is_some_and(|at| *at <= batch.next) {
+                self.restated_at.pop_front();
+            }
             self.unit_cells += batch
                 .changes
                 .iter()
@@ -555,6 +561,20 @@ impl Session {
             }
         }
         true
+    }
+
+    /// Count the cells of `changes` (just sent) at positions where an apply of the peer's
+    /// units restated our version over its writes (`SessionStats::cells_restated`).
+    fn count_restated(&mut self, changes: &[Change]) {
+        if self.restated_at.is_empty() {
+            return;
+        }
+        let restated: usize = changes
+            .iter()
+            .filter(|c| self.restated_at.binary_search(&c.seq).is_ok())
+            .map(|c| c.cells.len())
+            .sum();
+        self.stats.cells_restated += restated as u64;
     }
 
     /// One CHANGES frame of `records`.
