@@ -262,7 +262,7 @@ fn handshakes_failing_in_a_loop_are_logged_a_few_times_and_summed_up_but_all_cou
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        metric(http, "blazedb_relay_auth_failures_total"),
+        metric(http, "blazedb_relay_auth_failures_total{kind=\"invalid\"}"),
         bad_tokens as f64
     );
     assert_eq!(closed("auth_failed"), bad_tokens as f64);
@@ -344,10 +344,22 @@ fn credentials_refused_over_http_in_a_loop_are_logged_a_few_times_and_summed_up_
         }
     });
     let refused = (CLIENTS * ATTEMPTS_PER_CLIENT) as u64;
-    // Counted before the 401 is sent.
+    // Counted before the 401 is sent: every refusal, and as failed credentials the wrong
+    // tokens (three attempts in four; none presented is no failure).
     assert_eq!(
-        metric(http, "blazedb_relay_auth_failures_total"),
+        metric(
+            http,
+            "blazedb_relay_requests_refused_total{reason=\"auth_failed\"}"
+        ),
         refused as f64
+    );
+    assert_eq!(
+        metric(http, "blazedb_relay_auth_failures_total{kind=\"invalid\"}"),
+        (refused * 3 / 4) as f64
+    );
+    assert_eq!(
+        metric(http, "blazedb_relay_auth_failures_total{kind=\"expired\"}"),
+        0.0
     );
 
     let (code, _) = relay.terminate(Duration::from_secs(30));
@@ -436,7 +448,10 @@ fn attempts_refused_for_their_address_are_logged_a_few_times_and_summed_up() {
         ),
         REFUSED as f64
     );
-    assert_eq!(metric(http, "blazedb_relay_auth_failures_total"), 2.0);
+    assert_eq!(
+        metric(http, "blazedb_relay_auth_failures_total{kind=\"invalid\"}"),
+        2.0
+    );
 
     let (code, _) = relay.terminate(Duration::from_secs(30));
     assert_eq!(code, Some(0));

@@ -2,7 +2,8 @@
 //! write is refused with what happened and what to do, not acknowledged into the deleted
 //! file; `/health` answers 503 `failing` with the reason and the size of what the open file
 //! still holds; one `store_gone` line is logged;
-//! a new client that only reads is still served from the open file. Restarted, the relay
+//! a new client that only reads is still served from the open file; the refused sessions
+//! count as `sessions_closed_total{reason="store_unavailable"}`. Restarted, the relay
 //! says it created a new store, and the refused write arrives from the client that kept it.
 
 mod net_common;
@@ -83,6 +84,29 @@ fn a_relay_whose_data_directory_is_deleted_refuses_writes_and_says_so() {
             .contains("writes are refused"),
         "{gone:?}"
     );
+    // Both refused sessions closed for the store, not as failures of the relay (`error`,
+    // where they were filed). The relay counts a session as its task ends, just after the
+    // client saw the refusal.
+    let closed = |metrics: &str, reason: &str| {
+        let series = format!("blazedb_relay_sessions_closed_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
+    };
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = get(&url, "/metrics").1;
+        if closed(&metrics, "store_unavailable") == Some(2.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        closed(&metrics, "store_unavailable"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(closed(&metrics, "error"), Some(0.0), "{metrics}");
     let (code, _) = relay.terminate(Duration::from_secs(30));
     assert_eq!(code, Some(0));
 

@@ -18,7 +18,7 @@ use blazedb::sync::{AccessControl, Hello};
 use blazedb::{RecordId, Value};
 use blazedb_net::auth_failures::{AuthFailures, RefusingSide};
 
-use crate::auth::{params, Authenticator, Claims};
+use crate::auth::{params, AuthError, Authenticator, Claims};
 use crate::limits::JWT_LEEWAY_S;
 use crate::rules::Rules;
 
@@ -36,6 +36,9 @@ pub struct ConnectionAccess {
     /// Set when HELLO was refused for its address's failures (`admit`), for the session's
     /// close reason.
     refused_for_address: AtomicBool,
+    /// Why HELLO's credential was refused (`authenticate`), for the session's count of
+    /// failed credentials by kind.
+    refused_credential: OnceLock<AuthError>,
 }
 
 /// A client address and the relay's table of failed credentials.
@@ -63,6 +66,7 @@ impl ConnectionAccess {
             params: cell,
             address: None,
             refused_for_address: AtomicBool::new(false),
+            refused_credential: OnceLock::new(),
         }
     }
 
@@ -80,6 +84,12 @@ impl ConnectionAccess {
     /// Whether HELLO was refused for its address's failed credentials.
     pub(crate) fn refused_for_address(&self) -> bool {
         self.refused_for_address.load(Ordering::Relaxed)
+    }
+
+    /// Why HELLO's credential was refused, if it was. (A session refused later, its
+    /// credential expired or its node id bound to another identity, has none.)
+    pub(crate) fn refused_credential(&self) -> Option<&AuthError> {
+        self.refused_credential.get()
     }
 
     /// One claim of the verified credential (`$auth.<name>`).
@@ -135,7 +145,9 @@ impl AccessControl for ConnectionAccess {
                     let now = tokio::time::Instant::now();
                     crate::state::lock_auth_failures(&address.failures).failed(address.ip, now);
                 }
-                Err(e.to_string())
+                let message = e.to_string();
+                let _ = self.refused_credential.set(e);
+                Err(message)
             }
         }
     }

@@ -66,21 +66,75 @@ pub enum AuthError {
     /// The JWT's signature does not verify with the relay's key.
     #[error("the token's signature is invalid: it was not issued for this relay")]
     BadSignature,
-    /// Anything else wrong with the JWT (malformed, wrong algorithm, audience, issuer...).
+    /// A JWT that is not one this relay can read: malformed, or signed with an algorithm it
+    /// does not accept for its key.
     #[error("invalid token: {0}")]
     Jwt(String),
+    /// A JWT whose signature verifies but whose claims are refused: issued for another
+    /// audience or by another issuer, a required claim missing or misshapen, not valid yet
+    /// (`nbf`), issued in the future (`iat`).
+    #[error("invalid token: {0}")]
+    Claims(String),
 }
 
 impl AuthError {
     /// Whether the refusal was of a credential the client presented (a wrong token, a JWT
     /// that does not verify or expired), which counts towards its address's failure limit
-    /// (`blazedb_net::auth_failures`). No credential, an empty one or another scheme guesses nothing:
-    /// a request without one is how an HTTP client learns that a server wants one.
+    /// (`blazedb_net::auth_failures`) and in `auth_failures_total`. No credential, an empty
+    /// one or another scheme guesses nothing: a request without one is how an HTTP client
+    /// learns that a server wants one.
     pub fn is_guess(&self) -> bool {
-        !matches!(
-            self,
-            AuthError::Missing | AuthError::NotBearer | AuthError::EmptyCredential
-        )
+        self.failure_kind().is_some()
+    }
+
+    /// How `auth_failures_total` counts it; `None` for no credential, an empty one or
+    /// another scheme (see [`AuthError::is_guess`]).
+    pub fn failure_kind(&self) -> Option<AuthFailureKind> {
+        match self {
+            AuthError::Missing | AuthError::NotBearer | AuthError::EmptyCredential => None,
+            AuthError::InvalidToken | AuthError::BadSignature | AuthError::Jwt(_) => {
+                Some(AuthFailureKind::Invalid)
+            }
+            AuthError::Expired => Some(AuthFailureKind::Expired),
+            AuthError::Claims(_) => Some(AuthFailureKind::Claims),
+        }
+    }
+}
+
+/// What was wrong with a refused credential: the `kind` label of `auth_failures_total`, a
+/// fixed set.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum AuthFailureKind {
+    /// Not the relay's token, a JWT whose signature does not verify with the relay's key,
+    /// or not a JWT it can read (malformed, an algorithm it does not accept).
+    Invalid,
+    /// A JWT past its `exp`: at connect, or during a session (which then ends).
+    Expired,
+    /// A JWT that verifies but whose claims are refused: audience, issuer, a required claim
+    /// missing or misshapen, `nbf` in the future, `iat` in the future.
+    Claims,
+    /// A valid credential presenting a node id that is bound to another identity here (the
+    /// first that connected with it).
+    NodeOwner,
+}
+
+impl AuthFailureKind {
+    /// Every kind, for metrics that start at 0.
+    pub const ALL: [AuthFailureKind; 4] = [
+        AuthFailureKind::Invalid,
+        AuthFailureKind::Expired,
+        AuthFailureKind::Claims,
+        AuthFailureKind::NodeOwner,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailureKind::Invalid => "invalid",
+            AuthFailureKind::Expired => "expired",
+            AuthFailureKind::Claims => "claims",
+            AuthFailureKind::NodeOwner => "node_owner",
+        }
     }
 }
 
@@ -235,15 +289,15 @@ impl Authenticator {
                 // true): a token whose issuer wrote "not before" as text would pass at any
                 // time (CVE-2026-25537). Refused here whatever the library version does.
                 if let Some(m) = misshapen_time_claim(&data.claims) {
-                    return Err(AuthError::Jwt(m));
+                    return Err(AuthError::Claims(m));
                 }
                 if let Some(m) = issued_in_the_future(&data.claims) {
-                    return Err(AuthError::Jwt(m));
+                    return Err(AuthError::Claims(m));
                 }
                 let mut claims = Claims::new();
                 for (k, v) in &data.claims {
                     let v = blazedb::codec::json::from_json(v)
-                        .map_err(|e| AuthError::Jwt(format!("claim {k:?}: {e}")))?;
+                        .map_err(|e| AuthError::Claims(format!("claim {k:?}: {e}")))?;
                     if let Some(v) = without_nulls(v) {
                         claims.insert(k.clone(), v);
                     }
@@ -282,6 +336,8 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation, token: &str) -> AuthErro
         v.sort_unstable();
         v.join(", ")
     };
+    // Faults of the claims (`Claims`) return early: they count under their own kind in
+    // `auth_failures_total`, apart from a token that cannot be read (`Jwt`).
     let m = match kind {
         ErrorKind::ExpiredSignature => return AuthError::Expired,
         ErrorKind::InvalidSignature => return AuthError::BadSignature,
@@ -301,36 +357,44 @@ fn jwt_error(kind: &ErrorKind, validation: &Validation, token: &str) -> AuthErro
                 accepted_algs(validation)
             ),
             None => match misshapen_claim(token) {
-                Some(m) => m,
+                Some(m) => return AuthError::Claims(m),
                 None => "not a JWT (three base64url parts: header.claims.signature): send \
                          the token exactly as it was issued"
                     .into(),
             },
         },
-        ErrorKind::InvalidAudience => format!(
-            "issued for another audience: this relay accepts `aud` {}",
-            expected(&validation.aud)
-        ),
-        ErrorKind::InvalidIssuer => format!(
-            "issued by another issuer: this relay accepts `iss` {}",
-            expected(&validation.iss)
-        ),
+        ErrorKind::InvalidAudience => {
+            return AuthError::Claims(format!(
+                "issued for another audience: this relay accepts `aud` {}",
+                expected(&validation.aud)
+            ))
+        }
+        ErrorKind::InvalidIssuer => {
+            return AuthError::Claims(format!(
+                "issued by another issuer: this relay accepts `iss` {}",
+                expected(&validation.iss)
+            ))
+        }
         // The library says "missing" also for a claim of the wrong type (`"exp": "1796…"`).
         ErrorKind::MissingRequiredClaim(c)
             if claims_json(token).is_some_and(|j| j.get(c).is_some()) =>
         {
-            format!(
+            return AuthError::Claims(format!(
                 "the token's `{c}` claim is not a number of seconds since 1970, as JWT \
                  requires: ask its issuer"
-            )
+            ))
         }
         ErrorKind::MissingRequiredClaim(c) => {
-            format!("the token has no `{c}` claim, which this relay requires: ask its issuer")
+            return AuthError::Claims(format!(
+                "the token has no `{c}` claim, which this relay requires: ask its issuer"
+            ))
         }
         ErrorKind::ImmatureSignature => {
-            "not valid yet (its `nbf` is in the future): check the clocks of the issuer and \
-             the relay"
-                .into()
+            return AuthError::Claims(
+                "not valid yet (its `nbf` is in the future): check the clocks of the issuer \
+                 and the relay"
+                    .into(),
+            )
         }
         other => format!("{other:?}"),
     };
@@ -571,7 +635,7 @@ mod tests {
         ));
         // A token without `exp` is refused: it would never expire.
         let no_exp = encode(&Header::default(), &serde_json::json!({"sub": "x"}), &key).unwrap();
-        assert!(matches!(a.verify(Some(&no_exp)), Err(AuthError::Jwt(_))));
+        assert!(matches!(a.verify(Some(&no_exp)), Err(AuthError::Claims(_))));
         // One whose `exp` is text is told so, not that it has none.
         let text_exp = serde_json::json!({"sub": "x", "exp": "1796000000"});
         let text_exp = encode(&Header::default(), &text_exp, &key).unwrap();
@@ -598,6 +662,75 @@ mod tests {
                 e.contains(says) && !e.contains("not a JWT"),
                 "{claims}: {e}"
             );
+        }
+    }
+
+    /// Each refusal counts under the kind of what was wrong (`auth_failures_total{kind}`):
+    /// a token that is not the relay's is `invalid`, one past its `exp` `expired`, one whose
+    /// claims are refused `claims`; presenting none is not a failure at all.
+    #[test]
+    fn refusals_have_a_failure_kind() {
+        let secret = "0123456789abcdef-secret";
+        let a = authenticator(AuthConfig::JwtSecret(Secret::new(secret)));
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let jwt = |claims: serde_json::Value| encode(&Header::default(), &claims, &key).unwrap();
+        let kind = |token: Option<&str>| a.verify(token).unwrap_err().failure_kind();
+        let other = EncodingKey::from_secret(b"another-secret-of-16+ bytes");
+        let foreign = encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "x", "exp": now() + 60}),
+            &other,
+        )
+        .unwrap();
+        for (token, expected) in [
+            (
+                jwt(serde_json::json!({"sub": "x", "exp": now() - 3600})),
+                "expired",
+            ),
+            (foreign, "invalid"),
+            ("not.a.jwt".to_owned(), "invalid"),
+            (jwt(serde_json::json!({"sub": "x"})), "claims"),
+            (
+                jwt(serde_json::json!({"sub": "x", "exp": "soon"})),
+                "claims",
+            ),
+            (
+                jwt(serde_json::json!({"sub": "x", "exp": now() + 60, "nbf": now() + 600})),
+                "claims",
+            ),
+            (
+                jwt(serde_json::json!({"sub": "x", "exp": now() + 3600, "iat": now() + 600})),
+                "claims",
+            ),
+            (
+                jwt(serde_json::json!({"sub": ["x"], "exp": now() + 60})),
+                "claims",
+            ),
+        ] {
+            let got = kind(Some(&token)).map(AuthFailureKind::as_str);
+            assert_eq!(got, Some(expected), "{token}");
+        }
+        assert_eq!(kind(None), None);
+        let with_audience = Authenticator::from_config(&RelayConfig {
+            auth: AuthConfig::JwtSecret(Secret::new(secret)),
+            jwt_audience: Some("relay".into()),
+            ..RelayConfig::default()
+        })
+        .unwrap();
+        let elsewhere = jwt(serde_json::json!({"sub": "x", "exp": now() + 60, "aud": "other"}));
+        let e = with_audience.verify(Some(&elsewhere)).unwrap_err();
+        assert_eq!(e.failure_kind(), Some(AuthFailureKind::Claims), "{e}");
+
+        let token = authenticator(AuthConfig::Token(Secret::new("s3cret-static-token")));
+        let e = token.verify(Some("s3cret-static-tokem")).unwrap_err();
+        assert_eq!(e.failure_kind(), Some(AuthFailureKind::Invalid));
+        for e in [
+            AuthError::Missing,
+            AuthError::NotBearer,
+            AuthError::EmptyCredential,
+        ] {
+            assert_eq!(e.failure_kind(), None, "{e}");
+            assert!(!e.is_guess());
         }
     }
 

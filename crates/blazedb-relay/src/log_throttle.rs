@@ -47,7 +47,7 @@ pub(crate) struct LogThrottle {
 
 /// What a throttled line reports: its event and reason. Each key has a budget and a summary
 /// of its own, so a flood of one kind (bad tokens in HELLO over TCP) hides neither the first
-/// lines nor the count of another (bad tokens on `/v1/sync`). A fixed set: 6 close reasons,
+/// lines nor the count of another (bad tokens on `/v1/sync`). A fixed set: 7 close reasons,
 /// 9 request refusals, 2 connection limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum LogKey {
@@ -166,6 +166,19 @@ impl LogKey {
 }
 
 impl RequestRefusal {
+    /// Every refusal, for metrics that start at 0.
+    pub const ALL: [RequestRefusal; 9] = [
+        RequestRefusal::AuthFailed,
+        RequestRefusal::AuthRateLimited,
+        RequestRefusal::OriginNotAllowed,
+        RequestRefusal::HostNotAllowed,
+        RequestRefusal::BodyTooLarge,
+        RequestRefusal::BodyTimeout,
+        RequestRefusal::InvalidRequest,
+        RequestRefusal::InvalidExpression,
+        RequestRefusal::Busy,
+    ];
+
     /// The error code the client gets, and the `reason` of the log line.
     pub fn code(self) -> &'static str {
         match self {

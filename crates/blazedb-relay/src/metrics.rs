@@ -5,25 +5,32 @@
 //! |---|---|---|
 //! | `connections{transport}` | gauge | sync sessions open now (`ws`, `tcp`, `unix`) |
 //! | `sessions_total{transport}` | counter | sync sessions started |
-//! | `sessions_closed_total{reason}` | counter | sessions ended, by reason (bounded set) |
+//! | `sessions_closed_total{reason}` | counter | sessions ended, by reason: `peer_finished`, `disconnected`, `shutdown`, `auth_failed`, `auth_rate_limited`, `rate_limited`, `timeout`, `protocol_error`, `store_unavailable` (the relay's store could not take what the session needed: its disk is full, the client told `STORAGE_FULL`, or the store was deleted or its file system turned read-only while the relay runs; `store_status` says which), `error` (the client reported an error, or the relay failed internally) |
 //! | `frames_received_total`, `frames_sent_total` | counter | protocol frames |
 //! | `bytes_received_total`, `bytes_sent_total` | counter | framed bytes |
 //! | `cells_applied_total` | counter | received cells that changed the relay's store |
-//! | `cells_forwarded_total` | counter | cells sent to clients |
+//! | `cells_forwarded_total` | counter | cells sent to clients, but for those in `cells_restated_total` |
+//! | `cells_restated_total` | counter | cells sent back to a client to undo its own writes: the relay's version of records whose change by that client the rules refused, or of values a server-priority collection kept over its writes. Not forwarded from anywhere |
 //! | `rejected_writes_total` | counter | records whose changes the rules refused |
-//! | `auth_failures_total` | counter | refused credentials (HTTP 401, HELLO, expiry in a session, a node id under another identity); attempts refused unread for their address's failures are not in it, but in `requests_refused_total{reason="auth_rate_limited"}` and `sessions_closed_total{reason="auth_rate_limited"}` |
+//! | `conflicts_recorded_total` | counter | conflicts the relay recorded open while applying clients' changes (concurrent writes it settled; not those a collection's policy resolves at once). Alert on its rate, not on the `conflicts` gauge |
+//! | `auth_failures_total{kind}` | counter | refused credentials (HTTP 401, HELLO, expiry in a session, a node id under another identity), by kind: `invalid` (not the relay's token, a JWT whose signature does not verify or that cannot be read), `expired` (a JWT past its `exp`, at connect or during a session), `claims` (a JWT whose audience, issuer, `nbf`, `iat` or a required claim is refused), `node_owner` (a valid credential presenting a node id bound to another identity). No credential (or an empty one, or another scheme than `Bearer`) is not a failure: it is how an HTTP client learns that one is needed, and it is counted in `requests_refused_total{reason="auth_failed"}` or `sessions_closed_total{reason="auth_failed"}` alone. Attempts refused unread for their address's failures are not in it either, but in `requests_refused_total{reason="auth_rate_limited"}` and `sessions_closed_total{reason="auth_rate_limited"}` |
 //! | `connections_refused_total{limit}` | counter | connections refused at a limit: `total` (`--max-connections`) or `per_address` (`--max-connections-per-address`) |
 //! | `requests_refused_total{reason}` | counter | HTTP requests refused before a session or a query: `auth_failed`, `auth_rate_limited` (429: the address presented too many wrong credentials lately), `origin_not_allowed`, `host_not_allowed`, and for `/v1/query` `body_too_large`, `body_timeout`, `invalid_request`, `invalid_expression`, `busy` |
 //! | `gc_failures_total{cause}` | counter | garbage collection runs that failed (`--gc-interval`; the next run tries again), by cause: `store_gone` (the store was deleted while the relay runs), `disk_full`, `store_read_only` (its file system turned read-only), `error` (anything else; the `gc_failed` log line has the message). The log says a cause once while it lasts (`gc.rs`); this counts every run |
-//! | `conflicts` | gauge | open conflicts in the relay's store |
+//! | `conflicts` | gauge | conflict rows open in the relay's store (`Database::open_conflict_count`), counted at most every [`CONFLICTS_REFRESH_MS`](crate::limits::CONFLICTS_REFRESH_MS): every conflict recorded there (`conflicts_recorded_total`, and any a process beside the relay recorded), superseded ones included (a later write of the field, a client's resolution of the same conflict among them, reaches the relay as a write and closes none: `Conflict::superseded`), until it is resolved with `blazedb resolve` on the relay's store. Nothing resolves them on a relay otherwise, so it only grows: an alert on it never clears |
 //! | `store_bytes` | gauge | size of the store file and its WAL |
 //! | `store_status` | gauge | 0: the store takes writes; 1: its disk is full (reads served, writes refused); 2: it was deleted, or its file system turned read-only, while the relay runs (`/health` says why) |
 //! | `peer_lag_commits{peer}` | gauge | commits of the relay's feed a connected peer has not acknowledged, for the [`PEER_LAG_TOP_N`] peers furthest behind |
 //! | `peer_lag_commits_max` | gauge | the largest lag of any connected peer |
 //! | `peers_lagging` | gauge | connected peers with a lag above zero |
 //!
+//! **Every series from the start.** Each label value of a bounded label (every transport,
+//! close reason, kind, limit, refusal and cause) is exported at 0 from the relay's start, so
+//! that `sum`, `rate` and `increase` see the first event: a series that appears with 1 has
+//! no increase, and an alert on it would fire at the second.
+//!
 //! **Bounded cardinality.** Labels take a fixed set of values (`transport`, `reason`,
-//! `limit`, `cause`: never an origin, a host or an address a client sent), except
+//! `kind`, `limit`, `cause`: never an origin, a host or an address a client sent), except
 //! `peer`, which is a node id: it is exported only for the [`PEER_LAG_TOP_N`] peers with the
 //! largest lag at scrape time (the family is cleared and refilled on every scrape), while the
 //! max and count cover every peer. So a relay with 10,000 clients exports at most N lag
@@ -44,6 +51,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::auth::AuthFailureKind;
 pub use crate::limits::PEER_LAG_TOP_N;
 
 /// How a client reached the relay.
@@ -58,6 +66,9 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, for metrics that start at 0.
+    pub const ALL: [Transport; 3] = [Transport::Ws, Transport::Tcp, Transport::Unix];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,11 +105,30 @@ pub enum CloseReason {
     Timeout,
     /// Malformed, oversized or out-of-place input (frames or WebSocket messages).
     ProtocolError,
+    /// The relay's store could not take what the session needed: its disk is full (the
+    /// client is told `STORAGE_FULL`), or it was deleted or its file system turned
+    /// read-only while the relay runs. The operator's to mend (`/health` says what), not a
+    /// failure of the relay's code.
+    StoreUnavailable,
     /// The client reported an error, or the relay failed internally.
     Error,
 }
 
 impl CloseReason {
+    /// Every reason, for metrics that start at 0.
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::PeerFinished,
+        CloseReason::Disconnected,
+        CloseReason::Shutdown,
+        CloseReason::AuthFailed,
+        CloseReason::AuthRateLimited,
+        CloseReason::RateLimited,
+        CloseReason::Timeout,
+        CloseReason::ProtocolError,
+        CloseReason::StoreUnavailable,
+        CloseReason::Error,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -110,6 +140,7 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Timeout => "timeout",
             CloseReason::ProtocolError => "protocol_error",
+            CloseReason::StoreUnavailable => "store_unavailable",
             CloseReason::Error => "error",
         }
     }
@@ -129,6 +160,17 @@ pub(crate) struct TransportLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
     pub reason: CloseReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AuthFailureLabel {
+    pub kind: AuthFailureKind,
+}
+
+impl EncodeLabelValue for AuthFailureKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,8 +225,10 @@ pub struct Metrics {
     pub(crate) bytes_sent: Counter,
     pub(crate) cells_applied: Counter,
     pub(crate) cells_forwarded: Counter,
+    pub(crate) cells_restated: Counter,
     pub(crate) rejected_writes: Counter,
-    pub(crate) auth_failures: Counter,
+    pub(crate) conflicts_recorded: Counter,
+    pub(crate) auth_failures: Family<AuthFailureLabel, Counter>,
     pub(crate) connections_refused: Family<RefusedLabel, Counter>,
     pub(crate) requests_refused: Family<RequestRefusalLabel, Counter>,
     /// Shared with the GC task's [`crate::gc::GcCounters`], which counts into it.
@@ -214,8 +258,10 @@ impl Metrics {
             bytes_sent: Counter::default(),
             cells_applied: Counter::default(),
             cells_forwarded: Counter::default(),
+            cells_restated: Counter::default(),
             rejected_writes: Counter::default(),
-            auth_failures: Counter::default(),
+            conflicts_recorded: Counter::default(),
+            auth_failures: Family::default(),
             connections_refused: Family::default(),
             requests_refused: Family::default(),
             gc_failures: Family::default(),
@@ -227,6 +273,31 @@ impl Metrics {
             peers_lagging: Gauge::default(),
             conflicts_counted_ms: AtomicU64::new(0),
         };
+        // Every label value at 0 from the start: an alert on an increase then fires at the
+        // first event, not at the second (a series that appears with 1 has no increase), and
+        // a sum over the label is there before anything happened.
+        for transport in Transport::ALL {
+            let label = TransportLabel { transport };
+            let _ = m.connections.get_or_create(&label);
+            let _ = m.sessions.get_or_create(&label);
+        }
+        for reason in CloseReason::ALL {
+            let _ = m.sessions_closed.get_or_create(&ReasonLabel { reason });
+        }
+        for kind in AuthFailureKind::ALL {
+            let _ = m.auth_failures.get_or_create(&AuthFailureLabel { kind });
+        }
+        for limit in crate::slots::Refused::ALL {
+            let _ = m.connections_refused.get_or_create(&RefusedLabel { limit });
+        }
+        for reason in crate::log_throttle::RequestRefusal::ALL {
+            let _ = m
+                .requests_refused
+                .get_or_create(&RequestRefusalLabel { reason });
+        }
+        for cause in crate::gc::FailureKind::ALL {
+            let _ = m.gc_failures.get_or_create(&GcFailureLabel { cause });
+        }
         let r = &mut registry;
         r.register(
             "connections",
@@ -266,8 +337,13 @@ impl Metrics {
         );
         r.register(
             "cells_forwarded",
-            "Cells sent to clients",
+            "Cells sent to clients, but for those restating the relay's version to their writer",
             m.cells_forwarded.clone(),
+        );
+        r.register(
+            "cells_restated",
+            "Cells sent back to a client to undo its own refused or overruled writes",
+            m.cells_restated.clone(),
         );
         r.register(
             "rejected_writes",
@@ -275,8 +351,14 @@ impl Metrics {
             m.rejected_writes.clone(),
         );
         r.register(
+            "conflicts_recorded",
+            "Conflicts recorded open while applying clients' changes",
+            m.conflicts_recorded.clone(),
+        );
+        r.register(
             "auth_failures",
-            "Refused credentials (HTTP and HELLO)",
+            "Refused credentials (HTTP, HELLO, expiry, node owner), by kind; none presented is \
+             not counted",
             m.auth_failures.clone(),
         );
         r.register(
@@ -289,11 +371,6 @@ impl Metrics {
             "HTTP requests refused before a session or a query, by reason",
             m.requests_refused.clone(),
         );
-        // Every cause at 0 from the start: an alert on its increase then fires at the first
-        // failure, not at the second (a series that appears with 1 has no increase).
-        for cause in crate::gc::FailureKind::ALL {
-            let _ = m.gc_failures.get_or_create(&GcFailureLabel { cause });
-        }
         r.register(
             "gc_failures",
             "Garbage collection runs that failed, by cause",
@@ -301,7 +378,8 @@ impl Metrics {
         );
         r.register(
             "conflicts",
-            "Open conflicts in the relay's store",
+            "Conflict rows open in the relay's store, until resolved there with blazedb resolve \
+             (superseded ones included)",
             m.conflicts.clone(),
         );
         r.register(
@@ -344,11 +422,24 @@ impl Metrics {
             .inc_by(d(now.bytes_received, seen.bytes_received));
         self.cells_applied
             .inc_by(d(now.cells_applied, seen.cells_applied));
+        // Cells restating the relay's version to their writer are part of `cells_sent`, and
+        // were not forwarded from anywhere.
+        let restated = d(now.cells_restated, seen.cells_restated);
         self.cells_forwarded
-            .inc_by(d(now.cells_sent, seen.cells_sent));
+            .inc_by(d(now.cells_sent, seen.cells_sent).saturating_sub(restated));
+        self.cells_restated.inc_by(restated);
         self.rejected_writes
             .inc_by(d(now.changes_refused, seen.changes_refused));
+        self.conflicts_recorded
+            .inc_by(d(now.conflicts_recorded, seen.conflicts_recorded));
         *seen = now.clone();
+    }
+
+    /// Count a refused credential.
+    pub(crate) fn auth_failed(&self, kind: AuthFailureKind) {
+        self.auth_failures
+            .get_or_create(&AuthFailureLabel { kind })
+            .inc();
     }
 
     /// Count a session end.

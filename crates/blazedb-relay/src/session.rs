@@ -22,7 +22,7 @@ use blazedb_net::{run_session, DriverOptions, EndReason, NetError, SessionMonito
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::access::ConnectionAccess;
-use crate::auth::Claims;
+use crate::auth::{AuthError, AuthFailureKind, Claims};
 use crate::guard::{Guard, GuardClose, GuardOptions, SentCounters};
 use crate::limits::{SESSION_READ_BUFFER_BYTES, SESSION_WRITE_BUFFER_BYTES_MAX};
 use crate::log_throttle::LogKey;
@@ -82,11 +82,13 @@ pub(crate) async fn run<T>(
     let metrics = state.metrics.clone();
     let label = TransportLabel { transport };
     metrics.sessions.get_or_create(&label).inc();
-    metrics.connections.get_or_create(&label).inc();
-    let id = state.register(SessionEntry {
-        monitor: monitor.clone(),
-        transport,
-    });
+    let _registered = Registered::new(
+        state.clone(),
+        SessionEntry {
+            monitor: monitor.clone(),
+            transport,
+        },
+    );
 
     let mut changes = monitor.subscribe();
     let mut seen = SessionStats::default();
@@ -101,12 +103,8 @@ pub(crate) async fn run<T>(
             }
         }
     };
-    let last = match &result {
-        Ok(report) => Some(&report.stats),
-        Err(e) => e.report().map(|r| &r.stats),
-    };
-    if let Some(stats) = last {
-        metrics.account(&mut seen, stats);
+    if let Some(report) = last_report(&result) {
+        metrics.account(&mut seen, &report.stats);
     }
     let guard_close = guard_report
         .lock()
@@ -115,15 +113,21 @@ pub(crate) async fn run<T>(
     let reason = if access.refused_for_address() {
         CloseReason::AuthRateLimited
     } else {
-        close_reason(&result, guard_close.as_ref())
+        // Flags the store keeps (no I/O): its file deleted, or its file system found
+        // read-only, while the relay runs. The session's error then says so in words only.
+        let store_unavailable = state.db.file_is_gone() || state.db.file_system_read_only();
+        close_reason(&result, guard_close.as_ref(), store_unavailable)
     };
     metrics.closed(reason);
     if reason == CloseReason::AuthFailed {
         // Every refusal of a session's credential: a bad or expired token in HELLO, an
         // expiry during the session, and a node id presented under another user's identity
         // (which the session refuses itself, never asking `ConnectionAccess::authenticate`:
-        // 1,000 of them left the counter where it was).
-        metrics.auth_failures.inc();
+        // 1,000 of them left the counter where it was). None presented is no failure.
+        let connected = last_report(&result).is_some_and(|r| r.peer.is_some());
+        if let Some(kind) = auth_failure_kind(access.refused_credential(), connected) {
+            metrics.auth_failed(kind);
+        }
     }
     // A session that ends badly is logged, but a client failing in a loop is not logged
     // once per attempt: past a few a minute per reason they are counted in one summary
@@ -153,13 +157,66 @@ pub(crate) async fn run<T>(
             })
         });
     }
-    state.unregister(id);
-    metrics.connections.get_or_create(&label).dec();
+}
+
+/// A session counted in the `connections` gauge and registered in the relay's sessions
+/// (`/health`'s `connected_clients`, lag metrics) for as long as it lives. Undone on drop, so
+/// that a session that panics (or whose task is dropped) is not counted for good.
+struct Registered {
+    state: Arc<State>,
+    id: u64,
+    label: TransportLabel,
+}
+
+impl Registered {
+    fn new(state: Arc<State>, entry: SessionEntry) -> Registered {
+        let label = TransportLabel {
+            transport: entry.transport,
+        };
+        state.metrics.connections.get_or_create(&label).inc();
+        let id = state.register(entry);
+        Registered { state, id, label }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.state.unregister(self.id);
+        self.state
+            .metrics
+            .connections
+            .get_or_create(&self.label)
+            .dec();
+    }
+}
+
+/// The report of a finished session, when it got far enough to have one.
+fn last_report(
+    result: &Result<blazedb_net::SessionReport, NetError>,
+) -> Option<&blazedb_net::SessionReport> {
+    match result {
+        Ok(report) => Some(report),
+        Err(e) => e.report(),
+    }
+}
+
+/// How a session closed `AUTH_FAILED` counts in `auth_failures_total`: by why HELLO's
+/// credential was refused (`refused`; `None` for none presented, which is no failure); else,
+/// the credential having passed, it expired during a session that had begun (`connected`),
+/// or the node id it presented in HELLO is bound to another identity (the session refuses
+/// that before it begins).
+fn auth_failure_kind(refused: Option<&AuthError>, connected: bool) -> Option<AuthFailureKind> {
+    match refused {
+        Some(e) => e.failure_kind(),
+        None if connected => Some(AuthFailureKind::Expired),
+        None => Some(AuthFailureKind::NodeOwner),
+    }
 }
 
 fn close_reason(
     result: &Result<blazedb_net::SessionReport, NetError>,
     guard: Option<&GuardClose>,
+    store_unavailable: bool,
 ) -> CloseReason {
     if let Some(g) = guard {
         return match g.code {
@@ -175,6 +232,14 @@ fn close_reason(
         },
         Err(NetError::Sync { error, .. }) => match error.code {
             ErrorCode::AuthFailed if !error.remote => CloseReason::AuthFailed,
+            // The relay's store had no room for what the session needed (the client was
+            // told STORAGE_FULL), or it was deleted or its file system turned read-only
+            // (INTERNAL, in words saying so): the operator's to mend, not a failure of the
+            // relay, which `error` counts.
+            ErrorCode::StorageFull if !error.remote => CloseReason::StoreUnavailable,
+            ErrorCode::Internal if !error.remote && store_unavailable => {
+                CloseReason::StoreUnavailable
+            }
             ErrorCode::Timeout => CloseReason::Timeout,
             ErrorCode::Malformed
             | ErrorCode::Checksum
@@ -194,6 +259,133 @@ fn close_reason(
             _ => CloseReason::Error,
         },
         Err(NetError::Disconnected { .. } | NetError::Io { .. }) => CloseReason::Disconnected,
+        Err(NetError::Database(e)) if e.is_disk_full() => CloseReason::StoreUnavailable,
+        Err(_) if store_unavailable => CloseReason::StoreUnavailable,
         Err(_) => CloseReason::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::config::{Limits, RelayConfig};
+    use crate::rules::Rules;
+
+    /// A connection whose first read runs into a bug: the session's task panics.
+    struct PanickingIo;
+
+    impl AsyncRead for PanickingIo {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            panic!("a bug met while reading the client's frames");
+        }
+    }
+
+    impl AsyncWrite for PanickingIo {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A session the relay's store could not serve closes as `store_unavailable`: its disk
+    /// full (the client told `STORAGE_FULL`), or the store deleted or its file system
+    /// read-only (`INTERNAL`, the flags saying why). Those were `error`, the bucket of the
+    /// relay's own failures, which the rest stays in; a client's own full disk is its
+    /// error, not the relay's store.
+    #[test]
+    fn a_session_the_store_could_not_serve_closes_store_unavailable() {
+        let ended = |code: ErrorCode, remote: bool| {
+            let error = blazedb::sync::SyncError {
+                code,
+                message: String::new(),
+                remote,
+            };
+            let report = blazedb_net::SessionReport {
+                node: blazedb::NodeId::random(),
+                peer: None,
+                stats: SessionStats::default(),
+                end: EndReason::Protocol(error.clone()),
+                caught_up: false,
+                elapsed_ms: 0,
+                rejected: Vec::new(),
+                token_unchecked: false,
+            };
+            Err(NetError::Sync {
+                error,
+                report: Box::new(report),
+            })
+        };
+        let reason = |code, remote, store_unavailable| {
+            close_reason(&ended(code, remote), None, store_unavailable)
+        };
+        use ErrorCode::{Internal, StorageFull};
+        assert_eq!(
+            reason(StorageFull, false, false),
+            CloseReason::StoreUnavailable
+        );
+        assert_eq!(reason(Internal, false, true), CloseReason::StoreUnavailable);
+        assert_eq!(reason(Internal, false, false), CloseReason::Error);
+        assert_eq!(reason(StorageFull, true, false), CloseReason::Error);
+    }
+
+    /// A session that panics is no longer counted once its task is gone: the `connections`
+    /// gauge and `/health`'s `connected_clients` (the registered sessions) go back down.
+    /// They were undone at the end of `run`, which a panic never reaches: too high for good.
+    #[tokio::test]
+    async fn a_session_that_panics_is_not_counted_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let options = blazedb::OpenOptions::default();
+            Arc::new(blazedb::Database::open(dir.path().join("relay.db"), options).unwrap())
+        };
+        let auth = Authenticator::from_config(&RelayConfig::default()).unwrap();
+        let state = Arc::new(State::new(
+            open(),
+            open(),
+            auth,
+            Rules::allow_all(),
+            Limits::default(),
+            Vec::new(),
+            true,
+        ));
+        let slot = state.take_slot(None).unwrap();
+        let session = tokio::spawn(run(
+            state.clone(),
+            PanickingIo,
+            Transport::Unix,
+            None,
+            slot,
+            None,
+        ));
+        let ended = session.await.expect_err("the session panicked");
+        assert!(ended.is_panic(), "{ended}");
+        assert_eq!(state.session_count(), 0);
+        let label = TransportLabel {
+            transport: Transport::Unix,
+        };
+        assert_eq!(state.metrics.connections.get_or_create(&label).get(), 0);
+        let started = state.metrics.sessions.get_or_create(&label).get();
+        assert_eq!(started, 1, "it did start");
     }
 }

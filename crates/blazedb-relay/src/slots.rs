@@ -33,6 +33,9 @@ pub(crate) enum Refused {
 }
 
 impl Refused {
+    /// Every limit, for metrics that start at 0.
+    pub const ALL: [Refused; 2] = [Refused::Total, Refused::Address];
+
     /// The error code a client sees (HTTP 503 body).
     pub fn code(self) -> &'static str {
         match self {

@@ -7,8 +7,8 @@ mod common;
 
 use blazedb_relay::AuthConfig;
 use common::{
-    connect_ws, connect_ws_url, http, jwt_hs256, metric, now_s, open, refused, Client, TestRelay,
-    TOKEN,
+    auth_failures, connect_ws, connect_ws_url, http, jwt_hs256, metric, metric_sum, now_s, open,
+    refused, Client, TestRelay, TOKEN,
 };
 use serde_json::json;
 
@@ -53,8 +53,23 @@ async fn static_token_missing_or_wrong_gets_401_and_nothing_flows() {
 
     assert_eq!(relay.db.count("notes").unwrap(), 1);
     assert_eq!(relay.db.last_seq().unwrap().0, 1, "nothing was written");
+    // The wrong token: a missing one (the upgrade and the query above) is no failure, but
+    // how a client learns that one is needed. All three were refused.
     let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
-    assert_eq!(metric(&m, "blazedb_relay_auth_failures_total"), Some(3.0));
+    assert_eq!(auth_failures(&m, "invalid"), Some(1.0), "{m}");
+    assert_eq!(
+        metric_sum(&m, "blazedb_relay_auth_failures_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "blazedb_relay_requests_refused_total{reason=\"auth_failed\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
 
     // Another scheme is not "missing credentials": the answer says what to send.
     let r = http(
@@ -168,6 +183,13 @@ async fn expired_or_foreign_jwts_get_401_valid_claims_drive_the_rules() {
         "{body}"
     );
 
+    // Counted by kind: the expired token as `expired`, the forged, the static and the
+    // unsigned one as `invalid`.
+    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    assert_eq!(auth_failures(&m, "expired"), Some(1.0), "{m}");
+    assert_eq!(auth_failures(&m, "invalid"), Some(3.0), "{m}");
+    assert_eq!(auth_failures(&m, "claims"), Some(0.0), "{m}");
+
     // A valid token: `$auth.sub` is alice, so only her note arrives.
     let alice = jwt_hs256(SECRET, json!({"sub": "alice", "exp": now_s() + 600}));
     let dir = tempfile::tempdir().unwrap();
@@ -215,13 +237,21 @@ async fn a_configured_audience_and_issuer_are_required() {
             "not valid yet",
         ),
     ];
-    for (claims, says) in cases {
+    for (claims, says) in &cases {
         let token = jwt_hs256(SECRET, claims.clone());
         let (status, body) = refused(connect_ws(relay.addr, Some(&token)).await.unwrap_err());
         assert_eq!(status, 401, "{claims}");
         let m = body["error"].as_str().unwrap();
         assert!(m.contains(says), "{claims}: {m}");
     }
+    // Each counted as a refusal of its claims.
+    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    assert_eq!(auth_failures(&m, "claims"), Some(cases.len() as f64), "{m}");
+    assert_eq!(
+        metric_sum(&m, "blazedb_relay_auth_failures_total"),
+        Some(cases.len() as f64),
+        "{m}"
+    );
     let good = jwt_hs256(
         SECRET,
         json!({"sub": "a", "exp": exp, "aud": "my-relay", "iss": "https://idp.example"}),
@@ -341,6 +371,22 @@ async fn a_session_ends_when_its_jwt_expires() {
         "ended after {lasted:?}: before the token expired"
     );
     assert!(db.get("notes", before).unwrap().is_some(), "kept");
+    // An expiry during a session is an expired credential (the relay counts the session's
+    // close just after the client saw it).
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+        if auth_failures(&m, "expired") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(auth_failures(&m, "expired"), Some(1.0), "{m}");
+    assert_eq!(
+        metric_sum(&m, "blazedb_relay_auth_failures_total"),
+        Some(1.0),
+        "{m}"
+    );
 
     // A fresh token connects and syncs on.
     let fresh = jwt_hs256(SECRET, json!({"sub": "alice", "exp": now_s() + 600}));

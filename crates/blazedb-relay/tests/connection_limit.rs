@@ -88,7 +88,8 @@ async fn one_address_at_its_limit_is_refused_while_others_are_served() {
             &m,
             "blazedb_relay_connections_refused_total{limit=\"total\"}"
         ),
-        None
+        Some(0.0),
+        "{m}"
     );
     relay.stop().await;
 }

@@ -3,7 +3,8 @@
 //! (the relay cannot store what it notes about them, so that waits in memory); a client's
 //! writes are refused with "the relay's disk is full"; `/health` says `degraded` with the
 //! reason. Once space is freed, writes are taken again, `/health` is `ok`, and what waited
-//! is stored.
+//! is stored. A session closed because the store could not take its writes counts as
+//! `sessions_closed_total{reason="store_unavailable"}`.
 //!
 //! Needs root to mount the tmpfs (as CI runs); elsewhere the test says so and passes.
 
@@ -17,7 +18,7 @@ use blazedb::{Database, OpenOptions, Value};
 use blazedb_net::ws::WsStream;
 use blazedb_net::{run_session, DriverOptions, NetError, SessionReport};
 use blazedb_test_disks::SmallDisk;
-use common::{connect_ws, http, open, wait_until, within, TestRelay, TOKEN};
+use common::{connect_ws, http, open, sessions_closed, wait_until, within, TestRelay, TOKEN};
 
 /// One sync with the relay that ends once caught up.
 async fn sync_once(
@@ -127,6 +128,18 @@ async fn a_relay_on_a_full_disk_serves_readers_and_refuses_writes_saying_why() {
     );
     assert_eq!(relay.db.count("tasks").unwrap(), 0);
     assert_eq!(writer.count("tasks").unwrap(), 300, "the client keeps them");
+    // The session closed for the store, not for a failure of the relay (`error`, which it
+    // was filed under). The relay counts it as its task ends, just after the client saw it.
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+        if sessions_closed(&m, "store_unavailable") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sessions_closed(&m, "store_unavailable"), Some(1.0), "{m}");
+    assert_eq!(sessions_closed(&m, "error"), Some(0.0), "{m}");
 
     // Space comes back: writes are taken again, and /health says so.
     disk.unfill();

@@ -2,7 +2,8 @@
 //! nothing of a closed collection; a forbidden write is rejected with a reason, never applied
 //! to the relay's store or forwarded to other clients, and the writer's copy comes back to
 //! the relay's version; an allowed write goes through to everyone who may read it; a delete
-//! reaches only the clients that could read the record.
+//! reaches only the clients that could read the record. What the relay sends back to undo
+//! a refused write is counted as restated, not as forwarded.
 
 mod common;
 
@@ -191,5 +192,72 @@ async fn reads_are_filtered_forbidden_writes_rejected_not_forwarded_and_reverted
     let report = bob.finish().await.unwrap();
     assert!(report.stats.changes_rejected_by_peer >= 3, "{report:?}");
     alice.finish().await.unwrap();
+    relay.stop().await;
+}
+
+/// The relay's version sent back to a writer whose write the rules refused is counted in
+/// `cells_restated_total`, not in `cells_forwarded_total`: it was forwarded from nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_sent_back_is_restated_not_forwarded() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = TestRelay::write_rules(rules_dir.path(), RULES);
+    let relay = TestRelay::start(|c| {
+        c.auth = AuthConfig::JwtSecret(SECRET.into());
+        c.rules = Some(rules);
+    })
+    .await;
+    let public = relay
+        .db
+        .insert(
+            "bugs",
+            [
+                ("title", Value::from("public, reported by alice")),
+                ("reporter", "alice".into()),
+                ("public", true.into()),
+            ],
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bob_db = open(dir.path(), "bob");
+    let bob = Client::connect(&relay, bob_db.clone(), &token("bob")).await;
+    bob.caught_up().await;
+    let count = |m: &str, name: &str| metric(m, &format!("blazedb_relay_{name}_total")).unwrap();
+    // The record bob was sent is counted as forwarded (once the relay has seen the
+    // session's counters).
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+        if count(&m, "cells_forwarded") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let forwarded = count(&m, "cells_forwarded");
+    assert!(forwarded > 0.0, "{m}");
+    assert_eq!(count(&m, "cells_restated"), 0.0, "{m}");
+
+    // Bob edits alice's bug: refused, and his copy comes back to the relay's version.
+    bob_db
+        .update("bugs", public, Patch::new().set("title", "defaced by bob"))
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        bob_db.get("bugs", public).unwrap().unwrap().fields["title"]
+            == Value::from("public, reported by alice")
+    })
+    .await;
+    bob.caught_up().await;
+    for _ in 0..100 {
+        m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+        if count(&m, "cells_restated") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(count(&m, "cells_restated") > 0.0, "{m}");
+    assert_eq!(count(&m, "cells_forwarded"), forwarded, "{m}");
+    assert_eq!(count(&m, "rejected_writes"), 1.0, "{m}");
+    bob.finish().await.unwrap();
+    let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
+    assert_eq!(count(&m, "cells_forwarded"), forwarded, "{m}");
     relay.stop().await;
 }

@@ -14,7 +14,9 @@ use blazedb::{Database, Patch, RecordId, Value};
 use blazedb_net::ws::WsStream;
 use blazedb_net::{run_session, DriverOptions, NetError, SessionReport};
 use blazedb_relay::AuthConfig;
-use common::{connect_ws, http, jwt_hs256, metric, now_s, open, wait_until, TestRelay};
+use common::{
+    auth_failures, connect_ws, http, jwt_hs256, metric_sum, now_s, open, wait_until, TestRelay,
+};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -220,12 +222,17 @@ async fn views_follow_data_policy_and_claims_and_evictions_delete_nothing() {
         assert!(e.contains("another user"), "{claims}: {e}");
     }
     assert_eq!(titles(&db), ["alice low", "carol private", "public high"]);
-    // Each of the three refusals is an authentication failure in the metrics (the session
-    // refuses these itself; they were not counted). The relay counts a session's close just
-    // after the client saw the refusal.
+    // Each of the three refusals is an authentication failure in the metrics, of a node id
+    // bound to another identity (the session refuses these itself; they were not counted).
+    // The relay counts a session's close just after the client saw the refusal.
     let failures = || async {
         let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
-        metric(&m, "blazedb_relay_auth_failures_total")
+        assert_eq!(
+            metric_sum(&m, "blazedb_relay_auth_failures_total"),
+            auth_failures(&m, "node_owner"),
+            "{m}"
+        );
+        auth_failures(&m, "node_owner")
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while failures().await != Some(3.0) && tokio::time::Instant::now() < deadline {

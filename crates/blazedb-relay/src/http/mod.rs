@@ -210,7 +210,10 @@ pub(crate) fn authenticate(state: &State, req: &Request) -> Result<Claims, Box<R
         _ => state.auth.verify(credential.as_deref()),
     };
     verified.map_err(|e| {
-        state.metrics.auth_failures.inc();
+        // None presented is no failure: it is how an HTTP client learns that one is needed.
+        if let Some(kind) = e.failure_kind() {
+            state.metrics.auth_failed(kind);
+        }
         if let Some(ip) = address.filter(|_| e.is_guess()) {
             lock_auth_failures(&state.auth_failures).failed(ip, Instant::now());
         }

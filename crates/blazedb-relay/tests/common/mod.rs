@@ -382,14 +382,40 @@ pub fn ids(r: &HttpResponse) -> Vec<String> {
     v
 }
 
-/// A metric's value in the OpenMetrics text (first series whose name and labels start with
-/// `prefix`).
+/// A metric's value in the OpenMetrics text: the first series whose name and labels start
+/// with `prefix`, where a prefix without labels is a whole name (`blazedb_relay_conflicts`
+/// is not `blazedb_relay_conflicts_recorded_total`).
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(prefix))
+        .find(|l| {
+            l.strip_prefix(prefix)
+                .is_some_and(|rest| prefix.contains('{') || rest.starts_with([' ', '{']))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The sum of every series of the metric `name` (whatever their labels), `None` when it has
+/// none.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// `blazedb_relay_auth_failures_total` for one kind, from a `/metrics` text.
+pub fn auth_failures(metrics: &str, kind: &str) -> Option<f64> {
+    metric(
+        metrics,
+        &format!("blazedb_relay_auth_failures_total{{kind=\"{kind}\"}}"),
+    )
 }
 
 /// `blazedb_relay_sessions_closed_total` for one close reason, from a `/metrics` text.
