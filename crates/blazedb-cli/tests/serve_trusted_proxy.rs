@@ -4,12 +4,14 @@
 //! `--trusted-proxy` that is not an address or a CIDR range stops the relay at startup with a
 //! usage error (exit 2) naming the flag.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+mod net_common;
+
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_blazedb");
+use net_common::{blazedb, log_events, start_relay_announced};
+
 const TOKEN: &str = "s3cret-relay-token";
 
 /// `POST /v1/query` for the collection `notes` with `token`, forwarded for `client`; the
@@ -37,31 +39,19 @@ fn query_forwarded_for(addr: &str, token: &str, client: &str) -> u16 {
 #[test]
 fn a_forwarded_client_is_refused_under_its_own_address() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
+    let log = dir.path().join("relay.log");
+    let (relay, started) = start_relay_announced(
+        &dir.path().join("data"),
+        &[
             "--token",
             TOKEN,
             "--trusted-proxy",
             "127.0.0.1/32",
             "--max-auth-failures-per-address",
             "2",
-            "--data",
-        ])
-        .arg(dir.path().join("data"))
-        .env_remove("BLAZEDB_PASSWORD")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let started: serde_json::Value = serde_json::from_str(&line).unwrap();
+        ],
+        Some(&log),
+    );
     let addr = started["http"]
         .as_str()
         .unwrap()
@@ -77,36 +67,22 @@ fn a_forwarded_client_is_refused_under_its_own_address() {
     assert_eq!(query_forwarded_for(&addr, TOKEN, "203.0.113.7"), 429);
     assert_eq!(query_forwarded_for(&addr, TOKEN, "198.51.100.9"), 200);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let refused: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|l: &serde_json::Value| l["event"] == "request_refused")
-        .collect();
-    assert_eq!(refused.len(), 3, "{log}");
+    let (code, _) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refused = log_events(&log, "request_refused");
+    assert_eq!(refused.len(), 3, "{text}");
     for l in &refused {
-        assert_eq!(l["client"], "203.0.113.7", "{log}");
+        assert_eq!(l["client"], "203.0.113.7", "{text}");
     }
-    assert_eq!(refused[2]["reason"], "auth_rate_limited", "{log}");
+    assert_eq!(refused[2]["reason"], "auth_rate_limited", "{text}");
 }
 
 #[test]
 fn a_trusted_proxy_that_is_no_address_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
-    let out = Command::new(BIN)
+    let out = blazedb()
         .args([
             "serve",
             "--listen",
@@ -116,7 +92,6 @@ fn a_trusted_proxy_that_is_no_address_is_a_usage_error() {
             "--data",
         ])
         .arg(dir.path().join("data"))
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));

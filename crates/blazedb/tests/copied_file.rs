@@ -27,6 +27,26 @@ fn copy_db(from: &Path, to: &Path) {
     }
 }
 
+/// A file `a.db` in `dir` holding one record, closed, and its copy `copy.db`: the original's
+/// node id and the copy's path.
+fn file_and_copy(dir: &Path) -> (blazedb::NodeId, std::path::PathBuf) {
+    let a = open(dir, "a");
+    insert(&a, "one");
+    let original = a.node_id();
+    drop(a);
+    let copy = dir.join("copy.db");
+    copy_db(&dir.join("a.db"), &copy);
+    (original, copy)
+}
+
+/// Options of a handle that only reads: it leaves a copy as it is.
+fn looking() -> OpenOptions {
+    OpenOptions {
+        identify_copy: false,
+        ..OpenOptions::default()
+    }
+}
+
 fn labels(db: &Database) -> Vec<String> {
     let mut l: Vec<String> = db
         .query("c", &Query::default())
@@ -48,12 +68,7 @@ fn insert(db: &Database, label: &str) {
 #[test]
 fn a_copy_gets_a_node_id_of_its_own_at_its_first_open_and_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
-    let a = open(dir.path(), "a");
-    insert(&a, "one");
-    let original = a.node_id();
-    assert_eq!(a.copied_from(), None, "a new file is no copy");
-    drop(a);
-    copy_db(&dir.path().join("a.db"), &dir.path().join("copy.db"));
+    let (original, _) = file_and_copy(dir.path());
 
     let copy = open(dir.path(), "copy");
     assert_ne!(copy.node_id(), original);
@@ -67,17 +82,13 @@ fn a_copy_gets_a_node_id_of_its_own_at_its_first_open_and_keeps_it() {
 
     let a = open(dir.path(), "a");
     assert_eq!(a.node_id(), original, "the original keeps its id");
-    assert_eq!(a.copied_from(), None);
+    assert_eq!(a.copied_from(), None, "the original is no copy");
 }
 
 #[test]
 fn a_second_handle_opened_on_a_copy_meanwhile_gets_the_same_new_id() {
     let dir = tempfile::tempdir().unwrap();
-    let a = open(dir.path(), "a");
-    insert(&a, "one");
-    drop(a);
-    copy_db(&dir.path().join("a.db"), &dir.path().join("copy.db"));
-    let path = dir.path().join("copy.db");
+    let (_, path) = file_and_copy(dir.path());
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let path = path.clone();
@@ -326,17 +337,8 @@ fn a_file_and_its_copy_converge_through_a_hub_whatever_the_order() {
 #[test]
 fn an_open_that_does_not_identify_copies_leaves_a_copy_as_it_is() {
     let dir = tempfile::tempdir().unwrap();
-    let a = open(dir.path(), "a");
-    insert(&a, "one");
-    let original = a.node_id();
-    drop(a);
-    let path = dir.path().join("copy.db");
-    copy_db(&dir.path().join("a.db"), &path);
-    let look = OpenOptions {
-        identify_copy: false,
-        ..OpenOptions::default()
-    };
-    let copy = Database::open(&path, look).unwrap();
+    let (original, path) = file_and_copy(dir.path());
+    let copy = Database::open(&path, looking()).unwrap();
     assert_eq!((copy.node_id(), copy.copied_from()), (original, None));
     assert_eq!(labels(&copy), ["one"]);
     drop(copy);
@@ -412,17 +414,8 @@ fn a_rekey_of_a_file_with_two_names_is_refused_and_changes_nothing() {
 #[test]
 fn a_rekeyed_copy_not_yet_given_its_id_gets_it_at_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
-    let a = open(dir.path(), "a");
-    insert(&a, "one");
-    let original = a.node_id();
-    drop(a);
-    let path = dir.path().join("copy.db");
-    copy_db(&dir.path().join("a.db"), &path);
-    let look = OpenOptions {
-        identify_copy: false,
-        ..OpenOptions::default()
-    };
-    let mut copy = Database::open(&path, look).unwrap();
+    let (original, path) = file_and_copy(dir.path());
+    let mut copy = Database::open(&path, looking()).unwrap();
     copy.rekey(Some("s3cret")).unwrap();
     drop(copy);
     let copy = Database::open(&path, OpenOptions::with_password("s3cret")).unwrap();
