@@ -271,15 +271,12 @@ pub fn lock(failures: &Mutex<AuthFailures>) -> MutexGuard<'_, AuthFailures> {
 /// The address failures are counted under: an IPv4-mapped IPv6 address as its IPv4 one,
 /// another IPv6 address by its [`AUTH_FAILURE_IPV6_PREFIX_BITS`] prefix.
 fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mask = u128::MAX << (128 - u32::from(AUTH_FAILURE_IPV6_PREFIX_BITS));
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-            }
-        },
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX << (128 - u32::from(AUTH_FAILURE_IPV6_PREFIX_BITS));
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        v4 => v4,
     }
 }
 

@@ -49,7 +49,7 @@ pub struct TrustedProxy(IpNet);
 impl TrustedProxy {
     /// Whether `ip` is in this range.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.contains(&canonical(ip))
+        self.0.contains(&ip.to_canonical())
     }
 
     /// Whether this range holds every address of its family (`0.0.0.0/0`, `::/0`): then
@@ -124,7 +124,7 @@ impl TrustedProxies {
     /// Addresses are returned IPv4-mapped as their IPv4 address, so that a client counts
     /// once whichever way it arrived.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        let peer = canonical(peer);
+        let peer = peer.to_canonical();
         if !self.contains(peer) {
             return peer;
         }
@@ -174,20 +174,12 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
             ),
         },
     };
-    Some(canonical(ip))
-}
-
-/// An IPv4 client on a dual-stack socket arrives as `::ffff:a.b.c.d`: the same address as
-/// `a.b.c.d`.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
+    // An IPv4 client of a dual-stack proxy is `::ffff:a.b.c.d`: the same address as `a.b.c.d`.
+    Some(ip.to_canonical())
 }
 
 /// An IPv4-mapped IPv6 range (`::ffff:0:0/96` and narrower) as the IPv4 range it maps, since
-/// [`canonical`] addresses are matched against it.
+/// canonical addresses ([`IpAddr::to_canonical`]) are matched against it.
 fn canonical_net(net: IpNet) -> IpNet {
     const MAPPED_PREFIX_LEN: u8 = 96;
     match net {

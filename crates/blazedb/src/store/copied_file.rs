@@ -123,12 +123,14 @@ impl FileStamp {
     }
 }
 
+/// The stamp of the file SQLite opened (through its pin).
+fn stamp_of(pin: &FilePin) -> Option<FileStamp> {
+    pin.metadata().ok().and_then(|m| FileStamp::of(&m))
+}
+
 /// The stamp to store in a new file (see [`super::schema::create`]).
 pub(crate) fn stamp_of_new_file(pin: &FilePin) -> Option<String> {
-    pin.metadata()
-        .ok()
-        .and_then(|m| FileStamp::of(&m))
-        .map(|s| s.encode())
+    stamp_of(pin).map(|s| s.encode())
 }
 
 /// The stamp a rekey writes into its copy of `file` (the main database of `conn`) before
@@ -154,7 +156,7 @@ pub(crate) fn reidentify_if_copied(
     conn: &Connection,
     pin: &FilePin,
 ) -> rusqlite::Result<Option<NodeId>> {
-    let Some(here) = pin.metadata().ok().and_then(|m| FileStamp::of(&m)) else {
+    let Some(here) = stamp_of(pin) else {
         return Ok(None);
     };
     // Almost every open: the file is the one its stamp names, and nothing is written.
