@@ -91,7 +91,10 @@ async fn a_session_waits_for_a_long_lock_holder_without_stalling_its_runtime() {
 
     // Once the lock is free, the write arrives.
     release(holder).await;
-    assert_eq!(a.lock_held_for(), None);
+    // The long holder is gone; A's session may already hold the lock for its apply (a
+    // CI run, 2026-12-07, saw it held for 106 µs here), never for anything like the hold.
+    let held = a.lock_held_for();
+    assert!(held.is_none_or(|d| d < HOLD / 2), "{held:?}");
     topo.wait_caught_up(CONVERGE).await.unwrap();
     assert_eq!(
         a.get("msgs", id).unwrap().unwrap().fields.get("n"),
