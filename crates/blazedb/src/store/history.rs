@@ -230,12 +230,20 @@ impl EntryDating {
     }
 
     /// The seq of the commit that made the change of `key` written as `version`, if the
-    /// cell it wrote was met.
-    fn date(&self, key: &CellKey, version: Version) -> Option<Seq> {
-        match self.cells.get(key) {
+    /// cell it wrote was met. Never past the entry's own row seq (`row_seq`, the record's
+    /// seq once the entry was written): the cell met may be a later copy of the one the
+    /// entry wrote. GC drops a removal cell every peer has seen, and a peer may send that
+    /// same cell back (a restatement), stored then under a new seq; dated by that seq, the
+    /// entry of the original removal was undone for positions long after it, and a record
+    /// with a field unset years before looked as it was before the unset (simulation seed
+    /// 7037058: a partial replica was never sent a counter change, its record judged
+    /// outside the replica's filter by a field value GC had long removed).
+    fn date(&self, key: &CellKey, version: Version, row_seq: Seq) -> Option<Seq> {
+        let met = match self.cells.get(key) {
             Some(c) if c.version == version => Some(c.seq),
             _ => self.stored_at.get(&version).copied(),
-        }
+        };
+        met.map(|seq| seq.min(row_seq))
     }
 
     /// Undo an entry: `key` goes back to `replaced` (or goes, if it replaced nothing).
@@ -405,9 +413,13 @@ impl Inner {
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
             // Dated by the cell it wrote (see `EntryDating`); by its row where that cell
             // is not known.
-            let seq = match self.entry_version(r)?.and_then(|v| dating.date(&key, v)) {
+            let row_seq = Seq(r.get::<_, i64>(10)? as u64);
+            let seq = match self
+                .entry_version(r)?
+                .and_then(|v| dating.date(&key, v, row_seq))
+            {
                 Some(seq) => seq,
-                None => Seq(r.get::<_, i64>(10)? as u64),
+                None => row_seq,
             };
             if entries.len() >= PAST_ENTRIES_MAX {
                 stopped_at = seq;
@@ -599,7 +611,10 @@ impl Inner {
         let mut exact = true;
         let end = self.walk_history(coll, id, |_, r| {
             let key = key_from_bytes(&r.get::<_, Vec<u8>>(3)?)?;
-            let written = self.entry_version(r)?.and_then(|v| dating.date(&key, v));
+            let row_seq = Seq(r.get::<_, i64>(10)? as u64);
+            let written = self
+                .entry_version(r)?
+                .and_then(|v| dating.date(&key, v, row_seq));
             let Some(written) = written else {
                 exact = false;
                 return Ok(ControlFlow::Break(()));
@@ -1365,6 +1380,51 @@ mod tests {
             b.past_visibility("c", id, Seq(between.0 + 1), &mut visible)
                 .unwrap(),
             PastVisibility::NeverSeen
+        );
+    }
+
+    /// GC drops an unset field's removal cell once every peer has it, and a peer may send
+    /// the very same cell back later (a restatement), stored then under a new seq. The
+    /// unset's history entry is dated by its own commit, not by that later copy: the record
+    /// between the two has no `a`, never the value the unset removed long before (simulation
+    /// seed 7037058: judged by that value, the record looked outside a partial replica's
+    /// filter, and a counter change never reached it).
+    #[test]
+    fn a_removal_cell_collected_and_received_again_dates_its_entry_by_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (open(&dir, "a"), open(&dir, "b"));
+        let id = a.insert("c", [("a", Value::Int(3))]).unwrap();
+        a.update("c", id, Patch::new().unset("a")).unwrap();
+        let unset = a.last_seq().unwrap();
+        // A later write, so the removal is not the record's newest cell (GC keeps that one).
+        a.update("c", id, Patch::new().set("c", 0)).unwrap();
+        apply_all(&a, &b);
+        let report = a.gc(&crate::GcOptions::default()).unwrap();
+        assert_eq!(report.cells_pruned, 1, "{report:?}");
+        let collected = a.last_seq().unwrap();
+        let state = a.record_state("c", id).unwrap().unwrap();
+        assert!(state.cells().iter().all(|c| c.key.field() != Some("a")));
+        // `b` sends its copy of the removal back: stored here at a new seq.
+        apply_all(&b, &a);
+        let again = a.record_state("c", id).unwrap().unwrap();
+        let cell = again
+            .cells()
+            .iter()
+            .find(|c| c.key.field() == Some("a"))
+            .expect("the removal is back");
+        assert!(cell.seq > collected, "{cell:?}");
+        let no_a = BTreeMap::from([("c".to_string(), Value::Int(0))]);
+        assert_eq!(fields_at(&a, id, collected), Some(no_a.clone()));
+        assert_eq!(fields_at(&a, id, Seq(unset.0 + 1)), Some(no_a));
+        assert_eq!(
+            fields_at(&a, id, Seq(unset.0 - 1)),
+            Some(BTreeMap::from([("a".to_string(), Value::Int(3))]))
+        );
+        // And the past a filter on `a` is judged on: in view from the unset on.
+        let mut visible = |f: &BTreeMap<String, Value>| f.get("a") != Some(&Value::Int(3));
+        assert_eq!(
+            a.past_visibility("c", id, collected, &mut visible).unwrap(),
+            PastVisibility::Seen
         );
     }
 
