@@ -1595,3 +1595,68 @@ fn a_held_hello_is_the_first_frame_even_when_the_peers_hello_is_late() {
     pump(&server, &mut ss, &client, &mut sc);
     assert_eq!(client.count("notes").unwrap(), 1);
 }
+
+/// A file moved to another file system is a copy, and its open gives it a node id of its own
+/// (`copied_file.rs`); the writes it had not synced yet keep the old id. Refused by the
+/// server and evicted, they are still this file's own writes, kept as conflicts: they were
+/// left out (only cells under the current id counted), and with the original gone nothing
+/// held them any more.
+#[test]
+fn refused_writes_made_under_the_id_a_moved_file_had_are_kept_as_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = open(dir.path(), "s");
+    let (old_id, sneaky) = {
+        let client = open(dir.path(), "c");
+        let sneaky = client
+            .insert(
+                "admin",
+                [("x", Value::Int(3)), ("locked", Value::Bool(true))],
+            )
+            .unwrap();
+        (client.node_id(), sneaky)
+    };
+    // Moved elsewhere: a copy, and the original gone.
+    let (from, to) = (dir.path().join("c.db"), dir.path().join("moved.db"));
+    std::fs::copy(&from, &to).unwrap();
+    for f in [
+        from.clone(),
+        from.with_extension("db-wal"),
+        from.with_extension("db-shm"),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+    let client = open(dir.path(), "moved");
+    assert_eq!(client.copied_from(), Some(old_id));
+
+    let mut ss = Session::new(&server, server_cfg(), 0).unwrap();
+    let mut sc = Session::new(&client, client_cfg("t0k3n"), 0).unwrap();
+    pump(&server, &mut ss, &client, &mut sc);
+    assert!(server.get("admin", sneaky).unwrap().is_none());
+    assert!(client.get("admin", sneaky).unwrap().is_none(), "undone");
+    let mut lost: Vec<(String, Option<Value>)> = client
+        .conflicts(None)
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            assert_eq!(c.record, sneaky);
+            assert_eq!(c.loser_version.node, old_id);
+            assert_eq!(c.winner_version.node, server.node_id());
+            (c.cell, c.loser)
+        })
+        .collect();
+    lost.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        lost,
+        vec![
+            (
+                "$record".to_owned(),
+                Some(Value::Map(BTreeMap::from([
+                    ("locked".to_owned(), Value::Bool(true)),
+                    ("x".to_owned(), Value::Int(3)),
+                ])))
+            ),
+            ("locked".to_owned(), Some(Value::Bool(true))),
+            ("x".to_owned(), Some(Value::Int(3))),
+        ]
+    );
+}

@@ -562,9 +562,14 @@ fn field_cell_prefixes(field: &str) -> (Vec<u8>, i64, Vec<u8>, Vec<u8>) {
     (plain, n, prefix(2), prefix(3))
 }
 
-/// Record the cells of `state` written here (`own`) past `refused.after` as conflicts lost
-/// to `refused.peer`: the winner is "absent" (the peer holds none of it), so resolving one
-/// with `None` drops it and with a value writes it again (where the rules now allow it).
+/// Record the cells of `state` written here past `refused.after` as conflicts lost to
+/// `refused.peer`: the winner is "absent" (the peer holds none of it), so resolving one with
+/// `None` drops it and with a value writes it again (where the rules now allow it).
+///
+/// Written here: under our node id (`own`), or under an id this file had before an open
+/// found it to be a copy and gave it its own (`copied_file.rs`). Those the feed shows as
+/// local writes (`src` 0); a file moved to another file system with writes not yet synced
+/// lost them unrecorded when the peer refused them.
 fn keep_refused_as_conflicts(
     inner: &mut Inner,
     coll: i64,
@@ -577,7 +582,10 @@ fn keep_refused_as_conflicts(
     use crate::Version;
     let policy = inner.policies.get(&coll).cloned();
     for cell in state.cells() {
-        if cell.version.node != own || cell.seq <= refused.after {
+        if cell.seq <= refused.after {
+            continue;
+        }
+        if cell.version.node != own && feed_src(inner, cell.seq, coll, id)? != Some(0) {
             continue;
         }
         let absent = match cell.value {
