@@ -77,6 +77,7 @@ async fn untrusted_server_certificates_are_refused_unless_danger() {
                     cert_pem: other.client_cert.clone(),
                     key_pem: other.client_key.clone(),
                     client_ca_pem: None,
+                    client_crl_pem: Vec::new(),
                 }),
                 ..ListenConfig::default()
             },

@@ -120,6 +120,10 @@ pub struct TlsFiles {
     /// in this PEM file (mutual TLS), on HTTPS/WSS and on TLS over TCP alike; credentials
     /// (token or JWT) are still checked.
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists of that CA (`--tls-client-crl`, PEM): client
+    /// certificates on them are refused, read again whenever a file changes
+    /// ([`blazedb_net::transport::tls::RevocationChecked`]).
+    pub client_crls: Vec<PathBuf>,
 }
 
 /// Limits and timeouts a deployment may want to change; every other limit is a constant in

@@ -48,7 +48,7 @@ pub(crate) struct LogThrottle {
 /// What a throttled line reports: its event and reason. Each key has a budget and a summary
 /// of its own, so a flood of one kind (bad tokens in HELLO over TCP) hides neither the first
 /// lines nor the count of another (bad tokens on `/v1/sync`). A fixed set: 7 close reasons,
-/// 9 request refusals, 2 connection limits.
+/// 9 request refusals, 2 connection limits, refused client certificates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum LogKey {
     /// `session_closed`: a session that ended badly, by its close reason.
@@ -57,6 +57,9 @@ pub(crate) enum LogKey {
     Request(RequestRefusal),
     /// `connection_refused`: a connection refused for a connection limit.
     Connection(Refused),
+    /// `tls_refused`: a TLS handshake that failed on the client's certificate (mutual TLS:
+    /// none, another CA's, expired, revoked, or a revocation list that cannot be read).
+    TlsClientCertificate,
 }
 
 /// Why an HTTP request was refused before it reached a session or a query began, or a query
@@ -152,6 +155,7 @@ impl LogKey {
             LogKey::Closed(_) => "session_closed",
             LogKey::Request(_) => "request_refused",
             LogKey::Connection(_) => "connection_refused",
+            LogKey::TlsClientCertificate => "tls_refused",
         }
     }
 
@@ -161,6 +165,7 @@ impl LogKey {
             LogKey::Closed(reason) => reason.as_str(),
             LogKey::Request(refusal) => refusal.code(),
             LogKey::Connection(why) => why.code(),
+            LogKey::TlsClientCertificate => "client_certificate",
         }
     }
 }

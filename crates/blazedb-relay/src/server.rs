@@ -671,13 +671,15 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     let answer = plaintext::tls_required_http_response;
-                    if let Ok(Ok(s)) = tokio::time::timeout(
+                    match tokio::time::timeout(
                         handshake,
                         plaintext::accept_tls(&acceptor, stream, answer),
                     )
                     .await
                     {
-                        serve_http(st, s, slot, peer.ip(), status_only).await;
+                        Ok(Ok(s)) => serve_http(st, s, slot, peer.ip(), status_only).await,
+                        Ok(Err(e)) => st.record_tls_failure(&e, peer.ip()),
+                        Err(_) => {}
                     }
                 }
             }
@@ -887,14 +889,18 @@ async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcc
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     let answer = plaintext::tls_required_frame;
-                    if let Ok(Ok(s)) = tokio::time::timeout(
+                    match tokio::time::timeout(
                         handshake,
                         plaintext::accept_tls(&acceptor, stream, answer),
                     )
                     .await
                     {
-                        crate::session::run(st, s, Transport::Tcp, None, slot, Some(peer.ip()))
-                            .await;
+                        Ok(Ok(s)) => {
+                            crate::session::run(st, s, Transport::Tcp, None, slot, Some(peer.ip()))
+                                .await
+                        }
+                        Ok(Err(e)) => st.record_tls_failure(&e, peer.ip()),
+                        Err(_) => {}
                     }
                 }
             }

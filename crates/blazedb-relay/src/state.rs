@@ -169,6 +169,28 @@ impl State {
         });
     }
 
+    /// Log a TLS handshake that failed on the client's certificate (throttled: a device with
+    /// a revoked certificate retries). Other failed handshakes are not logged: port scanners
+    /// and clients that give up make most of them.
+    pub fn record_tls_failure(
+        &self,
+        e: &blazedb_net::transport::plaintext::TlsAcceptError,
+        client: IpAddr,
+    ) {
+        if !e.client_certificate_refused() {
+            return;
+        }
+        let key = LogKey::TlsClientCertificate;
+        self.log_throttled(key, Some(client), || {
+            serde_json::json!({
+                "event": key.event(),
+                "client": client.to_string(),
+                "reason": key.reason(),
+                "message": e.to_string(),
+            })
+        });
+    }
+
     /// What a client refused a slot is told.
     pub fn refusal_message(&self, why: Refused) -> String {
         why.message(self.slots.per_address_max())

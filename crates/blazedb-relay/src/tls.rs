@@ -18,6 +18,7 @@ pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, RelayEr
         cert_pem: files.cert.clone(),
         key_pem: files.key.clone(),
         client_ca_pem: files.client_ca.clone(),
+        client_crl_pem: files.client_crls.clone(),
     };
     let config = options.server_config().map_err(|e| {
         // `RelayError::Tls` says "TLS: " already; the transport's own prefix would repeat it.

@@ -51,6 +51,7 @@ async fn tls_relay(connections_max: usize) -> TestRelay {
             cert: fixtures().join("tls_cert.pem"),
             key: fixtures().join("tls_key.pem"),
             client_ca: None,
+            client_crls: Vec::new(),
         });
         c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
         c.limits.connections_max = connections_max;

@@ -115,6 +115,7 @@ async fn configuration_errors_are_reported_before_serving() {
             cert: PathBuf::from("/nonexistent/cert.pem"),
             key: PathBuf::from("/nonexistent/key.pem"),
             client_ca: None,
+            client_crls: Vec::new(),
         }),
         ..config(&dir)
     })
@@ -220,6 +221,7 @@ async fn mixed_up_key_files_an_empty_or_short_token_and_a_busy_port_say_what_to_
             cert: fixtures.join("tls_key.pem"),
             key: fixtures.join("tls_cert.pem"),
             client_ca: None,
+            client_crls: Vec::new(),
         }),
         ..config(&dir)
     })
@@ -236,6 +238,7 @@ async fn mixed_up_key_files_an_empty_or_short_token_and_a_busy_port_say_what_to_
             cert: fixtures.join("tls_cert.pem"),
             key: fixtures.join("tls_cert.pem"),
             client_ca: None,
+            client_crls: Vec::new(),
         }),
         ..config(&dir)
     })

@@ -46,6 +46,7 @@ async fn start_tls_relay() -> TestRelay {
             cert: fixtures().join("tls_cert.pem"),
             key: fixtures().join("tls_key.pem"),
             client_ca: None,
+            client_crls: Vec::new(),
         });
         c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -148,6 +149,7 @@ fn make_pki(
         cert: write("server.pem", &sc),
         key: write("server.key", &sk),
         client_ca: Some(ca_pem.clone()),
+        client_crls: Vec::new(),
     };
     (
         ca_pem,

@@ -58,6 +58,13 @@ pub struct ListenArgs {
     /// Require client certificates signed by a CA in this PEM file.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Refuse client certificates on this certificate revocation list (PEM, from the CA of
+    /// --tls-client-ca); repeat for more. Read again whenever the file changes, so a revoked
+    /// device is refused at its next connection without a restart (its open session stays).
+    /// Replace the file by renaming a new one over it: while a list cannot be read, every
+    /// client certificate is refused.
+    #[arg(long, value_name = "FILE", requires = "tls_client_ca")]
+    pub tls_client_crl: Vec<PathBuf>,
     /// What this database does with its peers: both, push (only send) or pull (only
     /// receive).
     #[arg(long, default_value = "both")]
@@ -148,6 +155,7 @@ pub fn run(ctx: &Context, args: &ListenArgs) -> Result<()> {
             cert_pem: cert.clone(),
             key_pem: key.clone(),
             client_ca_pem: args.tls_client_ca.clone(),
+            client_crl_pem: args.tls_client_crl.clone(),
         }),
         _ => None,
     };

@@ -90,6 +90,13 @@ pub struct ServeArgs {
     /// Require client certificates signed by a CA in this PEM file (mutual TLS).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Refuse client certificates on this certificate revocation list (PEM, from the CA of
+    /// --tls-client-ca); repeat for more. Read again whenever the file changes, so a revoked
+    /// device is refused at its next connection without a restart (its open session stays).
+    /// Replace the file by renaming a new one over it: while a list cannot be read, every
+    /// client certificate is refused.
+    #[arg(long, value_name = "FILE", requires = "tls_client_ca")]
+    pub tls_client_crl: Vec<PathBuf>,
     /// Allow browsers from this origin (e.g. https://app.example.com, tauri://localhost,
     /// chrome-extension://ID, or null for pages from file://); repeat for more. Without any,
     /// every origin may connect when credentials are required; without credentials, only
@@ -278,6 +285,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: args.tls_client_ca.clone(),
+                client_crls: args.tls_client_crl.clone(),
             }),
             _ => None,
         },

@@ -223,11 +223,15 @@ pub fn client_certificate_refusal(e: &io::Error) -> Option<&'static str> {
             "the peer requires a TLS client certificate: pass one signed by a CA it trusts \
              with --tls-client-cert and --tls-client-key"
         }
+        Alert::CertificateRevoked => {
+            "the peer revoked this client's TLS certificate (it is on the peer's revocation \
+             list): ask its administrator for a new one and pass it with --tls-client-cert and \
+             --tls-client-key"
+        }
         Alert::UnknownCA
         | Alert::BadCertificate
         | Alert::UnsupportedCertificate
-        | Alert::CertificateUnknown
-        | Alert::CertificateRevoked => {
+        | Alert::CertificateUnknown => {
             "the peer refused this client's TLS certificate: pass one signed by a CA the peer \
              trusts with --tls-client-cert and --tls-client-key"
         }

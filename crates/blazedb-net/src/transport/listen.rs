@@ -610,7 +610,7 @@ async fn serve(shared: Arc<Shared>, socket: Incoming) {
             };
             match handshake {
                 Ok(Ok(s)) => Box::new(s),
-                Ok(Err(e)) => return ended(&shared, id, remote, None, Some(e)),
+                Ok(Err(e)) => return ended(&shared, id, remote, None, Some(e.to_string())),
                 Err(_) => {
                     let e = format!("TLS handshake not done within {limit:?}");
                     return ended(&shared, id, remote, None, Some(e));

@@ -50,18 +50,62 @@ pub async fn accept_tls(
     acceptor: &TlsAcceptor,
     socket: TcpStream,
     answer: fn() -> Vec<u8>,
-) -> Result<TlsStream<TcpStream>, String> {
+) -> Result<TlsStream<TcpStream>, TlsAcceptError> {
+    let failed = |e: std::io::Error| TlsAcceptError {
+        message: format!("TLS: {e}"),
+        client_certificate: refuses_client_certificate(&e),
+    };
     match opens_with_tls(&socket).await {
-        Ok(true) => acceptor
-            .accept(socket)
-            .await
-            .map_err(|e| format!("TLS: {e}")),
+        Ok(true) => acceptor.accept(socket).await.map_err(failed),
         Ok(false) => {
             answer_and_close(socket, &answer()).await;
-            Err("TLS: the client did not open with a TLS handshake (told to use TLS)".into())
+            Err(TlsAcceptError {
+                message: "TLS: the client did not open with a TLS handshake (told to use TLS)"
+                    .into(),
+                client_certificate: false,
+            })
         }
-        Err(e) => Err(format!("TLS: {e}")),
+        Err(e) => Err(failed(e)),
     }
+}
+
+/// Why [`accept_tls`] did not accept a connection; displayed, what the listener logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsAcceptError {
+    message: String,
+    client_certificate: bool,
+}
+
+impl TlsAcceptError {
+    /// Whether the handshake failed on the client's certificate: none given where one is
+    /// required, not from the client CA, expired, revoked, or not judged because a
+    /// revocation list cannot be read. An operator wants to see these (a device locked out,
+    /// a list gone bad); handshakes that fail otherwise are mostly scanners and noise.
+    pub fn client_certificate_refused(&self) -> bool {
+        self.client_certificate
+    }
+}
+
+impl std::fmt::Display for TlsAcceptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether a failed server handshake failed on the client's certificate (see
+/// [`TlsAcceptError::client_certificate_refused`]). `General` is what a client certificate
+/// verifier answers when it cannot judge at all (`tls::RevocationChecked` with a list it
+/// cannot read); rustls itself raises it for nothing a client sends.
+fn refuses_client_certificate(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::General(_)
+        )
+    )
 }
 
 /// The ERROR frame a sync client that connected without TLS to a TLS port gets. `Forbidden`,

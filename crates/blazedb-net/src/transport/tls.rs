@@ -2,7 +2,9 @@
 //! files.
 //!
 //! - Server: a certificate chain and its key; optionally a CA whose certificates clients
-//!   must present ([`TlsServerOptions::client_ca_pem`]).
+//!   must present ([`TlsServerOptions::client_ca_pem`]), and revocation lists of certificates
+//!   no longer accepted ([`TlsServerOptions::client_crl_pem`]), read again whenever they
+//!   change.
 //! - Client: trusts the built-in web roots, or only the CA in [`TlsClientOptions::ca_pem`]
 //!   when one is given (a private CA, a self-signed development certificate); optionally
 //!   presents a client certificate. [`TlsClientOptions::danger_accept_invalid_certs`] skips
@@ -18,9 +20,15 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::transport::TransportError;
@@ -34,6 +42,9 @@ pub struct TlsServerOptions {
     pub key_pem: PathBuf,
     /// When set, clients must present a certificate signed by a CA in this PEM file.
     pub client_ca_pem: Option<PathBuf>,
+    /// PEM files of certificate revocation lists (CRLs) of that CA (with `client_ca_pem`):
+    /// a client certificate on one is refused. See [`RevocationChecked`].
+    pub client_crl_pem: Vec<PathBuf>,
 }
 
 /// TLS settings of a client.
@@ -60,16 +71,30 @@ impl TlsServerOptions {
             .with_safe_default_protocol_versions()
             .map_err(|e| TransportError::TlsOptions(e.to_string()))?;
         let builder = match &self.client_ca_pem {
+            None if !self.client_crl_pem.is_empty() => {
+                return Err(TransportError::TlsOptions(
+                    "revocation lists apply to client certificates: give the CA that signs \
+                     them too (--tls-client-ca)"
+                        .into(),
+                ))
+            }
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let roots = Arc::new(roots(ca)?);
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| TransportError::TlsConfig {
-                        path: ca.clone(),
-                        reason: e.to_string(),
-                    })?;
-                builder.with_client_cert_verifier(verifier)
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                        .build()
+                        .map_err(|e| TransportError::TlsConfig {
+                            path: ca.clone(),
+                            reason: e.to_string(),
+                        })?;
+                if self.client_crl_pem.is_empty() {
+                    builder.with_client_cert_verifier(verifier)
+                } else {
+                    let checked =
+                        RevocationChecked::new(verifier, roots, provider, &self.client_crl_pem)?;
+                    builder.with_client_cert_verifier(Arc::new(checked))
+                }
             }
         };
         let config =
@@ -141,6 +166,177 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TransportError> {
         url: host.to_owned(),
         reason: format!("not a valid TLS server name: {e}"),
     })
+}
+
+/// Client certificates checked against revocation lists (CRLs) that are read again when
+/// they change, so that revoking a lost device's certificate takes effect at its next
+/// connection without restarting the server (sessions already open stay: end them by
+/// restarting, or let them end). Each handshake looks at the files' size, modification time
+/// and inode (a `stat` each, negligible beside the handshake's signatures); a changed file
+/// is parsed again before the certificate is judged.
+///
+/// Only the client's own certificate is looked up (intermediates are not), and a list must
+/// cover it: a certificate of an issuer none of the lists is from is refused, as is every
+/// client while a list cannot be read or parsed (replace a list by writing a new file and
+/// renaming it over the old one, never in place). Failing closed is the point: a list given
+/// is a promise that what it revokes stays out, and "could not read it" must not turn into
+/// "let everyone in". A list past its `nextUpdate` is still applied (a CA that is late
+/// publishing should not lock every device out).
+#[derive(Debug)]
+pub struct RevocationChecked {
+    /// The CA check without revocation: hints, handshake signatures and schemes (which
+    /// revocation does not change).
+    plain: Arc<dyn ClientCertVerifier>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    paths: Vec<PathBuf>,
+    loaded: std::sync::Mutex<LoadedLists>,
+}
+
+#[derive(Debug)]
+struct LoadedLists {
+    /// What each file looked like when read (`None`: it could not be looked at).
+    stamps: Vec<Option<FileStamp>>,
+    /// The verifier with those lists, or why there is none.
+    verifier: Result<Arc<dyn ClientCertVerifier>, String>,
+}
+
+/// What tells a file changed without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        len: m.len(),
+        modified: m.modified().ok(),
+        inode: m.ino(),
+    })
+}
+
+impl RevocationChecked {
+    /// Read the lists now: a server does not start with one it cannot use.
+    fn new(
+        plain: Arc<dyn ClientCertVerifier>,
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+        paths: &[PathBuf],
+    ) -> Result<RevocationChecked, TransportError> {
+        let checked = RevocationChecked {
+            plain,
+            roots,
+            provider,
+            paths: paths.to_vec(),
+            loaded: std::sync::Mutex::new(LoadedLists {
+                stamps: Vec::new(),
+                verifier: Err(String::new()),
+            }),
+        };
+        let stamps = checked.stamps();
+        let verifier = checked
+            .build()
+            .map_err(|(path, reason)| TransportError::TlsConfig { path, reason })?;
+        *checked.loaded.lock().unwrap_or_else(|e| e.into_inner()) = LoadedLists {
+            stamps,
+            verifier: Ok(verifier),
+        };
+        Ok(checked)
+    }
+
+    fn stamps(&self) -> Vec<Option<FileStamp>> {
+        self.paths.iter().map(|p| file_stamp(p)).collect()
+    }
+
+    /// A verifier with the lists as the files hold them now; on failure, the file and why.
+    fn build(&self) -> Result<Arc<dyn ClientCertVerifier>, (PathBuf, String)> {
+        let mut crls = Vec::new();
+        for path in &self.paths {
+            let bad = |reason: String| (path.clone(), reason);
+            let before = crls.len();
+            for crl in CertificateRevocationListDer::pem_file_iter(path)
+                .map_err(|e| bad(format!("cannot read the revocation list: {e}")))?
+            {
+                crls.push(crl.map_err(|e| bad(format!("not a PEM revocation list file: {e}")))?);
+            }
+            if crls.len() == before {
+                return Err(bad(
+                    "no X509 CRL block in the file: give the certificate revocation list \
+                     (PEM, `-----BEGIN X509 CRL-----`) of the CA that signs client certificates"
+                        .into(),
+                ));
+            }
+        }
+        WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .build()
+            .map_err(|e| {
+                (
+                    self.paths[0].clone(),
+                    format!("the revocation lists cannot be used with the client CA: {e}"),
+                )
+            })
+    }
+
+    /// The verifier for the lists as they are now, read again if a file changed.
+    fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let stamps = self.stamps();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.stamps != stamps {
+            loaded.verifier = self.build().map_err(|(path, reason)| {
+                format!(
+                    "{}: {reason}; every client certificate is refused until the list can be \
+                     read",
+                    path.display()
+                )
+            });
+            loaded.stamps = stamps;
+        }
+        loaded.verifier.clone().map_err(rustls::Error::General)
+    }
+}
+
+impl ClientCertVerifier for RevocationChecked {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.plain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.plain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.plain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.plain.supported_verify_schemes()
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -38,6 +38,7 @@ impl Pki {
             cert_pem: self.server_cert.clone(),
             key_pem: self.server_key.clone(),
             client_ca_pem: require_client_certs.then(|| self.ca_pem.clone()),
+            client_crl_pem: Vec::new(),
         }
     }
 }
@@ -97,6 +98,7 @@ pub fn self_signed_ca_server(dir: &Path, prefix: &str) -> TlsServerOptions {
         cert_pem,
         key_pem,
         client_ca_pem: None,
+        client_crl_pem: Vec::new(),
     }
 }
 

@@ -1,0 +1,264 @@
+//! A listener requiring client certificates refuses those on its revocation lists
+//! (`TlsServerOptions::client_crl_pem`), and reads a list again when its file changes: a
+//! device revoked while the listener runs is refused at its next connection, no restart. A
+//! list it cannot read refuses every client certificate until it can (failing closed), and
+//! a list that cannot cover a client's certificate (another CA's) refuses it too. A server
+//! does not start with a list it cannot use.
+
+mod common;
+mod transport_common;
+
+use std::path::{Path, PathBuf};
+
+use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions};
+use blazedb_net::{sync_once, ClientOptions, Endpoint};
+use common::{count, fill, open};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
+    IsCa, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
+};
+use transport_common::{listen_tcp, TEST_LIMIT};
+
+/// A CA, and the files of what it signed.
+struct Ca {
+    name: &'static str,
+    cert: Certificate,
+    key: KeyPair,
+    pem: PathBuf,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &'static str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        let cert = params.self_signed(&key).unwrap();
+        let pem = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&pem, cert.pem()).unwrap();
+        Ca {
+            name,
+            cert,
+            key,
+            pem,
+        }
+    }
+
+    /// A certificate with serial number `serial` for `names`, and its key: two PEM files.
+    fn leaf(&self, dir: &Path, names: &[&str], serial: u8) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.serial_number = Some(SerialNumber::from_slice(&[serial]));
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let path = |what: &str| dir.join(format!("{}-{serial}-{what}.pem", self.name));
+        std::fs::write(path("cert"), cert.pem()).unwrap();
+        std::fs::write(path("key"), key.serialize_pem()).unwrap();
+        (path("cert"), path("key"))
+    }
+
+    /// This CA's revocation list of `serials`, as PEM.
+    fn crl(&self, number: u8, serials: &[u8]) -> String {
+        let revoked_certs = serials
+            .iter()
+            .map(|s| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&[*s]),
+                revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect();
+        CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: SerialNumber::from_slice(&[number]),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.cert, &self.key)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
+/// Replace `path` as an operator should: a new file renamed over it.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn client(ca: &Path, cert: &(PathBuf, PathBuf)) -> ClientOptions {
+    ClientOptions {
+        connect: ConnectOptions {
+            tls: TlsClientOptions {
+                ca_pem: Some(ca.to_path_buf()),
+                client_cert_pem: Some(cert.0.clone()),
+                client_key_pem: Some(cert.1.clone()),
+                ..TlsClientOptions::default()
+            },
+            ..ConnectOptions::default()
+        },
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_certificates_are_refused_and_lists_are_read_again() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = Ca::new(d, "ours");
+        let (server_cert, server_key) = ca.leaf(d, &["127.0.0.1", "localhost"], 1);
+        let laptop = ca.leaf(d, &["laptop.test"], 2);
+        let phone = ca.leaf(d, &["phone.test"], 3);
+        let crl = d.join("ours.crl.pem");
+        std::fs::write(&crl, ca.crl(1, &[3])).unwrap();
+
+        let (a, b) = (open(d, "a"), open(d, "b"));
+        fill(&a, "c", 10, 10, "a");
+        let tls = TlsServerOptions {
+            cert_pem: server_cert.clone(),
+            key_pem: server_key.clone(),
+            client_ca_pem: Some(ca.pem.clone()),
+            client_crl_pem: vec![crl.clone()],
+        };
+        let listener = listen_tcp(
+            b.clone(),
+            ListenConfig {
+                tls: Some(tls.clone()),
+                ..ListenConfig::default()
+            },
+        )
+        .await;
+        let url: Endpoint = listener.urls()[0].parse().unwrap();
+
+        // The phone is on the list; the laptop is not.
+        let e = sync_once(a.clone(), &url, &client(&ca.pem, &phone))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("revoked this client's TLS certificate"), "{e}");
+        assert!(e.contains("--tls-client-cert"), "{e}");
+        assert_eq!(count(&b, "c"), 0, "nothing flowed from the revoked phone");
+        sync_once(a.clone(), &url, &client(&ca.pem, &laptop))
+            .await
+            .unwrap();
+        assert_eq!(count(&b, "c"), 10);
+
+        // The laptop is lost: the CA's next list names it too. The running listener refuses
+        // it at its next connection.
+        replace(&crl, &ca.crl(2, &[2, 3]));
+        let e = sync_once(a.clone(), &url, &client(&ca.pem, &laptop))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("revoked this client's TLS certificate"), "{e}");
+
+        // A list that cannot be read refuses everyone (failing closed), until it can be again.
+        let unrevoked = ca.leaf(d, &["tablet.test"], 4);
+        replace(
+            &crl,
+            "-----BEGIN X509 CRL-----\nnot base64 at all\n-----END X509 CRL-----\n",
+        );
+        assert!(sync_once(a.clone(), &url, &client(&ca.pem, &unrevoked))
+            .await
+            .is_err());
+        std::fs::remove_file(&crl).unwrap();
+        assert!(sync_once(a.clone(), &url, &client(&ca.pem, &unrevoked))
+            .await
+            .is_err());
+        replace(&crl, &ca.crl(3, &[2, 3]));
+        sync_once(a.clone(), &url, &client(&ca.pem, &unrevoked))
+            .await
+            .unwrap();
+        listener.shutdown().await;
+
+        // A list of another CA only: the status of our clients' certificates is unknown, and
+        // they are refused rather than let in unchecked.
+        let other = Ca::new(d, "other");
+        let other_crl = d.join("other.crl.pem");
+        std::fs::write(&other_crl, other.crl(1, &[])).unwrap();
+        let listener = listen_tcp(
+            b.clone(),
+            ListenConfig {
+                tls: Some(TlsServerOptions {
+                    client_crl_pem: vec![other_crl.clone()],
+                    ..tls.clone()
+                }),
+                ..ListenConfig::default()
+            },
+        )
+        .await;
+        let url: Endpoint = listener.urls()[0].parse().unwrap();
+        let e = sync_once(a.clone(), &url, &client(&ca.pem, &unrevoked))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refused this client's TLS certificate"), "{e}");
+        // Both lists given: ours decides.
+        listener.shutdown().await;
+        let listener = listen_tcp(
+            b.clone(),
+            ListenConfig {
+                tls: Some(TlsServerOptions {
+                    client_crl_pem: vec![other_crl.clone(), crl.clone()],
+                    ..tls.clone()
+                }),
+                ..ListenConfig::default()
+            },
+        )
+        .await;
+        let url: Endpoint = listener.urls()[0].parse().unwrap();
+        sync_once(a.clone(), &url, &client(&ca.pem, &unrevoked))
+            .await
+            .unwrap();
+        listener.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}
+
+/// A server does not start with a list it cannot use, and says which file and why.
+#[test]
+fn unusable_lists_stop_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = Ca::new(d, "ours");
+    let (cert_pem, key_pem) = ca.leaf(d, &["127.0.0.1"], 1);
+    let with = |client_ca: Option<PathBuf>, crl: PathBuf| TlsServerOptions {
+        cert_pem: cert_pem.clone(),
+        key_pem: key_pem.clone(),
+        client_ca_pem: client_ca,
+        client_crl_pem: vec![crl],
+    };
+    let missing = d.join("missing.crl.pem");
+    let e = with(Some(ca.pem.clone()), missing.clone())
+        .server_config()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing.crl.pem") && e.contains("cannot read"),
+        "{e}"
+    );
+    // A certificate where the list should be.
+    let e = with(Some(ca.pem.clone()), cert_pem.clone())
+        .server_config()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no X509 CRL block"), "{e}");
+    // A list without the CA it belongs with.
+    let crl = d.join("ours.crl.pem");
+    std::fs::write(&crl, ca.crl(1, &[])).unwrap();
+    let e = with(None, crl.clone())
+        .server_config()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--tls-client-ca"), "{e}");
+    with(Some(ca.pem.clone()), crl).server_config().unwrap();
+}
