@@ -170,41 +170,45 @@ fn a_relay_does_not_start_with_a_list_it_cannot_use() {
     let ca_pem = d.join("ca.pem");
     std::fs::write(&ca_pem, ca.cert.pem()).unwrap();
     let (server_cert, server_key) = ca.leaf(d, "server", &["127.0.0.1"], 1);
+    // `blazedb serve` with TLS, these more arguments: its exit code and stderr.
+    let serve = |data: &str, more: &[&std::ffi::OsStr]| {
+        let out = blazedb()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(d.join(data))
+            .args(["--token", TOKEN, "--tls-cert"])
+            .arg(&server_cert)
+            .arg("--tls-key")
+            .arg(&server_key)
+            .args(more)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
     // The server certificate given where the list should be.
-    let out = blazedb()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(d.join("data"))
-        .args(["--token", TOKEN, "--tls-cert"])
-        .arg(&server_cert)
-        .arg("--tls-key")
-        .arg(&server_key)
-        .arg("--tls-client-ca")
-        .arg(&ca_pem)
-        .arg("--tls-client-crl")
-        .arg(&server_cert)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_ne!(out.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = serve(
+        "data",
+        &[
+            "--tls-client-ca".as_ref(),
+            ca_pem.as_os_str(),
+            "--tls-client-crl".as_ref(),
+            server_cert.as_os_str(),
+        ],
+    );
+    assert_ne!(code, Some(0));
     assert!(
         stderr.contains("server.pem") && stderr.contains("no X509 CRL block"),
         "{stderr}"
     );
     // Without --tls-client-ca the option is refused by the command line itself.
-    let out = blazedb()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(d.join("data2"))
-        .args(["--token", TOKEN, "--tls-cert"])
-        .arg(&server_cert)
-        .arg("--tls-key")
-        .arg(&server_key)
-        .arg("--tls-client-crl")
-        .arg(&server_cert)
-        .output()
-        .unwrap();
-    assert_ne!(out.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = serve(
+        "data2",
+        &["--tls-client-crl".as_ref(), server_cert.as_os_str()],
+    );
+    assert_ne!(code, Some(0));
     assert!(stderr.contains("--tls-client-ca"), "{stderr}");
 }
