@@ -31,6 +31,9 @@
 //! [`WS_MESSAGE_BYTES_MAX`]) before the adapter sees any of it, so without the budget an
 //! unauthenticated client could make the server buffer 8 MiB before any check of its HELLO;
 //! raw TCP refuses such a first frame from its length prefix alone (docs/PROTOCOL.md §4).
+//! Messages that carry no protocol bytes (pings, pongs, empty messages) give their bytes back
+//! to the budget once read: tungstenite holds nothing of them, and their number is bounded
+//! by the rate above.
 //!
 //! Use [`websocket_config`] for both ends: it sets the message and frame limits to one
 //! protocol frame (tungstenite's defaults accept 64 MiB messages) and small buffers. This
@@ -161,6 +164,10 @@ pub struct WsStream<S> {
     /// An input error met after bytes were already handed out in the same read: reported
     /// by the next read.
     read_failed: Option<io::Error>,
+    /// The WebSocket returned an error. tokio-tungstenite ends its stream after any error
+    /// (`None` from then on), which is not the peer's close: reads fail from then on instead
+    /// of reporting the end of the stream.
+    ws_failed: bool,
     /// Bytes written and not yet handed to the WebSocket: complete frames first, then at
     /// most one incomplete frame.
     pending: BytesMut,
@@ -180,6 +187,8 @@ pub struct WsStream<S> {
 /// under the WebSocket once it is whole.
 struct FirstFrame<S> {
     lift: fn(&mut S),
+    /// Give bytes read back to the budget: a message without protocol bytes was consumed.
+    refund: fn(&mut S, usize),
     /// The frame's first bytes, where its length prefix is (at most 10 bytes).
     head: [u8; 10],
     /// Protocol bytes received so far.
@@ -225,6 +234,7 @@ where
             read: Bytes::new(),
             read_eof: false,
             read_failed: None,
+            ws_failed: false,
             pending: BytesMut::new(),
             messages_sent: 0,
             close_sent: false,
@@ -275,6 +285,7 @@ where
         let mut stream = WsStream::new(ws);
         stream.first_frame = Some(FirstFrame {
             lift: FirstFrameBudget::lift,
+            refund: FirstFrameBudget::refund,
             head: [0; 10],
             received: 0,
         });
@@ -327,6 +338,15 @@ where
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => true,
                 _ => false,
             };
+            if let (true, Some(first), Some(Ok(m))) = (empty, &this.first_frame, &message) {
+                // Such a message is consumed whole: its bytes no longer count against the
+                // first frame's budget, which bounds what tungstenite holds. Without this, a
+                // client pinging after the relay's ERROR (which the relay reads and discards
+                // until the client's close) exhausted the budget; tokio-tungstenite then
+                // ended its stream, the relay took that for the client's close and reset the
+                // connection with the client's pings unread, destroying the ERROR unread.
+                (first.refund)(this.ws.get_mut(), client_message_bytes_min(m));
+            }
             if empty && !this.empty_budget.take(tokio::time::Instant::now()) {
                 this.read_failed = Some(
                     WsInputError {
@@ -363,16 +383,37 @@ where
                         .into_io(),
                     )
                 }
+                None if this.ws_failed => {
+                    this.read_failed = Some(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the WebSocket failed on an earlier error: no more input can be read",
+                    ))
+                }
                 Some(Ok(WsMessage::Close(_))) | None => this.read_eof = true,
                 // Pings are answered by tungstenite; pongs and raw frames carry nothing.
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
                 Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
                     this.read_eof = true
                 }
-                Some(Err(e)) => this.read_failed = Some(read_error(e)),
+                Some(Err(e)) => {
+                    this.ws_failed = true;
+                    this.read_failed = Some(read_error(e));
+                }
             }
         }
     }
+}
+
+/// The fewest bytes a client's message without protocol bytes (a ping, a pong, an empty
+/// binary message) took on the wire: a two-byte header, the four-byte mask a client must
+/// send, and the payload. Never more than it took (a longer length encoding, or a message
+/// in fragments, took more), so a refund of it never grows a budget past what was read.
+fn client_message_bytes_min(m: &WsMessage) -> usize {
+    let payload = match m {
+        WsMessage::Ping(p) | WsMessage::Pong(p) => p.len(),
+        _ => 0,
+    };
+    2 + 4 + payload
 }
 
 impl<S> AsyncWrite for WsStream<S>
@@ -469,6 +510,14 @@ impl<S> FirstFrameBudget<S> {
     /// The first frame has arrived: reads pass through from now on.
     fn lift(&mut self) {
         self.left = None;
+    }
+
+    /// `n` bytes read were consumed whole (a ping, say) and count no more; never above the
+    /// budget it started with.
+    fn refund(&mut self, n: usize) {
+        if let Some(left) = &mut self.left {
+            *left = left.saturating_add(n).min(WS_FIRST_FRAME_READ_BYTES_MAX);
+        }
     }
 }
 
@@ -814,6 +863,12 @@ mod tests {
             "{}",
             w.message
         );
+        // tokio-tungstenite ends its stream after the error; that is no close by the peer, so
+        // reading fails on (before, it read as the end of the stream).
+        for _ in 0..2 {
+            let again = stream.read(&mut buf).await;
+            assert!(again.is_err(), "{again:?}");
+        }
         // What the server did not read is still in the pipe (the writer ends once it is).
         let mut rest = Vec::new();
         stream
@@ -825,6 +880,48 @@ mod tests {
             .unwrap();
         writer.await.unwrap();
         assert_eq!(total - rest.len(), WS_FIRST_FRAME_READ_BYTES_MAX);
+    }
+
+    /// Pings before the first frame give their bytes back to the budget: a client that pings
+    /// past the rate limit reads RATE_LIMITED each time (the relay discards them while it
+    /// closes), never TOO_LARGE, and the stream goes on (before, three times the budget in
+    /// pings ended it, and the relay took that end for the client's close).
+    #[tokio::test(flavor = "current_thread")]
+    async fn pings_before_the_first_frame_do_not_use_up_the_budget() {
+        use futures_util::SinkExt;
+        use tokio::io::AsyncReadExt;
+
+        let mut enc = FrameEncoder::default();
+        let first = enc.encode(kind::HELLO, false, &[1; 10]);
+        let (mut sender, mut stream) = server_pair().await;
+        // Each ping is 6 + 3 bytes on the wire.
+        let pings = 3 * WS_FIRST_FRAME_READ_BYTES_MAX / 9;
+        let message = WsMessage::binary(first.clone());
+        let send = tokio::spawn(async move {
+            for _ in 0..pings {
+                sender
+                    .feed(WsMessage::Ping(Bytes::from_static(b"abc")))
+                    .await
+                    .unwrap();
+            }
+            sender.send(message).await.unwrap();
+            sender
+        });
+        let mut buf = vec![0u8; 4096];
+        let mut limited = 0;
+        let n = loop {
+            match stream.read(&mut buf).await {
+                Ok(n) => break n,
+                Err(e) => {
+                    let w = WsInputError::from_io(&e).expect("a WebSocket input error");
+                    assert_eq!(w.code, ErrorCode::RateLimited, "{}", w.message);
+                    limited += 1;
+                }
+            }
+        };
+        assert_eq!(&buf[..n], &first[..]);
+        assert!(limited > pings / 2, "{limited} of {pings} over the rate");
+        drop(send.await.unwrap());
     }
 
     /// The budget holds until the first frame is whole, even when its length prefix is split

@@ -140,7 +140,10 @@ async fn bad_input_closes_only_that_connection() {
 /// A flooder that is still sending when the relay cuts it off reads its ERROR frame all the
 /// same: the relay drains the connection's input until the client's close (within
 /// `CLOSE_FLUSH_MS`) instead of closing a socket with unread input, which would reset the
-/// connection and could destroy the ERROR before the client reads it.
+/// connection and could destroy the ERROR before the client reads it. Under load the flooder
+/// sends many times the WebSocket's first-frame read budget in pings before it reads the
+/// relay's close (14,000 and more); those must not end the drain early (they did: one run in
+/// ten under load read no ERROR).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooder_still_sending_reads_its_error() {
     let relay = TestRelay::start(|_| {}).await;
