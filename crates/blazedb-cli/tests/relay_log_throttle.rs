@@ -112,12 +112,15 @@ fn metric(http: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
-/// The relay's log lines (one JSON object a line), but for the one line a start writes
-/// whatever clients do (`store_created`, for the relay's new store).
+/// The relay's log lines (one JSON object a line), but for the lines a start writes whatever
+/// clients do (`store_created`, for the relay's new store; `relay_started`).
 fn log_lines(text: &str) -> Vec<Json> {
     text.lines()
         .map(|l| serde_json::from_str::<Json>(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .filter(|l| l["event"] != "store_created" && l["kind"] != "secret_in_command_line")
+        .filter(|l| {
+            !matches!(l["event"].as_str(), Some("store_created" | "relay_started"))
+                && l["kind"] != "secret_in_command_line"
+        })
         .collect()
 }
 

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use net_common::{
-    blazedb, start_listener, start_relay, start_relay_announced, sync_once_status, Daemon,
+    blazedb, log_events, start_listener, start_relay, start_relay_announced, sync_once_status,
+    wait_for_event, Daemon,
 };
 
 const TOKEN: &str = "a-relay-token-of-32-characters!!";
@@ -134,19 +135,44 @@ fn the_relay_secrets_come_from_the_environment() {
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
         .env("BLAZEDB_JWT_SECRET", secret);
-    let mut relay = Daemon::spawn("relay", cmd, None);
-    let v: serde_json::Value = serde_json::from_str(&first_line(&mut relay)).unwrap();
-    let addr = addr_of(v["sync"].as_str().unwrap());
+    let log = dir.path().join("relay.log");
+    let mut relay = Daemon::spawn("relay", cmd, Some(&log));
+    first_line(&mut relay);
     assert!(!cmdline(&relay).contains(secret));
-    let (_, health) = http(&addr, "GET /health", "", "");
-    assert!(health.contains(r#""auth":"jwt-hmac""#), "{health}");
+    // The relay says how it authenticates in its log (`/health` said it to anyone until
+    // 2026-12-07).
+    assert_eq!(auth_kinds(&log), ["jwt-hmac"]);
     drop(relay);
     let file = secret_file(dir.path(), "jwt", &format!("{secret}\n"));
-    let (relay, v) =
-        start_relay_announced(&data, &["--jwt-secret-file", file.to_str().unwrap()], None);
+    let (relay, _) = start_relay_announced(
+        &data,
+        &["--jwt-secret-file", file.to_str().unwrap()],
+        Some(&log),
+    );
     assert!(!cmdline(&relay).contains(secret));
-    let (_, health) = http(&addr_of(v["sync"].as_str().unwrap()), "GET /health", "", "");
-    assert!(health.contains(r#""auth":"jwt-hmac""#), "{health}");
+    wait_for_event_count(&log, "relay_started", 2);
+    assert_eq!(auth_kinds(&log), ["jwt-hmac", "jwt-hmac"]);
+}
+
+/// The kind of authentication of each relay started with `log` as its log, in order.
+fn auth_kinds(log: &Path) -> Vec<String> {
+    wait_for_event(log, "relay_started");
+    log_events(log, "relay_started")
+        .iter()
+        .map(|v| v["auth"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Wait (at most 20 s) until `log` has `n` lines of `event`.
+fn wait_for_event_count(log: &Path, event: &str, n: usize) {
+    let start = std::time::Instant::now();
+    while log_events(log, event).len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no {n} {event} lines"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `blazedb serve` as a process: it prints where it listens as one JSON line, keeps its store
-//! (encrypted with BLAZEDB_PASSWORD) in the data directory, answers /health and refuses
+//! (encrypted with BLAZEDB_PASSWORD) in the data directory, answers /health (without its node
+//! id, which a `relay_started` log line gives with its set-up) and refuses
 //! unauthenticated queries, holds one address to `--max-connections-per-address`, and exits 0 on SIGTERM; bad rules stop it at startup with the
 //! file, collection and column in one `error:` line; an empty store file becomes a new store,
 //! with a warning, unless a write-ahead log with data is beside it.
@@ -62,6 +63,10 @@ fn serve_listens_answers_and_stops_on_sigterm() {
     let health = get(addr, "GET /health", "");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert!(
+        !health.contains(started["node"].as_str().unwrap()),
+        "the node id is not for anyone asking: {health}"
+    );
     let q = get(addr, "POST /v1/query", "content-length: 2\r\n\r\n{}");
     assert!(q.starts_with("HTTP/1.1 401"), "{q}");
     assert!(data.join("relay.db").exists());
@@ -112,6 +117,32 @@ fn serve_listens_answers_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(10));
+
+    // Who the relay is and how it is set up is in its log, for the operator (`/health`
+    // showed the node id and the kind of authentication to anyone until 2026-12-07).
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let relay_started: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "relay_started")
+        .unwrap_or_else(|| panic!("no relay_started line in {log}"));
+    assert_eq!(relay_started["node"], started["node"], "{relay_started}");
+    assert_eq!(relay_started["auth"], "token", "{relay_started}");
+    assert_eq!(relay_started["rules"], false, "{relay_started}");
+    assert_eq!(relay_started["pid"], child.id(), "{relay_started}");
+    assert!(
+        relay_started["store"]
+            .as_str()
+            .unwrap()
+            .ends_with("relay.db"),
+        "{relay_started}"
+    );
 
     // The store is encrypted with the password: opening it without one fails.
     let out = Command::new(BIN)

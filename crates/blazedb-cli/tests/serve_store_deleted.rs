@@ -1,7 +1,8 @@
 //! `blazedb serve` whose data directory is deleted while it runs (`rm -rf`): a client's
 //! write is refused with what happened and what to do, not acknowledged into the deleted
-//! file; `/health` answers 503 `failing` with the reason and the size of what the open file
-//! still holds; one `store_gone` line is logged;
+//! file; `/health` answers 503 `failing` with the reason (no path, no process id) and the
+//! size of what the open file still holds; one `store_gone` line is logged, saying where to
+//! copy the store from (`/proc/PID/fd`);
 //! a new client that only reads is still served from the open file; the refused sessions
 //! count as `sessions_closed_total{reason="store_unavailable"}`. Restarted, the relay
 //! says it created a new store, and the refused write arrives from the client that kept it.
@@ -53,8 +54,14 @@ fn a_relay_whose_data_directory_is_deleted_refuses_writes_and_says_so() {
     assert_eq!(health["status"], "failing", "{body}");
     let reason = health["reason"].as_str().unwrap();
     assert!(
-        reason.contains("relay.db was deleted") && reason.contains("/proc/"),
+        reason.contains("store was deleted") && reason.contains("the relay's log (store_gone)"),
         "{reason}"
+    );
+    // Where the store was and which process holds it are for the operator, in the log
+    // (below): `/health` answers anyone (before: both were in `reason`).
+    assert!(
+        !body.contains(&*data.to_string_lossy()) && !body.contains("/proc/"),
+        "{body}"
     );
     // What is at stake: the open file's size, not 0 for a path that names nothing (before).
     let store_bytes = health["store_bytes"].as_u64().unwrap();
@@ -77,13 +84,15 @@ fn a_relay_whose_data_directory_is_deleted_refuses_writes_and_says_so() {
     get(&url, "/health");
     let gone = events(&log, "store_gone");
     assert_eq!(gone.len(), 1, "{gone:?}");
+    let error = gone[0]["error"].as_str().unwrap();
+    let pid = relay.child.id();
     assert!(
-        gone[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("writes are refused"),
+        error.contains("writes are refused")
+            && error.contains("relay.db was deleted")
+            && error.contains(&format!("/proc/{pid}/fd")),
         "{gone:?}"
     );
+    assert_eq!(gone[0]["pid"], pid, "{gone:?}");
     // Both refused sessions closed for the store, not as failures of the relay (`error`,
     // where they were filed). The relay counts a session as its task ends, just after the
     // client saw the refusal.

@@ -67,6 +67,8 @@ fn a_relay_whose_file_system_turns_read_only_refuses_writes_and_says_so() {
         reason.contains("turned read-only") && reason.contains("fsck"),
         "{reason}"
     );
+    // The store's path is for the log (`store_read_only`), not for anyone asking `/health`.
+    assert!(!body.contains(&*data.to_string_lossy()), "{body}");
     let (_, metrics) = get(&url, "/metrics");
     assert!(
         metrics.contains("blazedb_relay_store_status 2"),

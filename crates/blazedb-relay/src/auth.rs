@@ -247,7 +247,7 @@ impl Authenticator {
         Ok(Authenticator { kind })
     }
 
-    /// The kind of authentication, for `/health` and logs: `none`, `token`, `jwt-hmac`,
+    /// The kind of authentication, for the log (`relay_started`): `none`, `token`, `jwt-hmac`,
     /// `jwt-rsa`, `jwt-eddsa` or `jwt-ec`.
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {

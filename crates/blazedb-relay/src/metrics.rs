@@ -3,7 +3,8 @@
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
-//! | `connections{transport}` | gauge | sync sessions open now (`ws`, `tcp`, `unix`) |
+//! | `connections{transport}` | gauge | sync connections open now (`ws`, `tcp`, `unix`), whether their handshake is done or not: one counts from the moment its session starts (a WebSocket once upgraded, TCP once past TLS), before any HELLO. Above `clients_connected` by the sockets still in their handshake: a flood of idle or unauthenticated ones shows as the gap (each closes at the handshake timeout) |
+//! | `clients_connected{transport}` | gauge | connected clients: sessions whose HELLO the relay accepted (credential and node id), as `/health`'s `connected_clients` counts them |
 //! | `sessions_total{transport}` | counter | sync sessions started |
 //! | `sessions_closed_total{reason}` | counter | sessions ended, by reason: `peer_finished`, `disconnected`, `shutdown`, `auth_failed`, `auth_rate_limited`, `rate_limited`, `timeout`, `protocol_error`, `store_unavailable` (the relay's store could not take what the session needed: its disk is full, the client told `STORAGE_FULL`, or the store was deleted or its file system turned read-only while the relay runs; `store_status` says which), `error` (the client reported an error, or the relay failed internally) |
 //! | `frames_received_total`, `frames_sent_total` | counter | protocol frames |
@@ -217,6 +218,7 @@ pub(crate) struct PeerLabel {
 pub struct Metrics {
     registry: Registry,
     pub(crate) connections: Family<TransportLabel, Gauge>,
+    pub(crate) clients_connected: Family<TransportLabel, Gauge>,
     pub(crate) sessions: Family<TransportLabel, Counter>,
     pub(crate) sessions_closed: Family<ReasonLabel, Counter>,
     pub(crate) frames_received: Counter,
@@ -250,6 +252,7 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             connections: Family::default(),
+            clients_connected: Family::default(),
             sessions: Family::default(),
             sessions_closed: Family::default(),
             frames_received: Counter::default(),
@@ -279,6 +282,7 @@ impl Metrics {
         for transport in Transport::ALL {
             let label = TransportLabel { transport };
             let _ = m.connections.get_or_create(&label);
+            let _ = m.clients_connected.get_or_create(&label);
             let _ = m.sessions.get_or_create(&label);
         }
         for reason in CloseReason::ALL {
@@ -301,8 +305,14 @@ impl Metrics {
         let r = &mut registry;
         r.register(
             "connections",
-            "Sync sessions open now",
+            "Sync connections open now, handshake done or not (idle and unauthenticated \
+             sockets included until the handshake timeout)",
             m.connections.clone(),
+        );
+        r.register(
+            "clients_connected",
+            "Connected clients: sync sessions whose HELLO the relay accepted",
+            m.clients_connected.clone(),
         );
         r.register("sessions", "Sync sessions started", m.sessions.clone());
         r.register(

@@ -315,6 +315,7 @@ impl Relay {
             );
         }
         let _ = state.head_watch.set(heads);
+        crate::log::line(started_event(&state));
         let st = state.clone();
         state.tasks.spawn(accept_http(st, http, tls_http));
         if let Some((l, _)) = tcp {
@@ -340,6 +341,22 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// The `relay_started` log line: who the relay is and how it is set up. What `/health` showed
+/// anyone until 2026-12-07 (the node id, the kind of authentication, whether rules are in
+/// force) is for the operator, who reads the log; with the store's path and the process id,
+/// which saving a deleted store needs (`/proc/PID/fd`).
+fn started_event(state: &State) -> serde_json::Value {
+    serde_json::json!({
+        "event": "relay_started",
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": state.db.node_id().to_string(),
+        "auth": state.auth.kind_name(),
+        "rules": state.rules.is_restricted(),
+        "store": state.db.path().display().to_string(),
+        "pid": std::process::id(),
+    })
 }
 
 /// Start a relay and serve until `shutdown` completes: [`Relay::bind`] then [`Relay::run`].

@@ -82,11 +82,12 @@ pub(crate) async fn run<T>(
     let metrics = state.metrics.clone();
     let label = TransportLabel { transport };
     metrics.sessions.get_or_create(&label).inc();
-    let _registered = Registered::new(
+    let mut registered = Registered::new(
         state.clone(),
         SessionEntry {
             monitor: monitor.clone(),
             transport,
+            accepted: false,
         },
     );
 
@@ -98,7 +99,15 @@ pub(crate) async fn run<T>(
         tokio::select! {
             r = &mut session => break r,
             Ok(()) = changes.changed() => {
-                let stats = changes.borrow_and_update().stats.clone();
+                let (peer, stats) = {
+                    let snapshot = changes.borrow_and_update();
+                    (snapshot.peer, snapshot.stats.clone())
+                };
+                // The driver learns the peer when the session accepts its HELLO (the
+                // credential passed, the node id is the caller's), never before.
+                if peer.is_some() {
+                    registered.accept();
+                }
                 metrics.account(&mut seen, &stats);
             }
         }
@@ -159,34 +168,58 @@ pub(crate) async fn run<T>(
     }
 }
 
-/// A session counted in the `connections` gauge and registered in the relay's sessions
-/// (`/health`'s `connected_clients`, lag metrics) for as long as it lives. Undone on drop, so
-/// that a session that panics (or whose task is dropped) is not counted for good.
+/// A session counted in the `connections` gauge and registered in the relay's sessions (lag
+/// metrics) for as long as it lives; counted as a connected client (the `clients_connected`
+/// gauge, `/health`'s `connected_clients`) from the moment its HELLO is accepted
+/// ([`Registered::accept`]) until it ends. Undone on drop, so that a session that panics (or
+/// whose task is dropped) is not counted for good, whether it got past its handshake or not.
 struct Registered {
     state: Arc<State>,
     id: u64,
     label: TransportLabel,
+    /// Counted as a connected client.
+    accepted: bool,
 }
 
 impl Registered {
     fn new(state: Arc<State>, entry: SessionEntry) -> Registered {
+        assert!(!entry.accepted, "a session starts in its handshake");
         let label = TransportLabel {
             transport: entry.transport,
         };
         state.metrics.connections.get_or_create(&label).inc();
         let id = state.register(entry);
-        Registered { state, id, label }
+        Registered {
+            state,
+            id,
+            label,
+            accepted: false,
+        }
+    }
+
+    /// The session's HELLO was accepted: its client counts as connected (once).
+    fn accept(&mut self) {
+        if self.accepted {
+            return;
+        }
+        self.accepted = true;
+        self.state.accept(self.id);
+        self.state
+            .metrics
+            .clients_connected
+            .get_or_create(&self.label)
+            .inc();
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         self.state.unregister(self.id);
-        self.state
-            .metrics
-            .connections
-            .get_or_create(&self.label)
-            .dec();
+        let metrics = &self.state.metrics;
+        if self.accepted {
+            metrics.clients_connected.get_or_create(&self.label).dec();
+        }
+        metrics.connections.get_or_create(&self.label).dec();
     }
 }
 
@@ -349,18 +382,55 @@ mod tests {
         assert_eq!(reason(StorageFull, true, false), CloseReason::Error);
     }
 
-    /// A session that panics is no longer counted once its task is gone: the `connections`
-    /// gauge and `/health`'s `connected_clients` (the registered sessions) go back down.
-    /// They were undone at the end of `run`, which a panic never reaches: too high for good.
-    #[tokio::test]
-    async fn a_session_that_panics_is_not_counted_for_good() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A connection that runs into a bug at its first read once `armed`: the session's task
+    /// panics then (and before, it is the connection `inner`).
+    struct PanicsWhenArmed {
+        inner: tokio::io::DuplexStream,
+        armed: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl AsyncRead for PanicsWhenArmed {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+                panic!("a bug met while reading the client's frames");
+            }
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for PanicsWhenArmed {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// A relay's state on a store in `dir`, without authentication.
+    fn state_in(dir: &std::path::Path) -> Arc<State> {
         let open = || {
             let options = blazedb::OpenOptions::default();
-            Arc::new(blazedb::Database::open(dir.path().join("relay.db"), options).unwrap())
+            Arc::new(blazedb::Database::open(dir.join("relay.db"), options).unwrap())
         };
         let auth = Authenticator::from_config(&RelayConfig::default()).unwrap();
-        let state = Arc::new(State::new(
+        Arc::new(State::new(
             open(),
             open(),
             auth,
@@ -368,7 +438,26 @@ mod tests {
             Limits::default(),
             Vec::new(),
             true,
-        ));
+        ))
+    }
+
+    /// The `connections` and `clients_connected` gauges of a transport.
+    fn gauges(state: &State, transport: Transport) -> (i64, i64) {
+        let label = TransportLabel { transport };
+        let m = &state.metrics;
+        (
+            m.connections.get_or_create(&label).get(),
+            m.clients_connected.get_or_create(&label).get(),
+        )
+    }
+
+    /// A session that panics is no longer counted once its task is gone: the `connections`
+    /// gauge and the registered sessions go back down. They were undone at the end of `run`,
+    /// which a panic never reaches: too high for good.
+    #[tokio::test]
+    async fn a_session_that_panics_is_not_counted_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_in(dir.path());
         let slot = state.take_slot(None).unwrap();
         let session = tokio::spawn(run(
             state.clone(),
@@ -381,11 +470,56 @@ mod tests {
         let ended = session.await.expect_err("the session panicked");
         assert!(ended.is_panic(), "{ended}");
         assert_eq!(state.session_count(), 0);
+        assert_eq!(gauges(&state, Transport::Unix), (0, 0));
         let label = TransportLabel {
             transport: Transport::Unix,
         };
-        assert_eq!(state.metrics.connections.get_or_create(&label).get(), 0);
         let started = state.metrics.sessions.get_or_create(&label).get();
         assert_eq!(started, 1, "it did start");
+    }
+
+    /// A session counts as a connected client once its HELLO is accepted (`/health`'s
+    /// `connected_clients`, the `clients_connected` gauge), and one that panics after that is
+    /// no longer counted in either, nor in `connections`, once its task is gone.
+    #[tokio::test]
+    async fn a_client_whose_session_panics_is_not_counted_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_in(dir.path());
+        let (relay_end, client_end) = tokio::io::duplex(64 * 1024);
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let io = PanicsWhenArmed {
+            inner: relay_end,
+            armed: armed.clone(),
+        };
+        let slot = state.take_slot(None).unwrap();
+        let session = tokio::spawn(run(state.clone(), io, Transport::Unix, None, slot, None));
+        let options = blazedb::OpenOptions::default();
+        let client_db =
+            Arc::new(blazedb::Database::open(dir.path().join("client.db"), options).unwrap());
+        let client = tokio::spawn(run_session(
+            client_db,
+            client_end,
+            SessionConfig::default(),
+            DriverOptions::default(),
+        ));
+        let waited = std::time::Instant::now();
+        while state.client_count() == 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the HELLO is accepted"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.client_count(), 1);
+        assert_eq!(gauges(&state, Transport::Unix), (1, 1));
+
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The client goes: the relay's next read (the end of input) runs into the bug.
+        client.abort();
+        let _ = client.await;
+        let ended = session.await.expect_err("the session panicked");
+        assert!(ended.is_panic(), "{ended}");
+        assert_eq!((state.session_count(), state.client_count()), (0, 0));
+        assert_eq!(gauges(&state, Transport::Unix), (0, 0));
     }
 }

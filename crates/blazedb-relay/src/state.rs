@@ -76,6 +76,10 @@ pub(crate) struct SessionEntry {
     pub monitor: SessionMonitor,
     #[allow(dead_code)] // Read by the dashboard (issue: live dashboard page).
     pub transport: Transport,
+    /// The relay accepted the client's HELLO (its credential, its node id): a connected
+    /// client from then on. Before, it is a socket in its handshake, which anyone can open
+    /// without a credential ([`State::client_count`]).
+    pub accepted: bool,
 }
 
 impl State {
@@ -207,13 +211,30 @@ impl State {
         self.lock_sessions().remove(&id);
     }
 
+    /// The session `id` got past its handshake: its client counts as connected.
+    pub fn accept(&self, id: u64) {
+        if let Some(entry) = self.lock_sessions().get_mut(&id) {
+            entry.accepted = true;
+        }
+    }
+
     /// The running sessions.
     pub fn sessions(&self) -> Vec<SessionEntry> {
         self.lock_sessions().values().cloned().collect()
     }
 
+    /// Sync sessions open, handshake done or not (the `connections` gauge counts them too).
+    #[cfg(test)]
     pub fn session_count(&self) -> usize {
         self.lock_sessions().len()
+    }
+
+    /// Connected clients (`/health`'s `connected_clients`): sessions whose HELLO was
+    /// accepted. Sockets still in their handshake are not clients: idle ones, which anyone
+    /// can open, inflated the figure until the handshake timeout closed them (audit
+    /// 2026-12-07).
+    pub fn client_count(&self) -> usize {
+        self.lock_sessions().values().filter(|s| s.accepted).count()
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionEntry>> {

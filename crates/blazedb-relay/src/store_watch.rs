@@ -85,8 +85,44 @@ impl StoreStatus {
         }
     }
 
-    /// Why the status is not `ok`, and what to do, for `/health` and the log.
-    pub fn reason(self, store: &Path) -> Option<String> {
+    /// Why the status is not `ok`, and what to do, for `/health`: no path, no process id.
+    /// `/health` answers anyone (load balancers poll it unauthenticated), so where the
+    /// store lives and which process holds it are for the relay's log alone
+    /// ([`StoreStatus::reason_for_log`], in the line that logs the change); this points
+    /// the operator there.
+    pub fn reason(self) -> Option<String> {
+        match self {
+            StoreStatus::Ok => None,
+            StoreStatus::DiskFull { .. } => Some(
+                "the disk holding the relay's store is full: clients' writes are refused \
+                 while it is (they keep them and send them again later); syncs that only \
+                 read are served. Free space on that disk (the relay's log, store_disk_full, \
+                 names the store)"
+                    .to_owned(),
+            ),
+            StoreStatus::Gone => Some(
+                "the relay's store was deleted while the relay runs: writes are refused, \
+                 since they would be lost with the deleted file; reads are served from the \
+                 open file. Do not stop the relay before saving the store: the relay's log \
+                 (store_gone) says where to copy it from"
+                    .to_owned(),
+            ),
+            StoreStatus::ReadOnly => Some(
+                "the file system that holds the relay's store turned read-only while the \
+                 relay runs (an I/O error on its disk? the kernel's log says why): writes \
+                 are refused (clients keep them and send them again later), syncs that only \
+                 read are served. Stop the relay, unmount that file system, check and repair \
+                 it (fsck), mount it again and start the relay (the relay's log, \
+                 store_read_only, names the store)"
+                    .to_owned(),
+            ),
+        }
+    }
+
+    /// Why the status is not `ok`, and what to do, for the relay's log: as
+    /// [`StoreStatus::reason`], with the store's path and the relay's process id where
+    /// what to do needs them.
+    pub fn reason_for_log(self, store: &Path) -> Option<String> {
         match self {
             StoreStatus::Ok => None,
             StoreStatus::DiskFull { free_bytes } => Some(format!(
@@ -177,11 +213,6 @@ impl StoreWatch {
         true
     }
 
-    /// The store file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The log line for a change of status to `now`.
     fn event(&self, now: StoreStatus, before: StoreStatus) -> serde_json::Value {
         let path = self.path.display().to_string();
@@ -190,18 +221,18 @@ impl StoreWatch {
                 "event": "store_gone",
                 "path": path,
                 "pid": std::process::id(),
-                "error": now.reason(&self.path),
+                "error": now.reason_for_log(&self.path),
             }),
             StoreStatus::ReadOnly => serde_json::json!({
                 "event": "store_read_only",
                 "path": path,
-                "error": now.reason(&self.path),
+                "error": now.reason_for_log(&self.path),
             }),
             StoreStatus::DiskFull { free_bytes } => serde_json::json!({
                 "event": "store_disk_full",
                 "path": path,
                 "free_bytes": free_bytes,
-                "error": now.reason(&self.path),
+                "error": now.reason_for_log(&self.path),
             }),
             StoreStatus::Ok => serde_json::json!({
                 "event": "store_writable_again",
@@ -285,17 +316,18 @@ mod tests {
     #[test]
     fn each_status_says_what_to_do() {
         let store = Path::new("/srv/relay/relay.db");
-        assert_eq!(StoreStatus::Ok.reason(store), None);
+        assert_eq!(StoreStatus::Ok.reason_for_log(store), None);
         let full = StoreStatus::DiskFull { free_bytes: 0 }
-            .reason(store)
+            .reason_for_log(store)
             .unwrap();
         assert!(full.contains("Free space on that disk"), "{full}");
-        let gone = StoreStatus::Gone.reason(store).unwrap();
+        let gone = StoreStatus::Gone.reason_for_log(store).unwrap();
         assert!(
-            gone.contains("/srv/relay/relay.db was deleted") && gone.contains("/proc/"),
+            gone.contains("/srv/relay/relay.db was deleted")
+                && gone.contains(&format!("/proc/{}/fd", std::process::id())),
             "{gone}"
         );
-        let read_only = StoreStatus::ReadOnly.reason(store).unwrap();
+        let read_only = StoreStatus::ReadOnly.reason_for_log(store).unwrap();
         assert!(
             read_only.contains("/srv/relay/relay.db turned read-only")
                 && read_only.contains("fsck")
@@ -311,5 +343,27 @@ mod tests {
             names,
             [("ok", 0), ("degraded", 1), ("failing", 2), ("failing", 2)]
         );
+    }
+
+    /// `/health` answers anyone: its reasons say what happened and what to do, and leave
+    /// where the store lives and which process holds it to the log.
+    #[test]
+    fn the_reasons_for_health_name_no_path_and_no_process() {
+        assert_eq!(StoreStatus::Ok.reason(), None);
+        let pid = std::process::id().to_string();
+        let statuses = [
+            (StoreStatus::DiskFull { free_bytes: 12345 }, "is full"),
+            (StoreStatus::Gone, "was deleted"),
+            (StoreStatus::ReadOnly, "turned read-only"),
+        ];
+        for (status, says) in statuses {
+            let reason = status.reason().unwrap();
+            assert!(reason.contains(says), "{reason}");
+            assert!(reason.contains("the relay's log"), "points there: {reason}");
+            assert!(
+                !reason.contains("/proc") && !reason.contains(&pid) && !reason.contains("12345"),
+                "{reason}"
+            );
+        }
     }
 }

@@ -127,7 +127,9 @@ async fn bad_input_closes_only_that_connection() {
     }
     assert_eq!(relay.db.count("notes").unwrap(), 7);
     assert_eq!(relay.db.count("replies").unwrap(), 7);
-    // The hostile sessions are gone; the two good ones remain.
+    // The hostile sessions are gone (none said HELLO: they were connections, never
+    // clients); the two good ones remain.
+    assert_eq!(common::open_connections(relay.addr, 2).await, 2);
     assert_eq!(common::connected_clients(relay.addr, 2).await, 2);
     let m = http(relay.addr, "GET", "/metrics", &[], "").await.body;
     assert_eq!(sessions_closed(&m, "protocol_error"), Some(6.0), "{m}");

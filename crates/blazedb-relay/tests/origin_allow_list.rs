@@ -152,8 +152,8 @@ async fn anonymous_relay_admits_only_local_pages_and_loopback_hosts() {
     );
     assert_eq!(status, 403);
     assert_eq!(body["code"], "host_not_allowed");
-    // Nor do `/health` and `/metrics` answer that name (they name the node and its peers'
-    // lag); addressed to the relay's own loopback address they do.
+    // Nor do `/health` and `/metrics` answer that name (`/metrics` names the peers furthest
+    // behind by node id); addressed to the relay's own loopback address they do.
     for path in ["/health", "/metrics"] {
         let status_for = |host: String| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -126,12 +126,14 @@ async fn stall(relay_http: SocketAddr, relay_tcp: SocketAddr, how: Stall) -> Dur
     start.elapsed()
 }
 
-/// `/health`'s `connected_clients` of the TLS relay at `addr`.
+/// Sync connections open on the TLS relay at `addr`, handshake done or not: the sum of the
+/// `connections` gauge. (Not `/health`'s `connected_clients`, which counts only clients past
+/// their HELLO: a session that never said it is not one, but holds its slot until it ends.)
 async fn sessions_on(addr: SocketAddr) -> u64 {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector().connect(name, tcp).await.unwrap();
-    tls.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut raw = Vec::new();
@@ -139,8 +141,8 @@ async fn sessions_on(addr: SocketAddr) -> u64 {
     let _ = tls.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw);
     let body = text.split("\r\n\r\n").nth(1).expect("a response body");
-    let health: serde_json::Value = serde_json::from_str(body).expect("JSON");
-    health["connected_clients"].as_u64().unwrap()
+    let sum = common::metric_sum(body, "blazedb_relay_connections").expect("the gauge");
+    sum as u64
 }
 
 /// One sync over WSS; true when the record arrived.

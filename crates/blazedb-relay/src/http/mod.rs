@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /v1/sync` | yes | WebSocket upgrade; one protocol frame per binary message ([`sync`]) |
 //! | `POST /v1/query` | yes | records of a collection matching an expression, filtered by the read rule ([`query`]) |
-//! | `GET /health` | no | status (`ok`, `degraded`: disk full, `failing` 503: store deleted) and why, version, storage format and protocol version, uptime, connected clients, store size ([`status`]) |
+//! | `GET /health` | no | status (`ok`, `degraded`: disk full, `failing` 503: store deleted or read-only) and why, version, storage format and protocol version, uptime, connected clients (past their HELLO), store size; nothing of the relay's set-up: no node id, authentication kind, path or process id ([`status`]) |
 //! | `GET /metrics` | no | Prometheus / OpenMetrics text ([`status`], [`crate::metrics`]) |
 //!
 //! Every error the relay answers is JSON: `{"code": "auth_failed", "error": "what happened and

@@ -1,5 +1,6 @@
 //! `GET /health` and `GET /metrics`. Neither needs credentials (load balancers and Prometheus
-//! scrape them); neither shows record data. `/metrics` names the node ids of the peers
+//! scrape them); neither shows record data, and `/health` nothing about the relay's set-up
+//! (node id, authentication, paths: [`health`]). `/metrics` names the node ids of the peers
 //! furthest behind; put the relay behind a proxy that restricts `/metrics` if that matters.
 //! A relay without authentication answers them, as every endpoint, only when addressed to a
 //! loopback name (`check_host` in the router: a DNS-rebinding page must not read them either).
@@ -19,15 +20,24 @@ use crate::state::State;
 use crate::store_watch::StoreStatus;
 
 /// `{"status", "reason", "version", "storage_format", "protocol", "uptime_s",
-/// "connected_clients", "store_bytes", ...}`: `storage_format` is the newest file format this
+/// "connected_clients", "store_bytes"}`: `storage_format` is the newest file format this
 /// build reads (it upgrades older files), `protocol` the sync protocol version it speaks
-/// (peers must speak the same: README, "Upgrading").
+/// (peers must speak the same: README, "Upgrading"). `connected_clients` counts the sessions
+/// whose HELLO the relay accepted (authenticated), not sockets still in their handshake: the
+/// `connections` metric counts those too.
 ///
 /// `status` is `ok`; `degraded` when the store's disk is full (reads are served, writes
 /// refused: still 200, a load balancer keeps sending readers); or `failing`, `503`, when the
 /// store was deleted, or its file system turned read-only, while the relay runs (the
-/// operator must act). `reason` (null when `ok`)
-/// says why and what to do. See `store_watch.rs`.
+/// operator must act). `reason` (null when `ok`) says why and what to do. See
+/// `store_watch.rs`.
+///
+/// Nothing else: whoever can reach the port reads this, without credentials. The relay's
+/// node id, its kind of authentication, whether rules are in force (the `relay_started` log
+/// line), and the store's path and the process holding it (the `store_gone`,
+/// `store_read_only` and `store_disk_full` lines) are in the relay's log, where its operator
+/// reads them and a stranger does not. (Until 2026-12-07: `node`, `auth`, `rules` here, and the
+/// path and PID in `reason`.)
 pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response {
     let store = state.check_store();
     let code = match store {
@@ -36,16 +46,13 @@ pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response 
     };
     let body = Json(serde_json::json!({
         "status": store.name(),
-        "reason": store.reason(state.store_watch.path()),
+        "reason": store.reason(),
         "version": env!("CARGO_PKG_VERSION"),
         "storage_format": blazedb::limits::FORMAT_VERSION,
         "protocol": blazedb::limits::PROTOCOL_VERSION,
         "uptime_s": state.started.elapsed().as_secs(),
-        "connected_clients": state.session_count(),
+        "connected_clients": state.client_count(),
         "store_bytes": state.store_bytes(),
-        "node": state.db.node_id().to_string(),
-        "auth": state.auth.kind_name(),
-        "rules": state.rules.is_restricted(),
     }));
     (code, body).into_response()
 }

@@ -444,13 +444,28 @@ pub fn now_s() -> u64 {
         .as_secs()
 }
 
-/// `/health`'s `connected_clients`, once it equals `expected` (or after 5 s, whatever it is).
+/// `/health`'s `connected_clients` (sessions past their HELLO), once it equals `expected` (or
+/// after 5 s, whatever it is).
 pub async fn connected_clients(addr: SocketAddr, expected: u64) -> u64 {
     let start = Instant::now();
     loop {
         let n = http(addr, "GET", "/health", &[], "").await.json()["connected_clients"]
             .as_u64()
             .unwrap();
+        if n == expected || start.elapsed() > Duration::from_secs(5) {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sync connections open, handshake done or not (the sum of the `connections` gauge), once it
+/// equals `expected` (or after 5 s, whatever it is).
+pub async fn open_connections(addr: SocketAddr, expected: u64) -> u64 {
+    let start = Instant::now();
+    loop {
+        let m = http(addr, "GET", "/metrics", &[], "").await.body;
+        let n = metric_sum(&m, "blazedb_relay_connections").expect("the gauge") as u64;
         if n == expected || start.elapsed() > Duration::from_secs(5) {
             return n;
         }
