@@ -108,6 +108,23 @@ fn client(ca: &Path, cert: &(PathBuf, PathBuf)) -> ClientOptions {
     }
 }
 
+/// A listener for `db` on 127.0.0.1 with these TLS settings, and its URL.
+async fn listen_tls(
+    db: std::sync::Arc<blazedb::Database>,
+    tls: TlsServerOptions,
+) -> (blazedb_net::transport::Listener, Endpoint) {
+    let listener = listen_tcp(
+        db,
+        ListenConfig {
+            tls: Some(tls),
+            ..ListenConfig::default()
+        },
+    )
+    .await;
+    let url = listener.urls()[0].parse().unwrap();
+    (listener, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_client_certificates_are_refused_and_lists_are_read_again() {
     tokio::time::timeout(TEST_LIMIT, async {
@@ -128,15 +145,7 @@ async fn revoked_client_certificates_are_refused_and_lists_are_read_again() {
             client_ca_pem: Some(ca.pem.clone()),
             client_crl_pem: vec![crl.clone()],
         };
-        let listener = listen_tcp(
-            b.clone(),
-            ListenConfig {
-                tls: Some(tls.clone()),
-                ..ListenConfig::default()
-            },
-        )
-        .await;
-        let url: Endpoint = listener.urls()[0].parse().unwrap();
+        let (listener, url) = listen_tls(b.clone(), tls.clone()).await;
 
         // The phone is on the list; the laptop is not.
         let e = sync_once(a.clone(), &url, &client(&ca.pem, &phone))
@@ -184,18 +193,14 @@ async fn revoked_client_certificates_are_refused_and_lists_are_read_again() {
         let other = Ca::new(d, "other");
         let other_crl = d.join("other.crl.pem");
         std::fs::write(&other_crl, other.crl(1, &[])).unwrap();
-        let listener = listen_tcp(
+        let (listener, url) = listen_tls(
             b.clone(),
-            ListenConfig {
-                tls: Some(TlsServerOptions {
-                    client_crl_pem: vec![other_crl.clone()],
-                    ..tls.clone()
-                }),
-                ..ListenConfig::default()
+            TlsServerOptions {
+                client_crl_pem: vec![other_crl.clone()],
+                ..tls.clone()
             },
         )
         .await;
-        let url: Endpoint = listener.urls()[0].parse().unwrap();
         let e = sync_once(a.clone(), &url, &client(&ca.pem, &unrevoked))
             .await
             .unwrap_err()
@@ -203,18 +208,14 @@ async fn revoked_client_certificates_are_refused_and_lists_are_read_again() {
         assert!(e.contains("refused this client's TLS certificate"), "{e}");
         // Both lists given: ours decides.
         listener.shutdown().await;
-        let listener = listen_tcp(
+        let (listener, url) = listen_tls(
             b.clone(),
-            ListenConfig {
-                tls: Some(TlsServerOptions {
-                    client_crl_pem: vec![other_crl.clone(), crl.clone()],
-                    ..tls.clone()
-                }),
-                ..ListenConfig::default()
+            TlsServerOptions {
+                client_crl_pem: vec![other_crl.clone(), crl.clone()],
+                ..tls.clone()
             },
         )
         .await;
-        let url: Endpoint = listener.urls()[0].parse().unwrap();
         sync_once(a.clone(), &url, &client(&ca.pem, &unrevoked))
             .await
             .unwrap();
