@@ -219,6 +219,47 @@ fn file_stamp(path: &Path) -> Option<FileStamp> {
     })
 }
 
+/// What each of `paths` looks like now.
+fn stamps(paths: &[PathBuf]) -> Vec<Option<FileStamp>> {
+    paths.iter().map(|p| file_stamp(p)).collect()
+}
+
+/// A verifier of client certificates from `roots` that refuses those on the lists in
+/// `paths`, as the files hold them now; on failure, the file and why.
+fn with_lists(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    paths: &[PathBuf],
+) -> Result<Arc<dyn ClientCertVerifier>, (PathBuf, String)> {
+    let mut crls = Vec::new();
+    for path in paths {
+        let bad = |reason: String| (path.clone(), reason);
+        let before = crls.len();
+        for crl in CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| bad(format!("cannot read the revocation list: {e}")))?
+        {
+            crls.push(crl.map_err(|e| bad(format!("not a PEM revocation list file: {e}")))?);
+        }
+        if crls.len() == before {
+            return Err(bad(
+                "no X509 CRL block in the file: give the certificate revocation list \
+                 (PEM, `-----BEGIN X509 CRL-----`) of the CA that signs client certificates"
+                    .into(),
+            ));
+        }
+    }
+    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .build()
+        .map_err(|e| {
+            (
+                paths[0].clone(),
+                format!("the revocation lists cannot be used with the client CA: {e}"),
+            )
+        })
+}
+
 impl RevocationChecked {
     /// Read the lists now: a server does not start with one it cannot use.
     fn new(
@@ -227,68 +268,28 @@ impl RevocationChecked {
         provider: Arc<CryptoProvider>,
         paths: &[PathBuf],
     ) -> Result<RevocationChecked, TransportError> {
-        let checked = RevocationChecked {
+        let stamps = stamps(paths);
+        let verifier = with_lists(&roots, &provider, paths)
+            .map_err(|(path, reason)| TransportError::TlsConfig { path, reason })?;
+        Ok(RevocationChecked {
             plain,
             roots,
             provider,
             paths: paths.to_vec(),
             loaded: std::sync::Mutex::new(LoadedLists {
-                stamps: Vec::new(),
-                verifier: Err(String::new()),
+                stamps,
+                verifier: Ok(verifier),
             }),
-        };
-        let stamps = checked.stamps();
-        let verifier = checked
-            .build()
-            .map_err(|(path, reason)| TransportError::TlsConfig { path, reason })?;
-        *checked.loaded.lock().unwrap_or_else(|e| e.into_inner()) = LoadedLists {
-            stamps,
-            verifier: Ok(verifier),
-        };
-        Ok(checked)
-    }
-
-    fn stamps(&self) -> Vec<Option<FileStamp>> {
-        self.paths.iter().map(|p| file_stamp(p)).collect()
-    }
-
-    /// A verifier with the lists as the files hold them now; on failure, the file and why.
-    fn build(&self) -> Result<Arc<dyn ClientCertVerifier>, (PathBuf, String)> {
-        let mut crls = Vec::new();
-        for path in &self.paths {
-            let bad = |reason: String| (path.clone(), reason);
-            let before = crls.len();
-            for crl in CertificateRevocationListDer::pem_file_iter(path)
-                .map_err(|e| bad(format!("cannot read the revocation list: {e}")))?
-            {
-                crls.push(crl.map_err(|e| bad(format!("not a PEM revocation list file: {e}")))?);
-            }
-            if crls.len() == before {
-                return Err(bad(
-                    "no X509 CRL block in the file: give the certificate revocation list \
-                     (PEM, `-----BEGIN X509 CRL-----`) of the CA that signs client certificates"
-                        .into(),
-                ));
-            }
-        }
-        WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-            .with_crls(crls)
-            .only_check_end_entity_revocation()
-            .build()
-            .map_err(|e| {
-                (
-                    self.paths[0].clone(),
-                    format!("the revocation lists cannot be used with the client CA: {e}"),
-                )
-            })
+        })
     }
 
     /// The verifier for the lists as they are now, read again if a file changed.
     fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        let stamps = self.stamps();
+        let stamps = stamps(&self.paths);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if loaded.stamps != stamps {
-            loaded.verifier = self.build().map_err(|(path, reason)| {
+            let rebuilt = with_lists(&self.roots, &self.provider, &self.paths);
+            loaded.verifier = rebuilt.map_err(|(path, reason)| {
                 format!(
                     "{}: {reason}; every client certificate is refused until the list can be \
                      read",
