@@ -1,16 +1,18 @@
 //! `blazedb serve --tls-client-crl FILE`: a relay requiring client certificates refuses a
 //! device whose certificate its CA revoked, tells that client so, and reads the list again
 //! when the file changes (a device lost while the relay runs is refused at its next
-//! connection, no restart). A list it cannot use stops it from starting, naming the file.
+//! connection, no restart, and a session it has open ends). A list it cannot use stops it
+//! from starting, naming the file; one that turns unusable while it runs is logged.
 //! Real processes, real certificates and a real revocation list.
 
 mod net_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use net_common::{
-    blazedb, log_events, put, start_relay_announced, sync_once_status, wait_for_event,
+    blazedb, log_events, put, start_relay_announced, sync_once_status, wait_for_event, Daemon,
 };
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
@@ -150,10 +152,79 @@ fn a_relay_refuses_revoked_client_certificates_and_reads_its_list_again() {
         "{refused}"
     );
 
-    // The laptop is lost; the CA's next list names it. The running relay refuses it next time.
-    let next = d.join("clients.crl.new");
-    std::fs::write(&next, ca.crl(2, &[2, 3])).unwrap();
-    std::fs::rename(&next, &crl).unwrap();
+    // The laptop keeps a session open (`--watch`).
+    let watch_log = d.join("laptop-watch.log");
+    let mut watching = Daemon::spawn(
+        "laptop --watch",
+        {
+            let mut cmd = blazedb();
+            cmd.arg("sync")
+                .arg(&laptop_db)
+                .args([&url, "--watch"])
+                .args([
+                    "--token",
+                    TOKEN,
+                    "--tls-ca",
+                    ca_pem.to_str().unwrap(),
+                    "--tls-client-cert",
+                    laptop.0.to_str().unwrap(),
+                    "--tls-client-key",
+                    laptop.1.to_str().unwrap(),
+                ]);
+            cmd
+        },
+        Some(&watch_log),
+    );
+    wait_for_event(&watch_log, "connected");
+    let replace = |text: &str| {
+        let next = d.join("clients.crl.new");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &crl).unwrap();
+    };
+
+    // A list caught unusable is logged; the open session stays.
+    replace("-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n");
+    wait_for_event(&log, "tls_client_crl_unusable");
+    let unusable = &log_events(&log, "tls_client_crl_unusable")[0];
+    assert!(
+        unusable["error"]
+            .as_str()
+            .unwrap()
+            .contains("clients.crl.pem"),
+        "{unusable}"
+    );
+    assert!(watching.child.try_wait().unwrap().is_none());
+
+    // The laptop is lost; the CA's next list names it. Its open session ends at once (the
+    // relay looks at the file every second), the client is told why and stops; the running
+    // relay refuses it next time too.
+    replace(&ca.crl(2, &[2, 3]));
+    wait_for_event(&log, "tls_client_crl_usable");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = watching.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the revoked laptop's session goes on: {}",
+            std::fs::read_to_string(&watch_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let said = std::fs::read_to_string(&watch_log).unwrap();
+    assert!(
+        said.contains("revoked this client's TLS certificate"),
+        "{said}"
+    );
+    wait_for_event(&log, "session_closed");
+    let closed = &log_events(&log, "session_closed")[0];
+    assert_eq!(closed["reason"], "auth_failed", "{closed}");
+    assert!(
+        closed["message"].as_str().unwrap().contains("revoked"),
+        "{closed}"
+    );
     let (code, stderr) = sync(&laptop_db, &laptop);
     assert_ne!(code, Some(0));
     assert!(

@@ -128,6 +128,11 @@ pub struct DriverOptions {
     /// with the message, `SHUTTING_DOWN`) and the driver returns `NetError::Sync` with it.
     /// The client sync's lock by peer node uses it ([`crate::peer_lock`]).
     pub peer_check: Option<PeerCheck>,
+    /// A check of the peer's credential whose verdict can change while the session runs (a
+    /// TLS client certificate and revocation lists read again when they change), made again
+    /// whenever it says to: an `Err` ends the session at once with `AUTH_FAILED` and the
+    /// message, which the peer is told.
+    pub credential_recheck: Option<CredentialRecheck>,
 }
 
 /// A check of the peer named in its HELLO ([`DriverOptions::peer_check`]).
@@ -147,6 +152,52 @@ impl std::fmt::Debug for PeerCheck {
     }
 }
 
+/// A credential judged again while the session runs ([`DriverOptions::credential_recheck`]):
+/// `check` is called each time `changes` moves.
+#[derive(Clone)]
+pub struct CredentialRecheck {
+    pub(crate) changes: watch::Receiver<u64>,
+    pub(crate) check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    refused: Arc<AtomicBool>,
+}
+
+impl CredentialRecheck {
+    /// Call `check` each time `changes` moves (and once at the start when it is marked
+    /// changed already).
+    pub fn new(
+        changes: watch::Receiver<u64>,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) -> CredentialRecheck {
+        CredentialRecheck {
+            changes,
+            check: Arc::new(check),
+            refused: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether a check refused the credential (and so ended the session); seen by every clone.
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
+    }
+
+    /// Check now; remembers a refusal.
+    fn judge(&self) -> Result<(), String> {
+        let verdict = (self.check)();
+        if verdict.is_err() {
+            self.refused.store(true, Ordering::Release);
+        }
+        verdict
+    }
+}
+
+impl std::fmt::Debug for CredentialRecheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRecheck")
+            .field("refused", &self.refused())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for DriverOptions {
     fn default() -> Self {
         DriverOptions {
@@ -162,6 +213,7 @@ impl Default for DriverOptions {
             rejections: None,
             token_unchecked: None,
             peer_check: None,
+            credential_recheck: None,
         }
     }
 }
@@ -413,6 +465,8 @@ enum Wake {
     Commit,
     Shutdown,
     Policy(bool),
+    /// The credential is to be judged again (`false`: it never will be).
+    Recheck(bool),
     Timer,
     /// The timer, with the peer's bytes (this many, in the buffer) ready too: read first.
     ReadThenTimer(usize),
@@ -495,6 +549,7 @@ impl Driver {
         let mut linger_until: Option<Instant> = None;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut policy_rx = self.opts.policy.take();
+        let mut recheck = self.opts.credential_recheck.take();
         let hello_deadline = self.opts.hello_timeout.map(|d| self.start + d);
         loop {
             self.stall_for_long_lock_holder(&mut wr, &mut write_open, &mut needs_flush)
@@ -559,6 +614,8 @@ impl Driver {
                 _ = self.opts.shutdown.cancelled(), if running => Wake::Shutdown,
                 r = async { policy_rx.as_mut().expect("checked").changed().await },
                     if running && policy_rx.is_some() => Wake::Policy(r.is_ok()),
+                r = async { recheck.as_mut().expect("checked").changes.changed().await },
+                    if running && recheck.is_some() => Wake::Recheck(r.is_ok()),
                 _ = sleep_until(timer.unwrap_or(far)), if timer.is_some() => Wake::Timer,
                 _ = sleep_until(hello_deadline.unwrap_or(far)),
                     if running && self.peer.is_none() && hello_deadline.is_some() =>
@@ -630,6 +687,20 @@ impl Driver {
                     let db = self.db.clone();
                     if let Err(m) = self.session_mut().set_policy(now, &db, policy) {
                         self.close(ErrorCode::InvalidPolicy, &m);
+                    }
+                }
+                // Whoever moved it is gone: the verdict can no longer change.
+                Wake::Recheck(false) => recheck = None,
+                Wake::Recheck(true) => {
+                    let check = recheck.as_mut().expect("checked");
+                    check.changes.borrow_and_update();
+                    if let Err(message) = check.judge() {
+                        self.end_with(EndReason::Protocol(SyncError {
+                            code: ErrorCode::AuthFailed,
+                            message: message.clone(),
+                            remote: false,
+                        }));
+                        self.close(ErrorCode::AuthFailed, &message);
                     }
                 }
                 Wake::Timer => self.on_timer(),

@@ -70,8 +70,8 @@ pub mod ws;
 
 pub use checkpoint::{spawn_checkpointer, Checkpointer};
 pub use driver::{
-    run_session, DriverOptions, EndReason, PeerCheck, SessionMonitor, SessionReport,
-    SessionSnapshot,
+    run_session, CredentialRecheck, DriverOptions, EndReason, PeerCheck, SessionMonitor,
+    SessionReport, SessionSnapshot,
 };
 pub use error::{ConvergeError, EndedConnection, NetError};
 pub use files::{

@@ -3,16 +3,22 @@
 //! device revoked while the listener runs is refused at its next connection, no restart. A
 //! list it cannot read refuses every client certificate until it can (failing closed), and
 //! a list that cannot cover a client's certificate (another CA's) refuses it too. A server
-//! does not start with a list it cannot use.
+//! does not start with a list it cannot use. A session open with a certificate that a list
+//! read again revokes ends, its client told why; the others go on.
 
 mod common;
 mod transport_common;
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazedb::Database;
+use blazedb_net::transport::listen::ListenEvent;
 use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions};
-use blazedb_net::{sync_once, ClientOptions, Endpoint};
-use common::{count, fill, open};
+use blazedb_net::{sync_once, sync_watch, ClientError, ClientOptions, ClientReport, Endpoint};
+use common::{count, fill, open, CONVERGE};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
     IsCa, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
@@ -219,6 +225,127 @@ async fn revoked_client_certificates_are_refused_and_lists_are_read_again() {
         sync_once(a.clone(), &url, &client(&ca.pem, &unrevoked))
             .await
             .unwrap();
+        listener.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}
+
+/// `db` synced with `url` until `stop` fires or the session fails for good.
+fn watch(
+    db: Arc<Database>,
+    url: &Endpoint,
+    options: ClientOptions,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<ClientReport, ClientError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let url = url.clone();
+    let task = tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        sync_watch(db, &url, &options, stopped, |_| {}).await
+    });
+    (stop, task)
+}
+
+/// Wait (at most [`CONVERGE`]) until `check` holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next revocation list event of the listener (others skipped).
+async fn next_lists_event(
+    events: &mut tokio::sync::broadcast::Receiver<ListenEvent>,
+) -> Option<String> {
+    loop {
+        match tokio::time::timeout(CONVERGE, events.recv()).await {
+            Ok(Ok(ListenEvent::RevocationLists { error })) => return error,
+            Ok(Ok(_)) => {}
+            other => panic!("no revocation list event: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_session_ends_when_a_list_read_again_revokes_its_certificate() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = Ca::new(d, "ours");
+        let (server_cert, server_key) = ca.leaf(d, &["127.0.0.1", "localhost"], 1);
+        let laptop = ca.leaf(d, &["laptop.test"], 2);
+        let phone = ca.leaf(d, &["phone.test"], 3);
+        let crl = d.join("ours.crl.pem");
+        std::fs::write(&crl, ca.crl(1, &[])).unwrap();
+
+        let (on_laptop, on_phone, server) = (open(d, "laptop"), open(d, "phone"), open(d, "b"));
+        let tls = TlsServerOptions {
+            cert_pem: server_cert,
+            key_pem: server_key,
+            client_ca_pem: Some(ca.pem.clone()),
+            client_crl_pem: vec![crl.clone()],
+        };
+        let (listener, url) = listen_tls(server.clone(), tls).await;
+        let mut events = listener.events();
+        let (stop_laptop, laptop_sync) = watch(on_laptop.clone(), &url, client(&ca.pem, &laptop));
+        let (_stop_phone, phone_sync) = watch(on_phone.clone(), &url, client(&ca.pem, &phone));
+        fill(&on_laptop, "laptop", 5, 5, "l");
+        fill(&on_phone, "phone", 5, 5, "p");
+        until("both devices synced", || {
+            count(&server, "laptop") == 5 && count(&server, "phone") == 5
+        })
+        .await;
+
+        // A list caught half-written: new connections are refused (the other test), but the
+        // sessions open stay — each was admitted under a list that could be read.
+        replace(
+            &crl,
+            "-----BEGIN X509 CRL-----\nnot base64 at all\n-----END X509 CRL-----\n",
+        );
+        let error = next_lists_event(&mut events).await.expect("unusable");
+        assert!(error.contains("ours.crl.pem"), "{error}");
+        assert!(
+            error.contains("every client certificate is refused"),
+            "{error}"
+        );
+        fill(&on_phone, "phone", 5, 5, "p2");
+        until("the phone still syncs", || count(&server, "phone") == 10).await;
+        assert!(!phone_sync.is_finished());
+
+        // The phone is lost: the CA's next list names it. Its open session ends within the
+        // listener's look at the files, and its client is told why and stops.
+        replace(&crl, &ca.crl(2, &[3]));
+        assert_eq!(next_lists_event(&mut events).await, None, "usable again");
+        let ended = tokio::time::timeout(CONVERGE, phone_sync)
+            .await
+            .expect("the phone's session ended")
+            .unwrap();
+        let e = ended
+            .expect_err("a revoked device's sync fails")
+            .to_string();
+        assert!(e.contains("revoked this client's TLS certificate"), "{e}");
+        assert!(e.contains("AUTH_FAILED") || e.contains("auth"), "{e}");
+        fill(&on_phone, "phone", 5, 5, "p3");
+
+        // The laptop's session goes on.
+        fill(&on_laptop, "laptop", 5, 5, "l2");
+        until("the laptop still syncs", || count(&server, "laptop") == 10).await;
+        assert!(!laptop_sync.is_finished());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            count(&server, "phone"),
+            10,
+            "nothing more came from the phone"
+        );
+        stop_laptop.send(()).unwrap();
+        laptop_sync.await.unwrap().unwrap();
         listener.shutdown().await;
     })
     .await

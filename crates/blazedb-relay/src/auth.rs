@@ -116,15 +116,20 @@ pub enum AuthFailureKind {
     /// A valid credential presenting a node id that is bound to another identity here (the
     /// first that connected with it).
     NodeOwner,
+    /// A TLS client certificate refused: at the handshake (none where one is required, not
+    /// from the client CA, expired, revoked, or the revocation lists unreadable), or during
+    /// a session whose certificate the revocation lists, read again, now revoke.
+    ClientCertificate,
 }
 
 impl AuthFailureKind {
     /// Every kind, for metrics that start at 0.
-    pub const ALL: [AuthFailureKind; 4] = [
+    pub const ALL: [AuthFailureKind; 5] = [
         AuthFailureKind::Invalid,
         AuthFailureKind::Expired,
         AuthFailureKind::Claims,
         AuthFailureKind::NodeOwner,
+        AuthFailureKind::ClientCertificate,
     ];
 
     /// The label value.
@@ -134,6 +139,7 @@ impl AuthFailureKind {
             AuthFailureKind::Expired => "expired",
             AuthFailureKind::Claims => "claims",
             AuthFailureKind::NodeOwner => "node_owner",
+            AuthFailureKind::ClientCertificate => "client_certificate",
         }
     }
 }

@@ -121,7 +121,8 @@ pub struct TlsFiles {
     /// (token or JWT) are still checked.
     pub client_ca: Option<PathBuf>,
     /// Certificate revocation lists of that CA (`--tls-client-crl`, PEM): client
-    /// certificates on them are refused, read again whenever a file changes
+    /// certificates on them are refused, read again whenever a file changes, and then a
+    /// session open with a certificate they now revoke ends
     /// ([`blazedb_net::transport::tls::RevocationChecked`]).
     pub client_crls: Vec<PathBuf>,
 }

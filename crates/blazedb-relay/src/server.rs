@@ -24,11 +24,12 @@ use std::time::Duration;
 use axum::extract::Request;
 use blazedb::{Database, OpenOptions};
 use blazedb_net::transport::plaintext;
+use blazedb_net::transport::tls::ServerTls;
+use blazedb_net::CredentialRecheck;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
-use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use crate::auth::Authenticator;
@@ -43,6 +44,7 @@ use crate::limits::{
 use crate::metrics::Transport;
 use crate::origin::Origin;
 use crate::rules::Rules;
+use crate::session::Caller;
 use crate::slots::{Refused, Slot};
 use crate::state::State;
 
@@ -53,8 +55,8 @@ pub struct Relay {
     http_addr: SocketAddr,
     tcp: Option<(TcpListener, SocketAddr)>,
     unix: Option<(UnixListener, PathBuf)>,
-    tls_http: Option<TlsAcceptor>,
-    tls_tcp: Option<TlsAcceptor>,
+    tls_http: Option<ServerTls>,
+    tls_tcp: Option<ServerTls>,
     /// How often [`Relay::run`] collects garbage (zero: never).
     gc_interval: Duration,
     /// What each GC run is told (the peer retention).
@@ -89,16 +91,12 @@ impl Relay {
         };
         let origins = origins(&config.origins)?;
         let trusted_proxies = trusted_proxies(&config.trusted_proxies)?;
-        let tls_http = config
-            .tls
-            .as_ref()
-            .map(|t| crate::tls::acceptor(t, &[b"http/1.1"]))
-            .transpose()?;
         let tls_tcp = config
             .tls
             .as_ref()
-            .map(|t| crate::tls::acceptor(t, &[]))
+            .map(crate::tls::server_tls)
             .transpose()?;
+        let tls_http = tls_tcp.as_ref().map(|t| t.with_alpn(&[b"http/1.1"]));
 
         // Owner-only when created; refused when another user could change what is in it.
         let dir_warnings = crate::data_dir::prepare(&config.data_dir)?;
@@ -316,6 +314,11 @@ impl Relay {
         }
         let _ = state.head_watch.set(heads);
         crate::log::line(started_event(&state));
+        if let Some(tls) = tls_tcp.clone() {
+            state
+                .tasks
+                .spawn(watch_revocation_lists(state.clone(), tls));
+        }
         let st = state.clone();
         state.tasks.spawn(accept_http(st, http, tls_http));
         if let Some((l, _)) = tcp {
@@ -653,13 +656,31 @@ async fn watch_store(state: Arc<State>) {
     }
 }
 
+/// Look at the TLS client certificate revocation lists every
+/// `REVOCATION_LIST_CHECK_INTERVAL_MS` until shutdown (nothing without lists): a change is
+/// read at once and every open session's certificate judged again (one now revoked ends,
+/// `session.rs`); the lists turning unusable, or usable again, is logged.
+async fn watch_revocation_lists(state: Arc<State>, tls: ServerTls) {
+    let report = |usable: Result<(), String>| {
+        crate::log::line(match usable {
+            Err(error) => serde_json::json!({
+                "event": "tls_client_crl_unusable",
+                "error": error,
+            }),
+            Ok(()) => serde_json::json!({ "event": "tls_client_crl_usable" }),
+        });
+    };
+    tls.watch_revocation_lists(state.shutdown.child_token(), report)
+        .await;
+}
+
 /// Pause after an accept error (e.g. out of file descriptors) instead of spinning.
 async fn accept_backoff(e: &std::io::Error) {
     crate::log::line(serde_json::json!({"event": "accept_error", "error": e.to_string()}));
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<ServerTls>) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -684,17 +705,20 @@ async fn accept_http(state: Arc<State>, listener: TcpListener, tls: Option<TlsAc
         let tls = tls.clone();
         state.tasks.spawn(async move {
             match tls {
-                None => serve_http(st, stream, slot, peer.ip(), status_only).await,
-                Some(acceptor) => {
+                None => serve_http(st, stream, slot, peer.ip(), status_only, None).await,
+                Some(tls) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     let answer = plaintext::tls_required_http_response;
                     match tokio::time::timeout(
                         handshake,
-                        plaintext::accept_tls(&acceptor, stream, answer),
+                        plaintext::accept_tls(&tls.acceptor(), stream, answer),
                     )
                     .await
                     {
-                        Ok(Ok(s)) => serve_http(st, s, slot, peer.ip(), status_only).await,
+                        Ok(Ok(s)) => {
+                            let recheck = tls.recheck(&s);
+                            serve_http(st, s, slot, peer.ip(), status_only, recheck).await
+                        }
                         Ok(Err(e)) => st.record_tls_failure(&e, peer.ip()),
                         Err(_) => {}
                     }
@@ -733,12 +757,16 @@ async fn refuse_http(stream: tokio::net::TcpStream, tls: bool, code: &str, messa
 ///
 /// `status_only`: the connection holds a slot of the status reserve (the relay is at its
 /// limit, refused for this reason): it may ask `/health` and `/metrics`, nothing else.
+///
+/// `client_certificate`: the TLS client certificate of the connection, judged again when the
+/// revocation lists change; a sync session upgraded from it ends if it is revoked.
 async fn serve_http<I>(
     state: Arc<State>,
     io: I,
     slot: Slot,
     ip: IpAddr,
     status_only: Option<Refused>,
+    client_certificate: Option<CredentialRecheck>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -758,6 +786,9 @@ async fn serve_http<I>(
         let client = st.trusted_proxies.client(ip, req.headers());
         req.extensions_mut().insert(slot.clone());
         req.extensions_mut().insert(ClientAddress(client));
+        if let Some(certificate) = &client_certificate {
+            req.extensions_mut().insert(certificate.clone());
+        }
         let mut app = app.clone();
         let refused = refusal
             .clone()
@@ -882,7 +913,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     }
 }
 
-async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<ServerTls>) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -900,21 +931,24 @@ async fn accept_tcp(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcc
         state.tasks.spawn(async move {
             match tls {
                 None => {
-                    crate::session::run(st, stream, Transport::Tcp, None, slot, Some(peer.ip()))
-                        .await
+                    let caller = Caller::address(peer.ip());
+                    crate::session::run(st, stream, Transport::Tcp, None, slot, caller).await
                 }
-                Some(acceptor) => {
+                Some(tls) => {
                     let handshake = Duration::from_millis(st.limits.handshake_timeout_ms);
                     let answer = plaintext::tls_required_frame;
                     match tokio::time::timeout(
                         handshake,
-                        plaintext::accept_tls(&acceptor, stream, answer),
+                        plaintext::accept_tls(&tls.acceptor(), stream, answer),
                     )
                     .await
                     {
                         Ok(Ok(s)) => {
-                            crate::session::run(st, s, Transport::Tcp, None, slot, Some(peer.ip()))
-                                .await
+                            let caller = Caller {
+                                address: Some(peer.ip()),
+                                certificate: tls.recheck(&s),
+                            };
+                            crate::session::run(st, s, Transport::Tcp, None, slot, caller).await
                         }
                         Ok(Err(e)) => st.record_tls_failure(&e, peer.ip()),
                         Err(_) => {}
@@ -944,7 +978,7 @@ async fn accept_unix(state: Arc<State>, listener: UnixListener) {
             Transport::Unix,
             None,
             slot,
-            None,
+            Caller::default(),
         ));
     }
 }

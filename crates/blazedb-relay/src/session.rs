@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use crate::slots::Slot;
 use blazedb::sync::{ErrorCode, SessionConfig, SessionStats};
-use blazedb_net::{run_session, DriverOptions, EndReason, NetError, SessionMonitor};
+use blazedb_net::{
+    run_session, CredentialRecheck, DriverOptions, EndReason, NetError, SessionMonitor,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::access::ConnectionAccess;
@@ -29,22 +31,46 @@ use crate::log_throttle::LogKey;
 use crate::metrics::{CloseReason, Transport, TransportLabel};
 use crate::state::{SessionEntry, State};
 
+/// Who is at the other end of a session, as the transport knows it.
+#[derive(Debug, Default)]
+pub(crate) struct Caller {
+    /// The client's IP address (none over a Unix socket; over a WebSocket from a trusted
+    /// proxy, the one the proxy forwarded), for the failure limit and the log line of a
+    /// session that ends badly.
+    pub address: Option<IpAddr>,
+    /// Its TLS client certificate, judged again whenever the revocation lists change: the
+    /// session ends (`AUTH_FAILED`) once they revoke it.
+    pub certificate: Option<CredentialRecheck>,
+}
+
+impl Caller {
+    /// A caller known by its address only.
+    pub fn address(ip: IpAddr) -> Caller {
+        Caller {
+            address: Some(ip),
+            certificate: None,
+        }
+    }
+}
+
 /// Run a sync session over `io` until it ends. `claims`: the caller was authenticated by the
 /// transport (HTTP upgrade); `None`: it must present its credential in HELLO. The connection
-/// slot is released when the session ends. `client`: the client's IP address (none over a
-/// Unix socket; over a WebSocket from a trusted proxy, the one the proxy forwarded), for the
-/// failure limit and the log line of a session that ends badly.
+/// slot is released when the session ends.
 pub(crate) async fn run<T>(
     state: Arc<State>,
     io: T,
     transport: Transport,
     claims: Option<Claims>,
     slot: Slot,
-    client: Option<IpAddr>,
+    caller: Caller,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = slot;
+    let Caller {
+        address: client,
+        certificate,
+    } = caller;
     let limits = &state.limits;
     let mut access = ConnectionAccess::new(state.rules.clone(), state.auth.clone(), claims);
     if let Some(ip) = client {
@@ -77,6 +103,7 @@ pub(crate) async fn run<T>(
         monitor: Some(monitor.clone()),
         read_buffer_bytes: SESSION_READ_BUFFER_BYTES,
         write_buffer_bytes_max: SESSION_WRITE_BUFFER_BYTES_MAX,
+        credential_recheck: certificate.clone(),
         ..DriverOptions::default()
     };
     let metrics = state.metrics.clone();
@@ -134,7 +161,8 @@ pub(crate) async fn run<T>(
         // (which the session refuses itself, never asking `ConnectionAccess::authenticate`:
         // 1,000 of them left the counter where it was). None presented is no failure.
         let connected = last_report(&result).is_some_and(|r| r.peer.is_some());
-        if let Some(kind) = auth_failure_kind(access.refused_credential(), connected) {
+        let revoked = certificate.as_ref().is_some_and(CredentialRecheck::refused);
+        if let Some(kind) = auth_failure_kind(access.refused_credential(), connected, revoked) {
             metrics.auth_failed(kind);
         }
     }
@@ -233,13 +261,19 @@ fn last_report(
     }
 }
 
-/// How a session closed `AUTH_FAILED` counts in `auth_failures_total`: by why HELLO's
-/// credential was refused (`refused`; `None` for none presented, which is no failure); else,
-/// the credential having passed, it expired during a session that had begun (`connected`),
-/// or the node id it presented in HELLO is bound to another identity (the session refuses
-/// that before it begins).
-fn auth_failure_kind(refused: Option<&AuthError>, connected: bool) -> Option<AuthFailureKind> {
+/// How a session closed `AUTH_FAILED` counts in `auth_failures_total`: its TLS client
+/// certificate no longer accepted (`revoked`); by why HELLO's credential was refused
+/// (`refused`; `None` for none presented, which is no failure); else, the credential having
+/// passed, it expired during a session that had begun (`connected`), or the node id it
+/// presented in HELLO is bound to another identity (the session refuses that before it
+/// begins).
+fn auth_failure_kind(
+    refused: Option<&AuthError>,
+    connected: bool,
+    revoked: bool,
+) -> Option<AuthFailureKind> {
     match refused {
+        _ if revoked => Some(AuthFailureKind::ClientCertificate),
         Some(e) => e.failure_kind(),
         None if connected => Some(AuthFailureKind::Expired),
         None => Some(AuthFailureKind::NodeOwner),
@@ -465,7 +499,7 @@ mod tests {
             Transport::Unix,
             None,
             slot,
-            None,
+            Caller::default(),
         ));
         let ended = session.await.expect_err("the session panicked");
         assert!(ended.is_panic(), "{ended}");
@@ -492,7 +526,14 @@ mod tests {
             armed: armed.clone(),
         };
         let slot = state.take_slot(None).unwrap();
-        let session = tokio::spawn(run(state.clone(), io, Transport::Unix, None, slot, None));
+        let session = tokio::spawn(run(
+            state.clone(),
+            io,
+            Transport::Unix,
+            None,
+            slot,
+            Caller::default(),
+        ));
         let options = blazedb::OpenOptions::default();
         let client_db =
             Arc::new(blazedb::Database::open(dir.path().join("client.db"), options).unwrap());

@@ -173,9 +173,9 @@ impl State {
         });
     }
 
-    /// Log a TLS handshake that failed on the client's certificate (throttled: a device with
-    /// a revoked certificate retries). Other failed handshakes are not logged: port scanners
-    /// and clients that give up make most of them.
+    /// Count and log a TLS handshake that failed on the client's certificate (the log
+    /// throttled: a device with a revoked certificate retries). Other failed handshakes are
+    /// neither: port scanners and clients that give up make most of them.
     pub fn record_tls_failure(
         &self,
         e: &blazedb_net::transport::plaintext::TlsAcceptError,
@@ -184,6 +184,8 @@ impl State {
         if !e.client_certificate_refused() {
             return;
         }
+        self.metrics
+            .auth_failed(crate::auth::AuthFailureKind::ClientCertificate);
         let key = LogKey::TlsClientCertificate;
         self.log_throttled(key, Some(client), || {
             serde_json::json!({

@@ -126,7 +126,13 @@ async fn a_fresh_relay_exports_every_series_at_0() {
         (
             "auth_failures_total",
             "kind",
-            &["invalid", "expired", "claims", "node_owner"],
+            &[
+                "invalid",
+                "expired",
+                "claims",
+                "node_owner",
+                "client_certificate",
+            ],
         ),
         (
             "connections_refused_total",

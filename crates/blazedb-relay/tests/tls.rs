@@ -1,6 +1,7 @@
 //! With `--tls-cert/--tls-key` the relay serves WSS and TLS-over-TCP: clients that trust the
 //! certificate's CA sync through both, and the certificate is checked (a client expecting
-//! another name is refused by its own TLS layer).
+//! another name is refused by its own TLS layer). With client certificates and a revocation
+//! list, a session open with a certificate the list, read again, revokes ends.
 
 mod common;
 
@@ -12,7 +13,7 @@ use blazedb::sync::SessionConfig;
 use blazedb_net::ws::{websocket_config, WsStream};
 use blazedb_net::{run_session, DriverOptions};
 use blazedb_relay::TlsFiles;
-use common::{open, wait_until, TestRelay, TOKEN};
+use common::{auth_failures, open, sessions_closed, wait_until, TestRelay, TOKEN};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -301,6 +302,228 @@ async fn a_refused_client_certificate_is_explained_and_ends_sync_watch() {
         .unwrap_or_else(|_| panic!("{url}: sync_watch kept retrying"));
         assert!(watched.is_err(), "{url}");
     }
+    relay.stop().await;
+}
+
+/// A CA, its revocation list file (empty at first) and certificates with known serials.
+struct RevokingPki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    ca_pem: std::path::PathBuf,
+    crl: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl RevokingPki {
+    fn new(dir: &Path) -> RevokingPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        let pki = RevokingPki {
+            ca,
+            ca_key,
+            ca_pem,
+            crl: dir.join("clients.crl.pem"),
+            dir: dir.to_path_buf(),
+        };
+        pki.revoke(&[]);
+        pki
+    }
+
+    /// A certificate for `names` with serial `serial`: its (cert, key) files.
+    fn leaf(&self, names: &[&str], serial: u8) -> (std::path::PathBuf, std::path::PathBuf) {
+        use rcgen::{CertificateParams, KeyPair, SerialNumber};
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.serial_number = Some(SerialNumber::from_slice(&[serial]));
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let path = |what: &str| self.dir.join(format!("{serial}.{what}.pem"));
+        std::fs::write(path("cert"), cert.pem()).unwrap();
+        std::fs::write(path("key"), key.serialize_pem()).unwrap();
+        (path("cert"), path("key"))
+    }
+
+    /// The list now revokes `serials` (a new file renamed over the old, as an operator does).
+    fn revoke(&self, serials: &[u8]) {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber,
+        };
+        let pem = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: SerialNumber::from_slice(&[serials.len() as u8 + 1]),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&[*s]),
+                    revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.ca, &self.ca_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+        let next = self.dir.join("clients.crl.new");
+        std::fs::write(&next, pem).unwrap();
+        std::fs::rename(&next, &self.crl).unwrap();
+    }
+
+    fn client(
+        &self,
+        (cert, key): &(std::path::PathBuf, std::path::PathBuf),
+    ) -> blazedb_net::transport::TlsClientOptions {
+        blazedb_net::transport::TlsClientOptions {
+            ca_pem: Some(self.ca_pem.clone()),
+            client_cert_pem: Some(cert.clone()),
+            client_key_pem: Some(key.clone()),
+            danger_accept_invalid_certs: false,
+        }
+    }
+}
+
+/// `GET /metrics` over HTTPS, presenting a client certificate.
+async fn metrics_over_tls(
+    addr: std::net::SocketAddr,
+    tls: &blazedb_net::transport::TlsClientOptions,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut s = tls
+        .connector()
+        .unwrap()
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// A device is lost while it syncs: its CA's next revocation list names its certificate. The
+/// relay reads the list again within a second and ends the device's open sessions, over WSS
+/// and TLS over TCP alike, telling the client why (a watching client stops); other devices
+/// go on. Each counts as a refused credential of kind `client_certificate`, as a handshake
+/// refused for the certificate does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_of_a_certificate_revoked_while_they_run_end() {
+    use blazedb_net::reconnect::BackoffConfig;
+    use blazedb_net::transport::{ConnectOptions, Endpoint};
+    use blazedb_net::{sync_once, sync_watch, ClientOptions};
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = RevokingPki::new(pki_dir.path());
+    let server = pki.leaf(&["127.0.0.1", "localhost"], 1);
+    let (lost, kept) = (pki.leaf(&["lost.test"], 2), pki.leaf(&["kept.test"], 3));
+    let relay = TestRelay::start(|c| {
+        c.tls = Some(TlsFiles {
+            cert: server.0.clone(),
+            key: server.1.clone(),
+            client_ca: Some(pki.ca_pem.clone()),
+            client_crls: vec![pki.crl.clone()],
+        });
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    relay.db.insert("notes", [("text", "first")]).unwrap();
+    let options = |cert| ClientOptions {
+        connect: ConnectOptions {
+            tls: pki.client(cert),
+            ..ConnectOptions::default()
+        },
+        session: SessionConfig {
+            token: TOKEN.into(),
+            ..SessionConfig::default()
+        },
+        backoff: BackoffConfig {
+            initial_ms: 10,
+            max_ms: 50,
+            ..BackoffConfig::default()
+        },
+        ..ClientOptions::default()
+    };
+    let urls: [Endpoint; 2] = [
+        format!("wss://localhost:{}/v1/sync", relay.addr.port())
+            .parse()
+            .unwrap(),
+        format!("tls://127.0.0.1:{}", relay.tcp_addr.unwrap().port())
+            .parse()
+            .unwrap(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let mut watching = Vec::new();
+    for (i, (url, cert)) in [(&urls[0], &lost), (&urls[1], &lost), (&urls[0], &kept)]
+        .into_iter()
+        .enumerate()
+    {
+        let db = open(dir.path(), &format!("device{i}"));
+        let (url, options, stop) = (url.clone(), options(cert), stop.clone());
+        let task = tokio::spawn({
+            let db = db.clone();
+            async move { sync_watch(db, &url, &options, stop.cancelled_owned(), |_| {}).await }
+        });
+        watching.push((db, task));
+    }
+    for (db, _) in &watching {
+        let db = db.clone();
+        wait_until(Duration::from_secs(20), move || {
+            db.count("notes").unwrap_or(0) == 1
+        })
+        .await;
+    }
+
+    pki.revoke(&[2]);
+    let kept_watch = watching.pop().unwrap();
+    for (i, (_, task)) in watching.into_iter().enumerate() {
+        let ended = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .unwrap_or_else(|_| panic!("session {i} of the revoked certificate goes on"))
+            .unwrap();
+        let e = ended.expect_err("ends with an error").to_string();
+        assert!(
+            e.contains("revoked this client's TLS certificate"),
+            "{i}: {e}"
+        );
+    }
+    // The other device's session goes on.
+    relay.db.insert("notes", [("text", "second")]).unwrap();
+    let db = kept_watch.0.clone();
+    wait_until(Duration::from_secs(20), move || {
+        db.count("notes").unwrap_or(0) == 2
+    })
+    .await;
+    assert!(!kept_watch.1.is_finished());
+    // And the lost device is refused at the handshake now.
+    let again = open(dir.path(), "again");
+    assert!(sync_once(again, &urls[1], &options(&lost)).await.is_err());
+
+    let metrics = metrics_over_tls(relay.addr, &pki.client(&kept)).await;
+    assert_eq!(
+        auth_failures(&metrics, "client_certificate"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sessions_closed(&metrics, "auth_failed"),
+        Some(2.0),
+        "{metrics}"
+    );
+    stop.cancel();
+    kept_watch.1.await.unwrap().unwrap();
     relay.stop().await;
 }
 

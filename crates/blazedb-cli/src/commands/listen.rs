@@ -247,6 +247,10 @@ fn event_json(e: &ListenEvent) -> serde_json::Value {
             }
             v
         }
+        ListenEvent::RevocationLists { error: Some(error) } => {
+            json!({ "event": "tls_client_crl_unusable", "error": error })
+        }
+        ListenEvent::RevocationLists { error: None } => json!({ "event": "tls_client_crl_usable" }),
         _ => json!({ "event": "other" }),
     }
 }

@@ -29,7 +29,6 @@ use blazedb::Database;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::broadcast;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth_failures::{self, AuthFailures};
@@ -42,6 +41,7 @@ use crate::limits::{
     LISTEN_CONNECTIONS_MAX_DEFAULT, LISTEN_EVENTS_CAPACITY, TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
     UNIX_SOCKET_PATH_BYTES_MAX,
 };
+use crate::transport::tls::ServerTls;
 use crate::transport::{plaintext, BoxedStream, TlsServerOptions, TokenAuth, TransportError};
 
 /// What [`listen`] listens on and how it serves.
@@ -121,6 +121,13 @@ pub enum ListenEvent {
         /// The session's report, if a session ran (not when the TLS handshake failed).
         report: Option<Box<SessionReport>>,
         /// Why it ended with an error (`None`: a clean end).
+        error: Option<String>,
+    },
+    /// The client certificate revocation lists ([`TlsServerOptions::client_crl_pem`]) could
+    /// no longer be read or parsed (`error`: which file and why; every new client
+    /// certificate is refused meanwhile), or can be again (`None`).
+    RevocationLists {
+        /// Why they cannot be used, or `None` when they can be again.
         error: Option<String>,
     },
 }
@@ -233,7 +240,7 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
              (--max-auth-failures-per-address 0)"
         )));
     }
-    let acceptor = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let tls = cfg.tls.as_ref().map(|t| t.server_tls()).transpose()?;
     let tcp =
         match &cfg.tcp {
             Some(addr) => Some(TcpListener::bind(addr.as_str()).await.map_err(|source| {
@@ -278,7 +285,7 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
         session,
         token_auth,
         auth_failures,
-        acceptor,
+        tls,
         handshake_timeout_ms: cfg.handshake_timeout_ms,
         linger_ms: cfg.linger_ms,
         stop: stop.clone(),
@@ -287,6 +294,19 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
         next_id: AtomicU64::new(1),
         heads,
     });
+    if let Some(tls) = shared.tls.clone() {
+        // Sessions open with a certificate revoked since are ended; the lists turning
+        // unusable (or usable again) is an event.
+        let (stop, events) = (stop.clone(), events.clone());
+        tokio::spawn(async move {
+            let report = |usable: Result<(), String>| {
+                let _ = events.send(ListenEvent::RevocationLists {
+                    error: usable.err(),
+                });
+            };
+            tls.watch_revocation_lists(stop, report).await;
+        });
+    }
     let supervisor = Supervisor {
         shared,
         tcp,
@@ -450,7 +470,7 @@ struct Shared {
     token_auth: Option<TokenAuth>,
     /// The wrong tokens per TCP peer address, when counted.
     auth_failures: Option<AuthFailureLimit>,
-    acceptor: Option<TlsAcceptor>,
+    tls: Option<ServerTls>,
     handshake_timeout_ms: u64,
     linger_ms: u64,
     stop: CancellationToken,
@@ -594,8 +614,10 @@ async fn serve(shared: Arc<Shared>, socket: Incoming) {
         id,
         remote: remote.clone(),
     });
-    let stream: BoxedStream = match (socket, &shared.acceptor) {
-        (Incoming::Tcp(socket, _), Some(acceptor)) => {
+    let mut credential_recheck = None;
+    let stream: BoxedStream = match (socket, &shared.tls) {
+        (Incoming::Tcp(socket, _), Some(tls)) => {
+            let acceptor = &tls.acceptor();
             let limit = Duration::from_millis(shared.handshake_timeout_ms);
             let handshake = tokio::select! {
                 r = tokio::time::timeout(
@@ -609,7 +631,10 @@ async fn serve(shared: Arc<Shared>, socket: Incoming) {
                 }
             };
             match handshake {
-                Ok(Ok(s)) => Box::new(s),
+                Ok(Ok(s)) => {
+                    credential_recheck = tls.recheck(&s);
+                    Box::new(s)
+                }
                 Ok(Err(e)) => return ended(&shared, id, remote, None, Some(e.to_string())),
                 Err(_) => {
                     let e = format!("TLS handshake not done within {limit:?}");
@@ -625,6 +650,7 @@ async fn serve(shared: Arc<Shared>, socket: Incoming) {
         wake: shared.heads.as_ref().map(|h| h.subscribe()),
         linger_ms: shared.linger_ms,
         hello_timeout: Some(Duration::from_millis(shared.handshake_timeout_ms)),
+        credential_recheck,
         ..DriverOptions::default()
     };
     let session = shared.session_for(peer);

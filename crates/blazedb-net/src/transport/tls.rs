@@ -4,7 +4,8 @@
 //! - Server: a certificate chain and its key; optionally a CA whose certificates clients
 //!   must present ([`TlsServerOptions::client_ca_pem`]), and revocation lists of certificates
 //!   no longer accepted ([`TlsServerOptions::client_crl_pem`]), read again whenever they
-//!   change.
+//!   change — and then every open session's certificate is judged again
+//!   ([`ServerTls::recheck`]).
 //! - Client: trusts the built-in web roots, or only the CA in [`TlsClientOptions::ca_pem`]
 //!   when one is given (a private CA, a self-signed development certificate); optionally
 //!   presents a client certificate. [`TlsClientOptions::danger_accept_invalid_certs`] skips
@@ -29,8 +30,12 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
 };
+use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
 
+use crate::driver::CredentialRecheck;
+use crate::limits::REVOCATION_LIST_CHECK_INTERVAL_MS;
 use crate::transport::TransportError;
 
 /// TLS settings of a listener.
@@ -61,15 +66,92 @@ pub struct TlsClientOptions {
     pub danger_accept_invalid_certs: bool,
 }
 
+/// A listener's TLS: the configuration handshakes are accepted with and, when client
+/// certificates are checked against revocation lists, those lists, against which open
+/// sessions are judged again when they change.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// What handshakes are accepted with.
+    pub config: Arc<ServerConfig>,
+    /// The client certificate check with revocation lists, when lists were given.
+    pub revocation: Option<Arc<RevocationChecked>>,
+}
+
+impl ServerTls {
+    /// An acceptor for server-side handshakes.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.clone())
+    }
+
+    /// The same, offering `alpn` to clients (e.g. `http/1.1`); the revocation lists stay
+    /// shared.
+    pub fn with_alpn(&self, alpn: &[&[u8]]) -> ServerTls {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        ServerTls {
+            config: Arc::new(config),
+            revocation: self.revocation.clone(),
+        }
+    }
+
+    /// For the session on `stream`: its client certificate judged again each time the
+    /// revocation lists change (and once at the start, for a change between the handshake
+    /// and now). `None` without revocation lists or client certificate.
+    pub fn recheck<IO>(
+        &self,
+        stream: &tokio_rustls::server::TlsStream<IO>,
+    ) -> Option<CredentialRecheck> {
+        let revocation = self.revocation.as_ref()?;
+        let chain = stream.get_ref().1.peer_certificates()?;
+        revocation.recheck(chain)
+    }
+
+    /// Look whether the revocation lists changed every
+    /// [`REVOCATION_LIST_CHECK_INTERVAL_MS`], until `stop` (at once without lists). A change
+    /// is read at once and judges every open session again; `report` is told each time the
+    /// lists turn unusable (`Err`, why) or usable again (`Ok`).
+    pub async fn watch_revocation_lists(
+        &self,
+        stop: CancellationToken,
+        report: impl Fn(Result<(), String>),
+    ) {
+        let Some(revocation) = &self.revocation else {
+            return;
+        };
+        let mut usable = Ok(());
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+            REVOCATION_LIST_CHECK_INTERVAL_MS,
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = revocation.refresh();
+            if now != usable {
+                usable = now.clone();
+                report(now);
+            }
+        }
+    }
+}
+
 impl TlsServerOptions {
     /// The rustls server configuration these files describe.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TransportError> {
+        Ok(self.server_tls()?.config)
+    }
+
+    /// The rustls server configuration these files describe, with the revocation lists.
+    pub fn server_tls(&self) -> Result<ServerTls, TransportError> {
         let provider = provider();
         let chain = certs(&self.cert_pem)?;
         let key = key(&self.key_pem)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TransportError::TlsOptions(e.to_string()))?;
+        let mut revocation = None;
         let builder = match &self.client_ca_pem {
             None if !self.client_crl_pem.is_empty() => {
                 return Err(TransportError::TlsOptions(
@@ -91,9 +173,14 @@ impl TlsServerOptions {
                 if self.client_crl_pem.is_empty() {
                     builder.with_client_cert_verifier(verifier)
                 } else {
-                    let checked =
-                        RevocationChecked::new(verifier, roots, provider, &self.client_crl_pem)?;
-                    builder.with_client_cert_verifier(Arc::new(checked))
+                    let checked = Arc::new(RevocationChecked::new(
+                        verifier,
+                        roots,
+                        provider,
+                        &self.client_crl_pem,
+                    )?);
+                    revocation = Some(checked.clone());
+                    builder.with_client_cert_verifier(checked)
                 }
             }
         };
@@ -108,7 +195,10 @@ impl TlsServerOptions {
                         self.cert_pem.display()
                     ),
                 })?;
-        Ok(Arc::new(config))
+        Ok(ServerTls {
+            config: Arc::new(config),
+            revocation,
+        })
     }
 
     /// An acceptor for server-side handshakes.
@@ -169,11 +259,13 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TransportError> {
 }
 
 /// Client certificates checked against revocation lists (CRLs) that are read again when
-/// they change, so that revoking a lost device's certificate takes effect at its next
-/// connection without restarting the server (sessions already open stay: end them by
-/// restarting, or let them end). Each handshake looks at the files' size, modification time
-/// and inode (a `stat` each, negligible beside the handshake's signatures); a changed file
-/// is parsed again before the certificate is judged.
+/// they change, so that revoking a lost device's certificate takes effect without restarting
+/// the server: at its next connection, and for a session it has open, within
+/// [`REVOCATION_LIST_CHECK_INTERVAL_MS`] ([`ServerTls::watch_revocation_lists`] looks at the
+/// files; each open session's certificate is judged again when they changed, see
+/// [`RevocationChecked::recheck`]). Each handshake looks at the files' size, modification
+/// time and inode (a `stat` each, negligible beside the handshake's signatures); a changed
+/// file is parsed again before the certificate is judged.
 ///
 /// Only the client's own certificate is looked up (intermediates are not), and a list must
 /// cover it: a certificate of an issuer none of the lists is from is refused, as is every
@@ -191,6 +283,9 @@ pub struct RevocationChecked {
     provider: Arc<CryptoProvider>,
     paths: Vec<PathBuf>,
     loaded: std::sync::Mutex<LoadedLists>,
+    /// Moves each time the lists were read again into a usable verifier: open sessions
+    /// judge their certificates again.
+    generation: watch::Sender<u64>,
 }
 
 #[derive(Debug)]
@@ -280,7 +375,51 @@ impl RevocationChecked {
                 stamps,
                 verifier: Ok(verifier),
             }),
+            generation: watch::Sender::new(0),
         })
+    }
+
+    /// Read the lists again if a file changed; whether they can be used now (why not).
+    pub fn refresh(&self) -> Result<(), String> {
+        self.current().map(|_| ()).map_err(|e| match e {
+            rustls::Error::General(m) => m,
+            other => other.to_string(),
+        })
+    }
+
+    /// The session of a client that presented `chain` (its certificate first), judged again
+    /// each time the lists were read again, and once at the start. A certificate the lists
+    /// now revoke (or can no longer vouch for: none of them is from its issuer) ends the
+    /// session with `AUTH_FAILED`, the client told why. It is judged as of now, the session's
+    /// start: a certificate expiring during a session is not this check's business (its
+    /// next connection is refused, and retried until it is renewed). While the lists cannot be read no open session is ended: each was
+    /// admitted under lists that could, and a list caught half-written must not cut every
+    /// client off (new connections are refused meanwhile; sessions are judged again once
+    /// the lists can be read). `None` for an empty chain.
+    pub fn recheck(self: &Arc<Self>, chain: &[CertificateDer<'_>]) -> Option<CredentialRecheck> {
+        let chain: Vec<CertificateDer<'static>> =
+            chain.iter().map(|c| c.clone().into_owned()).collect();
+        if chain.is_empty() {
+            return None;
+        }
+        let this = self.clone();
+        let admitted = UnixTime::now();
+        let mut changes = self.generation.subscribe();
+        changes.mark_changed();
+        Some(CredentialRecheck::new(changes, move || {
+            let verifier = {
+                let loaded = this.loaded.lock().unwrap_or_else(|e| e.into_inner());
+                match &loaded.verifier {
+                    Ok(v) => v.clone(),
+                    Err(_) => return Ok(()),
+                }
+            };
+            let (end_entity, intermediates) = chain.split_first().expect("not empty");
+            verifier
+                .verify_client_cert(end_entity, intermediates, admitted)
+                .map(|_| ())
+                .map_err(|e| no_longer_accepted(&e))
+        }))
     }
 
     /// The verifier for the lists as they are now, read again if a file changed.
@@ -297,6 +436,9 @@ impl RevocationChecked {
                 )
             });
             loaded.stamps = stamps;
+            if loaded.verifier.is_ok() {
+                self.generation.send_modify(|g| *g += 1);
+            }
         }
         loaded.verifier.clone().map_err(rustls::Error::General)
     }
@@ -337,6 +479,22 @@ impl ClientCertVerifier for RevocationChecked {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.plain.supported_verify_schemes()
+    }
+}
+
+/// What a client whose open session ends on its certificate is told.
+fn no_longer_accepted(e: &rustls::Error) -> String {
+    use rustls::CertificateError;
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+            "the server revoked this client's TLS certificate (it is on the server's revocation \
+             list now): the session ends; ask the server's operator for a new certificate"
+                .into()
+        }
+        other => format!(
+            "the server no longer accepts this client's TLS certificate ({other}): the session \
+             ends; ask the server's operator for a new certificate"
+        ),
     }
 }
 
@@ -430,5 +588,99 @@ impl ServerCertVerifier for AcceptAnyServerCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, KeyIdMethod,
+        KeyPair, RevokedCertParams, SerialNumber,
+    };
+
+    use super::*;
+
+    /// A session judges its certificate once at its start, against the lists as they are
+    /// then (they may have been read again between its handshake and its start), and again
+    /// whenever they are read again: revoked → refused, with words saying so.
+    #[test]
+    fn a_session_judges_its_certificate_at_its_start_and_at_each_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf = |serial: u8| {
+            let mut params = CertificateParams::new(vec!["device.test".to_owned()]).unwrap();
+            params.serial_number = Some(SerialNumber::from_slice(&[serial]));
+            let key = KeyPair::generate().unwrap();
+            params.signed_by(&key, &ca, &ca_key).unwrap().der().clone()
+        };
+        let crl = |number: u8, revoked: &[u8]| {
+            CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2026, 1, 1),
+                next_update: rcgen::date_time_ymd(2100, 1, 1),
+                crl_number: SerialNumber::from_slice(&[number]),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|s| RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(&[*s]),
+                        revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca, &ca_key)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        let list = dir.path().join("ca.crl.pem");
+        std::fs::write(&list, crl(1, &[])).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let (roots, provider) = (Arc::new(roots), provider());
+        let plain = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .unwrap();
+        let checked = Arc::new(
+            RevocationChecked::new(plain, roots, provider, std::slice::from_ref(&list)).unwrap(),
+        );
+
+        let (kept, lost) = (leaf(2), leaf(3));
+        let mut kept = checked.recheck(&[kept]).unwrap();
+        let mut lost = checked.recheck(&[lost]).unwrap();
+        assert!(checked.recheck(&[]).is_none());
+        for r in [&mut kept, &mut lost] {
+            assert!(r.changes.has_changed().unwrap(), "judged at the start");
+            r.changes.borrow_and_update();
+            assert_eq!((r.check)(), Ok(()));
+        }
+
+        // Read again: the lost device's certificate is revoked now.
+        let tmp = dir.path().join("new.pem");
+        std::fs::write(&tmp, crl(2, &[3])).unwrap();
+        std::fs::rename(&tmp, &list).unwrap();
+        assert_eq!(checked.refresh(), Ok(()));
+        assert!(kept.changes.has_changed().unwrap());
+        assert_eq!((kept.check)(), Ok(()));
+        assert!(lost.changes.has_changed().unwrap());
+        let refused = (lost.check)().unwrap_err();
+        assert!(
+            refused.contains("revoked this client's TLS certificate"),
+            "{refused}"
+        );
+
+        // A list that cannot be read ends nobody's session, and is no change to judge; nor
+        // is looking again at a file that did not change.
+        kept.changes.borrow_and_update();
+        std::fs::write(&list, "not a list").unwrap();
+        assert!(checked.refresh().unwrap_err().contains("ca.crl.pem"));
+        assert!(checked.refresh().is_err());
+        assert!(!kept.changes.has_changed().unwrap());
+        assert_eq!((kept.check)(), Ok(()), "judged by the last usable lists");
     }
 }

@@ -15,11 +15,13 @@ use axum::extract::{Request, State as AxumState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use blazedb_net::ws::WsStream;
+use blazedb_net::CredentialRecheck;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::{authenticate, check_origin_and_host, client_address, error, ConnectionSlot};
 use crate::metrics::Transport;
+use crate::session::Caller;
 use crate::state::State;
 
 /// Handle the upgrade request.
@@ -68,6 +70,9 @@ pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Re
     // client's (behind a trusted proxy, the one it forwarded).
     let connection = req.extensions().get::<ConnectionSlot>().cloned();
     let client = client_address(&req);
+    // Over TLS with a client certificate and revocation lists: judged again while the
+    // session runs.
+    let certificate = req.extensions().get::<CredentialRecheck>().cloned();
     let slot = match connection.as_ref().and_then(ConnectionSlot::take) {
         Some(s) => s,
         None => match state.take_slot(connection.map(|c| c.ip)) {
@@ -95,7 +100,11 @@ pub(crate) async fn upgrade(AxumState(state): AxumState<Arc<State>>, mut req: Re
         // a whole 8 MiB message before the session could refuse it as a HELLO (on a relay
         // without credentials, for anyone who connects).
         let ws = WsStream::server(TokioIo::new(upgraded)).await;
-        crate::session::run(st, ws, Transport::Ws, Some(claims), slot, client).await;
+        let caller = Caller {
+            address: client,
+            certificate,
+        };
+        crate::session::run(st, ws, Transport::Ws, Some(claims), slot, caller).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
