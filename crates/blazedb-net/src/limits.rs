@@ -53,10 +53,10 @@ pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// says nothing must not hold a connection slot for long.
 pub const TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
-/// How often a TLS listener looks whether its client certificate revocation lists changed
-/// (a `stat` of each file), so that sessions open with a certificate revoked since end
-/// within about this long, not only its next connection.
-pub const REVOCATION_LIST_CHECK_INTERVAL_MS: u64 = 1_000;
+/// How often a TLS listener looks whether its certificate, key or client certificate
+/// revocation lists changed (a `stat` of each file): a renewed certificate is served, and
+/// sessions open with a client certificate revoked since end, within about this long.
+pub const TLS_FILES_CHECK_INTERVAL_MS: u64 = 1_000;
 
 /// Most sessions one listener serves at once; further connections wait in the backlog.
 pub const LISTEN_CONNECTIONS_MAX_DEFAULT: usize = 1024;

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use blazedb::Database;
 use blazedb_net::transport::listen::ListenEvent;
+use blazedb_net::transport::tls::TlsFilesEvent;
 use blazedb_net::transport::{ConnectOptions, ListenConfig, TlsClientOptions, TlsServerOptions};
 use blazedb_net::{sync_once, sync_watch, ClientError, ClientOptions, ClientReport, Endpoint};
 use common::{count, fill, open, CONVERGE};
@@ -266,7 +267,10 @@ async fn next_lists_event(
 ) -> Option<String> {
     loop {
         match tokio::time::timeout(CONVERGE, events.recv()).await {
-            Ok(Ok(ListenEvent::RevocationLists { error })) => return error,
+            Ok(Ok(ListenEvent::TlsFiles(TlsFilesEvent::RevocationListsUnusable(e)))) => {
+                return Some(e)
+            }
+            Ok(Ok(ListenEvent::TlsFiles(TlsFilesEvent::RevocationListsUsable))) => return None,
             Ok(Ok(_)) => {}
             other => panic!("no revocation list event: {other:?}"),
         }

@@ -112,7 +112,8 @@ pub enum AuthConfig {
 /// A TLS certificate chain and its private key, both PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
-    /// Certificate chain, leaf first.
+    /// Certificate chain, leaf first. With `key`, read again when either file changes (a
+    /// renewed certificate is served from the next handshake on).
     pub cert: PathBuf,
     /// Private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,

@@ -315,9 +315,7 @@ impl Relay {
         let _ = state.head_watch.set(heads);
         crate::log::line(started_event(&state));
         if let Some(tls) = tls_tcp.clone() {
-            state
-                .tasks
-                .spawn(watch_revocation_lists(state.clone(), tls));
+            state.tasks.spawn(watch_tls_files(state.clone(), tls));
         }
         let st = state.clone();
         state.tasks.spawn(accept_http(st, http, tls_http));
@@ -656,22 +654,15 @@ async fn watch_store(state: Arc<State>) {
     }
 }
 
-/// Look at the TLS client certificate revocation lists every
-/// `REVOCATION_LIST_CHECK_INTERVAL_MS` until shutdown (nothing without lists): a change is
-/// read at once and every open session's certificate judged again (one now revoked ends,
-/// `session.rs`); the lists turning unusable, or usable again, is logged.
-async fn watch_revocation_lists(state: Arc<State>, tls: ServerTls) {
-    let report = |usable: Result<(), String>| {
-        crate::log::line(match usable {
-            Err(error) => serde_json::json!({
-                "event": "tls_client_crl_unusable",
-                "error": error,
-            }),
-            Ok(()) => serde_json::json!({ "event": "tls_client_crl_usable" }),
-        });
+/// Look at the TLS files every `TLS_FILES_CHECK_INTERVAL_MS` until shutdown: a renewed
+/// certificate is served from the next handshake on; changed revocation lists are read at
+/// once and every open session's certificate judged again (one now revoked ends,
+/// `session.rs`). Each change is logged (`TlsFilesEvent::to_json`).
+async fn watch_tls_files(state: Arc<State>, tls: ServerTls) {
+    let report = |event: blazedb_net::transport::tls::TlsFilesEvent| {
+        crate::log::line(event.to_json());
     };
-    tls.watch_revocation_lists(state.shutdown.child_token(), report)
-        .await;
+    tls.watch_files(state.shutdown.child_token(), report).await;
 }
 
 /// Pause after an accept error (e.g. out of file descriptors) instead of spinning.

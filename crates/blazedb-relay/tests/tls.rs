@@ -321,6 +321,7 @@ impl RevokingPki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
         let ca_pem = dir.join("ca.pem");
         std::fs::write(&ca_pem, ca.pem()).unwrap();
         let pki = RevokingPki {
@@ -524,6 +525,80 @@ async fn sessions_of_a_certificate_revoked_while_they_run_end() {
     );
     stop.cancel();
     kept_watch.1.await.unwrap().unwrap();
+    relay.stop().await;
+}
+
+/// A renewed certificate (the files replaced, as an ACME client does) is served by both TLS
+/// listeners from the next handshake on, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    use blazedb_net::transport::{connect, ConnectOptions, Endpoint, TlsClientOptions};
+    let pki_dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        RevokingPki::new(&pki_dir.path().join("old")),
+        RevokingPki::new(&pki_dir.path().join("new")),
+    );
+    let (old_pair, new_pair) = (
+        old.leaf(&["127.0.0.1", "localhost"], 1),
+        new.leaf(&["127.0.0.1", "localhost"], 1),
+    );
+    let served = (
+        pki_dir.path().join("cert.pem"),
+        pki_dir.path().join("key.pem"),
+    );
+    std::fs::copy(&old_pair.0, &served.0).unwrap();
+    std::fs::copy(&old_pair.1, &served.1).unwrap();
+    let relay = TestRelay::start(|c| {
+        c.tls = Some(TlsFiles {
+            cert: served.0.clone(),
+            key: served.1.clone(),
+            client_ca: None,
+            client_crls: Vec::new(),
+        });
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let urls: [Endpoint; 2] = [
+        format!("wss://localhost:{}/v1/sync", relay.addr.port())
+            .parse()
+            .unwrap(),
+        format!("tls://127.0.0.1:{}", relay.tcp_addr.unwrap().port())
+            .parse()
+            .unwrap(),
+    ];
+    let trusting = |ca: &Path| ConnectOptions {
+        tls: TlsClientOptions {
+            ca_pem: Some(ca.to_path_buf()),
+            ..TlsClientOptions::default()
+        },
+        bearer_token: Some(TOKEN.into()),
+        ..ConnectOptions::default()
+    };
+    for url in &urls {
+        connect(url, &trusting(&old.ca_pem))
+            .await
+            .expect("the first certificate");
+    }
+    // Renewed: key first, then the certificate (each a new file renamed over the old).
+    for (from, to) in [(&new_pair.1, &served.1), (&new_pair.0, &served.0)] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    for url in &urls {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while connect(url, &trusting(&new.ca_pem)).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url}: the renewed certificate is never served"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            connect(url, &trusting(&old.ca_pem)).await.is_err(),
+            "{url}: still the old certificate"
+        );
+    }
     relay.stop().await;
 }
 

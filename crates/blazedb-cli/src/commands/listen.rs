@@ -52,7 +52,8 @@ pub struct ListenArgs {
     /// --tcp: a Unix socket has no TLS).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert.
+    /// The PEM private key of --tls-cert. Both files are read again when they change: a
+    /// renewed certificate is served from the next connection on, no restart.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by a CA in this PEM file.
@@ -60,9 +61,9 @@ pub struct ListenArgs {
     pub tls_client_ca: Option<PathBuf>,
     /// Refuse client certificates on this certificate revocation list (PEM, from the CA of
     /// --tls-client-ca); repeat for more. Read again whenever the file changes, so a revoked
-    /// device is refused at its next connection without a restart (its open session stays).
-    /// Replace the file by renaming a new one over it: while a list cannot be read, every
-    /// client certificate is refused.
+    /// device is refused without a restart, and its open sessions end. Replace the file by
+    /// renaming a new one over it: while a list cannot be read, every new client certificate
+    /// is refused.
     #[arg(long, value_name = "FILE", requires = "tls_client_ca")]
     pub tls_client_crl: Vec<PathBuf>,
     /// What this database does with its peers: both, push (only send) or pull (only
@@ -247,10 +248,7 @@ fn event_json(e: &ListenEvent) -> serde_json::Value {
             }
             v
         }
-        ListenEvent::RevocationLists { error: Some(error) } => {
-            json!({ "event": "tls_client_crl_unusable", "error": error })
-        }
-        ListenEvent::RevocationLists { error: None } => json!({ "event": "tls_client_crl_usable" }),
+        ListenEvent::TlsFiles(e) => e.to_json(),
         _ => json!({ "event": "other" }),
     }
 }

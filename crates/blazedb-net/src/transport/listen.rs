@@ -41,7 +41,7 @@ use crate::limits::{
     LISTEN_CONNECTIONS_MAX_DEFAULT, LISTEN_EVENTS_CAPACITY, TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT,
     UNIX_SOCKET_PATH_BYTES_MAX,
 };
-use crate::transport::tls::ServerTls;
+use crate::transport::tls::{ServerTls, TlsFilesEvent};
 use crate::transport::{plaintext, BoxedStream, TlsServerOptions, TokenAuth, TransportError};
 
 /// What [`listen`] listens on and how it serves.
@@ -123,13 +123,9 @@ pub enum ListenEvent {
         /// Why it ended with an error (`None`: a clean end).
         error: Option<String>,
     },
-    /// The client certificate revocation lists ([`TlsServerOptions::client_crl_pem`]) could
-    /// no longer be read or parsed (`error`: which file and why; every new client
-    /// certificate is refused meanwhile), or can be again (`None`).
-    RevocationLists {
-        /// Why they cannot be used, or `None` when they can be again.
-        error: Option<String>,
-    },
+    /// A TLS file changed ([`ServerTls::watch_files`]): a renewed certificate is served, or
+    /// the new files or the revocation lists cannot be used (why).
+    TlsFiles(TlsFilesEvent),
 }
 
 /// A running listener. Dropping it stops it too, without waiting.
@@ -295,16 +291,14 @@ pub async fn listen(db: Arc<Database>, cfg: ListenConfig) -> Result<Listener, Tr
         heads,
     });
     if let Some(tls) = shared.tls.clone() {
-        // Sessions open with a certificate revoked since are ended; the lists turning
-        // unusable (or usable again) is an event.
+        // A renewed certificate is served without a restart, and sessions open with a
+        // client certificate revoked since are ended; each change is an event.
         let (stop, events) = (stop.clone(), events.clone());
         tokio::spawn(async move {
-            let report = |usable: Result<(), String>| {
-                let _ = events.send(ListenEvent::RevocationLists {
-                    error: usable.err(),
-                });
+            let report = |event| {
+                let _ = events.send(ListenEvent::TlsFiles(event));
             };
-            tls.watch_revocation_lists(stop, report).await;
+            tls.watch_files(stop, report).await;
         });
     }
     let supervisor = Supervisor {

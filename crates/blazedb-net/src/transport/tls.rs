@@ -1,8 +1,9 @@
 //! TLS for `tls://` (and `wss://`): rustls with the `ring` provider, configured from PEM
 //! files.
 //!
-//! - Server: a certificate chain and its key; optionally a CA whose certificates clients
-//!   must present ([`TlsServerOptions::client_ca_pem`]), and revocation lists of certificates
+//! - Server: a certificate chain and its key, read again when the files change (a renewed
+//!   certificate is served without a restart: [`ReloadingCertificate`]); optionally a CA
+//!   whose certificates clients must present ([`TlsServerOptions::client_ca_pem`]), and revocation lists of certificates
 //!   no longer accepted ([`TlsServerOptions::client_crl_pem`]), read again whenever they
 //!   change — and then every open session's certificate is judged again
 //!   ([`ServerTls::recheck`]).
@@ -25,7 +26,8 @@ use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -35,7 +37,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::CredentialRecheck;
-use crate::limits::REVOCATION_LIST_CHECK_INTERVAL_MS;
+use crate::limits::TLS_FILES_CHECK_INTERVAL_MS;
 use crate::transport::TransportError;
 
 /// TLS settings of a listener.
@@ -66,15 +68,58 @@ pub struct TlsClientOptions {
     pub danger_accept_invalid_certs: bool,
 }
 
-/// A listener's TLS: the configuration handshakes are accepted with and, when client
-/// certificates are checked against revocation lists, those lists, against which open
-/// sessions are judged again when they change.
+/// A listener's TLS: the configuration handshakes are accepted with, the certificate it
+/// serves (read again when its files change) and, when client certificates are checked
+/// against revocation lists, those lists, against which open sessions are judged again when
+/// they change.
 #[derive(Clone, Debug)]
 pub struct ServerTls {
     /// What handshakes are accepted with.
     pub config: Arc<ServerConfig>,
+    /// The certificate and key served.
+    pub certificate: Arc<ReloadingCertificate>,
     /// The client certificate check with revocation lists, when lists were given.
     pub revocation: Option<Arc<RevocationChecked>>,
+}
+
+/// What [`ServerTls::watch_files`] reports, for the listener's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFilesEvent {
+    /// The certificate or key file changed, and the new pair is served from the next
+    /// handshake on.
+    CertificateReloaded,
+    /// The certificate or key file changed, but the two cannot be used (why: a file
+    /// half-written, a key written after its certificate); the pair loaded before is still
+    /// served, and the files are tried again when they change.
+    CertificateUnusable(String),
+    /// The client certificate revocation lists cannot be read or parsed (which file and
+    /// why): every new client certificate is refused meanwhile; open sessions stay.
+    RevocationListsUnusable(String),
+    /// The revocation lists can be used again.
+    RevocationListsUsable,
+}
+
+impl TlsFilesEvent {
+    /// The event as a JSON log line (`event`: `tls_certificate_reloaded`,
+    /// `tls_certificate_unusable`, `tls_client_crl_unusable`, `tls_client_crl_usable`; `error`
+    /// where something is wrong), as the relay and `blazedb listen` print it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            TlsFilesEvent::CertificateReloaded => {
+                serde_json::json!({ "event": "tls_certificate_reloaded" })
+            }
+            TlsFilesEvent::CertificateUnusable(error) => {
+                serde_json::json!({ "event": "tls_certificate_unusable", "error": error })
+            }
+            TlsFilesEvent::RevocationListsUnusable(error) => {
+                serde_json::json!({ "event": "tls_client_crl_unusable", "error": error })
+            }
+            TlsFilesEvent::RevocationListsUsable => {
+                serde_json::json!({ "event": "tls_client_crl_usable" })
+            }
+        }
+    }
 }
 
 impl ServerTls {
@@ -83,13 +128,14 @@ impl ServerTls {
         TlsAcceptor::from(self.config.clone())
     }
 
-    /// The same, offering `alpn` to clients (e.g. `http/1.1`); the revocation lists stay
-    /// shared.
+    /// The same, offering `alpn` to clients (e.g. `http/1.1`); the certificate and the
+    /// revocation lists stay shared.
     pub fn with_alpn(&self, alpn: &[&[u8]]) -> ServerTls {
         let mut config = (*self.config).clone();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         ServerTls {
             config: Arc::new(config),
+            certificate: self.certificate.clone(),
             revocation: self.revocation.clone(),
         }
     }
@@ -106,21 +152,15 @@ impl ServerTls {
         revocation.recheck(chain)
     }
 
-    /// Look whether the revocation lists changed every
-    /// [`REVOCATION_LIST_CHECK_INTERVAL_MS`], until `stop` (at once without lists). A change
-    /// is read at once and judges every open session again; `report` is told each time the
-    /// lists turn unusable (`Err`, why) or usable again (`Ok`).
-    pub async fn watch_revocation_lists(
-        &self,
-        stop: CancellationToken,
-        report: impl Fn(Result<(), String>),
-    ) {
-        let Some(revocation) = &self.revocation else {
-            return;
-        };
-        let mut usable = Ok(());
+    /// Look whether the certificate, its key or the revocation lists changed every
+    /// [`TLS_FILES_CHECK_INTERVAL_MS`], until `stop`. A changed certificate is served from the
+    /// next handshake on; changed lists are read at once and judge every open session again.
+    /// `report` is told what changed ([`TlsFilesEvent`]): each new certificate, and each
+    /// time the certificate or the lists turn unusable (or usable again).
+    pub async fn watch_files(&self, stop: CancellationToken, report: impl Fn(TlsFilesEvent)) {
+        let mut lists_usable = Ok(());
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(
-            REVOCATION_LIST_CHECK_INTERVAL_MS,
+            TLS_FILES_CHECK_INTERVAL_MS,
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -128,13 +168,117 @@ impl ServerTls {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = revocation.refresh();
-            if now != usable {
-                usable = now.clone();
-                report(now);
+            if let Some(event) = self.certificate.refresh() {
+                report(event);
+            }
+            if let Some(revocation) = &self.revocation {
+                let now = revocation.refresh();
+                if now != lists_usable {
+                    lists_usable = now.clone();
+                    report(match now {
+                        Ok(()) => TlsFilesEvent::RevocationListsUsable,
+                        Err(why) => TlsFilesEvent::RevocationListsUnusable(why),
+                    });
+                }
             }
         }
     }
+}
+
+/// The server's certificate chain and key, read again when either file changes, so that a
+/// renewed certificate (an ACME client such as certbot replaces the files every 60–90 days)
+/// is served from the next handshake on without a restart, which would end every session.
+/// Until the files can be used together — a certificate written before its key, a file
+/// caught half-written — the pair loaded last goes on being served, and the change is
+/// reported ([`TlsFilesEvent::CertificateUnusable`]); the files are tried again when they
+/// change. Sessions already open keep the certificate they were accepted with, as TLS does.
+#[derive(Debug)]
+pub struct ReloadingCertificate {
+    cert_pem: PathBuf,
+    key_pem: PathBuf,
+    provider: Arc<CryptoProvider>,
+    loaded: std::sync::Mutex<LoadedCertificate>,
+}
+
+#[derive(Debug)]
+struct LoadedCertificate {
+    /// The certificate's and the key's files when last read.
+    stamps: Vec<Option<FileStamp>>,
+    /// What is served.
+    served: Arc<CertifiedKey>,
+}
+
+impl ReloadingCertificate {
+    /// Read the pair now: a server does not start without a usable one.
+    fn new(
+        cert_pem: &Path,
+        key_pem: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ReloadingCertificate, TransportError> {
+        let paths = [cert_pem.to_path_buf(), key_pem.to_path_buf()];
+        let stamps = stamps(&paths);
+        let served = Arc::new(certified_key(cert_pem, key_pem, &provider)?);
+        Ok(ReloadingCertificate {
+            cert_pem: cert_pem.to_path_buf(),
+            key_pem: key_pem.to_path_buf(),
+            provider,
+            loaded: std::sync::Mutex::new(LoadedCertificate { stamps, served }),
+        })
+    }
+
+    /// The certificate served now.
+    pub fn served(&self) -> Arc<CertifiedKey> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .served
+            .clone()
+    }
+
+    /// Read the files again if either changed: what happened, `None` when they did not.
+    pub fn refresh(&self) -> Option<TlsFilesEvent> {
+        let stamps = stamps(&[self.cert_pem.clone(), self.key_pem.clone()]);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.stamps == stamps {
+            return None;
+        }
+        loaded.stamps = stamps;
+        Some(
+            match certified_key(&self.cert_pem, &self.key_pem, &self.provider) {
+                Ok(pair) => {
+                    loaded.served = Arc::new(pair);
+                    TlsFilesEvent::CertificateReloaded
+                }
+                Err(e) => TlsFilesEvent::CertificateUnusable(format!(
+                    "{e}; the certificate loaded before is still served"
+                )),
+            },
+        )
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.served())
+    }
+}
+
+/// The certificate chain in `cert_pem` with the key in `key_pem`, checked to belong together.
+fn certified_key(
+    cert_pem: &Path,
+    key_pem: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<CertifiedKey, TransportError> {
+    CertifiedKey::from_der(certs(cert_pem)?, key(key_pem)?, provider).map_err(|e| {
+        TransportError::TlsConfig {
+            path: key_pem.to_path_buf(),
+            reason: format!(
+                "this key cannot serve the certificate {} ({e}): give the private key that \
+                 belongs to that certificate",
+                cert_pem.display()
+            ),
+        }
+    })
 }
 
 impl TlsServerOptions {
@@ -146,8 +290,11 @@ impl TlsServerOptions {
     /// The rustls server configuration these files describe, with the revocation lists.
     pub fn server_tls(&self) -> Result<ServerTls, TransportError> {
         let provider = provider();
-        let chain = certs(&self.cert_pem)?;
-        let key = key(&self.key_pem)?;
+        let certificate = Arc::new(ReloadingCertificate::new(
+            &self.cert_pem,
+            &self.key_pem,
+            provider.clone(),
+        )?);
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TransportError::TlsOptions(e.to_string()))?;
@@ -184,19 +331,10 @@ impl TlsServerOptions {
                 }
             }
         };
-        let config =
-            builder
-                .with_single_cert(chain, key)
-                .map_err(|e| TransportError::TlsConfig {
-                    path: self.key_pem.clone(),
-                    reason: format!(
-                        "this key cannot serve the certificate {} ({e}): give the private \
-                         key that belongs to that certificate",
-                        self.cert_pem.display()
-                    ),
-                })?;
+        let config = builder.with_cert_resolver(certificate.clone());
         Ok(ServerTls {
             config: Arc::new(config),
+            certificate,
             revocation,
         })
     }
@@ -261,7 +399,7 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TransportError> {
 /// Client certificates checked against revocation lists (CRLs) that are read again when
 /// they change, so that revoking a lost device's certificate takes effect without restarting
 /// the server: at its next connection, and for a session it has open, within
-/// [`REVOCATION_LIST_CHECK_INTERVAL_MS`] ([`ServerTls::watch_revocation_lists`] looks at the
+/// [`TLS_FILES_CHECK_INTERVAL_MS`] ([`ServerTls::watch_files`] looks at the
 /// files; each open session's certificate is judged again when they changed, see
 /// [`RevocationChecked::recheck`]). Each handshake looks at the files' size, modification
 /// time and inode (a `stat` each, negligible beside the handshake's signatures); a changed
