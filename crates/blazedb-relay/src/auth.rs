@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use blazedb::query::Params;
 use blazedb::Value;
@@ -144,7 +144,8 @@ impl AuthFailureKind {
     }
 }
 
-/// Checks credentials. Built once at startup from the configuration.
+/// Checks credentials. Built at startup from the configuration; a JWT public key file is
+/// read again when it changes ([`Authenticator::reload_keys`]).
 pub struct Authenticator {
     kind: Kind,
 }
@@ -152,11 +153,43 @@ pub struct Authenticator {
 enum Kind {
     Anonymous,
     Token(String),
-    Jwt {
-        key: Box<DecodingKey>,
-        validation: Box<Validation>,
-        name: &'static str,
-    },
+    Jwt(Box<Jwt>),
+}
+
+/// JWT checking: the keys a token may be signed with, and the checks of its claims.
+struct Jwt {
+    /// The checks of every token (`exp`, `nbf`, the required claims, audience, issuer);
+    /// each key's own copy sets the algorithms of its family.
+    template: Validation,
+    /// The file the public keys come from, read again when it changes; `None` for a secret.
+    file: Option<PublicKeyFile>,
+    /// The keys now: one for a secret; each of the file's public keys (during a rotation,
+    /// the old and the new).
+    keys: std::sync::RwLock<Vec<VerifyingKey>>,
+    /// `jwt-hmac`, or the family of the file's first key (`jwt-rsa`, `jwt-eddsa`, `jwt-ec`).
+    name: &'static str,
+}
+
+struct PublicKeyFile {
+    path: PathBuf,
+    /// The file when last read (length, modification time, inode).
+    stamp: std::sync::Mutex<Option<FileStamp>>,
+}
+
+/// A key and the validation of tokens signed with it (its family's algorithms).
+struct VerifyingKey {
+    key: DecodingKey,
+    validation: Validation,
+    name: &'static str,
+}
+
+/// What tells a file changed without reading it.
+type FileStamp = (u64, Option<std::time::SystemTime>, u64);
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok(), m.ino()))
 }
 
 impl fmt::Debug for Authenticator {
@@ -171,9 +204,8 @@ impl fmt::Debug for Authenticator {
 impl Authenticator {
     /// From the relay's configuration: reads and checks the public key file, if any.
     pub fn from_config(config: &RelayConfig) -> Result<Authenticator, RelayError> {
-        let jwt = |key: DecodingKey, algorithms: Vec<Algorithm>, name: &'static str| {
-            let mut v = Validation::new(algorithms[0]);
-            v.algorithms = algorithms;
+        let template = || {
+            let mut v = Validation::new(Algorithm::HS256);
             v.leeway = JWT_LEEWAY_S;
             v.validate_exp = true;
             v.validate_nbf = true;
@@ -195,11 +227,7 @@ impl Authenticator {
                 required.push("iss");
             }
             v.set_required_spec_claims(&required);
-            Kind::Jwt {
-                key: Box::new(key),
-                validation: Box::new(v),
-                name,
-            }
+            v
         };
         let is_jwt = matches!(
             config.auth,
@@ -240,14 +268,34 @@ impl Authenticator {
                      --jwt-secret-file jwt-secret.txt"
                 )))
             }
-            AuthConfig::JwtSecret(s) => jwt(
-                DecodingKey::from_secret(s.expose().as_bytes()),
-                vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-                "jwt-hmac",
-            ),
+            AuthConfig::JwtSecret(s) => {
+                let template = template();
+                let key = VerifyingKey::new(
+                    DecodingKey::from_secret(s.expose().as_bytes()),
+                    vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+                    "jwt-hmac",
+                    &template,
+                );
+                Kind::Jwt(Box::new(Jwt {
+                    template,
+                    file: None,
+                    keys: std::sync::RwLock::new(vec![key]),
+                    name: "jwt-hmac",
+                }))
+            }
             AuthConfig::JwtPublicKey(path) => {
-                let (key, algorithms, name) = public_key(path)?;
-                jwt(key, algorithms, name)
+                let template = template();
+                let stamp = file_stamp(path);
+                let keys = public_keys(path, &template).map_err(RelayError::Auth)?;
+                Kind::Jwt(Box::new(Jwt {
+                    name: keys[0].name,
+                    template,
+                    file: Some(PublicKeyFile {
+                        path: path.clone(),
+                        stamp: std::sync::Mutex::new(stamp),
+                    }),
+                    keys: std::sync::RwLock::new(keys),
+                }))
             }
         };
         Ok(Authenticator { kind })
@@ -259,8 +307,39 @@ impl Authenticator {
         match &self.kind {
             Kind::Anonymous => "none",
             Kind::Token(_) => "token",
-            Kind::Jwt { name, .. } => name,
+            Kind::Jwt(jwt) => jwt.name,
         }
+    }
+
+    /// Whether credentials are checked against a public key file ([`Self::reload_keys`]).
+    pub fn reads_key_file(&self) -> bool {
+        matches!(&self.kind, Kind::Jwt(jwt) if jwt.file.is_some())
+    }
+
+    /// Read the JWT public key file again if it changed since it was last read: `None` when
+    /// it did not (or there is none); the number of keys now accepted; or why the new file
+    /// cannot be used — the keys read before stay accepted, and the file is tried again
+    /// when it changes. A key rotation: put the new public key in the file beside the old
+    /// one, let the issuer sign with the new, and take the old out once the tokens it signed
+    /// have expired — no restart, no session ended.
+    pub fn reload_keys(&self) -> Option<Result<usize, String>> {
+        let Kind::Jwt(jwt) = &self.kind else {
+            return None;
+        };
+        let file = jwt.file.as_ref()?;
+        let now = file_stamp(&file.path);
+        {
+            let mut stamp = file.stamp.lock().unwrap_or_else(|e| e.into_inner());
+            if *stamp == now {
+                return None;
+            }
+            *stamp = now;
+        }
+        Some(public_keys(&file.path, &jwt.template).map(|keys| {
+            let n = keys.len();
+            *jwt.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+            n
+        }))
     }
 
     /// Whether clients must present a credential.
@@ -283,14 +362,9 @@ impl Authenticator {
                     Err(AuthError::InvalidToken)
                 }
             }
-            Kind::Jwt {
-                key, validation, ..
-            } => {
+            Kind::Jwt(jwt) => {
                 let given = credential.ok_or(AuthError::Missing)?;
-                let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-                    given, key, validation,
-                )
-                .map_err(|e| jwt_error(e.kind(), validation, given))?;
+                let data = jwt.decode(given)?;
                 // jsonwebtoken 9 skips its `nbf` check when `nbf` is not a number (text,
                 // true): a token whose issuer wrote "not before" as text would pass at any
                 // time (CVE-2026-25537). Refused here whatever the library version does.
@@ -311,6 +385,66 @@ impl Authenticator {
                 Ok(claims)
             }
         }
+    }
+}
+
+impl VerifyingKey {
+    fn new(
+        key: DecodingKey,
+        algorithms: Vec<Algorithm>,
+        name: &'static str,
+        template: &Validation,
+    ) -> VerifyingKey {
+        let mut validation = template.clone();
+        validation.algorithms = algorithms;
+        VerifyingKey {
+            key,
+            validation,
+            name,
+        }
+    }
+}
+
+impl Jwt {
+    /// The token's claims, from the first key that verifies its signature. A key of another
+    /// family, or one whose signature does not match, passes the token to the next; any
+    /// other refusal (expired, the claims) is the token's own and is final.
+    fn decode(
+        &self,
+        token: &str,
+    ) -> Result<jsonwebtoken::TokenData<serde_json::Map<String, serde_json::Value>>, AuthError>
+    {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let mut refusal: Option<(ErrorKind, &Validation)> = None;
+        for k in keys.iter() {
+            match jsonwebtoken::decode(token, &k.key, &k.validation) {
+                Ok(data) => return Ok(data),
+                Err(e) => {
+                    let kind = e.into_kind();
+                    let next_key_may_pass = matches!(
+                        kind,
+                        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm
+                    );
+                    if !next_key_may_pass {
+                        return Err(jwt_error(&kind, &k.validation, token));
+                    }
+                    // A signature that does not match says more than an algorithm of
+                    // another key's family.
+                    if !matches!(refusal, Some((ErrorKind::InvalidSignature, _))) {
+                        refusal = Some((kind, &k.validation));
+                    }
+                }
+            }
+        }
+        let (kind, validation) = refusal.expect("at least one key");
+        let mut accepted = validation.clone();
+        accepted.algorithms.clear();
+        for algorithm in keys.iter().flat_map(|k| k.validation.algorithms.iter()) {
+            if !accepted.algorithms.contains(algorithm) {
+                accepted.algorithms.push(*algorithm);
+            }
+        }
+        Err(jwt_error(&kind, &accepted, token))
     }
 }
 
@@ -532,41 +666,74 @@ pub fn credential_from_http(
         .token
 }
 
-/// Read a PEM public key and tell which family it is.
-fn public_key(path: &Path) -> Result<(DecodingKey, Vec<Algorithm>, &'static str), RelayError> {
-    let pem = std::fs::read(path).map_err(|e| {
-        RelayError::Auth(format!(
-            "cannot read the JWT public key {}: {e}",
-            path.display()
-        ))
-    })?;
+/// The public keys in a PEM file, each with the algorithms of its family: one, or several
+/// during a key rotation (the old and the new, one PEM block each). Every block must be a
+/// public key; the error names the file and what to give instead.
+fn public_keys(path: &Path, template: &Validation) -> Result<Vec<VerifyingKey>, String> {
+    let text = std::fs::read(path)
+        .map_err(|e| format!("cannot read the JWT public key {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&text);
     // jsonwebtoken reads an RSA *private* key as a decoding key too; a relay started with
     // one would refuse every token as "not issued for this relay". It needs the public half
     // only, and the private key has no business on the relay's machine.
-    if String::from_utf8_lossy(&pem).contains("PRIVATE KEY-----") {
-        return Err(RelayError::Auth(format!(
+    if text.contains("PRIVATE KEY-----") {
+        return Err(format!(
             "{} holds a private key: give the relay its public half, e.g. `openssl pkey -in \
              {} -pubout -out public.pem` (the relay only verifies tokens; keep the private key \
              with their issuer)",
             path.display(),
             path.display()
-        )));
+        ));
     }
-    if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-        use Algorithm::*;
-        return Ok((k, vec![RS256, RS384, RS512, PS256, PS384, PS512], "jwt-rsa"));
+    let not_a_key = || {
+        format!(
+            "{} is not a PEM public key of a supported kind (RSA, Ed25519, EC P-256/P-384); \
+             give the public half, e.g. `openssl pkey -in private.pem -pubout` (during a key \
+             rotation, the old and the new public key one after the other)",
+            path.display()
+        )
+    };
+    let mut keys = Vec::new();
+    for block in pem_blocks(&text) {
+        let pem = block.as_bytes();
+        let key = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+            use Algorithm::*;
+            let rsa = vec![RS256, RS384, RS512, PS256, PS384, PS512];
+            VerifyingKey::new(k, rsa, "jwt-rsa", template)
+        } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+            VerifyingKey::new(k, vec![Algorithm::EdDSA], "jwt-eddsa", template)
+        } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+            let ec = vec![Algorithm::ES256, Algorithm::ES384];
+            VerifyingKey::new(k, ec, "jwt-ec", template)
+        } else {
+            return Err(not_a_key());
+        };
+        keys.push(key);
     }
-    if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
-        return Ok((k, vec![Algorithm::EdDSA], "jwt-eddsa"));
+    if keys.is_empty() {
+        return Err(not_a_key());
     }
-    if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-        return Ok((k, vec![Algorithm::ES256, Algorithm::ES384], "jwt-ec"));
+    Ok(keys)
+}
+
+/// Each `-----BEGIN …-----` … `-----END …-----` block of a PEM text, whole.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
+        }
+        if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+            if line.starts_with("-----END ") {
+                blocks.extend(current.take());
+            }
+        }
     }
-    Err(RelayError::Auth(format!(
-        "{} is not a PEM public key of a supported kind (RSA, Ed25519, EC P-256/P-384); \
-         give the public half, e.g. `openssl pkey -in private.pem -pubout`",
-        path.display()
-    )))
+    blocks
 }
 
 /// Compare without an early exit on the first differing byte, so the time taken does not tell
@@ -814,6 +981,56 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("not a PEM public key"), "{e}");
+    }
+
+    /// The key file read again: nothing when unchanged; the keys now, one per PEM block;
+    /// a file that cannot be used leaves the keys read before accepted.
+    #[test]
+    fn a_changed_key_file_is_read_again_and_a_bad_one_changes_nothing() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let rsa_public = std::fs::read_to_string(fixtures.join("jwt_rsa_public.pem")).unwrap();
+        let rsa_private = std::fs::read(fixtures.join("jwt_rsa_private.pem")).unwrap();
+        let token = encode(
+            &Header::new(Algorithm::RS256),
+            &serde_json::json!({"sub": "x", "exp": now() + 600}),
+            &EncodingKey::from_rsa_pem(&rsa_private).unwrap(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.pem");
+        let publish = |text: &str| {
+            let tmp = dir.path().join("keys.new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        publish(&rsa_public);
+        let a = authenticator(AuthConfig::JwtPublicKey(path.clone()));
+        assert!(a.reads_key_file());
+        assert_eq!(a.reload_keys(), None, "unchanged");
+        publish(&format!("{rsa_public}{rsa_public}"));
+        assert_eq!(a.reload_keys(), Some(Ok(2)));
+        assert_eq!(a.reload_keys(), None);
+        for bad in [
+            "not a key",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ] {
+            publish(bad);
+            let why = a.reload_keys().unwrap().unwrap_err();
+            assert!(why.contains("keys.pem"), "{why}");
+            assert!(a.verify(Some(&token)).is_ok(), "the keys read before stay");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(a
+            .reload_keys()
+            .unwrap()
+            .unwrap_err()
+            .contains("cannot read"));
+        assert!(a.verify(Some(&token)).is_ok());
+        let secret = authenticator(AuthConfig::JwtSecret(Secret::new(
+            "0123456789abcdef-secret",
+        )));
+        assert!(!secret.reads_key_file());
+        assert_eq!(secret.reload_keys(), None);
     }
 
     #[test]

@@ -39,7 +39,8 @@ use crate::forwarded::{TrustedProxies, TrustedProxy};
 use crate::http::{router, ClientAddress, ConnectionSlot};
 use crate::limits::{
     AUTH_FAILURE_WINDOW_MS_MAX, CLOSE_LOG_WINDOW_MS, HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS,
-    ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME, TRUSTED_PROXIES_MAX,
+    JWT_KEY_FILE_CHECK_INTERVAL_MS, ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS,
+    STORE_FILE_NAME, TRUSTED_PROXIES_MAX,
 };
 use crate::metrics::Transport;
 use crate::origin::Origin;
@@ -328,6 +329,7 @@ impl Relay {
         }
         state.tasks.spawn(end_log_windows(state.clone()));
         state.tasks.spawn(watch_store(state.clone()));
+        state.tasks.spawn(watch_jwt_key_file(state.clone()));
         shutdown.await;
         state.shutdown.cancel();
         state.tasks.close();
@@ -663,6 +665,35 @@ async fn watch_tls_files(state: Arc<State>, tls: ServerTls) {
         crate::log::line(event.to_json());
     };
     tls.watch_files(state.shutdown.child_token(), report).await;
+}
+
+/// Read the JWT public key file again when it changes (`Authenticator::reload_keys`), every
+/// [`JWT_KEY_FILE_CHECK_INTERVAL_MS`], until shutdown; each reading is logged
+/// (`jwt_keys_reloaded` with the number of keys, or `jwt_keys_unusable` with why — the keys
+/// read before stay accepted). Without a key file it returns at once.
+async fn watch_jwt_key_file(state: Arc<State>) {
+    if !state.auth.reads_key_file() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(JWT_KEY_FILE_CHECK_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match state.auth.reload_keys() {
+            None => {}
+            Some(Ok(keys)) => crate::log::line(serde_json::json!({
+                "event": "jwt_keys_reloaded",
+                "keys": keys,
+            })),
+            Some(Err(error)) => crate::log::line(serde_json::json!({
+                "event": "jwt_keys_unusable",
+                "error": format!("{error}; the keys read before are still accepted"),
+            })),
+        }
+    }
 }
 
 /// Pause after an accept error (e.g. out of file descriptors) instead of spinning.

@@ -66,8 +66,9 @@ pub struct ServeArgs {
     /// BLAZEDB_JWT_SECRET instead.
     #[arg(long, value_name = "S", group = "auth")]
     pub jwt_secret: Option<String>,
-    /// Accept JWTs signed by the key whose public half is in this PEM file (RS*/PS*, EdDSA,
-    /// ES256/384).
+    /// Accept JWTs signed by a key whose public half is in this PEM file (RS*/PS*, EdDSA,
+    /// ES256/384; several keys, one PEM block each, during a key rotation). Read again when
+    /// the file changes: no restart to rotate keys.
     #[arg(long, value_name = "FILE", group = "auth")]
     pub jwt_public_key: Option<PathBuf>,
     /// Require this `aud` claim in JWTs.
