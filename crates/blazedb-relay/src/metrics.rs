@@ -5,6 +5,8 @@
 //! |---|---|---|
 //! | `connections{transport}` | gauge | sync connections open now (`ws`, `tcp`, `unix`), whether their handshake is done or not: one counts from the moment its session starts (a WebSocket once upgraded, TCP once past TLS), before any HELLO. Above `clients_connected` by the sockets still in their handshake: a flood of idle or unauthenticated ones shows as the gap (each closes at the handshake timeout) |
 //! | `clients_connected{transport}` | gauge | connected clients: sessions whose HELLO the relay accepted (credential and node id), as `/health`'s `connected_clients` counts them |
+//! | `connection_slots_used` | gauge | connection slots held now: every accepted connection of every listener, from accept to close — HTTP connections (kept-alive ones, the scrape's own), TLS handshakes in progress, sync sessions of every transport — so above the sum of `connections` by the sockets not (yet) in a session, which that gauge does not see. Not the [`STATUS_CONNECTIONS_RESERVED`](crate::limits::STATUS_CONNECTIONS_RESERVED) connections kept beyond the limit for `/health` and `/metrics`: at the limit it equals `connection_slots_max`, and the scrape itself is on the reserve. Read from the slots at scrape time, so it cannot drift from what the limit enforces. Alert on `connection_slots_used / connection_slots_max` (over 0.8, say): at 1, every new connection is refused (`connections_refused_total{limit="total"}`) |
+//! | `connection_slots_max` | gauge | the connection limit (`--max-connections`), for that ratio |
 //! | `sessions_total{transport}` | counter | sync sessions started |
 //! | `sessions_closed_total{reason}` | counter | sessions ended, by reason: `peer_finished`, `disconnected`, `shutdown`, `auth_failed`, `auth_rate_limited`, `rate_limited`, `timeout`, `protocol_error`, `store_unavailable` (the relay's store could not take what the session needed: its disk is full, the client told `STORAGE_FULL`, or the store was deleted or its file system turned read-only while the relay runs; `store_status` says which), `error` (the client reported an error, or the relay failed internally) |
 //! | `frames_received_total`, `frames_sent_total` | counter | protocol frames |
@@ -213,12 +215,14 @@ pub(crate) struct PeerLabel {
 }
 
 /// The relay's metrics. Counters are updated as sessions run; gauges that need the store
-/// (conflicts, size, lag) are refreshed when `/metrics` is scraped.
+/// (conflicts, size, lag) or the connection slots are refreshed when `/metrics` is scraped.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub(crate) connections: Family<TransportLabel, Gauge>,
     pub(crate) clients_connected: Family<TransportLabel, Gauge>,
+    pub(crate) connection_slots_used: Gauge,
+    pub(crate) connection_slots_max: Gauge,
     pub(crate) sessions: Family<TransportLabel, Counter>,
     pub(crate) sessions_closed: Family<ReasonLabel, Counter>,
     pub(crate) frames_received: Counter,
@@ -253,6 +257,8 @@ impl Metrics {
             registry: Registry::default(),
             connections: Family::default(),
             clients_connected: Family::default(),
+            connection_slots_used: Gauge::default(),
+            connection_slots_max: Gauge::default(),
             sessions: Family::default(),
             sessions_closed: Family::default(),
             frames_received: Counter::default(),
@@ -313,6 +319,18 @@ impl Metrics {
             "clients_connected",
             "Connected clients: sync sessions whose HELLO the relay accepted",
             m.clients_connected.clone(),
+        );
+        r.register(
+            "connection_slots_used",
+            "Connection slots held now: every accepted connection (HTTP, TLS handshakes, sync \
+             sessions), the status reserve aside",
+            m.connection_slots_used.clone(),
+        );
+        r.register(
+            "connection_slots_max",
+            "The connection limit (--max-connections): new connections are refused once every \
+             slot is held",
+            m.connection_slots_max.clone(),
         );
         r.register("sessions", "Sync sessions started", m.sessions.clone());
         r.register(

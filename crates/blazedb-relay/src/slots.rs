@@ -16,6 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug)]
 pub(crate) struct Slots {
     total: Arc<Semaphore>,
+    /// What `total` was sized with: the permits it lacks are the slots held.
+    total_max: usize,
     /// Beyond `total`, for the status endpoints only (`STATUS_CONNECTIONS_RESERVED`).
     status: Arc<Semaphore>,
     /// 0: no limit per address.
@@ -94,6 +96,7 @@ impl Slots {
     pub fn new(total: usize, per_address_max: usize) -> Slots {
         Slots {
             total: Arc::new(Semaphore::new(total)),
+            total_max: total,
             status: Arc::new(Semaphore::new(crate::limits::STATUS_CONNECTIONS_RESERVED)),
             per_address_max,
             per_address: Arc::default(),
@@ -103,6 +106,19 @@ impl Slots {
     /// The most connections one address may hold (0: no such limit).
     pub fn per_address_max(&self) -> usize {
         self.per_address_max
+    }
+
+    /// The connection limit (`Limits::connections_max`), the status reserve not included.
+    pub fn max(&self) -> usize {
+        self.total_max
+    }
+
+    /// Slots held now, of [`Slots::max`]: every accepted connection of every listener, but
+    /// those on the status reserve. Read from the semaphore itself, so it cannot drift from
+    /// what the limit enforces.
+    pub fn used(&self) -> usize {
+        self.total_max
+            .saturating_sub(self.total.available_permits())
     }
 
     /// Take a slot for a connection from `ip` (`None`: a Unix socket).
@@ -200,6 +216,31 @@ mod tests {
         drop(b1);
         let _c = slots.take(Some(c)).unwrap();
         assert_eq!(slots.addresses(), 2, "b's count is gone with its slot");
+    }
+
+    /// `used` is what the limit counts: slots taken, given back on drop, a refusal taking
+    /// none; the status reserve is beyond `max` and not in it.
+    #[test]
+    fn used_counts_the_slots_held_of_max_and_not_the_status_reserve() {
+        let slots = Slots::new(3, 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!((slots.used(), slots.max()), (0, 3));
+        let a1 = slots.take(Some(a)).unwrap();
+        let _unix = slots.take(None).unwrap();
+        assert_eq!(slots.used(), 2);
+        assert_eq!(slots.take(Some(a)).unwrap_err(), Refused::Address);
+        assert_eq!(slots.used(), 2, "a refusal holds nothing");
+        let _b1 = slots.take(Some(b)).unwrap();
+        assert_eq!(slots.used(), 3);
+        let _status = slots.take_status().unwrap();
+        assert_eq!(
+            (slots.used(), slots.max()),
+            (3, 3),
+            "the reserve is beyond max"
+        );
+        drop(a1);
+        assert_eq!(slots.used(), 2);
     }
 
     #[test]

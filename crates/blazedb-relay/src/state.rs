@@ -286,6 +286,12 @@ impl State {
         status
     }
 
+    /// Connection slots held now and the limit, (`used`, `max`): every accepted connection
+    /// of every listener, those on the status reserve aside (`Slots::used`).
+    pub fn connection_slots(&self) -> (usize, usize) {
+        (self.slots.used(), self.slots.max())
+    }
+
     /// Size of the store file and its write-ahead log, in bytes: measured through the open
     /// files, so a store deleted while the relay runs still shows what is at stake (by path,
     /// it said 0 there).

@@ -190,6 +190,17 @@ async fn a_fresh_relay_exports_every_series_at_0() {
         let name = format!("blazedb_relay_{name}");
         assert_eq!(metric(&m, &name), Some(0.0), "{name} in\n{m}");
     }
+    // Not 0: the scrape's own connection holds a slot, and the limit is the default.
+    assert_eq!(
+        metric(&m, "blazedb_relay_connection_slots_used"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "blazedb_relay_connection_slots_max"),
+        Some(blazedb_relay::limits::CONNECTIONS_MAX_DEFAULT as f64),
+        "{m}"
+    );
     relay.stop().await;
 }
 

@@ -57,7 +57,7 @@ pub(crate) async fn health(AxumState(state): AxumState<Arc<State>>) -> Response 
     (code, body).into_response()
 }
 
-/// The Prometheus / OpenMetrics text, with the store gauges refreshed first.
+/// The Prometheus / OpenMetrics text, with the slot and store gauges refreshed first.
 pub(crate) async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
     let st = state.clone();
     match tokio::task::spawn_blocking(move || refresh(&st)).await {
@@ -73,9 +73,13 @@ pub(crate) async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response
     r
 }
 
-/// Store size, open conflicts (at most every [`CONFLICTS_REFRESH_MS`]) and per-peer lag.
+/// Connection slots, store size, open conflicts (at most every [`CONFLICTS_REFRESH_MS`]) and
+/// per-peer lag.
 fn refresh(state: &State) -> Result<(), blazedb::Error> {
     let m = &state.metrics;
+    let (slots_used, slots_max) = state.connection_slots();
+    m.connection_slots_used.set(gauge_value(slots_used as u64));
+    m.connection_slots_max.set(gauge_value(slots_max as u64));
     m.store_bytes.set(gauge_value(state.store_bytes()));
     let now_ms = state.started.elapsed().as_millis() as u64 + 1;
     let last = m.conflicts_counted_ms.load(Ordering::Relaxed);
