@@ -302,6 +302,7 @@ mod tests {
             elapsed_ms: 0,
             rejected: Vec::new(),
             token_unchecked: false,
+            peer_goodbye: None,
         };
         let err = anyhow::Error::new(blazedb_net::ClientError::Session(
             blazedb_net::NetError::Io {

@@ -133,6 +133,11 @@ pub struct DriverOptions {
     /// whenever it says to: an `Err` ends the session at once with `AUTH_FAILED` and the
     /// message, which the peer is told.
     pub credential_recheck: Option<CredentialRecheck>,
+    /// Each new value sent on the channel ends the session politely, as `shutdown` does, with
+    /// that message as its goodbye (`SHUTTING_DOWN`: the peer's reconnect loop comes back): a
+    /// server asking its clients to start over under something that changed (the relay's
+    /// access rules read again).
+    pub restart: Option<watch::Receiver<String>>,
 }
 
 /// A check of the peer named in its HELLO ([`DriverOptions::peer_check`]).
@@ -214,6 +219,7 @@ impl Default for DriverOptions {
             token_unchecked: None,
             peer_check: None,
             credential_recheck: None,
+            restart: None,
         }
     }
 }
@@ -252,6 +258,10 @@ pub struct SessionReport {
     /// (`SessionEvent::TokenUnchecked`): anyone who reaches the peer may sync with it. False
     /// too when the peer, of an earlier release, did not say.
     pub token_unchecked: bool,
+    /// What the peer said when it ended the session politely (`SHUTTING_DOWN`), unless it
+    /// was only done (caught up): why it went — shutting down, or asking its clients to
+    /// reconnect (a relay whose access rules changed).
+    pub peer_goodbye: Option<String>,
 }
 
 /// The goodbye message of a side that stops because it is caught up. Both goodbyes use the
@@ -467,6 +477,8 @@ enum Wake {
     Policy(bool),
     /// The credential is to be judged again (`false`: it never will be).
     Recheck(bool),
+    /// Asked to end so the peer starts over (`false`: it never will be).
+    Restart(bool),
     Timer,
     /// The timer, with the peer's bytes (this many, in the buffer) ready too: read first.
     ReadThenTimer(usize),
@@ -550,6 +562,7 @@ impl Driver {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut policy_rx = self.opts.policy.take();
         let mut recheck = self.opts.credential_recheck.take();
+        let mut restart = self.opts.restart.take();
         let hello_deadline = self.opts.hello_timeout.map(|d| self.start + d);
         loop {
             self.stall_for_long_lock_holder(&mut wr, &mut write_open, &mut needs_flush)
@@ -616,6 +629,8 @@ impl Driver {
                     if running && policy_rx.is_some() => Wake::Policy(r.is_ok()),
                 r = async { recheck.as_mut().expect("checked").changes.changed().await },
                     if running && recheck.is_some() => Wake::Recheck(r.is_ok()),
+                r = async { restart.as_mut().expect("checked").changed().await },
+                    if running && restart.is_some() => Wake::Restart(r.is_ok()),
                 _ = sleep_until(timer.unwrap_or(far)), if timer.is_some() => Wake::Timer,
                 _ = sleep_until(hello_deadline.unwrap_or(far)),
                     if running && self.peer.is_none() && hello_deadline.is_some() =>
@@ -702,6 +717,16 @@ impl Driver {
                         }));
                         self.close(ErrorCode::AuthFailed, &message);
                     }
+                }
+                Wake::Restart(false) => restart = None,
+                Wake::Restart(true) => {
+                    let goodbye = restart
+                        .as_mut()
+                        .expect("checked")
+                        .borrow_and_update()
+                        .clone();
+                    self.end_with(EndReason::Shutdown);
+                    self.close(ErrorCode::ShuttingDown, &goodbye);
                 }
                 Wake::Timer => self.on_timer(),
                 Wake::ReadThenTimer(n) => {
@@ -1196,6 +1221,7 @@ impl Driver {
             elapsed_ms: self.now_ms(),
             rejected: std::mem::take(&mut self.rejected),
             token_unchecked: self.token_unchecked,
+            peer_goodbye: self.peer_shut_down.clone(),
         };
         let once = self.opts.stop_when_caught_up;
         match end {

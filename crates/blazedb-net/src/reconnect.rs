@@ -655,6 +655,7 @@ mod tests {
                 elapsed_ms: 0,
                 rejected: Vec::new(),
                 token_unchecked: false,
+                peer_goodbye: None,
             }),
         };
         for code in [

@@ -24,6 +24,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{AuthConfig, RelayConfig};
 use crate::error::RelayError;
+use crate::file_stamp::{file_stamp, FileStamp};
 use crate::limits::{AUTH_SECRET_BYTES_MIN, JWT_LEEWAY_S};
 
 /// The verified identity of a connection: a JWT's claims, `{"sub": "token"}` for the static
@@ -173,7 +174,7 @@ struct Jwt {
 struct PublicKeyFile {
     path: PathBuf,
     /// The file when last read (length, modification time, inode).
-    stamp: std::sync::Mutex<Option<FileStamp>>,
+    stamp: std::sync::Mutex<FileStamp>,
 }
 
 /// A key and the validation of tokens signed with it (its family's algorithms).
@@ -181,15 +182,6 @@ struct VerifyingKey {
     key: DecodingKey,
     validation: Validation,
     name: &'static str,
-}
-
-/// What tells a file changed without reading it.
-type FileStamp = (u64, Option<std::time::SystemTime>, u64);
-
-fn file_stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok(), m.ino()))
 }
 
 impl fmt::Debug for Authenticator {

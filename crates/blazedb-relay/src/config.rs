@@ -37,8 +37,8 @@ pub struct RelayConfig {
     pub jwt_audience: Option<String>,
     /// Expected `iss` claim of JWTs (`--jwt-issuer`); `None`: not checked.
     pub jwt_issuer: Option<String>,
-    /// Row-level access rules (`--rules`); `None`: every authenticated client may read and
-    /// write everything.
+    /// Row-level access rules (`--rules`), read again when the file changes; `None`: every
+    /// authenticated client may read and write everything.
     pub rules: Option<PathBuf>,
     /// Serve HTTPS/WSS (and TLS on `tcp_listen`) with this certificate (`--tls-cert`,
     /// `--tls-key`).

@@ -111,6 +111,10 @@ pub const STORE_CHECK_INTERVAL_MS: u64 = 1_000;
 /// `stat`): a rotated key is accepted within about this long, no restart.
 pub const JWT_KEY_FILE_CHECK_INTERVAL_MS: u64 = 1_000;
 
+/// How often the relay looks whether its rules file (`--rules`) changed (a `stat`): new rules
+/// are in force within about this long, no restart.
+pub const RULES_FILE_CHECK_INTERVAL_MS: u64 = 1_000;
+
 /// How often, by default, the relay asks its store's file system whether it still takes
 /// writes, in ms (`Limits::store_probe_interval_ms`). A file system that turned read-only
 /// while mounted (ext4's `errors=remount-ro` after a disk error) says so to nothing but a

@@ -39,8 +39,8 @@ use crate::forwarded::{TrustedProxies, TrustedProxy};
 use crate::http::{router, ClientAddress, ConnectionSlot};
 use crate::limits::{
     AUTH_FAILURE_WINDOW_MS_MAX, CLOSE_LOG_WINDOW_MS, HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS,
-    JWT_KEY_FILE_CHECK_INTERVAL_MS, ORIGINS_MAX, SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS,
-    STORE_FILE_NAME, TRUSTED_PROXIES_MAX,
+    JWT_KEY_FILE_CHECK_INTERVAL_MS, ORIGINS_MAX, RULES_FILE_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS,
+    STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME, TRUSTED_PROXIES_MAX,
 };
 use crate::metrics::Transport;
 use crate::origin::Origin;
@@ -65,6 +65,8 @@ pub struct Relay {
     gc: Arc<crate::gc::GcCounters>,
     /// What looks wrong in a configuration that works ([`Rules::warnings`]).
     warnings: Vec<String>,
+    /// The rules file, read again when it changes.
+    rules_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -229,6 +231,7 @@ impl Relay {
             gc_options: blazedb::GcOptions::default(),
             gc,
             warnings,
+            rules_file: config.rules.clone(),
         })
     }
 
@@ -294,6 +297,7 @@ impl Relay {
             gc_interval,
             gc_options,
             gc,
+            rules_file,
             ..
         } = self;
         // Commits from every session leave the WAL to this, off their path; it stops when
@@ -330,6 +334,9 @@ impl Relay {
         state.tasks.spawn(end_log_windows(state.clone()));
         state.tasks.spawn(watch_store(state.clone()));
         state.tasks.spawn(watch_jwt_key_file(state.clone()));
+        if let Some(path) = rules_file {
+            state.tasks.spawn(watch_rules_file(state.clone(), path));
+        }
         shutdown.await;
         state.shutdown.cancel();
         state.tasks.close();
@@ -356,7 +363,7 @@ fn started_event(state: &State) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "node": state.db.node_id().to_string(),
         "auth": state.auth.kind_name(),
-        "rules": state.rules.is_restricted(),
+        "rules": state.rules().is_restricted(),
         "store": state.db.path().display().to_string(),
         "pid": std::process::id(),
     })
@@ -691,6 +698,64 @@ async fn watch_jwt_key_file(state: Arc<State>) {
             Some(Err(error)) => crate::log::line(serde_json::json!({
                 "event": "jwt_keys_unusable",
                 "error": format!("{error}; the keys read before are still accepted"),
+            })),
+        }
+    }
+}
+
+/// What the sessions ended by new rules tell their clients, which reconnect by themselves.
+const RULES_CHANGED_GOODBYE: &str = "the relay's access rules changed: reconnect to sync under \
+     the new ones (a watching client reconnects by itself)";
+
+/// Read the rules file again when it changes, every [`RULES_FILE_CHECK_INTERVAL_MS`], until
+/// shutdown. New rules that load are put in force: queries use them at once, and every sync
+/// session ends (`SHUTTING_DOWN`, [`RULES_CHANGED_GOODBYE`]) so that its client, reconnecting,
+/// is served under them — what it may read may have widened (the session then sends what
+/// became readable) or narrowed, and a session's access is fixed when it starts. Logged
+/// `rules_reloaded`, with the new rules' warnings. A file that does not load (half-written,
+/// a bad expression, gone) is logged `rules_unusable` and changes nothing: the rules read
+/// before stay in force. A file touched but unchanged ends no session.
+async fn watch_rules_file(state: Arc<State>, path: PathBuf) {
+    use crate::file_stamp::file_stamp;
+    let mut stamp = file_stamp(&path);
+    // The text in force: what the relay started with, then each text loaded.
+    let mut in_force = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(RULES_FILE_CHECK_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = file_stamp(&path);
+        if now == stamp {
+            continue;
+        }
+        stamp = now;
+        let text = std::fs::read(&path).ok();
+        if text.is_some() && text == in_force {
+            continue;
+        }
+        let loaded = Rules::load(&path).and_then(|rules| {
+            let collections = state.db.collections().map_err(|source| RelayError::Store {
+                path: state.db.path().to_owned(),
+                source,
+            })?;
+            Ok((rules.warnings(state.auth.required(), &collections), rules))
+        });
+        match loaded {
+            Ok((warnings, rules)) => {
+                state.replace_rules(rules, RULES_CHANGED_GOODBYE);
+                in_force = text;
+                crate::log::line(serde_json::json!({
+                    "event": "rules_reloaded",
+                    "path": path.display().to_string(),
+                    "warnings": warnings,
+                }));
+            }
+            Err(e) => crate::log::line(serde_json::json!({
+                "event": "rules_unusable",
+                "error": format!("{e}; the rules read before stay in force"),
             })),
         }
     }

@@ -72,7 +72,9 @@ pub(crate) async fn run<T>(
         certificate,
     } = caller;
     let limits = &state.limits;
-    let mut access = ConnectionAccess::new(state.rules.clone(), state.auth.clone(), claims);
+    // Subscribed before the rules are read: rules replaced in between restart this session.
+    let restart = state.session_restarts();
+    let mut access = ConnectionAccess::new(state.rules(), state.auth.clone(), claims);
     if let Some(ip) = client {
         access = access.with_failure_limit(ip, state.auth_failures.clone());
     }
@@ -104,6 +106,7 @@ pub(crate) async fn run<T>(
         read_buffer_bytes: SESSION_READ_BUFFER_BYTES,
         write_buffer_bytes_max: SESSION_WRITE_BUFFER_BYTES_MAX,
         credential_recheck: certificate.clone(),
+        restart: Some(restart),
         ..DriverOptions::default()
     };
     let metrics = state.metrics.clone();
@@ -397,6 +400,7 @@ mod tests {
                 elapsed_ms: 0,
                 rejected: Vec::new(),
                 token_unchecked: false,
+                peer_goodbye: None,
             };
             Err(NetError::Sync {
                 error,

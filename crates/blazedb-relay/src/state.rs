@@ -34,7 +34,11 @@ pub(crate) struct State {
     /// One `/v1/query` at a time on `query_db` (see `QUERY_TURN_WAIT_MS`).
     pub query_turn: tokio::sync::Semaphore,
     pub auth: Arc<Authenticator>,
-    pub rules: Arc<Rules>,
+    /// The access rules in force: replaced when the rules file is read again
+    /// ([`State::replace_rules`]); a session keeps those it started with.
+    rules: std::sync::RwLock<Arc<Rules>>,
+    /// Tells every running session to end and its client to reconnect (the rules changed).
+    restart_sessions: tokio::sync::watch::Sender<String>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// Allowed browser origins; empty: any when credentials are required, only loopback
@@ -100,7 +104,8 @@ impl State {
             query_db,
             query_turn: tokio::sync::Semaphore::new(1),
             auth: Arc::new(auth),
-            rules: Arc::new(rules),
+            rules: std::sync::RwLock::new(Arc::new(rules)),
+            restart_sessions: tokio::sync::watch::Sender::new(String::new()),
             metrics: Arc::new(Metrics::new()),
             slots: Slots::new(limits.connections_max, limits.connections_per_address_max),
             auth_failures: Arc::new(Mutex::new(AuthFailures::new(
@@ -200,6 +205,24 @@ impl State {
     /// What a client refused a slot is told.
     pub fn refusal_message(&self, why: Refused) -> String {
         why.message(self.slots.per_address_max())
+    }
+
+    /// The access rules in force now.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Put `rules` in force: queries use them at once; every running session is ended with
+    /// `goodbye` (`SHUTTING_DOWN`), and its client, reconnecting, syncs under them. A session
+    /// reads the rules after it subscribed to the restart, so none keeps the old ones.
+    pub fn replace_rules(&self, rules: Rules, goodbye: &str) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+        self.restart_sessions.send_replace(goodbye.to_owned());
+    }
+
+    /// Told when the sessions are to restart ([`State::replace_rules`]).
+    pub fn session_restarts(&self) -> tokio::sync::watch::Receiver<String> {
+        self.restart_sessions.subscribe()
     }
 
     /// Add a running session; returns its key for [`State::unregister`].

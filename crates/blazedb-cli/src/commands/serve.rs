@@ -79,7 +79,8 @@ pub struct ServeArgs {
     pub jwt_issuer: Option<String>,
     /// TOML access rules: a [collection] table with read = "EXPR" and write = "EXPR" each;
     /// collections without a table are closed. Without this file, every authenticated client
-    /// reads and writes everything.
+    /// reads and writes everything. Read again when it changes: new rules are in force
+    /// without a restart (sync sessions reconnect under them).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
     /// Serve HTTPS/WSS (and TLS on --tcp-listen) with this PEM certificate chain.

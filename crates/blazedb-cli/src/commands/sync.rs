@@ -517,6 +517,7 @@ fn event_json(e: &ClientEvent, db: &std::path::Path, peer: &Endpoint) -> serde_j
         ClientEvent::SessionEnded { report, error } => json!({
             "event": "session_ended",
             "error": error,
+            "peer_said": report.peer_goodbye,
             "peer": report.peer.map(|p| p.to_string()),
             "cells_sent": report.stats.cells_sent,
             "cells_received": report.stats.cells_received,

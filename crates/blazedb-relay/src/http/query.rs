@@ -229,11 +229,12 @@ async fn answer(
             e.to_string(),
         );
     }
-    if !state.rules.can_read_collection(&collection) {
+    let rules = state.rules();
+    if !rules.can_read_collection(&collection) {
         return Json(Vec::<serde_json::Value>::new()).into_response();
     }
     let query = store_query(
-        &state.rules,
+        &rules,
         &collection,
         filter,
         params(&claims),
