@@ -11,17 +11,13 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blazedb_relay::limits::HTTP_KEEPALIVE_IDLE_MS;
 use blazedb_relay::TlsFiles;
-use common::{connect_ws, http, metric, metric_sum, RawClient, TestRelay, TOKEN};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use common::{connect_ws, http, metric, metric_sum, metrics_over_tls, RawClient, TestRelay, TOKEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// (`connection_slots_used`, `connection_slots_max`, the sum of `connections`) in a
 /// `/metrics` text (-1 for a series that is not there).
@@ -208,33 +204,6 @@ fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// `GET /metrics` over HTTPS, trusting the fixture CA.
-async fn metrics_over_tls(addr: std::net::SocketAddr) -> String {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(fixtures().join("tls_ca.pem")).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut s = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text).await;
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
-}
-
 /// Sockets in their TLS handshake hold slots (until the handshake timeout), and no other
 /// gauge sees them: a flood of them shows here before the relay refuses connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +219,11 @@ async fn tls_handshakes_in_progress_hold_slots() {
         c.limits.handshake_timeout_ms = 120_000;
     })
     .await;
-    let scrape = || metrics_over_tls(relay.addr);
+    let trust = blazedb_net::transport::TlsClientOptions {
+        ca_pem: Some(fixtures().join("tls_ca.pem")),
+        ..Default::default()
+    };
+    let scrape = || metrics_over_tls(relay.addr, &trust);
     let bound = Duration::from_secs(10);
     let (reached, m) = slots_become(scrape, (1.0, 4.0, 0.0), bound).await;
     assert!(reached, "only the scrape: {:?} in\n{m}", slots(&m));

@@ -13,7 +13,9 @@ use blazedb::sync::SessionConfig;
 use blazedb_net::ws::{websocket_config, WsStream};
 use blazedb_net::{run_session, DriverOptions};
 use blazedb_relay::TlsFiles;
-use common::{auth_failures, open, sessions_closed, wait_until, TestRelay, TOKEN};
+use common::{
+    auth_failures, metrics_over_tls, open, sessions_closed, wait_until, TestRelay, TOKEN,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -391,28 +393,6 @@ impl RevokingPki {
             danger_accept_invalid_certs: false,
         }
     }
-}
-
-/// `GET /metrics` over HTTPS, presenting a client certificate.
-async fn metrics_over_tls(
-    addr: std::net::SocketAddr,
-    tls: &blazedb_net::transport::TlsClientOptions,
-) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut s = tls
-        .connector()
-        .unwrap()
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text).await;
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
 }
 
 /// A device is lost while it syncs: its CA's next revocation list names its certificate. The

@@ -410,6 +410,24 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// `GET /metrics` over HTTPS with these client TLS settings (the CA to trust, a client
+/// certificate to present): the whole response, which must be `200`.
+pub async fn metrics_over_tls(
+    addr: SocketAddr,
+    tls: &blazedb_net::transport::TlsClientOptions,
+) -> String {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tls.connector().unwrap().connect(name, tcp).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
 /// `blazedb_relay_auth_failures_total` for one kind, from a `/metrics` text.
 pub fn auth_failures(metrics: &str, kind: &str) -> Option<f64> {
     metric(
