@@ -133,11 +133,21 @@ pub struct DriverOptions {
     /// whenever it says to: an `Err` ends the session at once with `AUTH_FAILED` and the
     /// message, which the peer is told.
     pub credential_recheck: Option<CredentialRecheck>,
-    /// Each new value sent on the channel ends the session politely, as `shutdown` does, with
-    /// that message as its goodbye (`SHUTTING_DOWN`: the peer's reconnect loop comes back): a
-    /// server asking its clients to start over under something that changed (the relay's
-    /// access rules read again).
-    pub restart: Option<watch::Receiver<String>>,
+    /// Cancelling its token ends the session politely, as `shutdown` does, with its own
+    /// goodbye (`SHUTTING_DOWN`: the peer's reconnect loop comes back): a server asking its
+    /// clients to start over under something that changed (the relay's access rules read
+    /// again).
+    pub restart: Option<Restart>,
+}
+
+/// See [`DriverOptions::restart`]. A token of its own per session (a child of one the server
+/// cancels), so that waiting on it takes no lock shared by every session.
+#[derive(Clone, Debug)]
+pub struct Restart {
+    /// Cancelled to restart the session.
+    pub token: CancellationToken,
+    /// What the peer is told.
+    pub goodbye: String,
 }
 
 /// A check of the peer named in its HELLO ([`DriverOptions::peer_check`]).
@@ -477,8 +487,8 @@ enum Wake {
     Policy(bool),
     /// The credential is to be judged again (`false`: it never will be).
     Recheck(bool),
-    /// Asked to end so the peer starts over (`false`: it never will be).
-    Restart(bool),
+    /// Asked to end so the peer starts over.
+    Restart,
     Timer,
     /// The timer, with the peer's bytes (this many, in the buffer) ready too: read first.
     ReadThenTimer(usize),
@@ -629,8 +639,8 @@ impl Driver {
                     if running && policy_rx.is_some() => Wake::Policy(r.is_ok()),
                 r = async { recheck.as_mut().expect("checked").changes.changed().await },
                     if running && recheck.is_some() => Wake::Recheck(r.is_ok()),
-                r = async { restart.as_mut().expect("checked").changed().await },
-                    if running && restart.is_some() => Wake::Restart(r.is_ok()),
+                _ = async { restart.as_ref().expect("checked").token.cancelled().await },
+                    if running && restart.is_some() => Wake::Restart,
                 _ = sleep_until(timer.unwrap_or(far)), if timer.is_some() => Wake::Timer,
                 _ = sleep_until(hello_deadline.unwrap_or(far)),
                     if running && self.peer.is_none() && hello_deadline.is_some() =>
@@ -718,13 +728,8 @@ impl Driver {
                         self.close(ErrorCode::AuthFailed, &message);
                     }
                 }
-                Wake::Restart(false) => restart = None,
-                Wake::Restart(true) => {
-                    let goodbye = restart
-                        .as_mut()
-                        .expect("checked")
-                        .borrow_and_update()
-                        .clone();
+                Wake::Restart => {
+                    let goodbye = restart.take().expect("checked").goodbye;
                     self.end_with(EndReason::Shutdown);
                     self.close(ErrorCode::ShuttingDown, &goodbye);
                 }

@@ -70,7 +70,7 @@ pub mod ws;
 
 pub use checkpoint::{spawn_checkpointer, Checkpointer};
 pub use driver::{
-    run_session, CredentialRecheck, DriverOptions, EndReason, PeerCheck, SessionMonitor,
+    run_session, CredentialRecheck, DriverOptions, EndReason, PeerCheck, Restart, SessionMonitor,
     SessionReport, SessionSnapshot,
 };
 pub use error::{ConvergeError, EndedConnection, NetError};

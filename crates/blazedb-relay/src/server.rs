@@ -703,13 +703,9 @@ async fn watch_jwt_key_file(state: Arc<State>) {
     }
 }
 
-/// What the sessions ended by new rules tell their clients, which reconnect by themselves.
-const RULES_CHANGED_GOODBYE: &str = "the relay's access rules changed: reconnect to sync under \
-     the new ones (a watching client reconnects by itself)";
-
 /// Read the rules file again when it changes, every [`RULES_FILE_CHECK_INTERVAL_MS`], until
 /// shutdown. New rules that load are put in force: queries use them at once, and every sync
-/// session ends (`SHUTTING_DOWN`, [`RULES_CHANGED_GOODBYE`]) so that its client, reconnecting,
+/// session ends (`SHUTTING_DOWN`, `session.rs::RULES_CHANGED_GOODBYE`) so that its client, reconnecting,
 /// is served under them — what it may read may have widened (the session then sends what
 /// became readable) or narrowed, and a session's access is fixed when it starts. Logged
 /// `rules_reloaded`, with the new rules' warnings. A file that does not load (half-written,
@@ -745,7 +741,7 @@ async fn watch_rules_file(state: Arc<State>, path: PathBuf) {
         });
         match loaded {
             Ok((warnings, rules)) => {
-                state.replace_rules(rules, RULES_CHANGED_GOODBYE);
+                state.replace_rules(rules);
                 in_force = text;
                 crate::log::line(serde_json::json!({
                     "event": "rules_reloaded",

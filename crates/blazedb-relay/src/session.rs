@@ -31,6 +31,10 @@ use crate::log_throttle::LogKey;
 use crate::metrics::{CloseReason, Transport, TransportLabel};
 use crate::state::{SessionEntry, State};
 
+/// What the sessions ended by new rules tell their clients, which reconnect by themselves.
+const RULES_CHANGED_GOODBYE: &str = "the relay's access rules changed: reconnect to sync under \
+     the new ones (a watching client reconnects by itself)";
+
 /// Who is at the other end of a session, as the transport knows it.
 #[derive(Debug, Default)]
 pub(crate) struct Caller {
@@ -72,8 +76,11 @@ pub(crate) async fn run<T>(
         certificate,
     } = caller;
     let limits = &state.limits;
-    // Subscribed before the rules are read: rules replaced in between restart this session.
-    let restart = state.session_restarts();
+    // Taken before the rules are read: rules replaced in between restart this session.
+    let restart = blazedb_net::Restart {
+        token: state.session_restart(),
+        goodbye: RULES_CHANGED_GOODBYE.to_owned(),
+    };
     let mut access = ConnectionAccess::new(state.rules(), state.auth.clone(), claims);
     if let Some(ip) = client {
         access = access.with_failure_limit(ip, state.auth_failures.clone());
@@ -462,6 +469,22 @@ mod tests {
     }
 
     /// A relay's state on a store in `dir`, without authentication.
+    /// New rules end the sessions that started before them (their tokens are children of
+    /// the one cancelled), not those that start after.
+    #[test]
+    fn new_rules_restart_the_sessions_started_before_them_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_in(dir.path());
+        let before = state.session_restart();
+        state.replace_rules(Rules::allow_all());
+        let after = state.session_restart();
+        assert!(before.is_cancelled());
+        assert!(!after.is_cancelled());
+        state.replace_rules(Rules::allow_all());
+        assert!(after.is_cancelled());
+        assert!(!state.session_restart().is_cancelled());
+    }
+
     fn state_in(dir: &std::path::Path) -> Arc<State> {
         let open = || {
             let options = blazedb::OpenOptions::default();

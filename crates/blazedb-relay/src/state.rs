@@ -37,8 +37,10 @@ pub(crate) struct State {
     /// The access rules in force: replaced when the rules file is read again
     /// ([`State::replace_rules`]); a session keeps those it started with.
     rules: std::sync::RwLock<Arc<Rules>>,
-    /// Tells every running session to end and its client to reconnect (the rules changed).
-    restart_sessions: tokio::sync::watch::Sender<String>,
+    /// Cancelled to end every running session and have its client reconnect (the rules
+    /// changed), then replaced: each session waits on a child of the one current when it
+    /// started.
+    restart_sessions: Mutex<tokio_util::sync::CancellationToken>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// Allowed browser origins; empty: any when credentials are required, only loopback
@@ -105,7 +107,7 @@ impl State {
             query_turn: tokio::sync::Semaphore::new(1),
             auth: Arc::new(auth),
             rules: std::sync::RwLock::new(Arc::new(rules)),
-            restart_sessions: tokio::sync::watch::Sender::new(String::new()),
+            restart_sessions: Mutex::default(),
             metrics: Arc::new(Metrics::new()),
             slots: Slots::new(limits.connections_max, limits.connections_per_address_max),
             auth_failures: Arc::new(Mutex::new(AuthFailures::new(
@@ -212,17 +214,28 @@ impl State {
         self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Put `rules` in force: queries use them at once; every running session is ended with
-    /// `goodbye` (`SHUTTING_DOWN`), and its client, reconnecting, syncs under them. A session
-    /// reads the rules after it subscribed to the restart, so none keeps the old ones.
-    pub fn replace_rules(&self, rules: Rules, goodbye: &str) {
+    /// Put `rules` in force: queries use them at once; every running session is ended (its
+    /// [`State::session_restart`] token cancelled) and its client, reconnecting, syncs under
+    /// them. The rules are replaced before the token: a session takes its token before it
+    /// reads the rules, so one that read the old rules holds the old token, which is
+    /// cancelled.
+    pub fn replace_rules(&self, rules: Rules) {
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
-        self.restart_sessions.send_replace(goodbye.to_owned());
+        let ended = std::mem::take(
+            &mut *self
+                .restart_sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        ended.cancel();
     }
 
-    /// Told when the sessions are to restart ([`State::replace_rules`]).
-    pub fn session_restarts(&self) -> tokio::sync::watch::Receiver<String> {
-        self.restart_sessions.subscribe()
+    /// A token cancelled when the sessions are to restart ([`State::replace_rules`]).
+    pub fn session_restart(&self) -> tokio_util::sync::CancellationToken {
+        self.restart_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .child_token()
     }
 
     /// Add a running session; returns its key for [`State::unregister`].
