@@ -58,6 +58,7 @@ pub mod discovery;
 pub mod driver;
 pub mod error;
 mod file_changes;
+pub mod file_stamp;
 pub mod files;
 pub mod head_watch;
 pub mod limits;

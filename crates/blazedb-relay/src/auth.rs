@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 
 use blazedb::query::Params;
 use blazedb::Value;
+use blazedb_net::file_stamp::{file_stamp, FileStamp};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{AuthConfig, RelayConfig};
 use crate::error::RelayError;
-use crate::file_stamp::{file_stamp, FileStamp};
 use crate::limits::{AUTH_SECRET_BYTES_MIN, JWT_LEEWAY_S};
 
 /// The verified identity of a connection: a JWT's claims, `{"sub": "token"}` for the static
@@ -165,16 +165,14 @@ struct Jwt {
     /// The file the public keys come from, read again when it changes; `None` for a secret.
     file: Option<PublicKeyFile>,
     /// The keys now: one for a secret; each of the file's public keys (during a rotation,
-    /// the old and the new).
+    /// the old and the new). Never empty.
     keys: std::sync::RwLock<Vec<VerifyingKey>>,
-    /// `jwt-hmac`, or the family of the file's first key (`jwt-rsa`, `jwt-eddsa`, `jwt-ec`).
-    name: &'static str,
 }
 
 struct PublicKeyFile {
     path: PathBuf,
     /// The file when last read (length, modification time, inode).
-    stamp: std::sync::Mutex<FileStamp>,
+    stamp: std::sync::Mutex<Option<FileStamp>>,
 }
 
 /// A key and the validation of tokens signed with it (its family's algorithms).
@@ -272,7 +270,6 @@ impl Authenticator {
                     template,
                     file: None,
                     keys: std::sync::RwLock::new(vec![key]),
-                    name: "jwt-hmac",
                 }))
             }
             AuthConfig::JwtPublicKey(path) => {
@@ -280,7 +277,6 @@ impl Authenticator {
                 let stamp = file_stamp(path);
                 let keys = public_keys(path, &template).map_err(RelayError::Auth)?;
                 Kind::Jwt(Box::new(Jwt {
-                    name: keys[0].name,
                     template,
                     file: Some(PublicKeyFile {
                         path: path.clone(),
@@ -294,12 +290,12 @@ impl Authenticator {
     }
 
     /// The kind of authentication, for the log (`relay_started`): `none`, `token`, `jwt-hmac`,
-    /// `jwt-rsa`, `jwt-eddsa` or `jwt-ec`.
+    /// or the family of the key file's first key, `jwt-rsa`, `jwt-eddsa` or `jwt-ec`.
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {
             Kind::Anonymous => "none",
             Kind::Token(_) => "token",
-            Kind::Jwt(jwt) => jwt.name,
+            Kind::Jwt(jwt) => jwt.keys.read().unwrap_or_else(|e| e.into_inner())[0].name,
         }
     }
 

@@ -60,7 +60,6 @@ pub mod auth;
 pub mod config;
 mod data_dir;
 pub mod error;
-mod file_stamp;
 mod forwarded;
 pub mod gc;
 pub mod guard;

@@ -647,20 +647,27 @@ async fn end_log_windows(state: Arc<State>) {
     }
 }
 
-/// Look whether the store can take writes every [`STORE_CHECK_INTERVAL_MS`] (logging a
-/// change: `store_watch.rs`), until shutdown. The first look is at once: a relay started on a
-/// full disk says so.
-async fn watch_store(state: Arc<State>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(STORE_CHECK_INTERVAL_MS));
+/// Call `look` every `interval_ms`, the first time at once, until shutdown: the relay's
+/// periodic looks at its store and at the files it reads again when they change.
+async fn every(state: &State, interval_ms: u64, mut look: impl FnMut()) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                state.check_store();
-            }
+            _ = tick.tick() => look(),
         }
     }
+}
+
+/// Look whether the store can take writes every [`STORE_CHECK_INTERVAL_MS`] (logging a
+/// change: `store_watch.rs`), until shutdown. The first look is at once: a relay started on a
+/// full disk says so.
+async fn watch_store(state: Arc<State>) {
+    every(&state, STORE_CHECK_INTERVAL_MS, || {
+        state.check_store();
+    })
+    .await;
 }
 
 /// Look at the TLS files every `TLS_FILES_CHECK_INTERVAL_MS` until shutdown: a renewed
@@ -682,13 +689,7 @@ async fn watch_jwt_key_file(state: Arc<State>) {
     if !state.auth.reads_key_file() {
         return;
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(JWT_KEY_FILE_CHECK_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    every(&state, JWT_KEY_FILE_CHECK_INTERVAL_MS, || {
         match state.auth.reload_keys() {
             None => {}
             Some(Ok(keys)) => crate::log::line(serde_json::json!({
@@ -700,7 +701,8 @@ async fn watch_jwt_key_file(state: Arc<State>) {
                 "error": format!("{error}; the keys read before are still accepted"),
             })),
         }
-    }
+    })
+    .await;
 }
 
 /// Read the rules file again when it changes, every [`RULES_FILE_CHECK_INTERVAL_MS`], until
@@ -712,25 +714,19 @@ async fn watch_jwt_key_file(state: Arc<State>) {
 /// a bad expression, gone) is logged `rules_unusable` and changes nothing: the rules read
 /// before stay in force. A file touched but unchanged ends no session.
 async fn watch_rules_file(state: Arc<State>, path: PathBuf) {
-    use crate::file_stamp::file_stamp;
+    use blazedb_net::file_stamp::file_stamp;
     let mut stamp = file_stamp(&path);
     // The text in force: what the relay started with, then each text loaded.
     let mut in_force = std::fs::read(&path).ok();
-    let mut tick = tokio::time::interval(Duration::from_millis(RULES_FILE_CHECK_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    every(&state, RULES_FILE_CHECK_INTERVAL_MS, || {
         let now = file_stamp(&path);
         if now == stamp {
-            continue;
+            return;
         }
         stamp = now;
         let text = std::fs::read(&path).ok();
         if text.is_some() && text == in_force {
-            continue;
+            return;
         }
         let loaded = Rules::load(&path).and_then(|rules| {
             let collections = state.db.collections().map_err(|source| RelayError::Store {
@@ -754,7 +750,8 @@ async fn watch_rules_file(state: Arc<State>, path: PathBuf) {
                 "error": format!("{e}; the rules read before stay in force"),
             })),
         }
-    }
+    })
+    .await;
 }
 
 /// Pause after an accept error (e.g. out of file descriptors) instead of spinning.

@@ -242,31 +242,13 @@ async fn mutual_tls_requires_a_client_certificate() {
     relay.stop().await;
 }
 
-/// A client the relay's mutual TLS refuses (no certificate) over WSS or TLS over TCP is told
-/// to pass a client certificate, and a watching client gives up instead of retrying the same
-/// certificate forever. (TLS 1.3 tells the client after its side of the handshake: during
-/// the WebSocket upgrade, or on the session's first read.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_refused_client_certificate_is_explained_and_ends_sync_watch() {
+/// A client with the test token and these TLS settings, retrying at once (10–50 ms).
+fn watching_client(tls: blazedb_net::transport::TlsClientOptions) -> blazedb_net::ClientOptions {
     use blazedb_net::reconnect::BackoffConfig;
-    use blazedb_net::transport::{ConnectOptions, Endpoint, TlsClientOptions};
-    use blazedb_net::{sync_once, sync_watch, ClientOptions};
-    let pki_dir = tempfile::tempdir().unwrap();
-    let (ca, files, _) = make_pki(pki_dir.path());
-    let relay = TestRelay::start(|c| {
-        c.tls = Some(files);
-        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), "anon");
-    let options = ClientOptions {
-        connect: ConnectOptions {
-            tls: TlsClientOptions {
-                ca_pem: Some(ca),
-                ..TlsClientOptions::default()
-            },
-            ..ConnectOptions::default()
+    blazedb_net::ClientOptions {
+        connect: blazedb_net::transport::ConnectOptions {
+            tls,
+            ..Default::default()
         },
         session: SessionConfig {
             token: TOKEN.into(),
@@ -277,8 +259,31 @@ async fn a_refused_client_certificate_is_explained_and_ends_sync_watch() {
             max_ms: 50,
             ..BackoffConfig::default()
         },
-        ..ClientOptions::default()
-    };
+        ..Default::default()
+    }
+}
+
+/// A client the relay's mutual TLS refuses (no certificate) over WSS or TLS over TCP is told
+/// to pass a client certificate, and a watching client gives up instead of retrying the same
+/// certificate forever. (TLS 1.3 tells the client after its side of the handshake: during
+/// the WebSocket upgrade, or on the session's first read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_client_certificate_is_explained_and_ends_sync_watch() {
+    use blazedb_net::transport::{Endpoint, TlsClientOptions};
+    use blazedb_net::{sync_once, sync_watch};
+    let pki_dir = tempfile::tempdir().unwrap();
+    let (ca, files, _) = make_pki(pki_dir.path());
+    let relay = TestRelay::start(|c| {
+        c.tls = Some(files);
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), "anon");
+    let options = watching_client(TlsClientOptions {
+        ca_pem: Some(ca),
+        ..TlsClientOptions::default()
+    });
     let urls = [
         format!("wss://localhost:{}/v1/sync", relay.addr.port()),
         format!("tls://127.0.0.1:{}", relay.tcp_addr.unwrap().port()),
@@ -402,9 +407,8 @@ impl RevokingPki {
 /// refused for the certificate does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_of_a_certificate_revoked_while_they_run_end() {
-    use blazedb_net::reconnect::BackoffConfig;
-    use blazedb_net::transport::{ConnectOptions, Endpoint};
-    use blazedb_net::{sync_once, sync_watch, ClientOptions};
+    use blazedb_net::transport::Endpoint;
+    use blazedb_net::{sync_once, sync_watch};
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = RevokingPki::new(pki_dir.path());
     let server = pki.leaf(&["127.0.0.1", "localhost"], 1);
@@ -420,22 +424,7 @@ async fn sessions_of_a_certificate_revoked_while_they_run_end() {
     })
     .await;
     relay.db.insert("notes", [("text", "first")]).unwrap();
-    let options = |cert| ClientOptions {
-        connect: ConnectOptions {
-            tls: pki.client(cert),
-            ..ConnectOptions::default()
-        },
-        session: SessionConfig {
-            token: TOKEN.into(),
-            ..SessionConfig::default()
-        },
-        backoff: BackoffConfig {
-            initial_ms: 10,
-            max_ms: 50,
-            ..BackoffConfig::default()
-        },
-        ..ClientOptions::default()
-    };
+    let options = |cert| watching_client(pki.client(cert));
     let urls: [Endpoint; 2] = [
         format!("wss://localhost:{}/v1/sync", relay.addr.port())
             .parse()

@@ -37,6 +37,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::CredentialRecheck;
+use crate::file_stamp::{file_stamp, FileStamp};
 use crate::limits::TLS_FILES_CHECK_INTERVAL_MS;
 use crate::transport::TransportError;
 
@@ -432,24 +433,6 @@ struct LoadedLists {
     stamps: Vec<Option<FileStamp>>,
     /// The verifier with those lists, or why there is none.
     verifier: Result<Arc<dyn ClientCertVerifier>, String>,
-}
-
-/// What tells a file changed without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    inode: u64,
-}
-
-fn file_stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        len: m.len(),
-        modified: m.modified().ok(),
-        inode: m.ino(),
-    })
 }
 
 /// What each of `paths` looks like now.
