@@ -41,6 +41,8 @@ fn peers_gc_and_forget() {
     let p = &peers[0];
     assert_eq!(p["node"], b_node.as_str());
     assert!(p["acked"].as_u64().unwrap() >= 3, "{p}");
+    // b had nothing more to send when it acknowledged: stable at once.
+    assert_eq!(p["stable"], p["acked"], "{p}");
     assert!(p["received"].is_u64(), "{p}");
     assert!(p["last_contact"].as_str().unwrap().ends_with('Z'), "{p}");
     assert_eq!(p["needs_snapshot"], false);

@@ -930,11 +930,13 @@ fn a_peer_reading_below_the_gc_horizon_gets_linked_transactions_whole() {
 }
 
 /// An ACK can overtake the acknowledging peer's own older writes: its feed waits behind its
-/// window while its ACKs go out at once. So GC may collect a tombstone while an edit the peer
-/// made offline to that record, before it saw the delete, has not arrived. That is safe
-/// because the edit never comes: older than the delete, it is discarded where it was made
-/// when the delete is applied there (and listed as a conflict there), before any ACK of the
-/// delete exists. Pins that, with the relay collecting garbage after every frame it handles.
+/// window while its ACKs go out at once. An edit the peer made offline to a record, before it
+/// saw our delete, is discarded where it was made when the delete is applied there (and
+/// listed as a conflict there), before any ACK of the delete exists — but one already sent
+/// is not (`an_edit_already_sent_when_the_delete_arrives_meets_the_tombstone`), so GC counts
+/// the ACK only once the peer's feed has arrived as far as it reached then. Pins both, with
+/// the relay collecting garbage after every frame it handles: nothing comes back, and the
+/// tombstone waits for the peer's offline writes.
 #[test]
 fn an_ack_that_overtakes_an_older_offline_edit_lets_gc_resurrect_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -985,9 +987,10 @@ fn an_ack_that_overtakes_an_older_offline_edit_lets_gc_resurrect_nothing() {
         }
     }
     assert!(
-        purged_before_the_last_unit,
+        !purged_before_the_last_unit,
         "the tombstone went while the client's offline writes were still arriving"
     );
+    assert_eq!(purged, 1, "collected once they all came");
     assert!(client.get("items", id).unwrap().is_none());
     assert!(
         relay.get("items", id).unwrap().is_none(),
@@ -1368,4 +1371,170 @@ fn a_pull_only_replica_collects_the_deletes_its_source_sent() {
         replica.integrity_check().unwrap().problems,
         Vec::<String>::new()
     );
+}
+
+/// The acknowledging peer's edit is already on its way, in the first frames of a unit it
+/// is sending, when our delete reaches it: it acknowledges the delete before the rest of its
+/// unit, and GC here collected the tombstone meanwhile. The unit then brought the edit,
+/// older than the delete, to a record we no longer held: it lived here and lost there, two
+/// copies diverged for good (known gap 5). GC now counts an ACK only once the peer's feed
+/// has arrived as far as it reached when it acknowledged: at its next CAUGHT_UP.
+#[test]
+fn an_edit_already_sent_when_the_delete_arrives_meets_the_tombstone() {
+    use blazedb::sync::message::kind;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let relay = open_at(dir.path(), "relay", &clock);
+    let client = open_at(dir.path(), "client", &clock);
+    let id = relay
+        .insert("items", [("name", Value::from("shared"))])
+        .unwrap();
+    let hot = relay.insert("items", [("n", Value::Int(0))]).unwrap();
+    common::sync_pair(
+        &relay,
+        &client,
+        SessionConfig::default(),
+        SessionConfig::default(),
+    );
+    // Offline, the client edits the record, then writes a chain of transactions, each
+    // overwriting a field the one before wrote: one unit over many pages (links keep a
+    // partly overwritten transaction whole), the edit in its first.
+    client
+        .transaction(|tx| {
+            tx.update("items", id, Patch::new().set("note", "edited offline"))?;
+            tx.update("items", hot, Patch::new().set("n", 0))
+        })
+        .unwrap();
+    for i in 1..100 {
+        client
+            .transaction(|tx| {
+                tx.update("items", hot, Patch::new().set("n", i))?;
+                for j in 0..20 {
+                    tx.insert("small", [("n", Value::Int(i * 100 + j))])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    // Later, and without having seen the edit, the relay deletes the record.
+    common::tick(&clock, 1000);
+    assert!(relay.delete("items", id).unwrap());
+    let mut sr = Session::new(&relay, SessionConfig::default(), 0).unwrap();
+    // Small pages: the unit goes out over many of them.
+    let small_pages = SessionConfig {
+        batch_cells_max: 64,
+        ..SessionConfig::default()
+    };
+    let mut sc = Session::new(&client, small_pages, 0).unwrap();
+    // The relay's CHANGES wait until the first frame of the client's unit has reached it.
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let mut unit_started = false;
+    let mut from_relay = blazedb::sync::frame::FrameDecoder::default();
+    let mut from_client = blazedb::sync::frame::FrameDecoder::default();
+    let mut purged = 0;
+    for _ in 0..1000 {
+        let mut progress = false;
+        while let Some(f) = sr.poll_transmit(0, &relay) {
+            from_relay.push(&f);
+            let k = from_relay.next_frame().unwrap().unwrap().kind;
+            if !unit_started && (k == kind::CHANGES || !held.is_empty()) {
+                held.push(f);
+            } else {
+                sc.handle_bytes(0, &f, &client).unwrap();
+            }
+            progress = true;
+        }
+        if unit_started {
+            for f in held.drain(..) {
+                sc.handle_bytes(0, &f, &client).unwrap();
+            }
+        }
+        // One frame at a time from the client, the relay collecting garbage after each.
+        if let Some(f) = sc.poll_transmit(0, &client) {
+            from_client.push(&f);
+            unit_started |= from_client.next_frame().unwrap().unwrap().kind == kind::CHANGES;
+            sr.handle_bytes(0, &f, &relay).unwrap();
+            purged += relay.gc(&GcOptions::default()).unwrap().tombstones_purged;
+            progress = true;
+        }
+        if !progress && sr.is_caught_up(&relay).unwrap() && sc.is_caught_up(&client).unwrap() {
+            break;
+        }
+    }
+    assert!(client.get("items", id).unwrap().is_none(), "the delete won");
+    assert_eq!(relay.count("small").unwrap(), 99 * 20);
+    assert!(
+        relay.get("items", id).unwrap().is_none(),
+        "the edit, older than the delete, brought the record back (purged {purged})"
+    );
+    assert_eq!(common::dump(&relay), common::dump(&client));
+    // Everything arrived and was acknowledged: now the tombstone goes.
+    common::pump(&relay, &mut sr, &client, &mut sc);
+    assert_eq!(
+        relay.gc(&GcOptions::default()).unwrap().tombstones_purged + purged,
+        1
+    );
+}
+
+/// The stable cursor: a peer that sends us nothing (it only pulls) is stable at its ACK,
+/// and a peer that sends us its feed becomes stable when it says its feed has gone whole
+/// (here with the flag of the ACK that answers the last unit). `peers` lists it; it never
+/// passes the acknowledged cursor, and GC collects up to it.
+#[test]
+fn the_stable_cursor_follows_the_ack_once_the_peers_feed_has_come() {
+    use blazedb::sync::SyncMode;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = common::counter(T0);
+    let source = open_at(dir.path(), "source", &clock);
+    let replica = open_at(dir.path(), "replica", &clock);
+    let both = open_at(dir.path(), "both", &clock);
+    let ids = insert_many(&source, 3);
+    let pulls = SessionConfig {
+        mode: SyncMode::Pull,
+        ..SessionConfig::default()
+    };
+    common::sync_pair(&source, &replica, SessionConfig::default(), pulls.clone());
+    common::sync_pair(
+        &source,
+        &both,
+        SessionConfig::default(),
+        SessionConfig::default(),
+    );
+    delete_all(&source, &ids[..1]);
+    common::sync_pair(&source, &replica, SessionConfig::default(), pulls);
+    let head = source.last_seq().unwrap();
+    let of = |node: NodeId| {
+        source
+            .peers()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.node == node)
+            .unwrap()
+    };
+    let r = of(replica.node_id());
+    assert_eq!((r.acked, r.stable), (head, head), "{r:?}");
+    // The other peer has not had the delete: GC waits for it.
+    let g = source.gc(&GcOptions::default()).unwrap();
+    assert_eq!(
+        (g.tombstones_purged, g.held_by),
+        (0, Some(both.node_id())),
+        "{g:?}"
+    );
+    let b = of(both.node_id());
+    assert!(b.stable <= b.acked && b.acked < head, "{b:?}");
+    // It writes while it gets the delete; its answer to our unit says its feed went whole.
+    both.insert("items", [("n", Value::Int(7))]).unwrap();
+    common::sync_pair(
+        &source,
+        &both,
+        SessionConfig::default(),
+        SessionConfig::default(),
+    );
+    let b = of(both.node_id());
+    assert!(b.acked >= head && b.stable == b.acked, "{b:?}");
+    assert_eq!(
+        source.gc(&GcOptions::default()).unwrap().tombstones_purged,
+        1
+    );
+    assert_eq!(source.count("items").unwrap(), 3);
 }

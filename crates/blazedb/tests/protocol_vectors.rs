@@ -33,6 +33,7 @@ const NAMES: &[&str] = &[
     "subscribe",
     "hello-listener",
     "ack",
+    "ack-caught-up",
     "caught-up",
     "ping",
     "pong",
@@ -273,7 +274,22 @@ fn simple_messages_as_frame_0() {
     let v = vectors();
     let nonce = 0x0102_0304_0506_0708;
     let cases = [
-        ("ack", kind::ACK, Message::Ack { seq: Seq(300) }),
+        (
+            "ack",
+            kind::ACK,
+            Message::Ack {
+                seq: Seq(300),
+                caught_up: false,
+            },
+        ),
+        (
+            "ack-caught-up",
+            kind::ACK,
+            Message::Ack {
+                seq: Seq(300),
+                caught_up: true,
+            },
+        ),
         (
             "caught-up",
             kind::CAUGHT_UP,

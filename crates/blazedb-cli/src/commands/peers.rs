@@ -65,6 +65,9 @@ pub fn run_peers(ctx: &Context, args: &PeersArgs) -> Result<()> {
             "node": p.node.to_string(),
             "received": p.received.0,
             "acked": p.acked.0,
+            // Acknowledged with everything the peer held then received here: what GC may
+            // collect up to for it.
+            "stable": p.stable.0,
             "last_contact": Timestamp::from_unix_ms(p.last_contact_ms as i64).to_rfc3339(),
             "last_contact_ms": p.last_contact_ms,
             // Never expires (deletes made while it is away must reach it).

@@ -710,13 +710,18 @@ pub enum PeerDirection {
     Received,
     /// How far the peer acknowledged our feed.
     Acked,
+    /// How far the peer acknowledged our feed *and* its own feed, as it stood when it did,
+    /// has arrived here (its next CAUGHT_UP, or an ACK saying its feed had gone whole): what
+    /// GC counts. Never past `Acked`. See `store/gc.rs`, "Counted once stable".
+    Stable,
 }
 
 impl PeerDirection {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             PeerDirection::Received => "recv",
             PeerDirection::Acked => "acked",
+            PeerDirection::Stable => "stable",
         }
     }
 }
@@ -730,6 +735,10 @@ pub struct PeerInfo {
     pub received: Seq,
     /// How far it acknowledged ours.
     pub acked: Seq,
+    /// How far it acknowledged ours with everything it held then received here: where GC
+    /// may collect up to for this peer (at most `acked`; see [`PeerDirection::Stable`]).
+    /// Without a record of its own (a peer not synced with since this was added), `acked`.
+    pub stable: Seq,
     /// Last time either cursor moved (ms since the epoch).
     pub last_contact_ms: u64,
     /// It said in HELLO that it is a relay: GC never lets it expire.
@@ -746,6 +755,7 @@ impl PeerInfo {
             node,
             received: Seq(0),
             acked: Seq(0),
+            stable: Seq(0),
             last_contact_ms: 0,
             relay: false,
             pushes_only: false,
@@ -1159,8 +1169,8 @@ impl Database {
         })
     }
 
-    /// How far this node has received (`Received`) or sent and seen acknowledged (`Acked`)
-    /// the feed of / to `peer`.
+    /// How far this node has received (`Received`) or sent and seen acknowledged (`Acked`,
+    /// `Stable`) the feed of / to `peer` (0: no record).
     pub fn peer_cursor(&self, peer: NodeId, direction: PeerDirection) -> Result<Seq> {
         if let Some(noted) = self.noted_cursors().get(peer, direction) {
             return Ok(noted);
@@ -1349,6 +1359,8 @@ impl Database {
         )?;
         let mut rows = stmt.query([])?;
         let mut out: Vec<PeerInfo> = Vec::new();
+        // Peers with a stable cursor of their own (the others count theirs as `acked`).
+        let mut has_stable: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
         while let Some(r) = rows.next()? {
             let node: [u8; 16] = r.get::<_, Vec<u8>>(0)?.try_into().map_err(|_| {
                 Error::Corrupted(crate::codec::DecodeError::Malformed("bad peer id".into()))
@@ -1363,6 +1375,10 @@ impl Database {
             let p = out.last_mut().expect("pushed");
             match dir.as_str() {
                 "recv" => p.received = cursor,
+                "stable" => {
+                    p.stable = cursor;
+                    has_stable.insert(node);
+                }
                 _ => p.acked = cursor,
             }
             p.last_contact_ms = p.last_contact_ms.max(last);
@@ -1380,10 +1396,19 @@ impl Database {
             match direction {
                 PeerDirection::Received => out[i].received = cursor,
                 PeerDirection::Acked => out[i].acked = cursor,
+                PeerDirection::Stable => {
+                    out[i].stable = cursor;
+                    has_stable.insert(node);
+                }
             }
             out[i].last_contact_ms = out[i].last_contact_ms.max(at);
         }
         for p in &mut out {
+            p.stable = if has_stable.contains(&p.node) {
+                p.stable.min(p.acked)
+            } else {
+                p.acked
+            };
             p.relay = super::gc::is_server(&inner, p.node)?;
             p.pushes_only = super::gc::pushes_only(&inner, p.node)?;
         }

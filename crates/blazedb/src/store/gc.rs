@@ -27,6 +27,24 @@
 //! notes a peer's `server` flag from HELLO): a relay refuses snapshots, so a delete collected
 //! before it arrived would never reach it.
 //!
+//! **Counted once stable.** "Every peer holds the removal" is not yet enough: a write of the
+//! peer's from before the removal reached it, older than the removal, may still be on its way
+//! here — sent in the first frames of a unit whose ACK-overtaken rest was still coming, or
+//! queued behind its window. It meets the removal here only if the removal is still here;
+//! collected, the write brings the record back here alone, while everywhere else the removal
+//! beat it (known gap 5 until 2026-12-07; test
+//! `gc.rs::an_edit_already_sent_when_the_delete_arrives_meets_the_tombstone`). So each peer
+//! counts by its *stable* cursor ([`PeerDirection::Stable`]): the highest ACK after which the
+//! peer's feed, as it stood then, has been applied here — the peer's next CAUGHT_UP, or the
+//! CAUGHT_UP flag of the ACK itself (PROTOCOL.md §5.3). Writes further away are covered by
+//! the same rule one hop on: a third node's write reaches us through a peer, which either held
+//! it when it acknowledged (then it comes before the peer's CAUGHT_UP) or got it later, when
+//! the removal was still there to beat it (the peer collects only what *its* peers have
+//! stably acknowledged), and a write beaten there is not forwarded. A peer that sends us
+//! nothing is stable at its ACK. A peer with no stable cursor recorded (none synced since it
+//! exists) counts by its acknowledged one, as before. Expired and forgotten peers are outside
+//! this, as they are outside every other guarantee here.
+//!
 //! **Peers that only push to us** (their mode `push`, or ours `pull`; the session notes them
 //! at HELLO, [`PUSHES_ONLY_NOTE`]) never receive our removals, so no cursor of ours says when
 //! their older writes are all in: such a peer's update of a record deleted here, made before
@@ -228,23 +246,14 @@ impl Database {
     /// like any other, so a peer that never finishes expires after the retention (relays
     /// excepted, as always: see the module docs).
     pub(crate) fn hold_gc_for_peer(&self, peer: NodeId, from: Seq) -> Result<()> {
-        let noted = self.noted_cursors().get(peer, PeerDirection::Acked);
-        let existing = match noted {
-            Some(c) => Some(c),
-            None => {
-                let inner = self.lock()?;
-                let stored = inner
-                    .conn
-                    .prepare_cached(
-                        "SELECT cursor FROM peers WHERE node = ?1 AND direction = 'acked'",
-                    )?
-                    .query_row([&peer.0[..]], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .map(|c| Seq(c.max(0) as u64));
-                stored
+        // Its stable cursor (if it has one) too, or it would count again, once ACKs move the
+        // acknowledged one past `from`, from a position the peer may no longer hold.
+        if let Some(stable) = self.stored_or_noted_cursor(peer, PeerDirection::Stable)? {
+            if stable > from {
+                self.note_peer_cursor(peer, PeerDirection::Stable, from)?;
             }
-        };
-        match existing {
+        }
+        match self.stored_or_noted_cursor(peer, PeerDirection::Acked)? {
             // Noted with the others (stored before any GC of this handle), like every ACK.
             Some(c) => self.note_peer_cursor(peer, PeerDirection::Acked, c.min(from)),
             // A new peer: stored now, so that GC through another handle on the file sees
@@ -280,6 +289,27 @@ impl Database {
         }
     }
 
+    /// The cursor noted, else stored, else `None`.
+    fn stored_or_noted_cursor(
+        &self,
+        peer: NodeId,
+        direction: PeerDirection,
+    ) -> Result<Option<Seq>> {
+        if let Some(c) = self.noted_cursors().get(peer, direction) {
+            return Ok(Some(c));
+        }
+        let inner = self.lock()?;
+        let stored = inner
+            .conn
+            .prepare_cached("SELECT cursor FROM peers WHERE node = ?1 AND direction = ?2")?
+            .query_row(params![&peer.0[..], direction.as_str()], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|c| Seq(c.max(0) as u64));
+        Ok(stored)
+    }
+
     /// Drop how far a peer acknowledged our feed, so GC no longer waits for it, and its notes.
     /// Returns false if there was nothing to drop (unknown, or forgotten already). If it
     /// syncs again it starts over on our side (by snapshot once GC has run).
@@ -292,12 +322,13 @@ impl Database {
         {
             let mut noted = self.noted_cursors();
             noted.forget(node, PeerDirection::Acked);
+            noted.forget(node, PeerDirection::Stable);
             noted.forget_notes_of(node);
         }
         // One transaction: the peer goes entirely or not at all.
         let mut inner = self.lock_write()?;
         let mut n = inner.conn.execute(
-            "DELETE FROM peers WHERE node = ?1 AND direction = 'acked'",
+            "DELETE FROM peers WHERE node = ?1 AND direction IN ('acked', 'stable')",
             [&node.0[..]],
         )?;
         // A unit it left unfinished goes too.
@@ -438,29 +469,32 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
     // The peers that count and only push to us.
     let mut pushers: Vec<NodeId> = Vec::new();
     {
-        // One entry per peer: its acked cursor (if any) and its latest contact in either
-        // direction.
+        // One entry per peer: its acked and stable cursors (if any) and its latest contact
+        // in either direction.
         let mut stmt = inner.conn.prepare(
             "SELECT node, direction, cursor, last_contact_ms FROM peers
              WHERE direction <> 'clock' ORDER BY node",
         )?;
         let mut rows = stmt.query([])?;
-        let mut peers: Vec<(NodeId, Option<Seq>, u64)> = Vec::new();
+        let mut peers: Vec<(NodeId, Option<Seq>, Option<Seq>, u64)> = Vec::new();
         while let Some(r) = rows.next()? {
             let node: [u8; 16] = r.get::<_, Vec<u8>>(0)?.try_into().map_err(|_| {
                 Error::Corrupted(crate::codec::DecodeError::Malformed("bad peer id".into()))
             })?;
             let node = NodeId(node);
             if peers.last().is_none_or(|p| p.0 != node) {
-                peers.push((node, None, 0));
+                peers.push((node, None, None, 0));
             }
             let p = peers.last_mut().expect("pushed");
-            if r.get::<_, String>(1)? == "acked" {
-                p.1 = Some(Seq(r.get::<_, i64>(2)?.max(0) as u64));
+            let cursor = Seq(r.get::<_, i64>(2)?.max(0) as u64);
+            match r.get::<_, String>(1)?.as_str() {
+                "acked" => p.1 = Some(cursor),
+                "stable" => p.2 = Some(cursor),
+                _ => {}
             }
-            p.2 = p.2.max(r.get::<_, i64>(3)?.max(0) as u64);
+            p.3 = p.3.max(r.get::<_, i64>(3)?.max(0) as u64);
         }
-        for (node, acked, last) in peers {
+        for (node, acked, stable, last) in peers {
             // A relay never expires: it refuses snapshots (a client's data reaches it only
             // through the feed, under its write rules), so a delete whose tombstone went
             // while the relay was away would never reach it. A client offline for longer
@@ -473,7 +507,9 @@ fn collect(inner: &mut Inner, opts: &GcOptions, now_ms: u64) -> Result<GcReport>
             if past_retention {
                 report.relays_past_retention.push(node);
             }
-            if let Some(a) = acked {
+            // Counted once stable (see the module docs); a peer not synced with since stable
+            // cursors exist has none, and counts by its acknowledged one as before.
+            if let Some(a) = acked.map(|a| stable.map_or(a, |s| s.min(a))) {
                 if horizon.is_none_or(|(h, _)| a < h) {
                     horizon = Some((a, node));
                 }

@@ -97,6 +97,9 @@ impl std::str::FromStr for SyncMode {
     }
 }
 
+/// The ACK's optional flags byte: bit 0, CAUGHT_UP (see [`Message::Ack`]).
+const ACK_FLAG_CAUGHT_UP: u8 = 1;
+
 /// Capability bits in HELLO.
 pub mod caps {
     /// Accepts LZ4-compressed frames.
@@ -115,6 +118,10 @@ pub mod caps {
     /// it checks or not) raises no false alarm: a side that presented a token and meets this
     /// bit learns that its token was never checked ([`Hello::token_unchecked`]).
     pub const TOKEN_UNCHECKED: u64 = 8;
+    /// Reads the CAUGHT_UP flag of an ACK ([`Message::Ack`]'s `caught_up`; PROTOCOL.md §5.3).
+    /// A side sends the flag only to a peer that sets this bit: a receiver of a release
+    /// before it refuses an ACK with a byte after its `seq`.
+    pub const ACK_CAUGHT_UP: u64 = 16;
 }
 
 /// What a SUBSCRIBE asks about snapshots.
@@ -320,6 +327,13 @@ pub enum Message {
     Ack {
         /// Applied up to here.
         seq: Seq,
+        /// When this ACK went out, the sender's own feed had gone to the receiver whole, in
+        /// complete units before the ACK (apart from the receiver's own changes, which are
+        /// never sent back): once it has applied those units, the receiver knows every write
+        /// the sender held when it acknowledged `seq` (its GC counts the ACK then: see
+        /// `store/gc.rs`, "Counted once stable"). Sent only to a peer that set
+        /// [`caps::ACK_CAUGHT_UP`]; the byte is absent when false.
+        caught_up: bool,
     },
     /// CAUGHT_UP.
     CaughtUp {
@@ -431,8 +445,11 @@ pub fn encode_simple(m: &Message) -> (u8, Vec<u8>) {
             write_u64(&mut p, u64::from(*chunks));
             kind::SNAPSHOT_END
         }
-        Message::Ack { seq } => {
+        Message::Ack { seq, caught_up } => {
             write_u64(&mut p, seq.0);
+            if *caught_up {
+                p.push(ACK_FLAG_CAUGHT_UP);
+            }
             kind::ACK
         }
         Message::CaughtUp { seq } => {
@@ -555,9 +572,19 @@ pub fn decode_simple(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         kind::SNAPSHOT_END => Message::SnapshotEnd {
             chunks: u32_of(r.varint()?)?,
         },
-        kind::ACK => Message::Ack {
-            seq: Seq(r.varint()?),
-        },
+        kind::ACK => {
+            let seq = Seq(r.varint()?);
+            let flags = if r.remaining() > 0 { r.u8()? } else { 0 };
+            if flags & !ACK_FLAG_CAUGHT_UP != 0 {
+                return Err(DecodeError::Malformed(format!(
+                    "ACK flags {flags:#04x}: only bit 0 (CAUGHT_UP) is defined"
+                )));
+            }
+            Message::Ack {
+                seq,
+                caught_up: flags & ACK_FLAG_CAUGHT_UP != 0,
+            }
+        }
         kind::CAUGHT_UP => Message::CaughtUp {
             seq: Seq(r.varint()?),
         },
@@ -1046,6 +1073,43 @@ impl Dict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ACK's flags byte: bit 0 read as CAUGHT_UP, absent as none, any other bit refused
+    /// by name, and nothing may follow it.
+    #[test]
+    fn an_acks_flags_byte_is_read_and_unknown_bits_are_refused() {
+        let ack = |bytes: &[u8]| decode_simple(kind::ACK, bytes);
+        assert_eq!(
+            ack(&[0xac, 0x02]).unwrap(),
+            Message::Ack {
+                seq: Seq(300),
+                caught_up: false
+            }
+        );
+        assert_eq!(
+            ack(&[0xac, 0x02, 0x01]).unwrap(),
+            Message::Ack {
+                seq: Seq(300),
+                caught_up: true
+            }
+        );
+        assert_eq!(
+            ack(&[0xac, 0x02, 0x00]).unwrap(),
+            Message::Ack {
+                seq: Seq(300),
+                caught_up: false
+            }
+        );
+        let e = ack(&[0xac, 0x02, 0x03]).unwrap_err().to_string();
+        assert!(e.contains("ACK flags 0x03"), "{e}");
+        assert!(ack(&[0xac, 0x02, 0x01, 0x00]).is_err(), "trailing byte");
+        // Encoded without the byte when false: an ACK to a peer of an earlier release.
+        let (_, p) = encode_simple(&Message::Ack {
+            seq: Seq(300),
+            caught_up: false,
+        });
+        assert_eq!(p, [0xac, 0x02]);
+    }
 
     /// A frame type no version of the protocol defines is named as a message type (it was
     /// "unknown value tag", which sent an implementer looking at values).

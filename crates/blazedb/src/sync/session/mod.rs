@@ -372,6 +372,17 @@ pub struct Session {
     acked: Seq,
     /// The last acknowledged cursor handed to `Database::note_peer_cursor`.
     acked_noted: Seq,
+    /// How far the peer acknowledged our feed with its own feed, as it stood then, applied
+    /// here: an ACK followed by the peer's CAUGHT_UP, or an ACK saying the peer's feed had
+    /// gone whole before it. Only this is what GC counts (`PeerDirection::Stable`): until
+    /// then, a write the peer held when it acknowledged our delete, older than the delete,
+    /// may still be on its way here (known gap 5, see `store/gc.rs`). Never past `acked`.
+    stable: Seq,
+    /// `stable` as last handed to `Database::note_peer_cursor` (`None`: not in this session).
+    stable_noted: Option<Seq>,
+    /// An acknowledged position that becomes stable once the units waiting in `group`, which
+    /// came before the word that makes it stable, are applied.
+    stable_after_group: Option<Seq>,
     caught_up_sent: Option<Seq>,
     /// When the last CAUGHT_UP went out (see `pass_over_echo`).
     caught_up_sent_ms: u64,
@@ -508,7 +519,7 @@ impl Session {
             last_seq: db.last_seq()?,
             mode: cfg.mode,
             server: cfg.server,
-            caps: lz4 | caps::SPLIT_RECORDS | unchecked,
+            caps: lz4 | caps::SPLIT_RECORDS | caps::ACK_CAUGHT_UP | unchecked,
             token: cfg.token.clone(),
         };
         let mut s = Session {
@@ -552,6 +563,9 @@ impl Session {
             group: None,
             grouping: false,
             caught_up_after_group: None,
+            stable: Seq(0),
+            stable_noted: None,
+            stable_after_group: None,
             received_through: Seq(0),
             received_noted: Seq(0),
             peer_caught_up: None,
@@ -906,12 +920,13 @@ impl Session {
                 // session did not know it: simulation, seed 211786 with `BLAZEDB_SIM_PERTURB`).
                 let caught_up = self.caught_up_after_group.take();
                 self.apply_staged(now_ms, end, db)?;
+                self.units_applied(now_ms, db)?;
                 match caught_up {
                     Some(seq) => self.on_caught_up(now_ms, seq, db),
                     None => Ok(()),
                 }
             }
-            (State::Open, Message::Ack { seq }) => {
+            (State::Open, Message::Ack { seq, caught_up }) => {
                 if seq > self.sent_through {
                     return Err(self.fail(
                         ErrorCode::Malformed,
@@ -923,6 +938,11 @@ impl Session {
                     self.unacked.pop_front();
                 }
                 self.acked = self.acked.max(seq);
+                if caught_up && !self.unit_in_progress() {
+                    // Its feed went whole before this ACK: stable once the units that came
+                    // before it are applied.
+                    self.stabilize_after_units(self.acked);
+                }
                 self.evict_kept_fields_once_acked(db)
                     .map_err(|e| self.internal(e, now_ms))?;
                 if self
@@ -953,9 +973,18 @@ impl Session {
                 // About the position after the units waiting to be applied: handled after
                 // them (`apply_group`).
                 self.caught_up_after_group = Some(seq);
+                // The peer's feed went whole after every ACK it sent before this.
+                self.stabilize_after_units(self.acked);
                 Ok(())
             }
-            (State::Open, Message::CaughtUp { seq }) => self.on_caught_up(now_ms, seq, db),
+            (State::Open, Message::CaughtUp { seq }) => {
+                if !self.unit_in_progress() {
+                    self.stabilize_after_units(self.acked);
+                }
+                self.on_caught_up(now_ms, seq, db)?;
+                self.note_cursors(db, false)
+                    .map_err(|e| self.internal(e, now_ms))
+            }
             (State::Open, Message::Ping { nonce }) => {
                 self.send(&Message::Pong { nonce }, now_ms);
                 Ok(())
@@ -1442,16 +1471,64 @@ impl Session {
                 Err(e) => result = result.and(Err(e)),
             }
         }
+        if !self.subscribed {
+            // Nothing of the peer's comes to us in this session (its mode or ours): it has
+            // no write on its way here, and what it acknowledged is stable at once.
+            self.stable = self.stable.max(self.acked);
+        }
+        if self.peer_from.is_some() && self.stable_noted != Some(self.stable) {
+            match db.note_peer_cursor(peer, PeerDirection::Stable, self.stable) {
+                Ok(()) => self.stable_noted = Some(self.stable),
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
         if force {
             result = result.and(db.store_noted_cursors());
         }
         result
     }
 
-    /// ACK `seq` of the peer's feed.
-    fn send_ack(&mut self, seq: Seq, now_ms: u64) {
+    /// ACK `seq` of the peer's feed, saying whether ours has gone to it whole (`caught_up`).
+    pub(super) fn send_ack(&mut self, seq: Seq, now_ms: u64, db: &Database) {
         self.ack_sent_through = self.ack_sent_through.max(seq);
-        self.send(&Message::Ack { seq }, now_ms);
+        let caught_up = self.feed_sent_whole(db);
+        self.send(&Message::Ack { seq, caught_up }, now_ms);
+    }
+
+    /// Whether everything of our feed up to its head went to the peer in complete units
+    /// (apart from its own changes), so that an ACK queued now may say so, for a peer that
+    /// reads it (`caps::ACK_CAUGHT_UP`). Only the cached head is read.
+    fn feed_sent_whole(&self, db: &Database) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|p| p.caps & caps::ACK_CAUGHT_UP != 0)
+            && self.peer_from.is_some()
+            && self.snap_out.is_none()
+            && !self.replacing_snapshot_due
+            && !self.unit_open
+            && self.sent_through >= self.unit_until
+            && db.last_seq().is_ok_and(|head| self.sent_through >= head)
+    }
+
+    /// The peer's feed, as it stood when it sent the ACKs through `upto`, has all come (a
+    /// CAUGHT_UP, or a flagged ACK): `upto` is stable once the units waiting in `group`
+    /// (which came before) are applied.
+    fn stabilize_after_units(&mut self, upto: Seq) {
+        if self.group.is_some() {
+            self.stable_after_group = Some(self.stable_after_group.map_or(upto, |s| s.max(upto)));
+        } else {
+            self.stable = self.stable.max(upto);
+        }
+    }
+
+    /// The units that waited in a group were applied: what waited for them is stable now.
+    pub(super) fn units_applied(&mut self, now_ms: u64, db: &Database) -> Result<(), SyncError> {
+        if let Some(upto) = self.stable_after_group.take() {
+            self.stable = self.stable.max(upto);
+            self.note_cursors(db, false)
+                .map_err(|e| self.internal(e, now_ms))?;
+        }
+        Ok(())
     }
 
     fn send(&mut self, m: &Message, now_ms: u64) {

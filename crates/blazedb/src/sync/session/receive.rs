@@ -15,6 +15,7 @@ impl Session {
     pub(super) fn drop_unit(&mut self) {
         self.group = None;
         self.caught_up_after_group = None;
+        self.stable_after_group = None;
         self.staged.clear();
         self.staged_cells = 0;
         self.staged_parts = 0;
@@ -117,7 +118,7 @@ impl Session {
             // and then the peer resumes from its record, skips to here and says so, every
             // session, its GC held back for good unless this ACK moves the record. (Not
             // again after the unit that brought us here was acknowledged: one ACK a unit.)
-            self.send_ack(seq, now_ms);
+            self.send_ack(seq, now_ms, db);
         }
         Ok(())
     }
@@ -151,6 +152,7 @@ impl Session {
         self.staged = rest;
         self.staged_cells = rest_cells;
         applied?;
+        self.units_applied(now_ms, db)?;
         match caught_up {
             Some(seq) => self.on_caught_up(now_ms, seq, db),
             None => Ok(()),
@@ -263,10 +265,12 @@ impl Session {
                     );
                     self.events.push_back(SessionEvent::Refused(rejections));
                 }
-                self.send_ack(end, now_ms);
+                // Past the positions the apply took first: they hold only the peer's own
+                // changes, and the ACK says whether our feed has gone to it whole.
                 if let Some((first, last)) = outcome.sender_seqs {
                     self.pass_over_echo(first, last, now_ms);
                 }
+                self.send_ack(end, now_ms, db);
                 self.events.push_back(SessionEvent::Applied {
                     cells: n,
                     through: end,

@@ -83,6 +83,7 @@ impl Session {
                 notes,
                 db.peer_cursor(peer, PeerDirection::Received)?,
                 db.peer_cursor(peer, PeerDirection::Acked)?,
+                db.peer_cursor(peer, PeerDirection::Stable)?,
             ))
         };
         let (
@@ -91,6 +92,7 @@ impl Session {
             (stored_view, evicts_note, snapshot_view, received_by_file),
             received_from_peer,
             acked_here,
+            stable_here,
         ) = read(db).map_err(|e| self.internal(e, now_ms))?;
         // Restored files. The peer stores its cursor with the apply and only then ACKs, so
         // how far we recorded its acknowledgements (`acked_here`, 0 if never) is at most what
@@ -167,6 +169,11 @@ impl Session {
         self.sent_through = from;
         self.unit_until = from;
         self.acked = self.acked.max(from);
+        // Stable as before (0 for a peer without a record: it becomes stable at its first
+        // CAUGHT_UP), never past what it holds.
+        if self.stable_noted.is_none() {
+            self.stable = stable_here.min(self.acked);
+        }
         // The peer holds everything up to `from`: GC may count on it now, not at the next
         // ACK or ping.
         self.note_cursors(db, false)

@@ -330,7 +330,7 @@ impl Session {
                 self.received_through = si.position;
                 self.received_noted = si.position;
                 self.snap_scope = self.cfg.policy.collections.clone();
-                self.send_ack(si.position, now_ms);
+                self.send_ack(si.position, now_ms, db);
                 self.events.push_back(SessionEvent::Applied {
                     cells: applied.cells_applied as usize,
                     through: si.position,
