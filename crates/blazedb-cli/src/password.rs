@@ -5,8 +5,10 @@
 //! every user of the machine through the process list (`/proc/PID/cmdline`), while a file can
 //! be made owner-only and a process's environment is readable by its owner alone. The
 //! relay's token and JWT secret and a client's token still have their older flags (`--token`,
-//! `--jwt-secret`), which the commands warn about ([`warn_secret_in_argv`]); their files are
-//! read here as password files are ([`read_secret_file`]).
+//! `--jwt-secret`), which the commands warn about ([`warn_secret_in_argv`]). A client's token
+//! file is read here as password files are ([`read_secret_file`]); the relay reads its token
+//! and JWT secret files itself (one secret a line, read again when they change:
+//! `blazedb_relay::auth`).
 
 use std::io::Read as _;
 use std::path::Path;

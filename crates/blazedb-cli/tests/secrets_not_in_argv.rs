@@ -1,7 +1,8 @@
 //! The relay's token and JWT secret, and a client's token, can be given in a file or an
 //! environment variable, so that no other user of the machine reads them in the process list
 //! (`/proc/PID/cmdline`); empty secrets are refused with a clear message, and the old
-//! `--token` / `--jwt-secret` flags still work but warn that the secret is visible.
+//! `--token` / `--jwt-secret` flags still work but warn that the secret is visible. The
+//! relay's token file may hold several tokens, one a line, and is read again when it changes.
 
 mod net_common;
 
@@ -112,6 +113,56 @@ fn the_relay_token_comes_from_a_file_and_stays_out_of_the_process_list() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("AUTH_FAILED"));
 }
 
+/// `--token-file` may hold several tokens, one a line, and the relay reads it again when it
+/// changes: a token is rotated without a restart; a file caught empty keeps the tokens read
+/// before; each reading is logged with the count, never with a token.
+#[test]
+fn the_relay_token_file_holds_several_tokens_and_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (TOKEN, "the-next-relay-token-of-32-chars");
+    let file = secret_file(dir.path(), "tokens", &format!("{old}\n"));
+    let publish = |text: &str| {
+        let tmp = secret_file(dir.path(), "tokens.new", text);
+        std::fs::rename(tmp, &file).unwrap();
+    };
+    let log = dir.path().join("relay.log");
+    let (_relay, url) = start_relay(
+        &dir.path().join("data"),
+        &["--token-file", file.to_str().unwrap()],
+        Some(&log),
+    );
+    let addr = addr_of(&url);
+    assert_eq!(query_status(&addr, Some(old)), 200);
+    assert_eq!(query_status(&addr, Some(new)), 401);
+
+    // The new token on a line of its own, blank lines and spaces around: both pass.
+    publish(&format!("{old}\n\n   {new}  \n"));
+    wait_for_event(&log, "tokens_reloaded");
+    assert_eq!(log_events(&log, "tokens_reloaded")[0]["tokens"], 2);
+    assert_eq!(query_status(&addr, Some(old)), 200);
+    assert_eq!(query_status(&addr, Some(new)), 200);
+
+    // A file caught empty changes nothing, and the log says what is wrong.
+    publish("\n  \n");
+    wait_for_event(&log, "tokens_unusable");
+    let error = log_events(&log, "tokens_unusable")[0]["error"].to_string();
+    assert!(
+        error.contains("is empty") && error.contains("the tokens read before are still accepted"),
+        "{error}"
+    );
+    assert_eq!(query_status(&addr, Some(old)), 200);
+    assert_eq!(query_status(&addr, Some(new)), 200);
+
+    // The old token taken out: refused from then on.
+    publish(&format!("{new}\n"));
+    wait_for_event_count(&log, "tokens_reloaded", 2);
+    assert_eq!(log_events(&log, "tokens_reloaded")[1]["tokens"], 1);
+    assert_eq!(query_status(&addr, Some(old)), 401);
+    assert_eq!(query_status(&addr, Some(new)), 200);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(old) && !text.contains(new), "{text}");
+}
+
 #[test]
 fn the_relay_secrets_come_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,7 +263,7 @@ fn empty_or_conflicting_secrets_are_refused_at_startup() {
     assert!(e.contains("unset one of them"), "{e}");
     let missing = dir.path().join("missing");
     let e = serve(&["--token-file", missing.to_str().unwrap()], &[]);
-    assert!(e.contains("cannot read token file"), "{e}");
+    assert!(e.contains("cannot read the token file"), "{e}");
     let file = secret_file(dir.path(), "token", TOKEN);
     let e = serve(
         &["--token-file", file.to_str().unwrap(), "--token", TOKEN],

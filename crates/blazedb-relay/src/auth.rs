@@ -12,6 +12,10 @@
 //!
 //! A client address that presented too many wrong credentials lately is refused before its
 //! credential is looked at (`429` / `RATE_LIMITED`): see `blazedb_net::auth_failures`.
+//!
+//! Credentials named by a file (`--token-file`, `--jwt-secret-file`, `--jwt-public-key`) may be
+//! several — the old and the new during a rotation — and the file is read again when it
+//! changes ([`Authenticator::reload_credentials`]), so none of them needs a restart to rotate.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,9 +27,9 @@ use blazedb_net::file_stamp::{file_stamp, FileStamp};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use crate::config::{AuthConfig, RelayConfig};
+use crate::config::{AuthConfig, RelayConfig, Secret};
 use crate::error::RelayError;
-use crate::limits::{AUTH_SECRET_BYTES_MIN, JWT_LEEWAY_S};
+use crate::limits::{AUTH_SECRET_BYTES_MIN, JWT_LEEWAY_S, SECRET_FILE_BYTES_MAX};
 
 /// The verified identity of a connection: a JWT's claims, `{"sub": "token"}` for the static
 /// token, nothing when the relay runs without authentication.
@@ -58,8 +62,8 @@ pub enum AuthError {
          meant to hold the token set?): send `Authorization: Bearer <token>` or `?token=<token>`"
     )]
     EmptyCredential,
-    /// The static token does not match.
-    #[error("invalid token: it is not the token this relay was started with")]
+    /// The static token matches none the relay accepts.
+    #[error("invalid token: it is not a token this relay accepts")]
     InvalidToken,
     /// The JWT expired.
     #[error("the token expired: get a new one")]
@@ -145,16 +149,27 @@ impl AuthFailureKind {
     }
 }
 
-/// Checks credentials. Built at startup from the configuration; a JWT public key file is
-/// read again when it changes ([`Authenticator::reload_keys`]).
+/// Checks credentials. Built at startup from the configuration; a credential file (tokens,
+/// HMAC secrets, public keys) is read again when it changes
+/// ([`Authenticator::reload_credentials`]).
 pub struct Authenticator {
     kind: Kind,
 }
 
 enum Kind {
     Anonymous,
-    Token(String),
+    Token(Box<Tokens>),
     Jwt(Box<Jwt>),
+}
+
+/// Static token checking: the tokens a client may present.
+struct Tokens {
+    /// The file the tokens come from, read again when it changes; `None` for a token given
+    /// as such (`--token`, `BLAZEDB_RELAY_TOKEN`).
+    file: Option<CredentialFile>,
+    /// The tokens now: the one given, or each of the file's (during a rotation, the old and
+    /// the new). Never empty.
+    accepted: std::sync::RwLock<Vec<Secret>>,
 }
 
 /// JWT checking: the keys a token may be signed with, and the checks of its claims.
@@ -162,17 +177,33 @@ struct Jwt {
     /// The checks of every token (`exp`, `nbf`, the required claims, audience, issuer);
     /// each key's own copy sets the algorithms of its family.
     template: Validation,
-    /// The file the public keys come from, read again when it changes; `None` for a secret.
-    file: Option<PublicKeyFile>,
-    /// The keys now: one for a secret; each of the file's public keys (during a rotation,
-    /// the old and the new). Never empty.
+    /// The file the HMAC secrets or public keys come from, read again when it changes;
+    /// `None` for a secret given as such (`--jwt-secret`, `BLAZEDB_JWT_SECRET`).
+    file: Option<CredentialFile>,
+    /// The keys now: one for a secret given as such; each of the file's secrets or public
+    /// keys (during a rotation, the old and the new). Never empty.
     keys: std::sync::RwLock<Vec<VerifyingKey>>,
 }
 
-struct PublicKeyFile {
+/// A file the relay's credentials come from, read again when it changes.
+struct CredentialFile {
     path: PathBuf,
+    what: CredentialFileKind,
     /// The file when last read (length, modification time, inode).
     stamp: std::sync::Mutex<Option<FileStamp>>,
+}
+
+/// What a credential file holds: it names the file in messages and the events that log its
+/// readings ([`Authenticator::reload_credentials`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialFileKind {
+    /// Static bearer tokens, one a line (`--token-file`).
+    Tokens,
+    /// JWT HMAC secrets, one a line (`--jwt-secret-file`).
+    JwtSecrets,
+    /// JWT public keys, one PEM block each (`--jwt-public-key`).
+    JwtPublicKeys,
 }
 
 /// A key and the validation of tokens signed with it (its family's algorithms).
@@ -180,6 +211,70 @@ struct VerifyingKey {
     key: DecodingKey,
     validation: Validation,
     name: &'static str,
+}
+
+impl CredentialFileKind {
+    /// The event logged when the changed file was read and its credentials are in force:
+    /// `tokens_reloaded`, `jwt_secrets_reloaded`, `jwt_keys_reloaded`.
+    pub fn reloaded_event(self) -> &'static str {
+        match self {
+            CredentialFileKind::Tokens => "tokens_reloaded",
+            CredentialFileKind::JwtSecrets => "jwt_secrets_reloaded",
+            CredentialFileKind::JwtPublicKeys => "jwt_keys_reloaded",
+        }
+    }
+
+    /// The event logged when the changed file cannot be used (and the credentials read
+    /// before stay): `tokens_unusable`, `jwt_secrets_unusable`, `jwt_keys_unusable`.
+    pub fn unusable_event(self) -> &'static str {
+        match self {
+            CredentialFileKind::Tokens => "tokens_unusable",
+            CredentialFileKind::JwtSecrets => "jwt_secrets_unusable",
+            CredentialFileKind::JwtPublicKeys => "jwt_keys_unusable",
+        }
+    }
+
+    /// What the file holds, in the plural: the field of the reloaded event that counts them
+    /// (`tokens`, `secrets`, `keys`), and the word of messages.
+    pub fn plural(self) -> &'static str {
+        match self {
+            CredentialFileKind::Tokens => "tokens",
+            CredentialFileKind::JwtSecrets => "secrets",
+            CredentialFileKind::JwtPublicKeys => "keys",
+        }
+    }
+
+    /// The file, as messages name it.
+    fn file_name(self) -> &'static str {
+        match self {
+            CredentialFileKind::Tokens => "token file",
+            CredentialFileKind::JwtSecrets => "JWT secret file",
+            CredentialFileKind::JwtPublicKeys => "JWT public key",
+        }
+    }
+}
+
+impl CredentialFile {
+    fn new(path: &Path, what: CredentialFileKind) -> CredentialFile {
+        CredentialFile {
+            path: path.to_owned(),
+            what,
+            stamp: std::sync::Mutex::new(file_stamp(path)),
+        }
+    }
+
+    /// Whether the file changed since it was last looked at; the change is taken note of,
+    /// so that a file that cannot be used is tried again at its next change, not at every
+    /// look.
+    fn changed(&self) -> bool {
+        let now = file_stamp(&self.path);
+        let mut stamp = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if *stamp == now {
+            return false;
+        }
+        *stamp = now;
+        true
+    }
 }
 
 impl fmt::Debug for Authenticator {
@@ -221,7 +316,7 @@ impl Authenticator {
         };
         let is_jwt = matches!(
             config.auth,
-            AuthConfig::JwtSecret(_) | AuthConfig::JwtPublicKey(_)
+            AuthConfig::JwtSecret(_) | AuthConfig::JwtSecretFile(_) | AuthConfig::JwtPublicKey(_)
         );
         if !is_jwt && (config.jwt_audience.is_some() || config.jwt_issuer.is_some()) {
             return Err(RelayError::Config(
@@ -233,55 +328,50 @@ impl Authenticator {
         }
         let kind = match &config.auth {
             AuthConfig::None => Kind::Anonymous,
-            AuthConfig::Token(t) if t.expose().is_empty() => {
-                return Err(RelayError::Auth(
-                    "the token is empty (is the variable meant to hold it set?): give a long \
-                     random one, e.g. `openssl rand -hex 32 > token.txt` and --token-file \
-                     token.txt"
-                        .into(),
-                ))
+            AuthConfig::Token(t) => {
+                check_secret(t.expose(), CredentialFileKind::Tokens, None)
+                    .map_err(RelayError::Auth)?;
+                Kind::Token(Box::new(Tokens {
+                    file: None,
+                    accepted: std::sync::RwLock::new(vec![t.clone()]),
+                }))
             }
-            AuthConfig::Token(t) if t.expose().len() < AUTH_SECRET_BYTES_MIN => {
-                return Err(RelayError::Auth(format!(
-                    "the token is {} bytes long, and a static token must have at least \
-                     {AUTH_SECRET_BYTES_MIN} (nothing slows down a client guessing it): make a \
-                     random one, e.g. `openssl rand -hex 32 > token.txt`, and start the relay \
-                     with --token-file token.txt",
-                    t.expose().len()
-                )))
-            }
-            AuthConfig::Token(t) => Kind::Token(t.expose().to_owned()),
-            AuthConfig::JwtSecret(s) if s.expose().len() < AUTH_SECRET_BYTES_MIN => {
-                return Err(RelayError::Auth(format!(
-                    "the JWT secret is shorter than {AUTH_SECRET_BYTES_MIN} bytes: use a long \
-                     random secret, e.g. `openssl rand -hex 32 > jwt-secret.txt` and \
-                     --jwt-secret-file jwt-secret.txt"
-                )))
+            AuthConfig::TokenFile(path) => {
+                let file = CredentialFile::new(path, CredentialFileKind::Tokens);
+                let tokens = secret_lines(&file).map_err(RelayError::Auth)?;
+                Kind::Token(Box::new(Tokens {
+                    file: Some(file),
+                    accepted: std::sync::RwLock::new(tokens),
+                }))
             }
             AuthConfig::JwtSecret(s) => {
+                check_secret(s.expose(), CredentialFileKind::JwtSecrets, None)
+                    .map_err(RelayError::Auth)?;
                 let template = template();
-                let key = VerifyingKey::new(
-                    DecodingKey::from_secret(s.expose().as_bytes()),
-                    vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-                    "jwt-hmac",
-                    &template,
-                );
+                let key = hmac_key(s, &template);
                 Kind::Jwt(Box::new(Jwt {
                     template,
                     file: None,
                     keys: std::sync::RwLock::new(vec![key]),
                 }))
             }
-            AuthConfig::JwtPublicKey(path) => {
+            AuthConfig::JwtSecretFile(path) => {
                 let template = template();
-                let stamp = file_stamp(path);
-                let keys = public_keys(path, &template).map_err(RelayError::Auth)?;
+                let file = CredentialFile::new(path, CredentialFileKind::JwtSecrets);
+                let keys = jwt_keys(&file, &template).map_err(RelayError::Auth)?;
                 Kind::Jwt(Box::new(Jwt {
                     template,
-                    file: Some(PublicKeyFile {
-                        path: path.clone(),
-                        stamp: std::sync::Mutex::new(stamp),
-                    }),
+                    file: Some(file),
+                    keys: std::sync::RwLock::new(keys),
+                }))
+            }
+            AuthConfig::JwtPublicKey(path) => {
+                let template = template();
+                let file = CredentialFile::new(path, CredentialFileKind::JwtPublicKeys);
+                let keys = jwt_keys(&file, &template).map_err(RelayError::Auth)?;
+                Kind::Jwt(Box::new(Jwt {
+                    template,
+                    file: Some(file),
                     keys: std::sync::RwLock::new(keys),
                 }))
             }
@@ -299,35 +389,44 @@ impl Authenticator {
         }
     }
 
-    /// Whether credentials are checked against a public key file ([`Self::reload_keys`]).
-    pub fn reads_key_file(&self) -> bool {
-        matches!(&self.kind, Kind::Jwt(jwt) if jwt.file.is_some())
+    /// What the file the credentials are read from holds; `None` when they were given as
+    /// such (or there are none), and nothing is read again ([`Self::reload_credentials`]).
+    pub fn credential_file(&self) -> Option<CredentialFileKind> {
+        let file = match &self.kind {
+            Kind::Anonymous => None,
+            Kind::Token(tokens) => tokens.file.as_ref(),
+            Kind::Jwt(jwt) => jwt.file.as_ref(),
+        };
+        file.map(|f| f.what)
     }
 
-    /// Read the JWT public key file again if it changed since it was last read: `None` when
-    /// it did not (or there is none); the number of keys now accepted; or why the new file
-    /// cannot be used — the keys read before stay accepted, and the file is tried again
-    /// when it changes. A key rotation: put the new public key in the file beside the old
-    /// one, let the issuer sign with the new, and take the old out once the tokens it signed
-    /// have expired — no restart, no session ended.
-    pub fn reload_keys(&self) -> Option<Result<usize, String>> {
-        let Kind::Jwt(jwt) = &self.kind else {
-            return None;
-        };
-        let file = jwt.file.as_ref()?;
-        let now = file_stamp(&file.path);
-        {
-            let mut stamp = file.stamp.lock().unwrap_or_else(|e| e.into_inner());
-            if *stamp == now {
-                return None;
+    /// Read the credential file again if it changed since it was last read: `None` when it
+    /// did not (or there is none); the number of tokens, secrets or keys now accepted; or why
+    /// the new file cannot be used (empty, unreadable, gone, a line too short, a private key)
+    /// — the credentials read before stay accepted, and the file is tried again when it
+    /// changes. A rotation: put the new credential in the file beside the old, move the
+    /// clients (or the issuer) over, and take the old one out — no restart, no session ended.
+    /// Open sessions are not judged again: a JWT's ends at its `exp`, a static token's lasts.
+    pub fn reload_credentials(&self) -> Option<Result<usize, String>> {
+        match &self.kind {
+            Kind::Anonymous => None,
+            Kind::Token(tokens) => {
+                let file = tokens.file.as_ref().filter(|f| f.changed())?;
+                Some(secret_lines(file).map(|new| {
+                    let n = new.len();
+                    *tokens.accepted.write().unwrap_or_else(|e| e.into_inner()) = new;
+                    n
+                }))
             }
-            *stamp = now;
+            Kind::Jwt(jwt) => {
+                let file = jwt.file.as_ref().filter(|f| f.changed())?;
+                Some(jwt_keys(file, &jwt.template).map(|keys| {
+                    let n = keys.len();
+                    *jwt.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+                    n
+                }))
+            }
         }
-        Some(public_keys(&file.path, &jwt.template).map(|keys| {
-            let n = keys.len();
-            *jwt.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
-            n
-        }))
     }
 
     /// Whether clients must present a credential.
@@ -340,9 +439,15 @@ impl Authenticator {
         let credential = credential.filter(|c| !c.is_empty());
         match &self.kind {
             Kind::Anonymous => Ok(Claims::new()),
-            Kind::Token(expected) => {
+            Kind::Token(tokens) => {
                 let given = credential.ok_or(AuthError::Missing)?;
-                if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                let accepted = tokens.accepted.read().unwrap_or_else(|e| e.into_inner());
+                // Compared with every token, not up to the first that matches (`|` does not
+                // stop early): the time taken tells no more than one comparison's would.
+                let matches = accepted.iter().fold(false, |matches, token| {
+                    matches | constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+                });
+                if matches {
                     let mut c = Claims::new();
                     c.insert("sub".into(), Value::from("token"));
                     Ok(c)
@@ -652,6 +757,131 @@ pub fn credential_from_http(
         .ok()?
         .0
         .token
+}
+
+/// The keys of a JWT credential file: a key for each of its HMAC secrets, or its public keys.
+fn jwt_keys(file: &CredentialFile, template: &Validation) -> Result<Vec<VerifyingKey>, String> {
+    match file.what {
+        CredentialFileKind::JwtSecrets => Ok(secret_lines(file)?
+            .iter()
+            .map(|secret| hmac_key(secret, template))
+            .collect()),
+        CredentialFileKind::JwtPublicKeys => public_keys(&file.path, template),
+        CredentialFileKind::Tokens => unreachable!("a token file is never read for JWT keys"),
+    }
+}
+
+/// The key of an HMAC secret, with the HMAC algorithms.
+fn hmac_key(secret: &Secret, template: &Validation) -> VerifyingKey {
+    VerifyingKey::new(
+        DecodingKey::from_secret(secret.expose().as_bytes()),
+        vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        "jwt-hmac",
+        template,
+    )
+}
+
+/// Refuse a static token or an HMAC secret (`kind`) that is empty or shorter than
+/// [`AUTH_SECRET_BYTES_MIN`]: its length is all that keeps it from being guessed (a token) or
+/// from letting whoever guesses it mint any claims (a secret). `line` is where it was read,
+/// `None` for one given as such (`--token`, `BLAZEDB_RELAY_TOKEN`, ...). The message never
+/// repeats the secret.
+fn check_secret(
+    secret: &str,
+    kind: CredentialFileKind,
+    line: Option<(&Path, usize)>,
+) -> Result<(), String> {
+    let len = secret.len();
+    if len >= AUTH_SECRET_BYTES_MIN {
+        return Ok(());
+    }
+    Err(match (kind, line) {
+        (CredentialFileKind::Tokens, None) if len == 0 => {
+            "the token is empty (is the variable meant to hold it set?): give a long random one, \
+             e.g. `openssl rand -hex 32 > token.txt` and --token-file token.txt"
+                .to_owned()
+        }
+        (CredentialFileKind::Tokens, None) => format!(
+            "the token is {len} bytes long, and a static token must have at least \
+             {AUTH_SECRET_BYTES_MIN} (nothing slows down a client guessing it): make a random \
+             one, e.g. `openssl rand -hex 32 > token.txt`, and start the relay with \
+             --token-file token.txt"
+        ),
+        (_, None) => format!(
+            "the JWT secret is shorter than {AUTH_SECRET_BYTES_MIN} bytes: use a long random \
+             secret, e.g. `openssl rand -hex 32 > jwt-secret.txt` and --jwt-secret-file \
+             jwt-secret.txt"
+        ),
+        (kind, Some((path, n))) => format!(
+            "line {n} of the {} {} is {len} bytes long, and each {} must have at least \
+             {AUTH_SECRET_BYTES_MIN}: put a long random one on that line, e.g. from `openssl \
+             rand -hex 32`",
+            kind.file_name(),
+            path.display(),
+            match kind {
+                CredentialFileKind::Tokens => "static token",
+                _ => "JWT secret",
+            },
+        ),
+    })
+}
+
+/// The static tokens or HMAC secrets of a token or secret file, one a line: blank lines and
+/// the whitespace around each are ignored (what editors, `echo` and a rotation by hand leave
+/// there). Each must pass [`check_secret`], and a file without any is refused: naming a file
+/// says a secret is meant. The messages name the file and the line, never a secret.
+fn secret_lines(file: &CredentialFile) -> Result<Vec<Secret>, String> {
+    let (path, name) = (&file.path, file.what.file_name());
+    let text = read_secret_file(path, name)?;
+    let mut secrets = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let secret = line.trim();
+        if secret.is_empty() {
+            continue;
+        }
+        check_secret(secret, file.what, Some((path, i + 1)))?;
+        secrets.push(Secret::new(secret));
+    }
+    if secrets.is_empty() {
+        return Err(format!(
+            "the {name} {} is empty (or holds only blank lines): write a long random secret in \
+             it, e.g. `openssl rand -hex 32 > {}` (during a rotation, the old and the new, one \
+             a line)",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(secrets)
+}
+
+/// The text of a token or secret file, at most [`SECRET_FILE_BYTES_MAX`], in memory that is
+/// overwritten with zeros when dropped.
+fn read_secret_file(path: &Path, name: &str) -> Result<zeroize::Zeroizing<String>, String> {
+    use std::io::Read as _;
+    use zeroize::{Zeroize as _, Zeroizing};
+    // Read to its full size up front: a growing buffer would leave copies behind as it moves.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(SECRET_FILE_BYTES_MAX as usize + 1));
+    std::fs::File::open(path)
+        .and_then(|f| f.take(SECRET_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read the {name} {}: {e}", path.display()))?;
+    if bytes.len() as u64 > SECRET_FILE_BYTES_MAX {
+        return Err(format!(
+            "the {name} {} is larger than {SECRET_FILE_BYTES_MAX} bytes: it does not hold just \
+             secrets, one a line; check the path",
+            path.display()
+        ));
+    }
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(e) => {
+            e.into_bytes().zeroize();
+            Err(format!(
+                "the {name} {} is not UTF-8 text: write each secret as text on a line of its \
+                 own (`openssl rand -hex 32` makes one)",
+                path.display()
+            ))
+        }
+    }
 }
 
 /// The public keys in a PEM file, each with the algorithms of its family: one, or several
@@ -993,23 +1223,23 @@ mod tests {
         };
         publish(&rsa_public);
         let a = authenticator(AuthConfig::JwtPublicKey(path.clone()));
-        assert!(a.reads_key_file());
-        assert_eq!(a.reload_keys(), None, "unchanged");
+        assert_eq!(a.credential_file(), Some(CredentialFileKind::JwtPublicKeys));
+        assert_eq!(a.reload_credentials(), None, "unchanged");
         publish(&format!("{rsa_public}{rsa_public}"));
-        assert_eq!(a.reload_keys(), Some(Ok(2)));
-        assert_eq!(a.reload_keys(), None);
+        assert_eq!(a.reload_credentials(), Some(Ok(2)));
+        assert_eq!(a.reload_credentials(), None);
         for bad in [
             "not a key",
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         ] {
             publish(bad);
-            let why = a.reload_keys().unwrap().unwrap_err();
+            let why = a.reload_credentials().unwrap().unwrap_err();
             assert!(why.contains("keys.pem"), "{why}");
             assert!(a.verify(Some(&token)).is_ok(), "the keys read before stay");
         }
         std::fs::remove_file(&path).unwrap();
         assert!(a
-            .reload_keys()
+            .reload_credentials()
             .unwrap()
             .unwrap_err()
             .contains("cannot read"));
@@ -1017,8 +1247,151 @@ mod tests {
         let secret = authenticator(AuthConfig::JwtSecret(Secret::new(
             "0123456789abcdef-secret",
         )));
-        assert!(!secret.reads_key_file());
-        assert_eq!(secret.reload_keys(), None);
+        assert_eq!(secret.credential_file(), None);
+        assert_eq!(secret.reload_credentials(), None);
+    }
+
+    /// A token or secret file: one a line, blank lines and the whitespace around each
+    /// ignored; read again when it changes, and one that cannot be used (blank, a line too
+    /// short, gone) leaves the ones read before accepted. Messages never repeat a secret.
+    #[test]
+    fn a_token_file_holds_one_token_a_line_and_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let publish = |text: &str| {
+            let tmp = dir.path().join("tokens.new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        let (old, new) = ("the-old-token-of-the-relay", "the-new-token-of-the-relay");
+        publish(&format!("\n  {old}  \r\n\n"));
+        let a = authenticator(AuthConfig::TokenFile(path.clone()));
+        assert_eq!(a.credential_file(), Some(CredentialFileKind::Tokens));
+        assert_eq!(a.kind_name(), "token");
+        assert_eq!(a.verify(Some(old)).unwrap()["sub"], Value::from("token"));
+        assert_eq!(a.verify(Some(new)), Err(AuthError::InvalidToken));
+        // The whitespace around a line is not part of the token.
+        assert_eq!(
+            a.verify(Some(&format!("  {old}  "))),
+            Err(AuthError::InvalidToken)
+        );
+        assert_eq!(a.reload_credentials(), None, "unchanged");
+
+        publish(&format!("{old}\n\n\t{new}\n"));
+        assert_eq!(a.reload_credentials(), Some(Ok(2)));
+        assert_eq!(a.reload_credentials(), None);
+        assert!(a.verify(Some(old)).is_ok() && a.verify(Some(new)).is_ok());
+
+        for bad in ["", "\n  \n\t\r\n", &format!("{new}\nshort\n")] {
+            publish(bad);
+            let why = a.reload_credentials().unwrap().unwrap_err();
+            assert!(
+                why.contains("token file") && why.contains("tokens"),
+                "{why}"
+            );
+            assert!(!why.contains(new) && !why.contains("short\n"), "{why}");
+            assert!(a.verify(Some(old)).is_ok() && a.verify(Some(new)).is_ok());
+        }
+        assert!(
+            a.reload_credentials().is_none(),
+            "a bad file is tried again only when it changes"
+        );
+        publish(&format!("{new}\nshort\n"));
+        let why = a.reload_credentials().unwrap().unwrap_err();
+        assert!(
+            why.contains("line 2 of the token file") && why.contains("5 bytes"),
+            "{why}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let why = a.reload_credentials().unwrap().unwrap_err();
+        assert!(why.contains("cannot read the token file"), "{why}");
+
+        publish(&format!("{new}\n"));
+        assert_eq!(a.reload_credentials(), Some(Ok(1)));
+        assert_eq!(a.verify(Some(old)), Err(AuthError::InvalidToken));
+        assert!(a.verify(Some(new)).is_ok());
+
+        // A token given as such is read once: there is no file to read again.
+        let given = authenticator(AuthConfig::Token(Secret::new(old)));
+        assert_eq!(given.credential_file(), None);
+        assert_eq!(given.reload_credentials(), None);
+    }
+
+    /// A file of blank lines, or with a secret shorter than the minimum on any line, does not
+    /// start the relay; the message names the file (and the line), not the secret.
+    #[test]
+    fn a_secret_file_of_blank_lines_or_a_short_line_is_a_startup_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets");
+        for (auth, name) in [
+            (AuthConfig::TokenFile(path.clone()), "token file"),
+            (AuthConfig::JwtSecretFile(path.clone()), "JWT secret file"),
+        ] {
+            let start = |text: &str| {
+                std::fs::write(&path, text).unwrap();
+                Authenticator::from_config(&RelayConfig {
+                    auth: auth.clone(),
+                    ..RelayConfig::default()
+                })
+            };
+            for blank in ["", "\n", " \n\n\t \r\n"] {
+                let e = start(blank).unwrap_err().to_string();
+                assert!(e.contains(name) && e.contains("is empty"), "{blank:?}: {e}");
+            }
+            let e = start("0123456789abcdef-long-enough\n\n  abc  \n")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("line 3 of the {name}")), "{e}");
+            assert!(!e.contains("abc ") && !e.contains("long-enough"), "{e}");
+            std::fs::write(&path, [0xff, 0xfe, b'\n']).unwrap();
+            let e = Authenticator::from_config(&RelayConfig {
+                auth: auth.clone(),
+                ..RelayConfig::default()
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("not UTF-8"), "{e}");
+        }
+    }
+
+    /// A JWT passes if any secret of the file verifies its signature; one that verifies but
+    /// expired is refused as expired whichever secret signed it.
+    #[test]
+    fn a_jwt_secret_file_holds_one_secret_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt-secrets");
+        let (old, new) = ("0123456789abcdef-old-secret", "0123456789abcdef-new-secret");
+        std::fs::write(&path, format!("{old}\n\n  {new}\n")).unwrap();
+        let a = authenticator(AuthConfig::JwtSecretFile(path.clone()));
+        assert_eq!(a.credential_file(), Some(CredentialFileKind::JwtSecrets));
+        assert_eq!(a.kind_name(), "jwt-hmac");
+        let token = |secret: &str, exp: u64| {
+            encode(
+                &Header::new(Algorithm::HS384),
+                &serde_json::json!({"sub": "x", "exp": exp}),
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        assert!(a.verify(Some(&token(old, now() + 60))).is_ok());
+        assert!(a.verify(Some(&token(new, now() + 60))).is_ok());
+        assert_eq!(
+            a.verify(Some(&token("0123456789abcdef-any-other", now() + 60))),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            a.verify(Some(&token(new, now() - 3600))),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(a.reload_credentials(), None);
+        let tmp = dir.path().join("jwt-secrets.new");
+        std::fs::write(&tmp, format!("{new}\n")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(a.reload_credentials(), Some(Ok(1)));
+        assert_eq!(
+            a.verify(Some(&token(old, now() + 60))),
+            Err(AuthError::BadSignature)
+        );
+        assert!(a.verify(Some(&token(new, now() + 60))).is_ok());
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub struct RelayConfig {
     pub tcp_listen: Option<SocketAddr>,
     /// Also accept raw protocol frames on this Unix domain socket (`--unix`).
     pub unix: Option<PathBuf>,
-    /// Who may connect (`--token`, `--jwt-secret`, `--jwt-public-key`).
+    /// Who may connect (`--token`, `--token-file`, `--jwt-secret`, `--jwt-secret-file`,
+    /// `--jwt-public-key`).
     pub auth: AuthConfig,
     /// Expected `aud` claim of JWTs (`--jwt-audience`); `None`: not checked.
     pub jwt_audience: Option<String>,
@@ -102,8 +103,17 @@ pub enum AuthConfig {
     None,
     /// One static bearer token; `$auth.sub` is `"token"`.
     Token(Secret),
+    /// The static bearer tokens in this file, one a line (`--token-file`; blank lines and the
+    /// whitespace around a token are ignored): a client presents any of them. Read again
+    /// when the file changes, so a token is rotated without a restart: the new one added on
+    /// a line of its own, clients moved over, the old one taken out.
+    TokenFile(PathBuf),
     /// JWTs signed with this HMAC secret (HS256, HS384, HS512).
     JwtSecret(Secret),
+    /// JWTs signed with any of the HMAC secrets in this file, one a line
+    /// (`--jwt-secret-file`; blank lines and the whitespace around a secret are ignored).
+    /// Read again when the file changes, as [`AuthConfig::TokenFile`] is.
+    JwtSecretFile(PathBuf),
     /// JWTs signed with the key whose public half is in this PEM file: RSA (RS256/384/512,
     /// PS256/384/512), Ed25519 (EdDSA) or an EC P-256/P-384 key (ES256/ES384).
     JwtPublicKey(PathBuf),

@@ -107,9 +107,16 @@ pub const PEER_LAG_TOP_N: usize = 10;
 /// and the `store_status` metric come: a second, for the price of two system calls.
 pub const STORE_CHECK_INTERVAL_MS: u64 = 1_000;
 
-/// How often the relay looks whether its JWT public key file (`--jwt-public-key`) changed (a
-/// `stat`): a rotated key is accepted within about this long, no restart.
-pub const JWT_KEY_FILE_CHECK_INTERVAL_MS: u64 = 1_000;
+/// How often the relay looks whether its credential file (`--token-file`, `--jwt-secret-file`
+/// or `--jwt-public-key`) changed (a `stat`): a rotated token, secret or key is accepted
+/// within about this long, no restart.
+pub const CREDENTIAL_FILE_CHECK_INTERVAL_MS: u64 = 1_000;
+
+/// The largest token file or JWT secret file the relay reads (`--token-file`,
+/// `--jwt-secret-file`), in bytes: room for hundreds of secrets, one a line, while a path
+/// that names a log or a database by mistake is refused rather than read whole and tried,
+/// line by line, at every connection. As the CLI's password files (`PASSWORD_FILE_BYTES_MAX`).
+pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
 
 /// How often the relay looks whether its rules file (`--rules`) changed (a `stat`): new rules
 /// are in force within about this long, no restart.

@@ -38,9 +38,9 @@ use crate::error::RelayError;
 use crate::forwarded::{TrustedProxies, TrustedProxy};
 use crate::http::{router, ClientAddress, ConnectionSlot};
 use crate::limits::{
-    AUTH_FAILURE_WINDOW_MS_MAX, CLOSE_LOG_WINDOW_MS, HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS,
-    JWT_KEY_FILE_CHECK_INTERVAL_MS, ORIGINS_MAX, RULES_FILE_CHECK_INTERVAL_MS, SHUTDOWN_GRACE_MS,
-    STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME, TRUSTED_PROXIES_MAX,
+    AUTH_FAILURE_WINDOW_MS_MAX, CLOSE_LOG_WINDOW_MS, CREDENTIAL_FILE_CHECK_INTERVAL_MS,
+    HTTP_HEAD_BYTES_MAX, HTTP_KEEPALIVE_IDLE_MS, ORIGINS_MAX, RULES_FILE_CHECK_INTERVAL_MS,
+    SHUTDOWN_GRACE_MS, STORE_CHECK_INTERVAL_MS, STORE_FILE_NAME, TRUSTED_PROXIES_MAX,
 };
 use crate::metrics::Transport;
 use crate::origin::Origin;
@@ -333,7 +333,7 @@ impl Relay {
         }
         state.tasks.spawn(end_log_windows(state.clone()));
         state.tasks.spawn(watch_store(state.clone()));
-        state.tasks.spawn(watch_jwt_key_file(state.clone()));
+        state.tasks.spawn(watch_credential_file(state.clone()));
         if let Some(path) = rules_file {
             state.tasks.spawn(watch_rules_file(state.clone(), path));
         }
@@ -681,24 +681,31 @@ async fn watch_tls_files(state: Arc<State>, tls: ServerTls) {
     tls.watch_files(state.shutdown.child_token(), report).await;
 }
 
-/// Read the JWT public key file again when it changes (`Authenticator::reload_keys`), every
-/// [`JWT_KEY_FILE_CHECK_INTERVAL_MS`], until shutdown; each reading is logged
-/// (`jwt_keys_reloaded` with the number of keys, or `jwt_keys_unusable` with why — the keys
-/// read before stay accepted). Without a key file it returns at once.
-async fn watch_jwt_key_file(state: Arc<State>) {
-    if !state.auth.reads_key_file() {
+/// Read the credential file (`--token-file`, `--jwt-secret-file` or `--jwt-public-key`) again
+/// when it changes (`Authenticator::reload_credentials`), every
+/// [`CREDENTIAL_FILE_CHECK_INTERVAL_MS`], until shutdown. Each reading is logged, never with a
+/// secret: `tokens_reloaded` / `jwt_secrets_reloaded` / `jwt_keys_reloaded` with how many the
+/// file holds (`tokens`, `secrets`, `keys`), or `tokens_unusable` / `jwt_secrets_unusable` /
+/// `jwt_keys_unusable` with why — the credentials read before stay accepted. Without a
+/// credential file it returns at once.
+async fn watch_credential_file(state: Arc<State>) {
+    let Some(kind) = state.auth.credential_file() else {
         return;
-    }
-    every(&state, JWT_KEY_FILE_CHECK_INTERVAL_MS, || {
-        match state.auth.reload_keys() {
+    };
+    every(&state, CREDENTIAL_FILE_CHECK_INTERVAL_MS, || {
+        match state.auth.reload_credentials() {
             None => {}
-            Some(Ok(keys)) => crate::log::line(serde_json::json!({
-                "event": "jwt_keys_reloaded",
-                "keys": keys,
-            })),
+            Some(Ok(count)) => {
+                let mut line = serde_json::json!({ "event": kind.reloaded_event() });
+                line[kind.plural()] = count.into();
+                crate::log::line(line);
+            }
             Some(Err(error)) => crate::log::line(serde_json::json!({
-                "event": "jwt_keys_unusable",
-                "error": format!("{error}; the keys read before are still accepted"),
+                "event": kind.unusable_event(),
+                "error": format!(
+                    "{error}; the {} read before are still accepted",
+                    kind.plural()
+                ),
             })),
         }
     })

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use blazedb_relay::AuthConfig;
-use common::{connect_ws, now_s, open, refused, Client, TestRelay};
+use common::{connect_ws, now_s, open, publish, refused, until_accepted, Client, TestRelay};
 use serde_json::json;
 
 /// A fresh Ed25519 key pair: its PKCS#8 private key and its public key as a PEM block.
@@ -38,26 +38,6 @@ fn sign_eddsa(pkcs8: &[u8], sub: &str) -> String {
         &jsonwebtoken::EncodingKey::from_ed_der(pkcs8),
     )
     .unwrap()
-}
-
-/// Write the key file as a deployment does: a new file renamed over the old.
-fn publish(path: &Path, pems: &[&str]) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, pems.concat()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Wait (at most 20 s) until `token` is accepted (`true`) or refused (`false`).
-async fn until_accepted(addr: std::net::SocketAddr, token: &str, accepted: bool) {
-    let start = Instant::now();
-    while connect_ws(addr, Some(token)).await.is_ok() != accepted {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the token is never {}",
-            if accepted { "accepted" } else { "refused" }
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,8 +47,11 @@ pub struct ServeArgs {
     /// 0600; no TLS or client certificates on it, but clients still send the token in HELLO).
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
-    /// Require the static bearer token in this file ($auth.sub is "token"; at least 16
-    /// bytes, e.g. `openssl rand -hex 32 > FILE`; one trailing newline is ignored). Also read
+    /// Require a static bearer token in this file ($auth.sub is "token"; at least 16 bytes,
+    /// e.g. `openssl rand -hex 32 > FILE`). One token a line, any of which passes (blank
+    /// lines and the whitespace around a token are ignored). Read again when the file
+    /// changes: to rotate, add the new token on a line of its own, move clients over, then
+    /// remove the old one; no restart, open sessions go on. A single token is also read once
     /// from the environment variable BLAZEDB_RELAY_TOKEN.
     #[arg(long, value_name = "FILE", group = "auth")]
     pub token_file: Option<PathBuf>,
@@ -56,9 +59,12 @@ pub struct ServeArgs {
     /// use --token-file or BLAZEDB_RELAY_TOKEN instead.
     #[arg(long, value_name = "T", group = "auth")]
     pub token: Option<String>,
-    /// Accept JWTs signed with the HMAC secret in this file (HS256/384/512; at least 16
-    /// bytes; one trailing newline is ignored); claims become $auth.*. Also read from the
-    /// environment variable BLAZEDB_JWT_SECRET.
+    /// Accept JWTs signed with an HMAC secret in this file (HS256/384/512; at least 16
+    /// bytes); claims become $auth.*. One secret a line, any of which may have signed the
+    /// token (blank lines and the whitespace around a secret are ignored). Read again when
+    /// the file changes: to rotate, add the new secret on a line of its own, let the issuer
+    /// sign with it, then remove the old one; no restart. A single secret is also read once
+    /// from the environment variable BLAZEDB_JWT_SECRET.
     #[arg(long, value_name = "FILE", group = "auth")]
     pub jwt_secret_file: Option<PathBuf>,
     /// Accept JWTs signed with this HMAC secret. Visible to every local user in the process
@@ -198,7 +204,7 @@ pub const JWT_SECRET_ENV: &str = "BLAZEDB_JWT_SECRET";
 /// empty is refused rather than read as "no authentication": `BLAZEDB_RELAY_TOKEN="$(cat
 /// missing-file)"` must not open the relay.
 fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
-    use crate::password::{read_secret_file, warn_secret_in_argv};
+    use crate::password::warn_secret_in_argv;
     if let Some(t) = &args.token {
         warn_secret_in_argv(
             "--token",
@@ -206,9 +212,9 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
         );
         return Ok(AuthConfig::Token(t.as_str().into()));
     }
+    // The relay reads the files itself, at startup and again whenever they change.
     if let Some(path) = &args.token_file {
-        let t = read_secret_file(path, "token file")?;
-        return Ok(AuthConfig::Token(t.as_str().into()));
+        return Ok(AuthConfig::TokenFile(path.clone()));
     }
     if let Some(s) = &args.jwt_secret {
         warn_secret_in_argv(
@@ -218,8 +224,7 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
         return Ok(AuthConfig::JwtSecret(s.as_str().into()));
     }
     if let Some(path) = &args.jwt_secret_file {
-        let s = read_secret_file(path, "JWT secret file")?;
-        return Ok(AuthConfig::JwtSecret(s.as_str().into()));
+        return Ok(AuthConfig::JwtSecretFile(path.clone()));
     }
     if let Some(k) = &args.jwt_public_key {
         return Ok(AuthConfig::JwtPublicKey(k.clone()));

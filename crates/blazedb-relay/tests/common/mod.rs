@@ -150,6 +150,29 @@ async fn ws_handshake(
     Ok(ws)
 }
 
+/// Write a credential file as a deployment does: a new file renamed over the old, so that the
+/// relay never reads it half-written. `parts` are concatenated (PEM blocks, lines).
+pub fn publish(path: &Path, parts: &[&str]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, parts.concat()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Wait (at most 20 s) until `token` is accepted (`true`) or refused (`false`) at `/v1/sync`:
+/// until the relay has read its changed credential file. A relay tried this way needs
+/// `auth_failures_per_address_max = 0`, or the address is soon refused for its failures.
+pub async fn until_accepted(addr: SocketAddr, token: &str, accepted: bool) {
+    let start = Instant::now();
+    while connect_ws(addr, Some(token)).await.is_ok() != accepted {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the token is never {}",
+            if accepted { "accepted" } else { "refused" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The status and JSON body of a refused WebSocket handshake.
 pub fn refused(e: WsError) -> (u16, serde_json::Value) {
     match e {
