@@ -7,11 +7,13 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use blazedb_relay::AuthConfig;
-use common::{connect_ws, now_s, open, publish, refused, until_accepted, Client, TestRelay};
+use common::{
+    connect_ws, now_s, open, publish, refused, still_syncing, until_accepted, Client, TestRelay,
+};
 use serde_json::json;
 
 /// A fresh Ed25519 key pair: its PKCS#8 private key and its public key as a PEM block.
@@ -101,15 +103,7 @@ async fn a_signing_key_is_rotated_without_a_restart() {
         .expect("the new key's token");
 
     // The session that began under the old key goes on (until its token expires).
-    let id = relay.db.insert("notes", [("n", 2)]).unwrap();
-    let start = Instant::now();
-    while db.get("notes", id).unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the open session stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    still_syncing(&relay, &db).await;
     assert!(!alice.task.is_finished());
     relay.stop().await;
 }

@@ -8,14 +8,15 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blazedb::sync::{ErrorCode, SessionConfig};
 use blazedb::Database;
 use blazedb_net::{run_session, DriverOptions, NetError};
 use blazedb_relay::{AuthConfig, RelayConfig};
 use common::{
-    connect_ws, jwt_hs256, now_s, open, publish, refused, until_accepted, within, Client, TestRelay,
+    connect_ws, jwt_hs256, now_s, open, publish, refused, still_syncing, until_accepted, within,
+    Client, TestRelay,
 };
 use serde_json::json;
 
@@ -43,19 +44,6 @@ async fn hello_refusal(relay: &TestRelay, dir: &Path, token: &str) -> ErrorCode 
     match within(Duration::from_secs(10), session).await {
         Err(NetError::Sync { error, .. }) => error.code,
         other => panic!("expected the relay to end the session, got {other:?}"),
-    }
-}
-
-/// Wait (at most 20 s) until a record the relay writes now reaches `db`, which syncs with it.
-async fn still_syncing(relay: &TestRelay, db: &Database) {
-    let id = relay.db.insert("notes", [("n", 2)]).unwrap();
-    let start = Instant::now();
-    while db.get("notes", id).unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the open session stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

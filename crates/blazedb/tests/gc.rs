@@ -929,6 +929,27 @@ fn a_peer_reading_below_the_gc_horizon_gets_linked_transactions_whole() {
     );
 }
 
+/// A relay and a client in sync, sharing `N` records of `items` (returned).
+fn relay_and_client_sharing<const N: usize>(
+    dir: &std::path::Path,
+    clock: &Arc<AtomicU64>,
+) -> (Database, Database, [RecordId; N]) {
+    let relay = open_at(dir, "relay", clock);
+    let client = open_at(dir, "client", clock);
+    let ids = std::array::from_fn(|i| {
+        relay
+            .insert("items", [("n", Value::Int(i as i64))])
+            .unwrap()
+    });
+    common::sync_pair(
+        &relay,
+        &client,
+        SessionConfig::default(),
+        SessionConfig::default(),
+    );
+    (relay, client, ids)
+}
+
 /// An ACK can overtake the acknowledging peer's own older writes: its feed waits behind its
 /// window while its ACKs go out at once. An edit the peer made offline to a record, before it
 /// saw our delete, is discarded where it was made when the delete is applied there (and
@@ -941,17 +962,7 @@ fn a_peer_reading_below_the_gc_horizon_gets_linked_transactions_whole() {
 fn an_ack_that_overtakes_an_older_offline_edit_lets_gc_resurrect_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = common::counter(T0);
-    let relay = open_at(dir.path(), "relay", &clock);
-    let client = open_at(dir.path(), "client", &clock);
-    let id = relay
-        .insert("items", [("name", Value::from("shared"))])
-        .unwrap();
-    common::sync_pair(
-        &relay,
-        &client,
-        SessionConfig::default(),
-        SessionConfig::default(),
-    );
+    let (relay, client, [id]) = relay_and_client_sharing(dir.path(), &clock);
     // Offline, the client writes more units than its window holds, then edits the record.
     let bulky = Value::from("x".repeat(100_000));
     for i in 0..40 {
@@ -1384,18 +1395,7 @@ fn an_edit_already_sent_when_the_delete_arrives_meets_the_tombstone() {
     use blazedb::sync::message::kind;
     let dir = tempfile::tempdir().unwrap();
     let clock = common::counter(T0);
-    let relay = open_at(dir.path(), "relay", &clock);
-    let client = open_at(dir.path(), "client", &clock);
-    let id = relay
-        .insert("items", [("name", Value::from("shared"))])
-        .unwrap();
-    let hot = relay.insert("items", [("n", Value::Int(0))]).unwrap();
-    common::sync_pair(
-        &relay,
-        &client,
-        SessionConfig::default(),
-        SessionConfig::default(),
-    );
+    let (relay, client, [id, hot]) = relay_and_client_sharing(dir.path(), &clock);
     // Offline, the client edits the record, then writes a chain of transactions, each
     // overwriting a field the one before wrote: one unit over many pages (links keep a
     // partly overwritten transaction whole), the edit in its first.

@@ -578,3 +578,17 @@ impl RawClient {
         code
     }
 }
+
+/// Wait (at most 20 s) until a record the relay writes now reaches `db`, which syncs with it:
+/// its session goes on.
+pub async fn still_syncing(relay: &TestRelay, db: &Database) {
+    let id = relay.db.insert("notes", [("n", 2)]).unwrap();
+    let start = Instant::now();
+    while db.get("notes", id).unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the open session stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

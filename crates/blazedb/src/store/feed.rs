@@ -717,7 +717,7 @@ pub enum PeerDirection {
 }
 
 impl PeerDirection {
-    pub(super) fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             PeerDirection::Received => "recv",
             PeerDirection::Acked => "acked",
@@ -1172,8 +1172,19 @@ impl Database {
     /// How far this node has received (`Received`) or sent and seen acknowledged (`Acked`,
     /// `Stable`) the feed of / to `peer` (0: no record).
     pub fn peer_cursor(&self, peer: NodeId, direction: PeerDirection) -> Result<Seq> {
+        Ok(self
+            .peer_cursor_recorded(peer, direction)?
+            .unwrap_or(Seq(0)))
+    }
+
+    /// [`Database::peer_cursor`], `None` when there is no record: noted, else stored.
+    pub(crate) fn peer_cursor_recorded(
+        &self,
+        peer: NodeId,
+        direction: PeerDirection,
+    ) -> Result<Option<Seq>> {
         if let Some(noted) = self.noted_cursors().get(peer, direction) {
-            return Ok(noted);
+            return Ok(Some(noted));
         }
         let inner = self.lock()?;
         let cursor = inner
@@ -1183,7 +1194,7 @@ impl Database {
                 r.get::<_, i64>(0)
             })
             .optional()?;
-        Ok(cursor.map_or(Seq(0), |c| Seq(c as u64)))
+        Ok(cursor.map(|c| Seq(c.max(0) as u64)))
     }
 
     /// Record a cursor, now (a cursor noted by [`Database::note_peer_cursor`] and not yet

@@ -248,12 +248,12 @@ impl Database {
     pub(crate) fn hold_gc_for_peer(&self, peer: NodeId, from: Seq) -> Result<()> {
         // Its stable cursor (if it has one) too, or it would count again, once ACKs move the
         // acknowledged one past `from`, from a position the peer may no longer hold.
-        if let Some(stable) = self.stored_or_noted_cursor(peer, PeerDirection::Stable)? {
+        if let Some(stable) = self.peer_cursor_recorded(peer, PeerDirection::Stable)? {
             if stable > from {
                 self.note_peer_cursor(peer, PeerDirection::Stable, from)?;
             }
         }
-        match self.stored_or_noted_cursor(peer, PeerDirection::Acked)? {
+        match self.peer_cursor_recorded(peer, PeerDirection::Acked)? {
             // Noted with the others (stored before any GC of this handle), like every ACK.
             Some(c) => self.note_peer_cursor(peer, PeerDirection::Acked, c.min(from)),
             // A new peer: stored now, so that GC through another handle on the file sees
@@ -287,27 +287,6 @@ impl Database {
                 }
             }
         }
-    }
-
-    /// The cursor noted, else stored, else `None`.
-    fn stored_or_noted_cursor(
-        &self,
-        peer: NodeId,
-        direction: PeerDirection,
-    ) -> Result<Option<Seq>> {
-        if let Some(c) = self.noted_cursors().get(peer, direction) {
-            return Ok(Some(c));
-        }
-        let inner = self.lock()?;
-        let stored = inner
-            .conn
-            .prepare_cached("SELECT cursor FROM peers WHERE node = ?1 AND direction = ?2")?
-            .query_row(params![&peer.0[..], direction.as_str()], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .map(|c| Seq(c.max(0) as u64));
-        Ok(stored)
     }
 
     /// Drop how far a peer acknowledged our feed, so GC no longer waits for it, and its notes.
