@@ -10,11 +10,10 @@
 //! and JWT secret files itself (one secret a line, read again when they change:
 //! `blazedb_relay::auth`).
 
-use std::io::Read as _;
 use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
-use zeroize::{Zeroize as _, Zeroizing};
+use anyhow::{bail, Result};
+use zeroize::Zeroizing;
 
 use crate::limits::PASSWORD_FILE_BYTES_MAX;
 use crate::report::UsageError;
@@ -108,30 +107,22 @@ pub fn warn_secret_in_argv(flag: &str, instead: &str) {
 
 /// The text of a secret file, at most [`PASSWORD_FILE_BYTES_MAX`] bytes of UTF-8.
 fn read_text_file(path: &Path, what: &str) -> Result<Password> {
-    let cannot_read = || format!("cannot read {what} {}", path.display());
-    // Read to its full size up front: a growing buffer would leave copies behind as it moves.
-    let mut bytes = Zeroizing::new(Vec::with_capacity(PASSWORD_FILE_BYTES_MAX as usize + 1));
-    std::fs::File::open(path)
-        .and_then(|f| f.take(PASSWORD_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
-        .with_context(cannot_read)?;
-    if bytes.len() as u64 > PASSWORD_FILE_BYTES_MAX {
-        bail!(
+    use blazedb_net::secret_file::{read_secret_text, SecretFileError};
+    read_secret_text(path, PASSWORD_FILE_BYTES_MAX).or_else(|e| match e {
+        SecretFileError::Io(e) => {
+            Err(anyhow::Error::new(e).context(format!("cannot read {what} {}", path.display())))
+        }
+        SecretFileError::TooLarge => bail!(
             "{what} {} is larger than {PASSWORD_FILE_BYTES_MAX} bytes: it does not hold just \
              a secret; check the path",
             path.display()
-        );
-    }
-    match String::from_utf8(std::mem::take(&mut *bytes)) {
-        Ok(text) => Ok(Zeroizing::new(text)),
-        Err(e) => {
-            e.into_bytes().zeroize();
-            bail!(
-                "{what} {} is not UTF-8 text: write the secret as text (a binary key file \
-                 cannot be used; `openssl rand -hex 32` makes a text one)",
-                path.display()
-            )
-        }
-    }
+        ),
+        SecretFileError::NotUtf8 => bail!(
+            "{what} {} is not UTF-8 text: write the secret as text (a binary key file \
+             cannot be used; `openssl rand -hex 32` makes a text one)",
+            path.display()
+        ),
+    })
 }
 
 /// Editors and `echo` end files with a newline that is not part of the password; anything

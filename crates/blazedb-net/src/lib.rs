@@ -65,6 +65,7 @@ pub mod limits;
 pub mod peer_lock;
 pub mod rate;
 pub mod reconnect;
+pub mod secret_file;
 pub mod topology;
 pub mod transport;
 pub mod ws;

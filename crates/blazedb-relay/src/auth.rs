@@ -857,31 +857,20 @@ fn secret_lines(file: &CredentialFile) -> Result<Vec<Secret>, String> {
 /// The text of a token or secret file, at most [`SECRET_FILE_BYTES_MAX`], in memory that is
 /// overwritten with zeros when dropped.
 fn read_secret_file(path: &Path, name: &str) -> Result<zeroize::Zeroizing<String>, String> {
-    use std::io::Read as _;
-    use zeroize::{Zeroize as _, Zeroizing};
-    // Read to its full size up front: a growing buffer would leave copies behind as it moves.
-    let mut bytes = Zeroizing::new(Vec::with_capacity(SECRET_FILE_BYTES_MAX as usize + 1));
-    std::fs::File::open(path)
-        .and_then(|f| f.take(SECRET_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("cannot read the {name} {}: {e}", path.display()))?;
-    if bytes.len() as u64 > SECRET_FILE_BYTES_MAX {
-        return Err(format!(
+    use blazedb_net::secret_file::{read_secret_text, SecretFileError};
+    read_secret_text(path, SECRET_FILE_BYTES_MAX).map_err(|e| match e {
+        SecretFileError::Io(e) => format!("cannot read the {name} {}: {e}", path.display()),
+        SecretFileError::TooLarge => format!(
             "the {name} {} is larger than {SECRET_FILE_BYTES_MAX} bytes: it does not hold just \
              secrets, one a line; check the path",
             path.display()
-        ));
-    }
-    match String::from_utf8(std::mem::take(&mut *bytes)) {
-        Ok(text) => Ok(Zeroizing::new(text)),
-        Err(e) => {
-            e.into_bytes().zeroize();
-            Err(format!(
-                "the {name} {} is not UTF-8 text: write each secret as text on a line of its \
-                 own (`openssl rand -hex 32` makes one)",
-                path.display()
-            ))
-        }
-    }
+        ),
+        SecretFileError::NotUtf8 => format!(
+            "the {name} {} is not UTF-8 text: write each secret as text on a line of its \
+             own (`openssl rand -hex 32` makes one)",
+            path.display()
+        ),
+    })
 }
 
 /// The public keys in a PEM file, each with the algorithms of its family: one, or several
